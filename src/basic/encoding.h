@@ -1,0 +1,25 @@
+/* Hex and base64 (standard and URL-safe) encoders and strict decoders, and a
+ * constant-time comparison for secrets. Decoders reject any character outside
+ * the alphabet, bad padding and trailing garbage. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Lower-case hex of N bytes into OUT (2*N+1 bytes). */
+void hex_encode(const uint8_t *in, size_t n, char *out);
+/* Decodes exactly 2*OUT_LEN hex digits; -EINVAL otherwise. */
+int hex_decode(const char *in, size_t in_len, uint8_t *out, size_t out_len);
+
+/* Size of the encoding of N bytes, terminator included. */
+size_t base64_encoded_size(size_t n);
+/* Encodes into OUT (base64_encoded_size(n) bytes); URL selects the URL-safe
+ * alphabet without padding. Returns the string length. */
+size_t base64_encode(const uint8_t *in, size_t n, char *out, bool url);
+/* Decodes IN (standard alphabet with padding, or URL-safe without when URL)
+ * into OUT of capacity OUT_CAP; returns the decoded length or -EINVAL / -E2BIG. */
+long base64_decode(const char *in, size_t in_len, uint8_t *out, size_t out_cap, bool url);
+
+/* True when the N bytes are equal; time depends only on N. */
+bool memeq_consttime(const void *a, const void *b, size_t n);

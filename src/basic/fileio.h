@@ -1,0 +1,18 @@
+/* File helpers: capped reads and durable atomic writes. */
+#pragma once
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Reads the whole file at PATH, at most MAX bytes, into a NUL-terminated heap
+ * buffer the caller frees. -EFBIG when larger, negative errno otherwise. */
+int read_file(const char *path, size_t max, char **ret_data, size_t *ret_len);
+/* Reads all of FD (at most MAX bytes); same ownership as read_file. */
+int read_fd(int fd, size_t max, char **ret_data, size_t *ret_len);
+/* Writes DATA to PATH through a temporary file, fsync and rename, with MODE,
+ * then fsyncs the directory: the file is either old or new after a crash. */
+int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
+/* Creates DIR and its parents with MODE; existing directories are fine. */
+int mkdir_p(const char *dir, mode_t mode);
+/* Fills BUF with N bytes from the kernel CSPRNG. */
+int random_bytes(void *buf, size_t n);

@@ -1,0 +1,138 @@
+#include <criterion/criterion.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "basic/encoding.h"
+#include "basic/fileio.h"
+#include "basic/strbuf.h"
+#include "basic/timeutil.h"
+
+Test(strbuf, grows_until_its_maximum)
+{
+    _cleanup_strbuf_ strbuf b;
+    strbuf_init(&b, 10);
+    cr_assert_eq(strbuf_puts(&b, "hello"), 0);
+    cr_assert_eq(strbuf_puts(&b, "world"), 0);
+    cr_assert_eq(strbuf_putc(&b, '!'), -E2BIG);
+    cr_assert_str_eq(b.data, "helloworld");
+    cr_assert_eq(b.len, 10);
+}
+
+Test(strbuf, static_buffer_truncates_and_flags)
+{
+    char storage[8];
+    strbuf b;
+    strbuf_init_static(&b, storage, sizeof(storage));
+    cr_assert_eq(strbuf_puts(&b, "abcdefghij"), -E2BIG);
+    cr_assert(b.truncated);
+    cr_assert_str_eq(storage, "abcdefg");
+}
+
+Test(strbuf, json_string_escapes_controls_and_quotes)
+{
+    _cleanup_strbuf_ strbuf b;
+    strbuf_init(&b, 100);
+    strbuf_put_json_string(&b, "a\"b\\c\n\x01");
+    cr_assert_str_eq(b.data, "\"a\\\"b\\\\c\\n\\u0001\"");
+}
+
+Test(strbuf, printf_appends)
+{
+    _cleanup_strbuf_ strbuf b;
+    strbuf_init(&b, 100);
+    strbuf_printf(&b, "%d-%s", 42, "x");
+    strbuf_printf(&b, "%c", '!');
+    cr_assert_str_eq(b.data, "42-x!");
+}
+
+Test(encoding, hex_round_trip_and_rejects_bad_digits)
+{
+    uint8_t in[] = {0x00, 0xab, 0xff, 0x10}, out[4];
+    char hex[9];
+    hex_encode(in, 4, hex);
+    cr_assert_str_eq(hex, "00abff10");
+    cr_assert_eq(hex_decode(hex, 8, out, 4), 0);
+    cr_assert_eq(memcmp(in, out, 4), 0);
+    cr_assert_eq(hex_decode("00abfg10", 8, out, 4), -EINVAL);
+    cr_assert_eq(hex_decode("00ab", 4, out, 4), -EINVAL);
+}
+
+/* RFC 4648 section 10 test vectors. */
+Test(encoding, base64_rfc4648_vectors)
+{
+    const char *plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    const char *std[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+    const char *url[] = {"", "Zg", "Zm8", "Zm9v", "Zm9vYg", "Zm9vYmE", "Zm9vYmFy"};
+    for (size_t i = 0; i < 7; i++) {
+        char enc[16];
+        uint8_t dec[16];
+        base64_encode((const uint8_t *)plain[i], strlen(plain[i]), enc, false);
+        cr_assert_str_eq(enc, std[i]);
+        base64_encode((const uint8_t *)plain[i], strlen(plain[i]), enc, true);
+        cr_assert_str_eq(enc, url[i]);
+        long n = base64_decode(std[i], strlen(std[i]), dec, sizeof(dec), false);
+        cr_assert_eq(n, (long)strlen(plain[i]));
+        cr_assert_eq(memcmp(dec, plain[i], (size_t)n), 0);
+        n = base64_decode(url[i], strlen(url[i]), dec, sizeof(dec), true);
+        cr_assert_eq(n, (long)strlen(plain[i]));
+    }
+}
+
+Test(encoding, base64_rejects_malformed)
+{
+    uint8_t dec[16];
+    cr_assert_lt(base64_decode("Zg=", 3, dec, sizeof(dec), false), 0);
+    cr_assert_lt(base64_decode("Z===", 4, dec, sizeof(dec), false), 0);
+    cr_assert_lt(base64_decode("Zh==", 4, dec, sizeof(dec), false), 0); /* non-zero pad bits */
+    cr_assert_lt(base64_decode("Zm9v!", 5, dec, sizeof(dec), true), 0);
+    cr_assert_lt(base64_decode("Zm+v", 4, dec, sizeof(dec), true), 0);
+    cr_assert_eq(base64_decode("Zm9vYmFy", 8, dec, 3, false), -E2BIG);
+}
+
+Test(encoding, consttime_compare)
+{
+    cr_assert(memeq_consttime("abcd", "abcd", 4));
+    cr_assert_not(memeq_consttime("abcd", "abce", 4));
+}
+
+Test(timeutil, rfc3339_parse_and_format)
+{
+    int64_t t;
+    char buf[40];
+    cr_assert_eq(time_parse_rfc3339("2024-09-07T14:37:39.545Z", &t), 0);
+    cr_assert_eq(t, 1725719859);
+    cr_assert_str_eq(time_format_rfc3339(t, buf, sizeof(buf)), "2024-09-07T14:37:39Z");
+    cr_assert_eq(time_parse_rfc3339("2024-09-07T16:37:39+02:00", &t), 0);
+    cr_assert_eq(t, 1725719859);
+    cr_assert_eq(time_parse_rfc3339("2023-02-29T00:00:00Z", &t), -EINVAL);
+    cr_assert_eq(time_parse_rfc3339("2024-09-07 14:37", &t), -EINVAL);
+    cr_assert_eq(time_parse_rfc3339("2024-09-07T14:37:39Zjunk", &t), -EINVAL);
+    cr_assert_eq(time_parse_rfc3339("2024-13-07T14:37:39Z", &t), -EINVAL);
+}
+
+Test(fileio, atomic_write_sets_mode_and_read_is_capped)
+{
+    char dir[] = "/tmp/cloister-test-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[128];
+    snprintf(path, sizeof(path), "%s/a/b/file", dir);
+    char sub[128];
+    snprintf(sub, sizeof(sub), "%s/a/b", dir);
+    cr_assert_eq(mkdir_p(sub, 0700), 0);
+    cr_assert_eq(write_file_atomic(path, "secret", 6, 0600), 0);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600);
+    char *data;
+    size_t len;
+    cr_assert_eq(read_file(path, 100, &data, &len), 0);
+    cr_assert_eq(len, 6);
+    cr_assert_str_eq(data, "secret");
+    free(data);
+    cr_assert_eq(read_file(path, 3, &data, &len), -EFBIG);
+    unlink(path);
+    rmdir(sub);
+    snprintf(sub, sizeof(sub), "%s/a", dir);
+    rmdir(sub);
+    rmdir(dir);
+}
