@@ -1,0 +1,730 @@
+/* The SQLite driver of the store: WAL journal with synchronous=FULL, so a
+ * commit is on disk before it is reported. One writer thread owns the write
+ * connection and commits every queued transaction of a batch together (group
+ * commit; each transaction inside its own SAVEPOINT so one failing transaction
+ * does not spoil the others). Readers borrow connections from a pool. */
+#include <errno.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "basic/encoding.h"
+#include "basic/fileio.h"
+#include "basic/log.h"
+#include "basic/macro.h"
+#include "basic/timeutil.h"
+#include "store/store-driver.h"
+
+#define STORE_BATCH_MAX 1024
+#define STORE_READERS_MAX 32
+#define STORE_CHANGES_KEEP 100000
+#define STORE_BUSY_TIMEOUT_MS 5000
+
+typedef struct reader {
+    sqlite3 *db;
+    sqlite3_stmt *get, *get_lookup, *list, *changes, *changes_kind, *min_change, *revision;
+    struct reader *next;
+} reader;
+
+typedef struct sqlite_store {
+    char *path;
+    sqlite3 *wdb; /* writer thread only */
+    sqlite3_stmt *w_get, *w_put, *w_delete, *w_change, *w_trim;
+    _Atomic int64_t revision;
+    int64_t last_trim;
+
+    pthread_t writer;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    store_txn *queue_head, *queue_tail;
+    bool stopping;
+
+    pthread_mutex_t readers_lock;
+    reader *free_readers;
+    size_t n_readers;
+} sqlite_store;
+
+static const char schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS resources ("
+    "  kind TEXT NOT NULL, name TEXT NOT NULL, rv INTEGER NOT NULL,"
+    "  lookup_key TEXT UNIQUE, doc TEXT NOT NULL, PRIMARY KEY (kind, name)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS changes ("
+    "  rv INTEGER PRIMARY KEY, type INTEGER NOT NULL, kind TEXT NOT NULL,"
+    "  name TEXT NOT NULL, doc TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS changes_kind ON changes (kind, rv);";
+
+static int sqlite_to_errno(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_DONE:
+    case SQLITE_ROW:
+        return 0;
+    case SQLITE_NOMEM:
+        return -ENOMEM;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return -EBUSY;
+    case SQLITE_CONSTRAINT:
+        return -EEXIST;
+    case SQLITE_FULL:
+        return -ENOSPC;
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+        return -EACCES;
+    default:
+        return -EIO;
+    }
+}
+
+static int exec_sql(sqlite3 *db, const char *sql)
+{
+    char *err = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
+    if (rc != SQLITE_OK) {
+        log_debug("store: %s: %s", sql, err ? err : sqlite3_errstr(rc));
+        sqlite3_free(err);
+        return sqlite_to_errno(rc);
+    }
+    return 0;
+}
+
+/* Opens a connection with the settings every connection needs. */
+static int open_db(const char *path, bool create, sqlite3 **ret)
+{
+    sqlite3 *db = NULL;
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
+    int rc = sqlite3_open_v2(path, &db, flags, NULL);
+    if (rc != SQLITE_OK) {
+        log_debug("store: cannot open %s: %s", path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        sqlite3_close(db);
+        return sqlite_to_errno(rc) ?: -EIO;
+    }
+    sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
+    int r = exec_sql(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;");
+    if (r < 0) {
+        sqlite3_close(db);
+        return r;
+    }
+    *ret = db;
+    return 0;
+}
+
+static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **ret)
+{
+    int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, ret, NULL);
+    if (rc != SQLITE_OK) {
+        log_debug("store: prepare %s: %s", sql, sqlite3_errmsg(db));
+        return sqlite_to_errno(rc) ?: -EIO;
+    }
+    return 0;
+}
+
+static void reader_free(reader *r)
+{
+    if (!r)
+        return;
+    sqlite3_finalize(r->get);
+    sqlite3_finalize(r->get_lookup);
+    sqlite3_finalize(r->list);
+    sqlite3_finalize(r->changes);
+    sqlite3_finalize(r->changes_kind);
+    sqlite3_finalize(r->min_change);
+    sqlite3_finalize(r->revision);
+    sqlite3_close(r->db);
+    free(r);
+}
+
+static int reader_new(sqlite_store *s, reader **ret)
+{
+    reader *r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    int e = open_db(s->path, false, &r->db);
+    if (e == 0)
+        e = prepare(r->db, "SELECT doc FROM resources WHERE kind = ?1 AND name = ?2", &r->get);
+    if (e == 0)
+        e = prepare(r->db, "SELECT doc FROM resources WHERE kind = ?1 AND lookup_key = ?2",
+                    &r->get_lookup);
+    if (e == 0)
+        e = prepare(r->db, "SELECT doc FROM resources WHERE kind = ?1 ORDER BY name", &r->list);
+    if (e == 0)
+        e = prepare(r->db, "SELECT rv, type, doc FROM changes WHERE rv > ?1 ORDER BY rv LIMIT ?2",
+                    &r->changes);
+    if (e == 0)
+        e = prepare(r->db,
+                    "SELECT rv, type, doc FROM changes WHERE kind = ?3 AND rv > ?1 ORDER BY rv LIMIT ?2",
+                    &r->changes_kind);
+    if (e == 0)
+        e = prepare(r->db, "SELECT min(rv) FROM changes", &r->min_change);
+    if (e == 0)
+        e = prepare(r->db, "SELECT coalesce(max(rv), 0) FROM changes", &r->revision);
+    if (e < 0) {
+        reader_free(r);
+        return e;
+    }
+    *ret = r;
+    return 0;
+}
+
+/* Borrows a read connection from the pool, opening one when none is free. */
+static int reader_acquire(sqlite_store *s, reader **ret)
+{
+    pthread_mutex_lock(&s->readers_lock);
+    reader *r = s->free_readers;
+    if (r) {
+        s->free_readers = r->next;
+        s->n_readers--;
+    }
+    pthread_mutex_unlock(&s->readers_lock);
+    if (r) {
+        *ret = r;
+        return 0;
+    }
+    return reader_new(s, ret);
+}
+
+/* Returns R to the pool (or closes it when the pool is full). */
+static void reader_release(sqlite_store *s, reader *r)
+{
+    pthread_mutex_lock(&s->readers_lock);
+    if (s->n_readers < STORE_READERS_MAX) {
+        r->next = s->free_readers;
+        s->free_readers = r;
+        s->n_readers++;
+        r = NULL;
+    }
+    pthread_mutex_unlock(&s->readers_lock);
+    reader_free(r);
+}
+
+/* Parses a stored document; a row that does not parse is corruption. */
+static int row_doc(sqlite3_stmt *st, int col, json_t **ret)
+{
+    const char *text = (const char *)sqlite3_column_text(st, col);
+    int len = sqlite3_column_bytes(st, col);
+    json_t *doc = text ? json_loadb(text, (size_t)len, 0, NULL) : NULL;
+    if (!doc)
+        return -EIO;
+    *ret = doc;
+    return 0;
+}
+
+static int query_one(sqlite3_stmt *st, json_t **ret)
+{
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return -ENOENT;
+    if (rc != SQLITE_ROW)
+        return sqlite_to_errno(rc) ?: -EIO;
+    return row_doc(st, 0, ret);
+}
+
+/* Runs the single-row statement chosen by PICK with text parameters A and B
+ * on a pooled reader; the document found (new reference) or -ENOENT. */
+static int read_one(sqlite_store *s, sqlite3_stmt *(*pick)(reader *), const char *a, const char *b,
+                    json_t **ret_doc)
+{
+    reader *r;
+    int e = reader_acquire(s, &r);
+    if (e < 0)
+        return e;
+    sqlite3_stmt *st = pick(r);
+    sqlite3_bind_text(st, 1, a, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, b, -1, SQLITE_STATIC);
+    e = query_one(st, ret_doc);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    reader_release(s, r);
+    return e;
+}
+
+static sqlite3_stmt *pick_get(reader *r)
+{
+    return r->get;
+}
+
+static sqlite3_stmt *pick_get_lookup(reader *r)
+{
+    return r->get_lookup;
+}
+
+static int sqlite_get(void *impl, const char *kind, const char *name, json_t **ret_doc)
+{
+    return read_one(impl, pick_get, kind, name, ret_doc);
+}
+
+static int sqlite_get_by_lookup(void *impl, const char *kind, const char *key, json_t **ret_doc)
+{
+    return read_one(impl, pick_get_lookup, kind, key, ret_doc);
+}
+
+static int sqlite_list(void *impl, const char *kind, json_t **ret_items, int64_t *ret_revision)
+{
+    sqlite_store *s = impl;
+    reader *r;
+    int e = reader_acquire(s, &r);
+    if (e < 0)
+        return e;
+    json_t *items = json_array();
+    int64_t rev = 0;
+    /* one read transaction: the list and the revision describe the same snapshot */
+    e = exec_sql(r->db, "BEGIN");
+    if (e == 0) {
+        sqlite3_bind_text(r->list, 1, kind, -1, SQLITE_STATIC);
+        int rc;
+        while ((rc = sqlite3_step(r->list)) == SQLITE_ROW) {
+            json_t *doc;
+            e = row_doc(r->list, 0, &doc);
+            if (e < 0)
+                break;
+            json_array_append_new(items, doc);
+        }
+        if (e == 0 && rc != SQLITE_DONE)
+            e = sqlite_to_errno(rc) ?: -EIO;
+        sqlite3_reset(r->list);
+        sqlite3_clear_bindings(r->list);
+        if (e == 0 && sqlite3_step(r->revision) == SQLITE_ROW)
+            rev = sqlite3_column_int64(r->revision, 0);
+        sqlite3_reset(r->revision);
+        exec_sql(r->db, "COMMIT");
+    }
+    reader_release(s, r);
+    if (e < 0) {
+        json_decref(items);
+        return e;
+    }
+    *ret_items = items;
+    if (ret_revision)
+        *ret_revision = rev;
+    return 0;
+}
+
+static int sqlite_changes_since(void *impl, const char *kind, int64_t after, size_t max, json_t **ret_events)
+{
+    sqlite_store *s = impl;
+    reader *r;
+    int e = reader_acquire(s, &r);
+    if (e < 0)
+        return e;
+    json_t *events = json_array();
+    if (sqlite3_step(r->min_change) == SQLITE_ROW &&
+        sqlite3_column_type(r->min_change, 0) != SQLITE_NULL &&
+        after + 1 < sqlite3_column_int64(r->min_change, 0))
+        e = -ESTALE;
+    sqlite3_reset(r->min_change);
+    sqlite3_stmt *st = kind ? r->changes_kind : r->changes;
+    if (e == 0) {
+        sqlite3_bind_int64(st, 1, after);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
+        if (kind)
+            sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            json_t *doc;
+            e = row_doc(st, 2, &doc);
+            if (e < 0)
+                break;
+            int type = sqlite3_column_int(st, 1);
+            if (type < STORE_EVENT_ADDED || type > STORE_EVENT_DELETED) {
+                json_decref(doc);
+                e = -EIO;
+                break;
+            }
+            json_array_append_new(events,
+                                  json_pack("{s:s, s:I, s:o}", "type", store_event_type_name(type),
+                                            "revision", (json_int_t)sqlite3_column_int64(st, 0),
+                                            "object", doc));
+        }
+        if (e == 0 && rc != SQLITE_DONE)
+            e = sqlite_to_errno(rc) ?: -EIO;
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+    }
+    reader_release(s, r);
+    if (e < 0) {
+        json_decref(events);
+        return e;
+    }
+    *ret_events = events;
+    return 0;
+}
+
+static int64_t sqlite_revision(void *impl)
+{
+    sqlite_store *s = impl;
+    return atomic_load(&s->revision);
+}
+
+/* ---- the writer ---- */
+
+static void make_uid(char out[37])
+{
+    uint8_t b[16];
+    if (random_bytes(b, sizeof(b)) < 0)
+        abort(); /* the kernel CSPRNG does not fail once the system is up */
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    char hex[33];
+    hex_encode(b, 16, hex);
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
+}
+
+/* Reads the current row (doc, rv, lookup key) on the write connection. */
+static int writer_get(sqlite_store *s, const char *kind, const char *name, json_t **ret_doc,
+                      int64_t *ret_rv, char **ret_lookup)
+{
+    sqlite3_bind_text(s->w_get, 1, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s->w_get, 2, name, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s->w_get), e;
+    if (rc == SQLITE_ROW) {
+        e = row_doc(s->w_get, 0, ret_doc);
+        if (e == 0) {
+            *ret_rv = sqlite3_column_int64(s->w_get, 1);
+            const char *lk = (const char *)sqlite3_column_text(s->w_get, 2);
+            *ret_lookup = lk ? strdup(lk) : NULL;
+        }
+    } else
+        e = rc == SQLITE_DONE ? -ENOENT : (sqlite_to_errno(rc) ?: -EIO);
+    sqlite3_reset(s->w_get);
+    sqlite3_clear_bindings(s->w_get);
+    return e;
+}
+
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? 0 : (sqlite_to_errno(rc) ?: -EIO);
+}
+
+static int writer_record_change(sqlite_store *s, int64_t rv, store_event_type type, const char *kind,
+                                const char *name, const char *text)
+{
+    sqlite3_bind_int64(s->w_change, 1, rv);
+    sqlite3_bind_int(s->w_change, 2, (int)type);
+    sqlite3_bind_text(s->w_change, 3, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s->w_change, 4, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s->w_change, 5, text, -1, SQLITE_STATIC);
+    return step_done(s->w_change);
+}
+
+/* Builds the document to store from the client's INPUT and the existing OLD
+ * one (NULL when new): server-owned metadata is set here, never taken from the
+ * client. Returns a new reference. */
+static json_t *build_doc(const json_t *input, json_t *new_status, const json_t *old,
+                         const char *kind, const char *name, int64_t rv, const char *now)
+{
+    json_t *in_meta = json_object_get(input, "metadata");
+    json_t *old_meta = old ? json_object_get(old, "metadata") : NULL;
+    char uid[37], rvs[24];
+    const char *uid_s = old_meta ? json_string_value(json_object_get(old_meta, "uid")) : NULL;
+    if (!uid_s) {
+        make_uid(uid);
+        uid_s = uid;
+    }
+    const char *created = old_meta ? json_string_value(json_object_get(old_meta, "createdAt")) : NULL;
+    snprintf(rvs, sizeof(rvs), "%lld", (long long)rv);
+    json_t *meta = json_pack("{s:s, s:s, s:s, s:s, s:s}", "name", name, "uid", uid_s,
+                             "resourceVersion", rvs, "createdAt", created ? created : now,
+                             "updatedAt", now);
+    json_t *labels = json_object_get(in_meta, "labels");
+    if (labels)
+        json_object_set(meta, "labels", labels);
+    json_t *spec = json_object_get(input, "spec");
+    json_t *status = new_status ? new_status : old ? json_object_get(old, "status") : NULL;
+    return json_pack("{s:s, s:s, s:o, s:o, s:o}", "apiVersion", "cloister.dev/v1", "kind", kind,
+                     "metadata", meta, "spec", spec ? json_incref(spec) : json_object(), "status",
+                     status ? json_incref(status) : json_object());
+}
+
+static bool same_content(const json_t *input, const json_t *old)
+{
+    json_t *empty = json_object();
+    json_t *a = json_object_get(input, "spec"), *b = json_object_get(old, "spec");
+    json_t *la = json_object_get(json_object_get(input, "metadata"), "labels");
+    json_t *lb = json_object_get(json_object_get(old, "metadata"), "labels");
+    bool same = json_equal(a ? a : empty, b ? b : empty) && json_equal(la ? la : empty, lb ? lb : empty);
+    json_decref(empty);
+    return same;
+}
+
+/* Applies one operation inside the open transaction; REV is advanced for
+ * each change it makes. */
+static int writer_apply_op(sqlite_store *s, store_op *op, int64_t *rev, const char *now)
+{
+    json_t *old = NULL;
+    int64_t old_rv = 0;
+    _cleanup_free_ char *old_lookup = NULL;
+    int e = writer_get(s, op->kind, op->name, &old, &old_rv, &old_lookup);
+    if (e < 0 && e != -ENOENT)
+        return e;
+    bool exists = e == 0;
+    e = 0;
+    if (op->type == STORE_CREATE && exists)
+        e = -EEXIST;
+    else if ((op->type == STORE_REPLACE || op->type == STORE_DELETE) && !exists)
+        e = -ENOENT;
+    else if (exists && op->expected_rv > 0 && op->expected_rv != old_rv)
+        e = -ESTALE;
+    if (e < 0) {
+        json_decref(old);
+        return e;
+    }
+
+    if (op->type == STORE_DELETE) {
+        int64_t rv = ++*rev;
+        char rvs[24];
+        snprintf(rvs, sizeof(rvs), "%lld", (long long)rv);
+        json_object_set_new(json_object_get(old, "metadata"), "resourceVersion", json_string(rvs));
+        _cleanup_free_ char *text = json_dumps(old, JSON_COMPACT | JSON_SORT_KEYS);
+        json_decref(old);
+        if (!text)
+            return -ENOMEM;
+        sqlite3_bind_text(s->w_delete, 1, op->kind, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s->w_delete, 2, op->name, -1, SQLITE_STATIC);
+        e = step_done(s->w_delete);
+        if (e == 0)
+            e = writer_record_change(s, rv, STORE_EVENT_DELETED, op->kind, op->name, text);
+        if (e == 0)
+            op->action = STORE_DELETED;
+        return e;
+    }
+
+    bool same_lookup = (!op->lookup_key && !old_lookup) ||
+                       (op->lookup_key && old_lookup && strcmp(op->lookup_key, old_lookup) == 0);
+    bool same_status = !op->status || json_equal(op->status, json_object_get(old, "status"));
+    if (exists && same_lookup && same_status && same_content(op->doc, old)) {
+        op->action = STORE_UNCHANGED;
+        op->result = old;
+        return 0;
+    }
+    int64_t rv = ++*rev;
+    json_t *doc = build_doc(op->doc, op->status, old, op->kind, op->name, rv, now);
+    json_decref(old);
+    if (!doc)
+        return -ENOMEM;
+    _cleanup_free_ char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!text) {
+        json_decref(doc);
+        return -ENOMEM;
+    }
+    sqlite3_bind_text(s->w_put, 1, op->kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s->w_put, 2, op->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s->w_put, 3, rv);
+    if (op->lookup_key)
+        sqlite3_bind_text(s->w_put, 4, op->lookup_key, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s->w_put, 4);
+    sqlite3_bind_text(s->w_put, 5, text, -1, SQLITE_STATIC);
+    e = step_done(s->w_put);
+    if (e == 0)
+        e = writer_record_change(s, rv, exists ? STORE_EVENT_MODIFIED : STORE_EVENT_ADDED,
+                                 op->kind, op->name, text);
+    if (e < 0) {
+        json_decref(doc);
+        return e;
+    }
+    op->action = exists ? STORE_CONFIGURED : STORE_CREATED;
+    op->result = doc;
+    return 0;
+}
+
+/* Runs one transaction inside its savepoint; on failure rolls it back alone. */
+static void writer_run_txn(sqlite_store *s, store_txn *txn, int64_t *rev, const char *now)
+{
+    int64_t start = *rev;
+    txn->error = exec_sql(s->wdb, "SAVEPOINT txn");
+    for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
+        txn->error = writer_apply_op(s, &txn->ops[i], rev, now);
+        if (txn->error < 0)
+            txn->failed_op = i;
+    }
+    if (txn->error < 0) {
+        exec_sql(s->wdb, "ROLLBACK TO txn");
+        store_txn_clear(txn);
+        *rev = start;
+    }
+    exec_sql(s->wdb, "RELEASE txn");
+}
+
+/* Commits BATCH (a list linked through ->next) as one SQLite transaction. */
+static void writer_commit_batch(sqlite_store *s, store_txn *batch)
+{
+    char now[40];
+    time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
+    int64_t rev = atomic_load(&s->revision);
+    int e = exec_sql(s->wdb, "BEGIN IMMEDIATE");
+    for (store_txn *t = batch; e == 0 && t; t = t->next)
+        writer_run_txn(s, t, &rev, now);
+    if (e == 0)
+        e = exec_sql(s->wdb, "COMMIT");
+    if (e < 0) {
+        log_fields(LOG_LEVEL_ERROR, "store commit failed; the batch is refused", "error",
+                   strerror(-e), NULL);
+        exec_sql(s->wdb, "ROLLBACK");
+        for (store_txn *t = batch; t; t = t->next)
+            if (t->error == 0) {
+                store_txn_clear(t);
+                t->error = e;
+                t->failed_op = 0;
+            }
+    } else {
+        atomic_store(&s->revision, rev);
+        if (rev - s->last_trim >= 1000) {
+            /* keep a bounded history for watchers; the newest row always stays */
+            sqlite3_bind_int64(s->w_trim, 1, rev - STORE_CHANGES_KEEP);
+            step_done(s->w_trim);
+            s->last_trim = rev;
+        }
+    }
+    while (batch) {
+        store_txn *next = batch->next;
+        batch->next = NULL;
+        batch->done(batch, batch->userdata);
+        batch = next;
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    sqlite_store *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        while (!s->queue_head && !s->stopping)
+            pthread_cond_wait(&s->wake, &s->lock);
+        if (!s->queue_head) {
+            pthread_mutex_unlock(&s->lock);
+            return NULL;
+        }
+        /* take up to STORE_BATCH_MAX transactions */
+        store_txn *batch = s->queue_head, *last = batch;
+        size_t n = 1;
+        while (last->next && n < STORE_BATCH_MAX) {
+            last = last->next;
+            n++;
+        }
+        s->queue_head = last->next;
+        if (!s->queue_head)
+            s->queue_tail = NULL;
+        last->next = NULL;
+        pthread_mutex_unlock(&s->lock);
+        writer_commit_batch(s, batch);
+    }
+}
+
+static int writer_open(sqlite_store *s)
+{
+    int e = open_db(s->path, true, &s->wdb);
+    if (e == 0)
+        e = exec_sql(s->wdb, schema_sql);
+    if (e == 0)
+        e = prepare(s->wdb, "SELECT doc, rv, lookup_key FROM resources WHERE kind = ?1 AND name = ?2",
+                    &s->w_get);
+    if (e == 0)
+        e = prepare(s->wdb,
+                    "INSERT INTO resources (kind, name, rv, lookup_key, doc) VALUES (?1, ?2, ?3, ?4, ?5) "
+                    "ON CONFLICT (kind, name) DO UPDATE SET rv = excluded.rv, "
+                    "lookup_key = excluded.lookup_key, doc = excluded.doc",
+                    &s->w_put);
+    if (e == 0)
+        e = prepare(s->wdb, "DELETE FROM resources WHERE kind = ?1 AND name = ?2", &s->w_delete);
+    if (e == 0)
+        e = prepare(s->wdb, "INSERT INTO changes (rv, type, kind, name, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    &s->w_change);
+    if (e == 0)
+        e = prepare(s->wdb, "DELETE FROM changes WHERE rv < ?1", &s->w_trim);
+    if (e < 0)
+        return e;
+    sqlite3_stmt *st = NULL;
+    e = prepare(s->wdb, "SELECT coalesce(max(rv), 0) FROM changes", &st);
+    if (e == 0 && sqlite3_step(st) == SQLITE_ROW) {
+        atomic_store(&s->revision, sqlite3_column_int64(st, 0));
+        s->last_trim = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    return e;
+}
+
+/* Opens (creating if needed) the database at PATH and starts the writer. */
+static int sqlite_open(const char *path, void **ret)
+{
+    sqlite_store *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->path = strdup(path);
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->wake, NULL);
+    pthread_mutex_init(&s->readers_lock, NULL);
+    int e = s->path ? writer_open(s) : -ENOMEM;
+    if (e == 0 && pthread_create(&s->writer, NULL, writer_main, s) != 0)
+        e = -EAGAIN;
+    if (e < 0) {
+        sqlite3_finalize(s->w_get);
+        sqlite3_finalize(s->w_put);
+        sqlite3_finalize(s->w_delete);
+        sqlite3_finalize(s->w_change);
+        sqlite3_finalize(s->w_trim);
+        sqlite3_close(s->wdb);
+        free(s->path);
+        free(s);
+        return e;
+    }
+    *ret = s;
+    return 0;
+}
+
+/* Drains the queue, stops the writer and closes every connection. */
+static void sqlite_close(void *impl)
+{
+    sqlite_store *s = impl;
+    pthread_mutex_lock(&s->lock);
+    s->stopping = true;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->writer, NULL);
+    while (s->free_readers) {
+        reader *r = s->free_readers;
+        s->free_readers = r->next;
+        reader_free(r);
+    }
+    sqlite3_finalize(s->w_get);
+    sqlite3_finalize(s->w_put);
+    sqlite3_finalize(s->w_delete);
+    sqlite3_finalize(s->w_change);
+    sqlite3_finalize(s->w_trim);
+    sqlite3_close(s->wdb);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->wake);
+    pthread_mutex_destroy(&s->readers_lock);
+    free(s->path);
+    free(s);
+}
+
+/* Queues TXN for the writer thread, which commits it with whatever else is queued. */
+static void sqlite_write_async(void *impl, store_txn *txn)
+{
+    sqlite_store *s = impl;
+    pthread_mutex_lock(&s->lock);
+    if (s->queue_tail)
+        s->queue_tail->next = txn;
+    else
+        s->queue_head = txn;
+    s->queue_tail = txn;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+}
+
+const store_driver store_sqlite_driver = {
+    .scheme = "sqlite",
+    .open = sqlite_open,
+    .close = sqlite_close,
+    .get = sqlite_get,
+    .get_by_lookup = sqlite_get_by_lookup,
+    .list = sqlite_list,
+    .write_async = sqlite_write_async,
+    .changes_since = sqlite_changes_since,
+    .revision = sqlite_revision,
+};

@@ -1,0 +1,141 @@
+/* The store's front: picks the driver named by the URL and forwards to it,
+ * and holds what every driver shares (synchronous writes, result cleanup). */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "basic/log.h"
+#include "store/store-driver.h"
+
+struct store {
+    const store_driver *driver;
+    void *impl;
+};
+
+static const store_driver *const drivers[] = {
+    &store_sqlite_driver,
+};
+
+int store_open(const char *url, store **ret)
+{
+    const store_driver *driver = NULL;
+    const char *location = url;
+    const char *colon = strchr(url, ':');
+    if (colon && colon != url) {
+        for (size_t i = 0; i < sizeof(drivers) / sizeof(drivers[0]); i++)
+            if (strlen(drivers[i]->scheme) == (size_t)(colon - url) &&
+                strncmp(url, drivers[i]->scheme, (size_t)(colon - url)) == 0) {
+                driver = drivers[i];
+                location = colon + 1;
+            }
+        if (!driver && strstr(url, "://")) {
+            log_debug("store: no driver for %.*s", (int)(colon - url), url);
+            return -EPROTONOSUPPORT;
+        }
+    }
+    if (!driver)
+        driver = &store_sqlite_driver; /* a plain path */
+    store *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    int r = driver->open(location, &s->impl);
+    if (r < 0) {
+        free(s);
+        return r;
+    }
+    s->driver = driver;
+    *ret = s;
+    return 0;
+}
+
+void store_free(store *s)
+{
+    if (!s)
+        return;
+    s->driver->close(s->impl);
+    free(s);
+}
+
+int store_get(store *s, const char *kind, const char *name, json_t **ret_doc)
+{
+    return s->driver->get(s->impl, kind, name, ret_doc);
+}
+
+int store_get_by_lookup(store *s, const char *kind, const char *key, json_t **ret_doc)
+{
+    return s->driver->get_by_lookup(s->impl, kind, key, ret_doc);
+}
+
+int store_list(store *s, const char *kind, json_t **ret_items, int64_t *ret_revision)
+{
+    return s->driver->list(s->impl, kind, ret_items, ret_revision);
+}
+
+int store_changes_since(store *s, const char *kind, int64_t after, size_t max, json_t **ret_events)
+{
+    return s->driver->changes_since(s->impl, kind, after, max, ret_events);
+}
+
+int64_t store_revision(store *s)
+{
+    return s->driver->revision(s->impl);
+}
+
+void store_write_async(store *s, store_txn *txn)
+{
+    txn->error = 0;
+    txn->failed_op = 0;
+    txn->next = NULL;
+    for (size_t i = 0; i < txn->n_ops; i++)
+        txn->ops[i].result = NULL;
+    s->driver->write_async(s->impl, txn);
+}
+
+typedef struct sync_wait {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+} sync_wait;
+
+static void sync_done(store_txn *txn, void *userdata)
+{
+    sync_wait *w = userdata;
+    pthread_mutex_lock(&w->lock);
+    w->done = true;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+int store_write(store *s, store_txn *txn)
+{
+    sync_wait w = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    txn->done = sync_done;
+    txn->userdata = &w;
+    store_write_async(s, txn);
+    pthread_mutex_lock(&w.lock);
+    while (!w.done)
+        pthread_cond_wait(&w.cond, &w.lock);
+    pthread_mutex_unlock(&w.lock);
+    return txn->error;
+}
+
+void store_txn_clear(store_txn *txn)
+{
+    for (size_t i = 0; i < txn->n_ops; i++) {
+        json_decref(txn->ops[i].result);
+        txn->ops[i].result = NULL;
+    }
+}
+
+const char *store_event_type_name(store_event_type t)
+{
+    static const char *const names[] = {"ADDED", "MODIFIED", "DELETED"};
+    return names[t];
+}
+
+const char *store_action_name(store_action a)
+{
+    static const char *const names[] = {"created", "configured", "unchanged", "deleted"};
+    return names[a];
+}

@@ -1,0 +1,104 @@
+/* The resource store: versioned JSON documents keyed by (kind, name), a
+ * global revision counter, and a change feed. One interface, several drivers:
+ * SQLite (embedded default) now, PostgreSQL later (same semantics).
+ *
+ * Every stored document has the shape
+ *   {apiVersion, kind, metadata{name, uid, resourceVersion, createdAt,
+ *    updatedAt, labels}, spec, status}
+ * where the store owns uid, resourceVersion (the global revision of its last
+ * change, as a decimal string), createdAt and updatedAt.
+ *
+ * Writes are grouped in transactions that are atomic and durable before they
+ * are reported done; concurrent transactions share one commit (group commit).
+ * Reads are safe from any thread. */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct store store;
+
+typedef enum store_op_type {
+    STORE_CREATE,  /* fails with -EEXIST when present */
+    STORE_REPLACE, /* fails with -ENOENT when absent */
+    STORE_APPLY,   /* create or replace */
+    STORE_DELETE,  /* fails with -ENOENT when absent */
+} store_op_type;
+
+typedef enum store_action {
+    STORE_CREATED,
+    STORE_CONFIGURED,
+    STORE_UNCHANGED,
+    STORE_DELETED,
+} store_action;
+
+typedef struct store_op {
+    store_op_type type;
+    const char *kind; /* borrowed for the life of the transaction */
+    const char *name;
+    json_t *doc;          /* CREATE/REPLACE/APPLY: validated input (borrowed) */
+    int64_t expected_rv;  /* when > 0, the op fails with -ESTALE unless it matches */
+    const char *lookup_key; /* optional unique key to find the document by */
+    json_t *status;         /* when set, replaces the server-owned status (borrowed) */
+
+    /* results, written when the transaction completes */
+    store_action action;
+    json_t *result; /* the stored document, a new reference (NULL after delete) */
+} store_op;
+
+typedef struct store_txn store_txn;
+typedef void (*store_txn_done)(store_txn *txn, void *userdata);
+
+struct store_txn {
+    store_op *ops;
+    size_t n_ops;
+    /* results: 0, or the first failing op's error (-EEXIST, -ENOENT, -ESTALE,
+     * -EIO...) at failed_op; on failure nothing of the transaction is written. */
+    int error;
+    size_t failed_op;
+    /* async completion; internal fields follow */
+    store_txn_done done;
+    void *userdata;
+    store_txn *next;
+};
+
+typedef enum store_event_type {
+    STORE_EVENT_ADDED,
+    STORE_EVENT_MODIFIED,
+    STORE_EVENT_DELETED,
+} store_event_type;
+
+/* Opens the store at URL ("sqlite:PATH" or a plain path to an SQLite file),
+ * creating the schema if needed, and starts its writer. */
+int store_open(const char *url, store **ret);
+/* Drains pending writes, stops the writer and closes. Accepts NULL. */
+void store_free(store *s);
+
+/* Fetches one document (new reference) or -ENOENT. */
+int store_get(store *s, const char *kind, const char *name, json_t **ret_doc);
+/* Fetches the document whose lookup key is KEY, or -ENOENT. */
+int store_get_by_lookup(store *s, const char *kind, const char *key, json_t **ret_doc);
+/* All documents of KIND sorted by name (a new array) and the revision they
+ * reflect, read in one snapshot. */
+int store_list(store *s, const char *kind, json_t **ret_items, int64_t *ret_revision);
+
+/* Runs TXN and blocks until it is durable or has failed; returns txn->error. */
+int store_write(store *s, store_txn *txn);
+/* Queues TXN; txn->done runs on the writer thread once it is durable or has
+ * failed. TXN and everything it points to must live until then. */
+void store_write_async(store *s, store_txn *txn);
+/* Releases the result references held by TXN's ops. */
+void store_txn_clear(store_txn *txn);
+
+/* Changes after revision AFTER, oldest first, at most MAX, as an array of
+ * {"type": "ADDED|MODIFIED|DELETED", "revision": N, "object": doc} (new
+ * reference). -ESTALE when AFTER is older than the retained history, in which
+ * case the caller must list again. An empty array when nothing is new. */
+int store_changes_since(store *s, const char *kind, int64_t after, size_t max, json_t **ret_events);
+/* The newest revision. */
+int64_t store_revision(store *s);
+
+const char *store_event_type_name(store_event_type t);
+const char *store_action_name(store_action a);

@@ -1,0 +1,246 @@
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "store/store.h"
+
+static char dir[64];
+static char path[128];
+
+static void setup(void)
+{
+    strcpy(dir, "/tmp/cloister-store-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/store.db", dir);
+}
+
+static void teardown(void)
+{
+    char cmd[160];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+static json_t *service_doc(const char *name, const char *url)
+{
+    return json_pack("{s:s, s:s, s:{s:s}, s:{s:{s:s}}}", "apiVersion", "cloister.dev/v1", "kind",
+                     "Service", "metadata", "name", name, "spec", "upstream", "url", url);
+}
+
+static int write_one(store *s, store_op_type type, const char *name, json_t *doc, int64_t rv,
+                     store_op *ret_op)
+{
+    store_op op = {.type = type, .kind = "Service", .name = name, .doc = doc, .expected_rv = rv};
+    store_txn txn = {.ops = &op, .n_ops = 1};
+    int e = store_write(s, &txn);
+    *ret_op = op;
+    return e;
+}
+
+static int64_t rv_of(const json_t *doc)
+{
+    return atoll(json_string_value(json_object_get(json_object_get(doc, "metadata"), "resourceVersion")));
+}
+
+TestSuite(store, .init = setup, .fini = teardown);
+
+Test(store, create_get_list_and_metadata)
+{
+    store *s;
+    cr_assert_eq(store_open(path, &s), 0);
+    json_t *in = service_doc("wiki", "http://127.0.0.1:9000");
+    store_op op;
+    cr_assert_eq(write_one(s, STORE_CREATE, "wiki", in, 0, &op), 0);
+    cr_assert_eq(op.action, STORE_CREATED);
+    json_t *meta = json_object_get(op.result, "metadata");
+    cr_assert_str_eq(json_string_value(json_object_get(meta, "resourceVersion")), "1");
+    cr_assert_eq(strlen(json_string_value(json_object_get(meta, "uid"))), 36);
+    json_decref(op.result);
+
+    cr_assert_eq(write_one(s, STORE_CREATE, "wiki", in, 0, &op), -EEXIST);
+    cr_assert_null(op.result);
+
+    json_t *got;
+    cr_assert_eq(store_get(s, "Service", "wiki", &got), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(json_object_get(got, "spec"), "upstream"), "url")),
+                     "http://127.0.0.1:9000");
+    json_decref(got);
+    cr_assert_eq(store_get(s, "Service", "nope", &got), -ENOENT);
+    cr_assert_eq(store_get(s, "User", "wiki", &got), -ENOENT);
+
+    json_t *items;
+    int64_t rev;
+    cr_assert_eq(store_list(s, "Service", &items, &rev), 0);
+    cr_assert_eq(json_array_size(items), 1);
+    cr_assert_eq(rev, 1);
+    json_decref(items);
+    json_decref(in);
+    store_free(s);
+}
+
+Test(store, optimistic_concurrency_and_unchanged)
+{
+    store *s;
+    cr_assert_eq(store_open(path, &s), 0);
+    json_t *a = service_doc("wiki", "http://a"), *b = service_doc("wiki", "http://b");
+    store_op op;
+    cr_assert_eq(write_one(s, STORE_CREATE, "wiki", a, 0, &op), 0);
+    int64_t rv1 = rv_of(op.result);
+    json_decref(op.result);
+
+    cr_assert_eq(write_one(s, STORE_APPLY, "wiki", a, 0, &op), 0);
+    cr_assert_eq(op.action, STORE_UNCHANGED);
+    cr_assert_eq(rv_of(op.result), rv1);
+    json_decref(op.result);
+
+    cr_assert_eq(write_one(s, STORE_REPLACE, "wiki", b, rv1, &op), 0);
+    cr_assert_eq(op.action, STORE_CONFIGURED);
+    int64_t rv2 = rv_of(op.result);
+    cr_assert_gt(rv2, rv1);
+    json_decref(op.result);
+
+    /* a writer holding the old version loses */
+    cr_assert_eq(write_one(s, STORE_REPLACE, "wiki", a, rv1, &op), -ESTALE);
+    cr_assert_eq(write_one(s, STORE_REPLACE, "other", a, 0, &op), -ENOENT);
+    cr_assert_eq(write_one(s, STORE_DELETE, "wiki", NULL, rv1, &op), -ESTALE);
+    cr_assert_eq(write_one(s, STORE_DELETE, "wiki", NULL, rv2, &op), 0);
+    cr_assert_eq(op.action, STORE_DELETED);
+    cr_assert_eq(write_one(s, STORE_DELETE, "wiki", NULL, 0, &op), -ENOENT);
+    json_decref(a);
+    json_decref(b);
+    store_free(s);
+}
+
+Test(store, failing_transaction_writes_nothing)
+{
+    store *s;
+    cr_assert_eq(store_open(path, &s), 0);
+    json_t *x = service_doc("x", "http://x"), *y = service_doc("y", "http://y");
+    store_op op;
+    cr_assert_eq(write_one(s, STORE_CREATE, "y", y, 0, &op), 0);
+    json_decref(op.result);
+    store_op ops[2] = {
+        {.type = STORE_CREATE, .kind = "Service", .name = "x", .doc = x},
+        {.type = STORE_CREATE, .kind = "Service", .name = "y", .doc = y},
+    };
+    store_txn txn = {.ops = ops, .n_ops = 2};
+    cr_assert_eq(store_write(s, &txn), -EEXIST);
+    cr_assert_eq(txn.failed_op, 1);
+    json_t *got;
+    cr_assert_eq(store_get(s, "Service", "x", &got), -ENOENT);
+    cr_assert_eq(store_revision(s), 1);
+    json_decref(x);
+    json_decref(y);
+    store_free(s);
+}
+
+Test(store, lookup_key_is_unique_and_found)
+{
+    store *s;
+    cr_assert_eq(store_open(path, &s), 0);
+    json_t *d = json_pack("{s:s,s:s,s:{s:s},s:{s:s}}", "apiVersion", "cloister.dev/v1", "kind",
+                          "Credential", "metadata", "name", "c1", "spec", "user", "admin");
+    store_op op = {.type = STORE_CREATE, .kind = "Credential", .name = "c1", .doc = d, .lookup_key = "abc"};
+    store_txn txn = {.ops = &op, .n_ops = 1};
+    cr_assert_eq(store_write(s, &txn), 0);
+    store_txn_clear(&txn);
+    store_op op2 = {.type = STORE_CREATE, .kind = "Credential", .name = "c2", .doc = d, .lookup_key = "abc"};
+    store_txn txn2 = {.ops = &op2, .n_ops = 1};
+    cr_assert_eq(store_write(s, &txn2), -EEXIST);
+    json_t *got;
+    cr_assert_eq(store_get_by_lookup(s, "Credential", "abc", &got), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(got, "metadata"), "name")), "c1");
+    json_decref(got);
+    cr_assert_eq(store_get_by_lookup(s, "Credential", "abd", &got), -ENOENT);
+    json_decref(d);
+    store_free(s);
+}
+
+Test(store, change_feed_in_order_and_survives_reopen)
+{
+    store *s;
+    cr_assert_eq(store_open(path, &s), 0);
+    json_t *a = service_doc("a", "http://a"), *a2 = service_doc("a", "http://a2");
+    store_op op;
+    write_one(s, STORE_CREATE, "a", a, 0, &op);
+    json_decref(op.result);
+    write_one(s, STORE_APPLY, "a", a2, 0, &op);
+    json_decref(op.result);
+    write_one(s, STORE_DELETE, "a", NULL, 0, &op);
+    json_t *ev;
+    cr_assert_eq(store_changes_since(s, "Service", 0, 100, &ev), 0);
+    cr_assert_eq(json_array_size(ev), 3);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(ev, 0), "type")), "ADDED");
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(ev, 1), "type")), "MODIFIED");
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(ev, 2), "type")), "DELETED");
+    json_decref(ev);
+    cr_assert_eq(store_changes_since(s, "Service", 2, 100, &ev), 0);
+    cr_assert_eq(json_array_size(ev), 1);
+    json_decref(ev);
+    cr_assert_eq(store_changes_since(s, "User", 0, 100, &ev), 0);
+    cr_assert_eq(json_array_size(ev), 0);
+    json_decref(ev);
+    store_free(s);
+
+    cr_assert_eq(store_open(path, &s), 0);
+    cr_assert_eq(store_revision(s), 3);
+    json_decref(a);
+    json_decref(a2);
+    store_free(s);
+}
+
+typedef struct {
+    store *s;
+    int id;
+} writer_arg;
+
+static void *concurrent_writer(void *p)
+{
+    writer_arg *w = p;
+    for (int i = 0; i < 200; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "svc-%d-%d", w->id, i);
+        json_t *d = service_doc(name, "http://x");
+        store_op op = {.type = STORE_CREATE, .kind = "Service", .name = name, .doc = d};
+        store_txn txn = {.ops = &op, .n_ops = 1};
+        cr_assert_eq(store_write(w->s, &txn), 0);
+        store_txn_clear(&txn);
+        json_decref(d);
+    }
+    return NULL;
+}
+
+/* Many writers at once share commits; every write lands with its own revision. */
+Test(store, group_commit_keeps_every_write)
+{
+    store *s;
+    cr_assert_eq(store_open(path, &s), 0);
+    pthread_t t[8];
+    writer_arg args[8];
+    for (int i = 0; i < 8; i++) {
+        args[i] = (writer_arg){s, i};
+        pthread_create(&t[i], NULL, concurrent_writer, &args[i]);
+    }
+    for (int i = 0; i < 8; i++)
+        pthread_join(t[i], NULL);
+    json_t *items;
+    cr_assert_eq(store_list(s, "Service", &items, NULL), 0);
+    cr_assert_eq(json_array_size(items), 1600);
+    cr_assert_eq(store_revision(s), 1600);
+    json_decref(items);
+    store_free(s);
+}
+
+Test(store, url_selects_the_driver)
+{
+    store *s;
+    char url[160];
+    snprintf(url, sizeof(url), "sqlite:%s", path);
+    cr_assert_eq(store_open(url, &s), 0);
+    store_free(s);
+    cr_assert_eq(store_open(path, &s), 0); /* a plain path is SQLite */
+    store_free(s);
+    cr_assert_eq(store_open("postgres://db.example/cloister", &s), -EPROTONOSUPPORT);
+    cr_assert_eq(store_open("sqlite:/nonexistent-dir/x/store.db", &s) < 0, true);
+}
