@@ -1,0 +1,426 @@
+#include "resource/resource.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "basic/macro.h"
+#include "basic/strbuf.h"
+#include "resource/path.h"
+#include "resource/schema.h"
+
+/* ---- building blocks ---------------------------------------------------- */
+
+#define STRING(...) {.type = SCHEMA_STRING, __VA_ARGS__}
+#define ARRAY(item, ...) {.type = SCHEMA_ARRAY, .items = (item), __VA_ARGS__}
+#define OBJECT(f, ...) {.type = SCHEMA_OBJECT, .fields = (f), __VA_ARGS__}
+
+static const schema s_text = STRING(.format = FORMAT_TEXT);
+static const schema s_short_text = STRING(.format = FORMAT_TEXT, .max_len = 253);
+static const schema s_name = STRING(.format = FORMAT_NAME);
+static const schema s_names = ARRAY(&s_name);
+static const schema s_bool = {.type = SCHEMA_BOOL};
+static const schema s_true = {.type = SCHEMA_BOOL, .must_be_true = true};
+static const schema s_any = {.type = SCHEMA_ANY};
+static const schema s_attrs = {.type = SCHEMA_MAP, .format = FORMAT_TEXT, .items = &s_any,
+                               .max_items = 128};
+static const schema s_time = STRING(.format = FORMAT_RFC3339, .max_len = 64);
+static const schema s_data_key = STRING(.format = FORMAT_DATA_KEY);
+
+/* ---- policies: rules and conditions ------------------------------------- */
+
+static const schema s_condition; /* recursive: defined below */
+static const schema s_conditions = ARRAY(&s_condition, .min_items = 1, .max_items = 64);
+static const schema_field condition_fields[] = {
+    {"match", &s_text, false, NULL},
+    {"all", &s_conditions, false, NULL},
+    {"any", &s_conditions, false, NULL},
+    {"not", &s_condition, false, NULL},
+    {"matchAny", &s_true, false, NULL},
+    {NULL},
+};
+static const schema s_condition = OBJECT(condition_fields, .exactly_one = true);
+
+static const char *const effects[] = {"allow", "deny", NULL};
+static const schema s_effect = STRING(.values = effects);
+static const schema s_priority = {.type = SCHEMA_INT, .min = -4, .max = 4};
+static const schema_field rule_fields[] = {
+    {"name", &s_short_text, false, NULL},
+    {"effect", &s_effect, true, NULL},
+    {"priority", &s_priority, false, "0"},
+    {"condition", &s_condition, true, NULL},
+    {NULL},
+};
+static const schema s_rule = OBJECT(rule_fields);
+static const schema s_rules = ARRAY(&s_rule, .min_items = 1);
+
+static const schema_field policy_fields[] = {
+    {"rules", &s_rules, true, NULL},
+    {NULL},
+};
+static const schema s_policy_spec = OBJECT(policy_fields);
+
+static const schema_field inline_policy_fields[] = {
+    {"name", &s_name, false, NULL},
+    {"rules", &s_rules, true, NULL},
+    {NULL},
+};
+static const schema s_inline_policy = OBJECT(inline_policy_fields);
+static const schema s_inline_policies = ARRAY(&s_inline_policy, .max_items = 32);
+
+/* ---- User, Group -------------------------------------------------------- */
+
+static const char *const user_types[] = {"human", "workload", NULL};
+static const schema s_user_type = STRING(.values = user_types);
+static const schema s_email = STRING(.format = FORMAT_EMAIL, .max_len = 254);
+static const schema_field user_fields[] = {
+    {"type", &s_user_type, false, "\"human\""},
+    {"email", &s_email, false, NULL},
+    {"groups", &s_names, false, NULL},
+    {"policies", &s_names, false, NULL},
+    {"disabled", &s_bool, false, NULL},
+    {"attrs", &s_attrs, false, NULL},
+    {NULL},
+};
+static const schema s_user_spec = OBJECT(user_fields);
+
+static const schema_field group_fields[] = {
+    {"policies", &s_names, false, NULL},
+    {"attrs", &s_attrs, false, NULL},
+    {NULL},
+};
+static const schema s_group_spec = OBJECT(group_fields);
+
+/* ---- Service ------------------------------------------------------------ */
+
+static const schema s_http_url = STRING(.format = FORMAT_HTTP_URL, .max_len = 2048);
+static const schema_field upstream_fields[] = {
+    {"url", &s_http_url, false, NULL},
+    {"enclave", &s_name, false, NULL},
+    {NULL},
+};
+static const schema s_upstream = OBJECT(upstream_fields, .exactly_one = true);
+
+static const schema s_hostname = STRING(.format = FORMAT_HOSTNAME, .max_len = 253);
+static const schema s_hosts = ARRAY(&s_hostname, .max_items = 64);
+
+/* `header` names the header exactly when `as` is header. */
+static int check_inject(const json_t *v, resource_path *path, resource_error *err)
+{
+    const json_t *as = json_object_get(v, "as");
+    bool wants_header = as && strcmp(json_string_value(as), "header") == 0;
+    bool has_header = json_object_get(v, "header") != NULL;
+    if (wants_header == has_header)
+        return 0;
+    size_t saved = resource_path_push_key(path, "header", STRLEN("header"));
+    int r = resource_fail(err, path, wants_header ? "required field missing (as is header)"
+                                                  : "only allowed when as is header");
+    resource_path_pop(path, saved);
+    return r;
+}
+
+static const char *const inject_modes[] = {"bearer", "basic", "header", NULL};
+static const schema s_inject_as = STRING(.values = inject_modes);
+static const schema s_header_name = STRING(.format = FORMAT_HEADER_NAME, .max_len = 256);
+static const schema_field inject_fields[] = {
+    {"secret", &s_name, true, NULL},
+    {"key", &s_data_key, true, NULL},
+    {"as", &s_inject_as, false, "\"bearer\""},
+    {"header", &s_header_name, false, NULL},
+    {NULL},
+};
+static const schema s_inject = OBJECT(inject_fields, .check = check_inject);
+
+static const schema_field service_fields[] = {
+    {"upstream", &s_upstream, true, NULL},
+    {"hosts", &s_hosts, false, NULL},
+    {"policies", &s_names, false, NULL},
+    {"inlinePolicies", &s_inline_policies, false, NULL},
+    {"inject", &s_inject, false, NULL},
+    {"attrs", &s_attrs, false, NULL},
+    {"failClosed", &s_bool, false, NULL},
+    {"passAuthorization", &s_bool, false, NULL},
+    {NULL},
+};
+static const schema s_service_spec = OBJECT(service_fields);
+
+/* ---- Credential --------------------------------------------------------- */
+
+static const char *const credential_types[] = {"authToken", NULL};
+static const schema s_credential_type = STRING(.values = credential_types);
+static const schema_field credential_fields[] = {
+    {"user", &s_name, true, NULL},
+    {"type", &s_credential_type, false, "\"authToken\""},
+    {"expiresAt", &s_time, false, NULL},
+    {"policies", &s_names, false, NULL},
+    {NULL},
+};
+static const schema s_credential_spec = OBJECT(credential_fields);
+
+/* ---- IdentityProvider --------------------------------------------------- */
+
+static const char *const idp_types[] = {"oidc", NULL};
+static const schema s_idp_type = STRING(.values = idp_types);
+static const schema s_https_url = STRING(.format = FORMAT_HTTPS_URL, .max_len = 2048);
+static const schema s_client_id = STRING(.format = FORMAT_TOKEN, .max_len = 1024);
+static const schema s_claim = STRING(.format = FORMAT_TOKEN, .max_len = 253);
+static const schema s_scopes = ARRAY(&s_claim, .max_items = 32);
+static const schema_field secret_ref_fields[] = {
+    {"secret", &s_name, true, NULL},
+    {"key", &s_data_key, true, NULL},
+    {NULL},
+};
+static const schema s_secret_ref = OBJECT(secret_ref_fields);
+static const schema_field claims_fields[] = {
+    {"email", &s_claim, false, NULL},
+    {"groups", &s_claim, false, NULL},
+    {NULL},
+};
+static const schema s_claims = OBJECT(claims_fields);
+static const schema_field idp_fields[] = {
+    {"type", &s_idp_type, true, NULL},
+    {"issuer", &s_https_url, true, NULL},
+    {"clientId", &s_client_id, true, NULL},
+    {"clientSecret", &s_secret_ref, true, NULL},
+    {"scopes", &s_scopes, false, NULL},
+    {"claims", &s_claims, false, NULL},
+    {"createUsers", &s_bool, false, NULL},
+    {NULL},
+};
+static const schema s_idp_spec = OBJECT(idp_fields);
+
+/* ---- Secret ------------------------------------------------------------- */
+
+static const schema s_secret_value = STRING(.format = FORMAT_TEXT, .allow_empty = true,
+                                            .max_len = 64 * 1024);
+static const schema s_secret_data = {.type = SCHEMA_MAP, .format = FORMAT_DATA_KEY,
+                                     .items = &s_secret_value};
+static const schema_field secret_fields[] = {
+    {"data", &s_secret_data, true, NULL},
+    {NULL},
+};
+static const schema s_secret_spec = OBJECT(secret_fields);
+
+/* ---- the kinds ---------------------------------------------------------- */
+
+static const resource_column user_columns[] = {
+    {"TYPE", {"spec.type"}, false, "human"},
+    {"EMAIL", {"spec.email"}, false, NULL},
+    {"GROUPS", {"spec.groups"}, false, NULL},
+    {NULL},
+};
+static const resource_column group_columns[] = {
+    {"POLICIES", {"spec.policies"}, false, NULL},
+    {NULL},
+};
+static const resource_column service_columns[] = {
+    {"UPSTREAM", {"spec.upstream.url", "spec.upstream.enclave"}, false, NULL},
+    {"HOSTS", {"spec.hosts"}, false, NULL},
+    {"POLICIES", {"spec.policies"}, false, NULL},
+    {NULL},
+};
+static const resource_column policy_columns[] = {
+    {"RULES", {"spec.rules"}, true, NULL},
+    {NULL},
+};
+static const resource_column credential_columns[] = {
+    {"USER", {"spec.user"}, false, NULL},
+    {"EXPIRES", {"spec.expiresAt"}, false, "never"},
+    {NULL},
+};
+static const resource_column idp_columns[] = {
+    {"TYPE", {"spec.type"}, false, NULL},
+    {"ISSUER", {"spec.issuer"}, false, NULL},
+    {NULL},
+};
+static const resource_column secret_columns[] = {
+    {"KEYS", {"status.keys"}, false, NULL},
+    {NULL},
+};
+
+static const resource_kind kinds[] = {
+    {"User", "users", false, &s_user_spec, user_columns},
+    {"Group", "groups", false, &s_group_spec, group_columns},
+    {"Service", "services", false, &s_service_spec, service_columns},
+    {"Policy", "policies", false, &s_policy_spec, policy_columns},
+    {"Credential", "credentials", false, &s_credential_spec, credential_columns},
+    {"IdentityProvider", "identityproviders", false, &s_idp_spec, idp_columns},
+    {"Secret", "secrets", true, &s_secret_spec, secret_columns},
+};
+
+/* ---- the document around the spec -------------------------------------- */
+
+static const char *const api_versions[] = {RESOURCE_API_VERSION, NULL};
+static const schema s_api_version = STRING(.values = api_versions);
+static const schema s_kind_name = STRING(.max_len = 64);
+static const schema s_label_value = STRING(.format = FORMAT_TEXT, .allow_empty = true,
+                                           .max_len = 253);
+static const schema s_labels = {.type = SCHEMA_MAP, .format = FORMAT_LABEL_KEY,
+                                .items = &s_label_value, .max_items = RESOURCE_LABELS_MAX};
+static const schema s_server_text = STRING(.max_len = 128);
+static const schema_field metadata_fields[] = {
+    {"name", &s_name, true, NULL},
+    {"labels", &s_labels, false, NULL},
+    {"uid", &s_server_text, false, NULL},
+    {"resourceVersion", &s_server_text, false, NULL},
+    {"createdAt", &s_time, false, NULL},
+    {"updatedAt", &s_time, false, NULL},
+    {NULL},
+};
+static const schema s_metadata = OBJECT(metadata_fields);
+
+/* spec is checked next, against its kind's schema; status is the server's
+ * and ignored (only the depth cap applies). */
+static const schema_field document_fields[] = {
+    {"apiVersion", &s_api_version, true, NULL},
+    {"kind", &s_kind_name, true, NULL},
+    {"metadata", &s_metadata, true, NULL},
+    {"spec", NULL, false, NULL},
+    {"status", NULL, false, NULL},
+    {NULL},
+};
+static const schema s_document = OBJECT(document_fields);
+
+const resource_kind *resource_kind_find(const char *name)
+{
+    for (size_t i = 0; i < ELEMENTSOF(kinds); i++)
+        if (strcasecmp(name, kinds[i].kind) == 0 || strcasecmp(name, kinds[i].plural) == 0)
+            return &kinds[i];
+    return NULL;
+}
+
+const resource_kind *resource_kind_get(size_t i)
+{
+    return i < ELEMENTSOF(kinds) ? &kinds[i] : NULL;
+}
+
+bool resource_name_valid(const char *name)
+{
+    return schema_string_matches(FORMAT_NAME, name, strlen(name));
+}
+
+/* Resolves the document's kind; the Kind must be spelled exactly. */
+static int document_kind(const json_t *doc, resource_path *path, resource_error *err,
+                         const resource_kind **ret)
+{
+    const char *name = json_string_value(json_object_get(doc, "kind"));
+    const resource_kind *k = resource_kind_find(name);
+    size_t saved = resource_path_push_key(path, "kind", STRLEN("kind"));
+    char q[80];
+    int r = 0;
+    if (!k) {
+        char list[256];
+        strbuf b;
+        strbuf_init_static(&b, list, sizeof(list));
+        for (size_t i = 0; i < ELEMENTSOF(kinds); i++)
+            strbuf_printf(&b, "%s%s", i ? ", " : "", kinds[i].kind);
+        r = resource_fail(err, path, "unknown kind %s; known kinds are: %s",
+                          quote_for_message(name, q, sizeof(q)), list);
+    } else if (strcmp(name, k->kind) != 0)
+        r = resource_fail(err, path, "must be \"%s\" (kinds are case-sensitive; got %s)", k->kind,
+                          quote_for_message(name, q, sizeof(q)));
+    resource_path_pop(path, saved);
+    if (r == 0)
+        *ret = k;
+    return r;
+}
+
+int resource_validate(const json_t *doc, resource_error *err)
+{
+    resource_path path;
+    resource_path_init(&path);
+    if (!json_is_object(doc))
+        return resource_fail(err, &path, "a document must be an object");
+    int r = schema_check_depth(doc, 1, RESOURCE_MAX_DEPTH, &path, err);
+    if (r < 0)
+        return r;
+    r = schema_validate(&s_document, doc, &path, err);
+    if (r < 0)
+        return r;
+    const resource_kind *k;
+    r = document_kind(doc, &path, err, &k);
+    if (r < 0)
+        return r;
+    /* An absent spec is an empty one, so its required fields are named. */
+    json_auto_t *empty = NULL;
+    const json_t *spec = json_object_get(doc, "spec");
+    if (!spec) {
+        spec = empty = json_object();
+        if (!empty)
+            return -ENOMEM;
+    }
+    resource_path_push_key(&path, "spec", STRLEN("spec"));
+    return schema_validate(k->spec, spec, &path, err);
+}
+
+int resource_apply_defaults(json_t *doc)
+{
+    const resource_kind *k = NULL;
+    const char *name = json_string_value(json_object_get(doc, "kind"));
+    if (name)
+        k = resource_kind_find(name);
+    if (!k)
+        return -EINVAL;
+    json_t *spec = json_object_get(doc, "spec");
+    if (!spec) {
+        spec = json_object();
+        if (!spec || json_object_set_new(doc, "spec", spec) < 0)
+            return -ENOMEM;
+    }
+    return schema_apply_defaults(k->spec, spec);
+}
+
+/* qsort() comparator of C strings. */
+static int compare_strings(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* status.keys of a write-only document: the sorted names of spec.data. */
+static json_t *sorted_keys(const json_t *data)
+{
+    size_t n = json_object_size(data), i = 0;
+    _cleanup_free_ const char **names = calloc(n ? n : 1, sizeof(*names));
+    json_auto_t *keys = json_array();
+    if (!names || !keys)
+        return NULL;
+    const char *key;
+    const json_t *value;
+    json_object_foreach((json_t *)data, key, value)
+        names[i++] = key;
+    qsort(names, n, sizeof(*names), compare_strings);
+    for (i = 0; i < n; i++)
+        if (json_array_append_new(keys, json_string(names[i])) < 0)
+            return NULL;
+    return TAKE_PTR(keys);
+}
+
+json_t *resource_public_view(const json_t *doc)
+{
+    if (!json_is_object(doc))
+        return NULL;
+    json_auto_t *view = json_deep_copy(doc);
+    if (!view)
+        return NULL;
+    const char *name = json_string_value(json_object_get(doc, "kind"));
+    const resource_kind *k = name ? resource_kind_find(name) : NULL;
+    if (!k || !k->write_only_spec)
+        return TAKE_PTR(view);
+
+    json_t *keys = sorted_keys(json_object_get(json_object_get(doc, "spec"), "data"));
+    if (!keys)
+        return NULL;
+    json_t *status = json_object_get(view, "status");
+    if (!json_is_object(status)) {
+        status = json_object();
+        if (!status || json_object_set_new(view, "status", status) < 0) {
+            json_decref(keys);
+            return NULL;
+        }
+    }
+    if (json_object_set_new(status, "keys", keys) < 0 ||
+        json_object_set_new(view, "spec", json_object()) < 0)
+        return NULL;
+    return TAKE_PTR(view);
+}
