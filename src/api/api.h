@@ -1,0 +1,34 @@
+/* The control-plane REST API (the `api` role): resources, authentication of
+ * callers, health and metrics, served over HTTPS by h2o event loops. */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "store/store.h"
+
+/* Readiness of the roles, shared with the supervisor: /healthz is 200 only
+ * when every role that should run is ready. */
+typedef struct role_health {
+    const char *name;
+    _Atomic bool wanted;
+    _Atomic bool ready;
+} role_health;
+
+typedef struct api_config {
+    const char *listen;   /* HOST:PORT */
+    const char *cert_file; /* PEM chain of the server certificate */
+    const char *key_file;
+    const char *domain;
+    store *store;
+    unsigned threads;
+    role_health *roles; /* table shared with the supervisor, may be NULL */
+    size_t n_roles;
+    _Atomic bool *ready_flag; /* set once serving, may be NULL */
+} api_config;
+
+/* Serves until SIGTERM or SIGINT arrives, then stops accepting, drains the
+ * requests in flight (at most a few seconds) and returns 0; a negative errno
+ * when the server cannot start (bad listen address, certificate, port in use).
+ * The caller must block SIGTERM and SIGINT in every thread before calling. */
+int api_run(const api_config *cfg);

@@ -1,0 +1,950 @@
+/* The API's request handling: routing, authentication of the caller, the
+ * resource endpoints, apply, watch streams, health and metrics. Writes go to
+ * the store asynchronously (group commit) and are answered on the event loop
+ * that received them once durable. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "api/http.h"
+#include "api/metrics.h"
+#include "api/server.h"
+#include "auth/credential.h"
+#include "basic/log.h"
+#include "basic/macro.h"
+#include "basic/strbuf.h"
+#include "basic/timeutil.h"
+#include "resource/resource.h"
+
+#define WATCH_POLL_MS 200
+#define WATCH_BATCH_MAX 500
+#define WATCH_HEARTBEAT_NS (15 * NSEC_PER_SEC)
+#define WATCH_BUFFER_MAX (16 * 1024 * 1024)
+#define BOOTSTRAP_ADMIN_GROUP "admins"
+
+typedef struct api_handler {
+    h2o_handler_t super;
+    api_server *server;
+} api_handler;
+
+/* The authenticated caller of a request (references owned). */
+typedef struct caller {
+    json_t *user;
+    json_t *credential;
+} caller;
+
+static void caller_clear(caller *c)
+{
+    json_decref(c->user);
+    json_decref(c->credential);
+    *c = (caller){0};
+}
+
+static const char *doc_name(const json_t *doc)
+{
+    return json_string_value(json_object_get(json_object_get(doc, "metadata"), "name"));
+}
+
+static const char *caller_name(const caller *c)
+{
+    return c->user ? doc_name(c->user) : "";
+}
+
+/* The document as clients may see it: write-only values removed, and
+ * server-internal status fields (the credential's token digest) dropped. */
+static json_t *public_view(const json_t *doc)
+{
+    json_t *v = resource_public_view(doc);
+    json_t *status = json_object_get(v, "status");
+    if (json_is_object(status))
+        json_object_del(status, "tokenDigest");
+    return v;
+}
+
+static void finish(h2o_req_t *req, api_route route, uint64_t started, int status)
+{
+    metrics_observe(route, status, time_mono_ns() - started);
+}
+
+static void respond_json(h2o_req_t *req, api_route route, uint64_t started, int status, const json_t *v)
+{
+    api_send_json(req, status, v);
+    finish(req, route, started, status);
+}
+
+static void respond_error(h2o_req_t *req, api_route route, uint64_t started, const api_error *err)
+{
+    api_send_error(req, err);
+    finish(req, route, started, err->status);
+}
+
+/* ---- authentication ---- */
+
+static bool user_in_group(const json_t *user, const char *group)
+{
+    size_t i;
+    json_t *g;
+    json_array_foreach(json_object_get(json_object_get(user, "spec"), "groups"), i, g) if (
+        json_is_string(g) && strcmp(json_string_value(g), group) == 0) return true;
+    return false;
+}
+
+static auth_cache_entry *auth_cache_slot(api_thread *t, const char *lookup_key)
+{
+    uint32_t h = 2166136261u; /* FNV-1a over the (random) key */
+    for (const char *p = lookup_key; *p; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    return &t->auth_cache[h % AUTH_CACHE_SLOTS];
+}
+
+static void auth_cache_entry_clear(auth_cache_entry *e)
+{
+    json_decref(e->user);
+    json_decref(e->credential);
+    explicit_bzero(e, sizeof(*e));
+}
+
+/* Resolves a verified token's credential and user from the store. REVISION is
+ * the store revision read before the lookups, so a cache entry tagged with it
+ * can only be older than the data, never newer. */
+static int resolve_credential(api_server *srv, const char *digest, const char *key, caller *ret,
+                              int64_t *ret_expires, api_error *err)
+{
+    json_t *cred = NULL;
+    int e = store_get_by_lookup(srv->cfg->store, "Credential", key, &cred);
+    const char *stored = cred ? json_string_value(json_object_get(json_object_get(cred, "status"), "tokenDigest")) : NULL;
+    if (e < 0 || !stored || !credential_digest_equal(stored, digest)) {
+        json_decref(cred);
+        if (e < 0 && e != -ENOENT)
+            return api_fail_store(err, e, "Credential", "?");
+        return api_fail(err, 401, "unauthenticated", "unknown or revoked credential token");
+    }
+    json_t *spec = json_object_get(cred, "spec");
+    const char *expires = json_string_value(json_object_get(spec, "expiresAt"));
+    int64_t exp = INT64_MAX;
+    if (expires && time_parse_rfc3339(expires, &exp) < 0)
+        exp = 0; /* unreadable expiry: treat as expired */
+    const char *user_name = json_string_value(json_object_get(spec, "user"));
+    json_t *user = NULL;
+    e = user_name ? store_get(srv->cfg->store, "User", user_name, &user) : -ENOENT;
+    if (e < 0) {
+        api_fail(err, 401, "unauthenticated", "user %s of credential %s does not exist", user_name ? user_name : "?",
+                 doc_name(cred));
+        json_decref(cred);
+        return -1;
+    }
+    *ret = (caller){.user = user, .credential = cred};
+    *ret_expires = exp;
+    return 0;
+}
+
+/* Finds the caller from `Authorization: Bearer <credential token>`. Any
+ * failure is a 401 (or 403 for a disabled user); nothing falls through.
+ * Verified tokens are cached per thread while the store is unchanged. */
+static int authenticate(api_server *srv, h2o_req_t *req, caller *ret, api_error *err)
+{
+    api_thread *t = (api_thread *)req->conn->ctx;
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+    if (i < 0)
+        return api_fail(err, 401, "unauthenticated",
+                        "missing Authorization header; send 'Authorization: Bearer <token>' "
+                        "(cloister login --token TOKEN)");
+    h2o_iovec_t v = req->headers.entries[i].value;
+    if (v.len < 7 || strncasecmp(v.base, "Bearer ", 7) != 0)
+        return api_fail(err, 401, "unauthenticated", "Authorization header must use the Bearer scheme");
+    const char *token = v.base + 7;
+    size_t len = v.len - 7;
+    if (!credential_token_well_formed(token, len))
+        return api_fail(err, 401, "unauthenticated", "malformed credential token (expected clst_…)");
+
+    char digest[CREDENTIAL_DIGEST_HEX_LEN + 1], key[CREDENTIAL_LOOKUP_KEY_LEN + 1];
+    credential_token_digest(token, len, digest, key);
+    int64_t revision = store_revision(srv->cfg->store);
+    auth_cache_entry *slot = auth_cache_slot(t, key);
+    caller c;
+    int64_t expires;
+    if (slot->user && slot->revision == revision && strcmp(slot->lookup_key, key) == 0 &&
+        credential_digest_equal(slot->digest, digest)) {
+        c = (caller){.user = json_incref(slot->user), .credential = json_incref(slot->credential)};
+        expires = slot->expires_at;
+    } else {
+        int r = resolve_credential(srv, digest, key, &c, &expires, err);
+        if (r < 0) {
+            explicit_bzero(digest, sizeof(digest));
+            return r;
+        }
+        auth_cache_entry_clear(slot);
+        snprintf(slot->lookup_key, sizeof(slot->lookup_key), "%s", key);
+        memcpy(slot->digest, digest, sizeof(slot->digest));
+        slot->revision = revision;
+        slot->expires_at = expires;
+        slot->user = json_incref(c.user);
+        slot->credential = json_incref(c.credential);
+    }
+    explicit_bzero(digest, sizeof(digest));
+
+    if (expires <= (int64_t)(time_now_ns() / NSEC_PER_SEC)) {
+        api_fail(err, 401, "unauthenticated", "credential %s has expired", doc_name(c.credential));
+        caller_clear(&c);
+        return -1;
+    }
+    if (json_is_true(json_object_get(json_object_get(c.user, "spec"), "disabled"))) {
+        api_fail(err, 403, "forbidden", "user %s is disabled", caller_name(&c));
+        caller_clear(&c);
+        return -1;
+    }
+    *ret = c;
+    return 0;
+}
+
+/* Until the policy engine decides API calls, only group admins may use the
+ * resource API. */
+static int authorize(const caller *c, api_error *err)
+{
+    if (user_in_group(c->user, BOOTSTRAP_ADMIN_GROUP))
+        return 0;
+    return api_fail(err, 403, "forbidden", "user %s may not call the resource API (only group %s may)",
+                    caller_name(c), BOOTSTRAP_ADMIN_GROUP);
+}
+
+/* ---- asynchronous writes ---- */
+
+typedef struct write_anchor write_anchor;
+
+/* A write waiting on the store. Owned by the handler until queued, then by
+ * the store until done, then by the event loop that frees it. */
+typedef struct pending_write {
+    h2o_multithread_message_t msg;
+    api_thread *thread;
+    h2o_req_t *req; /* NULL once the client went away */
+    write_anchor *anchor;
+    api_route route;
+    uint64_t started;
+    char user[256];
+    json_t *input; /* owns the documents and strings the ops borrow */
+    store_txn txn;
+    store_op ops[];
+} pending_write;
+
+/* Lives in the request's pool; tells the pending write when the request dies. */
+struct write_anchor {
+    pending_write *pw;
+};
+
+static void anchor_dispose(void *p)
+{
+    write_anchor *a = p;
+    if (a->pw)
+        a->pw->req = NULL;
+}
+
+static pending_write *pending_write_new(h2o_req_t *req, api_route route, uint64_t started,
+                                        const caller *c, json_t *input, size_t n_ops)
+{
+    pending_write *pw = calloc(1, sizeof(*pw) + n_ops * sizeof(store_op));
+    if (!pw)
+        return NULL;
+    pw->thread = (api_thread *)req->conn->ctx;
+    pw->req = req;
+    pw->route = route;
+    pw->started = started;
+    snprintf(pw->user, sizeof(pw->user), "%s", caller_name(c));
+    pw->input = json_incref(input);
+    pw->txn.ops = pw->ops;
+    pw->txn.n_ops = n_ops;
+    return pw;
+}
+
+static void pending_write_free(pending_write *pw)
+{
+    store_txn_clear(&pw->txn);
+    json_decref(pw->input);
+    free(pw);
+}
+
+/* Runs on the store's writer thread: hand the result to the event loop. */
+static void on_store_done(store_txn *txn, void *userdata)
+{
+    pending_write *pw = userdata;
+    h2o_multithread_send_message(&pw->thread->write_done, &pw->msg);
+}
+
+static void submit_write(api_server *srv, pending_write *pw)
+{
+    write_anchor *a = h2o_mem_alloc_shared(&pw->req->pool, sizeof(*a), anchor_dispose);
+    a->pw = pw;
+    pw->anchor = a;
+    pw->thread->writes_in_flight++;
+    pw->txn.done = on_store_done;
+    pw->txn.userdata = pw;
+    store_write_async(srv->cfg->store, &pw->txn);
+}
+
+static void log_write(const pending_write *pw, const store_op *op)
+{
+    char action[32];
+    snprintf(action, sizeof(action), "%s", store_action_name(op->action));
+    if (op->action == STORE_UNCHANGED)
+        return;
+    log_fields(LOG_LEVEL_INFO, "resource written", "action", action, "kind", op->kind, "name", op->name,
+               "user", pw->user, NULL);
+}
+
+/* Answers a completed write on its event loop. */
+static void respond_write(pending_write *pw)
+{
+    h2o_req_t *req = pw->req;
+    store_txn *txn = &pw->txn;
+    if (txn->error < 0) {
+        const store_op *op = &txn->ops[txn->failed_op];
+        api_error err;
+        api_fail_store(&err, txn->error, op->kind, op->name);
+        if (pw->route == ROUTE_APPLY)
+            err.document = (long)txn->failed_op;
+        respond_error(req, pw->route, pw->started, &err);
+        return;
+    }
+    for (size_t i = 0; i < txn->n_ops; i++)
+        log_write(pw, &txn->ops[i]);
+    if (pw->route == ROUTE_APPLY) {
+        json_t *items = json_array();
+        for (size_t i = 0; i < txn->n_ops; i++) {
+            const store_op *op = &txn->ops[i];
+            json_array_append_new(
+                items, json_pack("{s:s, s:s, s:s, s:O}", "kind", op->kind, "name", op->name, "action",
+                                 store_action_name(op->action), "resourceVersion",
+                                 json_object_get(json_object_get(op->result, "metadata"), "resourceVersion")));
+        }
+        json_t *body = json_pack("{s:o}", "items", items);
+        respond_json(req, pw->route, pw->started, 200, body);
+        json_decref(body);
+    } else if (pw->route == ROUTE_DELETE) {
+        json_t *body = json_pack("{s:s, s:s, s:s}", "kind", txn->ops[0].kind, "name", txn->ops[0].name,
+                                 "status", "deleted");
+        respond_json(req, pw->route, pw->started, 200, body);
+        json_decref(body);
+    } else {
+        json_t *body = public_view(txn->ops[0].result);
+        respond_json(req, pw->route, pw->started, pw->route == ROUTE_CREATE ? 201 : 200, body);
+        json_decref(body);
+    }
+}
+
+static void on_write_done(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    while (!h2o_linklist_is_empty(messages)) {
+        pending_write *pw = H2O_STRUCT_FROM_MEMBER(pending_write, msg.link, messages->next);
+        h2o_linklist_unlink(&pw->msg.link);
+        pw->thread->writes_in_flight--;
+        if (pw->req) {
+            pw->anchor->pw = NULL;
+            respond_write(pw);
+        }
+        pending_write_free(pw);
+    }
+}
+
+/* ---- resources ---- */
+
+/* Checks a document against its kind's schema and the request's path, then
+ * fills in its defaults. PATH_KIND is the kind named by the URL (NULL for apply). */
+static int check_document(json_t *doc, const resource_kind *path_kind, const char *path_name,
+                          const resource_kind **ret_kind, api_error *err)
+{
+    resource_error rerr = {0};
+    if (resource_validate(doc, &rerr) < 0) {
+        api_fail(err, 400, "invalid", "%s%s%s", rerr.path, rerr.path[0] ? ": " : "", rerr.message);
+        snprintf(err->field, sizeof(err->field), "%s", rerr.path);
+        return -1;
+    }
+    const resource_kind *k = resource_kind_find(json_string_value(json_object_get(doc, "kind")));
+    if (path_kind && k != path_kind)
+        return api_fail(err, 400, "invalid", "kind %s does not match the URL, which names %s", k->kind,
+                        path_kind->kind);
+    if (path_name && strcmp(doc_name(doc), path_name) != 0)
+        return api_fail(err, 400, "invalid", "metadata.name %s does not match the URL, which names %s",
+                        doc_name(doc), path_name);
+    /* stored with its defaults, so re-applying the same manifest changes nothing */
+    if (resource_apply_defaults(doc) < 0)
+        return api_fail(err, 500, "internal", "out of memory");
+    *ret_kind = k;
+    return 0;
+}
+
+/* metadata.resourceVersion of DOC as a number: 0 when absent, -1 when malformed. */
+static int64_t doc_expected_rv(const json_t *doc)
+{
+    const char *s = json_string_value(json_object_get(json_object_get(doc, "metadata"), "resourceVersion"));
+    if (!s || !*s)
+        return 0;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v <= 0)
+        return -1;
+    return v;
+}
+
+static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, uint64_t started, const caller *c,
+                            const resource_kind *kind, const char *name, api_error *err)
+{
+    json_t *doc = NULL;
+    int64_t expected = 0;
+    if (route != ROUTE_DELETE) {
+        doc = api_decode_body(req->entity.base, req->entity.len, err);
+        if (!doc)
+            return -1;
+        const resource_kind *k;
+        if (check_document(doc, kind, name, &k, err) < 0) {
+            json_decref(doc);
+            return -1;
+        }
+        expected = doc_expected_rv(doc);
+        if (expected < 0) {
+            json_decref(doc);
+            return api_fail(err, 400, "invalid", "metadata.resourceVersion must be a positive decimal number");
+        }
+        name = doc_name(doc);
+    } else
+        doc = json_pack("{s:s}", "name", name);
+
+    pending_write *pw = pending_write_new(req, route, started, c, doc, 1);
+    json_decref(doc);
+    if (!pw)
+        return api_fail(err, 500, "internal", "out of memory");
+    pw->ops[0] = (store_op){
+        .type = route == ROUTE_CREATE ? STORE_CREATE : route == ROUTE_REPLACE ? STORE_REPLACE : STORE_DELETE,
+        .kind = kind->kind,
+        .name = route == ROUTE_DELETE ? json_string_value(json_object_get(pw->input, "name")) : doc_name(pw->input),
+        .doc = route == ROUTE_DELETE ? NULL : pw->input,
+        .expected_rv = expected,
+    };
+    submit_write(srv, pw);
+    return 0;
+}
+
+static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const caller *c, api_error *err)
+{
+    json_t *body = api_decode_body(req->entity.base, req->entity.len, err);
+    if (!body)
+        return -1;
+    json_t *items = json_object_get(body, "items");
+    if (!json_is_array(items) || json_array_size(items) == 0) {
+        json_decref(body);
+        return api_fail(err, 400, "invalid", "apply needs {\"items\": [document, ...]} with at least one document");
+    }
+    size_t n = json_array_size(items);
+    if (n > API_APPLY_ITEMS_MAX) {
+        json_decref(body);
+        return api_fail(err, 413, "too_large", "apply takes at most %d documents, got %zu", API_APPLY_ITEMS_MAX, n);
+    }
+    pending_write *pw = pending_write_new(req, ROUTE_APPLY, started, c, body, n);
+    json_decref(body);
+    if (!pw)
+        return api_fail(err, 500, "internal", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *doc = json_array_get(items, i);
+        const resource_kind *k;
+        int64_t expected = 0;
+        if (check_document(doc, NULL, NULL, &k, err) < 0 || (expected = doc_expected_rv(doc)) < 0) {
+            if (expected < 0)
+                api_fail(err, 400, "invalid", "metadata.resourceVersion must be a positive decimal number");
+            err->document = (long)i;
+            pending_write_free(pw);
+            return -1;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (pw->ops[j].kind == k->kind && strcmp(pw->ops[j].name, doc_name(doc)) == 0) {
+                api_fail(err, 400, "invalid", "%s %s appears twice in one apply (documents %zu and %zu)", k->kind,
+                         doc_name(doc), j, i);
+                err->document = (long)i;
+                pending_write_free(pw);
+                return -1;
+            }
+        pw->ops[i] = (store_op){.type = STORE_APPLY, .kind = k->kind, .name = doc_name(doc), .doc = doc,
+                                .expected_rv = expected};
+    }
+    submit_write(srv, pw);
+    return 0;
+}
+
+static void handle_get(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind,
+                       const char *name)
+{
+    json_t *doc;
+    api_error err;
+    int e = store_get(srv->cfg->store, kind->kind, name, &doc);
+    if (e < 0) {
+        api_fail_store(&err, e, kind->kind, name);
+        respond_error(req, ROUTE_GET, started, &err);
+        return;
+    }
+    json_t *v = public_view(doc);
+    respond_json(req, ROUTE_GET, started, 200, v);
+    json_decref(v);
+    json_decref(doc);
+}
+
+static void handle_list(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind)
+{
+    json_t *items;
+    int64_t rev;
+    api_error err;
+    int e = store_list(srv->cfg->store, kind->kind, &items, &rev);
+    if (e < 0) {
+        api_fail_store(&err, e, kind->kind, "*");
+        respond_error(req, ROUTE_LIST, started, &err);
+        return;
+    }
+    json_t *out = json_array();
+    size_t i;
+    json_t *doc;
+    json_array_foreach(items, i, doc) json_array_append_new(out, public_view(doc));
+    json_decref(items);
+    char rvs[24];
+    snprintf(rvs, sizeof(rvs), "%lld", (long long)rev);
+    json_t *body = json_pack("{s:s, s:s, s:{s:s}, s:o}", "apiVersion", "cloister.dev/v1", "kind", "List",
+                             "metadata", "resourceVersion", rvs, "items", out);
+    respond_json(req, ROUTE_LIST, started, 200, body);
+    json_decref(body);
+}
+
+/* ---- watch (Server-Sent Events) ---- */
+
+typedef struct watcher {
+    h2o_generator_t super;
+    h2o_req_t *req;
+    api_thread *thread;
+    h2o_linklist_t link;
+    h2o_timeout_entry_t poll;
+    const char *kind;
+    int64_t revision;
+    uint64_t started, last_sent;
+    bool sending; /* h2o holds `inflight` until proceed is called */
+    bool finishing;
+    bool done;
+    strbuf queued, inflight;
+} watcher;
+
+static void watcher_flush(watcher *w);
+
+static void watcher_detach(watcher *w)
+{
+    if (h2o_timeout_is_linked(&w->poll))
+        h2o_timeout_unlink(&w->poll);
+    if (h2o_linklist_is_linked(&w->link))
+        h2o_linklist_unlink(&w->link);
+}
+
+static void watcher_dispose(void *p)
+{
+    watcher *w = p;
+    watcher_detach(w);
+    strbuf_free(&w->queued);
+    strbuf_free(&w->inflight);
+}
+
+static int watcher_queue_event(watcher *w, const char *type, int64_t revision, const json_t *data)
+{
+    char *text = json_dumps(data, JSON_COMPACT);
+    if (!text)
+        return -ENOMEM;
+    int r = strbuf_printf(&w->queued, "event: %s\nid: %lld\ndata: %s\n\n", type, (long long)revision, text);
+    free(text);
+    return r;
+}
+
+/* Ends the stream after what is queued; ERROR_CODE adds a final error event. */
+static void watcher_finish(watcher *w, const char *error_code, const char *message)
+{
+    if (w->finishing)
+        return;
+    if (error_code) {
+        json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", error_code, "message", message);
+        watcher_queue_event(w, "ERROR", w->revision, e);
+        json_decref(e);
+    }
+    w->finishing = true;
+    watcher_detach(w);
+    watcher_flush(w);
+}
+
+/* Sends what is queued unless a send is under way; the final chunk ends the response. */
+static void watcher_flush(watcher *w)
+{
+    if (w->sending || w->done)
+        return;
+    if (w->queued.len == 0 && !w->finishing)
+        return;
+    strbuf tmp = w->inflight;
+    w->inflight = w->queued;
+    w->queued = tmp;
+    strbuf_reset(&w->queued);
+    h2o_iovec_t buf = h2o_iovec_init(w->inflight.data, w->inflight.len);
+    w->sending = true;
+    w->last_sent = time_mono_ns();
+    if (w->finishing) {
+        w->done = true;
+        finish(w->req, ROUTE_WATCH, w->started, 200);
+    }
+    h2o_send(w->req, &buf, buf.len ? 1 : 0, w->finishing ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
+}
+
+static void watcher_poll(h2o_timeout_entry_t *entry)
+{
+    watcher *w = H2O_STRUCT_FROM_MEMBER(watcher, poll, entry);
+    api_server *srv = w->thread->server;
+    json_t *events;
+    int e = store_changes_since(srv->cfg->store, w->kind, w->revision, WATCH_BATCH_MAX, &events);
+    if (e == -ESTALE) {
+        watcher_finish(w, "gone", "the requested resourceVersion is older than the kept history; list and watch again");
+        return;
+    }
+    if (e == 0) {
+        size_t i;
+        json_t *ev;
+        json_array_foreach(events, i, ev)
+        {
+            int64_t rev = json_integer_value(json_object_get(ev, "revision"));
+            json_t *obj = json_object_get(ev, "object");
+            json_t *pub = public_view(obj);
+            json_object_set_new(ev, "object", pub);
+            if (watcher_queue_event(w, json_string_value(json_object_get(ev, "type")), rev, ev) < 0) {
+                json_decref(events);
+                watcher_finish(w, "too_large", "the client does not read the stream fast enough");
+                return;
+            }
+            w->revision = rev;
+        }
+        json_decref(events);
+    }
+    if (w->queued.len == 0 && time_mono_ns() - w->last_sent > WATCH_HEARTBEAT_NS)
+        strbuf_puts(&w->queued, ": heartbeat\n\n");
+    watcher_flush(w);
+    h2o_timeout_link(w->thread->ctx.loop, &w->thread->watch_poll, &w->poll);
+}
+
+static void watcher_proceed(h2o_generator_t *g, h2o_req_t *req)
+{
+    watcher *w = (watcher *)g;
+    w->sending = false;
+    strbuf_reset(&w->inflight);
+    watcher_flush(w);
+}
+
+static void watcher_stop(h2o_generator_t *g, h2o_req_t *req)
+{
+    watcher *w = (watcher *)g;
+    if (!w->done)
+        finish(req, ROUTE_WATCH, w->started, 200);
+    w->done = true;
+    watcher_detach(w);
+}
+
+static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind,
+                         int64_t from_revision)
+{
+    api_thread *t = (api_thread *)req->conn->ctx;
+    watcher *w = h2o_mem_alloc_shared(&req->pool, sizeof(*w), watcher_dispose);
+    *w = (watcher){.super = {watcher_proceed, watcher_stop}, .req = req, .thread = t, .kind = kind->kind,
+                   .started = started, .last_sent = time_mono_ns()};
+    w->poll.cb = watcher_poll;
+    strbuf_init(&w->queued, WATCH_BUFFER_MAX);
+    strbuf_init(&w->inflight, WATCH_BUFFER_MAX);
+    if (from_revision > 0)
+        w->revision = from_revision;
+    else {
+        /* the current state first, then every change after it */
+        json_t *items;
+        int e = store_list(srv->cfg->store, kind->kind, &items, &w->revision);
+        if (e < 0) {
+            api_error err;
+            api_fail_store(&err, e, kind->kind, "*");
+            respond_error(req, ROUTE_WATCH, started, &err);
+            return;
+        }
+        size_t i;
+        json_t *doc;
+        json_array_foreach(items, i, doc)
+        {
+            json_t *ev = json_pack("{s:s, s:I, s:o}", "type", "ADDED", "revision", (json_int_t)w->revision,
+                                   "object", public_view(doc));
+            watcher_queue_event(w, "ADDED", w->revision, ev);
+            json_decref(ev);
+        }
+        json_decref(items);
+    }
+    req->res.status = 200;
+    req->res.reason = "OK";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("text/event-stream"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+    h2o_start_response(req, &w->super);
+    strbuf_puts(&w->queued, ": watching\n\n");
+    h2o_linklist_insert(&t->watchers, &w->link);
+    watcher_flush(w);
+    h2o_timeout_link(t->ctx.loop, &t->watch_poll, &w->poll);
+}
+
+/* ---- health, metrics, whoami ---- */
+
+static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
+{
+    const api_config *cfg = srv->cfg;
+    json_t *roles = json_object();
+    bool ok = !atomic_load(&srv->stopping);
+    for (size_t i = 0; i < cfg->n_roles; i++) {
+        if (!atomic_load(&cfg->roles[i].wanted))
+            continue;
+        bool ready = atomic_load(&cfg->roles[i].ready);
+        ok = ok && ready;
+        json_object_set_new(roles, cfg->roles[i].name, json_string(ready ? "ready" : "starting"));
+    }
+    json_t *body = json_pack("{s:s, s:o}", "status", ok ? "ok" : "unavailable", "roles", roles);
+    respond_json(req, ROUTE_HEALTHZ, started, ok ? 200 : 503, body);
+    json_decref(body);
+}
+
+static void handle_metrics(h2o_req_t *req, uint64_t started)
+{
+    _cleanup_strbuf_ strbuf out;
+    strbuf_init(&out, 4 * 1024 * 1024);
+    metrics_render(&out);
+    req->res.status = 200;
+    req->res.reason = "OK";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("text/plain; version=0.0.4; charset=utf-8"));
+    req->res.content_length = out.len;
+    h2o_send_inline(req, out.data ? out.data : "", out.len);
+    finish(req, ROUTE_METRICS, started, 200);
+}
+
+static void handle_whoami(h2o_req_t *req, uint64_t started, const caller *c)
+{
+    json_t *spec = json_object_get(c->user, "spec");
+    json_t *groups = json_object_get(spec, "groups");
+    json_t *body = json_pack("{s:s, s:s, s:s, s:o, s:s}", "user", caller_name(c), "type",
+                             json_string_value(json_object_get(spec, "type")) ?: "human", "email",
+                             json_string_value(json_object_get(spec, "email")) ?: "", "groups",
+                             groups ? json_incref(groups) : json_array(), "credential", doc_name(c->credential));
+    respond_json(req, ROUTE_WHOAMI, started, 200, body);
+    json_decref(body);
+}
+
+/* ---- routing ---- */
+
+static bool method_is(const h2o_req_t *req, const char *m)
+{
+    return h2o_memis(req->method.base, req->method.len, m, strlen(m));
+}
+
+/* Value of query parameter NAME (not decoded; callers accept only plain
+ * tokens) into OUT; false when absent or too long. */
+static bool query_param(const h2o_req_t *req, const char *name, char *out, size_t size)
+{
+    if (req->query_at == SIZE_MAX)
+        return false;
+    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    size_t nlen = strlen(name);
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        if ((size_t)(stop - p) >= nlen && memcmp(p, name, nlen) == 0 && (p + nlen == stop || p[nlen] == '=')) {
+            const char *v = p + nlen == stop ? stop : p + nlen + 1;
+            if ((size_t)(stop - v) >= size)
+                return false;
+            memcpy(out, v, (size_t)(stop - v));
+            out[stop - v] = 0;
+            return true;
+        }
+        p = stop + 1;
+    }
+    return false;
+}
+
+static void method_not_allowed(h2o_req_t *req, api_route route, uint64_t started, const char *allowed)
+{
+    api_error err;
+    api_fail(&err, 405, "method_not_allowed", "%.*s is not allowed here; use %s", (int)req->method.len,
+             req->method.base, allowed);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, allowed, strlen(allowed));
+    respond_error(req, route, started, &err);
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    api_server *srv = ((api_handler *)self)->server;
+    uint64_t started = time_mono_ns();
+    api_error err;
+    h2o_iovec_t path = req->path_normalized;
+
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/healthz"))) {
+        if (!method_is(req, "GET") && !method_is(req, "HEAD"))
+            method_not_allowed(req, ROUTE_HEALTHZ, started, "GET");
+        else
+            handle_healthz(srv, req, started);
+        return 0;
+    }
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/metrics"))) {
+        if (!method_is(req, "GET") && !method_is(req, "HEAD"))
+            method_not_allowed(req, ROUTE_METRICS, started, "GET");
+        else
+            handle_metrics(req, started);
+        return 0;
+    }
+
+    /* /v1/<a>[/<b>] */
+    char seg_a[64] = "", seg_b[256] = "";
+    int n_seg = 0;
+    if (path.len > 4 && memcmp(path.base, "/v1/", 4) == 0) {
+        const char *a = path.base + 4, *end = path.base + path.len;
+        const char *slash = memchr(a, '/', (size_t)(end - a));
+        const char *a_end = slash ? slash : end;
+        if (a_end > a && (size_t)(a_end - a) < sizeof(seg_a)) {
+            memcpy(seg_a, a, (size_t)(a_end - a));
+            n_seg = 1;
+            if (slash) {
+                const char *b = slash + 1;
+                if (b < end && !memchr(b, '/', (size_t)(end - b)) && (size_t)(end - b) < sizeof(seg_b)) {
+                    memcpy(seg_b, b, (size_t)(end - b));
+                    n_seg = 2;
+                } else
+                    n_seg = -1;
+            }
+        }
+    }
+    if (n_seg <= 0) {
+        api_fail(&err, 404, "not_found", "no such endpoint: %.*s", (int)MIN(path.len, (size_t)200), path.base);
+        respond_error(req, ROUTE_OTHER, started, &err);
+        return 0;
+    }
+
+    api_route route = ROUTE_OTHER;
+    const resource_kind *kind = NULL;
+    if (n_seg == 1 && strcmp(seg_a, "whoami") == 0)
+        route = ROUTE_WHOAMI;
+    else if (n_seg == 1 && strcmp(seg_a, "apply") == 0)
+        route = ROUTE_APPLY;
+    else {
+        kind = resource_kind_find(seg_a);
+        if (!kind || strcmp(kind->plural, seg_a) != 0) {
+            api_fail(&err, 404, "not_found", "unknown resource kind '%s' in the URL; use the lower-case plural, e.g. /v1/services",
+                     seg_a);
+            respond_error(req, ROUTE_OTHER, started, &err);
+            return 0;
+        }
+        char watch[8];
+        if (n_seg == 1)
+            route = method_is(req, "POST") ? ROUTE_CREATE
+                    : (query_param(req, "watch", watch, sizeof(watch)) && (strcmp(watch, "1") == 0 || strcmp(watch, "true") == 0))
+                        ? ROUTE_WATCH
+                        : ROUTE_LIST;
+        else
+            route = method_is(req, "PUT") ? ROUTE_REPLACE : method_is(req, "DELETE") ? ROUTE_DELETE : ROUTE_GET;
+    }
+
+    /* every /v1 call is authenticated and authorized before anything else */
+    caller c = {0};
+    if (authenticate(srv, req, &c, &err) < 0 || authorize(&c, &err) < 0) {
+        log_fields(LOG_LEVEL_INFO, "API request refused", "reason", err.message, "user", caller_name(&c), NULL);
+        caller_clear(&c);
+        respond_error(req, route, started, &err);
+        return 0;
+    }
+
+    int r = 0;
+    switch (route) {
+    case ROUTE_WHOAMI:
+        if (!method_is(req, "GET"))
+            method_not_allowed(req, route, started, "GET");
+        else
+            handle_whoami(req, started, &c);
+        break;
+    case ROUTE_APPLY:
+        if (!method_is(req, "POST"))
+            method_not_allowed(req, route, started, "POST");
+        else
+            r = handle_apply(srv, req, started, &c, &err);
+        break;
+    case ROUTE_LIST:
+    case ROUTE_WATCH:
+        if (!method_is(req, "GET") && !method_is(req, "HEAD"))
+            method_not_allowed(req, route, started, "GET, POST");
+        else if (route == ROUTE_LIST)
+            handle_list(srv, req, started, kind);
+        else {
+            char rv[24];
+            long long from = 0;
+            if (query_param(req, "resourceVersion", rv, sizeof(rv))) {
+                char *end;
+                from = strtoll(rv, &end, 10);
+                if (*end || from < 0)
+                    from = -1;
+            }
+            if (from < 0)
+                r = api_fail(&err, 400, "invalid", "resourceVersion must be a non-negative decimal number");
+            else
+                handle_watch(srv, req, started, kind, from);
+        }
+        break;
+    case ROUTE_CREATE:
+        r = handle_write_one(srv, req, route, started, &c, kind, NULL, &err);
+        break;
+    case ROUTE_GET:
+    case ROUTE_REPLACE:
+    case ROUTE_DELETE:
+        if (!resource_name_valid(seg_b))
+            r = api_fail(&err, 404, "not_found", "%s '%s' not found (not a valid name)", kind->kind, seg_b);
+        else if (route == ROUTE_GET && !method_is(req, "GET") && !method_is(req, "HEAD"))
+            method_not_allowed(req, route, started, "GET, PUT, DELETE");
+        else if (route == ROUTE_GET)
+            handle_get(srv, req, started, kind, seg_b);
+        else
+            r = handle_write_one(srv, req, route, started, &c, kind, seg_b, &err);
+        break;
+    default:
+        r = api_fail(&err, 404, "not_found", "no such endpoint");
+    }
+    if (r < 0)
+        respond_error(req, route, started, &err);
+    caller_clear(&c);
+    return 0;
+}
+
+void api_handlers_register(api_server *srv, h2o_pathconf_t *pathconf)
+{
+    api_handler *h = (api_handler *)h2o_create_handler(pathconf, sizeof(*h));
+    h->super.on_req = on_req;
+    h->server = srv;
+}
+
+void api_handlers_thread_init(api_thread *t)
+{
+    t->queue = h2o_multithread_create_queue(t->ctx.loop);
+    h2o_multithread_register_receiver(t->queue, &t->write_done, on_write_done);
+    h2o_timeout_init(t->ctx.loop, &t->watch_poll, WATCH_POLL_MS);
+    h2o_linklist_init_anchor(&t->watchers);
+}
+
+void api_handlers_thread_drain(api_thread *t)
+{
+    while (!h2o_linklist_is_empty(&t->watchers)) {
+        watcher *w = H2O_STRUCT_FROM_MEMBER(watcher, link, t->watchers.next);
+        watcher_finish(w, NULL, NULL);
+    }
+}
+
+bool api_handlers_thread_busy(api_thread *t)
+{
+    return t->writes_in_flight > 0;
+}
+
+void api_handlers_thread_dispose(api_thread *t)
+{
+    for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++)
+        auth_cache_entry_clear(&t->auth_cache[i]);
+    h2o_multithread_unregister_receiver(t->queue, &t->write_done);
+    h2o_multithread_destroy_queue(t->queue);
+    h2o_timeout_dispose(t->ctx.loop, &t->watch_poll);
+    h2o_context_dispose(&t->ctx);
+}

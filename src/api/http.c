@@ -1,0 +1,144 @@
+#include "api/http.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "basic/macro.h"
+
+const char *http_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 503: return "Service Unavailable";
+    default: return status >= 500 ? "Internal Server Error" : "Error";
+    }
+}
+
+int api_fail(api_error *err, int status, const char *code, const char *fmt, ...)
+{
+    err->status = status;
+    err->code = code;
+    err->field[0] = 0;
+    err->document = -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int api_fail_store(api_error *err, int e, const char *kind, const char *name)
+{
+    switch (e) {
+    case -ENOENT:
+        return api_fail(err, 404, "not_found", "%s %s not found", kind, name);
+    case -EEXIST:
+        return api_fail(err, 409, "already_exists", "%s %s already exists", kind, name);
+    case -ESTALE:
+        return api_fail(err, 409, "conflict",
+                        "%s %s was changed since resourceVersion given; get it again and retry", kind, name);
+    case -ENOSPC:
+        return api_fail(err, 507, "insufficient_storage", "the store is out of disk space");
+    default:
+        return api_fail(err, 500, "internal", "the store failed (%s); see the server log", strerror(-e));
+    }
+}
+
+void api_send_json(h2o_req_t *req, int status, const json_t *value)
+{
+    char *body = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
+    req->res.status = status;
+    req->res.reason = http_reason(status);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("application/json"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+    if (!body) {
+        req->res.status = 500;
+        req->res.reason = http_reason(500);
+        static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+        req->res.content_length = sizeof(oom) - 1;
+        h2o_send_inline(req, oom, sizeof(oom) - 1);
+        return;
+    }
+    /* a known length keeps HTTP/1.1 connections alive for every status (h2o's
+     * chunked encoder closes them for non-200 responses of unknown length) */
+    req->res.content_length = strlen(body);
+    h2o_send_inline(req, body, strlen(body));
+    free(body);
+}
+
+void api_send_error(h2o_req_t *req, const api_error *err)
+{
+    json_t *e = json_pack("{s:s, s:s}", "code", err->code, "message", err->message);
+    if (err->field[0])
+        json_object_set_new(e, "field", json_string(err->field));
+    if (err->document >= 0)
+        json_object_set_new(e, "document", json_integer(err->document));
+    json_t *body = json_pack("{s:o}", "error", e);
+    if (err->status == 401)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
+                       H2O_STRLIT("Bearer realm=\"cloister\""));
+    api_send_json(req, err->status, body);
+    json_decref(body);
+}
+
+/* Depth of nested arrays and objects in V, stopping early past LIMIT. */
+static size_t json_depth(const json_t *v, size_t limit)
+{
+    if (limit == 0)
+        return 1;
+    size_t deepest = 0;
+    if (json_is_object(v)) {
+        const char *k;
+        json_t *child;
+        json_object_foreach((json_t *)v, k, child) deepest = MAX(deepest, json_depth(child, limit - 1));
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *child;
+        json_array_foreach(v, i, child) deepest = MAX(deepest, json_depth(child, limit - 1));
+    } else
+        return 0;
+    return deepest + 1;
+}
+
+json_t *api_decode_body(const char *data, size_t len, api_error *err)
+{
+    if (len > API_BODY_MAX) {
+        api_fail(err, 413, "too_large", "request body is %zu bytes; the limit is %d bytes", len, API_BODY_MAX);
+        return NULL;
+    }
+    if (len == 0) {
+        api_fail(err, 400, "invalid", "request body is empty; send a JSON document");
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *v = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!v) {
+        api_fail(err, 400, "invalid", "request body is not valid JSON: %s at line %d column %d", jerr.text,
+                 jerr.line, jerr.column);
+        return NULL;
+    }
+    if (json_depth(v, API_JSON_DEPTH_MAX + 1) > API_JSON_DEPTH_MAX) {
+        json_decref(v);
+        api_fail(err, 400, "invalid", "request body nests deeper than %d levels", API_JSON_DEPTH_MAX);
+        return NULL;
+    }
+    if (!json_is_object(v)) {
+        json_decref(v);
+        api_fail(err, 400, "invalid", "request body must be a JSON object");
+        return NULL;
+    }
+    return v;
+}

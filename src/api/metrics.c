@@ -1,0 +1,98 @@
+#include "api/metrics.h"
+
+#include <stdatomic.h>
+
+#include "basic/macro.h"
+
+static const struct {
+    const char *path;
+    const char *method;
+} route_labels[ROUTE_COUNT_] = {
+    [ROUTE_HEALTHZ] = {"/healthz", "GET"},
+    [ROUTE_METRICS] = {"/metrics", "GET"},
+    [ROUTE_WHOAMI] = {"/v1/whoami", "GET"},
+    [ROUTE_APPLY] = {"/v1/apply", "POST"},
+    [ROUTE_LIST] = {"/v1/{kind}", "GET"},
+    [ROUTE_WATCH] = {"/v1/{kind}?watch=1", "GET"},
+    [ROUTE_CREATE] = {"/v1/{kind}", "POST"},
+    [ROUTE_GET] = {"/v1/{kind}/{name}", "GET"},
+    [ROUTE_REPLACE] = {"/v1/{kind}/{name}", "PUT"},
+    [ROUTE_DELETE] = {"/v1/{kind}/{name}", "DELETE"},
+    [ROUTE_OTHER] = {"other", "any"},
+};
+
+/* The statuses the API answers with; anything else is counted as "other". */
+static const int statuses[] = {200, 201, 400, 401, 403, 404, 405, 409, 410, 413, 415, 500, 503, 507};
+#define N_STATUS (ELEMENTSOF(statuses) + 1)
+
+static const double buckets_s[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
+#define N_BUCKETS ELEMENTSOF(buckets_s)
+
+static _Atomic uint64_t requests[ROUTE_COUNT_][N_STATUS];
+static _Atomic uint64_t latency_buckets[ROUTE_COUNT_][N_BUCKETS];
+static _Atomic uint64_t latency_count[ROUTE_COUNT_];
+static _Atomic uint64_t latency_sum_ns[ROUTE_COUNT_];
+
+void metrics_observe(api_route route, int status, uint64_t duration_ns)
+{
+    size_t s = ELEMENTSOF(statuses);
+    for (size_t i = 0; i < ELEMENTSOF(statuses); i++)
+        if (statuses[i] == status) {
+            s = i;
+            break;
+        }
+    atomic_fetch_add_explicit(&requests[route][s], 1, memory_order_relaxed);
+    double secs = (double)duration_ns / 1e9;
+    for (size_t b = 0; b < N_BUCKETS; b++)
+        if (secs <= buckets_s[b]) {
+            atomic_fetch_add_explicit(&latency_buckets[route][b], 1, memory_order_relaxed);
+            break;
+        }
+    atomic_fetch_add_explicit(&latency_count[route], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&latency_sum_ns[route], duration_ns, memory_order_relaxed);
+}
+
+int metrics_render(strbuf *out)
+{
+    int r = strbuf_puts(out, "# HELP cloister_api_requests_total API requests by route, method and status.\n"
+                             "# TYPE cloister_api_requests_total counter\n");
+    for (int rt = 0; rt < ROUTE_COUNT_ && r == 0; rt++)
+        for (size_t s = 0; s < N_STATUS && r == 0; s++) {
+            uint64_t n = atomic_load_explicit(&requests[rt][s], memory_order_relaxed);
+            if (!n)
+                continue;
+            char status[8];
+            if (s < ELEMENTSOF(statuses))
+                snprintf(status, sizeof(status), "%d", statuses[s]);
+            else
+                snprintf(status, sizeof(status), "other");
+            r = strbuf_printf(out, "cloister_api_requests_total{route=\"%s\",method=\"%s\",status=\"%s\"} %llu\n",
+                              route_labels[rt].path, route_labels[rt].method, status, (unsigned long long)n);
+        }
+    if (r == 0)
+        r = strbuf_puts(out, "# HELP cloister_api_request_duration_seconds API request latency by route.\n"
+                             "# TYPE cloister_api_request_duration_seconds histogram\n");
+    for (int rt = 0; rt < ROUTE_COUNT_ && r == 0; rt++) {
+        uint64_t count = atomic_load_explicit(&latency_count[rt], memory_order_relaxed);
+        if (!count)
+            continue;
+        uint64_t cumulative = 0;
+        for (size_t b = 0; b < N_BUCKETS && r == 0; b++) {
+            cumulative += atomic_load_explicit(&latency_buckets[rt][b], memory_order_relaxed);
+            r = strbuf_printf(out,
+                              "cloister_api_request_duration_seconds_bucket{route=\"%s\",method=\"%s\",le=\"%g\"} %llu\n",
+                              route_labels[rt].path, route_labels[rt].method, buckets_s[b],
+                              (unsigned long long)cumulative);
+        }
+        if (r == 0)
+            r = strbuf_printf(out,
+                              "cloister_api_request_duration_seconds_bucket{route=\"%s\",method=\"%s\",le=\"+Inf\"} %llu\n"
+                              "cloister_api_request_duration_seconds_sum{route=\"%s\",method=\"%s\"} %.9f\n"
+                              "cloister_api_request_duration_seconds_count{route=\"%s\",method=\"%s\"} %llu\n",
+                              route_labels[rt].path, route_labels[rt].method, (unsigned long long)count,
+                              route_labels[rt].path, route_labels[rt].method,
+                              (double)atomic_load_explicit(&latency_sum_ns[rt], memory_order_relaxed) / 1e9,
+                              route_labels[rt].path, route_labels[rt].method, (unsigned long long)count);
+    }
+    return r;
+}

@@ -1,0 +1,27 @@
+/* Request metrics of the API in Prometheus text format: a counter per route,
+ * method and status, and a latency histogram per route. Lock-free: counters
+ * are atomics updated from any event loop. */
+#pragma once
+
+#include <stdint.h>
+
+#include "basic/strbuf.h"
+
+typedef enum api_route {
+    ROUTE_HEALTHZ,
+    ROUTE_METRICS,
+    ROUTE_WHOAMI,
+    ROUTE_APPLY,
+    ROUTE_LIST,
+    ROUTE_WATCH,
+    ROUTE_CREATE,
+    ROUTE_GET,
+    ROUTE_REPLACE,
+    ROUTE_DELETE,
+    ROUTE_OTHER,
+    ROUTE_COUNT_,
+} api_route;
+
+void metrics_observe(api_route route, int status, uint64_t duration_ns);
+/* Appends the exposition text to OUT. */
+int metrics_render(strbuf *out);
