@@ -1,0 +1,415 @@
+/* cloisterd: the supervising parent. Prepares the data dir (cluster CA,
+ * server certificates, bootstrap identity), then forks one process per role
+ * from the role table, restarts a role that dies with exponential backoff, and
+ * on SIGTERM stops every role and exits 0. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "basic/fileio.h"
+#include "basic/log.h"
+#include "basic/macro.h"
+#include "basic/timeutil.h"
+#include "daemon/bootstrap.h"
+#include "daemon/daemon.h"
+#include "daemon/pki.h"
+#include "store/store.h"
+
+/* Adding a role: one entry here and its main function. */
+static const role_def roles[] = {
+    {"api", role_api_main},
+};
+#define N_ROLES ELEMENTSOF(roles)
+
+#define BACKOFF_MIN_NS (250 * NSEC_PER_MSEC)
+#define BACKOFF_MAX_NS (30 * NSEC_PER_SEC)
+#define STABLE_RUN_NS (60 * NSEC_PER_SEC)
+#define STOP_TIMEOUT_NS (15 * NSEC_PER_SEC)
+
+typedef struct role_proc {
+    pid_t pid;
+    uint64_t started_at;
+    uint64_t restart_at; /* 0: not scheduled */
+    uint64_t backoff;
+} role_proc;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: cloisterd --dev [--data-dir DIR] [--api-listen HOST:PORT] [--proxy-listen HOST:PORT]\n"
+            "                 [--proxy-http-listen HOST:PORT] [--domain DOMAIN] [--api-threads N]\n"
+            "                 [--log-level debug|info|warn|error]\n"
+            "\n"
+            "  --dev                 run every role on this machine with an embedded store\n"
+            "  --data-dir DIR        state, keys and certificates (default ./cloister-data)\n"
+            "  --api-listen A        the REST API, HTTPS (default 127.0.0.1:7443)\n"
+            "  --proxy-listen A      the identity-aware proxy, HTTPS (default 127.0.0.1:8443)\n"
+            "  --proxy-http-listen A an additional plain-HTTP proxy listener (off by default)\n"
+            "  --domain D            services are reached at <service>.D (default localhost)\n");
+}
+
+static bool valid_listen(const char *s)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s || !colon[1])
+        return false;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    return !*end && port > 0 && port < 65536;
+}
+
+static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
+{
+    if (strlen(value) >= size) {
+        fprintf(stderr, "cloisterd: %s is too long\n", flag);
+        return -1;
+    }
+    strcpy(dst, value);
+    return 0;
+}
+
+/* Parses the command line into CFG; returns 0, or the exit status to use. */
+static int parse_args(int argc, char **argv, daemon_config *cfg)
+{
+    enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_LOG };
+    static const struct option opts[] = {
+        {"dev", no_argument, NULL, 'd'},
+        {"data-dir", required_argument, NULL, OPT_DATA_DIR},
+        {"api-listen", required_argument, NULL, OPT_API},
+        {"proxy-listen", required_argument, NULL, OPT_PROXY},
+        {"proxy-http-listen", required_argument, NULL, OPT_PROXY_HTTP},
+        {"domain", required_argument, NULL, OPT_DOMAIN},
+        {"api-threads", required_argument, NULL, OPT_THREADS},
+        {"log-level", required_argument, NULL, OPT_LOG},
+        {"help", no_argument, NULL, 'h'},
+        {},
+    };
+    *cfg = (daemon_config){.api_threads = 2};
+    strcpy(cfg->data_dir, "./cloister-data");
+    strcpy(cfg->api_listen, "127.0.0.1:7443");
+    strcpy(cfg->proxy_listen, "127.0.0.1:8443");
+    strcpy(cfg->domain, "localhost");
+    int c;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            cfg->dev = true;
+            break;
+        case OPT_DATA_DIR:
+            if (copy_arg(cfg->data_dir, sizeof(cfg->data_dir), "--data-dir", optarg) < 0)
+                return 2;
+            break;
+        case OPT_API:
+        case OPT_PROXY:
+        case OPT_PROXY_HTTP: {
+            const char *flag = c == OPT_API ? "--api-listen" : c == OPT_PROXY ? "--proxy-listen" : "--proxy-http-listen";
+            char *dst = c == OPT_API ? cfg->api_listen : c == OPT_PROXY ? cfg->proxy_listen : cfg->proxy_http_listen;
+            if (!valid_listen(optarg)) {
+                fprintf(stderr, "cloisterd: %s '%s' is not HOST:PORT (e.g. 127.0.0.1:7443)\n", flag, optarg);
+                return 2;
+            }
+            if (copy_arg(dst, 256, flag, optarg) < 0)
+                return 2;
+            break;
+        }
+        case OPT_DOMAIN:
+            if (copy_arg(cfg->domain, sizeof(cfg->domain), "--domain", optarg) < 0)
+                return 2;
+            break;
+        case OPT_THREADS: {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (*end || n < 1 || n > 64) {
+                fprintf(stderr, "cloisterd: --api-threads takes a number from 1 to 64\n");
+                return 2;
+            }
+            cfg->api_threads = (unsigned)n;
+            break;
+        }
+        case OPT_LOG: {
+            log_level level;
+            if (log_level_from_string(optarg, &level) < 0) {
+                fprintf(stderr, "cloisterd: --log-level takes debug, info, warn or error\n");
+                return 2;
+            }
+            log_set_max_level(level);
+            break;
+        }
+        case 'h':
+            usage(stdout);
+            return -1;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "cloisterd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    if (!cfg->dev) {
+        fprintf(stderr, "cloisterd: this release runs only as a single-machine deployment; start it with --dev\n");
+        usage(stderr);
+        return 2;
+    }
+    return 0;
+}
+
+static int path_in(char *dst, size_t size, const char *dir, const char *name)
+{
+    return (size_t)snprintf(dst, size, "%s/%s", dir, name) < size ? 0 : -ENAMETOOLONG;
+}
+
+/* Creates the data dir (0700) and fills in every path inside it. */
+static int prepare_data_dir(daemon_config *cfg)
+{
+    int r = mkdir_p(cfg->data_dir, 0700);
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot create the data dir", "path", cfg->data_dir, "error", strerror(-r), NULL);
+        return r;
+    }
+    char real[PATH_MAX];
+    if (!realpath(cfg->data_dir, real) || strlen(real) >= sizeof(cfg->data_dir))
+        return -ENAMETOOLONG;
+    strcpy(cfg->data_dir, real);
+    char tls[4200];
+    if (path_in(tls, sizeof(tls), cfg->data_dir, "tls") < 0 || mkdir_p(tls, 0700) < 0)
+        return -EIO;
+    if (path_in(cfg->ca_cert, sizeof(cfg->ca_cert), cfg->data_dir, "ca.pem") < 0 ||
+        path_in(cfg->ca_key, sizeof(cfg->ca_key), cfg->data_dir, "ca.key") < 0 ||
+        path_in(cfg->api_cert, sizeof(cfg->api_cert), tls, "api.pem") < 0 ||
+        path_in(cfg->api_key, sizeof(cfg->api_key), tls, "api.key") < 0 ||
+        path_in(cfg->admin_token, sizeof(cfg->admin_token), cfg->data_dir, "admin.token") < 0 ||
+        (size_t)snprintf(cfg->store_url, sizeof(cfg->store_url), "sqlite:%s/store.db", cfg->data_dir) >=
+            sizeof(cfg->store_url))
+        return -ENAMETOOLONG;
+    return 0;
+}
+
+/* The certificate names of the API listener: localhost, loopback, and the host it listens on. */
+static int ensure_api_cert(const daemon_config *cfg)
+{
+    char host[256];
+    const char *colon = strrchr(cfg->api_listen, ':');
+    size_t n = (size_t)(colon - cfg->api_listen);
+    memcpy(host, cfg->api_listen, n);
+    host[n] = 0;
+    char *h = host;
+    if (h[0] == '[') {
+        h++;
+        h[strlen(h) - 1] = 0;
+    }
+    char api_name[300];
+    snprintf(api_name, sizeof(api_name), "api.%s", cfg->domain);
+    const char *names[6] = {"localhost", "127.0.0.1", "::1", api_name};
+    size_t n_names = 4;
+    if (strcmp(h, "localhost") && strcmp(h, "127.0.0.1") && strcmp(h, "::1") && strcmp(h, "0.0.0.0") && strcmp(h, "::"))
+        names[n_names++] = h;
+    return pki_ensure_server_cert(cfg->ca_cert, cfg->ca_key, names, n_names, cfg->api_cert, cfg->api_key);
+}
+
+static int first_start(daemon_config *cfg)
+{
+    int r = prepare_data_dir(cfg);
+    if (r < 0)
+        return r;
+    r = pki_ensure_ca(cfg->ca_cert, cfg->ca_key);
+    if (r == 0)
+        r = ensure_api_cert(cfg);
+    if (r < 0)
+        return r;
+    store *s;
+    r = store_open(cfg->store_url, &s);
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", cfg->store_url, "error", strerror(-r), NULL);
+        return r;
+    }
+    r = bootstrap_admin(s, cfg->admin_token);
+    store_free(s);
+    return r;
+}
+
+static pid_t spawn_role(const daemon_config *cfg, size_t i, role_health *health)
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    /* child: die with the supervisor; signals stay blocked for the role's sigwait */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    prctl(PR_SET_NAME, roles[i].name);
+    log_set_role(roles[i].name);
+    _exit(roles[i].main(cfg, &health[i], health, N_ROLES));
+}
+
+static void print_banner(const daemon_config *cfg)
+{
+    /* the token itself only goes to a terminal, never into a captured log */
+    char *token = NULL;
+    size_t len = 0;
+    bool have = isatty(STDOUT_FILENO) && read_file(cfg->admin_token, 4096, &token, &len) == 0;
+    printf("Cloister is ready (development mode).\n"
+           "  API:          https://%s  (CA: %s)\n"
+           "  admin token:  %s\n"
+           "  log in:       cloister --server https://%s --ca %s login --token \"$(cat %s)\"\n",
+           cfg->api_listen, cfg->ca_cert, have ? token : cfg->admin_token,
+           cfg->api_listen, cfg->ca_cert, cfg->admin_token);
+    fflush(stdout);
+    if (token) {
+        explicit_bzero(token, len);
+        free(token);
+    }
+}
+
+/* Runs the roles until SIGTERM/SIGINT; returns the exit status. */
+static int supervise(const daemon_config *cfg, role_health *health)
+{
+    role_proc procs[N_ROLES] = {0};
+    for (size_t i = 0; i < N_ROLES; i++) {
+        procs[i].backoff = BACKOFF_MIN_NS;
+        procs[i].started_at = time_mono_ns();
+        procs[i].pid = spawn_role(cfg, i, health);
+        if (procs[i].pid < 0) {
+            log_fields(LOG_LEVEL_ERROR, "cannot fork a role", "role", roles[i].name, "error", strerror(errno), NULL);
+            return 1;
+        }
+        log_fields(LOG_LEVEL_INFO, "role started", "role", roles[i].name, NULL);
+    }
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGCHLD);
+    bool stopping = false, announced = false;
+    uint64_t stop_deadline = 0;
+    for (;;) {
+        if (!announced) {
+            bool all = true;
+            for (size_t i = 0; i < N_ROLES; i++)
+                all = all && atomic_load(&health[i].ready);
+            if (all) {
+                print_banner(cfg);
+                log_info("every role is ready");
+                announced = true;
+            }
+        }
+        struct timespec ts = {.tv_nsec = 100 * 1000 * 1000};
+        siginfo_t si;
+        int sig = sigtimedwait(&set, &si, &ts);
+        uint64_t now = time_mono_ns();
+        if ((sig == SIGTERM || sig == SIGINT) && !stopping) {
+            log_fields(LOG_LEVEL_INFO, "stopping every role", "signal", strsignal(sig), NULL);
+            stopping = true;
+            stop_deadline = now + STOP_TIMEOUT_NS;
+            for (size_t i = 0; i < N_ROLES; i++)
+                if (procs[i].pid > 0)
+                    kill(procs[i].pid, SIGTERM);
+        }
+        /* reap whatever exited */
+        int status;
+        pid_t pid;
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+            for (size_t i = 0; i < N_ROLES; i++) {
+                if (procs[i].pid != pid)
+                    continue;
+                procs[i].pid = 0;
+                atomic_store(&health[i].ready, false);
+                char how[64];
+                if (WIFEXITED(status))
+                    snprintf(how, sizeof(how), "exit status %d", WEXITSTATUS(status));
+                else
+                    snprintf(how, sizeof(how), "killed by %s", strsignal(WTERMSIG(status)));
+                if (stopping) {
+                    log_fields(LOG_LEVEL_INFO, "role stopped", "role", roles[i].name, "how", how, NULL);
+                    break;
+                }
+                if (now - procs[i].started_at > STABLE_RUN_NS)
+                    procs[i].backoff = BACKOFF_MIN_NS;
+                char delay[32];
+                snprintf(delay, sizeof(delay), "%.2fs", (double)procs[i].backoff / 1e9);
+                log_fields(LOG_LEVEL_WARN, "role died; restarting", "role", roles[i].name, "how", how, "after",
+                           delay, NULL);
+                procs[i].restart_at = now + procs[i].backoff;
+                procs[i].backoff = MIN(procs[i].backoff * 2, BACKOFF_MAX_NS);
+            }
+        }
+        if (stopping) {
+            bool any = false;
+            for (size_t i = 0; i < N_ROLES; i++)
+                any = any || procs[i].pid > 0;
+            if (!any)
+                return 0;
+            if (now > stop_deadline) {
+                for (size_t i = 0; i < N_ROLES; i++)
+                    if (procs[i].pid > 0) {
+                        log_fields(LOG_LEVEL_WARN, "role did not stop in time; killing it", "role", roles[i].name, NULL);
+                        kill(procs[i].pid, SIGKILL);
+                    }
+                stop_deadline = now + STOP_TIMEOUT_NS;
+            }
+            continue;
+        }
+        for (size_t i = 0; i < N_ROLES; i++) {
+            if (procs[i].pid != 0 || !procs[i].restart_at || now < procs[i].restart_at)
+                continue;
+            procs[i].restart_at = 0;
+            procs[i].started_at = now;
+            procs[i].pid = spawn_role(cfg, i, health);
+            if (procs[i].pid < 0) {
+                procs[i].pid = 0;
+                procs[i].restart_at = now + procs[i].backoff;
+            } else
+                log_fields(LOG_LEVEL_INFO, "role restarted", "role", roles[i].name, NULL);
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    log_set_role("cloisterd");
+    daemon_config cfg;
+    int r = parse_args(argc, argv, &cfg);
+    if (r != 0)
+        return r < 0 ? 0 : r;
+
+    /* roles inherit these blocked and wait for them synchronously */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    umask(0077);
+
+    if (first_start(&cfg) < 0)
+        return 1;
+    if (cfg.proxy_http_listen[0] || strcmp(cfg.proxy_listen, "127.0.0.1:8443") != 0)
+        log_fields(LOG_LEVEL_WARN, "the proxy role is not part of this build yet; its listen flags are not used",
+                   "proxy_listen", cfg.proxy_listen, NULL);
+
+    role_health *health = mmap(NULL, sizeof(role_health) * N_ROLES, PROT_READ | PROT_WRITE,
+                               MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (health == MAP_FAILED) {
+        log_fields(LOG_LEVEL_ERROR, "cannot map the role table", "error", strerror(errno), NULL);
+        return 1;
+    }
+    for (size_t i = 0; i < N_ROLES; i++) {
+        health[i].name = roles[i].name;
+        atomic_store(&health[i].wanted, true);
+        atomic_store(&health[i].ready, false);
+    }
+    r = supervise(&cfg, health);
+    munmap(health, sizeof(role_health) * N_ROLES);
+    log_fields(LOG_LEVEL_INFO, "stopped", NULL);
+    return r;
+}

@@ -1,0 +1,216 @@
+#include "daemon/pki.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "basic/fileio.h"
+#include "basic/log.h"
+#include "basic/macro.h"
+#include "basic/strbuf.h"
+
+#define CA_DAYS 3650
+#define SERVER_DAYS 397
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(X509 *, X509_free)
+DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_PKEY *, EVP_PKEY_free)
+DEFINE_TRIVIAL_CLEANUP_FUNC(BIO *, BIO_free)
+
+static void log_openssl(const char *what, const char *path)
+{
+    char buf[256] = "unknown error";
+    unsigned long e = ERR_get_error();
+    if (e)
+        ERR_error_string_n(e, buf, sizeof(buf));
+    ERR_clear_error();
+    log_fields(LOG_LEVEL_ERROR, what, "path", path, "error", buf, NULL);
+}
+
+static int add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    if (!ext)
+        return -EINVAL;
+    int ok = X509_add_ext(cert, ext, -1);
+    X509_EXTENSION_free(ext);
+    return ok ? 0 : -EINVAL;
+}
+
+/* A certificate with a random serial, SUBJECT_CN, valid from an hour ago for DAYS. */
+static X509 *new_cert(EVP_PKEY *key, const char *subject_cn, int days)
+{
+    X509 *x = X509_new();
+    if (!x)
+        return NULL;
+    uint8_t serial[16];
+    random_bytes(serial, sizeof(serial));
+    serial[0] &= 0x7f;
+    BIGNUM *bn = BN_bin2bn(serial, sizeof(serial), NULL);
+    ASN1_INTEGER *sn = BN_to_ASN1_INTEGER(bn, NULL);
+    X509_NAME *name = X509_NAME_new();
+    bool ok = bn && sn && name && X509_set_version(x, 2) && X509_set_serialNumber(x, sn) &&
+              X509_gmtime_adj(X509_getm_notBefore(x), -3600) &&
+              X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400) &&
+              X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, (const unsigned char *)"Cloister", -1, -1, 0) &&
+              X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)subject_cn, -1, -1, 0) &&
+              X509_set_subject_name(x, name) && X509_set_pubkey(x, key);
+    BN_free(bn);
+    ASN1_INTEGER_free(sn);
+    X509_NAME_free(name);
+    if (!ok) {
+        X509_free(x);
+        return NULL;
+    }
+    return x;
+}
+
+static int write_pem_key(const char *path, EVP_PKEY *key)
+{
+    _cleanup_(BIO_freep) BIO *b = BIO_new(BIO_s_mem());
+    if (!b || !PEM_write_bio_PrivateKey(b, key, NULL, NULL, 0, NULL, NULL))
+        return -ENOMEM;
+    char *data;
+    long len = BIO_get_mem_data(b, &data);
+    int r = write_file_atomic(path, data, (size_t)len, 0600);
+    OPENSSL_cleanse(data, (size_t)len);
+    return r;
+}
+
+static int write_pem_certs(const char *path, X509 *leaf, X509 *ca)
+{
+    _cleanup_(BIO_freep) BIO *b = BIO_new(BIO_s_mem());
+    if (!b || !PEM_write_bio_X509(b, leaf) || (ca && !PEM_write_bio_X509(b, ca)))
+        return -ENOMEM;
+    char *data;
+    long len = BIO_get_mem_data(b, &data);
+    return write_file_atomic(path, data, (size_t)len, 0644);
+}
+
+static X509 *load_cert(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return NULL;
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    return x;
+}
+
+static EVP_PKEY *load_key(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return NULL;
+    EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    return k;
+}
+
+int pki_ensure_ca(const char *cert_path, const char *key_path)
+{
+    struct stat st;
+    if (stat(cert_path, &st) == 0 && stat(key_path, &st) == 0) {
+        _cleanup_(X509_freep) X509 *ca = load_cert(cert_path);
+        _cleanup_(EVP_PKEY_freep) EVP_PKEY *key = load_key(key_path);
+        if (!ca || !key || X509_check_private_key(ca, key) != 1) {
+            log_openssl("the cluster CA in the data dir is unreadable or does not match its key", cert_path);
+            return -EINVAL;
+        }
+        return 0;
+    }
+    _cleanup_(EVP_PKEY_freep) EVP_PKEY *key = EVP_EC_gen("P-256");
+    _cleanup_(X509_freep) X509 *ca = key ? new_cert(key, "Cloister Cluster CA", CA_DAYS) : NULL;
+    if (!ca || !X509_set_issuer_name(ca, X509_get_subject_name(ca)) ||
+        add_ext(ca, ca, NID_basic_constraints, "critical,CA:TRUE,pathlen:1") < 0 ||
+        add_ext(ca, ca, NID_key_usage, "critical,keyCertSign,cRLSign") < 0 ||
+        add_ext(ca, ca, NID_subject_key_identifier, "hash") < 0 || !X509_sign(ca, key, EVP_sha256())) {
+        log_openssl("cannot create the cluster CA", cert_path);
+        return -EIO;
+    }
+    int r = write_pem_key(key_path, key);
+    if (r == 0)
+        r = write_pem_certs(cert_path, ca, NULL);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot write the cluster CA", "path", cert_path, "error", strerror(-r), NULL);
+    else
+        log_fields(LOG_LEVEL_INFO, "created the cluster CA", "path", cert_path, NULL);
+    return r;
+}
+
+static bool is_ip(const char *s)
+{
+    unsigned char buf[16];
+    return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+/* True when CERT is signed by CA, still valid for a month, and names every entry of NAMES. */
+static bool cert_covers(X509 *cert, X509 *ca, const char *const *names, size_t n)
+{
+    EVP_PKEY *ca_key = X509_get0_pubkey(ca);
+    if (!ca_key || X509_verify(cert, ca_key) != 1)
+        return false;
+    time_t soon = time(NULL) + 30 * 86400;
+    if (X509_cmp_time(X509_get0_notAfter(cert), &soon) <= 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        int ok = is_ip(names[i]) ? X509_check_ip_asc(cert, names[i], 0) : X509_check_host(cert, names[i], 0, 0, NULL);
+        if (ok != 1)
+            return false;
+    }
+    return true;
+}
+
+int pki_ensure_server_cert(const char *ca_cert_path, const char *ca_key_path, const char *const *names,
+                           size_t n_names, const char *cert_path, const char *key_path)
+{
+    _cleanup_(X509_freep) X509 *ca = load_cert(ca_cert_path);
+    if (!ca) {
+        log_openssl("cannot read the cluster CA", ca_cert_path);
+        return -EINVAL;
+    }
+    {
+        _cleanup_(X509_freep) X509 *existing = load_cert(cert_path);
+        _cleanup_(EVP_PKEY_freep) EVP_PKEY *existing_key = load_key(key_path);
+        if (existing && existing_key && X509_check_private_key(existing, existing_key) == 1 &&
+            cert_covers(existing, ca, names, n_names))
+            return 0;
+    }
+    _cleanup_(EVP_PKEY_freep) EVP_PKEY *ca_key = load_key(ca_key_path);
+    if (!ca_key) {
+        log_openssl("cannot read the cluster CA key", ca_key_path);
+        return -EINVAL;
+    }
+    _cleanup_strbuf_ strbuf san;
+    strbuf_init(&san, 4096);
+    for (size_t i = 0; i < n_names; i++)
+        strbuf_printf(&san, "%s%s:%s", i ? "," : "", is_ip(names[i]) ? "IP" : "DNS", names[i]);
+    _cleanup_(EVP_PKEY_freep) EVP_PKEY *key = EVP_EC_gen("P-256");
+    _cleanup_(X509_freep) X509 *cert = key ? new_cert(key, names[0], SERVER_DAYS) : NULL;
+    if (!cert || !X509_set_issuer_name(cert, X509_get_subject_name(ca)) ||
+        add_ext(cert, ca, NID_basic_constraints, "critical,CA:FALSE") < 0 ||
+        add_ext(cert, ca, NID_key_usage, "critical,digitalSignature") < 0 ||
+        add_ext(cert, ca, NID_ext_key_usage, "serverAuth") < 0 ||
+        add_ext(cert, ca, NID_subject_alt_name, san.data) < 0 ||
+        add_ext(cert, ca, NID_authority_key_identifier, "keyid:always") < 0 || !X509_sign(cert, ca_key, EVP_sha256())) {
+        log_openssl("cannot issue a server certificate", cert_path);
+        return -EIO;
+    }
+    int r = write_pem_key(key_path, key);
+    if (r == 0)
+        r = write_pem_certs(cert_path, cert, ca);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot write a server certificate", "path", cert_path, "error", strerror(-r), NULL);
+    else
+        log_fields(LOG_LEVEL_INFO, "issued a server certificate", "path", cert_path, "names", san.data, NULL);
+    return r;
+}
