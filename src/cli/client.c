@@ -1,0 +1,188 @@
+#include "cli/client.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "basic/strbuf.h"
+
+#define CONNECT_TIMEOUT_S 10L
+#define STALL_TIMEOUT_S 60L /* abort when under 1 byte/s for this long */
+#define TOTAL_TIMEOUT_S 600L
+
+typedef struct response {
+    strbuf body;
+    bool too_large;
+} response;
+
+/* libcurl write callback: appends to the capped body; a short count
+ * makes libcurl abort the transfer. */
+static size_t on_body(char *data, size_t size, size_t n, void *userdata)
+{
+    response *resp = userdata;
+    int r = strbuf_append(&resp->body, data, size * n);
+    resp->too_large = r == -E2BIG;
+    return r == 0 ? size * n : 0;
+}
+
+/* Copies V into DST when it is a string (cut to SIZE). */
+static void copy_field(char *dst, size_t size, const json_t *v)
+{
+    if (json_is_string(v))
+        snprintf(dst, size, "%s", json_string_value(v));
+}
+
+/* Fills ERR from an error answer of STATUS with body BODY (may be NULL). */
+static void parse_error(long status, const json_t *body, api_error *err)
+{
+    const json_t *e = json_object_get(body, "error");
+    *err = (api_error){.status = status, .document = -1};
+    copy_field(err->code, sizeof(err->code), json_object_get(e, "code"));
+    copy_field(err->message, sizeof(err->message), json_object_get(e, "message"));
+    copy_field(err->field, sizeof(err->field), json_object_get(e, "field"));
+    const json_t *doc = json_object_get(e, "document");
+    if (json_is_integer(doc) && json_integer_value(doc) >= 0)
+        err->document = (long)json_integer_value(doc);
+    if (!err->message[0])
+        snprintf(err->message, sizeof(err->message), "the server answered HTTP %ld", status);
+}
+
+/* Fills ERR for a request that got no usable answer; returns CODE. */
+static int transport_error(api_error *err, int code, const char *fmt, ...) _printf_(3, 4);
+static int transport_error(api_error *err, int code, const char *fmt, ...)
+{
+    *err = (api_error){.document = -1};
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* Frees request headers, wiping them first: one holds the token. */
+static void slist_free_wiped(struct curl_slist *l)
+{
+    for (struct curl_slist *p = l; p; p = p->next)
+        explicit_bzero(p->data, strlen(p->data));
+    curl_slist_free_all(l);
+}
+
+/* Sets up the handle for an HTTPS-only, verified, bounded exchange. */
+static int setup(CURL *c, const cli_ctx *ctx, const char *url, const char *method,
+                 const char *body, struct curl_slist *headers, response *resp, char *errbuf)
+{
+    CURLcode rc = CURLE_OK;
+#define SET(opt, val)                                                                              \
+    if (rc == CURLE_OK)                                                                            \
+    rc = curl_easy_setopt(c, opt, val)
+    SET(CURLOPT_URL, url);
+    SET(CURLOPT_PROTOCOLS_STR, "https");
+    SET(CURLOPT_REDIR_PROTOCOLS_STR, "https");
+    SET(CURLOPT_FOLLOWLOCATION, 0L);
+    SET(CURLOPT_SSL_VERIFYPEER, 1L);
+    SET(CURLOPT_SSL_VERIFYHOST, 2L);
+    SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    if (ctx->ca)
+        SET(CURLOPT_CAINFO, ctx->ca);
+    SET(CURLOPT_NOSIGNAL, 1L);
+    SET(CURLOPT_CONNECTTIMEOUT, CONNECT_TIMEOUT_S);
+    SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
+    SET(CURLOPT_LOW_SPEED_TIME, STALL_TIMEOUT_S);
+    SET(CURLOPT_TIMEOUT, TOTAL_TIMEOUT_S);
+    SET(CURLOPT_USERAGENT, "cloister/" CLOISTER_VERSION);
+    SET(CURLOPT_HTTPHEADER, headers);
+    SET(CURLOPT_CUSTOMREQUEST, method);
+    if (body) {
+        SET(CURLOPT_POSTFIELDS, body);
+        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
+    }
+    SET(CURLOPT_WRITEFUNCTION, on_body);
+    SET(CURLOPT_WRITEDATA, resp);
+    SET(CURLOPT_ERRORBUFFER, errbuf);
+#undef SET
+    return rc == CURLE_OK ? 0 : -ENOMEM;
+}
+
+int api_request(const cli_ctx *ctx, const char *token, const char *method, const char *path,
+                const json_t *body, json_t **ret, api_error *err)
+{
+    _cleanup_free_ char *url = NULL, *payload = NULL;
+    if (asprintf(&url, "%s/v1%s", ctx->server, path) < 0)
+        return transport_error(err, -ENOMEM, "out of memory");
+    if (body && !(payload = json_dumps(body, JSON_COMPACT)))
+        return transport_error(err, -ENOMEM, "out of memory");
+
+    char auth[8300];
+    struct curl_slist *headers = NULL, *l;
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+    const char *lines[] = {auth, "Accept: application/json",
+                           body ? "Content-Type: application/json" : NULL};
+    for (size_t i = 0; i < ELEMENTSOF(lines); i++) {
+        if (!lines[i])
+            continue;
+        if (!(l = curl_slist_append(headers, lines[i]))) {
+            explicit_bzero(auth, sizeof(auth));
+            slist_free_wiped(headers);
+            return transport_error(err, -ENOMEM, "out of memory");
+        }
+        headers = l;
+    }
+    explicit_bzero(auth, sizeof(auth));
+
+    response resp = {};
+    strbuf_init(&resp.body, CLIENT_MAX_RESPONSE);
+    char errbuf[CURL_ERROR_SIZE] = "";
+    CURL *c = curl_easy_init();
+    int r = c ? setup(c, ctx, url, method, payload, headers, &resp, errbuf) : -ENOMEM;
+    CURLcode rc = CURLE_FAILED_INIT;
+    long status = 0;
+    if (r == 0) {
+        rc = curl_easy_perform(c);
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    }
+    curl_easy_cleanup(c);
+    slist_free_wiped(headers);
+    _cleanup_strbuf_ strbuf answer = resp.body;
+    if (r < 0)
+        return transport_error(err, r, "cannot set up the HTTP client");
+    if (resp.too_large)
+        return transport_error(err, -E2BIG, "the answer of %s is larger than %zu MiB", ctx->server,
+                               CLIENT_MAX_RESPONSE >> 20);
+    if (rc != CURLE_OK)
+        return transport_error(err, -EIO, "cannot reach %s: %s", ctx->server,
+                               errbuf[0] ? errbuf : curl_easy_strerror(rc));
+
+    json_auto_t *v = NULL;
+    if (answer.len > 0) {
+        json_error_t jerr;
+        v = json_loadb(answer.data, answer.len, 0, &jerr);
+        if (!v && status >= 200 && status < 300)
+            return transport_error(err, -EBADMSG, "the server's answer is not JSON: %s", jerr.text);
+    }
+    if (status < 200 || status >= 300) {
+        parse_error(status, v, err);
+        return -EPROTO;
+    }
+    *ret = v ? TAKE_PTR(v) : json_null();
+    return 0;
+}
+
+const char *api_error_message(const api_error *err, char *buf, size_t size)
+{
+    size_t n = strlen(err->field);
+    if (n == 0 || (strncmp(err->message, err->field, n) == 0 && err->message[n] == ':'))
+        snprintf(buf, size, "%s", err->message);
+    else
+        snprintf(buf, size, "%s: %s", err->field, err->message);
+    return buf;
+}
+
+int api_error_print(const api_error *err)
+{
+    char msg[sizeof(err->field) + sizeof(err->message) + 2];
+    const char *hint = err->status == 401 ? " (log in again: cloister login --token TOKEN)" : "";
+    return cli_error("%s%s", api_error_message(err, msg, sizeof(msg)), hint);
+}

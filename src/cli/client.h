@@ -1,0 +1,39 @@
+/* The REST client: one HTTPS request to the server settled in a cli_ctx,
+ * JSON in and out, the server verified against the context's CA, the
+ * response capped. */
+#pragma once
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "cli/cli.h"
+
+/* Largest response body accepted. */
+#define CLIENT_MAX_RESPONSE ((size_t)64 << 20)
+
+/* Why a request failed: the server's {"error": {...}} when it sent one,
+ * else a description of the transport problem in MESSAGE. */
+typedef struct api_error {
+    long status;       /* HTTP status, 0 when no response came */
+    char code[64];     /* "not_found", ... or "" */
+    char message[512];
+    char field[256];   /* the offending field ("spec.x"), or "" */
+    long document;     /* the offending document of an apply, or -1 */
+} api_error;
+
+/* Sends METHOD PATH (below /v1, e.g. "/services/wiki") with BODY (may be
+ * NULL) and TOKEN as bearer token. On a 2xx answer returns 0 and stores
+ * the parsed JSON body in *RET (a new reference; JSON null when empty).
+ * Otherwise returns -EIO (no answer), -EPROTO (an error status), -EBADMSG
+ * (an answer that is not JSON), -E2BIG (over CLIENT_MAX_RESPONSE) or
+ * -ENOMEM, with ERR filled. */
+int api_request(const cli_ctx *ctx, const char *token, const char *method, const char *path,
+                const json_t *body, json_t **ret, api_error *err);
+
+/* "FIELD: MESSAGE" (or MESSAGE alone when it has no field or already
+ * starts with it) into BUF; returns BUF. */
+const char *api_error_message(const api_error *err, char *buf, size_t size);
+
+/* Prints ERR as "error: [FIELD: ]MESSAGE" with a hint for 401; returns
+ * CLI_EXIT_FAILED. */
+int api_error_print(const api_error *err);

@@ -1,0 +1,110 @@
+/* cloister: the command-line client of the Cloister control plane.
+ * Global options, then a command from the table below; each command parses
+ * its own arguments and returns the exit status. */
+#include <curl/curl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "resource/resource.h"
+
+static const cli_command commands[] = {
+    {"login", "--token TOKEN|-", "verify a credential token with the server and save the session",
+     cmd_login},
+    {"logout", "", "forget the saved session", cmd_logout},
+    {"whoami", "[-o json|yaml]", "show the user, groups and credential the server sees", cmd_whoami},
+    {"apply", "-f FILE|- [-f FILE]... [-o json|yaml]",
+     "create or update every resource of the manifests, all or nothing", cmd_apply},
+    {"get", "KIND [NAME] [-o json|yaml]", "list the resources of a kind, or show one", cmd_get},
+    {"delete", "KIND NAME", "delete a resource", cmd_delete},
+    /* Each later command group (token, policy, audit, attest, kms, enclave,
+     * dataset, job, workspace) is one entry here, implemented in its own
+     * cmd-<group>.c. */
+};
+
+/* The program's usage: synopsis, the command table, kinds, environment. */
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: cloister [--server URL] [--ca FILE] [-o json|yaml] COMMAND [ARGS]\n\n"
+               "Commands:\n");
+    for (size_t i = 0; i < ELEMENTSOF(commands); i++) {
+        char line[128];
+        snprintf(line, sizeof(line), "%s %s", commands[i].name, commands[i].synopsis);
+        fprintf(f, "  %-44s %s\n", line, commands[i].summary);
+    }
+    fprintf(f, "\nKinds:");
+    const resource_kind *k;
+    for (size_t i = 0; (k = resource_kind_get(i)); i++)
+        fprintf(f, " %s", k->plural);
+    fprintf(f, "\n\nThe server defaults to %s. Environment: CLOISTER_SERVER, CLOISTER_CA,\n"
+               "CLOISTER_TOKEN (overrides the saved session), XDG_CONFIG_HOME (the session\n"
+               "is kept in $XDG_CONFIG_HOME/cloister/session.json).\n"
+               "Exit status: 0 success, 1 refused or failed, 2 usage error.\n",
+            CLI_DEFAULT_SERVER);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option options[] = {
+        CLI_COMMON_LONG_OPTIONS,
+        {"version", no_argument, NULL, 'V'},
+        {},
+    };
+    _cleanup_(cli_ctx_done) cli_ctx ctx = {};
+    int c;
+    while ((c = getopt_long(argc, argv, "+" CLI_COMMON_SHORT_OPTIONS, options, NULL)) >= 0) {
+        switch (c) {
+        case 'h':
+            usage(stdout);
+            return CLI_EXIT_OK;
+        case 'V':
+            printf("cloister %s\n", CLOISTER_VERSION);
+            return CLI_EXIT_OK;
+        case CLI_OPT_SERVER:
+            ctx.server_flag = optarg;
+            break;
+        case CLI_OPT_CA:
+            ctx.ca_flag = optarg;
+            break;
+        case 'o':
+            if (cli_parse_output(optarg, &ctx.output) == 0)
+                break;
+            fprintf(stderr, "error: -o takes json or yaml\n");
+            usage(stderr);
+            return CLI_EXIT_USAGE;
+        default:
+            usage(stderr);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    const char *name = argv[optind];
+    if (strcmp(name, "help") == 0) {
+        usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    const cli_command *cmd = NULL;
+    for (size_t i = 0; i < ELEMENTSOF(commands) && !cmd; i++)
+        if (strcmp(name, commands[i].name) == 0)
+            cmd = &commands[i];
+    if (!cmd) {
+        fprintf(stderr, "error: unknown command \"%s\"\n", name);
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "error: cannot initialise libcurl\n");
+        return CLI_EXIT_FAILED;
+    }
+    int r = cmd->run(&ctx, cmd, argc - optind, argv + optind);
+    curl_global_cleanup();
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "error: cannot write the output: %m\n");
+        return CLI_EXIT_FAILED;
+    }
+    return r;
+}

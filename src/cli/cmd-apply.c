@@ -1,0 +1,223 @@
+/* apply: validates every document of the given manifests locally, then
+ * sends them all in one request to the server's all-or-nothing endpoint. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "basic/fileio.h"
+#include "cli/cli.h"
+#include "cli/client.h"
+#include "cli/output.h"
+#include "resource/manifest.h"
+#include "resource/resource.h"
+
+#define APPLY_MAX_FILES 64
+/* Invalid documents reported before giving up on the rest. */
+#define APPLY_MAX_REPORTS 20
+
+typedef struct source {
+    const char *name; /* as shown in messages: the path, or <stdin> */
+    char *data;
+    size_t len;
+    manifest m;
+} source;
+
+/* Where document INDEX of the request came from. */
+typedef struct origin {
+    const source *src;
+    size_t doc; /* index in src->m */
+} origin;
+
+/* Frees the data and manifests of the first N sources. */
+static void sources_free(source *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        manifest_free(&s[i].m);
+        free(s[i].data);
+    }
+}
+
+/* Reads and parses PATH ("-": stdin) into S; prints why and returns an
+ * exit status on failure. */
+static int source_load(source *s, const char *path)
+{
+    s->name = strcmp(path, "-") == 0 ? "<stdin>" : path;
+    int r = strcmp(path, "-") == 0 ? read_fd(STDIN_FILENO, MANIFEST_MAX_SIZE, &s->data, &s->len)
+                                   : read_file(path, MANIFEST_MAX_SIZE, &s->data, &s->len);
+    if (r == -EFBIG)
+        return cli_error("%s: a manifest must be at most %zu MiB", s->name, MANIFEST_MAX_SIZE >> 20);
+    if (r < 0)
+        return cli_error("cannot read %s: %s", s->name, strerror(-r));
+    resource_error err;
+    if (manifest_parse(s->data, s->len, &s->m, &err) < 0)
+        return cli_error("%s: %s: %s", s->name, err.path, err.message);
+    return CLI_EXIT_OK;
+}
+
+/* "Service/wiki" for DOC, or "" when it has no usable kind or name. */
+static const char *doc_label(const json_t *doc, char *buf, size_t size)
+{
+    const char *kind = json_string_value(json_object_get(doc, "kind"));
+    const char *name = json_string_value(json_object_get(json_object_get(doc, "metadata"), "name"));
+    if (!kind || !name)
+        return "";
+    snprintf(buf, size, " (%s/%s)", kind, name);
+    return buf;
+}
+
+/* Prints "FILE:LINE: document N (Kind/name): [SHOWN: ]MESSAGE", LINE being
+ * where the field at PATH is; returns CLI_EXIT_FAILED. */
+static int report(const origin *o, const char *path, const char *shown, const char *message)
+{
+    const manifest_document *d = &o->src->m.docs[o->doc];
+    unsigned line = manifest_field_line(o->src->data, o->src->len, &o->src->m, o->doc, path);
+    char label[300];
+    return cli_error("%s:%u: document %zu%s: %s%s%s", o->src->name, line, o->doc + 1,
+                     doc_label(d->value, label, sizeof(label)), shown, shown[0] ? ": " : "", message);
+}
+
+/* Validates every document; refuses two documents naming the same resource.
+ * Returns an exit status. */
+static int validate_all(const origin *origins, size_t n)
+{
+    size_t bad = 0;
+    for (size_t i = 0; i < n && bad < APPLY_MAX_REPORTS; i++) {
+        const json_t *doc = origins[i].src->m.docs[origins[i].doc].value;
+        resource_error err;
+        if (resource_validate(doc, &err) < 0) {
+            report(&origins[i], err.path, err.path, err.message);
+            bad++;
+            continue;
+        }
+        for (size_t j = 0; j < i; j++) {
+            const json_t *other = origins[j].src->m.docs[origins[j].doc].value;
+            if (json_equal(json_object_get(doc, "kind"), json_object_get(other, "kind")) &&
+                json_equal(json_object_get(json_object_get(doc, "metadata"), "name"),
+                           json_object_get(json_object_get(other, "metadata"), "name"))) {
+                char msg[512];
+                snprintf(msg, sizeof(msg), "the same resource as document %zu of %s",
+                         origins[j].doc + 1, origins[j].src->name);
+                report(&origins[i], "metadata.name", "metadata.name", msg);
+                bad++;
+                break;
+            }
+        }
+    }
+    return bad ? CLI_EXIT_FAILED : CLI_EXIT_OK;
+}
+
+/* Prints "service/wiki created" for each item of the answer. */
+static void print_results(const json_t *answer)
+{
+    size_t i;
+    const json_t *item;
+    json_array_foreach(json_object_get(answer, "items"), i, item) {
+        const char *kind = json_string_value(json_object_get(item, "kind"));
+        const char *name = json_string_value(json_object_get(item, "name"));
+        const char *action = json_string_value(json_object_get(item, "action"));
+        char line[512], clean[512];
+        snprintf(line, sizeof(line), "%s/%s %s", kind ? kind : "?", name ? name : "?",
+                 action ? action : "applied");
+        for (char *p = line; *p && *p != '/'; p++)
+            *p = (char)tolower((unsigned char)*p);
+        printf("%s\n", text_sanitize(line, clean, sizeof(clean)));
+    }
+}
+
+/* Sends the N validated documents in one POST /v1/apply and prints the
+ * outcome; a refused document is named by file, line and field. Returns
+ * an exit status. */
+static int apply(cli_ctx *ctx, const origin *origins, size_t n)
+{
+    json_auto_t *items = json_array();
+    json_auto_t *body = json_pack("{s:O}", "items", items);
+    if (!items || !body)
+        return cli_error("out of memory");
+    for (size_t i = 0; i < n; i++)
+        if (json_array_append(items, origins[i].src->m.docs[origins[i].doc].value) < 0)
+            return cli_error("out of memory");
+
+    int r = cli_connect(ctx, true);
+    if (r != CLI_EXIT_OK)
+        return r;
+    json_auto_t *answer = NULL;
+    api_error err;
+    if (api_request(ctx, ctx->token, "POST", "/apply", body, &answer, &err) < 0) {
+        if (err.document >= 0 && (size_t)err.document < n) {
+            /* the field names where to look; the message says it again */
+            char msg[sizeof(err.field) + sizeof(err.message) + 2];
+            return report(&origins[err.document], err.field, "",
+                          api_error_message(&err, msg, sizeof(msg)));
+        }
+        return api_error_print(&err);
+    }
+    if (ctx->output == CLI_OUTPUT_JSON)
+        r = output_json(answer);
+    else if (ctx->output == CLI_OUTPUT_YAML)
+        r = output_yaml(answer);
+    else
+        print_results(answer);
+    return r < 0 ? cli_error("cannot print the answer: %s", strerror(-r)) : CLI_EXIT_OK;
+}
+
+int cmd_apply(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"filename", required_argument, NULL, 'f'},
+        CLI_COMMON_LONG_OPTIONS,
+        {},
+    };
+    const char *files[APPLY_MAX_FILES];
+    size_t n_files = 0;
+    bool stdin_used = false;
+    int c;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, "f:" CLI_COMMON_SHORT_OPTIONS, options, NULL)) >= 0) {
+        if (c == 'f') {
+            if (n_files == APPLY_MAX_FILES)
+                return cli_usage_error(cmd, "at most %d files at once", APPLY_MAX_FILES);
+            if (strcmp(optarg, "-") == 0) {
+                if (stdin_used)
+                    return cli_usage_error(cmd, "-f - can be given only once");
+                stdin_used = true;
+            }
+            files[n_files++] = optarg;
+        } else if ((c = cli_common_option(ctx, cmd, c, optarg)) >= 0)
+            return c;
+    }
+    if (optind < argc)
+        return cli_usage_error(cmd, "unexpected argument \"%s\"", argv[optind]);
+    if (n_files == 0)
+        return cli_usage_error(cmd, "apply needs -f FILE (or -f - for stdin)");
+
+    source sources[APPLY_MAX_FILES] = {};
+    _cleanup_free_ origin *origins = NULL;
+    size_t n = 0;
+    int r = CLI_EXIT_OK;
+    for (size_t i = 0; i < n_files && r == CLI_EXIT_OK; i++) {
+        r = source_load(&sources[i], files[i]);
+        if (r == CLI_EXIT_OK && n + sources[i].m.n_docs > MANIFEST_MAX_DOCUMENTS)
+            r = cli_error("at most %d documents can be applied at once", MANIFEST_MAX_DOCUMENTS);
+        if (r != CLI_EXIT_OK)
+            break;
+        origin *grown = realloc(origins, (n + sources[i].m.n_docs + 1) * sizeof(*grown));
+        if (!grown) {
+            r = cli_error("out of memory");
+            break;
+        }
+        origins = grown;
+        for (size_t d = 0; d < sources[i].m.n_docs; d++)
+            origins[n++] = (origin){&sources[i], d};
+    }
+    if (r == CLI_EXIT_OK && n == 0)
+        r = cli_error("no documents in %s%s", sources[0].name, n_files > 1 ? " and the other files" : "");
+    if (r == CLI_EXIT_OK)
+        r = validate_all(origins, n);
+    if (r == CLI_EXIT_OK)
+        r = apply(ctx, origins, n);
+    sources_free(sources, n_files);
+    return r;
+}
