@@ -1,0 +1,168 @@
+"""Shared fixtures: start the real cloisterd on loopback ports in a temporary
+data dir, talk to it over HTTPS with the cluster CA, and check at the end that
+it stopped cleanly (exit 0 on SIGTERM, no sanitizer report)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = Path(os.environ.get("CLOISTER_BUILD", ROOT / "build-test"))
+CLOISTERD = BUILD / "src" / "daemon" / "cloisterd"
+CLOISTER = BUILD / "src" / "cli" / "cloister"
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sanitizer_env():
+    env = dict(os.environ)
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+    return env
+
+
+class Server:
+    """One cloisterd --dev process and what a client needs to reach it."""
+
+    def __init__(self, data_dir, extra_args=()):
+        self.data_dir = Path(data_dir)
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.log_path = self.data_dir.parent / f"cloisterd-{self.port}.log"
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.logs_seen = ""
+
+    @property
+    def ca(self):
+        return str(self.data_dir / "ca.pem")
+
+    @property
+    def token(self):
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def start(self, wait=True):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(CLOISTERD), "--dev", "--data-dir", str(self.data_dir),
+             "--api-listen", f"127.0.0.1:{self.port}", *self.extra_args],
+            stdout=self.log, stderr=self.log, env=sanitizer_env(), start_new_session=True)
+        if wait:
+            try:
+                self.wait_healthy()
+            except BaseException:
+                self.kill9()  # a fixture that fails here never reaches its teardown
+                raise
+        return self
+
+    def wait_healthy(self, timeout=30):
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"cloisterd exited with {self.proc.returncode}:\n{self.read_log()}")
+            try:
+                r = requests.get(self.url + "/healthz", verify=self.ca, timeout=2)
+                if r.status_code == 200:
+                    return
+                last = r.status_code
+            except (requests.ConnectionError, OSError) as e:
+                last = e
+            time.sleep(0.1)
+        raise AssertionError(f"cloisterd not healthy after {timeout}s ({last}):\n{self.read_log()}")
+
+    def read_log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def role_pid(self, role="api"):
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        for pid in out:
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == role:
+                    return int(pid)
+            except FileNotFoundError:
+                pass
+        raise AssertionError(f"no {role} role process under {self.proc.pid}")
+
+    def stop(self, expect_clean=True):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                raise AssertionError("cloisterd did not stop within 30s of SIGTERM")
+        rc = self.proc.returncode
+        self.log.close()
+        self.proc = None
+        if expect_clean:
+            log = self.read_log()
+            for marker in SANITIZER_MARKERS:
+                assert marker not in log, f"sanitizer report in cloisterd output:\n{log[-6000:]}"
+            assert rc == 0, f"cloisterd exited {rc} after SIGTERM:\n{log[-3000:]}"
+        return rc
+
+    def kill9(self):
+        """kill -9 the whole process group (supervisor and roles) at once."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.log.close()
+        self.proc = None
+
+    # HTTP helpers
+    def request(self, method, path, token=None, **kw):
+        headers = kw.pop("headers", {})
+        tok = self.token if token is None else token
+        if tok:
+            headers["Authorization"] = f"Bearer {tok}"
+        return requests.request(method, self.url + path, headers=headers, verify=self.ca, timeout=30, **kw)
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path / "data").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("shared") / "data").start()
+    yield s
+    s.stop()
+
+
+def manifest(kind, name, spec, **meta):
+    return {"apiVersion": "cloister.dev/v1", "kind": kind, "metadata": {"name": name, **meta}, "spec": spec}
+
+
+def run_cli(server, *args, input=None, env_extra=None, config_home=None):
+    """Runs the cloister CLI against SERVER; returns CompletedProcess."""
+    env = sanitizer_env()
+    env["XDG_CONFIG_HOME"] = str(config_home or (server.data_dir.parent / "config"))
+    env["CLOISTER_SERVER"] = server.url
+    env["CLOISTER_CA"] = server.ca
+    env.pop("CLOISTER_TOKEN", None)
+    if env_extra:
+        env.update(env_extra)
+    return subprocess.run([str(CLOISTER), *args], input=input, capture_output=True, text=True, env=env, timeout=60)
