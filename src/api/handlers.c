@@ -7,9 +7,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "api/http.h"
-#include "api/metrics.h"
-#include "api/server.h"
+#include "api/request.h"
 #include "auth/credential.h"
 #include "basic/log.h"
 #include "basic/macro.h"
@@ -28,29 +26,6 @@ typedef struct api_handler {
     api_server *server;
 } api_handler;
 
-/* The authenticated caller of a request (references owned). */
-typedef struct caller {
-    json_t *user;
-    json_t *credential;
-} caller;
-
-static void caller_clear(caller *c)
-{
-    json_decref(c->user);
-    json_decref(c->credential);
-    *c = (caller){0};
-}
-
-static const char *doc_name(const json_t *doc)
-{
-    return json_string_value(json_object_get(json_object_get(doc, "metadata"), "name"));
-}
-
-static const char *caller_name(const caller *c)
-{
-    return c->user ? doc_name(c->user) : "";
-}
-
 /* The document as clients may see it: write-only values removed, and
  * server-internal status fields (the credential's token digest) dropped. */
 static json_t *public_view(const json_t *doc)
@@ -60,23 +35,6 @@ static json_t *public_view(const json_t *doc)
     if (json_is_object(status))
         json_object_del(status, "tokenDigest");
     return v;
-}
-
-static void finish(h2o_req_t *req, api_route route, uint64_t started, int status)
-{
-    metrics_observe(route, status, time_mono_ns() - started);
-}
-
-static void respond_json(h2o_req_t *req, api_route route, uint64_t started, int status, const json_t *v)
-{
-    api_send_json(req, status, v);
-    finish(req, route, started, status);
-}
-
-static void respond_error(h2o_req_t *req, api_route route, uint64_t started, const api_error *err)
-{
-    api_send_error(req, err);
-    finish(req, route, started, err->status);
 }
 
 /* ---- authentication ---- */
@@ -302,7 +260,7 @@ static void respond_write(pending_write *pw)
         api_fail_store(&err, txn->error, op->kind, op->name);
         if (pw->route == ROUTE_APPLY)
             err.document = (long)txn->failed_op;
-        respond_error(req, pw->route, pw->started, &err);
+        api_respond_error(req, pw->route, pw->started, &err);
         return;
     }
     for (size_t i = 0; i < txn->n_ops; i++)
@@ -317,16 +275,16 @@ static void respond_write(pending_write *pw)
                                  json_object_get(json_object_get(op->result, "metadata"), "resourceVersion")));
         }
         json_t *body = json_pack("{s:o}", "items", items);
-        respond_json(req, pw->route, pw->started, 200, body);
+        api_respond_json(req, pw->route, pw->started, 200, body);
         json_decref(body);
     } else if (pw->route == ROUTE_DELETE) {
         json_t *body = json_pack("{s:s, s:s, s:s}", "kind", txn->ops[0].kind, "name", txn->ops[0].name,
                                  "status", "deleted");
-        respond_json(req, pw->route, pw->started, 200, body);
+        api_respond_json(req, pw->route, pw->started, 200, body);
         json_decref(body);
     } else {
         json_t *body = public_view(txn->ops[0].result);
-        respond_json(req, pw->route, pw->started, pw->route == ROUTE_CREATE ? 201 : 200, body);
+        api_respond_json(req, pw->route, pw->started, pw->route == ROUTE_CREATE ? 201 : 200, body);
         json_decref(body);
     }
 }
@@ -477,11 +435,11 @@ static void handle_get(api_server *srv, h2o_req_t *req, uint64_t started, const 
     int e = store_get(srv->cfg->store, kind->kind, name, &doc);
     if (e < 0) {
         api_fail_store(&err, e, kind->kind, name);
-        respond_error(req, ROUTE_GET, started, &err);
+        api_respond_error(req, ROUTE_GET, started, &err);
         return;
     }
     json_t *v = public_view(doc);
-    respond_json(req, ROUTE_GET, started, 200, v);
+    api_respond_json(req, ROUTE_GET, started, 200, v);
     json_decref(v);
     json_decref(doc);
 }
@@ -494,7 +452,7 @@ static void handle_list(api_server *srv, h2o_req_t *req, uint64_t started, const
     int e = store_list(srv->cfg->store, kind->kind, &items, &rev);
     if (e < 0) {
         api_fail_store(&err, e, kind->kind, "*");
-        respond_error(req, ROUTE_LIST, started, &err);
+        api_respond_error(req, ROUTE_LIST, started, &err);
         return;
     }
     json_t *out = json_array();
@@ -506,7 +464,7 @@ static void handle_list(api_server *srv, h2o_req_t *req, uint64_t started, const
     snprintf(rvs, sizeof(rvs), "%lld", (long long)rev);
     json_t *body = json_pack("{s:s, s:s, s:{s:s}, s:o}", "apiVersion", "cloister.dev/v1", "kind", "List",
                              "metadata", "resourceVersion", rvs, "items", out);
-    respond_json(req, ROUTE_LIST, started, 200, body);
+    api_respond_json(req, ROUTE_LIST, started, 200, body);
     json_decref(body);
 }
 
@@ -586,7 +544,7 @@ static void watcher_flush(watcher *w)
     w->last_sent = time_mono_ns();
     if (w->finishing) {
         w->done = true;
-        finish(w->req, ROUTE_WATCH, w->started, 200);
+        api_finish(ROUTE_WATCH, w->started, 200);
     }
     h2o_send(w->req, &buf, buf.len ? 1 : 0, w->finishing ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
 }
@@ -637,7 +595,7 @@ static void watcher_stop(h2o_generator_t *g, h2o_req_t *req)
 {
     watcher *w = (watcher *)g;
     if (!w->done)
-        finish(req, ROUTE_WATCH, w->started, 200);
+        api_finish(ROUTE_WATCH, w->started, 200);
     w->done = true;
     watcher_detach(w);
 }
@@ -661,7 +619,7 @@ static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, cons
         if (e < 0) {
             api_error err;
             api_fail_store(&err, e, kind->kind, "*");
-            respond_error(req, ROUTE_WATCH, started, &err);
+            api_respond_error(req, ROUTE_WATCH, started, &err);
             return;
         }
         size_t i;
@@ -701,7 +659,7 @@ static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
         json_object_set_new(roles, cfg->roles[i].name, json_string(ready ? "ready" : "starting"));
     }
     json_t *body = json_pack("{s:s, s:o}", "status", ok ? "ok" : "unavailable", "roles", roles);
-    respond_json(req, ROUTE_HEALTHZ, started, ok ? 200 : 503, body);
+    api_respond_json(req, ROUTE_HEALTHZ, started, ok ? 200 : 503, body);
     json_decref(body);
 }
 
@@ -716,7 +674,7 @@ static void handle_metrics(h2o_req_t *req, uint64_t started)
                    H2O_STRLIT("text/plain; version=0.0.4; charset=utf-8"));
     req->res.content_length = out.len;
     h2o_send_inline(req, out.data ? out.data : "", out.len);
-    finish(req, ROUTE_METRICS, started, 200);
+    api_finish(ROUTE_METRICS, started, 200);
 }
 
 static void handle_whoami(h2o_req_t *req, uint64_t started, const caller *c)
@@ -727,49 +685,11 @@ static void handle_whoami(h2o_req_t *req, uint64_t started, const caller *c)
                              json_string_value(json_object_get(spec, "type")) ?: "human", "email",
                              json_string_value(json_object_get(spec, "email")) ?: "", "groups",
                              groups ? json_incref(groups) : json_array(), "credential", doc_name(c->credential));
-    respond_json(req, ROUTE_WHOAMI, started, 200, body);
+    api_respond_json(req, ROUTE_WHOAMI, started, 200, body);
     json_decref(body);
 }
 
 /* ---- routing ---- */
-
-static bool method_is(const h2o_req_t *req, const char *m)
-{
-    return h2o_memis(req->method.base, req->method.len, m, strlen(m));
-}
-
-/* Value of query parameter NAME (not decoded; callers accept only plain
- * tokens) into OUT; false when absent or too long. */
-static bool query_param(const h2o_req_t *req, const char *name, char *out, size_t size)
-{
-    if (req->query_at == SIZE_MAX)
-        return false;
-    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
-    size_t nlen = strlen(name);
-    while (p < end) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        const char *stop = amp ? amp : end;
-        if ((size_t)(stop - p) >= nlen && memcmp(p, name, nlen) == 0 && (p + nlen == stop || p[nlen] == '=')) {
-            const char *v = p + nlen == stop ? stop : p + nlen + 1;
-            if ((size_t)(stop - v) >= size)
-                return false;
-            memcpy(out, v, (size_t)(stop - v));
-            out[stop - v] = 0;
-            return true;
-        }
-        p = stop + 1;
-    }
-    return false;
-}
-
-static void method_not_allowed(h2o_req_t *req, api_route route, uint64_t started, const char *allowed)
-{
-    api_error err;
-    api_fail(&err, 405, "method_not_allowed", "%.*s is not allowed here; use %s", (int)req->method.len,
-             req->method.base, allowed);
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, allowed, strlen(allowed));
-    respond_error(req, route, started, &err);
-}
 
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
@@ -779,17 +699,36 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     h2o_iovec_t path = req->path_normalized;
 
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/healthz"))) {
-        if (!method_is(req, "GET") && !method_is(req, "HEAD"))
-            method_not_allowed(req, ROUTE_HEALTHZ, started, "GET");
+        if (!api_method_is(req, "GET") && !api_method_is(req, "HEAD"))
+            api_method_not_allowed(req, ROUTE_HEALTHZ, started, "GET");
         else
             handle_healthz(srv, req, started);
         return 0;
     }
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/metrics"))) {
-        if (!method_is(req, "GET") && !method_is(req, "HEAD"))
-            method_not_allowed(req, ROUTE_METRICS, started, "GET");
+        if (!api_method_is(req, "GET") && !api_method_is(req, "HEAD"))
+            api_method_not_allowed(req, ROUTE_METRICS, started, "GET");
         else
             handle_metrics(req, started);
+        return 0;
+    }
+
+    /* endpoint groups served by other components (request.c) */
+    for (size_t g = 0; g < api_n_endpoint_groups; g++) {
+        const api_endpoint_group *grp = &api_endpoint_groups[g];
+        size_t plen = strlen(grp->prefix);
+        if (path.len < plen || memcmp(path.base, grp->prefix, plen) != 0)
+            continue;
+        caller c = {0};
+        if (!grp->public && (authenticate(srv, req, &c, &err) < 0 || authorize(&c, &err) < 0)) {
+            log_fields(LOG_LEVEL_INFO, "API request refused", "reason", err.message, "user", caller_name(&c), NULL);
+            api_respond_error(req, grp->route, started, &err);
+        } else {
+            api_request r = {.server = srv, .req = req, .route = grp->route, .started = started, .caller = &c};
+            if (grp->handle(&r, path.base + plen, path.len - plen, &err) < 0)
+                api_respond_error(req, grp->route, started, &err);
+        }
+        caller_clear(&c);
         return 0;
     }
 
@@ -815,7 +754,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     }
     if (n_seg <= 0) {
         api_fail(&err, 404, "not_found", "no such endpoint: %.*s", (int)MIN(path.len, (size_t)200), path.base);
-        respond_error(req, ROUTE_OTHER, started, &err);
+        api_respond_error(req, ROUTE_OTHER, started, &err);
         return 0;
     }
 
@@ -830,17 +769,17 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         if (!kind || strcmp(kind->plural, seg_a) != 0) {
             api_fail(&err, 404, "not_found", "unknown resource kind '%s' in the URL; use the lower-case plural, e.g. /v1/services",
                      seg_a);
-            respond_error(req, ROUTE_OTHER, started, &err);
+            api_respond_error(req, ROUTE_OTHER, started, &err);
             return 0;
         }
         char watch[8];
         if (n_seg == 1)
-            route = method_is(req, "POST") ? ROUTE_CREATE
-                    : (query_param(req, "watch", watch, sizeof(watch)) && (strcmp(watch, "1") == 0 || strcmp(watch, "true") == 0))
+            route = api_method_is(req, "POST") ? ROUTE_CREATE
+                    : (api_query_param(req, "watch", watch, sizeof(watch)) && (strcmp(watch, "1") == 0 || strcmp(watch, "true") == 0))
                         ? ROUTE_WATCH
                         : ROUTE_LIST;
         else
-            route = method_is(req, "PUT") ? ROUTE_REPLACE : method_is(req, "DELETE") ? ROUTE_DELETE : ROUTE_GET;
+            route = api_method_is(req, "PUT") ? ROUTE_REPLACE : api_method_is(req, "DELETE") ? ROUTE_DELETE : ROUTE_GET;
     }
 
     /* every /v1 call is authenticated and authorized before anything else */
@@ -848,34 +787,34 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     if (authenticate(srv, req, &c, &err) < 0 || authorize(&c, &err) < 0) {
         log_fields(LOG_LEVEL_INFO, "API request refused", "reason", err.message, "user", caller_name(&c), NULL);
         caller_clear(&c);
-        respond_error(req, route, started, &err);
+        api_respond_error(req, route, started, &err);
         return 0;
     }
 
     int r = 0;
     switch (route) {
     case ROUTE_WHOAMI:
-        if (!method_is(req, "GET"))
-            method_not_allowed(req, route, started, "GET");
+        if (!api_method_is(req, "GET"))
+            api_method_not_allowed(req, route, started, "GET");
         else
             handle_whoami(req, started, &c);
         break;
     case ROUTE_APPLY:
-        if (!method_is(req, "POST"))
-            method_not_allowed(req, route, started, "POST");
+        if (!api_method_is(req, "POST"))
+            api_method_not_allowed(req, route, started, "POST");
         else
             r = handle_apply(srv, req, started, &c, &err);
         break;
     case ROUTE_LIST:
     case ROUTE_WATCH:
-        if (!method_is(req, "GET") && !method_is(req, "HEAD"))
-            method_not_allowed(req, route, started, "GET, POST");
+        if (!api_method_is(req, "GET") && !api_method_is(req, "HEAD"))
+            api_method_not_allowed(req, route, started, "GET, POST");
         else if (route == ROUTE_LIST)
             handle_list(srv, req, started, kind);
         else {
             char rv[24];
             long long from = 0;
-            if (query_param(req, "resourceVersion", rv, sizeof(rv))) {
+            if (api_query_param(req, "resourceVersion", rv, sizeof(rv))) {
                 char *end;
                 from = strtoll(rv, &end, 10);
                 if (*end || from < 0)
@@ -895,8 +834,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     case ROUTE_DELETE:
         if (!resource_name_valid(seg_b))
             r = api_fail(&err, 404, "not_found", "%s '%s' not found (not a valid name)", kind->kind, seg_b);
-        else if (route == ROUTE_GET && !method_is(req, "GET") && !method_is(req, "HEAD"))
-            method_not_allowed(req, route, started, "GET, PUT, DELETE");
+        else if (route == ROUTE_GET && !api_method_is(req, "GET") && !api_method_is(req, "HEAD"))
+            api_method_not_allowed(req, route, started, "GET, PUT, DELETE");
         else if (route == ROUTE_GET)
             handle_get(srv, req, started, kind, seg_b);
         else
@@ -906,7 +845,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         r = api_fail(&err, 404, "not_found", "no such endpoint");
     }
     if (r < 0)
-        respond_error(req, route, started, &err);
+        api_respond_error(req, route, started, &err);
     caller_clear(&c);
     return 0;
 }

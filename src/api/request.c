@@ -1,0 +1,82 @@
+#include "api/request.h"
+
+#include <string.h>
+
+#include "basic/macro.h"
+#include "basic/timeutil.h"
+
+/* Components that serve their own endpoints add one entry each. */
+const api_endpoint_group api_endpoint_groups[] = {
+    {NULL, ROUTE_OTHER, false, NULL},
+};
+const size_t api_n_endpoint_groups = ELEMENTSOF(api_endpoint_groups) - 1;
+
+void caller_clear(caller *c)
+{
+    json_decref(c->user);
+    json_decref(c->credential);
+    *c = (caller){0};
+}
+
+const char *doc_name(const json_t *doc)
+{
+    return json_string_value(json_object_get(json_object_get(doc, "metadata"), "name"));
+}
+
+const char *caller_name(const caller *c)
+{
+    return c->user ? doc_name(c->user) : "";
+}
+
+void api_finish(api_route route, uint64_t started, int status)
+{
+    metrics_observe(route, status, time_mono_ns() - started);
+}
+
+void api_respond_json(h2o_req_t *req, api_route route, uint64_t started, int status, const json_t *value)
+{
+    api_send_json(req, status, value);
+    api_finish(route, started, status);
+}
+
+void api_respond_error(h2o_req_t *req, api_route route, uint64_t started, const api_error *err)
+{
+    api_send_error(req, err);
+    api_finish(route, started, err->status);
+}
+
+bool api_method_is(const h2o_req_t *req, const char *method)
+{
+    return h2o_memis(req->method.base, req->method.len, method, strlen(method));
+}
+
+bool api_query_param(const h2o_req_t *req, const char *name, char *out, size_t size)
+{
+    if (req->query_at == SIZE_MAX)
+        return false;
+    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    size_t nlen = strlen(name);
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        if ((size_t)(stop - p) >= nlen && memcmp(p, name, nlen) == 0 && (p + nlen == stop || p[nlen] == '=')) {
+            const char *v = p + nlen == stop ? stop : p + nlen + 1;
+            if ((size_t)(stop - v) >= size)
+                return false;
+            memcpy(out, v, (size_t)(stop - v));
+            out[stop - v] = 0;
+            return true;
+        }
+        p = stop + 1;
+    }
+    return false;
+}
+
+void api_method_not_allowed(h2o_req_t *req, api_route route, uint64_t started, const char *allowed)
+{
+    api_error err;
+    api_fail(&err, 405, "method_not_allowed", "%.*s is not allowed here; use %s", (int)req->method.len,
+             req->method.base, allowed);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, allowed, strlen(allowed));
+    api_respond_error(req, route, started, &err);
+}

@@ -1,0 +1,63 @@
+/* What API handlers share: the authenticated caller, the request being
+ * answered, response helpers that also record metrics, and the table of
+ * endpoint groups that components (audit, kms, ...) serve from their own
+ * files. */
+#pragma once
+
+#include <h2o.h>
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "api/http.h"
+#include "api/metrics.h"
+#include "api/server.h"
+
+/* The authenticated caller (references owned). */
+typedef struct caller {
+    json_t *user;
+    json_t *credential;
+} caller;
+
+void caller_clear(caller *c);
+/* The caller's user name, "" before authentication. */
+const char *caller_name(const caller *c);
+/* metadata.name of a stored document. */
+const char *doc_name(const json_t *doc);
+
+/* One request on its way through a handler. */
+typedef struct api_request {
+    api_server *server;
+    h2o_req_t *req;
+    api_route route;
+    uint64_t started; /* monotonic ns, for the latency histogram */
+    const caller *caller;
+} api_request;
+
+/* Send VALUE (borrowed) or ERR as the answer and record the metrics. */
+void api_respond_json(h2o_req_t *req, api_route route, uint64_t started, int status, const json_t *value);
+void api_respond_error(h2o_req_t *req, api_route route, uint64_t started, const api_error *err);
+/* Records the metrics of an answer sent by other means (streams). */
+void api_finish(api_route route, uint64_t started, int status);
+/* Answers 405 naming the ALLOWED methods. */
+void api_method_not_allowed(h2o_req_t *req, api_route route, uint64_t started, const char *allowed);
+
+bool api_method_is(const h2o_req_t *req, const char *method);
+/* Copies query parameter NAME (not percent-decoded: callers accept plain
+ * tokens only) into OUT; false when absent or longer than SIZE - 1. */
+bool api_query_param(const h2o_req_t *req, const char *name, char *out, size_t size);
+
+/* Endpoints under PREFIX ("/v1/audit/") served by one component. Unless
+ * PUBLIC, the caller is authenticated and authorized before HANDLE runs (a
+ * public group, such as a token exchange, does its own checks and gets a
+ * caller with no user). REST is the path after the prefix. HANDLE answers
+ * (now or later) and returns 0, or fills ERR and returns -1 to have the
+ * error sent. */
+typedef struct api_endpoint_group {
+    const char *prefix;
+    api_route route;
+    bool public;
+    int (*handle)(api_request *r, const char *rest, size_t rest_len, api_error *err);
+} api_endpoint_group;
+
+extern const api_endpoint_group api_endpoint_groups[];
+extern const size_t api_n_endpoint_groups;
