@@ -2,12 +2,14 @@
  * resource endpoints, apply, watch streams, health and metrics. Writes go to
  * the store asynchronously (group commit) and are answered on the event loop
  * that received them once durable. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
 #include "api/request.h"
+#include "audit/event.h"
 #include "auth/credential.h"
 #include "basic/log.h"
 #include "basic/macro.h"
@@ -180,6 +182,7 @@ typedef struct pending_write {
     api_route route;
     uint64_t started;
     char user[256];
+    char ip[INET6_ADDRSTRLEN];
     json_t *input; /* owns the documents and strings the ops borrow */
     store_txn txn;
     store_op ops[];
@@ -208,6 +211,7 @@ static pending_write *pending_write_new(h2o_req_t *req, api_route route, uint64_
     pw->route = route;
     pw->started = started;
     snprintf(pw->user, sizeof(pw->user), "%s", caller_name(c));
+    api_peer_ip(req, pw->ip, sizeof(pw->ip));
     pw->input = json_incref(input);
     pw->txn.ops = pw->ops;
     pw->txn.n_ops = n_ops;
@@ -239,14 +243,21 @@ static void submit_write(api_server *srv, pending_write *pw)
     store_write_async(srv->cfg->store, &pw->txn);
 }
 
-static void log_write(const pending_write *pw, const store_op *op)
+/* Reports one applied operation of a write as an audit event. */
+static void report_write(const pending_write *pw, const store_op *op)
 {
-    char action[32];
-    snprintf(action, sizeof(action), "%s", store_action_name(op->action));
+    static const char *const actions[] = {
+        [STORE_CREATED] = "resource.create",
+        [STORE_CONFIGURED] = "resource.update",
+        [STORE_DELETED] = "resource.delete",
+    };
     if (op->action == STORE_UNCHANGED)
         return;
-    log_fields(LOG_LEVEL_INFO, "resource written", "action", action, "kind", op->kind, "name", op->name,
-               "user", pw->user, NULL);
+    const char *rv = json_string_value(json_object_get(json_object_get(op->result, "metadata"), "resourceVersion"));
+    json_t *details = rv ? json_pack("{s:s}", "resourceVersion", rv) : NULL;
+    audit_event_emit(&(audit_event){.action = actions[op->action], .user = pw->user, .ip = pw->ip, .kind = op->kind,
+                                    .name = op->name, .outcome = "success", .details = details});
+    json_decref(details);
 }
 
 /* Answers a completed write on its event loop. */
@@ -264,7 +275,7 @@ static void respond_write(pending_write *pw)
         return;
     }
     for (size_t i = 0; i < txn->n_ops; i++)
-        log_write(pw, &txn->ops[i]);
+        report_write(pw, &txn->ops[i]);
     if (pw->route == ROUTE_APPLY) {
         json_t *items = json_array();
         for (size_t i = 0; i < txn->n_ops; i++) {
@@ -721,7 +732,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
             continue;
         caller c = {0};
         if (!grp->public && (authenticate(srv, req, &c, &err) < 0 || authorize(&c, &err) < 0)) {
-            log_fields(LOG_LEVEL_INFO, "API request refused", "reason", err.message, "user", caller_name(&c), NULL);
+            api_report_refusal(req, &c, &err);
             api_respond_error(req, grp->route, started, &err);
         } else {
             api_request r = {.server = srv, .req = req, .route = grp->route, .started = started, .caller = &c};
@@ -785,7 +796,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     /* every /v1 call is authenticated and authorized before anything else */
     caller c = {0};
     if (authenticate(srv, req, &c, &err) < 0 || authorize(&c, &err) < 0) {
-        log_fields(LOG_LEVEL_INFO, "API request refused", "reason", err.message, "user", caller_name(&c), NULL);
+        api_report_refusal(req, &c, &err);
         caller_clear(&c);
         api_respond_error(req, route, started, &err);
         return 0;

@@ -1,7 +1,12 @@
 #include "api/request.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <string.h>
+#include <sys/socket.h>
 
+#include "audit/event.h"
+#include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
 
@@ -79,4 +84,30 @@ void api_method_not_allowed(h2o_req_t *req, api_route route, uint64_t started, c
              req->method.base, allowed);
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, allowed, strlen(allowed));
     api_respond_error(req, route, started, &err);
+}
+
+void api_peer_ip(h2o_req_t *req, char *out, size_t size)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    out[0] = 0;
+    if (len == 0)
+        return;
+    if (ss.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, out, (socklen_t)size);
+    else if (ss.ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, out, (socklen_t)size);
+}
+
+void api_report_refusal(h2o_req_t *req, const caller *c, const api_error *err)
+{
+    char ip[INET6_ADDRSTRLEN];
+    api_peer_ip(req, ip, sizeof(ip));
+    log_fields(LOG_LEVEL_INFO, "API request refused", "reason", err->message, "user", caller_name(c), "ip", ip, NULL);
+    json_t *details = json_pack("{s:s#, s:s#, s:i, s:s}", "method", req->method.base, (int)req->method.len, "path",
+                                req->path_normalized.base, (int)MIN(req->path_normalized.len, (size_t)1024),
+                                "status", err->status, "reason", err->message);
+    audit_event_emit(&(audit_event){.action = "api.access", .user = c->user ? caller_name(c) : NULL, .ip = ip,
+                                    .outcome = "denied", .details = details});
+    json_decref(details);
 }
