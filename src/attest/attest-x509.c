@@ -197,7 +197,7 @@ int attest_chain_verify(X509 *leaf, STACK_OF(X509) *untrusted, const attest_root
     if (cur)
         X509_NAME_oneline(X509_get_subject_name(cur), subject, sizeof(subject));
     time_format_rfc3339(at, when, sizeof(when));
-    return attest_fail(error, chain_errno(e), "certificate chain: %s at %s (depth %d, %s)",
+    return attest_fail(error, chain_errno(e), "certificate chain: %s (checked at %s; depth %d, %s)",
                        X509_verify_cert_error_string(e), when,
                        X509_STORE_CTX_get_error_depth(ctx), subject);
 }

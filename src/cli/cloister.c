@@ -18,6 +18,8 @@ static const cli_command commands[] = {
      "create or update every resource of the manifests, all or nothing", cmd_apply},
     {"get", "KIND [NAME] [-o json|yaml]", "list the resources of a kind, or show one", cmd_get},
     {"delete", "KIND NAME", "delete a resource", cmd_delete},
+    {"attest", "verify --type nitro|sev-snp|tdx|sandbox --evidence FILE [--cert FILE] [--roots PEM] [--crl FILE]... [--at RFC3339]",
+     "verify TEE evidence offline; exit 0 only when it verifies", cmd_attest},
     /* Each later command group (token, policy, audit, attest, kms, enclave,
      * dataset, job, workspace) is one entry here, implemented in its own
      * cmd-<group>.c. */
