@@ -9,6 +9,8 @@
 #pragma once
 
 #include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -74,6 +76,33 @@ int attest_type_from_string(const char *s, attest_type *ret_type);
  * and, when ERROR is not NULL, writes the reason there, naming what failed. */
 int attest_verify(attest_type type, const uint8_t *evidence, size_t len, const attest_options *opts,
                   json_t **ret_result, attest_error *error);
+
+/* Sandbox documents: the claims a runner vouches for. PCR0 is the workload
+ * bundle's measurement (SHA-384), PCR1 the Cloister runtime, PCR2 the
+ * configuration; the other PCRs are zero. NULL nonce, user_data or
+ * public_key are encoded as CBOR null (each at most 1,024 bytes). */
+#define ATTEST_SANDBOX_PCRS 16
+#define ATTEST_SANDBOX_PCR_LEN 48
+
+typedef struct attest_sandbox_claims {
+    const char *module_id;
+    uint64_t timestamp_ms;
+    uint8_t pcrs[ATTEST_SANDBOX_PCRS][ATTEST_SANDBOX_PCR_LEN];
+    const uint8_t *nonce;
+    size_t nonce_len;
+    const uint8_t *user_data;
+    size_t user_data_len;
+    const uint8_t *public_key;
+    size_t public_key_len;
+} attest_sandbox_claims;
+
+/* Issues a sandbox attestation document (untagged COSE_Sign1, ES384) for
+ * CLAIMS, signed with KEY (P-384), whose certificate CERT chains through
+ * CABUNDLE (N_CABUNDLE certificates, the platform CA first, as in Nitro
+ * documents) to the cluster's platform CA. On success *RET is a malloc'd
+ * buffer the caller frees. Returns 0, -EINVAL or -ENOMEM. */
+int attest_sandbox_issue(EVP_PKEY *key, X509 *cert, X509 *const *cabundle, size_t n_cabundle,
+                         const attest_sandbox_claims *claims, uint8_t **ret, size_t *ret_len);
 
 /* The DESIGN.md document for refused evidence:
  * {"verified":false,"type":"…","claims":{},"error":REASON}. New reference,

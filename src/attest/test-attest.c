@@ -368,31 +368,6 @@ static X509 *make_cert(EVP_PKEY *key, EVP_PKEY *signer, X509 *issuer, const char
     return x;
 }
 
-static cbor_item_t *cbor_cert(X509 *x)
-{
-    unsigned char *der = NULL;
-    int n = i2d_X509(x, &der);
-    cr_assert_gt(n, 0);
-    cbor_item_t *item = cbor_build_bytestring(der, (size_t)n);
-    OPENSSL_free(der);
-    return item;
-}
-
-static void map_add(cbor_item_t *map, const char *key, cbor_item_t *value)
-{
-    cr_assert(cbor_map_add(map, (struct cbor_pair){cbor_move(cbor_build_string(key)), cbor_move(value)}));
-}
-
-/* Serializes ITEM (decref'd here) into a blob. */
-static blob cbor_blob(cbor_item_t *item)
-{
-    unsigned char *buf = NULL;
-    size_t cap = 0, n = cbor_serialize_alloc(item, &buf, &cap);
-    cbor_decref(&item);
-    cr_assert_gt(n, 0);
-    return (blob){buf, n};
-}
-
 /* Builds a signed sandbox document and the platform CA's PEM. */
 static void make_sandbox(blob *ret_doc, blob *ret_ca_pem)
 {
@@ -401,55 +376,18 @@ static void make_sandbox(blob *ret_doc, blob *ret_ca_pem)
     X509 *ca = make_cert(ca_key, ca_key, NULL, "cloister platform CA", true);
     X509 *leaf = make_cert(leaf_key, ca_key, ca, "cloister runner", false);
 
-    cbor_item_t *pcrs = cbor_new_definite_map(16);
-    for (uint8_t i = 0; i < 16; i++) {
-        uint8_t pcr[48];
-        memset(pcr, i, sizeof(pcr));
-        cr_assert(cbor_map_add(pcrs, (struct cbor_pair){cbor_move(cbor_build_uint8(i)),
-                                                        cbor_move(cbor_build_bytestring(pcr, 48))}));
-    }
-    cbor_item_t *bundle = cbor_new_definite_array(1);
-    cr_assert(cbor_array_push(bundle, cbor_move(cbor_cert(ca))));
-    cbor_item_t *payload = cbor_new_definite_map(9);
-    map_add(payload, "module_id", cbor_build_string("sandbox-scorer-0"));
-    map_add(payload, "digest", cbor_build_string("SHA384"));
-    map_add(payload, "timestamp", cbor_build_uint64((uint64_t)SANDBOX_NOW * 1000));
-    map_add(payload, "pcrs", pcrs);
-    map_add(payload, "certificate", cbor_cert(leaf));
-    map_add(payload, "cabundle", bundle);
-    map_add(payload, "public_key", cbor_new_null());
-    map_add(payload, "user_data", cbor_build_bytestring((const uint8_t *)"", 0));
-    map_add(payload, "nonce", cbor_build_bytestring((const uint8_t *)"n0nce", 5));
-    blob body = cbor_blob(payload);
-
-    static const uint8_t prot[] = {0xa1, 0x01, 0x38, 0x22};
-    cbor_item_t *tbs = cbor_new_definite_array(4);
-    cr_assert(cbor_array_push(tbs, cbor_move(cbor_build_string("Signature1"))));
-    cr_assert(cbor_array_push(tbs, cbor_move(cbor_build_bytestring(prot, sizeof(prot)))));
-    cr_assert(cbor_array_push(tbs, cbor_move(cbor_build_bytestring(prot, 0))));
-    cr_assert(cbor_array_push(tbs, cbor_move(cbor_build_bytestring(body.data, body.len))));
-    blob to_sign = cbor_blob(tbs);
-
-    unsigned char der[128];
-    size_t der_len = sizeof(der);
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    cr_assert(EVP_DigestSignInit(md, NULL, EVP_sha384(), NULL, leaf_key) == 1);
-    cr_assert(EVP_DigestSign(md, der, &der_len, to_sign.data, to_sign.len) == 1);
-    EVP_MD_CTX_free(md);
-    const unsigned char *p = der;
-    ECDSA_SIG *sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len);
-    uint8_t raw_sig[96];
-    cr_assert(sig);
-    cr_assert_eq(BN_bn2binpad(ECDSA_SIG_get0_r(sig), raw_sig, 48), 48);
-    cr_assert_eq(BN_bn2binpad(ECDSA_SIG_get0_s(sig), raw_sig + 48, 48), 48);
-    ECDSA_SIG_free(sig);
-
-    cbor_item_t *cose = cbor_new_definite_array(4);
-    cr_assert(cbor_array_push(cose, cbor_move(cbor_build_bytestring(prot, sizeof(prot)))));
-    cr_assert(cbor_array_push(cose, cbor_move(cbor_new_definite_map(0))));
-    cr_assert(cbor_array_push(cose, cbor_move(cbor_build_bytestring(body.data, body.len))));
-    cr_assert(cbor_array_push(cose, cbor_move(cbor_build_bytestring(raw_sig, sizeof(raw_sig)))));
-    *ret_doc = cbor_blob(cose);
+    attest_sandbox_claims claims = {.module_id = "sandbox-scorer-0",
+                                    .timestamp_ms = (uint64_t)SANDBOX_NOW * 1000,
+                                    .nonce = (const uint8_t *)"n0nce",
+                                    .nonce_len = 5,
+                                    .user_data = (const uint8_t *)"",
+                                    .user_data_len = 0};
+    for (uint8_t i = 0; i < ATTEST_SANDBOX_PCRS; i++)
+        memset(claims.pcrs[i], i, ATTEST_SANDBOX_PCR_LEN);
+    uint8_t *doc = NULL;
+    size_t doc_len = 0;
+    cr_assert_eq(attest_sandbox_issue(leaf_key, leaf, &ca, 1, &claims, &doc, &doc_len), 0);
+    *ret_doc = (blob){doc, doc_len};
 
     BIO *bio = BIO_new(BIO_s_mem());
     cr_assert(PEM_write_bio_X509(bio, ca));
@@ -457,8 +395,6 @@ static void make_sandbox(blob *ret_doc, blob *ret_ca_pem)
     long pem_len = BIO_get_mem_data(bio, &pem);
     *ret_ca_pem = copy_blob((const uint8_t *)pem, (size_t)pem_len);
     BIO_free(bio);
-    blob_free(&body);
-    blob_free(&to_sign);
     X509_free(ca);
     X509_free(leaf);
     EVP_PKEY_free(ca_key);

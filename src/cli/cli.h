@@ -92,3 +92,4 @@ int cmd_apply(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_get(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_delete(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_attest(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+int cmd_enclave(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);

@@ -20,6 +20,7 @@ static const cli_command commands[] = {
     {"delete", "KIND NAME", "delete a resource", cmd_delete},
     {"attest", "verify --type nitro|sev-snp|tdx|sandbox --evidence FILE [--cert FILE] [--roots PEM] [--crl FILE]... [--at RFC3339]",
      "verify TEE evidence offline; exit 0 only when it verifies", cmd_attest},
+    {"enclave", "measure DIR", "print a workload bundle's measurement (PCR0, SHA-384)", cmd_enclave},
     /* Each later command group (token, policy, audit, attest, kms, enclave,
      * dataset, job, workspace) is one entry here, implemented in its own
      * cmd-<group>.c. */

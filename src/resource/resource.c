@@ -202,6 +202,39 @@ static const schema_field secret_fields[] = {
 };
 static const schema s_secret_spec = OBJECT(secret_fields);
 
+/* ---- AttestationPolicy -------------------------------------------------- */
+
+static const char *const evidence_types[] = {"nitro", "sev-snp", "tdx", "sandbox", NULL};
+static const schema s_evidence_type = STRING(.values = evidence_types);
+static const schema s_evidence_types = ARRAY(&s_evidence_type, .min_items = 1, .max_items = 4);
+static const schema s_max_age = {.type = SCHEMA_INT, .min = 1, .max = 86400};
+static const schema s_hex_value = STRING(.format = FORMAT_HEX, .max_len = 128);
+static const schema s_hex_values = ARRAY(&s_hex_value, .min_items = 1, .max_items = 64);
+static const schema s_reference_values = {.type = SCHEMA_MAP, .format = FORMAT_MEASUREMENT,
+                                          .items = &s_hex_values, .max_items = 48};
+static const schema s_tcb_component = {.type = SCHEMA_INT, .min = 0, .max = 255};
+static const schema s_tee_tcb_svn = STRING(.format = FORMAT_HEX, .max_len = 32);
+static const schema_field min_tcb_fields[] = {
+    {"bootloader", &s_tcb_component, false, NULL}, /* SEV-SNP reported_tcb */
+    {"tee", &s_tcb_component, false, NULL},
+    {"snp", &s_tcb_component, false, NULL},
+    {"microcode", &s_tcb_component, false, NULL},
+    {"teeTcbSvn", &s_tee_tcb_svn, false, NULL}, /* TDX, compared byte by byte */
+    {NULL},
+};
+static const schema s_min_tcb = OBJECT(min_tcb_fields);
+static const schema_field attestation_policy_fields[] = {
+    {"types", &s_evidence_types, true, NULL},
+    {"allowSandbox", &s_bool, false, "false"},
+    {"allowDebug", &s_bool, false, "false"},
+    {"maxAgeSeconds", &s_max_age, false, NULL},
+    {"requireNonce", &s_bool, false, "true"},
+    {"referenceValues", &s_reference_values, false, NULL},
+    {"minTcb", &s_min_tcb, false, NULL},
+    {NULL},
+};
+static const schema s_attestation_policy_spec = OBJECT(attestation_policy_fields);
+
 /* ---- the kinds ---------------------------------------------------------- */
 
 static const resource_column user_columns[] = {
@@ -239,6 +272,13 @@ static const resource_column secret_columns[] = {
     {NULL},
 };
 
+static const resource_column attestation_policy_columns[] = {
+    {"TYPES", {"spec.types"}, false, NULL},
+    {"SANDBOX", {"spec.allowSandbox"}, false, "false"},
+    {"MAX-AGE", {"spec.maxAgeSeconds"}, false, "none"},
+    {NULL},
+};
+
 static const resource_kind kinds[] = {
     {"User", "users", false, &s_user_spec, user_columns},
     {"Group", "groups", false, &s_group_spec, group_columns},
@@ -247,6 +287,7 @@ static const resource_kind kinds[] = {
     {"Credential", "credentials", false, &s_credential_spec, credential_columns},
     {"IdentityProvider", "identityproviders", false, &s_idp_spec, idp_columns},
     {"Secret", "secrets", true, &s_secret_spec, secret_columns},
+    {"AttestationPolicy", "attestationpolicies", false, &s_attestation_policy_spec, attestation_policy_columns},
 };
 
 /* ---- the document around the spec -------------------------------------- */

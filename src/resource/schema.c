@@ -232,6 +232,37 @@ static bool data_key_ok(const char *s, size_t n)
     return true;
 }
 
+/* Lower-case hex of whole bytes. */
+static bool hex_ok(const char *s, size_t n)
+{
+    if (n == 0 || n % 2)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+/* The claims an AttestationPolicy may pin reference values of. */
+static bool measurement_ok(const char *s, size_t n)
+{
+    static const char *const names[] = {"measurement", "host_data", "chip_id", "mr_td", "mr_config_id",
+                                        "rtmr0", "rtmr1", "rtmr2", "rtmr3", NULL};
+    for (size_t i = 0; names[i]; i++)
+        if (strlen(names[i]) == n && memcmp(s, names[i], n) == 0)
+            return true;
+    /* pcr0 .. pcr31, no leading zeros */
+    if (n < 4 || n > 5 || memcmp(s, "pcr", 3) != 0 || (n == 5 && s[3] == '0'))
+        return false;
+    int v = 0;
+    for (size_t i = 3; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v <= 31;
+}
+
 /* A label key: alphanumeric ends, [A-Za-z0-9._/-] inside, at most 253. */
 static bool label_key_ok(const char *s, size_t n)
 {
@@ -269,6 +300,10 @@ bool schema_string_matches(schema_format f, const char *s, size_t n)
         return data_key_ok(s, n);
     case FORMAT_LABEL_KEY:
         return label_key_ok(s, n);
+    case FORMAT_HEX:
+        return hex_ok(s, n);
+    case FORMAT_MEASUREMENT:
+        return measurement_ok(s, n);
     }
     return false;
 }
@@ -302,6 +337,11 @@ static const char *format_rule(schema_format f)
     case FORMAT_LABEL_KEY:
         return "must be at most 253 letters, digits, '.', '_', '/' or '-', starting and ending "
                "with a letter or digit";
+    case FORMAT_HEX:
+        return "must be lower-case hex (an even number of 0-9, a-f)";
+    case FORMAT_MEASUREMENT:
+        return "must name a measured claim: pcr0..pcr31, measurement, host_data, chip_id, mr_td, "
+               "mr_config_id or rtmr0..rtmr3";
     }
     return "is malformed";
 }

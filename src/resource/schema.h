@@ -34,6 +34,9 @@ typedef enum schema_format {
     FORMAT_TOKEN,       /* printable ASCII without spaces (OAuth scopes, claim names) */
     FORMAT_DATA_KEY,    /* [A-Za-z0-9._-]{1,253}, not "." or ".." */
     FORMAT_LABEL_KEY,   /* [A-Za-z0-9] ([A-Za-z0-9._/-]* [A-Za-z0-9])?, at most 253 */
+    FORMAT_HEX,         /* lower-case hex digits, an even number of them */
+    FORMAT_MEASUREMENT, /* a measured claim of TEE evidence: pcr0..pcr31, measurement, host_data,
+                           chip_id, mr_td, mr_config_id, rtmr0..rtmr3 */
 } schema_format;
 
 typedef struct schema schema;
