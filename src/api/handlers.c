@@ -15,6 +15,7 @@
 #include "basic/macro.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
+#include "httpd/httpd.h"
 #include "resource/resource.h"
 
 #define WATCH_POLL_MS 200
@@ -104,7 +105,7 @@ static int resolve_credential(api_server *srv, const char *digest, const char *k
  * Verified tokens are cached per thread while the store is unchanged. */
 static int authenticate(api_server *srv, h2o_req_t *req, caller *ret, api_error *err)
 {
-    api_thread *t = (api_thread *)req->conn->ctx;
+    api_thread *t = (api_thread *)httpd_thread_state(req);
     ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
     if (i < 0)
         return api_fail(err, 401, "unauthenticated",
@@ -206,7 +207,7 @@ static pending_write *pending_write_new(h2o_req_t *req, api_route route, uint64_
     pending_write *pw = calloc(1, sizeof(*pw) + n_ops * sizeof(store_op));
     if (!pw)
         return NULL;
-    pw->thread = (api_thread *)req->conn->ctx;
+    pw->thread = (api_thread *)httpd_thread_state(req);
     pw->req = req;
     pw->route = route;
     pw->started = started;
@@ -591,7 +592,7 @@ static void watcher_poll(h2o_timeout_entry_t *entry)
     if (w->queued.len == 0 && time_mono_ns() - w->last_sent > WATCH_HEARTBEAT_NS)
         strbuf_puts(&w->queued, ": heartbeat\n\n");
     watcher_flush(w);
-    h2o_timeout_link(w->thread->ctx.loop, &w->thread->watch_poll, &w->poll);
+    h2o_timeout_link(w->thread->ctx->loop, &w->thread->watch_poll, &w->poll);
 }
 
 static void watcher_proceed(h2o_generator_t *g, h2o_req_t *req)
@@ -614,7 +615,7 @@ static void watcher_stop(h2o_generator_t *g, h2o_req_t *req)
 static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind,
                          int64_t from_revision)
 {
-    api_thread *t = (api_thread *)req->conn->ctx;
+    api_thread *t = (api_thread *)httpd_thread_state(req);
     watcher *w = h2o_mem_alloc_shared(&req->pool, sizeof(*w), watcher_dispose);
     *w = (watcher){.super = {watcher_proceed, watcher_stop}, .req = req, .thread = t, .kind = kind->kind,
                    .started = started, .last_sent = time_mono_ns()};
@@ -652,7 +653,7 @@ static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, cons
     strbuf_puts(&w->queued, ": watching\n\n");
     h2o_linklist_insert(&t->watchers, &w->link);
     watcher_flush(w);
-    h2o_timeout_link(t->ctx.loop, &t->watch_poll, &w->poll);
+    h2o_timeout_link(t->ctx->loop, &t->watch_poll, &w->poll);
 }
 
 /* ---- health, metrics, whoami ---- */
@@ -661,7 +662,7 @@ static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
 {
     const api_config *cfg = srv->cfg;
     json_t *roles = json_object();
-    bool ok = !atomic_load(&srv->stopping);
+    bool ok = !httpd_stopping(req);
     for (size_t i = 0; i < cfg->n_roles; i++) {
         if (!atomic_load(&cfg->roles[i].wanted))
             continue;
@@ -861,40 +862,48 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     return 0;
 }
 
-void api_handlers_register(api_server *srv, h2o_pathconf_t *pathconf)
+void api_handlers_register(h2o_pathconf_t *pathconf, void *userdata)
 {
     api_handler *h = (api_handler *)h2o_create_handler(pathconf, sizeof(*h));
     h->super.on_req = on_req;
-    h->server = srv;
+    h->server = userdata;
 }
 
-void api_handlers_thread_init(api_thread *t)
+void *api_handlers_thread_init(h2o_context_t *ctx, void *userdata)
 {
-    t->queue = h2o_multithread_create_queue(t->ctx.loop);
+    api_thread *t = calloc(1, sizeof(*t));
+    if (!t)
+        abort(); /* at start-up, before serving: nothing to degrade to */
+    t->ctx = ctx;
+    t->server = userdata;
+    t->queue = h2o_multithread_create_queue(ctx->loop);
     h2o_multithread_register_receiver(t->queue, &t->write_done, on_write_done);
-    h2o_timeout_init(t->ctx.loop, &t->watch_poll, WATCH_POLL_MS);
+    h2o_timeout_init(ctx->loop, &t->watch_poll, WATCH_POLL_MS);
     h2o_linklist_init_anchor(&t->watchers);
+    return t;
 }
 
-void api_handlers_thread_drain(api_thread *t)
+void api_handlers_thread_drain(void *state)
 {
+    api_thread *t = state;
     while (!h2o_linklist_is_empty(&t->watchers)) {
         watcher *w = H2O_STRUCT_FROM_MEMBER(watcher, link, t->watchers.next);
         watcher_finish(w, NULL, NULL);
     }
 }
 
-bool api_handlers_thread_busy(api_thread *t)
+bool api_handlers_thread_busy(void *state)
 {
-    return t->writes_in_flight > 0;
+    return ((api_thread *)state)->writes_in_flight > 0;
 }
 
-void api_handlers_thread_dispose(api_thread *t)
+void api_handlers_thread_dispose(void *state)
 {
+    api_thread *t = state;
     for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++)
         auth_cache_entry_clear(&t->auth_cache[i]);
     h2o_multithread_unregister_receiver(t->queue, &t->write_done);
     h2o_multithread_destroy_queue(t->queue);
-    h2o_timeout_dispose(t->ctx.loop, &t->watch_poll);
-    h2o_context_dispose(&t->ctx);
+    h2o_timeout_dispose(t->ctx->loop, &t->watch_poll);
+    free(t);
 }

@@ -1,231 +1,28 @@
-/* The API server: a listening socket, TLS with HTTP/2 by ALPN, and one h2o
- * event loop per thread. Stops on SIGTERM/SIGINT: closes the listener, ends
- * watch streams, finishes requests waiting on the store, then returns. */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <openssl/err.h>
-#include <pthread.h>
-#include <signal.h>
-#include <string.h>
-#include <sys/socket.h>
-
+/* The API server: the REST API's handlers on an httpd listener with TLS. */
 #include "api/server.h"
-#include "basic/log.h"
-#include "basic/macro.h"
-#include "basic/timeutil.h"
-
-#define API_DRAIN_TIMEOUT_NS (5 * NSEC_PER_SEC)
-
-/* Splits "HOST:PORT" ("[::1]:7443" for IPv6) and binds a listening socket. */
-static int listen_on(const char *addr, int *ret_fd)
-{
-    char host[256];
-    const char *colon = strrchr(addr, ':');
-    if (!colon || colon == addr || !colon[1] || (size_t)(colon - addr) >= sizeof(host))
-        return -EINVAL;
-    memcpy(host, addr, (size_t)(colon - addr));
-    host[colon - addr] = 0;
-    char *h = host;
-    if (h[0] == '[' && h[strlen(h) - 1] == ']') {
-        h[strlen(h) - 1] = 0;
-        h++;
-    }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_NUMERICSERV | AI_PASSIVE};
-    struct addrinfo *res = NULL;
-    if (getaddrinfo(h, colon + 1, &hints, &res) != 0 || !res)
-        return -EINVAL;
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), on = 1;
-    int e = 0;
-    if (fd < 0)
-        e = negative_errno();
-    else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
-             bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0)
-        e = negative_errno();
-    freeaddrinfo(res);
-    if (e < 0) {
-        if (fd >= 0)
-            close(fd);
-        return e;
-    }
-    *ret_fd = fd;
-    return 0;
-}
-
-static SSL_CTX *tls_context(const char *cert, const char *key)
-{
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    if (!ctx)
-        return NULL;
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
-        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
-        char buf[256];
-        ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
-        log_fields(LOG_LEVEL_ERROR, "cannot load the API server certificate", "cert", cert, "key", key,
-                   "error", buf, NULL);
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
-    h2o_ssl_register_alpn_protocols(ctx, h2o_http2_alpn_protocols);
-    return ctx;
-}
-
-/* An accepted connection, known until h2o closes its socket. */
-typedef struct tracked_conn {
-    h2o_linklist_t link;
-    h2o_socket_t *sock;
-} tracked_conn;
-
-static void on_conn_close(void *data)
-{
-    tracked_conn *c = data;
-    h2o_linklist_unlink(&c->link);
-    free(c);
-}
-
-static void on_accept(h2o_socket_t *listener, const char *err)
-{
-    if (err)
-        return;
-    h2o_accept_ctx_t *actx = listener->data;
-    api_thread *t = (api_thread *)actx->ctx;
-    h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
-    if (!sock)
-        return;
-    tracked_conn *c = calloc(1, sizeof(*c));
-    if (!c) {
-        h2o_socket_close(sock);
-        return;
-    }
-    c->sock = sock;
-    h2o_linklist_insert(&t->conns, &c->link);
-    sock->on_close.cb = on_conn_close;
-    sock->on_close.data = c;
-    h2o_accept(actx, sock);
-}
-
-/* Runs LOOP until CONDITION(T) is false or DEADLINE (monotonic ns) passes. */
-static void run_while(api_thread *t, bool (*condition)(api_thread *), uint64_t deadline)
-{
-    while (condition(t) && time_mono_ns() < deadline)
-        h2o_evloop_run(t->ctx.loop, 20);
-}
-
-static bool has_conns(api_thread *t)
-{
-    return !h2o_linklist_is_empty(&t->conns);
-}
-
-/* Half-closes every client connection: h2o then sees end of input and
- * closes each one itself, through its normal paths. */
-static void shutdown_conns(api_thread *t)
-{
-    for (h2o_linklist_t *n = t->conns.next; n != &t->conns; n = n->next) {
-        tracked_conn *c = H2O_STRUCT_FROM_MEMBER(tracked_conn, link, n);
-        shutdown(h2o_socket_get_fd(c->sock), SHUT_RDWR);
-    }
-}
-
-static void *thread_main(void *arg)
-{
-    api_thread *t = arg;
-    api_server *srv = t->server;
-    h2o_evloop_t *loop = h2o_evloop_create();
-    h2o_context_init(&t->ctx, loop, &srv->globalconf);
-    t->accept_ctx = (h2o_accept_ctx_t){.ctx = &t->ctx, .hosts = srv->globalconf.hosts, .ssl_ctx = srv->ssl_ctx};
-    h2o_linklist_init_anchor(&t->conns);
-    api_handlers_thread_init(t);
-    t->listener = h2o_evloop_socket_create(loop, dup(srv->listen_fd), H2O_SOCKET_FLAG_DONT_READ);
-    t->listener->data = &t->accept_ctx;
-    h2o_socket_read_start(t->listener, on_accept);
-
-    while (!atomic_load(&srv->stopping))
-        h2o_evloop_run(loop, 100);
-
-    /* drain: no new connections, end watches, finish pending store writes */
-    h2o_socket_read_stop(t->listener);
-    h2o_socket_close(t->listener);
-    t->listener = NULL;
-    api_handlers_thread_drain(t);
-    h2o_context_request_shutdown(&t->ctx);
-    run_while(t, api_handlers_thread_busy, time_mono_ns() + API_DRAIN_TIMEOUT_NS);
-    /* responses just queued reach their sockets; idle keep-alive connections
-     * and the stragglers are then closed so the context can be disposed */
-    run_while(t, has_conns, time_mono_ns() + 200 * NSEC_PER_MSEC);
-    shutdown_conns(t);
-    run_while(t, has_conns, time_mono_ns() + 2 * NSEC_PER_SEC);
-    return NULL;
-}
-
-/* Waits for SIGTERM or SIGINT (blocked in every thread) and flags the stop. */
-static void *signal_main(void *arg)
-{
-    api_server *srv = arg;
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    int sig = 0;
-    sigwait(&set, &sig);
-    if (!atomic_load(&srv->stopping))
-        log_fields(LOG_LEVEL_INFO, "stopping: draining requests", "signal", strsignal(sig), NULL);
-    atomic_store(&srv->stopping, true);
-    return NULL;
-}
+#include "httpd/httpd.h"
 
 int api_run(const api_config *cfg)
 {
-    api_server srv = {.cfg = cfg, .listen_fd = -1};
-    int e = listen_on(cfg->listen, &srv.listen_fd);
-    if (e < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot listen; check --api-listen (HOST:PORT) and that the port is free",
-                   "listen", cfg->listen, "error", strerror(-e), NULL);
+    api_server srv = {.cfg = cfg};
+    int e = policy_source_new(cfg->store, &srv.policies);
+    if (e < 0)
         return e;
-    }
-    srv.ssl_ctx = tls_context(cfg->cert_file, cfg->key_file);
-    if (!srv.ssl_ctx) {
-        close(srv.listen_fd);
-        return -EINVAL;
-    }
-
-    h2o_config_init(&srv.globalconf);
-    srv.globalconf.server_name = h2o_iovec_init(H2O_STRLIT("cloister"));
-    /* JSON bodies are capped at API_BODY_MAX with a JSON error; h2o cuts off
-     * anything far larger before buffering it. */
-    srv.globalconf.max_request_entity_size = 4 * 1024 * 1024;
-    h2o_hostconf_t *host = h2o_config_register_host(&srv.globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
-    api_handlers_register(&srv, h2o_config_register_path(host, "/", 0));
-
-    srv.n_threads = cfg->threads ? cfg->threads : 2;
-    srv.threads = calloc(srv.n_threads, sizeof(*srv.threads));
-    pthread_t sig_thread;
-    pthread_create(&sig_thread, NULL, signal_main, &srv);
-    for (unsigned i = 0; i < srv.n_threads; i++) {
-        srv.threads[i].server = &srv;
-        pthread_create(&srv.threads[i].tid, NULL, thread_main, &srv.threads[i]);
-    }
-    log_fields(LOG_LEVEL_INFO, "API listening", "listen", cfg->listen, NULL);
-    if (cfg->ready_flag)
-        atomic_store(cfg->ready_flag, true);
-
-    for (unsigned i = 0; i < srv.n_threads; i++)
-        pthread_join(srv.threads[i].tid, NULL);
-    pthread_join(sig_thread, NULL);
-    for (unsigned i = 0; i < srv.n_threads; i++) {
-        /* h2o cannot dispose a context that still has connections; a peer
-         * that ignored the shutdown keeps its memory until the process exits */
-        if (has_conns(&srv.threads[i]))
-            log_warn("a client connection did not close; exiting without freeing its thread");
-        else
-            api_handlers_thread_dispose(&srv.threads[i]);
-    }
-    free(srv.threads);
-    close(srv.listen_fd);
-    SSL_CTX_free(srv.ssl_ctx);
-    log_info("API stopped");
-    return 0;
+    httpd_config h = {
+        .name = "API",
+        .listen = cfg->listen,
+        .cert_file = cfg->cert_file,
+        .key_file = cfg->key_file,
+        .threads = cfg->threads ? cfg->threads : 2,
+        /* JSON bodies are capped at API_BODY_MAX with a JSON error; h2o cuts
+         * off anything far larger before buffering it */
+        .max_request_body = 4 * 1024 * 1024,
+        .hooks = {api_handlers_register, api_handlers_thread_init, api_handlers_thread_drain,
+                  api_handlers_thread_busy, api_handlers_thread_dispose},
+        .userdata = &srv,
+        .ready_flag = cfg->ready_flag,
+    };
+    e = httpd_run(&h);
+    policy_source_free(srv.policies);
+    return e;
 }

@@ -2,10 +2,10 @@
 #pragma once
 
 #include <h2o.h>
-#include <openssl/ssl.h>
 #include <stdatomic.h>
 
 #include "api/api.h"
+#include "policy/policy-source.h"
 
 typedef struct api_server api_server;
 
@@ -21,39 +21,28 @@ typedef struct auth_cache_entry {
     json_t *user, *credential;
 } auth_cache_entry;
 
-/* One event loop thread. The h2o context comes first so a handler can get
- * its thread from req->conn->ctx. */
+/* The API's state on one event loop thread (httpd's per-thread state). */
 typedef struct api_thread {
-    h2o_context_t ctx;
-    h2o_accept_ctx_t accept_ctx;
+    h2o_context_t *ctx;
     api_server *server;
     h2o_multithread_queue_t *queue;
     h2o_multithread_receiver_t write_done; /* completed store writes arrive here */
     h2o_timeout_t watch_poll;              /* how often watchers look for changes */
     h2o_linklist_t watchers;
     size_t writes_in_flight;
-    h2o_linklist_t conns; /* open client connections (tracked_conn), closed at shutdown */
     auth_cache_entry auth_cache[AUTH_CACHE_SLOTS];
-    h2o_socket_t *listener;
-    pthread_t tid;
 } api_thread;
 
 struct api_server {
     const api_config *cfg;
-    h2o_globalconf_t globalconf;
-    SSL_CTX *ssl_ctx;
-    int listen_fd;
-    api_thread *threads;
-    unsigned n_threads;
-    _Atomic bool stopping;
+    policy_source *policies; /* the store's current policy set, for authorization */
 };
 
-/* Registers the API's request handler on PATHCONF. */
-void api_handlers_register(api_server *srv, h2o_pathconf_t *pathconf);
-/* Per-thread setup and teardown of the handlers' state (receiver, timers). */
-void api_handlers_thread_init(api_thread *t);
-/* Ends every watch stream of T (at shutdown). */
-void api_handlers_thread_drain(api_thread *t);
-/* True when T still has requests waiting on the store or open watch streams. */
-bool api_handlers_thread_busy(api_thread *t);
-void api_handlers_thread_dispose(api_thread *t);
+/* httpd hooks (see httpd.h): the API's request handler on PATHCONF (USERDATA
+ * is the api_server), and its per-thread state: created, drained of watch
+ * streams, busy while store writes are pending, and released. */
+void api_handlers_register(h2o_pathconf_t *pathconf, void *userdata);
+void *api_handlers_thread_init(h2o_context_t *ctx, void *userdata);
+void api_handlers_thread_drain(void *state);
+bool api_handlers_thread_busy(void *state);
+void api_handlers_thread_dispose(void *state);

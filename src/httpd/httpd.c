@@ -1,0 +1,308 @@
+#include "httpd/httpd.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include "basic/log.h"
+#include "basic/macro.h"
+#include "basic/timeutil.h"
+
+#define DRAIN_TIMEOUT_NS (5 * NSEC_PER_SEC)
+
+typedef struct httpd_server httpd_server;
+
+/* One event loop thread. The h2o context comes first so that a request's
+ * req->conn->ctx leads back here. */
+typedef struct httpd_thread {
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    httpd_server *server;
+    void *state;          /* the component's, from hooks.thread_init */
+    h2o_linklist_t conns; /* open client connections, closed at shutdown */
+    h2o_socket_t *listener;
+    pthread_t tid;
+} httpd_thread;
+
+struct httpd_server {
+    const httpd_config *cfg;
+    h2o_globalconf_t globalconf;
+    SSL_CTX *ssl_ctx;
+    int listen_fd;
+    httpd_thread *threads;
+    unsigned n_threads;
+    _Atomic bool stopping;
+};
+
+void *httpd_thread_state(h2o_req_t *req)
+{
+    return ((httpd_thread *)req->conn->ctx)->state;
+}
+
+bool httpd_stopping(h2o_req_t *req)
+{
+    return atomic_load(&((httpd_thread *)req->conn->ctx)->server->stopping);
+}
+
+/* Binds a Unix socket at PATH, replacing a stale one, readable and writable
+ * by the owner only. */
+static int listen_unix(const char *path, int *ret_fd)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return -ENAMETOOLONG;
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return negative_errno();
+    unlink(path);
+    mode_t old = umask(0077);
+    int e = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 1024) < 0 ? negative_errno() : 0;
+    umask(old);
+    if (e == 0 && chmod(path, 0600) < 0)
+        e = negative_errno();
+    if (e < 0) {
+        close(fd);
+        return e;
+    }
+    *ret_fd = fd;
+    return 0;
+}
+
+/* Splits "HOST:PORT" ("[::1]:7443" for IPv6) and binds a listening socket. */
+static int listen_tcp(const char *addr, int *ret_fd)
+{
+    char host[256];
+    const char *colon = strrchr(addr, ':');
+    if (!colon || colon == addr || !colon[1] || (size_t)(colon - addr) >= sizeof(host))
+        return -EINVAL;
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = 0;
+    char *h = host;
+    if (h[0] == '[' && h[strlen(h) - 1] == ']') {
+        h[strlen(h) - 1] = 0;
+        h++;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV | AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(h, colon + 1, &hints, &res) != 0 || !res)
+        return -EINVAL;
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), on = 1;
+    int e = 0;
+    if (fd < 0)
+        e = negative_errno();
+    else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
+             bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0)
+        e = negative_errno();
+    freeaddrinfo(res);
+    if (e < 0) {
+        if (fd >= 0)
+            close(fd);
+        return e;
+    }
+    *ret_fd = fd;
+    return 0;
+}
+
+static SSL_CTX *tls_context(const char *cert, const char *key)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx)
+        return NULL;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+        char buf[256];
+        ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
+        log_fields(LOG_LEVEL_ERROR, "cannot load the server certificate", "cert", cert, "key", key, "error", buf,
+                   NULL);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    h2o_ssl_register_alpn_protocols(ctx, h2o_http2_alpn_protocols);
+    return ctx;
+}
+
+/* An accepted connection, known until h2o closes its socket. */
+typedef struct tracked_conn {
+    h2o_linklist_t link;
+    h2o_socket_t *sock;
+} tracked_conn;
+
+static void on_conn_close(void *data)
+{
+    tracked_conn *c = data;
+    h2o_linklist_unlink(&c->link);
+    free(c);
+}
+
+static void on_accept(h2o_socket_t *listener, const char *err)
+{
+    if (err)
+        return;
+    h2o_accept_ctx_t *actx = listener->data;
+    httpd_thread *t = (httpd_thread *)actx->ctx;
+    h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
+    if (!sock)
+        return;
+    tracked_conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        h2o_socket_close(sock);
+        return;
+    }
+    c->sock = sock;
+    h2o_linklist_insert(&t->conns, &c->link);
+    sock->on_close.cb = on_conn_close; /* unused by h2o for accepted sockets */
+    sock->on_close.data = c;
+    h2o_accept(actx, sock);
+}
+
+static bool thread_busy(httpd_thread *t)
+{
+    const httpd_hooks *h = &t->server->cfg->hooks;
+    return h->thread_busy && h->thread_busy(t->state);
+}
+
+static bool has_conns(httpd_thread *t)
+{
+    return !h2o_linklist_is_empty(&t->conns);
+}
+
+/* Runs T's loop while CONDITION(T) holds, until DEADLINE (monotonic ns). */
+static void run_while(httpd_thread *t, bool (*condition)(httpd_thread *), uint64_t deadline)
+{
+    while (condition(t) && time_mono_ns() < deadline)
+        h2o_evloop_run(t->ctx.loop, 20);
+}
+
+/* Half-closes every client connection: h2o then sees end of input and
+ * closes each one itself, through its normal paths. */
+static void shutdown_conns(httpd_thread *t)
+{
+    for (h2o_linklist_t *n = t->conns.next; n != &t->conns; n = n->next) {
+        tracked_conn *c = H2O_STRUCT_FROM_MEMBER(tracked_conn, link, n);
+        shutdown(h2o_socket_get_fd(c->sock), SHUT_RDWR);
+    }
+}
+
+static void *thread_main(void *arg)
+{
+    httpd_thread *t = arg;
+    httpd_server *srv = t->server;
+    const httpd_hooks *hooks = &srv->cfg->hooks;
+    h2o_evloop_t *loop = h2o_evloop_create();
+    h2o_context_init(&t->ctx, loop, &srv->globalconf);
+    t->accept_ctx = (h2o_accept_ctx_t){.ctx = &t->ctx, .hosts = srv->globalconf.hosts, .ssl_ctx = srv->ssl_ctx};
+    h2o_linklist_init_anchor(&t->conns);
+    if (hooks->thread_init)
+        t->state = hooks->thread_init(&t->ctx, srv->cfg->userdata);
+    t->listener = h2o_evloop_socket_create(loop, dup(srv->listen_fd), H2O_SOCKET_FLAG_DONT_READ);
+    t->listener->data = &t->accept_ctx;
+    h2o_socket_read_start(t->listener, on_accept);
+
+    while (!atomic_load(&srv->stopping))
+        h2o_evloop_run(loop, 100);
+
+    /* drain: no new connections, long-lived responses ended, work in flight
+     * finished, then the connections closed so the context can be disposed */
+    h2o_socket_read_stop(t->listener);
+    h2o_socket_close(t->listener);
+    t->listener = NULL;
+    if (hooks->thread_drain)
+        hooks->thread_drain(t->state);
+    h2o_context_request_shutdown(&t->ctx);
+    run_while(t, thread_busy, time_mono_ns() + DRAIN_TIMEOUT_NS);
+    run_while(t, has_conns, time_mono_ns() + 200 * NSEC_PER_MSEC);
+    shutdown_conns(t);
+    run_while(t, has_conns, time_mono_ns() + 2 * NSEC_PER_SEC);
+    return NULL;
+}
+
+/* Waits for SIGTERM or SIGINT (blocked in every thread) and flags the stop. */
+static void *signal_main(void *arg)
+{
+    httpd_server *srv = arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    int sig = 0;
+    sigwait(&set, &sig);
+    log_fields(LOG_LEVEL_INFO, "stopping: draining requests", "server", srv->cfg->name, "signal", strsignal(sig),
+               NULL);
+    atomic_store(&srv->stopping, true);
+    return NULL;
+}
+
+int httpd_run(const httpd_config *cfg)
+{
+    httpd_server srv = {.cfg = cfg, .listen_fd = -1};
+    bool is_unix = strncmp(cfg->listen, "unix:", 5) == 0;
+    int e = is_unix ? listen_unix(cfg->listen + 5, &srv.listen_fd) : listen_tcp(cfg->listen, &srv.listen_fd);
+    if (e < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot listen; check the address (HOST:PORT) and that it is free", "server",
+                   cfg->name, "listen", cfg->listen, "error", strerror(-e), NULL);
+        return e;
+    }
+    if (cfg->cert_file && !is_unix && !(srv.ssl_ctx = tls_context(cfg->cert_file, cfg->key_file))) {
+        close(srv.listen_fd);
+        return -EINVAL;
+    }
+
+    h2o_config_init(&srv.globalconf);
+    srv.globalconf.server_name = h2o_iovec_init(H2O_STRLIT("cloister"));
+    if (cfg->max_request_body)
+        srv.globalconf.max_request_entity_size = cfg->max_request_body;
+    h2o_hostconf_t *host = h2o_config_register_host(&srv.globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    cfg->hooks.register_handlers(h2o_config_register_path(host, "/", 0), cfg->userdata);
+
+    srv.n_threads = cfg->threads ? cfg->threads : 1;
+    srv.threads = calloc(srv.n_threads, sizeof(*srv.threads));
+    if (!srv.threads) {
+        close(srv.listen_fd);
+        SSL_CTX_free(srv.ssl_ctx);
+        return -ENOMEM;
+    }
+    pthread_t sig_thread;
+    pthread_create(&sig_thread, NULL, signal_main, &srv);
+    for (unsigned i = 0; i < srv.n_threads; i++) {
+        srv.threads[i].server = &srv;
+        pthread_create(&srv.threads[i].tid, NULL, thread_main, &srv.threads[i]);
+    }
+    log_fields(LOG_LEVEL_INFO, "listening", "server", cfg->name, "listen", cfg->listen, NULL);
+    if (cfg->ready_flag)
+        atomic_store(cfg->ready_flag, true);
+
+    for (unsigned i = 0; i < srv.n_threads; i++)
+        pthread_join(srv.threads[i].tid, NULL);
+    pthread_join(sig_thread, NULL);
+    for (unsigned i = 0; i < srv.n_threads; i++) {
+        httpd_thread *t = &srv.threads[i];
+        if (cfg->hooks.thread_dispose)
+            cfg->hooks.thread_dispose(t->state);
+        /* h2o cannot dispose a context that still has connections; a peer
+         * that ignored the shutdown keeps its memory until the process exits */
+        if (has_conns(t))
+            log_fields(LOG_LEVEL_WARN, "a client connection did not close", "server", cfg->name, NULL);
+        else
+            h2o_context_dispose(&t->ctx);
+    }
+    free(srv.threads);
+    close(srv.listen_fd);
+    if (is_unix)
+        unlink(cfg->listen + 5);
+    SSL_CTX_free(srv.ssl_ctx);
+    log_fields(LOG_LEVEL_INFO, "stopped", "server", cfg->name, NULL);
+    return 0;
+}

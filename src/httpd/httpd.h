@@ -1,0 +1,44 @@
+/* One h2o HTTP server, as every role runs it: a listener on TCP (with TLS
+ * and HTTP/2 when a certificate is given) or on a Unix socket, one event
+ * loop per thread, and a drain on SIGTERM/SIGINT: stop accepting, let the
+ * component finish what it has in flight, close the remaining connections,
+ * return. Components plug in through hooks and keep per-thread state. */
+#pragma once
+
+#include <h2o.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+typedef struct httpd_hooks {
+    /* Registers the component's handlers on PATHCONF, once, before any thread runs. */
+    void (*register_handlers)(h2o_pathconf_t *pathconf, void *userdata);
+    /* Optional per-thread state: created on the thread's loop (CTX), asked to
+     * end its long-lived responses at shutdown (drain), asked whether it still
+     * waits on something (busy), and released (dispose). */
+    void *(*thread_init)(h2o_context_t *ctx, void *userdata);
+    void (*thread_drain)(void *state);
+    bool (*thread_busy)(void *state);
+    void (*thread_dispose)(void *state);
+} httpd_hooks;
+
+typedef struct httpd_config {
+    const char *name;      /* in logs: "API", "runner" */
+    const char *listen;    /* "HOST:PORT", or "unix:PATH" (mode 0600; a stale socket is replaced) */
+    const char *cert_file; /* TLS when set (TCP only) */
+    const char *key_file;
+    unsigned threads;           /* default 1 */
+    size_t max_request_body;    /* bodies announced larger are refused by h2o (413) */
+    httpd_hooks hooks;
+    void *userdata;
+    _Atomic bool *ready_flag; /* set once serving, may be NULL */
+} httpd_config;
+
+/* Serves until SIGTERM or SIGINT, which the caller must have blocked in
+ * every thread. Returns 0 after a clean stop, or a negative errno when the
+ * server cannot start (bad address, port in use, unreadable certificate). */
+int httpd_run(const httpd_config *cfg);
+
+/* The per-thread state (thread_init's result) of the loop serving REQ. */
+void *httpd_thread_state(h2o_req_t *req);
+/* True once the server serving REQ has begun to stop. */
+bool httpd_stopping(h2o_req_t *req);
