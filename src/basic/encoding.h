@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The value of hex digit C (either case), or -1. */
+int hex_digit_value(char c);
 /* Lower-case hex of N bytes into OUT (2*N+1 bytes). */
 void hex_encode(const uint8_t *in, size_t n, char *out);
 /* Decodes exactly 2*OUT_LEN hex digits; -EINVAL otherwise. */

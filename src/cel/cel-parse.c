@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "basic/encoding.h"
 #include "cel/cel-parse.h"
 
 typedef enum tok_kind {
@@ -117,18 +118,6 @@ static bool is_digit(char c)
     return c >= '0' && c <= '9';
 }
 
-/* The value of hex digit C, or -1. */
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Skips white space and // comments, counting lines. */
 static void skip_space(parser *p)
 {
@@ -161,10 +150,10 @@ static void lex_number(parser *p, token *t)
         uint64_t v = 0;
         size_t digits = 0;
         bool overflow = false;
-        for (; i < p->len && hexval(s[i]) >= 0; i++, digits++) {
+        for (; i < p->len && hex_digit_value(s[i]) >= 0; i++, digits++) {
             if (v >> 60)
                 overflow = true;
-            v = v << 4 | (uint64_t)hexval(s[i]);
+            v = v << 4 | (uint64_t)hex_digit_value(s[i]);
         }
         if (digits == 0) {
             fail(p, -EINVAL, t->line, t->col, "invalid hexadecimal literal");
@@ -303,7 +292,7 @@ static void lex_string(parser *p, token *t, bool raw, bool bytes)
             out[o++] = e;
             continue;
         case 'x': case 'X': {
-            int h1 = i < p->len ? hexval(s[i]) : -1, h2 = i + 1 < p->len ? hexval(s[i + 1]) : -1;
+            int h1 = i < p->len ? hex_digit_value(s[i]) : -1, h2 = i + 1 < p->len ? hex_digit_value(s[i + 1]) : -1;
             if (h1 < 0 || h2 < 0) {
                 fail(p, -EINVAL, t->line, t->col, "invalid \\x escape");
                 return;
@@ -320,7 +309,7 @@ static void lex_string(parser *p, token *t, bool raw, bool bytes)
             }
             cp = 0;
             for (size_t k = 0; k < nd; k++) {
-                int h = i + k < p->len ? hexval(s[i + k]) : -1;
+                int h = i + k < p->len ? hex_digit_value(s[i + k]) : -1;
                 if (h < 0) {
                     fail(p, -EINVAL, t->line, t->col, "invalid \\%c escape", e);
                     return;

@@ -109,14 +109,11 @@ static int by_path(const void *a, const void *b)
     return strcmp(((const entry *)a)->path, ((const entry *)b)->path);
 }
 
-/* SHA-384 of the file at PATH (relative to DFD) as hex into OUT, and the
- * number of bytes hashed into *RET_SIZE (so the line describes what was
- * hashed even if the file changed since it was listed). */
-static int hash_file(int dfd, const char *path, char out[97], long long *ret_size, measure_error *err)
+int sha384_file(int dfd, const char *path, bool follow, uint8_t digest[48], long long *ret_size)
 {
-    _cleanup_close_ int fd = openat(dfd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    _cleanup_close_ int fd = openat(dfd, path, O_RDONLY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
     if (fd < 0)
-        return fail(err, negative_errno(), "%s: %s", path, strerror(errno));
+        return negative_errno();
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     if (!md || EVP_DigestInit_ex(md, EVP_sha384(), NULL) != 1) {
         EVP_MD_CTX_free(md);
@@ -129,13 +126,12 @@ static int hash_file(int dfd, const char *path, char out[97], long long *ret_siz
         EVP_DigestUpdate(md, buf, (size_t)n);
         total += n;
     }
-    uint8_t d[48];
-    EVP_DigestFinal_ex(md, d, NULL);
+    EVP_DigestFinal_ex(md, digest, NULL);
     EVP_MD_CTX_free(md);
     if (n < 0)
-        return fail(err, negative_errno(), "%s: %s", path, strerror(errno));
-    hex_encode(d, sizeof(d), out);
-    *ret_size = total;
+        return negative_errno();
+    if (ret_size)
+        *ret_size = total;
     return 0;
 }
 
@@ -157,14 +153,18 @@ int bundle_measure(const char *dir, uint8_t digest[48], measure_error *err)
     for (size_t i = 0; r == 0 && i < l.n; i++) {
         const entry *e = &l.entries[i];
         char line[4096 + 200], hash[97];
+        uint8_t digest_bytes[48];
         long long size;
         int len;
         if (e->dir)
             len = snprintf(line, sizeof(line), "d %04o 0 - %s\n", (unsigned)e->mode, e->path);
-        else if ((r = hash_file(top_again, e->path, hash, &size, err)) < 0)
+        else if ((r = sha384_file(top_again, e->path, false, digest_bytes, &size)) < 0) {
+            r = fail(err, r, "%s: %s", e->path, strerror(-r));
             break;
-        else
+        } else {
+            hex_encode(digest_bytes, sizeof(digest_bytes), hash);
             len = snprintf(line, sizeof(line), "f %04o %lld %s %s\n", (unsigned)e->mode, size, hash, e->path);
+        }
         if (len < 0 || (size_t)len >= sizeof(line)) {
             r = fail(err, -E2BIG, "%s: path too long", e->path);
             break;

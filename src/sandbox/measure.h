@@ -12,6 +12,7 @@
  * stat and sha384sum. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,3 +27,8 @@ typedef struct measure_error {
  * with ERR naming the offending path: -ELOOP (a symlink), -EINVAL (another
  * refused entry), -E2BIG (too many entries or too deep), or an I/O error. */
 int bundle_measure(const char *dir, uint8_t digest[48], measure_error *err);
+
+/* SHA-384 of the file PATH (relative to DFD, or AT_FDCWD) into DIGEST and
+ * the number of bytes hashed into *RET_SIZE (may be NULL). A symbolic link
+ * is refused (-ELOOP) unless FOLLOW. Returns 0 or a negative errno. */
+int sha384_file(int dfd, const char *path, bool follow, uint8_t digest[48], long long *ret_size);

@@ -615,6 +615,17 @@ static void *writer_main(void *arg)
     }
 }
 
+/* Finalizes the writer's statements and closes its connection. */
+static void writer_close(sqlite_store *s)
+{
+    sqlite3_finalize(s->w_get);
+    sqlite3_finalize(s->w_put);
+    sqlite3_finalize(s->w_delete);
+    sqlite3_finalize(s->w_change);
+    sqlite3_finalize(s->w_trim);
+    sqlite3_close(s->wdb);
+}
+
 static int writer_open(sqlite_store *s)
 {
     int e = open_db(s->path, true, &s->wdb);
@@ -662,12 +673,7 @@ static int sqlite_open(const char *path, void **ret)
     if (e == 0 && pthread_create(&s->writer, NULL, writer_main, s) != 0)
         e = -EAGAIN;
     if (e < 0) {
-        sqlite3_finalize(s->w_get);
-        sqlite3_finalize(s->w_put);
-        sqlite3_finalize(s->w_delete);
-        sqlite3_finalize(s->w_change);
-        sqlite3_finalize(s->w_trim);
-        sqlite3_close(s->wdb);
+        writer_close(s);
         free(s->path);
         free(s);
         return e;
@@ -690,12 +696,7 @@ static void sqlite_close(void *impl)
         s->free_readers = r->next;
         reader_free(r);
     }
-    sqlite3_finalize(s->w_get);
-    sqlite3_finalize(s->w_put);
-    sqlite3_finalize(s->w_delete);
-    sqlite3_finalize(s->w_change);
-    sqlite3_finalize(s->w_trim);
-    sqlite3_close(s->wdb);
+    writer_close(s);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->wake);
     pthread_mutex_destroy(&s->readers_lock);
