@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Attestation verification speed per evidence type, beside `openssl speed`
+# for the signature checks each one cannot avoid, in one run:
+#   nitro:   5 ECDSA P-384 verifications (document, three intermediates, leaf)
+#   sev-snp: 1 ECDSA P-384 and 3 RSA-4096 verifications (report, VCEK, ASK, ARK)
+#   tdx:     4 ECDSA P-256 verifications (quote, QE report, PCK chain)
+# The ratio is our median over that floor: the rest is parsing and X.509.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$top"
+scripts/setup.sh
+[ -f build/build.ninja ] || meson setup build --buildtype=release >/dev/null
+ninja -C build bench/attest/bench-attest >/dev/null
+export CLOISTER_VECTORS=${CLOISTER_VECTORS:-$top/../shared/vectors}
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+echo "== cloister attest_verify (release build)"
+build/bench/attest/bench-attest | tee "$out"
+echo "== peer: openssl speed -seconds 2 ecdsap384 ecdsap256 rsa4096 (verifications/s)"
+speed=$(openssl speed -seconds 2 ecdsap384 ecdsap256 rsa4096 2>/dev/null)
+p384=$(awk '/384 bits ecdsa/ {print $NF}' <<<"$speed")
+p256=$(awk '/256 bits ecdsa/ {print $NF}' <<<"$speed")
+rsa=$(awk '/^rsa 4096/ {print $NF}' <<<"$speed")
+echo "P-384 $p384/s  P-256 $p256/s  RSA-4096 $rsa/s"
+median() { awk -v t="$1" '$1 == t {print $3}' "$out"; }
+awk -v n="$(median nitro)" -v s="$(median sev-snp)" -v t="$(median tdx)" -v p384="$p384" -v p256="$p256" -v rsa="$rsa" 'BEGIN {
+    fn = 5 * 1000 / p384; fs = 1000 / p384 + 3 * 1000 / rsa; ft = 4 * 1000 / p256
+    printf "\nSUMMARY nitro %.2f ms (%.2fx its %.2f ms signature floor)  sev-snp %.2f ms (%.2fx of %.2f ms)  tdx %.2f ms (%.2fx of %.2f ms); target <= 5 ms each\n", n, n / fn, fn, s, s / fs, fs, t, t / ft, ft
+}'
