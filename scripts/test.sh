@@ -82,7 +82,7 @@ fi
 
 echo "== integration tests (pytest)"
 export CLOISTER_BUILD="$top/build-test"
-/usr/bin/python3 -m pytest tests -q -p no:cacheprovider --junitxml="$logs/pytest.xml" 2>&1 | tail -40
+/usr/bin/python3 -m pytest tests -q -p no:cacheprovider --timeout=600 --junitxml="$logs/pytest.xml" 2>&1 | tail -40
 read -r ip if is < <(/usr/bin/python3 - "$logs/pytest.xml" <<'PY'
 import sys, xml.etree.ElementTree as ET
 try:
