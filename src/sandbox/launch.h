@@ -1,0 +1,35 @@
+/* Launching a workload in a measured sandbox: new user, pid, mount, network,
+ * IPC, UTS and cgroup namespaces; a read-only root made of the bundle
+ * (mounted at /app, the working directory) and read-only binds of the host's
+ * /usr and library directories for interpreters; a private /tmp and a tmpfs
+ * /run/secrets; a minimal /dev; loopback only; no_new_privs, a seccomp
+ * allow-list (libseccomp) and rlimits. The only way out is a Unix socket
+ * from the host bound at /run/cloister/channel.sock (the stand-in for vsock).
+ * Inside, the workload is root of its own user namespace, mapped to the
+ * host's unprivileged `nobody`. */
+#pragma once
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#define SANDBOX_CHANNEL_PATH "/run/cloister/channel.sock"
+
+typedef struct sandbox_spec {
+    const char *bundle;   /* absolute host path of the bundle directory */
+    char *const *argv;    /* argv[0]: an absolute path inside the sandbox */
+    char *const *envp;
+    const char *channel;  /* host path of a Unix socket to expose, or NULL */
+    uint64_t memory_bytes; /* address-space limit; 0: none */
+    uint64_t max_pids;     /* processes of the sandbox's user; 0: none */
+    uint64_t max_files;    /* open files; 0: 1024 */
+    int stdout_fd, stderr_fd; /* the workload's output; -1: /dev/null */
+} sandbox_spec;
+
+typedef struct sandbox_error {
+    char text[512];
+} sandbox_error;
+
+/* Starts SPEC's workload in a new sandbox and returns once it has been
+ * exec'd (or failed to be): *RET_PID is its host pid, the caller reaps it.
+ * On failure nothing is left running and ERR says which step failed. */
+int sandbox_launch(const sandbox_spec *spec, pid_t *ret_pid, sandbox_error *err);

@@ -1,0 +1,134 @@
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "sandbox/launch.h"
+
+static char bundle[64];
+
+static void setup(void)
+{
+    strcpy(bundle, "/tmp/cloister-bundle-XXXXXX");
+    cr_assert_not_null(mkdtemp(bundle));
+    chmod(bundle, 0755);
+    char path[128];
+    snprintf(path, sizeof(path), "%s/enclave.yaml", bundle);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("command: [\"/bin/sh\"]\n", f);
+    fclose(f);
+    chmod(path, 0644);
+}
+
+static void teardown(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", bundle);
+    cr_assert_eq(system(cmd), 0);
+}
+
+/* Runs SCRIPT with /bin/sh in a sandbox; its stdout (and stderr) into OUT;
+ * returns the exit status. */
+static int run(const char *script, uint64_t memory, char *out, size_t size)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    char *argv[] = {"/bin/sh", "-c", (char *)script, NULL};
+    char *envp[] = {"PATH=/usr/bin:/bin", NULL};
+    sandbox_spec spec = {.bundle = bundle, .argv = argv, .envp = envp, .memory_bytes = memory,
+                         .stdout_fd = fds[1], .stderr_fd = fds[1]};
+    sandbox_error err = {{0}};
+    pid_t pid;
+    int r = sandbox_launch(&spec, &pid, &err);
+    close(fds[1]);
+    cr_assert_eq(r, 0, "%s", err.text);
+    size_t n = 0;
+    ssize_t k;
+    while (n + 1 < size && (k = read(fds[0], out + n, size - 1 - n)) > 0)
+        n += (size_t)k;
+    out[n] = 0;
+    close(fds[0]);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+TestSuite(sandbox, .init = setup, .fini = teardown);
+
+Test(sandbox, sees_only_itself_and_its_bundle)
+{
+    char out[4096];
+    int st = run("echo pid=$$; echo uid=$(id -u); echo host=$(hostname); echo pwd=$(pwd); ls / | tr '\\n' ' '; echo;"
+                 "ls /proc | grep -c '^[0-9]'; cat enclave.yaml",
+                 0, out, sizeof(out));
+    cr_assert_eq(st, 0, "%s", out);
+    cr_expect(strstr(out, "pid=1\n"), "%s", out);
+    cr_expect(strstr(out, "uid=0\n"), "%s", out);
+    cr_expect(strstr(out, "host=sandbox\n"), "%s", out);
+    cr_expect(strstr(out, "pwd=/app\n"), "%s", out);
+    cr_expect(strstr(out, "app bin dev lib"), "%s", out);
+    cr_expect_null(strstr(out, "etc"), "no host /etc: %s", out);
+    cr_expect_null(strstr(out, "home"), "%s", out);
+    cr_expect(strstr(out, "command: [\"/bin/sh\"]"), "%s", out);
+}
+
+Test(sandbox, root_and_bundle_are_read_only_tmp_and_secrets_are_not)
+{
+    char out[4096];
+    int st = run("touch /x 2>/dev/null && echo root-writable; touch /app/x 2>/dev/null && echo app-writable;"
+                 "touch /usr/x 2>/dev/null && echo usr-writable; touch /tmp/x && echo tmp-ok;"
+                 "echo s > /run/secrets/k && echo secrets-ok",
+                 0, out, sizeof(out));
+    cr_assert_eq(st, 0, "%s", out);
+    cr_expect_null(strstr(out, "writable"), "%s", out);
+    cr_expect(strstr(out, "tmp-ok") && strstr(out, "secrets-ok"), "%s", out);
+}
+
+Test(sandbox, loopback_only)
+{
+    char out[4096];
+    int st = run("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '", 0, out, sizeof(out));
+    cr_assert_eq(st, 0, "%s", out);
+    cr_expect_str_eq(out, "lo\n");
+}
+
+Test(sandbox, seccomp_refuses_namespaces_and_mounts)
+{
+    char out[4096];
+    int st = run("unshare -U true 2>&1; echo rc=$?; mount -t tmpfs t /tmp 2>&1; echo rc=$?", 0, out, sizeof(out));
+    cr_assert_eq(st, 0, "%s", out);
+    cr_expect(strstr(out, "Operation not permitted"), "%s", out);
+    cr_expect_null(strstr(out, "rc=0"), "%s", out);
+}
+
+Test(sandbox, memory_limit_holds)
+{
+    char out[4096];
+    int st = run("exec python3 -c 'b = bytearray(512 * 1024 * 1024); print(\"allocated\")'", 256ull << 20, out,
+                 sizeof(out));
+    cr_expect_neq(st, 0, "%s", out);
+    cr_expect_null(strstr(out, "allocated"), "%s", out);
+    cr_expect(strstr(out, "MemoryError"), "%s", out);
+}
+
+Test(sandbox, failures_are_reported_and_leave_nothing_running)
+{
+    char *argv[] = {"/nonexistent/program", NULL};
+    char *envp[] = {NULL};
+    sandbox_spec spec = {.bundle = bundle, .argv = argv, .envp = envp, .stdout_fd = -1, .stderr_fd = -1};
+    sandbox_error err = {{0}};
+    pid_t pid = 0;
+    cr_assert_eq(sandbox_launch(&spec, &pid, &err), -EIO);
+    cr_expect(strstr(err.text, "exec /nonexistent/program: No such file or directory"), "%s", err.text);
+    cr_expect_eq(waitpid(-1, NULL, WNOHANG), -1, "no child left behind");
+    spec.bundle = "relative";
+    cr_assert_eq(sandbox_launch(&spec, &pid, &err), -EINVAL);
+    spec.bundle = "/nonexistent-bundle";
+    argv[0] = "/bin/true";
+    cr_assert_eq(sandbox_launch(&spec, &pid, &err), -ENOENT);
+}
