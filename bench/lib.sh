@@ -1,0 +1,69 @@
+# Shared by the benchmarks (source it from bench/<name>/run.sh).
+#
+# bench_build DIR TARGET...
+#     installs what is missing, configures DIR as a release build when it is
+#     not one yet, and builds TARGET...
+# bench_start_cloisterd BUILD [cloisterd arguments...]
+#     starts BUILD's cloisterd --dev on a free loopback port in a fresh data
+#     dir under BUILD and waits until it is healthy. Sets BENCH_WORK (the temp
+#     dir), BENCH_DATA, BENCH_URL, BENCH_CA, and exports CLOISTER_TOKEN (the
+#     bootstrap admin). On exit it stops cloisterd and removes BENCH_WORK
+#     unless BENCH_KEEP is set.
+# bench_sqlite3_durable_inserts DIR N
+#     prints sqlite3's rate (inserts/s) when each of N inserts is its own
+#     durable transaction (WAL, synchronous=FULL) on the disk holding DIR: what
+#     a store without group commit could do at best.
+
+bench_top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+bench_build() {
+    local dir=$1
+    shift
+    "$bench_top/scripts/setup.sh"
+    [ -f "$dir/build.ninja" ] || meson setup "$dir" --buildtype=release >/dev/null
+    ninja -C "$dir" "$@" >/dev/null
+}
+
+bench_stop_cloisterd() {
+    if [ -n "${bench_pid:-}" ]; then
+        kill -TERM "$bench_pid" 2>/dev/null
+        wait "$bench_pid" 2>/dev/null
+    fi
+    [ -n "${BENCH_KEEP:-}" ] || rm -rf "$BENCH_WORK"
+}
+
+bench_start_cloisterd() {
+    local build=$1
+    shift
+    BENCH_WORK=$(mktemp -d "$build/bench.XXXXXX")
+    BENCH_DATA="$BENCH_WORK/data"
+    local port=$((20000 + RANDOM % 20000))
+    BENCH_URL="https://127.0.0.1:$port"
+    BENCH_CA="$BENCH_DATA/ca.pem"
+    "$build/src/daemon/cloisterd" --dev --data-dir "$BENCH_DATA" --api-listen "127.0.0.1:$port" "$@" \
+        >"$BENCH_WORK/cloisterd.log" 2>&1 &
+    bench_pid=$!
+    trap bench_stop_cloisterd EXIT
+    local _
+    for _ in $(seq 1 300); do
+        curl -fsS --cacert "$BENCH_CA" "$BENCH_URL/healthz" >/dev/null 2>&1 && break
+        kill -0 "$bench_pid" 2>/dev/null || { cat "$BENCH_WORK/cloisterd.log" >&2; return 1; }
+        sleep 0.1
+    done
+    CLOISTER_TOKEN=$(cat "$BENCH_DATA/admin.token")
+    export CLOISTER_TOKEN
+}
+
+bench_sqlite3_durable_inserts() {
+    local dir=$1 n=$2 i
+    {
+        echo "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+        echo "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);"
+        for i in $(seq 1 "$n"); do echo "INSERT INTO t VALUES ($i, '{\"spec\":{}}');"; done
+    } >"$dir/ref.sql"
+    local start end
+    start=$(date +%s.%N)
+    sqlite3 "$dir/ref.db" <"$dir/ref.sql" >/dev/null
+    end=$(date +%s.%N)
+    echo "$n / ($end - $start)" | bc -l
+}
