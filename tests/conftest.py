@@ -17,6 +17,9 @@ BUILD = Path(os.environ.get("CLOISTER_BUILD", ROOT / "build-test"))
 CLOISTERD = BUILD / "src" / "daemon" / "cloisterd"
 CLOISTER = BUILD / "src" / "cli" / "cloister"
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+# a role that dies by a signal (an assertion's abort) while stopping is not a clean stop
+UNCLEAN_STOP_MARKERS = ("Assertion `", '"msg":"role stopped","role":"api","how":"killed by',
+                        '"how":"killed by Aborted"', '"how":"killed by Segmentation fault"')
 
 
 def free_port():
@@ -114,8 +117,8 @@ class Server:
         self.proc = None
         if expect_clean:
             log = self.read_log()
-            for marker in SANITIZER_MARKERS:
-                assert marker not in log, f"sanitizer report in cloisterd output:\n{log[-6000:]}"
+            for marker in SANITIZER_MARKERS + UNCLEAN_STOP_MARKERS:
+                assert marker not in log, f"{marker!r} in cloisterd output:\n{log[-6000:]}"
             assert rc == 0, f"cloisterd exited {rc} after SIGTERM:\n{log[-3000:]}"
         return rc
 

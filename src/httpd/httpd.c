@@ -293,6 +293,10 @@ int httpd_run(const httpd_config *cfg)
             cfg->hooks.thread_dispose(t->state);
         /* h2o cannot dispose a context that still has connections; a peer
          * that ignored the shutdown keeps its memory until the process exits */
+        /* h2o_context_request_shutdown() schedules HTTP/2's GOAWAY resend a
+         * second later even without connections; the drain is over sooner */
+        if (h2o_timeout_is_linked(&t->ctx.http2._graceful_shutdown_timeout))
+            h2o_timeout_unlink(&t->ctx.http2._graceful_shutdown_timeout);
         if (has_conns(t))
             log_fields(LOG_LEVEL_WARN, "a client connection did not close", "server", cfg->name, NULL);
         else
