@@ -1,0 +1,246 @@
+/* The API and the policy engine (see handlers-policy.h). */
+#include "api/handlers-policy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <string.h>
+#include <strings.h>
+
+#include "basic/macro.h"
+#include "policy/policy-source.h"
+#include "policy/policy.h"
+
+#define CTX_HEADERS_MAX 64     /* request headers CEL sees */
+#define CHECK_HEADERS_MAX 64   /* headers a what-if request may carry */
+#define CTX_ARENA_MAX (256u * 1024u)
+
+/* Headers CEL never sees: they carry credentials. */
+static bool header_hidden(const char *name, size_t len)
+{
+    static const char *const hidden[] = {"authorization", "cookie", "proxy-authorization"};
+    for (size_t i = 0; i < ELEMENTSOF(hidden); i++)
+        if (strlen(hidden[i]) == len && strncasecmp(hidden[i], name, len) == 0)
+            return true;
+    return false;
+}
+
+/* Sets string slot V to the LEN bytes at S when they are UTF-8, else "". */
+static void set_text(policy_request *pr, policy_var v, const char *s, size_t len)
+{
+    pr->vars[v] = policy_text_valid(s, len) ? cel_string(s, len) : cel_string("", 0);
+}
+
+/* Fills ctx.request.http from REQ: method, normalised path, query, host,
+ * scheme and headers (repeated ones joined with ", "), allocating from A.
+ * Values are borrowed from REQ. Returns 0 or -ENOMEM. */
+static int set_http(policy_request *pr, h2o_req_t *req, cel_arena *a)
+{
+    set_text(pr, POLICY_VAR_HTTP_METHOD, req->method.base, req->method.len);
+    set_text(pr, POLICY_VAR_HTTP_PATH, req->path_normalized.base, req->path_normalized.len);
+    if (req->query_at != SIZE_MAX)
+        set_text(pr, POLICY_VAR_HTTP_QUERY, req->path.base + req->query_at + 1, req->path.len - req->query_at - 1);
+    set_text(pr, POLICY_VAR_HTTP_HOST, req->authority.base, req->authority.len);
+    policy_request_set_string(pr, POLICY_VAR_HTTP_SCHEME, "https");
+    cel_map_entry *entries;
+    cel_map *m = cel_map_new(a, MIN(req->headers.size, (size_t)CTX_HEADERS_MAX), &entries);
+    if (!m)
+        return -ENOMEM;
+    size_t n = 0;
+    for (size_t i = 0; i < req->headers.size && n < CTX_HEADERS_MAX; i++) {
+        const h2o_header_t *h = &req->headers.entries[i];
+        if (header_hidden(h->name->base, h->name->len) || !policy_text_valid(h->value.base, h->value.len))
+            continue;
+        size_t k = 0;
+        while (k < n && !(entries[k].key.len == h->name->len && memcmp(entries[k].key.str, h->name->base, h->name->len) == 0))
+            k++;
+        if (k == n) {
+            entries[n++] = (cel_map_entry){cel_string(h->name->base, h->name->len),
+                                           cel_string(h->value.base, h->value.len)};
+            continue;
+        }
+        const cel_value *old = &entries[k].value;
+        char *joined = cel_arena_alloc(a, old->len + 2 + h->value.len);
+        if (!joined)
+            return -ENOMEM;
+        memcpy(joined, old->str, old->len);
+        memcpy(joined + old->len, ", ", 2);
+        memcpy(joined + old->len + 2, h->value.base, h->value.len);
+        entries[k].value = cel_string(joined, old->len + 2 + h->value.len);
+    }
+    m->len = n;
+    pr->vars[POLICY_VAR_HTTP_HEADERS] = cel_map_value(m);
+    return 0;
+}
+
+/* Decides PR with the store's current policies into *ret. Returns 0, or -1
+ * with ERR filled (500) when no decision could be made. */
+static int decide(api_server *srv, const policy_request *pr, policy_decision *ret, api_error *err)
+{
+    policy_set *set;
+    int e = policy_source_get(srv->policies, &set);
+    if (e < 0)
+        return api_fail(err, 500, "internal", "the policies could not be loaded (%s); the request is denied",
+                        strerror(-e));
+    cel_arena *scratch = cel_arena_new(POLICY_ARENA_MAX);
+    e = scratch ? policy_decide(set, pr, scratch, ret) : -ENOMEM;
+    cel_arena_free(scratch);
+    policy_set_unref(set);
+    if (e < 0)
+        return api_fail(err, 500, "internal", "the request could not be decided (%s); it is denied", strerror(-e));
+    return 0;
+}
+
+int api_authorize(api_server *srv, h2o_req_t *req, const caller *c, const char *verb, const char *kind,
+                  const char *name, api_error *err)
+{
+    policy_request pr;
+    policy_request_init(&pr);
+    cel_arena *values = cel_arena_new(CTX_ARENA_MAX);
+    if (!values)
+        return api_fail(err, 500, "internal", "out of memory; the request is denied");
+    char ip[INET6_ADDRSTRLEN];
+    api_peer_ip(req, ip, sizeof(ip));
+    policy_request_set_string(&pr, POLICY_VAR_REQUEST_IP, ip);
+    policy_request_set_string(&pr, POLICY_VAR_API_VERB, verb);
+    policy_request_set_string(&pr, POLICY_VAR_API_KIND, kind);
+    policy_request_set_string(&pr, POLICY_VAR_API_NAME, name);
+    pr.credential = c->credential ? doc_name(c->credential) : NULL;
+    int r = 0;
+    if (policy_request_set_user(&pr, c->user, values) < 0 || set_http(&pr, req, values) < 0)
+        r = api_fail(err, 500, "internal", "out of memory; the request is denied");
+    policy_decision d;
+    if (r == 0 && decide(srv, &pr, &d, err) < 0)
+        r = -1;
+    cel_arena_free(values);
+    if (r < 0 || d.allow)
+        return r;
+    return api_fail(err, 403, "forbidden", "%s %s%s%s by user %s is denied: %s", verb, kind, name[0] ? "/" : "",
+                    name, caller_name(c), d.reason);
+}
+
+int api_check_policies(const json_t *doc, api_error *err)
+{
+    policy_problem p;
+    int e = policy_validate_document(doc, &p);
+    if (e == -ENOMEM)
+        return api_fail(err, 500, "internal", "out of memory");
+    if (e < 0) {
+        api_fail(err, 400, "invalid", "%s: %u:%u: %s", p.field, p.line, p.column, p.message);
+        snprintf(err->field, sizeof(err->field), "%s", p.field);
+        return -1;
+    }
+    return 0;
+}
+
+/* The string member NAME of the what-if body, "" when absent; -1 with ERR
+ * when present but not a string. */
+static int body_string(const json_t *body, const char *name, const char **ret, api_error *err)
+{
+    const json_t *v = json_object_get(body, name);
+    if (!v) {
+        *ret = "";
+        return 0;
+    }
+    if (!json_is_string(v) || !policy_text_valid(json_string_value(v), json_string_length(v)) ||
+        json_string_length(v) > 8192)
+        return api_fail(err, 400, "invalid", "%s must be a UTF-8 string of at most 8192 bytes", name);
+    *ret = json_string_value(v);
+    return 0;
+}
+
+/* Fills the what-if request PR from BODY (borrowed values) and the store.
+ * USER and SERVICE documents are returned for the caller to release. */
+static int check_request(api_server *srv, const json_t *body, policy_request *pr, cel_arena *a, json_t **ret_user,
+                         json_t **ret_service, api_error *err)
+{
+    const char *user, *service, *method, *path, *ip, *credential, *query, *host, *verb, *kind, *name;
+    if (body_string(body, "user", &user, err) < 0 || body_string(body, "service", &service, err) < 0 ||
+        body_string(body, "method", &method, err) < 0 || body_string(body, "path", &path, err) < 0 ||
+        body_string(body, "ip", &ip, err) < 0 || body_string(body, "credential", &credential, err) < 0 ||
+        body_string(body, "query", &query, err) < 0 || body_string(body, "host", &host, err) < 0)
+        return -1;
+    const json_t *api = json_object_get(body, "api");
+    if (api && !json_is_object(api))
+        return api_fail(err, 400, "invalid", "api must be an object {verb, kind, name}");
+    if (body_string(api, "verb", &verb, err) < 0 || body_string(api, "kind", &kind, err) < 0 ||
+        body_string(api, "name", &name, err) < 0)
+        return -1;
+    if (!*user)
+        return api_fail(err, 400, "invalid", "user is required");
+    int e = store_get(srv->cfg->store, "User", user, ret_user);
+    if (e < 0)
+        return api_fail_store(err, e, "User", user);
+    if (*service) {
+        e = store_get(srv->cfg->store, "Service", service, ret_service);
+        if (e < 0)
+            return api_fail_store(err, e, "Service", service);
+    }
+    const json_t *headers = json_object_get(body, "headers");
+    if (headers && (!json_is_object(headers) || json_object_size(headers) > CHECK_HEADERS_MAX))
+        return api_fail(err, 400, "invalid", "headers must be an object of at most %d strings", CHECK_HEADERS_MAX);
+    const char *k;
+    const json_t *v;
+    json_object_foreach((json_t *)headers, k, v) if (!json_is_string(v)) return api_fail(
+        err, 400, "invalid", "headers.%s must be a string", k);
+    if (policy_request_set_user(pr, *ret_user, a) < 0 ||
+        (*ret_service && policy_request_set_service(pr, *ret_service, a) < 0) ||
+        (headers && policy_value_from_json(headers, a, &pr->vars[POLICY_VAR_HTTP_HEADERS]) < 0))
+        return api_fail(err, 500, "internal", "out of memory");
+    policy_request_set_string(pr, POLICY_VAR_HTTP_METHOD, *method ? method : "GET");
+    policy_request_set_string(pr, POLICY_VAR_HTTP_PATH, *path ? path : "/");
+    policy_request_set_string(pr, POLICY_VAR_HTTP_QUERY, query);
+    policy_request_set_string(pr, POLICY_VAR_HTTP_HOST, host);
+    policy_request_set_string(pr, POLICY_VAR_HTTP_SCHEME, "https");
+    policy_request_set_string(pr, POLICY_VAR_REQUEST_IP, ip);
+    policy_request_set_string(pr, POLICY_VAR_API_VERB, verb);
+    policy_request_set_string(pr, POLICY_VAR_API_KIND, kind);
+    policy_request_set_string(pr, POLICY_VAR_API_NAME, name);
+    pr->credential = *credential ? credential : NULL;
+    return 0;
+}
+
+/* POST /v1/policy/check: decides a described request as the proxy or the
+ * API would and answers {allow, decision, policy, rule, reason}. */
+static int handle_check(api_request *r, api_error *err)
+{
+    json_t *body = api_decode_body(r->req->entity.base, r->req->entity.len, err);
+    if (!body)
+        return -1;
+    if (!json_is_object(body)) {
+        json_decref(body);
+        return api_fail(err, 400, "invalid", "the body must be a JSON object");
+    }
+    json_t *user = NULL, *service = NULL;
+    policy_request pr;
+    policy_request_init(&pr);
+    cel_arena *values = cel_arena_new(CTX_ARENA_MAX);
+    int e = values ? 0 : api_fail(err, 500, "internal", "out of memory");
+    policy_decision d;
+    if (e == 0)
+        e = check_request(r->server, body, &pr, values, &user, &service, err);
+    if (e == 0)
+        e = decide(r->server, &pr, &d, err);
+    if (e == 0) {
+        json_t *out = json_pack("{s:b, s:s, s:s, s:s, s:s}", "allow", d.allow, "decision", d.allow ? "allow" : "deny",
+                                "policy", d.policy, "rule", d.rule, "reason", d.reason);
+        api_respond_json(r->req, r->route, r->started, 200, out);
+        json_decref(out);
+    }
+    cel_arena_free(values);
+    json_decref(user);
+    json_decref(service);
+    json_decref(body);
+    return e;
+}
+
+int api_handle_policy(api_request *r, const char *rest, size_t rest_len, api_error *err)
+{
+    if (!h2o_memis(rest, rest_len, H2O_STRLIT("check")))
+        return api_fail(err, 404, "not_found", "no such endpoint: /v1/policy/%.*s", (int)MIN(rest_len, (size_t)200),
+                        rest);
+    if (!api_method_is(r->req, "POST")) {
+        api_method_not_allowed(r->req, r->route, r->started, "POST");
+        return 0;
+    }
+    return handle_check(r, err);
+}

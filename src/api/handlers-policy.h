@@ -1,0 +1,20 @@
+/* The API and the policy engine: authorization of every API call by policy,
+ * validation of policy CEL in documents, and the what-if endpoint. */
+#pragma once
+
+#include <jansson.h>
+
+#include "api/request.h"
+
+/* Decides whether caller C may do VERB on KIND/NAME (NAME may be "") with the
+ * store's current policies: ctx.user from C's user, C's credential, and
+ * ctx.request from REQ. Returns 0 when allowed, or -1 with ERR filled: 403
+ * naming the deciding rule (or the default deny), 500 when no decision could
+ * be made (which denies too). */
+int api_authorize(api_server *srv, h2o_req_t *req, const caller *c, const char *verb, const char *kind,
+                  const char *name, api_error *err);
+/* Refuses, with 400 naming the field and the CEL line:column, a Policy or
+ * Service document whose conditions do not compile. Returns 0 or -1 with ERR. */
+int api_check_policies(const json_t *doc, api_error *err);
+/* The /v1/policy/ endpoint group: POST /v1/policy/check. */
+int api_handle_policy(api_request *r, const char *rest, size_t rest_len, api_error *err);

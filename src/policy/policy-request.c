@@ -1,0 +1,144 @@
+/* Building the ctx a policy decision sees from stored documents. */
+#include <errno.h>
+#include <string.h>
+
+#include "basic/timeutil.h"
+#include "cel/cel-internal.h"
+#include "policy/policy.h"
+
+#define JSON_DEPTH_MAX 32
+
+static const cel_list empty_list = {0, NULL};
+static const cel_map empty_map = {0, NULL};
+
+void policy_request_init(policy_request *r)
+{
+    *r = (policy_request){0};
+    for (size_t v = 0; v < POLICY_VAR_COUNT_; v++)
+        r->vars[v] = cel_string("", 0);
+    r->vars[POLICY_VAR_USER_GROUPS] = cel_list_value(&empty_list);
+    r->vars[POLICY_VAR_USER_ATTRS] = cel_map_value(&empty_map);
+    r->vars[POLICY_VAR_SERVICE_ATTRS] = cel_map_value(&empty_map);
+    r->vars[POLICY_VAR_HTTP_HEADERS] = cel_map_value(&empty_map);
+    r->vars[POLICY_VAR_SESSION_CREATED_AT] = cel_timestamp(0, 0);
+    r->vars[POLICY_VAR_SESSION_EXPIRES_AT] = cel_timestamp(0, 0);
+    r->vars[POLICY_VAR_SESSION_IS_BROWSER] = cel_bool(false);
+    uint64_t now = time_now_ns();
+    r->now_sec = (int64_t)(now / NSEC_PER_SEC);
+    r->now_nsec = (uint32_t)(now % NSEC_PER_SEC);
+}
+
+void policy_request_set_string(policy_request *r, policy_var v, const char *s)
+{
+    r->vars[v] = cel_cstring(s);
+}
+
+bool policy_text_valid(const char *s, size_t len)
+{
+    return cel_utf8_valid(s, len);
+}
+
+static int value_from_json(const json_t *j, cel_arena *a, cel_value *ret, unsigned depth)
+{
+    if (depth > JSON_DEPTH_MAX)
+        return -E2BIG;
+    switch (json_typeof(j)) {
+    case JSON_STRING:
+        *ret = cel_string(json_string_value(j), json_string_length(j));
+        return 0;
+    case JSON_INTEGER:
+        *ret = cel_int(json_integer_value(j));
+        return 0;
+    case JSON_REAL:
+        *ret = cel_double(json_real_value(j));
+        return 0;
+    case JSON_TRUE:
+    case JSON_FALSE:
+        *ret = cel_bool(json_is_true(j));
+        return 0;
+    case JSON_NULL:
+        *ret = cel_null();
+        return 0;
+    case JSON_ARRAY: {
+        cel_value *items;
+        cel_list *l = cel_list_new(a, json_array_size(j), &items);
+        if (!l)
+            return -ENOMEM;
+        size_t i;
+        const json_t *v;
+        json_array_foreach(j, i, v)
+        {
+            int r = value_from_json(v, a, &items[i], depth + 1);
+            if (r < 0)
+                return r;
+        }
+        *ret = cel_list_value(l);
+        return 0;
+    }
+    case JSON_OBJECT: {
+        cel_map_entry *entries;
+        cel_map *m = cel_map_new(a, json_object_size(j), &entries);
+        if (!m)
+            return -ENOMEM;
+        size_t i = 0;
+        const char *k;
+        const json_t *v;
+        json_object_foreach((json_t *)j, k, v)
+        {
+            entries[i].key = cel_cstring(k);
+            int r = value_from_json(v, a, &entries[i].value, depth + 1);
+            if (r < 0)
+                return r;
+            i++;
+        }
+        *ret = cel_map_value(m);
+        return 0;
+    }
+    }
+    return -EINVAL;
+}
+
+int policy_value_from_json(const json_t *j, cel_arena *a, cel_value *ret)
+{
+    cel_value v;
+    int r = value_from_json(j, a, &v, 0);
+    if (r == 0)
+        *ret = v;
+    return r;
+}
+
+/* Sets string slot V from a JSON string, or leaves it when J is not one. */
+static void set_json_string(policy_request *r, policy_var v, const json_t *j)
+{
+    if (json_is_string(j))
+        r->vars[v] = cel_string(json_string_value(j), json_string_length(j));
+}
+
+/* Sets map slot V from the object J when it is one; 0 or -ENOMEM / -E2BIG. */
+static int set_json_map(policy_request *r, policy_var v, const json_t *j, cel_arena *a)
+{
+    if (!json_is_object(j))
+        return 0;
+    return policy_value_from_json(j, a, &r->vars[v]);
+}
+
+int policy_request_set_user(policy_request *r, const json_t *user, cel_arena *a)
+{
+    const json_t *spec = json_object_get(user, "spec");
+    set_json_string(r, POLICY_VAR_USER_NAME, json_object_get(json_object_get(user, "metadata"), "name"));
+    set_json_string(r, POLICY_VAR_USER_EMAIL, json_object_get(spec, "email"));
+    set_json_string(r, POLICY_VAR_USER_TYPE, json_object_get(spec, "type"));
+    const json_t *groups = json_object_get(spec, "groups");
+    if (json_is_array(groups)) {
+        int e = policy_value_from_json(groups, a, &r->vars[POLICY_VAR_USER_GROUPS]);
+        if (e < 0)
+            return e;
+    }
+    return set_json_map(r, POLICY_VAR_USER_ATTRS, json_object_get(spec, "attrs"), a);
+}
+
+int policy_request_set_service(policy_request *r, const json_t *service, cel_arena *a)
+{
+    set_json_string(r, POLICY_VAR_SERVICE_NAME, json_object_get(json_object_get(service, "metadata"), "name"));
+    return set_json_map(r, POLICY_VAR_SERVICE_ATTRS, json_object_get(json_object_get(service, "spec"), "attrs"), a);
+}
