@@ -1,0 +1,58 @@
+/* The auth server's part of the API (handlers-auth.c): token exchange,
+ * refresh, logout, sessions, JWKS, signing-key rotation, credential token
+ * issue, and the verification of access tokens for every other endpoint. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "api/request.h"
+
+#define AUTH_ACCESS_TTL_S 900            /* access tokens live 15 minutes */
+#define AUTH_SESSION_TTL_S (12 * 3600)   /* a session (its refresh tokens) lives 12 hours */
+#define AUTH_KEY_ROTATE_S (24 * 3600)    /* the signing key rotates daily */
+#define AUTH_AUDIENCE "cloister"
+
+/* Whether TOKEN has the shape of a JWS compact serialization (three
+ * base64url parts), so authenticate() hands it to the access-token path. */
+bool api_token_is_jwt(const char *token, size_t len);
+
+/* Authenticates an access token: signature, expiry, issuer and audience,
+ * then its session (revoked or expired sessions are refused at once), the
+ * credential that opened the session and the user. On success fills *RET
+ * (references owned by the caller) and returns 0; otherwise fills ERR
+ * (401, or 403 for a disabled user) and returns -1. Verified tokens and
+ * what they resolve to are cached per thread while the store is unchanged. */
+int api_auth_access_token(api_server *srv, const char *token, size_t len, caller *ret, api_error *err);
+
+/* Opens a Session for USER — through CREDENTIAL (a credential token login)
+ * or identity provider IDP (OIDC; CREDENTIAL NULL) — ending at EXPIRES_AT,
+ * and signs its first tokens. Returns 0 with the token answer in *RET (new
+ * reference: access_token, refresh_token, token_type, expires_in, session)
+ * or -1 with ERR. */
+int api_auth_open_session(api_request *r, const json_t *user, const json_t *credential, const char *idp,
+                          int64_t expires_at, json_t **ret, api_error *err);
+
+/* Sends BODY (a token answer, consumed) with no-store caching, then wipes
+ * its strings. */
+void api_auth_respond_tokens(api_request *r, api_route route, json_t *body);
+/* Spends one token-endpoint attempt of the client's address; fills ERR with
+ * a 429 (and sets Retry-After) and returns -1 when none is left. */
+int api_auth_rate_check_ip(api_request *r, api_error *err);
+
+/* The caller of REQ from its Authorization header (credential or access
+ * token), as every non-public endpoint gets it; defined in handlers.c. */
+int api_authenticate(api_server *srv, h2o_req_t *req, caller *ret, api_error *err);
+
+/* Endpoint group handlers (see api_endpoint_groups in request.c). */
+int api_auth_handle(api_request *r, const char *rest, size_t rest_len, api_error *err);
+int api_auth_handle_sessions(api_request *r, const char *rest, size_t rest_len, api_error *err);
+int api_auth_handle_jwks(api_request *r, const char *rest, size_t rest_len, api_error *err);
+int api_auth_handle_keys(api_request *r, const char *rest, size_t rest_len, api_error *err);
+int api_auth_handle_tokens(api_request *r, const char *rest, size_t rest_len, api_error *err);
+/* /v1/auth/oidc/: {idp}/login, callback and exchange (handlers-oidc.c). */
+int api_oidc_handle(api_request *r, const char *rest, size_t rest_len, api_error *err);
+/* The end_session_endpoint of identity provider IDP with our client_id, for
+ * the browser to end its session there too (heap URL in *RET); -ENOENT when
+ * the provider has none or cannot be reached. */
+int api_oidc_end_session_url(api_server *srv, const char *idp, char **ret);

@@ -1,0 +1,757 @@
+/* OIDC login (authorization code flow with PKCE, state and nonce) against
+ * the IdentityProvider resources:
+ *
+ *   GET  /v1/auth/oidc/{idp}/login     redirects the browser to the provider
+ *        (or, for the CLI, answers the URL: ?cli_redirect=<loopback URI>
+ *        &cli_challenge=<S256 PKCE challenge of the CLI's own verifier>)
+ *   GET  /v1/auth/oidc/callback        the provider sends the browser back:
+ *        the code is exchanged, the ID token validated, the user mapped, a
+ *        Session opened; a browser gets the cloister_session cookie, a CLI
+ *        login is redirected to its loopback URI with a one-time code
+ *   POST /v1/auth/oidc/exchange        the CLI trades that code and its PKCE
+ *        verifier for the session's tokens (RFC 8252 loopback redirect)
+ *
+ * Logins in progress live in this process's memory for 10 minutes (one API
+ * process; several replicas would keep them in the store). Provider
+ * metadata and keys are cached for an hour; an ID token signed with an
+ * unknown kid makes the keys be fetched again (at most every 10 seconds).
+ * Provider HTTP calls are made on the event loop: logins are rare, and each
+ * call is capped at 15 seconds. */
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/auth.h"
+#include "api/handlers-kms.h"
+#include "audit/event.h"
+#include "auth/oidc.h"
+#include "basic/encoding.h"
+#include "basic/log.h"
+#include "basic/macro.h"
+#include "basic/strbuf.h"
+#include "basic/timeutil.h"
+#include "resource/resource.h"
+
+#define PENDING_MAX 1024
+#define PENDING_TTL_S 600
+#define PROVIDERS_MAX 32
+#define PROVIDER_TTL_S 3600
+#define JWKS_REFETCH_MIN_S 10
+#define URI_MAX 512
+
+/* A login between /login and /callback (CODE empty), or a finished CLI
+ * login waiting for /exchange (TOKENS set, found by CODE). */
+typedef struct pending {
+    bool used;
+    char state[OIDC_RANDOM_LEN + 1];
+    char nonce[OIDC_RANDOM_LEN + 1];
+    char verifier[OIDC_RANDOM_LEN + 1];
+    char code[OIDC_RANDOM_LEN + 1];
+    char idp[RESOURCE_NAME_MAX + 1];
+    char redirect_uri[URI_MAX];  /* our callback, as sent to the provider */
+    char cli_redirect[URI_MAX];  /* a CLI's loopback URI, or "" */
+    char cli_challenge[OIDC_RANDOM_LEN + 1];
+    int64_t created;
+    json_t *tokens;
+} pending;
+
+static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
+static pending pendings[PENDING_MAX];
+
+/* A provider's discovery metadata and keys. */
+typedef struct provider {
+    char name[RESOURCE_NAME_MAX + 1];
+    char rv[32]; /* resourceVersion of the IdentityProvider they were fetched for */
+    oidc_metadata meta;
+    jwt_key *keys[OIDC_MAX_KEYS];
+    size_t n_keys;
+    int64_t fetched, keys_fetched;
+} provider;
+
+static pthread_mutex_t providers_lock = PTHREAD_MUTEX_INITIALIZER;
+static provider providers[PROVIDERS_MAX];
+
+static int64_t now_s(void)
+{
+    return (int64_t)(time_now_ns() / NSEC_PER_SEC);
+}
+
+/* Wipes P, the tokens it may hold included. */
+static void pending_clear(pending *p)
+{
+    if (p->tokens) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(p->tokens, k, v) if (json_is_string(v))
+            OPENSSL_cleanse((char *)json_string_value(v), json_string_length(v));
+        json_decref(p->tokens);
+    }
+    OPENSSL_cleanse(p, sizeof(*p));
+}
+
+/* Stores P in a free (or expired, or else the oldest) slot. Caller holds
+ * pending_lock. */
+static void pending_put_locked(const pending *p, int64_t now)
+{
+    pending *slot = &pendings[0];
+    for (size_t i = 0; i < PENDING_MAX; i++) {
+        pending *e = &pendings[i];
+        if (e->used && now - e->created > PENDING_TTL_S)
+            pending_clear(e);
+        if (!e->used) {
+            slot = e;
+            break;
+        }
+        if (e->created < slot->created)
+            slot = e;
+    }
+    pending_clear(slot);
+    *slot = *p;
+    slot->used = true;
+}
+
+/* Removes and returns (into *RET) the live entry whose STATE (or, when
+ * BY_CODE, exchange code) is KEY. Single use: a second lookup finds nothing. */
+static bool pending_take(const char *key, bool by_code, pending *ret)
+{
+    if (strlen(key) != OIDC_RANDOM_LEN)
+        return false;
+    bool found = false;
+    int64_t now = now_s();
+    pthread_mutex_lock(&pending_lock);
+    for (size_t i = 0; i < PENDING_MAX && !found; i++) {
+        pending *e = &pendings[i];
+        const char *k = by_code ? e->code : e->state;
+        if (!e->used || (by_code != (e->code[0] != 0)) || !memeq_consttime(k, key, OIDC_RANDOM_LEN))
+            continue;
+        if (now - e->created <= PENDING_TTL_S) {
+            *ret = *e;
+            e->tokens = NULL; /* handed over */
+            found = true;
+        }
+        pending_clear(e);
+    }
+    pthread_mutex_unlock(&pending_lock);
+    return found;
+}
+
+/* ---- the IdentityProvider and its provider ---- */
+
+/* The IdentityProvider NAME (new reference in *RET). */
+static int load_idp(api_server *srv, const char *name, json_t **ret, api_error *err)
+{
+    json_t *idp = NULL;
+    if (!resource_name_valid(name) || store_get(srv->cfg->store, "IdentityProvider", name, &idp) < 0)
+        return api_fail(err, 404, "not_found", "identity provider %s not found", resource_name_valid(name) ? name : "?");
+    *ret = idp;
+    return 0;
+}
+
+/* The client secret of IDP, unsealed from the Secret it names (heap, wiped
+ * and freed by the caller). */
+static int client_secret(const json_t *idp, char **ret, api_error *err)
+{
+    json_t *ref = json_object_get(json_object_get(idp, "spec"), "clientSecret");
+    const char *sname = json_string_value(json_object_get(ref, "secret"));
+    const char *skey = json_string_value(json_object_get(ref, "key"));
+    if (!sname || !skey)
+        return api_fail(err, 500, "internal", "identity provider %s names no client secret", doc_name(idp));
+    return api_kms_secret_value(sname, skey, ret, err);
+}
+
+static const char *idp_string(const json_t *idp, const char *field)
+{
+    return json_string_value(json_object_get(json_object_get(idp, "spec"), field));
+}
+
+static void provider_clear(provider *p)
+{
+    oidc_metadata_done(&p->meta);
+    for (size_t i = 0; i < p->n_keys; i++)
+        jwt_key_free(p->keys[i]);
+    *p = (provider){0};
+}
+
+/* Fetches the provider's keys into P. Caller holds providers_lock. */
+static int provider_fetch_keys(provider *p, const char *ca, int64_t now)
+{
+    json_auto_t *jwks = NULL;
+    long status;
+    int r = oidc_http_json(p->meta.jwks_uri, ca, NULL, NULL, NULL, &jwks, &status);
+    if (r < 0 || status != 200)
+        return r < 0 ? r : -EIO;
+    jwt_key *keys[OIDC_MAX_KEYS];
+    int n = oidc_jwks_parse(jwks, keys);
+    if (n < 0)
+        return n;
+    for (size_t i = 0; i < p->n_keys; i++)
+        jwt_key_free(p->keys[i]);
+    memcpy(p->keys, keys, (size_t)n * sizeof(keys[0]));
+    p->n_keys = (size_t)n;
+    p->keys_fetched = now;
+    return 0;
+}
+
+/* The cached provider of IDP, discovered (again) when absent, older than
+ * PROVIDER_TTL_S or fetched for another version of the resource. Caller
+ * holds providers_lock; the result stays valid while it does. */
+static provider *provider_get_locked(const json_t *idp, api_error *err)
+{
+    const char *name = doc_name(idp);
+    const char *rv = json_string_value(json_object_get(json_object_get(idp, "metadata"), "resourceVersion")) ?: "";
+    const char *issuer = idp_string(idp, "issuer"), *ca = idp_string(idp, "ca");
+    int64_t now = now_s();
+    provider *p = NULL, *oldest = &providers[0];
+    for (size_t i = 0; i < PROVIDERS_MAX && !p; i++) {
+        if (strcmp(providers[i].name, name) == 0)
+            p = &providers[i];
+        else if (providers[i].fetched < oldest->fetched)
+            oldest = &providers[i];
+    }
+    if (p && strcmp(p->rv, rv) == 0 && now - p->fetched < PROVIDER_TTL_S)
+        return p;
+    if (!p)
+        p = oldest;
+    provider_clear(p);
+    /* OpenID Connect Discovery: the issuer with /.well-known/openid-configuration appended */
+    char url[2200];
+    size_t ilen = strlen(issuer);
+    snprintf(url, sizeof(url), "%.*s/.well-known/openid-configuration", (int)(ilen && issuer[ilen - 1] == '/' ? ilen - 1 : ilen),
+             issuer);
+    json_auto_t *doc = NULL;
+    long status;
+    int r = oidc_http_json(url, ca, NULL, NULL, NULL, &doc, &status);
+    if (r == 0 && status != 200)
+        r = -EIO;
+    if (r == 0)
+        r = oidc_metadata_parse(doc, issuer, &p->meta);
+    if (r == 0)
+        r = provider_fetch_keys(p, ca, now);
+    if (r < 0) {
+        provider_clear(p);
+        log_fields(LOG_LEVEL_WARN, "OIDC discovery failed", "idp", name, "issuer", issuer, "error",
+                   r == -EBADMSG ? "malformed or foreign discovery document or keys" : strerror(-r), NULL);
+        api_fail(err, 502, "bad_gateway", "identity provider %s cannot be reached or answered badly (discovery at %s)",
+                 name, url);
+        return NULL;
+    }
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    snprintf(p->rv, sizeof(p->rv), "%s", rv);
+    p->fetched = now;
+    return p;
+}
+
+/* ---- helpers ---- */
+
+/* Appends "&NAME=VALUE" (VALUE percent-encoded) to B. */
+static int add_param(strbuf *b, const char *name, const char *value)
+{
+    char *e = curl_easy_escape(NULL, value, 0);
+    if (!e)
+        return -ENOMEM;
+    int r = strbuf_printf(b, "%s%s=%s", b->len ? "&" : "", name, e);
+    curl_free(e);
+    return r;
+}
+
+/* Whether URI is a loopback redirect a native app may ask for (RFC 8252
+ * 7.3): http://127.0.0.1:PORT/... or http://[::1]:PORT/..., nothing else. */
+static bool loopback_uri_ok(const char *uri)
+{
+    const char *rest = NULL;
+    if (strncmp(uri, "http://127.0.0.1:", 17) == 0)
+        rest = uri + 17;
+    else if (strncmp(uri, "http://[::1]:", 13) == 0)
+        rest = uri + 13;
+    if (!rest || strlen(uri) >= URI_MAX)
+        return false;
+    size_t digits = strspn(rest, "0123456789");
+    if (digits == 0 || digits > 5 || rest[digits] != '/')
+        return false;
+    for (const char *c = rest + digits; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || strchr("/-._~", *c)))
+            return false;
+    return true;
+}
+
+/* Our callback URI, on the host the client reached us by. */
+static int callback_uri(h2o_req_t *req, char *out, size_t size, api_error *err)
+{
+    h2o_iovec_t host = req->authority;
+    if (host.len == 0 || host.len > 255)
+        return api_fail(err, 400, "invalid", "the request names no host");
+    for (size_t i = 0; i < host.len; i++) {
+        char c = host.base[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr(".-:[]", c)))
+            return api_fail(err, 400, "invalid", "malformed Host header");
+    }
+    snprintf(out, size, "https://%.*s/v1/auth/oidc/callback", (int)host.len, host.base);
+    return 0;
+}
+
+/* A query parameter that must be a plain token (base64url and the like). */
+static bool query_token(const h2o_req_t *req, const char *name, char *out, size_t size)
+{
+    if (!api_query_param(req, name, out, size) || !out[0])
+        return false;
+    for (const char *c = out; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || strchr("-._~", *c)))
+            return false;
+    return true;
+}
+
+/* Decodes %XX escapes of a query parameter value in place; false when malformed. */
+static bool percent_decode(char *s)
+{
+    char *o = s;
+    for (char *i = s; *i; i++) {
+        if (*i == '%') {
+            int hi = hex_digit_value(i[1]), lo = hi < 0 ? -1 : hex_digit_value(i[2]);
+            if (lo < 0 || (hi | lo) == 0)
+                return false;
+            *o++ = (char)(hi << 4 | lo);
+            i += 2;
+        } else
+            *o++ = *i == '+' ? ' ' : *i;
+    }
+    *o = 0;
+    return true;
+}
+
+/* Hands an OIDC login event to the audit log (USER, IDP and SID may be NULL). */
+static void report(api_request *r, const char *action, const char *user, const char *idp, const char *sid,
+                   const char *outcome, const char *reason)
+{
+    char ip[INET6_ADDRSTRLEN];
+    api_peer_ip(r->req, ip, sizeof(ip));
+    json_t *details = json_pack("{s:s, s:s?, s:s?}", "method", "oidc", "identityProvider", idp, "reason", reason);
+    audit_event_emit(&(audit_event){.action = action, .user = user, .session = sid, .ip = ip, .kind = "Session",
+                                    .name = sid, .outcome = outcome, .details = details});
+    json_decref(details);
+}
+
+/* ---- GET /v1/auth/oidc/{idp}/login ---- */
+
+static int handle_login(api_request *r, const char *idp_name, api_error *err)
+{
+    if (api_auth_rate_check_ip(r, err) < 0)
+        return -1;
+    pending p = {0};
+    char cli_redirect[URI_MAX] = "";
+    if (api_query_param(r->req, "cli_redirect", cli_redirect, sizeof(cli_redirect))) {
+        if (!percent_decode(cli_redirect) || !loopback_uri_ok(cli_redirect))
+            return api_fail(err, 400, "invalid", "cli_redirect must be a loopback URI: http://127.0.0.1:PORT/PATH");
+        if (!query_token(r->req, "cli_challenge", p.cli_challenge, sizeof(p.cli_challenge)) ||
+            strlen(p.cli_challenge) != OIDC_RANDOM_LEN)
+            return api_fail(err, 400, "invalid", "a CLI login needs cli_challenge, the S256 PKCE challenge of its verifier");
+        snprintf(p.cli_redirect, sizeof(p.cli_redirect), "%s", cli_redirect);
+    }
+    json_auto_t *idp = NULL;
+    if (load_idp(r->server, idp_name, &idp, err) < 0)
+        return -1;
+    if (callback_uri(r->req, p.redirect_uri, sizeof(p.redirect_uri), err) < 0)
+        return -1;
+    if (oidc_random(p.state) < 0 || oidc_random(p.nonce) < 0 || oidc_random(p.verifier) < 0)
+        return api_fail(err, 500, "internal", "no randomness");
+    char challenge[OIDC_RANDOM_LEN + 1];
+    oidc_pkce_challenge(p.verifier, challenge);
+    snprintf(p.idp, sizeof(p.idp), "%s", idp_name);
+
+    /* scope: openid first, then the resource's scopes */
+    _cleanup_strbuf_ strbuf scope;
+    strbuf_init(&scope, 4096);
+    strbuf_puts(&scope, "openid");
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(json_object_get(idp, "spec"), "scopes"), i, s) if (strcmp(json_string_value(s), "openid"))
+        strbuf_printf(&scope, " %s", json_string_value(s));
+
+    _cleanup_strbuf_ strbuf url;
+    strbuf_init(&url, 8192);
+    pthread_mutex_lock(&providers_lock);
+    provider *prov = provider_get_locked(idp, err);
+    if (prov)
+        strbuf_puts(&url, prov->meta.authorization_endpoint);
+    pthread_mutex_unlock(&providers_lock);
+    if (!prov)
+        return -1;
+    _cleanup_strbuf_ strbuf q;
+    strbuf_init(&q, 8192);
+    int e = add_param(&q, "response_type", "code");
+    if (e == 0)
+        e = add_param(&q, "client_id", idp_string(idp, "clientId"));
+    if (e == 0)
+        e = add_param(&q, "redirect_uri", p.redirect_uri);
+    if (e == 0)
+        e = add_param(&q, "scope", scope.data);
+    if (e == 0)
+        e = add_param(&q, "state", p.state);
+    if (e == 0)
+        e = add_param(&q, "nonce", p.nonce);
+    if (e == 0)
+        e = add_param(&q, "code_challenge", challenge);
+    if (e == 0)
+        e = add_param(&q, "code_challenge_method", "S256");
+    if (e == 0)
+        e = strbuf_printf(&url, "%c%s", strchr(url.data, '?') ? '&' : '?', q.data);
+    if (e < 0)
+        return api_fail(err, 500, "internal", "cannot build the authorization URL");
+
+    p.created = now_s();
+    pthread_mutex_lock(&pending_lock);
+    pending_put_locked(&p, p.created);
+    pthread_mutex_unlock(&pending_lock);
+    OPENSSL_cleanse(&p, sizeof(p));
+
+    if (cli_redirect[0]) {
+        json_t *body = json_pack("{s:s}", "authorization_url", url.data);
+        api_respond_json(r->req, ROUTE_AUTH_OIDC, r->started, 200, body);
+        json_decref(body);
+        return 0;
+    }
+    h2o_iovec_t loc = h2o_strdup(&r->req->pool, url.data, url.len);
+    h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_LOCATION, NULL, loc.base, loc.len);
+    json_t *body = json_pack("{s:s}", "location", url.data);
+    api_respond_json(r->req, ROUTE_AUTH_OIDC, r->started, 302, body);
+    json_decref(body);
+    return 0;
+}
+
+/* ---- GET /v1/auth/oidc/callback ---- */
+
+/* A user name made from the local part of EMAIL: lower-case letters,
+ * digits and '-', at most RESOURCE_NAME_MAX. False when nothing is left. */
+static bool name_from_email(const char *email, char out[RESOURCE_NAME_MAX + 1])
+{
+    size_t o = 0;
+    for (const char *c = email; *c && *c != '@' && o < RESOURCE_NAME_MAX; c++) {
+        char ch = *c >= 'A' && *c <= 'Z' ? (char)(*c + 32) : *c;
+        if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9'))
+            out[o++] = ch;
+        else if (o && out[o - 1] != '-')
+            out[o++] = '-';
+    }
+    while (o && out[o - 1] == '-')
+        o--;
+    out[o] = 0;
+    return resource_name_valid(out);
+}
+
+/* The User that CLAIMS of an ID token from IDP map to (new reference in
+ * *RET): the one whose email is the email claim, or one created on first
+ * login when the provider allows it, with the groups claim as its groups. */
+static int map_user(api_server *srv, const json_t *idp, const json_t *claims, json_t **ret, api_error *err)
+{
+    json_t *mapping = json_object_get(json_object_get(idp, "spec"), "claims");
+    const char *email_claim = json_string_value(json_object_get(mapping, "email")) ?: "email";
+    const char *groups_claim = json_string_value(json_object_get(mapping, "groups")) ?: "groups";
+    const char *email = json_string_value(json_object_get(claims, email_claim));
+    if (!email || !strchr(email, '@') || strlen(email) > 254)
+        return api_fail(err, 403, "forbidden", "the ID token has no usable %s claim", email_claim);
+    if (json_is_false(json_object_get(claims, "email_verified")))
+        return api_fail(err, 403, "forbidden", "the identity provider has not verified %s", email);
+
+    json_auto_t *users = NULL;
+    int64_t rev;
+    int e = store_list(srv->cfg->store, "User", &users, &rev);
+    if (e < 0)
+        return api_fail_store(err, e, "User", "*");
+    size_t i;
+    json_t *u;
+    json_array_foreach(users, i, u)
+    {
+        const char *ue = json_string_value(json_object_get(json_object_get(u, "spec"), "email"));
+        if (ue && strcasecmp(ue, email) == 0) {
+            *ret = json_incref(u);
+            return 0;
+        }
+    }
+    if (!json_is_true(json_object_get(json_object_get(idp, "spec"), "createUsers")))
+        return api_fail(err, 403, "forbidden", "no user has the email %s (and identity provider %s does not create users)",
+                        email, doc_name(idp));
+    char name[RESOURCE_NAME_MAX + 1];
+    if (!name_from_email(email, name))
+        return api_fail(err, 403, "forbidden", "cannot make a user name from %s", email);
+    json_auto_t *groups = json_array();
+    json_array_foreach(json_object_get(claims, groups_claim), i, u) if (json_is_string(u) &&
+                                                                        resource_name_valid(json_string_value(u)) &&
+                                                                        json_array_size(groups) < 64)
+        json_array_append(groups, u);
+    json_auto_t *doc = json_pack("{s:s, s:s, s:{s:s, s:{s:s}}, s:{s:s, s:s, s:O}}", "apiVersion", RESOURCE_API_VERSION,
+                                 "kind", "User", "metadata", "name", name, "labels", "cloister.dev/identity-provider",
+                                 doc_name(idp), "spec", "type", "human", "email", email, "groups", groups);
+    if (!doc)
+        return api_fail(err, 500, "internal", "out of memory");
+    store_op op = {.type = STORE_CREATE, .kind = "User", .name = name, .doc = doc};
+    store_txn txn = {.ops = &op, .n_ops = 1};
+    e = store_write(srv->cfg->store, &txn);
+    json_t *created = e == 0 ? json_incref(op.result) : NULL;
+    store_txn_clear(&txn);
+    if (e == -EEXIST)
+        return api_fail(err, 403, "forbidden", "user %s exists with another email than %s", name, email);
+    if (e < 0)
+        return api_fail_store(err, e, "User", name);
+    *ret = created;
+    return 0;
+}
+
+/* Trades CODE for the provider's tokens and validates the ID token of
+ * login P at provider IDP. Returns 0 with its claims (new reference in *RET). */
+static int redeem_code(const pending *p, const char *code, json_t *idp, json_t **ret, api_error *err)
+{
+    char *secret = NULL;
+    if (client_secret(idp, &secret, err) < 0)
+        return -1;
+    const char *ca = idp_string(idp, "ca"), *client_id = idp_string(idp, "clientId");
+    _cleanup_strbuf_ strbuf form;
+    strbuf_init(&form, 8192);
+    int e = add_param(&form, "grant_type", "authorization_code");
+    if (e == 0)
+        e = add_param(&form, "code", code);
+    if (e == 0)
+        e = add_param(&form, "redirect_uri", p->redirect_uri);
+    if (e == 0)
+        e = add_param(&form, "code_verifier", p->verifier);
+    if (e < 0) {
+        OPENSSL_cleanse(secret, strlen(secret));
+        free(secret);
+        return api_fail(err, 500, "internal", "out of memory");
+    }
+
+    pthread_mutex_lock(&providers_lock);
+    provider *prov = provider_get_locked(idp, err);
+    json_auto_t *answer = NULL;
+    long status = 0;
+    int r = prov ? oidc_http_json(prov->meta.token_endpoint, ca, form.data, client_id, secret, &answer, &status) : -1;
+    OPENSSL_cleanse(secret, strlen(secret));
+    free(secret);
+    OPENSSL_cleanse(form.data, form.len); /* the code and the PKCE verifier */
+    json_t *claims = NULL;
+    const char *id_token = json_string_value(json_object_get(answer, "id_token"));
+    if (prov && (r < 0 || status != 200 || !id_token)) {
+        const char *why = json_string_value(json_object_get(answer, "error"));
+        bool plain = why && why[0] && strspn(why, "abcdefghijklmnopqrstuvwxyz_") == strlen(why); /* an RFC 6749 code */
+        r = api_fail(err, 401, "unauthenticated", "identity provider %s refused the authorization code%s%s", p->idp,
+                     plain ? ": " : "", plain ? why : "");
+    } else if (prov) {
+        oidc_expect ex = {.issuer = idp_string(idp, "issuer"), .client_id = client_id, .nonce = p->nonce, .now = now_s()};
+        r = oidc_id_token_verify(id_token, strlen(id_token), prov->keys, prov->n_keys, &ex, &claims);
+        if (r == -ENOKEY && ex.now - prov->keys_fetched >= JWKS_REFETCH_MIN_S &&
+            provider_fetch_keys(prov, ca, ex.now) == 0) /* the provider rotated its keys */
+            r = oidc_id_token_verify(id_token, strlen(id_token), prov->keys, prov->n_keys, &ex, &claims);
+        if (r < 0)
+            r = api_fail(err, 401, "unauthenticated", "ID token refused: %s", oidc_strerror(r));
+    }
+    pthread_mutex_unlock(&providers_lock);
+    if (answer) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(answer, k, v) if (json_is_string(v))
+            OPENSSL_cleanse((char *)json_string_value(v), json_string_length(v));
+    }
+    if (!prov || r < 0)
+        return -1;
+    *ret = claims;
+    return 0;
+}
+
+/* The cloister_session cookie holding ACCESS: HttpOnly, Secure, SameSite=Lax,
+ * scoped to the cluster domain when it is a real one. */
+static void set_session_cookie(api_request *r, const char *access)
+{
+    const char *domain = r->server->cfg->domain;
+    char *cookie;
+    bool scoped = domain && strchr(domain, '.');
+    if (asprintf(&cookie, "cloister_session=%s; Path=/; Max-Age=%d; HttpOnly; Secure; SameSite=Lax%s%s", access,
+                 AUTH_ACCESS_TTL_S, scoped ? "; Domain=" : "", scoped ? domain : "") < 0)
+        return;
+    h2o_iovec_t v = h2o_strdup(&r->req->pool, cookie, SIZE_MAX);
+    OPENSSL_cleanse(cookie, strlen(cookie));
+    free(cookie);
+    h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_SET_COOKIE, NULL, v.base, v.len);
+}
+
+static int handle_callback(api_request *r, api_error *err)
+{
+    if (api_auth_rate_check_ip(r, err) < 0)
+        return -1;
+    char state[OIDC_RANDOM_LEN + 8], code[2048], error[128];
+    pending p;
+    if (!query_token(r->req, "state", state, sizeof(state)) || !pending_take(state, false, &p)) {
+        report(r, "auth.login", NULL, NULL, NULL, "failure", "unknown, used or expired state");
+        return api_fail(err, 400, "invalid", "unknown, already used or expired login state; start the login again");
+    }
+    int ret = -1;
+    json_auto_t *idp = NULL, *claims = NULL, *user = NULL;
+    if (query_token(r->req, "error", error, sizeof(error))) {
+        report(r, "auth.login", NULL, p.idp, NULL, "failure", "the identity provider refused the login");
+        api_fail(err, 401, "unauthenticated", "identity provider %s refused the login: %s", p.idp, error);
+        goto out;
+    }
+    if (!query_token(r->req, "code", code, sizeof(code))) {
+        api_fail(err, 400, "invalid", "the callback has no authorization code");
+        goto out;
+    }
+    if (load_idp(r->server, p.idp, &idp, err) < 0)
+        goto out;
+    if (redeem_code(&p, code, idp, &claims, err) < 0) {
+        report(r, "auth.login", NULL, p.idp, NULL, "failure", err->message);
+        goto out;
+    }
+    if (map_user(r->server, idp, claims, &user, err) < 0) {
+        report(r, "auth.login", NULL, p.idp, NULL, "denied", err->message);
+        goto out;
+    }
+    if (json_is_true(json_object_get(json_object_get(user, "spec"), "disabled"))) {
+        report(r, "auth.login", doc_name(user), p.idp, NULL, "denied", "user disabled");
+        api_fail(err, 403, "forbidden", "user %s is disabled", doc_name(user));
+        goto out;
+    }
+    json_t *tokens;
+    if (api_auth_open_session(r, user, NULL, p.idp, now_s() + AUTH_SESSION_TTL_S, &tokens, err) < 0)
+        goto out;
+    const char *sid = json_string_value(json_object_get(tokens, "session"));
+    report(r, "auth.login", doc_name(user), p.idp, sid, "success", NULL);
+    ret = 0;
+    if (p.cli_redirect[0]) {
+        /* hand the tokens to the CLI that started this login, through its loopback */
+        pending handoff = {.created = now_s(), .tokens = tokens};
+        memcpy(handoff.cli_challenge, p.cli_challenge, sizeof(handoff.cli_challenge));
+        if (oidc_random(handoff.code) < 0) {
+            pending_clear(&handoff);
+            ret = api_fail(err, 500, "internal", "no randomness");
+            goto out;
+        }
+        char *loc;
+        if (asprintf(&loc, "%s?code=%s", p.cli_redirect, handoff.code) < 0) {
+            pending_clear(&handoff);
+            ret = api_fail(err, 500, "internal", "out of memory");
+            goto out;
+        }
+        pthread_mutex_lock(&pending_lock);
+        pending_put_locked(&handoff, handoff.created);
+        pthread_mutex_unlock(&pending_lock);
+        OPENSSL_cleanse(&handoff, sizeof(handoff));
+        h2o_iovec_t v = h2o_strdup(&r->req->pool, loc, SIZE_MAX);
+        free(loc);
+        h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_LOCATION, NULL, v.base, v.len);
+        json_t *body = json_pack("{s:s}", "status", "logged in; back to the command line");
+        api_respond_json(r->req, ROUTE_AUTH_OIDC, r->started, 302, body);
+        json_decref(body);
+        goto out;
+    }
+    set_session_cookie(r, json_string_value(json_object_get(tokens, "access_token")));
+    json_t *body = json_pack("{s:s, s:s, s:i}", "user", doc_name(user), "session", sid, "expires_in", AUTH_ACCESS_TTL_S);
+    api_respond_json(r->req, ROUTE_AUTH_OIDC, r->started, 200, body);
+    json_decref(body);
+    const char *k;
+    json_t *v;
+    json_object_foreach(tokens, k, v) if (json_is_string(v))
+        OPENSSL_cleanse((char *)json_string_value(v), json_string_length(v));
+    json_decref(tokens);
+out:
+    OPENSSL_cleanse(code, sizeof(code));
+    pending_clear(&p);
+    return ret;
+}
+
+/* ---- POST /v1/auth/oidc/exchange ---- */
+
+static int handle_exchange(api_request *r, api_error *err)
+{
+    if (api_auth_rate_check_ip(r, err) < 0)
+        return -1;
+    json_auto_t *body = api_decode_body(r->req->entity.base, r->req->entity.len, err);
+    if (!body)
+        return -1;
+    const char *code = json_string_value(json_object_get(body, "code"));
+    const char *verifier = json_string_value(json_object_get(body, "code_verifier"));
+    if (!code || !verifier || strlen(verifier) != OIDC_RANDOM_LEN)
+        return api_fail(err, 400, "invalid", "the body must be {\"code\": ..., \"code_verifier\": ...}");
+    pending p;
+    if (!pending_take(code, true, &p))
+        return api_fail(err, 401, "unauthenticated", "unknown, already used or expired login code");
+    char challenge[OIDC_RANDOM_LEN + 1];
+    oidc_pkce_challenge(verifier, challenge);
+    if (!memeq_consttime(challenge, p.cli_challenge, OIDC_RANDOM_LEN)) {
+        /* the code leaked to someone without the verifier: the session goes too */
+        json_t *tokens = p.tokens;
+        const char *sid = json_string_value(json_object_get(tokens, "session"));
+        char path[64];
+        snprintf(path, sizeof(path), "%s", sid ? sid : "");
+        pending_clear(&p);
+        store_op op = {.type = STORE_DELETE, .kind = "Session", .name = path};
+        store_txn txn = {.ops = &op, .n_ops = 1};
+        if (path[0])
+            store_write(r->server->cfg->store, &txn);
+        store_txn_clear(&txn);
+        return api_fail(err, 401, "unauthenticated", "wrong code_verifier");
+    }
+    json_t *tokens = TAKE_PTR(p.tokens);
+    pending_clear(&p);
+    api_auth_respond_tokens(r, ROUTE_AUTH_OIDC, tokens);
+    return 0;
+}
+
+int api_oidc_end_session_url(api_server *srv, const char *idp_name, char **ret)
+{
+    json_auto_t *idp = NULL;
+    if (!resource_name_valid(idp_name) || store_get(srv->cfg->store, "IdentityProvider", idp_name, &idp) < 0)
+        return -ENOENT;
+    _cleanup_strbuf_ strbuf url;
+    strbuf_init(&url, 4096);
+    api_error ignored;
+    pthread_mutex_lock(&providers_lock);
+    provider *prov = provider_get_locked(idp, &ignored);
+    const char *end = prov ? prov->meta.end_session_endpoint : NULL;
+    int r = end ? strbuf_puts(&url, end) : -ENOENT;
+    pthread_mutex_unlock(&providers_lock);
+    _cleanup_strbuf_ strbuf q;
+    strbuf_init(&q, 1024);
+    if (r == 0)
+        r = add_param(&q, "client_id", idp_string(idp, "clientId"));
+    if (r == 0)
+        r = strbuf_printf(&url, "%c%s", strchr(url.data, '?') ? '&' : '?', q.data);
+    if (r < 0)
+        return r;
+    *ret = strbuf_steal(&url);
+    return 0;
+}
+
+int api_oidc_handle(api_request *r, const char *rest, size_t rest_len, api_error *err)
+{
+    if (!r->server->cfg->keyring)
+        return api_fail(err, 503, "unavailable", "the auth server has no signing keys");
+    bool get = api_method_is(r->req, "GET") || api_method_is(r->req, "HEAD");
+    if (h2o_memis(rest, rest_len, H2O_STRLIT("callback"))) {
+        if (!get) {
+            api_method_not_allowed(r->req, ROUTE_AUTH_OIDC, r->started, "GET");
+            return 0;
+        }
+        return handle_callback(r, err);
+    }
+    if (h2o_memis(rest, rest_len, H2O_STRLIT("exchange"))) {
+        if (!api_method_is(r->req, "POST")) {
+            api_method_not_allowed(r->req, ROUTE_AUTH_OIDC, r->started, "POST");
+            return 0;
+        }
+        return handle_exchange(r, err);
+    }
+    const char *slash = memchr(rest, '/', rest_len);
+    char idp[RESOURCE_NAME_MAX + 1];
+    if (slash && (size_t)(slash - rest) <= RESOURCE_NAME_MAX &&
+        h2o_memis(slash, rest_len - (size_t)(slash - rest), H2O_STRLIT("/login"))) {
+        memcpy(idp, rest, (size_t)(slash - rest));
+        idp[slash - rest] = 0;
+        if (!get) {
+            api_method_not_allowed(r->req, ROUTE_AUTH_OIDC, r->started, "GET");
+            return 0;
+        }
+        return handle_login(r, idp, err);
+    }
+    return api_fail(err, 404, "not_found", "no such endpoint: /v1/auth/oidc/%.*s", (int)MIN(rest_len, (size_t)100), rest);
+}
