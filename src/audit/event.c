@@ -1,16 +1,290 @@
-/* Until the audit role exists, events are written to the log as one JSON
- * line each, which is what an operator can collect today. */
+/* Delivery of audit events to the audit role: producers format a canonical
+ * entry and put it in a bounded queue; one background thread sends the
+ * queue's head in batches over the role's Unix socket and removes the
+ * entries once the role acknowledged them as durable. An event that cannot
+ * be queued or delivered is written to the log, never silently lost. */
 #include "audit/event.h"
 
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
+#include "audit/client.h"
+#include "audit/entry.h"
 #include "basic/log.h"
+#include "basic/strbuf.h"
+#include "basic/timeutil.h"
+
+#define QUEUE_MAX 65536                    /* entries waiting for the role */
+#define BATCH_ENTRIES_MAX 4096             /* entries per append request */
+#define BATCH_BYTES_MAX (4 * 1024 * 1024)  /* bytes per append request */
+#define SEND_TIMEOUT_MS 10000
+#define RETRY_MIN_MS 50
+#define RETRY_MAX_MS 2000
+
+typedef struct queued_entry {
+    char *text;
+    size_t len;
+} queued_entry;
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;    /* new entries, or stop */
+    pthread_cond_t settled; /* entries left the queue (delivered or logged) */
+    uint64_t queued_total, settled_total;
+    pthread_t thread;
+    bool started, stopping;
+    uint64_t deadline_ns; /* monotonic; set when stopping */
+    queued_entry ring[QUEUE_MAX];
+    size_t head, count;
+} q = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .settled = PTHREAD_COND_INITIALIZER};
+
+static _Atomic uint64_t dropped;
+
+uint64_t audit_event_dropped(void)
+{
+    return atomic_load(&dropped);
+}
+
+/* Writes an entry that will not reach the audit role to the log. */
+static void log_undelivered(const char *text, const char *why)
+{
+    log_fields(LOG_LEVEL_WARN, "audit event not delivered to the audit role; logged here instead", "reason", why,
+               "entry", text, NULL);
+}
+
+/* The event as a canonical entry (heap, caller frees) or NULL. */
+static char *entry_text(const audit_event *ev, size_t *ret_len)
+{
+    char now[40];
+    time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
+    json_t *details = ev->details ? json_incref(ev->details) : json_object();
+    json_t *e = json_pack("{s:s, s:{s:s?, s:s?, s:s?}, s:s, s:{s:s?, s:s?}, s:s, s:o}", "time", now, "actor", "user",
+                          ev->user, "session", ev->session, "ip", ev->ip && *ev->ip ? ev->ip : NULL, "action",
+                          ev->action, "resource", "kind", ev->kind, "name", ev->name, "outcome", ev->outcome,
+                          "details", details);
+    if (!e)
+        return NULL;
+    char *text = NULL;
+    size_t len = 0;
+    int r = audit_entry_canonicalize_json(e, &text, &len);
+    json_decref(e);
+    if (r < 0)
+        return NULL;
+    *ret_len = len;
+    return text;
+}
 
 void audit_event_emit(const audit_event *ev)
 {
-    char *details = ev->details ? json_dumps(ev->details, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
-    log_fields(LOG_LEVEL_INFO, "audit event", "action", ev->action, "user", ev->user ? ev->user : "", "session",
-               ev->session ? ev->session : "", "ip", ev->ip ? ev->ip : "", "kind", ev->kind ? ev->kind : "",
-               "name", ev->name ? ev->name : "", "outcome", ev->outcome, "details", details ? details : "{}", NULL);
-    free(details);
+    size_t len;
+    char *text = entry_text(ev, &len);
+    if (!text) {
+        char *details = ev->details ? json_dumps(ev->details, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+        atomic_fetch_add(&dropped, 1);
+        log_fields(LOG_LEVEL_WARN, "audit event is not a valid entry; logged here instead", "action", ev->action,
+                   "user", ev->user ? ev->user : "", "kind", ev->kind ? ev->kind : "", "name",
+                   ev->name ? ev->name : "", "outcome", ev->outcome, "details", details ? details : "{}", NULL);
+        free(details);
+        return;
+    }
+    pthread_mutex_lock(&q.lock);
+    if (!q.started || q.stopping) {
+        pthread_mutex_unlock(&q.lock);
+        log_fields(LOG_LEVEL_INFO, "audit event", "entry", text, NULL);
+        free(text);
+        return;
+    }
+    if (q.count == QUEUE_MAX) {
+        pthread_mutex_unlock(&q.lock);
+        atomic_fetch_add(&dropped, 1);
+        log_undelivered(text, "the queue is full (the audit role is unavailable or slow)");
+        free(text);
+        return;
+    }
+    q.ring[(q.head + q.count) % QUEUE_MAX] = (queued_entry){text, len};
+    q.count++;
+    q.queued_total++;
+    pthread_cond_signal(&q.wake);
+    pthread_mutex_unlock(&q.lock);
+}
+
+/* Frees the N entries at the head of the queue; logs them first when
+ * UNDELIVERED is set. Called with the lock held. */
+static void pop_head(size_t n, const char *undelivered)
+{
+    for (size_t i = 0; i < n; i++) {
+        queued_entry *e = &q.ring[q.head];
+        if (undelivered) {
+            atomic_fetch_add(&dropped, 1);
+            log_undelivered(e->text, undelivered);
+        }
+        free(e->text);
+        *e = (queued_entry){0};
+        q.head = (q.head + 1) % QUEUE_MAX;
+        q.count--;
+    }
+    q.settled_total += n;
+    pthread_cond_broadcast(&q.settled);
+}
+
+/* Sends the first N queued entries (stable while the lock is released: only
+ * this thread removes entries). Returns 1 when acknowledged, 0 when the
+ * role refused them for good, a negative errno when it should be retried. */
+static int send_batch(audit_client *c, size_t n)
+{
+    _cleanup_strbuf_ strbuf body;
+    strbuf_init(&body, BATCH_BYTES_MAX + 64);
+    int r = strbuf_puts(&body, "{\"entries\":[");
+    for (size_t i = 0; i < n && r == 0; i++) {
+        const queued_entry *e = &q.ring[(q.head + i) % QUEUE_MAX];
+        if (i > 0)
+            r = strbuf_putc(&body, ',');
+        if (r == 0)
+            r = strbuf_append(&body, e->text, e->len);
+    }
+    if (r == 0)
+        r = strbuf_puts(&body, "]}");
+    if (r < 0)
+        return r;
+    long status;
+    char *resp;
+    size_t resp_len;
+    r = audit_client_request(c, "POST", "/v1/append", body.data, body.len, SEND_TIMEOUT_MS, &status, &resp,
+                             &resp_len);
+    if (r < 0)
+        return r;
+    json_t *j = json_loadb(resp, resp_len, 0, NULL);
+    free(resp);
+    json_int_t count = json_integer_value(json_object_get(j, "count"));
+    json_decref(j);
+    if (status == 200 && count == (json_int_t)n)
+        return 1;
+    return status >= 400 && status < 500 ? 0 : -EPROTO;
+}
+
+/* How many head entries fit one batch. Called with the lock held. */
+static size_t batch_size(void)
+{
+    size_t n = 0, bytes = 0;
+    while (n < q.count && n < BATCH_ENTRIES_MAX) {
+        size_t len = q.ring[(q.head + n) % QUEUE_MAX].len + 1;
+        if (n > 0 && bytes + len > BATCH_BYTES_MAX)
+            break;
+        bytes += len;
+        n++;
+    }
+    return n;
+}
+
+/* CLOCK_REALTIME deadline TIMEOUT_MS from now, for pthread_cond_timedwait. */
+static struct timespec deadline_in(unsigned timeout_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+/* The delivery thread (owns the client C): sends the queue's head in
+ * batches, backs off while the role is unreachable, and when stopping logs
+ * whatever it could not deliver before the deadline. */
+static void *sender_main(void *arg)
+{
+    audit_client *c = arg;
+    unsigned retry_ms = RETRY_MIN_MS;
+    bool warned = false;
+    pthread_mutex_lock(&q.lock);
+    for (;;) {
+        while (q.count == 0 && !q.stopping)
+            pthread_cond_wait(&q.wake, &q.lock);
+        if (q.count == 0 || (q.stopping && time_mono_ns() > q.deadline_ns))
+            break;
+        size_t n = batch_size();
+        pthread_mutex_unlock(&q.lock);
+        int r = send_batch(c, n);
+        pthread_mutex_lock(&q.lock);
+        if (r >= 0) {
+            pop_head(n, r == 0 ? "the audit role refused the batch" : NULL);
+            retry_ms = RETRY_MIN_MS;
+            if (warned)
+                log_info("audit role reachable again; delivering queued events");
+            warned = false;
+            continue;
+        }
+        if (!warned)
+            log_fields(LOG_LEVEL_WARN, "cannot deliver audit events; retrying", "error", strerror(-r), NULL);
+        warned = true;
+        /* wait before retrying, unless stopping */
+        uint64_t until = time_mono_ns() + retry_ms * NSEC_PER_MSEC;
+        if (q.stopping && until > q.deadline_ns)
+            break;
+        struct timespec ts = deadline_in(retry_ms);
+        pthread_cond_timedwait(&q.wake, &q.lock, &ts);
+        retry_ms = retry_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : retry_ms * 2;
+    }
+    pop_head(q.count, "stopping before the audit role acknowledged it");
+    pthread_mutex_unlock(&q.lock);
+    audit_client_free(c);
+    return NULL;
+}
+
+int audit_event_start(const char *socket_path)
+{
+    audit_client *c;
+    int r = audit_client_new(socket_path, &c);
+    if (r < 0)
+        return r;
+    pthread_mutex_lock(&q.lock);
+    if (q.started) {
+        pthread_mutex_unlock(&q.lock);
+        audit_client_free(c);
+        return -EALREADY;
+    }
+    r = -pthread_create(&q.thread, NULL, sender_main, c);
+    if (r == 0)
+        q.started = true;
+    pthread_mutex_unlock(&q.lock);
+    if (r < 0)
+        audit_client_free(c);
+    return r;
+}
+
+int audit_event_flush(unsigned timeout_ms)
+{
+    struct timespec ts = deadline_in(timeout_ms);
+    int r = 0;
+    pthread_mutex_lock(&q.lock);
+    uint64_t target = q.queued_total;
+    while (q.started && q.settled_total < target && r == 0)
+        r = -pthread_cond_timedwait(&q.settled, &q.lock, &ts);
+    pthread_mutex_unlock(&q.lock);
+    return r;
+}
+
+void audit_event_stop(unsigned timeout_ms)
+{
+    pthread_mutex_lock(&q.lock);
+    if (!q.started || q.stopping) {
+        pthread_mutex_unlock(&q.lock);
+        return;
+    }
+    q.stopping = true;
+    q.deadline_ns = time_mono_ns() + timeout_ms * NSEC_PER_MSEC;
+    pthread_cond_broadcast(&q.wake);
+    pthread_mutex_unlock(&q.lock);
+    pthread_join(q.thread, NULL);
+    pthread_mutex_lock(&q.lock);
+    q.started = false;
+    q.stopping = false;
+    pthread_mutex_unlock(&q.lock);
 }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdint.h>
 
 typedef struct audit_event {
     const char *action;  /* "resource.create", "auth.login", "kms.encrypt", ... */
@@ -18,5 +19,22 @@ typedef struct audit_event {
     json_t *details;     /* borrowed, may be NULL */
 } audit_event;
 
-/* Records EV. Safe from any thread. */
+/* Records EV. Safe from any thread. Once audit_event_start() ran, the event
+ * becomes a canonical entry queued for the audit role (never blocking: when
+ * the bounded queue is full the event is counted as dropped and written to
+ * the log instead); before that, and in programs that never start delivery,
+ * it is written to the log as one line. */
 void audit_event_emit(const audit_event *ev);
+
+/* Starts the background thread that delivers queued events in batches to the
+ * audit role listening on SOCKET_PATH. Returns 0 or a negative errno. */
+int audit_event_start(const char *socket_path);
+/* Waits at most TIMEOUT_MS until every event emitted before the call has
+ * left the queue (acknowledged by the audit role, or logged). Returns 0, or
+ * -ETIMEDOUT. Immediate when delivery is not started. */
+int audit_event_flush(unsigned timeout_ms);
+/* Delivers what is queued for at most TIMEOUT_MS, writes whatever could not
+ * be delivered to the log, and stops the thread. No-op when not started. */
+void audit_event_stop(unsigned timeout_ms);
+/* Events that could not be queued or delivered (each was logged instead). */
+uint64_t audit_event_dropped(void);

@@ -1,0 +1,157 @@
+#include "audit/entry.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "basic/timeutil.h"
+
+/* True when V is a string of at most AUDIT_FIELD_MAX bytes, or null when
+ * NULLABLE. */
+static bool short_string(const json_t *v, bool nullable)
+{
+    if (json_is_null(v))
+        return nullable;
+    return json_is_string(v) && json_string_length(v) <= AUDIT_FIELD_MAX &&
+           strlen(json_string_value(v)) == json_string_length(v);
+}
+
+/* True when OBJ is an object with exactly the N keys NAMES. */
+static bool exact_keys(const json_t *obj, const char *const *names, size_t n)
+{
+    if (!json_is_object(obj) || json_object_size(obj) != n)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!json_object_get(obj, names[i]))
+            return false;
+    return true;
+}
+
+/* Details hold strings, integers, booleans, null, arrays and objects, to a
+ * bounded depth; floating point has no canonical text and is refused. */
+static bool details_valid(const json_t *v, unsigned depth)
+{
+    if (depth > AUDIT_DETAILS_DEPTH_MAX)
+        return false;
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *k;
+        json_t *x;
+        json_object_foreach((json_t *)v, k, x) if (strlen(k) > AUDIT_FIELD_MAX || !details_valid(x, depth + 1)) return false;
+        return true;
+    }
+    case JSON_ARRAY: {
+        size_t i;
+        json_t *x;
+        json_array_foreach(v, i, x) if (!details_valid(x, depth + 1)) return false;
+        return true;
+    }
+    case JSON_STRING:
+        return short_string(v, false);
+    case JSON_REAL:
+        return false;
+    default:
+        return true;
+    }
+}
+
+int audit_entry_canonicalize_json(const json_t *e, char **ret, size_t *ret_len)
+{
+    static const char *const top[] = {"time", "actor", "action", "resource", "outcome", "details"};
+    static const char *const actor[] = {"user", "session", "ip"};
+    static const char *const resource[] = {"kind", "name"};
+    if (!exact_keys(e, top, 6))
+        return -EINVAL;
+    const json_t *a = json_object_get(e, "actor"), *res = json_object_get(e, "resource");
+    if (!exact_keys(a, actor, 3) || !exact_keys(res, resource, 2))
+        return -EINVAL;
+    for (size_t i = 0; i < 3; i++)
+        if (!short_string(json_object_get(a, actor[i]), true))
+            return -EINVAL;
+    for (size_t i = 0; i < 2; i++)
+        if (!short_string(json_object_get(res, resource[i]), true))
+            return -EINVAL;
+    const json_t *t = json_object_get(e, "time"), *action = json_object_get(e, "action"),
+                 *outcome = json_object_get(e, "outcome"), *details = json_object_get(e, "details");
+    int64_t secs;
+    if (!short_string(t, false) || time_parse_rfc3339(json_string_value(t), &secs) < 0)
+        return -EINVAL;
+    if (!short_string(action, false) || json_string_length(action) == 0 || !short_string(outcome, false) ||
+        json_string_length(outcome) == 0)
+        return -EINVAL;
+    if (!json_is_object(details) || !details_valid(details, 0))
+        return -EINVAL;
+    char *text = json_dumps(e, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!text)
+        return -ENOMEM;
+    size_t len = strlen(text);
+    if (len > AUDIT_ENTRY_MAX) {
+        free(text);
+        return -E2BIG;
+    }
+    *ret = text;
+    *ret_len = len;
+    return 0;
+}
+
+int audit_entry_canonicalize(const char *data, size_t len, char **ret, size_t *ret_len)
+{
+    if (len > AUDIT_ENTRY_MAX)
+        return -E2BIG;
+    json_error_t jerr;
+    json_t *e = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!e)
+        return -EINVAL;
+    int r = audit_entry_canonicalize_json(e, ret, ret_len);
+    json_decref(e);
+    return r;
+}
+
+int audit_parse_index(const char *s, size_t len, uint64_t *ret)
+{
+    if (len == 0 || len > 19 || (len > 1 && s[0] == '0'))
+        return -EINVAL;
+    uint64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -EINVAL;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (v > (UINT64_C(1) << 62))
+        return -EINVAL;
+    *ret = v;
+    return 0;
+}
+
+int audit_parse_query(const char *query, size_t len, const char *const names[2], uint64_t ret[2])
+{
+    uint64_t v[2];
+    bool seen[2] = {false, false};
+    const char *p = query, *end = query + len;
+    if (len == 0)
+        return -EINVAL;
+    while (p <= end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(stop - p));
+        if (!eq)
+            return -EINVAL;
+        size_t klen = (size_t)(eq - p);
+        int which = -1;
+        for (int i = 0; i < 2; i++)
+            if (strlen(names[i]) == klen && memcmp(p, names[i], klen) == 0)
+                which = i;
+        if (which < 0 || seen[which] || audit_parse_index(eq + 1, (size_t)(stop - eq - 1), &v[which]) < 0)
+            return -EINVAL;
+        seen[which] = true;
+        if (!amp)
+            break;
+        p = amp + 1;
+    }
+    if (!seen[0] || !seen[1])
+        return -EINVAL;
+    ret[0] = v[0];
+    ret[1] = v[1];
+    return 0;
+}
