@@ -1,0 +1,37 @@
+/* The API and the KMS: the /v1/kms/ endpoints, which forward key operations
+ * to the kms role over its Unix socket, and the encryption of Secret values
+ * before they reach the store. */
+#pragma once
+
+#include <jansson.h>
+
+#include "api/request.h"
+#include "kms/client.h" /* kms_json_wipe_decref() for answers that hold keys */
+#include "store/store.h"
+
+/* Where the kms role listens, and the store holding Key and Secret
+ * resources; called once before the API serves. Both are borrowed. */
+void api_kms_init(const char *kms_socket, store *s);
+/* Releases the pooled connections to the kms role. */
+void api_kms_done(void);
+
+/* The /v1/kms/ endpoint group: encrypt, decrypt, datakey, rewrap, sign,
+ * verify, and keys/{name}[/rotate | /versions/{n}]. */
+int api_handle_kms(api_request *r, const char *rest, size_t rest_len, api_error *err);
+
+/* Replaces every value of a Secret document's spec.data with a KMS
+ * ciphertext bound to the Secret's name and the value's key; a value that is
+ * unchanged from the stored Secret keeps its stored ciphertext, so
+ * re-applying a manifest changes nothing. Returns 0 or -1 with ERR (503 when
+ * the KMS is sealed or down: a Secret is never stored in the clear). */
+int api_kms_seal_secret(json_t *doc, api_error *err);
+/* The clear value KEY of Secret NAME, unsealed by the KMS, as a heap string
+ * the caller wipes and frees. Returns 0, or -1 with ERR (500 when the Secret
+ * or its value is missing, 503 when the KMS is sealed or down). */
+int api_kms_secret_value(const char *name, const char *key, char **ret, api_error *err);
+/* A fresh 256-bit data key under Key NAME (purpose encrypt), for handlers that
+ * hand keys out themselves (key release): *RET is the KMS's answer
+ * {plaintext, ciphertext, key, version} (base64), a new reference the caller
+ * releases with kms_json_wipe_decref(). Returns 0, or -1 with ERR (404 no
+ * such Key, 400 not an encrypt Key, 503 KMS sealed or down). */
+int api_kms_datakey(const char *name, json_t **ret, api_error *err);
