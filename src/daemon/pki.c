@@ -116,34 +116,40 @@ static EVP_PKEY *load_key(const char *path)
     return k;
 }
 
-int pki_ensure_ca(const char *cert_path, const char *key_path)
+/* The digest a CA with KEY signs with: SHA-384 for P-384 keys, else SHA-256. */
+static const EVP_MD *ca_digest(EVP_PKEY *key)
+{
+    return EVP_PKEY_get_bits(key) >= 384 ? EVP_sha384() : EVP_sha256();
+}
+
+int pki_ensure_ca(const char *cert_path, const char *key_path, const char *common_name, const char *curve)
 {
     struct stat st;
     if (stat(cert_path, &st) == 0 && stat(key_path, &st) == 0) {
         _cleanup_(X509_freep) X509 *ca = load_cert(cert_path);
         _cleanup_(EVP_PKEY_freep) EVP_PKEY *key = load_key(key_path);
         if (!ca || !key || X509_check_private_key(ca, key) != 1) {
-            log_openssl("the cluster CA in the data dir is unreadable or does not match its key", cert_path);
+            log_openssl("a CA in the data dir is unreadable or does not match its key", cert_path);
             return -EINVAL;
         }
         return 0;
     }
-    _cleanup_(EVP_PKEY_freep) EVP_PKEY *key = EVP_EC_gen("P-256");
-    _cleanup_(X509_freep) X509 *ca = key ? new_cert(key, "Cloister Cluster CA", CA_DAYS) : NULL;
+    _cleanup_(EVP_PKEY_freep) EVP_PKEY *key = EVP_EC_gen(curve);
+    _cleanup_(X509_freep) X509 *ca = key ? new_cert(key, common_name, CA_DAYS) : NULL;
     if (!ca || !X509_set_issuer_name(ca, X509_get_subject_name(ca)) ||
         add_ext(ca, ca, NID_basic_constraints, "critical,CA:TRUE,pathlen:1") < 0 ||
         add_ext(ca, ca, NID_key_usage, "critical,keyCertSign,cRLSign") < 0 ||
-        add_ext(ca, ca, NID_subject_key_identifier, "hash") < 0 || !X509_sign(ca, key, EVP_sha256())) {
-        log_openssl("cannot create the cluster CA", cert_path);
+        add_ext(ca, ca, NID_subject_key_identifier, "hash") < 0 || !X509_sign(ca, key, ca_digest(key))) {
+        log_openssl("cannot create a CA", cert_path);
         return -EIO;
     }
     int r = write_pem_key(key_path, key);
     if (r == 0)
         r = write_pem_certs(cert_path, ca, NULL);
     if (r < 0)
-        log_fields(LOG_LEVEL_ERROR, "cannot write the cluster CA", "path", cert_path, "error", strerror(-r), NULL);
+        log_fields(LOG_LEVEL_ERROR, "cannot write a CA", "path", cert_path, "error", strerror(-r), NULL);
     else
-        log_fields(LOG_LEVEL_INFO, "created the cluster CA", "path", cert_path, NULL);
+        log_fields(LOG_LEVEL_INFO, "created a CA", "name", common_name, "path", cert_path, NULL);
     return r;
 }
 
@@ -170,47 +176,75 @@ static bool cert_covers(X509 *cert, X509 *ca, const char *const *names, size_t n
     return true;
 }
 
-int pki_ensure_server_cert(const char *ca_cert_path, const char *ca_key_path, const char *const *names,
-                           size_t n_names, const char *cert_path, const char *key_path)
+/* What a leaf certificate is for: its name, key and extensions. */
+typedef struct leaf_profile {
+    const char *common_name;
+    const char *curve;
+    const char *ext_key_usage; /* NULL: none */
+    const char *const *names;  /* subjectAltName entries (DNS or IP) */
+    size_t n_names;
+} leaf_profile;
+
+/* Issues (or keeps, when still valid for P's names) the leaf certificate at
+ * CERT_PATH/KEY_PATH signed by the CA; the file holds the leaf then the CA. */
+static int ensure_leaf(const char *ca_cert_path, const char *ca_key_path, const leaf_profile *p,
+                       const char *cert_path, const char *key_path)
 {
     _cleanup_(X509_freep) X509 *ca = load_cert(ca_cert_path);
     if (!ca) {
-        log_openssl("cannot read the cluster CA", ca_cert_path);
+        log_openssl("cannot read the CA", ca_cert_path);
         return -EINVAL;
     }
     {
         _cleanup_(X509_freep) X509 *existing = load_cert(cert_path);
         _cleanup_(EVP_PKEY_freep) EVP_PKEY *existing_key = load_key(key_path);
         if (existing && existing_key && X509_check_private_key(existing, existing_key) == 1 &&
-            cert_covers(existing, ca, names, n_names))
+            cert_covers(existing, ca, p->names, p->n_names))
             return 0;
     }
     _cleanup_(EVP_PKEY_freep) EVP_PKEY *ca_key = load_key(ca_key_path);
     if (!ca_key) {
-        log_openssl("cannot read the cluster CA key", ca_key_path);
+        log_openssl("cannot read the CA key", ca_key_path);
         return -EINVAL;
     }
     _cleanup_strbuf_ strbuf san;
     strbuf_init(&san, 4096);
-    for (size_t i = 0; i < n_names; i++)
-        strbuf_printf(&san, "%s%s:%s", i ? "," : "", is_ip(names[i]) ? "IP" : "DNS", names[i]);
-    _cleanup_(EVP_PKEY_freep) EVP_PKEY *key = EVP_EC_gen("P-256");
-    _cleanup_(X509_freep) X509 *cert = key ? new_cert(key, names[0], SERVER_DAYS) : NULL;
+    for (size_t i = 0; i < p->n_names; i++)
+        strbuf_printf(&san, "%s%s:%s", i ? "," : "", is_ip(p->names[i]) ? "IP" : "DNS", p->names[i]);
+    _cleanup_(EVP_PKEY_freep) EVP_PKEY *key = EVP_EC_gen(p->curve);
+    _cleanup_(X509_freep) X509 *cert = key ? new_cert(key, p->common_name, SERVER_DAYS) : NULL;
     if (!cert || !X509_set_issuer_name(cert, X509_get_subject_name(ca)) ||
         add_ext(cert, ca, NID_basic_constraints, "critical,CA:FALSE") < 0 ||
         add_ext(cert, ca, NID_key_usage, "critical,digitalSignature") < 0 ||
-        add_ext(cert, ca, NID_ext_key_usage, "serverAuth") < 0 ||
-        add_ext(cert, ca, NID_subject_alt_name, san.data) < 0 ||
-        add_ext(cert, ca, NID_authority_key_identifier, "keyid:always") < 0 || !X509_sign(cert, ca_key, EVP_sha256())) {
-        log_openssl("cannot issue a server certificate", cert_path);
+        (p->ext_key_usage && add_ext(cert, ca, NID_ext_key_usage, p->ext_key_usage) < 0) ||
+        (p->n_names && add_ext(cert, ca, NID_subject_alt_name, san.data) < 0) ||
+        add_ext(cert, ca, NID_authority_key_identifier, "keyid:always") < 0 ||
+        !X509_sign(cert, ca_key, ca_digest(ca_key))) {
+        log_openssl("cannot issue a certificate", cert_path);
         return -EIO;
     }
     int r = write_pem_key(key_path, key);
     if (r == 0)
         r = write_pem_certs(cert_path, cert, ca);
     if (r < 0)
-        log_fields(LOG_LEVEL_ERROR, "cannot write a server certificate", "path", cert_path, "error", strerror(-r), NULL);
+        log_fields(LOG_LEVEL_ERROR, "cannot write a certificate", "path", cert_path, "error", strerror(-r), NULL);
     else
-        log_fields(LOG_LEVEL_INFO, "issued a server certificate", "path", cert_path, "names", san.data, NULL);
+        log_fields(LOG_LEVEL_INFO, "issued a certificate", "name", p->common_name, "path", cert_path, "names",
+                   san.data ? san.data : "", NULL);
     return r;
+}
+
+int pki_ensure_server_cert(const char *ca_cert_path, const char *ca_key_path, const char *const *names,
+                           size_t n_names, const char *cert_path, const char *key_path)
+{
+    leaf_profile p = {.common_name = names[0], .curve = "P-256", .ext_key_usage = "serverAuth", .names = names,
+                      .n_names = n_names};
+    return ensure_leaf(ca_cert_path, ca_key_path, &p, cert_path, key_path);
+}
+
+int pki_ensure_signing_cert(const char *ca_cert_path, const char *ca_key_path, const char *common_name,
+                            const char *cert_path, const char *key_path)
+{
+    leaf_profile p = {.common_name = common_name, .curve = "P-384"};
+    return ensure_leaf(ca_cert_path, ca_key_path, &p, cert_path, key_path);
 }

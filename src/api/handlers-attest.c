@@ -1,0 +1,209 @@
+/* Attestation endpoints of the API: challenges (/v1/attest/challenge) and
+ * key release (POST /v1/kms/keys/{name}/release, routed here by the KMS
+ * endpoints), the way Confidential Containers' key broker releases keys:
+ *
+ *   1. the workload asks for a challenge: a single-use nonce;
+ *   2. it produces evidence carrying the nonce and binding a fresh EC public
+ *      key (nitro/sandbox: nonce and public_key fields, or SHA-256 of the key
+ *      in user_data; sev-snp/tdx: report_data = nonce || SHA-256(key));
+ *   3. the API verifies the evidence, consumes the nonce, evaluates the Key's
+ *      release AttestationPolicy, gets a fresh data key from the KMS and
+ *      answers with it as a JWE (ECDH-ES, A256GCM) to that public key.
+ * Every release and refusal is an audit event. */
+#include <errno.h>
+#include <string.h>
+
+#include "api/handlers-attest.h"
+#include "api/handlers-kms.h"
+#include "api/request.h"
+#include "attest/attest-policy.h"
+#include "attest/attest.h"
+#include "attest/release.h"
+#include "audit/event.h"
+#include "basic/encoding.h"
+#include "basic/fileio.h"
+#include "basic/macro.h"
+#include "basic/timeutil.h"
+#include "kms/client.h"
+#include "resource/resource.h"
+
+#define RELEASE_EVIDENCE_MAX (96 * 1024) /* base64 of ATTEST_EVIDENCE_MAX */
+#define RELEASE_KEY_MAX 1024
+
+static release_challenges *challenges;
+static char *platform_ca; /* PEM of the cluster's platform CA: the roots of sandbox evidence */
+static size_t platform_ca_len;
+static store *attest_store;
+
+int api_attest_init(const char *platform_ca_path, store *s)
+{
+    attest_store = s;
+    challenges = release_challenges_new();
+    if (!challenges)
+        return -ENOMEM;
+    return read_file(platform_ca_path, 1024 * 1024, &platform_ca, &platform_ca_len);
+}
+
+void api_attest_done(void)
+{
+    release_challenges_free(challenges);
+    challenges = NULL;
+    free(platform_ca);
+    platform_ca = NULL;
+}
+
+/* POST /v1/attest/challenge -> {"nonce": hex, "expiresIn": seconds} */
+int api_handle_attest(api_request *r, const char *rest, size_t len, api_error *err)
+{
+    if (!(len == STRLEN("challenge") && memcmp(rest, "challenge", len) == 0))
+        return api_fail(err, 404, "not_found", "no such endpoint: /v1/attest/%.*s", (int)MIN(len, (size_t)64), rest);
+    if (!api_method_is(r->req, "POST")) {
+        api_method_not_allowed(r->req, r->route, r->started, "POST");
+        return 0;
+    }
+    uint8_t nonce[RELEASE_NONCE_LEN];
+    char hex[2 * RELEASE_NONCE_LEN + 1];
+    int e = release_challenge_issue(challenges, (int64_t)(time_now_ns() / NSEC_PER_SEC), nonce);
+    if (e < 0)
+        return api_fail(err, 500, "internal", "cannot make a challenge: %s", strerror(-e));
+    hex_encode(nonce, sizeof(nonce), hex);
+    json_t *body = json_pack("{s:s, s:i}", "nonce", hex, "expiresIn", RELEASE_CHALLENGE_TTL_SECONDS);
+    api_respond_json(r->req, r->route, r->started, 200, body);
+    json_decref(body);
+    return 0;
+}
+
+/* The challenge nonce the evidence carries: the nonce field of Nitro and
+ * sandbox documents, the first 32 bytes of report_data otherwise. */
+static int evidence_nonce(const json_t *result, uint8_t out[RELEASE_NONCE_LEN])
+{
+    const char *type = json_string_value(json_object_get(result, "type"));
+    const json_t *claims = json_object_get(result, "claims");
+    const char *field = strcmp(type, "nitro") == 0 || strcmp(type, "sandbox") == 0 ? "nonce" : "report_data";
+    const char *hex = json_string_value(json_object_get(claims, field));
+    if (!hex || strlen(hex) < 2 * RELEASE_NONCE_LEN)
+        return -EINVAL;
+    if (strcmp(field, "nonce") == 0 && strlen(hex) != 2 * RELEASE_NONCE_LEN)
+        return -EINVAL;
+    return hex_decode(hex, 2 * RELEASE_NONCE_LEN, out, RELEASE_NONCE_LEN);
+}
+
+static void report_release(api_request *r, const char *key, const char *type, const char *outcome,
+                           const char *reason)
+{
+    char ip[64];
+    api_peer_ip(r->req, ip, sizeof(ip));
+    json_t *details = json_pack("{s:s, s:s}", "evidence", type ? type : "", "reason", reason ? reason : "");
+    audit_event_emit(&(audit_event){.action = "kms.release", .user = caller_name(r->caller), .ip = ip, .kind = "Key",
+                                    .name = key, .outcome = outcome, .details = details});
+    json_decref(details);
+}
+
+/* Refuses the release with 403 and REASON, reporting it. */
+static int refuse(api_request *r, const char *key, const char *type, const char *reason, api_error *err)
+{
+    report_release(r, key, type, "denied", reason);
+    return api_fail(err, 403, "forbidden", "key %s is not released: %s", key, reason);
+}
+
+/* Decodes base64 FIELD of BODY into a malloc'd buffer; -1 with ERR. */
+static int body_base64(const json_t *body, const char *field, size_t max, bool required, uint8_t **ret,
+                       size_t *ret_len, api_error *err)
+{
+    const char *s = json_string_value(json_object_get(body, field));
+    *ret = NULL;
+    *ret_len = 0;
+    if (!s)
+        return required ? api_fail(err, 400, "invalid", "%s is required (base64)", field) : 0;
+    size_t n = strlen(s);
+    if (n > max)
+        return api_fail(err, 413, "too_large", "%s is larger than %zu bytes", field, max);
+    uint8_t *b = malloc(n / 4 * 3 + 3);
+    long got = b ? base64_decode(s, n, b, n / 4 * 3 + 3, false) : -ENOMEM;
+    if (got < 0) {
+        free(b);
+        return api_fail(err, 400, "invalid", "%s must be standard base64", field);
+    }
+    *ret = b;
+    *ret_len = (size_t)got;
+    return 0;
+}
+
+int api_attest_release(api_request *r, const char *key, api_error *err)
+{
+    if (!api_method_is(r->req, "POST")) {
+        api_method_not_allowed(r->req, r->route, r->started, "POST");
+        return 0;
+    }
+    _cleanup_(json_decrefp) json_t *body = api_decode_body(r->req->entity.base, r->req->entity.len, err);
+    if (!body)
+        return -1;
+    const char *type_s = json_string_value(json_object_get(body, "type"));
+    attest_type type;
+    if (!type_s || attest_type_from_string(type_s, &type) < 0)
+        return api_fail(err, 400, "invalid", "type must be nitro, sev-snp, tdx or sandbox");
+    _cleanup_free_ uint8_t *evidence = NULL, *cert = NULL, *public_key = NULL;
+    size_t evidence_len, cert_len, public_key_len;
+    if (body_base64(body, "evidence", RELEASE_EVIDENCE_MAX, true, &evidence, &evidence_len, err) < 0 ||
+        body_base64(body, "cert", 16 * 1024, false, &cert, &cert_len, err) < 0 ||
+        body_base64(body, "publicKey", RELEASE_KEY_MAX, true, &public_key, &public_key_len, err) < 0)
+        return -1;
+
+    /* the Key and its release policy */
+    _cleanup_(json_decrefp) json_t *key_doc = NULL, *policy_doc = NULL;
+    int e = store_get(attest_store, "Key", key, &key_doc);
+    if (e < 0)
+        return api_fail_store(err, e, "Key", key);
+    const char *policy = json_string_value(
+        json_object_get(json_object_get(json_object_get(key_doc, "spec"), "release"), "attestationPolicy"));
+    if (!policy)
+        return refuse(r, key, type_s, "the Key has no spec.release.attestationPolicy", err);
+    if (store_get(attest_store, "AttestationPolicy", policy, &policy_doc) < 0)
+        return refuse(r, key, type_s, "its AttestationPolicy does not exist", err);
+
+    /* verify the evidence now, against the platform CA for sandbox documents */
+    int64_t now = (int64_t)(time_now_ns() / NSEC_PER_SEC);
+    attest_options opts = {.time = now, .cert = {cert, cert_len}};
+    if (type == ATTEST_SANDBOX)
+        opts.roots = (attest_blob){(const uint8_t *)platform_ca, platform_ca_len};
+    _cleanup_(json_decrefp) json_t *result = NULL;
+    attest_error aerr = {{0}};
+    if (attest_verify(type, evidence, evidence_len, &opts, &result, &aerr) < 0)
+        return refuse(r, key, type_s, aerr.text, err);
+
+    /* the challenge: issued here, unexpired, and used only once */
+    uint8_t nonce[RELEASE_NONCE_LEN];
+    if (evidence_nonce(result, nonce) < 0 || !release_challenge_consume(challenges, nonce, sizeof(nonce), now))
+        return refuse(r, key, type_s, "the evidence does not carry an outstanding challenge (unknown, used or expired)",
+                      err);
+    attest_expect expect = {.now = now, .nonce = nonce, .nonce_len = sizeof(nonce), .public_key = public_key,
+                            .public_key_len = public_key_len};
+    char reason[ATTEST_REASON_MAX] = "";
+    e = attest_policy_evaluate(json_object_get(policy_doc, "spec"), result, &expect, reason, sizeof(reason));
+    if (e < 0)
+        return refuse(r, key, type_s, e == -EPERM ? reason : "the AttestationPolicy is malformed", err);
+
+    /* a fresh data key, sealed to the attested public key */
+    _cleanup_(kms_json_wipe_decrefp) json_t *dk = NULL;
+    if (api_kms_datakey(key, &dk, err) < 0) {
+        report_release(r, key, type_s, "failure", err->message);
+        return -1;
+    }
+    _cleanup_(kms_json_wipe_decrefp) json_t *secret = json_pack(
+        "{s:s, s:O, s:O}", "key", key, "plaintext", json_object_get(dk, "plaintext"), "ciphertext",
+        json_object_get(dk, "ciphertext"));
+    _cleanup_free_ char *text = secret ? json_dumps(secret, JSON_COMPACT) : NULL;
+    _cleanup_free_ char *jwe = NULL;
+    e = text ? release_seal_jwe(public_key, public_key_len, (const uint8_t *)text, strlen(text), &jwe) : -ENOMEM;
+    if (text)
+        explicit_bzero(text, strlen(text));
+    if (e == -EINVAL)
+        return refuse(r, key, type_s, "publicKey is not a DER SubjectPublicKeyInfo of an EC key", err);
+    if (e < 0)
+        return api_fail(err, 500, "internal", "cannot seal the key: %s", strerror(-e));
+    report_release(r, key, type_s, "success", NULL);
+    json_t *answer = json_pack("{s:s, s:O}", "jwe", jwe, "ciphertext", json_object_get(dk, "ciphertext"));
+    api_respond_json(r->req, r->route, r->started, 200, answer);
+    json_decref(answer);
+    return 0;
+}

@@ -1,0 +1,14 @@
+/* The API's attestation endpoints: challenges and key release. */
+#pragma once
+
+#include "api/request.h"
+#include "store/store.h"
+
+/* Loads the platform CA (roots of sandbox evidence) and makes the challenge
+ * set; S is where Keys and AttestationPolicies are read. */
+int api_attest_init(const char *platform_ca_path, store *s);
+void api_attest_done(void);
+/* The /v1/attest/ endpoint group. */
+int api_handle_attest(api_request *r, const char *rest, size_t len, api_error *err);
+/* POST /v1/kms/keys/KEY/release. */
+int api_attest_release(api_request *r, const char *key, api_error *err);
