@@ -185,8 +185,9 @@ def tamper(db_path, how, size):
     db = sqlite3.connect(db_path)
     rows = dict(db.execute("SELECT idx, data FROM entries"))
     if how == "change":
-        db.execute("UPDATE entries SET data = ? WHERE idx = 3", (rows[3].replace(b"admin", b"mallory"),))
-        bad = 3
+        # the first entry naming admin: which index that is depends on the order of start-up events
+        bad = min(i for i, data in rows.items() if b'"admin"' in data)
+        db.execute("UPDATE entries SET data = ? WHERE idx = ?", (rows[bad].replace(b'"admin"', b'"mallory"'), bad))
     elif how == "delete":
         db.execute("DELETE FROM entries WHERE idx = 4")
         bad = 4
