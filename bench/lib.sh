@@ -5,7 +5,8 @@
 #     not one yet, and builds TARGET...
 # bench_start_cloisterd BUILD [cloisterd arguments...]
 #     starts BUILD's cloisterd --dev on a free loopback port in a fresh data
-#     dir under BUILD and waits until it is healthy. Sets BENCH_WORK (the temp
+#     dir under $TMPDIR (short: role sockets live there, and a Unix socket
+#     path has at most 107 bytes) and waits until it is healthy. Sets BENCH_WORK (the temp
 #     dir), BENCH_DATA, BENCH_URL, BENCH_CA, and exports CLOISTER_TOKEN (the
 #     bootstrap admin). On exit it stops cloisterd and removes BENCH_WORK
 #     unless BENCH_KEEP is set.
@@ -35,7 +36,7 @@ bench_stop_cloisterd() {
 bench_start_cloisterd() {
     local build=$1
     shift
-    BENCH_WORK=$(mktemp -d "$build/bench.XXXXXX")
+    BENCH_WORK=$(mktemp -d "${TMPDIR:-/tmp}/cloister-bench.XXXXXX")
     BENCH_DATA="$BENCH_WORK/data"
     local port=$((20000 + RANDOM % 20000))
     BENCH_URL="https://127.0.0.1:$port"

@@ -53,8 +53,11 @@ def test_login_saves_a_private_session_with_an_absolute_ca(shared_server, tmp_pa
     assert d.stat().st_mode & 0o777 == 0o700
     f = d / "session.json"
     assert f.stat().st_mode & 0o777 == 0o600
-    assert json.loads(f.read_text()) == {"server": shared_server.url, "ca": str(ca_copy.resolve()),
-                                         "token": shared_server.token}
+    saved = json.loads(f.read_text())
+    # the credential token was exchanged for a session; only the session is kept
+    assert sorted(saved) == ["access_token", "ca", "refresh_token", "server", "session"]
+    assert saved["server"] == shared_server.url and saved["ca"] == str(ca_copy.resolve())
+    assert shared_server.token not in f.read_text()
 
 
 def test_whoami_uses_the_session_and_never_prints_the_token(shared_server, logged_in):

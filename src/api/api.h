@@ -25,6 +25,8 @@ typedef struct api_config {
     role_health *roles; /* table shared with the supervisor, may be NULL */
     size_t n_roles;
     _Atomic bool *ready_flag; /* set once serving, may be NULL */
+    const char *audit_socket; /* the audit role's local API */
+    struct auth_keyring *keyring; /* token signing keys (auth/keyring.h); NULL disables access tokens */
 } api_config;
 
 /* Serves until SIGTERM or SIGINT arrives, then stops accepting, drains the

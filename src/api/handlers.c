@@ -8,6 +8,9 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "api/auth.h"
+#include "api/handlers-kms.h"
+#include "api/handlers-policy.h"
 #include "api/request.h"
 #include "audit/event.h"
 #include "auth/credential.h"
@@ -22,7 +25,6 @@
 #define WATCH_BATCH_MAX 500
 #define WATCH_HEARTBEAT_NS (15 * NSEC_PER_SEC)
 #define WATCH_BUFFER_MAX (16 * 1024 * 1024)
-#define BOOTSTRAP_ADMIN_GROUP "admins"
 
 typedef struct api_handler {
     h2o_handler_t super;
@@ -41,15 +43,6 @@ static json_t *public_view(const json_t *doc)
 }
 
 /* ---- authentication ---- */
-
-static bool user_in_group(const json_t *user, const char *group)
-{
-    size_t i;
-    json_t *g;
-    json_array_foreach(json_object_get(json_object_get(user, "spec"), "groups"), i, g) if (
-        json_is_string(g) && strcmp(json_string_value(g), group) == 0) return true;
-    return false;
-}
 
 static auth_cache_entry *auth_cache_slot(api_thread *t, const char *lookup_key)
 {
@@ -100,7 +93,7 @@ static int resolve_credential(api_server *srv, const char *digest, const char *k
     return 0;
 }
 
-/* Finds the caller from `Authorization: Bearer <credential token>`. Any
+/* Finds the caller from `Authorization: Bearer <credential or access token>`. Any
  * failure is a 401 (or 403 for a disabled user); nothing falls through.
  * Verified tokens are cached per thread while the store is unchanged. */
 static int authenticate(api_server *srv, h2o_req_t *req, caller *ret, api_error *err)
@@ -116,8 +109,10 @@ static int authenticate(api_server *srv, h2o_req_t *req, caller *ret, api_error 
         return api_fail(err, 401, "unauthenticated", "Authorization header must use the Bearer scheme");
     const char *token = v.base + 7;
     size_t len = v.len - 7;
+    if (!credential_token_well_formed(token, len) && api_token_is_jwt(token, len))
+        return api_auth_access_token(srv, token, len, ret, err); /* a session's access token */
     if (!credential_token_well_formed(token, len))
-        return api_fail(err, 401, "unauthenticated", "malformed credential token (expected clst_…)");
+        return api_fail(err, 401, "unauthenticated", "malformed token (expected a clst_… credential token or an access token)");
 
     char digest[CREDENTIAL_DIGEST_HEX_LEN + 1], key[CREDENTIAL_LOOKUP_KEY_LEN + 1];
     credential_token_digest(token, len, digest, key);
@@ -159,14 +154,48 @@ static int authenticate(api_server *srv, h2o_req_t *req, caller *ret, api_error 
     return 0;
 }
 
-/* Until the policy engine decides API calls, only group admins may use the
- * resource API. */
-static int authorize(const caller *c, api_error *err)
+int api_authenticate(api_server *srv, h2o_req_t *req, caller *ret, api_error *err)
 {
-    if (user_in_group(c->user, BOOTSTRAP_ADMIN_GROUP))
+    return authenticate(srv, req, ret, err);
+}
+
+/* The API verb (ctx.request.api.verb) of a call on ROUTE; for endpoint groups
+ * (ROUTE_OTHER here) the one of REQ's method. */
+static const char *api_verb(api_route route, const h2o_req_t *req)
+{
+    switch (route) {
+    case ROUTE_LIST:
+        return "list";
+    case ROUTE_WATCH:
+        return "watch";
+    case ROUTE_CREATE:
+        return "create";
+    case ROUTE_REPLACE:
+        return "update";
+    case ROUTE_DELETE:
+        return "delete";
+    case ROUTE_APPLY:
+        return "apply";
+    case ROUTE_GET:
+        return "get";
+    default:
+        break;
+    }
+    return api_method_is(req, "POST")     ? "create"
+           : api_method_is(req, "PUT")    ? "update"
+           : api_method_is(req, "DELETE") ? "delete"
+                                          : "get";
+}
+
+/* Authorizes caller C by policy (ctx.request.api: VERB of ROUTE on KIND/NAME).
+ * whoami only shows callers their own identity and is not decided by policy;
+ * apply is decided per document in handle_apply(). Returns 0 or -1 with ERR. */
+static int authorize(api_server *srv, h2o_req_t *req, api_route route, const char *kind, const char *name,
+                     const caller *c, api_error *err)
+{
+    if (route == ROUTE_WHOAMI || route == ROUTE_APPLY)
         return 0;
-    return api_fail(err, 403, "forbidden", "user %s may not call the resource API (only group %s may)",
-                    caller_name(c), BOOTSTRAP_ADMIN_GROUP);
+    return api_authorize(srv, req, c, api_verb(route, req), kind, name, err);
 }
 
 /* ---- asynchronous writes ---- */
@@ -328,7 +357,12 @@ static int check_document(json_t *doc, const resource_kind *path_kind, const cha
         snprintf(err->field, sizeof(err->field), "%s", rerr.path);
         return -1;
     }
+    if (api_check_policies(doc, err) < 0)
+        return -1;
     const resource_kind *k = resource_kind_find(json_string_value(json_object_get(doc, "kind")));
+    if (k->server_managed)
+        return api_fail(err, 400, "invalid", "%s resources are written by the server only (POST /v1/auth/token)",
+                        k->kind);
     if (path_kind && k != path_kind)
         return api_fail(err, 400, "invalid", "kind %s does not match the URL, which names %s", k->kind,
                         path_kind->kind);
@@ -338,6 +372,9 @@ static int check_document(json_t *doc, const resource_kind *path_kind, const cha
     /* stored with its defaults, so re-applying the same manifest changes nothing */
     if (resource_apply_defaults(doc) < 0)
         return api_fail(err, 500, "internal", "out of memory");
+    /* Secret values reach the store only encrypted by the KMS */
+    if (strcmp(k->kind, "Secret") == 0 && api_kms_seal_secret(doc, err) < 0)
+        return -1;
     *ret_kind = k;
     return 0;
 }
@@ -420,6 +457,12 @@ static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const
         if (check_document(doc, NULL, NULL, &k, err) < 0 || (expected = doc_expected_rv(doc)) < 0) {
             if (expected < 0)
                 api_fail(err, 400, "invalid", "metadata.resourceVersion must be a positive decimal number");
+            err->document = (long)i;
+            pending_write_free(pw);
+            return -1;
+        }
+        if (api_authorize(srv, req, c, "apply", k->kind, doc_name(doc), err) < 0) {
+            api_report_refusal(req, c, err);
             err->document = (long)i;
             pending_write_free(pw);
             return -1;
@@ -693,7 +736,8 @@ static void handle_whoami(h2o_req_t *req, uint64_t started, const caller *c)
 {
     json_t *spec = json_object_get(c->user, "spec");
     json_t *groups = json_object_get(spec, "groups");
-    json_t *body = json_pack("{s:s, s:s, s:s, s:o, s:s}", "user", caller_name(c), "type",
+    /* credential is null for sessions opened through an identity provider */
+    json_t *body = json_pack("{s:s, s:s, s:s, s:o, s:s?}", "user", caller_name(c), "type",
                              json_string_value(json_object_get(spec, "type")) ?: "human", "email",
                              json_string_value(json_object_get(spec, "email")) ?: "", "groups",
                              groups ? json_incref(groups) : json_array(), "credential", doc_name(c->credential));
@@ -732,7 +776,11 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         if (path.len < plen || memcmp(path.base, grp->prefix, plen) != 0)
             continue;
         caller c = {0};
-        if (!grp->public && (authenticate(srv, req, &c, &err) < 0 || authorize(&c, &err) < 0)) {
+        char grp_kind[64]; /* "/v1/audit/" is kind "audit" */
+        const char *gk = strncmp(grp->prefix, "/v1/", 4) == 0 ? grp->prefix + 4 : grp->prefix;
+        snprintf(grp_kind, sizeof(grp_kind), "%.*s", (int)strcspn(gk, "/"), gk);
+        if (!grp->public && (authenticate(srv, req, &c, &err) < 0 ||
+                             authorize(srv, req, ROUTE_OTHER, grp_kind, "", &c, &err) < 0)) {
             api_report_refusal(req, &c, &err);
             api_respond_error(req, grp->route, started, &err);
         } else {
@@ -796,7 +844,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 
     /* every /v1 call is authenticated and authorized before anything else */
     caller c = {0};
-    if (authenticate(srv, req, &c, &err) < 0 || authorize(&c, &err) < 0) {
+    if (authenticate(srv, req, &c, &err) < 0 ||
+        authorize(srv, req, route, kind ? kind->kind : "", n_seg == 2 ? seg_b : "", &c, &err) < 0) {
         api_report_refusal(req, &c, &err);
         caller_clear(&c);
         api_respond_error(req, route, started, &err);

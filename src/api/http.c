@@ -12,6 +12,7 @@ const char *http_reason(int status)
     switch (status) {
     case 200: return "OK";
     case 201: return "Created";
+    case 302: return "Found";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
@@ -21,6 +22,8 @@ const char *http_reason(int status)
     case 410: return "Gone";
     case 413: return "Payload Too Large";
     case 415: return "Unsupported Media Type";
+    case 429: return "Too Many Requests";
+    case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     default: return status >= 500 ? "Internal Server Error" : "Error";
     }

@@ -2,6 +2,7 @@
 
 #include <stdatomic.h>
 
+#include "audit/event.h"
 #include "basic/macro.h"
 
 static const struct {
@@ -18,11 +19,23 @@ static const struct {
     [ROUTE_GET] = {"/v1/{kind}/{name}", "GET"},
     [ROUTE_REPLACE] = {"/v1/{kind}/{name}", "PUT"},
     [ROUTE_DELETE] = {"/v1/{kind}/{name}", "DELETE"},
+    [ROUTE_POLICY_CHECK] = {"/v1/policy/check", "POST"},
+    [ROUTE_AUTH_TOKEN] = {"/v1/auth/token", "POST"},
+    [ROUTE_AUTH_REFRESH] = {"/v1/auth/refresh", "POST"},
+    [ROUTE_AUTH_LOGOUT] = {"/v1/auth/logout", "POST"},
+    [ROUTE_AUTH_KEYS] = {"/v1/auth/keys/rotate", "POST"},
+    [ROUTE_SESSIONS] = {"/v1/sessions", "any"},
+    [ROUTE_JWKS] = {"/.well-known/jwks.json", "GET"},
+    [ROUTE_TOKENS] = {"/v1/tokens", "POST"},
+    [ROUTE_AUTH_OIDC] = {"/v1/auth/oidc/*", "any"},
+    [ROUTE_AUDIT] = {"/v1/audit/{endpoint}", "GET"},
+    [ROUTE_KMS] = {"/v1/kms/", "any"},
+    [ROUTE_ATTEST] = {"/v1/attest/challenge", "POST"},
     [ROUTE_OTHER] = {"other", "any"},
 };
 
 /* The statuses the API answers with; anything else is counted as "other". */
-static const int statuses[] = {200, 201, 400, 401, 403, 404, 405, 409, 410, 413, 415, 500, 503, 507};
+static const int statuses[] = {200, 201, 302, 400, 401, 403, 404, 405, 409, 410, 413, 415, 429, 500, 502, 503, 507};
 #define N_STATUS (ELEMENTSOF(statuses) + 1)
 
 static const double buckets_s[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
@@ -94,5 +107,12 @@ int metrics_render(strbuf *out)
                               (double)atomic_load_explicit(&latency_sum_ns[rt], memory_order_relaxed) / 1e9,
                               route_labels[rt].path, route_labels[rt].method, (unsigned long long)count);
     }
+    if (r == 0)
+        r = strbuf_printf(out,
+                          "# HELP cloister_audit_events_dropped_total Audit events that did not reach the audit role "
+                          "(each was written to the log instead).\n"
+                          "# TYPE cloister_audit_events_dropped_total counter\n"
+                          "cloister_audit_events_dropped_total %llu\n",
+                          (unsigned long long)audit_event_dropped());
     return r;
 }

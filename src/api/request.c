@@ -1,5 +1,11 @@
 #include "api/request.h"
 
+#include "api/handlers-attest.h"
+#include "api/handlers-kms.h"
+#include "api/handlers-audit.h"
+#include "api/auth.h"
+#include "api/handlers-policy.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <string.h>
@@ -12,6 +18,16 @@
 
 /* Components that serve their own endpoints add one entry each. */
 const api_endpoint_group api_endpoint_groups[] = {
+    {"/v1/policy/", ROUTE_POLICY_CHECK, false, api_handle_policy},
+    {"/.well-known/jwks.json", ROUTE_JWKS, true, api_auth_handle_jwks},
+    {"/v1/auth/keys", ROUTE_AUTH_KEYS, false, api_auth_handle_keys}, /* before /v1/auth/ */
+    {"/v1/auth/oidc/", ROUTE_AUTH_OIDC, true, api_oidc_handle}, /* before /v1/auth/ */
+    {"/v1/auth/", ROUTE_AUTH_TOKEN, true, api_auth_handle},
+    {"/v1/sessions", ROUTE_SESSIONS, true, api_auth_handle_sessions}, /* authenticates itself */
+    {"/v1/tokens", ROUTE_TOKENS, false, api_auth_handle_tokens},
+    {"/v1/audit/", ROUTE_AUDIT, false, api_handle_audit},
+    {"/v1/kms/", ROUTE_KMS, false, api_handle_kms},
+    {"/v1/attest/", ROUTE_ATTEST, false, api_handle_attest},
     {NULL, ROUTE_OTHER, false, NULL},
 };
 const size_t api_n_endpoint_groups = ELEMENTSOF(api_endpoint_groups) - 1;

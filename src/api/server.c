@@ -5,6 +5,9 @@
 int api_run(const api_config *cfg)
 {
     api_server srv = {.cfg = cfg};
+    int e = policy_source_new(cfg->store, &srv.policies);
+    if (e < 0)
+        return e;
     httpd_config h = {
         .name = "API",
         .listen = cfg->listen,
@@ -19,5 +22,7 @@ int api_run(const api_config *cfg)
         .userdata = &srv,
         .ready_flag = cfg->ready_flag,
     };
-    return httpd_run(&h);
+    e = httpd_run(&h);
+    policy_source_free(srv.policies);
+    return e;
 }

@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 
 #include "api/api.h"
+#include "policy/policy-source.h"
 
 typedef struct api_server api_server;
 
@@ -34,6 +35,7 @@ typedef struct api_thread {
 
 struct api_server {
     const api_config *cfg;
+    policy_source *policies; /* the store's current policy set, for authorization */
 };
 
 /* httpd hooks (see httpd.h): the API's request handler on PATHCONF (USERDATA

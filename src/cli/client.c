@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "basic/strbuf.h"
@@ -106,8 +107,9 @@ static int setup(CURL *c, const cli_ctx *ctx, const char *url, const char *metho
     return rc == CURLE_OK ? 0 : -ENOMEM;
 }
 
-int api_request(const cli_ctx *ctx, const char *token, const char *method, const char *path,
-                const json_t *body, json_t **ret, api_error *err)
+/* One exchange: api_request() without the refresh. */
+static int request_once(const cli_ctx *ctx, const char *token, const char *method, const char *path,
+                        const json_t *body, json_t **ret, api_error *err)
 {
     _cleanup_free_ char *url = NULL, *payload = NULL;
     if (asprintf(&url, "%s/v1%s", ctx->server, path) < 0)
@@ -117,8 +119,9 @@ int api_request(const cli_ctx *ctx, const char *token, const char *method, const
 
     char auth[8300];
     struct curl_slist *headers = NULL, *l;
-    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
-    const char *lines[] = {auth, "Accept: application/json",
+    if (token)
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+    const char *lines[] = {token ? auth : NULL, "Accept: application/json",
                            body ? "Content-Type: application/json" : NULL};
     for (size_t i = 0; i < ELEMENTSOF(lines); i++) {
         if (!lines[i])
@@ -168,6 +171,64 @@ int api_request(const cli_ctx *ctx, const char *token, const char *method, const
     }
     *ret = v ? TAKE_PTR(v) : json_null();
     return 0;
+}
+
+/* Replaces the heap string *DST with a copy of the string member NAME of
+ * V, wiping the old one. Returns 0, -EBADMSG or -ENOMEM. */
+static int replace_secret(char **dst, const json_t *v, const char *name)
+{
+    const char *s = json_string_value(json_object_get(v, name));
+    if (!s || !*s)
+        return -EBADMSG;
+    char *copy = strdup(s);
+    if (!copy)
+        return -ENOMEM;
+    if (*dst) {
+        explicit_bzero(*dst, strlen(*dst));
+        free(*dst);
+    }
+    *dst = copy;
+    return 0;
+}
+
+int cli_session_refresh(cli_ctx *ctx, api_error *err)
+{
+    if (!ctx->session.refresh_token)
+        return transport_error(err, -ENOKEY, "the session has no refresh token; log in again");
+    json_auto_t *body = json_pack("{s:s}", "refresh_token", ctx->session.refresh_token);
+    json_auto_t *answer = NULL;
+    if (!body)
+        return transport_error(err, -ENOMEM, "out of memory");
+    int r = request_once(ctx, NULL, "POST", "/auth/refresh", body, &answer, err);
+    explicit_bzero((char *)json_string_value(json_object_get(body, "refresh_token")),
+                   strlen(ctx->session.refresh_token));
+    if (r < 0)
+        return r;
+    r = replace_secret(&ctx->session.access_token, answer, "access_token");
+    if (r == 0)
+        r = replace_secret(&ctx->session.refresh_token, answer, "refresh_token");
+    if (r == 0)
+        r = replace_secret(&ctx->token, answer, "access_token");
+    if (r < 0)
+        return transport_error(err, r, "the server's answer to the refresh holds no tokens");
+    r = session_save(&ctx->session);
+    if (r < 0)
+        return transport_error(err, r, "cannot save the refreshed session: %s", strerror(-r));
+    return 0;
+}
+
+int api_request(cli_ctx *ctx, const char *token, const char *method, const char *path, const json_t *body,
+                json_t **ret, api_error *err)
+{
+    int r = request_once(ctx, token, method, path, body, ret, err);
+    bool from_session = token && token == ctx->token && ctx->session.access_token &&
+                        strcmp(token, ctx->session.access_token) == 0 && ctx->session.refresh_token;
+    if (r != -EPROTO || err->status != 401 || !from_session)
+        return r;
+    api_error refresh_err;
+    if (cli_session_refresh(ctx, &refresh_err) < 0)
+        return r; /* the original refusal says more than the refresh's */
+    return request_once(ctx, ctx->token, method, path, body, ret, err);
 }
 
 const char *api_error_message(const api_error *err, char *buf, size_t size)

@@ -22,13 +22,21 @@ typedef struct api_error {
 } api_error;
 
 /* Sends METHOD PATH (below /v1, e.g. "/services/wiki") with BODY (may be
- * NULL) and TOKEN as bearer token. On a 2xx answer returns 0 and stores
+ * NULL) and TOKEN as bearer token (none when NULL). When TOKEN is the saved
+ * session's access token and the server refuses it (expired, rotated out),
+ * the session is refreshed once (cli_session_refresh()) and the request
+ * sent again with the new token. On a 2xx answer returns 0 and stores
  * the parsed JSON body in *RET (a new reference; JSON null when empty).
  * Otherwise returns -EIO (no answer), -EPROTO (an error status), -EBADMSG
  * (an answer that is not JSON), -E2BIG (over CLIENT_MAX_RESPONSE) or
  * -ENOMEM, with ERR filled. */
-int api_request(const cli_ctx *ctx, const char *token, const char *method, const char *path,
+int api_request(cli_ctx *ctx, const char *token, const char *method, const char *path,
                 const json_t *body, json_t **ret, api_error *err);
+
+/* Trades the saved session's refresh token for a new access token and
+ * refresh token (POST /v1/auth/refresh), saves the session and makes the
+ * new access token CTX's token. Returns 0, or -EPROTO/-EIO/... with ERR. */
+int cli_session_refresh(cli_ctx *ctx, api_error *err);
 
 /* "FIELD: MESSAGE" (or MESSAGE alone when it has no field or already
  * starts with it) into BUF; returns BUF. */

@@ -10,17 +10,27 @@
 #include "resource/resource.h"
 
 static const cli_command commands[] = {
-    {"login", "--token TOKEN|-", "verify a credential token with the server and save the session",
+    {"login", "--token TOKEN|- | --idp NAME",
+     "open a session with a credential token or through an identity provider (browser); save it (0600)",
      cmd_login},
-    {"logout", "", "forget the saved session", cmd_logout},
+    {"logout", "", "revoke the saved session on the server and forget it", cmd_logout},
     {"whoami", "[-o json|yaml]", "show the user, groups and credential the server sees", cmd_whoami},
     {"apply", "-f FILE|- [-f FILE]... [-o json|yaml]",
      "create or update every resource of the manifests, all or nothing", cmd_apply},
     {"get", "KIND [NAME] [-o json|yaml]", "list the resources of a kind, or show one", cmd_get},
     {"delete", "KIND NAME", "delete a resource", cmd_delete},
+    {"token", "create CREDENTIAL [-o json|yaml]",
+     "make a new token for a credential (replacing its old one); shown once", cmd_token},
+    {"audit", "checkpoint|verify|export|show [--key VKEY|FILE]",
+     "verify the signed audit log (verify [--bundle FILE]), export proofs (export --from N --to M "
+     "[--out FILE]), read entries (show [--action A] [--user U])", cmd_audit},
     {"attest", "verify --type nitro|sev-snp|tdx|sandbox --evidence FILE [--cert FILE] [--roots PEM] [--crl FILE]... [--at RFC3339]",
      "verify TEE evidence offline; exit 0 only when it verifies", cmd_attest},
     {"enclave", "measure DIR", "print a workload bundle's measurement (PCR0, SHA-384)", cmd_enclave},
+    {"policy", "check --user U [--service S] [--method M] [--path P] [--header K=V]... [--ip IP] [--credential C] [-o json|yaml]",
+     "show how the server's policies decide a request and which rule decides; exit 0 only when allowed", cmd_policy},
+    {"kms", "encrypt --key NAME [--context K=V]... | decrypt [--context K=V]... | datakey --key NAME | rotate NAME",
+     "encrypt stdin to stdout, decrypt it, make a data key (JSON: plaintext, ciphertext), rotate a key", cmd_kms},
     /* Each later command group (token, policy, audit, attest, kms, enclave,
      * dataset, job, workspace) is one entry here, implemented in its own
      * cmd-<group>.c. */

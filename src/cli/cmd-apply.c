@@ -11,6 +11,7 @@
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "cli/output.h"
+#include "policy/policy.h"
 #include "resource/manifest.h"
 #include "resource/resource.h"
 
@@ -89,6 +90,14 @@ static int validate_all(const origin *origins, size_t n)
         resource_error err;
         if (resource_validate(doc, &err) < 0) {
             report(&origins[i], err.path, err.path, err.message);
+            bad++;
+            continue;
+        }
+        policy_problem pp;
+        if (policy_validate_document(doc, &pp) == -EINVAL) {
+            char msg[600];
+            snprintf(msg, sizeof(msg), "%u:%u: %s", pp.line, pp.column, pp.message);
+            report(&origins[i], pp.field, pp.field, msg);
             bad++;
             continue;
         }

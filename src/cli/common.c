@@ -169,7 +169,7 @@ int cli_connect(cli_ctx *ctx, bool need_token)
         return CLI_EXIT_USAGE;
     }
     if (!token && same_server)
-        token = ctx->session.token;
+        token = ctx->session.access_token ? ctx->session.access_token : ctx->session.token;
     if (!token) {
         if (have_session)
             return cli_error("not logged in to %s (the saved session is for %s); run: "

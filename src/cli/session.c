@@ -65,12 +65,22 @@ int session_path(char **ret_path)
     return 0;
 }
 
+/* Wipes and frees the heap string *P; accepts NULL. */
+static void free_secret(char **p)
+{
+    if (*p) {
+        explicit_bzero(*p, strlen(*p));
+        free(*p);
+        *p = NULL;
+    }
+}
+
 void session_done(cli_session *s)
 {
-    if (s->token) {
-        explicit_bzero(s->token, strlen(s->token));
-        free(s->token);
-    }
+    free_secret(&s->token);
+    free_secret(&s->access_token);
+    free_secret(&s->refresh_token);
+    free(s->session_id);
     free(s->server);
     free(s->ca);
     *s = (cli_session){};
@@ -124,7 +134,15 @@ int session_load(cli_session *ret)
     if (r == 0)
         r = take_string(v, "ca", true, &s.ca);
     if (r == 0)
-        r = take_string(v, "token", false, &s.token);
+        r = take_string(v, "token", true, &s.token);
+    if (r == 0)
+        r = take_string(v, "access_token", true, &s.access_token);
+    if (r == 0)
+        r = take_string(v, "refresh_token", true, &s.refresh_token);
+    if (r == 0)
+        r = take_string(v, "session", true, &s.session_id);
+    if (r == 0 && !s.token && !s.access_token)
+        r = -EINVAL;
     if (r < 0)
         return r;
     *ret = s;
@@ -156,9 +174,16 @@ int session_save(const cli_session *s)
     if ((st.st_mode & 07777) != 0700 && chmod(dir, 0700) < 0)
         return negative_errno();
 
-    json_auto_t *v = json_pack("{s:s,s:s?,s:s}", "server", s->server, "ca", s->ca, "token", s->token);
+    json_auto_t *v = json_pack("{s:s,s:s?}", "server", s->server, "ca", s->ca);
     if (!v)
         return -ENOMEM;
+    const char *const fields[][2] = {{"token", s->token},
+                                     {"access_token", s->access_token},
+                                     {"refresh_token", s->refresh_token},
+                                     {"session", s->session_id}};
+    for (size_t i = 0; i < ELEMENTSOF(fields); i++)
+        if (fields[i][1] && json_object_set_new(v, fields[i][0], json_string(fields[i][1])) < 0)
+            return -ENOMEM;
     char *text = json_dumps(v, JSON_INDENT(2));
     if (!text)
         return -ENOMEM;

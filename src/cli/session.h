@@ -1,7 +1,9 @@
 /* The saved session: $XDG_CONFIG_HOME/cloister/session.json (default
- * ~/.config/cloister/), {"server": URL, "ca": PATH or null, "token": TOKEN},
- * in a 0700 directory, mode 0600. A session file others can read is
- * refused, as ssh refuses such keys. */
+ * ~/.config/cloister/), {"server": URL, "ca": PATH or null, "access_token",
+ * "refresh_token", "session"} as `cloister login` gets them from the auth
+ * server (files of earlier versions hold a credential "token" instead), in a
+ * 0700 directory, mode 0600. A session file others can read is refused, as
+ * ssh refuses such keys. */
 #pragma once
 
 #include <stdbool.h>
@@ -9,7 +11,10 @@
 typedef struct cli_session {
     char *server;
     char *ca;    /* absolute path, or NULL */
-    char *token;
+    char *token;         /* a credential token (older session files), or NULL */
+    char *access_token;  /* the session's access token (JWT), or NULL */
+    char *refresh_token; /* its single-use refresh token, or NULL */
+    char *session_id;    /* the server's session id, or NULL */
 } cli_session;
 
 /* Cap on the session file's size. */
@@ -27,5 +32,5 @@ int session_save(const cli_session *s);
 /* Removes the session file. Returns 0, -ENOENT when there was none, or a
  * negative errno. */
 int session_remove(void);
-/* Frees S's strings, wiping the token; accepts an empty session. */
+/* Frees S's strings, wiping the tokens; accepts an empty session. */
 void session_done(cli_session *s);

@@ -22,11 +22,15 @@
 #include "daemon/bootstrap.h"
 #include "daemon/daemon.h"
 #include "daemon/pki.h"
+#include "kms/seal.h"
 #include "store/store.h"
 
 /* Adding a role: one entry here and its main function. */
 static const role_def roles[] = {
     {"api", role_api_main},
+    {"kms", role_kms_main},
+    {"audit", role_audit_main},
+    {"runner", role_runner_main},
 };
 #define N_ROLES ELEMENTSOF(roles)
 
@@ -54,7 +58,11 @@ static void usage(FILE *f)
             "  --api-listen A        the REST API, HTTPS (default 127.0.0.1:7443)\n"
             "  --proxy-listen A      the identity-aware proxy, HTTPS (default 127.0.0.1:8443)\n"
             "  --proxy-http-listen A an additional plain-HTTP proxy listener (off by default)\n"
-            "  --domain D            services are reached at <service>.D (default localhost)\n");
+            "  --domain D            services are reached at <service>.D (default localhost)\n"
+            "  --seal MODE           how the KMS root key is sealed: dev (auto-unseal file, the default),\n"
+            "                        passphrase or pkcs11; unseal with `cloisterd unseal --data-dir DIR`\n"
+            "  --pkcs11-module PATH  --seal pkcs11: the token's PKCS#11 module\n"
+            "  --pkcs11-slot N       --seal pkcs11: the token's slot id\n");
 }
 
 static bool valid_listen(const char *s)
@@ -80,7 +88,8 @@ static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
 /* Parses the command line into CFG; returns 0, or the exit status to use. */
 static int parse_args(int argc, char **argv, daemon_config *cfg)
 {
-    enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_LOG };
+    enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_LOG,
+           OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT };
     static const struct option opts[] = {
         {"dev", no_argument, NULL, 'd'},
         {"data-dir", required_argument, NULL, OPT_DATA_DIR},
@@ -90,6 +99,9 @@ static int parse_args(int argc, char **argv, daemon_config *cfg)
         {"domain", required_argument, NULL, OPT_DOMAIN},
         {"api-threads", required_argument, NULL, OPT_THREADS},
         {"log-level", required_argument, NULL, OPT_LOG},
+        {"seal", required_argument, NULL, OPT_SEAL},
+        {"pkcs11-module", required_argument, NULL, OPT_P11_MODULE},
+        {"pkcs11-slot", required_argument, NULL, OPT_P11_SLOT},
         {"help", no_argument, NULL, 'h'},
         {},
     };
@@ -98,6 +110,7 @@ static int parse_args(int argc, char **argv, daemon_config *cfg)
     strcpy(cfg->api_listen, "127.0.0.1:7443");
     strcpy(cfg->proxy_listen, "127.0.0.1:8443");
     strcpy(cfg->domain, "localhost");
+    strcpy(cfg->seal_mode, "dev");
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -144,6 +157,28 @@ static int parse_args(int argc, char **argv, daemon_config *cfg)
             log_set_max_level(level);
             break;
         }
+        case OPT_SEAL:
+            if (!kms_seal_mode_valid(optarg)) {
+                fprintf(stderr, "cloisterd: --seal takes dev, passphrase or pkcs11\n");
+                return 2;
+            }
+            strcpy(cfg->seal_mode, optarg);
+            break;
+        case OPT_P11_MODULE:
+            if (copy_arg(cfg->pkcs11_module, sizeof(cfg->pkcs11_module), "--pkcs11-module", optarg) < 0)
+                return 2;
+            break;
+        case OPT_P11_SLOT: {
+            char *end;
+            errno = 0;
+            unsigned long slot = strtoul(optarg, &end, 0);
+            if (errno || *end || !*optarg || optarg[0] == '-') {
+                fprintf(stderr, "cloisterd: --pkcs11-slot takes a slot id (a number)\n");
+                return 2;
+            }
+            cfg->pkcs11_slot = slot;
+            break;
+        }
         case 'h':
             usage(stdout);
             return -1;
@@ -155,6 +190,10 @@ static int parse_args(int argc, char **argv, daemon_config *cfg)
     if (optind < argc) {
         fprintf(stderr, "cloisterd: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
+        return 2;
+    }
+    if (strcmp(cfg->seal_mode, "pkcs11") == 0 && !cfg->pkcs11_module[0]) {
+        fprintf(stderr, "cloisterd: --seal pkcs11 needs --pkcs11-module PATH (and --pkcs11-slot N)\n");
         return 2;
     }
     if (!cfg->dev) {
@@ -193,6 +232,29 @@ static int prepare_data_dir(daemon_config *cfg)
         (size_t)snprintf(cfg->store_url, sizeof(cfg->store_url), "sqlite:%s/store.db", cfg->data_dir) >=
             sizeof(cfg->store_url))
         return -ENAMETOOLONG;
+    if (path_in(cfg->run_dir, sizeof(cfg->run_dir), cfg->data_dir, "run") < 0 ||
+        path_in(cfg->audit_socket, sizeof(cfg->audit_socket), cfg->run_dir, "audit.sock") < 0 ||
+        path_in(cfg->audit_db, sizeof(cfg->audit_db), cfg->data_dir, "audit.db") < 0 ||
+        path_in(cfg->audit_key, sizeof(cfg->audit_key), cfg->data_dir, "audit.key") < 0 ||
+        path_in(cfg->audit_pub, sizeof(cfg->audit_pub), cfg->data_dir, "audit.pub") < 0)
+        return -ENAMETOOLONG;
+    if (path_in(cfg->runner_socket, sizeof(cfg->runner_socket), cfg->run_dir, "runner.sock") < 0 ||
+        path_in(cfg->platform_ca_cert, sizeof(cfg->platform_ca_cert), cfg->data_dir, "platform-ca.pem") < 0 ||
+        path_in(cfg->platform_ca_key, sizeof(cfg->platform_ca_key), cfg->data_dir, "platform-ca.key") < 0 ||
+        path_in(cfg->runner_dir, sizeof(cfg->runner_dir), cfg->data_dir, "runner") < 0 ||
+        mkdir_p(cfg->runner_dir, 0700) < 0 ||
+        path_in(cfg->runner_cert, sizeof(cfg->runner_cert), cfg->runner_dir, "platform.pem") < 0 ||
+        path_in(cfg->runner_key, sizeof(cfg->runner_key), cfg->runner_dir, "platform.key") < 0)
+        return -ENAMETOOLONG;
+    if (mkdir_p(cfg->run_dir, 0700) < 0 || chmod(cfg->run_dir, 0700) < 0)
+        return -EIO;
+    char kms[4200];
+    if (path_in(kms, sizeof(kms), cfg->data_dir, "kms") < 0 || mkdir_p(kms, 0700) < 0 ||
+        path_in(cfg->kms_socket, sizeof(cfg->kms_socket), cfg->run_dir, "kms.sock") < 0 ||
+        path_in(cfg->kms_root_file, sizeof(cfg->kms_root_file), kms, "root.json") < 0 ||
+        path_in(cfg->kms_dev_key_file, sizeof(cfg->kms_dev_key_file), kms, "dev-unseal.key") < 0 ||
+        path_in(cfg->kms_keyring_file, sizeof(cfg->kms_keyring_file), kms, "keyring.json") < 0)
+        return -ENAMETOOLONG;
     return 0;
 }
 
@@ -223,9 +285,14 @@ static int first_start(daemon_config *cfg)
     int r = prepare_data_dir(cfg);
     if (r < 0)
         return r;
-    r = pki_ensure_ca(cfg->ca_cert, cfg->ca_key);
+    r = pki_ensure_ca(cfg->ca_cert, cfg->ca_key, "Cloister Cluster CA", "P-256");
     if (r == 0)
         r = ensure_api_cert(cfg);
+    if (r == 0)
+        r = pki_ensure_ca(cfg->platform_ca_cert, cfg->platform_ca_key, "Cloister Platform CA", "P-384");
+    if (r == 0)
+        r = pki_ensure_signing_cert(cfg->platform_ca_cert, cfg->platform_ca_key, "cloister runner",
+                                    cfg->runner_cert, cfg->runner_key);
     if (r < 0)
         return r;
     store *s;
@@ -376,6 +443,8 @@ static int supervise(const daemon_config *cfg, role_health *health)
 int main(int argc, char **argv)
 {
     log_set_role("cloisterd");
+    if (argc > 1 && strcmp(argv[1], "unseal") == 0)
+        return cloisterd_unseal(argc - 1, argv + 1);
     daemon_config cfg;
     int r = parse_args(argc, argv, &cfg);
     if (r != 0)

@@ -18,6 +18,19 @@ typedef struct daemon_config {
     char api_cert[4200], api_key[4200];
     char store_url[4200];
     char admin_token[4200];
+    char run_dir[4200];                  /* role sockets (0700) */
+    char audit_socket[4200];             /* the audit role's local API */
+    char audit_db[4200], audit_key[4200], audit_pub[4200];
+    /* the kms role: its socket, sealed root key, auto-unseal file (--seal dev), key ring */
+    char kms_socket[4200];
+    char runner_socket[4200];                   /* the runner's sandbox-evidence signing service */
+    char platform_ca_cert[4200], platform_ca_key[4200]; /* roots of sandbox evidence (P-384) */
+    char runner_cert[4200], runner_key[4200];   /* the runner's platform key (P-384) */
+    char runner_dir[4200];                      /* the runner's files: platform key, sandbox logs */
+    char kms_root_file[4200], kms_dev_key_file[4200], kms_keyring_file[4200];
+    char seal_mode[16];         /* dev, passphrase or pkcs11 */
+    char pkcs11_module[4096];   /* --seal pkcs11: the token's module, slot */
+    unsigned long pkcs11_slot;
 } daemon_config;
 
 /* A role: a process the supervisor forks and restarts. MAIN runs in the
@@ -29,3 +42,10 @@ typedef struct role_def {
 } role_def;
 
 int role_api_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
+int role_kms_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
+int role_audit_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
+int role_runner_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
+
+/* `cloisterd unseal [--data-dir DIR] [--passphrase-fd N]`: hands the
+ * passphrase or PIN to the running kms role; returns the exit status. */
+int cloisterd_unseal(int argc, char **argv);

@@ -178,6 +178,7 @@ static const schema_field claims_fields[] = {
     {NULL},
 };
 static const schema s_claims = OBJECT(claims_fields);
+static const schema s_pem_bundle = STRING(.format = FORMAT_TEXT, .max_len = 64 * 1024);
 static const schema_field idp_fields[] = {
     {"type", &s_idp_type, true, NULL},
     {"issuer", &s_https_url, true, NULL},
@@ -186,6 +187,7 @@ static const schema_field idp_fields[] = {
     {"scopes", &s_scopes, false, NULL},
     {"claims", &s_claims, false, NULL},
     {"createUsers", &s_bool, false, NULL},
+    {"ca", &s_pem_bundle, false, NULL}, /* trust anchors of a private provider (PEM); system roots otherwise */
     {NULL},
 };
 static const schema s_idp_spec = OBJECT(idp_fields);
@@ -201,6 +203,26 @@ static const schema_field secret_fields[] = {
     {NULL},
 };
 static const schema s_secret_spec = OBJECT(secret_fields);
+
+/* ---- Key (material lives in the kms role only) -------------------------- */
+
+static const char *const key_purposes[] = {"encrypt", "sign", NULL};
+static const schema s_key_purpose = STRING(.values = key_purposes);
+/* encrypt: aes-256-gcm (the default); sign: ecdsa-p256 (the default) or ed25519 */
+static const char *const key_algorithms[] = {"aes-256-gcm", "ecdsa-p256", "ed25519", NULL};
+static const schema s_key_algorithm = STRING(.values = key_algorithms);
+static const schema_field key_release_fields[] = {
+    {"attestationPolicy", &s_name, false, NULL},
+    {NULL},
+};
+static const schema s_key_release = OBJECT(key_release_fields);
+static const schema_field key_fields[] = {
+    {"purpose", &s_key_purpose, true, NULL},
+    {"algorithm", &s_key_algorithm, false, NULL},
+    {"release", &s_key_release, false, NULL},
+    {NULL},
+};
+static const schema s_key_spec = OBJECT(key_fields);
 
 /* ---- AttestationPolicy -------------------------------------------------- */
 
@@ -234,6 +256,22 @@ static const schema_field attestation_policy_fields[] = {
     {NULL},
 };
 static const schema s_attestation_policy_spec = OBJECT(attestation_policy_fields);
+
+/* ---- Session (written by the auth server only) --------------------------- */
+
+static const char *const auth_methods[] = {"token", "oidc", NULL};
+static const schema s_auth_method = STRING(.values = auth_methods);
+static const schema_field session_fields[] = {
+    {"user", &s_name, true, NULL},
+    {"credential", &s_name, false, NULL},
+    {"credentialUid", &s_short_text, false, NULL},
+    {"identityProvider", &s_name, false, NULL},
+    {"authMethod", &s_auth_method, true, NULL},
+    {"expiresAt", &s_time, true, NULL},
+    {"clientIp", &s_short_text, false, NULL},
+    {NULL},
+};
+static const schema s_session_spec = OBJECT(session_fields);
 
 /* ---- the kinds ---------------------------------------------------------- */
 
@@ -279,6 +317,19 @@ static const resource_column attestation_policy_columns[] = {
     {NULL},
 };
 
+static const resource_column key_columns[] = {
+    {"PURPOSE", {"spec.purpose"}, false, NULL},
+    {"ALGORITHM", {"spec.algorithm"}, false, "default"},
+    {NULL},
+};
+
+static const resource_column session_columns[] = {
+    {"USER", {"spec.user"}, false, NULL},
+    {"METHOD", {"spec.authMethod"}, false, NULL},
+    {"EXPIRES", {"spec.expiresAt"}, false, NULL},
+    {NULL},
+};
+
 static const resource_kind kinds[] = {
     {"User", "users", false, &s_user_spec, user_columns},
     {"Group", "groups", false, &s_group_spec, group_columns},
@@ -287,6 +338,8 @@ static const resource_kind kinds[] = {
     {"Credential", "credentials", false, &s_credential_spec, credential_columns},
     {"IdentityProvider", "identityproviders", false, &s_idp_spec, idp_columns},
     {"Secret", "secrets", true, &s_secret_spec, secret_columns},
+    {"Key", "keys", false, &s_key_spec, key_columns},
+    {"Session", "sessions", false, &s_session_spec, session_columns, true},
     {"AttestationPolicy", "attestationpolicies", false, &s_attestation_policy_spec, attestation_policy_columns},
 };
 

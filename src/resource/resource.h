@@ -44,6 +44,7 @@ typedef struct resource_kind {
     bool write_only_spec;           /* the API never returns the spec (Secret) */
     const schema *spec;             /* the spec's schema */
     const resource_column *columns; /* ended by {NULL} */
+    bool server_managed;            /* written by the server only (Session): the generic API refuses it */
 } resource_kind;
 
 /* The kind named NAME: its Kind, lower-case singular or plural, compared
