@@ -3,7 +3,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -131,4 +133,39 @@ Test(sandbox, failures_are_reported_and_leave_nothing_running)
     spec.bundle = "/nonexistent-bundle";
     argv[0] = "/bin/true";
     cr_assert_eq(sandbox_launch(&spec, &pid, &err), -ENOENT);
+}
+
+/* The channel is the only way out: a host Unix socket the workload reaches
+ * at SANDBOX_CHANNEL_PATH. */
+Test(sandbox, the_channel_reaches_the_host)
+{
+    char sock_path[128];
+    snprintf(sock_path, sizeof(sock_path), "%s-channel.sock", bundle);
+    int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    strcpy(sa.sun_path, sock_path);
+    cr_assert_eq(bind(listener, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    cr_assert_eq(chmod(sock_path, 0666), 0); /* the workload is the host's nobody */
+    cr_assert_eq(listen(listener, 1), 0);
+    char *argv[] = {"/usr/bin/python3", "-c",
+                    "import socket; s = socket.socket(socket.AF_UNIX); s.connect('" SANDBOX_CHANNEL_PATH "');"
+                    " s.sendall(b'hello from the sandbox')",
+                    NULL};
+    char *envp[] = {NULL};
+    sandbox_spec spec = {.bundle = bundle, .argv = argv, .envp = envp, .channel = sock_path, .stdout_fd = -1,
+                         .stderr_fd = 2};
+    sandbox_error err = {{0}};
+    pid_t pid;
+    cr_assert_eq(sandbox_launch(&spec, &pid, &err), 0, "%s", err.text);
+    int c = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+    cr_assert_geq(c, 0);
+    char buf[64] = {0};
+    cr_assert_gt(read(c, buf, sizeof(buf) - 1), 0);
+    cr_expect_str_eq(buf, "hello from the sandbox");
+    int status;
+    waitpid(pid, &status, 0);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(c);
+    close(listener);
+    unlink(sock_path);
 }
