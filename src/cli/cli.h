@@ -60,6 +60,10 @@ int cli_parse_output(const char *arg, cli_output *ret);
  * after printing the command's help, CLI_EXIT_USAGE after a usage error. */
 int cli_common_option(cli_ctx *ctx, const cli_command *cmd, int opt, const char *arg);
 
+/* Parses ARGV of a command that takes only the common options, leaving
+ * optind at the first positional argument. Returns -1 to go on, or the exit
+ * status to end the command with (as cli_common_option). */
+int cli_parse_common(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 /* Prints "usage: cloister NAME SYNOPSIS" and, when WHY is set, the reason,
  * to stderr; returns CLI_EXIT_USAGE. */
 int cli_usage_error(const cli_command *cmd, const char *why, ...) _printf_(2, 3);

@@ -7,12 +7,9 @@
 
 static int enclave_measure(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
 {
-    static const struct option options[] = {CLI_COMMON_LONG_OPTIONS, {}};
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, CLI_COMMON_SHORT_OPTIONS, options, NULL)) >= 0)
-        if ((c = cli_common_option(ctx, cmd, c, optarg)) >= 0)
-            return c;
+    int c = cli_parse_common(ctx, cmd, argc, argv);
+    if (c >= 0)
+        return c;
     if (argc - optind != 1)
         return cli_usage_error(cmd, "enclave measure takes one bundle directory");
     uint8_t digest[48];

@@ -42,12 +42,9 @@ static int parse_name(const cli_command *cmd, const char *arg)
 static int parse_args(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv, size_t min,
                       size_t max, const char **args, size_t *ret_n)
 {
-    static const struct option options[] = {CLI_COMMON_LONG_OPTIONS, {}};
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, CLI_COMMON_SHORT_OPTIONS, options, NULL)) >= 0)
-        if ((c = cli_common_option(ctx, cmd, c, optarg)) >= 0)
-            return c;
+    int c = cli_parse_common(ctx, cmd, argc, argv);
+    if (c >= 0)
+        return c;
     size_t n = (size_t)(argc - optind);
     if (n < min)
         return cli_usage_error(cmd, n == 0 ? "missing KIND" : "missing NAME");

@@ -348,12 +348,9 @@ static void revoke_session(cli_ctx *ctx, const char *refresh_token)
 
 int cmd_logout(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
 {
-    static const struct option options[] = {CLI_COMMON_LONG_OPTIONS, {}};
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, CLI_COMMON_SHORT_OPTIONS, options, NULL)) >= 0)
-        if ((c = cli_common_option(ctx, cmd, c, optarg)) >= 0)
-            return c;
+    int c = cli_parse_common(ctx, cmd, argc, argv);
+    if (c >= 0)
+        return c;
     if (optind < argc)
         return cli_usage_error(cmd, "unexpected argument \"%s\"", argv[optind]);
     /* revoke the session on its own server first (never another, whatever
@@ -378,12 +375,9 @@ int cmd_logout(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
 
 int cmd_whoami(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
 {
-    static const struct option options[] = {CLI_COMMON_LONG_OPTIONS, {}};
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, CLI_COMMON_SHORT_OPTIONS, options, NULL)) >= 0)
-        if ((c = cli_common_option(ctx, cmd, c, optarg)) >= 0)
-            return c;
+    int c = cli_parse_common(ctx, cmd, argc, argv);
+    if (c >= 0)
+        return c;
     if (optind < argc)
         return cli_usage_error(cmd, "unexpected argument \"%s\"", argv[optind]);
     int r = cli_connect(ctx, true);

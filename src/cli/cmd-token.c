@@ -14,12 +14,9 @@
  * its digest. */
 int cmd_token(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
 {
-    static const struct option options[] = {CLI_COMMON_LONG_OPTIONS, {}};
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, CLI_COMMON_SHORT_OPTIONS, options, NULL)) >= 0)
-        if ((c = cli_common_option(ctx, cmd, c, optarg)) >= 0)
-            return c;
+    int c = cli_parse_common(ctx, cmd, argc, argv);
+    if (c >= 0)
+        return c;
     if (optind >= argc || strcmp(argv[optind], "create") != 0)
         return cli_usage_error(cmd, "the only subcommand is: token create CREDENTIAL");
     if (optind + 2 != argc)

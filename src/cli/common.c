@@ -193,3 +193,14 @@ void cli_ctx_done(cli_ctx *ctx)
     session_done(&ctx->session);
     ctx->token = ctx->server = ctx->ca = NULL;
 }
+
+int cli_parse_common(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
+{
+    static const struct option options[] = {CLI_COMMON_LONG_OPTIONS, {}};
+    int c;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, CLI_COMMON_SHORT_OPTIONS, options, NULL)) >= 0)
+        if ((c = cli_common_option(ctx, cmd, c, optarg)) >= 0)
+            return c;
+    return -1;
+}
