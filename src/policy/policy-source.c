@@ -4,18 +4,25 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "basic/log.h"
 #include "basic/macro.h"
 
 static const char *const source_kinds[] = {"Policy", "User", "Group", "Credential", "Service"};
+#define N_KINDS ELEMENTSOF(source_kinds)
+#define CHANGES_BATCH 1000
 
 struct policy_source {
     store *store;
     pthread_mutex_t lock;    /* guards set and revision */
-    pthread_mutex_t rebuild; /* one rebuild at a time */
+    pthread_mutex_t rebuild; /* one rebuild at a time; guards docs */
     policy_set *set;
     int64_t revision; /* the store revision SET was checked against */
+    /* the documents SET was built from, per kind: name -> document, kept
+     * current from the change feed so a change costs its delta, not a
+     * re-read of every document */
+    json_t *docs[N_KINDS];
 };
 
 int policy_source_new(store *st, policy_source **ret)
@@ -36,6 +43,8 @@ void policy_source_free(policy_source *src)
     if (!src)
         return;
     policy_set_unref(src->set);
+    for (size_t k = 0; k < N_KINDS; k++)
+        json_decref(src->docs[k]);
     pthread_mutex_destroy(&src->lock);
     pthread_mutex_destroy(&src->rebuild);
     free(src);
@@ -50,37 +59,93 @@ static policy_set *current_at(policy_source *src, int64_t rev)
     return s;
 }
 
-/* Whether a document of the kinds policies depend on changed after AFTER:
- * 1 yes (or unknown: the history is gone), 0 no, or a negative errno. */
-static int relevant_change_since(policy_source *src, int64_t after)
+/* Reads every document of kind K into DOCS[K] (name -> document). */
+static int reload_kind(policy_source *src, size_t k)
 {
-    if (after < 0)
-        return 1;
-    for (size_t k = 0; k < ELEMENTSOF(source_kinds); k++) {
-        json_t *events;
-        int e = store_changes_since(src->store, source_kinds[k], after, 1, &events);
-        if (e == -ESTALE)
-            return 1;
-        if (e < 0)
-            return e;
-        size_t n = json_array_size(events);
-        json_decref(events);
-        if (n > 0)
-            return 1;
+    json_t *items, *map = json_object();
+    int e = map ? store_list(src->store, source_kinds[k], &items, NULL) : -ENOMEM;
+    if (e < 0) {
+        json_decref(map);
+        return e;
     }
+    size_t i;
+    json_t *doc;
+    json_array_foreach(items, i, doc)
+    {
+        const char *name = json_string_value(json_object_get(json_object_get(doc, "metadata"), "name"));
+        if (name)
+            json_object_set(map, name, doc);
+    }
+    json_decref(items);
+    json_decref(src->docs[k]);
+    src->docs[k] = map;
     return 0;
 }
 
-/* Builds a set from the store's current documents into *ret_set. */
+/* Brings DOCS up to date with the changes after revision AFTER (-1: read
+ * everything). Returns 1 when a document changed, 0 when none did, or a
+ * negative errno. A history too old to replay is read again in full. */
+static int refresh_docs(policy_source *src, int64_t after)
+{
+    int changed = 0;
+    for (size_t k = 0; k < N_KINDS; k++) {
+        if (after < 0 || !src->docs[k]) {
+            int e = reload_kind(src, k);
+            if (e < 0)
+                return e;
+            changed = 1;
+            continue;
+        }
+        for (int64_t from = after;;) {
+            json_t *events;
+            int e = store_changes_since(src->store, source_kinds[k], from, CHANGES_BATCH, &events);
+            if (e == -ESTALE) {
+                e = reload_kind(src, k);
+                if (e < 0)
+                    return e;
+                changed = 1;
+                break;
+            }
+            if (e < 0)
+                return e;
+            size_t i, n = json_array_size(events);
+            json_t *ev;
+            json_array_foreach(events, i, ev)
+            {
+                json_t *doc = json_object_get(ev, "object");
+                const char *name = json_string_value(json_object_get(json_object_get(doc, "metadata"), "name"));
+                const char *type = json_string_value(json_object_get(ev, "type"));
+                if (name && type && strcmp(type, "DELETED") == 0)
+                    json_object_del(src->docs[k], name);
+                else if (name)
+                    json_object_set(src->docs[k], name, doc);
+                from = json_integer_value(json_object_get(ev, "revision"));
+                changed = 1;
+            }
+            json_decref(events);
+            if (n < CHANGES_BATCH)
+                break;
+        }
+    }
+    return changed;
+}
+
+/* Builds a set from DOCS into *ret_set. */
 static int build(policy_source *src, policy_set **ret_set)
 {
-    json_t *lists[ELEMENTSOF(source_kinds)] = {0};
+    json_t *lists[N_KINDS] = {0};
     int e = 0;
-    for (size_t k = 0; k < ELEMENTSOF(source_kinds) && e == 0; k++)
-        e = store_list(src->store, source_kinds[k], &lists[k], NULL);
+    for (size_t k = 0; k < N_KINDS && e == 0; k++) {
+        lists[k] = json_array();
+        const char *name;
+        json_t *doc;
+        if (!lists[k])
+            e = -ENOMEM;
+        json_object_foreach(src->docs[k], name, doc) if (e == 0 && json_array_append(lists[k], doc) < 0) e = -ENOMEM;
+    }
     if (e == 0)
         e = policy_set_new(lists[0], lists[1], lists[2], lists[3], lists[4], ret_set);
-    for (size_t k = 0; k < ELEMENTSOF(source_kinds); k++)
+    for (size_t k = 0; k < N_KINDS; k++)
         json_decref(lists[k]);
     return e;
 }
@@ -100,7 +165,7 @@ int policy_source_get(policy_source *src, policy_set **ret_set)
         pthread_mutex_lock(&src->lock);
         int64_t checked = src->set ? src->revision : -1;
         pthread_mutex_unlock(&src->lock);
-        e = relevant_change_since(src, checked);
+        e = refresh_docs(src, checked);
         policy_set *fresh = NULL;
         if (e == 1) {
             e = build(src, &fresh);
