@@ -44,6 +44,9 @@ class Server:
         self.url = f"https://127.0.0.1:{self.port}"
         self.log_path = self.data_dir.parent / f"cloisterd-{self.port}.log"
         self.extra_args = list(extra_args)
+        # every daemon runs a proxy role: give it its own port unless the test chose one
+        if "--proxy-listen" not in self.extra_args:
+            self.extra_args += ["--proxy-listen", f"127.0.0.1:{free_port()}"]
         self.proc = None
         self.logs_seen = ""
 

@@ -231,7 +231,8 @@ def test_quickstart(server, tmp_path):
     p = cli("apply", "-f", str(ROOT / "examples" / "quickstart.yaml"), config=config)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["group/devs created", "user/alice created", "user/bob created",
-                                     "service/wiki created", "policy/devs-read created"]
+                                     "credential/alice-cli created", "service/wiki created",
+                                     "policy/devs-read created"]
     p = cli("get", "services", config=config)
     assert [r.split()[0] for r in p.stdout.splitlines()[1:]] == ["wiki"]
     p = cli("get", "identityproviders", config=config)

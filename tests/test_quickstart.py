@@ -15,6 +15,7 @@ def test_dev_script_brings_up_a_healthy_server_with_the_quickstart(tmp_path):
     port = free_port()
     data = tmp_path / "data"
     env = dict(os.environ, CLOISTER_DATA_DIR=str(data), CLOISTER_API_LISTEN=f"127.0.0.1:{port}",
+               CLOISTER_PROXY_LISTEN=f"127.0.0.1:{free_port()}",
                XDG_CONFIG_HOME=str(tmp_path / "config"))
     env.pop("CLOISTER_TOKEN", None)
     p = subprocess.Popen(["bash", str(ROOT / "scripts" / "dev.sh")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -28,6 +29,9 @@ def test_dev_script_brings_up_a_healthy_server_with_the_quickstart(tmp_path):
                 out += os.read(p.stdout.fileno(), 65536)
         text = out.decode(errors="replace")
         assert "service/wiki created" in text and "policy/devs-read created" in text, text[-3000:]
+        # alice reached the demo wiki through the proxy, and not its admin pages
+        assert "as alice through the proxy: 200" in text, text[-3000:]
+        assert "/admin/ as alice through the proxy: 403" in text, text[-3000:]
         ca = str(data / "ca.pem")
         assert requests.get(f"https://127.0.0.1:{port}/healthz", verify=ca).status_code == 200
         token = (data / "admin.token").read_text().strip()

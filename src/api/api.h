@@ -27,6 +27,7 @@ typedef struct api_config {
     _Atomic bool *ready_flag; /* set once serving, may be NULL */
     const char *audit_socket; /* the audit role's local API */
     struct auth_keyring *keyring; /* token signing keys (auth/keyring.h); NULL disables access tokens */
+    const struct proxy_metrics *proxy_metrics; /* the proxy role's, rendered on /metrics; may be NULL */
 } api_config;
 
 /* Serves until SIGTERM or SIGINT arrives, then stops accepting, drains the

@@ -13,6 +13,10 @@
 #define AUTH_KEY_ROTATE_S (24 * 3600)    /* the signing key rotates daily */
 #define AUTH_AUDIENCE "cloister"
 
+/* The issuer (`iss`) of the access tokens this server signs, into BUF
+ * ("https://api.<domain>", cut to SIZE). */
+void api_auth_issuer(const api_server *srv, char *buf, size_t size);
+
 /* Whether TOKEN has the shape of a JWS compact serialization (three
  * base64url parts), so authenticate() hands it to the access-token path. */
 bool api_token_is_jwt(const char *token, size_t len);

@@ -92,7 +92,7 @@ static void report_release(api_request *r, const char *key, const char *type, co
                            const char *reason)
 {
     char ip[64];
-    api_peer_ip(r->req, ip, sizeof(ip));
+    httpd_peer_ip(r->req, ip, sizeof(ip));
     json_t *details = json_pack("{s:s, s:s}", "evidence", type ? type : "", "reason", reason ? reason : "");
     audit_event_emit(&(audit_event){.action = "kms.release", .user = caller_name(r->caller), .ip = ip, .kind = "Key",
                                     .name = key, .outcome = outcome, .details = details});

@@ -58,6 +58,11 @@ static void issuer_of(const api_server *srv, char *buf, size_t size)
     snprintf(buf, size, "https://api.%s", srv->cfg->domain ? srv->cfg->domain : "localhost");
 }
 
+void api_auth_issuer(const api_server *srv, char *buf, size_t size)
+{
+    issuer_of(srv, buf, size);
+}
+
 /* ---- per-thread cache of verified access tokens ---- */
 
 typedef struct resolved_token {
@@ -145,7 +150,7 @@ static int rate_check(api_request *r, ratelimit **which, const char *what, const
 int api_auth_rate_check_ip(api_request *r, api_error *err)
 {
     char ip[INET6_ADDRSTRLEN];
-    api_peer_ip(r->req, ip, sizeof(ip));
+    httpd_peer_ip(r->req, ip, sizeof(ip));
     return rate_check(r, &ip_limit, "address", ip, err);
 }
 
@@ -157,7 +162,7 @@ static void report(api_request *r, const char *action, const char *user, const c
                    const char *reason)
 {
     char ip[INET6_ADDRSTRLEN];
-    api_peer_ip(r->req, ip, sizeof(ip));
+    httpd_peer_ip(r->req, ip, sizeof(ip));
     json_t *details = reason ? json_pack("{s:s}", "reason", reason) : NULL;
     audit_event_emit(&(audit_event){.action = action, .user = user, .session = sid, .ip = ip, .kind = "Session",
                                     .name = sid, .outcome = outcome, .details = details});
@@ -381,7 +386,7 @@ int api_auth_open_session(api_request *r, const json_t *user, const json_t *cred
     api_server *srv = r->server;
     sessions_gc(srv, now_s());
     char ip[INET6_ADDRSTRLEN];
-    api_peer_ip(r->req, ip, sizeof(ip));
+    httpd_peer_ip(r->req, ip, sizeof(ip));
     uint8_t rnd[12];
     char sid[SID_LEN + 1] = "s", refresh[REFRESH_TOKEN_LEN + 1], refresh_digest[CREDENTIAL_DIGEST_HEX_LEN + 1];
     char expires[40];
@@ -422,7 +427,7 @@ int api_auth_open_session(api_request *r, const json_t *user, const json_t *cred
 static int handle_token(api_request *r, api_error *err)
 {
     char ip[INET6_ADDRSTRLEN];
-    api_peer_ip(r->req, ip, sizeof(ip));
+    httpd_peer_ip(r->req, ip, sizeof(ip));
     if (rate_check(r, &ip_limit, "address", ip, err) < 0)
         return -1;
     _cleanup_(wipe_free) char *token = body_string(r, "token", err);
@@ -495,7 +500,7 @@ static bool refresh_was_used(const json_t *session, const char *digest)
 static int handle_refresh(api_request *r, api_error *err)
 {
     char ip[INET6_ADDRSTRLEN];
-    api_peer_ip(r->req, ip, sizeof(ip));
+    httpd_peer_ip(r->req, ip, sizeof(ip));
     if (rate_check(r, &ip_limit, "address", ip, err) < 0)
         return -1;
     _cleanup_(wipe_free) char *token = body_string(r, "refresh_token", err);
@@ -881,7 +886,7 @@ int api_auth_handle_keys(api_request *r, const char *rest, size_t rest_len, api_
     char kid[JWT_KID_MAX + 1];
     int e = auth_keyring_rotate(r->server->cfg->keyring, kid);
     char ip[INET6_ADDRSTRLEN];
-    api_peer_ip(r->req, ip, sizeof(ip));
+    httpd_peer_ip(r->req, ip, sizeof(ip));
     audit_event_emit(&(audit_event){.action = "auth.keys.rotate", .user = caller_name(r->caller), .ip = ip,
                                     .outcome = e < 0 ? "failure" : "success"});
     if (e < 0)
@@ -934,7 +939,7 @@ int api_auth_handle_tokens(api_request *r, const char *rest, size_t rest_len, ap
         return api_fail_store(err, e, "Credential", name);
     }
     char ip[INET6_ADDRSTRLEN];
-    api_peer_ip(r->req, ip, sizeof(ip));
+    httpd_peer_ip(r->req, ip, sizeof(ip));
     audit_event_emit(&(audit_event){.action = "auth.token.create", .user = caller_name(r->caller), .ip = ip,
                                     .kind = "Credential", .name = name, .outcome = "success"});
     json_t *body = json_pack("{s:s, s:s, s:s}", "credential", name, "user", spec_string(cred, "user") ?: "", "token",

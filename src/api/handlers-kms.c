@@ -335,7 +335,7 @@ static void report(api_request *r, const char *action, const char *key, const js
                    const api_error *err)
 {
     char ip[64];
-    api_peer_ip(r->req, ip, sizeof(ip));
+    httpd_peer_ip(r->req, ip, sizeof(ip));
     json_t *details = json_object();
     json_t *ctx = json_object_get(body, "context");
     if (json_is_object(ctx)) {

@@ -327,7 +327,7 @@ static void report(api_request *r, const char *action, const char *user, const c
                    const char *outcome, const char *reason)
 {
     char ip[INET6_ADDRSTRLEN];
-    api_peer_ip(r->req, ip, sizeof(ip));
+    httpd_peer_ip(r->req, ip, sizeof(ip));
     json_t *details = json_pack("{s:s, s:s?, s:s?}", "method", "oidc", "identityProvider", idp, "reason", reason);
     audit_event_emit(&(audit_event){.action = action, .user = user, .session = sid, .ip = ip, .kind = "Session",
                                     .name = sid, .outcome = outcome, .details = details});

@@ -10,19 +10,8 @@
 #include "policy/policy-source.h"
 #include "policy/policy.h"
 
-#define CTX_HEADERS_MAX 64     /* request headers CEL sees */
 #define CHECK_HEADERS_MAX 64   /* headers a what-if request may carry */
 #define CTX_ARENA_MAX (256u * 1024u)
-
-/* Headers CEL never sees: they carry credentials. */
-static bool header_hidden(const char *name, size_t len)
-{
-    static const char *const hidden[] = {"authorization", "cookie", "proxy-authorization"};
-    for (size_t i = 0; i < ELEMENTSOF(hidden); i++)
-        if (strlen(hidden[i]) == len && strncasecmp(hidden[i], name, len) == 0)
-            return true;
-    return false;
-}
 
 /* Sets string slot V to the LEN bytes at S when they are UTF-8, else "". */
 static void set_text(policy_request *pr, policy_var v, const char *s, size_t len)
@@ -41,35 +30,12 @@ static int set_http(policy_request *pr, h2o_req_t *req, cel_arena *a)
         set_text(pr, POLICY_VAR_HTTP_QUERY, req->path.base + req->query_at + 1, req->path.len - req->query_at - 1);
     set_text(pr, POLICY_VAR_HTTP_HOST, req->authority.base, req->authority.len);
     policy_request_set_string(pr, POLICY_VAR_HTTP_SCHEME, "https");
-    cel_map_entry *entries;
-    cel_map *m = cel_map_new(a, MIN(req->headers.size, (size_t)CTX_HEADERS_MAX), &entries);
-    if (!m)
-        return -ENOMEM;
-    size_t n = 0;
-    for (size_t i = 0; i < req->headers.size && n < CTX_HEADERS_MAX; i++) {
-        const h2o_header_t *h = &req->headers.entries[i];
-        if (header_hidden(h->name->base, h->name->len) || !policy_text_valid(h->value.base, h->value.len))
-            continue;
-        size_t k = 0;
-        while (k < n && !(entries[k].key.len == h->name->len && memcmp(entries[k].key.str, h->name->base, h->name->len) == 0))
-            k++;
-        if (k == n) {
-            entries[n++] = (cel_map_entry){cel_string(h->name->base, h->name->len),
-                                           cel_string(h->value.base, h->value.len)};
-            continue;
-        }
-        const cel_value *old = &entries[k].value;
-        char *joined = cel_arena_alloc(a, old->len + 2 + h->value.len);
-        if (!joined)
-            return -ENOMEM;
-        memcpy(joined, old->str, old->len);
-        memcpy(joined + old->len, ", ", 2);
-        memcpy(joined + old->len + 2, h->value.base, h->value.len);
-        entries[k].value = cel_string(joined, old->len + 2 + h->value.len);
-    }
-    m->len = n;
-    pr->vars[POLICY_VAR_HTTP_HEADERS] = cel_map_value(m);
-    return 0;
+    policy_header h[H2O_MAX_HEADERS];
+    size_t n = MIN(req->headers.size, (size_t)H2O_MAX_HEADERS);
+    for (size_t i = 0; i < n; i++)
+        h[i] = (policy_header){req->headers.entries[i].name->base, req->headers.entries[i].name->len,
+                               req->headers.entries[i].value.base, req->headers.entries[i].value.len};
+    return policy_request_set_headers(pr, h, n, a);
 }
 
 /* Decides PR with the store's current policies into *ret. Returns 0, or -1
@@ -99,7 +65,7 @@ int api_authorize(api_server *srv, h2o_req_t *req, const caller *c, const char *
     if (!values)
         return api_fail(err, 500, "internal", "out of memory; the request is denied");
     char ip[INET6_ADDRSTRLEN];
-    api_peer_ip(req, ip, sizeof(ip));
+    httpd_peer_ip(req, ip, sizeof(ip));
     policy_request_set_string(&pr, POLICY_VAR_REQUEST_IP, ip);
     policy_request_set_string(&pr, POLICY_VAR_API_VERB, verb);
     policy_request_set_string(&pr, POLICY_VAR_API_KIND, kind);

@@ -12,6 +12,7 @@
 #include "api/handlers-kms.h"
 #include "api/handlers-policy.h"
 #include "api/request.h"
+#include "api/sse.h"
 #include "audit/event.h"
 #include "auth/credential.h"
 #include "basic/log.h"
@@ -19,9 +20,9 @@
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
 #include "httpd/httpd.h"
+#include "proxy/metrics.h"
 #include "resource/resource.h"
 
-#define WATCH_POLL_MS 200
 #define WATCH_BATCH_MAX 500
 #define WATCH_HEARTBEAT_NS (15 * NSEC_PER_SEC)
 #define WATCH_BUFFER_MAX (16 * 1024 * 1024)
@@ -241,7 +242,7 @@ static pending_write *pending_write_new(h2o_req_t *req, api_route route, uint64_
     pw->route = route;
     pw->started = started;
     snprintf(pw->user, sizeof(pw->user), "%s", caller_name(c));
-    api_peer_ip(req, pw->ip, sizeof(pw->ip));
+    httpd_peer_ip(req, pw->ip, sizeof(pw->ip));
     pw->input = json_incref(input);
     pw->txn.ops = pw->ops;
     pw->txn.n_ops = n_ops;
@@ -525,146 +526,70 @@ static void handle_list(api_server *srv, h2o_req_t *req, uint64_t started, const
 
 /* ---- watch (Server-Sent Events) ---- */
 
+/* A watch stream of one kind (the stream machinery is sse.c's). */
 typedef struct watcher {
-    h2o_generator_t super;
-    h2o_req_t *req;
-    api_thread *thread;
-    h2o_linklist_t link;
-    h2o_timeout_entry_t poll;
+    api_sse super;
     const char *kind;
     int64_t revision;
-    uint64_t started, last_sent;
-    bool sending; /* h2o holds `inflight` until proceed is called */
-    bool finishing;
-    bool done;
-    strbuf queued, inflight;
 } watcher;
-
-static void watcher_flush(watcher *w);
-
-static void watcher_detach(watcher *w)
-{
-    if (h2o_timeout_is_linked(&w->poll))
-        h2o_timeout_unlink(&w->poll);
-    if (h2o_linklist_is_linked(&w->link))
-        h2o_linklist_unlink(&w->link);
-}
-
-static void watcher_dispose(void *p)
-{
-    watcher *w = p;
-    watcher_detach(w);
-    strbuf_free(&w->queued);
-    strbuf_free(&w->inflight);
-}
-
-static int watcher_queue_event(watcher *w, const char *type, int64_t revision, const json_t *data)
-{
-    char *text = json_dumps(data, JSON_COMPACT);
-    if (!text)
-        return -ENOMEM;
-    int r = strbuf_printf(&w->queued, "event: %s\nid: %lld\ndata: %s\n\n", type, (long long)revision, text);
-    free(text);
-    return r;
-}
 
 /* Ends the stream after what is queued; ERROR_CODE adds a final error event. */
 static void watcher_finish(watcher *w, const char *error_code, const char *message)
 {
-    if (w->finishing)
-        return;
-    if (error_code) {
+    if (error_code && !w->super.finishing) {
         json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", error_code, "message", message);
-        watcher_queue_event(w, "ERROR", w->revision, e);
+        api_sse_queue_event(&w->super, "ERROR", w->revision, e);
         json_decref(e);
     }
-    w->finishing = true;
-    watcher_detach(w);
-    watcher_flush(w);
+    api_sse_finish(&w->super);
 }
 
-/* Sends what is queued unless a send is under way; the final chunk ends the response. */
-static void watcher_flush(watcher *w)
+/* A poll tick: queues the changes of the kind after the stream's revision;
+ * a revision older than the kept history ends the stream ("gone"). */
+static void watcher_poll(api_sse *s)
 {
-    if (w->sending || w->done)
-        return;
-    if (w->queued.len == 0 && !w->finishing)
-        return;
-    strbuf tmp = w->inflight;
-    w->inflight = w->queued;
-    w->queued = tmp;
-    strbuf_reset(&w->queued);
-    h2o_iovec_t buf = h2o_iovec_init(w->inflight.data, w->inflight.len);
-    w->sending = true;
-    w->last_sent = time_mono_ns();
-    if (w->finishing) {
-        w->done = true;
-        api_finish(ROUTE_WATCH, w->started, 200);
-    }
-    h2o_send(w->req, &buf, buf.len ? 1 : 0, w->finishing ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
-}
-
-static void watcher_poll(h2o_timeout_entry_t *entry)
-{
-    watcher *w = H2O_STRUCT_FROM_MEMBER(watcher, poll, entry);
-    api_server *srv = w->thread->server;
+    watcher *w = (watcher *)s;
+    api_server *srv = s->thread->server;
     json_t *events;
     int e = store_changes_since(srv->cfg->store, w->kind, w->revision, WATCH_BATCH_MAX, &events);
     if (e == -ESTALE) {
         watcher_finish(w, "gone", "the requested resourceVersion is older than the kept history; list and watch again");
         return;
     }
-    if (e == 0) {
-        size_t i;
-        json_t *ev;
-        json_array_foreach(events, i, ev)
-        {
-            int64_t rev = json_integer_value(json_object_get(ev, "revision"));
-            json_t *obj = json_object_get(ev, "object");
-            json_t *pub = public_view(obj);
-            json_object_set_new(ev, "object", pub);
-            if (watcher_queue_event(w, json_string_value(json_object_get(ev, "type")), rev, ev) < 0) {
-                json_decref(events);
-                watcher_finish(w, "too_large", "the client does not read the stream fast enough");
-                return;
-            }
-            w->revision = rev;
+    if (e < 0)
+        return; /* tried again on the next tick */
+    size_t i;
+    json_t *ev;
+    json_array_foreach(events, i, ev)
+    {
+        int64_t rev = json_integer_value(json_object_get(ev, "revision"));
+        json_t *obj = json_object_get(ev, "object");
+        json_t *pub = public_view(obj);
+        json_object_set_new(ev, "object", pub);
+        if (api_sse_queue_event(s, json_string_value(json_object_get(ev, "type")), rev, ev) < 0) {
+            json_decref(events);
+            watcher_finish(w, "too_large", "the client does not read the stream fast enough");
+            return;
         }
-        json_decref(events);
+        w->revision = rev;
     }
-    if (w->queued.len == 0 && time_mono_ns() - w->last_sent > WATCH_HEARTBEAT_NS)
-        strbuf_puts(&w->queued, ": heartbeat\n\n");
-    watcher_flush(w);
-    h2o_timeout_link(w->thread->ctx->loop, &w->thread->watch_poll, &w->poll);
+    json_decref(events);
 }
 
-static void watcher_proceed(h2o_generator_t *g, h2o_req_t *req)
-{
-    watcher *w = (watcher *)g;
-    w->sending = false;
-    strbuf_reset(&w->inflight);
-    watcher_flush(w);
-}
-
-static void watcher_stop(h2o_generator_t *g, h2o_req_t *req)
-{
-    watcher *w = (watcher *)g;
-    if (!w->done)
-        api_finish(ROUTE_WATCH, w->started, 200);
-    w->done = true;
-    watcher_detach(w);
-}
+static const api_sse_class watcher_class = {
+    .size = sizeof(watcher),
+    .route = ROUTE_WATCH,
+    .buffer_max = WATCH_BUFFER_MAX,
+    .heartbeat_ns = WATCH_HEARTBEAT_NS,
+    .heartbeat = ": heartbeat\n\n",
+    .poll = watcher_poll,
+};
 
 static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind,
                          int64_t from_revision)
 {
-    api_thread *t = (api_thread *)httpd_thread_state(req);
-    watcher *w = h2o_mem_alloc_shared(&req->pool, sizeof(*w), watcher_dispose);
-    *w = (watcher){.super = {watcher_proceed, watcher_stop}, .req = req, .thread = t, .kind = kind->kind,
-                   .started = started, .last_sent = time_mono_ns()};
-    w->poll.cb = watcher_poll;
-    strbuf_init(&w->queued, WATCH_BUFFER_MAX);
-    strbuf_init(&w->inflight, WATCH_BUFFER_MAX);
+    watcher *w = (watcher *)api_sse_new(req, started, &watcher_class);
+    w->kind = kind->kind;
     if (from_revision > 0)
         w->revision = from_revision;
     else {
@@ -683,20 +608,13 @@ static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, cons
         {
             json_t *ev = json_pack("{s:s, s:I, s:o}", "type", "ADDED", "revision", (json_int_t)w->revision,
                                    "object", public_view(doc));
-            watcher_queue_event(w, "ADDED", w->revision, ev);
+            api_sse_queue_event(&w->super, "ADDED", w->revision, ev);
             json_decref(ev);
         }
         json_decref(items);
     }
-    req->res.status = 200;
-    req->res.reason = "OK";
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("text/event-stream"));
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
-    h2o_start_response(req, &w->super);
-    strbuf_puts(&w->queued, ": watching\n\n");
-    h2o_linklist_insert(&t->watchers, &w->link);
-    watcher_flush(w);
-    h2o_timeout_link(t->ctx->loop, &t->watch_poll, &w->poll);
+    api_sse_queue_text(&w->super, ": watching\n\n");
+    api_sse_start(&w->super);
 }
 
 /* ---- health, metrics, whoami ---- */
@@ -718,11 +636,13 @@ static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
     json_decref(body);
 }
 
-static void handle_metrics(h2o_req_t *req, uint64_t started)
+static void handle_metrics(api_server *srv, h2o_req_t *req, uint64_t started)
 {
     _cleanup_strbuf_ strbuf out;
     strbuf_init(&out, 4 * 1024 * 1024);
     metrics_render(&out);
+    if (srv->cfg->proxy_metrics)
+        proxy_metrics_render(srv->cfg->proxy_metrics, &out);
     req->res.status = 200;
     req->res.reason = "OK";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
@@ -765,7 +685,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         if (!api_method_is(req, "GET") && !api_method_is(req, "HEAD"))
             api_method_not_allowed(req, ROUTE_METRICS, started, "GET");
         else
-            handle_metrics(req, started);
+            handle_metrics(srv, req, started);
         return 0;
     }
 
@@ -927,18 +847,14 @@ void *api_handlers_thread_init(h2o_context_t *ctx, void *userdata)
     t->server = userdata;
     t->queue = h2o_multithread_create_queue(ctx->loop);
     h2o_multithread_register_receiver(t->queue, &t->write_done, on_write_done);
-    h2o_timeout_init(ctx->loop, &t->watch_poll, WATCH_POLL_MS);
+    h2o_timeout_init(ctx->loop, &t->watch_poll, API_SSE_POLL_MS);
     h2o_linklist_init_anchor(&t->watchers);
     return t;
 }
 
 void api_handlers_thread_drain(void *state)
 {
-    api_thread *t = state;
-    while (!h2o_linklist_is_empty(&t->watchers)) {
-        watcher *w = H2O_STRUCT_FROM_MEMBER(watcher, link, t->watchers.next);
-        watcher_finish(w, NULL, NULL);
-    }
+    api_sse_drain(state);
 }
 
 bool api_handlers_thread_busy(void *state)

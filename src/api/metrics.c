@@ -31,6 +31,7 @@ static const struct {
     [ROUTE_AUDIT] = {"/v1/audit/{endpoint}", "GET"},
     [ROUTE_KMS] = {"/v1/kms/", "any"},
     [ROUTE_ATTEST] = {"/v1/attest/challenge", "POST"},
+    [ROUTE_PROXY_CONFIG] = {"/v1/proxy/config", "GET"},
     [ROUTE_OTHER] = {"other", "any"},
 };
 

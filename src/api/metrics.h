@@ -30,6 +30,7 @@ typedef enum api_route {
     ROUTE_AUDIT,
     ROUTE_KMS,
     ROUTE_ATTEST,
+    ROUTE_PROXY_CONFIG,
     ROUTE_OTHER,
     ROUTE_COUNT_,
 } api_route;

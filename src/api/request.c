@@ -5,6 +5,7 @@
 #include "api/handlers-audit.h"
 #include "api/auth.h"
 #include "api/handlers-policy.h"
+#include "api/handlers-proxy.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -28,6 +29,7 @@ const api_endpoint_group api_endpoint_groups[] = {
     {"/v1/audit/", ROUTE_AUDIT, false, api_handle_audit},
     {"/v1/kms/", ROUTE_KMS, false, api_handle_kms},
     {"/v1/attest/", ROUTE_ATTEST, false, api_handle_attest},
+    {"/v1/proxy/", ROUTE_PROXY_CONFIG, true, api_handle_proxy}, /* authorizes itself (verb watch, kind ProxyConfig) */
     {NULL, ROUTE_OTHER, false, NULL},
 };
 const size_t api_n_endpoint_groups = ELEMENTSOF(api_endpoint_groups) - 1;
@@ -102,23 +104,10 @@ void api_method_not_allowed(h2o_req_t *req, api_route route, uint64_t started, c
     api_respond_error(req, route, started, &err);
 }
 
-void api_peer_ip(h2o_req_t *req, char *out, size_t size)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
-    out[0] = 0;
-    if (len == 0)
-        return;
-    if (ss.ss_family == AF_INET)
-        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, out, (socklen_t)size);
-    else if (ss.ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, out, (socklen_t)size);
-}
-
 void api_report_refusal(h2o_req_t *req, const caller *c, const api_error *err)
 {
     char ip[INET6_ADDRSTRLEN];
-    api_peer_ip(req, ip, sizeof(ip));
+    httpd_peer_ip(req, ip, sizeof(ip));
     log_fields(LOG_LEVEL_INFO, "API request refused", "reason", err->message, "user", caller_name(c), "ip", ip, NULL);
     json_t *details = json_pack("{s:s#, s:s#, s:i, s:s}", "method", req->method.base, (int)req->method.len, "path",
                                 req->path_normalized.base, (int)MIN(req->path_normalized.len, (size_t)1024),

@@ -8,6 +8,8 @@
 #include <jansson.h>
 #include <stdbool.h>
 
+#include "httpd/httpd.h"
+
 #include "api/http.h"
 #include "api/metrics.h"
 #include "api/server.h"
@@ -42,8 +44,6 @@ void api_finish(api_route route, uint64_t started, int status);
 void api_method_not_allowed(h2o_req_t *req, api_route route, uint64_t started, const char *allowed);
 
 bool api_method_is(const h2o_req_t *req, const char *method);
-/* The client's address as text into OUT (at least INET6_ADDRSTRLEN bytes). */
-void api_peer_ip(h2o_req_t *req, char *out, size_t size);
 /* Reports a refused request (authentication or authorization) as an audit event. */
 void api_report_refusal(h2o_req_t *req, const caller *c, const api_error *err);
 /* Copies query parameter NAME (not percent-decoded: callers accept plain

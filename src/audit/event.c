@@ -44,6 +44,15 @@ static struct {
 } q = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .settled = PTHREAD_COND_INITIALIZER};
 
 static _Atomic uint64_t dropped;
+static _Atomic bool failing; /* the last delivery attempt failed */
+
+bool audit_event_deliverable(void)
+{
+    pthread_mutex_lock(&q.lock);
+    bool ok = q.started && !q.stopping && q.count < QUEUE_MAX;
+    pthread_mutex_unlock(&q.lock);
+    return ok && !atomic_load(&failing);
+}
 
 uint64_t audit_event_dropped(void)
 {
@@ -213,6 +222,7 @@ static void *sender_main(void *arg)
         pthread_mutex_unlock(&q.lock);
         int r = send_batch(c, n);
         pthread_mutex_lock(&q.lock);
+        atomic_store(&failing, r < 0);
         if (r >= 0) {
             pop_head(n, r == 0 ? "the audit role refused the batch" : NULL);
             retry_ms = RETRY_MIN_MS;

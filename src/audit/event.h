@@ -6,6 +6,7 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct audit_event {
@@ -36,5 +37,9 @@ int audit_event_flush(unsigned timeout_ms);
 /* Delivers what is queued for at most TIMEOUT_MS, writes whatever could not
  * be delivered to the log, and stops the thread. No-op when not started. */
 void audit_event_stop(unsigned timeout_ms);
+/* Whether events currently reach the audit role: delivery is started, its
+ * last attempt succeeded and the queue has room. Services that must not be
+ * reached unaudited refuse requests while it is false. */
+bool audit_event_deliverable(void);
 /* Events that could not be queued or delivered (each was logged instead). */
 uint64_t audit_event_dropped(void);

@@ -184,8 +184,10 @@ int jwt_key_from_json(const json_t *jwk, jwt_alg fallback, jwt_key **ret)
         r = ec_public_key(jwk, &k->pkey);
         if (r < 0)
             return r;
-        k->public_jwk = json_pack("{s:s, s:s, s:O, s:O}", "kty", "EC", "crv", "P-256", "x",
-                                  json_object_get(jwk, "x"), "y", json_object_get(jwk, "y"));
+        /* copies, not references: the caller may wipe JWK's strings (a private key's file) */
+        k->public_jwk = json_pack("{s:s, s:s, s:s, s:s}", "kty", "EC", "crv", "P-256", "x",
+                                  json_string_value(json_object_get(jwk, "x")), "y",
+                                  json_string_value(json_object_get(jwk, "y")));
         if (json_object_get(jwk, "d")) {
             _cleanup_free_ char *text = json_dumps(jwk, JSON_COMPACT);
             if (!text)
@@ -200,8 +202,8 @@ int jwt_key_from_json(const json_t *jwk, jwt_alg fallback, jwt_key **ret)
         r = rsa_public_key(jwk, &k->pkey);
         if (r < 0)
             return r;
-        k->public_jwk = json_pack("{s:s, s:O, s:O}", "kty", "RSA", "n", json_object_get(jwk, "n"), "e",
-                                  json_object_get(jwk, "e"));
+        k->public_jwk = json_pack("{s:s, s:s, s:s}", "kty", "RSA", "n", json_string_value(json_object_get(jwk, "n")),
+                                  "e", json_string_value(json_object_get(jwk, "e")));
     } else if (strcmp(kty, "oct") == 0 && alg == JWT_ALG_HS256) {
         uint8_t buf[JWK_MAX_MEMBER];
         long n = jwk_member(jwk, "k", buf, sizeof(buf));

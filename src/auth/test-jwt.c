@@ -420,3 +420,25 @@ Test(oidc, pkce_s256_matches_rfc7636_appendix_b)
     oidc_pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk", challenge);
     cr_assert_str_eq(challenge, "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
 }
+
+/* The public JWK must not share strings with the imported one: the key ring
+ * wipes a loaded private JWK's strings once the key is imported. */
+Test(jwt, public_jwk_survives_wiping_the_imported_jwk)
+{
+    jwt_key *gen = NULL, *imported = NULL;
+    cr_assert_eq(jwt_key_generate_es256("k1", &gen), 0);
+    json_t *priv = jwt_key_to_json(gen, true);
+    cr_assert_not_null(priv);
+    cr_assert_eq(jwt_key_from_json(priv, JWT_ALG_NONE_, &imported), 0);
+    const char *name;
+    json_t *v;
+    json_object_foreach(priv, name, v) if (json_is_string(v))
+        memset((char *)json_string_value(v), 0, json_string_length(v));
+    json_t *pub = jwt_key_to_json(imported, false), *want = jwt_key_to_json(gen, false);
+    cr_expect(json_equal(pub, want), "the public JWK changed when the imported JWK was wiped");
+    json_decref(pub);
+    json_decref(want);
+    json_decref(priv);
+    jwt_key_free(gen);
+    jwt_key_free(imported);
+}

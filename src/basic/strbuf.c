@@ -12,6 +12,11 @@ void strbuf_init(strbuf *b, size_t max)
     *b = (strbuf){.max = max};
 }
 
+void strbuf_init_secure(strbuf *b, size_t max)
+{
+    *b = (strbuf){.max = max, .secure = true};
+}
+
 void strbuf_init_static(strbuf *b, char *storage, size_t size)
 {
     *b = (strbuf){.data = storage, .cap = size, .max = size - 1, .is_static = true};
@@ -20,6 +25,8 @@ void strbuf_init_static(strbuf *b, char *storage, size_t size)
 
 void strbuf_free(strbuf *b)
 {
+    if (b->secure && b->data)
+        explicit_bzero(b->data, b->cap);
     if (!b->is_static)
         free(b->data);
     b->data = NULL;
@@ -35,6 +42,8 @@ void strbuf_free_secure(strbuf *b)
 
 void strbuf_reset(strbuf *b)
 {
+    if (b->secure && b->data)
+        explicit_bzero(b->data, b->len);
     b->len = 0;
     b->truncated = false;
     if (b->data)
@@ -57,7 +66,19 @@ static int strbuf_reserve(strbuf *b, size_t n)
         cap = cap > SIZE_MAX / 2 ? need : cap * 2;
     if (cap > b->max + 1)
         cap = b->max + 1;
-    char *p = realloc(b->data, cap);
+    char *p;
+    if (b->secure) {
+        /* realloc() may move the data and leave the old copy in freed memory */
+        p = malloc(cap);
+        if (!p)
+            return -ENOMEM;
+        if (b->data) {
+            memcpy(p, b->data, b->len + 1);
+            explicit_bzero(b->data, b->cap);
+            free(b->data);
+        }
+    } else
+        p = realloc(b->data, cap);
     if (!p)
         return -ENOMEM;
     b->data = p;
@@ -163,6 +184,6 @@ char *strbuf_steal(strbuf *b)
     char *p = b->data;
     if (!p)
         p = calloc(1, 1);
-    *b = (strbuf){.max = b->max};
+    *b = (strbuf){.max = b->max, .secure = b->secure};
     return p;
 }

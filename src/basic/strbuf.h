@@ -15,10 +15,14 @@ typedef struct strbuf {
     size_t max;     /* largest len allowed; appends beyond it fail with -E2BIG */
     bool is_static; /* data is caller-owned and fixed in size */
     bool truncated; /* a static buffer dropped bytes */
+    bool secure;    /* holds secrets: wiped on reset, growth and free */
 } strbuf;
 
 /* Heap buffer that may grow to MAX bytes of content. */
 void strbuf_init(strbuf *b, size_t max);
+/* The same for a buffer that will hold secrets: no copy is left behind when
+ * it grows, and its contents are wiped by strbuf_reset() and strbuf_free(). */
+void strbuf_init_secure(strbuf *b, size_t max);
 /* Fixed caller-owned storage; appends that do not fit are cut and `truncated` set. */
 void strbuf_init_static(strbuf *b, char *storage, size_t size);
 void strbuf_free(strbuf *b);

@@ -15,89 +15,155 @@
 #define ADMIN_POLICY "cloister-admins"
 #define ADMIN_CREDENTIAL "admin-bootstrap"
 
+#define PROXY_USER "cloister-proxy"
+#define PROXY_POLICY "cloister-proxy"
+#define PROXY_CREDENTIAL "cloister-proxy"
+
+#define IDENTITY_DOCS_MAX 3
+
+/* A bootstrap identity: the documents it needs and the credential whose
+ * token is kept in a file of the data dir. */
+typedef struct identity {
+    const char *what;                  /* in logs: "admin", "proxy" */
+    json_t *docs[IDENTITY_DOCS_MAX];   /* policies, groups, the user: created when absent */
+    size_t n_docs;
+    json_t *credential;                /* the Credential; its token is the one in the file */
+} identity;
+
+static void identity_clear(identity *id)
+{
+    for (size_t i = 0; i < id->n_docs; i++)
+        json_decref(id->docs[i]);
+    json_decref(id->credential);
+    *id = (identity){0};
+}
+
 static json_t *manifest(const char *kind, const char *name, json_t *spec)
 {
     return json_pack("{s:s, s:s, s:{s:s}, s:o}", "apiVersion", "cloister.dev/v1", "kind", kind, "metadata", "name",
                      name, "spec", spec);
 }
 
-int bootstrap_admin(store *s, const char *token_path)
+static const char *field(const json_t *doc, const char *a, const char *b)
 {
+    json_t *v = json_object_get(doc, a);
+    return json_string_value(b ? json_object_get(v, b) : v);
+}
+
+/* Ensures identity ID in store S, its credential's token in TOKEN_PATH
+ * (mode 0600). When both the credential and the file exist nothing is
+ * touched: users may have changed the documents, and that is theirs. When
+ * the file is missing (or the credential is), a fresh token is made and its
+ * digest stored (the old token stops working); the other documents are
+ * created only when absent. Returns 0 or a negative errno (logged). ID stays
+ * owned by the caller. */
+static int ensure_identity(store *s, const char *token_path, const identity *id)
+{
+    const char *cred_name = field(id->credential, "metadata", "name");
+    if (!cred_name || id->n_docs > IDENTITY_DOCS_MAX)
+        return -EINVAL;
     struct stat st;
     bool have_token = stat(token_path, &st) == 0;
     json_t *cred_doc = NULL;
-    bool have_credential = store_get(s, "Credential", ADMIN_CREDENTIAL, &cred_doc) == 0;
+    bool have_credential = store_get(s, "Credential", cred_name, &cred_doc) == 0;
     json_decref(cred_doc);
-
-    json_t *group = manifest("Group", ADMIN_GROUP, json_pack("{s:[s]}", "policies", ADMIN_POLICY));
-    json_t *policy = manifest(
-        "Policy", ADMIN_POLICY,
-        json_pack("{s:[{s:s, s:s, s:i, s:{s:s}}]}", "rules", "name", "admins-may-do-anything", "effect", "allow",
-                  "priority", 0, "condition", "match", "\"" ADMIN_GROUP "\" in ctx.user.groups"));
-    json_t *user = manifest("User", ADMIN_USER, json_pack("{s:s, s:[s]}", "type", "human", "groups", ADMIN_GROUP));
-    json_t *cred = manifest("Credential", ADMIN_CREDENTIAL, json_pack("{s:s, s:s}", "user", ADMIN_USER, "type", "authToken"));
+    if (have_token && have_credential)
+        return 0;
 
     char token[CREDENTIAL_TOKEN_LEN + 1], digest[CREDENTIAL_DIGEST_HEX_LEN + 1], key[CREDENTIAL_LOOKUP_KEY_LEN + 1];
-    bool new_token = !have_token || !have_credential;
     json_t *cred_status = NULL;
-    store_op ops[4] = {
-        {.type = STORE_CREATE, .kind = "Policy", .name = ADMIN_POLICY, .doc = policy},
-        {.type = STORE_CREATE, .kind = "Group", .name = ADMIN_GROUP, .doc = group},
-        {.type = STORE_CREATE, .kind = "User", .name = ADMIN_USER, .doc = user},
-        {.type = STORE_APPLY, .kind = "Credential", .name = ADMIN_CREDENTIAL, .doc = cred},
-    };
-    size_t first = 0, n = 4;
-    int r = 0;
-    if (have_credential && !new_token) {
-        n = 0; /* everything exists; users may have changed the rest and that is theirs */
-    } else {
-        if (have_credential)
-            first = 3; /* only replace the lost token */
-        r = credential_token_generate(token);
-        if (r < 0)
-            goto out;
-        credential_token_digest(token, strlen(token), digest, key);
-        cred_status = json_pack("{s:s}", "tokenDigest", digest);
-        ops[3].status = cred_status;
-        ops[3].lookup_key = key;
+    int r = credential_token_generate(token);
+    if (r < 0)
+        goto out;
+    credential_token_digest(token, strlen(token), digest, key);
+    cred_status = json_pack("{s:s}", "tokenDigest", digest);
+    if (!cred_status) {
+        r = -ENOMEM;
+        goto out;
     }
-    if (n > first) {
-        /* the first three may already exist after a partial first start */
-        for (size_t i = first; i < 3; i++) {
-            json_t *existing;
-            if (store_get(s, ops[i].kind, ops[i].name, &existing) == 0) {
-                json_decref(existing);
-                ops[i].type = STORE_APPLY;
-                ops[i].doc = NULL;
-            }
+
+    store_op ops[IDENTITY_DOCS_MAX + 1];
+    size_t n = 0;
+    /* with the credential present only its lost token is replaced; otherwise
+     * the rest may already exist after a partial first start, and is kept */
+    for (size_t i = 0; !have_credential && i < id->n_docs; i++) {
+        const char *kind = field(id->docs[i], "kind", NULL), *name = field(id->docs[i], "metadata", "name");
+        json_t *existing;
+        if (store_get(s, kind, name, &existing) == 0) {
+            json_decref(existing);
+            continue;
         }
-        /* drop ops left without a document: they exist and are kept as users changed them */
-        store_op todo[4];
-        size_t m = 0;
-        for (size_t i = first; i < n; i++)
-            if (ops[i].doc)
-                todo[m++] = ops[i];
-        store_txn txn = {.ops = todo, .n_ops = m};
-        r = store_write(s, &txn);
-        store_txn_clear(&txn);
-        if (r < 0) {
-            log_fields(LOG_LEVEL_ERROR, "cannot write the bootstrap identity", "error", strerror(-r), NULL);
-            goto out;
-        }
-        r = write_file_atomic(token_path, token, strlen(token), 0600);
-        if (r < 0) {
-            log_fields(LOG_LEVEL_ERROR, "cannot write the admin token", "path", token_path, "error", strerror(-r), NULL);
-            goto out;
-        }
-        log_fields(LOG_LEVEL_INFO, "wrote the bootstrap admin token", "path", token_path, NULL);
+        ops[n++] = (store_op){.type = STORE_CREATE, .kind = kind, .name = name, .doc = id->docs[i]};
     }
+    ops[n++] = (store_op){.type = STORE_APPLY, .kind = "Credential", .name = cred_name, .doc = id->credential,
+                          .status = cred_status, .lookup_key = key};
+    store_txn txn = {.ops = ops, .n_ops = n};
+    r = store_write(s, &txn);
+    store_txn_clear(&txn);
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot write the bootstrap identity", "identity", id->what, "error",
+                   strerror(-r), NULL);
+        goto out;
+    }
+    r = write_file_atomic(token_path, token, strlen(token), 0600);
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot write a bootstrap token", "identity", id->what, "path", token_path,
+                   "error", strerror(-r), NULL);
+        goto out;
+    }
+    log_fields(LOG_LEVEL_INFO, "wrote a bootstrap token", "identity", id->what, "path", token_path, NULL);
 out:
     OPENSSL_cleanse(token, sizeof(token));
     OPENSSL_cleanse(digest, sizeof(digest));
     json_decref(cred_status);
-    json_decref(group);
-    json_decref(policy);
-    json_decref(user);
-    json_decref(cred);
     return r;
+}
+
+/* Runs ensure_identity() on ID and releases it; -ENOMEM when building one
+ * of its documents failed. */
+static int ensure_and_clear(store *s, const char *token_path, identity *id)
+{
+    bool built = id->credential != NULL;
+    for (size_t i = 0; i < id->n_docs; i++)
+        built = built && id->docs[i];
+    int r = built ? ensure_identity(s, token_path, id) : -ENOMEM;
+    identity_clear(id);
+    return r;
+}
+
+int bootstrap_admin(store *s, const char *token_path)
+{
+    identity id = {
+        .what = "admin",
+        .docs = {
+            manifest("Policy", ADMIN_POLICY,
+                     json_pack("{s:[{s:s, s:s, s:i, s:{s:s}}]}", "rules", "name", "admins-may-do-anything", "effect",
+                               "allow", "priority", 0, "condition", "match",
+                               "\"" ADMIN_GROUP "\" in ctx.user.groups")),
+            manifest("Group", ADMIN_GROUP, json_pack("{s:[s]}", "policies", ADMIN_POLICY)),
+            manifest("User", ADMIN_USER, json_pack("{s:s, s:[s]}", "type", "human", "groups", ADMIN_GROUP)),
+        },
+        .n_docs = 3,
+        .credential = manifest("Credential", ADMIN_CREDENTIAL,
+                               json_pack("{s:s, s:s}", "user", ADMIN_USER, "type", "authToken")),
+    };
+    return ensure_and_clear(s, token_path, &id);
+}
+
+int bootstrap_proxy(store *s, const char *token_path)
+{
+    identity id = {
+        .what = "proxy",
+        .docs = {
+            manifest("Policy", PROXY_POLICY,
+                     json_pack("{s:[{s:s, s:s, s:i, s:{s:s}}]}", "rules", "name", "proxy-reads-its-config", "effect",
+                               "allow", "priority", 0, "condition", "match",
+                               "ctx.request.api.kind == \"ProxyConfig\"")),
+            manifest("User", PROXY_USER, json_pack("{s:s, s:[s]}", "type", "workload", "policies", PROXY_POLICY)),
+        },
+        .n_docs = 2,
+        .credential = manifest("Credential", PROXY_CREDENTIAL,
+                               json_pack("{s:s, s:s}", "user", PROXY_USER, "type", "authToken")),
+    };
+    return ensure_and_clear(s, token_path, &id);
 }

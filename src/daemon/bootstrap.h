@@ -1,4 +1,4 @@
-/* First start of a data dir: the bootstrap identity. */
+/* First start of a data dir: the bootstrap identities. */
 #pragma once
 
 #include "store/store.h"
@@ -6,5 +6,14 @@
 /* Ensures group `admins`, user `admin` in it, policy `cloister-admins`
  * allowing the group, and credential `admin-bootstrap` whose token is written
  * to TOKEN_PATH (mode 0600). An existing token file is left alone; a missing
- * one gets a fresh token (the old one stops working). */
+ * one gets a fresh token (the old one stops working). Returns 0 or a
+ * negative errno. */
 int bootstrap_admin(store *s, const char *token_path);
+
+/* The identity of the proxy role, an ordinary API client: user
+ * `cloister-proxy` (a workload) with policy `cloister-proxy` attached, whose
+ * one rule allows `ctx.request.api.kind == "ProxyConfig"` (its configuration
+ * stream, GET /v1/proxy/config), and credential `cloister-proxy` whose token
+ * is written to TOKEN_PATH (mode 0600), kept and replaced as bootstrap_admin()
+ * does. Returns 0 or a negative errno. */
+int bootstrap_proxy(store *s, const char *token_path);

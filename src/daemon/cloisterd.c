@@ -23,6 +23,7 @@
 #include "daemon/daemon.h"
 #include "daemon/pki.h"
 #include "kms/seal.h"
+#include "proxy/metrics.h"
 #include "store/store.h"
 
 /* Adding a role: one entry here and its main function. */
@@ -31,6 +32,7 @@ static const role_def roles[] = {
     {"kms", role_kms_main},
     {"audit", role_audit_main},
     {"runner", role_runner_main},
+    {"proxy", role_proxy_main},
 };
 #define N_ROLES ELEMENTSOF(roles)
 
@@ -51,6 +53,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: cloisterd --dev [--data-dir DIR] [--api-listen HOST:PORT] [--proxy-listen HOST:PORT]\n"
             "                 [--proxy-http-listen HOST:PORT] [--domain DOMAIN] [--api-threads N]\n"
+            "                 [--proxy-threads N]\n"
             "                 [--log-level debug|info|warn|error]\n"
             "\n"
             "  --dev                 run every role on this machine with an embedded store\n"
@@ -58,6 +61,7 @@ static void usage(FILE *f)
             "  --api-listen A        the REST API, HTTPS (default 127.0.0.1:7443)\n"
             "  --proxy-listen A      the identity-aware proxy, HTTPS (default 127.0.0.1:8443)\n"
             "  --proxy-http-listen A an additional plain-HTTP proxy listener (off by default)\n"
+            "  --proxy-threads N     the proxy's worker threads, one event loop each (default 2)\n"
             "  --domain D            services are reached at <service>.D (default localhost)\n"
             "  --seal MODE           how the KMS root key is sealed: dev (auto-unseal file, the default),\n"
             "                        passphrase or pkcs11; unseal with `cloisterd unseal --data-dir DIR`\n"
@@ -88,7 +92,7 @@ static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
 /* Parses the command line into CFG; returns 0, or the exit status to use. */
 static int parse_args(int argc, char **argv, daemon_config *cfg)
 {
-    enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_LOG,
+    enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_LOG,
            OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT };
     static const struct option opts[] = {
         {"dev", no_argument, NULL, 'd'},
@@ -98,6 +102,7 @@ static int parse_args(int argc, char **argv, daemon_config *cfg)
         {"proxy-http-listen", required_argument, NULL, OPT_PROXY_HTTP},
         {"domain", required_argument, NULL, OPT_DOMAIN},
         {"api-threads", required_argument, NULL, OPT_THREADS},
+        {"proxy-threads", required_argument, NULL, OPT_PROXY_THREADS},
         {"log-level", required_argument, NULL, OPT_LOG},
         {"seal", required_argument, NULL, OPT_SEAL},
         {"pkcs11-module", required_argument, NULL, OPT_P11_MODULE},
@@ -105,7 +110,7 @@ static int parse_args(int argc, char **argv, daemon_config *cfg)
         {"help", no_argument, NULL, 'h'},
         {},
     };
-    *cfg = (daemon_config){.api_threads = 2};
+    *cfg = (daemon_config){.api_threads = 2, .proxy_threads = 2};
     strcpy(cfg->data_dir, "./cloister-data");
     strcpy(cfg->api_listen, "127.0.0.1:7443");
     strcpy(cfg->proxy_listen, "127.0.0.1:8443");
@@ -138,14 +143,16 @@ static int parse_args(int argc, char **argv, daemon_config *cfg)
             if (copy_arg(cfg->domain, sizeof(cfg->domain), "--domain", optarg) < 0)
                 return 2;
             break;
-        case OPT_THREADS: {
+        case OPT_THREADS:
+        case OPT_PROXY_THREADS: {
             char *end;
             long n = strtol(optarg, &end, 10);
+            const char *flag = c == OPT_THREADS ? "--api-threads" : "--proxy-threads";
             if (*end || n < 1 || n > 64) {
-                fprintf(stderr, "cloisterd: --api-threads takes a number from 1 to 64\n");
+                fprintf(stderr, "cloisterd: %s takes a number from 1 to 64\n", flag);
                 return 2;
             }
-            cfg->api_threads = (unsigned)n;
+            *(c == OPT_THREADS ? &cfg->api_threads : &cfg->proxy_threads) = (unsigned)n;
             break;
         }
         case OPT_LOG: {
@@ -228,7 +235,10 @@ static int prepare_data_dir(daemon_config *cfg)
         path_in(cfg->ca_key, sizeof(cfg->ca_key), cfg->data_dir, "ca.key") < 0 ||
         path_in(cfg->api_cert, sizeof(cfg->api_cert), tls, "api.pem") < 0 ||
         path_in(cfg->api_key, sizeof(cfg->api_key), tls, "api.key") < 0 ||
+        path_in(cfg->proxy_cert, sizeof(cfg->proxy_cert), tls, "proxy.pem") < 0 ||
+        path_in(cfg->proxy_key, sizeof(cfg->proxy_key), tls, "proxy.key") < 0 ||
         path_in(cfg->admin_token, sizeof(cfg->admin_token), cfg->data_dir, "admin.token") < 0 ||
+        path_in(cfg->proxy_token, sizeof(cfg->proxy_token), cfg->data_dir, "proxy.token") < 0 ||
         (size_t)snprintf(cfg->store_url, sizeof(cfg->store_url), "sqlite:%s/store.db", cfg->data_dir) >=
             sizeof(cfg->store_url))
         return -ENAMETOOLONG;
@@ -280,6 +290,22 @@ static int ensure_api_cert(const daemon_config *cfg)
     return pki_ensure_server_cert(cfg->ca_cert, cfg->ca_key, names, n_names, cfg->api_cert, cfg->api_key);
 }
 
+/* The proxy's default certificate: the cluster domain, its subdomains when
+ * the domain has a dot (a wildcard under a single label is refused by TLS
+ * clients), and loopback. Services may get their own (chosen by SNI). */
+static int ensure_proxy_cert(const daemon_config *cfg)
+{
+    char wildcard[300];
+    snprintf(wildcard, sizeof(wildcard), "*.%s", cfg->domain);
+    const char *names[5] = {cfg->domain, "localhost", "127.0.0.1", "::1"};
+    size_t n = strcmp(cfg->domain, "localhost") == 0 ? 1 : 0;
+    const char **first = names + n;
+    size_t n_names = 4 - n;
+    if (strchr(cfg->domain, '.'))
+        first[n_names++] = wildcard;
+    return pki_ensure_server_cert(cfg->ca_cert, cfg->ca_key, first, n_names, cfg->proxy_cert, cfg->proxy_key);
+}
+
 static int first_start(daemon_config *cfg)
 {
     int r = prepare_data_dir(cfg);
@@ -288,6 +314,8 @@ static int first_start(daemon_config *cfg)
     r = pki_ensure_ca(cfg->ca_cert, cfg->ca_key, "Cloister Cluster CA", "P-256");
     if (r == 0)
         r = ensure_api_cert(cfg);
+    if (r == 0)
+        r = ensure_proxy_cert(cfg);
     if (r == 0)
         r = pki_ensure_ca(cfg->platform_ca_cert, cfg->platform_ca_key, "Cloister Platform CA", "P-384");
     if (r == 0)
@@ -302,6 +330,8 @@ static int first_start(daemon_config *cfg)
         return r;
     }
     r = bootstrap_admin(s, cfg->admin_token);
+    if (r == 0)
+        r = bootstrap_proxy(s, cfg->proxy_token);
     store_free(s);
     return r;
 }
@@ -462,13 +492,11 @@ int main(int argc, char **argv)
 
     if (first_start(&cfg) < 0)
         return 1;
-    if (cfg.proxy_http_listen[0] || strcmp(cfg.proxy_listen, "127.0.0.1:8443") != 0)
-        log_fields(LOG_LEVEL_WARN, "the proxy role is not part of this build yet; its listen flags are not used",
-                   "proxy_listen", cfg.proxy_listen, NULL);
 
     role_health *health = mmap(NULL, sizeof(role_health) * N_ROLES, PROT_READ | PROT_WRITE,
                                MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (health == MAP_FAILED) {
+    cfg.proxy_metrics = mmap(NULL, sizeof(proxy_metrics), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (health == MAP_FAILED || cfg.proxy_metrics == MAP_FAILED) {
         log_fields(LOG_LEVEL_ERROR, "cannot map the role table", "error", strerror(errno), NULL);
         return 1;
     }

@@ -13,11 +13,14 @@ typedef struct daemon_config {
     char proxy_http_listen[256];
     char domain[256];
     unsigned api_threads;
+    unsigned proxy_threads;
     /* paths inside data_dir */
     char ca_cert[4200], ca_key[4200];
     char api_cert[4200], api_key[4200];
+    char proxy_cert[4200], proxy_key[4200]; /* the proxy's default certificate */
     char store_url[4200];
     char admin_token[4200];
+    char proxy_token[4200];              /* the proxy role's credential token (0600) */
     char run_dir[4200];                  /* role sockets (0700) */
     char audit_socket[4200];             /* the audit role's local API */
     char audit_db[4200], audit_key[4200], audit_pub[4200];
@@ -31,6 +34,7 @@ typedef struct daemon_config {
     char seal_mode[16];         /* dev, passphrase or pkcs11 */
     char pkcs11_module[4096];   /* --seal pkcs11: the token's module, slot */
     unsigned long pkcs11_slot;
+    struct proxy_metrics *proxy_metrics; /* shared memory the supervisor maps before forking: proxy writes, api renders */
 } daemon_config;
 
 /* A role: a process the supervisor forks and restarts. MAIN runs in the
@@ -44,6 +48,7 @@ typedef struct role_def {
 int role_api_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
 int role_kms_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
 int role_audit_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
+int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
 int role_runner_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
 
 /* `cloisterd unseal [--data-dir DIR] [--passphrase-fd N]`: hands the

@@ -54,6 +54,7 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
         .ready_flag = &health->ready,
         .audit_socket = cfg->audit_socket,
         .keyring = keyring,
+        .proxy_metrics = cfg->proxy_metrics,
     };
     r = audit_event_start(cfg->audit_socket);
     if (r < 0)

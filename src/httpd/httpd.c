@@ -25,11 +25,11 @@ typedef struct httpd_server httpd_server;
  * req->conn->ctx leads back here. */
 typedef struct httpd_thread {
     h2o_context_t ctx;
-    h2o_accept_ctx_t accept_ctx;
+    h2o_accept_ctx_t accept_ctx[2]; /* the main listener's, the plain-HTTP one's */
     httpd_server *server;
     void *state;          /* the component's, from hooks.thread_init */
     h2o_linklist_t conns; /* open client connections, closed at shutdown */
-    h2o_socket_t *listener;
+    h2o_socket_t *listener[2];
     pthread_t tid;
 } httpd_thread;
 
@@ -37,15 +37,34 @@ struct httpd_server {
     const httpd_config *cfg;
     h2o_globalconf_t globalconf;
     SSL_CTX *ssl_ctx;
-    int listen_fd;
+    int listen_fd, plain_fd; /* plain_fd: -1 without a plain-HTTP listener */
     httpd_thread *threads;
     unsigned n_threads;
+    _Atomic unsigned n_conns;
     _Atomic bool stopping;
 };
 
 void *httpd_thread_state(h2o_req_t *req)
 {
     return ((httpd_thread *)req->conn->ctx)->state;
+}
+
+void httpd_peer_ip(h2o_req_t *req, char *out, size_t size)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    out[0] = 0;
+    if (len == 0)
+        return;
+    if (ss.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, out, (socklen_t)size);
+    else if (ss.ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, out, (socklen_t)size);
+}
+
+unsigned httpd_connections(h2o_req_t *req)
+{
+    return atomic_load(&((httpd_thread *)req->conn->ctx)->server->n_conns);
 }
 
 bool httpd_stopping(h2o_req_t *req)
@@ -114,8 +133,9 @@ static int listen_tcp(const char *addr, int *ret_fd)
     return 0;
 }
 
-static SSL_CTX *tls_context(const char *cert, const char *key)
+static SSL_CTX *tls_context(const httpd_config *cfg)
 {
+    const char *cert = cfg->cert_file, *key = cfg->key_file;
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx)
         return NULL;
@@ -130,7 +150,16 @@ static SSL_CTX *tls_context(const char *cert, const char *key)
         SSL_CTX_free(ctx);
         return NULL;
     }
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* idle connections keep no record buffers */
     h2o_ssl_register_alpn_protocols(ctx, h2o_http2_alpn_protocols);
+    if (cfg->hooks.configure_tls) {
+        int e = cfg->hooks.configure_tls(ctx, cfg->userdata);
+        if (e < 0) {
+            log_fields(LOG_LEVEL_ERROR, "cannot configure TLS", "server", cfg->name, "error", strerror(-e), NULL);
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+    }
     return ctx;
 }
 
@@ -138,11 +167,13 @@ static SSL_CTX *tls_context(const char *cert, const char *key)
 typedef struct tracked_conn {
     h2o_linklist_t link;
     h2o_socket_t *sock;
+    httpd_server *server;
 } tracked_conn;
 
 static void on_conn_close(void *data)
 {
     tracked_conn *c = data;
+    atomic_fetch_sub(&c->server->n_conns, 1);
     h2o_linklist_unlink(&c->link);
     free(c);
 }
@@ -156,12 +187,16 @@ static void on_accept(h2o_socket_t *listener, const char *err)
     h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
     if (!sock)
         return;
-    tracked_conn *c = calloc(1, sizeof(*c));
-    if (!c) {
-        h2o_socket_close(sock);
+    httpd_server *srv = t->server;
+    unsigned cap = srv->cfg->max_connections;
+    tracked_conn *c = NULL;
+    if ((cap && atomic_load(&srv->n_conns) >= cap) || !(c = calloc(1, sizeof(*c)))) {
+        h2o_socket_close(sock); /* over the cap: refused before any byte is read */
         return;
     }
+    atomic_fetch_add(&srv->n_conns, 1);
     c->sock = sock;
+    c->server = srv;
     h2o_linklist_insert(&t->conns, &c->link);
     sock->on_close.cb = on_conn_close; /* unused by h2o for accepted sockets */
     sock->on_close.data = c;
@@ -203,22 +238,30 @@ static void *thread_main(void *arg)
     const httpd_hooks *hooks = &srv->cfg->hooks;
     h2o_evloop_t *loop = h2o_evloop_create();
     h2o_context_init(&t->ctx, loop, &srv->globalconf);
-    t->accept_ctx = (h2o_accept_ctx_t){.ctx = &t->ctx, .hosts = srv->globalconf.hosts, .ssl_ctx = srv->ssl_ctx};
     h2o_linklist_init_anchor(&t->conns);
     if (hooks->thread_init)
         t->state = hooks->thread_init(&t->ctx, srv->cfg->userdata);
-    t->listener = h2o_evloop_socket_create(loop, dup(srv->listen_fd), H2O_SOCKET_FLAG_DONT_READ);
-    t->listener->data = &t->accept_ctx;
-    h2o_socket_read_start(t->listener, on_accept);
+    int fds[2] = {srv->listen_fd, srv->plain_fd};
+    for (size_t i = 0; i < 2 && fds[i] >= 0; i++) {
+        t->accept_ctx[i] = (h2o_accept_ctx_t){.ctx = &t->ctx, .hosts = srv->globalconf.hosts,
+                                              .ssl_ctx = i == 0 ? srv->ssl_ctx : NULL};
+        t->listener[i] = h2o_evloop_socket_create(loop, dup(fds[i]), H2O_SOCKET_FLAG_DONT_READ);
+        t->listener[i]->data = &t->accept_ctx[i];
+        h2o_socket_read_start(t->listener[i], on_accept);
+    }
 
     while (!atomic_load(&srv->stopping))
         h2o_evloop_run(loop, 100);
 
     /* drain: no new connections, long-lived responses ended, work in flight
      * finished, then the connections closed so the context can be disposed */
-    h2o_socket_read_stop(t->listener);
-    h2o_socket_close(t->listener);
-    t->listener = NULL;
+    for (size_t i = 0; i < 2; i++) {
+        if (!t->listener[i])
+            continue;
+        h2o_socket_read_stop(t->listener[i]);
+        h2o_socket_close(t->listener[i]);
+        t->listener[i] = NULL;
+    }
     if (hooks->thread_drain)
         hooks->thread_drain(t->state);
     h2o_context_request_shutdown(&t->ctx);
@@ -247,16 +290,23 @@ static void *signal_main(void *arg)
 
 int httpd_run(const httpd_config *cfg)
 {
-    httpd_server srv = {.cfg = cfg, .listen_fd = -1};
+    httpd_server srv = {.cfg = cfg, .listen_fd = -1, .plain_fd = -1};
     bool is_unix = strncmp(cfg->listen, "unix:", 5) == 0;
     int e = is_unix ? listen_unix(cfg->listen + 5, &srv.listen_fd) : listen_tcp(cfg->listen, &srv.listen_fd);
+    const char *failed = cfg->listen;
+    if (e == 0 && cfg->plain_listen && (e = listen_tcp(cfg->plain_listen, &srv.plain_fd)) < 0)
+        failed = cfg->plain_listen;
     if (e < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot listen; check the address (HOST:PORT) and that it is free", "server",
-                   cfg->name, "listen", cfg->listen, "error", strerror(-e), NULL);
+                   cfg->name, "listen", failed, "error", strerror(-e), NULL);
+        if (srv.listen_fd >= 0)
+            close(srv.listen_fd);
         return e;
     }
-    if (cfg->cert_file && !is_unix && !(srv.ssl_ctx = tls_context(cfg->cert_file, cfg->key_file))) {
+    if (cfg->cert_file && !is_unix && !(srv.ssl_ctx = tls_context(cfg))) {
         close(srv.listen_fd);
+        if (srv.plain_fd >= 0)
+            close(srv.plain_fd);
         return -EINVAL;
     }
 
@@ -264,6 +314,10 @@ int httpd_run(const httpd_config *cfg)
     srv.globalconf.server_name = h2o_iovec_init(H2O_STRLIT("cloister"));
     if (cfg->max_request_body)
         srv.globalconf.max_request_entity_size = cfg->max_request_body;
+    if (cfg->request_timeout_ms)
+        srv.globalconf.http1.req_timeout = cfg->request_timeout_ms;
+    if (cfg->idle_timeout_ms)
+        srv.globalconf.http2.idle_timeout = cfg->idle_timeout_ms;
     h2o_hostconf_t *host = h2o_config_register_host(&srv.globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     cfg->hooks.register_handlers(h2o_config_register_path(host, "/", 0), cfg->userdata);
 
@@ -271,6 +325,8 @@ int httpd_run(const httpd_config *cfg)
     srv.threads = calloc(srv.n_threads, sizeof(*srv.threads));
     if (!srv.threads) {
         close(srv.listen_fd);
+        if (srv.plain_fd >= 0)
+            close(srv.plain_fd);
         SSL_CTX_free(srv.ssl_ctx);
         return -ENOMEM;
     }
@@ -280,7 +336,8 @@ int httpd_run(const httpd_config *cfg)
         srv.threads[i].server = &srv;
         pthread_create(&srv.threads[i].tid, NULL, thread_main, &srv.threads[i]);
     }
-    log_fields(LOG_LEVEL_INFO, "listening", "server", cfg->name, "listen", cfg->listen, NULL);
+    log_fields(LOG_LEVEL_INFO, "listening", "server", cfg->name, "listen", cfg->listen, "plain_http",
+               cfg->plain_listen ? cfg->plain_listen : "", NULL);
     if (cfg->ready_flag)
         atomic_store(cfg->ready_flag, true);
 
@@ -304,6 +361,8 @@ int httpd_run(const httpd_config *cfg)
     }
     free(srv.threads);
     close(srv.listen_fd);
+    if (srv.plain_fd >= 0)
+        close(srv.plain_fd);
     if (is_unix)
         unlink(cfg->listen + 5);
     SSL_CTX_free(srv.ssl_ctx);

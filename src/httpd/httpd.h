@@ -8,6 +8,8 @@
 #include <h2o.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
+#include <openssl/ssl.h>
 
 typedef struct httpd_hooks {
     /* Registers the component's handlers on PATHCONF, once, before any thread runs. */
@@ -19,6 +21,10 @@ typedef struct httpd_hooks {
     void (*thread_drain)(void *state);
     bool (*thread_busy)(void *state);
     void (*thread_dispose)(void *state);
+    /* Optional: adjusts the TLS context after the default certificate is
+     * loaded (the proxy chooses certificates by SNI). Returns 0 or a
+     * negative errno, which stops the server from starting. */
+    int (*configure_tls)(SSL_CTX *ctx, void *userdata);
 } httpd_hooks;
 
 typedef struct httpd_config {
@@ -26,8 +32,12 @@ typedef struct httpd_config {
     const char *listen;    /* "HOST:PORT", or "unix:PATH" (mode 0600; a stale socket is replaced) */
     const char *cert_file; /* TLS when set (TCP only) */
     const char *key_file;
+    const char *plain_listen;   /* an additional plain-HTTP "HOST:PORT" listener, or NULL */
     unsigned threads;           /* default 1 */
     size_t max_request_body;    /* bodies announced larger are refused by h2o (413) */
+    unsigned max_connections;   /* open client connections at once; more are closed at accept (0: no cap) */
+    uint64_t request_timeout_ms; /* HTTP/1: reading a request's headers and body, and keep-alive idleness (0: h2o's 10 s) */
+    uint64_t idle_timeout_ms;    /* HTTP/2: an idle connection (0: h2o's 10 s) */
     httpd_hooks hooks;
     void *userdata;
     _Atomic bool *ready_flag; /* set once serving, may be NULL */
@@ -40,5 +50,9 @@ int httpd_run(const httpd_config *cfg);
 
 /* The per-thread state (thread_init's result) of the loop serving REQ. */
 void *httpd_thread_state(h2o_req_t *req);
+/* The client's address of REQ as text into OUT ("" when unknown). */
+void httpd_peer_ip(h2o_req_t *req, char *out, size_t size);
+/* Client connections open now, over every thread of the server serving REQ. */
+unsigned httpd_connections(h2o_req_t *req);
 /* True once the server serving REQ has begun to stop. */
 bool httpd_stopping(h2o_req_t *req);

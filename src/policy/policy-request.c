@@ -1,7 +1,9 @@
 /* Building the ctx a policy decision sees from stored documents. */
 #include <errno.h>
 #include <string.h>
+#include <strings.h>
 
+#include "basic/macro.h"
 #include "basic/timeutil.h"
 #include "cel/cel-internal.h"
 #include "policy/policy.h"
@@ -36,6 +38,49 @@ void policy_request_set_string(policy_request *r, policy_var v, const char *s)
 bool policy_text_valid(const char *s, size_t len)
 {
     return cel_utf8_valid(s, len);
+}
+
+/* Headers CEL never sees: they carry credentials. */
+static bool header_hidden(const char *name, size_t len)
+{
+    static const char *const hidden[] = {"authorization", "cookie", "proxy-authorization"};
+    for (size_t i = 0; i < ELEMENTSOF(hidden); i++)
+        if (strlen(hidden[i]) == len && strncasecmp(hidden[i], name, len) == 0)
+            return true;
+    return false;
+}
+
+int policy_request_set_headers(policy_request *r, const policy_header *h, size_t n_headers, cel_arena *a)
+{
+    cel_map_entry *entries;
+    cel_map *m = cel_map_new(a, MIN(n_headers, (size_t)POLICY_HEADERS_MAX), &entries);
+    if (!m)
+        return -ENOMEM;
+    size_t n = 0;
+    for (size_t i = 0; i < n_headers; i++) {
+        if (header_hidden(h[i].name, h[i].name_len) || !policy_text_valid(h[i].value, h[i].value_len))
+            continue;
+        size_t k = 0;
+        while (k < n && !(entries[k].key.len == h[i].name_len && memcmp(entries[k].key.str, h[i].name, h[i].name_len) == 0))
+            k++;
+        if (k == n) {
+            if (n == POLICY_HEADERS_MAX)
+                continue;
+            entries[n++] = (cel_map_entry){cel_string(h[i].name, h[i].name_len), cel_string(h[i].value, h[i].value_len)};
+            continue;
+        }
+        const cel_value *old = &entries[k].value;
+        char *joined = cel_arena_alloc(a, old->len + 2 + h[i].value_len);
+        if (!joined)
+            return -ENOMEM;
+        memcpy(joined, old->str, old->len);
+        memcpy(joined + old->len, ", ", 2);
+        memcpy(joined + old->len + 2, h[i].value, h[i].value_len);
+        entries[k].value = cel_string(joined, old->len + 2 + h[i].value_len);
+    }
+    m->len = n;
+    r->vars[POLICY_VAR_HTTP_HEADERS] = cel_map_value(m);
+    return 0;
 }
 
 static int value_from_json(const json_t *j, cel_arena *a, cel_value *ret, unsigned depth)

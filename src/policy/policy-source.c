@@ -8,9 +8,8 @@
 
 #include "basic/log.h"
 #include "basic/macro.h"
+#include "policy/policy-docs.h"
 
-static const char *const source_kinds[] = {"Policy", "User", "Group", "Credential", "Service"};
-#define N_KINDS ELEMENTSOF(source_kinds)
 #define CHANGES_BATCH 1000
 
 struct policy_source {
@@ -19,10 +18,10 @@ struct policy_source {
     pthread_mutex_t rebuild; /* one rebuild at a time; guards docs */
     policy_set *set;
     int64_t revision; /* the store revision SET was checked against */
-    /* the documents SET was built from, per kind: name -> document, kept
-     * current from the change feed so a change costs its delta, not a
-     * re-read of every document */
-    json_t *docs[N_KINDS];
+    /* the documents SET was built from, kept current from the change feed
+     * so a change costs its delta, not a re-read of every document; NULL
+     * until the first full read */
+    policy_docs *docs;
 };
 
 int policy_source_new(store *st, policy_source **ret)
@@ -43,8 +42,7 @@ void policy_source_free(policy_source *src)
     if (!src)
         return;
     policy_set_unref(src->set);
-    for (size_t k = 0; k < N_KINDS; k++)
-        json_decref(src->docs[k]);
+    policy_docs_free(src->docs);
     pthread_mutex_destroy(&src->lock);
     pthread_mutex_destroy(&src->rebuild);
     free(src);
@@ -59,38 +57,33 @@ static policy_set *current_at(policy_source *src, int64_t rev)
     return s;
 }
 
-/* Reads every document of kind K into DOCS[K] (name -> document). */
-static int reload_kind(policy_source *src, size_t k)
+/* Reads every document of KIND into the docs. */
+static int reload_kind(policy_source *src, const char *kind)
 {
-    json_t *items, *map = json_object();
-    int e = map ? store_list(src->store, source_kinds[k], &items, NULL) : -ENOMEM;
-    if (e < 0) {
-        json_decref(map);
+    json_t *items;
+    int e = store_list(src->store, kind, &items, NULL);
+    if (e < 0)
         return e;
-    }
-    size_t i;
-    json_t *doc;
-    json_array_foreach(items, i, doc)
-    {
-        const char *name = json_string_value(json_object_get(json_object_get(doc, "metadata"), "name"));
-        if (name)
-            json_object_set(map, name, doc);
-    }
+    e = policy_docs_reset(src->docs, kind, items);
     json_decref(items);
-    json_decref(src->docs[k]);
-    src->docs[k] = map;
-    return 0;
+    return e;
 }
 
-/* Brings DOCS up to date with the changes after revision AFTER (-1: read
- * everything). Returns 1 when a document changed, 0 when none did, or a
- * negative errno. A history too old to replay is read again in full. */
+/* Brings the docs up to date with the changes after revision AFTER (-1:
+ * read everything). Returns 1 when a document changed, 0 when none did, or
+ * a negative errno. A history too old to replay is read again in full. */
 static int refresh_docs(policy_source *src, int64_t after)
 {
+    if (!src->docs) {
+        if (!(src->docs = policy_docs_new()))
+            return -ENOMEM;
+        after = -1;
+    }
     int changed = 0;
-    for (size_t k = 0; k < N_KINDS; k++) {
-        if (after < 0 || !src->docs[k]) {
-            int e = reload_kind(src, k);
+    for (size_t k = 0; k < POLICY_DOCS_KINDS; k++) {
+        const char *kind = policy_docs_kinds[k];
+        if (after < 0) {
+            int e = reload_kind(src, kind);
             if (e < 0)
                 return e;
             changed = 1;
@@ -98,9 +91,9 @@ static int refresh_docs(policy_source *src, int64_t after)
         }
         for (int64_t from = after;;) {
             json_t *events;
-            int e = store_changes_since(src->store, source_kinds[k], from, CHANGES_BATCH, &events);
+            int e = store_changes_since(src->store, kind, from, CHANGES_BATCH, &events);
             if (e == -ESTALE) {
-                e = reload_kind(src, k);
+                e = reload_kind(src, kind);
                 if (e < 0)
                     return e;
                 changed = 1;
@@ -112,13 +105,8 @@ static int refresh_docs(policy_source *src, int64_t after)
             json_t *ev;
             json_array_foreach(events, i, ev)
             {
-                json_t *doc = json_object_get(ev, "object");
-                const char *name = json_string_value(json_object_get(json_object_get(doc, "metadata"), "name"));
                 const char *type = json_string_value(json_object_get(ev, "type"));
-                if (name && type && strcmp(type, "DELETED") == 0)
-                    json_object_del(src->docs[k], name);
-                else if (name)
-                    json_object_set(src->docs[k], name, doc);
+                policy_docs_apply(src->docs, kind, type && strcmp(type, "DELETED") == 0, json_object_get(ev, "object"));
                 from = json_integer_value(json_object_get(ev, "revision"));
                 changed = 1;
             }
@@ -128,26 +116,6 @@ static int refresh_docs(policy_source *src, int64_t after)
         }
     }
     return changed;
-}
-
-/* Builds a set from DOCS into *ret_set. */
-static int build(policy_source *src, policy_set **ret_set)
-{
-    json_t *lists[N_KINDS] = {0};
-    int e = 0;
-    for (size_t k = 0; k < N_KINDS && e == 0; k++) {
-        lists[k] = json_array();
-        const char *name;
-        json_t *doc;
-        if (!lists[k])
-            e = -ENOMEM;
-        json_object_foreach(src->docs[k], name, doc) if (e == 0 && json_array_append(lists[k], doc) < 0) e = -ENOMEM;
-    }
-    if (e == 0)
-        e = policy_set_new(lists[0], lists[1], lists[2], lists[3], lists[4], ret_set);
-    for (size_t k = 0; k < N_KINDS; k++)
-        json_decref(lists[k]);
-    return e;
 }
 
 int policy_source_get(policy_source *src, policy_set **ret_set)
@@ -168,7 +136,7 @@ int policy_source_get(policy_source *src, policy_set **ret_set)
         e = refresh_docs(src, checked);
         policy_set *fresh = NULL;
         if (e == 1) {
-            e = build(src, &fresh);
+            e = policy_docs_build(src->docs, &fresh);
             if (e == 0)
                 log_fields(LOG_LEVEL_DEBUG, "policy set rebuilt", NULL);
         }

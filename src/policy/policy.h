@@ -90,6 +90,23 @@ int policy_request_set_user(policy_request *r, const json_t *user, cel_arena *a)
 int policy_request_set_service(policy_request *r, const json_t *service, cel_arena *a);
 /* Sets slot V to the string S (borrowed, NUL-terminated). */
 void policy_request_set_string(policy_request *r, policy_var v, const char *s);
+#define POLICY_HEADERS_MAX 64 /* distinct request headers CEL sees */
+
+/* One request header as the HTTP layer holds it (borrowed bytes; the name in
+ * lower case). */
+typedef struct policy_header {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+} policy_header;
+
+/* Sets ctx.request.http.headers from the N headers H: credential-bearing
+ * headers (authorization, cookie, proxy-authorization) and values that are
+ * not UTF-8 are left out, repeated names are joined with ", ", at most
+ * POLICY_HEADERS_MAX names. Values are borrowed from H or allocated from A.
+ * Returns 0 or -ENOMEM. */
+int policy_request_set_headers(policy_request *r, const policy_header *h, size_t n, cel_arena *a);
 /* Whether the LEN bytes at S are valid UTF-8, as CEL strings must be. */
 bool policy_text_valid(const char *s, size_t len);
 /* Converts JSON to a CEL value in A (objects become maps with string keys,

@@ -132,6 +132,16 @@ static const schema_field inject_fields[] = {
 };
 static const schema s_inject = OBJECT(inject_fields, .check = check_inject);
 
+/* request size caps of a Service (the proxy's defaults: 16 MiB body, 64 KiB headers) */
+static const schema s_max_body = {.type = SCHEMA_INT, .min = 0, .max = 16 * 1024 * 1024};
+static const schema s_max_header_bytes = {.type = SCHEMA_INT, .min = 1024, .max = 64 * 1024};
+static const schema_field service_limits_fields[] = {
+    {"maxBodyBytes", &s_max_body, false, NULL},
+    {"maxHeaderBytes", &s_max_header_bytes, false, NULL},
+    {NULL},
+};
+static const schema s_service_limits = OBJECT(service_limits_fields);
+
 static const schema_field service_fields[] = {
     {"upstream", &s_upstream, true, NULL},
     {"hosts", &s_hosts, false, NULL},
@@ -141,6 +151,7 @@ static const schema_field service_fields[] = {
     {"attrs", &s_attrs, false, NULL},
     {"failClosed", &s_bool, false, NULL},
     {"passAuthorization", &s_bool, false, NULL},
+    {"limits", &s_service_limits, false, NULL},
     {NULL},
 };
 static const schema s_service_spec = OBJECT(service_fields);

@@ -13,10 +13,13 @@ typedef struct store_driver {
     void (*close)(void *impl);
     int (*get)(void *impl, const char *kind, const char *name, json_t **ret_doc);
     int (*get_by_lookup)(void *impl, const char *kind, const char *key, json_t **ret_doc);
-    int (*list)(void *impl, const char *kind, json_t **ret_items, int64_t *ret_revision);
+    /* N_KINDS is 1 to STORE_KINDS_MAX (checked by the front) */
+    int (*list)(void *impl, const char *const *kinds, size_t n_kinds, json_t **ret_items, int64_t *ret_revision);
     /* queues TXN; calls txn->done once it is durable or has failed */
     void (*write_async)(void *impl, store_txn *txn);
-    int (*changes_since)(void *impl, const char *kind, int64_t after, size_t max, json_t **ret_events);
+    /* N_KINDS is 0 (every kind) to STORE_KINDS_MAX (checked by the front) */
+    int (*changes_since)(void *impl, const char *const *kinds, size_t n_kinds, int64_t after, size_t max,
+                         json_t **ret_events);
     int64_t (*revision)(void *impl);
 } store_driver;
 

@@ -23,7 +23,8 @@
 
 typedef struct reader {
     sqlite3 *db;
-    sqlite3_stmt *get, *get_lookup, *list, *changes, *changes_kind, *min_change, *revision;
+    sqlite3_stmt *get, *get_lookup, *list, *list_kinds, *changes, *changes_kind, *changes_kinds, *min_change,
+        *revision;
     struct reader *next;
 } reader;
 
@@ -128,8 +129,10 @@ static void reader_free(reader *r)
     sqlite3_finalize(r->get);
     sqlite3_finalize(r->get_lookup);
     sqlite3_finalize(r->list);
+    sqlite3_finalize(r->list_kinds);
     sqlite3_finalize(r->changes);
     sqlite3_finalize(r->changes_kind);
+    sqlite3_finalize(r->changes_kinds);
     sqlite3_finalize(r->min_change);
     sqlite3_finalize(r->revision);
     sqlite3_close(r->db);
@@ -149,6 +152,11 @@ static int reader_new(sqlite_store *s, reader **ret)
                     &r->get_lookup);
     if (e == 0)
         e = prepare(r->db, "SELECT doc FROM resources WHERE kind = ?1 ORDER BY name", &r->list);
+    if (e == 0) /* the parameters are STORE_KINDS_MAX kinds, NULL when unused (matches nothing) */
+        e = prepare(r->db,
+                    "SELECT doc FROM resources WHERE kind IN (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
+                    "ORDER BY kind, name",
+                    &r->list_kinds);
     if (e == 0)
         e = prepare(r->db, "SELECT rv, type, doc FROM changes WHERE rv > ?1 ORDER BY rv LIMIT ?2",
                     &r->changes);
@@ -156,6 +164,11 @@ static int reader_new(sqlite_store *s, reader **ret)
         e = prepare(r->db,
                     "SELECT rv, type, doc FROM changes WHERE kind = ?3 AND rv > ?1 ORDER BY rv LIMIT ?2",
                     &r->changes_kind);
+    if (e == 0)
+        e = prepare(r->db,
+                    "SELECT rv, type, doc FROM changes WHERE kind IN (?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+                    "AND rv > ?1 ORDER BY rv LIMIT ?2",
+                    &r->changes_kinds);
     if (e == 0)
         e = prepare(r->db, "SELECT min(rv) FROM changes", &r->min_change);
     if (e == 0)
@@ -260,7 +273,22 @@ static int sqlite_get_by_lookup(void *impl, const char *kind, const char *key, j
     return read_one(impl, pick_get_lookup, kind, key, ret_doc);
 }
 
-static int sqlite_list(void *impl, const char *kind, json_t **ret_items, int64_t *ret_revision)
+/* Binds KINDS (N of them) to the COUNT text parameters from FIRST on; the
+ * parameters past N are NULL, which no kind equals. */
+static void bind_kinds(sqlite3_stmt *st, int first, int count, const char *const *kinds, size_t n)
+{
+    for (int i = 0; i < count; i++) {
+        if ((size_t)i < n)
+            sqlite3_bind_text(st, first + i, kinds[i], -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, first + i);
+    }
+}
+
+/* The documents of the N_KINDS (1..STORE_KINDS_MAX) KINDS, sorted by kind
+ * and name, and the revision they reflect. */
+static int sqlite_list(void *impl, const char *const *kinds, size_t n_kinds, json_t **ret_items,
+                       int64_t *ret_revision)
 {
     sqlite_store *s = impl;
     reader *r;
@@ -269,22 +297,23 @@ static int sqlite_list(void *impl, const char *kind, json_t **ret_items, int64_t
         return e;
     json_t *items = json_array();
     int64_t rev = 0;
+    sqlite3_stmt *st = n_kinds == 1 ? r->list : r->list_kinds;
     /* one read transaction: the list and the revision describe the same snapshot */
     e = exec_sql(r->db, "BEGIN");
     if (e == 0) {
-        sqlite3_bind_text(r->list, 1, kind, -1, SQLITE_STATIC);
+        bind_kinds(st, 1, n_kinds == 1 ? 1 : STORE_KINDS_MAX, kinds, n_kinds);
         int rc;
-        while ((rc = sqlite3_step(r->list)) == SQLITE_ROW) {
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
             json_t *doc;
-            e = row_doc(r->list, 0, &doc);
+            e = row_doc(st, 0, &doc);
             if (e < 0)
                 break;
             json_array_append_new(items, doc);
         }
         if (e == 0 && rc != SQLITE_DONE)
             e = sqlite_to_errno(rc) ?: -EIO;
-        sqlite3_reset(r->list);
-        sqlite3_clear_bindings(r->list);
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
         if (e == 0 && sqlite3_step(r->revision) == SQLITE_ROW)
             rev = sqlite3_column_int64(r->revision, 0);
         sqlite3_reset(r->revision);
@@ -301,7 +330,10 @@ static int sqlite_list(void *impl, const char *kind, json_t **ret_items, int64_t
     return 0;
 }
 
-static int sqlite_changes_since(void *impl, const char *kind, int64_t after, size_t max, json_t **ret_events)
+/* The changes after AFTER of the N_KINDS KINDS (0: every kind), oldest
+ * first, at most MAX; -ESTALE when AFTER is older than the kept history. */
+static int sqlite_changes_since(void *impl, const char *const *kinds, size_t n_kinds, int64_t after, size_t max,
+                                json_t **ret_events)
 {
     sqlite_store *s = impl;
     reader *r;
@@ -314,12 +346,12 @@ static int sqlite_changes_since(void *impl, const char *kind, int64_t after, siz
         after + 1 < sqlite3_column_int64(r->min_change, 0))
         e = -ESTALE;
     sqlite3_reset(r->min_change);
-    sqlite3_stmt *st = kind ? r->changes_kind : r->changes;
+    sqlite3_stmt *st = n_kinds == 0 ? r->changes : n_kinds == 1 ? r->changes_kind : r->changes_kinds;
     if (e == 0) {
         sqlite3_bind_int64(st, 1, after);
         sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
-        if (kind)
-            sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
+        if (n_kinds > 0)
+            bind_kinds(st, 3, n_kinds == 1 ? 1 : STORE_KINDS_MAX, kinds, n_kinds);
         int rc;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
             json_t *doc;

@@ -69,12 +69,28 @@ int store_get_by_lookup(store *s, const char *kind, const char *key, json_t **re
 
 int store_list(store *s, const char *kind, json_t **ret_items, int64_t *ret_revision)
 {
-    return s->driver->list(s->impl, kind, ret_items, ret_revision);
+    return s->driver->list(s->impl, &kind, 1, ret_items, ret_revision);
+}
+
+int store_list_kinds(store *s, const char *const *kinds, size_t n_kinds, json_t **ret_items,
+                     int64_t *ret_revision)
+{
+    if (n_kinds == 0 || n_kinds > STORE_KINDS_MAX)
+        return -EINVAL;
+    return s->driver->list(s->impl, kinds, n_kinds, ret_items, ret_revision);
 }
 
 int store_changes_since(store *s, const char *kind, int64_t after, size_t max, json_t **ret_events)
 {
-    return s->driver->changes_since(s->impl, kind, after, max, ret_events);
+    return s->driver->changes_since(s->impl, &kind, kind ? 1 : 0, after, max, ret_events);
+}
+
+int store_changes_since_kinds(store *s, const char *const *kinds, size_t n_kinds, int64_t after, size_t max,
+                              json_t **ret_events)
+{
+    if (n_kinds > STORE_KINDS_MAX)
+        return -EINVAL;
+    return s->driver->changes_since(s->impl, kinds, n_kinds, after, max, ret_events);
 }
 
 int64_t store_revision(store *s)

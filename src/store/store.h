@@ -84,6 +84,16 @@ int store_get_by_lookup(store *s, const char *kind, const char *key, json_t **re
  * reflect, read in one snapshot. */
 int store_list(store *s, const char *kind, json_t **ret_items, int64_t *ret_revision);
 
+/* The most kinds one call of the *_kinds functions below takes. */
+#define STORE_KINDS_MAX 8
+
+/* store_list() of several kinds read in one snapshot: every document of the
+ * N_KINDS KINDS (1 to STORE_KINDS_MAX) in one new array, sorted by kind and
+ * then by name, and the revision they all reflect. -EINVAL for a bad
+ * N_KINDS. */
+int store_list_kinds(store *s, const char *const *kinds, size_t n_kinds, json_t **ret_items,
+                     int64_t *ret_revision);
+
 /* Runs TXN and blocks until it is durable or has failed; returns txn->error. */
 int store_write(store *s, store_txn *txn);
 /* Queues TXN; txn->done runs on the writer thread once it is durable or has
@@ -97,6 +107,11 @@ void store_txn_clear(store_txn *txn);
  * reference). -ESTALE when AFTER is older than the retained history, in which
  * case the caller must list again. An empty array when nothing is new. */
 int store_changes_since(store *s, const char *kind, int64_t after, size_t max, json_t **ret_events);
+/* store_changes_since() of several kinds, merged in revision order: the
+ * changes after AFTER of any of the N_KINDS KINDS (at most STORE_KINDS_MAX;
+ * 0 means every kind), oldest first, at most MAX. Same events, same -ESTALE. */
+int store_changes_since_kinds(store *s, const char *const *kinds, size_t n_kinds, int64_t after, size_t max,
+                              json_t **ret_events);
 /* The newest revision. */
 int64_t store_revision(store *s);
 

@@ -190,6 +190,69 @@ Test(store, change_feed_in_order_and_survives_reopen)
     store_free(s);
 }
 
+/* Writes a document of KIND named NAME (an empty spec). */
+static void put_kind(store *s, const char *kind, const char *name, store_op_type type)
+{
+    json_t *doc = json_pack("{s:s, s:s, s:{s:s}, s:{}}", "apiVersion", "cloister.dev/v1", "kind", kind, "metadata",
+                            "name", name, "spec");
+    store_op op = {.type = type, .kind = kind, .name = name, .doc = type == STORE_DELETE ? NULL : doc};
+    store_txn txn = {.ops = &op, .n_ops = 1};
+    cr_assert_eq(store_write(s, &txn), 0);
+    store_txn_clear(&txn);
+    json_decref(doc);
+}
+
+Test(store, several_kinds_listed_together_and_changes_merged_by_revision)
+{
+    store *s;
+    cr_assert_eq(store_open(path, &s), 0);
+    put_kind(s, "User", "u1", STORE_CREATE);     /* 1 */
+    put_kind(s, "Group", "g1", STORE_CREATE);    /* 2 */
+    put_kind(s, "Secret", "s1", STORE_CREATE);   /* 3: not asked for */
+    put_kind(s, "User", "u0", STORE_CREATE);     /* 4 */
+    put_kind(s, "Group", "g1", STORE_DELETE);    /* 5 */
+    put_kind(s, "Session", "x1", STORE_CREATE);  /* 6 */
+    const char *kinds[] = {"User", "Group", "Session"};
+
+    json_t *items;
+    int64_t rev;
+    cr_assert_eq(store_list_kinds(s, kinds, 3, &items, &rev), 0);
+    cr_assert_eq(rev, 6);
+    cr_assert_eq(json_array_size(items), 3); /* Session x1, User u0, User u1: by kind, then name */
+    const char *want[][2] = {{"Session", "x1"}, {"User", "u0"}, {"User", "u1"}};
+    for (size_t i = 0; i < 3; i++) {
+        json_t *d = json_array_get(items, i);
+        cr_expect_str_eq(json_string_value(json_object_get(d, "kind")), want[i][0]);
+        cr_expect_str_eq(json_string_value(json_object_get(json_object_get(d, "metadata"), "name")), want[i][1]);
+    }
+    json_decref(items);
+
+    json_t *ev;
+    cr_assert_eq(store_changes_since_kinds(s, kinds, 3, 0, 100, &ev), 0);
+    int64_t want_rev[] = {1, 2, 4, 5, 6};
+    cr_assert_eq(json_array_size(ev), 5);
+    for (size_t i = 0; i < 5; i++)
+        cr_expect_eq(json_integer_value(json_object_get(json_array_get(ev, i), "revision")), want_rev[i]);
+    cr_expect_str_eq(json_string_value(json_object_get(json_array_get(ev, 3), "type")), "DELETED");
+    json_decref(ev);
+    cr_assert_eq(store_changes_since_kinds(s, kinds, 3, 2, 2, &ev), 0); /* after 2, at most 2 */
+    cr_assert_eq(json_array_size(ev), 2);
+    cr_expect_eq(json_integer_value(json_object_get(json_array_get(ev, 0), "revision")), 4);
+    cr_expect_eq(json_integer_value(json_object_get(json_array_get(ev, 1), "revision")), 5);
+    json_decref(ev);
+    cr_assert_eq(store_changes_since_kinds(s, NULL, 0, 0, 100, &ev), 0); /* every kind */
+    cr_expect_eq(json_array_size(ev), 6);
+    json_decref(ev);
+
+    const char *too_many[STORE_KINDS_MAX + 1] = {0};
+    for (size_t i = 0; i <= STORE_KINDS_MAX; i++)
+        too_many[i] = "User";
+    cr_expect_eq(store_list_kinds(s, too_many, STORE_KINDS_MAX + 1, &items, &rev), -EINVAL);
+    cr_expect_eq(store_list_kinds(s, kinds, 0, &items, &rev), -EINVAL);
+    cr_expect_eq(store_changes_since_kinds(s, too_many, STORE_KINDS_MAX + 1, 0, 10, &ev), -EINVAL);
+    store_free(s);
+}
+
 typedef struct {
     store *s;
     int id;

@@ -1,0 +1,527 @@
+/* GET /v1/proxy/config: the proxy role's configuration as Server-Sent
+ * Events. Each event is `event: NAME` and `data: <one line of JSON>`:
+ *
+ *   snapshot  {revision, issuer, audience, objects: {Service: [...], Policy,
+ *             User, Group, Credential, Session}, jwks: {keys}, secrets: {...}}
+ *             everything the proxy holds; it replaces what it had
+ *   change    {type: ADDED|MODIFIED|DELETED, revision, object} for each
+ *             change of those kinds after the snapshot, in revision order
+ *   jwks      {keys} whenever the token verification keys change
+ *   secrets   {"<secret>/<key>": value} the Secret values Services inject
+ *             (spec.inject), in the clear, whenever that map changes
+ *   error     {error: {code, message}} just before the server ends a stream
+ *
+ * and a `: keep-alive` comment when nothing else was sent for 4 s. With
+ * ?since=REV the stream resumes after revision REV (changes only, then the
+ * current jwks and secrets) while the store's history still holds it, and
+ * starts with a fresh snapshot otherwise.
+ *
+ * Documents go out as stored but without `status`: credential token digests
+ * and session refresh-token digests never leave the api role. Only Secret
+ * values a Service references are unsealed (by the KMS), and their clear
+ * text is wiped once queued; the stream keeps only a digest of what it sent.
+ * The caller is authenticated and authorized again every few seconds, so a
+ * revoked proxy credential ends its stream. */
+#include "api/handlers-proxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/auth.h"
+#include "api/handlers-kms.h"
+#include "api/handlers-policy.h"
+#include "api/sse.h"
+#include "audit/event.h"
+#include "auth/keyring.h"
+#include "basic/log.h"
+#include "basic/macro.h"
+#include "basic/timeutil.h"
+
+#define PROXY_BUFFER_MAX (64 * 1024 * 1024) /* unsent bytes per stream: a snapshot must fit */
+#define PROXY_KEEPALIVE_NS (4 * NSEC_PER_SEC) /* under 5 s even with a poll tick of delay */
+#define PROXY_BATCH_MAX 1000                  /* changes read at once */
+#define PROXY_BATCHES_PER_POLL 8
+#define PROXY_RECHECK_NS (5 * NSEC_PER_SEC)       /* the caller is authorized again this often */
+#define PROXY_SECRETS_RETRY_NS (2 * NSEC_PER_SEC) /* a value the KMS could not unseal is asked again */
+#define PROXY_SECRETS_MAX 1024                    /* distinct Secret values injected */
+#define PROXY_SINCE_MAX 18                        /* digits of ?since= (fits an int64) */
+
+/* What the proxy gets, in this order in the snapshot; then Secret, whose
+ * changes only decide when the secrets map is built again. */
+static const char *const config_kinds[] = {"Service", "Policy", "User", "Group", "Credential", "Session", "Secret"};
+#define N_CONFIG_KINDS (ELEMENTSOF(config_kinds) - 1)
+#define N_WATCHED_KINDS ELEMENTSOF(config_kinds)
+
+typedef struct proxy_stream {
+    api_sse super;
+    api_server *server;
+    int64_t revision; /* the last change looked at (sent, or a Secret's) */
+    json_t *jwks_sent; /* the JWKS last sent */
+    json_t *refs;      /* "<secret>/<key>" -> [secret, key]: the values the map last sent holds */
+    uint8_t secrets_sent[SHA256_DIGEST_LENGTH]; /* digest of the map last sent */
+    bool secrets_known;      /* a map was sent on this stream */
+    uint64_t secrets_retry_at; /* monotonic; 0 unless a value could not be unsealed */
+    uint64_t checked_at;       /* the caller's last authorization */
+    char user[256];
+} proxy_stream;
+
+/* ---- the documents and the keys ---- */
+
+/* The document's kind, "" when it has none. */
+static const char *kind_of(const json_t *doc)
+{
+    const char *k = json_string_value(json_object_get(doc, "kind"));
+    return k ? k : "";
+}
+
+/* The current JWKS of the token signing keys (new reference), empty when the
+ * server signs no tokens; NULL on allocation failure. */
+static json_t *current_jwks(api_server *srv)
+{
+    if (!srv->cfg->keyring)
+        return json_pack("{s:[]}", "keys");
+    return auth_keyring_jwks(srv->cfg->keyring);
+}
+
+/* The Secret values SERVICES inject, as "<secret>/<key>" -> [secret, key]
+ * (new reference; names only, no values), at most PROXY_SECRETS_MAX. NULL on
+ * allocation failure. */
+static json_t *inject_refs(const json_t *services)
+{
+    json_t *refs = json_object();
+    size_t i;
+    json_t *svc;
+    json_array_foreach(services, i, svc)
+    {
+        if (!refs)
+            break;
+        json_t *inject = json_object_get(json_object_get(svc, "spec"), "inject");
+        const char *secret = json_string_value(json_object_get(inject, "secret"));
+        const char *key = json_string_value(json_object_get(inject, "key"));
+        if (!secret || !key)
+            continue;
+        char ref[600];
+        if ((size_t)snprintf(ref, sizeof(ref), "%s/%s", secret, key) >= sizeof(ref) || json_object_get(refs, ref))
+            continue;
+        if (json_object_size(refs) >= PROXY_SECRETS_MAX) {
+            log_fields(LOG_LEVEL_WARN, "too many injected Secret values; the proxy does not get the rest", "service",
+                       json_string_value(json_object_get(json_object_get(svc, "metadata"), "name")), NULL);
+            break;
+        }
+        if (json_object_set_new(refs, ref, json_pack("[s, s]", secret, key)) < 0) {
+            json_decref(refs);
+            refs = NULL;
+        }
+    }
+    return refs;
+}
+
+/* Unseals every value REFS names through the KMS into *RET_MAP ("<secret>/<key>"
+ * -> clear value; a new reference the caller releases with
+ * kms_json_wipe_decref()). A value that cannot be had is left out and
+ * logged by name; *RET_COMPLETE is false when one of them failed for a
+ * reason that may pass (the KMS sealed or down). Returns 0 or -ENOMEM. */
+static int unseal_refs(proxy_stream *p, const json_t *refs, json_t **ret_map, bool *ret_complete)
+{
+    json_t *map = json_object();
+    if (!map)
+        return -ENOMEM;
+    bool complete = true;
+    const char *ref;
+    json_t *pair;
+    json_object_foreach((json_t *)refs, ref, pair)
+    {
+        const char *secret = json_string_value(json_array_get(pair, 0)), *key = json_string_value(json_array_get(pair, 1));
+        char *value = NULL;
+        api_error err;
+        if (api_kms_secret_value(secret, key, &value, &err) < 0) {
+            if (err.status == 503)
+                complete = false;
+            log_fields(p->secrets_retry_at ? LOG_LEVEL_DEBUG : LOG_LEVEL_WARN,
+                       "cannot unseal a Secret value a Service injects; the proxy does not get it", "secret", secret,
+                       "key", key, "reason", err.message, NULL);
+            continue;
+        }
+        json_t *v = json_string(value);
+        OPENSSL_cleanse(value, strlen(value));
+        free(value);
+        if (!v) /* not UTF-8 text (or no memory): JSON cannot carry it */
+            log_fields(LOG_LEVEL_WARN, "a Secret value a Service injects is not UTF-8 text; the proxy does not get it",
+                       "secret", secret, "key", key, NULL);
+        else if (json_object_set_new(map, ref, v) < 0) {
+            kms_json_wipe_decref(map);
+            return -ENOMEM;
+        }
+    }
+    *ret_map = map;
+    *ret_complete = complete;
+    return 0;
+}
+
+/* The SHA-256 of MAP's canonical JSON into OUT; the text is wiped. */
+static int map_digest(const json_t *map, uint8_t out[SHA256_DIGEST_LENGTH])
+{
+    char *text = json_dumps(map, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!text)
+        return -ENOMEM;
+    SHA256((const uint8_t *)text, strlen(text), out);
+    OPENSSL_cleanse(text, strlen(text));
+    free(text);
+    return 0;
+}
+
+/* Builds the secrets map of SERVICES (documents, borrowed) into *RET_MAP
+ * (to release with kms_json_wipe_decref()) and remembers what it names and
+ * whether it must be built again later. Returns 0 or -ENOMEM. */
+static int build_secrets(proxy_stream *p, const json_t *services, json_t **ret_map)
+{
+    json_t *refs = inject_refs(services), *map = NULL;
+    bool complete = true;
+    int e = refs ? unseal_refs(p, refs, &map, &complete) : -ENOMEM;
+    if (e < 0) {
+        json_decref(refs);
+        return e;
+    }
+    json_decref(p->refs);
+    p->refs = refs;
+    p->secrets_retry_at = complete ? 0 : time_mono_ns() + PROXY_SECRETS_RETRY_NS;
+    *ret_map = map;
+    return 0;
+}
+
+/* ---- events ---- */
+
+/* Fills ERR for a failed queue (E): the buffer cap, or memory. */
+static int fail_queue(api_error *err, int e)
+{
+    if (e == -E2BIG)
+        return api_fail(err, 507, "insufficient_storage",
+                        "more than %d MiB of configuration waits to be sent (the client reads too slowly)",
+                        PROXY_BUFFER_MAX / (1024 * 1024));
+    return api_fail(err, 500, "internal", "out of memory");
+}
+
+/* Queues a `snapshot` of everything and makes it the stream's state.
+ * Returns 0 or -1 with ERR. */
+static int queue_snapshot(proxy_stream *p, api_error *err)
+{
+    json_t *items;
+    int64_t rev;
+    int e = store_list_kinds(p->server->cfg->store, config_kinds, N_CONFIG_KINDS, &items, &rev);
+    if (e < 0)
+        return api_fail_store(err, e, "ProxyConfig", "*");
+    json_t *objects = json_object();
+    for (size_t k = 0; objects && k < N_CONFIG_KINDS; k++)
+        if (json_object_set_new(objects, config_kinds[k], json_array()) < 0) {
+            json_decref(objects);
+            objects = NULL;
+        }
+    size_t i;
+    json_t *doc;
+    json_array_foreach(items, i, doc)
+    {
+        json_t *list = json_object_get(objects, kind_of(doc));
+        json_object_del(doc, "status"); /* digests of tokens stay here */
+        if (list && json_array_append(list, doc) < 0) {
+            json_decref(objects);
+            objects = NULL;
+        }
+    }
+    json_decref(items);
+    json_t *jwks = current_jwks(p->server), *secrets = NULL;
+    char iss[300];
+    api_auth_issuer(p->server, iss, sizeof(iss));
+    int r = objects && jwks ? build_secrets(p, json_object_get(objects, "Service"), &secrets) : -ENOMEM;
+    json_t *snap = r < 0 ? NULL
+                         : json_pack("{s:I, s:s, s:s, s:O, s:O, s:O}", "revision", (json_int_t)rev, "issuer", iss,
+                                     "audience", AUTH_AUDIENCE, "objects", objects, "jwks", jwks, "secrets", secrets);
+    json_decref(objects);
+    if (!snap)
+        r = fail_queue(err, -ENOMEM);
+    else if ((e = api_sse_queue_event(&p->super, "snapshot", -1, snap)) < 0)
+        r = fail_queue(err, e);
+    json_decref(snap); /* SECRETS' only reference is ours again: wiped below */
+    if (r == 0 && (e = map_digest(secrets, p->secrets_sent)) < 0)
+        r = fail_queue(err, e);
+    kms_json_wipe_decref(secrets);
+    if (r < 0) {
+        json_decref(jwks);
+        return -1;
+    }
+    p->secrets_known = true;
+    json_decref(p->jwks_sent);
+    p->jwks_sent = jwks;
+    p->revision = rev;
+    return 0;
+}
+
+/* Whether a change of REFS' Secret NAME matters to the map. */
+static bool secret_referenced(const json_t *refs, const char *name)
+{
+    const char *ref;
+    json_t *pair;
+    json_object_foreach((json_t *)refs, ref, pair)
+    {
+        const char *secret = json_string_value(json_array_get(pair, 0));
+        if (secret && strcmp(secret, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Queues a `change` for every change after the stream's revision; on a
+ * history too old to replay, a fresh snapshot instead (*RET_SNAPSHOT true).
+ * Sets *RET_SERVICES when a Service changed and *RET_SECRET when a Secret
+ * the map holds did. Returns 0 or -1 with ERR. */
+static int queue_changes(proxy_stream *p, bool *ret_snapshot, bool *ret_services, bool *ret_secret, api_error *err)
+{
+    store *st = p->server->cfg->store;
+    for (int batch = 0; batch < PROXY_BATCHES_PER_POLL; batch++) {
+        json_t *events;
+        int e = store_changes_since_kinds(st, config_kinds, N_WATCHED_KINDS, p->revision, PROXY_BATCH_MAX, &events);
+        if (e == -ESTALE) {
+            *ret_snapshot = true;
+            return queue_snapshot(p, err);
+        }
+        if (e < 0)
+            return api_fail_store(err, e, "ProxyConfig", "*");
+        size_t i, n = json_array_size(events);
+        json_t *ev;
+        json_array_foreach(events, i, ev)
+        {
+            int64_t rev = json_integer_value(json_object_get(ev, "revision"));
+            json_t *obj = json_object_get(ev, "object");
+            const char *kind = kind_of(obj);
+            if (strcmp(kind, "Secret") == 0) {
+                const char *name = json_string_value(json_object_get(json_object_get(obj, "metadata"), "name"));
+                if (name && p->refs && secret_referenced(p->refs, name))
+                    *ret_secret = true;
+                p->revision = rev;
+                continue; /* its ciphertexts are no business of the proxy */
+            }
+            if (strcmp(kind, "Service") == 0)
+                *ret_services = true;
+            json_object_del(obj, "status");
+            if ((e = api_sse_queue_event(&p->super, "change", -1, ev)) < 0) {
+                json_decref(events);
+                return fail_queue(err, e);
+            }
+            p->revision = rev;
+        }
+        json_decref(events);
+        if (n < PROXY_BATCH_MAX)
+            break;
+    }
+    return 0;
+}
+
+/* Queues `jwks` when the keys differ from those last sent. */
+static int queue_jwks(proxy_stream *p, api_error *err)
+{
+    json_t *jwks = current_jwks(p->server);
+    if (!jwks)
+        return fail_queue(err, -ENOMEM);
+    if (p->jwks_sent && json_equal(jwks, p->jwks_sent)) {
+        json_decref(jwks);
+        return 0;
+    }
+    int e = api_sse_queue_event(&p->super, "jwks", -1, jwks);
+    if (e < 0) {
+        json_decref(jwks);
+        return fail_queue(err, e);
+    }
+    json_decref(p->jwks_sent);
+    p->jwks_sent = jwks;
+    return 0;
+}
+
+/* Queues `secrets` when the map built now differs from the one last sent.
+ * SERVICES_CHANGED: look again at what the Services inject (the values are
+ * unsealed only when that changed); SECRET_CHANGED: a value the map holds
+ * may have changed. Returns 0 or -1 with ERR. */
+static int queue_secrets(proxy_stream *p, bool services_changed, bool secret_changed, api_error *err)
+{
+    bool retry = p->secrets_retry_at && time_mono_ns() >= p->secrets_retry_at;
+    if (!services_changed && !secret_changed && !retry && p->secrets_known)
+        return 0;
+    json_t *services;
+    int e = store_list(p->server->cfg->store, "Service", &services, NULL);
+    if (e < 0)
+        return api_fail_store(err, e, "Service", "*");
+    if (!secret_changed && !retry && p->secrets_known && p->refs) {
+        json_t *refs = inject_refs(services);
+        bool same = refs && json_equal(refs, p->refs);
+        json_decref(refs);
+        if (same) {
+            json_decref(services);
+            return 0;
+        }
+    }
+    json_t *map;
+    e = build_secrets(p, services, &map);
+    json_decref(services);
+    if (e < 0)
+        return fail_queue(err, e);
+    uint8_t digest[SHA256_DIGEST_LENGTH];
+    e = map_digest(map, digest);
+    if (e == 0 && (!p->secrets_known || CRYPTO_memcmp(digest, p->secrets_sent, sizeof(digest)) != 0)) {
+        e = api_sse_queue_event(&p->super, "secrets", -1, map);
+        if (e == 0) {
+            memcpy(p->secrets_sent, digest, sizeof(digest));
+            p->secrets_known = true;
+        }
+    }
+    kms_json_wipe_decref(map);
+    return e < 0 ? fail_queue(err, e) : 0;
+}
+
+/* Brings the stream up to date: changes (or a snapshot), then keys and
+ * secrets. Returns 0 or -1 with ERR. */
+static int proxy_update(proxy_stream *p, api_error *err)
+{
+    bool snapshot = false, services = false, secret = false;
+    if (queue_changes(p, &snapshot, &services, &secret, err) < 0)
+        return -1;
+    if (snapshot)
+        return 0; /* it carries the keys and the secrets */
+    if (queue_jwks(p, err) < 0)
+        return -1;
+    return queue_secrets(p, services, secret, err);
+}
+
+/* ---- the stream ---- */
+
+/* Ends the stream with an `error` event saying why (ERR). */
+static void proxy_finish(proxy_stream *p, const api_error *err)
+{
+    json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", err->code, "message", err->message);
+    if (e)
+        api_sse_queue_event(&p->super, "error", -1, e);
+    json_decref(e);
+    api_sse_finish(&p->super);
+}
+
+/* Authenticates and authorizes the caller of the stream's request again:
+ * a revoked credential, an expired access token, a disabled user or a
+ * policy change ends the stream. Returns 0 while the caller may go on. */
+static int recheck_caller(proxy_stream *p, api_error *err)
+{
+    caller c = {0};
+    h2o_req_t *req = p->super.req;
+    int r = api_authenticate(p->server, req, &c, err);
+    if (r == 0)
+        r = api_authorize(p->server, req, &c, "watch", "ProxyConfig", "", err);
+    caller_clear(&c);
+    if (r < 0)
+        log_fields(LOG_LEVEL_INFO, "proxy configuration stream ended: the caller lost access", "user", p->user,
+                   "reason", err->message, NULL);
+    return r;
+}
+
+/* A poll tick of the stream: the caller's access every PROXY_RECHECK_NS,
+ * then whatever is new; any failure ends the stream with an `error` event. */
+static void proxy_poll(api_sse *s)
+{
+    proxy_stream *p = (proxy_stream *)s;
+    api_error err;
+    uint64_t now = time_mono_ns();
+    if (now - p->checked_at >= PROXY_RECHECK_NS) {
+        p->checked_at = now;
+        if (recheck_caller(p, &err) < 0) {
+            proxy_finish(p, &err);
+            return;
+        }
+    }
+    if (proxy_update(p, &err) < 0) {
+        if (err.status >= 500)
+            log_fields(LOG_LEVEL_WARN, "proxy configuration stream ended", "user", p->user, "reason", err.message,
+                       NULL);
+        proxy_finish(p, &err);
+    }
+}
+
+/* Releases what the stream holds (no secret but the digest of the last map). */
+static void proxy_dispose(api_sse *s)
+{
+    proxy_stream *p = (proxy_stream *)s;
+    json_decref(p->jwks_sent);
+    json_decref(p->refs);
+    OPENSSL_cleanse(p->secrets_sent, sizeof(p->secrets_sent));
+}
+
+static const api_sse_class proxy_stream_class = {
+    .size = sizeof(proxy_stream),
+    .route = ROUTE_PROXY_CONFIG,
+    .buffer_max = PROXY_BUFFER_MAX,
+    .heartbeat_ns = PROXY_KEEPALIVE_NS,
+    .heartbeat = ": keep-alive\n\n",
+    .secret = true,
+    .poll = proxy_poll,
+    .dispose = proxy_dispose,
+};
+
+/* ?since=REV into *RET (0 when absent). Returns 0 or -1 with ERR. */
+static int parse_since(h2o_req_t *req, int64_t *ret, api_error *err)
+{
+    char text[PROXY_SINCE_MAX + 2];
+    int64_t since = 0;
+    if (api_query_param(req, "since", text, sizeof(text))) {
+        size_t n = strlen(text);
+        if (n == 0 || n > PROXY_SINCE_MAX || strspn(text, "0123456789") != n)
+            return api_fail(err, 400, "invalid", "since must be a revision: a decimal number of at most %d digits",
+                            PROXY_SINCE_MAX);
+        since = strtoll(text, NULL, 10);
+    }
+    *ret = since;
+    return 0;
+}
+
+/* Opens the stream for the authorized caller C. Returns 0 once the response
+ * started, or -1 with ERR. */
+static int open_stream(api_request *r, const caller *c, int64_t since, api_error *err)
+{
+    proxy_stream *p = (proxy_stream *)api_sse_new(r->req, r->started, &proxy_stream_class);
+    p->server = r->server;
+    p->checked_at = time_mono_ns();
+    snprintf(p->user, sizeof(p->user), "%s", caller_name(c));
+    /* a revision from another store (ahead of this one) cannot be resumed */
+    bool resume = since > 0 && since <= store_revision(r->server->cfg->store);
+    if (resume)
+        p->revision = since;
+    if ((resume ? proxy_update(p, err) : queue_snapshot(p, err)) < 0)
+        return -1;
+    char ip[INET6_ADDRSTRLEN];
+    httpd_peer_ip(r->req, ip, sizeof(ip));
+    json_t *details = json_pack("{s:I, s:b}", "revision", (json_int_t)p->revision, "resumed", resume);
+    audit_event_emit(&(audit_event){.action = "proxy.config.watch", .user = caller_name(c), .ip = ip,
+                                    .kind = "ProxyConfig", .outcome = "success", .details = details});
+    json_decref(details);
+    api_sse_start(&p->super);
+    return 0;
+}
+
+int api_handle_proxy(api_request *r, const char *rest, size_t rest_len, api_error *err)
+{
+    if (rest_len != STRLEN("config") || memcmp(rest, "config", rest_len) != 0)
+        return api_fail(err, 404, "not_found", "no such endpoint: /v1/proxy/%.*s", (int)MIN(rest_len, (size_t)200),
+                        rest);
+    caller c = {0};
+    if (api_authenticate(r->server, r->req, &c, err) < 0 ||
+        api_authorize(r->server, r->req, &c, "watch", "ProxyConfig", "", err) < 0) {
+        api_report_refusal(r->req, &c, err);
+        caller_clear(&c);
+        return -1;
+    }
+    int ret = 0;
+    int64_t since;
+    if (!api_method_is(r->req, "GET"))
+        api_method_not_allowed(r->req, ROUTE_PROXY_CONFIG, r->started, "GET");
+    else if (parse_since(r->req, &since, err) < 0 || open_stream(r, &c, since, err) < 0)
+        ret = -1;
+    caller_clear(&c);
+    return ret;
+}

@@ -1,0 +1,11 @@
+/* The api side of the proxy role's configuration: the proxy holds a
+ * read-only copy of routes, policies, sessions and token verification keys,
+ * pushed from the api role over one Server-Sent Events stream. */
+#pragma once
+
+#include "api/request.h"
+
+/* The /v1/proxy/ endpoint group: GET /v1/proxy/config[?since=REV]. Public in
+ * the group table because it authenticates the caller itself and authorizes
+ * it by policy as verb "watch" on kind "ProxyConfig" (name ""). */
+int api_handle_proxy(api_request *r, const char *rest, size_t rest_len, api_error *err);

@@ -1,0 +1,154 @@
+/* Server-Sent Events streams of the API (see sse.h). */
+#include "api/sse.h"
+
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/request.h"
+#include "basic/timeutil.h"
+#include "httpd/httpd.h"
+
+static void sse_flush(api_sse *s);
+
+/* Stops polling and leaves the thread's list of open streams. */
+static void sse_detach(api_sse *s)
+{
+    if (h2o_timeout_is_linked(&s->poll))
+        h2o_timeout_unlink(&s->poll);
+    if (h2o_linklist_is_linked(&s->link))
+        h2o_linklist_unlink(&s->link);
+}
+
+/* The request's pool releases the stream: the subclass first, then the buffers. */
+static void sse_dispose(void *p)
+{
+    api_sse *s = p;
+    sse_detach(s);
+    if (s->cls->dispose)
+        s->cls->dispose(s);
+    strbuf_free(&s->queued); /* wiped first when the class is secret */
+    strbuf_free(&s->inflight);
+}
+
+/* Sends what is queued unless a send is under way; the final chunk ends the response. */
+static void sse_flush(api_sse *s)
+{
+    if (s->sending || s->done)
+        return;
+    if (s->queued.len == 0 && !s->finishing)
+        return;
+    strbuf tmp = s->inflight;
+    s->inflight = s->queued;
+    s->queued = tmp;
+    strbuf_reset(&s->queued);
+    h2o_iovec_t buf = h2o_iovec_init(s->inflight.data, s->inflight.len);
+    s->sending = true;
+    s->last_sent = time_mono_ns();
+    if (s->finishing) {
+        s->done = true;
+        api_finish(s->cls->route, s->started, 200);
+    }
+    h2o_send(s->req, &buf, buf.len ? 1 : 0, s->finishing ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
+}
+
+/* A poll tick: the class looks for news, then a heartbeat when the stream
+ * has been quiet, then whatever is queued goes out and the tick is re-armed. */
+static void sse_on_poll(h2o_timeout_entry_t *entry)
+{
+    api_sse *s = H2O_STRUCT_FROM_MEMBER(api_sse, poll, entry);
+    s->cls->poll(s);
+    if (s->finishing || s->done)
+        return;
+    if (s->queued.len == 0 && time_mono_ns() - s->last_sent > s->cls->heartbeat_ns)
+        strbuf_puts(&s->queued, s->cls->heartbeat);
+    sse_flush(s);
+    h2o_timeout_link(s->thread->ctx->loop, &s->thread->watch_poll, &s->poll);
+}
+
+/* h2o took the chunk in flight: its buffer may be reused (and is wiped by
+ * the reset when secret). */
+static void sse_proceed(h2o_generator_t *g, h2o_req_t *req)
+{
+    api_sse *s = (api_sse *)g;
+    s->sending = false;
+    strbuf_reset(&s->inflight);
+    sse_flush(s);
+}
+
+/* The client went away (or the response was cut). */
+static void sse_stop(h2o_generator_t *g, h2o_req_t *req)
+{
+    api_sse *s = (api_sse *)g;
+    if (!s->done)
+        api_finish(s->cls->route, s->started, 200);
+    s->done = true;
+    sse_detach(s);
+}
+
+api_sse *api_sse_new(h2o_req_t *req, uint64_t started, const api_sse_class *cls)
+{
+    api_sse *s = h2o_mem_alloc_shared(&req->pool, cls->size, sse_dispose);
+    memset(s, 0, cls->size);
+    *s = (api_sse){.super = {sse_proceed, sse_stop}, .cls = cls, .req = req,
+                   .thread = (api_thread *)httpd_thread_state(req), .started = started,
+                   .last_sent = time_mono_ns()};
+    s->poll.cb = sse_on_poll;
+    if (cls->secret) {
+        strbuf_init_secure(&s->queued, cls->buffer_max);
+        strbuf_init_secure(&s->inflight, cls->buffer_max);
+    } else {
+        strbuf_init(&s->queued, cls->buffer_max);
+        strbuf_init(&s->inflight, cls->buffer_max);
+    }
+    return s;
+}
+
+void api_sse_start(api_sse *s)
+{
+    h2o_req_t *req = s->req;
+    req->res.status = 200;
+    req->res.reason = "OK";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("text/event-stream"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+    h2o_start_response(req, &s->super);
+    h2o_linklist_insert(&s->thread->watchers, &s->link);
+    sse_flush(s);
+    h2o_timeout_link(s->thread->ctx->loop, &s->thread->watch_poll, &s->poll);
+}
+
+int api_sse_queue_event(api_sse *s, const char *event, int64_t id, const json_t *data)
+{
+    char *text = json_dumps(data, JSON_COMPACT);
+    if (!text)
+        return -ENOMEM;
+    int r = id >= 0 ? strbuf_printf(&s->queued, "event: %s\nid: %lld\ndata: %s\n\n", event, (long long)id, text)
+                    : strbuf_printf(&s->queued, "event: %s\ndata: %s\n\n", event, text);
+    if (s->cls->secret)
+        OPENSSL_cleanse(text, strlen(text));
+    free(text);
+    return r;
+}
+
+int api_sse_queue_text(api_sse *s, const char *text)
+{
+    return strbuf_puts(&s->queued, text);
+}
+
+void api_sse_finish(api_sse *s)
+{
+    if (s->finishing)
+        return;
+    s->finishing = true;
+    sse_detach(s);
+    sse_flush(s);
+}
+
+void api_sse_drain(api_thread *t)
+{
+    while (!h2o_linklist_is_empty(&t->watchers)) {
+        api_sse *s = H2O_STRUCT_FROM_MEMBER(api_sse, link, t->watchers.next);
+        api_sse_finish(s);
+    }
+}

@@ -1,0 +1,466 @@
+/* The proxy's configuration snapshots (see config.h). */
+#include "proxy/config.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <openssl/bio.h>
+#include <openssl/crypto.h>
+#include <openssl/pem.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "basic/encoding.h"
+#include "basic/log.h"
+#include "basic/macro.h"
+
+#define POOL_CAPACITY 1024 /* connections to one upstream */
+#define MAX_POOLS 4096
+#define POOL_IDLE_MS 2000 /* an idle upstream connection is closed after */
+#define HOST_MAX 253
+
+int proxy_state_init(proxy_state *st)
+{
+    *st = (proxy_state){.revision = -1};
+    st->docs = policy_docs_new();
+    st->sessions = json_object();
+    st->jwks = json_pack("{s:[]}", "keys");
+    st->secrets = json_object();
+    st->certs = json_object();
+    if (!st->docs || !st->sessions || !st->jwks || !st->secrets || !st->certs) {
+        proxy_state_done(st);
+        return -ENOMEM;
+    }
+    st->policies_changed = true;
+    return 0;
+}
+
+void proxy_state_done(proxy_state *st)
+{
+    policy_docs_free(st->docs);
+    json_decref(st->sessions);
+    json_decref(st->jwks);
+    json_decref(st->secrets);
+    json_decref(st->certs);
+    OPENSSL_cleanse(st->handoff_key, sizeof(st->handoff_key));
+    *st = (proxy_state){.revision = -1};
+}
+
+/* ---- upstream pools: one per scheme://host:port, for the process ---- */
+
+typedef struct upstream_pool {
+    char key[300];
+    h2o_socketpool_t pool;
+} upstream_pool;
+
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static upstream_pool *pools[MAX_POOLS];
+static size_t n_pools;
+
+/* The pool of URL's origin, created on first use. NULL when too many
+ * origins are in use or memory ran out. */
+static h2o_socketpool_t *pool_for(const h2o_url_t *url)
+{
+    char key[300];
+    bool tls = url->scheme == &H2O_URL_SCHEME_HTTPS;
+    uint16_t port = h2o_url_get_port(url);
+    snprintf(key, sizeof(key), "%s://%.*s:%u", tls ? "https" : "http", (int)url->host.len, url->host.base, port);
+    h2o_socketpool_t *found = NULL;
+    pthread_mutex_lock(&pools_lock);
+    for (size_t i = 0; i < n_pools && !found; i++)
+        if (strcmp(pools[i]->key, key) == 0)
+            found = &pools[i]->pool;
+    if (!found && n_pools < MAX_POOLS) {
+        upstream_pool *p = calloc(1, sizeof(*p));
+        if (p) {
+            snprintf(p->key, sizeof(p->key), "%s", key);
+            /* a literal address is used as is: no resolver round trip per connection */
+            char host[HOST_MAX + 1];
+            snprintf(host, sizeof(host), "%.*s", (int)url->host.len, url->host.base);
+            struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
+            struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_port = htons(port)};
+            if (inet_pton(AF_INET, host, &sin.sin_addr) == 1)
+                h2o_socketpool_init_by_address(&p->pool, (struct sockaddr *)&sin, sizeof(sin), tls, POOL_CAPACITY);
+            else if (inet_pton(AF_INET6, host, &sin6.sin6_addr) == 1)
+                h2o_socketpool_init_by_address(&p->pool, (struct sockaddr *)&sin6, sizeof(sin6), tls, POOL_CAPACITY);
+            else
+                h2o_socketpool_init_by_hostport(&p->pool, url->host, port, tls, POOL_CAPACITY);
+            pools[n_pools++] = p;
+            found = &p->pool;
+        }
+    }
+    pthread_mutex_unlock(&pools_lock);
+    return found;
+}
+
+void proxy_pool_attach(h2o_socketpool_t *pool, h2o_loop_t *loop)
+{
+    pthread_mutex_lock(&pools_lock);
+    if (!pool->_interval_cb.loop)
+        h2o_socketpool_set_timeout(pool, loop, POOL_IDLE_MS);
+    pthread_mutex_unlock(&pools_lock);
+}
+
+/* ---- snapshots ---- */
+
+/* Lower-cases the host part of HOST (LEN bytes) into OUT (HOST_MAX + 1),
+ * dropping a ":port" and a trailing dot. Returns false when it is empty or
+ * too long. */
+static bool host_key(const char *host, size_t len, char *out)
+{
+    if (len > 0 && host[0] == '[') { /* an IPv6 literal: keep up to ']' */
+        const char *end = memchr(host, ']', len);
+        if (!end)
+            return false;
+        len = (size_t)(end - host) + 1;
+    } else {
+        const char *colon = memchr(host, ':', len);
+        if (colon)
+            len = (size_t)(colon - host);
+    }
+    if (len > 0 && host[len - 1] == '.')
+        len--;
+    if (len == 0 || len > HOST_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        out[i] = (char)tolower((unsigned char)host[i]);
+    out[len] = 0;
+    return true;
+}
+
+static void service_clear(proxy_service *s)
+{
+    json_decref(s->doc);
+    free(s->upstream_text);
+    if (s->inject_value.base) {
+        OPENSSL_cleanse(s->inject_value.base, s->inject_value.len);
+        free(s->inject_value.base);
+    }
+    free(s->inject_name.base);
+    SSL_CTX_free(s->tls);
+    *s = (proxy_service){0};
+}
+
+/* Prepares the header a Service injects: its name and value ("Bearer …",
+ * "Basic base64(…)" or the value itself) from the delivered SECRETS. */
+static int service_inject(proxy_service *s, const json_t *inject, const json_t *secrets)
+{
+    const char *secret = json_string_value(json_object_get(inject, "secret"));
+    const char *key = json_string_value(json_object_get(inject, "key"));
+    const char *as = json_string_value(json_object_get(inject, "as"));
+    const char *header = json_string_value(json_object_get(inject, "header"));
+    if (!secret || !key)
+        return 0;
+    s->inject = PROXY_INJECT_HEADER;
+    if (!as)
+        as = "bearer";
+    char ref[300];
+    snprintf(ref, sizeof(ref), "%s/%s", secret, key);
+    const json_t *v = json_object_get(secrets, ref);
+    const char *name = strcmp(as, "header") == 0 && header ? header : "authorization";
+    if (!(s->inject_name.base = strdup(name)))
+        return -ENOMEM;
+    s->inject_name.len = strlen(name);
+    for (size_t i = 0; i < s->inject_name.len; i++)
+        s->inject_name.base[i] = (char)tolower((unsigned char)s->inject_name.base[i]);
+    if (!json_is_string(v)) {
+        s->inject_missing = true;
+        return 0;
+    }
+    const char *value = json_string_value(v);
+    size_t len = json_string_length(v);
+    char *out = NULL;
+    size_t out_len = 0;
+    if (strcmp(as, "bearer") == 0) {
+        out_len = 7 + len;
+        if ((out = malloc(out_len + 1)))
+            snprintf(out, out_len + 1, "Bearer %s", value);
+    } else if (strcmp(as, "basic") == 0) {
+        if ((out = malloc(6 + base64_encoded_size(len)))) {
+            memcpy(out, "Basic ", 6);
+            out_len = 6 + base64_encode((const uint8_t *)value, len, out + 6, false);
+        }
+    } else {
+        out_len = len;
+        out = malloc(len + 1);
+        if (out)
+            memcpy(out, value, len + 1);
+    }
+    if (!out)
+        return -ENOMEM;
+    /* a value that cannot be a header value is not sent at all */
+    for (size_t i = 0; i < out_len; i++)
+        if ((unsigned char)out[i] < 0x20 || out[i] == 0x7f) {
+            OPENSSL_cleanse(out, out_len);
+            free(out);
+            s->inject_missing = true;
+            return 0;
+        }
+    s->inject_value = h2o_iovec_init(out, out_len);
+    return 0;
+}
+
+/* A TLS context for a Service's certificate, PEM chain CERT and key KEY,
+ * with the listener's settings. NULL (logged) when they do not load. */
+static SSL_CTX *service_tls(const char *service, const char *cert, const char *key)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    BIO *cb = BIO_new_mem_buf(cert, -1), *kb = BIO_new_mem_buf(key, -1);
+    X509 *leaf = cb ? PEM_read_bio_X509(cb, NULL, NULL, NULL) : NULL;
+    EVP_PKEY *pkey = kb ? PEM_read_bio_PrivateKey(kb, NULL, NULL, NULL) : NULL;
+    bool ok = ctx && leaf && pkey && SSL_CTX_use_certificate(ctx, leaf) == 1 && SSL_CTX_use_PrivateKey(ctx, pkey) == 1;
+    X509 *extra;
+    while (ok && (extra = PEM_read_bio_X509(cb, NULL, NULL, NULL)))
+        if (SSL_CTX_add0_chain_cert(ctx, extra) != 1) {
+            X509_free(extra);
+            ok = false;
+        }
+    X509_free(leaf);
+    EVP_PKEY_free(pkey);
+    BIO_free(cb);
+    BIO_free(kb);
+    if (ok) {
+        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+        SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+        SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+        h2o_ssl_register_alpn_protocols(ctx, h2o_http2_alpn_protocols);
+    } else {
+        log_fields(LOG_LEVEL_WARN, "cannot load the certificate of a service; the default certificate is used",
+                   "service", service, NULL);
+        SSL_CTX_free(ctx);
+        ctx = NULL;
+    }
+    return ctx;
+}
+
+/* Fills S from the Service document DOC. Returns 0, 1 when the Service
+ * cannot be served (logged), or -ENOMEM. */
+static int service_init(proxy_service *s, json_t *doc, const proxy_state *st)
+{
+    const char *name = json_string_value(json_object_get(json_object_get(doc, "metadata"), "name"));
+    const json_t *spec = json_object_get(doc, "spec");
+    const json_t *upstream = json_object_get(spec, "upstream");
+    if (!name)
+        return 1;
+    *s = (proxy_service){.name = name, .doc = json_incref(doc), .max_body = PROXY_DEFAULT_MAX_BODY,
+                         .max_header_bytes = PROXY_DEFAULT_MAX_HEADER_BYTES};
+    s->pass_authorization = json_is_true(json_object_get(spec, "passAuthorization"));
+    s->fail_closed = json_is_true(json_object_get(spec, "failClosed"));
+    const json_t *limits = json_object_get(spec, "limits");
+    const json_t *v;
+    if (json_is_integer(v = json_object_get(limits, "maxBodyBytes")) && json_integer_value(v) >= 0)
+        s->max_body = (uint64_t)json_integer_value(v);
+    if (json_is_integer(v = json_object_get(limits, "maxHeaderBytes")) && json_integer_value(v) > 0)
+        s->max_header_bytes = (uint64_t)json_integer_value(v);
+    const char *url = json_string_value(json_object_get(upstream, "url"));
+    if (!url) {
+        s->is_enclave = json_object_get(upstream, "enclave") != NULL;
+    } else {
+        if (!(s->upstream_text = strdup(url)))
+            return -ENOMEM;
+        if (h2o_url_parse(s->upstream_text, SIZE_MAX, &s->upstream) != 0) {
+            log_fields(LOG_LEVEL_WARN, "a service's upstream URL cannot be parsed; it is not served", "service", name,
+                       "url", url, NULL);
+            return 1;
+        }
+        if (!(s->pool = pool_for(&s->upstream)))
+            return -ENOMEM;
+    }
+    int e = service_inject(s, json_object_get(spec, "inject"), st->secrets);
+    if (e < 0)
+        return e;
+    const json_t *cert = json_object_get(st->certs, name);
+    if (cert)
+        s->tls = service_tls(name, json_string_value(json_object_get(cert, "cert")),
+                             json_string_value(json_object_get(cert, "key")));
+    return 0;
+}
+
+/* Maps HOST to service index I unless another service claimed it first. */
+static int add_host(json_t *hosts, const char *host, size_t len, size_t i)
+{
+    char key[HOST_MAX + 1];
+    if (!host_key(host, len, key) || json_object_get(hosts, key))
+        return 0;
+    return json_object_set_new(hosts, key, json_integer((json_int_t)i)) < 0 ? -ENOMEM : 0;
+}
+
+/* The access-token keys of JWKS into C. Keys that do not import are skipped. */
+static int load_keys(proxy_config *c, const json_t *jwks)
+{
+    const json_t *keys = json_object_get(jwks, "keys");
+    size_t n = json_array_size(keys);
+    c->keys = calloc(n ? n : 1, sizeof(*c->keys));
+    if (!c->keys)
+        return -ENOMEM;
+    size_t i;
+    json_t *jwk;
+    json_array_foreach(keys, i, jwk)
+    {
+        jwt_key *k;
+        if (jwt_key_from_json(jwk, JWT_ALG_ES256, &k) == 0 && jwt_key_alg(k) == JWT_ALG_ES256)
+            c->keys[c->n_keys++] = k;
+        else if (k)
+            jwt_key_free(k);
+    }
+    return 0;
+}
+
+proxy_config *proxy_config_ref(proxy_config *c)
+{
+    if (c)
+        atomic_fetch_add(&c->refs, 1);
+    return c;
+}
+
+void proxy_config_unref(proxy_config *c)
+{
+    if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
+        return;
+    policy_set_unref(c->policies);
+    for (size_t i = 0; i < c->n_keys; i++)
+        jwt_key_free(c->keys[i]);
+    free(c->keys);
+    json_decref(c->users);
+    json_decref(c->credentials);
+    json_decref(c->sessions);
+    for (size_t i = 0; i < c->n_services; i++)
+        service_clear(&c->services[i]);
+    free(c->services);
+    json_decref(c->hosts);
+    free(c->issuer);
+    free(c->audience);
+    OPENSSL_cleanse(c->handoff_key, sizeof(c->handoff_key));
+    free(c);
+}
+
+int proxy_config_build(proxy_state *st, const proxy_config *prev, const char *domain, proxy_config **ret)
+{
+    proxy_config *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->refs = 1;
+    c->revision = st->revision;
+    int e = 0;
+    if (!(c->issuer = strdup(st->issuer)) || !(c->audience = strdup(st->audience)))
+        e = -ENOMEM;
+    if (e == 0) {
+        if (prev && prev->policies && !st->policies_changed)
+            c->policies = policy_set_ref(prev->policies);
+        else
+            e = policy_docs_build(st->docs, &c->policies);
+    }
+    if (e == 0)
+        e = load_keys(c, st->jwks);
+    if (e == 0 && (!(c->users = json_copy(policy_docs_get(st->docs, "User"))) ||
+                   !(c->credentials = json_copy(policy_docs_get(st->docs, "Credential"))) ||
+                   !(c->sessions = json_copy(st->sessions)) || !(c->hosts = json_object())))
+        e = -ENOMEM;
+    json_t *services = policy_docs_get(st->docs, "Service");
+    size_t n = MIN(json_object_size(services), (size_t)PROXY_MAX_SERVICES);
+    if (e == 0 && !(c->services = calloc(n ? n : 1, sizeof(*c->services))))
+        e = -ENOMEM;
+    const char *name;
+    json_t *doc;
+    if (e == 0) {
+        json_object_foreach(services, name, doc)
+        {
+            if (c->n_services == n)
+                break;
+            proxy_service *s = &c->services[c->n_services];
+            int r = service_init(s, doc, st);
+            if (r < 0) {
+                service_clear(s);
+                e = r;
+                break;
+            }
+            if (r > 0) {
+                service_clear(s);
+                continue;
+            }
+            c->n_services++;
+        }
+    }
+    /* hosts: "<service>.<domain>" first, then explicit ones not taken */
+    for (size_t i = 0; e == 0 && i < c->n_services; i++) {
+        char host[HOST_MAX + 2];
+        int len = snprintf(host, sizeof(host), "%s.%s", c->services[i].name, domain);
+        if (len > 0 && (size_t)len < sizeof(host))
+            e = add_host(c->hosts, host, (size_t)len, i);
+    }
+    for (size_t i = 0; e == 0 && i < c->n_services; i++) {
+        size_t k;
+        json_t *h;
+        json_array_foreach(json_object_get(json_object_get(c->services[i].doc, "spec"), "hosts"), k, h)
+        {
+            if (json_is_string(h) && (e = add_host(c->hosts, json_string_value(h), json_string_length(h), i)) < 0)
+                break;
+        }
+    }
+    if (e < 0) {
+        proxy_config_unref(c);
+        return e;
+    }
+    memcpy(c->handoff_key, st->handoff_key, sizeof(c->handoff_key));
+    c->has_handoff_key = st->has_handoff_key;
+    st->policies_changed = false;
+    *ret = c;
+    return 0;
+}
+
+const proxy_service *proxy_config_route(const proxy_config *c, const char *host, size_t len)
+{
+    char key[HOST_MAX + 1];
+    if (!c || !host_key(host, len, key))
+        return NULL;
+    json_t *i = json_object_get(c->hosts, key);
+    return i ? &c->services[json_integer_value(i)] : NULL;
+}
+
+/* ---- the current snapshot ---- */
+
+static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
+static proxy_config *current;
+static _Atomic uint64_t current_generation;
+
+void proxy_config_publish(proxy_config *snap)
+{
+    pthread_mutex_lock(&current_lock);
+    proxy_config *old = current;
+    snap->generation = atomic_load(&current_generation) + 1;
+    current = snap;
+    atomic_store(&current_generation, snap->generation);
+    pthread_mutex_unlock(&current_lock);
+    proxy_config_unref(old);
+}
+
+proxy_config *proxy_config_current(void)
+{
+    pthread_mutex_lock(&current_lock);
+    proxy_config *c = proxy_config_ref(current);
+    pthread_mutex_unlock(&current_lock);
+    return c;
+}
+
+uint64_t proxy_config_generation(void)
+{
+    return atomic_load(&current_generation);
+}
+
+void proxy_config_shutdown(void)
+{
+    pthread_mutex_lock(&current_lock);
+    proxy_config *old = current;
+    current = NULL;
+    pthread_mutex_unlock(&current_lock);
+    proxy_config_unref(old);
+    pthread_mutex_lock(&pools_lock);
+    for (size_t i = 0; i < n_pools; i++) {
+        h2o_socketpool_dispose(&pools[i]->pool);
+        free(pools[i]);
+    }
+    n_pools = 0;
+    pthread_mutex_unlock(&pools_lock);
+}

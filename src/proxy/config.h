@@ -1,0 +1,108 @@
+/* What the proxy serves with: an immutable snapshot of the routes (Services),
+ * the policy set, the users, credentials and live sessions, the access-token
+ * verification keys and the secrets Services inject, built from the state the
+ * API's configuration stream keeps current (follow.c).
+ *
+ * A snapshot is reference counted and never changes once built, so worker
+ * threads use it without locks; publishing a new one swaps it atomically and
+ * each thread picks it up before its next request. Keep-alive pools to the
+ * upstreams outlive snapshots (one per scheme://host:port, for the life of the
+ * process), so a configuration change does not drop upstream connections. */
+#pragma once
+
+#include <h2o.h>
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "auth/jwt.h"
+#include "policy/policy-docs.h"
+#include "policy/policy.h"
+
+#define PROXY_MAX_SERVICES 4096
+#define PROXY_DEFAULT_MAX_BODY (16u * 1024 * 1024)   /* bytes of a request body */
+#define PROXY_DEFAULT_MAX_HEADER_BYTES (64u * 1024)  /* bytes of request header names and values */
+
+/* What the configuration stream has delivered so far (owned by the follower). */
+typedef struct proxy_state {
+    policy_docs *docs; /* Policy, User, Group, Credential, Service */
+    json_t *sessions;  /* name -> Session document */
+    json_t *jwks;      /* {"keys": [...]} verifying access tokens */
+    json_t *secrets;   /* "<secret>/<key>" -> value, those Services inject */
+    json_t *certs;     /* service name -> {"cert": PEM chain, "key": PEM}, when the API issues them */
+    char issuer[256], audience[64];
+    uint8_t handoff_key[32]; /* decrypts browser login handoffs (AES-256-GCM) */
+    bool has_handoff_key;
+    int64_t revision;
+    bool policies_changed; /* a document policy sets depend on changed since the last build */
+} proxy_state;
+
+/* An empty state. Returns 0 or -ENOMEM. */
+int proxy_state_init(proxy_state *st);
+void proxy_state_done(proxy_state *st);
+
+typedef enum proxy_inject {
+    PROXY_INJECT_NONE,
+    PROXY_INJECT_HEADER, /* bearer and basic become an Authorization header */
+} proxy_inject;
+
+/* One Service, resolved for the request path. */
+typedef struct proxy_service {
+    const char *name;  /* borrowed from DOC */
+    json_t *doc;       /* the Service document (a reference) */
+    char *upstream_text; /* the upstream URL; UPSTREAM's strings point into it */
+    h2o_url_t upstream;
+    h2o_socketpool_t *pool; /* the upstream's keep-alive pool (process lifetime) */
+    bool is_enclave;        /* upstream {enclave}: not reachable by this proxy yet */
+    bool pass_authorization, fail_closed;
+    uint64_t max_body, max_header_bytes;
+    proxy_inject inject;
+    h2o_iovec_t inject_name;  /* lower-case header name */
+    h2o_iovec_t inject_value; /* "Bearer …", "Basic …" or the raw value; wiped when freed */
+    bool inject_missing;      /* the Secret value is not (yet) delivered: requests fail */
+    SSL_CTX *tls;             /* this service's certificate (by SNI), or NULL for the default */
+} proxy_service;
+
+typedef struct proxy_config {
+    _Atomic unsigned refs;
+    uint64_t generation; /* increases with every published snapshot */
+    int64_t revision;    /* the store revision it reflects */
+    char *issuer, *audience;
+    policy_set *policies;
+    jwt_key **keys;
+    size_t n_keys;
+    json_t *users, *credentials, *sessions; /* name -> document (shallow copies) */
+    proxy_service *services;
+    size_t n_services;
+    json_t *hosts; /* lower-case host -> index into SERVICES */
+    uint8_t handoff_key[32];
+    bool has_handoff_key;
+} proxy_config;
+
+/* Builds a snapshot of ST for the cluster DOMAIN. The policy set of PREV (may
+ * be NULL) is shared when no document it depends on changed. Returns 0 and a snapshot with one reference in *RET, or a negative errno
+ * (-ENOMEM, or the policy set's errors). Problems of single Services (bad
+ * upstream URL, unloadable certificate) are logged and the Service skipped. */
+int proxy_config_build(proxy_state *st, const proxy_config *prev, const char *domain, proxy_config **ret);
+proxy_config *proxy_config_ref(proxy_config *c);
+/* Drops a reference; the last frees the snapshot and wipes injected secrets. */
+void proxy_config_unref(proxy_config *c);
+
+/* The Service serving HOST (LEN bytes, any case, an optional ":port" and
+ * trailing dot ignored), or NULL. */
+const proxy_service *proxy_config_route(const proxy_config *c, const char *host, size_t len);
+
+/* Gives POOL its idle-connection expiry on LOOP (a worker's loop, which must
+ * outlive the pool) unless it has one: h2o needs a loop's clock for it. */
+void proxy_pool_attach(h2o_socketpool_t *pool, h2o_loop_t *loop);
+
+/* Makes SNAP (consumed) the current snapshot. */
+void proxy_config_publish(proxy_config *snap);
+/* The current snapshot as a new reference, or NULL before the first. */
+proxy_config *proxy_config_current(void);
+/* The generation of the current snapshot (0 before the first): cheap enough
+ * to check on every request. */
+uint64_t proxy_config_generation(void);
+/* Drops the current snapshot and disposes the upstream pools (at exit). */
+void proxy_config_shutdown(void);

@@ -1,0 +1,27 @@
+/* The proxy's side of the API's configuration stream (GET /v1/proxy/config,
+ * Server-Sent Events): a thread that keeps a proxy_state current from the
+ * stream's snapshot and change events and publishes a new configuration
+ * snapshot after each batch. When the API is away it keeps the last good
+ * configuration published, reconnects with backoff and resumes after the
+ * last revision it applied (?since=), so nothing is served from a partial
+ * state and nothing is lost. */
+#pragma once
+
+#include <stdint.h>
+
+#define PROXY_STREAM_MAX (64u * 1024 * 1024) /* bytes of one event (a snapshot) */
+
+typedef struct proxy_follow_config {
+    const char *api_url;    /* "https://127.0.0.1:7443" */
+    const char *ca_file;    /* the cluster CA the API's certificate chains to */
+    const char *token_file; /* the proxy's credential token (read at every connection) */
+    const char *domain;     /* services are <name>.<domain> */
+} proxy_follow_config;
+
+typedef struct proxy_follower proxy_follower;
+
+/* Starts following; CFG's strings are copied. Returns 0 with *RET or a
+ * negative errno. */
+int proxy_follow_start(const proxy_follow_config *cfg, proxy_follower **ret);
+/* Stops the thread (within about a second) and frees F; accepts NULL. */
+void proxy_follow_stop(proxy_follower *f);

@@ -1,0 +1,155 @@
+/* The proxy's metrics (see metrics.h). */
+#include "proxy/metrics.h"
+
+#include <string.h>
+
+#include "basic/macro.h"
+
+static const double buckets_s[PROXY_METRICS_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                        0.05,   0.1,   0.25,   0.5,   1,    2.5};
+static const char *const decision_names[PROXY_DECISION_COUNT_] = {"allow", "deny", "unauthenticated", "invalid",
+                                                                  "error"};
+
+const char *proxy_decision_name(proxy_decision d)
+{
+    return d < PROXY_DECISION_COUNT_ ? decision_names[d] : "error";
+}
+
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* The slot of SERVICE: found, or claimed when free; the overflow slot when
+ * the table is full, the name too long, or SERVICE is NULL. */
+static proxy_service_metrics *slot_of(proxy_metrics *m, const char *service)
+{
+    proxy_service_metrics *other = &m->services[PROXY_METRICS_SERVICES];
+    if (!service || strlen(service) >= PROXY_METRICS_NAME_MAX)
+        return other;
+    uint64_t h = name_hash(service);
+    for (size_t probe = 0; probe < PROXY_METRICS_SERVICES; probe++) {
+        proxy_service_metrics *s = &m->services[(h + probe) % PROXY_METRICS_SERVICES];
+        int state = atomic_load(&s->state);
+        if (state == 0) {
+            int expected = 0;
+            if (atomic_compare_exchange_strong(&s->state, &expected, 1)) {
+                strcpy(s->name, service);
+                atomic_store(&s->state, 2);
+                return s;
+            }
+            state = atomic_load(&s->state);
+        }
+        while (state == 1) /* another thread is writing the name: a few instructions */
+            state = atomic_load(&s->state);
+        if (strcmp(s->name, service) == 0)
+            return s;
+    }
+    return other;
+}
+
+void proxy_metrics_observe(proxy_metrics *m, const char *service, proxy_decision d, int status, uint64_t latency_ns)
+{
+    if (!m)
+        return;
+    proxy_service_metrics *s = slot_of(m, service);
+    int cls = status >= 100 && status < 600 ? status / 100 - 1 : 4;
+    atomic_fetch_add_explicit(&s->requests[d][cls], 1, memory_order_relaxed);
+    if (d == PROXY_DECISION_ALLOW && (status == 502 || status == 503 || status == 504))
+        atomic_fetch_add_explicit(&s->upstream_errors, 1, memory_order_relaxed);
+    double secs = (double)latency_ns / 1e9;
+    for (size_t b = 0; b < PROXY_METRICS_BUCKETS; b++)
+        if (secs <= buckets_s[b]) {
+            atomic_fetch_add_explicit(&s->latency_buckets[b], 1, memory_order_relaxed);
+            break;
+        }
+    atomic_fetch_add_explicit(&s->latency_count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->latency_sum_ns, latency_ns, memory_order_relaxed);
+}
+
+void proxy_metrics_config(proxy_metrics *m, uint64_t generation, int64_t revision)
+{
+    if (!m)
+        return;
+    atomic_store(&m->config_generation, generation);
+    atomic_store(&m->config_revision, (uint64_t)(revision < 0 ? 0 : revision));
+    atomic_fetch_add(&m->config_updates, 1);
+}
+
+int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
+{
+    int r = strbuf_puts(out, "# HELP cloister_proxy_requests_total Proxy requests by service, decision and status class.\n"
+                             "# TYPE cloister_proxy_requests_total counter\n");
+    for (size_t i = 0; i <= PROXY_METRICS_SERVICES && r == 0; i++) {
+        const proxy_service_metrics *s = &m->services[i];
+        const char *name = i == PROXY_METRICS_SERVICES ? "(other)" : s->name;
+        if (i < PROXY_METRICS_SERVICES && atomic_load(&s->state) != 2)
+            continue;
+        for (int d = 0; d < PROXY_DECISION_COUNT_ && r == 0; d++)
+            for (int c = 0; c < 5 && r == 0; c++) {
+                uint64_t n = atomic_load_explicit(&s->requests[d][c], memory_order_relaxed);
+                if (n)
+                    r = strbuf_printf(out,
+                                      "cloister_proxy_requests_total{service=\"%s\",decision=\"%s\",status=\"%dxx\"} %llu\n",
+                                      name, decision_names[d], c + 1, (unsigned long long)n);
+            }
+    }
+    if (r == 0)
+        r = strbuf_puts(out, "# HELP cloister_proxy_upstream_errors_total Allowed requests answered 502, 503 or 504.\n"
+                             "# TYPE cloister_proxy_upstream_errors_total counter\n");
+    for (size_t i = 0; i <= PROXY_METRICS_SERVICES && r == 0; i++) {
+        const proxy_service_metrics *s = &m->services[i];
+        if ((i < PROXY_METRICS_SERVICES && atomic_load(&s->state) != 2) || !atomic_load(&s->latency_count))
+            continue;
+        r = strbuf_printf(out, "cloister_proxy_upstream_errors_total{service=\"%s\"} %llu\n",
+                          i == PROXY_METRICS_SERVICES ? "(other)" : s->name,
+                          (unsigned long long)atomic_load_explicit(&s->upstream_errors, memory_order_relaxed));
+    }
+    if (r == 0)
+        r = strbuf_puts(out, "# HELP cloister_proxy_request_duration_seconds Proxy request latency by service.\n"
+                             "# TYPE cloister_proxy_request_duration_seconds histogram\n");
+    for (size_t i = 0; i <= PROXY_METRICS_SERVICES && r == 0; i++) {
+        const proxy_service_metrics *s = &m->services[i];
+        const char *name = i == PROXY_METRICS_SERVICES ? "(other)" : s->name;
+        uint64_t count = atomic_load_explicit(&s->latency_count, memory_order_relaxed);
+        if ((i < PROXY_METRICS_SERVICES && atomic_load(&s->state) != 2) || !count)
+            continue;
+        uint64_t cumulative = 0;
+        for (size_t b = 0; b < PROXY_METRICS_BUCKETS && r == 0; b++) {
+            cumulative += atomic_load_explicit(&s->latency_buckets[b], memory_order_relaxed);
+            r = strbuf_printf(out, "cloister_proxy_request_duration_seconds_bucket{service=\"%s\",le=\"%g\"} %llu\n",
+                              name, buckets_s[b], (unsigned long long)cumulative);
+        }
+        if (r == 0)
+            r = strbuf_printf(out,
+                              "cloister_proxy_request_duration_seconds_bucket{service=\"%s\",le=\"+Inf\"} %llu\n"
+                              "cloister_proxy_request_duration_seconds_sum{service=\"%s\"} %.9f\n"
+                              "cloister_proxy_request_duration_seconds_count{service=\"%s\"} %llu\n",
+                              name, (unsigned long long)count, name,
+                              (double)atomic_load_explicit(&s->latency_sum_ns, memory_order_relaxed) / 1e9, name,
+                              (unsigned long long)count);
+    }
+    if (r == 0)
+        r = strbuf_printf(out,
+                          "# HELP cloister_proxy_config_revision The store revision of the configuration the proxy serves.\n"
+                          "# TYPE cloister_proxy_config_revision gauge\n"
+                          "cloister_proxy_config_revision %llu\n"
+                          "# HELP cloister_proxy_config_updates_total Configurations the proxy has switched to.\n"
+                          "# TYPE cloister_proxy_config_updates_total counter\n"
+                          "cloister_proxy_config_updates_total %llu\n"
+                          "# HELP cloister_proxy_connections Client connections open in the proxy.\n"
+                          "# TYPE cloister_proxy_connections gauge\n"
+                          "cloister_proxy_connections %llu\n"
+                          "# HELP cloister_proxy_audit_events_dropped_total Access-log entries that did not reach the "
+                          "audit role (each was written to the proxy's log instead).\n"
+                          "# TYPE cloister_proxy_audit_events_dropped_total counter\n"
+                          "cloister_proxy_audit_events_dropped_total %llu\n",
+                          (unsigned long long)atomic_load(&m->config_revision),
+                          (unsigned long long)atomic_load(&m->config_updates),
+                          (unsigned long long)atomic_load(&m->connections),
+                          (unsigned long long)atomic_load(&m->audit_dropped));
+    return r;
+}

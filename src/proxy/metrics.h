@@ -1,0 +1,52 @@
+/* The proxy's metrics: requests by service, decision and status class,
+ * latency histograms by service, upstream errors, the configuration in use
+ * and audit events dropped. They live in one fixed-size block of memory the
+ * supervisor maps shared before it forks the roles: the proxy role updates
+ * it (lock-free atomics) and the api role renders it on GET /metrics.
+ *
+ * Services take slots by name on first use (PROXY_METRICS_SERVICES of them;
+ * more are counted under service="(other)"). */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "basic/strbuf.h"
+
+#define PROXY_METRICS_SERVICES 128
+#define PROXY_METRICS_NAME_MAX 64
+#define PROXY_METRICS_BUCKETS 12
+
+typedef enum proxy_decision {
+    PROXY_DECISION_ALLOW,
+    PROXY_DECISION_DENY,
+    PROXY_DECISION_UNAUTHENTICATED,
+    PROXY_DECISION_INVALID, /* refused before a decision: bad target, ambiguous framing, unknown host, limits */
+    PROXY_DECISION_ERROR,   /* no decision could be made: no configuration, audit unavailable, signing failed */
+    PROXY_DECISION_COUNT_,
+} proxy_decision;
+
+typedef struct proxy_service_metrics {
+    _Atomic int state; /* 0 free, 1 being claimed, 2 named */
+    char name[PROXY_METRICS_NAME_MAX];
+    _Atomic uint64_t requests[PROXY_DECISION_COUNT_][5]; /* status class 1xx..5xx */
+    _Atomic uint64_t upstream_errors;                   /* 502/503/504 answered for allowed requests */
+    _Atomic uint64_t latency_buckets[PROXY_METRICS_BUCKETS];
+    _Atomic uint64_t latency_count, latency_sum_ns;
+} proxy_service_metrics;
+
+typedef struct proxy_metrics {
+    proxy_service_metrics services[PROXY_METRICS_SERVICES + 1]; /* the last: "(other)" and no service */
+    _Atomic uint64_t config_generation, config_revision, config_updates;
+    _Atomic uint64_t audit_dropped;
+    _Atomic uint64_t connections;
+} proxy_metrics;
+
+/* Counts one answered request of SERVICE (NULL: none was found). */
+void proxy_metrics_observe(proxy_metrics *m, const char *service, proxy_decision d, int status, uint64_t latency_ns);
+/* Records the configuration now in use. */
+void proxy_metrics_config(proxy_metrics *m, uint64_t generation, int64_t revision);
+/* Appends the Prometheus exposition text of M to OUT. */
+int proxy_metrics_render(const proxy_metrics *m, strbuf *out);
+/* The label value of decision D. */
+const char *proxy_decision_name(proxy_decision d);

@@ -1,0 +1,41 @@
+/* The identity-aware proxy's request path (DESIGN.md, "Protect a service"):
+ * for every request, find the Service by host, normalise the target once,
+ * authenticate the access token (Authorization: Bearer or the
+ * cloister_session cookie), decide with the in-process policy set on ctx,
+ * and either refuse (401/403 with a request id, a browser sent to log in) or
+ * forward exactly the decided path upstream through a keep-alive pool,
+ * without the client's x-cloister-* headers, our cookie and (unless the
+ * Service passes it) the Authorization header, with the identity headers and
+ * a signed assertion added. Every decision is an audit event.
+ *
+ * Runs on src/httpd's event loops: proxy_register() is the register_handlers
+ * hook, proxy_thread_init()/proxy_thread_dispose() the per-thread hooks. */
+#pragma once
+
+#include <h2o.h>
+#include <stdint.h>
+
+#include "auth/keyring.h"
+#include "proxy/metrics.h"
+
+#define PROXY_ASSERTION_TTL_S 120 /* x-cloister-assertion lifetime */
+#define PROXY_RESERVED_PREFIX "/.cloister/"
+
+typedef struct proxy_settings {
+    const char *domain;          /* services are <name>.<domain> */
+    const char *login_url;       /* where a browser without a session is sent (?rd=<its URL> appended) */
+    const char *assertion_issuer; /* iss of x-cloister-assertion */
+    auth_keyring *assertion_keys; /* signs x-cloister-assertion; its JWKS is served at /.cloister/jwks.json */
+    SSL_CTX *upstream_tls;       /* verifies https upstreams (client side) */
+    uint64_t upstream_timeout_ms;
+    uint64_t websocket_timeout_ms;
+    proxy_metrics *metrics;      /* shared with the api role, which renders it; may be NULL */
+} proxy_settings;
+
+/* httpd hooks; USERDATA is the proxy_settings (borrowed for the server's life). */
+void proxy_register(h2o_pathconf_t *pathconf, void *userdata);
+void *proxy_thread_init(h2o_context_t *ctx, void *userdata);
+void proxy_thread_dispose(void *state);
+/* Installs the SNI callback choosing a Service's own certificate when the
+ * current configuration has one (configure_tls hook). Returns 0. */
+int proxy_configure_tls(SSL_CTX *ctx, void *userdata);

@@ -1,0 +1,493 @@
+"""The identity-aware proxy against the real cloisterd and a real upstream that
+records exactly what it receives (echo_upstream.py): allowed, denied,
+unauthenticated, revoked and expired requests; what the upstream sees and
+never sees; path-normalisation bypasses; request smuggling; the identity
+assertion checked with PyJWT; secret injection; the proxy serving on while
+the api role is down. Requests are written on raw sockets where the exact
+bytes matter."""
+import base64
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import jwt as pyjwt
+import pytest
+import requests
+
+from conftest import Server, free_port, manifest
+from echo_upstream import EchoUpstream
+
+DOMAIN = "localhost"
+
+
+def raw_exchange(port, data, timeout=5, tls_ca=None):
+    """Sends DATA on a fresh connection and returns everything read until the
+    server closes or TIMEOUT passes without data."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if tls_ca:
+        ctx = ssl.create_default_context(cafile=tls_ca)
+        s = ctx.wrap_socket(s, server_hostname="127.0.0.1")
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    s.close()
+    return out
+
+
+def statuses(raw):
+    """The status codes of the HTTP/1.1 responses in RAW, in order."""
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+
+
+def http_request(method, path, token=None, host=f"wiki.{DOMAIN}", headers=(), body=b""):
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
+    lines += list(headers)
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class Cluster:
+    def __init__(self, server, upstream, http_port, https_port):
+        self.s = server
+        self.up = upstream
+        self.http_port = http_port
+        self.https_port = https_port
+        self.tokens = {}
+
+    def get(self, path, token=None, host=f"wiki.{DOMAIN}", method="GET", headers=None, **kw):
+        h = {"Host": host}
+        if token:
+            h["Authorization"] = f"Bearer {token}"
+        h.update(headers or {})
+        return requests.request(method, f"http://127.0.0.1:{self.http_port}{path}", headers=h, timeout=10,
+                                allow_redirects=False, **kw)
+
+    def login(self, credential):
+        tok = self.s.request("POST", "/v1/tokens", json={"credential": credential}).json()["token"]
+        r = self.s.request("POST", "/v1/auth/token", token="", json={"token": tok})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def apply(self, *items):
+        r = self.s.request("POST", "/v1/apply", json={"items": list(items)})
+        assert r.status_code == 200, r.text
+
+    def wait_status(self, path, token, want, timeout=5, **kw):
+        deadline = time.time() + timeout
+        r = None
+        while time.time() < deadline:
+            r = self.get(path, token, **kw)
+            if r.status_code == want:
+                return r
+            time.sleep(0.05)
+        raise AssertionError(f"{path}: wanted {want}, last {r.status_code if r is not None else None}: "
+                             f"{r.text if r is not None else ''}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    up = EchoUpstream()
+    up_port = up.start()
+    http_port, https_port = free_port(), free_port()
+    s = Server(tmp_path_factory.mktemp("proxy") / "data",
+               extra_args=["--proxy-listen", f"127.0.0.1:{https_port}", "--proxy-http-listen",
+                           f"127.0.0.1:{http_port}", "--domain", DOMAIN]).start()
+    c = Cluster(s, up, http_port, https_port)
+    c.apply(
+        manifest("Group", "devs", {}),
+        manifest("User", "alice", {"type": "human", "email": "alice@example.com", "groups": ["devs"]}),
+        manifest("User", "bob", {"type": "human", "email": "bob@example.com", "groups": []}),
+        manifest("Credential", "alice-cli", {"user": "alice", "type": "authToken"}),
+        manifest("Credential", "bob-cli", {"user": "bob", "type": "authToken"}),
+        manifest("Policy", "devs-read", {"rules": [
+            {"effect": "allow", "priority": 0,
+             "condition": {"match": '"devs" in ctx.user.groups && ctx.request.http.method in ["GET", "HEAD", "POST"]'}},
+            {"effect": "deny", "priority": -1,
+             "condition": {"all": [{"match": 'ctx.request.http.path.startsWith("/admin")'}]}},
+        ]}),
+        manifest("Secret", "wiki-token", {"data": {"token": "s3cr3t-upstream-token"}}),
+        manifest("Service", "wiki", {"upstream": {"url": f"http://127.0.0.1:{up_port}"}, "policies": ["devs-read"],
+                                     "limits": {"maxBodyBytes": 4096}}),
+        manifest("Service", "vault", {"upstream": {"url": f"http://127.0.0.1:{up_port}"}, "policies": ["devs-read"],
+                                      "hosts": ["vault.internal.example"],
+                                      "inject": {"secret": "wiki-token", "key": "token", "as": "bearer"}}),
+    )
+    c.tokens["alice"] = c.login("alice-cli")
+    c.tokens["bob"] = c.login("bob-cli")
+    c.wait_status("/", c.tokens["alice"]["access_token"], 200, timeout=10)
+    yield c
+    s.stop()
+    up.stop()
+
+
+def alice(c):
+    return c.tokens["alice"]["access_token"]
+
+
+def only_request(up):
+    reqs = [r for r in up.requests if "ambiguous" not in r]
+    assert len(reqs) == 1, up.requests
+    return reqs[0]
+
+
+def header_values(record, name):
+    return [v for (k, v) in record["headers"] if k.lower() == name]
+
+
+def test_allowed_request_reaches_upstream_with_identity(cluster):
+    c = cluster
+    c.up.clear()
+    r = c.get("/docs/page?x=1", alice(c), headers={"X-Cloister-User": "root", "X-Cloister-Groups": "admins",
+                                                   "X-Cloister-Assertion": "forged", "X-Forwarded-For": "6.6.6.6",
+                                                   "Cookie": "theme=dark; cloister_session=stolen; lang=en"})
+    assert r.status_code == 200, r.text
+    rec = only_request(c.up)
+    assert rec["target"] == "/docs/page?x=1"
+    assert header_values(rec, "x-cloister-user") == ["alice"]
+    assert header_values(rec, "x-cloister-email") == ["alice@example.com"]
+    assert header_values(rec, "x-cloister-groups") == ["devs"]
+    assert len(header_values(rec, "x-cloister-request-id")) == 1
+    assert header_values(rec, "x-cloister-assertion") != ["forged"]
+    assert header_values(rec, "authorization") == []
+    assert header_values(rec, "cookie") == ["theme=dark; lang=en"]
+    assert "6.6.6.6" not in json.dumps(rec["headers"])
+    assert alice(c) not in str(rec)
+
+
+def test_denied_is_403_with_request_id_and_never_forwarded(cluster):
+    c = cluster
+    c.up.clear()
+    r = c.get("/admin/users", alice(c))
+    assert r.status_code == 403
+    body = r.json()
+    assert body["error"]["code"] == "forbidden" and body["requestId"]
+    assert r.headers["x-cloister-request-id"] == body["requestId"]
+    r = c.get("/", c.tokens["bob"]["access_token"])  # bob is in no group: nothing matches, default deny
+    assert r.status_code == 403
+    assert c.up.requests == []
+
+
+def test_unauthenticated_api_client_and_browser(cluster):
+    c = cluster
+    c.up.clear()
+    r = c.get("/")
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert r.json()["error"]["code"] == "unauthenticated"
+    r = c.get("/page?a=b", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert r.status_code == 302
+    loc = r.headers["location"]
+    assert "/v1/auth/login?rd=" in loc and "wiki.localhost" in requests.utils.unquote(loc)
+    r = c.get("/", "not-a-token")
+    assert r.status_code == 401 and "invalid_token" in r.headers["www-authenticate"]
+    assert c.up.requests == []
+
+
+def test_forged_and_expired_tokens_are_refused(cluster):
+    c = cluster
+    tok = alice(c)
+    head, payload, sig = tok.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = "admin"
+    forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    none_head = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    c.up.clear()
+    for bad in (f"{head}.{forged_payload}.{sig}", f"{none_head}.{payload}.", tok[:-4] + "AAAA"):
+        assert c.get("/", bad).status_code == 401
+    # an expired token signed with a key the proxy trusts: the api's own signing key
+    keys = json.loads((c.s.data_dir / "auth" / "signing-keys.json").read_text())
+    key = keys["keys"][-1] if isinstance(keys, dict) else keys[-1]
+    jwk = key.get("jwk", key)
+    from jwt.algorithms import ECAlgorithm
+    priv = ECAlgorithm.from_jwk(json.dumps(jwk))
+    claims = pyjwt.decode(tok, options={"verify_signature": False})
+    claims["exp"] = int(time.time()) - 120
+    claims["iat"] = claims["nbf"] = int(time.time()) - 1000
+    expired = pyjwt.encode(claims, priv, algorithm="ES256", headers={"kid": jwk["kid"]})
+    r = c.get("/", expired)
+    assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+    assert c.up.requests == []
+
+
+@pytest.mark.parametrize("path,want,upstream_path", [
+    ("//admin", 403, None),
+    ("/./admin", 403, None),
+    ("/a/../admin", 403, None),
+    ("/%61dmin", 403, None),
+    ("/%2e%2e/admin", 403, None),
+    ("/admin/..;/x", 400, None),
+    ("/admin%2f..", 400, None),
+    ("/admin%2F..%2Fx", 400, None),
+    ("/ADMIN", 200, "/ADMIN"),
+    ("/x/./y/../z//w", 200, "/x/z/w"),
+    ("/%7Ealice/%e2%82%ac", 200, "/~alice/%E2%82%AC"),
+])
+def test_paths_are_decided_and_forwarded_normalised(cluster, path, want, upstream_path):
+    c = cluster
+    c.up.clear()
+    raw = raw_exchange(c.http_port, http_request("GET", path, alice(c)))
+    assert statuses(raw) == [want], raw[:400]
+    if upstream_path is None:
+        assert c.up.requests == []
+    else:
+        assert only_request(c.up)["target"] == upstream_path
+
+
+def test_absolute_form_and_conflicting_hosts_are_refused(cluster):
+    c = cluster
+    c.up.clear()
+    raw = raw_exchange(c.http_port, http_request("GET", f"http://wiki.{DOMAIN}/admin", alice(c)))
+    assert statuses(raw) and statuses(raw)[0] == 400
+    # two Host headers: h2o's HTTP/1 parser keeps one and hides the other, so
+    # the request is routed, decided and forwarded for that one host; the
+    # upstream only ever sees the Host the proxy sets
+    two_hosts = (f"GET /two-hosts HTTP/1.1\r\nHost: wiki.{DOMAIN}\r\nHost: vault.{DOMAIN}\r\n"
+                 f"Authorization: Bearer {alice(c)}\r\nConnection: close\r\n\r\n").encode()
+    assert statuses(raw_exchange(c.http_port, two_hosts))[0] in (200, 400)
+    for rec in c.up.requests:
+        assert len(header_values(rec, "host")) == 1 and "ambiguous" not in rec
+        assert header_values(rec, "authorization") in ([], ["Bearer s3cr3t-upstream-token"])
+    c.up.clear()
+    assert c.get("/", alice(c), host="unknown.example").status_code == 404
+    assert c.up.requests == []
+    # HTTP/2 with :authority and a different host header (curl sends both when told to)
+    out = subprocess.run(["curl", "-sk", "--http2", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
+                          "--resolve", f"wiki.{DOMAIN}:{c.https_port}:127.0.0.1", "-H", f"Host: vault.{DOMAIN}",
+                          "-H", f"Authorization: Bearer {alice(c)}", f"https://wiki.{DOMAIN}:{c.https_port}/"],
+                         capture_output=True, text=True, timeout=20).stdout.split()
+    # curl turns the Host header into :authority, so the request is one host, consistently
+    assert out[1] == "2" and out[0] in ("200", "400")
+    for rec in c.up.requests:
+        assert "ambiguous" not in rec
+
+
+@pytest.mark.parametrize("name,head,body", [
+    ("cl+te", "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("cl+cl", "Content-Length: 4\r\nContent-Length: 40\r\n", b"abcdGET /admin HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("te-obfuscated", "Transfer-Encoding: xchunked\r\n", b"0\r\n\r\n"),
+    ("te-list", "Transfer-Encoding: chunked, identity\r\n", b"0\r\n\r\n"),
+    ("te-space", "Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"),
+    ("chunk-overflow", "Transfer-Encoding: chunked\r\n", b"ffffffffffffffffff1\r\nabc\r\n0\r\n\r\n"),
+])
+def test_request_smuggling_is_refused_or_unambiguous(cluster, name, head, body):
+    """Each framing trick is refused, or the request is forwarded with framing
+    the proxy chose itself (Content-Length of the body it read) and whatever
+    followed is parsed as a request of its own, authenticated and decided on
+    its own: the smuggled GET /admin never reaches the upstream."""
+    c = cluster
+    c.up.clear()
+    req = (f"POST /submit HTTP/1.1\r\nHost: wiki.{DOMAIN}\r\nAuthorization: Bearer {alice(c)}\r\n{head}\r\n").encode() + body
+    follow = http_request("GET", "/admin", None)
+    raw = raw_exchange(c.http_port, req + follow)
+    got = statuses(raw)
+    assert got, (name, raw[:300])
+    assert got[0] in (200, 400, 411, 413, 501), (name, raw[:300])
+    assert all(s != 200 for s in got[1:]), (name, got)  # nothing after the first request is let through
+    for rec in c.up.requests:
+        assert "ambiguous" not in rec, rec
+        assert rec["target"] == "/submit", rec
+        assert len(header_values(rec, "content-length")) <= 1
+        assert header_values(rec, "transfer-encoding") in ([], ["chunked"])
+
+
+def test_bare_lf_and_pipelining_are_forwarded_unambiguously(cluster):
+    c = cluster
+    c.up.clear()
+    tok = alice(c)
+    bare = f"GET /one HTTP/1.1\nHost: wiki.{DOMAIN}\nAuthorization: Bearer {tok}\n\n".encode()
+    second = http_request("GET", "/admin/secret", tok)  # pipelined: decided on its own
+    raw = raw_exchange(c.http_port, bare + second)
+    got = statuses(raw)
+    assert got[0] in (200, 400)
+    assert 403 in got or got == [400]
+    for rec in c.up.requests:
+        assert "ambiguous" not in rec
+        assert rec["target"] in ("/one",)
+
+
+def test_body_limit_per_service(cluster):
+    c = cluster
+    c.up.clear()
+    r = c.get("/upload", alice(c), method="POST", data=b"x" * 5000)
+    assert r.status_code == 413
+    r = c.get("/upload", alice(c), method="POST", data=b"y" * 100)
+    assert r.status_code == 200
+    assert only_request(c.up)["body"] == b"y" * 100
+
+
+def test_assertion_verifies_with_pyjwt_against_the_proxy_jwks(cluster):
+    c = cluster
+    c.up.clear()
+    assert c.get("/", alice(c)).status_code == 200
+    assertion = header_values(only_request(c.up), "x-cloister-assertion")[0]
+    jwks = c.get("/.cloister/jwks.json").json()
+    header = pyjwt.get_unverified_header(assertion)
+    assert header["alg"] == "ES256"
+    key = next(k for k in jwks["keys"] if k["kid"] == header["kid"])
+    from jwt.algorithms import ECAlgorithm
+    pub = ECAlgorithm.from_jwk(json.dumps(key))
+    claims = pyjwt.decode(assertion, pub, algorithms=["ES256"], audience="wiki", issuer=f"https://proxy.{DOMAIN}")
+    assert claims["sub"] == "alice" and claims["email"] == "alice@example.com" and claims["groups"] == ["devs"]
+    assert claims["sid"] == c.tokens["alice"]["session"]
+    assert claims["exp"] - claims["iat"] <= 120
+    with pytest.raises(pyjwt.InvalidAudienceError):
+        pyjwt.decode(assertion, pub, algorithms=["ES256"], audience="vault")
+
+
+def test_secret_is_injected_upstream_and_never_shown(cluster):
+    c = cluster
+    c.up.clear()
+    r = c.get("/", alice(c), host="vault.internal.example", headers={"X-Test": "1"})
+    assert r.status_code == 200, r.text
+    rec = only_request(c.up)
+    assert header_values(rec, "authorization") == ["Bearer s3cr3t-upstream-token"]
+    assert header_values(rec, "x-cloister-user") == ["alice"]
+    # the record echoed back contains the header; the proxy must not add it to
+    # anything else a client sees
+    assert "s3cr3t" not in json.dumps(dict(r.headers))
+    secret = c.s.request("GET", "/v1/secrets/wiki-token").json()
+    assert "s3cr3t" not in json.dumps(secret)
+
+
+def test_https_listener_http2_and_http11(cluster):
+    c = cluster
+    for version in ("--http1.1", "--http2"):
+        out = subprocess.run(["curl", "-s", version, "--cacert", c.s.ca, "-o", "/dev/null", "-w",
+                              "%{http_code} %{http_version}", "-H", f"Host: wiki.{DOMAIN}", "-H",
+                              f"Authorization: Bearer {alice(c)}", f"https://127.0.0.1:{c.https_port}/tls"],
+                             capture_output=True, text=True, timeout=20).stdout.split()
+        assert out[0] == "200", out
+        assert out[1] == ("2" if version == "--http2" else "1.1")
+
+
+def test_websocket_upgrade_is_proxied_after_authorization(cluster):
+    c = cluster
+    key = base64.b64encode(os.urandom(16)).decode()
+    s = socket.create_connection(("127.0.0.1", c.http_port), timeout=5)
+    s.sendall((f"GET /ws HTTP/1.1\r\nHost: wiki.{DOMAIN}\r\nAuthorization: Bearer {alice(c)}\r\n"
+               f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    mask = os.urandom(4)
+    payload = b"hello through the proxy"
+    frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    s.sendall(frame)
+    rest = head.split(b"\r\n\r\n", 1)[1]
+    while len(rest) < 2 + len(payload):
+        rest += s.recv(4096)
+    assert rest[0] == 0x81 and rest[2:2 + len(payload)] == payload
+    s.close()
+    # without a token there is no upgrade
+    raw = raw_exchange(c.http_port, (f"GET /ws HTTP/1.1\r\nHost: wiki.{DOMAIN}\r\nUpgrade: websocket\r\n"
+                                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                                     f"Sec-WebSocket-Version: 13\r\n\r\n").encode(), timeout=2)
+    assert statuses(raw)[0] == 401
+
+
+def test_access_decisions_are_audited(cluster):
+    """Each decision is a record in a proxy.access audit entry (records are
+    batched per worker thread, an entry at most every 200 ms)."""
+    c = cluster
+    allowed = c.get("/audited-path", alice(c))
+    assert allowed.status_code == 200
+    rid_allowed = header_values(allowed.json(), "x-cloister-request-id")[0]  # as the upstream received it
+    denied = c.get("/admin/audit-deny", alice(c))
+    rid_denied = denied.json()["requestId"]
+    deadline = time.time() + 10
+    found = {}
+    while time.time() < deadline and len(found) < 2:
+        size = c.s.request("GET", "/v1/audit/checkpoint").json()["size"]
+        page = c.s.request("GET", f"/v1/audit/entries?start={max(0, size - 200)}&end={size}").json()
+        for e in page["entries"]:
+            e = e.get("entry", e)
+            if isinstance(e, str):
+                e = json.loads(e)
+            if e.get("action") != "proxy.access":
+                continue
+            assert e["details"]["count"] == len(e["details"]["requests"])
+            for rec in e["details"]["requests"]:
+                if rec["requestId"] in (rid_allowed, rid_denied):
+                    found[rec["requestId"]] = rec
+        time.sleep(0.3)
+    d = found[rid_denied]
+    assert d["decision"] == "deny" and d["user"] == "alice" and d["service"] == "wiki"
+    assert d["path"] == "/admin/audit-deny" and d["method"] == "GET" and d["policy"] == "devs-read"
+    assert d["status"] == 403 and d["latencyUs"] >= 0 and d["session"] == c.tokens["alice"]["session"]
+    a = found[rid_allowed]
+    assert a["decision"] == "allow" and a["status"] == 200 and a["bytes"] > 0 and a["path"] == "/audited-path"
+
+
+def test_revoked_session_and_changed_policy_take_effect_within_a_second(cluster):
+    c = cluster
+    fresh = c.login("alice-cli")
+    tok = fresh["access_token"]
+    c.wait_status("/", tok, 200)
+    assert c.s.request("DELETE", f"/v1/sessions/{fresh['session']}").status_code in (200, 204)
+    started = time.time()
+    c.wait_status("/", tok, 401, timeout=1.0)
+    assert time.time() - started <= 1.0
+    # a policy change: deny /docs
+    c.apply(manifest("Policy", "devs-read", {"rules": [
+        {"effect": "allow", "priority": 0,
+         "condition": {"match": '"devs" in ctx.user.groups && ctx.request.http.method in ["GET", "HEAD", "POST"]'}},
+        {"effect": "deny", "priority": -1,
+         "condition": {"any": [{"match": 'ctx.request.http.path.startsWith("/admin")'},
+                               {"match": 'ctx.request.http.path.startsWith("/docs")'}]}},
+    ]}))
+    started = time.time()
+    c.wait_status("/docs/x", alice(c), 403, timeout=1.0)
+    assert time.time() - started <= 1.0
+
+
+def test_proxy_keeps_serving_without_the_api_and_catches_up(cluster):
+    c = cluster
+    tok = alice(c)
+    api = c.s.role_pid("api")
+    os.kill(api, signal.SIGKILL)
+    # while the api role is down (the supervisor restarts it after a backoff)
+    for _ in range(20):
+        assert c.get("/still-up", tok).status_code == 200
+    c.s.wait_healthy(timeout=30)
+    c.apply(manifest("Group", "devs", {"policies": []}),
+            manifest("User", "carol", {"type": "human", "groups": ["devs"]}),
+            manifest("Credential", "carol-cli", {"user": "carol", "type": "authToken"}))
+    carol = c.login("carol-cli")["access_token"]
+    c.wait_status("/", carol, 200, timeout=10)
+
+
+def test_metrics_count_requests_by_service_decision_and_status(cluster):
+    c = cluster
+    assert c.get("/metrics-probe", alice(c)).status_code == 200
+    assert c.get("/admin/metrics-probe", alice(c)).status_code == 403
+    assert c.get("/metrics-probe").status_code == 401
+    text = requests.get(c.s.url + "/metrics", verify=c.s.ca, timeout=10).text
+
+    def value(line_start):
+        lines = [l for l in text.splitlines() if l.startswith(line_start)]
+        assert lines, (line_start, text[-3000:])
+        return float(lines[0].split()[-1])
+
+    assert value('cloister_proxy_requests_total{service="wiki",decision="allow",status="2xx"}') >= 1
+    assert value('cloister_proxy_requests_total{service="wiki",decision="deny",status="4xx"}') >= 1
+    assert value('cloister_proxy_requests_total{service="wiki",decision="unauthenticated",status="4xx"}') >= 1
+    assert value('cloister_proxy_request_duration_seconds_count{service="wiki"}') >= 3
+    assert value("cloister_proxy_config_revision") > 0
+    assert "cloister_proxy_upstream_errors_total" in text
