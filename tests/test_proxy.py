@@ -404,7 +404,8 @@ def test_websocket_upgrade_is_proxied_after_authorization(cluster):
 
 def test_access_decisions_are_audited(cluster):
     """Each decision is a record in a proxy.access audit entry (records are
-    batched per worker thread, an entry at most every 200 ms)."""
+    batched per worker thread, an entry at most every 200 ms; each record is
+    an array of the values named by details.fields)."""
     c = cluster
     allowed = c.get("/audited-path", alice(c))
     assert allowed.status_code == 200
@@ -423,7 +424,9 @@ def test_access_decisions_are_audited(cluster):
             if e.get("action") != "proxy.access":
                 continue
             assert e["details"]["count"] == len(e["details"]["requests"])
-            for rec in e["details"]["requests"]:
+            fields = e["details"]["fields"]
+            for values in e["details"]["requests"]:
+                rec = dict(zip(fields, values))
                 if rec["requestId"] in (rid_allowed, rid_denied):
                     found[rec["requestId"]] = rec
         time.sleep(0.3)

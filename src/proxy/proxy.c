@@ -238,8 +238,14 @@ static int respond_error(h2o_req_t *req, access_record *rec, int status, const c
 
 /* ---- access log ---- */
 
-/* Sends the thread's pending records as one audit entry:
- * {action: proxy.access, details: {requests: [...]}}. */
+/* The members of an access record, in the order of its array. */
+#define ACCESS_FIELDS                                                                                              \
+    "[\"time\",\"requestId\",\"user\",\"session\",\"ip\",\"service\",\"method\",\"path\",\"decision\",\"policy\",\"rule\","  \
+    "\"status\",\"bytes\",\"latencyUs\"]"
+
+/* Sends the thread's pending records as one audit entry: {action:
+ * proxy.access, details: {fields: [names], requests: [[values]...], count}}
+ * (arrays rather than objects: a third of the bytes and no key sorting). */
 static void access_flush(proxy_thread *t)
 {
     if (h2o_timeout_is_linked(&t->access_flush))
@@ -249,7 +255,9 @@ static void access_flush(proxy_thread *t)
     int r = strbuf_putc(&t->access, ']');
     json_error_t err;
     json_t *requests = r == 0 ? json_loadb(t->access.data, t->access.len, 0, &err) : NULL;
-    json_t *details = requests ? json_pack("{s:o, s:i}", "requests", requests, "count", (int)t->access_count) : NULL;
+    json_t *details = requests ? json_pack("{s:o, s:o, s:i}", "fields", json_loads(ACCESS_FIELDS, 0, NULL), "requests",
+                                           requests, "count", (int)t->access_count)
+                               : NULL;
     if (details)
         audit_event_emit(&(audit_event){.action = "proxy.access", .kind = "Service", .outcome = "success",
                                         .details = details});
@@ -266,10 +274,10 @@ static void on_access_timeout(h2o_timeout_entry_t *entry)
     access_flush(H2O_STRUCT_FROM_MEMBER(proxy_thread, access_flush, entry));
 }
 
-/* Appends the JSON string S (or null) as member NAME. */
-static void put_member(strbuf *b, const char *name, const char *s)
+/* Appends the JSON string S (or null) as the next array element. */
+static void put_member(strbuf *b, const char *s)
 {
-    strbuf_printf(b, ",\"%s\":", name);
+    strbuf_putc(b, ',');
     if (s)
         strbuf_put_json_string(b, s);
     else
@@ -289,17 +297,17 @@ static void access_emit(void *p)
     strbuf *b = &t->access;
     char now[40];
     time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
-    strbuf_printf(b, "%c{\"time\":\"%s\",\"requestId\":\"%s\"", t->access_count ? ',' : '[', now, rec->id);
-    put_member(b, "user", rec->user);
-    put_member(b, "session", rec->session);
-    put_member(b, "ip", rec->ip[0] ? rec->ip : NULL);
-    put_member(b, "service", rec->service);
-    put_member(b, "method", rec->method);
-    put_member(b, "path", rec->path);
-    put_member(b, "decision", proxy_decision_name(rec->decision));
-    put_member(b, "policy", rec->policy[0] ? rec->policy : NULL);
-    put_member(b, "rule", rec->rule[0] ? rec->rule : NULL);
-    strbuf_printf(b, ",\"status\":%d,\"bytes\":%llu,\"latencyUs\":%llu}", status,
+    strbuf_printf(b, "%c[\"%s\",\"%s\"", t->access_count ? ',' : '[', now, rec->id);
+    put_member(b, rec->user);
+    put_member(b, rec->session);
+    put_member(b, rec->ip[0] ? rec->ip : NULL);
+    put_member(b, rec->service);
+    put_member(b, rec->method);
+    put_member(b, rec->path);
+    put_member(b, proxy_decision_name(rec->decision));
+    put_member(b, rec->policy[0] ? rec->policy : NULL);
+    put_member(b, rec->rule[0] ? rec->rule : NULL);
+    strbuf_printf(b, ",%d,%llu,%llu]", status,
                   (unsigned long long)req->bytes_sent, (unsigned long long)(latency_ns / 1000));
     if (t->access_count++ == 0)
         h2o_timeout_link(t->ctx->loop, &t->access_timeout, &t->access_flush);
