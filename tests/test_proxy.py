@@ -494,3 +494,30 @@ def test_metrics_count_requests_by_service_decision_and_status(cluster):
     assert value('cloister_proxy_request_duration_seconds_count{service="wiki"}') >= 3
     assert value("cloister_proxy_config_revision") > 0
     assert "cloister_proxy_upstream_errors_total" in text
+
+
+def test_service_hosts_get_certificates_from_the_constrained_proxy_ca(cluster):
+    c = cluster
+    from cryptography import x509
+    ctx = ssl.create_default_context(cafile=c.s.ca)
+    with socket.create_connection(("127.0.0.1", c.https_port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=f"wiki.{DOMAIN}") as s:  # verifies chain and name
+            s.sendall((f"GET /sni HTTP/1.1\r\nHost: wiki.{DOMAIN}\r\nAuthorization: Bearer {alice(c)}\r\n"
+                       "Connection: close\r\n\r\n").encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            leaf = x509.load_der_x509_certificate(s.getpeercert(binary_form=True))
+    assert statuses(data) == [200]
+    assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == [f"wiki.{DOMAIN}"]
+    inter = x509.load_pem_x509_certificate((c.s.data_dir / "tls" / "proxy-ca.pem").read_bytes())
+    assert leaf.issuer == inter.subject
+    nc = inter.extensions.get_extension_for_class(x509.NameConstraints)
+    assert nc.critical
+    assert [n.value for n in nc.value.permitted_subtrees] == [f".{DOMAIN}"]
+    assert [n.value for n in nc.value.excluded_subtrees] == [f"api.{DOMAIN}"]
+    # a host no Service has gets no certificate of its own
+    with socket.create_connection(("127.0.0.1", c.https_port), timeout=5) as raw:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            ctx.wrap_socket(raw, server_hostname=f"nosuch.{DOMAIN}")

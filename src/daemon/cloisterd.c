@@ -21,7 +21,7 @@
 #include "basic/timeutil.h"
 #include "daemon/bootstrap.h"
 #include "daemon/daemon.h"
-#include "daemon/pki.h"
+#include "pki/pki.h"
 #include "kms/seal.h"
 #include "proxy/metrics.h"
 #include "store/store.h"
@@ -237,6 +237,8 @@ static int prepare_data_dir(daemon_config *cfg)
         path_in(cfg->api_key, sizeof(cfg->api_key), tls, "api.key") < 0 ||
         path_in(cfg->proxy_cert, sizeof(cfg->proxy_cert), tls, "proxy.pem") < 0 ||
         path_in(cfg->proxy_key, sizeof(cfg->proxy_key), tls, "proxy.key") < 0 ||
+        path_in(cfg->proxy_ca_cert, sizeof(cfg->proxy_ca_cert), tls, "proxy-ca.pem") < 0 ||
+        path_in(cfg->proxy_ca_key, sizeof(cfg->proxy_ca_key), tls, "proxy-ca.key") < 0 ||
         path_in(cfg->admin_token, sizeof(cfg->admin_token), cfg->data_dir, "admin.token") < 0 ||
         path_in(cfg->proxy_token, sizeof(cfg->proxy_token), cfg->data_dir, "proxy.token") < 0 ||
         (size_t)snprintf(cfg->store_url, sizeof(cfg->store_url), "sqlite:%s/store.db", cfg->data_dir) >=
@@ -303,7 +305,16 @@ static int ensure_proxy_cert(const daemon_config *cfg)
     size_t n_names = 4 - n;
     if (strchr(cfg->domain, '.'))
         first[n_names++] = wildcard;
-    return pki_ensure_server_cert(cfg->ca_cert, cfg->ca_key, first, n_names, cfg->proxy_cert, cfg->proxy_key);
+    int r = pki_ensure_server_cert(cfg->ca_cert, cfg->ca_key, first, n_names, cfg->proxy_cert, cfg->proxy_key);
+    if (r < 0)
+        return r;
+    /* the CA the proxy issues its services' certificates with: only names
+     * under the domain, never the API's */
+    char constraints[700];
+    snprintf(constraints, sizeof(constraints), "critical,permitted;DNS:.%s,excluded;DNS:api.%s", cfg->domain,
+             cfg->domain);
+    return pki_ensure_intermediate(cfg->ca_cert, cfg->ca_key, "Cloister Proxy CA", constraints, cfg->proxy_ca_cert,
+                                   cfg->proxy_ca_key);
 }
 
 static int first_start(daemon_config *cfg)

@@ -18,6 +18,7 @@ typedef struct daemon_config {
     char ca_cert[4200], ca_key[4200];
     char api_cert[4200], api_key[4200];
     char proxy_cert[4200], proxy_key[4200]; /* the proxy's default certificate */
+    char proxy_ca_cert[4200], proxy_ca_key[4200]; /* the proxy's intermediate CA, constrained to the domain */
     char store_url[4200];
     char admin_token[4200];
     char proxy_token[4200];              /* the proxy role's credential token (0600) */

@@ -13,6 +13,8 @@
 #include "basic/log.h"
 #include "daemon/daemon.h"
 #include "httpd/httpd.h"
+#include "pki/pki.h"
+#include "proxy/certs.h"
 #include "proxy/config.h"
 #include "proxy/follow.h"
 #include "proxy/proxy.h"
@@ -65,7 +67,12 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         return 1;
     }
     SSL_CTX *client_tls = upstream_tls(cfg->ca_cert);
-    if (!client_tls) {
+    X509 *host_ca = NULL;
+    EVP_PKEY *host_ca_key = NULL;
+    proxy_certs *certs = NULL;
+    if (!client_tls || pki_load(cfg->proxy_ca_cert, cfg->proxy_ca_key, &host_ca, &host_ca_key) < 0 ||
+        proxy_certs_new(host_ca, host_ca_key, &certs) < 0) {
+        SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
         return 1;
     }
@@ -85,6 +92,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot start following the API's configuration", "error", strerror(-r), NULL);
         audit_event_stop(2000);
+        proxy_certs_free(certs);
         SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
         return 1;
@@ -98,6 +106,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         .upstream_timeout_ms = 30000,
         .websocket_timeout_ms = 300000,
         .metrics = cfg->proxy_metrics,
+        .certs = certs,
     };
     httpd_config hc = {
         .name = "proxy",
@@ -119,6 +128,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
     proxy_follow_stop(follower);
     audit_event_stop(2000);
     proxy_config_shutdown();
+    proxy_certs_free(certs);
     SSL_CTX_free(client_tls);
     auth_keyring_free(keys);
     curl_global_cleanup();

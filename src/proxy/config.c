@@ -4,9 +4,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
-#include <openssl/bio.h>
 #include <openssl/crypto.h>
-#include <openssl/pem.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -28,8 +26,7 @@ int proxy_state_init(proxy_state *st)
     st->sessions = json_object();
     st->jwks = json_pack("{s:[]}", "keys");
     st->secrets = json_object();
-    st->certs = json_object();
-    if (!st->docs || !st->sessions || !st->jwks || !st->secrets || !st->certs) {
+    if (!st->docs || !st->sessions || !st->jwks || !st->secrets) {
         proxy_state_done(st);
         return -ENOMEM;
     }
@@ -43,7 +40,6 @@ void proxy_state_done(proxy_state *st)
     json_decref(st->sessions);
     json_decref(st->jwks);
     json_decref(st->secrets);
-    json_decref(st->certs);
     OPENSSL_cleanse(st->handoff_key, sizeof(st->handoff_key));
     *st = (proxy_state){.revision = -1};
 }
@@ -139,7 +135,6 @@ static void service_clear(proxy_service *s)
         free(s->inject_value.base);
     }
     free(s->inject_name.base);
-    SSL_CTX_free(s->tls);
     *s = (proxy_service){0};
 }
 
@@ -202,39 +197,6 @@ static int service_inject(proxy_service *s, const json_t *inject, const json_t *
     return 0;
 }
 
-/* A TLS context for a Service's certificate, PEM chain CERT and key KEY,
- * with the listener's settings. NULL (logged) when they do not load. */
-static SSL_CTX *service_tls(const char *service, const char *cert, const char *key)
-{
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    BIO *cb = BIO_new_mem_buf(cert, -1), *kb = BIO_new_mem_buf(key, -1);
-    X509 *leaf = cb ? PEM_read_bio_X509(cb, NULL, NULL, NULL) : NULL;
-    EVP_PKEY *pkey = kb ? PEM_read_bio_PrivateKey(kb, NULL, NULL, NULL) : NULL;
-    bool ok = ctx && leaf && pkey && SSL_CTX_use_certificate(ctx, leaf) == 1 && SSL_CTX_use_PrivateKey(ctx, pkey) == 1;
-    X509 *extra;
-    while (ok && (extra = PEM_read_bio_X509(cb, NULL, NULL, NULL)))
-        if (SSL_CTX_add0_chain_cert(ctx, extra) != 1) {
-            X509_free(extra);
-            ok = false;
-        }
-    X509_free(leaf);
-    EVP_PKEY_free(pkey);
-    BIO_free(cb);
-    BIO_free(kb);
-    if (ok) {
-        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-        SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-        SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-        h2o_ssl_register_alpn_protocols(ctx, h2o_http2_alpn_protocols);
-    } else {
-        log_fields(LOG_LEVEL_WARN, "cannot load the certificate of a service; the default certificate is used",
-                   "service", service, NULL);
-        SSL_CTX_free(ctx);
-        ctx = NULL;
-    }
-    return ctx;
-}
-
 /* Fills S from the Service document DOC. Returns 0, 1 when the Service
  * cannot be served (logged), or -ENOMEM. */
 static int service_init(proxy_service *s, json_t *doc, const proxy_state *st)
@@ -271,10 +233,6 @@ static int service_init(proxy_service *s, json_t *doc, const proxy_state *st)
     int e = service_inject(s, json_object_get(spec, "inject"), st->secrets);
     if (e < 0)
         return e;
-    const json_t *cert = json_object_get(st->certs, name);
-    if (cert)
-        s->tls = service_tls(name, json_string_value(json_object_get(cert, "cert")),
-                             json_string_value(json_object_get(cert, "key")));
     return 0;
 }
 

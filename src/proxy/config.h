@@ -30,7 +30,6 @@ typedef struct proxy_state {
     json_t *sessions;  /* name -> Session document */
     json_t *jwks;      /* {"keys": [...]} verifying access tokens */
     json_t *secrets;   /* "<secret>/<key>" -> value, those Services inject */
-    json_t *certs;     /* service name -> {"cert": PEM chain, "key": PEM}, when the API issues them */
     char issuer[256], audience[64];
     uint8_t handoff_key[32]; /* decrypts browser login handoffs (AES-256-GCM) */
     bool has_handoff_key;
@@ -61,7 +60,6 @@ typedef struct proxy_service {
     h2o_iovec_t inject_name;  /* lower-case header name */
     h2o_iovec_t inject_value; /* "Bearer …", "Basic …" or the raw value; wiped when freed */
     bool inject_missing;      /* the Secret value is not (yet) delivered: requests fail */
-    SSL_CTX *tls;             /* this service's certificate (by SNI), or NULL for the default */
 } proxy_service;
 
 typedef struct proxy_config {

@@ -84,8 +84,6 @@ static int apply_snapshot(proxy_follower *f, json_t *data)
         replace(&st->jwks, json_object_get(data, "jwks"));
     if (json_is_object(json_object_get(data, "secrets")))
         replace(&st->secrets, json_object_get(data, "secrets"));
-    if (json_is_object(json_object_get(data, "certs")))
-        replace(&st->certs, json_object_get(data, "certs"));
     snprintf(st->issuer, sizeof(st->issuer), "%s", json_string_value(json_object_get(data, "issuer")) ?: "");
     snprintf(st->audience, sizeof(st->audience), "%s", json_string_value(json_object_get(data, "audience")) ?: "");
     st->revision = json_integer_value(json_object_get(data, "revision"));
@@ -157,8 +155,6 @@ static void apply_event(proxy_follower *f, const char *name, const char *data, s
         replace(&f->state.jwks, j);
     else if (strcmp(name, "secrets") == 0)
         replace(&f->state.secrets, j);
-    else if (strcmp(name, "certs") == 0)
-        replace(&f->state.certs, j);
     else if (strcmp(name, "handoff") == 0)
         e = apply_handoff_key(f, j);
     else {

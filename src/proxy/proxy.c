@@ -19,6 +19,7 @@
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
 #include "httpd/httpd.h"
+#include "proxy/certs.h"
 #include "proxy/config.h"
 #include "proxy/cookie.h"
 #include "proxy/path.h"
@@ -464,16 +465,18 @@ static void query_escape(const char *s, size_t len, char *out)
     out[o] = 0;
 }
 
-/* 401: a browser is redirected to log in (and back to URL), an API client
- * gets JSON and a WWW-Authenticate challenge. */
-static int refuse_unauthenticated(h2o_req_t *req, access_record *rec, const char *why, bool had_token)
+/* 401: a browser is redirected to log in (and back to its URL: TARGET, the
+ * normalised path with its query), an API client gets JSON and a
+ * WWW-Authenticate challenge. */
+static int refuse_unauthenticated(h2o_req_t *req, access_record *rec, const char *target, const char *why,
+                                  bool had_token)
 {
     const proxy_settings *s = settings_of(req);
     rec->decision = PROXY_DECISION_UNAUTHENTICATED;
     if (wants_html(req) && s->login_url) {
         char url[PROXY_PATH_MAX + 600], escaped[3 * sizeof(url) + 1];
         snprintf(url, sizeof(url), "%s://%.*s%s", req->scheme->name.base, (int)MIN(req->authority.len, 300u),
-                 req->authority.base, rec->path);
+                 req->authority.base, target);
         query_escape(url, strlen(url), escaped);
         char *location;
         if (asprintf(&location, "%s?rd=%s", s->login_url, escaped) < 0)
@@ -922,7 +925,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     bool from_cookie;
     h2o_iovec_t token = find_token(req, &from_cookie);
     if (!token.base || token.len == 0)
-        return refuse_unauthenticated(req, rec,
+        return refuse_unauthenticated(req, rec, target,
                                       token.base ? "the Authorization header must be \"Bearer <access token>\""
                                                  : "no access token: send \"Authorization: Bearer <access token>\" "
                                                    "(POST /v1/auth/token on the API) or log in",
@@ -930,7 +933,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     const char *reason;
     const resolved_token *r = resolve(t, c, token, now, &reason);
     if (!r)
-        return refuse_unauthenticated(req, rec, reason, true);
+        return refuse_unauthenticated(req, rec, target, reason, true);
     rec->user = json_string_value(json_object_get(json_object_get(r->user, "metadata"), "name"));
     rec->session = json_string_value(json_object_get(json_object_get(r->session, "metadata"), "name"));
 
@@ -975,23 +978,31 @@ void proxy_register(h2o_pathconf_t *pathconf, void *userdata)
     (void)userdata;
 }
 
-/* ---- TLS: a Service's own certificate by SNI ---- */
+/* ---- TLS: a service host's own certificate by SNI ---- */
 
 static int on_servername(SSL *ssl, int *alert, void *arg)
 {
+    const proxy_settings *s = arg;
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    if (!name)
-        return SSL_TLSEXT_ERR_OK;
+    size_t len = name ? strlen(name) : 0, dlen = strlen(s->domain);
+    if (!s->certs || len <= dlen + 1 || len > 253 || name[len - dlen - 1] != '.' ||
+        strcasecmp(name + len - dlen, s->domain) != 0)
+        return SSL_TLSEXT_ERR_OK; /* not under the domain: the default certificate */
+    char lower[254];
+    for (size_t i = 0; i <= len; i++)
+        lower[i] = (char)tolower((unsigned char)name[i]);
     proxy_config *c = proxy_config_current();
-    const proxy_service *svc = proxy_config_route(c, name, strlen(name));
-    if (svc && svc->tls)
-        SSL_set_SSL_CTX(ssl, svc->tls);
+    const proxy_service *svc = proxy_config_route(c, lower, len);
+    SSL_CTX *ctx = svc ? proxy_certs_context(s->certs, lower) : NULL;
     proxy_config_unref(c);
+    if (ctx)
+        SSL_set_SSL_CTX(ssl, ctx);
     return SSL_TLSEXT_ERR_OK;
 }
 
 int proxy_configure_tls(SSL_CTX *ctx, void *userdata)
 {
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
+    SSL_CTX_set_tlsext_servername_arg(ctx, userdata);
     return 0;
 }

@@ -30,12 +30,14 @@ typedef struct proxy_settings {
     uint64_t upstream_timeout_ms;
     uint64_t websocket_timeout_ms;
     proxy_metrics *metrics;      /* shared with the api role, which renders it; may be NULL */
+    struct proxy_certs *certs;   /* service host certificates by SNI; NULL: the default certificate only */
 } proxy_settings;
 
 /* httpd hooks; USERDATA is the proxy_settings (borrowed for the server's life). */
 void proxy_register(h2o_pathconf_t *pathconf, void *userdata);
 void *proxy_thread_init(h2o_context_t *ctx, void *userdata);
 void proxy_thread_dispose(void *state);
-/* Installs the SNI callback choosing a Service's own certificate when the
- * current configuration has one (configure_tls hook). Returns 0. */
+/* Installs the SNI callback: a host name under the domain that routes to a
+ * Service gets its own certificate from SETTINGS->certs (configure_tls
+ * hook; USERDATA is the proxy_settings). Returns 0. */
 int proxy_configure_tls(SSL_CTX *ctx, void *userdata);

@@ -1,4 +1,4 @@
-#include "daemon/pki.h"
+#include "pki/pki.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "basic/fileio.h"
 #include "basic/log.h"
@@ -247,4 +248,85 @@ int pki_ensure_signing_cert(const char *ca_cert_path, const char *ca_key_path, c
 {
     leaf_profile p = {.common_name = common_name, .curve = "P-384"};
     return ensure_leaf(ca_cert_path, ca_key_path, &p, cert_path, key_path);
+}
+
+int pki_ensure_intermediate(const char *ca_cert_path, const char *ca_key_path, const char *common_name,
+                            const char *name_constraints, const char *cert_path, const char *key_path)
+{
+    _cleanup_(X509_freep) X509 *ca = load_cert(ca_cert_path);
+    if (!ca) {
+        log_openssl("cannot read the CA", ca_cert_path);
+        return -EINVAL;
+    }
+    {
+        _cleanup_(X509_freep) X509 *existing = load_cert(cert_path);
+        _cleanup_(EVP_PKEY_freep) EVP_PKEY *existing_key = load_key(key_path);
+        time_t soon = time(NULL) + 30 * 86400;
+        if (existing && existing_key && X509_check_private_key(existing, existing_key) == 1 &&
+            X509_verify(existing, X509_get0_pubkey(ca)) == 1 &&
+            X509_cmp_time(X509_get0_notAfter(existing), &soon) > 0)
+            return 0;
+    }
+    _cleanup_(EVP_PKEY_freep) EVP_PKEY *ca_key = load_key(ca_key_path);
+    if (!ca_key) {
+        log_openssl("cannot read the CA key", ca_key_path);
+        return -EINVAL;
+    }
+    _cleanup_(EVP_PKEY_freep) EVP_PKEY *key = EVP_EC_gen("P-256");
+    _cleanup_(X509_freep) X509 *cert = key ? new_cert(key, common_name, SERVER_DAYS) : NULL;
+    if (!cert || !X509_set_issuer_name(cert, X509_get_subject_name(ca)) ||
+        add_ext(cert, ca, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") < 0 ||
+        add_ext(cert, ca, NID_key_usage, "critical,keyCertSign,cRLSign") < 0 ||
+        add_ext(cert, ca, NID_name_constraints, name_constraints) < 0 ||
+        add_ext(cert, cert, NID_subject_key_identifier, "hash") < 0 ||
+        add_ext(cert, ca, NID_authority_key_identifier, "keyid:always") < 0 ||
+        !X509_sign(cert, ca_key, ca_digest(ca_key))) {
+        log_openssl("cannot issue an intermediate CA", cert_path);
+        return -EIO;
+    }
+    int r = write_pem_key(key_path, key);
+    if (r == 0)
+        r = write_pem_certs(cert_path, cert, NULL);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot write an intermediate CA", "path", cert_path, "error", strerror(-r), NULL);
+    else
+        log_fields(LOG_LEVEL_INFO, "issued an intermediate CA", "name", common_name, "path", cert_path,
+                   "constraints", name_constraints, NULL);
+    return r;
+}
+
+int pki_load(const char *cert_path, const char *key_path, X509 **ret_cert, EVP_PKEY **ret_key)
+{
+    _cleanup_(X509_freep) X509 *cert = load_cert(cert_path);
+    _cleanup_(EVP_PKEY_freep) EVP_PKEY *key = load_key(key_path);
+    if (!cert || !key || X509_check_private_key(cert, key) != 1) {
+        log_openssl("cannot load a certificate and its key", cert_path);
+        return -EINVAL;
+    }
+    *ret_cert = TAKE_PTR(cert);
+    *ret_key = TAKE_PTR(key);
+    return 0;
+}
+
+int pki_issue_server(X509 *issuer, EVP_PKEY *issuer_key, const char *name, X509 **ret_cert, EVP_PKEY **ret_key)
+{
+    if (!name || !*name || strlen(name) > 253 || is_ip(name))
+        return -EINVAL;
+    char san[300];
+    snprintf(san, sizeof(san), "DNS:%s", name);
+    _cleanup_(EVP_PKEY_freep) EVP_PKEY *key = EVP_EC_gen("P-256");
+    _cleanup_(X509_freep) X509 *cert = key ? new_cert(key, name, SERVER_DAYS) : NULL;
+    if (!cert || !X509_set_issuer_name(cert, X509_get_subject_name(issuer)) ||
+        add_ext(cert, issuer, NID_basic_constraints, "critical,CA:FALSE") < 0 ||
+        add_ext(cert, issuer, NID_key_usage, "critical,digitalSignature") < 0 ||
+        add_ext(cert, issuer, NID_ext_key_usage, "serverAuth") < 0 ||
+        add_ext(cert, issuer, NID_subject_alt_name, san) < 0 ||
+        add_ext(cert, issuer, NID_authority_key_identifier, "keyid:always") < 0 ||
+        !X509_sign(cert, issuer_key, ca_digest(issuer_key))) {
+        ERR_clear_error();
+        return -EIO;
+    }
+    *ret_cert = TAKE_PTR(cert);
+    *ret_key = TAKE_PTR(key);
+    return 0;
 }
