@@ -610,3 +610,38 @@ def test_slow_headers_are_cut_off(cluster):
     s.close()
     assert closed and time.time() - started < 15
     assert c.up.requests == []
+
+
+def test_fail_closed_service_refuses_requests_while_the_audit_log_is_unreachable(tmp_path):
+    """failClosed: true refuses (503) while access records cannot reach the
+    audit role; other services keep serving; both recover when it returns."""
+    up = EchoUpstream()
+    up_port = up.start()
+    http_port = free_port()
+    s = Server(tmp_path / "data", extra_args=["--proxy-http-listen", f"127.0.0.1:{http_port}"]).start()
+    c = Cluster(s, up, http_port, None)
+    audit = None
+    try:
+        c.apply(
+            manifest("User", "erin", {"type": "human", "groups": []}),
+            manifest("Credential", "erin-cli", {"user": "erin", "type": "authToken"}),
+            manifest("Policy", "erin-all", {"rules": [{"effect": "allow", "condition": {"match": 'ctx.user.name == "erin"'}}]}),
+            manifest("Service", "ledger", {"upstream": {"url": f"http://127.0.0.1:{up_port}"}, "policies": ["erin-all"],
+                                           "failClosed": True}),
+            manifest("Service", "notes", {"upstream": {"url": f"http://127.0.0.1:{up_port}"}, "policies": ["erin-all"]}),
+        )
+        tok = c.login("erin-cli")["access_token"]
+        c.wait_status("/", tok, 200, host=f"ledger.{DOMAIN}", timeout=10)
+        audit = s.role_pid("audit")
+        os.kill(audit, signal.SIGSTOP)
+        r = c.wait_status("/", tok, 503, host=f"ledger.{DOMAIN}", timeout=30)
+        assert "audit" in r.json()["error"]["message"]
+        assert c.get("/", tok, host=f"notes.{DOMAIN}").status_code == 200
+        os.kill(audit, signal.SIGCONT)
+        audit = None
+        c.wait_status("/", tok, 200, host=f"ledger.{DOMAIN}", timeout=30)
+    finally:
+        if audit:
+            os.kill(audit, signal.SIGCONT)
+        s.stop()
+        up.stop()

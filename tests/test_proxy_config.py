@@ -1,6 +1,7 @@
 """The proxy's configuration stream (GET /v1/proxy/config) and its bootstrap
 identity: who may read it, what the snapshot holds (and never holds), how
 fast changes arrive, injected Secret values, resuming with ?since=."""
+import base64
 import json
 import os
 import queue
@@ -131,6 +132,12 @@ def stored_digests(server):
         db.close()
 
 
+def handoff_key(data):
+    """The key of a `handoff` object: standard base64 of 32 bytes."""
+    assert sorted(data) == ["key"]
+    return base64.b64decode(data["key"], validate=True)
+
+
 def login(server, token=None):
     r = requests.post(server.url + "/v1/auth/token", json={"token": token or server.token}, verify=server.ca,
                       timeout=30)
@@ -225,6 +232,7 @@ def test_snapshot_holds_the_configuration_and_no_digest(shared_server):
     jwks = requests.get(s.url + "/.well-known/jwks.json", verify=s.ca, timeout=30).json()
     assert snap["jwks"] == jwks and jwks["keys"]
     assert isinstance(snap["secrets"], dict)
+    assert len(handoff_key(snap["handoff"])) == 32
     assert not keys_anywhere(snap, "status")
     raw = ev.raw_text()
     ev.close()
@@ -330,6 +338,9 @@ def test_since_resumes_or_starts_over(shared_server):
     # the keys and the secrets the resumed stream starts from
     names = [ev.next()[0], ev.next()[0]]
     assert names == ["jwks", "secrets"]
+    # and the handoff key, which only a snapshot carries otherwise
+    name, data = ev.next()
+    assert name == "handoff" and len(handoff_key(data)) == 32
     ev.close()
     assert all(not line.startswith("event: snapshot") for line in ev.raw)
     # a revision this store never had: a fresh snapshot
@@ -385,3 +396,48 @@ def test_opening_a_stream_is_audited(shared_server):
         time.sleep(0.2)
     else:
         pytest.fail("no proxy.config.watch entry for cloister-proxy")
+
+
+def test_the_handoff_key_is_streamed_and_kept_across_restarts(tmp_path):
+    server = Server(tmp_path / "data", extra_args=["--proxy-listen", f"127.0.0.1:{free_port()}"]).start()
+    path = server.data_dir / "auth" / "handoff.key"
+    try:
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        assert os.stat(path.parent).st_mode & 0o777 == 0o700
+        tok = proxy_token(server)
+        ev = stream(server, token=tok)
+        name, snap = ev.next()
+        ev.close()
+        key = handoff_key(snap["handoff"])
+        assert key == path.read_bytes() and len(key) == 32
+        assert snap["handoff"]["key"] not in server.read_log()
+
+        server.stop()
+        server.start()
+        # a proxy resuming after the restart gets the same key without a snapshot
+        ev = stream(server, STREAM + f"?since={snap['revision']}", token=tok)
+        (_, data), _ = ev.wait_for(lambda n, d: n == "handoff")
+        ev.close()
+        assert handoff_key(data) == key
+        assert all(not line.startswith("event: snapshot") for line in ev.raw)
+        ev = stream(server, token=tok)
+        name, snap2 = ev.next()
+        ev.close()
+        assert name == "snapshot" and handoff_key(snap2["handoff"]) == key
+        assert snap["handoff"]["key"] not in server.read_log()
+
+        # a key others may read is refused, and the api role does not start
+        server.stop()
+        os.chmod(path, 0o644)
+        server.start(wait=False)
+        deadline = time.time() + 30
+        while "refusing the browser login handoff key" not in server.read_log():
+            assert time.time() < deadline, server.read_log()[-3000:]
+            time.sleep(0.1)
+        try:
+            refused = requests.get(server.url + "/healthz", verify=server.ca, timeout=5).status_code != 200
+        except requests.ConnectionError:
+            refused = True
+        assert refused
+    finally:
+        server.stop(expect_clean=False)

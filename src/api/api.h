@@ -4,6 +4,7 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "store/store.h"
 
@@ -28,6 +29,10 @@ typedef struct api_config {
     const char *audit_socket; /* the audit role's local API */
     struct auth_keyring *keyring; /* token signing keys (auth/keyring.h); NULL disables access tokens */
     const struct proxy_metrics *proxy_metrics; /* the proxy role's, rendered on /metrics; may be NULL */
+    /* 32 bytes sealing browser login handoffs for the proxy (handoff.h),
+     * owned and wiped by the role; NULL disables logins that return to a
+     * service host */
+    const uint8_t *handoff_key;
 } api_config;
 
 /* Serves until SIGTERM or SIGINT arrives, then stops accepting, drains the

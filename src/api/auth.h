@@ -56,6 +56,10 @@ int api_auth_handle_keys(api_request *r, const char *rest, size_t rest_len, api_
 int api_auth_handle_tokens(api_request *r, const char *rest, size_t rest_len, api_error *err);
 /* /v1/auth/oidc/: {idp}/login, callback and exchange (handlers-oidc.c). */
 int api_oidc_handle(api_request *r, const char *rest, size_t rest_len, api_error *err);
+/* GET /v1/auth/login?rd=URL: where the proxy sends a browser without a
+ * session; starts the login at the one identity provider or lists them
+ * (handlers-oidc.c). */
+int api_auth_login_handle(api_request *r, const char *rest, size_t rest_len, api_error *err);
 /* The end_session_endpoint of identity provider IDP with our client_id, for
  * the browser to end its session there too (heap URL in *RET); -ENOENT when
  * the provider has none or cannot be reached. */

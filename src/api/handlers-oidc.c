@@ -1,12 +1,18 @@
 /* OIDC login (authorization code flow with PKCE, state and nonce) against
  * the IdentityProvider resources:
  *
+ *   GET  /v1/auth/login?rd=URL         where the proxy sends a browser without
+ *        a session: rd (a URL on a Service's host) is checked, then the one
+ *        identity provider's login starts, or a page lists them all
  *   GET  /v1/auth/oidc/{idp}/login     redirects the browser to the provider
  *        (or, for the CLI, answers the URL: ?cli_redirect=<loopback URI>
- *        &cli_challenge=<S256 PKCE challenge of the CLI's own verifier>)
+ *        &cli_challenge=<S256 PKCE challenge of the CLI's own verifier>);
+ *        ?rd=URL as above
  *   GET  /v1/auth/oidc/callback        the provider sends the browser back:
  *        the code is exchanged, the ID token validated, the user mapped, a
- *        Session opened; a browser gets the cloister_session cookie, a CLI
+ *        Session opened; a login with rd is sent back to the service host's
+ *        /.cloister/callback with a sealed handoff (handoff.h), any other
+ *        browser gets the cloister_session cookie of the API host, a CLI
  *        login is redirected to its loopback URI with a one-time code
  *   POST /v1/auth/oidc/exchange        the CLI trades that code and its PKCE
  *        verifier for the session's tokens (RFC 8252 loopback redirect)
@@ -27,6 +33,7 @@
 
 #include "api/auth.h"
 #include "api/handlers-kms.h"
+#include "api/handoff.h"
 #include "audit/event.h"
 #include "auth/oidc.h"
 #include "basic/encoding.h"
@@ -42,6 +49,8 @@
 #define PROVIDER_TTL_S 3600
 #define JWKS_REFETCH_MIN_S 10
 #define URI_MAX 512
+#define CHOOSER_IDPS_MAX 100     /* identity providers a login page lists */
+#define CHOOSER_PAGE_MAX 65536   /* bytes of that page */
 
 /* A login between /login and /callback (CODE empty), or a finished CLI
  * login waiting for /exchange (TOKENS set, found by CODE). */
@@ -55,6 +64,7 @@ typedef struct pending {
     char redirect_uri[URI_MAX];  /* our callback, as sent to the provider */
     char cli_redirect[URI_MAX];  /* a CLI's loopback URI, or "" */
     char cli_challenge[OIDC_RANDOM_LEN + 1];
+    char rd[LOGIN_RD_MAX + 1];   /* a browser login's return URL (login_rd.url), or "" */
     int64_t created;
     json_t *tokens;
 } pending;
@@ -322,6 +332,89 @@ static bool percent_decode(char *s)
     return true;
 }
 
+/* Whether REQ's query has a parameter NAME at all (with or without a value). */
+static bool query_names(const h2o_req_t *req, const char *name)
+{
+    if (req->query_at == SIZE_MAX)
+        return false;
+    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    size_t n = strlen(name);
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        if ((size_t)(stop - p) >= n && memcmp(p, name, n) == 0 && (p + n == stop || p[n] == '='))
+            return true;
+        p = stop + 1;
+    }
+    return false;
+}
+
+/* Whether HOST (lower case, no port) is NAME (any case, one trailing dot
+ * ignored). */
+static bool host_is(const char *host, const char *name)
+{
+    size_t n = strlen(name);
+    if (n > 1 && name[n - 1] == '.')
+        n--;
+    return strlen(host) == n && strncasecmp(host, name, n) == 0;
+}
+
+/* The Service served at RD's host (<service>.<domain>, or one of a
+ * Service's spec.hosts, as the proxy routes), its name into SERVICE.
+ * Returns 0, or -1 with ERR (400 when no Service is there). */
+static int rd_service(api_server *srv, const login_rd *rd, char service[RESOURCE_NAME_MAX + 1], api_error *err)
+{
+    json_auto_t *services = NULL;
+    int e = store_list(srv->cfg->store, "Service", &services, NULL);
+    if (e < 0)
+        return api_fail_store(err, e, "Service", "*");
+    const char *domain = srv->cfg->domain ? srv->cfg->domain : "";
+    size_t i, j;
+    json_t *svc, *h;
+    json_array_foreach(services, i, svc)
+    {
+        const char *name = doc_name(svc);
+        if (!name)
+            continue;
+        char own[RESOURCE_NAME_MAX + 300];
+        bool found = (size_t)snprintf(own, sizeof(own), "%s.%s", name, domain) < sizeof(own) && host_is(rd->host, own);
+        json_array_foreach(json_object_get(json_object_get(svc, "spec"), "hosts"), j, h) if (json_is_string(h))
+            found = found || host_is(rd->host, json_string_value(h));
+        if (found) {
+            snprintf(service, RESOURCE_NAME_MAX + 1, "%s", name);
+            return 0;
+        }
+    }
+    return api_fail(err, 400, "invalid",
+                    "rd must be a URL on a service host: %s is neither <service>.%s of a Service nor one of a "
+                    "Service's spec.hosts",
+                    rd->host, domain);
+}
+
+/* The ?rd= of REQ, percent-decoded, parsed and checked to be on a Service's
+ * host, into *RET; *RET_PRESENT says whether there was one. Returns 0, or
+ * -1 with ERR (400 naming the problem). */
+static int rd_from_query(api_server *srv, const h2o_req_t *req, login_rd *ret, bool *ret_present, api_error *err)
+{
+    char text[3 * LOGIN_RD_MAX + 1];
+    if (!api_query_param(req, "rd", text, sizeof(text))) {
+        if (query_names(req, "rd"))
+            return api_fail(err, 400, "invalid", "rd is longer than %d bytes", LOGIN_RD_MAX);
+        *ret_present = false;
+        return 0;
+    }
+    if (!percent_decode(text))
+        return api_fail(err, 400, "invalid", "rd is not a properly percent-encoded URL");
+    const char *why = NULL;
+    char service[RESOURCE_NAME_MAX + 1];
+    if (login_rd_parse(text, strlen(text), ret, &why) < 0)
+        return api_fail(err, 400, "invalid", "%s", why);
+    if (rd_service(srv, ret, service, err) < 0)
+        return -1;
+    *ret_present = true;
+    return 0;
+}
+
 /* Hands an OIDC login event to the audit log (USER, IDP and SID may be NULL). */
 static void report(api_request *r, const char *action, const char *user, const char *idp, const char *sid,
                    const char *outcome, const char *reason)
@@ -336,7 +429,10 @@ static void report(api_request *r, const char *action, const char *user, const c
 
 /* ---- GET /v1/auth/oidc/{idp}/login ---- */
 
-static int handle_login(api_request *r, const char *idp_name, api_error *err)
+/* Starts a login at IDP_NAME: a pending login (state, nonce, PKCE verifier,
+ * and RD's URL when the browser came from a service host; RD may be NULL)
+ * and a redirect to the provider. Returns 0, or -1 with ERR. */
+static int handle_login(api_request *r, const char *idp_name, const login_rd *rd, api_error *err)
 {
     if (api_auth_rate_check_ip(r, err) < 0)
         return -1;
@@ -349,6 +445,13 @@ static int handle_login(api_request *r, const char *idp_name, api_error *err)
             strlen(p.cli_challenge) != OIDC_RANDOM_LEN)
             return api_fail(err, 400, "invalid", "a CLI login needs cli_challenge, the S256 PKCE challenge of its verifier");
         snprintf(p.cli_redirect, sizeof(p.cli_redirect), "%s", cli_redirect);
+    }
+    if (rd) {
+        if (p.cli_redirect[0])
+            return api_fail(err, 400, "invalid", "rd (a browser login) and cli_redirect (a CLI login) exclude each other");
+        if (!r->server->cfg->handoff_key)
+            return api_fail(err, 503, "unavailable", "this API holds no handoff key: logins cannot return to a service");
+        snprintf(p.rd, sizeof(p.rd), "%s", rd->url);
     }
     json_auto_t *idp = NULL;
     if (load_idp(r->server, idp_name, &idp, err) < 0)
@@ -409,14 +512,14 @@ static int handle_login(api_request *r, const char *idp_name, api_error *err)
 
     if (cli_redirect[0]) {
         json_t *body = json_pack("{s:s}", "authorization_url", url.data);
-        api_respond_json(r->req, ROUTE_AUTH_OIDC, r->started, 200, body);
+        api_respond_json(r->req, r->route, r->started, 200, body);
         json_decref(body);
         return 0;
     }
     h2o_iovec_t loc = h2o_strdup(&r->req->pool, url.data, url.len);
     h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_LOCATION, NULL, loc.base, loc.len);
     json_t *body = json_pack("{s:s}", "location", url.data);
-    api_respond_json(r->req, ROUTE_AUTH_OIDC, r->started, 302, body);
+    api_respond_json(r->req, r->route, r->started, 302, body);
     json_decref(body);
     return 0;
 }
@@ -575,6 +678,59 @@ static void set_session_cookie(api_request *r, const char *access)
     h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_SET_COOKIE, NULL, v.base, v.len);
 }
 
+/* Wipes the strings of TOKENS (a token answer) and releases it. */
+static void tokens_wipe_decref(json_t *tokens)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(tokens, k, v) if (json_is_string(v))
+        OPENSSL_cleanse((char *)json_string_value(v), json_string_length(v));
+    json_decref(tokens);
+}
+
+/* Sends the browser of login P (which has a return URL) back to its service
+ * host: 302 to <scheme>://<authority>/.cloister/callback?handoff=H, where H
+ * seals the access token of TOKENS for the proxy, that authority and the
+ * URL's path, for HANDOFF_TTL_S seconds. The API host gets no cookie: only
+ * the service host sets one. Audited as auth.handoff (without the token).
+ * Returns 0, or -1 with ERR. */
+static int send_handoff(api_request *r, const pending *p, const json_t *user, const char *sid, const json_t *tokens,
+                        api_error *err)
+{
+    login_rd rd;
+    char service[RESOURCE_NAME_MAX + 1];
+    if (login_rd_parse(p->rd, strlen(p->rd), &rd, NULL) < 0) /* it was parsed at /login */
+        return api_fail(err, 500, "internal", "the login's return URL is unusable");
+    if (rd_service(r->server, &rd, service, err) < 0) /* the Service may be gone since */
+        return -1;
+    const uint8_t *key = r->server->cfg->handoff_key;
+    const char *access = json_string_value(json_object_get(tokens, "access_token"));
+    char *h = NULL, *loc = NULL;
+    int e = key && access ? handoff_seal(key, access, rd.authority, rd.path, now_s() + HANDOFF_TTL_S, &h) : -EINVAL;
+    if (e == 0 && asprintf(&loc, "%s://%s/.cloister/callback?handoff=%s", rd.scheme, rd.authority, h) < 0) {
+        loc = NULL;
+        e = -ENOMEM;
+    }
+    free(h);
+    if (e < 0)
+        return api_fail(err, 500, "internal", "cannot seal the login handoff for %s (%s)", rd.host, strerror(-e));
+    h2o_iovec_t v = h2o_strdup(&r->req->pool, loc, SIZE_MAX);
+    free(loc);
+    h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_LOCATION, NULL, v.base, v.len);
+
+    char ip[INET6_ADDRSTRLEN];
+    httpd_peer_ip(r->req, ip, sizeof(ip));
+    json_t *details = json_pack("{s:s, s:s, s:s, s:s}", "identityProvider", p->idp, "service", service, "scheme",
+                                rd.scheme, "host", rd.authority);
+    audit_event_emit(&(audit_event){.action = "auth.handoff", .user = doc_name(user), .session = sid, .ip = ip,
+                                    .kind = "Session", .name = sid, .outcome = "success", .details = details});
+    json_decref(details);
+    json_t *body = json_pack("{s:s, s:s, s:s}", "user", doc_name(user), "session", sid, "service", service);
+    api_respond_json(r->req, ROUTE_AUTH_OIDC, r->started, 302, body);
+    json_decref(body);
+    return 0;
+}
+
 static int handle_callback(api_request *r, api_error *err)
 {
     if (api_auth_rate_check_ip(r, err) < 0)
@@ -644,15 +800,17 @@ static int handle_callback(api_request *r, api_error *err)
         json_decref(body);
         goto out;
     }
+    if (p.rd[0]) {
+        /* back to the service host the browser came from */
+        ret = send_handoff(r, &p, user, sid, tokens, err);
+        tokens_wipe_decref(tokens);
+        goto out;
+    }
     set_session_cookie(r, json_string_value(json_object_get(tokens, "access_token")));
     json_t *body = json_pack("{s:s, s:s, s:i}", "user", doc_name(user), "session", sid, "expires_in", AUTH_ACCESS_TTL_S);
     api_respond_json(r->req, ROUTE_AUTH_OIDC, r->started, 200, body);
     json_decref(body);
-    const char *k;
-    json_t *v;
-    json_object_foreach(tokens, k, v) if (json_is_string(v))
-        OPENSSL_cleanse((char *)json_string_value(v), json_string_length(v));
-    json_decref(tokens);
+    tokens_wipe_decref(tokens);
 out:
     OPENSSL_cleanse(code, sizeof(code));
     pending_clear(&p);
@@ -751,7 +909,124 @@ int api_oidc_handle(api_request *r, const char *rest, size_t rest_len, api_error
             api_method_not_allowed(r->req, ROUTE_AUTH_OIDC, r->started, "GET");
             return 0;
         }
-        return handle_login(r, idp, err);
+        login_rd rd;
+        bool has_rd;
+        if (rd_from_query(r->server, r->req, &rd, &has_rd, err) < 0)
+            return -1;
+        return handle_login(r, idp, has_rd ? &rd : NULL, err);
     }
     return api_fail(err, 404, "not_found", "no such endpoint: /v1/auth/oidc/%.*s", (int)MIN(rest_len, (size_t)100), rest);
+}
+
+/* Appends S to B with the characters HTML gives a meaning escaped. */
+static int html_escape(strbuf *b, const char *s)
+{
+    int e = 0;
+    for (; *s && e == 0; s++) {
+        switch (*s) {
+        case '&': e = strbuf_puts(b, "&amp;"); break;
+        case '<': e = strbuf_puts(b, "&lt;"); break;
+        case '>': e = strbuf_puts(b, "&gt;"); break;
+        case '"': e = strbuf_puts(b, "&quot;"); break;
+        case '\'': e = strbuf_puts(b, "&#39;"); break;
+        default: e = strbuf_putc(b, *s);
+        }
+    }
+    return e;
+}
+
+/* Answers 200 with an HTML page linking to the login at each of IDPS (at
+ * most CHOOSER_IDPS_MAX), each carrying RD (NULL: none). Returns 0, or -1
+ * with ERR. */
+static int send_chooser(api_request *r, const json_t *idps, const login_rd *rd, api_error *err)
+{
+    _cleanup_strbuf_ strbuf page;
+    strbuf_init(&page, CHOOSER_PAGE_MAX);
+    char *rd_enc = rd ? curl_easy_escape(NULL, rd->url, 0) : NULL;
+    if (rd && !rd_enc)
+        return api_fail(err, 500, "internal", "out of memory");
+    int e = strbuf_puts(&page, "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                               "<title>Log in</title></head>\n<body>\n<h1>Log in</h1>\n");
+    if (e == 0 && rd) {
+        e = strbuf_puts(&page, "<p>to continue to ");
+        if (e == 0)
+            e = html_escape(&page, rd->host);
+        if (e == 0)
+            e = strbuf_puts(&page, "</p>\n");
+    }
+    if (e == 0)
+        e = strbuf_puts(&page, "<p>Choose your identity provider:</p>\n<ul>\n");
+    size_t i;
+    json_t *idp;
+    json_array_foreach(idps, i, idp)
+    {
+        const char *name = doc_name(idp);
+        if (e < 0 || i >= CHOOSER_IDPS_MAX)
+            break;
+        if (!name || !resource_name_valid(name))
+            continue;
+        char href[RESOURCE_NAME_MAX + 64];
+        snprintf(href, sizeof(href), "/v1/auth/oidc/%s/login%s", name, rd ? "?rd=" : "");
+        e = strbuf_puts(&page, "<li><a href=\"");
+        if (e == 0)
+            e = html_escape(&page, href);
+        if (e == 0 && rd)
+            e = html_escape(&page, rd_enc);
+        if (e == 0)
+            e = strbuf_puts(&page, "\">");
+        if (e == 0)
+            e = html_escape(&page, name);
+        if (e == 0)
+            e = strbuf_puts(&page, "</a></li>\n");
+    }
+    if (e == 0)
+        e = strbuf_puts(&page, "</ul>\n</body>\n</html>\n");
+    curl_free(rd_enc);
+    if (e < 0)
+        return api_fail(err, 500, "internal", "cannot build the login page");
+    h2o_req_t *req = r->req;
+    req->res.status = 200;
+    req->res.reason = "OK";
+    req->res.content_length = page.len;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("text/html; charset=utf-8"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("content-security-policy"), 0, NULL,
+                          H2O_STRLIT("default-src 'none'; frame-ancestors 'none'"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-content-type-options"), 0, NULL,
+                          H2O_STRLIT("nosniff"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-frame-options"), 0, NULL, H2O_STRLIT("DENY"));
+    h2o_iovec_t body = h2o_strdup(&req->pool, page.data, page.len);
+    h2o_send_inline(req, body.base, body.len);
+    api_finish(ROUTE_AUTH_LOGIN, r->started, 200);
+    return 0;
+}
+
+int api_auth_login_handle(api_request *r, const char *rest, size_t rest_len, api_error *err)
+{
+    if (rest_len != 0)
+        return api_fail(err, 404, "not_found", "no such endpoint: /v1/auth/login%.*s", (int)MIN(rest_len, (size_t)100),
+                        rest);
+    if (!r->server->cfg->keyring)
+        return api_fail(err, 503, "unavailable", "the auth server has no signing keys");
+    if (!api_method_is(r->req, "GET") && !api_method_is(r->req, "HEAD")) {
+        api_method_not_allowed(r->req, ROUTE_AUTH_LOGIN, r->started, "GET");
+        return 0;
+    }
+    /* the return URL first: nothing, not even an error page, leads to a foreign host */
+    login_rd rd;
+    bool has_rd;
+    if (rd_from_query(r->server, r->req, &rd, &has_rd, err) < 0)
+        return -1;
+    json_auto_t *idps = NULL;
+    int e = store_list(r->server->cfg->store, "IdentityProvider", &idps, NULL);
+    if (e < 0)
+        return api_fail_store(err, e, "IdentityProvider", "*");
+    size_t n = json_array_size(idps);
+    if (n == 0)
+        return api_fail(err, 404, "not_found", "no identity provider is configured; API clients send a bearer token");
+    if (n == 1) {
+        const char *name = doc_name(json_array_get(idps, 0));
+        return handle_login(r, name ? name : "", has_rd ? &rd : NULL, err);
+    }
+    return send_chooser(r, idps, has_rd ? &rd : NULL, err);
 }

@@ -9,12 +9,14 @@
  *   jwks      {keys} whenever the token verification keys change
  *   secrets   {"<secret>/<key>": value} the Secret values Services inject
  *             (spec.inject), in the clear, whenever that map changes
+ *   handoff   {key: base64} the 32-byte key browser login handoffs are
+ *             sealed with (handoff.h); also in every snapshot as `handoff`
  *   error     {error: {code, message}} just before the server ends a stream
  *
  * and a `: keep-alive` comment when nothing else was sent for 4 s. With
  * ?since=REV the stream resumes after revision REV (changes only, then the
- * current jwks and secrets) while the store's history still holds it, and
- * starts with a fresh snapshot otherwise.
+ * current jwks, secrets and handoff key) while the store's history still
+ * holds it, and starts with a fresh snapshot otherwise.
  *
  * Documents go out as stored but without `status`: credential token digests
  * and session refresh-token digests never leave the api role. Only Secret
@@ -34,9 +36,11 @@
 #include "api/auth.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-policy.h"
+#include "api/handoff.h"
 #include "api/sse.h"
 #include "audit/event.h"
 #include "auth/keyring.h"
+#include "basic/encoding.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
@@ -193,6 +197,25 @@ static int build_secrets(proxy_stream *p, const json_t *services, json_t **ret_m
     return 0;
 }
 
+/* The handoff key as {"key": "<standard base64>"} (new reference, to release
+ * with kms_json_wipe_decref()) into *RET; NULL there when the server holds
+ * none. Returns 0 or -ENOMEM. */
+static int handoff_json(api_server *srv, json_t **ret)
+{
+    if (!srv->cfg->handoff_key) {
+        *ret = NULL;
+        return 0;
+    }
+    char b64[64];
+    base64_encode(srv->cfg->handoff_key, HANDOFF_KEY_LEN, b64, false);
+    json_t *j = json_pack("{s:s}", "key", b64);
+    OPENSSL_cleanse(b64, sizeof(b64));
+    if (!j)
+        return -ENOMEM;
+    *ret = j;
+    return 0;
+}
+
 /* ---- events ---- */
 
 /* Fills ERR for a failed queue (E): the buffer cap, or memory. */
@@ -232,19 +255,26 @@ static int queue_snapshot(proxy_stream *p, api_error *err)
         }
     }
     json_decref(items);
-    json_t *jwks = current_jwks(p->server), *secrets = NULL;
+    json_t *jwks = current_jwks(p->server), *secrets = NULL, *handoff = NULL;
     char iss[300];
     api_auth_issuer(p->server, iss, sizeof(iss));
     int r = objects && jwks ? build_secrets(p, json_object_get(objects, "Service"), &secrets) : -ENOMEM;
+    if (r == 0)
+        r = handoff_json(p->server, &handoff);
     json_t *snap = r < 0 ? NULL
                          : json_pack("{s:I, s:s, s:s, s:O, s:O, s:O}", "revision", (json_int_t)rev, "issuer", iss,
                                      "audience", AUTH_AUDIENCE, "objects", objects, "jwks", jwks, "secrets", secrets);
     json_decref(objects);
+    if (snap && handoff && json_object_set(snap, "handoff", handoff) < 0) {
+        json_decref(snap);
+        snap = NULL;
+    }
     if (!snap)
         r = fail_queue(err, -ENOMEM);
     else if ((e = api_sse_queue_event(&p->super, "snapshot", -1, snap)) < 0)
         r = fail_queue(err, e);
-    json_decref(snap); /* SECRETS' only reference is ours again: wiped below */
+    json_decref(snap); /* SECRETS' and HANDOFF's only references are ours again: wiped below */
+    kms_json_wipe_decref(handoff);
     if (r == 0 && (e = map_digest(secrets, p->secrets_sent)) < 0)
         r = fail_queue(err, e);
     kms_json_wipe_decref(secrets);
@@ -379,6 +409,19 @@ static int queue_secrets(proxy_stream *p, bool services_changed, bool secret_cha
     return e < 0 ? fail_queue(err, e) : 0;
 }
 
+/* Queues `handoff` with the handoff key (when the server holds one): a
+ * resumed stream gets it although it gets no snapshot. Returns 0 or -1
+ * with ERR. */
+static int queue_handoff(proxy_stream *p, api_error *err)
+{
+    json_t *handoff = NULL;
+    int e = handoff_json(p->server, &handoff);
+    if (e == 0 && handoff)
+        e = api_sse_queue_event(&p->super, "handoff", -1, handoff);
+    kms_json_wipe_decref(handoff);
+    return e < 0 ? fail_queue(err, e) : 0;
+}
+
 /* Brings the stream up to date: changes (or a snapshot), then keys and
  * secrets. Returns 0 or -1 with ERR. */
 static int proxy_update(proxy_stream *p, api_error *err)
@@ -493,6 +536,8 @@ static int open_stream(api_request *r, const caller *c, int64_t since, api_error
     if (resume)
         p->revision = since;
     if ((resume ? proxy_update(p, err) : queue_snapshot(p, err)) < 0)
+        return -1;
+    if (resume && queue_handoff(p, err) < 0) /* an API restarted since: the proxy may need the key */
         return -1;
     char ip[INET6_ADDRSTRLEN];
     httpd_peer_ip(r->req, ip, sizeof(ip));

@@ -27,6 +27,7 @@ static const struct {
     [ROUTE_SESSIONS] = {"/v1/sessions", "any"},
     [ROUTE_JWKS] = {"/.well-known/jwks.json", "GET"},
     [ROUTE_TOKENS] = {"/v1/tokens", "POST"},
+    [ROUTE_AUTH_LOGIN] = {"/v1/auth/login", "GET"},
     [ROUTE_AUTH_OIDC] = {"/v1/auth/oidc/*", "any"},
     [ROUTE_AUDIT] = {"/v1/audit/{endpoint}", "GET"},
     [ROUTE_KMS] = {"/v1/kms/", "any"},

@@ -26,6 +26,7 @@ typedef enum api_route {
     ROUTE_SESSIONS,
     ROUTE_JWKS,
     ROUTE_TOKENS,
+    ROUTE_AUTH_LOGIN,
     ROUTE_AUTH_OIDC,
     ROUTE_AUDIT,
     ROUTE_KMS,

@@ -23,6 +23,7 @@ const api_endpoint_group api_endpoint_groups[] = {
     {"/.well-known/jwks.json", ROUTE_JWKS, true, api_auth_handle_jwks},
     {"/v1/auth/keys", ROUTE_AUTH_KEYS, false, api_auth_handle_keys}, /* before /v1/auth/ */
     {"/v1/auth/oidc/", ROUTE_AUTH_OIDC, true, api_oidc_handle}, /* before /v1/auth/ */
+    {"/v1/auth/login", ROUTE_AUTH_LOGIN, true, api_auth_login_handle}, /* before /v1/auth/ */
     {"/v1/auth/", ROUTE_AUTH_TOKEN, true, api_auth_handle},
     {"/v1/sessions", ROUTE_SESSIONS, true, api_auth_handle_sessions}, /* authenticates itself */
     {"/v1/tokens", ROUTE_TOKENS, false, api_auth_handle_tokens},

@@ -1,15 +1,69 @@
 /* The `api` role: the control plane's REST API on the resource store. */
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "api/auth.h"
+#include "api/handoff.h"
 #include "api/handlers-attest.h"
 #include "api/handlers-kms.h"
 #include "audit/event.h"
 #include "auth/keyring.h"
 #include "basic/fileio.h"
 #include "basic/log.h"
+#include "basic/macro.h"
 #include "daemon/daemon.h"
 #include "store/store.h"
+
+/* Loads the browser login handoff key from PATH (32 raw bytes) into KEY, or
+ * creates it (mode 0600) on first start. A file that is not a regular file
+ * of ours, that others may read, or that is not exactly 32 bytes is
+ * refused (-EPERM, -EBADMSG) and the reason logged. Returns 0 or a
+ * negative errno. */
+static int handoff_key_load(const char *path, uint8_t key[HANDOFF_KEY_LEN])
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0 && errno == ENOENT) {
+        uint8_t fresh[HANDOFF_KEY_LEN];
+        int r = random_bytes(fresh, sizeof(fresh));
+        if (r == 0)
+            r = write_file_atomic(path, fresh, sizeof(fresh), 0600);
+        if (r == 0) {
+            memcpy(key, fresh, sizeof(fresh));
+            log_fields(LOG_LEVEL_INFO, "created the browser login handoff key", "path", path, NULL);
+        }
+        OPENSSL_cleanse(fresh, sizeof(fresh));
+        return r;
+    }
+    if (fd < 0)
+        return negative_errno();
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return negative_errno();
+    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077)) {
+        log_fields(LOG_LEVEL_ERROR,
+                   "refusing the browser login handoff key: it must be a file of ours that only we can read "
+                   "(chmod 600)",
+                   "path", path, NULL);
+        return -EPERM;
+    }
+    char *data = NULL;
+    size_t len = 0;
+    int r = read_fd(fd, 2 * HANDOFF_KEY_LEN, &data, &len);
+    if (r < 0)
+        return r;
+    if (len == HANDOFF_KEY_LEN)
+        memcpy(key, data, HANDOFF_KEY_LEN);
+    else
+        log_fields(LOG_LEVEL_ERROR, "refusing the browser login handoff key: it is not 32 bytes", "path", path, NULL);
+    OPENSSL_cleanse(data, len);
+    free(data);
+    return len == HANDOFF_KEY_LEN ? 0 : -EBADMSG;
+}
 
 int role_api_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
 {
@@ -33,11 +87,25 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
         store_free(s);
         return 1;
     }
+    /* browser login handoffs: a key of this role, pushed to the proxy only */
+    char handoff_path[4300];
+    uint8_t handoff_key[HANDOFF_KEY_LEN];
+    snprintf(handoff_path, sizeof(handoff_path), "%s/handoff.key", auth_dir);
+    r = handoff_key_load(handoff_path, handoff_key);
+    if (r < 0) {
+        if (r != -EPERM && r != -EBADMSG)
+            log_fields(LOG_LEVEL_ERROR, "cannot open the browser login handoff key", "path", handoff_path, "error",
+                       strerror(-r), NULL);
+        auth_keyring_free(keyring);
+        store_free(s);
+        return 1;
+    }
     /* key release: the platform CA verifies sandbox evidence */
     r = api_attest_init(cfg->platform_ca_cert, s);
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot load the platform CA", "path", cfg->platform_ca_cert, "error",
                    strerror(-r), NULL);
+        OPENSSL_cleanse(handoff_key, sizeof(handoff_key));
         auth_keyring_free(keyring);
         store_free(s);
         return 1;
@@ -55,6 +123,7 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
         .audit_socket = cfg->audit_socket,
         .keyring = keyring,
         .proxy_metrics = cfg->proxy_metrics,
+        .handoff_key = handoff_key,
     };
     r = audit_event_start(cfg->audit_socket);
     if (r < 0)
@@ -65,6 +134,7 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
     api_kms_done();
     api_attest_done();
     audit_event_stop(2000);
+    OPENSSL_cleanse(handoff_key, sizeof(handoff_key));
     auth_keyring_free(keyring);
     store_free(s);
     return r < 0 ? 1 : 0;

@@ -33,6 +33,10 @@
 #define ACCESS_BATCH_BYTES (12 * 1024) /* record text per audit entry (entries are capped at 16 KiB) */
 #define ACCESS_RECORD_MAX 2600         /* the longest record: path, policy, rule and names at their caps */
 #define ACCESS_FLUSH_MS 200            /* a batch waits at most this long */
+#define HANDOFF_WAIT_MS 50             /* a handoff whose session is not here yet is tried again this often */
+#define HANDOFF_WAIT_TRIES 60          /* ... this many times (3 s) */
+#define WHY_NO_SESSION "the session of this access token was revoked or has expired"
+#define WHY_NO_USER "the user of this session no longer exists"
 
 typedef struct proxy_thread proxy_thread;
 
@@ -74,6 +78,7 @@ struct proxy_thread {
     unsigned access_count;
     h2o_timeout_t access_timeout;
     h2o_timeout_entry_t access_flush;
+    h2o_timeout_t handoff_timeout; /* login handoffs waiting for their session */
 };
 
 /* What the access log records of one request; emitted when h2o releases
@@ -118,6 +123,7 @@ void *proxy_thread_init(h2o_context_t *ctx, void *userdata)
     h2o_timeout_init(ctx->loop, &t->websocket_timeout, s->websocket_timeout_ms ? s->websocket_timeout_ms : 300000);
     strbuf_init(&t->access, ACCESS_BATCH_BYTES + ACCESS_RECORD_MAX + 64);
     h2o_timeout_init(ctx->loop, &t->access_timeout, ACCESS_FLUSH_MS);
+    h2o_timeout_init(ctx->loop, &t->handoff_timeout, HANDOFF_WAIT_MS);
     t->access_flush.cb = on_access_timeout;
     t->client_ctx = (h2o_http1client_ctx_t){.loop = ctx->loop, .getaddr_receiver = &ctx->receivers.hostinfo_getaddr,
                                             .io_timeout = &t->io_timeout, .websocket_timeout = &t->websocket_timeout,
@@ -152,6 +158,9 @@ void proxy_thread_dispose(void *state)
     if (h2o_timeout_is_linked(&t->access_flush))
         h2o_timeout_unlink(&t->access_flush);
     h2o_timeout_dispose(t->ctx->loop, &t->access_timeout);
+    while (!h2o_linklist_is_empty(&t->handoff_timeout._entries)) /* of connections that did not close */
+        h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, t->handoff_timeout._entries.next));
+    h2o_timeout_dispose(t->ctx->loop, &t->handoff_timeout);
     strbuf_free(&t->access);
     h2o_timeout_dispose(t->ctx->loop, &t->io_timeout);
     h2o_timeout_dispose(t->ctx->loop, &t->websocket_timeout);
@@ -404,13 +413,13 @@ static const resolved_token *resolve(proxy_thread *t, const proxy_config *c, h2o
     const char *cred_name = spec_string(session, "credential");
     *ret_why = NULL;
     if (!session)
-        *ret_why = "the session of this access token was revoked or has expired";
+        *ret_why = WHY_NO_SESSION;
     else if (!su || !sub || strcmp(su, sub) != 0)
         *ret_why = "the access token does not match its session";
     else if (time_parse_rfc3339(spec_string(session, "expiresAt"), &expires) < 0 || expires <= now)
         *ret_why = "the session has expired; log in again";
     else if (!user)
-        *ret_why = "the user of this session no longer exists";
+        *ret_why = WHY_NO_USER;
     else if (json_is_true(json_object_get(json_object_get(user, "spec"), "disabled")))
         *ret_why = "the user is disabled";
     else if (cred_name) {
@@ -754,13 +763,62 @@ static json_t *handoff_open(const proxy_config *c, const char *enc, size_t len)
     return claims;
 }
 
+/* A login handoff whose session (or new user) has not reached this proxy
+ * yet: the API opened it a moment before redirecting the browser, and its
+ * change is still on the configuration stream. Allocated from the
+ * request's pool; released (and unlinked) with the request. */
+typedef struct handoff_wait {
+    h2o_timeout_entry_t entry; /* on the thread's handoff_timeout */
+    proxy_thread *t;
+    h2o_req_t *req;
+    access_record *rec;
+    const char *query; /* in the request's pool */
+    unsigned tries;
+} handoff_wait;
+
+static int serve_callback_try(proxy_thread *t, h2o_req_t *req, access_record *rec, const proxy_config *c,
+                              const char *query, unsigned tries);
+
+static void handoff_wait_dispose(void *p)
+{
+    handoff_wait *w = p;
+    if (h2o_timeout_is_linked(&w->entry))
+        h2o_timeout_unlink(&w->entry);
+}
+
+/* Tries a waiting handoff again on the newest configuration. */
+static void on_handoff_wait(h2o_timeout_entry_t *entry)
+{
+    handoff_wait *w = H2O_STRUCT_FROM_MEMBER(handoff_wait, entry, entry);
+    refresh_config(w->t);
+    serve_callback_try(w->t, w->req, w->rec, w->t->config, w->query, w->tries);
+}
+
+/* Releases the claims of a handoff, its access token wiped first. */
+static void handoff_claims_free(json_t *claims)
+{
+    json_t *token = json_object_get(claims, "token");
+    if (json_is_string(token))
+        OPENSSL_cleanse((char *)json_string_value(token), json_string_length(token));
+    json_decref(claims);
+}
+
 /* GET /.cloister/callback?handoff=…: the API sends a browser here after
  * its login with the session's access token sealed for this proxy, this
  * host and a path. A valid, unexpired, unused handoff for this host sets
  * the session cookie (HttpOnly, SameSite=Lax, Secure over HTTPS) and
- * redirects to the path; anything else is a 400 and sets nothing. */
+ * redirects to the path; anything else is a 400 and sets nothing. A
+ * session (or user) not known yet is waited for, up to
+ * HANDOFF_WAIT_TRIES * HANDOFF_WAIT_MS, before it is refused. */
 static int serve_callback(proxy_thread *t, h2o_req_t *req, access_record *rec, const proxy_config *c,
                           const char *query)
+{
+    return serve_callback_try(t, req, rec, c, query, 0);
+}
+
+/* One attempt of serve_callback (TRIES made before). */
+static int serve_callback_try(proxy_thread *t, h2o_req_t *req, access_record *rec, const proxy_config *c,
+                              const char *query, unsigned tries)
 {
     const char *p = query ? strstr(query, "handoff=") : NULL;
     if (p && p != query && p[-1] != '&')
@@ -785,22 +843,35 @@ static int serve_callback(proxy_thread *t, h2o_req_t *req, access_record *rec, c
         why = "the login handoff has expired; log in again";
     const resolved_token *r = NULL;
     const char *reason = NULL;
+    if (!why && !c)
+        why = "the proxy has no configuration";
     if (!why && !(r = resolve(t, c, h2o_iovec_init(token, strlen(token)), now, &reason)))
         why = reason;
+    if (why == reason && why && (strcmp(why, WHY_NO_SESSION) == 0 || strcmp(why, WHY_NO_USER) == 0) &&
+        tries < HANDOFF_WAIT_TRIES) {
+        /* opened a moment ago: wait for its change to arrive */
+        handoff_claims_free(claims);
+        handoff_wait *w = h2o_mem_alloc_shared(&req->pool, sizeof(*w), handoff_wait_dispose);
+        *w = (handoff_wait){.entry = {.cb = on_handoff_wait}, .t = t, .req = req, .rec = rec, .query = query,
+                            .tries = tries + 1};
+        h2o_timeout_link(t->ctx->loop, &t->handoff_timeout, &w->entry);
+        return 0;
+    }
     if (!why && !handoff_first_use(nonce, exp, now))
         why = "the login handoff was already used; log in again";
     if (why) {
-        json_decref(claims);
+        handoff_claims_free(claims);
         return respond_error(req, rec, 400, "invalid", "%s", why);
     }
     rec->decision = PROXY_DECISION_ALLOW;
-    rec->user = json_string_value(json_object_get(json_object_get(r->user, "metadata"), "name"));
+    const char *user = json_string_value(json_object_get(json_object_get(r->user, "metadata"), "name"));
+    rec->user = user ? h2o_strdup(&req->pool, user, SIZE_MAX).base : NULL; /* C may be newer than rec->config */
     char *cookie;
     bool tls = req->scheme == &H2O_URL_SCHEME_HTTPS;
     int a = asprintf(&cookie, COOKIE_NAME "=%s; Path=/; Max-Age=%lld; HttpOnly; SameSite=Lax%s", token,
                      (long long)MAX(r->exp - now, (int64_t)1), tls ? "; Secure" : "");
     if (a < 0) {
-        json_decref(claims);
+        handoff_claims_free(claims);
         return respond_error(req, rec, 500, "internal", "out of memory");
     }
     h2o_iovec_t v = h2o_strdup(&req->pool, cookie, SIZE_MAX);
@@ -808,7 +879,7 @@ static int serve_callback(proxy_thread *t, h2o_req_t *req, access_record *rec, c
     free(cookie);
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_SET_COOKIE, NULL, v.base, v.len);
     redirect(req, path);
-    json_decref(claims);
+    handoff_claims_free(claims);
     return 0;
 }
 
