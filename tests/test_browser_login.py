@@ -7,6 +7,8 @@ sealed handoff, and the proxy sets the service host's own session cookie.
 Every redirect is followed by hand. Refusals: a replayed handoff, a handoff
 presented at another host, a tampered one, and return URLs that do not
 name a service host (no open redirect)."""
+import hashlib
+import html
 import json
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ from echo_upstream import EchoUpstream
 from test_oidc import CLIENT_SECRET, Provider, browser, make_pki, node_modules, to_callback  # noqa: F401
 
 DOMAIN = "localhost"
+BIND = "&bind=" + "ab" * 32  # what the proxy adds: hex SHA-256 of its login cookie
 
 
 class Env:
@@ -29,6 +32,7 @@ class Env:
         self.idp = provider
         self.http_port = http_port
         self.verify = verify  # the cluster CA and the provider's CA
+        self.login_cookie = None  # the proxy's cloister_login cookie of the login in progress
 
     @property
     def host(self):
@@ -41,6 +45,8 @@ class Env:
         h = {"Host": host or self.host}
         if html:
             h["Accept"] = "text/html,application/xhtml+xml"
+        if cookie is None and path.startswith("/.cloister/callback") and self.login_cookie:
+            cookie = f"cloister_login={self.login_cookie}"  # the browser that started the login
         if cookie:
             h["Cookie"] = cookie
         return requests.get(f"http://127.0.0.1:{self.http_port}{path}", headers=h, allow_redirects=False, timeout=30)
@@ -103,7 +109,13 @@ def login_to_handoff(e, path="/docs/page?x=1&y=%20z", host=None):
     assert r.status_code == 302, r.text
     login = r.headers["Location"]
     assert login.startswith(f"{e.s.url}/v1/auth/login?rd="), login
-    assert parse_qs(urlsplit(login).query)["rd"] == [f"http://{host or e.host}{path}"]
+    query = parse_qs(urlsplit(login).query)
+    assert query["rd"] == [f"http://{host or e.host}{path}"]
+    # the login is bound to this browser: a secret cookie, only its hash in the URL
+    state = set_cookies(r)["cloister_login"]
+    assert query["bind"] == [hashlib.sha256(state["value"].encode()).hexdigest()]
+    assert state["path"] == "/.cloister/" and state["httponly"] and state["samesite"] == "Lax"
+    e.login_cookie = state["value"]
     r = e.api(login[len(e.s.url):])
     assert r.status_code == 302, r.text
     auth_url = r.headers["Location"]
@@ -121,11 +133,23 @@ def handoff_url(r):
     return r.headers["Location"]
 
 
+def set_cookies(r):
+    """The Set-Cookie headers of R by name: {value, path, httponly, samesite, raw}."""
+    out = {}
+    for raw in r.raw.headers.getlist("Set-Cookie"):
+        parts = [p.strip() for p in raw.split(";")]
+        name, value = parts[0].split("=", 1)
+        attrs = {p.split("=", 1)[0].lower(): (p.split("=", 1)[1] if "=" in p else True) for p in parts[1:]}
+        out[name] = {"value": value, "path": attrs.get("path"), "httponly": attrs.get("httponly", False),
+                     "samesite": attrs.get("samesite"), "raw": raw}
+    return out
+
+
 def cookie_of(r):
-    set_cookie = r.headers["Set-Cookie"]
-    name, value = set_cookie.split(";")[0].split("=", 1)
-    assert name == "cloister_session" and value
-    return set_cookie, value
+    c = set_cookies(r)["cloister_session"]
+    assert c["value"]
+    assert set_cookies(r)["cloister_login"]["value"] == ""  # the login's cookie is cleared
+    return c["raw"], c["value"]
 
 
 def audit_entries(s, action):
@@ -189,7 +213,7 @@ def test_replayed_handoff_is_refused(env):
     e = env
     loc = handoff_url(login_to_handoff(e, "/replay"))
     r = e.follow(loc)
-    assert r.status_code == 302 and "cloister_session=" in r.headers["Set-Cookie"]
+    assert r.status_code == 302 and "cloister_session" in set_cookies(r)
     r = e.follow(loc)
     assert r.status_code == 400, r.text
     assert "Set-Cookie" not in r.headers
@@ -268,14 +292,14 @@ def test_return_urls_off_the_service_hosts_are_refused(env, rd, word):
 def test_return_url_checks(env):
     e = env
     # host case and port do not matter; the path and query are kept
-    r = e.api("/v1/auth/login?rd=" + quote("HTTPS://WIKI.LOCALHOST:8443/x?y=1", safe=""))
+    r = e.api("/v1/auth/login?rd=" + quote("HTTPS://WIKI.LOCALHOST:8443/x?y=1", safe="") + BIND)
     assert r.status_code == 302 and r.headers["Location"].startswith(e.idp.issuer)
     assert e.api("/v1/auth/login?rd=%zz").status_code == 400
     # a service's extra host, and the login of a named provider
-    r = e.api("/v1/auth/oidc/test/login?rd=" + quote("https://vault.internal.example/", safe=""))
+    r = e.api("/v1/auth/oidc/test/login?rd=" + quote("https://vault.internal.example/", safe="") + BIND)
     assert r.status_code == 302 and r.headers["Location"].startswith(e.idp.issuer)
     # rd is a browser's; a CLI login has none
-    r = e.api("/v1/auth/oidc/test/login?rd=" + quote("https://wiki.localhost/", safe="") +
+    r = e.api("/v1/auth/oidc/test/login?rd=" + quote("https://wiki.localhost/", safe="") + BIND +
               "&cli_redirect=" + quote("http://127.0.0.1:9/cb", safe="") + "&cli_challenge=" + "A" * 43)
     assert r.status_code == 400 and "cli_redirect" in r.json()["error"]["message"]
     assert requests.post(e.s.url + "/v1/auth/login", verify=e.verify, timeout=30).status_code == 405
@@ -291,17 +315,18 @@ def test_several_providers_get_a_page_to_choose(env):
     assert r.status_code == 200, r.text
     try:
         rd = "http://wiki.localhost/p?q=<b>&r=\"s\""
-        r = e.api("/v1/auth/login?rd=" + quote(rd, safe=""))
+        r = e.api("/v1/auth/login?rd=" + quote(rd, safe="") + BIND)
         assert r.status_code == 200, r.text
         assert r.headers["Content-Type"].startswith("text/html")
         assert r.headers["Cache-Control"] == "no-store"
         assert "<b>" not in r.text and '"s"' not in r.text
         for idp in ("second", "test"):
             assert f'href="/v1/auth/oidc/{idp}/login?rd=' in r.text
-        hrefs = [x.split('"')[0] for x in r.text.split('href="')[1:]]
+        hrefs = [html.unescape(x.split('"')[0]) for x in r.text.split('href="')[1:]]
         assert len(hrefs) == 2
         for href in hrefs:
             assert parse_qs(urlsplit(href).query)["rd"] == [rd], href
+            assert "&" + urlsplit(href).query.split("&")[-1] == BIND, href
             # each link starts that provider's login with the same rd
             got = e.api(href)
             assert got.status_code == 302 and got.headers["Location"].startswith(e.idp.issuer)
@@ -316,7 +341,7 @@ def test_no_provider_is_a_404(server):
     r = s.request("POST", "/v1/apply", json={"items": [
         manifest("Service", "wiki", {"upstream": {"url": "http://127.0.0.1:9"}})]})
     assert r.status_code == 200, r.text
-    r = requests.get(s.url + "/v1/auth/login?rd=" + quote("https://wiki.localhost:8443/", safe=""), verify=s.ca,
+    r = requests.get(s.url + "/v1/auth/login?rd=" + quote("https://wiki.localhost:8443/", safe="") + BIND, verify=s.ca,
                      allow_redirects=False, timeout=30)
     assert r.status_code == 404
     assert r.json()["error"] == {"code": "not_found", "message":
@@ -325,3 +350,25 @@ def test_no_provider_is_a_404(server):
     key = s.data_dir / "auth" / "handoff.key"
     assert key.stat().st_mode & 0o777 == 0o600 and key.stat().st_size == 32
     assert (s.data_dir / "auth").stat().st_mode & 0o777 == 0o700
+
+
+def test_handoff_only_finishes_in_the_browser_that_started_the_login(env):
+    """Login CSRF: an attacker who logs in himself and sends a victim his
+    handoff URL gets nothing: the handoff needs the login cookie of the
+    browser that started the login."""
+    e = env
+    loc = handoff_url(login_to_handoff(e, "/mine"))
+    u = urlsplit(loc)
+    target = f"{u.path}?{u.query}"
+    other_browser = "cloister_login=" + "0" * 32
+    for cookie in ("theme=dark", other_browser, "cloister_login=" + e.login_cookie[:-1] + "x"):
+        r = e.proxy(target, cookie=cookie)
+        assert r.status_code == 400, (cookie, r.text)
+        assert "another browser" in r.json()["error"]["message"]
+        assert "cloister_session" not in set_cookies(r)
+    r = e.follow(loc)  # the browser that started it still finishes it
+    assert r.status_code == 302 and r.headers["Location"] == "/mine"
+    # a login at the API with rd but without the browser binding is refused
+    rd = quote(f"http://{e.host}/x", safe="")
+    r = e.api(f"/v1/auth/login?rd={rd}")
+    assert r.status_code == 400 and "bind" in r.json()["error"]["message"]

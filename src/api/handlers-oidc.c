@@ -65,6 +65,7 @@ typedef struct pending {
     char cli_redirect[URI_MAX];  /* a CLI's loopback URI, or "" */
     char cli_challenge[OIDC_RANDOM_LEN + 1];
     char rd[LOGIN_RD_MAX + 1];   /* a browser login's return URL (login_rd.url), or "" */
+    char bind[LOGIN_BIND_LEN + 1]; /* with rd: hex SHA-256 of the proxy's login cookie in that browser */
     int64_t created;
     json_t *tokens;
 } pending;
@@ -392,9 +393,11 @@ static int rd_service(api_server *srv, const login_rd *rd, char service[RESOURCE
 }
 
 /* The ?rd= of REQ, percent-decoded, parsed and checked to be on a Service's
- * host, into *RET; *RET_PRESENT says whether there was one. Returns 0, or
- * -1 with ERR (400 naming the problem). */
-static int rd_from_query(api_server *srv, const h2o_req_t *req, login_rd *ret, bool *ret_present, api_error *err)
+ * host, into *RET, with the ?bind= that must come with it into *RET_BIND;
+ * *RET_PRESENT says whether there was an rd. Returns 0, or -1 with ERR
+ * (400 naming the problem). */
+static int rd_from_query(api_server *srv, const h2o_req_t *req, login_rd *ret, char ret_bind[LOGIN_BIND_LEN + 1],
+                         bool *ret_present, api_error *err)
 {
     char text[3 * LOGIN_RD_MAX + 1];
     if (!api_query_param(req, "rd", text, sizeof(text))) {
@@ -411,6 +414,12 @@ static int rd_from_query(api_server *srv, const h2o_req_t *req, login_rd *ret, b
         return api_fail(err, 400, "invalid", "%s", why);
     if (rd_service(srv, ret, service, err) < 0)
         return -1;
+    char bind[LOGIN_BIND_LEN + 8];
+    if (!api_query_param(req, "bind", bind, sizeof(bind)) || !login_bind_valid(bind))
+        return api_fail(err, 400, "invalid",
+                        "a login with rd needs bind, the hex SHA-256 of the proxy's login cookie: start the login "
+                        "from the service's address");
+    memcpy(ret_bind, bind, LOGIN_BIND_LEN + 1);
     *ret_present = true;
     return 0;
 }
@@ -432,7 +441,8 @@ static void report(api_request *r, const char *action, const char *user, const c
 /* Starts a login at IDP_NAME: a pending login (state, nonce, PKCE verifier,
  * and RD's URL when the browser came from a service host; RD may be NULL)
  * and a redirect to the provider. Returns 0, or -1 with ERR. */
-static int handle_login(api_request *r, const char *idp_name, const login_rd *rd, api_error *err)
+static int handle_login(api_request *r, const char *idp_name, const login_rd *rd, const char *bind,
+                        api_error *err)
 {
     if (api_auth_rate_check_ip(r, err) < 0)
         return -1;
@@ -452,6 +462,7 @@ static int handle_login(api_request *r, const char *idp_name, const login_rd *rd
         if (!r->server->cfg->handoff_key)
             return api_fail(err, 503, "unavailable", "this API holds no handoff key: logins cannot return to a service");
         snprintf(p.rd, sizeof(p.rd), "%s", rd->url);
+        snprintf(p.bind, sizeof(p.bind), "%s", bind);
     }
     json_auto_t *idp = NULL;
     if (load_idp(r->server, idp_name, &idp, err) < 0)
@@ -706,7 +717,8 @@ static int send_handoff(api_request *r, const pending *p, const json_t *user, co
     const uint8_t *key = r->server->cfg->handoff_key;
     const char *access = json_string_value(json_object_get(tokens, "access_token"));
     char *h = NULL, *loc = NULL;
-    int e = key && access ? handoff_seal(key, access, rd.authority, rd.path, now_s() + HANDOFF_TTL_S, &h) : -EINVAL;
+    int e = key && access ? handoff_seal(key, access, rd.authority, rd.path, p->bind, now_s() + HANDOFF_TTL_S, &h)
+                          : -EINVAL;
     if (e == 0 && asprintf(&loc, "%s://%s/.cloister/callback?handoff=%s", rd.scheme, rd.authority, h) < 0) {
         loc = NULL;
         e = -ENOMEM;
@@ -910,10 +922,11 @@ int api_oidc_handle(api_request *r, const char *rest, size_t rest_len, api_error
             return 0;
         }
         login_rd rd;
+        char bind[LOGIN_BIND_LEN + 1];
         bool has_rd;
-        if (rd_from_query(r->server, r->req, &rd, &has_rd, err) < 0)
+        if (rd_from_query(r->server, r->req, &rd, bind, &has_rd, err) < 0)
             return -1;
-        return handle_login(r, idp, has_rd ? &rd : NULL, err);
+        return handle_login(r, idp, has_rd ? &rd : NULL, bind, err);
     }
     return api_fail(err, 404, "not_found", "no such endpoint: /v1/auth/oidc/%.*s", (int)MIN(rest_len, (size_t)100), rest);
 }
@@ -936,9 +949,9 @@ static int html_escape(strbuf *b, const char *s)
 }
 
 /* Answers 200 with an HTML page linking to the login at each of IDPS (at
- * most CHOOSER_IDPS_MAX), each carrying RD (NULL: none). Returns 0, or -1
- * with ERR. */
-static int send_chooser(api_request *r, const json_t *idps, const login_rd *rd, api_error *err)
+ * most CHOOSER_IDPS_MAX), each carrying RD and BIND (RD NULL: none).
+ * Returns 0, or -1 with ERR. */
+static int send_chooser(api_request *r, const json_t *idps, const login_rd *rd, const char *bind, api_error *err)
 {
     _cleanup_strbuf_ strbuf page;
     strbuf_init(&page, CHOOSER_PAGE_MAX);
@@ -972,6 +985,8 @@ static int send_chooser(api_request *r, const json_t *idps, const login_rd *rd, 
             e = html_escape(&page, href);
         if (e == 0 && rd)
             e = html_escape(&page, rd_enc);
+        if (e == 0 && rd)
+            e = strbuf_printf(&page, "&amp;bind=%s", bind); /* hex: nothing to escape */
         if (e == 0)
             e = strbuf_puts(&page, "\">");
         if (e == 0)
@@ -1014,8 +1029,9 @@ int api_auth_login_handle(api_request *r, const char *rest, size_t rest_len, api
     }
     /* the return URL first: nothing, not even an error page, leads to a foreign host */
     login_rd rd;
+    char bind[LOGIN_BIND_LEN + 1];
     bool has_rd;
-    if (rd_from_query(r->server, r->req, &rd, &has_rd, err) < 0)
+    if (rd_from_query(r->server, r->req, &rd, bind, &has_rd, err) < 0)
         return -1;
     json_auto_t *idps = NULL;
     int e = store_list(r->server->cfg->store, "IdentityProvider", &idps, NULL);
@@ -1026,7 +1042,7 @@ int api_auth_login_handle(api_request *r, const char *rest, size_t rest_len, api
         return api_fail(err, 404, "not_found", "no identity provider is configured; API clients send a bearer token");
     if (n == 1) {
         const char *name = doc_name(json_array_get(idps, 0));
-        return handle_login(r, name ? name : "", has_rd ? &rd : NULL, err);
+        return handle_login(r, name ? name : "", has_rd ? &rd : NULL, bind, err);
     }
-    return send_chooser(r, idps, has_rd ? &rd : NULL, err);
+    return send_chooser(r, idps, has_rd ? &rd : NULL, bind, err);
 }

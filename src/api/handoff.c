@@ -162,16 +162,28 @@ static int gcm_seal(const uint8_t *key, const uint8_t iv[HANDOFF_IV_LEN], const 
     return ok ? 0 : -EIO;
 }
 
-int handoff_seal(const uint8_t key[HANDOFF_KEY_LEN], const char *token, const char *host, const char *path,
-                 int64_t exp, char **ret)
+bool login_bind_valid(const char *text)
 {
+    if (!text || strlen(text) != LOGIN_BIND_LEN)
+        return false;
+    for (const char *p = text; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    return true;
+}
+
+int handoff_seal(const uint8_t key[HANDOFF_KEY_LEN], const char *token, const char *host, const char *path,
+                 const char *bind, int64_t exp, char **ret)
+{
+    if (!login_bind_valid(bind))
+        return -EINVAL;
     uint8_t nonce_raw[HANDOFF_NONCE_LEN], iv[HANDOFF_IV_LEN];
     char nonce[2 * HANDOFF_NONCE_LEN + 1];
     if (random_bytes(nonce_raw, sizeof(nonce_raw)) < 0 || random_bytes(iv, sizeof(iv)) < 0)
         return -EIO;
     hex_encode(nonce_raw, sizeof(nonce_raw), nonce);
-    json_t *claims = json_pack("{s:s, s:s, s:s, s:I, s:s}", "token", token, "host", host, "path", path, "exp",
-                               (json_int_t)exp, "nonce", nonce);
+    json_t *claims = json_pack("{s:s, s:s, s:s, s:I, s:s, s:s}", "token", token, "host", host, "path", path, "exp",
+                               (json_int_t)exp, "nonce", nonce, "bind", bind);
     if (!claims)
         return -ENOMEM;
     char *plain = json_dumps(claims, JSON_COMPACT);

@@ -7,10 +7,16 @@
  * A handoff is base64url (no padding) of IV(12) || AES-256-GCM ciphertext ||
  * tag(16), with AAD "cloister-handoff-v1", under the 32-byte handoff key the
  * api role holds and pushes to the proxy on its configuration stream. The
- * plaintext is {"token", "host", "path", "exp", "nonce"} (see
- * src/proxy/proxy.c, handoff_open, for the other side). */
+ * plaintext is {"token", "host", "path", "exp", "nonce", "bind"} (see
+ * src/proxy/proxy.c, handoff_open, for the other side). "bind" ties the
+ * handoff to the browser that started the login: the proxy set that
+ * browser a random cloister_login cookie and sent bind = hex SHA-256 of it
+ * along with rd; the proxy accepts the handoff only with that cookie, so a
+ * handoff of someone else's login cannot be pushed into a victim's browser
+ * (login CSRF). */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,6 +25,7 @@
 #define HANDOFF_ENCODED_MAX 8192  /* the proxy refuses longer handoffs */
 #define LOGIN_RD_MAX 2048         /* bytes of a decoded rd URL */
 #define LOGIN_RD_HOST_MAX 253     /* bytes of its host name */
+#define LOGIN_BIND_LEN 64         /* hex SHA-256 of the proxy's login cookie */
 
 /* A parsed return URL: where the browser goes back to after its login. */
 typedef struct login_rd {
@@ -38,11 +45,14 @@ typedef struct login_rd {
  * caller's business. */
 int login_rd_parse(const char *text, size_t len, login_rd *ret, const char **why);
 
+/* Whether TEXT is a bind: LOGIN_BIND_LEN lower-case hex digits. */
+bool login_bind_valid(const char *text);
+
 /* Seals a handoff for TOKEN (the access token), HOST (the authority the
  * browser will send), PATH (where the proxy redirects after setting the
- * cookie) and expiry EXP (unix seconds) under KEY, with a fresh random IV
- * and nonce. Returns 0 with the base64url text in *RET (heap, the caller
+ * cookie), BIND (see above) and expiry EXP (unix seconds) under KEY, with a
+ * fresh random IV and nonce. Returns 0 with the base64url text in *RET (heap, the caller
  * frees it), -E2BIG when it would be longer than the proxy accepts,
  * -ENOMEM or -EIO. The plaintext (it holds the token) is wiped. */
 int handoff_seal(const uint8_t key[HANDOFF_KEY_LEN], const char *token, const char *host, const char *path,
-                 int64_t exp, char **ret);
+                 const char *bind, int64_t exp, char **ret);

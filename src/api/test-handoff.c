@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "api/handoff.h"
+
+#define BIND "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 #include "basic/encoding.h"
 
 static void expect_ok(const char *text, const char *authority, const char *host, const char *path, const char *url)
@@ -97,8 +99,8 @@ Test(handoff, seals_what_the_proxy_opens)
     memset(key, 7, sizeof(key));
     memset(other, 8, sizeof(other));
     char *a = NULL, *b = NULL;
-    cr_assert(handoff_seal(key, "tok.en.x", "wiki.localhost:8080", "/p?q=1", 1700000060, &a) == 0);
-    cr_assert(handoff_seal(key, "tok.en.x", "wiki.localhost:8080", "/p?q=1", 1700000060, &b) == 0);
+    cr_assert(handoff_seal(key, "tok.en.x", "wiki.localhost:8080", "/p?q=1", BIND, 1700000060, &a) == 0);
+    cr_assert(handoff_seal(key, "tok.en.x", "wiki.localhost:8080", "/p?q=1", BIND, 1700000060, &b) == 0);
     cr_expect(strcmp(a, b) != 0, "a fresh IV and nonce each time");
     cr_expect(strspn(a, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == strlen(a));
     json_t *c = open_handoff(key, a), *d = open_handoff(key, b);
@@ -125,6 +127,17 @@ Test(handoff, refuses_what_the_proxy_would_not_take)
     static char token[8000];
     memset(token, 'a', sizeof(token) - 1);
     char *out = NULL;
-    cr_expect(handoff_seal(key, token, "w", "/", 1, &out) == -E2BIG);
+    cr_expect(handoff_seal(key, token, "w", "/", BIND, 1, &out) == -E2BIG);
     cr_expect(out == NULL);
+}
+
+Test(handoff, bind_must_be_64_lower_case_hex)
+{
+    uint8_t key[HANDOFF_KEY_LEN] = {0};
+    char *out = NULL;
+    cr_expect(login_bind_valid(BIND));
+    cr_expect(!login_bind_valid("0123"));
+    cr_expect(!login_bind_valid("0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"));
+    cr_expect(!login_bind_valid(NULL));
+    cr_expect(handoff_seal(key, "t.o.k", "w", "/", "nothex", 1, &out) == -EINVAL && out == NULL);
 }

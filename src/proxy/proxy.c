@@ -29,6 +29,8 @@
 #define VALUES_ARENA_MAX (256u * 1024u)
 #define REQUEST_ID_LEN 32
 #define COOKIE_NAME "cloister_session"
+#define LOGIN_COOKIE "cloister_login"  /* ties a login's handoff to the browser that started it */
+#define LOGIN_COOKIE_TTL_S 600
 #define AUDIT_PATH_MAX 1024
 #define ACCESS_BATCH_BYTES (12 * 1024) /* record text per audit entry (entries are capped at 16 KiB) */
 #define ACCESS_RECORD_MAX 2600         /* the longest record: path, policy, rule and names at their caps */
@@ -474,6 +476,33 @@ static void query_escape(const char *s, size_t len, char *out)
     out[o] = 0;
 }
 
+/* A fresh login secret: 16 random bytes into SECRET, as hex into STATE (the
+ * cookie value) and hex SHA-256 of that text into BIND. Returns 0 or -EIO. */
+static int login_bind(uint8_t secret[16], char state[33], char bind[2 * SHA256_DIGEST_LENGTH + 1])
+{
+    if (random_bytes(secret, 16) < 0)
+        return -EIO;
+    hex_encode(secret, 16, state);
+    uint8_t digest[SHA256_DIGEST_LENGTH];
+    SHA256((const uint8_t *)state, 32, digest);
+    hex_encode(digest, sizeof(digest), bind);
+    OPENSSL_cleanse(secret, 16);
+    return 0;
+}
+
+/* Whether REQ carries the login cookie whose hex SHA-256 is BIND. */
+static bool login_cookie_matches(h2o_req_t *req, const char *bind)
+{
+    h2o_iovec_t v = find_cookie(req, LOGIN_COOKIE);
+    if (!v.base || v.len != 32 || !bind || strlen(bind) != 2 * SHA256_DIGEST_LENGTH)
+        return false;
+    uint8_t digest[SHA256_DIGEST_LENGTH];
+    char hex[2 * SHA256_DIGEST_LENGTH + 1];
+    SHA256((const uint8_t *)v.base, v.len, digest);
+    hex_encode(digest, sizeof(digest), hex);
+    return memeq_consttime(hex, bind, sizeof(hex) - 1);
+}
+
 /* 401: a browser is redirected to log in (and back to its URL: TARGET, the
  * normalised path with its query), an API client gets JSON and a
  * WWW-Authenticate challenge. */
@@ -487,8 +516,23 @@ static int refuse_unauthenticated(h2o_req_t *req, access_record *rec, const char
         snprintf(url, sizeof(url), "%s://%.*s%s", req->scheme->name.base, (int)MIN(req->authority.len, 300u),
                  req->authority.base, target);
         query_escape(url, strlen(url), escaped);
-        char *location;
-        if (asprintf(&location, "%s?rd=%s", s->login_url, escaped) < 0)
+        /* a random secret in a cookie of this browser; the login carries
+         * only its hash (bind), and the handoff it ends with is accepted
+         * only with the cookie: a login cannot be finished in another
+         * browser (login CSRF) */
+        uint8_t secret[16];
+        char state[2 * sizeof(secret) + 1], bind[2 * SHA256_DIGEST_LENGTH + 1];
+        if (login_bind(secret, state, bind) < 0)
+            return respond_error(req, rec, 500, "internal", "no randomness");
+        char *location, *cookie;
+        bool tls = req->scheme == &H2O_URL_SCHEME_HTTPS;
+        if (asprintf(&cookie, LOGIN_COOKIE "=%s; Path=" PROXY_RESERVED_PREFIX "; Max-Age=%d; HttpOnly; SameSite=Lax%s",
+                     state, LOGIN_COOKIE_TTL_S, tls ? "; Secure" : "") < 0)
+            return respond_error(req, rec, 500, "internal", "out of memory");
+        h2o_iovec_t cv = h2o_strdup(&req->pool, cookie, SIZE_MAX);
+        free(cookie);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_SET_COOKIE, NULL, cv.base, cv.len);
+        if (asprintf(&location, "%s?rd=%s&bind=%s", s->login_url, escaped, bind) < 0)
             return respond_error(req, rec, 500, "internal", "out of memory");
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-cloister-request-id"), 0, NULL, rec->id,
                               REQUEST_ID_LEN);
@@ -830,6 +874,7 @@ static int serve_callback_try(proxy_thread *t, h2o_req_t *req, access_record *re
     const char *host = json_string_value(json_object_get(claims, "host"));
     const char *path = json_string_value(json_object_get(claims, "path"));
     const char *nonce = json_string_value(json_object_get(claims, "nonce"));
+    const char *bind = json_string_value(json_object_get(claims, "bind"));
     json_int_t exp = json_integer_value(json_object_get(claims, "exp"));
     const char *why = NULL;
     if (!claims)
@@ -841,6 +886,9 @@ static int serve_callback_try(proxy_thread *t, h2o_req_t *req, access_record *re
         why = "the login handoff is for another host";
     else if (exp < now || exp > now + HANDOFF_TTL_MAX_S)
         why = "the login handoff has expired; log in again";
+    else if (!login_cookie_matches(req, bind))
+        why = "the login handoff belongs to a login started in another browser (or its login cookie expired); "
+              "open the service's address again to log in";
     const resolved_token *r = NULL;
     const char *reason = NULL;
     if (!why && !c)
@@ -878,6 +926,8 @@ static int serve_callback_try(proxy_thread *t, h2o_req_t *req, access_record *re
     OPENSSL_cleanse(cookie, strlen(cookie));
     free(cookie);
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_SET_COOKIE, NULL, v.base, v.len);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_SET_COOKIE, NULL,
+                   H2O_STRLIT(LOGIN_COOKIE "=; Path=" PROXY_RESERVED_PREFIX "; Max-Age=0; HttpOnly; SameSite=Lax"));
     redirect(req, path);
     handoff_claims_free(claims);
     return 0;
