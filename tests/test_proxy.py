@@ -645,3 +645,72 @@ def test_fail_closed_service_refuses_requests_while_the_audit_log_is_unreachable
             os.kill(audit, signal.SIGCONT)
         s.stop()
         up.stop()
+
+
+def issue_cert(tmp_path, ca_cert_pem, ca_key_pem, name="localhost"):
+    """A server certificate for NAME and 127.0.0.1 signed by the given CA
+    (PEM bytes), written to tmp_path; returns (cert path, key path)."""
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    ca = x509.load_pem_x509_certificate(ca_cert_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / f"{name}-{os.urandom(4).hex()}.pem", tmp_path / f"{name}-{os.urandom(4).hex()}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_https_upstreams_are_verified(cluster, tmp_path):
+    """An https:// upstream is reached over TLS and must present a certificate
+    the proxy trusts (the system's roots or the cluster CA) for its name;
+    one that does not is a 502 and never sees the request."""
+    c = cluster
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    good = issue_cert(tmp_path, (c.s.data_dir / "ca.pem").read_bytes(), (c.s.data_dir / "ca.key").read_bytes())
+    rogue_key = ec.generate_private_key(ec.SECP256R1())
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+    now = datetime.datetime.now(datetime.timezone.utc)
+    rogue_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rogue CA")])
+    rogue_ca = (x509.CertificateBuilder().subject_name(rogue_name).issuer_name(rogue_name)
+                .public_key(rogue_key.public_key()).serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), True).sign(rogue_key, hashes.SHA256()))
+    bad = issue_cert(tmp_path, rogue_ca.public_bytes(serialization.Encoding.PEM),
+                     rogue_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+    trusted, untrusted = EchoUpstream(tls=True, cert=good[0], key=good[1]), EchoUpstream(tls=True, cert=bad[0], key=bad[1])
+    tp, up_ = trusted.start(), untrusted.start()
+    try:
+        c.apply(manifest("Service", "secure", {"upstream": {"url": f"https://localhost:{tp}"}, "policies": ["devs-read"]}),
+                manifest("Service", "spoofed", {"upstream": {"url": f"https://localhost:{up_}"}, "policies": ["devs-read"]}))
+        r = c.wait_status("/tls-up", alice(c), 200, host=f"secure.{DOMAIN}", timeout=10)
+        assert [x["target"] for x in trusted.requests] == ["/tls-up"]
+        assert header_values(trusted.requests[0], "x-cloister-user") == ["alice"]
+        for _ in range(3):
+            assert c.get("/again", alice(c), host=f"secure.{DOMAIN}").status_code == 200
+        # kept alive: four requests did not need four TLS connections
+        assert len({x["connection_id"] for x in trusted.requests}) < len(trusted.requests) == 4
+        r = c.wait_status("/never", alice(c), 502, host=f"spoofed.{DOMAIN}", timeout=10)
+        assert not [x for x in untrusted.requests if "target" in x]
+    finally:
+        c.s.request("DELETE", "/v1/services/secure")
+        c.s.request("DELETE", "/v1/services/spoofed")
+        trusted.stop()
+        untrusted.stop()
