@@ -984,6 +984,10 @@ static const char *ambiguous_request(h2o_req_t *req)
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     proxy_thread *t = httpd_thread_state(req);
+    if (!t) { /* the thread's state could not be allocated at start */
+        h2o_send_error_503(req, "Service Unavailable", "the proxy is out of memory", 0);
+        return 0;
+    }
     refresh_config(t);
     access_record *rec = h2o_mem_alloc_shared(&req->pool, sizeof(*rec), access_emit);
     *rec = (access_record){.req = req, .thread = t, .config = proxy_config_ref(t->config), .started = time_mono_ns(),
