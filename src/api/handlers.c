@@ -869,6 +869,10 @@ void api_handlers_thread_dispose(void *state)
         auth_cache_entry_clear(&t->auth_cache[i]);
     h2o_multithread_unregister_receiver(t->queue, &t->write_done);
     h2o_multithread_destroy_queue(t->queue);
+    /* streams of connections that did not close keep their memory until the
+     * process exits; their timers must not outlive the loop's timeout */
+    while (!h2o_linklist_is_empty(&t->watch_poll._entries))
+        h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, t->watch_poll._entries.next));
     h2o_timeout_dispose(t->ctx->loop, &t->watch_poll);
     free(t);
 }

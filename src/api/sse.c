@@ -113,6 +113,12 @@ void api_sse_start(api_sse *s)
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("text/event-stream"));
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
     h2o_start_response(req, &s->super);
+    if (httpd_stopping(req)) {
+        /* opened on a kept-alive connection after the drain: what is queued
+         * goes out and the stream ends at once */
+        api_sse_finish(s);
+        return;
+    }
     h2o_linklist_insert(&s->thread->watchers, &s->link);
     sse_flush(s);
     h2o_timeout_link(s->thread->ctx->loop, &s->thread->watch_poll, &s->poll);
