@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "basic/macro.h"
@@ -144,4 +145,19 @@ json_t *api_decode_body(const char *data, size_t len, api_error *err)
         return NULL;
     }
     return v;
+}
+
+int api_only_fields(const json_t *body, const char *const *known, api_error *err)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)body, key, v)
+    {
+        bool ok = false;
+        for (size_t i = 0; known[i] && !ok; i++)
+            ok = strcmp(known[i], key) == 0;
+        if (!ok)
+            return api_fail(err, 400, "invalid", "unknown field %.64s", key);
+    }
+    return 0;
 }

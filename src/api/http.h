@@ -26,6 +26,9 @@ int api_fail_store(api_error *err, int e, const char *kind, const char *name);
 
 /* Sends VALUE (borrowed) as the JSON response with STATUS. */
 void api_send_json(h2o_req_t *req, int status, const json_t *value);
+/* Refuses members of the JSON object BODY not named in KNOWN (NULL-terminated):
+ * -1 with ERR (400 naming the first), else 0. */
+int api_only_fields(const json_t *body, const char *const *known, api_error *err);
 void api_send_error(h2o_req_t *req, const api_error *err);
 
 /* Decodes a request body: JSON only, at most API_BODY_MAX bytes and

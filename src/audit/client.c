@@ -72,6 +72,8 @@ int audit_client_request(audit_client *c, const char *method, const char *path, 
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    } else if (strcmp(method, "GET") != 0) {
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method); /* DELETE */
     }
     CURLcode rc = curl_easy_perform(h);
     curl_slist_free_all(headers);

@@ -1,5 +1,7 @@
 /* The client side of the audit role's local API: HTTP/JSON over its Unix
- * socket with libcurl. One audit_client per thread (it keeps a connection). */
+ * socket with libcurl. One audit_client per thread (it keeps a connection).
+ * Nothing in it is audit-specific: the api role's controller reaches the
+ * runner's socket with it too. */
 #pragma once
 
 #include <stddef.h>
@@ -13,7 +15,7 @@ typedef struct audit_client audit_client;
 int audit_client_new(const char *socket_path, audit_client **ret);
 void audit_client_free(audit_client *c);
 
-/* Sends METHOD ("GET" or "POST") PATH ("/v1/checkpoint", ...) with BODY
+/* Sends METHOD ("GET", "POST" or "DELETE") PATH ("/v1/checkpoint", ...) with BODY
  * (LEN bytes, POST only) and waits at most TIMEOUT_MS. On an answer returns
  * 0 with its status in *RET_STATUS and its body in *RET_BODY (heap,
  * NUL-terminated, caller frees; at most AUDIT_CLIENT_RESPONSE_MAX bytes).

@@ -19,6 +19,15 @@
 #define PROXY_POLICY "cloister-proxy"
 #define PROXY_CREDENTIAL "cloister-proxy"
 
+#define RUNNER_USER "cloister-runner"
+#define RUNNER_POLICY "cloister-runner"
+#define RUNNER_CREDENTIAL "cloister-runner"
+/* key release for enclaves: a challenge, then the release of a named Key */
+#define RUNNER_RULE                                                                                \
+    "ctx.request.http.method == \"POST\" && ((ctx.request.api.kind == \"attest\" && "              \
+    "ctx.request.http.path == \"/v1/attest/challenge\") || (ctx.request.api.kind == \"kms\" && "   \
+    "ctx.request.http.path.matches(\"^/v1/kms/keys/[a-z0-9]([-a-z0-9]*[a-z0-9])?/release$\")))"
+
 #define IDENTITY_DOCS_MAX 3
 
 /* A bootstrap identity: the documents it needs and the credential whose
@@ -164,6 +173,23 @@ int bootstrap_proxy(store *s, const char *token_path)
         .n_docs = 2,
         .credential = manifest("Credential", PROXY_CREDENTIAL,
                                json_pack("{s:s, s:s}", "user", PROXY_USER, "type", "authToken")),
+    };
+    return ensure_and_clear(s, token_path, &id);
+}
+
+int bootstrap_runner(store *s, const char *token_path)
+{
+    identity id = {
+        .what = "runner",
+        .docs = {
+            manifest("Policy", RUNNER_POLICY,
+                     json_pack("{s:[{s:s, s:s, s:i, s:{s:s}}]}", "rules", "name", "runner-forwards-key-release",
+                               "effect", "allow", "priority", 0, "condition", "match", RUNNER_RULE)),
+            manifest("User", RUNNER_USER, json_pack("{s:s, s:[s]}", "type", "workload", "policies", RUNNER_POLICY)),
+        },
+        .n_docs = 2,
+        .credential = manifest("Credential", RUNNER_CREDENTIAL,
+                               json_pack("{s:s, s:s}", "user", RUNNER_USER, "type", "authToken")),
     };
     return ensure_and_clear(s, token_path, &id);
 }

@@ -17,3 +17,12 @@ int bootstrap_admin(store *s, const char *token_path);
  * is written to TOKEN_PATH (mode 0600), kept and replaced as bootstrap_admin()
  * does. Returns 0 or a negative errno. */
 int bootstrap_proxy(store *s, const char *token_path);
+
+/* The identity of the runner role, which forwards what an enclave's agent
+ * asks the API for over its channel: user `cloister-runner` (a workload)
+ * with policy `cloister-runner`, whose one rule allows only
+ * POST /v1/attest/challenge and POST /v1/kms/keys/{name}/release, and
+ * credential `cloister-runner` whose token is written to TOKEN_PATH (mode
+ * 0600), kept and replaced as bootstrap_admin() does. Returns 0 or a
+ * negative errno. */
+int bootstrap_runner(store *s, const char *token_path);

@@ -241,6 +241,7 @@ static int prepare_data_dir(daemon_config *cfg)
         path_in(cfg->proxy_ca_key, sizeof(cfg->proxy_ca_key), tls, "proxy-ca.key") < 0 ||
         path_in(cfg->admin_token, sizeof(cfg->admin_token), cfg->data_dir, "admin.token") < 0 ||
         path_in(cfg->proxy_token, sizeof(cfg->proxy_token), cfg->data_dir, "proxy.token") < 0 ||
+        path_in(cfg->runner_token, sizeof(cfg->runner_token), cfg->data_dir, "runner.token") < 0 ||
         (size_t)snprintf(cfg->store_url, sizeof(cfg->store_url), "sqlite:%s/store.db", cfg->data_dir) >=
             sizeof(cfg->store_url))
         return -ENAMETOOLONG;
@@ -343,6 +344,8 @@ static int first_start(daemon_config *cfg)
     r = bootstrap_admin(s, cfg->admin_token);
     if (r == 0)
         r = bootstrap_proxy(s, cfg->proxy_token);
+    if (r == 0)
+        r = bootstrap_runner(s, cfg->runner_token);
     store_free(s);
     return r;
 }

@@ -22,6 +22,7 @@ typedef struct daemon_config {
     char store_url[4200];
     char admin_token[4200];
     char proxy_token[4200];              /* the proxy role's credential token (0600) */
+    char runner_token[4200];             /* the runner role's credential token (0600), for key release */
     char run_dir[4200];                  /* role sockets (0700) */
     char audit_socket[4200];             /* the audit role's local API */
     char audit_db[4200], audit_key[4200], audit_pub[4200];

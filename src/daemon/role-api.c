@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "api/auth.h"
+#include "api/controller.h"
 #include "api/handoff.h"
 #include "api/handlers-attest.h"
 #include "api/handlers-kms.h"
@@ -130,7 +131,19 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
         log_fields(LOG_LEVEL_WARN, "cannot start audit event delivery; events go to the log", "error", strerror(-r),
                    NULL);
     api_kms_init(cfg->kms_socket, s);
-    r = api_run(&api);
+    /* the Enclave controller: a thread of its own, never on the API's loops */
+    controller *ctl = NULL;
+    const _Atomic bool *runner_ready = NULL;
+    for (size_t i = 0; i < n_all; i++)
+        if (strcmp(all[i].name, "runner") == 0)
+            runner_ready = &all[i].ready;
+    r = controller_start(
+        &(controller_config){.store = s, .runner_socket = cfg->runner_socket, .runner_ready = runner_ready}, &ctl);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot start the Enclave controller", "error", strerror(-r), NULL);
+    else
+        r = api_run(&api);
+    controller_stop(ctl);
     api_kms_done();
     api_attest_done();
     audit_event_stop(2000);

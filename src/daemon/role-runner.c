@@ -2,17 +2,32 @@
  * holder of the sandbox platform key, with which it vouches for the sandboxes
  * it launched. Its local API on a Unix socket (0600):
  *
- *   POST   /v1/sandboxes {"name", "bundle", "config"?, "limits"?: {"memoryMiB", "pids"}}
+ *   POST   /v1/sandboxes {"name", "bundle", "config"?, "limits"?: {"memoryMiB", "pids"}, "owner"?}
  *          measures the bundle, runs enclave.yaml's command in a sandbox
  *          -> {"name", "pid", "pcrs": {"0", "1", "2"}}
- *   GET    /v1/sandboxes            -> {"items": [{"name", "pid", "pcrs"}]}
+ *          "owner" (printable ASCII, at most 127 bytes) is an opaque tag
+ *          listed back: the api role's controller sets
+ *          "enclave/<name>/<uid>/<spec digest>" on the replicas it launches,
+ *          so it can find them (and only them) after it restarts.
+ *   GET    /v1/sandboxes            -> {"items": [{"name", "pid", "pcrs", "owner"?}],
+ *                                       "exited": [{"name", "pid", "how", "owner"?}]}
+ *          "exited" holds the last RUNNER_EXITS_MAX sandboxes whose workload
+ *          ended by itself (not through DELETE), oldest first; "how" is
+ *          "exit status N" or "signal N".
+ *          While the runner stops, POST and GET /v1/sandboxes answer 503.
+ *          "agent"?: {"secrets"?: [{"key", "file"}]} starts cloister-agent as
+ *          the sandbox's first process instead (runner-agent.h): it gets the
+ *          Keys by attestation into /run/secrets/<file>, runs the command and
+ *          serves attested TLS to enclave.yaml's port; the entry then lists
+ *          "agent": true, "secrets" and "atls" (the host path of its socket).
  *   DELETE /v1/sandboxes/{name}     stops it
  *   POST   /v1/evidence {"name", "nonce"?, "user_data"?, "public_key"?}
  *          a sandbox attestation document for a running sandbox
  *          -> {"document": base64, "pcrs": {...}}
  *
  * PCR0 is the bundle's measurement taken at launch, PCR1 the Cloister runtime
- * (this executable), PCR2 the SHA-384 of the configuration as canonical JSON.
+ * (this executable), PCR2 the SHA-384 of the configuration as canonical JSON,
+ * PCR3 the agent (SHA-384 of cloister-agent) in agent mode, zero otherwise.
  * The bundle must not change while its sandbox runs: it is measured at launch
  * and mounted read-only, not copied. */
 #include <errno.h>
@@ -31,6 +46,7 @@
 #include "basic/macro.h"
 #include "basic/timeutil.h"
 #include "daemon/daemon.h"
+#include "daemon/runner-agent.h"
 #include "httpd/httpd.h"
 #include "resource/resource.h"
 #include "resource/manifest.h"
@@ -42,13 +58,26 @@
 #define RUNNER_SANDBOXES_MAX 64
 #define RUNNER_REAP_MS 200
 #define ENCLAVE_YAML_MAX (64 * 1024)
+#define RUNNER_OWNER_MAX 128 /* with the NUL */
+#define RUNNER_EXITS_MAX 32
 
 /* A workload the runner launched and still runs. */
 typedef struct sandbox {
     char name[64];
     pid_t pid; /* 0: free slot */
-    uint8_t pcrs[3][ATTEST_SANDBOX_PCR_LEN];
+    uint8_t pcrs[4][ATTEST_SANDBOX_PCR_LEN];
+    char owner[RUNNER_OWNER_MAX]; /* "" when none */
+    uint64_t id;         /* agent mode: the tag of its channel's connections */
+    runner_agent *agent; /* NULL: plain mode */
 } sandbox;
+
+/* A sandbox whose workload ended by itself, as GET /v1/sandboxes reports it. */
+typedef struct sandbox_exit {
+    char name[64];
+    char owner[RUNNER_OWNER_MAX];
+    pid_t pid;
+    char how[32];
+} sandbox_exit;
 
 typedef struct runner {
     const daemon_config *cfg;
@@ -57,6 +86,10 @@ typedef struct runner {
     X509 *ca;
     uint8_t runtime[ATTEST_SANDBOX_PCR_LEN]; /* SHA-384 of this executable */
     sandbox sandboxes[RUNNER_SANDBOXES_MAX];
+    uint64_t last_id;
+    char agent_path[4096]; /* the agent executable, "" when none was found */
+    sandbox_exit exits[RUNNER_EXITS_MAX]; /* a ring: the next is written at n_exits % RUNNER_EXITS_MAX */
+    uint64_t n_exits;
     h2o_context_t *ctx;
     h2o_timeout_t reap_timeout;
     h2o_timeout_entry_t reap_entry;
@@ -90,21 +123,6 @@ static int optional_hex(const json_t *body, const char *name, uint8_t **ret, siz
     return 0;
 }
 
-/* Refuses fields of BODY not in KNOWN (NULL-terminated); -1 with ERR. */
-static int only_fields(const json_t *body, const char *const *known, api_error *err)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach((json_t *)body, key, v)
-    {
-        bool ok = false;
-        for (size_t i = 0; known[i] && !ok; i++)
-            ok = strcmp(known[i], key) == 0;
-        if (!ok)
-            return api_fail(err, 400, "invalid", "unknown field %.64s", key);
-    }
-    return 0;
-}
 
 static sandbox *find_sandbox(runner *rn, const char *name)
 {
@@ -114,12 +132,21 @@ static sandbox *find_sandbox(runner *rn, const char *name)
     return NULL;
 }
 
-static json_t *pcrs_json(const uint8_t pcrs[3][ATTEST_SANDBOX_PCR_LEN])
+static json_t *pcrs_json(const uint8_t pcrs[4][ATTEST_SANDBOX_PCR_LEN])
 {
-    char hex[3][2 * ATTEST_SANDBOX_PCR_LEN + 1];
-    for (int i = 0; i < 3; i++)
+    char hex[4][2 * ATTEST_SANDBOX_PCR_LEN + 1];
+    for (int i = 0; i < 4; i++)
         hex_encode(pcrs[i], ATTEST_SANDBOX_PCR_LEN, hex[i]);
-    return json_pack("{s:s, s:s, s:s}", "0", hex[0], "1", hex[1], "2", hex[2]);
+    return json_pack("{s:s, s:s, s:s, s:s}", "0", hex[0], "1", hex[1], "2", hex[2], "3", hex[3]);
+}
+
+/* The agent-mode sandbox whose channel connections carry TAG. */
+static sandbox *find_sandbox_by_tag(runner *rn, uint64_t tag)
+{
+    for (size_t i = 0; i < RUNNER_SANDBOXES_MAX; i++)
+        if (rn->sandboxes[i].pid && rn->sandboxes[i].agent && rn->sandboxes[i].id == tag)
+            return &rn->sandboxes[i];
+    return NULL;
 }
 
 /* Reads BUNDLE/enclave.yaml into ARGV/ENVP arrays (strings owned by the
@@ -149,7 +176,7 @@ static json_t *read_enclave_yaml(const char *bundle, api_error *err)
     const char *key;
     json_t *v;
     size_t i;
-    bool ok = only_fields(doc, known, err) == 0;
+    bool ok = api_only_fields(doc, known, err) == 0;
     if (ok && (!json_is_array(cmd) || json_array_size(cmd) == 0 || json_array_size(cmd) > 256 ||
                !json_is_string(json_array_get(cmd, 0)) || json_string_value(json_array_get(cmd, 0))[0] != '/'))
         ok = api_fail(err, 400, "invalid", "enclave.yaml: command must be a list whose first item is an absolute path") == 0;
@@ -169,11 +196,21 @@ static json_t *read_enclave_yaml(const char *bundle, api_error *err)
 /* POST /v1/sandboxes: measures and launches; the answer or NULL with ERR. */
 static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
 {
-    static const char *const known[] = {"name", "bundle", "config", "limits", NULL};
-    if (only_fields(body, known, err) < 0)
+    static const char *const known[] = {"name", "bundle", "config", "limits", "owner", "agent", NULL};
+    if (api_only_fields(body, known, err) < 0)
         return NULL;
     const char *name = json_string_value(json_object_get(body, "name"));
     const char *bundle = json_string_value(json_object_get(body, "bundle"));
+    const json_t *owner = json_object_get(body, "owner");
+    bool owner_ok = !owner || (json_is_string(owner) && json_string_length(owner) > 0 &&
+                               json_string_length(owner) < RUNNER_OWNER_MAX);
+    for (const char *p = json_string_value(owner); owner_ok && p && *p; p++)
+        owner_ok = *p > 0x20 && *p < 0x7f;
+    if (!owner_ok) {
+        api_fail(err, 400, "invalid", "owner must be 1-%d printable ASCII characters without spaces",
+                 RUNNER_OWNER_MAX - 1);
+        return NULL;
+    }
     const json_t *config = json_object_get(body, "config"), *limits = json_object_get(body, "limits");
     if (!name || !resource_name_valid(name)) {
         api_fail(err, 400, "invalid", "name must be a DNS-1123 label (the sandbox's name)");
@@ -201,6 +238,7 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
     }
     sandbox sb = {0};
     snprintf(sb.name, sizeof(sb.name), "%s", name);
+    snprintf(sb.owner, sizeof(sb.owner), "%s", owner ? json_string_value(owner) : "");
     measure_error merr = {{0}};
     if (bundle_measure(bundle, sb.pcrs[0], &merr) < 0) {
         api_fail(err, 400, "invalid", "cannot measure the bundle: %s", merr.text);
@@ -231,6 +269,14 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
         n_env++;
     }
     envp[n_env] = "PATH=/usr/local/bin:/usr/bin:/bin";
+    _cleanup_(runner_agent_freep) runner_agent *agent = NULL;
+    if (json_object_get(body, "agent")) {
+        agent = runner_agent_new(rn->cfg->runner_dir, rn->agent_path[0] ? rn->agent_path : NULL, name,
+                                 json_object_get(body, "agent"), yaml, argv, err);
+        if (!agent)
+            return NULL;
+        memcpy(sb.pcrs[3], runner_agent_measurement(agent), ATTEST_SANDBOX_PCR_LEN);
+    }
 
     char log_path[4300];
     snprintf(log_path, sizeof(log_path), "%s/%s.log", rn->cfg->runner_dir, name);
@@ -244,10 +290,23 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
         .stdout_fd = log_fd,
         .stderr_fd = log_fd,
     };
+    if (agent)
+        runner_agent_fill_spec(agent, &spec);
     sandbox_error serr = {{0}};
     if (sandbox_launch(&spec, &sb.pid, &serr) < 0) {
         api_fail(err, 400, "invalid", "cannot launch sandbox %s: %s", name, serr.text);
         return NULL;
+    }
+    if (agent) {
+        sb.id = ++rn->last_id;
+        int r = runner_agent_started(agent, rn->ctx, sb.id);
+        if (r < 0) {
+            kill(sb.pid, SIGKILL);
+            waitpid(sb.pid, NULL, 0);
+            api_fail(err, 500, "internal", "cannot serve the channel of sandbox %s: %s", name, strerror(-r));
+            return NULL;
+        }
+        sb.agent = TAKE_PTR(agent);
     }
     *slot = sb;
     char pid_s[16];
@@ -260,7 +319,7 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
 static json_t *issue(const runner *rn, const json_t *body, api_error *err)
 {
     static const char *const known[] = {"name", "nonce", "user_data", "public_key", NULL};
-    if (only_fields(body, known, err) < 0)
+    if (api_only_fields(body, known, err) < 0)
         return NULL;
     const char *name = json_string_value(json_object_get(body, "name"));
     const sandbox *sb = name ? find_sandbox((runner *)rn, name) : NULL;
@@ -273,7 +332,7 @@ static json_t *issue(const runner *rn, const json_t *body, api_error *err)
     char module_id[80];
     snprintf(module_id, sizeof(module_id), "sandbox-%s", sb->name);
     c.module_id = module_id;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         memcpy(c.pcrs[i], sb->pcrs[i], ATTEST_SANDBOX_PCR_LEN);
     _cleanup_free_ uint8_t *nonce = NULL, *user_data = NULL, *public_key = NULL;
     if (optional_hex(body, "nonce", &nonce, &c.nonce_len, err) < 0 ||
@@ -301,12 +360,19 @@ static json_t *issue(const runner *rn, const json_t *body, api_error *err)
     return json_pack("{s:s, s:o}", "document", b64, "pcrs", pcrs_json(sb->pcrs));
 }
 
+/* runner_channel_serve()'s evidence: BODY names the channel's own sandbox. */
+static json_t *issue_on_channel(void *userdata, const json_t *body, api_error *err)
+{
+    return issue(userdata, body, err);
+}
+
 /* Kills sandbox SB and forgets it. */
 static void stop_sandbox(sandbox *sb)
 {
     kill(sb->pid, SIGKILL);
     waitpid(sb->pid, NULL, 0);
     log_fields(LOG_LEVEL_INFO, "sandbox stopped", "name", sb->name, NULL);
+    runner_agent_free(sb->agent);
     *sb = (sandbox){0};
 }
 
@@ -322,20 +388,43 @@ static void reap(h2o_timeout_entry_t *entry)
             snprintf(how, sizeof(how), WIFEXITED(status) ? "exit status %d" : "signal %d",
                      WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
             log_fields(LOG_LEVEL_WARN, "sandbox exited", "name", sb->name, "how", how, NULL);
+            sandbox_exit *x = &rn->exits[rn->n_exits++ % RUNNER_EXITS_MAX];
+            *x = (sandbox_exit){.pid = sb->pid};
+            memcpy(x->name, sb->name, sizeof(x->name));
+            memcpy(x->owner, sb->owner, sizeof(x->owner));
+            memcpy(x->how, how, sizeof(x->how));
+            runner_agent_free(sb->agent);
             *sb = (sandbox){0};
         }
     }
     h2o_timeout_link(rn->ctx->loop, &rn->reap_timeout, &rn->reap_entry);
 }
 
+/* GET /v1/sandboxes: the running sandboxes and the recent exits; NULL when
+ * out of memory. */
 static json_t *list_sandboxes(const runner *rn)
 {
-    json_t *items = json_array();
-    for (size_t i = 0; i < RUNNER_SANDBOXES_MAX; i++)
-        if (rn->sandboxes[i].pid)
-            json_array_append_new(items, json_pack("{s:s, s:i, s:o}", "name", rn->sandboxes[i].name, "pid",
-                                                   (int)rn->sandboxes[i].pid, "pcrs", pcrs_json(rn->sandboxes[i].pcrs)));
-    return json_pack("{s:o}", "items", items);
+    json_t *items = json_array(), *exited = json_array(), *item;
+    for (size_t i = 0; i < RUNNER_SANDBOXES_MAX; i++) {
+        const sandbox *sb = &rn->sandboxes[i];
+        if (!sb->pid)
+            continue;
+        item = json_pack("{s:s, s:i, s:o}", "name", sb->name, "pid", (int)sb->pid, "pcrs", pcrs_json(sb->pcrs));
+        if (item && sb->owner[0])
+            json_object_set_new(item, "owner", json_string(sb->owner));
+        if (item && sb->agent)
+            runner_agent_describe(sb->agent, item);
+        json_array_append_new(items, item);
+    }
+    uint64_t first = rn->n_exits > RUNNER_EXITS_MAX ? rn->n_exits - RUNNER_EXITS_MAX : 0;
+    for (uint64_t i = first; i < rn->n_exits; i++) {
+        const sandbox_exit *x = &rn->exits[i % RUNNER_EXITS_MAX];
+        item = json_pack("{s:s, s:i, s:s}", "name", x->name, "pid", (int)x->pid, "how", x->how);
+        if (item && x->owner[0])
+            json_object_set_new(item, "owner", json_string(x->owner));
+        json_array_append_new(exited, item);
+    }
+    return json_pack("{s:o, s:o}", "items", items, "exited", exited);
 }
 
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
@@ -346,9 +435,27 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     bool post = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
     json_t *answer = NULL;
     int status = 200;
-    if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/sandboxes")) &&
-        h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"))) {
+    uint64_t tag = httpd_conn_tag(req);
+    if (tag) {
+        /* a sandbox's channel: what that sandbox may ask, nothing else */
+        sandbox *sb = find_sandbox_by_tag(rn, tag);
+        if (sb)
+            runner_channel_serve(sb->agent, req, issue_on_channel, rn);
+        else {
+            api_fail(&err, 410, "gone", "this sandbox no longer runs");
+            api_send_error(req, &err);
+        }
+        return 0;
+    }
+    if (httpd_stopping(req) && h2o_memis(path.base, path.len, H2O_STRLIT("/v1/sandboxes"))) {
+        /* the drain stops every sandbox: no launches now, and no listing a
+         * controller would take for crashes */
+        api_fail(&err, 503, "unavailable", "the runner is stopping");
+    } else if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/sandboxes")) &&
+               h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"))) {
         answer = list_sandboxes(rn);
+        if (!answer)
+            api_fail(&err, 500, "internal", "out of memory");
     } else if (path.len > STRLEN("/v1/sandboxes/") && memcmp(path.base, "/v1/sandboxes/", 14) == 0 &&
                h2o_memis(req->method.base, req->method.len, H2O_STRLIT("DELETE"))) {
         char name[64];
@@ -395,7 +502,17 @@ static void *thread_init(h2o_context_t *ctx, void *userdata)
     h2o_timeout_init(ctx->loop, &rn->reap_timeout, RUNNER_REAP_MS);
     rn->reap_entry.cb = reap;
     h2o_timeout_link(ctx->loop, &rn->reap_timeout, &rn->reap_entry);
+    char api_url[300];
+    runner_api_url(rn->cfg->api_listen, api_url, sizeof(api_url));
+    int r = runner_forward_start(ctx, api_url, rn->cfg->ca_cert, rn->cfg->runner_token);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot start forwarding enclaves' key release", "error", strerror(-r), NULL);
     return rn;
+}
+
+static bool thread_busy(void *state)
+{
+    return runner_forward_busy();
 }
 
 /* At shutdown no sandbox outlives the runner. */
@@ -410,6 +527,7 @@ static void thread_drain(void *state)
 static void thread_dispose(void *state)
 {
     runner *rn = state;
+    runner_forward_stop();
     if (h2o_timeout_is_linked(&rn->reap_entry))
         h2o_timeout_unlink(&rn->reap_entry);
     h2o_timeout_dispose(rn->ctx->loop, &rn->reap_timeout);
@@ -438,6 +556,9 @@ static int runner_load(const daemon_config *cfg, runner *rn)
 int role_runner_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
 {
     runner rn = {.cfg = cfg};
+    if (runner_agent_locate(rn.agent_path, sizeof(rn.agent_path)) < 0)
+        log_fields(LOG_LEVEL_WARN, "no cloister-agent next to cloisterd (nor $CLOISTER_AGENT): agent-mode sandboxes "
+                   "cannot be launched", NULL);
     int r = runner_load(cfg, &rn);
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot load the platform key, its certificate or the platform CA", "key",
@@ -451,7 +572,7 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
             .threads = 1,
             .max_request_body = RUNNER_BODY_MAX * 2,
             .hooks = {.register_handlers = register_handlers, .thread_init = thread_init,
-                      .thread_drain = thread_drain, .thread_dispose = thread_dispose},
+                      .thread_drain = thread_drain, .thread_busy = thread_busy, .thread_dispose = thread_dispose},
             .userdata = &rn,
             .ready_flag = &health->ready,
         };

@@ -163,11 +163,22 @@ static SSL_CTX *tls_context(const httpd_config *cfg)
     return ctx;
 }
 
+/* A listener added with httpd_listener_add(). It lives until it is closed
+ * and the last connection it accepted is gone. */
+struct httpd_listener {
+    httpd_thread *thread;
+    h2o_socket_t *sock; /* NULL once closed */
+    h2o_accept_ctx_t actx;
+    uint64_t tag;
+    unsigned max_conns, n_conns;
+};
+
 /* An accepted connection, known until h2o closes its socket. */
 typedef struct tracked_conn {
     h2o_linklist_t link;
     h2o_socket_t *sock;
     httpd_server *server;
+    httpd_listener *from; /* NULL: one of the server's own listeners */
 } tracked_conn;
 
 static void on_conn_close(void *data)
@@ -175,14 +186,15 @@ static void on_conn_close(void *data)
     tracked_conn *c = data;
     atomic_fetch_sub(&c->server->n_conns, 1);
     h2o_linklist_unlink(&c->link);
+    if (c->from && --c->from->n_conns == 0 && !c->from->sock)
+        free(c->from);
     free(c);
 }
 
-static void on_accept(h2o_socket_t *listener, const char *err)
+/* Accepts one connection on LISTENER for ACTX; FROM is the added listener
+ * it came through, or NULL. */
+static void accept_one(h2o_socket_t *listener, h2o_accept_ctx_t *actx, httpd_listener *from)
 {
-    if (err)
-        return;
-    h2o_accept_ctx_t *actx = listener->data;
     httpd_thread *t = (httpd_thread *)actx->ctx;
     h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
     if (!sock)
@@ -190,17 +202,76 @@ static void on_accept(h2o_socket_t *listener, const char *err)
     httpd_server *srv = t->server;
     unsigned cap = srv->cfg->max_connections;
     tracked_conn *c = NULL;
-    if ((cap && atomic_load(&srv->n_conns) >= cap) || !(c = calloc(1, sizeof(*c)))) {
+    if ((cap && atomic_load(&srv->n_conns) >= cap) || (from && from->max_conns && from->n_conns >= from->max_conns) ||
+        !(c = calloc(1, sizeof(*c)))) {
         h2o_socket_close(sock); /* over the cap: refused before any byte is read */
         return;
     }
     atomic_fetch_add(&srv->n_conns, 1);
     c->sock = sock;
     c->server = srv;
+    c->from = from;
+    if (from)
+        from->n_conns++;
     h2o_linklist_insert(&t->conns, &c->link);
     sock->on_close.cb = on_conn_close; /* unused by h2o for accepted sockets */
     sock->on_close.data = c;
     h2o_accept(actx, sock);
+}
+
+static void on_accept(h2o_socket_t *listener, const char *err)
+{
+    if (!err)
+        accept_one(listener, listener->data, NULL);
+}
+
+static void on_accept_added(h2o_socket_t *listener, const char *err)
+{
+    httpd_listener *l = listener->data;
+    if (!err)
+        accept_one(listener, &l->actx, l);
+}
+
+int httpd_listener_add(h2o_context_t *ctx, int fd, uint64_t tag, unsigned max_conns, httpd_listener **ret)
+{
+    httpd_listener *l = tag && fd >= 0 ? calloc(1, sizeof(*l)) : NULL;
+    if (!l) {
+        if (fd >= 0)
+            close(fd);
+        return tag && fd >= 0 ? -ENOMEM : -EINVAL;
+    }
+    httpd_thread *t = (httpd_thread *)ctx;
+    *l = (httpd_listener){.thread = t, .tag = tag, .max_conns = max_conns,
+                          .actx = {.ctx = ctx, .hosts = t->server->globalconf.hosts}};
+    l->sock = h2o_evloop_socket_create(ctx->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+    l->sock->data = l;
+    h2o_socket_read_start(l->sock, on_accept_added);
+    *ret = l;
+    return 0;
+}
+
+void httpd_listener_close(httpd_listener *l)
+{
+    if (!l || !l->sock)
+        return;
+    h2o_socket_read_stop(l->sock);
+    h2o_socket_close(l->sock);
+    l->sock = NULL;
+    httpd_thread *t = l->thread;
+    for (h2o_linklist_t *n = t->conns.next; n != &t->conns; n = n->next) {
+        tracked_conn *c = H2O_STRUCT_FROM_MEMBER(tracked_conn, link, n);
+        if (c->from == l)
+            shutdown(h2o_socket_get_fd(c->sock), SHUT_RDWR);
+    }
+    if (l->n_conns == 0)
+        free(l);
+}
+
+uint64_t httpd_conn_tag(h2o_req_t *req)
+{
+    h2o_socket_t *sock = req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    const tracked_conn *c = sock ? sock->on_close.data : NULL;
+    return c && c->from ? c->from->tag : 0;
 }
 
 static bool thread_busy(httpd_thread *t)

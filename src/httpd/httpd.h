@@ -56,3 +56,25 @@ void httpd_peer_ip(h2o_req_t *req, char *out, size_t size);
 unsigned httpd_connections(h2o_req_t *req);
 /* True once the server serving REQ has begun to stop. */
 bool httpd_stopping(h2o_req_t *req);
+
+/* Additional listeners a component opens while serving (the runner's
+ * per-sandbox channels). Connections accepted on one carry its TAG, so a
+ * handler knows where a request came from without trusting anything the
+ * client says. */
+typedef struct httpd_listener httpd_listener;
+
+/* Starts accepting on the listening socket FD (taken over, closed by
+ * httpd_listener_close()) on the loop of CTX, which must be the context
+ * thread_init() received, and from that loop's thread. Its connections are
+ * served by the same handlers, count towards max_connections, and at most
+ * MAX_CONNS of them (0: no own cap) are open at once; TAG must not be 0.
+ * On success *RET is the listener; returns 0 or -EINVAL / -ENOMEM (FD is
+ * then closed too). */
+int httpd_listener_add(h2o_context_t *ctx, int fd, uint64_t tag, unsigned max_conns, httpd_listener **ret);
+/* Stops accepting, closes the socket and shuts down the connections it
+ * accepted; accepts NULL. Components close theirs in thread_drain() at the
+ * latest. From the loop's thread only. */
+void httpd_listener_close(httpd_listener *l);
+/* The tag of the listener REQ's connection was accepted on; 0 for the
+ * server's own listeners. */
+uint64_t httpd_conn_tag(h2o_req_t *req);

@@ -268,6 +268,91 @@ static const schema_field attestation_policy_fields[] = {
 };
 static const schema s_attestation_policy_spec = OBJECT(attestation_policy_fields);
 
+/* ---- Enclave ------------------------------------------------------------ */
+
+/* min <= max, where an absent field is its default 1. */
+static int check_replicas(const json_t *v, resource_path *path, resource_error *err)
+{
+    const json_t *min = json_object_get(v, "min"), *max = json_object_get(v, "max");
+    long long lo = min ? json_integer_value(min) : 1, hi = max ? json_integer_value(max) : 1;
+    if (lo <= hi)
+        return 0;
+    size_t saved = resource_path_push_key(path, "max", STRLEN("max"));
+    int r = max ? resource_fail(err, path, "must be at least min (%lld; got %lld)", lo, hi)
+                : resource_fail(err, path, "required field missing (min is %lld and max defaults to 1)", lo);
+    resource_path_pop(path, saved);
+    return r;
+}
+
+/* Without `secret`, `key` names a Key, so it must be a resource name; with
+ * it, `key` is one of the Secret's data keys. */
+static int check_enclave_secret(const json_t *v, resource_path *path, resource_error *err)
+{
+    const char *key = json_string_value(json_object_get(v, "key"));
+    if (json_object_get(v, "secret") || (key && resource_name_valid(key)))
+        return 0;
+    size_t saved = resource_path_push_key(path, "key", STRLEN("key"));
+    int r = resource_fail(err, path, "must name a Key (a DNS-1123 label); to deliver a value of a Secret, "
+                                     "set secret to its name and key to its data key");
+    resource_path_pop(path, saved);
+    return r;
+}
+
+/* Two secrets must not write the same file of /run/secrets. */
+static int check_enclave(const json_t *v, resource_path *path, resource_error *err)
+{
+    const json_t *secrets = json_object_get(v, "secrets");
+    for (size_t i = 1; i < json_array_size(secrets); i++) {
+        const char *file = json_string_value(json_object_get(json_array_get(secrets, i), "file"));
+        for (size_t j = 0; j < i && file; j++) {
+            const char *other = json_string_value(json_object_get(json_array_get(secrets, j), "file"));
+            if (!other || strcmp(file, other) != 0)
+                continue;
+            size_t saved = resource_path_push_key(path, "secrets", STRLEN("secrets"));
+            resource_path_push_index(path, i);
+            resource_path_push_key(path, "file", STRLEN("file"));
+            int r = resource_fail(err, path, "secrets[%zu] already writes /run/secrets/%s", j, file);
+            resource_path_pop(path, saved);
+            return r;
+        }
+    }
+    return 0;
+}
+
+static const schema s_bundle_path = STRING(.format = FORMAT_ABSOLUTE_PATH, .max_len = 1024);
+static const schema s_replica_count = {.type = SCHEMA_INT, .min = 1, .max = RESOURCE_ENCLAVE_REPLICAS_MAX};
+static const schema_field replicas_fields[] = {
+    {"min", &s_replica_count, false, "1"},
+    {"max", &s_replica_count, false, "1"},
+    {NULL},
+};
+static const schema s_replicas = OBJECT(replicas_fields, .check = check_replicas);
+static const schema_field enclave_secret_fields[] = {
+    {"key", &s_data_key, true, NULL},   /* a Key's name, or with `secret` a data key of that Secret */
+    {"secret", &s_name, false, NULL},
+    {"file", &s_data_key, true, NULL},  /* written as /run/secrets/<file> */
+    {NULL},
+};
+static const schema s_enclave_secret = OBJECT(enclave_secret_fields, .check = check_enclave_secret);
+static const schema s_enclave_secrets = ARRAY(&s_enclave_secret, .max_items = 32);
+static const schema s_memory_mib = {.type = SCHEMA_INT, .min = 8, .max = 1024 * 1024};
+static const schema s_pids = {.type = SCHEMA_INT, .min = 1, .max = 65536};
+static const schema_field enclave_limits_fields[] = {
+    {"memoryMiB", &s_memory_mib, false, NULL},
+    {"pids", &s_pids, false, NULL},
+    {NULL},
+};
+static const schema s_enclave_limits = OBJECT(enclave_limits_fields);
+static const schema_field enclave_fields[] = {
+    {"bundle", &s_bundle_path, true, NULL},
+    {"replicas", &s_replicas, false, "{\"min\": 1, \"max\": 1}"},
+    {"secrets", &s_enclave_secrets, false, NULL},
+    {"attestationPolicy", &s_name, false, NULL},
+    {"limits", &s_enclave_limits, false, NULL},
+    {NULL},
+};
+static const schema s_enclave_spec = OBJECT(enclave_fields, .check = check_enclave);
+
 /* ---- Session (written by the auth server only) --------------------------- */
 
 static const char *const auth_methods[] = {"token", "oidc", NULL};
@@ -334,6 +419,14 @@ static const resource_column key_columns[] = {
     {NULL},
 };
 
+static const resource_column enclave_columns[] = {
+    {"BUNDLE", {"spec.bundle"}, false, NULL},
+    {"READY", {"status.ready"}, false, "0"},
+    {"DESIRED", {"status.desired"}, false, "-"},
+    {"RESTARTS", {"status.restarts"}, false, "0"},
+    {NULL},
+};
+
 static const resource_column session_columns[] = {
     {"USER", {"spec.user"}, false, NULL},
     {"METHOD", {"spec.authMethod"}, false, NULL},
@@ -352,6 +445,7 @@ static const resource_kind kinds[] = {
     {"Key", "keys", false, &s_key_spec, key_columns},
     {"Session", "sessions", false, &s_session_spec, session_columns, true},
     {"AttestationPolicy", "attestationpolicies", false, &s_attestation_policy_spec, attestation_policy_columns},
+    {"Enclave", "enclaves", false, &s_enclave_spec, enclave_columns},
 };
 
 /* ---- the document around the spec -------------------------------------- */

@@ -18,6 +18,7 @@
 #define RESOURCE_NAME_MAX 63       /* metadata.name: a DNS-1123 label */
 #define RESOURCE_STRING_MAX 4096   /* default cap of a string field */
 #define RESOURCE_LABELS_MAX 64
+#define RESOURCE_ENCLAVE_REPLICAS_MAX 16 /* Enclave spec.replicas.max */
 
 typedef struct schema schema; /* see schema.h */
 

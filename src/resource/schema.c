@@ -274,6 +274,26 @@ static bool label_key_ok(const char *s, size_t n)
     return true;
 }
 
+/* An absolute path of '/'-separated names: none empty, "." or "..", and no
+ * control characters anywhere, so it names one place without tricks. */
+static bool absolute_path_ok(const char *s, size_t n)
+{
+    if (n < 2 || s[0] != '/')
+        return false;
+    size_t start = 1;
+    for (size_t i = 1; i <= n; i++) {
+        if (i < n && ((unsigned char)s[i] < 0x20 || s[i] == 0x7f))
+            return false;
+        if (i < n && s[i] != '/')
+            continue;
+        size_t len = i - start;
+        if (len == 0 || (len == 1 && s[start] == '.') || (len == 2 && s[start] == '.' && s[start + 1] == '.'))
+            return false;
+        start = i + 1;
+    }
+    return true;
+}
+
 bool schema_string_matches(schema_format f, const char *s, size_t n)
 {
     int64_t secs;
@@ -304,6 +324,8 @@ bool schema_string_matches(schema_format f, const char *s, size_t n)
         return hex_ok(s, n);
     case FORMAT_MEASUREMENT:
         return measurement_ok(s, n);
+    case FORMAT_ABSOLUTE_PATH:
+        return absolute_path_ok(s, n);
     }
     return false;
 }
@@ -342,6 +364,9 @@ static const char *format_rule(schema_format f)
     case FORMAT_MEASUREMENT:
         return "must name a measured claim: pcr0..pcr31, measurement, host_data, chip_id, mr_td, "
                "mr_config_id or rtmr0..rtmr3";
+    case FORMAT_ABSOLUTE_PATH:
+        return "must be an absolute path (/dir/name) without empty, '.' or '..' components or control "
+               "characters";
     }
     return "is malformed";
 }

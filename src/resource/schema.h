@@ -37,6 +37,7 @@ typedef enum schema_format {
     FORMAT_HEX,         /* lower-case hex digits, an even number of them */
     FORMAT_MEASUREMENT, /* a measured claim of TEE evidence: pcr0..pcr31, measurement, host_data,
                            chip_id, mr_td, mr_config_id, rtmr0..rtmr3 */
+    FORMAT_ABSOLUTE_PATH, /* /name[/name...]: no empty, "." or ".." components, no control characters */
 } schema_format;
 
 typedef struct schema schema;

@@ -381,3 +381,65 @@ Test(public_view, other_kinds_are_copied_unchanged)
     json_auto_t *arr = json_array();
     cr_expect_null(resource_public_view(arr));
 }
+
+Test(validate, enclave_specs)
+{
+    expect_valid(HEADER "kind: Enclave\nmetadata: {name: scorer}\n"
+                        "spec:\n"
+                        "  bundle: /srv/bundles/scorer\n"
+                        "  replicas: {min: 1, max: 4}\n"
+                        "  secrets: [{key: model-key, file: model.key}, {secret: db-pass, key: DB_pass, file: db}]\n"
+                        "  attestationPolicy: prod-enclaves\n"
+                        "  limits: {memoryMiB: 256, pids: 64}\n");
+    expect_valid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, replicas: {max: 16}}\n");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {}\n", "spec.bundle", "required field missing");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: srv/b}\n", "spec.bundle",
+                   "absolute path");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /srv/../etc}\n", "spec.bundle",
+                   "absolute path");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /srv//b}\n", "spec.bundle",
+                   "absolute path");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /srv/b/}\n", "spec.bundle",
+                   "absolute path");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: \"/a\\nb\"}\n", "spec.bundle",
+                   "absolute path");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, replicas: {min: 0}}\n",
+                   "spec.replicas.min", "between 1 and 16");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, replicas: {min: 1, max: 17}}\n",
+                   "spec.replicas.max", "between 1 and 16");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, replicas: {min: 3, max: 2}}\n",
+                   "spec.replicas.max", "at least min (3");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, replicas: {min: 3}}\n",
+                   "spec.replicas.max", "max defaults to 1");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, secrets: [{key: k, file: a/b}]}\n",
+                   "spec.secrets[0].file", "must be 1-253 letters");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, secrets: [{key: k, file: ..}]}\n",
+                   "spec.secrets[0].file", "must be 1-253 letters");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, secrets: [{key: Model_Key, file: f}]}\n",
+                   "spec.secrets[0].key", "must name a Key");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, secrets: [{secret: s, file: f}]}\n",
+                   "spec.secrets[0].key", "required field missing");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\n"
+                          "spec: {bundle: /b, secrets: [{key: k, file: f}, {secret: s, key: x, file: f}]}\n",
+                   "spec.secrets[1].file", "secrets[0] already writes /run/secrets/f");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, limits: {memoryMiB: 0}}\n",
+                   "spec.limits.memoryMiB", "between 8 and");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, limits: {cpu: 1}}\n",
+                   "spec.limits.cpu", "unknown field");
+}
+
+Test(defaults, enclave_replicas_default_to_one)
+{
+    json_auto_t *e = yaml_doc(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b}\n");
+    cr_assert_eq(resource_apply_defaults(e), 0);
+    json_t *replicas = json_object_get(json_object_get(e, "spec"), "replicas");
+    cr_expect_eq(json_integer_value(json_object_get(replicas, "min")), 1);
+    cr_expect_eq(json_integer_value(json_object_get(replicas, "max")), 1);
+    json_auto_t *f = yaml_doc(HEADER "kind: Enclave\nmetadata: {name: f}\nspec: {bundle: /b, replicas: {max: 3}}\n");
+    cr_assert_eq(resource_apply_defaults(f), 0);
+    replicas = json_object_get(json_object_get(f, "spec"), "replicas");
+    cr_expect_eq(json_integer_value(json_object_get(replicas, "min")), 1);
+    cr_expect_eq(json_integer_value(json_object_get(replicas, "max")), 3);
+    resource_error err;
+    cr_expect_eq(resource_validate(f, &err), 0);
+}

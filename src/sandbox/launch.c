@@ -35,6 +35,7 @@ typedef struct launch {
     const sandbox_spec *spec;
     int bundle_fd;  /* child: O_PATH, opened in its namespace before /tmp is covered */
     int channel_fd; /* child: O_PATH of the channel socket, or -1 */
+    int agent_fd;   /* child: O_PATH of the agent executable, or -1 */
     int sync[2];    /* parent -> child: the id maps are written */
     int report[2];  /* child -> parent: an error message, or EOF at exec */
 } launch;
@@ -156,6 +157,14 @@ static void setup_root(launch *l)
         snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", l->channel_fd);
         if (mount(fdpath, NEW_ROOT SANDBOX_CHANNEL_PATH, NULL, MS_BIND, NULL) < 0)
             die(l, "bind the channel");
+    }
+    if (l->agent_fd >= 0) {
+        int fd = open(NEW_ROOT SANDBOX_AGENT_PATH, O_WRONLY | O_CREAT | O_CLOEXEC, 0755);
+        if (fd < 0)
+            die(l, "create the agent");
+        close(fd);
+        snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", l->agent_fd);
+        bind_ro(l, fdpath, NEW_ROOT SANDBOX_AGENT_PATH);
     }
     make_dir(l, NEW_ROOT "/dev", 0755);
     tmpfs(l, NEW_ROOT "/dev", "mode=0755,size=64k");
@@ -279,6 +288,8 @@ static int child_main(void *arg)
         die(l, "open the bundle %s", l->spec->bundle);
     if (l->spec->channel && (l->channel_fd = open(l->spec->channel, O_PATH | O_CLOEXEC)) < 0)
         die(l, "open the channel %s", l->spec->channel);
+    if (l->spec->agent && (l->agent_fd = open(l->spec->agent, O_PATH | O_CLOEXEC)) < 0)
+        die(l, "open the agent %s", l->spec->agent);
     /* become the namespace's root, the host's nobody: until now we still had
      * the host's (unmapped) root credentials */
     if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
@@ -292,8 +303,18 @@ static int child_main(void *arg)
         dup2(s->stdout_fd >= 0 ? s->stdout_fd : devnull, STDOUT_FILENO) < 0 ||
         dup2(s->stderr_fd >= 0 ? s->stderr_fd : devnull, STDERR_FILENO) < 0)
         die(l, "set up stdio");
-    /* only stdio and the report pipe (close-on-exec) cross the exec */
-    if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+    /* only stdio, the inherited fd and the report pipe (close-on-exec) cross the exec */
+    unsigned first_closed = 3;
+    if (s->inherit_fd >= SANDBOX_INHERIT_FD) {
+        /* the report pipe must not be in the way: it is needed until exec */
+        if (l->report[1] == SANDBOX_INHERIT_FD && (l->report[1] = fcntl(l->report[1], F_DUPFD_CLOEXEC, 4)) < 0)
+            _exit(127);
+        if (s->inherit_fd == SANDBOX_INHERIT_FD ? fcntl(SANDBOX_INHERIT_FD, F_SETFD, 0) < 0
+                                                : dup2(s->inherit_fd, SANDBOX_INHERIT_FD) < 0)
+            die(l, "hand over fd %d", s->inherit_fd);
+        first_closed = SANDBOX_INHERIT_FD + 1;
+    }
+    if (syscall(SYS_close_range, first_closed, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
         die(l, "close_range");
     if (s->max_pids)
         set_limit(l, RLIMIT_NPROC, s->max_pids, "pids");
@@ -334,7 +355,7 @@ static int write_id_maps(pid_t pid)
 
 int sandbox_launch(const sandbox_spec *spec, pid_t *ret_pid, sandbox_error *err)
 {
-    launch l = {.spec = spec, .bundle_fd = -1, .channel_fd = -1, .sync = {-1, -1}, .report = {-1, -1}};
+    launch l = {.spec = spec, .bundle_fd = -1, .channel_fd = -1, .agent_fd = -1, .sync = {-1, -1}, .report = {-1, -1}};
     int e = 0;
     if (!spec->bundle || spec->bundle[0] != '/' || !spec->argv || !spec->argv[0] || spec->argv[0][0] != '/') {
         snprintf(err->text, sizeof(err->text), "the bundle and the command must be absolute paths");
@@ -353,6 +374,17 @@ int sandbox_launch(const sandbox_spec *spec, pid_t *ret_pid, sandbox_error *err)
         e = negative_errno();
         snprintf(err->text, sizeof(err->text), "channel %s: %s", spec->channel, strerror(-e));
         return e;
+    }
+    if (spec->agent) {
+        if (stat(spec->agent, &st) < 0)
+            e = negative_errno();
+        else if (!S_ISREG(st.st_mode))
+            e = -EINVAL;
+        if (e < 0) {
+            snprintf(err->text, sizeof(err->text), "agent %s: %s", spec->agent,
+                     e == -EINVAL ? "not a regular file" : strerror(-e));
+            return e;
+        }
     }
     char *stack = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     pid_t pid = -1;

@@ -5,6 +5,8 @@
  * /run/secrets; a minimal /dev; loopback only; no_new_privs, a seccomp
  * allow-list (libseccomp) and rlimits. The only way out is a Unix socket
  * from the host bound at /run/cloister/channel.sock (the stand-in for vsock).
+ * In agent mode the runner also binds the agent executable read-only at
+ * /run/cloister/agent and hands it one listening socket as fd 3.
  * Inside, the workload is root of its own user namespace, mapped to the
  * host's unprivileged `nobody`. */
 #pragma once
@@ -13,12 +15,17 @@
 #include <sys/types.h>
 
 #define SANDBOX_CHANNEL_PATH "/run/cloister/channel.sock"
+#define SANDBOX_AGENT_PATH "/run/cloister/agent"
+#define SANDBOX_INHERIT_FD 3
 
 typedef struct sandbox_spec {
     const char *bundle;   /* absolute host path of the bundle directory */
     char *const *argv;    /* argv[0]: an absolute path inside the sandbox */
     char *const *envp;
     const char *channel;  /* host path of a Unix socket to expose, or NULL */
+    const char *agent;    /* host path of an executable bound read-only at SANDBOX_AGENT_PATH, or NULL */
+    int inherit_fd;       /* when >= 3: handed to the workload as SANDBOX_INHERIT_FD (e.g. a listening
+                           * socket); otherwise nothing but stdio crosses into the sandbox */
     uint64_t memory_bytes; /* address-space limit; 0: none */
     uint64_t max_pids;     /* processes of the sandbox's user; 0: none */
     uint64_t max_files;    /* open files; 0: 1024 */

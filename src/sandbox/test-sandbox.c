@@ -1,5 +1,6 @@
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,4 +169,43 @@ Test(sandbox, the_channel_reaches_the_host)
     close(c);
     close(listener);
     unlink(sock_path);
+}
+
+/* Agent mode's pieces: an executable bound read-only at SANDBOX_AGENT_PATH
+ * runs as the first process, and one inherited fd arrives as fd 3 while
+ * every other stays out. */
+Test(sandbox, the_agent_and_its_inherited_fd)
+{
+    int out[2], handed[2], kept[2];
+    cr_assert_eq(pipe(out), 0);
+    cr_assert_eq(pipe2(handed, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(kept, O_CLOEXEC), 0);
+    char *argv[] = {SANDBOX_AGENT_PATH, "-c",
+                    "echo agent >&3; ls /proc/self/fd | tr '\\n' ' '; : 2>/dev/null > " SANDBOX_AGENT_PATH
+                    " && echo writable",
+                    NULL};
+    char *envp[] = {"PATH=/usr/bin:/bin", NULL};
+    sandbox_spec spec = {.bundle = bundle, .argv = argv, .envp = envp, .agent = "/bin/sh",
+                         .inherit_fd = handed[1], .stdout_fd = out[1], .stderr_fd = out[1]};
+    sandbox_error err = {{0}};
+    pid_t pid;
+    cr_assert_eq(sandbox_launch(&spec, &pid, &err), 0, "%s", err.text);
+    close(out[1]);
+    close(handed[1]);
+    char buf[256] = {0}, fds[256] = {0};
+    cr_assert_gt(read(handed[0], buf, sizeof(buf) - 1), 0);
+    cr_expect_str_eq(buf, "agent\n");
+    size_t n = 0;
+    ssize_t k;
+    while (n + 1 < sizeof(fds) && (k = read(out[0], fds + n, sizeof(fds) - 1 - n)) > 0)
+        n += (size_t)k;
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    /* 0-2 and 3, and the directory ls reads (4): not the pipe kept out; and
+     * the agent cannot be written */
+    cr_expect_str_eq(fds, "0 1 2 3 4 ");
+    close(out[0]);
+    close(handed[0]);
+    close(kept[0]);
+    close(kept[1]);
 }

@@ -1,0 +1,697 @@
+/* Agent-mode sandboxes and their channel (see runner-agent.h). */
+#include "attest/atls.h"
+#include "daemon/runner-agent.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <openssl/crypto.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "basic/fileio.h"
+#include "basic/log.h"
+#include "basic/macro.h"
+#include "basic/strbuf.h"
+#include "basic/timeutil.h"
+#include "httpd/httpd.h"
+#include "resource/resource.h"
+#include "sandbox/measure.h"
+
+#define NOBODY 65534 /* the sandbox's root on the host: it must reach the channel socket */
+#define AGENT_ARGS_MAX (8 + 2 * RUNNER_AGENT_SECRETS_MAX + 258)
+#define FORWARD_PENDING_MAX 32
+#define FORWARD_TIMEOUT_MS 10000
+#define FORWARD_ANSWER_MAX (256 * 1024)
+#define TOKEN_MAX 4096
+/* token buckets per sandbox: evidence (refreshes, nonce'd aTLS handshakes)
+ * and forwarded calls (each challenge takes a slot of the API's table) */
+#define EVIDENCE_RATE 20.0
+#define EVIDENCE_BURST 64.0
+#define FORWARD_RATE 2.0
+#define FORWARD_BURST 32.0
+
+typedef struct bucket {
+    double tokens;
+    uint64_t at; /* monotonic ns of the last refill */
+} bucket;
+
+struct runner_agent {
+    char name[64];
+    char dir[PATH_MAX];
+    char channel_path[PATH_MAX + 32], atls_path[PATH_MAX + 32];
+    int channel_fd, atls_fd; /* listening; -1 once handed over or absent */
+    httpd_listener *listener;
+    uint8_t measurement[48];
+    struct {
+        char key[64];
+        char file[ATLS_SECRET_FILE_MAX + 1];
+    } secrets[RUNNER_AGENT_SECRETS_MAX];
+    size_t n_secrets;
+    bool atls;
+    char *args[AGENT_ARGS_MAX]; /* the sandbox's argv; strings we own up to n_owned */
+    size_t n_owned;
+    const char *agent_path;
+    bucket evidence, forward;
+};
+
+int runner_agent_locate(char *out, size_t size)
+{
+    const char *env = getenv("CLOISTER_AGENT");
+    char self[PATH_MAX], candidate[PATH_MAX + 64];
+    if (env && *env) {
+        if (env[0] != '/' || access(env, X_OK) < 0 || strlen(env) >= size)
+            return -ENOENT;
+        strcpy(out, env);
+        return 0;
+    }
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0)
+        return -ENOENT;
+    self[n] = 0;
+    const char *dir = dirname(self);
+    static const char *const tries[] = {"cloister-agent", "../agent/cloister-agent"};
+    for (size_t i = 0; i < ELEMENTSOF(tries); i++) {
+        char real[PATH_MAX];
+        snprintf(candidate, sizeof(candidate), "%s/%s", dir, tries[i]);
+        if (access(candidate, X_OK) == 0 && realpath(candidate, real) && strlen(real) < size) {
+            strcpy(out, real);
+            return 0;
+        }
+    }
+    return -ENOENT;
+}
+
+/* Takes one token of B (RATE per second, at most BURST); false when empty. */
+static bool bucket_take(bucket *b, double rate, double burst)
+{
+    uint64_t now = time_mono_ns();
+    if (b->at == 0)
+        b->tokens = burst;
+    else
+        b->tokens = MIN(burst, b->tokens + (double)(now - b->at) / 1e9 * rate);
+    b->at = now;
+    if (b->tokens < 1.0)
+        return false;
+    b->tokens -= 1.0;
+    return true;
+}
+
+
+/* A listening Unix socket NAME in the directory DIRFD, reached through
+ * /proc/self/fd so that long data-dir paths fit in sun_path. Mode 0600,
+ * owned by OWNER (-1: unchanged). Returns the fd or a negative errno. */
+static int listen_in(int dirfd, const char *name, uid_t owner)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d/%s", dirfd, name);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return negative_errno();
+    unlinkat(dirfd, name, 0);
+    int e = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0 ? negative_errno() : 0;
+    if (e == 0 && (fchmodat(dirfd, name, 0600, 0) < 0 ||
+                   (owner != (uid_t)-1 && fchownat(dirfd, name, owner, owner, AT_SYMLINK_NOFOLLOW) < 0)))
+        e = negative_errno();
+    if (e < 0) {
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
+/* Parses PARAMS into AG; -1 with ERR (400) when a field is wrong. */
+static int parse_params(runner_agent *ag, const json_t *params, api_error *err)
+{
+    if (!json_is_object(params))
+        return api_fail(err, 400, "invalid", "agent must be an object: {\"secrets\": [{\"key\", \"file\"}]}");
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)params, k, v) if (strcmp(k, "secrets") != 0) return api_fail(
+        err, 400, "invalid", "agent: unknown field %.64s (agent takes secrets)", k);
+    const json_t *secrets = json_object_get(params, "secrets");
+    if (secrets && (!json_is_array(secrets) || json_array_size(secrets) > RUNNER_AGENT_SECRETS_MAX))
+        return api_fail(err, 400, "invalid", "agent.secrets must be a list of at most %d {key, file}",
+                        RUNNER_AGENT_SECRETS_MAX);
+    size_t i;
+    json_array_foreach(secrets, i, v)
+    {
+        const char *key = json_string_value(json_object_get(v, "key"));
+        const char *file = json_string_value(json_object_get(v, "file"));
+        if (json_object_get(v, "secret"))
+            return api_fail(err, 400, "invalid",
+                            "agent.secrets[%zu]: only Keys are released to enclaves (key, not secret)", i);
+        if (!json_is_object(v) || json_object_size(v) != 2 || !key || !file)
+            return api_fail(err, 400, "invalid", "agent.secrets[%zu] must be {key, file}", i);
+        if (!resource_name_valid(key) || strlen(key) >= sizeof(ag->secrets[0].key))
+            return api_fail(err, 400, "invalid", "agent.secrets[%zu].key must be the name of a Key", i);
+        if (!atls_secret_file_valid(file))
+            return api_fail(err, 400, "invalid",
+                            "agent.secrets[%zu].file must be a plain file name ([A-Za-z0-9._-], not starting "
+                            "with '.', at most %d)", i, ATLS_SECRET_FILE_MAX);
+        for (size_t j = 0; j < ag->n_secrets; j++)
+            if (strcmp(ag->secrets[j].file, file) == 0)
+                return api_fail(err, 400, "invalid", "agent.secrets: two secrets go to the file %s", file);
+        strcpy(ag->secrets[ag->n_secrets].key, key);
+        strcpy(ag->secrets[ag->n_secrets].file, file);
+        ag->n_secrets++;
+    }
+    return 0;
+}
+
+/* Appends a copy of S to AG's argv; -ENOMEM. */
+static int add_arg(runner_agent *ag, const char *s)
+{
+    if (ag->n_owned + 1 >= AGENT_ARGS_MAX || !(ag->args[ag->n_owned] = strdup(s)))
+        return -ENOMEM;
+    ag->n_owned++;
+    return 0;
+}
+
+/* Builds the sandbox's argv: the agent, its options, "--", ARGV. */
+static int build_args(runner_agent *ag, uint16_t port, char *const *argv)
+{
+    char buf[256];
+    int r = add_arg(ag, SANDBOX_AGENT_PATH);
+    for (size_t i = 0; r == 0 && i < ag->n_secrets; i++) {
+        snprintf(buf, sizeof(buf), "%s:%s", ag->secrets[i].key, ag->secrets[i].file);
+        r = add_arg(ag, "--secret");
+        if (r == 0)
+            r = add_arg(ag, buf);
+    }
+    if (r == 0 && ag->atls) {
+        snprintf(buf, sizeof(buf), "%d", SANDBOX_INHERIT_FD);
+        r = add_arg(ag, "--atls-fd");
+        if (r == 0)
+            r = add_arg(ag, buf);
+        snprintf(buf, sizeof(buf), "%u", port);
+        if (r == 0)
+            r = add_arg(ag, "--port");
+        if (r == 0)
+            r = add_arg(ag, buf);
+    }
+    if (r == 0)
+        r = add_arg(ag, "--");
+    for (size_t i = 0; r == 0 && argv[i]; i++)
+        r = add_arg(ag, argv[i]);
+    return r;
+}
+
+runner_agent *runner_agent_new(const char *runner_dir, const char *agent_path, const char *name, const json_t *params,
+                               const json_t *yaml, char *const *argv, api_error *err)
+{
+    const json_t *port = json_object_get(yaml, "port");
+    if (port && (!json_is_integer(port) || json_integer_value(port) < 1 || json_integer_value(port) > 65535)) {
+        api_fail(err, 400, "invalid", "enclave.yaml: port must be the workload's TCP port (1-65535)");
+        return NULL;
+    }
+    if (!agent_path) {
+        api_fail(err, 500, "internal", "no cloister-agent executable was found next to cloisterd (or $CLOISTER_AGENT)");
+        return NULL;
+    }
+    runner_agent *ag = calloc(1, sizeof(*ag));
+    if (!ag) {
+        api_fail(err, 500, "internal", "out of memory");
+        return NULL;
+    }
+    ag->channel_fd = ag->atls_fd = -1;
+    ag->agent_path = agent_path;
+    ag->atls = port != NULL;
+    snprintf(ag->name, sizeof(ag->name), "%s", name);
+    if (parse_params(ag, params, err) < 0) {
+        free(ag);
+        return NULL;
+    }
+    int r = sha384_file(AT_FDCWD, agent_path, true, ag->measurement, NULL);
+    if (r < 0) {
+        api_fail(err, 500, "internal", "cannot measure the agent %s: %s", agent_path, strerror(-r));
+        free(ag);
+        return NULL;
+    }
+    /* the sandbox's directory: a fresh one, whatever a crash left behind */
+    snprintf(ag->dir, sizeof(ag->dir), "%s/%s", runner_dir, name);
+    snprintf(ag->channel_path, sizeof(ag->channel_path), "%s/channel.sock", ag->dir);
+    snprintf(ag->atls_path, sizeof(ag->atls_path), "%s/atls.sock", ag->dir);
+    unlink(ag->channel_path);
+    unlink(ag->atls_path);
+    _cleanup_close_ int dirfd = -1;
+    if ((mkdir(ag->dir, 0700) < 0 && errno != EEXIST) ||
+        (dirfd = open(ag->dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+        r = negative_errno();
+    if (r == 0 && (ag->channel_fd = listen_in(dirfd, "channel.sock", NOBODY)) < 0)
+        r = ag->channel_fd;
+    if (r == 0 && ag->atls && (ag->atls_fd = listen_in(dirfd, "atls.sock", (uid_t)-1)) < 0)
+        r = ag->atls_fd;
+    if (r == 0 && build_args(ag, port ? (uint16_t)json_integer_value(port) : 0, argv) < 0)
+        r = -ENOMEM;
+    if (r < 0) {
+        api_fail(err, 500, "internal", "cannot prepare the sandbox's sockets in %s: %s", ag->dir, strerror(-r));
+        runner_agent_free(ag);
+        return NULL;
+    }
+    return ag;
+}
+
+void runner_agent_fill_spec(runner_agent *ag, sandbox_spec *spec)
+{
+    spec->argv = ag->args;
+    spec->channel = ag->channel_path;
+    spec->agent = ag->agent_path;
+    spec->inherit_fd = ag->atls_fd;
+}
+
+const uint8_t *runner_agent_measurement(const runner_agent *ag)
+{
+    return ag->measurement;
+}
+
+int runner_agent_started(runner_agent *ag, h2o_context_t *ctx, uint64_t tag)
+{
+    if (ag->atls_fd >= 0) {
+        close(ag->atls_fd);
+        ag->atls_fd = -1;
+    }
+    int r = httpd_listener_add(ctx, ag->channel_fd, tag, RUNNER_CHANNEL_CONNS_MAX, &ag->listener);
+    ag->channel_fd = -1; /* taken over, even on failure */
+    return r;
+}
+
+void runner_agent_describe(const runner_agent *ag, json_t *item)
+{
+    json_t *secrets = json_array();
+    for (size_t i = 0; i < ag->n_secrets; i++)
+        json_array_append_new(secrets, json_pack("{s:s, s:s}", "key", ag->secrets[i].key, "file",
+                                                 ag->secrets[i].file));
+    json_object_set_new(item, "agent", json_true());
+    json_object_set_new(item, "secrets", secrets);
+    if (ag->atls)
+        json_object_set_new(item, "atls", json_string(ag->atls_path));
+}
+
+void runner_agent_free(runner_agent *ag)
+{
+    if (!ag)
+        return;
+    httpd_listener_close(ag->listener);
+    if (ag->channel_fd >= 0)
+        close(ag->channel_fd);
+    if (ag->atls_fd >= 0)
+        close(ag->atls_fd);
+    if (ag->dir[0]) {
+        unlink(ag->channel_path);
+        unlink(ag->atls_path);
+        rmdir(ag->dir);
+    }
+    for (size_t i = 0; i < ag->n_owned; i++)
+        free(ag->args[i]);
+    free(ag);
+}
+
+/* ---- the forwarder ---- */
+
+typedef struct forward_anchor forward_anchor;
+
+/* One forwarded call. Owned by the queue, then the worker, then the loop,
+ * which answers (when REQ is still alive) and frees it. */
+typedef struct forward_job {
+    h2o_linklist_t link;
+    h2o_multithread_message_t msg;
+    h2o_req_t *req; /* NULL once the sandbox's connection went away */
+    forward_anchor *anchor;
+    char sandbox[64];
+    char what[96]; /* "challenge" or "release of <key>", for the log */
+    char path[160];
+    char *body;
+    int error; /* 0, or why the API could not be asked */
+    long status;
+    strbuf answer;
+} forward_job;
+
+struct forward_anchor {
+    forward_job *job;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    h2o_linklist_t jobs;
+    size_t pending; /* queued, being forwarded or not yet answered */
+    bool started, stopping;
+    pthread_t worker;
+    h2o_loop_t *loop;
+    h2o_multithread_queue_t *queue;
+    h2o_multithread_receiver_t receiver;
+    char url[300];
+    char ca_file[PATH_MAX];
+    char *auth; /* "Authorization: Bearer <token>", wiped at stop; NULL without a token */
+} fwd = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+static size_t on_answer(char *p, size_t size, size_t n, void *userdata)
+{
+    return strbuf_append(userdata, p, size * n) == 0 ? size * n : 0;
+}
+
+/* Sends JOB to the API (on the worker thread). */
+static void forward_one(forward_job *job)
+{
+    char url[512];
+    snprintf(url, sizeof(url), "%s%s", fwd.url, job->path);
+    CURL *curl = curl_easy_init();
+    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+    struct curl_slist *h2 = headers ? curl_slist_append(headers, fwd.auth) : NULL;
+    if (!curl || !h2) {
+        job->error = -ENOMEM;
+        curl_easy_cleanup(curl);
+        curl_slist_free_all(headers);
+        return;
+    }
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_CAINFO, fwd.ca_file);
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, h2);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, job->body);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_answer);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &job->answer);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)FORWARD_TIMEOUT_MS);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "https");
+    CURLcode c = curl_easy_perform(curl);
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &job->status);
+    if (c != CURLE_OK)
+        job->error = c == CURLE_COULDNT_CONNECT ? -ECONNREFUSED : c == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT
+                     : c == CURLE_WRITE_ERROR                     ? -E2BIG
+                                                                  : -EIO;
+    curl_easy_cleanup(curl);
+    curl_slist_free_all(headers); /* the list held the token */
+}
+
+/* The worker: forwards queued calls one at a time and posts each answer
+ * back to the loop; ends once stopping and the queue is empty. */
+static void *worker_main(void *arg)
+{
+    pthread_mutex_lock(&fwd.lock);
+    for (;;) {
+        while (h2o_linklist_is_empty(&fwd.jobs) && !fwd.stopping)
+            pthread_cond_wait(&fwd.wake, &fwd.lock);
+        if (h2o_linklist_is_empty(&fwd.jobs))
+            break;
+        forward_job *job = H2O_STRUCT_FROM_MEMBER(forward_job, link, fwd.jobs.next);
+        h2o_linklist_unlink(&job->link);
+        pthread_mutex_unlock(&fwd.lock);
+        forward_one(job);
+        h2o_multithread_send_message(&fwd.receiver, &job->msg);
+        pthread_mutex_lock(&fwd.lock);
+    }
+    pthread_mutex_unlock(&fwd.lock);
+    return NULL;
+}
+
+static void anchor_dispose(void *p)
+{
+    forward_anchor *a = p;
+    if (a->job)
+        a->job->req = NULL;
+}
+
+static void job_free(forward_job *job)
+{
+    free(job->body);
+    strbuf_free(&job->answer);
+    free(job);
+}
+
+/* Answers a forwarded call on the loop: the API's status and JSON as they
+ * are, or 502 when it could not be reached or answered nonsense. */
+static void answer_job(forward_job *job)
+{
+    api_error err;
+    json_t *j = job->error == 0 && job->answer.data ? json_loadb(job->answer.data, job->answer.len, 0, NULL) : NULL;
+    char status[16];
+    snprintf(status, sizeof(status), "%ld", job->status);
+    if (job->error < 0 || !json_is_object(j)) {
+        log_fields(LOG_LEVEL_WARN, "cannot forward an enclave's call to the API", "sandbox", job->sandbox, "call",
+                   job->what, "error", job->error < 0 ? strerror(-job->error) : "not JSON", "status", status, NULL);
+        api_fail(&err, 502, "bad_gateway", "the API could not be asked (%s)",
+                 job->error < 0 ? strerror(-job->error) : "it did not answer JSON");
+        api_send_error(job->req, &err);
+    } else {
+        log_fields(job->status == 200 ? LOG_LEVEL_INFO : LOG_LEVEL_WARN, "forwarded an enclave's call to the API",
+                   "sandbox", job->sandbox, "call", job->what, "status", status, NULL);
+        api_send_json(job->req, (int)job->status, j);
+    }
+    json_decref(j);
+}
+
+/* On the loop: answers the forwarded calls whose sandbox still waits, and
+ * frees them all. */
+static void on_forwarded(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    while (!h2o_linklist_is_empty(messages)) {
+        forward_job *job = H2O_STRUCT_FROM_MEMBER(forward_job, msg.link, messages->next);
+        h2o_linklist_unlink(&job->msg.link);
+        if (job->req) {
+            job->anchor->job = NULL;
+            answer_job(job);
+        }
+        job_free(job);
+        pthread_mutex_lock(&fwd.lock);
+        fwd.pending--;
+        pthread_mutex_unlock(&fwd.lock);
+    }
+}
+
+int runner_forward_start(h2o_context_t *ctx, const char *api_url, const char *ca_file, const char *token_file)
+{
+    if (fwd.started)
+        return -EALREADY;
+    if (strlen(api_url) >= sizeof(fwd.url) || strlen(ca_file) >= sizeof(fwd.ca_file))
+        return -ENAMETOOLONG;
+    strcpy(fwd.url, api_url);
+    strcpy(fwd.ca_file, ca_file);
+    char *token = NULL;
+    size_t len = 0;
+    int r = read_file(token_file, TOKEN_MAX, &token, &len);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot read the runner's credential token; enclaves get no keys", "path",
+                   token_file, "error", strerror(-r), NULL);
+    else {
+        while (len && (token[len - 1] == '\n' || token[len - 1] == '\r' || token[len - 1] == ' '))
+            token[--len] = 0;
+        if (asprintf(&fwd.auth, "Authorization: Bearer %s", token) < 0)
+            fwd.auth = NULL;
+        OPENSSL_cleanse(token, len);
+        free(token);
+    }
+    h2o_linklist_init_anchor(&fwd.jobs);
+    fwd.loop = ctx->loop;
+    fwd.queue = h2o_multithread_create_queue(ctx->loop);
+    h2o_multithread_register_receiver(fwd.queue, &fwd.receiver, on_forwarded);
+    fwd.stopping = false;
+    r = -pthread_create(&fwd.worker, NULL, worker_main, NULL);
+    if (r < 0) {
+        h2o_multithread_unregister_receiver(fwd.queue, &fwd.receiver);
+        h2o_multithread_destroy_queue(fwd.queue);
+        return r;
+    }
+    fwd.started = true;
+    return 0;
+}
+
+bool runner_forward_busy(void)
+{
+    pthread_mutex_lock(&fwd.lock);
+    bool busy = fwd.pending > 0;
+    pthread_mutex_unlock(&fwd.lock);
+    return busy;
+}
+
+void runner_forward_stop(void)
+{
+    if (!fwd.started)
+        return;
+    pthread_mutex_lock(&fwd.lock);
+    fwd.stopping = true;
+    pthread_cond_signal(&fwd.wake);
+    pthread_mutex_unlock(&fwd.lock);
+    pthread_join(fwd.worker, NULL);
+    /* the answers the worker posted last */
+    for (int i = 0; i < 100 && runner_forward_busy(); i++)
+        h2o_evloop_run(fwd.loop, 10);
+    if (!runner_forward_busy()) {
+        h2o_multithread_unregister_receiver(fwd.queue, &fwd.receiver);
+        h2o_multithread_destroy_queue(fwd.queue);
+    }
+    if (fwd.auth) {
+        OPENSSL_cleanse(fwd.auth, strlen(fwd.auth));
+        free(fwd.auth);
+        fwd.auth = NULL;
+    }
+    fwd.started = false;
+}
+
+/* Queues a call of PATH with BODY (taken over) for AG's sandbox; -1 with
+ * ERR when the forwarder cannot take it. */
+static int forward(runner_agent *ag, h2o_req_t *req, const char *path, char *body, const char *what, api_error *err)
+{
+    forward_job *job = calloc(1, sizeof(*job));
+    if (!job) {
+        free(body);
+        return api_fail(err, 500, "internal", "out of memory");
+    }
+    strbuf_init(&job->answer, FORWARD_ANSWER_MAX);
+    job->body = body;
+    job->req = req;
+    snprintf(job->sandbox, sizeof(job->sandbox), "%s", ag->name);
+    snprintf(job->what, sizeof(job->what), "%s", what);
+    snprintf(job->path, sizeof(job->path), "%s", path);
+    pthread_mutex_lock(&fwd.lock);
+    int r = !fwd.started || fwd.stopping ? -ESHUTDOWN : !fwd.auth ? -ENOKEY : fwd.pending >= FORWARD_PENDING_MAX ? -EBUSY : 0;
+    if (r == 0) {
+        fwd.pending++;
+        forward_anchor *a = h2o_mem_alloc_shared(&req->pool, sizeof(*a), anchor_dispose);
+        a->job = job;
+        job->anchor = a;
+        h2o_linklist_insert(&fwd.jobs, &job->link);
+        pthread_cond_signal(&fwd.wake);
+    }
+    pthread_mutex_unlock(&fwd.lock);
+    if (r < 0) {
+        job_free(job);
+        return api_fail(err, 503, "unavailable", "%s",
+                        r == -ENOKEY  ? "the runner has no API credential (runner.token): no key can be released"
+                        : r == -EBUSY ? "too many calls are being forwarded; try again"
+                                      : "the runner is stopping");
+    }
+    return 0;
+}
+
+/* ---- the channel ---- */
+
+/* Refuses fields of BODY not in KNOWN (NULL-terminated), a "name" with
+ * its own reason; -1 with ERR. */
+static int only_fields(const json_t *body, const char *const *known, api_error *err)
+{
+    if (json_object_get(body, "name"))
+        return api_fail(err, 400, "invalid", "name is not accepted on a sandbox's channel: it gets its own evidence only");
+    return api_only_fields(body, known, err);
+}
+
+/* POST /v1/evidence on the channel: this sandbox's evidence. */
+static json_t *channel_evidence(runner_agent *ag, const json_t *body, runner_issue_fn issue, void *userdata,
+                                api_error *err)
+{
+    static const char *const known[] = {"nonce", "user_data", "public_key", NULL};
+    if (only_fields(body, known, err) < 0)
+        return NULL;
+    if (!bucket_take(&ag->evidence, EVIDENCE_RATE, EVIDENCE_BURST)) {
+        api_fail(err, 429, "too_many_requests", "evidence is limited to %.0f documents per second", EVIDENCE_RATE);
+        return NULL;
+    }
+    _cleanup_(json_decrefp) json_t *named = json_deep_copy(body);
+    if (!named || json_object_set_new(named, "name", json_string(ag->name)) < 0) {
+        api_fail(err, 500, "internal", "out of memory");
+        return NULL;
+    }
+    return issue(userdata, named, err);
+}
+
+/* POST /v1/kms/keys/{key}/release on the channel: checked, then forwarded. */
+static int channel_release(runner_agent *ag, h2o_req_t *req, const char *key, const json_t *body, api_error *err)
+{
+    bool listed = false;
+    for (size_t i = 0; i < ag->n_secrets && !listed; i++)
+        listed = strcmp(ag->secrets[i].key, key) == 0;
+    if (!listed)
+        return api_fail(err, 403, "forbidden", "key %s is not among this sandbox's secrets", key);
+    static const char *const known[] = {"type", "evidence", "publicKey", NULL};
+    if (only_fields(body, known, err) < 0)
+        return -1;
+    const char *type = json_string_value(json_object_get(body, "type"));
+    if (!type || strcmp(type, "sandbox") != 0)
+        return api_fail(err, 400, "invalid", "type must be sandbox: a sandbox has sandbox evidence");
+    if (!json_is_string(json_object_get(body, "evidence")) || !json_is_string(json_object_get(body, "publicKey")))
+        return api_fail(err, 400, "invalid", "evidence and publicKey are required (base64)");
+    if (!bucket_take(&ag->forward, FORWARD_RATE, FORWARD_BURST))
+        return api_fail(err, 429, "too_many_requests", "key release is limited to %.0f calls per second",
+                        FORWARD_RATE);
+    char path[160], what[96];
+    snprintf(path, sizeof(path), "/v1/kms/keys/%s/release", key);
+    snprintf(what, sizeof(what), "release of %s", key);
+    char *text = json_dumps(body, JSON_COMPACT);
+    if (!text)
+        return api_fail(err, 500, "internal", "out of memory");
+    return forward(ag, req, path, text, what, err);
+}
+
+void runner_channel_serve(runner_agent *ag, h2o_req_t *req, runner_issue_fn issue, void *userdata)
+{
+    api_error err;
+    h2o_iovec_t path = req->path_normalized;
+    static const char release_prefix[] = "/v1/kms/keys/", release_suffix[] = "/release";
+    json_t *answer = NULL;
+    int r = 0;
+    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST")))
+        r = api_fail(&err, 405, "method_not_allowed", "the channel takes POST only");
+    else if (req->entity.len > RUNNER_CHANNEL_BODY_MAX)
+        r = api_fail(&err, 413, "too_large", "the request body is limited to %d bytes", RUNNER_CHANNEL_BODY_MAX);
+    else {
+        _cleanup_(json_decrefp) json_t *body = api_decode_body(req->entity.base, req->entity.len, &err);
+        char key[64];
+        size_t plen = STRLEN(release_prefix), slen = STRLEN(release_suffix);
+        if (!body)
+            r = -1;
+        else if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/evidence"))) {
+            answer = channel_evidence(ag, body, issue, userdata, &err);
+            r = answer ? 0 : -1;
+        } else if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/attest/challenge"))) {
+            if (json_object_size(body) != 0)
+                r = api_fail(&err, 400, "invalid", "a challenge takes an empty object");
+            else if (!bucket_take(&ag->forward, FORWARD_RATE, FORWARD_BURST))
+                r = api_fail(&err, 429, "too_many_requests", "challenges are limited to %.0f per second",
+                             FORWARD_RATE);
+            else {
+                char *text = strdup("{}");
+                r = text ? forward(ag, req, "/v1/attest/challenge", text, "challenge", &err)
+                         : api_fail(&err, 500, "internal", "out of memory");
+                if (r == 0)
+                    return; /* answered from the loop when the API has */
+            }
+        } else if (path.len > plen + slen && path.len - plen - slen < sizeof(key) &&
+                   memcmp(path.base, release_prefix, plen) == 0 &&
+                   memcmp(path.base + path.len - slen, release_suffix, slen) == 0) {
+            memcpy(key, path.base + plen, path.len - plen - slen);
+            key[path.len - plen - slen] = 0;
+            if (!resource_name_valid(key))
+                r = api_fail(&err, 404, "not_found", "no such key name");
+            else if ((r = channel_release(ag, req, key, body, &err)) == 0)
+                return;
+        } else
+            r = api_fail(&err, 404, "not_found",
+                         "a sandbox's channel serves POST /v1/evidence, /v1/attest/challenge and "
+                         "/v1/kms/keys/{key}/release only");
+    }
+    if (r == 0 && answer) {
+        api_send_json(req, 200, answer);
+        json_decref(answer);
+    } else
+        api_send_error(req, &err);
+}
+
+void runner_api_url(const char *api_listen, char *out, size_t size)
+{
+    const char *colon = strrchr(api_listen, ':');
+    if (!colon)
+        snprintf(out, size, "https://%s", api_listen);
+    else if (strncmp(api_listen, "0.0.0.0:", 8) == 0)
+        snprintf(out, size, "https://127.0.0.1%s", colon);
+    else if (strncmp(api_listen, "[::]:", 5) == 0)
+        snprintf(out, size, "https://[::1]%s", colon);
+    else
+        snprintf(out, size, "https://%s", api_listen);
+}

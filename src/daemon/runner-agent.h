@@ -1,0 +1,94 @@
+/* Agent-mode sandboxes of the runner role (docs/enclaves.md): the launch
+ * parameter, the per-sandbox directory <runner_dir>/<name>/ holding the
+ * channel socket the runner serves and the aTLS socket the agent serves,
+ * and the channel itself, where the runner answers exactly what an enclave
+ * may ask for:
+ *
+ *   POST /v1/evidence {"nonce"?, "user_data"?, "public_key"?}   (hex)
+ *        this sandbox's evidence, never another's: the sandbox is the one
+ *        whose socket the connection came through, and a "name" is refused
+ *   POST /v1/attest/challenge {}
+ *   POST /v1/kms/keys/{key}/release {"type": "sandbox", "evidence", "publicKey"}
+ *        forwarded to the api role as the runner's identity, for the Keys
+ *        named in the sandbox's launch request only
+ *
+ * and nothing else (404). Each sandbox has at most RUNNER_CHANNEL_CONNS_MAX
+ * connections open, and token buckets on evidence and forwarded calls. */
+#pragma once
+
+#include <h2o.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "api/http.h"
+#include "sandbox/launch.h"
+
+#define RUNNER_AGENT_SECRETS_MAX 16
+#define RUNNER_CHANNEL_CONNS_MAX 4
+#define RUNNER_CHANNEL_BODY_MAX (128 * 1024)
+
+typedef struct runner_agent runner_agent;
+
+/* Finds the agent executable: $CLOISTER_AGENT, else cloister-agent next to
+ * this executable, else ../agent/cloister-agent from it (the build tree).
+ * Writes its absolute path to OUT; -ENOENT when there is none. */
+int runner_agent_locate(char *out, size_t size);
+
+/* Prepares agent mode for sandbox NAME from PARAMS, the launch request's
+ * "agent" member ({"secrets"?: [{"key", "file"}], "refreshSeconds"?}),
+ * the bundle's enclave.yaml YAML (its "port" is where aTLS connections go;
+ * without one the agent serves no aTLS) and the workload's command ARGV
+ * (NULL-terminated, borrowed). AGENT_PATH is the executable to bind into
+ * the sandbox. Creates <RUNNER_DIR>/<NAME>/ (0700) with the listening
+ * channel.sock and atls.sock. Returns the new state, or NULL with ERR
+ * (400 for a bad parameter, 500 otherwise). */
+runner_agent *runner_agent_new(const char *runner_dir, const char *agent_path, const char *name, const json_t *params,
+                               const json_t *yaml, char *const *argv, api_error *err);
+
+/* Sets SPEC's argv (the agent, its options, "--", the workload's command),
+ * channel, agent executable and inherited aTLS socket. AG keeps them alive. */
+void runner_agent_fill_spec(runner_agent *ag, sandbox_spec *spec);
+
+/* SHA-384 of the agent executable bound into the sandbox (its PCR3). */
+const uint8_t *runner_agent_measurement(const runner_agent *ag);
+
+/* After the launch: serves the channel on CTX's loop (the runner's thread)
+ * with connections tagged TAG, and closes the runner's copy of the aTLS
+ * socket (the sandbox has it). Returns 0 or a negative errno. */
+int runner_agent_started(runner_agent *ag, h2o_context_t *ctx, uint64_t tag);
+
+/* Adds "agent": true, "atls": host path (when served) and "secrets" to a
+ * GET /v1/sandboxes ITEM. */
+void runner_agent_describe(const runner_agent *ag, json_t *item);
+
+/* Stops serving the channel, removes the sockets and the directory; accepts NULL. */
+void runner_agent_free(runner_agent *ag);
+
+/* Issues evidence for BODY, which names the sandbox; the runner's own
+ * POST /v1/evidence. Returns the answer or NULL with ERR. */
+typedef json_t *(*runner_issue_fn)(void *userdata, const json_t *body, api_error *err);
+
+/* Answers REQ, which came through AG's channel (httpd_conn_tag()); ISSUE
+ * makes evidence. Forwarded calls answer later, from the runner's loop. */
+void runner_channel_serve(runner_agent *ag, h2o_req_t *req, runner_issue_fn issue, void *userdata);
+
+/* The forwarder of key-release calls to the api role at API_URL (https,
+ * verified with CA_FILE), authenticated with the credential token in
+ * TOKEN_FILE: one worker thread, answers delivered on CTX's loop. A missing
+ * token is logged and makes every forward fail with 503. Returns 0 or a
+ * negative errno. */
+int runner_forward_start(h2o_context_t *ctx, const char *api_url, const char *ca_file, const char *token_file);
+/* True while forwarded calls are in flight (thread_busy). */
+bool runner_forward_busy(void);
+/* Waits for the worker, delivers what is left, releases everything. */
+void runner_forward_stop(void);
+
+static inline void runner_agent_freep(runner_agent **p)
+{
+    runner_agent_free(*p);
+}
+
+/* The API's https URL as seen from this machine, from its listen address
+ * (a wildcard address replaced by loopback). */
+void runner_api_url(const char *api_listen, char *out, size_t size);
