@@ -324,3 +324,25 @@ def test_a_restarted_daemon_launches_the_replicas_again(server, bundle):
     assert not {r["pid"] for r in after["replicas"]} & old
     assert after["restarts"] == 0  # a stop of the whole daemon is not a crash
     assert not enclave_events(server, "scorer", "enclave.replica.crashed")
+
+
+def test_replicas_run_under_the_agent_with_the_memory_limit_on_the_workload(server, bundle):
+    """Every replica is launched in agent mode (the agent measured in PCR3,
+    its aTLS socket listed) and the agent gives the workload the Enclave's
+    memory limit."""
+    (bundle / "app.py").write_text("print(open('/proc/self/limits').read(), flush=True)\n" + APP)
+    apply(server, enclave("limited", bundle, limits={"memoryMiB": 300}))
+    deadline = time.time() + 30
+    while time.time() < deadline and status(server, "limited").get("ready") != 1:
+        time.sleep(0.2)
+    assert status(server, "limited")["ready"] == 1
+    log = server.data_dir / "runner" / "limited-1.log"
+    deadline = time.time() + 15
+    while time.time() < deadline and "Max address space" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.2)
+    line = next(l for l in log.read_text().splitlines() if l.startswith("Max address space"))
+    assert line.split()[3] == str(300 << 20), line
+    sandboxes = call(server, "GET", "/v1/sandboxes")[1]["items"]
+    mine = next(s for s in sandboxes if s["name"] == "limited-1")
+    assert mine.get("agent") is True and mine.get("atls")
+    assert int(mine["pcrs"]["3"], 16) != 0  # the agent's measurement

@@ -23,6 +23,7 @@
 #include <openssl/x509.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,6 +96,7 @@ typedef struct agent {
     size_t n_secrets;
     int atls_fd; /* -1: no aTLS */
     uint16_t port;
+    unsigned long long memory_bytes; /* the workload's RLIMIT_AS; 0: none */
     unsigned refresh_s;
     char **command;
     EVP_PKEY *key;
@@ -105,13 +107,15 @@ typedef struct agent {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: cloister-agent [--channel PATH] [--secret KEY:FILE]... [--secrets-dir DIR]\n"
-               "                      [--atls-fd N --port PORT] [--refresh SECONDS] -- COMMAND [ARG]...\n"
+               "                      [--atls-fd N --port PORT] [--refresh SECONDS] [--memory-bytes N]\n"
+               "                      -- COMMAND [ARG]...\n"
                "\n"
                "  --channel PATH     the runner's channel socket (default " CHANNEL_DEFAULT_PATH ")\n"
                "  --secret KEY:FILE  release Key KEY by attestation into SECRETS-DIR/FILE (0400); at most 16\n"
                "  --secrets-dir DIR  where released keys go (default /run/secrets)\n"
                "  --atls-fd N        serve attested TLS on this inherited listening socket\n"
                "  --port PORT        the workload's TCP port on 127.0.0.1, where aTLS connections go\n"
+               "  --memory-bytes N   the workload's address-space limit (RLIMIT_AS)\n"
                "  --refresh SECONDS  renew the certificate's evidence this often (default 60; 5-3600)\n");
 }
 
@@ -131,7 +135,7 @@ static int parse_uint(const char *s, unsigned long min, unsigned long max, unsig
 /* Parses the command line into A; returns 0 or the exit status to use. */
 static int parse_args(int argc, char **argv, agent *a)
 {
-    enum { OPT_CHANNEL = 256, OPT_SECRET, OPT_SECRETS_DIR, OPT_ATLS_FD, OPT_PORT, OPT_REFRESH };
+    enum { OPT_CHANNEL = 256, OPT_SECRET, OPT_SECRETS_DIR, OPT_ATLS_FD, OPT_PORT, OPT_REFRESH, OPT_MEMORY };
     static const struct option opts[] = {
         {"channel", required_argument, NULL, OPT_CHANNEL},
         {"secret", required_argument, NULL, OPT_SECRET},
@@ -139,6 +143,7 @@ static int parse_args(int argc, char **argv, agent *a)
         {"atls-fd", required_argument, NULL, OPT_ATLS_FD},
         {"port", required_argument, NULL, OPT_PORT},
         {"refresh", required_argument, NULL, OPT_REFRESH},
+        {"memory-bytes", required_argument, NULL, OPT_MEMORY},
         {"help", no_argument, NULL, 'h'},
         {},
     };
@@ -189,6 +194,18 @@ static int parse_args(int argc, char **argv, agent *a)
             }
             a->atls_fd = (int)v;
             break;
+        case OPT_MEMORY: {
+            char *end;
+            errno = 0;
+            unsigned long long m = strtoull(optarg, &end, 10);
+            if (errno || *end || !*optarg || optarg[0] == '-' || m < (1ull << 20)) {
+                fprintf(stderr, "cloister-agent: --memory-bytes takes the workload's address-space limit in bytes "
+                                "(at least 1 MiB)\n");
+                return 2;
+            }
+            a->memory_bytes = m;
+            break;
+        }
         case OPT_PORT:
             if (parse_uint(optarg, 1, 65535, &v) < 0) {
                 fprintf(stderr, "cloister-agent: --port takes a TCP port (1-65535)\n");
@@ -442,6 +459,13 @@ static pid_t start_workload(const agent *a, const sigset_t *blocked)
         return pid < 0 ? negative_errno() : pid;
     sigprocmask(SIG_UNBLOCK, blocked, NULL);
     signal(SIGPIPE, SIG_DFL);
+    if (a->memory_bytes) {
+        struct rlimit rl = {a->memory_bytes, a->memory_bytes};
+        if (setrlimit(RLIMIT_AS, &rl) < 0) {
+            log_fields(LOG_LEVEL_ERROR, "cannot limit the workload's memory", "error", strerror(errno), NULL);
+            _exit(127);
+        }
+    }
     extern char **environ;
     execve(a->command[0], a->command, environ);
     log_fields(LOG_LEVEL_ERROR, "cannot start the workload", "command", a->command[0], "error", strerror(errno), NULL);

@@ -662,7 +662,11 @@ static void launch_replica(controller *c, enclave *e, size_t i, uint64_t now)
     const json_t *limits = json_object_get(spec, "limits");
     char owner[OWNER_MAX];
     snprintf(owner, sizeof(owner), "%s%s", e->owner, e->spec_tag);
-    json_auto_t *body = json_pack("{s:s, s:s, s:s}", "name", rname, "bundle", bundle ? bundle : "", "owner", owner);
+    /* every replica runs under the agent: evidence, its secrets by key
+     * release, the workload, attested TLS (docs/enclaves.md) */
+    json_t *secrets = json_object_get(spec, "secrets");
+    json_auto_t *body = json_pack("{s:s, s:s, s:s, s:{s:o}}", "name", rname, "bundle", bundle ? bundle : "", "owner",
+                                  owner, "agent", "secrets", secrets ? json_incref(secrets) : json_array());
     json_auto_t *answer = NULL;
     int status = !body ? -ENOMEM
                  : limits && json_object_set(body, "limits", (json_t *)limits) < 0

@@ -272,7 +272,8 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
     _cleanup_(runner_agent_freep) runner_agent *agent = NULL;
     if (json_object_get(body, "agent")) {
         agent = runner_agent_new(rn->cfg->runner_dir, rn->agent_path[0] ? rn->agent_path : NULL, name,
-                                 json_object_get(body, "agent"), yaml, argv, err);
+                                 json_object_get(body, "agent"), yaml, argv,
+                                 (uint64_t)json_integer_value(json_object_get(limits, "memoryMiB")) << 20, err);
         if (!agent)
             return NULL;
         memcpy(sb.pcrs[3], runner_agent_measurement(agent), ATTEST_SANDBOX_PCR_LEN);

@@ -176,10 +176,16 @@ static int add_arg(runner_agent *ag, const char *s)
 }
 
 /* Builds the sandbox's argv: the agent, its options, "--", ARGV. */
-static int build_args(runner_agent *ag, uint16_t port, char *const *argv)
+static int build_args(runner_agent *ag, uint16_t port, uint64_t memory_bytes, char *const *argv)
 {
     char buf[256];
     int r = add_arg(ag, SANDBOX_AGENT_PATH);
+    if (r == 0 && memory_bytes) {
+        snprintf(buf, sizeof(buf), "%llu", (unsigned long long)memory_bytes);
+        r = add_arg(ag, "--memory-bytes");
+        if (r == 0)
+            r = add_arg(ag, buf);
+    }
     for (size_t i = 0; r == 0 && i < ag->n_secrets; i++) {
         snprintf(buf, sizeof(buf), "%s:%s", ag->secrets[i].key, ag->secrets[i].file);
         r = add_arg(ag, "--secret");
@@ -205,7 +211,7 @@ static int build_args(runner_agent *ag, uint16_t port, char *const *argv)
 }
 
 runner_agent *runner_agent_new(const char *runner_dir, const char *agent_path, const char *name, const json_t *params,
-                               const json_t *yaml, char *const *argv, api_error *err)
+                               const json_t *yaml, char *const *argv, uint64_t memory_bytes, api_error *err)
 {
     const json_t *port = json_object_get(yaml, "port");
     if (port && (!json_is_integer(port) || json_integer_value(port) < 1 || json_integer_value(port) > 65535)) {
@@ -249,7 +255,7 @@ runner_agent *runner_agent_new(const char *runner_dir, const char *agent_path, c
         r = ag->channel_fd;
     if (r == 0 && ag->atls && (ag->atls_fd = listen_in(dirfd, "atls.sock", (uid_t)-1)) < 0)
         r = ag->atls_fd;
-    if (r == 0 && build_args(ag, port ? (uint16_t)json_integer_value(port) : 0, argv) < 0)
+    if (r == 0 && build_args(ag, port ? (uint16_t)json_integer_value(port) : 0, memory_bytes, argv) < 0)
         r = -ENOMEM;
     if (r < 0) {
         api_fail(err, 500, "internal", "cannot prepare the sandbox's sockets in %s: %s", ag->dir, strerror(-r));

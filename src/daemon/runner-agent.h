@@ -43,8 +43,11 @@ int runner_agent_locate(char *out, size_t size);
  * the sandbox. Creates <RUNNER_DIR>/<NAME>/ (0700) with the listening
  * channel.sock and atls.sock. Returns the new state, or NULL with ERR
  * (400 for a bad parameter, 500 otherwise). */
+/* MEMORY_BYTES (0: none) is the workload's address-space limit, which the
+ * agent applies to it. */
 runner_agent *runner_agent_new(const char *runner_dir, const char *agent_path, const char *name, const json_t *params,
-                               const json_t *yaml, char *const *argv, api_error *err);
+                               const json_t *yaml, char *const *argv, uint64_t memory_bytes,
+                               api_error *err);
 
 /* Sets SPEC's argv (the agent, its options, "--", the workload's command),
  * channel, agent executable and inherited aTLS socket. AG keeps them alive. */

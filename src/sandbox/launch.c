@@ -324,7 +324,9 @@ static int child_main(void *arg)
         die(l, "no_new_privs");
     load_seccomp(l);
     /* last: nothing after it may need more address space */
-    if (s->memory_bytes)
+    /* under an agent, the agent gives the workload this limit: the agent
+     * (an ASan build of it, at least) cannot run under it */
+    if (s->memory_bytes && !s->agent)
         set_limit(l, RLIMIT_AS, s->memory_bytes, "memory");
     execve(s->argv[0], s->argv, s->envp);
     die(l, "exec %s", s->argv[0]);

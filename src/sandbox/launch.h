@@ -26,7 +26,7 @@ typedef struct sandbox_spec {
     const char *agent;    /* host path of an executable bound read-only at SANDBOX_AGENT_PATH, or NULL */
     int inherit_fd;       /* when >= 3: handed to the workload as SANDBOX_INHERIT_FD (e.g. a listening
                            * socket); otherwise nothing but stdio crosses into the sandbox */
-    uint64_t memory_bytes; /* address-space limit; 0: none */
+    uint64_t memory_bytes; /* address-space limit; 0: none (with AGENT: the agent applies it to the workload) */
     uint64_t max_pids;     /* processes of the sandbox's user; 0: none */
     uint64_t max_files;    /* open files; 0: 1024 */
     int stdout_fd, stderr_fd; /* the workload's output; -1: /dev/null */
