@@ -15,7 +15,7 @@ import requests
 from conftest import Server, free_port, manifest
 
 STREAM = "/v1/proxy/config"
-CONFIG_KINDS = ["Service", "Policy", "User", "Group", "Credential", "Session"]
+CONFIG_KINDS = ["Service", "Policy", "User", "Group", "Credential", "Session", "Enclave", "AttestationPolicy"]
 
 
 class SSE:

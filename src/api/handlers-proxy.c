@@ -56,7 +56,9 @@
 
 /* What the proxy gets, in this order in the snapshot; then Secret, whose
  * changes only decide when the secrets map is built again. */
-static const char *const config_kinds[] = {"Service", "Policy", "User", "Group", "Credential", "Session", "Secret"};
+/* what the proxy receives (Secret last: watched, never sent) */
+static const char *const config_kinds[] = {"Service",    "Policy",  "User",    "Group",   "Credential",
+                                           "Session",    "Enclave", "AttestationPolicy", "Secret"};
 #define N_CONFIG_KINDS (ELEMENTSOF(config_kinds) - 1)
 #define N_WATCHED_KINDS ELEMENTSOF(config_kinds)
 
@@ -248,7 +250,8 @@ static int queue_snapshot(proxy_stream *p, api_error *err)
     json_array_foreach(items, i, doc)
     {
         json_t *list = json_object_get(objects, kind_of(doc));
-        json_object_del(doc, "status"); /* digests of tokens stay here */
+        if (strcmp(kind_of(doc), "Enclave") != 0) /* its status lists the replicas the proxy reaches */
+            json_object_del(doc, "status");      /* digests of tokens stay here */
         if (list && json_array_append(list, doc) < 0) {
             json_decref(objects);
             objects = NULL;
@@ -335,7 +338,8 @@ static int queue_changes(proxy_stream *p, bool *ret_snapshot, bool *ret_services
             }
             if (strcmp(kind, "Service") == 0)
                 *ret_services = true;
-            json_object_del(obj, "status");
+            if (strcmp(kind, "Enclave") != 0)
+                json_object_del(obj, "status");
             if ((e = api_sse_queue_event(&p->super, "change", -1, ev)) < 0) {
                 json_decref(events);
                 return fail_queue(err, e);

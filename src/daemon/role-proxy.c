@@ -14,6 +14,7 @@
 #include "daemon/daemon.h"
 #include "httpd/httpd.h"
 #include "pki/pki.h"
+#include "proxy/bridge.h"
 #include "proxy/certs.h"
 #include "proxy/config.h"
 #include "proxy/follow.h"
@@ -77,6 +78,9 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         return 1;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    /* enclaves are reached only once their attestation verifies; without
+     * the platform CA they are not reached at all */
+    proxy_bridges_init(cfg->platform_ca_cert, cfg->runner_dir);
     api_url_of(cfg, api_url, sizeof(api_url));
     snprintf(login_url, sizeof(login_url), "%s/v1/auth/login", api_url);
     snprintf(issuer, sizeof(issuer), "https://proxy.%s", cfg->domain);
@@ -126,6 +130,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
     };
     r = httpd_run(&hc);
     proxy_follow_stop(follower);
+    proxy_bridges_shutdown();
     audit_event_stop(2000);
     proxy_config_shutdown();
     proxy_certs_free(certs);

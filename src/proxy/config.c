@@ -13,6 +13,7 @@
 #include "basic/encoding.h"
 #include "basic/log.h"
 #include "basic/macro.h"
+#include "proxy/bridge.h"
 
 #define POOL_CAPACITY 1024 /* connections to one upstream */
 #define MAX_POOLS 4096
@@ -26,7 +27,9 @@ int proxy_state_init(proxy_state *st)
     st->sessions = json_object();
     st->jwks = json_pack("{s:[]}", "keys");
     st->secrets = json_object();
-    if (!st->docs || !st->sessions || !st->jwks || !st->secrets) {
+    st->enclaves = json_object();
+    st->attestation_policies = json_object();
+    if (!st->docs || !st->sessions || !st->jwks || !st->secrets || !st->enclaves || !st->attestation_policies) {
         proxy_state_done(st);
         return -ENOMEM;
     }
@@ -40,6 +43,8 @@ void proxy_state_done(proxy_state *st)
     json_decref(st->sessions);
     json_decref(st->jwks);
     json_decref(st->secrets);
+    json_decref(st->enclaves);
+    json_decref(st->attestation_policies);
     OPENSSL_cleanse(st->handoff_key, sizeof(st->handoff_key));
     *st = (proxy_state){.revision = -1};
 }
@@ -197,6 +202,38 @@ static int service_inject(proxy_service *s, const json_t *inject, const json_t *
     return 0;
 }
 
+/* Finds the running replicas of ENCLAVE for S: a bridge to each, verified
+ * against the Enclave's AttestationPolicy; S->unreachable says why there
+ * is none. */
+static void enclave_replicas(proxy_service *s, const char *enclave, const proxy_state *st)
+{
+    const json_t *doc = json_object_get(st->enclaves, enclave);
+    const char *policy_name = json_string_value(json_object_get(json_object_get(doc, "spec"), "attestationPolicy"));
+    const json_t *policy = policy_name ? json_object_get(st->attestation_policies, policy_name) : NULL;
+    if (!doc) {
+        s->unreachable = "its Enclave does not exist";
+        return;
+    }
+    if (!policy) {
+        s->unreachable = "its Enclave names no AttestationPolicy that exists: the proxy reaches only verified enclaves";
+        return;
+    }
+    size_t i;
+    json_t *r;
+    json_array_foreach(json_object_get(json_object_get(doc, "status"), "replicas"), i, r)
+    {
+        const char *state = json_string_value(json_object_get(r, "state"));
+        const char *name = json_string_value(json_object_get(r, "name"));
+        if (!name || !state || strcmp(state, "running") != 0 || s->n_replicas == PROXY_ENCLAVE_REPLICAS_MAX)
+            continue;
+        h2o_socketpool_t *pool = proxy_bridge_pool(name, policy, enclave);
+        if (pool)
+            s->replicas[s->n_replicas++] = pool;
+    }
+    if (!s->n_replicas)
+        s->unreachable = "its Enclave has no running replica";
+}
+
 /* Fills S from the Service document DOC. Returns 0, 1 when the Service
  * cannot be served (logged), or -ENOMEM. */
 static int service_init(proxy_service *s, json_t *doc, const proxy_state *st)
@@ -218,7 +255,16 @@ static int service_init(proxy_service *s, json_t *doc, const proxy_state *st)
         s->max_header_bytes = (uint64_t)json_integer_value(v);
     const char *url = json_string_value(json_object_get(upstream, "url"));
     if (!url) {
-        s->is_enclave = json_object_get(upstream, "enclave") != NULL;
+        const char *enclave = json_string_value(json_object_get(upstream, "enclave"));
+        s->is_enclave = enclave != NULL;
+        /* the workload sees Host: <enclave>.enclave; the pools go to the bridges */
+        if (!enclave || asprintf(&s->upstream_text, "http://%s.enclave/", enclave) < 0) {
+            s->upstream_text = NULL;
+            return enclave ? -ENOMEM : 1;
+        }
+        if (h2o_url_parse(s->upstream_text, SIZE_MAX, &s->upstream) != 0)
+            return 1;
+        enclave_replicas(s, enclave, st);
     } else {
         if (!(s->upstream_text = strdup(url)))
             return -ENOMEM;

@@ -21,6 +21,7 @@
 #include "policy/policy.h"
 
 #define PROXY_MAX_SERVICES 4096
+#define PROXY_ENCLAVE_REPLICAS_MAX 16
 #define PROXY_DEFAULT_MAX_BODY (16u * 1024 * 1024)   /* bytes of a request body */
 #define PROXY_DEFAULT_MAX_HEADER_BYTES (64u * 1024)  /* bytes of request header names and values */
 
@@ -30,6 +31,8 @@ typedef struct proxy_state {
     json_t *sessions;  /* name -> Session document */
     json_t *jwks;      /* {"keys": [...]} verifying access tokens */
     json_t *secrets;   /* "<secret>/<key>" -> value, those Services inject */
+    json_t *enclaves;  /* name -> Enclave document (with its status: the replicas) */
+    json_t *attestation_policies; /* name -> AttestationPolicy document */
     char issuer[256], audience[64];
     uint8_t handoff_key[32]; /* decrypts browser login handoffs (AES-256-GCM) */
     bool has_handoff_key;
@@ -53,7 +56,10 @@ typedef struct proxy_service {
     char *upstream_text; /* the upstream URL; UPSTREAM's strings point into it */
     h2o_url_t upstream;
     h2o_socketpool_t *pool; /* the upstream's keep-alive pool (process lifetime) */
-    bool is_enclave;        /* upstream {enclave}: not reachable by this proxy yet */
+    bool is_enclave;        /* upstream {enclave}: REPLICAS are bridges to its running replicas */
+    h2o_socketpool_t *replicas[PROXY_ENCLAVE_REPLICAS_MAX];
+    size_t n_replicas;
+    const char *unreachable; /* why an enclave upstream has no replica to go to (static text), or NULL */
     bool pass_authorization, fail_closed;
     uint64_t max_body, max_header_bytes;
     proxy_inject inject;

@@ -80,6 +80,20 @@ static int apply_snapshot(proxy_follower *f, json_t *data)
     }
     json_decref(st->sessions);
     st->sessions = sessions;
+    static const char *const by_name[] = {"Enclave", "AttestationPolicy"};
+    json_t **maps[] = {&st->enclaves, &st->attestation_policies};
+    for (size_t k = 0; k < ELEMENTSOF(by_name); k++) {
+        json_t *map = json_object();
+        if (!map)
+            return -ENOMEM;
+        json_array_foreach(json_object_get(objects, by_name[k]), i, doc)
+        {
+            if (doc_name(doc))
+                json_object_set(map, doc_name(doc), doc);
+        }
+        json_decref(*maps[k]);
+        *maps[k] = map;
+    }
     if (json_is_object(json_object_get(data, "jwks")))
         replace(&st->jwks, json_object_get(data, "jwks"));
     if (json_is_object(json_object_get(data, "secrets")))
@@ -104,11 +118,15 @@ static int apply_change(proxy_follower *f, json_t *data)
         return -EBADMSG;
     bool deleted = strcmp(type, "DELETED") == 0;
     int e = 0;
-    if (strcmp(kind, "Session") == 0) {
+    json_t *map = strcmp(kind, "Session") == 0             ? st->sessions
+                  : strcmp(kind, "Enclave") == 0           ? st->enclaves
+                  : strcmp(kind, "AttestationPolicy") == 0 ? st->attestation_policies
+                                                           : NULL;
+    if (map) {
         if (deleted)
-            json_object_del(st->sessions, name);
+            json_object_del(map, name);
         else
-            e = json_object_set(st->sessions, name, doc) < 0 ? -ENOMEM : 0;
+            e = json_object_set(map, name, doc) < 0 ? -ENOMEM : 0;
     } else if (policy_docs_tracks(kind)) {
         e = policy_docs_apply(st->docs, kind, deleted, doc);
         st->policies_changed = true;

@@ -74,6 +74,7 @@ struct proxy_thread {
     assertion_slot assertions[ASSERTION_SLOTS];
     uint8_t id_prefix[8];
     uint64_t id_seq;
+    unsigned next_replica; /* round robin over an enclave's replicas */
     /* the access log: records of this thread's requests, sent as one audit
      * entry per batch (by size or after ACCESS_FLUSH_MS) */
     strbuf access;
@@ -716,13 +717,15 @@ static int rewrite_headers(proxy_thread *t, h2o_req_t *req, const proxy_config *
     return 0;
 }
 
-/* Sends REQ to SVC's upstream with the decided TARGET. */
+/* Sends REQ to SVC's upstream with the decided TARGET: its URL's pool, or
+ * for an enclave the bridge of one of its running replicas in turn. */
 static void forward(proxy_thread *t, h2o_req_t *req, const proxy_service *svc, const char *target, size_t len)
 {
-    if (!svc->pool->_interval_cb.loop)
-        proxy_pool_attach(svc->pool, t->ctx->loop);
+    h2o_socketpool_t *pool = svc->is_enclave ? svc->replicas[t->next_replica++ % svc->n_replicas] : svc->pool;
+    if (!pool->_interval_cb.loop)
+        proxy_pool_attach(pool, t->ctx->loop);
     h2o_req_overrides_t *ov = h2o_mem_alloc_pool(&req->pool, sizeof(*ov));
-    *ov = (h2o_req_overrides_t){.client_ctx = &t->client_ctx, .socketpool = svc->pool};
+    *ov = (h2o_req_overrides_t){.client_ctx = &t->client_ctx, .socketpool = pool};
     ov->location_rewrite.match = (h2o_url_t *)&svc->upstream;
     ov->location_rewrite.path_prefix = h2o_iovec_init(H2O_STRLIT("/"));
     /* an upstream URL with a path prefixes the decided path */
@@ -1086,7 +1089,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return respond_error(req, rec, 503, "unavailable",
                              "service %s requires its access to be audited and the audit log is unavailable", svc->name);
     }
-    if (!svc->pool)
+    if (svc->is_enclave && !svc->n_replicas)
+        return respond_error(req, rec, 503, "unavailable", "service %s cannot be reached: %s", svc->name,
+                             svc->unreachable ? svc->unreachable : "no replica");
+    if (!svc->is_enclave && !svc->pool)
         return respond_error(req, rec, 502, "bad_gateway", "service %s has no upstream this proxy can reach", svc->name);
     if (svc->inject && svc->inject_missing)
         return respond_error(req, rec, 502, "bad_gateway", "the secret service %s injects is not available", svc->name);

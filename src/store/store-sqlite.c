@@ -154,7 +154,7 @@ static int reader_new(sqlite_store *s, reader **ret)
         e = prepare(r->db, "SELECT doc FROM resources WHERE kind = ?1 ORDER BY name", &r->list);
     if (e == 0) /* the parameters are STORE_KINDS_MAX kinds, NULL when unused (matches nothing) */
         e = prepare(r->db,
-                    "SELECT doc FROM resources WHERE kind IN (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
+                    "SELECT doc FROM resources WHERE kind IN (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) "
                     "ORDER BY kind, name",
                     &r->list_kinds);
     if (e == 0)
@@ -166,7 +166,7 @@ static int reader_new(sqlite_store *s, reader **ret)
                     &r->changes_kind);
     if (e == 0)
         e = prepare(r->db,
-                    "SELECT rv, type, doc FROM changes WHERE kind IN (?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+                    "SELECT rv, type, doc FROM changes WHERE kind IN (?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) "
                     "AND rv > ?1 ORDER BY rv LIMIT ?2",
                     &r->changes_kinds);
     if (e == 0)

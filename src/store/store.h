@@ -85,7 +85,7 @@ int store_get_by_lookup(store *s, const char *kind, const char *key, json_t **re
 int store_list(store *s, const char *kind, json_t **ret_items, int64_t *ret_revision);
 
 /* The most kinds one call of the *_kinds functions below takes. */
-#define STORE_KINDS_MAX 8
+#define STORE_KINDS_MAX 12
 
 /* store_list() of several kinds read in one snapshot: every document of the
  * N_KINDS KINDS (1 to STORE_KINDS_MAX) in one new array, sorted by kind and
