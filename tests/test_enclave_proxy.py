@@ -93,3 +93,76 @@ def test_requests_reach_an_attested_enclave_and_a_changed_bundle_is_refused(stac
     assert s.request("POST", "/v1/apply", json={"items": docs}).status_code == 200
     r = wait_for(lambda: get(port, f"unverified.{DOMAIN}", tok), 503, timeout=20)
     assert "AttestationPolicy" in r.json()["error"]["message"]
+
+
+SLOW_APP = r'''
+import http.server, time
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/slow":
+            time.sleep(1)
+        body = b"ok"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", 8080), Handler).serve_forever()
+'''
+
+
+def test_replicas_scale_up_under_load_and_back_down_when_it_stops(stack, tmp_path):
+    import threading
+    s, port = stack
+    bundle = make_bundle(tmp_path / "slow", app=SLOW_APP)
+    docs = [
+        manifest("AttestationPolicy", "slow", {"types": ["sandbox"], "allowSandbox": True, "maxAgeSeconds": 300,
+                                               "referenceValues": {"pcr0": [measure(bundle)]}}),
+        manifest("Enclave", "slow", {"bundle": str(bundle), "attestationPolicy": "slow",
+                                     "replicas": {"min": 1, "max": 2}}),
+        manifest("Service", "slow", {"upstream": {"enclave": "slow"}, "policies": ["analysts"]}),
+        manifest("Policy", "analysts", {"rules": [{"effect": "allow", "condition": {"match": 'ctx.user.name == "ana"'}}]}),
+        manifest("User", "ana", {"type": "human"}),
+        manifest("Credential", "ana-cli", {"user": "ana", "type": "authToken"}),
+    ]
+    assert s.request("POST", "/v1/apply", json={"items": docs}).status_code == 200
+    tok = login(s, "ana")
+    wait_for(lambda: get(port, f"slow.{DOMAIN}", tok), 200)
+
+    def status():
+        return s.request("GET", "/v1/enclaves/slow").json().get("status", {})
+
+    assert status()["desired"] == 1
+    stop = threading.Event()
+    codes = []
+
+    def client():
+        with requests.Session() as http:
+            while not stop.is_set():
+                codes.append(http.get(f"http://127.0.0.1:{port}/slow", timeout=30,
+                                      headers={"Host": f"slow.{DOMAIN}", "Authorization": f"Bearer {tok}"}).status_code)
+
+    workers = [threading.Thread(target=client) for _ in range(12)]  # 12 in flight > 4 per replica
+    for w in workers:
+        w.start()
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and not (status()["desired"] == 2 and status()["ready"] == 2):
+            time.sleep(0.5)
+        assert status()["desired"] == 2 and status()["ready"] == 2, status()
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=60)
+    assert codes and set(codes) == {200}, set(codes)
+    # idle: back to min after the idle period
+    deadline = time.time() + 40
+    while time.time() < deadline and status()["desired"] != 1:
+        time.sleep(0.5)
+    assert status()["desired"] == 1, status()
+    scaled = [e for e in all_entries(s) if e["action"] == "enclave.scaled"]
+    assert [(e["details"]["from"], e["details"]["to"]) for e in scaled] == [(1, 2), (2, 1)]
+    assert scaled[0]["details"]["inFlight"] > 4
+    text = requests.get(s.url + "/metrics", verify=s.ca, timeout=10).text
+    assert 'cloister_proxy_enclave_in_flight{enclave="slow"} 0' in text

@@ -31,6 +31,7 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "proxy/metrics.h"
 #include "resource/resource.h"
 
 #define OWNER_PREFIX "enclave/"
@@ -84,6 +85,7 @@ typedef struct enclave {
     uint64_t generation;   /* bumped when launch_spec changes */
     unsigned min, max, desired;
     unsigned requested;    /* controller_set_desired(), 0 when none; under the lock */
+    uint64_t busy_since, idle_since; /* time_mono_ns() of the load's state, 0 when not in it */
     unsigned restarts;
     char pcr0[PCR_HEX_LEN + 1];
     char last_event[EVENT_MAX];
@@ -97,6 +99,7 @@ struct controller {
     char *runner_socket;
     unsigned interval_ms;
     const _Atomic bool *runner_ready;
+    const proxy_metrics *load;
     uint64_t runner_waiting_since; /* time_mono_ns() since the runner is not ready, 0 while it is */
     pthread_t thread;
     pthread_mutex_t lock;
@@ -710,6 +713,51 @@ static void launch_replica(controller *c, enclave *e, size_t i, uint64_t now)
     r->failing = true;
 }
 
+/* Scales E on the proxy's requests in flight to it: one replica more after
+ * CONTROLLER_SCALE_UP_AFTER_MS above CONTROLLER_SCALE_UP_IN_FLIGHT per
+ * ready replica, one fewer after CONTROLLER_SCALE_DOWN_AFTER_MS with
+ * nothing in flight; within [min, max], each step audited. */
+static void autoscale(controller *c, enclave *e, uint64_t now)
+{
+    if (!c->load)
+        return;
+    int64_t in_flight = proxy_metrics_enclave_in_flight(c->load, e->name);
+    unsigned ready = 0;
+    for (size_t i = 0; i < e->desired; i++)
+        ready += e->replicas[i].state == REPLICA_RUNNING;
+    unsigned from = e->desired, to = from;
+    if (ready && in_flight > (int64_t)ready * CONTROLLER_SCALE_UP_IN_FLIGHT && e->desired < e->max) {
+        if (!e->busy_since)
+            e->busy_since = now;
+        if (now - e->busy_since >= CONTROLLER_SCALE_UP_AFTER_MS * NSEC_PER_MSEC) {
+            to = from + 1;
+            e->busy_since = 0;
+        }
+    } else {
+        e->busy_since = 0;
+    }
+    if (in_flight == 0 && e->desired > e->min) {
+        if (!e->idle_since)
+            e->idle_since = now;
+        if (now - e->idle_since >= CONTROLLER_SCALE_DOWN_AFTER_MS * NSEC_PER_MSEC) {
+            to = from - 1;
+            e->idle_since = now; /* another full idle period before the next step */
+        }
+    } else {
+        e->idle_since = 0;
+    }
+    if (to == from)
+        return;
+    e->desired = to;
+    set_event(e, "scaled %s from %u to %u replicas (%lld requests in flight)", to > from ? "up" : "down", from, to,
+              (long long)in_flight);
+    log_fields(LOG_LEVEL_INFO, "enclave scaled", "enclave", e->name, "event", e->last_event, NULL);
+    json_t *details = json_pack("{s:i, s:i, s:I}", "from", (int)from, "to", (int)to, "inFlight", (json_int_t)in_flight);
+    audit_event_emit(&(audit_event){.action = "enclave.scaled", .user = "system:controller", .kind = "Enclave",
+                                    .name = e->name, .outcome = "success", .details = details});
+    json_decref(details);
+}
+
 /* Brings E's replicas in line with desired and with what the runner lists
  * in V: observe (adopt, notice exits), then act (stop above desired, launch
  * or restart what is due), then replace one replica of an older spec if
@@ -955,6 +1003,7 @@ static uint64_t pass(controller *c)
     for (size_t i = 0; i < c->n_enclaves; i++) {
         enclave *e = c->enclaves[i];
         now = time_mono_ns();
+        autoscale(c, e, now);
         reconcile(c, e, &v, now);
         status_write(c, e);
         for (size_t k = 0; k < e->desired; k++)
@@ -993,6 +1042,7 @@ int controller_start(const controller_config *cfg, controller **ret)
     c->store = cfg->store;
     c->interval_ms = cfg->interval_ms ? cfg->interval_ms : CONTROLLER_INTERVAL_MS;
     c->runner_ready = cfg->runner_ready;
+    c->load = cfg->load;
     c->runner_socket = strdup(cfg->runner_socket);
     int r = c->runner_socket ? audit_client_new(c->runner_socket, &c->runner) : -ENOMEM;
     if (r < 0) {

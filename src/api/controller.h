@@ -37,6 +37,10 @@
 #define CONTROLLER_BACKOFF_MIN_MS 250   /* the first restart delay */
 #define CONTROLLER_BACKOFF_MAX_MS 30000
 #define CONTROLLER_BACKOFF_RESET_MS 60000 /* a replica that ran this long restarts after the minimum again */
+/* autoscaling on the proxy's requests in flight to an Enclave */
+#define CONTROLLER_SCALE_UP_IN_FLIGHT 4     /* per ready replica: above it is busy */
+#define CONTROLLER_SCALE_UP_AFTER_MS 3000   /* busy this long: one replica more (up to max) */
+#define CONTROLLER_SCALE_DOWN_AFTER_MS 15000 /* idle (nothing in flight) this long: one fewer (down to min) */
 
 typedef struct controller controller;
 
@@ -48,6 +52,9 @@ typedef struct controller_config {
      * while it is false (the runner starts, restarts or stops) nothing is
      * reconciled, so its empty list is not taken for crashes */
     const _Atomic bool *runner_ready;
+    /* the proxy's metrics (shared memory), whose Enclave load scales the
+     * replicas between min and max; NULL: no autoscaling */
+    const struct proxy_metrics *load;
 } controller_config;
 
 /* Starts the controller thread. Returns 0 with *RET (freed by

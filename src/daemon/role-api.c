@@ -138,7 +138,8 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
         if (strcmp(all[i].name, "runner") == 0)
             runner_ready = &all[i].ready;
     r = controller_start(
-        &(controller_config){.store = s, .runner_socket = cfg->runner_socket, .runner_ready = runner_ready}, &ctl);
+        &(controller_config){.store = s, .runner_socket = cfg->runner_socket, .runner_ready = runner_ready,
+                             .load = cfg->proxy_metrics}, &ctl);
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start the Enclave controller", "error", strerror(-r), NULL);
     else

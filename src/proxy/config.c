@@ -257,6 +257,7 @@ static int service_init(proxy_service *s, json_t *doc, const proxy_state *st)
     if (!url) {
         const char *enclave = json_string_value(json_object_get(upstream, "enclave"));
         s->is_enclave = enclave != NULL;
+        s->enclave = enclave;
         /* the workload sees Host: <enclave>.enclave; the pools go to the bridges */
         if (!enclave || asprintf(&s->upstream_text, "http://%s.enclave/", enclave) < 0) {
             s->upstream_text = NULL;

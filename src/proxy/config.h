@@ -57,6 +57,7 @@ typedef struct proxy_service {
     h2o_url_t upstream;
     h2o_socketpool_t *pool; /* the upstream's keep-alive pool (process lifetime) */
     bool is_enclave;        /* upstream {enclave}: REPLICAS are bridges to its running replicas */
+    const char *enclave;    /* its name (borrowed from DOC) */
     h2o_socketpool_t *replicas[PROXY_ENCLAVE_REPLICAS_MAX];
     size_t n_replicas;
     const char *unreachable; /* why an enclave upstream has no replica to go to (static text), or NULL */

@@ -51,6 +51,47 @@ static proxy_service_metrics *slot_of(proxy_metrics *m, const char *service)
     return other;
 }
 
+_Atomic int64_t *proxy_metrics_enclave(proxy_metrics *m, const char *name)
+{
+    if (!m || !name || strlen(name) >= PROXY_METRICS_NAME_MAX)
+        return NULL;
+    uint64_t h = name_hash(name);
+    for (size_t probe = 0; probe < PROXY_METRICS_ENCLAVES; probe++) {
+        proxy_enclave_load *e = &m->enclaves[(h + probe) % PROXY_METRICS_ENCLAVES];
+        int state = atomic_load(&e->state);
+        if (state == 0) {
+            int expected = 0;
+            if (atomic_compare_exchange_strong(&e->state, &expected, 1)) {
+                strcpy(e->name, name);
+                atomic_store(&e->state, 2);
+                return &e->in_flight;
+            }
+            state = atomic_load(&e->state);
+        }
+        while (state == 1)
+            state = atomic_load(&e->state);
+        if (strcmp(e->name, name) == 0)
+            return &e->in_flight;
+    }
+    return NULL;
+}
+
+int64_t proxy_metrics_enclave_in_flight(const proxy_metrics *m, const char *name)
+{
+    if (!m || !name)
+        return 0;
+    uint64_t h = name_hash(name);
+    for (size_t probe = 0; probe < PROXY_METRICS_ENCLAVES; probe++) {
+        const proxy_enclave_load *e = &m->enclaves[(h + probe) % PROXY_METRICS_ENCLAVES];
+        int state = atomic_load(&e->state);
+        if (state == 0)
+            return 0;
+        if (state == 2 && strcmp(e->name, name) == 0)
+            return MAX(atomic_load(&e->in_flight), (int64_t)0);
+    }
+    return 0;
+}
+
 void proxy_metrics_observe(proxy_metrics *m, const char *service, proxy_decision d, int status, uint64_t latency_ns)
 {
     if (!m)
@@ -132,6 +173,13 @@ int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
                               (double)atomic_load_explicit(&s->latency_sum_ns, memory_order_relaxed) / 1e9, name,
                               (unsigned long long)count);
     }
+    if (r == 0)
+        r = strbuf_puts(out, "# HELP cloister_proxy_enclave_in_flight Requests in flight to an Enclave's replicas.\n"
+                             "# TYPE cloister_proxy_enclave_in_flight gauge\n");
+    for (size_t i = 0; i < PROXY_METRICS_ENCLAVES && r == 0; i++)
+        if (atomic_load(&m->enclaves[i].state) == 2)
+            r = strbuf_printf(out, "cloister_proxy_enclave_in_flight{enclave=\"%s\"} %lld\n", m->enclaves[i].name,
+                              (long long)MAX(atomic_load(&m->enclaves[i].in_flight), (int64_t)0));
     if (r == 0)
         r = strbuf_printf(out,
                           "# HELP cloister_proxy_config_revision The store revision of the configuration the proxy serves.\n"

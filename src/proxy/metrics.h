@@ -16,6 +16,7 @@
 #define PROXY_METRICS_SERVICES 128
 #define PROXY_METRICS_NAME_MAX 64
 #define PROXY_METRICS_BUCKETS 12
+#define PROXY_METRICS_ENCLAVES 64 /* Enclaves whose load is tracked (the autoscaler reads it) */
 
 typedef enum proxy_decision {
     PROXY_DECISION_ALLOW,
@@ -35,8 +36,16 @@ typedef struct proxy_service_metrics {
     _Atomic uint64_t latency_count, latency_sum_ns;
 } proxy_service_metrics;
 
+/* Requests in flight to an Enclave's replicas, which its controller scales on. */
+typedef struct proxy_enclave_load {
+    _Atomic int state; /* 0 free, 1 being claimed, 2 named */
+    char name[PROXY_METRICS_NAME_MAX];
+    _Atomic int64_t in_flight;
+} proxy_enclave_load;
+
 typedef struct proxy_metrics {
     proxy_service_metrics services[PROXY_METRICS_SERVICES + 1]; /* the last: "(other)" and no service */
+    proxy_enclave_load enclaves[PROXY_METRICS_ENCLAVES];
     _Atomic uint64_t config_generation, config_revision, config_updates;
     _Atomic uint64_t audit_dropped;
     _Atomic uint64_t connections;
@@ -46,6 +55,12 @@ typedef struct proxy_metrics {
 void proxy_metrics_observe(proxy_metrics *m, const char *service, proxy_decision d, int status, uint64_t latency_ns);
 /* Records the configuration now in use. */
 void proxy_metrics_config(proxy_metrics *m, uint64_t generation, int64_t revision);
+/* The in-flight counter of Enclave NAME (claimed on first use), for the
+ * proxy to count up when it sends a request to a replica and down when the
+ * request ends; NULL when M is NULL or the table is full. */
+_Atomic int64_t *proxy_metrics_enclave(proxy_metrics *m, const char *name);
+/* Requests in flight to Enclave NAME now (0 when unknown). */
+int64_t proxy_metrics_enclave_in_flight(const proxy_metrics *m, const char *name);
 /* Appends the Prometheus exposition text of M to OUT. */
 int proxy_metrics_render(const proxy_metrics *m, strbuf *out);
 /* The label value of decision D. */

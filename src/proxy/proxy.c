@@ -89,6 +89,7 @@ struct proxy_thread {
 typedef struct access_record {
     h2o_req_t *req;
     struct proxy_thread *thread; /* the thread serving it, whose batch it joins */
+    _Atomic int64_t *in_flight;  /* the Enclave load it counts in, until it ends; or NULL */
     proxy_config *config; /* kept alive while the request uses its Service */
     uint64_t started;
     char id[REQUEST_ID_LEN + 1];
@@ -325,6 +326,8 @@ static void access_emit(void *p)
     if (t->access_count++ == 0)
         h2o_timeout_link(t->ctx->loop, &t->access_timeout, &t->access_flush);
     const proxy_settings *s = t->settings;
+    if (rec->in_flight)
+        atomic_fetch_sub(rec->in_flight, 1);
     proxy_metrics_observe(s->metrics, rec->service, rec->decision, status, latency_ns);
     if (s->metrics)
         atomic_store_explicit(&s->metrics->audit_dropped, audit_event_dropped(), memory_order_relaxed);
@@ -1098,6 +1101,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return respond_error(req, rec, 502, "bad_gateway", "the secret service %s injects is not available", svc->name);
     if (rewrite_headers(t, req, c, svc, r, rec->id, now) < 0)
         return respond_error(req, rec, 500, "internal", "the identity assertion could not be signed");
+    if (svc->is_enclave && (rec->in_flight = proxy_metrics_enclave(t->settings->metrics, svc->enclave)))
+        atomic_fetch_add(rec->in_flight, 1); /* the load its controller scales on */
     forward(t, req, svc, target, strlen(target));
     return 0;
 }
