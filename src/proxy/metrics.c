@@ -1,6 +1,7 @@
 /* The proxy's metrics (see metrics.h). */
 #include "proxy/metrics.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 #include "basic/macro.h"
@@ -23,21 +24,23 @@ static uint64_t name_hash(const char *s)
     return h;
 }
 
-/* The slot of SERVICE: found, or claimed when free; the overflow slot when
- * the table is full, the name too long, or SERVICE is NULL. */
-static proxy_service_metrics *slot_of(proxy_metrics *m, const char *service)
+/* The slot named NAME in the table of N slots at BASE (STRIDE bytes
+ * apart): found, or claimed when free (CLAIM); NULL when absent, the table
+ * is full or the name too long. */
+static proxy_metrics_slot *find_slot(void *base, size_t stride, size_t n, const char *name, bool claim)
 {
-    proxy_service_metrics *other = &m->services[PROXY_METRICS_SERVICES];
-    if (!service || strlen(service) >= PROXY_METRICS_NAME_MAX)
-        return other;
-    uint64_t h = name_hash(service);
-    for (size_t probe = 0; probe < PROXY_METRICS_SERVICES; probe++) {
-        proxy_service_metrics *s = &m->services[(h + probe) % PROXY_METRICS_SERVICES];
+    if (!name || strlen(name) >= PROXY_METRICS_NAME_MAX)
+        return NULL;
+    uint64_t h = name_hash(name);
+    for (size_t probe = 0; probe < n; probe++) {
+        proxy_metrics_slot *s = (proxy_metrics_slot *)((char *)base + ((h + probe) % n) * stride);
         int state = atomic_load(&s->state);
         if (state == 0) {
             int expected = 0;
+            if (!claim)
+                return NULL;
             if (atomic_compare_exchange_strong(&s->state, &expected, 1)) {
-                strcpy(s->name, service);
+                strcpy(s->name, name);
                 atomic_store(&s->state, 2);
                 return s;
             }
@@ -45,51 +48,30 @@ static proxy_service_metrics *slot_of(proxy_metrics *m, const char *service)
         }
         while (state == 1) /* another thread is writing the name: a few instructions */
             state = atomic_load(&s->state);
-        if (strcmp(s->name, service) == 0)
+        if (strcmp(s->name, name) == 0)
             return s;
-    }
-    return other;
-}
-
-_Atomic int64_t *proxy_metrics_enclave(proxy_metrics *m, const char *name)
-{
-    if (!m || !name || strlen(name) >= PROXY_METRICS_NAME_MAX)
-        return NULL;
-    uint64_t h = name_hash(name);
-    for (size_t probe = 0; probe < PROXY_METRICS_ENCLAVES; probe++) {
-        proxy_enclave_load *e = &m->enclaves[(h + probe) % PROXY_METRICS_ENCLAVES];
-        int state = atomic_load(&e->state);
-        if (state == 0) {
-            int expected = 0;
-            if (atomic_compare_exchange_strong(&e->state, &expected, 1)) {
-                strcpy(e->name, name);
-                atomic_store(&e->state, 2);
-                return &e->in_flight;
-            }
-            state = atomic_load(&e->state);
-        }
-        while (state == 1)
-            state = atomic_load(&e->state);
-        if (strcmp(e->name, name) == 0)
-            return &e->in_flight;
     }
     return NULL;
 }
 
+/* The slot of SERVICE, or the overflow slot ("(other)") when it has none. */
+static proxy_service_metrics *slot_of(proxy_metrics *m, const char *service)
+{
+    proxy_metrics_slot *s = find_slot(m->services, sizeof(m->services[0]), PROXY_METRICS_SERVICES, service, true);
+    return s ? (proxy_service_metrics *)s : &m->services[PROXY_METRICS_SERVICES];
+}
+
+_Atomic int64_t *proxy_metrics_enclave(proxy_metrics *m, const char *name)
+{
+    proxy_metrics_slot *s = m ? find_slot(m->enclaves, sizeof(m->enclaves[0]), PROXY_METRICS_ENCLAVES, name, true) : NULL;
+    return s ? &((proxy_enclave_load *)s)->in_flight : NULL;
+}
+
 int64_t proxy_metrics_enclave_in_flight(const proxy_metrics *m, const char *name)
 {
-    if (!m || !name)
-        return 0;
-    uint64_t h = name_hash(name);
-    for (size_t probe = 0; probe < PROXY_METRICS_ENCLAVES; probe++) {
-        const proxy_enclave_load *e = &m->enclaves[(h + probe) % PROXY_METRICS_ENCLAVES];
-        int state = atomic_load(&e->state);
-        if (state == 0)
-            return 0;
-        if (state == 2 && strcmp(e->name, name) == 0)
-            return MAX(atomic_load(&e->in_flight), (int64_t)0);
-    }
-    return 0;
+    proxy_metrics_slot *s =
+        m ? find_slot((void *)m->enclaves, sizeof(m->enclaves[0]), PROXY_METRICS_ENCLAVES, name, false) : NULL;
+    return s ? MAX(atomic_load(&((proxy_enclave_load *)s)->in_flight), (int64_t)0) : 0;
 }
 
 void proxy_metrics_observe(proxy_metrics *m, const char *service, proxy_decision d, int status, uint64_t latency_ns)
@@ -126,8 +108,8 @@ int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
                              "# TYPE cloister_proxy_requests_total counter\n");
     for (size_t i = 0; i <= PROXY_METRICS_SERVICES && r == 0; i++) {
         const proxy_service_metrics *s = &m->services[i];
-        const char *name = i == PROXY_METRICS_SERVICES ? "(other)" : s->name;
-        if (i < PROXY_METRICS_SERVICES && atomic_load(&s->state) != 2)
+        const char *name = i == PROXY_METRICS_SERVICES ? "(other)" : s->slot.name;
+        if (i < PROXY_METRICS_SERVICES && atomic_load(&s->slot.state) != 2)
             continue;
         for (int d = 0; d < PROXY_DECISION_COUNT_ && r == 0; d++)
             for (int c = 0; c < 5 && r == 0; c++) {
@@ -143,10 +125,10 @@ int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
                              "# TYPE cloister_proxy_upstream_errors_total counter\n");
     for (size_t i = 0; i <= PROXY_METRICS_SERVICES && r == 0; i++) {
         const proxy_service_metrics *s = &m->services[i];
-        if ((i < PROXY_METRICS_SERVICES && atomic_load(&s->state) != 2) || !atomic_load(&s->latency_count))
+        if ((i < PROXY_METRICS_SERVICES && atomic_load(&s->slot.state) != 2) || !atomic_load(&s->latency_count))
             continue;
         r = strbuf_printf(out, "cloister_proxy_upstream_errors_total{service=\"%s\"} %llu\n",
-                          i == PROXY_METRICS_SERVICES ? "(other)" : s->name,
+                          i == PROXY_METRICS_SERVICES ? "(other)" : s->slot.name,
                           (unsigned long long)atomic_load_explicit(&s->upstream_errors, memory_order_relaxed));
     }
     if (r == 0)
@@ -154,9 +136,9 @@ int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
                              "# TYPE cloister_proxy_request_duration_seconds histogram\n");
     for (size_t i = 0; i <= PROXY_METRICS_SERVICES && r == 0; i++) {
         const proxy_service_metrics *s = &m->services[i];
-        const char *name = i == PROXY_METRICS_SERVICES ? "(other)" : s->name;
+        const char *name = i == PROXY_METRICS_SERVICES ? "(other)" : s->slot.name;
         uint64_t count = atomic_load_explicit(&s->latency_count, memory_order_relaxed);
-        if ((i < PROXY_METRICS_SERVICES && atomic_load(&s->state) != 2) || !count)
+        if ((i < PROXY_METRICS_SERVICES && atomic_load(&s->slot.state) != 2) || !count)
             continue;
         uint64_t cumulative = 0;
         for (size_t b = 0; b < PROXY_METRICS_BUCKETS && r == 0; b++) {
@@ -177,8 +159,8 @@ int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
         r = strbuf_puts(out, "# HELP cloister_proxy_enclave_in_flight Requests in flight to an Enclave's replicas.\n"
                              "# TYPE cloister_proxy_enclave_in_flight gauge\n");
     for (size_t i = 0; i < PROXY_METRICS_ENCLAVES && r == 0; i++)
-        if (atomic_load(&m->enclaves[i].state) == 2)
-            r = strbuf_printf(out, "cloister_proxy_enclave_in_flight{enclave=\"%s\"} %lld\n", m->enclaves[i].name,
+        if (atomic_load(&m->enclaves[i].slot.state) == 2)
+            r = strbuf_printf(out, "cloister_proxy_enclave_in_flight{enclave=\"%s\"} %lld\n", m->enclaves[i].slot.name,
                               (long long)MAX(atomic_load(&m->enclaves[i].in_flight), (int64_t)0));
     if (r == 0)
         r = strbuf_printf(out,

@@ -27,9 +27,14 @@ typedef enum proxy_decision {
     PROXY_DECISION_COUNT_,
 } proxy_decision;
 
-typedef struct proxy_service_metrics {
+/* A table slot taken by a name on first use. */
+typedef struct proxy_metrics_slot {
     _Atomic int state; /* 0 free, 1 being claimed, 2 named */
     char name[PROXY_METRICS_NAME_MAX];
+} proxy_metrics_slot;
+
+typedef struct proxy_service_metrics {
+    proxy_metrics_slot slot;
     _Atomic uint64_t requests[PROXY_DECISION_COUNT_][5]; /* status class 1xx..5xx */
     _Atomic uint64_t upstream_errors;                   /* 502/503/504 answered for allowed requests */
     _Atomic uint64_t latency_buckets[PROXY_METRICS_BUCKETS];
@@ -38,8 +43,7 @@ typedef struct proxy_service_metrics {
 
 /* Requests in flight to an Enclave's replicas, which its controller scales on. */
 typedef struct proxy_enclave_load {
-    _Atomic int state; /* 0 free, 1 being claimed, 2 named */
-    char name[PROXY_METRICS_NAME_MAX];
+    proxy_metrics_slot slot;
     _Atomic int64_t in_flight;
 } proxy_enclave_load;
 
