@@ -98,6 +98,7 @@ def test_requests_reach_an_attested_enclave_and_a_changed_bundle_is_refused(stac
 SLOW_APP = r'''
 import http.server, time
 class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the proxy's pools expect
     def do_GET(self):
         if self.path == "/slow":
             time.sleep(1)

@@ -26,6 +26,8 @@
 #include "basic/timeutil.h"
 
 #define HANDSHAKE_TIMEOUT_S 10
+#define HANDSHAKE_ATTEMPTS 5
+#define HANDSHAKE_RETRY_MS 200
 #define IDLE_TIMEOUT_S 300
 #define ROOTS_MAX (256 * 1024)
 #define CHUNK 16384
@@ -110,9 +112,12 @@ static void refused(const bridge *b, const char *reason)
 
 /* Connects to the replica and completes a verified aTLS handshake. Returns
  * the TLS connection (its fd in *RET_FD), or NULL: the replica is away or
- * failed attestation (then reported). */
-static SSL *attested_connect(bridge *b, int *ret_fd)
+ * failed attestation (then reported when REPORT_HANDSHAKE or the evidence
+ * was refused). Sets *RET_RETRY when the handshake itself failed (a replica
+ * that is still starting). */
+static SSL *attested_connect_once(bridge *b, int *ret_fd, bool report_handshake, bool *ret_retry)
 {
+    *ret_retry = false;
     /* through /proc/self/fd: the data dir may be longer than sun_path allows */
     char dir[sizeof(b->atls_path)];
     snprintf(dir, sizeof(dir), "%s", b->atls_path);
@@ -149,6 +154,7 @@ static SSL *attested_connect(bridge *b, int *ret_fd)
     X509 *peer = NULL;
     if (SSL_connect(ssl) != 1) {
         why = "the TLS handshake with the replica failed";
+        *ret_retry = true;
     } else if (!(peer = SSL_get1_peer_certificate(ssl))) {
         why = "the replica presented no certificate";
     } else {
@@ -162,7 +168,8 @@ static SSL *attested_connect(bridge *b, int *ret_fd)
     X509_free(peer);
     ERR_clear_error();
     if (why) {
-        refused(b, why);
+        if (!*ret_retry || report_handshake)
+            refused(b, why);
         SSL_free(ssl);
         close(fd);
         return NULL;
@@ -236,6 +243,19 @@ static void pump(int cfd, SSL *ssl, int ufd)
     }
     OPENSSL_cleanse(buf, CHUNK);
     free(buf);
+}
+
+/* attested_connect_once(), tried again a few times while the handshake
+ * itself fails: a replica just launched accepts before its agent serves. */
+static SSL *attested_connect(bridge *b, int *ret_fd)
+{
+    for (int attempt = 1;; attempt++) {
+        bool retry;
+        SSL *ssl = attested_connect_once(b, ret_fd, attempt == HANDSHAKE_ATTEMPTS, &retry);
+        if (ssl || !retry || attempt == HANDSHAKE_ATTEMPTS || atomic_load(&B.stopping))
+            return ssl;
+        usleep(HANDSHAKE_RETRY_MS * 1000);
+    }
 }
 
 typedef struct carried {
