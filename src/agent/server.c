@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
@@ -184,6 +185,8 @@ static int connect_upstream(uint16_t port)
         if (fd < 0)
             return negative_errno();
         if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+            int one = 1; /* requests relayed in pieces go out at once */
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
             int flags = fcntl(fd, F_GETFL);
             if (flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0)
                 return fd;

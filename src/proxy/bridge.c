@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/sha.h>
@@ -295,6 +296,10 @@ static void *accept_main(void *arg)
                 continue;
             break; /* shut down */
         }
+        /* a response read in several TLS records goes out at once, not after
+         * the pool's delayed ACK */
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         carried *c = malloc(sizeof(*c));
         pthread_t t;
         pthread_attr_t attr;
