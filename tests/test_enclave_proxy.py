@@ -4,12 +4,13 @@ request reaches the workload in a replica that got its key by attestation
 attested TLS certificate against the Enclave's AttestationPolicy with a
 fresh nonce; a replica whose measurement the policy does not allow is
 refused (503/502) and the refusal is audited."""
+import json
 import time
 
 import pytest
 import requests
 
-from conftest import Server, free_port, manifest
+from conftest import Server, free_port, manifest, run_cli
 from test_agent import make_bundle, measure
 from test_audit import all_entries
 
@@ -67,6 +68,24 @@ def test_requests_reach_an_attested_enclave_and_a_changed_bundle_is_refused(stac
     # the workload read the key the KMS released to it by attestation
     assert answer["size"] == 32 and answer["mode"] == 0o400 and len(answer["sha256"]) == 64
     assert get(port, f"scorer.{DOMAIN}", tok, "/again").json() == answer  # a kept-alive bridge connection
+
+    # a client verifies the service's enclave itself: its nonce, its roots, its PCR0
+    https_port = int(s.extra_args[s.extra_args.index("--proxy-listen") + 1].rsplit(":", 1)[1])
+    cred = s.request("POST", "/v1/tokens", json={"credential": "ana-cli"}).json()["token"]
+    home = tmp_path / "ana-config"
+    assert run_cli(s, "login", "--token", cred, config_home=home).returncode == 0
+    time.sleep(1.5)  # a new session reaches the proxy within a second
+    roots = str(s.data_dir / "platform-ca.pem")
+    args = ("attest", "service", "scorer", "--proxy", f"https://127.0.0.1:{https_port}", "--roots", roots)
+    p = run_cli(s, *args, "--pcr0", pcr0, "-o", "json", config_home=home)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["verified"] is True and doc["service"] == "scorer" and doc["replica"] == "scorer-1"
+    assert doc["claims"]["pcrs"]["0"] == pcr0 and len(doc["claims"]["nonce"]) == 64
+    p = run_cli(s, *args, "--pcr0", "00" * 48, config_home=home)  # not what we expect to run
+    assert p.returncode == 1 and "pcr0" in p.stderr.lower(), p.stderr
+    p = run_cli(s, *args, "--roots", str(s.data_dir / "ca.pem"), config_home=home)  # not the platform's roots
+    assert p.returncode == 1, p.stdout + p.stderr
 
     # another bundle (one byte changed) under an Enclave the same policy governs
     bad = make_bundle(tmp_path / "bad")

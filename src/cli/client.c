@@ -107,13 +107,11 @@ static int setup(CURL *c, const cli_ctx *ctx, const char *url, const char *metho
     return rc == CURLE_OK ? 0 : -ENOMEM;
 }
 
-/* One exchange: api_request() without the refresh. */
-static int request_once(const cli_ctx *ctx, const char *token, const char *method, const char *path,
-                        const json_t *body, json_t **ret, api_error *err)
+/* One exchange with URL (an https:// URL): api_request() without the refresh. */
+static int request_url(const cli_ctx *ctx, const char *token, const char *method, const char *url,
+                       const json_t *body, json_t **ret, api_error *err)
 {
-    _cleanup_free_ char *url = NULL, *payload = NULL;
-    if (asprintf(&url, "%s/v1%s", ctx->server, path) < 0)
-        return transport_error(err, -ENOMEM, "out of memory");
+    _cleanup_free_ char *payload = NULL;
     if (body && !(payload = json_dumps(body, JSON_COMPACT)))
         return transport_error(err, -ENOMEM, "out of memory");
 
@@ -173,6 +171,16 @@ static int request_once(const cli_ctx *ctx, const char *token, const char *metho
     return 0;
 }
 
+/* request_url() of PATH below the server's /v1. */
+static int request_once(const cli_ctx *ctx, const char *token, const char *method, const char *path,
+                        const json_t *body, json_t **ret, api_error *err)
+{
+    _cleanup_free_ char *url = NULL;
+    if (asprintf(&url, "%s/v1%s", ctx->server, path) < 0)
+        return transport_error(err, -ENOMEM, "out of memory");
+    return request_url(ctx, token, method, url, body, ret, err);
+}
+
 /* Replaces the heap string *DST with a copy of the string member NAME of
  * V, wiping the old one. Returns 0, -EBADMSG or -ENOMEM. */
 static int replace_secret(char **dst, const json_t *v, const char *name)
@@ -217,10 +225,10 @@ int cli_session_refresh(cli_ctx *ctx, api_error *err)
     return 0;
 }
 
-int api_request(cli_ctx *ctx, const char *token, const char *method, const char *path, const json_t *body,
-                json_t **ret, api_error *err)
+int api_request_url(cli_ctx *ctx, const char *token, const char *method, const char *url, const json_t *body,
+                    json_t **ret, api_error *err)
 {
-    int r = request_once(ctx, token, method, path, body, ret, err);
+    int r = request_url(ctx, token, method, url, body, ret, err);
     bool from_session = token && token == ctx->token && ctx->session.access_token &&
                         strcmp(token, ctx->session.access_token) == 0 && ctx->session.refresh_token;
     if (r != -EPROTO || err->status != 401 || !from_session)
@@ -228,7 +236,16 @@ int api_request(cli_ctx *ctx, const char *token, const char *method, const char 
     api_error refresh_err;
     if (cli_session_refresh(ctx, &refresh_err) < 0)
         return r; /* the original refusal says more than the refresh's */
-    return request_once(ctx, ctx->token, method, path, body, ret, err);
+    return request_url(ctx, ctx->token, method, url, body, ret, err);
+}
+
+int api_request(cli_ctx *ctx, const char *token, const char *method, const char *path, const json_t *body,
+                json_t **ret, api_error *err)
+{
+    _cleanup_free_ char *url = NULL;
+    if (asprintf(&url, "%s/v1%s", ctx->server, path) < 0)
+        return transport_error(err, -ENOMEM, "out of memory");
+    return api_request_url(ctx, token, method, url, body, ret, err);
 }
 
 const char *api_error_message(const api_error *err, char *buf, size_t size)

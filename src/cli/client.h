@@ -32,6 +32,10 @@ typedef struct api_error {
  * -ENOMEM, with ERR filled. */
 int api_request(cli_ctx *ctx, const char *token, const char *method, const char *path,
                 const json_t *body, json_t **ret, api_error *err);
+/* api_request() to the full https:// URL (another of the cluster's
+ * endpoints, such as the proxy), verified against the context's CA. */
+int api_request_url(cli_ctx *ctx, const char *token, const char *method, const char *url, const json_t *body,
+                    json_t **ret, api_error *err);
 
 /* Trades the saved session's refresh token for a new access token and
  * refresh token (POST /v1/auth/refresh), saves the session and makes the

@@ -24,7 +24,8 @@ static const cli_command commands[] = {
     {"audit", "checkpoint|verify|export|show [--key VKEY|FILE]",
      "verify the signed audit log (verify [--bundle FILE]), export proofs (export --from N --to M "
      "[--out FILE]), read entries (show [--action A] [--user U])", cmd_audit},
-    {"attest", "verify --type nitro|sev-snp|tdx|sandbox --evidence FILE [--cert FILE] [--roots PEM] [--crl FILE]... [--at RFC3339]",
+    {"attest", "verify --type nitro|sev-snp|tdx|sandbox --evidence FILE [--cert FILE] [--roots PEM] [--crl FILE]... [--at RFC3339]\n"
+               "         attest service NAME --roots PEM [--pcr0 HEX]... [--proxy https://HOST:PORT] [--domain D]",
      "verify TEE evidence offline; exit 0 only when it verifies", cmd_attest},
     {"enclave", "measure DIR", "print a workload bundle's measurement (PCR0, SHA-384)", cmd_enclave},
     {"policy", "check --user U [--service S] [--method M] [--path P] [--header K=V]... [--ip IP] [--credential C] [-o json|yaml]",

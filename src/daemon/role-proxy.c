@@ -124,7 +124,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         .request_timeout_ms = REQUEST_TIMEOUT_MS,
         .idle_timeout_ms = IDLE_TIMEOUT_MS,
         .hooks = {.register_handlers = proxy_register, .thread_init = proxy_thread_init,
-                  .thread_dispose = proxy_thread_dispose, .configure_tls = proxy_configure_tls},
+                  .thread_busy = proxy_thread_busy, .thread_dispose = proxy_thread_dispose, .configure_tls = proxy_configure_tls},
         .userdata = &settings,
         .ready_flag = &health->ready,
     };

@@ -7,6 +7,7 @@
 #include <netinet/tcp.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <poll.h>
@@ -111,18 +112,21 @@ static void refused(const bridge *b, const char *reason)
     json_decref(details);
 }
 
-/* Connects to the replica and completes a verified aTLS handshake. Returns
- * the TLS connection (its fd in *RET_FD), or NULL: the replica is away or
- * failed attestation (then reported when REPORT_HANDSHAKE or the evidence
- * was refused). Sets *RET_RETRY when the handshake itself failed (a replica
- * that is still starting). */
-static SSL *attested_connect_once(bridge *b, int *ret_fd, bool report_handshake, bool *ret_retry)
+/* Connects to the agent serving at PATH and completes a TLS handshake
+ * asking for evidence with NONCE (as the server name). Returns the TLS
+ * connection (its fd in *RET_FD), or NULL when the replica is away
+ * (*RET_HANDSHAKE_FAILED when it answered but the handshake failed). The
+ * peer is not verified here. */
+static SSL *replica_handshake(const char *path, const uint8_t nonce[ATLS_NONCE_LEN], int *ret_fd,
+                              bool *ret_handshake_failed)
 {
-    *ret_retry = false;
+    *ret_handshake_failed = false;
     /* through /proc/self/fd: the data dir may be longer than sun_path allows */
-    char dir[sizeof(b->atls_path)];
-    snprintf(dir, sizeof(dir), "%s", b->atls_path);
+    char dir[4400];
+    snprintf(dir, sizeof(dir), "%s", path);
     char *slash = strrchr(dir, '/');
+    if (!slash)
+        return NULL;
     *slash = 0;
     int dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -134,26 +138,47 @@ static SSL *attested_connect_once(bridge *b, int *ret_fd, bool report_handshake,
               connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
     if (dirfd >= 0)
         close(dirfd);
-    if (!ok) {
+    SSL *ssl = ok ? SSL_new(B.tls) : NULL;
+    if (!ssl) {
         if (fd >= 0)
             close(fd);
         return NULL;
     }
-    uint8_t nonce[ATLS_NONCE_LEN];
     char sni[ATLS_SNI_LEN + 1];
-    SSL *ssl = SSL_new(B.tls);
-    if (!ssl || random_bytes(nonce, sizeof(nonce)) < 0) {
+    atls_sni_from_nonce(nonce, sni);
+    SSL_set_fd(ssl, fd);
+    SSL_set_tlsext_host_name(ssl, sni);
+    if (SSL_connect(ssl) != 1) {
+        ERR_clear_error();
+        *ret_handshake_failed = true;
         SSL_free(ssl);
         close(fd);
         return NULL;
     }
-    atls_sni_from_nonce(nonce, sni);
-    SSL_set_fd(ssl, fd);
-    SSL_set_tlsext_host_name(ssl, sni);
+    *ret_fd = fd;
+    return ssl;
+}
+
+/* Connects to the replica and completes a verified aTLS handshake. Returns
+ * the TLS connection (its fd in *RET_FD), or NULL: the replica is away or
+ * failed attestation (then reported when REPORT_HANDSHAKE or the evidence
+ * was refused). Sets *RET_RETRY when the handshake itself failed (a replica
+ * that is still starting). */
+static SSL *attested_connect_once(bridge *b, int *ret_fd, bool report_handshake, bool *ret_retry)
+{
+    *ret_retry = false;
+    uint8_t nonce[ATLS_NONCE_LEN];
+    if (random_bytes(nonce, sizeof(nonce)) < 0)
+        return NULL;
+    int fd = -1;
+    bool failed;
+    SSL *ssl = replica_handshake(b->atls_path, nonce, &fd, &failed);
     const char *why = NULL;
     attest_error err = {{0}};
     X509 *peer = NULL;
-    if (SSL_connect(ssl) != 1) {
+    if (!ssl && !failed)
+        return NULL; /* away */
+    if (!ssl) {
         why = "the TLS handshake with the replica failed";
         *ret_retry = true;
     } else if (!(peer = SSL_get1_peer_certificate(ssl))) {
@@ -171,8 +196,10 @@ static SSL *attested_connect_once(bridge *b, int *ret_fd, bool report_handshake,
     if (why) {
         if (!*ret_retry || report_handshake)
             refused(b, why);
-        SSL_free(ssl);
-        close(fd);
+        if (ssl) {
+            SSL_free(ssl);
+            close(fd);
+        }
         return NULL;
     }
     /* from here on the pump polls: a partial TLS record never blocks it */
@@ -424,4 +451,37 @@ void proxy_bridges_shutdown(void)
     B.tls = NULL;
     free(B.roots);
     B.roots = NULL;
+}
+
+int proxy_bridge_certificate(const char *replica, const uint8_t nonce[32], char **ret_pem)
+{
+    char path[4400];
+    snprintf(path, sizeof(path), "%s/%s/atls.sock", B.runner_dir, replica);
+    if (!B.tls || strchr(replica, '/'))
+        return -EINVAL;
+    int fd = -1;
+    bool failed;
+    SSL *ssl = replica_handshake(path, nonce, &fd, &failed);
+    if (!ssl)
+        return -EIO;
+    X509 *peer = SSL_get1_peer_certificate(ssl);
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *pem = NULL;
+    if (peer && bio && PEM_write_bio_X509(bio, peer) == 1) {
+        char *data;
+        long len = BIO_get_mem_data(bio, &data);
+        if ((pem = malloc((size_t)len + 1))) {
+            memcpy(pem, data, (size_t)len);
+            pem[len] = 0;
+        }
+    }
+    BIO_free(bio);
+    X509_free(peer);
+    SSL_shutdown(ssl);
+    SSL_free(ssl);
+    close(fd);
+    if (!pem)
+        return -ENOMEM;
+    *ret_pem = pem;
+    return 0;
 }

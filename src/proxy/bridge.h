@@ -32,5 +32,10 @@ int proxy_bridges_init(const char *roots_path, const char *runner_dir);
  * use. NULL before proxy_bridges_init(), when too many bridges exist or one
  * cannot be started (logged). */
 h2o_socketpool_t *proxy_bridge_pool(const char *replica, const json_t *policy, const char *enclave);
+/* Blocking: connects to replica REPLICA's agent asking for evidence with
+ * NONCE (32 bytes) and returns its certificate as PEM in *RET_PEM (heap;
+ * not verified here: for a client that verifies it itself). Returns 0,
+ * -EIO when the replica cannot be reached, -EINVAL or -ENOMEM. */
+int proxy_bridge_certificate(const char *replica, const uint8_t nonce[32], char **ret_pem);
 /* Stops every bridge and the connections they carry, and frees them. */
 void proxy_bridges_shutdown(void);

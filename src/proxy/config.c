@@ -134,6 +134,7 @@ static bool host_key(const char *host, size_t len, char *out)
 static void service_clear(proxy_service *s)
 {
     json_decref(s->doc);
+    json_decref(s->attestation_policy);
     free(s->upstream_text);
     if (s->inject_value.base) {
         OPENSSL_cleanse(s->inject_value.base, s->inject_value.len);
@@ -218,6 +219,7 @@ static void enclave_replicas(proxy_service *s, const char *enclave, const proxy_
         s->unreachable = "its Enclave names no AttestationPolicy that exists: the proxy reaches only verified enclaves";
         return;
     }
+    s->attestation_policy = json_incref((json_t *)policy);
     size_t i;
     json_t *r;
     json_array_foreach(json_object_get(json_object_get(doc, "status"), "replicas"), i, r)
@@ -226,9 +228,12 @@ static void enclave_replicas(proxy_service *s, const char *enclave, const proxy_
         const char *name = json_string_value(json_object_get(r, "name"));
         if (!name || !state || strcmp(state, "running") != 0 || s->n_replicas == PROXY_ENCLAVE_REPLICAS_MAX)
             continue;
-        h2o_socketpool_t *pool = proxy_bridge_pool(name, policy, enclave);
-        if (pool)
+        h2o_socketpool_t *pool = strlen(name) < sizeof(s->replica_names[0]) ? proxy_bridge_pool(name, policy, enclave)
+                                                                             : NULL;
+        if (pool) {
+            strcpy(s->replica_names[s->n_replicas], name);
             s->replicas[s->n_replicas++] = pool;
+        }
     }
     if (!s->n_replicas)
         s->unreachable = "its Enclave has no running replica";

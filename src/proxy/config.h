@@ -59,7 +59,9 @@ typedef struct proxy_service {
     bool is_enclave;        /* upstream {enclave}: REPLICAS are bridges to its running replicas */
     const char *enclave;    /* its name (borrowed from DOC) */
     h2o_socketpool_t *replicas[PROXY_ENCLAVE_REPLICAS_MAX];
+    char replica_names[PROXY_ENCLAVE_REPLICAS_MAX][72];
     size_t n_replicas;
+    json_t *attestation_policy; /* the Enclave's AttestationPolicy document (a reference), or NULL */
     const char *unreachable; /* why an enclave upstream has no replica to go to (static text), or NULL */
     bool pass_authorization, fail_closed;
     uint64_t max_body, max_header_bytes;

@@ -19,6 +19,8 @@
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
 #include "httpd/httpd.h"
+#include "attest/atls.h"
+#include "proxy/bridge.h"
 #include "proxy/certs.h"
 #include "proxy/config.h"
 #include "proxy/cookie.h"
@@ -75,6 +77,11 @@ struct proxy_thread {
     uint8_t id_prefix[8];
     uint64_t id_seq;
     unsigned next_replica; /* round robin over an enclave's replicas */
+    /* /.cloister/attestation: certificates fetched by helper threads come
+     * back to this loop as messages */
+    h2o_multithread_queue_t *attest_queue;
+    h2o_multithread_receiver_t attest_done;
+    unsigned attest_jobs; /* in flight; the drain waits for them */
     /* the access log: records of this thread's requests, sent as one audit
      * entry per batch (by size or after ACCESS_FLUSH_MS) */
     strbuf access;
@@ -108,6 +115,7 @@ static const proxy_settings *settings_of(h2o_req_t *req)
 
 static void access_flush(proxy_thread *t);
 static void on_access_timeout(h2o_timeout_entry_t *entry);
+static void on_attest_done(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages);
 
 /* ---- per-thread state ---- */
 
@@ -129,6 +137,8 @@ void *proxy_thread_init(h2o_context_t *ctx, void *userdata)
     h2o_timeout_init(ctx->loop, &t->access_timeout, ACCESS_FLUSH_MS);
     h2o_timeout_init(ctx->loop, &t->handoff_timeout, HANDOFF_WAIT_MS);
     t->access_flush.cb = on_access_timeout;
+    t->attest_queue = h2o_multithread_create_queue(ctx->loop);
+    h2o_multithread_register_receiver(t->attest_queue, &t->attest_done, on_attest_done);
     t->client_ctx = (h2o_http1client_ctx_t){.loop = ctx->loop, .getaddr_receiver = &ctx->receivers.hostinfo_getaddr,
                                             .io_timeout = &t->io_timeout, .websocket_timeout = &t->websocket_timeout,
                                             .ssl_ctx = s->upstream_tls};
@@ -149,6 +159,12 @@ static void assertion_clear(assertion_slot *a)
     *a = (assertion_slot){0};
 }
 
+bool proxy_thread_busy(void *state)
+{
+    proxy_thread *t = state;
+    return t && t->attest_jobs > 0;
+}
+
 void proxy_thread_dispose(void *state)
 {
     proxy_thread *t = state;
@@ -166,6 +182,8 @@ void proxy_thread_dispose(void *state)
         h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, t->handoff_timeout._entries.next));
     h2o_timeout_dispose(t->ctx->loop, &t->handoff_timeout);
     strbuf_free(&t->access);
+    h2o_multithread_unregister_receiver(t->attest_queue, &t->attest_done);
+    h2o_multithread_destroy_queue(t->attest_queue);
     h2o_timeout_dispose(t->ctx->loop, &t->io_timeout);
     h2o_timeout_dispose(t->ctx->loop, &t->websocket_timeout);
     jwt_cache_free(t->jwt);
@@ -965,6 +983,131 @@ static int serve_reserved(proxy_thread *t, h2o_req_t *req, access_record *rec, c
     return 0;
 }
 
+/* ---- /.cloister/attestation: a client verifies an enclave itself ---- */
+
+/* A certificate fetch for one request, done by a helper thread. */
+typedef struct attest_job {
+    h2o_multithread_message_t msg; /* first: the message is the job */
+    proxy_thread *t;
+    h2o_req_t *req; /* NULL once the request is gone */
+    access_record *rec;
+    struct attest_guard *guard;
+    char enclave[254], replica[72];
+    json_t *policy; /* a copy */
+    uint8_t nonce[ATLS_NONCE_LEN];
+    int result;
+    char *pem;
+} attest_job;
+
+/* Lives in the request's pool: tells the job when the request is gone. */
+typedef struct attest_guard {
+    attest_job *job;
+} attest_guard;
+
+static void attest_guard_dispose(void *p)
+{
+    attest_guard *g = p;
+    if (g->job)
+        g->job->req = NULL;
+}
+
+static void *attest_main(void *arg)
+{
+    attest_job *j = arg;
+    j->result = proxy_bridge_certificate(j->replica, j->nonce, &j->pem);
+    h2o_multithread_send_message(&j->t->attest_done, &j->msg);
+    return NULL;
+}
+
+/* Back on the loop: answers the request (when it is still there) with the
+ * replica's certificate and the Enclave's policy, and frees the job. */
+static void on_attest_done(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    while (!h2o_linklist_is_empty(messages)) {
+        attest_job *j = H2O_STRUCT_FROM_MEMBER(attest_job, msg.link, messages->next);
+        h2o_linklist_unlink(&j->msg.link);
+        j->t->attest_jobs--;
+        if (j->req) {
+            j->guard->job = NULL;
+            if (j->result < 0) {
+                respond_error(j->req, j->rec, 502, "bad_gateway", "replica %s of enclave %s cannot be reached: %s",
+                              j->replica, j->enclave, strerror(-j->result));
+            } else {
+                json_t *body = json_pack("{s:s, s:s, s:s, s:O?}", "enclave", j->enclave, "replica", j->replica,
+                                         "certificate", j->pem, "attestationPolicy", j->policy);
+                char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+                json_decref(body);
+                if (!text) {
+                    respond_error(j->req, j->rec, 500, "internal", "out of memory");
+                } else {
+                    h2o_req_t *req = j->req;
+                    h2o_iovec_t v = h2o_strdup(&req->pool, text, SIZE_MAX);
+                    free(text);
+                    req->res.status = 200;
+                    req->res.reason = "OK";
+                    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                                   H2O_STRLIT("application/json"));
+                    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+                    send_body(req, v);
+                }
+            }
+        }
+        json_decref(j->policy);
+        free(j->pem);
+        free(j);
+    }
+}
+
+/* GET /.cloister/attestation?nonce=<64 hex>, decided by policy like any
+ * request to SVC: the certificate one of SVC's enclave replicas makes for
+ * the caller's nonce (its evidence carries it), and the Enclave's
+ * AttestationPolicy, for the caller to verify with its own roots and
+ * expectations (`cloister attest service`). The handshake is done by a
+ * helper thread: the loop never waits on a replica. */
+static int serve_attestation(proxy_thread *t, h2o_req_t *req, access_record *rec, const proxy_service *svc,
+                             const char *query)
+{
+    if (!svc->is_enclave)
+        return respond_error(req, rec, 404, "not_found", "service %s does not run in an enclave", svc->name);
+    if (!svc->n_replicas)
+        return respond_error(req, rec, 503, "unavailable", "service %s cannot be reached: %s", svc->name,
+                             svc->unreachable ? svc->unreachable : "no replica");
+    const char *p = query ? strstr(query, "nonce=") : NULL;
+    if (p && p != query && p[-1] != '&')
+        p = NULL;
+    attest_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return respond_error(req, rec, 500, "internal", "out of memory");
+    if (!p || strcspn(p + 6, "&") != 2 * ATLS_NONCE_LEN ||
+        hex_decode(p + 6, 2 * ATLS_NONCE_LEN, j->nonce, sizeof(j->nonce)) < 0) {
+        free(j);
+        return respond_error(req, rec, 400, "invalid", "nonce must be %d hex digits (%d random bytes of yours)",
+                             2 * ATLS_NONCE_LEN, ATLS_NONCE_LEN);
+    }
+    size_t i = t->next_replica++ % svc->n_replicas;
+    *j = (attest_job){.t = t, .req = req, .rec = rec, .policy = json_deep_copy(svc->attestation_policy)};
+    hex_decode(p + 6, 2 * ATLS_NONCE_LEN, j->nonce, sizeof(j->nonce));
+    snprintf(j->enclave, sizeof(j->enclave), "%s", svc->enclave);
+    snprintf(j->replica, sizeof(j->replica), "%s", svc->replica_names[i]);
+    attest_guard *g = h2o_mem_alloc_shared(&req->pool, sizeof(*g), attest_guard_dispose);
+    g->job = j;
+    j->guard = g;
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int e = pthread_create(&thread, &attr, attest_main, j);
+    pthread_attr_destroy(&attr);
+    if (e != 0) {
+        g->job = NULL;
+        json_decref(j->policy);
+        free(j);
+        return respond_error(req, rec, 503, "unavailable", "too busy to reach the enclave; retry");
+    }
+    t->attest_jobs++;
+    return 0;
+}
+
 /* Refuses framing a front end and a back end could read differently: both
  * Content-Length and Transfer-Encoding, or Content-Length twice; and a Host
  * header that disagrees with the authority (HTTP/2 :authority, or a second
@@ -1033,7 +1176,9 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
                              "the request target is not a valid origin-form path (absolute-form, encoded '/', "
                              "control bytes and malformed escapes are refused)");
     copy_printable(rec->path, sizeof(rec->path), target, path_len);
-    if (path_len >= strlen(PROXY_RESERVED_PREFIX) &&
+    bool attestation = path_len == strlen(PROXY_ATTESTATION_PATH) &&
+                       memcmp(target, PROXY_ATTESTATION_PATH, path_len) == 0; /* decided like any path */
+    if (!attestation && path_len >= strlen(PROXY_RESERVED_PREFIX) &&
         memcmp(target, PROXY_RESERVED_PREFIX, strlen(PROXY_RESERVED_PREFIX)) == 0) {
         char *query = target[path_len] == '?' ? target + path_len + 1 : NULL;
         target[path_len] = 0;
@@ -1099,6 +1244,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return respond_error(req, rec, 502, "bad_gateway", "service %s has no upstream this proxy can reach", svc->name);
     if (svc->inject && svc->inject_missing)
         return respond_error(req, rec, 502, "bad_gateway", "the secret service %s injects is not available", svc->name);
+    if (attestation)
+        return serve_attestation(t, req, rec, svc, target[path_len] == '?' ? target + path_len + 1 : NULL);
     if (rewrite_headers(t, req, c, svc, r, rec->id, now) < 0)
         return respond_error(req, rec, 500, "internal", "the identity assertion could not be signed");
     if (svc->is_enclave && (rec->in_flight = proxy_metrics_enclave(t->settings->metrics, svc->enclave)))

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <h2o.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "auth/keyring.h"
@@ -20,6 +21,7 @@
 
 #define PROXY_ASSERTION_TTL_S 120 /* x-cloister-assertion lifetime */
 #define PROXY_RESERVED_PREFIX "/.cloister/"
+#define PROXY_ATTESTATION_PATH PROXY_RESERVED_PREFIX "attestation"
 
 typedef struct proxy_settings {
     const char *domain;          /* services are <name>.<domain> */
@@ -36,6 +38,9 @@ typedef struct proxy_settings {
 /* httpd hooks; USERDATA is the proxy_settings (borrowed for the server's life). */
 void proxy_register(h2o_pathconf_t *pathconf, void *userdata);
 void *proxy_thread_init(h2o_context_t *ctx, void *userdata);
+/* Whether the thread still waits on replicas for /.cloister/attestation
+ * answers (the drain lets them finish). */
+bool proxy_thread_busy(void *state);
 void proxy_thread_dispose(void *state);
 /* Installs the SNI callback: a host name under the domain that routes to a
  * Service gets its own certificate from SETTINGS->certs (configure_tls
