@@ -97,6 +97,30 @@ static int write_pem_certs(const char *path, X509 *leaf, X509 *ca)
     return write_file_atomic(path, data, (size_t)len, 0644);
 }
 
+/* Writes KEY (mode 0600) to KEY_PATH and CERT, followed by ISSUER when
+ * set, to CERT_PATH, and logs it as WHAT named NAME (with FIELD=VALUE when
+ * FIELD is set). Returns 0 or a negative errno (logged). */
+static int save_issued(const char *what, const char *name, const char *field, const char *value, const char *key_path,
+                       EVP_PKEY *key, const char *cert_path, X509 *cert, X509 *issuer)
+{
+    int r = write_pem_key(key_path, key);
+    if (r == 0)
+        r = write_pem_certs(cert_path, cert, issuer);
+    if (r < 0) {
+        char msg[64];
+        snprintf(msg, sizeof(msg), "cannot write %s", what);
+        log_fields(LOG_LEVEL_ERROR, msg, "path", cert_path, "error", strerror(-r), NULL);
+        return r;
+    }
+    char msg[64];
+    snprintf(msg, sizeof(msg), "issued %s", what);
+    if (field)
+        log_fields(LOG_LEVEL_INFO, msg, "name", name, "path", cert_path, field, value, NULL);
+    else
+        log_fields(LOG_LEVEL_INFO, msg, "name", name, "path", cert_path, NULL);
+    return 0;
+}
+
 static X509 *load_cert(const char *path)
 {
     FILE *f = fopen(path, "re");
@@ -144,14 +168,7 @@ int pki_ensure_ca(const char *cert_path, const char *key_path, const char *commo
         log_openssl("cannot create a CA", cert_path);
         return -EIO;
     }
-    int r = write_pem_key(key_path, key);
-    if (r == 0)
-        r = write_pem_certs(cert_path, ca, NULL);
-    if (r < 0)
-        log_fields(LOG_LEVEL_ERROR, "cannot write a CA", "path", cert_path, "error", strerror(-r), NULL);
-    else
-        log_fields(LOG_LEVEL_INFO, "created a CA", "name", common_name, "path", cert_path, NULL);
-    return r;
+    return save_issued("a CA", common_name, NULL, NULL, key_path, key, cert_path, ca, NULL);
 }
 
 static bool is_ip(const char *s)
@@ -224,15 +241,8 @@ static int ensure_leaf(const char *ca_cert_path, const char *ca_key_path, const 
         log_openssl("cannot issue a certificate", cert_path);
         return -EIO;
     }
-    int r = write_pem_key(key_path, key);
-    if (r == 0)
-        r = write_pem_certs(cert_path, cert, ca);
-    if (r < 0)
-        log_fields(LOG_LEVEL_ERROR, "cannot write a certificate", "path", cert_path, "error", strerror(-r), NULL);
-    else
-        log_fields(LOG_LEVEL_INFO, "issued a certificate", "name", p->common_name, "path", cert_path, "names",
-                   san.data ? san.data : "", NULL);
-    return r;
+    return save_issued("a certificate", p->common_name, "names", san.data ? san.data : "", key_path, key, cert_path,
+                       cert, ca);
 }
 
 int pki_ensure_server_cert(const char *ca_cert_path, const char *ca_key_path, const char *const *names,
@@ -284,15 +294,8 @@ int pki_ensure_intermediate(const char *ca_cert_path, const char *ca_key_path, c
         log_openssl("cannot issue an intermediate CA", cert_path);
         return -EIO;
     }
-    int r = write_pem_key(key_path, key);
-    if (r == 0)
-        r = write_pem_certs(cert_path, cert, NULL);
-    if (r < 0)
-        log_fields(LOG_LEVEL_ERROR, "cannot write an intermediate CA", "path", cert_path, "error", strerror(-r), NULL);
-    else
-        log_fields(LOG_LEVEL_INFO, "issued an intermediate CA", "name", common_name, "path", cert_path,
-                   "constraints", name_constraints, NULL);
-    return r;
+    return save_issued("an intermediate CA", common_name, "constraints", name_constraints, key_path, key, cert_path,
+                       cert, NULL);
 }
 
 int pki_load(const char *cert_path, const char *key_path, X509 **ret_cert, EVP_PKEY **ret_key)
