@@ -56,8 +56,10 @@ static int decide(api_server *srv, const policy_request *pr, policy_decision *re
     return 0;
 }
 
-int api_authorize(api_server *srv, h2o_req_t *req, const caller *c, const char *verb, const char *kind,
-                  const char *name, api_error *err)
+/* Decides VERB on KIND/NAME for caller C; see api_authorize(). REPORT: a
+ * refusal is an audit entry. */
+static int authorize(api_server *srv, h2o_req_t *req, const caller *c, const char *verb, const char *kind,
+                     const char *name, bool report, api_error *err)
 {
     policy_request pr;
     policy_request_init(&pr);
@@ -78,10 +80,26 @@ int api_authorize(api_server *srv, h2o_req_t *req, const caller *c, const char *
     if (r == 0 && decide(srv, &pr, &d, err) < 0)
         r = -1;
     cel_arena_free(values);
-    if (r < 0 || d.allow)
-        return r;
-    return api_fail(err, 403, "forbidden", "%s %s%s%s by user %s is denied: %s", verb, kind, name[0] ? "/" : "",
-                    name, caller_name(c), d.reason);
+    if (r == 0 && d.allow)
+        return 0;
+    if (r == 0)
+        api_fail(err, 403, "forbidden", "%s %s%s%s by user %s is denied: %s", verb, kind, name[0] ? "/" : "",
+                 name, caller_name(c), d.reason);
+    if (report)
+        api_report_decision(req, c, verb, kind, name, err);
+    return -1;
+}
+
+int api_authorize(api_server *srv, h2o_req_t *req, const caller *c, const char *verb, const char *kind,
+                  const char *name, api_error *err)
+{
+    return authorize(srv, req, c, verb, kind, name, true, err);
+}
+
+bool api_may(api_server *srv, h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name)
+{
+    api_error ignored;
+    return authorize(srv, req, c, verb, kind, name, false, &ignored) == 0;
 }
 
 int api_check_policies(const json_t *doc, api_error *err)

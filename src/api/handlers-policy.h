@@ -3,6 +3,7 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
 
 #include "api/request.h"
 
@@ -10,9 +11,14 @@
  * store's current policies: ctx.user from C's user, C's credential, and
  * ctx.request from REQ. Returns 0 when allowed, or -1 with ERR filled: 403
  * naming the deciding rule (or the default deny), 500 when no decision could
- * be made (which denies too). */
+ * be made (which denies too). Every refusal is an audit entry naming VERB,
+ * KIND and NAME (api_report_decision()): callers do not report it again. */
 int api_authorize(api_server *srv, h2o_req_t *req, const caller *c, const char *verb, const char *kind,
                   const char *name, api_error *err);
+/* The same decision as a question, for filtering what a caller sees (which
+ * sessions to list): true when allowed. A "no" is not audited, since it
+ * refuses nothing by itself. */
+bool api_may(api_server *srv, h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name);
 /* Refuses, with 400 naming the field and the CEL line:column, a Policy or
  * Service document whose conditions do not compile. Returns 0 or -1 with ERR. */
 int api_check_policies(const json_t *doc, api_error *err);

@@ -559,9 +559,12 @@ int api_handle_proxy(api_request *r, const char *rest, size_t rest_len, api_erro
         return api_fail(err, 404, "not_found", "no such endpoint: /v1/proxy/%.*s", (int)MIN(rest_len, (size_t)200),
                         rest);
     caller c = {0};
-    if (api_authenticate(r->server, r->req, &c, err) < 0 ||
-        api_authorize(r->server, r->req, &c, "watch", "ProxyConfig", "", err) < 0) {
+    if (api_authenticate(r->server, r->req, &c, err) < 0) {
         api_report_refusal(r->req, &c, err);
+        caller_clear(&c);
+        return -1;
+    }
+    if (api_authorize(r->server, r->req, &c, "watch", "ProxyConfig", "", err) < 0) {
         caller_clear(&c);
         return -1;
     }

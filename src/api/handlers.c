@@ -463,7 +463,6 @@ static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const
             return -1;
         }
         if (api_authorize(srv, req, c, "apply", k->kind, doc_name(doc), err) < 0) {
-            api_report_refusal(req, c, err);
             err->document = (long)i;
             pending_write_free(pw);
             return -1;
@@ -699,9 +698,13 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         char grp_kind[64]; /* "/v1/audit/" is kind "audit" */
         const char *gk = strncmp(grp->prefix, "/v1/", 4) == 0 ? grp->prefix + 4 : grp->prefix;
         snprintf(grp_kind, sizeof(grp_kind), "%.*s", (int)strcspn(gk, "/"), gk);
-        if (!grp->public && (authenticate(srv, req, &c, &err) < 0 ||
-                             authorize(srv, req, ROUTE_OTHER, grp_kind, "", &c, &err) < 0)) {
+        int denied = 0;
+        if (!grp->public && authenticate(srv, req, &c, &err) < 0) {
             api_report_refusal(req, &c, &err);
+            denied = -1;
+        } else if (!grp->public)
+            denied = authorize(srv, req, ROUTE_OTHER, grp_kind, "", &c, &err); /* audits a refusal itself */
+        if (denied < 0) {
             api_respond_error(req, grp->route, started, &err);
         } else {
             api_request r = {.server = srv, .req = req, .route = grp->route, .started = started, .caller = &c};
@@ -764,9 +767,12 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 
     /* every /v1 call is authenticated and authorized before anything else */
     caller c = {0};
-    if (authenticate(srv, req, &c, &err) < 0 ||
-        authorize(srv, req, route, kind ? kind->kind : "", n_seg == 2 ? seg_b : "", &c, &err) < 0) {
+    int denied = authenticate(srv, req, &c, &err);
+    if (denied < 0)
         api_report_refusal(req, &c, &err);
+    else /* audits a refusal itself */
+        denied = authorize(srv, req, route, kind ? kind->kind : "", n_seg == 2 ? seg_b : "", &c, &err);
+    if (denied < 0) {
         caller_clear(&c);
         api_respond_error(req, route, started, &err);
         return 0;

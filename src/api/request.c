@@ -105,6 +105,23 @@ void api_method_not_allowed(h2o_req_t *req, api_route route, uint64_t started, c
     api_respond_error(req, route, started, &err);
 }
 
+void api_report_decision(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
+                         const api_error *err)
+{
+    char ip[INET6_ADDRSTRLEN];
+    httpd_peer_ip(req, ip, sizeof(ip));
+    log_fields(LOG_LEVEL_INFO, "API request refused", "reason", err->message, "user", caller_name(c), "verb", verb,
+               "kind", kind, "name", name, "ip", ip, NULL);
+    json_t *details = json_pack("{s:s#, s:s#, s:i, s:s, s:{s:s, s:s, s:s}}", "method", req->method.base,
+                                (int)req->method.len, "path", req->path_normalized.base,
+                                (int)MIN(req->path_normalized.len, (size_t)1024), "status", err->status, "reason",
+                                err->message, "api", "verb", verb, "kind", kind, "name", name);
+    audit_event_emit(&(audit_event){.action = "api.access", .user = c->user ? caller_name(c) : NULL, .ip = ip,
+                                    .kind = kind[0] ? kind : NULL, .name = name[0] ? name : NULL,
+                                    .outcome = "denied", .details = details});
+    json_decref(details);
+}
+
 void api_report_refusal(h2o_req_t *req, const caller *c, const api_error *err)
 {
     char ip[INET6_ADDRSTRLEN];

@@ -44,8 +44,14 @@ void api_finish(api_route route, uint64_t started, int status);
 void api_method_not_allowed(h2o_req_t *req, api_route route, uint64_t started, const char *allowed);
 
 bool api_method_is(const h2o_req_t *req, const char *method);
-/* Reports a refused request (authentication or authorization) as an audit event. */
+/* Reports a request refused before any decision (authentication failed) as
+ * an audit event. */
 void api_report_refusal(h2o_req_t *req, const caller *c, const api_error *err);
+/* Reports a refused decision of VERB on KIND/NAME as an audit event
+ * (action api.access, outcome denied, details.api {verb, kind, name}).
+ * api_authorize() calls it for every refusal: callers do not. */
+void api_report_decision(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
+                         const api_error *err);
 /* Copies query parameter NAME (not percent-decoded: callers accept plain
  * tokens only) into OUT; false when absent or longer than SIZE - 1. */
 bool api_query_param(const h2o_req_t *req, const char *name, char *out, size_t size);
