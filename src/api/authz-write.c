@@ -323,9 +323,12 @@ int api_decide_writes(api_server *srv, h2o_req_t *req, const caller *c, const ap
             err->document = (long)i;
             return -1;
         }
-    /* what no right permits, once the caller is known to be allowed */
+    /* what no right permits, once the caller is known to be allowed; a
+     * refusal is audited as the write's own, since no policy was asked */
     for (size_t i = 0; i < n; i++)
         if (check_constraints(srv, w, n, i, &claims, err) < 0) {
+            if (err->status < 500)
+                api_report_decision(req, c, w[i].verb, w[i].kind, w[i].name, err);
             err->document = (long)i;
             return -1;
         }

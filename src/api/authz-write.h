@@ -58,7 +58,8 @@ typedef struct api_write {
  * documents claim (409 naming the owner), a Credential for a user that
  * neither exists nor is written alongside (400 naming the user). Returns 0,
  * or -1 with ERR filled and err->document the index of the refused write in
- * W. Every refusal of a right is an audit entry (api_authorize(), or
- * api_report_decision() for a protected object). */
+ * W. Every refusal is an audit entry: api_authorize()'s, or
+ * api_report_decision() naming the write's own verb, kind and name for a
+ * protected object, a claimed host or a missing user. */
 int api_decide_writes(api_server *srv, h2o_req_t *req, const caller *c, const api_write *w, size_t n,
                       api_error *err);
