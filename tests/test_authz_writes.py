@@ -114,15 +114,16 @@ def test_a_user_without_rights_learns_nothing_from_a_secret_write_and_the_kms_is
     s = shared_server
     before = kms_calls(s)
     guess = manifest("Secret", "db-password", {"data": {"password": "correct-horse-battery"}})
-    r = s.request("POST", "/v1/apply", token=tenant["nobody"], json={"items": [guess]})
-    assert_refused(r, 403, user="nobody", verb="update", kind="Secret", name="db-password", s=s)
-    assert error_of(r)["document"] == 0
-    r = s.request("POST", "/v1/apply", token=tenant["nobody"],
-                  json={"items": [manifest("Secret", "new-secret", {"data": {"k": "v"}})]})
-    assert_refused(r, 403, user="nobody", verb="create", kind="Secret", name="new-secret", s=s)
-    r = s.request("PUT", "/v1/secrets/db-password", token=tenant["nobody"], json=guess)
-    assert_refused(r, 403, user="nobody", verb="update", kind="Secret", name="db-password", s=s)
+    tries = [("POST", "/v1/apply", {"items": [guess]}, "update", "db-password"),
+             ("POST", "/v1/apply", {"items": [manifest("Secret", "new-secret", {"data": {"k": "v"}})]}, "create",
+              "new-secret"),
+             ("PUT", "/v1/secrets/db-password", guess, "update", "db-password")]
+    answers = [s.request(method, path, token=tenant["nobody"], json=body) for method, path, body, _, _ in tries]
+    assert [r.status_code for r in answers] == [403] * len(tries), [r.text for r in answers]
     assert kms_calls(s) == before, "a refused Secret write reached the KMS"
+    for r, (_, _, _, verb, name) in zip(answers, tries):
+        assert_refused(r, 403, user="nobody", verb=verb, kind="Secret", name=name, s=s)
+    assert error_of(answers[0])["document"] == 0
     # the observable is real: the admin's unchanged re-apply compares (decrypts), a new value seals
     r = s.request("POST", "/v1/apply", json={"items": [guess]})
     assert r.status_code == 200 and r.json()["items"][0]["action"] == "unchanged", r.text
