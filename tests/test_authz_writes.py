@@ -158,8 +158,24 @@ def test_identity_provider_client_secret_needs_use(shared_server, tenant):
     r = s.request("POST", "/v1/identityproviders", token=tok, json=idp)
     assert_refused(r, 403, user="svcwriter", verb="use", kind="Secret", name="idp-client", s=s)
     grant_use(s, "svcwriter", "idp-client")
+    # an identity provider logs in any user whose email it vouches for: a
+    # provider of one's own is impersonating anyone
+    r = s.request("POST", "/v1/identityproviders", token=tok, json=idp)
+    assert_refused(r, 403, user="svcwriter", verb="impersonate", kind="User", name="*", s=s)
+    grant(s, "svcwriter", 'ctx.request.api.verb == "impersonate" && ctx.request.api.kind == "User" && '
+                          'ctx.request.api.name == "*"')
     r = s.request("POST", "/v1/identityproviders", token=tok, json=idp)
     assert r.status_code == 201, r.text
+    # without that right again, its scopes may still change; its issuer may not
+    pol = s.request("GET", "/v1/policies/svcwriter-rights").json()
+    pol["spec"]["rules"] = pol["spec"]["rules"][:-1]
+    assert s.request("PUT", "/v1/policies/svcwriter-rights",
+                     json=manifest("Policy", "svcwriter-rights", pol["spec"])).status_code == 200
+    idp["spec"]["scopes"] = ["openid", "email", "profile"]
+    assert s.request("PUT", "/v1/identityproviders/evil-idp", token=tok, json=idp).status_code == 200
+    idp["spec"]["issuer"] = "https://elsewhere.attacker.example"
+    r = s.request("PUT", "/v1/identityproviders/evil-idp", token=tok, json=idp)
+    assert_refused(r, 403, user="svcwriter", verb="impersonate", kind="User", name="*", s=s)
 
 
 def test_group_manager_cannot_attach_admin_policy_nor_touch_admins(shared_server, tenant):

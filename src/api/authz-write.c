@@ -111,6 +111,24 @@ static const struct reference {
     {"Enclave", "secrets[].secret", "use", "Secret", NULL},
 };
 
+/* Whether writing IdentityProvider DOC over STORED changes whom it vouches
+ * for: a new provider, or another issuer, client, claim mapping or user
+ * creation. The provider's logins match users by email and give new users
+ * the groups its tokens claim, so such a write is impersonating any user. */
+static bool idp_vouches_anew(const json_t *doc, const json_t *stored)
+{
+    static const char *const fields[] = {"issuer", "clientId", "claims", "createUsers"};
+    const json_t *spec = json_object_get(doc, "spec"), *old = json_object_get(stored, "spec");
+    if (!stored)
+        return true;
+    for (size_t i = 0; i < ELEMENTSOF(fields); i++) {
+        const json_t *a = json_object_get(spec, fields[i]), *b = json_object_get(old, fields[i]);
+        if ((a || b) && (!a || !b || !json_equal(a, b)))
+            return true;
+    }
+    return false;
+}
+
 int authz_write_additions(const json_t *doc, const json_t *stored, const char *domain, const char *writer,
                           json_t **ret)
 {
@@ -137,6 +155,10 @@ int authz_write_additions(const json_t *doc, const json_t *stored, const char *d
                 return -ENOMEM;
         }
     }
+    if (kind && strcmp(kind, "IdentityProvider") == 0 && idp_vouches_anew(doc, stored) &&
+        json_array_append_new(out, json_pack("{s:s, s:s, s:s}", "verb", "impersonate", "kind", "User", "name",
+                                             AUTHZ_ANY_USER)) < 0)
+        return -ENOMEM;
     *ret = TAKE_PTR(out);
     return 0;
 }

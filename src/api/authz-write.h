@@ -4,7 +4,8 @@
  * stored one), as Kubernetes RBAC's escalation rule: `bind` on each Policy it
  * attaches and each Group a user joins, `use` on each Secret it names, `bind`
  * on each Service host outside the cluster domain, `impersonate` on the user
- * of a Credential made for someone else. What is already there may be kept.
+ * of a Credential made for someone else, `impersonate` on User "*" for an
+ * IdentityProvider that vouches anew (it can log in any user by email). What is already there may be kept.
  * The bootstrap objects are protected whatever policies say, a host belongs
  * to one Service, and a Credential names a user that exists. */
 #pragma once
@@ -33,6 +34,10 @@ bool authz_host_in_domain(const char *host, const char *domain);
  * set) and each of spec.hosts, as a new object used as a set (host -> true),
  * or NULL when out of memory. */
 json_t *authz_service_hosts(const json_t *doc, const char *domain);
+
+/* The name an `impersonate` on User decides for a write that vouches for
+ * any user (an IdentityProvider's issuer, client, claims or user creation). */
+#define AUTHZ_ANY_USER "*"
 
 /* What writing the validated document DOC over STORED (the stored document,
  * NULL when absent) by user WRITER adds that needs a right of its own: a new

@@ -108,7 +108,7 @@ Test(additions, identity_providers_and_enclaves_use_secrets)
 {
     EXPECT_ADDS("{\"kind\":\"IdentityProvider\",\"metadata\":{\"name\":\"idp\"},"
                 "\"spec\":{\"clientSecret\":{\"secret\":\"idp-secret\",\"key\":\"k\"}}}",
-                NULL, "w", "use Secret/idp-secret");
+                NULL, "w", "use Secret/idp-secret; impersonate User/*");
     EXPECT_ADDS("{\"kind\":\"Enclave\",\"metadata\":{\"name\":\"e\"},\"spec\":{\"secrets\":["
                 "{\"key\":\"team-key\",\"file\":\"a\"},"
                 "{\"secret\":\"s1\",\"key\":\"k\",\"file\":\"b\"},"
@@ -116,6 +116,23 @@ Test(additions, identity_providers_and_enclaves_use_secrets)
                 "{\"kind\":\"Enclave\",\"metadata\":{\"name\":\"e\"},\"spec\":{\"secrets\":["
                 "{\"secret\":\"s1\",\"key\":\"other\",\"file\":\"b\"}]}}",
                 "w", "use Secret/s2");
+}
+
+Test(additions, an_identity_provider_that_vouches_anew_impersonates_anyone)
+{
+    const char *stored = "{\"kind\":\"IdentityProvider\",\"metadata\":{\"name\":\"idp\"},"
+                         "\"spec\":{\"issuer\":\"https://idp.test\",\"clientId\":\"c\",\"scopes\":[\"openid\"]}}";
+    /* the scopes it asks for change nothing about whom it vouches for */
+    EXPECT_ADDS("{\"kind\":\"IdentityProvider\",\"metadata\":{\"name\":\"idp\"},"
+                "\"spec\":{\"issuer\":\"https://idp.test\",\"clientId\":\"c\",\"scopes\":[\"openid\",\"email\"]}}",
+                stored, "w", "");
+    EXPECT_ADDS("{\"kind\":\"IdentityProvider\",\"metadata\":{\"name\":\"idp\"},"
+                "\"spec\":{\"issuer\":\"https://evil.test\",\"clientId\":\"c\",\"scopes\":[\"openid\"]}}",
+                stored, "w", "impersonate User/*");
+    EXPECT_ADDS("{\"kind\":\"IdentityProvider\",\"metadata\":{\"name\":\"idp\"},"
+                "\"spec\":{\"issuer\":\"https://idp.test\",\"clientId\":\"c\",\"scopes\":[\"openid\"],"
+                "\"createUsers\":true}}",
+                stored, "w", "impersonate User/*");
 }
 
 Test(additions, kinds_that_name_nothing_add_nothing)
