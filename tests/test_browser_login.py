@@ -145,13 +145,22 @@ def login_to_handoff(e, path="/docs/page?x=1&y=%20z", host=None):
     state = set_cookies(r)["cloister_login"]
     assert query["bind"] == [hashlib.sha256(state["value"].encode()).hexdigest()]
     assert state["path"] == "/.cloister/" and state["httponly"] and state["samesite"] == "Lax"
+    # the link is the proxy's: a mac over rd, bind and exp, the API checks it
+    assert set(query) == {"rd", "bind", "exp", "mac"} and len(query["mac"][0]) == 64, login
+    assert 0 < int(query["exp"][0]) - time.time() <= 600
     e.login_cookie = state["value"]
-    r = e.api(login[len(e.s.url):])
+    return login_at_api(e, login[len(e.s.url):])
+
+
+def login_at_api(e, path_and_query, login="alice"):
+    """Plays the browser from the API's login link PATH_AND_QUERY through the
+    provider (as user LOGIN) to the API's answer at the end of the login."""
+    r = e.api(path_and_query)
     assert r.status_code == 302, r.text
     auth_url = r.headers["Location"]
     assert auth_url.startswith(e.idp.issuer + "/"), auth_url
     http = browser({"verify": e.verify})
-    cb = to_callback(http, auth_url)
+    cb = to_callback(http, auth_url, login)
     assert cb.startswith(f"{e.s.url}/v1/auth/oidc/callback?"), cb
     r = http.get(cb, allow_redirects=False, verify=e.verify, timeout=30)
     assert r.status_code == 302, r.text
