@@ -31,8 +31,8 @@ import requests
 from conftest import Server, free_port, manifest
 from echo_upstream import EchoUpstream
 from test_browser_login import (DOMAIN, Env, audit_entries, cookie_of, handoff_url, link_mac, login_at_api,
-                                login_to_handoff, set_cookies)
-from test_oidc import CLIENT_SECRET, Provider, make_pki, node_modules  # noqa: F401
+                                login_to_handoff, set_cookies, start_cluster)
+from test_oidc import node_modules  # noqa: F401
 
 ATTACKER_BIND = hashlib.sha256(b"the attacker's own login cookie").hexdigest()
 
@@ -58,12 +58,10 @@ class Tenant(Env):
         self.https_port = https_port
         self.tokens = {}
 
-    def bearer(self, path, token, host=None, port=None):
-        h = {"Host": host or self.host}
-        if token:
-            h["Authorization"] = f"Bearer {token}"
-        return requests.get(f"http://127.0.0.1:{port or self.http_port}{path}", headers=h, allow_redirects=False,
-                            timeout=30)
+    def bearer(self, path, token, host=None):
+        """An API client's GET on the proxy's plain-HTTP listener with TOKEN."""
+        h = {"Host": host or self.host, "Authorization": f"Bearer {token}"}
+        return requests.get(f"http://127.0.0.1:{self.http_port}{path}", headers=h, allow_redirects=False, timeout=30)
 
     def attacker_saw(self):
         return [r for r in self.attacker.requests if "ambiguous" not in r]
@@ -71,23 +69,13 @@ class Tenant(Env):
 
 @pytest.fixture(scope="module")
 def tenant(node_modules, tmp_path_factory):  # noqa: F811
-    d = tmp_path_factory.mktemp("authz-proxy")
-    up, attacker = EchoUpstream(), EchoUpstream()
-    up_port, attacker_port = up.start(), attacker.start()
-    http_port, https_port = free_port(), free_port()
-    s = Server(d / "data", extra_args=["--proxy-listen", f"127.0.0.1:{https_port}", "--proxy-http-listen",
-                                       f"127.0.0.1:{http_port}", "--domain", DOMAIN]).start()
-    ca = make_pki(d)
-    provider = Provider(d, "a", s.port)
-    bundle = d / "bundle.pem"
-    bundle.write_text(Path(s.ca).read_text().strip() + "\n" + ca.read_text())
+    https_port = free_port()
+    s, up, up_port, provider, http_port, bundle, idp = start_cluster(tmp_path_factory.mktemp("authz-proxy"),
+                                                                      https_port)
+    attacker = EchoUpstream()
+    attacker_port = attacker.start()
     allow = lambda cond: {"rules": [{"effect": "allow", "priority": 0, "condition": {"match": cond}}]}  # noqa: E731
-    r = s.request("POST", "/v1/apply", json={"items": [
-        manifest("Secret", "oidc-client", {"data": {"secret": CLIENT_SECRET}}),
-        manifest("IdentityProvider", "test", {
-            "type": "oidc", "issuer": provider.issuer, "clientId": "cloister",
-            "clientSecret": {"secret": "oidc-client", "key": "secret"}, "scopes": ["openid", "email", "groups"],
-            "createUsers": True, "ca": ca.read_text()}),
+    r = s.request("POST", "/v1/apply", json={"items": idp + [
         manifest("Group", "devs", {}),
         manifest("Policy", "devs-read", allow('"devs" in ctx.user.groups && ctx.request.http.method in ["GET", "HEAD"]')),
         manifest("Policy", "sso-only", allow('ctx.session.authMethod == "oidc"')),
@@ -103,7 +91,7 @@ def tenant(node_modules, tmp_path_factory):  # noqa: F811
         manifest("Credential", "svcwriter-cli", {"user": "svcwriter", "type": "authToken"}),
     ]})
     assert r.status_code == 200, r.text
-    t = Tenant(s, up, provider, http_port, str(bundle), attacker, attacker_port, https_port)
+    t = Tenant(s, up, provider, http_port, bundle, attacker, attacker_port, https_port)
     t.tokens["tina"] = token_login(s, "tina-cli")
     t.tokens["svcwriter"] = token_login(s, "svcwriter-cli")
     deadline = time.time() + 15

@@ -92,24 +92,33 @@ class Env:
         return requests.get(self.s.url + path_and_query, verify=self.verify, allow_redirects=False, timeout=30)
 
 
-@pytest.fixture(scope="module")
-def env(node_modules, tmp_path_factory):  # noqa: F811
-    d = tmp_path_factory.mktemp("browser-login")
+def start_cluster(d, https_port=None):
+    """Starts an echo upstream, cloisterd in D (its proxy on a plain-HTTP
+    port too, services under DOMAIN) and the OpenID provider. Returns
+    (server, upstream, upstream port, provider, proxy HTTP port, the CA
+    bundle of both, the manifests of the provider's client secret and
+    IdentityProvider "test")."""
     up = EchoUpstream()
     up_port = up.start()
     http_port = free_port()
-    s = Server(d / "data", extra_args=["--proxy-listen", f"127.0.0.1:{free_port()}", "--proxy-http-listen",
-                                       f"127.0.0.1:{http_port}", "--domain", DOMAIN]).start()
+    s = Server(d / "data", extra_args=["--proxy-listen", f"127.0.0.1:{https_port or free_port()}",
+                                       "--proxy-http-listen", f"127.0.0.1:{http_port}", "--domain", DOMAIN]).start()
     ca = make_pki(d)
     provider = Provider(d, "a", s.port)
     bundle = d / "bundle.pem"
     bundle.write_text(Path(s.ca).read_text().strip() + "\n" + ca.read_text())
-    r = s.request("POST", "/v1/apply", json={"items": [
-        manifest("Secret", "oidc-client", {"data": {"secret": CLIENT_SECRET}}),
-        manifest("IdentityProvider", "test", {
-            "type": "oidc", "issuer": provider.issuer, "clientId": "cloister",
-            "clientSecret": {"secret": "oidc-client", "key": "secret"}, "scopes": ["openid", "email", "groups"],
-            "createUsers": True, "ca": ca.read_text()}),
+    idp = [manifest("Secret", "oidc-client", {"data": {"secret": CLIENT_SECRET}}),
+           manifest("IdentityProvider", "test", {
+               "type": "oidc", "issuer": provider.issuer, "clientId": "cloister",
+               "clientSecret": {"secret": "oidc-client", "key": "secret"}, "scopes": ["openid", "email", "groups"],
+               "createUsers": True, "ca": ca.read_text()})]
+    return s, up, up_port, provider, http_port, str(bundle), idp
+
+
+@pytest.fixture(scope="module")
+def env(node_modules, tmp_path_factory):  # noqa: F811
+    s, up, up_port, provider, http_port, bundle, idp = start_cluster(tmp_path_factory.mktemp("browser-login"))
+    r = s.request("POST", "/v1/apply", json={"items": idp + [
         manifest("Group", "devs", {}),
         manifest("Policy", "devs-read", {"rules": [
             {"effect": "allow", "priority": 0,
@@ -119,7 +128,7 @@ def env(node_modules, tmp_path_factory):  # noqa: F811
                                       "hosts": ["vault.internal.example"]}),
     ]})
     assert r.status_code == 200, r.text
-    e = Env(s, up, provider, http_port, str(bundle))
+    e = Env(s, up, provider, http_port, bundle)
     # the proxy has the configuration (and the handoff key) once it routes wiki
     deadline = time.time() + 15
     while e.proxy("/", html=False).status_code != 401:
