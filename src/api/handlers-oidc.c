@@ -410,7 +410,8 @@ static void report(api_request *r, const char *action, const char *user, const c
  * be on a Service's host, then its bind, exp and mac checked to be the
  * proxy's and unexpired, into *RET; *RET_PRESENT says whether there was an
  * rd. Returns 0, or -1 with ERR (400 naming the problem; a link the proxy
- * did not issue is also an auth.login audit entry). */
+ * did not issue is also an auth.login audit entry, and spends one of the
+ * address's login attempts: 429 when none is left). */
 static int link_from_query(api_request *r, login_link *ret, bool *ret_present, api_error *err)
 {
     api_server *srv = r->server;
@@ -443,12 +444,13 @@ static int link_from_query(api_request *r, login_link *ret, bool *ret_present, a
     api_query_param(req, "exp", exp, sizeof(exp));
     api_query_param(req, "mac", mac, sizeof(mac));
     int e = login_link_check(srv->cfg->handoff_key, ret->rd.url, bind, exp, mac, now_s(), &why);
-    if (e < 0) {
-        api_fail(err, 400, "invalid", "%s", why);
-        if (e == -EKEYREJECTED)
-            report(r, "auth.login", NULL, NULL, NULL, "denied", why);
-        return -1;
+    if (e == -EKEYREJECTED) { /* forged: audited, as often as the address may try a login */
+        if (api_auth_rate_check_ip(r, err) < 0)
+            return -1;
+        report(r, "auth.login", NULL, NULL, NULL, "denied", why);
     }
+    if (e < 0)
+        return api_fail(err, 400, "invalid", "%s", why);
     memcpy(ret->bind, bind, LOGIN_BIND_LEN + 1);
     snprintf(ret->exp, sizeof(ret->exp), "%s", exp);
     memcpy(ret->mac, mac, LOGIN_MAC_LEN + 1);

@@ -561,10 +561,13 @@ static bool authority_port_is_ours(h2o_req_t *req)
 
 /* Builds the login link for a browser at REQ's URL (TARGET, the normalised
  * path with its query) bound to BIND: the login URL with rd, bind, exp and
- * the mac the API checks (auth/handoff.h). Returns a heap string (the
- * caller frees it), or NULL. */
-static char *login_link(h2o_req_t *req, const proxy_config *c, const char *target, const char *bind)
+ * the mac the API checks (auth/handoff.h), into *RET (heap, the caller
+ * frees it). Returns 0, -ENOKEY when C holds no handoff key yet, -ENOMEM
+ * or -EIO. */
+static int login_link(h2o_req_t *req, const proxy_config *c, const char *target, const char *bind, char **ret)
 {
+    if (!c->has_handoff_key)
+        return -ENOKEY;
     const proxy_settings *s = settings_of(req);
     char url[PROXY_PATH_MAX + 600], escaped[3 * sizeof(url) + 1], mac[LOGIN_MAC_LEN + 1];
     snprintf(url, sizeof(url), "%s://%.*s%s", req->scheme->name.base, (int)MIN(req->authority.len, 300u),
@@ -575,12 +578,12 @@ static char *login_link(h2o_req_t *req, const proxy_config *c, const char *targe
      * an rd that does not parse is refused there, mac or not */
     login_rd *rd = h2o_mem_alloc_pool(&req->pool, sizeof(*rd));
     const char *signed_url = login_rd_parse(url, strlen(url), rd, NULL) == 0 ? rd->url : url;
-    if (!c->has_handoff_key || login_link_mac(c->handoff_key, signed_url, bind, exp, mac) < 0)
-        return NULL;
-    char *location;
-    if (asprintf(&location, "%s?rd=%s&bind=%s&exp=%lld&mac=%s", s->login_url, escaped, bind, (long long)exp, mac) < 0)
-        return NULL;
-    return location;
+    int e = login_link_mac(c->handoff_key, signed_url, bind, exp, mac);
+    if (e < 0)
+        return e;
+    if (asprintf(ret, "%s?rd=%s&bind=%s&exp=%lld&mac=%s", s->login_url, escaped, bind, (long long)exp, mac) < 0)
+        return -ENOMEM;
+    return 0;
 }
 
 /* 401: a browser is redirected to log in (and back to its URL: TARGET, the
@@ -605,10 +608,13 @@ static int refuse_unauthenticated(h2o_req_t *req, access_record *rec, const char
         char state[33], bind[LOGIN_BIND_LEN + 1];
         if (login_bind(state, bind) < 0)
             return respond_error(req, rec, 500, "internal", "no randomness");
-        char *location = login_link(req, rec->config, target, bind);
-        if (!location)
+        char *location = NULL;
+        int e = login_link(req, rec->config, target, bind, &location);
+        if (e == -ENOKEY)
             return respond_error(req, rec, 503, "unavailable",
                                  "the proxy cannot start a login yet (no handoff key from the API); retry shortly");
+        if (e < 0)
+            return respond_error(req, rec, 500, "internal", "the login link could not be made (%s)", strerror(-e));
         char *cookie;
         bool tls = req->scheme == &H2O_URL_SCHEME_HTTPS;
         if (asprintf(&cookie, LOGIN_COOKIE "=%s; Path=" PROXY_RESERVED_PREFIX "; Max-Age=%d; HttpOnly; SameSite=Lax%s",
