@@ -21,7 +21,7 @@
 #include "proxy/proxy.h"
 
 #define ASSERTION_KEY_ROTATE_S (24 * 3600)
-#define MAX_CONNECTIONS 20000
+#define MAX_CONNECTIONS 20000 /* at most; below the descriptor limit (proxy_connection_cap) */
 #define REQUEST_TIMEOUT_MS 10000 /* HTTP/1: headers and body of a request, and keep-alive idleness */
 #define IDLE_TIMEOUT_MS 60000    /* HTTP/2 */
 
@@ -120,7 +120,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         .plain_listen = cfg->proxy_http_listen[0] ? cfg->proxy_http_listen : NULL,
         .threads = cfg->proxy_threads,
         .max_request_body = PROXY_DEFAULT_MAX_BODY,
-        .max_connections = MAX_CONNECTIONS,
+        .max_connections = proxy_connection_cap(MAX_CONNECTIONS),
         .request_timeout_ms = REQUEST_TIMEOUT_MS,
         .idle_timeout_ms = IDLE_TIMEOUT_MS,
         .hooks = {.register_handlers = proxy_register, .thread_init = proxy_thread_init,
