@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <glob.h>
 #include <openssl/evp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -385,6 +386,23 @@ Test(entry, stamped_by_the_audit_role)
     json_decref(stored);
     cr_assert_eq(audit_entry_stamp(e, "", now, &again, &len2), -EINVAL);
     cr_assert_eq(audit_entry_stamp(e, NULL, now, &again, &len2), -EINVAL);
+    /* the caps hold for submissions (the audit role answers 400): 16 KiB an
+     * entry, 1 KiB a string */
+    char pad[1026];
+    memset(pad, 'x', sizeof(pad) - 1);
+    pad[sizeof(pad) - 1] = 0;
+    json_t *big = json_deep_copy(e), *details = json_object_get(big, "details");
+    json_object_set_new(details, "pad", json_string(pad));
+    cr_assert_eq(audit_entry_stamp(big, "api", now, &again, &len2), -EINVAL);
+    pad[1000] = 0;
+    json_object_del(details, "pad");
+    for (int k = 0; k < 17; k++) {
+        char key[8];
+        snprintf(key, sizeof(key), "p%d", k);
+        json_object_set_new(details, key, json_string(pad));
+    }
+    cr_assert_eq(audit_entry_stamp(big, "api", now, &again, &len2), -E2BIG);
+    json_decref(big);
     /* the submission itself is what the event queue holds */
     cr_assert_eq(audit_entry_submission_canonicalize(e, &again, &len2), 0);
     free(again);
