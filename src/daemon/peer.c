@@ -2,7 +2,10 @@
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
+
+#include "basic/log.h"
 
 int peer_check(const peer_policy *p, pid_t pid, uid_t uid, int *ret_role)
 {
@@ -26,5 +29,17 @@ int peer_check(const peer_policy *p, pid_t pid, uid_t uid, int *ret_role)
 
 int peer_check_hook(const void *data, pid_t pid, uid_t uid, int *ret_peer)
 {
-    return peer_check(data, pid, uid, ret_peer);
+    const peer_policy *p = data;
+    int e = peer_check(p, pid, uid, ret_peer);
+    if (e < 0) {
+        char pid_s[24], uid_s[24];
+        snprintf(pid_s, sizeof(pid_s), "%ld", (long)pid);
+        snprintf(uid_s, sizeof(uid_s), "%lu", (unsigned long)uid);
+        log_fields(LOG_LEVEL_WARN, "refused a local peer", "socket", p->socket, "pid", pid_s, "uid", uid_s, "reason",
+                   e == -ESRCH    ? "not a process of this daemon's roles"
+                   : e == -EACCES ? "a role that may not use this socket"
+                                  : "not the roles' uid",
+                   NULL);
+    }
+    return e;
 }

@@ -13,7 +13,14 @@
 
 #define PEER_ALLOWED_MAX 8
 
+/* What the pid proves today: the table is writable by the roles (they set
+ * their readiness) and at one uid any role can ptrace another, so it tells
+ * the roles from every other process of that uid, not one role from a
+ * compromised other. When roles get their own uids, the uid check is what
+ * holds, and the table can be made read-only for them. */
+
 typedef struct peer_policy {
+    const char *socket;       /* in logs: "kms.sock" */
     const role_health *roles; /* the supervisor's table, shared memory */
     size_t n_roles;
     uid_t uid; /* the uid every role runs as */
@@ -29,5 +36,6 @@ typedef struct peer_policy {
 int peer_check(const peer_policy *p, pid_t pid, uid_t uid, int *ret_role);
 
 /* peer_check() in the shape of httpd_config's check_peer hook, DATA being
- * a peer_policy. */
+ * a peer_policy; logs each refusal ("refused a local peer", with the
+ * socket, the peer's pid and uid, and why). */
 int peer_check_hook(const void *data, pid_t pid, uid_t uid, int *ret_peer);

@@ -627,7 +627,8 @@ int role_audit_main(const daemon_config *cfg, role_health *health, role_health *
         char listen[4300];
         snprintf(listen, sizeof(listen), "unix:%s", cfg->audit_socket);
         /* the roles that emit events; which entries each may append is audit_appender_may()'s */
-        const peer_policy peers = {.roles = all, .n_roles = n_all, .uid = geteuid(), .allowed = {"api", "proxy", "kms"}};
+        const peer_policy peers = {.socket = "audit.sock", .roles = all, .n_roles = n_all, .uid = geteuid(),
+                                   .allowed = {"api", "proxy", "kms"}};
         r.roles = all;
         r.n_roles = n_all;
         httpd_config h = {

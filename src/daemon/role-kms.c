@@ -603,7 +603,8 @@ int role_kms_main(const daemon_config *cfg, role_health *health, role_health *al
     char listen[4300];
     snprintf(listen, sizeof(listen), "unix:%s", cfg->kms_socket);
     /* keys are used by the api role (on behalf of callers it authorised) and the runner */
-    const peer_policy peers = {.roles = all, .n_roles = n_all, .uid = geteuid(), .allowed = {"api", "runner"}};
+    const peer_policy peers = {.socket = "kms.sock", .roles = all, .n_roles = n_all, .uid = geteuid(),
+                               .allowed = {"api", "runner"}};
     httpd_config http = {
         .name = "KMS",
         .listen = listen,

@@ -569,7 +569,8 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
         char listen[4300];
         snprintf(listen, sizeof(listen), "unix:%s", cfg->runner_socket);
         /* only the api role (its Enclave controller) launches and asks for evidence */
-        const peer_policy peers = {.roles = all, .n_roles = n_all, .uid = geteuid(), .allowed = {"api"}};
+        const peer_policy peers = {.socket = "runner.sock", .roles = all, .n_roles = n_all, .uid = geteuid(),
+                                   .allowed = {"api"}};
         httpd_config h = {
             .name = "runner",
             .listen = listen,

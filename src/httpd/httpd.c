@@ -8,7 +8,6 @@
 #include <openssl/ssl.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -192,27 +191,19 @@ static void on_conn_close(void *data)
 }
 
 /* Asks the server's check_peer about the process at the other end of the
- * Unix socket FD. Returns 0 and its identity in *RET_PEER, or a negative
- * errno after logging the refusal with the peer's pid and uid. */
+ * Unix socket FD (check_peer logs its refusals). Returns 0 and its identity
+ * in *RET_PEER, or a negative errno. */
 static int check_peer(const httpd_config *cfg, int fd, int *ret_peer)
 {
-    struct ucred cred = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
+    struct ucred cred;
     socklen_t len = sizeof(cred);
-    int e = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ? negative_errno() : 0;
-    if (e == 0)
-        e = cfg->check_peer(cfg->peer_data, cred.pid, cred.uid, ret_peer);
-    if (e < 0) {
-        char pid[24], uid[24];
-        snprintf(pid, sizeof(pid), "%ld", (long)cred.pid);
-        snprintf(uid, sizeof(uid), "%lu", (unsigned long)cred.uid);
-        log_fields(LOG_LEVEL_WARN, "refused a local peer", "server", cfg->name, "pid", pid, "uid", uid, "reason",
-                   e == -ESRCH    ? "not a process of this daemon's roles"
-                   : e == -EACCES ? "a role that may not use this socket"
-                   : e == -EPERM  ? "not the roles' uid"
-                                  : strerror(-e),
-                   NULL);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        int e = negative_errno();
+        log_fields(LOG_LEVEL_WARN, "refused a local peer whose credentials cannot be read", "server", cfg->name,
+                   "error", strerror(-e), NULL);
+        return e;
     }
-    return e;
+    return cfg->check_peer(cfg->peer_data, cred.pid, cred.uid, ret_peer);
 }
 
 /* Accepts one connection on LISTENER for ACTX; FROM is the added listener

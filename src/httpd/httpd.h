@@ -46,8 +46,8 @@ typedef struct httpd_config {
      * decides on each accepted connection from its SO_PEERCRED pid and uid
      * before a byte is read. Returns 0 and an identity in *RET_PEER, kept
      * with the connection (httpd_conn_peer()), to serve it; a negative errno
-     * closes it, logged as "refused a local peer". NULL: whoever the
-     * socket's mode lets connect. */
+     * (after logging why) closes it. NULL: whoever the socket's mode lets
+     * connect. */
     int (*check_peer)(const void *data, pid_t pid, uid_t uid, int *ret_peer);
     const void *peer_data;
 } httpd_config;
