@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "store/store.h"
 
@@ -14,6 +15,10 @@ typedef struct role_health {
     const char *name;
     _Atomic bool wanted;
     _Atomic bool ready;
+    /* The role's current process, 0 while it is not running: written by the
+     * supervisor (and by the child itself before it runs the role) on every
+     * (re)start, read by the local sockets' peer checks (daemon/peer.h). */
+    _Atomic pid_t pid;
 } role_health;
 
 typedef struct api_config {
