@@ -83,8 +83,7 @@ static int authorize(api_server *srv, h2o_req_t *req, const caller *c, const cha
     if (r == 0 && d.allow)
         return 0;
     if (r == 0)
-        api_fail(err, 403, "forbidden", "%s %s%s%s by user %s is denied: %s", verb, kind, name[0] ? "/" : "",
-                 name, caller_name(c), d.reason);
+        return report ? api_refuse(req, c, verb, kind, name, d.reason, err) : -1;
     if (report)
         api_report_decision(req, c, verb, kind, name, err);
     return -1;
@@ -100,6 +99,15 @@ bool api_may(api_server *srv, h2o_req_t *req, const caller *c, const char *verb,
 {
     api_error ignored;
     return authorize(srv, req, c, verb, kind, name, false, &ignored) == 0;
+}
+
+int api_fail_absent(api_server *srv, h2o_req_t *req, const caller *c, const char *verb, const char *kind,
+                    const char *name, api_error *err)
+{
+    if (api_may(srv, req, c, "get", kind, name))
+        return api_fail(err, 404, "not_found", "%s %s not found", kind, name);
+    api_refuse(req, c, verb, kind, name, "it does not exist, and the caller may not get it", err);
+    return api_fail_forbidden(err, c, verb, kind, name, POLICY_REASON_DEFAULT_DENY);
 }
 
 int api_check_policies(const json_t *doc, api_error *err)
@@ -133,10 +141,14 @@ static int body_string(const json_t *body, const char *name, const char **ret, a
 }
 
 /* Fills the what-if request PR from BODY (borrowed values) and the store.
- * USER and SERVICE documents are returned for the caller to release. */
-static int check_request(api_server *srv, const json_t *body, policy_request *pr, cel_arena *a, json_t **ret_user,
+ * USER and SERVICE documents are returned for the caller to release. A
+ * check for another user is decided as `check` on User U before U is looked
+ * up; a user or service that does not exist is told only to a caller who may
+ * get it (api_fail_absent()), so no check enumerates them. */
+static int check_request(api_request *r, const json_t *body, policy_request *pr, cel_arena *a, json_t **ret_user,
                          json_t **ret_service, api_error *err)
 {
+    api_server *srv = r->server;
     const char *user, *service, *method, *path, *ip, *credential, *query, *host, *verb, *kind, *name;
     if (body_string(body, "user", &user, err) < 0 || body_string(body, "service", &service, err) < 0 ||
         body_string(body, "method", &method, err) < 0 || body_string(body, "path", &path, err) < 0 ||
@@ -151,11 +163,18 @@ static int check_request(api_server *srv, const json_t *body, policy_request *pr
         return -1;
     if (!*user)
         return api_fail(err, 400, "invalid", "user is required");
+    bool self = strcmp(user, caller_name(r->caller)) == 0;
+    if (!self && api_authorize(srv, r->req, r->caller, "check", "User", user, err) < 0)
+        return -1;
     int e = store_get(srv->cfg->store, "User", user, ret_user);
+    if (e == -ENOENT)
+        return api_fail_absent(srv, r->req, r->caller, "check", "User", user, err);
     if (e < 0)
         return api_fail_store(err, e, "User", user);
     if (*service) {
         e = store_get(srv->cfg->store, "Service", service, ret_service);
+        if (e == -ENOENT)
+            return api_fail_absent(srv, r->req, r->caller, "get", "Service", service, err);
         if (e < 0)
             return api_fail_store(err, e, "Service", service);
     }
@@ -184,7 +203,8 @@ static int check_request(api_server *srv, const json_t *body, policy_request *pr
 }
 
 /* POST /v1/policy/check: decides a described request as the proxy or the
- * API would and answers {allow, decision, policy, rule, reason}. */
+ * API would and answers {allow, decision, policy, rule, reason}. A check
+ * for oneself needs no right; for another user, `check` on that User. */
 static int handle_check(api_request *r, api_error *err)
 {
     json_t *body = api_decode_body(r->req->entity.base, r->req->entity.len, err);
@@ -201,7 +221,7 @@ static int handle_check(api_request *r, api_error *err)
     int e = values ? 0 : api_fail(err, 500, "internal", "out of memory");
     policy_decision d;
     if (e == 0)
-        e = check_request(r->server, body, &pr, values, &user, &service, err);
+        e = check_request(r, body, &pr, values, &user, &service, err);
     if (e == 0)
         e = decide(r->server, &pr, &d, err);
     if (e == 0) {

@@ -39,6 +39,7 @@
 #include "api/handoff.h"
 #include "api/sse.h"
 #include "audit/event.h"
+#include "auth/bootstrap-names.h"
 #include "auth/keyring.h"
 #include "basic/encoding.h"
 #include "basic/log.h"
@@ -553,6 +554,19 @@ static int open_stream(api_request *r, const caller *c, int64_t since, api_error
     return 0;
 }
 
+/* Whether C is the proxy role's own identity: the workload user
+ * cloister-proxy authenticated through its bootstrap credential (directly or
+ * by a session that credential opened). */
+static bool is_proxy_identity(const caller *c)
+{
+    const json_t *user_spec = json_object_get(c->user, "spec");
+    const json_t *cred_spec = json_object_get(c->credential, "spec");
+    return c->user && c->credential && strcmp(caller_name(c), BOOTSTRAP_PROXY_USER) == 0 &&
+           strcmp(json_string_value(json_object_get(user_spec, "type")) ?: "", "workload") == 0 &&
+           strcmp(doc_name(c->credential) ?: "", BOOTSTRAP_PROXY_CREDENTIAL) == 0 &&
+           strcmp(json_string_value(json_object_get(cred_spec, "user")) ?: "", BOOTSTRAP_PROXY_USER) == 0;
+}
+
 int api_handle_proxy(api_request *r, const char *rest, size_t rest_len, api_error *err)
 {
     if (rest_len != STRLEN("config") || memcmp(rest, "config", rest_len) != 0)
@@ -564,7 +578,11 @@ int api_handle_proxy(api_request *r, const char *rest, size_t rest_len, api_erro
         caller_clear(&c);
         return -1;
     }
-    if (api_authorize(r->server, r->req, &c, "watch", "ProxyConfig", "", err) < 0) {
+    if (!is_proxy_identity(&c)) {
+        api_refuse(r->req, &c, "watch", "ProxyConfig", "",
+                   "the proxy configuration is served only to the proxy's workload identity (user " BOOTSTRAP_PROXY_USER
+                   " through its credential " BOOTSTRAP_PROXY_CREDENTIAL "), whatever policies say",
+                   err);
         caller_clear(&c);
         return -1;
     }
