@@ -10,6 +10,8 @@ an audit entry naming the verb, kind and name decided, and that the
 legitimate use beside it still works."""
 import base64
 import datetime
+import json
+import sqlite3
 import time
 
 import pytest
@@ -331,3 +333,30 @@ def test_policy_check_for_another_user_needs_check_and_enumerates_nobody(tenant)
                                                                                 "name": "team-b"}})
     assert r.status_code == 200 and r.json()["allow"] is False
     assert s.request("POST", "/v1/policy/check", json={"user": "no-such-user"}).status_code == 404
+
+
+def test_an_upgrade_brings_the_workload_policies_to_the_new_vocabulary(tmp_path):
+    s = Server(tmp_path / "data").start()
+    try:
+        new = {name: s.request("GET", f"/v1/policies/{name}").json()["spec"]
+               for name in ("cloister-proxy", "cloister-runner")}
+        assert new["cloister-proxy"]["rules"][0]["condition"]["match"] == "false"  # grants nothing
+        assert 'ctx.request.api.verb == "release"' in new["cloister-runner"]["rules"][0]["condition"]["match"]
+        s.stop()
+        # the rules an older version wrote, decided by endpoint group
+        old = {"cloister-proxy": 'ctx.request.api.kind == "ProxyConfig"',
+               "cloister-runner": 'ctx.request.api.kind == "kms" || ctx.request.api.kind == "attest"'}
+        db = sqlite3.connect(s.data_dir / "store.db")
+        for name, match in old.items():
+            (text,) = db.execute("SELECT doc FROM resources WHERE kind = 'Policy' AND name = ?", (name,)).fetchone()
+            doc = json.loads(text)
+            doc["spec"]["rules"][0]["condition"]["match"] = match
+            db.execute("UPDATE resources SET doc = ? WHERE kind = 'Policy' AND name = ?", (json.dumps(doc), name))
+        db.commit()
+        db.close()
+        s.start()
+        for name, spec in new.items():
+            assert s.request("GET", f"/v1/policies/{name}").json()["spec"] == spec
+        assert "updated a workload identity's documents" in s.read_log()
+    finally:
+        s.stop()
