@@ -328,6 +328,15 @@ def test_policy_check_for_another_user_needs_check_and_enumerates_nobody(tenant)
     r = t.as_("minter", "POST", "/v1/policy/check", json={"user": "minter", "service": "no-such-service"})
     assert refusal(r, "get", "Service", "no-such-service", "minter").endswith("no rule matched (default deny)")
     audited(s, "minter", "get", "Service", "no-such-service")
+    # nor the rules attached to someone else's credential, through a check for oneself
+    r = t.as_("minter", "POST", "/v1/policy/check", json={"user": "minter", "credential": "minter-cli"})
+    assert r.status_code == 200, r.text
+    for cred in ("keyuser-cli", "no-such-cli"):
+        r = t.as_("minter", "POST", "/v1/policy/check", json={"user": "minter", "credential": cred})
+        assert refusal(r, "get", "Credential", cred, "minter").endswith("no rule matched (default deny)")
+        audited(s, "minter", "get", "Credential", cred)
+    r = s.request("POST", "/v1/policy/check", json={"user": "admin", "credential": "keyuser-cli"})
+    assert r.status_code == 400 and "not user admin's" in r.json()["error"]["message"], r.text
     # who holds `check` asks about others; the admin does
     r = s.request("POST", "/v1/policy/check", json={"user": "keyuser", "api": {"verb": "decrypt", "kind": "Key",
                                                                                 "name": "team-b"}})

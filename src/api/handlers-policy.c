@@ -106,8 +106,7 @@ int api_fail_absent(api_server *srv, h2o_req_t *req, const caller *c, const char
 {
     if (api_may(srv, req, c, "get", kind, name))
         return api_fail(err, 404, "not_found", "%s %s not found", kind, name);
-    api_refuse(req, c, verb, kind, name, "it does not exist, and the caller may not get it", err);
-    return api_fail_forbidden(err, c, verb, kind, name, POLICY_REASON_DEFAULT_DENY);
+    return api_refuse_quietly(req, c, verb, kind, name, "it does not exist, and the caller may not get it", err);
 }
 
 int api_check_policies(const json_t *doc, api_error *err)
@@ -140,11 +139,33 @@ static int body_string(const json_t *body, const char *name, const char **ret, a
     return 0;
 }
 
+/* Checks that Credential NAME, named in a what-if for USER, is USER's: the
+ * rules attached to someone else's credential are not told by a check. A
+ * credential that does not exist or is another user's is a 404 or 400 to a
+ * caller who may get it, the 403 of a forbidden object otherwise. Returns 0
+ * or -1 with ERR. */
+static int check_credential(api_request *r, const char *user, const char *name, api_error *err)
+{
+    _cleanup_(json_decrefp) json_t *cred = NULL;
+    int e = store_get(r->server->cfg->store, "Credential", name, &cred);
+    if (e < 0 && e != -ENOENT)
+        return api_fail_store(err, e, "Credential", name);
+    const char *owner = json_string_value(json_object_get(json_object_get(cred, "spec"), "user"));
+    if (owner && strcmp(owner, user) == 0)
+        return 0;
+    if (e == -ENOENT)
+        return api_fail_absent(r->server, r->req, r->caller, "get", "Credential", name, err);
+    if (api_may(r->server, r->req, r->caller, "get", "Credential", name))
+        return api_fail(err, 400, "invalid", "credential %s is not user %s's", name, user);
+    return api_refuse_quietly(r->req, r->caller, "get", "Credential", name,
+                              "a what-if named another user's credential", err);
+}
+
 /* Fills the what-if request PR from BODY (borrowed values) and the store.
  * USER and SERVICE documents are returned for the caller to release. A
  * check for another user is decided as `check` on User U before U is looked
- * up; a user or service that does not exist is told only to a caller who may
- * get it (api_fail_absent()), so no check enumerates them. */
+ * up; a user, service or credential that does not exist is told only to a
+ * caller who may get it (api_fail_absent()), so no check enumerates them. */
 static int check_request(api_request *r, const json_t *body, policy_request *pr, cel_arena *a, json_t **ret_user,
                          json_t **ret_service, api_error *err)
 {
@@ -178,6 +199,8 @@ static int check_request(api_request *r, const json_t *body, policy_request *pr,
         if (e < 0)
             return api_fail_store(err, e, "Service", service);
     }
+    if (*credential && check_credential(r, user, credential, err) < 0)
+        return -1;
     const json_t *headers = json_object_get(body, "headers");
     if (headers && (!json_is_object(headers) || json_object_size(headers) > CHECK_HEADERS_MAX))
         return api_fail(err, 400, "invalid", "headers must be an object of at most %d strings", CHECK_HEADERS_MAX);

@@ -16,6 +16,7 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "policy/policy.h"
 
 /* Components that serve their own endpoints add one entry each. */
 const api_endpoint_group api_endpoint_groups[] = {
@@ -122,8 +123,9 @@ void api_report_decision(h2o_req_t *req, const caller *c, const char *verb, cons
     json_decref(details);
 }
 
-int api_fail_forbidden(api_error *err, const caller *c, const char *verb, const char *kind, const char *name,
-                       const char *reason)
+/* Fills ERR with the 403 of a refused decision; returns -1. */
+static int fail_forbidden(api_error *err, const caller *c, const char *verb, const char *kind, const char *name,
+                          const char *reason)
 {
     return api_fail(err, 403, "forbidden", "%s %s%s%s by user %s is denied: %s", verb, kind, name[0] ? "/" : "",
                     name, caller_name(c), reason);
@@ -132,9 +134,16 @@ int api_fail_forbidden(api_error *err, const caller *c, const char *verb, const 
 int api_refuse(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
                const char *reason, api_error *err)
 {
-    api_fail_forbidden(err, c, verb, kind, name, reason);
+    fail_forbidden(err, c, verb, kind, name, reason);
     api_report_decision(req, c, verb, kind, name, err);
     return -1;
+}
+
+int api_refuse_quietly(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
+                       const char *reason, api_error *err)
+{
+    api_refuse(req, c, verb, kind, name, reason, err);
+    return fail_forbidden(err, c, verb, kind, name, POLICY_REASON_DEFAULT_DENY);
 }
 
 void api_report_refusal(h2o_req_t *req, const caller *c, const api_error *err)

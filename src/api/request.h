@@ -52,15 +52,18 @@ void api_report_refusal(h2o_req_t *req, const caller *c, const api_error *err);
  * api_authorize() calls it for every refusal: callers do not. */
 void api_report_decision(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
                          const api_error *err);
-/* Fills ERR with the 403 of a refused decision, "<verb> <Kind>/<name> by
- * user <u> is denied: REASON"; returns -1. Not reported: see api_refuse(). */
-int api_fail_forbidden(api_error *err, const caller *c, const char *verb, const char *kind, const char *name,
-                       const char *reason);
 /* Refuses VERB on KIND/NAME by caller C whatever the policies say (a rule
- * no policy can lift): fills ERR as api_fail_forbidden() does, reports it
- * as api_report_decision() does, and returns -1. */
+ * no policy can lift): fills ERR with the 403 api_authorize() gives,
+ * "<verb> <Kind>/<name> by user <u> is denied: REASON", reports it as
+ * api_report_decision() does, and returns -1. */
 int api_refuse(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
                const char *reason, api_error *err);
+/* Refuses as api_refuse() does, with REASON in the audit entry and the log,
+ * but answers the caller the default deny any forbidden object gets, so that
+ * REASON (that an object does not exist, or whose it is) is not told.
+ * Returns -1. */
+int api_refuse_quietly(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
+                       const char *reason, api_error *err);
 /* Copies query parameter NAME (not percent-decoded: callers accept plain
  * tokens only) into OUT; false when absent or longer than SIZE - 1. */
 bool api_query_param(const h2o_req_t *req, const char *name, char *out, size_t size);
