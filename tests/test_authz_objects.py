@@ -228,6 +228,9 @@ def test_keyuser_uses_team_a_and_nothing_of_team_b(tenant):
                        ("rotate", "team-a"), ("get", "team-a"), ("disable", "team-a"), ("destroy", "team-a"),
                        ("decrypt", "ghost-key")):
         audited(s, "keyuser", verb, "Key", name)
+    # each refusal is one entry: no kms.* operation entry beside it
+    assert not [e for e in all_entries(s) if e["action"].startswith("kms.") and e["actor"]["user"] == "keyuser"
+                and e["resource"]["name"] in ("team-b", "ghost-key")]
     # the admin still reads team b's data
     r = s.request("POST", "/v1/kms/decrypt", json={"ciphertext": ct_b, "context": ctx})
     assert r.status_code == 200 and base64.b64decode(r.json()["plaintext"]) == b"team b payroll"

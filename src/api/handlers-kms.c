@@ -283,27 +283,30 @@ static int key_resource(const char *name, const char *purpose, key_info *ret, ap
  * does not exist is told only to a caller who may get it
  * (api_fail_absent()). A Key with spec.release is refused to every VERB but
  * those of its management (PLAIN false) whatever the policies say: only
- * attested release reaches it. Returns 0, or -1 with ERR (403 refusals are
- * reported already). */
+ * attested release reaches it. Returns 0, -EACCES with ERR when the call
+ * is refused (already an audit entry), or -1 with ERR. */
 static int key_decide(api_request *r, const char *verb, const char *name, const char *purpose, bool plain,
                       key_info *ret, api_error *err)
 {
     if (!resource_name_valid(name))
         return api_fail(err, 400, "invalid", "key must name a Key resource");
     if (api_authorize(r->server, r->req, r->caller, verb, "Key", name, err) < 0)
-        return -1;
+        return -EACCES;
     key_info k;
     int e = key_resource(name, purpose, &k, err);
-    if (e == -ENOENT)
-        return api_fail_absent(r->server, r->req, r->caller, verb, "Key", name, err);
+    if (e == -ENOENT) {
+        api_fail_absent(r->server, r->req, r->caller, verb, "Key", name, err);
+        return err->status == 403 ? -EACCES : -1; /* a 404 to who may get it */
+    }
     if (e < 0)
         return -1;
     if (plain && k.release) {
-        char reason[160];
+        char reason[256];
         snprintf(reason, sizeof(reason),
                  "Key %s has spec.release: it is reached only by attested release (POST /v1/kms/keys/%s/release)",
                  name, name);
-        return api_refuse(r->req, r->caller, verb, "Key", name, reason, err);
+        api_refuse(r->req, r->caller, verb, "Key", name, reason, err);
+        return -EACCES;
     }
     *ret = k;
     return 0;
@@ -436,7 +439,7 @@ static int handle_op(api_request *r, const kms_endpoint *ep, api_error *err)
     if (rc == 0)
         rc = key_decide(r, ep->name, key, ep->purpose ?: "encrypt", true, &k, err);
     if (rc < 0) {
-        if (err->status != 403) /* refusals are reported by the decision */
+        if (rc != -EACCES) /* a refusal is an audit entry already */
             report(r, ep->action, key[0] ? key : NULL, body, NULL, err);
         return -1;
     }
