@@ -903,8 +903,8 @@ int api_auth_handle_keys(api_request *r, const char *rest, size_t rest_len, api_
 
 /* POST /v1/tokens {"credential": NAME}: a new clst_ token for an existing
  * Credential, replacing its previous one, decided as `token` on Credential
- * NAME before the credential is looked up (an unknown one is refused like
- * a forbidden one). The workload credentials of the roles are never minted
+ * NAME before the credential is looked up (an unknown one is a 404 only to
+ * a caller who may get it). The workload credentials of the roles are never minted
  * here: cloisterd writes their tokens. Only the digest is stored; the token
  * is in this answer and nowhere else. */
 int api_auth_handle_tokens(api_request *r, const char *rest, size_t rest_len, api_error *err)
