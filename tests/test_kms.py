@@ -88,6 +88,19 @@ def test_cli_round_trip_across_rotation(shared_server, logged_in):
     assert cli(s, logged_in, "kms", "frobnicate").returncode == 2
     p = cli(s, logged_in, "kms", "encrypt", "--key", "no-such-key", input=b"x")
     assert p.returncode == 1 and b"not found" in p.stderr
+    # a version's destruction: a day ahead at least, then cancelled
+    p = cli(s, logged_in, "kms", "version", "cli-key", "1", "destroyed", "--after", "60")
+    assert p.returncode == 1 and b"86400" in p.stderr, p.stderr
+    p = cli(s, logged_in, "kms", "version", "cli-key", "1", "destroyed", "--after", "86400")
+    assert p.returncode == 0 and p.stdout.startswith(b"key/cli-key version 1: pendingDestruction, destroyed at ")
+    p = cli(s, logged_in, "kms", "decrypt", "--context", "app=wiki", input=old)
+    assert p.returncode == 1 and b"scheduled for destruction" in p.stderr, p.stderr
+    p = cli(s, logged_in, "kms", "version", "cli-key", "1", "enabled")
+    assert p.returncode == 0 and p.stdout == b"key/cli-key version 1: enabled\n", p.stdout
+    assert cli(s, logged_in, "kms", "decrypt", "--context", "app=wiki", input=old).stdout == b"first secret"
+    for args in (["cli-key", "1"], ["cli-key", "0", "enabled"], ["cli-key", "1", "gone"],
+                 ["cli-key", "1", "enabled", "--after", "86400"], ["cli-key", "1", "destroyed", "--after", "x"]):
+        assert cli(s, logged_in, "kms", "version", *args).returncode == 2, args
 
 
 def test_versions_disable_destroy_and_rewrap(shared_server):
