@@ -156,7 +156,8 @@ def test_first_start_writes_a_working_proxy_token(shared_server):
     user = s.request("GET", "/v1/users/cloister-proxy").json()
     assert user["spec"]["policies"] == ["cloister-proxy"]
     pol = s.request("GET", "/v1/policies/cloister-proxy").json()
-    assert [r["condition"]["match"] for r in pol["spec"]["rules"]] == ['ctx.request.api.kind == "ProxyConfig"']
+    # the stream is decided by identity, not by policy: the policy grants nothing
+    assert [r["condition"]["match"] for r in pol["spec"]["rules"]] == ["false"]
     for plural, doc in (("users", user), ("policies", pol)):
         doc.pop("status", None)
         # protected from every API caller, the admin included
@@ -206,16 +207,19 @@ def test_who_may_read_the_stream(shared_server):
     r = s.request("GET", STREAM, token=tok)
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     assert "watch ProxyConfig" in r.json()["error"]["message"]
-    # the admins' policy allows everything, this too
-    ev = stream(s)
+    # not even the admins' allow-everything policy opens it: the proxy's identity alone
+    r = s.request("GET", STREAM)
+    assert r.status_code == 403 and "proxy's workload identity" in r.json()["error"]["message"], r.text
+    tok = proxy_token(s)
+    ev = stream(s, token=tok)
     assert ev.resp.headers["content-type"] == "text/event-stream"
     assert ev.next()[0] == "snapshot"
     ev.close()
-    r = s.request("POST", STREAM)
+    r = s.request("POST", STREAM, token=tok)
     assert r.status_code == 405 and r.headers["allow"] == "GET"
-    assert s.request("GET", "/v1/proxy/other").status_code == 404
-    assert s.request("GET", STREAM + "?since=abc").status_code == 400
-    assert s.request("GET", STREAM + "?since=-1").status_code == 400
+    assert s.request("GET", "/v1/proxy/other", token=tok).status_code == 404
+    assert s.request("GET", STREAM + "?since=abc", token=tok).status_code == 400
+    assert s.request("GET", STREAM + "?since=-1", token=tok).status_code == 400
 
 
 def test_snapshot_holds_the_configuration_and_no_digest(shared_server):
@@ -366,15 +370,20 @@ def test_keep_alive_comments_on_a_quiet_stream(shared_server):
         if name == ":":
             break
     assert data == "keep-alive" and time.time() - t0 < 5.5
+    # past the caller's re-check (every 5 s) the proxy's own stream goes on: the next event
+    # is another keep-alive, not an error
+    name, data = ev.next(timeout=6, comments=True)
+    assert (name, data) == (":", "keep-alive") and time.time() - t0 > 5, (name, data)
     ev.close()
 
 
 def test_a_revoked_caller_loses_its_stream(shared_server):
     s = shared_server
-    tok = new_token(s, "second-proxy", user_policies=["cloister-proxy"])
-    ev = stream(s, token=tok)
+    # the proxy's identity through a session; the session is revoked under the stream
+    session = login(s, proxy_token(s))
+    ev = stream(s, token=session["access_token"])
     assert ev.next()[0] == "snapshot"
-    assert s.request("DELETE", "/v1/credentials/second-proxy").status_code == 200
+    assert s.request("DELETE", f"/v1/sessions/{session['session']}").status_code == 200
     (_, err), took = ev.wait_for(lambda n, d: n == "error", timeout=8)
     assert err["error"]["code"] == "unauthenticated"
     assert ev.ended.wait(5)

@@ -6,9 +6,8 @@
 #include <strings.h>
 
 #include "api/handlers-policy.h"
+#include "auth/bootstrap-names.h"
 #include "basic/macro.h"
-
-#define BOOTSTRAP_ADMIN "admin"
 
 /* ---- what a write adds (pure) ---- */
 
@@ -16,16 +15,16 @@ static const struct protected_object {
     const char *kind, *name;
     authz_protection protection;
 } protected_objects[] = {
-    {"User", BOOTSTRAP_ADMIN, AUTHZ_ADMIN_ONLY},
-    {"Group", "admins", AUTHZ_ADMIN_ONLY},
-    {"Policy", "cloister-admins", AUTHZ_ADMIN_ONLY},
-    {"Credential", "admin-bootstrap", AUTHZ_ADMIN_ONLY},
-    {"User", "cloister-proxy", AUTHZ_NOBODY},
-    {"Policy", "cloister-proxy", AUTHZ_NOBODY},
-    {"Credential", "cloister-proxy", AUTHZ_NOBODY},
-    {"User", "cloister-runner", AUTHZ_NOBODY},
-    {"Policy", "cloister-runner", AUTHZ_NOBODY},
-    {"Credential", "cloister-runner", AUTHZ_NOBODY},
+    {"User", BOOTSTRAP_ADMIN_USER, AUTHZ_ADMIN_ONLY},
+    {"Group", BOOTSTRAP_ADMIN_GROUP, AUTHZ_ADMIN_ONLY},
+    {"Policy", BOOTSTRAP_ADMIN_POLICY, AUTHZ_ADMIN_ONLY},
+    {"Credential", BOOTSTRAP_ADMIN_CREDENTIAL, AUTHZ_ADMIN_ONLY},
+    {"User", BOOTSTRAP_PROXY_USER, AUTHZ_NOBODY},
+    {"Policy", BOOTSTRAP_PROXY_POLICY, AUTHZ_NOBODY},
+    {"Credential", BOOTSTRAP_PROXY_CREDENTIAL, AUTHZ_NOBODY},
+    {"User", BOOTSTRAP_RUNNER_USER, AUTHZ_NOBODY},
+    {"Policy", BOOTSTRAP_RUNNER_POLICY, AUTHZ_NOBODY},
+    {"Credential", BOOTSTRAP_RUNNER_CREDENTIAL, AUTHZ_NOBODY},
 };
 
 authz_protection authz_write_protection(const char *kind, const char *name)
@@ -184,12 +183,12 @@ json_t *authz_service_hosts(const json_t *doc, const char *domain)
 static int check_protection(h2o_req_t *req, const caller *c, const api_write *w, api_error *err)
 {
     authz_protection p = authz_write_protection(w->kind, w->name);
-    if (p == AUTHZ_UNPROTECTED || (p == AUTHZ_ADMIN_ONLY && strcmp(caller_name(c), BOOTSTRAP_ADMIN) == 0))
+    if (p == AUTHZ_UNPROTECTED || (p == AUTHZ_ADMIN_ONLY && strcmp(caller_name(c), BOOTSTRAP_ADMIN_USER) == 0))
         return 0;
     api_fail(err, 403, "forbidden", "%s %s/%s by user %s is denied: protected bootstrap object; %s", w->verb, w->kind,
              w->name, caller_name(c),
              p == AUTHZ_NOBODY ? "the workload identities are written by cloisterd only"
-                               : "only the bootstrap user " BOOTSTRAP_ADMIN " may change or delete it");
+                               : "only the bootstrap user " BOOTSTRAP_ADMIN_USER " may change or delete it");
     api_report_decision(req, c, w->verb, w->kind, w->name, err);
     return -1;
 }

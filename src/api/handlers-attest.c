@@ -15,6 +15,7 @@
 
 #include "api/handlers-attest.h"
 #include "api/handlers-kms.h"
+#include "api/handlers-policy.h"
 #include "api/request.h"
 #include "attest/attest-policy.h"
 #include "attest/attest.h"
@@ -52,7 +53,8 @@ void api_attest_done(void)
     platform_ca = NULL;
 }
 
-/* POST /v1/attest/challenge -> {"nonce": hex, "expiresIn": seconds} */
+/* POST /v1/attest/challenge -> {"nonce": hex, "expiresIn": seconds}, decided
+ * as `create` on AttestationChallenge. */
 int api_handle_attest(api_request *r, const char *rest, size_t len, api_error *err)
 {
     if (!(len == STRLEN("challenge") && memcmp(rest, "challenge", len) == 0))
@@ -61,6 +63,8 @@ int api_handle_attest(api_request *r, const char *rest, size_t len, api_error *e
         api_method_not_allowed(r->req, r->route, r->started, "POST");
         return 0;
     }
+    if (api_authorize(r->server, r->req, r->caller, "create", "AttestationChallenge", "", err) < 0)
+        return -1;
     uint8_t nonce[RELEASE_NONCE_LEN];
     char hex[2 * RELEASE_NONCE_LEN + 1];
     int e = release_challenge_issue(challenges, (int64_t)(time_now_ns() / NSEC_PER_SEC), nonce);
@@ -135,6 +139,8 @@ int api_attest_release(api_request *r, const char *key, api_error *err)
         api_method_not_allowed(r->req, r->route, r->started, "POST");
         return 0;
     }
+    if (api_authorize(r->server, r->req, r->caller, "release", "Key", key, err) < 0)
+        return -1;
     _cleanup_(json_decrefp) json_t *body = api_decode_body(r->req->entity.base, r->req->entity.len, err);
     if (!body)
         return -1;
@@ -152,6 +158,8 @@ int api_attest_release(api_request *r, const char *key, api_error *err)
     /* the Key and its release policy */
     _cleanup_(json_decrefp) json_t *key_doc = NULL, *policy_doc = NULL;
     int e = store_get(attest_store, "Key", key, &key_doc);
+    if (e == -ENOENT)
+        return api_fail_absent(r->server, r->req, r->caller, "release", "Key", key, err);
     if (e < 0)
         return api_fail_store(err, e, "Key", key);
     const char *policy = json_string_value(

@@ -8,7 +8,9 @@
  * set; S is where Keys and AttestationPolicies are read. */
 int api_attest_init(const char *platform_ca_path, store *s);
 void api_attest_done(void);
-/* The /v1/attest/ endpoint group. */
+/* The /v1/attest/ endpoint group: a challenge is `create` on
+ * AttestationChallenge. */
 int api_handle_attest(api_request *r, const char *rest, size_t len, api_error *err);
-/* POST /v1/kms/keys/KEY/release. */
+/* POST /v1/kms/keys/KEY/release: `release` on Key KEY, then the evidence
+ * against the Key's spec.release policy. */
 int api_attest_release(api_request *r, const char *key, api_error *err);

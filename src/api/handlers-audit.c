@@ -10,6 +10,8 @@
  * client reads its own writes. */
 #include "api/handlers-audit.h"
 
+#include "api/handlers-policy.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -226,8 +228,12 @@ static int role_path(const api_request *r, const char *rest, size_t rest_len, ch
     return api_fail(err, 404, "not_found", "no such endpoint: /v1/audit/%.*s", (int)MIN(rest_len, (size_t)100), rest);
 }
 
+/* /v1/audit/...: every read of the log (checkpoint, entries, proofs) is
+ * decided as `get` on AuditLog before anything else. */
 int api_handle_audit(api_request *r, const char *rest, size_t rest_len, api_error *err)
 {
+    if (api_authorize(r->server, r->req, r->caller, "get", "AuditLog", "", err) < 0)
+        return -1;
     char path[256];
     if (role_path(r, rest, rest_len, path, sizeof(path), err) < 0)
         return -1;

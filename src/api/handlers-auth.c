@@ -21,6 +21,7 @@
 #include "api/auth.h"
 #include "api/handlers-policy.h"
 #include "audit/event.h"
+#include "auth/bootstrap-names.h"
 #include "auth/credential.h"
 #include "auth/keyring.h"
 #include "auth/ratelimit.h"
@@ -880,6 +881,8 @@ int api_auth_handle_keys(api_request *r, const char *rest, size_t rest_len, api_
         api_method_not_allowed(r->req, ROUTE_AUTH_KEYS, r->started, "POST");
         return 0;
     }
+    if (api_authorize(r->server, r->req, r->caller, "rotate", "SigningKey", "", err) < 0)
+        return -1;
     if (!r->server->cfg->keyring)
         return api_fail(err, 503, "unavailable", "the auth server has no signing keys");
     char kid[JWT_KID_MAX + 1];
@@ -898,9 +901,12 @@ int api_auth_handle_keys(api_request *r, const char *rest, size_t rest_len, api_
 
 /* ---- credential tokens ---- */
 
-/* POST /v1/tokens {"credential": NAME} (admins): a new clst_ token for an
- * existing Credential, replacing its previous one. Only the digest is
- * stored; the token is in this answer and nowhere else. */
+/* POST /v1/tokens {"credential": NAME}: a new clst_ token for an existing
+ * Credential, replacing its previous one, decided as `token` on Credential
+ * NAME before the credential is looked up (an unknown one is a 404 only to
+ * a caller who may get it). The workload credentials of the roles are never minted
+ * here: cloisterd writes their tokens. Only the digest is stored; the token
+ * is in this answer and nowhere else. */
 int api_auth_handle_tokens(api_request *r, const char *rest, size_t rest_len, api_error *err)
 {
     if (rest_len != 0)
@@ -914,8 +920,17 @@ int api_auth_handle_tokens(api_request *r, const char *rest, size_t rest_len, ap
         return -1;
     if (!resource_name_valid(name))
         return api_fail(err, 400, "invalid", "credential: not a valid name");
+    if (bootstrap_is_workload_credential(name))
+        return api_refuse(r->req, r->caller, "token", "Credential", name,
+                          "the token of a role's workload credential is written by cloisterd alone (in its data "
+                          "dir); delete the token file and restart cloisterd to replace it",
+                          err);
+    if (api_authorize(r->server, r->req, r->caller, "token", "Credential", name, err) < 0)
+        return -1;
     json_auto_t *cred = NULL;
     int e = store_get(r->server->cfg->store, "Credential", name, &cred);
+    if (e == -ENOENT)
+        return api_fail_absent(r->server, r->req, r->caller, "token", "Credential", name, err);
     if (e < 0)
         return api_fail_store(err, e, "Credential", name);
     char token[CREDENTIAL_TOKEN_LEN + 1], digest[CREDENTIAL_DIGEST_HEX_LEN + 1], key[CREDENTIAL_LOOKUP_KEY_LEN + 1];

@@ -5,6 +5,7 @@
 #include "api/handlers-kms.h"
 
 #include "api/handlers-attest.h"
+#include "api/handlers-policy.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -221,17 +222,27 @@ typedef struct key_cache_entry {
     char name[RESOURCE_NAME_MAX + 1];
     int64_t revision;
     const char *purpose, *algorithm; /* static strings */
+    bool release;                    /* spec.release: only attested release reaches it */
 } key_cache_entry;
 static __thread key_cache_entry key_cache[KEY_CACHE_SLOTS];
 
-/* The purpose and algorithm of Key NAME from the store (static strings), or
- * -1 with ERR: not found, or a purpose its algorithm cannot serve. */
-static int key_lookup(const char *name, const char **ret_purpose, const char **ret_alg, api_error *err)
+/* What the API needs of a Key resource. */
+typedef struct key_info {
+    const char *algorithm; /* static */
+    bool release;
+} key_info;
+
+/* Fills SLOT from Key NAME in the store. Returns 0, -ENOENT (with ERR: 404)
+ * when there is no such Key, or -1 with ERR: a purpose its algorithm cannot
+ * serve, or the store failed. */
+static int key_lookup(const char *name, key_cache_entry *slot, api_error *err)
 {
-    json_t *doc = NULL;
+    _cleanup_(json_decrefp) json_t *doc = NULL;
     int e = store_get(kms_store, "Key", name, &doc);
-    if (e < 0)
-        return api_fail_store(err, e, "Key", name);
+    if (e < 0) {
+        api_fail_store(err, e, "Key", name);
+        return e == -ENOENT ? -ENOENT : -1;
+    }
     json_t *spec = json_object_get(doc, "spec");
     const char *p = json_string_value(json_object_get(spec, "purpose")) ?: "";
     const char *alg = key_algorithm(spec);
@@ -241,49 +252,81 @@ static int key_lookup(const char *name, const char **ret_purpose, const char **r
         if (strcmp(alg, algs[i]) == 0)
             stat = algs[i];
     bool encrypt = strcmp(p, "encrypt") == 0;
-    int r = 0;
     if (!stat || encrypt != (strcmp(stat, "aes-256-gcm") == 0))
-        r = api_fail(err, 400, "invalid", "Key %s: purpose %s cannot use algorithm %s", name, p, alg);
-    json_decref(doc);
-    if (r == 0) {
-        *ret_purpose = encrypt ? "encrypt" : "sign";
-        *ret_alg = stat;
-    }
-    return r;
+        return api_fail(err, 400, "invalid", "Key %s: purpose %s cannot use algorithm %s", name, p, alg);
+    slot->purpose = encrypt ? "encrypt" : "sign";
+    slot->algorithm = stat;
+    slot->release = json_object_get(spec, "release") != NULL;
+    return 0;
 }
 
-/* Looks up Key NAME (cached per thread and store revision) and checks it
- * serves PURPOSE (NULL: any); its algorithm into *RET_ALG (static). Returns
- * 0 or -1 with ERR. */
-static int key_resource(const char *name, const char *purpose, const char **ret_alg, api_error *err)
+/* Looks up Key NAME (a valid resource name; cached per thread and store
+ * revision) and checks it serves PURPOSE (NULL: any) into *RET. Returns 0,
+ * -ENOENT with ERR (404) when there is no such Key, or -1 with ERR. */
+static int key_resource(const char *name, const char *purpose, key_info *ret, api_error *err)
 {
-    if (!name || !resource_name_valid(name))
-        return api_fail(err, 400, "invalid", "key must name a Key resource");
     int64_t revision = store_revision(kms_store);
     uint32_t h = 2166136261u; /* FNV-1a */
     for (const char *c = name; *c; c++)
         h = (h ^ (uint8_t)*c) * 16777619u;
     key_cache_entry *slot = &key_cache[h % KEY_CACHE_SLOTS];
     if (slot->revision != revision || strcmp(slot->name, name) != 0) {
-        const char *p, *alg;
-        if (key_lookup(name, &p, &alg, err) < 0)
-            return -1;
-        *slot = (key_cache_entry){.revision = revision, .purpose = p, .algorithm = alg};
-        snprintf(slot->name, sizeof(slot->name), "%s", name);
+        key_cache_entry fresh = {.revision = revision};
+        int e = key_lookup(name, &fresh, err);
+        if (e < 0)
+            return e;
+        snprintf(fresh.name, sizeof(fresh.name), "%s", name);
+        *slot = fresh;
     }
     if (purpose && strcmp(slot->purpose, purpose) != 0)
         return api_fail(err, 400, "invalid", "Key %s is a %s key; it cannot be used to %s", name, slot->purpose,
                         purpose);
-    *ret_alg = slot->algorithm;
+    *ret = (key_info){.algorithm = slot->algorithm, .release = slot->release};
+    return 0;
+}
+
+/* Decides VERB on Key NAME for the caller of R, then finds the Key (for
+ * PURPOSE, NULL: any) into *RET: the decision comes first, and a Key that
+ * does not exist is told only to a caller who may get it
+ * (api_fail_absent()). A Key with spec.release is refused to every VERB but
+ * those of its management (PLAIN false) whatever the policies say: only
+ * attested release reaches it. Returns 0, -EACCES with ERR when the call
+ * is refused (already an audit entry), or -1 with ERR. */
+static int key_decide(api_request *r, const char *verb, const char *name, const char *purpose, bool plain,
+                      key_info *ret, api_error *err)
+{
+    if (!resource_name_valid(name))
+        return api_fail(err, 400, "invalid", "key must name a Key resource");
+    if (api_authorize(r->server, r->req, r->caller, verb, "Key", name, err) < 0)
+        return -EACCES;
+    key_info k;
+    int e = key_resource(name, purpose, &k, err);
+    if (e == -ENOENT) {
+        api_fail_absent(r->server, r->req, r->caller, verb, "Key", name, err);
+        return err->status == 403 ? -EACCES : -1; /* a 404 to who may get it */
+    }
+    if (e < 0)
+        return -1;
+    if (plain && k.release) {
+        char reason[256];
+        snprintf(reason, sizeof(reason),
+                 "Key %s has spec.release: it is reached only by attested release (POST /v1/kms/keys/%s/release)",
+                 name, name);
+        api_refuse(r->req, r->caller, verb, "Key", name, reason, err);
+        return -EACCES;
+    }
+    *ret = k;
     return 0;
 }
 
 int api_kms_datakey(const char *name, json_t **ret, api_error *err)
 {
-    const char *alg;
-    if (key_resource(name, "encrypt", &alg, err) < 0)
+    key_info k;
+    if (!resource_name_valid(name))
+        return api_fail(err, 400, "invalid", "key must name a Key resource");
+    if (key_resource(name, "encrypt", &k, err) < 0)
         return -1;
-    json_t *body = json_pack("{s:s, s:s}", "key", name, "algorithm", alg);
+    json_t *body = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm);
     int r = body ? call("/v1/datakey", body, ret, err) : api_fail(err, 500, "internal", "out of memory");
     json_decref(body);
     return r;
@@ -372,7 +415,9 @@ static void respond(api_request *r, json_t *ans, bool secret)
         api_respond_json(r->req, r->route, r->started, 200, ans);
 }
 
-/* POST /v1/kms/{encrypt,decrypt,datakey,rewrap,sign,verify}. */
+/* POST /v1/kms/{encrypt,decrypt,datakey,rewrap,sign,verify}: decided as
+ * that verb on the Key named in the body, or for decrypt and rewrap inside
+ * the ciphertext. */
 static int handle_op(api_request *r, const kms_endpoint *ep, api_error *err)
 {
     if (!api_method_is(r->req, "POST")) {
@@ -387,24 +432,25 @@ static int handle_op(api_request *r, const kms_endpoint *ep, api_error *err)
     if (!json_is_object(body))
         return api_fail(err, 400, "invalid", "the body must be a JSON object");
     char key[KMS_KEY_NAME_MAX + 1] = "";
-    const char *alg = NULL;
-    int rc;
+    int rc = 0;
     if (ep->purpose) {
         const char *k = json_string_value(json_object_get(body, "key"));
-        rc = key_resource(k, ep->purpose, &alg, err);
-        if (rc == 0)
+        if (!k || strlen(k) >= sizeof(key))
+            rc = api_fail(err, 400, "invalid", "key must name a Key resource");
+        else
             snprintf(key, sizeof(key), "%s", k);
-    } else {
+    } else
         rc = ciphertext_key(json_string_value(json_object_get(body, "ciphertext")), key, err);
-        /* the built-in key of Secret values is not reachable from here */
-        if (rc == 0)
-            rc = key_resource(key, "encrypt", &alg, err);
-    }
+    /* the built-in key of Secret values is no resource: not reachable here */
+    key_info k;
+    if (rc == 0)
+        rc = key_decide(r, ep->name, key, ep->purpose ?: "encrypt", true, &k, err);
     if (rc < 0) {
-        report(r, ep->action, key[0] ? key : NULL, body, NULL, err);
+        if (rc != -EACCES) /* a refusal is an audit entry already */
+            report(r, ep->action, key[0] ? key : NULL, body, NULL, err);
         return -1;
     }
-    _cleanup_(kms_json_wipe_decrefp) json_t *fwd = json_pack("{s:s, s:s}", "key", key, "algorithm", alg);
+    _cleanup_(kms_json_wipe_decrefp) json_t *fwd = json_pack("{s:s, s:s}", "key", key, "algorithm", k.algorithm);
     if (!fwd)
         return api_fail(err, 500, "internal", "out of memory");
     copy_fields(fwd, body, ep->fields);
@@ -418,7 +464,44 @@ static int handle_op(api_request *r, const kms_endpoint *ep, api_error *err)
     return 0;
 }
 
-/* GET /v1/kms/keys/{name}, POST .../rotate, POST .../versions/{n}. */
+/* The verb that enabling or disabling VERSION of Key NAME needs into
+ * *RET_VERB: `disable`, or `destroy` when the version is pending destruction
+ * (which this cancels: *RET_CANCEL). The version's state is read only for a
+ * caller who may do either, from a Key that exists; otherwise the answer is
+ * `disable`, for key_decide() to refuse. Returns 0 or -1 with ERR (the KMS
+ * could not be asked). */
+static int version_verb(api_request *r, const char *name, uint32_t version, const char **ret_verb, bool *ret_cancel,
+                        api_error *err)
+{
+    *ret_verb = "disable";
+    *ret_cancel = false;
+    key_info k;
+    if ((!api_may(r->server, r->req, r->caller, "disable", "Key", name) &&
+         !api_may(r->server, r->req, r->caller, "destroy", "Key", name)) ||
+        key_resource(name, NULL, &k, err) < 0)
+        return 0;
+    _cleanup_(json_decrefp) json_t *q = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm);
+    _cleanup_(json_decrefp) json_t *desc = NULL;
+    if (!q)
+        return api_fail(err, 500, "internal", "out of memory");
+    if (call("/v1/key", q, &desc, err) < 0)
+        return -1;
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(desc, "versions"), i, v)
+    {
+        if (json_integer_value(json_object_get(v, "version")) == (json_int_t)version &&
+            strcmp(json_string_value(json_object_get(v, "state")) ?: "", "pendingDestruction") == 0) {
+            *ret_verb = "destroy";
+            *ret_cancel = true;
+        }
+    }
+    return 0;
+}
+
+/* GET /v1/kms/keys/{name} (get), POST .../rotate (rotate), POST
+ * .../versions/{n} (disable, or destroy: see version_verb()), each decided
+ * on Key NAME; .../release is attested release (handlers-attest.c). */
 static int handle_key(api_request *r, const char *rest, size_t len, api_error *err)
 {
     char name[RESOURCE_NAME_MAX + 1], tail[64] = "";
@@ -454,35 +537,39 @@ static int handle_key(api_request *r, const char *rest, size_t len, api_error *e
         api_method_not_allowed(r->req, r->route, r->started, method);
         return 0;
     }
-    json_t *body = NULL;
+    _cleanup_(json_decrefp) json_t *body = NULL;
+    const char *verb = !tail[0] ? "get" : version ? "destroy" : "rotate";
+    bool cancel = false;
     if (version) {
         body = api_decode_body(r->req->entity.base, r->req->entity.len, err);
         if (!body)
             return -1;
-        if (!json_is_object(body)) {
-            json_decref(body);
-            return api_fail(err, 400, "invalid", "the body must be {\"state\": \"enabled|disabled|destroyed\"}");
-        }
+        const char *state = json_string_value(json_object_get(body, "state"));
+        if (!json_is_object(body) || !state ||
+            (strcmp(state, "enabled") != 0 && strcmp(state, "disabled") != 0 && strcmp(state, "destroyed") != 0))
+            return api_fail(err, 400, "invalid",
+                            "the body must be {\"state\": \"enabled|disabled|destroyed\"[, \"destroyAfterSeconds\": N]}");
+        if (strcmp(state, "destroyed") != 0 && version_verb(r, name, (uint32_t)version, &verb, &cancel, err) < 0)
+            return -1;
     }
-    const char *alg;
-    if (key_resource(name, NULL, &alg, err) < 0) {
-        json_decref(body);
+    key_info k;
+    if (key_decide(r, verb, name, NULL, false, &k, err) < 0)
         return -1;
-    }
-    json_t *fwd = json_pack("{s:s, s:s}", "key", name, "algorithm", alg), *ans = NULL;
+    _cleanup_(json_decrefp) json_t *fwd = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm);
+    _cleanup_(json_decrefp) json_t *ans = NULL;
+    if (!fwd)
+        return api_fail(err, 500, "internal", "out of memory");
     if (version) {
         static const char *const fields[] = {"state", "destroyAfterSeconds", NULL};
         copy_fields(fwd, body, fields);
         json_object_set_new(fwd, "version", json_integer((json_int_t)version));
+        json_object_set_new(fwd, "cancel", json_boolean(cancel));
     }
     int rc = call(path, fwd, &ans, err);
     if (strcmp(action, "kms.describe") != 0)
         report(r, action, name, NULL, ans, rc < 0 ? err : NULL);
     if (rc == 0)
         respond(r, ans, false);
-    json_decref(fwd);
-    json_decref(body);
-    json_decref(ans);
     return rc;
 }
 

@@ -83,8 +83,7 @@ static int authorize(api_server *srv, h2o_req_t *req, const caller *c, const cha
     if (r == 0 && d.allow)
         return 0;
     if (r == 0)
-        api_fail(err, 403, "forbidden", "%s %s%s%s by user %s is denied: %s", verb, kind, name[0] ? "/" : "",
-                 name, caller_name(c), d.reason);
+        return report ? api_refuse(req, c, verb, kind, name, d.reason, err) : -1;
     if (report)
         api_report_decision(req, c, verb, kind, name, err);
     return -1;
@@ -100,6 +99,14 @@ bool api_may(api_server *srv, h2o_req_t *req, const caller *c, const char *verb,
 {
     api_error ignored;
     return authorize(srv, req, c, verb, kind, name, false, &ignored) == 0;
+}
+
+int api_fail_absent(api_server *srv, h2o_req_t *req, const caller *c, const char *verb, const char *kind,
+                    const char *name, api_error *err)
+{
+    if (api_may(srv, req, c, "get", kind, name))
+        return api_fail(err, 404, "not_found", "%s %s not found", kind, name);
+    return api_refuse_quietly(req, c, verb, kind, name, "it does not exist, and the caller may not get it", err);
 }
 
 int api_check_policies(const json_t *doc, api_error *err)
@@ -132,11 +139,37 @@ static int body_string(const json_t *body, const char *name, const char **ret, a
     return 0;
 }
 
+/* Checks that Credential NAME, named in a what-if for USER, is USER's: the
+ * rules attached to someone else's credential are not told by a check. A
+ * credential that does not exist or is another user's is a 404 or 400 to a
+ * caller who may get it, the 403 of a forbidden object otherwise. Returns 0
+ * or -1 with ERR. */
+static int check_credential(api_request *r, const char *user, const char *name, api_error *err)
+{
+    _cleanup_(json_decrefp) json_t *cred = NULL;
+    int e = store_get(r->server->cfg->store, "Credential", name, &cred);
+    if (e < 0 && e != -ENOENT)
+        return api_fail_store(err, e, "Credential", name);
+    const char *owner = json_string_value(json_object_get(json_object_get(cred, "spec"), "user"));
+    if (owner && strcmp(owner, user) == 0)
+        return 0;
+    if (e == -ENOENT)
+        return api_fail_absent(r->server, r->req, r->caller, "get", "Credential", name, err);
+    if (api_may(r->server, r->req, r->caller, "get", "Credential", name))
+        return api_fail(err, 400, "invalid", "credential %s is not user %s's", name, user);
+    return api_refuse_quietly(r->req, r->caller, "get", "Credential", name,
+                              "a what-if named another user's credential", err);
+}
+
 /* Fills the what-if request PR from BODY (borrowed values) and the store.
- * USER and SERVICE documents are returned for the caller to release. */
-static int check_request(api_server *srv, const json_t *body, policy_request *pr, cel_arena *a, json_t **ret_user,
+ * USER and SERVICE documents are returned for the caller to release. A
+ * check for another user is decided as `check` on User U before U is looked
+ * up; a user, service or credential that does not exist is told only to a
+ * caller who may get it (api_fail_absent()), so no check enumerates them. */
+static int check_request(api_request *r, const json_t *body, policy_request *pr, cel_arena *a, json_t **ret_user,
                          json_t **ret_service, api_error *err)
 {
+    api_server *srv = r->server;
     const char *user, *service, *method, *path, *ip, *credential, *query, *host, *verb, *kind, *name;
     if (body_string(body, "user", &user, err) < 0 || body_string(body, "service", &service, err) < 0 ||
         body_string(body, "method", &method, err) < 0 || body_string(body, "path", &path, err) < 0 ||
@@ -151,14 +184,23 @@ static int check_request(api_server *srv, const json_t *body, policy_request *pr
         return -1;
     if (!*user)
         return api_fail(err, 400, "invalid", "user is required");
+    bool self = strcmp(user, caller_name(r->caller)) == 0;
+    if (!self && api_authorize(srv, r->req, r->caller, "check", "User", user, err) < 0)
+        return -1;
     int e = store_get(srv->cfg->store, "User", user, ret_user);
+    if (e == -ENOENT)
+        return api_fail_absent(srv, r->req, r->caller, "check", "User", user, err);
     if (e < 0)
         return api_fail_store(err, e, "User", user);
     if (*service) {
         e = store_get(srv->cfg->store, "Service", service, ret_service);
+        if (e == -ENOENT)
+            return api_fail_absent(srv, r->req, r->caller, "get", "Service", service, err);
         if (e < 0)
             return api_fail_store(err, e, "Service", service);
     }
+    if (*credential && check_credential(r, user, credential, err) < 0)
+        return -1;
     const json_t *headers = json_object_get(body, "headers");
     if (headers && (!json_is_object(headers) || json_object_size(headers) > CHECK_HEADERS_MAX))
         return api_fail(err, 400, "invalid", "headers must be an object of at most %d strings", CHECK_HEADERS_MAX);
@@ -184,7 +226,8 @@ static int check_request(api_server *srv, const json_t *body, policy_request *pr
 }
 
 /* POST /v1/policy/check: decides a described request as the proxy or the
- * API would and answers {allow, decision, policy, rule, reason}. */
+ * API would and answers {allow, decision, policy, rule, reason}. A check
+ * for oneself needs no right; for another user, `check` on that User. */
 static int handle_check(api_request *r, api_error *err)
 {
     json_t *body = api_decode_body(r->req->entity.base, r->req->entity.len, err);
@@ -201,7 +244,7 @@ static int handle_check(api_request *r, api_error *err)
     int e = values ? 0 : api_fail(err, 500, "internal", "out of memory");
     policy_decision d;
     if (e == 0)
-        e = check_request(r->server, body, &pr, values, &user, &service, err);
+        e = check_request(r, body, &pr, values, &user, &service, err);
     if (e == 0)
         e = decide(r->server, &pr, &d, err);
     if (e == 0) {

@@ -19,6 +19,13 @@ int api_authorize(api_server *srv, h2o_req_t *req, const caller *c, const char *
  * sessions to list): true when allowed. A "no" is not audited, since it
  * refuses nothing by itself. */
 bool api_may(api_server *srv, h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name);
+/* Answers that KIND/NAME, on which caller C was allowed VERB, does not
+ * exist: 404 when C may `get` it, otherwise the 403 a forbidden object gets
+ * (the default deny), so that no refusal tells an object's existence to a
+ * caller who may not see it. The refusal is reported with its real reason.
+ * Returns -1 with ERR filled. */
+int api_fail_absent(api_server *srv, h2o_req_t *req, const caller *c, const char *verb, const char *kind,
+                    const char *name, api_error *err);
 /* Refuses, with 400 naming the field and the CEL line:column, a Policy or
  * Service document whose conditions do not compile. Returns 0 or -1 with ERR. */
 int api_check_policies(const json_t *doc, api_error *err);

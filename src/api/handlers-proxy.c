@@ -39,6 +39,7 @@
 #include "auth/handoff.h"
 #include "api/sse.h"
 #include "audit/event.h"
+#include "auth/bootstrap-names.h"
 #include "auth/keyring.h"
 #include "basic/encoding.h"
 #include "basic/log.h"
@@ -452,16 +453,42 @@ static void proxy_finish(proxy_stream *p, const api_error *err)
     api_sse_finish(&p->super);
 }
 
-/* Authenticates and authorizes the caller of the stream's request again:
- * a revoked credential, an expired access token, a disabled user or a
- * policy change ends the stream. Returns 0 while the caller may go on. */
+/* Whether C is the proxy role's own identity: the workload user
+ * cloister-proxy authenticated through its bootstrap credential (directly or
+ * by a session that credential opened). */
+static bool is_proxy_identity(const caller *c)
+{
+    const json_t *user_spec = json_object_get(c->user, "spec");
+    const json_t *cred_spec = json_object_get(c->credential, "spec");
+    return c->user && c->credential && strcmp(caller_name(c), BOOTSTRAP_PROXY_USER) == 0 &&
+           strcmp(json_string_value(json_object_get(user_spec, "type")) ?: "", "workload") == 0 &&
+           strcmp(doc_name(c->credential) ?: "", BOOTSTRAP_PROXY_CREDENTIAL) == 0 &&
+           strcmp(json_string_value(json_object_get(cred_spec, "user")) ?: "", BOOTSTRAP_PROXY_USER) == 0;
+}
+
+/* Lets caller C of REQ have the stream only when it is the proxy's own
+ * identity, whatever policies say; anyone else is refused (403, audited as
+ * `watch` on ProxyConfig). Returns 0 or -1 with ERR. */
+static int authorize_proxy_identity(h2o_req_t *req, const caller *c, api_error *err)
+{
+    if (is_proxy_identity(c))
+        return 0;
+    return api_refuse(req, c, "watch", "ProxyConfig", "",
+                      "the proxy configuration is served only to the proxy's workload identity (user " BOOTSTRAP_PROXY_USER
+                      " through its credential " BOOTSTRAP_PROXY_CREDENTIAL "), whatever policies say",
+                      err);
+}
+
+/* Authenticates the caller of the stream's request again and checks it is
+ * still the proxy's identity: a revoked credential, an expired access token
+ * or a disabled user ends the stream. Returns 0 while the caller may go on. */
 static int recheck_caller(proxy_stream *p, api_error *err)
 {
     caller c = {0};
     h2o_req_t *req = p->super.req;
     int r = api_authenticate(p->server, req, &c, err);
     if (r == 0)
-        r = api_authorize(p->server, req, &c, "watch", "ProxyConfig", "", err);
+        r = authorize_proxy_identity(req, &c, err);
     caller_clear(&c);
     if (r < 0)
         log_fields(LOG_LEVEL_INFO, "proxy configuration stream ended: the caller lost access", "user", p->user,
@@ -564,7 +591,7 @@ int api_handle_proxy(api_request *r, const char *rest, size_t rest_len, api_erro
         caller_clear(&c);
         return -1;
     }
-    if (api_authorize(r->server, r->req, &c, "watch", "ProxyConfig", "", err) < 0) {
+    if (authorize_proxy_identity(r->req, &c, err) < 0) {
         caller_clear(&c);
         return -1;
     }

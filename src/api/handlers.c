@@ -161,9 +161,8 @@ int api_authenticate(api_server *srv, h2o_req_t *req, caller *ret, api_error *er
     return authenticate(srv, req, ret, err);
 }
 
-/* The API verb (ctx.request.api.verb) of a call on ROUTE; for endpoint groups
- * (ROUTE_OTHER here) the one of REQ's method. */
-static const char *api_verb(api_route route, const h2o_req_t *req)
+/* The API verb (ctx.request.api.verb) of a resource call on ROUTE. */
+static const char *api_verb(api_route route)
 {
     switch (route) {
     case ROUTE_LIST:
@@ -175,10 +174,7 @@ static const char *api_verb(api_route route, const h2o_req_t *req)
     default:
         break;
     }
-    return api_method_is(req, "POST")     ? "create"
-           : api_method_is(req, "PUT")    ? "update"
-           : api_method_is(req, "DELETE") ? "delete"
-                                          : "get";
+    return ""; /* not a resource call: never decided here */
 }
 
 /* Authorizes caller C by policy (ctx.request.api: VERB of ROUTE on KIND/NAME).
@@ -192,7 +188,7 @@ static int authorize(api_server *srv, h2o_req_t *req, api_route route, const cha
     if (route == ROUTE_WHOAMI || route == ROUTE_CREATE || route == ROUTE_REPLACE || route == ROUTE_DELETE ||
         route == ROUTE_APPLY)
         return 0;
-    return api_authorize(srv, req, c, api_verb(route, req), kind, name, err);
+    return api_authorize(srv, req, c, api_verb(route), kind, name, err);
 }
 
 /* ---- asynchronous writes ---- */
@@ -764,17 +760,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         size_t plen = strlen(grp->prefix);
         if (path.len < plen || memcmp(path.base, grp->prefix, plen) != 0)
             continue;
+        /* the handler decides on the object it touches (request.h) */
         caller c = {0};
-        char grp_kind[64]; /* "/v1/audit/" is kind "audit" */
-        const char *gk = strncmp(grp->prefix, "/v1/", 4) == 0 ? grp->prefix + 4 : grp->prefix;
-        snprintf(grp_kind, sizeof(grp_kind), "%.*s", (int)strcspn(gk, "/"), gk);
-        int denied = 0;
-        if (!grp->public && authenticate(srv, req, &c, &err) < 0) {
+        if (grp->access == API_GROUP_AUTHENTICATED && authenticate(srv, req, &c, &err) < 0) {
             api_report_refusal(req, &c, &err);
-            denied = -1;
-        } else if (!grp->public)
-            denied = authorize(srv, req, ROUTE_OTHER, grp_kind, "", &c, &err); /* audits a refusal itself */
-        if (denied < 0) {
             api_respond_error(req, grp->route, started, &err);
         } else {
             api_request r = {.server = srv, .req = req, .route = grp->route, .started = started, .caller = &c};

@@ -16,22 +16,23 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "policy/policy.h"
 
 /* Components that serve their own endpoints add one entry each. */
 const api_endpoint_group api_endpoint_groups[] = {
-    {"/v1/policy/", ROUTE_POLICY_CHECK, false, api_handle_policy},
-    {"/.well-known/jwks.json", ROUTE_JWKS, true, api_auth_handle_jwks},
-    {"/v1/auth/keys", ROUTE_AUTH_KEYS, false, api_auth_handle_keys}, /* before /v1/auth/ */
-    {"/v1/auth/oidc/", ROUTE_AUTH_OIDC, true, api_oidc_handle}, /* before /v1/auth/ */
-    {"/v1/auth/login", ROUTE_AUTH_LOGIN, true, api_auth_login_handle}, /* before /v1/auth/ */
-    {"/v1/auth/", ROUTE_AUTH_TOKEN, true, api_auth_handle},
-    {"/v1/sessions", ROUTE_SESSIONS, true, api_auth_handle_sessions}, /* authenticates itself */
-    {"/v1/tokens", ROUTE_TOKENS, false, api_auth_handle_tokens},
-    {"/v1/audit/", ROUTE_AUDIT, false, api_handle_audit},
-    {"/v1/kms/", ROUTE_KMS, false, api_handle_kms},
-    {"/v1/attest/", ROUTE_ATTEST, false, api_handle_attest},
-    {"/v1/proxy/", ROUTE_PROXY_CONFIG, true, api_handle_proxy}, /* authorizes itself (verb watch, kind ProxyConfig) */
-    {NULL, ROUTE_OTHER, false, NULL},
+    {"/v1/policy/", ROUTE_POLICY_CHECK, API_GROUP_AUTHENTICATED, api_handle_policy},
+    {"/.well-known/jwks.json", ROUTE_JWKS, API_GROUP_PUBLIC, api_auth_handle_jwks},
+    {"/v1/auth/keys", ROUTE_AUTH_KEYS, API_GROUP_AUTHENTICATED, api_auth_handle_keys}, /* before /v1/auth/ */
+    {"/v1/auth/oidc/", ROUTE_AUTH_OIDC, API_GROUP_PUBLIC, api_oidc_handle}, /* before /v1/auth/ */
+    {"/v1/auth/login", ROUTE_AUTH_LOGIN, API_GROUP_PUBLIC, api_auth_login_handle}, /* before /v1/auth/ */
+    {"/v1/auth/", ROUTE_AUTH_TOKEN, API_GROUP_PUBLIC, api_auth_handle},
+    {"/v1/sessions", ROUTE_SESSIONS, API_GROUP_PUBLIC, api_auth_handle_sessions}, /* authenticates itself */
+    {"/v1/tokens", ROUTE_TOKENS, API_GROUP_AUTHENTICATED, api_auth_handle_tokens},
+    {"/v1/audit/", ROUTE_AUDIT, API_GROUP_AUTHENTICATED, api_handle_audit},
+    {"/v1/kms/", ROUTE_KMS, API_GROUP_AUTHENTICATED, api_handle_kms},
+    {"/v1/attest/", ROUTE_ATTEST, API_GROUP_AUTHENTICATED, api_handle_attest},
+    {"/v1/proxy/", ROUTE_PROXY_CONFIG, API_GROUP_PUBLIC, api_handle_proxy}, /* authenticates itself; its own identity only */
+    {NULL, ROUTE_OTHER, API_GROUP_PUBLIC, NULL},
 };
 const size_t api_n_endpoint_groups = ELEMENTSOF(api_endpoint_groups) - 1;
 
@@ -120,6 +121,29 @@ void api_report_decision(h2o_req_t *req, const caller *c, const char *verb, cons
                                     .kind = kind[0] ? kind : NULL, .name = name[0] ? name : NULL,
                                     .outcome = "denied", .details = details});
     json_decref(details);
+}
+
+/* Fills ERR with the 403 of a refused decision; returns -1. */
+static int fail_forbidden(api_error *err, const caller *c, const char *verb, const char *kind, const char *name,
+                          const char *reason)
+{
+    return api_fail(err, 403, "forbidden", "%s %s%s%s by user %s is denied: %s", verb, kind, name[0] ? "/" : "",
+                    name, caller_name(c), reason);
+}
+
+int api_refuse(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
+               const char *reason, api_error *err)
+{
+    fail_forbidden(err, c, verb, kind, name, reason);
+    api_report_decision(req, c, verb, kind, name, err);
+    return -1;
+}
+
+int api_refuse_quietly(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
+                       const char *reason, api_error *err)
+{
+    api_refuse(req, c, verb, kind, name, reason, err);
+    return fail_forbidden(err, c, verb, kind, name, POLICY_REASON_DEFAULT_DENY);
 }
 
 void api_report_refusal(h2o_req_t *req, const caller *c, const api_error *err)

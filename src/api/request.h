@@ -52,20 +52,42 @@ void api_report_refusal(h2o_req_t *req, const caller *c, const api_error *err);
  * api_authorize() calls it for every refusal: callers do not. */
 void api_report_decision(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
                          const api_error *err);
+/* Refuses VERB on KIND/NAME by caller C whatever the policies say (a rule
+ * no policy can lift): fills ERR with the 403 api_authorize() gives,
+ * "<verb> <Kind>/<name> by user <u> is denied: REASON", reports it as
+ * api_report_decision() does, and returns -1. */
+int api_refuse(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
+               const char *reason, api_error *err);
+/* Refuses as api_refuse() does, with REASON in the audit entry and the log,
+ * but answers the caller the default deny any forbidden object gets, so that
+ * REASON (that an object does not exist, or whose it is) is not told.
+ * Returns -1. */
+int api_refuse_quietly(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
+                       const char *reason, api_error *err);
 /* Copies query parameter NAME (not percent-decoded: callers accept plain
  * tokens only) into OUT; false when absent or longer than SIZE - 1. */
 bool api_query_param(const h2o_req_t *req, const char *name, char *out, size_t size);
 
-/* Endpoints under PREFIX ("/v1/audit/") served by one component. Unless
- * PUBLIC, the caller is authenticated and authorized before HANDLE runs (a
- * public group, such as a token exchange, does its own checks and gets a
- * caller with no user). REST is the path after the prefix. HANDLE answers
- * (now or later) and returns 0, or fills ERR and returns -1 to have the
- * error sent. */
+/* Who an endpoint group's handler sees. No group is decided as a whole:
+ * each handler decides every call on the exact object it touches (verb,
+ * kind, name: api_authorize()) once it knows which one, and may answer
+ * before that only with 404/405 or a client error that names no object. */
+typedef enum api_group_access {
+    /* the handler authenticates itself, or needs no caller (token
+     * exchange, login, JWKS); it gets a caller with no user */
+    API_GROUP_PUBLIC,
+    /* the caller is authenticated before the handler runs, before any body
+     * is parsed; a failure is answered 401 without calling it */
+    API_GROUP_AUTHENTICATED,
+} api_group_access;
+
+/* Endpoints under PREFIX ("/v1/audit/") served by one component. REST is
+ * the path after the prefix. HANDLE answers (now or later) and returns 0,
+ * or fills ERR and returns -1 to have the error sent. */
 typedef struct api_endpoint_group {
     const char *prefix;
     api_route route;
-    bool public;
+    api_group_access access;
     int (*handle)(api_request *r, const char *rest, size_t rest_len, api_error *err);
 } api_endpoint_group;
 

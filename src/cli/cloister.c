@@ -30,8 +30,11 @@ static const cli_command commands[] = {
     {"enclave", "measure DIR", "print a workload bundle's measurement (PCR0, SHA-384)", cmd_enclave},
     {"policy", "check --user U [--service S] [--method M] [--path P] [--header K=V]... [--ip IP] [--credential C] [--verb V --kind K [--name N]] [-o json|yaml]",
      "show how the server's policies decide a request and which rule decides; exit 0 only when allowed", cmd_policy},
-    {"kms", "encrypt --key NAME [--context K=V]... | decrypt [--context K=V]... | datakey --key NAME | rotate NAME",
-     "encrypt stdin to stdout, decrypt it, make a data key (JSON: plaintext, ciphertext), rotate a key", cmd_kms},
+    {"kms", "encrypt --key NAME [--context K=V]... | decrypt [--context K=V]... | datakey --key NAME | rotate NAME | "
+            "version NAME N enabled|disabled|destroyed [--after SECONDS]",
+     "encrypt stdin to stdout, decrypt it, make a data key (JSON: plaintext, ciphertext), rotate a key, set a "
+     "version's state (destroyed: scheduled at least a day ahead; enabled or disabled cancel it)",
+     cmd_kms},
     /* Each later command group (token, policy, audit, attest, kms, enclave,
      * dataset, job, workspace) is one entry here, implemented in its own
      * cmd-<group>.c. */

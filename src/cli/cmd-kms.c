@@ -1,4 +1,4 @@
-/* kms: encrypt, decrypt, datakey and rotate through the server's /v1/kms/
+/* kms: encrypt, decrypt, datakey, rotate and version through the server's /v1/kms/
  * endpoints. Plaintext comes from stdin and goes to stdout as raw bytes;
  * ciphertexts are the KMS's binary format (decrypt also takes their base64
  * text). Buffers that held plaintext are wiped. */
@@ -242,6 +242,41 @@ static int kms_datakey_cmd(cli_ctx *ctx, const cli_command *cmd, int argc, char 
     return r < 0 ? cli_error("cannot print the answer: %s", strerror(-r)) : CLI_EXIT_OK;
 }
 
+/* Prints what a key version became: "key/NAME version N: STATE" and, when
+ * pending destruction, its time. */
+static void print_version(const char *name, unsigned long version, const json_t *key)
+{
+    size_t i;
+    const json_t *v;
+    json_array_foreach(json_object_get(key, "versions"), i, v)
+    {
+        if (json_integer_value(json_object_get(v, "version")) != (json_int_t)version)
+            continue;
+        const char *at = json_string_value(json_object_get(v, "destroyAt"));
+        printf("key/%s version %lu: %s%s%s\n", name, version, json_string_value(json_object_get(v, "state")) ?: "?",
+               at ? ", destroyed at " : "", at ?: "");
+    }
+}
+
+/* Prints the key description KEY (consumed) that rotating key NAME
+ * (VERSION 0) or changing its version VERSION answered: as -o asks, or one
+ * line saying what became of it. Returns an exit status. */
+static int print_key(cli_ctx *ctx, const char *name, unsigned long version, json_t *key)
+{
+    int r = 0;
+    if (ctx->output == CLI_OUTPUT_JSON)
+        r = output_json(key);
+    else if (ctx->output == CLI_OUTPUT_YAML)
+        r = output_yaml(key);
+    else if (version == 0)
+        printf("key/%s rotated: version %lld is now primary\n", name,
+               (long long)json_integer_value(json_object_get(key, "primaryVersion")));
+    else
+        print_version(name, version, key);
+    json_decref(key);
+    return r < 0 ? cli_error("cannot print the answer: %s", strerror(-r)) : CLI_EXIT_OK;
+}
+
 /* kms rotate NAME */
 static int kms_rotate_cmd(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
 {
@@ -256,17 +291,56 @@ static int kms_rotate_cmd(cli_ctx *ctx, const cli_command *cmd, int argc, char *
     snprintf(path, sizeof(path), "/kms/keys/%s/rotate", a.positional);
     json_t *ans = NULL;
     r = post(ctx, path, NULL, &ans);
-    if (r != CLI_EXIT_OK)
-        return r;
-    if (ctx->output == CLI_OUTPUT_JSON)
-        r = output_json(ans);
-    else if (ctx->output == CLI_OUTPUT_YAML)
-        r = output_yaml(ans);
-    else
-        printf("key/%s rotated: version %lld is now primary\n", a.positional,
-               (long long)json_integer_value(json_object_get(ans, "primaryVersion")));
-    json_decref(ans);
-    return r < 0 ? cli_error("cannot print the answer: %s", strerror(-r)) : CLI_EXIT_OK;
+    return r != CLI_EXIT_OK ? r : print_key(ctx, a.positional, 0, ans);
+}
+
+/* kms version NAME N enabled|disabled|destroyed [--after SECONDS]: sets a
+ * version's state; destroyed schedules its destruction (at least a day
+ * ahead, a week by default), and enabled or disabled cancel it. */
+static int kms_version_cmd(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
+{
+    enum { OPT_AFTER = 0x300 };
+    static const struct option options[] = {
+        CLI_COMMON_LONG_OPTIONS,
+        {"after", required_argument, NULL, OPT_AFTER},
+        {},
+    };
+    const char *after = NULL;
+    int c;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, CLI_COMMON_SHORT_OPTIONS, options, NULL)) >= 0) {
+        if (c == OPT_AFTER)
+            after = optarg;
+        else if ((c = cli_common_option(ctx, cmd, c, optarg)) >= 0)
+            return c;
+    }
+    if (argc - optind != 3)
+        return cli_usage_error(cmd, "kms version takes NAME VERSION enabled|disabled|destroyed");
+    const char *name = argv[optind], *state = argv[optind + 2];
+    char *end;
+    unsigned long version = strtoul(argv[optind + 1], &end, 10);
+    if (!resource_name_valid(name))
+        return cli_usage_error(cmd, "invalid key name \"%s\"", name);
+    if (*end || version < 1 || version > UINT32_MAX || argv[optind + 1][0] == '0')
+        return cli_usage_error(cmd, "VERSION must be a version number (1 or more), not \"%s\"", argv[optind + 1]);
+    if (strcmp(state, "enabled") != 0 && strcmp(state, "disabled") != 0 && strcmp(state, "destroyed") != 0)
+        return cli_usage_error(cmd, "the state is enabled, disabled or destroyed, not \"%s\"", state);
+    json_auto_t *body = json_pack("{s:s}", "state", state);
+    if (!body)
+        return cli_error("out of memory");
+    if (after) {
+        long long secs = strtoll(after, &end, 10);
+        if (strcmp(state, "destroyed") != 0)
+            return cli_usage_error(cmd, "--after goes with destroyed");
+        if (*end || !after[0] || secs < 0)
+            return cli_usage_error(cmd, "--after takes a number of seconds, not \"%s\"", after);
+        json_object_set_new(body, "destroyAfterSeconds", json_integer(secs));
+    }
+    char path[128];
+    snprintf(path, sizeof(path), "/kms/keys/%s/versions/%lu", name, version);
+    json_t *ans = NULL;
+    int r = post(ctx, path, body, &ans);
+    return r != CLI_EXIT_OK ? r : print_key(ctx, name, version, ans);
 }
 
 int cmd_kms(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
@@ -279,13 +353,14 @@ int cmd_kms(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
         {"decrypt", kms_decrypt_cmd},
         {"datakey", kms_datakey_cmd},
         {"rotate", kms_rotate_cmd},
+        {"version", kms_version_cmd},
     };
     if (argc >= 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
         printf("usage: cloister kms %s\n  %s\n", cmd->synopsis, cmd->summary);
         return CLI_EXIT_OK;
     }
     if (argc < 2)
-        return cli_usage_error(cmd, "missing subcommand (encrypt, decrypt, datakey, rotate)");
+        return cli_usage_error(cmd, "missing subcommand (encrypt, decrypt, datakey, rotate, version)");
     for (size_t i = 0; i < ELEMENTSOF(subs); i++)
         if (strcmp(argv[1], subs[i].name) == 0)
             return subs[i].run(ctx, cmd, argc - 1, argv + 1);

@@ -5,28 +5,19 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "auth/bootstrap-names.h"
 #include "auth/credential.h"
 #include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 
-#define ADMIN_USER "admin"
-#define ADMIN_GROUP "admins"
-#define ADMIN_POLICY "cloister-admins"
-#define ADMIN_CREDENTIAL "admin-bootstrap"
-
-#define PROXY_USER "cloister-proxy"
-#define PROXY_POLICY "cloister-proxy"
-#define PROXY_CREDENTIAL "cloister-proxy"
-
-#define RUNNER_USER "cloister-runner"
-#define RUNNER_POLICY "cloister-runner"
-#define RUNNER_CREDENTIAL "cloister-runner"
-/* key release for enclaves: a challenge, then the release of a named Key */
-#define RUNNER_RULE                                                                                \
-    "ctx.request.http.method == \"POST\" && ((ctx.request.api.kind == \"attest\" && "              \
-    "ctx.request.http.path == \"/v1/attest/challenge\") || (ctx.request.api.kind == \"kms\" && "   \
-    "ctx.request.http.path.matches(\"^/v1/kms/keys/[a-z0-9]([-a-z0-9]*[a-z0-9])?/release$\")))"
+/* key release for enclaves: a challenge, then the attested release of a Key */
+#define RUNNER_RULE                                                                                         \
+    "(ctx.request.api.verb == \"create\" && ctx.request.api.kind == \"AttestationChallenge\") || "           \
+    "(ctx.request.api.verb == \"release\" && ctx.request.api.kind == \"Key\")"
+/* the proxy's configuration stream is decided by identity, not by policy
+ * (api_handle_proxy): its policy grants nothing */
+#define PROXY_RULE_NAME "config-stream-is-decided-by-identity-not-policy"
 
 #define IDENTITY_DOCS_MAX 3
 
@@ -37,6 +28,7 @@ typedef struct identity {
     json_t *docs[IDENTITY_DOCS_MAX];   /* policies, groups, the user: created when absent */
     size_t n_docs;
     json_t *credential;                /* the Credential; its token is the one in the file */
+    bool workload;                     /* a role's identity: its documents are cloisterd's alone */
 } identity;
 
 static void identity_clear(identity *id)
@@ -59,9 +51,40 @@ static const char *field(const json_t *doc, const char *a, const char *b)
     return json_string_value(b ? json_object_get(v, b) : v);
 }
 
+/* Rewrites the documents of workload identity ID whose spec differs from
+ * what this version of cloisterd writes (nobody may edit them through the
+ * API, so a difference is an older vocabulary: an upgrade moves it).
+ * Returns 0 or a negative errno (logged). */
+static int refresh_workload_docs(store *s, const identity *id)
+{
+    store_op ops[IDENTITY_DOCS_MAX];
+    size_t n = 0;
+    for (size_t i = 0; i < id->n_docs; i++) {
+        const char *kind = field(id->docs[i], "kind", NULL), *name = field(id->docs[i], "metadata", "name");
+        _cleanup_(json_decrefp) json_t *stored = NULL;
+        if (store_get(s, kind, name, &stored) == 0 &&
+            json_equal(json_object_get(stored, "spec"), json_object_get(id->docs[i], "spec")))
+            continue;
+        ops[n++] = (store_op){.type = STORE_APPLY, .kind = kind, .name = name, .doc = id->docs[i]};
+    }
+    if (n == 0)
+        return 0;
+    store_txn txn = {.ops = ops, .n_ops = n};
+    int r = store_write(s, &txn);
+    store_txn_clear(&txn);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot update a workload identity's documents", "identity", id->what, "error",
+                   strerror(-r), NULL);
+    else
+        log_fields(LOG_LEVEL_INFO, "updated a workload identity's documents to this version", "identity", id->what,
+                   NULL);
+    return r;
+}
+
 /* Ensures identity ID in store S, its credential's token in TOKEN_PATH
  * (mode 0600). When both the credential and the file exist nothing is
- * touched: users may have changed the documents, and that is theirs. When
+ * touched: users may have changed the documents, and that is theirs (but
+ * a workload identity's are brought to this version's). When
  * the file is missing (or the credential is), a fresh token is made and its
  * digest stored (the old token stops working); the other documents are
  * created only when absent. Returns 0 or a negative errno (logged). ID stays
@@ -77,7 +100,7 @@ static int ensure_identity(store *s, const char *token_path, const identity *id)
     bool have_credential = store_get(s, "Credential", cred_name, &cred_doc) == 0;
     json_decref(cred_doc);
     if (have_token && have_credential)
-        return 0;
+        return id->workload ? refresh_workload_docs(s, id) : 0;
 
     char token[CREDENTIAL_TOKEN_LEN + 1], digest[CREDENTIAL_DIGEST_HEX_LEN + 1], key[CREDENTIAL_LOOKUP_KEY_LEN + 1];
     json_t *cred_status = NULL;
@@ -145,16 +168,16 @@ int bootstrap_admin(store *s, const char *token_path)
     identity id = {
         .what = "admin",
         .docs = {
-            manifest("Policy", ADMIN_POLICY,
+            manifest("Policy", BOOTSTRAP_ADMIN_POLICY,
                      json_pack("{s:[{s:s, s:s, s:i, s:{s:s}}]}", "rules", "name", "admins-may-do-anything", "effect",
                                "allow", "priority", 0, "condition", "match",
-                               "\"" ADMIN_GROUP "\" in ctx.user.groups")),
-            manifest("Group", ADMIN_GROUP, json_pack("{s:[s]}", "policies", ADMIN_POLICY)),
-            manifest("User", ADMIN_USER, json_pack("{s:s, s:[s]}", "type", "human", "groups", ADMIN_GROUP)),
+                               "\"" BOOTSTRAP_ADMIN_GROUP "\" in ctx.user.groups")),
+            manifest("Group", BOOTSTRAP_ADMIN_GROUP, json_pack("{s:[s]}", "policies", BOOTSTRAP_ADMIN_POLICY)),
+            manifest("User", BOOTSTRAP_ADMIN_USER, json_pack("{s:s, s:[s]}", "type", "human", "groups", BOOTSTRAP_ADMIN_GROUP)),
         },
         .n_docs = 3,
-        .credential = manifest("Credential", ADMIN_CREDENTIAL,
-                               json_pack("{s:s, s:s}", "user", ADMIN_USER, "type", "authToken")),
+        .credential = manifest("Credential", BOOTSTRAP_ADMIN_CREDENTIAL,
+                               json_pack("{s:s, s:s}", "user", BOOTSTRAP_ADMIN_USER, "type", "authToken")),
     };
     return ensure_and_clear(s, token_path, &id);
 }
@@ -164,15 +187,15 @@ int bootstrap_proxy(store *s, const char *token_path)
     identity id = {
         .what = "proxy",
         .docs = {
-            manifest("Policy", PROXY_POLICY,
-                     json_pack("{s:[{s:s, s:s, s:i, s:{s:s}}]}", "rules", "name", "proxy-reads-its-config", "effect",
-                               "allow", "priority", 0, "condition", "match",
-                               "ctx.request.api.kind == \"ProxyConfig\"")),
-            manifest("User", PROXY_USER, json_pack("{s:s, s:[s]}", "type", "workload", "policies", PROXY_POLICY)),
+            manifest("Policy", BOOTSTRAP_PROXY_POLICY,
+                     json_pack("{s:[{s:s, s:s, s:i, s:{s:s}}]}", "rules", "name", PROXY_RULE_NAME, "effect",
+                               "allow", "priority", 0, "condition", "match", "false")),
+            manifest("User", BOOTSTRAP_PROXY_USER, json_pack("{s:s, s:[s]}", "type", "workload", "policies", BOOTSTRAP_PROXY_POLICY)),
         },
         .n_docs = 2,
-        .credential = manifest("Credential", PROXY_CREDENTIAL,
-                               json_pack("{s:s, s:s}", "user", PROXY_USER, "type", "authToken")),
+        .credential = manifest("Credential", BOOTSTRAP_PROXY_CREDENTIAL,
+                               json_pack("{s:s, s:s}", "user", BOOTSTRAP_PROXY_USER, "type", "authToken")),
+        .workload = true,
     };
     return ensure_and_clear(s, token_path, &id);
 }
@@ -182,14 +205,15 @@ int bootstrap_runner(store *s, const char *token_path)
     identity id = {
         .what = "runner",
         .docs = {
-            manifest("Policy", RUNNER_POLICY,
+            manifest("Policy", BOOTSTRAP_RUNNER_POLICY,
                      json_pack("{s:[{s:s, s:s, s:i, s:{s:s}}]}", "rules", "name", "runner-forwards-key-release",
                                "effect", "allow", "priority", 0, "condition", "match", RUNNER_RULE)),
-            manifest("User", RUNNER_USER, json_pack("{s:s, s:[s]}", "type", "workload", "policies", RUNNER_POLICY)),
+            manifest("User", BOOTSTRAP_RUNNER_USER, json_pack("{s:s, s:[s]}", "type", "workload", "policies", BOOTSTRAP_RUNNER_POLICY)),
         },
         .n_docs = 2,
-        .credential = manifest("Credential", RUNNER_CREDENTIAL,
-                               json_pack("{s:s, s:s}", "user", RUNNER_USER, "type", "authToken")),
+        .credential = manifest("Credential", BOOTSTRAP_RUNNER_CREDENTIAL,
+                               json_pack("{s:s, s:s}", "user", BOOTSTRAP_RUNNER_USER, "type", "authToken")),
+        .workload = true,
     };
     return ensure_and_clear(s, token_path, &id);
 }

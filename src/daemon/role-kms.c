@@ -67,10 +67,12 @@ static int op_fail(kms_op *op, int e, const kms_err *kerr)
     case -EKEYREVOKED:
     case -EKEYEXPIRED:
     case -EBUSY:
+    case -EPERM:
         return api_fail(&op->err, 409, "conflict", "%s", msg);
     case -EBADMSG:
         return api_fail(&op->err, 400, "decrypt_failed", "%s", msg);
     case -EINVAL:
+    case -ERANGE:
     case -EMEDIUMTYPE:
         return api_fail(&op->err, 400, "invalid", "%s", msg);
     case -E2BIG:
@@ -343,7 +345,11 @@ static json_t *op_describe(kms_op *op)
     return name ? kms_keyring_describe(op->role->ring, name) : NULL;
 }
 
-/* Enables, disables or schedules the destruction of one version. */
+/* Enables or disables one version, or schedules its destruction (after
+ * destroyAfterSeconds, KMS_DESTROY_DEFAULT_SECONDS when absent; the
+ * minimum is enforced here, by the role that holds the ring). A version
+ * pending destruction is enabled or disabled (cancelled) only when the API
+ * says the caller may destroy it ("cancel": true). */
 static json_t *op_version(kms_op *op)
 {
     const char *name = field(op, "key", true);
@@ -351,27 +357,31 @@ static json_t *op_version(kms_op *op)
     const char *state = version ? field(op, "state", true) : NULL;
     if (!state)
         return NULL;
-    int64_t now = (int64_t)(time_now_ns() / NSEC_PER_SEC), at = now;
-    kms_state s;
-    if (strcmp(state, "enabled") == 0)
-        s = KMS_STATE_ENABLED;
-    else if (strcmp(state, "disabled") == 0)
-        s = KMS_STATE_DISABLED;
+    json_t *cancel = json_object_get(op->body, "cancel");
+    if (cancel && !json_is_boolean(cancel)) {
+        api_fail(&op->err, 400, "invalid", "cancel must be a boolean");
+        return NULL;
+    }
+    kms_err kerr = {""};
+    int r;
+    if (strcmp(state, "enabled") == 0 || strcmp(state, "disabled") == 0)
+        r = kms_keyring_set_state(op->role->ring, name, version,
+                                  state[0] == 'e' ? KMS_STATE_ENABLED : KMS_STATE_DISABLED, json_is_true(cancel),
+                                  &kerr);
     else if (strcmp(state, "destroyed") == 0) {
-        s = KMS_STATE_SCHEDULED;
         json_t *after = json_object_get(op->body, "destroyAfterSeconds");
-        json_int_t secs = after ? (json_is_integer(after) ? json_integer_value(after) : -1) : 86400;
-        if (secs < 0 || secs > 366 * 86400) {
-            api_fail(&op->err, 400, "invalid", "destroyAfterSeconds must be from 0 to 31622400");
+        if (after && !json_is_integer(after)) {
+            api_fail(&op->err, 400, "invalid", "destroyAfterSeconds must be an integer (seconds, at least %d)",
+                     KMS_DESTROY_MIN_SECONDS);
             return NULL;
         }
-        at = now + secs;
+        r = kms_keyring_schedule_destroy(op->role->ring, name, version,
+                                         after ? json_integer_value(after) : KMS_DESTROY_DEFAULT_SECONDS,
+                                         (int64_t)(time_now_ns() / NSEC_PER_SEC), &kerr);
     } else {
         api_fail(&op->err, 400, "invalid", "state must be enabled, disabled or destroyed");
         return NULL;
     }
-    kms_err kerr = {""};
-    int r = kms_keyring_set_state(op->role->ring, name, version, s, at, now, &kerr);
     if (r < 0) {
         op_fail(op, r, &kerr);
         return NULL;

@@ -445,8 +445,11 @@ int kms_keyring_rotate(kms_keyring *kr, const char *name, uint32_t *ret_version,
     return r;
 }
 
-int kms_keyring_set_state(kms_keyring *kr, const char *name, uint32_t version, kms_state state, int64_t destroy_at,
-                          int64_t now, kms_err *err)
+/* Finds version VERSION of key NAME for a change of its state into *RET:
+ * -ENOENT no such version, -EKEYEXPIRED destroyed (final), -EBUSY when the
+ * change LEAVES_ENABLED and it is the primary version. */
+static int version_for_change(kms_keyring *kr, const char *name, uint32_t version, bool leaves_enabled,
+                              kms_version **ret, kms_err *err)
 {
     kms_key *k = find_key(kr, name);
     kms_version *v = k ? find_version(k, version) : NULL;
@@ -454,14 +457,44 @@ int kms_keyring_set_state(kms_keyring *kr, const char *name, uint32_t version, k
         return fail(err, -ENOENT, "key %s has no version %u", name, version);
     if (v->state == KMS_STATE_DESTROYED)
         return fail(err, -EKEYEXPIRED, "version %u of key %s is destroyed", version, name);
-    if (state != KMS_STATE_ENABLED && version == k->primary)
+    if (leaves_enabled && version == k->primary)
         return fail(err, -EBUSY, "version %u is the primary version of key %s; rotate the key first", version, name);
+    *ret = v;
+    return 0;
+}
+
+int kms_keyring_set_state(kms_keyring *kr, const char *name, uint32_t version, kms_state state, bool cancel,
+                          kms_err *err)
+{
+    if (state != KMS_STATE_ENABLED && state != KMS_STATE_DISABLED)
+        return fail(err, -EINVAL, "a version is set enabled or disabled here; destruction is scheduled");
+    kms_version *v;
+    int e = version_for_change(kr, name, version, state != KMS_STATE_ENABLED, &v, err);
+    if (e < 0)
+        return e;
+    if (v->state == KMS_STATE_SCHEDULED && !cancel)
+        return fail(err, -EPERM,
+                    "version %u of key %s is pending destruction; cancelling it needs the destroy right", version,
+                    name);
     v->state = state;
-    v->destroy_at = state == KMS_STATE_SCHEDULED ? destroy_at : 0;
-    if (state == KMS_STATE_SCHEDULED && destroy_at <= now) {
-        v->state = KMS_STATE_DESTROYED;
-        version_destroy_material(v);
-    }
+    v->destroy_at = 0;
+    return save_or_fail(kr, err);
+}
+
+int kms_keyring_schedule_destroy(kms_keyring *kr, const char *name, uint32_t version, int64_t after, int64_t now,
+                                 kms_err *err)
+{
+    if (after < KMS_DESTROY_MIN_SECONDS || after > KMS_DESTROY_MAX_SECONDS)
+        return fail(err, -ERANGE,
+                    "destroyAfterSeconds must be from %d (24 hours: the least a destruction waits, to be "
+                    "cancellable) to %d",
+                    KMS_DESTROY_MIN_SECONDS, KMS_DESTROY_MAX_SECONDS);
+    kms_version *v;
+    int e = version_for_change(kr, name, version, true, &v, err);
+    if (e < 0)
+        return e;
+    v->state = KMS_STATE_SCHEDULED;
+    v->destroy_at = now + after;
     return save_or_fail(kr, err);
 }
 
@@ -494,8 +527,9 @@ json_t *kms_keyring_describe(const kms_keyring *kr, const char *name)
     char created[40], destroy[40];
     for (size_t i = 0; versions && i < k->n_versions; i++) {
         const kms_version *v = &k->versions[i];
-        json_t *jv = json_pack("{s:I, s:s, s:s}", "version", (json_int_t)v->version, "state", state_names[v->state],
-                               "createdAt", time_format_rfc3339(v->created_at, created, sizeof(created)));
+        const char *state = v->state == KMS_STATE_SCHEDULED ? "pendingDestruction" : state_names[v->state];
+        json_t *jv = json_pack("{s:I, s:s, s:s}", "version", (json_int_t)v->version, "state", state, "createdAt",
+                               time_format_rfc3339(v->created_at, created, sizeof(created)));
         if (jv && v->state == KMS_STATE_SCHEDULED)
             json_object_set_new(jv, "destroyAt",
                                 json_string(time_format_rfc3339(v->destroy_at, destroy, sizeof(destroy))));

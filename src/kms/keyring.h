@@ -4,13 +4,14 @@
  * A key has one algorithm: aes-256-gcm (purpose encrypt), ecdsa-p256 or
  * ed25519 (purpose sign). Its primary version encrypts and signs; older
  * enabled versions still decrypt and verify. A version is enabled, disabled
- * (refuses everything until enabled again), scheduled for destruction
- * (refuses everything; can be cancelled by enabling it) or destroyed (its
- * material is gone for good). The primary version can be neither disabled
- * nor destroyed: rotate first. */
+ * (refuses everything until enabled again), pending destruction (refuses
+ * everything; waits at least 24 hours, and can be cancelled by enabling or
+ * disabling it) or destroyed (its material is gone for good). The primary
+ * version can be neither disabled nor destroyed: rotate first. */
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "kms/ciphertext.h"
@@ -18,6 +19,11 @@
 #define KMS_KEYS_MAX 256
 #define KMS_VERSIONS_MAX 64
 #define KMS_SIGNATURE_MAX 80
+/* a scheduled destruction waits at least a day, so that it can be cancelled
+ * (as AWS KMS and Vault do); a week unless asked otherwise */
+#define KMS_DESTROY_MIN_SECONDS (24 * 3600)
+#define KMS_DESTROY_DEFAULT_SECONDS (7 * 24 * 3600)
+#define KMS_DESTROY_MAX_SECONDS (366 * 24 * 3600)
 
 typedef struct kms_keyring kms_keyring;
 
@@ -49,11 +55,21 @@ void kms_keyring_free(kms_keyring *kr);
 int kms_keyring_ensure(kms_keyring *kr, const char *name, const char *algorithm, kms_err *err);
 /* Adds a version to NAME and makes it primary; its number into *RET_VERSION. */
 int kms_keyring_rotate(kms_keyring *kr, const char *name, uint32_t *ret_version, kms_err *err);
-/* Sets the state of NAME/VERSION: ENABLED, DISABLED, or SCHEDULED with
- * DESTROY_AT (seconds since the epoch; at or before NOW destroys at once). */
-int kms_keyring_set_state(kms_keyring *kr, const char *name, uint32_t version, kms_state state, int64_t destroy_at,
-                          int64_t now, kms_err *err);
-/* Destroys the versions whose time has come; returns how many, or a negative errno. */
+/* Sets NAME/VERSION ENABLED or DISABLED. A version pending destruction
+ * changes only when CANCEL (the caller was allowed to destroy it), which
+ * cancels the destruction; -EPERM otherwise. -ENOENT no such version,
+ * -EKEYEXPIRED destroyed, -EBUSY disabling the primary version. */
+int kms_keyring_set_state(kms_keyring *kr, const char *name, uint32_t version, kms_state state, bool cancel,
+                          kms_err *err);
+/* Schedules the destruction of NAME/VERSION AFTER seconds from NOW (seconds
+ * since the epoch): from then it refuses every use, and kms_keyring_tick()
+ * destroys it once its time has come. -ERANGE unless AFTER is from
+ * KMS_DESTROY_MIN_SECONDS to KMS_DESTROY_MAX_SECONDS; -ENOENT, -EKEYEXPIRED,
+ * -EBUSY as kms_keyring_set_state(). Scheduling again moves the time. */
+int kms_keyring_schedule_destroy(kms_keyring *kr, const char *name, uint32_t version, int64_t after, int64_t now,
+                                 kms_err *err);
+/* Destroys the versions whose time (at or before NOW) has come; returns how
+ * many, or a negative errno. */
 int kms_keyring_tick(kms_keyring *kr, int64_t now);
 /* The key's public description (no material) as a new reference, or NULL
  * when there is no such key. */

@@ -219,19 +219,20 @@ Test(keyring, rotation_states_and_refusals, .init = make_tmpdir, .fini = remove_
         c1[i] ^= 0x01;
     }
     /* the primary cannot be disabled; an old version can, and then refuses */
-    cr_assert_eq(kms_keyring_set_state(kr, "k", 2, KMS_STATE_DISABLED, 0, 0, &err), -EBUSY);
-    cr_assert_eq(kms_keyring_set_state(kr, "k", 1, KMS_STATE_DISABLED, 0, 0, &err), 0);
+    cr_assert_eq(kms_keyring_set_state(kr, "k", 2, KMS_STATE_DISABLED, false, &err), -EBUSY);
+    cr_assert_eq(kms_keyring_set_state(kr, "k", 1, KMS_STATE_DISABLED, false, &err), 0);
     cr_assert_eq(decrypt(kr, ctx, c1, n1, out, &err), -EKEYREVOKED);
     cr_assert(strstr(err.message, "disabled"));
-    cr_assert_eq(kms_keyring_set_state(kr, "k", 1, KMS_STATE_ENABLED, 0, 0, &err), 0);
+    cr_assert_eq(kms_keyring_set_state(kr, "k", 1, KMS_STATE_ENABLED, false, &err), 0);
     cr_assert_eq(decrypt(kr, ctx, c1, n1, out, &err), 0);
     /* scheduled destruction refuses at once and destroys when due */
-    cr_assert_eq(kms_keyring_set_state(kr, "k", 1, KMS_STATE_SCHEDULED, 2000, 1000, &err), 0);
+    cr_assert_eq(kms_keyring_schedule_destroy(kr, "k", 1, KMS_DESTROY_MIN_SECONDS, 1000, &err), 0);
     cr_assert_eq(decrypt(kr, ctx, c1, n1, out, &err), -EKEYREVOKED);
-    cr_assert_eq(kms_keyring_tick(kr, 1999), 0);
-    cr_assert_eq(kms_keyring_tick(kr, 2000), 1);
+    cr_assert_eq(kms_keyring_tick(kr, 1000 + KMS_DESTROY_MIN_SECONDS - 1), 0);
+    cr_assert_eq(kms_keyring_tick(kr, 1000 + KMS_DESTROY_MIN_SECONDS), 1);
     cr_assert_eq(decrypt(kr, ctx, c1, n1, out, &err), -EKEYEXPIRED);
     cr_assert(strstr(err.message, "destroyed"));
+    cr_assert_eq(kms_keyring_set_state(kr, "k", 1, KMS_STATE_ENABLED, true, &err), -EKEYEXPIRED);
     kms_keyring_free(kr);
     kr = open_ring(root);
     cr_assert_eq(decrypt(kr, ctx, c1, n1, out, &err), -EKEYEXPIRED);
@@ -303,4 +304,47 @@ Test(seal, passphrase_and_dev, .init = make_tmpdir, .fini = remove_tmpdir)
     cr_assert_eq(stat(dev_file, &st), 0);
     cr_assert_eq(st.st_mode & 0777, 0600);
     secmem_free(a), secmem_free(b);
+}
+
+/* Destruction waits at least a day, can be cancelled only by who may
+ * destroy, and happens only once its time has come. */
+Test(keyring, destruction_waits_and_can_be_cancelled, .init = make_tmpdir, .fini = remove_tmpdir)
+{
+    uint8_t root[KMS_KEY_BYTES] = {7};
+    kms_keyring *kr = open_ring(root);
+    kms_err err = {""};
+    uint32_t v;
+    cr_assert_eq(kms_keyring_ensure(kr, "k", "aes-256-gcm", &err), 0);
+    cr_assert_eq(kms_keyring_rotate(kr, "k", &v, &err), 0);
+    const int64_t now = 1700000000;
+    /* sooner than a day: refused, whatever the rest */
+    cr_assert_eq(kms_keyring_schedule_destroy(kr, "k", 1, 0, now, &err), -ERANGE);
+    cr_assert(strstr(err.message, "86400"), "%s", err.message);
+    cr_assert_eq(kms_keyring_schedule_destroy(kr, "k", 1, KMS_DESTROY_MIN_SECONDS - 1, now, &err), -ERANGE);
+    cr_assert_eq(kms_keyring_schedule_destroy(kr, "k", 1, -1, now, &err), -ERANGE);
+    cr_assert_eq(kms_keyring_schedule_destroy(kr, "k", 1, KMS_DESTROY_MAX_SECONDS + 1, now, &err), -ERANGE);
+    cr_assert_eq(kms_keyring_schedule_destroy(kr, "k", 2, KMS_DESTROY_MIN_SECONDS, now, &err), -EBUSY);
+    cr_assert_eq(kms_keyring_schedule_destroy(kr, "k", 9, KMS_DESTROY_MIN_SECONDS, now, &err), -ENOENT);
+    /* scheduled: described as pending destruction with its time */
+    cr_assert_eq(kms_keyring_schedule_destroy(kr, "k", 1, KMS_DESTROY_DEFAULT_SECONDS, now, &err), 0);
+    json_t *d = kms_keyring_describe(kr, "k");
+    json_t *v1 = json_array_get(json_object_get(d, "versions"), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(v1, "state")), "pendingDestruction");
+    cr_assert_str_eq(json_string_value(json_object_get(v1, "destroyAt")), "2023-11-21T22:13:20Z");
+    json_decref(d);
+    /* nothing is destroyed before its time, also across a reopening */
+    cr_assert_eq(kms_keyring_tick(kr, now + KMS_DESTROY_DEFAULT_SECONDS - 1), 0);
+    kms_keyring_free(kr);
+    kr = open_ring(root);
+    /* leaving pending destruction needs the right to destroy (cancel) */
+    cr_assert_eq(kms_keyring_set_state(kr, "k", 1, KMS_STATE_ENABLED, false, &err), -EPERM);
+    cr_assert(strstr(err.message, "destroy"), "%s", err.message);
+    cr_assert_eq(kms_keyring_set_state(kr, "k", 1, KMS_STATE_DISABLED, true, &err), 0);
+    cr_assert_eq(kms_keyring_tick(kr, now + KMS_DESTROY_MAX_SECONDS), 0);
+    d = kms_keyring_describe(kr, "k");
+    v1 = json_array_get(json_object_get(d, "versions"), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(v1, "state")), "disabled");
+    cr_assert_null(json_object_get(v1, "destroyAt"));
+    json_decref(d);
+    kms_keyring_free(kr);
 }

@@ -1055,7 +1055,7 @@ static void decide_rule(const policy_set *s, const prule *r, int res, const char
 static void decide_default(policy_decision *ret)
 {
     *ret = (policy_decision){.allow = false};
-    snprintf(ret->reason, sizeof(ret->reason), "no rule matched (default deny)");
+    snprintf(ret->reason, sizeof(ret->reason), POLICY_REASON_DEFAULT_DENY);
 }
 
 static bool guard_admits(const guard *g, const cel_value *vars)

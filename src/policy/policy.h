@@ -113,6 +113,9 @@ bool policy_text_valid(const char *s, size_t len);
  * integers int, reals double); 0, -E2BIG beyond 32 levels or -ENOMEM. */
 int policy_value_from_json(const json_t *j, cel_arena *a, cel_value *ret);
 
+/* The reason of a decision no rule matched. */
+#define POLICY_REASON_DEFAULT_DENY "no rule matched (default deny)"
+
 typedef struct policy_decision {
     bool allow;
     char policy[128]; /* the deciding policy ("" when no rule matched) */
