@@ -157,6 +157,81 @@ Test(store, lookup_key_is_unique_and_found)
     store_free(s);
 }
 
+/* A client write gives no lookup key and no status: the server's stay, and an
+ * identical re-apply is unchanged (the re-apply regression of issue 13). */
+Test(store, client_write_keeps_lookup_key_and_status)
+{
+    store *s;
+    cr_assert_eq(store_open(path, &s), 0);
+    json_t *d = json_pack("{s:s,s:s,s:{s:s},s:{s:s}}", "apiVersion", "cloister.dev/v1", "kind",
+                          "Credential", "metadata", "name", "c1", "spec", "user", "alice");
+    json_t *st = json_pack("{s:s, s:i}", "tokenDigest", "d1", "tokenGeneration", 1);
+    store_op op = {.type = STORE_APPLY, .kind = "Credential", .name = "c1", .doc = d, .lookup_key = "k1",
+                   .status = st};
+    store_txn txn = {.ops = &op, .n_ops = 1};
+    cr_assert_eq(store_write(s, &txn), 0);
+    store_txn_clear(&txn);
+
+    store_op again = {.type = STORE_APPLY, .kind = "Credential", .name = "c1", .doc = d};
+    store_txn txn2 = {.ops = &again, .n_ops = 1};
+    cr_assert_eq(store_write(s, &txn2), 0);
+    cr_assert_eq(again.action, STORE_UNCHANGED);
+    store_txn_clear(&txn2);
+
+    json_object_set_new(json_object_get(d, "spec"), "expiresAt", json_string("2099-01-01T00:00:00Z"));
+    store_op changed = {.type = STORE_REPLACE, .kind = "Credential", .name = "c1", .doc = d};
+    store_txn txn3 = {.ops = &changed, .n_ops = 1};
+    cr_assert_eq(store_write(s, &txn3), 0);
+    cr_assert_eq(changed.action, STORE_CONFIGURED);
+    cr_assert(json_equal(json_object_get(changed.result, "status"), st));
+    store_txn_clear(&txn3);
+
+    json_t *got;
+    cr_assert_eq(store_get_by_lookup(s, "Credential", "k1", &got), 0);
+    cr_assert(json_equal(json_object_get(got, "status"), st));
+    json_decref(got);
+    json_decref(st);
+    json_decref(d);
+    store_free(s);
+}
+
+/* An op's uid link reads the linked document inside the transaction, which
+ * may create it; a missing one fails the transaction with -ENOLINK. REMOVE
+ * deletes what is there and ignores what is not. */
+Test(store, uid_link_and_remove)
+{
+    store *s;
+    cr_assert_eq(store_open(path, &s), 0);
+    json_t *cred = json_pack("{s:s,s:s,s:{s:s},s:{s:s}}", "apiVersion", "cloister.dev/v1", "kind",
+                             "Credential", "metadata", "name", "c1", "spec", "user", "bob");
+    json_t *user = json_pack("{s:s,s:s,s:{s:s},s:{}}", "apiVersion", "cloister.dev/v1", "kind", "User",
+                             "metadata", "name", "bob", "spec");
+    store_op lone = {.type = STORE_CREATE, .kind = "Credential", .name = "c1", .doc = cred, .uid_kind = "User",
+                     .uid_name = "bob", .uid_field = "userUid"};
+    store_txn t1 = {.ops = &lone, .n_ops = 1};
+    cr_assert_eq(store_write(s, &t1), -ENOLINK);
+
+    /* the credential first in the transaction, the user it links to second */
+    store_op ops[2] = {lone, {.type = STORE_CREATE, .kind = "User", .name = "bob", .doc = user}};
+    store_txn t2 = {.ops = ops, .n_ops = 2};
+    cr_assert_eq(store_write(s, &t2), 0);
+    const char *uid = json_string_value(json_object_get(json_object_get(ops[1].result, "metadata"), "uid"));
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(ops[0].result, "status"), "userUid")), uid);
+    store_txn_clear(&t2);
+
+    store_op rm[2] = {{.type = STORE_REMOVE, .kind = "Credential", .name = "c1"},
+                      {.type = STORE_REMOVE, .kind = "Credential", .name = "absent"}};
+    store_txn t3 = {.ops = rm, .n_ops = 2};
+    cr_assert_eq(store_write(s, &t3), 0);
+    cr_assert_eq(rm[0].action, STORE_DELETED);
+    cr_assert_eq(rm[1].action, STORE_UNCHANGED);
+    json_t *got;
+    cr_assert_eq(store_get(s, "Credential", "c1", &got), -ENOENT);
+    json_decref(cred);
+    json_decref(user);
+    store_free(s);
+}
+
 Test(store, change_feed_in_order_and_survives_reopen)
 {
     store *s;
