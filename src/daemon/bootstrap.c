@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include "auth/credential.h"
+#include "auth/session.h"
 #include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
@@ -75,6 +76,7 @@ static int ensure_identity(store *s, const char *token_path, const identity *id)
     bool have_token = stat(token_path, &st) == 0;
     json_t *cred_doc = NULL;
     bool have_credential = store_get(s, "Credential", cred_name, &cred_doc) == 0;
+    int64_t generation = auth_credential_generation(cred_doc); /* the new token ends the old one's sessions */
     json_decref(cred_doc);
     if (have_token && have_credential)
         return 0;
@@ -85,7 +87,7 @@ static int ensure_identity(store *s, const char *token_path, const identity *id)
     if (r < 0)
         goto out;
     credential_token_digest(token, strlen(token), digest, key);
-    cred_status = json_pack("{s:s}", "tokenDigest", digest);
+    cred_status = json_pack("{s:s, s:I}", "tokenDigest", digest, "tokenGeneration", (json_int_t)(generation + 1));
     if (!cred_status) {
         r = -ENOMEM;
         goto out;
@@ -104,8 +106,10 @@ static int ensure_identity(store *s, const char *token_path, const identity *id)
         }
         ops[n++] = (store_op){.type = STORE_CREATE, .kind = kind, .name = name, .doc = id->docs[i]};
     }
+    /* bound to its user by uid (auth/session.h), which may be created here */
     ops[n++] = (store_op){.type = STORE_APPLY, .kind = "Credential", .name = cred_name, .doc = id->credential,
-                          .status = cred_status, .lookup_key = key};
+                          .status = cred_status, .lookup_key = key, .uid_kind = "User",
+                          .uid_name = field(id->credential, "spec", "user"), .uid_field = "userUid"};
     store_txn txn = {.ops = ops, .n_ops = n};
     r = store_write(s, &txn);
     store_txn_clear(&txn);
