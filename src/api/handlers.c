@@ -567,6 +567,17 @@ static void watcher_poll(api_sse *s)
     json_decref(events);
 }
 
+/* Re-decides the stream (sse.c calls this every API_SSE_RECHECK_NS): a
+ * caller who lost the session, the credential or the right to watch the
+ * kind gets an ERROR event (forbidden or unauthenticated) and the end. */
+static void watcher_recheck(api_sse *s)
+{
+    watcher *w = (watcher *)s;
+    api_error err;
+    if (api_sse_redecide(s, "watch", w->kind, &err) < 0)
+        watcher_finish(w, err.code, err.message);
+}
+
 static const api_sse_class watcher_class = {
     .size = sizeof(watcher),
     .route = ROUTE_WATCH,
@@ -574,6 +585,7 @@ static const api_sse_class watcher_class = {
     .heartbeat_ns = WATCH_HEARTBEAT_NS,
     .heartbeat = ": heartbeat\n\n",
     .poll = watcher_poll,
+    .recheck = watcher_recheck,
 };
 
 static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind,
