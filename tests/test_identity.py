@@ -8,6 +8,7 @@ proxy alike: a session is good while its user exists with the same uid and
 is enabled, and its credential exists with the same uid, is unexpired and
 has the same token generation."""
 import json
+import sqlite3
 import time
 
 import pytest
@@ -283,3 +284,29 @@ def test_a_disabled_user_gets_the_same_answer_from_the_proxy_and_the_api(cluster
     # enabled again, the same session works again: disabling is not deleting
     c.apply(manifest("User", "frank", {"type": "human", "groups": ["staff"]}))
     c.wait_proxied(session["access_token"], 200, timeout=1)
+
+
+def test_a_bootstrap_credential_from_before_uid_binding_keeps_working(server):
+    """A data dir whose credentials do not record their user's uid yet: the
+    bootstrap binds its own on start; the admin re-applies the others."""
+    s = server
+    assert s.request("POST", "/v1/apply", json={"items": [
+        manifest("User", "old", {"type": "human"}),
+        manifest("Credential", "old-cli", {"user": "old", "type": "authToken"})]}).status_code == 200
+    old = s.request("POST", "/v1/tokens", json={"credential": "old-cli"}).json()["token"]
+    s.stop()
+    db = sqlite3.connect(str(s.data_dir / "store.db"))
+    with db:
+        for name, doc in list(db.execute("SELECT name, doc FROM resources WHERE kind = 'Credential'")):
+            d = json.loads(doc)
+            d["status"].pop("userUid")
+            db.execute("UPDATE resources SET doc = ? WHERE kind = 'Credential' AND name = ?", (json.dumps(d), name))
+    db.close()
+    s.start()
+    assert s.request("GET", "/v1/whoami").json()["user"] == "admin"
+    r = s.request("GET", "/v1/whoami", token=old)
+    assert r.status_code == 401 and "another user" in r.json()["error"]["message"]
+    assert s.request("POST", "/v1/apply", json={"items": [
+        manifest("Credential", "old-cli", {"user": "old", "type": "authToken"})]}).json()["items"][0]["action"] == \
+        "configured"
+    assert s.request("GET", "/v1/whoami", token=old).json()["user"] == "old"

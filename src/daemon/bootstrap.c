@@ -60,9 +60,28 @@ static const char *field(const json_t *doc, const char *a, const char *b)
     return json_string_value(b ? json_object_get(v, b) : v);
 }
 
+/* Records in credential CRED (stored, of identity WHAT) the uid of its user
+ * when it was written before credentials recorded it, so that its token
+ * keeps working (auth/session.h). Returns 0 or a negative errno (logged). */
+static int bind_credential(store *s, const char *what, json_t *cred)
+{
+    if (json_object_get(json_object_get(cred, "status"), "userUid"))
+        return 0;
+    store_op op = {.type = STORE_APPLY, .kind = "Credential", .name = field(cred, "metadata", "name"), .doc = cred,
+                   .uid_kind = "User", .uid_name = field(cred, "spec", "user"), .uid_field = "userUid"};
+    store_txn txn = {.ops = &op, .n_ops = 1};
+    int r = store_write(s, &txn);
+    store_txn_clear(&txn);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot bind a bootstrap credential to its user", "identity", what, "error",
+                   strerror(-r), NULL);
+    return r;
+}
+
 /* Ensures identity ID in store S, its credential's token in TOKEN_PATH
  * (mode 0600). When both the credential and the file exist nothing is
- * touched: users may have changed the documents, and that is theirs. When
+ * touched (users may have changed the documents, and that is theirs) but
+ * the credential's record of its user's uid, when it lacks one. When
  * the file is missing (or the credential is), a fresh token is made and its
  * digest stored (the old token stops working); the other documents are
  * created only when absent. Returns 0 or a negative errno (logged). ID stays
@@ -74,12 +93,11 @@ static int ensure_identity(store *s, const char *token_path, const identity *id)
         return -EINVAL;
     struct stat st;
     bool have_token = stat(token_path, &st) == 0;
-    json_t *cred_doc = NULL;
+    json_auto_t *cred_doc = NULL;
     bool have_credential = store_get(s, "Credential", cred_name, &cred_doc) == 0;
     int64_t generation = auth_credential_generation(cred_doc); /* the new token ends the old one's sessions */
-    json_decref(cred_doc);
     if (have_token && have_credential)
-        return 0;
+        return bind_credential(s, id->what, cred_doc);
 
     char token[CREDENTIAL_TOKEN_LEN + 1], digest[CREDENTIAL_DIGEST_HEX_LEN + 1], key[CREDENTIAL_LOOKUP_KEY_LEN + 1];
     json_t *cred_status = NULL;
