@@ -230,6 +230,19 @@ def test_deleting_a_credential_deletes_its_sessions(cluster):
     assert c.s.request("GET", "/v1/users/erin").status_code == 200
 
 
+def test_a_credential_pointed_at_another_user_does_not_carry_its_token_over(cluster):
+    c = cluster
+    clst, session = c.person("grace", groups=["staff"])
+    c.apply(manifest("User", "heidi", {"type": "human", "groups": ["admins"]}))
+    # the holder of grace's token must not become heidi (an admin)
+    c.apply(manifest("Credential", "grace-cli", {"user": "heidi", "type": "authToken"}))
+    assert c.whoami(clst).status_code == 401
+    assert c.whoami(session["access_token"]).status_code == 401
+    assert c.s.request("POST", "/v1/auth/token", token="", json={"token": clst}).status_code == 401
+    # a token minted now is heidi's
+    assert c.whoami(c.mint("grace-cli")).json()["user"] == "heidi"
+
+
 def test_reminting_a_token_ends_the_sessions_it_opened(cluster):
     c = cluster
     clst, session = c.person("carol", groups=["staff"])

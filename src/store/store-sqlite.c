@@ -485,8 +485,10 @@ static bool same_content(const json_t *input, const json_t *old)
 
 /* The status OP stores into *RET (a new reference): op->status, or OLD's
  * when it sets none, with the uid of the document OP links to set in it; NULL
- * when the stored status is kept as it is. Returns 0, -ENOLINK when the
- * linked document does not exist, or another negative errno. */
+ * when the stored status is kept as it is. When OLD recorded another uid
+ * there, the rest of its status (state bound to that other document, such
+ * as a token) is dropped. Returns 0, -ENOLINK when the linked document does
+ * not exist, or another negative errno. */
 static int op_status(sqlite_store *s, const store_op *op, const json_t *old, json_t **ret)
 {
     if (!op->uid_kind) {
@@ -500,7 +502,9 @@ static int op_status(sqlite_store *s, const store_op *op, const json_t *old, jso
     if (e < 0)
         return e == -ENOENT ? -ENOLINK : e;
     json_t *uid = json_object_get(json_object_get(linked, "metadata"), "uid");
-    json_t *base = op->status ? op->status : old ? json_object_get(old, "status") : NULL;
+    json_t *old_status = old ? json_object_get(old, "status") : NULL;
+    json_t *recorded = json_object_get(old_status, op->uid_field);
+    json_t *base = op->status ? op->status : recorded && !json_equal(recorded, uid) ? NULL : old_status;
     json_t *status = json_is_object(base) ? json_deep_copy(base) : json_object();
     if (!status || !json_is_string(uid) || json_object_set(status, op->uid_field, uid) < 0) {
         json_decref(status);

@@ -48,7 +48,9 @@ typedef struct store_op {
     /* when UID_KIND is set, status.<UID_FIELD> becomes metadata.uid of the
      * document (UID_KIND, UID_NAME) as it stands in this transaction (ops
      * that set it run after the others of their transaction); the op fails
-     * with -ENOLINK when that document does not exist */
+     * with -ENOLINK when that document does not exist. When the stored
+     * status recorded another uid there, the rest of it is dropped (unless
+     * the op sets a status): what was bound to the other document goes. */
     const char *uid_kind, *uid_name, *uid_field;
 
     /* results, written when the transaction completes */

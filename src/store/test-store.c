@@ -215,9 +215,38 @@ Test(store, uid_link_and_remove)
     store_op ops[2] = {lone, {.type = STORE_CREATE, .kind = "User", .name = "bob", .doc = user}};
     store_txn t2 = {.ops = ops, .n_ops = 2};
     cr_assert_eq(store_write(s, &t2), 0);
-    const char *uid = json_string_value(json_object_get(json_object_get(ops[1].result, "metadata"), "uid"));
+    char uid[40];
+    snprintf(uid, sizeof(uid), "%s",
+             json_string_value(json_object_get(json_object_get(ops[1].result, "metadata"), "uid")));
     cr_assert_str_eq(json_string_value(json_object_get(json_object_get(ops[0].result, "status"), "userUid")), uid);
     store_txn_clear(&t2);
+
+    /* linked again to another document of that name: what the old one had is dropped */
+    store_op tok = {.type = STORE_REPLACE, .kind = "Credential", .name = "c1", .doc = cred,
+                    .status = json_pack("{s:s, s:s}", "userUid", uid, "tokenDigest", "d1")};
+    store_txn t4 = {.ops = &tok, .n_ops = 1};
+    cr_assert_eq(store_write(s, &t4), 0);
+    store_txn_clear(&t4);
+    json_decref(tok.status);
+    store_op same_user = lone;
+    store_txn t5 = {.ops = &same_user, .n_ops = 1};
+    cr_assert_eq(store_write(s, &t5), -EEXIST); /* CREATE of a present one */
+    same_user.type = STORE_APPLY;
+    cr_assert_eq(store_write(s, &t5), 0);
+    cr_assert_eq(same_user.action, STORE_UNCHANGED); /* the same uid: the token stays */
+    store_txn_clear(&t5);
+    store_op del_user = {.type = STORE_DELETE, .kind = "User", .name = "bob"};
+    store_op new_user = {.type = STORE_CREATE, .kind = "User", .name = "bob", .doc = user};
+    store_op rebind = same_user;
+    store_op again[3] = {del_user, new_user, rebind};
+    store_txn t6 = {.ops = again, .n_ops = 3};
+    cr_assert_eq(store_write(s, &t6), 0);
+    const char *uid2 = json_string_value(json_object_get(json_object_get(again[1].result, "metadata"), "uid"));
+    cr_assert_str_neq(uid2, uid);
+    json_t *want = json_pack("{s:s}", "userUid", uid2);
+    cr_assert(json_equal(json_object_get(again[2].result, "status"), want));
+    json_decref(want);
+    store_txn_clear(&t6);
 
     store_op rm[2] = {{.type = STORE_REMOVE, .kind = "Credential", .name = "c1"},
                       {.type = STORE_REMOVE, .kind = "Credential", .name = "absent"}};
