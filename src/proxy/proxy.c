@@ -40,6 +40,8 @@
 #define ACCESS_FLUSH_MS 200            /* a batch waits at most this long */
 #define HANDOFF_WAIT_MS 50             /* a handoff whose session is not here yet is tried again this often */
 #define HANDOFF_WAIT_TRIES 60          /* ... this many times (3 s) */
+/* two refusals of auth/session.c a login handoff waits out (the session or
+ * user may not have reached this proxy yet): the same texts */
 #define WHY_NO_SESSION "the session of this access token was revoked or has expired"
 #define WHY_NO_USER "the user of this session no longer exists"
 
