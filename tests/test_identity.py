@@ -98,6 +98,15 @@ def error_of(r):
     return r.json()["error"]
 
 
+def audit_entries(s, action):
+    size = s.request("GET", "/v1/audit/checkpoint").json()["size"]
+    out = []
+    for start in range(0, size, 1000):
+        r = s.request("GET", f"/v1/audit/entries?start={start}&end={min(size, start + 1000)}")
+        out += [json.loads(x["entry"]) for x in r.json()["entries"]]
+    return [x for x in out if x.get("action") == action]
+
+
 def open_watch(c, token, kind="groups"):
     """A watch stream read up to the point where it is watching (the current
     state sent): what the server does from here on is a change."""
@@ -179,6 +188,13 @@ def test_a_policy_change_removing_watch_rights_ends_the_stream(cluster):
     assert "watch Group" in err["error"]["message"]
     # what the policy still grants works
     assert c.s.request("GET", "/v1/groups", token=clst).status_code == 200
+    # and the refusal that ended the stream is an audit entry naming the decision
+    deadline = time.time() + 15
+    while not any(e["outcome"] == "denied" and e["actor"].get("user") == "fickle" and
+                  e["details"].get("api") == {"verb": "watch", "kind": "Group", "name": ""}
+                  for e in audit_entries(c.s, "api.access")):
+        assert time.time() < deadline, "no audit entry for the ended watch"
+        time.sleep(0.2)  # the audit role takes entries asynchronously
 
 
 def test_deleting_a_user_ends_its_credentials_and_sessions_and_a_namesake_inherits_nothing(cluster):
