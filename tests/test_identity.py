@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, Server, free_port, manifest, run_cli
+from conftest import ROOT, Server, audit_entries, free_port, manifest, run_cli
 from echo_upstream import EchoUpstream
 
 DOMAIN = "localhost"
@@ -96,15 +96,6 @@ def cluster(tmp_path_factory):
 
 def error_of(r):
     return r.json()["error"]
-
-
-def audit_entries(s, action):
-    size = s.request("GET", "/v1/audit/checkpoint").json()["size"]
-    out = []
-    for start in range(0, size, 1000):
-        r = s.request("GET", f"/v1/audit/entries?start={start}&end={min(size, start + 1000)}")
-        out += [json.loads(x["entry"]) for x in r.json()["entries"]]
-    return [x for x in out if x.get("action") == action]
 
 
 def open_watch(c, token, kind="groups"):

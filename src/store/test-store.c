@@ -28,6 +28,12 @@ static json_t *service_doc(const char *name, const char *url)
                      "Service", "metadata", "name", name, "spec", "upstream", "url", url);
 }
 
+static json_t *credential_doc(const char *name, const char *user)
+{
+    return json_pack("{s:s,s:s,s:{s:s},s:{s:s}}", "apiVersion", "cloister.dev/v1", "kind", "Credential",
+                     "metadata", "name", name, "spec", "user", user);
+}
+
 static int write_one(store *s, store_op_type type, const char *name, json_t *doc, int64_t rv,
                      store_op *ret_op)
 {
@@ -139,8 +145,7 @@ Test(store, lookup_key_is_unique_and_found)
 {
     store *s;
     cr_assert_eq(store_open(path, &s), 0);
-    json_t *d = json_pack("{s:s,s:s,s:{s:s},s:{s:s}}", "apiVersion", "cloister.dev/v1", "kind",
-                          "Credential", "metadata", "name", "c1", "spec", "user", "admin");
+    json_t *d = credential_doc("c1", "admin");
     store_op op = {.type = STORE_CREATE, .kind = "Credential", .name = "c1", .doc = d, .lookup_key = "abc"};
     store_txn txn = {.ops = &op, .n_ops = 1};
     cr_assert_eq(store_write(s, &txn), 0);
@@ -163,8 +168,7 @@ Test(store, client_write_keeps_lookup_key_and_status)
 {
     store *s;
     cr_assert_eq(store_open(path, &s), 0);
-    json_t *d = json_pack("{s:s,s:s,s:{s:s},s:{s:s}}", "apiVersion", "cloister.dev/v1", "kind",
-                          "Credential", "metadata", "name", "c1", "spec", "user", "alice");
+    json_t *d = credential_doc("c1", "alice");
     json_t *st = json_pack("{s:s, s:i}", "tokenDigest", "d1", "tokenGeneration", 1);
     store_op op = {.type = STORE_APPLY, .kind = "Credential", .name = "c1", .doc = d, .lookup_key = "k1",
                    .status = st};
@@ -202,8 +206,7 @@ Test(store, uid_link_and_remove)
 {
     store *s;
     cr_assert_eq(store_open(path, &s), 0);
-    json_t *cred = json_pack("{s:s,s:s,s:{s:s},s:{s:s}}", "apiVersion", "cloister.dev/v1", "kind",
-                             "Credential", "metadata", "name", "c1", "spec", "user", "bob");
+    json_t *cred = credential_doc("c1", "bob");
     json_t *user = json_pack("{s:s,s:s,s:{s:s},s:{}}", "apiVersion", "cloister.dev/v1", "kind", "User",
                              "metadata", "name", "bob", "spec");
     store_op lone = {.type = STORE_CREATE, .kind = "Credential", .name = "c1", .doc = cred, .uid_kind = "User",
