@@ -750,6 +750,15 @@ static bool may_see_all(api_request *r, const caller *c, const char *verb, const
     return api_may(r->server, r->req, c, verb, "Session", sid);
 }
 
+/* Whether SESSION is caller C's own: the same user by name and uid (a new
+ * user of an old name does not own the old one's sessions). */
+static bool own_session(const json_t *session, const caller *c)
+{
+    const char *user = spec_string(session, "user"), *uid = spec_string(session, "userUid");
+    const char *caller_uid = json_string_value(json_object_get(json_object_get(c->user, "metadata"), "uid"));
+    return user && uid && caller_uid && strcmp(user, caller_name(c)) == 0 && strcmp(uid, caller_uid) == 0;
+}
+
 /* GET /v1/sessions, GET|DELETE /v1/sessions/{id}. Everyone sees and
  * revokes their own sessions; other users' only when policy allows it
  * (ctx.request.api: list/get/delete on kind Session). */
@@ -782,8 +791,7 @@ int api_auth_handle_sessions(api_request *r, const char *rest, size_t rest_len, 
         int64_t now = now_s();
         json_array_foreach(items, i, item)
         {
-            const char *u = spec_string(item, "user");
-            if (!admin && (!u || strcmp(u, caller_name(&c)) != 0))
+            if (!admin && !own_session(item, &c))
                 continue;
             json_t *user = NULL, *cred = NULL;
             api_error ignored;
@@ -814,9 +822,8 @@ int api_auth_handle_sessions(api_request *r, const char *rest, size_t rest_len, 
         api_method_not_allowed(r->req, ROUTE_SESSIONS, r->started, "GET, DELETE");
         goto out;
     }
-    const char *owner = NULL;
-    if (!resource_name_valid(sid) || store_get(st, "Session", sid, &doc) < 0 || !(owner = spec_string(doc, "user")) ||
-        (strcmp(owner, caller_name(&c)) != 0 && !may_see_all(r, &c, get ? "get" : "delete", sid))) {
+    if (!resource_name_valid(sid) || store_get(st, "Session", sid, &doc) < 0 ||
+        (!own_session(doc, &c) && !may_see_all(r, &c, get ? "get" : "delete", sid))) {
         ret = api_fail(err, 404, "not_found", "session %s not found", resource_name_valid(sid) ? sid : "?");
         goto out;
     }
