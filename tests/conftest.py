@@ -163,6 +163,16 @@ def manifest(kind, name, spec, **meta):
     return {"apiVersion": "cloister.dev/v1", "kind": kind, "metadata": {"name": name, **meta}, "spec": spec}
 
 
+def audit_entries(server, action):
+    """The audit log's entries of ACTION (the audit role takes them asynchronously)."""
+    size = server.request("GET", "/v1/audit/checkpoint").json()["size"]
+    out = []
+    for start in range(0, size, 1000):
+        r = server.request("GET", f"/v1/audit/entries?start={start}&end={min(size, start + 1000)}")
+        out += [json.loads(x["entry"]) for x in r.json()["entries"]]
+    return [x for x in out if x.get("action") == action]
+
+
 def run_cli(server, *args, input=None, env_extra=None, config_home=None):
     """Runs the cloister CLI against SERVER; returns CompletedProcess."""
     env = sanitizer_env()

@@ -68,6 +68,7 @@ class Cluster:
         self.http_port = http_port
         self.https_port = https_port
         self.tokens = {}
+        self.credential_tokens = {}
 
     def get(self, path, token=None, host=f"wiki.{DOMAIN}", method="GET", headers=None, **kw):
         h = {"Host": host}
@@ -78,7 +79,11 @@ class Cluster:
                                 allow_redirects=False, **kw)
 
     def login(self, credential):
-        tok = self.s.request("POST", "/v1/tokens", json={"credential": credential}).json()["token"]
+        # minted once: minting again ends the sessions the previous token opened
+        if credential not in self.credential_tokens:
+            r = self.s.request("POST", "/v1/tokens", json={"credential": credential})
+            self.credential_tokens[credential] = r.json()["token"]
+        tok = self.credential_tokens[credential]
         r = self.s.request("POST", "/v1/auth/token", token="", json={"token": tok})
         assert r.status_code == 200, r.text
         return r.json()

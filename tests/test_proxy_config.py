@@ -243,7 +243,10 @@ def test_snapshot_holds_the_configuration_and_no_digest(shared_server):
     assert snap["jwks"] == jwks and jwks["keys"]
     assert isinstance(snap["secrets"], dict)
     assert len(handoff_key(snap["handoff"])) == 32
-    assert not keys_anywhere(snap, "status")
+    # a Credential's status only with what sessions are decided by; no other status
+    for cred in snap["objects"]["Credential"]:
+        assert set(cred.get("status", {})) <= {"userUid", "tokenGeneration"}, cred
+    assert not keys_anywhere({k: v for k, v in snap["objects"].items() if k != "Credential"}, "status")
     raw = ev.raw_text()
     ev.close()
     for word in ("tokenDigest", "refreshDigest", "previousRefreshDigests"):

@@ -64,3 +64,18 @@ int api_auth_login_handle(api_request *r, const char *rest, size_t rest_len, api
  * the browser to end its session there too (heap URL in *RET); -ENOENT when
  * the provider has none or cannot be reached. */
 int api_oidc_end_session_url(api_server *srv, const char *idp, char **ret);
+
+/* Identities bind by uid (auth/session.h). A write of a Credential (OP,
+ * with the client's document) has the store record status.userUid from the
+ * User its spec.user names, in the same transaction; the write fails with
+ * -ENOLINK when that user does not exist. Other kinds are left alone. */
+void api_auth_bind_credential(store_op *op);
+/* The input of a DELETE of KIND/NAME into *RET (new reference): {"name",
+ * "dependents": [[kind, name], ...]}, the documents that die with it — a
+ * User's Credentials and Sessions, a Credential's Sessions — to delete in
+ * the same transaction. Returns 0 or -1 with ERR. */
+int api_auth_delete_input(api_server *srv, const char *kind, const char *name, json_t **ret, api_error *err);
+/* Fills OPS (room for every dependent) with the deletions of the dependents
+ * of INPUT (from api_auth_delete_input(); borrowed for the life of the
+ * ops); returns how many. */
+size_t api_auth_dependent_ops(const json_t *input, store_op *ops);

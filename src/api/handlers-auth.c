@@ -25,6 +25,7 @@
 #include "auth/credential.h"
 #include "auth/keyring.h"
 #include "auth/ratelimit.h"
+#include "auth/session.h"
 #include "basic/encoding.h"
 #include "basic/fileio.h"
 #include "basic/log.h"
@@ -172,50 +173,40 @@ static void report(api_request *r, const char *action, const char *user, const c
 
 /* ---- sessions ---- */
 
-static bool user_disabled(const json_t *user)
-{
-    return json_is_true(json_object_get(json_object_get(user, "spec"), "disabled"));
-}
-
 static const char *spec_string(const json_t *doc, const char *field)
 {
     return json_string_value(json_object_get(json_object_get(doc, "spec"), field));
 }
 
-/* Checks that SESSION is still good at NOW: not expired, its credential
- * still exists (the same one, by uid) and its user exists and is enabled.
- * Fills the credential and user (new references) on success. */
-static int session_check(api_server *srv, const json_t *session, int64_t now, json_t **ret_user,
-                         json_t **ret_credential, api_error *err)
+/* Fills ERR from the verdict V of auth/session.c; returns -1. */
+static int fail_verdict(api_error *err, const auth_verdict *v)
 {
-    int64_t expires;
-    const char *exp_text = spec_string(session, "expiresAt");
-    if (!exp_text || time_parse_rfc3339(exp_text, &expires) < 0 || expires <= now)
-        return api_fail(err, 401, "unauthenticated", "the session has expired; log in again");
-    json_t *cred = NULL, *user = NULL;
-    const char *cred_name = spec_string(session, "credential");
-    if (cred_name) {
-        const char *uid = spec_string(session, "credentialUid");
-        const char *cur = NULL;
-        if (store_get(srv->cfg->store, "Credential", cred_name, &cred) == 0)
-            cur = json_string_value(json_object_get(json_object_get(cred, "metadata"), "uid"));
-        if (!cur || !uid || strcmp(cur, uid) != 0) {
-            json_decref(cred);
-            return api_fail(err, 401, "unauthenticated", "the credential of this session was deleted");
-        }
+    return api_fail(err, v->status, v->code, "%s", v->message);
+}
+
+/* Decides SESSION (NULL when absent) at NOW by the rule of auth/session.c,
+ * for an access token of SUBJECT (NULL for a refresh), with its user and
+ * credential as the store holds them now. Fills the user and credential
+ * (new references; the credential NULL for an identity provider's session)
+ * on success; otherwise fills ERR (and *WHY when not NULL) and returns -1. */
+static int session_check(api_server *srv, const json_t *session, const char *subject, int64_t now,
+                         json_t **ret_user, json_t **ret_credential, auth_verdict *why, api_error *err)
+{
+    json_auto_t *user = NULL, *cred = NULL;
+    const char *user_name = spec_string(session, "user"), *cred_name = spec_string(session, "credential");
+    int e = user_name ? store_get(srv->cfg->store, "User", user_name, &user) : 0;
+    if (e == 0 && cred_name)
+        e = store_get(srv->cfg->store, "Credential", cred_name, &cred);
+    if (e < 0 && e != -ENOENT)
+        return api_fail_store(err, e, "Session", "?");
+    auth_verdict v;
+    if (auth_session_check(session, subject, user, cred, now, &v) < 0) {
+        if (why)
+            *why = v;
+        return fail_verdict(err, &v);
     }
-    const char *user_name = spec_string(session, "user");
-    if (!user_name || store_get(srv->cfg->store, "User", user_name, &user) < 0) {
-        json_decref(cred);
-        return api_fail(err, 401, "unauthenticated", "the user of this session no longer exists");
-    }
-    if (user_disabled(user)) {
-        json_decref(cred);
-        json_decref(user);
-        return api_fail(err, 403, "forbidden", "user %s is disabled", user_name);
-    }
-    *ret_user = user;
-    *ret_credential = cred;
+    *ret_user = TAKE_PTR(user);
+    *ret_credential = TAKE_PTR(cred);
     return 0;
 }
 
@@ -362,14 +353,15 @@ static void sessions_gc(api_server *srv, int64_t now)
     {
         json_t *user = NULL, *cred = NULL;
         api_error ignored;
-        if (session_check(srv, doc, now, &user, &cred, &ignored) == 0) {
+        auth_verdict why = {0};
+        if (session_check(srv, doc, NULL, now, &user, &cred, &why, &ignored) == 0) {
             json_decref(user);
             json_decref(cred);
             continue;
         }
-        if (ignored.status == 403)
-            continue; /* a disabled user may be enabled again */
-        ops[n++] = (store_op){.type = STORE_DELETE, .kind = "Session", .name = doc_name(doc)};
+        if (why.reason == AUTH_OK || why.reason == AUTH_USER_DISABLED)
+            continue; /* a store failure, or a disabled user who may be enabled again */
+        ops[n++] = (store_op){.type = STORE_REMOVE, .kind = "Session", .name = doc_name(doc)};
         if (n == GC_BATCH)
             break;
     }
@@ -397,14 +389,19 @@ int api_auth_open_session(api_request *r, const json_t *user, const json_t *cred
     if (refresh_token_new(sid, refresh, refresh_digest) < 0)
         return api_fail(err, 500, "internal", "no randomness");
     time_format_rfc3339(expires_at, expires, sizeof(expires));
-    json_auto_t *doc = json_pack("{s:s, s:s, s:{s:s}, s:{s:s, s:s, s:s, s:s}}", "apiVersion", RESOURCE_API_VERSION,
-                                 "kind", "Session", "metadata", "name", sid, "spec", "user", doc_name(user),
-                                 "authMethod", credential ? "token" : "oidc", "expiresAt", expires, "clientIp", ip);
+    /* bound by uid to its user and credential, and to the credential's
+     * token generation (auth/session.h) */
+    const char *user_uid = json_string_value(json_object_get(json_object_get(user, "metadata"), "uid"));
+    json_auto_t *doc = json_pack("{s:s, s:s, s:{s:s}, s:{s:s, s:s, s:s, s:s, s:s}}", "apiVersion",
+                                 RESOURCE_API_VERSION, "kind", "Session", "metadata", "name", sid, "spec", "user",
+                                 doc_name(user), "userUid", user_uid ? user_uid : "", "authMethod",
+                                 credential ? "token" : "oidc", "expiresAt", expires, "clientIp", ip);
     json_t *spec = json_object_get(doc, "spec");
     if (doc && credential) {
         const char *uid = json_string_value(json_object_get(json_object_get(credential, "metadata"), "uid"));
         json_object_set_new(spec, "credential", json_string(doc_name(credential)));
         json_object_set_new(spec, "credentialUid", json_string(uid ? uid : ""));
+        json_object_set_new(spec, "tokenGeneration", json_integer(auth_credential_generation(credential)));
     }
     if (doc && idp)
         json_object_set_new(spec, "identityProvider", json_string(idp));
@@ -460,19 +457,15 @@ static int handle_token(api_request *r, api_error *err)
     const char *exp_text = spec_string(cred, "expiresAt");
     if (exp_text && time_parse_rfc3339(exp_text, &cred_exp) < 0)
         cred_exp = 0;
-    if (cred_exp <= now) {
-        report(r, "auth.login", spec_string(cred, "user"), NULL, "failure", "credential expired");
-        return api_fail(err, 401, "unauthenticated", "credential %s has expired", doc_name(cred));
-    }
     json_auto_t *user = NULL;
     const char *user_name = spec_string(cred, "user");
-    if (!user_name || store_get(srv->cfg->store, "User", user_name, &user) < 0) {
-        report(r, "auth.login", user_name, NULL, "failure", "user does not exist");
-        return api_fail(err, 401, "unauthenticated", "the user of credential %s does not exist", doc_name(cred));
-    }
-    if (user_disabled(user)) {
-        report(r, "auth.login", user_name, NULL, "denied", "user disabled");
-        return api_fail(err, 403, "forbidden", "user %s is disabled", user_name);
+    e = user_name ? store_get(srv->cfg->store, "User", user_name, &user) : -ENOENT;
+    if (e < 0 && e != -ENOENT)
+        return api_fail_store(err, e, "User", user_name);
+    auth_verdict v;
+    if (auth_credential_check(cred, user, now, &v) < 0) {
+        report(r, "auth.login", user_name, NULL, v.status == 403 ? "denied" : "failure", v.message);
+        return fail_verdict(err, &v);
     }
 
     json_t *body;
@@ -545,7 +538,7 @@ static int handle_refresh(api_request *r, api_error *err)
         }
         int64_t now = now_s();
         json_t *user = NULL, *cred = NULL;
-        if (session_check(srv, session, now, &user, &cred, err) < 0) {
+        if (session_check(srv, session, NULL, now, &user, &cred, NULL, err) < 0) {
             report(r, "auth.refresh", user_name, sid, "failure", err->message);
             return -1;
         }
@@ -721,13 +714,11 @@ int api_auth_access_token(api_server *srv, const char *token, size_t len, caller
     const char *sid = json_string_value(json_object_get(claims, "sid"));
     const char *sub = json_string_value(json_object_get(claims, "sub"));
     json_auto_t *session = NULL;
-    if (!sid || !sub || !resource_name_valid(sid) || store_get(srv->cfg->store, "Session", sid, &session) < 0)
-        return api_fail(err, 401, "unauthenticated", "the session of this access token was revoked or has expired");
-    const char *session_user = spec_string(session, "user");
-    if (!session_user || strcmp(session_user, sub) != 0)
-        return api_fail(err, 401, "unauthenticated", "the access token does not match its session");
+    e = sid && sub && resource_name_valid(sid) ? store_get(srv->cfg->store, "Session", sid, &session) : -ENOENT;
+    if (e < 0 && e != -ENOENT)
+        return api_fail_store(err, e, "Session", sid);
     json_t *user, *cred;
-    if (session_check(srv, session, now, &user, &cred, err) < 0)
+    if (session_check(srv, session, sub, now, &user, &cred, NULL, err) < 0)
         return -1;
     /* cached until the token or its session expires, whichever comes first */
     int64_t session_exp = INT64_MAX;
@@ -758,6 +749,15 @@ static json_t *session_view(const json_t *doc)
 static bool may_see_all(api_request *r, const caller *c, const char *verb, const char *sid)
 {
     return api_may(r->server, r->req, c, verb, "Session", sid);
+}
+
+/* Whether SESSION is caller C's own: the same user by name and uid (a new
+ * user of an old name does not own the old one's sessions). */
+static bool own_session(const json_t *session, const caller *c)
+{
+    const char *user = spec_string(session, "user"), *uid = spec_string(session, "userUid");
+    const char *caller_uid = json_string_value(json_object_get(json_object_get(c->user, "metadata"), "uid"));
+    return user && uid && caller_uid && strcmp(user, caller_name(c)) == 0 && strcmp(uid, caller_uid) == 0;
 }
 
 /* GET /v1/sessions, GET|DELETE /v1/sessions/{id}. Everyone sees and
@@ -792,12 +792,11 @@ int api_auth_handle_sessions(api_request *r, const char *rest, size_t rest_len, 
         int64_t now = now_s();
         json_array_foreach(items, i, item)
         {
-            const char *u = spec_string(item, "user");
-            if (!admin && (!u || strcmp(u, caller_name(&c)) != 0))
+            if (!admin && !own_session(item, &c))
                 continue;
             json_t *user = NULL, *cred = NULL;
             api_error ignored;
-            if (session_check(r->server, item, now, &user, &cred, &ignored) < 0)
+            if (session_check(r->server, item, NULL, now, &user, &cred, NULL, &ignored) < 0)
                 continue; /* expired, or its credential is gone: revoked */
             json_decref(user);
             json_decref(cred);
@@ -824,9 +823,8 @@ int api_auth_handle_sessions(api_request *r, const char *rest, size_t rest_len, 
         api_method_not_allowed(r->req, ROUTE_SESSIONS, r->started, "GET, DELETE");
         goto out;
     }
-    const char *owner = NULL;
-    if (!resource_name_valid(sid) || store_get(st, "Session", sid, &doc) < 0 || !(owner = spec_string(doc, "user")) ||
-        (strcmp(owner, caller_name(&c)) != 0 && !may_see_all(r, &c, get ? "get" : "delete", sid))) {
+    if (!resource_name_valid(sid) || store_get(st, "Session", sid, &doc) < 0 ||
+        (!own_session(doc, &c) && !may_see_all(r, &c, get ? "get" : "delete", sid))) {
         ret = api_fail(err, 404, "not_found", "session %s not found", resource_name_valid(sid) ? sid : "?");
         goto out;
     }
@@ -940,7 +938,8 @@ int api_auth_handle_tokens(api_request *r, const char *rest, size_t rest_len, ap
     json_t *status = json_object_get(cred, "status");
     json_auto_t *new_status = json_is_object(status) ? json_deep_copy(status) : json_object();
     const char *rv = json_string_value(json_object_get(json_object_get(cred, "metadata"), "resourceVersion"));
-    if (!new_status || json_object_set_new(new_status, "tokenDigest", json_string(digest)) < 0) {
+    if (!new_status || json_object_set_new(new_status, "tokenDigest", json_string(digest)) < 0 ||
+        json_object_set_new(new_status, "tokenGeneration", json_integer(auth_credential_generation(cred) + 1)) < 0) {
         OPENSSL_cleanse(token, sizeof(token));
         return api_fail(err, 500, "internal", "out of memory");
     }
@@ -963,4 +962,62 @@ int api_auth_handle_tokens(api_request *r, const char *rest, size_t rest_len, ap
     OPENSSL_cleanse((char *)json_string_value(json_object_get(body, "token")), CREDENTIAL_TOKEN_LEN);
     json_decref(body);
     return 0;
+}
+
+/* ---- identities bind by uid ---- */
+
+void api_auth_bind_credential(store_op *op)
+{
+    if (strcmp(op->kind, "Credential") != 0 || !op->doc)
+        return;
+    op->uid_kind = "User";
+    op->uid_name = spec_string(op->doc, "user");
+    op->uid_field = "userUid";
+}
+
+/* Appends [kind, name] of every document of KIND in the store whose
+ * spec.FIELD is VALUE to OUT. Returns 0 or -1 with ERR. */
+static int append_matching(api_server *srv, const char *kind, const char *field, const char *value, json_t *out,
+                           api_error *err)
+{
+    json_auto_t *items = NULL;
+    int e = store_list(srv->cfg->store, kind, &items, NULL);
+    if (e < 0)
+        return api_fail_store(err, e, kind, "*");
+    size_t i;
+    json_t *doc;
+    json_array_foreach(items, i, doc)
+    {
+        const char *v = spec_string(doc, field);
+        if (v && strcmp(v, value) == 0 && json_array_append_new(out, json_pack("[s, s]", kind, doc_name(doc))) < 0)
+            return api_fail(err, 500, "internal", "out of memory");
+    }
+    return 0;
+}
+
+int api_auth_delete_input(api_server *srv, const char *kind, const char *name, json_t **ret, api_error *err)
+{
+    json_auto_t *deps = json_array();
+    if (!deps)
+        return api_fail(err, 500, "internal", "out of memory");
+    if (strcmp(kind, "User") == 0 && (append_matching(srv, "Credential", "user", name, deps, err) < 0 ||
+                                      append_matching(srv, "Session", "user", name, deps, err) < 0))
+        return -1;
+    if (strcmp(kind, "Credential") == 0 && append_matching(srv, "Session", "credential", name, deps, err) < 0)
+        return -1;
+    json_t *input = json_pack("{s:s, s:O}", "name", name, "dependents", deps);
+    if (!input)
+        return api_fail(err, 500, "internal", "out of memory");
+    *ret = input;
+    return 0;
+}
+
+size_t api_auth_dependent_ops(const json_t *input, store_op *ops)
+{
+    size_t i;
+    json_t *pair;
+    json_array_foreach(json_object_get(input, "dependents"), i, pair)
+        ops[i] = (store_op){.type = STORE_REMOVE, .kind = json_string_value(json_array_get(pair, 0)),
+                            .name = json_string_value(json_array_get(pair, 1))};
+    return json_array_size(json_object_get(input, "dependents"));
 }

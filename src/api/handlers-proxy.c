@@ -18,8 +18,9 @@
  * current jwks, secrets and handoff key) while the store's history still
  * holds it, and starts with a fresh snapshot otherwise.
  *
- * Documents go out as stored but without `status`: credential token digests
- * and session refresh-token digests never leave the api role. Only Secret
+ * Documents go out as stored but without `status` (a Credential's keeps only
+ * userUid and tokenGeneration, an Enclave's its replicas): credential token
+ * digests and session refresh-token digests never leave the api role. Only Secret
  * values a Service references are unsealed (by the KMS), and their clear
  * text is wiped once queued; the stream keeps only a digest of what it sent.
  * The caller is authenticated and authorized again every few seconds, so a
@@ -50,7 +51,6 @@
 #define PROXY_KEEPALIVE_NS (4 * NSEC_PER_SEC) /* under 5 s even with a poll tick of delay */
 #define PROXY_BATCH_MAX 1000                  /* changes read at once */
 #define PROXY_BATCHES_PER_POLL 8
-#define PROXY_RECHECK_NS (5 * NSEC_PER_SEC)       /* the caller is authorized again this often */
 #define PROXY_SECRETS_RETRY_NS (2 * NSEC_PER_SEC) /* a value the KMS could not unseal is asked again */
 #define PROXY_SECRETS_MAX 1024                    /* distinct Secret values injected */
 #define PROXY_SINCE_MAX 18                        /* digits of ?since= (fits an int64) */
@@ -72,7 +72,6 @@ typedef struct proxy_stream {
     uint8_t secrets_sent[SHA256_DIGEST_LENGTH]; /* digest of the map last sent */
     bool secrets_known;      /* a map was sent on this stream */
     uint64_t secrets_retry_at; /* monotonic; 0 unless a value could not be unsealed */
-    uint64_t checked_at;       /* the caller's last authorization */
     char user[256];
 } proxy_stream;
 
@@ -83,6 +82,28 @@ static const char *kind_of(const json_t *doc)
 {
     const char *k = json_string_value(json_object_get(doc, "kind"));
     return k ? k : "";
+}
+
+/* Removes from DOC (in place) the status the proxy has no use for: digests
+ * of tokens stay here. An Enclave keeps its status (the replicas the proxy
+ * reaches), a Credential only its user's uid and token generation, which
+ * the proxy decides sessions by (auth/session.h). */
+static void strip_status(json_t *doc)
+{
+    if (strcmp(kind_of(doc), "Enclave") == 0)
+        return;
+    json_t *status = json_object_get(doc, "status");
+    json_t *kept = strcmp(kind_of(doc), "Credential") == 0 ? json_object() : NULL;
+    static const char *const credential_fields[] = {"userUid", "tokenGeneration"};
+    for (size_t i = 0; kept && i < ELEMENTSOF(credential_fields); i++) {
+        json_t *v = json_object_get(status, credential_fields[i]);
+        if (v)
+            json_object_set(kept, credential_fields[i], v);
+    }
+    if (kept)
+        json_object_set_new(doc, "status", kept);
+    else
+        json_object_del(doc, "status");
 }
 
 /* The current JWKS of the token signing keys (new reference), empty when the
@@ -251,8 +272,7 @@ static int queue_snapshot(proxy_stream *p, api_error *err)
     json_array_foreach(items, i, doc)
     {
         json_t *list = json_object_get(objects, kind_of(doc));
-        if (strcmp(kind_of(doc), "Enclave") != 0) /* its status lists the replicas the proxy reaches */
-            json_object_del(doc, "status");      /* digests of tokens stay here */
+        strip_status(doc);
         if (list && json_array_append(list, doc) < 0) {
             json_decref(objects);
             objects = NULL;
@@ -339,8 +359,7 @@ static int queue_changes(proxy_stream *p, bool *ret_snapshot, bool *ret_services
             }
             if (strcmp(kind, "Service") == 0)
                 *ret_services = true;
-            if (strcmp(kind, "Enclave") != 0)
-                json_object_del(obj, "status");
+            strip_status(obj);
             if ((e = api_sse_queue_event(&p->super, "change", -1, ev)) < 0) {
                 json_decref(events);
                 return fail_queue(err, e);
@@ -480,36 +499,33 @@ static int authorize_proxy_identity(h2o_req_t *req, const caller *c, api_error *
 }
 
 /* Authenticates the caller of the stream's request again and checks it is
- * still the proxy's identity: a revoked credential, an expired access token
- * or a disabled user ends the stream. Returns 0 while the caller may go on. */
-static int recheck_caller(proxy_stream *p, api_error *err)
+ * still the proxy's identity (sse.c calls this every API_SSE_RECHECK_NS): a
+ * revoked credential or session, an expired access token or a deleted or
+ * disabled user ends the stream with an `error` event. */
+static void proxy_recheck(api_sse *s)
 {
+    proxy_stream *p = (proxy_stream *)s;
+    api_error err;
     caller c = {0};
-    h2o_req_t *req = p->super.req;
-    int r = api_authenticate(p->server, req, &c, err);
-    if (r == 0)
-        r = authorize_proxy_identity(req, &c, err);
-    caller_clear(&c);
+    int r = api_authenticate(p->server, s->req, &c, &err);
     if (r < 0)
+        api_report_refusal(s->req, &c, &err);
+    else
+        r = authorize_proxy_identity(s->req, &c, &err); /* audits a refusal itself */
+    caller_clear(&c);
+    if (r < 0) {
         log_fields(LOG_LEVEL_INFO, "proxy configuration stream ended: the caller lost access", "user", p->user,
-                   "reason", err->message, NULL);
-    return r;
+                   "reason", err.message, NULL);
+        proxy_finish(p, &err);
+    }
 }
 
-/* A poll tick of the stream: the caller's access every PROXY_RECHECK_NS,
- * then whatever is new; any failure ends the stream with an `error` event. */
+/* A poll tick of the stream: whatever is new; any failure ends the stream
+ * with an `error` event. */
 static void proxy_poll(api_sse *s)
 {
     proxy_stream *p = (proxy_stream *)s;
     api_error err;
-    uint64_t now = time_mono_ns();
-    if (now - p->checked_at >= PROXY_RECHECK_NS) {
-        p->checked_at = now;
-        if (recheck_caller(p, &err) < 0) {
-            proxy_finish(p, &err);
-            return;
-        }
-    }
     if (proxy_update(p, &err) < 0) {
         if (err.status >= 500)
             log_fields(LOG_LEVEL_WARN, "proxy configuration stream ended", "user", p->user, "reason", err.message,
@@ -535,6 +551,7 @@ static const api_sse_class proxy_stream_class = {
     .heartbeat = ": keep-alive\n\n",
     .secret = true,
     .poll = proxy_poll,
+    .recheck = proxy_recheck,
     .dispose = proxy_dispose,
 };
 
@@ -560,7 +577,6 @@ static int open_stream(api_request *r, const caller *c, int64_t since, api_error
 {
     proxy_stream *p = (proxy_stream *)api_sse_new(r->req, r->started, &proxy_stream_class);
     p->server = r->server;
-    p->checked_at = time_mono_ns();
     snprintf(p->user, sizeof(p->user), "%s", caller_name(c));
     /* a revision from another store (ahead of this one) cannot be resumed */
     bool resume = since > 0 && since <= store_revision(r->server->cfg->store);

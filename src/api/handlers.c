@@ -16,6 +16,7 @@
 #include "api/sse.h"
 #include "audit/event.h"
 #include "auth/credential.h"
+#include "auth/session.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/strbuf.h"
@@ -61,11 +62,11 @@ static void auth_cache_entry_clear(auth_cache_entry *e)
     explicit_bzero(e, sizeof(*e));
 }
 
-/* Resolves a verified token's credential and user from the store. REVISION is
- * the store revision read before the lookups, so a cache entry tagged with it
- * can only be older than the data, never newer. */
-static int resolve_credential(api_server *srv, const char *digest, const char *key, caller *ret,
-                              int64_t *ret_expires, api_error *err)
+/* Resolves a credential token (its DIGEST and lookup KEY) to its credential
+ * and user from the store (new references in *RET); the rule of
+ * auth/session.h is applied by the caller on every use. Returns 0 or -1 with
+ * ERR. */
+static int resolve_credential(api_server *srv, const char *digest, const char *key, caller *ret, api_error *err)
 {
     json_t *cred = NULL;
     int e = store_get_by_lookup(srv->cfg->store, "Credential", key, &cred);
@@ -76,28 +77,21 @@ static int resolve_credential(api_server *srv, const char *digest, const char *k
             return api_fail_store(err, e, "Credential", "?");
         return api_fail(err, 401, "unauthenticated", "unknown or revoked credential token");
     }
-    json_t *spec = json_object_get(cred, "spec");
-    const char *expires = json_string_value(json_object_get(spec, "expiresAt"));
-    int64_t exp = INT64_MAX;
-    if (expires && time_parse_rfc3339(expires, &exp) < 0)
-        exp = 0; /* unreadable expiry: treat as expired */
-    const char *user_name = json_string_value(json_object_get(spec, "user"));
+    const char *user_name = json_string_value(json_object_get(json_object_get(cred, "spec"), "user"));
     json_t *user = NULL;
     e = user_name ? store_get(srv->cfg->store, "User", user_name, &user) : -ENOENT;
-    if (e < 0) {
-        api_fail(err, 401, "unauthenticated", "user %s of credential %s does not exist", user_name ? user_name : "?",
-                 doc_name(cred));
+    if (e < 0 && e != -ENOENT) {
         json_decref(cred);
-        return -1;
+        return api_fail_store(err, e, "User", user_name);
     }
     *ret = (caller){.user = user, .credential = cred};
-    *ret_expires = exp;
     return 0;
 }
 
 /* Finds the caller from `Authorization: Bearer <credential or access token>`. Any
  * failure is a 401 (or 403 for a disabled user); nothing falls through.
- * Verified tokens are cached per thread while the store is unchanged. */
+ * Verified tokens are cached per thread while the store is unchanged; the
+ * credential's expiry, user and uid are decided on every call. */
 static int authenticate(api_server *srv, h2o_req_t *req, caller *ret, api_error *err)
 {
     api_thread *t = (api_thread *)httpd_thread_state(req);
@@ -121,13 +115,11 @@ static int authenticate(api_server *srv, h2o_req_t *req, caller *ret, api_error 
     int64_t revision = store_revision(srv->cfg->store);
     auth_cache_entry *slot = auth_cache_slot(t, key);
     caller c;
-    int64_t expires;
-    if (slot->user && slot->revision == revision && strcmp(slot->lookup_key, key) == 0 &&
+    if (slot->credential && slot->revision == revision && strcmp(slot->lookup_key, key) == 0 &&
         credential_digest_equal(slot->digest, digest)) {
         c = (caller){.user = json_incref(slot->user), .credential = json_incref(slot->credential)};
-        expires = slot->expires_at;
     } else {
-        int r = resolve_credential(srv, digest, key, &c, &expires, err);
+        int r = resolve_credential(srv, digest, key, &c, err);
         if (r < 0) {
             explicit_bzero(digest, sizeof(digest));
             return r;
@@ -136,19 +128,14 @@ static int authenticate(api_server *srv, h2o_req_t *req, caller *ret, api_error 
         snprintf(slot->lookup_key, sizeof(slot->lookup_key), "%s", key);
         memcpy(slot->digest, digest, sizeof(slot->digest));
         slot->revision = revision;
-        slot->expires_at = expires;
         slot->user = json_incref(c.user);
         slot->credential = json_incref(c.credential);
     }
     explicit_bzero(digest, sizeof(digest));
 
-    if (expires <= (int64_t)(time_now_ns() / NSEC_PER_SEC)) {
-        api_fail(err, 401, "unauthenticated", "credential %s has expired", doc_name(c.credential));
-        caller_clear(&c);
-        return -1;
-    }
-    if (json_is_true(json_object_get(json_object_get(c.user, "spec"), "disabled"))) {
-        api_fail(err, 403, "forbidden", "user %s is disabled", caller_name(&c));
+    auth_verdict why;
+    if (auth_credential_check(c.credential, c.user, (int64_t)(time_now_ns() / NSEC_PER_SEC), &why) < 0) {
+        api_fail(err, why.status, why.code, "%s", why.message);
         caller_clear(&c);
         return -1;
     }
@@ -433,9 +420,9 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
     json_auto_t *input = NULL, *stored = NULL;
     json_t *doc = NULL;
     if (route == ROUTE_DELETE) {
-        input = json_pack("{s:s}", "name", name); /* owns the name for the asynchronous write */
-        if (!input)
-            return api_fail(err, 500, "internal", "out of memory");
+        /* owns the name, and what dies with the object, for the asynchronous write */
+        if (api_auth_delete_input(srv, kind->kind, name, &input, err) < 0)
+            return -1;
         name = json_string_value(json_object_get(input, "name"));
     } else {
         input = api_decode_body(req->entity.base, req->entity.len, err);
@@ -461,10 +448,14 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
     }
     if (expect_stored(&op, stored, err) < 0 || (doc && seal(doc, kind, err) < 0))
         return -1;
-    pending_write *pw = pending_write_new(req, route, started, c, input, 1);
+    size_t n_dependents = route == ROUTE_DELETE ? json_array_size(json_object_get(input, "dependents")) : 0;
+    pending_write *pw = pending_write_new(req, route, started, c, input, 1 + n_dependents);
     if (!pw)
         return api_fail(err, 500, "internal", "out of memory");
     pw->ops[0] = op;
+    if (route == ROUTE_DELETE)
+        api_auth_dependent_ops(pw->input, pw->ops + 1);
+    api_auth_bind_credential(&pw->ops[0]);
     submit_write(srv, pw);
     return 0;
 }
@@ -536,6 +527,7 @@ static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const
             pending_write_free(pw);
             return -1;
         }
+        api_auth_bind_credential(&pw->ops[i]);
     }
     /* only now, every document decided: Secret values go to the KMS */
     for (size_t i = 0; i < n; i++)
@@ -641,6 +633,17 @@ static void watcher_poll(api_sse *s)
     json_decref(events);
 }
 
+/* Re-decides the stream (sse.c calls this every API_SSE_RECHECK_NS): a
+ * caller who lost the session, the credential or the right to watch the
+ * kind gets an ERROR event (forbidden or unauthenticated) and the end. */
+static void watcher_recheck(api_sse *s)
+{
+    watcher *w = (watcher *)s;
+    api_error err;
+    if (api_sse_redecide(s, "watch", w->kind, &err) < 0)
+        watcher_finish(w, err.code, err.message);
+}
+
 static const api_sse_class watcher_class = {
     .size = sizeof(watcher),
     .route = ROUTE_WATCH,
@@ -648,6 +651,7 @@ static const api_sse_class watcher_class = {
     .heartbeat_ns = WATCH_HEARTBEAT_NS,
     .heartbeat = ": heartbeat\n\n",
     .poll = watcher_poll,
+    .recheck = watcher_recheck,
 };
 
 static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind,

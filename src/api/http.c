@@ -53,6 +53,9 @@ int api_fail_store(api_error *err, int e, const char *kind, const char *name)
     case -ESTALE:
         return api_fail(err, 409, "conflict",
                         "%s %s was changed since resourceVersion given; get it again and retry", kind, name);
+    case -ENOLINK:
+        return api_fail(err, 400, "invalid", "%s %s names a User that does not exist; create the User first", kind,
+                        name);
     case -ENOSPC:
         return api_fail(err, 507, "insufficient_storage", "the store is out of disk space");
     default:

@@ -17,8 +17,7 @@ typedef struct auth_cache_entry {
     char lookup_key[40];
     char digest[65];
     int64_t revision;
-    int64_t expires_at; /* the credential's expiry, seconds; INT64_MAX when none */
-    json_t *user, *credential;
+    json_t *user, *credential; /* the user NULL when it does not exist */
 } auth_cache_entry;
 
 /* The API's state on one event loop thread (httpd's per-thread state). */

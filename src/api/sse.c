@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/auth.h"
+#include "api/handlers-policy.h"
 #include "api/request.h"
 #include "basic/timeutil.h"
 #include "httpd/httpd.h"
@@ -58,6 +60,13 @@ static void sse_flush(api_sse *s)
 static void sse_on_poll(h2o_timeout_entry_t *entry)
 {
     api_sse *s = H2O_STRUCT_FROM_MEMBER(api_sse, poll, entry);
+    uint64_t now = time_mono_ns();
+    if (s->cls->recheck && now - s->checked_at >= API_SSE_RECHECK_NS) {
+        s->checked_at = now;
+        s->cls->recheck(s);
+        if (s->finishing || s->done)
+            return;
+    }
     s->cls->poll(s);
     if (s->finishing || s->done)
         return;
@@ -93,7 +102,7 @@ api_sse *api_sse_new(h2o_req_t *req, uint64_t started, const api_sse_class *cls)
     memset(s, 0, cls->size);
     *s = (api_sse){.super = {sse_proceed, sse_stop}, .cls = cls, .req = req,
                    .thread = (api_thread *)httpd_thread_state(req), .started = started,
-                   .last_sent = time_mono_ns()};
+                   .last_sent = time_mono_ns(), .checked_at = time_mono_ns()};
     s->poll.cb = sse_on_poll;
     if (cls->secret) {
         strbuf_init_secure(&s->queued, cls->buffer_max);
@@ -134,6 +143,18 @@ int api_sse_queue_event(api_sse *s, const char *event, int64_t id, const json_t 
     if (s->cls->secret)
         OPENSSL_cleanse(text, strlen(text));
     free(text);
+    return r;
+}
+
+int api_sse_redecide(api_sse *s, const char *verb, const char *kind, api_error *err)
+{
+    caller c = {0};
+    int r = api_authenticate(s->thread->server, s->req, &c, err);
+    if (r < 0)
+        api_report_refusal(s->req, &c, err);
+    else
+        r = api_authorize(s->thread->server, s->req, &c, verb, kind, "", err); /* audits a refusal itself */
+    caller_clear(&c);
     return r;
 }
 

@@ -12,13 +12,18 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "api/http.h"
 #include "api/metrics.h"
 #include "api/server.h"
 #include "basic/strbuf.h"
+#include "basic/timeutil.h"
 
 /* How often every open stream of an event loop is polled (the loop's
  * watch_poll timer): the most a change waits before it is sent. */
 #define API_SSE_POLL_MS 200
+/* How often a stream's caller is authenticated and authorized again: a lost
+ * right or session ends it within this (and a poll tick). */
+#define API_SSE_RECHECK_NS (4 * NSEC_PER_SEC)
 
 typedef struct api_sse api_sse;
 
@@ -33,6 +38,10 @@ typedef struct api_sse_class {
     /* Runs on every poll tick: look for news and queue events (it may end the
      * stream with api_sse_finish). */
     void (*poll)(api_sse *s);
+    /* Runs before the poll tick every API_SSE_RECHECK_NS: decides again
+     * whether the caller may keep the stream, and ends it (with an event
+     * saying why) when not; may be NULL. */
+    void (*recheck)(api_sse *s);
     /* Releases what the subclass holds when the request goes away; may be NULL. */
     void (*dispose)(api_sse *s);
 } api_sse_class;
@@ -44,7 +53,7 @@ struct api_sse {
     api_thread *thread;
     h2o_linklist_t link;      /* in thread->watchers while open */
     h2o_timeout_entry_t poll; /* on thread->watch_poll */
-    uint64_t started, last_sent;
+    uint64_t started, last_sent, checked_at;
     bool sending;   /* h2o holds `inflight` until proceed is called */
     bool finishing; /* no more polling; the next chunk is the last */
     bool done;
@@ -67,6 +76,13 @@ void api_sse_start(api_sse *s);
 int api_sse_queue_event(api_sse *s, const char *event, int64_t id, const json_t *data);
 /* Queues TEXT as is (comments: ": …\n\n"). Same returns. */
 int api_sse_queue_text(api_sse *s, const char *text);
+
+/* Decides again, on the stream's request, whether its caller may still do
+ * VERB on KIND (ctx.request.api name ""): authenticates the token it
+ * presented (a revoked session or credential, a deleted user fail) and
+ * authorizes by the current policies. Returns 0, or -1 with ERR (each
+ * refusal audited). */
+int api_sse_redecide(api_sse *s, const char *verb, const char *kind, api_error *err);
 
 /* Ends the stream after what is queued (queue a last error event first to
  * tell the client why). Idempotent. */

@@ -7,6 +7,7 @@
 
 #include "auth/bootstrap-names.h"
 #include "auth/credential.h"
+#include "auth/session.h"
 #include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
@@ -81,10 +82,29 @@ static int refresh_workload_docs(store *s, const identity *id)
     return r;
 }
 
+/* Records in credential CRED (stored, of identity WHAT) the uid of its user
+ * when it was written before credentials recorded it, so that its token
+ * keeps working (auth/session.h). Returns 0 or a negative errno (logged). */
+static int bind_credential(store *s, const char *what, json_t *cred)
+{
+    if (json_object_get(json_object_get(cred, "status"), "userUid"))
+        return 0;
+    store_op op = {.type = STORE_APPLY, .kind = "Credential", .name = field(cred, "metadata", "name"), .doc = cred,
+                   .uid_kind = "User", .uid_name = field(cred, "spec", "user"), .uid_field = "userUid"};
+    store_txn txn = {.ops = &op, .n_ops = 1};
+    int r = store_write(s, &txn);
+    store_txn_clear(&txn);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot bind a bootstrap credential to its user", "identity", what, "error",
+                   strerror(-r), NULL);
+    return r;
+}
+
 /* Ensures identity ID in store S, its credential's token in TOKEN_PATH
  * (mode 0600). When both the credential and the file exist nothing is
- * touched: users may have changed the documents, and that is theirs (but
- * a workload identity's are brought to this version's). When
+ * touched (users may have changed the documents, and that is theirs) but
+ * the credential's record of its user's uid, when it lacks one, and a
+ * workload identity's documents, which are brought to this version's. When
  * the file is missing (or the credential is), a fresh token is made and its
  * digest stored (the old token stops working); the other documents are
  * created only when absent. Returns 0 or a negative errno (logged). ID stays
@@ -96,11 +116,14 @@ static int ensure_identity(store *s, const char *token_path, const identity *id)
         return -EINVAL;
     struct stat st;
     bool have_token = stat(token_path, &st) == 0;
-    json_t *cred_doc = NULL;
+    json_auto_t *cred_doc = NULL;
     bool have_credential = store_get(s, "Credential", cred_name, &cred_doc) == 0;
-    json_decref(cred_doc);
+    int64_t generation = auth_credential_generation(cred_doc); /* the new token ends the old one's sessions */
     if (have_token && have_credential)
-        return id->workload ? refresh_workload_docs(s, id) : 0;
+    if (have_token && have_credential) {
+        int r = bind_credential(s, id->what, cred_doc);
+        return r == 0 && id->workload ? refresh_workload_docs(s, id) : r;
+    }
 
     char token[CREDENTIAL_TOKEN_LEN + 1], digest[CREDENTIAL_DIGEST_HEX_LEN + 1], key[CREDENTIAL_LOOKUP_KEY_LEN + 1];
     json_t *cred_status = NULL;
@@ -108,7 +131,7 @@ static int ensure_identity(store *s, const char *token_path, const identity *id)
     if (r < 0)
         goto out;
     credential_token_digest(token, strlen(token), digest, key);
-    cred_status = json_pack("{s:s}", "tokenDigest", digest);
+    cred_status = json_pack("{s:s, s:I}", "tokenDigest", digest, "tokenGeneration", (json_int_t)(generation + 1));
     if (!cred_status) {
         r = -ENOMEM;
         goto out;
@@ -127,8 +150,10 @@ static int ensure_identity(store *s, const char *token_path, const identity *id)
         }
         ops[n++] = (store_op){.type = STORE_CREATE, .kind = kind, .name = name, .doc = id->docs[i]};
     }
+    /* bound to its user by uid (auth/session.h), which may be created here */
     ops[n++] = (store_op){.type = STORE_APPLY, .kind = "Credential", .name = cred_name, .doc = id->credential,
-                          .status = cred_status, .lookup_key = key};
+                          .status = cred_status, .lookup_key = key, .uid_kind = "User",
+                          .uid_name = field(id->credential, "spec", "user"), .uid_field = "userUid"};
     store_txn txn = {.ops = ops, .n_ops = n};
     r = store_write(s, &txn);
     store_txn_clear(&txn);

@@ -13,6 +13,7 @@
 #include <sys/resource.h>
 
 #include "audit/event.h"
+#include "auth/session.h"
 #include "basic/encoding.h"
 #include "basic/fileio.h"
 #include "basic/log.h"
@@ -41,6 +42,8 @@
 #define ACCESS_FLUSH_MS 200            /* a batch waits at most this long */
 #define HANDOFF_WAIT_MS 50             /* a handoff whose session is not here yet is tried again this often */
 #define HANDOFF_WAIT_TRIES 60          /* ... this many times (3 s) */
+/* two refusals of auth/session.c a login handoff waits out (the session or
+ * user may not have reached this proxy yet): the same texts */
 #define WHY_NO_SESSION "the session of this access token was revoked or has expired"
 #define WHY_NO_USER "the user of this session no longer exists"
 
@@ -75,6 +78,7 @@ struct proxy_thread {
     h2o_http1client_ctx_t client_ctx;
     h2o_timeout_t io_timeout, websocket_timeout;
     resolved_token tokens[TOKEN_SLOTS];
+    auth_verdict refused; /* why resolve() last refused a token */
     assertion_slot assertions[ASSERTION_SLOTS];
     uint8_t id_prefix[8];
     uint64_t id_seq;
@@ -402,13 +406,15 @@ static const char *spec_string(const json_t *doc, const char *field)
 }
 
 /* Resolves the access token TOKEN against configuration C: signature,
- * expiry, issuer and audience, then its session (present, not expired, of
- * the token's subject, its credential unchanged) and the user (present, not
- * disabled). Returns the resolution (owned by T's cache) or NULL with a
- * reason in *RET_WHY. */
+ * expiry, issuer and audience, then its session, user and credential by the
+ * rule of auth/session.h (the API's own). Returns the resolution (owned by
+ * T's cache) or NULL with a reason in *RET_WHY (valid until T's next
+ * resolve) and the status to answer in *RET_STATUS: 401, or 403 for a
+ * disabled user. */
 static const resolved_token *resolve(proxy_thread *t, const proxy_config *c, h2o_iovec_t token, int64_t now,
-                                     const char **ret_why)
+                                     const char **ret_why, int *ret_status)
 {
+    *ret_status = 401;
     if (token.len > JWT_MAX_LEN) {
         *ret_why = "the access token is too long";
         return NULL;
@@ -433,32 +439,18 @@ static const resolved_token *resolve(proxy_thread *t, const proxy_config *c, h2o
     const char *sub = json_string_value(json_object_get(claims, "sub"));
     json_int_t exp = json_integer_value(json_object_get(claims, "exp"));
     json_t *session = sid ? json_object_get(c->sessions, sid) : NULL;
-    json_t *user = sub ? json_object_get(c->users, sub) : NULL;
-    json_t *cred = NULL;
-    int64_t created = 0, expires = 0;
-    const char *su = spec_string(session, "user");
-    const char *cred_name = spec_string(session, "credential");
-    *ret_why = NULL;
-    if (!session)
-        *ret_why = WHY_NO_SESSION;
-    else if (!su || !sub || strcmp(su, sub) != 0)
-        *ret_why = "the access token does not match its session";
-    else if (time_parse_rfc3339(spec_string(session, "expiresAt"), &expires) < 0 || expires <= now)
-        *ret_why = "the session has expired; log in again";
-    else if (!user)
-        *ret_why = WHY_NO_USER;
-    else if (json_is_true(json_object_get(json_object_get(user, "spec"), "disabled")))
-        *ret_why = "the user is disabled";
-    else if (cred_name) {
-        cred = json_object_get(c->credentials, cred_name);
-        const char *uid = json_string_value(json_object_get(json_object_get(cred, "metadata"), "uid"));
-        const char *want = spec_string(session, "credentialUid");
-        if (!uid || !want || strcmp(uid, want) != 0)
-            *ret_why = "the credential of this session was deleted";
-    }
+    const char *user_name = spec_string(session, "user"), *cred_name = spec_string(session, "credential");
+    json_t *user = user_name ? json_object_get(c->users, user_name) : NULL;
+    json_t *cred = cred_name ? json_object_get(c->credentials, cred_name) : NULL;
+    e = auth_session_check(session, sub ? sub : "", user, cred, now, &t->refused);
     json_decref(claims);
-    if (*ret_why)
+    if (e < 0) {
+        *ret_why = t->refused.message;
+        *ret_status = t->refused.status;
         return NULL;
+    }
+    int64_t created = 0, expires = 0;
+    time_parse_rfc3339(spec_string(session, "expiresAt"), &expires); /* the rule read it */
     time_parse_rfc3339(json_string_value(json_object_get(json_object_get(session, "metadata"), "createdAt")), &created);
     resolved_clear(slot);
     memcpy(slot->hash, hash, sizeof(hash));
@@ -971,7 +963,8 @@ static int serve_callback_try(proxy_thread *t, h2o_req_t *req, access_record *re
               "open the service's address again to log in";
     const resolved_token *r = NULL;
     const char *reason = NULL;
-    if (!why && !(r = resolve(t, c, h2o_iovec_init(h.token, strlen(h.token)), now, &reason)))
+    int status;
+    if (!why && !(r = resolve(t, c, h2o_iovec_init(h.token, strlen(h.token)), now, &reason, &status)))
         why = reason;
     if (why == reason && why && (strcmp(why, WHY_NO_SESSION) == 0 || strcmp(why, WHY_NO_USER) == 0) &&
         tries < HANDOFF_WAIT_TRIES) {
@@ -1265,7 +1258,12 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
                                                    "(POST /v1/auth/token on the API) or log in",
                                       token.base != NULL);
     const char *reason;
-    const resolved_token *r = resolve(t, c, token, now, &reason);
+    int status;
+    const resolved_token *r = resolve(t, c, token, now, &reason, &status);
+    if (!r && status == 403) { /* a disabled user: the API's answer too */
+        rec->decision = PROXY_DECISION_DENY;
+        return respond_error(req, rec, 403, "forbidden", "%s", reason);
+    }
     if (!r)
         return refuse_unauthenticated(req, rec, target, reason, true);
     rec->user = json_string_value(json_object_get(json_object_get(r->user, "metadata"), "name"));

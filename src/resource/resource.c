@@ -1,6 +1,7 @@
 #include "resource/resource.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -357,10 +358,14 @@ static const schema s_enclave_spec = OBJECT(enclave_fields, .check = check_encla
 
 static const char *const auth_methods[] = {"token", "oidc", NULL};
 static const schema s_auth_method = STRING(.values = auth_methods);
+static const schema s_token_generation = {.type = SCHEMA_INT, .min = 0, .max = LLONG_MAX};
+/* bound by uid and token generation (auth/session.h) */
 static const schema_field session_fields[] = {
     {"user", &s_name, true, NULL},
+    {"userUid", &s_short_text, false, NULL},
     {"credential", &s_name, false, NULL},
     {"credentialUid", &s_short_text, false, NULL},
+    {"tokenGeneration", &s_token_generation, false, NULL},
     {"identityProvider", &s_name, false, NULL},
     {"authMethod", &s_auth_method, true, NULL},
     {"expiresAt", &s_time, true, NULL},

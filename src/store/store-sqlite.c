@@ -483,6 +483,39 @@ static bool same_content(const json_t *input, const json_t *old)
     return same;
 }
 
+/* The status OP stores into *RET (a new reference): op->status, or OLD's
+ * when it sets none, with the uid of the document OP links to set in it; NULL
+ * when the stored status is kept as it is. When OLD recorded another uid
+ * there, the rest of its status (state bound to that other document, such
+ * as a token) is dropped. Returns 0, -ENOLINK when the linked document does
+ * not exist, or another negative errno. */
+static int op_status(sqlite_store *s, const store_op *op, const json_t *old, json_t **ret)
+{
+    if (!op->uid_kind) {
+        *ret = json_incref(op->status);
+        return 0;
+    }
+    json_t *linked = NULL;
+    int64_t rv;
+    _cleanup_free_ char *lk = NULL;
+    int e = op->uid_name && op->uid_field ? writer_get(s, op->uid_kind, op->uid_name, &linked, &rv, &lk) : -ENOENT;
+    if (e < 0)
+        return e == -ENOENT ? -ENOLINK : e;
+    json_t *uid = json_object_get(json_object_get(linked, "metadata"), "uid");
+    json_t *old_status = old ? json_object_get(old, "status") : NULL;
+    json_t *recorded = json_object_get(old_status, op->uid_field);
+    json_t *base = op->status ? op->status : recorded && !json_equal(recorded, uid) ? NULL : old_status;
+    json_t *status = json_is_object(base) ? json_deep_copy(base) : json_object();
+    if (!status || !json_is_string(uid) || json_object_set(status, op->uid_field, uid) < 0) {
+        json_decref(status);
+        json_decref(linked);
+        return json_is_string(uid) ? -ENOMEM : -EIO;
+    }
+    json_decref(linked);
+    *ret = status;
+    return 0;
+}
+
 /* Applies one operation inside the open transaction; REV is advanced for
  * each change it makes. */
 static int writer_apply_op(sqlite_store *s, store_op *op, int64_t *rev, const char *now)
@@ -495,6 +528,10 @@ static int writer_apply_op(sqlite_store *s, store_op *op, int64_t *rev, const ch
         return e;
     bool exists = e == 0;
     e = 0;
+    if (op->type == STORE_REMOVE && !exists) {
+        op->action = STORE_UNCHANGED;
+        return 0;
+    }
     if (op->type == STORE_CREATE && exists)
         e = -EEXIST;
     else if ((op->type == STORE_REPLACE || op->type == STORE_DELETE) && !exists)
@@ -506,7 +543,7 @@ static int writer_apply_op(sqlite_store *s, store_op *op, int64_t *rev, const ch
         return e;
     }
 
-    if (op->type == STORE_DELETE) {
+    if (op->type == STORE_DELETE || op->type == STORE_REMOVE) {
         int64_t rv = ++*rev;
         char rvs[24];
         snprintf(rvs, sizeof(rvs), "%lld", (long long)rv);
@@ -525,16 +562,25 @@ static int writer_apply_op(sqlite_store *s, store_op *op, int64_t *rev, const ch
         return e;
     }
 
-    bool same_lookup = (!op->lookup_key && !old_lookup) ||
-                       (op->lookup_key && old_lookup && strcmp(op->lookup_key, old_lookup) == 0);
-    bool same_status = !op->status || json_equal(op->status, json_object_get(old, "status"));
+    /* the lookup key and the status are the server's: kept unless the op sets them */
+    const char *lookup_key = op->lookup_key ? op->lookup_key : old_lookup;
+    json_t *status = NULL;
+    e = op_status(s, op, old, &status);
+    if (e < 0) {
+        json_decref(old);
+        return e;
+    }
+    bool same_lookup = !op->lookup_key || (old_lookup && strcmp(op->lookup_key, old_lookup) == 0);
+    bool same_status = !status || json_equal(status, json_object_get(old, "status"));
     if (exists && same_lookup && same_status && same_content(op->doc, old)) {
+        json_decref(status);
         op->action = STORE_UNCHANGED;
         op->result = old;
         return 0;
     }
     int64_t rv = ++*rev;
-    json_t *doc = build_doc(op->doc, op->status, old, op->kind, op->name, rv, now);
+    json_t *doc = build_doc(op->doc, status, old, op->kind, op->name, rv, now);
+    json_decref(status);
     json_decref(old);
     if (!doc)
         return -ENOMEM;
@@ -546,8 +592,8 @@ static int writer_apply_op(sqlite_store *s, store_op *op, int64_t *rev, const ch
     sqlite3_bind_text(s->w_put, 1, op->kind, -1, SQLITE_STATIC);
     sqlite3_bind_text(s->w_put, 2, op->name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s->w_put, 3, rv);
-    if (op->lookup_key)
-        sqlite3_bind_text(s->w_put, 4, op->lookup_key, -1, SQLITE_STATIC);
+    if (lookup_key)
+        sqlite3_bind_text(s->w_put, 4, lookup_key, -1, SQLITE_STATIC);
     else
         sqlite3_bind_null(s->w_put, 4);
     sqlite3_bind_text(s->w_put, 5, text, -1, SQLITE_STATIC);
@@ -569,11 +615,15 @@ static void writer_run_txn(sqlite_store *s, store_txn *txn, int64_t *rev, const 
 {
     int64_t start = *rev;
     txn->error = exec_sql(s->wdb, "SAVEPOINT txn");
-    for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
-        txn->error = writer_apply_op(s, &txn->ops[i], rev, now);
-        if (txn->error < 0)
-            txn->failed_op = i;
-    }
+    /* ops linking to another document's uid last: it may be created here */
+    for (int linking = 0; linking < 2; linking++)
+        for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
+            if ((txn->ops[i].uid_kind != NULL) != linking)
+                continue;
+            txn->error = writer_apply_op(s, &txn->ops[i], rev, now);
+            if (txn->error < 0)
+                txn->failed_op = i;
+        }
     if (txn->error < 0) {
         exec_sql(s->wdb, "ROLLBACK TO txn");
         store_txn_clear(txn);

@@ -25,6 +25,7 @@ typedef enum store_op_type {
     STORE_REPLACE, /* fails with -ENOENT when absent */
     STORE_APPLY,   /* create or replace */
     STORE_DELETE,  /* fails with -ENOENT when absent */
+    STORE_REMOVE,  /* deletes when present; absent is no error (action STORE_UNCHANGED) */
 } store_op_type;
 
 typedef enum store_action {
@@ -40,8 +41,17 @@ typedef struct store_op {
     const char *name;
     json_t *doc;          /* CREATE/REPLACE/APPLY: validated input (borrowed) */
     int64_t expected_rv;  /* when > 0, the op fails with -ESTALE unless it matches */
-    const char *lookup_key; /* optional unique key to find the document by */
-    json_t *status;         /* when set, replaces the server-owned status (borrowed) */
+    /* the unique key to find the document by: when NULL the stored one is
+     * kept (a client write never sets or clears it) */
+    const char *lookup_key;
+    json_t *status; /* when set, replaces the server-owned status (borrowed); else it is kept */
+    /* when UID_KIND is set, status.<UID_FIELD> becomes metadata.uid of the
+     * document (UID_KIND, UID_NAME) as it stands in this transaction (ops
+     * that set it run after the others of their transaction); the op fails
+     * with -ENOLINK when that document does not exist. When the stored
+     * status recorded another uid there, the rest of it is dropped (unless
+     * the op sets a status): what was bound to the other document goes. */
+    const char *uid_kind, *uid_name, *uid_field;
 
     /* results, written when the transaction completes */
     store_action action;

@@ -28,6 +28,12 @@ static json_t *service_doc(const char *name, const char *url)
                      "Service", "metadata", "name", name, "spec", "upstream", "url", url);
 }
 
+static json_t *credential_doc(const char *name, const char *user)
+{
+    return json_pack("{s:s,s:s,s:{s:s},s:{s:s}}", "apiVersion", "cloister.dev/v1", "kind", "Credential",
+                     "metadata", "name", name, "spec", "user", user);
+}
+
 static int write_one(store *s, store_op_type type, const char *name, json_t *doc, int64_t rv,
                      store_op *ret_op)
 {
@@ -139,8 +145,7 @@ Test(store, lookup_key_is_unique_and_found)
 {
     store *s;
     cr_assert_eq(store_open(path, &s), 0);
-    json_t *d = json_pack("{s:s,s:s,s:{s:s},s:{s:s}}", "apiVersion", "cloister.dev/v1", "kind",
-                          "Credential", "metadata", "name", "c1", "spec", "user", "admin");
+    json_t *d = credential_doc("c1", "admin");
     store_op op = {.type = STORE_CREATE, .kind = "Credential", .name = "c1", .doc = d, .lookup_key = "abc"};
     store_txn txn = {.ops = &op, .n_ops = 1};
     cr_assert_eq(store_write(s, &txn), 0);
@@ -154,6 +159,108 @@ Test(store, lookup_key_is_unique_and_found)
     json_decref(got);
     cr_assert_eq(store_get_by_lookup(s, "Credential", "abd", &got), -ENOENT);
     json_decref(d);
+    store_free(s);
+}
+
+/* A client write gives no lookup key and no status: the server's stay, and an
+ * identical re-apply is unchanged (the re-apply regression of issue 13). */
+Test(store, client_write_keeps_lookup_key_and_status)
+{
+    store *s;
+    cr_assert_eq(store_open(path, &s), 0);
+    json_t *d = credential_doc("c1", "alice");
+    json_t *st = json_pack("{s:s, s:i}", "tokenDigest", "d1", "tokenGeneration", 1);
+    store_op op = {.type = STORE_APPLY, .kind = "Credential", .name = "c1", .doc = d, .lookup_key = "k1",
+                   .status = st};
+    store_txn txn = {.ops = &op, .n_ops = 1};
+    cr_assert_eq(store_write(s, &txn), 0);
+    store_txn_clear(&txn);
+
+    store_op again = {.type = STORE_APPLY, .kind = "Credential", .name = "c1", .doc = d};
+    store_txn txn2 = {.ops = &again, .n_ops = 1};
+    cr_assert_eq(store_write(s, &txn2), 0);
+    cr_assert_eq(again.action, STORE_UNCHANGED);
+    store_txn_clear(&txn2);
+
+    json_object_set_new(json_object_get(d, "spec"), "expiresAt", json_string("2099-01-01T00:00:00Z"));
+    store_op changed = {.type = STORE_REPLACE, .kind = "Credential", .name = "c1", .doc = d};
+    store_txn txn3 = {.ops = &changed, .n_ops = 1};
+    cr_assert_eq(store_write(s, &txn3), 0);
+    cr_assert_eq(changed.action, STORE_CONFIGURED);
+    cr_assert(json_equal(json_object_get(changed.result, "status"), st));
+    store_txn_clear(&txn3);
+
+    json_t *got;
+    cr_assert_eq(store_get_by_lookup(s, "Credential", "k1", &got), 0);
+    cr_assert(json_equal(json_object_get(got, "status"), st));
+    json_decref(got);
+    json_decref(st);
+    json_decref(d);
+    store_free(s);
+}
+
+/* An op's uid link reads the linked document inside the transaction, which
+ * may create it; a missing one fails the transaction with -ENOLINK. REMOVE
+ * deletes what is there and ignores what is not. */
+Test(store, uid_link_and_remove)
+{
+    store *s;
+    cr_assert_eq(store_open(path, &s), 0);
+    json_t *cred = credential_doc("c1", "bob");
+    json_t *user = json_pack("{s:s,s:s,s:{s:s},s:{}}", "apiVersion", "cloister.dev/v1", "kind", "User",
+                             "metadata", "name", "bob", "spec");
+    store_op lone = {.type = STORE_CREATE, .kind = "Credential", .name = "c1", .doc = cred, .uid_kind = "User",
+                     .uid_name = "bob", .uid_field = "userUid"};
+    store_txn t1 = {.ops = &lone, .n_ops = 1};
+    cr_assert_eq(store_write(s, &t1), -ENOLINK);
+
+    /* the credential first in the transaction, the user it links to second */
+    store_op ops[2] = {lone, {.type = STORE_CREATE, .kind = "User", .name = "bob", .doc = user}};
+    store_txn t2 = {.ops = ops, .n_ops = 2};
+    cr_assert_eq(store_write(s, &t2), 0);
+    char uid[40];
+    snprintf(uid, sizeof(uid), "%s",
+             json_string_value(json_object_get(json_object_get(ops[1].result, "metadata"), "uid")));
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(ops[0].result, "status"), "userUid")), uid);
+    store_txn_clear(&t2);
+
+    /* linked again to another document of that name: what the old one had is dropped */
+    store_op tok = {.type = STORE_REPLACE, .kind = "Credential", .name = "c1", .doc = cred,
+                    .status = json_pack("{s:s, s:s}", "userUid", uid, "tokenDigest", "d1")};
+    store_txn t4 = {.ops = &tok, .n_ops = 1};
+    cr_assert_eq(store_write(s, &t4), 0);
+    store_txn_clear(&t4);
+    json_decref(tok.status);
+    store_op same_user = lone;
+    store_txn t5 = {.ops = &same_user, .n_ops = 1};
+    cr_assert_eq(store_write(s, &t5), -EEXIST); /* CREATE of a present one */
+    same_user.type = STORE_APPLY;
+    cr_assert_eq(store_write(s, &t5), 0);
+    cr_assert_eq(same_user.action, STORE_UNCHANGED); /* the same uid: the token stays */
+    store_txn_clear(&t5);
+    store_op del_user = {.type = STORE_DELETE, .kind = "User", .name = "bob"};
+    store_op new_user = {.type = STORE_CREATE, .kind = "User", .name = "bob", .doc = user};
+    store_op rebind = same_user;
+    store_op again[3] = {del_user, new_user, rebind};
+    store_txn t6 = {.ops = again, .n_ops = 3};
+    cr_assert_eq(store_write(s, &t6), 0);
+    const char *uid2 = json_string_value(json_object_get(json_object_get(again[1].result, "metadata"), "uid"));
+    cr_assert_str_neq(uid2, uid);
+    json_t *want = json_pack("{s:s}", "userUid", uid2);
+    cr_assert(json_equal(json_object_get(again[2].result, "status"), want));
+    json_decref(want);
+    store_txn_clear(&t6);
+
+    store_op rm[2] = {{.type = STORE_REMOVE, .kind = "Credential", .name = "c1"},
+                      {.type = STORE_REMOVE, .kind = "Credential", .name = "absent"}};
+    store_txn t3 = {.ops = rm, .n_ops = 2};
+    cr_assert_eq(store_write(s, &t3), 0);
+    cr_assert_eq(rm[0].action, STORE_DELETED);
+    cr_assert_eq(rm[1].action, STORE_UNCHANGED);
+    json_t *got;
+    cr_assert_eq(store_get(s, "Credential", "c1", &got), -ENOENT);
+    json_decref(cred);
+    json_decref(user);
     store_free(s);
 }
 
