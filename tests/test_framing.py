@@ -14,10 +14,11 @@ import socket
 import ssl
 import subprocess
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from conftest import Server, free_port, manifest
+from conftest import manifest, raw_exchange as exchange, start_with_proxy, statuses
 from echo_upstream import EchoUpstream
 
 DOMAIN = "localhost"
@@ -63,24 +64,12 @@ AMBIGUOUS_H2 = [
 ]
 
 
-class Cluster:
-    def __init__(self, server, upstream, http_port, https_port):
-        self.s = server
-        self.up = upstream
-        self.http_port = http_port
-        self.https_port = https_port
-        self.token = None
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     up = EchoUpstream()
     up_port = up.start()
-    http_port, https_port = free_port(), free_port()
-    s = Server(tmp_path_factory.mktemp("framing") / "data",
-               extra_args=["--proxy-listen", f"127.0.0.1:{https_port}", "--proxy-http-listen",
-                           f"127.0.0.1:{http_port}", "--domain", DOMAIN]).start()
-    c = Cluster(s, up, http_port, https_port)
+    s, http_port, https_port = start_with_proxy(tmp_path_factory.mktemp("framing") / "data", DOMAIN)
+    c = SimpleNamespace(s=s, up=up, http_port=http_port, https_port=https_port, token=None)
     r = s.request("POST", "/v1/apply", json={"items": [
         manifest("User", "alice", {"type": "human", "email": "alice@example.com"}),
         manifest("Credential", "alice-cli", {"user": "alice", "type": "authToken"}),
@@ -107,31 +96,6 @@ def cluster(tmp_path_factory):
     up.stop()
 
 
-def exchange(port, data, tls_ca=None, timeout=5):
-    """Sends DATA on a fresh connection (TLS when TLS_CA is given) and returns
-    everything read until the server closes or TIMEOUT passes without data."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    if tls_ca:
-        ctx = ssl.create_default_context(cafile=tls_ca)
-        ctx.set_alpn_protocols(["http/1.1"])
-        s = ctx.wrap_socket(s, server_hostname="127.0.0.1")
-    try:
-        s.sendall(data)
-    except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-        pass  # answered and closed before all was sent: the answer is read below
-    out = b""
-    try:
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            out += chunk
-    except (socket.timeout, ConnectionResetError, ssl.SSLError):
-        pass
-    s.close()
-    return out
-
-
 def first_response(raw):
     """(status, headers {lower name: value}, body) of the first HTTP/1.1 response in RAW."""
     m = re.match(rb"HTTP/1\.1 (\d{3}) [^\r]*\r\n((?:[^\r]+\r\n)*)\r\n", raw)
@@ -146,10 +110,6 @@ def first_response(raw):
     if "content-length" in headers:
         return int(m.group(1)), headers, rest[:int(headers["content-length"])]
     return int(m.group(1)), headers, rest
-
-
-def statuses(raw):
-    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
 
 
 def get(path, token, host=HOST):
@@ -217,6 +177,28 @@ def test_legitimate_bodies_still_reach_the_upstream(cluster):
     assert got["/chunked"]["body"] == b"hello world" and got["/cl"]["body"] == b"hello"
     for r in got.values():
         assert "ambiguous" not in r
+
+
+def test_expect_100_continue_is_read_as_sent(cluster):
+    c = cluster
+    c.up.clear()
+    req = (f"POST /expect HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {c.token}\r\n"
+           f"Expect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello").encode()
+    assert statuses(exchange(c.http_port, req)) == [100, 200]
+    assert [(r["target"], r["body"]) for r in c.up.requests] == [("/expect", b"hello")]
+
+
+def test_plain_connections_stay_http1(cluster):
+    """No Upgrade: h2c (nor prior knowledge) on the plain listener: HTTP/2
+    there would bypass the HTTP/1 head check and the body guard."""
+    c = cluster
+    c.up.clear()
+    req = (f"GET /h2c HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {c.token}\r\n"
+           f"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+           f"Content-Length: 0\r\nContent-Length: 0\r\n\r\n").encode()
+    assert statuses(exchange(c.http_port, req)) == [400]
+    assert exchange(c.http_port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")[:4] != b"\x00\x00\x12\x04"  # no SETTINGS
+    assert c.up.requests == []
 
 
 def test_keep_alive_goes_on_after_a_good_request(cluster):
@@ -354,7 +336,11 @@ def test_http2_path_parameters_and_the_legitimate_request(cluster):
     status, _, _ = h2_exchange(c.https_port, c.s.ca, h2_base(c, method="POST") + [("content-length", "5")],
                                body=b"hello")
     assert status == 200
-    assert [(r["target"], r["body"]) for r in c.up.requests] == [("/h2", b""), ("/h2", b"hello")]
+    # a host field that names :authority is no conflict; the upstream sees one Host
+    status, _, _ = h2_exchange(c.https_port, c.s.ca, h2_base(c) + [("host", HOST)])
+    assert status == 200
+    assert [(r["target"], r["body"]) for r in c.up.requests] == [("/h2", b""), ("/h2", b"hello"), ("/h2", b"")]
+    assert all("ambiguous" not in r for r in c.up.requests)
 
 
 # ---- 413 for a 20 MB body, JSON, on both protocols ----

@@ -168,9 +168,10 @@ static const char *check_http1(h2o_req_t *req)
     return framing_check_fields(fields, n, false);
 }
 
-/* An HTTP/2 request: its fields as h2o decoded them (httpd keeps "host" and
- * "transfer-encoding" among them, see httpd.c), its content-length, which h2o
- * keeps beside the stream, and a host that must name :authority. */
+/* An HTTP/2 request: its fields as h2o decoded them (framing_configure()
+ * keeps "host" and "transfer-encoding" among them), its content-length,
+ * which h2o keeps beside the stream, and a host that must name :authority
+ * (and is then removed from REQ's headers). */
 static const char *check_http2(h2o_req_t *req)
 {
     framing_field fields[FRAMING_MAX_FIELDS + 1];
@@ -199,6 +200,9 @@ static const char *check_http2(h2o_req_t *req)
         h2o_iovec_t v = req->headers.entries[host].value;
         if (v.len != req->input.authority.len || strncasecmp(v.base, req->input.authority.base, v.len) != 0)
             return "a host header that differs from :authority";
+        /* agreed: dropped as h2o would have, so that what follows (the
+         * proxy's forwarded headers) sees one authority, :authority */
+        h2o_delete_header(&req->headers, host);
     }
     return NULL;
 }
@@ -294,8 +298,12 @@ static void json_refusal_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t
     h2o_setup_next_ostream(req, &o->super.next);
 }
 
-void framing_configure(h2o_hostconf_t *host)
+void framing_configure(h2o_globalconf_t *conf, h2o_hostconf_t *host)
 {
+    /* no switch to HTTP/2 inside a plain HTTP/1 connection (Upgrade: h2c,
+     * prior knowledge): its first request would be checked as HTTP/2 with
+     * the HTTP/1 head h2o parsed out of sight, and its bodies unguarded */
+    conf->http1.upgrade_to_http2 = 0;
     /* h2o 2.2.5 drops an HTTP/2 "host" field and fails the whole connection
      * on "transfer-encoding"; kept as ordinary fields, both reach
      * httpd_framing_check(), which answers 400 for the one request */

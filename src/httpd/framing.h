@@ -43,10 +43,11 @@ bool framing_path_has_parameters(const char *target, size_t len);
  * since the bytes that follow cannot be trusted to start a request. */
 int httpd_framing_check(h2o_req_t *req, const char **ret_why);
 
-/* Configures h2o for HOST before any thread runs: h2o's own refusals (a body
- * over max_request_entity_size, broken chunked encoding, an unknown
- * Transfer-Encoding) are answered as JSON {"error":{"code","message"}}, 400
- * or 413, and HTTP/2 "host" and "transfer-encoding" fields are handed to the
- * handler for httpd_framing_check() instead of being dropped or failing the
- * connection. Process-wide for the HTTP/2 fields (h2o's token table). */
-void framing_configure(h2o_hostconf_t *host);
+/* Configures h2o (CONF, and HOST, its one host) before any thread runs:
+ * h2o's own refusals (a body over max_request_entity_size, broken chunked
+ * encoding, an unknown Transfer-Encoding) are answered as JSON
+ * {"error":{"code","message"}}, 400 or 413; HTTP/2 "host" and
+ * "transfer-encoding" fields are handed to the handler for
+ * httpd_framing_check() instead of being dropped or failing the connection
+ * (process-wide: h2o's token table); plain connections stay HTTP/1. */
+void framing_configure(h2o_globalconf_t *conf, h2o_hostconf_t *host);

@@ -570,7 +570,7 @@ int httpd_run(const httpd_config *cfg)
     if (cfg->idle_timeout_ms)
         srv.globalconf.http2.idle_timeout = cfg->idle_timeout_ms;
     h2o_hostconf_t *host = h2o_config_register_host(&srv.globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
-    framing_configure(host);
+    framing_configure(&srv.globalconf, host);
     cfg->hooks.register_handlers(h2o_config_register_path(host, "/", 0), cfg->userdata);
 
     srv.n_threads = cfg->threads ? cfg->threads : 1;
