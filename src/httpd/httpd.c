@@ -178,13 +178,13 @@ struct httpd_listener {
     unsigned max_conns, n_conns;
 };
 
-/* HTTP/2 streams answered 413 while their client still sends the body: its
- * DATA frames are read and dropped (see h2_guard_read). */
+/* HTTP/2 streams answered 413 while their client still sends the body: their
+ * DATA frames are read and dropped until the client is told to stop (see
+ * h2_guard_read). */
 #define H2_REFUSED_MAX 8
 typedef struct h2_guard {
     ssize_t (*inner)(h2o_http2_conn_t *conn, const uint8_t *src, size_t len, const char **err_desc);
     uint32_t refused[H2_REFUSED_MAX];
-    bool reset_sent[H2_REFUSED_MAX];
     size_t n_refused;
 } h2_guard;
 
@@ -237,8 +237,7 @@ static bool h2_refuse(h2o_http2_conn_t *conn, h2_guard *g, h2o_http2_stream_t *s
 {
     if (g->n_refused == H2_REFUSED_MAX)
         return false;
-    g->refused[g->n_refused] = stream->stream_id;
-    g->reset_sent[g->n_refused++] = false;
+    g->refused[g->n_refused++] = stream->stream_id;
     h2o_http2_stream_set_state(conn, stream, H2O_HTTP2_STREAM_STATE_REQ_PENDING);
     h2o_http2_stream_set_state(conn, stream, H2O_HTTP2_STREAM_STATE_SEND_HEADERS);
     h2o_send_error_generic(&stream->req, 413, "Payload Too Large", "request entity is too large", 0);
@@ -249,8 +248,8 @@ static bool h2_refuse(h2o_http2_conn_t *conn, h2_guard *g, h2o_http2_stream_t *s
  * carries a body past the limit. Returns true when it consumed the frame. */
 static bool h2_guard_data(h2o_http2_conn_t *conn, h2_guard *g, const h2o_http2_frame_t *frame)
 {
-    if (conn->state >= H2O_HTTP2_CONN_STATE_HALF_CLOSED)
-        return false;
+    if (conn->state >= H2O_HTTP2_CONN_STATE_HALF_CLOSED || conn->_headers_unparsed)
+        return false; /* closing, or a CONTINUATION is due: h2o's to handle */
     h2o_http2_stream_t *stream = h2o_http2_conn_get_stream(conn, frame->stream_id);
     size_t i = 0;
     while (i < g->n_refused && g->refused[i] != frame->stream_id)
@@ -266,13 +265,15 @@ static bool h2_guard_data(h2o_http2_conn_t *conn, h2_guard *g, const h2o_http2_f
         stream = h2o_http2_conn_get_stream(conn, frame->stream_id); /* an answer may have closed it */
     }
     h2_grant(conn, 0, &conn->_input_window, frame->length);
-    if (stream)
+    if (stream) {
         h2_grant(conn, stream->stream_id, &stream->input_window, frame->length);
-    else if (!g->reset_sent[i]) { /* answered and closed: the client may stop sending */
-        g->reset_sent[i] = true;
-        h2o_http2__encode_rst_stream_frame(&conn->_write.buf, frame->stream_id, -H2O_HTTP2_ERROR_NONE);
-        h2o_http2_conn_request_write(conn);
+        return true;
     }
+    /* answered and closed: the client may stop sending; DATA still in flight
+     * after this goes to h2o, which answers it with RST_STREAM(STREAM_CLOSED) */
+    h2o_http2__encode_rst_stream_frame(&conn->_write.buf, frame->stream_id, -H2O_HTTP2_ERROR_NONE);
+    h2o_http2_conn_request_write(conn);
+    g->refused[i] = g->refused[--g->n_refused];
     return true;
 }
 
