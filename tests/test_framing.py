@@ -407,3 +407,53 @@ def test_curl_gets_one_413_over_http2(cluster, tmp_path):
     body, _, tail = out.stdout.rpartition("\n")
     assert tail.split() == ["413", "2", "1"], (out.stdout[-300:], out.stderr)
     assert json.loads(body)["error"]["code"] == "too_large"
+
+
+def test_http2_connection_serves_on_after_a_413(cluster):
+    """The 413 is one stream's answer: the connection stays up, later DATA of
+    the refused stream is dropped, and the next request on it is served."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.exceptions
+    s = cluster.s
+    authority = f"127.0.0.1:{s.port}"
+    ctx = ssl.create_default_context(cafile=s.ca)
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+            conn.initiate_connection()
+            conn.send_headers(1, [(":method", "POST"), (":scheme", "https"), (":path", "/v1/groups"),
+                                  (":authority", authority), ("authorization", f"Bearer {s.token}"),
+                                  ("content-length", str(BIG))])
+            conn.send_data(1, b"x" * 16384)  # within the first window; more of the body after the answer
+            tls.sendall(conn.data_to_send())
+            got = {}
+            while 3 not in got or "ended" not in got[3]:
+                data = tls.recv(65536)
+                assert data, got
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        got.setdefault(ev.stream_id, {})["status"] = dict(ev.headers)[":status"]
+                    elif isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        got.setdefault(ev.stream_id, {}).setdefault("body", b"")
+                        got[ev.stream_id]["body"] += ev.data
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        got[ev.stream_id]["ended"] = True
+                        if ev.stream_id == 1:  # answered: more body, then the next request
+                            if conn.state_machine.state != h2.connection.ConnectionState.CLOSED:
+                                try:
+                                    conn.send_data(1, b"x" * 16384)
+                                except h2.exceptions.StreamClosedError:
+                                    pass
+                            conn.send_headers(3, [(":method", "GET"), (":scheme", "https"), (":path", "/healthz"),
+                                                  (":authority", authority)], end_stream=True)
+                    elif isinstance(ev, h2.events.StreamReset):
+                        assert ev.stream_id == 1 and ev.error_code == 0, ev  # NO_ERROR: stop sending
+                    elif isinstance(ev, h2.events.ConnectionTerminated):
+                        raise AssertionError(f"connection ended: {ev}")
+                tls.sendall(conn.data_to_send())
+    assert got[1]["status"] == "413" and json.loads(got[1]["body"])["error"]["code"] == "too_large"
+    assert got[3]["status"] == "200"
