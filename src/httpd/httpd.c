@@ -312,6 +312,8 @@ typedef struct tls_accept {
     struct timeval connected_at;
 } tls_accept;
 
+/* The client did not finish its TLS handshake within h2o's handshake
+ * timeout: the connection is closed. */
 static void on_handshake_timeout(h2o_timeout_entry_t *entry)
 {
     tls_accept *a = H2O_STRUCT_FROM_MEMBER(tls_accept, timeout, entry);
@@ -320,6 +322,9 @@ static void on_handshake_timeout(h2o_timeout_entry_t *entry)
     h2o_socket_close(sock);
 }
 
+/* Hands a connection whose TLS handshake ended to h2o's HTTP/1 or, as ALPN
+ * chose, HTTP/2 server, the latter with the body guard in its frame reader
+ * before it reads a frame. */
 static void on_handshake(h2o_socket_t *sock, const char *err)
 {
     tls_accept *a = sock->data;
