@@ -207,13 +207,13 @@ static const char *check_http2(h2o_req_t *req)
     return NULL;
 }
 
-int httpd_framing_check(h2o_req_t *req, const char **ret_why)
+int httpd_framing_check(h2o_req_t *req, const char **reason)
 {
     const char *why = req->version >= 0x200 ? check_http2(req) : check_http1(req);
     if (!why)
         return 0;
     req->http1_is_persistent = 0;
-    *ret_why = why;
+    *reason = why;
     return -EBADMSG;
 }
 

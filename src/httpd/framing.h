@@ -38,10 +38,12 @@ const char *framing_check_head(const char *head, size_t len);
 bool framing_path_has_parameters(const char *target, size_t len);
 
 /* Checks REQ as h2o received it, over HTTP/1 or HTTP/2, before anything of it
- * is acted on. Returns 0, or -EBADMSG with *RET_WHY set to a static sentence
+ * is acted on. Returns 0, or -EBADMSG with *REASON set to a static sentence
  * naming the problem; an HTTP/1 connection is then closed after the answer,
- * since the bytes that follow cannot be trusted to start a request. */
-int httpd_framing_check(h2o_req_t *req, const char **ret_why);
+ * since the bytes that follow cannot be trusted to start a request. An
+ * HTTP/2 "host" field that names :authority passes and is removed from
+ * REQ's headers, as h2o itself would have dropped it. */
+int httpd_framing_check(h2o_req_t *req, const char **reason);
 
 /* Configures h2o (CONF, and HOST, its one host) before any thread runs:
  * h2o's own refusals (a body over max_request_entity_size, broken chunked
