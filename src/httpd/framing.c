@@ -264,7 +264,8 @@ static void json_refusal_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *
                  req->conn->ctx->globalconf->max_request_entity_size);
     else if (status == 400)
         snprintf(message, sizeof(message),
-                 "the request's framing is malformed (%s): send one Content-Length, or Transfer-Encoding: chunked",
+                 "the request's framing or headers are malformed (%s): send one Content-Length or "
+                 "Transfer-Encoding: chunked, and valid header fields",
                  said);
     else
         snprintf(message, sizeof(message), "the request is refused: %s", said);
