@@ -3,8 +3,10 @@ data dir, talk to it over HTTPS with the cluster CA, and check at the end that
 it stopped cleanly (exit 0 on SIGTERM, no sanitizer report)."""
 import json
 import os
+import re
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -183,3 +185,44 @@ def run_cli(server, *args, input=None, env_extra=None, config_home=None):
     if env_extra:
         env.update(env_extra)
     return subprocess.run([str(CLOISTER), *args], input=input, capture_output=True, text=True, env=env, timeout=60)
+
+
+def start_with_proxy(data_dir, domain="localhost"):
+    """A started Server whose proxy role serves HTTPS and plain HTTP for
+    DOMAIN; returns (server, plain HTTP port, HTTPS port)."""
+    http_port, https_port = free_port(), free_port()
+    s = Server(data_dir, extra_args=["--proxy-listen", f"127.0.0.1:{https_port}", "--proxy-http-listen",
+                                     f"127.0.0.1:{http_port}", "--domain", domain]).start()
+    return s, http_port, https_port
+
+
+def raw_exchange(port, data, timeout=5, tls_ca=None):
+    """Sends DATA on a fresh connection (TLS with HTTP/1.1 when TLS_CA is
+    given) and returns everything read until the server closes or TIMEOUT
+    passes without data. A server that answers and closes before all of
+    DATA is sent still has its answer read."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if tls_ca:
+        ctx = ssl.create_default_context(cafile=tls_ca)
+        ctx.set_alpn_protocols(["http/1.1"])
+        s = ctx.wrap_socket(s, server_hostname="127.0.0.1")
+    try:
+        s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+        pass
+    out = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    except (socket.timeout, ConnectionResetError, ssl.SSLError):
+        pass
+    s.close()
+    return out
+
+
+def statuses(raw):
+    """The status codes of the HTTP/1.1 responses in RAW, in order."""
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]

@@ -8,7 +8,6 @@ bytes matter."""
 import base64
 import json
 import os
-import re
 import signal
 import socket
 import ssl
@@ -19,36 +18,10 @@ import jwt as pyjwt
 import pytest
 import requests
 
-from conftest import Server, free_port, manifest
+from conftest import Server, free_port, manifest, raw_exchange, start_with_proxy, statuses
 from echo_upstream import EchoUpstream
 
 DOMAIN = "localhost"
-
-
-def raw_exchange(port, data, timeout=5, tls_ca=None):
-    """Sends DATA on a fresh connection and returns everything read until the
-    server closes or TIMEOUT passes without data."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    if tls_ca:
-        ctx = ssl.create_default_context(cafile=tls_ca)
-        s = ctx.wrap_socket(s, server_hostname="127.0.0.1")
-    s.sendall(data)
-    out = b""
-    try:
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            out += chunk
-    except (socket.timeout, ConnectionResetError):
-        pass
-    s.close()
-    return out
-
-
-def statuses(raw):
-    """The status codes of the HTTP/1.1 responses in RAW, in order."""
-    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
 
 
 def http_request(method, path, token=None, host=f"wiki.{DOMAIN}", headers=(), body=b""):
@@ -108,10 +81,7 @@ class Cluster:
 def cluster(tmp_path_factory):
     up = EchoUpstream()
     up_port = up.start()
-    http_port, https_port = free_port(), free_port()
-    s = Server(tmp_path_factory.mktemp("proxy") / "data",
-               extra_args=["--proxy-listen", f"127.0.0.1:{https_port}", "--proxy-http-listen",
-                           f"127.0.0.1:{http_port}", "--domain", DOMAIN]).start()
+    s, http_port, https_port = start_with_proxy(tmp_path_factory.mktemp("proxy") / "data", DOMAIN)
     c = Cluster(s, up, http_port, https_port)
     c.apply(
         manifest("Group", "devs", {}),
@@ -258,16 +228,12 @@ def test_absolute_form_and_conflicting_hosts_are_refused(cluster):
     c.up.clear()
     raw = raw_exchange(c.http_port, http_request("GET", f"http://wiki.{DOMAIN}/admin", alice(c)))
     assert statuses(raw) and statuses(raw)[0] == 400
-    # two Host headers: h2o's HTTP/1 parser keeps one and hides the other, so
-    # the request is routed, decided and forwarded for that one host; the
-    # upstream only ever sees the Host the proxy sets
+    # two Host headers: h2o's HTTP/1 parser keeps one and hides the other from
+    # a handler; the proxy reads the head again and refuses the request
     two_hosts = (f"GET /two-hosts HTTP/1.1\r\nHost: wiki.{DOMAIN}\r\nHost: vault.{DOMAIN}\r\n"
                  f"Authorization: Bearer {alice(c)}\r\nConnection: close\r\n\r\n").encode()
-    assert statuses(raw_exchange(c.http_port, two_hosts))[0] in (200, 400)
-    for rec in c.up.requests:
-        assert len(header_values(rec, "host")) == 1 and "ambiguous" not in rec
-        assert header_values(rec, "authorization") in ([], ["Bearer s3cr3t-upstream-token"])
-    c.up.clear()
+    assert statuses(raw_exchange(c.http_port, two_hosts)) == [400]
+    assert c.up.requests == []
     assert c.get("/", alice(c), host="unknown.example").status_code == 404
     assert c.up.requests == []
     # HTTP/2 with :authority and a different host header (curl sends both when told to)
@@ -289,25 +255,21 @@ def test_absolute_form_and_conflicting_hosts_are_refused(cluster):
     ("te-space", "Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"),
     ("chunk-overflow", "Transfer-Encoding: chunked\r\n", b"ffffffffffffffffff1\r\nabc\r\n0\r\n\r\n"),
 ])
-def test_request_smuggling_is_refused_or_unambiguous(cluster, name, head, body):
-    """Each framing trick is refused, or the request is forwarded with framing
-    the proxy chose itself (Content-Length of the body it read) and whatever
-    followed is parsed as a request of its own, authenticated and decided on
-    its own: the smuggled GET /admin never reaches the upstream."""
+def test_request_smuggling_is_refused(cluster, name, head, body):
+    """Each framing trick is refused with 400 before anything is forwarded,
+    and the connection is closed: the smuggled GET /admin behind it is never
+    read as a request (tests/test_framing.py has the full set of cases)."""
     c = cluster
     c.up.clear()
     req = (f"POST /submit HTTP/1.1\r\nHost: wiki.{DOMAIN}\r\nAuthorization: Bearer {alice(c)}\r\n{head}\r\n").encode() + body
     follow = http_request("GET", "/admin", None)
     raw = raw_exchange(c.http_port, req + follow)
     got = statuses(raw)
-    assert got, (name, raw[:300])
-    assert got[0] in (200, 400, 411, 413, 501), (name, raw[:300])
-    assert all(s != 200 for s in got[1:]), (name, got)  # nothing after the first request is let through
-    for rec in c.up.requests:
-        assert "ambiguous" not in rec, rec
-        assert rec["target"] == "/submit", rec
-        assert len(header_values(rec, "content-length")) <= 1
-        assert header_values(rec, "transfer-encoding") in ([], ["chunked"])
+    if name == "te-space":  # h2o's parser takes no space before a colon: it closes without an answer
+        assert got in ([], [400]), (name, raw[:300])
+    else:
+        assert got == [400], (name, raw[:300])
+    assert c.up.requests == [], (name, c.up.requests)
 
 
 def test_bare_lf_and_pipelining_are_forwarded_unambiguously(cluster):
@@ -570,16 +532,17 @@ def test_http2_authority_and_host_must_agree(cluster):
     assert status == 200
     assert only_request(c.up)["target"] == "/h2"
     c.up.clear()
-    # a host header beside :authority: h2o routes by :authority and drops the
-    # header, so the request is decided and forwarded for that one service
-    # (the vault's injected secret never shows up)
+    # a host header beside :authority that names another service is refused
+    # (h2o would drop it; httpd hands it to the framing checker), one that
+    # names the same host is not
     status, body = h2_request(c, base + [("host", f"vault.{DOMAIN}")])
-    assert status in (200, 400)
-    if status == 200:
-        rec = only_request(c.up)
-        assert "vault" not in json.dumps(rec["headers"]) and header_values(rec, "authorization") == []
-        assertion = header_values(rec, "x-cloister-assertion")[0]
-        assert pyjwt.decode(assertion, options={"verify_signature": False})["aud"] == "wiki"
+    assert status == 400 and b"differs from :authority" in body
+    assert c.up.requests == []
+    status, body = h2_request(c, base + [("host", f"wiki.{DOMAIN}")])
+    assert status == 200, body
+    rec = only_request(c.up)
+    assert pyjwt.decode(header_values(rec, "x-cloister-assertion")[0],
+                        options={"verify_signature": False})["aud"] == "wiki"
     c.up.clear()
     status, _ = h2_request(c, [(":method", "GET"), (":scheme", "https"), (":path", "//admin"),
                                (":authority", f"wiki.{DOMAIN}"), ("authorization", f"Bearer {alice(c)}")])

@@ -21,6 +21,7 @@
 #include "basic/macro.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
+#include "httpd/framing.h"
 #include "httpd/httpd.h"
 #include "proxy/metrics.h"
 #include "resource/resource.h"
@@ -742,7 +743,13 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     uint64_t started = time_mono_ns();
     api_error err;
     h2o_iovec_t path = req->path_normalized;
+    const char *why;
 
+    if (httpd_framing_check(req, &why) < 0) { /* before anything of the request is read */
+        api_fail(&err, 400, "bad_request", "ambiguous request refused: %s", why);
+        api_respond_error(req, ROUTE_OTHER, started, &err);
+        return 0;
+    }
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/healthz"))) {
         if (!api_method_is(req, "GET") && !api_method_is(req, "HEAD"))
             api_method_not_allowed(req, ROUTE_HEALTHZ, started, "GET");

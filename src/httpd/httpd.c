@@ -1,4 +1,5 @@
 #include "httpd/httpd.h"
+#include "httpd/framing.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -12,6 +13,10 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+
+#include <h2o/http1.h>
+#include <h2o/http2.h>
+#include <h2o/http2_internal.h>
 
 #include "basic/log.h"
 #include "basic/macro.h"
@@ -171,6 +176,16 @@ struct httpd_listener {
     unsigned max_conns, n_conns;
 };
 
+/* HTTP/2 streams answered 413 while their client still sends the body: their
+ * DATA frames are read and dropped until the client is told to stop (see
+ * h2_guard_read). */
+#define H2_REFUSED_MAX 8
+typedef struct h2_guard {
+    ssize_t (*inner)(h2o_http2_conn_t *conn, const uint8_t *src, size_t len, const char **err_desc);
+    uint32_t refused[H2_REFUSED_MAX];
+    size_t n_refused;
+} h2_guard;
+
 /* An accepted connection, known until h2o closes its socket. */
 typedef struct tracked_conn {
     h2o_linklist_t link;
@@ -178,6 +193,7 @@ typedef struct tracked_conn {
     httpd_server *server;
     httpd_listener *from; /* NULL: one of the server's own listeners */
     int peer;             /* check_peer's identity, -1 when not checked */
+    h2_guard h2;          /* TLS connections speaking HTTP/2 */
 } tracked_conn;
 
 static void on_conn_close(void *data)
@@ -204,6 +220,176 @@ static int check_peer(const httpd_config *cfg, int fd, int *ret_peer)
         return e;
     }
     return cfg->check_peer(cfg->peer_data, cred.pid, cred.uid, ret_peer);
+}
+
+/* ---- HTTP/2 bodies over the limit: a 413 answer, not a refused stream ----
+ *
+ * h2o 2.2.5 buffers a request body before any handler runs and answers a
+ * body over max_request_entity_size with RST_STREAM(REFUSED_STREAM), which
+ * tells a client the request was not processed and may be retried as is
+ * (curl does, five times). The guard reads each frame before h2o does: a
+ * stream whose announced content-length or received body passes the limit
+ * is answered 413 (JSON, framing.c) at once, the rest of its body is read
+ * and dropped, and once the answer is out the client is asked to stop with
+ * RST_STREAM(NO_ERROR) (RFC 9113 §8.1). */
+
+/* Credits CONSUMED bytes back to WINDOW as h2o does for the bytes it keeps. */
+static void h2_grant(h2o_http2_conn_t *conn, uint32_t stream_id, h2o_http2_window_t *window, size_t consumed)
+{
+    h2o_http2_window_consume_window(window, consumed);
+    ssize_t avail = h2o_http2_window_get_window(window);
+    if (avail * 2 < (ssize_t)H2O_HTTP2_SETTINGS_HOST.initial_window_size) {
+        int32_t delta = (int32_t)(H2O_HTTP2_SETTINGS_HOST.initial_window_size - avail);
+        h2o_http2_encode_window_update_frame(&conn->_write.buf, stream_id, delta);
+        h2o_http2_conn_request_write(conn);
+        h2o_http2_window_update(window, delta);
+    }
+}
+
+/* Answers STREAM, still receiving its body, with 413 now. Returns false when
+ * the guard has no room left to remember it (h2o then refuses the stream). */
+static bool h2_refuse(h2o_http2_conn_t *conn, h2_guard *g, h2o_http2_stream_t *stream)
+{
+    if (g->n_refused == H2_REFUSED_MAX)
+        return false;
+    g->refused[g->n_refused++] = stream->stream_id;
+    h2o_http2_stream_set_state(conn, stream, H2O_HTTP2_STREAM_STATE_REQ_PENDING);
+    h2o_http2_stream_set_state(conn, stream, H2O_HTTP2_STREAM_STATE_SEND_HEADERS);
+    h2o_send_error_generic(&stream->req, 413, "Payload Too Large", "request entity is too large", 0);
+    return true;
+}
+
+/* Handles a DATA frame before h2o when it belongs to a refused stream or
+ * carries a body past the limit. Returns true when it consumed the frame. */
+static bool h2_guard_data(h2o_http2_conn_t *conn, h2_guard *g, const h2o_http2_frame_t *frame)
+{
+    if (conn->state >= H2O_HTTP2_CONN_STATE_HALF_CLOSED || conn->_headers_unparsed)
+        return false; /* closing, or a CONTINUATION is due: h2o's to handle */
+    h2o_http2_stream_t *stream = h2o_http2_conn_get_stream(conn, frame->stream_id);
+    size_t i = 0;
+    while (i < g->n_refused && g->refused[i] != frame->stream_id)
+        i++;
+    if (i == g->n_refused) {
+        h2o_http2_data_payload_t payload;
+        const char *err;
+        if (!stream || stream->state != H2O_HTTP2_STREAM_STATE_RECV_BODY ||
+            h2o_http2_decode_data_payload(&payload, frame, &err) != 0 ||
+            stream->_req_body->size + payload.length <= conn->super.ctx->globalconf->max_request_entity_size ||
+            !h2_refuse(conn, g, stream))
+            return false;
+        stream = h2o_http2_conn_get_stream(conn, frame->stream_id); /* an answer may have closed it */
+    }
+    h2_grant(conn, 0, &conn->_input_window, frame->length);
+    if (stream) {
+        h2_grant(conn, stream->stream_id, &stream->input_window, frame->length);
+        return true;
+    }
+    /* answered and closed: the client may stop sending; DATA still in flight
+     * after this goes to h2o, which answers it with RST_STREAM(STREAM_CLOSED) */
+    h2o_http2__encode_rst_stream_frame(&conn->_write.buf, frame->stream_id, -H2O_HTTP2_ERROR_NONE);
+    h2o_http2_conn_request_write(conn);
+    g->refused[i] = g->refused[--g->n_refused];
+    return true;
+}
+
+/* The connection's frame reader, wrapping h2o's (which h2o swaps as its
+ * state changes: the guard follows). */
+static ssize_t h2_guard_read(h2o_http2_conn_t *conn, const uint8_t *src, size_t len, const char **err_desc)
+{
+    h2_guard *g = &((tracked_conn *)conn->sock->on_close.data)->h2;
+    h2o_http2_frame_t frame;
+    const char *err;
+    ssize_t flen = h2o_http2_decode_frame(&frame, src, len, &H2O_HTTP2_SETTINGS_HOST, &err);
+    if (flen > 0 && frame.type == H2O_HTTP2_FRAME_TYPE_DATA && h2_guard_data(conn, g, &frame))
+        return flen;
+    ssize_t ret = g->inner(conn, src, len, err_desc);
+    if (conn->_read_expect != h2_guard_read) {
+        g->inner = conn->_read_expect;
+        conn->_read_expect = h2_guard_read;
+    }
+    if (ret > 0 && flen > 0 &&
+        (frame.type == H2O_HTTP2_FRAME_TYPE_HEADERS || frame.type == H2O_HTTP2_FRAME_TYPE_CONTINUATION)) {
+        /* a content-length past the limit is answered before any DATA */
+        h2o_http2_stream_t *stream = h2o_http2_conn_get_stream(conn, frame.stream_id);
+        if (stream && stream->state == H2O_HTTP2_STREAM_STATE_RECV_BODY &&
+            stream->_expected_content_length != SIZE_MAX &&
+            stream->_expected_content_length > conn->super.ctx->globalconf->max_request_entity_size)
+            h2_refuse(conn, g, stream);
+    }
+    return ret;
+}
+
+/* A TLS handshake in progress (h2o_accept()'s, with the guard added). */
+typedef struct tls_accept {
+    h2o_accept_ctx_t *actx;
+    h2o_socket_t *sock;
+    h2o_timeout_entry_t timeout;
+    struct timeval connected_at;
+} tls_accept;
+
+/* The client did not finish its TLS handshake within h2o's handshake
+ * timeout: the connection is closed. */
+static void on_handshake_timeout(h2o_timeout_entry_t *entry)
+{
+    tls_accept *a = H2O_STRUCT_FROM_MEMBER(tls_accept, timeout, entry);
+    h2o_socket_t *sock = a->sock;
+    free(a);
+    h2o_socket_close(sock);
+}
+
+/* Hands a connection whose TLS handshake ended to h2o's HTTP/1 or, as ALPN
+ * chose, HTTP/2 server, the latter with the body guard in its frame reader
+ * before it reads a frame. */
+static void on_handshake(h2o_socket_t *sock, const char *err)
+{
+    tls_accept *a = sock->data;
+    sock->data = NULL;
+    h2o_timeout_unlink(&a->timeout);
+    h2o_accept_ctx_t *actx = a->actx;
+    struct timeval connected_at = a->connected_at;
+    free(a);
+    if (err) {
+        h2o_socket_close(sock);
+        return;
+    }
+    h2o_iovec_t proto = h2o_socket_ssl_get_selected_protocol(sock);
+    bool h2 = false;
+    for (const h2o_iovec_t *id = h2o_http2_alpn_protocols; id->len; id++)
+        h2 = h2 || h2o_memis(proto.base, proto.len, id->base, id->len);
+    if (!h2) {
+        h2o_http1_accept(actx, sock, connected_at);
+        return;
+    }
+    /* the frames that came with the handshake wait until the guard is in */
+    h2o_buffer_t *pending = sock->input;
+    h2o_buffer_init(&sock->input, &h2o_socket_buffer_prototype);
+    h2o_http2_accept(actx, sock, connected_at);
+    h2o_http2_conn_t *conn = sock->data;
+    h2_guard *g = &((tracked_conn *)sock->on_close.data)->h2;
+    g->inner = conn->_read_expect;
+    conn->_read_expect = h2_guard_read;
+    h2o_buffer_dispose(&sock->input);
+    sock->input = pending;
+    if (sock->input->size != 0)
+        sock->_cb.read(sock, NULL);
+}
+
+/* h2o_accept(), with HTTP/2 connections guarded. */
+static void accept_conn(h2o_accept_ctx_t *actx, h2o_socket_t *sock)
+{
+    tls_accept *a = actx->ssl_ctx ? calloc(1, sizeof(*a)) : NULL;
+    if (!a) {
+        if (actx->ssl_ctx)
+            h2o_socket_close(sock);
+        else
+            h2o_accept(actx, sock); /* plain HTTP/1 */
+        return;
+    }
+    *a = (tls_accept){.actx = actx, .sock = sock, .timeout = {.cb = on_handshake_timeout},
+                      .connected_at = *h2o_get_timestamp(actx->ctx, NULL, NULL)};
+    h2o_timeout_link(actx->ctx->loop, &actx->ctx->handshake_timeout, &a->timeout);
+    sock->data = a;
+    h2o_socket_ssl_handshake(sock, actx->ssl_ctx, NULL, on_handshake);
 }
 
 /* Accepts one connection on LISTENER for ACTX; FROM is the added listener
@@ -234,7 +420,7 @@ static void accept_one(h2o_socket_t *listener, h2o_accept_ctx_t *actx, httpd_lis
     h2o_linklist_insert(&t->conns, &c->link);
     sock->on_close.cb = on_conn_close; /* unused by h2o for accepted sockets */
     sock->on_close.data = c;
-    h2o_accept(actx, sock);
+    accept_conn(actx, sock);
 }
 
 static void on_accept(h2o_socket_t *listener, const char *err)
@@ -417,6 +603,7 @@ int httpd_run(const httpd_config *cfg)
     if (cfg->idle_timeout_ms)
         srv.globalconf.http2.idle_timeout = cfg->idle_timeout_ms;
     h2o_hostconf_t *host = h2o_config_register_host(&srv.globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    framing_configure(&srv.globalconf, host);
     cfg->hooks.register_handlers(h2o_config_register_path(host, "/", 0), cfg->userdata);
 
     srv.n_threads = cfg->threads ? cfg->threads : 1;

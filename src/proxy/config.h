@@ -64,6 +64,7 @@ typedef struct proxy_service {
     json_t *attestation_policy; /* the Enclave's AttestationPolicy document (a reference), or NULL */
     const char *unreachable; /* why an enclave upstream has no replica to go to (static text), or NULL */
     bool pass_authorization, fail_closed;
+    bool allow_path_parameters; /* spec.allowPathParameters: ';' in the path is forwarded, not refused */
     uint64_t max_body, max_header_bytes;
     proxy_inject inject;
     h2o_iovec_t inject_name;  /* lower-case header name */

@@ -20,6 +20,7 @@
 #include "basic/macro.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
+#include "httpd/framing.h"
 #include "httpd/httpd.h"
 #include "attest/atls.h"
 #include "auth/handoff.h"
@@ -1155,26 +1156,25 @@ static int serve_attestation(proxy_thread *t, h2o_req_t *req, access_record *rec
     return 0;
 }
 
-/* Refuses framing a front end and a back end could read differently: both
- * Content-Length and Transfer-Encoding, or Content-Length twice; and a Host
- * header that disagrees with the authority (HTTP/2 :authority, or a second
- * Host). Returns a reason, or NULL. */
+/* Refuses framing a front end and a back end could read differently
+ * (httpd/framing.h: repeated, obfuscated or aliased Content-Length and
+ * Transfer-Encoding, both at once, a second Host, an HTTP/2 host other than
+ * :authority), before anything is routed. Returns a reason, or NULL. */
 static const char *ambiguous_request(h2o_req_t *req)
 {
-    ssize_t cl = h2o_find_header(&req->headers, H2O_TOKEN_CONTENT_LENGTH, -1);
-    if (cl >= 0 && h2o_find_header(&req->headers, H2O_TOKEN_CONTENT_LENGTH, cl) >= 0)
-        return "more than one Content-Length header";
-    if (cl >= 0 && h2o_find_header(&req->headers, H2O_TOKEN_TRANSFER_ENCODING, -1) >= 0)
-        return "both Content-Length and Transfer-Encoding";
-    ssize_t host = h2o_find_header(&req->headers, H2O_TOKEN_HOST, -1);
-    if (host >= 0) {
-        if (h2o_find_header(&req->headers, H2O_TOKEN_HOST, host) >= 0)
-            return "more than one Host header";
-        h2o_iovec_t v = req->headers.entries[host].value;
-        if (v.len != req->authority.len || strncasecmp(v.base, req->authority.base, v.len) != 0)
-            return "the Host header and the request's authority differ";
-    }
-    return NULL;
+    const char *why;
+    return httpd_framing_check(req, &why) < 0 ? why : NULL;
+}
+
+/* Refuses path parameters ("/;x/admin", "/a;b/c") unless SVC opts in: the
+ * proxy decides on the path as written while Tomcat-like upstreams drop the
+ * parameters first. Returns a reason, or NULL. */
+static const char *ambiguous_target(h2o_req_t *req, const proxy_service *svc)
+{
+    if (svc->allow_path_parameters || !framing_path_has_parameters(req->path.base, req->path.len))
+        return NULL;
+    return "a path parameter (';' in the path), which servers split off differently; a Service that needs them "
+           "sets spec.allowPathParameters";
 }
 
 static const char *misdirected(h2o_req_t *req, const proxy_config *c, const proxy_service *svc);
@@ -1213,6 +1213,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     rec->service = svc->name;
     if ((why = misdirected(req, c, svc)))
         return respond_error(req, rec, 421, "misdirected", "%s", why);
+    if ((why = ambiguous_target(req, svc)))
+        return respond_error(req, rec, 400, "invalid", "ambiguous request refused: %s", why);
 
     /* one normalisation: decided and forwarded */
     char *target = h2o_mem_alloc_pool(&req->pool, req->path.len + 1);

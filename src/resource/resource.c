@@ -152,6 +152,7 @@ static const schema_field service_fields[] = {
     {"attrs", &s_attrs, false, NULL},
     {"failClosed", &s_bool, false, NULL},
     {"passAuthorization", &s_bool, false, NULL},
+    {"allowPathParameters", &s_bool, false, NULL},
     {"limits", &s_service_limits, false, NULL},
     {NULL},
 };

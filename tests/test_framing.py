@@ -1,0 +1,478 @@
+"""Unambiguous HTTP framing (issue 14 item 4): the proxy and the API refuse
+with 400 every request whose body length or authority two parsers could read
+differently, before anything of it reaches the upstream or a handler; bodies
+over the limit get a 413 JSON answer on HTTP/1.1 and HTTP/2 alike.
+
+The attacker speaks raw bytes (HTTP/1.1 on plain and TLS sockets) and raw
+HTTP/2 frames (python-h2 with its own header checks off). The upstream is
+echo_upstream.py, which records everything it receives: for every refused
+request it must have received nothing. The cases are written here as data,
+after the classes of the public aws/http-desync-guardian test suite."""
+import json
+import re
+import socket
+import ssl
+import subprocess
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import manifest, raw_exchange as exchange, start_with_proxy, statuses
+from echo_upstream import EchoUpstream
+
+DOMAIN = "localhost"
+HOST = f"wiki.{DOMAIN}"
+BIG = 20 * 1024 * 1024
+
+# (name, header lines, body): each one a request two HTTP parsers can frame
+# differently; every one must be answered 400 and reach nobody
+AMBIGUOUS = [
+    ("te-te", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+    ("te-te-identity", "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n", b"0\r\n\r\n"),
+    ("te-identity-te", "Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+    ("te-trailing-space", "Transfer-Encoding: chunked \r\n", b"0\r\n\r\n"),
+    ("te-trailing-tab", "Transfer-Encoding: chunked\t\r\n", b"0\r\n\r\n"),
+    ("te-xchunked", "Transfer-Encoding: xchunked\r\n", b"0\r\n\r\n"),
+    ("te-chunkedx", "Transfer-Encoding: chunkedx\r\n", b"0\r\n\r\n"),
+    ("te-list", "Transfer-Encoding: gzip, chunked\r\n", b"0\r\n\r\n"),
+    ("te-list-identity", "Transfer-Encoding: chunked, identity\r\n", b"0\r\n\r\n"),
+    ("te-quoted", 'Transfer-Encoding: "chunked"\r\n', b"0\r\n\r\n"),
+    ("te-folded", "Transfer-Encoding:\r\n chunked\r\n", b"0\r\n\r\n"),
+    ("cl-te", "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+    ("te-cl", "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n", b"0\r\n\r\n"),
+    ("cl-cl-equal", "Content-Length: 4\r\nContent-Length: 4\r\n", b"abcd"),
+    ("cl-cl-differ", "Content-Length: 4\r\nContent-Length: 40\r\n", b"abcd"),
+    ("cl-list", "Content-Length: 4, 4\r\n", b"abcd"),
+    ("cl-plus", "Content-Length: +4\r\n", b"abcd"),
+    ("cl-underscore", "Content_Length: 4\r\n", b""),
+    ("te-underscore", "Transfer_Encoding: chunked\r\n", b""),
+    ("cl-dot", "Content.Length: 4\r\n", b""),
+    ("te-dot", "Transfer.Encoding: chunked\r\n", b""),
+    ("cl-underscore-beside-cl", "Content-Length: 4\r\nContent_Length: 0\r\n", b"abcd"),
+    ("host-host", f"Host: vault.{DOMAIN}\r\n", b""),
+]
+
+# (name, extra HTTP/2 fields): the same questions over HTTP/2
+AMBIGUOUS_H2 = [
+    ("host-differs", [("host", f"vault.{DOMAIN}")]),
+    ("host-host", [("host", HOST), ("host", f"vault.{DOMAIN}")]),
+    ("te", [("transfer-encoding", "chunked")]),
+    ("cl-te", [("content-length", "0"), ("transfer-encoding", "chunked")]),
+    ("te-obfuscated", [("transfer-encoding", "chunked ")]),
+    ("cl-alias", [("content_length", "0")]),
+    ("te-alias", [("transfer_encoding", "chunked")]),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    up = EchoUpstream()
+    up_port = up.start()
+    s, http_port, https_port = start_with_proxy(tmp_path_factory.mktemp("framing") / "data", DOMAIN)
+    c = SimpleNamespace(s=s, up=up, http_port=http_port, https_port=https_port, token=None)
+    r = s.request("POST", "/v1/apply", json={"items": [
+        manifest("User", "alice", {"type": "human", "email": "alice@example.com"}),
+        manifest("Credential", "alice-cli", {"user": "alice", "type": "authToken"}),
+        manifest("Policy", "alice-all", {"rules": [
+            {"effect": "allow", "condition": {"match": 'ctx.user.name == "alice"'}}]}),
+        manifest("Service", "wiki", {"upstream": {"url": f"http://127.0.0.1:{up_port}"}, "policies": ["alice-all"]}),
+        manifest("Service", "vault", {"upstream": {"url": f"http://127.0.0.1:{up_port}"},
+                                      "policies": ["alice-all"]}),
+        manifest("Service", "matrix", {"upstream": {"url": f"http://127.0.0.1:{up_port}"},
+                                       "policies": ["alice-all"], "allowPathParameters": True}),
+    ]})
+    assert r.status_code == 200, r.text
+    tok = s.request("POST", "/v1/tokens", json={"credential": "alice-cli"}).json()["token"]
+    r = s.request("POST", "/v1/auth/token", token="", json={"token": tok})
+    assert r.status_code == 200, r.text
+    c.token = r.json()["access_token"]
+    # the proxy serves once its configuration stream carries the Services
+    deadline = time.time() + 15
+    while first_response(exchange(c.http_port, get("/ready", c.token)))[0] != 200:
+        assert time.time() < deadline, "the proxy never served the wiki"
+        time.sleep(0.05)
+    yield c
+    s.stop()
+    up.stop()
+
+
+def first_response(raw):
+    """(status, headers {lower name: value}, body) of the first HTTP/1.1 response in RAW."""
+    m = re.match(rb"HTTP/1\.1 (\d{3}) [^\r]*\r\n((?:[^\r]+\r\n)*)\r\n", raw)
+    if not m:
+        return None, {}, b""
+    headers = {}
+    for line in m.group(2).decode("latin-1").split("\r\n"):
+        if line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    rest = raw[m.end():]
+    if "content-length" in headers:
+        return int(m.group(1)), headers, rest[:int(headers["content-length"])]
+    return int(m.group(1)), headers, rest
+
+
+def get(path, token, host=HOST):
+    return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            f"Connection: close\r\n\r\n").encode()
+
+
+def error_of(body):
+    e = json.loads(body)["error"]
+    assert e["code"] and e["message"], e
+    return e
+
+
+def assert_refused_400(raw, name):
+    status, headers, body = first_response(raw)
+    assert status == 400, (name, raw[:400])
+    assert headers.get("content-type") == "application/json", (name, headers)
+    e = error_of(body)
+    assert e["code"] in ("invalid", "bad_request"), (name, e)
+    # nothing after the refused request is answered: its bytes are not trusted
+    assert statuses(raw) == [400], (name, raw[:600])
+    return e
+
+
+# ---- HTTP/1.1 through the proxy's plain listener ----
+
+@pytest.mark.parametrize("name,head,body", AMBIGUOUS, ids=[c[0] for c in AMBIGUOUS])
+def test_proxy_refuses_ambiguous_framing(cluster, name, head, body):
+    c = cluster
+    c.up.clear()
+    req = (f"POST /submit HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {c.token}\r\n{head}\r\n").encode() + body
+    smuggled = get("/admin", c.token)  # what a desync would turn into a request of its own
+    e = assert_refused_400(exchange(c.http_port, req + smuggled), name)
+    assert "ambiguous" in e["message"] or "framing" in e["message"] or "Transfer-Encoding" in e["message"], e
+    assert c.up.requests == [], (name, c.up.requests)
+
+
+def test_proxy_refusal_names_the_problem(cluster):
+    c = cluster
+    cases = {"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n": "both Content-Length and Transfer-Encoding",
+             "Content-Length: 4\r\nContent-Length: 4\r\n": "more than one Content-Length",
+             "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n": "more than one Transfer-Encoding",
+             "Content_Length: 4\r\n": "aliases Content-Length",
+             "Transfer_Encoding: chunked\r\n": "aliases Transfer-Encoding",
+             f"Host: vault.{DOMAIN}\r\n": "more than one Host",
+             "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n": "more than one Transfer-Encoding"}
+    for head, words in cases.items():
+        req = (f"POST /x HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {c.token}\r\n{head}\r\n0\r\n\r\n").encode()
+        status, _, body = first_response(exchange(c.http_port, req))
+        assert status == 400 and words in body.decode(), (head, body)
+        assert json.loads(body)["error"]["code"] == "invalid" and json.loads(body)["requestId"]
+
+
+def test_legitimate_bodies_still_reach_the_upstream(cluster):
+    c = cluster
+    c.up.clear()
+    chunked = (f"POST /chunked HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {c.token}\r\n"
+               f"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").encode()
+    assert first_response(exchange(c.http_port, chunked))[0] == 200
+    with_cl = (f"POST /cl HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {c.token}\r\n"
+               f"Content-Length: 5\r\nConnection: close\r\n\r\nhello").encode()
+    assert first_response(exchange(c.http_port, with_cl))[0] == 200
+    got = {r["target"]: r for r in c.up.requests}
+    assert set(got) == {"/chunked", "/cl"}, c.up.requests
+    assert got["/chunked"]["body"] == b"hello world" and got["/cl"]["body"] == b"hello"
+    for r in got.values():
+        assert "ambiguous" not in r
+
+
+def test_expect_100_continue_is_read_as_sent(cluster):
+    c = cluster
+    c.up.clear()
+    req = (f"POST /expect HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {c.token}\r\n"
+           f"Expect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello").encode()
+    assert statuses(exchange(c.http_port, req)) == [100, 200]
+    assert [(r["target"], r["body"]) for r in c.up.requests] == [("/expect", b"hello")]
+
+
+def test_plain_connections_stay_http1(cluster):
+    """No Upgrade: h2c (nor prior knowledge) on the plain listener: HTTP/2
+    there would bypass the HTTP/1 head check and the body guard."""
+    c = cluster
+    c.up.clear()
+    req = (f"GET /h2c HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {c.token}\r\n"
+           f"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+           f"Content-Length: 0\r\nContent-Length: 0\r\n\r\n").encode()
+    assert statuses(exchange(c.http_port, req)) == [400]
+    assert exchange(c.http_port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")[:4] != b"\x00\x00\x12\x04"  # no SETTINGS
+    assert c.up.requests == []
+
+
+def test_keep_alive_goes_on_after_a_good_request(cluster):
+    """A pipelined pair of unambiguous requests is answered twice: the checker
+    reads the head of each request, not the first one again."""
+    c = cluster
+    c.up.clear()
+    one = (f"POST /one HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {c.token}\r\n"
+           f"Content-Length: 3\r\n\r\nabc").encode()
+    raw = exchange(c.http_port, one + get("/two", c.token))
+    assert statuses(raw) == [200, 200], raw[:600]
+    assert [r["target"] for r in c.up.requests] == ["/one", "/two"]
+
+
+def test_path_parameters_are_refused_unless_the_service_opts_in(cluster):
+    c = cluster
+    c.up.clear()
+    for path in ("/;x/admin", "/a;b/c", "/a%3Bb/c"):
+        status, _, body = first_response(exchange(c.http_port, get(path, c.token)))
+        assert status == 400 and "spec.allowPathParameters" in error_of(body)["message"], (path, body)
+    assert c.up.requests == []
+    # the query may carry ';' freely
+    assert first_response(exchange(c.http_port, get("/a?x=1;y=2", c.token)))[0] == 200
+    c.up.clear()
+    status, _, _ = first_response(exchange(c.http_port, get("/a;v=1/b", c.token, host=f"matrix.{DOMAIN}")))
+    assert status == 200
+    assert [r["target"] for r in c.up.requests] == ["/a;v=1/b"]
+
+
+# ---- HTTP/1.1 over TLS to the API ----
+
+@pytest.mark.parametrize("name,head,body", AMBIGUOUS, ids=[c[0] for c in AMBIGUOUS])
+def test_api_refuses_ambiguous_framing(cluster, name, head, body):
+    s = cluster.s
+    req = (f"POST /v1/groups HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nAuthorization: Bearer {s.token}\r\n"
+           f"Content-Type: application/json\r\n{head}\r\n").encode() + body
+    follow = (f"GET /v1/groups HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nAuthorization: Bearer {s.token}\r\n"
+              f"Connection: close\r\n\r\n").encode()
+    e = assert_refused_400(exchange(s.port, req + follow, tls_ca=s.ca), name)
+    assert e["code"] == "bad_request", e
+
+
+# ---- HTTP/2 (python-h2) ----
+
+def h2_exchange(port, ca, headers, body=None, send_all=True):
+    """One HTTP/2 request on a fresh TLS connection with exactly HEADERS and,
+    when BODY is given, that body in DATA frames as flow control allows
+    (stopping early when SEND_ALL is false and the answer came). Returns
+    (status, response body, reset error code or None)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.exceptions
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            assert s.selected_alpn_protocol() == "h2"
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(
+                client_side=True, header_encoding="utf-8", validate_outbound_headers=False,
+                normalize_outbound_headers=False))
+            conn.initiate_connection()
+            conn.send_headers(1, headers, end_stream=body is None)
+            s.sendall(conn.data_to_send())
+            status, out, reset, ended = None, b"", None, False
+            sent = 0
+            while True:
+                while body is not None and sent < len(body) and not ended:
+                    try:
+                        window = min(conn.local_flow_control_window(1), conn.max_outbound_frame_size)
+                    except h2.exceptions.StreamClosedError:
+                        break
+                    if window <= 0:
+                        break
+                    n = min(window, len(body) - sent)
+                    conn.send_data(1, body[sent:sent + n], end_stream=sent + n == len(body))
+                    sent += n
+                    s.sendall(conn.data_to_send())
+                data = s.recv(65536)
+                if not data:
+                    return status, out, reset
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        status = int(dict(ev.headers)[":status"])
+                    elif isinstance(ev, h2.events.DataReceived):
+                        out += ev.data
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        ended = True
+                        if not send_all or body is None or sent == len(body):
+                            s.sendall(conn.data_to_send())
+                            return status, out, reset
+                    elif isinstance(ev, h2.events.StreamReset):
+                        reset = ev.error_code
+                        return status, out, reset
+                    elif isinstance(ev, h2.events.ConnectionTerminated):
+                        return status, out, ("goaway", ev.error_code)
+                s.sendall(conn.data_to_send())
+
+
+def h2_base(c, authority=HOST, path="/h2", method="GET"):
+    return [(":method", method), (":scheme", "https"), (":path", path), (":authority", authority),
+            ("authorization", f"Bearer {c.token}")]
+
+
+@pytest.mark.parametrize("name,extra", AMBIGUOUS_H2, ids=[c[0] for c in AMBIGUOUS_H2])
+def test_http2_ambiguous_requests_are_refused_by_the_proxy(cluster, name, extra):
+    c = cluster
+    c.up.clear()
+    status, body, reset = h2_exchange(c.https_port, c.s.ca, h2_base(c) + extra)
+    assert status == 400 and reset in (None, 0), (name, status, body, reset)
+    assert error_of(body)["code"] == "invalid"
+    assert c.up.requests == [], (name, c.up.requests)
+
+
+@pytest.mark.parametrize("name,extra", AMBIGUOUS_H2, ids=[c[0] for c in AMBIGUOUS_H2])
+def test_http2_ambiguous_requests_are_refused_by_the_api(cluster, name, extra):
+    s = cluster.s
+    authority = f"127.0.0.1:{s.port}"
+    extra = [(k, authority if v == HOST else v) for k, v in extra]
+    headers = [(":method", "GET"), (":scheme", "https"), (":path", "/v1/groups"), (":authority", authority),
+               ("authorization", f"Bearer {s.token}")] + extra
+    status, body, _ = h2_exchange(s.port, s.ca, headers)
+    assert status == 400 and error_of(body)["code"] == "bad_request", (name, status, body)
+
+
+def test_http2_path_parameters_and_the_legitimate_request(cluster):
+    c = cluster
+    c.up.clear()
+    status, body, _ = h2_exchange(c.https_port, c.s.ca, h2_base(c, path="/;x/admin"))
+    assert status == 400 and "spec.allowPathParameters" in error_of(body)["message"]
+    assert c.up.requests == []
+    status, _, _ = h2_exchange(c.https_port, c.s.ca, h2_base(c))
+    assert status == 200
+    status, _, _ = h2_exchange(c.https_port, c.s.ca, h2_base(c, method="POST") + [("content-length", "5")],
+                               body=b"hello")
+    assert status == 200
+    # a host field that names :authority is no conflict; the upstream sees one Host
+    status, _, _ = h2_exchange(c.https_port, c.s.ca, h2_base(c) + [("host", HOST)])
+    assert status == 200
+    assert [(r["target"], r["body"]) for r in c.up.requests] == [("/h2", b""), ("/h2", b"hello"), ("/h2", b"")]
+    assert all("ambiguous" not in r for r in c.up.requests)
+
+
+def test_http2_content_length_is_one_value_upstream(cluster):
+    """h2o 2.2.5 keeps one HTTP/2 content-length and does not show a second
+    to the handler; HTTP/2 frames the body itself and h2o resets a stream
+    whose DATA disagree with it, and the proxy frames the upstream request
+    with its own Content-Length: the upstream never sees two."""
+    c = cluster
+    c.up.clear()
+    post = h2_base(c, method="POST")
+    status, _, reset = h2_exchange(c.https_port, c.s.ca, post + [("content-length", "5"), ("content-length", "9")],
+                                   body=b"hello")
+    assert status != 200 or reset not in (None, 0)
+    status, _, _ = h2_exchange(c.https_port, c.s.ca, post + [("content-length", "5"), ("content-length", "5")],
+                               body=b"hello")
+    for r in c.up.requests:
+        assert "ambiguous" not in r and r["body"] == b"hello"
+        assert [v for k, v in r["headers"] if k.lower() == "content-length"] == ["5"]
+
+
+# ---- 413 for a 20 MB body, JSON, on both protocols ----
+
+def big_head(path, host, token, framing):
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\n{framing}\r\n").encode()
+
+
+def assert_413(status, body, what):
+    assert status == 413, (what, status, body[:300])
+    assert error_of(body)["code"] == "too_large", (what, body)
+
+
+def test_http1_big_body_is_413_json(cluster):
+    c = cluster
+    s = c.s
+    c.up.clear()
+    # Content-Length announced: answered before the body is read
+    raw = exchange(s.port, big_head("/v1/groups", f"127.0.0.1:{s.port}", s.token, f"Content-Length: {BIG}\r\n")
+                   + b"{" * 65536, tls_ca=s.ca)
+    assert_413(*first_response(raw)[::2], "api, content-length")
+    raw = exchange(c.http_port, big_head("/upload", HOST, c.token, f"Content-Length: {BIG}\r\n") + b"x" * 65536)
+    assert_413(*first_response(raw)[::2], "proxy, content-length")
+    # chunked: answered once the body passes the limit
+    chunk = b"%x\r\n%s\r\n" % (1 << 20, b"x" * (1 << 20))
+    raw = exchange(c.http_port, big_head("/upload", HOST, c.token, "Transfer-Encoding: chunked\r\n") + chunk * 20)
+    assert_413(*first_response(raw)[::2], "proxy, chunked")
+    assert c.up.requests == []
+
+
+def h2_big(c, port, authority, path, token, with_length):
+    headers = [(":method", "POST"), (":scheme", "https"), (":path", path), (":authority", authority),
+               ("authorization", f"Bearer {token}"), ("content-type", "application/json")]
+    if with_length:
+        headers.append(("content-length", str(BIG)))
+    return h2_exchange(port, c.s.ca, headers, body=b"x" * BIG, send_all=False)
+
+
+@pytest.mark.parametrize("with_length", [True, False], ids=["content-length", "no-length"])
+def test_http2_big_body_is_413_json(cluster, with_length):
+    c = cluster
+    s = c.s
+    c.up.clear()
+    status, body, reset = h2_big(c, s.port, f"127.0.0.1:{s.port}", "/v1/groups", s.token, with_length)
+    assert reset in (None, 0), reset  # never REFUSED_STREAM, which invites a retry
+    assert_413(status, body, "api")
+    status, body, reset = h2_big(c, c.https_port, HOST, "/upload", c.token, with_length)
+    assert reset in (None, 0), reset
+    assert_413(status, body, "proxy")
+    assert c.up.requests == []
+
+
+def test_curl_gets_one_413_over_http2(cluster, tmp_path):
+    """curl uploading 20 MB over HTTP/2 gets the 413 once (a refused stream
+    made it retry five times and report a dead connection)."""
+    s = cluster.s
+    f = tmp_path / "big.json"
+    f.write_bytes(b"x" * BIG)
+    out = subprocess.run(["curl", "-sS", "--http2", "--cacert", s.ca, "-H", f"Authorization: Bearer {s.token}",
+                          "-H", "Content-Type: application/json", "--data-binary", f"@{f}", "-w",
+                          "\n%{http_code} %{http_version} %{num_connects}", s.url + "/v1/groups"],
+                         capture_output=True, text=True, timeout=60)
+    body, _, tail = out.stdout.rpartition("\n")
+    assert tail.split() == ["413", "2", "1"], (out.stdout[-300:], out.stderr)
+    assert json.loads(body)["error"]["code"] == "too_large"
+
+
+def test_http2_connection_serves_on_after_a_413(cluster):
+    """The 413 is one stream's answer: the connection stays up, later DATA of
+    the refused stream is dropped, and the next request on it is served."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.exceptions
+    s = cluster.s
+    authority = f"127.0.0.1:{s.port}"
+    ctx = ssl.create_default_context(cafile=s.ca)
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+            conn.initiate_connection()
+            conn.send_headers(1, [(":method", "POST"), (":scheme", "https"), (":path", "/v1/groups"),
+                                  (":authority", authority), ("authorization", f"Bearer {s.token}"),
+                                  ("content-length", str(BIG))])
+            conn.send_data(1, b"x" * 16384)  # within the first window; more of the body after the answer
+            tls.sendall(conn.data_to_send())
+            got = {}
+            while 3 not in got or "ended" not in got[3]:
+                data = tls.recv(65536)
+                assert data, got
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        got.setdefault(ev.stream_id, {})["status"] = dict(ev.headers)[":status"]
+                    elif isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        got.setdefault(ev.stream_id, {}).setdefault("body", b"")
+                        got[ev.stream_id]["body"] += ev.data
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        got[ev.stream_id]["ended"] = True
+                        if ev.stream_id == 1:  # answered: more body, then the next request
+                            if conn.state_machine.state != h2.connection.ConnectionState.CLOSED:
+                                try:
+                                    conn.send_data(1, b"x" * 16384)
+                                except h2.exceptions.StreamClosedError:
+                                    pass
+                            conn.send_headers(3, [(":method", "GET"), (":scheme", "https"), (":path", "/healthz"),
+                                                  (":authority", authority)], end_stream=True)
+                    elif isinstance(ev, h2.events.StreamReset):
+                        assert ev.stream_id == 1 and ev.error_code == 0, ev  # NO_ERROR: stop sending
+                    elif isinstance(ev, h2.events.ConnectionTerminated):
+                        raise AssertionError(f"connection ended: {ev}")
+                tls.sendall(conn.data_to_send())
+    assert got[1]["status"] == "413" and json.loads(got[1]["body"])["error"]["code"] == "too_large"
+    assert got[3]["status"] == "200"
