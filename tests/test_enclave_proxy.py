@@ -25,8 +25,13 @@ def stack(tmp_path):
     s.stop()
 
 
-def login(s, user):
-    tok = s.request("POST", "/v1/tokens", json={"credential": f"{user}-cli"}).json()["token"]
+def mint(s, user):
+    """USER's credential token (minting again would end the sessions the last one opened)."""
+    return s.request("POST", "/v1/tokens", json={"credential": f"{user}-cli"}).json()["token"]
+
+
+def login(s, user, cred=None):
+    tok = cred or mint(s, user)
     return s.request("POST", "/v1/auth/token", token="", json={"token": tok}).json()["access_token"]
 
 
@@ -62,7 +67,8 @@ def test_requests_reach_an_attested_enclave_and_a_changed_bundle_is_refused(stac
     ]
     r = s.request("POST", "/v1/apply", json={"items": docs})
     assert r.status_code == 200, r.text
-    tok = login(s, "ana")
+    cred = mint(s, "ana")
+    tok = login(s, "ana", cred)
     r = wait_for(lambda: get(port, f"scorer.{DOMAIN}", tok), 200)
     answer = r.json()
     # the workload read the key the KMS released to it by attestation
@@ -71,7 +77,6 @@ def test_requests_reach_an_attested_enclave_and_a_changed_bundle_is_refused(stac
 
     # a client verifies the service's enclave itself: its nonce, its roots, its PCR0
     https_port = int(s.extra_args[s.extra_args.index("--proxy-listen") + 1].rsplit(":", 1)[1])
-    cred = s.request("POST", "/v1/tokens", json={"credential": "ana-cli"}).json()["token"]
     home = tmp_path / "ana-config"
     assert run_cli(s, "login", "--token", cred, config_home=home).returncode == 0
     time.sleep(1.5)  # a new session reaches the proxy within a second
