@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <openssl/crypto.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +12,77 @@
 #include "httpd/httpd.h"
 
 static void sse_flush(api_sse *s);
+
+/* The streams open in this process, in total and by owner (every event loop
+ * thread of the API counts here). An owner is listed while it has a stream
+ * open, so the table never holds more owners than API_SSE_TOTAL_MAX. */
+static struct {
+    pthread_mutex_t lock;
+    unsigned total;
+    size_t n_owners;
+    struct {
+        char key[sizeof(((api_sse *)0)->owner)];
+        unsigned streams;
+    } owners[API_SSE_TOTAL_MAX];
+} open_streams = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* The index of OWNER in the table, or n_owners when absent. Under the lock. */
+static size_t owner_index(const char *owner)
+{
+    size_t i = 0;
+    while (i < open_streams.n_owners && strcmp(open_streams.owners[i].key, owner) != 0)
+        i++;
+    return i;
+}
+
+/* Takes a stream slot for OWNER (a key no longer than api_sse.owner holds). Returns 0, -EUSERS when OWNER has
+ * API_SSE_PER_USER_MAX streams open, or -ENFILE when the process has
+ * API_SSE_TOTAL_MAX. */
+static int slot_take(const char *owner)
+{
+    pthread_mutex_lock(&open_streams.lock);
+    size_t i = owner_index(owner);
+    int r = 0;
+    if (open_streams.total >= API_SSE_TOTAL_MAX)
+        r = -ENFILE;
+    else if (i < open_streams.n_owners && open_streams.owners[i].streams >= API_SSE_PER_USER_MAX)
+        r = -EUSERS;
+    else {
+        if (i == open_streams.n_owners) {
+            snprintf(open_streams.owners[i].key, sizeof(open_streams.owners[i].key), "%s", owner);
+            open_streams.owners[i].streams = 0;
+            open_streams.n_owners++;
+        }
+        open_streams.owners[i].streams++;
+        open_streams.total++;
+    }
+    pthread_mutex_unlock(&open_streams.lock);
+    return r;
+}
+
+/* Gives S's slot back, once (every way a stream ends comes here). */
+static void slot_release(api_sse *s)
+{
+    if (!s->counted)
+        return;
+    s->counted = false;
+    pthread_mutex_lock(&open_streams.lock);
+    size_t i = owner_index(s->owner);
+    if (i < open_streams.n_owners) {
+        open_streams.total--;
+        if (--open_streams.owners[i].streams == 0)
+            open_streams.owners[i] = open_streams.owners[--open_streams.n_owners];
+    }
+    pthread_mutex_unlock(&open_streams.lock);
+}
+
+unsigned api_sse_open_total(void)
+{
+    pthread_mutex_lock(&open_streams.lock);
+    unsigned n = open_streams.total;
+    pthread_mutex_unlock(&open_streams.lock);
+    return n;
+}
 
 /* Stops polling and leaves the thread's list of open streams. */
 static void sse_detach(api_sse *s)
@@ -26,6 +98,7 @@ static void sse_dispose(void *p)
 {
     api_sse *s = p;
     sse_detach(s);
+    slot_release(s);
     if (s->cls->dispose)
         s->cls->dispose(s);
     strbuf_free(&s->queued); /* wiped first when the class is secret */
@@ -35,7 +108,7 @@ static void sse_dispose(void *p)
 /* Sends what is queued unless a send is under way; the final chunk ends the response. */
 static void sse_flush(api_sse *s)
 {
-    if (s->sending || s->done)
+    if (s->sending || s->done || !s->responding)
         return;
     if (s->queued.len == 0 && !s->finishing)
         return;
@@ -85,15 +158,40 @@ static void sse_stop(h2o_generator_t *g, h2o_req_t *req)
         api_finish(s->cls->route, s->started, 200);
     s->done = true;
     sse_detach(s);
+    slot_release(s);
 }
 
-api_sse *api_sse_new(h2o_req_t *req, uint64_t started, const api_sse_class *cls)
+api_sse *api_sse_new(h2o_req_t *req, uint64_t started, const api_sse_class *cls, const json_t *user, api_error *err)
 {
+    const json_t *meta = json_object_get(user, "metadata");
+    const char *name = json_string_value(json_object_get(meta, "name"));
+    const char *uid = json_string_value(json_object_get(meta, "uid")) ?: name;
+    if (!uid) {
+        api_fail(err, 500, "internal", "the caller has no user to count the stream against");
+        return NULL;
+    }
+    char owner[sizeof(((api_sse *)0)->owner)];
+    snprintf(owner, sizeof(owner), "%s", uid);
+    int e = slot_take(owner);
+    if (e == -EUSERS) {
+        api_fail(err, 429, "too_many_streams",
+                 "user %s already has %d streams open (watch and configuration streams together), the most one "
+                 "user may have; close one and try again",
+                 name ?: owner, API_SSE_PER_USER_MAX);
+        return NULL;
+    }
+    if (e < 0) {
+        api_fail(err, 429, "too_many_streams",
+                 "the API already serves %d streams, the most it holds open at once; try again later",
+                 API_SSE_TOTAL_MAX);
+        return NULL;
+    }
     api_sse *s = h2o_mem_alloc_shared(&req->pool, cls->size, sse_dispose);
     memset(s, 0, cls->size);
     *s = (api_sse){.super = {sse_proceed, sse_stop}, .cls = cls, .req = req,
                    .thread = (api_thread *)httpd_thread_state(req), .started = started,
-                   .last_sent = time_mono_ns()};
+                   .last_sent = time_mono_ns(), .counted = true};
+    memcpy(s->owner, owner, sizeof(owner));
     s->poll.cb = sse_on_poll;
     if (cls->secret) {
         strbuf_init_secure(&s->queued, cls->buffer_max);
@@ -113,6 +211,11 @@ void api_sse_start(api_sse *s)
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("text/event-stream"));
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
     h2o_start_response(req, &s->super);
+    s->responding = true;
+    if (s->finishing) { /* ended before it started: the last event goes out */
+        sse_flush(s);
+        return;
+    }
     if (httpd_stopping(req)) {
         /* opened on a kept-alive connection after the drain: what is queued
          * goes out and the stream ends at once */
@@ -149,6 +252,16 @@ void api_sse_finish(api_sse *s)
     s->finishing = true;
     sse_detach(s);
     sse_flush(s);
+}
+
+void api_sse_end(api_sse *s, const char *event, const json_t *data)
+{
+    if (s->finishing)
+        return;
+    strbuf_reset(&s->queued); /* wiped first when the class is secret */
+    if (data)
+        api_sse_queue_event(s, event, -1, data);
+    api_sse_finish(s);
 }
 
 void api_sse_drain(api_thread *t)

@@ -91,7 +91,8 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
                    strerror(-r), NULL);
     proxy_follower *follower = NULL;
     r = proxy_follow_start(&(proxy_follow_config){.api_url = api_url, .ca_file = cfg->ca_cert,
-                                                  .token_file = cfg->proxy_token, .domain = cfg->domain},
+                                                  .token_file = cfg->proxy_token, .domain = cfg->domain,
+                                                  .metrics = cfg->proxy_metrics},
                            &follower);
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot start following the API's configuration", "error", strerror(-r), NULL);
@@ -121,6 +122,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         .threads = cfg->proxy_threads,
         .max_request_body = PROXY_DEFAULT_MAX_BODY,
         .max_connections = MAX_CONNECTIONS,
+        .fds_per_connection = 2, /* the client's and its upstream's */
         .request_timeout_ms = REQUEST_TIMEOUT_MS,
         .idle_timeout_ms = IDLE_TIMEOUT_MS,
         .hooks = {.register_handlers = proxy_register, .thread_init = proxy_thread_init,
