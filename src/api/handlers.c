@@ -698,12 +698,19 @@ static void handle_metrics(api_server *srv, h2o_req_t *req, uint64_t started)
     _cleanup_strbuf_ strbuf out;
     strbuf_init(&out, 4 * 1024 * 1024);
     metrics_render(&out);
+    unsigned streams;
+    uint64_t too_slow;
+    api_sse_counts(&streams, &too_slow);
     strbuf_printf(&out,
                   "# HELP cloister_api_streams_open Watch and configuration streams open (at most %d per user, %d "
                   "in all).\n"
                   "# TYPE cloister_api_streams_open gauge\n"
-                  "cloister_api_streams_open %u\n",
-                  API_SSE_PER_USER_MAX, API_SSE_TOTAL_MAX, api_sse_open_total());
+                  "cloister_api_streams_open %u\n"
+                  "# HELP cloister_api_streams_too_slow_total Streams ended because more than their buffer cap "
+                  "waited to be sent.\n"
+                  "# TYPE cloister_api_streams_too_slow_total counter\n"
+                  "cloister_api_streams_too_slow_total %llu\n",
+                  API_SSE_PER_USER_MAX, API_SSE_TOTAL_MAX, streams, (unsigned long long)too_slow);
     if (srv->cfg->proxy_metrics)
         proxy_metrics_render(srv->cfg->proxy_metrics, &out);
     req->res.status = 200;

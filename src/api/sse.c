@@ -19,6 +19,7 @@ static void sse_flush(api_sse *s);
 static struct {
     pthread_mutex_t lock;
     unsigned total;
+    uint64_t too_slow; /* streams whose buffer cap was reached */
     size_t n_owners;
     struct {
         char key[sizeof(((api_sse *)0)->owner)];
@@ -76,12 +77,25 @@ static void slot_release(api_sse *s)
     pthread_mutex_unlock(&open_streams.lock);
 }
 
-unsigned api_sse_open_total(void)
+void api_sse_counts(unsigned *ret_open, uint64_t *ret_too_slow)
 {
     pthread_mutex_lock(&open_streams.lock);
-    unsigned n = open_streams.total;
+    *ret_open = open_streams.total;
+    *ret_too_slow = open_streams.too_slow;
     pthread_mutex_unlock(&open_streams.lock);
-    return n;
+}
+
+/* Passes on the result R of queueing on S, counting S once as too slow
+ * when R says its buffer cap was reached. */
+static int queued(api_sse *s, int r)
+{
+    if (r == -E2BIG && !s->too_slow) {
+        s->too_slow = true;
+        pthread_mutex_lock(&open_streams.lock);
+        open_streams.too_slow++;
+        pthread_mutex_unlock(&open_streams.lock);
+    }
+    return r;
 }
 
 /* Stops polling and leaves the thread's list of open streams. */
@@ -237,12 +251,12 @@ int api_sse_queue_event(api_sse *s, const char *event, int64_t id, const json_t 
     if (s->cls->secret)
         OPENSSL_cleanse(text, strlen(text));
     free(text);
-    return r;
+    return queued(s, r);
 }
 
 int api_sse_queue_text(api_sse *s, const char *text)
 {
-    return strbuf_puts(&s->queued, text);
+    return queued(s, strbuf_puts(&s->queued, text));
 }
 
 void api_sse_finish(api_sse *s)

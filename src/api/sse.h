@@ -60,6 +60,7 @@ struct api_sse {
     bool finishing; /* no more polling; the next chunk is the last */
     bool done;
     bool responding; /* the response head was started: chunks may be sent */
+    bool too_slow; /* reached its buffer cap (counted once) */
     bool counted; /* holds a slot of owner's (released once, when the stream ends) */
     char owner[72]; /* the user's uid (their name when the document has none) */
     strbuf queued, inflight;
@@ -95,7 +96,8 @@ void api_sse_finish(api_sse *s);
  * client's last event id stays that of the last event it got) are sent and
  * the stream finishes. Idempotent. */
 void api_sse_end(api_sse *s, const char *event, const json_t *data);
-/* Streams open now in this process (the cloister_api_streams_open gauge). */
-unsigned api_sse_open_total(void);
+/* Streams open now in this process, and streams that reached their buffer
+ * cap since it started (for /metrics). */
+void api_sse_counts(unsigned *ret_open, uint64_t *ret_too_slow);
 /* Ends every stream of thread T (server shutdown). */
 void api_sse_drain(api_thread *t);
