@@ -36,9 +36,9 @@ static size_t owner_index(const char *owner)
     return i;
 }
 
-/* Takes a stream slot for OWNER (a key no longer than api_sse.owner holds). Returns 0, -EUSERS when OWNER has
- * API_SSE_PER_USER_MAX streams open, or -ENFILE when the process has
- * API_SSE_TOTAL_MAX. */
+/* Takes a stream slot for OWNER (a key that fits api_sse.owner). Returns
+ * 0, -EUSERS when OWNER has API_SSE_PER_USER_MAX streams open, or -ENFILE
+ * when the process has API_SSE_TOTAL_MAX. */
 static int slot_take(const char *owner)
 {
     pthread_mutex_lock(&open_streams.lock);
