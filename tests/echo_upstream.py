@@ -24,6 +24,8 @@ as HTTP/1.1 (or HTTP/1.0 + `Connection: keep-alive`) asks. Besides:
                       no body for 204 and 304)
     /big?n=BYTES      answers BYTES bytes of application/octet-stream: the
                       pattern BIG_PATTERN repeated (so a test can check offsets)
+    /set-cookie?c=V   answers with a `Set-Cookie: V` header for each c (in
+                      order; V percent-decoded), and the JSON record
     WebSocket         a GET with `Upgrade: websocket` and `Sec-WebSocket-Key` is
                       recorded, answered 101 with the right Sec-WebSocket-Accept,
                       then every data frame it receives (text, binary,
@@ -427,6 +429,9 @@ class EchoUpstream:
         path = urlsplit(req["target"]).path if "://" in req["target"] else req["target"].split("?")[0]
         query = req["target"].partition("?")[2]
         status, ctype, body, big = 200, "application/json", None, 0
+        cookies = parse_qs(query).get("c", []) if path == "/set-cookie" else []
+        if any(BAD_VALUE_RE.search(v.encode("latin-1", "replace")) for v in cookies):
+            status, cookies = 400, []
         m = re.fullmatch(r"/status/([0-9]{3})", path)
         if m and 200 <= int(m.group(1)) <= 599:
             status = int(m.group(1))
@@ -448,6 +453,7 @@ class EchoUpstream:
         head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}"]
         if status not in (204, 304):
             head += [f"Content-Type: {ctype}", f"Content-Length: {length}"]
+        head += [f"Set-Cookie: {v}" for v in cookies]
         if not keep:
             head.append("Connection: close")
         elif req["version"] == "HTTP/1.0":

@@ -17,7 +17,7 @@ KINDS = {
     "groups": ("Group", {"policies": ["devs-read"]}),
     "services": ("Service", {"upstream": {"url": "http://127.0.0.1:9000"}, "policies": ["devs-read"]}),
     "policies": ("Policy", {"rules": [{"effect": "allow", "priority": 0, "condition": {"match": "true"}}]}),
-    "credentials": ("Credential", {"user": "alice", "type": "authToken"}),
+    "credentials": ("Credential", {"user": "admin", "type": "authToken"}),  # a credential names a user that exists
     "identityproviders": ("IdentityProvider", {"type": "oidc", "issuer": "https://idp.example.com",
                                                "clientId": "cloister",
                                                "clientSecret": {"secret": "idp", "key": "secret"}}),

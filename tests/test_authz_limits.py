@@ -235,7 +235,7 @@ def capped_server(tmp_path_factory):
     """A daemon under a low descriptor limit (a soft limit below it, which
     cloisterd raises), its KMS sealed by passphrase."""
     s = Server(tmp_path_factory.mktemp("capped") / "data", ["--seal", "passphrase"],
-               wrapper=["prlimit", f"--nofile=100:{NOFILE}", "--"]).start()
+               prefix=["prlimit", f"--nofile=100:{NOFILE}", "--"]).start()
     yield s
     s.stop()
 
@@ -259,11 +259,10 @@ def test_healthz_names_a_sealed_kms(capped_server):
 
 def test_the_api_closes_connections_past_its_cap_and_keeps_serving(capped_server):
     s = capped_server
-    lines = [json.loads(l) for l in s.read_log().splitlines()
-             if l.startswith("{") and '"connection cap' in l and '"server":"API"' in l]
+    lines = [json.loads(l) for l in s.read_log().splitlines() if l.startswith('{') and '"API connection cap"' in l]
     assert lines, s.read_log()[-3000:]
-    cap = int(lines[-1]["max_connections"])
-    assert cap == NOFILE - RESERVED and lines[-1]["nofile"] == str(NOFILE)
+    cap = int(lines[-1]["maxConnections"])
+    assert cap == NOFILE - RESERVED and lines[-1]["descriptorLimit"] == str(NOFILE)
     assert '"raised the open file limit to its hard limit","from":"100","to":"192"' in s.read_log()
 
     # a client already connected (HTTP/1.1 keep-alive)

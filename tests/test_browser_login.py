@@ -8,6 +8,7 @@ Every redirect is followed by hand. Refusals: a replayed handoff, a handoff
 presented at another host, a tampered one, and return URLs that do not
 name a service host (no open redirect)."""
 import hashlib
+import hmac
 import html
 import json
 import time
@@ -22,7 +23,36 @@ from echo_upstream import EchoUpstream
 from test_oidc import CLIENT_SECRET, Provider, browser, make_pki, node_modules, to_callback  # noqa: F401
 
 DOMAIN = "localhost"
-BIND = "&bind=" + "ab" * 32  # what the proxy adds: hex SHA-256 of its login cookie
+BIND_HEX = "ab" * 32  # what the proxy adds: hex SHA-256 of its login cookie
+BIND = "&bind=" + BIND_HEX
+
+
+def rd_url(rd):
+    """The rd as the API reads it back (login_rd.url): scheme in lower case,
+    the fragment dropped, "/" for an empty path."""
+    scheme, rest = rd.split("://", 1)
+    rest = rest.split("#", 1)[0]
+    cut = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0] or [len(rest)])
+    authority, path = rest[:cut], rest[cut:]
+    return f"{scheme.lower()}://{authority}{'/' if not path.startswith('/') else ''}{path}"
+
+
+def link_mac(server, rd, bind=BIND_HEX, exp=None):
+    """The exp and mac the proxy adds to a login link for RD and BIND (what
+    a test holding the handoff key can make; an attacker cannot):
+    HMAC-SHA256 over rd, bind and exp under HKDF-SHA256(handoff key, info
+    "cloister-login-link-v1")."""
+    key = (server.data_dir / "auth" / "handoff.key").read_bytes()
+    prk = hmac.new(b"\0" * 32, key, hashlib.sha256).digest()
+    mac_key = hmac.new(prk, b"cloister-login-link-v1\x01", hashlib.sha256).digest()
+    exp = int(time.time()) + 300 if exp is None else exp
+    msg = rd_url(rd).encode() + b"\0" + bind.encode() + b"\0" + str(exp).encode()
+    return f"&exp={exp}&mac={hmac.new(mac_key, msg, hashlib.sha256).hexdigest()}"
+
+
+def signed(server, rd, bind=BIND_HEX):
+    """The query of a login link for RD as the proxy issues it."""
+    return "rd=" + quote(rd, safe="") + "&bind=" + bind + link_mac(server, rd, bind)
 
 
 class Env:
@@ -62,24 +92,33 @@ class Env:
         return requests.get(self.s.url + path_and_query, verify=self.verify, allow_redirects=False, timeout=30)
 
 
-@pytest.fixture(scope="module")
-def env(node_modules, tmp_path_factory):  # noqa: F811
-    d = tmp_path_factory.mktemp("browser-login")
+def start_cluster(d, https_port=None):
+    """Starts an echo upstream, cloisterd in D (its proxy on a plain-HTTP
+    port too, services under DOMAIN) and the OpenID provider. Returns
+    (server, upstream, upstream port, provider, proxy HTTP port, the CA
+    bundle of both, the manifests of the provider's client secret and
+    IdentityProvider "test")."""
     up = EchoUpstream()
     up_port = up.start()
     http_port = free_port()
-    s = Server(d / "data", extra_args=["--proxy-listen", f"127.0.0.1:{free_port()}", "--proxy-http-listen",
-                                       f"127.0.0.1:{http_port}", "--domain", DOMAIN]).start()
+    s = Server(d / "data", extra_args=["--proxy-listen", f"127.0.0.1:{https_port or free_port()}",
+                                       "--proxy-http-listen", f"127.0.0.1:{http_port}", "--domain", DOMAIN]).start()
     ca = make_pki(d)
     provider = Provider(d, "a", s.port)
     bundle = d / "bundle.pem"
     bundle.write_text(Path(s.ca).read_text().strip() + "\n" + ca.read_text())
-    r = s.request("POST", "/v1/apply", json={"items": [
-        manifest("Secret", "oidc-client", {"data": {"secret": CLIENT_SECRET}}),
-        manifest("IdentityProvider", "test", {
-            "type": "oidc", "issuer": provider.issuer, "clientId": "cloister",
-            "clientSecret": {"secret": "oidc-client", "key": "secret"}, "scopes": ["openid", "email", "groups"],
-            "createUsers": True, "ca": ca.read_text()}),
+    idp = [manifest("Secret", "oidc-client", {"data": {"secret": CLIENT_SECRET}}),
+           manifest("IdentityProvider", "test", {
+               "type": "oidc", "issuer": provider.issuer, "clientId": "cloister",
+               "clientSecret": {"secret": "oidc-client", "key": "secret"}, "scopes": ["openid", "email", "groups"],
+               "createUsers": True, "ca": ca.read_text()})]
+    return s, up, up_port, provider, http_port, str(bundle), idp
+
+
+@pytest.fixture(scope="module")
+def env(node_modules, tmp_path_factory):  # noqa: F811
+    s, up, up_port, provider, http_port, bundle, idp = start_cluster(tmp_path_factory.mktemp("browser-login"))
+    r = s.request("POST", "/v1/apply", json={"items": idp + [
         manifest("Group", "devs", {}),
         manifest("Policy", "devs-read", {"rules": [
             {"effect": "allow", "priority": 0,
@@ -89,7 +128,7 @@ def env(node_modules, tmp_path_factory):  # noqa: F811
                                       "hosts": ["vault.internal.example"]}),
     ]})
     assert r.status_code == 200, r.text
-    e = Env(s, up, provider, http_port, str(bundle))
+    e = Env(s, up, provider, http_port, bundle)
     # the proxy has the configuration (and the handoff key) once it routes wiki
     deadline = time.time() + 15
     while e.proxy("/", html=False).status_code != 401:
@@ -115,13 +154,22 @@ def login_to_handoff(e, path="/docs/page?x=1&y=%20z", host=None):
     state = set_cookies(r)["cloister_login"]
     assert query["bind"] == [hashlib.sha256(state["value"].encode()).hexdigest()]
     assert state["path"] == "/.cloister/" and state["httponly"] and state["samesite"] == "Lax"
+    # the link is the proxy's: a mac over rd, bind and exp, the API checks it
+    assert set(query) == {"rd", "bind", "exp", "mac"} and len(query["mac"][0]) == 64, login
+    assert 0 < int(query["exp"][0]) - time.time() <= 600
     e.login_cookie = state["value"]
-    r = e.api(login[len(e.s.url):])
+    return login_at_api(e, login[len(e.s.url):])
+
+
+def login_at_api(e, path_and_query, login="alice"):
+    """Plays the browser from the API's login link PATH_AND_QUERY through the
+    provider (as user LOGIN) to the API's answer at the end of the login."""
+    r = e.api(path_and_query)
     assert r.status_code == 302, r.text
     auth_url = r.headers["Location"]
     assert auth_url.startswith(e.idp.issuer + "/"), auth_url
     http = browser({"verify": e.verify})
-    cb = to_callback(http, auth_url)
+    cb = to_callback(http, auth_url, login)
     assert cb.startswith(f"{e.s.url}/v1/auth/oidc/callback?"), cb
     r = http.get(cb, allow_redirects=False, verify=e.verify, timeout=30)
     assert r.status_code == 302, r.text
@@ -292,14 +340,14 @@ def test_return_urls_off_the_service_hosts_are_refused(env, rd, word):
 def test_return_url_checks(env):
     e = env
     # host case and port do not matter; the path and query are kept
-    r = e.api("/v1/auth/login?rd=" + quote("HTTPS://WIKI.LOCALHOST:8443/x?y=1", safe="") + BIND)
+    r = e.api("/v1/auth/login?" + signed(e.s, "HTTPS://WIKI.LOCALHOST:8443/x?y=1"))
     assert r.status_code == 302 and r.headers["Location"].startswith(e.idp.issuer)
     assert e.api("/v1/auth/login?rd=%zz").status_code == 400
     # a service's extra host, and the login of a named provider
-    r = e.api("/v1/auth/oidc/test/login?rd=" + quote("https://vault.internal.example/", safe="") + BIND)
+    r = e.api("/v1/auth/oidc/test/login?" + signed(e.s, "https://vault.internal.example/"))
     assert r.status_code == 302 and r.headers["Location"].startswith(e.idp.issuer)
     # rd is a browser's; a CLI login has none
-    r = e.api("/v1/auth/oidc/test/login?rd=" + quote("https://wiki.localhost/", safe="") + BIND +
+    r = e.api("/v1/auth/oidc/test/login?" + signed(e.s, "https://wiki.localhost/") +
               "&cli_redirect=" + quote("http://127.0.0.1:9/cb", safe="") + "&cli_challenge=" + "A" * 43)
     assert r.status_code == 400 and "cli_redirect" in r.json()["error"]["message"]
     assert requests.post(e.s.url + "/v1/auth/login", verify=e.verify, timeout=30).status_code == 405
@@ -315,7 +363,8 @@ def test_several_providers_get_a_page_to_choose(env):
     assert r.status_code == 200, r.text
     try:
         rd = "http://wiki.localhost/p?q=<b>&r=\"s\""
-        r = e.api("/v1/auth/login?rd=" + quote(rd, safe="") + BIND)
+        link = signed(e.s, rd)
+        r = e.api("/v1/auth/login?" + link)
         assert r.status_code == 200, r.text
         assert r.headers["Content-Type"].startswith("text/html")
         assert r.headers["Cache-Control"] == "no-store"
@@ -326,7 +375,7 @@ def test_several_providers_get_a_page_to_choose(env):
         assert len(hrefs) == 2
         for href in hrefs:
             assert parse_qs(urlsplit(href).query)["rd"] == [rd], href
-            assert "&" + urlsplit(href).query.split("&")[-1] == BIND, href
+            assert "&" + "&".join(urlsplit(href).query.split("&")[1:]) == "&" + link.split("&", 1)[1], href
             # each link starts that provider's login with the same rd
             got = e.api(href)
             assert got.status_code == 302 and got.headers["Location"].startswith(e.idp.issuer)
@@ -341,7 +390,7 @@ def test_no_provider_is_a_404(server):
     r = s.request("POST", "/v1/apply", json={"items": [
         manifest("Service", "wiki", {"upstream": {"url": "http://127.0.0.1:9"}})]})
     assert r.status_code == 200, r.text
-    r = requests.get(s.url + "/v1/auth/login?rd=" + quote("https://wiki.localhost:8443/", safe="") + BIND, verify=s.ca,
+    r = requests.get(s.url + "/v1/auth/login?" + signed(s, "https://wiki.localhost:8443/"), verify=s.ca,
                      allow_redirects=False, timeout=30)
     assert r.status_code == 404
     assert r.json()["error"] == {"code": "not_found", "message":

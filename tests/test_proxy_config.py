@@ -157,10 +157,16 @@ def test_first_start_writes_a_working_proxy_token(shared_server):
     assert user["spec"]["policies"] == ["cloister-proxy"]
     pol = s.request("GET", "/v1/policies/cloister-proxy").json()
     assert [r["condition"]["match"] for r in pol["spec"]["rules"]] == ['ctx.request.api.kind == "ProxyConfig"']
-    for plural, doc in (("users", user), ("policies", pol)):  # valid documents: written back unchanged
+    for plural, doc in (("users", user), ("policies", pol)):
         doc.pop("status", None)
+        # protected from every API caller, the admin included
         r = s.request("PUT", f"/v1/{plural}/{doc['metadata']['name']}", json=doc)
-        assert r.status_code == 200, r.text
+        assert r.status_code == 403 and "protected bootstrap object" in r.text, r.text
+        # valid documents: the same under another name is accepted
+        copy = {**doc, "metadata": {"name": "proxy-copy"}}
+        r = s.request("POST", f"/v1/{plural}", json=copy)
+        assert r.status_code == 201, r.text
+        assert s.request("DELETE", f"/v1/{plural}/proxy-copy").status_code == 200
     # the credential token works directly, and exchanged for an access token
     ev = stream(s, token=tok)
     assert ev.next()[0] == "snapshot"

@@ -43,6 +43,7 @@ void api_kms_done(void)
 static int call(const char *path, const json_t *body, json_t **ret, api_error *err)
 {
     json_t *ans = NULL;
+    metrics_count_kms_call();
     int status = kms_socket ? kms_call(kms_socket, path, body, &ans) : -ENOTCONN;
     if (status == 200) {
         *ret = ans;
@@ -73,7 +74,11 @@ static json_t *secret_context(const char *name, const char *key)
     return json_pack("{s:s, s:s, s:s}", "kind", "Secret", "name", name, "key", key);
 }
 
-/* Whether the stored ciphertext STORED (with its prefix) holds exactly VALUE. */
+/* Whether the stored ciphertext STORED (with its prefix) holds exactly VALUE.
+ * Once decrypted, the comparison takes a time that depends only on VALUE's
+ * length: every byte of VALUE is compared against the stored value (padded
+ * with zeros), and a difference of lengths is folded in at the end rather
+ * than deciding early. */
 static bool stored_value_equals(const char *stored, json_t *context, const char *value)
 {
     if (!stored || strncmp(stored, SECRET_FORMAT_PREFIX, STRLEN(SECRET_FORMAT_PREFIX)) != 0)
@@ -86,10 +91,12 @@ static bool stored_value_equals(const char *stored, json_t *context, const char 
     const char *pt = r == 0 ? json_string_value(json_object_get(ans, "plaintext")) : NULL;
     if (!pt)
         return false;
-    size_t vlen = strlen(value), cap = strlen(pt) / 4 * 3 + 3;
-    uint8_t *buf = malloc(cap);
+    size_t vlen = strlen(value), cap = MAX(strlen(pt) / 4 * 3 + 3, vlen);
+    uint8_t *buf = calloc(1, cap);
     long n = buf ? base64_decode(pt, strlen(pt), buf, cap, false) : -1;
-    bool eq = n >= 0 && (size_t)n == vlen && memeq_consttime(buf, value, vlen);
+    bool same_length = n >= 0 && (size_t)n == vlen;
+    bool same_bytes = buf && memeq_consttime(buf, value, vlen);
+    bool eq = same_length & same_bytes;
     if (buf) {
         OPENSSL_cleanse(buf, cap);
         free(buf);

@@ -1,13 +1,15 @@
 /* OIDC login (authorization code flow with PKCE, state and nonce) against
  * the IdentityProvider resources:
  *
- *   GET  /v1/auth/login?rd=URL         where the proxy sends a browser without
- *        a session: rd (a URL on a Service's host) is checked, then the one
- *        identity provider's login starts, or a page lists them all
+ *   GET  /v1/auth/login?rd=URL&bind=B&exp=T&mac=M   where the proxy sends a
+ *        browser without a session: rd (a URL on a Service's host) is
+ *        checked, and the link must be the proxy's (a mac over rd, bind and
+ *        exp, auth/handoff.h), then the one identity provider's login
+ *        starts, or a page lists them all
  *   GET  /v1/auth/oidc/{idp}/login     redirects the browser to the provider
  *        (or, for the CLI, answers the URL: ?cli_redirect=<loopback URI>
  *        &cli_challenge=<S256 PKCE challenge of the CLI's own verifier>);
- *        ?rd=URL as above
+ *        ?rd=URL&bind=B&exp=T&mac=M as above
  *   GET  /v1/auth/oidc/callback        the provider sends the browser back:
  *        the code is exchanged, the ID token validated, the user mapped, a
  *        Session opened; a login with rd is sent back to the service host's
@@ -33,7 +35,7 @@
 
 #include "api/auth.h"
 #include "api/handlers-kms.h"
-#include "api/handoff.h"
+#include "auth/handoff.h"
 #include "audit/event.h"
 #include "auth/oidc.h"
 #include "basic/encoding.h"
@@ -392,13 +394,28 @@ static int rd_service(api_server *srv, const login_rd *rd, char service[RESOURCE
                     rd->host, domain);
 }
 
-/* The ?rd= of REQ, percent-decoded, parsed and checked to be on a Service's
- * host, into *RET, with the ?bind= that must come with it into *RET_BIND;
- * *RET_PRESENT says whether there was an rd. Returns 0, or -1 with ERR
- * (400 naming the problem). */
-static int rd_from_query(api_server *srv, const h2o_req_t *req, login_rd *ret, char ret_bind[LOGIN_BIND_LEN + 1],
-                         bool *ret_present, api_error *err)
+/* A login link as the proxy issued it (auth/handoff.h): the return URL,
+ * the browser's bind, and the link's expiry and mac as received. */
+typedef struct login_link {
+    login_rd rd;
+    char bind[LOGIN_BIND_LEN + 1];
+    char exp[16];
+    char mac[LOGIN_MAC_LEN + 1];
+} login_link;
+
+static void report(api_request *r, const char *action, const char *user, const char *idp, const char *sid,
+                   const char *outcome, const char *reason);
+
+/* The login link of R's query: ?rd= percent-decoded, parsed and checked to
+ * be on a Service's host, then its bind, exp and mac checked to be the
+ * proxy's and unexpired, into *RET; *RET_PRESENT says whether there was an
+ * rd. Returns 0, or -1 with ERR (400 naming the problem; a link the proxy
+ * did not issue is also an auth.login audit entry, and spends one of the
+ * address's login attempts: 429 when none is left). */
+static int link_from_query(api_request *r, login_link *ret, bool *ret_present, api_error *err)
 {
+    api_server *srv = r->server;
+    const h2o_req_t *req = r->req;
     char text[3 * LOGIN_RD_MAX + 1];
     if (!api_query_param(req, "rd", text, sizeof(text))) {
         if (query_names(req, "rd"))
@@ -410,16 +427,33 @@ static int rd_from_query(api_server *srv, const h2o_req_t *req, login_rd *ret, c
         return api_fail(err, 400, "invalid", "rd is not a properly percent-encoded URL");
     const char *why = NULL;
     char service[RESOURCE_NAME_MAX + 1];
-    if (login_rd_parse(text, strlen(text), ret, &why) < 0)
+    if (login_rd_parse(text, strlen(text), &ret->rd, &why) < 0)
         return api_fail(err, 400, "invalid", "%s", why);
-    if (rd_service(srv, ret, service, err) < 0)
+    if (rd_service(srv, &ret->rd, service, err) < 0)
         return -1;
     char bind[LOGIN_BIND_LEN + 8];
     if (!api_query_param(req, "bind", bind, sizeof(bind)) || !login_bind_valid(bind))
         return api_fail(err, 400, "invalid",
                         "a login with rd needs bind, the hex SHA-256 of the proxy's login cookie: start the login "
                         "from the service's address");
-    memcpy(ret_bind, bind, LOGIN_BIND_LEN + 1);
+    if (!srv->cfg->handoff_key)
+        return api_fail(err, 503, "unavailable", "this API holds no handoff key: logins cannot return to a service");
+    /* the rd and bind are the proxy's: made for a browser it saw, never
+     * chosen by whoever sends the link */
+    char exp[sizeof(ret->exp)] = "", mac[LOGIN_MAC_LEN + 2] = "";
+    api_query_param(req, "exp", exp, sizeof(exp));
+    api_query_param(req, "mac", mac, sizeof(mac));
+    int e = login_link_check(srv->cfg->handoff_key, ret->rd.url, bind, exp, mac, now_s(), &why);
+    if (e == -EKEYREJECTED) { /* forged: audited, as often as the address may try a login */
+        if (api_auth_rate_check_ip(r, err) < 0)
+            return -1;
+        report(r, "auth.login", NULL, NULL, NULL, "denied", why);
+    }
+    if (e < 0)
+        return api_fail(err, 400, "invalid", "%s", why);
+    memcpy(ret->bind, bind, LOGIN_BIND_LEN + 1);
+    snprintf(ret->exp, sizeof(ret->exp), "%s", exp);
+    memcpy(ret->mac, mac, LOGIN_MAC_LEN + 1);
     *ret_present = true;
     return 0;
 }
@@ -439,10 +473,10 @@ static void report(api_request *r, const char *action, const char *user, const c
 /* ---- GET /v1/auth/oidc/{idp}/login ---- */
 
 /* Starts a login at IDP_NAME: a pending login (state, nonce, PKCE verifier,
- * and RD's URL when the browser came from a service host; RD may be NULL)
- * and a redirect to the provider. Returns 0, or -1 with ERR. */
-static int handle_login(api_request *r, const char *idp_name, const login_rd *rd, const char *bind,
-                        api_error *err)
+ * and LINK's return URL and bind when the browser came from a service host;
+ * LINK may be NULL) and a redirect to the provider. Returns 0, or -1 with
+ * ERR. */
+static int handle_login(api_request *r, const char *idp_name, const login_link *link, api_error *err)
 {
     if (api_auth_rate_check_ip(r, err) < 0)
         return -1;
@@ -456,13 +490,11 @@ static int handle_login(api_request *r, const char *idp_name, const login_rd *rd
             return api_fail(err, 400, "invalid", "a CLI login needs cli_challenge, the S256 PKCE challenge of its verifier");
         snprintf(p.cli_redirect, sizeof(p.cli_redirect), "%s", cli_redirect);
     }
-    if (rd) {
+    if (link) {
         if (p.cli_redirect[0])
             return api_fail(err, 400, "invalid", "rd (a browser login) and cli_redirect (a CLI login) exclude each other");
-        if (!r->server->cfg->handoff_key)
-            return api_fail(err, 503, "unavailable", "this API holds no handoff key: logins cannot return to a service");
-        snprintf(p.rd, sizeof(p.rd), "%s", rd->url);
-        snprintf(p.bind, sizeof(p.bind), "%s", bind);
+        snprintf(p.rd, sizeof(p.rd), "%s", link->rd.url);
+        snprintf(p.bind, sizeof(p.bind), "%s", link->bind);
     }
     json_auto_t *idp = NULL;
     if (load_idp(r->server, idp_name, &idp, err) < 0)
@@ -921,12 +953,11 @@ int api_oidc_handle(api_request *r, const char *rest, size_t rest_len, api_error
             api_method_not_allowed(r->req, ROUTE_AUTH_OIDC, r->started, "GET");
             return 0;
         }
-        login_rd rd;
-        char bind[LOGIN_BIND_LEN + 1];
+        login_link link;
         bool has_rd;
-        if (rd_from_query(r->server, r->req, &rd, bind, &has_rd, err) < 0)
+        if (link_from_query(r, &link, &has_rd, err) < 0)
             return -1;
-        return handle_login(r, idp, has_rd ? &rd : NULL, bind, err);
+        return handle_login(r, idp, has_rd ? &link : NULL, err);
     }
     return api_fail(err, 404, "not_found", "no such endpoint: /v1/auth/oidc/%.*s", (int)MIN(rest_len, (size_t)100), rest);
 }
@@ -949,10 +980,11 @@ static int html_escape(strbuf *b, const char *s)
 }
 
 /* Answers 200 with an HTML page linking to the login at each of IDPS (at
- * most CHOOSER_IDPS_MAX), each carrying RD and BIND (RD NULL: none).
- * Returns 0, or -1 with ERR. */
-static int send_chooser(api_request *r, const json_t *idps, const login_rd *rd, const char *bind, api_error *err)
+ * most CHOOSER_IDPS_MAX), each carrying LINK as the proxy issued it (LINK
+ * NULL: none). Returns 0, or -1 with ERR. */
+static int send_chooser(api_request *r, const json_t *idps, const login_link *link, api_error *err)
 {
+    const login_rd *rd = link ? &link->rd : NULL;
     _cleanup_strbuf_ strbuf page;
     strbuf_init(&page, CHOOSER_PAGE_MAX);
     char *rd_enc = rd ? curl_easy_escape(NULL, rd->url, 0) : NULL;
@@ -985,8 +1017,8 @@ static int send_chooser(api_request *r, const json_t *idps, const login_rd *rd, 
             e = html_escape(&page, href);
         if (e == 0 && rd)
             e = html_escape(&page, rd_enc);
-        if (e == 0 && rd)
-            e = strbuf_printf(&page, "&amp;bind=%s", bind); /* hex: nothing to escape */
+        if (e == 0 && rd) /* hex and digits: nothing to escape */
+            e = strbuf_printf(&page, "&amp;bind=%s&amp;exp=%s&amp;mac=%s", link->bind, link->exp, link->mac);
         if (e == 0)
             e = strbuf_puts(&page, "\">");
         if (e == 0)
@@ -1028,10 +1060,9 @@ int api_auth_login_handle(api_request *r, const char *rest, size_t rest_len, api
         return 0;
     }
     /* the return URL first: nothing, not even an error page, leads to a foreign host */
-    login_rd rd;
-    char bind[LOGIN_BIND_LEN + 1];
+    login_link link;
     bool has_rd;
-    if (rd_from_query(r->server, r->req, &rd, bind, &has_rd, err) < 0)
+    if (link_from_query(r, &link, &has_rd, err) < 0)
         return -1;
     json_auto_t *idps = NULL;
     int e = store_list(r->server->cfg->store, "IdentityProvider", &idps, NULL);
@@ -1042,7 +1073,7 @@ int api_auth_login_handle(api_request *r, const char *rest, size_t rest_len, api
         return api_fail(err, 404, "not_found", "no identity provider is configured; API clients send a bearer token");
     if (n == 1) {
         const char *name = doc_name(json_array_get(idps, 0));
-        return handle_login(r, name ? name : "", has_rd ? &rd : NULL, bind, err);
+        return handle_login(r, name ? name : "", has_rd ? &link : NULL, err);
     }
-    return send_chooser(r, idps, has_rd ? &rd : NULL, bind, err);
+    return send_chooser(r, idps, has_rd ? &link : NULL, err);
 }

@@ -36,7 +36,7 @@
 #include "api/auth.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-policy.h"
-#include "api/handoff.h"
+#include "auth/handoff.h"
 #include "api/sse.h"
 #include "audit/event.h"
 #include "auth/keyring.h"

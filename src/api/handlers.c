@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include "api/auth.h"
+#include "api/authz-write.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-policy.h"
 #include "api/request.h"
@@ -170,14 +171,6 @@ static const char *api_verb(api_route route, const h2o_req_t *req)
         return "list";
     case ROUTE_WATCH:
         return "watch";
-    case ROUTE_CREATE:
-        return "create";
-    case ROUTE_REPLACE:
-        return "update";
-    case ROUTE_DELETE:
-        return "delete";
-    case ROUTE_APPLY:
-        return "apply";
     case ROUTE_GET:
         return "get";
     default:
@@ -191,11 +184,14 @@ static const char *api_verb(api_route route, const h2o_req_t *req)
 
 /* Authorizes caller C by policy (ctx.request.api: VERB of ROUTE on KIND/NAME).
  * whoami only shows callers their own identity and is not decided by policy;
- * apply is decided per document in handle_apply(). Returns 0 or -1 with ERR. */
+ * writes (create, update, delete, apply) are decided on the document and
+ * what it adds in the write path (api_decide_writes()). Returns 0 or -1 with
+ * ERR. */
 static int authorize(api_server *srv, h2o_req_t *req, api_route route, const char *kind, const char *name,
                      const caller *c, api_error *err)
 {
-    if (route == ROUTE_WHOAMI || route == ROUTE_APPLY)
+    if (route == ROUTE_WHOAMI || route == ROUTE_CREATE || route == ROUTE_REPLACE || route == ROUTE_DELETE ||
+        route == ROUTE_APPLY)
         return 0;
     return api_authorize(srv, req, c, api_verb(route, req), kind, name, err);
 }
@@ -348,8 +344,24 @@ static void on_write_done(h2o_multithread_receiver_t *receiver, h2o_linklist_t *
 
 /* ---- resources ---- */
 
+/* metadata.resourceVersion of DOC as a number: 0 when absent, -1 when malformed. */
+static int64_t doc_expected_rv(const json_t *doc)
+{
+    const char *s = json_string_value(json_object_get(json_object_get(doc, "metadata"), "resourceVersion"));
+    if (!s || !*s)
+        return 0;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v <= 0)
+        return -1;
+    return v;
+}
+
 /* Checks a document against its kind's schema and the request's path, then
- * fills in its defaults. PATH_KIND is the kind named by the URL (NULL for apply). */
+ * fills in its defaults. PATH_KIND is the kind named by the URL (NULL for
+ * apply). No secret work here: Secret values are sealed only once the write
+ * is decided (seal()). */
 static int check_document(json_t *doc, const resource_kind *path_kind, const char *path_name,
                           const resource_kind **ret_kind, api_error *err)
 {
@@ -371,114 +383,172 @@ static int check_document(json_t *doc, const resource_kind *path_kind, const cha
     if (path_name && strcmp(doc_name(doc), path_name) != 0)
         return api_fail(err, 400, "invalid", "metadata.name %s does not match the URL, which names %s",
                         doc_name(doc), path_name);
+    if (doc_expected_rv(doc) < 0)
+        return api_fail(err, 400, "invalid", "metadata.resourceVersion must be a positive decimal number");
     /* stored with its defaults, so re-applying the same manifest changes nothing */
     if (resource_apply_defaults(doc) < 0)
         return api_fail(err, 500, "internal", "out of memory");
-    /* Secret values reach the store only encrypted by the KMS */
-    if (strcmp(k->kind, "Secret") == 0 && api_kms_seal_secret(doc, err) < 0)
+    *ret_kind = k;
+    return 0;
+}
+
+/* Reads the stored KIND/NAME a write is decided against into *RET (a new
+ * reference, NULL when absent). Returns 0 or -1 with ERR. */
+static int load_stored(api_server *srv, const char *kind, const char *name, json_t **ret, api_error *err)
+{
+    json_t *doc = NULL;
+    int e = store_get(srv->cfg->store, kind, name, &doc);
+    if (e < 0 && e != -ENOENT)
+        return api_fail_store(err, e, kind, name);
+    *ret = doc;
+    return 0;
+}
+
+/* Makes store op OP a compare-and-swap on STORED, the document its write was
+ * decided against, so nothing can slip in between the decision and the
+ * write: absent, OP is a create or replace, which fails when it appeared
+ * since (409, or 404 for a replace); present, OP expects its
+ * resourceVersion (409 when changed since). A resourceVersion the client gave
+ * must be the one read. Returns 0 or -1 with ERR. */
+static int expect_stored(store_op *op, const json_t *stored, api_error *err)
+{
+    if (!stored)
+        return 0;
+    int64_t rv = doc_expected_rv(stored), client = doc_expected_rv(op->doc);
+    if (client > 0 && client != rv)
+        return api_fail_store(err, -ESTALE, op->kind, op->name);
+    op->expected_rv = rv;
+    return 0;
+}
+
+/* Seals the values of DOC, of kind K, when it is a Secret: KMS work, done
+ * only for a write already decided. Returns 0 or -1 with ERR. */
+static int seal(json_t *doc, const resource_kind *k, api_error *err)
+{
+    return strcmp(k->kind, "Secret") == 0 ? api_kms_seal_secret(doc, err) : 0;
+}
+
+/* POST, PUT or DELETE of one resource of KIND (NAME from the URL, NULL for
+ * POST): checked, decided with what it adds over the stored document, sealed
+ * when a Secret, then written as a compare-and-swap on what was decided. The
+ * answer follows once durable; returns 0, or -1 with ERR. */
+static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, uint64_t started, const caller *c,
+                            const resource_kind *kind, const char *name, api_error *err)
+{
+    json_auto_t *input = NULL, *stored = NULL;
+    json_t *doc = NULL;
+    if (route == ROUTE_DELETE) {
+        input = json_pack("{s:s}", "name", name); /* owns the name for the asynchronous write */
+        if (!input)
+            return api_fail(err, 500, "internal", "out of memory");
+        name = json_string_value(json_object_get(input, "name"));
+    } else {
+        input = api_decode_body(req->entity.base, req->entity.len, err);
+        const resource_kind *k;
+        if (!input || check_document(input, kind, name, &k, err) < 0)
+            return -1;
+        doc = input;
+        name = doc_name(doc);
+    }
+    if (route == ROUTE_REPLACE && load_stored(srv, kind->kind, name, &stored, err) < 0)
+        return -1;
+    api_write w = {.verb = route == ROUTE_CREATE ? "create" : route == ROUTE_REPLACE ? "update" : "delete",
+                   .kind = kind->kind, .name = name, .doc = doc, .stored = stored};
+    store_op op = {
+        .type = route == ROUTE_CREATE ? STORE_CREATE : route == ROUTE_REPLACE ? STORE_REPLACE : STORE_DELETE,
+        .kind = kind->kind,
+        .name = name,
+        .doc = doc,
+    };
+    if (api_decide_writes(srv, req, c, &w, 1, err) < 0) {
+        err->document = -1;
+        return -1;
+    }
+    if (expect_stored(&op, stored, err) < 0 || (doc && seal(doc, kind, err) < 0))
+        return -1;
+    pending_write *pw = pending_write_new(req, route, started, c, input, 1);
+    if (!pw)
+        return api_fail(err, 500, "internal", "out of memory");
+    pw->ops[0] = op;
+    submit_write(srv, pw);
+    return 0;
+}
+
+/* Checks document I of an apply (DOC) against its schema and the documents
+ * W[0..I) before it, and reads the stored one it is decided against into
+ * *RET_STORED (NULL when absent). Returns 0, or -1 with ERR (its document
+ * index still -1, for the caller to set). */
+static int check_apply_document(api_server *srv, json_t *doc, const api_write *w, size_t i,
+                                const resource_kind **ret_kind, json_t **ret_stored, api_error *err)
+{
+    const resource_kind *k;
+    if (check_document(doc, NULL, NULL, &k, err) < 0)
+        return -1;
+    for (size_t j = 0; j < i; j++)
+        if (w[j].kind == k->kind && strcmp(w[j].name, doc_name(doc)) == 0)
+            return api_fail(err, 400, "invalid", "%s %s appears twice in one apply (documents %zu and %zu)", k->kind,
+                            doc_name(doc), j, i);
+    if (load_stored(srv, k->kind, doc_name(doc), ret_stored, err) < 0)
         return -1;
     *ret_kind = k;
     return 0;
 }
 
-/* metadata.resourceVersion of DOC as a number: 0 when absent, -1 when malformed. */
-static int64_t doc_expected_rv(const json_t *doc)
-{
-    const char *s = json_string_value(json_object_get(json_object_get(doc, "metadata"), "resourceVersion"));
-    if (!s || !*s)
-        return 0;
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || v <= 0)
-        return -1;
-    return v;
-}
-
-static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, uint64_t started, const caller *c,
-                            const resource_kind *kind, const char *name, api_error *err)
-{
-    json_t *doc = NULL;
-    int64_t expected = 0;
-    if (route != ROUTE_DELETE) {
-        doc = api_decode_body(req->entity.base, req->entity.len, err);
-        if (!doc)
-            return -1;
-        const resource_kind *k;
-        if (check_document(doc, kind, name, &k, err) < 0) {
-            json_decref(doc);
-            return -1;
-        }
-        expected = doc_expected_rv(doc);
-        if (expected < 0) {
-            json_decref(doc);
-            return api_fail(err, 400, "invalid", "metadata.resourceVersion must be a positive decimal number");
-        }
-        name = doc_name(doc);
-    } else
-        doc = json_pack("{s:s}", "name", name);
-
-    pending_write *pw = pending_write_new(req, route, started, c, doc, 1);
-    json_decref(doc);
-    if (!pw)
-        return api_fail(err, 500, "internal", "out of memory");
-    pw->ops[0] = (store_op){
-        .type = route == ROUTE_CREATE ? STORE_CREATE : route == ROUTE_REPLACE ? STORE_REPLACE : STORE_DELETE,
-        .kind = kind->kind,
-        .name = route == ROUTE_DELETE ? json_string_value(json_object_get(pw->input, "name")) : doc_name(pw->input),
-        .doc = route == ROUTE_DELETE ? NULL : pw->input,
-        .expected_rv = expected,
-    };
-    submit_write(srv, pw);
-    return 0;
-}
-
+/* POST /v1/apply {items}: each document checked, then every one decided as
+ * create (absent) or update (present) with what it adds, before any Secret
+ * is sealed; then all written in one transaction, each a compare-and-swap on
+ * the stored document it was decided against. Returns 0 or -1 with ERR
+ * (err->document naming the document). */
 static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const caller *c, api_error *err)
 {
-    json_t *body = api_decode_body(req->entity.base, req->entity.len, err);
+    json_auto_t *body = api_decode_body(req->entity.base, req->entity.len, err);
     if (!body)
         return -1;
     json_t *items = json_object_get(body, "items");
-    if (!json_is_array(items) || json_array_size(items) == 0) {
-        json_decref(body);
+    if (!json_is_array(items) || json_array_size(items) == 0)
         return api_fail(err, 400, "invalid", "apply needs {\"items\": [document, ...]} with at least one document");
-    }
     size_t n = json_array_size(items);
-    if (n > API_APPLY_ITEMS_MAX) {
-        json_decref(body);
+    if (n > API_APPLY_ITEMS_MAX)
         return api_fail(err, 413, "too_large", "apply takes at most %d documents, got %zu", API_APPLY_ITEMS_MAX, n);
+    _cleanup_free_ api_write *w = calloc(n, sizeof(*w));
+    _cleanup_free_ const resource_kind **kinds = calloc(n, sizeof(*kinds));
+    json_auto_t *stored = json_array(); /* owns w[i].stored; null when absent */
+    if (!w || !kinds || !stored)
+        return api_fail(err, 500, "internal", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *doc = json_array_get(items, i), *old = NULL;
+        int r = check_apply_document(srv, doc, w, i, &kinds[i], &old, err);
+        if (r == 0 && json_array_append_new(stored, old ? old : json_null()) < 0)
+            r = api_fail(err, 500, "internal", "out of memory");
+        if (r < 0) {
+            err->document = (long)i;
+            return -1;
+        }
+        w[i] = (api_write){.verb = old ? "update" : "create", .kind = kinds[i]->kind, .name = doc_name(doc),
+                           .doc = doc, .stored = old};
     }
+    if (api_decide_writes(srv, req, c, w, n, err) < 0)
+        return -1;
     pending_write *pw = pending_write_new(req, ROUTE_APPLY, started, c, body, n);
-    json_decref(body);
     if (!pw)
         return api_fail(err, 500, "internal", "out of memory");
     for (size_t i = 0; i < n; i++) {
         json_t *doc = json_array_get(items, i);
-        const resource_kind *k;
-        int64_t expected = 0;
-        if (check_document(doc, NULL, NULL, &k, err) < 0 || (expected = doc_expected_rv(doc)) < 0) {
-            if (expected < 0)
-                api_fail(err, 400, "invalid", "metadata.resourceVersion must be a positive decimal number");
+        pw->ops[i] = (store_op){.type = w[i].stored ? STORE_REPLACE : STORE_CREATE, .kind = w[i].kind,
+                                .name = w[i].name, .doc = doc};
+        if (expect_stored(&pw->ops[i], w[i].stored, err) < 0) {
             err->document = (long)i;
             pending_write_free(pw);
             return -1;
         }
-        if (api_authorize(srv, req, c, "apply", k->kind, doc_name(doc), err) < 0) {
-            err->document = (long)i;
-            pending_write_free(pw);
-            return -1;
-        }
-        for (size_t j = 0; j < i; j++)
-            if (pw->ops[j].kind == k->kind && strcmp(pw->ops[j].name, doc_name(doc)) == 0) {
-                api_fail(err, 400, "invalid", "%s %s appears twice in one apply (documents %zu and %zu)", k->kind,
-                         doc_name(doc), j, i);
-                err->document = (long)i;
-                pending_write_free(pw);
-                return -1;
-            }
-        pw->ops[i] = (store_op){.type = STORE_APPLY, .kind = k->kind, .name = doc_name(doc), .doc = doc,
-                                .expected_rv = expected};
     }
+    /* only now, every document decided: Secret values go to the KMS */
+    for (size_t i = 0; i < n; i++)
+        if (seal(json_array_get(items, i), kinds[i], err) < 0) {
+            err->document = (long)i;
+            pending_write_free(pw);
+            return -1;
+        }
     submit_write(srv, pw);
     return 0;
 }

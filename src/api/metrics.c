@@ -47,6 +47,12 @@ static _Atomic uint64_t requests[ROUTE_COUNT_][N_STATUS];
 static _Atomic uint64_t latency_buckets[ROUTE_COUNT_][N_BUCKETS];
 static _Atomic uint64_t latency_count[ROUTE_COUNT_];
 static _Atomic uint64_t latency_sum_ns[ROUTE_COUNT_];
+static _Atomic uint64_t kms_calls;
+
+void metrics_count_kms_call(void)
+{
+    atomic_fetch_add_explicit(&kms_calls, 1, memory_order_relaxed);
+}
 
 void metrics_observe(api_route route, int status, uint64_t duration_ns)
 {
@@ -114,7 +120,12 @@ int metrics_render(strbuf *out)
                           "# HELP cloister_audit_events_dropped_total Audit events that did not reach the audit role "
                           "(each was written to the log instead).\n"
                           "# TYPE cloister_audit_events_dropped_total counter\n"
-                          "cloister_audit_events_dropped_total %llu\n",
-                          (unsigned long long)audit_event_dropped());
+                          "cloister_audit_events_dropped_total %llu\n"
+                          "# HELP cloister_api_kms_calls_total Calls of the API to the KMS role (key operations, "
+                          "Secret values sealed and compared).\n"
+                          "# TYPE cloister_api_kms_calls_total counter\n"
+                          "cloister_api_kms_calls_total %llu\n",
+                          (unsigned long long)audit_event_dropped(),
+                          (unsigned long long)atomic_load_explicit(&kms_calls, memory_order_relaxed));
     return r;
 }

@@ -37,5 +37,8 @@ typedef enum api_route {
 } api_route;
 
 void metrics_observe(api_route route, int status, uint64_t duration_ns);
+/* Counts one call of the api role to the kms role (cloister_api_kms_calls_total):
+ * a refused request makes none, which tests and operators can see. */
+void metrics_count_kms_call(void);
 /* Appends the exposition text to OUT. */
 int metrics_render(strbuf *out);

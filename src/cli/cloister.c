@@ -28,7 +28,7 @@ static const cli_command commands[] = {
                "         attest service NAME --roots PEM [--pcr0 HEX]... [--proxy https://HOST:PORT] [--domain D]",
      "verify TEE evidence offline; exit 0 only when it verifies", cmd_attest},
     {"enclave", "measure DIR", "print a workload bundle's measurement (PCR0, SHA-384)", cmd_enclave},
-    {"policy", "check --user U [--service S] [--method M] [--path P] [--header K=V]... [--ip IP] [--credential C] [-o json|yaml]",
+    {"policy", "check --user U [--service S] [--method M] [--path P] [--header K=V]... [--ip IP] [--credential C] [--verb V --kind K [--name N]] [-o json|yaml]",
      "show how the server's policies decide a request and which rule decides; exit 0 only when allowed", cmd_policy},
     {"kms", "encrypt --key NAME [--context K=V]... | decrypt [--context K=V]... | datakey --key NAME | rotate NAME",
      "encrypt stdin to stdout, decrypt it, make a data key (JSON: plaintext, ciphertext), rotate a key", cmd_kms},

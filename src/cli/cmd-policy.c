@@ -46,15 +46,18 @@ static int policy_check(cli_ctx *ctx, const cli_command *cmd, int argc, char **a
         {"user", required_argument, NULL, 'u'},  {"service", required_argument, NULL, 's'},
         {"method", required_argument, NULL, 'm'}, {"path", required_argument, NULL, 'p'},
         {"header", required_argument, NULL, 'H'}, {"ip", required_argument, NULL, 'i'},
-        {"credential", required_argument, NULL, 'c'}, CLI_COMMON_LONG_OPTIONS, {},
+        {"credential", required_argument, NULL, 'c'}, {"verb", required_argument, NULL, 'V'},
+        {"kind", required_argument, NULL, 'K'}, {"name", required_argument, NULL, 'N'},
+        CLI_COMMON_LONG_OPTIONS, {},
     };
-    json_auto_t *body = json_object(), *headers = json_object();
-    if (!body || !headers)
+    json_auto_t *body = json_object(), *headers = json_object(), *api = json_object();
+    if (!body || !headers || !api)
         return cli_error("out of memory");
     static const struct {
         int opt;
         const char *field;
-    } fields[] = {{'u', "user"}, {'s', "service"}, {'m', "method"}, {'p', "path"}, {'i', "ip"}, {'c', "credential"}};
+    } fields[] = {{'u', "user"}, {'s', "service"}, {'m', "method"}, {'p', "path"}, {'i', "ip"}, {'c', "credential"}},
+      api_fields[] = {{'V', "verb"}, {'K', "kind"}, {'N', "name"}};
     int c;
     optind = 0; /* argv[0] is "check" */
     while ((c = getopt_long(argc, argv, CLI_COMMON_SHORT_OPTIONS, options, NULL)) >= 0) {
@@ -62,6 +65,11 @@ static int policy_check(cli_ctx *ctx, const cli_command *cmd, int argc, char **a
         for (size_t i = 0; i < ELEMENTSOF(fields) && !done; i++)
             if (fields[i].opt == c) {
                 json_object_set_new(body, fields[i].field, json_string(optarg));
+                done = true;
+            }
+        for (size_t i = 0; i < ELEMENTSOF(api_fields) && !done; i++)
+            if (api_fields[i].opt == c) {
+                json_object_set_new(api, api_fields[i].field, json_string(optarg));
                 done = true;
             }
         if (done)
@@ -81,6 +89,8 @@ static int policy_check(cli_ctx *ctx, const cli_command *cmd, int argc, char **a
     if (!json_object_get(body, "user"))
         return cli_usage_error(cmd, "--user is required");
     json_object_set(body, "headers", headers);
+    if (json_object_size(api) > 0) /* an API call (ctx.request.api) rather than a service request */
+        json_object_set(body, "api", api);
     int r = cli_connect(ctx, true);
     if (r != CLI_EXIT_OK)
         return r;

@@ -9,7 +9,7 @@
 
 #include "api/auth.h"
 #include "api/controller.h"
-#include "api/handoff.h"
+#include "auth/handoff.h"
 #include "api/handlers-attest.h"
 #include "api/handlers-kms.h"
 #include "audit/event.h"

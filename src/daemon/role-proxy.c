@@ -21,7 +21,7 @@
 #include "proxy/proxy.h"
 
 #define ASSERTION_KEY_ROTATE_S (24 * 3600)
-#define MAX_CONNECTIONS 20000
+#define MAX_CONNECTIONS 20000 /* at most; httpd lowers it below the descriptor limit */
 #define REQUEST_TIMEOUT_MS 10000 /* HTTP/1: headers and body of a request, and keep-alive idleness */
 #define IDLE_TIMEOUT_MS 60000    /* HTTP/2 */
 

@@ -347,9 +347,11 @@ static void *thread_main(void *arg)
 
 /* CFG's connection cap lowered to what RLIMIT_NOFILE leaves once
  * HTTPD_FDS_RESERVED descriptors are kept (half the limit when it is
- * smaller), each connection taking fds_per_connection; 0 when CFG sets no
- * cap. Logs the cap in force, so that an operator sees why connections past
- * it are closed. */
+ * smaller), each connection taking fds_per_connection, so that accept()
+ * never fails with EMFILE (which would leave the listener readable and the
+ * loop spinning); 0 when CFG sets no cap. Logs the cap in force ("<name>
+ * connection cap"), so that an operator sees why connections past it are
+ * closed. */
 static unsigned connection_cap(const httpd_config *cfg)
 {
     if (!cfg->max_connections)
@@ -363,10 +365,10 @@ static unsigned connection_cap(const httpd_config *cfg)
         cap = (unsigned)MIN((rlim_t)cap, fit);
         snprintf(nofile, sizeof(nofile), "%llu", (unsigned long long)rl.rlim_cur);
     }
-    char text[16];
+    char msg[64], text[16];
+    snprintf(msg, sizeof(msg), "%s connection cap", cfg->name);
     snprintf(text, sizeof(text), "%u", cap);
-    log_fields(LOG_LEVEL_INFO, "connection cap: connections past it are closed at once", "server", cfg->name,
-               "max_connections", text, "nofile", nofile, NULL);
+    log_fields(LOG_LEVEL_INFO, msg, "maxConnections", text, "descriptorLimit", nofile, NULL);
     return cap;
 }
 

@@ -2,6 +2,7 @@
 #include "proxy/cookie.h"
 
 #include <string.h>
+#include <strings.h>
 
 /* Walks the pairs of V: returns the start of the next pair at or after P
  * and sets *RET_STOP to its end (the next ';' or the end of V). */
@@ -54,4 +55,34 @@ size_t proxy_cookie_strip(const char *v, size_t len, const char *name, size_t na
         o += (size_t)(stop - p);
     }
     return o;
+}
+
+/* Whether [P, END) starts with PREFIX, without regard to case. */
+static bool starts_with_nocase(const char *p, const char *end, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return (size_t)(end - p) >= n && strncasecmp(p, prefix, n) == 0;
+}
+
+bool proxy_set_cookie_is_ours(const char *v, size_t len, const char *const *names)
+{
+    const char *p = v, *end = v + len;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    /* the name ends at '='; without one (a nameless value to a browser,
+     * which it sends back as a bare "cloister_session") the whole pair
+     * counts as the name */
+    const char *stop = p;
+    while (stop < end && *stop != '=' && *stop != ';')
+        stop++;
+    while (stop > p && (stop[-1] == ' ' || stop[-1] == '\t'))
+        stop--;
+    if (starts_with_nocase(p, stop, "__Host-"))
+        p += strlen("__Host-");
+    else if (starts_with_nocase(p, stop, "__Secure-"))
+        p += strlen("__Secure-");
+    for (const char *const *n = names; *n; n++)
+        if ((size_t)(stop - p) == strlen(*n) && strncasecmp(p, *n, strlen(*n)) == 0)
+            return true;
+    return false;
 }

@@ -1,6 +1,8 @@
 /* libFuzzer target: the proxy's Cookie header handling on arbitrary bytes.
  * Checks that the stripped header never contains our cookie, never exceeds
- * its documented bound, and that stripping twice changes nothing. */
+ * its documented bound, and that stripping twice changes nothing; and that
+ * the Set-Cookie recogniser agrees with itself under a "__Host-" prefix. */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,5 +33,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     free(out);
     free(again);
+    /* "__Host-" before a Set-Cookie value of ours keeps it ours (leading
+     * blanks aside: the prefix must start the name) */
+    static const char *const ours[] = {NAME, "cloister_login", NULL};
+    char *prefixed = malloc(size + 8);
+    if (!prefixed)
+        abort();
+    memcpy(prefixed, "__Host-", 7);
+    memcpy(prefixed + 7, data, size);
+    bool is_ours = proxy_set_cookie_is_ours((const char *)data, size, ours);
+    bool starts_plain = size > 0 && data[0] != ' ' && data[0] != '\t' && (size < 2 || memcmp(data, "__", 2) != 0);
+    if (is_ours && starts_plain && !proxy_set_cookie_is_ours(prefixed, size + 7, ours))
+        abort();
+    free(prefixed);
     return 0;
 }

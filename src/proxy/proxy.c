@@ -20,6 +20,7 @@
 #include "basic/timeutil.h"
 #include "httpd/httpd.h"
 #include "attest/atls.h"
+#include "auth/handoff.h"
 #include "proxy/bridge.h"
 #include "proxy/certs.h"
 #include "proxy/config.h"
@@ -32,7 +33,7 @@
 #define REQUEST_ID_LEN 32
 #define COOKIE_NAME "cloister_session"
 #define LOGIN_COOKIE "cloister_login"  /* ties a login's handoff to the browser that started it */
-#define LOGIN_COOKIE_TTL_S 600
+#define LOGIN_COOKIE_TTL_S LOGIN_LINK_TTL_S
 #define AUDIT_PATH_MAX 1024
 #define ACCESS_BATCH_BYTES (12 * 1024) /* record text per audit entry (entries are capped at 16 KiB) */
 #define ACCESS_RECORD_MAX 2600         /* the longest record: path, policy, rule and names at their caps */
@@ -256,6 +257,7 @@ static int respond_error(h2o_req_t *req, access_record *rec, int status, const c
     json_decref(body);
     req->res.status = status;
     req->res.reason = status == 401 ? "Unauthorized" : status == 403 ? "Forbidden" : status == 404 ? "Not Found"
+                      : status == 421                  ? "Misdirected Request"
                       : status >= 500                  ? "Error"
                                                        : "Bad Request";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
@@ -498,31 +500,89 @@ static void query_escape(const char *s, size_t len, char *out)
     out[o] = 0;
 }
 
-/* A fresh login secret: 16 random bytes into SECRET, as hex into STATE (the
- * cookie value) and hex SHA-256 of that text into BIND. Returns 0 or -EIO. */
-static int login_bind(uint8_t secret[16], char state[33], char bind[2 * SHA256_DIGEST_LENGTH + 1])
+/* A fresh login secret: 16 random bytes as hex into STATE (the cookie
+ * value) and its bind (login_bind_of) into BIND. Returns 0 or -EIO. */
+static int login_bind(char state[33], char bind[LOGIN_BIND_LEN + 1])
 {
-    if (random_bytes(secret, 16) < 0)
+    uint8_t secret[16];
+    if (random_bytes(secret, sizeof(secret)) < 0)
         return -EIO;
-    hex_encode(secret, 16, state);
-    uint8_t digest[SHA256_DIGEST_LENGTH];
-    SHA256((const uint8_t *)state, 32, digest);
-    hex_encode(digest, sizeof(digest), bind);
-    OPENSSL_cleanse(secret, 16);
+    hex_encode(secret, sizeof(secret), state);
+    OPENSSL_cleanse(secret, sizeof(secret));
+    login_bind_of(state, 32, bind);
     return 0;
 }
 
-/* Whether REQ carries the login cookie whose hex SHA-256 is BIND. */
+/* Whether REQ carries the login cookie whose bind is BIND. */
 static bool login_cookie_matches(h2o_req_t *req, const char *bind)
 {
     h2o_iovec_t v = find_cookie(req, LOGIN_COOKIE);
-    if (!v.base || v.len != 32 || !bind || strlen(bind) != 2 * SHA256_DIGEST_LENGTH)
+    if (!v.base || v.len != 32 || !login_bind_valid(bind))
         return false;
-    uint8_t digest[SHA256_DIGEST_LENGTH];
-    char hex[2 * SHA256_DIGEST_LENGTH + 1];
-    SHA256((const uint8_t *)v.base, v.len, digest);
-    hex_encode(digest, sizeof(digest), hex);
-    return memeq_consttime(hex, bind, sizeof(hex) - 1);
+    char hex[LOGIN_BIND_LEN + 1];
+    login_bind_of(v.base, v.len, hex);
+    return memeq_consttime(hex, bind, LOGIN_BIND_LEN);
+}
+
+/* The port REQ's authority names, 0 when it names none, -1 when it is not
+ * a port. */
+static long authority_port(h2o_iovec_t a)
+{
+    const char *colon = a.len && a.base[0] != '[' ? memrchr(a.base, ':', a.len) : NULL;
+    if (!colon)
+        return 0;
+    long port = 0;
+    size_t n = a.len - (size_t)(colon + 1 - a.base);
+    for (size_t i = 0; i < n; i++) {
+        if (colon[1 + i] < '0' || colon[1 + i] > '9' || n > 5)
+            return -1;
+        port = port * 10 + (colon[1 + i] - '0');
+    }
+    return n && port <= 65535 ? port : -1;
+}
+
+/* Whether the port of REQ's authority reaches this proxy: none, the
+ * scheme's default, or the port the connection came in on. A login link
+ * names the authority the browser goes back to with its handoff: one on
+ * another port (another program on the proxy's address) is not issued. */
+static bool authority_port_is_ours(h2o_req_t *req)
+{
+    long port = authority_port(req->authority);
+    bool tls = req->scheme == &H2O_URL_SCHEME_HTTPS;
+    if (port == 0 || port == (tls ? 443 : 80))
+        return true;
+    struct sockaddr_storage ss;
+    if (port < 0 || !req->conn->callbacks->get_sockname ||
+        req->conn->callbacks->get_sockname(req->conn, (struct sockaddr *)&ss) == 0)
+        return false;
+    return h2o_socket_getport((struct sockaddr *)&ss) == port;
+}
+
+/* Builds the login link for a browser at REQ's URL (TARGET, the normalised
+ * path with its query) bound to BIND: the login URL with rd, bind, exp and
+ * the mac the API checks (auth/handoff.h), into *RET (heap, the caller
+ * frees it). Returns 0, -ENOKEY when C holds no handoff key yet, -ENOMEM
+ * or -EIO. */
+static int login_link(h2o_req_t *req, const proxy_config *c, const char *target, const char *bind, char **ret)
+{
+    if (!c->has_handoff_key)
+        return -ENOKEY;
+    const proxy_settings *s = settings_of(req);
+    char url[PROXY_PATH_MAX + 600], escaped[3 * sizeof(url) + 1], mac[LOGIN_MAC_LEN + 1];
+    snprintf(url, sizeof(url), "%s://%.*s%s", req->scheme->name.base, (int)MIN(req->authority.len, 300u),
+             req->authority.base, target);
+    query_escape(url, strlen(url), escaped);
+    int64_t exp = (int64_t)(time_now_ns() / NSEC_PER_SEC) + LOGIN_LINK_TTL_S;
+    /* the mac covers the rd as the API will read it back (login_rd.url);
+     * an rd that does not parse is refused there, mac or not */
+    login_rd *rd = h2o_mem_alloc_pool(&req->pool, sizeof(*rd));
+    const char *signed_url = login_rd_parse(url, strlen(url), rd, NULL) == 0 ? rd->url : url;
+    int e = login_link_mac(c->handoff_key, signed_url, bind, exp, mac);
+    if (e < 0)
+        return e;
+    if (asprintf(ret, "%s?rd=%s&bind=%s&exp=%lld&mac=%s", s->login_url, escaped, bind, (long long)exp, mac) < 0)
+        return -ENOMEM;
+    return 0;
 }
 
 /* 401: a browser is redirected to log in (and back to its URL: TARGET, the
@@ -534,28 +594,36 @@ static int refuse_unauthenticated(h2o_req_t *req, access_record *rec, const char
     const proxy_settings *s = settings_of(req);
     rec->decision = PROXY_DECISION_UNAUTHENTICATED;
     if (wants_html(req) && s->login_url) {
-        char url[PROXY_PATH_MAX + 600], escaped[3 * sizeof(url) + 1];
-        snprintf(url, sizeof(url), "%s://%.*s%s", req->scheme->name.base, (int)MIN(req->authority.len, 300u),
-                 req->authority.base, target);
-        query_escape(url, strlen(url), escaped);
+        if (!authority_port_is_ours(req))
+            return respond_error(req, rec, 421, "misdirected",
+                                 "this proxy does not serve %.*s on that port: open the service at its own address "
+                                 "to log in",
+                                 (int)MIN(req->authority.len, 300u), req->authority.base);
         /* a random secret in a cookie of this browser; the login carries
          * only its hash (bind), and the handoff it ends with is accepted
          * only with the cookie: a login cannot be finished in another
-         * browser (login CSRF) */
-        uint8_t secret[16];
-        char state[2 * sizeof(secret) + 1], bind[2 * SHA256_DIGEST_LENGTH + 1];
-        if (login_bind(secret, state, bind) < 0)
+         * browser (login CSRF). The link is the proxy's: the API starts a
+         * login only with its mac. */
+        char state[33], bind[LOGIN_BIND_LEN + 1];
+        if (login_bind(state, bind) < 0)
             return respond_error(req, rec, 500, "internal", "no randomness");
-        char *location, *cookie;
+        char *location = NULL;
+        int e = login_link(req, rec->config, target, bind, &location);
+        if (e == -ENOKEY)
+            return respond_error(req, rec, 503, "unavailable",
+                                 "the proxy cannot start a login yet (no handoff key from the API); retry shortly");
+        if (e < 0)
+            return respond_error(req, rec, 500, "internal", "the login link could not be made (%s)", strerror(-e));
+        char *cookie;
         bool tls = req->scheme == &H2O_URL_SCHEME_HTTPS;
         if (asprintf(&cookie, LOGIN_COOKIE "=%s; Path=" PROXY_RESERVED_PREFIX "; Max-Age=%d; HttpOnly; SameSite=Lax%s",
-                     state, LOGIN_COOKIE_TTL_S, tls ? "; Secure" : "") < 0)
+                     state, LOGIN_COOKIE_TTL_S, tls ? "; Secure" : "") < 0) {
+            free(location);
             return respond_error(req, rec, 500, "internal", "out of memory");
+        }
         h2o_iovec_t cv = h2o_strdup(&req->pool, cookie, SIZE_MAX);
         free(cookie);
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_SET_COOKIE, NULL, cv.base, cv.len);
-        if (asprintf(&location, "%s?rd=%s&bind=%s", s->login_url, escaped, bind) < 0)
-            return respond_error(req, rec, 500, "internal", "out of memory");
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-cloister-request-id"), 0, NULL, rec->id,
                               REQUEST_ID_LEN);
         redirect(req, location);
@@ -570,6 +638,15 @@ static int refuse_unauthenticated(h2o_req_t *req, access_record *rec, const char
 }
 
 /* ---- decision ---- */
+
+/* ctx.session.authMethod of SESSION: its spec.authMethod as the API wrote
+ * it when it opened the session ("token" for a credential's token, "oidc"
+ * for a login at an identity provider); "" for anything else. */
+static const char *session_auth_method(const json_t *session)
+{
+    const char *m = spec_string(session, "authMethod");
+    return m && (strcmp(m, "token") == 0 || strcmp(m, "oidc") == 0) ? m : "";
+}
 
 static void set_text(policy_request *pr, policy_var v, const char *s, size_t len)
 {
@@ -591,9 +668,8 @@ static int decide(proxy_thread *t, h2o_req_t *req, const proxy_config *c, const 
     pr.credential = r->credential ? json_string_value(json_object_get(json_object_get(r->credential, "metadata"), "name")) : NULL;
     const char *sid = json_string_value(json_object_get(json_object_get(r->session, "metadata"), "name"));
     policy_request_set_string(&pr, POLICY_VAR_SESSION_ID, sid ? sid : "");
-    const char *method = spec_string(r->session, "idp") ? "oidc" : "authToken";
     policy_request_set_string(&pr, POLICY_VAR_SESSION_TYPE, from_cookie ? "browser" : "client");
-    policy_request_set_string(&pr, POLICY_VAR_SESSION_AUTH_METHOD, method);
+    policy_request_set_string(&pr, POLICY_VAR_SESSION_AUTH_METHOD, session_auth_method(r->session));
     pr.vars[POLICY_VAR_SESSION_CREATED_AT] = cel_timestamp(r->session_created, 0);
     pr.vars[POLICY_VAR_SESSION_EXPIRES_AT] = cel_timestamp(r->session_expires, 0);
     pr.vars[POLICY_VAR_SESSION_IS_BROWSER] = cel_bool(from_cookie);
@@ -738,10 +814,40 @@ static int rewrite_headers(proxy_thread *t, h2o_req_t *req, const proxy_config *
     return 0;
 }
 
+/* Watches the upstream's response to a forwarded request. */
+typedef struct upstream_filter {
+    h2o_req_prefilter_t super; /* first: the prefilter is the filter */
+    const char *service;
+} upstream_filter;
+
+/* Drops the upstream's Set-Cookie of the proxy's own cookies from the
+ * response REQ is about to send: an upstream must not put a session of its
+ * choice (its own login, or a sibling service's) in the browser. */
+static void on_upstream_response(h2o_req_prefilter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
+{
+    static const char *const ours[] = {COOKIE_NAME, LOGIN_COOKIE, NULL};
+    h2o_headers_t *h = &req->res.headers;
+    size_t kept = 0;
+    for (size_t i = 0; i < h->size; i++) {
+        h2o_header_t *e = &h->entries[i];
+        if (name_is(e->name, H2O_STRLIT("set-cookie")) && proxy_set_cookie_is_ours(e->value.base, e->value.len, ours)) {
+            log_fields(LOG_LEVEL_WARN, "dropped an upstream's Set-Cookie of the proxy's own cookie", "service",
+                       ((upstream_filter *)self)->service, NULL);
+            continue;
+        }
+        h->entries[kept++] = *e;
+    }
+    h->size = kept;
+    h2o_setup_next_prefilter(self, req, slot);
+}
+
 /* Sends REQ to SVC's upstream with the decided TARGET: its URL's pool, or
  * for an enclave the bridge of one of its running replicas in turn. */
 static void forward(proxy_thread *t, h2o_req_t *req, const proxy_service *svc, const char *target, size_t len)
 {
+    upstream_filter *f = (upstream_filter *)h2o_add_prefilter(req, sizeof(*f));
+    f->super.on_setup_ostream = on_upstream_response;
+    f->service = svc->name; /* the request keeps its configuration alive */
     h2o_socketpool_t *pool = svc->is_enclave ? svc->replicas[t->next_replica++ % svc->n_replicas] : svc->pool;
     if (!pool->_interval_cb.loop)
         proxy_pool_attach(pool, t->ctx->loop);
@@ -761,10 +867,7 @@ static void forward(proxy_thread *t, h2o_req_t *req, const proxy_service *svc, c
 
 /* ---- browser login handoff ---- */
 
-#define HANDOFF_MAX 8192        /* bytes of the encoded handoff */
-#define HANDOFF_TTL_MAX_S 120   /* a handoff is usable this long at most */
 #define HANDOFF_SEEN_MAX 4096   /* handoffs remembered as used */
-#define HANDOFF_AAD "cloister-handoff-v1"
 
 /* Handoffs already used, by nonce, until they expire: each is good once. */
 static pthread_mutex_t seen_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -798,39 +901,6 @@ static bool handoff_first_use(const char *nonce, int64_t exp, int64_t now)
     return ok;
 }
 
-/* Whether S can go in a header value as is: printable ASCII, no spaces. */
-static bool header_safe(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
-            return false;
-    return true;
-}
-
-/* Decrypts the handoff ENC (base64url of IV(12) || ciphertext || tag(16),
- * AES-256-GCM under the configuration's handoff key) into its JSON claims
- * (new reference), or NULL. */
-static json_t *handoff_open(const proxy_config *c, const char *enc, size_t len)
-{
-    if (!c->has_handoff_key || len > HANDOFF_MAX)
-        return NULL;
-    uint8_t raw[HANDOFF_MAX], plain[HANDOFF_MAX];
-    long n = base64_decode(enc, len, raw, sizeof(raw), true);
-    if (n < 12 + 16 + 2)
-        return NULL;
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    int out = 0, fin = 0;
-    bool ok = ctx && EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, c->handoff_key, raw) == 1 &&
-              EVP_DecryptUpdate(ctx, NULL, &out, (const uint8_t *)HANDOFF_AAD, strlen(HANDOFF_AAD)) == 1 &&
-              EVP_DecryptUpdate(ctx, plain, &out, raw + 12, (int)(n - 12 - 16)) == 1 &&
-              EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, 16, raw + n - 16) == 1 &&
-              EVP_DecryptFinal_ex(ctx, plain + out, &fin) == 1;
-    EVP_CIPHER_CTX_free(ctx);
-    json_t *claims = ok ? json_loadb((const char *)plain, (size_t)(out + fin), JSON_REJECT_DUPLICATES, NULL) : NULL;
-    OPENSSL_cleanse(plain, sizeof(plain));
-    return claims;
-}
-
 /* A login handoff whose session (or new user) has not reached this proxy
  * yet: the API opened it a moment before redirecting the browser, and its
  * change is still on the configuration stream. Allocated from the
@@ -862,15 +932,6 @@ static void on_handoff_wait(h2o_timeout_entry_t *entry)
     serve_callback_try(w->t, w->req, w->rec, w->t->config, w->query, w->tries);
 }
 
-/* Releases the claims of a handoff, its access token wiped first. */
-static void handoff_claims_free(json_t *claims)
-{
-    json_t *token = json_object_get(claims, "token");
-    if (json_is_string(token))
-        OPENSSL_cleanse((char *)json_string_value(token), json_string_length(token));
-    json_decref(claims);
-}
-
 /* GET /.cloister/callback?handoff=…: the API sends a browser here after
  * its login with the session's access token sealed for this proxy, this
  * host and a path. A valid, unexpired, unused handoff for this host sets
@@ -892,47 +953,39 @@ static int serve_callback_try(proxy_thread *t, h2o_req_t *req, access_record *re
     if (p && p != query && p[-1] != '&')
         p = NULL;
     size_t len = p ? strcspn(p + 8, "&") : 0;
-    json_t *claims = p ? handoff_open(c, p + 8, len) : NULL;
-    int64_t now = (int64_t)(time_now_ns() / NSEC_PER_SEC);
-    const char *token = json_string_value(json_object_get(claims, "token"));
-    const char *host = json_string_value(json_object_get(claims, "host"));
-    const char *path = json_string_value(json_object_get(claims, "path"));
-    const char *nonce = json_string_value(json_object_get(claims, "nonce"));
-    const char *bind = json_string_value(json_object_get(claims, "bind"));
-    json_int_t exp = json_integer_value(json_object_get(claims, "exp"));
+    handoff_claims h = {0};
     const char *why = NULL;
-    if (!claims)
-        why = "the login handoff is missing, malformed or not for this proxy; log in again";
-    else if (!token || !host || !path || !nonce || strlen(nonce) > 32 || path[0] != '/' || path[1] == '/' ||
-             path[1] == '\\' || !header_safe(path) || !header_safe(token) || strchr(token, ';'))
-        why = "the login handoff is incomplete";
-    else if (strlen(host) != req->authority.len || strncasecmp(host, req->authority.base, req->authority.len) != 0)
+    if (!c || !c->has_handoff_key)
+        why = "the proxy has no handoff key from the API yet; log in again shortly";
+    else
+        handoff_open(c->handoff_key, p ? p + 8 : NULL, len, &h, &why);
+    int64_t now = (int64_t)(time_now_ns() / NSEC_PER_SEC);
+    if (!why && (strlen(h.host) != req->authority.len ||
+                 strncasecmp(h.host, req->authority.base, req->authority.len) != 0))
         why = "the login handoff is for another host";
-    else if (exp < now || exp > now + HANDOFF_TTL_MAX_S)
+    if (!why && (h.exp < now || h.exp > now + HANDOFF_TTL_MAX_S))
         why = "the login handoff has expired; log in again";
-    else if (!login_cookie_matches(req, bind))
+    if (!why && !login_cookie_matches(req, h.bind))
         why = "the login handoff belongs to a login started in another browser (or its login cookie expired); "
               "open the service's address again to log in";
     const resolved_token *r = NULL;
     const char *reason = NULL;
-    if (!why && !c)
-        why = "the proxy has no configuration";
-    if (!why && !(r = resolve(t, c, h2o_iovec_init(token, strlen(token)), now, &reason)))
+    if (!why && !(r = resolve(t, c, h2o_iovec_init(h.token, strlen(h.token)), now, &reason)))
         why = reason;
     if (why == reason && why && (strcmp(why, WHY_NO_SESSION) == 0 || strcmp(why, WHY_NO_USER) == 0) &&
         tries < HANDOFF_WAIT_TRIES) {
         /* opened a moment ago: wait for its change to arrive */
-        handoff_claims_free(claims);
+        handoff_claims_done(&h);
         handoff_wait *w = h2o_mem_alloc_shared(&req->pool, sizeof(*w), handoff_wait_dispose);
         *w = (handoff_wait){.entry = {.cb = on_handoff_wait}, .t = t, .req = req, .rec = rec, .query = query,
                             .tries = tries + 1};
         h2o_timeout_link(t->ctx->loop, &t->handoff_timeout, &w->entry);
         return 0;
     }
-    if (!why && !handoff_first_use(nonce, exp, now))
+    if (!why && !handoff_first_use(h.nonce, h.exp, now))
         why = "the login handoff was already used; log in again";
     if (why) {
-        handoff_claims_free(claims);
+        handoff_claims_done(&h);
         return respond_error(req, rec, 400, "invalid", "%s", why);
     }
     rec->decision = PROXY_DECISION_ALLOW;
@@ -940,10 +993,10 @@ static int serve_callback_try(proxy_thread *t, h2o_req_t *req, access_record *re
     rec->user = user ? h2o_strdup(&req->pool, user, SIZE_MAX).base : NULL; /* C may be newer than rec->config */
     char *cookie;
     bool tls = req->scheme == &H2O_URL_SCHEME_HTTPS;
-    int a = asprintf(&cookie, COOKIE_NAME "=%s; Path=/; Max-Age=%lld; HttpOnly; SameSite=Lax%s", token,
+    int a = asprintf(&cookie, COOKIE_NAME "=%s; Path=/; Max-Age=%lld; HttpOnly; SameSite=Lax%s", h.token,
                      (long long)MAX(r->exp - now, (int64_t)1), tls ? "; Secure" : "");
     if (a < 0) {
-        handoff_claims_free(claims);
+        handoff_claims_done(&h);
         return respond_error(req, rec, 500, "internal", "out of memory");
     }
     h2o_iovec_t v = h2o_strdup(&req->pool, cookie, SIZE_MAX);
@@ -952,8 +1005,8 @@ static int serve_callback_try(proxy_thread *t, h2o_req_t *req, access_record *re
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_SET_COOKIE, NULL, v.base, v.len);
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_SET_COOKIE, NULL,
                    H2O_STRLIT(LOGIN_COOKIE "=; Path=" PROXY_RESERVED_PREFIX "; Max-Age=0; HttpOnly; SameSite=Lax"));
-    redirect(req, path);
-    handoff_claims_free(claims);
+    redirect(req, h.path);
+    handoff_claims_done(&h);
     return 0;
 }
 
@@ -1130,6 +1183,8 @@ static const char *ambiguous_request(h2o_req_t *req)
     return NULL;
 }
 
+static const char *misdirected(h2o_req_t *req, const proxy_config *c, const proxy_service *svc);
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     proxy_thread *t = httpd_thread_state(req);
@@ -1162,6 +1217,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return respond_error(req, rec, 404, "not_found", "no service is served at host %.*s",
                              (int)MIN(req->authority.len, 253u), req->authority.base);
     rec->service = svc->name;
+    if ((why = misdirected(req, c, svc)))
+        return respond_error(req, rec, 421, "misdirected", "%s", why);
 
     /* one normalisation: decided and forwarded */
     char *target = h2o_mem_alloc_pool(&req->pool, req->path.len + 1);
@@ -1263,6 +1320,57 @@ void proxy_register(h2o_pathconf_t *pathconf, void *userdata)
 
 /* ---- TLS: a service host's own certificate by SNI ---- */
 
+/* The listener's TLS context (proxy_configure_tls), by which the SSL of a
+ * connection is recognised (ssl_of). */
+static SSL_CTX *listener_tls;
+
+/* The prefix of h2o 2.2's private struct st_h2o_socket_ssl_t (socket.c):
+ * the context a connection was accepted with, then its SSL. h2o offers no
+ * accessor for the SSL (nor its SNI); ssl_of() trusts this layout only
+ * when the context found there is the listener's. */
+struct h2o_socket_ssl_prefix {
+    SSL_CTX *ssl_ctx;
+    SSL *ossl;
+};
+
+/* The SSL of REQ's TLS connection, or NULL (with *RET_UNKNOWN set when
+ * the connection is TLS but its SSL cannot be found). */
+static SSL *ssl_of(h2o_req_t *req, bool *ret_unknown)
+{
+    *ret_unknown = false;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    if (!sock || !sock->ssl)
+        return NULL;
+    const struct h2o_socket_ssl_prefix *p = (const void *)sock->ssl;
+    if (!listener_tls || p->ssl_ctx != listener_tls || !p->ossl) {
+        *ret_unknown = true;
+        return NULL;
+    }
+    return p->ossl;
+}
+
+/* Whether the TLS connection of REQ was opened (SNI) for another service
+ * than SVC, the one its Host routes to in C: then the answer is 421
+ * Misdirected Request (RFC 9110, 15.5.20), as a browser that reused a
+ * connection for another host expects. A connection without SNI (a client
+ * that dialled an address) names no service. Returns the reason, or NULL. */
+static const char *misdirected(h2o_req_t *req, const proxy_config *c, const proxy_service *svc)
+{
+    if (req->scheme != &H2O_URL_SCHEME_HTTPS)
+        return NULL;
+    bool unknown;
+    SSL *ssl = ssl_of(req, &unknown);
+    if (unknown)
+        return "the proxy cannot tell which host this TLS connection was opened for";
+    const char *sni = ssl ? SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) : NULL;
+    if (!sni)
+        return NULL;
+    if (proxy_config_route(c, sni, strlen(sni)) != svc)
+        return "this TLS connection was opened (SNI) for another host than the request's Host: open a new "
+               "connection to that host";
+    return NULL;
+}
+
 static int on_servername(SSL *ssl, int *alert, void *arg)
 {
     const proxy_settings *s = arg;
@@ -1285,6 +1393,7 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
 
 int proxy_configure_tls(SSL_CTX *ctx, void *userdata)
 {
+    listener_tls = ctx;
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
     SSL_CTX_set_tlsext_servername_arg(ctx, userdata);
     return 0;

@@ -1,4 +1,4 @@
-/* Unit tests of the proxy's Cookie header handling. */
+/* Unit tests of the proxy's Cookie and Set-Cookie header handling. */
 #include <criterion/criterion.h>
 #include <string.h>
 
@@ -59,4 +59,37 @@ Test(cookie, output_never_exceeds_twice_the_input)
     size_t n = proxy_cookie_strip(h, strlen(h), NAME, strlen(NAME), out);
     cr_expect(n <= 2 * strlen(h));
     cr_expect_str_eq((out[n] = 0, out), "a; b; c; d; e; f; g");
+}
+
+static const char *const OURS[] = {"cloister_session", "cloister_login", NULL};
+
+static void expect_ours(const char *set_cookie, bool want)
+{
+    cr_expect(proxy_set_cookie_is_ours(set_cookie, strlen(set_cookie), OURS) == want, "%s: %s", set_cookie,
+              want ? "passed" : "dropped");
+}
+
+Test(set_cookie, recognises_ours_under_any_prefix_and_case)
+{
+    expect_ours("cloister_session=attacker; Path=/", true);
+    expect_ours("cloister_login=x; Path=/.cloister/; Domain=localhost", true);
+    expect_ours("  cloister_session = x", true);
+    expect_ours("cloister_session=", true);
+    expect_ours("__Host-cloister_session=x; Secure; Path=/", true);
+    expect_ours("__Secure-cloister_login=x; Secure", true);
+    expect_ours("__host-CLOISTER_SESSION=x", true);
+    expect_ours("Cloister_Session=x", true);
+    expect_ours("cloister_session", true); /* no '=': a nameless value, sent back as a bare name */
+    expect_ours("cloister_login; Path=/", true);
+}
+
+Test(set_cookie, passes_every_other_cookie)
+{
+    expect_ours("theme=dark; Path=/", false);
+    expect_ours("cloister_sessionx=1", false);
+    expect_ours("x_cloister_session=1", false);
+    expect_ours("__Host-theme=1; Secure; Path=/", false);
+    expect_ours("__Host-__Secure-cloister_session=1", false);
+    expect_ours("x; cloister_session=1", false);     /* the attributes are not the name */
+    expect_ours("", false);
 }

@@ -1,9 +1,14 @@
-#include "api/handoff.h"
+/* The browser login, both halves (see handoff.h). */
+#include "auth/handoff.h"
 
 #include <errno.h>
 #include <jansson.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/kdf.h>
+#include <openssl/sha.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +20,9 @@
 #define HANDOFF_AAD "cloister-handoff-v1"
 #define HANDOFF_IV_LEN 12
 #define HANDOFF_TAG_LEN 16
-#define HANDOFF_NONCE_LEN 16 /* bytes; 32 hex digits */
+#define HANDOFF_NONCE_LEN 16 /* bytes; HANDOFF_NONCE_HEX_MAX hex digits */
+#define LOGIN_LINK_LABEL "cloister-login-link-v1" /* HKDF info of the login link MAC key */
+#define LOGIN_LINK_SKEW_S 60 /* an exp this far beyond the TTL is still the proxy's clock */
 
 static bool is_alnum(char c)
 {
@@ -172,6 +179,94 @@ bool login_bind_valid(const char *text)
     return true;
 }
 
+void login_bind_of(const char *cookie, size_t len, char ret[LOGIN_BIND_LEN + 1])
+{
+    uint8_t digest[SHA256_DIGEST_LENGTH];
+    SHA256((const uint8_t *)cookie, len, digest);
+    hex_encode(digest, sizeof(digest), ret);
+}
+
+/* The login link MAC key: HKDF-SHA256 of the handoff KEY with its own
+ * label (no salt), into OUT. Returns 0 or -EIO. */
+static int link_key(const uint8_t key[HANDOFF_KEY_LEN], uint8_t out[SHA256_DIGEST_LENGTH])
+{
+    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+    EVP_KDF_CTX *ctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)key, HANDOFF_KEY_LEN),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)LOGIN_LINK_LABEL, strlen(LOGIN_LINK_LABEL)),
+        OSSL_PARAM_construct_end(),
+    };
+    bool ok = ctx && EVP_KDF_derive(ctx, out, SHA256_DIGEST_LENGTH, params) == 1;
+    EVP_KDF_CTX_free(ctx);
+    EVP_KDF_free(kdf);
+    return ok ? 0 : -EIO;
+}
+
+int login_link_mac(const uint8_t key[HANDOFF_KEY_LEN], const char *url, const char *bind, int64_t exp,
+                   char ret[LOGIN_MAC_LEN + 1])
+{
+    if (!url || !login_bind_valid(bind))
+        return -EINVAL;
+    uint8_t mkey[SHA256_DIGEST_LENGTH], mac[SHA256_DIGEST_LENGTH];
+    if (link_key(key, mkey) < 0)
+        return -EIO;
+    /* url, bind and exp, each ended by a NUL: an rd never holds one */
+    char exp_text[24];
+    int n = snprintf(exp_text, sizeof(exp_text), "%lld", (long long)exp);
+    size_t ulen = strlen(url), blen = strlen(bind), len = ulen + 1 + blen + 1 + (size_t)n;
+    uint8_t *msg = malloc(len);
+    unsigned mac_len = 0;
+    bool ok = msg != NULL;
+    if (ok) {
+        memcpy(msg, url, ulen + 1);
+        memcpy(msg + ulen + 1, bind, blen + 1);
+        memcpy(msg + ulen + 1 + blen + 1, exp_text, (size_t)n);
+        ok = HMAC(EVP_sha256(), mkey, sizeof(mkey), msg, len, mac, &mac_len) && mac_len == sizeof(mac);
+    }
+    free(msg);
+    OPENSSL_cleanse(mkey, sizeof(mkey));
+    if (!ok)
+        return msg ? -EIO : -ENOMEM;
+    hex_encode(mac, sizeof(mac), ret);
+    return 0;
+}
+
+int login_link_check(const uint8_t key[HANDOFF_KEY_LEN], const char *url, const char *bind, const char *exp_text,
+                     const char *mac, int64_t now, const char **why)
+{
+    const char *dummy;
+    if (!why)
+        why = &dummy;
+    size_t n = exp_text ? strlen(exp_text) : 0;
+    if (n == 0 || n > 12 || strspn(exp_text, "0123456789") != n || !mac || strlen(mac) != LOGIN_MAC_LEN ||
+        !login_bind_valid(bind)) {
+        *why = "a login with rd needs the bind, exp and mac the proxy issues: start the login from the service's "
+               "address";
+        return -EINVAL;
+    }
+    int64_t exp = strtoll(exp_text, NULL, 10);
+    char want[LOGIN_MAC_LEN + 1];
+    int r = login_link_mac(key, url, bind, exp, want);
+    if (r < 0) {
+        *why = "the login link could not be checked";
+        return r;
+    }
+    bool same = memeq_consttime(want, mac, LOGIN_MAC_LEN);
+    OPENSSL_cleanse(want, sizeof(want));
+    if (!same) {
+        *why = "the login link was not issued by the proxy (its rd, bind or exp changed): start the login from the "
+               "service's address";
+        return -EKEYREJECTED;
+    }
+    if (exp < now || exp > now + LOGIN_LINK_TTL_S + LOGIN_LINK_SKEW_S) {
+        *why = "the login link has expired: open the service's address again to log in";
+        return -ETIMEDOUT;
+    }
+    return 0;
+}
+
 int handoff_seal(const uint8_t key[HANDOFF_KEY_LEN], const char *token, const char *host, const char *path,
                  const char *bind, int64_t exp, char **ret)
 {
@@ -212,5 +307,86 @@ int handoff_seal(const uint8_t key[HANDOFF_KEY_LEN], const char *token, const ch
         return r;
     }
     *ret = out;
+    return 0;
+}
+
+/* Decrypts the LEN bytes at RAW (IV || ciphertext || tag) under KEY into
+ * PLAIN (capacity LEN). Returns the plaintext's length, or -EBADMSG. */
+static long gcm_open(const uint8_t *key, const uint8_t *raw, size_t len, uint8_t *plain)
+{
+    if (len < HANDOFF_IV_LEN + HANDOFF_TAG_LEN + 2 || len > INT32_MAX)
+        return -EBADMSG;
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int out = 0, fin = 0;
+    int clen = (int)(len - HANDOFF_IV_LEN - HANDOFF_TAG_LEN);
+    bool ok = ctx && EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
+              EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, HANDOFF_IV_LEN, NULL) == 1 &&
+              EVP_DecryptInit_ex(ctx, NULL, NULL, key, raw) == 1 &&
+              EVP_DecryptUpdate(ctx, NULL, &out, (const uint8_t *)HANDOFF_AAD, (int)strlen(HANDOFF_AAD)) == 1 &&
+              EVP_DecryptUpdate(ctx, plain, &out, raw + HANDOFF_IV_LEN, clen) == 1 &&
+              EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, HANDOFF_TAG_LEN, (void *)(raw + len - HANDOFF_TAG_LEN)) == 1 &&
+              EVP_DecryptFinal_ex(ctx, plain + out, &fin) == 1;
+    EVP_CIPHER_CTX_free(ctx);
+    return ok ? (long)(out + fin) : -EBADMSG;
+}
+
+/* Whether S can go in a header value as is: printable ASCII, no spaces. */
+static bool header_safe(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
+            return false;
+    return true;
+}
+
+void handoff_claims_done(handoff_claims *c)
+{
+    if (c->token)
+        OPENSSL_cleanse((char *)c->token, strlen(c->token));
+    json_decref(c->doc);
+    *c = (handoff_claims){0};
+}
+
+int handoff_open(const uint8_t key[HANDOFF_KEY_LEN], const char *enc, size_t len, handoff_claims *ret,
+                 const char **why)
+{
+    const char *dummy;
+    if (!why)
+        why = &dummy;
+    static const char malformed[] = "the login handoff is missing, malformed or not for this proxy; log in again";
+    if (!enc || len == 0 || len > HANDOFF_ENCODED_MAX) {
+        *why = malformed;
+        return -EBADMSG;
+    }
+    uint8_t *raw = malloc(len), *plain = malloc(len);
+    long n = raw && plain ? base64_decode(enc, len, raw, len, true) : -ENOMEM;
+    long plen = n >= 0 ? gcm_open(key, raw, (size_t)n, plain) : -EBADMSG;
+    json_t *doc = plen >= 0 ? json_loadb((const char *)plain, (size_t)plen, JSON_REJECT_DUPLICATES, NULL) : NULL;
+    if (plain)
+        OPENSSL_cleanse(plain, len);
+    free(raw);
+    free(plain);
+    if (!doc) {
+        *why = malformed;
+        return -EBADMSG;
+    }
+    handoff_claims c = {
+        .doc = doc,
+        .token = json_string_value(json_object_get(doc, "token")),
+        .host = json_string_value(json_object_get(doc, "host")),
+        .path = json_string_value(json_object_get(doc, "path")),
+        .nonce = json_string_value(json_object_get(doc, "nonce")),
+        .bind = json_string_value(json_object_get(doc, "bind")),
+        .exp = json_integer_value(json_object_get(doc, "exp")),
+    };
+    if (!c.token || !c.host || !c.path || !c.nonce || !json_is_integer(json_object_get(doc, "exp")) ||
+        strlen(c.nonce) == 0 || strlen(c.nonce) > HANDOFF_NONCE_HEX_MAX || c.path[0] != '/' || c.path[1] == '/' ||
+        c.path[1] == '\\' || !header_safe(c.path) || !header_safe(c.token) || strchr(c.token, ';') ||
+        !login_bind_valid(c.bind)) {
+        handoff_claims_done(&c);
+        *why = "the login handoff is incomplete";
+        return -EINVAL;
+    }
+    *ret = c;
     return 0;
 }

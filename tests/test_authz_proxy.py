@@ -1,0 +1,358 @@
+"""Issue 13, the proxy's findings, each as the attacker's steps, against the
+real cloisterd, a real upstream (echo_upstream.py) and, for the browser
+login, the npm oidc-provider (the fixtures and helpers of
+test_browser_login.py):
+
+- finding 5, login hijack: a Service writer whose Service's host reaches
+  their own server crafts a login link with their own rd and bind; the API
+  refuses it (the rd/bind pair must carry the proxy's mac), the proxy does
+  not issue one for a port it does not serve, and the victim's handoff never
+  reaches the attacker; the normal browser login still works.
+- finding 10: an upstream's Set-Cookie of the proxy's own cookies is
+  dropped (other cookies pass); a TLS connection opened (SNI) for one
+  service cannot carry requests for another (421); the proxy's connection
+  cap is below its descriptor limit, so a flood of connections leaves it
+  serving (no EMFILE loop).
+- finding 11: ctx.session.authMethod is the session's real method."""
+import hashlib
+import http.client
+import json
+import re
+import select
+import socket
+import ssl
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+import requests
+
+from conftest import Server, free_port, manifest
+from echo_upstream import EchoUpstream
+from test_browser_login import (DOMAIN, Env, audit_entries, cookie_of, handoff_url, link_mac, login_at_api,
+                                login_to_handoff, set_cookies, start_cluster)
+from test_oidc import node_modules  # noqa: F401
+
+ATTACKER_BIND = hashlib.sha256(b"the attacker's own login cookie").hexdigest()
+
+
+def token_login(s, credential):
+    """An access token of CREDENTIAL's user: the admin mints the credential's
+    token, which opens a token session (authMethod "token")."""
+    tok = s.request("POST", "/v1/tokens", json={"credential": credential})
+    assert tok.status_code in (200, 201), tok.text
+    r = s.request("POST", "/v1/auth/token", token="", json={"token": tok.json()["token"]})
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
+
+
+class Tenant(Env):
+    """The browser-login environment, with the attacker's server, the HTTPS
+    listener and a token user beside it."""
+
+    def __init__(self, server, upstream, provider, http_port, verify, attacker, attacker_port, https_port):
+        super().__init__(server, upstream, provider, http_port, verify)
+        self.attacker = attacker  # the attacker's own server: whatever reaches it, they have
+        self.attacker_port = attacker_port
+        self.https_port = https_port
+        self.tokens = {}
+
+    def bearer(self, path, token, host=None):
+        """An API client's GET on the proxy's plain-HTTP listener with TOKEN."""
+        h = {"Host": host or self.host, "Authorization": f"Bearer {token}"}
+        return requests.get(f"http://127.0.0.1:{self.http_port}{path}", headers=h, allow_redirects=False, timeout=30)
+
+    def attacker_saw(self):
+        return [r for r in self.attacker.requests if "ambiguous" not in r]
+
+
+@pytest.fixture(scope="module")
+def tenant(node_modules, tmp_path_factory):  # noqa: F811
+    https_port = free_port()
+    s, up, up_port, provider, http_port, bundle, idp = start_cluster(tmp_path_factory.mktemp("authz-proxy"),
+                                                                      https_port)
+    attacker = EchoUpstream()
+    attacker_port = attacker.start()
+    allow = lambda cond: {"rules": [{"effect": "allow", "priority": 0, "condition": {"match": cond}}]}  # noqa: E731
+    r = s.request("POST", "/v1/apply", json={"items": idp + [
+        manifest("Group", "devs", {}),
+        manifest("Policy", "devs-read", allow('"devs" in ctx.user.groups && ctx.request.http.method in ["GET", "HEAD"]')),
+        manifest("Policy", "sso-only", allow('ctx.session.authMethod == "oidc"')),
+        manifest("Service", "wiki", {"upstream": {"url": f"http://127.0.0.1:{up_port}"}, "policies": ["devs-read"]}),
+        manifest("Service", "vault", {"upstream": {"url": f"http://127.0.0.1:{up_port}"}, "policies": ["devs-read"]}),
+        manifest("Service", "sso", {"upstream": {"url": f"http://127.0.0.1:{up_port}"}, "policies": ["sso-only"]}),
+        # a token user of the devs, and the attacker: a Service writer
+        manifest("User", "tina", {"type": "human", "groups": ["devs"]}),
+        manifest("Credential", "tina-cli", {"user": "tina", "type": "authToken"}),
+        manifest("Policy", "svcwriter", allow('ctx.request.api.kind == "Service" && '
+                                              'ctx.request.api.verb in ["create", "update"]')),
+        manifest("User", "svcwriter", {"type": "human", "policies": ["svcwriter"]}),
+        manifest("Credential", "svcwriter-cli", {"user": "svcwriter", "type": "authToken"}),
+    ]})
+    assert r.status_code == 200, r.text
+    t = Tenant(s, up, provider, http_port, bundle, attacker, attacker_port, https_port)
+    t.tokens["tina"] = token_login(s, "tina-cli")
+    t.tokens["svcwriter"] = token_login(s, "svcwriter-cli")
+    deadline = time.time() + 15
+    while t.bearer("/", t.tokens["tina"]).status_code != 200:
+        assert time.time() < deadline, "the proxy never served wiki"
+        time.sleep(0.1)
+    yield t
+    provider.stop()
+    s.stop()
+    up.stop()
+    attacker.stop()
+
+
+# ---- finding 5: a Service writer hijacks logins ----
+
+
+def test_login_links_are_the_proxys_not_the_attackers(tenant):
+    t = tenant
+    s = t.s
+    atk_port = t.attacker_port
+    # 1. the attacker, a Service writer, adds a Service whose host reaches
+    #    their own server: mallory.localhost on the port their server listens on
+    r = s.request("POST", "/v1/services", token=t.tokens["svcwriter"], json=manifest(
+        "Service", "mallory", {"upstream": {"url": f"http://127.0.0.1:{atk_port}"}}))
+    assert r.status_code in (200, 201), r.text
+    rd = f"http://mallory.{DOMAIN}:{atk_port}/steal"
+    login = "/v1/auth/login?rd=" + quote(rd, safe="") + "&bind=" + ATTACKER_BIND
+
+    # 2. a link with their own rd and bind: refused before any provider is involved
+    for path in (login, login.replace("/v1/auth/login", "/v1/auth/oidc/test/login")):
+        r = t.api(path)
+        assert r.status_code == 400, r.text
+        assert "mac" in r.json()["error"]["message"] and "Location" not in r.headers
+        # a mac of their own making is no better, and is audited as a forged login link
+        r = t.api(path + f"&exp={int(time.time()) + 300}&mac=" + "0" * 64)
+        assert r.status_code == 400 and "not issued by the proxy" in r.json()["error"]["message"], r.text
+        assert "Location" not in r.headers
+    deadline = time.time() + 15
+    while not [x for x in audit_entries(s, "auth.login") if x.get("outcome") == "denied"
+               and "not issued by the proxy" in json.dumps(x)]:
+        assert time.time() < deadline, "the forged login link is not in the audit log"
+        time.sleep(0.3)
+
+    # 3. nor does a real link of theirs help once its rd or bind is changed
+    deadline = time.time() + 15
+    while (r := t.proxy("/x", host=f"mallory.{DOMAIN}:{t.http_port}")).status_code == 404:
+        assert time.time() < deadline, "the proxy never routed mallory"
+        time.sleep(0.1)
+    assert r.status_code == 302, r.text
+    issued = parse_qs(urlsplit(r.headers["Location"]).query)
+    real = {k: v[0] for k, v in issued.items()}
+    for changed in ({"rd": rd}, {"bind": ATTACKER_BIND}, {"exp": str(int(real["exp"]) + 1)},
+                    {"rd": f"http://wiki.{DOMAIN}:{t.http_port}/x"}):
+        q = dict(real, **changed)
+        r = t.api("/v1/auth/login?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in q.items()))
+        assert r.status_code == 400 and "not issued by the proxy" in r.json()["error"]["message"], (changed, r.text)
+    # an expired one, even with the proxy's mac
+    r = t.api("/v1/auth/login?rd=" + quote(real["rd"], safe="") + "&bind=" + real["bind"] +
+              link_mac(s, real["rd"], real["bind"], exp=int(time.time()) - 5))
+    assert r.status_code == 400 and "expired" in r.json()["error"]["message"], r.text
+
+    # 4. the proxy issues no link for a port it does not serve (the attacker's server)
+    r = t.proxy("/steal", host=f"mallory.{DOMAIN}:{atk_port}")
+    assert r.status_code == 421, r.text
+    assert r.json()["error"]["code"] == "misdirected" and "Location" not in r.headers
+    assert "cloister_login" not in set_cookies(r)
+
+    # 5. the link the proxy does issue for their Service names the proxy: a
+    #    victim who follows it logs in, and the handoff lands in the victim's
+    #    browser at the proxy, which refuses it without the attacker's login
+    #    cookie; the attacker's server sees nothing of it
+    r = t.proxy("/steal", host=f"mallory.{DOMAIN}:{t.http_port}")
+    assert r.status_code == 302 and r.headers["Location"].startswith(f"{s.url}/v1/auth/login?"), r.text
+    victim = login_at_api(t, r.headers["Location"][len(s.url):])  # the victim's browser, without the cookie
+    loc = handoff_url(victim)
+    assert loc.startswith(f"http://mallory.{DOMAIN}:{t.http_port}/.cloister/callback?"), loc
+    u = urlsplit(loc)
+    r = t.proxy(f"{u.path}?{u.query}", host=u.netloc, cookie="theme=dark")
+    assert r.status_code == 400 and "another browser" in r.json()["error"]["message"], r.text
+    assert "cloister_session" not in set_cookies(r)
+    assert t.attacker_saw() == [], t.attacker_saw()
+
+    # the legitimate login beside it still works
+    loc = handoff_url(login_to_handoff(t, "/docs"))
+    r = t.follow(loc)
+    assert r.status_code == 302 and r.headers["Location"] == "/docs"
+    _, token = cookie_of(r)
+    r = t.proxy("/docs", cookie=f"cloister_session={token}")
+    assert r.status_code == 200, r.text
+    assert t.attacker_saw() == []
+
+
+# ---- finding 10: upstream Set-Cookie of our cookies ----
+
+
+def test_upstream_cannot_set_the_proxys_cookies(tenant):
+    t = tenant
+    ours = ["cloister_session=attacker-session; Path=/", "cloister_login=0123; Path=/.cloister/",
+            "__Host-cloister_session=x; Secure; Path=/", "__Secure-cloister_login=x; Secure",
+            "CLOISTER_SESSION=x; Domain=localhost", "cloister_session"]
+    theirs = ["theme=dark; Path=/", "__Host-csrf=abc; Secure; Path=/", "cloister_sessionx=1", "x_cloister_login=2"]
+    q = "&".join("c=" + quote(v, safe="") for v in ours + theirs)
+    r = t.bearer(f"/set-cookie?{q}", t.tokens["tina"])
+    assert r.status_code == 200, r.text
+    got = r.raw.headers.getlist("Set-Cookie")
+    assert got == theirs, got
+    # the upstream did send them all: the proxy dropped ours
+    assert t.up.requests and t.up.requests[-1]["target"].startswith("/set-cookie?")
+    assert "dropped an upstream's Set-Cookie" in t.s.read_log()
+
+
+# ---- finding 10: TLS SNI and Host naming different services ----
+
+
+def tls_get(t, sni, host, token):
+    """One HTTP/1.1 request over TLS with server_hostname SNI and Host HOST;
+    returns (status, headers text, body)."""
+    ctx = ssl.create_default_context(cafile=t.s.ca)
+    with socket.create_connection(("127.0.0.1", t.https_port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=sni) as s:
+            s.sendall((f"GET /sni HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+                       "Accept: application/json\r\nConnection: close\r\n\r\n").encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), head.decode("latin-1"), body
+
+
+def test_sni_and_host_must_name_the_same_service(tenant):
+    t = tenant
+    tok = t.tokens["tina"]
+    t.up.clear()
+    # a connection opened for wiki cannot carry a request for vault
+    status, head, body = tls_get(t, f"wiki.{DOMAIN}", f"vault.{DOMAIN}:{t.https_port}", tok)
+    assert status == 421, (head, body)
+    assert "application/json" in head
+    err = json.loads(body)["error"]
+    assert err["code"] == "misdirected" and "SNI" in err["message"], err
+    assert t.up.requests == []
+    # the same service in another case, with or without the port, is fine
+    for host in (f"wiki.{DOMAIN}:{t.https_port}", f"WIKI.{DOMAIN.upper()}:{t.https_port}", f"wiki.{DOMAIN}"):
+        status, head, body = tls_get(t, f"wiki.{DOMAIN}", host, tok)
+        assert status == 200, (host, head, body)
+    status, _, _ = tls_get(t, f"vault.{DOMAIN}", f"vault.{DOMAIN}", tok)
+    assert status == 200
+
+
+# ---- finding 11: ctx.session.authMethod ----
+
+
+def test_auth_method_is_the_sessions_real_method(tenant):
+    t = tenant
+    host = f"sso.{DOMAIN}:{t.http_port}"
+    # the browser login (OIDC) is allowed by `ctx.session.authMethod == "oidc"`
+    loc = handoff_url(login_to_handoff(t, "/home", host=host))
+    r = t.follow(loc)
+    assert r.status_code == 302, r.text
+    _, oidc_token = cookie_of(r)
+    r = t.proxy("/home", host=host, cookie=f"cloister_session={oidc_token}")
+    assert r.status_code == 200, r.text
+    # so is the same OIDC session's token sent as a bearer token (the method, not the transport)
+    assert t.bearer("/home", oidc_token, host=host).status_code == 200
+    # a token login of the same user is not OIDC: denied
+    r = t.s.request("POST", "/v1/apply", json={"items": [
+        manifest("Credential", "alice-cli", {"user": "alice", "type": "authToken"})]})
+    assert r.status_code == 200, r.text
+    token = token_login(t.s, "alice-cli")
+    deadline = time.time() + 15
+    while (r := t.bearer("/home", token, host=host)).status_code == 401:  # the session is on its way to the proxy
+        assert time.time() < deadline, r.text
+        time.sleep(0.1)
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "forbidden"
+    # and the session documents say why: the method the API recorded
+    sessions = {x["metadata"]["name"]: x["spec"]["authMethod"]
+                for x in t.s.request("GET", "/v1/sessions").json()["items"]}
+    assert "token" in sessions.values() and "oidc" in sessions.values()
+
+
+# ---- finding 10: the proxy's connection cap below its descriptor limit ----
+
+NOFILE = 256
+
+
+@pytest.fixture
+def low_fd(tmp_path):
+    up = EchoUpstream()
+    up_port = up.start()
+    http_port = free_port()
+    s = Server(tmp_path / "data", prefix=["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"],
+               extra_args=["--proxy-http-listen", f"127.0.0.1:{http_port}", "--domain", DOMAIN]).start()
+    r = s.request("POST", "/v1/apply", json={"items": [
+        manifest("User", "tina", {"type": "human"}),
+        manifest("Credential", "tina-cli", {"user": "tina", "type": "authToken"}),
+        manifest("Policy", "all", {"rules": [{"effect": "allow", "priority": 0,
+                                              "condition": {"match": "true"}}]}),
+        manifest("Service", "wiki", {"upstream": {"url": f"http://127.0.0.1:{up_port}"}, "policies": ["all"]}),
+    ]})
+    assert r.status_code == 200, r.text
+    yield s, http_port, token_login(s, "tina-cli")
+    s.stop()
+    up.stop()
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+
+
+def test_connection_flood_leaves_the_proxy_serving(low_fd):
+    s, port, token = low_fd
+    pid = s.role_pid("proxy")
+    assert int(Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[0]) == NOFILE
+    m = re.search(r'"msg":"proxy connection cap"[^\n]*"maxConnections":"(\d+)"[^\n]*"descriptorLimit":"(\d+)"',
+                  s.read_log())
+    assert m, s.read_log()[-3000:]
+    cap = int(m.group(1))
+    assert int(m.group(2)) == NOFILE and 0 < cap <= (NOFILE - 64) // 2
+
+    def get(conn):
+        conn.request("GET", "/ok", headers={"Host": f"wiki.{DOMAIN}", "Authorization": f"Bearer {token}"})
+        r = conn.getresponse()
+        r.read()
+        return r.status
+
+    deadline = time.time() + 15
+    while (first := http.client.HTTPConnection("127.0.0.1", port, timeout=10)) and get(first) != 200:
+        assert time.time() < deadline, "the proxy never served wiki"
+        first.close()
+        time.sleep(0.1)
+    # a flood of more connections than the descriptor limit: those over the
+    # cap are closed at once, the rest are held
+    cpu_before = cpu_seconds(pid)
+    flood = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(NOFILE + 100)]
+    closed = set()
+    deadline = time.time() + 20
+    while len(flood) - len(closed) > cap:
+        assert time.time() < deadline, f"{len(flood) - len(closed)} connections held, cap {cap}"
+        readable, _, _ = select.select([c for c in flood if c not in closed], [], [], 0.5)
+        for c in readable:
+            if c.recv(1) == b"":
+                closed.add(c)
+    # the connection opened before the flood is still served, and the proxy
+    # is not spinning on accept() (an EMFILE loop burns a core)
+    assert get(first) == 200
+    assert cpu_seconds(pid) - cpu_before < 3.0
+    for c in flood:
+        c.close()
+    first.close()
+    # afterwards a new connection is served by the same process
+    deadline = time.time() + 15
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            if get(conn) == 200:
+                break
+        except (ConnectionError, http.client.HTTPException):
+            pass
+        assert time.time() < deadline, "the proxy did not serve after the flood"
+        time.sleep(0.1)
+    conn.close()
+    assert s.role_pid("proxy") == pid
+    assert "Too many open files" not in s.read_log()
