@@ -4,7 +4,9 @@ evidence over the channel, obtains a Key by attestation into
 /run/secrets/model.key, starts the workload and serves attested TLS whose
 certificate carries the evidence. The test checks the certificate with
 `cloister attest verify`, cbor2 and cryptography, reaches the workload
-through the TLS connection, and shows that a changed bundle gets no key."""
+through the TLS connection, and shows that a changed bundle gets no key.
+Sandboxes are Enclaves' replicas, launched through the API (only the api
+role may use the runner's socket)."""
 import base64
 import hashlib
 import json
@@ -22,7 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from conftest import BUILD, CLOISTER, SANITIZER_MARKERS, manifest, sanitizer_env
-from test_runner import UnixHTTPConnection, call, launch
+from test_audit import all_entries
+from test_runner import channel, launch, remove, wait_for
 
 OID = "1.3.6.1.4.1.999999.1.1"
 AGENT = BUILD / "src" / "agent" / "cloister-agent"
@@ -131,20 +134,16 @@ def wait_served(path, timeout=30):
     raise AssertionError(f"no answer through aTLS at {path}: {last}")
 
 
-def entry(server, name):
-    status, listed = call(server, "GET", "/v1/sandboxes")
-    assert status == 200
-    return next((i for i in listed["items"] if i["name"] == name), None), listed.get("exited", [])
+def atls_path(server, replica):
+    return str(server.data_dir / "runner" / replica / "atls.sock")
 
 
-def wait_exited(server, name, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        running, exited = entry(server, name)
-        if running is None:
-            return next((x for x in exited if x["name"] == name), None)
-        time.sleep(0.2)
-    raise AssertionError(f"sandbox {name} still runs")
+def wait_crashed(server, replica, timeout=30):
+    """How REPLICA's sandbox ended, from the controller's enclave.replica.crashed entry."""
+    def crashed():
+        return [e for e in all_entries(server)
+                if e["action"] == "enclave.replica.crashed" and e["details"].get("replica") == replica]
+    return wait_for(crashed, timeout=timeout, what=f"{replica} exited")[0]["details"]["how"]
 
 
 def evidence_of(cert_der):
@@ -179,9 +178,7 @@ def enclave(server, tmp_path):
             manifest("Key", "other-key", {"purpose": "encrypt", "release": {"attestationPolicy": "scorer"}})]
     r = server.request("POST", "/v1/apply", json={"items": docs})
     assert r.status_code == 200, r.text
-    status, launched = launch(server, "scorer", bundle,
-                              agent={"secrets": [{"key": "model-key", "file": "model.key"}]})
-    assert status == 201, launched
+    launched, _ = launch(server, "scorer", bundle, secrets=[{"key": "model-key", "file": "model.key"}])
     yield server, bundle, pcr0, launched
     # the agents ran sanitized too: their reports land in the sandboxes' logs
     server.stop()
@@ -193,10 +190,7 @@ def enclave(server, tmp_path):
 
 def test_the_workload_gets_its_key_and_serves_attested_tls(enclave, tmp_path):
     server, bundle, pcr0, launched = enclave
-    item, _ = entry(server, "scorer")
-    assert item["agent"] is True and item["secrets"] == [{"key": "model-key", "file": "model.key"}]
-    atls = item["atls"]
-    assert atls == str(server.data_dir / "runner" / "scorer" / "atls.sock")
+    atls = atls_path(server, "scorer-1")
     assert os.stat(atls).st_mode & 0o777 == 0o600
     # PCR3 measures the agent the runner bound into the sandbox
     assert launched["pcrs"]["3"] == hashlib.sha384(AGENT.read_bytes()).hexdigest()
@@ -212,7 +206,7 @@ def test_the_workload_gets_its_key_and_serves_attested_tls(enclave, tmp_path):
         assert get(tls)["sha256"] == answer["sha256"]
     evidence, spki, cert = evidence_of(cert_der)
     claims = verify_cli(server, evidence, tmp_path)
-    assert claims["sandbox"] is True and claims["module_id"] == "sandbox-scorer"
+    assert claims["sandbox"] is True and claims["module_id"] == "sandbox-scorer-1"
     assert claims["public_key"] == spki.hex()
     assert claims["pcrs"]["0"] == pcr0 == launched["pcrs"]["0"]
     assert claims["pcrs"]["3"] == launched["pcrs"]["3"]
@@ -226,7 +220,7 @@ def test_the_workload_gets_its_key_and_serves_attested_tls(enclave, tmp_path):
     assert OID in text
 
     # the key never reached the logs
-    log = (server.data_dir / "runner" / "scorer.log").read_text()
+    log = (server.data_dir / "runner" / "scorer-1.log").read_text()
     assert "secrets released" in log and "workload started" in log
     releases = [json.loads(l) for l in log.splitlines() if l.startswith("{")]
     assert all("plaintext" not in json.dumps(l) for l in releases)
@@ -234,36 +228,33 @@ def test_the_workload_gets_its_key_and_serves_attested_tls(enclave, tmp_path):
 
 def test_a_client_nonce_is_carried_in_the_certificate(enclave, tmp_path):
     server, _, _, _ = enclave
-    item, _ = entry(server, "scorer")
-    wait_served(item["atls"])
+    atls = atls_path(server, "scorer-1")
+    wait_served(atls)
     nonce = os.urandom(32)
     sni = f"{nonce[:16].hex()}.{nonce[16:].hex()}.nonce.atls"
-    with connect_atls(item["atls"], sni=sni) as tls:
+    with connect_atls(atls, sni=sni) as tls:
         evidence, spki, _ = evidence_of(tls.getpeercert(binary_form=True))
         assert get(tls)["size"] == 32
     claims = verify_cli(server, evidence, tmp_path)
     assert claims["nonce"] == nonce.hex() and claims["public_key"] == spki.hex()
     # without one, the periodically renewed certificate carries none
-    with connect_atls(item["atls"]) as tls:
+    with connect_atls(atls) as tls:
         evidence, _, _ = evidence_of(tls.getpeercert(binary_form=True))
     assert verify_cli(server, evidence, tmp_path, "plain.cbor")["nonce"] is None
 
 
 def test_a_second_replica_has_its_own_key_evidence_and_secret(enclave, tmp_path):
     server, bundle, pcr0, _ = enclave
-    status, launched = launch(server, "scorer-b", bundle,
-                              agent={"secrets": [{"key": "model-key", "file": "model.key"}]})
-    assert status == 201, launched
-    a, _ = entry(server, "scorer")
-    b, _ = entry(server, "scorer-b")
-    answer_a, _ = wait_served(a["atls"])
-    answer_b, _ = wait_served(b["atls"])
-    with connect_atls(a["atls"]) as ta, connect_atls(b["atls"]) as tb:
+    launch(server, "scorer-b", bundle, secrets=[{"key": "model-key", "file": "model.key"}])
+    a, b = atls_path(server, "scorer-1"), atls_path(server, "scorer-b-1")
+    answer_a, _ = wait_served(a)
+    answer_b, _ = wait_served(b)
+    with connect_atls(a) as ta, connect_atls(b) as tb:
         ev_a, spki_a, _ = evidence_of(ta.getpeercert(binary_form=True))
         ev_b, spki_b, _ = evidence_of(tb.getpeercert(binary_form=True))
     assert spki_a != spki_b and ev_a != ev_b
     claims_b = verify_cli(server, ev_b, tmp_path)
-    assert claims_b["module_id"] == "sandbox-scorer-b" and claims_b["pcrs"]["0"] == pcr0
+    assert claims_b["module_id"] == "sandbox-scorer-b-1" and claims_b["pcrs"]["0"] == pcr0
     assert claims_b["public_key"] == spki_b.hex()
     # each release is a fresh data key
     assert answer_a["size"] == answer_b["size"] == 32 and answer_a["sha256"] != answer_b["sha256"]
@@ -275,48 +266,42 @@ def test_a_changed_bundle_gets_no_key_and_never_starts(enclave, tmp_path):
     shutil.copytree(bundle, evil)
     app = (evil / "app.py").read_bytes()
     (evil / "app.py").write_bytes(app[:-2] + bytes([app[-2] ^ 0x01]) + app[-1:])  # one byte
-    status, launched = launch(server, "evil", evil, agent={"secrets": [{"key": "model-key", "file": "model.key"}]})
-    assert status == 201, launched
-    exited = wait_exited(server, "evil")
-    assert exited and exited["how"] == "exit status 1", exited
-    log = (server.data_dir / "runner" / "evil.log").read_text()
+    r = server.request("POST", "/v1/apply", json={"items": [manifest(
+        "Enclave", "evil", {"bundle": str(evil), "secrets": [{"key": "model-key", "file": "model.key"}]})]})
+    assert r.status_code == 200, r.text
+    assert wait_crashed(server, "evil-1") == "exit status 1"
+    log = (server.data_dir / "runner" / "evil-1.log").read_text()
     refused = [json.loads(l) for l in log.splitlines() if "key release refused" in l]
     assert refused and refused[0]["key"] == "model-key" and refused[0]["status"] == "403"
     assert "reference values" in refused[0]["reason"], refused[0]
     assert "workload started" not in log
-    assert not (server.data_dir / "runner" / "evil").exists()  # its sockets are gone with it
-
-
-def channel(server, name, method, path, body=None):
-    c = UnixHTTPConnection(f"/proc/self/fd/{os.open(server.data_dir / 'runner' / name, os.O_PATH)}/channel.sock")
-    c.request(method, path, body=json.dumps(body) if body is not None else None,
-              headers={"Content-Type": "application/json"})
-    r = c.getresponse()
-    return r.status, json.loads(r.read())
+    remove(server, "evil")
+    wait_for(lambda: not (server.data_dir / "runner" / "evil-1").exists(),
+             what="its sockets gone with it")
 
 
 def test_the_channel_serves_only_what_an_enclave_may_ask(enclave):
     server, _, _, _ = enclave
     # evidence for this sandbox, never for a name it sends
-    status, ans = channel(server, "scorer", "POST", "/v1/evidence", {"name": "other"})
+    status, ans = channel(server, "scorer-1", "POST", "/v1/evidence", {"name": "other"})
     assert status == 400 and "name is not accepted" in ans["error"]["message"]
-    status, ans = channel(server, "scorer", "POST", "/v1/evidence", {"nonce": "00" * 32})
+    status, ans = channel(server, "scorer-1", "POST", "/v1/evidence", {"nonce": "00" * 32})
     assert status == 200
     payload = cbor2.loads(cbor2.loads(base64.b64decode(ans["document"]))[2])
-    assert payload["module_id"] == "sandbox-scorer" and payload["nonce"] == bytes(32)
+    assert payload["module_id"] == "sandbox-scorer-1" and payload["nonce"] == bytes(32)
     # the runner's own API is not there
-    status, ans = channel(server, "scorer", "POST", "/v1/sandboxes", {"name": "x", "bundle": "/tmp"})
+    status, ans = channel(server, "scorer-1", "POST", "/v1/sandboxes", {"name": "x", "bundle": "/tmp"})
     assert status == 404
-    status, _ = channel(server, "scorer", "GET", "/v1/sandboxes")
+    status, _ = channel(server, "scorer-1", "GET", "/v1/sandboxes")
     assert status == 405
     # key release only for the Keys the sandbox was launched with
-    status, ans = channel(server, "scorer", "POST", "/v1/kms/keys/other-key/release",
+    status, ans = channel(server, "scorer-1", "POST", "/v1/kms/keys/other-key/release",
                           {"type": "sandbox", "evidence": "AA==", "publicKey": "AA=="})
     assert status == 403 and "not among this sandbox's secrets" in ans["error"]["message"]
     # a challenge is forwarded to the API as the runner's identity
-    status, ans = channel(server, "scorer", "POST", "/v1/attest/challenge", {})
+    status, ans = channel(server, "scorer-1", "POST", "/v1/attest/challenge", {})
     assert status == 200 and len(ans["nonce"]) == 64
-    status, ans = channel(server, "scorer", "POST", "/v1/kms/keys/model-key/release",
+    status, ans = channel(server, "scorer-1", "POST", "/v1/kms/keys/model-key/release",
                           {"type": "sandbox", "evidence": "AA==", "publicKey": "AA=="})
     assert status == 403 and "is not released" in ans["error"]["message"]
     # the runner's identity can do nothing else on the API
@@ -327,35 +312,34 @@ def test_the_channel_serves_only_what_an_enclave_may_ask(enclave):
 
 def test_sigterm_is_forwarded_and_a_crash_ends_the_sandbox(enclave):
     server, bundle, _, launched = enclave
-    item, _ = entry(server, "scorer")
-    wait_served(item["atls"])
+    wait_served(atls_path(server, "scorer-1"))
     # a crash of the workload ends the sandbox with its status
     with pytest.raises((OSError, ssl.SSLError, ValueError, AssertionError)):
-        with connect_atls(item["atls"]) as tls:
+        with connect_atls(atls_path(server, "scorer-1")) as tls:
             get(tls, "/crash")
-    assert wait_exited(server, "scorer")["how"] == "exit status 3"
+    assert wait_crashed(server, "scorer-1") == "exit status 3"
     assert not os.path.exists(f"/proc/{launched['pid']}") or \
         open(f"/proc/{launched['pid']}/stat").read().split()[2] == "Z"
     # SIGTERM to the agent reaches the workload, whose status the agent returns
-    status, second = launch(server, "scorer-2", bundle, agent={"secrets": [{"key": "model-key", "file": "model.key"}]})
-    assert status == 201, second
-    wait_served(entry(server, "scorer-2")[0]["atls"])
+    second, _ = launch(server, "scorer-2", bundle, secrets=[{"key": "model-key", "file": "model.key"}])
+    wait_served(atls_path(server, "scorer-2-1"))
     os.kill(second["pid"], signal.SIGTERM)
-    assert wait_exited(server, "scorer-2")["how"] == f"exit status {128 + signal.SIGTERM}"
-    log = (server.data_dir / "runner" / "scorer-2.log").read_text()
+    assert wait_crashed(server, "scorer-2-1") == f"exit status {128 + signal.SIGTERM}"
+    log = (server.data_dir / "runner" / "scorer-2-1.log").read_text()
     assert "stopping the workload" in log
 
 
-@pytest.mark.parametrize("agent,why", [
-    ({"secrets": [{"secret": "db-pass", "file": "db"}]}, "only Keys"),
-    ({"secrets": [{"key": "model-key", "file": "../etc/passwd"}]}, "plain file name"),
-    ({"secrets": [{"key": "model-key", "file": "a"}, {"key": "other-key", "file": "a"}]}, "two secrets"),
-    ({"secrets": [{"key": "Model_Key", "file": "a"}]}, "name of a Key"),
-    ({"secrets": [{"key": f"k{i}", "file": f"f{i}"} for i in range(17)]}, "at most 16"),
-    ({"replicas": 2}, "unknown field"),
-    ("yes", "must be an object"),
+@pytest.mark.parametrize("secrets,why", [
+    ([{"secret": "db-pass", "file": "db"}], "key: required field missing"),
+    ([{"key": "model-key", "file": "../etc/passwd"}], "file: must be 1-253 letters"),
+    ([{"key": "model-key", "file": "a"}, {"key": "other-key", "file": "a"}], "already writes /run/secrets/a"),
+    ([{"key": "Model_Key", "file": "a"}], "must name a Key"),
+    ("yes", "must be an array"),
 ])
-def test_bad_agent_parameters_are_refused(server, tmp_path, agent, why):
+def test_bad_agent_parameters_are_refused(server, tmp_path, secrets, why):
+    """The agent's parameters come from the Enclave's spec, checked by the
+    API before anything reaches the runner (the runner checks them again)."""
     bundle = make_bundle(tmp_path / "bundle")
-    status, ans = launch(server, "bad", bundle, agent=agent)
-    assert status == 400 and why in ans["error"]["message"], ans
+    r = server.request("POST", "/v1/apply", json={"items": [manifest("Enclave", "bad", {"bundle": str(bundle),
+                                                                                         "secrets": secrets})]})
+    assert r.status_code == 400 and why in r.json()["error"]["message"], r.text

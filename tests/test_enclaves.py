@@ -2,9 +2,12 @@
 applied Enclave gets its replicas launched by the runner with the bundle's
 measurement as PCR0; a replica killed with SIGKILL is restarted and both
 events are audited; scaling, spec changes, deletion and a bundle that does
-not exist are reflected on the runner and in the status; the controller
-leaves sandboxes it did not launch alone and finds its own again after a
-restart of the api role."""
+not exist are reflected on the runner and in the status; no one but the api
+role launches a sandbox, and the controller finds its own again after a
+restart of the api role. The runner's side is observed from the host
+(processes, mounts, each sandbox's own channel): only the api role may use
+the runner's socket."""
+import http.client
 import json
 import os
 import signal
@@ -15,7 +18,7 @@ import pytest
 
 from conftest import CLOISTER, manifest, run_cli, sanitizer_env
 from test_audit import all_entries
-from test_runner import call, launch
+from test_runner import UnixHTTPConnection, ask
 
 APP = """\
 import http.server
@@ -81,9 +84,29 @@ def running(server, name, n):
 
 
 def sandboxes(server):
-    code, ans = call(server, "GET", "/v1/sandboxes")
-    assert code == 200, ans
-    return {sb["name"]: sb for sb in ans["items"]}
+    """The runner's sandboxes as the host sees them (only the api role may ask
+    the runner itself): each a child process of the runner role, named by the
+    channel its mounts bind from <runner_dir>/<name>/, with the PCRs its own
+    channel's evidence reports."""
+    runner_dir = str(server.data_dir / "runner")
+    out = {}
+    kids = subprocess.run(["pgrep", "-P", str(server.role_pid("runner"))], capture_output=True, text=True).stdout
+    for pid in map(int, kids.split()):
+        try:
+            mounts = open(f"/proc/{pid}/mountinfo").read().split("\n")
+        except FileNotFoundError:
+            continue
+        for m in mounts:
+            f = m.split()
+            if len(f) > 4 and f[4] == "/run/cloister/channel.sock" and f[3].startswith(runner_dir + "/"):
+                name = f[3][len(runner_dir) + 1:].split("/")[0]
+                try:
+                    code, ev = ask(server, name, {})
+                except (OSError, http.client.HTTPException):  # a sandbox on its way out
+                    continue
+                if code == 200:
+                    out[name] = {"pid": pid, "pcrs": ev["pcrs"]}
+    return out
 
 
 def measure(bundle):
@@ -115,11 +138,11 @@ def test_replicas_run_with_the_bundles_measurement(server, bundle):
     assert st["restarts"] == 0 and all(r["restarts"] == 0 and r["startedAt"] for r in st["replicas"])
     on_runner = sandboxes(server)
     uid = server.request("GET", "/v1/enclaves/scorer").json()["metadata"]["uid"]
+    assert uid
     for r in st["replicas"]:
         sb = on_runner[r["name"]]
         assert sb["pid"] == r["pid"] and alive(r["pid"])
-        assert sb["pcrs"]["0"] == st["pcr0"] and sb["owner"].startswith(f"enclave/scorer/{uid}/")
-        assert len(sb["owner"].rsplit("/", 1)[1]) == 16  # a digest of the spec it was launched with
+        assert sb["pcrs"]["0"] == st["pcr0"]
     assert "replica scorer-" in st["lastEvent"] and st["lastEventAt"].endswith("Z")
     launched = wait_for(lambda: len(enclave_events(server, "scorer", "enclave.replica.launched")) == 2
                         and enclave_events(server, "scorer", "enclave.replica.launched"))
@@ -269,25 +292,21 @@ def test_replicas_survive_a_restart_of_the_api_role(server, bundle):
     assert len(enclave_events(server, "scorer", "enclave.replica.launched")) == 2
 
 
-def test_sandboxes_the_controller_did_not_launch_are_left_alone(server, bundle):
-    code, ans = launch(server, "manual", bundle)
-    assert code == 201, ans
-    code, ans = launch(server, "taken-1", bundle)  # squats the first replica's name
-    assert code == 201, ans
+def test_no_one_but_the_api_role_launches_a_sandbox(server, bundle):
+    """Sandboxes the controller did not launch cannot appear any more: the
+    runner's socket answers the api role only, so a process that squats a
+    replica's name (here the test itself) gets nothing, and the Enclave's
+    replica then runs under its own name."""
+    c = UnixHTTPConnection(str(server.data_dir / "run" / "runner.sock"))
+    with pytest.raises((ConnectionResetError, BrokenPipeError, OSError)):
+        c.request("POST", "/v1/sandboxes", body=json.dumps({"name": "taken-1", "bundle": str(bundle)}),
+                  headers={"Content-Type": "application/json"})
+        c.getresponse()
+    assert "refused a local peer" in server.read_log()
+    assert sandboxes(server) == {}
     apply(server, enclave("taken", bundle))
-
-    def refused():
-        s = status(server, "taken")
-        return s if "did not launch" in s.get("lastEvent", "") else None
-    st = wait_for(refused, timeout=10, what="the name conflict in the status")
-    assert "replica taken-1 cannot start" in st["lastEvent"] and st["ready"] == 0
-    apply(server, enclave("other", bundle))
-    running(server, "other", 1)
-    server.request("DELETE", "/v1/enclaves/taken")
-    server.request("DELETE", "/v1/enclaves/other")
-    wait_for(lambda: set(sandboxes(server)) == {"manual", "taken-1"}, timeout=10, what="only the foreign sandboxes")
-    time.sleep(1.5)
-    assert set(sandboxes(server)) == {"manual", "taken-1"}
+    st = running(server, "taken", 1)
+    assert set(sandboxes(server)) == {"taken-1"} and sandboxes(server)["taken-1"]["pid"] == st["replicas"][0]["pid"]
 
 
 def test_enclave_specs_are_validated(server, bundle):
@@ -342,7 +361,5 @@ def test_replicas_run_under_the_agent_with_the_memory_limit_on_the_workload(serv
         time.sleep(0.2)
     line = next(l for l in log.read_text().splitlines() if l.startswith("Max address space"))
     assert line.split()[3] == str(300 << 20), line
-    sandboxes = call(server, "GET", "/v1/sandboxes")[1]["items"]
-    mine = next(s for s in sandboxes if s["name"] == "limited-1")
-    assert mine.get("agent") is True and mine.get("atls")
-    assert int(mine["pcrs"]["3"], 16) != 0  # the agent's measurement
+    assert (server.data_dir / "runner" / "limited-1" / "atls.sock").exists()
+    assert int(sandboxes(server)["limited-1"]["pcrs"]["3"], 16) != 0  # the agent's measurement

@@ -1,6 +1,7 @@
 """Key release end to end with sandbox evidence: challenge, evidence from the
-runner binding the nonce and a fresh public key, release of a data key as a
-JWE that python cryptography opens; and every refusal the issue names."""
+runner (asked on the replica's channel) binding the nonce and a fresh public
+key, release of a data key as a JWE that python cryptography opens; and every
+refusal the issue names."""
 import base64
 import hashlib
 import json
@@ -42,8 +43,7 @@ def setup(server, tmp_path):
     (bundle / "enclave.yaml").write_text('command: ["/bin/sleep", "600"]\n')
     (bundle / "app.py").write_text("print('model')\n")
     os.chmod(bundle, 0o755)
-    status, launched = launch(server, "model", bundle)
-    assert status == 201, launched
+    launched, _ = launch(server, "model", bundle)  # an Enclave: its replica model-1 asks on its own channel
     pcr0 = launched["pcrs"]["0"]
     docs = [manifest("AttestationPolicy", "enclaves", {"types": ["sandbox"], "allowSandbox": True,
                                                         "maxAgeSeconds": 300, "referenceValues": {"pcr0": [pcr0]}}),
@@ -66,7 +66,7 @@ def attempt(server, bundle, key_name, private_key=None, evidence_key=None, nonce
     if nonce is None:
         nonce = server.request("POST", "/v1/attest/challenge").json()["nonce"]
     bound = evidence_key if evidence_key is not None else der
-    status, ev = ask_runner(server, {"name": "model", "nonce": nonce, "public_key": bound.hex()})
+    status, ev = ask_runner(server, "model-1", {"nonce": nonce, "public_key": bound.hex()})
     assert status == 200
     r = server.request("POST", f"/v1/kms/keys/{key_name}/release",
                        json={"type": "sandbox", "evidence": ev["document"], "publicKey": base64.b64encode(der).decode()})

@@ -1,19 +1,26 @@
 """The runner role: it launches bundles in sandboxes and vouches only for
 sandboxes it launched, with evidence whose PCR0 is its own measurement of
 the bundle, verified by cloister attest verify against the cluster's
-platform CA and cross-checked with cbor2."""
+platform CA and cross-checked with cbor2.
+
+Only the api role may use the runner's socket (issue 14: peers checked on
+every local socket), so a test launches the way a client does, with an
+Enclave applied through the API, and asks for evidence where a sandbox does,
+on its own channel (<runner_dir>/<replica>/channel.sock)."""
 import base64
+import hashlib
 import http.client
 import json
 import os
 import socket
 import stat
 import subprocess
+import time
 
 import cbor2
 import pytest
 
-from conftest import CLOISTER, sanitizer_env
+from conftest import CLOISTER, manifest, sanitizer_env
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -26,20 +33,59 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.unix_path)
 
 
-def call(server, method, path, body=None):
-    c = UnixHTTPConnection(str(server.data_dir / "run" / "runner.sock"))
-    c.request(method, path, body=json.dumps(body) if body is not None else None,
-              headers={"Content-Type": "application/json"})
-    r = c.getresponse()
-    return r.status, json.loads(r.read())
+def channel(server, replica, method, path, body=None):
+    """One request on REPLICA's agent channel (through /proc/self/fd: the data
+    dir may be longer than sun_path allows); returns (status, json)."""
+    dirfd = os.open(server.data_dir / "runner" / replica, os.O_PATH)
+    try:
+        c = UnixHTTPConnection(f"/proc/self/fd/{dirfd}/channel.sock")
+        c.request(method, path, body=json.dumps(body) if body is not None else None,
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        os.close(dirfd)
 
 
-def launch(server, name, bundle, **extra):
-    return call(server, "POST", "/v1/sandboxes", {"name": name, "bundle": str(bundle), **extra})
+def ask(server, replica, body):
+    """Evidence for REPLICA, asked on its channel."""
+    return channel(server, replica, "POST", "/v1/evidence", body)
 
 
-def ask(server, body):
-    return call(server, "POST", "/v1/evidence", body)
+def enclave_status(server, name):
+    r = server.request("GET", f"/v1/enclaves/{name}")
+    return r.json().get("status", {}) if r.status_code == 200 else None
+
+
+def wait_for(predicate, timeout=30, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = predicate()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not met in {timeout}s")
+
+
+def launch(server, name, bundle, **spec):
+    """Applies Enclave NAME for BUNDLE (SPEC: secrets, limits, ...) and waits
+    for its replica NAME-1 to run. Returns (the replica: name, pid and its
+    PCRs as its evidence reports them, the Enclave's status)."""
+    r = server.request("POST", "/v1/apply", json={"items": [manifest("Enclave", name, {"bundle": str(bundle), **spec})]})
+    assert r.status_code == 200, r.text
+
+    def running():
+        st = enclave_status(server, name) or {}
+        reps = [x for x in st.get("replicas", []) if x["state"] == "running"]
+        return (reps[0], st) if st.get("ready") == 1 and reps else None
+    replica, st = wait_for(running, what=f"a running replica of {name} (last: {enclave_status(server, name)})")
+    code, ev = wait_for(lambda: (lambda a: a if a[0] == 200 else None)(ask(server, replica["name"], {})),
+                        what="the replica's channel")
+    return {"name": replica["name"], "pid": replica["pid"], "pcrs": ev["pcrs"]}, st
+
+
+def remove(server, name):
+    assert server.request("DELETE", f"/v1/enclaves/{name}").status_code == 200
 
 
 @pytest.fixture
@@ -60,13 +106,17 @@ def test_runner_socket_is_private(server):
     st = os.stat(server.data_dir / "run" / "runner.sock")
     assert stat.S_ISSOCK(st.st_mode) and st.st_mode & 0o777 == 0o600
     assert os.stat(server.data_dir / "platform-ca.key").st_mode & 0o777 == 0o600
+    # a process of the daemon's own uid that is not the api role gets nothing (tests/test_peers.py)
+    c = UnixHTTPConnection(str(server.data_dir / "run" / "runner.sock"))
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
+        c.request("POST", "/v1/evidence", body=json.dumps({"name": "anything"}))
+        c.getresponse()
 
 
 def test_evidence_binds_bundle_nonce_and_key_and_verifies(server, bundle, tmp_path):
-    status, launched = launch(server, "scorer", bundle, config={"limits": {"memoryMiB": 256}})
-    assert status == 201, launched
+    launched, _ = launch(server, "scorer", bundle, limits={"memoryMiB": 256})
     nonce, pub = os.urandom(32), b"\x04" + os.urandom(96)
-    status, ans = ask(server, {"name": "scorer", "nonce": nonce.hex(), "public_key": pub.hex()})
+    status, ans = ask(server, "scorer-1", {"nonce": nonce.hex(), "public_key": pub.hex()})
     assert status == 200, ans
     doc = tmp_path / "doc.b64"
     doc.write_text(ans["document"])
@@ -75,13 +125,12 @@ def test_evidence_binds_bundle_nonce_and_key_and_verifies(server, bundle, tmp_pa
     assert r.returncode == 0, r.stderr
     claims = json.loads(r.stdout)["claims"]
     measured = cli("enclave", "measure", str(bundle)).stdout.strip()
-    assert claims["sandbox"] is True and claims["module_id"] == "sandbox-scorer"
+    assert claims["sandbox"] is True and claims["module_id"] == "sandbox-scorer-1"
     assert claims["pcrs"]["0"] == measured == ans["pcrs"]["0"] == launched["pcrs"]["0"]
     assert claims["nonce"] == nonce.hex() and claims["public_key"] == pub.hex()
-    # PCR2 is SHA-384 of the canonical configuration, PCR3.. are zero
-    import hashlib
-    assert claims["pcrs"]["2"] == hashlib.sha384(b'{"limits":{"memoryMiB":256}}').hexdigest()
-    assert claims["pcrs"]["3"] == "00" * 48
+    # PCR2 is SHA-384 of the canonical configuration (the controller passes none), PCR3 the agent's, PCR4.. zero
+    assert claims["pcrs"]["2"] == hashlib.sha384(b"{}").hexdigest()
+    assert claims["pcrs"]["4"] == "00" * 48
     # independent decoding of the COSE_Sign1 with cbor2
     cose = cbor2.loads(base64.b64decode(ans["document"]))
     assert cose[0] == bytes.fromhex("a1013822")  # protected header {1: -35}, ES384
@@ -91,7 +140,7 @@ def test_evidence_binds_bundle_nonce_and_key_and_verifies(server, bundle, tmp_pa
 
 def test_evidence_is_refused_under_other_roots_and_as_nitro(server, bundle, tmp_path):
     launch(server, "scorer", bundle)
-    status, ans = ask(server, {"name": "scorer"})
+    status, ans = ask(server, "scorer-1", {})
     assert status == 200
     doc = tmp_path / "doc.b64"
     doc.write_text(ans["document"])
@@ -102,65 +151,70 @@ def test_evidence_is_refused_under_other_roots_and_as_nitro(server, bundle, tmp_
 
 
 def test_changed_bundle_changes_pcr0(server, bundle):
-    _, a = launch(server, "one", bundle)
+    a, _ = launch(server, "one", bundle)
     (bundle / "app.py").write_text("print('evil')\n")
-    _, b = launch(server, "two", bundle)
+    b, _ = launch(server, "two", bundle)
     assert a["pcrs"]["0"] != b["pcrs"]["0"] and a["pcrs"]["1"] == b["pcrs"]["1"]
 
 
 def test_no_evidence_for_sandboxes_it_did_not_launch(server, bundle):
-    status, ans = ask(server, {"name": "never-launched"})
-    assert status == 404 and "only issued for sandboxes this runner launched" in ans["error"]["message"]
+    # a channel vouches for its own sandbox only, and goes with it
     launch(server, "short", bundle)
-    status, _ = call(server, "DELETE", "/v1/sandboxes/short")
-    assert status == 200
-    status, ans = ask(server, {"name": "short"})
-    assert status == 404
+    status, ans = ask(server, "short-1", {"name": "other"})
+    assert status == 400 and "name is not accepted" in ans["error"]["message"]
+    remove(server, "short")
+    wait_for(lambda: not (server.data_dir / "runner" / "short-1").exists(), what="the channel gone")
+    with pytest.raises(FileNotFoundError):
+        ask(server, "short-1", {})
 
 
 def test_workload_runs_isolated_and_is_listed_and_stopped(server, bundle):
-    status, s = launch(server, "iso", bundle)
-    assert status == 201
+    s, st = launch(server, "iso", bundle)
     pid = s["pid"]
-    # the host sees the workload; its root is not the host's
-    assert os.readlink(f"/proc/{pid}/exe").endswith("sleep")
+    # the host sees the sandbox (the agent, which runs the workload); its root is not the host's
     assert os.stat(f"/proc/{pid}/root/app/enclave.yaml")
     assert not os.path.exists(f"/proc/{pid}/root/etc/passwd")
     assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
-    status, listed = call(server, "GET", "/v1/sandboxes")
-    assert [i["name"] for i in listed["items"]] == ["iso"]
-    status, dup = launch(server, "iso", bundle)
-    assert status == 409
-    call(server, "DELETE", "/v1/sandboxes/iso")
-    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert [r["name"] for r in st["replicas"]] == ["iso-1"]
+    remove(server, "iso")
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+             what="the sandbox stopped")
 
 
 def test_sandboxes_stop_with_the_runner(tmp_path, bundle):
     from conftest import Server
     s = Server(tmp_path / "data").start()
-    _, launched = launch(s, "bye", bundle)
+    launched, _ = launch(s, "bye", bundle)
     s.stop()
     assert not os.path.exists(f"/proc/{launched['pid']}")
 
 
-@pytest.mark.parametrize("body,why", [
-    ({"name": "scorer", "bundle": "relative/dir"}, "absolute"),
-    ({"name": "Bad_Name", "bundle": "/tmp"}, "DNS-1123"),
-    ({"name": "scorer", "bundle": "/nonexistent-bundle"}, "cannot measure"),
-    ({"name": "scorer", "bundle": "/tmp", "pcr0": "00"}, "unknown field"),
+@pytest.mark.parametrize("bundle_dir,why", [
+    ("relative/dir", "absolute"),
+    ("/nonexistent-bundle", "cannot measure"),
 ])
-def test_bad_launches_are_refused(server, body, why):
-    status, ans = call(server, "POST", "/v1/sandboxes", body)
-    assert status == 400 and why in ans["error"]["message"], ans
+def test_bad_launches_are_refused(server, bundle_dir, why):
+    """Refused by the API's schema, or by the runner, whose reason the Enclave's status carries."""
+    r = server.request("POST", "/v1/apply", json={"items": [manifest("Enclave", "bad", {"bundle": bundle_dir})]})
+    if r.status_code == 400:
+        assert why in r.json()["error"]["message"], r.text
+        return
+    assert r.status_code == 200, r.text
+    st = wait_for(lambda: (lambda s: s if why in (s or {}).get("lastEvent", "") else None)(enclave_status(server, "bad")),
+                  what=f"{why!r} in the status")
+    assert st["ready"] == 0
 
 
 def test_bad_evidence_requests_are_refused(server, bundle):
     launch(server, "scorer", bundle)
-    status, ans = ask(server, {"name": "scorer", "nonce": "zz"})
+    status, ans = ask(server, "scorer-1", {"nonce": "zz"})
     assert status == 400 and "hex" in ans["error"]["message"]
 
 
 def test_symlinked_bundles_are_refused(server, bundle):
     os.symlink("/etc/shadow", bundle / "shadow")
-    status, ans = launch(server, "scorer", bundle)
-    assert status == 400 and "symbolic links" in ans["error"]["message"]
+    r = server.request("POST", "/v1/apply", json={"items": [manifest("Enclave", "scorer", {"bundle": str(bundle)})]})
+    assert r.status_code == 200, r.text
+    st = wait_for(lambda: (lambda s: s if "symbolic links" in (s or {}).get("lastEvent", "") else None)(
+        enclave_status(server, "scorer")), what="the refusal in the status")
+    assert st["ready"] == 0

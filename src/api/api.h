@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "store/store.h"
 
@@ -16,6 +17,10 @@ typedef struct role_health {
     _Atomic bool wanted;
     _Atomic bool ready;  /* serving */
     _Atomic bool sealed; /* kms: serving, but its root key is sealed (key operations refused) */
+    /* The role's current process, 0 while it is not running: written by the
+     * supervisor (and by the child itself before it runs the role) on every
+     * (re)start, read by the local sockets' peer checks (daemon/peer.h). */
+    _Atomic pid_t pid;
 } role_health;
 
 typedef struct api_config {

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "basic/macro.h"
 #include "basic/timeutil.h"
 
 /* True when V is a string of at most AUDIT_FIELD_MAX bytes, or null when
@@ -26,6 +27,16 @@ static bool exact_keys(const json_t *obj, const char *const *names, size_t n)
         if (!json_object_get(obj, names[i]))
             return false;
     return true;
+}
+
+/* The fields every entry has, as a client submits it. */
+static const char *const fields[] = {"time", "actor", "action", "resource", "outcome", "details"};
+
+/* True when V is a string holding an RFC 3339 time. */
+static bool rfc3339_string(const json_t *v)
+{
+    int64_t secs;
+    return short_string(v, false) && time_parse_rfc3339(json_string_value(v), &secs) == 0;
 }
 
 /* Details hold strings, integers, booleans, null, arrays and objects, to a
@@ -56,32 +67,34 @@ static bool details_valid(const json_t *v, unsigned depth)
     }
 }
 
-int audit_entry_canonicalize_json(const json_t *e, char **ret, size_t *ret_len)
+/* True when E holds the six fields every entry has, each well formed
+ * (other keys are the caller's business). */
+static bool common_valid(const json_t *e)
 {
-    static const char *const top[] = {"time", "actor", "action", "resource", "outcome", "details"};
     static const char *const actor[] = {"user", "session", "ip"};
     static const char *const resource[] = {"kind", "name"};
-    if (!exact_keys(e, top, 6))
-        return -EINVAL;
     const json_t *a = json_object_get(e, "actor"), *res = json_object_get(e, "resource");
     if (!exact_keys(a, actor, 3) || !exact_keys(res, resource, 2))
-        return -EINVAL;
+        return false;
     for (size_t i = 0; i < 3; i++)
         if (!short_string(json_object_get(a, actor[i]), true))
-            return -EINVAL;
+            return false;
     for (size_t i = 0; i < 2; i++)
         if (!short_string(json_object_get(res, resource[i]), true))
-            return -EINVAL;
-    const json_t *t = json_object_get(e, "time"), *action = json_object_get(e, "action"),
-                 *outcome = json_object_get(e, "outcome"), *details = json_object_get(e, "details");
-    int64_t secs;
-    if (!short_string(t, false) || time_parse_rfc3339(json_string_value(t), &secs) < 0)
-        return -EINVAL;
+            return false;
+    const json_t *action = json_object_get(e, "action"), *outcome = json_object_get(e, "outcome"),
+                 *details = json_object_get(e, "details");
+    if (!rfc3339_string(json_object_get(e, "time")))
+        return false;
     if (!short_string(action, false) || json_string_length(action) == 0 || !short_string(outcome, false) ||
         json_string_length(outcome) == 0)
-        return -EINVAL;
-    if (!json_is_object(details) || !details_valid(details, 0))
-        return -EINVAL;
+        return false;
+    return json_is_object(details) && details_valid(details, 0);
+}
+
+/* E's canonical text into *RET (heap) and *RET_LEN; -E2BIG past the cap. */
+static int canonical_text(const json_t *e, char **ret, size_t *ret_len)
+{
     char *text = json_dumps(e, JSON_COMPACT | JSON_SORT_KEYS);
     if (!text)
         return -ENOMEM;
@@ -93,6 +106,73 @@ int audit_entry_canonicalize_json(const json_t *e, char **ret, size_t *ret_len)
     *ret = text;
     *ret_len = len;
     return 0;
+}
+
+int audit_entry_submission_canonicalize(const json_t *e, char **ret, size_t *ret_len)
+{
+    if (!exact_keys(e, fields, ELEMENTSOF(fields)) || !common_valid(e))
+        return -EINVAL;
+    return canonical_text(e, ret, ret_len);
+}
+
+int audit_entry_canonicalize_json(const json_t *e, char **ret, size_t *ret_len)
+{
+    if (!json_is_object(e) || !common_valid(e))
+        return -EINVAL;
+    /* the common fields, then appender and client_time, stamped by the audit
+     * role (entries written before it stamped have neither) */
+    size_t n = ELEMENTSOF(fields);
+    for (size_t i = 0; i < n; i++)
+        if (!json_object_get(e, fields[i]))
+            return -EINVAL;
+    const json_t *appender = json_object_get(e, "appender"), *client_time = json_object_get(e, "client_time");
+    if (appender && (!short_string(appender, false) || json_string_length(appender) == 0))
+        return -EINVAL;
+    if (client_time && (!appender || !rfc3339_string(client_time)))
+        return -EINVAL;
+    if (json_object_size(e) != n + !!appender + !!client_time)
+        return -EINVAL;
+    return canonical_text(e, ret, ret_len);
+}
+
+int audit_entry_stamp(const json_t *submitted, const char *appender, uint64_t now_ns, char **ret, size_t *ret_len)
+{
+    if (!exact_keys(submitted, fields, ELEMENTSOF(fields)) || !common_valid(submitted) || !appender || !*appender ||
+        strlen(appender) > AUDIT_FIELD_MAX)
+        return -EINVAL;
+    char now[40];
+    if (!time_format_rfc3339_ms(now_ns, now, sizeof(now)))
+        return -EINVAL;
+    json_t *e = json_copy((json_t *)submitted); /* shallow: only the top level changes */
+    if (!e || json_object_set(e, "client_time", json_object_get(submitted, "time")) < 0 ||
+        json_object_set_new(e, "time", json_string(now)) < 0 ||
+        json_object_set_new(e, "appender", json_string(appender)) < 0) {
+        json_decref(e);
+        return -ENOMEM;
+    }
+    int r = canonical_text(e, ret, ret_len);
+    json_decref(e);
+    return r;
+}
+
+bool audit_appender_may(const char *appender, const char *action)
+{
+    /* what each role emits today: the api reports for everything it fronts
+     * (resources, auth, KMS calls, decisions, the Enclave controller); the
+     * runner emits nothing yet, so it appends nothing */
+    static const struct {
+        const char *role, *prefix;
+    } table[] = {
+        {"api", ""},
+        {"proxy", "proxy."},
+        {"kms", "kms."},
+    };
+    if (!appender || !action)
+        return false;
+    for (size_t i = 0; i < ELEMENTSOF(table); i++)
+        if (strcmp(appender, table[i].role) == 0)
+            return strncmp(action, table[i].prefix, strlen(table[i].prefix)) == 0;
+    return false;
 }
 
 int audit_entry_canonicalize(const char *data, size_t len, char **ret, size_t *ret_len)

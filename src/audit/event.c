@@ -80,7 +80,7 @@ static char *entry_text(const audit_event *ev, size_t *ret_len)
         return NULL;
     char *text = NULL;
     size_t len = 0;
-    int r = audit_entry_canonicalize_json(e, &text, &len);
+    int r = audit_entry_submission_canonicalize(e, &text, &len);
     json_decref(e);
     if (r < 0)
         return NULL;

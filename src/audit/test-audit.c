@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <glob.h>
 #include <openssl/evp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -343,6 +344,92 @@ Test(entry, canonical)
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         cr_expect_eq(audit_entry_canonicalize(bad[i], strlen(bad[i]), &out, &len), -EINVAL, "bad[%zu]", i);
+}
+
+#define SUBMITTED                                                                                                  \
+    "{\"time\":\"2020-01-01T00:00:00.000Z\",\"action\":\"proxy.access\",\"actor\":{\"user\":null,"              \
+    "\"session\":null,\"ip\":null},\"resource\":{\"kind\":\"Service\",\"name\":\"wiki\"},"                 \
+    "\"outcome\":\"success\",\"details\":{}}"
+
+Test(entry, stamped_by_the_audit_role)
+{
+    json_t *e = json_loads(SUBMITTED, 0, NULL);
+    cr_assert(e);
+    char *out, *again;
+    size_t len, len2;
+    /* 2026-12-06T12:00:00.250Z */
+    uint64_t now = UINT64_C(1796558400) * 1000000000 + 250000000;
+    cr_assert_eq(audit_entry_stamp(e, "proxy", now, &out, &len), 0);
+    cr_assert_str_eq(out, "{\"action\":\"proxy.access\",\"actor\":{\"ip\":null,\"session\":null,\"user\":null},"
+                          "\"appender\":\"proxy\",\"client_time\":\"2020-01-01T00:00:00.000Z\",\"details\":{},"
+                          "\"outcome\":\"success\",\"resource\":{\"kind\":\"Service\",\"name\":\"wiki\"},"
+                          "\"time\":\"2026-12-06T12:00:00.250Z\"}");
+    /* the stored form is canonical, and not a submission: a client cannot send stamps */
+    cr_assert_eq(audit_entry_canonicalize(out, len, &again, &len2), 0);
+    cr_assert_str_eq(again, out);
+    free(again);
+    json_t *stored = json_loads(out, 0, NULL);
+    cr_assert_eq(audit_entry_submission_canonicalize(stored, &again, &len2), -EINVAL);
+    cr_assert_eq(audit_entry_stamp(stored, "api", now, &again, &len2), -EINVAL);
+    /* client_time only beside an appender; an appender is a non-empty string */
+    json_t *bad = json_copy(stored);
+    json_object_del(bad, "appender");
+    cr_assert_eq(audit_entry_canonicalize_json(bad, &again, &len2), -EINVAL);
+    json_object_set_new(bad, "appender", json_string(""));
+    cr_assert_eq(audit_entry_canonicalize_json(bad, &again, &len2), -EINVAL);
+    json_object_set_new(bad, "appender", json_integer(1));
+    cr_assert_eq(audit_entry_canonicalize_json(bad, &again, &len2), -EINVAL);
+    json_object_set_new(bad, "appender", json_string("api"));
+    json_object_set_new(bad, "client_time", json_string("yesterday"));
+    cr_assert_eq(audit_entry_canonicalize_json(bad, &again, &len2), -EINVAL);
+    json_decref(bad);
+    json_decref(stored);
+    cr_assert_eq(audit_entry_stamp(e, "", now, &again, &len2), -EINVAL);
+    cr_assert_eq(audit_entry_stamp(e, NULL, now, &again, &len2), -EINVAL);
+    /* the caps hold for submissions (the audit role answers 400): 16 KiB an
+     * entry, 1 KiB a string */
+    char pad[1026];
+    memset(pad, 'x', sizeof(pad) - 1);
+    pad[sizeof(pad) - 1] = 0;
+    json_t *big = json_deep_copy(e), *details = json_object_get(big, "details");
+    json_object_set_new(details, "pad", json_string(pad));
+    cr_assert_eq(audit_entry_stamp(big, "api", now, &again, &len2), -EINVAL);
+    pad[1000] = 0;
+    json_object_del(details, "pad");
+    for (int k = 0; k < 17; k++) {
+        char key[8];
+        snprintf(key, sizeof(key), "p%d", k);
+        json_object_set_new(details, key, json_string(pad));
+    }
+    cr_assert_eq(audit_entry_stamp(big, "api", now, &again, &len2), -E2BIG);
+    json_decref(big);
+    /* the submission itself is what the event queue holds */
+    cr_assert_eq(audit_entry_submission_canonicalize(e, &again, &len2), 0);
+    free(again);
+    free(out);
+    json_decref(e);
+}
+
+Test(entry, what_each_role_may_append)
+{
+    static const struct {
+        const char *role, *action;
+        bool may;
+    } cases[] = {
+        {"api", "resource.create", true}, {"api", "kms.decrypt", true}, {"api", "proxy.access", true},
+        {"api", "enclave.replica.launched", true},
+        {"proxy", "proxy.access", true}, {"proxy", "proxy.enclave.refused", true},
+        {"proxy", "api.access", false}, {"proxy", "resource.delete", false}, {"proxy", "proxy", false},
+        {"proxy", "proxyx.access", false}, {"proxy", "kms.unseal", false},
+        {"kms", "kms.unseal", true}, {"kms", "kms.decrypt", true}, {"kms", "auth.login", false},
+        {"kms", "kmsx", false},
+        {"runner", "enclave.replica.launched", false}, {"audit", "resource.create", false},
+        {"", "resource.create", false}, {"API", "resource.create", false}, {NULL, "x", false}, {"api", NULL, false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        cr_expect_eq(audit_appender_may(cases[i].role, cases[i].action), cases[i].may, "%s may append %s: %d",
+                     cases[i].role ? cases[i].role : "(null)", cases[i].action ? cases[i].action : "(null)",
+                     cases[i].may);
 }
 
 Test(params, strict)

@@ -265,6 +265,7 @@ static int prepare_data_dir(daemon_config *cfg)
     char kms[4200];
     if (path_in(kms, sizeof(kms), cfg->data_dir, "kms") < 0 || mkdir_p(kms, 0700) < 0 ||
         path_in(cfg->kms_socket, sizeof(cfg->kms_socket), cfg->run_dir, "kms.sock") < 0 ||
+        path_in(cfg->kms_unseal_socket, sizeof(cfg->kms_unseal_socket), cfg->run_dir, "kms-unseal.sock") < 0 ||
         path_in(cfg->kms_root_file, sizeof(cfg->kms_root_file), kms, "root.json") < 0 ||
         path_in(cfg->kms_dev_key_file, sizeof(cfg->kms_dev_key_file), kms, "dev-unseal.key") < 0 ||
         path_in(cfg->kms_keyring_file, sizeof(cfg->kms_keyring_file), kms, "keyring.json") < 0)
@@ -354,9 +355,14 @@ static int first_start(daemon_config *cfg)
 static pid_t spawn_role(const daemon_config *cfg, size_t i, role_health *health)
 {
     pid_t pid = fork();
+    if (pid > 0)
+        atomic_store(&health[i].pid, pid);
     if (pid != 0)
         return pid;
-    /* child: die with the supervisor; signals stay blocked for the role's sigwait */
+    /* child: published before the role can connect anywhere, so a peer check
+     * never sees it unknown; die with the supervisor; signals stay blocked
+     * for the role's sigwait */
+    atomic_store(&health[i].pid, getpid());
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     prctl(PR_SET_NAME, roles[i].name);
     log_set_role(roles[i].name);
@@ -457,6 +463,7 @@ static int supervise(const daemon_config *cfg, role_health *health)
                 if (procs[i].pid != pid)
                     continue;
                 procs[i].pid = 0;
+                atomic_store(&health[i].pid, 0);
                 atomic_store(&health[i].ready, false);
                 char how[64];
                 if (WIFEXITED(status))
@@ -543,6 +550,7 @@ int main(int argc, char **argv)
         health[i].name = roles[i].name;
         atomic_store(&health[i].wanted, true);
         atomic_store(&health[i].ready, false);
+        atomic_store(&health[i].pid, 0);
     }
     r = supervise(&cfg, health);
     munmap(health, sizeof(role_health) * N_ROLES);

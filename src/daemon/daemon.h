@@ -28,6 +28,7 @@ typedef struct daemon_config {
     char audit_db[4200], audit_key[4200], audit_pub[4200];
     /* the kms role: its socket, sealed root key, auto-unseal file (--seal dev), key ring */
     char kms_socket[4200];
+    char kms_unseal_socket[4200]; /* `cloisterd unseal`'s: status and unseal only, any process of the daemon's uid */
     char runner_socket[4200];                   /* the runner's sandbox-evidence signing service */
     char platform_ca_cert[4200], platform_ca_key[4200]; /* roots of sandbox evidence (P-384) */
     char runner_cert[4200], runner_key[4200];   /* the runner's platform key (P-384) */

@@ -7,6 +7,11 @@
  *                                            AUDIT_PAGE_BYTES ("more" when cut short)
  *   GET  /v1/proof/inclusion?index=&size=    RFC 6962 inclusion proof
  *   GET  /v1/proof/consistency?from=&to=     RFC 6962 consistency proof
+ * Only the roles that emit events connect (api, proxy, kms: SO_PEERCRED
+ * checked at accept, daemon/peer.h); only the api reads. Each appended
+ * entry is stamped with the appending role and this role's receive time
+ * (audit/entry.h), and a batch holding an entry its role may not append
+ * (audit_appender_may()) is refused whole with a 403.
  * Appends are handed to a writer thread that commits everything queued while
  * its previous commit was syncing in one transaction (group commit); each is
  * acknowledged on the event loop only after its commit. The loop keeps
@@ -21,6 +26,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include "api/http.h"
 #include "audit/entry.h"
@@ -32,6 +38,7 @@
 #include "basic/macro.h"
 #include "basic/timeutil.h"
 #include "daemon/daemon.h"
+#include "daemon/peer.h"
 #include "httpd/httpd.h"
 
 #define APPEND_BODY_MAX (8 * 1024 * 1024)
@@ -58,6 +65,8 @@ typedef struct audit_role {
     h2o_multithread_queue_t *mq;
     h2o_multithread_receiver_t done; /* committed appends come back here */
     size_t in_flight;                /* appends not answered yet (loop thread) */
+    const role_health *roles;        /* the supervisor's table: peers' names */
+    size_t n_roles;
 } audit_role;
 
 typedef struct role_handler {
@@ -231,8 +240,32 @@ static void on_tick(h2o_timeout_entry_t *entry)
     h2o_timeout_link(r->ctx->loop, &r->tick_timeout, &r->tick_entry);
 }
 
-/* Validates every entry of an append body and queues them for the next
- * group commit; answers 400 for the whole batch if any entry is bad. */
+/* The name of the role at the other end of REQ's connection ("" when not
+ * known, which the peer check does not let happen). */
+static const char *peer_role(const audit_role *r, h2o_req_t *req)
+{
+    int i = httpd_conn_peer(req);
+    return i >= 0 && (size_t)i < r->n_roles ? r->roles[i].name : "";
+}
+
+/* Refuses the append batch of REQ because its entry I has ACTION, which the
+ * peer ROLE may not append: logged, and a 403 naming both. */
+static void refuse_entry(h2o_req_t *req, const char *role, size_t i, const char *action)
+{
+    char index[24];
+    snprintf(index, sizeof(index), "%zu", i);
+    log_fields(LOG_LEVEL_WARN, "refused an audit entry its role may not append; the batch is refused", "role", role,
+               "action", action, "entry", index, NULL);
+    api_error err;
+    api_fail(&err, 403, "forbidden", "the %s role may not append %s entries (entry %zu); the batch is refused", role,
+             action, i);
+    api_send_error(req, &err);
+}
+
+/* Validates every entry of an append body, stamps each with the peer's role
+ * and the receive time, and queues them for the next group commit; answers
+ * 400 for the whole batch if any entry is bad, 403 if the role may not
+ * append one of them. */
 static void handle_append(audit_role *r, h2o_req_t *req)
 {
     if (httpd_stopping(req)) {
@@ -264,8 +297,18 @@ static void handle_append(audit_role *r, h2o_req_t *req)
         send_error(req, 503, "unavailable", "out of memory");
         return;
     }
+    const char *role = peer_role(r, req);
+    uint64_t now = time_now_ns();
     for (size_t i = 0; i < n; i++) {
-        int e = audit_entry_canonicalize_json(json_array_get(entries, i), &pa->texts[i], &pa->lens[i]);
+        const json_t *entry = json_array_get(entries, i);
+        const char *action = json_string_value(json_object_get(entry, "action"));
+        if (action && !audit_appender_may(role, action)) {
+            pending_append_free(pa);
+            refuse_entry(req, role, i, action);
+            json_decref(body);
+            return;
+        }
+        int e = audit_entry_stamp(entry, role, now, &pa->texts[i], &pa->lens[i]);
         if (e < 0) {
             pending_append_free(pa);
             json_decref(body);
@@ -428,6 +471,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     bool post = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
     if (post && h2o_memis(p.base, p.len, H2O_STRLIT("/v1/append")))
         handle_append(r, req);
+    else if (strcmp(peer_role(r, req), "api") != 0) /* reading the log is the API's, for GET /v1/audit/... */
+        send_error(req, 403, "forbidden", "only the api role reads the audit log");
     else if (get && h2o_memis(p.base, p.len, H2O_STRLIT("/v1/checkpoint")))
         handle_checkpoint(r, req);
     else if (get && h2o_memis(p.base, p.len, H2O_STRLIT("/v1/entries")))
@@ -581,6 +626,11 @@ int role_audit_main(const daemon_config *cfg, role_health *health, role_health *
         log_fields(LOG_LEVEL_INFO, "audit log serving", "socket", cfg->audit_socket, "key", r.vkey, NULL);
         char listen[4300];
         snprintf(listen, sizeof(listen), "unix:%s", cfg->audit_socket);
+        /* the roles that emit events; which entries each may append is audit_appender_may()'s */
+        const peer_policy peers = {.socket = "audit.sock", .roles = all, .n_roles = n_all, .uid = geteuid(),
+                                   .allowed = {"api", "proxy", "kms"}};
+        r.roles = all;
+        r.n_roles = n_all;
         httpd_config h = {
             .name = "audit",
             .listen = listen,
@@ -589,6 +639,8 @@ int role_audit_main(const daemon_config *cfg, role_health *health, role_health *
             .hooks = {register_handlers, thread_init, thread_drain, thread_busy, thread_dispose},
             .userdata = &r,
             .ready_flag = &health->ready,
+            .check_peer = peer_check_hook,
+            .peer_data = &peers,
         };
         e = httpd_run(&h);
         if (e < 0) /* never served: the writer was not stopped by a drain */

@@ -1,8 +1,10 @@
 /* The `kms` role: the only process that holds the root key and the key ring
  * in the clear. It serves a local HTTP/JSON API on a Unix socket in
- * <data-dir>/run/ (only the api role and `cloisterd unseal` talk to it),
- * starts sealed unless the --dev auto-unseal file is used, and refuses every
- * key operation while sealed. Key material is locked in memory, left out of
+ * <data-dir>/run/: kms.sock answers only the api and runner roles (their
+ * SO_PEERCRED checked at accept, daemon/peer.h), kms-unseal.sock only
+ * status and unseal for `cloisterd unseal`. It starts sealed unless the
+ * --dev auto-unseal file is used, and refuses every key operation while
+ * sealed. Key material is locked in memory, left out of
  * core dumps, and the process cannot be dumped or ptraced. */
 #include <errno.h>
 #include <h2o.h>
@@ -10,6 +12,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "api/http.h"
 #include "audit/event.h"
@@ -19,6 +22,7 @@
 #include "basic/macro.h"
 #include "basic/timeutil.h"
 #include "daemon/daemon.h"
+#include "daemon/peer.h"
 #include "httpd/httpd.h"
 #include "kms/client.h"
 #include "kms/keyring.h"
@@ -27,6 +31,7 @@
 
 #define KMS_BODY_MAX (256 * 1024)
 #define KMS_DATAKEY_MAX 64
+#define KMS_UNSEAL_TAG 1 /* connections of `cloisterd unseal`'s socket */
 
 typedef struct kms_role {
     const daemon_config *cfg;
@@ -36,6 +41,7 @@ typedef struct kms_role {
     uint8_t *root; /* locked; NULL while sealed */
     kms_keyring *ring;
     uint64_t last_tick; /* monotonic ns of the last look for versions due for destruction */
+    httpd_listener *unseal_listener; /* `cloisterd unseal`'s socket (KMS_UNSEAL_TAG) */
 } kms_role;
 
 typedef struct kms_handler {
@@ -495,6 +501,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
             ans = status_body(role);
         goto out;
     }
+    if (httpd_conn_tag(req) == KMS_UNSEAL_TAG) {
+        api_fail(&op.err, 403, "forbidden", "the unseal socket serves only /v1/status and /v1/unseal");
+        goto out;
+    }
     destroy_due_versions(role);
     for (size_t i = 0; i < ELEMENTSOF(ops); i++)
         if (h2o_memis(path.base, path.len, ops[i].path, strlen(ops[i].path))) {
@@ -524,6 +534,30 @@ static void register_handlers(h2o_pathconf_t *pathconf, void *userdata)
     kms_handler *h = (kms_handler *)h2o_create_handler(pathconf, sizeof(*h));
     h->super.on_req = on_req;
     h->role = userdata;
+}
+
+/* Opens `cloisterd unseal`'s socket beside kms.sock on the serving loop. It
+ * takes no peer check (the operator is no role): its mode (0600, the
+ * daemon's uid) decides who may connect, and on_req serves only status and
+ * unseal there. A failure is logged; the KMS then serves without it. */
+static void *thread_init(h2o_context_t *ctx, void *userdata)
+{
+    kms_role *role = userdata;
+    int fd, r = httpd_listen_unix(role->cfg->kms_unseal_socket, &fd);
+    if (r == 0)
+        r = httpd_listener_add(ctx, fd, KMS_UNSEAL_TAG, 4, &role->unseal_listener);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot open the unseal socket; `cloisterd unseal` cannot reach the KMS", "socket",
+                   role->cfg->kms_unseal_socket, "error", strerror(-r), NULL);
+    return role;
+}
+
+static void thread_drain(void *state)
+{
+    kms_role *role = state;
+    httpd_listener_close(role->unseal_listener);
+    role->unseal_listener = NULL;
+    unlink(role->cfg->kms_unseal_socket);
 }
 
 /* Hardens the process that will hold keys: no core dumps, no ptrace. */
@@ -573,14 +607,19 @@ int role_kms_main(const daemon_config *cfg, role_health *health, role_health *al
 
     char listen[4300];
     snprintf(listen, sizeof(listen), "unix:%s", cfg->kms_socket);
+    /* keys are used by the api role (on behalf of callers it authorised) and the runner */
+    const peer_policy peers = {.socket = "kms.sock", .roles = all, .n_roles = n_all, .uid = geteuid(),
+                               .allowed = {"api", "runner"}};
     httpd_config http = {
         .name = "KMS",
         .listen = listen,
         .threads = 1, /* the key ring is used by one thread only */
         .max_request_body = KMS_BODY_MAX * 2,
-        .hooks = {.register_handlers = register_handlers},
+        .hooks = {.register_handlers = register_handlers, .thread_init = thread_init, .thread_drain = thread_drain},
         .userdata = &role,
         .ready_flag = &health->ready,
+        .check_peer = peer_check_hook,
+        .peer_data = &peers,
     };
     r = httpd_run(&http);
     role_seal(&role);

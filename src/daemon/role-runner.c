@@ -46,6 +46,7 @@
 #include "basic/macro.h"
 #include "basic/timeutil.h"
 #include "daemon/daemon.h"
+#include "daemon/peer.h"
 #include "daemon/runner-agent.h"
 #include "httpd/httpd.h"
 #include "resource/resource.h"
@@ -567,6 +568,9 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
     } else {
         char listen[4300];
         snprintf(listen, sizeof(listen), "unix:%s", cfg->runner_socket);
+        /* only the api role (its Enclave controller) launches and asks for evidence */
+        const peer_policy peers = {.socket = "runner.sock", .roles = all, .n_roles = n_all, .uid = geteuid(),
+                                   .allowed = {"api"}};
         httpd_config h = {
             .name = "runner",
             .listen = listen,
@@ -576,6 +580,8 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
                       .thread_drain = thread_drain, .thread_busy = thread_busy, .thread_dispose = thread_dispose},
             .userdata = &rn,
             .ready_flag = &health->ready,
+            .check_peer = peer_check_hook,
+            .peer_data = &peers,
         };
         r = httpd_run(&h);
     }

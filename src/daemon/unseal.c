@@ -143,7 +143,7 @@ int cloisterd_unseal(int argc, char **argv)
         fprintf(stderr, "cloisterd unseal: no data dir %s\n", data_dir);
         return 1;
     }
-    snprintf(socket, sizeof(socket), "%s/run/kms.sock", real);
+    snprintf(socket, sizeof(socket), "%s/run/kms-unseal.sock", real);
 
     json_t *status = NULL;
     int r = kms_call(socket, "/v1/status", NULL, &status);

@@ -74,9 +74,7 @@ bool httpd_stopping(h2o_req_t *req)
     return atomic_load(&((httpd_thread *)req->conn->ctx)->server->stopping);
 }
 
-/* Binds a Unix socket at PATH, replacing a stale one, readable and writable
- * by the owner only. */
-static int listen_unix(const char *path, int *ret_fd)
+int httpd_listen_unix(const char *path, int *ret_fd)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof(sa.sun_path))
@@ -181,6 +179,7 @@ typedef struct tracked_conn {
     h2o_socket_t *sock;
     httpd_server *server;
     httpd_listener *from; /* NULL: one of the server's own listeners */
+    int peer;             /* check_peer's identity, -1 when not checked */
 } tracked_conn;
 
 static void on_conn_close(void *data)
@@ -191,6 +190,22 @@ static void on_conn_close(void *data)
     if (c->from && --c->from->n_conns == 0 && !c->from->sock)
         free(c->from);
     free(c);
+}
+
+/* Asks the server's check_peer about the process at the other end of the
+ * Unix socket FD (check_peer logs its refusals). Returns 0 and its identity
+ * in *RET_PEER, or a negative errno. */
+static int check_peer(const httpd_config *cfg, int fd, int *ret_peer)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        int e = negative_errno();
+        log_fields(LOG_LEVEL_WARN, "refused a local peer whose credentials cannot be read", "server", cfg->name,
+                   "error", strerror(-e), NULL);
+        return e;
+    }
+    return cfg->check_peer(cfg->peer_data, cred.pid, cred.uid, ret_peer);
 }
 
 /* Accepts one connection on LISTENER for ACTX; FROM is the added listener
@@ -204,15 +219,18 @@ static void accept_one(h2o_socket_t *listener, h2o_accept_ctx_t *actx, httpd_lis
     httpd_server *srv = t->server;
     unsigned cap = srv->max_conns;
     tracked_conn *c = NULL;
+    int peer = -1;
     if ((cap && atomic_load(&srv->n_conns) >= cap) || (from && from->max_conns && from->n_conns >= from->max_conns) ||
+        (!from && srv->cfg->check_peer && check_peer(srv->cfg, h2o_socket_get_fd(sock), &peer) < 0) ||
         !(c = calloc(1, sizeof(*c)))) {
-        h2o_socket_close(sock); /* over the cap: refused before any byte is read */
+        h2o_socket_close(sock); /* over the cap, or not a peer it serves: refused before any byte is read */
         return;
     }
     atomic_fetch_add(&srv->n_conns, 1);
     c->sock = sock;
     c->server = srv;
     c->from = from;
+    c->peer = peer;
     if (from)
         from->n_conns++;
     h2o_linklist_insert(&t->conns, &c->link);
@@ -274,6 +292,13 @@ uint64_t httpd_conn_tag(h2o_req_t *req)
     h2o_socket_t *sock = req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
     const tracked_conn *c = sock ? sock->on_close.data : NULL;
     return c && c->from ? c->from->tag : 0;
+}
+
+int httpd_conn_peer(h2o_req_t *req)
+{
+    h2o_socket_t *sock = req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    const tracked_conn *c = sock ? sock->on_close.data : NULL;
+    return c ? c->peer : -1;
 }
 
 static bool thread_busy(httpd_thread *t)
@@ -392,7 +417,9 @@ int httpd_run(const httpd_config *cfg)
 {
     httpd_server srv = {.cfg = cfg, .listen_fd = -1, .plain_fd = -1, .max_conns = connection_cap(cfg)};
     bool is_unix = strncmp(cfg->listen, "unix:", 5) == 0;
-    int e = is_unix ? listen_unix(cfg->listen + 5, &srv.listen_fd) : listen_tcp(cfg->listen, &srv.listen_fd);
+    if (cfg->check_peer && (!is_unix || cfg->plain_listen))
+        return -EINVAL; /* peers are known on Unix sockets only */
+    int e = is_unix ? httpd_listen_unix(cfg->listen + 5, &srv.listen_fd) : listen_tcp(cfg->listen, &srv.listen_fd);
     const char *failed = cfg->listen;
     if (e == 0 && cfg->plain_listen && (e = listen_tcp(cfg->plain_listen, &srv.plain_fd)) < 0)
         failed = cfg->plain_listen;

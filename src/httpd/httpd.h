@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <openssl/ssl.h>
 
 /* Descriptors kept for the process's own files, sockets and event loops
@@ -49,6 +50,14 @@ typedef struct httpd_config {
     httpd_hooks hooks;
     void *userdata;
     _Atomic bool *ready_flag; /* set once serving, may be NULL */
+    /* Unix listeners only (not the ones added with httpd_listener_add()):
+     * decides on each accepted connection from its SO_PEERCRED pid and uid
+     * before a byte is read. Returns 0 and an identity in *RET_PEER, kept
+     * with the connection (httpd_conn_peer()), to serve it; a negative errno
+     * (after logging why) closes it. NULL: whoever the socket's mode lets
+     * connect. */
+    int (*check_peer)(const void *data, pid_t pid, uid_t uid, int *ret_peer);
+    const void *peer_data;
 } httpd_config;
 
 /* Serves until SIGTERM or SIGINT, which the caller must have blocked in
@@ -60,6 +69,8 @@ int httpd_run(const httpd_config *cfg);
 void *httpd_thread_state(h2o_req_t *req);
 /* The client's address of REQ as text into OUT ("" when unknown). */
 void httpd_peer_ip(h2o_req_t *req, char *out, size_t size);
+/* The identity check_peer gave REQ's connection; -1 when not checked. */
+int httpd_conn_peer(h2o_req_t *req);
 /* Client connections open now, over every thread of the server serving REQ. */
 unsigned httpd_connections(h2o_req_t *req);
 /* True once the server serving REQ has begun to stop. */
@@ -70,6 +81,11 @@ bool httpd_stopping(h2o_req_t *req);
  * handler knows where a request came from without trusting anything the
  * client says. */
 typedef struct httpd_listener httpd_listener;
+
+/* Binds and listens on a Unix socket at PATH (replacing a stale one), mode
+ * 0600, non-blocking, close-on-exec. Returns 0 and the socket in *RET_FD,
+ * or a negative errno. */
+int httpd_listen_unix(const char *path, int *ret_fd);
 
 /* Starts accepting on the listening socket FD (taken over, closed by
  * httpd_listener_close()) on the loop of CTX, which must be the context

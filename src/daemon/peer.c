@@ -1,0 +1,45 @@
+#include "daemon/peer.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "basic/log.h"
+
+int peer_check(const peer_policy *p, pid_t pid, uid_t uid, int *ret_role)
+{
+    if (pid <= 0) /* unknown, or in a pid namespace that hides it */
+        return -ESRCH;
+    size_t i = 0;
+    while (i < p->n_roles && atomic_load(&p->roles[i].pid) != pid)
+        i++;
+    if (i == p->n_roles)
+        return -ESRCH;
+    bool allowed = false;
+    for (size_t k = 0; k < PEER_ALLOWED_MAX && p->allowed[k] && !allowed; k++)
+        allowed = strcmp(p->allowed[k], p->roles[i].name) == 0;
+    if (!allowed)
+        return -EACCES;
+    if (uid != p->uid)
+        return -EPERM;
+    *ret_role = (int)i;
+    return 0;
+}
+
+int peer_check_hook(const void *data, pid_t pid, uid_t uid, int *ret_peer)
+{
+    const peer_policy *p = data;
+    int e = peer_check(p, pid, uid, ret_peer);
+    if (e < 0) {
+        char pid_s[24], uid_s[24];
+        snprintf(pid_s, sizeof(pid_s), "%ld", (long)pid);
+        snprintf(uid_s, sizeof(uid_s), "%lu", (unsigned long)uid);
+        log_fields(LOG_LEVEL_WARN, "refused a local peer", "socket", p->socket, "pid", pid_s, "uid", uid_s, "reason",
+                   e == -ESRCH    ? "not a process of this daemon's roles"
+                   : e == -EACCES ? "a role that may not use this socket"
+                                  : "not the roles' uid",
+                   NULL);
+    }
+    return e;
+}
