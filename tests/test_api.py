@@ -32,14 +32,15 @@ def error_of(r):
     return body["error"]
 
 
-def test_health_and_metrics_are_public(shared_server):
+def test_health_is_public_and_metrics_need_a_credential(shared_server):
     r = requests.get(shared_server.url + "/healthz", verify=shared_server.ca)
     assert r.status_code == 200
-    # every role of the table, each ready
+    # every role of the table, each ready, nothing wrong
     assert r.json()["status"] == "ok" and r.json()["roles"]["api"] == "ready"
-    assert set(r.json()["roles"].values()) == {"ready"}
+    assert set(r.json()["roles"].values()) == {"ready"} and r.json()["problems"] == []
     shared_server.request("GET", "/v1/services")
-    m = requests.get(shared_server.url + "/metrics", verify=shared_server.ca)
+    assert requests.get(shared_server.url + "/metrics", verify=shared_server.ca).status_code == 401
+    m = shared_server.request("GET", "/metrics")  # the admin token
     assert m.status_code == 200
     assert m.headers["content-type"].startswith("text/plain")
     assert 'cloister_api_requests_total{route="/v1/{kind}",method="GET",status="200"}' in m.text

@@ -462,14 +462,13 @@ static int proxy_update(proxy_stream *p, api_error *err)
 
 /* ---- the stream ---- */
 
-/* Ends the stream with an `error` event saying why (ERR). */
+/* Ends the stream with an `error` event saying why (ERR), in place of
+ * what is still unsent. */
 static void proxy_finish(proxy_stream *p, const api_error *err)
 {
     json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", err->code, "message", err->message);
-    if (e)
-        api_sse_queue_event(&p->super, "error", -1, e);
+    api_sse_end(&p->super, "error", e);
     json_decref(e);
-    api_sse_finish(&p->super);
 }
 
 /* Whether C is the proxy role's own identity: the workload user
@@ -575,7 +574,9 @@ static int parse_since(h2o_req_t *req, int64_t *ret, api_error *err)
  * started, or -1 with ERR. */
 static int open_stream(api_request *r, const caller *c, int64_t since, api_error *err)
 {
-    proxy_stream *p = (proxy_stream *)api_sse_new(r->req, r->started, &proxy_stream_class);
+    proxy_stream *p = (proxy_stream *)api_sse_new(r->req, r->started, &proxy_stream_class, c->user, err);
+    if (!p)
+        return -1;
     p->server = r->server;
     snprintf(p->user, sizeof(p->user), "%s", caller_name(c));
     /* a revision from another store (ahead of this one) cannot be resumed */

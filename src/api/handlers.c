@@ -28,7 +28,8 @@
 
 #define WATCH_BATCH_MAX 500
 #define WATCH_HEARTBEAT_NS (15 * NSEC_PER_SEC)
-#define WATCH_BUFFER_MAX (16 * 1024 * 1024)
+#define WATCH_BUFFER_MAX (4 * 1024 * 1024) /* unsent bytes per stream; a slower reader is ended */
+#define PROXY_CONFIG_MAX_AGE_S 30 /* /healthz: the proxy hears from its stream at least every 5 s */
 
 typedef struct api_handler {
     h2o_handler_t super;
@@ -591,15 +592,13 @@ typedef struct watcher {
     int64_t revision;
 } watcher;
 
-/* Ends the stream after what is queued; ERROR_CODE adds a final error event. */
+/* Ends the stream with a final ERROR event (ERROR_CODE, MESSAGE); what is
+ * queued and unsent is dropped (the client resumes after its last event). */
 static void watcher_finish(watcher *w, const char *error_code, const char *message)
 {
-    if (error_code && !w->super.finishing) {
-        json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", error_code, "message", message);
-        api_sse_queue_event(&w->super, "ERROR", w->revision, e);
-        json_decref(e);
-    }
-    api_sse_finish(&w->super);
+    json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", error_code, "message", message);
+    api_sse_end(&w->super, "ERROR", e);
+    json_decref(e);
 }
 
 /* A poll tick: queues the changes of the kind after the stream's revision;
@@ -626,7 +625,8 @@ static void watcher_poll(api_sse *s)
         json_object_set_new(ev, "object", pub);
         if (api_sse_queue_event(s, json_string_value(json_object_get(ev, "type")), rev, ev) < 0) {
             json_decref(events);
-            watcher_finish(w, "too_large", "the client does not read the stream fast enough");
+            watcher_finish(w, "too_large", "the client does not read the stream fast enough (more than 4 MiB waits "
+                                           "to be sent); watch again from the last revision received");
             return;
         }
         w->revision = rev;
@@ -655,10 +655,17 @@ static const api_sse_class watcher_class = {
     .recheck = watcher_recheck,
 };
 
+/* Opens a watch stream of KIND for the caller C (counted against their
+ * stream cap: 429 past it). */
 static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind,
-                         int64_t from_revision)
+                         int64_t from_revision, const caller *c)
 {
-    watcher *w = (watcher *)api_sse_new(req, started, &watcher_class);
+    api_error err;
+    watcher *w = (watcher *)api_sse_new(req, started, &watcher_class, c->user, &err);
+    if (!w) {
+        api_respond_error(req, ROUTE_WATCH, started, &err);
+        return;
+    }
     w->kind = kind->kind;
     if (from_revision > 0)
         w->revision = from_revision;
@@ -667,7 +674,6 @@ static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, cons
         json_t *items;
         int e = store_list(srv->cfg->store, kind->kind, &items, &w->revision);
         if (e < 0) {
-            api_error err;
             api_fail_store(&err, e, kind->kind, "*");
             api_respond_error(req, ROUTE_WATCH, started, &err);
             return;
@@ -678,39 +684,104 @@ static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, cons
         {
             json_t *ev = json_pack("{s:s, s:I, s:o}", "type", "ADDED", "revision", (json_int_t)w->revision,
                                    "object", public_view(doc));
-            api_sse_queue_event(&w->super, "ADDED", w->revision, ev);
+            e = api_sse_queue_event(&w->super, "ADDED", w->revision, ev);
             json_decref(ev);
+            if (e < 0)
+                break;
         }
         json_decref(items);
+        if (e < 0) /* no partial state: the stream ends at once */
+            watcher_finish(w, "too_large", "the current resources do not fit in a watch stream's 4 MiB buffer; "
+                                           "list them, then watch with ?resourceVersion=<the list's>");
     }
-    api_sse_queue_text(&w->super, ": watching\n\n");
+    if (!w->super.finishing)
+        api_sse_queue_text(&w->super, ": watching\n\n");
     api_sse_start(&w->super);
 }
 
 /* ---- health, metrics, whoami ---- */
 
+/* /healthz: 200 {"status":"ok"} when every role that should run serves,
+ * the KMS is unsealed and the proxy has heard from its configuration stream
+ * within PROXY_CONFIG_MAX_AGE_S; else 503 {"status":"unavailable"} with a
+ * problem naming each part that is not ready. No credential: load balancers
+ * and supervisors ask it. */
 static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
 {
     const api_config *cfg = srv->cfg;
-    json_t *roles = json_object();
-    bool ok = !httpd_stopping(req);
+    json_t *roles = json_object(), *problems = json_array();
+    char problem[200];
+    if (httpd_stopping(req))
+        json_array_append_new(problems, json_string("api: stopping"));
     for (size_t i = 0; i < cfg->n_roles; i++) {
-        if (!atomic_load(&cfg->roles[i].wanted))
+        const role_health *role = &cfg->roles[i];
+        if (!atomic_load(&role->wanted))
             continue;
-        bool ready = atomic_load(&cfg->roles[i].ready);
-        ok = ok && ready;
-        json_object_set_new(roles, cfg->roles[i].name, json_string(ready ? "ready" : "starting"));
+        const char *state = "ready";
+        uint64_t age = 0;
+        problem[0] = 0;
+        if (!atomic_load(&role->ready)) {
+            state = "starting";
+            snprintf(problem, sizeof(problem), "%s: starting (not serving yet)", role->name);
+        } else if (atomic_load(&role->sealed)) {
+            state = "sealed";
+            snprintf(problem, sizeof(problem), "%s: sealed; run cloisterd unseal", role->name);
+        } else if (strcmp(role->name, "proxy") == 0 && cfg->proxy_metrics) {
+            int e = proxy_metrics_config_age(cfg->proxy_metrics, time_mono_ns(), &age);
+            if (e == -EAGAIN) {
+                state = "starting";
+                snprintf(problem, sizeof(problem), "proxy: no configuration from the API yet (waiting %llu s)",
+                         (unsigned long long)(age / NSEC_PER_SEC));
+            } else if (e == 0 && age > PROXY_CONFIG_MAX_AGE_S * NSEC_PER_SEC) {
+                state = "stale";
+                snprintf(problem, sizeof(problem), "proxy: no configuration from the API for %llu s",
+                         (unsigned long long)(age / NSEC_PER_SEC));
+            }
+        }
+        json_object_set_new(roles, role->name, json_string(state));
+        if (problem[0])
+            json_array_append_new(problems, json_string(problem));
     }
-    json_t *body = json_pack("{s:s, s:o}", "status", ok ? "ok" : "unavailable", "roles", roles);
+    bool ok = json_array_size(problems) == 0;
+    json_t *body = json_pack("{s:s, s:o, s:o}", "status", ok ? "ok" : "unavailable", "roles", roles, "problems",
+                             problems);
     api_respond_json(req, ROUTE_HEALTHZ, started, ok ? 200 : 503, body);
     json_decref(body);
 }
 
+/* /metrics: the Prometheus text of the API, its streams and the proxy, for
+ * a caller authenticated as any API call and allowed `get` on kind Metrics
+ * (401 / 403 JSON otherwise). */
 static void handle_metrics(api_server *srv, h2o_req_t *req, uint64_t started)
 {
+    caller c = {0};
+    api_error err;
+    int denied = authenticate(srv, req, &c, &err);
+    if (denied < 0)
+        api_report_refusal(req, &c, &err);
+    else /* audits a refusal itself */
+        denied = api_authorize(srv, req, &c, "get", "Metrics", "", &err);
+    caller_clear(&c);
+    if (denied < 0) {
+        api_respond_error(req, ROUTE_METRICS, started, &err);
+        return;
+    }
     _cleanup_strbuf_ strbuf out;
     strbuf_init(&out, 4 * 1024 * 1024);
     metrics_render(&out);
+    unsigned streams;
+    uint64_t too_slow;
+    api_sse_counts(&streams, &too_slow);
+    strbuf_printf(&out,
+                  "# HELP cloister_api_streams_open Watch and configuration streams open (at most %d per user, %d "
+                  "in all).\n"
+                  "# TYPE cloister_api_streams_open gauge\n"
+                  "cloister_api_streams_open %u\n"
+                  "# HELP cloister_api_streams_too_slow_total Streams ended because more than their buffer cap "
+                  "waited to be sent.\n"
+                  "# TYPE cloister_api_streams_too_slow_total counter\n"
+                  "cloister_api_streams_too_slow_total %llu\n",
+                  API_SSE_PER_USER_MAX, API_SSE_TOTAL_MAX, streams, (unsigned long long)too_slow);
     if (srv->cfg->proxy_metrics)
         proxy_metrics_render(srv->cfg->proxy_metrics, &out);
     req->res.status = 200;
@@ -880,7 +951,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
             if (from < 0)
                 r = api_fail(&err, 400, "invalid", "resourceVersion must be a non-negative decimal number");
             else
-                handle_watch(srv, req, started, kind, from);
+                handle_watch(srv, req, started, kind, from, &c);
         }
         break;
     case ROUTE_CREATE:

@@ -2,6 +2,8 @@
 #include "api/server.h"
 #include "httpd/httpd.h"
 
+#define API_MAX_CONNECTIONS 4096 /* lowered below the descriptor limit at start (httpd) */
+
 int api_run(const api_config *cfg)
 {
     api_server srv = {.cfg = cfg};
@@ -17,6 +19,7 @@ int api_run(const api_config *cfg)
         /* JSON bodies are capped at API_BODY_MAX with a JSON error; h2o cuts
          * off anything far larger before buffering it */
         .max_request_body = 4 * 1024 * 1024,
+        .max_connections = API_MAX_CONNECTIONS,
         .hooks = {api_handlers_register, api_handlers_thread_init, api_handlers_thread_drain,
                   api_handlers_thread_busy, api_handlers_thread_dispose},
         .userdata = &srv,

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <openssl/crypto.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +14,91 @@
 #include "httpd/httpd.h"
 
 static void sse_flush(api_sse *s);
+
+/* The streams open in this process, in total and by owner (every event loop
+ * thread of the API counts here). An owner is listed while it has a stream
+ * open, so the table never holds more owners than API_SSE_TOTAL_MAX. */
+static struct {
+    pthread_mutex_t lock;
+    unsigned total;
+    uint64_t too_slow; /* streams whose buffer cap was reached */
+    size_t n_owners;
+    struct {
+        char key[sizeof(((api_sse *)0)->owner)];
+        unsigned streams;
+    } owners[API_SSE_TOTAL_MAX];
+} open_streams = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* The index of OWNER in the table, or n_owners when absent. Under the lock. */
+static size_t owner_index(const char *owner)
+{
+    size_t i = 0;
+    while (i < open_streams.n_owners && strcmp(open_streams.owners[i].key, owner) != 0)
+        i++;
+    return i;
+}
+
+/* Takes a stream slot for OWNER (a key that fits api_sse.owner). Returns
+ * 0, -EUSERS when OWNER has API_SSE_PER_USER_MAX streams open, or -ENFILE
+ * when the process has API_SSE_TOTAL_MAX. */
+static int slot_take(const char *owner)
+{
+    pthread_mutex_lock(&open_streams.lock);
+    size_t i = owner_index(owner);
+    int r = 0;
+    if (open_streams.total >= API_SSE_TOTAL_MAX)
+        r = -ENFILE;
+    else if (i < open_streams.n_owners && open_streams.owners[i].streams >= API_SSE_PER_USER_MAX)
+        r = -EUSERS;
+    else {
+        if (i == open_streams.n_owners) {
+            snprintf(open_streams.owners[i].key, sizeof(open_streams.owners[i].key), "%s", owner);
+            open_streams.owners[i].streams = 0;
+            open_streams.n_owners++;
+        }
+        open_streams.owners[i].streams++;
+        open_streams.total++;
+    }
+    pthread_mutex_unlock(&open_streams.lock);
+    return r;
+}
+
+/* Gives S's slot back, once (every way a stream ends comes here). */
+static void slot_release(api_sse *s)
+{
+    if (!s->counted)
+        return;
+    s->counted = false;
+    pthread_mutex_lock(&open_streams.lock);
+    size_t i = owner_index(s->owner);
+    if (i < open_streams.n_owners) {
+        open_streams.total--;
+        if (--open_streams.owners[i].streams == 0)
+            open_streams.owners[i] = open_streams.owners[--open_streams.n_owners];
+    }
+    pthread_mutex_unlock(&open_streams.lock);
+}
+
+void api_sse_counts(unsigned *ret_open, uint64_t *ret_too_slow)
+{
+    pthread_mutex_lock(&open_streams.lock);
+    *ret_open = open_streams.total;
+    *ret_too_slow = open_streams.too_slow;
+    pthread_mutex_unlock(&open_streams.lock);
+}
+
+/* Passes on the result R of queueing on S, counting S once as too slow
+ * when R says its buffer cap was reached. */
+static int queued(api_sse *s, int r)
+{
+    if (r == -E2BIG && !s->too_slow) {
+        s->too_slow = true;
+        pthread_mutex_lock(&open_streams.lock);
+        open_streams.too_slow++;
+        pthread_mutex_unlock(&open_streams.lock);
+    }
+    return r;
+}
 
 /* Stops polling and leaves the thread's list of open streams. */
 static void sse_detach(api_sse *s)
@@ -28,6 +114,7 @@ static void sse_dispose(void *p)
 {
     api_sse *s = p;
     sse_detach(s);
+    slot_release(s);
     if (s->cls->dispose)
         s->cls->dispose(s);
     strbuf_free(&s->queued); /* wiped first when the class is secret */
@@ -37,7 +124,7 @@ static void sse_dispose(void *p)
 /* Sends what is queued unless a send is under way; the final chunk ends the response. */
 static void sse_flush(api_sse *s)
 {
-    if (s->sending || s->done)
+    if (s->sending || s->done || !s->responding)
         return;
     if (s->queued.len == 0 && !s->finishing)
         return;
@@ -94,15 +181,40 @@ static void sse_stop(h2o_generator_t *g, h2o_req_t *req)
         api_finish(s->cls->route, s->started, 200);
     s->done = true;
     sse_detach(s);
+    slot_release(s);
 }
 
-api_sse *api_sse_new(h2o_req_t *req, uint64_t started, const api_sse_class *cls)
+api_sse *api_sse_new(h2o_req_t *req, uint64_t started, const api_sse_class *cls, const json_t *user, api_error *err)
 {
+    const json_t *meta = json_object_get(user, "metadata");
+    const char *name = json_string_value(json_object_get(meta, "name"));
+    const char *uid = json_string_value(json_object_get(meta, "uid")) ?: name;
+    if (!uid) {
+        api_fail(err, 500, "internal", "the caller has no user to count the stream against");
+        return NULL;
+    }
+    char owner[sizeof(((api_sse *)0)->owner)];
+    snprintf(owner, sizeof(owner), "%s", uid);
+    int e = slot_take(owner);
+    if (e == -EUSERS) {
+        api_fail(err, 429, "too_many_streams",
+                 "user %s already has %d streams open (watch and configuration streams together), the most one "
+                 "user may have; close one and try again",
+                 name ?: owner, API_SSE_PER_USER_MAX);
+        return NULL;
+    }
+    if (e < 0) {
+        api_fail(err, 429, "too_many_streams",
+                 "the API already serves %d streams, the most it holds open at once; try again later",
+                 API_SSE_TOTAL_MAX);
+        return NULL;
+    }
     api_sse *s = h2o_mem_alloc_shared(&req->pool, cls->size, sse_dispose);
     memset(s, 0, cls->size);
     *s = (api_sse){.super = {sse_proceed, sse_stop}, .cls = cls, .req = req,
                    .thread = (api_thread *)httpd_thread_state(req), .started = started,
-                   .last_sent = time_mono_ns(), .checked_at = time_mono_ns()};
+                   .last_sent = time_mono_ns(), .checked_at = time_mono_ns(), .counted = true};
+    memcpy(s->owner, owner, sizeof(owner));
     s->poll.cb = sse_on_poll;
     if (cls->secret) {
         strbuf_init_secure(&s->queued, cls->buffer_max);
@@ -122,6 +234,11 @@ void api_sse_start(api_sse *s)
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("text/event-stream"));
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
     h2o_start_response(req, &s->super);
+    s->responding = true;
+    if (s->finishing) { /* ended before it started: the last event goes out */
+        sse_flush(s);
+        return;
+    }
     if (httpd_stopping(req)) {
         /* opened on a kept-alive connection after the drain: what is queued
          * goes out and the stream ends at once */
@@ -143,7 +260,7 @@ int api_sse_queue_event(api_sse *s, const char *event, int64_t id, const json_t 
     if (s->cls->secret)
         OPENSSL_cleanse(text, strlen(text));
     free(text);
-    return r;
+    return queued(s, r);
 }
 
 int api_sse_redecide(api_sse *s, const char *verb, const char *kind, api_error *err)
@@ -160,7 +277,7 @@ int api_sse_redecide(api_sse *s, const char *verb, const char *kind, api_error *
 
 int api_sse_queue_text(api_sse *s, const char *text)
 {
-    return strbuf_puts(&s->queued, text);
+    return queued(s, strbuf_puts(&s->queued, text));
 }
 
 void api_sse_finish(api_sse *s)
@@ -170,6 +287,16 @@ void api_sse_finish(api_sse *s)
     s->finishing = true;
     sse_detach(s);
     sse_flush(s);
+}
+
+void api_sse_end(api_sse *s, const char *event, const json_t *data)
+{
+    if (s->finishing)
+        return;
+    strbuf_reset(&s->queued); /* wiped first when the class is secret */
+    if (data)
+        api_sse_queue_event(s, event, -1, data);
+    api_sse_finish(s);
 }
 
 void api_sse_drain(api_thread *t)

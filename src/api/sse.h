@@ -4,7 +4,12 @@
  * flight), is polled on its event loop's watch timer to look for news, sends
  * a comment when it has been quiet too long, and is ended by the server at
  * shutdown (api_sse_drain). A kind of stream "subclasses" api_sse by embedding
- * it first, in the manner of h2o's generators. */
+ * it first, in the manner of h2o's generators.
+ *
+ * Streams are capped: each holds at most its class's buffer_max unsent bytes
+ * (a client that reads too slowly is ended with an error event), one user
+ * has at most API_SSE_PER_USER_MAX streams open and the API process at most
+ * API_SSE_TOTAL_MAX; the next is refused with 429 until one ends. */
 #pragma once
 
 #include <h2o.h>
@@ -24,6 +29,11 @@
 /* How often a stream's caller is authenticated and authorized again: a lost
  * right or session ends it within this (and a poll tick). */
 #define API_SSE_RECHECK_NS (4 * NSEC_PER_SEC)
+
+/* Streams (watch and configuration streams together) open at once for one
+ * user, and in the whole API process. */
+#define API_SSE_PER_USER_MAX 16
+#define API_SSE_TOTAL_MAX 1024
 
 typedef struct api_sse api_sse;
 
@@ -57,16 +67,24 @@ struct api_sse {
     bool sending;   /* h2o holds `inflight` until proceed is called */
     bool finishing; /* no more polling; the next chunk is the last */
     bool done;
+    bool responding; /* the response head was started: chunks may be sent */
+    bool too_slow; /* reached its buffer cap (counted once) */
+    bool counted; /* holds a slot of owner's (released once, when the stream ends) */
+    char owner[72]; /* the user's uid (their name when the document has none) */
     strbuf queued, inflight;
 };
 
-/* A stream of class CLS answering REQ, allocated (CLS->size bytes, zeroed
- * past the api_sse) from REQ's pool and released with it. STARTED is when
- * the request arrived (monotonic ns). Queue the first events, then call
+/* A stream of class CLS answering REQ for USER (the caller's stored User
+ * document, borrowed), allocated (CLS->size bytes, zeroed past the api_sse)
+ * from REQ's pool and released with it. STARTED is when the request arrived
+ * (monotonic ns). Returns the stream, counted against USER's and the
+ * process's caps until it ends; or NULL with ERR filled (429
+ * too_many_streams naming the cap) when either is reached, or 500 when
+ * USER has neither uid nor name. Queue the first events, then call
  * api_sse_start(). */
-api_sse *api_sse_new(h2o_req_t *req, uint64_t started, const api_sse_class *cls);
+api_sse *api_sse_new(h2o_req_t *req, uint64_t started, const api_sse_class *cls, const json_t *user, api_error *err);
 /* Sends the 200 response head (text/event-stream, no-store), what is queued,
- * and starts polling. */
+ * and starts polling (or ends the stream at once when it was ended before). */
 void api_sse_start(api_sse *s);
 
 /* Queues `event: EVENT`, `id: ID` (left out when ID < 0) and `data: DATA`
@@ -84,8 +102,17 @@ int api_sse_queue_text(api_sse *s, const char *text);
  * refusal audited). */
 int api_sse_redecide(api_sse *s, const char *verb, const char *kind, api_error *err);
 
-/* Ends the stream after what is queued (queue a last error event first to
- * tell the client why). Idempotent. */
+/* Ends the stream after what is queued. Idempotent. */
 void api_sse_finish(api_sse *s);
+/* Ends the stream with a last event telling the client why: what is queued
+ * and not yet handed to the connection is dropped (so the event fits even
+ * when the buffer is full; the client resumes after the last event it
+ * received), then `event: EVENT` and `data: DATA` (borrowed; no id, so the
+ * client's last event id stays that of the last event it got) are sent and
+ * the stream finishes. Idempotent. */
+void api_sse_end(api_sse *s, const char *event, const json_t *data);
+/* Streams open now in this process, and streams that reached their buffer
+ * cap since it started (for /metrics). */
+void api_sse_counts(unsigned *ret_open, uint64_t *ret_too_slow);
 /* Ends every stream of thread T (server shutdown). */
 void api_sse_drain(api_thread *t);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -387,6 +388,29 @@ static void print_banner(const daemon_config *cfg)
     }
 }
 
+/* Raises the soft limit on open descriptors to the hard one, as the roles
+ * inherit it: they wait with epoll and poll, never select(), and the API's
+ * and the proxy's connection caps are fitted under the limit (httpd), so a
+ * soft limit left at a login default (1024) would cap the proxy at a few
+ * hundred connections. The hard limit is the operator's (LimitNOFILE=,
+ * ulimit -Hn). */
+static void raise_nofile_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+        return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    char from[24], to[24];
+    snprintf(from, sizeof(from), "%llu", (unsigned long long)was);
+    snprintf(to, sizeof(to), "%llu", (unsigned long long)rl.rlim_max);
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        log_fields(LOG_LEVEL_WARN, "cannot raise the open file limit to its hard limit; connection caps stay low",
+                   "nofile", from, "hard", to, "error", strerror(errno), NULL);
+    else
+        log_fields(LOG_LEVEL_INFO, "raised the open file limit to its hard limit", "from", from, "to", to, NULL);
+}
+
 /* Runs the roles until SIGTERM/SIGINT; returns the exit status. */
 static int supervise(const daemon_config *cfg, role_health *health)
 {
@@ -513,6 +537,7 @@ int main(int argc, char **argv)
 
     if (first_start(&cfg) < 0)
         return 1;
+    raise_nofile_limit();
 
     role_health *health = mmap(NULL, sizeof(role_health) * N_ROLES, PROT_READ | PROT_WRITE,
                                MAP_SHARED | MAP_ANONYMOUS, -1, 0);

@@ -35,6 +35,7 @@
 
 typedef struct kms_role {
     const daemon_config *cfg;
+    role_health *health; /* its sealed flag tells /healthz */
     kms_seal_config seal;
     char keyring_file[4200];
     uint8_t *root; /* locked; NULL while sealed */
@@ -398,6 +399,7 @@ static void role_seal(kms_role *role)
     role->ring = NULL;
     secmem_free(role->root);
     role->root = NULL;
+    atomic_store(&role->health->sealed, true);
 }
 
 /* Unseals with SECRET (passphrase or PIN, ignored in dev mode); 0 or -1 with ERR. */
@@ -423,6 +425,7 @@ static int role_unseal(kms_role *role, const char *secret, size_t len, api_error
                         "%s", kerr.message);
     }
     role->root = root;
+    atomic_store(&role->health->sealed, false);
     log_fields(LOG_LEVEL_INFO, created ? "KMS initialised: a new root key was created and sealed" : "KMS unsealed",
                "mode", role->seal.mode, NULL);
     return 0;
@@ -587,8 +590,10 @@ int role_kms_main(const daemon_config *cfg, role_health *health, role_health *al
     if (r < 0)
         log_fields(LOG_LEVEL_WARN, "cannot start audit event delivery; events go to the log", "error", strerror(-r),
                    NULL);
+    atomic_store(&health->sealed, true);
     kms_role role = {
         .cfg = cfg,
+        .health = health,
         .seal = {.mode = cfg->seal_mode, .root_file = cfg->kms_root_file, .dev_key_file = cfg->kms_dev_key_file,
                  .pkcs11_module = cfg->pkcs11_module, .pkcs11_slot = cfg->pkcs11_slot},
     };

@@ -21,7 +21,7 @@
 #include "proxy/proxy.h"
 
 #define ASSERTION_KEY_ROTATE_S (24 * 3600)
-#define MAX_CONNECTIONS 20000 /* at most; below the descriptor limit (proxy_connection_cap) */
+#define MAX_CONNECTIONS 20000 /* at most; httpd lowers it below the descriptor limit */
 #define REQUEST_TIMEOUT_MS 10000 /* HTTP/1: headers and body of a request, and keep-alive idleness */
 #define IDLE_TIMEOUT_MS 60000    /* HTTP/2 */
 
@@ -91,7 +91,8 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
                    strerror(-r), NULL);
     proxy_follower *follower = NULL;
     r = proxy_follow_start(&(proxy_follow_config){.api_url = api_url, .ca_file = cfg->ca_cert,
-                                                  .token_file = cfg->proxy_token, .domain = cfg->domain},
+                                                  .token_file = cfg->proxy_token, .domain = cfg->domain,
+                                                  .metrics = cfg->proxy_metrics},
                            &follower);
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot start following the API's configuration", "error", strerror(-r), NULL);
@@ -120,7 +121,8 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         .plain_listen = cfg->proxy_http_listen[0] ? cfg->proxy_http_listen : NULL,
         .threads = cfg->proxy_threads,
         .max_request_body = PROXY_DEFAULT_MAX_BODY,
-        .max_connections = proxy_connection_cap(MAX_CONNECTIONS),
+        .max_connections = MAX_CONNECTIONS,
+        .fds_per_connection = 2, /* the client's and its upstream's */
         .request_timeout_ms = REQUEST_TIMEOUT_MS,
         .idle_timeout_ms = IDLE_TIMEOUT_MS,
         .hooks = {.register_handlers = proxy_register, .thread_init = proxy_thread_init,

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -45,6 +46,7 @@ struct httpd_server {
     int listen_fd, plain_fd; /* plain_fd: -1 without a plain-HTTP listener */
     httpd_thread *threads;
     unsigned n_threads;
+    unsigned max_conns; /* cfg's cap fitted under the descriptor limit; 0: none */
     _Atomic unsigned n_conns;
     _Atomic bool stopping;
 };
@@ -401,7 +403,7 @@ static void accept_one(h2o_socket_t *listener, h2o_accept_ctx_t *actx, httpd_lis
     if (!sock)
         return;
     httpd_server *srv = t->server;
-    unsigned cap = srv->cfg->max_connections;
+    unsigned cap = srv->max_conns;
     tracked_conn *c = NULL;
     int peer = -1;
     if ((cap && atomic_load(&srv->n_conns) >= cap) || (from && from->max_conns && from->n_conns >= from->max_conns) ||
@@ -554,6 +556,33 @@ static void *thread_main(void *arg)
     return NULL;
 }
 
+/* CFG's connection cap lowered to what RLIMIT_NOFILE leaves once
+ * HTTPD_FDS_RESERVED descriptors are kept (half the limit when it is
+ * smaller), each connection taking fds_per_connection, so that accept()
+ * never fails with EMFILE (which would leave the listener readable and the
+ * loop spinning); 0 when CFG sets no cap. Logs the cap in force ("<name>
+ * connection cap"), so that an operator sees why connections past it are
+ * closed. */
+static unsigned connection_cap(const httpd_config *cfg)
+{
+    if (!cfg->max_connections)
+        return 0;
+    unsigned cap = cfg->max_connections, per = cfg->fds_per_connection ? cfg->fds_per_connection : 1;
+    struct rlimit rl;
+    char nofile[24] = "unlimited";
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        rlim_t usable = rl.rlim_cur > 2 * HTTPD_FDS_RESERVED ? rl.rlim_cur - HTTPD_FDS_RESERVED : rl.rlim_cur / 2;
+        rlim_t fit = usable / per ? usable / per : 1;
+        cap = (unsigned)MIN((rlim_t)cap, fit);
+        snprintf(nofile, sizeof(nofile), "%llu", (unsigned long long)rl.rlim_cur);
+    }
+    char msg[64], text[16];
+    snprintf(msg, sizeof(msg), "%s connection cap", cfg->name);
+    snprintf(text, sizeof(text), "%u", cap);
+    log_fields(LOG_LEVEL_INFO, msg, "maxConnections", text, "descriptorLimit", nofile, NULL);
+    return cap;
+}
+
 /* Waits for SIGTERM or SIGINT (blocked in every thread) and flags the stop. */
 static void *signal_main(void *arg)
 {
@@ -572,7 +601,7 @@ static void *signal_main(void *arg)
 
 int httpd_run(const httpd_config *cfg)
 {
-    httpd_server srv = {.cfg = cfg, .listen_fd = -1, .plain_fd = -1};
+    httpd_server srv = {.cfg = cfg, .listen_fd = -1, .plain_fd = -1, .max_conns = connection_cap(cfg)};
     bool is_unix = strncmp(cfg->listen, "unix:", 5) == 0;
     if (cfg->check_peer && (!is_unix || cfg->plain_listen))
         return -EINVAL; /* peers are known on Unix sockets only */

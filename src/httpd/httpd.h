@@ -12,6 +12,10 @@
 #include <sys/types.h>
 #include <openssl/ssl.h>
 
+/* Descriptors kept for the process's own files, sockets and event loops
+ * when the connection cap is fitted under RLIMIT_NOFILE. */
+#define HTTPD_FDS_RESERVED 64
+
 typedef struct httpd_hooks {
     /* Registers the component's handlers on PATHCONF, once, before any thread runs. */
     void (*register_handlers)(h2o_pathconf_t *pathconf, void *userdata);
@@ -36,7 +40,11 @@ typedef struct httpd_config {
     const char *plain_listen;   /* an additional plain-HTTP "HOST:PORT" listener, or NULL */
     unsigned threads;           /* default 1 */
     size_t max_request_body;    /* bodies announced larger are refused by h2o (413) */
-    unsigned max_connections;   /* open client connections at once; more are closed at accept (0: no cap) */
+    /* open client connections at once; more are closed at accept (0: no
+     * cap). Lowered at start to what RLIMIT_NOFILE allows (less
+     * HTTPD_FDS_RESERVED, divided by fds_per_connection) and logged. */
+    unsigned max_connections;
+    unsigned fds_per_connection; /* descriptors a connection may hold (the proxy's: its upstream's too); 0: 1 */
     uint64_t request_timeout_ms; /* HTTP/1: reading a request's headers and body, and keep-alive idleness (0: h2o's 10 s) */
     uint64_t idle_timeout_ms;    /* HTTP/2: an idle connection (0: h2o's 10 s) */
     httpd_hooks hooks;

@@ -17,6 +17,7 @@
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
 #include "proxy/config.h"
+#include "proxy/metrics.h"
 
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 5000
@@ -25,6 +26,7 @@
 
 struct proxy_follower {
     char *api_url, *ca_file, *token_file, *domain;
+    proxy_metrics *metrics; /* shared with the api role, may be NULL */
     pthread_t thread;
     _Atomic bool stop;
     proxy_state state;
@@ -241,6 +243,7 @@ static void parse_events(proxy_follower *f)
         start += ev_len + 2;
     }
     if (start) {
+        proxy_metrics_config_heard(f->metrics); /* an event or a keep-alive: the stream is alive */
         OPENSSL_cleanse(buf, start);
         memmove(buf, buf + start, len - start);
         f->pending.len = len - start;
@@ -419,9 +422,12 @@ int proxy_follow_start(const proxy_follow_config *cfg, proxy_follower **ret)
     f->ca_file = strdup(cfg->ca_file);
     f->token_file = strdup(cfg->token_file);
     f->domain = strdup(cfg->domain);
+    f->metrics = cfg->metrics;
     int e = proxy_state_init(&f->state);
     if (e == 0 && (!f->api_url || !f->ca_file || !f->token_file || !f->domain))
         e = -ENOMEM;
+    if (e == 0)
+        proxy_metrics_follow_started(f->metrics);
     if (e == 0 && pthread_create(&f->thread, NULL, follow_main, f) != 0)
         e = -EAGAIN;
     if (e < 0) {

@@ -1,10 +1,12 @@
 /* The proxy's metrics (see metrics.h). */
 #include "proxy/metrics.h"
 
+#include <errno.h>
 #include <stdbool.h>
 #include <string.h>
 
 #include "basic/macro.h"
+#include "basic/timeutil.h"
 
 static const double buckets_s[PROXY_METRICS_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                                         0.05,   0.1,   0.25,   0.5,   1,    2.5};
@@ -102,6 +104,29 @@ void proxy_metrics_config(proxy_metrics *m, uint64_t generation, int64_t revisio
     atomic_fetch_add(&m->config_updates, 1);
 }
 
+void proxy_metrics_follow_started(proxy_metrics *m)
+{
+    if (m)
+        atomic_store(&m->follow_started_ns, time_mono_ns());
+}
+
+void proxy_metrics_config_heard(proxy_metrics *m)
+{
+    if (m)
+        atomic_store(&m->config_heard_ns, time_mono_ns());
+}
+
+int proxy_metrics_config_age(const proxy_metrics *m, uint64_t now, uint64_t *ret_age_ns)
+{
+    uint64_t started = atomic_load(&m->follow_started_ns), heard = atomic_load(&m->config_heard_ns);
+    if (!started)
+        return -ENOENT;
+    /* what a previous run of the role heard does not count */
+    uint64_t since = heard >= started ? heard : started;
+    *ret_age_ns = now > since ? now - since : 0;
+    return heard >= started ? 0 : -EAGAIN;
+}
+
 int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
 {
     int r = strbuf_puts(out, "# HELP cloister_proxy_requests_total Proxy requests by service, decision and status class.\n"
@@ -181,5 +206,13 @@ int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
                           (unsigned long long)atomic_load(&m->config_updates),
                           (unsigned long long)atomic_load(&m->connections),
                           (unsigned long long)atomic_load(&m->audit_dropped));
+    uint64_t age;
+    if (r == 0 && proxy_metrics_config_age(m, time_mono_ns(), &age) == 0)
+        r = strbuf_printf(out,
+                          "# HELP cloister_proxy_config_age_seconds Time since the proxy last heard from its "
+                          "configuration stream (an event or a keep-alive, at least every 5 s).\n"
+                          "# TYPE cloister_proxy_config_age_seconds gauge\n"
+                          "cloister_proxy_config_age_seconds %.3f\n",
+                          (double)age / 1e9);
     return r;
 }

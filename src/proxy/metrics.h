@@ -51,6 +51,10 @@ typedef struct proxy_metrics {
     proxy_service_metrics services[PROXY_METRICS_SERVICES + 1]; /* the last: "(other)" and no service */
     proxy_enclave_load enclaves[PROXY_METRICS_ENCLAVES];
     _Atomic uint64_t config_generation, config_revision, config_updates;
+    /* the configuration stream (monotonic ns, 0: never): when the proxy
+     * began following it (each start of the role), and when it last
+     * delivered an event or a keep-alive */
+    _Atomic uint64_t follow_started_ns, config_heard_ns;
     _Atomic uint64_t audit_dropped;
     _Atomic uint64_t connections;
 } proxy_metrics;
@@ -59,6 +63,15 @@ typedef struct proxy_metrics {
 void proxy_metrics_observe(proxy_metrics *m, const char *service, proxy_decision d, int status, uint64_t latency_ns);
 /* Records the configuration now in use. */
 void proxy_metrics_config(proxy_metrics *m, uint64_t generation, int64_t revision);
+/* Records that the proxy begins following the API's configuration stream. */
+void proxy_metrics_follow_started(proxy_metrics *m);
+/* Records that the configuration stream delivered an event or a keep-alive. */
+void proxy_metrics_config_heard(proxy_metrics *m);
+/* How long the proxy has gone without hearing from its configuration
+ * stream at NOW (monotonic ns): 0 with *RET_AGE_NS when it heard since it
+ * began following, -EAGAIN with *RET_AGE_NS the time since it began when it
+ * has heard nothing yet, -ENOENT when it does not follow (not started). */
+int proxy_metrics_config_age(const proxy_metrics *m, uint64_t now, uint64_t *ret_age_ns);
 /* The in-flight counter of Enclave NAME (claimed on first use), for the
  * proxy to count up when it sends a request to a replica and down when the
  * request ends; NULL when M is NULL or the table is full. */

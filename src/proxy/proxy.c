@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/resource.h>
 
 #include "audit/event.h"
 #include "auth/session.h"
@@ -1310,30 +1309,6 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         atomic_fetch_add(rec->in_flight, 1); /* the load its controller scales on */
     forward(t, req, svc, target, strlen(target));
     return 0;
-}
-
-unsigned proxy_connection_cap(unsigned want)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
-        log_fields(LOG_LEVEL_WARN, "cannot read the descriptor limit; the proxy's connection cap stays as built",
-                   "error", strerror(errno), NULL);
-        return want;
-    }
-    if (rl.rlim_cur < rl.rlim_max) { /* as Go's runtime and systemd's services do: the soft limit is historical */
-        struct rlimit raised = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
-        if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
-            rl = raised;
-    }
-    uint64_t nofile = rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
-    /* half of what the reserve leaves is for clients, the rest for upstreams */
-    uint64_t cap = nofile > 2 * PROXY_FD_RESERVE ? (nofile - PROXY_FD_RESERVE) / 2 : MAX(nofile / 4, (uint64_t)1);
-    cap = MIN(cap, (uint64_t)want);
-    char limit[24], cap_text[24];
-    snprintf(limit, sizeof(limit), "%llu", (unsigned long long)nofile);
-    snprintf(cap_text, sizeof(cap_text), "%llu", (unsigned long long)cap);
-    log_fields(LOG_LEVEL_INFO, "proxy connection cap", "maxConnections", cap_text, "descriptorLimit", limit, NULL);
-    return (unsigned)cap;
 }
 
 void proxy_register(h2o_pathconf_t *pathconf, void *userdata)

@@ -35,14 +35,6 @@ typedef struct proxy_settings {
     struct proxy_certs *certs;   /* service host certificates by SNI; NULL: the default certificate only */
 } proxy_settings;
 
-/* The cap on client connections: at most WANT, and half of what the
- * descriptor limit (RLIMIT_NOFILE, its soft limit first raised to the hard
- * one) leaves after PROXY_FD_RESERVE, so that upstream connections, the
- * configuration stream, the audit socket and files always find a
- * descriptor and accept() never fails with EMFILE. Logged once. */
-#define PROXY_FD_RESERVE 64
-unsigned proxy_connection_cap(unsigned want);
-
 /* httpd hooks; USERDATA is the proxy_settings (borrowed for the server's life). */
 void proxy_register(h2o_pathconf_t *pathconf, void *userdata);
 void *proxy_thread_init(h2o_context_t *ctx, void *userdata);

@@ -1,0 +1,65 @@
+/* Unit tests of the proxy's configuration age, which /healthz reads. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <string.h>
+
+#include "basic/timeutil.h"
+#include "proxy/metrics.h"
+
+static proxy_metrics m;
+
+static void at(uint64_t started, uint64_t heard)
+{
+    memset(&m, 0, sizeof(m));
+    atomic_store(&m.follow_started_ns, started);
+    atomic_store(&m.config_heard_ns, heard);
+}
+
+Test(config_age, unknown_before_the_proxy_follows)
+{
+    uint64_t age = 7;
+    at(0, 0);
+    cr_expect_eq(proxy_metrics_config_age(&m, 100 * NSEC_PER_SEC, &age), -ENOENT);
+    cr_expect_eq(age, 7, "no output on failure");
+}
+
+Test(config_age, waiting_for_the_first_configuration_counts_from_the_start)
+{
+    uint64_t age = 0;
+    at(10 * NSEC_PER_SEC, 0);
+    cr_expect_eq(proxy_metrics_config_age(&m, 52 * NSEC_PER_SEC, &age), -EAGAIN);
+    cr_expect_eq(age, 42 * NSEC_PER_SEC);
+}
+
+Test(config_age, counts_from_the_last_event_or_keep_alive)
+{
+    uint64_t age = 0;
+    at(10 * NSEC_PER_SEC, 20 * NSEC_PER_SEC);
+    cr_expect_eq(proxy_metrics_config_age(&m, 62 * NSEC_PER_SEC, &age), 0);
+    cr_expect_eq(age, 42 * NSEC_PER_SEC);
+    cr_expect_eq(proxy_metrics_config_age(&m, 5 * NSEC_PER_SEC, &age), 0, "a clock read before the update");
+    cr_expect_eq(age, 0);
+}
+
+Test(config_age, what_a_previous_run_of_the_role_heard_does_not_count)
+{
+    uint64_t age = 0;
+    at(30 * NSEC_PER_SEC, 20 * NSEC_PER_SEC);
+    cr_expect_eq(proxy_metrics_config_age(&m, 31 * NSEC_PER_SEC, &age), -EAGAIN);
+    cr_expect_eq(age, 1 * NSEC_PER_SEC);
+}
+
+Test(config_age, rendered_once_heard)
+{
+    strbuf out;
+    at(0, 0);
+    proxy_metrics_follow_started(&m);
+    strbuf_init(&out, 1 << 20);
+    cr_assert_eq(proxy_metrics_render(&m, &out), 0);
+    cr_expect_null(strstr(out.data, "cloister_proxy_config_age_seconds"));
+    proxy_metrics_config_heard(&m);
+    strbuf_reset(&out);
+    cr_assert_eq(proxy_metrics_render(&m, &out), 0);
+    cr_expect_not_null(strstr(out.data, "\ncloister_proxy_config_age_seconds 0.0"), "%s", out.data);
+    strbuf_free(&out);
+}
