@@ -7,35 +7,22 @@
 #include <strings.h>
 
 #include "basic/macro.h"
+#include "httpd/policy-http.h"
 #include "policy/policy-source.h"
 #include "policy/policy.h"
 
 #define CHECK_HEADERS_MAX 64   /* headers a what-if request may carry */
 #define CTX_ARENA_MAX (256u * 1024u)
 
-/* Sets string slot V to the LEN bytes at S when they are UTF-8, else "". */
-static void set_text(policy_request *pr, policy_var v, const char *s, size_t len)
-{
-    pr->vars[v] = policy_text_valid(s, len) ? cel_string(s, len) : cel_string("", 0);
-}
-
-/* Fills ctx.request.http from REQ: method, normalised path, query, host,
- * scheme and headers (repeated ones joined with ", "), allocating from A.
- * Values are borrowed from REQ. Returns 0 or -ENOMEM. */
+/* Fills ctx.request.http from REQ as the proxy does (httpd/policy-http.h),
+ * on h2o's normalised path and the raw query; values borrowed from REQ or
+ * allocated from A. Returns 0 or -ENOMEM. */
 static int set_http(policy_request *pr, h2o_req_t *req, cel_arena *a)
 {
-    set_text(pr, POLICY_VAR_HTTP_METHOD, req->method.base, req->method.len);
-    set_text(pr, POLICY_VAR_HTTP_PATH, req->path_normalized.base, req->path_normalized.len);
-    if (req->query_at != SIZE_MAX)
-        set_text(pr, POLICY_VAR_HTTP_QUERY, req->path.base + req->query_at + 1, req->path.len - req->query_at - 1);
-    set_text(pr, POLICY_VAR_HTTP_HOST, req->authority.base, req->authority.len);
-    policy_request_set_string(pr, POLICY_VAR_HTTP_SCHEME, "https");
-    policy_header h[H2O_MAX_HEADERS];
-    size_t n = MIN(req->headers.size, (size_t)H2O_MAX_HEADERS);
-    for (size_t i = 0; i < n; i++)
-        h[i] = (policy_header){req->headers.entries[i].name->base, req->headers.entries[i].name->len,
-                               req->headers.entries[i].value.base, req->headers.entries[i].value.len};
-    return policy_request_set_headers(pr, h, n, a);
+    h2o_iovec_t query = req->query_at != SIZE_MAX
+                            ? h2o_iovec_init(req->path.base + req->query_at + 1, req->path.len - req->query_at - 1)
+                            : h2o_iovec_init(NULL, 0);
+    return httpd_policy_http(pr, req, req->path_normalized, query, a);
 }
 
 /* Decides PR with the store's current policies into *ret. Returns 0, or -1
