@@ -7,6 +7,7 @@
 #include <strings.h>
 
 #include "basic/macro.h"
+#include "basic/timeutil.h"
 #include "httpd/policy-http.h"
 #include "policy/policy-source.h"
 #include "policy/policy.h"
@@ -23,6 +24,18 @@ static int set_http(policy_request *pr, h2o_req_t *req, cel_arena *a)
                             ? h2o_iovec_init(req->path.base + req->query_at + 1, req->path.len - req->query_at - 1)
                             : h2o_iovec_init(NULL, 0);
     return httpd_policy_http(pr, req, req->path_normalized, query, a);
+}
+
+/* Fills ctx.session from SESSION, the Session of the access token an API
+ * call was made with: a client's, never a browser's (the API reads no
+ * cookie). */
+static void set_session(policy_request *pr, const json_t *session)
+{
+    const json_t *meta = json_object_get(session, "metadata"), *spec = json_object_get(session, "spec");
+    int64_t created = 0, expires = 0;
+    time_parse_rfc3339(json_string_value(json_object_get(meta, "createdAt")), &created);
+    time_parse_rfc3339(json_string_value(json_object_get(spec, "expiresAt")), &expires);
+    policy_request_set_session(pr, session, created, expires, false);
 }
 
 /* Decides PR with the store's current policies into *ret. Returns 0, or -1
@@ -60,6 +73,8 @@ static int authorize(api_server *srv, h2o_req_t *req, const caller *c, const cha
     policy_request_set_string(&pr, POLICY_VAR_API_KIND, kind);
     policy_request_set_string(&pr, POLICY_VAR_API_NAME, name);
     pr.credential = c->credential ? doc_name(c->credential) : NULL;
+    if (c->session)
+        set_session(&pr, c->session);
     int r = 0;
     if (policy_request_set_user(&pr, c->user, values) < 0 || set_http(&pr, req, values) < 0)
         r = api_fail(err, 500, "internal", "out of memory; the request is denied");
