@@ -10,7 +10,7 @@
 
 #include "httpd/httpd.h"
 
-#include "api/http.h"
+#include "httpd/json.h"
 #include "api/metrics.h"
 #include "api/server.h"
 

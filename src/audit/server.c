@@ -28,18 +28,18 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "api/http.h"
 #include "audit/entry.h"
 #include "audit/log.h"
 #include "audit/note.h"
+#include "audit/server.h"
 #include "basic/encoding.h"
 #include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
-#include "daemon/daemon.h"
 #include "daemon/peer.h"
 #include "httpd/httpd.h"
+#include "httpd/json.h"
 
 #define APPEND_BODY_MAX (8 * 1024 * 1024)
 #define APPEND_ENTRIES_MAX 10000
@@ -582,16 +582,16 @@ static void thread_dispose(void *state)
 
 /* Opens the log and the key, publishes the verifier key. Returns 0 or a
  * negative errno, logged. */
-static int role_setup(const daemon_config *cfg, audit_role *r)
+static int role_setup(const audit_server_config *cfg, audit_role *r)
 {
-    int e = audit_log_open(cfg->audit_db, &r->log);
+    int e = audit_log_open(cfg->db, &r->log);
     if (e < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot open the audit log", "path", cfg->audit_db, "error", strerror(-e), NULL);
+        log_fields(LOG_LEVEL_ERROR, "cannot open the audit log", "path", cfg->db, "error", strerror(-e), NULL);
         return e;
     }
-    e = load_or_create_key(cfg->audit_key, &r->key);
+    e = load_or_create_key(cfg->key, &r->key);
     if (e < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot load the audit signing key", "path", cfg->audit_key, "error",
+        log_fields(LOG_LEVEL_ERROR, "cannot load the audit signing key", "path", cfg->key, "error",
                    strerror(-e), NULL);
         return e;
     }
@@ -605,7 +605,7 @@ static int role_setup(const daemon_config *cfg, audit_role *r)
     if (e == 0) {
         char line[1024];
         int n = snprintf(line, sizeof(line), "%s\n", r->vkey);
-        e = write_file_atomic(cfg->audit_pub, line, (size_t)n, 0644);
+        e = write_file_atomic(cfg->pub, line, (size_t)n, 0644);
     }
     if (e == 0)
         e = sign_checkpoint(r);
@@ -615,7 +615,7 @@ static int role_setup(const daemon_config *cfg, audit_role *r)
     return e;
 }
 
-int role_audit_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
+int audit_serve(const audit_server_config *cfg)
 {
     audit_role r = {.log_lock = PTHREAD_MUTEX_INITIALIZER, .queue_lock = PTHREAD_MUTEX_INITIALIZER,
                     .queue_wake = PTHREAD_COND_INITIALIZER};
@@ -623,14 +623,14 @@ int role_audit_main(const daemon_config *cfg, role_health *health, role_health *
     int e = role_setup(cfg, &r);
     if (e == 0) {
         pthread_create(&r.writer, NULL, writer_main, &r);
-        log_fields(LOG_LEVEL_INFO, "audit log serving", "socket", cfg->audit_socket, "key", r.vkey, NULL);
+        log_fields(LOG_LEVEL_INFO, "audit log serving", "socket", cfg->socket, "key", r.vkey, NULL);
         char listen[4300];
-        snprintf(listen, sizeof(listen), "unix:%s", cfg->audit_socket);
+        snprintf(listen, sizeof(listen), "unix:%s", cfg->socket);
         /* the roles that emit events; which entries each may append is audit_appender_may()'s */
-        const peer_policy peers = {.socket = "audit.sock", .roles = all, .n_roles = n_all, .uid = geteuid(),
+        const peer_policy peers = {.socket = "audit.sock", .roles = cfg->roles, .n_roles = cfg->n_roles, .uid = geteuid(),
                                    .allowed = {"api", "proxy", "kms"}};
-        r.roles = all;
-        r.n_roles = n_all;
+        r.roles = cfg->roles;
+        r.n_roles = cfg->n_roles;
         httpd_config h = {
             .name = "audit",
             .listen = listen,
@@ -638,7 +638,7 @@ int role_audit_main(const daemon_config *cfg, role_health *health, role_health *
             .max_request_body = APPEND_BODY_MAX,
             .hooks = {register_handlers, thread_init, thread_drain, thread_busy, thread_dispose},
             .userdata = &r,
-            .ready_flag = &health->ready,
+            .ready_flag = &cfg->health->ready,
             .check_peer = peer_check_hook,
             .peer_data = &peers,
         };

@@ -10,7 +10,7 @@
  * change of the spec wins and the status is written again on the next
  * pass; the MODIFIED events of our own writes carry the same spec and are
  * recognised as such (spec compared, not resourceVersion). */
-#include "api/controller.h"
+#include "controller/controller.h"
 
 #include <errno.h>
 #include <inttypes.h>

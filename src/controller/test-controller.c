@@ -3,7 +3,7 @@
  * against the real runner in tests/test_enclaves.py. */
 #include <criterion/criterion.h>
 
-#include "api/controller.h"
+#include "controller/controller.h"
 
 Test(desired, starts_at_min_and_stays_within_the_bounds)
 {

@@ -3,7 +3,7 @@
 
 #include <stdbool.h>
 
-#include "api/api.h"
+#include "basic/role.h"
 
 typedef struct daemon_config {
     bool dev;

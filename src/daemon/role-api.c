@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "api/auth.h"
-#include "api/controller.h"
+#include "controller/controller.h"
 #include "auth/handoff.h"
 #include "api/handlers-attest.h"
 #include "api/handlers-kms.h"

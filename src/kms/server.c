@@ -14,27 +14,27 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "api/http.h"
 #include "audit/event.h"
 #include "basic/encoding.h"
 #include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
-#include "daemon/daemon.h"
 #include "daemon/peer.h"
 #include "httpd/httpd.h"
+#include "httpd/json.h"
 #include "kms/client.h"
 #include "kms/keyring.h"
 #include "kms/respond.h"
 #include "kms/seal.h"
+#include "kms/server.h"
 
 #define KMS_BODY_MAX (256 * 1024)
 #define KMS_DATAKEY_MAX 64
 #define KMS_UNSEAL_TAG 1 /* connections of `cloisterd unseal`'s socket */
 
 typedef struct kms_role {
-    const daemon_config *cfg;
+    const kms_server_config *cfg;
     role_health *health; /* its sealed flag tells /healthz */
     kms_seal_config seal;
     char keyring_file[4200];
@@ -553,12 +553,12 @@ static void register_handlers(h2o_pathconf_t *pathconf, void *userdata)
 static void *thread_init(h2o_context_t *ctx, void *userdata)
 {
     kms_role *role = userdata;
-    int fd, r = httpd_listen_unix(role->cfg->kms_unseal_socket, &fd);
+    int fd, r = httpd_listen_unix(role->cfg->unseal_socket, &fd);
     if (r == 0)
         r = httpd_listener_add(ctx, fd, KMS_UNSEAL_TAG, 4, &role->unseal_listener);
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot open the unseal socket; `cloisterd unseal` cannot reach the KMS", "socket",
-                   role->cfg->kms_unseal_socket, "error", strerror(-r), NULL);
+                   role->cfg->unseal_socket, "error", strerror(-r), NULL);
     return role;
 }
 
@@ -567,7 +567,7 @@ static void thread_drain(void *state)
     kms_role *role = state;
     httpd_listener_close(role->unseal_listener);
     role->unseal_listener = NULL;
-    unlink(role->cfg->kms_unseal_socket);
+    unlink(role->cfg->unseal_socket);
 }
 
 /* Hardens the process that will hold keys: no core dumps, no ptrace. */
@@ -580,9 +580,7 @@ static void harden(void)
         log_warn("cannot lock KMS key memory (RLIMIT_MEMLOCK); keys may be swapped out");
 }
 
-/* Hardens the process, unseals at once in dev mode (else stays sealed until
- * `cloisterd unseal`), serves the socket until SIGTERM, then wipes the keys. */
-int role_kms_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
+int kms_serve(const kms_server_config *cfg)
 {
     harden();
     /* unseal attempts are audit events, delivered to the audit role */
@@ -590,35 +588,30 @@ int role_kms_main(const daemon_config *cfg, role_health *health, role_health *al
     if (r < 0)
         log_fields(LOG_LEVEL_WARN, "cannot start audit event delivery; events go to the log", "error", strerror(-r),
                    NULL);
-    atomic_store(&health->sealed, true);
-    kms_role role = {
-        .cfg = cfg,
-        .health = health,
-        .seal = {.mode = cfg->seal_mode, .root_file = cfg->kms_root_file, .dev_key_file = cfg->kms_dev_key_file,
-                 .pkcs11_module = cfg->pkcs11_module, .pkcs11_slot = cfg->pkcs11_slot},
-    };
-    snprintf(role.keyring_file, sizeof(role.keyring_file), "%s", cfg->kms_keyring_file);
+    atomic_store(&cfg->health->sealed, true);
+    kms_role role = {.cfg = cfg, .health = cfg->health, .seal = cfg->seal};
+    snprintf(role.keyring_file, sizeof(role.keyring_file), "%s", cfg->keyring_file);
     char mode[16];
-    if (kms_root_mode(cfg->kms_root_file, mode) == 0 && strcmp(mode, cfg->seal_mode) != 0)
+    if (kms_root_mode(cfg->seal.root_file, mode) == 0 && strcmp(mode, cfg->seal.mode) != 0)
         log_fields(LOG_LEVEL_ERROR, "the KMS root key is sealed with another mode; it stays sealed", "sealed_with",
-                   mode, "configured", cfg->seal_mode, "hint", "start cloisterd with the --seal it was created with",
+                   mode, "configured", cfg->seal.mode, "hint", "start cloisterd with the --seal it was created with",
                    NULL);
-    else if (strcmp(cfg->seal_mode, "dev") == 0) {
+    else if (strcmp(cfg->seal.mode, "dev") == 0) {
         log_fields(LOG_LEVEL_WARN,
                    "!!! DEVELOPMENT MODE: the KMS root key is unsealed automatically from a file in the data dir; "
                    "whoever can read that file holds every key. Never use --seal dev in production !!!",
-                   "file", cfg->kms_dev_key_file, NULL);
+                   "file", cfg->seal.dev_key_file, NULL);
         api_error err;
         if (role_unseal(&role, NULL, 0, &err) < 0)
             log_fields(LOG_LEVEL_ERROR, "the KMS cannot auto-unseal", "reason", err.message, NULL);
     } else
         log_fields(LOG_LEVEL_WARN, "the KMS is sealed; key operations are refused until `cloisterd unseal`", "mode",
-                   cfg->seal_mode, NULL);
+                   cfg->seal.mode, NULL);
 
     char listen[4300];
-    snprintf(listen, sizeof(listen), "unix:%s", cfg->kms_socket);
+    snprintf(listen, sizeof(listen), "unix:%s", cfg->socket);
     /* keys are used by the api role (on behalf of callers it authorised) and the runner */
-    const peer_policy peers = {.socket = "kms.sock", .roles = all, .n_roles = n_all, .uid = geteuid(),
+    const peer_policy peers = {.socket = "kms.sock", .roles = cfg->roles, .n_roles = cfg->n_roles, .uid = geteuid(),
                                .allowed = {"api", "runner"}};
     httpd_config http = {
         .name = "KMS",
@@ -627,7 +620,7 @@ int role_kms_main(const daemon_config *cfg, role_health *health, role_health *al
         .max_request_body = KMS_BODY_MAX * 2,
         .hooks = {.register_handlers = register_handlers, .thread_init = thread_init, .thread_drain = thread_drain},
         .userdata = &role,
-        .ready_flag = &health->ready,
+        .ready_flag = &cfg->health->ready,
         .check_peer = peer_check_hook,
         .peer_data = &peers,
     };

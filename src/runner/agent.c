@@ -1,6 +1,6 @@
-/* Agent-mode sandboxes and their channel (see runner-agent.h). */
+/* Agent-mode sandboxes and their channel (see agent.h). */
 #include "attest/atls.h"
-#include "daemon/runner-agent.h"
+#include "runner/agent.h"
 
 #include <curl/curl.h>
 #include <errno.h>

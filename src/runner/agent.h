@@ -21,7 +21,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "api/http.h"
+#include "httpd/json.h"
 #include "sandbox/launch.h"
 
 #define RUNNER_AGENT_SECRETS_MAX 16

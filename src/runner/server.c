@@ -16,7 +16,7 @@
  *          "exit status N" or "signal N".
  *          While the runner stops, POST and GET /v1/sandboxes answer 503.
  *          "agent"?: {"secrets"?: [{"key", "file"}]} starts cloister-agent as
- *          the sandbox's first process instead (runner-agent.h): it gets the
+ *          the sandbox's first process instead (runner/agent.h): it gets the
  *          Keys by attestation into /run/secrets/<file>, runs the command and
  *          serves attested TLS to enclave.yaml's port; the entry then lists
  *          "agent": true, "secrets" and "atls" (the host path of its socket).
@@ -38,19 +38,19 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "api/http.h"
 #include "attest/attest.h"
 #include "basic/encoding.h"
 #include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
-#include "daemon/daemon.h"
 #include "daemon/peer.h"
-#include "daemon/runner-agent.h"
 #include "httpd/httpd.h"
+#include "httpd/json.h"
 #include "resource/resource.h"
 #include "resource/manifest.h"
+#include "runner/agent.h"
+#include "runner/server.h"
 #include "sandbox/launch.h"
 #include "sandbox/measure.h"
 
@@ -81,7 +81,7 @@ typedef struct sandbox_exit {
 } sandbox_exit;
 
 typedef struct runner {
-    const daemon_config *cfg;
+    const runner_server_config *cfg;
     EVP_PKEY *key;
     X509 *cert;
     X509 *ca;
@@ -272,7 +272,7 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
     envp[n_env] = "PATH=/usr/local/bin:/usr/bin:/bin";
     _cleanup_(runner_agent_freep) runner_agent *agent = NULL;
     if (json_object_get(body, "agent")) {
-        agent = runner_agent_new(rn->cfg->runner_dir, rn->agent_path[0] ? rn->agent_path : NULL, name,
+        agent = runner_agent_new(rn->cfg->dir, rn->agent_path[0] ? rn->agent_path : NULL, name,
                                  json_object_get(body, "agent"), yaml, argv,
                                  (uint64_t)json_integer_value(json_object_get(limits, "memoryMiB")) << 20, err);
         if (!agent)
@@ -281,7 +281,7 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
     }
 
     char log_path[4300];
-    snprintf(log_path, sizeof(log_path), "%s/%s.log", rn->cfg->runner_dir, name);
+    snprintf(log_path, sizeof(log_path), "%s/%s.log", rn->cfg->dir, name);
     _cleanup_close_ int log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     sandbox_spec spec = {
         .bundle = bundle,
@@ -506,7 +506,7 @@ static void *thread_init(h2o_context_t *ctx, void *userdata)
     h2o_timeout_link(ctx->loop, &rn->reap_timeout, &rn->reap_entry);
     char api_url[300];
     runner_api_url(rn->cfg->api_listen, api_url, sizeof(api_url));
-    int r = runner_forward_start(ctx, api_url, rn->cfg->ca_cert, rn->cfg->runner_token);
+    int r = runner_forward_start(ctx, api_url, rn->cfg->ca_cert, rn->cfg->token);
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start forwarding enclaves' key release", "error", strerror(-r), NULL);
     return rn;
@@ -536,13 +536,13 @@ static void thread_dispose(void *state)
 }
 
 /* Loads the platform key, its certificate and the platform CA. */
-static int runner_load(const daemon_config *cfg, runner *rn)
+static int runner_load(const runner_server_config *cfg, runner *rn)
 {
-    FILE *f = fopen(cfg->runner_key, "re");
+    FILE *f = fopen(cfg->key, "re");
     rn->key = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
     if (f)
         fclose(f);
-    f = fopen(cfg->runner_cert, "re");
+    f = fopen(cfg->cert, "re");
     rn->cert = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
     if (f)
         fclose(f);
@@ -555,7 +555,8 @@ static int runner_load(const daemon_config *cfg, runner *rn)
     return sha384_file(AT_FDCWD, "/proc/self/exe", true, rn->runtime, NULL);
 }
 
-int role_runner_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
+/* Serves the runner's socket with the platform key loaded; see server.h. */
+int runner_serve(const runner_server_config *cfg)
 {
     runner rn = {.cfg = cfg};
     if (runner_agent_locate(rn.agent_path, sizeof(rn.agent_path)) < 0)
@@ -564,12 +565,12 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
     int r = runner_load(cfg, &rn);
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot load the platform key, its certificate or the platform CA", "key",
-                   cfg->runner_key, "error", strerror(-r), NULL);
+                   cfg->key, "error", strerror(-r), NULL);
     } else {
         char listen[4300];
-        snprintf(listen, sizeof(listen), "unix:%s", cfg->runner_socket);
+        snprintf(listen, sizeof(listen), "unix:%s", cfg->socket);
         /* only the api role (its Enclave controller) launches and asks for evidence */
-        const peer_policy peers = {.socket = "runner.sock", .roles = all, .n_roles = n_all, .uid = geteuid(),
+        const peer_policy peers = {.socket = "runner.sock", .roles = cfg->roles, .n_roles = cfg->n_roles, .uid = geteuid(),
                                    .allowed = {"api"}};
         httpd_config h = {
             .name = "runner",
@@ -579,7 +580,7 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
             .hooks = {.register_handlers = register_handlers, .thread_init = thread_init,
                       .thread_drain = thread_drain, .thread_busy = thread_busy, .thread_dispose = thread_dispose},
             .userdata = &rn,
-            .ready_flag = &health->ready,
+            .ready_flag = &cfg->health->ready,
             .check_peer = peer_check_hook,
             .peer_data = &peers,
         };

@@ -1,0 +1,19 @@
+/* The `audit` role's main: its view of the configuration, then its server
+ * (src/audit/server.c). */
+#include "audit/server.h"
+#include "daemon/daemon.h"
+
+int role_audit_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
+{
+    const audit_server_config audit = {
+        .socket = cfg->audit_socket,
+        .db = cfg->audit_db,
+        .key = cfg->audit_key,
+        .pub = cfg->audit_pub,
+        .domain = cfg->domain,
+        .health = health,
+        .roles = all,
+        .n_roles = n_all,
+    };
+    return audit_serve(&audit);
+}

@@ -1,0 +1,22 @@
+/* The `runner` role's main: its view of the configuration, then its server
+ * (src/runner/server.c). */
+#include "daemon/daemon.h"
+#include "runner/server.h"
+
+int role_runner_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
+{
+    const runner_server_config runner = {
+        .socket = cfg->runner_socket,
+        .dir = cfg->runner_dir,
+        .key = cfg->runner_key,
+        .cert = cfg->runner_cert,
+        .platform_ca_cert = cfg->platform_ca_cert,
+        .ca_cert = cfg->ca_cert,
+        .token = cfg->runner_token,
+        .api_listen = cfg->api_listen,
+        .health = health,
+        .roles = all,
+        .n_roles = n_all,
+    };
+    return runner_serve(&runner);
+}
