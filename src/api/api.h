@@ -34,3 +34,19 @@ typedef struct api_config {
  * when the server cannot start (bad listen address, certificate, port in use).
  * The caller must block SIGTERM and SIGINT in every thread before calling. */
 int api_run(const api_config *cfg);
+
+/* What the api role sees of the configuration; strings borrowed. */
+typedef struct api_role_config {
+    api_config api;               /* the server's; store, keyring and handoff_key are the role's to fill */
+    const char *store_url;
+    const char *auth_dir;         /* token signing keys and the login handoff key (0700, created) */
+    const char *platform_ca_cert; /* verifies sandbox evidence for key release */
+    const char *kms_socket;
+    const char *runner_socket;    /* the Enclave controller's runner */
+} api_role_config;
+
+/* The api role: opens the store and the keys, starts audit delivery, the
+ * KMS and attestation clients and the Enclave controller, runs api_run(),
+ * then stops them all. Returns the role's exit status. SIGTERM and SIGINT
+ * must be blocked in every thread. */
+int api_role_serve(const api_role_config *cfg);

@@ -1,4 +1,6 @@
-/* The `api` role: the control plane's REST API on the resource store. */
+/* The `api` role's server: the control plane's REST API on the resource
+ * store, with what it runs beside it (token keys, the login handoff key,
+ * audit delivery, the KMS and attestation clients, the Enclave controller). */
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/crypto.h>
@@ -7,17 +9,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "api/api.h"
 #include "api/auth.h"
-#include "controller/controller.h"
-#include "auth/handoff.h"
 #include "api/handlers-attest.h"
 #include "api/handlers-kms.h"
 #include "audit/event.h"
+#include "auth/handoff.h"
 #include "auth/keyring.h"
 #include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
-#include "daemon/daemon.h"
+#include "controller/controller.h"
 #include "store/store.h"
 
 /* Loads the browser login handoff key from PATH (32 raw bytes) into KEY, or
@@ -66,7 +68,7 @@ static int handoff_key_load(const char *path, uint8_t key[HANDOFF_KEY_LEN])
     return len == HANDOFF_KEY_LEN ? 0 : -EBADMSG;
 }
 
-int role_api_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
+int api_role_serve(const api_role_config *cfg)
 {
     store *s;
     int r = store_open(cfg->store_url, &s);
@@ -75,11 +77,10 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
         return 1;
     }
     /* token signing keys: mode 0600 in <data-dir>/auth (KMS envelopes later) */
-    char auth_dir[4200], keys_path[4300];
+    char keys_path[4300];
     auth_keyring *keyring = NULL;
-    snprintf(auth_dir, sizeof(auth_dir), "%s/auth", cfg->data_dir);
-    snprintf(keys_path, sizeof(keys_path), "%s/signing-keys.json", auth_dir);
-    r = mkdir_p(auth_dir, 0700);
+    snprintf(keys_path, sizeof(keys_path), "%s/signing-keys.json", cfg->auth_dir);
+    r = mkdir_p(cfg->auth_dir, 0700);
     if (r == 0)
         r = auth_keyring_open(keys_path, AUTH_KEY_ROTATE_S, AUTH_ACCESS_TTL_S + 2 * JWT_DEFAULT_LEEWAY_S, &keyring);
     if (r < 0) {
@@ -91,7 +92,7 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
     /* browser login handoffs: a key of this role, pushed to the proxy only */
     char handoff_path[4300];
     uint8_t handoff_key[HANDOFF_KEY_LEN];
-    snprintf(handoff_path, sizeof(handoff_path), "%s/handoff.key", auth_dir);
+    snprintf(handoff_path, sizeof(handoff_path), "%s/handoff.key", cfg->auth_dir);
     r = handoff_key_load(handoff_path, handoff_key);
     if (r < 0) {
         if (r != -EPERM && r != -EBADMSG)
@@ -111,22 +112,11 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
         store_free(s);
         return 1;
     }
-    api_config api = {
-        .listen = cfg->api_listen,
-        .cert_file = cfg->api_cert,
-        .key_file = cfg->api_key,
-        .domain = cfg->domain,
-        .store = s,
-        .threads = cfg->api_threads,
-        .roles = all,
-        .n_roles = n_all,
-        .ready_flag = &health->ready,
-        .audit_socket = cfg->audit_socket,
-        .keyring = keyring,
-        .proxy_metrics = cfg->proxy_metrics,
-        .handoff_key = handoff_key,
-    };
-    r = audit_event_start(cfg->audit_socket);
+    api_config api = cfg->api;
+    api.store = s;
+    api.keyring = keyring;
+    api.handoff_key = handoff_key;
+    r = audit_event_start(cfg->api.audit_socket);
     if (r < 0)
         log_fields(LOG_LEVEL_WARN, "cannot start audit event delivery; events go to the log", "error", strerror(-r),
                    NULL);
@@ -134,12 +124,12 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
     /* the Enclave controller: a thread of its own, never on the API's loops */
     controller *ctl = NULL;
     const _Atomic bool *runner_ready = NULL;
-    for (size_t i = 0; i < n_all; i++)
-        if (strcmp(all[i].name, "runner") == 0)
-            runner_ready = &all[i].ready;
+    for (size_t i = 0; i < cfg->api.n_roles; i++)
+        if (strcmp(cfg->api.roles[i].name, "runner") == 0)
+            runner_ready = &cfg->api.roles[i].ready;
     r = controller_start(
         &(controller_config){.store = s, .runner_socket = cfg->runner_socket, .runner_ready = runner_ready,
-                             .load = cfg->proxy_metrics}, &ctl);
+                             .load = cfg->api.proxy_metrics}, &ctl);
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start the Enclave controller", "error", strerror(-r), NULL);
     else

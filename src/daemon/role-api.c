@@ -1,0 +1,24 @@
+/* The `api` role's main: its view of the configuration, then its server
+ * (src/api/role.c). */
+#include <stdio.h>
+
+#include "api/api.h"
+#include "daemon/daemon.h"
+
+int role_api_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
+{
+    char auth_dir[4200];
+    snprintf(auth_dir, sizeof(auth_dir), "%s/auth", cfg->data_dir);
+    const api_role_config api = {
+        .api = {.listen = cfg->api_listen, .cert_file = cfg->api_cert, .key_file = cfg->api_key,
+                .domain = cfg->domain, .threads = cfg->api_threads, .roles = all, .n_roles = n_all,
+                .ready_flag = &health->ready, .audit_socket = cfg->audit_socket,
+                .proxy_metrics = cfg->proxy_metrics},
+        .store_url = cfg->store_url,
+        .auth_dir = auth_dir,
+        .platform_ca_cert = cfg->platform_ca_cert,
+        .kms_socket = cfg->kms_socket,
+        .runner_socket = cfg->runner_socket,
+    };
+    return api_role_serve(&api);
+}
