@@ -1,9 +1,21 @@
 /* The `api` role's main: its view of the configuration, then its server
  * (src/api/role.c). */
 #include <stdio.h>
+#include <string.h>
 
 #include "api/api.h"
 #include "daemon/daemon.h"
+
+void daemon_api_url(const daemon_config *cfg, char *out, size_t size)
+{
+    const char *listen = cfg->api_listen, *colon = strrchr(listen, ':');
+    if (colon && strncmp(listen, "0.0.0.0:", 8) == 0)
+        snprintf(out, size, "https://127.0.0.1%s", colon);
+    else if (colon && strncmp(listen, "[::]:", 5) == 0)
+        snprintf(out, size, "https://[::1]%s", colon);
+    else
+        snprintf(out, size, "https://%s", listen);
+}
 
 int role_api_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
 {

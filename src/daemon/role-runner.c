@@ -1,10 +1,14 @@
 /* The `runner` role's main: its view of the configuration, then its server
  * (src/runner/server.c). */
+#include <stdio.h>
+
 #include "daemon/daemon.h"
 #include "runner/server.h"
 
 int role_runner_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
 {
+    char api_url[300];
+    daemon_api_url(cfg, api_url, sizeof(api_url));
     const runner_server_config runner = {
         .socket = cfg->runner_socket,
         .dir = cfg->runner_dir,
@@ -13,7 +17,7 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
         .platform_ca_cert = cfg->platform_ca_cert,
         .ca_cert = cfg->ca_cert,
         .token = cfg->runner_token,
-        .api_listen = cfg->api_listen,
+        .api_url = api_url,
         .health = health,
         .roles = all,
         .n_roles = n_all,

@@ -504,9 +504,7 @@ static void *thread_init(h2o_context_t *ctx, void *userdata)
     h2o_timeout_init(ctx->loop, &rn->reap_timeout, RUNNER_REAP_MS);
     rn->reap_entry.cb = reap;
     h2o_timeout_link(ctx->loop, &rn->reap_timeout, &rn->reap_entry);
-    char api_url[300];
-    runner_api_url(rn->cfg->api_listen, api_url, sizeof(api_url));
-    int r = runner_forward_start(ctx, api_url, rn->cfg->ca_cert, rn->cfg->token);
+    int r = runner_forward_start(ctx, rn->cfg->api_url, rn->cfg->ca_cert, rn->cfg->token);
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start forwarding enclaves' key release", "error", strerror(-r), NULL);
     return rn;
