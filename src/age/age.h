@@ -81,7 +81,7 @@ int age_identities_parse(const char *text, size_t len, age_identity **ret, size_
 /* Wipes and frees N identities. */
 void age_identities_free(age_identity *ids, size_t n);
 
-/* Parses "age1…" (lower case, Bech32, exactly 32 bytes). Returns 0 or -EINVAL. */
+/* Parses "age1…" (lower case, Bech32, exactly 32 bytes, not a low-order point). Returns 0 or -EINVAL. */
 int age_recipient_parse(const char *s, age_recipient *ret);
 /* Writes the recipient's "age1…" into OUT (AGE_RECIPIENT_STRLEN bytes). */
 void age_recipient_format(const age_recipient *r, char out[static AGE_RECIPIENT_STRLEN]);

@@ -201,3 +201,15 @@ Test(age_stream, truncated_reordered_or_extended_is_a_payload_failure)
     free(file.p);
     free(plain);
 }
+
+Test(age_keys, refuses_a_low_order_recipient)
+{
+    /* the point of order 1 (u = 0) and of order 8 (u = 1) */
+    uint8_t zero[32] = {0}, one[32] = {1};
+    char enc[AGE_RECIPIENT_STRLEN];
+    age_recipient r;
+    cr_assert_gt(bech32_encode("age", zero, 32, false, enc, sizeof(enc)), 0);
+    cr_assert_eq(age_recipient_parse(enc, &r), -EINVAL);
+    cr_assert_gt(bech32_encode("age", one, 32, false, enc, sizeof(enc)), 0);
+    cr_assert_eq(age_recipient_parse(enc, &r), -EINVAL);
+}
