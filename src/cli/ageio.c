@@ -1,0 +1,72 @@
+#include "cli/ageio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "basic/macro.h"
+
+int ageio_open_in(const char *path)
+{
+    if (!path || strcmp(path, "-") == 0)
+        return STDIN_FILENO;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    return fd < 0 ? negative_errno() : fd;
+}
+
+int ageio_out_open(ageio_out *out, const char *path)
+{
+    *out = (ageio_out){.fd = STDOUT_FILENO};
+    if (!path || strcmp(path, "-") == 0)
+        return 0;
+    char *tmp;
+    if (asprintf(&tmp, "%s.tmp-XXXXXX", path) < 0)
+        return -ENOMEM;
+    int fd = mkostemp(tmp, O_CLOEXEC); /* 0600 */
+    if (fd < 0) {
+        int r = negative_errno();
+        free(tmp);
+        return r;
+    }
+    char *p = strdup(path);
+    if (!p) {
+        unlink(tmp);
+        free(tmp);
+        close(fd);
+        return -ENOMEM;
+    }
+    *out = (ageio_out){.fd = fd, .path = p, .tmp_path = tmp};
+    return 0;
+}
+
+int ageio_out_finish(ageio_out *out, bool success)
+{
+    int r = 0;
+    if (!out->path)
+        return 0;
+    if (success && fsync(out->fd) < 0)
+        r = negative_errno();
+    if (close(out->fd) < 0 && r == 0)
+        r = negative_errno();
+    if (success && r == 0 && rename(out->tmp_path, out->path) < 0)
+        r = negative_errno();
+    if (!success || r < 0)
+        unlink(out->tmp_path);
+    if (success && r == 0) {
+        /* the rename itself durable */
+        _cleanup_free_ char *copy = strdup(out->path);
+        int dfd = copy ? open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+    }
+    free(out->path);
+    free(out->tmp_path);
+    *out = (ageio_out){.fd = -1};
+    return r;
+}
