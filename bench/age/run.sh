@@ -26,17 +26,17 @@ ident="$XDG_CONFIG_HOME/cloister/keys/age-identity.txt"
 recipient=$(sed -n 's/^# public key: //p' "$ident")
 head -c $((mib << 20)) /dev/urandom >"$work/plain"
 
-# seconds of the best of $runs runs of "$@"
+# "WALL CPU": seconds of the best of $runs runs of "$@" by wall clock, and
+# the CPU seconds (user + system) of that run: on a shared machine the CPU
+# time is the steadier figure
 best() {
-    local b="" s e t
+    local b="" c="" out
     for _ in $(seq 1 "$runs"); do
-        s=$(date +%s.%N)
-        "$@"
-        e=$(date +%s.%N)
-        t=$(echo "$e - $s" | bc -l)
-        if [ -z "$b" ] || [ "$(echo "$t < $b" | bc -l)" = 1 ]; then b=$t; fi
+        out=$( { /usr/bin/time -f "%e %U %S" "$@" 2>/dev/null; } 2>&1 >/dev/null | tail -1)
+        read -r w u s <<<"$out"
+        if [ -z "$b" ] || [ "$(echo "$w < $b" | bc -l)" = 1 ]; then b=$w; c=$(echo "$u + $s" | bc -l); fi
     done
-    echo "$b"
+    echo "$b $c"
 }
 enc_ours() { "$cloister" age encrypt -r "$recipient" "$work/plain" >"$work/ours.age"; }
 enc_age() { age -r "$recipient" -o "$work/age.age" "$work/plain"; }
@@ -52,7 +52,16 @@ t_dec_age=$(best dec_age)
 "$cloister" dataset decrypt -i "$ident" "$work/ours.age" | cmp -s - "$work/plain" || { echo "error: round trip differs" >&2; exit 1; }
 
 rate() { echo "scale=1; $mib * 1.048576 / $1" | bc -l; }
-echo "age v1, ${mib} MiB, X25519, best of $runs, files in $base ($(nproc) cores, $(age --version 2>/dev/null || echo age))"
-printf '%-10s %12s %12s %8s\n' "" "cloister MB/s" "age MB/s" "ratio"
-printf '%-10s %12s %12s %8s\n' encrypt "$(rate "$t_enc_ours")" "$(rate "$t_enc_age")" "$(echo "scale=2; $t_enc_age / $t_enc_ours" | bc -l)x"
-printf '%-10s %12s %12s %8s\n' decrypt "$(rate "$t_dec_ours")" "$(rate "$t_dec_age")" "$(echo "scale=2; $t_dec_age / $t_dec_ours" | bc -l)x"
+ratio() { echo "scale=2; $2 / $1" | bc -l; }
+row() { # NAME "OURS_WALL OURS_CPU" "AGE_WALL AGE_CPU"
+    local ow oc aw ac
+    read -r ow oc <<<"$2"
+    read -r aw ac <<<"$3"
+    printf '%-8s %10s %10s %7sx   %10s %10s %7sx\n' "$1" "$(rate "$ow")" "$(rate "$aw")" "$(ratio "$ow" "$aw")" \
+        "$(rate "$oc")" "$(rate "$ac")" "$(ratio "$oc" "$ac")"
+}
+echo "age v1, ${mib} MiB, X25519, best of $runs, files in $base ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg), age $(age --version 2>/dev/null))"
+printf '%-8s %10s %10s %8s   %10s %10s %8s\n' "" "cloister" "age" "ratio" "cloister" "age" "ratio"
+printf '%-8s %10s %10s %8s   %10s %10s %8s\n' "MB/s" "wall" "wall" "" "CPU" "CPU" ""
+row encrypt "$t_enc_ours" "$t_enc_age"
+row decrypt "$t_dec_ours" "$t_dec_age"

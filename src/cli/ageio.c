@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "basic/macro.h"
@@ -23,6 +24,17 @@ int ageio_out_open(ageio_out *out, const char *path)
     *out = (ageio_out){.fd = STDOUT_FILENO};
     if (!path || strcmp(path, "-") == 0)
         return 0;
+    /* an existing non-regular file (/dev/null, a pipe) is written in place:
+     * a temporary renamed over a device would replace it */
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+            return negative_errno();
+        out->fd = fd;
+        out->direct = true;
+        return 0;
+    }
     char *tmp;
     if (asprintf(&tmp, "%s.tmp-XXXXXX", path) < 0)
         return -ENOMEM;
@@ -46,6 +58,12 @@ int ageio_out_open(ageio_out *out, const char *path)
 int ageio_out_finish(ageio_out *out, bool success)
 {
     int r = 0;
+    if (out->direct) {
+        if (close(out->fd) < 0)
+            r = negative_errno();
+        *out = (ageio_out){.fd = -1};
+        return r;
+    }
     if (!out->path)
         return 0;
     if (success && fsync(out->fd) < 0)

@@ -1,7 +1,8 @@
 /* Files in and out of age_encrypt()/age_decrypt() for the CLI: the input is
  * a file or stdin; the output is stdout, or -o FILE written to a temporary
  * beside it (0600) and renamed over FILE only once the whole operation
- * succeeded, so a file that does not verify leaves nothing behind. */
+ * succeeded, so a file that does not verify leaves nothing behind. An
+ * existing non-regular FILE (/dev/null, a FIFO) is written in place. */
 #pragma once
 
 #include <stdbool.h>
@@ -10,6 +11,7 @@ typedef struct ageio_out {
     int fd;          /* where to write */
     char *path;      /* the final path, or NULL for stdout */
     char *tmp_path;  /* the temporary, while it exists */
+    bool direct;     /* an existing non-regular file (a device, a pipe), written in place */
 } ageio_out;
 
 /* Opens PATH for reading (stdin when NULL or "-"). Returns an fd or a negative errno. */
