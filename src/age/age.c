@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "age/bech32.h"
+#include "basic/encoding.h"
 #include "basic/macro.h"
 
 #define TAG_SIZE 16
@@ -71,71 +72,6 @@ const char *age_strerror(int r)
     default:
         return strerror(-r);
     }
-}
-
-/* ---- base64 without padding, canonical only (the header's encoding) ---- */
-
-static const char b64_alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static int b64_value(char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-/* Encodes N bytes without padding into OUT (4*ceil(n/3)+1); returns the length. */
-static size_t b64_encode(const uint8_t *in, size_t n, char *out)
-{
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        acc = (acc << 8) | in[i];
-        bits += 8;
-        while (bits >= 6) {
-            bits -= 6;
-            out[o++] = b64_alphabet[(acc >> bits) & 63];
-        }
-    }
-    if (bits > 0)
-        out[o++] = b64_alphabet[(acc << (6 - bits)) & 63];
-    out[o] = '\0';
-    return o;
-}
-
-/* Decodes LEN characters of unpadded canonical base64 into OUT (capacity
- * CAP). Returns the decoded length or -EINVAL (a character outside the
- * alphabet, a length of 1 mod 4, non-zero leftover bits, or too long). */
-static long b64_decode(const char *in, size_t len, uint8_t *out, size_t cap)
-{
-    if (len % 4 == 1 || len / 4 * 3 + (len % 4 ? len % 4 - 1 : 0) > cap)
-        return -EINVAL;
-    uint32_t acc = 0;
-    int bits = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i++) {
-        int v = b64_value(in[i]);
-        if (v < 0)
-            return -EINVAL;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (acc >> bits) & 0xff;
-        }
-    }
-    if ((acc & ((1u << bits) - 1)) != 0)
-        return -EINVAL;
-    return (long)o;
 }
 
 /* ---- primitives ---- */
@@ -461,15 +397,6 @@ static int read_line(source *s, header *h, size_t *ret_off, size_t *ret_len)
     }
 }
 
-/* Whether the N characters are all base64 characters. */
-static bool b64_chars(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (b64_value(p[i]) < 0)
-            return false;
-    return true;
-}
-
 /* Parses a stanza line ("-> " then arguments, each one or more VCHARs,
  * separated by single spaces) and its body lines into a new stanza. */
 static int parse_stanza(source *s, header *h, const char *line, size_t len)
@@ -511,7 +438,7 @@ static int parse_stanza(source *s, header *h, const char *line, size_t len)
         int r = read_line(s, h, &off, &l);
         if (r < 0)
             return r;
-        if (l > BODY_COLUMNS || !b64_chars(h->text + off, l))
+        if (l > BODY_COLUMNS)
             return AGE_ERR_HEADER;
         char *t = realloc(b64, b64_len + l + 1);
         if (!t)
@@ -525,7 +452,7 @@ static int parse_stanza(source *s, header *h, const char *line, size_t len)
     st->body = malloc(b64_len / 4 * 3 + 3);
     if (!st->body)
         return -ENOMEM;
-    long n = b64_decode(b64 ? b64 : "", b64_len, st->body, b64_len / 4 * 3 + 3);
+    long n = base64_decode_unpadded(b64 ? b64 : "", b64_len, st->body, b64_len / 4 * 3 + 3);
     if (n < 0)
         return AGE_ERR_HEADER;
     st->body_len = (size_t)n;
@@ -559,7 +486,7 @@ static int parse_header(source *s, header *h)
     }
     /* "--- " and the canonical base64 of 32 bytes (43 characters), nothing else */
     const char *line = h->text + off;
-    if (h->n == 0 || len != 4 + 43 || line[3] != ' ' || b64_decode(line + 4, 43, h->mac, sizeof(h->mac)) != MAC_SIZE)
+    if (h->n == 0 || len != 4 + 43 || line[3] != ' ' || base64_decode_unpadded(line + 4, 43, h->mac, sizeof(h->mac)) != MAC_SIZE)
         return AGE_ERR_HEADER;
     h->mac_end = off + 3;
     /* an scrypt stanza must be alone (spec: it cannot be mixed with other recipients) */
@@ -575,7 +502,7 @@ static int parse_header(source *s, header *h)
 static int x25519_unwrap(const stanza *st, const age_identity *id, uint8_t file_key[AGE_FILE_KEY_SIZE])
 {
     uint8_t share[AGE_KEY_SIZE], shared[32], salt[64], key[32];
-    if (st->argc != 2 || strlen(st->argv[1]) != 43 || b64_decode(st->argv[1], 43, share, sizeof(share)) != 32 ||
+    if (st->argc != 2 || strlen(st->argv[1]) != 43 || base64_decode_unpadded(st->argv[1], 43, share, sizeof(share)) != 32 ||
         st->body_len != AGE_FILE_KEY_SIZE + TAG_SIZE)
         return AGE_ERR_HEADER;
     int r = x25519(id->secret, share, shared);
@@ -726,9 +653,9 @@ static int x25519_wrap(const age_recipient *rcpt, const uint8_t file_key[AGE_FIL
     }
     if (r == 0) {
         size_t o = (size_t)sprintf(out, "-> X25519 ");
-        o += b64_encode(share, sizeof(share), out + o);
+        o += base64_encode_unpadded(share, sizeof(share), out + o);
         out[o++] = '\n';
-        o += b64_encode(body, sizeof(body), out + o);
+        o += base64_encode_unpadded(body, sizeof(body), out + o);
         out[o++] = '\n';
         out[o] = '\0';
         r = (int)o;
@@ -773,7 +700,7 @@ int age_encrypt(const age_recipient *recipients, size_t n, age_read_fn read, voi
     }
     if (r == 0) {
         text[len++] = ' ';
-        len += b64_encode(mac, sizeof(mac), text + len);
+        len += base64_encode_unpadded(mac, sizeof(mac), text + len);
         text[len++] = '\n';
         r = write(write_userdata, (const uint8_t *)text, len);
     }

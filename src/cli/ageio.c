@@ -9,7 +9,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "age/age.h"
 #include "basic/macro.h"
+#include "cli/cli.h"
 
 int ageio_open_in(const char *path)
 {
@@ -87,4 +89,29 @@ int ageio_out_finish(ageio_out *out, bool success)
     free(out->tmp_path);
     *out = (ageio_out){.fd = -1};
     return r;
+}
+
+int ageio_run(const char *in_path, const char *out_path, const char *verb, ageio_op op, void *userdata)
+{
+    int in = ageio_open_in(in_path);
+    if (in < 0)
+        return cli_error("cannot open %s: %s", in_path, strerror(-in));
+    ageio_out out;
+    int r = ageio_out_open(&out, out_path);
+    if (r < 0) {
+        if (in != STDIN_FILENO)
+            close(in);
+        return cli_error("cannot create a temporary beside %s: %s", out_path, strerror(-r));
+    }
+    r = op(userdata, &in, &out.fd);
+    if (in != STDIN_FILENO)
+        close(in);
+    bool direct = out.direct;
+    int f = ageio_out_finish(&out, r == 0);
+    if (r < 0)
+        return cli_error("cannot %s %s: %s%s", verb, in_path ? in_path : "stdin", age_strerror(r),
+                         out_path && !direct ? "; nothing was written" : "");
+    if (f < 0)
+        return cli_error("cannot write %s: %s", out_path, strerror(-f));
+    return CLI_EXIT_OK;
 }

@@ -14,6 +14,14 @@ typedef struct ageio_out {
     bool direct;     /* an existing non-regular file (a device, a pipe), written in place */
 } ageio_out;
 
+/* An age operation (age_encrypt or age_decrypt bound to its keys in
+ * USERDATA) from fd *IN to fd *OUT. Returns 0 or what it returned. */
+typedef int (*ageio_op)(void *userdata, int *in, int *out);
+/* Runs OP from IN_PATH (stdin when NULL or "-") to OUT_PATH (as
+ * ageio_out_open()), keeping the output only when OP succeeded. Prints what
+ * failed ("cannot VERB IN: ...") and returns an exit status. */
+int ageio_run(const char *in_path, const char *out_path, const char *verb, ageio_op op, void *userdata);
+
 /* Opens PATH for reading (stdin when NULL or "-"). Returns an fd or a negative errno. */
 int ageio_open_in(const char *path);
 /* Prepares OUT for PATH (stdout when NULL or "-"). Returns 0 or a negative errno. */

@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "age/age.h"
 #include "cli/ageio.h"
@@ -12,6 +11,17 @@
 #include "cli/keyfiles.h"
 
 #define RECIPIENTS_MAX 64
+
+typedef struct recipients_list {
+    const age_recipient *rs;
+    size_t n;
+} recipients_list;
+
+static int run_encrypt(void *userdata, int *in, int *out)
+{
+    const recipients_list *l = userdata;
+    return age_encrypt(l->rs, l->n, age_fd_read, in, age_fd_write, out);
+}
 
 /* encrypt -r RECIPIENT... | --self [-o FILE] [IN] */
 static int encrypt(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
@@ -65,22 +75,8 @@ static int encrypt(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
     if (n == 0)
         return cli_usage_error(cmd, "missing -r RECIPIENT (or --self)");
     const char *in_path = optind < argc ? argv[optind] : NULL;
-    int in = ageio_open_in(in_path);
-    if (in < 0)
-        return cli_error("cannot open %s: %s", in_path, strerror(-in));
-    ageio_out out;
-    int r = ageio_out_open(&out, out_path);
-    if (r < 0)
-        return cli_error("cannot create a temporary beside %s: %s", out_path, strerror(-r));
-    r = age_encrypt(rs, n, age_fd_read, &in, age_fd_write, &out.fd);
-    if (in != STDIN_FILENO)
-        close(in);
-    int f = ageio_out_finish(&out, r == 0);
-    if (r < 0)
-        return cli_error("cannot encrypt: %s", age_strerror(r));
-    if (f < 0)
-        return cli_error("cannot write %s: %s", out_path, strerror(-f));
-    return CLI_EXIT_OK;
+    recipients_list list = {rs, n};
+    return ageio_run(in_path, out_path, "encrypt", run_encrypt, &list);
 }
 
 int cmd_age(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)

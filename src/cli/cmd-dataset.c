@@ -8,12 +8,22 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "age/age.h"
 #include "cli/ageio.h"
 #include "cli/cli.h"
 #include "cli/keyfiles.h"
+
+typedef struct age_keys {
+    const age_identity *ids;
+    size_t n;
+} age_keys;
+
+static int run_decrypt(void *userdata, int *in, int *out)
+{
+    const age_keys *k = userdata;
+    return age_decrypt(k->ids, k->n, age_fd_read, in, age_fd_write, out);
+}
 
 /* decrypt [-i IDENTITY]... [-o FILE] [IN] */
 static int decrypt(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
@@ -50,28 +60,10 @@ static int decrypt(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
         return cli_error("cannot read the identity file %s: %s%s", identity ? identity : "(keys/age-identity.txt)",
                          r == -EINVAL ? "it holds no AGE-SECRET-KEY-1 identity" : strerror(-r),
                          identity ? "" : " (run `cloister keys init`, or give -i FILE)");
-    int in = ageio_open_in(in_path);
-    if (in < 0) {
-        age_identities_free(ids, n);
-        return cli_error("cannot open %s: %s", in_path, strerror(-in));
-    }
-    ageio_out out;
-    r = ageio_out_open(&out, out_path);
-    if (r < 0) {
-        age_identities_free(ids, n);
-        return cli_error("cannot create a temporary beside %s: %s", out_path, strerror(-r));
-    }
-    r = age_decrypt(ids, n, age_fd_read, &in, age_fd_write, &out.fd);
+    age_keys keys = {ids, n};
+    r = ageio_run(in_path, out_path, "decrypt", run_decrypt, &keys);
     age_identities_free(ids, n);
-    if (in != STDIN_FILENO)
-        close(in);
-    int f = ageio_out_finish(&out, r == 0);
-    if (r < 0)
-        return cli_error("cannot decrypt %s: %s%s", in_path ? in_path : "stdin", age_strerror(r),
-                         out_path ? "; nothing was written" : "");
-    if (f < 0)
-        return cli_error("cannot write %s: %s", out_path, strerror(-f));
-    return CLI_EXIT_OK;
+    return r;
 }
 
 int cmd_dataset(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)

@@ -128,10 +128,9 @@ static char *approval_key_pem(size_t *ret_len)
     return out;
 }
 
-/* Prints the public halves (text or -o json/yaml). */
-static int show(cli_ctx *ctx)
+/* The public halves of the saved keys into APPROVAL and RECIPIENT. Returns an exit status. */
+static int load_public(char approval[static KEYFILE_APPROVAL_B64_LEN + 1], char recipient[static AGE_RECIPIENT_STRLEN])
 {
-    char approval[KEYFILE_APPROVAL_B64_LEN + 1], recipient[AGE_RECIPIENT_STRLEN];
     age_identity *ids;
     size_t n;
     int r = keyfile_approval_public(approval);
@@ -144,6 +143,16 @@ static int show(cli_ctx *ctx)
     age_identity_recipient(&ids[0], &rc);
     age_recipient_format(&rc, recipient);
     age_identities_free(ids, n);
+    return CLI_EXIT_OK;
+}
+
+/* Prints the public halves (text or -o json/yaml). */
+static int show(cli_ctx *ctx)
+{
+    char approval[KEYFILE_APPROVAL_B64_LEN + 1], recipient[AGE_RECIPIENT_STRLEN];
+    int r = load_public(approval, recipient);
+    if (r != CLI_EXIT_OK)
+        return r;
     if (ctx->output == CLI_OUTPUT_TEXT) {
         printf("approval: %s\nrecipient: %s\n", approval, recipient);
         return CLI_EXIT_OK;
@@ -196,19 +205,9 @@ static int init(cli_ctx *ctx, bool force)
 static int do_register(cli_ctx *ctx)
 {
     char approval[KEYFILE_APPROVAL_B64_LEN + 1], recipient[AGE_RECIPIENT_STRLEN];
-    age_identity *ids;
-    size_t n;
-    int r = keyfile_approval_public(approval);
-    if (r < 0)
-        return cli_error("cannot read the approval key: %s (run `cloister keys init`)", strerror(-r));
-    r = keyfile_load_identities(NULL, &ids, &n);
-    if (r < 0)
-        return cli_error("cannot read the age identity: %s (run `cloister keys init`)", strerror(-r));
-    age_recipient rc;
-    age_identity_recipient(&ids[0], &rc);
-    age_recipient_format(&rc, recipient);
-    age_identities_free(ids, n);
-    r = cli_connect(ctx, true);
+    int r = load_public(approval, recipient);
+    if (r == CLI_EXIT_OK)
+        r = cli_connect(ctx, true);
     if (r != CLI_EXIT_OK)
         return r;
     json_auto_t *who = NULL, *ans = NULL;
