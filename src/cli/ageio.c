@@ -91,8 +91,9 @@ int ageio_out_finish(ageio_out *out, bool success)
     return r;
 }
 
-int ageio_run(const char *in_path, const char *out_path, const char *verb, ageio_op op, void *userdata)
+int ageio_run(const char *in_path, const char *out_path, const ageio_keys *k)
 {
+    const char *verb = k->recipients ? "encrypt" : "decrypt";
     int in = ageio_open_in(in_path);
     if (in < 0)
         return cli_error("cannot open %s: %s", in_path, strerror(-in));
@@ -103,7 +104,8 @@ int ageio_run(const char *in_path, const char *out_path, const char *verb, ageio
             close(in);
         return cli_error("cannot create a temporary beside %s: %s", out_path, strerror(-r));
     }
-    r = op(userdata, &in, &out.fd);
+    r = k->recipients ? age_encrypt(k->recipients, k->n, age_fd_read, &in, age_fd_write, &out.fd)
+                      : age_decrypt(k->identities, k->n, age_fd_read, &in, age_fd_write, &out.fd);
     if (in != STDIN_FILENO)
         close(in);
     bool direct = out.direct;

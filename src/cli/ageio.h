@@ -7,6 +7,8 @@
 
 #include <stdbool.h>
 
+#include "age/age.h"
+
 typedef struct ageio_out {
     int fd;          /* where to write */
     char *path;      /* the final path, or NULL for stdout */
@@ -14,13 +16,16 @@ typedef struct ageio_out {
     bool direct;     /* an existing non-regular file (a device, a pipe), written in place */
 } ageio_out;
 
-/* An age operation (age_encrypt or age_decrypt bound to its keys in
- * USERDATA) from fd *IN to fd *OUT. Returns 0 or what it returned. */
-typedef int (*ageio_op)(void *userdata, int *in, int *out);
-/* Runs OP from IN_PATH (stdin when NULL or "-") to OUT_PATH (as
- * ageio_out_open()), keeping the output only when OP succeeded. Prints what
- * failed ("cannot VERB IN: ...") and returns an exit status. */
-int ageio_run(const char *in_path, const char *out_path, const char *verb, ageio_op op, void *userdata);
+/* What to do: encrypt to N RECIPIENTS, or (RECIPIENTS NULL) decrypt with N IDENTITIES. */
+typedef struct ageio_keys {
+    const age_recipient *recipients;
+    const age_identity *identities;
+    size_t n;
+} ageio_keys;
+/* Encrypts or decrypts (K) from IN_PATH (stdin when NULL or "-") to
+ * OUT_PATH (as ageio_out_open()), keeping the output only when all of it
+ * succeeded. Prints what failed and returns an exit status. */
+int ageio_run(const char *in_path, const char *out_path, const ageio_keys *k);
 
 /* Opens PATH for reading (stdin when NULL or "-"). Returns an fd or a negative errno. */
 int ageio_open_in(const char *path);

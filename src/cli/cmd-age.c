@@ -12,17 +12,6 @@
 
 #define RECIPIENTS_MAX 64
 
-typedef struct recipients_list {
-    const age_recipient *rs;
-    size_t n;
-} recipients_list;
-
-static int run_encrypt(void *userdata, int *in, int *out)
-{
-    const recipients_list *l = userdata;
-    return age_encrypt(l->rs, l->n, age_fd_read, in, age_fd_write, out);
-}
-
 /* encrypt -r RECIPIENT... | --self [-o FILE] [IN] */
 static int encrypt(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
 {
@@ -75,8 +64,7 @@ static int encrypt(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
     if (n == 0)
         return cli_usage_error(cmd, "missing -r RECIPIENT (or --self)");
     const char *in_path = optind < argc ? argv[optind] : NULL;
-    recipients_list list = {rs, n};
-    return ageio_run(in_path, out_path, "encrypt", run_encrypt, &list);
+    return ageio_run(in_path, out_path, &(ageio_keys){.recipients = rs, .n = n});
 }
 
 int cmd_age(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)

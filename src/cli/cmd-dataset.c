@@ -14,17 +14,6 @@
 #include "cli/cli.h"
 #include "cli/keyfiles.h"
 
-typedef struct age_keys {
-    const age_identity *ids;
-    size_t n;
-} age_keys;
-
-static int run_decrypt(void *userdata, int *in, int *out)
-{
-    const age_keys *k = userdata;
-    return age_decrypt(k->ids, k->n, age_fd_read, in, age_fd_write, out);
-}
-
 /* decrypt [-i IDENTITY]... [-o FILE] [IN] */
 static int decrypt(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
 {
@@ -60,8 +49,7 @@ static int decrypt(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
         return cli_error("cannot read the identity file %s: %s%s", identity ? identity : "(keys/age-identity.txt)",
                          r == -EINVAL ? "it holds no AGE-SECRET-KEY-1 identity" : strerror(-r),
                          identity ? "" : " (run `cloister keys init`, or give -i FILE)");
-    age_keys keys = {ids, n};
-    r = ageio_run(in_path, out_path, "decrypt", run_decrypt, &keys);
+    r = ageio_run(in_path, out_path, &(ageio_keys){.identities = ids, .n = n});
     age_identities_free(ids, n);
     return r;
 }
