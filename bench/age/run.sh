@@ -30,9 +30,9 @@ head -c $((mib << 20)) /dev/urandom >"$work/plain"
 # the CPU seconds (user + system) of that run: on a shared machine the CPU
 # time is the steadier figure
 best() {
-    local b="" c="" out
+    local b="" c="" out w u s TIMEFORMAT='%R %U %S'
     for _ in $(seq 1 "$runs"); do
-        out=$( { /usr/bin/time -f "%e %U %S" "$@" 2>/dev/null; } 2>&1 >/dev/null | tail -1)
+        out=$( { time "$@" 2>/dev/null; } 2>&1 )
         read -r w u s <<<"$out"
         if [ -z "$b" ] || [ "$(echo "$w < $b" | bc -l)" = 1 ]; then b=$w; c=$(echo "$u + $s" | bc -l); fi
     done
