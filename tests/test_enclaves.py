@@ -94,7 +94,7 @@ def sandboxes(server):
     for pid in map(int, kids.split()):
         try:
             mounts = open(f"/proc/{pid}/mountinfo").read().split("\n")
-        except (FileNotFoundError, ProcessLookupError, OSError):
+        except OSError:
             continue  # the sandbox exited meanwhile (EINVAL when caught while exiting)
         for m in mounts:
             f = m.split()
