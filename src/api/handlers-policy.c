@@ -8,14 +8,14 @@
 
 #include "basic/macro.h"
 #include "basic/timeutil.h"
-#include "httpd/policy-http.h"
+#include "policy/policy-http.h"
 #include "policy/policy-source.h"
 #include "policy/policy.h"
 
 #define CHECK_HEADERS_MAX 64   /* headers a what-if request may carry */
 #define CTX_ARENA_MAX (256u * 1024u)
 
-/* Fills ctx.request.http from REQ as the proxy does (httpd/policy-http.h),
+/* Fills ctx.request.http from REQ as the proxy does (policy/policy-http.h),
  * on h2o's normalised path and the raw query; values borrowed from REQ or
  * allocated from A. Returns 0 or -ENOMEM. */
 static int set_http(policy_request *pr, h2o_req_t *req, cel_arena *a)
@@ -23,7 +23,7 @@ static int set_http(policy_request *pr, h2o_req_t *req, cel_arena *a)
     h2o_iovec_t query = req->query_at != SIZE_MAX
                             ? h2o_iovec_init(req->path.base + req->query_at + 1, req->path.len - req->query_at - 1)
                             : h2o_iovec_init(NULL, 0);
-    return httpd_policy_http(pr, req, req->path_normalized, query, a);
+    return policy_request_set_http(pr, req, req->path_normalized, query, a);
 }
 
 /* Fills ctx.session from SESSION, the Session of the access token an API

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "audit/event.h"
-#include "httpd/policy-http.h"
+#include "policy/policy-http.h"
 #include "proxy/corridor.h"
 
 /* Decides PR into *RET. Returns 0, or a negative errno (the request is then
@@ -25,7 +25,7 @@ static int decide(proxy_request *pr, policy_decision *ret)
     policy_request_set_session(&p, r->session, r->session_created, r->session_expires, pr->from_cookie);
     policy_request_set_string(&p, POLICY_VAR_REQUEST_IP, pr->rec.ip);
     h2o_iovec_t query = pr->query ? h2o_iovec_init(pr->query, strlen(pr->query)) : h2o_iovec_init(NULL, 0);
-    if (httpd_policy_http(&p, pr->req, h2o_iovec_init(pr->target, pr->path_len), query, t->values) < 0)
+    if (policy_request_set_http(&p, pr->req, h2o_iovec_init(pr->target, pr->path_len), query, t->values) < 0)
         return -ENOMEM;
     return policy_decide(pr->c->policies, &p, t->scratch, ret);
 }

@@ -4,7 +4,7 @@
 #include <criterion/criterion.h>
 #include <string.h>
 
-#include "httpd/policy-http.h"
+#include "policy/policy-http.h"
 
 static h2o_req_t req;
 static cel_arena *arena;
@@ -62,7 +62,7 @@ Test(policy_http, the_decided_target_and_the_request_as_sent)
     h2o_add_header_by_str(&req.pool, &req.headers, H2O_STRLIT("x-team"), 0, NULL, H2O_STRLIT("b"));
     policy_request pr;
     policy_request_init(&pr);
-    cr_assert_eq(httpd_policy_http(&pr, &req, h2o_iovec_init(H2O_STRLIT("/admin/x")),
+    cr_assert_eq(policy_request_set_http(&pr, &req, h2o_iovec_init(H2O_STRLIT("/admin/x")),
                                    h2o_iovec_init(H2O_STRLIT("a=%2F&b")), arena), 0);
     expect_string(&pr, POLICY_VAR_HTTP_METHOD, "POST");
     expect_string(&pr, POLICY_VAR_HTTP_PATH, "/admin/x");
@@ -81,7 +81,7 @@ Test(policy_http, no_query_is_the_empty_string_and_text_that_is_not_utf8_is_too)
     req.authority = h2o_iovec_init(H2O_STRLIT("bad\xff.example.com"));
     policy_request pr;
     policy_request_init(&pr);
-    cr_assert_eq(httpd_policy_http(&pr, &req, h2o_iovec_init(H2O_STRLIT("/")), h2o_iovec_init(NULL, 0), arena), 0);
+    cr_assert_eq(policy_request_set_http(&pr, &req, h2o_iovec_init(H2O_STRLIT("/")), h2o_iovec_init(NULL, 0), arena), 0);
     expect_string(&pr, POLICY_VAR_HTTP_QUERY, "");
     expect_string(&pr, POLICY_VAR_HTTP_HOST, "");
     expect_string(&pr, POLICY_VAR_HTTP_SCHEME, "http");

@@ -1,7 +1,7 @@
 /* One policy request built from an HTTP request, for the proxy and the API
- * alike: ctx.request.http as docs/policies.md describes it. Kept apart from
- * the HTTP server (its own library, policy-http) so that neither the policy
- * engine depends on h2o nor the server on the policy engine. */
+ * alike: ctx.request.http as docs/policies.md describes it. A library of its
+ * own (policy-http), so that the policy engine (policy) does not link h2o
+ * and the HTTP server does not depend on the policy engine. */
 #pragma once
 
 #include <h2o.h>
@@ -15,4 +15,4 @@
  * joined). Text that is not UTF-8 is seen as "". Values are borrowed from
  * REQ, PATH and QUERY, which must outlive the decision, or allocated from
  * A. Returns 0 or -ENOMEM. */
-int httpd_policy_http(policy_request *pr, h2o_req_t *req, h2o_iovec_t path, h2o_iovec_t query, cel_arena *a);
+int policy_request_set_http(policy_request *pr, h2o_req_t *req, h2o_iovec_t path, h2o_iovec_t query, cel_arena *a);

@@ -1,5 +1,5 @@
 /* ctx.request.http from an h2o request (see policy-http.h). */
-#include "httpd/policy-http.h"
+#include "policy/policy-http.h"
 
 #include "basic/macro.h"
 
@@ -9,7 +9,7 @@ static void set_text(policy_request *pr, policy_var v, const char *s, size_t len
     pr->vars[v] = policy_text_valid(s, len) ? cel_string(s, len) : cel_string("", 0);
 }
 
-int httpd_policy_http(policy_request *pr, h2o_req_t *req, h2o_iovec_t path, h2o_iovec_t query, cel_arena *a)
+int policy_request_set_http(policy_request *pr, h2o_req_t *req, h2o_iovec_t path, h2o_iovec_t query, cel_arena *a)
 {
     set_text(pr, POLICY_VAR_HTTP_METHOD, req->method.base, req->method.len);
     set_text(pr, POLICY_VAR_HTTP_PATH, path.base, path.len);
