@@ -185,8 +185,8 @@ void proxy_copy_printable(char *out, size_t size, const char *s, size_t len);
  * another host, or NULL. */
 const char *proxy_misdirected(h2o_req_t *req, const proxy_config *c, const proxy_service *svc);
 /* The decision of proxy_misdirected() on the connection's server name SNI
- * (NULL: none sent): the reason when SNI routes in C to another Service
- * than SVC, or NULL. */
+ * (NULL: none sent; an IP address sent as SNI counts as none): the reason
+ * when SNI does not route in C to SVC, or NULL. */
 const char *proxy_sni_misdirected(const proxy_config *c, const proxy_service *svc, const char *sni);
 
 /* ---- authenticate.c ---- */

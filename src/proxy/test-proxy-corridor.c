@@ -172,6 +172,8 @@ Test(misdirected, a_connection_opened_for_another_service_is_refused)
     proxy_config c = {.services = services, .n_services = 2,
                       .hosts = json_pack("{s:i, s:i}", "a.example.com", 0, "b.example.com", 1)};
     cr_expect_null(proxy_sni_misdirected(&c, &services[0], NULL), "no SNI names no service");
+    cr_expect_null(proxy_sni_misdirected(&c, &services[0], "127.0.0.1"), "nor does an address sent as SNI");
+    cr_expect_null(proxy_sni_misdirected(&c, &services[0], "::1"));
     cr_expect_null(proxy_sni_misdirected(&c, &services[0], "a.example.com"));
     cr_expect_null(proxy_sni_misdirected(&c, &services[0], "A.Example.COM."), "any case, a trailing dot");
     cr_expect_not_null(proxy_sni_misdirected(&c, &services[0], "b.example.com"));

@@ -1,5 +1,6 @@
 /* TLS: a service host's own certificate by SNI, and the 421 for a request
  * on a connection opened for another host (see corridor.h). */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <string.h>
 #include <strings.h>
@@ -36,9 +37,18 @@ static SSL *ssl_of(h2o_req_t *req, bool *ret_unknown)
     return p->ossl;
 }
 
+/* Whether NAME is an IPv4 or IPv6 address. RFC 6066 allows only host names
+ * as a server name, but some clients (wrk, older libraries) send the address
+ * they dialled: like no server name, it names no service. */
+static bool is_ip_literal(const char *name)
+{
+    struct in6_addr a;
+    return inet_pton(AF_INET, name, &a) == 1 || inet_pton(AF_INET6, name, &a) == 1;
+}
+
 const char *proxy_sni_misdirected(const proxy_config *c, const proxy_service *svc, const char *sni)
 {
-    if (!sni)
+    if (!sni || is_ip_literal(sni))
         return NULL;
     if (proxy_config_route(c, sni, strlen(sni)) != svc)
         return "this TLS connection was opened (SNI) for another host than the request's Host: open a new "
