@@ -7,10 +7,10 @@
  *   bench-audit socket DATA SECS THREADS BATCH
  *                                    durable appends/s through the audit role's
  *                                    socket, acknowledged after group commit:
- *                                    the audit role's own code, forked with a
- *                                    role table (as cloisterd's supervisor
- *                                    keeps one) naming this process the api
- *                                    role, on DATA's audit.db and audit.key
+ *                                    the audit role's own server (audit_serve),
+ *                                    forked with a role table (as cloisterd's
+ *                                    supervisor keeps one) naming this process
+ *                                    the api role, on DATA's audit.db and audit.key
  *                                    (cloisterd stopped); the socket's peer
  *                                    check lets in only that table's roles
  *   bench-audit fsync DIR N          write + fdatasync of 256 bytes, per second */
@@ -33,7 +33,7 @@
 #include "basic/log.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
-#include "daemon/daemon.h"
+#include "audit/server.h"
 
 #define ENTRY_FMT                                                                                                     \
     "{\"action\":\"resource.update\",\"actor\":{\"ip\":\"10.1.2.3\",\"session\":\"sess-%08u\",\"user\":\"bench\"}," \
@@ -172,24 +172,29 @@ static void *sock_main(void *p)
     return NULL;
 }
 
-/* Forks the audit role on DATA's files, its socket in DATA/run/, with a
- * shared role table in which this process is the api role (the pid the
- * peer check finds); waits until it serves. Returns its pid, or -1. */
-static pid_t start_audit_role(const char *data, daemon_config *cfg, role_health **ret_table)
+/* Paths of the audit role in DATA, as cloisterd lays out its data dir. */
+typedef struct audit_paths {
+    char socket[4200], db[4200], key[4200], pub[4200];
+} audit_paths;
+
+/* Forks the audit role's server (audit_serve(), what cloisterd's audit role
+ * runs) on DATA's files, its socket in DATA/run/, with a shared role table
+ * in which this process is the api role (the pid the peer check finds);
+ * waits until it serves. Returns its pid, or -1. */
+static pid_t start_audit_role(const char *data, audit_paths *p, role_health **ret_table)
 {
-    if (strlen(data) > 1024) {
+    char run_dir[4200];
+    if (strlen(data) > 4000) {
         fprintf(stderr, "%s: path too long\n", data);
         return -1;
     }
-    /* cloisterd's layout of the data dir (prepare_data_dir) */
-    snprintf(cfg->domain, sizeof(cfg->domain), "localhost");
-    snprintf(cfg->run_dir, sizeof(cfg->run_dir), "%s/run", data);
-    snprintf(cfg->audit_socket, sizeof(cfg->audit_socket), "%s/run/audit.sock", data);
-    snprintf(cfg->audit_db, sizeof(cfg->audit_db), "%s/audit.db", data);
-    snprintf(cfg->audit_key, sizeof(cfg->audit_key), "%s/audit.key", data);
-    snprintf(cfg->audit_pub, sizeof(cfg->audit_pub), "%s/audit.pub", data);
-    if (mkdir(cfg->run_dir, 0700) < 0 && errno != EEXIST) {
-        fprintf(stderr, "mkdir %s: %s\n", cfg->run_dir, strerror(errno));
+    snprintf(run_dir, sizeof(run_dir), "%s/run", data);
+    snprintf(p->socket, sizeof(p->socket), "%s/run/audit.sock", data);
+    snprintf(p->db, sizeof(p->db), "%s/audit.db", data);
+    snprintf(p->key, sizeof(p->key), "%s/audit.key", data);
+    snprintf(p->pub, sizeof(p->pub), "%s/audit.pub", data);
+    if (mkdir(run_dir, 0700) < 0 && errno != EEXIST) {
+        fprintf(stderr, "mkdir %s: %s\n", run_dir, strerror(errno));
         return -1;
     }
     role_health *table = mmap(NULL, 2 * sizeof(*table), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -198,6 +203,8 @@ static pid_t start_audit_role(const char *data, daemon_config *cfg, role_health 
     table[0].name = "api";
     table[1].name = "audit";
     atomic_store(&table[0].pid, getpid());
+    const audit_server_config cfg = {.socket = p->socket, .db = p->db, .key = p->key, .pub = p->pub,
+                                     .domain = "localhost", .health = &table[1], .roles = table, .n_roles = 2};
     /* the role sigwaits for SIGTERM, as under cloisterd */
     sigset_t set, old;
     sigemptyset(&set);
@@ -210,7 +217,7 @@ static pid_t start_audit_role(const char *data, daemon_config *cfg, role_health 
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         log_set_role("audit");
         log_set_max_level(LOG_LEVEL_WARN); /* the figures, not the role's start and stop */
-        _exit(role_audit_main(cfg, &table[1], table, 2));
+        _exit(audit_serve(&cfg));
     }
     sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0)
@@ -231,9 +238,9 @@ static pid_t start_audit_role(const char *data, daemon_config *cfg, role_health 
 
 static int bench_socket(const char *data, unsigned secs, unsigned threads, size_t batch)
 {
-    static daemon_config cfg;
+    static audit_paths paths;
     role_health *table;
-    pid_t role = start_audit_role(data, &cfg, &table);
+    pid_t role = start_audit_role(data, &paths, &table);
     if (role < 0)
         return 1;
     sock_arg args[64];
@@ -242,7 +249,7 @@ static int bench_socket(const char *data, unsigned secs, unsigned threads, size_
         threads = 64;
     uint64_t t0 = time_mono_ns();
     for (unsigned i = 0; i < threads; i++) {
-        args[i] = (sock_arg){.sock = cfg.audit_socket, .deadline = t0 + secs * NSEC_PER_SEC, .batch = batch, .id = i};
+        args[i] = (sock_arg){.sock = paths.socket, .deadline = t0 + secs * NSEC_PER_SEC, .batch = batch, .id = i};
         pthread_create(&tids[i], NULL, sock_main, &args[i]);
     }
     uint64_t acked = 0;
