@@ -7,6 +7,7 @@
 #include "api/handlers-attest.h"
 #include "api/handlers-policy.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -379,20 +380,18 @@ static const kms_endpoint endpoints[] = {
     {"verify", "kms.verify", "/v1/verify", "sign", false, {"message", "signature", "version"}},
 };
 
-/* Reports one KMS operation: who, which key and version, the outcome, and
- * the names (never the values) of the encryption context. */
-static void report(api_request *r, const char *action, const char *key, const json_t *body, const json_t *ans,
-                   const api_error *err)
+/* Reports one KMS operation by USER from IP: which key and version, the
+ * outcome, and the names (never the values) of the encryption context
+ * CONTEXT (may be NULL). Safe off the loop: it needs no request. */
+static void report_op(const char *action, const char *user, const char *ip, const char *key, const json_t *context,
+                      const json_t *ans, const api_error *err)
 {
-    char ip[64];
-    httpd_peer_ip(r->req, ip, sizeof(ip));
     json_t *details = json_object();
-    json_t *ctx = json_object_get(body, "context");
-    if (json_is_object(ctx)) {
+    if (json_is_object(context)) {
         json_t *names = json_array();
         const char *k;
         json_t *v;
-        json_object_foreach(ctx, k, v) json_array_append_new(names, json_string(k));
+        json_object_foreach((json_t *)context, k, v) json_array_append_new(names, json_string(k));
         json_object_set_new(details, "contextKeys", names);
     }
     json_t *version = json_object_get(ans, "version") ?: json_object_get(ans, "primaryVersion");
@@ -400,19 +399,100 @@ static void report(api_request *r, const char *action, const char *key, const js
         json_object_set(details, "version", version);
     if (err)
         json_object_set_new(details, "reason", json_string(err->message));
-    audit_event_emit(&(audit_event){.action = action, .user = caller_name(r->caller), .ip = ip, .kind = "Key",
-                                    .name = key, .outcome = err ? "failure" : "success", .details = details});
+    audit_event_emit(&(audit_event){.action = action, .user = user, .ip = ip, .kind = "Key", .name = key,
+                                    .outcome = err ? "failure" : "success", .details = details});
     json_decref(details);
 }
 
+/* report_op() for the caller of R, with BODY's context. */
+static void report(api_request *r, const char *action, const char *key, const json_t *body, const api_error *err)
+{
+    char ip[INET6_ADDRSTRLEN];
+    httpd_peer_ip(r->req, ip, sizeof(ip));
+    report_op(action, caller_name(r->caller), ip, key, json_object_get(body, "context"), NULL, err);
+}
+
 /* Sends ANS, wiping it when it holds a plaintext, and records the metrics. */
-static void respond(api_request *r, json_t *ans, bool secret)
+static void respond(h2o_req_t *req, api_route route, uint64_t started, json_t *ans, bool secret)
 {
     if (secret) {
-        kms_send_json_wiped(r->req, ans);
-        api_finish(r->route, r->started, 200);
+        kms_send_json_wiped(req, ans);
+        api_finish(route, started, 200);
     } else
-        api_respond_json(r->req, r->route, r->started, 200, ans);
+        api_respond_json(req, route, started, 200, ans);
+}
+
+/* One call to the kms role off the event loop, reported and answered back
+ * on it. Owns FWD, BODY and ANS (wiped when freed: FWD shares BODY's
+ * values, so BODY lives as long). */
+typedef struct kms_job {
+    offload_job super;
+    const char *path;   /* the kms role's */
+    const char *action; /* audit action; NULL: not reported (reads) */
+    bool secret_answer;
+    api_route route;
+    uint64_t started;
+    char key[KMS_KEY_NAME_MAX + 1];
+    char user[RESOURCE_NAME_MAX + 1];
+    char ip[INET6_ADDRSTRLEN];
+    json_t *fwd, *body, *ans;
+    int rc;
+    api_error err;
+} kms_job;
+
+static void kms_job_work(offload_job *j)
+{
+    kms_job *job = (kms_job *)j;
+    job->rc = call(job->path, job->fwd, &job->ans, &job->err);
+}
+
+/* Reports the operation (whether or not its client is still there: it
+ * happened) and answers REQ when there is one. */
+static void kms_job_done(offload_job *j, h2o_req_t *req)
+{
+    kms_job *job = (kms_job *)j;
+    bool ran = job->rc < 0 || job->ans; /* skipped when the client left before it started */
+    if (job->action && ran)
+        report_op(job->action, job->user, job->ip, job->key, json_object_get(job->body, "context"), job->ans, job->rc < 0 ? &job->err : NULL);
+    if (req && job->rc < 0)
+        api_respond_error(req, job->route, job->started, &job->err);
+    else if (req)
+        respond(req, job->route, job->started, job->ans, job->secret_answer);
+    kms_json_wipe_decref(job->fwd);
+    kms_json_wipe_decref(job->body);
+    kms_json_wipe_decref(job->ans);
+    free(job);
+}
+
+/* Forwards FWD to PATH of the kms role for R off the loop; KEY names the
+ * Key, BODY (the request's, may be NULL) the encryption context reported
+ * with ACTION (NULL: not reported), failures included. FWD and BODY are
+ * taken over, also on failure. Returns 0 (the answer follows), or -1 with
+ * ERR. */
+static int kms_forward(api_request *r, const char *path, const char *action, const char *key, json_t *fwd,
+                       json_t *body, bool secret_answer, api_error *err)
+{
+    kms_job *job = calloc(1, sizeof(*job));
+    if (!job) {
+        kms_json_wipe_decref(fwd);
+        kms_json_wipe_decref(body);
+        return api_fail(err, 500, "internal", "out of memory");
+    }
+    *job = (kms_job){.super = {.work = kms_job_work, .done = kms_job_done}, .path = path, .action = action,
+                     .secret_answer = secret_answer, .route = r->route, .started = r->started, .fwd = fwd,
+                     .body = body};
+    snprintf(job->key, sizeof(job->key), "%s", key);
+    snprintf(job->user, sizeof(job->user), "%s", caller_name(r->caller));
+    httpd_peer_ip(r->req, job->ip, sizeof(job->ip));
+    if (api_offload(r, r->server->local, &job->super, err) < 0) {
+        if (action)
+            report_op(action, job->user, job->ip, key, json_object_get(body, "context"), NULL, err);
+        kms_json_wipe_decref(job->fwd);
+        kms_json_wipe_decref(job->body);
+        free(job);
+        return -1;
+    }
+    return 0;
 }
 
 /* POST /v1/kms/{encrypt,decrypt,datakey,rewrap,sign,verify}: decided as
@@ -447,20 +527,14 @@ static int handle_op(api_request *r, const kms_endpoint *ep, api_error *err)
         rc = key_decide(r, ep->name, key, ep->purpose ?: "encrypt", true, &k, err);
     if (rc < 0) {
         if (rc != -EACCES) /* a refusal is an audit entry already */
-            report(r, ep->action, key[0] ? key : NULL, body, NULL, err);
+            report(r, ep->action, key[0] ? key : NULL, body, err);
         return -1;
     }
-    _cleanup_(kms_json_wipe_decrefp) json_t *fwd = json_pack("{s:s, s:s}", "key", key, "algorithm", k.algorithm);
+    json_t *fwd = json_pack("{s:s, s:s}", "key", key, "algorithm", k.algorithm);
     if (!fwd)
         return api_fail(err, 500, "internal", "out of memory");
     copy_fields(fwd, body, ep->fields);
-    _cleanup_(kms_json_wipe_decrefp) json_t *ans = NULL;
-    if (call(ep->kms_path, fwd, &ans, err) < 0) {
-        report(r, ep->action, key, body, NULL, err);
-        return -1;
-    }
-    report(r, ep->action, key, body, ans, NULL);
-    respond(r, ans, ep->secret_answer);
+    return kms_forward(r, ep->kms_path, ep->action, key, fwd, TAKE_PTR(body), ep->secret_answer, err);
     return 0;
 }
 
@@ -555,8 +629,7 @@ static int handle_key(api_request *r, const char *rest, size_t len, api_error *e
     key_info k;
     if (key_decide(r, verb, name, NULL, false, &k, err) < 0)
         return -1;
-    _cleanup_(json_decrefp) json_t *fwd = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm);
-    _cleanup_(json_decrefp) json_t *ans = NULL;
+    json_t *fwd = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm);
     if (!fwd)
         return api_fail(err, 500, "internal", "out of memory");
     if (version) {
@@ -565,12 +638,7 @@ static int handle_key(api_request *r, const char *rest, size_t len, api_error *e
         json_object_set_new(fwd, "version", json_integer((json_int_t)version));
         json_object_set_new(fwd, "cancel", json_boolean(cancel));
     }
-    int rc = call(path, fwd, &ans, err);
-    if (strcmp(action, "kms.describe") != 0)
-        report(r, action, name, NULL, ans, rc < 0 ? err : NULL);
-    if (rc == 0)
-        respond(r, ans, false);
-    return rc;
+    return kms_forward(r, path, strcmp(action, "kms.describe") != 0 ? action : NULL, name, fwd, NULL, false, err);
 }
 
 int api_handle_kms(api_request *r, const char *rest, size_t rest_len, api_error *err)

@@ -994,6 +994,8 @@ void *api_handlers_thread_init(h2o_context_t *ctx, void *userdata)
     t->server = userdata;
     t->queue = h2o_multithread_create_queue(ctx->loop);
     h2o_multithread_register_receiver(t->queue, &t->write_done, on_write_done);
+    if (offload_loop_new(ctx->loop, &t->offload) < 0)
+        abort();
     h2o_timeout_init(ctx->loop, &t->watch_poll, API_SSE_POLL_MS);
     h2o_linklist_init_anchor(&t->watchers);
     return t;
@@ -1006,7 +1008,8 @@ void api_handlers_thread_drain(void *state)
 
 bool api_handlers_thread_busy(void *state)
 {
-    return ((api_thread *)state)->writes_in_flight > 0;
+    api_thread *t = state;
+    return t->writes_in_flight > 0 || offload_loop_in_flight(t->offload) > 0;
 }
 
 void api_handlers_thread_dispose(void *state)
@@ -1014,6 +1017,7 @@ void api_handlers_thread_dispose(void *state)
     api_thread *t = state;
     for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++)
         auth_cache_entry_clear(&t->auth_cache[i]);
+    offload_loop_free(t->offload);
     h2o_multithread_unregister_receiver(t->queue, &t->write_done);
     h2o_multithread_destroy_queue(t->queue);
     /* streams of connections that did not close keep their memory until the
