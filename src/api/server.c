@@ -6,7 +6,7 @@
 /* workers for calls to the local roles: enough to keep the kms role busy
  * while the loops parse the next requests; more jobs than this wait, past
  * the cap they are refused (503) */
-#define API_LOCAL_WORKERS 8
+#define API_LOCAL_WORKERS 4
 #define API_LOCAL_JOBS_MAX 1024
 #define API_REMOTE_WORKERS 4 /* identity providers: each call capped at 15 s */
 #define API_REMOTE_JOBS_MAX 64
