@@ -1,7 +1,9 @@
 /* The API and the KMS (see handlers-kms.h). The api role never holds key
- * material: it checks the caller and the Key resource, forwards the
- * operation to the kms role, reports it as an audit event (never with a
- * plaintext) and answers. Plaintexts in requests and answers are wiped. */
+ * material: it checks the caller and the Key resource on the event loop,
+ * forwards the operation to the kms role from a worker of the server's
+ * local pool (offload.h), then reports it as an audit event (never with a
+ * plaintext) and answers back on the loop. Plaintexts in requests and
+ * answers are wiped. */
 #include "api/handlers-kms.h"
 
 #include "api/handlers-attest.h"
@@ -40,8 +42,9 @@ void api_kms_done(void)
     curl_global_cleanup();
 }
 
-/* Calls the kms role; on anything but a 200 fills ERR from its answer (or
- * with 503 when it cannot be reached) and returns -1. */
+/* Calls the kms role, blocking: from a worker only (offload.h). On
+ * anything but a 200 fills ERR from its answer (or with 503 when it cannot
+ * be reached) and returns -1. */
 static int call(const char *path, const json_t *body, json_t **ret, api_error *err)
 {
     json_t *ans = NULL;
@@ -538,44 +541,110 @@ static int handle_op(api_request *r, const kms_endpoint *ep, api_error *err)
     return 0;
 }
 
-/* The verb that enabling or disabling VERSION of Key NAME needs into
- * *RET_VERB: `disable`, or `destroy` when the version is pending destruction
- * (which this cancels: *RET_CANCEL). The version's state is read only for a
- * caller who may do either, from a Key that exists; otherwise the answer is
- * `disable`, for key_decide() to refuse. Returns 0 or -1 with ERR (the KMS
- * could not be asked). */
-static int version_verb(api_request *r, const char *name, uint32_t version, const char **ret_verb, bool *ret_cancel,
-                        api_error *err)
+/* Decides VERB on Key NAME for R, then forwards the call (PATH, audited as
+ * ACTION unless it is a describe) to the kms role; for a version change
+ * (VERSION > 0), with BODY's state and CANCEL. Returns 0 (the answer
+ * follows), or -1 with ERR. */
+static int key_call(api_request *r, const char *name, const char *action, const char *path, const char *verb,
+                    unsigned long version, bool cancel, const json_t *body, api_error *err)
 {
-    *ret_verb = "disable";
-    *ret_cancel = false;
     key_info k;
-    if ((!api_may(r->server, r->req, r->caller, "disable", "Key", name) &&
-         !api_may(r->server, r->req, r->caller, "destroy", "Key", name)) ||
-        key_resource(name, NULL, &k, err) < 0)
-        return 0;
-    _cleanup_(json_decrefp) json_t *q = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm);
-    _cleanup_(json_decrefp) json_t *desc = NULL;
-    if (!q)
-        return api_fail(err, 500, "internal", "out of memory");
-    if (call("/v1/key", q, &desc, err) < 0)
+    if (key_decide(r, verb, name, NULL, false, &k, err) < 0)
         return -1;
+    json_t *fwd = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm);
+    if (!fwd)
+        return api_fail(err, 500, "internal", "out of memory");
+    if (version) {
+        static const char *const fields[] = {"state", "destroyAfterSeconds", NULL};
+        copy_fields(fwd, body, fields);
+        json_object_set_new(fwd, "version", json_integer((json_int_t)version));
+        json_object_set_new(fwd, "cancel", json_boolean(cancel));
+    }
+    return kms_forward(r, path, strcmp(action, "kms.describe") != 0 ? action : NULL, name, fwd, NULL, false, err);
+}
+
+/* Enabling or disabling a version needs `disable`, or `destroy` when the
+ * version is pending destruction (which this cancels): its state is asked
+ * of the kms role off the loop, then the call is decided and made. Holds
+ * the caller's references and the request's BODY. */
+typedef struct version_job {
+    offload_job super;
+    api_server *server;
+    api_route route;
+    uint64_t started;
+    caller who;
+    char name[RESOURCE_NAME_MAX + 1];
+    uint32_t version;
+    json_t *query, *body, *desc;
+    int rc;
+    api_error err;
+} version_job;
+
+static void version_work(offload_job *j)
+{
+    version_job *job = (version_job *)j;
+    job->rc = call("/v1/key", job->query, &job->desc, &job->err);
+}
+
+static void version_done(offload_job *j, h2o_req_t *req)
+{
+    version_job *job = (version_job *)j;
+    bool pending = false;
     size_t i;
     json_t *v;
-    json_array_foreach(json_object_get(desc, "versions"), i, v)
+    json_array_foreach(json_object_get(job->desc, "versions"), i, v)
     {
-        if (json_integer_value(json_object_get(v, "version")) == (json_int_t)version &&
-            strcmp(json_string_value(json_object_get(v, "state")) ?: "", "pendingDestruction") == 0) {
-            *ret_verb = "destroy";
-            *ret_cancel = true;
-        }
+        if (json_integer_value(json_object_get(v, "version")) == (json_int_t)job->version &&
+            strcmp(json_string_value(json_object_get(v, "state")) ?: "", "pendingDestruction") == 0)
+            pending = true;
     }
-    return 0;
+    api_request r = {.server = job->server, .req = req, .route = job->route, .started = job->started,
+                     .caller = &job->who};
+    if (req && (job->rc < 0 || key_call(&r, job->name, "kms.version", "/v1/version", pending ? "destroy" : "disable",
+                                        job->version, pending, job->body, &job->err) < 0))
+        api_respond_error(req, job->route, job->started, &job->err);
+    caller_clear(&job->who);
+    json_decref(job->query);
+    json_decref(job->body);
+    json_decref(job->desc);
+    free(job);
+}
+
+/* Enables or disables VERSION of Key NAME (BODY: the request's): the
+ * version's state is read only for a caller who may disable or destroy,
+ * from a Key that exists; otherwise the call is decided as `disable`, for
+ * key_decide() to refuse. Returns 0 (the answer follows), or -1 with ERR. */
+static int version_change(api_request *r, const char *name, uint32_t version, json_t *body, api_error *err)
+{
+    key_info k;
+    api_error ignored;
+    if ((!api_may(r->server, r->req, r->caller, "disable", "Key", name) &&
+         !api_may(r->server, r->req, r->caller, "destroy", "Key", name)) ||
+        key_resource(name, NULL, &k, &ignored) < 0)
+        return key_call(r, name, "kms.version", "/v1/version", "disable", version, false, body, err);
+    version_job *job = calloc(1, sizeof(*job));
+    if (!job)
+        return api_fail(err, 500, "internal", "out of memory");
+    *job = (version_job){.super = {.work = version_work, .done = version_done}, .server = r->server,
+                         .route = r->route, .started = r->started, .version = version,
+                         .query = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm),
+                         .body = json_incref(body),
+                         .who = {json_incref(r->caller->user), json_incref(r->caller->credential)}};
+    snprintf(job->name, sizeof(job->name), "%s", name);
+    int e = job->query ? api_offload(r, r->server->local, &job->super, err)
+                       : api_fail(err, 500, "internal", "out of memory");
+    if (e < 0) {
+        caller_clear(&job->who);
+        json_decref(job->query);
+        json_decref(job->body);
+        free(job);
+    }
+    return e;
 }
 
 /* GET /v1/kms/keys/{name} (get), POST .../rotate (rotate), POST
- * .../versions/{n} (disable, or destroy: see version_verb()), each decided
- * on Key NAME; .../release is attested release (handlers-attest.c). */
+ * .../versions/{n} (disable, or destroy: see version_change()), each
+ * decided on Key NAME; .../release is attested release (handlers-attest.c). */
 static int handle_key(api_request *r, const char *rest, size_t len, api_error *err)
 {
     char name[RESOURCE_NAME_MAX + 1], tail[64] = "";
@@ -611,34 +680,19 @@ static int handle_key(api_request *r, const char *rest, size_t len, api_error *e
         api_method_not_allowed(r->req, r->route, r->started, method);
         return 0;
     }
-    _cleanup_(json_decrefp) json_t *body = NULL;
-    const char *verb = !tail[0] ? "get" : version ? "destroy" : "rotate";
-    bool cancel = false;
-    if (version) {
-        body = api_decode_body(r->req->entity.base, r->req->entity.len, err);
-        if (!body)
-            return -1;
-        const char *state = json_string_value(json_object_get(body, "state"));
-        if (!json_is_object(body) || !state ||
-            (strcmp(state, "enabled") != 0 && strcmp(state, "disabled") != 0 && strcmp(state, "destroyed") != 0))
-            return api_fail(err, 400, "invalid",
-                            "the body must be {\"state\": \"enabled|disabled|destroyed\"[, \"destroyAfterSeconds\": N]}");
-        if (strcmp(state, "destroyed") != 0 && version_verb(r, name, (uint32_t)version, &verb, &cancel, err) < 0)
-            return -1;
-    }
-    key_info k;
-    if (key_decide(r, verb, name, NULL, false, &k, err) < 0)
+    if (!version)
+        return key_call(r, name, action, path, !tail[0] ? "get" : "rotate", 0, false, NULL, err);
+    json_auto_t *body = api_decode_body(r->req->entity.base, r->req->entity.len, err);
+    if (!body)
         return -1;
-    json_t *fwd = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm);
-    if (!fwd)
-        return api_fail(err, 500, "internal", "out of memory");
-    if (version) {
-        static const char *const fields[] = {"state", "destroyAfterSeconds", NULL};
-        copy_fields(fwd, body, fields);
-        json_object_set_new(fwd, "version", json_integer((json_int_t)version));
-        json_object_set_new(fwd, "cancel", json_boolean(cancel));
-    }
-    return kms_forward(r, path, strcmp(action, "kms.describe") != 0 ? action : NULL, name, fwd, NULL, false, err);
+    const char *state = json_string_value(json_object_get(body, "state"));
+    if (!json_is_object(body) || !state ||
+        (strcmp(state, "enabled") != 0 && strcmp(state, "disabled") != 0 && strcmp(state, "destroyed") != 0))
+        return api_fail(err, 400, "invalid",
+                        "the body must be {\"state\": \"enabled|disabled|destroyed\"[, \"destroyAfterSeconds\": N]}");
+    if (strcmp(state, "destroyed") == 0)
+        return key_call(r, name, action, path, "destroy", version, false, body, err);
+    return version_change(r, name, (uint32_t)version, body, err);
 }
 
 int api_handle_kms(api_request *r, const char *rest, size_t rest_len, api_error *err)
