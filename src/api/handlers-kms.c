@@ -564,49 +564,39 @@ static int key_call(api_request *r, const char *name, const char *action, const 
 }
 
 /* Enabling or disabling a version needs `disable`, or `destroy` when the
- * version is pending destruction (which this cancels): its state is asked
- * of the kms role off the loop, then the call is decided and made. Holds
- * the caller's references and the request's BODY. */
+ * version is pending destruction (which this cancels): the Key's
+ * description is asked of the kms role off the loop (a kms_job on
+ * /v1/key, its BODY the request's), then the call is decided and made.
+ * Holds the caller's references. */
 typedef struct version_job {
-    offload_job super;
+    kms_job super;
     api_server *server;
-    api_route route;
-    uint64_t started;
     caller who;
-    char name[RESOURCE_NAME_MAX + 1];
     uint32_t version;
-    json_t *query, *body, *desc;
-    int rc;
-    api_error err;
 } version_job;
-
-static void version_work(offload_job *j)
-{
-    version_job *job = (version_job *)j;
-    job->rc = call("/v1/key", job->query, &job->desc, &job->err);
-}
 
 static void version_done(offload_job *j, h2o_req_t *req)
 {
     version_job *job = (version_job *)j;
+    kms_job *k = &job->super;
     bool pending = false;
     size_t i;
     json_t *v;
-    json_array_foreach(json_object_get(job->desc, "versions"), i, v)
+    json_array_foreach(json_object_get(k->ans, "versions"), i, v)
     {
         if (json_integer_value(json_object_get(v, "version")) == (json_int_t)job->version &&
             strcmp(json_string_value(json_object_get(v, "state")) ?: "", "pendingDestruction") == 0)
             pending = true;
     }
-    api_request r = {.server = job->server, .req = req, .route = job->route, .started = job->started,
+    api_request r = {.server = job->server, .req = req, .route = k->route, .started = k->started,
                      .caller = &job->who};
-    if (req && (job->rc < 0 || key_call(&r, job->name, "kms.version", "/v1/version", pending ? "destroy" : "disable",
-                                        job->version, pending, job->body, &job->err) < 0))
-        api_respond_error(req, job->route, job->started, &job->err);
+    if (req && (k->rc < 0 || key_call(&r, k->key, "kms.version", "/v1/version", pending ? "destroy" : "disable",
+                                      job->version, pending, k->body, &k->err) < 0))
+        api_respond_error(req, k->route, k->started, &k->err);
     caller_clear(&job->who);
-    json_decref(job->query);
-    json_decref(job->body);
-    json_decref(job->desc);
+    json_decref(k->fwd);
+    json_decref(k->body);
+    json_decref(k->ans);
     free(job);
 }
 
@@ -625,18 +615,19 @@ static int version_change(api_request *r, const char *name, uint32_t version, js
     version_job *job = calloc(1, sizeof(*job));
     if (!job)
         return api_fail(err, 500, "internal", "out of memory");
-    *job = (version_job){.super = {.work = version_work, .done = version_done}, .server = r->server,
-                         .route = r->route, .started = r->started, .version = version,
-                         .query = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm),
-                         .body = json_incref(body),
+    *job = (version_job){.super = {.super = {.work = kms_job_work, .done = version_done}, .path = "/v1/key",
+                                   .route = r->route, .started = r->started,
+                                   .fwd = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm),
+                                   .body = json_incref(body)},
+                         .server = r->server, .version = version,
                          .who = {json_incref(r->caller->user), json_incref(r->caller->credential)}};
-    snprintf(job->name, sizeof(job->name), "%s", name);
-    int e = job->query ? api_offload(r, r->server->local, &job->super, err)
-                       : api_fail(err, 500, "internal", "out of memory");
+    snprintf(job->super.key, sizeof(job->super.key), "%s", name);
+    int e = job->super.fwd ? api_offload(r, r->server->local, &job->super.super, err)
+                           : api_fail(err, 500, "internal", "out of memory");
     if (e < 0) {
         caller_clear(&job->who);
-        json_decref(job->query);
-        json_decref(job->body);
+        json_decref(job->super.fwd);
+        json_decref(job->super.body);
         free(job);
     }
     return e;
