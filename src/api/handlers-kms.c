@@ -31,6 +31,8 @@ static store *kms_store;
 
 void api_kms_init(const char *socket, store *s)
 {
+    /* the kms client needs no libcurl; the API's remote calls (OIDC, on the
+     * offload workers) do, and it is set up once here, before any runs */
     curl_global_init(CURL_GLOBAL_DEFAULT);
     kms_socket = socket;
     kms_store = s;
