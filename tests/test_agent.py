@@ -305,7 +305,7 @@ def test_the_channel_serves_only_what_an_enclave_may_ask(enclave):
                           {"type": "sandbox", "evidence": "AA==", "publicKey": "AA=="})
     assert status == 403 and "is not released" in ans["error"]["message"]
     # the runner's identity can do nothing else on the API
-    token = (server.data_dir / "runner.token").read_text().strip()
+    token = (server.data_dir / "runner" / "runner.token").read_text().strip()
     assert server.request("GET", "/v1/keys", token=token).status_code == 403
     assert server.request("POST", "/v1/kms/datakey", token=token, json={"key": "model-key"}).status_code == 403
 
