@@ -61,6 +61,21 @@ def open_for_roles(path):
         os.chmod(p, os.stat(p).st_mode | 0o001)
 
 
+def role_user(role):
+    """(uid, gid) of role ROLE's system user (cloister-ROLE), which
+    cloisterd creates on its first start as root; created here alike when a
+    test needs it before (useradd --system, no home, no login shell)."""
+    import pwd
+    name = f"cloister-{role}"
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+        pw = pwd.getpwnam(name)
+    return pw.pw_uid, pw.pw_gid
+
+
 @pytest.fixture(autouse=True)
 def _tmp_path_open_for_roles(request):
     """Every test's tmp_path is reachable by the roles' users (bundles, data dirs)."""

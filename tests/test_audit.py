@@ -87,7 +87,7 @@ def test_entries_are_canonical_and_secrets_never_appear(server):
     for e in raw:
         text = e["entry"]
         assert text == json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    blob = (s.data_dir / "audit" / "audit.db").read_bytes() + (s.data_dir / "audit.db-wal").read_bytes()
+    blob = (s.data_dir / "audit" / "audit.db").read_bytes() + (s.data_dir / "audit" / "audit.db-wal").read_bytes()
     for secret in (secret_value, s.token, s.token[5:]):
         assert secret.encode() not in blob
         assert all(secret not in e["entry"] for e in raw)

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import CLOISTERD, Server, manifest, run_cli
+from conftest import CLOISTERD, Server, manifest, role_user, run_cli
 
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
@@ -326,6 +326,10 @@ def test_pkcs11_sealing_round_trip(tmp_path, monkeypatch):
                           "--so-pin", "0815"], capture_output=True, text=True, check=True).stdout
     slot = out.rsplit("slot", 1)[1].strip()
     assert slot.isdigit(), out
+    if os.geteuid() == 0:  # the token is the kms role's, as an HSM's would be
+        uid, gid = role_user("kms")
+        for p in [tokens, *tokens.rglob("*")]:
+            os.chown(p, uid, gid)
     sealed_round_trip(tmp_path, ["--seal", "pkcs11", "--pkcs11-module", SOFTHSM_MODULE, "--pkcs11-slot", slot],
                       "4711", "9999")
     root = json.loads((tmp_path / "data" / "kms" / "root.json").read_text())

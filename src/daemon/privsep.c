@@ -402,7 +402,7 @@ int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config 
     bool runner = strcmp(name, "runner") == 0;
     const char *step = "drop privileges";
     int r = 0;
-    if (geteuid() == 0)
+    if (ids)
         r = become(ids, runner ? runner_caps : NULL, runner ? ELEMENTSOF(runner_caps) : 0);
     struct rlimit none = {0, 0};
     if (r == 0 && setrlimit(RLIMIT_CORE, &none) < 0) {

@@ -31,10 +31,11 @@ int privsep_prepare(const daemon_config *cfg, const char *const *names, size_t n
  * configuration) to the paths this role uses; the others are emptied. */
 void privsep_role_view(const char *name, daemon_config *view);
 
-/* In a freshly forked role NAME, before its main: as root, becomes IDS
- * (groups cleared, capabilities dropped but the runner's, no core dumps,
- * not dumpable but the runner, no_new_privs, seccomp); as another user,
- * confines the role to CFG's subtree of it with Landlock when the kernel
- * offers it (logs which), and sets the rest as root does. Returns 0 or a
+/* In a freshly forked role NAME, before its main: with IDS (a root start),
+ * becomes IDS (groups cleared, capabilities dropped but the runner's, no
+ * core dumps, not dumpable but the runner, no_new_privs, seccomp); without
+ * (an ordinary user's start), confines the role to its rooms of CFG's data
+ * dir with Landlock when the kernel offers it (logs which), and sets the
+ * rest as with IDS. Returns 0 or a
  * negative errno (logged); the role must not run on failure. */
 int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config *cfg);
