@@ -409,10 +409,10 @@ int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config 
         step = "disable core dumps";
         r = negative_errno();
     }
-    /* the runner stays dumpable: it writes its sandboxes' uid_map, which a
-     * non-dumpable parent's child makes root's; roles of other uids cannot
-     * read its memory either way */
-    if (r == 0 && !runner && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+    /* the runner is made dumpable again (a change of uid cleared it): it
+     * writes its sandboxes' uid_map, which a non-dumpable parent's child has
+     * owned by root; roles of other uids cannot read its memory either way */
+    if (r == 0 && prctl(PR_SET_DUMPABLE, runner ? 1 : 0, 0, 0, 0) < 0) {
         step = "make the role not dumpable";
         r = negative_errno();
     }
