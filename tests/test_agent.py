@@ -191,7 +191,9 @@ def enclave(server, tmp_path):
 def test_the_workload_gets_its_key_and_serves_attested_tls(enclave, tmp_path):
     server, bundle, pcr0, launched = enclave
     atls = atls_path(server, "scorer-1")
-    assert os.stat(atls).st_mode & 0o777 == 0o600
+    # the proxy, a user of its own when started as root, connects: the
+    # agent's attestation, not the socket's mode, authenticates the enclave
+    assert os.stat(atls).st_mode & 0o777 == 0o666
     # PCR3 measures the agent the runner bound into the sandbox
     assert launched["pcrs"]["3"] == hashlib.sha384(AGENT.read_bytes()).hexdigest()
 

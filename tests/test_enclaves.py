@@ -94,7 +94,9 @@ def sandboxes(server):
     for pid in map(int, kids.split()):
         try:
             mounts = open(f"/proc/{pid}/mountinfo").read().split("\n")
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        except OSError:  # EINVAL: a sandbox that exited, not yet reaped, has no mounts left
             continue
         for m in mounts:
             f = m.split()
