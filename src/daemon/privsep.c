@@ -95,8 +95,12 @@ static int role_user(const char *role, privsep_ids *ret)
     return 0;
 }
 
+/* nftw() passes its callback no context: the owner chown_tree() gives, set
+ * by the supervisor's single thread before each walk. */
 static privsep_ids chown_to;
 
+/* Gives one entry to chown_to; a file (not a socket) loses any mode bits
+ * for group and others. */
 static int chown_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)ftw;
