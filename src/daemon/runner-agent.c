@@ -250,7 +250,7 @@ runner_agent *runner_agent_new(const char *runner_dir, const char *agent_path, c
     _cleanup_close_ int dirfd = -1;
     /* 0711 and a 0666 atls.sock: the proxy, a user of its own, reaches the
      * agent's attested TLS, which the attestation authenticates */
-    if ((mkdir(ag->dir, 0711) < 0 && errno != EEXIST) ||
+    if ((mkdir(ag->dir, 0711) < 0 && errno != EEXIST) || chmod(ag->dir, 0711) < 0 || /* past the umask */
         (dirfd = open(ag->dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
         r = negative_errno();
     if (r == 0 && (ag->channel_fd = listen_in(dirfd, "channel.sock", NOBODY)) < 0)
