@@ -99,17 +99,12 @@ static int role_user(const char *role, privsep_ids *ret)
  * by the supervisor's single thread before each walk. */
 static privsep_ids chown_to;
 
-/* Gives one entry to chown_to; a file (not a socket) loses any mode bits
- * for group and others. */
+/* Gives one entry to chown_to. Modes are left alone: a role refuses a key
+ * others may read (and says so) rather than have it quietly repaired. */
 static int chown_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
-    (void)ftw;
-    if (lchown(path, chown_to.uid, chown_to.gid) < 0)
-        return -1;
-    /* nothing of a role's is for others, but the runner's sockets and dirs */
-    if (flag == FTW_F && (st->st_mode & 077) && !S_ISSOCK(st->st_mode) && chmod(path, st->st_mode & 0700) < 0)
-        return -1;
-    return 0;
+    (void)st, (void)flag, (void)ftw;
+    return lchown(path, chown_to.uid, chown_to.gid) < 0 ? -1 : 0;
 }
 
 /* Makes every entry of DIR (not following symlinks) owned by IDS. */
