@@ -169,9 +169,11 @@ int privsep_prepare(const daemon_config *cfg, const char *const *names, size_t n
         if (r == 0 && (lchown(path, ret_ids[i].uid, ret_ids[i].gid) < 0 || chmod(path, 0711) < 0))
             r = negative_errno();
     }
-    /* the platform certificate is the runner's, readable by all */
-    if (r == 0)
-        r = chmod_if_exists(cfg->runner_cert, 0644);
+    /* the supervisor's own, root's even in a data dir an ordinary user started */
+    const char *const roots[] = {cfg->ca_key, cfg->platform_ca_key, cfg->admin_token};
+    for (size_t i = 0; r == 0 && i < ELEMENTSOF(roots); i++)
+        if (lchown(roots[i], 0, 0) < 0 && errno != ENOENT)
+            r = negative_errno();
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot give the roles their rooms of the data dir", "path", path, "error",
                    strerror(-r), NULL);
