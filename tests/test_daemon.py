@@ -3,8 +3,10 @@ SIGTERM, and durability of acknowledged writes across kill -9."""
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import requests
 
@@ -47,6 +49,19 @@ def test_lost_token_file_is_replaced_and_old_token_revoked(tmp_path):
         assert s.request("GET", "/v1/whoami").status_code == 200
     finally:
         s.stop()
+
+
+def test_each_role_is_titled_by_its_name(server):
+    """ps names each role as relayd and sshd do ("cloisterd: kms"); /proc/PID/comm keeps the short name
+    (role_pid finds the roles by it) and the supervisor keeps its command line."""
+    for role in ("api", "proxy", "kms", "audit", "runner"):
+        pid = server.role_pid(role)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert cmdline.rstrip(b"\0") == f"cloisterd: {role}".encode(), cmdline[:80]
+        ps = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, check=True)
+        assert ps.stdout.strip() == f"cloisterd: {role}"
+    supervisor = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes().split(b"\0")
+    assert supervisor[0].endswith(b"/cloisterd") and b"--dev" in supervisor
 
 
 def test_sigterm_exits_zero(server):

@@ -94,10 +94,8 @@ def sandboxes(server):
     for pid in map(int, kids.split()):
         try:
             mounts = open(f"/proc/{pid}/mountinfo").read().split("\n")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        except OSError:  # EINVAL: a sandbox that exited, not yet reaped, has no mounts left
-            continue
+        except OSError:
+            continue  # the sandbox exited meanwhile (EINVAL when caught while exiting)
         for m in mounts:
             f = m.split()
             if len(f) > 4 and f[4] == "/run/cloister/channel.sock" and f[3].startswith(runner_dir + "/"):

@@ -7,21 +7,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "basic/role.h"
 #include "store/store.h"
-
-/* Readiness of the roles, shared with the supervisor: /healthz is 200 only
- * when every role that should run is ready (and the KMS unsealed, and the
- * proxy hears from its configuration stream). */
-typedef struct role_health {
-    const char *name;
-    _Atomic bool wanted;
-    _Atomic bool ready;  /* serving */
-    _Atomic bool sealed; /* kms: serving, but its root key is sealed (key operations refused) */
-    /* The role's current process, 0 while it is not running: written by the
-     * supervisor (and by the child itself before it runs the role) on every
-     * (re)start, read by the local sockets' peer checks (daemon/peer.h). */
-    _Atomic pid_t pid;
-} role_health;
 
 typedef struct api_config {
     const char *listen;   /* HOST:PORT */
@@ -47,3 +34,19 @@ typedef struct api_config {
  * when the server cannot start (bad listen address, certificate, port in use).
  * The caller must block SIGTERM and SIGINT in every thread before calling. */
 int api_run(const api_config *cfg);
+
+/* What the api role sees of the configuration; strings borrowed. */
+typedef struct api_role_config {
+    api_config api;               /* the server's; store, keyring and handoff_key are the role's to fill */
+    const char *store_url;
+    const char *auth_dir;         /* token signing keys and the login handoff key (0700, created) */
+    const char *platform_ca_cert; /* verifies sandbox evidence for key release */
+    const char *kms_socket;
+    const char *runner_socket;    /* the Enclave controller's runner */
+} api_role_config;
+
+/* The api role: opens the store and the keys, starts audit delivery, the
+ * KMS and attestation clients and the Enclave controller, runs api_run(),
+ * then stops them all. Returns the role's exit status. SIGTERM and SIGINT
+ * must be blocked in every thread. */
+int api_role_serve(const api_role_config *cfg);

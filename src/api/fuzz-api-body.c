@@ -4,7 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "api/http.h"
+#include "httpd/json.h"
 #include "resource/resource.h"
 
 static void check(const json_t *doc)

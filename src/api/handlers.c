@@ -808,6 +808,45 @@ static void handle_whoami(h2o_req_t *req, uint64_t started, const caller *c)
 
 /* ---- routing ---- */
 
+/* Serves REQ when its path is /v1/PLURAL/NAME/SUB of a registered
+ * sub-resource (request.c); returns whether it did. */
+static bool handle_subresource(api_server *srv, h2o_req_t *req, uint64_t started)
+{
+    h2o_iovec_t path = req->path_normalized;
+    if (path.len <= 4 || memcmp(path.base, "/v1/", 4) != 0)
+        return false;
+    const char *a = path.base + 4, *end = path.base + path.len;
+    const char *s1 = memchr(a, '/', (size_t)(end - a));
+    const char *s2 = s1 ? memchr(s1 + 1, '/', (size_t)(end - s1 - 1)) : NULL;
+    if (!s2 || memchr(s2 + 1, '/', (size_t)(end - s2 - 1)) || s2 == s1 + 1)
+        return false;
+    const api_subresource *sr = NULL;
+    for (size_t i = 0; i < api_n_subresources && !sr; i++)
+        if (h2o_memis(a, (size_t)(s1 - a), api_subresources[i].plural, strlen(api_subresources[i].plural)) &&
+            h2o_memis(s2 + 1, (size_t)(end - s2 - 1), api_subresources[i].sub, strlen(api_subresources[i].sub)))
+            sr = &api_subresources[i];
+    if (!sr)
+        return false;
+    char name[256] = ""; /* a longer one stays "", an invalid name the handler refuses */
+    size_t nlen = (size_t)(s2 - s1 - 1);
+    if (nlen < sizeof(name)) {
+        memcpy(name, s1 + 1, nlen);
+        name[nlen] = '\0';
+    }
+    api_error err;
+    caller c = {0};
+    if (authenticate(srv, req, &c, &err) < 0) {
+        api_report_refusal(req, &c, &err);
+        api_respond_error(req, sr->route, started, &err);
+    } else {
+        api_request r = {.server = srv, .req = req, .route = sr->route, .started = started, .caller = &c};
+        if (sr->handle(&r, name, &err) < 0)
+            api_respond_error(req, sr->route, started, &err);
+    }
+    caller_clear(&c);
+    return true;
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     api_server *srv = ((api_handler *)self)->server;
@@ -855,6 +894,9 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         caller_clear(&c);
         return 0;
     }
+
+    if (handle_subresource(srv, req, started))
+        return 0;
 
     /* /v1/<a>[/<b>] */
     char seg_a[64] = "", seg_b[256] = "";

@@ -33,6 +33,7 @@ static const struct {
     [ROUTE_KMS] = {"/v1/kms/", "any"},
     [ROUTE_ATTEST] = {"/v1/attest/challenge", "POST"},
     [ROUTE_PROXY_CONFIG] = {"/v1/proxy/config", "GET"},
+    [ROUTE_USER_KEYS] = {"/v1/users/{name}/keys", "POST"},
     [ROUTE_OTHER] = {"other", "any"},
 };
 

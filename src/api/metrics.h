@@ -32,6 +32,7 @@ typedef enum api_route {
     ROUTE_KMS,
     ROUTE_ATTEST,
     ROUTE_PROXY_CONFIG,
+    ROUTE_USER_KEYS,
     ROUTE_OTHER,
     ROUTE_COUNT_,
 } api_route;

@@ -1,6 +1,7 @@
 #include "api/request.h"
 
 #include "api/handlers-attest.h"
+#include "api/handlers-keys.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-audit.h"
 #include "api/auth.h"
@@ -35,6 +36,12 @@ const api_endpoint_group api_endpoint_groups[] = {
     {NULL, ROUTE_OTHER, API_GROUP_PUBLIC, NULL},
 };
 const size_t api_n_endpoint_groups = ELEMENTSOF(api_endpoint_groups) - 1;
+
+/* Components that serve a sub-resource of a kind's objects add one entry each. */
+const api_subresource api_subresources[] = {
+    {"users", "keys", ROUTE_USER_KEYS, api_handle_user_keys},
+};
+const size_t api_n_subresources = ELEMENTSOF(api_subresources);
 
 void caller_clear(caller *c)
 {

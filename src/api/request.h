@@ -10,7 +10,7 @@
 
 #include "httpd/httpd.h"
 
-#include "api/http.h"
+#include "httpd/json.h"
 #include "api/metrics.h"
 #include "api/server.h"
 
@@ -93,3 +93,16 @@ typedef struct api_endpoint_group {
 
 extern const api_endpoint_group api_endpoint_groups[];
 extern const size_t api_n_endpoint_groups;
+
+/* /v1/PLURAL/{name}/SUB, served by one component on the named object. The
+ * caller is authenticated before HANDLE runs (a failure is answered 401);
+ * HANDLE decides on the object itself and returns as a group's handler. */
+typedef struct api_subresource {
+    const char *plural;
+    const char *sub;
+    api_route route;
+    int (*handle)(api_request *r, const char *name, api_error *err);
+} api_subresource;
+
+extern const api_subresource api_subresources[];
+extern const size_t api_n_subresources;

@@ -17,7 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "api/http.h"
+#include "httpd/json.h"
 #include "api/metrics.h"
 #include "api/server.h"
 #include "basic/strbuf.h"

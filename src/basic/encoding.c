@@ -84,10 +84,11 @@ static int b64_value(char c, bool url)
     return -1;
 }
 
-long base64_decode(const char *in, size_t in_len, uint8_t *out, size_t out_cap, bool url)
+/* Decodes IN in the alphabet URL selects, with padding when PADDED. */
+static long decode(const char *in, size_t in_len, uint8_t *out, size_t out_cap, bool url, bool padded)
 {
     size_t pad = 0;
-    if (!url) {
+    if (padded) {
         if (in_len % 4)
             return -EINVAL;
         while (pad < 2 && in_len > 0 && in[in_len - 1] == '=') {
@@ -98,7 +99,7 @@ long base64_decode(const char *in, size_t in_len, uint8_t *out, size_t out_cap, 
     if (in_len % 4 == 1)
         return -EINVAL;
     size_t out_len = in_len / 4 * 3 + (in_len % 4 ? in_len % 4 - 1 : 0);
-    if (!url && pad && (in_len + pad) % 4)
+    if (padded && pad && (in_len + pad) % 4)
         return -EINVAL;
     if (out_len > out_cap)
         return -E2BIG;
@@ -120,6 +121,24 @@ long base64_decode(const char *in, size_t in_len, uint8_t *out, size_t out_cap, 
     if (bits && (acc & ((1u << bits) - 1)))
         return -EINVAL;
     return (long)o;
+}
+
+long base64_decode(const char *in, size_t in_len, uint8_t *out, size_t out_cap, bool url)
+{
+    return decode(in, in_len, out, out_cap, url, !url);
+}
+
+size_t base64_encode_unpadded(const uint8_t *in, size_t n, char *out)
+{
+    size_t len = base64_encode(in, n, out, false);
+    while (len > 0 && out[len - 1] == '=')
+        out[--len] = 0;
+    return len;
+}
+
+long base64_decode_unpadded(const char *in, size_t in_len, uint8_t *out, size_t out_cap)
+{
+    return decode(in, in_len, out, out_cap, false, false);
 }
 
 bool memeq_consttime(const void *a, const void *b, size_t n)

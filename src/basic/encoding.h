@@ -23,5 +23,11 @@ size_t base64_encode(const uint8_t *in, size_t n, char *out, bool url);
  * into OUT of capacity OUT_CAP; returns the decoded length or -EINVAL / -E2BIG. */
 long base64_decode(const char *in, size_t in_len, uint8_t *out, size_t out_cap, bool url);
 
+/* The standard alphabet without padding (age's header encoding): encodes
+ * into OUT (base64_encoded_size(n) bytes), returning the length; decodes as
+ * strictly as base64_decode() (no '=', zero leftover bits). */
+size_t base64_encode_unpadded(const uint8_t *in, size_t n, char *out);
+long base64_decode_unpadded(const char *in, size_t in_len, uint8_t *out, size_t out_cap);
+
 /* True when the N bytes are equal; time depends only on N. */
 bool memeq_consttime(const void *a, const void *b, size_t n);

@@ -1,9 +1,11 @@
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "basic/encoding.h"
 #include "basic/fileio.h"
+#include "basic/proctitle.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
 
@@ -135,4 +137,29 @@ Test(fileio, atomic_write_sets_mode_and_read_is_capped)
     snprintf(sub, sizeof(sub), "%s/a", dir);
     rmdir(sub);
     rmdir(dir);
+}
+
+/* A command line laid out as the kernel does: strings one after another. */
+Test(proctitle, writes_over_the_command_line_and_zeroes_the_rest)
+{
+    char area[] = "/usr/sbin/cloisterd\0--dev\0--data-dir\0/var/lib/cloister";
+    char *argv[] = {area, area + 20, area + 26, area + 37, NULL};
+    cr_assert_eq(proctitle_init(4, argv), 0);
+    proctitle_set("cloisterd: %s", "runner");
+    cr_assert_str_eq(area, "cloisterd: runner");
+    for (size_t i = strlen("cloisterd: runner"); i < sizeof(area); i++)
+        cr_assert_eq(area[i], 0, "byte %zu left over", i);
+    /* cut to the space the command line had, NUL included */
+    proctitle_set("%0100d", 7);
+    cr_assert_eq(strlen(area), sizeof(area) - 1);
+}
+
+Test(proctitle, a_short_command_line_cuts_the_title)
+{
+    char area[] = "cl\0x";
+    char *argv[] = {area, area + 3, NULL};
+    cr_assert_eq(proctitle_init(2, argv), 0);
+    proctitle_set("cloisterd: %s", "kms");
+    cr_assert_str_eq(area, "cloi"); /* 5 bytes, the NUL included */
+    cr_assert_eq(proctitle_init(0, argv), -EINVAL);
 }

@@ -101,3 +101,6 @@ int cmd_audit(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_attest(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_enclave(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_policy(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+int cmd_keys(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+int cmd_dataset(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+int cmd_age(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);

@@ -35,6 +35,14 @@ static const cli_command commands[] = {
      "encrypt stdin to stdout, decrypt it, make a data key (JSON: plaintext, ciphertext), rotate a key, set a "
      "version's state (destroyed: scheduled at least a day ahead; enabled or disabled cancel it)",
      cmd_kms},
+    {"keys", "init [--force] | show [-o json|yaml] | register",
+     "make your approval key (Ed25519) and age identity in $XDG_CONFIG_HOME/cloister/keys/ (0600), show their "
+     "public halves, or publish them on your user (status.publicKeys)", cmd_keys},
+    {"dataset", "decrypt [-i IDENTITY] [-o FILE] [IN]",
+     "decrypt an age file with your identity (or -i FILE); -o FILE appears only once all of it verified, while "
+     "stdout may get the leading chunks of a file that then fails", cmd_dataset},
+    {"age", "encrypt -r RECIPIENT... | --self [-o FILE] [IN]",
+     "encrypt a file to age recipients (age1...) with Cloister's age library", cmd_age},
     /* Each later command group (token, policy, audit, attest, kms, enclave,
      * dataset, job, workspace) is one entry here, implemented in its own
      * cmd-<group>.c. */

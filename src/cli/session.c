@@ -39,7 +39,7 @@ static int config_home(char **ret)
 }
 
 /* The session directory, $CONFIG/cloister, as a heap string. */
-static int session_dir(char **ret)
+int session_dir(char **ret)
 {
     _cleanup_free_ char *home = NULL;
     int r = config_home(&home);

@@ -20,6 +20,9 @@ typedef struct cli_session {
 /* Cap on the session file's size. */
 #define SESSION_MAX_SIZE (64 * 1024)
 
+/* The directory of the session and of the keys ($XDG_CONFIG_HOME/cloister),
+ * a heap string the caller frees. Returns 0, -ENOENT or -ENOMEM. */
+int session_dir(char **ret);
 /* The session file's path, a heap string the caller frees. Returns 0,
  * -ENOENT when no home directory can be found, or -ENOMEM. */
 int session_path(char **ret_path);

@@ -19,6 +19,7 @@
 #include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
+#include "basic/proctitle.h"
 #include "basic/timeutil.h"
 #include "daemon/bootstrap.h"
 #include "daemon/daemon.h"
@@ -426,7 +427,8 @@ static pid_t spawn_role(const daemon_config *cfg, size_t i, role_health *health)
      * for the role's sigwait */
     atomic_store(&health[i].pid, getpid());
     prctl(PR_SET_PDEATHSIG, SIGTERM);
-    prctl(PR_SET_NAME, roles[i].name);
+    prctl(PR_SET_NAME, roles[i].name); /* /proc/PID/comm: the short name */
+    proctitle_set("cloisterd: %s", roles[i].name); /* ps: "cloisterd: kms", as relayd's and sshd's */
     log_set_role(roles[i].name);
     daemon_config *view = malloc(sizeof(*view));
     if (!view)
@@ -593,6 +595,7 @@ static int supervise(const daemon_config *cfg, role_health *health)
 
 int main(int argc, char **argv)
 {
+    proctitle_init(argc, argv); /* the roles' titles; before getopt permutes argv */
     log_set_role("cloisterd");
     if (argc > 1 && strcmp(argv[1], "unseal") == 0)
         return cloisterd_unseal(argc - 1, argv + 1);

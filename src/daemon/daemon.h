@@ -3,7 +3,7 @@
 
 #include <stdbool.h>
 
-#include "api/api.h"
+#include "basic/role.h"
 
 typedef struct daemon_config {
     bool dev;
@@ -53,6 +53,10 @@ int role_kms_main(const daemon_config *cfg, role_health *health, role_health *al
 int role_audit_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
 int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
 int role_runner_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
+
+/* The API's https URL as the other roles on this machine reach it: CFG's
+ * api_listen with a wildcard address replaced by loopback. */
+void daemon_api_url(const daemon_config *cfg, char *out, size_t size);
 
 /* `cloisterd unseal [--data-dir DIR] [--passphrase-fd N]`: hands the
  * passphrase or PIN to the running kms role; returns the exit status. */

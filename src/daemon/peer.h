@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#include "api/api.h"
+#include "basic/role.h"
 
 #define PEER_ALLOWED_MAX 8
 

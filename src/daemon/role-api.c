@@ -1,155 +1,36 @@
-/* The `api` role: the control plane's REST API on the resource store. */
-#include <errno.h>
-#include <fcntl.h>
-#include <openssl/crypto.h>
-#include <stdlib.h>
+/* The `api` role's main: its view of the configuration, then its server
+ * (src/api/role.c). */
+#include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include "api/auth.h"
-#include "api/controller.h"
-#include "auth/handoff.h"
-#include "api/handlers-attest.h"
-#include "api/handlers-kms.h"
-#include "audit/event.h"
-#include "auth/keyring.h"
-#include "basic/fileio.h"
-#include "basic/log.h"
-#include "basic/macro.h"
+#include "api/api.h"
 #include "daemon/daemon.h"
-#include "store/store.h"
 
-/* Loads the browser login handoff key from PATH (32 raw bytes) into KEY, or
- * creates it (mode 0600) on first start. A file that is not a regular file
- * of ours, that others may read, or that is not exactly 32 bytes is
- * refused (-EPERM, -EBADMSG) and the reason logged. Returns 0 or a
- * negative errno. */
-static int handoff_key_load(const char *path, uint8_t key[HANDOFF_KEY_LEN])
+void daemon_api_url(const daemon_config *cfg, char *out, size_t size)
 {
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0 && errno == ENOENT) {
-        uint8_t fresh[HANDOFF_KEY_LEN];
-        int r = random_bytes(fresh, sizeof(fresh));
-        if (r == 0)
-            r = write_file_atomic(path, fresh, sizeof(fresh), 0600);
-        if (r == 0) {
-            memcpy(key, fresh, sizeof(fresh));
-            log_fields(LOG_LEVEL_INFO, "created the browser login handoff key", "path", path, NULL);
-        }
-        OPENSSL_cleanse(fresh, sizeof(fresh));
-        return r;
-    }
-    if (fd < 0)
-        return negative_errno();
-    struct stat st;
-    if (fstat(fd, &st) < 0)
-        return negative_errno();
-    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077)) {
-        log_fields(LOG_LEVEL_ERROR,
-                   "refusing the browser login handoff key: it must be a file of ours that only we can read "
-                   "(chmod 600)",
-                   "path", path, NULL);
-        return -EPERM;
-    }
-    char *data = NULL;
-    size_t len = 0;
-    int r = read_fd(fd, 2 * HANDOFF_KEY_LEN, &data, &len);
-    if (r < 0)
-        return r;
-    if (len == HANDOFF_KEY_LEN)
-        memcpy(key, data, HANDOFF_KEY_LEN);
+    const char *listen = cfg->api_listen, *colon = strrchr(listen, ':');
+    if (colon && strncmp(listen, "0.0.0.0:", 8) == 0)
+        snprintf(out, size, "https://127.0.0.1%s", colon);
+    else if (colon && strncmp(listen, "[::]:", 5) == 0)
+        snprintf(out, size, "https://[::1]%s", colon);
     else
-        log_fields(LOG_LEVEL_ERROR, "refusing the browser login handoff key: it is not 32 bytes", "path", path, NULL);
-    OPENSSL_cleanse(data, len);
-    free(data);
-    return len == HANDOFF_KEY_LEN ? 0 : -EBADMSG;
+        snprintf(out, size, "https://%s", listen);
 }
 
 int role_api_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
 {
-    store *s;
-    int r = store_open(cfg->store_url, &s);
-    if (r < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", cfg->store_url, "error", strerror(-r), NULL);
-        return 1;
-    }
-    /* token signing keys: mode 0600 in <data-dir>/auth (KMS envelopes later) */
-    char auth_dir[4200], keys_path[4300];
-    auth_keyring *keyring = NULL;
+    char auth_dir[4200];
     snprintf(auth_dir, sizeof(auth_dir), "%s/auth", cfg->data_dir);
-    snprintf(keys_path, sizeof(keys_path), "%s/signing-keys.json", auth_dir);
-    r = mkdir_p(auth_dir, 0700);
-    if (r == 0)
-        r = auth_keyring_open(keys_path, AUTH_KEY_ROTATE_S, AUTH_ACCESS_TTL_S + 2 * JWT_DEFAULT_LEEWAY_S, &keyring);
-    if (r < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot open the token signing keys", "path", keys_path, "error", strerror(-r),
-                   NULL);
-        store_free(s);
-        return 1;
-    }
-    /* browser login handoffs: a key of this role, pushed to the proxy only */
-    char handoff_path[4300];
-    uint8_t handoff_key[HANDOFF_KEY_LEN];
-    snprintf(handoff_path, sizeof(handoff_path), "%s/handoff.key", auth_dir);
-    r = handoff_key_load(handoff_path, handoff_key);
-    if (r < 0) {
-        if (r != -EPERM && r != -EBADMSG)
-            log_fields(LOG_LEVEL_ERROR, "cannot open the browser login handoff key", "path", handoff_path, "error",
-                       strerror(-r), NULL);
-        auth_keyring_free(keyring);
-        store_free(s);
-        return 1;
-    }
-    /* key release: the platform CA verifies sandbox evidence */
-    r = api_attest_init(cfg->platform_ca_cert, s);
-    if (r < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot load the platform CA", "path", cfg->platform_ca_cert, "error",
-                   strerror(-r), NULL);
-        OPENSSL_cleanse(handoff_key, sizeof(handoff_key));
-        auth_keyring_free(keyring);
-        store_free(s);
-        return 1;
-    }
-    api_config api = {
-        .listen = cfg->api_listen,
-        .cert_file = cfg->api_cert,
-        .key_file = cfg->api_key,
-        .domain = cfg->domain,
-        .store = s,
-        .threads = cfg->api_threads,
-        .roles = all,
-        .n_roles = n_all,
-        .ready_flag = &health->ready,
-        .audit_socket = cfg->audit_socket,
-        .keyring = keyring,
-        .proxy_metrics = cfg->proxy_metrics,
-        .handoff_key = handoff_key,
+    const api_role_config api = {
+        .api = {.listen = cfg->api_listen, .cert_file = cfg->api_cert, .key_file = cfg->api_key,
+                .domain = cfg->domain, .threads = cfg->api_threads, .roles = all, .n_roles = n_all,
+                .ready_flag = &health->ready, .audit_socket = cfg->audit_socket,
+                .proxy_metrics = cfg->proxy_metrics},
+        .store_url = cfg->store_url,
+        .auth_dir = auth_dir,
+        .platform_ca_cert = cfg->platform_ca_cert,
+        .kms_socket = cfg->kms_socket,
+        .runner_socket = cfg->runner_socket,
     };
-    r = audit_event_start(cfg->audit_socket);
-    if (r < 0)
-        log_fields(LOG_LEVEL_WARN, "cannot start audit event delivery; events go to the log", "error", strerror(-r),
-                   NULL);
-    api_kms_init(cfg->kms_socket, s);
-    /* the Enclave controller: a thread of its own, never on the API's loops */
-    controller *ctl = NULL;
-    const _Atomic bool *runner_ready = NULL;
-    for (size_t i = 0; i < n_all; i++)
-        if (strcmp(all[i].name, "runner") == 0)
-            runner_ready = &all[i].ready;
-    r = controller_start(
-        &(controller_config){.store = s, .runner_socket = cfg->runner_socket, .runner_ready = runner_ready,
-                             .load = cfg->proxy_metrics}, &ctl);
-    if (r < 0)
-        log_fields(LOG_LEVEL_ERROR, "cannot start the Enclave controller", "error", strerror(-r), NULL);
-    else
-        r = api_run(&api);
-    controller_stop(ctl);
-    api_kms_done();
-    api_attest_done();
-    audit_event_stop(2000);
-    OPENSSL_cleanse(handoff_key, sizeof(handoff_key));
-    auth_keyring_free(keyring);
-    store_free(s);
-    return r < 0 ? 1 : 0;
+    return api_role_serve(&api);
 }

@@ -25,20 +25,6 @@
 #define REQUEST_TIMEOUT_MS 10000 /* HTTP/1: headers and body of a request, and keep-alive idleness */
 #define IDLE_TIMEOUT_MS 60000    /* HTTP/2 */
 
-/* The API's URL as seen from this machine: its listen address, with a
- * wildcard address replaced by loopback. */
-static void api_url_of(const daemon_config *cfg, char *out, size_t size)
-{
-    const char *colon = strrchr(cfg->api_listen, ':');
-    int host_len = (int)(colon - cfg->api_listen);
-    if (strncmp(cfg->api_listen, "0.0.0.0:", 8) == 0)
-        snprintf(out, size, "https://127.0.0.1%s", colon);
-    else if (strncmp(cfg->api_listen, "[::]:", 5) == 0)
-        snprintf(out, size, "https://[::1]%s", colon);
-    else
-        snprintf(out, size, "https://%.*s%s", host_len, cfg->api_listen, colon);
-}
-
 /* The client TLS context for https upstreams: the system's trust store and
  * the cluster CA, certificate and host name verified. */
 static SSL_CTX *upstream_tls(const char *ca_file)
@@ -81,7 +67,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
     /* enclaves are reached only once their attestation verifies; without
      * the platform CA they are not reached at all */
     proxy_bridges_init(cfg->platform_ca_cert, cfg->runner_dir);
-    api_url_of(cfg, api_url, sizeof(api_url));
+    daemon_api_url(cfg, api_url, sizeof(api_url));
     snprintf(login_url, sizeof(login_url), "%s/v1/auth/login", api_url);
     snprintf(issuer, sizeof(issuer), "https://proxy.%s", cfg->domain);
 

@@ -23,7 +23,9 @@
  * The sandboxes it launches carry the runner owner tag
  * "enclave/<name>/<uid>/<digest of the spec without replicas>"; it never
  * touches a sandbox without its tag, and after a restart of the api role it
- * finds its replicas again by the tag. */
+ * finds its replicas again by the tag. Its decisions are pure functions
+ * (controller/decide.h), and it reaches the runner only through
+ * controller/runner-client.h. */
 #pragma once
 
 #include <stdatomic.h>
@@ -34,13 +36,6 @@
 
 #define CONTROLLER_ENCLAVES_MAX 256     /* Enclaves reconciled; more are logged and left alone */
 #define CONTROLLER_INTERVAL_MS 1000     /* between passes */
-#define CONTROLLER_BACKOFF_MIN_MS 250   /* the first restart delay */
-#define CONTROLLER_BACKOFF_MAX_MS 30000
-#define CONTROLLER_BACKOFF_RESET_MS 60000 /* a replica that ran this long restarts after the minimum again */
-/* autoscaling on the proxy's requests in flight to an Enclave */
-#define CONTROLLER_SCALE_UP_IN_FLIGHT 4     /* per ready replica: above it is busy */
-#define CONTROLLER_SCALE_UP_AFTER_MS 3000   /* busy this long: one replica more (up to max) */
-#define CONTROLLER_SCALE_DOWN_AFTER_MS 15000 /* idle (nothing in flight) this long: one fewer (down to min) */
 
 typedef struct controller controller;
 
@@ -72,13 +67,3 @@ void controller_stop(controller *c);
  * pass. Safe from any thread. Returns the clamped count it will keep, or
  * -ENOENT when the controller does not reconcile NAME. */
 int controller_set_desired(controller *c, const char *name, unsigned desired);
-
-/* The replicas to keep: CURRENT (0: none asked yet) clamped to [MIN, MAX],
- * that is max(MIN, min(CURRENT, MAX)). */
-unsigned controller_desired(unsigned current, unsigned min, unsigned max);
-/* The delay before the next launch of a replica whose last delay was
- * PREVIOUS_MS (0: none yet) and that ran RAN_MS before exiting (0 for a
- * launch that failed): CONTROLLER_BACKOFF_MIN_MS after a first failure or
- * a run of at least CONTROLLER_BACKOFF_RESET_MS, else twice PREVIOUS_MS up
- * to CONTROLLER_BACKOFF_MAX_MS. */
-uint64_t controller_backoff_ms(uint64_t previous_ms, uint64_t ran_ms);

@@ -21,7 +21,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "api/http.h"
+#include "httpd/json.h"
 #include "sandbox/launch.h"
 
 #define RUNNER_AGENT_SECRETS_MAX 16
@@ -91,7 +91,3 @@ static inline void runner_agent_freep(runner_agent **p)
 {
     runner_agent_free(*p);
 }
-
-/* The API's https URL as seen from this machine, from its listen address
- * (a wildcard address replaced by loopback). */
-void runner_api_url(const char *api_listen, char *out, size_t size);

@@ -1,4 +1,4 @@
-#include "api/http.h"
+#include "httpd/json.h"
 
 #include <errno.h>
 #include <stdarg.h>

@@ -10,7 +10,7 @@
  * change of the spec wins and the status is written again on the next
  * pass; the MODIFIED events of our own writes carry the same spec and are
  * recognised as such (spec compared, not resourceVersion). */
-#include "api/controller.h"
+#include "controller/controller.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -25,59 +25,32 @@
 
 #include <openssl/evp.h>
 
-#include "audit/client.h"
 #include "audit/event.h"
 #include "basic/encoding.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "controller/decide.h"
+#include "controller/runner-client.h"
 #include "proxy/metrics.h"
 #include "resource/resource.h"
 
 #define OWNER_PREFIX "enclave/"
-#define OWNER_MAX 128                   /* the runner's cap, with the NUL */
 #define SPEC_TAG_LEN 16                 /* hex digits of the launch spec's digest in the owner tag */
-#define UID_MAX 37                      /* the store's uids have 36; with it the owner tag fits OWNER_MAX */
+#define UID_MAX 37                      /* the store's uids have 36; with it the owner tag fits RUNNER_OWNER_MAX */
 #define ACTOR "system:controller"       /* not a valid User name: no one can pose as it */
-#define LIST_TIMEOUT_MS 5000
-#define LAUNCH_TIMEOUT_MS 30000         /* measuring a large bundle takes a while */
-#define DELETE_TIMEOUT_MS 5000
-#define RUNNER_ITEMS_MAX 1024           /* a listing with more sandboxes or exits is refused */
-#define RUNNER_MESSAGE_MAX 300          /* of a runner error quoted in lastEvent */
 #define EVENT_MAX 512
 #define CHANGES_BATCH 256
-#define PCR_HEX_LEN 96
 #define RUNNER_WAIT_REPORT_NS (10 * NSEC_PER_SEC) /* a runner not ready for longer shows in the statuses */
 /* `<enclave>-16` must be a name the runner takes (at most 63 bytes) */
 #define ENCLAVE_NAME_MAX (RESOURCE_NAME_MAX - 3)
 
-typedef enum replica_state {
-    REPLICA_STARTING, /* wanted, not launched yet (or its launch failed) */
-    REPLICA_RUNNING,  /* the runner runs it */
-    REPLICA_CRASHED,  /* its workload exited; restarted after its backoff */
-    REPLICA_STOPPED,  /* deleted by the controller this pass (above desired) */
-} replica_state;
-
 static const char *const state_names[] = {"starting", "running", "crashed", "stopped"};
-
-typedef struct replica {
-    bool present;          /* listed in the status */
-    replica_state state;
-    pid_t pid;             /* the runner's pid while running, else 0 */
-    pid_t stored_pid;      /* the pid the stored status named, to keep startedAt when adopting it */
-    unsigned restarts;
-    char started_at[40];   /* RFC 3339 of its last launch; "" before the first */
-    uint64_t started_mono; /* time_mono_ns() of its last launch (or adoption) */
-    uint64_t retry_at;     /* time_mono_ns() before which it is not launched */
-    uint64_t backoff_ms;   /* the delay last used; 0 before any */
-    bool failing;          /* its last launch failed: audited once per streak */
-    uint64_t generation;   /* the launch spec it runs */
-} replica;
 
 typedef struct enclave {
     char name[RESOURCE_NAME_MAX + 1];
     char uid[UID_MAX + 1]; /* metadata.uid: a recreated Enclave is a new one */
-    char owner[OWNER_MAX - SPEC_TAG_LEN]; /* "enclave/<name>/<uid>/": its sandboxes' owner tags start so */
+    char owner[RUNNER_OWNER_MAX - SPEC_TAG_LEN]; /* "enclave/<name>/<uid>/": its sandboxes' owner tags start so */
     char spec_tag[SPEC_TAG_LEN + 1]; /* and end with this digest of launch_spec */
     json_t *doc;           /* the stored document last seen */
     int64_t rv;
@@ -85,9 +58,9 @@ typedef struct enclave {
     uint64_t generation;   /* bumped when launch_spec changes */
     unsigned min, max, desired;
     unsigned requested;    /* controller_set_desired(), 0 when none; under the lock */
-    uint64_t busy_since, idle_since; /* time_mono_ns() of the load's state, 0 when not in it */
+    controller_load_clock load;
     unsigned restarts;
-    char pcr0[PCR_HEX_LEN + 1];
+    char pcr0[RUNNER_PCR_HEX_LEN + 1];
     char last_event[EVENT_MAX];
     char last_event_at[40];
     json_t *written;       /* the status as stored */
@@ -96,7 +69,6 @@ typedef struct enclave {
 
 struct controller {
     store *store;
-    char *runner_socket;
     unsigned interval_ms;
     const _Atomic bool *runner_ready;
     const proxy_metrics *load;
@@ -111,44 +83,8 @@ struct controller {
     bool listed;
     bool overflow_logged;
     bool runner_down;      /* an outage is logged once */
-    audit_client *runner;
+    runner_client *runner;
 };
-
-/* A sandbox of the runner's listing; strings borrowed from the listing. */
-typedef struct runner_sandbox {
-    const char *name, *owner, *pcr0;
-    pid_t pid;
-} runner_sandbox;
-
-typedef struct runner_exit {
-    const char *name, *how;
-    pid_t pid;
-} runner_exit;
-
-/* The runner's GET /v1/sandboxes, checked. */
-typedef struct runner_view {
-    json_t *json; /* owns the strings */
-    runner_sandbox *items;
-    size_t n_items;
-    runner_exit *exits;
-    size_t n_exits;
-} runner_view;
-
-/* ---- pure logic ---------------------------------------------------------- */
-
-unsigned controller_desired(unsigned current, unsigned min, unsigned max)
-{
-    unsigned d = current < max ? current : max;
-    return d > min ? d : min;
-}
-
-uint64_t controller_backoff_ms(uint64_t previous_ms, uint64_t ran_ms)
-{
-    if (previous_ms == 0 || ran_ms >= CONTROLLER_BACKOFF_RESET_MS)
-        return CONTROLLER_BACKOFF_MIN_MS;
-    uint64_t base = previous_ms < CONTROLLER_BACKOFF_MIN_MS ? CONTROLLER_BACKOFF_MIN_MS : previous_ms;
-    return MIN(base * 2, (uint64_t)CONTROLLER_BACKOFF_MAX_MS);
-}
 
 /* ---- enclave entries ----------------------------------------------------- */
 
@@ -466,154 +402,6 @@ static void follow(controller *c)
     }
 }
 
-/* ---- the runner ----------------------------------------------------------- */
-
-/* Calls the runner: METHOD PATH with BODY (may be NULL), waiting at most
- * TIMEOUT_MS. Returns the HTTP status with the JSON object it answered in
- * *RET_ANSWER (a new reference), or a negative errno: -ECONNREFUSED or -EIO
- * when it cannot be reached, -EBADMSG when the answer is not a JSON object. */
-static int runner_call(controller *c, const char *method, const char *path, const json_t *body, long timeout_ms,
-                       json_t **ret_answer)
-{
-    _cleanup_free_ char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    if (body && !text)
-        return -ENOMEM;
-    long status = 0;
-    _cleanup_free_ char *out = NULL;
-    size_t len = 0;
-    int r = audit_client_request(c->runner, method, path, text, text ? strlen(text) : 0, timeout_ms, &status, &out,
-                                 &len);
-    if (r < 0)
-        return r;
-    json_t *answer = json_loadb(out, len, 0, NULL);
-    if (!json_is_object(answer) || status < 100 || status > 599) {
-        json_decref(answer);
-        return -EBADMSG;
-    }
-    *ret_answer = answer;
-    return (int)status;
-}
-
-/* Writes the reason of a failed runner call (R from runner_call(), ANSWER
- * its answer or NULL) into BUF. */
-static void runner_reason(int r, const json_t *answer, char *buf, size_t size)
-{
-    const char *msg = json_string_value(json_object_get(json_object_get(answer, "error"), "message"));
-    if (r >= 0 && msg)
-        snprintf(buf, size, "%.*s", RUNNER_MESSAGE_MAX, msg);
-    else if (r >= 0)
-        snprintf(buf, size, "the runner answered %d", r);
-    else if (r == -EBADMSG)
-        snprintf(buf, size, "the runner's answer is not JSON");
-    else
-        snprintf(buf, size, "%s", strerror(-r));
-}
-
-static void view_free(runner_view *v)
-{
-    json_decref(v->json);
-    free(v->items);
-    free(v->exits);
-    *v = (runner_view){0};
-}
-
-/* A pid of the runner's listing: an integer in 1..INT_MAX, else 0. */
-static pid_t view_pid(const json_t *v)
-{
-    json_int_t pid = json_is_integer(v) ? json_integer_value(v) : 0;
-    return pid > 0 && pid <= INT_MAX ? (pid_t)pid : 0;
-}
-
-/* Checks the runner's GET /v1/sandboxes answer JSON (taken over) into V:
- * every sandbox has a valid name and pid, owners and PCR0 are strings of
- * sane length, and there are at most RUNNER_ITEMS_MAX of each. A runner
- * that breaks this is refused: -EBADMSG. */
-static int view_parse(json_t *json, runner_view *v)
-{
-    *v = (runner_view){.json = json};
-    const json_t *items = json_object_get(json, "items"), *exited = json_object_get(json, "exited");
-    if (!json_is_array(items) || json_array_size(items) > RUNNER_ITEMS_MAX || (exited && !json_is_array(exited)) ||
-        json_array_size(exited) > RUNNER_ITEMS_MAX)
-        return -EBADMSG;
-    v->items = calloc(json_array_size(items) + 1, sizeof(*v->items));
-    v->exits = calloc(json_array_size(exited) + 1, sizeof(*v->exits));
-    if (!v->items || !v->exits)
-        return -ENOMEM;
-    size_t i;
-    const json_t *item;
-    json_array_foreach(items, i, item) {
-        runner_sandbox *sb = &v->items[v->n_items++];
-        sb->name = json_string_value(json_object_get(item, "name"));
-        sb->owner = json_string_value(json_object_get(item, "owner"));
-        sb->pcr0 = json_string_value(json_object_get(json_object_get(item, "pcrs"), "0"));
-        sb->pid = view_pid(json_object_get(item, "pid"));
-        if (!sb->name || !resource_name_valid(sb->name) || !sb->pid || (sb->owner && strlen(sb->owner) >= OWNER_MAX) ||
-            (sb->pcr0 && strlen(sb->pcr0) != PCR_HEX_LEN))
-            return -EBADMSG;
-    }
-    json_array_foreach(exited, i, item) {
-        runner_exit *x = &v->exits[v->n_exits++];
-        x->name = json_string_value(json_object_get(item, "name"));
-        x->how = json_string_value(json_object_get(item, "how"));
-        x->pid = view_pid(json_object_get(item, "pid"));
-        if (!x->name || !x->how || strlen(x->how) > 64 || !x->pid)
-            return -EBADMSG;
-    }
-    return 0;
-}
-
-/* Lists the runner's sandboxes into V. Returns 0, or a negative errno with
- * the reason in WHY. */
-static int runner_list(controller *c, runner_view *v, char *why, size_t size)
-{
-    json_t *answer = NULL;
-    int r = runner_call(c, "GET", "/v1/sandboxes", NULL, LIST_TIMEOUT_MS, &answer);
-    if (r != 200) {
-        runner_reason(r, answer, why, size);
-        json_decref(answer);
-        return r < 0 ? r : -EIO;
-    }
-    r = view_parse(answer, v);
-    if (r < 0) {
-        snprintf(why, size, "%s", r == -ENOMEM ? "out of memory" : "the runner's list of sandboxes is malformed");
-        view_free(v);
-    }
-    return r;
-}
-
-/* The sandbox called NAME in V, or NULL. */
-static runner_sandbox *view_find(const runner_view *v, const char *name)
-{
-    for (size_t i = 0; i < v->n_items; i++)
-        if (v->items[i].name && strcmp(v->items[i].name, name) == 0)
-            return &v->items[i];
-    return NULL;
-}
-
-/* How sandbox NAME with PID ended, if the runner still remembers; NULL
- * when it does not (it was deleted, or the runner restarted). */
-static const char *view_exit(const runner_view *v, const char *name, pid_t pid)
-{
-    for (size_t i = v->n_exits; i-- > 0;)
-        if (v->exits[i].pid == pid && strcmp(v->exits[i].name, name) == 0)
-            return v->exits[i].how;
-    return NULL;
-}
-
-/* Deletes sandbox NAME on the runner. Returns 0 once it is gone (a 404
- * counts), or a negative errno with the reason in WHY. */
-static int runner_delete(controller *c, const char *name, char *why, size_t size)
-{
-    char path[128];
-    snprintf(path, sizeof(path), "/v1/sandboxes/%s", name);
-    json_auto_t *answer = NULL;
-    int r = runner_call(c, "DELETE", path, NULL, DELETE_TIMEOUT_MS, &answer);
-    if (r == 200 || r == 404)
-        return 0;
-    runner_reason(r, answer, why, size);
-    return r < 0 ? r : -EIO;
-}
-
 /* ---- reconciling ---------------------------------------------------------- */
 
 /* The spec digest of OWNER, a sandbox's owner tag, when the tag is E's
@@ -630,9 +418,9 @@ static const char *owned_by(const char *owner, const enclave *e)
  * 0, or a negative errno with lastEvent saying why it could not. */
 static int stop_replica(controller *c, enclave *e, size_t i, pid_t pid, const char *reason)
 {
-    char rname[RESOURCE_NAME_MAX + 8], why[RUNNER_MESSAGE_MAX + 64];
+    char rname[RESOURCE_NAME_MAX + 8], why[RUNNER_WHY_MAX];
     replica_name(e->name, i, rname, sizeof(rname));
-    int r = runner_delete(c, rname, why, sizeof(why));
+    int r = runner_client_delete(c->runner, rname, why, sizeof(why));
     json_auto_t *details = json_pack("{s:s}", "reason", reason);
     if (r < 0) {
         set_event(e, "cannot stop replica %s: %s", rname, why);
@@ -656,35 +444,27 @@ static int stop_replica(controller *c, enclave *e, size_t i, pid_t pid, const ch
 static void launch_replica(controller *c, enclave *e, size_t i, uint64_t now)
 {
     replica *r = &e->replicas[i];
-    char rname[RESOURCE_NAME_MAX + 8], why[RUNNER_MESSAGE_MAX + 64];
+    char rname[RESOURCE_NAME_MAX + 8], why[RUNNER_WHY_MAX];
     replica_name(e->name, i, rname, sizeof(rname));
     bool restart = r->state == REPLICA_CRASHED;
     const char *action = restart ? "enclave.replica.restarted" : "enclave.replica.launched";
     const json_t *spec = json_object_get(e->doc, "spec");
     const char *bundle = json_string_value(json_object_get(spec, "bundle"));
-    const json_t *limits = json_object_get(spec, "limits");
-    char owner[OWNER_MAX];
+    char owner[RUNNER_OWNER_MAX];
     snprintf(owner, sizeof(owner), "%s%s", e->owner, e->spec_tag);
-    /* every replica runs under the agent: evidence, its secrets by key
-     * release, the workload, attested TLS (docs/enclaves.md) */
-    json_t *secrets = json_object_get(spec, "secrets");
-    json_auto_t *body = json_pack("{s:s, s:s, s:s, s:{s:o}}", "name", rname, "bundle", bundle ? bundle : "", "owner",
-                                  owner, "agent", "secrets", secrets ? json_incref(secrets) : json_array());
-    json_auto_t *answer = NULL;
-    int status = !body ? -ENOMEM
-                 : limits && json_object_set(body, "limits", (json_t *)limits) < 0
-                     ? -ENOMEM
-                     : runner_call(c, "POST", "/v1/sandboxes", body, LAUNCH_TIMEOUT_MS, &answer);
-    pid_t pid = status == 201 ? view_pid(json_object_get(answer, "pid")) : 0;
-    const char *pcr0 = json_string_value(json_object_get(json_object_get(answer, "pcrs"), "0"));
-    if (pid > 0 && pcr0 && strlen(pcr0) == PCR_HEX_LEN) {
+    const runner_launch launch = {.name = rname, .bundle = bundle ? bundle : "", .owner = owner,
+                                  .limits = json_object_get(spec, "limits"),
+                                  .secrets = json_object_get(spec, "secrets")};
+    pid_t pid;
+    char pcr0[RUNNER_PCR_HEX_LEN + 1];
+    if (runner_client_launch(c->runner, &launch, &pid, pcr0, why, sizeof(why)) == 0) {
         r->state = REPLICA_RUNNING;
         r->pid = pid;
         r->started_mono = now;
         time_format_rfc3339((int64_t)(time_now_ns() / NSEC_PER_SEC), r->started_at, sizeof(r->started_at));
         r->generation = e->generation;
         r->failing = false;
-        memcpy(e->pcr0, pcr0, PCR_HEX_LEN + 1);
+        memcpy(e->pcr0, pcr0, RUNNER_PCR_HEX_LEN + 1);
         if (restart) {
             r->restarts++;
             e->restarts++;
@@ -698,9 +478,6 @@ static void launch_replica(controller *c, enclave *e, size_t i, uint64_t now)
                    rname, "pid", pid_s, NULL);
         return;
     }
-    if (status == 201)
-        status = -EBADMSG;
-    runner_reason(status, answer, why, sizeof(why));
     r->backoff_ms = controller_backoff_ms(r->backoff_ms, 0);
     r->retry_at = now + r->backoff_ms * NSEC_PER_MSEC;
     set_event(e, "cannot launch replica %s: %s; retrying in %" PRIu64 " ms", rname, why, r->backoff_ms);
@@ -713,10 +490,8 @@ static void launch_replica(controller *c, enclave *e, size_t i, uint64_t now)
     r->failing = true;
 }
 
-/* Scales E on the proxy's requests in flight to it: one replica more after
- * CONTROLLER_SCALE_UP_AFTER_MS above CONTROLLER_SCALE_UP_IN_FLIGHT per
- * ready replica, one fewer after CONTROLLER_SCALE_DOWN_AFTER_MS with
- * nothing in flight; within [min, max], each step audited. */
+/* Scales E on the proxy's requests in flight to it, as
+ * controller_autoscale() decides; each step is audited. */
 static void autoscale(controller *c, enclave *e, uint64_t now)
 {
     if (!c->load)
@@ -725,27 +500,7 @@ static void autoscale(controller *c, enclave *e, uint64_t now)
     unsigned ready = 0;
     for (size_t i = 0; i < e->desired; i++)
         ready += e->replicas[i].state == REPLICA_RUNNING;
-    unsigned from = e->desired, to = from;
-    if (ready && in_flight > (int64_t)ready * CONTROLLER_SCALE_UP_IN_FLIGHT && e->desired < e->max) {
-        if (!e->busy_since)
-            e->busy_since = now;
-        if (now - e->busy_since >= CONTROLLER_SCALE_UP_AFTER_MS * NSEC_PER_MSEC) {
-            to = from + 1;
-            e->busy_since = 0;
-        }
-    } else {
-        e->busy_since = 0;
-    }
-    if (in_flight == 0 && e->desired > e->min) {
-        if (!e->idle_since)
-            e->idle_since = now;
-        if (now - e->idle_since >= CONTROLLER_SCALE_DOWN_AFTER_MS * NSEC_PER_MSEC) {
-            to = from - 1;
-            e->idle_since = now; /* another full idle period before the next step */
-        }
-    } else {
-        e->idle_since = 0;
-    }
+    unsigned from = e->desired, to = controller_autoscale(&e->load, from, e->min, e->max, ready, in_flight, now);
     if (to == from)
         return;
     e->desired = to;
@@ -759,9 +514,9 @@ static void autoscale(controller *c, enclave *e, uint64_t now)
 }
 
 /* Brings E's replicas in line with desired and with what the runner lists
- * in V: observe (adopt, notice exits), then act (stop above desired, launch
- * or restart what is due), then replace one replica of an older spec if
- * every other one runs. */
+ * in V, as controller_plan_replica() decides for each: observe (adopt,
+ * notice exits), then act (stop above desired, launch or restart what is
+ * due), then replace the replica controller_pick_replacement() names. */
 static void reconcile(controller *c, enclave *e, runner_view *v, uint64_t now)
 {
     pthread_mutex_lock(&c->lock);
@@ -781,87 +536,88 @@ static void reconcile(controller *c, enclave *e, runner_view *v, uint64_t now)
         replica *r = &e->replicas[i];
         char rname[RESOURCE_NAME_MAX + 8];
         replica_name(e->name, i, rname, sizeof(rname));
-        runner_sandbox *sb = view_find(v, rname);
+        bool wanted = i < e->desired;
+        runner_sandbox *sb = runner_view_find(v, rname);
         const char *tag = sb ? owned_by(sb->owner, e) : NULL;
-        if (sb && !tag) {
-            if (i < e->desired)
+        const char *how = !sb && r->state == REPLICA_RUNNING ? runner_view_exit(v, rname, r->pid) : NULL;
+        const replica_observation seen = {.seen = !sb ? SEEN_NONE : tag ? SEEN_OURS : SEEN_FOREIGN,
+                                          .pid = sb ? sb->pid : 0, .exited = how != NULL};
+        const replica_plan plan = controller_plan_replica(r, wanted, &seen, now);
+        pid_t pid = r->pid;
+        switch (plan.change) {
+        case CHANGE_FOREIGN:
+            if (wanted)
                 set_event(e, "replica %s cannot start: a sandbox of that name that the controller did not launch "
                              "runs on the runner",
                           rname);
-            r->present = i < e->desired;
+            r->present = wanted;
             r->state = REPLICA_STARTING;
             r->pid = 0;
             continue;
-        }
-        /* observe */
-        if (sb) {
-            if (r->state != REPLICA_RUNNING || r->pid != sb->pid) { /* found again after a restart */
-                if (sb->pid != r->stored_pid || !r->started_at[0])
-                    time_format_rfc3339((int64_t)(time_now_ns() / NSEC_PER_SEC), r->started_at,
-                                        sizeof(r->started_at));
-                r->state = REPLICA_RUNNING;
-                r->pid = sb->pid;
-                r->started_mono = now;
-                r->failing = false;
-                /* launched with another spec (changed while we were away): replaced in turn */
-                r->generation = strcmp(tag, e->spec_tag) == 0 ? e->generation : e->generation - 1;
-            }
-            if (sb->pcr0 && !e->pcr0[0])
-                memcpy(e->pcr0, sb->pcr0, PCR_HEX_LEN + 1);
-        } else if (r->state == REPLICA_RUNNING) {
-            const char *how = view_exit(v, rname, r->pid);
-            pid_t pid = r->pid;
+        case CHANGE_ADOPTED: /* found again after a restart */
+            if (sb->pid != r->stored_pid || !r->started_at[0])
+                time_format_rfc3339((int64_t)(time_now_ns() / NSEC_PER_SEC), r->started_at, sizeof(r->started_at));
+            r->state = REPLICA_RUNNING;
+            r->pid = sb->pid;
+            r->started_mono = now;
+            r->failing = false;
+            /* launched with another spec (changed while we were away): replaced in turn */
+            r->generation = strcmp(tag, e->spec_tag) == 0 ? e->generation : e->generation - 1;
+            break;
+        case CHANGE_CRASHED: {
             r->pid = 0;
-            if (how) {
-                uint64_t ran_ms = (now - r->started_mono) / NSEC_PER_MSEC;
-                r->backoff_ms = controller_backoff_ms(r->backoff_ms, ran_ms);
-                r->retry_at = now + r->backoff_ms * NSEC_PER_MSEC;
-                r->state = REPLICA_CRASHED;
-                set_event(e, "replica %s exited (%s); restarting in %" PRIu64 " ms", rname, how, r->backoff_ms);
-                json_auto_t *details = json_pack("{s:s, s:I, s:I}", "how", how, "ranMs", (json_int_t)ran_ms,
-                                                 "restartInMs", (json_int_t)r->backoff_ms);
-                emit(e->name, rname, "enclave.replica.crashed", "success", pid, details);
-                log_fields(LOG_LEVEL_WARN, "enclave replica exited; restarting with backoff", "replica", rname, "how",
-                           how, NULL);
-            } else {
-                /* deleted behind our back, or the runner restarted: not a crash of the workload */
-                r->state = REPLICA_STARTING;
-                r->retry_at = 0;
-                set_event(e, "replica %s is no longer on the runner (stopped outside the controller, or the runner "
-                             "restarted); launching it again",
-                          rname);
-                json_auto_t *details = json_pack("{s:s}", "reason", "no longer on the runner");
-                emit(e->name, rname, "enclave.replica.stopped", "success", pid, details);
-            }
+            r->backoff_ms = plan.backoff_ms;
+            r->retry_at = now + plan.backoff_ms * NSEC_PER_MSEC;
+            r->state = REPLICA_CRASHED;
+            set_event(e, "replica %s exited (%s); restarting in %" PRIu64 " ms", rname, how, r->backoff_ms);
+            json_auto_t *details = json_pack("{s:s, s:I, s:I}", "how", how, "ranMs", (json_int_t)plan.ran_ms,
+                                             "restartInMs", (json_int_t)r->backoff_ms);
+            emit(e->name, rname, "enclave.replica.crashed", "success", pid, details);
+            log_fields(LOG_LEVEL_WARN, "enclave replica exited; restarting with backoff", "replica", rname, "how", how,
+                       NULL);
+            break;
         }
-        /* act */
-        if (i >= e->desired) {
-            if (sb)
-                r->present = stop_replica(c, e, i, sb->pid, "above the desired replicas") == 0 || r->present;
-            else
-                *r = (replica){0}; /* gone: a later scale-up starts it afresh */
+        case CHANGE_VANISHED: {
+            /* deleted behind our back, or the runner restarted: not a crash of the workload */
+            r->pid = 0;
+            r->state = REPLICA_STARTING;
+            r->retry_at = 0;
+            set_event(e, "replica %s is no longer on the runner (stopped outside the controller, or the runner "
+                         "restarted); launching it again",
+                      rname);
+            json_auto_t *details = json_pack("{s:s}", "reason", "no longer on the runner");
+            emit(e->name, rname, "enclave.replica.stopped", "success", pid, details);
+            break;
+        }
+        case CHANGE_NONE:
+            break;
+        }
+        if (sb && sb->pcr0 && !e->pcr0[0])
+            memcpy(e->pcr0, sb->pcr0, RUNNER_PCR_HEX_LEN + 1);
+        switch (plan.act) {
+        case ACT_STOP:
+            r->present = stop_replica(c, e, i, sb->pid, "above the desired replicas") == 0 || r->present;
             continue;
+        case ACT_FORGET:
+            *r = (replica){0}; /* gone: a later scale-up starts it afresh */
+            continue;
+        case ACT_NONE:
+        case ACT_WAIT:
+        case ACT_LAUNCH:
+            break;
         }
         r->present = true;
         if (r->state == REPLICA_STOPPED)
             r->state = REPLICA_STARTING;
-        if (r->state != REPLICA_RUNNING && now >= r->retry_at)
+        if (plan.act == ACT_LAUNCH)
             launch_replica(c, e, i, now);
     }
-    /* a changed spec: replace the lowest-numbered replica of an older one,
-     * and only while every other one runs and was seen running by an
-     * earlier pass, so a bad change stops at one */
-    size_t outdated = SIZE_MAX;
-    for (size_t i = 0; i < e->desired; i++) {
-        if (e->replicas[i].state != REPLICA_RUNNING || e->replicas[i].started_mono == now)
-            return;
-        if (outdated == SIZE_MAX && e->replicas[i].generation != e->generation)
-            outdated = i;
-    }
-    if (outdated != SIZE_MAX && stop_replica(c, e, outdated, e->replicas[outdated].pid, "the spec changed") == 0) {
+    /* a changed spec: one replica at a time, the others running */
+    int outdated = controller_pick_replacement(e->replicas, e->desired, e->generation, now);
+    if (outdated >= 0 && stop_replica(c, e, (size_t)outdated, e->replicas[outdated].pid, "the spec changed") == 0) {
         e->replicas[outdated].state = REPLICA_STARTING;
         e->replicas[outdated].retry_at = 0;
-        launch_replica(c, e, outdated, now);
+        launch_replica(c, e, (size_t)outdated, now);
     }
 }
 
@@ -894,8 +650,8 @@ static void sweep(controller *c, runner_view *v)
         char enclave_name[RESOURCE_NAME_MAX + 1] = "";
         const char *start = sb->owner + STRLEN(OWNER_PREFIX), *slash = strchr(start, '/');
         snprintf(enclave_name, sizeof(enclave_name), "%.*s", (int)(slash ? slash - start : 0), start);
-        char why[RUNNER_MESSAGE_MAX + 64];
-        int r = runner_delete(c, sb->name, why, sizeof(why));
+        char why[RUNNER_WHY_MAX];
+        int r = runner_client_delete(c->runner, sb->name, why, sizeof(why));
         json_auto_t *details = json_pack("{s:s}", "reason", reason);
         if (r < 0 && details)
             json_object_set_new(details, "error", json_string(why));
@@ -983,8 +739,8 @@ static uint64_t pass(controller *c)
     }
     c->runner_waiting_since = 0;
     runner_view v = {0};
-    char why[RUNNER_MESSAGE_MAX + 64];
-    int r = runner_list(c, &v, why, sizeof(why));
+    char why[RUNNER_WHY_MAX];
+    int r = runner_client_list(c->runner, &v, why, sizeof(why));
     if (r < 0) {
         if (c->n_enclaves && !c->runner_down)
             log_fields(LOG_LEVEL_WARN, "controller: cannot reach the runner; replicas are left as they are", "error",
@@ -1006,11 +762,9 @@ static uint64_t pass(controller *c)
         autoscale(c, e, now);
         reconcile(c, e, &v, now);
         status_write(c, e);
-        for (size_t k = 0; k < e->desired; k++)
-            if (e->replicas[k].state != REPLICA_RUNNING && e->replicas[k].retry_at > now)
-                next = MIN(next, e->replicas[k].retry_at);
+        next = controller_next_retry(e->replicas, e->desired, now, next);
     }
-    view_free(&v);
+    runner_view_free(&v);
     return MAX(next, time_mono_ns() + 20 * NSEC_PER_MSEC);
 }
 
@@ -1043,10 +797,8 @@ int controller_start(const controller_config *cfg, controller **ret)
     c->interval_ms = cfg->interval_ms ? cfg->interval_ms : CONTROLLER_INTERVAL_MS;
     c->runner_ready = cfg->runner_ready;
     c->load = cfg->load;
-    c->runner_socket = strdup(cfg->runner_socket);
-    int r = c->runner_socket ? audit_client_new(c->runner_socket, &c->runner) : -ENOMEM;
+    int r = runner_client_new(cfg->runner_socket, &c->runner);
     if (r < 0) {
-        free(c->runner_socket);
         free(c);
         return r;
     }
@@ -1060,8 +812,7 @@ int controller_start(const controller_config *cfg, controller **ret)
     if (r != 0) {
         pthread_cond_destroy(&c->cond);
         pthread_mutex_destroy(&c->lock);
-        audit_client_free(c->runner);
-        free(c->runner_socket);
+        runner_client_free(c->runner);
         free(c);
         return -r;
     }
@@ -1082,8 +833,7 @@ void controller_stop(controller *c)
         enclave_free(c->enclaves[i]);
     pthread_cond_destroy(&c->cond);
     pthread_mutex_destroy(&c->lock);
-    audit_client_free(c->runner);
-    free(c->runner_socket);
+    runner_client_free(c->runner);
     free(c);
 }
 

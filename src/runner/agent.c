@@ -1,6 +1,6 @@
-/* Agent-mode sandboxes and their channel (see runner-agent.h). */
+/* Agent-mode sandboxes and their channel (see agent.h). */
 #include "attest/atls.h"
-#include "daemon/runner-agent.h"
+#include "runner/agent.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -691,17 +691,4 @@ void runner_channel_serve(runner_agent *ag, h2o_req_t *req, runner_issue_fn issu
         json_decref(answer);
     } else
         api_send_error(req, &err);
-}
-
-void runner_api_url(const char *api_listen, char *out, size_t size)
-{
-    const char *colon = strrchr(api_listen, ':');
-    if (!colon)
-        snprintf(out, size, "https://%s", api_listen);
-    else if (strncmp(api_listen, "0.0.0.0:", 8) == 0)
-        snprintf(out, size, "https://127.0.0.1%s", colon);
-    else if (strncmp(api_listen, "[::]:", 5) == 0)
-        snprintf(out, size, "https://[::1]%s", colon);
-    else
-        snprintf(out, size, "https://%s", api_listen);
 }

@@ -1,0 +1,656 @@
+/* The `audit` role: the only process holding the audit log's Ed25519
+ * signing key. It serves the log over HTTP/JSON on a Unix socket in
+ * <data-dir>/run/ with one h2o event loop:
+ *   POST /v1/append                          {"entries": [entry, ...]} -> {"first", "count"}
+ *   GET  /v1/checkpoint                      the latest signed checkpoint (signed now if the tree grew)
+ *   GET  /v1/entries?start=&end=             stored entries, at most AUDIT_PAGE_MAX and
+ *                                            AUDIT_PAGE_BYTES ("more" when cut short)
+ *   GET  /v1/proof/inclusion?index=&size=    RFC 6962 inclusion proof
+ *   GET  /v1/proof/consistency?from=&to=     RFC 6962 consistency proof
+ * Only the roles that emit events connect (api, proxy, kms: SO_PEERCRED
+ * checked at accept, daemon/peer.h); only the api reads. Each appended
+ * entry is stamped with the appending role and this role's receive time
+ * (audit/entry.h), and a batch holding an entry its role may not append
+ * (audit_appender_may()) is refused whole with a 403.
+ * Appends are handed to a writer thread that commits everything queued while
+ * its previous commit was syncing in one transaction (group commit); each is
+ * acknowledged on the event loop only after its commit. The loop keeps
+ * parsing and validating while the writer syncs. A checkpoint is signed at
+ * least every second while the tree grows. */
+#include <errno.h>
+#include <h2o.h>
+#include <openssl/pem.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "audit/entry.h"
+#include "audit/log.h"
+#include "audit/note.h"
+#include "audit/server.h"
+#include "basic/encoding.h"
+#include "basic/fileio.h"
+#include "basic/log.h"
+#include "basic/macro.h"
+#include "basic/timeutil.h"
+#include "daemon/peer.h"
+#include "httpd/httpd.h"
+#include "httpd/json.h"
+
+#define APPEND_BODY_MAX (8 * 1024 * 1024)
+#define APPEND_ENTRIES_MAX 10000
+#define CHECKPOINT_INTERVAL_MS 1000
+#define KEY_FILE_MAX (16 * 1024)
+
+typedef struct audit_role {
+    audit_log *log;
+    EVP_PKEY *key;
+    char origin[AUDIT_NAME_MAX + 1];
+    char *vkey;       /* verifier key string */
+    char *checkpoint; /* the latest signed note */
+    uint64_t checkpoint_size;
+    h2o_context_t *ctx; /* the one serving thread's (httpd) */
+    h2o_timeout_t tick_timeout;
+    h2o_timeout_entry_t tick_entry;
+    pthread_mutex_t log_lock; /* the log: the writer appends, the loop reads */
+    pthread_mutex_t queue_lock;
+    pthread_cond_t queue_wake;
+    h2o_linklist_t queue; /* pending_append for the writer, in arrival order */
+    bool writer_stop;     /* under queue_lock */
+    pthread_t writer;
+    h2o_multithread_queue_t *mq;
+    h2o_multithread_receiver_t done; /* committed appends come back here */
+    size_t in_flight;                /* appends not answered yet (loop thread) */
+    const role_health *roles;        /* the supervisor's table: peers' names */
+    size_t n_roles;
+} audit_role;
+
+typedef struct role_handler {
+    h2o_handler_t super;
+    audit_role *role;
+} role_handler;
+
+typedef struct append_anchor append_anchor;
+
+/* An append request waiting for its group commit. Owned by the writer's
+ * queue, then by the writer, then by the event loop, which answers and frees
+ * it. REQ and ANCHOR are only touched on the loop (the anchor clears REQ if
+ * the client goes away). */
+typedef struct pending_append {
+    h2o_linklist_t link;
+    h2o_multithread_message_t msg;
+    h2o_req_t *req;
+    append_anchor *anchor;
+    size_t n;
+    char **texts;
+    size_t *lens;
+    int error;      /* set by the writer */
+    uint64_t first; /* index of the first entry once committed */
+} pending_append;
+
+struct append_anchor {
+    pending_append *pa;
+};
+
+static void anchor_dispose(void *p)
+{
+    append_anchor *a = p;
+    if (a->pa)
+        a->pa->req = NULL;
+}
+
+static void pending_append_free(pending_append *pa)
+{
+    for (size_t i = 0; i < pa->n; i++)
+        free(pa->texts[i]);
+    free(pa->texts);
+    free(pa->lens);
+    free(pa);
+}
+
+/* Signs a checkpoint of the current tree unless the latest already covers
+ * it. Returns 0 or a negative errno (the previous checkpoint stays). */
+static int sign_checkpoint(audit_role *r)
+{
+    merkle_hash root;
+    pthread_mutex_lock(&r->log_lock);
+    uint64_t size = audit_log_size(r->log);
+    audit_log_root(r->log, root);
+    pthread_mutex_unlock(&r->log_lock);
+    if (r->checkpoint && size == r->checkpoint_size)
+        return 0;
+    char *body, *note;
+    int e = audit_checkpoint_format(r->origin, size, root, &body);
+    if (e < 0)
+        return e;
+    e = audit_note_sign(r->key, r->origin, body, &note);
+    free(body);
+    if (e < 0)
+        return e;
+    free(r->checkpoint);
+    r->checkpoint = note;
+    r->checkpoint_size = size;
+    return 0;
+}
+
+static void send_error(h2o_req_t *req, int status, const char *code, const char *msg)
+{
+    api_error err;
+    api_fail(&err, status, code, "%s", msg);
+    api_send_error(req, &err);
+}
+
+/* Appends every request of BATCH (a list of pending_append) in one
+ * transaction and records the result in each. Writer thread. */
+static void commit_batch(audit_role *r, h2o_linklist_t *batch)
+{
+    size_t total = 0;
+    for (h2o_linklist_t *n = batch->next; n != batch; n = n->next)
+        total += H2O_STRUCT_FROM_MEMBER(pending_append, link, n)->n;
+    const char **texts = calloc(total, sizeof(*texts));
+    size_t *lens = calloc(total, sizeof(*lens));
+    int e = texts && lens ? 0 : -ENOMEM;
+    size_t k = 0;
+    for (h2o_linklist_t *n = batch->next; e == 0 && n != batch; n = n->next) {
+        pending_append *pa = H2O_STRUCT_FROM_MEMBER(pending_append, link, n);
+        for (size_t i = 0; i < pa->n; i++, k++) {
+            texts[k] = pa->texts[i];
+            lens[k] = pa->lens[i];
+        }
+    }
+    uint64_t first = 0;
+    if (e == 0) {
+        pthread_mutex_lock(&r->log_lock);
+        e = audit_log_append(r->log, texts, lens, total, &first);
+        pthread_mutex_unlock(&r->log_lock);
+    }
+    free(texts);
+    free(lens);
+    if (e < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot append to the audit log; refusing the batch", "error", strerror(-e),
+                   NULL);
+    for (h2o_linklist_t *n = batch->next; n != batch; n = n->next) {
+        pending_append *pa = H2O_STRUCT_FROM_MEMBER(pending_append, link, n);
+        pa->error = e;
+        pa->first = first;
+        first += pa->n;
+    }
+}
+
+/* The writer thread: commits what is queued, hands the results to the loop,
+ * and after a stop request drains the queue before returning. */
+static void *writer_main(void *arg)
+{
+    audit_role *r = arg;
+    pthread_mutex_lock(&r->queue_lock);
+    for (;;) {
+        while (h2o_linklist_is_empty(&r->queue) && !r->writer_stop)
+            pthread_cond_wait(&r->queue_wake, &r->queue_lock);
+        if (h2o_linklist_is_empty(&r->queue))
+            break;
+        h2o_linklist_t batch;
+        h2o_linklist_init_anchor(&batch);
+        h2o_linklist_insert_list(&batch, &r->queue);
+        pthread_mutex_unlock(&r->queue_lock);
+        commit_batch(r, &batch);
+        while (!h2o_linklist_is_empty(&batch)) {
+            pending_append *pa = H2O_STRUCT_FROM_MEMBER(pending_append, link, batch.next);
+            h2o_linklist_unlink(&pa->link);
+            h2o_multithread_send_message(&r->done, &pa->msg);
+        }
+        pthread_mutex_lock(&r->queue_lock);
+    }
+    pthread_mutex_unlock(&r->queue_lock);
+    return NULL;
+}
+
+/* Answers committed appends on the event loop. */
+static void on_done(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    audit_role *r = H2O_STRUCT_FROM_MEMBER(audit_role, done, receiver);
+    while (!h2o_linklist_is_empty(messages)) {
+        pending_append *pa = H2O_STRUCT_FROM_MEMBER(pending_append, msg.link, messages->next);
+        h2o_linklist_unlink(&pa->msg.link);
+        r->in_flight--;
+        if (pa->req) {
+            pa->anchor->pa = NULL;
+            if (pa->error < 0)
+                send_error(pa->req, 503, "unavailable", "the audit log cannot be written");
+            else {
+                json_t *body = json_pack("{s:I, s:I}", "first", (json_int_t)pa->first, "count", (json_int_t)pa->n);
+                api_send_json(pa->req, 200, body);
+                json_decref(body);
+            }
+        }
+        pending_append_free(pa);
+    }
+}
+
+/* Signs a checkpoint when the tree grew since the last one. */
+static void on_tick(h2o_timeout_entry_t *entry)
+{
+    audit_role *r = H2O_STRUCT_FROM_MEMBER(audit_role, tick_entry, entry);
+    int e = sign_checkpoint(r);
+    if (e < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot sign a checkpoint", "error", strerror(-e), NULL);
+    h2o_timeout_link(r->ctx->loop, &r->tick_timeout, &r->tick_entry);
+}
+
+/* The name of the role at the other end of REQ's connection ("" when not
+ * known, which the peer check does not let happen). */
+static const char *peer_role(const audit_role *r, h2o_req_t *req)
+{
+    int i = httpd_conn_peer(req);
+    return i >= 0 && (size_t)i < r->n_roles ? r->roles[i].name : "";
+}
+
+/* Refuses the append batch of REQ because its entry I has ACTION, which the
+ * peer ROLE may not append: logged, and a 403 naming both. */
+static void refuse_entry(h2o_req_t *req, const char *role, size_t i, const char *action)
+{
+    char index[24];
+    snprintf(index, sizeof(index), "%zu", i);
+    log_fields(LOG_LEVEL_WARN, "refused an audit entry its role may not append; the batch is refused", "role", role,
+               "action", action, "entry", index, NULL);
+    api_error err;
+    api_fail(&err, 403, "forbidden", "the %s role may not append %s entries (entry %zu); the batch is refused", role,
+             action, i);
+    api_send_error(req, &err);
+}
+
+/* Validates every entry of an append body, stamps each with the peer's role
+ * and the receive time, and queues them for the next group commit; answers
+ * 400 for the whole batch if any entry is bad, 403 if the role may not
+ * append one of them. */
+static void handle_append(audit_role *r, h2o_req_t *req)
+{
+    if (httpd_stopping(req)) {
+        send_error(req, 503, "unavailable", "the audit role is stopping");
+        return;
+    }
+    if (req->entity.len > APPEND_BODY_MAX) {
+        send_error(req, 413, "too_large", "append body too large");
+        return;
+    }
+    json_error_t jerr;
+    json_t *body = json_loadb(req->entity.base, req->entity.len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *entries = json_object_get(body, "entries");
+    size_t n = json_array_size(entries);
+    if (!json_is_array(entries) || n == 0 || n > APPEND_ENTRIES_MAX || json_object_size(body) != 1) {
+        json_decref(body);
+        send_error(req, 400, "invalid", "expected {\"entries\": [entry, ...]} with 1 to 10000 entries");
+        return;
+    }
+    pending_append *pa = calloc(1, sizeof(*pa));
+    if (pa) {
+        pa->texts = calloc(n, sizeof(*pa->texts));
+        pa->lens = calloc(n, sizeof(*pa->lens));
+    }
+    if (!pa || !pa->texts || !pa->lens) {
+        if (pa)
+            pending_append_free(pa);
+        json_decref(body);
+        send_error(req, 503, "unavailable", "out of memory");
+        return;
+    }
+    const char *role = peer_role(r, req);
+    uint64_t now = time_now_ns();
+    for (size_t i = 0; i < n; i++) {
+        const json_t *entry = json_array_get(entries, i);
+        const char *action = json_string_value(json_object_get(entry, "action"));
+        if (action && !audit_appender_may(role, action)) {
+            pending_append_free(pa);
+            refuse_entry(req, role, i, action);
+            json_decref(body);
+            return;
+        }
+        int e = audit_entry_stamp(entry, role, now, &pa->texts[i], &pa->lens[i]);
+        if (e < 0) {
+            pending_append_free(pa);
+            json_decref(body);
+            char msg[128];
+            snprintf(msg, sizeof(msg), "entry %zu is not a valid audit entry", i);
+            send_error(req, 400, "invalid", msg);
+            return;
+        }
+        pa->n = i + 1;
+    }
+    json_decref(body);
+    pa->req = req;
+    append_anchor *a = h2o_mem_alloc_shared(&req->pool, sizeof(*a), anchor_dispose);
+    a->pa = pa;
+    pa->anchor = a;
+    r->in_flight++;
+    pthread_mutex_lock(&r->queue_lock);
+    h2o_linklist_insert(&r->queue, &pa->link);
+    pthread_cond_signal(&r->queue_wake);
+    pthread_mutex_unlock(&r->queue_lock);
+}
+
+/* Answers the latest checkpoint, signing a new one first if the tree grew. */
+static void handle_checkpoint(audit_role *r, h2o_req_t *req)
+{
+    int e = sign_checkpoint(r);
+    if (e < 0) {
+        send_error(req, 503, "unavailable", "cannot sign a checkpoint");
+        return;
+    }
+    json_t *body = json_pack("{s:s, s:I, s:s, s:s}", "checkpoint", r->checkpoint, "size",
+                             (json_int_t)r->checkpoint_size, "origin", r->origin, "key", r->vkey);
+    api_send_json(req, 200, body);
+    json_decref(body);
+}
+
+/* The query of REQ parsed into two indexes named NAMES; false (after a 400)
+ * when malformed. */
+static bool query_pair(h2o_req_t *req, const char *const names[2], uint64_t v[2])
+{
+    const char *q = req->query_at == SIZE_MAX ? "" : req->path.base + req->query_at + 1;
+    size_t len = req->query_at == SIZE_MAX ? 0 : req->path.len - req->query_at - 1;
+    if (audit_parse_query(q, len, names, v) == 0)
+        return true;
+    char msg[160];
+    snprintf(msg, sizeof(msg), "expected ?%s=N&%s=N with decimal numbers and nothing else", names[0], names[1]);
+    send_error(req, 400, "invalid", msg);
+    return false;
+}
+
+/* A page of entries being read: bounded in count by the request and in
+ * bytes by AUDIT_PAGE_BYTES, so the answer stays well under what clients
+ * accept even when every character needs escaping. */
+typedef struct page {
+    json_t *items;
+    size_t bytes;
+    bool more; /* cut short by the byte cap */
+} page;
+
+static int add_entry(void *userdata, uint64_t index, const char *text, size_t len)
+{
+    page *p = userdata;
+    if (p->bytes > 0 && p->bytes + len > AUDIT_PAGE_BYTES) {
+        p->more = true;
+        return -E2BIG;
+    }
+    json_t *item = json_pack("{s:I, s:s%}", "index", (json_int_t)index, "entry", text, len);
+    if (!item || json_array_append_new(p->items, item) < 0)
+        return -ENOMEM;
+    p->bytes += len;
+    return 0;
+}
+
+/* Answers stored entries [start, end) as their exact canonical text. */
+static void handle_entries(audit_role *r, h2o_req_t *req)
+{
+    static const char *const names[2] = {"start", "end"};
+    uint64_t v[2];
+    if (!query_pair(req, names, v))
+        return;
+    if (v[0] >= v[1] || v[1] - v[0] > AUDIT_PAGE_MAX) {
+        char msg[100];
+        snprintf(msg, sizeof(msg), "need start < end and at most %d entries", AUDIT_PAGE_MAX);
+        send_error(req, 400, "invalid", msg);
+        return;
+    }
+    page p = {.items = json_array()};
+    pthread_mutex_lock(&r->log_lock);
+    int e = p.items ? audit_log_read(r->log, v[0], v[1], add_entry, &p) : -ENOMEM;
+    uint64_t size = audit_log_size(r->log);
+    pthread_mutex_unlock(&r->log_lock);
+    if (e < 0 && !p.more) {
+        json_decref(p.items);
+        send_error(req, 503, "unavailable", "cannot read the audit log");
+        return;
+    }
+    json_t *body = json_pack("{s:I, s:b, s:o}", "size", (json_int_t)size, "more", p.more, "entries", p.items);
+    api_send_json(req, 200, body);
+    json_decref(body);
+}
+
+/* PROOF as a new JSON array of base64 strings (NULL on allocation failure,
+ * which json_pack then reports). */
+static json_t *proof_json(const merkle_hash *proof, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++) {
+        char b64[64];
+        base64_encode(proof[i], MERKLE_HASH_LEN, b64, false);
+        json_array_append_new(a, json_string(b64));
+    }
+    return a;
+}
+
+/* Answers an inclusion (?index=&size=) or consistency (?from=&to=) proof
+ * computed from the stored tree, for sizes up to the current one. */
+static void handle_proof(audit_role *r, h2o_req_t *req, bool inclusion)
+{
+    static const char *const inc_names[2] = {"index", "size"}, *const con_names[2] = {"from", "to"};
+    uint64_t v[2];
+    if (!query_pair(req, inclusion ? inc_names : con_names, v))
+        return;
+    pthread_mutex_lock(&r->log_lock);
+    uint64_t size = audit_log_size(r->log);
+    pthread_mutex_unlock(&r->log_lock);
+    bool ok = inclusion ? v[0] < v[1] && v[1] <= size : v[0] >= 1 && v[0] <= v[1] && v[1] <= size;
+    if (!ok) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), inclusion ? "need index < size <= %llu (the tree size)"
+                                              : "need 1 <= from <= to <= %llu (the tree size)",
+                 (unsigned long long)size);
+        send_error(req, 400, "invalid", msg);
+        return;
+    }
+    merkle_hash proof[MERKLE_PROOF_MAX];
+    size_t n;
+    pthread_mutex_lock(&r->log_lock);
+    int e = inclusion ? merkle_inclusion_proof(v[0], v[1], audit_log_get_node, r->log, proof, &n)
+                      : merkle_consistency_proof(v[0], v[1], audit_log_get_node, r->log, proof, &n);
+    pthread_mutex_unlock(&r->log_lock);
+    if (e < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot compute a proof from the stored tree", "error", strerror(-e), NULL);
+        send_error(req, 503, "unavailable", "cannot compute the proof");
+        return;
+    }
+    json_t *body = inclusion ? json_pack("{s:I, s:I, s:o}", "index", (json_int_t)v[0], "size", (json_int_t)v[1],
+                                         "proof", proof_json(proof, n))
+                             : json_pack("{s:I, s:I, s:o}", "from", (json_int_t)v[0], "to", (json_int_t)v[1],
+                                         "proof", proof_json(proof, n));
+    api_send_json(req, 200, body);
+    json_decref(body);
+}
+
+/* Routes a request of a local role; anything else is a 404. */
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    audit_role *r = ((role_handler *)self)->role;
+    h2o_iovec_t p = req->path_normalized;
+    bool get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
+    bool post = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
+    if (post && h2o_memis(p.base, p.len, H2O_STRLIT("/v1/append")))
+        handle_append(r, req);
+    else if (strcmp(peer_role(r, req), "api") != 0) /* reading the log is the API's, for GET /v1/audit/... */
+        send_error(req, 403, "forbidden", "only the api role reads the audit log");
+    else if (get && h2o_memis(p.base, p.len, H2O_STRLIT("/v1/checkpoint")))
+        handle_checkpoint(r, req);
+    else if (get && h2o_memis(p.base, p.len, H2O_STRLIT("/v1/entries")))
+        handle_entries(r, req);
+    else if (get && h2o_memis(p.base, p.len, H2O_STRLIT("/v1/proof/inclusion")))
+        handle_proof(r, req, true);
+    else if (get && h2o_memis(p.base, p.len, H2O_STRLIT("/v1/proof/consistency")))
+        handle_proof(r, req, false);
+    else
+        send_error(req, 404, "not_found", "no such endpoint");
+    return 0;
+}
+
+
+/* Loads the signing key from PATH, or creates it (0600) on first start.
+ * The PEM text is wiped after use. Returns 0 or a negative errno. */
+static int load_or_create_key(const char *path, EVP_PKEY **ret)
+{
+    char *pem = NULL;
+    size_t len = 0;
+    int e = read_file(path, KEY_FILE_MAX, &pem, &len);
+    if (e == 0) {
+        BIO *bio = BIO_new_mem_buf(pem, (int)len);
+        EVP_PKEY *key = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+        BIO_free(bio);
+        OPENSSL_cleanse(pem, len);
+        free(pem);
+        if (!key || EVP_PKEY_get_id(key) != EVP_PKEY_ED25519) {
+            EVP_PKEY_free(key);
+            return -EBADMSG;
+        }
+        *ret = key;
+        return 0;
+    }
+    if (e != -ENOENT)
+        return e;
+    EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    BIO *bio = BIO_new(BIO_s_mem());
+    if (!key || !bio || PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL) != 1) {
+        BIO_free(bio);
+        EVP_PKEY_free(key);
+        return -ENOMEM;
+    }
+    char *data;
+    long n = BIO_get_mem_data(bio, &data);
+    e = write_file_atomic(path, data, (size_t)n, 0600);
+    OPENSSL_cleanse(data, (size_t)n);
+    BIO_free(bio);
+    if (e < 0) {
+        EVP_PKEY_free(key);
+        return e;
+    }
+    log_fields(LOG_LEVEL_INFO, "created the audit log signing key", "path", path, NULL);
+    *ret = key;
+    return 0;
+}
+
+static void register_handlers(h2o_pathconf_t *pathconf, void *userdata)
+{
+    role_handler *h = (role_handler *)h2o_create_handler(pathconf, sizeof(*h));
+    h->super.on_req = on_req;
+    h->role = userdata;
+}
+
+/* httpd hooks: the role serves from one thread, whose loop receives the
+ * writer's committed appends and signs a checkpoint every second. */
+static void *thread_init(h2o_context_t *ctx, void *userdata)
+{
+    audit_role *r = userdata;
+    r->ctx = ctx;
+    r->mq = h2o_multithread_create_queue(ctx->loop);
+    h2o_multithread_register_receiver(r->mq, &r->done, on_done);
+    h2o_timeout_init(ctx->loop, &r->tick_timeout, CHECKPOINT_INTERVAL_MS);
+    r->tick_entry.cb = on_tick;
+    h2o_timeout_link(ctx->loop, &r->tick_timeout, &r->tick_entry);
+    return r;
+}
+
+/* Stops the writer once it has committed what is queued; its answers then
+ * arrive while httpd waits for thread_busy to clear. */
+static void thread_drain(void *state)
+{
+    audit_role *r = state;
+    pthread_mutex_lock(&r->queue_lock);
+    r->writer_stop = true;
+    pthread_cond_signal(&r->queue_wake);
+    pthread_mutex_unlock(&r->queue_lock);
+    pthread_join(r->writer, NULL);
+}
+
+static bool thread_busy(void *state)
+{
+    return ((audit_role *)state)->in_flight > 0;
+}
+
+static void thread_dispose(void *state)
+{
+    audit_role *r = state;
+    if (h2o_timeout_is_linked(&r->tick_entry))
+        h2o_timeout_unlink(&r->tick_entry);
+    h2o_timeout_dispose(r->ctx->loop, &r->tick_timeout);
+    if (r->in_flight == 0) {
+        h2o_multithread_unregister_receiver(r->mq, &r->done);
+        h2o_multithread_destroy_queue(r->mq);
+    }
+}
+
+/* Opens the log and the key, publishes the verifier key. Returns 0 or a
+ * negative errno, logged. */
+static int role_setup(const audit_server_config *cfg, audit_role *r)
+{
+    int e = audit_log_open(cfg->db, &r->log);
+    if (e < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot open the audit log", "path", cfg->db, "error", strerror(-e), NULL);
+        return e;
+    }
+    e = load_or_create_key(cfg->key, &r->key);
+    if (e < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot load the audit signing key", "path", cfg->key, "error",
+                   strerror(-e), NULL);
+        return e;
+    }
+    uint8_t pub[32];
+    if ((size_t)snprintf(r->origin, sizeof(r->origin), "%s/cloister/audit", cfg->domain) >= sizeof(r->origin))
+        e = -ENAMETOOLONG;
+    else
+        e = audit_ed25519_public(r->key, pub);
+    if (e == 0)
+        e = audit_verifier_format(r->origin, pub, &r->vkey);
+    if (e == 0) {
+        char line[1024];
+        int n = snprintf(line, sizeof(line), "%s\n", r->vkey);
+        e = write_file_atomic(cfg->pub, line, (size_t)n, 0644);
+    }
+    if (e == 0)
+        e = sign_checkpoint(r);
+    if (e < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot publish the audit verifier key or sign a checkpoint", "origin", r->origin,
+                   "error", strerror(-e), NULL);
+    return e;
+}
+
+int audit_serve(const audit_server_config *cfg)
+{
+    audit_role r = {.log_lock = PTHREAD_MUTEX_INITIALIZER, .queue_lock = PTHREAD_MUTEX_INITIALIZER,
+                    .queue_wake = PTHREAD_COND_INITIALIZER};
+    h2o_linklist_init_anchor(&r.queue);
+    int e = role_setup(cfg, &r);
+    if (e == 0) {
+        pthread_create(&r.writer, NULL, writer_main, &r);
+        log_fields(LOG_LEVEL_INFO, "audit log serving", "socket", cfg->socket, "key", r.vkey, NULL);
+        char listen[4300];
+        snprintf(listen, sizeof(listen), "unix:%s", cfg->socket);
+        /* the roles that emit events; which entries each may append is audit_appender_may()'s */
+        const peer_policy peers = {.socket = "audit.sock", .roles = cfg->roles, .n_roles = cfg->n_roles, .uid = geteuid(),
+                                   .allowed = {"api", "proxy", "kms"}};
+        r.roles = cfg->roles;
+        r.n_roles = cfg->n_roles;
+        httpd_config h = {
+            .name = "audit",
+            .listen = listen,
+            .threads = 1,
+            .max_request_body = APPEND_BODY_MAX,
+            .hooks = {register_handlers, thread_init, thread_drain, thread_busy, thread_dispose},
+            .userdata = &r,
+            .ready_flag = &cfg->health->ready,
+            .check_peer = peer_check_hook,
+            .peer_data = &peers,
+        };
+        e = httpd_run(&h);
+        if (e < 0) /* never served: the writer was not stopped by a drain */
+            thread_drain(&r);
+    }
+    free(r.vkey);
+    free(r.checkpoint);
+    EVP_PKEY_free(r.key);
+    audit_log_free(r.log);
+    if (e == 0)
+        log_info("audit log stopped");
+    return e < 0 ? 1 : 0;
+}

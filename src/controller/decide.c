@@ -1,0 +1,101 @@
+/* The Enclave controller's decisions: see decide.h. */
+#include "controller/decide.h"
+
+#include "basic/macro.h"
+#include "basic/timeutil.h"
+
+unsigned controller_desired(unsigned current, unsigned min, unsigned max)
+{
+    unsigned d = current < max ? current : max;
+    return d > min ? d : min;
+}
+
+uint64_t controller_backoff_ms(uint64_t previous_ms, uint64_t ran_ms)
+{
+    if (previous_ms == 0 || ran_ms >= CONTROLLER_BACKOFF_RESET_MS)
+        return CONTROLLER_BACKOFF_MIN_MS;
+    uint64_t base = previous_ms < CONTROLLER_BACKOFF_MIN_MS ? CONTROLLER_BACKOFF_MIN_MS : previous_ms;
+    return MIN(base * 2, (uint64_t)CONTROLLER_BACKOFF_MAX_MS);
+}
+
+unsigned controller_autoscale(controller_load_clock *clock, unsigned desired, unsigned min, unsigned max,
+                              unsigned ready, int64_t in_flight, uint64_t now)
+{
+    unsigned to = desired;
+    if (ready && in_flight > (int64_t)ready * CONTROLLER_SCALE_UP_IN_FLIGHT && desired < max) {
+        if (!clock->busy_since)
+            clock->busy_since = now;
+        if (now - clock->busy_since >= CONTROLLER_SCALE_UP_AFTER_MS * NSEC_PER_MSEC) {
+            to = desired + 1;
+            clock->busy_since = 0;
+        }
+    } else {
+        clock->busy_since = 0;
+    }
+    if (in_flight == 0 && desired > min) {
+        if (!clock->idle_since)
+            clock->idle_since = now;
+        if (now - clock->idle_since >= CONTROLLER_SCALE_DOWN_AFTER_MS * NSEC_PER_MSEC) {
+            to = desired - 1;
+            clock->idle_since = now; /* another full idle period before the next step */
+        }
+    } else {
+        clock->idle_since = 0;
+    }
+    return to;
+}
+
+replica_plan controller_plan_replica(const replica *r, bool wanted, const replica_observation *o, uint64_t now)
+{
+    replica_plan p = {.change = CHANGE_NONE, .act = ACT_NONE};
+    if (o->seen == SEEN_FOREIGN) {
+        p.change = CHANGE_FOREIGN;
+        return p;
+    }
+    /* observe */
+    replica_state state = r->state;
+    uint64_t retry_at = r->retry_at;
+    if (o->seen == SEEN_OURS) {
+        if (r->state != REPLICA_RUNNING || r->pid != o->pid)
+            p.change = CHANGE_ADOPTED;
+        state = REPLICA_RUNNING;
+    } else if (r->state == REPLICA_RUNNING) {
+        if (o->exited) {
+            p.change = CHANGE_CRASHED;
+            p.ran_ms = (now - r->started_mono) / NSEC_PER_MSEC;
+            p.backoff_ms = controller_backoff_ms(r->backoff_ms, p.ran_ms);
+            state = REPLICA_CRASHED;
+            retry_at = now + p.backoff_ms * NSEC_PER_MSEC;
+        } else {
+            p.change = CHANGE_VANISHED;
+            state = REPLICA_STARTING;
+            retry_at = 0;
+        }
+    }
+    /* act */
+    if (!wanted)
+        p.act = o->seen == SEEN_OURS ? ACT_STOP : ACT_FORGET;
+    else if (state != REPLICA_RUNNING)
+        p.act = now >= retry_at ? ACT_LAUNCH : ACT_WAIT;
+    return p;
+}
+
+int controller_pick_replacement(const replica *replicas, unsigned desired, uint64_t generation, uint64_t now)
+{
+    int outdated = -1;
+    for (unsigned i = 0; i < desired; i++) {
+        if (replicas[i].state != REPLICA_RUNNING || replicas[i].started_mono == now)
+            return -1;
+        if (outdated < 0 && replicas[i].generation != generation)
+            outdated = (int)i;
+    }
+    return outdated;
+}
+
+uint64_t controller_next_retry(const replica *replicas, unsigned desired, uint64_t now, uint64_t next)
+{
+    for (unsigned i = 0; i < desired; i++)
+        if (replicas[i].state != REPLICA_RUNNING && replicas[i].retry_at > now)
+            next = MIN(next, replicas[i].retry_at);
+    return next;
+}

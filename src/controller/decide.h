@@ -1,0 +1,121 @@
+/* The Enclave controller's decisions, as pure functions of what it keeps
+ * and what it observes: how many replicas to keep, when to scale, what to
+ * do with each replica after a listing of the runner, which replica to
+ * replace after a change of the spec, and how long to back off. The
+ * controller (controller.c) carries them out: runner calls, audit events,
+ * the status. Nothing here blocks, allocates or reads a clock: NOW is
+ * given, in time_mono_ns() nanoseconds. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define CONTROLLER_BACKOFF_MIN_MS 250   /* the first restart delay */
+#define CONTROLLER_BACKOFF_MAX_MS 30000
+#define CONTROLLER_BACKOFF_RESET_MS 60000 /* a replica that ran this long restarts after the minimum again */
+/* autoscaling on the proxy's requests in flight to an Enclave */
+#define CONTROLLER_SCALE_UP_IN_FLIGHT 4     /* per ready replica: above it is busy */
+#define CONTROLLER_SCALE_UP_AFTER_MS 3000   /* busy this long: one replica more (up to max) */
+#define CONTROLLER_SCALE_DOWN_AFTER_MS 15000 /* idle (nothing in flight) this long: one fewer (down to min) */
+
+typedef enum replica_state {
+    REPLICA_STARTING, /* wanted, not launched yet (or its launch failed) */
+    REPLICA_RUNNING,  /* the runner runs it */
+    REPLICA_CRASHED,  /* its workload exited; restarted after its backoff */
+    REPLICA_STOPPED,  /* deleted by the controller this pass (above desired) */
+} replica_state;
+
+/* What the controller keeps of a replica between passes. */
+typedef struct replica {
+    bool present;          /* listed in the status */
+    replica_state state;
+    pid_t pid;             /* the runner's pid while running, else 0 */
+    pid_t stored_pid;      /* the pid the stored status named, to keep startedAt when adopting it */
+    unsigned restarts;
+    char started_at[40];   /* RFC 3339 of its last launch; "" before the first */
+    uint64_t started_mono; /* time_mono_ns() of its last launch (or adoption) */
+    uint64_t retry_at;     /* time_mono_ns() before which it is not launched */
+    uint64_t backoff_ms;   /* the delay last used; 0 before any */
+    bool failing;          /* its last launch failed: audited once per streak */
+    uint64_t generation;   /* the launch spec it runs */
+} replica;
+
+/* What the runner's listing says of a replica's name. */
+typedef enum replica_seen {
+    SEEN_NONE,    /* no sandbox of that name */
+    SEEN_FOREIGN, /* a sandbox of that name the controller did not launch for this Enclave */
+    SEEN_OURS,    /* the replica, tagged by this Enclave */
+} replica_seen;
+
+typedef struct replica_observation {
+    replica_seen seen;
+    pid_t pid;   /* SEEN_OURS: the sandbox's */
+    bool exited; /* SEEN_NONE: the runner remembers how the replica's last pid ended */
+} replica_observation;
+
+/* What the listing changed of a replica. */
+typedef enum replica_change {
+    CHANGE_NONE,
+    CHANGE_FOREIGN,  /* its name is taken: it cannot start, nothing is done */
+    CHANGE_ADOPTED,  /* running, and not known so (a restart of the controller, another pid) */
+    CHANGE_CRASHED,  /* it ran and its workload exited: restart after its backoff */
+    CHANGE_VANISHED, /* it ran and is gone without an exit (deleted behind our back, runner restarted) */
+} replica_change;
+
+/* What to do with it next. */
+typedef enum replica_act {
+    ACT_NONE,   /* runs as wanted, or its name is taken */
+    ACT_WAIT,   /* wanted but not running: its backoff is not over */
+    ACT_LAUNCH, /* wanted, not running, due: launch (a restart after a crash) */
+    ACT_STOP,   /* above desired and on the runner: delete it */
+    ACT_FORGET, /* above desired and gone: drop what is kept of it */
+} replica_act;
+
+typedef struct replica_plan {
+    replica_change change;
+    replica_act act;
+    uint64_t ran_ms;     /* CHANGE_CRASHED: how long it ran */
+    uint64_t backoff_ms; /* CHANGE_CRASHED: the delay before its restart */
+} replica_plan;
+
+/* The load the autoscaler has seen of an Enclave: since when it is busy or
+ * idle (time_mono_ns(), 0 when it is not). */
+typedef struct controller_load_clock {
+    uint64_t busy_since, idle_since;
+} controller_load_clock;
+
+/* The replicas to keep: CURRENT (0: none asked yet) clamped to [MIN, MAX],
+ * that is max(MIN, min(CURRENT, MAX)). */
+unsigned controller_desired(unsigned current, unsigned min, unsigned max);
+
+/* The delay before the next launch of a replica whose last delay was
+ * PREVIOUS_MS (0: none yet) and that ran RAN_MS before exiting (0 for a
+ * launch that failed): CONTROLLER_BACKOFF_MIN_MS after a first failure or
+ * a run of at least CONTROLLER_BACKOFF_RESET_MS, else twice PREVIOUS_MS up
+ * to CONTROLLER_BACKOFF_MAX_MS. */
+uint64_t controller_backoff_ms(uint64_t previous_ms, uint64_t ran_ms);
+
+/* The desired replicas after the load IN_FLIGHT seen at NOW, with READY of
+ * the DESIRED running: one more after CONTROLLER_SCALE_UP_AFTER_MS above
+ * CONTROLLER_SCALE_UP_IN_FLIGHT per ready replica (never with none ready),
+ * one fewer after CONTROLLER_SCALE_DOWN_AFTER_MS with nothing in flight
+ * (and another full idle period before the next), within [MIN, MAX].
+ * Updates CLOCK; returns DESIRED when nothing changes. */
+unsigned controller_autoscale(controller_load_clock *clock, unsigned desired, unsigned min, unsigned max,
+                              unsigned ready, int64_t in_flight, uint64_t now);
+
+/* What to do with replica R, WANTED (its index below desired) or not,
+ * after the runner's listing said O of its name at NOW. */
+replica_plan controller_plan_replica(const replica *r, bool wanted, const replica_observation *o, uint64_t now);
+
+/* The replica to replace after a change of the launch spec: the
+ * lowest-numbered of REPLICAS[0 .. DESIRED) whose generation is not
+ * GENERATION, and only while every one of them runs and was seen running
+ * by a pass before NOW, so a bad change stops at one. Returns its index,
+ * or -1 when there is none to replace now. */
+int controller_pick_replacement(const replica *replicas, unsigned desired, uint64_t generation, uint64_t now);
+
+/* The earliest of NEXT and the retry times after NOW of the replicas of
+ * REPLICAS[0 .. DESIRED) that wait to be launched. */
+uint64_t controller_next_retry(const replica *replicas, unsigned desired, uint64_t now, uint64_t next);

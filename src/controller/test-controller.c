@@ -1,0 +1,274 @@
+/* The Enclave controller's decisions (controller/decide.h): how many
+ * replicas to keep, how long to back off, when to scale, what to do with
+ * each replica after a listing, which one to replace after a change of the
+ * spec. They are pure, so time is a number here and nothing sleeps; the
+ * controller carrying them out runs against the real runner in
+ * tests/test_enclaves.py and tests/test_enclave_proxy.py. */
+#include <criterion/criterion.h>
+
+#include "basic/timeutil.h"
+#include "controller/decide.h"
+
+#define MS(x) ((uint64_t)(x) * NSEC_PER_MSEC)
+#define T0 MS(1000000) /* an arbitrary monotonic "now" far from 0 */
+
+Test(desired, starts_at_min_and_stays_within_the_bounds)
+{
+    cr_expect_eq(controller_desired(0, 1, 1), 1);  /* nothing asked yet: min */
+    cr_expect_eq(controller_desired(0, 2, 4), 2);
+    cr_expect_eq(controller_desired(3, 2, 4), 3);  /* an autoscaler's choice inside the bounds is kept */
+    cr_expect_eq(controller_desired(1, 2, 4), 2);  /* below min: min */
+    cr_expect_eq(controller_desired(9, 2, 4), 4);  /* above max: max */
+    cr_expect_eq(controller_desired(4, 1, 2), 2);  /* max lowered under it */
+    cr_expect_eq(controller_desired(1, 3, 3), 3);  /* min raised over it */
+    cr_expect_eq(controller_desired(16, 16, 16), 16);
+}
+
+Test(backoff, doubles_from_250_ms_to_30_s)
+{
+    uint64_t d = controller_backoff_ms(0, 0);
+    cr_expect_eq(d, CONTROLLER_BACKOFF_MIN_MS);
+    uint64_t want[] = {500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        d = controller_backoff_ms(d, 1000);
+        cr_expect_eq(d, want[i], "step %zu: %llu", i, (unsigned long long)d);
+    }
+    cr_expect_eq(CONTROLLER_BACKOFF_MAX_MS, 30000);
+}
+
+Test(backoff, resets_after_a_minute_of_running)
+{
+    cr_expect_eq(controller_backoff_ms(30000, 59999), 30000);
+    cr_expect_eq(controller_backoff_ms(16000, 59999), 30000);
+    cr_expect_eq(controller_backoff_ms(30000, 60000), CONTROLLER_BACKOFF_MIN_MS);
+    cr_expect_eq(controller_backoff_ms(8000, 3600 * 1000), CONTROLLER_BACKOFF_MIN_MS);
+    /* a launch that failed counts as a run of 0 ms: the streak goes on */
+    cr_expect_eq(controller_backoff_ms(250, 0), 500);
+}
+
+Test(backoff, a_stray_small_previous_delay_still_doubles_from_the_minimum)
+{
+    cr_expect_eq(controller_backoff_ms(1, 0), 2 * CONTROLLER_BACKOFF_MIN_MS);
+}
+
+/* ---- autoscaling ---- */
+
+Test(autoscale, scales_up_once_busy_for_three_seconds)
+{
+    controller_load_clock clock = {0};
+    /* 2 ready, 9 in flight: above 4 per replica */
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0), 2);
+    cr_expect_eq(clock.busy_since, T0);
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0 + MS(2999)), 2);
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0 + MS(3000)), 3);
+    cr_expect_eq(clock.busy_since, 0, "the busy period starts again after a step");
+    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 13, T0 + MS(3001)), 3);
+    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 13, T0 + MS(6001)), 4);
+}
+
+Test(autoscale, busy_means_strictly_more_than_four_per_ready_replica)
+{
+    controller_load_clock clock = {0};
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 8, T0), 2);
+    cr_expect_eq(clock.busy_since, 0);
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 8, T0 + MS(60000)), 2);
+    /* readiness counts, not desired: one of two ready and 5 in flight is busy */
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 1, 5, T0), 2);
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 1, 5, T0 + MS(3000)), 3);
+}
+
+Test(autoscale, never_above_max_nor_with_no_replica_ready)
+{
+    controller_load_clock clock = {0};
+    cr_expect_eq(controller_autoscale(&clock, 4, 1, 4, 4, 100, T0), 4);
+    cr_expect_eq(controller_autoscale(&clock, 4, 1, 4, 4, 100, T0 + MS(10000)), 4);
+    cr_expect_eq(clock.busy_since, 0);
+    /* nothing ready (all starting): the load says nothing of capacity */
+    cr_expect_eq(controller_autoscale(&clock, 1, 1, 4, 0, 100, T0), 1);
+    cr_expect_eq(controller_autoscale(&clock, 1, 1, 4, 0, 100, T0 + MS(10000)), 1);
+}
+
+Test(autoscale, a_lull_resets_the_busy_period)
+{
+    controller_load_clock clock = {0};
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0), 2);
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 3, T0 + MS(2000)), 2);
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0 + MS(2500)), 2);
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0 + MS(5000)), 2, "busy again only since 2.5 s");
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0 + MS(5500)), 3);
+}
+
+Test(autoscale, scales_down_after_fifteen_idle_seconds_one_step_per_period)
+{
+    controller_load_clock clock = {0};
+    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 0, T0), 3);
+    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 0, T0 + MS(14999)), 3);
+    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 0, T0 + MS(15000)), 2);
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 0, T0 + MS(15001)), 2, "a full idle period before the next");
+    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 0, T0 + MS(30000)), 1);
+    /* at min: stays, and the idle clock stops */
+    cr_expect_eq(controller_autoscale(&clock, 1, 1, 4, 1, 0, T0 + MS(60000)), 1);
+    cr_expect_eq(clock.idle_since, 0);
+}
+
+Test(autoscale, any_request_in_flight_is_not_idle)
+{
+    controller_load_clock clock = {0};
+    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 0, T0), 3);
+    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 1, T0 + MS(10000)), 3);
+    cr_expect_eq(clock.idle_since, 0);
+    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 0, T0 + MS(20000)), 3, "idle again only since 20 s");
+    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 0, T0 + MS(35000)), 2);
+}
+
+/* ---- a replica after a listing ---- */
+
+static const replica_observation none = {.seen = SEEN_NONE};
+
+Test(plan, a_wanted_replica_not_on_the_runner_is_launched_when_due)
+{
+    replica r = {.state = REPLICA_STARTING};
+    replica_plan p = controller_plan_replica(&r, true, &none, T0);
+    cr_expect_eq(p.change, CHANGE_NONE);
+    cr_expect_eq(p.act, ACT_LAUNCH);
+    r.retry_at = T0 + MS(500); /* a launch failed: backing off */
+    cr_expect_eq(controller_plan_replica(&r, true, &none, T0).act, ACT_WAIT);
+    cr_expect_eq(controller_plan_replica(&r, true, &none, T0 + MS(500)).act, ACT_LAUNCH);
+    r.state = REPLICA_STOPPED; /* stopped above desired, wanted again */
+    r.retry_at = 0;
+    cr_expect_eq(controller_plan_replica(&r, true, &none, T0).act, ACT_LAUNCH);
+}
+
+Test(plan, a_replica_running_as_known_is_left_alone)
+{
+    replica r = {.state = REPLICA_RUNNING, .pid = 42, .started_mono = T0 - MS(5000)};
+    replica_observation seen = {.seen = SEEN_OURS, .pid = 42};
+    replica_plan p = controller_plan_replica(&r, true, &seen, T0);
+    cr_expect_eq(p.change, CHANGE_NONE);
+    cr_expect_eq(p.act, ACT_NONE);
+}
+
+Test(plan, a_replica_found_running_is_adopted_not_launched)
+{
+    /* after a restart of the api role: known as starting, listed running */
+    replica r = {.state = REPLICA_STARTING};
+    replica_observation seen = {.seen = SEEN_OURS, .pid = 42};
+    replica_plan p = controller_plan_replica(&r, true, &seen, T0);
+    cr_expect_eq(p.change, CHANGE_ADOPTED);
+    cr_expect_eq(p.act, ACT_NONE);
+    /* running under another pid than the one known */
+    r = (replica){.state = REPLICA_RUNNING, .pid = 41};
+    cr_expect_eq(controller_plan_replica(&r, true, &seen, T0).change, CHANGE_ADOPTED);
+    /* a crashed one whose backoff is not over, found running again: adopted, not relaunched */
+    r = (replica){.state = REPLICA_CRASHED, .retry_at = T0 + MS(1000)};
+    p = controller_plan_replica(&r, true, &seen, T0);
+    cr_expect_eq(p.change, CHANGE_ADOPTED);
+    cr_expect_eq(p.act, ACT_NONE);
+}
+
+Test(plan, an_exit_is_a_crash_restarted_after_its_backoff)
+{
+    replica r = {.state = REPLICA_RUNNING, .pid = 42, .started_mono = T0 - MS(2000)};
+    replica_observation gone = {.seen = SEEN_NONE, .exited = true};
+    replica_plan p = controller_plan_replica(&r, true, &gone, T0);
+    cr_expect_eq(p.change, CHANGE_CRASHED);
+    cr_expect_eq(p.ran_ms, 2000);
+    cr_expect_eq(p.backoff_ms, CONTROLLER_BACKOFF_MIN_MS);
+    cr_expect_eq(p.act, ACT_WAIT, "restarted after the backoff, not at once");
+    /* the streak doubles while runs are short */
+    r.backoff_ms = 4000;
+    p = controller_plan_replica(&r, true, &gone, T0);
+    cr_expect_eq(p.backoff_ms, 8000);
+    /* a run of a minute resets it */
+    r.started_mono = T0 - MS(60000);
+    cr_expect_eq(controller_plan_replica(&r, true, &gone, T0).backoff_ms, CONTROLLER_BACKOFF_MIN_MS);
+}
+
+Test(plan, a_replica_gone_without_an_exit_is_launched_again_at_once)
+{
+    /* deleted behind the controller's back, or the runner restarted */
+    replica r = {.state = REPLICA_RUNNING, .pid = 42, .started_mono = T0 - MS(2000), .backoff_ms = 8000,
+                 .retry_at = T0 + MS(100000)};
+    replica_plan p = controller_plan_replica(&r, true, &none, T0);
+    cr_expect_eq(p.change, CHANGE_VANISHED);
+    cr_expect_eq(p.act, ACT_LAUNCH);
+}
+
+Test(plan, above_desired_a_listed_replica_is_stopped_a_gone_one_forgotten)
+{
+    replica r = {.state = REPLICA_RUNNING, .pid = 42};
+    replica_observation seen = {.seen = SEEN_OURS, .pid = 42};
+    cr_expect_eq(controller_plan_replica(&r, false, &seen, T0).act, ACT_STOP);
+    replica idle = {0};
+    cr_expect_eq(controller_plan_replica(&idle, false, &none, T0).act, ACT_FORGET);
+    /* one that crashed above desired: the crash is seen, then it is forgotten, not restarted */
+    replica_observation gone = {.seen = SEEN_NONE, .exited = true};
+    replica_plan p = controller_plan_replica(&r, false, &gone, T0);
+    cr_expect_eq(p.change, CHANGE_CRASHED);
+    cr_expect_eq(p.act, ACT_FORGET);
+}
+
+Test(plan, a_name_taken_by_a_sandbox_the_controller_did_not_launch_is_left_alone)
+{
+    replica_observation foreign = {.seen = SEEN_FOREIGN, .pid = 7};
+    replica r = {.state = REPLICA_STARTING};
+    replica_plan p = controller_plan_replica(&r, true, &foreign, T0);
+    cr_expect_eq(p.change, CHANGE_FOREIGN);
+    cr_expect_eq(p.act, ACT_NONE, "never launched over it, never stopped");
+    p = controller_plan_replica(&r, false, &foreign, T0);
+    cr_expect_eq(p.act, ACT_NONE, "not stopped above desired either");
+}
+
+/* ---- replacing after a change of the spec ---- */
+
+static void running(replica *r, size_t n, uint64_t generation)
+{
+    for (size_t i = 0; i < n; i++)
+        r[i] = (replica){.state = REPLICA_RUNNING, .pid = (pid_t)(100 + i), .started_mono = T0 - MS(5000),
+                         .generation = generation};
+}
+
+Test(replace, the_lowest_numbered_outdated_replica_first)
+{
+    replica r[4];
+    running(r, 4, 2);
+    cr_expect_eq(controller_pick_replacement(r, 4, 2, T0), -1, "all current: nothing to replace");
+    r[2].generation = 1;
+    r[3].generation = 1;
+    cr_expect_eq(controller_pick_replacement(r, 4, 2, T0), 2);
+    /* replicas beyond desired are not looked at */
+    cr_expect_eq(controller_pick_replacement(r, 2, 2, T0), -1);
+}
+
+Test(replace, only_while_every_other_replica_runs)
+{
+    replica r[3];
+    running(r, 3, 1);
+    r[0].generation = 0;
+    r[2].state = REPLICA_CRASHED;
+    cr_expect_eq(controller_pick_replacement(r, 3, 1, T0), -1, "a bad change stops at one");
+    r[2].state = REPLICA_STARTING;
+    cr_expect_eq(controller_pick_replacement(r, 3, 1, T0), -1);
+    /* one launched in this very pass has not proved itself yet */
+    running(r, 3, 1);
+    r[0].generation = 0;
+    r[1].started_mono = T0;
+    cr_expect_eq(controller_pick_replacement(r, 3, 1, T0), -1);
+    cr_expect_eq(controller_pick_replacement(r, 3, 1, T0 + MS(1000)), 0);
+}
+
+/* ---- when the next pass is due ---- */
+
+Test(next, the_earliest_retry_of_a_replica_waiting_to_launch)
+{
+    replica r[3];
+    running(r, 3, 1);
+    uint64_t interval = T0 + MS(1000);
+    cr_expect_eq(controller_next_retry(r, 3, T0, interval), interval);
+    r[1] = (replica){.state = REPLICA_CRASHED, .retry_at = T0 + MS(250)};
+    r[2] = (replica){.state = REPLICA_STARTING, .retry_at = T0 + MS(500)};
+    cr_expect_eq(controller_next_retry(r, 3, T0, interval), T0 + MS(250));
+    cr_expect_eq(controller_next_retry(r, 1, T0, interval), interval, "beyond desired: not waited for");
+    r[1].retry_at = T0; /* due now: launched in this pass, no earlier wake */
+    cr_expect_eq(controller_next_retry(r, 3, T0, interval), T0 + MS(500));
+}

@@ -1,0 +1,26 @@
+/* The kms role's server: the local HTTP/JSON API on kms.sock (and
+ * `cloisterd unseal`'s socket) in front of the root key and the key ring. */
+#pragma once
+
+#include <stddef.h>
+
+#include "basic/role.h"
+#include "kms/seal.h"
+
+/* What the kms role sees of the configuration; strings borrowed. */
+typedef struct kms_server_config {
+    const char *socket;        /* kms.sock: answers the api and runner roles only */
+    const char *unseal_socket; /* `cloisterd unseal`'s: status and unseal only */
+    const char *audit_socket;  /* unseal attempts are audited there */
+    const char *data_dir;      /* named in the hint of a sealed answer */
+    const char *keyring_file;
+    kms_seal_config seal;      /* how the root key is sealed and where it lies */
+    role_health *health;       /* the role's entry: ready, sealed */
+    const role_health *roles;  /* the supervisor's table, for the peer check */
+    size_t n_roles;
+} kms_server_config;
+
+/* Hardens the process, unseals at once in dev mode (else stays sealed until
+ * `cloisterd unseal`), serves until SIGTERM, then wipes the keys. Returns
+ * the role's exit status. SIGTERM and SIGINT must be blocked. */
+int kms_serve(const kms_server_config *cfg);

@@ -1,0 +1,25 @@
+/* The runner role's server: the launcher of measured sandboxes and the only
+ * holder of the sandbox platform key, on runner.sock (see server.c). */
+#pragma once
+
+#include <stddef.h>
+
+#include "basic/role.h"
+
+/* What the runner role sees of the configuration; strings borrowed. */
+typedef struct runner_server_config {
+    const char *socket;           /* runner.sock: the api role only */
+    const char *dir;              /* its files: sandbox logs, agent channels */
+    const char *key, *cert;       /* the platform key (P-384) and its certificate */
+    const char *platform_ca_cert; /* the root of sandbox evidence */
+    const char *ca_cert;          /* the cluster CA, to reach the API for agents */
+    const char *token;            /* its credential token file, for key release */
+    const char *api_url;          /* the API's https URL, which agents' calls are forwarded to */
+    role_health *health;          /* the role's entry: ready */
+    const role_health *roles;     /* the supervisor's table, for the peer check */
+    size_t n_roles;
+} runner_server_config;
+
+/* Loads the platform key, serves until SIGTERM, then stops every sandbox.
+ * Returns the role's exit status. SIGTERM and SIGINT must be blocked. */
+int runner_serve(const runner_server_config *cfg);
