@@ -55,6 +55,8 @@ def test_five_roles_under_users_of_their_own(shared_server):
     s = shared_server
     ps = subprocess.run(["ps", "-o", "comm=", "--ppid", str(s.proc.pid)], capture_output=True, text=True).stdout
     assert sorted(ps.split()) == sorted(ROLES), ps
+    titles = subprocess.run(["ps", "-o", "args=", "--ppid", str(s.proc.pid)], capture_output=True, text=True).stdout
+    assert sorted(t.strip() for t in titles.splitlines()) == sorted(f"cloisterd: {r}" for r in ROLES), titles
     uids = {}
     for role in ROLES:
         st = status(s.role_pid(role))
