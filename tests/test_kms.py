@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -241,6 +242,11 @@ def test_operations_are_audited_without_plaintext(server):
     r = kms(s, "decrypt", ciphertext=ct, context={"tenant": "t-9"})
     dk = kms(s, "datakey", key="audited").json()["plaintext"]
     kms(s, "decrypt", ciphertext=ct)  # a refusal is an event too
+    # the dev-mode auto-unseal at start is queued by the kms until the audit
+    # role serves, which may be after the test's first calls
+    deadline = time.time() + 20
+    while not any(e["action"] == "kms.unseal" for e in audit_entries(s)) and time.time() < deadline:
+        time.sleep(0.1)
     entries = audit_entries(s)
     kms_events = [e for e in entries if e["action"].startswith("kms.")]
     seen = {(e["action"], e["outcome"]) for e in kms_events}
