@@ -28,7 +28,7 @@
  * the file's mode, authenticates. */
 typedef struct role_room {
     const char *role;
-    const char *dirs[2]; /* subtrees of the data dir, NULL-terminated */
+    const char *dirs[2]; /* its subtrees of the data dir; an unused slot is NULL */
     mode_t mode;
 } role_room;
 
