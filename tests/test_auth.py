@@ -230,6 +230,32 @@ def test_users_see_only_their_own_sessions(shared_server):
     assert s.request("GET", f"/v1/sessions/{t['session']}", token=t["access_token"]).status_code == 200
 
 
+def test_api_calls_with_an_access_token_are_decided_with_its_session(shared_server):
+    """ctx.session is the access token's session for API calls as for the
+    proxy; a credential token opens none, so a rule on it does not match."""
+    s = shared_server
+    match = ('ctx.request.api.verb == "list" && ctx.request.api.kind == "Service" && '
+             'ctx.session.authMethod == "token" && ctx.session.type == "client" && !ctx.session.isBrowser && '
+             'ctx.session.expiresAt > now() && ctx.session.createdAt <= now()')
+    r = s.request("POST", "/v1/apply", json={"items": [
+        manifest("Policy", "session-lister", {"rules": [
+            {"effect": "allow", "priority": 0, "condition": {"match": match}}]}),
+        manifest("User", "sid-user", {"policies": ["session-lister"]}),
+        manifest("Credential", "sid-user-cli", {"user": "sid-user"})]})
+    assert r.status_code == 200, r.text
+    tok = s.request("POST", "/v1/tokens", json={"credential": "sid-user-cli"}).json()["token"]
+    assert s.request("GET", "/v1/services", token=tok).status_code == 403
+    t = login(s, tok)
+    r = s.request("GET", "/v1/services", token=t["access_token"])
+    assert r.status_code == 200, r.text
+    only_this = manifest("Policy", "session-lister", {"rules": [{"effect": "allow", "priority": 0, "condition": {
+        "match": f'ctx.request.api.kind == "Service" && ctx.session.id == "{t["session"]}"'}}]})
+    assert s.request("PUT", "/v1/policies/session-lister", json=only_this).status_code == 200
+    assert s.request("GET", "/v1/services", token=t["access_token"]).status_code == 200
+    other = login(s, s.request("POST", "/v1/tokens", json={"credential": "sid-user-cli"}).json()["token"])
+    assert s.request("GET", "/v1/services", token=other["access_token"]).status_code == 403
+
+
 def test_disabled_user_cannot_log_in_or_use_tokens(shared_server):
     s = shared_server
     tok = make_user_with_token(s, "frank")

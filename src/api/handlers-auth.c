@@ -70,7 +70,7 @@ void api_auth_issuer(const api_server *srv, char *buf, size_t size)
 typedef struct resolved_token {
     uint8_t hash[SHA256_DIGEST_LENGTH];
     int64_t revision, exp;
-    json_t *user, *credential;
+    json_t *user, *credential, *session;
 } resolved_token;
 
 typedef struct auth_tls {
@@ -85,6 +85,7 @@ static void resolved_clear(resolved_token *s)
 {
     json_decref(s->user);
     json_decref(s->credential);
+    json_decref(s->session);
     *s = (resolved_token){0};
 }
 
@@ -700,7 +701,8 @@ int api_auth_access_token(api_server *srv, const char *token, size_t len, caller
     memcpy(&h, hash, sizeof(h));
     resolved_token *slot = &tls->slots[h % RESOLVED_SLOTS];
     if (slot->user && slot->revision == revision && now < slot->exp && memeq_consttime(slot->hash, hash, sizeof(hash))) {
-        *ret = (caller){.user = json_incref(slot->user), .credential = json_incref(slot->credential)};
+        *ret = (caller){.user = json_incref(slot->user), .credential = json_incref(slot->credential),
+                        .session = json_incref(slot->session)};
         return 0;
     }
 
@@ -729,7 +731,8 @@ int api_auth_access_token(api_server *srv, const char *token, size_t len, caller
     slot->exp = MIN(json_integer_value(json_object_get(claims, "exp")), session_exp);
     slot->user = json_incref(user);
     slot->credential = json_incref(cred);
-    *ret = (caller){.user = user, .credential = cred};
+    slot->session = json_incref(session);
+    *ret = (caller){.user = user, .credential = cred, .session = json_incref(session)};
     return 0;
 }
 

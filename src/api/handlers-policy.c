@@ -7,35 +7,35 @@
 #include <strings.h>
 
 #include "basic/macro.h"
+#include "basic/timeutil.h"
+#include "policy/policy-http.h"
 #include "policy/policy-source.h"
 #include "policy/policy.h"
 
 #define CHECK_HEADERS_MAX 64   /* headers a what-if request may carry */
 #define CTX_ARENA_MAX (256u * 1024u)
 
-/* Sets string slot V to the LEN bytes at S when they are UTF-8, else "". */
-static void set_text(policy_request *pr, policy_var v, const char *s, size_t len)
-{
-    pr->vars[v] = policy_text_valid(s, len) ? cel_string(s, len) : cel_string("", 0);
-}
-
-/* Fills ctx.request.http from REQ: method, normalised path, query, host,
- * scheme and headers (repeated ones joined with ", "), allocating from A.
- * Values are borrowed from REQ. Returns 0 or -ENOMEM. */
+/* Fills ctx.request.http from REQ as the proxy does (policy/policy-http.h),
+ * on h2o's normalised path and the raw query; values borrowed from REQ or
+ * allocated from A. Returns 0 or -ENOMEM. */
 static int set_http(policy_request *pr, h2o_req_t *req, cel_arena *a)
 {
-    set_text(pr, POLICY_VAR_HTTP_METHOD, req->method.base, req->method.len);
-    set_text(pr, POLICY_VAR_HTTP_PATH, req->path_normalized.base, req->path_normalized.len);
-    if (req->query_at != SIZE_MAX)
-        set_text(pr, POLICY_VAR_HTTP_QUERY, req->path.base + req->query_at + 1, req->path.len - req->query_at - 1);
-    set_text(pr, POLICY_VAR_HTTP_HOST, req->authority.base, req->authority.len);
-    policy_request_set_string(pr, POLICY_VAR_HTTP_SCHEME, "https");
-    policy_header h[H2O_MAX_HEADERS];
-    size_t n = MIN(req->headers.size, (size_t)H2O_MAX_HEADERS);
-    for (size_t i = 0; i < n; i++)
-        h[i] = (policy_header){req->headers.entries[i].name->base, req->headers.entries[i].name->len,
-                               req->headers.entries[i].value.base, req->headers.entries[i].value.len};
-    return policy_request_set_headers(pr, h, n, a);
+    h2o_iovec_t query = req->query_at != SIZE_MAX
+                            ? h2o_iovec_init(req->path.base + req->query_at + 1, req->path.len - req->query_at - 1)
+                            : h2o_iovec_init(NULL, 0);
+    return policy_request_set_http(pr, req, req->path_normalized, query, a);
+}
+
+/* Fills ctx.session from SESSION, the Session of the access token an API
+ * call was made with: a client's, never a browser's (the API reads no
+ * cookie). */
+static void set_session(policy_request *pr, const json_t *session)
+{
+    const json_t *meta = json_object_get(session, "metadata"), *spec = json_object_get(session, "spec");
+    int64_t created = 0, expires = 0;
+    time_parse_rfc3339(json_string_value(json_object_get(meta, "createdAt")), &created);
+    time_parse_rfc3339(json_string_value(json_object_get(spec, "expiresAt")), &expires);
+    policy_request_set_session(pr, session, created, expires, false);
 }
 
 /* Decides PR with the store's current policies into *ret. Returns 0, or -1
@@ -73,6 +73,8 @@ static int authorize(api_server *srv, h2o_req_t *req, const caller *c, const cha
     policy_request_set_string(&pr, POLICY_VAR_API_KIND, kind);
     policy_request_set_string(&pr, POLICY_VAR_API_NAME, name);
     pr.credential = c->credential ? doc_name(c->credential) : NULL;
+    if (c->session)
+        set_session(&pr, c->session);
     int r = 0;
     if (policy_request_set_user(&pr, c->user, values) < 0 || set_http(&pr, req, values) < 0)
         r = api_fail(err, 500, "internal", "out of memory; the request is denied");

@@ -47,6 +47,7 @@ void caller_clear(caller *c)
 {
     json_decref(c->user);
     json_decref(c->credential);
+    json_decref(c->session);
     *c = (caller){0};
 }
 

@@ -18,6 +18,7 @@
 typedef struct caller {
     json_t *user;
     json_t *credential;
+    json_t *session; /* the Session of an access token; NULL for a credential token */
 } caller;
 
 void caller_clear(caller *c);

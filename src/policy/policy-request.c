@@ -187,3 +187,23 @@ int policy_request_set_service(policy_request *r, const json_t *service, cel_are
     set_json_string(r, POLICY_VAR_SERVICE_NAME, json_object_get(json_object_get(service, "metadata"), "name"));
     return set_json_map(r, POLICY_VAR_SERVICE_ATTRS, json_object_get(json_object_get(service, "spec"), "attrs"), a);
 }
+
+/* spec.authMethod as the API writes it when it opens a session ("token"
+ * for a credential's token, "oidc" for a login at an identity provider);
+ * anything else is "". */
+static const char *session_auth_method(const json_t *session)
+{
+    const char *m = json_string_value(json_object_get(json_object_get(session, "spec"), "authMethod"));
+    return m && (strcmp(m, "token") == 0 || strcmp(m, "oidc") == 0) ? m : "";
+}
+
+void policy_request_set_session(policy_request *r, const json_t *session, int64_t created, int64_t expires,
+                                bool browser)
+{
+    set_json_string(r, POLICY_VAR_SESSION_ID, json_object_get(json_object_get(session, "metadata"), "name"));
+    policy_request_set_string(r, POLICY_VAR_SESSION_TYPE, browser ? "browser" : "client");
+    policy_request_set_string(r, POLICY_VAR_SESSION_AUTH_METHOD, session_auth_method(session));
+    r->vars[POLICY_VAR_SESSION_CREATED_AT] = cel_timestamp(created, 0);
+    r->vars[POLICY_VAR_SESSION_EXPIRES_AT] = cel_timestamp(expires, 0);
+    r->vars[POLICY_VAR_SESSION_IS_BROWSER] = cel_bool(browser);
+}

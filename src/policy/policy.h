@@ -88,6 +88,12 @@ void policy_request_init(policy_request *r);
 int policy_request_set_user(policy_request *r, const json_t *user, cel_arena *a);
 /* Fills ctx.service from a Service document (name, attrs), as above. */
 int policy_request_set_service(policy_request *r, const json_t *service, cel_arena *a);
+/* Fills ctx.session from a Session document (borrowed; must outlive the
+ * decision): its id, its authMethod ("token", "oidc", or "" for anything
+ * else), CREATED and EXPIRES (seconds, as the caller parsed them once), and
+ * its type: "browser" (a session cookie) or "client" by BROWSER. */
+void policy_request_set_session(policy_request *r, const json_t *session, int64_t created, int64_t expires,
+                                bool browser);
 /* Sets slot V to the string S (borrowed, NUL-terminated). */
 void policy_request_set_string(policy_request *r, policy_var v, const char *s);
 #define POLICY_HEADERS_MAX 64 /* distinct request headers CEL sees */

@@ -9,7 +9,8 @@
  * a signed assertion added. Every decision is an audit event.
  *
  * Runs on src/httpd's event loops: proxy_register() is the register_handlers
- * hook, proxy_thread_init()/proxy_thread_dispose() the per-thread hooks. */
+ * hook, proxy_thread_init()/proxy_thread_dispose() the per-thread hooks. The
+ * request path is a list of named stages, a file each: see corridor.h. */
 #pragma once
 
 #include <h2o.h>

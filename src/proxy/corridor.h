@@ -1,0 +1,232 @@
+/* The proxy's request corridor, inside src/proxy (proxy.h is its face to
+ * the daemon). Every request walks named stages over one context allocated
+ * from its pool (proxy_request), in the order on_req (proxy.c) lists them:
+ *
+ *   normalise     normalise.c    configuration present, framing, route by Host,
+ *                                SNI against Host (tls.c), path parameters,
+ *                                the one path normalisation
+ *   reserved      proxy.c        /.cloister/ paths: the login callback
+ *                                (login.c), the JWKS (jwks.c)
+ *   limit         normalise.c    the Service's body and header caps
+ *   authenticate  authenticate.c the access token to its session and user;
+ *                                a browser without one is sent to log in
+ *                                (login.c)
+ *   decide        decide.c       the policy on the normalised request
+ *   reachable     forward.c      an upstream (or enclave replica) to go to
+ *   attestation   attestation.c  /.cloister/attestation, decided like any path
+ *   rewrite       rewrite.c      headers for the upstream, identity added
+ *   forward       forward.c      to the upstream's keep-alive pool
+ *
+ * A stage answers (respond.c: one place turns a refusal into a status and a
+ * JSON body) and returns PROXY_DONE, or returns PROXY_NEXT. The access log
+ * (access-log.c) records every request when its pool is released. */
+#pragma once
+
+#include <h2o.h>
+#include <jansson.h>
+#include <openssl/sha.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "auth/session.h"
+#include "basic/strbuf.h"
+#include "cel/cel.h"
+#include "proxy/config.h"
+#include "proxy/metrics.h"
+#include "proxy/proxy.h"
+
+#define PROXY_TOKEN_SLOTS 1024     /* resolved access tokens per thread */
+#define PROXY_ASSERTION_SLOTS 1024 /* signed assertions per thread */
+#define PROXY_REQUEST_ID_LEN 32
+#define PROXY_SESSION_COOKIE "cloister_session"
+#define PROXY_LOGIN_COOKIE "cloister_login" /* ties a login's handoff to the browser that started it */
+#define PROXY_AUDIT_PATH_MAX 1024
+
+/* An access token resolved to its session, user and credential, valid
+ * while the configuration generation is unchanged and the token and the
+ * session have not expired. */
+typedef struct resolved_token {
+    uint8_t hash[SHA256_DIGEST_LENGTH];
+    uint64_t generation;
+    int64_t exp;
+    json_t *user, *credential, *session; /* references */
+    int64_t session_created, session_expires;
+} resolved_token;
+
+/* A signed x-cloister-assertion for a session and a service. */
+typedef struct assertion_slot {
+    uint8_t key[SHA256_DIGEST_LENGTH]; /* SHA-256(session id, service) */
+    uint64_t generation;
+    int64_t exp;
+    char *jwt;
+} assertion_slot;
+
+/* One event loop's state (httpd's per-thread hook). */
+typedef struct proxy_thread {
+    h2o_context_t *ctx;
+    const proxy_settings *settings;
+    proxy_config *config;
+    uint64_t generation;
+    jwt_cache *jwt;
+    cel_arena *values, *scratch;
+    h2o_http1client_ctx_t client_ctx;
+    h2o_timeout_t io_timeout, websocket_timeout;
+    resolved_token tokens[PROXY_TOKEN_SLOTS];
+    auth_verdict refused; /* why proxy_resolve() last refused a token */
+    assertion_slot assertions[PROXY_ASSERTION_SLOTS];
+    uint8_t id_prefix[8];
+    uint64_t id_seq;
+    unsigned next_replica; /* round robin over an enclave's replicas */
+    /* /.cloister/attestation: certificates fetched by helper threads come
+     * back to this loop as messages */
+    h2o_multithread_queue_t *attest_queue;
+    h2o_multithread_receiver_t attest_done;
+    unsigned attest_jobs; /* in flight; the drain waits for them */
+    /* the access log: records of this thread's requests, sent as one audit
+     * entry per batch (by size or after a short delay) */
+    strbuf access;
+    unsigned access_count;
+    h2o_timeout_t access_timeout;
+    h2o_timeout_entry_t access_flush;
+    h2o_timeout_t handoff_timeout; /* login handoffs waiting for their session */
+} proxy_thread;
+
+/* What the access log records of one request, once status and bytes are
+ * known. Strings the connection owns are copied: it may be gone when the
+ * record is written. */
+typedef struct access_record {
+    _Atomic int64_t *in_flight; /* the Enclave load it counts in, until it ends; or NULL */
+    proxy_config *config;       /* kept alive while the request uses its Service */
+    uint64_t started;           /* monotonic ns */
+    char id[PROXY_REQUEST_ID_LEN + 1];
+    char ip[64], method[16];
+    const char *service;
+    const char *user, *session;
+    proxy_decision decision;
+    char policy[128], rule[128];
+    char path[PROXY_AUDIT_PATH_MAX + 1];
+} access_record;
+
+/* One request in the corridor, allocated from its pool; what a stage
+ * learns is here for the stages after it. Released with the request, when
+ * its access record is written (access-log.c). */
+typedef struct proxy_request {
+    h2o_req_t *req;
+    proxy_thread *t;
+    const proxy_config *c; /* rec.config: the snapshot the request is served with, or NULL */
+    /* normalise */
+    const proxy_service *svc;
+    char *target;      /* the normalised target ("/path?query", NUL-terminated, in the pool) */
+    size_t path_len;   /* target[0..path_len) is the path */
+    const char *query; /* after the '?' (NUL-terminated), or NULL */
+    bool attestation;  /* the path is /.cloister/attestation */
+    /* authenticate */
+    int64_t now; /* seconds */
+    bool from_cookie;
+    const resolved_token *token; /* owned by the thread's cache */
+    access_record rec;
+} proxy_request;
+
+typedef enum proxy_step {
+    PROXY_NEXT = 0, /* go on to the next stage */
+    PROXY_DONE = 1, /* answered, or handed to the upstream or a helper */
+} proxy_step;
+
+typedef proxy_step (*proxy_stage)(proxy_request *pr);
+
+/* ---- the stages ---- */
+proxy_step proxy_stage_normalise(proxy_request *pr);    /* normalise.c */
+proxy_step proxy_stage_limit(proxy_request *pr);        /* normalise.c */
+proxy_step proxy_stage_authenticate(proxy_request *pr); /* authenticate.c */
+proxy_step proxy_stage_decide(proxy_request *pr);       /* decide.c */
+proxy_step proxy_stage_reachable(proxy_request *pr);    /* forward.c */
+proxy_step proxy_stage_attestation(proxy_request *pr);  /* attestation.c */
+proxy_step proxy_stage_rewrite(proxy_request *pr);      /* rewrite.c */
+proxy_step proxy_stage_forward(proxy_request *pr);      /* forward.c */
+
+/* ---- proxy.c ---- */
+/* Picks up a newly published configuration before a request. */
+void proxy_refresh_config(proxy_thread *t);
+
+/* ---- respond.c: answers ---- */
+/* A fresh request id of T (hex) into OUT. */
+void proxy_request_id(proxy_thread *t, char out[PROXY_REQUEST_ID_LEN + 1]);
+/* Sends BODY as the whole response with its length, so the connection
+ * stays open (h2o's send_inline leaves the length unknown). */
+void proxy_send_body(h2o_req_t *req, h2o_iovec_t body);
+/* Answers 302 to LOCATION (copied), not to be cached. */
+void proxy_redirect(h2o_req_t *req, const char *location);
+/* Answers STATUS with {"error":{"code","message"},"requestId"}; the request
+ * id also goes in x-cloister-request-id. Returns PROXY_DONE. */
+proxy_step proxy_fail(proxy_request *pr, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* ---- access-log.c ---- */
+#define PROXY_ACCESS_FIELDS_N 14
+/* The names of an access record's members, in the order of its array. */
+extern const char *const proxy_access_fields[PROXY_ACCESS_FIELDS_N];
+void proxy_access_init(proxy_thread *t);
+/* Sends what is pending, then releases the batch. */
+void proxy_access_dispose(proxy_thread *t);
+/* The pool destructor of a proxy_request: records it in its thread's batch. */
+void proxy_access_emit(void *p);
+/* Appends REC, answered with STATUS after BYTES bytes and LATENCY_US µs and
+ * stamped NOW (RFC 3339), to the batch B as its next array element (FIRST:
+ * opens the batch with '['). The caller closes the batch with ']'. B must
+ * have room for a record at its caps (bounded by access_record's fields). */
+void proxy_access_encode(strbuf *b, bool first, const char *now, const access_record *rec, int status,
+                         uint64_t bytes, uint64_t latency_us);
+/* Copies the LEN bytes at S into OUT (SIZE) for the log: printable ASCII
+ * kept, anything else as '?', cut at SIZE - 1. */
+void proxy_copy_printable(char *out, size_t size, const char *s, size_t len);
+
+/* ---- tls.c ---- */
+/* Why REQ, routed to SVC in C, came on a TLS connection opened (SNI) for
+ * another host, or NULL. */
+const char *proxy_misdirected(h2o_req_t *req, const proxy_config *c, const proxy_service *svc);
+/* The decision of proxy_misdirected() on the connection's server name SNI
+ * (NULL: none sent; an IP address sent as SNI counts as none): the reason
+ * when SNI does not route in C to SVC, or NULL. */
+const char *proxy_sni_misdirected(const proxy_config *c, const proxy_service *svc, const char *sni);
+
+/* ---- authenticate.c ---- */
+/* The value of cookie NAME in REQ's Cookie headers, or a NULL base. */
+h2o_iovec_t proxy_find_cookie(h2o_req_t *req, const char *name);
+/* Resolves the access token TOKEN against configuration C at NOW; see
+ * authenticate.c. Returns the resolution (owned by T's cache) or NULL with
+ * a reason in *RET_WHY (valid until T's next resolve) and the status to
+ * answer in *RET_STATUS: 401, or 403 for a disabled user. */
+const resolved_token *proxy_resolve(proxy_thread *t, const proxy_config *c, h2o_iovec_t token, int64_t now,
+                                    const char **ret_why, int *ret_status);
+void proxy_tokens_clear(proxy_thread *t);
+
+/* ---- login.c ---- */
+/* Whether REQ comes from a browser navigating (GET/HEAD asking for HTML). */
+bool proxy_wants_html(h2o_req_t *req);
+/* Sends a browser without a session to log in (302 with a login cookie), or
+ * refuses when no login can be started from here. Returns PROXY_DONE. */
+proxy_step proxy_login_redirect(proxy_request *pr);
+/* GET /.cloister/callback?handoff=…: the end of a login. Returns PROXY_DONE. */
+proxy_step proxy_login_callback(proxy_request *pr);
+void proxy_login_init(proxy_thread *t);
+void proxy_login_dispose(proxy_thread *t);
+
+/* ---- jwks.c ---- */
+/* GET /.cloister/jwks.json: the keys verifying x-cloister-assertion.
+ * Returns PROXY_DONE. */
+proxy_step proxy_serve_jwks(proxy_request *pr);
+
+/* ---- rewrite.c ---- */
+/* Builds in *RET (from POOL) the headers IN becomes for SVC's upstream:
+ * without the client's x-cloister-*, forwarding and proxy credential
+ * headers, our session cookie, Authorization unless SVC passes it and the
+ * header SVC injects; then x-cloister-user, -email, -groups (of USER),
+ * -request-id (REQUEST_ID), -assertion (ASSERTION) and SVC's injected
+ * header. Values are borrowed from IN and SVC or copied to POOL. */
+void proxy_upstream_headers(h2o_mem_pool_t *pool, const h2o_headers_t *in, const proxy_service *svc,
+                            const json_t *user, const char *request_id, const char *assertion, h2o_headers_t *ret);
+void proxy_assertions_clear(proxy_thread *t);
+
+/* ---- attestation.c ---- */
+void proxy_attest_init(proxy_thread *t);
+void proxy_attest_dispose(proxy_thread *t);

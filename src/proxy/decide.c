@@ -1,0 +1,59 @@
+/* The decide stage: the in-process policy set on ctx for the resolved
+ * caller, the Service and the normalised request (see corridor.h). */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "audit/event.h"
+#include "policy/policy-http.h"
+#include "proxy/corridor.h"
+
+/* Decides PR into *RET. Returns 0, or a negative errno (the request is then
+ * denied). */
+static int decide(proxy_request *pr, policy_decision *ret)
+{
+    proxy_thread *t = pr->t;
+    const resolved_token *r = pr->token;
+    cel_arena_reset(t->values);
+    policy_request p;
+    policy_request_init(&p);
+    if (policy_request_set_user(&p, r->user, t->values) < 0 ||
+        policy_request_set_service(&p, pr->svc->doc, t->values) < 0)
+        return -ENOMEM;
+    p.credential = r->credential ? json_string_value(json_object_get(json_object_get(r->credential, "metadata"), "name"))
+                                 : NULL;
+    policy_request_set_session(&p, r->session, r->session_created, r->session_expires, pr->from_cookie);
+    policy_request_set_string(&p, POLICY_VAR_REQUEST_IP, pr->rec.ip);
+    h2o_iovec_t query = pr->query ? h2o_iovec_init(pr->query, strlen(pr->query)) : h2o_iovec_init(NULL, 0);
+    if (policy_request_set_http(&p, pr->req, h2o_iovec_init(pr->target, pr->path_len), query, t->values) < 0)
+        return -ENOMEM;
+    return policy_decide(pr->c->policies, &p, t->scratch, ret);
+}
+
+/* Denies (403) what the policy does not allow, and what it allows for a
+ * Service whose access must be audited while the audit log is unavailable
+ * (503). */
+proxy_step proxy_stage_decide(proxy_request *pr)
+{
+    access_record *rec = &pr->rec;
+    policy_decision d;
+    int e = decide(pr, &d);
+    if (e < 0) {
+        rec->decision = PROXY_DECISION_ERROR;
+        return proxy_fail(pr, 403, "forbidden", "the request could not be decided (%s); it is denied", strerror(-e));
+    }
+    snprintf(rec->policy, sizeof(rec->policy), "%s", d.policy);
+    snprintf(rec->rule, sizeof(rec->rule), "%s", d.rule);
+    if (!d.allow) {
+        rec->decision = PROXY_DECISION_DENY;
+        return proxy_fail(pr, 403, "forbidden", "denied: %s", d.reason);
+    }
+    rec->decision = PROXY_DECISION_ALLOW;
+    if (pr->svc->fail_closed && !audit_event_deliverable()) {
+        rec->decision = PROXY_DECISION_ERROR;
+        return proxy_fail(pr, 503, "unavailable",
+                          "service %s requires its access to be audited and the audit log is unavailable",
+                          pr->svc->name);
+    }
+    return PROXY_NEXT;
+}

@@ -1,0 +1,80 @@
+/* The proxy's own answers: request ids, bodies, redirects and the one
+ * place a refusal becomes a status and a JSON error (see corridor.h). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "basic/encoding.h"
+#include "proxy/corridor.h"
+
+void proxy_request_id(proxy_thread *t, char out[PROXY_REQUEST_ID_LEN + 1])
+{
+    uint8_t raw[16];
+    memcpy(raw, t->id_prefix, 8);
+    uint64_t seq = ++t->id_seq;
+    memcpy(raw + 8, &seq, 8);
+    hex_encode(raw, sizeof(raw), out);
+}
+
+void proxy_send_body(h2o_req_t *req, h2o_iovec_t body)
+{
+    static h2o_generator_t generator = {NULL, NULL};
+    req->res.content_length = body.len;
+    h2o_start_response(req, &generator);
+    bool head = h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("HEAD"));
+    h2o_send(req, head ? NULL : &body, head ? 0 : 1, H2O_SEND_STATE_FINAL);
+}
+
+void proxy_redirect(h2o_req_t *req, const char *location)
+{
+    h2o_iovec_t loc = h2o_strdup(&req->pool, location, SIZE_MAX);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_LOCATION, NULL, loc.base, loc.len);
+    req->res.status = 302;
+    req->res.reason = "Found";
+    proxy_send_body(req, h2o_iovec_init(NULL, 0));
+}
+
+/* The reason phrase of the statuses the proxy answers with itself. */
+static const char *reason_of(int status)
+{
+    switch (status) {
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 421:
+        return "Misdirected Request";
+    default:
+        return status >= 500 ? "Error" : "Bad Request";
+    }
+}
+
+proxy_step proxy_fail(proxy_request *pr, int status, const char *code, const char *fmt, ...)
+{
+    h2o_req_t *req = pr->req;
+    char message[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof(message), fmt, ap);
+    va_end(ap);
+    json_t *body = json_pack("{s:{s:s, s:s}, s:s}", "error", "code", code, "message", message, "requestId",
+                             pr->rec.id);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    req->res.status = status;
+    req->res.reason = reason_of(status);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-cloister-request-id"), 0, NULL, pr->rec.id,
+                          PROXY_REQUEST_ID_LEN);
+    h2o_iovec_t v = text ? h2o_strdup(&req->pool, text, SIZE_MAX) : h2o_iovec_init(H2O_STRLIT("{}"));
+    free(text);
+    proxy_send_body(req, v);
+    return PROXY_DONE;
+}

@@ -1,0 +1,151 @@
+/* The rewrite stage: the headers the upstream gets, with the identity the
+ * proxy vouches for and a signed assertion of it (see corridor.h). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "basic/macro.h"
+#include "proxy/cookie.h"
+#include "proxy/corridor.h"
+
+static void assertion_clear(assertion_slot *a)
+{
+    free(a->jwt);
+    *a = (assertion_slot){0};
+}
+
+void proxy_assertions_clear(proxy_thread *t)
+{
+    for (size_t i = 0; i < PROXY_ASSERTION_SLOTS; i++)
+        assertion_clear(&t->assertions[i]);
+}
+
+/* The x-cloister-assertion for session R on SVC: a short-lived ES256 JWT
+ * (aud = the service), reused while it has more than half its life left.
+ * Returns a string owned by T's cache, or NULL. */
+static const char *assertion_for(proxy_thread *t, const proxy_config *c, const proxy_service *svc,
+                                 const resolved_token *r, int64_t now)
+{
+    const char *sid = json_string_value(json_object_get(json_object_get(r->session, "metadata"), "name"));
+    const char *user = json_string_value(json_object_get(json_object_get(r->user, "metadata"), "name"));
+    if (!sid || !user || !t->settings->assertion_keys)
+        return NULL;
+    uint8_t key[SHA256_DIGEST_LENGTH];
+    char both[2 * 256 + 2];
+    int n = snprintf(both, sizeof(both), "%s%c%s", sid, 0, svc->name);
+    SHA256((const uint8_t *)both, (size_t)MIN(n, (int)sizeof(both) - 1), key);
+    uint64_t h;
+    memcpy(&h, key, sizeof(h));
+    assertion_slot *a = &t->assertions[h % PROXY_ASSERTION_SLOTS];
+    if (a->jwt && a->generation == c->generation && now + PROXY_ASSERTION_TTL_S / 2 < a->exp &&
+        memcmp(a->key, key, sizeof(key)) == 0)
+        return a->jwt;
+    const json_t *spec = json_object_get(r->user, "spec");
+    json_t *groups = json_object_get(spec, "groups");
+    const char *email = json_string_value(json_object_get(spec, "email"));
+    int64_t exp = MIN(now + PROXY_ASSERTION_TTL_S, r->exp);
+    json_t *claims = json_pack("{s:s, s:s, s:s, s:s, s:s*, s:O*, s:I, s:I, s:I}", "iss",
+                               t->settings->assertion_issuer, "aud", svc->name, "sub", user, "sid", sid, "email",
+                               email, "groups", groups, "iat", (json_int_t)now, "nbf", (json_int_t)now, "exp",
+                               (json_int_t)exp);
+    char *jwt = NULL;
+    int e = claims ? auth_keyring_sign(t->settings->assertion_keys, claims, &jwt) : -ENOMEM;
+    json_decref(claims);
+    if (e < 0)
+        return NULL;
+    assertion_clear(a);
+    memcpy(a->key, key, sizeof(key));
+    a->generation = c->generation;
+    a->exp = exp;
+    a->jwt = jwt;
+    return jwt;
+}
+
+static bool name_is(const h2o_iovec_t *name, const char *s, size_t len)
+{
+    return name->len == len && strncasecmp(name->base, s, len) == 0;
+}
+
+/* Whether a client-sent header NAME must not reach the upstream: our
+ * identity headers, forwarding headers the proxy sets itself, proxy
+ * credentials, and the header a Service injects. */
+static bool header_dropped(const h2o_iovec_t *name, const proxy_service *svc)
+{
+    if (name->len >= 11 && strncasecmp(name->base, "x-cloister-", 11) == 0)
+        return true;
+    if (name->len >= 12 && strncasecmp(name->base, "x-forwarded-", 12) == 0)
+        return true;
+    if (name_is(name, H2O_STRLIT("forwarded")) || name_is(name, H2O_STRLIT("x-real-ip")) ||
+        name_is(name, H2O_STRLIT("proxy-authorization")))
+        return true;
+    if (name_is(name, H2O_STRLIT("authorization")) && (!svc->pass_authorization || svc->inject))
+        return true;
+    return svc->inject && name_is(name, svc->inject_name.base, svc->inject_name.len);
+}
+
+/* The Cookie header value V without our cookie (allocated from POOL), or a
+ * NULL base when nothing else is left. */
+static h2o_iovec_t cookie_without_ours(h2o_mem_pool_t *pool, h2o_iovec_t v)
+{
+    char *out = h2o_mem_alloc_pool(pool, 2 * v.len + 1);
+    size_t n = proxy_cookie_strip(v.base, v.len, PROXY_SESSION_COOKIE, strlen(PROXY_SESSION_COOKIE), out);
+    return n ? h2o_iovec_init(out, n) : h2o_iovec_init(NULL, 0);
+}
+
+void proxy_upstream_headers(h2o_mem_pool_t *pool, const h2o_headers_t *in, const proxy_service *svc,
+                            const json_t *user, const char *request_id, const char *assertion, h2o_headers_t *ret)
+{
+    h2o_headers_t out = {NULL};
+    for (size_t i = 0; i < in->size; i++) {
+        const h2o_header_t *h = &in->entries[i];
+        if (header_dropped(h->name, svc))
+            continue;
+        if (h->name == &H2O_TOKEN_COOKIE->buf) {
+            h2o_iovec_t v = cookie_without_ours(pool, h->value);
+            if (v.base)
+                h2o_add_header(pool, &out, H2O_TOKEN_COOKIE, NULL, v.base, v.len);
+            continue;
+        }
+        h2o_vector_reserve(pool, &out, out.size + 1);
+        out.entries[out.size++] = *h;
+    }
+    const json_t *spec = json_object_get(user, "spec");
+    const char *name = json_string_value(json_object_get(json_object_get(user, "metadata"), "name"));
+    const char *email = json_string_value(json_object_get(spec, "email"));
+    char groups[2048];
+    size_t g = 0, i;
+    json_t *v;
+    groups[0] = 0;
+    json_array_foreach(json_object_get(spec, "groups"), i, v)
+    {
+        const char *group = json_string_value(v);
+        if (group && g + strlen(group) + 2 < sizeof(groups))
+            g += (size_t)snprintf(groups + g, sizeof(groups) - g, "%s%s", g ? "," : "", group);
+    }
+#define ADD(name, value, len) h2o_add_header_by_str(pool, &out, H2O_STRLIT(name), 0, NULL, value, len)
+    ADD("x-cloister-user", h2o_strdup(pool, name ? name : "", SIZE_MAX).base, name ? strlen(name) : 0);
+    if (email)
+        ADD("x-cloister-email", h2o_strdup(pool, email, SIZE_MAX).base, strlen(email));
+    ADD("x-cloister-groups", h2o_strdup(pool, groups, SIZE_MAX).base, g);
+    ADD("x-cloister-request-id", request_id, PROXY_REQUEST_ID_LEN);
+    ADD("x-cloister-assertion", h2o_strdup(pool, assertion, SIZE_MAX).base, strlen(assertion));
+#undef ADD
+    if (svc->inject)
+        h2o_add_header_by_str(pool, &out, svc->inject_name.base, svc->inject_name.len, 0, NULL, svc->inject_value.base,
+                              svc->inject_value.len);
+    *ret = out;
+}
+
+/* Replaces the request's headers with the upstream's (proxy_upstream_headers);
+ * 500 when the assertion cannot be signed. */
+proxy_step proxy_stage_rewrite(proxy_request *pr)
+{
+    const char *assertion = assertion_for(pr->t, pr->c, pr->svc, pr->token, pr->now);
+    if (!assertion)
+        return proxy_fail(pr, 500, "internal", "the identity assertion could not be signed");
+    proxy_upstream_headers(&pr->req->pool, &pr->req->headers, pr->svc, pr->token->user, pr->rec.id, assertion,
+                           &pr->req->headers);
+    return PROXY_NEXT;
+}

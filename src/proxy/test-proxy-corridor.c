@@ -1,0 +1,184 @@
+/* Unit tests of the corridor's stages that need no socket: the headers an
+ * upstream gets (rewrite.c), the access record's encoding (access-log.c)
+ * and the SNI/Host misdirection decision (tls.c). */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "proxy/corridor.h"
+
+/* ---- rewrite ---- */
+
+static h2o_mem_pool_t pool;
+
+static void pool_setup(void)
+{
+    h2o_mem_init_pool(&pool);
+}
+
+static void pool_teardown(void)
+{
+    h2o_mem_clear_pool(&pool);
+}
+
+static void add(h2o_headers_t *h, const char *name, const char *value)
+{
+    h2o_add_header_by_str(&pool, h, name, strlen(name), 1, NULL, value, strlen(value));
+}
+
+/* The value of the only header NAME in H, or NULL; fails the test when NAME
+ * is there more than once. */
+static const char *only(const h2o_headers_t *h, const char *name)
+{
+    const char *found = NULL;
+    for (size_t i = 0; i < h->size; i++) {
+        const h2o_iovec_t *n = h->entries[i].name;
+        if (n->len != strlen(name) || strncasecmp(n->base, name, n->len) != 0)
+            continue;
+        cr_assert_null(found, "%s appears more than once", name);
+        found = h2o_strdup(&pool, h->entries[i].value.base, h->entries[i].value.len).base;
+    }
+    return found;
+}
+
+static json_t *ana(void)
+{
+    return json_pack("{s:{s:s}, s:{s:s, s:[s, s]}}", "metadata", "name", "ana", "spec", "email", "ana@example.com",
+                     "groups", "dev", "ops");
+}
+
+static const char request_id[] = "0123456789abcdef0123456789abcdef";
+
+TestSuite(rewrite, .init = pool_setup, .fini = pool_teardown);
+
+Test(rewrite, drops_what_the_client_must_not_set_and_adds_the_identity)
+{
+    h2o_headers_t in = {NULL}, out;
+    add(&in, "accept", "text/plain");
+    add(&in, "authorization", "Bearer the-access-token");
+    add(&in, "cookie", "theme=dark; cloister_session=stolen; lang=en");
+    add(&in, "X-Cloister-User", "root");
+    add(&in, "x-cloister-assertion", "forged");
+    add(&in, "x-forwarded-for", "10.0.0.1");
+    add(&in, "forwarded", "for=10.0.0.1");
+    add(&in, "x-real-ip", "10.0.0.1");
+    add(&in, "proxy-authorization", "Basic eDp5");
+    proxy_service svc = {.name = "app"};
+    json_t *user = ana();
+    proxy_upstream_headers(&pool, &in, &svc, user, request_id, "the.assertion.jwt", &out);
+    json_decref(user);
+
+    cr_expect_str_eq(only(&out, "accept"), "text/plain");
+    cr_expect_null(only(&out, "authorization"), "the access token is not the upstream's");
+    cr_expect_str_eq(only(&out, "cookie"), "theme=dark; lang=en");
+    cr_expect_null(only(&out, "x-forwarded-for"));
+    cr_expect_null(only(&out, "forwarded"));
+    cr_expect_null(only(&out, "x-real-ip"));
+    cr_expect_null(only(&out, "proxy-authorization"));
+    cr_expect_str_eq(only(&out, "x-cloister-user"), "ana");
+    cr_expect_str_eq(only(&out, "x-cloister-email"), "ana@example.com");
+    cr_expect_str_eq(only(&out, "x-cloister-groups"), "dev,ops");
+    cr_expect_str_eq(only(&out, "x-cloister-request-id"), request_id);
+    cr_expect_str_eq(only(&out, "x-cloister-assertion"), "the.assertion.jwt");
+    cr_expect_eq(in.size, 9, "the client's headers are left as they were");
+}
+
+Test(rewrite, a_cookie_header_of_ours_alone_is_dropped_and_authorization_passes_when_asked)
+{
+    h2o_headers_t in = {NULL}, out;
+    add(&in, "cookie", "cloister_session=stolen");
+    add(&in, "authorization", "Bearer for-the-upstream");
+    proxy_service svc = {.name = "app", .pass_authorization = true};
+    json_t *user = json_pack("{s:{s:s}}", "metadata", "name", "bot");
+    proxy_upstream_headers(&pool, &in, &svc, user, request_id, "a", &out);
+    json_decref(user);
+    cr_expect_null(only(&out, "cookie"));
+    cr_expect_str_eq(only(&out, "authorization"), "Bearer for-the-upstream");
+    cr_expect_null(only(&out, "x-cloister-email"), "no email, no header");
+    cr_expect_str_eq(only(&out, "x-cloister-groups"), "");
+}
+
+Test(rewrite, an_injected_header_replaces_the_clients)
+{
+    h2o_headers_t in = {NULL}, out;
+    add(&in, "authorization", "Bearer the-access-token");
+    add(&in, "x-api-key", "client-chosen");
+    proxy_service svc = {.name = "app",
+                         .pass_authorization = true,
+                         .inject = PROXY_INJECT_HEADER,
+                         .inject_name = h2o_iovec_init(H2O_STRLIT("x-api-key")),
+                         .inject_value = h2o_iovec_init(H2O_STRLIT("the-secret"))};
+    json_t *user = ana();
+    proxy_upstream_headers(&pool, &in, &svc, user, request_id, "a", &out);
+    json_decref(user);
+    cr_expect_str_eq(only(&out, "x-api-key"), "the-secret");
+    cr_expect_null(only(&out, "authorization"), "a Service that injects never passes the caller's Authorization");
+}
+
+/* ---- the access record ---- */
+
+Test(access, records_encode_as_arrays_of_the_named_fields)
+{
+    strbuf b;
+    strbuf_init(&b, 16 * 1024);
+    access_record rec = {.service = "app", .user = "ana", .session = "s-1", .decision = PROXY_DECISION_ALLOW};
+    snprintf(rec.id, sizeof(rec.id), "%s", request_id);
+    snprintf(rec.ip, sizeof(rec.ip), "127.0.0.1");
+    snprintf(rec.method, sizeof(rec.method), "GET");
+    snprintf(rec.path, sizeof(rec.path), "/a\"b\\c");
+    snprintf(rec.policy, sizeof(rec.policy), "p");
+    snprintf(rec.rule, sizeof(rec.rule), "r");
+    proxy_access_encode(&b, true, "2026-01-02T03:04:05.678Z", &rec, 200, 612, 42);
+    access_record anonymous = {.decision = PROXY_DECISION_UNAUTHENTICATED};
+    snprintf(anonymous.id, sizeof(anonymous.id), "%s", request_id);
+    snprintf(anonymous.method, sizeof(anonymous.method), "POST");
+    proxy_access_encode(&b, false, "2026-01-02T03:04:05.679Z", &anonymous, 401, 0, 7);
+    cr_assert_eq(strbuf_putc(&b, ']'), 0);
+
+    json_error_t err;
+    json_t *all = json_loadb(b.data, b.len, 0, &err);
+    cr_assert_not_null(all, "%s: %s", err.text, b.data);
+    cr_assert_eq(json_array_size(all), 2);
+    json_t *first = json_array_get(all, 0), *second = json_array_get(all, 1);
+    cr_expect_eq(json_array_size(first), PROXY_ACCESS_FIELDS_N);
+    cr_expect_eq(json_array_size(second), PROXY_ACCESS_FIELDS_N);
+    json_t *want = json_pack("[s, s, s, s, s, s, s, s, s, s, s, i, i, i]", "2026-01-02T03:04:05.678Z", request_id,
+                             "ana", "s-1", "127.0.0.1", "app", "GET", "/a\"b\\c", "allow", "p", "r", 200, 612, 42);
+    cr_expect(json_equal(first, want), "got %s", json_dumps(first, 0));
+    json_decref(want);
+    want = json_pack("[s, s, n, n, n, n, s, s, s, n, n, i, i, i]", "2026-01-02T03:04:05.679Z", request_id, "POST", "",
+                     "unauthenticated", 401, 0, 7);
+    cr_expect(json_equal(second, want), "unknowns are null: got %s", json_dumps(second, 0));
+    json_decref(want);
+    cr_expect_str_eq(proxy_access_fields[7], "path");
+    cr_expect_str_eq(proxy_access_fields[PROXY_ACCESS_FIELDS_N - 1], "latencyUs");
+    json_decref(all);
+    strbuf_free(&b);
+}
+
+Test(access, log_copies_keep_printable_ascii_only)
+{
+    char out[8];
+    proxy_copy_printable(out, sizeof(out), "/a\n\x80z", 5);
+    cr_expect_str_eq(out, "/a??z");
+    proxy_copy_printable(out, sizeof(out), "/0123456789", 11);
+    cr_expect_str_eq(out, "/012345", "cut at the size");
+}
+
+/* ---- SNI against Host ---- */
+
+Test(misdirected, a_connection_opened_for_another_service_is_refused)
+{
+    proxy_service services[2] = {{.name = "a"}, {.name = "b"}};
+    proxy_config c = {.services = services, .n_services = 2,
+                      .hosts = json_pack("{s:i, s:i}", "a.example.com", 0, "b.example.com", 1)};
+    cr_expect_null(proxy_sni_misdirected(&c, &services[0], NULL), "no SNI names no service");
+    cr_expect_null(proxy_sni_misdirected(&c, &services[0], "127.0.0.1"), "nor does an address sent as SNI");
+    cr_expect_null(proxy_sni_misdirected(&c, &services[0], "::1"));
+    cr_expect_null(proxy_sni_misdirected(&c, &services[0], "a.example.com"));
+    cr_expect_null(proxy_sni_misdirected(&c, &services[0], "A.Example.COM."), "any case, a trailing dot");
+    cr_expect_not_null(proxy_sni_misdirected(&c, &services[0], "b.example.com"));
+    cr_expect_not_null(proxy_sni_misdirected(&c, &services[1], "a.example.com"));
+    cr_expect_not_null(proxy_sni_misdirected(&c, &services[0], "elsewhere.example.com"),
+                       "a name that routes nowhere is not the Host's service either");
+    json_decref(c.hosts);
+}
