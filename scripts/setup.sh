@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs every Debian package listed in scripts/debian-packages.txt that is
-# not installed yet. Idempotent: with everything present it changes nothing.
+# not installed yet and, run as root, creates the roles' system users
+# (cloister-api, -proxy, -kms, -audit, -runner: no home, no login shell),
+# which cloisterd started as root otherwise creates on its first start.
+# Idempotent: with everything present it changes nothing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -9,11 +12,21 @@ missing=()
 for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
 
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-echo "setup: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -q
-$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -q
+    $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+    for role in api proxy kms audit runner; do
+        getent passwd "cloister-$role" >/dev/null && continue
+        echo "setup: creating system user cloister-$role" >&2
+        useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+            "cloister-$role"
+    done
+fi

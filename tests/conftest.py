@@ -37,11 +37,59 @@ def sanitizer_env():
     return env
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """As root, temporary dirs live under a base of this session's own: a
+    concurrent pytest closes /tmp/pytest-of-root (0700) at its start, which
+    would lock the roles' users out of a running daemon's data dir."""
+    if os.geteuid() == 0 and not config.option.basetemp:
+        config.option.basetemp = f"/tmp/cloister-tests-{os.getpid()}"
+
+
+def open_for_roles(path):
+    """Started as root, each role runs as a user of its own and must reach
+    its subtree of the data dir (and the runner, a test's enclave bundles):
+    pytest makes its temporary dirs 0700, so give the ancestors of PATH
+    under the temporary root the search bit for others (never read)."""
+    if os.geteuid() != 0:
+        return
+    path = Path(path).resolve() if Path(path).exists() else Path(path).parent.resolve()
+    tmp = Path("/tmp").resolve()
+    for p in [path, *path.parents]:
+        if p == tmp or tmp not in p.parents:
+            break
+        os.chmod(p, os.stat(p).st_mode | 0o001)
+
+
+def role_user(role):
+    """(uid, gid) of role ROLE's system user (cloister-ROLE), which
+    cloisterd creates on its first start as root; created here alike when a
+    test needs it before (useradd --system, no home, no login shell)."""
+    import pwd
+    name = f"cloister-{role}"
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+        pw = pwd.getpwnam(name)
+    return pw.pw_uid, pw.pw_gid
+
+
+@pytest.fixture(autouse=True)
+def _tmp_path_open_for_roles(request):
+    """Every test's tmp_path is reachable by the roles' users (bundles, data dirs)."""
+    if "tmp_path" in request.fixturenames:
+        open_for_roles(request.getfixturevalue("tmp_path"))
+    yield
+
+
 class Server:
     """One cloisterd --dev process and what a client needs to reach it."""
 
     def __init__(self, data_dir, extra_args=(), prefix=()):
         self.data_dir = Path(data_dir)
+        open_for_roles(self.data_dir)
         self.prefix = list(prefix)  # a command that execs cloisterd (e.g. prlimit --nofile=N:N --)
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"

@@ -87,7 +87,7 @@ def test_entries_are_canonical_and_secrets_never_appear(server):
     for e in raw:
         text = e["entry"]
         assert text == json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    blob = (s.data_dir / "audit.db").read_bytes() + (s.data_dir / "audit.db-wal").read_bytes()
+    blob = (s.data_dir / "audit" / "audit.db").read_bytes() + (s.data_dir / "audit" / "audit.db-wal").read_bytes()
     for secret in (secret_value, s.token, s.token[5:]):
         assert secret.encode() not in blob
         assert all(secret not in e["entry"] for e in raw)
@@ -187,7 +187,7 @@ def test_tampering_is_caught_and_named(server, how):
     p = cli(s, "audit", "verify")
     assert p.returncode == 0, p.stderr
     size = s.request("GET", "/v1/audit/checkpoint").json()["size"]
-    bad = tamper(s.data_dir / "audit.db", how, size)
+    bad = tamper(s.data_dir / "audit" / "audit.db", how, size)
     p = cli(s, "audit", "verify")
     assert p.returncode == 1, (p.stdout, p.stderr)
     assert f"failed at entry {bad}:" in p.stderr, p.stderr
@@ -204,7 +204,7 @@ def test_rewritten_history_is_caught_by_the_saved_checkpoint(server, tmp_path):
     s.stop()
     for suffix in ("", "-wal", "-shm"):
         try:
-            os.unlink(str(s.data_dir / "audit.db") + suffix)
+            os.unlink(str(s.data_dir / "audit" / "audit.db") + suffix)
         except FileNotFoundError:
             pass
     s.start()

@@ -126,7 +126,7 @@ def audited(s, user, verb, kind, name):
 
 def test_minter_mints_only_its_own_token_and_the_proxy_keeps_serving(tenant):
     t, s = tenant, tenant.s
-    proxy_token = (s.data_dir / "proxy.token").read_text().strip()
+    proxy_token = (s.data_dir / "proxy" / "proxy.token").read_text().strip()
     # the legitimate use: its own credential
     r = t.as_("minter", "POST", "/v1/tokens", json={"credential": "minter-cli"})
     assert r.status_code == 201, r.text
@@ -151,7 +151,7 @@ def test_minter_mints_only_its_own_token_and_the_proxy_keeps_serving(tenant):
         audited(s, user, verb, kind, name)
     # the proxy's token was never replaced, and its configuration stream still delivers:
     # an admin's policy change reaches the proxy
-    assert (s.data_dir / "proxy.token").read_text().strip() == proxy_token
+    assert (s.data_dir / "proxy" / "proxy.token").read_text().strip() == proxy_token
     assert s.request("GET", "/v1/whoami", token=proxy_token).json()["user"] == "cloister-proxy"
     access = s.request("POST", "/v1/auth/token", token="", json={"token": t.tokens["minter"]}).json()["access_token"]
     t.wait_proxy(access, 403)  # the proxy knows wiki, and nothing lets minter in
@@ -358,7 +358,7 @@ def test_an_upgrade_brings_the_workload_policies_to_the_new_vocabulary(tmp_path)
         # the rules an older version wrote, decided by endpoint group
         old = {"cloister-proxy": 'ctx.request.api.kind == "ProxyConfig"',
                "cloister-runner": 'ctx.request.api.kind == "kms" || ctx.request.api.kind == "attest"'}
-        db = sqlite3.connect(s.data_dir / "store.db")
+        db = sqlite3.connect(s.data_dir / "api" / "store.db")
         for name, match in old.items():
             (text,) = db.execute("SELECT doc FROM resources WHERE kind = 'Policy' AND name = ?", (name,)).fetchone()
             doc = json.loads(text)

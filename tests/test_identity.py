@@ -315,7 +315,7 @@ def test_a_bootstrap_credential_from_before_uid_binding_keeps_working(server):
         manifest("Credential", "old-cli", {"user": "old", "type": "authToken"})]}).status_code == 200
     old = s.request("POST", "/v1/tokens", json={"credential": "old-cli"}).json()["token"]
     s.stop()
-    db = sqlite3.connect(str(s.data_dir / "store.db"))
+    db = sqlite3.connect(str(s.data_dir / "api" / "store.db"))
     with db:
         for name, doc in list(db.execute("SELECT name, doc FROM resources WHERE kind = 'Credential'")):
             d = json.loads(doc)

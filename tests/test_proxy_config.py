@@ -93,7 +93,7 @@ def stream(server, path=STREAM, token=None):
 
 
 def proxy_token(server):
-    return (server.data_dir / "proxy.token").read_text().strip()
+    return (server.data_dir / "proxy" / "proxy.token").read_text().strip()
 
 
 def new_token(server, user, policies=(), user_policies=()):
@@ -118,7 +118,7 @@ def keys_anywhere(value, key):
 
 def stored_digests(server):
     """Every token and refresh-token digest the store holds, read from its file."""
-    db = sqlite3.connect(f"file:{server.data_dir / 'store.db'}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{server.data_dir / 'api' / 'store.db'}?mode=ro", uri=True)
     try:
         out = set()
         for (doc,) in db.execute("SELECT doc FROM resources WHERE kind IN ('Credential', 'Session')"):
@@ -147,7 +147,7 @@ def login(server, token=None):
 
 def test_first_start_writes_a_working_proxy_token(shared_server):
     s = shared_server
-    path = s.data_dir / "proxy.token"
+    path = s.data_dir / "proxy" / "proxy.token"
     assert os.stat(path).st_mode & 0o777 == 0o600
     tok = proxy_token(s)
     assert tok.startswith("clst_") and tok != s.token
@@ -188,11 +188,11 @@ def test_a_lost_proxy_token_is_replaced_and_the_old_one_revoked(tmp_path):
         old = proxy_token(server)
         admin = server.token
         server.stop()
-        (server.data_dir / "proxy.token").unlink()
+        (server.data_dir / "proxy" / "proxy.token").unlink()
         server.start()
         new = proxy_token(server)
         assert new != old and server.token == admin
-        assert os.stat(server.data_dir / "proxy.token").st_mode & 0o777 == 0o600
+        assert os.stat(server.data_dir / "proxy" / "proxy.token").st_mode & 0o777 == 0o600
         assert server.request("GET", "/v1/whoami", token=old).status_code == 401
         assert server.request("GET", "/v1/whoami", token=new).json()["user"] == "cloister-proxy"
     finally:

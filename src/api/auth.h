@@ -61,8 +61,9 @@ int api_oidc_handle(api_request *r, const char *rest, size_t rest_len, api_error
  * (handlers-oidc.c). */
 int api_auth_login_handle(api_request *r, const char *rest, size_t rest_len, api_error *err);
 /* The end_session_endpoint of identity provider IDP with our client_id, for
- * the browser to end its session there too (heap URL in *RET); -ENOENT when
- * the provider has none or cannot be reached. */
+ * the browser to end its session there too (heap URL in *RET), from what
+ * this process discovered of it (no network call: safe on the loop);
+ * -ENOENT when the provider has none or was not discovered here. */
 int api_oidc_end_session_url(api_server *srv, const char *idp, char **ret);
 
 /* Identities bind by uid (auth/session.h). A write of a Credential (OP,

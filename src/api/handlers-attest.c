@@ -10,6 +10,7 @@
  *      release AttestationPolicy, gets a fresh data key from the KMS and
  *      answers with it as a JWE (ECDH-ES, A256GCM) to that public key.
  * Every release and refusal is an audit event. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <string.h>
 
@@ -92,15 +93,22 @@ static int evidence_nonce(const json_t *result, uint8_t out[RELEASE_NONCE_LEN])
     return hex_decode(hex, 2 * RELEASE_NONCE_LEN, out, RELEASE_NONCE_LEN);
 }
 
+/* Reports a release of KEY to USER at IP (or its refusal) as an audit event. */
+static void report_release_by(const char *user, const char *ip, const char *key, const char *type,
+                              const char *outcome, const char *reason)
+{
+    json_t *details = json_pack("{s:s, s:s}", "evidence", type ? type : "", "reason", reason ? reason : "");
+    audit_event_emit(&(audit_event){.action = "kms.release", .user = user, .ip = ip, .kind = "Key", .name = key,
+                                    .outcome = outcome, .details = details});
+    json_decref(details);
+}
+
 static void report_release(api_request *r, const char *key, const char *type, const char *outcome,
                            const char *reason)
 {
-    char ip[64];
+    char ip[INET6_ADDRSTRLEN];
     httpd_peer_ip(r->req, ip, sizeof(ip));
-    json_t *details = json_pack("{s:s, s:s}", "evidence", type ? type : "", "reason", reason ? reason : "");
-    audit_event_emit(&(audit_event){.action = "kms.release", .user = caller_name(r->caller), .ip = ip, .kind = "Key",
-                                    .name = key, .outcome = outcome, .details = details});
-    json_decref(details);
+    report_release_by(caller_name(r->caller), ip, key, type, outcome, reason);
 }
 
 /* Refuses the release with 403 and REASON, reporting it. */
@@ -131,6 +139,68 @@ static int body_base64(const json_t *body, const char *field, size_t max, bool r
     *ret = b;
     *ret_len = (size_t)got;
     return 0;
+}
+
+/* The end of a release, off the loop: a fresh data key from the KMS,
+ * sealed to the attested public key. Owns PUBLIC_KEY and ANSWER. */
+typedef struct release_job {
+    offload_job super;
+    api_route route;
+    uint64_t started;
+    char key[RESOURCE_NAME_MAX + 1];
+    char type[16];
+    char user[RESOURCE_NAME_MAX + 1];
+    char ip[INET6_ADDRSTRLEN];
+    uint8_t *public_key;
+    size_t public_key_len;
+    json_t *answer; /* {jwe, ciphertext} once sealed */
+    int rc;         /* 0, -1 with ERR, or -EINVAL: PUBLIC_KEY is no EC key */
+    api_error err;
+} release_job;
+
+static void release_work(offload_job *j)
+{
+    release_job *job = (release_job *)j;
+    _cleanup_(kms_json_wipe_decrefp) json_t *dk = NULL;
+    if ((job->rc = api_kms_datakey(job->key, &dk, &job->err)) < 0)
+        return;
+    _cleanup_(kms_json_wipe_decrefp) json_t *secret = json_pack(
+        "{s:s, s:O, s:O}", "key", job->key, "plaintext", json_object_get(dk, "plaintext"), "ciphertext",
+        json_object_get(dk, "ciphertext"));
+    _cleanup_free_ char *text = secret ? json_dumps(secret, JSON_COMPACT) : NULL;
+    _cleanup_free_ char *jwe = NULL;
+    int e = text ? release_seal_jwe(job->public_key, job->public_key_len, (const uint8_t *)text, strlen(text), &jwe)
+                 : -ENOMEM;
+    if (text)
+        explicit_bzero(text, strlen(text));
+    if (e == -EINVAL)
+        job->rc = -EINVAL;
+    else if (e < 0)
+        job->rc = api_fail(&job->err, 500, "internal", "cannot seal the key: %s", strerror(-e));
+    else if (!(job->answer = json_pack("{s:s, s:O}", "jwe", jwe, "ciphertext", json_object_get(dk, "ciphertext"))))
+        job->rc = api_fail(&job->err, 500, "internal", "out of memory");
+}
+
+/* Reports the release (it happened, or failed, whether or not the client
+ * is still there) and answers REQ when there is one. */
+static void release_done(offload_job *j, h2o_req_t *req)
+{
+    release_job *job = (release_job *)j;
+    bool ran = job->rc < 0 || job->answer;
+    if (job->rc == -EINVAL) {
+        const char *why = "publicKey is not a DER SubjectPublicKeyInfo of an EC key";
+        report_release_by(job->user, job->ip, job->key, job->type, "denied", why);
+        api_fail(&job->err, 403, "forbidden", "key %s is not released: %s", job->key, why);
+    } else if (ran)
+        report_release_by(job->user, job->ip, job->key, job->type, job->rc < 0 ? "failure" : "success",
+                          job->rc < 0 ? job->err.message : NULL);
+    if (req && job->rc < 0)
+        api_respond_error(req, job->route, job->started, &job->err);
+    else if (req)
+        api_respond_json(req, job->route, job->started, 200, job->answer);
+    json_decref(job->answer);
+    free(job->public_key);
+    free(job);
 }
 
 int api_attest_release(api_request *r, const char *key, api_error *err)
@@ -191,27 +261,21 @@ int api_attest_release(api_request *r, const char *key, api_error *err)
     if (e < 0)
         return refuse(r, key, type_s, e == -EPERM ? reason : "the AttestationPolicy is malformed", err);
 
-    /* a fresh data key, sealed to the attested public key */
-    _cleanup_(kms_json_wipe_decrefp) json_t *dk = NULL;
-    if (api_kms_datakey(key, &dk, err) < 0) {
+    /* a fresh data key, sealed to the attested public key, off the loop */
+    release_job *job = calloc(1, sizeof(*job));
+    if (!job)
+        return api_fail(err, 500, "internal", "out of memory");
+    *job = (release_job){.super = {.work = release_work, .done = release_done}, .route = r->route,
+                         .started = r->started, .public_key = TAKE_PTR(public_key), .public_key_len = public_key_len};
+    snprintf(job->key, sizeof(job->key), "%s", key);
+    snprintf(job->type, sizeof(job->type), "%s", type_s);
+    snprintf(job->user, sizeof(job->user), "%s", caller_name(r->caller));
+    httpd_peer_ip(r->req, job->ip, sizeof(job->ip));
+    if (api_offload(r, r->server->local, &job->super, err) < 0) {
         report_release(r, key, type_s, "failure", err->message);
+        free(job->public_key);
+        free(job);
         return -1;
     }
-    _cleanup_(kms_json_wipe_decrefp) json_t *secret = json_pack(
-        "{s:s, s:O, s:O}", "key", key, "plaintext", json_object_get(dk, "plaintext"), "ciphertext",
-        json_object_get(dk, "ciphertext"));
-    _cleanup_free_ char *text = secret ? json_dumps(secret, JSON_COMPACT) : NULL;
-    _cleanup_free_ char *jwe = NULL;
-    e = text ? release_seal_jwe(public_key, public_key_len, (const uint8_t *)text, strlen(text), &jwe) : -ENOMEM;
-    if (text)
-        explicit_bzero(text, strlen(text));
-    if (e == -EINVAL)
-        return refuse(r, key, type_s, "publicKey is not a DER SubjectPublicKeyInfo of an EC key", err);
-    if (e < 0)
-        return api_fail(err, 500, "internal", "cannot seal the key: %s", strerror(-e));
-    report_release(r, key, type_s, "success", NULL);
-    json_t *answer = json_pack("{s:s, s:O}", "jwe", jwe, "ciphertext", json_object_get(dk, "ciphertext"));
-    api_respond_json(r->req, r->route, r->started, 200, answer);
-    json_decref(answer);
     return 0;
 }

@@ -2,12 +2,11 @@
  * only, each exactly once, nothing else) and re-serialised for the audit
  * role, which checks them again; no client text reaches the role.
  *
- * The event loops never wait on the audit role: a request becomes a job for
- * a small pool of fetch threads (at most FETCH_PENDING_MAX jobs, then 503),
- * and the answer comes back to the loop that took the request through an h2o
- * message. A fetch thread first waits (at most AUDIT_FLUSH_TIMEOUT_MS) for
- * the events this process emitted before the request to reach the log, so a
- * client reads its own writes. */
+ * The event loops never wait on the audit role: a read is a job on the
+ * API's pool for local calls (offload.h; 503 when it is full), answered back
+ * on the loop that took the request. A worker first waits (at most
+ * AUDIT_FLUSH_TIMEOUT_MS) for the events this process emitted before the
+ * request to reach the log, so a client reads its own writes. */
 #include "api/handlers-audit.h"
 
 #include "api/handlers-policy.h"
@@ -16,7 +15,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/un.h>
 
 #include "audit/client.h"
 #include "audit/entry.h"
@@ -26,28 +24,11 @@
 
 #define AUDIT_CALL_TIMEOUT_MS 3000
 #define AUDIT_FLUSH_TIMEOUT_MS 500
-#define FETCH_THREADS 2
-#define FETCH_PENDING_MAX 64
 
-/* Where answers for one event loop arrive. Created on the loop's first audit
- * request and kept until the process exits: a fetch thread may still post to
- * it while the loop shuts down. */
-typedef struct loop_receiver {
-    h2o_multithread_queue_t *queue;
-    h2o_multithread_receiver_t receiver;
-} loop_receiver;
-
-typedef struct fetch_anchor fetch_anchor;
-
-/* One request to the audit role. Owned by the job queue, then by a fetch
- * thread, then by the loop that answers and frees it. REQ and ANCHOR are only
- * touched on the loop (the anchor clears REQ when the client goes away). */
+/* One read of the audit role, off the loop. Owns BODY. */
 typedef struct audit_fetch {
-    h2o_linklist_t link;
-    h2o_multithread_message_t msg;
-    loop_receiver *back;
-    h2o_req_t *req;
-    fetch_anchor *anchor;
+    offload_job super;
+    const char *socket_path; /* the server's configuration */
     api_route route;
     uint64_t started;
     char path[256];
@@ -57,90 +38,38 @@ typedef struct audit_fetch {
     size_t len;
 } audit_fetch;
 
-struct fetch_anchor {
-    audit_fetch *f;
-};
+/* Each worker's connection to the audit role, kept alive between reads and
+ * closed when the worker ends. */
+static pthread_key_t client_key;
+static pthread_once_t client_once = PTHREAD_ONCE_INIT;
 
-static struct {
-    pthread_mutex_t lock;
-    pthread_cond_t wake;
-    h2o_linklist_t jobs;
-    size_t pending; /* queued or being fetched */
-    bool started;
-    char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
-
-static pthread_key_t receiver_key;
-static pthread_once_t receiver_once = PTHREAD_ONCE_INIT;
-
-static void receiver_key_init(void)
+static void client_free(void *c)
 {
-    pthread_key_create(&receiver_key, NULL);
+    audit_client_free(c);
 }
 
-/* A fetch thread: takes jobs, asks the audit role, posts the answer back. */
-static void *fetch_main(void *arg)
+static void client_key_init(void)
 {
-    audit_client *c = arg;
-    pthread_mutex_lock(&pool.lock);
-    for (;;) {
-        while (h2o_linklist_is_empty(&pool.jobs))
-            pthread_cond_wait(&pool.wake, &pool.lock);
-        audit_fetch *f = H2O_STRUCT_FROM_MEMBER(audit_fetch, link, pool.jobs.next);
-        h2o_linklist_unlink(&f->link);
-        pthread_mutex_unlock(&pool.lock);
-        audit_event_flush(AUDIT_FLUSH_TIMEOUT_MS);
-        f->error = audit_client_request(c, "GET", f->path, NULL, 0, AUDIT_CALL_TIMEOUT_MS, &f->status, &f->body,
-                                        &f->len);
-        pthread_mutex_lock(&pool.lock);
-        pool.pending--;
-        h2o_multithread_send_message(&f->back->receiver, &f->msg);
-    }
-    return NULL;
+    pthread_key_create(&client_key, client_free);
 }
 
-/* Starts the fetch threads once. Returns 0 or a negative errno. */
-static int pool_start(const char *socket_path)
+static void fetch_work(offload_job *j)
 {
-    int r = 0;
-    pthread_mutex_lock(&pool.lock);
-    if (!pool.started) {
-        if (!socket_path || strlen(socket_path) >= sizeof(pool.socket_path))
-            r = -ENAMETOOLONG;
-        else {
-            strcpy(pool.socket_path, socket_path);
-            h2o_linklist_init_anchor(&pool.jobs);
-        }
-        for (int i = 0; r == 0 && i < FETCH_THREADS; i++) {
-            audit_client *c;
-            pthread_t t;
-            r = audit_client_new(pool.socket_path, &c);
-            if (r == 0 && (r = -pthread_create(&t, NULL, fetch_main, c)) < 0)
-                audit_client_free(c);
-            if (r == 0) {
-                pthread_detach(t);
-                pool.started = true; /* one thread is enough to serve */
-            }
-        }
-        if (pool.started)
-            r = 0;
-    }
-    pthread_mutex_unlock(&pool.lock);
-    return r;
-}
-
-static void anchor_dispose(void *p)
-{
-    fetch_anchor *a = p;
-    if (a->f)
-        a->f->req = NULL;
+    audit_fetch *f = (audit_fetch *)j;
+    pthread_once(&client_once, client_key_init);
+    audit_client *c = pthread_getspecific(client_key);
+    if (!c && (f->error = f->socket_path ? audit_client_new(f->socket_path, &c) : -ENOTCONN) < 0)
+        return;
+    pthread_setspecific(client_key, c);
+    audit_event_flush(AUDIT_FLUSH_TIMEOUT_MS);
+    f->error = audit_client_request(c, "GET", f->path, NULL, 0, AUDIT_CALL_TIMEOUT_MS, &f->status, &f->body, &f->len);
 }
 
 /* Answers one fetched request on its loop. */
-static void respond(audit_fetch *f)
+static void respond(audit_fetch *f, h2o_req_t *req)
 {
     api_error err;
-    json_t *j = f->error == 0 ? json_loadb(f->body, f->len, 0, NULL) : NULL;
+    json_t *j = f->error == 0 ? json_loadb(f->body ? f->body : "", f->len, 0, NULL) : NULL;
     if (f->error < 0) {
         log_fields(LOG_LEVEL_WARN, "cannot reach the audit role", "error", strerror(-f->error), NULL);
         api_fail(&err, 503, "unavailable", "the audit log is not available right now; try again");
@@ -150,43 +79,21 @@ static void respond(audit_fetch *f)
         api_fail(&err, 400, "invalid", "%s",
                  json_string_value(json_object_get(json_object_get(j, "error"), "message")) ?: "bad request");
     else {
-        api_respond_json(f->req, f->route, f->started, 200, j);
+        api_respond_json(req, f->route, f->started, 200, j);
         json_decref(j);
         return;
     }
     json_decref(j);
-    api_respond_error(f->req, f->route, f->started, &err);
+    api_respond_error(req, f->route, f->started, &err);
 }
 
-static void on_fetched(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+static void fetch_done(offload_job *j, h2o_req_t *req)
 {
-    while (!h2o_linklist_is_empty(messages)) {
-        audit_fetch *f = H2O_STRUCT_FROM_MEMBER(audit_fetch, msg.link, messages->next);
-        h2o_linklist_unlink(&f->msg.link);
-        if (f->req) {
-            f->anchor->f = NULL;
-            respond(f);
-        }
-        free(f->body);
-        free(f);
-    }
-}
-
-/* The receiver of the calling loop thread (LOOP), created on first use; NULL
- * on allocation failure. */
-static loop_receiver *this_loop_receiver(h2o_loop_t *loop)
-{
-    pthread_once(&receiver_once, receiver_key_init);
-    loop_receiver *lr = pthread_getspecific(receiver_key);
-    if (lr)
-        return lr;
-    lr = calloc(1, sizeof(*lr));
-    if (!lr)
-        return NULL;
-    lr->queue = h2o_multithread_create_queue(loop);
-    h2o_multithread_register_receiver(lr->queue, &lr->receiver, on_fetched);
-    pthread_setspecific(receiver_key, lr);
-    return lr;
+    audit_fetch *f = (audit_fetch *)j;
+    if (req)
+        respond(f, req);
+    free(f->body);
+    free(f);
 }
 
 /* The role's endpoint for REST with the client's query checked; 0 or -1
@@ -241,26 +148,15 @@ int api_handle_audit(api_request *r, const char *rest, size_t rest_len, api_erro
         api_method_not_allowed(r->req, r->route, r->started, "GET");
         return 0;
     }
-    loop_receiver *lr = this_loop_receiver(r->req->conn->ctx->loop);
-    audit_fetch *f = lr && pool_start(r->server->cfg->audit_socket) == 0 ? calloc(1, sizeof(*f)) : NULL;
+    audit_fetch *f = calloc(1, sizeof(*f));
     if (!f)
-        return api_fail(err, 503, "unavailable", "the audit log is not available right now; try again");
-    *f = (audit_fetch){.back = lr, .req = r->req, .route = r->route, .started = r->started};
+        return api_fail(err, 500, "internal", "out of memory");
+    *f = (audit_fetch){.super = {.work = fetch_work, .done = fetch_done},
+                       .socket_path = r->server->cfg->audit_socket, .route = r->route, .started = r->started};
     snprintf(f->path, sizeof(f->path), "%s", path);
-    pthread_mutex_lock(&pool.lock);
-    bool full = pool.pending >= FETCH_PENDING_MAX;
-    if (!full) {
-        fetch_anchor *a = h2o_mem_alloc_shared(&r->req->pool, sizeof(*a), anchor_dispose);
-        a->f = f;
-        f->anchor = a;
-        pool.pending++;
-        h2o_linklist_insert(&pool.jobs, &f->link);
-        pthread_cond_signal(&pool.wake);
-    }
-    pthread_mutex_unlock(&pool.lock);
-    if (full) {
+    if (api_offload(r, r->server->local, &f->super, err) < 0) {
         free(f);
-        return api_fail(err, 503, "unavailable", "too many audit log reads in progress; try again");
+        return -1;
     }
     return 0;
 }

@@ -1,12 +1,15 @@
 /* The API and the KMS (see handlers-kms.h). The api role never holds key
- * material: it checks the caller and the Key resource, forwards the
- * operation to the kms role, reports it as an audit event (never with a
- * plaintext) and answers. Plaintexts in requests and answers are wiped. */
+ * material: it checks the caller and the Key resource on the event loop,
+ * forwards the operation to the kms role from a worker of the server's
+ * local pool (offload.h), then reports it as an audit event (never with a
+ * plaintext) and answers back on the loop. Plaintexts in requests and
+ * answers are wiped. */
 #include "api/handlers-kms.h"
 
 #include "api/handlers-attest.h"
 #include "api/handlers-policy.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -28,6 +31,8 @@ static store *kms_store;
 
 void api_kms_init(const char *socket, store *s)
 {
+    /* the kms client needs no libcurl; the API's remote calls (OIDC, on the
+     * offload workers) do, and it is set up once here, before any runs */
     curl_global_init(CURL_GLOBAL_DEFAULT);
     kms_socket = socket;
     kms_store = s;
@@ -39,8 +44,9 @@ void api_kms_done(void)
     curl_global_cleanup();
 }
 
-/* Calls the kms role; on anything but a 200 fills ERR from its answer (or
- * with 503 when it cannot be reached) and returns -1. */
+/* Calls the kms role, blocking: from a worker only (offload.h). On
+ * anything but a 200 fills ERR from its answer (or with 503 when it cannot
+ * be reached) and returns -1. */
 static int call(const char *path, const json_t *body, json_t **ret, api_error *err)
 {
     json_t *ans = NULL;
@@ -379,20 +385,18 @@ static const kms_endpoint endpoints[] = {
     {"verify", "kms.verify", "/v1/verify", "sign", false, {"message", "signature", "version"}},
 };
 
-/* Reports one KMS operation: who, which key and version, the outcome, and
- * the names (never the values) of the encryption context. */
-static void report(api_request *r, const char *action, const char *key, const json_t *body, const json_t *ans,
-                   const api_error *err)
+/* Reports one KMS operation by USER from IP: which key and version, the
+ * outcome, and the names (never the values) of the encryption context
+ * CONTEXT (may be NULL). Safe off the loop: it needs no request. */
+static void report_op(const char *action, const char *user, const char *ip, const char *key, const json_t *context,
+                      const json_t *ans, const api_error *err)
 {
-    char ip[64];
-    httpd_peer_ip(r->req, ip, sizeof(ip));
     json_t *details = json_object();
-    json_t *ctx = json_object_get(body, "context");
-    if (json_is_object(ctx)) {
+    if (json_is_object(context)) {
         json_t *names = json_array();
         const char *k;
         json_t *v;
-        json_object_foreach(ctx, k, v) json_array_append_new(names, json_string(k));
+        json_object_foreach((json_t *)context, k, v) json_array_append_new(names, json_string(k));
         json_object_set_new(details, "contextKeys", names);
     }
     json_t *version = json_object_get(ans, "version") ?: json_object_get(ans, "primaryVersion");
@@ -400,19 +404,100 @@ static void report(api_request *r, const char *action, const char *key, const js
         json_object_set(details, "version", version);
     if (err)
         json_object_set_new(details, "reason", json_string(err->message));
-    audit_event_emit(&(audit_event){.action = action, .user = caller_name(r->caller), .ip = ip, .kind = "Key",
-                                    .name = key, .outcome = err ? "failure" : "success", .details = details});
+    audit_event_emit(&(audit_event){.action = action, .user = user, .ip = ip, .kind = "Key", .name = key,
+                                    .outcome = err ? "failure" : "success", .details = details});
     json_decref(details);
 }
 
+/* report_op() for the caller of R, with BODY's context. */
+static void report(api_request *r, const char *action, const char *key, const json_t *body, const api_error *err)
+{
+    char ip[INET6_ADDRSTRLEN];
+    httpd_peer_ip(r->req, ip, sizeof(ip));
+    report_op(action, caller_name(r->caller), ip, key, json_object_get(body, "context"), NULL, err);
+}
+
 /* Sends ANS, wiping it when it holds a plaintext, and records the metrics. */
-static void respond(api_request *r, json_t *ans, bool secret)
+static void respond(h2o_req_t *req, api_route route, uint64_t started, json_t *ans, bool secret)
 {
     if (secret) {
-        kms_send_json_wiped(r->req, ans);
-        api_finish(r->route, r->started, 200);
+        kms_send_json_wiped(req, ans);
+        api_finish(route, started, 200);
     } else
-        api_respond_json(r->req, r->route, r->started, 200, ans);
+        api_respond_json(req, route, started, 200, ans);
+}
+
+/* One call to the kms role off the event loop, reported and answered back
+ * on it. Owns FWD, BODY and ANS (wiped when freed: FWD shares BODY's
+ * values, so BODY lives as long). */
+typedef struct kms_job {
+    offload_job super;
+    const char *path;   /* the kms role's */
+    const char *action; /* audit action; NULL: not reported (reads) */
+    bool secret_answer;
+    api_route route;
+    uint64_t started;
+    char key[KMS_KEY_NAME_MAX + 1];
+    char user[RESOURCE_NAME_MAX + 1];
+    char ip[INET6_ADDRSTRLEN];
+    json_t *fwd, *body, *ans;
+    int rc;
+    api_error err;
+} kms_job;
+
+static void kms_job_work(offload_job *j)
+{
+    kms_job *job = (kms_job *)j;
+    job->rc = call(job->path, job->fwd, &job->ans, &job->err);
+}
+
+/* Reports the operation (whether or not its client is still there: it
+ * happened) and answers REQ when there is one. */
+static void kms_job_done(offload_job *j, h2o_req_t *req)
+{
+    kms_job *job = (kms_job *)j;
+    bool ran = job->rc < 0 || job->ans; /* skipped when the client left before it started */
+    if (job->action && ran)
+        report_op(job->action, job->user, job->ip, job->key, json_object_get(job->body, "context"), job->ans, job->rc < 0 ? &job->err : NULL);
+    if (req && job->rc < 0)
+        api_respond_error(req, job->route, job->started, &job->err);
+    else if (req)
+        respond(req, job->route, job->started, job->ans, job->secret_answer);
+    kms_json_wipe_decref(job->fwd);
+    kms_json_wipe_decref(job->body);
+    kms_json_wipe_decref(job->ans);
+    free(job);
+}
+
+/* Forwards FWD to PATH of the kms role for R off the loop; KEY names the
+ * Key, BODY (the request's, may be NULL) the encryption context reported
+ * with ACTION (NULL: not reported), failures included. FWD and BODY are
+ * taken over, also on failure. Returns 0 (the answer follows), or -1 with
+ * ERR. */
+static int kms_forward(api_request *r, const char *path, const char *action, const char *key, json_t *fwd,
+                       json_t *body, bool secret_answer, api_error *err)
+{
+    kms_job *job = calloc(1, sizeof(*job));
+    if (!job) {
+        kms_json_wipe_decref(fwd);
+        kms_json_wipe_decref(body);
+        return api_fail(err, 500, "internal", "out of memory");
+    }
+    *job = (kms_job){.super = {.work = kms_job_work, .done = kms_job_done}, .path = path, .action = action,
+                     .secret_answer = secret_answer, .route = r->route, .started = r->started, .fwd = fwd,
+                     .body = body};
+    snprintf(job->key, sizeof(job->key), "%s", key);
+    snprintf(job->user, sizeof(job->user), "%s", caller_name(r->caller));
+    httpd_peer_ip(r->req, job->ip, sizeof(job->ip));
+    if (api_offload(r, r->server->local, &job->super, err) < 0) {
+        if (action)
+            report_op(action, job->user, job->ip, key, json_object_get(body, "context"), NULL, err);
+        kms_json_wipe_decref(job->fwd);
+        kms_json_wipe_decref(job->body);
+        free(job);
+        return -1;
+    }
+    return 0;
 }
 
 /* POST /v1/kms/{encrypt,decrypt,datakey,rewrap,sign,verify}: decided as
@@ -447,61 +532,112 @@ static int handle_op(api_request *r, const kms_endpoint *ep, api_error *err)
         rc = key_decide(r, ep->name, key, ep->purpose ?: "encrypt", true, &k, err);
     if (rc < 0) {
         if (rc != -EACCES) /* a refusal is an audit entry already */
-            report(r, ep->action, key[0] ? key : NULL, body, NULL, err);
+            report(r, ep->action, key[0] ? key : NULL, body, err);
         return -1;
     }
-    _cleanup_(kms_json_wipe_decrefp) json_t *fwd = json_pack("{s:s, s:s}", "key", key, "algorithm", k.algorithm);
+    json_t *fwd = json_pack("{s:s, s:s}", "key", key, "algorithm", k.algorithm);
     if (!fwd)
         return api_fail(err, 500, "internal", "out of memory");
     copy_fields(fwd, body, ep->fields);
-    _cleanup_(kms_json_wipe_decrefp) json_t *ans = NULL;
-    if (call(ep->kms_path, fwd, &ans, err) < 0) {
-        report(r, ep->action, key, body, NULL, err);
-        return -1;
-    }
-    report(r, ep->action, key, body, ans, NULL);
-    respond(r, ans, ep->secret_answer);
+    return kms_forward(r, ep->kms_path, ep->action, key, fwd, TAKE_PTR(body), ep->secret_answer, err);
     return 0;
 }
 
-/* The verb that enabling or disabling VERSION of Key NAME needs into
- * *RET_VERB: `disable`, or `destroy` when the version is pending destruction
- * (which this cancels: *RET_CANCEL). The version's state is read only for a
- * caller who may do either, from a Key that exists; otherwise the answer is
- * `disable`, for key_decide() to refuse. Returns 0 or -1 with ERR (the KMS
- * could not be asked). */
-static int version_verb(api_request *r, const char *name, uint32_t version, const char **ret_verb, bool *ret_cancel,
-                        api_error *err)
+/* Decides VERB on Key NAME for R, then forwards the call (PATH, audited as
+ * ACTION unless it is a describe) to the kms role; for a version change
+ * (VERSION > 0), with BODY's state and CANCEL. Returns 0 (the answer
+ * follows), or -1 with ERR. */
+static int key_call(api_request *r, const char *name, const char *action, const char *path, const char *verb,
+                    unsigned long version, bool cancel, const json_t *body, api_error *err)
 {
-    *ret_verb = "disable";
-    *ret_cancel = false;
     key_info k;
-    if ((!api_may(r->server, r->req, r->caller, "disable", "Key", name) &&
-         !api_may(r->server, r->req, r->caller, "destroy", "Key", name)) ||
-        key_resource(name, NULL, &k, err) < 0)
-        return 0;
-    _cleanup_(json_decrefp) json_t *q = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm);
-    _cleanup_(json_decrefp) json_t *desc = NULL;
-    if (!q)
-        return api_fail(err, 500, "internal", "out of memory");
-    if (call("/v1/key", q, &desc, err) < 0)
+    if (key_decide(r, verb, name, NULL, false, &k, err) < 0)
         return -1;
+    json_t *fwd = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm);
+    if (!fwd)
+        return api_fail(err, 500, "internal", "out of memory");
+    if (version) {
+        static const char *const fields[] = {"state", "destroyAfterSeconds", NULL};
+        copy_fields(fwd, body, fields);
+        json_object_set_new(fwd, "version", json_integer((json_int_t)version));
+        json_object_set_new(fwd, "cancel", json_boolean(cancel));
+    }
+    return kms_forward(r, path, strcmp(action, "kms.describe") != 0 ? action : NULL, name, fwd, NULL, false, err);
+}
+
+/* Enabling or disabling a version needs `disable`, or `destroy` when the
+ * version is pending destruction (which this cancels): the Key's
+ * description is asked of the kms role off the loop (a kms_job on
+ * /v1/key, its BODY the request's), then the call is decided and made.
+ * Holds the caller's references. */
+typedef struct version_job {
+    kms_job super;
+    api_server *server;
+    caller who;
+    uint32_t version;
+} version_job;
+
+static void version_done(offload_job *j, h2o_req_t *req)
+{
+    version_job *job = (version_job *)j;
+    kms_job *k = &job->super;
+    bool pending = false;
     size_t i;
     json_t *v;
-    json_array_foreach(json_object_get(desc, "versions"), i, v)
+    json_array_foreach(json_object_get(k->ans, "versions"), i, v)
     {
-        if (json_integer_value(json_object_get(v, "version")) == (json_int_t)version &&
-            strcmp(json_string_value(json_object_get(v, "state")) ?: "", "pendingDestruction") == 0) {
-            *ret_verb = "destroy";
-            *ret_cancel = true;
-        }
+        if (json_integer_value(json_object_get(v, "version")) == (json_int_t)job->version &&
+            strcmp(json_string_value(json_object_get(v, "state")) ?: "", "pendingDestruction") == 0)
+            pending = true;
     }
-    return 0;
+    api_request r = {.server = job->server, .req = req, .route = k->route, .started = k->started,
+                     .caller = &job->who};
+    if (req && (k->rc < 0 || key_call(&r, k->key, "kms.version", "/v1/version", pending ? "destroy" : "disable",
+                                      job->version, pending, k->body, &k->err) < 0))
+        api_respond_error(req, k->route, k->started, &k->err);
+    caller_clear(&job->who);
+    json_decref(k->fwd);
+    json_decref(k->body);
+    json_decref(k->ans);
+    free(job);
+}
+
+/* Enables or disables VERSION of Key NAME (BODY: the request's): the
+ * version's state is read only for a caller who may disable or destroy,
+ * from a Key that exists; otherwise the call is decided as `disable`, for
+ * key_decide() to refuse. Returns 0 (the answer follows), or -1 with ERR. */
+static int version_change(api_request *r, const char *name, uint32_t version, json_t *body, api_error *err)
+{
+    key_info k;
+    api_error ignored;
+    if ((!api_may(r->server, r->req, r->caller, "disable", "Key", name) &&
+         !api_may(r->server, r->req, r->caller, "destroy", "Key", name)) ||
+        key_resource(name, NULL, &k, &ignored) < 0)
+        return key_call(r, name, "kms.version", "/v1/version", "disable", version, false, body, err);
+    version_job *job = calloc(1, sizeof(*job));
+    if (!job)
+        return api_fail(err, 500, "internal", "out of memory");
+    *job = (version_job){.super = {.super = {.work = kms_job_work, .done = version_done}, .path = "/v1/key",
+                                   .route = r->route, .started = r->started,
+                                   .fwd = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm),
+                                   .body = json_incref(body)},
+                         .server = r->server, .version = version,
+                         .who = {json_incref(r->caller->user), json_incref(r->caller->credential)}};
+    snprintf(job->super.key, sizeof(job->super.key), "%s", name);
+    int e = job->super.fwd ? api_offload(r, r->server->local, &job->super.super, err)
+                           : api_fail(err, 500, "internal", "out of memory");
+    if (e < 0) {
+        caller_clear(&job->who);
+        json_decref(job->super.fwd);
+        json_decref(job->super.body);
+        free(job);
+    }
+    return e;
 }
 
 /* GET /v1/kms/keys/{name} (get), POST .../rotate (rotate), POST
- * .../versions/{n} (disable, or destroy: see version_verb()), each decided
- * on Key NAME; .../release is attested release (handlers-attest.c). */
+ * .../versions/{n} (disable, or destroy: see version_change()), each
+ * decided on Key NAME; .../release is attested release (handlers-attest.c). */
 static int handle_key(api_request *r, const char *rest, size_t len, api_error *err)
 {
     char name[RESOURCE_NAME_MAX + 1], tail[64] = "";
@@ -537,40 +673,19 @@ static int handle_key(api_request *r, const char *rest, size_t len, api_error *e
         api_method_not_allowed(r->req, r->route, r->started, method);
         return 0;
     }
-    _cleanup_(json_decrefp) json_t *body = NULL;
-    const char *verb = !tail[0] ? "get" : version ? "destroy" : "rotate";
-    bool cancel = false;
-    if (version) {
-        body = api_decode_body(r->req->entity.base, r->req->entity.len, err);
-        if (!body)
-            return -1;
-        const char *state = json_string_value(json_object_get(body, "state"));
-        if (!json_is_object(body) || !state ||
-            (strcmp(state, "enabled") != 0 && strcmp(state, "disabled") != 0 && strcmp(state, "destroyed") != 0))
-            return api_fail(err, 400, "invalid",
-                            "the body must be {\"state\": \"enabled|disabled|destroyed\"[, \"destroyAfterSeconds\": N]}");
-        if (strcmp(state, "destroyed") != 0 && version_verb(r, name, (uint32_t)version, &verb, &cancel, err) < 0)
-            return -1;
-    }
-    key_info k;
-    if (key_decide(r, verb, name, NULL, false, &k, err) < 0)
+    if (!version)
+        return key_call(r, name, action, path, !tail[0] ? "get" : "rotate", 0, false, NULL, err);
+    json_auto_t *body = api_decode_body(r->req->entity.base, r->req->entity.len, err);
+    if (!body)
         return -1;
-    _cleanup_(json_decrefp) json_t *fwd = json_pack("{s:s, s:s}", "key", name, "algorithm", k.algorithm);
-    _cleanup_(json_decrefp) json_t *ans = NULL;
-    if (!fwd)
-        return api_fail(err, 500, "internal", "out of memory");
-    if (version) {
-        static const char *const fields[] = {"state", "destroyAfterSeconds", NULL};
-        copy_fields(fwd, body, fields);
-        json_object_set_new(fwd, "version", json_integer((json_int_t)version));
-        json_object_set_new(fwd, "cancel", json_boolean(cancel));
-    }
-    int rc = call(path, fwd, &ans, err);
-    if (strcmp(action, "kms.describe") != 0)
-        report(r, action, name, NULL, ans, rc < 0 ? err : NULL);
-    if (rc == 0)
-        respond(r, ans, false);
-    return rc;
+    const char *state = json_string_value(json_object_get(body, "state"));
+    if (!json_is_object(body) || !state ||
+        (strcmp(state, "enabled") != 0 && strcmp(state, "disabled") != 0 && strcmp(state, "destroyed") != 0))
+        return api_fail(err, 400, "invalid",
+                        "the body must be {\"state\": \"enabled|disabled|destroyed\"[, \"destroyAfterSeconds\": N]}");
+    if (strcmp(state, "destroyed") == 0)
+        return key_call(r, name, action, path, "destroy", version, false, body, err);
+    return version_change(r, name, (uint32_t)version, body, err);
 }
 
 int api_handle_kms(api_request *r, const char *rest, size_t rest_len, api_error *err)

@@ -19,6 +19,9 @@ void api_kms_done(void);
  * verify, and keys/{name}[/rotate | /versions/{n}]. */
 int api_handle_kms(api_request *r, const char *rest, size_t rest_len, api_error *err);
 
+/* The three calls below block on the kms role: run them off the event
+ * loop (offload.h). */
+
 /* Replaces every value of a Secret document's spec.data with a KMS
  * ciphertext bound to the Secret's name and the value's key; a value that is
  * unchanged from the stored Secret keeps its stored ciphertext, so

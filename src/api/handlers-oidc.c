@@ -23,8 +23,10 @@
  * process; several replicas would keep them in the store). Provider
  * metadata and keys are cached for an hour; an ID token signed with an
  * unknown kid makes the keys be fetched again (at most every 10 seconds).
- * Provider HTTP calls are made on the event loop: logins are rare, and each
- * call is capped at 15 seconds. */
+ * Provider HTTP calls (discovery, keys, token exchange) and the client
+ * secret's unsealing run off the event loops, on the API's pool for remote
+ * calls (offload.h), each call capped at 15 seconds; a logout finds the
+ * provider's end-session endpoint among those discovered, without a call. */
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
@@ -85,8 +87,36 @@ typedef struct provider {
     int64_t fetched, keys_fetched;
 } provider;
 
+/* Held by workers across discovery (network calls): never taken on a loop. */
 static pthread_mutex_t providers_lock = PTHREAD_MUTEX_INITIALIZER;
 static provider providers[PROVIDERS_MAX];
+
+/* The end-session endpoints of the providers discovered, for logouts on
+ * the event loops, under a lock never held across a network call. */
+typedef struct end_session {
+    char name[RESOURCE_NAME_MAX + 1];
+    char url[1024]; /* "" when the provider has none, or a longer one */
+} end_session;
+static pthread_mutex_t end_sessions_lock = PTHREAD_MUTEX_INITIALIZER;
+static end_session end_sessions[PROVIDERS_MAX];
+
+/* Remembers provider NAME's end-session endpoint URL (may be NULL). */
+static void end_session_remember(const char *name, const char *url)
+{
+    pthread_mutex_lock(&end_sessions_lock);
+    end_session *slot = &end_sessions[0];
+    for (size_t i = 0; i < PROVIDERS_MAX; i++) {
+        if (strcmp(end_sessions[i].name, name) == 0 || !end_sessions[i].name[0]) {
+            slot = &end_sessions[i];
+            break;
+        }
+    }
+    snprintf(slot->name, sizeof(slot->name), "%s", name);
+    if (!url || strlen(url) >= sizeof(slot->url))
+        url = "";
+    snprintf(slot->url, sizeof(slot->url), "%s", url);
+    pthread_mutex_unlock(&end_sessions_lock);
+}
 
 static int64_t now_s(void)
 {
@@ -255,6 +285,7 @@ static provider *provider_get_locked(const json_t *idp, api_error *err)
     snprintf(p->name, sizeof(p->name), "%s", name);
     snprintf(p->rv, sizeof(p->rv), "%s", rv);
     p->fetched = now;
+    end_session_remember(name, p->meta.end_session_endpoint);
     return p;
 }
 
@@ -472,41 +503,24 @@ static void report(api_request *r, const char *action, const char *user, const c
 
 /* ---- GET /v1/auth/oidc/{idp}/login ---- */
 
-/* Starts a login at IDP_NAME: a pending login (state, nonce, PKCE verifier,
- * and LINK's return URL and bind when the browser came from a service host;
- * LINK may be NULL) and a redirect to the provider. Returns 0, or -1 with
- * ERR. */
-static int handle_login(api_request *r, const char *idp_name, const login_link *link, api_error *err)
-{
-    if (api_auth_rate_check_ip(r, err) < 0)
-        return -1;
-    pending p = {0};
-    char cli_redirect[URI_MAX] = "";
-    if (api_query_param(r->req, "cli_redirect", cli_redirect, sizeof(cli_redirect))) {
-        if (!percent_decode(cli_redirect) || !loopback_uri_ok(cli_redirect))
-            return api_fail(err, 400, "invalid", "cli_redirect must be a loopback URI: http://127.0.0.1:PORT/PATH");
-        if (!query_token(r->req, "cli_challenge", p.cli_challenge, sizeof(p.cli_challenge)) ||
-            strlen(p.cli_challenge) != OIDC_RANDOM_LEN)
-            return api_fail(err, 400, "invalid", "a CLI login needs cli_challenge, the S256 PKCE challenge of its verifier");
-        snprintf(p.cli_redirect, sizeof(p.cli_redirect), "%s", cli_redirect);
-    }
-    if (link) {
-        if (p.cli_redirect[0])
-            return api_fail(err, 400, "invalid", "rd (a browser login) and cli_redirect (a CLI login) exclude each other");
-        snprintf(p.rd, sizeof(p.rd), "%s", link->rd.url);
-        snprintf(p.bind, sizeof(p.bind), "%s", link->bind);
-    }
-    json_auto_t *idp = NULL;
-    if (load_idp(r->server, idp_name, &idp, err) < 0)
-        return -1;
-    if (callback_uri(r->req, p.redirect_uri, sizeof(p.redirect_uri), err) < 0)
-        return -1;
-    if (oidc_random(p.state) < 0 || oidc_random(p.nonce) < 0 || oidc_random(p.verifier) < 0)
-        return api_fail(err, 500, "internal", "no randomness");
+/* The provider half of a login start, off the loop: discovery (when not
+ * cached) and the authorization URL. Owns IDP; P is wiped when freed. */
+typedef struct login_job {
+    offload_job super;
+    api_route route;
+    uint64_t started;
+    pending p;
     char challenge[OIDC_RANDOM_LEN + 1];
-    oidc_pkce_challenge(p.verifier, challenge);
-    snprintf(p.idp, sizeof(p.idp), "%s", idp_name);
+    json_t *idp;
+    strbuf url;
+    int rc;
+    api_error err;
+} login_job;
 
+/* The authorization URL of login P at provider IDP with CHALLENGE into
+ * URL (which holds the provider's authorization endpoint). */
+static int authorization_url(const pending *p, const json_t *idp, const char *challenge, strbuf *url)
+{
     /* scope: openid first, then the resource's scopes */
     _cleanup_strbuf_ strbuf scope;
     strbuf_init(&scope, 4096);
@@ -515,55 +529,116 @@ static int handle_login(api_request *r, const char *idp_name, const login_link *
     json_t *s;
     json_array_foreach(json_object_get(json_object_get(idp, "spec"), "scopes"), i, s) if (strcmp(json_string_value(s), "openid"))
         strbuf_printf(&scope, " %s", json_string_value(s));
-
-    _cleanup_strbuf_ strbuf url;
-    strbuf_init(&url, 8192);
-    pthread_mutex_lock(&providers_lock);
-    provider *prov = provider_get_locked(idp, err);
-    if (prov)
-        strbuf_puts(&url, prov->meta.authorization_endpoint);
-    pthread_mutex_unlock(&providers_lock);
-    if (!prov)
-        return -1;
     _cleanup_strbuf_ strbuf q;
     strbuf_init(&q, 8192);
     int e = add_param(&q, "response_type", "code");
     if (e == 0)
         e = add_param(&q, "client_id", idp_string(idp, "clientId"));
     if (e == 0)
-        e = add_param(&q, "redirect_uri", p.redirect_uri);
+        e = add_param(&q, "redirect_uri", p->redirect_uri);
     if (e == 0)
         e = add_param(&q, "scope", scope.data);
     if (e == 0)
-        e = add_param(&q, "state", p.state);
+        e = add_param(&q, "state", p->state);
     if (e == 0)
-        e = add_param(&q, "nonce", p.nonce);
+        e = add_param(&q, "nonce", p->nonce);
     if (e == 0)
         e = add_param(&q, "code_challenge", challenge);
     if (e == 0)
         e = add_param(&q, "code_challenge_method", "S256");
     if (e == 0)
-        e = strbuf_printf(&url, "%c%s", strchr(url.data, '?') ? '&' : '?', q.data);
-    if (e < 0)
-        return api_fail(err, 500, "internal", "cannot build the authorization URL");
+        e = strbuf_printf(url, "%c%s", strchr(url->data, '?') ? '&' : '?', q.data);
+    return e;
+}
 
-    p.created = now_s();
-    pthread_mutex_lock(&pending_lock);
-    pending_put_locked(&p, p.created);
-    pthread_mutex_unlock(&pending_lock);
-    OPENSSL_cleanse(&p, sizeof(p));
+static void login_work(offload_job *j)
+{
+    login_job *job = (login_job *)j;
+    pthread_mutex_lock(&providers_lock);
+    provider *prov = provider_get_locked(job->idp, &job->err);
+    if (prov)
+        strbuf_puts(&job->url, prov->meta.authorization_endpoint);
+    pthread_mutex_unlock(&providers_lock);
+    if (!prov)
+        job->rc = -1;
+    else if (authorization_url(&job->p, job->idp, job->challenge, &job->url) < 0)
+        job->rc = api_fail(&job->err, 500, "internal", "cannot build the authorization URL");
+}
 
-    if (cli_redirect[0]) {
-        json_t *body = json_pack("{s:s}", "authorization_url", url.data);
-        api_respond_json(r->req, r->route, r->started, 200, body);
+/* Keeps the login pending and sends the browser (or the CLI) to the
+ * provider; a login whose client went away is forgotten. */
+static void login_done(offload_job *j, h2o_req_t *req)
+{
+    login_job *job = (login_job *)j;
+    if (req && job->rc < 0)
+        api_respond_error(req, job->route, job->started, &job->err);
+    else if (req && job->url.data) {
+        job->p.created = now_s();
+        pthread_mutex_lock(&pending_lock);
+        pending_put_locked(&job->p, job->p.created);
+        pthread_mutex_unlock(&pending_lock);
+        json_t *body;
+        if (job->p.cli_redirect[0])
+            body = json_pack("{s:s}", "authorization_url", job->url.data);
+        else {
+            h2o_iovec_t loc = h2o_strdup(&req->pool, job->url.data, job->url.len);
+            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_LOCATION, NULL, loc.base, loc.len);
+            body = json_pack("{s:s}", "location", job->url.data);
+        }
+        api_respond_json(req, job->route, job->started, job->p.cli_redirect[0] ? 200 : 302, body);
         json_decref(body);
-        return 0;
     }
-    h2o_iovec_t loc = h2o_strdup(&r->req->pool, url.data, url.len);
-    h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_LOCATION, NULL, loc.base, loc.len);
-    json_t *body = json_pack("{s:s}", "location", url.data);
-    api_respond_json(r->req, r->route, r->started, 302, body);
-    json_decref(body);
+    OPENSSL_cleanse(&job->p, sizeof(job->p));
+    strbuf_free(&job->url);
+    json_decref(job->idp);
+    free(job);
+}
+
+/* Starts a login at IDP_NAME: a pending login (state, nonce, PKCE verifier,
+ * and LINK's return URL and bind when the browser came from a service host;
+ * LINK may be NULL) and a redirect to the provider, once the provider is
+ * known (off the loop). Returns 0, or -1 with ERR. */
+static int handle_login(api_request *r, const char *idp_name, const login_link *link, api_error *err)
+{
+    if (api_auth_rate_check_ip(r, err) < 0)
+        return -1;
+    _cleanup_free_ login_job *job = calloc(1, sizeof(*job));
+    if (!job)
+        return api_fail(err, 500, "internal", "out of memory");
+    *job = (login_job){.super = {.work = login_work, .done = login_done}, .route = r->route, .started = r->started};
+    pending *p = &job->p;
+    char cli_redirect[URI_MAX] = "";
+    if (api_query_param(r->req, "cli_redirect", cli_redirect, sizeof(cli_redirect))) {
+        if (!percent_decode(cli_redirect) || !loopback_uri_ok(cli_redirect))
+            return api_fail(err, 400, "invalid", "cli_redirect must be a loopback URI: http://127.0.0.1:PORT/PATH");
+        if (!query_token(r->req, "cli_challenge", p->cli_challenge, sizeof(p->cli_challenge)) ||
+            strlen(p->cli_challenge) != OIDC_RANDOM_LEN)
+            return api_fail(err, 400, "invalid", "a CLI login needs cli_challenge, the S256 PKCE challenge of its verifier");
+        snprintf(p->cli_redirect, sizeof(p->cli_redirect), "%s", cli_redirect);
+    }
+    if (link) {
+        if (p->cli_redirect[0])
+            return api_fail(err, 400, "invalid", "rd (a browser login) and cli_redirect (a CLI login) exclude each other");
+        snprintf(p->rd, sizeof(p->rd), "%s", link->rd.url);
+        snprintf(p->bind, sizeof(p->bind), "%s", link->bind);
+    }
+    json_auto_t *idp = NULL;
+    if (load_idp(r->server, idp_name, &idp, err) < 0)
+        return -1;
+    if (callback_uri(r->req, p->redirect_uri, sizeof(p->redirect_uri), err) < 0)
+        return -1;
+    if (oidc_random(p->state) < 0 || oidc_random(p->nonce) < 0 || oidc_random(p->verifier) < 0)
+        return api_fail(err, 500, "internal", "no randomness");
+    oidc_pkce_challenge(p->verifier, job->challenge);
+    snprintf(p->idp, sizeof(p->idp), "%s", idp_name);
+    strbuf_init(&job->url, 8192);
+    job->idp = idp;
+    if (api_offload(r, r->server->remote, &job->super, err) < 0) {
+        OPENSSL_cleanse(p, sizeof(*p));
+        return -1;
+    }
+    TAKE_PTR(idp); /* the job's now */
+    TAKE_PTR(job);
     return 0;
 }
 
@@ -775,62 +850,33 @@ static int send_handoff(api_request *r, const pending *p, const json_t *user, co
     return 0;
 }
 
-static int handle_callback(api_request *r, api_error *err)
+/* A login back from its provider with CLAIMS of IDP: the user mapped, a
+ * Session opened, and the browser or CLI of login P sent on. Returns 0 (R
+ * answered), or -1 with ERR (reported). */
+static int callback_finish(api_request *r, const pending *p, const json_t *idp, const json_t *claims, api_error *err)
 {
-    if (api_auth_rate_check_ip(r, err) < 0)
-        return -1;
-    char state[OIDC_RANDOM_LEN + 8], code[2048], error[128];
-    pending p;
-    if (!query_token(r->req, "state", state, sizeof(state)) || !pending_take(state, false, &p)) {
-        report(r, "auth.login", NULL, NULL, NULL, "failure", "unknown, used or expired state");
-        return api_fail(err, 400, "invalid", "unknown, already used or expired login state; start the login again");
-    }
-    int ret = -1;
-    json_auto_t *idp = NULL, *claims = NULL, *user = NULL;
-    if (query_token(r->req, "error", error, sizeof(error))) {
-        report(r, "auth.login", NULL, p.idp, NULL, "failure", "the identity provider refused the login");
-        api_fail(err, 401, "unauthenticated", "identity provider %s refused the login: %s", p.idp, error);
-        goto out;
-    }
-    if (!query_token(r->req, "code", code, sizeof(code))) {
-        api_fail(err, 400, "invalid", "the callback has no authorization code");
-        goto out;
-    }
-    if (load_idp(r->server, p.idp, &idp, err) < 0)
-        goto out;
-    if (redeem_code(&p, code, idp, &claims, err) < 0) {
-        report(r, "auth.login", NULL, p.idp, NULL, "failure", err->message);
-        goto out;
-    }
+    json_auto_t *user = NULL;
     if (map_user(r->server, idp, claims, &user, err) < 0) {
-        report(r, "auth.login", NULL, p.idp, NULL, "denied", err->message);
-        goto out;
+        report(r, "auth.login", NULL, p->idp, NULL, "denied", err->message);
+        return -1;
     }
     if (json_is_true(json_object_get(json_object_get(user, "spec"), "disabled"))) {
-        report(r, "auth.login", doc_name(user), p.idp, NULL, "denied", "user disabled");
-        api_fail(err, 403, "forbidden", "user %s is disabled", doc_name(user));
-        goto out;
+        report(r, "auth.login", doc_name(user), p->idp, NULL, "denied", "user disabled");
+        return api_fail(err, 403, "forbidden", "user %s is disabled", doc_name(user));
     }
     json_t *tokens;
-    if (api_auth_open_session(r, user, NULL, p.idp, now_s() + AUTH_SESSION_TTL_S, &tokens, err) < 0)
-        goto out;
+    if (api_auth_open_session(r, user, NULL, p->idp, now_s() + AUTH_SESSION_TTL_S, &tokens, err) < 0)
+        return -1;
     const char *sid = json_string_value(json_object_get(tokens, "session"));
-    report(r, "auth.login", doc_name(user), p.idp, sid, "success", NULL);
-    ret = 0;
-    if (p.cli_redirect[0]) {
+    report(r, "auth.login", doc_name(user), p->idp, sid, "success", NULL);
+    if (p->cli_redirect[0]) {
         /* hand the tokens to the CLI that started this login, through its loopback */
         pending handoff = {.created = now_s(), .tokens = tokens};
-        memcpy(handoff.cli_challenge, p.cli_challenge, sizeof(handoff.cli_challenge));
-        if (oidc_random(handoff.code) < 0) {
+        memcpy(handoff.cli_challenge, p->cli_challenge, sizeof(handoff.cli_challenge));
+        char *loc = NULL;
+        if (oidc_random(handoff.code) < 0 || asprintf(&loc, "%s?code=%s", p->cli_redirect, handoff.code) < 0) {
             pending_clear(&handoff);
-            ret = api_fail(err, 500, "internal", "no randomness");
-            goto out;
-        }
-        char *loc;
-        if (asprintf(&loc, "%s?code=%s", p.cli_redirect, handoff.code) < 0) {
-            pending_clear(&handoff);
-            ret = api_fail(err, 500, "internal", "out of memory");
-            goto out;
+            return api_fail(err, 500, "internal", "no randomness or memory for the CLI's code");
         }
         pthread_mutex_lock(&pending_lock);
         pending_put_locked(&handoff, handoff.created);
@@ -842,22 +888,90 @@ static int handle_callback(api_request *r, api_error *err)
         json_t *body = json_pack("{s:s}", "status", "logged in; back to the command line");
         api_respond_json(r->req, ROUTE_AUTH_OIDC, r->started, 302, body);
         json_decref(body);
-        goto out;
+        return 0;
     }
-    if (p.rd[0]) {
+    if (p->rd[0]) {
         /* back to the service host the browser came from */
-        ret = send_handoff(r, &p, user, sid, tokens, err);
+        int ret = send_handoff(r, p, user, sid, tokens, err);
         tokens_wipe_decref(tokens);
-        goto out;
+        return ret;
     }
     set_session_cookie(r, json_string_value(json_object_get(tokens, "access_token")));
     json_t *body = json_pack("{s:s, s:s, s:i}", "user", doc_name(user), "session", sid, "expires_in", AUTH_ACCESS_TTL_S);
     api_respond_json(r->req, ROUTE_AUTH_OIDC, r->started, 200, body);
     json_decref(body);
     tokens_wipe_decref(tokens);
-out:
-    OPENSSL_cleanse(code, sizeof(code));
-    pending_clear(&p);
+    return 0;
+}
+
+/* The provider half of a callback, off the loop: the code traded for
+ * tokens (with the client secret from the KMS) and the ID token checked.
+ * Owns IDP and CLAIMS; P and CODE are wiped when freed. */
+typedef struct callback_job {
+    offload_job super;
+    api_server *server;
+    uint64_t started;
+    pending p;
+    char code[2048];
+    json_t *idp, *claims;
+    int rc;
+    api_error err;
+} callback_job;
+
+static void callback_work(offload_job *j)
+{
+    callback_job *job = (callback_job *)j;
+    job->rc = redeem_code(&job->p, job->code, job->idp, &job->claims, &job->err);
+}
+
+/* Finishes the login on the loop; a login whose browser went away is
+ * dropped (its code is spent, no session is opened). */
+static void callback_done(offload_job *j, h2o_req_t *req)
+{
+    callback_job *job = (callback_job *)j;
+    static const caller nobody;
+    api_request r = {.server = job->server, .req = req, .route = ROUTE_AUTH_OIDC, .started = job->started,
+                     .caller = &nobody};
+    if (req && job->rc < 0)
+        report(&r, "auth.login", NULL, job->p.idp, NULL, "failure", job->err.message);
+    if (req && (job->rc < 0 || callback_finish(&r, &job->p, job->idp, job->claims, &job->err) < 0))
+        api_respond_error(req, ROUTE_AUTH_OIDC, job->started, &job->err);
+    OPENSSL_cleanse(job->code, sizeof(job->code));
+    pending_clear(&job->p);
+    json_decref(job->idp);
+    json_decref(job->claims);
+    free(job);
+}
+
+static int handle_callback(api_request *r, api_error *err)
+{
+    if (api_auth_rate_check_ip(r, err) < 0)
+        return -1;
+    char state[OIDC_RANDOM_LEN + 8], error[128];
+    callback_job *job = calloc(1, sizeof(*job));
+    if (!job)
+        return api_fail(err, 500, "internal", "out of memory");
+    *job = (callback_job){.super = {.work = callback_work, .done = callback_done}, .server = r->server,
+                          .started = r->started};
+    if (!query_token(r->req, "state", state, sizeof(state)) || !pending_take(state, false, &job->p)) {
+        free(job);
+        report(r, "auth.login", NULL, NULL, NULL, "failure", "unknown, used or expired state");
+        return api_fail(err, 400, "invalid", "unknown, already used or expired login state; start the login again");
+    }
+    int ret = -1;
+    if (query_token(r->req, "error", error, sizeof(error))) {
+        report(r, "auth.login", NULL, job->p.idp, NULL, "failure", "the identity provider refused the login");
+        api_fail(err, 401, "unauthenticated", "identity provider %s refused the login: %s", job->p.idp, error);
+    } else if (!query_token(r->req, "code", job->code, sizeof(job->code)))
+        api_fail(err, 400, "invalid", "the callback has no authorization code");
+    else if (load_idp(r->server, job->p.idp, &job->idp, err) == 0)
+        ret = api_offload(r, r->server->remote, &job->super, err);
+    if (ret < 0) {
+        OPENSSL_cleanse(job->code, sizeof(job->code));
+        pending_clear(&job->p);
+        json_decref(job->idp);
+        free(job);
+    }
     return ret;
 }
 
@@ -906,12 +1020,12 @@ int api_oidc_end_session_url(api_server *srv, const char *idp_name, char **ret)
         return -ENOENT;
     _cleanup_strbuf_ strbuf url;
     strbuf_init(&url, 4096);
-    api_error ignored;
-    pthread_mutex_lock(&providers_lock);
-    provider *prov = provider_get_locked(idp, &ignored);
-    const char *end = prov ? prov->meta.end_session_endpoint : NULL;
-    int r = end ? strbuf_puts(&url, end) : -ENOENT;
-    pthread_mutex_unlock(&providers_lock);
+    int r = -ENOENT;
+    pthread_mutex_lock(&end_sessions_lock);
+    for (size_t i = 0; i < PROVIDERS_MAX && r == -ENOENT; i++)
+        if (strcmp(end_sessions[i].name, idp_name) == 0 && end_sessions[i].url[0])
+            r = strbuf_puts(&url, end_sessions[i].url);
+    pthread_mutex_unlock(&end_sessions_lock);
     _cleanup_strbuf_ strbuf q;
     strbuf_init(&q, 1024);
     if (r == 0)

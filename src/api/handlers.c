@@ -405,11 +405,68 @@ static int expect_stored(store_op *op, const json_t *stored, api_error *err)
     return 0;
 }
 
-/* Seals the values of DOC, of kind K, when it is a Secret: KMS work, done
- * only for a write already decided. Returns 0 or -1 with ERR. */
-static int seal(json_t *doc, const resource_kind *k, api_error *err)
+/* Sealing the Secret values of a decided write: KMS work, off the loop. */
+typedef struct seal_job {
+    offload_job super;
+    api_server *srv;
+    pending_write *pw; /* owned until submitted */
+    int rc;
+    api_error err;
+} seal_job;
+
+static bool op_seals(const store_op *op)
 {
-    return strcmp(k->kind, "Secret") == 0 ? api_kms_seal_secret(doc, err) : 0;
+    return op->doc && strcmp(op->kind, "Secret") == 0;
+}
+
+static void seal_work(offload_job *j)
+{
+    seal_job *job = (seal_job *)j;
+    store_txn *txn = &job->pw->txn;
+    for (size_t i = 0; i < txn->n_ops && job->rc == 0; i++)
+        if (op_seals(&txn->ops[i]) && (job->rc = api_kms_seal_secret((json_t *)txn->ops[i].doc, &job->err)) < 0)
+            job->err.document = job->pw->route == ROUTE_APPLY ? (long)i : -1;
+}
+
+/* Writes the sealed documents, or answers why they could not be sealed;
+ * a write whose client went away before it was sealed is dropped. */
+static void seal_done(offload_job *j, h2o_req_t *req)
+{
+    seal_job *job = (seal_job *)j;
+    pending_write *pw = job->pw;
+    if (req && job->rc == 0)
+        submit_write(job->srv, pw);
+    else {
+        if (req)
+            api_respond_error(req, pw->route, pw->started, &job->err);
+        pending_write_free(pw);
+    }
+    free(job);
+}
+
+/* Submits PW (taken over, also on failure) to the store, once the values
+ * of its Secrets are sealed by the KMS (off the loop) when it has any.
+ * Returns 0 (the answer follows), or -1 with ERR. */
+static int seal_and_submit(api_server *srv, h2o_req_t *req, pending_write *pw, api_error *err)
+{
+    bool seals = false;
+    for (size_t i = 0; i < pw->txn.n_ops; i++)
+        seals |= op_seals(&pw->txn.ops[i]);
+    if (!seals) {
+        submit_write(srv, pw);
+        return 0;
+    }
+    seal_job *job = calloc(1, sizeof(*job));
+    if (job)
+        *job = (seal_job){.super = {.work = seal_work, .done = seal_done}, .srv = srv, .pw = pw};
+    api_request r = {.server = srv, .req = req, .route = pw->route, .started = pw->started};
+    int e = job ? api_offload(&r, srv->local, &job->super, err) : api_fail(err, 500, "internal", "out of memory");
+    if (e < 0) {
+        err->document = -1;
+        free(job);
+        pending_write_free(pw);
+    }
+    return e;
 }
 
 /* POST, PUT or DELETE of one resource of KIND (NAME from the URL, NULL for
@@ -448,7 +505,7 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
         err->document = -1;
         return -1;
     }
-    if (expect_stored(&op, stored, err) < 0 || (doc && seal(doc, kind, err) < 0))
+    if (expect_stored(&op, stored, err) < 0)
         return -1;
     size_t n_dependents = route == ROUTE_DELETE ? json_array_size(json_object_get(input, "dependents")) : 0;
     pending_write *pw = pending_write_new(req, route, started, c, input, 1 + n_dependents);
@@ -458,8 +515,7 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
     if (route == ROUTE_DELETE)
         api_auth_dependent_ops(pw->input, pw->ops + 1);
     api_auth_bind_credential(&pw->ops[0]);
-    submit_write(srv, pw);
-    return 0;
+    return seal_and_submit(srv, req, pw, err); /* Secret values go to the KMS only now, decided */
 }
 
 /* Checks document I of an apply (DOC) against its schema and the documents
@@ -532,14 +588,7 @@ static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const
         api_auth_bind_credential(&pw->ops[i]);
     }
     /* only now, every document decided: Secret values go to the KMS */
-    for (size_t i = 0; i < n; i++)
-        if (seal(json_array_get(items, i), kinds[i], err) < 0) {
-            err->document = (long)i;
-            pending_write_free(pw);
-            return -1;
-        }
-    submit_write(srv, pw);
-    return 0;
+    return seal_and_submit(srv, req, pw, err);
 }
 
 static void handle_get(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind,
@@ -1036,6 +1085,8 @@ void *api_handlers_thread_init(h2o_context_t *ctx, void *userdata)
     t->server = userdata;
     t->queue = h2o_multithread_create_queue(ctx->loop);
     h2o_multithread_register_receiver(t->queue, &t->write_done, on_write_done);
+    if (offload_loop_new(ctx->loop, &t->offload) < 0)
+        abort();
     h2o_timeout_init(ctx->loop, &t->watch_poll, API_SSE_POLL_MS);
     h2o_linklist_init_anchor(&t->watchers);
     return t;
@@ -1048,7 +1099,8 @@ void api_handlers_thread_drain(void *state)
 
 bool api_handlers_thread_busy(void *state)
 {
-    return ((api_thread *)state)->writes_in_flight > 0;
+    api_thread *t = state;
+    return t->writes_in_flight > 0 || offload_loop_in_flight(t->offload) > 0;
 }
 
 void api_handlers_thread_dispose(void *state)
@@ -1056,6 +1108,7 @@ void api_handlers_thread_dispose(void *state)
     api_thread *t = state;
     for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++)
         auth_cache_entry_clear(&t->auth_cache[i]);
+    offload_loop_free(t->offload);
     h2o_multithread_unregister_receiver(t->queue, &t->write_done);
     h2o_multithread_destroy_queue(t->queue);
     /* streams of connections that did not close keep their memory until the

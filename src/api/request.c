@@ -9,6 +9,7 @@
 #include "api/handlers-proxy.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -59,6 +60,17 @@ const char *doc_name(const json_t *doc)
 const char *caller_name(const caller *c)
 {
     return c->user ? doc_name(c->user) : "";
+}
+
+int api_offload(api_request *r, offload_pool *pool, offload_job *job, api_error *err)
+{
+    api_thread *t = httpd_thread_state(r->req);
+    int e = offload_submit(pool, t->offload, r->req, job);
+    if (e == -EAGAIN)
+        return api_fail(err, 503, "unavailable", "too many calls to other services in progress; try again");
+    if (e < 0)
+        return api_fail(err, 503, "unavailable", "the server is stopping; try again");
+    return 0;
 }
 
 void api_finish(api_route route, uint64_t started, int status)

@@ -36,6 +36,12 @@ typedef struct api_request {
     const caller *caller;
 } api_request;
 
+/* Runs JOB for R off the event loop: its work on a worker of POOL (the
+ * server's local or remote one), then its done on this loop (offload.h).
+ * Returns 0, or -1 with ERR (503: too many such calls in progress, or the
+ * server is stopping), JOB then still the caller's. */
+int api_offload(api_request *r, offload_pool *pool, offload_job *job, api_error *err);
+
 /* Send VALUE (borrowed) or ERR as the answer and record the metrics. */
 void api_respond_json(h2o_req_t *req, api_route route, uint64_t started, int status, const json_t *value);
 void api_respond_error(h2o_req_t *req, api_route route, uint64_t started, const api_error *err);

@@ -3,13 +3,27 @@
 #include "httpd/httpd.h"
 
 #define API_MAX_CONNECTIONS 4096 /* lowered below the descriptor limit at start (httpd) */
+/* workers for calls to the local roles: enough to keep the kms role busy
+ * while the loops parse the next requests; more jobs than this wait, past
+ * the cap they are refused (503) */
+#define API_LOCAL_WORKERS 4
+#define API_LOCAL_JOBS_MAX 1024
+#define API_REMOTE_WORKERS 4 /* identity providers: each call capped at 15 s */
+#define API_REMOTE_JOBS_MAX 64
 
 int api_run(const api_config *cfg)
 {
     api_server srv = {.cfg = cfg};
     int e = policy_source_new(cfg->store, &srv.policies);
-    if (e < 0)
+    if (e == 0)
+        e = offload_pool_new("api-local", API_LOCAL_WORKERS, API_LOCAL_JOBS_MAX, &srv.local);
+    if (e == 0)
+        e = offload_pool_new("api-remote", API_REMOTE_WORKERS, API_REMOTE_JOBS_MAX, &srv.remote);
+    if (e < 0) {
+        offload_pool_free(srv.local);
+        policy_source_free(srv.policies);
         return e;
+    }
     httpd_config h = {
         .name = "API",
         .listen = cfg->listen,
@@ -26,6 +40,8 @@ int api_run(const api_config *cfg)
         .ready_flag = cfg->ready_flag,
     };
     e = httpd_run(&h);
+    offload_pool_free(srv.remote); /* every loop is freed: their jobs are done */
+    offload_pool_free(srv.local);
     policy_source_free(srv.policies);
     return e;
 }

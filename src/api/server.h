@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 
 #include "api/api.h"
+#include "httpd/offload.h"
 #include "policy/policy-source.h"
 
 typedef struct api_server api_server;
@@ -29,12 +30,16 @@ typedef struct api_thread {
     h2o_timeout_t watch_poll;              /* how often watchers look for changes */
     h2o_linklist_t watchers;
     size_t writes_in_flight;
+    offload_loop *offload; /* blocking calls (KMS, identity providers) come back here */
     auth_cache_entry auth_cache[AUTH_CACHE_SLOTS];
 } api_thread;
 
 struct api_server {
     const api_config *cfg;
     policy_source *policies; /* the store's current policy set, for authorization */
+    /* blocking calls off the event loops: to local roles (kms, audit), and
+     * to identity providers, which may be slow and so have their own */
+    offload_pool *local, *remote;
 };
 
 /* httpd hooks (see httpd.h): the API's request handler on PATHCONF (USERDATA

@@ -23,6 +23,8 @@
 #include "basic/timeutil.h"
 #include "daemon/bootstrap.h"
 #include "daemon/daemon.h"
+#include "daemon/peer.h"
+#include "daemon/privsep.h"
 #include "pki/pki.h"
 #include "kms/seal.h"
 #include "proxy/metrics.h"
@@ -42,6 +44,10 @@ static const role_def roles[] = {
 #define BACKOFF_MAX_NS (30 * NSEC_PER_SEC)
 #define STABLE_RUN_NS (60 * NSEC_PER_SEC)
 #define STOP_TIMEOUT_NS (15 * NSEC_PER_SEC)
+
+/* Started as root: each role's system user (privsep_prepare), else unused. */
+static privsep_ids role_ids[N_ROLES];
+static bool as_root;
 
 typedef struct role_proc {
     pid_t pid;
@@ -213,12 +219,46 @@ static int parse_args(int argc, char **argv, daemon_config *cfg)
     return 0;
 }
 
-static int path_in(char *dst, size_t size, const char *dir, const char *name)
+/* Moves OLD (a name in the data dir DIR) to NEW when OLD exists and NEW
+ * does not: a data dir of an earlier version, whose files lay at its top,
+ * gets each role's files in the role's subtree. */
+static int migrate(const char *dir, const char *old, const char *new)
 {
-    return (size_t)snprintf(dst, size, "%s/%s", dir, name) < size ? 0 : -ENAMETOOLONG;
+    char from[4400], to[4400];
+    snprintf(from, sizeof(from), "%s/%s", dir, old);
+    snprintf(to, sizeof(to), "%s/%s", dir, new);
+    struct stat st;
+    if (lstat(from, &st) < 0 || lstat(to, &st) == 0)
+        return 0;
+    if (rename(from, to) < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot move a file into its role's subtree", "from", from, "to", to, "error",
+                   strerror(errno), NULL);
+        return -errno;
+    }
+    log_fields(LOG_LEVEL_INFO, "moved a file into its role's subtree", "from", from, "to", to, NULL);
+    return 0;
 }
 
-/* Creates the data dir (0700) and fills in every path inside it. */
+/* Makes LINK (in the data dir) a symbolic link to TARGET, relative to it,
+ * replacing whatever was there: names tests, the CLI and operators know
+ * (run/kms.sock, audit.pub) kept beside the role's own. */
+static int link_to(const char *link, const char *target)
+{
+    char have[4400];
+    ssize_t n = readlink(link, have, sizeof(have) - 1);
+    if (n >= 0 && (size_t)n == strlen(target) && memcmp(have, target, (size_t)n) == 0)
+        return 0;
+    if (unlink(link) < 0 && errno != ENOENT)
+        return -errno;
+    return symlink(target, link) < 0 ? -errno : 0;
+}
+
+/* Creates the data dir (0700) with a subtree per role, moves an earlier
+ * version's files into them, and fills in every path. Layout: the top holds
+ * what only the supervisor and the operator read (ca.key, platform-ca.key,
+ * admin.token) and what all read (ca.pem, platform-ca.pem, the certificates in tls/);
+ * api/ and auth/ are the api's, proxy/ the proxy's, kms/, audit/, runner/
+ * theirs; run/<role>/ holds a role's sockets, with run/<name>.sock links. */
 static int prepare_data_dir(daemon_config *cfg)
 {
     int r = mkdir_p(cfg->data_dir, 0700);
@@ -230,47 +270,66 @@ static int prepare_data_dir(daemon_config *cfg)
     if (!realpath(cfg->data_dir, real) || strlen(real) >= sizeof(cfg->data_dir))
         return -ENAMETOOLONG;
     strcpy(cfg->data_dir, real);
-    char tls[4200];
-    if (path_in(tls, sizeof(tls), cfg->data_dir, "tls") < 0 || mkdir_p(tls, 0700) < 0)
-        return -EIO;
-    if (path_in(cfg->ca_cert, sizeof(cfg->ca_cert), cfg->data_dir, "ca.pem") < 0 ||
-        path_in(cfg->ca_key, sizeof(cfg->ca_key), cfg->data_dir, "ca.key") < 0 ||
-        path_in(cfg->api_cert, sizeof(cfg->api_cert), tls, "api.pem") < 0 ||
-        path_in(cfg->api_key, sizeof(cfg->api_key), tls, "api.key") < 0 ||
-        path_in(cfg->proxy_cert, sizeof(cfg->proxy_cert), tls, "proxy.pem") < 0 ||
-        path_in(cfg->proxy_key, sizeof(cfg->proxy_key), tls, "proxy.key") < 0 ||
-        path_in(cfg->proxy_ca_cert, sizeof(cfg->proxy_ca_cert), tls, "proxy-ca.pem") < 0 ||
-        path_in(cfg->proxy_ca_key, sizeof(cfg->proxy_ca_key), tls, "proxy-ca.key") < 0 ||
-        path_in(cfg->admin_token, sizeof(cfg->admin_token), cfg->data_dir, "admin.token") < 0 ||
-        path_in(cfg->proxy_token, sizeof(cfg->proxy_token), cfg->data_dir, "proxy.token") < 0 ||
-        path_in(cfg->runner_token, sizeof(cfg->runner_token), cfg->data_dir, "runner.token") < 0 ||
-        (size_t)snprintf(cfg->store_url, sizeof(cfg->store_url), "sqlite:%s/store.db", cfg->data_dir) >=
-            sizeof(cfg->store_url))
+    static const char *const dirs[] = {"tls", "api", "auth", "proxy", "kms", "audit", "runner", "run",
+                                       "run/api", "run/proxy", "run/kms", "run/audit", "run/runner"};
+    char path[4400];
+    for (size_t i = 0; i < ELEMENTSOF(dirs); i++) {
+        snprintf(path, sizeof(path), "%s/%s", cfg->data_dir, dirs[i]);
+        if ((r = mkdir_p(path, 0700)) < 0) {
+            log_fields(LOG_LEVEL_ERROR, "cannot create a directory of the data dir", "path", path, "error",
+                       strerror(-r), NULL);
+            return r;
+        }
+    }
+    static const char *const moves[][2] = {
+        {"store.db", "api/store.db"},         {"store.db-wal", "api/store.db-wal"},
+        {"store.db-shm", "api/store.db-shm"}, {"tls/api.key", "api/api.key"},
+        {"tls/proxy.key", "proxy/proxy.key"}, {"tls/proxy-ca.key", "proxy/proxy-ca.key"},
+        {"proxy.token", "proxy/proxy.token"}, {"runner.token", "runner/runner.token"},
+        {"audit.db", "audit/audit.db"},       {"audit.db-wal", "audit/audit.db-wal"},
+        {"audit.db-shm", "audit/audit.db-shm"}, {"audit.key", "audit/audit.key"},
+        {"audit.pub", "audit/audit.pub"},
+    };
+    for (size_t i = 0; i < ELEMENTSOF(moves); i++) {
+        struct stat st;
+        snprintf(path, sizeof(path), "%s/%s", cfg->data_dir, moves[i][0]);
+        if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
+            continue; /* audit.pub: already the link */
+        if ((r = migrate(cfg->data_dir, moves[i][0], moves[i][1])) < 0)
+            return r;
+    }
+    const char *d = cfg->data_dir;
+#define SET(field, fmt) ((size_t)snprintf(cfg->field, sizeof(cfg->field), fmt, d) >= sizeof(cfg->field))
+    if (SET(ca_cert, "%s/ca.pem") || SET(ca_key, "%s/ca.key") || SET(api_cert, "%s/tls/api.pem") ||
+        SET(api_key, "%s/api/api.key") || SET(proxy_cert, "%s/tls/proxy.pem") || SET(proxy_key, "%s/proxy/proxy.key") ||
+        SET(proxy_ca_cert, "%s/tls/proxy-ca.pem") || SET(proxy_ca_key, "%s/proxy/proxy-ca.key") ||
+        SET(admin_token, "%s/admin.token") || SET(proxy_token, "%s/proxy/proxy.token") ||
+        SET(runner_token, "%s/runner/runner.token") || SET(store_url, "sqlite:%s/api/store.db") ||
+        SET(run_dir, "%s/run") || SET(audit_socket, "%s/run/audit/audit.sock") ||
+        SET(audit_db, "%s/audit/audit.db") || SET(audit_key, "%s/audit/audit.key") ||
+        SET(audit_pub, "%s/audit/audit.pub") || SET(runner_socket, "%s/run/runner/runner.sock") ||
+        SET(platform_ca_cert, "%s/platform-ca.pem") || SET(platform_ca_key, "%s/platform-ca.key") ||
+        SET(runner_dir, "%s/runner") || SET(runner_cert, "%s/runner/platform.pem") ||
+        SET(runner_key, "%s/runner/platform.key") || SET(kms_socket, "%s/run/kms/kms.sock") ||
+        SET(kms_unseal_socket, "%s/run/kms/kms-unseal.sock") || SET(kms_root_file, "%s/kms/root.json") ||
+        SET(kms_dev_key_file, "%s/kms/dev-unseal.key") || SET(kms_keyring_file, "%s/kms/keyring.json"))
         return -ENAMETOOLONG;
-    if (path_in(cfg->run_dir, sizeof(cfg->run_dir), cfg->data_dir, "run") < 0 ||
-        path_in(cfg->audit_socket, sizeof(cfg->audit_socket), cfg->run_dir, "audit.sock") < 0 ||
-        path_in(cfg->audit_db, sizeof(cfg->audit_db), cfg->data_dir, "audit.db") < 0 ||
-        path_in(cfg->audit_key, sizeof(cfg->audit_key), cfg->data_dir, "audit.key") < 0 ||
-        path_in(cfg->audit_pub, sizeof(cfg->audit_pub), cfg->data_dir, "audit.pub") < 0)
-        return -ENAMETOOLONG;
-    if (path_in(cfg->runner_socket, sizeof(cfg->runner_socket), cfg->run_dir, "runner.sock") < 0 ||
-        path_in(cfg->platform_ca_cert, sizeof(cfg->platform_ca_cert), cfg->data_dir, "platform-ca.pem") < 0 ||
-        path_in(cfg->platform_ca_key, sizeof(cfg->platform_ca_key), cfg->data_dir, "platform-ca.key") < 0 ||
-        path_in(cfg->runner_dir, sizeof(cfg->runner_dir), cfg->data_dir, "runner") < 0 ||
-        mkdir_p(cfg->runner_dir, 0700) < 0 ||
-        path_in(cfg->runner_cert, sizeof(cfg->runner_cert), cfg->runner_dir, "platform.pem") < 0 ||
-        path_in(cfg->runner_key, sizeof(cfg->runner_key), cfg->runner_dir, "platform.key") < 0)
-        return -ENAMETOOLONG;
-    if (mkdir_p(cfg->run_dir, 0700) < 0 || chmod(cfg->run_dir, 0700) < 0)
-        return -EIO;
-    char kms[4200];
-    if (path_in(kms, sizeof(kms), cfg->data_dir, "kms") < 0 || mkdir_p(kms, 0700) < 0 ||
-        path_in(cfg->kms_socket, sizeof(cfg->kms_socket), cfg->run_dir, "kms.sock") < 0 ||
-        path_in(cfg->kms_unseal_socket, sizeof(cfg->kms_unseal_socket), cfg->run_dir, "kms-unseal.sock") < 0 ||
-        path_in(cfg->kms_root_file, sizeof(cfg->kms_root_file), kms, "root.json") < 0 ||
-        path_in(cfg->kms_dev_key_file, sizeof(cfg->kms_dev_key_file), kms, "dev-unseal.key") < 0 ||
-        path_in(cfg->kms_keyring_file, sizeof(cfg->kms_keyring_file), kms, "keyring.json") < 0)
-        return -ENAMETOOLONG;
+#undef SET
+    if (chmod(cfg->run_dir, 0700) < 0)
+        return -errno;
+    static const char *const links[][2] = {
+        {"run/kms.sock", "kms/kms.sock"},       {"run/kms-unseal.sock", "kms/kms-unseal.sock"},
+        {"run/audit.sock", "audit/audit.sock"}, {"run/runner.sock", "runner/runner.sock"},
+        {"audit.pub", "audit/audit.pub"},
+    };
+    for (size_t i = 0; i < ELEMENTSOF(links); i++) {
+        snprintf(path, sizeof(path), "%s/%s", cfg->data_dir, links[i][0]);
+        if ((r = link_to(path, links[i][1])) < 0) {
+            log_fields(LOG_LEVEL_ERROR, "cannot link a well-known name to its role's file", "path", path, "error",
+                       strerror(-r), NULL);
+            return r;
+        }
+    }
     return 0;
 }
 
@@ -353,6 +412,9 @@ static int first_start(daemon_config *cfg)
     return r;
 }
 
+/* Forks role I. The child publishes its pid, narrows its view of CFG to
+ * the paths it uses, drops its privileges (privsep_enter) and runs the
+ * role; it never returns. Returns the child's pid, or -1. */
 static pid_t spawn_role(const daemon_config *cfg, size_t i, role_health *health)
 {
     pid_t pid = fork();
@@ -368,7 +430,21 @@ static pid_t spawn_role(const daemon_config *cfg, size_t i, role_health *health)
     prctl(PR_SET_NAME, roles[i].name); /* /proc/PID/comm: the short name */
     proctitle_set("cloisterd: %s", roles[i].name); /* ps: "cloisterd: kms", as relayd's and sshd's */
     log_set_role(roles[i].name);
-    _exit(roles[i].main(cfg, &health[i], health, N_ROLES));
+    daemon_config *view = malloc(sizeof(*view));
+    if (!view)
+        _exit(1);
+    *view = *cfg;
+    privsep_role_view(roles[i].name, view);
+    if (as_root) {
+        uid_t uids[N_ROLES];
+        for (size_t k = 0; k < N_ROLES; k++)
+            uids[k] = role_ids[k].uid;
+        if (peer_set_role_uids(uids, N_ROLES) < 0)
+            _exit(1);
+    }
+    if (privsep_enter(roles[i].name, as_root ? &role_ids[i] : NULL, view) < 0)
+        _exit(1);
+    _exit(roles[i].main(view, &health[i], health, N_ROLES));
 }
 
 static void print_banner(const daemon_config *cfg)
@@ -540,6 +616,14 @@ int main(int argc, char **argv)
 
     if (first_start(&cfg) < 0)
         return 1;
+    as_root = geteuid() == 0;
+    if (as_root) {
+        const char *names[N_ROLES];
+        for (size_t i = 0; i < N_ROLES; i++)
+            names[i] = roles[i].name;
+        if (privsep_prepare(&cfg, names, N_ROLES, role_ids) < 0)
+            return 1;
+    }
     raise_nofile_limit();
 
     role_health *health = mmap(NULL, sizeof(role_health) * N_ROLES, PROT_READ | PROT_WRITE,

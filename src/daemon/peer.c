@@ -7,6 +7,19 @@
 
 #include "basic/log.h"
 
+/* the roles' uids, per table index, when each has its own (0 entries: shared) */
+static uid_t role_uids[PEER_ROLES_MAX];
+static size_t n_role_uids;
+
+int peer_set_role_uids(const uid_t *uids, size_t n)
+{
+    if (n > PEER_ROLES_MAX)
+        return -E2BIG;
+    memcpy(role_uids, uids, n * sizeof(*uids));
+    n_role_uids = n;
+    return 0;
+}
+
 int peer_check(const peer_policy *p, pid_t pid, uid_t uid, int *ret_role)
 {
     if (pid <= 0) /* unknown, or in a pid namespace that hides it */
@@ -21,7 +34,7 @@ int peer_check(const peer_policy *p, pid_t pid, uid_t uid, int *ret_role)
         allowed = strcmp(p->allowed[k], p->roles[i].name) == 0;
     if (!allowed)
         return -EACCES;
-    if (uid != p->uid)
+    if (n_role_uids ? i >= n_role_uids || uid != role_uids[i] : uid != p->uid)
         return -EPERM;
     *ret_role = (int)i;
     return 0;
@@ -38,7 +51,7 @@ int peer_check_hook(const void *data, pid_t pid, uid_t uid, int *ret_peer)
         log_fields(LOG_LEVEL_WARN, "refused a local peer", "socket", p->socket, "pid", pid_s, "uid", uid_s, "reason",
                    e == -ESRCH    ? "not a process of this daemon's roles"
                    : e == -EACCES ? "a role that may not use this socket"
-                                  : "not the roles' uid",
+                                  : "not the uid of the role its pid is",
                    NULL);
     }
     return e;

@@ -1,9 +1,8 @@
-/* Who is at the other end of a role's local socket. Every role runs under
- * the daemon's uid today, so a peer is identified by its process: the pid
- * SO_PEERCRED reports must be the current pid of a role the supervisor
- * started (published in the shared role table), and its uid the daemon's.
- * When roles get their own uids, the uid check becomes per role here, and
- * only here. */
+/* Who is at the other end of a role's local socket: the pid SO_PEERCRED
+ * reports must be the current pid of a role the supervisor started
+ * (published in the shared role table), and its uid that role's own uid
+ * when the roles run as their own users (started as root: daemon/privsep.h),
+ * or the daemon's uid when they all share it (an ordinary user's start). */
 #pragma once
 
 #include <stddef.h>
@@ -13,27 +12,35 @@
 
 #define PEER_ALLOWED_MAX 8
 
-/* What the pid proves today: the table is writable by the roles (they set
- * their readiness) and at one uid any role can ptrace another, so it tells
- * the roles from every other process of that uid, not one role from a
- * compromised other. When roles get their own uids, the uid check is what
- * holds, and the table can be made read-only for them. */
+/* What the pid proves: the table is writable by the roles (they set their
+ * readiness and pid), so alone it tells the roles from other processes, not
+ * one role from a compromised other. With a uid per role the uid is what
+ * holds: it comes from SO_PEERCRED and is compared with a copy of the
+ * roles' uids in the checking role's own memory (peer_set_role_uids), which
+ * no other role can write. */
 
 typedef struct peer_policy {
     const char *socket;       /* in logs: "kms.sock" */
     const role_health *roles; /* the supervisor's table, shared memory */
     size_t n_roles;
-    uid_t uid; /* the uid every role runs as */
+    uid_t uid; /* the uid every role runs as when they share one */
     /* names of the roles that may connect, NULL-terminated */
     const char *allowed[PEER_ALLOWED_MAX];
 } peer_policy;
 
 /* Decides on a peer with PID and UID under P. Returns 0 and the peer's
  * index in the role table in *RET_ROLE when it is a running role that P
- * allows and runs as P's uid; -ESRCH when PID is no running role's,
- * -EACCES when it is a role P does not allow, -EPERM when its uid is not
- * the roles' uid. Reads the table's pids atomically; never blocks. */
+ * allows and runs as its role's uid (or P's, when the roles share one);
+ * -ESRCH when PID is no running role's, -EACCES when it is a role P does
+ * not allow, -EPERM when its uid is not the role's. Reads the table's pids atomically; never blocks. */
 int peer_check(const peer_policy *p, pid_t pid, uid_t uid, int *ret_role);
+
+/* Records in this process that role I of the table runs as UIDS[I] (N
+ * entries, at most PEER_ROLES_MAX): from then on peer_check() requires a
+ * peer's uid to be its role's, not the policy's shared uid. Called by the
+ * supervisor's fork path before the role runs. Returns 0, or -E2BIG. */
+#define PEER_ROLES_MAX 16
+int peer_set_role_uids(const uid_t *uids, size_t n);
 
 /* peer_check() in the shape of httpd_config's check_peer hook, DATA being
  * a peer_policy; logs each refusal ("refused a local peer", with the

@@ -61,3 +61,24 @@ Test(peer, nothing_allowed_lets_nobody_in)
     for (pid_t pid = 100; pid < 105; pid++)
         cr_expect_eq(peer_check(&none, pid, 0, &role), -EACCES);
 }
+
+/* Started as root, each role has its own uid: a role's pid under another
+ * role's uid (or under the old shared uid) is refused. */
+Test(peer, each_role_under_its_own_uid)
+{
+    static const uid_t uids[] = {901, 902, 903, 904, 905};
+    cr_assert_eq(peer_set_role_uids(uids, ELEMENTSOF(uids)), 0);
+    const peer_policy kms = {.roles = table, .n_roles = ELEMENTSOF(table), .uid = 902, .allowed = {"api", "runner"}};
+    int role = -1;
+    cr_assert_eq(peer_check(&kms, 100, 901, &role), 0);
+    cr_assert_eq(role, 0);
+    cr_assert_eq(peer_check(&kms, 103, 904, &role), 0);
+    cr_assert_eq(role, 3);
+    role = -1;
+    cr_assert_eq(peer_check(&kms, 100, 905, &role), -EPERM, "the api's pid under the proxy's uid");
+    cr_assert_eq(peer_check(&kms, 103, 902, &role), -EPERM, "the runner's pid under the policy's uid");
+    cr_assert_eq(peer_check(&kms, 104, 905, &role), -EACCES, "the proxy, under its own uid, is not served");
+    cr_assert_eq(role, -1);
+    uid_t many[PEER_ROLES_MAX + 1] = {0};
+    cr_assert_eq(peer_set_role_uids(many, ELEMENTSOF(many)), -E2BIG);
+}

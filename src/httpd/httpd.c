@@ -609,6 +609,10 @@ int httpd_run(const httpd_config *cfg)
     if (cfg->check_peer && (!is_unix || cfg->plain_listen))
         return -EINVAL; /* peers are known on Unix sockets only */
     int e = is_unix ? httpd_listen_unix(cfg->listen + 5, &srv.listen_fd) : listen_tcp(cfg->listen, &srv.listen_fd);
+    /* a socket whose peers are checked is open to every uid: roles run as
+     * users of their own, and the check, not the file's mode, decides */
+    if (e == 0 && is_unix && cfg->check_peer && chmod(cfg->listen + 5, 0666) < 0)
+        e = negative_errno();
     const char *failed = cfg->listen;
     if (e == 0 && cfg->plain_listen && (e = listen_tcp(cfg->plain_listen, &srv.plain_fd)) < 0)
         failed = cfg->plain_listen;

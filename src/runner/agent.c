@@ -248,13 +248,17 @@ runner_agent *runner_agent_new(const char *runner_dir, const char *agent_path, c
     unlink(ag->channel_path);
     unlink(ag->atls_path);
     _cleanup_close_ int dirfd = -1;
-    if ((mkdir(ag->dir, 0700) < 0 && errno != EEXIST) ||
+    /* 0711 and a 0666 atls.sock: the proxy, a user of its own, reaches the
+     * agent's attested TLS, which the attestation authenticates */
+    if ((mkdir(ag->dir, 0711) < 0 && errno != EEXIST) || chmod(ag->dir, 0711) < 0 || /* past the umask */
         (dirfd = open(ag->dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
         r = negative_errno();
     if (r == 0 && (ag->channel_fd = listen_in(dirfd, "channel.sock", NOBODY)) < 0)
         r = ag->channel_fd;
     if (r == 0 && ag->atls && (ag->atls_fd = listen_in(dirfd, "atls.sock", (uid_t)-1)) < 0)
         r = ag->atls_fd;
+    if (r == 0 && ag->atls && fchmodat(dirfd, "atls.sock", 0666, 0) < 0)
+        r = negative_errno();
     if (r == 0 && build_args(ag, port ? (uint16_t)json_integer_value(port) : 0, memory_bytes, argv) < 0)
         r = -ENOMEM;
     if (r < 0) {
