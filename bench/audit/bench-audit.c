@@ -10,8 +10,8 @@
  *                                    the audit role's own server (audit_serve),
  *                                    forked with a role table (as cloisterd's
  *                                    supervisor keeps one) naming this process
- *                                    the api role, on DATA's audit.db and audit.key
- *                                    (cloisterd stopped); the socket's peer
+ *                                    the api role, on DATA's audit/audit.db and
+ *                                    audit/audit.key (cloisterd stopped); the socket's peer
  *                                    check lets in only that table's roles
  *   bench-audit fsync DIR N          write + fdatasync of 256 bytes, per second */
 #include <errno.h>
@@ -172,30 +172,34 @@ static void *sock_main(void *p)
     return NULL;
 }
 
-/* Paths of the audit role in DATA, as cloisterd lays out its data dir. */
+/* Paths of the audit role in a data dir. */
 typedef struct audit_paths {
     char socket[4200], db[4200], key[4200], pub[4200];
 } audit_paths;
 
 /* Forks the audit role's server (audit_serve(), what cloisterd's audit role
- * runs) on DATA's files, its socket in DATA/run/, with a shared role table
+ * runs) on DATA's files, its socket in DATA/run/audit/, with a shared role table
  * in which this process is the api role (the pid the peer check finds);
  * waits until it serves. Returns its pid, or -1. */
 static pid_t start_audit_role(const char *data, audit_paths *p, role_health **ret_table)
 {
-    char run_dir[4200];
     if (strlen(data) > 4000) {
         fprintf(stderr, "%s: path too long\n", data);
         return -1;
     }
-    snprintf(run_dir, sizeof(run_dir), "%s/run", data);
-    snprintf(p->socket, sizeof(p->socket), "%s/run/audit.sock", data);
-    snprintf(p->db, sizeof(p->db), "%s/audit.db", data);
-    snprintf(p->key, sizeof(p->key), "%s/audit.key", data);
-    snprintf(p->pub, sizeof(p->pub), "%s/audit.pub", data);
-    if (mkdir(run_dir, 0700) < 0 && errno != EEXIST) {
-        fprintf(stderr, "mkdir %s: %s\n", run_dir, strerror(errno));
-        return -1;
+    /* cloisterd's layout: the role's files in DATA/audit/, its socket in DATA/run/audit/ */
+    snprintf(p->socket, sizeof(p->socket), "%s/run/audit/audit.sock", data);
+    snprintf(p->db, sizeof(p->db), "%s/audit/audit.db", data);
+    snprintf(p->key, sizeof(p->key), "%s/audit/audit.key", data);
+    snprintf(p->pub, sizeof(p->pub), "%s/audit/audit.pub", data);
+    static const char *const dirs[] = {"", "/audit", "/run", "/run/audit"};
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        char dir[4200];
+        snprintf(dir, sizeof(dir), "%s%s", data, dirs[i]);
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+            fprintf(stderr, "mkdir %s: %s\n", dir, strerror(errno));
+            return -1;
+        }
     }
     role_health *table = mmap(NULL, 2 * sizeof(*table), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (table == MAP_FAILED)
