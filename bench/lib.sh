@@ -42,6 +42,7 @@ bench_start_cloisterd() {
     shift
     bench_cloisterd_args=("$@")
     BENCH_WORK=$(mktemp -d "${TMPDIR:-/tmp}/cloister-bench.XXXXXX")
+    chmod 711 "$BENCH_WORK" # started as root, the roles' own users pass through it to the data dir
     BENCH_DATA="$BENCH_WORK/data"
     local port=$((20000 + RANDOM % 20000))
     BENCH_URL="https://127.0.0.1:$port"
