@@ -27,6 +27,7 @@
 #include "daemon/privsep.h"
 #include "pki/pki.h"
 #include "kms/seal.h"
+#include "runner/agent.h"
 #include "proxy/metrics.h"
 #include "store/store.h"
 
@@ -593,6 +594,38 @@ static int supervise(const daemon_config *cfg, role_health *health)
     }
 }
 
+#define AGENT_FILE_MAX (512u * 1024 * 1024)
+
+/* Copies the cloister-agent executable found beside cloisterd (or named by
+ * $CLOISTER_AGENT) into the runner's own part of the data dir and points
+ * $CLOISTER_AGENT there: started as root, the runner runs as a user of its
+ * own that may not be able to enter the folder cloisterd was installed or
+ * built in (a checkout under /root). The copy is the same bytes, so the
+ * agent's measurement (PCR3) is unchanged. Without an agent nothing is
+ * copied (the runner says agent-mode sandboxes cannot be launched). Returns
+ * 0 or a negative errno (logged). */
+static int install_agent(const daemon_config *cfg)
+{
+    char found[PATH_MAX], path[sizeof(cfg->runner_dir) + 32];
+    if (runner_agent_locate(found, sizeof(found)) < 0)
+        return 0;
+    snprintf(path, sizeof(path), "%s/cloister-agent", cfg->runner_dir);
+    if (strcmp(found, path) == 0)
+        return 0;
+    _cleanup_free_ char *data = NULL, *old = NULL;
+    size_t len, old_len;
+    int r = read_file(found, AGENT_FILE_MAX, &data, &len);
+    if (r == 0 && !(read_file(path, AGENT_FILE_MAX, &old, &old_len) == 0 && old_len == len &&
+                    memcmp(old, data, len) == 0))
+        r = write_file_atomic(path, data, len, 0755);
+    if (r == 0 && setenv("CLOISTER_AGENT", path, 1) < 0)
+        r = -errno;
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot install cloister-agent for the runner", "from", found, "to", path,
+                   "error", strerror(-r), NULL);
+    return r;
+}
+
 int main(int argc, char **argv)
 {
     proctitle_init(argc, argv); /* the roles' titles; before getopt permutes argv */
@@ -614,7 +647,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     umask(0077);
 
-    if (first_start(&cfg) < 0)
+    if (first_start(&cfg) < 0 || install_agent(&cfg) < 0)
         return 1;
     as_root = geteuid() == 0;
     if (as_root) {
