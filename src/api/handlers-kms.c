@@ -216,7 +216,7 @@ int api_kms_seal_secret(json_t *doc, api_error *err)
 int api_kms_workspace_key(json_t **ret_status, api_error *err)
 {
     uint8_t rnd[16];
-    char key[64] = "workspace:";
+    char key[64] = "workspace_"; /* "_": never a Key resource's name (a DNS label) */
     if (random_bytes(rnd, sizeof(rnd)) < 0)
         return api_fail(err, 500, "internal", "no random bytes for the workspace key's name");
     for (size_t i = 0; i < sizeof(rnd); i++)

@@ -40,7 +40,7 @@ int api_kms_secret_value(const char *name, const char *key, char **ret, api_erro
 int api_kms_datakey(const char *name, json_t **ret, api_error *err);
 
 /* Makes a new workspace key in the kms role (x25519, a fresh random name
- * "workspace:<hex>", so that a workspace made again under an old name never
+ * "workspace_<hex>", never a Key resource's name, so that a workspace made again under an old name never
  * gets the old key) and answers the Workspace's server-owned status
  * {recipient: "age1…", key: NAME} as a new reference in *RET_STATUS. The
  * private half never leaves the kms role. Blocks: off the event loop only.

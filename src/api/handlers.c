@@ -887,10 +887,13 @@ static void handle_whoami(h2o_req_t *req, uint64_t started, const caller *c)
     json_t *spec = json_object_get(c->user, "spec");
     json_t *groups = json_object_get(spec, "groups");
     /* credential is null for sessions opened through an identity provider */
-    json_t *body = json_pack("{s:s, s:s, s:s, s:o, s:s?}", "user", caller_name(c), "type",
+    /* publicKeys: the keys the user registered (keys register), null before */
+    json_t *keys = json_object_get(json_object_get(c->user, "status"), "publicKeys");
+    json_t *body = json_pack("{s:s, s:s, s:s, s:o, s:s?, s:O?}", "user", caller_name(c), "type",
                              json_string_value(json_object_get(spec, "type")) ?: "human", "email",
                              json_string_value(json_object_get(spec, "email")) ?: "", "groups",
-                             groups ? json_incref(groups) : json_array(), "credential", doc_name(c->credential));
+                             groups ? json_incref(groups) : json_array(), "credential", doc_name(c->credential),
+                             "publicKeys", keys);
     api_respond_json(req, ROUTE_WHOAMI, started, 200, body);
     json_decref(body);
 }
