@@ -4,7 +4,6 @@ workspace and to their owner, members' implicit rights, a non-member
 refused, no plaintext anywhere under the data dir, and kill -9 of the api
 role in the middle of an upload."""
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import CLOISTER, audit_entries, manifest, run_cli, sanitizer_env
+from conftest import audited, manifest, run_cli
 
 AGE = shutil.which("age")
 pytestmark = pytest.mark.skipif(not AGE, reason="the age tool is not installed (scripts/setup.sh)")
@@ -28,13 +27,6 @@ def ok(p):
     assert p.returncode == 0, (p.stdout[-800:], p.stderr[-1500:])
     return p
 
-
-def audited(server, action, pred):
-    deadline = time.time() + 15
-    while not (got := [e for e in audit_entries(server, action) if pred(e)]):
-        assert time.time() < deadline, f"no {action} audit entry"
-        time.sleep(0.2)
-    return got
 
 
 @pytest.fixture(scope="module")

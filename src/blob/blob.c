@@ -26,6 +26,14 @@ static int path_of(const blob_store *bs, const char *sub, const char *name, char
     return n < 0 || n >= PATH_MAX ? -ENAMETOOLONG : 0;
 }
 
+/* DIR/SUB/NAME into OUT for an object of SUB: an upload id under
+ * "uploads", a hex SHA-256 under "sha256". -EINVAL for a NAME that is not one. */
+static int object_path(const blob_store *bs, const char *sub, const char *name, char out[static PATH_MAX])
+{
+    bool valid = strcmp(sub, "uploads") == 0 ? blob_id_valid(name) : blob_hex_valid(name);
+    return valid ? path_of(bs, sub, name, out) : -EINVAL;
+}
+
 /* fsyncs directory DIR/SUB so that a rename or unlink in it is durable. */
 static int sync_dir(const blob_store *bs, const char *sub)
 {
@@ -87,9 +95,7 @@ int blob_upload_size(blob_store *bs, const char *id, uint64_t *ret)
 {
     char path[PATH_MAX];
     struct stat st;
-    if (!blob_id_valid(id))
-        return -EINVAL;
-    int r = path_of(bs, "uploads", id, path);
+    int r = object_path(bs, "uploads", id, path);
     if (r < 0)
         return r;
     if (stat(path, &st) < 0) {
@@ -105,9 +111,7 @@ int blob_upload_size(blob_store *bs, const char *id, uint64_t *ret)
 static int open_upload(blob_store *bs, const char *id, int flags, int *ret_fd)
 {
     char path[PATH_MAX];
-    if (!blob_id_valid(id))
-        return -EINVAL;
-    int r = path_of(bs, "uploads", id, path);
+    int r = object_path(bs, "uploads", id, path);
     if (r < 0)
         return r;
     _cleanup_close_ int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | flags, 0600);
@@ -211,9 +215,7 @@ int blob_upload_commit(blob_store *bs, const char *id, const char *hex, uint64_t
 int blob_upload_abort(blob_store *bs, const char *id)
 {
     char path[PATH_MAX];
-    if (!blob_id_valid(id))
-        return -EINVAL;
-    int r = path_of(bs, "uploads", id, path);
+    int r = object_path(bs, "uploads", id, path);
     if (r < 0)
         return r;
     return unlink(path) < 0 && errno != ENOENT ? negative_errno() : 0;
@@ -222,9 +224,7 @@ int blob_upload_abort(blob_store *bs, const char *id)
 int blob_open(blob_store *bs, const char *hex, int *ret_fd, uint64_t *ret_size)
 {
     char path[PATH_MAX];
-    if (!blob_hex_valid(hex))
-        return -EINVAL;
-    int r = path_of(bs, "sha256", hex, path);
+    int r = object_path(bs, "sha256", hex, path);
     if (r < 0)
         return r;
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -239,9 +239,7 @@ int blob_open(blob_store *bs, const char *hex, int *ret_fd, uint64_t *ret_size)
 int blob_delete(blob_store *bs, const char *hex)
 {
     char path[PATH_MAX];
-    if (!blob_hex_valid(hex))
-        return -EINVAL;
-    int r = path_of(bs, "sha256", hex, path);
+    int r = object_path(bs, "sha256", hex, path);
     if (r < 0)
         return r;
     if (unlink(path) < 0)
