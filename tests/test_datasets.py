@@ -130,7 +130,7 @@ def test_a_member_who_owns_nothing_lists_and_reads_but_cannot_write(world):
     f.write_bytes(r.content)
     assert subprocess.run([AGE, "-d", "-i", str(identity(world, "carol")), str(f)], capture_output=True).returncode != 0
     # not the owner: no upload into, no delete of, someone else's dataset
-    r = s.request("PUT", "/v1/datasets/patients/data?offset=0", token=t["carol"], data=b"age-encryption.org/v1\nx")
+    r = s.request("PUT", "/v1/datasets/patients/data?offset=0", token=t["carol"], data=b"age-encryption.org/v1\n-> X25519 a\n--- m\n")
     assert r.status_code == 403, r.text
     assert s.request("DELETE", "/v1/datasets/visits", token=t["alice"]).status_code == 403
 
@@ -141,7 +141,7 @@ def test_a_non_member_is_refused_and_audited(world):
              ("GET", "/v1/datasets/patients/data", "get", "patients"),
              ("PUT", "/v1/datasets/patients/data?offset=0", "upload", "patients")]
     for method, path, verb, name in calls:
-        r = s.request(method, path, token=t["dave"], data=b"age-encryption.org/v1\n" if method == "PUT" else None)
+        r = s.request(method, path, token=t["dave"], data=b"age-encryption.org/v1\n-> X25519 a\n--- m\n" if method == "PUT" else None)
         assert r.status_code == 403, (path, r.text)
         assert "dave" in r.json()["error"]["message"]
     r = s.request("POST", "/v1/datasets", token=t["dave"],
@@ -197,7 +197,11 @@ def test_bad_uploads_are_refused(world):
     assert s.request("POST", "/v1/datasets", token=t["alice"], json=ds).status_code == 201
     r = s.request("PUT", "/v1/datasets/raw/data?offset=0", token=t["alice"], data=b"plain text, not an age file")
     assert r.status_code == 400 and "age" in r.json()["error"]["message"]
-    body = b"age-encryption.org/v1\n-> X25519 abc\n"
+    for bad_header in (b"age-encryption.org/v1\n-> X25519 abc\n", b"age-encryption.org/v1\n--- mac\n",
+                       b"age-encryption.org/v1\n-> scrypt salt 18\nbody\n--- mac\n"):
+        r = s.request("PUT", "/v1/datasets/raw/data?offset=0", token=t["alice"], data=bad_header + b"payload")
+        assert r.status_code == 400 and "header" in r.json()["error"]["message"], bad_header
+    body = b"age-encryption.org/v1\n-> X25519 abc\nQUJD\n--- mac\npayload"
     assert s.request("PUT", "/v1/datasets/raw/data?offset=0", token=t["alice"], data=body).status_code == 200
     r = s.request("PUT", "/v1/datasets/raw/data?offset=99", token=t["alice"], data=b"x")
     assert r.status_code == 409 and f"offset={len(body)}" in r.json()["error"]["message"]

@@ -305,6 +305,35 @@ static int offset_param(const h2o_req_t *req, uint64_t *ret, api_error *err)
     return 0;
 }
 
+/* Whether the N bytes at P begin with a whole age v1 header as far as the
+ * server can tell without a key: the version line, stanzas ("-> TYPE
+ * ARGS" and their body lines), at least one X25519 (the workspace's is one;
+ * which recipient a stanza is for cannot be seen), then the MAC line
+ * ("--- "). The decryptor checks the rest. */
+static bool age_header_plausible(const char *p, size_t n)
+{
+    if (n < STRLEN(AGE_VERSION_LINE) || memcmp(p, AGE_VERSION_LINE, STRLEN(AGE_VERSION_LINE)) != 0)
+        return false;
+    size_t x25519 = 0;
+    bool in_stanza = false;
+    for (size_t at = STRLEN(AGE_VERSION_LINE); at < n;) {
+        const char *nl = memchr(p + at, '\n', n - at);
+        if (!nl)
+            return false;
+        size_t len = (size_t)(nl - (p + at));
+        const char *line = p + at;
+        at += len + 1;
+        if (len >= 4 && memcmp(line, "--- ", 4) == 0)
+            return in_stanza && x25519 > 0;
+        if (len >= 3 && memcmp(line, "-> ", 3) == 0) {
+            in_stanza = true;
+            x25519 += len > 10 && memcmp(line, "-> X25519 ", 10) == 0;
+        } else if (!in_stanza)
+            return false;
+    }
+    return false;
+}
+
 /* Fills a job for R on DATASET (taken over). */
 static data_job *job_new(api_request *r, const char *name, json_t *dataset, bool commit)
 {
@@ -346,11 +375,11 @@ static int put_part(api_request *r, const char *name, json_t *dataset, api_error
                         "a part holds 1 to %d bytes", API_DATASET_PART_MAX);
     }
     /* the server cannot read it, but it must be an age file */
-    if (offset == 0 && (body.len < STRLEN(AGE_VERSION_LINE) ||
-                        memcmp(body.base, AGE_VERSION_LINE, STRLEN(AGE_VERSION_LINE)) != 0)) {
+    if (offset == 0 && !age_header_plausible(body.base, body.len)) {
         json_decref(dataset);
-        return api_fail(err, 400, "invalid", "a dataset is an age v1 file (its first line is "
-                                             "\"age-encryption.org/v1\"); encrypt it with cloister dataset upload");
+        return api_fail(err, 400, "invalid", "a dataset is an age v1 file whose first part holds its whole header "
+                                             "(\"age-encryption.org/v1\", X25519 stanzas, the MAC line); encrypt "
+                                             "it with cloister dataset upload");
     }
     data_job *job = job_new(r, name, dataset, false);
     if (!job || !(job->data = malloc(body.len))) {
