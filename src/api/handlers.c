@@ -889,11 +889,12 @@ static void handle_whoami(h2o_req_t *req, uint64_t started, const caller *c)
     /* credential is null for sessions opened through an identity provider */
     /* publicKeys: the keys the user registered (keys register), null before */
     json_t *keys = json_object_get(json_object_get(c->user, "status"), "publicKeys");
-    json_t *body = json_pack("{s:s, s:s, s:s, s:o, s:s?, s:O?}", "user", caller_name(c), "type",
+    json_t *body = json_pack("{s:s, s:s, s:s, s:o, s:s?}", "user", caller_name(c), "type",
                              json_string_value(json_object_get(spec, "type")) ?: "human", "email",
                              json_string_value(json_object_get(spec, "email")) ?: "", "groups",
-                             groups ? json_incref(groups) : json_array(), "credential", doc_name(c->credential),
-                             "publicKeys", keys);
+                             groups ? json_incref(groups) : json_array(), "credential", doc_name(c->credential));
+    if (body && json_is_object(keys))
+        json_object_set(body, "publicKeys", keys);
     api_respond_json(req, ROUTE_WHOAMI, started, 200, body);
     json_decref(body);
 }
