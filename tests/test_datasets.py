@@ -181,6 +181,22 @@ def test_members_are_managed_with_update_and_bind_on_the_workspace(world):
     assert r.status_code == 403
 
 
+def test_without_a_schema_the_types_are_inferred(world):
+    s = world["s"]
+    f = world["base"] / "inferred.csv"
+    f.write_text('n,score,label\n1,0.5,"a, quoted ""label"""\n2,,b\r\n-3,1e3,\n')
+    ok(cli(world, "carol", "dataset", "upload", "inferred", "--workspace", "cohort", "--file", str(f)))
+    doc = s.request("GET", "/v1/datasets/inferred").json()
+    assert doc["spec"]["schema"] == [{"name": "n", "type": "integer"}, {"name": "score", "type": "real"},
+                                     {"name": "label", "type": "text"}]
+    assert doc["status"]["owner"] == "carol"
+    d = world["base"] / "inferred.age"
+    ok(cli(world, "carol", "dataset", "download", "inferred", "-o", str(d)))
+    p = subprocess.run([AGE, "-d", "-i", str(identity(world, "carol")), str(d)], capture_output=True)
+    assert p.returncode == 0 and p.stdout == f.read_bytes()
+    assert s.request("DELETE", "/v1/datasets/inferred", token=world["tokens"]["carol"]).status_code == 200
+
+
 def test_bad_uploads_are_refused(world):
     s, t = world["s"], world["tokens"]
     bad = world["base"] / "bad.csv"
