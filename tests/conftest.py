@@ -225,6 +225,15 @@ def audit_entries(server, action):
     return [x for x in out if x.get("action") == action]
 
 
+def audited(server, action, pred):
+    """The audit entries of ACTION matching PRED, once there is one (the audit role takes them asynchronously)."""
+    deadline = time.time() + 15
+    while not (got := [e for e in audit_entries(server, action) if pred(e)]):
+        assert time.time() < deadline, f"no {action} audit entry"
+        time.sleep(0.2)
+    return got
+
+
 def run_cli(server, *args, input=None, env_extra=None, config_home=None):
     """Runs the cloister CLI against SERVER; returns CompletedProcess."""
     env = sanitizer_env()

@@ -6,11 +6,10 @@ import os
 import shutil
 import stat
 import subprocess
-import time
 
 import pytest
 
-from conftest import CLOISTER, audit_entries, manifest, run_cli, sanitizer_env
+from conftest import CLOISTER, audited, manifest, run_cli, sanitizer_env
 
 AGE = shutil.which("age")
 AGE_KEYGEN = shutil.which("age-keygen")
@@ -39,14 +38,6 @@ def keys(tmp_path):
     recipient = [ln.split(": ")[1] for ln in ident.read_text().splitlines() if ln.startswith("# public key: ")][0]
     return config, ident, recipient
 
-
-def audited(server, action, pred):
-    """The audit entries of ACTION matching PRED, once there is one (the audit role takes them asynchronously)."""
-    deadline = time.time() + 15
-    while not (got := [e for e in audit_entries(server, action) if pred(e)]):
-        assert time.time() < deadline, f"no {action} audit entry"
-        time.sleep(0.2)
-    return got
 
 
 def payload(tmp_path, size, name="plain"):

@@ -40,6 +40,7 @@ typedef struct api_role_config {
     api_config api;               /* the server's; store, keyring and handoff_key are the role's to fill */
     const char *store_url;
     const char *auth_dir;         /* token signing keys and the login handoff key (0700, created) */
+    const char *blob_dir;         /* datasets' ciphertexts (blob/blob.h; 0700, created) */
     const char *platform_ca_cert; /* verifies sandbox evidence for key release */
     const char *kms_socket;
     const char *runner_socket;    /* the Enclave controller's runner */

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "api/handlers-datasets.h"
 #include "api/handlers-policy.h"
 #include "auth/bootstrap-names.h"
 #include "basic/macro.h"
@@ -93,10 +94,13 @@ static bool self_exempt(const char *name, const char *domain, const char *writer
 }
 
 /* Where documents name what a write must be allowed to add: a document of
- * KIND naming NAME at spec.PATH needs VERB on TARGET/NAME, unless EXEMPT. */
+ * KIND naming NAME at spec.PATH needs VERB on TARGET/NAME, unless EXEMPT;
+ * when ON_SELF, VERB on TARGET/<the document's own name>, once however many
+ * names it adds (a Workspace's new members: `bind` on that Workspace). */
 static const struct reference {
     const char *kind, *path, *verb, *target;
     exempt_fn exempt;
+    bool on_self;
 } references[] = {
     {"User", "groups", "bind", "Group", NULL},
     {"User", "policies", "bind", "Policy", NULL},
@@ -108,6 +112,7 @@ static const struct reference {
     {"Service", "inject.secret", "use", "Secret", NULL},
     {"IdentityProvider", "clientSecret.secret", "use", "Secret", NULL},
     {"Enclave", "secrets[].secret", "use", "Secret", NULL},
+    {"Workspace", "members", "bind", "Workspace", NULL, true},
 };
 
 /* Whether writing IdentityProvider DOC over STORED changes whom it vouches
@@ -149,9 +154,12 @@ int authz_write_additions(const json_t *doc, const json_t *stored, const char *d
         {
             if (json_object_get(old, name) || (ref->exempt && ref->exempt(name, domain, writer)))
                 continue;
+            const char *target = ref->on_self ? doc_name(doc) : name;
             if (json_array_append_new(out, json_pack("{s:s, s:s, s:s}", "verb", ref->verb, "kind", ref->target,
-                                                     "name", name)) < 0)
+                                                     "name", target)) < 0)
                 return -ENOMEM;
+            if (ref->on_self)
+                break;
         }
     }
     if (kind && strcmp(kind, "IdentityProvider") == 0 && idp_vouches_anew(doc, stored) &&
@@ -196,7 +204,11 @@ static int check_protection(h2o_req_t *req, const caller *c, const api_write *w,
 /* Decides write W's own verb and every right its additions need. */
 static int decide_rights(api_server *srv, h2o_req_t *req, const caller *c, const api_write *w, api_error *err)
 {
-    if (check_protection(req, c, w, err) < 0 || api_authorize(srv, req, c, w->verb, w->kind, w->name, err) < 0)
+    if (check_protection(req, c, w, err) < 0)
+        return -1;
+    /* a workspace member's implicit rights know the new document (handlers-datasets.h) */
+    if (!api_member_allows(srv, c, w->verb, w->kind, w->name, w->doc) &&
+        api_authorize(srv, req, c, w->verb, w->kind, w->name, err) < 0)
         return -1;
     if (!w->doc)
         return 0;
@@ -332,6 +344,8 @@ static int check_constraints(api_server *srv, const api_write *w, size_t n, size
         return check_credential_user(srv, w, n, i, err);
     if (strcmp(w[i].kind, "Service") == 0)
         return check_hosts(srv, w, n, i, claims, err);
+    if (strcmp(w[i].kind, "Dataset") == 0)
+        return api_dataset_check(srv, w[i].doc, w[i].stored, err);
     return 0;
 }
 

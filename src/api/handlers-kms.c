@@ -15,7 +15,9 @@
 #include <openssl/crypto.h>
 #include <string.h>
 
+#include "age/age.h"
 #include "audit/event.h"
+#include "basic/fileio.h"
 #include "basic/encoding.h"
 #include "basic/macro.h"
 #include "kms/ciphertext.h"
@@ -207,6 +209,36 @@ int api_kms_seal_secret(json_t *doc, api_error *err)
     }
     json_decref(stored);
     return r;
+}
+
+/* ---- workspace keys ---- */
+
+int api_kms_workspace_key(json_t **ret_status, api_error *err)
+{
+    uint8_t rnd[16];
+    char key[64] = "workspace_"; /* "_": never a Key resource's name (a DNS label) */
+    if (random_bytes(rnd, sizeof(rnd)) < 0)
+        return api_fail(err, 500, "internal", "no random bytes for the workspace key's name");
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(key + strlen(key), 3, "%02x", rnd[i]);
+    json_auto_t *body = json_pack("{s:s, s:s}", "key", key, "algorithm", "x25519"), *ans = NULL;
+    if (!body)
+        return api_fail(err, 500, "internal", "out of memory");
+    if (call("/v1/public", body, &ans, err) < 0)
+        return -1;
+    const char *pub = json_string_value(json_object_get(ans, "public"));
+    age_recipient r;
+    uint8_t raw[AGE_KEY_SIZE + 2];
+    if (!pub || base64_decode(pub, strlen(pub), raw, sizeof(raw), false) != AGE_KEY_SIZE)
+        return api_fail(err, 502, "internal", "the KMS answered no X25519 public key");
+    memcpy(r.public, raw, AGE_KEY_SIZE);
+    char recipient[AGE_RECIPIENT_STRLEN];
+    age_recipient_format(&r, recipient);
+    json_t *status = json_pack("{s:s, s:s}", "recipient", recipient, "key", key);
+    if (!status)
+        return api_fail(err, 500, "internal", "out of memory");
+    *ret_status = status;
+    return 0;
 }
 
 /* ---- the /v1/kms/ endpoints ---- */

@@ -38,3 +38,12 @@ int api_kms_secret_value(const char *name, const char *key, char **ret, api_erro
  * releases with kms_json_wipe_decref(). Returns 0, or -1 with ERR (404 no
  * such Key, 400 not an encrypt Key, 503 KMS sealed or down). */
 int api_kms_datakey(const char *name, json_t **ret, api_error *err);
+
+/* Makes a new workspace key in the kms role (x25519, a fresh random name
+ * "workspace_<hex>", never a Key resource's name, so that a workspace made again under an old name never
+ * gets the old key) and answers the Workspace's server-owned status
+ * {recipient: "age1…", key: NAME} as a new reference in *RET_STATUS. The
+ * private half never leaves the kms role. Blocks: off the event loop only.
+ * Returns 0 or -1 with ERR. */
+int api_kms_workspace_key(json_t **ret_status, api_error *err);
+

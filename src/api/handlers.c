@@ -10,6 +10,7 @@
 
 #include "api/auth.h"
 #include "api/authz-write.h"
+#include "api/handlers-datasets.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-policy.h"
 #include "api/request.h"
@@ -301,6 +302,8 @@ static void respond_write(pending_write *pw)
         api_respond_json(req, pw->route, pw->started, 200, body);
         json_decref(body);
     } else if (pw->route == ROUTE_DELETE) {
+        if (strcmp(txn->ops[0].kind, "Dataset") == 0)
+            api_dataset_deleted(pw->thread->server, pw->input);
         json_t *body = json_pack("{s:s, s:s, s:s}", "kind", txn->ops[0].kind, "name", txn->ops[0].name,
                                  "status", "deleted");
         api_respond_json(req, pw->route, pw->started, 200, body);
@@ -414,18 +417,39 @@ typedef struct seal_job {
     api_error err;
 } seal_job;
 
+/* Whether OP needs the KMS before it is written: a Secret's values are
+ * sealed, a new Workspace gets its key. */
 static bool op_seals(const store_op *op)
 {
-    return op->doc && strcmp(op->kind, "Secret") == 0;
+    return op->doc && (strcmp(op->kind, "Secret") == 0 || (op->type == STORE_CREATE && strcmp(op->kind, "Workspace") == 0));
+}
+
+/* A new Workspace's key, made by the KMS: its server-owned status
+ * {recipient, key} goes into OP's document, which owns it. */
+static int make_workspace_key(store_op *op, api_error *err)
+{
+    json_t *status;
+    if (api_kms_workspace_key(&status, err) < 0)
+        return -1;
+    if (json_object_set_new(op->doc, "status", status) < 0)
+        return api_fail(err, 500, "internal", "out of memory");
+    op->status = status;
+    return 0;
 }
 
 static void seal_work(offload_job *j)
 {
     seal_job *job = (seal_job *)j;
     store_txn *txn = &job->pw->txn;
-    for (size_t i = 0; i < txn->n_ops && job->rc == 0; i++)
-        if (op_seals(&txn->ops[i]) && (job->rc = api_kms_seal_secret((json_t *)txn->ops[i].doc, &job->err)) < 0)
+    for (size_t i = 0; i < txn->n_ops && job->rc == 0; i++) {
+        store_op *op = &txn->ops[i];
+        if (!op_seals(op))
+            continue;
+        job->rc = strcmp(op->kind, "Secret") == 0 ? api_kms_seal_secret(op->doc, &job->err)
+                                                  : make_workspace_key(op, &job->err);
+        if (job->rc < 0)
             job->err.document = job->pw->route == ROUTE_APPLY ? (long)i : -1;
+    }
 }
 
 /* Writes the sealed documents, or answers why they could not be sealed;
@@ -480,7 +504,8 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
     json_t *doc = NULL;
     if (route == ROUTE_DELETE) {
         /* owns the name, and what dies with the object, for the asynchronous write */
-        if (api_auth_delete_input(srv, kind->kind, name, &input, err) < 0)
+        if (api_auth_delete_input(srv, kind->kind, name, &input, err) < 0 ||
+            (strcmp(kind->kind, "Dataset") == 0 && api_dataset_delete_input(srv, name, input, err) < 0))
             return -1;
         name = json_string_value(json_object_get(input, "name"));
     } else {
@@ -515,6 +540,10 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
     if (route == ROUTE_DELETE)
         api_auth_dependent_ops(pw->input, pw->ops + 1);
     api_auth_bind_credential(&pw->ops[0]);
+    if (api_dataset_set_owner(&pw->ops[0], c) < 0) {
+        pending_write_free(pw);
+        return api_fail(err, 500, "internal", "out of memory");
+    }
     return seal_and_submit(srv, req, pw, err); /* Secret values go to the KMS only now, decided */
 }
 
@@ -586,6 +615,10 @@ static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const
             return -1;
         }
         api_auth_bind_credential(&pw->ops[i]);
+        if (api_dataset_set_owner(&pw->ops[i], c) < 0) {
+            pending_write_free(pw);
+            return api_fail(err, 500, "internal", "out of memory");
+        }
     }
     /* only now, every document decided: Secret values go to the KMS */
     return seal_and_submit(srv, req, pw, err);
@@ -608,7 +641,9 @@ static void handle_get(api_server *srv, h2o_req_t *req, uint64_t started, const 
     json_decref(doc);
 }
 
-static void handle_list(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind)
+/* Lists KIND for caller C; of Datasets, only those C may get (a workspace
+ * member sees their workspaces' datasets). */
+static void handle_list(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind, const caller *c)
 {
     json_t *items;
     int64_t rev;
@@ -622,7 +657,12 @@ static void handle_list(api_server *srv, h2o_req_t *req, uint64_t started, const
     json_t *out = json_array();
     size_t i;
     json_t *doc;
-    json_array_foreach(items, i, doc) json_array_append_new(out, public_view(doc));
+    bool each = strcmp(kind->kind, "Dataset") == 0;
+    json_array_foreach(items, i, doc)
+    {
+        if (!each || api_may(srv, req, c, "get", kind->kind, doc_name(doc)))
+            json_array_append_new(out, public_view(doc));
+    }
     json_decref(items);
     char rvs[24];
     snprintf(rvs, sizeof(rvs), "%lld", (long long)rev);
@@ -847,10 +887,14 @@ static void handle_whoami(h2o_req_t *req, uint64_t started, const caller *c)
     json_t *spec = json_object_get(c->user, "spec");
     json_t *groups = json_object_get(spec, "groups");
     /* credential is null for sessions opened through an identity provider */
+    /* publicKeys: the keys the user registered (keys register), null before */
+    json_t *keys = json_object_get(json_object_get(c->user, "status"), "publicKeys");
     json_t *body = json_pack("{s:s, s:s, s:s, s:o, s:s?}", "user", caller_name(c), "type",
                              json_string_value(json_object_get(spec, "type")) ?: "human", "email",
                              json_string_value(json_object_get(spec, "email")) ?: "", "groups",
                              groups ? json_incref(groups) : json_array(), "credential", doc_name(c->credential));
+    if (body && json_is_object(keys))
+        json_object_set(body, "publicKeys", keys);
     api_respond_json(req, ROUTE_WHOAMI, started, 200, body);
     json_decref(body);
 }
@@ -1029,7 +1073,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         if (!api_method_is(req, "GET") && !api_method_is(req, "HEAD"))
             api_method_not_allowed(req, route, started, "GET, POST");
         else if (route == ROUTE_LIST)
-            handle_list(srv, req, started, kind);
+            handle_list(srv, req, started, kind, &c);
         else {
             char rv[24];
             long long from = 0;

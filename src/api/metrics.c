@@ -34,6 +34,7 @@ static const struct {
     [ROUTE_ATTEST] = {"/v1/attest/challenge", "POST"},
     [ROUTE_PROXY_CONFIG] = {"/v1/proxy/config", "GET"},
     [ROUTE_USER_KEYS] = {"/v1/users/{name}/keys", "POST"},
+    [ROUTE_DATASET_DATA] = {"/v1/datasets/{name}/data", "any"},
     [ROUTE_OTHER] = {"other", "any"},
 };
 

@@ -33,6 +33,7 @@ typedef enum api_route {
     ROUTE_ATTEST,
     ROUTE_PROXY_CONFIG,
     ROUTE_USER_KEYS,
+    ROUTE_DATASET_DATA,
     ROUTE_OTHER,
     ROUTE_COUNT_,
 } api_route;

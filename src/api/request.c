@@ -1,6 +1,7 @@
 #include "api/request.h"
 
 #include "api/handlers-attest.h"
+#include "api/handlers-datasets.h"
 #include "api/handlers-keys.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-audit.h"
@@ -41,6 +42,7 @@ const size_t api_n_endpoint_groups = ELEMENTSOF(api_endpoint_groups) - 1;
 /* Components that serve a sub-resource of a kind's objects add one entry each. */
 const api_subresource api_subresources[] = {
     {"users", "keys", ROUTE_USER_KEYS, api_handle_user_keys},
+    {"datasets", "data", ROUTE_DATASET_DATA, api_handle_dataset_data},
 };
 const size_t api_n_subresources = ELEMENTSOF(api_subresources);
 

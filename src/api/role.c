@@ -12,6 +12,7 @@
 #include "api/api.h"
 #include "api/auth.h"
 #include "api/handlers-attest.h"
+#include "api/handlers-datasets.h"
 #include "api/handlers-kms.h"
 #include "audit/event.h"
 #include "auth/handoff.h"
@@ -112,6 +113,15 @@ int api_role_serve(const api_role_config *cfg)
         store_free(s);
         return 1;
     }
+    r = api_datasets_init(cfg->blob_dir);
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot open the blob store", "path", cfg->blob_dir, "error", strerror(-r), NULL);
+        api_attest_done();
+        OPENSSL_cleanse(handoff_key, sizeof(handoff_key));
+        auth_keyring_free(keyring);
+        store_free(s);
+        return 1;
+    }
     api_config api = cfg->api;
     api.store = s;
     api.keyring = keyring;
@@ -137,6 +147,7 @@ int api_role_serve(const api_role_config *cfg)
     controller_stop(ctl);
     api_kms_done();
     api_attest_done();
+    api_datasets_done();
     audit_event_stop(2000);
     OPENSSL_cleanse(handoff_key, sizeof(handoff_key));
     auth_keyring_free(keyring);

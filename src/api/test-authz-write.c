@@ -180,3 +180,18 @@ Test(protection, the_bootstrap_objects)
     cr_expect_eq(authz_write_protection("Group", "admin"), AUTHZ_UNPROTECTED);
     cr_expect_eq(authz_write_protection("Service", "cloister-proxy"), AUTHZ_UNPROTECTED);
 }
+
+Test(additions, new_workspace_members_need_bind_on_the_workspace_once)
+{
+    const char *stored = "{\"kind\":\"Workspace\",\"metadata\":{\"name\":\"cohort\"},\"spec\":{\"members\":[\"alice\"]}}";
+    EXPECT_ADDS("{\"kind\":\"Workspace\",\"metadata\":{\"name\":\"cohort\"},"
+                "\"spec\":{\"members\":[\"alice\",\"bob\",\"carol\"]}}",
+                stored, "admin", "bind Workspace/cohort");
+    EXPECT_ADDS("{\"kind\":\"Workspace\",\"metadata\":{\"name\":\"cohort\"},\"spec\":{\"members\":[\"bob\"]}}",
+                NULL, "admin", "bind Workspace/cohort");
+    /* removing members, or keeping them, adds nothing */
+    EXPECT_ADDS("{\"kind\":\"Workspace\",\"metadata\":{\"name\":\"cohort\"},\"spec\":{\"members\":[\"alice\"],"
+                "\"approvals\":\"all\"}}",
+                stored, "admin", "");
+}
+

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "basic/strbuf.h"
 
@@ -17,13 +18,32 @@
 typedef struct response {
     strbuf body;
     bool too_large;
+    CURL *handle;
+    int out_fd;      /* a 2xx body goes here when >= 0 (a download) */
+    bool write_failed;
 } response;
 
-/* libcurl write callback: appends to the capped body; a short count
- * makes libcurl abort the transfer. */
+/* libcurl write callback: appends to the capped body, or writes a
+ * download's 2xx body to its fd; a short count makes libcurl abort the
+ * transfer. */
 static size_t on_body(char *data, size_t size, size_t n, void *userdata)
 {
     response *resp = userdata;
+    long status = 0;
+    if (resp->out_fd >= 0 && curl_easy_getinfo(resp->handle, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
+        status >= 200 && status < 300) {
+        for (size_t done = 0; done < size * n;) {
+            ssize_t w = write(resp->out_fd, data + done, size * n - done);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0) {
+                resp->write_failed = true;
+                return 0;
+            }
+            done += (size_t)w;
+        }
+        return size * n;
+    }
     int r = strbuf_append(&resp->body, data, size * n);
     resp->too_large = r == -E2BIG;
     return r == 0 ? size * n : 0;
@@ -73,7 +93,7 @@ static void slist_free_wiped(struct curl_slist *l)
 
 /* Sets up the handle for an HTTPS-only, verified, bounded exchange. */
 static int setup(CURL *c, const cli_ctx *ctx, const char *url, const char *method,
-                 const char *body, struct curl_slist *headers, response *resp, char *errbuf)
+                 const char *body, size_t body_len, struct curl_slist *headers, response *resp, char *errbuf)
 {
     CURLcode rc = CURLE_OK;
 #define SET(opt, val)                                                                              \
@@ -98,7 +118,7 @@ static int setup(CURL *c, const cli_ctx *ctx, const char *url, const char *metho
     SET(CURLOPT_CUSTOMREQUEST, method);
     if (body) {
         SET(CURLOPT_POSTFIELDS, body);
-        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
+        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
     }
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, resp);
@@ -107,20 +127,30 @@ static int setup(CURL *c, const cli_ctx *ctx, const char *url, const char *metho
     return rc == CURLE_OK ? 0 : -ENOMEM;
 }
 
+/* What one exchange sends besides its method and URL: a body of LEN bytes
+ * of CONTENT_TYPE (none when DATA is NULL), and where a 2xx answer's body
+ * goes (OUT_FD, or parsed as JSON when -1). */
+typedef struct exchange {
+    const char *data;
+    size_t len;
+    const char *content_type;
+    int out_fd;
+} exchange;
+
 /* One exchange with URL (an https:// URL): api_request() without the refresh. */
-static int request_url(const cli_ctx *ctx, const char *token, const char *method, const char *url,
-                       const json_t *body, json_t **ret, api_error *err)
+static int exchange_url(const cli_ctx *ctx, const char *token, const char *method, const char *url,
+                        const exchange *x, json_t **ret, api_error *err)
 {
-    _cleanup_free_ char *payload = NULL;
-    if (body && !(payload = json_dumps(body, JSON_COMPACT)))
-        return transport_error(err, -ENOMEM, "out of memory");
+    const char *payload = x->data;
+    char content_type[128] = "";
+    if (payload)
+        snprintf(content_type, sizeof(content_type), "Content-Type: %s", x->content_type);
 
     char auth[8300];
     struct curl_slist *headers = NULL, *l;
     if (token)
         snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
-    const char *lines[] = {token ? auth : NULL, "Accept: application/json",
-                           body ? "Content-Type: application/json" : NULL};
+    const char *lines[] = {token ? auth : NULL, "Accept: application/json", payload ? content_type : NULL};
     for (size_t i = 0; i < ELEMENTSOF(lines); i++) {
         if (!lines[i])
             continue;
@@ -133,11 +163,12 @@ static int request_url(const cli_ctx *ctx, const char *token, const char *method
     }
     explicit_bzero(auth, sizeof(auth));
 
-    response resp = {};
+    response resp = {.out_fd = x->out_fd};
     strbuf_init(&resp.body, CLIENT_MAX_RESPONSE);
     char errbuf[CURL_ERROR_SIZE] = "";
     CURL *c = curl_easy_init();
-    int r = c ? setup(c, ctx, url, method, payload, headers, &resp, errbuf) : -ENOMEM;
+    resp.handle = c;
+    int r = c ? setup(c, ctx, url, method, payload, x->len, headers, &resp, errbuf) : -ENOMEM;
     CURLcode rc = CURLE_FAILED_INIT;
     long status = 0;
     if (r == 0) {
@@ -152,6 +183,8 @@ static int request_url(const cli_ctx *ctx, const char *token, const char *method
     if (resp.too_large)
         return transport_error(err, -E2BIG, "the answer of %s is larger than %zu MiB", ctx->server,
                                CLIENT_MAX_RESPONSE >> 20);
+    if (resp.write_failed)
+        return transport_error(err, -EIO, "cannot write what %s sent: %s", ctx->server, strerror(errno));
     if (rc != CURLE_OK)
         return transport_error(err, -EIO, "cannot reach %s: %s", ctx->server,
                                errbuf[0] ? errbuf : curl_easy_strerror(rc));
@@ -169,6 +202,18 @@ static int request_url(const cli_ctx *ctx, const char *token, const char *method
     }
     *ret = v ? TAKE_PTR(v) : json_null();
     return 0;
+}
+
+/* exchange_url() of the JSON BODY (may be NULL). */
+static int request_url(const cli_ctx *ctx, const char *token, const char *method, const char *url,
+                       const json_t *body, json_t **ret, api_error *err)
+{
+    _cleanup_free_ char *payload = NULL;
+    if (body && !(payload = json_dumps(body, JSON_COMPACT)))
+        return transport_error(err, -ENOMEM, "out of memory");
+    exchange x = {.data = payload, .len = payload ? strlen(payload) : 0, .content_type = "application/json",
+                  .out_fd = -1};
+    return exchange_url(ctx, token, method, url, &x, ret, err);
 }
 
 /* request_url() of PATH below the server's /v1. */
@@ -264,3 +309,38 @@ int api_error_print(const api_error *err)
     const char *hint = err->status == 401 ? " (log in again: cloister login --token TOKEN)" : "";
     return cli_error("%s%s", api_error_message(err, msg, sizeof(msg)), hint);
 }
+
+/* exchange_url() of PATH below /v1 with CTX's token, refreshing the
+ * session once as api_request_url() does. */
+static int exchange_path(cli_ctx *ctx, const char *method, const char *path, const exchange *x, json_t **ret,
+                         api_error *err)
+{
+    _cleanup_free_ char *url = NULL;
+    if (asprintf(&url, "%s/v1%s", ctx->server, path) < 0)
+        return transport_error(err, -ENOMEM, "out of memory");
+    const char *token = ctx->token;
+    int r = exchange_url(ctx, token, method, url, x, ret, err);
+    bool from_session = token && ctx->session.access_token && strcmp(token, ctx->session.access_token) == 0 &&
+                        ctx->session.refresh_token;
+    if (r != -EPROTO || err->status != 401 || !from_session)
+        return r;
+    api_error refresh_err;
+    if (cli_session_refresh(ctx, &refresh_err) < 0)
+        return r;
+    return exchange_url(ctx, ctx->token, method, url, x, ret, err);
+}
+
+int api_request_bytes(cli_ctx *ctx, const char *method, const char *path, const void *data, size_t n, json_t **ret,
+                      api_error *err)
+{
+    exchange x = {.data = data, .len = n, .content_type = "application/octet-stream", .out_fd = -1};
+    return exchange_path(ctx, method, path, &x, ret, err);
+}
+
+int api_download(cli_ctx *ctx, const char *path, int fd, api_error *err)
+{
+    json_auto_t *ignored = NULL;
+    exchange x = {.out_fd = fd};
+    return exchange_path(ctx, "GET", path, &x, &ignored, err);
+}
+

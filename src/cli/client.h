@@ -37,6 +37,15 @@ int api_request(cli_ctx *ctx, const char *token, const char *method, const char 
 int api_request_url(cli_ctx *ctx, const char *token, const char *method, const char *url, const json_t *body,
                     json_t **ret, api_error *err);
 
+/* api_request() with CTX's token of N raw bytes of DATA
+ * (application/octet-stream), the answer JSON. */
+int api_request_bytes(cli_ctx *ctx, const char *method, const char *path, const void *data, size_t n, json_t **ret,
+                      api_error *err);
+/* GET PATH (below /v1) with CTX's token, writing a 2xx answer's body to FD
+ * as it comes (not kept in memory); an error answer fills ERR. Returns 0 or
+ * as api_request(). */
+int api_download(cli_ctx *ctx, const char *path, int fd, api_error *err);
+
 /* Trades the saved session's refresh token for a new access token and
  * refresh token (POST /v1/auth/refresh), saves the session and makes the
  * new access token CTX's token. Returns 0, or -EPROTO/-EIO/... with ERR. */

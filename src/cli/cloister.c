@@ -38,9 +38,13 @@ static const cli_command commands[] = {
     {"keys", "init [--force] | show [-o json|yaml] | register",
      "make your approval key (Ed25519) and age identity in $XDG_CONFIG_HOME/cloister/keys/ (0600), show their "
      "public halves, or publish them on your user (status.publicKeys)", cmd_keys},
-    {"dataset", "decrypt [-i IDENTITY] [-o FILE] [IN]",
-     "decrypt an age file with your identity (or -i FILE); -o FILE appears only once all of it verified, while "
-     "stdout may get the leading chunks of a file that then fails", cmd_dataset},
+    {"workspace", "create NAME --member USER... [--approvals owners|all]",
+     "create a workspace; the KMS makes its key, whose age recipient datasets are encrypted to", cmd_workspace},
+    {"dataset", "upload NAME --workspace W --file F.csv [--schema COL:TYPE,...] | download NAME -o FILE |\n"
+                "         decrypt [-i IDENTITY] [-o FILE] [IN]",
+     "check a CSV against its schema, encrypt it here to the workspace and to you, and upload the ciphertext; "
+     "download the ciphertext; decrypt an age file with your identity (or -i FILE); -o FILE appears only once "
+     "all of it verified, while stdout may get the leading chunks of a file that then fails", cmd_dataset},
     {"age", "encrypt -r RECIPIENT... | --self [-o FILE] [IN]",
      "encrypt a file to age recipients (age1...) with Cloister's age library", cmd_age},
     /* Each later command group (token, policy, audit, attest, kms, enclave,

@@ -21,6 +21,8 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
 {
     char auth_dir[4200];
     snprintf(auth_dir, sizeof(auth_dir), "%s/auth", cfg->data_dir);
+    char blob_dir[4200];
+    snprintf(blob_dir, sizeof(blob_dir), "%s/api/blobs", cfg->data_dir);
     const api_role_config api = {
         .api = {.listen = cfg->api_listen, .cert_file = cfg->api_cert, .key_file = cfg->api_key,
                 .domain = cfg->domain, .threads = cfg->api_threads, .roles = all, .n_roles = n_all,
@@ -28,6 +30,7 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
                 .proxy_metrics = cfg->proxy_metrics},
         .store_url = cfg->store_url,
         .auth_dir = auth_dir,
+        .blob_dir = blob_dir,
         .platform_ca_cert = cfg->platform_ca_cert,
         .kms_socket = cfg->kms_socket,
         .runner_socket = cfg->runner_socket,

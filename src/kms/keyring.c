@@ -44,6 +44,7 @@ static const char *const algorithms[][2] = {
     {"aes-256-gcm", "encrypt"},
     {"ecdsa-p256", "sign"},
     {"ed25519", "sign"},
+    {"x25519", "agreement"}, /* workspace keys: age stanzas addressed to them are unwrapped here only */
 };
 static const char *const state_names[] = {
     [KMS_STATE_ENABLED] = "enabled",
@@ -161,8 +162,9 @@ static int version_generate(kms_key *k, kms_version *v)
         v->material_len = KMS_KEY_BYTES;
         return 0;
     }
-    EVP_PKEY *pkey = strcmp(k->algorithm, "ed25519") == 0 ? EVP_PKEY_Q_keygen(NULL, NULL, "ED25519")
-                                                          : EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    EVP_PKEY *pkey = strcmp(k->algorithm, "ed25519") == 0  ? EVP_PKEY_Q_keygen(NULL, NULL, "ED25519")
+                     : strcmp(k->algorithm, "x25519") == 0 ? EVP_PKEY_Q_keygen(NULL, NULL, "X25519")
+                                                           : EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
     if (!pkey)
         return -EIO;
     int len = i2d_PrivateKey(pkey, NULL);
@@ -179,11 +181,13 @@ static int version_generate(kms_key *k, kms_version *v)
     return 0;
 }
 
-/* The private key of a sign version; the caller frees it with EVP_PKEY_free. */
+/* The private key of a sign or agreement version; the caller frees it with EVP_PKEY_free. */
 static EVP_PKEY *version_pkey(const kms_key *k, const kms_version *v)
 {
     const uint8_t *p = v->material;
-    int type = strcmp(k->algorithm, "ed25519") == 0 ? EVP_PKEY_ED25519 : EVP_PKEY_EC;
+    int type = strcmp(k->algorithm, "ed25519") == 0  ? EVP_PKEY_ED25519
+               : strcmp(k->algorithm, "x25519") == 0 ? EVP_PKEY_X25519
+                                                     : EVP_PKEY_EC;
     return d2i_PrivateKey(type, NULL, &p, (long)v->material_len);
 }
 
@@ -676,4 +680,22 @@ int kms_verify(kms_keyring *kr, const char *name, uint32_t version, const uint8_
     if (r == -EBADMSG)
         return fail(err, r, "the signature does not verify");
     return r < 0 ? fail(err, r, "verification failed") : 0;
+}
+
+int kms_public_x25519(kms_keyring *kr, const char *name, uint8_t out[static KMS_X25519_BYTES], uint32_t *ret_version,
+                      kms_err *err)
+{
+    kms_key *k;
+    kms_version *v;
+    int r = key_for(kr, name, "agreement", &k, err);
+    if (r < 0 || (r = usable_version(k, k->primary, &v, err)) < 0)
+        return r;
+    EVP_PKEY *pkey = version_pkey(k, v);
+    size_t len = KMS_X25519_BYTES;
+    r = pkey && EVP_PKEY_get_raw_public_key(pkey, out, &len) == 1 && len == KMS_X25519_BYTES ? 0 : -EIO;
+    EVP_PKEY_free(pkey);
+    if (r < 0)
+        return fail(err, r, "cannot derive the public key of %s", name);
+    *ret_version = v->version;
+    return 0;
 }

@@ -2,7 +2,8 @@
  * persisted only wrapped by a key derived from the root key.
  *
  * A key has one algorithm: aes-256-gcm (purpose encrypt), ecdsa-p256 or
- * ed25519 (purpose sign). Its primary version encrypts and signs; older
+ * ed25519 (purpose sign), x25519 (purpose agreement: a workspace key, whose
+ * public half is an age recipient). Its primary version encrypts and signs; older
  * enabled versions still decrypt and verify. A version is enabled, disabled
  * (refuses everything until enabled again), pending destruction (refuses
  * everything; waits at least 24 hours, and can be cancelled by enabling or
@@ -19,6 +20,7 @@
 #define KMS_KEYS_MAX 256
 #define KMS_VERSIONS_MAX 64
 #define KMS_SIGNATURE_MAX 80
+#define KMS_X25519_BYTES 32
 /* a scheduled destruction waits at least a day, so that it can be cancelled
  * (as AWS KMS and Vault do); a week unless asked otherwise */
 #define KMS_DESTROY_MIN_SECONDS (24 * 3600)
@@ -39,7 +41,7 @@ typedef enum kms_state {
     KMS_STATE_DESTROYED,
 } kms_state;
 
-/* "aes-256-gcm", "ecdsa-p256", "ed25519"; NULL for anything else. */
+/* The purpose of "aes-256-gcm", "ecdsa-p256", "ed25519", "x25519"; NULL for anything else. */
 const char *kms_algorithm_purpose(const char *algorithm);
 
 /* Loads the ring at PATH (an absent file is an empty ring), unwrapping every
@@ -94,3 +96,10 @@ int kms_sign(kms_keyring *kr, const char *name, const uint8_t *msg, size_t n, ui
 /* Verifies SIG over MSG with NAME/VERSION: 0 when valid, -EBADMSG when not. */
 int kms_verify(kms_keyring *kr, const char *name, uint32_t version, const uint8_t *msg, size_t n,
                const uint8_t *sig, size_t sig_len, kms_err *err);
+
+/* The raw public half of x25519 key NAME's primary version into OUT, its
+ * number into *RET_VERSION. -ENOENT no such key, -EMEDIUMTYPE not an x25519
+ * key, -EKEYREVOKED / -EKEYEXPIRED as the other operations. The private half
+ * never leaves the ring. */
+int kms_public_x25519(kms_keyring *kr, const char *name, uint8_t out[static KMS_X25519_BYTES], uint32_t *ret_version,
+                      kms_err *err);

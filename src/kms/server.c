@@ -325,6 +325,26 @@ static json_t *op_verify(kms_op *op)
     return ans;
 }
 
+/* The public half of an x25519 key (made on first use, like every key):
+ * {key, version, public: base64 of the 32 raw bytes}. The private half
+ * never leaves the ring. */
+static json_t *op_public(kms_op *op)
+{
+    const char *name = ensure_key(op);
+    if (!name)
+        return NULL;
+    uint8_t pub[KMS_X25519_BYTES];
+    uint32_t version;
+    kms_err kerr = {""};
+    int r = kms_public_x25519(op->role->ring, name, pub, &version, &kerr);
+    if (r < 0) {
+        op_fail(op, r, &kerr);
+        return NULL;
+    }
+    return json_pack("{s:s, s:I, s:o}", "key", name, "version", (json_int_t)version, "public",
+                     b64_string(pub, sizeof(pub)));
+}
+
 static json_t *op_rotate(kms_op *op)
 {
     const char *name = ensure_key(op);
@@ -473,6 +493,7 @@ static const struct {
     {"/v1/rotate", op_rotate, false},
     {"/v1/key", op_describe, false},
     {"/v1/version", op_version, false},
+    {"/v1/public", op_public, false},
 };
 
 /* Every request: POST only, a capped JSON body (wiped once decoded), then

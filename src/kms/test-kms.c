@@ -271,6 +271,33 @@ Test(keyring, sign_and_verify, .init = make_tmpdir, .fini = remove_tmpdir)
     kms_keyring_free(kr);
 }
 
+/* A workspace key: only its public half comes out, it survives a reopen,
+ * and it neither encrypts nor signs. */
+Test(keyring, x25519_public_half_only, .init = make_tmpdir, .fini = remove_tmpdir)
+{
+    uint8_t root[KMS_KEY_BYTES] = {5};
+    kms_keyring *kr = open_ring(root);
+    kms_err err;
+    uint8_t pub[KMS_X25519_BYTES], again[KMS_X25519_BYTES], zero[KMS_X25519_BYTES] = {0}, sig[KMS_SIGNATURE_MAX];
+    uint32_t v;
+    size_t n;
+    cr_assert_eq(kms_keyring_ensure(kr, "workspace_a", "x25519", &err), 0, "%s", err.message);
+    cr_assert_str_eq(kms_algorithm_purpose("x25519"), "agreement");
+    cr_assert_eq(kms_public_x25519(kr, "workspace_a", pub, &v, &err), 0, "%s", err.message);
+    cr_assert_eq(v, 1);
+    cr_assert_neq(memcmp(pub, zero, sizeof(pub)), 0);
+    cr_assert_eq(kms_sign(kr, "workspace_a", (const uint8_t *)"m", 1, sig, &n, &v, &err), -EMEDIUMTYPE);
+    cr_assert_eq(kms_encrypt(kr, "workspace_a", NULL, 0, (const uint8_t *)"x", 1, sig, &n, &err), -EMEDIUMTYPE);
+    cr_assert_eq(kms_keyring_ensure(kr, "aes", "aes-256-gcm", &err), 0);
+    cr_assert_eq(kms_public_x25519(kr, "aes", pub, &v, &err), -EMEDIUMTYPE);
+    cr_assert_eq(kms_public_x25519(kr, "absent", pub, &v, &err), -ENOENT);
+    kms_keyring_free(kr);
+    kr = open_ring(root);
+    cr_assert_eq(kms_public_x25519(kr, "workspace_a", again, &v, &err), 0, "%s", err.message);
+    cr_assert_eq(memcmp(pub, again, sizeof(pub)), 0, "the same key after the ring is read back");
+    kms_keyring_free(kr);
+}
+
 Test(seal, passphrase_and_dev, .init = make_tmpdir, .fini = remove_tmpdir)
 {
     char root_file[128], dev_file[128];

@@ -355,6 +355,73 @@ static const schema_field enclave_fields[] = {
 };
 static const schema s_enclave_spec = OBJECT(enclave_fields, .check = check_enclave);
 
+/* ---- Workspace and Dataset (confidential analytics) --------------------- */
+
+static const schema s_members = ARRAY(&s_name, .min_items = 1, .max_items = 256);
+static const char *const approval_modes[] = {"owners", "all", NULL};
+static const schema s_approvals = STRING(.values = approval_modes);
+static const schema_field workspace_fields[] = {
+    {"members", &s_members, true, NULL},
+    {"approvals", &s_approvals, false, "\"owners\""}, /* owners: every owner of a job's inputs; all: every member */
+    {"attestationPolicy", &s_name, false, NULL},
+    {NULL},
+};
+static const schema s_workspace_spec = OBJECT(workspace_fields);
+
+/* A column name is an SQL identifier without quoting: [A-Za-z_][A-Za-z0-9_]*. */
+static int check_column(const json_t *v, resource_path *path, resource_error *err)
+{
+    const char *name = json_string_value(json_object_get(v, "name"));
+    for (size_t i = 0; name && name[i]; i++) {
+        char c = name[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (i > 0 && c >= '0' && c <= '9');
+        if (!ok) {
+            size_t saved = resource_path_push_key(path, "name", STRLEN("name"));
+            int r = resource_fail(err, path, "must be a column name: a letter or '_', then letters, digits or '_'");
+            resource_path_pop(path, saved);
+            return r;
+        }
+    }
+    return 0;
+}
+
+/* Column names are unique, compared without case (as SQL does). */
+static int check_dataset(const json_t *v, resource_path *path, resource_error *err)
+{
+    const json_t *cols = json_object_get(v, "schema");
+    for (size_t i = 1; i < json_array_size(cols); i++) {
+        const char *a = json_string_value(json_object_get(json_array_get(cols, i), "name"));
+        for (size_t j = 0; j < i && a; j++) {
+            const char *b = json_string_value(json_object_get(json_array_get(cols, j), "name"));
+            if (!b || strcasecmp(a, b) != 0)
+                continue;
+            size_t saved = resource_path_push_key(path, "schema", STRLEN("schema"));
+            resource_path_push_index(path, i);
+            int r = resource_fail(err, path, "column %s is already schema[%zu]", a, j);
+            resource_path_pop(path, saved);
+            return r;
+        }
+    }
+    return 0;
+}
+
+static const schema s_column_name = STRING(.max_len = 63);
+static const char *const column_types[] = {"integer", "real", "text", NULL};
+static const schema s_column_type = STRING(.values = column_types);
+static const schema_field column_fields[] = {
+    {"name", &s_column_name, true, NULL},
+    {"type", &s_column_type, true, NULL},
+    {NULL},
+};
+static const schema s_column = OBJECT(column_fields, .check = check_column);
+static const schema s_columns = ARRAY(&s_column, .min_items = 1, .max_items = 256);
+static const schema_field dataset_fields[] = {
+    {"workspace", &s_name, true, NULL},
+    {"schema", &s_columns, true, NULL},
+    {NULL},
+};
+static const schema s_dataset_spec = OBJECT(dataset_fields, .check = check_dataset);
+
 /* ---- Session (written by the auth server only) --------------------------- */
 
 static const char *const auth_methods[] = {"token", "oidc", NULL};
@@ -440,6 +507,21 @@ static const resource_column session_columns[] = {
     {NULL},
 };
 
+static const resource_column workspace_columns[] = {
+    {"MEMBERS", {"spec.members"}, false, NULL},
+    {"APPROVALS", {"spec.approvals"}, false, "owners"},
+    {"RECIPIENT", {"status.recipient"}, false, "-"},
+    {NULL},
+};
+
+static const resource_column dataset_columns[] = {
+    {"WORKSPACE", {"spec.workspace"}, false, NULL},
+    {"OWNER", {"status.owner"}, false, "-"},
+    {"SIZE", {"status.size"}, false, "-"},
+    {"UPLOADED", {"status.uploadedAt"}, false, "-"},
+    {NULL},
+};
+
 static const resource_kind kinds[] = {
     {"User", "users", false, &s_user_spec, user_columns},
     {"Group", "groups", false, &s_group_spec, group_columns},
@@ -452,6 +534,8 @@ static const resource_kind kinds[] = {
     {"Session", "sessions", false, &s_session_spec, session_columns, true},
     {"AttestationPolicy", "attestationpolicies", false, &s_attestation_policy_spec, attestation_policy_columns},
     {"Enclave", "enclaves", false, &s_enclave_spec, enclave_columns},
+    {"Workspace", "workspaces", false, &s_workspace_spec, workspace_columns},
+    {"Dataset", "datasets", false, &s_dataset_spec, dataset_columns},
 };
 
 /* ---- the document around the spec -------------------------------------- */
