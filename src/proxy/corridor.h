@@ -77,11 +77,9 @@ typedef struct proxy_thread {
     uint8_t id_prefix[8];
     uint64_t id_seq;
     unsigned next_replica; /* round robin over an enclave's replicas */
-    /* /.cloister/attestation: certificates fetched by helper threads come
-     * back to this loop as messages */
-    h2o_multithread_queue_t *attest_queue;
-    h2o_multithread_receiver_t attest_done;
-    unsigned attest_jobs; /* in flight; the drain waits for them */
+    /* /.cloister/attestation: certificates fetched on settings->attest_pool
+     * come back to this loop; the drain waits for them */
+    struct offload_loop *offload;
     /* the access log: records of this thread's requests, sent as one audit
      * entry per batch (by size or after a short delay) */
     strbuf access;
@@ -226,7 +224,3 @@ proxy_step proxy_serve_jwks(proxy_request *pr);
 void proxy_upstream_headers(h2o_mem_pool_t *pool, const h2o_headers_t *in, const proxy_service *svc,
                             const json_t *user, const char *request_id, const char *assertion, h2o_headers_t *ret);
 void proxy_assertions_clear(proxy_thread *t);
-
-/* ---- attestation.c ---- */
-void proxy_attest_init(proxy_thread *t);
-void proxy_attest_dispose(proxy_thread *t);

@@ -11,6 +11,7 @@
 #include "basic/fileio.h"
 #include "basic/log.h"
 #include "httpd/httpd.h"
+#include "httpd/offload.h"
 #include "pki/pki.h"
 #include "proxy/bridge.h"
 #include "proxy/certs.h"
@@ -22,6 +23,9 @@
 #define MAX_CONNECTIONS 20000 /* at most; httpd lowers it below the descriptor limit */
 #define REQUEST_TIMEOUT_MS 10000 /* HTTP/1: headers and body of a request, and keep-alive idleness */
 #define IDLE_TIMEOUT_MS 60000    /* HTTP/2 */
+/* /.cloister/attestation: handshakes with replicas at once, and waiting */
+#define ATTEST_WORKERS 4
+#define ATTEST_JOBS_MAX 256
 
 /* The client TLS context for https upstreams: the system's trust store and
  * the cluster CA, certificate and host name verified. */
@@ -55,8 +59,11 @@ int proxy_serve(const proxy_role_config *cfg)
     X509 *host_ca = NULL;
     EVP_PKEY *host_ca_key = NULL;
     proxy_certs *certs = NULL;
+    offload_pool *attest_pool = NULL;
     if (!client_tls || pki_load(cfg->host_ca_cert, cfg->host_ca_key, &host_ca, &host_ca_key) < 0 ||
-        proxy_certs_new(host_ca, host_ca_key, &certs) < 0) {
+        proxy_certs_new(host_ca, host_ca_key, &certs) < 0 ||
+        offload_pool_new("proxy-attest", ATTEST_WORKERS, ATTEST_JOBS_MAX, &attest_pool) < 0) {
+        proxy_certs_free(certs);
         SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
         return 1;
@@ -80,6 +87,7 @@ int proxy_serve(const proxy_role_config *cfg)
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot start following the API's configuration", "error", strerror(-r), NULL);
         audit_event_stop(2000);
+        offload_pool_free(attest_pool);
         proxy_certs_free(certs);
         SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
@@ -95,6 +103,7 @@ int proxy_serve(const proxy_role_config *cfg)
         .websocket_timeout_ms = 300000,
         .metrics = cfg->metrics,
         .certs = certs,
+        .attest_pool = attest_pool,
     };
     httpd_config hc = {
         .name = "proxy",
@@ -118,6 +127,7 @@ int proxy_serve(const proxy_role_config *cfg)
     proxy_bridges_shutdown();
     audit_event_stop(2000);
     proxy_config_shutdown();
+    offload_pool_free(attest_pool); /* every loop is freed: their jobs are done */
     proxy_certs_free(certs);
     SSL_CTX_free(client_tls);
     auth_keyring_free(keys);
