@@ -446,7 +446,7 @@ static pid_t spawn_role(const daemon_config *cfg, size_t i, role_table *table)
         if (peer_set_role_uids(uids, N_ROLES) < 0)
             _exit(1);
     }
-    if (privsep_enter(roles[i].name, as_root ? &role_ids[i] : NULL, view) < 0)
+    if (privsep_enter(roles[i].name, as_root ? &role_ids[i] : NULL, view, cfg) < 0)
         _exit(1);
     _exit(roles[i].main(view, &health[i], health, N_ROLES));
 }

@@ -480,7 +480,39 @@ static int landlock_role(const char *name, const daemon_config *cfg)
     return r;
 }
 
-int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config *cfg)
+/* The start-up evidence that Landlock holds (it has no /proc field to read
+ * from outside): confined role NAME tries to open files it must not reach,
+ * the cluster CA's key and another role's key, named by ALL (the
+ * supervisor's whole configuration). Each refusal is logged; a file that
+ * opens means the confinement does not hold and the role must not run.
+ * Returns 0, or -EPERM when one opened (logged). */
+static int landlock_self_check(const char *name, const daemon_config *all)
+{
+    const char *other = strcmp(name, "proxy") == 0 || strcmp(name, "audit") == 0 ? all->kms_root_file
+                        : strcmp(name, "api") == 0 || strcmp(name, "kms") == 0  ? all->audit_key
+                                                                                 : "";
+    const char *const probes[] = {all->ca_key, other};
+    for (size_t i = 0; i < ELEMENTSOF(probes); i++) {
+        if (!probes[i][0])
+            continue;
+        int fd = open(probes[i], O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd >= 0) {
+            close(fd);
+            log_fields(LOG_LEVEL_ERROR, "landlock self-check: a file outside the role's rooms opened; it does not run",
+                       "path", probes[i], NULL);
+            return -EPERM;
+        }
+        if (errno == ENOENT) /* not made yet (another role's first start): nothing to show */
+            continue;
+        char msg[4400];
+        snprintf(msg, sizeof(msg), "landlock self-check: %s refused (%s)", probes[i],
+                 errno == EACCES ? "EACCES" : strerror(errno));
+        log_fields(LOG_LEVEL_INFO, msg, "path", probes[i], NULL);
+    }
+    return 0;
+}
+
+int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config *cfg, const daemon_config *all)
 {
     bool runner = strcmp(name, "runner") == 0;
     const char *step = "drop privileges";
@@ -512,10 +544,12 @@ int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config 
             log_fields(LOG_LEVEL_WARN, "Landlock is unavailable in this kernel; the role sees the whole data dir",
                        NULL);
             r = 0;
-        } else if (r == 0)
+        } else if (r == 0) {
             log_fields(LOG_LEVEL_INFO, "Landlock applied: the role reads and writes only its own subtree", "rooms",
                        room_of(name) ? room_of(name)->dirs[0] : name, NULL);
-        else
+            if ((r = landlock_self_check(name, all)) < 0)
+                step = "check Landlock";
+        } else
             step = "apply Landlock";
     }
     if (r == 0 && (r = load_seccomp(name)) < 0)
