@@ -10,6 +10,10 @@
 #     dir), BENCH_DATA, BENCH_URL, BENCH_CA, and exports CLOISTER_TOKEN (the
 #     bootstrap admin). On exit it stops cloisterd and removes BENCH_WORK
 #     unless BENCH_KEEP is set.
+# bench_pause_cloisterd / bench_resume_cloisterd
+#     stops cloisterd keeping its data dir (for a bench that runs a role's own
+#     code on the role's files, as a process of its own role table), then
+#     starts it again on that data dir with the same URL and arguments.
 # bench_sqlite3_durable_inserts DIR N
 #     prints sqlite3's rate (inserts/s) when each of N inserts is its own
 #     durable transaction (WAL, synchronous=FULL) on the disk holding DIR: what
@@ -34,17 +38,29 @@ bench_stop_cloisterd() {
 }
 
 bench_start_cloisterd() {
-    local build=$1
+    bench_cloisterd_build=$1
     shift
+    bench_cloisterd_args=("$@")
     BENCH_WORK=$(mktemp -d "${TMPDIR:-/tmp}/cloister-bench.XXXXXX")
+    chmod 711 "$BENCH_WORK" # started as root, the roles' own users pass through it to the data dir
     BENCH_DATA="$BENCH_WORK/data"
     local port=$((20000 + RANDOM % 20000))
     BENCH_URL="https://127.0.0.1:$port"
     BENCH_CA="$BENCH_DATA/ca.pem"
-    "$build/src/daemon/cloisterd" --dev --data-dir "$BENCH_DATA" --api-listen "127.0.0.1:$port" "$@" \
-        >"$BENCH_WORK/cloisterd.log" 2>&1 &
-    bench_pid=$!
     trap bench_stop_cloisterd EXIT
+    bench_resume_cloisterd
+}
+
+bench_pause_cloisterd() {
+    kill -TERM "$bench_pid" 2>/dev/null
+    wait "$bench_pid" 2>/dev/null || true
+    bench_pid=
+}
+
+bench_resume_cloisterd() {
+    "$bench_cloisterd_build/src/daemon/cloisterd" --dev --data-dir "$BENCH_DATA" --api-listen "${BENCH_URL#https://}" \
+        ${bench_cloisterd_args[@]+"${bench_cloisterd_args[@]}"} >>"$BENCH_WORK/cloisterd.log" 2>&1 &
+    bench_pid=$!
     local _
     for _ in $(seq 1 300); do
         curl -fsS --cacert "$BENCH_CA" "$BENCH_URL/healthz" >/dev/null 2>&1 && break

@@ -4,7 +4,9 @@
 # as the bootstrap admin, applies examples/quickstart.yaml, sends one request
 # as alice through the identity-aware proxy, and stays in the foreground until
 # Ctrl-C (which stops cloisterd and the wiki cleanly).
-# Environment: CLOISTER_DATA_DIR (default ./cloister-data),
+# Environment: CLOISTER_DATA_DIR (default ./cloister-data, or
+#              /var/lib/cloister-dev for root when the checkout is not open to
+#              the roles' users, e.g. under /root),
 #              CLOISTER_API_LISTEN (default 127.0.0.1:7443),
 #              CLOISTER_PROXY_LISTEN (default 127.0.0.1:8443).
 set -euo pipefail
@@ -15,7 +17,22 @@ scripts/setup.sh
 [ -f build/build.ninja ] || meson setup build --buildtype=release >/dev/null
 ninja -C build >/dev/null
 
-data=${CLOISTER_DATA_DIR:-$top/cloister-data}
+# Started as root, each role runs as its own system user and must be able to
+# pass through every folder above the data dir: a checkout under /root (0700)
+# keeps its data in /var/lib/cloister-dev instead.
+traversable() { # DIR: whether every folder from / down to DIR lets others through
+    local d=$1
+    while [ "$d" != / ]; do
+        [ "$(( 0$(stat -c %a "$d") & 01 ))" -ne 0 ] || return 1
+        d=$(dirname "$d")
+    done
+}
+default_data=$top/cloister-data
+if [ "$(id -u)" = 0 ] && ! traversable "$top"; then
+    default_data=/var/lib/cloister-dev
+    echo "note: $top is not open to the roles' users; keeping the data in $default_data"
+fi
+data=${CLOISTER_DATA_DIR:-$default_data}
 listen=${CLOISTER_API_LISTEN:-127.0.0.1:7443}
 proxy=${CLOISTER_PROXY_LISTEN:-127.0.0.1:8443}
 # the demo upstream the quickstart's Service points at

@@ -4,23 +4,36 @@
  *                                    entries: inclusion and consistency proof
  *                                    latency from the stored tree, and the
  *                                    verifier's recompute rate (entries/s)
- *   bench-audit socket SOCK SECS THREADS BATCH
+ *   bench-audit socket DATA SECS THREADS BATCH
  *                                    durable appends/s through the audit role's
- *                                    socket, acknowledged after group commit
+ *                                    socket, acknowledged after group commit:
+ *                                    the audit role's own server (audit_serve),
+ *                                    forked with a role table (as cloisterd's
+ *                                    supervisor keeps one) naming this process
+ *                                    the api role, on DATA's audit/audit.db and
+ *                                    audit/audit.key (cloisterd stopped); the socket's peer
+ *                                    check lets in only that table's roles
  *   bench-audit fsync DIR N          write + fdatasync of 256 bytes, per second */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "audit/client.h"
 #include "audit/log.h"
 #include "audit/merkle.h"
+#include "basic/log.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
+#include "audit/server.h"
 
 #define ENTRY_FMT                                                                                                     \
     "{\"action\":\"resource.update\",\"actor\":{\"ip\":\"10.1.2.3\",\"session\":\"sess-%08u\",\"user\":\"bench\"}," \
@@ -159,15 +172,88 @@ static void *sock_main(void *p)
     return NULL;
 }
 
-static int bench_socket(const char *sock, unsigned secs, unsigned threads, size_t batch)
+/* Paths of the audit role in a data dir. */
+typedef struct audit_paths {
+    char socket[4200], db[4200], key[4200], pub[4200];
+} audit_paths;
+
+/* Forks the audit role's server (audit_serve(), what cloisterd's audit role
+ * runs) on DATA's files, its socket in DATA/run/audit/, with a shared role table
+ * in which this process is the api role (the pid the peer check finds);
+ * waits until it serves. Returns its pid, or -1. */
+static pid_t start_audit_role(const char *data, audit_paths *p, role_health **ret_table)
 {
+    if (strlen(data) > 4000) {
+        fprintf(stderr, "%s: path too long\n", data);
+        return -1;
+    }
+    /* cloisterd's layout: the role's files in DATA/audit/, its socket in DATA/run/audit/ */
+    snprintf(p->socket, sizeof(p->socket), "%s/run/audit/audit.sock", data);
+    snprintf(p->db, sizeof(p->db), "%s/audit/audit.db", data);
+    snprintf(p->key, sizeof(p->key), "%s/audit/audit.key", data);
+    snprintf(p->pub, sizeof(p->pub), "%s/audit/audit.pub", data);
+    static const char *const dirs[] = {"", "/audit", "/run", "/run/audit"};
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        char dir[4200];
+        snprintf(dir, sizeof(dir), "%s%s", data, dirs[i]);
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+            fprintf(stderr, "mkdir %s: %s\n", dir, strerror(errno));
+            return -1;
+        }
+    }
+    role_health *table = mmap(NULL, 2 * sizeof(*table), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (table == MAP_FAILED)
+        return -1;
+    table[0].name = "api";
+    table[1].name = "audit";
+    atomic_store(&table[0].pid, getpid());
+    const audit_server_config cfg = {.socket = p->socket, .db = p->db, .key = p->key, .pub = p->pub,
+                                     .domain = "localhost", .health = &table[1], .roles = table, .n_roles = 2};
+    /* the role sigwaits for SIGTERM, as under cloisterd */
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigprocmask(SIG_BLOCK, &set, &old);
+    pid_t pid = fork();
+    if (pid == 0) {
+        atomic_store(&table[1].pid, getpid());
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        log_set_role("audit");
+        log_set_max_level(LOG_LEVEL_WARN); /* the figures, not the role's start and stop */
+        _exit(audit_serve(&cfg));
+    }
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0)
+        return -1;
+    atomic_store(&table[1].pid, pid);
+    uint64_t deadline = time_mono_ns() + 30 * NSEC_PER_SEC;
+    while (!atomic_load(&table[1].ready)) {
+        if (time_mono_ns() > deadline || waitpid(pid, NULL, WNOHANG) == pid) {
+            fprintf(stderr, "the audit role did not start\n");
+            kill(pid, SIGKILL);
+            return -1;
+        }
+        usleep(1000);
+    }
+    *ret_table = table;
+    return pid;
+}
+
+static int bench_socket(const char *data, unsigned secs, unsigned threads, size_t batch)
+{
+    static audit_paths paths;
+    role_health *table;
+    pid_t role = start_audit_role(data, &paths, &table);
+    if (role < 0)
+        return 1;
     sock_arg args[64];
     pthread_t tids[64];
     if (threads > 64)
         threads = 64;
     uint64_t t0 = time_mono_ns();
     for (unsigned i = 0; i < threads; i++) {
-        args[i] = (sock_arg){.sock = sock, .deadline = t0 + secs * NSEC_PER_SEC, .batch = batch, .id = i};
+        args[i] = (sock_arg){.sock = paths.socket, .deadline = t0 + secs * NSEC_PER_SEC, .batch = batch, .id = i};
         pthread_create(&tids[i], NULL, sock_main, &args[i]);
     }
     uint64_t acked = 0;
@@ -177,6 +263,15 @@ static int bench_socket(const char *sock, unsigned secs, unsigned threads, size_
     }
     printf("role_appends_per_s %.0f entries/s (%u clients, batch %zu, acknowledged durable)\n",
            (double)acked / seconds(time_mono_ns() - t0), threads, batch);
+    int status = 1;
+    kill(role, SIGTERM);
+    waitpid(role, &status, 0);
+    munmap(table, 2 * sizeof(*table));
+    if (acked == 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "the audit role acknowledged %llu entries and ended with status %d\n",
+                (unsigned long long)acked, status);
+        return 1;
+    }
     return 0;
 }
 
@@ -207,6 +302,6 @@ int main(int argc, char **argv)
         return bench_socket(argv[2], (unsigned)atoi(argv[3]), (unsigned)atoi(argv[4]), strtoul(argv[5], NULL, 10));
     if (argc == 4 && strcmp(argv[1], "fsync") == 0)
         return bench_fsync(argv[2], (unsigned)atoi(argv[3]));
-    fprintf(stderr, "usage: bench-audit log DIR N BATCH | socket SOCK SECS THREADS BATCH | fsync DIR N\n");
+    fprintf(stderr, "usage: bench-audit log DIR N BATCH | socket DATA SECS THREADS BATCH | fsync DIR N\n");
     return 2;
 }

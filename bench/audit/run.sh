@@ -2,7 +2,10 @@
 # Audit log benchmark, with its references measured on the same disk in the
 # same run:
 #   - durable appends/s through the audit role's socket (clients send batches,
-#     the role group-commits and acknowledges after the commit); aim >= 50,000
+#     the role group-commits and acknowledges after the commit); aim >= 50,000.
+#     The socket answers only cloisterd's own roles, so bench-audit runs the
+#     audit role's code itself, on cloisterd's data dir while cloisterd is
+#     stopped, with a role table in which the bench is the api role
 #   - durable appends/s of the storage layer alone, in batches of 10,000
 #   - inclusion and consistency proof latency at 1,000,000 entries
 #   - verify speed: `cloister audit verify` end to end over HTTPS, and the
@@ -16,12 +19,14 @@ cd "$bench_top"
 secs=${1:-5}
 entries=${2:-1000000}
 build=${BENCH_BUILD:-build}
-bench_build "$build" src/daemon/cloisterd src/cli/cloister src/audit/bench-audit
+bench_build "$build" src/daemon/cloisterd src/cli/cloister bench/audit/bench-audit
 bench_start_cloisterd "$build"
 work=$BENCH_WORK
 
 echo "== cloister audit role: durable appends through its socket, ${secs}s"
-"$build/src/audit/bench-audit" socket "$work/data/run/audit.sock" "$secs" 4 1000 | tee "$work/socket.txt"
+bench_pause_cloisterd
+"$build/bench/audit/bench-audit" socket "$BENCH_DATA" "$secs" 4 1000 | tee "$work/socket.txt"
+bench_resume_cloisterd
 
 echo "== cloister audit verify, end to end over HTTPS"
 export XDG_CONFIG_HOME="$work/config" CLOISTER_SERVER="$BENCH_URL" CLOISTER_CA="$BENCH_CA"
@@ -33,10 +38,10 @@ verify_rate=$(echo "$n / ($end - $start)" | bc -l)
 printf "cli_verify_per_s %.0f entries/s (%s entries in %.2fs)\n" "$verify_rate" "$n" "$(echo "$end - $start" | bc -l)"
 
 echo "== storage layer: $entries entries in batches of 10000, then proofs and recompute at that size"
-"$build/src/audit/bench-audit" log "$work" "$entries" 10000 | tee "$work/log.txt"
+"$build/bench/audit/bench-audit" log "$work" "$entries" 10000 | tee "$work/log.txt"
 
 echo "== references on the same disk"
-"$build/src/audit/bench-audit" fsync "$work" 2000 | tee "$work/fsync.txt"
+"$build/bench/audit/bench-audit" fsync "$work" 2000 | tee "$work/fsync.txt"
 ref=$(bench_sqlite3_durable_inserts "$work" 2000)
 printf "sqlite3_durable_inserts_per_s %.0f (one transaction per insert, WAL, synchronous=FULL)\n" "$ref"
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Enclave figures (issue 9's benchmark): launch to ready of an agent-mode
-# replica (the runner launches it, the agent gets its evidence, makes its
-# certificate and completes a verified aTLS handshake; the workload's own
-# start is not waited for), and the latency the aTLS hop adds to a request
+# replica (an Enclave applied through the API, whose controller has the
+# runner launch it; from the runner's launch, the agent gets its evidence,
+# makes its certificate and completes a verified aTLS handshake; the
+# workload's own start is not waited for), and the latency the aTLS hop adds to a request
 # through the proxy (the same python workload as an Enclave and as a plain
 # upstream on the host, one client, keep-alive, sequential requests).
 # Usage: bench/enclave/run.sh [launches] [requests]   (default 20, 2000)

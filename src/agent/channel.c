@@ -7,14 +7,21 @@
 #include "basic/macro.h"
 #include "basic/strbuf.h"
 
+/* The answer being read, and why the write callback stopped it. */
+typedef struct sink {
+    strbuf *buf;
+    int error; /* strbuf_append()'s: -E2BIG past CHANNEL_RESPONSE_MAX, -ENOMEM */
+} sink;
+
 static size_t on_data(char *p, size_t size, size_t n, void *userdata)
 {
-    strbuf *b = userdata;
-    return strbuf_append(b, p, size * n) == 0 ? size * n : 0; /* 0 aborts the transfer */
+    sink *s = userdata;
+    s->error = strbuf_append(s->buf, p, size * n);
+    return s->error == 0 ? size * n : 0; /* 0 aborts the transfer */
 }
 
 /* Maps a failed transfer to a negative errno. */
-static int curl_errno(CURLcode c, const strbuf *b)
+static int curl_errno(CURLcode c, const sink *s)
 {
     switch (c) {
     case CURLE_COULDNT_CONNECT:
@@ -22,7 +29,7 @@ static int curl_errno(CURLcode c, const strbuf *b)
     case CURLE_OPERATION_TIMEDOUT:
         return -ETIMEDOUT;
     case CURLE_WRITE_ERROR:
-        return b->len >= b->max ? -E2BIG : -EIO;
+        return s->error < 0 ? s->error : -EIO;
     case CURLE_OUT_OF_MEMORY:
         return -ENOMEM;
     default:
@@ -47,12 +54,13 @@ int channel_post(const char *socket, const char *path, const json_t *body, json_
     }
     _cleanup_strbuf_ strbuf answer;
     strbuf_init(&answer, CHANNEL_RESPONSE_MAX);
+    sink to = {.buf = &answer};
     curl_easy_setopt(curl, CURLOPT_UNIX_SOCKET_PATH, socket);
     curl_easy_setopt(curl, CURLOPT_URL, url);
     curl_easy_setopt(curl, CURLOPT_POSTFIELDS, text);
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &to);
     curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)CHANNEL_TIMEOUT_MS);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http");
@@ -63,7 +71,7 @@ int channel_post(const char *socket, const char *path, const json_t *body, json_
     curl_easy_cleanup(curl);
     curl_slist_free_all(headers);
     if (c != CURLE_OK)
-        return curl_errno(c, &answer);
+        return curl_errno(c, &to);
     json_t *j = json_loadb(answer.data ? answer.data : "", answer.len, 0, NULL);
     if (!json_is_object(j) || status < 100 || status > 599) {
         json_decref(j);

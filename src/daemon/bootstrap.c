@@ -119,7 +119,6 @@ static int ensure_identity(store *s, const char *token_path, const identity *id)
     json_auto_t *cred_doc = NULL;
     bool have_credential = store_get(s, "Credential", cred_name, &cred_doc) == 0;
     int64_t generation = auth_credential_generation(cred_doc); /* the new token ends the old one's sessions */
-    if (have_token && have_credential)
     if (have_token && have_credential) {
         int r = bind_credential(s, id->what, cred_doc);
         return r == 0 && id->workload ? refresh_workload_docs(s, id) : r;

@@ -9,6 +9,7 @@
 #include <openssl/ssl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -102,12 +103,14 @@ int httpd_listen_unix(const char *path, int *ret_fd)
     return 0;
 }
 
-/* Splits "HOST:PORT" ("[::1]:7443" for IPv6) and binds a listening socket. */
+/* Splits "HOST:PORT" ("[::1]:7443" for IPv6; PORT decimal, at most 65535:
+ * getaddrinfo() would take 99999 as 34463) and binds a listening socket. */
 static int listen_tcp(const char *addr, int *ret_fd)
 {
     char host[256];
     const char *colon = strrchr(addr, ':');
-    if (!colon || colon == addr || !colon[1] || (size_t)(colon - addr) >= sizeof(host))
+    if (!colon || colon == addr || !colon[1] || (size_t)(colon - addr) >= sizeof(host) ||
+        strspn(colon + 1, "0123456789") != strlen(colon + 1) || strlen(colon + 1) > 5 || atoi(colon + 1) > 65535)
         return -EINVAL;
     memcpy(host, addr, (size_t)(colon - addr));
     host[colon - addr] = 0;
