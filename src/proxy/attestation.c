@@ -54,19 +54,11 @@ static void attest_done(offload_job *job, h2o_req_t *req)
     }
     json_t *body = json_pack("{s:s, s:s, s:s, s:O?}", "enclave", j->enclave, "replica", j->replica, "certificate",
                              j->pem, "attestationPolicy", j->policy);
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    json_decref(body);
-    if (!text) {
+    if (!body)
         proxy_fail(j->pr, 500, "internal", "out of memory");
-    } else {
-        h2o_iovec_t v = h2o_strdup(&req->pool, text, SIZE_MAX);
-        free(text);
-        req->res.status = 200;
-        req->res.reason = "OK";
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
-        proxy_send_body(req, v);
-    }
+    else
+        proxy_send_json(j->pr, body, "no-store");
+    json_decref(body);
     attest_job_free(j);
 }
 

@@ -152,6 +152,9 @@ void proxy_request_id(proxy_thread *t, char out[PROXY_REQUEST_ID_LEN + 1]);
 /* Sends BODY as the whole response with its length, so the connection
  * stays open (h2o's send_inline leaves the length unknown). */
 void proxy_send_body(h2o_req_t *req, h2o_iovec_t body);
+/* Answers 200 with VALUE (borrowed) as compact JSON and Cache-Control
+ * CACHE_CONTROL (static); 500 when it cannot be written. Returns PROXY_DONE. */
+proxy_step proxy_send_json(proxy_request *pr, const json_t *value, const char *cache_control);
 /* Answers 302 to LOCATION (copied), not to be cached. */
 void proxy_redirect(h2o_req_t *req, const char *location);
 /* Answers STATUS with {"error":{"code","message"},"requestId"}; the request
