@@ -183,10 +183,13 @@ def test_an_ordinary_users_start_confines_each_role_with_landlock(tmp_path):
     """As nobody, with a data dir of its own: every role but the runner logs
     that Landlock confines it to its subtree (the runner mounts its
     sandboxes' file systems, which Landlock forbids, and says so), and all
-    have no_new_privs, seccomp and no capabilities. What the test cannot
-    show from outside is the ruleset at work inside a role (Landlock has no
-    /proc field and its domain cannot be entered); test-privsep shows that
-    very function refusing another room's key to a confined process."""
+    have no_new_privs, seccomp and no capabilities. The ruleset at work
+    inside a role cannot be seen from outside (Landlock has no /proc field
+    and its domain cannot be entered): each confined role tries, at its
+    start, the CA key and another role's key and logs the refusal (a file
+    that opened would stop it). Another role's key exists only once that
+    role ran, so a second start shows both. test-privsep shows the same
+    function refusing another room's key to a confined process."""
     base = tmp_path / "nobody"
     base.mkdir()
     os.chown(base, 65534, 65534)
@@ -207,5 +210,15 @@ def test_an_ordinary_users_start_confines_each_role_with_landlock(tmp_path):
             assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2" and int(st["CapEff"], 16) == 0, (role, st)
         # the run dir stays closed to other users, whose sockets are open to the daemon's uid alone
         assert os.stat(s.data_dir / "run").st_mode & 0o777 == 0o700
+        s.stop()
+        s.start()
+        d = s.data_dir.resolve()
+        checks = {(l["role"], l["msg"]) for l in (json.loads(l[l.index("{"):]) for l in s.read_log().splitlines()
+                                                   if "landlock self-check" in l)}
+        others = {"proxy": "kms/root.json", "audit": "kms/root.json", "api": "audit/audit.key",
+                  "kms": "audit/audit.key"}
+        for role, other in others.items():
+            for path in (d / "ca.key", d / other):
+                assert (role, f"landlock self-check: {path} refused (EACCES)") in checks, (role, path, checks)
     finally:
         s.stop()

@@ -21,8 +21,10 @@
  * Documents go out as stored but without `status` (a Credential's keeps only
  * userUid and tokenGeneration, an Enclave's its replicas): credential token
  * digests and session refresh-token digests never leave the api role. Only Secret
- * values a Service references are unsealed (by the KMS), and their clear
- * text is wiped once queued; the stream keeps only a digest of what it sent.
+ * values a Service references are unsealed (by the KMS, on the API's local
+ * offload pool: one batch at a time per stream, which sends nothing else
+ * until it is back), and their clear text is wiped once queued; the stream
+ * keeps only a digest of what it sent.
  * The caller is authenticated and authorized again every few seconds, so a
  * revoked proxy credential ends its stream. */
 #include "api/handlers-proxy.h"
@@ -46,6 +48,7 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "httpd/offload.h"
 
 #define PROXY_BUFFER_MAX (64 * 1024 * 1024) /* unsent bytes per stream: a snapshot must fit */
 #define PROXY_KEEPALIVE_NS (4 * NSEC_PER_SEC) /* under 5 s even with a poll tick of delay */
@@ -72,6 +75,8 @@ typedef struct proxy_stream {
     uint8_t secrets_sent[SHA256_DIGEST_LENGTH]; /* digest of the map last sent */
     bool secrets_known;      /* a map was sent on this stream */
     uint64_t secrets_retry_at; /* monotonic; 0 unless a value could not be unsealed */
+    bool unsealing;            /* a batch of values is being unsealed: the stream waits for it */
+    bool handoff_after;        /* a resumed stream: `handoff` follows the batch's `secrets` */
     char user[256];
 } proxy_stream;
 
@@ -151,9 +156,11 @@ static json_t *inject_refs(const json_t *services)
 /* Unseals every value REFS names through the KMS into *RET_MAP ("<secret>/<key>"
  * -> clear value; a new reference the caller releases with
  * kms_json_wipe_decref()). A value that cannot be had is left out and
- * logged by name; *RET_COMPLETE is false when one of them failed for a
- * reason that may pass (the KMS sealed or down). Returns 0 or -ENOMEM. */
-static int unseal_refs(proxy_stream *p, const json_t *refs, json_t **ret_map, bool *ret_complete)
+ * logged by name (at debug when QUIET: the last batch failed too);
+ * *RET_COMPLETE is false when one of them failed for a reason that may pass
+ * (the KMS sealed or down). Blocks on the KMS: runs on an offload worker.
+ * Returns 0 or -ENOMEM. */
+static int unseal_refs(const json_t *refs, bool quiet, json_t **ret_map, bool *ret_complete)
 {
     json_t *map = json_object();
     if (!map)
@@ -169,7 +176,7 @@ static int unseal_refs(proxy_stream *p, const json_t *refs, json_t **ret_map, bo
         if (api_kms_secret_value(secret, key, &value, &err) < 0) {
             if (err.status == 503)
                 complete = false;
-            log_fields(p->secrets_retry_at ? LOG_LEVEL_DEBUG : LOG_LEVEL_WARN,
+            log_fields(quiet ? LOG_LEVEL_DEBUG : LOG_LEVEL_WARN,
                        "cannot unseal a Secret value a Service injects; the proxy does not get it", "secret", secret,
                        "key", key, "reason", err.message, NULL);
             continue;
@@ -202,22 +209,63 @@ static int map_digest(const json_t *map, uint8_t out[SHA256_DIGEST_LENGTH])
     return 0;
 }
 
-/* Builds the secrets map of SERVICES (documents, borrowed) into *RET_MAP
- * (to release with kms_json_wipe_decref()) and remembers what it names and
- * whether it must be built again later. Returns 0 or -ENOMEM. */
-static int build_secrets(proxy_stream *p, const json_t *services, json_t **ret_map)
+/* One batch of Secret values unsealed off the loop for one stream (at most
+ * one per stream: the stream does not poll while it runs). DONE reads the
+ * stream only while its request is alive; otherwise, or once the stream
+ * ends, the values are wiped unsent. */
+typedef struct unseal_job {
+    offload_job super;
+    proxy_stream *p;
+    json_t *refs; /* what to unseal: "<secret>/<key>" -> [secret, key] */
+    bool quiet;
+    int error;
+    bool complete;
+    json_t *map; /* the clear values (wiped with kms_json_wipe_decref) */
+    /* a snapshot waiting for its secrets; NULL for a `secrets` event */
+    json_t *objects, *jwks;
+} unseal_job;
+
+static void unseal_job_free(unseal_job *j)
 {
-    json_t *refs = inject_refs(services), *map = NULL;
-    bool complete = true;
-    int e = refs ? unseal_refs(p, refs, &map, &complete) : -ENOMEM;
-    if (e < 0) {
+    json_decref(j->refs);
+    kms_json_wipe_decref(j->map);
+    json_decref(j->objects);
+    json_decref(j->jwks);
+    free(j);
+}
+
+static void unseal_work(offload_job *job)
+{
+    unseal_job *j = (unseal_job *)job;
+    j->error = unseal_refs(j->refs, j->quiet, &j->map, &j->complete);
+}
+
+static void unseal_done(offload_job *job, h2o_req_t *req);
+
+/* Unseals the values SERVICES (documents, borrowed) inject on the local
+ * offload pool; a snapshot's OBJECTS and JWKS (taken, NULL for a `secrets`
+ * event) wait in the job. Returns 0 with the stream waiting for the batch,
+ * or a negative errno: -ENOMEM, -EAGAIN (the pool is full), -ESHUTDOWN. */
+static int submit_unseal(proxy_stream *p, const json_t *services, json_t *objects, json_t *jwks)
+{
+    unseal_job *j = calloc(1, sizeof(*j));
+    json_t *refs = inject_refs(services);
+    if (!j || !refs) {
+        free(j);
         json_decref(refs);
+        json_decref(objects);
+        json_decref(jwks);
+        return -ENOMEM;
+    }
+    *j = (unseal_job){.super = {.work = unseal_work, .done = unseal_done}, .p = p, .refs = refs,
+                      .quiet = p->secrets_retry_at != 0, .objects = objects, .jwks = jwks};
+    int e = offload_submit(p->server->local, p->super.thread->offload, p->super.req, &j->super);
+    if (e < 0) {
+        unseal_job_free(j);
         return e;
     }
-    json_decref(p->refs);
-    p->refs = refs;
-    p->secrets_retry_at = complete ? 0 : time_mono_ns() + PROXY_SECRETS_RETRY_NS;
-    *ret_map = map;
+    p->unsealing = true;
+    api_sse_hold(&p->super, true); /* the changes queued before it go out with its result */
     return 0;
 }
 
@@ -252,8 +300,20 @@ static int fail_queue(api_error *err, int e)
     return api_fail(err, 500, "internal", "out of memory");
 }
 
-/* Queues a `snapshot` of everything and makes it the stream's state.
- * Returns 0 or -1 with ERR. */
+/* Fills ERR for a batch of values that could not be handed to the offload
+ * pool (E). */
+static int fail_unseal(api_error *err, int e)
+{
+    if (e == -EAGAIN)
+        return api_fail(err, 503, "unavailable", "too many calls to the KMS in progress; reconnect");
+    if (e == -ESHUTDOWN)
+        return api_fail(err, 503, "unavailable", "the server is stopping; reconnect");
+    return fail_queue(err, e);
+}
+
+/* Reads everything for a `snapshot` and sends the values the Services inject
+ * to be unsealed; the snapshot is queued once they are (snapshot_done), and
+ * nothing else is sent before it. Returns 0 or -1 with ERR. */
 static int queue_snapshot(proxy_stream *p, api_error *err)
 {
     json_t *items;
@@ -279,16 +339,31 @@ static int queue_snapshot(proxy_stream *p, api_error *err)
         }
     }
     json_decref(items);
-    json_t *jwks = current_jwks(p->server), *secrets = NULL, *handoff = NULL;
+    json_t *jwks = current_jwks(p->server);
+    if (!objects || !jwks) {
+        json_decref(objects);
+        json_decref(jwks);
+        return fail_queue(err, -ENOMEM);
+    }
+    e = submit_unseal(p, json_object_get(objects, "Service"), objects, jwks);
+    if (e < 0)
+        return fail_unseal(err, e);
+    p->revision = rev; /* the stream polls again only once the snapshot is queued */
+    return 0;
+}
+
+/* Queues the snapshot J waited for, with its secrets, and makes it the
+ * stream's state. Returns 0 or -1 with ERR. */
+static int snapshot_done(proxy_stream *p, unseal_job *j, api_error *err)
+{
+    json_t *handoff = NULL;
     char iss[300];
     api_auth_issuer(p->server, iss, sizeof(iss));
-    int r = objects && jwks ? build_secrets(p, json_object_get(objects, "Service"), &secrets) : -ENOMEM;
-    if (r == 0)
-        r = handoff_json(p->server, &handoff);
+    int r = handoff_json(p->server, &handoff), e;
     json_t *snap = r < 0 ? NULL
-                         : json_pack("{s:I, s:s, s:s, s:O, s:O, s:O}", "revision", (json_int_t)rev, "issuer", iss,
-                                     "audience", AUTH_AUDIENCE, "objects", objects, "jwks", jwks, "secrets", secrets);
-    json_decref(objects);
+                         : json_pack("{s:I, s:s, s:s, s:O, s:O, s:O}", "revision", (json_int_t)p->revision, "issuer",
+                                     iss, "audience", AUTH_AUDIENCE, "objects", j->objects, "jwks", j->jwks,
+                                     "secrets", j->map);
     if (snap && handoff && json_object_set(snap, "handoff", handoff) < 0) {
         json_decref(snap);
         snap = NULL;
@@ -297,19 +372,15 @@ static int queue_snapshot(proxy_stream *p, api_error *err)
         r = fail_queue(err, -ENOMEM);
     else if ((e = api_sse_queue_event(&p->super, "snapshot", -1, snap)) < 0)
         r = fail_queue(err, e);
-    json_decref(snap); /* SECRETS' and HANDOFF's only references are ours again: wiped below */
+    json_decref(snap); /* the map's and HANDOFF's only references are ours again: wiped after */
     kms_json_wipe_decref(handoff);
-    if (r == 0 && (e = map_digest(secrets, p->secrets_sent)) < 0)
+    if (r == 0 && (e = map_digest(j->map, p->secrets_sent)) < 0)
         r = fail_queue(err, e);
-    kms_json_wipe_decref(secrets);
-    if (r < 0) {
-        json_decref(jwks);
+    if (r < 0)
         return -1;
-    }
     p->secrets_known = true;
     json_decref(p->jwks_sent);
-    p->jwks_sent = jwks;
-    p->revision = rev;
+    p->jwks_sent = TAKE_PTR(j->jwks);
     return 0;
 }
 
@@ -393,10 +464,12 @@ static int queue_jwks(proxy_stream *p, api_error *err)
     return 0;
 }
 
-/* Queues `secrets` when the map built now differs from the one last sent.
- * SERVICES_CHANGED: look again at what the Services inject (the values are
- * unsealed only when that changed); SECRET_CHANGED: a value the map holds
- * may have changed. Returns 0 or -1 with ERR. */
+/* Sends the values the Services inject to be unsealed when the map may have
+ * changed; `secrets` is queued once they are, if the map differs from the
+ * one last sent (secrets_done). SERVICES_CHANGED: look again at what the
+ * Services inject (the values are unsealed only when that changed);
+ * SECRET_CHANGED: a value the map holds may have changed. Returns 0 or -1
+ * with ERR. */
 static int queue_secrets(proxy_stream *p, bool services_changed, bool secret_changed, api_error *err)
 {
     bool retry = p->secrets_retry_at && time_mono_ns() >= p->secrets_retry_at;
@@ -415,21 +488,28 @@ static int queue_secrets(proxy_stream *p, bool services_changed, bool secret_cha
             return 0;
         }
     }
-    json_t *map;
-    e = build_secrets(p, services, &map);
+    e = submit_unseal(p, services, NULL, NULL);
     json_decref(services);
-    if (e < 0)
-        return fail_queue(err, e);
+    if (e == -EAGAIN) { /* the KMS pool is busy: asked again after a while */
+        p->secrets_retry_at = time_mono_ns() + PROXY_SECRETS_RETRY_NS;
+        return 0;
+    }
+    return e < 0 ? fail_unseal(err, e) : 0;
+}
+
+/* Queues `secrets` when the map J unsealed differs from the one last sent.
+ * Returns 0 or -1 with ERR. */
+static int secrets_done(proxy_stream *p, unseal_job *j, api_error *err)
+{
     uint8_t digest[SHA256_DIGEST_LENGTH];
-    e = map_digest(map, digest);
+    int e = map_digest(j->map, digest);
     if (e == 0 && (!p->secrets_known || CRYPTO_memcmp(digest, p->secrets_sent, sizeof(digest)) != 0)) {
-        e = api_sse_queue_event(&p->super, "secrets", -1, map);
+        e = api_sse_queue_event(&p->super, "secrets", -1, j->map);
         if (e == 0) {
             memcpy(p->secrets_sent, digest, sizeof(digest));
             p->secrets_known = true;
         }
     }
-    kms_json_wipe_decref(map);
     return e < 0 ? fail_queue(err, e) : 0;
 }
 
@@ -519,11 +599,48 @@ static void proxy_recheck(api_sse *s)
     }
 }
 
-/* A poll tick of the stream: whatever is new; any failure ends the stream
+/* Back on the loop with a batch of values: when the stream is still there
+ * and open, queues what waited for them (the snapshot, or `secrets`),
+ * remembers what the map names and sends it with the changes held back
+ * for it; a failure ends the stream. The values are wiped either way. */
+static void unseal_done(offload_job *job, h2o_req_t *req)
+{
+    unseal_job *j = (unseal_job *)job;
+    proxy_stream *p = req ? j->p : NULL;
+    if (p)
+        p->unsealing = false;
+    if (p && !p->super.finishing && !p->super.done) {
+        api_error err;
+        int r = j->error < 0 ? fail_queue(&err, j->error)
+                : j->objects ? snapshot_done(p, j, &err)
+                             : secrets_done(p, j, &err);
+        if (r == 0 && p->handoff_after) {
+            p->handoff_after = false;
+            r = queue_handoff(p, &err);
+        }
+        if (r == 0) {
+            json_decref(p->refs);
+            p->refs = TAKE_PTR(j->refs);
+            p->secrets_retry_at = j->complete ? 0 : time_mono_ns() + PROXY_SECRETS_RETRY_NS;
+        } else {
+            log_fields(LOG_LEVEL_WARN, "proxy configuration stream ended", "user", p->user, "reason", err.message,
+                       NULL);
+            proxy_finish(p, &err);
+        }
+    }
+    if (p)
+        api_sse_hold(&p->super, false);
+    unseal_job_free(j);
+}
+
+/* A poll tick of the stream: whatever is new, unless a batch of values is
+ * being unsealed (what comes after it waits); any failure ends the stream
  * with an `error` event. */
 static void proxy_poll(api_sse *s)
 {
     proxy_stream *p = (proxy_stream *)s;
+    if (p->unsealing)
+        return;
     api_error err;
     if (proxy_update(p, &err) < 0) {
         if (err.status >= 500)
@@ -585,7 +702,10 @@ static int open_stream(api_request *r, const caller *c, int64_t since, api_error
         p->revision = since;
     if ((resume ? proxy_update(p, err) : queue_snapshot(p, err)) < 0)
         return -1;
-    if (resume && queue_handoff(p, err) < 0) /* an API restarted since: the proxy may need the key */
+    /* an API restarted since: the proxy may need the key (after the secrets) */
+    if (resume && p->unsealing)
+        p->handoff_after = true;
+    else if (resume && queue_handoff(p, err) < 0)
         return -1;
     char ip[INET6_ADDRSTRLEN];
     httpd_peer_ip(r->req, ip, sizeof(ip));

@@ -124,7 +124,7 @@ static void sse_dispose(void *p)
 /* Sends what is queued unless a send is under way; the final chunk ends the response. */
 static void sse_flush(api_sse *s)
 {
-    if (s->sending || s->done || !s->responding)
+    if (s->sending || s->done || !s->responding || (s->held && !s->finishing))
         return;
     if (s->queued.len == 0 && !s->finishing)
         return;
@@ -140,6 +140,13 @@ static void sse_flush(api_sse *s)
         api_finish(s->cls->route, s->started, 200);
     }
     h2o_send(s->req, &buf, buf.len ? 1 : 0, s->finishing ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
+}
+
+void api_sse_hold(api_sse *s, bool hold)
+{
+    s->held = hold;
+    if (!hold)
+        sse_flush(s);
 }
 
 /* A poll tick: the class looks for news, then a heartbeat when the stream

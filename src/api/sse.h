@@ -70,6 +70,7 @@ struct api_sse {
     bool responding; /* the response head was started: chunks may be sent */
     bool too_slow; /* reached its buffer cap (counted once) */
     bool counted; /* holds a slot of owner's (released once, when the stream ends) */
+    bool held;    /* api_sse_hold: what is queued waits (but a last event) */
     char owner[72]; /* the user's uid (their name when the document has none) */
     strbuf queued, inflight;
 };
@@ -102,6 +103,11 @@ int api_sse_queue_text(api_sse *s, const char *text);
  * refusal audited). */
 int api_sse_redecide(api_sse *s, const char *verb, const char *kind, api_error *err);
 
+/* While HOLD, nothing queued is sent (a stream waiting for blocking work
+ * whose result must go out with the events queued before it); released,
+ * what is queued goes out at once. An ending stream sends its last event
+ * regardless. */
+void api_sse_hold(api_sse *s, bool hold);
 /* Ends the stream after what is queued. Idempotent. */
 void api_sse_finish(api_sse *s);
 /* Ends the stream with a last event telling the client why: what is queued

@@ -25,6 +25,7 @@
 #include "daemon/daemon.h"
 #include "daemon/peer.h"
 #include "daemon/privsep.h"
+#include "daemon/role-table.h"
 #include "pki/pki.h"
 #include "kms/seal.h"
 #include "runner/agent.h"
@@ -416,8 +417,9 @@ static int first_start(daemon_config *cfg)
 /* Forks role I. The child publishes its pid, narrows its view of CFG to
  * the paths it uses, drops its privileges (privsep_enter) and runs the
  * role; it never returns. Returns the child's pid, or -1. */
-static pid_t spawn_role(const daemon_config *cfg, size_t i, role_health *health)
+static pid_t spawn_role(const daemon_config *cfg, size_t i, role_table *table)
 {
+    role_health *health = table->entries;
     pid_t pid = fork();
     if (pid > 0)
         atomic_store(&health[i].pid, pid);
@@ -427,6 +429,8 @@ static pid_t spawn_role(const daemon_config *cfg, size_t i, role_health *health)
      * never sees it unknown; die with the supervisor; signals stay blocked
      * for the role's sigwait */
     atomic_store(&health[i].pid, getpid());
+    if (role_table_enter(table, i) < 0)
+        _exit(1);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     prctl(PR_SET_NAME, roles[i].name); /* /proc/PID/comm: the short name */
     proctitle_set("cloisterd: %s", roles[i].name); /* ps: "cloisterd: kms", as relayd's and sshd's */
@@ -443,7 +447,7 @@ static pid_t spawn_role(const daemon_config *cfg, size_t i, role_health *health)
         if (peer_set_role_uids(uids, N_ROLES) < 0)
             _exit(1);
     }
-    if (privsep_enter(roles[i].name, as_root ? &role_ids[i] : NULL, view) < 0)
+    if (privsep_enter(roles[i].name, as_root ? &role_ids[i] : NULL, view, cfg) < 0)
         _exit(1);
     _exit(roles[i].main(view, &health[i], health, N_ROLES));
 }
@@ -491,13 +495,14 @@ static void raise_nofile_limit(void)
 }
 
 /* Runs the roles until SIGTERM/SIGINT; returns the exit status. */
-static int supervise(const daemon_config *cfg, role_health *health)
+static int supervise(const daemon_config *cfg, role_table *table)
 {
+    role_health *health = table->entries;
     role_proc procs[N_ROLES] = {0};
     for (size_t i = 0; i < N_ROLES; i++) {
         procs[i].backoff = BACKOFF_MIN_NS;
         procs[i].started_at = time_mono_ns();
-        procs[i].pid = spawn_role(cfg, i, health);
+        procs[i].pid = spawn_role(cfg, i, table);
         if (procs[i].pid < 0) {
             log_fields(LOG_LEVEL_ERROR, "cannot fork a role", "role", roles[i].name, "error", strerror(errno), NULL);
             return 1;
@@ -584,7 +589,7 @@ static int supervise(const daemon_config *cfg, role_health *health)
                 continue;
             procs[i].restart_at = 0;
             procs[i].started_at = now;
-            procs[i].pid = spawn_role(cfg, i, health);
+            procs[i].pid = spawn_role(cfg, i, table);
             if (procs[i].pid < 0) {
                 procs[i].pid = 0;
                 procs[i].restart_at = now + procs[i].backoff;
@@ -659,21 +664,22 @@ int main(int argc, char **argv)
     }
     raise_nofile_limit();
 
-    role_health *health = mmap(NULL, sizeof(role_health) * N_ROLES, PROT_READ | PROT_WRITE,
-                               MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    role_table table;
+    r = role_table_new(N_ROLES, &table);
     cfg.proxy_metrics = mmap(NULL, sizeof(proxy_metrics), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (health == MAP_FAILED || cfg.proxy_metrics == MAP_FAILED) {
-        log_fields(LOG_LEVEL_ERROR, "cannot map the role table", "error", strerror(errno), NULL);
+    if (r < 0 || cfg.proxy_metrics == MAP_FAILED) {
+        log_fields(LOG_LEVEL_ERROR, "cannot map the role table", "error", strerror(r < 0 ? -r : errno), NULL);
         return 1;
     }
+    role_health *health = table.entries;
     for (size_t i = 0; i < N_ROLES; i++) {
         health[i].name = roles[i].name;
         atomic_store(&health[i].wanted, true);
         atomic_store(&health[i].ready, false);
         atomic_store(&health[i].pid, 0);
     }
-    r = supervise(&cfg, health);
-    munmap(health, sizeof(role_health) * N_ROLES);
+    r = supervise(&cfg, &table);
+    role_table_free(&table);
     log_fields(LOG_LEVEL_INFO, "stopped", NULL);
     return r;
 }

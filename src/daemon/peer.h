@@ -12,12 +12,11 @@
 
 #define PEER_ALLOWED_MAX 8
 
-/* What the pid proves: the table is writable by the roles (they set their
- * readiness and pid), so alone it tells the roles from other processes, not
- * one role from a compromised other. With a uid per role the uid is what
- * holds: it comes from SO_PEERCRED and is compared with a copy of the
- * roles' uids in the checking role's own memory (peer_set_role_uids), which
- * no other role can write. */
+/* What the pid proves: no role can write the table's pids (they are mapped
+ * read-only in every role, daemon/role-table.h), so a pid tells a role from
+ * other processes. With a uid per role the uid holds too: it comes from
+ * SO_PEERCRED and is compared with a copy of the roles' uids in the
+ * checking role's own memory (peer_set_role_uids). */
 
 typedef struct peer_policy {
     const char *socket;       /* in logs: "kms.sock" */

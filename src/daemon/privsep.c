@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -278,33 +279,32 @@ static int become(const privsep_ids *ids, const int *keep, size_t n_keep)
     return set_caps(keep, n_keep);
 }
 
-/* The seccomp allow-lists. What every role calls: found by tracing each
- * role through the integration tests (strace -f, the ASan build), widened to
- * the neighbours of each call a library may pick instead (openat/open,
+/* The seccomp allow-lists: one base every role shares, and each role's
+ * additions, in one table (docs/security.md). Found by tracing each role
+ * through the integration tests (strace -f, the ASan build), widened to the
+ * neighbours of each call a library may pick instead (openat/open,
  * epoll_wait/epoll_pwait, ...), so that a libc or OpenSSL update does not
  * turn into EPERM. Nothing here reads another process, changes the kernel,
  * mounts, or changes identity. */
-static const char *const calls_all[] = {
-    /* files */
+static const char *const calls_base[] = {
+    /* files: each role reads and writes its own room */
     "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2", "open",
     "openat", "openat2", "close", "close_range", "creat", "fstat", "newfstatat", "stat", "lstat", "statx", "lseek",
     "access", "faccessat", "faccessat2", "fcntl", "flock", "fsync", "fdatasync", "truncate", "ftruncate", "fallocate",
-    "getdents64", "getcwd", "chdir", "fchdir", "rename", "renameat", "renameat2", "mkdir", "mkdirat", "rmdir",
-    "unlink", "unlinkat", "link", "linkat", "readlink", "readlinkat", "chmod", "fchmod", "fchmodat", "umask",
-    "statfs", "fstatfs", "utimensat", "fadvise64", "sendfile", "copy_file_range", "dup", "dup2", "dup3", "ioctl",
-    "pipe", "pipe2", "memfd_create",
+    "getdents64", "getcwd", "rename", "renameat", "renameat2", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat",
+    "readlink", "readlinkat", "chmod", "fchmod", "fchmodat", "umask", "statfs", "fstatfs", "fadvise64", "dup", "dup2",
+    "dup3", "ioctl", "pipe", "pipe2",
     /* memory */
-    "mmap", "munmap", "mprotect", "mremap", "madvise", "msync", "mincore", "brk", "mlock", "munlock",
-    /* signals, time, waiting */
+    "mmap", "munmap", "mprotect", "mremap", "madvise", "msync", "mincore", "brk",
+    /* signals (to its own threads only: tgkill, tkill), time, waiting */
     "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigtimedwait", "rt_sigpending", "rt_sigsuspend",
-    "rt_sigqueueinfo", "sigaltstack", "kill", "tgkill", "tkill", "restart_syscall", "nanosleep", "clock_nanosleep",
-    "clock_gettime", "clock_getres", "gettimeofday", "time", "poll", "ppoll", "select", "pselect6", "epoll_create",
-    "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "eventfd", "eventfd2",
-    "timerfd_create", "timerfd_settime", "timerfd_gettime", "signalfd", "signalfd4", "futex", "futex_waitv",
-    "wait4", "waitid",
-    /* sockets */
-    "socket", "socketpair", "connect", "accept", "accept4", "bind", "listen", "getsockname", "getpeername",
-    "setsockopt", "getsockopt", "sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg", "shutdown",
+    "sigaltstack", "tgkill", "tkill", "restart_syscall", "nanosleep", "clock_nanosleep", "clock_gettime",
+    "clock_getres", "gettimeofday", "time", "poll", "ppoll", "select", "pselect6", "epoll_create", "epoll_create1",
+    "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "eventfd", "eventfd2", "timerfd_create",
+    "timerfd_settime", "timerfd_gettime", "signalfd", "signalfd4", "futex", "futex_waitv",
+    /* sockets: each role serves one; socket() itself is ruled by the domain below */
+    "socketpair", "accept", "accept4", "bind", "listen", "getsockname", "getpeername", "setsockopt", "getsockopt",
+    "sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown",
     /* the process and its threads */
     "exit", "exit_group", "getpid", "getppid", "gettid", "getuid", "geteuid", "getgid", "getegid", "getgroups",
     "getresuid", "getresgid", "getpgrp", "getpgid", "getsid", "uname", "sysinfo", "times", "getrusage",
@@ -312,17 +312,46 @@ static const char *const calls_all[] = {
     "sched_yield", "sched_getaffinity", "sched_getparam", "sched_getscheduler", "getpriority", "getrandom", "rseq",
     "membarrier", "getcpu", "capget",
 };
+/* A client of other roles and of the network: connect, and the resolver's
+ * batched DNS queries. */
+static const char *const calls_client[] = {"connect", "sendmmsg", "recvmmsg"};
+/* The kms: connects to the audit role only; locks its key memory. */
+static const char *const calls_kms[] = {"connect", "mlock", "munlock"};
 /* The runner's own, for itself and its sandboxes (a sandbox inherits this
- * filter and adds its own, src/sandbox/launch.c): namespaces, mounts, the
- * sandbox's root and its filter, exec, and what launch.c lets workloads do. */
+ * filter and adds its own, src/sandbox/launch.c): the network, children and
+ * their signals, namespaces, mounts, the sandbox's root and its filter,
+ * exec, and what launch.c lets workloads do. */
 static const char *const calls_runner[] = {
-    "clone3", "fork", "vfork", "execve", "execveat", "unshare", "mount", "umount2", "pivot_root", "sethostname",
-    "setresuid", "setresgid", "setgroups", "setuid", "setgid", "seccomp", "setrlimit", "chown", "fchown", "fchownat",
-    "lchown", "symlink", "symlinkat", "setsid", "setpgid", "sched_setaffinity", "alarm", "getitimer", "setitimer",
-    "pause", "inotify_init", "inotify_init1", "inotify_add_watch", "inotify_rm_watch", "utime", "utimes",
-    "futimesat", "splice", "tee", "setpriority", "shmget", "shmat", "shmdt", "shmctl", "semget", "semop", "semctl",
-    "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive",
+    "connect", "sendmmsg", "recvmmsg", "kill", "wait4", "waitid", "rt_sigqueueinfo", "memfd_create", "sendfile",
+    "copy_file_range", "link", "linkat", "utimensat", "chdir", "fchdir", "mlock", "munlock", "clone3", "fork",
+    "vfork", "execve", "execveat", "unshare", "mount", "umount2", "pivot_root", "sethostname", "setresuid",
+    "setresgid", "setgroups", "setuid", "setgid", "seccomp", "setrlimit", "chown", "fchown", "fchownat", "lchown",
+    "symlink", "symlinkat", "setsid", "setpgid", "sched_setaffinity", "alarm", "getitimer", "setitimer", "pause",
+    "inotify_init", "inotify_init1", "inotify_add_watch", "inotify_rm_watch", "utime", "utimes", "futimesat",
+    "splice", "tee", "setpriority", "shmget", "shmat", "shmdt", "shmctl", "semget", "semop", "semctl", "mq_open",
+    "mq_unlink", "mq_timedsend", "mq_timedreceive",
 };
+
+/* Each role's filter: calls_base, its additions, and what its sockets may
+ * be. Only the api, the proxy and the runner open IP sockets (the api and
+ * proxy resolve names over netlink too); the kms and audit speak only over
+ * Unix sockets. Only the runner makes processes (clone without CLONE_THREAD)
+ * and namespaces. */
+typedef struct seccomp_role {
+    const char *role;
+    const char *const *calls;
+    size_t n_calls;
+    bool inet;  /* AF_INET, AF_INET6, AF_NETLINK besides AF_UNIX */
+    bool spawn; /* processes and namespaces: clone and clone3 unrestricted */
+} seccomp_role;
+
+#define CALLS(list) list, ELEMENTSOF(list)
+static const seccomp_role seccomp_roles[] = {
+    {"api", CALLS(calls_client), true, false},   {"proxy", CALLS(calls_client), true, false},
+    {"kms", CALLS(calls_kms), false, false},     {"audit", NULL, 0, false, false},
+    {"runner", CALLS(calls_runner), true, true},
+};
+#undef CALLS
 
 static int allow_all_of(scmp_filter_ctx ctx, const char *const *names, size_t n)
 {
@@ -337,26 +366,47 @@ static int allow_all_of(scmp_filter_ctx ctx, const char *const *names, size_t n)
     return 0;
 }
 
+/* Allows socket() in the domains role R may open. */
+static int allow_sockets(scmp_filter_ctx ctx, const seccomp_role *r)
+{
+    if (r->spawn)
+        return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 0);
+    static const int inet[] = {AF_INET, AF_INET6, AF_NETLINK};
+    int k = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, AF_UNIX));
+    for (size_t i = 0; k == 0 && r->inet && i < ELEMENTSOF(inet); i++)
+        k = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)inet[i]));
+    return k;
+}
+
 /* Loads role NAME's seccomp allow-list (after no_new_privs); every other
- * call fails with EPERM. Only the runner may clone into new namespaces; for
- * the others clone3, whose flags live in memory a filter cannot read,
- * answers ENOSYS, and libc falls back to clone. */
+ * call fails with EPERM. Only the runner may clone processes and
+ * namespaces; the others clone threads only (CLONE_THREAD set, no namespace
+ * flag), and clone3, whose flags live in memory a filter cannot read,
+ * answers them ENOSYS so that libc falls back to clone. Returns 0, -EINVAL
+ * for a role the table lacks, or a negative errno. */
 static int load_seccomp(const char *name)
 {
-    bool runner = strcmp(name, "runner") == 0;
+    const seccomp_role *role = NULL;
+    for (size_t i = 0; i < ELEMENTSOF(seccomp_roles); i++)
+        if (strcmp(seccomp_roles[i].role, name) == 0)
+            role = &seccomp_roles[i];
+    if (!role)
+        return -EINVAL;
     scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ERRNO(EPERM));
     if (!ctx)
         return -ENOMEM;
-    int r = allow_all_of(ctx, calls_all, ELEMENTSOF(calls_all));
-    if (r == 0 && runner)
-        r = allow_all_of(ctx, calls_runner, ELEMENTSOF(calls_runner));
+    int r = allow_all_of(ctx, calls_base, ELEMENTSOF(calls_base));
+    if (r == 0)
+        r = allow_all_of(ctx, role->calls, role->n_calls);
+    if (r == 0)
+        r = allow_sockets(ctx, role);
     static const scmp_datum_t ns_flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID |
                                          CLONE_NEWNET | CLONE_NEWCGROUP;
     if (r == 0)
-        r = runner ? seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 0)
-                   : seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
-                                      SCMP_A0(SCMP_CMP_MASKED_EQ, ns_flags, 0));
-    if (r == 0 && !runner)
+        r = role->spawn ? seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 0)
+                        : seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
+                                           SCMP_A0(SCMP_CMP_MASKED_EQ, ns_flags | CLONE_THREAD, CLONE_THREAD));
+    if (r == 0 && !role->spawn)
         r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
     if (r == 0)
         r = seccomp_load(ctx);
@@ -430,7 +480,39 @@ static int landlock_role(const char *name, const daemon_config *cfg)
     return r;
 }
 
-int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config *cfg)
+/* The start-up evidence that Landlock holds (it has no /proc field to read
+ * from outside): confined role NAME tries to open files it must not reach,
+ * the cluster CA's key and another role's key, named by ALL (the
+ * supervisor's whole configuration). Each refusal is logged; a file that
+ * opens means the confinement does not hold and the role must not run.
+ * Returns 0, or -EPERM when one opened (logged). */
+static int landlock_self_check(const char *name, const daemon_config *all)
+{
+    const char *other = strcmp(name, "proxy") == 0 || strcmp(name, "audit") == 0 ? all->kms_root_file
+                        : strcmp(name, "api") == 0 || strcmp(name, "kms") == 0  ? all->audit_key
+                                                                                 : "";
+    const char *const probes[] = {all->ca_key, other};
+    for (size_t i = 0; i < ELEMENTSOF(probes); i++) {
+        if (!probes[i][0])
+            continue;
+        int fd = open(probes[i], O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd >= 0) {
+            close(fd);
+            log_fields(LOG_LEVEL_ERROR, "landlock self-check: a file outside the role's rooms opened; it does not run",
+                       "path", probes[i], NULL);
+            return -EPERM;
+        }
+        if (errno == ENOENT) /* not made yet (another role's first start): nothing to show */
+            continue;
+        char msg[4400];
+        snprintf(msg, sizeof(msg), "landlock self-check: %s refused (%s)", probes[i],
+                 errno == EACCES ? "EACCES" : strerror(errno));
+        log_fields(LOG_LEVEL_INFO, msg, "path", probes[i], NULL);
+    }
+    return 0;
+}
+
+int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config *cfg, const daemon_config *all)
 {
     bool runner = strcmp(name, "runner") == 0;
     const char *step = "drop privileges";
@@ -462,10 +544,12 @@ int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config 
             log_fields(LOG_LEVEL_WARN, "Landlock is unavailable in this kernel; the role sees the whole data dir",
                        NULL);
             r = 0;
-        } else if (r == 0)
+        } else if (r == 0) {
             log_fields(LOG_LEVEL_INFO, "Landlock applied: the role reads and writes only its own subtree", "rooms",
                        room_of(name) ? room_of(name)->dirs[0] : name, NULL);
-        else
+            if ((r = landlock_self_check(name, all)) < 0)
+                step = "check Landlock";
+        } else
             step = "apply Landlock";
     }
     if (r == 0 && (r = load_seccomp(name)) < 0)

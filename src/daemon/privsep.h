@@ -35,7 +35,10 @@ void privsep_role_view(const char *name, daemon_config *view);
  * becomes IDS (groups cleared, capabilities dropped but the runner's, no
  * core dumps, not dumpable but the runner, no_new_privs, seccomp); without
  * (an ordinary user's start), confines the role to its rooms of CFG's data
- * dir with Landlock when the kernel offers it (logs which), and sets the
- * rest as with IDS. Returns 0 or a
- * negative errno (logged); the role must not run on failure. */
-int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config *cfg);
+ * dir with Landlock when the kernel offers it (logs which), checks that it
+ * holds (the role fails to open ALL's CA key and another role's key, each
+ * refusal logged as `landlock self-check: <path> refused (EACCES)`), and
+ * sets the rest as with IDS. ALL is the supervisor's whole configuration,
+ * read only for that check. Returns 0 or a negative errno (logged); the
+ * role must not run on failure. */
+int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config *cfg, const daemon_config *all);

@@ -1,129 +1,31 @@
-/* The `proxy` role: the identity-aware proxy on the HTTPS (and optional
- * plain-HTTP) listener, configured by the api role's stream. It holds its
- * TLS keys, the key signing identity assertions and a read-only copy of the
- * configuration; never the store, the KMS root key or the audit key. */
-#include <curl/curl.h>
-#include <errno.h>
-#include <openssl/ssl.h>
-#include <string.h>
-
-#include "audit/event.h"
-#include "auth/keyring.h"
-#include "basic/fileio.h"
-#include "basic/log.h"
+/* The `proxy` role's main: its view of the configuration, then its server
+ * (src/proxy/role.c). */
 #include "daemon/daemon.h"
-#include "httpd/httpd.h"
-#include "pki/pki.h"
-#include "proxy/bridge.h"
-#include "proxy/certs.h"
-#include "proxy/config.h"
-#include "proxy/follow.h"
-#include "proxy/proxy.h"
-
-#define ASSERTION_KEY_ROTATE_S (24 * 3600)
-#define MAX_CONNECTIONS 20000 /* at most; httpd lowers it below the descriptor limit */
-#define REQUEST_TIMEOUT_MS 10000 /* HTTP/1: headers and body of a request, and keep-alive idleness */
-#define IDLE_TIMEOUT_MS 60000    /* HTTP/2 */
-
-/* The client TLS context for https upstreams: the system's trust store and
- * the cluster CA, certificate and host name verified. */
-static SSL_CTX *upstream_tls(const char *ca_file)
-{
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    if (!ctx)
-        return NULL;
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_default_verify_paths(ctx);
-    SSL_CTX_load_verify_locations(ctx, ca_file, NULL);
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    return ctx;
-}
+#include "proxy/role.h"
 
 int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
 {
-    char dir[4200], keys_path[4300], api_url[300], login_url[400], issuer[300];
-    snprintf(dir, sizeof(dir), "%s/proxy", cfg->data_dir);
-    snprintf(keys_path, sizeof(keys_path), "%s/assertion-keys.json", dir);
-    auth_keyring *keys = NULL;
-    int r = mkdir_p(dir, 0700);
-    if (r == 0)
-        r = auth_keyring_open(keys_path, ASSERTION_KEY_ROTATE_S, PROXY_ASSERTION_TTL_S + 2 * JWT_DEFAULT_LEEWAY_S, &keys);
-    if (r < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot open the proxy's assertion signing keys", "path", keys_path, "error",
-                   strerror(-r), NULL);
-        return 1;
-    }
-    SSL_CTX *client_tls = upstream_tls(cfg->ca_cert);
-    X509 *host_ca = NULL;
-    EVP_PKEY *host_ca_key = NULL;
-    proxy_certs *certs = NULL;
-    if (!client_tls || pki_load(cfg->proxy_ca_cert, cfg->proxy_ca_key, &host_ca, &host_ca_key) < 0 ||
-        proxy_certs_new(host_ca, host_ca_key, &certs) < 0) {
-        SSL_CTX_free(client_tls);
-        auth_keyring_free(keys);
-        return 1;
-    }
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    /* enclaves are reached only once their attestation verifies; without
-     * the platform CA they are not reached at all */
-    proxy_bridges_init(cfg->platform_ca_cert, cfg->runner_dir);
+    (void)all, (void)n_all;
+    char api_url[300];
     daemon_api_url(cfg, api_url, sizeof(api_url));
-    snprintf(login_url, sizeof(login_url), "%s/v1/auth/login", api_url);
-    snprintf(issuer, sizeof(issuer), "https://proxy.%s", cfg->domain);
-
-    r = audit_event_start(cfg->audit_socket);
-    if (r < 0)
-        log_fields(LOG_LEVEL_WARN, "cannot start audit event delivery; access decisions go to the log", "error",
-                   strerror(-r), NULL);
-    proxy_follower *follower = NULL;
-    r = proxy_follow_start(&(proxy_follow_config){.api_url = api_url, .ca_file = cfg->ca_cert,
-                                                  .token_file = cfg->proxy_token, .domain = cfg->domain,
-                                                  .metrics = cfg->proxy_metrics},
-                           &follower);
-    if (r < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot start following the API's configuration", "error", strerror(-r), NULL);
-        audit_event_stop(2000);
-        proxy_certs_free(certs);
-        SSL_CTX_free(client_tls);
-        auth_keyring_free(keys);
-        return 1;
-    }
-    proxy_settings settings = {
+    const proxy_role_config proxy = {
+        .data_dir = cfg->data_dir,
         .domain = cfg->domain,
-        .login_url = login_url,
-        .assertion_issuer = issuer,
-        .assertion_keys = keys,
-        .upstream_tls = client_tls,
-        .upstream_timeout_ms = 30000,
-        .websocket_timeout_ms = 300000,
-        .metrics = cfg->proxy_metrics,
-        .certs = certs,
-    };
-    httpd_config hc = {
-        .name = "proxy",
+        .api_url = api_url,
+        .token_file = cfg->proxy_token,
+        .audit_socket = cfg->audit_socket,
+        .ca_cert = cfg->ca_cert,
+        .host_ca_cert = cfg->proxy_ca_cert,
+        .host_ca_key = cfg->proxy_ca_key,
+        .platform_ca_cert = cfg->platform_ca_cert,
+        .runner_dir = cfg->runner_dir,
         .listen = cfg->proxy_listen,
+        .plain_listen = cfg->proxy_http_listen[0] ? cfg->proxy_http_listen : NULL,
         .cert_file = cfg->proxy_cert,
         .key_file = cfg->proxy_key,
-        .plain_listen = cfg->proxy_http_listen[0] ? cfg->proxy_http_listen : NULL,
         .threads = cfg->proxy_threads,
-        .max_request_body = PROXY_DEFAULT_MAX_BODY,
-        .max_connections = MAX_CONNECTIONS,
-        .fds_per_connection = 2, /* the client's and its upstream's */
-        .request_timeout_ms = REQUEST_TIMEOUT_MS,
-        .idle_timeout_ms = IDLE_TIMEOUT_MS,
-        .hooks = {.register_handlers = proxy_register, .thread_init = proxy_thread_init,
-                  .thread_busy = proxy_thread_busy, .thread_dispose = proxy_thread_dispose, .configure_tls = proxy_configure_tls},
-        .userdata = &settings,
+        .metrics = cfg->proxy_metrics,
         .ready_flag = &health->ready,
     };
-    r = httpd_run(&hc);
-    proxy_follow_stop(follower);
-    proxy_bridges_shutdown();
-    audit_event_stop(2000);
-    proxy_config_shutdown();
-    proxy_certs_free(certs);
-    SSL_CTX_free(client_tls);
-    auth_keyring_free(keys);
-    curl_global_cleanup();
-    return r < 0 ? 1 : 0;
+    return proxy_serve(&proxy);
 }

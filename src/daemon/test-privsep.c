@@ -76,7 +76,7 @@ static int try_open(const char *path, int flags)
  * roles _exit too). */
 static int confined_checks(void)
 {
-    if (privsep_enter("proxy", NULL, &cfg) < 0)
+    if (privsep_enter("proxy", NULL, &cfg, &cfg) < 0)
         return 1;
     char fresh[4400];
     snprintf(fresh, sizeof(fresh), "%s/proxy/fresh", cfg.data_dir);

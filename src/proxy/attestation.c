@@ -1,23 +1,22 @@
 /* GET /.cloister/attestation: a client verifies an enclave itself (see
- * corridor.h). The handshake with a replica is done by a helper thread; its
- * answer comes back to the request's loop as a message. */
+ * corridor.h). The handshake with a replica is done on the proxy's
+ * attestation pool (httpd/offload.h); its answer comes back to the
+ * request's loop. */
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "attest/atls.h"
 #include "basic/encoding.h"
+#include "httpd/offload.h"
 #include "proxy/bridge.h"
 #include "proxy/corridor.h"
 
-/* A certificate fetch for one request, done by a helper thread. */
+/* A certificate fetch for one request, run on the attestation pool. */
 typedef struct attest_job {
-    h2o_multithread_message_t msg; /* first: the message is the job */
-    proxy_thread *t;
-    proxy_request *pr; /* NULL once the request is gone */
-    struct attest_guard *guard;
+    offload_job super;
+    proxy_request *pr; /* read only once DONE has the request back */
     char enclave[254], replica[72];
     json_t *policy; /* a copy */
     uint8_t nonce[ATLS_NONCE_LEN];
@@ -25,76 +24,42 @@ typedef struct attest_job {
     char *pem;
 } attest_job;
 
-/* Lives in the request's pool: tells the job when the request is gone. */
-typedef struct attest_guard {
-    attest_job *job;
-} attest_guard;
-
-static void attest_guard_dispose(void *p)
+static void attest_work(offload_job *job)
 {
-    attest_guard *g = p;
-    if (g->job)
-        g->job->pr = NULL;
-}
-
-static void *attest_main(void *arg)
-{
-    attest_job *j = arg;
+    attest_job *j = (attest_job *)job;
     j->result = proxy_bridge_certificate(j->replica, j->nonce, &j->pem);
-    h2o_multithread_send_message(&j->t->attest_done, &j->msg);
-    return NULL;
 }
 
-/* Back on the loop: answers the request (when it is still there) with the
- * replica's certificate and the Enclave's policy, and frees the job. */
-static void on_attest_done(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+static void attest_job_free(attest_job *j)
 {
-    (void)receiver;
-    while (!h2o_linklist_is_empty(messages)) {
-        attest_job *j = H2O_STRUCT_FROM_MEMBER(attest_job, msg.link, messages->next);
-        h2o_linklist_unlink(&j->msg.link);
-        j->t->attest_jobs--;
-        if (j->pr) {
-            j->guard->job = NULL;
-            if (j->result < 0) {
-                proxy_fail(j->pr, 502, "bad_gateway", "replica %s of enclave %s cannot be reached: %s", j->replica,
-                           j->enclave, strerror(-j->result));
-            } else {
-                json_t *body = json_pack("{s:s, s:s, s:s, s:O?}", "enclave", j->enclave, "replica", j->replica,
-                                         "certificate", j->pem, "attestationPolicy", j->policy);
-                char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-                json_decref(body);
-                if (!text) {
-                    proxy_fail(j->pr, 500, "internal", "out of memory");
-                } else {
-                    h2o_req_t *req = j->pr->req;
-                    h2o_iovec_t v = h2o_strdup(&req->pool, text, SIZE_MAX);
-                    free(text);
-                    req->res.status = 200;
-                    req->res.reason = "OK";
-                    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                                   H2O_STRLIT("application/json"));
-                    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
-                    proxy_send_body(req, v);
-                }
-            }
-        }
-        json_decref(j->policy);
-        free(j->pem);
-        free(j);
+    json_decref(j->policy);
+    free(j->pem);
+    free(j);
+}
+
+/* Back on the loop: answers REQ (when it is still there) with the replica's
+ * certificate and the Enclave's policy, and frees the job. */
+static void attest_done(offload_job *job, h2o_req_t *req)
+{
+    attest_job *j = (attest_job *)job;
+    if (!req) {
+        attest_job_free(j);
+        return;
     }
-}
-
-void proxy_attest_init(proxy_thread *t)
-{
-    t->attest_queue = h2o_multithread_create_queue(t->ctx->loop);
-    h2o_multithread_register_receiver(t->attest_queue, &t->attest_done, on_attest_done);
-}
-
-void proxy_attest_dispose(proxy_thread *t)
-{
-    h2o_multithread_unregister_receiver(t->attest_queue, &t->attest_done);
-    h2o_multithread_destroy_queue(t->attest_queue);
+    if (j->result < 0) {
+        proxy_fail(j->pr, 502, "bad_gateway", "replica %s of enclave %s cannot be reached: %s", j->replica,
+                   j->enclave, strerror(-j->result));
+        attest_job_free(j);
+        return;
+    }
+    json_t *body = json_pack("{s:s, s:s, s:s, s:O?}", "enclave", j->enclave, "replica", j->replica, "certificate",
+                             j->pem, "attestationPolicy", j->policy);
+    if (!body)
+        proxy_fail(j->pr, 500, "internal", "out of memory");
+    else
+        proxy_send_json(j->pr, body, "no-store");
+    json_decref(body);
+    attest_job_free(j);
 }
 
 /* GET /.cloister/attestation?nonce=<64 hex>, decided by policy like any
@@ -128,25 +93,16 @@ proxy_step proxy_stage_attestation(proxy_request *pr)
                           2 * ATLS_NONCE_LEN, ATLS_NONCE_LEN);
     }
     size_t i = t->next_replica++ % svc->n_replicas;
-    *j = (attest_job){.t = t, .pr = pr, .policy = json_deep_copy(svc->attestation_policy)};
+    *j = (attest_job){.pr = pr, .policy = json_deep_copy(svc->attestation_policy)};
     hex_decode(p + 6, 2 * ATLS_NONCE_LEN, j->nonce, sizeof(j->nonce));
     snprintf(j->enclave, sizeof(j->enclave), "%s", svc->enclave);
     snprintf(j->replica, sizeof(j->replica), "%s", svc->replica_names[i]);
-    attest_guard *g = h2o_mem_alloc_shared(&pr->req->pool, sizeof(*g), attest_guard_dispose);
-    g->job = j;
-    j->guard = g;
-    pthread_t thread;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int e = pthread_create(&thread, &attr, attest_main, j);
-    pthread_attr_destroy(&attr);
-    if (e != 0) {
-        g->job = NULL;
+    j->super = (offload_job){.work = attest_work, .done = attest_done};
+    int e = offload_submit(t->settings->attest_pool, t->offload, pr->req, &j->super);
+    if (e < 0) {
         json_decref(j->policy);
         free(j);
         return proxy_fail(pr, 503, "unavailable", "too busy to reach the enclave; retry");
     }
-    t->attest_jobs++;
     return PROXY_DONE;
 }

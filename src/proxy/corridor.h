@@ -77,11 +77,9 @@ typedef struct proxy_thread {
     uint8_t id_prefix[8];
     uint64_t id_seq;
     unsigned next_replica; /* round robin over an enclave's replicas */
-    /* /.cloister/attestation: certificates fetched by helper threads come
-     * back to this loop as messages */
-    h2o_multithread_queue_t *attest_queue;
-    h2o_multithread_receiver_t attest_done;
-    unsigned attest_jobs; /* in flight; the drain waits for them */
+    /* /.cloister/attestation: certificates fetched on settings->attest_pool
+     * come back to this loop; the drain waits for them */
+    struct offload_loop *offload;
     /* the access log: records of this thread's requests, sent as one audit
      * entry per batch (by size or after a short delay) */
     strbuf access;
@@ -154,6 +152,9 @@ void proxy_request_id(proxy_thread *t, char out[PROXY_REQUEST_ID_LEN + 1]);
 /* Sends BODY as the whole response with its length, so the connection
  * stays open (h2o's send_inline leaves the length unknown). */
 void proxy_send_body(h2o_req_t *req, h2o_iovec_t body);
+/* Answers 200 with VALUE (borrowed) as compact JSON and Cache-Control
+ * CACHE_CONTROL (static); 500 when it cannot be written. Returns PROXY_DONE. */
+proxy_step proxy_send_json(proxy_request *pr, const json_t *value, const char *cache_control);
 /* Answers 302 to LOCATION (copied), not to be cached. */
 void proxy_redirect(h2o_req_t *req, const char *location);
 /* Answers STATUS with {"error":{"code","message"},"requestId"}; the request
@@ -226,7 +227,3 @@ proxy_step proxy_serve_jwks(proxy_request *pr);
 void proxy_upstream_headers(h2o_mem_pool_t *pool, const h2o_headers_t *in, const proxy_service *svc,
                             const json_t *user, const char *request_id, const char *assertion, h2o_headers_t *ret);
 void proxy_assertions_clear(proxy_thread *t);
-
-/* ---- attestation.c ---- */
-void proxy_attest_init(proxy_thread *t);
-void proxy_attest_dispose(proxy_thread *t);

@@ -9,6 +9,7 @@
 #include "basic/macro.h"
 #include "basic/timeutil.h"
 #include "httpd/httpd.h"
+#include "httpd/offload.h"
 #include "proxy/corridor.h"
 
 #define VALUES_ARENA_MAX (256u * 1024u)
@@ -31,7 +32,10 @@ void *proxy_thread_init(h2o_context_t *ctx, void *userdata)
     h2o_timeout_init(ctx->loop, &t->websocket_timeout, s->websocket_timeout_ms ? s->websocket_timeout_ms : 300000);
     proxy_access_init(t);
     proxy_login_init(t);
-    proxy_attest_init(t);
+    if (offload_loop_new(ctx->loop, &t->offload) < 0) {
+        proxy_thread_dispose(t);
+        return NULL;
+    }
     t->client_ctx = (h2o_http1client_ctx_t){.loop = ctx->loop, .getaddr_receiver = &ctx->receivers.hostinfo_getaddr,
                                             .io_timeout = &t->io_timeout, .websocket_timeout = &t->websocket_timeout,
                                             .ssl_ctx = s->upstream_tls};
@@ -41,7 +45,7 @@ void *proxy_thread_init(h2o_context_t *ctx, void *userdata)
 bool proxy_thread_busy(void *state)
 {
     proxy_thread *t = state;
-    return t && t->attest_jobs > 0;
+    return t && offload_loop_in_flight(t->offload) > 0;
 }
 
 void proxy_thread_dispose(void *state)
@@ -53,7 +57,7 @@ void proxy_thread_dispose(void *state)
     proxy_assertions_clear(t);
     proxy_access_dispose(t);
     proxy_login_dispose(t);
-    proxy_attest_dispose(t);
+    offload_loop_free(t->offload);
     h2o_timeout_dispose(t->ctx->loop, &t->io_timeout);
     h2o_timeout_dispose(t->ctx->loop, &t->websocket_timeout);
     jwt_cache_free(t->jwt);

@@ -34,6 +34,7 @@ typedef struct proxy_settings {
     uint64_t websocket_timeout_ms;
     proxy_metrics *metrics;      /* shared with the api role, which renders it; may be NULL */
     struct proxy_certs *certs;   /* service host certificates by SNI; NULL: the default certificate only */
+    struct offload_pool *attest_pool; /* /.cloister/attestation's handshakes with replicas */
 } proxy_settings;
 
 /* httpd hooks; USERDATA is the proxy_settings (borrowed for the server's life). */

@@ -8,7 +8,6 @@
 #include <libgen.h>
 #include <limits.h>
 #include <openssl/crypto.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -22,6 +21,7 @@
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
 #include "httpd/httpd.h"
+#include "httpd/offload.h"
 #include "resource/resource.h"
 #include "sandbox/measure.h"
 
@@ -326,15 +326,10 @@ void runner_agent_free(runner_agent *ag)
 
 /* ---- the forwarder ---- */
 
-typedef struct forward_anchor forward_anchor;
-
-/* One forwarded call. Owned by the queue, then the worker, then the loop,
- * which answers (when REQ is still alive) and frees it. */
+/* One forwarded call, run on the forwarder's pool (httpd/offload.h): one
+ * worker, so calls reach the API one at a time. */
 typedef struct forward_job {
-    h2o_linklist_t link;
-    h2o_multithread_message_t msg;
-    h2o_req_t *req; /* NULL once the sandbox's connection went away */
-    forward_anchor *anchor;
+    offload_job super;
     char sandbox[64];
     char what[96]; /* "challenge" or "release of <key>", for the log */
     char path[160];
@@ -344,24 +339,14 @@ typedef struct forward_job {
     strbuf answer;
 } forward_job;
 
-struct forward_anchor {
-    forward_job *job;
-};
-
 static struct {
-    pthread_mutex_t lock;
-    pthread_cond_t wake;
-    h2o_linklist_t jobs;
-    size_t pending; /* queued, being forwarded or not yet answered */
-    bool started, stopping;
-    pthread_t worker;
-    h2o_loop_t *loop;
-    h2o_multithread_queue_t *queue;
-    h2o_multithread_receiver_t receiver;
+    bool started;
+    offload_pool *pool;
+    offload_loop *loop;
     char url[300];
     char ca_file[PATH_MAX];
     char *auth; /* "Authorization: Bearer <token>", wiped at stop; NULL without a token */
-} fwd = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+} fwd;
 
 static size_t on_answer(char *p, size_t size, size_t n, void *userdata)
 {
@@ -369,8 +354,9 @@ static size_t on_answer(char *p, size_t size, size_t n, void *userdata)
 }
 
 /* Sends JOB to the API (on the worker thread). */
-static void forward_one(forward_job *job)
+static void forward_one(offload_job *super)
 {
+    forward_job *job = (forward_job *)super;
     char url[512];
     snprintf(url, sizeof(url), "%s%s", fwd.url, job->path);
     CURL *curl = curl_easy_init();
@@ -401,34 +387,6 @@ static void forward_one(forward_job *job)
     curl_slist_free_all(headers); /* the list held the token */
 }
 
-/* The worker: forwards queued calls one at a time and posts each answer
- * back to the loop; ends once stopping and the queue is empty. */
-static void *worker_main(void *arg)
-{
-    pthread_mutex_lock(&fwd.lock);
-    for (;;) {
-        while (h2o_linklist_is_empty(&fwd.jobs) && !fwd.stopping)
-            pthread_cond_wait(&fwd.wake, &fwd.lock);
-        if (h2o_linklist_is_empty(&fwd.jobs))
-            break;
-        forward_job *job = H2O_STRUCT_FROM_MEMBER(forward_job, link, fwd.jobs.next);
-        h2o_linklist_unlink(&job->link);
-        pthread_mutex_unlock(&fwd.lock);
-        forward_one(job);
-        h2o_multithread_send_message(&fwd.receiver, &job->msg);
-        pthread_mutex_lock(&fwd.lock);
-    }
-    pthread_mutex_unlock(&fwd.lock);
-    return NULL;
-}
-
-static void anchor_dispose(void *p)
-{
-    forward_anchor *a = p;
-    if (a->job)
-        a->job->req = NULL;
-}
-
 static void job_free(forward_job *job)
 {
     free(job->body);
@@ -438,7 +396,7 @@ static void job_free(forward_job *job)
 
 /* Answers a forwarded call on the loop: the API's status and JSON as they
  * are, or 502 when it could not be reached or answered nonsense. */
-static void answer_job(forward_job *job)
+static void answer_job(forward_job *job, h2o_req_t *req)
 {
     api_error err;
     json_t *j = job->error == 0 && job->answer.data ? json_loadb(job->answer.data, job->answer.len, 0, NULL) : NULL;
@@ -449,31 +407,23 @@ static void answer_job(forward_job *job)
                    job->what, "error", job->error < 0 ? strerror(-job->error) : "not JSON", "status", status, NULL);
         api_fail(&err, 502, "bad_gateway", "the API could not be asked (%s)",
                  job->error < 0 ? strerror(-job->error) : "it did not answer JSON");
-        api_send_error(job->req, &err);
+        api_send_error(req, &err);
     } else {
         log_fields(job->status == 200 ? LOG_LEVEL_INFO : LOG_LEVEL_WARN, "forwarded an enclave's call to the API",
                    "sandbox", job->sandbox, "call", job->what, "status", status, NULL);
-        api_send_json(job->req, (int)job->status, j);
+        api_send_json(req, (int)job->status, j);
     }
     json_decref(j);
 }
 
-/* On the loop: answers the forwarded calls whose sandbox still waits, and
- * frees them all. */
-static void on_forwarded(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+/* On the loop: answers the forwarded call when its sandbox still waits
+ * (REQ), and frees it. */
+static void on_forwarded(offload_job *super, h2o_req_t *req)
 {
-    while (!h2o_linklist_is_empty(messages)) {
-        forward_job *job = H2O_STRUCT_FROM_MEMBER(forward_job, msg.link, messages->next);
-        h2o_linklist_unlink(&job->msg.link);
-        if (job->req) {
-            job->anchor->job = NULL;
-            answer_job(job);
-        }
-        job_free(job);
-        pthread_mutex_lock(&fwd.lock);
-        fwd.pending--;
-        pthread_mutex_unlock(&fwd.lock);
-    }
+    forward_job *job = (forward_job *)super;
+    if (req)
+        answer_job(job, req);
+    job_free(job);
 }
 
 int runner_forward_start(h2o_context_t *ctx, const char *api_url, const char *ca_file, const char *token_file)
@@ -498,45 +448,28 @@ int runner_forward_start(h2o_context_t *ctx, const char *api_url, const char *ca
         OPENSSL_cleanse(token, len);
         free(token);
     }
-    h2o_linklist_init_anchor(&fwd.jobs);
-    fwd.loop = ctx->loop;
-    fwd.queue = h2o_multithread_create_queue(ctx->loop);
-    h2o_multithread_register_receiver(fwd.queue, &fwd.receiver, on_forwarded);
-    fwd.stopping = false;
-    r = -pthread_create(&fwd.worker, NULL, worker_main, NULL);
-    if (r < 0) {
-        h2o_multithread_unregister_receiver(fwd.queue, &fwd.receiver);
-        h2o_multithread_destroy_queue(fwd.queue);
+    r = offload_pool_new("agent-forward", 1, FORWARD_PENDING_MAX, &fwd.pool);
+    if (r == 0 && (r = offload_loop_new(ctx->loop, &fwd.loop)) < 0)
+        fwd.pool = (offload_pool_free(fwd.pool), NULL);
+    if (r < 0)
         return r;
-    }
     fwd.started = true;
     return 0;
 }
 
 bool runner_forward_busy(void)
 {
-    pthread_mutex_lock(&fwd.lock);
-    bool busy = fwd.pending > 0;
-    pthread_mutex_unlock(&fwd.lock);
-    return busy;
+    return fwd.started && offload_loop_in_flight(fwd.loop) > 0;
 }
 
 void runner_forward_stop(void)
 {
     if (!fwd.started)
         return;
-    pthread_mutex_lock(&fwd.lock);
-    fwd.stopping = true;
-    pthread_cond_signal(&fwd.wake);
-    pthread_mutex_unlock(&fwd.lock);
-    pthread_join(fwd.worker, NULL);
-    /* the answers the worker posted last */
-    for (int i = 0; i < 100 && runner_forward_busy(); i++)
-        h2o_evloop_run(fwd.loop, 10);
-    if (!runner_forward_busy()) {
-        h2o_multithread_unregister_receiver(fwd.queue, &fwd.receiver);
-        h2o_multithread_destroy_queue(fwd.queue);
-    }
+    offload_loop_free(fwd.loop); /* the call being forwarded ends; its sandbox is gone */
+    offload_pool_free(fwd.pool);
+    fwd.loop = NULL;
+    fwd.pool = NULL;
     if (fwd.auth) {
         OPENSSL_cleanse(fwd.auth, strlen(fwd.auth));
         free(fwd.auth);
@@ -555,28 +488,18 @@ static int forward(runner_agent *ag, h2o_req_t *req, const char *path, char *bod
         return api_fail(err, 500, "internal", "out of memory");
     }
     strbuf_init(&job->answer, FORWARD_ANSWER_MAX);
+    job->super = (offload_job){.work = forward_one, .done = on_forwarded};
     job->body = body;
-    job->req = req;
     snprintf(job->sandbox, sizeof(job->sandbox), "%s", ag->name);
     snprintf(job->what, sizeof(job->what), "%s", what);
     snprintf(job->path, sizeof(job->path), "%s", path);
-    pthread_mutex_lock(&fwd.lock);
-    int r = !fwd.started || fwd.stopping ? -ESHUTDOWN : !fwd.auth ? -ENOKEY : fwd.pending >= FORWARD_PENDING_MAX ? -EBUSY : 0;
-    if (r == 0) {
-        fwd.pending++;
-        forward_anchor *a = h2o_mem_alloc_shared(&req->pool, sizeof(*a), anchor_dispose);
-        a->job = job;
-        job->anchor = a;
-        h2o_linklist_insert(&fwd.jobs, &job->link);
-        pthread_cond_signal(&fwd.wake);
-    }
-    pthread_mutex_unlock(&fwd.lock);
+    int r = !fwd.started ? -ESHUTDOWN : !fwd.auth ? -ENOKEY : offload_submit(fwd.pool, fwd.loop, req, &job->super);
     if (r < 0) {
         job_free(job);
         return api_fail(err, 503, "unavailable", "%s",
-                        r == -ENOKEY  ? "the runner has no API credential (runner.token): no key can be released"
-                        : r == -EBUSY ? "too many calls are being forwarded; try again"
-                                      : "the runner is stopping");
+                        r == -ENOKEY   ? "the runner has no API credential (runner.token): no key can be released"
+                        : r == -EAGAIN ? "too many calls are being forwarded; try again"
+                                       : "the runner is stopping");
     }
     return 0;
 }

@@ -78,13 +78,15 @@ void runner_channel_serve(runner_agent *ag, h2o_req_t *req, runner_issue_fn issu
 
 /* The forwarder of key-release calls to the api role at API_URL (https,
  * verified with CA_FILE), authenticated with the credential token in
- * TOKEN_FILE: one worker thread, answers delivered on CTX's loop. A missing
+ * TOKEN_FILE: an offload pool of one worker (httpd/offload.h), answers
+ * delivered on CTX's loop. A missing
  * token is logged and makes every forward fail with 503. Returns 0 or a
  * negative errno. */
 int runner_forward_start(h2o_context_t *ctx, const char *api_url, const char *ca_file, const char *token_file);
 /* True while forwarded calls are in flight (thread_busy). */
 bool runner_forward_busy(void);
-/* Waits for the worker, delivers what is left, releases everything. */
+/* Once the loop no longer runs: skips the calls not sent yet, waits for the
+ * one being sent, releases everything. */
 void runner_forward_stop(void);
 
 static inline void runner_agent_freep(runner_agent **p)
