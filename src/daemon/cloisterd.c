@@ -602,33 +602,34 @@ static int supervise(const daemon_config *cfg, role_table *table)
 #define AGENT_FILE_MAX (512u * 1024 * 1024)
 
 /* Copies the cloister-agent executable found beside cloisterd (or named by
- * $CLOISTER_AGENT) into the runner's own part of the data dir and points
- * $CLOISTER_AGENT there: started as root, the runner runs as a user of its
- * own that may not be able to enter the folder cloisterd was installed or
+ * $CLOISTER_AGENT) into the runner's own part of the data dir and records
+ * the copy in CFG->agent_path: started as root, the runner runs as a user of
+ * its own that may not be able to enter the folder cloisterd was installed or
  * built in (a checkout under /root). The copy is the same bytes, so the
  * agent's measurement (PCR3) is unchanged. Without an agent nothing is
  * copied (the runner says agent-mode sandboxes cannot be launched). Returns
  * 0 or a negative errno (logged). */
-static int install_agent(const daemon_config *cfg)
+static int install_agent(daemon_config *cfg)
 {
-    char found[PATH_MAX], path[sizeof(cfg->runner_dir) + 32];
+    char found[PATH_MAX];
     if (runner_agent_locate(found, sizeof(found)) < 0)
         return 0;
-    snprintf(path, sizeof(path), "%s/cloister-agent", cfg->runner_dir);
-    if (strcmp(found, path) == 0)
-        return 0;
+    char path[sizeof(cfg->agent_path)];
+    if ((size_t)snprintf(path, sizeof(path), "%s/cloister-agent", cfg->runner_dir) >= sizeof(path))
+        return -ENAMETOOLONG;
     _cleanup_free_ char *data = NULL, *old = NULL;
     size_t len, old_len;
-    int r = read_file(found, AGENT_FILE_MAX, &data, &len);
-    if (r == 0 && !(read_file(path, AGENT_FILE_MAX, &old, &old_len) == 0 && old_len == len &&
-                    memcmp(old, data, len) == 0))
+    int r = strcmp(found, path) == 0 ? 0 : read_file(found, AGENT_FILE_MAX, &data, &len);
+    if (r == 0 && data &&
+        !(read_file(path, AGENT_FILE_MAX, &old, &old_len) == 0 && old_len == len && memcmp(old, data, len) == 0))
         r = write_file_atomic(path, data, len, 0755);
-    if (r == 0 && setenv("CLOISTER_AGENT", path, 1) < 0)
-        r = -errno;
-    if (r < 0)
+    if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot install cloister-agent for the runner", "from", found, "to", path,
                    "error", strerror(-r), NULL);
-    return r;
+        return r;
+    }
+    strcpy(cfg->agent_path, path);
+    return 0;
 }
 
 int main(int argc, char **argv)

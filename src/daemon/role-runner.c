@@ -12,6 +12,7 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
     const runner_server_config runner = {
         .socket = cfg->runner_socket,
         .dir = cfg->runner_dir,
+        .agent = cfg->agent_path,
         .key = cfg->runner_key,
         .cert = cfg->runner_cert,
         .platform_ca_cert = cfg->platform_ca_cert,

@@ -557,7 +557,9 @@ static int runner_load(const runner_server_config *cfg, runner *rn)
 int runner_serve(const runner_server_config *cfg)
 {
     runner rn = {.cfg = cfg};
-    if (runner_agent_locate(rn.agent_path, sizeof(rn.agent_path)) < 0)
+    if (cfg->agent && cfg->agent[0] && strlen(cfg->agent) < sizeof(rn.agent_path))
+        strcpy(rn.agent_path, cfg->agent); /* the supervisor's copy in the runner's own files */
+    else if (runner_agent_locate(rn.agent_path, sizeof(rn.agent_path)) < 0)
         log_fields(LOG_LEVEL_WARN, "no cloister-agent next to cloisterd (nor $CLOISTER_AGENT): agent-mode sandboxes "
                    "cannot be launched", NULL);
     int r = runner_load(cfg, &rn);

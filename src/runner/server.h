@@ -10,6 +10,7 @@
 typedef struct runner_server_config {
     const char *socket;           /* runner.sock: the api role only */
     const char *dir;              /* its files: sandbox logs, agent channels */
+    const char *agent;            /* cloister-agent to launch; NULL or "": looked up beside cloisterd */
     const char *key, *cert;       /* the platform key (P-384) and its certificate */
     const char *platform_ca_cert; /* the root of sandbox evidence */
     const char *ca_cert;          /* the cluster CA, to reach the API for agents */
