@@ -87,10 +87,11 @@ def _tmp_path_open_for_roles(request):
 class Server:
     """One cloisterd --dev process and what a client needs to reach it."""
 
-    def __init__(self, data_dir, extra_args=(), prefix=()):
+    def __init__(self, data_dir, extra_args=(), prefix=(), binary=CLOISTERD):
         self.data_dir = Path(data_dir)
         open_for_roles(self.data_dir)
         self.prefix = list(prefix)  # a command that execs cloisterd (e.g. prlimit --nofile=N:N --)
+        self.binary = Path(binary)
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.log_path = self.data_dir.parent / f"cloisterd-{self.port}.log"
@@ -112,7 +113,7 @@ class Server:
     def start(self, wait=True):
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [*self.prefix, str(CLOISTERD), "--dev", "--data-dir", str(self.data_dir),
+            [*self.prefix, str(self.binary), "--dev", "--data-dir", str(self.data_dir),
              "--api-listen", f"127.0.0.1:{self.port}", *self.extra_args],
             stdout=self.log, stderr=self.log, env=sanitizer_env(), start_new_session=True)
         if wait:

@@ -193,7 +193,11 @@ def test_an_ordinary_users_start_confines_each_role_with_landlock(tmp_path):
     base = tmp_path / "nobody"
     base.mkdir()
     os.chown(base, 65534, 65534)
-    s = Server(base / "data", prefix=as_uid(65534, 65534))
+    # installed where an ordinary user can run it (the build dir may be under /root)
+    binary = base / "cloisterd"
+    shutil.copy(CLOISTERD, binary)
+    os.chmod(binary, 0o755)
+    s = Server(base / "data", prefix=as_uid(65534, 65534), binary=binary)
     s.start()
     try:
         log = s.read_log()
