@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import Server
+from conftest import CLOISTERD, Server
 from test_audit import wait_for
 from test_kms import b64, key, kms
 from test_peers import REQUESTS, peer_exchange, refusals
