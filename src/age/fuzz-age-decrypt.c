@@ -19,7 +19,8 @@ static ssize_t rd(void *userdata, uint8_t *buf, size_t n)
 {
     mem *m = userdata;
     /* short reads, to exercise the buffering */
-    n = MIN(MIN(n, m->len - m->pos), (size_t)7919);
+    size_t left = MIN(n, m->len - m->pos);
+    n = MIN(left, (size_t)7919);
     memcpy(buf, m->p + m->pos, n);
     m->pos += n;
     return (ssize_t)n;
