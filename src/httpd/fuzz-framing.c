@@ -12,11 +12,13 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* Lines of HEAD (up to its empty line) starting with NAME followed by ':'. */
+/* Header lines of HEAD (after its request line, up to its empty line)
+ * starting with NAME followed by ':'. */
 static size_t count_lines(const char *head, size_t len, const char *name)
 {
     size_t n = 0, nlen = strlen(name);
-    for (size_t i = 0; i < len;) {
+    const char *first = memchr(head, '\n', len);
+    for (size_t i = first ? (size_t)(first - head) + 1 : len; i < len;) {
         const char *eol = memchr(head + i, '\n', len - i);
         size_t line = eol ? (size_t)(eol - (head + i)) : len - i;
         if (line == 0 || (line == 1 && head[i] == '\r'))
