@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from conftest import Server, free_port, manifest
+from conftest import Server, manifest, start_with_proxy
 from echo_upstream import EchoUpstream
 from test_audit import all_entries, wait_for
 
@@ -69,10 +69,7 @@ class Tenant:
 def tenant(tmp_path_factory):
     up = EchoUpstream()
     up_port = up.start()
-    http_port = free_port()
-    s = Server(tmp_path_factory.mktemp("authz-objects") / "data",
-               extra_args=["--proxy-listen", f"127.0.0.1:{free_port()}", "--proxy-http-listen",
-                           f"127.0.0.1:{http_port}", "--domain", DOMAIN]).start()
+    s, http_port, _ = start_with_proxy(tmp_path_factory.mktemp("authz-objects") / "data", DOMAIN)
     users = {
         "minter": api("token", "Credential", "minter-cli"),
         "auditor": 'ctx.request.api.verb in ["get", "list", "watch"]',

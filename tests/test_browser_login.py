@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 import requests
 
-from conftest import Server, free_port, manifest
+from conftest import Server, audit_entries, free_port, manifest
 from echo_upstream import EchoUpstream
 from test_oidc import CLIENT_SECRET, Provider, browser, make_pki, node_modules, to_callback  # noqa: F401
 
@@ -198,15 +198,6 @@ def cookie_of(r):
     assert c["value"]
     assert set_cookies(r)["cloister_login"]["value"] == ""  # the login's cookie is cleared
     return c["raw"], c["value"]
-
-
-def audit_entries(s, action):
-    size = s.request("GET", "/v1/audit/checkpoint").json()["size"]
-    out = []
-    for start in range(0, size, 1000):
-        r = s.request("GET", f"/v1/audit/entries?start={start}&end={min(size, start + 1000)}")
-        out += [json.loads(x["entry"]) for x in r.json()["entries"]]
-    return [x for x in out if x.get("action") == action]
 
 
 def test_browser_logs_in_through_the_proxy(env):

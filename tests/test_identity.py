@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, Server, audit_entries, free_port, manifest, run_cli
+from conftest import ROOT, audit_entries, manifest, run_cli, start_with_proxy
 from echo_upstream import EchoUpstream
 
 DOMAIN = "localhost"
@@ -75,10 +75,7 @@ class Cluster:
 def cluster(tmp_path_factory):
     up = EchoUpstream()
     up_port = up.start()
-    http_port = free_port()
-    s = Server(tmp_path_factory.mktemp("identity") / "data",
-               extra_args=["--proxy-listen", f"127.0.0.1:{free_port()}", "--proxy-http-listen",
-                           f"127.0.0.1:{http_port}", "--domain", DOMAIN]).start()
+    s, http_port, _ = start_with_proxy(tmp_path_factory.mktemp("identity") / "data", DOMAIN)
     c = Cluster(s, http_port)
     c.apply(
         manifest("Group", "staff", {}),
