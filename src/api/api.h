@@ -23,6 +23,7 @@ typedef struct api_config {
     const char *audit_socket; /* the audit role's local API */
     struct auth_keyring *keyring; /* token signing keys (auth/keyring.h); NULL disables access tokens */
     const struct proxy_metrics *proxy_metrics; /* the proxy role's, rendered on /metrics; may be NULL */
+    struct controller *controller; /* the Enclave controller, whose Enclaves /metrics shows; may be NULL */
     /* 32 bytes sealing browser login handoffs for the proxy (handoff.h),
      * owned and wiped by the role; NULL disables logins that return to a
      * service host */

@@ -22,6 +22,7 @@
 #include "basic/macro.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
+#include "controller/controller.h"
 #include "httpd/framing.h"
 #include "httpd/httpd.h"
 #include "proxy/metrics.h"
@@ -873,6 +874,8 @@ static void handle_metrics(api_server *srv, h2o_req_t *req, uint64_t started)
                   API_SSE_PER_USER_MAX, API_SSE_TOTAL_MAX, streams, (unsigned long long)too_slow);
     if (srv->cfg->proxy_metrics)
         proxy_metrics_render(srv->cfg->proxy_metrics, &out);
+    metrics_render_roles(srv->cfg->roles, srv->cfg->n_roles, &out);
+    controller_metrics_render(srv->cfg->controller, &out);
     req->res.status = 200;
     req->res.reason = "OK";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
