@@ -136,6 +136,22 @@ int proxy_metrics_config_age(const proxy_metrics *m, uint64_t now, uint64_t *ret
     return heard >= started ? 0 : -EAGAIN;
 }
 
+/* Whether decision D answered with status class C (0: 1xx .. 4: 5xx) is
+ * usual enough to be rendered from the start (as 0): a counter's first
+ * increase is lost to rate() when its series appears with it. The others
+ * appear once they happen. */
+static bool usual_outcome(int d, int c)
+{
+    switch (d) {
+    case PROXY_DECISION_ALLOW:
+        return c >= 1;
+    case PROXY_DECISION_ERROR:
+        return c == 4;
+    default: /* deny, unauthenticated, invalid */
+        return c == 3;
+    }
+}
+
 /* Allowed requests of S answered 502, 503 or 504. */
 static uint64_t upstream_errors(const proxy_service_metrics *s)
 {
@@ -157,7 +173,7 @@ int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
         for (int d = 0; d < PROXY_DECISION_COUNT_ && r == 0; d++)
             for (int c = 0; c < 5 && r == 0; c++) {
                 uint64_t n = atomic_load_explicit(&s->requests[d][c], memory_order_relaxed);
-                if (n)
+                if (n || usual_outcome(d, c))
                     r = strbuf_printf(out,
                                       "cloister_proxy_requests_total{service=\"%s\",decision=\"%s\",status=\"%dxx\"} %llu\n",
                                       name, decision_names[d], c + 1, (unsigned long long)n);
