@@ -6,6 +6,7 @@ metrics` is clean on the real output; the rules' unit tests pass; every
 PromQL expression of the Grafana dashboard (deploy/grafana/cloister.json)
 evaluates without error, and the key ones return data after proxied traffic
 and an Enclave whose workload keeps crashing."""
+import base64
 import json
 import os
 import re
@@ -211,6 +212,13 @@ def test_every_dashboard_expression_evaluates_and_the_key_ones_have_data(stack, 
         assert g.get(f"/docs/{i}").status_code == 401
     assert g.get("/status/502", g.alice).status_code == 502
     assert g.get("/status/504", g.alice).status_code == 504
+    # KMS operations: an encryption, and a decryption under the wrong context (refused by the KMS)
+    assert g.s.request("POST", "/v1/keys", json=manifest("Key", "metrics-key", {"purpose": "encrypt"})).status_code == 201
+    enc = g.s.request("POST", "/v1/kms/encrypt", json={"key": "metrics-key", "plaintext": base64.b64encode(b"x").decode(),
+                                                       "context": {"app": "a"}})
+    assert enc.status_code == 200, enc.text
+    dec = g.s.request("POST", "/v1/kms/decrypt", json={"ciphertext": enc.json()["ciphertext"], "context": {"app": "b"}})
+    assert 400 <= dec.status_code < 500, dec.text
 
     exprs = dashboard_exprs()
     assert len(exprs) >= 20
@@ -237,6 +245,9 @@ def test_every_dashboard_expression_evaluates_and_the_key_ones_have_data(stack, 
         'cloister:proxy_request_duration_seconds:p99_5m{service=~".*"}':
             lambda v: any("wiki" in k and x > 0 for k, x in v.items()),
         "max(cloister_kms_sealed)": lambda v: list(v.values()) == [0],
+        "sum by (operation, outcome) (rate(cloister_kms_operations_total[10m]))":
+            lambda v: v.get('{"operation": "encrypt", "outcome": "success"}', 0) > 0
+            and v.get('{"operation": "decrypt", "outcome": "refused"}', 0) > 0,
         "sum(rate(cloister_audit_entries_appended_total[10m]))": lambda v: list(v.values())[0] > 0,
         "sum(cloister:audit_events_dropped:increase5m)": lambda v: list(v.values()) == [0],
         "min by (role) (cloister_role_ready)":

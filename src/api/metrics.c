@@ -171,12 +171,10 @@ int metrics_render_roles(const role_health *roles, size_t n, strbuf *out)
                           "# TYPE cloister_kms_operations_total counter\n",
                           atomic_load(&kms->sealed) ? 1 : 0);
         for (size_t op = 0; op < ROLE_KMS_OPS && r == 0; op++)
-            for (size_t o = 0; o < ROLE_KMS_OUTCOMES && r == 0; o++) {
-                uint64_t v = atomic_load_explicit(&kms->kms_ops[op][o], memory_order_relaxed);
-                if (v || o == 0) /* a success series for every operation: rate() has it from the start */
-                    r = strbuf_printf(out, "cloister_kms_operations_total{operation=\"%s\",outcome=\"%s\"} %llu\n",
-                                      op_names[op], outcome_names[o], (unsigned long long)v);
-            }
+            for (size_t o = 0; o < ROLE_KMS_OUTCOMES && r == 0; o++) /* all from 0: rate() sees each first increase */
+                r = strbuf_printf(out, "cloister_kms_operations_total{operation=\"%s\",outcome=\"%s\"} %llu\n",
+                                  op_names[op], outcome_names[o],
+                                  (unsigned long long)atomic_load_explicit(&kms->kms_ops[op][o], memory_order_relaxed));
     }
     const role_health *audit = role_entry(roles, n, "audit");
     if (r == 0 && audit && atomic_load(&audit->wanted))
