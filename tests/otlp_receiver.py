@@ -332,9 +332,22 @@ class Receiver:
                     return a[0], a[1]
         return 200, {}
 
+    @staticmethod
+    def _read_body(h):
+        if "chunked" in h.headers.get("Transfer-Encoding", "").lower():
+            out = b""
+            while True:
+                size = int(h.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while h.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return out
+                out += h.rfile.read(size)
+                h.rfile.readline()
+        return h.rfile.read(int(h.headers.get("Content-Length", "0")))
+
     def _handle(self, h):
-        length = int(h.headers.get("Content-Length", "0"))
-        raw = h.rfile.read(length)
+        raw = self._read_body(h)
         problems = []
         body = None
         if h.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
