@@ -268,6 +268,7 @@ class Receiver:
 
     def __init__(self, port=0):
         self.records = []
+        self.arrived = 0  # requests received, answered or not (hang())
         self.problems = []  # every record's, prefixed with its path
         self._answers = []  # [status, headers, times left]
         self._lock = threading.Condition()
@@ -364,6 +365,9 @@ class Receiver:
         path = h.path.split("?")[0]
         if body is not None:
             problems += check_request(path, body)
+        with self._lock:
+            self.arrived += 1
+            self._lock.notify_all()
         self._hang.wait()
         status, headers = self._next_answer(path)
         if problems and status == 200:

@@ -8,6 +8,7 @@
 
 #include "api/handlers-attest.h"
 #include "api/handlers-policy.h"
+#include "api/span.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -469,6 +470,7 @@ static void report(api_request *r, const char *action, const char *key, const js
 static void respond(h2o_req_t *req, api_route route, uint64_t started, json_t *ans, bool secret)
 {
     if (secret) {
+        api_span_route(route, req);
         kms_send_json_wiped(req, ans);
         api_finish(route, started, 200);
     } else
