@@ -37,8 +37,9 @@ typedef struct api_config {
 int api_run(const api_config *cfg);
 
 /* Appends the Prometheus text /metrics serves (the API's metrics, its
- * streams', the proxy's, the roles' and the Enclave controller's) to OUT: one source for /metrics and the OTLP
- * export. Returns 0 or strbuf's negative errno. */
+ * streams', the proxy's, the roles' and the Enclave controller's) to OUT:
+ * one source for /metrics and the OTLP export. Returns 0 or strbuf's
+ * negative errno. */
 struct strbuf;
 int api_metrics_text(const api_config *cfg, struct strbuf *out);
 
