@@ -43,7 +43,9 @@ class Proxied:
         )
         self.alice = self.login("alice-cli")
         self.bob = self.login("bob-cli")
+        # both sessions have reached the proxy (it learns them from its configuration stream)
         self.wait_status("/", self.alice, 200)
+        self.wait_status("/", self.bob, 403)
 
     def apply(self, *items):
         r = self.s.request("POST", "/v1/apply", json={"items": list(items)})
