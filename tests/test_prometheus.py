@@ -5,7 +5,8 @@ credentials file) and evaluates deploy/prometheus/rules.yml; `promtool check
 metrics` is clean on the real output; the rules' unit tests pass; every
 PromQL expression of the Grafana dashboard (deploy/grafana/cloister.json)
 evaluates without error, and the key ones return data after proxied traffic
-and an Enclave whose workload keeps crashing."""
+and an Enclave whose workload keeps crashing. Role restarts are counted, and
+the KMS's counters survive them."""
 import base64
 import json
 import os
@@ -272,3 +273,28 @@ def test_every_dashboard_expression_evaluates_and_the_key_ones_have_data(stack, 
     wait_for(lambda: any(a["labels"]["alertname"] == "CloisterEnclaveCrashLooping" and a["labels"].get("enclave") == "crashy"
                          for a in prom.api("/api/v1/alerts")["data"]["alerts"]), 30, "the crash-loop alert to be pending")
     g.s.request("DELETE", "/v1/enclaves/crashy")
+
+
+def metric(server, line_start):
+    """The value of the sample whose line starts with LINE_START on /metrics (the admin's token), or None."""
+    for line in server.request("GET", "/metrics").text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_role_restarts_are_counted_and_kms_counters_survive_them(server):
+    """A role killed with SIGKILL is restarted by the supervisor and counted;
+    what the KMS counted before lives in the role table and is kept."""
+    assert server.request("POST", "/v1/keys", json=manifest("Key", "k", {"purpose": "encrypt"})).status_code == 201
+    enc = server.request("POST", "/v1/kms/encrypt", json={"key": "k", "plaintext": base64.b64encode(b"x").decode()})
+    assert enc.status_code == 200, enc.text
+    ops = 'cloister_kms_operations_total{operation="encrypt",outcome="success"}'
+    assert metric(server, ops) == 1
+    assert metric(server, 'cloister_role_restarts_total{role="kms"}') == 0
+    os.kill(server.role_pid("kms"), signal.SIGKILL)
+    wait_for(lambda: metric(server, 'cloister_role_restarts_total{role="kms"}') == 1, 30, "the restart to be counted")
+    server.wait_healthy()
+    assert metric(server, 'cloister_role_ready{role="kms"}') == 1 and metric(server, "cloister_kms_sealed") == 0
+    assert metric(server, ops) == 1
+    assert metric(server, 'cloister_role_restarts_total{role="api"}') == 0
