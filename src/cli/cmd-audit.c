@@ -615,11 +615,13 @@ static int show_add(void *userdata, uint64_t index, const char *text, size_t len
     const char *outcome = json_string_value(json_object_get(e, "outcome"));
     if (!filter_match(s->user, user) || (s->service && !(filter_match("Service", kind) && filter_match(s->service, name))))
         return 0;
-    if (s->decision && !filter_match(strcmp(s->decision, "deny") == 0    ? "denied"
-                                     : strcmp(s->decision, "allow") == 0 ? "success"
-                                                                         : s->decision,
-                                     outcome))
-        return 0;
+    if (s->decision) { /* the other decisions are the proxy's alone */
+        const char *want = strcmp(s->decision, "deny") == 0    ? "denied"
+                           : strcmp(s->decision, "allow") == 0 ? "success"
+                                                               : NULL;
+        if (!want || !filter_match(want, outcome))
+            return 0;
+    }
     if (s->output != CLI_OUTPUT_TEXT) {
         json_object_set_new(e, "index", json_integer((json_int_t)index));
         json_array_append(s->matches, e);
