@@ -20,7 +20,8 @@
  * order) and the outcomes it tells apart: answered, refused (a 4xx: not
  * found, invalid, decryption failed...), refused because sealed, failed. */
 #define ROLE_KMS_OPS 10
-#define ROLE_KMS_OP_NAMES {"encrypt", "decrypt", "datakey", "rewrap", "sign", "verify", "rotate", "describe", "version", "public"}
+#define ROLE_KMS_OP_NAMES                                                                                            \
+    {"encrypt", "decrypt", "datakey", "rewrap", "sign", "verify", "rotate", "describe", "version", "public"}
 #define ROLE_KMS_OUTCOMES 4
 #define ROLE_KMS_OUTCOME_NAMES {"success", "refused", "sealed", "error"}
 

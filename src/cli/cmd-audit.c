@@ -611,9 +611,11 @@ static int show_add(void *userdata, uint64_t index, const char *text, size_t len
     }
     const char *user = json_string_value(json_object_get(json_object_get(e, "actor"), "user"));
     json_t *res = json_object_get(e, "resource");
-    const char *kind = json_string_value(json_object_get(res, "kind")), *name = json_string_value(json_object_get(res, "name"));
+    const char *kind = json_string_value(json_object_get(res, "kind"));
+    const char *name = json_string_value(json_object_get(res, "name"));
     const char *outcome = json_string_value(json_object_get(e, "outcome"));
-    if (!filter_match(s->user, user) || (s->service && !(filter_match("Service", kind) && filter_match(s->service, name))))
+    bool service_ok = !s->service || (filter_match("Service", kind) && filter_match(s->service, name));
+    if (!filter_match(s->user, user) || !service_ok)
         return 0;
     if (s->decision) { /* the other decisions are the proxy's alone */
         const char *want = strcmp(s->decision, "deny") == 0    ? "denied"

@@ -774,7 +774,8 @@ int controller_metrics_render(controller *c, strbuf *out)
     } families[] = {
         {"cloister_enclave_replicas_desired", "gauge", "Replicas the controller keeps of an Enclave."},
         {"cloister_enclave_replicas_ready", "gauge", "Replicas of an Enclave running among the desired ones."},
-        {"cloister_enclave_restarts_total", "counter", "Restarts of an Enclave's replicas after their workload exited."},
+        {"cloister_enclave_restarts_total", "counter",
+         "Restarts of an Enclave's replicas after their workload exited."},
         {"cloister_enclave_replicas_crash_looping", "gauge",
          "Replicas waiting to restart after crashing again within a minute of their last start."},
         {"cloister_enclave_memory_limit_bytes", "gauge", "The memory limit of each replica (spec.limits.memoryMiB)."},
