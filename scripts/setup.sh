@@ -32,6 +32,7 @@ if dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q 'install ok ins
         $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
     elif [ -x /etc/init.d/prometheus ]; then
         $sudo /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+        $sudo update-rc.d prometheus disable >/dev/null 2>&1 || true
     fi
 fi
 
