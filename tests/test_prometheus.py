@@ -29,8 +29,12 @@ RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 RULE_TESTS = sorted((ROOT / "deploy" / "prometheus" / "tests").glob("*.yml"))
 DASHBOARD = ROOT / "deploy" / "grafana" / "cloister.json"
 
-pytestmark = pytest.mark.skipif(not (os.access(PROMETHEUS, os.X_OK) and os.access(PROMTOOL, os.X_OK)),
-                                reason="Debian's prometheus package is not installed (scripts/setup.sh)")
+
+
+@pytest.fixture(autouse=True)
+def _prometheus_installed():
+    assert os.access(PROMETHEUS, os.X_OK) and os.access(PROMTOOL, os.X_OK), \
+        "Debian's prometheus package is not installed: run scripts/setup.sh"
 
 # Grafana's variables, as the dashboard's user would have them: every Service, a rate window
 # longer than this test (every series keeps the traffic's increase until the end)
