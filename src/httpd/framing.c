@@ -436,10 +436,13 @@ const char *framing_check_h2_block(const h2o_hpack_header_table_t *table, const 
             why = "more header fields than the server reads";
             break;
         }
-        if (cl != SIZE_MAX) {
-            char *v = h2o_mem_alloc_pool(&req.pool, 24);
-            fields[n++] = (framing_field){.name = "content-length", .name_len = STRLEN("content-length"), .value = v,
-                                          .value_len = (size_t)snprintf(v, 24, "%zu", cl)};
+        if (cl != SIZE_MAX) { /* its value in decimal, as h2o read it */
+            char *v = h2o_mem_alloc_pool(&req.pool, 24), *d = v + 24;
+            do
+                *--d = (char)('0' + cl % 10);
+            while (cl /= 10);
+            fields[n++] = (framing_field){.name = "content-length", .name_len = STRLEN("content-length"), .value = d,
+                                          .value_len = (size_t)(v + 24 - d)};
         } else {
             const h2o_header_t *h = &req.headers.entries[req.headers.size - 1];
             fields[n++] = (framing_field){.name = h->name->base, .name_len = h->name->len, .value = h->value.base,
