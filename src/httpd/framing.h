@@ -79,7 +79,8 @@ bool framing_path_has_parameters(const char *target, size_t len);
 const char *httpd_guard_verdict(h2o_req_t *req);
 
 /* Checks REQ as h2o received it, over HTTP/1 or HTTP/2, before anything of it
- * is acted on. Returns 0, or -EBADMSG with *REASON set to a static sentence
+ * is acted on, with what the connection guards found first
+ * (httpd_guard_verdict). Returns 0, or -EBADMSG with *REASON set to a static sentence
  * naming the problem; an HTTP/1 connection is then closed after the answer,
  * since the bytes that follow cannot be trusted to start a request. An
  * HTTP/2 "host" field that names :authority passes and is removed from
