@@ -5,7 +5,10 @@
  * keeps one Content-Length, lets Transfer-Encoding win over it and keeps the
  * last Host, none of them in req->headers), so for HTTP/1 the checker reads
  * the request head again from the connection's input buffer, where h2o keeps
- * it until the response is sent. */
+ * it until the response is sent. What h2o hides before any handler runs (a
+ * head it cannot parse, which it answers by closing; a second HTTP/2
+ * content-length) is found by httpd.c's connection guards with the
+ * functions below and handed to the checker (httpd_guard_verdict). */
 #pragma once
 
 #include <h2o.h>
