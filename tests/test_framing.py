@@ -547,6 +547,27 @@ def test_unparsable_head_pipelined_after_a_good_request(cluster, first):
     assert [r["target"] for r in c.up.requests] == ["/first"]
 
 
+def test_bodies_longer_than_a_head_may_be_keep_the_connection(cluster):
+    """A body past the longest head h2o reads (408 KiB), sent in many writes,
+    is a body, not a head too long; the request pipelined behind it is
+    served."""
+    c = cluster
+    c.up.clear()
+    body = b"0123456789\r\n" * 50000  # 600 kB
+    head = (f"POST /big HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {c.token}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", c.http_port), timeout=10) as sk:
+        sk.sendall(head)
+        for i in range(0, len(body), 4096):
+            sk.sendall(body[i:i + 4096])
+        sk.sendall(get("/after", c.token))
+        raw = b""
+        while chunk := sk.recv(65536):
+            raw += chunk
+    assert statuses(raw) == [200, 200], raw[:400]
+    assert [(r["target"], len(r["body"])) for r in c.up.requests] == [("/big", len(body)), ("/after", 0)]
+
+
 def test_unparsable_head_after_a_slow_start(cluster):
     """A head that parses as far as it goes and turns unparsable in a later
     read is answered too (h2o resumes its parse where it stopped: the

@@ -200,14 +200,16 @@ static const char *head_problem(const char *head, size_t len)
     return "a request head that cannot be parsed";
 }
 
-const char *framing_head_unparsable(const char *head, size_t len)
+const char *framing_head_unparsable(const char *head, size_t len, size_t seen, bool *ret_complete)
 {
     struct phr_header h[FRAMING_MAX_FIELDS];
     size_t n = ELEMENTSOF(h), method_len, path_len;
     const char *method, *path;
     int minor;
     size_t inlen = MIN(len, (size_t)H2O_MAX_REQLEN); /* as much as h2o parses */
-    int r = phr_parse_request(head, inlen, &method, &method_len, &path, &path_len, &minor, h, &n, 0);
+    int r = phr_parse_request(head, inlen, &method, &method_len, &path, &path_len, &minor, h, &n, seen);
+    if (ret_complete)
+        *ret_complete = r > 0;
     if (r > 0 || (r == -2 && inlen < (size_t)H2O_MAX_REQLEN))
         return NULL;
     if (r == -2)

@@ -40,8 +40,12 @@ const char *framing_check_head(const char *head, size_t len);
  * closing the connection: NULL when they parse, or may once more arrive
  * (incomplete, under H2O_MAX_REQLEN); else a static sentence naming the
  * first problem (a space before a colon, a control character, a bare CR, an
- * invalid request line, too many fields, a head too long). */
-const char *framing_head_unparsable(const char *head, size_t len);
+ * invalid request line, too many fields, a head too long). SEEN is how much
+ * of HEAD was parsed before (0: none), as h2o passes it to picohttpparser:
+ * an incomplete head is then not parsed again, and the answer is h2o's.
+ * *RET_COMPLETE (when not NULL) tells whether HEAD starts with a complete
+ * head that parses. */
+const char *framing_head_unparsable(const char *head, size_t len, size_t seen, bool *ret_complete);
 
 /* The longest request line a stand-in head keeps. */
 #define FRAMING_STAND_IN_LINE_MAX 2048

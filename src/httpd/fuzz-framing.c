@@ -83,14 +83,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
     }
     (void)framing_path_has_parameters(head, size);
-    const char *unparsable = framing_head_unparsable(head, size);
+    const char *unparsable = framing_head_unparsable(head, size, 0, NULL);
     if (!why && unparsable)
         abort(); /* a head that passes is one h2o parses */
     if (unparsable) {
         size_t room = size + FRAMING_STAND_IN_LINE_MAX + 64;
         char *stand_in = malloc(room);
         size_t n = stand_in ? framing_stand_in_head(head, size, size, stand_in, room) : 0;
-        if (stand_in && (n < size || framing_check_head(stand_in, n) || framing_head_unparsable(stand_in, n)))
+        if (stand_in &&
+            (n < size || framing_check_head(stand_in, n) || framing_head_unparsable(stand_in, n, size, NULL)))
             abort(); /* the stand-in is one complete head h2o serves as is */
         free(stand_in);
     }

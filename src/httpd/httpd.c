@@ -203,6 +203,8 @@ typedef struct h2_guard {
 typedef struct h1_guard {
     h2o_socket_cb read, write; /* h2o's callbacks the guard's wrap */
     size_t next_at;            /* where the request being answered ends in the input; SIZE_MAX: unknown */
+    size_t seen;               /* how much of a head in progress h2o's parser has seen (its last_len) */
+    bool head_read;            /* the head at the start of the input is complete: h2o reads its body now */
     const char *refusal;       /* why the head at the start of the input stands in for an unparsable one */
 } h1_guard;
 
@@ -492,23 +494,30 @@ static void h1_stand_in(tracked_conn *c, size_t at, const char *why)
 static void h1_guard_read(h2o_socket_t *sock, const char *err);
 
 /* Puts the guard back in front of h2o's read callback when h2o has set its
- * own (as it does for each new request). */
+ * own, as it does for each new request after parsing what of it is already
+ * in the input. */
 static void h1_guard_arm(tracked_conn *c)
 {
     h2o_socket_t *sock = c->sock;
     if (sock->_cb.read && sock->_cb.read != h1_guard_read) {
         c->h1.read = sock->_cb.read;
         sock->_cb.read = h1_guard_read;
+        c->h1.seen = MIN(sock->input->size, (size_t)H2O_MAX_REQLEN);
+        c->h1.head_read = false;
     }
 }
 
 /* Bytes came in: a head at the start of the input that will never parse is
- * replaced before h2o reads it. */
+ * replaced before h2o reads it. The guard parses as h2o does, resuming where
+ * the last parse stopped, so a head sent byte by byte costs no more than
+ * h2o's own parse. */
 static void h1_guard_read(h2o_socket_t *sock, const char *err)
 {
     tracked_conn *c = sock->on_close.data;
-    if (!err && !c->h1.refusal) {
-        const char *why = framing_head_unparsable(sock->input->bytes, sock->input->size);
+    if (!err && !c->h1.refusal && !c->h1.head_read) {
+        const char *why =
+            framing_head_unparsable(sock->input->bytes, sock->input->size, c->h1.seen, &c->h1.head_read);
+        c->h1.seen = MIN(sock->input->size, (size_t)H2O_MAX_REQLEN);
         if (why)
             h1_stand_in(c, 0, why);
     }
@@ -526,7 +535,7 @@ static void h1_guard_wrote(h2o_socket_t *sock, const char *err)
     c->h1.write = NULL;
     c->h1.next_at = SIZE_MAX;
     if (!err && at < sock->input->size) {
-        const char *why = framing_head_unparsable(sock->input->bytes + at, sock->input->size - at);
+        const char *why = framing_head_unparsable(sock->input->bytes + at, sock->input->size - at, 0, NULL);
         if (why)
             h1_stand_in(c, at, why);
     }
@@ -570,7 +579,8 @@ static void h1_accept(h2o_accept_ctx_t *actx, h2o_socket_t *sock, struct timeval
 {
     tracked_conn *c = sock->on_close.data;
     c->h1.next_at = SIZE_MAX;
-    const char *why = sock->input->size ? framing_head_unparsable(sock->input->bytes, sock->input->size) : NULL;
+    const char *why =
+        sock->input->size ? framing_head_unparsable(sock->input->bytes, sock->input->size, 0, NULL) : NULL;
     if (why)
         h1_stand_in(c, 0, why);
     c->busy++;

@@ -125,7 +125,7 @@ Test(framing, unparsable_heads_are_named)
         {"GET / HTTP/1.1\r\nHost : a", "before its colon"}, /* refused before the head is complete */
     };
     for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
-        const char *why = framing_head_unparsable(cases[i].head, strlen(cases[i].head));
+        const char *why = framing_head_unparsable(cases[i].head, strlen(cases[i].head), 0, NULL);
         cr_assert_not_null(why, "accepted: %s", cases[i].head);
         cr_assert_not_null(strstr(why, cases[i].words), "%s: \"%s\"", cases[i].head, why);
     }
@@ -133,17 +133,17 @@ Test(framing, unparsable_heads_are_named)
     for (int i = 0; i <= H2O_MAX_HEADERS; i++)
         strcat(many, "X: 1\r\n");
     strcat(many, "\r\n");
-    cr_assert_not_null(strstr(framing_head_unparsable(many, strlen(many)), "more header fields"));
+    cr_assert_not_null(strstr(framing_head_unparsable(many, strlen(many), 0, NULL), "more header fields"));
     /* parses, or may yet: h2o's to read */
-    cr_assert_null(framing_head_unparsable(H2O_STRLIT("GET / HTTP/1.1\r\nHost: a\r\n\r\n")));
-    cr_assert_null(framing_head_unparsable(H2O_STRLIT("GET / HTTP/1.1\r\nHost: a\r\n")));
-    cr_assert_null(framing_head_unparsable(H2O_STRLIT("GET / HTTP/1.1\r\nX: 1\r\n folded\r\n\r\n")));
-    cr_assert_null(framing_head_unparsable(H2O_STRLIT("")));
+    cr_assert_null(framing_head_unparsable(H2O_STRLIT("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), 0, NULL));
+    cr_assert_null(framing_head_unparsable(H2O_STRLIT("GET / HTTP/1.1\r\nHost: a\r\n"), 0, NULL));
+    cr_assert_null(framing_head_unparsable(H2O_STRLIT("GET / HTTP/1.1\r\nX: 1\r\n folded\r\n\r\n"), 0, NULL));
+    cr_assert_null(framing_head_unparsable(H2O_STRLIT(""), 0, NULL));
     size_t big = H2O_MAX_REQLEN + 10;
     char *longer = malloc(big);
     memcpy(longer, "GET / HTTP/1.1\r\nX: ", 19);
     memset(longer + 19, 'a', big - 19);
-    cr_assert_not_null(strstr(framing_head_unparsable(longer, big), "longer than"));
+    cr_assert_not_null(strstr(framing_head_unparsable(longer, big, 0, NULL), "longer than"));
     free(longer);
 }
 
@@ -161,7 +161,7 @@ Test(framing, stand_in_heads_parse_and_close)
     char buf[256] = "GET /p HTTP/1.1\r\nX-A: \x01";
     n = framing_stand_in_head(buf, strlen(buf), 200, buf, sizeof(buf));
     cr_assert_eq(n, 200);
-    cr_assert_null(framing_head_unparsable(buf, n));
+    cr_assert_null(framing_head_unparsable(buf, n, 200, NULL)); /* h2o resumes where it stopped */
     cr_assert_null(framing_check_head(buf, n));
     cr_assert(memcmp(buf, "GET /p HTTP/1.1\r\nConnection: close ", 35) == 0);
     cr_assert_eq(framing_stand_in_head(bad, strlen(bad), 0, out, 10), 0); /* no room */
@@ -194,8 +194,10 @@ Test(framing, http2_header_blocks_show_every_content_length)
     cr_assert_not_null(framing_check_h2_block(&table, BLOCK(BASE, 0x5c, 1, '5', 0xbe)));
     cr_assert_eq(table.num_entries, 0, "the connection's table is left as it was");
     /* literal names */
-    cr_assert_not_null(framing_check_h2_block(
-        &table, BLOCK(BASE, CL5, 0x00, 14, 'c', 'o', 'n', 't', 'e', 'n', 't', '-', 'l', 'e', 'n', 'g', 't', 'h', 1, '5')));
+#define CL_NAME 14, 'c', 'o', 'n', 't', 'e', 'n', 't', '-', 'l', 'e', 'n', 'g', 't', 'h'
+#define TE_CHUNKED 0x00, 17, 't', 'r', 'a', 'n', 's', 'f', 'e', 'r', '-', 'e', 'n', 'c', 'o', 'd', 'i', 'n', 'g', 7, \
+                   'c', 'h', 'u', 'n', 'k', 'e', 'd'
+    cr_assert_not_null(framing_check_h2_block(&table, BLOCK(BASE, CL5, 0x00, CL_NAME, 1, '5')));
     uint8_t huff[64] = {BASE, CL5, 0x00};
     size_t n = 11;
     n += h2o_hpack_encode_string(huff + n, H2O_STRLIT("content-length"));
@@ -204,13 +206,9 @@ Test(framing, http2_header_blocks_show_every_content_length)
     cr_assert_not_null(framing_check_h2_block(&table, huff, n));
     /* h2o refuses the stream for a transfer-encoding itself, unless
      * framing_configure() hands it over, as in the servers */
-    cr_assert_null(framing_check_h2_block(
-        &table, BLOCK(BASE, 0x00, 17, 't', 'r', 'a', 'n', 's', 'f', 'e', 'r', '-', 'e', 'n', 'c', 'o', 'd', 'i', 'n', 'g',
-                      7, 'c', 'h', 'u', 'n', 'k', 'e', 'd')));
+    cr_assert_null(framing_check_h2_block(&table, BLOCK(BASE, TE_CHUNKED)));
     H2O_TOKEN_TRANSFER_ENCODING->http2_should_reject = 0;
-    cr_assert_not_null(framing_check_h2_block(
-        &table, BLOCK(BASE, 0x00, 17, 't', 'r', 'a', 'n', 's', 'f', 'e', 'r', '-', 'e', 'n', 'c', 'o', 'd', 'i', 'n', 'g',
-                      7, 'c', 'h', 'u', 'n', 'k', 'e', 'd')));
+    cr_assert_not_null(framing_check_h2_block(&table, BLOCK(BASE, TE_CHUNKED)));
 
     /* a connection whose table h2o filled: [62] content-length: 5, [63] :authority: a */
     h2o_decodes(&table, BLOCK(BASE, 0x5c, 1, '5'));
