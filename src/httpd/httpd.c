@@ -1,5 +1,6 @@
 #include "httpd/httpd.h"
 #include "httpd/framing.h"
+#include "httpd/json.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -573,6 +574,21 @@ static void h1_guard_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **s
     h2o_setup_next_ostream(req, slot);
 }
 
+/* The first handler of a server whose component's handlers do not check
+ * framing themselves: what the guards found is refused here. */
+static int guard_on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    (void)self;
+    const char *why = httpd_guard_verdict(req);
+    if (!why)
+        return -1; /* the component's */
+    api_error err;
+    api_fail(&err, 400, "bad_request", "malformed request refused: %s", why);
+    req->http1_is_persistent = 0;
+    api_send_error(req, &err);
+    return 0;
+}
+
 /* h2o_http1_accept(), with the guard: input that came with the handshake is
  * checked first. */
 static void h1_accept(h2o_accept_ctx_t *actx, h2o_socket_t *sock, struct timeval connected_at)
@@ -930,6 +946,8 @@ int httpd_run(const httpd_config *cfg)
     framing_configure(&srv.globalconf, host);
     h2o_pathconf_t *root = h2o_config_register_path(host, "/", 0);
     h2o_create_filter(root, sizeof(h2o_filter_t))->on_setup_ostream = h1_guard_setup;
+    if (!cfg->handlers_check_framing)
+        h2o_create_handler(root, sizeof(h2o_handler_t))->on_req = guard_on_req;
     cfg->hooks.register_handlers(root, cfg->userdata);
 
     srv.n_threads = cfg->threads ? cfg->threads : 1;
