@@ -547,7 +547,30 @@ def test_unparsable_head_pipelined_after_a_good_request(cluster, first):
     assert [r["target"] for r in c.up.requests] == ["/first"]
 
 
-def test_bodies_longer_than_a_head_may_be_keep_the_connection(cluster):
+def test_unparsable_head_later_on_a_kept_alive_connection(cluster):
+    """After an answered request, the next head read on the connection is
+    checked too (h2o sets its read callback anew for every request)."""
+    c = cluster
+    c.up.clear()
+    with socket.create_connection(("127.0.0.1", c.http_port), timeout=10) as sk:
+        for round_ in range(2):
+            sk.sendall(get(f"/kept/{round_}", c.token).replace(b"Connection: close\r\n", b""))
+            raw = b""
+            while first_response(raw)[0] is None or len(first_response(raw)[2]) < int(
+                    first_response(raw)[1].get("content-length", 0)):
+                chunk = sk.recv(65536)
+                assert chunk, raw
+                raw += chunk
+            assert first_response(raw)[0] == 200, raw[:300]
+        sk.sendall(f"GET /bad HTTP/1.1\r\nHost: {HOST}\r\nX-A\t: 1\r\n\r\n".encode())
+        raw = b""
+        while chunk := sk.recv(65536):
+            raw += chunk
+    assert statuses(raw) == [400], raw[:400]
+    assert [r["target"] for r in c.up.requests] == ["/kept/0", "/kept/1"]
+
+
+def test_a_body_longer_than_a_head_may_be_stays_a_body(cluster):
     """A body past the longest head h2o reads (408 KiB), sent in many writes,
     is a body, not a head too long; the request pipelined behind it is
     served."""
