@@ -478,6 +478,27 @@ def test_http2_dynamic_table_stays_in_step_across_requests(cluster):
         assert got[target]["body"] == b"hello"
 
 
+def test_http2_dynamic_table_on_the_api(cluster):
+    """The same on the API: big, indexed, evicted and continued header
+    blocks on one connection, valid ones answered 200 and a repeated
+    content-length 400, the connection serving on."""
+    s = cluster.s
+    tls, conn = h2_session(s.port, s.ca)
+    try:
+        base = [(":method", "GET"), (":scheme", "https"), (":path", "/v1/groups"),
+                (":authority", f"127.0.0.1:{s.port}"), ("authorization", f"Bearer {s.token}")]
+        for round_ in range(5):
+            extra = [(f"x-evict-{round_}-{i}", "e" * 200) for i in range(8)]
+            if round_ == 2:
+                extra += [(f"x-field-{i}", "v" * 600) for i in range(30)]  # CONTINUATION frames
+            status, body, _ = h2_request(tls, conn, base + [("content-length", "0")] + extra)
+            assert status == 200, (round_, status, body)
+            status, body, _ = h2_request(tls, conn, base + [("content-length", "0"), ("content-length", "0")] + extra)
+            assert status == 400 and error_of(body)["code"] == "bad_request", (round_, status, body)
+    finally:
+        tls.close()
+
+
 def test_valid_clients_pass(cluster, tmp_path):
     """curl over HTTP/2 and HTTP/1.1, to the API and through the proxy."""
     c = cluster
