@@ -67,8 +67,8 @@ AMBIGUOUS_H2 = [
 ]
 
 # (name, request head bytes): heads h2o 2.2.5's parser refuses outright, which
-# it answered by closing the connection; each one must get a 400 and then
-# the close, and reach nobody. REQUEST_LINE is followed by the fields.
+# it answers with a bare text/plain 400 of its own; each one must get the
+# listener's JSON 400 naming the problem, then the close, and reach nobody. REQUEST_LINE is followed by the fields.
 REQUEST_LINE = "POST /submit HTTP/1.1\r\n"
 UNPARSABLE = [
     ("space-before-colon", "Content-Length : 4\r\n", "before its colon"),
@@ -136,6 +136,30 @@ def first_response(raw):
     if "content-length" in headers:
         return int(m.group(1)), headers, rest[:int(headers["content-length"])]
     return int(m.group(1)), headers, rest
+
+
+def all_responses(raw):
+    """Every HTTP/1.1 response in RAW, each (status, headers, body); each
+    must carry a Content-Length but the last."""
+    out = []
+    while raw:
+        status, headers, body = first_response(raw)
+        if status is None:
+            break
+        out.append((status, headers, body))
+        end = raw.index(b"\r\n\r\n") + 4 + len(body)
+        raw = raw[end:]
+    return out
+
+
+def assert_refused_after(raw, words, code="invalid"):
+    """RAW holds 200 answers, then one JSON 400 naming WORDS, then nothing."""
+    got = all_responses(raw)
+    assert [r[0] for r in got[:-1]] == [200] * (len(got) - 1) and got and got[-1][0] == 400, raw[:800]
+    status, headers, body = got[-1]
+    assert headers.get("content-type") == "application/json", headers
+    e = error_of(body)
+    assert e["code"] == code and words in e["message"], e
 
 
 def get(path, token, host=HOST):
@@ -565,6 +589,7 @@ def test_unparsable_head_pipelined_after_a_good_request(cluster, first):
     bad = f"GET /bad HTTP/1.1\r\nHost: {HOST}\r\nX-A : 1\r\n\r\n".encode()
     raw = exchange(c.http_port, good + bad + get("/never", c.token))
     assert statuses(raw) == [200, 400], raw[:800]
+    assert_refused_after(raw, "before its colon")
     assert [r["target"] for r in c.up.requests] == ["/first"]
 
 
@@ -588,6 +613,7 @@ def test_unparsable_head_later_on_a_kept_alive_connection(cluster):
         while chunk := sk.recv(65536):
             raw += chunk
     assert statuses(raw) == [400], raw[:400]
+    assert_refused_after(raw, "before its colon")
     assert [r["target"] for r in c.up.requests] == ["/kept/0", "/kept/1"]
 
 

@@ -5,9 +5,9 @@
  * keeps one Content-Length, lets Transfer-Encoding win over it and keeps the
  * last Host, none of them in req->headers), so for HTTP/1 the checker reads
  * the request head again from the connection's input buffer, where h2o keeps
- * it until the response is sent. What h2o hides before any handler runs (a
- * head it cannot parse, which it answers by closing; a second HTTP/2
- * content-length) is found by httpd.c's connection guards with the
+ * it until the response is sent. What h2o settles before any handler runs
+ * (a head it cannot parse, which it answers with a plain-text 400 of its
+ * own; a second HTTP/2 content-length, which it drops) is found by httpd.c's connection guards with the
  * functions below and handed to the checker (httpd_guard_verdict). */
 #pragma once
 
@@ -36,8 +36,8 @@ const char *framing_check_fields(const framing_field *fields, size_t n, bool htt
 const char *framing_check_head(const char *head, size_t len);
 
 /* Why the bytes at HEAD (LEN of them: the start of an HTTP/1 connection's
- * input) will never parse as a request head, which h2o 2.2.5 answers by
- * closing the connection: NULL when they parse, or may once more arrive
+ * input) will never parse as a request head, which h2o 2.2.5 answers with a
+ * bare plain-text 400 of its own: NULL when they parse, or may once more arrive
  * (incomplete, under H2O_MAX_REQLEN); else a static sentence naming the
  * first problem (a space before a colon, a control character, a bare CR, an
  * invalid request line, too many fields, a head too long). SEEN is how much

@@ -455,11 +455,13 @@ static ssize_t h2_guard_read(h2o_http2_conn_t *conn, const uint8_t *src, size_t 
     return ret;
 }
 
-/* ---- HTTP/1 heads h2o cannot parse: a 400 answer, not a closed connection ----
+/* ---- HTTP/1 heads h2o cannot parse: the server's own 400 ----
  *
- * h2o 2.2.5 closes a connection whose request head picohttpparser refuses
- * (a space before a colon, a control character, a bare CR, an invalid
- * request line, a head too long), without a word. The guard reads the head
+ * h2o 2.2.5 answers a request head picohttpparser refuses (a space before a
+ * colon, a control character, a bare CR, an invalid request line, a head too
+ * long) with a bare text/plain "400 Bad Request" written straight to the
+ * socket, past every filter and handler: no JSON, no reason, no access log
+ * record, nothing the component decides. The guard reads the head
  * at the start of the input before h2o does (its read callback wraps h2o's)
  * and, before h2o moves on to a request pipelined behind an answered one,
  * that one too. A head that will never parse is replaced by a stand-in
@@ -472,7 +474,7 @@ static ssize_t h2_guard_read(h2o_http2_conn_t *conn, const uint8_t *src, size_t 
  * its place, dropping every byte after it, and records WHY. When AT is 0
  * nothing of the input is in use and the buffer may grow; otherwise the
  * request before it still points into the buffer, and the stand-in is
- * written only where the buffer has room (else h2o closes as before). */
+ * written only where the buffer has room (else h2o answers as before). */
 static void h1_stand_in(tracked_conn *c, size_t at, const char *why)
 {
     h2o_buffer_t **input = &c->sock->input;
