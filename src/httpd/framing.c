@@ -139,6 +139,19 @@ const char *framing_check_head(const char *head, size_t len)
     return framing_check_fields(fields, n, false);
 }
 
+/* picohttpparser's verdict on the request head at HEAD, read as h2o reads
+ * it (at most H2O_MAX_REQLEN bytes, resuming after SEEN): its length, -1
+ * when it will never parse, -2 when it is incomplete. */
+static int head_length(const char *head, size_t len, size_t seen)
+{
+    struct phr_header h[FRAMING_MAX_FIELDS];
+    size_t n = ELEMENTSOF(h), method_len, path_len;
+    const char *method, *path;
+    int minor;
+    return phr_parse_request(head, MIN(len, (size_t)H2O_MAX_REQLEN), &method, &method_len, &path, &path_len, &minor,
+                             h, &n, seen);
+}
+
 /* Whether LINE (LEN bytes, without its line end) is a request line as
  * picohttpparser reads one: it parses with an empty field section after it. */
 static bool request_line_parses(const char *line, size_t len)
@@ -148,11 +161,7 @@ static bool request_line_parses(const char *line, size_t len)
         return false;
     memcpy(buf, line, len);
     memcpy(buf + len, "\r\n\r\n", 4);
-    struct phr_header h[1];
-    size_t n = 0, method_len, path_len;
-    const char *method, *path;
-    int minor;
-    return phr_parse_request(buf, len + 4, &method, &method_len, &path, &path_len, &minor, h, &n, 0) > 0;
+    return head_length(buf, len + 4, 0) > 0;
 }
 
 /* The first problem in HEAD (which picohttpparser refused), in words, looked
@@ -202,12 +211,8 @@ static const char *head_problem(const char *head, size_t len)
 
 const char *framing_head_unparsable(const char *head, size_t len, size_t seen, bool *ret_complete)
 {
-    struct phr_header h[FRAMING_MAX_FIELDS];
-    size_t n = ELEMENTSOF(h), method_len, path_len;
-    const char *method, *path;
-    int minor;
     size_t inlen = MIN(len, (size_t)H2O_MAX_REQLEN); /* as much as h2o parses */
-    int r = phr_parse_request(head, inlen, &method, &method_len, &path, &path_len, &minor, h, &n, seen);
+    int r = head_length(head, inlen, seen);
     if (ret_complete)
         *ret_complete = r > 0;
     if (r > 0 || (r == -2 && inlen < (size_t)H2O_MAX_REQLEN))
@@ -248,12 +253,7 @@ size_t framing_request_end(h2o_req_t *req)
         return req->entity.base >= start && req->entity.base + req->entity.len <= end
                    ? (size_t)(req->entity.base + req->entity.len - start)
                    : SIZE_MAX;
-    struct phr_header h[FRAMING_MAX_FIELDS];
-    size_t n = ELEMENTSOF(h), method_len, path_len;
-    const char *method, *path;
-    int minor;
-    int r = phr_parse_request(start, MIN(sock->input->size, (size_t)H2O_MAX_REQLEN), &method, &method_len, &path,
-                              &path_len, &minor, h, &n, 0);
+    int r = head_length(start, sock->input->size, 0);
     return r > 0 ? (size_t)r : SIZE_MAX;
 }
 
