@@ -320,7 +320,17 @@ static int handle_webhooks(api_request *r, api_error *err)
         e = store_write(st, &txn);
         store_txn_clear(&txn);
     }
-    json_auto_t *details = json_pack("{s:O}", "webhooks", urls);
+    /* the URLs' hosts only: a URL may carry a receiver's token in its path or query */
+    json_auto_t *hosts = json_array();
+    size_t i;
+    const json_t *u;
+    json_array_foreach(urls, i, u)
+    {
+        const char *s = json_string_value(u), *h = s ? strstr(s, "://") : NULL;
+        if (h)
+            json_array_append_new(hosts, json_stringn(h + 3, strcspn(h + 3, "/?#")));
+    }
+    json_auto_t *details = json_pack("{s:O}", "hosts", hosts);
     audit(r, "user.notify.webhooks", e < 0 ? "failure" : "success", details);
     if (e < 0)
         return api_fail_store(err, e, "User", name);
@@ -370,6 +380,7 @@ static void secret_done(offload_job *j, h2o_req_t *req)
         notify_secret_format(job->secret, text);
         json_t *ans = json_pack("{s:s}", "secret", text);
         OPENSSL_cleanse(text, sizeof(text));
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
         api_respond_json(req, job->route, job->started, 200, ans);
         kms_json_wipe_decref(ans);
     }

@@ -732,6 +732,10 @@ static void deliver(notifier *n, delivery *d)
     else
         status = post_once(n, d, secret, why, sizeof(why));
     OPENSSL_cleanse(secret, sizeof(secret));
+    if (atomic_load(&n->stop_now)) { /* cut by the stop: not an attempt; taken up again at the next start */
+        delivery_free(d);
+        return;
+    }
     d->attempts++;
     char at[40];
     time_format_rfc3339_ms(time_now_ns(), at, sizeof(at));
