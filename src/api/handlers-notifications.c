@@ -92,23 +92,12 @@ typedef struct notify_watcher {
     char uid[129];
 } notify_watcher;
 
-static void watcher_finish(notify_watcher *w, const char *code, const char *message)
-{
-    json_auto_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message);
-    api_sse_end(&w->super, "ERROR", e);
-}
-
 static void watcher_poll(api_sse *s)
 {
     notify_watcher *w = (notify_watcher *)s;
     json_auto_t *events = NULL;
-    int e = store_changes_since(s->thread->server->cfg->store, "Notification", w->revision, WATCH_BATCH_MAX, &events);
-    if (e == -ESTALE) {
-        watcher_finish(w, "gone", "the requested resourceVersion is older than the kept history; list and watch again");
+    if (api_sse_changes(s, "Notification", w->revision, WATCH_BATCH_MAX, &events) < 0)
         return;
-    }
-    if (e < 0)
-        return; /* tried again on the next tick */
     size_t i;
     json_t *ev;
     json_array_foreach(events, i, ev)
@@ -122,7 +111,7 @@ static void watcher_poll(api_sse *s)
         json_auto_t *item = strcmp(type, "DELETED") == 0 ? json_pack("{s:s?}", "id", str_at(obj, "metadata", "name"))
                                                          : notify_item_view(obj);
         if (!item || api_sse_queue_event(s, type, rev, item) < 0) {
-            watcher_finish(w, "too_large", "the client does not read the stream fast enough; list and watch again "
+            api_sse_fail(&w->super, "too_large", "the client does not read the stream fast enough; list and watch again "
                                            "from the last id received");
             return;
         }
@@ -145,7 +134,7 @@ static void watcher_recheck(api_sse *s)
     }
     caller_clear(&c);
     if (r < 0)
-        watcher_finish(w, err.code, err.message);
+        api_sse_fail(&w->super, err.code, err.message);
 }
 
 static const api_sse_class watcher_class = {
