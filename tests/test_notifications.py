@@ -18,7 +18,7 @@ import time
 import pytest
 import requests
 
-from conftest import audited, manifest, run_cli
+from conftest import CLOISTER, audited, manifest, run_cli, sanitizer_env
 
 AGE = shutil.which("age")
 pytestmark = pytest.mark.skipif(not AGE, reason="the age tool is not installed (scripts/setup.sh)")
@@ -205,6 +205,33 @@ def test_read_marks_and_unread_filter(world):
     assert bobs["id"] in [x["id"] for x in json.loads(p.stdout)["items"]]
 
 
+def metric(w, name):
+    for line in w["s"].request("GET", "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {name} on /metrics")
+
+
+def test_the_cli_watches_new_ones(world):
+    before = metric(world, "cloister_api_streams_open")
+    env = sanitizer_env()
+    env.update(XDG_CONFIG_HOME=str(world["config"]["carol"]), CLOISTER_SERVER=world["s"].url,
+               CLOISTER_CA=world["s"].ca)
+    env.pop("CLOISTER_TOKEN", None)
+    p = subprocess.Popen([str(CLOISTER), "-o", "json", "notifications", "--watch"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in p.stdout], daemon=True).start()
+    try:
+        wait_for(lambda: metric(world, "cloister_api_streams_open") > before, what="the CLI's stream")
+        upload(world, "bob", "cli-watch")
+        got = json.loads(lines.get(timeout=10))
+        assert got["type"] == "dataset.added" and got["name"] == "cli-watch" and got["details"]["uploadedBy"] == "bob"
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
 def test_one_user_cannot_see_or_mark_anothers(world):
     upload(world, "bob", "scans")
     alices = wait_for(lambda: about(world, "alice", "scans"), what="alice's notification")[0]
@@ -342,6 +369,9 @@ def test_a_failing_receiver_gets_the_delivery_on_the_third_attempt(world):
     try:
         set_hooks(world, "carol", [rx.url])
         secret = secret_of(world, "carol")
+        names = [f'cloister_webhook_deliveries_total{{outcome="{o}"}}' for o in ("retried", "ok", "failed")] + \
+            ['cloister_notifications_total{outcome="created"}']
+        before = {m: metric(world, m) for m in names}
         upload(world, "alice", "xrays")
         attempts = [rx.next() for _ in range(3)]
         ids = {h["webhook-id"] for h, _, _ in attempts}
@@ -354,12 +384,8 @@ def test_a_failing_receiver_gets_the_delivery_on_the_third_attempt(world):
         d = n["deliveries"][0]
         assert d["attempts"] == 3 and d["lastStatus"] == 200 and d["deliveredAt"], d
         assert rx.got.empty()
-        metrics = world["s"].request("GET", "/metrics").text
-        def value(line):
-            return float([x for x in metrics.splitlines() if x.startswith(line + " ")][0].split()[-1])
-        assert value('cloister_webhook_deliveries_total{outcome="retried"}') >= 2
-        assert value('cloister_webhook_deliveries_total{outcome="ok"}') >= 1
-        assert value('cloister_notifications_total{outcome="created"}') >= 2
+        # two attempts retried, one ok, none failed; notifications for bob and carol
+        assert [metric(world, m) - before[m] for m in names] == [2, 1, 0, 2]
     finally:
         set_hooks(world, "carol", [])
         rx.close()

@@ -87,6 +87,13 @@ int notify_users(api_server *srv, const char *const *users, size_t n_users, cons
  * refused key release of an Enclave. Same returns. */
 int notify_admins(api_server *srv, const char *type, const char *kind, const char *name, json_t *details);
 
+/* Which of the user UID's notifications in ITEMS (stored documents sorted
+ * by id, so oldest first) go so that one more fits under CAP: none while
+ * they are fewer than CAP, else the oldest read ones first, then the oldest
+ * unread. Their names (borrowed from ITEMS) into RET_NAMES, which has room
+ * for all of the user's; returns how many. */
+size_t notify_prune(const json_t *items, const char *uid, size_t cap, const char **ret_names);
+
 /* What GET /v1/notifications shows of a stored Notification DOC (a new
  * reference): {id, type, kind, name, details, createdAt, read, readAt,
  * deliveries}. */
