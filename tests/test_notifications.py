@@ -11,6 +11,7 @@ import http.server
 import json
 import queue
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -149,6 +150,11 @@ class SSE:
                 return ev
 
     def close(self):
+        # the reader thread is blocked in a read: cut the connection under it (not SSLSocket's
+        # shutdown, which would want a TLS exchange) rather than wait for the read to time out
+        fp = self.r.raw._fp
+        if fp is not None and fp.fp is not None:  # else the server ended it: nothing blocks
+            socket.socket.shutdown(fp.fp.raw._sock, socket.SHUT_RDWR)
         self.r.close()
 
 
@@ -174,6 +180,19 @@ def test_the_watch_stream_delivers_a_new_notification_within_a_second(world):
     finally:
         bob.close()
         dave.close()
+
+
+def test_a_revoked_session_ends_the_stream(world):
+    s = world["s"]
+    tokens = s.request("POST", "/v1/auth/token", token="", json={"token": world["tokens"]["dave"]}).json()
+    access, sid = tokens["access_token"], tokens["session"]
+    stream = SSE({"s": s, "tokens": {"dave": access}}, "dave")
+    try:
+        assert s.request("DELETE", f"/v1/sessions/{sid}", token=access).status_code == 200
+        ev, data, _ = stream.next(lambda e: e[0] == "ERROR", timeout=15)
+        assert data["error"]["code"] == "unauthenticated", data
+    finally:
+        stream.close()
 
 
 def test_read_marks_and_unread_filter(world):

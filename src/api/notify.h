@@ -77,7 +77,8 @@ bool notify_type_valid(const char *type);
  * deliveries. Safe from any thread. Returns 0, -EINVAL (an unknown type,
  * too many users, a KIND or NAME too long, DETAILS not an object or over
  * NOTIFY_DETAILS_MAX), -EAGAIN (the queue is full: counted and logged as
- * dropped) or -ENOMEM; -ESHUTDOWN when notifications are not running. */
+ * dropped) or -ENOMEM; -ESHUTDOWN when notifications are not running. Its
+ * callers (handlers, their offload jobs) are done before notify_stop(). */
 int notify_users(api_server *srv, const char *const *users, size_t n_users, const char *type, const char *kind,
                  const char *name, json_t *details);
 
