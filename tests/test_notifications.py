@@ -19,7 +19,7 @@ import time
 import pytest
 import requests
 
-from conftest import CLOISTER, audited, manifest, run_cli, sanitizer_env
+from conftest import CLOISTER, audited, free_port, manifest, run_cli, sanitizer_env
 
 AGE = shutil.which("age")
 pytestmark = pytest.mark.skipif(not AGE, reason="the age tool is not installed (scripts/setup.sh)")
@@ -289,7 +289,7 @@ class Receiver:
     """A webhook receiver on loopback: answers each POST with the next of STATUSES (then 200), or
     holds it until released when HANG; records (headers, body, monotonic time)."""
 
-    def __init__(self, statuses=(), hang=False):
+    def __init__(self, statuses=(), hang=False, port=0):
         self.statuses, self.hang = list(statuses), hang
         self.got, self.release = queue.Queue(), threading.Event()
         outer = self
@@ -308,7 +308,7 @@ class Receiver:
             def log_message(self, *a):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -449,3 +449,38 @@ def test_a_refused_key_release_notifies_the_admins(world):
     assert got[0]["kind"] == "Key" and "spec.release" in got[0]["details"]["reason"]
     assert got[0]["details"]["requestedBy"] == "admin"
     assert not [n for n in notifications(world, "alice") if n["type"] == "key-release.refused"]
+
+
+def test_deliveries_left_retrying_resume_after_a_restart(server, tmp_path):
+    """A receiver that refuses connections: the delivery is retrying when cloisterd stops; once it is
+    back (and the receiver listens), the same message is delivered."""
+    s = server
+    docs = []
+    for u in ("erin", "frank"):
+        docs += [manifest("User", u, {"type": "human"}),
+                 manifest("Credential", f"{u}-cli", {"user": u, "type": "authToken"})]
+    assert s.request("POST", "/v1/apply", json={"items": docs}).status_code == 200
+    w = {"s": s, "base": tmp_path, "tokens": {u: s.request("POST", "/v1/tokens", json={"credential": f"{u}-cli"})
+                                               .json()["token"] for u in ("erin", "frank")}}
+    r = s.request("POST", "/v1/workspaces", json=manifest("Workspace", "cohort", {"members": ["erin", "frank"]}))
+    assert r.status_code == 201, r.text
+    w["recipient"] = r.json()["status"]["recipient"]
+    port = free_port()
+    set_hooks(w, "frank", [f"http://127.0.0.1:{port}/hook"])
+    secret = secret_of(w, "frank")
+    upload(w, "erin", "survey")
+    n = wait_for(lambda: [x for x in about(w, "frank", "survey") if x["deliveries"][0]["attempts"] >= 1],
+                 what="a failed attempt")[0]
+    d = n["deliveries"][0]
+    assert d["state"] == "retrying" and d["lastStatus"] == 0 and d["lastError"] and d["nextAttemptAt"], d
+    s.stop()
+    rx = Receiver(port=port)
+    try:
+        s.start()
+        headers, body, _ = rx.next(timeout=30)
+        assert headers["webhook-id"] == n["id"] and verify(secret, headers, body)
+        got = wait_for(lambda: [x for x in about(w, "frank", "survey")
+                                if x["deliveries"][0]["state"] == "delivered"], what="delivered")[0]
+        assert got["deliveries"][0]["attempts"] >= 2
+    finally:
+        rx.close()
