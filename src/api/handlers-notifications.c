@@ -57,6 +57,8 @@ static void audit(api_request *r, const char *action, const char *outcome, json_
 
 /* ---- GET /v1/notifications ---- */
 
+/* GET /v1/notifications[?unread=1]: the caller's own, newest first, and
+ * the revision they reflect (to watch from). */
 static int handle_list(api_request *r, api_error *err)
 {
     bool unread = flag_param(r->req, "unread");
@@ -92,6 +94,8 @@ typedef struct notify_watcher {
     char uid[129];
 } notify_watcher;
 
+/* A poll tick: the caller's own changes of Notification since the
+ * stream's revision, as events. */
 static void watcher_poll(api_sse *s)
 {
     notify_watcher *w = (notify_watcher *)s;
@@ -147,6 +151,8 @@ static const api_sse_class watcher_class = {
     .recheck = watcher_recheck,
 };
 
+/* GET /v1/notifications?watch=1[&resourceVersion=N]: a stream of the
+ * caller's own from now (or after revision N). */
 static int handle_watch(api_request *r, api_error *err)
 {
     char rvs[24] = "";
@@ -222,6 +228,8 @@ static int mark_read(api_request *r, const json_t *ids, json_t *marked, const ch
     return e;
 }
 
+/* POST /v1/notifications/read {ids}: checks the body (caps), marks them
+ * (retried when one changed meanwhile) and audits it. */
 static int handle_read(api_request *r, api_error *err)
 {
     if (r->req->entity.len > NOTIFY_READ_BODY_MAX)
@@ -263,6 +271,9 @@ static int handle_read(api_request *r, api_error *err)
 
 /* ---- GET|PUT /v1/notifications/webhooks ---- */
 
+/* GET|PUT /v1/notifications/webhooks: the caller's User.spec.notify.webhooks,
+ * written compare-and-swap and checked by the User schema (the one place
+ * its rules live). */
 static int handle_webhooks(api_request *r, api_error *err)
 {
     const json_t *hooks = json_object_get(json_object_get(json_object_get(r->caller->user, "spec"), "notify"),
@@ -350,6 +361,7 @@ static void secret_work(offload_job *j)
     job->rc = notify_secret_get(job->srv, job->user, job->uid, job->rotate, job->secret);
 }
 
+/* Audits the call and answers the secret (wiped after), or the error. */
 static void secret_done(offload_job *j, h2o_req_t *req)
 {
     secret_job *job = (secret_job *)j;
@@ -377,6 +389,7 @@ static void secret_done(offload_job *j, h2o_req_t *req)
     free(job);
 }
 
+/* POST /v1/notifications/webhook-secret[?rotate=1]: off the loop (KMS). */
 static int handle_secret(api_request *r, api_error *err)
 {
     secret_job *job = calloc(1, sizeof(*job));

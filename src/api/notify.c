@@ -433,6 +433,8 @@ static void store_pending(notifier *n, pending *p)
     free(ops);
 }
 
+/* The writer thread: stores what is queued, in order, until stopped with
+ * nothing left. */
 static void *writer_main(void *arg)
 {
     notifier *n = arg;
@@ -590,6 +592,8 @@ static bool address_allowed(const struct sockaddr *sa)
     return false;
 }
 
+/* libcurl's socket opener: refuses addresses address_allowed() does not
+ * allow (setting *CLIENTP). */
 static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
 {
     bool *refused = clientp;
@@ -774,6 +778,8 @@ static void deliver(notifier *n, delivery *d)
         delivery_free(d);
 }
 
+/* A sender thread: takes the delivery due first once it is due, until
+ * stopped. */
 static void *sender_main(void *arg)
 {
     notifier *n = arg;
