@@ -258,6 +258,8 @@ def test_every_dashboard_expression_evaluates_and_the_key_ones_have_data(stack, 
         "min by (role) (cloister_role_ready)":
             lambda v: {json.loads(k)["role"] for k, x in v.items() if x == 1} >= {"api", "proxy", "kms", "audit"},
         "sum by (route) (rate(cloister_api_requests_total[10m]))": lambda v: any(x > 0 for x in v.values()),
+        "sum by (outcome) (rate(cloister_webhook_deliveries_total[10m]))":
+            lambda v: {json.loads(k)["outcome"] for k in v} >= {"ok", "failed"},
         "sum by (enclave) (cloister_enclave_replicas_desired)": lambda v: v.get('{"enclave": "crashy"}') == 1,
         "sum by (enclave) (increase(cloister_enclave_restarts_total[15m]))":
             lambda v: v.get('{"enclave": "crashy"}', 0) > 0,
