@@ -554,22 +554,20 @@ static void cleanse_free(void *p, size_t n)
     free(p);
 }
 
-int age_decrypt(const age_identity *ids, size_t n, age_read_fn read, void *read_userdata, age_write_fn write,
-                void *write_userdata)
+/* Reads the header from S into H and opens it with the first of the N
+ * identities that opens an X25519 stanza: the file key into FILE_KEY, once
+ * the header MAC verified under it. Returns 0 or an AGE_ERR_* class (or a
+ * callback error); FILE_KEY may hold a key on failure (the caller wipes it). */
+static int open_header(source *s, header *h, const age_identity *ids, size_t n, uint8_t file_key[AGE_FILE_KEY_SIZE])
 {
-    source s = {.read = read, .userdata = read_userdata, .buf = malloc(ENC_CHUNK_SIZE + 1)};
-    header h = {};
-    uint8_t file_key[AGE_FILE_KEY_SIZE], mac[MAC_SIZE], payload_key[32], nonce[12];
-    _cleanup_(aead_freep) EVP_CIPHER_CTX *c = NULL;
-    int r = s.buf ? parse_header(&s, &h) : -ENOMEM;
-
-    /* the first identity to open a stanza gives the file key */
+    uint8_t mac[MAC_SIZE];
+    int r = parse_header(s, h);
     bool found = false;
     for (size_t i = 0; i < n && r == 0 && !found; i++)
-        for (size_t j = 0; j < h.n && r == 0 && !found; j++) {
-            if (strcmp(h.stanzas[j].argv[0], "X25519") != 0)
+        for (size_t j = 0; j < h->n && r == 0 && !found; j++) {
+            if (strcmp(h->stanzas[j].argv[0], "X25519") != 0)
                 continue;
-            r = x25519_unwrap(&h.stanzas[j], &ids[i], file_key);
+            r = x25519_unwrap(&h->stanzas[j], &ids[i], file_key);
             if (r == 0)
                 found = true;
             else if (r == AGE_ERR_NO_MATCH)
@@ -578,9 +576,36 @@ int age_decrypt(const age_identity *ids, size_t n, age_read_fn read, void *read_
     if (r == 0 && !found)
         r = AGE_ERR_NO_MATCH;
     if (r == 0)
-        r = header_mac(file_key, h.text, h.mac_end, mac);
-    if (r == 0 && CRYPTO_memcmp(mac, h.mac, MAC_SIZE) != 0)
+        r = header_mac(file_key, h->text, h->mac_end, mac);
+    if (r == 0 && CRYPTO_memcmp(mac, h->mac, MAC_SIZE) != 0)
         r = AGE_ERR_HMAC;
+    return r;
+}
+
+int age_unwrap_file_key(const age_identity *ids, size_t n, age_read_fn read, void *read_userdata,
+                        uint8_t ret_file_key[static AGE_FILE_KEY_SIZE])
+{
+    source s = {.read = read, .userdata = read_userdata, .buf = malloc(ENC_CHUNK_SIZE + 1)};
+    header h = {};
+    uint8_t file_key[AGE_FILE_KEY_SIZE];
+    int r = s.buf ? open_header(&s, &h, ids, n, file_key) : -ENOMEM;
+    if (r == 0)
+        memcpy(ret_file_key, file_key, AGE_FILE_KEY_SIZE);
+    OPENSSL_cleanse(file_key, sizeof(file_key));
+    cleanse_free(s.buf, ENC_CHUNK_SIZE + 1);
+    header_done(&h);
+    return r;
+}
+
+int age_decrypt(const age_identity *ids, size_t n, age_read_fn read, void *read_userdata, age_write_fn write,
+                void *write_userdata)
+{
+    source s = {.read = read, .userdata = read_userdata, .buf = malloc(ENC_CHUNK_SIZE + 1)};
+    header h = {};
+    uint8_t file_key[AGE_FILE_KEY_SIZE], payload_key[32], nonce[12];
+    _cleanup_(aead_freep) EVP_CIPHER_CTX *c = NULL;
+    /* the first identity to open a stanza gives the file key */
+    int r = s.buf ? open_header(&s, &h, ids, n, file_key) : -ENOMEM;
     /* the payload: a 16-byte nonce, then chunks */
     if (r == 0)
         r = source_fill(&s, NONCE_SIZE);

@@ -99,3 +99,12 @@ int age_encrypt(const age_recipient *recipients, size_t n, age_read_fn read, voi
  * authentic, but the whole was not) or a callback's negative errno. */
 int age_decrypt(const age_identity *ids, size_t n, age_read_fn read, void *read_userdata, age_write_fn write,
                 void *write_userdata);
+
+/* Reads only the header of the age file READ gives (at most AGE_HEADER_MAX
+ * bytes, nothing of the payload is needed) and opens it with the first of
+ * the N identities that opens an X25519 stanza: the 16-byte file key into
+ * RET_FILE_KEY once the header MAC verified under it. The kms role unwraps
+ * a dataset's stanza for the workspace key this way. Returns 0 or
+ * AGE_ERR_HEADER / AGE_ERR_NO_MATCH / AGE_ERR_HMAC (or a callback error). */
+int age_unwrap_file_key(const age_identity *ids, size_t n, age_read_fn read, void *read_userdata,
+                        uint8_t ret_file_key[static AGE_FILE_KEY_SIZE]);
