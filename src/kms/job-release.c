@@ -27,19 +27,12 @@
 #define PUBLIC_KEY_MAX 1024
 #define RUNS_FILE_MAX 32
 
-void kms_job_run_nonce(const uint8_t digest[32], uint64_t run, uint8_t ret[32])
-{
-    char hex[65], text[128];
-    hex_encode(digest, 32, hex);
-    int n = snprintf(text, sizeof(text), "cloister job run v1\n%s\n%" PRIu64 "\n", hex, run);
-    SHA256((const uint8_t *)text, (size_t)n, ret);
-}
-
 /* One release being decided: what the audit entry reports. */
 typedef struct decision {
     const char *job;
     char digest[65];
-    uint64_t run;
+    uint64_t run;      /* the api's number of this run: the evidence's nonce binds it */
+    uint64_t released; /* the runs of this digest released, this one included */
     const char *check; /* the failed check, NULL while all pass */
 } decision;
 
@@ -152,7 +145,7 @@ static int check_evidence(const kms_job_config *cfg, const json_t *body, const j
     if (!json_is_object(policy))
         return api_fail(err, 400, "invalid", "attestationPolicy must be an AttestationPolicy spec or null");
     uint8_t nonce[32];
-    kms_job_run_nonce(digest, d->run, nonce);
+    release_job_nonce(digest, d->run, nonce);
     attest_expect expect = {.now = now, .nonce = nonce, .nonce_len = sizeof(nonce), .public_key = public_key,
                             .public_key_len = public_key_len};
     char reason[ATTEST_REASON_MAX] = "";
@@ -210,8 +203,8 @@ static int check_approvals(const json_t *body, const uint8_t digest[32], decisio
     return 0;
 }
 
-/* The run count below maxRuns and notAfter not passed; the next run's
- * number into D. Returns 0 or -1 with ERR. */
+/* The run count below maxRuns and notAfter not passed; the count with
+ * this run into D. Returns 0 or -1 with ERR. */
 static int check_runs(const kms_job_config *cfg, const json_t *digest_input, decision *d, api_error *err)
 {
     const json_t *max = json_object_get(digest_input, "maxRuns");
@@ -232,7 +225,7 @@ static int check_runs(const kms_job_config *cfg, const json_t *digest_input, dec
         if ((int64_t)(time_now_ns() / NSEC_PER_SEC) > until)
             return refuse(d, err, "notAfter", "the job may not run after %s", json_string_value(not_after));
     }
-    d->run = done + 1;
+    d->released = done + 1;
     return 0;
 }
 
@@ -310,6 +303,12 @@ static json_t *decide(kms_keyring *ring, const kms_job_config *cfg, const json_t
         return NULL;
     }
     hex_encode(digest, sizeof(digest), d->digest);
+    const json_t *run = json_object_get(body, "run");
+    if (!json_is_integer(run) || json_integer_value(run) < 1) {
+        api_fail(err, 400, "invalid", "run (the run's number, 1 or more) is required");
+        return NULL;
+    }
+    d->run = (uint64_t)json_integer_value(run);
     _cleanup_free_ uint8_t *public_key = NULL;
     size_t public_key_len;
     if (b64_field(json_object_get(body, "publicKey"), PUBLIC_KEY_MAX, &public_key, &public_key_len) < 0) {
@@ -324,15 +323,15 @@ static json_t *decide(kms_keyring *ring, const kms_job_config *cfg, const json_t
     if (!keys)
         return NULL;
     /* the run is spent before any key leaves: a crash from here on loses the run, never repeats it */
-    int r = runs_write(cfg, d->digest, d->run);
+    int r = runs_write(cfg, d->digest, d->released);
     if (r < 0) {
         api_fail(err, 500, "internal", "cannot record the run: %s", strerror(-r));
         return NULL;
     }
     char evidence_hex[65];
     hex_encode(evidence_sha, sizeof(evidence_sha), evidence_hex);
-    return json_pack("{s:I, s:s, s:s, s:O}", "run", (json_int_t)d->run, "digest", d->digest, "evidenceSha256",
-                     evidence_hex, "keys", keys);
+    return json_pack("{s:I, s:I, s:s, s:s, s:O}", "run", (json_int_t)d->run, "runsReleased",
+                     (json_int_t)d->released, "digest", d->digest, "evidenceSha256", evidence_hex, "keys", keys);
 }
 
 json_t *kms_job_release(kms_keyring *ring, const kms_job_config *cfg, const json_t *body, api_error *err)

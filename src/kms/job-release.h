@@ -45,16 +45,15 @@ typedef struct kms_job_config {
     bool dev;                /* the built-in policy accepts sandbox evidence */
 } kms_job_config;
 
-/* The nonce a job run's evidence carries: SHA-256 of
- * "cloister job run v1\n" || hex(DIGEST) || "\n" || decimal RUN || "\n". */
-void kms_job_run_nonce(const uint8_t digest[32], uint64_t run, uint8_t ret[32]);
-
 /* POST /v1/job-release with BODY
- *   {job, workspaceKey, digestInput, requiredApprovers: [user], approvals:
+ *   {job, run, workspaceKey, digestInput, requiredApprovers: [user], approvals:
  *    [{user, signature}], approvalKeys: {user: base64}, vetoes: [user],
  *    attestationPolicy: spec | null, type, evidence, publicKey,
  *    inputs: [{name, header}]}   (binary values standard base64)
- * Returns {run, digest, evidenceSha256, keys: [{name, jwe}]} or NULL with
+ * RUN is the api's number of the run, which the evidence's nonce binds
+ * (release_job_nonce()); the count the kms role keeps is its own.
+ * Returns {run, runsReleased, digest, evidenceSha256, keys: [{name, jwe}]}
+ * (each JWE's payload {"input", "fileKey": base64 of 16 bytes}) or NULL with
  * ERR: 403 "release_refused" whose message starts with the failed check
  * ("evidence: …", "pcr0: …", "approval: …", "runs: …", "notAfter: …",
  * "veto: …", "digest: …", "unwrap: …"), 400 for a malformed body. Every
