@@ -72,12 +72,14 @@ struct runner_agent {
     } job;
 };
 
-int runner_agent_locate(char *out, size_t size)
+/* Finds ENV's path (absolute), else one of TRIES relative to this
+ * executable's directory, that passes access(MODE); its real path into OUT. */
+static int locate(const char *env_name, const char *const *tries, size_t n_tries, int mode, char *out, size_t size)
 {
-    const char *env = getenv("CLOISTER_AGENT");
+    const char *env = getenv(env_name);
     char self[PATH_MAX], candidate[PATH_MAX + 64];
     if (env && *env) {
-        if (env[0] != '/' || access(env, X_OK) < 0 || strlen(env) >= size)
+        if (env[0] != '/' || access(env, mode) < 0 || strlen(env) >= size)
             return -ENOENT;
         strcpy(out, env);
         return 0;
@@ -87,16 +89,27 @@ int runner_agent_locate(char *out, size_t size)
         return -ENOENT;
     self[n] = 0;
     const char *dir = dirname(self);
-    static const char *const tries[] = {"cloister-agent", "../agent/cloister-agent"};
-    for (size_t i = 0; i < ELEMENTSOF(tries); i++) {
+    for (size_t i = 0; i < n_tries; i++) {
         char real[PATH_MAX];
         snprintf(candidate, sizeof(candidate), "%s/%s", dir, tries[i]);
-        if (access(candidate, X_OK) == 0 && realpath(candidate, real) && strlen(real) < size) {
+        if (access(candidate, mode) == 0 && realpath(candidate, real) && strlen(real) < size) {
             strcpy(out, real);
             return 0;
         }
     }
     return -ENOENT;
+}
+
+int runner_agent_locate(char *out, size_t size)
+{
+    static const char *const tries[] = {"cloister-agent", "../agent/cloister-agent"};
+    return locate("CLOISTER_AGENT", tries, ELEMENTSOF(tries), X_OK, out, size);
+}
+
+int runner_engine_locate(char *out, size_t size)
+{
+    static const char *const tries[] = {"cloister-job-bundle", "../job/cloister-job-bundle"};
+    return locate("CLOISTER_JOB_BUNDLE", tries, ELEMENTSOF(tries), R_OK | X_OK, out, size);
 }
 
 /* Takes one token of B (RATE per second, at most BURST); false when empty. */

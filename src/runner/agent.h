@@ -53,6 +53,12 @@ typedef struct runner_agent runner_agent;
  * Writes its absolute path to OUT; -ENOENT when there is none. */
 int runner_agent_locate(char *out, size_t size);
 
+/* Finds the job engine's bundle directory (docs/analytics.md "The run"):
+ * $CLOISTER_JOB_BUNDLE, else cloister-job-bundle next to this executable,
+ * else ../job/cloister-job-bundle from it (the build tree). Writes its
+ * absolute path to OUT; -ENOENT when there is none. */
+int runner_engine_locate(char *out, size_t size);
+
 /* Prepares agent mode for sandbox NAME from PARAMS, the launch request's
  * "agent" member ({"secrets"?: [{"key", "file"}], "refreshSeconds"?}),
  * the bundle's enclave.yaml YAML (its "port" is where aTLS connections go;
