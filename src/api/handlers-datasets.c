@@ -74,6 +74,26 @@ static bool member_of_any(store *s, const char *user)
     return false;
 }
 
+/* A member's rights on Jobs (see api_member_allows()). */
+static bool job_member_allows(store *s, const char *user, const char *verb, const char *name, const json_t *doc)
+{
+    if (strcmp(verb, "list") == 0)
+        return !*name && member_of_any(s, user);
+    if (strcmp(verb, "create") == 0)
+        return doc && is_member(s, str_at(doc, "spec", "workspace"), user);
+    json_auto_t *job = NULL;
+    if (store_get(s, "Job", name, &job) < 0 || !is_member(s, str_at(job, "spec", "workspace"), user))
+        return false;
+    /* approve, reject and veto are open to every member: the handlers
+     * decide whose approval counts and who may veto */
+    if (strcmp(verb, "get") == 0 || strcmp(verb, "approve") == 0 || strcmp(verb, "reject") == 0 ||
+        strcmp(verb, "veto") == 0)
+        return true;
+    const char *author = str_at(job, "status", "author");
+    bool wrote = author && strcmp(author, user) == 0;
+    return wrote && (strcmp(verb, "update") == 0 || strcmp(verb, "delete") == 0);
+}
+
 bool api_member_allows(api_server *srv, const caller *c, const char *verb, const char *kind, const char *name,
                        const json_t *doc)
 {
@@ -83,6 +103,8 @@ bool api_member_allows(api_server *srv, const caller *c, const char *verb, const
         return false;
     if (strcmp(kind, "Workspace") == 0)
         return strcmp(verb, "get") == 0 && is_member(s, name, user);
+    if (strcmp(kind, "Job") == 0)
+        return job_member_allows(s, user, verb, name, doc);
     if (strcmp(kind, "Dataset") != 0)
         return false;
     if (strcmp(verb, "list") == 0)

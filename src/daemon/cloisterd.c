@@ -684,7 +684,8 @@ static int install_engine(daemon_config *cfg)
         return r;
     }
     strcpy(cfg->engine_bundle, dir);
-    hex_encode(pcr0, sizeof(pcr0), cfg->engine_pcr0);
+    hex_encode(pcr0, sizeof(pcr0), cfg->job_engine_pcr0);
+    log_fields(LOG_LEVEL_INFO, "job engine installed and measured", "bundle", dir, "pcr0", cfg->job_engine_pcr0, NULL);
     return 0;
 }
 

@@ -72,7 +72,9 @@ static int jcs_key_cmp(const void *a, const void *b)
 }
 
 /* Appends the N bytes at S as a JSON string the way ECMAScript's
- * JSON.stringify writes it (RFC 8785 3.2.2.2). */
+ * JSON.stringify writes it (RFC 8785 3.2.2.2). Not strbuf_put_json_string():
+ * that one escapes DEL and writes \b, \f as \u00xx, and the audit log's
+ * existing hashes depend on it. */
 static int jcs_put_string(strbuf *b, const char *s, size_t n)
 {
     static const char hexdig[] = "0123456789abcdef";
