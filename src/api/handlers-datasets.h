@@ -56,6 +56,14 @@ int api_dataset_delete_input(api_server *srv, const char *name, json_t *input, a
  * unless another Dataset has the same content. */
 void api_dataset_deleted(api_server *srv, const json_t *input);
 
+/* The blob store of datasets and job results (api_datasets_init()). */
+struct blob_store *api_blobs(void);
+
+/* Answers R with blob SHA (64 hex), streamed in chunks as
+ * application/octet-stream (HEAD: the headers only); its size into
+ * *RET_SIZE. Returns 0 once the answer started, or -1 with ERR. */
+int api_send_blob(api_request *r, const char *sha, uint64_t *ret_size, api_error *err);
+
 /* GET (download), PUT ?offset=N (a part of the upload), POST {sha256, size}
  * (commit) /v1/datasets/{name}/data. */
 int api_handle_dataset_data(api_request *r, const char *name, api_error *err);
