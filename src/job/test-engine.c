@@ -10,7 +10,6 @@
 #include "basic/encoding.h"
 #include "basic/fileio.h"
 #include "basic/macro.h"
-#include "job/bundle.h"
 #include "job/engine.h"
 
 static const job_column patients[] = {{"id", CSV_INTEGER}, {"city", CSV_TEXT}, {"score", CSV_REAL}};
@@ -377,20 +376,4 @@ Test(job_manifest, is_parsed_strictly)
     strstr(json, "\"t\"")[1] = 'u';
     cr_assert_eq(job_manifest_parse(json, strlen(json), &m, err), -EINVAL);
     cr_assert(strstr(err, "limits: memoryMiB 1..65536, seconds 1..86400"), "%s", err);
-}
-
-Test(job_bundle, is_found_through_the_environment)
-{
-    char dir[] = "/tmp/test-bundle-XXXXXX", out[4096], yaml[256];
-    cr_assert(mkdtemp(dir));
-    setenv("CLOISTER_JOB_BUNDLE", dir, 1);
-    cr_assert_eq(job_bundle_locate(out, sizeof(out)), -ENOENT, "a directory without enclave.yaml is no bundle");
-    snprintf(yaml, sizeof(yaml), "%s/enclave.yaml", dir);
-    cr_assert_eq(write_file_atomic(yaml, "command: [/app/x]\n", 17, 0644), 0);
-    cr_assert_eq(job_bundle_locate(out, sizeof(out)), 0);
-    cr_assert_str_eq(out, dir);
-    setenv("CLOISTER_JOB_BUNDLE", "relative/path", 1);
-    cr_assert_eq(job_bundle_locate(out, sizeof(out)), -ENOENT);
-    unlink(yaml);
-    rmdir(dir);
 }
