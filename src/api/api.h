@@ -27,6 +27,9 @@ typedef struct api_config {
      * owned and wiped by the role; NULL disables logins that return to a
      * service host */
     const uint8_t *handoff_key;
+    /* the job engine bundle's PCR0 (lower-case hex of SHA-384) every job
+     * digest names; NULL when no engine bundle was found */
+    const char *job_engine_pcr0;
 } api_config;
 
 /* Serves until SIGTERM or SIGINT arrives, then stops accepting, drains the

@@ -74,6 +74,43 @@ static bool member_of_any(store *s, const char *user)
     return false;
 }
 
+/* Whether users A and B are members of one workspace. */
+static bool share_workspace(store *s, const char *a, const char *b)
+{
+    json_auto_t *items = NULL;
+    int64_t rev;
+    if (store_list(s, "Workspace", &items, &rev) < 0)
+        return false;
+    size_t i;
+    const json_t *ws;
+    json_array_foreach(items, i, ws)
+    {
+        if (in_members(ws, a) && in_members(ws, b))
+            return true;
+    }
+    return false;
+}
+
+/* A member's rights on Jobs (see api_member_allows()). */
+static bool job_member_allows(store *s, const char *user, const char *verb, const char *name, const json_t *doc)
+{
+    if (strcmp(verb, "list") == 0)
+        return !*name && member_of_any(s, user);
+    if (strcmp(verb, "create") == 0)
+        return doc && is_member(s, str_at(doc, "spec", "workspace"), user);
+    json_auto_t *job = NULL;
+    if (store_get(s, "Job", name, &job) < 0 || !is_member(s, str_at(job, "spec", "workspace"), user))
+        return false;
+    /* approve, reject and veto are open to every member: the handlers
+     * decide whose approval counts and who may veto */
+    if (strcmp(verb, "get") == 0 || strcmp(verb, "approve") == 0 || strcmp(verb, "reject") == 0 ||
+        strcmp(verb, "veto") == 0)
+        return true;
+    const char *author = str_at(job, "status", "author");
+    bool wrote = author && strcmp(author, user) == 0;
+    return wrote && (strcmp(verb, "update") == 0 || strcmp(verb, "delete") == 0);
+}
+
 bool api_member_allows(api_server *srv, const caller *c, const char *verb, const char *kind, const char *name,
                        const json_t *doc)
 {
@@ -83,6 +120,10 @@ bool api_member_allows(api_server *srv, const caller *c, const char *verb, const
         return false;
     if (strcmp(kind, "Workspace") == 0)
         return strcmp(verb, "get") == 0 && is_member(s, name, user);
+    if (strcmp(kind, "Job") == 0)
+        return job_member_allows(s, user, verb, name, doc);
+    if (strcmp(kind, "User") == 0)
+        return strcmp(verb, "get-keys") == 0 && share_workspace(s, user, name);
     if (strcmp(kind, "Dataset") != 0)
         return false;
     if (strcmp(verb, "list") == 0)

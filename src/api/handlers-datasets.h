@@ -27,7 +27,16 @@ void api_datasets_done(void);
  *     datasets the caller may get);
  *   - create Dataset D: a member of the workspace DOC names;
  *   - upload, update, delete Dataset D: D's owner (who created it), while a
- *     member of its workspace.
+ *     member of its workspace;
+ *   - get Job J, and approve, reject or veto it: a member of J's workspace
+ *     (whose approval counts and who may veto: handlers-jobs.h);
+ *   - list Job: a member of any workspace (the list holds only the jobs
+ *     the caller may get);
+ *   - create Job J: a member of the workspace DOC names;
+ *   - update, delete Job J: J's author (who proposed it), while a member of
+ *     its workspace;
+ *   - get-keys User U (U's registered public keys): a member of a workspace
+ *     U is a member of (to check a job's recipients before approving it).
  * Everything else is the policies' to decide. */
 bool api_member_allows(api_server *srv, const caller *c, const char *verb, const char *kind, const char *name,
                        const json_t *doc);

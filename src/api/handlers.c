@@ -11,6 +11,7 @@
 #include "api/auth.h"
 #include "api/authz-write.h"
 #include "api/handlers-datasets.h"
+#include "api/handlers-jobs.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-policy.h"
 #include "api/request.h"
@@ -45,6 +46,8 @@ static json_t *public_view(const json_t *doc)
     json_t *status = json_object_get(v, "status");
     if (json_is_object(status))
         json_object_del(status, "tokenDigest");
+    if (strcmp(json_string_value(json_object_get(v, "kind")) ?: "", "Job") == 0)
+        api_job_view(v);
     return v;
 }
 
@@ -544,6 +547,10 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
         pending_write_free(pw);
         return api_fail(err, 500, "internal", "out of memory");
     }
+    if (api_job_prepare(srv, req, c, &pw->ops[0], stored, err) < 0) {
+        pending_write_free(pw);
+        return -1;
+    }
     return seal_and_submit(srv, req, pw, err); /* Secret values go to the KMS only now, decided */
 }
 
@@ -619,6 +626,11 @@ static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const
             pending_write_free(pw);
             return api_fail(err, 500, "internal", "out of memory");
         }
+        if (api_job_prepare(srv, req, c, &pw->ops[i], w[i].stored, err) < 0) {
+            err->document = (long)i;
+            pending_write_free(pw);
+            return -1;
+        }
     }
     /* only now, every document decided: Secret values go to the KMS */
     return seal_and_submit(srv, req, pw, err);
@@ -641,8 +653,8 @@ static void handle_get(api_server *srv, h2o_req_t *req, uint64_t started, const 
     json_decref(doc);
 }
 
-/* Lists KIND for caller C; of Datasets, only those C may get (a workspace
- * member sees their workspaces' datasets). */
+/* Lists KIND for caller C; of Datasets and Jobs, only those C may get (a
+ * workspace member sees their workspaces' datasets and jobs). */
 static void handle_list(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind, const caller *c)
 {
     json_t *items;
@@ -657,7 +669,7 @@ static void handle_list(api_server *srv, h2o_req_t *req, uint64_t started, const
     json_t *out = json_array();
     size_t i;
     json_t *doc;
-    bool each = strcmp(kind->kind, "Dataset") == 0;
+    bool each = strcmp(kind->kind, "Dataset") == 0 || strcmp(kind->kind, "Job") == 0;
     json_array_foreach(items, i, doc)
     {
         if (!each || api_may(srv, req, c, "get", kind->kind, doc_name(doc)))

@@ -34,6 +34,9 @@ typedef enum api_route {
     ROUTE_PROXY_CONFIG,
     ROUTE_USER_KEYS,
     ROUTE_DATASET_DATA,
+    ROUTE_JOB_APPROVALS,
+    ROUTE_JOB_REJECTIONS,
+    ROUTE_JOB_VETOES,
     ROUTE_OTHER,
     ROUTE_COUNT_,
 } api_route;

@@ -29,6 +29,8 @@
 #include "pki/pki.h"
 #include "kms/seal.h"
 #include "runner/agent.h"
+#include "sandbox/measure.h"
+#include "basic/encoding.h"
 #include "proxy/metrics.h"
 #include "store/store.h"
 
@@ -632,6 +634,29 @@ static int install_agent(daemon_config *cfg)
     return 0;
 }
 
+/* Measures the job engine bundle named by $CLOISTER_JOB_BUNDLE into
+ * CFG->job_engine_pcr0, here before any role is confined (the api role
+ * cannot read outside its own subtree). Without the variable no job digest
+ * can be made (the api refuses proposals saying so). Returns 0 or a
+ * negative errno (logged): a named bundle that cannot be measured stops the start. */
+static int measure_job_engine(daemon_config *cfg)
+{
+    const char *dir = getenv("CLOISTER_JOB_BUNDLE");
+    if (!dir || !*dir)
+        return 0;
+    uint8_t pcr0[48];
+    measure_error merr = {{0}};
+    int r = bundle_measure(dir, pcr0, &merr);
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot measure the job engine bundle", "bundle", dir, "error",
+                   merr.text[0] ? merr.text : strerror(-r), NULL);
+        return r;
+    }
+    hex_encode(pcr0, sizeof(pcr0), cfg->job_engine_pcr0);
+    log_fields(LOG_LEVEL_INFO, "job engine measured", "bundle", dir, "pcr0", cfg->job_engine_pcr0, NULL);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     proctitle_init(argc, argv); /* the roles' titles; before getopt permutes argv */
@@ -653,7 +678,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     umask(0077);
 
-    if (first_start(&cfg) < 0 || install_agent(&cfg) < 0)
+    if (first_start(&cfg) < 0 || install_agent(&cfg) < 0 || measure_job_engine(&cfg) < 0)
         return 1;
     as_root = geteuid() == 0;
     if (as_root) {
