@@ -75,6 +75,23 @@ static bool member_of_any(store *s, const char *user)
     return false;
 }
 
+/* Whether users A and B are members of one workspace. */
+static bool share_workspace(store *s, const char *a, const char *b)
+{
+    json_auto_t *items = NULL;
+    int64_t rev;
+    if (store_list(s, "Workspace", &items, &rev) < 0)
+        return false;
+    size_t i;
+    const json_t *ws;
+    json_array_foreach(items, i, ws)
+    {
+        if (in_members(ws, a) && in_members(ws, b))
+            return true;
+    }
+    return false;
+}
+
 /* A member's rights on Jobs (see api_member_allows()). */
 static bool job_member_allows(store *s, const char *user, const char *verb, const char *name, const json_t *doc)
 {
@@ -106,6 +123,8 @@ bool api_member_allows(api_server *srv, const caller *c, const char *verb, const
         return strcmp(verb, "get") == 0 && is_member(s, name, user);
     if (strcmp(kind, "Job") == 0)
         return job_member_allows(s, user, verb, name, doc);
+    if (strcmp(kind, "User") == 0)
+        return strcmp(verb, "get-keys") == 0 && share_workspace(s, user, name);
     if (strcmp(kind, "Dataset") != 0)
         return false;
     if (strcmp(verb, "list") == 0)

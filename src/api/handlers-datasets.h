@@ -34,7 +34,9 @@ void api_datasets_done(void);
  *     the caller may get);
  *   - create Job J: a member of the workspace DOC names;
  *   - update, delete Job J: J's author (who proposed it), while a member of
- *     its workspace.
+ *     its workspace;
+ *   - get-keys User U (U's registered public keys): a member of a workspace
+ *     U is a member of (to check a job's recipients before approving it).
  * Everything else is the policies' to decide. */
 bool api_member_allows(api_server *srv, const caller *c, const char *verb, const char *kind, const char *name,
                        const json_t *doc);

@@ -33,7 +33,7 @@ static const struct {
     [ROUTE_KMS] = {"/v1/kms/", "any"},
     [ROUTE_ATTEST] = {"/v1/attest/challenge", "POST"},
     [ROUTE_PROXY_CONFIG] = {"/v1/proxy/config", "GET"},
-    [ROUTE_USER_KEYS] = {"/v1/users/{name}/keys", "POST"},
+    [ROUTE_USER_KEYS] = {"/v1/users/{name}/keys", "any"},
     [ROUTE_DATASET_DATA] = {"/v1/datasets/{name}/data", "any"},
     [ROUTE_JOB_APPROVALS] = {"/v1/jobs/{name}/approvals", "any"},
     [ROUTE_JOB_REJECTIONS] = {"/v1/jobs/{name}/rejections", "POST"},

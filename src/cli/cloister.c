@@ -47,6 +47,13 @@ static const cli_command commands[] = {
      "all of it verified, while stdout may get the leading chunks of a file that then fails", cmd_dataset},
     {"age", "encrypt -r RECIPIENT... | --self [-o FILE] [IN]",
      "encrypt a file to age recipients (age1...) with Cloister's age library", cmd_age},
+    {"job", "propose NAME --workspace W --query SQL|--query-file F --input D... [--recipient U...] [--max-runs N] "
+            "[--not-after T] |\n"
+            "         list | show NAME | approve NAME [--pcr0 HEX] | reject NAME --reason R | revoke NAME |\n"
+            "         veto NAME --reason R",
+     "propose a query over a workspace's datasets (again: a new digest, approvals cleared); show what it covers and "
+     "who must approve; approve it (the digest recomputed here, then signed with your approval key); reject it; "
+     "withdraw your approval; veto it as an owner of an input", cmd_job},
     /* Each later command group (token, policy, audit, attest, kms, enclave,
      * dataset, job, workspace) is one entry here, implemented in its own
      * cmd-<group>.c. */

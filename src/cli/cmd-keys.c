@@ -90,6 +90,26 @@ int keyfile_approval_public(char out[static KEYFILE_APPROVAL_B64_LEN + 1])
     return 0;
 }
 
+int keyfile_approval_sign(const void *msg, size_t n, uint8_t sig[static KEYFILE_SIGNATURE_SIZE])
+{
+    _cleanup_free_ char *path = NULL;
+    int r = keyfile_path(APPROVAL_FILE, &path);
+    if (r < 0)
+        return r;
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return negative_errno();
+    EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL); /* the key lives in OpenSSL's memory, freed wiped */
+    fclose(f);
+    EVP_MD_CTX *ctx = k && EVP_PKEY_get_base_id(k) == EVP_PKEY_ED25519 ? EVP_MD_CTX_new() : NULL;
+    size_t len = KEYFILE_SIGNATURE_SIZE;
+    bool ok = ctx && EVP_DigestSignInit(ctx, NULL, NULL, NULL, k) == 1 &&
+              EVP_DigestSign(ctx, sig, &len, msg, n) == 1 && len == KEYFILE_SIGNATURE_SIZE;
+    EVP_MD_CTX_free(ctx);
+    EVP_PKEY_free(k);
+    return ok ? 0 : -EINVAL;
+}
+
 /* The age identity file's text (age-keygen's format) for ID into a new string. */
 static char *identity_text(const age_identity *id)
 {
