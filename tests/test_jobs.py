@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -279,3 +280,38 @@ def test_only_members_propose_and_see_jobs_and_recipients_need_keys(world, by_ci
     assert p.returncode == 1 and "Dataset tiny belongs to another workspace" in p.stderr, p.stderr
     p = propose(world, "alice", "leak", "SELECT 1", "--recipient", "dave")
     assert p.returncode == 1 and "dave is not a member" in p.stderr, p.stderr
+
+
+def notified(w, user, type_, name, pred=lambda n: True):
+    """USER's notifications of TYPE_ about Job NAME, once there is one (they are stored by a writer thread)."""
+    deadline = time.time() + 10
+    while True:
+        r = w["s"].request("GET", "/v1/notifications", token=w["tokens"][user])
+        assert r.status_code == 200, r.text
+        got = [n for n in r.json()["items"] if n["type"] == type_ and n["kind"] == "Job" and n["name"] == name and pred(n)]
+        if got:
+            return got
+        assert time.time() < deadline, f"no {type_} notification about {name} for {user}"
+        time.sleep(0.1)
+
+
+def test_those_involved_are_notified(world):
+    ok(propose(world, "alice", "notes", "SELECT count(*) FROM visits"))
+    digest = job(world, "notes")["status"]["digest"]
+    for u in ("alice", "bob"):  # every required approver is asked, with the digest to check
+        assert notified(world, u, "job.approval-requested", "notes")[0]["details"]["digest"] == digest
+    ok(cli(world, "bob", "job", "approve", "notes"))
+    ok(cli(world, "alice", "job", "approve", "notes"))
+    for u in ("alice", "bob"):
+        notified(world, u, "job.approved", "notes")
+    ok(cli(world, "bob", "job", "veto", "notes", "--reason", "not this week"))
+    assert notified(world, "alice", "job.vetoed", "notes")[0]["details"] == {"digest": digest, "by": "bob",
+                                                                              "reason": "not this week"}
+    ok(propose(world, "alice", "notes", "SELECT count(*) FROM patients"))  # a new digest asks again
+    new = job(world, "notes")["status"]["digest"]
+    notified(world, "bob", "job.approval-requested", "notes", lambda n: n["details"]["digest"] == new)
+    ok(cli(world, "bob", "job", "reject", "notes", "--reason", "too broad"))
+    notified(world, "alice", "job.rejected", "notes", lambda n: n["details"]["reason"] == "too broad")
+    # carol is neither author nor required approver
+    r = world["s"].request("GET", "/v1/notifications", token=world["tokens"]["carol"])
+    assert not [n for n in r.json()["items"] if n["kind"] == "Job"]
