@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "api/handlers-policy.h"
+#include "api/notify.h"
 #include "audit/event.h"
 #include "basic/encoding.h"
 #include "basic/macro.h"
@@ -17,6 +18,7 @@
 #include "resource/resource.h"
 
 #define REASON_MAX 1024
+#define JOB_INVOLVED_MAX 257 /* the author and every member of a workspace */
 
 static const char *str_at(const json_t *doc, const char *a, const char *b)
 {
@@ -274,6 +276,51 @@ void api_job_view(json_t *view)
     json_object_set_new(status, "state", json_string("expired"));
 }
 
+/* Notifies TYPE about Job NAME to its author and required approvers (from
+ * STATUS), with {digest, by: BY, reason: REASON (may be NULL)}. */
+static void notify_involved(api_server *srv, const char *name, const json_t *status, const char *type, const char *by,
+                            const char *reason)
+{
+    const char *users[JOB_INVOLVED_MAX];
+    size_t n = 0;
+    const char *author = json_string_value(json_object_get(status, "author"));
+    if (author)
+        users[n++] = author;
+    size_t i;
+    const json_t *u;
+    json_array_foreach(json_object_get(status, "requiredApprovers"), i, u)
+    {
+        if (n < ELEMENTSOF(users) && json_is_string(u))
+            users[n++] = json_string_value(u);
+    }
+    json_t *details = json_pack("{s:s?, s:s?, s:s?}", "digest", json_string_value(json_object_get(status, "digest")),
+                                "by", by, "reason", reason);
+    notify_users(srv, users, n, type, "Job", name, details); /* never blocks; a full queue is counted there */
+}
+
+void api_job_written(api_server *srv, const store_op *op)
+{
+    if (strcmp(op->kind, "Job") != 0 || (op->action != STORE_CREATED && op->action != STORE_CONFIGURED) || !op->result)
+        return;
+    const json_t *status = json_object_get(op->result, "status");
+    const char *state = json_string_value(json_object_get(status, "state"));
+    if (!state || strcmp(state, "pending") != 0 || json_array_size(json_object_get(status, "approvals")) ||
+        json_array_size(json_object_get(status, "rejections")) || json_array_size(json_object_get(status, "vetoes")))
+        return;
+    const json_t *missing = json_object_get(status, "missingApprovers");
+    const char *users[JOB_INVOLVED_MAX];
+    size_t n = 0, i;
+    const json_t *u;
+    json_array_foreach(missing, i, u)
+    {
+        if (n < ELEMENTSOF(users) && json_is_string(u))
+            users[n++] = json_string_value(u);
+    }
+    json_t *details = json_pack("{s:s?, s:s?}", "digest", json_string_value(json_object_get(status, "digest")),
+                                "author", json_string_value(json_object_get(status, "author")));
+    notify_users(srv, users, n, "job.approval-requested", "Job", op->name, details);
+}
+
 /* ---- approvals, rejections, vetoes ---- */
 
 /* One sign-off call on a Job: what it loaded and who asks. */
@@ -377,6 +424,14 @@ static int signoff_commit(signoff *so, json_t *details, api_error *err)
         return -1;
     }
     signoff_report(so, "success", details, NULL);
+    const char *was = str_at(so->job, "status", "state"), *now = json_string_value(json_object_get(so->status, "state"));
+    const char *reason = json_string_value(json_object_get(so->body, "reason")), *by = caller_name(r->caller);
+    if (strcmp(so->action, "job.reject") == 0)
+        notify_involved(r->server, so->name, so->status, "job.rejected", by, reason);
+    else if (strcmp(so->action, "job.veto") == 0)
+        notify_involved(r->server, so->name, so->status, "job.vetoed", by, reason);
+    else if (strcmp(now, "approved") == 0 && (!was || strcmp(was, "approved") != 0))
+        notify_involved(r->server, so->name, so->status, "job.approved", by, NULL);
     json_auto_t *view = resource_public_view(result);
     api_job_view(view);
     api_respond_json(r->req, r->route, r->started, 200, view);

@@ -7,7 +7,9 @@
  *   POST   /v1/jobs/{name}/vetoes     {reason}               verb `veto`
  * The server stores signatures; it never makes one: an approval counts only
  * when it verifies against the approver's own registered approval key over
- * the job's current digest. */
+ * the job's current digest. Those involved (the author and the required
+ * approvers) are notified (notify.h) of each approval request, approval,
+ * rejection and veto. */
 #pragma once
 
 #include <jansson.h>
@@ -34,6 +36,11 @@ int api_job_engine_pcr0(api_server *srv, char ret[API_JOB_PCR0_HEX_LEN + 1], api
  * Returns 0, or -1 with ERR. */
 int api_job_prepare(api_server *srv, h2o_req_t *req, const caller *c, store_op *op, const json_t *stored,
                     api_error *err);
+
+/* Once OP is durable: a Job created or given a new digest (pending, nothing
+ * signed yet) asks each missing approver for their approval (a
+ * notification, job.approval-requested). Other ops are left alone. */
+void api_job_written(api_server *srv, const store_op *op);
 
 /* Adjusts VIEW, a Job as a client sees it: "expired" once spec.notAfter
  * passed while it waited for approvals or a run. */

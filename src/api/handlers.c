@@ -291,8 +291,10 @@ static void respond_write(pending_write *pw)
         api_respond_error(req, pw->route, pw->started, &err);
         return;
     }
-    for (size_t i = 0; i < txn->n_ops; i++)
+    for (size_t i = 0; i < txn->n_ops; i++) {
         report_write(pw, &txn->ops[i]);
+        api_job_written(pw->thread->server, &txn->ops[i]);
+    }
     if (pw->route == ROUTE_APPLY) {
         json_t *items = json_array();
         for (size_t i = 0; i < txn->n_ops; i++) {

@@ -335,13 +335,15 @@ static int propose(cli_ctx *ctx, const cli_command *cmd, job_args *a)
     snprintf(path, sizeof(path), "/jobs/%s", a->name);
     json_auto_t *old = NULL, *ans = NULL;
     api_error err;
-    bool exists = api_request(ctx, ctx->token, "GET", path, NULL, &old, &err) == 0;
-    if (!exists && err.status != 404)
+    /* created, or (it exists: 409) replaced as the version read now */
+    bool exists = api_request(ctx, ctx->token, "POST", "/jobs", doc, &ans, &err) < 0;
+    if (exists && err.status != 409)
         return api_error_print(&err);
-    if (exists)
-        json_object_set(json_object_get(doc, "metadata"), "resourceVersion",
-                        json_object_get(json_object_get(old, "metadata"), "resourceVersion"));
-    if (api_request(ctx, ctx->token, exists ? "PUT" : "POST", exists ? path : "/jobs", doc, &ans, &err) < 0)
+    if (exists && api_request(ctx, ctx->token, "GET", path, NULL, &old, &err) < 0)
+        return api_error_print(&err);
+    if (exists && (json_object_set(json_object_get(doc, "metadata"), "resourceVersion",
+                                   json_object_get(json_object_get(old, "metadata"), "resourceVersion")) < 0 ||
+                   api_request(ctx, ctx->token, "PUT", path, doc, &ans, &err) < 0))
         return api_error_print(&err);
     char line[400];
     snprintf(line, sizeof(line), "job %s %s: digest %s; waiting for %s", a->name, exists ? "changed" : "proposed",
