@@ -109,7 +109,8 @@ static bool job_member_allows(store *s, const char *user, const char *verb, cons
         return true;
     const char *author = str_at(job, "status", "author");
     bool wrote = author && strcmp(author, user) == 0;
-    return wrote && (strcmp(verb, "update") == 0 || strcmp(verb, "delete") == 0);
+    /* run: the author starts a run (handlers-job-runs.c checks the approvals) */
+    return wrote && (strcmp(verb, "update") == 0 || strcmp(verb, "delete") == 0 || strcmp(verb, "run") == 0);
 }
 
 bool api_member_allows(api_server *srv, const caller *c, const char *verb, const char *kind, const char *name,

@@ -33,7 +33,7 @@ void api_datasets_done(void);
  *   - list Job: a member of any workspace (the list holds only the jobs
  *     the caller may get);
  *   - create Job J: a member of the workspace DOC names;
- *   - update, delete Job J: J's author (who proposed it), while a member of
+ *   - update, delete, run Job J: J's author (who proposed it), while a member of
  *     its workspace;
  *   - get-keys User U (U's registered public keys): a member of a workspace
  *     U is a member of (to check a job's recipients before approving it).

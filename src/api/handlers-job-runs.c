@@ -30,14 +30,20 @@
 #define RECEIPT_TIMEOUT_MS 5000
 /* what the engine is given (the manifest's limits) */
 #define ENGINE_MEMORY_MIB 1024
-#define ENGINE_SECONDS 600
-#define ENGINE_ROWS 10000000
-#define RUNNER_LIMITS_MIB 2048   /* the sandbox's own limit: the agent, the engine and its input files */
+#define ENGINE_SECONDS_DEFAULT 600 /* CLOISTER_JOB_SECONDS changes it (1 to 86400) */
+#define ENGINE_ROWS 1000000
+#define SANDBOX_PIDS 64           /* the engine's memory is bounded by its own heap limit (limits.memoryMiB) */
 
 static char *runner_socket, *engine_bundle;
+static long engine_seconds = ENGINE_SECONDS_DEFAULT;
 
 int api_job_runs_init(const char *socket, const char *bundle)
 {
+    const char *seconds = getenv("CLOISTER_JOB_SECONDS");
+    char *end;
+    long v = seconds ? strtol(seconds, &end, 10) : 0;
+    if (seconds && *seconds && !*end && v >= 1 && v <= 86400)
+        engine_seconds = v;
     runner_socket = socket ? strdup(socket) : NULL;
     engine_bundle = bundle && *bundle ? strdup(bundle) : NULL;
     return (socket && !runner_socket) || (bundle && *bundle && !engine_bundle) ? -ENOMEM : 0;
@@ -349,7 +355,7 @@ static void start_work(offload_job *j)
              (long long)sj->n);
     json_auto_t *params = json_pack("{s:s, s:I, s:s}", "name", sj->name, "run", sj->n, "digest",
                                     str_at(sj->job, "status", "digest"));
-    json_auto_t *limits = json_pack("{s:i, s:i}", "memoryMiB", RUNNER_LIMITS_MIB, "pids", 64);
+    json_auto_t *limits = json_pack("{s:i}", "pids", SANDBOX_PIDS);
     runner_launch l = {.name = sj->sandbox, .bundle = engine_bundle, .owner = owner, .limits = limits, .job = params};
     int r = !runner_socket ? -ENOTCONN : runner_client_new(runner_socket, &rc);
     if (r == 0)
@@ -619,7 +625,7 @@ static json_t *release_request(store *s, const json_t *job, json_int_t n, const 
                             "publicKey", json_object_get(body, "publicKey"), "inputs", inputs);
     *ret_manifest = json_pack("{s:O, s:O, s:O, s:{s:i, s:i, s:i}}", "query", json_object_get(input, "query"), "inputs",
                               m_inputs, "recipients", json_object_get(input, "recipients"), "limits", "memoryMiB",
-                              ENGINE_MEMORY_MIB, "seconds", ENGINE_SECONDS, "rows", ENGINE_ROWS);
+                              ENGINE_MEMORY_MIB, "seconds", (int)engine_seconds, "rows", ENGINE_ROWS);
     if (!req || !*ret_manifest) {
         json_decref(req);
         json_decref(*ret_manifest);

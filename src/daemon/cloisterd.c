@@ -653,6 +653,8 @@ static int install_engine(daemon_config *cfg)
     if ((size_t)snprintf(dir, sizeof(dir), "%s/job-engine", cfg->runner_dir) >= sizeof(dir))
         return -ENAMETOOLONG;
     int r = strcmp(found, dir) == 0 ? 0 : mkdir_p(dir, 0755);
+    if (r == 0 && strcmp(found, dir) != 0 && chmod(dir, 0755) < 0) /* past the umask: the sandbox's root enters it */
+        r = negative_errno();
     DIR *d = r == 0 && strcmp(found, dir) != 0 ? opendir(found) : NULL;
     if (r == 0 && strcmp(found, dir) != 0 && !d)
         r = negative_errno();
