@@ -1,11 +1,10 @@
 """The job engine alone (docs/analytics.md "The job engine"): the shipped
 bundle's `cloister-job --manifest FILE` on real age files, one made by the
-`age` tool and one by `cloister age encrypt`, each file key unwrapped here
-with the owner's identity (an independent implementation of the X25519
-stanza, in Python). The result decrypts with the `age` tool and equals
-`sqlite3` running the same query on the plaintext CSVs; every refused query
-class ends with a clear error, exit 1 and no output file."""
-import base64
+`age` tool and one by `cloister age encrypt`, each file key unwrapped with
+the owner's identity by tests/age_file_key.py (an independent implementation
+of the X25519 stanza, in Python). The result decrypts with the `age` tool
+and equals `sqlite3` running the same query on the plaintext CSVs; every
+refused query class ends with a clear error, exit 1 and no output file."""
 import hashlib
 import json
 import random
@@ -13,12 +12,8 @@ import shutil
 import subprocess
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from age_file_key import unwrap_file_key
 from conftest import BUILD, CLOISTER, sanitizer_env
 
 AGE = shutil.which("age")
@@ -29,51 +24,9 @@ pytestmark = pytest.mark.skipif(not AGE or not AGE_KEYGEN or not SQLITE3,
 
 BUNDLE = BUILD / "src" / "job" / "cloister-job-bundle"
 ENGINE = BUNDLE / "cloister-job"
-BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 
 JOIN = ("SELECT p.city, count(*) AS visits, sum(v.cost) AS total, round(avg(p.age), 2) AS mean_age "
         "FROM patients p JOIN visits v ON v.patient = p.id GROUP BY p.city ORDER BY total DESC, p.city")
-
-
-def bech32_data(s):
-    """The bytes of a Bech32 string (checksum not checked: our own keys)."""
-    s = s.lower()
-    values = [BECH32.index(c) for c in s[s.rindex("1") + 1:-6]]
-    acc = bits = 0
-    out = bytearray()
-    for v in values:
-        acc = (acc << 5) | v
-        bits += 5
-        if bits >= 8:
-            bits -= 8
-            out.append((acc >> bits) & 0xFF)
-    return bytes(out)
-
-
-def unb64(s):
-    return base64.b64decode(s + "=" * (-len(s) % 4))
-
-
-def unwrap_file_key(path, identity_file):
-    """The 16-byte file key of the age file PATH, from its X25519 stanza for the identity."""
-    secret = bech32_data([ln for ln in identity_file.read_text().splitlines() if ln.startswith("AGE-SECRET-KEY-1")][0])
-    sk = X25519PrivateKey.from_private_bytes(secret)
-    pub = sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    lines = path.read_bytes().split(b"\n")
-    assert lines[0] == b"age-encryption.org/v1"
-    for i, ln in enumerate(lines):
-        if not ln.startswith(b"-> X25519 "):
-            continue
-        share = unb64(ln.split()[2].decode())
-        body = unb64(lines[i + 1].decode())
-        shared = sk.exchange(X25519PublicKey.from_public_bytes(share))
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=share + pub,
-                   info=b"age-encryption.org/v1/X25519").derive(shared)
-        try:
-            return ChaCha20Poly1305(key).decrypt(b"\0" * 12, body, None)
-        except Exception:
-            continue
-    raise AssertionError("no stanza for this identity")
 
 
 def keygen(path):
