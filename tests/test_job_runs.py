@@ -11,6 +11,7 @@ import json
 import shutil
 import sqlite3
 import subprocess
+import time
 
 import pytest
 
@@ -112,6 +113,15 @@ def test_the_approved_job_runs_and_its_result_equals_sqlite3(world):
     # the kms role decided the release itself, and said so
     audited(world["s"], "kms.job.release", lambda e: e["outcome"] == "success" and e["resource"]["name"] == "by-city")
     assert f'"receipt":{run["receipt"]}' in ok(cli(world, "alice", "job", "show", "by-city")).stdout
+    # the kms role counted the run in its own files, under the digest
+    assert (world["s"].data_dir / "kms" / "job-runs" / st["digest"]).read_text().strip() == "1"
+    # those concerned heard of it
+    for user in ("alice", "bob"):
+        deadline = time.time() + 10
+        while not [n for n in world["s"].request("GET", "/v1/notifications", token=world["tokens"][user]).json()["items"]
+                   if n["type"] == "job.run.succeeded" and n["name"] == "by-city"]:
+            assert time.time() < deadline, f"no job.run.succeeded notification for {user}"
+            time.sleep(0.1)
 
 
 def test_a_recipient_decrypts_with_the_age_tool_and_a_non_recipient_cannot(world):

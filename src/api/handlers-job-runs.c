@@ -342,10 +342,45 @@ static int mark_released(json_t *job, json_t *status, void *userdata, api_error 
     return 0;
 }
 
+/* Ends as failed a running run of Job NAME whose sandbox the runner no
+ * longer runs (its agent died before it could end the run), so that the job
+ * can run again. Blocking. */
+static void end_orphaned_run(store *s, const char *name)
+{
+    json_auto_t *job = NULL;
+    if (store_get(s, "Job", name, &job) < 0 ||
+        strcmp(str_at(job, "status", "state") ?: "", "running") != 0 || !runner_socket)
+        return;
+    const json_t *runs = json_object_get(json_object_get(job, "status"), "runs");
+    const json_t *last = json_array_get(runs, json_array_size(runs) - 1);
+    const char *sandbox = json_string_value(json_object_get(last, "sandbox"));
+    runner_client *rc = NULL;
+    runner_view view = {0};
+    char why[RUNNER_WHY_MAX];
+    if (!sandbox || runner_client_new(runner_socket, &rc) < 0 || runner_client_list(rc, &view, why, sizeof(why)) < 0) {
+        runner_client_free(rc);
+        return;
+    }
+    bool gone = !runner_view_find(&view, sandbox);
+    runner_view_free(&view);
+    runner_client_free(rc);
+    if (!gone)
+        return;
+    run_end e = {.n = json_integer_value(json_object_get(last, "n")),
+                 .reason = "the sandbox ended without ending the run (see the runner's log of it)", .receipt = -1};
+    api_error ignored;
+    if (edit_status(s, name, end_run, &e, NULL, &ignored) == 0) {
+        json_auto_t *details = json_pack("{s:I, s:s}", "run", e.n, "reason", e.reason);
+        audit_event_emit(&(audit_event){.action = "job.run.failed", .user = "system:api", .kind = "Job", .name = name,
+                                        .outcome = "failure", .details = details});
+    }
+}
+
 static void start_work(offload_job *j)
 {
     start_job *sj = (start_job *)j;
     store *s = sj->srv->cfg->store;
+    end_orphaned_run(s, sj->name);
     if ((sj->rc = edit_status(s, sj->name, add_run, sj, &sj->job, &sj->err)) < 0)
         return;
     runner_client *rc = NULL;
