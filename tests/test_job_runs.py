@@ -92,6 +92,18 @@ def test_a_run_is_refused_until_every_owner_approved_and_names_who_is_missing(wo
     audited(world["s"], "job.run", lambda e: e["outcome"] == "denied" and e["resource"]["name"] == "by-city")
 
 
+def wait_notified(w, user, type_, name):
+    """USER's notification of TYPE_ about Job NAME, once it is there (a writer thread stores them)."""
+    deadline = time.time() + 10
+    while True:
+        items = w["s"].request("GET", "/v1/notifications", token=w["tokens"][user]).json()["items"]
+        got = [n for n in items if n["type"] == type_ and n["name"] == name]
+        if got:
+            return got
+        assert time.time() < deadline, f"no {type_} notification about {name} for {user}"
+        time.sleep(0.1)
+
+
 def test_the_approved_job_runs_and_its_result_equals_sqlite3(world):
     p = ok(cli(world, "alice", "job", "run", "by-city", "--wait"))
     assert "succeeded" in p.stdout, p.stdout
@@ -117,11 +129,7 @@ def test_the_approved_job_runs_and_its_result_equals_sqlite3(world):
     assert (world["s"].data_dir / "kms" / "job-runs" / st["digest"]).read_text().strip() == "1"
     # those concerned heard of it
     for user in ("alice", "bob"):
-        deadline = time.time() + 10
-        while not [n for n in world["s"].request("GET", "/v1/notifications", token=world["tokens"][user]).json()["items"]
-                   if n["type"] == "job.run.succeeded" and n["name"] == "by-city"]:
-            assert time.time() < deadline, f"no job.run.succeeded notification for {user}"
-            time.sleep(0.1)
+        wait_notified(world, user, "job.run.succeeded", "by-city")
 
 
 def test_a_recipient_decrypts_with_the_age_tool_and_a_non_recipient_cannot(world):
@@ -172,6 +180,7 @@ def test_a_sandbox_the_workspace_policy_does_not_accept_gets_nothing(world):
         run = job(world, "pinned")["status"]["runs"][-1]
         assert run["state"] == "failed" and run["released"] is False and "pcr0" in run["reason"], run
         audited(s, "kms.job.release", lambda e: e["outcome"] == "denied" and e["resource"]["name"] == "pinned")
+        wait_notified(world, "bob", "key-release.refused", "pinned")
         assert s.request("GET", "/v1/jobs/pinned/result").status_code == 404
     finally:
         ws = s.request("GET", "/v1/workspaces/cohort").json()
