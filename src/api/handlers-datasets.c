@@ -59,23 +59,7 @@ static bool is_member(store *s, const char *name, const char *user)
     return name && store_get(s, "Workspace", name, &ws) == 0 && in_members(ws, user);
 }
 
-static bool member_of_any(store *s, const char *user)
-{
-    json_auto_t *items = NULL;
-    int64_t rev;
-    if (store_list(s, "Workspace", &items, &rev) < 0)
-        return false;
-    size_t i;
-    const json_t *ws;
-    json_array_foreach(items, i, ws)
-    {
-        if (in_members(ws, user))
-            return true;
-    }
-    return false;
-}
-
-/* Whether users A and B are members of one workspace. */
+/* Whether users A and B are members of one workspace (A twice: whether A is a member of any). */
 static bool share_workspace(store *s, const char *a, const char *b)
 {
     json_auto_t *items = NULL;
@@ -96,7 +80,7 @@ static bool share_workspace(store *s, const char *a, const char *b)
 static bool job_member_allows(store *s, const char *user, const char *verb, const char *name, const json_t *doc)
 {
     if (strcmp(verb, "list") == 0)
-        return !*name && member_of_any(s, user);
+        return !*name && share_workspace(s, user, user);
     if (strcmp(verb, "create") == 0)
         return doc && is_member(s, str_at(doc, "spec", "workspace"), user);
     json_auto_t *job = NULL;
@@ -128,7 +112,7 @@ bool api_member_allows(api_server *srv, const caller *c, const char *verb, const
     if (strcmp(kind, "Dataset") != 0)
         return false;
     if (strcmp(verb, "list") == 0)
-        return !*name && member_of_any(s, user);
+        return !*name && share_workspace(s, user, user);
     if (strcmp(verb, "create") == 0)
         return doc && is_member(s, str_at(doc, "spec", "workspace"), user);
     json_auto_t *ds = NULL;
