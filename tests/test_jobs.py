@@ -15,16 +15,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import CLOISTER, Server, audited, manifest, run_cli
+from conftest import CLOISTER, audited, manifest, ok, workspace_world, world_cli
 
 USERS = ("alice", "bob", "carol", "dave", "erin")
 QUERY = ("SELECT p.city, count(*) AS n, sum(v.cost) AS cost FROM patients p JOIN visits v ON v.patient = p.id "
          "WHERE p.city <> 'Z\u00fcrich\t\"x\"' GROUP BY p.city ORDER BY p.city")
-
-
-def ok(p):
-    assert p.returncode == 0, (p.stdout[-800:], p.stderr[-1500:])
-    return p
 
 
 def jcs(v):
@@ -67,40 +62,19 @@ def engine(tmp_path_factory):
 def world(tmp_path_factory, engine):
     """The server, users with keys registered (erin has none), workspace cohort (alice, bob, carol),
     alice's dataset patients and bob's visits uploaded with the CLI."""
-    old = os.environ.get("CLOISTER_JOB_BUNDLE")
-    os.environ["CLOISTER_JOB_BUNDLE"] = str(engine[0])
-    try:
-        s = Server(tmp_path_factory.mktemp("jobs") / "data").start()
-    finally:
-        os.environ.pop("CLOISTER_JOB_BUNDLE") if old is None else os.environ.update(CLOISTER_JOB_BUNDLE=old)
-    base = tmp_path_factory.mktemp("clients")
-    docs = []
-    for u in USERS:
-        docs += [manifest("User", u, {"type": "human"}), manifest("Credential", f"{u}-cli", {"user": u, "type": "authToken"})]
-    assert s.request("POST", "/v1/apply", json={"items": docs}).status_code == 200
-    w = {"s": s, "base": base, "tokens": {}, "config": {}, "engine": engine[1]}
-    for u in USERS:
-        w["tokens"][u] = s.request("POST", "/v1/tokens", json={"credential": f"{u}-cli"}).json()["token"]
-        w["config"][u] = base / f"{u}-config"
-        ok(cli(w, u, "login", "--token", w["tokens"][u]))
-        if u != "erin":
-            ok(cli(w, u, "keys", "init"))
-            ok(cli(w, u, "keys", "register"))
-    for ws, members in (("cohort", ["alice", "bob", "carol"]), ("lab", ["alice", "erin"])):
-        ok(run_cli(s, "workspace", "create", ws, *[a for m in members for a in ("--member", m)],
-                   env_extra={"CLOISTER_TOKEN": s.token}, config_home=base / "admin-config"))
     files = {"patients": "id,city\n1,Lyon\n2,Paris\n3,Lyon\n", "visits": "patient,cost\n1,10\n1,5\n2,7\n3,1\n",
              "tiny": "x\n1\n"}
-    for u, ds, ws in (("alice", "patients", "cohort"), ("bob", "visits", "cohort"), ("alice", "tiny", "lab")):
-        f = base / f"{ds}.csv"
-        f.write_text(files[ds])
-        ok(cli(w, u, "dataset", "upload", ds, "--workspace", ws, "--file", str(f)))
+    w = workspace_world(tmp_path_factory, "jobs", {u: u != "erin" for u in USERS},
+                        {"cohort": ["alice", "bob", "carol"], "lab": ["alice", "erin"]},
+                        [(u, ds, ws, files[ds]) for u, ds, ws in
+                         (("alice", "patients", "cohort"), ("bob", "visits", "cohort"), ("alice", "tiny", "lab"))],
+                        env={"CLOISTER_JOB_BUNDLE": str(engine[0])})
+    w["engine"] = engine[1]
     yield w
-    s.stop()
+    w["s"].stop()
 
 
-def cli(w, user, *args):
-    return run_cli(w["s"], *args, config_home=w["config"][user])
+cli = world_cli
 
 
 def job(w, name):

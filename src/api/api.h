@@ -46,7 +46,8 @@ typedef struct api_role_config {
     const char *blob_dir;         /* datasets' ciphertexts (blob/blob.h; 0700, created) */
     const char *platform_ca_cert; /* verifies sandbox evidence for key release */
     const char *kms_socket;
-    const char *runner_socket;    /* the Enclave controller's runner */
+    const char *runner_socket;    /* the Enclave controller's runner, and jobs' */
+    const char *engine_bundle;    /* the runner's copy of the job engine's bundle; NULL: none */
 } api_role_config;
 
 /* The api role: opens the store and the keys, starts audit delivery, the

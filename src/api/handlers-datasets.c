@@ -93,7 +93,8 @@ static bool job_member_allows(store *s, const char *user, const char *verb, cons
         return true;
     const char *author = str_at(job, "status", "author");
     bool wrote = author && strcmp(author, user) == 0;
-    return wrote && (strcmp(verb, "update") == 0 || strcmp(verb, "delete") == 0);
+    /* run: the author starts a run (handlers-job-runs.c checks the approvals) */
+    return wrote && (strcmp(verb, "update") == 0 || strcmp(verb, "delete") == 0 || strcmp(verb, "run") == 0);
 }
 
 bool api_member_allows(api_server *srv, const caller *c, const char *verb, const char *kind, const char *name,
@@ -504,21 +505,20 @@ static void download_stop(h2o_generator_t *g, h2o_req_t *req)
 {
 }
 
-/* GET: the ciphertext, streamed. */
-static int get_data(api_request *r, const char *name, const json_t *dataset, api_error *err)
+blob_store *api_blobs(void)
 {
-    const char *sha = str_at(dataset, "status", "sha256");
-    if (!sha)
-        return api_fail(err, 404, "not_found", "Dataset %s has no data yet (cloister dataset upload)", name);
+    return blobs;
+}
+
+int api_send_blob(api_request *r, const char *sha, uint64_t *ret_size, api_error *err)
+{
     int fd;
     uint64_t size;
     int e = blob_open(blobs, sha, &fd, &size);
     if (e < 0)
-        return api_fail(err, 500, "internal", "the data of Dataset %s cannot be read (%s)", name, strerror(-e));
+        return api_fail(err, 500, "internal", "blob %.16s… cannot be read (%s)", sha, strerror(-e));
     download *d = h2o_mem_alloc_shared(&r->req->pool, sizeof(*d), download_dispose);
     *d = (download){.super = {.proceed = download_proceed, .stop = download_stop}, .fd = fd, .size = size};
-    json_auto_t *details = json_pack("{s:s, s:I}", "sha256", sha, "size", (json_int_t)size);
-    report(r, "dataset.download", name, "success", details);
     h2o_req_t *req = r->req;
     req->res.status = 200;
     req->res.reason = "OK";
@@ -530,6 +530,21 @@ static int get_data(api_request *r, const char *name, const json_t *dataset, api
         h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
     else
         download_proceed(&d->super, req);
+    *ret_size = size;
+    return 0;
+}
+
+/* GET: the ciphertext, streamed. */
+static int get_data(api_request *r, const char *name, const json_t *dataset, api_error *err)
+{
+    const char *sha = str_at(dataset, "status", "sha256");
+    if (!sha)
+        return api_fail(err, 404, "not_found", "Dataset %s has no data yet (cloister dataset upload)", name);
+    uint64_t size;
+    if (api_send_blob(r, sha, &size, err) < 0)
+        return -1;
+    json_auto_t *details = json_pack("{s:s, s:I}", "sha256", sha, "size", (json_int_t)size);
+    report(r, "dataset.download", name, "success", details);
     return 0;
 }
 

@@ -33,7 +33,7 @@ void api_datasets_done(void);
  *   - list Job: a member of any workspace (the list holds only the jobs
  *     the caller may get);
  *   - create Job J: a member of the workspace DOC names;
- *   - update, delete Job J: J's author (who proposed it), while a member of
+ *   - update, delete, run Job J: J's author (who proposed it), while a member of
  *     its workspace;
  *   - get-keys User U (U's registered public keys): a member of a workspace
  *     U is a member of (to check a job's recipients before approving it).
@@ -57,6 +57,14 @@ int api_dataset_delete_input(api_server *srv, const char *name, json_t *input, a
 /* Once the delete is durable: removes the upload and the blob INPUT names,
  * unless another Dataset has the same content. */
 void api_dataset_deleted(api_server *srv, const json_t *input);
+
+/* The blob store of datasets and job results (api_datasets_init()). */
+struct blob_store *api_blobs(void);
+
+/* Answers R with blob SHA (64 hex), streamed in chunks as
+ * application/octet-stream (HEAD: the headers only); its size into
+ * *RET_SIZE. Returns 0 once the answer started, or -1 with ERR. */
+int api_send_blob(api_request *r, const char *sha, uint64_t *ret_size, api_error *err);
 
 /* GET (download), PUT ?offset=N (a part of the upload), POST {sha256, size}
  * (commit) /v1/datasets/{name}/data. */

@@ -11,6 +11,7 @@
 #include "api/auth.h"
 #include "api/authz-write.h"
 #include "api/handlers-datasets.h"
+#include "api/handlers-job-runs.h"
 #include "api/handlers-jobs.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-policy.h"
@@ -1002,6 +1003,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
 
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/jobs/engine"))) {
+        api_handle_job_engine(srv, req, started);
+        return 0;
+    }
     if (handle_subresource(srv, req, started))
         return 0;
 

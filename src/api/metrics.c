@@ -38,6 +38,10 @@ static const struct {
     [ROUTE_JOB_APPROVALS] = {"/v1/jobs/{name}/approvals", "any"},
     [ROUTE_JOB_REJECTIONS] = {"/v1/jobs/{name}/rejections", "POST"},
     [ROUTE_JOB_VETOES] = {"/v1/jobs/{name}/vetoes", "POST"},
+    [ROUTE_JOB_ENGINE] = {"/v1/jobs/engine", "GET"},
+    [ROUTE_JOB_RUNS] = {"/v1/jobs/{name}/runs", "POST"},
+    [ROUTE_JOB_RESULT] = {"/v1/jobs/{name}/result", "GET"},
+    [ROUTE_JOB_RUN_IO] = {"/v1/job-runs/", "any"},
     [ROUTE_NOTIFICATIONS] = {"/v1/notifications", "any"},
     [ROUTE_OTHER] = {"other", "any"},
 };

@@ -1,5 +1,5 @@
-/* job propose|list|show|approve|reject|revoke|veto (DESIGN.md, "Confidential
- * analytics").
+/* job propose|list|show|approve|reject|revoke|veto|run|result (DESIGN.md,
+ * "Confidential analytics").
  *
  * approve never trusts the server's digest: it rebuilds the digest input
  * here from the job's spec, the inputs' sha256 (GET /v1/datasets/NAME) and
@@ -9,15 +9,20 @@
  * signs "cloister job approval v1\n" || hex(digest) || "\n" with the
  * user's Ed25519 approval key (keys/approval-key.pem). */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "basic/encoding.h"
 #include "basic/fileio.h"
 #include "basic/macro.h"
+#include "basic/timeutil.h"
 #include "cli/cli.h"
+#include "cli/ageio.h"
 #include "cli/client.h"
 #include "cli/keyfiles.h"
 #include "cli/output.h"
@@ -25,6 +30,8 @@
 
 #define QUERY_FILE_MAX (64 * 1024)
 #define NAME_PATH_MAX 320
+#define WAIT_DEFAULT_S 900   /* run --wait: how long at most */
+#define WAIT_POLL_MS 100
 
 static const char *str_at(const json_t *doc, const char *a, const char *b)
 {
@@ -222,12 +229,16 @@ enum {
     OPT_NOT_AFTER,
     OPT_REASON,
     OPT_PCR0,
+    OPT_WAIT,
+    OPT_TIMEOUT,
 };
 
 typedef struct job_args {
     const char *sub, *name;
     const char *workspace, *query, *query_file, *not_after, *reason, *pcr0;
     long max_runs;
+    bool wait;
+    long timeout_s;
     json_t *inputs, *recipients; /* owned */
 } job_args;
 
@@ -251,6 +262,8 @@ static int parse(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv, jo
         {"not-after", required_argument, NULL, OPT_NOT_AFTER},
         {"reason", required_argument, NULL, OPT_REASON},
         {"pcr0", required_argument, NULL, OPT_PCR0},
+        {"wait", no_argument, NULL, OPT_WAIT},
+        {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {},
     };
     a->inputs = json_array();
@@ -289,6 +302,15 @@ static int parse(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv, jo
             continue;
         case OPT_PCR0:
             a->pcr0 = optarg;
+            continue;
+        case OPT_WAIT:
+            a->wait = true;
+            continue;
+        case OPT_TIMEOUT:
+            errno = 0;
+            a->timeout_s = strtol(optarg, &end, 10);
+            if (errno || *end || a->timeout_s < 1)
+                return cli_usage_error(cmd, "--timeout takes seconds");
             continue;
         default:
             if ((c = cli_common_option(ctx, cmd, c, optarg)) >= 0)
@@ -425,13 +447,129 @@ static int sign_off(cli_ctx *ctx, const cli_command *cmd, job_args *a)
     return answer(ctx, ans, line);
 }
 
+/* The run numbered N of JOB, or NULL. */
+static const json_t *run_numbered(const json_t *job, json_int_t n)
+{
+    size_t i;
+    const json_t *run;
+    json_array_foreach(json_object_get(json_object_get(job, "status"), "runs"), i, run) if (
+        json_integer_value(json_object_get(run, "n")) == n) return run;
+    return NULL;
+}
+
+/* run NAME [--wait [--timeout S]]: starts a run (the author); with --wait
+ * follows it to its end and fails unless it succeeded. */
+static int run(cli_ctx *ctx, job_args *a)
+{
+    char path[NAME_PATH_MAX], line[900];
+    snprintf(path, sizeof(path), "/jobs/%s/runs", a->name);
+    json_auto_t *ans = NULL, *body = json_object();
+    api_error err;
+    if (api_request(ctx, ctx->token, "POST", path, body, &ans, &err) < 0)
+        return api_error_print(&err);
+    json_int_t n = json_integer_value(json_object_get(ans, "run"));
+    if (!a->wait) {
+        snprintf(line, sizeof(line), "job %s: run %lld started (cloister job show %s)", a->name, (long long)n,
+                 a->name);
+        return answer(ctx, ans, line);
+    }
+    uint64_t deadline = time_mono_ns() + (uint64_t)(a->timeout_s ? a->timeout_s : WAIT_DEFAULT_S) * NSEC_PER_SEC;
+    for (;;) {
+        json_auto_t *job = NULL;
+        int r = fetch_job(ctx, a->name, &job);
+        if (r != CLI_EXIT_OK)
+            return r;
+        const json_t *it = run_numbered(job, n);
+        const char *state = json_string_value(json_object_get(it, "state")) ?: "running";
+        if (strcmp(state, "running") != 0) {
+            if (strcmp(state, "succeeded") == 0)
+                snprintf(line, sizeof(line), "job %s: run %lld succeeded: result sha256 %s, %lld rows; receipt: "
+                         "audit entry %lld (cloister job result %s -o FILE)", a->name, (long long)n,
+                         str_at(it, "result", "sha256") ?: "-",
+                         (long long)json_integer_value(json_object_get(json_object_get(it, "result"), "rows")),
+                         (long long)json_integer_value(json_object_get(it, "receipt")), a->name);
+            else
+                snprintf(line, sizeof(line), "job %s: run %lld %s: %s", a->name, (long long)n, state,
+                         json_string_value(json_object_get(it, "reason")) ?: "-");
+            int out = answer(ctx, it, line);
+            return strcmp(state, "succeeded") == 0 ? out : CLI_EXIT_FAILED;
+        }
+        if (time_mono_ns() > deadline)
+            return cli_error("job %s: run %lld still runs after the --timeout; cloister job show %s follows it",
+                             a->name, (long long)n, a->name);
+        usleep(WAIT_POLL_MS * 1000);
+    }
+}
+
+/* result NAME -o FILE [-i IDENTITY] [--run N]: downloads the encrypted
+ * result and decrypts it with your age identity; FILE appears only once
+ * all of it verified. */
+static int result(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
+{
+    enum { OPT_RUN = 0x300 };
+    static const struct option options[] = {
+        CLI_COMMON_LONG_OPTIONS,
+        {"identity", required_argument, NULL, 'i'},
+        {"out", required_argument, NULL, 'o'},
+        {"run", required_argument, NULL, OPT_RUN},
+        {},
+    };
+    const char *identity = NULL, *out_path = NULL, *run_n = NULL;
+    int c;
+    optind = 0;
+    /* here -o names the output file (as `dataset download -o`), not a format */
+    while ((c = getopt_long(argc, argv, "hi:o:", options, NULL)) >= 0) {
+        if (c == 'i' || c == 'o' || c == OPT_RUN) {
+            *(c == 'i' ? &identity : c == 'o' ? &out_path : &run_n) = optarg;
+            continue;
+        }
+        if ((c = cli_common_option(ctx, cmd, c, optarg)) >= 0)
+            return c;
+    }
+    if (optind + 2 != argc || !out_path || (run_n && strspn(run_n, "0123456789") != strlen(run_n)))
+        return cli_usage_error(cmd, "usage: job result NAME -o FILE [-i IDENTITY] [--run N]");
+    const char *name = argv[optind + 1];
+    age_identity *ids;
+    size_t n;
+    int r = keyfile_load_identities(identity, &ids, &n);
+    if (r < 0)
+        return cli_error("cannot read the identity file %s: %s%s", identity ? identity : "(keys/age-identity.txt)",
+                         r == -EINVAL ? "it holds no AGE-SECRET-KEY-1 identity" : strerror(-r),
+                         identity ? "" : " (run `cloister keys init`, or give -i FILE)");
+    r = cli_connect(ctx, true);
+    /* the ciphertext goes to an unnamed file first: nothing of it is kept */
+    char tmp_dir[PATH_MAX];
+    snprintf(tmp_dir, sizeof(tmp_dir), "%s", getenv("TMPDIR") ?: "/tmp");
+    _cleanup_close_ int fd = r == CLI_EXIT_OK ? open(tmp_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600) : -1;
+    if (r == CLI_EXIT_OK && fd < 0)
+        r = cli_error("cannot make a temporary file in %s: %s", tmp_dir, strerror(errno));
+    char path[NAME_PATH_MAX], in_path[64];
+    snprintf(path, sizeof(path), "/jobs/%s/result%s%s", name, run_n ? "?run=" : "", run_n ? run_n : "");
+    api_error err;
+    if (r == CLI_EXIT_OK && api_download(ctx, path, fd, &err) < 0)
+        r = api_error_print(&err);
+    snprintf(in_path, sizeof(in_path), "/proc/self/fd/%d", fd);
+    if (r == CLI_EXIT_OK && lseek(fd, 0, SEEK_SET) < 0)
+        r = cli_error("cannot read the downloaded result: %s", strerror(errno));
+    if (r == CLI_EXIT_OK)
+        r = ageio_run(in_path, out_path, &(ageio_keys){.identities = ids, .n = n});
+    age_identities_free(ids, n);
+    return r;
+}
+
 int cmd_job(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
 {
+    for (int i = 1; i < argc; i++)
+        if (argv[i][0] != '-') {
+            if (strcmp(argv[i], "result") == 0)
+                return result(ctx, cmd, argc, argv);
+            break;
+        }
     _cleanup_(job_args_clear) job_args a = {0};
     int r = parse(ctx, cmd, argc, argv, &a);
     if (r >= 0)
         return r;
-    static const char *const subs[] = {"propose", "list", "show", "approve", "reject", "revoke", "veto"};
+    static const char *const subs[] = {"propose", "list", "show", "approve", "reject", "revoke", "veto", "run"};
     bool known = false;
     for (size_t i = 0; i < ELEMENTSOF(subs); i++)
         known |= strcmp(a.sub, subs[i]) == 0;
@@ -448,5 +586,7 @@ int cmd_job(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
         return show(ctx, &a);
     if (strcmp(a.sub, "approve") == 0)
         return approve(ctx, &a);
+    if (strcmp(a.sub, "run") == 0)
+        return run(ctx, &a);
     return sign_off(ctx, cmd, &a);
 }

@@ -35,6 +35,7 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
         .platform_ca_cert = cfg->platform_ca_cert,
         .kms_socket = cfg->kms_socket,
         .runner_socket = cfg->runner_socket,
+        .engine_bundle = cfg->engine_bundle[0] ? cfg->engine_bundle : NULL,
     };
     return api_role_serve(&api);
 }
