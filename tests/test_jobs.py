@@ -139,6 +139,9 @@ def test_show_prints_what_an_approver_signs(world, by_city):
 def test_approvals_count_only_from_required_approvers_with_their_own_key(world, by_city):
     s = world["s"]
     digest = by_city["status"]["digest"]
+    # a run before any approval is refused naming who is missing (the author's run: jobs-run's endpoint)
+    r = s.request("POST", "/v1/jobs/by-city/runs", token=world["tokens"]["alice"], json={})
+    assert r.status_code == 409 and "waiting for alice, bob" in r.json()["error"]["message"], r.text
     # carol is a member who owns no input: her approval would not count, so it is refused
     p = cli(world, "carol", "job", "approve", "by-city")
     assert p.returncode == 1 and "carol is not a required approver" in p.stderr, p.stderr
@@ -149,6 +152,9 @@ def test_approvals_count_only_from_required_approvers_with_their_own_key(world, 
     st = job(world, "by-city")["status"]
     assert [a["user"] for a in st["approvals"]] == ["bob"] and st["missingApprovers"] == ["alice"]
     assert st["state"] == "pending"
+    r = s.request("POST", "/v1/jobs/by-city/runs", token=world["tokens"]["alice"], json={})
+    assert r.status_code == 409 and "waiting for alice " in r.json()["error"]["message"], r.text
+    assert "carol" not in r.json()["error"]["message"]
     # the signature bob's CLI made verifies with his public key alone
     pub = base64.b64decode(own_keys(world, "bob")["approval"])
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -254,6 +260,13 @@ def test_only_members_propose_and_see_jobs_and_recipients_need_keys(world, by_ci
     assert p.returncode == 1 and "Dataset tiny belongs to another workspace" in p.stderr, p.stderr
     p = propose(world, "alice", "leak", "SELECT 1", "--recipient", "dave")
     assert p.returncode == 1 and "dave is not a member" in p.stderr, p.stderr
+    p = propose(world, "alice", "late", "SELECT 1", "--not-after", "2020-01-01T00:00:00Z")
+    assert p.returncode == 1 and "2020-01-01T00:00:00Z has passed" in p.stderr, p.stderr
+    # each refused proposal is an audit entry naming why
+    assert audited(s, "api.access", lambda e: e["outcome"] == "denied" and e["details"].get("api", {}).get("name") == "leak")
+    lines = ok(cli(world, "carol", "job", "list")).stdout.splitlines()
+    assert lines[0].split()[:5] == ["NAME", "WORKSPACE", "STATE", "INPUTS", "MISSING"], lines
+    assert any(l.split()[:2] == ["by-city", "cohort"] for l in lines), lines
 
 
 def notified(w, user, type_, name, pred=lambda n: True):
