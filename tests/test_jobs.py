@@ -302,3 +302,30 @@ def test_those_involved_are_notified(world):
     # carol is neither author nor required approver
     r = world["s"].request("GET", "/v1/notifications", token=world["tokens"]["carol"])
     assert not [n for n in r.json()["items"] if n["kind"] == "Job"]
+
+
+def test_a_refresh_keeps_approvals_unless_what_the_digest_covers_changed(world):
+    ok(propose(world, "alice", "refresh", "SELECT count(*) FROM patients"))  # every member a recipient
+    ok(cli(world, "bob", "job", "approve", "refresh"))
+    before = job(world, "refresh")["status"]
+    assert before["digestInput"]["recipients"][2] == own_keys(world, "carol")["recipient"]
+    # the same proposal again: the same digest, bob's approval kept
+    ok(propose(world, "alice", "refresh", "SELECT count(*) FROM patients"))
+    same = job(world, "refresh")["status"]
+    assert same["digest"] == before["digest"] and [a["user"] for a in same["approvals"]] == ["bob"]
+    # carol, a recipient, replaces her keys: the next refresh is a new digest and clears the approval
+    ok(cli(world, "carol", "keys", "init", "--force"))
+    ok(cli(world, "carol", "keys", "register"))
+    ok(propose(world, "alice", "refresh", "SELECT count(*) FROM patients"))
+    after = job(world, "refresh")["status"]
+    assert after["digestInput"]["recipients"][2] == own_keys(world, "carol")["recipient"]
+    assert after["digest"] != before["digest"] and after["approvals"] == [] and after["state"] == "pending"
+    assert hashlib.sha256(jcs(after["digestInput"]).encode()).hexdigest() == after["digest"]
+    # bob uploads visits again (a new encryption: another sha256): the next refresh is a new digest too
+    ok(cli(world, "bob", "job", "approve", "refresh"))
+    ok(cli(world, "bob", "delete", "dataset", "visits"))
+    ok(cli(world, "bob", "dataset", "upload", "visits", "--workspace", "cohort", "--file", str(world["base"] / "visits.csv")))
+    ok(propose(world, "alice", "refresh", "SELECT count(*) FROM patients"))
+    again = job(world, "refresh")["status"]
+    assert again["digestInput"]["inputs"][1]["sha256"] != after["digestInput"]["inputs"][1]["sha256"]
+    assert again["digest"] != after["digest"] and again["approvals"] == []
