@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import CLOISTER, audited, manifest, ok, workspace_world, world_cli
+from conftest import CLOISTER, audited, manifest, ok, run_cli, workspace_world, world_cli
 
 USERS = ("alice", "bob", "carol", "dave", "erin")
 QUERY = ("SELECT p.city, count(*) AS n, sum(v.cost) AS cost FROM patients p JOIN visits v ON v.patient = p.id "
@@ -329,3 +329,23 @@ def test_a_refresh_keeps_approvals_unless_what_the_digest_covers_changed(world):
     again = job(world, "refresh")["status"]
     assert again["digestInput"]["inputs"][1]["sha256"] != after["digestInput"]["inputs"][1]["sha256"]
     assert again["digest"] != after["digest"] and again["approvals"] == []
+
+
+def test_with_approvals_all_every_member_approves_and_only_owners_veto(world):
+    ok(run_cli(world["s"], "workspace", "create", "council", "--member", "alice", "--member", "bob", "--member",
+               "carol", "--approvals", "all", env_extra={"CLOISTER_TOKEN": world["s"].token},
+               config_home=world["base"] / "admin-config"))
+    f = world["base"] / "minutes.csv"
+    f.write_text("id,topic\n1,budget\n")
+    ok(cli(world, "bob", "dataset", "upload", "minutes", "--workspace", "council", "--file", str(f)))
+    ok(cli(world, "alice", "job", "propose", "topics", "--workspace", "council", "--query", "SELECT topic FROM minutes",
+           "--input", "minutes"))
+    st = job(world, "topics")["status"]
+    assert st["requiredApprovers"] == ["alice", "bob", "carol"] and st["inputOwners"] == ["bob"]
+    for u in ("carol", "bob"):
+        ok(cli(world, u, "job", "approve", "topics"))
+    assert job(world, "topics")["status"]["missingApprovers"] == ["alice"]
+    p = cli(world, "carol", "job", "veto", "topics", "--reason", "no")  # she approves, but owns nothing to veto
+    assert p.returncode == 1 and "owner of one of its inputs" in p.stderr, p.stderr
+    ok(cli(world, "alice", "job", "approve", "topics"))
+    assert job(world, "topics")["status"]["state"] == "approved"
