@@ -7,7 +7,6 @@ approvals are refused and audited; a change of the query clears them."""
 import base64
 import hashlib
 import json
-import os
 import subprocess
 import time
 
