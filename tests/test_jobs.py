@@ -7,7 +7,6 @@ approvals are refused and audited; a change of the query clears them."""
 import base64
 import hashlib
 import json
-import os
 import subprocess
 import time
 
@@ -15,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import CLOISTER, audited, manifest, ok, workspace_world, world_cli
+from conftest import CLOISTER, audited, manifest, ok, run_cli, workspace_world, world_cli
 
 USERS = ("alice", "bob", "carol", "dave", "erin")
 QUERY = ("SELECT p.city, count(*) AS n, sum(v.cost) AS cost FROM patients p JOIN visits v ON v.patient = p.id "
@@ -139,6 +138,9 @@ def test_show_prints_what_an_approver_signs(world, by_city):
 def test_approvals_count_only_from_required_approvers_with_their_own_key(world, by_city):
     s = world["s"]
     digest = by_city["status"]["digest"]
+    # a run before any approval is refused naming who is missing (the author's run: jobs-run's endpoint)
+    r = s.request("POST", "/v1/jobs/by-city/runs", token=world["tokens"]["alice"], json={})
+    assert r.status_code == 409 and "waiting for alice, bob" in r.json()["error"]["message"], r.text
     # carol is a member who owns no input: her approval would not count, so it is refused
     p = cli(world, "carol", "job", "approve", "by-city")
     assert p.returncode == 1 and "carol is not a required approver" in p.stderr, p.stderr
@@ -149,6 +151,9 @@ def test_approvals_count_only_from_required_approvers_with_their_own_key(world, 
     st = job(world, "by-city")["status"]
     assert [a["user"] for a in st["approvals"]] == ["bob"] and st["missingApprovers"] == ["alice"]
     assert st["state"] == "pending"
+    r = s.request("POST", "/v1/jobs/by-city/runs", token=world["tokens"]["alice"], json={})
+    assert r.status_code == 409 and "waiting for alice " in r.json()["error"]["message"], r.text
+    assert "carol" not in r.json()["error"]["message"]
     # the signature bob's CLI made verifies with his public key alone
     pub = base64.b64decode(own_keys(world, "bob")["approval"])
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -254,6 +259,13 @@ def test_only_members_propose_and_see_jobs_and_recipients_need_keys(world, by_ci
     assert p.returncode == 1 and "Dataset tiny belongs to another workspace" in p.stderr, p.stderr
     p = propose(world, "alice", "leak", "SELECT 1", "--recipient", "dave")
     assert p.returncode == 1 and "dave is not a member" in p.stderr, p.stderr
+    p = propose(world, "alice", "late", "SELECT 1", "--not-after", "2020-01-01T00:00:00Z")
+    assert p.returncode == 1 and "2020-01-01T00:00:00Z has passed" in p.stderr, p.stderr
+    # each refused proposal is an audit entry naming why
+    assert audited(s, "api.access", lambda e: e["outcome"] == "denied" and e["details"].get("api", {}).get("name") == "leak")
+    lines = ok(cli(world, "carol", "job", "list")).stdout.splitlines()
+    assert lines[0].split()[:5] == ["NAME", "WORKSPACE", "STATE", "INPUTS", "MISSING"], lines
+    assert any(l.split()[:2] == ["by-city", "cohort"] for l in lines), lines
 
 
 def notified(w, user, type_, name, pred=lambda n: True):
@@ -289,3 +301,50 @@ def test_those_involved_are_notified(world):
     # carol is neither author nor required approver
     r = world["s"].request("GET", "/v1/notifications", token=world["tokens"]["carol"])
     assert not [n for n in r.json()["items"] if n["kind"] == "Job"]
+
+
+def test_a_refresh_keeps_approvals_unless_what_the_digest_covers_changed(world):
+    ok(propose(world, "alice", "refresh", "SELECT count(*) FROM patients"))  # every member a recipient
+    ok(cli(world, "bob", "job", "approve", "refresh"))
+    before = job(world, "refresh")["status"]
+    assert before["digestInput"]["recipients"][2] == own_keys(world, "carol")["recipient"]
+    # the same proposal again: the same digest, bob's approval kept
+    ok(propose(world, "alice", "refresh", "SELECT count(*) FROM patients"))
+    same = job(world, "refresh")["status"]
+    assert same["digest"] == before["digest"] and [a["user"] for a in same["approvals"]] == ["bob"]
+    # carol, a recipient, replaces her keys: the next refresh is a new digest and clears the approval
+    ok(cli(world, "carol", "keys", "init", "--force"))
+    ok(cli(world, "carol", "keys", "register"))
+    ok(propose(world, "alice", "refresh", "SELECT count(*) FROM patients"))
+    after = job(world, "refresh")["status"]
+    assert after["digestInput"]["recipients"][2] == own_keys(world, "carol")["recipient"]
+    assert after["digest"] != before["digest"] and after["approvals"] == [] and after["state"] == "pending"
+    assert hashlib.sha256(jcs(after["digestInput"]).encode()).hexdigest() == after["digest"]
+    # bob uploads visits again (a new encryption: another sha256): the next refresh is a new digest too
+    ok(cli(world, "bob", "job", "approve", "refresh"))
+    ok(cli(world, "bob", "delete", "dataset", "visits"))
+    ok(cli(world, "bob", "dataset", "upload", "visits", "--workspace", "cohort", "--file", str(world["base"] / "visits.csv")))
+    ok(propose(world, "alice", "refresh", "SELECT count(*) FROM patients"))
+    again = job(world, "refresh")["status"]
+    assert again["digestInput"]["inputs"][1]["sha256"] != after["digestInput"]["inputs"][1]["sha256"]
+    assert again["digest"] != after["digest"] and again["approvals"] == []
+
+
+def test_with_approvals_all_every_member_approves_and_only_owners_veto(world):
+    ok(run_cli(world["s"], "workspace", "create", "council", "--member", "alice", "--member", "bob", "--member",
+               "carol", "--approvals", "all", env_extra={"CLOISTER_TOKEN": world["s"].token},
+               config_home=world["base"] / "admin-config"))
+    f = world["base"] / "minutes.csv"
+    f.write_text("id,topic\n1,budget\n")
+    ok(cli(world, "bob", "dataset", "upload", "minutes", "--workspace", "council", "--file", str(f)))
+    ok(cli(world, "alice", "job", "propose", "topics", "--workspace", "council", "--query", "SELECT topic FROM minutes",
+           "--input", "minutes"))
+    st = job(world, "topics")["status"]
+    assert st["requiredApprovers"] == ["alice", "bob", "carol"] and st["inputOwners"] == ["bob"]
+    for u in ("carol", "bob"):
+        ok(cli(world, u, "job", "approve", "topics"))
+    assert job(world, "topics")["status"]["missingApprovers"] == ["alice"]
+    p = cli(world, "carol", "job", "veto", "topics", "--reason", "no")  # she approves, but owns nothing to veto
+    assert p.returncode == 1 and "owner of one of its inputs" in p.stderr, p.stderr
+    ok(cli(world, "alice", "job", "approve", "topics"))
+    assert job(world, "topics")["status"]["state"] == "approved"

@@ -11,6 +11,7 @@ import http.server
 import json
 import queue
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -18,7 +19,7 @@ import time
 import pytest
 import requests
 
-from conftest import audited, manifest, run_cli
+from conftest import CLOISTER, audited, free_port, manifest, run_cli, sanitizer_env
 
 AGE = shutil.which("age")
 pytestmark = pytest.mark.skipif(not AGE, reason="the age tool is not installed (scripts/setup.sh)")
@@ -149,6 +150,11 @@ class SSE:
                 return ev
 
     def close(self):
+        # the reader thread is blocked in a read: cut the connection under it (not SSLSocket's
+        # shutdown, which would want a TLS exchange) rather than wait for the read to time out
+        fp = self.r.raw._fp
+        if fp is not None and fp.fp is not None:  # else the server ended it: nothing blocks
+            socket.socket.shutdown(fp.fp.raw._sock, socket.SHUT_RDWR)
         self.r.close()
 
 
@@ -174,6 +180,19 @@ def test_the_watch_stream_delivers_a_new_notification_within_a_second(world):
     finally:
         bob.close()
         dave.close()
+
+
+def test_a_revoked_session_ends_the_stream(world):
+    s = world["s"]
+    tokens = s.request("POST", "/v1/auth/token", token="", json={"token": world["tokens"]["dave"]}).json()
+    access, sid = tokens["access_token"], tokens["session"]
+    stream = SSE({"s": s, "tokens": {"dave": access}}, "dave")
+    try:
+        assert s.request("DELETE", f"/v1/sessions/{sid}", token=access).status_code == 200
+        ev, data, _ = stream.next(lambda e: e[0] == "ERROR", timeout=15)
+        assert data["error"]["code"] == "unauthenticated", data
+    finally:
+        stream.close()
 
 
 def test_read_marks_and_unread_filter(world):
@@ -203,6 +222,33 @@ def test_read_marks_and_unread_filter(world):
     p = cli(world, "bob", "-o", "json", "notifications")
     assert p.returncode == 0, p.stderr
     assert bobs["id"] in [x["id"] for x in json.loads(p.stdout)["items"]]
+
+
+def metric(w, name):
+    for line in w["s"].request("GET", "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {name} on /metrics")
+
+
+def test_the_cli_watches_new_ones(world):
+    before = metric(world, "cloister_api_streams_open")
+    env = sanitizer_env()
+    env.update(XDG_CONFIG_HOME=str(world["config"]["carol"]), CLOISTER_SERVER=world["s"].url,
+               CLOISTER_CA=world["s"].ca)
+    env.pop("CLOISTER_TOKEN", None)
+    p = subprocess.Popen([str(CLOISTER), "-o", "json", "notifications", "--watch"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in p.stdout], daemon=True).start()
+    try:
+        wait_for(lambda: metric(world, "cloister_api_streams_open") > before, what="the CLI's stream")
+        upload(world, "bob", "cli-watch")
+        got = json.loads(lines.get(timeout=10))
+        assert got["type"] == "dataset.added" and got["name"] == "cli-watch" and got["details"]["uploadedBy"] == "bob"
+    finally:
+        p.terminate()
+        p.wait(10)
 
 
 def test_one_user_cannot_see_or_mark_anothers(world):
@@ -243,7 +289,7 @@ class Receiver:
     """A webhook receiver on loopback: answers each POST with the next of STATUSES (then 200), or
     holds it until released when HANG; records (headers, body, monotonic time)."""
 
-    def __init__(self, statuses=(), hang=False):
+    def __init__(self, statuses=(), hang=False, port=0):
         self.statuses, self.hang = list(statuses), hang
         self.got, self.release = queue.Queue(), threading.Event()
         outer = self
@@ -262,7 +308,7 @@ class Receiver:
             def log_message(self, *a):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -342,6 +388,9 @@ def test_a_failing_receiver_gets_the_delivery_on_the_third_attempt(world):
     try:
         set_hooks(world, "carol", [rx.url])
         secret = secret_of(world, "carol")
+        names = [f'cloister_webhook_deliveries_total{{outcome="{o}"}}' for o in ("retried", "ok", "failed")] + \
+            ['cloister_notifications_total{outcome="created"}']
+        before = {m: metric(world, m) for m in names}
         upload(world, "alice", "xrays")
         attempts = [rx.next() for _ in range(3)]
         ids = {h["webhook-id"] for h, _, _ in attempts}
@@ -354,12 +403,8 @@ def test_a_failing_receiver_gets_the_delivery_on_the_third_attempt(world):
         d = n["deliveries"][0]
         assert d["attempts"] == 3 and d["lastStatus"] == 200 and d["deliveredAt"], d
         assert rx.got.empty()
-        metrics = world["s"].request("GET", "/metrics").text
-        def value(line):
-            return float([x for x in metrics.splitlines() if x.startswith(line + " ")][0].split()[-1])
-        assert value('cloister_webhook_deliveries_total{outcome="retried"}') >= 2
-        assert value('cloister_webhook_deliveries_total{outcome="ok"}') >= 1
-        assert value('cloister_notifications_total{outcome="created"}') >= 2
+        # two attempts retried, one ok, none failed; notifications for bob and carol
+        assert [metric(world, m) - before[m] for m in names] == [2, 1, 0, 2]
     finally:
         set_hooks(world, "carol", [])
         rx.close()
@@ -404,3 +449,38 @@ def test_a_refused_key_release_notifies_the_admins(world):
     assert got[0]["kind"] == "Key" and "spec.release" in got[0]["details"]["reason"]
     assert got[0]["details"]["requestedBy"] == "admin"
     assert not [n for n in notifications(world, "alice") if n["type"] == "key-release.refused"]
+
+
+def test_deliveries_left_retrying_resume_after_a_restart(server, tmp_path):
+    """A receiver that refuses connections: the delivery is retrying when cloisterd stops; once it is
+    back (and the receiver listens), the same message is delivered."""
+    s = server
+    docs = []
+    for u in ("erin", "frank"):
+        docs += [manifest("User", u, {"type": "human"}),
+                 manifest("Credential", f"{u}-cli", {"user": u, "type": "authToken"})]
+    assert s.request("POST", "/v1/apply", json={"items": docs}).status_code == 200
+    w = {"s": s, "base": tmp_path, "tokens": {u: s.request("POST", "/v1/tokens", json={"credential": f"{u}-cli"})
+                                               .json()["token"] for u in ("erin", "frank")}}
+    r = s.request("POST", "/v1/workspaces", json=manifest("Workspace", "cohort", {"members": ["erin", "frank"]}))
+    assert r.status_code == 201, r.text
+    w["recipient"] = r.json()["status"]["recipient"]
+    port = free_port()
+    set_hooks(w, "frank", [f"http://127.0.0.1:{port}/hook"])
+    secret = secret_of(w, "frank")
+    upload(w, "erin", "survey")
+    n = wait_for(lambda: [x for x in about(w, "frank", "survey") if x["deliveries"][0]["attempts"] >= 1],
+                 what="a failed attempt")[0]
+    d = n["deliveries"][0]
+    assert d["state"] == "retrying" and d["lastStatus"] == 0 and d["lastError"] and d["nextAttemptAt"], d
+    s.stop()
+    rx = Receiver(port=port)
+    try:
+        s.start()
+        headers, body, _ = rx.next(timeout=30)
+        assert headers["webhook-id"] == n["id"] and verify(secret, headers, body)
+        got = wait_for(lambda: [x for x in about(w, "frank", "survey")
+                                if x["deliveries"][0]["state"] == "delivered"], what="delivered")[0]
+        assert got["deliveries"][0]["attempts"] >= 2
+    finally:
+        rx.close()

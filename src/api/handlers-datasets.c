@@ -59,23 +59,7 @@ static bool is_member(store *s, const char *name, const char *user)
     return name && store_get(s, "Workspace", name, &ws) == 0 && in_members(ws, user);
 }
 
-static bool member_of_any(store *s, const char *user)
-{
-    json_auto_t *items = NULL;
-    int64_t rev;
-    if (store_list(s, "Workspace", &items, &rev) < 0)
-        return false;
-    size_t i;
-    const json_t *ws;
-    json_array_foreach(items, i, ws)
-    {
-        if (in_members(ws, user))
-            return true;
-    }
-    return false;
-}
-
-/* Whether users A and B are members of one workspace. */
+/* Whether users A and B are members of one workspace (A twice: whether A is a member of any). */
 static bool share_workspace(store *s, const char *a, const char *b)
 {
     json_auto_t *items = NULL;
@@ -92,25 +76,34 @@ static bool share_workspace(store *s, const char *a, const char *b)
     return false;
 }
 
-/* A member's rights on Jobs (see api_member_allows()). */
-static bool job_member_allows(store *s, const char *user, const char *verb, const char *name, const json_t *doc)
+/* The objects of a workspace its members have rights on: every member of
+ * the object's workspace may do MEMBER_VERBS, its creator (status.CREATOR)
+ * CREATOR_VERBS while a member; a member of any workspace may list them (the
+ * list is filtered), a member of the workspace a new one names create it. */
+typedef struct member_kind {
+    const char *kind;
+    const char *creator;
+    const char *const *member_verbs, *const *creator_verbs;
+} member_kind;
+
+static const char *const dataset_member_verbs[] = {"get", NULL};
+static const char *const dataset_creator_verbs[] = {"upload", "update", "delete", NULL};
+/* approve, reject and veto are open to every member: the handlers decide
+ * whose sign-off counts (handlers-jobs.c); run: the author starts a run
+ * (handlers-job-runs.c checks the approvals) */
+static const char *const job_member_verbs[] = {"get", "approve", "reject", "veto", NULL};
+static const char *const job_creator_verbs[] = {"update", "delete", "run", NULL};
+static const member_kind member_kinds[] = {
+    {"Dataset", "owner", dataset_member_verbs, dataset_creator_verbs},
+    {"Job", "author", job_member_verbs, job_creator_verbs},
+};
+
+static bool verb_in(const char *const *verbs, const char *verb)
 {
-    if (strcmp(verb, "list") == 0)
-        return !*name && member_of_any(s, user);
-    if (strcmp(verb, "create") == 0)
-        return doc && is_member(s, str_at(doc, "spec", "workspace"), user);
-    json_auto_t *job = NULL;
-    if (store_get(s, "Job", name, &job) < 0 || !is_member(s, str_at(job, "spec", "workspace"), user))
-        return false;
-    /* approve, reject and veto are open to every member: the handlers
-     * decide whose approval counts and who may veto */
-    if (strcmp(verb, "get") == 0 || strcmp(verb, "approve") == 0 || strcmp(verb, "reject") == 0 ||
-        strcmp(verb, "veto") == 0)
-        return true;
-    const char *author = str_at(job, "status", "author");
-    bool wrote = author && strcmp(author, user) == 0;
-    /* run: the author starts a run (handlers-job-runs.c checks the approvals) */
-    return wrote && (strcmp(verb, "update") == 0 || strcmp(verb, "delete") == 0 || strcmp(verb, "run") == 0);
+    for (; *verbs; verbs++)
+        if (strcmp(*verbs, verb) == 0)
+            return true;
+    return false;
 }
 
 bool api_member_allows(api_server *srv, const caller *c, const char *verb, const char *kind, const char *name,
@@ -122,24 +115,25 @@ bool api_member_allows(api_server *srv, const caller *c, const char *verb, const
         return false;
     if (strcmp(kind, "Workspace") == 0)
         return strcmp(verb, "get") == 0 && is_member(s, name, user);
-    if (strcmp(kind, "Job") == 0)
-        return job_member_allows(s, user, verb, name, doc);
     if (strcmp(kind, "User") == 0)
         return strcmp(verb, "get-keys") == 0 && share_workspace(s, user, name);
-    if (strcmp(kind, "Dataset") != 0)
+    const member_kind *mk = NULL;
+    for (size_t i = 0; i < ELEMENTSOF(member_kinds) && !mk; i++)
+        if (strcmp(kind, member_kinds[i].kind) == 0)
+            mk = &member_kinds[i];
+    if (!mk)
         return false;
     if (strcmp(verb, "list") == 0)
-        return !*name && member_of_any(s, user);
+        return !*name && share_workspace(s, user, user);
     if (strcmp(verb, "create") == 0)
         return doc && is_member(s, str_at(doc, "spec", "workspace"), user);
-    json_auto_t *ds = NULL;
-    if (store_get(s, "Dataset", name, &ds) < 0 || !is_member(s, str_at(ds, "spec", "workspace"), user))
+    json_auto_t *obj = NULL;
+    if (store_get(s, kind, name, &obj) < 0 || !is_member(s, str_at(obj, "spec", "workspace"), user))
         return false;
-    if (strcmp(verb, "get") == 0)
+    if (verb_in(mk->member_verbs, verb))
         return true;
-    const char *owner = str_at(ds, "status", "owner");
-    bool owns = owner && strcmp(owner, user) == 0;
-    return owns && (strcmp(verb, "upload") == 0 || strcmp(verb, "update") == 0 || strcmp(verb, "delete") == 0);
+    const char *creator = str_at(obj, "status", mk->creator);
+    return creator && strcmp(creator, user) == 0 && verb_in(mk->creator_verbs, verb);
 }
 
 /* ---- the Dataset resource ---- */

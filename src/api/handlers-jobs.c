@@ -218,7 +218,11 @@ static int job_status(api_server *srv, json_t *doc, const json_t *stored, const 
     const char *old_digest = json_string_value(json_object_get(old_status, "digest"));
     bool same = old_digest && strcmp(old_digest, hex) == 0;
     json_t *status = same ? json_deep_copy(old_status) : json_object();
-    if (!status || json_object_set_new(status, "author", json_string(author)) < 0 ||
+    if (!status) {
+        json_decref(input);
+        return api_fail(err, 500, "internal", "out of memory");
+    }
+    if (json_object_set_new(status, "author", json_string(author)) < 0 ||
         json_object_set_new(status, "digest", json_string(hex)) < 0 ||
         json_object_set_new(status, "digestInput", input) < 0 ||
         json_object_set_new(status, "requiredApprovers", json_deep_copy(all ? members : owners)) < 0 ||
@@ -264,16 +268,32 @@ int api_job_prepare(api_server *srv, h2o_req_t *req, const caller *c, store_op *
     return 0;
 }
 
+/* Whether Job DOC waits for approvals or a run past its spec.notAfter. */
+static bool job_expired(const json_t *doc)
+{
+    const char *state = str_at(doc, "status", "state"), *not_after = str_at(doc, "spec", "notAfter");
+    int64_t until;
+    return state && not_after && (strcmp(state, "pending") == 0 || strcmp(state, "approved") == 0) &&
+           time_parse_rfc3339(not_after, &until) == 0 && until <= (int64_t)(time_now_ns() / NSEC_PER_SEC);
+}
+
 void api_job_view(json_t *view)
 {
-    json_t *status = json_object_get(view, "status");
-    const char *state = json_string_value(json_object_get(status, "state"));
-    const char *not_after = str_at(view, "spec", "notAfter");
-    int64_t until;
-    if (!state || !not_after || (strcmp(state, "pending") != 0 && strcmp(state, "approved") != 0) ||
-        time_parse_rfc3339(not_after, &until) < 0 || until > (int64_t)(time_now_ns() / NSEC_PER_SEC))
-        return;
-    json_object_set_new(status, "state", json_string("expired"));
+    if (job_expired(view))
+        json_object_set_new(json_object_get(view, "status"), "state", json_string("expired"));
+}
+
+/* Appends the strings of array A to USERS (holding *N, at most
+ * JOB_INVOLVED_MAX); they stay A's. */
+static void add_users(const json_t *a, const char **users, size_t *n)
+{
+    size_t i;
+    const json_t *u;
+    json_array_foreach(a, i, u)
+    {
+        if (*n < JOB_INVOLVED_MAX && json_is_string(u))
+            users[(*n)++] = json_string_value(u);
+    }
 }
 
 /* Notifies TYPE about Job NAME to its author and required approvers (from
@@ -286,13 +306,7 @@ static void notify_involved(api_server *srv, const char *name, const json_t *sta
     const char *author = json_string_value(json_object_get(status, "author"));
     if (author)
         users[n++] = author;
-    size_t i;
-    const json_t *u;
-    json_array_foreach(json_object_get(status, "requiredApprovers"), i, u)
-    {
-        if (n < ELEMENTSOF(users) && json_is_string(u))
-            users[n++] = json_string_value(u);
-    }
+    add_users(json_object_get(status, "requiredApprovers"), users, &n);
     json_t *details = json_pack("{s:s?, s:s?, s:s?}", "digest", json_string_value(json_object_get(status, "digest")),
                                 "by", by, "reason", reason);
     notify_users(srv, users, n, type, "Job", name, details); /* never blocks; a full queue is counted there */
@@ -307,15 +321,9 @@ void api_job_written(api_server *srv, const store_op *op)
     if (!state || strcmp(state, "pending") != 0 || json_array_size(json_object_get(status, "approvals")) ||
         json_array_size(json_object_get(status, "rejections")) || json_array_size(json_object_get(status, "vetoes")))
         return;
-    const json_t *missing = json_object_get(status, "missingApprovers");
     const char *users[JOB_INVOLVED_MAX];
-    size_t n = 0, i;
-    const json_t *u;
-    json_array_foreach(missing, i, u)
-    {
-        if (n < ELEMENTSOF(users) && json_is_string(u))
-            users[n++] = json_string_value(u);
-    }
+    size_t n = 0;
+    add_users(json_object_get(status, "missingApprovers"), users, &n);
     json_t *details = json_pack("{s:s?, s:s?}", "digest", json_string_value(json_object_get(status, "digest")),
                                 "author", json_string_value(json_object_get(status, "author")));
     notify_users(srv, users, n, "job.approval-requested", "Job", op->name, details);
@@ -374,7 +382,7 @@ static int signoff_refuse(const signoff *so, json_t *details, api_error *err, in
 }
 
 /* Decides VERB on the Job, loads it and checks that it can still be signed
- * off: it has a digest, it is not running, expired, or past its runs. */
+ * off: it has a digest, and is neither running nor expired. */
 static int signoff_begin(signoff *so, const char *verb, bool need_body, api_error *err)
 {
     api_request *r = so->r;
@@ -388,17 +396,12 @@ static int signoff_begin(signoff *so, const char *verb, bool need_body, api_erro
                             : api_fail_store(err, e, "Job", so->name);
     if (need_body && !(so->body = api_decode_body(r->req->entity.base, r->req->entity.len, err)))
         return -1;
-    json_t *view = resource_public_view(so->job);
-    api_job_view(view);
-    const char *state = str_at(view, "status", "state");
-    char st[16];
-    snprintf(st, sizeof(st), "%s", state ? state : "");
-    json_decref(view);
+    const char *state = str_at(so->job, "status", "state");
     if (!str_at(so->job, "status", "digest"))
         return signoff_refuse(so, NULL, err, 409, "conflict", "Job %s has no digest to sign off", so->name);
-    if (strcmp(st, "running") == 0 || strcmp(st, "expired") == 0)
+    if ((state && strcmp(state, "running") == 0) || job_expired(so->job))
         return signoff_refuse(so, NULL, err, 409, "conflict", "Job %s is %s; it can no longer be signed off",
-                              so->name, st);
+                              so->name, job_expired(so->job) ? "expired (spec.notAfter passed)" : "running");
     so->status = json_deep_copy(json_object_get(so->job, "status"));
     return so->status ? 0 : api_fail(err, 500, "internal", "out of memory");
 }

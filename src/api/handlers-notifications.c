@@ -57,6 +57,8 @@ static void audit(api_request *r, const char *action, const char *outcome, json_
 
 /* ---- GET /v1/notifications ---- */
 
+/* GET /v1/notifications[?unread=1]: the caller's own, newest first, and
+ * the revision they reflect (to watch from). */
 static int handle_list(api_request *r, api_error *err)
 {
     bool unread = flag_param(r->req, "unread");
@@ -92,23 +94,14 @@ typedef struct notify_watcher {
     char uid[129];
 } notify_watcher;
 
-static void watcher_finish(notify_watcher *w, const char *code, const char *message)
-{
-    json_auto_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message);
-    api_sse_end(&w->super, "ERROR", e);
-}
-
+/* A poll tick: the caller's own changes of Notification since the
+ * stream's revision, as events. */
 static void watcher_poll(api_sse *s)
 {
     notify_watcher *w = (notify_watcher *)s;
     json_auto_t *events = NULL;
-    int e = store_changes_since(s->thread->server->cfg->store, "Notification", w->revision, WATCH_BATCH_MAX, &events);
-    if (e == -ESTALE) {
-        watcher_finish(w, "gone", "the requested resourceVersion is older than the kept history; list and watch again");
+    if (api_sse_changes(s, "Notification", w->revision, WATCH_BATCH_MAX, &events) < 0)
         return;
-    }
-    if (e < 0)
-        return; /* tried again on the next tick */
     size_t i;
     json_t *ev;
     json_array_foreach(events, i, ev)
@@ -122,7 +115,7 @@ static void watcher_poll(api_sse *s)
         json_auto_t *item = strcmp(type, "DELETED") == 0 ? json_pack("{s:s?}", "id", str_at(obj, "metadata", "name"))
                                                          : notify_item_view(obj);
         if (!item || api_sse_queue_event(s, type, rev, item) < 0) {
-            watcher_finish(w, "too_large", "the client does not read the stream fast enough; list and watch again "
+            api_sse_fail(&w->super, "too_large", "the client does not read the stream fast enough; list and watch again "
                                            "from the last id received");
             return;
         }
@@ -145,7 +138,7 @@ static void watcher_recheck(api_sse *s)
     }
     caller_clear(&c);
     if (r < 0)
-        watcher_finish(w, err.code, err.message);
+        api_sse_fail(&w->super, err.code, err.message);
 }
 
 static const api_sse_class watcher_class = {
@@ -158,6 +151,8 @@ static const api_sse_class watcher_class = {
     .recheck = watcher_recheck,
 };
 
+/* GET /v1/notifications?watch=1[&resourceVersion=N]: a stream of the
+ * caller's own from now (or after revision N). */
 static int handle_watch(api_request *r, api_error *err)
 {
     char rvs[24] = "";
@@ -233,6 +228,8 @@ static int mark_read(api_request *r, const json_t *ids, json_t *marked, const ch
     return e;
 }
 
+/* POST /v1/notifications/read {ids}: checks the body (caps), marks them
+ * (retried when one changed meanwhile) and audits it. */
 static int handle_read(api_request *r, api_error *err)
 {
     if (r->req->entity.len > NOTIFY_READ_BODY_MAX)
@@ -274,6 +271,9 @@ static int handle_read(api_request *r, api_error *err)
 
 /* ---- GET|PUT /v1/notifications/webhooks ---- */
 
+/* GET|PUT /v1/notifications/webhooks: the caller's User.spec.notify.webhooks,
+ * written compare-and-swap and checked by the User schema (the one place
+ * its rules live). */
 static int handle_webhooks(api_request *r, api_error *err)
 {
     const json_t *hooks = json_object_get(json_object_get(json_object_get(r->caller->user, "spec"), "notify"),
@@ -320,7 +320,17 @@ static int handle_webhooks(api_request *r, api_error *err)
         e = store_write(st, &txn);
         store_txn_clear(&txn);
     }
-    json_auto_t *details = json_pack("{s:O}", "webhooks", urls);
+    /* the URLs' hosts only: a URL may carry a receiver's token in its path or query */
+    json_auto_t *hosts = json_array();
+    size_t i;
+    const json_t *u;
+    json_array_foreach(urls, i, u)
+    {
+        const char *s = json_string_value(u), *h = s ? strstr(s, "://") : NULL;
+        if (h)
+            json_array_append_new(hosts, json_stringn(h + 3, strcspn(h + 3, "/?#")));
+    }
+    json_auto_t *details = json_pack("{s:O}", "hosts", hosts);
     audit(r, "user.notify.webhooks", e < 0 ? "failure" : "success", details);
     if (e < 0)
         return api_fail_store(err, e, "User", name);
@@ -351,6 +361,7 @@ static void secret_work(offload_job *j)
     job->rc = notify_secret_get(job->srv, job->user, job->uid, job->rotate, job->secret);
 }
 
+/* Audits the call and answers the secret (wiped after), or the error. */
 static void secret_done(offload_job *j, h2o_req_t *req)
 {
     secret_job *job = (secret_job *)j;
@@ -370,6 +381,7 @@ static void secret_done(offload_job *j, h2o_req_t *req)
         notify_secret_format(job->secret, text);
         json_t *ans = json_pack("{s:s}", "secret", text);
         OPENSSL_cleanse(text, sizeof(text));
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
         api_respond_json(req, job->route, job->started, 200, ans);
         kms_json_wipe_decref(ans);
     }
@@ -377,6 +389,7 @@ static void secret_done(offload_job *j, h2o_req_t *req)
     free(job);
 }
 
+/* POST /v1/notifications/webhook-secret[?rotate=1]: off the loop (KMS). */
 static int handle_secret(api_request *r, api_error *err)
 {
     secret_job *job = calloc(1, sizeof(*job));

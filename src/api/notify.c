@@ -257,7 +257,7 @@ json_t *notify_item_view(const json_t *doc)
     return v;
 }
 
-/* The user's notifications in ITEMS (sorted by id, so oldest first). */
+/* The user UID's notifications in ITEMS. */
 static size_t count_for(const json_t *items, const char *uid)
 {
     size_t n = 0, i;
@@ -270,15 +270,12 @@ static size_t count_for(const json_t *items, const char *uid)
     return n;
 }
 
-/* Appends to OPS (room for NOTIFY_PER_USER_MAX more) removals of the user
- * UID's notifications in ITEMS so that one more fits under the cap: the
- * oldest read ones first, then the oldest. Returns how many. */
-static size_t prune_ops(const json_t *items, const char *uid, store_op *ops)
+size_t notify_prune(const json_t *items, const char *uid, size_t cap, const char **ret_names)
 {
     size_t have = count_for(items, uid);
-    if (have < NOTIFY_PER_USER_MAX)
+    if (have < cap)
         return 0;
-    size_t excess = MIN(have - NOTIFY_PER_USER_MAX + 1, (size_t)NOTIFY_PER_USER_MAX), n = 0;
+    size_t excess = have - cap + 1, n = 0;
     for (int pass = 0; pass < 2 && n < excess; pass++) {
         size_t i;
         json_t *doc;
@@ -291,7 +288,7 @@ static size_t prune_ops(const json_t *items, const char *uid, store_op *ops)
             bool read = json_is_true(json_object_get(json_object_get(doc, "status"), "read"));
             if (pass == 0 ? !read : read)
                 continue;
-            ops[n++] = (store_op){.type = STORE_REMOVE, .kind = "Notification", .name = str_at(doc, "metadata", "name")};
+            ret_names[n++] = str_at(doc, "metadata", "name");
         }
     }
     return n;
@@ -398,7 +395,11 @@ static void store_pending(notifier *n, pending *p)
             json_decref(status);
             continue;
         }
-        n_ops += prune_ops(items, uid, ops + n_ops);
+        const char **names = calloc(count_for(items, uid) + 1, sizeof(char *));
+        size_t n_prune = names ? notify_prune(items, uid, NOTIFY_PER_USER_MAX, names) : 0;
+        for (size_t j = 0; j < n_prune && j < NOTIFY_PER_USER_MAX; j++)
+            ops[n_ops++] = (store_op){.type = STORE_REMOVE, .kind = "Notification", .name = names[j]};
+        free(names);
         /* the status object lives in the doc so that the op's borrowed pointer stays valid */
         json_object_set_new(docs[i], "status", status);
         ops[n_ops++] = (store_op){.type = STORE_CREATE, .kind = "Notification", .name = doc_name(docs[i]),
@@ -432,6 +433,8 @@ static void store_pending(notifier *n, pending *p)
     free(ops);
 }
 
+/* The writer thread: stores what is queued, in order, until stopped with
+ * nothing left. */
 static void *writer_main(void *arg)
 {
     notifier *n = arg;
@@ -589,6 +592,8 @@ static bool address_allowed(const struct sockaddr *sa)
     return false;
 }
 
+/* libcurl's socket opener: refuses addresses address_allowed() does not
+ * allow (setting *CLIENTP). */
 static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
 {
     bool *refused = clientp;
@@ -732,6 +737,10 @@ static void deliver(notifier *n, delivery *d)
     else
         status = post_once(n, d, secret, why, sizeof(why));
     OPENSSL_cleanse(secret, sizeof(secret));
+    if (atomic_load(&n->stop_now)) { /* cut by the stop: not an attempt; taken up again at the next start */
+        delivery_free(d);
+        return;
+    }
     d->attempts++;
     char at[40];
     time_format_rfc3339_ms(time_now_ns(), at, sizeof(at));
@@ -769,6 +778,8 @@ static void deliver(notifier *n, delivery *d)
         delivery_free(d);
 }
 
+/* A sender thread: takes the delivery due first once it is due, until
+ * stopped. */
 static void *sender_main(void *arg)
 {
     notifier *n = arg;

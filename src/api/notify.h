@@ -77,7 +77,8 @@ bool notify_type_valid(const char *type);
  * deliveries. Safe from any thread. Returns 0, -EINVAL (an unknown type,
  * too many users, a KIND or NAME too long, DETAILS not an object or over
  * NOTIFY_DETAILS_MAX), -EAGAIN (the queue is full: counted and logged as
- * dropped) or -ENOMEM; -ESHUTDOWN when notifications are not running. */
+ * dropped) or -ENOMEM; -ESHUTDOWN when notifications are not running. Its
+ * callers (handlers, their offload jobs) are done before notify_stop(). */
 int notify_users(api_server *srv, const char *const *users, size_t n_users, const char *type, const char *kind,
                  const char *name, json_t *details);
 
@@ -86,6 +87,13 @@ int notify_users(api_server *srv, const char *const *users, size_t n_users, cons
  * resolved by the writer thread. For what concerns no one user, such as a
  * refused key release of an Enclave. Same returns. */
 int notify_admins(api_server *srv, const char *type, const char *kind, const char *name, json_t *details);
+
+/* Which of the user UID's notifications in ITEMS (stored documents sorted
+ * by id, so oldest first) go so that one more fits under CAP: none while
+ * they are fewer than CAP, else the oldest read ones first, then the oldest
+ * unread. Their names (borrowed from ITEMS) into RET_NAMES, which has room
+ * for all of the user's; returns how many. */
+size_t notify_prune(const json_t *items, const char *uid, size_t cap, const char **ret_names);
 
 /* What GET /v1/notifications shows of a stored Notification DOC (a new
  * reference): {id, type, kind, name, details, createdAt, read, readAt,

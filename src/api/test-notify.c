@@ -92,3 +92,43 @@ Test(notify, types_are_the_contract_s)
     cr_assert_not(notify_type_valid(""));
     cr_assert_not(notify_type_valid(NULL));
 }
+
+/* ITEMS: N notifications of user u1 named n0..n(N-1), those in READ read,
+ * and one of user u2 between them. */
+static json_t *items_of(size_t n, const char *read)
+{
+    json_t *items = json_array();
+    for (size_t i = 0; i < n; i++) {
+        char name[24];
+        snprintf(name, sizeof(name), "n%zu", i);
+        json_array_append_new(items, json_pack("{s:{s:s}, s:{s:s}, s:{s:b}}", "metadata", "name", name, "spec",
+                                               "userUid", "u1", "status", "read", strchr(read, (int)('0' + i)) != NULL));
+        if (i == 1)
+            json_array_append_new(items, json_pack("{s:{s:s}, s:{s:s}, s:{s:b}}", "metadata", "name", "other",
+                                                   "spec", "userUid", "u2", "status", "read", true));
+    }
+    return items;
+}
+
+Test(notify, pruning_takes_the_oldest_read_ones_first_then_the_oldest)
+{
+    const char *names[16];
+    json_t *items = items_of(4, "");
+    cr_assert_eq(notify_prune(items, "u1", 5, names), 0, "under the cap nothing goes");
+    cr_assert_eq(notify_prune(items, "u1", 4, names), 1);
+    cr_assert_str_eq(names[0], "n0", "none read: the oldest");
+    json_decref(items);
+
+    items = items_of(5, "24");
+    cr_assert_eq(notify_prune(items, "u1", 5, names), 1);
+    cr_assert_str_eq(names[0], "n2", "the oldest read one, before older unread ones");
+    cr_assert_eq(notify_prune(items, "u1", 3, names), 3);
+    cr_assert_str_eq(names[0], "n2");
+    cr_assert_str_eq(names[1], "n4");
+    cr_assert_str_eq(names[2], "n0", "then the oldest unread");
+    /* another user's never, whatever their count */
+    cr_assert_eq(notify_prune(items, "u2", 1, names), 1);
+    cr_assert_str_eq(names[0], "other");
+    cr_assert_eq(notify_prune(items, "u3", 1, names), 0);
+    json_decref(items);
+}
