@@ -238,6 +238,10 @@ Test(csv, field_cap_and_types)
     cr_assert(!csv_value_integer("1.0", NULL) && !csv_value_integer("", NULL) && !csv_value_integer("1 ", NULL));
     cr_assert(csv_value_real("-2e3", &d) && d == -2000.0);
     cr_assert(!csv_value_real("1e999", NULL) && !csv_value_real("x", NULL));
+    cr_assert(!csv_value_integer(" 1", NULL) && !csv_value_real(" 1", NULL) && !csv_value_real("inf", NULL));
+    cr_assert(!csv_value_real("nan", NULL) && !csv_value_real("0x10", NULL) && !csv_value_real("1.5 ", NULL));
+    cr_assert(csv_value_real("+.5E-3", &d) && d == 0.0005);
+    cr_assert(csv_value_integer("+7", &i) && i == 7);
     cr_assert_eq(csv_type_from_name("real"), CSV_REAL);
     cr_assert_eq(csv_type_from_name("blob"), -EINVAL);
     cr_assert_str_eq(csv_type_name(CSV_TEXT), "text");

@@ -338,6 +338,7 @@ static int time_limit_error(job_engine *e)
 /* The engine's error for SQLite result code RC of WHAT. */
 static int sql_error(job_engine *e, int rc, const char *what)
 {
+    rc &= 0xff; /* the primary code of an extended one */
     if (e->timed_out || rc == SQLITE_INTERRUPT)
         return time_limit_error(e);
     if (rc == SQLITE_NOMEM) {
