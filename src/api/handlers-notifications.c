@@ -65,7 +65,7 @@ static int handle_list(api_request *r, api_error *err)
     const char *uid = caller_uid(r->caller);
     json_auto_t *items = NULL;
     int64_t rev;
-    int e = store_list(r->server->cfg->store, "Notification", &items, &rev);
+    int e = notify_list_user(r->server->cfg->store, uid, &items, &rev);
     if (e < 0)
         return api_fail_store(err, e, "Notification", "*");
     json_t *out = json_array();

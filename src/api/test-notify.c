@@ -132,3 +132,12 @@ Test(notify, pruning_takes_the_oldest_read_ones_first_then_the_oldest)
     cr_assert_eq(notify_prune(items, "u3", 1, names), 0);
     json_decref(items);
 }
+
+Test(notify, a_users_ids_share_a_prefix_from_their_uid)
+{
+    char prefix[NOTIFY_PREFIX_SIZE];
+    notify_user_prefix("abc", prefix); /* SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223... */
+    cr_assert_str_eq(prefix, "ba7816bf8f01cfea-");
+    notify_user_prefix("abd", prefix);
+    cr_assert_str_neq(prefix, "ba7816bf8f01cfea-");
+}

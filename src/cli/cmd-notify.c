@@ -25,7 +25,7 @@ static void print_line(const json_t *n)
         text_sanitize(json_string_value(json_object_get(n, fields[i])) ?: "", outs[i], sizes[i]);
     char object[400];
     snprintf(object, sizeof(object), "%s%s%s", kind, kind[0] ? "/" : "", name);
-    printf("%-26s %-24s %-32s %-25s %s\n", id, type, object, at, json_is_true(json_object_get(n, "read")) ? "read" : "unread");
+    printf("%-42s %-22s %-28s %-24s %s\n", id, type, object, at, json_is_true(json_object_get(n, "read")) ? "read" : "unread");
 }
 
 static int print_value(const cli_ctx *ctx, const json_t *v)
@@ -47,7 +47,7 @@ static int list(cli_ctx *ctx, bool unread)
         printf(unread ? "no unread notifications\n" : "no notifications\n");
         return CLI_EXIT_OK;
     }
-    printf("%-26s %-24s %-32s %-25s %s\n", "ID", "TYPE", "OBJECT", "CREATED", "STATE");
+    printf("%-42s %-22s %-28s %-24s %s\n", "ID", "TYPE", "OBJECT", "CREATED", "STATE");
     size_t i;
     const json_t *n;
     json_array_foreach(items, i, n)
@@ -92,7 +92,7 @@ static int watch(cli_ctx *ctx, bool unread)
     char line[64 * 1024], event[32] = "";
     int rc = CLI_EXIT_OK;
     if (ctx->output == CLI_OUTPUT_TEXT)
-        printf("%-26s %-24s %-32s %-25s %s\n", "ID", "TYPE", "OBJECT", "CREATED", "STATE");
+        printf("%-42s %-22s %-28s %-24s %s\n", "ID", "TYPE", "OBJECT", "CREATED", "STATE");
     fflush(stdout);
     while (in && fgets(line, sizeof(line), in)) {
         line[strcspn(line, "\r\n")] = 0;
