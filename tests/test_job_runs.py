@@ -16,6 +16,7 @@ import time
 import pytest
 
 from conftest import audit_entries, audited, manifest, ok, run_cli, workspace_world, world_cli
+from test_runner import channel, launch, remove
 
 MARK_CITY = "Qx7MarkerLyonZ"     # plaintext markers: must never reach the data dir
 MARK_NOTE = "Vy3SecretNoteW"
@@ -186,6 +187,32 @@ def test_a_sandbox_the_workspace_policy_does_not_accept_gets_nothing(world):
         ws = s.request("GET", "/v1/workspaces/cohort").json()
         del ws["spec"]["attestationPolicy"]
         assert s.request("PUT", "/v1/workspaces/cohort", json=ws).status_code == 200
+
+
+def test_only_a_job_sandbox_reaches_a_run_s_keys_and_inputs(world, tmp_path):
+    """An ordinary Enclave's agent cannot ask for a job's keys or inputs on its channel, and the API serves a
+    run's calls to the runner's identity only: not to a member, not to an admin."""
+    s = world["s"]
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "enclave.yaml").write_text('command: ["/bin/sleep", "600"]\n')
+    bundle.chmod(0o755)
+    replica, _ = launch(s, "plain", bundle)
+    try:
+        status, ans = channel(s, replica["name"], "POST", "/v1/job/release",
+                              {"type": "sandbox", "evidence": "AA==", "publicKey": "AA=="})
+        assert status == 403 and "runs no job" in ans["error"]["message"], ans
+        status, ans = channel(s, replica["name"], "POST", "/v1/job/input", {"name": "patients", "offset": 0})
+        assert status == 403, ans
+    finally:
+        remove(s, "plain")
+    for token in (world["tokens"]["alice"], s.token):
+        r = s.request("POST", "/v1/job-runs/by-city/1/release", token=token,
+                      json={"type": "sandbox", "evidence": "AA==", "publicKey": "AA=="})
+        assert r.status_code == 403 and "cloister-runner" in r.json()["error"]["message"], r.text
+        r = s.request("GET", "/v1/job-runs/by-city/1/inputs/patients?offset=0", token=token)
+        assert r.status_code == 403, r.text
+    audited(s, "api.access", lambda e: e["outcome"] == "denied" and e["details"].get("api", {}).get("verb") == "run-io")
 
 
 @pytest.mark.parametrize("name,query,reason", [
