@@ -189,6 +189,24 @@ def test_a_sandbox_the_workspace_policy_does_not_accept_gets_nothing(world):
         assert s.request("PUT", "/v1/workspaces/cohort", json=ws).status_code == 200
 
 
+def test_an_engine_changed_behind_the_server_s_back_gets_nothing(world):
+    """The runner measures the bundle at each launch: a copy changed after the server measured it runs with
+    another PCR0, which the kms role refuses by itself (the digest names the engine it was approved for)."""
+    propose(world, "tampered", "SELECT count(*) AS n FROM visits")
+    approve_all(world, "tampered")
+    yaml_path = world["s"].data_dir / "runner" / "job-engine" / "enclave.yaml"
+    original = yaml_path.read_bytes()
+    yaml_path.write_bytes(original + b"# changed\n")
+    try:
+        p = cli(world, "alice", "job", "run", "tampered", "--wait")
+    finally:
+        yaml_path.write_bytes(original)
+    assert p.returncode != 0, p.stdout
+    run = job(world, "tampered")["status"]["runs"][-1]
+    assert run["state"] == "failed" and "pcr0: the sandbox's PCR0" in run["reason"] and not run["released"], run
+    audited(world["s"], "kms.job.release", lambda e: e["outcome"] == "denied" and e["details"]["check"] == "pcr0")
+
+
 def test_only_a_job_sandbox_reaches_a_run_s_keys_and_inputs(world, tmp_path):
     """An ordinary Enclave's agent cannot ask for a job's keys or inputs on its channel, and the API serves a
     run's calls to the runner's identity only: not to a member, not to an admin."""
