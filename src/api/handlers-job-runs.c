@@ -32,7 +32,10 @@
 #define ENGINE_MEMORY_MIB 1024
 #define ENGINE_SECONDS_DEFAULT 600 /* CLOISTER_JOB_SECONDS changes it (1 to 86400) */
 #define ENGINE_ROWS 1000000
-#define SANDBOX_PIDS 64           /* the engine's memory is bounded by its own heap limit (limits.memoryMiB) */
+#define SANDBOX_PIDS 64
+/* the engine's address space (the agent applies it to the engine only):
+ * SQLite's heap limit (limits.memoryMiB) and room for the engine's own buffers */
+#define SANDBOX_MEMORY_MIB (ENGINE_MEMORY_MIB + 512)
 
 static char *runner_socket, *engine_bundle;
 static long engine_seconds = ENGINE_SECONDS_DEFAULT;
@@ -390,7 +393,7 @@ static void start_work(offload_job *j)
              (long long)sj->n);
     json_auto_t *params = json_pack("{s:s, s:I, s:s}", "name", sj->name, "run", sj->n, "digest",
                                     str_at(sj->job, "status", "digest"));
-    json_auto_t *limits = json_pack("{s:i}", "pids", SANDBOX_PIDS);
+    json_auto_t *limits = json_pack("{s:i, s:i}", "memoryMiB", SANDBOX_MEMORY_MIB, "pids", SANDBOX_PIDS);
     runner_launch l = {.name = sj->sandbox, .bundle = engine_bundle, .owner = owner, .limits = limits, .job = params};
     int r = !runner_socket ? -ENOTCONN : runner_client_new(runner_socket, &rc);
     if (r == 0)
@@ -547,7 +550,7 @@ typedef struct io_job {
     json_t *job;    /* the Job after the call, for notifications */
     const char *notify; /* a notification type to send from the loop, or NULL */
     json_t *notify_details;
-    const char *refused_check; /* a refused release: notify key-release.refused too */
+    const char *also_notify; /* a refused release: key-release.refused too */
     int rc;
     api_error err;
 } io_job;
@@ -633,9 +636,13 @@ static json_t *release_request(store *s, const json_t *job, json_int_t n, const 
         const char *dname = json_string_value(json_object_get(v, "name"));
         const char *sha = json_string_value(json_object_get(v, "sha256"));
         json_auto_t *ds = NULL;
-        json_t *header = sha && blob_hex_valid(sha) ? blob_header(sha, err) : NULL;
+            if (!sha || !blob_hex_valid(sha)) {
+            api_fail(err, 500, "internal", "Job %s's digest input is malformed", doc_name(job));
+            return NULL;
+        }
+        json_t *header = blob_header(sha, err);
         if (!header)
-            return sha ? NULL : (api_fail(err, 500, "internal", "the digest input is malformed"), NULL);
+            return NULL;
         if (!dname || store_get(s, "Dataset", dname, &ds) < 0) {
             json_decref(header);
             api_fail(err, 409, "conflict", "input %s is gone", dname ? dname : "?");
@@ -706,7 +713,7 @@ static void io_release(io_job *io, const json_t *job)
         snprintf(reason, sizeof(reason), "key release refused: %s", io->err.message);
         fail_run(io, reason);
         if (strcmp(io->err.code, "release_refused") == 0)
-            io->refused_check = "key-release.refused";
+            io->also_notify = "key-release.refused";
         return;
     }
     run_end e = {.n = io->n, .evidence_sha = json_string_value(json_object_get(answer, "evidenceSha256"))};
@@ -881,8 +888,8 @@ static void io_done(offload_job *j, h2o_req_t *req)
     io_job *io = (io_job *)j;
     if (io->notify && io->job)
         notify_job(io->srv, io->job, io->notify, TAKE_PTR(io->notify_details));
-    if (io->refused_check && io->job)
-        notify_job(io->srv, io->job, io->refused_check,
+    if (io->also_notify && io->job)
+        notify_job(io->srv, io->job, io->also_notify,
                    json_pack("{s:I, s:s}", "run", io->n, "reason", io->err.message));
     if (req && io->rc < 0)
         api_respond_error(req, io->route, io->started, &io->err);
