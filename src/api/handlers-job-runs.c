@@ -25,7 +25,9 @@
 #include "kms/client.h"
 #include "resource/resource.h"
 
-#define HEADER_MAX (64 * 1024)   /* of an input's ciphertext, sent for the workspace key's unwrap */
+/* an input's age header, sent for the workspace key's unwrap (KMS_JOB_HEADER_MAX):
+ * 16 of them fit the kms role's body cap */
+#define HEADER_MAX (8 * 1024)
 #define STATUS_RETRIES 8         /* compare-and-swap attempts on a Job's status */
 #define RECEIPT_TIMEOUT_MS 5000
 /* what the engine is given (the manifest's limits) */
@@ -577,7 +579,8 @@ static void result_upload_id(const json_t *job, json_int_t n, char out[BLOB_ID_M
     snprintf(out, BLOB_ID_MAX + 1, "run-%.40s-%lld", str_at(job, "metadata", "uid") ?: "0", (long long)n);
 }
 
-/* The header (first bytes) of blob SHA, base64, as a new string. */
+/* The age header of blob SHA (up to and including its MAC line), base64, as
+ * a new string; NULL with ERR. */
 static json_t *blob_header(const char *sha, api_error *err)
 {
     int fd;
@@ -587,15 +590,24 @@ static json_t *blob_header(const char *sha, api_error *err)
         api_fail(err, 409, "conflict", "an input's ciphertext %.16s… is gone (its Dataset was replaced)", sha);
         return NULL;
     }
-    uint8_t buf[HEADER_MAX];
-    ssize_t n = pread(fd, buf, (size_t)MIN(size, (uint64_t)sizeof(buf)), 0);
+    uint8_t buf[HEADER_MAX + 1];
+    ssize_t got = pread(fd, buf, (size_t)MIN(size, (uint64_t)HEADER_MAX), 0);
     close(fd);
-    _cleanup_free_ char *b64 = n > 0 ? malloc(base64_encoded_size((size_t)n)) : NULL;
+    /* the header ends with the line "--- " and the MAC */
+    buf[got > 0 ? got : 0] = 0;
+    const char *mac = got > 0 ? strstr((const char *)buf, "\n--- ") : NULL;
+    const char *end = mac ? strchr(mac + 1, '\n') : NULL;
+    if (!end) {
+        api_fail(err, 409, "conflict", "an input's age header (%.16s…) does not end within %d bytes", sha, HEADER_MAX);
+        return NULL;
+    }
+    size_t n = (size_t)(end + 1 - (const char *)buf);
+    _cleanup_free_ char *b64 = malloc(base64_encoded_size(n));
     if (!b64) {
         api_fail(err, 500, "internal", "cannot read an input's header");
         return NULL;
     }
-    base64_encode(buf, (size_t)n, b64, false);
+    base64_encode(buf, n, b64, false);
     return json_string(b64);
 }
 
