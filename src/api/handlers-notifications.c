@@ -115,8 +115,9 @@ static void watcher_poll(api_sse *s)
         json_auto_t *item = strcmp(type, "DELETED") == 0 ? json_pack("{s:s?}", "id", str_at(obj, "metadata", "name"))
                                                          : notify_item_view(obj);
         if (!item || api_sse_queue_event(s, type, rev, item) < 0) {
-            api_sse_fail(&w->super, "too_large", "the client does not read the stream fast enough; list and watch again "
-                                           "from the last id received");
+            api_sse_fail(&w->super, "too_large",
+                         "the client does not read the stream fast enough; list and watch again from the last id "
+                         "received");
             return;
         }
     }

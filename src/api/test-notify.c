@@ -101,8 +101,9 @@ static json_t *items_of(size_t n, const char *read)
     for (size_t i = 0; i < n; i++) {
         char name[24];
         snprintf(name, sizeof(name), "n%zu", i);
+        bool is_read = strchr(read, (int)('0' + i)) != NULL;
         json_array_append_new(items, json_pack("{s:{s:s}, s:{s:s}, s:{s:b}}", "metadata", "name", name, "spec",
-                                               "userUid", "u1", "status", "read", strchr(read, (int)('0' + i)) != NULL));
+                                               "userUid", "u1", "status", "read", is_read));
         if (i == 1)
             json_array_append_new(items, json_pack("{s:{s:s}, s:{s:s}, s:{s:b}}", "metadata", "name", "other",
                                                    "spec", "userUid", "u2", "status", "read", true));

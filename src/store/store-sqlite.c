@@ -159,7 +159,8 @@ static int reader_new(sqlite_store *s, reader **ret)
                     "ORDER BY kind, name",
                     &r->list_kinds);
     if (e == 0) /* a range of the primary key: reads only what it returns */
-        e = prepare(r->db, "SELECT doc FROM resources WHERE kind = ?1 AND name >= ?2 AND name < ?3 ORDER BY name",
+        e = prepare(r->db,
+                    "SELECT doc FROM resources WHERE kind = ?1 AND name >= ?2 AND name < ?3 ORDER BY name",
                     &r->list_range);
     if (e == 0)
         e = prepare(r->db, "SELECT rv, type, doc FROM changes WHERE rv > ?1 ORDER BY rv LIMIT ?2",
