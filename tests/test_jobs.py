@@ -348,3 +348,18 @@ def test_with_approvals_all_every_member_approves_and_only_owners_veto(world):
     assert p.returncode == 1 and "owner of one of its inputs" in p.stderr, p.stderr
     ok(cli(world, "alice", "job", "approve", "topics"))
     assert job(world, "topics")["status"]["state"] == "approved"
+
+
+def test_apply_proposes_too_and_the_same_manifest_changes_nothing(world):
+    f = world["base"] / "job.yaml"
+    f.write_text("apiVersion: cloister.dev/v1\nkind: Job\nmetadata: {name: applied}\n"
+                 "spec: {workspace: cohort, query: 'SELECT id FROM patients', inputs: [patients], maxRuns: 2}\n")
+    p = ok(cli(world, "alice", "apply", "-f", str(f)))
+    assert "job/applied created" in p.stdout.lower(), p.stdout
+    st = job(world, "applied")["status"]
+    assert st["digestInput"]["maxRuns"] == 2 and st["requiredApprovers"] == ["alice"]
+    assert hashlib.sha256(jcs(st["digestInput"]).encode()).hexdigest() == st["digest"]
+    ok(cli(world, "alice", "job", "approve", "applied"))
+    p = ok(cli(world, "alice", "apply", "-f", str(f)))
+    assert "unchanged" in p.stdout, p.stdout
+    assert job(world, "applied")["status"]["state"] == "approved"
