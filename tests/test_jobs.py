@@ -135,6 +135,13 @@ def test_show_prints_what_an_approver_signs(world, by_city):
         assert text in out, (text, out)
 
 
+def test_show_prints_a_long_query_whole_line_by_line(world):
+    query = "SELECT p.city,\n       count(*) AS n\nFROM patients p\nWHERE p.city NOT IN ('" + "x" * 20000 + "')\nGROUP BY p.city"
+    ok(propose(world, "alice", "long-query", query))
+    out = ok(cli(world, "bob", "job", "show", "long-query")).stdout
+    assert "\n".join("    " + line for line in query.split("\n")) in out
+
+
 def test_approvals_count_only_from_required_approvers_with_their_own_key(world, by_city):
     s = world["s"]
     digest = by_city["status"]["digest"]
