@@ -266,6 +266,9 @@ def test_only_members_propose_and_see_jobs_and_recipients_need_keys(world, by_ci
     assert p.returncode == 1 and "Dataset tiny belongs to another workspace" in p.stderr, p.stderr
     p = propose(world, "alice", "leak", "SELECT 1", "--recipient", "dave")
     assert p.returncode == 1 and "dave is not a member" in p.stderr, p.stderr
+    # a query that would not read as it runs (Trojan Source): refused before anyone is asked to sign it
+    p = propose(world, "alice", "trojan", "SELECT city FROM patients -- \u202e; DROP")
+    assert p.returncode == 1 and "holds U+202E" in p.stderr, p.stderr
     p = propose(world, "alice", "late", "SELECT 1", "--not-after", "2020-01-01T00:00:00Z")
     assert p.returncode == 1 and "2020-01-01T00:00:00Z has passed" in p.stderr, p.stderr
     # each refused proposal is an audit entry naming why
