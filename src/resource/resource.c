@@ -459,20 +459,20 @@ static int check_unique_names(const json_t *v, const char *field, resource_path 
     return 0;
 }
 
-/* The code point of the valid UTF-8 sequence at S (jansson holds no
- * other) into *RET; returns its length in bytes. */
+/* The code point of the UTF-8 sequence at S (jansson holds valid UTF-8
+ * only) into *RET; returns the bytes it took. */
 static size_t utf8_decode(const unsigned char *s, uint32_t *ret)
 {
     if (s[0] < 0x80) {
         *ret = s[0];
         return 1;
     }
-    size_t n = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : 2;
+    size_t n = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : 2, i = 1;
     uint32_t cp = s[0] & (0x7f >> n);
-    for (size_t i = 1; i < n && s[i]; i++)
+    for (; i < n && s[i]; i++) /* never past the terminator, whatever the bytes */
         cp = cp << 6 | (s[i] & 0x3f);
     *ret = cp;
-    return n;
+    return i;
 }
 
 /* Whether CP changes how text around it is shown without being seen: the
