@@ -325,6 +325,9 @@ def test_a_refresh_keeps_approvals_unless_what_the_digest_covers_changed(world):
     # carol, a recipient, replaces her keys: the next refresh is a new digest and clears the approval
     ok(cli(world, "carol", "keys", "init", "--force"))
     ok(cli(world, "carol", "keys", "register"))
+    # until the job is refreshed, an approver's CLI sees the stale key and refuses to sign
+    p = cli(world, "alice", "job", "approve", "refresh")
+    assert p.returncode == 1 and 'differs from this machine\'s in "recipients"' in p.stderr, p.stderr
     ok(propose(world, "alice", "refresh", "SELECT count(*) FROM patients"))
     after = job(world, "refresh")["status"]
     assert after["digestInput"]["recipients"][2] == own_keys(world, "carol")["recipient"]
@@ -334,6 +337,8 @@ def test_a_refresh_keeps_approvals_unless_what_the_digest_covers_changed(world):
     ok(cli(world, "bob", "job", "approve", "refresh"))
     ok(cli(world, "bob", "delete", "dataset", "visits"))
     ok(cli(world, "bob", "dataset", "upload", "visits", "--workspace", "cohort", "--file", str(world["base"] / "visits.csv")))
+    p = cli(world, "alice", "job", "approve", "refresh")
+    assert p.returncode == 1 and 'differs from this machine\'s in "inputs"' in p.stderr, p.stderr
     ok(propose(world, "alice", "refresh", "SELECT count(*) FROM patients"))
     again = job(world, "refresh")["status"]
     assert again["digestInput"]["inputs"][1]["sha256"] != after["digestInput"]["inputs"][1]["sha256"]
