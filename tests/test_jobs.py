@@ -152,8 +152,10 @@ def test_approvals_count_only_from_required_approvers_with_their_own_key(world, 
     p = cli(world, "carol", "job", "approve", "by-city")
     assert p.returncode == 1 and "carol is not a required approver" in p.stderr, p.stderr
     assert audited(s, "job.approve", lambda e: e["actor"]["user"] == "carol" and e["outcome"] == "denied")
-    # bob approves with the CLI, which recomputed the digest itself
-    p = ok(cli(world, "bob", "job", "approve", "by-city"))
+    # bob approves with the CLI, which recomputed the digest itself, with the engine he measured himself
+    p = cli(world, "bob", "job", "approve", "by-city", "--pcr0", "0" * 96)
+    assert p.returncode == 1 and "not the " + "0" * 96 + " you expect" in p.stderr, p.stderr
+    p = ok(cli(world, "bob", "job", "approve", "by-city", "--pcr0", world["engine"]))
     assert digest in p.stdout
     st = job(world, "by-city")["status"]
     assert [a["user"] for a in st["approvals"]] == ["bob"] and st["missingApprovers"] == ["alice"]
