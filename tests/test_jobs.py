@@ -135,6 +135,13 @@ def test_show_prints_what_an_approver_signs(world, by_city):
         assert text in out, (text, out)
 
 
+def test_show_prints_a_long_query_whole_line_by_line(world):
+    query = "SELECT p.city,\n       count(*) AS n\nFROM patients p\nWHERE p.city NOT IN ('" + "x" * 20000 + "')\nGROUP BY p.city"
+    ok(propose(world, "alice", "long-query", query))
+    out = ok(cli(world, "bob", "job", "show", "long-query")).stdout
+    assert "\n".join("    " + line for line in query.split("\n")) in out
+
+
 def test_approvals_count_only_from_required_approvers_with_their_own_key(world, by_city):
     s = world["s"]
     digest = by_city["status"]["digest"]
@@ -145,8 +152,10 @@ def test_approvals_count_only_from_required_approvers_with_their_own_key(world, 
     p = cli(world, "carol", "job", "approve", "by-city")
     assert p.returncode == 1 and "carol is not a required approver" in p.stderr, p.stderr
     assert audited(s, "job.approve", lambda e: e["actor"]["user"] == "carol" and e["outcome"] == "denied")
-    # bob approves with the CLI, which recomputed the digest itself
-    p = ok(cli(world, "bob", "job", "approve", "by-city"))
+    # bob approves with the CLI, which recomputed the digest itself, with the engine he measured himself
+    p = cli(world, "bob", "job", "approve", "by-city", "--pcr0", "0" * 96)
+    assert p.returncode == 1 and "not the " + "0" * 96 + " you expect" in p.stderr, p.stderr
+    p = ok(cli(world, "bob", "job", "approve", "by-city", "--pcr0", world["engine"]))
     assert digest in p.stdout
     st = job(world, "by-city")["status"]
     assert [a["user"] for a in st["approvals"]] == ["bob"] and st["missingApprovers"] == ["alice"]
@@ -259,6 +268,9 @@ def test_only_members_propose_and_see_jobs_and_recipients_need_keys(world, by_ci
     assert p.returncode == 1 and "Dataset tiny belongs to another workspace" in p.stderr, p.stderr
     p = propose(world, "alice", "leak", "SELECT 1", "--recipient", "dave")
     assert p.returncode == 1 and "dave is not a member" in p.stderr, p.stderr
+    # a query that would not read as it runs (Trojan Source): refused before anyone is asked to sign it
+    p = propose(world, "alice", "trojan", "SELECT city FROM patients -- \u202e; DROP")
+    assert p.returncode == 1 and "holds U+202E" in p.stderr, p.stderr
     p = propose(world, "alice", "late", "SELECT 1", "--not-after", "2020-01-01T00:00:00Z")
     assert p.returncode == 1 and "2020-01-01T00:00:00Z has passed" in p.stderr, p.stderr
     # each refused proposal is an audit entry naming why
@@ -315,6 +327,9 @@ def test_a_refresh_keeps_approvals_unless_what_the_digest_covers_changed(world):
     # carol, a recipient, replaces her keys: the next refresh is a new digest and clears the approval
     ok(cli(world, "carol", "keys", "init", "--force"))
     ok(cli(world, "carol", "keys", "register"))
+    # until the job is refreshed, an approver's CLI sees the stale key and refuses to sign
+    p = cli(world, "alice", "job", "approve", "refresh")
+    assert p.returncode == 1 and 'differs from this machine\'s in "recipients"' in p.stderr, p.stderr
     ok(propose(world, "alice", "refresh", "SELECT count(*) FROM patients"))
     after = job(world, "refresh")["status"]
     assert after["digestInput"]["recipients"][2] == own_keys(world, "carol")["recipient"]
@@ -324,6 +339,8 @@ def test_a_refresh_keeps_approvals_unless_what_the_digest_covers_changed(world):
     ok(cli(world, "bob", "job", "approve", "refresh"))
     ok(cli(world, "bob", "delete", "dataset", "visits"))
     ok(cli(world, "bob", "dataset", "upload", "visits", "--workspace", "cohort", "--file", str(world["base"] / "visits.csv")))
+    p = cli(world, "alice", "job", "approve", "refresh")
+    assert p.returncode == 1 and 'differs from this machine\'s in "inputs"' in p.stderr, p.stderr
     ok(propose(world, "alice", "refresh", "SELECT count(*) FROM patients"))
     again = job(world, "refresh")["status"]
     assert again["digestInput"]["inputs"][1]["sha256"] != after["digestInput"]["inputs"][1]["sha256"]
@@ -348,3 +365,18 @@ def test_with_approvals_all_every_member_approves_and_only_owners_veto(world):
     assert p.returncode == 1 and "owner of one of its inputs" in p.stderr, p.stderr
     ok(cli(world, "alice", "job", "approve", "topics"))
     assert job(world, "topics")["status"]["state"] == "approved"
+
+
+def test_apply_proposes_too_and_the_same_manifest_changes_nothing(world):
+    f = world["base"] / "job.yaml"
+    f.write_text("apiVersion: cloister.dev/v1\nkind: Job\nmetadata: {name: applied}\n"
+                 "spec: {workspace: cohort, query: 'SELECT id FROM patients', inputs: [patients], maxRuns: 2}\n")
+    p = ok(cli(world, "alice", "apply", "-f", str(f)))
+    assert "job/applied created" in p.stdout.lower(), p.stdout
+    st = job(world, "applied")["status"]
+    assert st["digestInput"]["maxRuns"] == 2 and st["requiredApprovers"] == ["alice"]
+    assert hashlib.sha256(jcs(st["digestInput"]).encode()).hexdigest() == st["digest"]
+    ok(cli(world, "alice", "job", "approve", "applied"))
+    p = ok(cli(world, "alice", "apply", "-f", str(f)))
+    assert "unchanged" in p.stdout, p.stdout
+    assert job(world, "applied")["status"]["state"] == "approved"

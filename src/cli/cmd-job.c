@@ -38,18 +38,30 @@ static const char *str_at(const json_t *doc, const char *a, const char *b)
     return json_string_value(json_object_get(json_object_get(doc, a), b));
 }
 
-/* Prints V (text from the server) with control characters replaced. */
+/* Prints V (text from the server, "-" when NULL) whole, after PREFIX, with
+ * control characters replaced; each of its lines starts with PREFIX (so a
+ * query of several lines reads as written). */
 static void put_clean(const char *prefix, const char *v)
 {
-    char clean[OUTPUT_CELL_MAX * 40];
-    printf("%s%s\n", prefix, text_sanitize(v ? v : "-", clean, sizeof(clean)));
+    v = v ? v : "-";
+    _cleanup_free_ char *line_buf = malloc(strlen(v) + 1), *clean = malloc(strlen(v) + 1);
+    for (const char *line = v; line_buf && clean;) {
+        const char *nl = strchr(line, '\n');
+        size_t n = nl ? (size_t)(nl - line) : strlen(line);
+        memcpy(line_buf, line, n);
+        line_buf[n] = 0;
+        printf("%s%s\n", prefix, text_sanitize(line_buf, clean, n + 1));
+        if (!nl)
+            break;
+        line = nl + 1;
+    }
 }
 
 /* Prints the "user" of each entry of array A on one line ("-" when none),
  * with each entry's FIELD after it when FIELD is set. */
 static void put_entries(const char *label, const json_t *a, const char *field)
 {
-    char clean[1024];
+    char clean[1100]; /* a reason: at most 1,024 bytes */
     printf("%-12s", label);
     if (json_array_size(a) == 0)
         printf(" -");

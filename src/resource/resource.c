@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -458,10 +459,51 @@ static int check_unique_names(const json_t *v, const char *field, resource_path 
     return 0;
 }
 
+/* The code point of the UTF-8 sequence at S (jansson holds valid UTF-8
+ * only) into *RET; returns the bytes it took. */
+static size_t utf8_decode(const unsigned char *s, uint32_t *ret)
+{
+    if (s[0] < 0x80) {
+        *ret = s[0];
+        return 1;
+    }
+    size_t n = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : 2, i = 1;
+    uint32_t cp = s[0] & (0x7f >> n);
+    for (; i < n && s[i]; i++) /* never past the terminator, whatever the bytes */
+        cp = cp << 6 | (s[i] & 0x3f);
+    *ret = cp;
+    return i;
+}
+
+/* Whether CP changes how text around it is shown without being seen: the
+ * bidirectional controls and the zero-width characters ("Trojan Source",
+ * CVE-2021-42574). */
+static bool invisible_format(uint32_t cp)
+{
+    return (cp >= 0x200b && cp <= 0x200f) || (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069) ||
+           cp == 0x061c || cp == 0xfeff;
+}
+
+/* Inputs and recipients each named once; a query an approver reads as it
+ * runs: no bidirectional controls or invisible characters in it. */
 static int check_job(const json_t *v, resource_path *path, resource_error *err)
 {
     int r = check_unique_names(v, "inputs", path, err);
-    return r < 0 ? r : check_unique_names(v, "recipients", path, err);
+    if (r == 0)
+        r = check_unique_names(v, "recipients", path, err);
+    const unsigned char *q = (const unsigned char *)json_string_value(json_object_get(v, "query"));
+    for (size_t i = 0; r == 0 && q && q[i];) {
+        uint32_t cp;
+        size_t n = utf8_decode(q + i, &cp);
+        if (invisible_format(cp)) {
+            size_t saved = resource_path_push_key(path, "query", STRLEN("query"));
+            r = resource_fail(err, path, "holds U+%04X at byte %zu, a bidirectional control or invisible character: "
+                              "what an approver sees would not be what runs", (unsigned)cp, i);
+            resource_path_pop(path, saved);
+        }
+        i += n;
+    }
+    return r;
 }
 
 static const schema s_query = STRING(.format = FORMAT_TEXT, .max_len = JOB_QUERY_MAX);

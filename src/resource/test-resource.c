@@ -472,6 +472,14 @@ Test(validate, job)
     strbuf_puts(&b, "\"}\n");
     expect_invalid(b.data, "spec.query", "");
 
+    /* what an approver reads is what runs: no bidirectional controls or invisible characters */
+    expect_invalid(JOB_DOC "spec: {workspace: cohort, query: \"SELECT 1 -- \xe2\x80\xae\", inputs: [a]}\n",
+                   "spec.query", "holds U+202E at byte 12");
+    expect_invalid(JOB_DOC "spec: {workspace: cohort, query: \"SELECT\xe2\x80\x8b 1\", inputs: [a]}\n",
+                   "spec.query", "U+200B");
+    expect_valid(JOB_DOC "spec: {workspace: cohort, query: \"SELECT 'Z\xc3\xbcrich \xe2\x82\xac \xf0\x9f\x98\x80'\","
+                         " inputs: [a]}\n");
+
     json_auto_t *doc = yaml_doc(JOB_DOC "spec: {workspace: cohort, query: q, inputs: [a]}\n");
     cr_assert_eq(resource_apply_defaults(doc), 0);
     cr_assert_eq(json_integer_value(json_object_get(json_object_get(doc, "spec"), "maxRuns")), 1);
