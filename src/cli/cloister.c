@@ -54,6 +54,9 @@ static const cli_command commands[] = {
      "propose a query over a workspace's datasets (again: a new digest, approvals cleared); show what it covers and "
      "who must approve; approve it (the digest recomputed here, then signed with your approval key); reject it; "
      "withdraw your approval; veto it as an owner of an input", cmd_job},
+    {"notifications", "[--watch] [--unread] | read ID... | webhooks [URL...|--clear] | webhook-secret [--rotate]",
+     "list your notifications (newest first), or stream new ones as they come; mark them read; set the URLs they "
+     "are POSTed to (Standard Webhooks) and show the secret that signs them", cmd_notify},
     /* Each later command group (token, policy, audit, attest, kms, enclave,
      * dataset, job, workspace) is one entry here, implemented in its own
      * cmd-<group>.c. */
