@@ -70,8 +70,9 @@ int csv_parser_init(csv_parser *p, csv_field_fn field, void *userdata, bool secu
 
 void csv_parser_done(csv_parser *p)
 {
+    /* a secure parser wiped each field it handed over: what is left is the one being read */
     if (p->buf)
-        explicit_bzero(p->buf, CSV_FIELD_MAX + 1);
+        explicit_bzero(p->buf, p->len);
     free(p->buf);
     p->buf = NULL;
 }
