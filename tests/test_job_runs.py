@@ -153,10 +153,24 @@ def test_a_recipient_decrypts_with_the_age_tool_and_a_non_recipient_cannot(world
 def test_a_second_run_of_a_max_runs_1_job_is_refused(world):
     r = start_run(world, "by-city")
     assert r.status_code == 409 and "maxRuns" in r.json()["error"]["message"], r.text
+    # a new proposal with more runs is a new digest: approved anew, it runs (the kms role counts per digest)
+    propose(world, "again", "SELECT count(*) AS again FROM patients")
+    approve_all(world, "again")
+    ok(cli(world, "alice", "job", "run", "again", "--wait"))
+    first = job(world, "again")["status"]["digest"]
+    assert start_run(world, "again").status_code == 409
+    propose(world, "again", "SELECT count(*) AS again FROM patients", "--max-runs", "2")
+    assert start_run(world, "again").status_code == 409  # the approvals were cleared
+    approve_all(world, "again")
+    ok(cli(world, "alice", "job", "run", "again", "--wait"))
+    st = job(world, "again")["status"]
+    assert [r["state"] for r in st["runs"]] == ["succeeded", "succeeded"] and st["digest"] != first
+    runs_dir = world["s"].data_dir / "kms" / "job-runs"
+    assert (runs_dir / first).read_text().strip() == "1" and (runs_dir / st["digest"]).read_text().strip() == "1"
 
 
 def test_a_veto_after_approval_stops_the_run(world):
-    propose(world, "vetoed", "SELECT count(*) AS n FROM visits")
+    propose(world, "vetoed", "SELECT count(*) AS vetoed FROM visits")
     approve_all(world, "vetoed")
     ok(cli(world, "bob", "job", "veto", "vetoed", "--reason", "not this quarter"))
     r = start_run(world, "vetoed")
@@ -174,7 +188,7 @@ def test_a_sandbox_the_workspace_policy_does_not_accept_gets_nothing(world):
     r = s.request("PUT", "/v1/workspaces/cohort", json=ws)
     assert r.status_code == 200, r.text
     try:
-        propose(world, "pinned", "SELECT count(*) AS n FROM patients")
+        propose(world, "pinned", "SELECT count(*) AS pinned FROM patients")
         approve_all(world, "pinned")
         p = cli(world, "alice", "job", "run", "pinned", "--wait")
         assert p.returncode != 0 and "key release refused" in p.stdout + p.stderr, (p.stdout, p.stderr)
@@ -192,7 +206,7 @@ def test_a_sandbox_the_workspace_policy_does_not_accept_gets_nothing(world):
 def test_an_engine_changed_behind_the_server_s_back_gets_nothing(world):
     """The runner measures the bundle at each launch: a copy changed after the server measured it runs with
     another PCR0, which the kms role refuses by itself (the digest names the engine it was approved for)."""
-    propose(world, "tampered", "SELECT count(*) AS n FROM visits")
+    propose(world, "tampered", "SELECT count(*) AS tampered FROM visits")
     approve_all(world, "tampered")
     yaml_path = world["s"].data_dir / "runner" / "job-engine" / "enclave.yaml"
     original = yaml_path.read_bytes()

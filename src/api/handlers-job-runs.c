@@ -107,13 +107,18 @@ static json_t *run_of(const json_t *status, json_int_t n)
     return NULL;
 }
 
-/* How many runs of STATUS had their keys released (the KMS counts its own). */
+/* How many runs of STATUS's current digest had their keys released (the
+ * kms role counts its own, per digest too); runs of an earlier digest are
+ * history. */
 static json_int_t runs_released(const json_t *status)
 {
+    const char *digest = json_string_value(json_object_get(status, "digest"));
     json_int_t n = 0;
     size_t i;
     json_t *run;
-    json_array_foreach(json_object_get(status, "runs"), i, run) n += json_is_true(json_object_get(run, "released"));
+    json_array_foreach(json_object_get(status, "runs"), i, run) n +=
+        json_is_true(json_object_get(run, "released")) && digest &&
+        strcmp(json_string_value(json_object_get(run, "digest")) ?: "", digest) == 0;
     return n;
 }
 
@@ -241,7 +246,8 @@ static bool cannot_run(api_server *srv, const json_t *job, char *why, size_t siz
     else if (not_after && time_parse_rfc3339(not_after, &until) == 0 && until < (int64_t)(time_now_ns() / NSEC_PER_SEC))
         snprintf(why, size, "Job %s expired at %s (notAfter)", name, not_after);
     else if (json_is_integer(max) && runs_released(status) >= json_integer_value(max))
-        snprintf(why, size, "Job %s ran %lld time%s, its maxRuns (%lld): propose it again to run it again", name,
+        snprintf(why, size, "Job %s ran %lld time%s, its maxRuns (%lld): to run it again, propose it with a higher "
+                 "--max-runs (a new digest, approved anew)", name,
                  (long long)runs_released(status), runs_released(status) == 1 ? "" : "s",
                  (long long)json_integer_value(max));
     else if (check_approvals(srv->cfg->store, status, missing, sizeof(missing)), missing[0])
