@@ -254,8 +254,10 @@ def test_only_a_job_sandbox_reaches_a_run_s_keys_and_inputs(world, tmp_path):
     ("q-pragma", "PRAGMA writable_schema = 1", "PRAGMA"),
     ("q-endless", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
      "time limit"),
+    ("q-rows", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c", "row limit"),
+    ("q-error", "SELECT nosuch FROM patients", "no such column"),
 ])
-def test_hostile_queries_end_as_failed_runs_with_nothing_of_a_result(world, name, query, reason):
+def test_hostile_and_failing_queries_end_as_failed_runs_with_nothing_of_a_result(world, name, query, reason):
     propose(world, name, query)
     approve_all(world, name)
     p = cli(world, "alice", "job", "run", name, "--wait")
