@@ -21,6 +21,7 @@ import pytest
 from conftest import Server, manifest, role_user
 from otlp_receiver import Receiver, attrs, check_request
 from test_agent import make_bundle, measure
+from test_auth import make_user_with_token
 from test_runner import launch
 
 OTEL_DIR = Path(__file__).resolve().parent / "otel"
@@ -158,6 +159,15 @@ def test_api_calls_and_kms_operations_are_spans_and_metrics(traced):
     _, missing = span_named(rx, "GET /v1/{kind}/{name}", attr_cloister__name="nobody")
     assert missing["traceId"] != TRACEPARENT[3:35] and "parentSpanId" not in missing
     assert attrs(missing["attributes"])["http.response.status_code"] == r.status_code
+
+    # a denied call: the decision on the span, and the 403
+    token = make_user_with_token(server, "mallory")
+    r = server.request("GET", "/v1/keys/telemetry-key", token=token)
+    assert r.status_code == 403
+    _, denied = span_named(rx, "GET /v1/{kind}/{name}", attr_enduser__id="mallory")
+    a = attrs(denied["attributes"])
+    assert a["cloister.decision"] == "deny" and a["cloister.kind"] == "Key" and a["cloister.verb"] == "get"
+    assert a["http.response.status_code"] == 403 and denied["status"].get("code", 0) == 0  # a 4xx is no server error
 
     # /metrics' text as OTLP metrics: a cumulative monotonic sum and a histogram
     def whoami_counted():
