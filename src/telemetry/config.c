@@ -275,3 +275,16 @@ void otlp_config_free(otlp_config *c)
     json_decref(c->resource);
     *c = (otlp_config){0};
 }
+
+const char *otlp_loggable_url(const char *url, char *out, size_t size)
+{
+    if (!url)
+        return "off";
+    const char *host = strstr(url, "://");
+    host = host ? host + 3 : url;
+    const char *at = strchr(host, '@'), *slash = strchr(host, '/');
+    if (!at || (slash && slash < at))
+        return url;
+    snprintf(out, size, "%.*s***%s", (int)(host - url), url, at);
+    return out;
+}

@@ -425,6 +425,7 @@ static json_t *collect_metrics(const metrics_source *only)
 
 /* ---- sending ---- */
 
+
 /* BODY gzip-compressed into *RET (the caller frees), *RET_N bytes. */
 static int gzip(const char *body, size_t n, unsigned char **ret, size_t *ret_n)
 {
@@ -528,11 +529,11 @@ static void export(telemetry_signal s, json_t *body, size_t n)
         if (otlp_retry_delay(status, a.retry_after[0] ? a.retry_after : NULL, attempt, (int64_t)time(NULL), &delay) <
                 0 ||
             !backoff_wait(delay)) {
-            char code[16];
+            char code[16], url[512];
             snprintf(code, sizeof(code), "%ld", status);
             log_fields(LOG_LEVEL_WARN, "the OTLP collector did not take a batch; it is dropped", "signal",
-                       signal_names[s], "url", T.cfg.url[s], "status", status ? code : curl_easy_strerror(e),
-                       NULL);
+                       signal_names[s], "url", otlp_loggable_url(T.cfg.url[s], url, sizeof(url)), "status",
+                       status ? code : curl_easy_strerror(e), NULL);
             count_dropped(s, n, status ? "the collector refused them" : "the collector is unreachable");
             return;
         }
@@ -724,9 +725,11 @@ int telemetry_init(const char *service_name)
         otlp_config_free(&cfg);
         return r;
     }
+    char urls[TELEMETRY_SIGNAL_COUNT_][512];
     log_fields(LOG_LEVEL_INFO, "exporting OpenTelemetry traces, metrics and logs over OTLP/HTTP", "traces",
-               cfg.url[TELEMETRY_TRACES] ?: "off", "metrics", cfg.url[TELEMETRY_METRICS] ?: "off", "logs",
-               cfg.url[TELEMETRY_LOGS] ?: "off", "service", service_name, NULL);
+               otlp_loggable_url(cfg.url[TELEMETRY_TRACES], urls[0], sizeof(urls[0])), "metrics",
+               otlp_loggable_url(cfg.url[TELEMETRY_METRICS], urls[1], sizeof(urls[1])), "logs",
+               otlp_loggable_url(cfg.url[TELEMETRY_LOGS], urls[2], sizeof(urls[2])), "service", service_name, NULL);
     return 0;
 }
 

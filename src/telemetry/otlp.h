@@ -40,6 +40,9 @@ typedef const char *(*otlp_getenv)(const char *name, void *userdata);
 int otlp_config_parse(otlp_getenv get, void *userdata, const char *service_name, otlp_config *ret,
                       const char **ret_why);
 void otlp_config_free(otlp_config *c);
+/* URL as it may be logged: itself, or its copy in OUT with the user
+ * information (a password) replaced by ***; "off" for NULL. */
+const char *otlp_loggable_url(const char *url, char *out, size_t size);
 
 /* Percent-decodes the N bytes at S into a new string (*RET, the caller
  * frees); -EINVAL for a bad escape or a NUL byte. */

@@ -187,6 +187,15 @@ Test(config, resource_attributes_and_service_name_precedence)
     otlp_config_free(&c);
 }
 
+Test(config, urls_are_logged_without_their_password)
+{
+    char out[128];
+    cr_assert_str_eq(otlp_loggable_url("https://u:secret@c.example:4318/v1/traces", out, sizeof(out)),
+                     "https://***@c.example:4318/v1/traces");
+    cr_assert_str_eq(otlp_loggable_url("http://c:4318/v1/logs?a=b@c", out, sizeof(out)), "http://c:4318/v1/logs?a=b@c");
+    cr_assert_str_eq(otlp_loggable_url(NULL, out, sizeof(out)), "off");
+}
+
 /* ---- the JSON encoding ---- */
 
 Test(encode, attributes_times_and_envelope_follow_the_json_rules)
