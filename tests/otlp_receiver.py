@@ -313,10 +313,11 @@ class Receiver:
         return env
 
     # programmable answers
-    def answer(self, status, headers=None, times=1, paths=None):
-        """The next TIMES requests (to PATHS, or any) get STATUS with HEADERS."""
+    def answer(self, status, headers=None, times=1, paths=None, body=None):
+        """The next TIMES requests (to PATHS, or any) get STATUS with HEADERS
+        (and BODY, a JSON value: e.g. a partialSuccess)."""
         with self._lock:
-            self._answers.append([status, headers or {}, times, paths])
+            self._answers.append([status, headers or {}, times, paths, body])
 
     def hang(self):
         """Holds every answer until release()."""
@@ -330,8 +331,8 @@ class Receiver:
             for a in self._answers:
                 if a[2] > 0 and (a[3] is None or path in a[3]):
                     a[2] -= 1
-                    return a[0], a[1]
-        return 200, {}
+                    return a[0], a[1], a[4]
+        return 200, {}, None
 
     @staticmethod
     def _read_body(h):
@@ -369,10 +370,12 @@ class Receiver:
             self.arrived += 1
             self._lock.notify_all()
         self._hang.wait()
-        status, headers = self._next_answer(path)
+        status, headers, answer = self._next_answer(path)
         if problems and status == 200:
-            status = 400
-        payload = b"{}" if status == 200 else json.dumps({"code": 3, "message": "; ".join(problems) or "refused"}).encode()
+            status, answer = 400, None
+        if answer is None:
+            answer = {} if status == 200 else {"code": 3, "message": "; ".join(problems) or "refused"}
+        payload = json.dumps(answer).encode()
         try:
             h.send_response(status)
             h.send_header("Content-Type", "application/json")

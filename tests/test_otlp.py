@@ -231,6 +231,11 @@ def traced_call(server, rx, path="/v1/whoami"):
     return parent
 
 
+def dropped_spans(server):
+    m = re.search(r'cloister_telemetry_dropped_total\{signal="traces"\} (\d+)', server.request("GET", "/metrics").text)
+    return int(m.group(1))
+
+
 def test_429_and_503_are_retried_honouring_retry_after_and_400_is_not(traced):
     server, rx = traced
     rx.answer(429, {"Retry-After": "2"}, times=1, paths=["/v1/traces"])
@@ -251,8 +256,17 @@ def test_429_and_503_are_retried_honouring_retry_after_and_400_is_not(traced):
     later = traced_call(server, rx)  # a later export goes through...
     rx.wait_for(lambda: [r for r in exports_of(rx, later) if r.status == 200])
     assert [r.status for r in exports_of(rx, refused)] == [400]  # ...and the refused batch never came back
-    metrics = server.request("GET", "/metrics").text
-    assert re.search(r'cloister_telemetry_dropped_total\{signal="traces"\} [1-9]', metrics), metrics
+    assert dropped_spans(server) == 1
+
+    # a partial success: what the collector says it rejected is counted dropped
+    rx.answer(200, paths=["/v1/traces"], body={"partialSuccess": {"rejectedSpans": "1", "errorMessage": "too old"}})
+    partly = traced_call(server, rx)
+    rx.wait_for(lambda: exports_of(rx, partly))
+    deadline = time.monotonic() + 10
+    while dropped_spans(server) != 2:
+        assert time.monotonic() < deadline, dropped_spans(server)
+        time.sleep(0.1)
+    assert len(exports_of(rx, partly)) == 1  # and it is not sent again
 
 
 def slowest_of(server, n):
@@ -272,12 +286,8 @@ def test_drops_are_counted_when_the_collector_is_down_and_calls_stay_fast(tmp_pa
         slowest = slowest_of(server, 40)
         assert slowest < 1.0, slowest
 
-        def dropped():
-            m = re.search(r'cloister_telemetry_dropped_total\{signal="traces"\} (\d+)',
-                          server.request("GET", "/metrics").text)
-            return int(m.group(1)) >= 20 and int(m.group(1))
         deadline = time.monotonic() + 20
-        while not dropped():
+        while dropped_spans(server) < 20:
             assert time.monotonic() < deadline, server.request("GET", "/metrics").text
             time.sleep(0.1)
         assert "telemetry records dropped" in server.read_log()

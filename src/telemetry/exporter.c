@@ -450,8 +450,11 @@ static int gzip(const char *body, size_t n, unsigned char **ret, size_t *ret_n)
     return 0;
 }
 
+#define ANSWER_MAX 65536 /* of a collector's answer body read; the rest is discarded */
+
 typedef struct answer {
     char retry_after[128];
+    strbuf body;
 } answer;
 
 static size_t on_header(char *line, size_t size, size_t n, void *userdata)
@@ -469,8 +472,25 @@ static size_t on_header(char *line, size_t size, size_t n, void *userdata)
 
 static size_t on_body(char *p, size_t size, size_t n, void *userdata)
 {
-    (void)p, (void)userdata;
-    return size * n; /* a partial success's counts are not acted on */
+    answer *a = userdata;
+    strbuf_append(&a->body, p, MIN(size * n, a->body.max - a->body.len));
+    return size * n;
+}
+
+/* The records of signal S a 2xx answer BODY says were rejected
+ * (partialSuccess.rejectedSpans, ...): a count, or a string of one. */
+static uint64_t rejected_in(telemetry_signal s, const strbuf *body)
+{
+    static const char *const fields[] = {"rejectedSpans", "rejectedDataPoints", "rejectedLogRecords"};
+    if (!body->len)
+        return 0;
+    json_t *j = json_loadb(body->data, body->len, 0, NULL);
+    json_t *v = json_object_get(json_object_get(j, "partialSuccess"), fields[s]);
+    uint64_t n = json_is_integer(v) ? (uint64_t)MAX(json_integer_value(v), (json_int_t)0)
+                 : json_is_string(v) ? strtoull(json_string_value(v), NULL, 10)
+                                     : 0;
+    json_decref(j);
+    return n;
 }
 
 /* Waits up to MS on the wake condition; returns false when stopping makes
@@ -507,6 +527,7 @@ static void export(telemetry_signal s, json_t *body, size_t n)
     }
     for (unsigned attempt = 1;; attempt++) {
         answer a = {0};
+        strbuf_init(&a.body, ANSWER_MAX);
         uint64_t timeout = T.cfg.timeout_ms;
         pthread_mutex_lock(&T.lock);
         if (T.stopping) {
@@ -518,11 +539,16 @@ static void export(telemetry_signal s, json_t *body, size_t n)
         curl_easy_setopt(T.curl, CURLOPT_POSTFIELDS, (char *)gz);
         curl_easy_setopt(T.curl, CURLOPT_POSTFIELDSIZE, (long)gz_n);
         curl_easy_setopt(T.curl, CURLOPT_HEADERDATA, &a);
+        curl_easy_setopt(T.curl, CURLOPT_WRITEDATA, &a);
         curl_easy_setopt(T.curl, CURLOPT_TIMEOUT_MS, (long)timeout);
         CURLcode e = curl_easy_perform(T.curl);
         long status = 0;
         if (e == CURLE_OK)
             curl_easy_getinfo(T.curl, CURLINFO_RESPONSE_CODE, &status);
+        uint64_t rejected = status >= 200 && status < 300 ? rejected_in(s, &a.body) : 0;
+        strbuf_free(&a.body);
+        if (rejected)
+            count_dropped(s, MIN(rejected, (uint64_t)n), "the collector rejected part of a batch");
         if (status >= 200 && status < 300)
             return;
         unsigned delay;
