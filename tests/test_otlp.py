@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, manifest, role_user
+from conftest import CLOISTERD, Server, manifest, role_user
 from otlp_receiver import Receiver, attrs, check_request
 from test_agent import make_bundle, measure
 from test_auth import make_user_with_token
@@ -308,4 +308,32 @@ def test_api_calls_stay_fast_while_the_collector_hangs(tmp_path, receiver):
         t = time.monotonic()
         server.stop()
         assert time.monotonic() - t < 15  # the last flush has a deadline
+    assert receiver.problems == []
+
+
+def test_an_ordinary_users_start_exports_from_the_landlocked_roles(tmp_path, receiver):
+    """Started as nobody, the api and proxy roles run under Landlock (the
+    runner without): their export still reaches the collector, the proxy's
+    included, with their filters as they are."""
+    base = tmp_path / "nobody"
+    base.mkdir()
+    os.chown(base, 65534, 65534)
+    binary = base / "cloisterd"  # where an ordinary user can run it
+    shutil.copy(CLOISTERD, binary)
+    os.chmod(binary, 0o755)
+    s = Server(base / "data", prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"), binary=binary,
+               env_extra=receiver.otel_env())
+    s.start()
+    try:
+        if "Landlock is unavailable" in s.read_log():
+            pytest.skip("this kernel offers no Landlock")
+        assert s.request("GET", "/v1/whoami").status_code == 200
+        res, _ = span_named(receiver, "GET /v1/whoami")
+        assert res["process.pid"] == s.role_pid("api")
+        # the proxy's exporter runs too: its dropped counter arrives as a metric of its own
+        receiver.wait_for(lambda: [m for r, m in receiver.metrics() if r.get("service.name") == "cloisterd-proxy"
+                                   and m["name"] == "cloister_telemetry_dropped"])
+        assert "Landlock applied" in s.read_log()
+    finally:
+        s.stop()
     assert receiver.problems == []
