@@ -322,7 +322,7 @@ def test_an_ordinary_users_start_exports_from_the_landlocked_roles(tmp_path, rec
     shutil.copy(CLOISTERD, binary)
     os.chmod(binary, 0o755)
     s = Server(base / "data", prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"), binary=binary,
-               env_extra=receiver.otel_env())
+               env_extra=receiver.otel_env(OTEL_EXPORTER_OTLP_METRICS_COMPRESSION="none"))
     s.start()
     try:
         if "Landlock is unavailable" in s.read_log():
@@ -334,6 +334,9 @@ def test_an_ordinary_users_start_exports_from_the_landlocked_roles(tmp_path, rec
         receiver.wait_for(lambda: [m for r, m in receiver.metrics() if r.get("service.name") == "cloisterd-proxy"
                                    and m["name"] == "cloister_telemetry_dropped"])
         assert "Landlock applied" in s.read_log()
+        # a signal's own variable: metrics uncompressed, traces gzip as ever
+        assert all("Content-Encoding" not in r.headers for r in receiver.requests_to("/v1/metrics"))
+        assert all(r.headers.get("Content-Encoding") == "gzip" for r in receiver.requests_to("/v1/traces"))
     finally:
         s.stop()
     assert receiver.problems == []
