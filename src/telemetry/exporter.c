@@ -25,8 +25,6 @@
 #define SPAN_LINKS_MAX 8
 #define STRING_MAX 4096             /* a name, attribute value, status message or log body, cut beyond */
 
-void telemetry_random_id(uint8_t *out, size_t n);
-
 struct telemetry_span {
     trace_context ctx;
     uint8_t parent_span_id[8];
@@ -50,6 +48,8 @@ typedef struct metrics_source {
     void *userdata;
 } metrics_source;
 
+/* The process's one exporter: its queues (under lock), its sources, its
+ * thread's curl handle. */
 static struct {
     _Atomic bool enabled;
     pthread_mutex_t lock;
@@ -180,7 +180,7 @@ telemetry_span *telemetry_span_start(const char *name, int kind, const trace_con
         memcpy(s->parent_span_id, parent->span_id, 8);
         s->ctx.flags = parent->flags;
         s->has_parent = true;
-        telemetry_random_id(s->ctx.span_id, 8);
+        otlp_random_id(s->ctx.span_id, 8);
     } else
         trace_context_new(&s->ctx);
     s->kind = kind;
@@ -656,7 +656,7 @@ static const char *real_getenv(const char *name, void *userdata)
 static void uuid4(char out[37])
 {
     uint8_t b[16];
-    telemetry_random_id(b, sizeof(b));
+    otlp_random_id(b, sizeof(b));
     b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
     b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
     char h[33];

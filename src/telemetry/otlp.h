@@ -70,6 +70,8 @@ json_t *otlp_attr_int(const char *key, int64_t value);
 json_t *otlp_time(uint64_t unix_ns);
 /* Wall-clock now in nanoseconds. */
 uint64_t otlp_now_ns(void);
+/* N random bytes, not all zero (a trace or span id): unique, not secret. */
+void otlp_random_id(uint8_t *out, size_t n);
 
 /* The request body of signal S: {resource<Signal>: [{resource: {attributes:
  * RESOURCE}, scope<Signal>: [{scope: {name, version}, <records>: RECORDS}]}]}
