@@ -23,6 +23,7 @@ was answered), problems (the checker's complaints), time (monotonic).
 import gzip
 import json
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -274,6 +275,7 @@ class Receiver:
         self._lock = threading.Condition()
         self._hang = threading.Event()
         self._hang.set()  # set: answer at once
+        self._conns = set()  # open connections, closed by stop()
         rx = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -281,6 +283,16 @@ class Receiver:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with rx._lock:
+                    rx._conns.add(self.connection)
+
+            def finish(self):
+                with rx._lock:
+                    rx._conns.discard(self.connection)
+                super().finish()
 
             def do_POST(self):
                 rx._handle(self)
@@ -299,10 +311,17 @@ class Receiver:
         self.stop()
 
     def stop(self):
-        """Stops listening (connections are then refused)."""
+        """Stops listening and closes every connection (kept-alive ones
+        included): new ones are then refused."""
         self._hang.set()
         self.server.shutdown()
         self.server.server_close()
+        with self._lock:
+            for c in self._conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def otel_env(self, **extra):
         """The variables that point cloisterd at this receiver, batching

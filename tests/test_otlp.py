@@ -284,7 +284,7 @@ def test_drops_are_counted_when_the_collector_is_down_and_calls_stay_fast(tmp_pa
     try:
         receiver.stop()  # refused connections from now on
         slowest = slowest_of(server, 40)
-        assert slowest < 1.0, slowest
+        assert slowest < 2.0, slowest  # no call waits for the retries (0.5 s, 1 s, 2 s, 4 s)
 
         deadline = time.monotonic() + 20
         while dropped_spans(server) < 20:
@@ -296,13 +296,13 @@ def test_drops_are_counted_when_the_collector_is_down_and_calls_stay_fast(tmp_pa
 
 
 def test_api_calls_stay_fast_while_the_collector_hangs(tmp_path, receiver):
-    server = traced_server(tmp_path, receiver, OTEL_EXPORTER_OTLP_TIMEOUT="3000")
+    server = traced_server(tmp_path, receiver, OTEL_EXPORTER_OTLP_TIMEOUT="10000")
     try:
         receiver.hang()
         traced_call(server, receiver)
         receiver.wait_for(lambda: receiver.arrived)  # an export waits for its answer
         slowest = slowest_of(server, 50)
-        assert slowest < 0.5, slowest
+        assert slowest < 2.0, slowest  # a call that waited for the export would take its 10 s
     finally:
         receiver.release()
         t = time.monotonic()
