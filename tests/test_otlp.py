@@ -180,6 +180,9 @@ def test_api_calls_and_kms_operations_are_spans_and_metrics(traced):
     assert m["sum"]["isMonotonic"] is True and m["sum"]["aggregationTemporality"] == 2 and int(point["asInt"]) >= 1
     hist = rx.wait_for(lambda: [m for _, m in rx.metrics() if m["name"] == "cloister_api_request_duration_seconds"])
     assert hist[-1]["unit"] == "s" and hist[-1]["histogram"]["aggregationTemporality"] == 2
+    # the proxy's, from the same text: a gauge
+    proxy = rx.wait_for(lambda: [m for _, m in rx.metrics() if m["name"] == "cloister_proxy_connections"])
+    assert "gauge" in proxy[-1] and "asInt" in proxy[-1]["gauge"]["dataPoints"][0]
     # every request was gzip, to the signal's path
     assert rx.records and all(r.headers.get("Content-Encoding") == "gzip" for r in rx.records)
     assert {r.path for r in rx.records} <= {"/v1/traces", "/v1/metrics", "/v1/logs"}
