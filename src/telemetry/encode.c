@@ -74,23 +74,34 @@ int otlp_put_json_string(strbuf *b, const char *s, size_t max)
     size_t n = strnlen(s, max);
     int r = strbuf_putc(b, '"');
     for (size_t i = 0; r == 0 && i < n;) {
-        unsigned char c = p[i];
-        size_t len = utf8_sequence(p + i, n - i);
-        if (len > 1) {
-            r = strbuf_append(b, p + i, len);
-            i += len;
+        /* a run that goes out as it is, in one append */
+        size_t run = i;
+        for (;;) {
+            unsigned char c = p[run];
+            if (run < n && c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+                run++;
+                continue;
+            }
+            size_t len = run < n && c >= 0x80 ? utf8_sequence(p + run, n - run) : 0;
+            if (!len)
+                break;
+            run += len;
+        }
+        if (run > i) {
+            r = strbuf_append(b, p + i, run - i);
+            i = run;
             continue;
         }
-        i++;
-        if (len == 0)
+        unsigned char c = p[i++];
+        if (c >= 0x80) /* not the start of a valid sequence */
             r = strbuf_puts(b, "\\ufffd");
-        else if (c == '"' || c == '\\')
-            r = strbuf_printf(b, "\\%c", c);
-        else if (c < 0x20 || c == 0x7f) {
+        else if (c == '"' || c == '\\') {
+            char esc[3] = {'\\', (char)c, 0};
+            r = strbuf_puts(b, esc);
+        } else {
             char esc[7] = {'\\', 'u', '0', '0', hexdig[c >> 4], hexdig[c & 15], 0};
             r = strbuf_puts(b, esc);
-        } else
-            r = strbuf_putc(b, (char)c);
+        }
     }
     return r == 0 ? strbuf_putc(b, '"') : r;
 }
