@@ -97,28 +97,6 @@ bool api_method_is(const h2o_req_t *req, const char *method)
     return h2o_memis(req->method.base, req->method.len, method, strlen(method));
 }
 
-bool api_query_param(const h2o_req_t *req, const char *name, char *out, size_t size)
-{
-    if (req->query_at == SIZE_MAX)
-        return false;
-    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
-    size_t nlen = strlen(name);
-    while (p < end) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        const char *stop = amp ? amp : end;
-        if ((size_t)(stop - p) >= nlen && memcmp(p, name, nlen) == 0 && (p + nlen == stop || p[nlen] == '=')) {
-            const char *v = p + nlen == stop ? stop : p + nlen + 1;
-            if ((size_t)(stop - v) >= size)
-                return false;
-            memcpy(out, v, (size_t)(stop - v));
-            out[stop - v] = 0;
-            return true;
-        }
-        p = stop + 1;
-    }
-    return false;
-}
-
 void api_method_not_allowed(h2o_req_t *req, api_route route, uint64_t started, const char *allowed)
 {
     api_error err;
