@@ -1,0 +1,651 @@
+/* The exporter: records queued by any thread, one thread per process that
+ * batches them and POSTs them to the collector (OTLP/HTTP, JSON, gzip),
+ * retrying only what the protocol says may be retried. */
+#include <curl/curl.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "basic/log.h"
+#include "basic/macro.h"
+#include "telemetry/otlp.h"
+
+#define SOURCES_MAX 8
+#define SHUTDOWN_FLUSH_MS 5000      /* how long telemetry_shutdown() lets the last batches take */
+#define METRICS_TEXT_MAX (4u << 20) /* the Prometheus text one source may render */
+#define SPAN_ATTRS_MAX 64
+#define SPAN_LINKS_MAX 8
+#define STRING_MAX 4096             /* a name, attribute value, status message or log body, cut beyond */
+
+void telemetry_random_id(uint8_t *out, size_t n);
+
+struct telemetry_span {
+    trace_context ctx;
+    uint8_t parent_span_id[8];
+    bool has_parent;
+    int kind;
+    int status_code;
+    uint64_t start_ns;
+    char *name, *status_message;
+    json_t *attrs, *links;
+};
+
+typedef struct record_queue {
+    json_t **items; /* a ring of queue_max records */
+    size_t head, n;
+    _Atomic uint64_t dropped;
+    _Atomic bool warned;
+} record_queue;
+
+typedef struct metrics_source {
+    telemetry_metrics_source render;
+    void *userdata;
+} metrics_source;
+
+static struct {
+    _Atomic bool enabled;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    bool stopping;
+    uint64_t stop_deadline_ms; /* monotonic */
+    otlp_config cfg;
+    record_queue queue[TELEMETRY_SIGNAL_COUNT_];
+    metrics_source sources[SOURCES_MAX];
+    size_t n_sources;
+    uint64_t start_ns;
+    pthread_t thread;
+    CURL *curl;
+    struct curl_slist *headers;
+} T = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+static _Thread_local bool on_exporter_thread;
+static _Atomic uint64_t dropped_after_stop[TELEMETRY_SIGNAL_COUNT_];
+
+static const char *const signal_names[] = {"traces", "metrics", "logs"};
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+bool telemetry_enabled(void)
+{
+    return atomic_load_explicit(&T.enabled, memory_order_relaxed);
+}
+
+static bool signal_on(telemetry_signal s)
+{
+    return telemetry_enabled() && T.cfg.url[s];
+}
+
+uint64_t telemetry_dropped(telemetry_signal s)
+{
+    return atomic_load(&T.queue[s].dropped) + atomic_load(&dropped_after_stop[s]);
+}
+
+int telemetry_metrics_render(strbuf *out)
+{
+    int r = strbuf_puts(out, "# HELP cloister_telemetry_dropped_total OpenTelemetry records not exported: their queue "
+                             "was full, or the collector refused them.\n"
+                             "# TYPE cloister_telemetry_dropped_total counter\n");
+    for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
+        r = strbuf_printf(out, "cloister_telemetry_dropped_total{signal=\"%s\"} %" PRIu64 "\n", signal_names[s],
+                          telemetry_dropped((telemetry_signal)s));
+    return r;
+}
+
+static void count_dropped(telemetry_signal s, uint64_t n, const char *why)
+{
+    record_queue *q = &T.queue[s];
+    atomic_fetch_add(&q->dropped, n);
+    /* once per process: a log line per dropped record would feed itself
+     * (daemon logs are exported too) */
+    if (!atomic_exchange(&q->warned, true))
+        log_fields(LOG_LEVEL_WARN, "telemetry records dropped (counted in cloister_telemetry_dropped_total); is the "
+                   "collector reachable?", "signal", signal_names[s], "why", why, NULL);
+}
+
+/* Queues REC (stolen) for signal S, or drops it when the queue is full. */
+static void enqueue(telemetry_signal s, json_t *rec)
+{
+    if (!rec)
+        return;
+    record_queue *q = &T.queue[s];
+    pthread_mutex_lock(&T.lock);
+    if (T.stopping || q->n >= T.cfg.queue_max) {
+        bool stopping = T.stopping;
+        pthread_mutex_unlock(&T.lock);
+        json_decref(rec);
+        count_dropped(s, 1, stopping ? "export is stopping" : "the queue is full");
+        return;
+    }
+    q->items[(q->head + q->n++) % T.cfg.queue_max] = rec;
+    if (q->n >= T.cfg.batch_max)
+        pthread_cond_signal(&T.wake);
+    pthread_mutex_unlock(&T.lock);
+}
+
+/* ---- spans ---- */
+
+static char *cut_strdup(const char *s)
+{
+    return strndup(s ? s : "", STRING_MAX);
+}
+
+telemetry_span *telemetry_span_start(const char *name, int kind, const trace_context *parent)
+{
+    if (!signal_on(TELEMETRY_TRACES))
+        return NULL;
+    telemetry_span *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->name = cut_strdup(name);
+    s->attrs = json_array();
+    s->links = json_array();
+    if (!s->name || !s->attrs || !s->links) {
+        free(s->name);
+        json_decref(s->attrs);
+        json_decref(s->links);
+        free(s);
+        return NULL;
+    }
+    if (parent) {
+        memcpy(s->ctx.trace_id, parent->trace_id, 16);
+        memcpy(s->parent_span_id, parent->span_id, 8);
+        s->ctx.flags = parent->flags;
+        s->has_parent = true;
+        telemetry_random_id(s->ctx.span_id, 8);
+    } else
+        trace_context_new(&s->ctx);
+    s->kind = kind;
+    s->start_ns = otlp_now_ns();
+    return s;
+}
+
+/* Replaces attribute KEY of S with KV (stolen), or appends it. */
+static void set_attr(telemetry_span *s, const char *key, json_t *kv)
+{
+    if (!kv)
+        return;
+    size_t i;
+    json_t *old;
+    json_array_foreach(s->attrs, i, old)
+        if (strcmp(json_string_value(json_object_get(old, "key")), key) == 0) {
+            json_array_set_new(s->attrs, i, kv);
+            return;
+        }
+    if (json_array_size(s->attrs) < SPAN_ATTRS_MAX)
+        json_array_append_new(s->attrs, kv);
+    else
+        json_decref(kv);
+}
+
+void telemetry_span_set_attr_str(telemetry_span *s, const char *key, const char *value)
+{
+    if (!s)
+        return;
+    _cleanup_free_ char *v = cut_strdup(value);
+    if (v)
+        set_attr(s, key, otlp_attr_str(key, v));
+}
+
+void telemetry_span_set_attr_int(telemetry_span *s, const char *key, int64_t value)
+{
+    if (s)
+        set_attr(s, key, otlp_attr_int(key, value));
+}
+
+void telemetry_span_add_link(telemetry_span *s, const trace_context *link)
+{
+    if (!s || !link || json_array_size(s->links) >= SPAN_LINKS_MAX)
+        return;
+    char t[33], sp[17];
+    otlp_hex(link->trace_id, 16, t);
+    otlp_hex(link->span_id, 8, sp);
+    json_array_append_new(s->links, json_pack("{s:s, s:s, s:i}", "traceId", t, "spanId", sp, "flags", link->flags));
+}
+
+void telemetry_span_set_status(telemetry_span *s, int code, const char *message)
+{
+    if (!s)
+        return;
+    s->status_code = code;
+    free(s->status_message);
+    s->status_message = message && code == TELEMETRY_STATUS_ERROR ? cut_strdup(message) : NULL;
+}
+
+bool telemetry_span_context(const telemetry_span *s, trace_context *ret)
+{
+    if (!s)
+        return false;
+    *ret = s->ctx;
+    return true;
+}
+
+void telemetry_span_end(telemetry_span *s)
+{
+    if (!s)
+        return;
+    char t[33], sp[17], parent[17];
+    otlp_hex(s->ctx.trace_id, 16, t);
+    otlp_hex(s->ctx.span_id, 8, sp);
+    json_t *status = json_pack("{s:i}", "code", s->status_code);
+    if (status && s->status_message)
+        json_object_set_new(status, "message", json_string(s->status_message));
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:i, s:o, s:o, s:o, s:o, s:o, s:i}", "traceId", t, "spanId", sp, "name",
+                            s->name, "kind", s->kind, "startTimeUnixNano", otlp_time(s->start_ns), "endTimeUnixNano",
+                            otlp_time(otlp_now_ns()), "attributes", s->attrs, "links", s->links, "status", status,
+                            "flags", 0x100 | s->ctx.flags); /* bit 8: whether the parent is remote is known */
+    if (rec && s->has_parent) {
+        otlp_hex(s->parent_span_id, 8, parent);
+        json_object_set_new(rec, "parentSpanId", json_string(parent));
+    }
+    free(s->name);
+    free(s->status_message);
+    free(s);
+    enqueue(TELEMETRY_TRACES, rec);
+}
+
+/* ---- logs ---- */
+
+void telemetry_log(int severity, const char *body, const trace_context *ctx, const char *const *attrs)
+{
+    if (!signal_on(TELEMETRY_LOGS) || on_exporter_thread)
+        return; /* the exporter's own complaints are not exported: they would feed themselves */
+    static const char *const texts[] = {"DEBUG", "INFO", "WARN", "ERROR"};
+    const char *text = severity >= 17 ? texts[3] : severity >= 13 ? texts[2] : severity >= 9 ? texts[1] : texts[0];
+    _cleanup_free_ char *b = cut_strdup(body);
+    uint64_t now = otlp_now_ns();
+    json_t *rec = json_pack("{s:o, s:o, s:i, s:s, s:{s:s?}, s:[]}", "timeUnixNano", otlp_time(now),
+                            "observedTimeUnixNano", otlp_time(now), "severityNumber", severity, "severityText", text,
+                            "body", "stringValue", b, "attributes");
+    json_t *list = json_object_get(rec, "attributes");
+    for (size_t i = 0; rec && attrs && attrs[i] && attrs[i + 1] && i < 2 * SPAN_ATTRS_MAX; i += 2) {
+        _cleanup_free_ char *v = cut_strdup(attrs[i + 1]);
+        json_array_append_new(list, otlp_attr_str(attrs[i], v));
+    }
+    if (rec && ctx) {
+        char t[33], sp[17];
+        otlp_hex(ctx->trace_id, 16, t);
+        otlp_hex(ctx->span_id, 8, sp);
+        json_object_set_new(rec, "traceId", json_string(t));
+        json_object_set_new(rec, "spanId", json_string(sp));
+        json_object_set_new(rec, "flags", json_integer(ctx->flags));
+    }
+    enqueue(TELEMETRY_LOGS, rec);
+}
+
+/* ---- metrics ---- */
+
+int telemetry_metrics_register(telemetry_metrics_source source, void *userdata)
+{
+    if (!signal_on(TELEMETRY_METRICS))
+        return 0;
+    pthread_mutex_lock(&T.lock);
+    int r = -ENOSPC;
+    if (T.n_sources < SOURCES_MAX) {
+        T.sources[T.n_sources++] = (metrics_source){source, userdata};
+        r = 0;
+    }
+    pthread_mutex_unlock(&T.lock);
+    return r;
+}
+
+/* The metrics of every source now, as OTLP Metric objects; NULL when there
+ * are none. */
+static json_t *collect_metrics(void)
+{
+    json_t *metrics = json_array();
+    _cleanup_strbuf_ strbuf text;
+    strbuf_init(&text, METRICS_TEXT_MAX);
+    pthread_mutex_lock(&T.lock);
+    size_t n = T.n_sources;
+    metrics_source sources[SOURCES_MAX];
+    memcpy(sources, T.sources, sizeof(sources));
+    pthread_mutex_unlock(&T.lock);
+    int r = telemetry_metrics_render(&text);
+    for (size_t i = 0; r == 0 && i < n; i++)
+        r = sources[i].render(&text, sources[i].userdata);
+    if (r < 0)
+        log_fields(LOG_LEVEL_WARN, "a metrics source failed; exporting what it rendered", "error", strerror(-r), NULL);
+    if (!metrics || otlp_metrics_from_prometheus(text.data ? text.data : "", T.start_ns, otlp_now_ns(), metrics) < 0 ||
+        json_array_size(metrics) == 0) {
+        json_decref(metrics);
+        return NULL;
+    }
+    return metrics;
+}
+
+/* ---- sending ---- */
+
+/* BODY gzip-compressed into *RET (the caller frees), *RET_N bytes. */
+static int gzip(const char *body, size_t n, unsigned char **ret, size_t *ret_n)
+{
+    z_stream z = {0};
+    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        return -ENOMEM;
+    size_t cap = deflateBound(&z, n);
+    unsigned char *out = malloc(cap);
+    z.next_in = (unsigned char *)body;
+    z.avail_in = (uInt)n;
+    z.next_out = out;
+    z.avail_out = (uInt)cap;
+    int e = out ? deflate(&z, Z_FINISH) : Z_MEM_ERROR;
+    size_t len = z.total_out;
+    deflateEnd(&z);
+    if (e != Z_STREAM_END) {
+        free(out);
+        return -ENOMEM;
+    }
+    *ret = out;
+    *ret_n = len;
+    return 0;
+}
+
+typedef struct answer {
+    char retry_after[128];
+} answer;
+
+static size_t on_header(char *line, size_t size, size_t n, void *userdata)
+{
+    answer *a = userdata;
+    size_t len = size * n;
+    if (len > 12 && strncasecmp(line, "retry-after:", 12) == 0) {
+        size_t v = MIN(len - 12, sizeof(a->retry_after) - 1);
+        memcpy(a->retry_after, line + 12, v);
+        a->retry_after[v] = '\0';
+        a->retry_after[strcspn(a->retry_after, "\r\n")] = '\0';
+    }
+    return len;
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *userdata)
+{
+    (void)p, (void)userdata;
+    return size * n; /* a partial success's counts are not acted on */
+}
+
+/* Waits up to MS on the wake condition; returns false when stopping makes
+ * the wait pointless (the deadline is nearer than MS). */
+static bool backoff_wait(unsigned ms)
+{
+    uint64_t until = mono_ms() + ms;
+    pthread_mutex_lock(&T.lock);
+    bool ok = true;
+    for (;;) {
+        if (T.stopping && until > T.stop_deadline_ms) {
+            ok = false;
+            break;
+        }
+        uint64_t now = mono_ms();
+        if (now >= until)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t wait_ns = (until - now) * 1000000 + (uint64_t)ts.tv_nsec;
+        ts.tv_sec += (time_t)(wait_ns / 1000000000);
+        ts.tv_nsec = (long)(wait_ns % 1000000000);
+        pthread_cond_timedwait(&T.wake, &T.lock, &ts);
+    }
+    pthread_mutex_unlock(&T.lock);
+    return ok;
+}
+
+/* POSTs BODY (N records of signal S, stolen) with retries; counts the
+ * records as dropped when they could not be delivered. */
+static void export(telemetry_signal s, json_t *body, size_t n)
+{
+    _cleanup_free_ char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    _cleanup_free_ unsigned char *gz = NULL;
+    size_t gz_n = 0;
+    if (!text || gzip(text, strlen(text), &gz, &gz_n) < 0) {
+        count_dropped(s, n, "out of memory");
+        return;
+    }
+    for (unsigned attempt = 1;; attempt++) {
+        answer a = {0};
+        uint64_t timeout = T.cfg.timeout_ms;
+        pthread_mutex_lock(&T.lock);
+        if (T.stopping) {
+            uint64_t now = mono_ms();
+            timeout = T.stop_deadline_ms > now ? MIN(timeout, T.stop_deadline_ms - now) : 1;
+        }
+        pthread_mutex_unlock(&T.lock);
+        curl_easy_setopt(T.curl, CURLOPT_URL, T.cfg.url[s]);
+        curl_easy_setopt(T.curl, CURLOPT_POSTFIELDS, (char *)gz);
+        curl_easy_setopt(T.curl, CURLOPT_POSTFIELDSIZE, (long)gz_n);
+        curl_easy_setopt(T.curl, CURLOPT_HEADERDATA, &a);
+        curl_easy_setopt(T.curl, CURLOPT_TIMEOUT_MS, (long)timeout);
+        CURLcode e = curl_easy_perform(T.curl);
+        long status = 0;
+        if (e == CURLE_OK)
+            curl_easy_getinfo(T.curl, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200 && status < 300)
+            return;
+        unsigned delay;
+        if (otlp_retry_delay(status, a.retry_after[0] ? a.retry_after : NULL, attempt, (int64_t)time(NULL), &delay) <
+                0 ||
+            !backoff_wait(delay)) {
+            char code[16];
+            snprintf(code, sizeof(code), "%ld", status);
+            log_fields(LOG_LEVEL_WARN, "the OTLP collector did not take a batch; it is dropped", "signal",
+                       signal_names[s], "url", T.cfg.url[s], "status", status ? code : curl_easy_strerror(e),
+                       NULL);
+            count_dropped(s, n, status ? "the collector refused them" : "the collector is unreachable");
+            return;
+        }
+    }
+}
+
+/* Takes up to batch_max records of queue S (the lock held) into a new array. */
+static json_t *take_batch(telemetry_signal s, size_t *ret_n)
+{
+    record_queue *q = &T.queue[s];
+    json_t *records = json_array();
+    size_t n = 0;
+    while (records && q->n && n < T.cfg.batch_max) {
+        json_array_append_new(records, q->items[q->head]);
+        q->head = (q->head + 1) % T.cfg.queue_max;
+        q->n--;
+        n++;
+    }
+    *ret_n = n;
+    return records;
+}
+
+static void *exporter_main(void *arg)
+{
+    (void)arg;
+    on_exporter_thread = true;
+    uint64_t next_flush = mono_ms() + T.cfg.delay_ms, next_metrics = mono_ms() + T.cfg.metric_interval_ms;
+    for (;;) {
+        pthread_mutex_lock(&T.lock);
+        for (;;) {
+            uint64_t now = mono_ms();
+            bool full = false;
+            for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
+                full = full || T.queue[s].n >= T.cfg.batch_max;
+            if (T.stopping || full || now >= next_flush || now >= next_metrics)
+                break;
+            uint64_t until = MIN(next_flush, next_metrics);
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            uint64_t wait_ns = (until - now) * 1000000 + (uint64_t)ts.tv_nsec;
+            ts.tv_sec += (time_t)(wait_ns / 1000000000);
+            ts.tv_nsec = (long)(wait_ns % 1000000000);
+            pthread_cond_timedwait(&T.wake, &T.lock, &ts);
+        }
+        bool stopping = T.stopping;
+        uint64_t now = mono_ms();
+        bool flush = stopping || now >= next_flush;
+        json_t *batches[TELEMETRY_SIGNAL_COUNT_] = {0};
+        size_t counts[TELEMETRY_SIGNAL_COUNT_] = {0};
+        for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
+            if (T.queue[s].n && (flush || T.queue[s].n >= T.cfg.batch_max))
+                batches[s] = take_batch((telemetry_signal)s, &counts[s]);
+        bool more = false;
+        for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
+            more = more || T.queue[s].n;
+        pthread_mutex_unlock(&T.lock);
+
+        for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
+            if (batches[s])
+                export((telemetry_signal)s, otlp_envelope((telemetry_signal)s, T.cfg.resource, batches[s]), counts[s]);
+        if (flush && !more)
+            next_flush = mono_ms() + T.cfg.delay_ms;
+        if (T.cfg.url[TELEMETRY_METRICS] && (stopping || mono_ms() >= next_metrics)) {
+            next_metrics = mono_ms() + T.cfg.metric_interval_ms;
+            json_t *metrics = collect_metrics();
+            if (metrics)
+                export(TELEMETRY_METRICS, otlp_envelope(TELEMETRY_METRICS, T.cfg.resource, metrics), 1);
+        } else if (!T.cfg.url[TELEMETRY_METRICS])
+            next_metrics = UINT64_MAX;
+        if (stopping && !more)
+            return NULL;
+        if (stopping && mono_ms() >= T.stop_deadline_ms) {
+            /* what is still queued is dropped (counted by shutdown) */
+            return NULL;
+        }
+    }
+}
+
+/* ---- start and stop ---- */
+
+static const char *real_getenv(const char *name, void *userdata)
+{
+    (void)userdata;
+    return getenv(name);
+}
+
+/* A random UUID (version 4) for service.instance.id. */
+static void uuid4(char out[37])
+{
+    uint8_t b[16];
+    telemetry_random_id(b, sizeof(b));
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+    char h[33];
+    otlp_hex(b, 16, h);
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
+}
+
+int telemetry_init(const char *service_name)
+{
+    if (telemetry_enabled())
+        return -EALREADY;
+    const char *why = NULL;
+    otlp_config cfg;
+    int r = otlp_config_parse(real_getenv, NULL, service_name, &cfg, &why);
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "the OpenTelemetry configuration cannot be used; fix the variable (docs/telemetry.md)",
+                   "variable", why, "error", strerror(-r), NULL);
+        return r;
+    }
+    if (!cfg.url[TELEMETRY_TRACES] && !cfg.url[TELEMETRY_METRICS] && !cfg.url[TELEMETRY_LOGS]) {
+        otlp_config_free(&cfg);
+        return 0;
+    }
+    char instance[37], pid[16];
+    uuid4(instance);
+    snprintf(pid, sizeof(pid), "%d", (int)getpid());
+    const char *role = strncmp(service_name, "cloisterd-", 10) == 0 ? service_name + 10 : service_name;
+    json_array_append_new(cfg.resource, otlp_attr_str("service.instance.id", instance));
+    json_array_append_new(cfg.resource, otlp_attr_int("process.pid", getpid()));
+    json_array_append_new(cfg.resource, otlp_attr_str("cloister.role", role));
+    json_array_append_new(cfg.resource, otlp_attr_str("telemetry.sdk.name", "cloister"));
+    json_array_append_new(cfg.resource, otlp_attr_str("telemetry.sdk.version", CLOISTER_VERSION));
+
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    T.curl = curl_easy_init();
+    T.headers = curl_slist_append(NULL, "Content-Type: application/json");
+    T.headers = curl_slist_append(T.headers, "Content-Encoding: gzip");
+    T.headers = curl_slist_append(T.headers, "User-Agent: cloister/" CLOISTER_VERSION);
+    for (size_t i = 0; T.headers && i < cfg.n_headers; i++) {
+        _cleanup_free_ char *h = NULL;
+        if (asprintf(&h, "%s: %s", cfg.headers[i].name, cfg.headers[i].value) < 0)
+            break;
+        T.headers = curl_slist_append(T.headers, h);
+    }
+    r = T.curl && T.headers ? 0 : -ENOMEM;
+    for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
+        if (!(T.queue[s].items = calloc(cfg.queue_max, sizeof(json_t *))))
+            r = -ENOMEM;
+    if (r == 0) {
+        curl_easy_setopt(T.curl, CURLOPT_HTTPHEADER, T.headers);
+        curl_easy_setopt(T.curl, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(T.curl, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(T.curl, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(T.curl, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+        curl_easy_setopt(T.curl, CURLOPT_PROTOCOLS_STR, "http,https");
+        if (cfg.ca_file)
+            curl_easy_setopt(T.curl, CURLOPT_CAINFO, cfg.ca_file);
+        T.cfg = cfg;
+        T.start_ns = otlp_now_ns();
+        T.stopping = false;
+        atomic_store(&T.enabled, true);
+        if ((r = -pthread_create(&T.thread, NULL, exporter_main, NULL)) < 0)
+            atomic_store(&T.enabled, false);
+    }
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot start the OpenTelemetry exporter", "error", strerror(-r), NULL);
+        for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
+            free(T.queue[s].items);
+            T.queue[s].items = NULL;
+        }
+        curl_slist_free_all(T.headers);
+        curl_easy_cleanup(T.curl);
+        T.headers = NULL;
+        T.curl = NULL;
+        T.cfg = (otlp_config){0};
+        otlp_config_free(&cfg);
+        return r;
+    }
+    log_fields(LOG_LEVEL_INFO, "exporting OpenTelemetry traces, metrics and logs over OTLP/HTTP", "traces",
+               cfg.url[TELEMETRY_TRACES] ?: "off", "metrics", cfg.url[TELEMETRY_METRICS] ?: "off", "logs",
+               cfg.url[TELEMETRY_LOGS] ?: "off", "service", service_name, NULL);
+    return 0;
+}
+
+void telemetry_shutdown(void)
+{
+    if (!telemetry_enabled())
+        return;
+    pthread_mutex_lock(&T.lock);
+    T.stopping = true;
+    T.stop_deadline_ms = mono_ms() + SHUTDOWN_FLUSH_MS;
+    pthread_cond_broadcast(&T.wake);
+    pthread_mutex_unlock(&T.lock);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += SHUTDOWN_FLUSH_MS / 1000 + 2;
+    if (pthread_timedjoin_np(T.thread, NULL, &ts) != 0) {
+        /* stuck in the network past its deadline: left to the process's exit */
+        log_fields(LOG_LEVEL_WARN, "the OpenTelemetry exporter did not finish in time; what it held is lost", NULL);
+        return;
+    }
+    atomic_store(&T.enabled, false);
+    for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
+        record_queue *q = &T.queue[s];
+        atomic_fetch_add(&dropped_after_stop[s], atomic_load(&q->dropped) + q->n);
+        for (size_t i = 0; i < q->n; i++)
+            json_decref(q->items[(q->head + i) % T.cfg.queue_max]);
+        free(q->items);
+        *q = (record_queue){0};
+    }
+    curl_slist_free_all(T.headers);
+    curl_easy_cleanup(T.curl);
+    T.headers = NULL;
+    T.curl = NULL;
+    T.n_sources = 0;
+    otlp_config_free(&T.cfg);
+}
