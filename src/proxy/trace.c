@@ -162,7 +162,7 @@ void proxy_trace_upstream_answered(proxy_request *pr, int status)
         return;
     telemetry_span_set_attr_int(pr->client_span, "http.response.status_code", status);
     if (status >= 400) {
-        char code[8];
+        char code[16];
         snprintf(code, sizeof(code), "%d", status);
         telemetry_span_set_status(pr->client_span, TELEMETRY_STATUS_ERROR, code);
     }
@@ -227,7 +227,7 @@ static void server_span_end(proxy_request *pr, int status)
 static void access_log_record(proxy_request *pr, int status, uint64_t bytes, uint64_t latency_us)
 {
     const access_record *rec = &pr->rec;
-    char status_s[8], bytes_s[24], latency_s[24];
+    char status_s[16], bytes_s[24], latency_s[24];
     snprintf(status_s, sizeof(status_s), "%d", status);
     snprintf(bytes_s, sizeof(bytes_s), "%llu", (unsigned long long)bytes);
     snprintf(latency_s, sizeof(latency_s), "%llu", (unsigned long long)latency_us);
@@ -235,9 +235,10 @@ static void access_log_record(proxy_request *pr, int status, uint64_t bytes, uin
     size_t n = 0;
 #define ATTR(k, v)                                                                                                     \
     do {                                                                                                               \
-        if (v) {                                                                                                       \
+        const char *value_ = (v);                                                                                      \
+        if (value_) {                                                                                                  \
             attrs[n++] = (k);                                                                                          \
-            attrs[n++] = (v);                                                                                          \
+            attrs[n++] = value_;                                                                                       \
         }                                                                                                              \
     } while (0)
     ATTR("event.name", "proxy.access");
