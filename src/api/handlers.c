@@ -730,7 +730,7 @@ static void watcher_recheck(api_sse *s)
 {
     watcher *w = (watcher *)s;
     api_error err;
-    if (api_sse_redecide(s, "watch", w->kind, &err) < 0)
+    if (api_sse_redecide(s, "watch", w->kind, "", &err) < 0)
         watcher_finish(w, err.code, err.message);
 }
 

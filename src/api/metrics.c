@@ -35,6 +35,7 @@ static const struct {
     [ROUTE_PROXY_CONFIG] = {"/v1/proxy/config", "GET"},
     [ROUTE_USER_KEYS] = {"/v1/users/{name}/keys", "POST"},
     [ROUTE_DATASET_DATA] = {"/v1/datasets/{name}/data", "any"},
+    [ROUTE_ENCLAVE_LOGS] = {"/v1/enclaves/{name}/logs", "GET"},
     [ROUTE_OTHER] = {"other", "any"},
 };
 

@@ -34,6 +34,7 @@ typedef enum api_route {
     ROUTE_PROXY_CONFIG,
     ROUTE_USER_KEYS,
     ROUTE_DATASET_DATA,
+    ROUTE_ENCLAVE_LOGS,
     ROUTE_OTHER,
     ROUTE_COUNT_,
 } api_route;

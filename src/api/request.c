@@ -2,6 +2,7 @@
 
 #include "api/handlers-attest.h"
 #include "api/handlers-datasets.h"
+#include "api/handlers-enclaves.h"
 #include "api/handlers-keys.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-audit.h"
@@ -43,6 +44,7 @@ const size_t api_n_endpoint_groups = ELEMENTSOF(api_endpoint_groups) - 1;
 const api_subresource api_subresources[] = {
     {"users", "keys", ROUTE_USER_KEYS, api_handle_user_keys},
     {"datasets", "data", ROUTE_DATASET_DATA, api_handle_dataset_data},
+    {"enclaves", "logs", ROUTE_ENCLAVE_LOGS, api_handle_enclave_logs},
 };
 const size_t api_n_subresources = ELEMENTSOF(api_subresources);
 
