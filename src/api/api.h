@@ -36,6 +36,12 @@ typedef struct api_config {
  * The caller must block SIGTERM and SIGINT in every thread before calling. */
 int api_run(const api_config *cfg);
 
+/* Appends the Prometheus text /metrics serves (the API's metrics, its
+ * streams', the proxy's) to OUT: one source for /metrics and the OTLP
+ * export. Returns 0 or strbuf's negative errno. */
+struct strbuf;
+int api_metrics_text(const api_config *cfg, struct strbuf *out);
+
 /* What the api role sees of the configuration; strings borrowed. */
 typedef struct api_role_config {
     api_config api;               /* the server's; store, keyring and handoff_key are the role's to fill */

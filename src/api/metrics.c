@@ -57,6 +57,16 @@ void metrics_count_kms_call(void)
     atomic_fetch_add_explicit(&kms_calls, 1, memory_order_relaxed);
 }
 
+const char *metrics_route_path(api_route route)
+{
+    return route_labels[route].path;
+}
+
+const char *metrics_route_method(api_route route)
+{
+    return route_labels[route].method;
+}
+
 void metrics_observe(api_route route, int status, uint64_t duration_ns)
 {
     size_t s = ELEMENTSOF(statuses);

@@ -52,7 +52,9 @@ typedef struct metrics_source {
 static struct {
     _Atomic bool enabled;
     pthread_mutex_t lock;
+    pthread_mutex_t collecting; /* held while sources render */
     pthread_cond_t wake;
+    json_t *last_metrics; /* an unregistered source's last metrics, to send */
     bool stopping;
     uint64_t stop_deadline_ms; /* monotonic */
     otlp_config cfg;
@@ -63,7 +65,7 @@ static struct {
     pthread_t thread;
     CURL *curl;
     struct curl_slist *headers;
-} T = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+} T = {.lock = PTHREAD_MUTEX_INITIALIZER, .collecting = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
 static _Thread_local bool on_exporter_thread;
 static _Atomic uint64_t dropped_after_stop[TELEMETRY_SIGNAL_COUNT_];
@@ -231,6 +233,57 @@ bool telemetry_span_context(const telemetry_span *s, trace_context *ret)
     return true;
 }
 
+void telemetry_span_set_name(telemetry_span *s, const char *name)
+{
+    char *n = s ? cut_strdup(name) : NULL;
+    if (!n)
+        return;
+    free(s->name);
+    s->name = n;
+}
+
+static _Thread_local telemetry_span *current_span;
+static _Thread_local trace_context current_ctx;
+static _Thread_local bool has_current_ctx;
+
+void telemetry_set_current(telemetry_span *s)
+{
+    current_span = s;
+    has_current_ctx = telemetry_span_context(s, &current_ctx);
+}
+
+void telemetry_set_current_context(const trace_context *c)
+{
+    current_span = NULL;
+    has_current_ctx = c != NULL;
+    if (c)
+        current_ctx = *c;
+}
+
+telemetry_span *telemetry_current(void)
+{
+    return current_span;
+}
+
+bool telemetry_current_context(trace_context *ret)
+{
+    if (!has_current_ctx)
+        return false;
+    *ret = current_ctx;
+    return true;
+}
+
+bool telemetry_traceparent_header(char out[70])
+{
+    trace_context c;
+    if (!telemetry_current_context(&c))
+        return false;
+    char tp[56];
+    trace_context_format(&c, tp);
+    snprintf(out, 70, "traceparent: %s", tp);
+    return true;
+}
+
 void telemetry_span_end(telemetry_span *s)
 {
     if (!s)
@@ -249,6 +302,8 @@ void telemetry_span_end(telemetry_span *s)
         otlp_hex(s->parent_span_id, 8, parent);
         json_object_set_new(rec, "parentSpanId", json_string(parent));
     }
+    if (current_span == s)
+        telemetry_set_current(NULL);
     free(s->name);
     free(s->status_message);
     free(s);
@@ -300,19 +355,47 @@ int telemetry_metrics_register(telemetry_metrics_source source, void *userdata)
     return r;
 }
 
-/* The metrics of every source now, as OTLP Metric objects; NULL when there
- * are none. */
-static json_t *collect_metrics(void)
+static json_t *collect_metrics(const metrics_source *only);
+
+void telemetry_metrics_unregister(telemetry_metrics_source source, void *userdata)
+{
+    if (!signal_on(TELEMETRY_METRICS))
+        return;
+    /* the last of it, exported from the caller's thread through the queue */
+    metrics_source src = {source, userdata};
+    pthread_mutex_lock(&T.collecting);
+    json_t *last = collect_metrics(&src);
+    pthread_mutex_lock(&T.lock);
+    for (size_t i = 0; i < T.n_sources; i++)
+        if (T.sources[i].render == source && T.sources[i].userdata == userdata) {
+            T.sources[i] = T.sources[--T.n_sources];
+            break;
+        }
+    pthread_mutex_unlock(&T.lock);
+    pthread_mutex_unlock(&T.collecting);
+    if (last) {
+        pthread_mutex_lock(&T.lock);
+        json_decref(T.last_metrics);
+        T.last_metrics = last;
+        pthread_cond_signal(&T.wake);
+        pthread_mutex_unlock(&T.lock);
+    }
+}
+
+/* The metrics of every source now (or only of ONLY, without the exporter's
+ * own), as OTLP Metric objects; NULL when there are none. Called with
+ * T.collecting held, so that no source is rendered after it went away. */
+static json_t *collect_metrics(const metrics_source *only)
 {
     json_t *metrics = json_array();
     _cleanup_strbuf_ strbuf text;
     strbuf_init(&text, METRICS_TEXT_MAX);
     pthread_mutex_lock(&T.lock);
-    size_t n = T.n_sources;
+    size_t n = only ? 1 : T.n_sources;
     metrics_source sources[SOURCES_MAX];
-    memcpy(sources, T.sources, sizeof(sources));
+    memcpy(sources, only ? only : T.sources, n * sizeof(*sources));
     pthread_mutex_unlock(&T.lock);
-    int r = telemetry_metrics_render(&text);
+    int r = only ? 0 : telemetry_metrics_render(&text);
     for (size_t i = 0; r == 0 && i < n; i++)
         r = sources[i].render(&text, sources[i].userdata);
     if (r < 0)
@@ -475,7 +558,7 @@ static void *exporter_main(void *arg)
             bool full = false;
             for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
                 full = full || T.queue[s].n >= T.cfg.batch_max;
-            if (T.stopping || full || now >= next_flush || now >= next_metrics)
+            if (T.stopping || full || T.last_metrics || now >= next_flush || now >= next_metrics)
                 break;
             uint64_t until = MIN(next_flush, next_metrics);
             struct timespec ts;
@@ -503,9 +586,16 @@ static void *exporter_main(void *arg)
                 export((telemetry_signal)s, otlp_envelope((telemetry_signal)s, T.cfg.resource, batches[s]), counts[s]);
         if (flush && !more)
             next_flush = mono_ms() + T.cfg.delay_ms;
+        pthread_mutex_lock(&T.lock);
+        json_t *last = TAKE_PTR(T.last_metrics);
+        pthread_mutex_unlock(&T.lock);
+        if (last)
+            export(TELEMETRY_METRICS, otlp_envelope(TELEMETRY_METRICS, T.cfg.resource, last), 1);
         if (T.cfg.url[TELEMETRY_METRICS] && (stopping || mono_ms() >= next_metrics)) {
             next_metrics = mono_ms() + T.cfg.metric_interval_ms;
-            json_t *metrics = collect_metrics();
+            pthread_mutex_lock(&T.collecting);
+            json_t *metrics = collect_metrics(NULL);
+            pthread_mutex_unlock(&T.collecting);
             if (metrics)
                 export(TELEMETRY_METRICS, otlp_envelope(TELEMETRY_METRICS, T.cfg.resource, metrics), 1);
         } else if (!T.cfg.url[TELEMETRY_METRICS])
@@ -647,5 +737,6 @@ void telemetry_shutdown(void)
     T.headers = NULL;
     T.curl = NULL;
     T.n_sources = 0;
+    json_decref(TAKE_PTR(T.last_metrics));
     otlp_config_free(&T.cfg);
 }

@@ -87,8 +87,24 @@ void telemetry_span_set_status(telemetry_span *s, int code, const char *message)
 /* The span's own context, to pass on (traceparent) or parent children with;
  * false (RET untouched) for a NULL span. */
 bool telemetry_span_context(const telemetry_span *s, trace_context *ret);
+/* Renames the span (once its route is known). */
+void telemetry_span_set_name(telemetry_span *s, const char *name);
 /* Ends the span now, queues it for export and frees it. */
 void telemetry_span_end(telemetry_span *s);
+
+/* The work the calling thread does now, so that what it calls (the KMS, the
+ * runner, the API) becomes part of the trace: the span of the request being
+ * handled on an event loop (the caller keeps it alive while it is current),
+ * or just a context on a worker (src/httpd/offload.c carries it there).
+ * Setting a span sets its context too; NULL clears both. */
+void telemetry_set_current(telemetry_span *s);
+void telemetry_set_current_context(const trace_context *c);
+telemetry_span *telemetry_current(void);
+/* The current context (of the current span, or set alone); false when none. */
+bool telemetry_current_context(trace_context *ret);
+/* "traceparent: 00-...": the header that passes the current context to
+ * another role over HTTP; false (OUT untouched) when there is none. */
+bool telemetry_traceparent_header(char out[70]);
 
 /* ---- logs ---- */
 
@@ -116,3 +132,6 @@ typedef int (*telemetry_metrics_source)(strbuf *out, void *userdata);
 /* Registers SOURCE (at most 8 per process); returns 0, -ENOSPC, or 0 doing
  * nothing when export is off. */
 int telemetry_metrics_register(telemetry_metrics_source source, void *userdata);
+/* Removes what telemetry_metrics_register() added, once its data goes away,
+ * after one last export of it (a collection in progress is waited for). */
+void telemetry_metrics_unregister(telemetry_metrics_source source, void *userdata);
