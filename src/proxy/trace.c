@@ -189,10 +189,11 @@ static void server_span_end(proxy_request *pr, int status)
     h2o_req_t *req = pr->req;
     telemetry_span_set_attr_str(s, "http.request.method", rec->method);
     telemetry_span_set_attr_str(s, "url.path", rec->path);
-    telemetry_span_set_attr_str(s, "url.scheme", req->scheme == &H2O_URL_SCHEME_HTTPS ? "https" : "http");
+    /* req->input: the request as it came (forwarding rewrites the rest) */
+    telemetry_span_set_attr_str(s, "url.scheme", req->input.scheme == &H2O_URL_SCHEME_HTTPS ? "https" : "http");
     telemetry_span_set_attr_int(s, "http.response.status_code", status);
     char text[256];
-    proxy_copy_printable(text, sizeof(text), req->authority.base, req->authority.len);
+    proxy_copy_printable(text, sizeof(text), req->input.authority.base, req->input.authority.len);
     char *colon = strrchr(text, ':');
     if (colon && !strchr(colon, ']'))
         *colon = 0;

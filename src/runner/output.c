@@ -315,7 +315,7 @@ int runner_output_open(runner_output *o, const char *name, const char *owner, in
             return e;
         }
         *p = (pipe_reader){.r = r, .stream = i, .write_fd = fds[1]};
-        p->sock = h2o_evloop_socket_create(o->loop, fds[0], H2O_SOCKET_FLAG_DONT_READ);
+        p->sock = h2o_evloop_socket_create(o->loop, fds[0], 0); /* read once started */
         if (!p->sock) {
             close(fds[0]);
             ring_close(r);
