@@ -268,6 +268,7 @@ class Receiver:
 
     def __init__(self, port=0):
         self.records = []
+        self.arrived = 0  # requests received, answered or not (hang())
         self.problems = []  # every record's, prefixed with its path
         self._answers = []  # [status, headers, times left]
         self._lock = threading.Condition()
@@ -332,9 +333,22 @@ class Receiver:
                     return a[0], a[1]
         return 200, {}
 
+    @staticmethod
+    def _read_body(h):
+        if "chunked" in h.headers.get("Transfer-Encoding", "").lower():
+            out = b""
+            while True:
+                size = int(h.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while h.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return out
+                out += h.rfile.read(size)
+                h.rfile.readline()
+        return h.rfile.read(int(h.headers.get("Content-Length", "0")))
+
     def _handle(self, h):
-        length = int(h.headers.get("Content-Length", "0"))
-        raw = h.rfile.read(length)
+        raw = self._read_body(h)
         problems = []
         body = None
         if h.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
@@ -351,6 +365,9 @@ class Receiver:
         path = h.path.split("?")[0]
         if body is not None:
             problems += check_request(path, body)
+        with self._lock:
+            self.arrived += 1
+            self._lock.notify_all()
         self._hang.wait()
         status, headers = self._next_answer(path)
         if problems and status == 200:

@@ -80,20 +80,20 @@ int api_offload(api_request *r, offload_pool *pool, offload_job *job, api_error 
 
 void api_finish(api_route route, uint64_t started, int status)
 {
-    api_span_route(route);
+    api_span_route(route, NULL);
     metrics_observe(route, status, time_mono_ns() - started);
 }
 
 void api_respond_json(h2o_req_t *req, api_route route, uint64_t started, int status, const json_t *value)
 {
-    api_span_route(route); /* before sending: the span may end with it */
+    api_span_route(route, req); /* before sending: the span may end with it */
     api_send_json(req, status, value);
     api_finish(route, started, status);
 }
 
 void api_respond_error(h2o_req_t *req, api_route route, uint64_t started, const api_error *err)
 {
-    api_span_route(route);
+    api_span_route(route, req);
     api_send_error(req, err);
     api_finish(route, started, err->status);
 }

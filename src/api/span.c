@@ -71,16 +71,21 @@ void api_span_leave(void)
     telemetry_set_current(NULL);
 }
 
-void api_span_route(api_route route)
+void api_span_route(api_route route, const h2o_req_t *req)
 {
     telemetry_span *s = telemetry_current();
     if (!s)
         return;
     const char *method = metrics_route_method(route), *path = metrics_route_path(route);
     char name[128];
-    snprintf(name, sizeof(name), "%s %s", method, path);
-    telemetry_span_set_attr_str(s, "http.route", path);
     if (strcmp(method, "any") != 0)
+        snprintf(name, sizeof(name), "%s %s", method, path);
+    else if (req) /* a route of several methods: the request's */
+        snprintf(name, sizeof(name), "%.*s %s", (int)MIN(req->method.len, (size_t)15), req->method.base, path);
+    else
+        name[0] = '\0';
+    telemetry_span_set_attr_str(s, "http.route", path);
+    if (name[0])
         telemetry_span_set_name(s, name);
 }
 

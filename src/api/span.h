@@ -15,8 +15,9 @@
  * current; api_span_leave() when the handler returns. */
 void api_span_start(h2o_req_t *req);
 void api_span_leave(void);
-/* Names the current request's span after ROUTE ("GET /v1/{kind}"). */
-void api_span_route(api_route route);
+/* Names the current request's span after ROUTE ("GET /v1/{kind}"; REQ,
+ * when known, gives the method of a route of several). */
+void api_span_route(api_route route, const h2o_req_t *req);
 /* Records on the current request's span what USER asked (VERB on KIND/NAME)
  * and whether it was allowed. */
 void api_span_decision(const char *user, const char *verb, const char *kind, const char *name, bool allow);

@@ -51,6 +51,7 @@
 #include "httpd/httpd.h"
 #include "httpd/json.h"
 #include "resource/resource.h"
+#include "telemetry/telemetry.h"
 #include "resource/manifest.h"
 #include "runner/agent.h"
 #include "runner/output.h"
@@ -74,6 +75,8 @@ typedef struct sandbox {
     char owner[RUNNER_OWNER_MAX]; /* "" when none */
     uint64_t id;         /* agent mode: the tag of its channel's connections */
     runner_agent *agent; /* NULL: plain mode */
+    trace_context trace; /* its launch's span: what its agent asks joins that trace */
+    bool has_trace;
 } sandbox;
 
 /* A sandbox whose workload ended by itself, as GET /v1/sandboxes reports it. */
@@ -320,6 +323,7 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
         }
         sb.agent = TAKE_PTR(agent);
     }
+    sb.has_trace = telemetry_current_context(&sb.trace);
     *slot = sb;
     char pid_s[16];
     snprintf(pid_s, sizeof(pid_s), "%d", (int)sb.pid);
@@ -470,6 +474,31 @@ static json_t *read_logs(const runner *rn, h2o_req_t *req, api_error *err)
     return answer;
 }
 
+/* The SERVER span of a launch, in the controller's trace when REQ carries
+ * its traceparent; current while the sandbox starts (it keeps the context). */
+static telemetry_span *launch_span(h2o_req_t *req, const json_t *body)
+{
+    if (!telemetry_enabled())
+        return NULL;
+    trace_context parent;
+    ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("traceparent"), -1);
+    bool has_parent = i >= 0 && trace_context_parse(req->headers.entries[i].value.base,
+                                                    req->headers.entries[i].value.len, &parent) == 0;
+    telemetry_span *span = telemetry_span_start("sandbox launch", TELEMETRY_SPAN_SERVER, has_parent ? &parent : NULL);
+    telemetry_span_set_attr_str(span, "cloister.sandbox", json_string_value(json_object_get(body, "name")));
+    telemetry_span_set_attr_str(span, "cloister.sandbox.mode", json_object_get(body, "agent") ? "agent" : "plain");
+    telemetry_set_current(span);
+    return span;
+}
+
+static void launch_span_end(telemetry_span *span, int status, const char *error)
+{
+    telemetry_span_set_attr_int(span, "http.response.status_code", status);
+    if (error)
+        telemetry_span_set_status(span, TELEMETRY_STATUS_ERROR, error);
+    telemetry_span_end(span);
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     runner *rn = ((runner_handler *)self)->runner;
@@ -482,9 +511,12 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     if (tag) {
         /* a sandbox's channel: what that sandbox may ask, nothing else */
         sandbox *sb = find_sandbox_by_tag(rn, tag);
-        if (sb)
+        if (sb) {
+            /* what it forwards to the API (key release) is in its launch's trace */
+            telemetry_set_current_context(sb->has_trace ? &sb->trace : NULL);
             runner_channel_serve(sb->agent, req, issue_on_channel, rn);
-        else {
+            telemetry_set_current_context(NULL);
+        } else {
             api_fail(&err, 410, "gone", "this sandbox no longer runs");
             api_send_error(req, &err);
         }
@@ -519,9 +551,11 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
             api_fail(&err, 413, "too_large", "the request body is limited to %d bytes", RUNNER_BODY_MAX);
         else {
             json_t *body = api_decode_body(req->entity.base, req->entity.len, &err);
+            telemetry_span *span = launch ? launch_span(req, body) : NULL;
             answer = !body ? NULL : launch ? launch_sandbox(rn, body, &err) : issue(rn, body, &err);
             json_decref(body);
             status = launch ? 201 : 200;
+            launch_span_end(span, answer ? status : err.status, answer ? NULL : err.message);
         }
     } else
         api_fail(&err, 404, "not_found", "no such endpoint");

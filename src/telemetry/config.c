@@ -8,22 +8,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "basic/encoding.h"
 #include "basic/macro.h"
 #include "telemetry/otlp.h"
 
 #define URL_MAX 2048
 #define RESOURCE_ATTRS_MAX 64
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 int otlp_percent_decode(const char *s, size_t n, char **ret)
 {
@@ -38,7 +28,7 @@ int otlp_percent_decode(const char *s, size_t n, char **ret)
                 free(out);
                 return -EINVAL;
             }
-            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
+            int h = hex_digit_value(s[i + 1]), l = hex_digit_value(s[i + 2]);
             if (h < 0 || l < 0) {
                 free(out);
                 return -EINVAL;

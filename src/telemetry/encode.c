@@ -12,18 +12,9 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "basic/encoding.h"
 #include "basic/macro.h"
 #include "telemetry/otlp.h"
-
-void otlp_hex(const uint8_t *p, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[p[i] >> 4];
-        out[2 * i + 1] = digits[p[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
 
 json_t *otlp_attr_str(const char *key, const char *value)
 {
@@ -104,9 +95,9 @@ int trace_context_parse(const char *tp, size_t len, trace_context *ret)
 void trace_context_format(const trace_context *c, char out[56])
 {
     char t[33], s[17], f[3];
-    otlp_hex(c->trace_id, 16, t);
-    otlp_hex(c->span_id, 8, s);
-    otlp_hex(&c->flags, 1, f);
+    hex_encode(c->trace_id, 16, t);
+    hex_encode(c->span_id, 8, s);
+    hex_encode(&c->flags, 1, f);
     snprintf(out, 56, "00-%s-%s-%s", t, s, f);
 }
 

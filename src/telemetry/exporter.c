@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "basic/encoding.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "telemetry/otlp.h"
@@ -65,7 +66,7 @@ static struct {
     pthread_t thread;
     CURL *curl;
     struct curl_slist *headers;
-} T = {.lock = PTHREAD_MUTEX_INITIALIZER, .collecting = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+} T = {.lock = PTHREAD_MUTEX_INITIALIZER, .collecting = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local bool on_exporter_thread;
 static _Atomic uint64_t dropped_after_stop[TELEMETRY_SIGNAL_COUNT_];
@@ -77,6 +78,20 @@ static uint64_t mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Waits on T.wake (T.lock held) until woken or UNTIL (monotonic ms). */
+static void wait_until(uint64_t until)
+{
+    uint64_t now = mono_ms();
+    if (until <= now)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* T.wake's clock (telemetry_init) */
+    uint64_t wait_ns = MIN(until - now, (uint64_t)3600000) * 1000000 + (uint64_t)ts.tv_nsec;
+    ts.tv_sec += (time_t)(wait_ns / 1000000000);
+    ts.tv_nsec = (long)(wait_ns % 1000000000);
+    pthread_cond_timedwait(&T.wake, &T.lock, &ts);
 }
 
 bool telemetry_enabled(void)
@@ -211,8 +226,8 @@ void telemetry_span_add_link(telemetry_span *s, const trace_context *link)
     if (!s || !link || json_array_size(s->links) >= SPAN_LINKS_MAX)
         return;
     char t[33], sp[17];
-    otlp_hex(link->trace_id, 16, t);
-    otlp_hex(link->span_id, 8, sp);
+    hex_encode(link->trace_id, 16, t);
+    hex_encode(link->span_id, 8, sp);
     json_array_append_new(s->links, json_pack("{s:s, s:s, s:i}", "traceId", t, "spanId", sp, "flags", link->flags));
 }
 
@@ -289,8 +304,8 @@ void telemetry_span_end(telemetry_span *s)
     if (!s)
         return;
     char t[33], sp[17], parent[17];
-    otlp_hex(s->ctx.trace_id, 16, t);
-    otlp_hex(s->ctx.span_id, 8, sp);
+    hex_encode(s->ctx.trace_id, 16, t);
+    hex_encode(s->ctx.span_id, 8, sp);
     json_t *status = json_pack("{s:i}", "code", s->status_code);
     if (status && s->status_message)
         json_object_set_new(status, "message", json_string(s->status_message));
@@ -299,7 +314,7 @@ void telemetry_span_end(telemetry_span *s)
                             otlp_time(otlp_now_ns()), "attributes", s->attrs, "links", s->links, "status", status,
                             "flags", 0x100 | s->ctx.flags); /* bit 8: whether the parent is remote is known */
     if (rec && s->has_parent) {
-        otlp_hex(s->parent_span_id, 8, parent);
+        hex_encode(s->parent_span_id, 8, parent);
         json_object_set_new(rec, "parentSpanId", json_string(parent));
     }
     if (current_span == s)
@@ -330,8 +345,8 @@ void telemetry_log(int severity, const char *body, const trace_context *ctx, con
     }
     if (rec && ctx) {
         char t[33], sp[17];
-        otlp_hex(ctx->trace_id, 16, t);
-        otlp_hex(ctx->span_id, 8, sp);
+        hex_encode(ctx->trace_id, 16, t);
+        hex_encode(ctx->span_id, 8, sp);
         json_object_set_new(rec, "traceId", json_string(t));
         json_object_set_new(rec, "spanId", json_string(sp));
         json_object_set_new(rec, "flags", json_integer(ctx->flags));
@@ -469,15 +484,9 @@ static bool backoff_wait(unsigned ms)
             ok = false;
             break;
         }
-        uint64_t now = mono_ms();
-        if (now >= until)
+        if (mono_ms() >= until)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t wait_ns = (until - now) * 1000000 + (uint64_t)ts.tv_nsec;
-        ts.tv_sec += (time_t)(wait_ns / 1000000000);
-        ts.tv_nsec = (long)(wait_ns % 1000000000);
-        pthread_cond_timedwait(&T.wake, &T.lock, &ts);
+        wait_until(until);
     }
     pthread_mutex_unlock(&T.lock);
     return ok;
@@ -560,13 +569,7 @@ static void *exporter_main(void *arg)
                 full = full || T.queue[s].n >= T.cfg.batch_max;
             if (T.stopping || full || T.last_metrics || now >= next_flush || now >= next_metrics)
                 break;
-            uint64_t until = MIN(next_flush, next_metrics);
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            uint64_t wait_ns = (until - now) * 1000000 + (uint64_t)ts.tv_nsec;
-            ts.tv_sec += (time_t)(wait_ns / 1000000000);
-            ts.tv_nsec = (long)(wait_ns % 1000000000);
-            pthread_cond_timedwait(&T.wake, &T.lock, &ts);
+            wait_until(MIN(next_flush, next_metrics));
         }
         bool stopping = T.stopping;
         uint64_t now = mono_ms();
@@ -625,7 +628,7 @@ static void uuid4(char out[37])
     b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
     b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
     char h[33];
-    otlp_hex(b, 16, h);
+    hex_encode(b, 16, h);
     snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
 }
 
@@ -655,6 +658,12 @@ int telemetry_init(const char *service_name)
     json_array_append_new(cfg.resource, otlp_attr_str("telemetry.sdk.name", "cloister"));
     json_array_append_new(cfg.resource, otlp_attr_str("telemetry.sdk.version", CLOISTER_VERSION));
 
+    /* the exporter's waits are timed on the monotonic clock */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&T.wake, &ca);
+    pthread_condattr_destroy(&ca);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     T.curl = curl_easy_init();
     T.headers = curl_slist_append(NULL, "Content-Type: application/json");

@@ -56,8 +56,6 @@ int otlp_parse_pairs(const char *s, int (*add)(char *key, char *value, void *use
 /* {key, value: {stringValue}} and {key, value: {intValue: "n"}} */
 json_t *otlp_attr_str(const char *key, const char *value);
 json_t *otlp_attr_int(const char *key, int64_t value);
-/* Lower-case hex of N bytes into OUT (2N + 1). */
-void otlp_hex(const uint8_t *p, size_t n, char *out);
 /* A nanosecond time as the decimal string OTLP wants. */
 json_t *otlp_time(uint64_t unix_ns);
 /* Wall-clock now in nanoseconds. */
