@@ -632,6 +632,18 @@ static void uuid4(char out[37])
     snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
 }
 
+/* A child forked by an exporting process has no exporter thread, and T.lock
+ * may have been held when it was copied: export is off there. */
+static void off_in_child(void)
+{
+    atomic_store(&T.enabled, false);
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, off_in_child);
+}
+
 int telemetry_init(const char *service_name)
 {
     if (telemetry_enabled())
@@ -694,6 +706,9 @@ int telemetry_init(const char *service_name)
         atomic_store(&T.enabled, true);
         if ((r = -pthread_create(&T.thread, NULL, exporter_main, NULL)) < 0)
             atomic_store(&T.enabled, false);
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        if (r == 0)
+            pthread_once(&once, register_atfork);
     }
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot start the OpenTelemetry exporter", "error", strerror(-r), NULL);

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "basic/encoding.h"
 #include "telemetry/otlp.h"
 #include "telemetry/telemetry.h"
 
@@ -342,4 +343,231 @@ Test(api, everything_is_a_no_op_when_export_is_off)
     telemetry_log(TELEMETRY_SEVERITY_INFO, "x", NULL, NULL);
     cr_assert_eq(telemetry_dropped(TELEMETRY_LOGS), 0);
     telemetry_shutdown();
+}
+
+/* ---- the exporter against a collector on loopback ---- */
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <zlib.h>
+
+/* A minimal OTLP/HTTP collector: answers 200 to every POST and keeps each
+ * request's path and gunzipped body. */
+typedef struct collector {
+    int fd;
+    pthread_mutex_t lock;
+    char paths[32][32];
+    json_t *bodies[32];
+    char encodings[32][32];
+    size_t n;
+} collector;
+
+static json_t *gunzip_json(const unsigned char *p, size_t n)
+{
+    z_stream z = {0};
+    if (inflateInit2(&z, 15 + 16) != Z_OK)
+        return NULL;
+    size_t cap = 1 << 20;
+    unsigned char *out = malloc(cap);
+    z.next_in = (unsigned char *)p;
+    z.avail_in = (uInt)n;
+    z.next_out = out;
+    z.avail_out = (uInt)cap;
+    int e = inflate(&z, Z_FINISH);
+    json_t *j = e == Z_STREAM_END ? json_loadb((char *)out, z.total_out, 0, NULL) : NULL;
+    inflateEnd(&z);
+    free(out);
+    return j;
+}
+
+static void serve_connection(collector *c, int fd)
+{
+    static char buf[1 << 20];
+    size_t have = 0;
+    for (;;) {
+        char *end;
+        while (!(end = memmem(buf, have, "\r\n\r\n", 4))) {
+            ssize_t k = read(fd, buf + have, sizeof(buf) - have);
+            if (k <= 0)
+                return;
+            have += (size_t)k;
+        }
+        size_t head = (size_t)(end + 4 - buf);
+        char path[32] = "", encoding[32] = "";
+        sscanf(buf, "POST %31s", path);
+        const char *cl = strcasestr(buf, "\r\nContent-Length:"), *ce = strcasestr(buf, "\r\nContent-Encoding:");
+        size_t len = cl && cl < end ? strtoul(cl + 17, NULL, 10) : 0;
+        if (ce && ce < end)
+            sscanf(ce + 19, " %31[^\r]", encoding);
+        while (have < head + len) {
+            ssize_t k = read(fd, buf + have, sizeof(buf) - have);
+            if (k <= 0)
+                return;
+            have += (size_t)k;
+        }
+        json_t *body = gunzip_json((unsigned char *)buf + head, len);
+        pthread_mutex_lock(&c->lock);
+        if (c->n < 32) {
+            snprintf(c->paths[c->n], sizeof(c->paths[0]), "%s", path);
+            snprintf(c->encodings[c->n], sizeof(c->encodings[0]), "%s", encoding);
+            c->bodies[c->n++] = body;
+        } else
+            json_decref(body);
+        pthread_mutex_unlock(&c->lock);
+        static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+        if (write(fd, ok, sizeof(ok) - 1) < 0)
+            return;
+        memmove(buf, buf + head + len, have - head - len);
+        have -= head + len;
+    }
+}
+
+static void *collector_main(void *arg)
+{
+    collector *c = arg;
+    for (;;) {
+        int fd = accept(c->fd, NULL, NULL);
+        if (fd < 0)
+            return NULL;
+        serve_connection(c, fd);
+        close(fd);
+    }
+}
+
+static json_t *body_of(collector *c, const char *path)
+{
+    pthread_mutex_lock(&c->lock);
+    json_t *found = NULL;
+    for (size_t i = 0; i < c->n && !found; i++)
+        if (strcmp(c->paths[i], path) == 0) {
+            cr_assert_str_eq(c->encodings[i], "gzip");
+            found = c->bodies[i];
+        }
+    pthread_mutex_unlock(&c->lock);
+    return found;
+}
+
+static int one_counter(strbuf *out, void *userdata)
+{
+    return strbuf_printf(out, "# TYPE test_things_total counter\ntest_things_total{a=\"b\"} %d\n", *(int *)userdata);
+}
+
+static const char *attr_value(json_t *attrs, const char *key, const char *type)
+{
+    size_t i;
+    json_t *kv;
+    json_array_foreach(attrs, i, kv)
+        if (strcmp(json_string_value(json_object_get(kv, "key")), key) == 0)
+            return json_string_value(json_object_get(json_object_get(kv, "value"), type));
+    return NULL;
+}
+
+Test(exporter, sends_spans_logs_and_metrics_as_otlp_json_and_flushes_at_shutdown)
+{
+    collector c = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    c.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    cr_assert_eq(bind(c.fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    cr_assert_eq(listen(c.fd, 8), 0);
+    getsockname(c.fd, (struct sockaddr *)&a, &alen);
+    pthread_t t;
+    pthread_create(&t, NULL, collector_main, &c);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", ntohs(a.sin_port));
+    setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url, 1);
+    setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-test=1", 1);
+    setenv("OTEL_METRIC_EXPORT_INTERVAL", "3600000", 1); /* only the shutdown's export */
+
+    cr_assert_eq(telemetry_init("cloisterd-test"), 0);
+    cr_assert(telemetry_enabled());
+    int things = 42;
+    cr_assert_eq(telemetry_metrics_register(one_counter, &things), 0);
+    trace_context remote;
+    trace_context_new(&remote);
+    telemetry_span *root = telemetry_span_start("GET /v1/whoami", TELEMETRY_SPAN_SERVER, NULL);
+    cr_assert_not_null(root);
+    telemetry_span_set_attr_str(root, "http.route", "/v1/whoami");
+    telemetry_span_set_attr_int(root, "http.response.status_code", 503);
+    telemetry_span_set_attr_int(root, "http.response.status_code", 200); /* replaced, not repeated */
+    telemetry_span_add_link(root, &remote);
+    trace_context rc;
+    cr_assert(telemetry_span_context(root, &rc));
+    telemetry_span *child = telemetry_span_start("kms /v1/encrypt", TELEMETRY_SPAN_CLIENT, &rc);
+    telemetry_span_set_status(child, TELEMETRY_STATUS_ERROR, "refused");
+    trace_context cc;
+    cr_assert(telemetry_span_context(child, &cc));
+    telemetry_span_end(child);
+    telemetry_span_end(root);
+    telemetry_log(TELEMETRY_SEVERITY_WARN, "something happened", &cc,
+                  (const char *const[]){"request.id", "r1", "user", "alice", NULL});
+    telemetry_shutdown(); /* flushes: no waiting for the schedule */
+    cr_assert_not(telemetry_enabled());
+
+    char trace_hex[33], root_hex[17], child_hex[17], remote_hex[33];
+    hex_encode(rc.trace_id, 16, trace_hex);
+    hex_encode(rc.span_id, 8, root_hex);
+    hex_encode(cc.span_id, 8, child_hex);
+    hex_encode(remote.trace_id, 16, remote_hex);
+
+    json_t *traces = body_of(&c, "/v1/traces");
+    cr_assert_not_null(traces, "no /v1/traces request");
+    json_t *rs = json_array_get(json_object_get(traces, "resourceSpans"), 0);
+    json_t *res = json_object_get(json_object_get(rs, "resource"), "attributes");
+    cr_assert_str_eq(attr_value(res, "service.name", "stringValue"), "cloisterd-test");
+    cr_assert_str_eq(attr_value(res, "cloister.role", "stringValue"), "test");
+    char pid[16];
+    snprintf(pid, sizeof(pid), "%d", (int)getpid());
+    cr_assert_str_eq(attr_value(res, "process.pid", "intValue"), pid);
+    cr_assert_eq(strlen(attr_value(res, "service.instance.id", "stringValue")), 36);
+    json_t *spans = json_object_get(json_array_get(json_object_get(rs, "scopeSpans"), 0), "spans");
+    cr_assert_eq(json_array_size(spans), 2);
+    json_t *ch = json_array_get(spans, 0), *rt = json_array_get(spans, 1);
+    cr_assert_str_eq(json_string_value(json_object_get(ch, "traceId")), trace_hex);
+    cr_assert_str_eq(json_string_value(json_object_get(ch, "spanId")), child_hex);
+    cr_assert_str_eq(json_string_value(json_object_get(ch, "parentSpanId")), root_hex);
+    cr_assert_eq(json_integer_value(json_object_get(ch, "kind")), 3);
+    json_t *st = json_object_get(ch, "status");
+    cr_assert_eq(json_integer_value(json_object_get(st, "code")), 2);
+    cr_assert_str_eq(json_string_value(json_object_get(st, "message")), "refused");
+    cr_assert_null(json_object_get(rt, "parentSpanId"));
+    cr_assert_eq(json_integer_value(json_object_get(rt, "kind")), 2);
+    cr_assert_eq(json_array_size(json_object_get(rt, "attributes")), 2);
+    cr_assert_str_eq(attr_value(json_object_get(rt, "attributes"), "http.response.status_code", "intValue"), "200");
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(rt, "links"), 0), "traceId")),
+                     remote_hex);
+    cr_assert(json_is_string(json_object_get(rt, "startTimeUnixNano")));
+    cr_assert(strtoull(json_string_value(json_object_get(rt, "endTimeUnixNano")), NULL, 10) >=
+              strtoull(json_string_value(json_object_get(rt, "startTimeUnixNano")), NULL, 10));
+
+    json_t *logs = body_of(&c, "/v1/logs");
+    cr_assert_not_null(logs, "no /v1/logs request");
+    json_t *rec = json_array_get(
+        json_object_get(json_array_get(json_object_get(json_array_get(json_object_get(logs, "resourceLogs"), 0),
+                                                       "scopeLogs"), 0), "logRecords"), 0);
+    cr_assert_eq(json_integer_value(json_object_get(rec, "severityNumber")), 13);
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(rec, "body"), "stringValue")),
+                     "something happened");
+    cr_assert_str_eq(json_string_value(json_object_get(rec, "traceId")), trace_hex);
+    cr_assert_str_eq(json_string_value(json_object_get(rec, "spanId")), child_hex);
+    cr_assert_str_eq(attr_value(json_object_get(rec, "attributes"), "user", "stringValue"), "alice");
+
+    json_t *metrics = body_of(&c, "/v1/metrics");
+    cr_assert_not_null(metrics, "no /v1/metrics request");
+    char *text = json_dumps(metrics, JSON_COMPACT);
+    cr_assert(strstr(text, "\"name\":\"test_things\""), "%s", text);
+    cr_assert(strstr(text, "\"asInt\":\"42\""), "%s", text);
+    cr_assert(strstr(text, "\"name\":\"cloister_telemetry_dropped\""), "%s", text);
+    free(text);
+    cr_assert_eq(telemetry_dropped(TELEMETRY_TRACES), 0);
+    cr_assert_eq(telemetry_dropped(TELEMETRY_LOGS), 0);
+    shutdown(c.fd, SHUT_RDWR);
+    close(c.fd);
+    pthread_join(t, NULL);
+    for (size_t i = 0; i < c.n; i++)
+        json_decref(c.bodies[i]);
 }
