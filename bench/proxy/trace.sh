@@ -15,8 +15,9 @@
 # of the machine's load hits them alike: wrk -t1 -c50 keep-alive over plain
 # HTTP, a 2 s warm-up then DURATION seconds, every request carrying a client
 # traceparent. --proxy-threads 1. Prints each run, then per configuration
-# the median req/s and p99, the ratios on/off and off/base (aim: on within
-# 5 % of off), and the records the exporter dropped (its queue full).
+# the median req/s, p99 and the proxy role's CPU time per request (its loop
+# and exporter thread: steadier than req/s on a loaded machine), and the
+# ratios on/off and off/base (aim: on within 5 % of off).
 #
 # Usage: bench/proxy/trace.sh [DURATION] (seconds per run, default 10)
 #   BUILD=dir (default build-bench-proxy), BASE_BUILD=dir (a release build
@@ -109,12 +110,13 @@ serve() {
     tail -n 20 "$BENCH_WORK/cloisterd.log" >&2
     exit 1
 }
-# dropped: the exporter's dropped records so far (cloister_telemetry_dropped_total, all signals)
-dropped() {
-    curl -fsS --cacert "$BENCH_CA" -H "Authorization: Bearer $CLOISTER_TOKEN" "$BENCH_URL/metrics" 2>/dev/null |
-        awk '/^cloister_telemetry_dropped_total/ {n += $2} END {print n + 0}'
+# cpu_ticks: the proxy role's user + system CPU so far, in clock ticks (its
+# event loop and, when exporting, its exporter thread)
+cpu_ticks() {
+    local pid
+    pid=$(pgrep -P "$bench_pid" -x proxy | head -n 1)
+    awk '{print $14 + $15}' "/proc/$pid/stat"
 }
-
 configs=(off on)
 [ -z "$base" ] || configs=(base off on)
 echo "== wrk -t1 -c50 keep-alive, 2 s warm-up + ${secs}s per run, $rounds rounds of: ${configs[*]}"
@@ -123,22 +125,28 @@ for r in $(seq 1 "$rounds"); do
     for c in "${configs[@]}"; do
         serve "$c"
         wrk -t1 -c50 -d2s "${hdrs[@]}" "$url" >/dev/null
+        t0=$(cpu_ticks)
         wrk -t1 -c50 -d"${secs}s" --latency "${hdrs[@]}" "$url" >"$work/$c-$r.txt"
-        extra=""
-        [ "$c" != on ] || extra="  exporter dropped $(dropped) records"
+        t1=$(cpu_ticks)
+        # CPU per request: what the proxy spent, whatever else loads the machine
+        n=$(awk '/requests in/ {print $1}' "$work/$c-$r.txt")
+        echo "$(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) )) $n" | awk '{printf "%.1f\n", $1 / $2}' >"$work/$c-$r.cpu"
         bad=""
         ! grep -qE "Non-2xx|Socket errors" "$work/$c-$r.txt" || bad=" (! non-2xx or socket errors: not counted)"
-        printf "   round %d %-4s %8.0f req/s  p99 %s%s%s\n" "$r" "$c" \
+        printf "   round %d %-4s %8.0f req/s  p99 %-9s %6.1f µs CPU/request%s\n" "$r" "$c" \
             "$(awk '/^Requests\/sec/ {print $2}' "$work/$c-$r.txt")" \
-            "$(awk '$1 == "99%" {print $2}' "$work/$c-$r.txt")" "$extra" "$bad"
+            "$(awk '$1 == "99%" {print $2}' "$work/$c-$r.txt")" "$(cat "$work/$c-$r.cpu")" "$bad"
     done
 done
 
-# median C FIELD: the median over the rounds of req/s (rate) or p99 in µs (p99)
+# median C FIELD: the median over the rounds of req/s (rate), p99 in µs
+# (p99) or CPU µs per request (cpu)
 median() {
     for f in "$work/$1"-*.txt; do
         grep -qE "Non-2xx|Socket errors" "$f" && continue
-        if [ "$2" = rate ]; then
+        if [ "$2" = cpu ]; then
+            cat "${f%.txt}.cpu"
+        elif [ "$2" = rate ]; then
             awk '/^Requests\/sec/ {print $2}' "$f"
         else
             awk '$1 == "99%" {v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
@@ -147,16 +155,19 @@ median() {
     done | sort -n | awk '{a[NR] = $1} END {print NR ? a[int((NR + 1) / 2)] : 0}'
 }
 echo
-printf "%-6s %12s %10s\n" config "req/s (med)" "p99 (med)"
+printf "%-6s %12s %10s %16s\n" config "req/s (med)" "p99 (med)" "CPU/request (med)"
 for c in "${configs[@]}"; do
-    printf "%-6s %12.0f %7.2f ms\n" "$c" "$(median "$c" rate)" "$(echo "$(median "$c" p99) / 1000" | bc -l)"
+    printf "%-6s %12.0f %7.2f ms %13.1f µs\n" "$c" "$(median "$c" rate)" "$(echo "$(median "$c" p99) / 1000" | bc -l)" \
+        "$(median "$c" cpu)"
 done
 on_off=$(echo "$(median on rate) / $(median off rate)" | bc -l)
-printf "\nexport on / off, req/s: %.3f (aim >= 0.95)\n" "$on_off"
-summary=$(printf "on/off %.3f" "$on_off")
+on_off_cpu=$(echo "$(median on cpu) / $(median off cpu)" | bc -l)
+printf "\nexport on / off: req/s %.3f (aim >= 0.95), CPU per request %.3f\n" "$on_off" "$on_off_cpu"
+summary=$(printf "on/off req/s %.3f cpu %.3f" "$on_off" "$on_off_cpu")
 if [ -n "$base" ]; then
     off_base=$(echo "$(median off rate) / $(median base rate)" | bc -l)
-    printf "trace stages without export / base, req/s: %.3f\n" "$off_base"
-    summary+=$(printf ", off/base %.3f" "$off_base")
+    off_base_cpu=$(echo "$(median off cpu) / $(median base cpu)" | bc -l)
+    printf "trace stages without export / base: req/s %.3f, CPU per request %.3f\n" "$off_base" "$off_base_cpu"
+    summary+=$(printf ", off/base req/s %.3f cpu %.3f" "$off_base" "$off_base_cpu")
 fi
 echo "SUMMARY proxy trace: $summary"
