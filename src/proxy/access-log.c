@@ -117,13 +117,13 @@ void proxy_access_emit(void *p)
     char now[40];
     time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
     proxy_access_encode(&t->access, t->access_count == 0, now, rec, status, req->bytes_sent, latency_ns / 1000);
-    proxy_trace_finish(pr, status, req->bytes_sent, latency_ns / 1000);
     if (t->access_count++ == 0)
         h2o_timeout_link(t->ctx->loop, &t->access_timeout, &t->access_flush);
     const proxy_settings *s = t->settings;
     if (rec->in_flight)
         atomic_fetch_sub(rec->in_flight, 1);
     proxy_metrics_observe(s->metrics, rec->service, rec->decision, status, latency_ns);
+    proxy_trace_finish(pr, status, req->bytes_sent, latency_ns / 1000);
     if (s->metrics)
         atomic_store_explicit(&s->metrics->audit_dropped, audit_event_dropped(), memory_order_relaxed);
     proxy_config_unref(rec->config);
