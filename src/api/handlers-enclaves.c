@@ -27,7 +27,7 @@
 #define LOGS_TAIL_DEFAULT 100
 #define LOGS_TAIL_MAX 1000          /* the runner's page */
 #define LOGS_FOLLOW_EVERY_NS (500 * NSEC_PER_MSEC) /* between a follower's reads of the runner */
-#define LOGS_BUFFER_MAX (4 * 1024 * 1024)        /* a follower's unsent bytes: a full page of the longest lines fits */
+#define LOGS_BUFFER_MAX (4 * 1024 * 1024)        /* a follower's unsent bytes, as a watch's */
 #define LOGS_HEARTBEAT_NS (15 * NSEC_PER_SEC)
 #define LOGS_CURSOR_MAX 48
 
