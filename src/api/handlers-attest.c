@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "api/handlers-attest.h"
+#include "api/notify.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-policy.h"
 #include "api/request.h"
@@ -111,10 +112,15 @@ static void report_release(api_request *r, const char *key, const char *type, co
     report_release_by(caller_name(r->caller), ip, key, type, outcome, reason);
 }
 
-/* Refuses the release with 403 and REASON, reporting it. */
+/* Refuses the release with 403 and REASON, reporting it, and tells the
+ * administrators (a refused release is an attack or a misconfiguration
+ * they fix: notify.h, key-release.refused). */
 static int refuse(api_request *r, const char *key, const char *type, const char *reason, api_error *err)
 {
     report_release(r, key, type, "denied", reason);
+    notify_admins(r->server, "key-release.refused", "Key", key,
+                  json_pack("{s:s, s:s, s:s}", "reason", reason, "evidence", type ? type : "", "requestedBy",
+                            caller_name(r->caller)));
     return api_fail(err, 403, "forbidden", "key %s is not released: %s", key, reason);
 }
 

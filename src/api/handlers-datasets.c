@@ -8,6 +8,7 @@
 
 #include "api/auth.h"
 #include "api/handlers-policy.h"
+#include "api/notify.h"
 #include "audit/event.h"
 #include "basic/log.h"
 #include "basic/macro.h"
@@ -229,6 +230,32 @@ static int blob_fail(api_error *err, int r, uint64_t at)
     }
 }
 
+/* Tells every member of the workspace of JOB's Dataset but its uploader
+ * that the data is there (notify.h: dataset.added). */
+static void notify_dataset_added(const data_job *job)
+{
+    const char *ws = str_at(job->dataset, "spec", "workspace");
+    json_auto_t *workspace = NULL;
+    if (!ws || store_get(job->srv->cfg->store, "Workspace", ws, &workspace) < 0)
+        return;
+    const json_t *members = json_object_get(json_object_get(workspace, "spec"), "members");
+    const char *users[NOTIFY_USERS_MAX];
+    size_t n = 0, i;
+    const json_t *m;
+    json_array_foreach(members, i, m)
+    {
+        const char *u = json_string_value(m);
+        if (u && strcmp(u, job->user) != 0 && n < ELEMENTSOF(users))
+            users[n++] = u;
+    }
+    json_t *details = json_pack("{s:s, s:s, s:s, s:I}", "workspace", ws, "uploadedBy", job->user, "sha256",
+                                job->sha256, "size", (json_int_t)job->size);
+    int e = notify_users(job->srv, users, n, "dataset.added", "Dataset", job->name, details);
+    if (e < 0)
+        log_fields(LOG_LEVEL_WARN, "cannot notify the workspace of a dataset upload", "dataset", job->name, "error",
+                   strerror(-e), NULL);
+}
+
 static void data_work(offload_job *j)
 {
     data_job *job = (data_job *)j;
@@ -264,6 +291,8 @@ static void data_work(offload_job *j)
     store_txn_clear(&txn);
     if (r < 0)
         job->rc = api_fail_store(&job->err, r, "Dataset", job->name);
+    else
+        notify_dataset_added(job);
 }
 
 static void data_done(offload_job *j, h2o_req_t *req)

@@ -194,9 +194,8 @@ static void stream_done(offload_job *j, h2o_req_t *req)
             {
                 int64_t seq = json_integer_value(json_object_get(json_array_get(raw, i), "seq"));
                 if (api_sse_queue_event(&ls->super, "line", seq, l) < 0) {
-                    json_auto_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", "too_large", "message",
-                                               "the client does not read the logs fast enough; follow again");
-                    api_sse_end(&ls->super, "ERROR", e);
+                    api_sse_fail(&ls->super, "too_large", "the client does not read the logs fast enough (more "
+                                                          "than 4 MiB waits to be sent); follow again");
                     break;
                 }
             }
@@ -237,10 +236,8 @@ static void stream_recheck(api_sse *s)
 {
     logs_stream *ls = (logs_stream *)s;
     api_error err;
-    if (api_sse_redecide(s, "logs", "Enclave", ls->enclave, &err) < 0) {
-        json_auto_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", err.code, "message", err.message);
-        api_sse_end(s, "ERROR", e);
-    }
+    if (api_sse_redecide(s, "logs", "Enclave", ls->enclave, &err) < 0)
+        api_sse_fail(s, err.code, err.message);
 }
 
 static const api_sse_class logs_stream_class = {

@@ -130,19 +130,13 @@ static bool stored_value_equals(const char *stored, json_t *context, const char 
     return eq;
 }
 
-int api_kms_secret_value(const char *name, const char *key, char **ret, api_error *err)
+int api_kms_unseal(const char *sealed, const json_t *context, uint8_t **ret, size_t *ret_len, api_error *err)
 {
-    json_t *secret = NULL;
-    if (!kms_store || store_get(kms_store, "Secret", name, &secret) < 0)
-        return api_fail(err, 500, "internal", "Secret %s does not exist", name);
-    const char *stored = json_string_value(json_object_get(json_object_get(json_object_get(secret, "spec"), "data"), key));
-    json_t *body = stored && strncmp(stored, SECRET_FORMAT_PREFIX, STRLEN(SECRET_FORMAT_PREFIX)) == 0
-                       ? json_pack("{s:s, s:o}", "ciphertext", stored + STRLEN(SECRET_FORMAT_PREFIX), "context",
-                                   secret_context(name, key))
-                       : NULL;
-    json_decref(secret);
+    if (!sealed || strncmp(sealed, SECRET_FORMAT_PREFIX, STRLEN(SECRET_FORMAT_PREFIX)) != 0)
+        return api_fail(err, 500, "internal", "the stored value is not sealed by the KMS");
+    json_t *body = json_pack("{s:s, s:O}", "ciphertext", sealed + STRLEN(SECRET_FORMAT_PREFIX), "context", context);
     if (!body)
-        return api_fail(err, 500, "internal", "Secret %s has no sealed value %s", name, key);
+        return api_fail(err, 500, "internal", "out of memory");
     _cleanup_(kms_json_wipe_decrefp) json_t *ans = NULL;
     int r = call("/v1/decrypt", body, &ans, err);
     json_decref(body);
@@ -150,17 +144,72 @@ int api_kms_secret_value(const char *name, const char *key, char **ret, api_erro
         return -1;
     const char *pt = json_string_value(json_object_get(ans, "plaintext"));
     size_t cap = pt ? strlen(pt) / 4 * 3 + 3 : 0;
-    char *value = pt ? malloc(cap + 1) : NULL;
-    long n = value ? base64_decode(pt, strlen(pt), (uint8_t *)value, cap, false) : -1;
-    if (n < 0 || memchr(value, 0, (size_t)n)) {
+    uint8_t *value = pt ? malloc(cap + 1) : NULL;
+    long n = value ? base64_decode(pt, strlen(pt), value, cap, false) : -1;
+    if (n < 0) {
         if (value) {
             OPENSSL_cleanse(value, cap);
             free(value);
         }
-        return api_fail(err, 500, "internal", "the KMS answered no usable value for Secret %s", name);
+        return api_fail(err, 500, "internal", "the KMS answered no usable plaintext");
     }
     value[n] = 0;
     *ret = value;
+    *ret_len = (size_t)n;
+    return 0;
+}
+
+int api_kms_seal(const json_t *context, const uint8_t *plaintext, size_t n, char **ret, api_error *err)
+{
+    char *b64 = malloc(base64_encoded_size(n));
+    if (!b64)
+        return api_fail(err, 500, "internal", "out of memory");
+    base64_encode(plaintext, n, b64, false);
+    json_t *body = json_pack("{s:s, s:s, s:s, s:O}", "key", SECRETS_KEY, "algorithm", "aes-256-gcm", "plaintext", b64,
+                             "context", context);
+    OPENSSL_cleanse(b64, strlen(b64));
+    free(b64);
+    if (!body)
+        return api_fail(err, 500, "internal", "out of memory");
+    json_t *ans = NULL;
+    int r = call("/v1/encrypt", body, &ans, err);
+    kms_json_wipe_decref(body);
+    if (r < 0)
+        return -1;
+    char *sealed = NULL;
+    if (asprintf(&sealed, SECRET_FORMAT_PREFIX "%s", json_string_value(json_object_get(ans, "ciphertext")) ?: "") < 0)
+        sealed = NULL;
+    json_decref(ans);
+    if (!sealed)
+        return api_fail(err, 500, "internal", "out of memory");
+    *ret = sealed;
+    return 0;
+}
+
+int api_kms_secret_value(const char *name, const char *key, char **ret, api_error *err)
+{
+    json_t *secret = NULL;
+    if (!kms_store || store_get(kms_store, "Secret", name, &secret) < 0)
+        return api_fail(err, 500, "internal", "Secret %s does not exist", name);
+    const char *stored = json_string_value(json_object_get(json_object_get(json_object_get(secret, "spec"), "data"), key));
+    if (!stored || strncmp(stored, SECRET_FORMAT_PREFIX, STRLEN(SECRET_FORMAT_PREFIX)) != 0) {
+        json_decref(secret);
+        return api_fail(err, 500, "internal", "Secret %s has no sealed value %s", name, key);
+    }
+    json_t *ctx = secret_context(name, key);
+    uint8_t *value = NULL;
+    size_t n = 0;
+    int r = ctx ? api_kms_unseal(stored, ctx, &value, &n, err) : api_fail(err, 500, "internal", "out of memory");
+    json_decref(ctx);
+    json_decref(secret);
+    if (r < 0)
+        return -1;
+    if (memchr(value, 0, n)) {
+        OPENSSL_cleanse(value, n);
+        free(value);
+        return api_fail(err, 500, "internal", "the KMS answered no usable value for Secret %s", name);
+    }
+    *ret = (char *)value;
     return 0;
 }
 
@@ -192,33 +241,13 @@ int api_kms_seal_secret(json_t *doc, api_error *err)
             continue;
         }
         size_t n = strlen(value);
-        char *b64 = malloc(base64_encoded_size(n));
-        json_t *body = NULL, *ans = NULL;
-        if (b64) {
-            base64_encode((const uint8_t *)value, n, b64, false);
-            body = json_pack("{s:s, s:s, s:s, s:o}", "key", SECRETS_KEY, "algorithm", "aes-256-gcm", "plaintext", b64,
-                             "context", ctx);
-            OPENSSL_cleanse(b64, strlen(b64));
-            free(b64);
-        } else
-            json_decref(ctx);
-        if (!body)
-            r = api_fail(err, 500, "internal", "out of memory");
-        else
-            r = call("/v1/encrypt", body, &ans, err);
-        kms_json_wipe_decref(body);
+        char *sealed = NULL;
+        r = api_kms_seal(ctx, (const uint8_t *)value, n, &sealed, err);
+        json_decref(ctx);
+        OPENSSL_cleanse((char *)value, n);
         if (r < 0) {
             snprintf(err->message + strlen(err->message), sizeof(err->message) - strlen(err->message),
                      "; Secret values are stored only encrypted by the KMS");
-            break;
-        }
-        char *sealed = NULL;
-        if (asprintf(&sealed, SECRET_FORMAT_PREFIX "%s", json_string_value(json_object_get(ans, "ciphertext"))) < 0)
-            sealed = NULL;
-        json_decref(ans);
-        OPENSSL_cleanse((char *)value, n);
-        if (!sealed) {
-            r = api_fail(err, 500, "internal", "out of memory");
             break;
         }
         json_object_set_new(data, k, json_string(sealed));

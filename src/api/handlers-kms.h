@@ -32,6 +32,16 @@ int api_kms_seal_secret(json_t *doc, api_error *err);
  * the caller wipes and frees. Returns 0, or -1 with ERR (500 when the Secret
  * or its value is missing, 503 when the KMS is sealed or down). */
 int api_kms_secret_value(const char *name, const char *key, char **ret, api_error *err);
+/* Seals the N bytes of PLAINTEXT with the KMS's key of Secret values,
+ * bound to CONTEXT (an object naming where the value is stored, borrowed):
+ * *RET is "kms:<ciphertext>", a heap string. The one way a value is stored
+ * sealed (Secret values, webhook signing secrets). Returns 0, or -1 with ERR
+ * (503 when the KMS is sealed or down). */
+int api_kms_seal(const json_t *context, const uint8_t *plaintext, size_t n, char **ret, api_error *err);
+/* Unseals SEALED (as api_kms_seal() made it under the same CONTEXT): *RET
+ * is a heap buffer of *RET_LEN bytes and a NUL, which the caller wipes and
+ * frees. Returns 0, or -1 with ERR. */
+int api_kms_unseal(const char *sealed, const json_t *context, uint8_t **ret, size_t *ret_len, api_error *err);
 /* A fresh 256-bit data key under Key NAME (purpose encrypt), for handlers that
  * hand keys out themselves (key release): *RET is the KMS's answer
  * {plaintext, ciphertext, key, version} (base64), a new reference the caller

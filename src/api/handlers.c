@@ -683,29 +683,14 @@ typedef struct watcher {
     int64_t revision;
 } watcher;
 
-/* Ends the stream with a final ERROR event (ERROR_CODE, MESSAGE); what is
- * queued and unsent is dropped (the client resumes after its last event). */
-static void watcher_finish(watcher *w, const char *error_code, const char *message)
-{
-    json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", error_code, "message", message);
-    api_sse_end(&w->super, "ERROR", e);
-    json_decref(e);
-}
-
 /* A poll tick: queues the changes of the kind after the stream's revision;
  * a revision older than the kept history ends the stream ("gone"). */
 static void watcher_poll(api_sse *s)
 {
     watcher *w = (watcher *)s;
-    api_server *srv = s->thread->server;
     json_t *events;
-    int e = store_changes_since(srv->cfg->store, w->kind, w->revision, WATCH_BATCH_MAX, &events);
-    if (e == -ESTALE) {
-        watcher_finish(w, "gone", "the requested resourceVersion is older than the kept history; list and watch again");
+    if (api_sse_changes(s, w->kind, w->revision, WATCH_BATCH_MAX, &events) < 0)
         return;
-    }
-    if (e < 0)
-        return; /* tried again on the next tick */
     size_t i;
     json_t *ev;
     json_array_foreach(events, i, ev)
@@ -716,7 +701,7 @@ static void watcher_poll(api_sse *s)
         json_object_set_new(ev, "object", pub);
         if (api_sse_queue_event(s, json_string_value(json_object_get(ev, "type")), rev, ev) < 0) {
             json_decref(events);
-            watcher_finish(w, "too_large", "the client does not read the stream fast enough (more than 4 MiB waits "
+            api_sse_fail(&w->super, "too_large", "the client does not read the stream fast enough (more than 4 MiB waits "
                                            "to be sent); watch again from the last revision received");
             return;
         }
@@ -733,7 +718,7 @@ static void watcher_recheck(api_sse *s)
     watcher *w = (watcher *)s;
     api_error err;
     if (api_sse_redecide(s, "watch", w->kind, "", &err) < 0)
-        watcher_finish(w, err.code, err.message);
+        api_sse_fail(&w->super, err.code, err.message);
 }
 
 static const api_sse_class watcher_class = {
@@ -782,7 +767,7 @@ static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, cons
         }
         json_decref(items);
         if (e < 0) /* no partial state: the stream ends at once */
-            watcher_finish(w, "too_large", "the current resources do not fit in a watch stream's 4 MiB buffer; "
+            api_sse_fail(&w->super, "too_large", "the current resources do not fit in a watch stream's 4 MiB buffer; "
                                            "list them, then watch with ?resourceVersion=<the list's>");
     }
     if (!w->super.finishing)

@@ -36,6 +36,7 @@ static const struct {
     [ROUTE_USER_KEYS] = {"/v1/users/{name}/keys", "POST"},
     [ROUTE_DATASET_DATA] = {"/v1/datasets/{name}/data", "any"},
     [ROUTE_ENCLAVE_LOGS] = {"/v1/enclaves/{name}/logs", "GET"},
+    [ROUTE_NOTIFICATIONS] = {"/v1/notifications", "any"},
     [ROUTE_OTHER] = {"other", "any"},
 };
 
@@ -51,6 +52,12 @@ static _Atomic uint64_t latency_buckets[ROUTE_COUNT_][N_BUCKETS];
 static _Atomic uint64_t latency_count[ROUTE_COUNT_];
 static _Atomic uint64_t latency_sum_ns[ROUTE_COUNT_];
 static _Atomic uint64_t kms_calls;
+static _Atomic uint64_t notify_counts[NOTIFY_METRIC_COUNT_];
+
+void metrics_count_notify(notify_metric m)
+{
+    atomic_fetch_add_explicit(&notify_counts[m], 1, memory_order_relaxed);
+}
 
 void metrics_count_kms_call(void)
 {
@@ -140,5 +147,23 @@ int metrics_render(strbuf *out)
                           "cloister_api_kms_calls_total %llu\n",
                           (unsigned long long)audit_event_dropped(),
                           (unsigned long long)atomic_load_explicit(&kms_calls, memory_order_relaxed));
+#define NOTIFY_COUNT(m) (unsigned long long)atomic_load_explicit(&notify_counts[m], memory_order_relaxed)
+    if (r == 0)
+        r = strbuf_printf(out,
+                          "# HELP cloister_notifications_total Notifications by outcome: created (stored for a "
+                          "user) or dropped (the queue to store them was full).\n"
+                          "# TYPE cloister_notifications_total counter\n"
+                          "cloister_notifications_total{outcome=\"created\"} %llu\n"
+                          "cloister_notifications_total{outcome=\"dropped\"} %llu\n"
+                          "# HELP cloister_webhook_deliveries_total Webhook delivery attempts by outcome: ok "
+                          "(2xx), retried (failed, tried again later), failed (given up).\n"
+                          "# TYPE cloister_webhook_deliveries_total counter\n"
+                          "cloister_webhook_deliveries_total{outcome=\"ok\"} %llu\n"
+                          "cloister_webhook_deliveries_total{outcome=\"retried\"} %llu\n"
+                          "cloister_webhook_deliveries_total{outcome=\"failed\"} %llu\n",
+                          NOTIFY_COUNT(NOTIFY_METRIC_CREATED), NOTIFY_COUNT(NOTIFY_METRIC_DROPPED),
+                          NOTIFY_COUNT(NOTIFY_METRIC_WEBHOOK_OK), NOTIFY_COUNT(NOTIFY_METRIC_WEBHOOK_RETRIED),
+                          NOTIFY_COUNT(NOTIFY_METRIC_WEBHOOK_FAILED));
+#undef NOTIFY_COUNT
     return r;
 }

@@ -35,6 +35,7 @@ typedef enum api_route {
     ROUTE_USER_KEYS,
     ROUTE_DATASET_DATA,
     ROUTE_ENCLAVE_LOGS,
+    ROUTE_NOTIFICATIONS,
     ROUTE_OTHER,
     ROUTE_COUNT_,
 } api_route;
@@ -47,5 +48,16 @@ const char *metrics_route_method(api_route route);
 /* Counts one call of the api role to the kms role (cloister_api_kms_calls_total):
  * a refused request makes none, which tests and operators can see. */
 void metrics_count_kms_call(void);
+/* What becomes of notifications and their webhook deliveries (notify.h). */
+typedef enum notify_metric {
+    NOTIFY_METRIC_CREATED,          /* a Notification stored */
+    NOTIFY_METRIC_DROPPED,          /* one refused: the queue to store them was full */
+    NOTIFY_METRIC_WEBHOOK_OK,       /* a delivery the receiver accepted (2xx) */
+    NOTIFY_METRIC_WEBHOOK_RETRIED,  /* a failed attempt to be tried again */
+    NOTIFY_METRIC_WEBHOOK_FAILED,   /* a delivery given up (final answer, attempts spent, queue full) */
+    NOTIFY_METRIC_COUNT_,
+} notify_metric;
+/* Counts one M (cloister_notifications_total, cloister_webhook_deliveries_total). */
+void metrics_count_notify(notify_metric m);
 /* Appends the exposition text to OUT. */
 int metrics_render(strbuf *out);

@@ -5,6 +5,7 @@
 #include "api/handlers-datasets.h"
 #include "api/handlers-enclaves.h"
 #include "api/handlers-keys.h"
+#include "api/handlers-notifications.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-audit.h"
 #include "api/auth.h"
@@ -36,6 +37,7 @@ const api_endpoint_group api_endpoint_groups[] = {
     {"/v1/audit/", ROUTE_AUDIT, API_GROUP_AUTHENTICATED, api_handle_audit},
     {"/v1/kms/", ROUTE_KMS, API_GROUP_AUTHENTICATED, api_handle_kms},
     {"/v1/attest/", ROUTE_ATTEST, API_GROUP_AUTHENTICATED, api_handle_attest},
+    {"/v1/notifications", ROUTE_NOTIFICATIONS, API_GROUP_AUTHENTICATED, api_handle_notifications}, /* the caller's own */
     {"/v1/proxy/", ROUTE_PROXY_CONFIG, API_GROUP_PUBLIC, api_handle_proxy}, /* authenticates itself; its own identity only */
     {NULL, ROUTE_OTHER, API_GROUP_PUBLIC, NULL},
 };

@@ -1,5 +1,6 @@
 /* The API server: the REST API's handlers on an httpd listener with TLS. */
 #include "api/server.h"
+#include "api/notify.h"
 #include "httpd/httpd.h"
 
 #define API_MAX_CONNECTIONS 4096 /* lowered below the descriptor limit at start (httpd) */
@@ -19,7 +20,10 @@ int api_run(const api_config *cfg)
         e = offload_pool_new("api-local", API_LOCAL_WORKERS, API_LOCAL_JOBS_MAX, &srv.local);
     if (e == 0)
         e = offload_pool_new("api-remote", API_REMOTE_WORKERS, API_REMOTE_JOBS_MAX, &srv.remote);
+    if (e == 0)
+        e = notify_start(&srv);
     if (e < 0) {
+        offload_pool_free(srv.remote);
         offload_pool_free(srv.local);
         policy_source_free(srv.policies);
         return e;
@@ -40,6 +44,7 @@ int api_run(const api_config *cfg)
         .ready_flag = cfg->ready_flag,
     };
     e = httpd_run(&h);
+    notify_stop(&srv); /* what the last requests queued is stored first */
     offload_pool_free(srv.remote); /* every loop is freed: their jobs are done */
     offload_pool_free(srv.local);
     policy_source_free(srv.policies);

@@ -40,6 +40,7 @@ struct api_server {
     /* blocking calls off the event loops: to local roles (kms, audit), and
      * to identity providers, which may be slow and so have their own */
     offload_pool *local, *remote;
+    struct notifier *notify; /* notifications and webhooks (notify.h) */
 };
 
 /* httpd hooks (see httpd.h): the API's request handler on PATHCONF (USERDATA

@@ -306,6 +306,21 @@ void api_sse_end(api_sse *s, const char *event, const json_t *data)
     api_sse_finish(s);
 }
 
+void api_sse_fail(api_sse *s, const char *code, const char *message)
+{
+    json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message);
+    api_sse_end(s, "ERROR", e);
+    json_decref(e);
+}
+
+int api_sse_changes(api_sse *s, const char *kind, int64_t after, size_t max, json_t **ret_events)
+{
+    int e = store_changes_since(s->thread->server->cfg->store, kind, after, max, ret_events);
+    if (e == -ESTALE)
+        api_sse_fail(s, "gone", "the requested resourceVersion is older than the kept history; list and watch again");
+    return e < 0 ? -1 : 0;
+}
+
 void api_sse_drain(api_thread *t)
 {
     while (!h2o_linklist_is_empty(&t->watchers)) {

@@ -117,6 +117,15 @@ void api_sse_finish(api_sse *s);
  * client's last event id stays that of the last event it got) are sent and
  * the stream finishes. Idempotent. */
 void api_sse_end(api_sse *s, const char *event, const json_t *data);
+/* api_sse_end() with the event watch streams end with: `event: ERROR`,
+ * `data: {"error": {"code": CODE, "message": MESSAGE}}`. */
+void api_sse_fail(api_sse *s, const char *code, const char *message);
+/* The store's changes of KIND after revision AFTER, at most MAX, for a
+ * watch stream's poll tick: 0 with *RET_EVENTS (store_changes_since()'s
+ * array, a new reference); or -1 when there is nothing to send this tick:
+ * the store failed (tried again at the next tick), or AFTER is older than
+ * the kept history, which ends S with an ERROR event "gone". */
+int api_sse_changes(api_sse *s, const char *kind, int64_t after, size_t max, json_t **ret_events);
 /* Streams open now in this process, and streams that reached their buffer
  * cap since it started (for /metrics). */
 void api_sse_counts(unsigned *ret_open, uint64_t *ret_too_slow);

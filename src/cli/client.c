@@ -93,7 +93,8 @@ static void slist_free_wiped(struct curl_slist *l)
 
 /* Sets up the handle for an HTTPS-only, verified, bounded exchange. */
 static int setup(CURL *c, const cli_ctx *ctx, const char *url, const char *method,
-                 const char *body, size_t body_len, struct curl_slist *headers, response *resp, char *errbuf)
+                 const char *body, size_t body_len, struct curl_slist *headers, long total_timeout_s, response *resp,
+                 char *errbuf)
 {
     CURLcode rc = CURLE_OK;
 #define SET(opt, val)                                                                              \
@@ -112,7 +113,7 @@ static int setup(CURL *c, const cli_ctx *ctx, const char *url, const char *metho
     SET(CURLOPT_CONNECTTIMEOUT, CONNECT_TIMEOUT_S);
     SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
     SET(CURLOPT_LOW_SPEED_TIME, STALL_TIMEOUT_S);
-    SET(CURLOPT_TIMEOUT, TOTAL_TIMEOUT_S);
+    SET(CURLOPT_TIMEOUT, total_timeout_s);
     SET(CURLOPT_USERAGENT, "cloister/" CLOISTER_VERSION);
     SET(CURLOPT_HTTPHEADER, headers);
     SET(CURLOPT_CUSTOMREQUEST, method);
@@ -135,6 +136,7 @@ typedef struct exchange {
     size_t len;
     const char *content_type;
     int out_fd;
+    bool stream; /* a stream that lasts (Server-Sent Events): no total timeout, only the stall one */
 } exchange;
 
 /* One exchange with URL (an https:// URL): api_request() without the refresh. */
@@ -168,7 +170,7 @@ static int exchange_url(const cli_ctx *ctx, const char *token, const char *metho
     char errbuf[CURL_ERROR_SIZE] = "";
     CURL *c = curl_easy_init();
     resp.handle = c;
-    int r = c ? setup(c, ctx, url, method, payload, x->len, headers, &resp, errbuf) : -ENOMEM;
+    int r = c ? setup(c, ctx, url, method, payload, x->len, headers, x->stream ? 0L : TOTAL_TIMEOUT_S, &resp, errbuf) : -ENOMEM;
     CURLcode rc = CURLE_FAILED_INIT;
     long status = 0;
     if (r == 0) {
@@ -341,6 +343,13 @@ int api_download(cli_ctx *ctx, const char *path, int fd, api_error *err)
 {
     json_auto_t *ignored = NULL;
     exchange x = {.out_fd = fd};
+    return exchange_path(ctx, "GET", path, &x, &ignored, err);
+}
+
+int api_stream(cli_ctx *ctx, const char *path, int fd, api_error *err)
+{
+    json_auto_t *ignored = NULL;
+    exchange x = {.out_fd = fd, .stream = true};
     return exchange_path(ctx, "GET", path, &x, &ignored, err);
 }
 

@@ -45,6 +45,10 @@ int api_request_bytes(cli_ctx *ctx, const char *method, const char *path, const 
  * as it comes (not kept in memory); an error answer fills ERR. Returns 0 or
  * as api_request(). */
 int api_download(cli_ctx *ctx, const char *path, int fd, api_error *err);
+/* api_download() of a stream that lasts until the server ends it (a watch:
+ * Server-Sent Events): no total timeout, only the stall one (a stream
+ * silent for 60 s, heartbeats included, is cut). */
+int api_stream(cli_ctx *ctx, const char *path, int fd, api_error *err);
 
 /* Trades the saved session's refresh token for a new access token and
  * refresh token (POST /v1/auth/refresh), saves the session and makes the

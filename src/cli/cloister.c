@@ -49,6 +49,9 @@ static const cli_command commands[] = {
      "all of it verified, while stdout may get the leading chunks of a file that then fails", cmd_dataset},
     {"age", "encrypt -r RECIPIENT... | --self [-o FILE] [IN]",
      "encrypt a file to age recipients (age1...) with Cloister's age library", cmd_age},
+    {"notifications", "[--watch] [--unread] | read ID... | webhooks [URL...|--clear] | webhook-secret [--rotate]",
+     "list your notifications (newest first), or stream new ones as they come; mark them read; set the URLs they "
+     "are POSTed to (Standard Webhooks) and show the secret that signs them", cmd_notify},
     /* Each later command group (token, policy, audit, attest, kms, enclave,
      * dataset, job, workspace) is one entry here, implemented in its own
      * cmd-<group>.c. */

@@ -75,6 +75,15 @@ static const schema s_inline_policies = ARRAY(&s_inline_policy, .max_items = 32)
 static const char *const user_types[] = {"human", "workload", NULL};
 static const schema s_user_type = STRING(.values = user_types);
 static const schema s_email = STRING(.format = FORMAT_EMAIL, .max_len = 254);
+/* notify.webhooks: where the user's notifications are POSTed (Standard
+ * Webhooks; at most NOTIFY_WEBHOOKS_MAX of src/api/notify.h) */
+static const schema s_webhook_url = STRING(.format = FORMAT_HTTP_URL, .max_len = 2048);
+static const schema s_webhook_urls = ARRAY(&s_webhook_url, .max_items = 4);
+static const schema_field user_notify_fields[] = {
+    {"webhooks", &s_webhook_urls, false, NULL},
+    {NULL},
+};
+static const schema s_user_notify = OBJECT(user_notify_fields);
 static const schema_field user_fields[] = {
     {"type", &s_user_type, false, "\"human\""},
     {"email", &s_email, false, NULL},
@@ -82,6 +91,7 @@ static const schema_field user_fields[] = {
     {"policies", &s_names, false, NULL},
     {"disabled", &s_bool, false, NULL},
     {"attrs", &s_attrs, false, NULL},
+    {"notify", &s_user_notify, false, NULL},
     {NULL},
 };
 static const schema s_user_spec = OBJECT(user_fields);
