@@ -125,8 +125,7 @@ static void random_bytes(uint8_t *out, size_t n)
     }
 }
 
-void telemetry_random_id(uint8_t *out, size_t n);
-void telemetry_random_id(uint8_t *out, size_t n)
+void otlp_random_id(uint8_t *out, size_t n)
 {
     do
         random_bytes(out, n);
@@ -135,8 +134,8 @@ void telemetry_random_id(uint8_t *out, size_t n)
 
 void trace_context_new(trace_context *ret)
 {
-    telemetry_random_id(ret->trace_id, 16);
-    telemetry_random_id(ret->span_id, 8);
+    otlp_random_id(ret->trace_id, 16);
+    otlp_random_id(ret->span_id, 8);
     ret->flags = 1;
 }
 

@@ -25,8 +25,6 @@
 #define SPAN_LINKS_MAX 8
 #define STRING_MAX 4096             /* a name, attribute value, status message or log body, cut beyond */
 
-void telemetry_random_id(uint8_t *out, size_t n);
-
 struct telemetry_span {
     trace_context ctx;
     uint8_t parent_span_id[8];
@@ -50,6 +48,8 @@ typedef struct metrics_source {
     void *userdata;
 } metrics_source;
 
+/* The process's one exporter: its queues (under lock), its sources, its
+ * thread's curl handle. */
 static struct {
     _Atomic bool enabled;
     pthread_mutex_t lock;
@@ -65,7 +65,7 @@ static struct {
     uint64_t start_ns;
     pthread_t thread;
     CURL *curl;
-    struct curl_slist *headers;
+    struct curl_slist *headers[TELEMETRY_SIGNAL_COUNT_];
 } T = {.lock = PTHREAD_MUTEX_INITIALIZER, .collecting = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local bool on_exporter_thread;
@@ -101,7 +101,7 @@ bool telemetry_enabled(void)
 
 static bool signal_on(telemetry_signal s)
 {
-    return telemetry_enabled() && T.cfg.url[s];
+    return telemetry_enabled() && T.cfg.signal[s].url;
 }
 
 uint64_t telemetry_dropped(telemetry_signal s)
@@ -180,7 +180,7 @@ telemetry_span *telemetry_span_start(const char *name, int kind, const trace_con
         memcpy(s->parent_span_id, parent->span_id, 8);
         s->ctx.flags = parent->flags;
         s->has_parent = true;
-        telemetry_random_id(s->ctx.span_id, 8);
+        otlp_random_id(s->ctx.span_id, 8);
     } else
         trace_context_new(&s->ctx);
     s->kind = kind;
@@ -425,6 +425,7 @@ static json_t *collect_metrics(const metrics_source *only)
 
 /* ---- sending ---- */
 
+
 /* BODY gzip-compressed into *RET (the caller frees), *RET_N bytes. */
 static int gzip(const char *body, size_t n, unsigned char **ret, size_t *ret_n)
 {
@@ -449,8 +450,11 @@ static int gzip(const char *body, size_t n, unsigned char **ret, size_t *ret_n)
     return 0;
 }
 
+#define ANSWER_MAX 65536 /* of a collector's answer body read; the rest is discarded */
+
 typedef struct answer {
     char retry_after[128];
+    strbuf body;
 } answer;
 
 static size_t on_header(char *line, size_t size, size_t n, void *userdata)
@@ -468,8 +472,25 @@ static size_t on_header(char *line, size_t size, size_t n, void *userdata)
 
 static size_t on_body(char *p, size_t size, size_t n, void *userdata)
 {
-    (void)p, (void)userdata;
-    return size * n; /* a partial success's counts are not acted on */
+    answer *a = userdata;
+    strbuf_append(&a->body, p, MIN(size * n, a->body.max - a->body.len));
+    return size * n;
+}
+
+/* The records of signal S a 2xx answer BODY says were rejected
+ * (partialSuccess.rejectedSpans, ...): a count, or a string of one. */
+static uint64_t rejected_in(telemetry_signal s, const strbuf *body)
+{
+    static const char *const fields[] = {"rejectedSpans", "rejectedDataPoints", "rejectedLogRecords"};
+    if (!body->len)
+        return 0;
+    json_t *j = json_loadb(body->data, body->len, 0, NULL);
+    json_t *v = json_object_get(json_object_get(j, "partialSuccess"), fields[s]);
+    uint64_t n = json_is_integer(v) ? (uint64_t)MAX(json_integer_value(v), (json_int_t)0)
+                 : json_is_string(v) ? strtoull(json_string_value(v), NULL, 10)
+                                     : 0;
+    json_decref(j);
+    return n;
 }
 
 /* Waits up to MS on the wake condition; returns false when stopping makes
@@ -496,43 +517,54 @@ static bool backoff_wait(unsigned ms)
  * records as dropped when they could not be delivered. */
 static void export(telemetry_signal s, json_t *body, size_t n)
 {
+    const otlp_signal_config *sc = &T.cfg.signal[s];
     _cleanup_free_ char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     _cleanup_free_ unsigned char *gz = NULL;
     size_t gz_n = 0;
-    if (!text || gzip(text, strlen(text), &gz, &gz_n) < 0) {
+    if (!text || (sc->gzip && gzip(text, strlen(text), &gz, &gz_n) < 0)) {
         count_dropped(s, n, "out of memory");
         return;
     }
+    const char *payload = sc->gzip ? (const char *)gz : text;
+    size_t payload_n = sc->gzip ? gz_n : strlen(text);
+    curl_easy_setopt(T.curl, CURLOPT_HTTPHEADER, T.headers[s]);
+    curl_easy_setopt(T.curl, CURLOPT_CAINFO, sc->ca_file); /* NULL: the system's roots */
     for (unsigned attempt = 1;; attempt++) {
         answer a = {0};
-        uint64_t timeout = T.cfg.timeout_ms;
+        strbuf_init(&a.body, ANSWER_MAX);
+        uint64_t timeout = sc->timeout_ms;
         pthread_mutex_lock(&T.lock);
         if (T.stopping) {
             uint64_t now = mono_ms();
             timeout = T.stop_deadline_ms > now ? MIN(timeout, T.stop_deadline_ms - now) : 1;
         }
         pthread_mutex_unlock(&T.lock);
-        curl_easy_setopt(T.curl, CURLOPT_URL, T.cfg.url[s]);
-        curl_easy_setopt(T.curl, CURLOPT_POSTFIELDS, (char *)gz);
-        curl_easy_setopt(T.curl, CURLOPT_POSTFIELDSIZE, (long)gz_n);
+        curl_easy_setopt(T.curl, CURLOPT_URL, T.cfg.signal[s].url);
+        curl_easy_setopt(T.curl, CURLOPT_POSTFIELDS, payload);
+        curl_easy_setopt(T.curl, CURLOPT_POSTFIELDSIZE, (long)payload_n);
         curl_easy_setopt(T.curl, CURLOPT_HEADERDATA, &a);
+        curl_easy_setopt(T.curl, CURLOPT_WRITEDATA, &a);
         curl_easy_setopt(T.curl, CURLOPT_TIMEOUT_MS, (long)timeout);
         CURLcode e = curl_easy_perform(T.curl);
         long status = 0;
         if (e == CURLE_OK)
             curl_easy_getinfo(T.curl, CURLINFO_RESPONSE_CODE, &status);
+        uint64_t rejected = status >= 200 && status < 300 ? rejected_in(s, &a.body) : 0;
+        strbuf_free(&a.body);
+        if (rejected)
+            count_dropped(s, MIN(rejected, (uint64_t)n), "the collector rejected part of a batch");
         if (status >= 200 && status < 300)
             return;
         unsigned delay;
         if (otlp_retry_delay(status, a.retry_after[0] ? a.retry_after : NULL, attempt, (int64_t)time(NULL), &delay) <
                 0 ||
             !backoff_wait(delay)) {
-            char code[16];
+            char code[16], url[512];
             snprintf(code, sizeof(code), "%ld", status);
             log_fields(LOG_LEVEL_WARN, "the OTLP collector did not take a batch; it is dropped", "signal",
-                       signal_names[s], "url", T.cfg.url[s], "status", status ? code : curl_easy_strerror(e),
-                       NULL);
+                       signal_names[s], "url", otlp_loggable_url(T.cfg.signal[s].url, url, sizeof(url)), "status",
+                       status ? code : curl_easy_strerror(e), NULL);
             count_dropped(s, n, status ? "the collector refused them" : "the collector is unreachable");
             return;
         }
@@ -594,14 +626,14 @@ static void *exporter_main(void *arg)
         pthread_mutex_unlock(&T.lock);
         if (last)
             export(TELEMETRY_METRICS, otlp_envelope(TELEMETRY_METRICS, T.cfg.resource, last), 1);
-        if (T.cfg.url[TELEMETRY_METRICS] && (stopping || mono_ms() >= next_metrics)) {
+        if (T.cfg.signal[TELEMETRY_METRICS].url && (stopping || mono_ms() >= next_metrics)) {
             next_metrics = mono_ms() + T.cfg.metric_interval_ms;
             pthread_mutex_lock(&T.collecting);
             json_t *metrics = collect_metrics(NULL);
             pthread_mutex_unlock(&T.collecting);
             if (metrics)
                 export(TELEMETRY_METRICS, otlp_envelope(TELEMETRY_METRICS, T.cfg.resource, metrics), 1);
-        } else if (!T.cfg.url[TELEMETRY_METRICS])
+        } else if (!T.cfg.signal[TELEMETRY_METRICS].url)
             next_metrics = UINT64_MAX;
         if (stopping && !more)
             return NULL;
@@ -624,12 +656,50 @@ static const char *real_getenv(const char *name, void *userdata)
 static void uuid4(char out[37])
 {
     uint8_t b[16];
-    telemetry_random_id(b, sizeof(b));
+    otlp_random_id(b, sizeof(b));
     b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
     b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
     char h[33];
     hex_encode(b, 16, h);
     snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
+}
+
+/* Appends LINE to *H; on failure frees the list (*H NULL) and returns false. */
+static bool append_header(struct curl_slist **h, const char *line)
+{
+    struct curl_slist *more = line ? curl_slist_append(*h, line) : NULL;
+    if (!more)
+        curl_slist_free_all(*h);
+    *h = more;
+    return more != NULL;
+}
+
+/* Signal SC's request headers into *RET: the content's type and encoding,
+ * ours, the configured ones. Returns 0 or -ENOMEM. */
+static int signal_headers(const otlp_signal_config *sc, struct curl_slist **ret)
+{
+    struct curl_slist *h = NULL;
+    bool ok = append_header(&h, "Content-Type: application/json") &&
+              (!sc->gzip || append_header(&h, "Content-Encoding: gzip")) &&
+              append_header(&h, "User-Agent: cloister/" CLOISTER_VERSION);
+    for (size_t i = 0; ok && i < sc->n_headers; i++) {
+        _cleanup_free_ char *line = NULL;
+        if (asprintf(&line, "%s: %s", sc->headers[i].name, sc->headers[i].value) < 0)
+            line = NULL;
+        ok = append_header(&h, line);
+    }
+    if (!ok)
+        return -ENOMEM;
+    *ret = h;
+    return 0;
+}
+
+static void free_headers(void)
+{
+    for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
+        curl_slist_free_all(T.headers[s]);
+        T.headers[s] = NULL;
+    }
 }
 
 /* A child forked by an exporting process has no exporter thread, and T.lock
@@ -656,7 +726,7 @@ int telemetry_init(const char *service_name)
                    "variable", why, "error", strerror(-r), NULL);
         return r;
     }
-    if (!cfg.url[TELEMETRY_TRACES] && !cfg.url[TELEMETRY_METRICS] && !cfg.url[TELEMETRY_LOGS]) {
+    if (!cfg.signal[TELEMETRY_TRACES].url && !cfg.signal[TELEMETRY_METRICS].url && !cfg.signal[TELEMETRY_LOGS].url) {
         otlp_config_free(&cfg);
         return 0;
     }
@@ -678,28 +748,18 @@ int telemetry_init(const char *service_name)
     pthread_condattr_destroy(&ca);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     T.curl = curl_easy_init();
-    T.headers = curl_slist_append(NULL, "Content-Type: application/json");
-    T.headers = curl_slist_append(T.headers, "Content-Encoding: gzip");
-    T.headers = curl_slist_append(T.headers, "User-Agent: cloister/" CLOISTER_VERSION);
-    for (size_t i = 0; T.headers && i < cfg.n_headers; i++) {
-        _cleanup_free_ char *h = NULL;
-        if (asprintf(&h, "%s: %s", cfg.headers[i].name, cfg.headers[i].value) < 0)
-            break;
-        T.headers = curl_slist_append(T.headers, h);
-    }
-    r = T.curl && T.headers ? 0 : -ENOMEM;
+    r = T.curl ? 0 : -ENOMEM;
+    for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
+        r = signal_headers(&cfg.signal[s], &T.headers[s]);
     for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
         if (!(T.queue[s].items = calloc(cfg.queue_max, sizeof(json_t *))))
             r = -ENOMEM;
     if (r == 0) {
-        curl_easy_setopt(T.curl, CURLOPT_HTTPHEADER, T.headers);
         curl_easy_setopt(T.curl, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(T.curl, CURLOPT_HEADERFUNCTION, on_header);
         curl_easy_setopt(T.curl, CURLOPT_WRITEFUNCTION, on_body);
         curl_easy_setopt(T.curl, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
         curl_easy_setopt(T.curl, CURLOPT_PROTOCOLS_STR, "http,https");
-        if (cfg.ca_file)
-            curl_easy_setopt(T.curl, CURLOPT_CAINFO, cfg.ca_file);
         T.cfg = cfg;
         T.start_ns = otlp_now_ns();
         T.stopping = false;
@@ -716,17 +776,18 @@ int telemetry_init(const char *service_name)
             free(T.queue[s].items);
             T.queue[s].items = NULL;
         }
-        curl_slist_free_all(T.headers);
+        free_headers();
         curl_easy_cleanup(T.curl);
-        T.headers = NULL;
         T.curl = NULL;
         T.cfg = (otlp_config){0};
         otlp_config_free(&cfg);
         return r;
     }
+    char urls[TELEMETRY_SIGNAL_COUNT_][512];
     log_fields(LOG_LEVEL_INFO, "exporting OpenTelemetry traces, metrics and logs over OTLP/HTTP", "traces",
-               cfg.url[TELEMETRY_TRACES] ?: "off", "metrics", cfg.url[TELEMETRY_METRICS] ?: "off", "logs",
-               cfg.url[TELEMETRY_LOGS] ?: "off", "service", service_name, NULL);
+               otlp_loggable_url(cfg.signal[TELEMETRY_TRACES].url, urls[0], sizeof(urls[0])), "metrics",
+               otlp_loggable_url(cfg.signal[TELEMETRY_METRICS].url, urls[1], sizeof(urls[1])), "logs",
+               otlp_loggable_url(cfg.signal[TELEMETRY_LOGS].url, urls[2], sizeof(urls[2])), "service", service_name, NULL);
     return 0;
 }
 
@@ -756,9 +817,8 @@ void telemetry_shutdown(void)
         free(q->items);
         *q = (record_queue){0};
     }
-    curl_slist_free_all(T.headers);
+    free_headers();
     curl_easy_cleanup(T.curl);
-    T.headers = NULL;
     T.curl = NULL;
     T.n_sources = 0;
     json_decref(TAKE_PTR(T.last_metrics));

@@ -96,7 +96,7 @@ Test(config, off_without_an_endpoint)
     const char *why = NULL;
     cr_assert_eq(otlp_config_parse(get, &(env){vars}, "cloisterd-api", &c, &why), 0);
     for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
-        cr_assert_null(c.url[s]);
+        cr_assert_null(c.signal[s].url);
     otlp_config_free(&c);
 }
 
@@ -107,22 +107,51 @@ Test(config, generic_endpoint_gets_the_signal_path_and_signal_endpoints_are_take
     otlp_config c;
     const char *why = NULL;
     cr_assert_eq(otlp_config_parse(get, &(env){vars}, "cloisterd-api", &c, &why), 0);
-    cr_assert_str_eq(c.url[TELEMETRY_TRACES], "http://collector:4318/v1/traces");
-    cr_assert_str_eq(c.url[TELEMETRY_METRICS], "http://collector:4318/v1/metrics");
-    cr_assert_str_eq(c.url[TELEMETRY_LOGS], "http://logs:9999/custom/path");
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].url, "http://collector:4318/v1/traces");
+    cr_assert_str_eq(c.signal[TELEMETRY_METRICS].url, "http://collector:4318/v1/metrics");
+    cr_assert_str_eq(c.signal[TELEMETRY_LOGS].url, "http://logs:9999/custom/path");
     cr_assert_str_eq(resource_value(&c, "service.name"), "cloisterd-api");
     otlp_config_free(&c);
 
     const char *slash[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "https://c.example/otlp/", "OTEL_METRICS_EXPORTER", "none",
                            NULL};
     cr_assert_eq(otlp_config_parse(get, &(env){slash}, "s", &c, &why), 0);
-    cr_assert_str_eq(c.url[TELEMETRY_TRACES], "https://c.example/otlp/v1/traces");
-    cr_assert_null(c.url[TELEMETRY_METRICS]);
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].url, "https://c.example/otlp/v1/traces");
+    cr_assert_null(c.signal[TELEMETRY_METRICS].url);
     otlp_config_free(&c);
 
     const char *disabled[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318", "OTEL_SDK_DISABLED", "true", NULL};
     cr_assert_eq(otlp_config_parse(get, &(env){disabled}, "s", &c, &why), 0);
-    cr_assert_null(c.url[TELEMETRY_TRACES]);
+    cr_assert_null(c.signal[TELEMETRY_TRACES].url);
+    otlp_config_free(&c);
+}
+
+Test(config, a_signals_own_variables_win_over_the_generic_ones)
+{
+    const char *vars[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318", "OTEL_EXPORTER_OTLP_HEADERS", "a=1,b=2",
+                          "OTEL_EXPORTER_OTLP_LOGS_HEADERS", "c=3", "OTEL_EXPORTER_OTLP_TIMEOUT", "2000",
+                          "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "500", "OTEL_EXPORTER_OTLP_COMPRESSION", "none",
+                          "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip", "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE",
+                          "/etc/ssl/certs/ca-certificates.crt", NULL};
+    otlp_config c;
+    const char *why = NULL;
+    cr_assert_eq(otlp_config_parse(get, &(env){vars}, "s", &c, &why), 0);
+    cr_assert_eq(c.signal[TELEMETRY_TRACES].n_headers, 2);
+    cr_assert_eq(c.signal[TELEMETRY_METRICS].n_headers, 2);
+    cr_assert_eq(c.signal[TELEMETRY_LOGS].n_headers, 1);
+    cr_assert_str_eq(c.signal[TELEMETRY_LOGS].headers[0].name, "c");
+    cr_assert_eq(c.signal[TELEMETRY_TRACES].timeout_ms, 2000);
+    cr_assert_eq(c.signal[TELEMETRY_METRICS].timeout_ms, 500);
+    cr_assert(c.signal[TELEMETRY_TRACES].gzip);
+    cr_assert_not(c.signal[TELEMETRY_METRICS].gzip);
+    cr_assert_null(c.signal[TELEMETRY_TRACES].ca_file);
+    cr_assert_str_eq(c.signal[TELEMETRY_LOGS].ca_file, "/etc/ssl/certs/ca-certificates.crt");
+    otlp_config_free(&c);
+
+    const char *plain[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318", NULL};
+    cr_assert_eq(otlp_config_parse(get, &(env){plain}, "s", &c, &why), 0);
+    cr_assert(c.signal[TELEMETRY_LOGS].gzip); /* gzip unless told otherwise */
+    cr_assert_eq(c.signal[TELEMETRY_LOGS].timeout_ms, 10000);
     otlp_config_free(&c);
 }
 
@@ -133,13 +162,13 @@ Test(config, headers_are_trimmed_and_percent_decoded)
     otlp_config c;
     const char *why = NULL;
     cr_assert_eq(otlp_config_parse(get, &(env){vars}, "s", &c, &why), 0);
-    cr_assert_eq(c.n_headers, 3);
-    cr_assert_str_eq(c.headers[0].name, "api-key");
-    cr_assert_str_eq(c.headers[0].value, "secret value");
-    cr_assert_str_eq(c.headers[1].name, "authorization");
-    cr_assert_str_eq(c.headers[1].value, "Basic dTpw==");
-    cr_assert_str_eq(c.headers[2].name, "x-empty");
-    cr_assert_str_eq(c.headers[2].value, "");
+    cr_assert_eq(c.signal[TELEMETRY_TRACES].n_headers, 3);
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].headers[0].name, "api-key");
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].headers[0].value, "secret value");
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].headers[1].name, "authorization");
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].headers[1].value, "Basic dTpw==");
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].headers[2].name, "x-empty");
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].headers[2].value, "");
     otlp_config_free(&c);
 }
 
@@ -156,6 +185,9 @@ Test(config, refuses_what_it_cannot_use_naming_the_variable)
         {"OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "OTEL_EXPORTER_OTLP_PROTOCOL (only http/json is spoken)"},
         {"OTEL_BSP_MAX_QUEUE_SIZE", "-5", "OTEL_BSP_MAX_QUEUE_SIZE"},
         {"OTEL_RESOURCE_ATTRIBUTES", "=v", "OTEL_RESOURCE_ATTRIBUTES"},
+        {"OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "OTEL_EXPORTER_OTLP_COMPRESSION"},
+        {"OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "soon", "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT"},
+        {"OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const char *vars[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318", cases[i][0], cases[i][1], NULL};
@@ -185,6 +217,15 @@ Test(config, resource_attributes_and_service_name_precedence)
     cr_assert_str_eq(resource_value(&c, "service.name"), "from-var");
     cr_assert_eq(json_array_size(c.resource), 1);
     otlp_config_free(&c);
+}
+
+Test(config, urls_are_logged_without_their_password)
+{
+    char out[128];
+    cr_assert_str_eq(otlp_loggable_url("https://u:secret@c.example:4318/v1/traces", out, sizeof(out)),
+                     "https://***@c.example:4318/v1/traces");
+    cr_assert_str_eq(otlp_loggable_url("http://c:4318/v1/logs?a=b@c", out, sizeof(out)), "http://c:4318/v1/logs?a=b@c");
+    cr_assert_str_eq(otlp_loggable_url(NULL, out, sizeof(out)), "off");
 }
 
 /* ---- the JSON encoding ---- */
