@@ -331,3 +331,56 @@ def test_following_enclave_logs_over_sse_and_with_the_cli(traced, ticking):
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=10)
     assert p.returncode == 0, err
+
+
+ECHO_APP = """\
+import http.server, json
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"headers": [[k.lower(), v] for k, v in self.headers.items()]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.HTTPServer(("127.0.0.1", 8080), Echo).serve_forever()
+"""
+
+
+def test_the_hop_to_an_enclave_replica_is_a_client_span_whose_id_the_workload_gets(traced, tmp_path):
+    b = tmp_path / "echo-bundle"
+    b.mkdir()
+    (b / "enclave.yaml").write_text('command: ["/usr/bin/python3", "app.py"]\nport: 8080\n')
+    (b / "app.py").write_text(ECHO_APP)
+    os.chmod(b, 0o755)
+    open_for_roles(b)
+    pcr0 = subprocess.run([str(CLOISTER), "enclave", "measure", str(b)], capture_output=True, text=True,
+                          env=sanitizer_env(), timeout=60).stdout.strip()
+    r = traced.s.request("POST", "/v1/apply", json={"items": [
+        manifest("AttestationPolicy", "echoes", {"types": ["sandbox"], "allowSandbox": True, "maxAgeSeconds": 300,
+                                                 "referenceValues": {"pcr0": [pcr0]}}),
+        manifest("Enclave", "echo", {"bundle": str(b), "attestationPolicy": "echoes"}),
+        manifest("Service", "echo", {"upstream": {"enclave": "echo"}, "policies": ["alice-reads"]}),
+    ]})
+    assert r.status_code == 200, r.text
+    deadline = time.time() + 60
+    while (r := traced.get("/x", host=f"echo.{DOMAIN}", headers=[("traceparent", CLIENT_PARENT)])).status_code != 200:
+        assert time.time() < deadline, f"the enclave never answered: {r.status_code} {r.body[:300]}"
+        time.sleep(0.3)
+    got = [v for k, v in json.loads(r.body)["headers"] if k == "traceparent"]
+    assert len(got) == 1 and TRACEPARENT.match(got[0]), got
+    trace_id, parent_id, _ = TRACEPARENT.match(got[0]).groups()
+    assert trace_id != CLIENT_TRACE
+    client = traced.proxy_span(spanId=parent_id)
+    a = attrs(client["attributes"])
+    assert client["kind"] == CLIENT and (a["cloister.enclave"], a["cloister.replica"]) == ("echo", "echo-1")
+    assert a["http.response.status_code"] == 200
+    server = traced.proxy_span(spanId=client["parentSpanId"])
+    assert attrs(server["attributes"])["cloister.service"] == "echo"
