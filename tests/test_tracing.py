@@ -2,8 +2,9 @@
 OTLP logs, and enclave workloads' output (docs/proxy.md "Trace context",
 docs/telemetry.md, docs/enclaves.md "Logs"), against the real cloisterd
 exporting to the test OTLP receiver (tests/otlp_receiver.py) with the echo
-upstream behind the proxy: the upstream receives a valid traceparent whose
-parent is an exported CLIENT span; an untrusted client's context is a link
+upstream behind the proxy: the upstream (and an enclave replica behind its
+attested bridge) receives a valid traceparent whose parent is an exported
+CLIENT span; an untrusted client's context is a link
 of a new trace, a Service with trustTraceContext continues it; malformed
 traceparent values are replaced, never forwarded; each access record
 arrives as an OTLP log record in its request's trace; enclave replicas'
