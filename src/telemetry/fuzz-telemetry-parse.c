@@ -3,7 +3,8 @@
  * back to exactly the bytes given. OTEL_* key=value lists: no crash, every
  * pair handed over is NUL-free and freed. Prometheus text (our own
  * /metrics, converted for OTLP): no crash, and every metric it makes has
- * data points. The first byte picks the parser. */
+ * data points. Any bytes as an attribute value (a path, a User-Agent):
+ * always a JSON string a collector parses. The first byte picks the parser. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    uint8_t which = data[0] % 3;
+    uint8_t which = data[0] % 4;
     const char *in = (const char *)data + 1;
     size_t n = size - 1;
     if (which == 0) {
@@ -48,6 +49,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (which == 1) {
         size_t pairs = 0;
         (void)otlp_parse_pairs(text, take_pair, &pairs);
+    } else if (which == 3) {
+        strbuf b;
+        strbuf_init(&b, 8 * n + 16);
+        if (otlp_put_json_string(&b, text, n) < 0)
+            abort();
+        json_t *j = json_loadb(b.data, b.len, JSON_DECODE_ANY, NULL);
+        if (!json_is_string(j))
+            abort();
+        json_decref(j);
+        strbuf_free(&b);
     } else {
         json_t *metrics = json_array();
         if (metrics && otlp_metrics_from_prometheus(text, 1, 2, metrics) == 0) {

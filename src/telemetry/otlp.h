@@ -73,6 +73,16 @@ uint64_t otlp_now_ns(void);
 /* N random bytes, not all zero (a trace or span id): unique, not secret. */
 void otlp_random_id(uint8_t *out, size_t n);
 
+/* Appends S (at most MAX bytes of it) to B as a JSON string: control
+ * characters escaped, each byte of invalid UTF-8 (or of a character cut at
+ * MAX) replaced by U+FFFD, so that one bad byte never makes a batch that a
+ * collector refuses. Returns 0 or strbuf's negative errno. */
+int otlp_put_json_string(strbuf *b, const char *s, size_t max);
+/* Appends the request body of signal S holding the N records RECORDS
+ * (each a record's JSON text) under the resource RESOURCE_JSON (a KeyValue
+ * array's JSON) to OUT, as otlp_envelope() would. */
+int otlp_envelope_text(strbuf *out, telemetry_signal s, const char *resource_json, const char *const *records,
+                       size_t n);
 /* The request body of signal S: {resource<Signal>: [{resource: {attributes:
  * RESOURCE}, scope<Signal>: [{scope: {name, version}, <records>: RECORDS}]}]}
  * (RECORDS stolen). */

@@ -252,6 +252,47 @@ Test(encode, attributes_times_and_envelope_follow_the_json_rules)
 
 }
 
+Test(encode, strings_are_valid_json_whatever_the_bytes)
+{
+    static const struct {
+        const char *in;
+        size_t max;
+        const char *out;
+    } cases[] = {
+        {"plain", 100, "\"plain\""},
+        {"q\"b\\n\n\x01\x7f", 100, "\"q\\\"b\\\\n\\u000a\\u0001\\u007f\""},
+        {"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 100, "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\""},
+        {"bad\xff\xc0\xaf", 100, "\"bad\\ufffd\\ufffd\\ufffd\""},         /* invalid, overlong */
+        {"\xed\xa0\x80", 100, "\"\\ufffd\\ufffd\\ufffd\""},               /* a surrogate */
+        {"abcdef", 3, "\"abc\""},
+        {"ab\xc3\xa9", 3, "\"ab\\ufffd\""},                                 /* cut inside a character */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        _cleanup_strbuf_ strbuf b;
+        strbuf_init(&b, 1024);
+        cr_assert_eq(otlp_put_json_string(&b, cases[i].in, cases[i].max), 0);
+        cr_assert_str_eq(b.data, cases[i].out, "case %zu", i);
+        json_t *j = json_loadb(b.data, b.len, JSON_DECODE_ANY, NULL);
+        cr_assert(json_is_string(j), "case %zu is not a JSON string: %s", i, b.data);
+        json_decref(j);
+    }
+}
+
+Test(encode, the_text_envelope_is_the_json_one)
+{
+    const char *records[] = {"{\"a\":1}", "{\"b\":2}"};
+    _cleanup_strbuf_ strbuf b;
+    strbuf_init(&b, 4096);
+    cr_assert_eq(otlp_envelope_text(&b, TELEMETRY_TRACES, "[]", records, 2), 0);
+    json_t *got = json_loads(b.data, 0, NULL);
+    json_t *res = json_array();
+    json_t *want = otlp_envelope(TELEMETRY_TRACES, res, json_pack("[{s:i},{s:i}]", "a", 1, "b", 2));
+    cr_assert(json_equal(got, want), "%s", b.data);
+    json_decref(got);
+    json_decref(want);
+    json_decref(res);
+}
+
 static json_t *metric_named(json_t *metrics, const char *name)
 {
     size_t i;
