@@ -28,6 +28,9 @@ typedef struct api_config {
      * owned and wiped by the role; NULL disables logins that return to a
      * service host */
     const uint8_t *handoff_key;
+    /* the job engine bundle's PCR0 (lower-case hex of SHA-384) every job
+     * digest names; NULL when no engine bundle was found */
+    const char *job_engine_pcr0;
 } api_config;
 
 /* Serves until SIGTERM or SIGINT arrives, then stops accepting, drains the
@@ -50,7 +53,8 @@ typedef struct api_role_config {
     const char *blob_dir;         /* datasets' ciphertexts (blob/blob.h; 0700, created) */
     const char *platform_ca_cert; /* verifies sandbox evidence for key release */
     const char *kms_socket;
-    const char *runner_socket;    /* the Enclave controller's runner */
+    const char *runner_socket;    /* the Enclave controller's runner, and jobs' */
+    const char *engine_bundle;    /* the runner's copy of the job engine's bundle; NULL: none */
 } api_role_config;
 
 /* The api role: opens the store and the keys, starts audit delivery, the

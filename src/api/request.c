@@ -4,6 +4,8 @@
 #include "api/handlers-attest.h"
 #include "api/handlers-datasets.h"
 #include "api/handlers-enclaves.h"
+#include "api/handlers-job-runs.h"
+#include "api/handlers-jobs.h"
 #include "api/handlers-keys.h"
 #include "api/handlers-notifications.h"
 #include "api/handlers-kms.h"
@@ -38,6 +40,7 @@ const api_endpoint_group api_endpoint_groups[] = {
     {"/v1/kms/", ROUTE_KMS, API_GROUP_AUTHENTICATED, api_handle_kms},
     {"/v1/attest/", ROUTE_ATTEST, API_GROUP_AUTHENTICATED, api_handle_attest},
     {"/v1/notifications", ROUTE_NOTIFICATIONS, API_GROUP_AUTHENTICATED, api_handle_notifications}, /* the caller's own */
+    {"/v1/job-runs/", ROUTE_JOB_RUN_IO, API_GROUP_AUTHENTICATED, api_handle_job_run_io}, /* the runner's identity only */
     {"/v1/proxy/", ROUTE_PROXY_CONFIG, API_GROUP_PUBLIC, api_handle_proxy}, /* authenticates itself; its own identity only */
     {NULL, ROUTE_OTHER, API_GROUP_PUBLIC, NULL},
 };
@@ -48,6 +51,11 @@ const api_subresource api_subresources[] = {
     {"users", "keys", ROUTE_USER_KEYS, api_handle_user_keys},
     {"datasets", "data", ROUTE_DATASET_DATA, api_handle_dataset_data},
     {"enclaves", "logs", ROUTE_ENCLAVE_LOGS, api_handle_enclave_logs},
+    {"jobs", "approvals", ROUTE_JOB_APPROVALS, api_handle_job_approvals},
+    {"jobs", "rejections", ROUTE_JOB_REJECTIONS, api_handle_job_rejections},
+    {"jobs", "vetoes", ROUTE_JOB_VETOES, api_handle_job_vetoes},
+    {"jobs", "runs", ROUTE_JOB_RUNS, api_handle_job_runs},
+    {"jobs", "result", ROUTE_JOB_RESULT, api_handle_job_result},
 };
 const size_t api_n_subresources = ELEMENTSOF(api_subresources);
 

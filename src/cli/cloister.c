@@ -49,6 +49,14 @@ static const cli_command commands[] = {
      "all of it verified, while stdout may get the leading chunks of a file that then fails", cmd_dataset},
     {"age", "encrypt -r RECIPIENT... | --self [-o FILE] [IN]",
      "encrypt a file to age recipients (age1...) with Cloister's age library", cmd_age},
+    {"job", "propose NAME --workspace W --query SQL|--query-file F --input D... [--recipient U...] [--max-runs N] "
+            "[--not-after T] |\n"
+            "         list | show NAME | approve NAME [--pcr0 HEX] | reject NAME --reason R | revoke NAME |\n"
+            "         veto NAME --reason R | run NAME [--wait [--timeout S]] | result NAME -o FILE [-i ID] [--run N]",
+     "propose a query over a workspace's datasets (again: a new digest, approvals cleared); show what it covers and "
+     "who must approve; approve it (the digest recomputed here, then signed with your approval key); reject it; "
+     "withdraw your approval; veto it as an owner of an input; run it (its author, once every approval verifies); "
+     "download its encrypted result and decrypt it with your identity", cmd_job},
     {"notifications", "[--watch] [--unread] | read ID... | webhooks [URL...|--clear] | webhook-secret [--rotate]",
      "list your notifications (newest first), or stream new ones as they come; mark them read; set the URLs they "
      "are POSTed to (Standard Webhooks) and show the secret that signs them", cmd_notify},

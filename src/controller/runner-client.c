@@ -181,8 +181,11 @@ int runner_client_launch(runner_client *rc, const runner_launch *l, pid_t *ret_p
 {
     /* the agent is the sandbox's first process: evidence, its secrets by
      * key release, the workload, attested TLS (docs/enclaves.md) */
-    json_auto_t *body = json_pack("{s:s, s:s, s:s, s:{s:o}}", "name", l->name, "bundle", l->bundle, "owner", l->owner,
-                                  "agent", "secrets", l->secrets ? json_incref((json_t *)l->secrets) : json_array());
+    json_auto_t *body = l->job ? json_pack("{s:s, s:s, s:s, s:{s:O}}", "name", l->name, "bundle", l->bundle, "owner",
+                                           l->owner, "agent", "job", l->job)
+                               : json_pack("{s:s, s:s, s:s, s:{s:o}}", "name", l->name, "bundle", l->bundle, "owner",
+                                           l->owner, "agent", "secrets",
+                                           l->secrets ? json_incref((json_t *)l->secrets) : json_array());
     json_auto_t *answer = NULL;
     int status = !body ? -ENOMEM
                  : l->limits && json_object_set(body, "limits", (json_t *)l->limits) < 0

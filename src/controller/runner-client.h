@@ -46,6 +46,7 @@ typedef struct runner_launch {
     const char *name, *bundle, *owner;
     const json_t *limits;  /* {"memoryMiB", "pids"} or NULL */
     const json_t *secrets; /* the agent's [{"key", "file"}] or NULL */
+    const json_t *job;     /* job mode instead: {"name", "run", "digest"} (runner/agent.h), or NULL */
 } runner_launch;
 
 /* A client of the runner at SOCKET (copied). Returns 0 with *RET, or

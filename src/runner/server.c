@@ -20,6 +20,10 @@
  *          Keys by attestation into /run/secrets/<file>, runs the command and
  *          serves attested TLS to enclave.yaml's port; the entry then lists
  *          "agent": true, "secrets" and "atls" (the host path of its socket).
+ *          "agent": {"job": {"name", "run", "digest"}} is job mode instead: the
+ *          agent runs one run of a Job (the engine bundle), its channel
+ *          serves the job routes for that job and run only (runner/agent.h);
+ *          the entry lists "job": {"name", "run"}.
  *   DELETE /v1/sandboxes/{name}     stops it
  *   GET    /v1/logs?enclave=E[&replica=R][&after=SEQ][&limit=N][&tail=1]
  *          the recent stdout/stderr lines of E's replicas (runner/output.h)
@@ -660,7 +664,8 @@ int runner_serve(const runner_server_config *cfg)
             .name = "runner",
             .listen = listen,
             .threads = 1,
-            .max_request_body = RUNNER_BODY_MAX * 2,
+            .max_request_body = RUNNER_JOB_PART_MAX + RUNNER_BODY_MAX, /* a job's result part; every other
+                                                                           body is checked against its own cap */
             .hooks = {.register_handlers = register_handlers, .thread_init = thread_init,
                       .thread_drain = thread_drain, .thread_busy = thread_busy, .thread_dispose = thread_dispose},
             .userdata = &rn,
