@@ -21,6 +21,7 @@ typedef struct api_config {
     size_t n_roles;
     _Atomic bool *ready_flag; /* set once serving, may be NULL */
     const char *audit_socket; /* the audit role's local API */
+    const char *runner_socket; /* the runner's local API (enclave logs), or NULL */
     struct auth_keyring *keyring; /* token signing keys (auth/keyring.h); NULL disables access tokens */
     const struct proxy_metrics *proxy_metrics; /* the proxy role's, rendered on /metrics; may be NULL */
     /* 32 bytes sealing browser login handoffs for the proxy (handoff.h),

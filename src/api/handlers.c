@@ -732,7 +732,7 @@ static void watcher_recheck(api_sse *s)
 {
     watcher *w = (watcher *)s;
     api_error err;
-    if (api_sse_redecide(s, "watch", w->kind, &err) < 0)
+    if (api_sse_redecide(s, "watch", w->kind, "", &err) < 0)
         api_sse_fail(&w->super, err.code, err.message);
 }
 

@@ -35,6 +35,7 @@ static const struct {
     [ROUTE_PROXY_CONFIG] = {"/v1/proxy/config", "GET"},
     [ROUTE_USER_KEYS] = {"/v1/users/{name}/keys", "any"},
     [ROUTE_DATASET_DATA] = {"/v1/datasets/{name}/data", "any"},
+    [ROUTE_ENCLAVE_LOGS] = {"/v1/enclaves/{name}/logs", "GET"},
     [ROUTE_JOB_APPROVALS] = {"/v1/jobs/{name}/approvals", "any"},
     [ROUTE_JOB_REJECTIONS] = {"/v1/jobs/{name}/rejections", "POST"},
     [ROUTE_JOB_VETOES] = {"/v1/jobs/{name}/vetoes", "POST"},

@@ -133,6 +133,7 @@ int api_role_serve(const api_role_config *cfg)
     api.store = s;
     api.keyring = keyring;
     api.handoff_key = handoff_key;
+    api.runner_socket = cfg->runner_socket;
     r = audit_event_start(cfg->api.audit_socket);
     if (r < 0)
         log_fields(LOG_LEVEL_WARN, "cannot start audit event delivery; events go to the log", "error", strerror(-r),
