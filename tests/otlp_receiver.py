@@ -23,6 +23,7 @@ was answered), problems (the checker's complaints), time (monotonic).
 import gzip
 import json
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -274,6 +275,7 @@ class Receiver:
         self._lock = threading.Condition()
         self._hang = threading.Event()
         self._hang.set()  # set: answer at once
+        self._conns = set()  # open connections, closed by stop()
         rx = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -281,6 +283,16 @@ class Receiver:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with rx._lock:
+                    rx._conns.add(self.connection)
+
+            def finish(self):
+                with rx._lock:
+                    rx._conns.discard(self.connection)
+                super().finish()
 
             def do_POST(self):
                 rx._handle(self)
@@ -299,10 +311,17 @@ class Receiver:
         self.stop()
 
     def stop(self):
-        """Stops listening (connections are then refused)."""
+        """Stops listening and closes every connection (kept-alive ones
+        included): new ones are then refused."""
         self._hang.set()
         self.server.shutdown()
         self.server.server_close()
+        with self._lock:
+            for c in self._conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def otel_env(self, **extra):
         """The variables that point cloisterd at this receiver, batching
@@ -313,10 +332,11 @@ class Receiver:
         return env
 
     # programmable answers
-    def answer(self, status, headers=None, times=1, paths=None):
-        """The next TIMES requests (to PATHS, or any) get STATUS with HEADERS."""
+    def answer(self, status, headers=None, times=1, paths=None, body=None):
+        """The next TIMES requests (to PATHS, or any) get STATUS with HEADERS
+        (and BODY, a JSON value: e.g. a partialSuccess)."""
         with self._lock:
-            self._answers.append([status, headers or {}, times, paths])
+            self._answers.append([status, headers or {}, times, paths, body])
 
     def hang(self):
         """Holds every answer until release()."""
@@ -330,8 +350,8 @@ class Receiver:
             for a in self._answers:
                 if a[2] > 0 and (a[3] is None or path in a[3]):
                     a[2] -= 1
-                    return a[0], a[1]
-        return 200, {}
+                    return a[0], a[1], a[4]
+        return 200, {}, None
 
     @staticmethod
     def _read_body(h):
@@ -369,10 +389,12 @@ class Receiver:
             self.arrived += 1
             self._lock.notify_all()
         self._hang.wait()
-        status, headers = self._next_answer(path)
+        status, headers, answer = self._next_answer(path)
         if problems and status == 200:
-            status = 400
-        payload = b"{}" if status == 200 else json.dumps({"code": 3, "message": "; ".join(problems) or "refused"}).encode()
+            status, answer = 400, None
+        if answer is None:
+            answer = {} if status == 200 else {"code": 3, "message": "; ".join(problems) or "refused"}
+        payload = json.dumps(answer).encode()
         try:
             h.send_response(status)
             h.send_header("Content-Type", "application/json")

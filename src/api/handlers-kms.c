@@ -81,7 +81,7 @@ static int call(const char *path, const json_t *body, json_t **ret, api_error *e
     const char *code = json_string_value(json_object_get(e, "code"));
     /* codes come from a fixed set in the kms role; keep a static copy */
     static const char *const codes[] = {"not_found", "conflict", "decrypt_failed", "invalid", "too_large",
-                                        "sealed", "internal"};
+                                        "sealed", "internal", "release_refused", "unavailable"};
     const char *c = "internal";
     for (size_t i = 0; code && i < ELEMENTSOF(codes); i++)
         if (strcmp(code, codes[i]) == 0)
@@ -414,6 +414,11 @@ int api_kms_datakey(const char *name, json_t **ret, api_error *err)
     int r = body ? call("/v1/datakey", body, ret, err) : api_fail(err, 500, "internal", "out of memory");
     json_decref(body);
     return r;
+}
+
+int api_kms_job_release(const json_t *body, json_t **ret, api_error *err)
+{
+    return call("/v1/job-release", body, ret, err);
 }
 
 /* The key named inside a base64 KMS ciphertext, into OUT. */

@@ -11,6 +11,8 @@
 #include "api/auth.h"
 #include "api/authz-write.h"
 #include "api/handlers-datasets.h"
+#include "api/handlers-job-runs.h"
+#include "api/handlers-jobs.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-policy.h"
 #include "api/request.h"
@@ -48,6 +50,8 @@ static json_t *public_view(const json_t *doc)
     json_t *status = json_object_get(v, "status");
     if (json_is_object(status))
         json_object_del(status, "tokenDigest");
+    if (strcmp(json_string_value(json_object_get(v, "kind")) ?: "", "Job") == 0)
+        api_job_view(v);
     return v;
 }
 
@@ -290,8 +294,10 @@ static void respond_write(pending_write *pw)
         api_respond_error(req, pw->route, pw->started, &err);
         return;
     }
-    for (size_t i = 0; i < txn->n_ops; i++)
+    for (size_t i = 0; i < txn->n_ops; i++) {
         report_write(pw, &txn->ops[i]);
+        api_job_written(pw->thread->server, &txn->ops[i]);
+    }
     if (pw->route == ROUTE_APPLY) {
         json_t *items = json_array();
         for (size_t i = 0; i < txn->n_ops; i++) {
@@ -547,6 +553,10 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
         pending_write_free(pw);
         return api_fail(err, 500, "internal", "out of memory");
     }
+    if (api_job_prepare(srv, req, c, &pw->ops[0], stored, err) < 0) {
+        pending_write_free(pw);
+        return -1;
+    }
     return seal_and_submit(srv, req, pw, err); /* Secret values go to the KMS only now, decided */
 }
 
@@ -622,6 +632,11 @@ static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const
             pending_write_free(pw);
             return api_fail(err, 500, "internal", "out of memory");
         }
+        if (api_job_prepare(srv, req, c, &pw->ops[i], w[i].stored, err) < 0) {
+            err->document = (long)i;
+            pending_write_free(pw);
+            return -1;
+        }
     }
     /* only now, every document decided: Secret values go to the KMS */
     return seal_and_submit(srv, req, pw, err);
@@ -644,8 +659,8 @@ static void handle_get(api_server *srv, h2o_req_t *req, uint64_t started, const 
     json_decref(doc);
 }
 
-/* Lists KIND for caller C; of Datasets, only those C may get (a workspace
- * member sees their workspaces' datasets). */
+/* Lists KIND for caller C; of Datasets and Jobs, only those C may get (a
+ * workspace member sees their workspaces' datasets and jobs). */
 static void handle_list(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind, const caller *c)
 {
     json_t *items;
@@ -660,7 +675,7 @@ static void handle_list(api_server *srv, h2o_req_t *req, uint64_t started, const
     json_t *out = json_array();
     size_t i;
     json_t *doc;
-    bool each = strcmp(kind->kind, "Dataset") == 0;
+    bool each = strcmp(kind->kind, "Dataset") == 0 || strcmp(kind->kind, "Job") == 0;
     json_array_foreach(items, i, doc)
     {
         if (!each || api_may(srv, req, c, "get", kind->kind, doc_name(doc)))
@@ -718,7 +733,7 @@ static void watcher_recheck(api_sse *s)
 {
     watcher *w = (watcher *)s;
     api_error err;
-    if (api_sse_redecide(s, "watch", w->kind, &err) < 0)
+    if (api_sse_redecide(s, "watch", w->kind, "", &err) < 0)
         api_sse_fail(&w->super, err.code, err.message);
 }
 
@@ -989,6 +1004,10 @@ static int route_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
 
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/jobs/engine"))) {
+        api_handle_job_engine(srv, req, started);
+        return 0;
+    }
     if (handle_subresource(srv, req, started))
         return 0;
 

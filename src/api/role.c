@@ -13,6 +13,7 @@
 #include "api/auth.h"
 #include "api/handlers-attest.h"
 #include "api/handlers-datasets.h"
+#include "api/handlers-job-runs.h"
 #include "api/handlers-kms.h"
 #include "audit/event.h"
 #include "auth/handoff.h"
@@ -132,11 +133,14 @@ int api_role_serve(const api_role_config *cfg)
     api.store = s;
     api.keyring = keyring;
     api.handoff_key = handoff_key;
+    api.runner_socket = cfg->runner_socket;
     r = audit_event_start(cfg->api.audit_socket);
     if (r < 0)
         log_fields(LOG_LEVEL_WARN, "cannot start audit event delivery; events go to the log", "error", strerror(-r),
                    NULL);
     api_kms_init(cfg->kms_socket, s);
+    if (api_job_runs_init(cfg->runner_socket, cfg->engine_bundle) < 0)
+        log_fields(LOG_LEVEL_ERROR, "out of memory: jobs cannot run", NULL);
     /* the Enclave controller: a thread of its own, never on the API's loops */
     controller *ctl = NULL;
     const _Atomic bool *runner_ready = NULL;
@@ -161,6 +165,7 @@ int api_role_serve(const api_role_config *cfg)
     api_kms_done();
     api_attest_done();
     api_datasets_done();
+    api_job_runs_done();
     audit_event_stop(2000);
     OPENSSL_cleanse(handoff_key, sizeof(handoff_key));
     auth_keyring_free(keyring);

@@ -96,7 +96,7 @@ int otlp_parse_pairs(const char *s, int (*add)(char *key, char *value, void *use
 
 static int add_header(char *key, char *value, void *userdata)
 {
-    otlp_config *c = userdata;
+    otlp_signal_config *c = userdata;
     /* a header name is a token: no separators, no control characters (curl
      * would otherwise send what the variable smuggles in) */
     bool ok = c->n_headers < OTLP_HEADERS_MAX;
@@ -190,10 +190,57 @@ static int signal_url(otlp_getenv get, void *ud, const char *own_var, const char
     return 0;
 }
 
+/* The value of signal variable SIGNAL_VAR, else of GENERIC_VAR; *RET_VAR
+ * names the one read. NULL when neither is set (or both are empty). */
+static const char *signal_or_generic(otlp_getenv get, void *ud, const char *signal_var, const char *generic_var,
+                                     const char **ret_var)
+{
+    const char *v = get(signal_var, ud);
+    *ret_var = signal_var;
+    if (v && *v)
+        return v;
+    *ret_var = generic_var;
+    v = get(generic_var, ud);
+    return v && *v ? v : NULL;
+}
+
+/* Fills signal S's headers, certificate, timeout and compression. Returns 0
+ * or a negative errno with *WHY the variable. */
+static int parse_signal(otlp_getenv get, void *ud, int s, otlp_signal_config *c, const char **why)
+{
+    static const char *const headers_var[] = {"OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+                                              "OTEL_EXPORTER_OTLP_LOGS_HEADERS"};
+    static const char *const ca_var[] = {"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                                         "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+                                         "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE"};
+    static const char *const timeout_var[] = {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+                                              "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT"};
+    static const char *const compression_var[] = {"OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+                                                  "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+                                                  "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION"};
+    const char *var;
+    const char *headers = signal_or_generic(get, ud, headers_var[s], "OTEL_EXPORTER_OTLP_HEADERS", &var);
+    int r = headers ? otlp_parse_pairs(headers, add_header, c) : 0;
+    const char *ca = r == 0 ? signal_or_generic(get, ud, ca_var[s], "OTEL_EXPORTER_OTLP_CERTIFICATE", &var) : NULL;
+    if (ca && !(c->ca_file = strdup(ca)))
+        return -ENOMEM;
+    const char *timeout = r == 0 ? signal_or_generic(get, ud, timeout_var[s], "OTEL_EXPORTER_OTLP_TIMEOUT", &var) : NULL;
+    c->timeout_ms = 10000;
+    if (timeout)
+        r = parse_uint(get, ud, var, 600000, &c->timeout_ms);
+    const char *gzip = r == 0 ? signal_or_generic(get, ud, compression_var[s], "OTEL_EXPORTER_OTLP_COMPRESSION", &var)
+                              : NULL;
+    c->gzip = !gzip || strcmp(gzip, "gzip") == 0;
+    if (gzip && !c->gzip && strcmp(gzip, "none") != 0)
+        r = -EINVAL;
+    if (r < 0)
+        *why = var;
+    return r;
+}
+
 int otlp_config_parse(otlp_getenv get, void *ud, const char *service_name, otlp_config *ret, const char **ret_why)
 {
-    otlp_config c = {.queue_max = 2048, .batch_max = 512, .delay_ms = 5000, .metric_interval_ms = 60000,
-                     .timeout_ms = 10000};
+    otlp_config c = {.queue_max = 2048, .batch_max = 512, .delay_ms = 5000, .metric_interval_ms = 60000};
     const char *why = NULL;
     const char *disabled = get("OTEL_SDK_DISABLED", ud);
     int r = 0;
@@ -205,19 +252,16 @@ int otlp_config_parse(otlp_getenv get, void *ud, const char *service_name, otlp_
                                       "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"};
     static const char *const exporter[] = {"OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER"};
     static const char *const path[] = {"v1/traces", "v1/metrics", "v1/logs"};
-    for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
-        r = signal_url(get, ud, own[s], exporter[s], path[s], &c.url[s], &why);
+    for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++) {
+        r = signal_url(get, ud, own[s], exporter[s], path[s], &c.signal[s].url, &why);
+        if (r == 0)
+            r = parse_signal(get, ud, s, &c.signal[s], &why);
+    }
     const char *protocol = get("OTEL_EXPORTER_OTLP_PROTOCOL", ud);
     if (r == 0 && protocol && *protocol && strcmp(protocol, "http/json") != 0) {
         why = "OTEL_EXPORTER_OTLP_PROTOCOL (only http/json is spoken)";
         r = -EINVAL;
     }
-    const char *headers = get("OTEL_EXPORTER_OTLP_HEADERS", ud);
-    if (r == 0 && headers && (r = otlp_parse_pairs(headers, add_header, &c)) < 0)
-        why = "OTEL_EXPORTER_OTLP_HEADERS";
-    const char *ca = get("OTEL_EXPORTER_OTLP_CERTIFICATE", ud);
-    if (r == 0 && ca && *ca && !(c.ca_file = strdup(ca)))
-        r = -ENOMEM;
     if (r == 0 && ((r = parse_uint(get, ud, "OTEL_BSP_MAX_QUEUE_SIZE", 1u << 20, &c.queue_max)) < 0))
         why = "OTEL_BSP_MAX_QUEUE_SIZE";
     if (r == 0 && ((r = parse_uint(get, ud, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1u << 16, &c.batch_max)) < 0))
@@ -226,8 +270,6 @@ int otlp_config_parse(otlp_getenv get, void *ud, const char *service_name, otlp_
         why = "OTEL_BSP_SCHEDULE_DELAY";
     if (r == 0 && ((r = parse_uint(get, ud, "OTEL_METRIC_EXPORT_INTERVAL", 86400000, &c.metric_interval_ms)) < 0))
         why = "OTEL_METRIC_EXPORT_INTERVAL";
-    if (r == 0 && ((r = parse_uint(get, ud, "OTEL_EXPORTER_OTLP_TIMEOUT", 600000, &c.timeout_ms)) < 0))
-        why = "OTEL_EXPORTER_OTLP_TIMEOUT";
     if (r == 0 && c.batch_max > c.queue_max)
         c.batch_max = c.queue_max;
 
@@ -265,13 +307,28 @@ int otlp_config_parse(otlp_getenv get, void *ud, const char *service_name, otlp_
 
 void otlp_config_free(otlp_config *c)
 {
-    for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
-        free(c->url[s]);
-    for (size_t i = 0; i < c->n_headers; i++) {
-        free(c->headers[i].name);
-        free(c->headers[i].value);
+    for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
+        otlp_signal_config *sc = &c->signal[s];
+        free(sc->url);
+        for (size_t i = 0; i < sc->n_headers; i++) {
+            free(sc->headers[i].name);
+            free(sc->headers[i].value);
+        }
+        free(sc->ca_file);
     }
-    free(c->ca_file);
     json_decref(c->resource);
     *c = (otlp_config){0};
+}
+
+const char *otlp_loggable_url(const char *url, char *out, size_t size)
+{
+    if (!url)
+        return "off";
+    const char *host = strstr(url, "://");
+    host = host ? host + 3 : url;
+    const char *at = strchr(host, '@'), *slash = strchr(host, '/');
+    if (!at || (slash && slash < at))
+        return url;
+    snprintf(out, size, "%.*s***%s", (int)(host - url), url, at);
+    return out;
 }

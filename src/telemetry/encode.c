@@ -42,11 +42,87 @@ uint64_t otlp_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+static const char *const outer[] = {"resourceSpans", "resourceMetrics", "resourceLogs"};
+static const char *const scope[] = {"scopeSpans", "scopeMetrics", "scopeLogs"};
+static const char *const inner[] = {"spans", "metrics", "logRecords"};
+
+/* The length of the valid UTF-8 sequence at P (N bytes left), 0 when there
+ * is none (RFC 3629: no overlong forms, surrogates or code points past
+ * U+10FFFF). */
+static size_t utf8_sequence(const unsigned char *p, size_t n)
+{
+    unsigned char c = p[0];
+    if (c < 0x80)
+        return 1;
+    size_t len = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if (!len || len > n)
+        return 0;
+    unsigned char lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80;
+    unsigned char hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
+    if (p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (p[i] < 0x80 || p[i] > 0xbf)
+            return 0;
+    return len;
+}
+
+int otlp_put_json_string(strbuf *b, const char *s, size_t max)
+{
+    static const char hexdig[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strnlen(s, max);
+    int r = strbuf_putc(b, '"');
+    for (size_t i = 0; r == 0 && i < n;) {
+        /* a run that goes out as it is, in one append */
+        size_t run = i;
+        for (;;) {
+            unsigned char c = p[run];
+            if (run < n && c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+                run++;
+                continue;
+            }
+            size_t len = run < n && c >= 0x80 ? utf8_sequence(p + run, n - run) : 0;
+            if (!len)
+                break;
+            run += len;
+        }
+        if (run > i) {
+            r = strbuf_append(b, p + i, run - i);
+            i = run;
+            continue;
+        }
+        unsigned char c = p[i++];
+        if (c >= 0x80) /* not the start of a valid sequence */
+            r = strbuf_puts(b, "\\ufffd");
+        else if (c == '"' || c == '\\') {
+            char esc[3] = {'\\', (char)c, 0};
+            r = strbuf_puts(b, esc);
+        } else {
+            char esc[7] = {'\\', 'u', '0', '0', hexdig[c >> 4], hexdig[c & 15], 0};
+            r = strbuf_puts(b, esc);
+        }
+    }
+    return r == 0 ? strbuf_putc(b, '"') : r;
+}
+
+int otlp_envelope_text(strbuf *out, telemetry_signal s, const char *resource_json, const char *const *records,
+                       size_t n)
+{
+    int r = strbuf_printf(out, "{\"%s\":[{\"resource\":{\"attributes\":%s},\"%s\":[{\"scope\":{\"name\":\"cloister\","
+                               "\"version\":\"%s\"},\"%s\":[",
+                          outer[s], resource_json, scope[s], CLOISTER_VERSION, inner[s]);
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        if (i)
+            r = strbuf_putc(out, ',');
+        if (r == 0)
+            r = strbuf_puts(out, records[i]);
+    }
+    return r == 0 ? strbuf_puts(out, "]}]}]}") : r;
+}
+
 json_t *otlp_envelope(telemetry_signal s, const json_t *resource, json_t *records)
 {
-    static const char *const outer[] = {"resourceSpans", "resourceMetrics", "resourceLogs"};
-    static const char *const scope[] = {"scopeSpans", "scopeMetrics", "scopeLogs"};
-    static const char *const inner[] = {"spans", "metrics", "logRecords"};
     return json_pack("{s:[{s:{s:O}, s:[{s:{s:s, s:s}, s:o}]}]}", outer[s], "resource", "attributes", resource,
                      scope[s], "scope", "name", "cloister", "version", CLOISTER_VERSION, inner[s], records);
 }
@@ -125,8 +201,7 @@ static void random_bytes(uint8_t *out, size_t n)
     }
 }
 
-void telemetry_random_id(uint8_t *out, size_t n);
-void telemetry_random_id(uint8_t *out, size_t n)
+void otlp_random_id(uint8_t *out, size_t n)
 {
     do
         random_bytes(out, n);
@@ -135,8 +210,8 @@ void telemetry_random_id(uint8_t *out, size_t n)
 
 void trace_context_new(trace_context *ret)
 {
-    telemetry_random_id(ret->trace_id, 16);
-    telemetry_random_id(ret->span_id, 8);
+    otlp_random_id(ret->trace_id, 16);
+    otlp_random_id(ret->span_id, 8);
     ret->flags = 1;
 }
 

@@ -23,10 +23,13 @@
 #define METRICS_TEXT_MAX (4u << 20) /* the Prometheus text one source may render */
 #define SPAN_ATTRS_MAX 64
 #define SPAN_LINKS_MAX 8
-#define STRING_MAX 4096             /* a name, attribute value, status message or log body, cut beyond */
+#define STRING_MAX 4096             /* an attribute value or log body, cut beyond */
+#define RECORD_MAX (1u << 20)       /* the JSON text of one span or log record */
+#define BODY_MAX (64u << 20)        /* one request's JSON text */
 
-void telemetry_random_id(uint8_t *out, size_t n);
-
+/* A span being recorded: everything inline but its attributes, kept as
+ * the JSON text they will be sent as (one buffer), so that ending it costs
+ * one allocation (the record's text). */
 struct telemetry_span {
     trace_context ctx;
     uint8_t parent_span_id[8];
@@ -34,12 +37,16 @@ struct telemetry_span {
     int kind;
     int status_code;
     uint64_t start_ns;
-    char *name, *status_message;
-    json_t *attrs, *links;
+    char name[256];
+    char status_message[512];
+    strbuf attrs; /* entries "<key>\0<value JSON>\0" */
+    size_t n_attrs;
+    trace_context links[SPAN_LINKS_MAX];
+    size_t n_links;
 };
 
 typedef struct record_queue {
-    json_t **items; /* a ring of queue_max records */
+    char **items; /* a ring of queue_max records, each its OTLP JSON text */
     size_t head, n;
     _Atomic uint64_t dropped;
     _Atomic bool warned;
@@ -50,6 +57,8 @@ typedef struct metrics_source {
     void *userdata;
 } metrics_source;
 
+/* The process's one exporter: its queues (under lock), its sources, its
+ * thread's curl handle. */
 static struct {
     _Atomic bool enabled;
     pthread_mutex_t lock;
@@ -59,13 +68,14 @@ static struct {
     bool stopping;
     uint64_t stop_deadline_ms; /* monotonic */
     otlp_config cfg;
+    char *resource_text; /* cfg.resource as JSON, the head of every request */
     record_queue queue[TELEMETRY_SIGNAL_COUNT_];
     metrics_source sources[SOURCES_MAX];
     size_t n_sources;
     uint64_t start_ns;
     pthread_t thread;
     CURL *curl;
-    struct curl_slist *headers;
+    struct curl_slist *headers[TELEMETRY_SIGNAL_COUNT_];
 } T = {.lock = PTHREAD_MUTEX_INITIALIZER, .collecting = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local bool on_exporter_thread;
@@ -101,7 +111,7 @@ bool telemetry_enabled(void)
 
 static bool signal_on(telemetry_signal s)
 {
-    return telemetry_enabled() && T.cfg.url[s];
+    return telemetry_enabled() && T.cfg.signal[s].url;
 }
 
 uint64_t telemetry_dropped(telemetry_signal s)
@@ -131,8 +141,9 @@ static void count_dropped(telemetry_signal s, uint64_t n, const char *why)
                    "collector reachable?", "signal", signal_names[s], "why", why, NULL);
 }
 
-/* Queues REC (stolen) for signal S, or drops it when the queue is full. */
-static void enqueue(telemetry_signal s, json_t *rec)
+/* Queues REC (stolen: a record's JSON text) for signal S, or drops it
+ * when the queue is full. */
+static void enqueue(telemetry_signal s, char *rec)
 {
     if (!rec)
         return;
@@ -141,7 +152,7 @@ static void enqueue(telemetry_signal s, json_t *rec)
     if (T.stopping || q->n >= T.cfg.queue_max) {
         bool stopping = T.stopping;
         pthread_mutex_unlock(&T.lock);
-        json_decref(rec);
+        free(rec);
         count_dropped(s, 1, stopping ? "export is stopping" : "the queue is full");
         return;
     }
@@ -151,84 +162,118 @@ static void enqueue(telemetry_signal s, json_t *rec)
     pthread_mutex_unlock(&T.lock);
 }
 
-/* ---- spans ---- */
-
-static char *cut_strdup(const char *s)
+/* A record's text, written by WRITE into a buffer on the stack and copied
+ * out once (a large one is written again on the heap); NULL when it cannot
+ * be made. */
+static char *record_text(int (*write)(strbuf *b, const void *what), const void *what)
 {
-    return strndup(s ? s : "", STRING_MAX);
+    char stack[8192];
+    strbuf b;
+    strbuf_init_static(&b, stack, sizeof(stack));
+    if (write(&b, what) == 0 && !b.truncated)
+        return strndup(b.data, b.len);
+    _cleanup_strbuf_ strbuf heap;
+    strbuf_init(&heap, RECORD_MAX);
+    return write(&heap, what) == 0 ? strbuf_steal(&heap) : NULL;
 }
+
+/* ---- spans ---- */
 
 telemetry_span *telemetry_span_start(const char *name, int kind, const trace_context *parent)
 {
     if (!signal_on(TELEMETRY_TRACES))
         return NULL;
-    telemetry_span *s = calloc(1, sizeof(*s));
+    telemetry_span *s = malloc(sizeof(*s));
     if (!s)
         return NULL;
-    s->name = cut_strdup(name);
-    s->attrs = json_array();
-    s->links = json_array();
-    if (!s->name || !s->attrs || !s->links) {
-        free(s->name);
-        json_decref(s->attrs);
-        json_decref(s->links);
-        free(s);
-        return NULL;
-    }
+    s->has_parent = parent != NULL;
     if (parent) {
         memcpy(s->ctx.trace_id, parent->trace_id, 16);
         memcpy(s->parent_span_id, parent->span_id, 8);
         s->ctx.flags = parent->flags;
-        s->has_parent = true;
-        telemetry_random_id(s->ctx.span_id, 8);
+        otlp_random_id(s->ctx.span_id, 8);
     } else
         trace_context_new(&s->ctx);
     s->kind = kind;
+    s->status_code = TELEMETRY_STATUS_UNSET;
+    s->status_message[0] = '\0';
+    snprintf(s->name, sizeof(s->name), "%s", name ? name : "");
+    strbuf_init(&s->attrs, (size_t)SPAN_ATTRS_MAX * 2 * (STRING_MAX + 64));
+    s->n_attrs = 0;
+    s->n_links = 0;
     s->start_ns = otlp_now_ns();
     return s;
 }
 
-/* Replaces attribute KEY of S with KV (stolen), or appends it. */
-static void set_attr(telemetry_span *s, const char *key, json_t *kv)
+/* Removes attribute KEY of S, if it has it. */
+static void drop_attr(telemetry_span *s, const char *key)
 {
-    if (!kv)
-        return;
-    size_t i;
-    json_t *old;
-    json_array_foreach(s->attrs, i, old)
-        if (strcmp(json_string_value(json_object_get(old, "key")), key) == 0) {
-            json_array_set_new(s->attrs, i, kv);
+    for (size_t off = 0; off < s->attrs.len;) {
+        const char *k = s->attrs.data + off, *v = k + strlen(k) + 1;
+        size_t end = (size_t)(v - s->attrs.data) + strlen(v) + 1;
+        if (strcmp(k, key) == 0) {
+            memmove(s->attrs.data + off, s->attrs.data + end, s->attrs.len - end);
+            s->attrs.len -= end - off;
+            s->n_attrs--;
             return;
         }
-    if (json_array_size(s->attrs) < SPAN_ATTRS_MAX)
-        json_array_append_new(s->attrs, kv);
+        off = end;
+    }
+}
+
+/* Starts attribute KEY of S (replacing one of that key): its key is
+ * written, its value JSON is the caller's to write, then attr_done().
+ * *RET_STARTED is where it began. Returns -1 when S is NULL or full. */
+static int attr_begin(telemetry_span *s, const char *key, size_t *ret_started)
+{
+    if (!s || !key)
+        return -1;
+    drop_attr(s, key);
+    if (s->n_attrs >= SPAN_ATTRS_MAX)
+        return -1;
+    if (!s->attrs.data) { /* one allocation for the usual few attributes */
+        static const char reserve[1024];
+        if (strbuf_append(&s->attrs, reserve, sizeof(reserve)) == 0)
+            s->attrs.len = 0;
+    }
+    *ret_started = s->attrs.len;
+    return strbuf_append(&s->attrs, key, strlen(key) + 1) == 0 ? 0 : -1;
+}
+
+/* Ends the attribute begun at STARTED: kept when R is 0, else undone. */
+static void attr_done(telemetry_span *s, size_t started, int r)
+{
+    if (r == 0 && strbuf_putc(&s->attrs, '\0') == 0)
+        s->n_attrs++;
     else
-        json_decref(kv);
+        s->attrs.len = started; /* what did not fit is not half kept */
 }
 
 void telemetry_span_set_attr_str(telemetry_span *s, const char *key, const char *value)
 {
-    if (!s)
+    size_t started;
+    if (attr_begin(s, key, &started) < 0)
         return;
-    _cleanup_free_ char *v = cut_strdup(value);
-    if (v)
-        set_attr(s, key, otlp_attr_str(key, v));
+    int r = strbuf_puts(&s->attrs, "{\"stringValue\":");
+    if (r == 0)
+        r = otlp_put_json_string(&s->attrs, value ? value : "", STRING_MAX);
+    if (r == 0)
+        r = strbuf_putc(&s->attrs, '}');
+    attr_done(s, started, r);
 }
 
 void telemetry_span_set_attr_int(telemetry_span *s, const char *key, int64_t value)
 {
-    if (s)
-        set_attr(s, key, otlp_attr_int(key, value));
+    size_t started;
+    if (attr_begin(s, key, &started) < 0)
+        return;
+    attr_done(s, started, strbuf_printf(&s->attrs, "{\"intValue\":\"%" PRId64 "\"}", value));
 }
 
 void telemetry_span_add_link(telemetry_span *s, const trace_context *link)
 {
-    if (!s || !link || json_array_size(s->links) >= SPAN_LINKS_MAX)
-        return;
-    char t[33], sp[17];
-    hex_encode(link->trace_id, 16, t);
-    hex_encode(link->span_id, 8, sp);
-    json_array_append_new(s->links, json_pack("{s:s, s:s, s:i}", "traceId", t, "spanId", sp, "flags", link->flags));
+    if (s && link && s->n_links < SPAN_LINKS_MAX)
+        s->links[s->n_links++] = *link;
 }
 
 void telemetry_span_set_status(telemetry_span *s, int code, const char *message)
@@ -236,8 +281,8 @@ void telemetry_span_set_status(telemetry_span *s, int code, const char *message)
     if (!s)
         return;
     s->status_code = code;
-    free(s->status_message);
-    s->status_message = message && code == TELEMETRY_STATUS_ERROR ? cut_strdup(message) : NULL;
+    snprintf(s->status_message, sizeof(s->status_message), "%s",
+             message && code == TELEMETRY_STATUS_ERROR ? message : "");
 }
 
 bool telemetry_span_context(const telemetry_span *s, trace_context *ret)
@@ -250,11 +295,8 @@ bool telemetry_span_context(const telemetry_span *s, trace_context *ret)
 
 void telemetry_span_set_name(telemetry_span *s, const char *name)
 {
-    char *n = s ? cut_strdup(name) : NULL;
-    if (!n)
-        return;
-    free(s->name);
-    s->name = n;
+    if (s && name)
+        snprintf(s->name, sizeof(s->name), "%s", name);
 }
 
 static _Thread_local telemetry_span *current_span;
@@ -299,59 +341,121 @@ bool telemetry_traceparent_header(char out[70])
     return true;
 }
 
+/* Writes span WHAT (ending now) as OTLP JSON to B. */
+static int write_span(strbuf *b, const void *what)
+{
+    const telemetry_span *s = what;
+    char t[33], sp[17], parent[17];
+    hex_encode(s->ctx.trace_id, 16, t);
+    hex_encode(s->ctx.span_id, 8, sp);
+    int r = strbuf_printf(b, "{\"traceId\":\"%s\",\"spanId\":\"%s\",", t, sp);
+    if (r == 0 && s->has_parent) {
+        hex_encode(s->parent_span_id, 8, parent);
+        r = strbuf_printf(b, "\"parentSpanId\":\"%s\",", parent);
+    }
+    if (r == 0)
+        r = strbuf_puts(b, "\"name\":");
+    if (r == 0)
+        r = otlp_put_json_string(b, s->name, sizeof(s->name));
+    /* flags bit 8: whether the parent is remote is known */
+    if (r == 0)
+        r = strbuf_printf(b,
+                          ",\"kind\":%d,\"startTimeUnixNano\":\"%" PRIu64 "\",\"endTimeUnixNano\":\"%" PRIu64
+                          "\",\"flags\":%d,\"attributes\":[",
+                          s->kind, s->start_ns, otlp_now_ns(), 0x100 | s->ctx.flags);
+    size_t i = 0;
+    for (size_t off = 0; r == 0 && off < s->attrs.len; i++) {
+        const char *k = s->attrs.data + off, *v = k + strlen(k) + 1;
+        off = (size_t)(v - s->attrs.data) + strlen(v) + 1;
+        r = strbuf_puts(b, i ? ",{\"key\":" : "{\"key\":");
+        if (r == 0)
+            r = otlp_put_json_string(b, k, STRING_MAX);
+        if (r == 0)
+            r = strbuf_printf(b, ",\"value\":%s}", v);
+    }
+    if (r == 0)
+        r = strbuf_puts(b, "],\"links\":[");
+    for (i = 0; r == 0 && i < s->n_links; i++) {
+        hex_encode(s->links[i].trace_id, 16, t);
+        hex_encode(s->links[i].span_id, 8, sp);
+        r = strbuf_printf(b, "%s{\"traceId\":\"%s\",\"spanId\":\"%s\",\"flags\":%d}", i ? "," : "", t, sp,
+                          s->links[i].flags);
+    }
+    if (r == 0)
+        r = strbuf_printf(b, "],\"status\":{\"code\":%d", s->status_code);
+    if (r == 0 && s->status_message[0]) {
+        r = strbuf_puts(b, ",\"message\":");
+        if (r == 0)
+            r = otlp_put_json_string(b, s->status_message, sizeof(s->status_message));
+    }
+    return r == 0 ? strbuf_puts(b, "}}") : r;
+}
+
 void telemetry_span_end(telemetry_span *s)
 {
     if (!s)
         return;
-    char t[33], sp[17], parent[17];
-    hex_encode(s->ctx.trace_id, 16, t);
-    hex_encode(s->ctx.span_id, 8, sp);
-    json_t *status = json_pack("{s:i}", "code", s->status_code);
-    if (status && s->status_message)
-        json_object_set_new(status, "message", json_string(s->status_message));
-    json_t *rec = json_pack("{s:s, s:s, s:s, s:i, s:o, s:o, s:o, s:o, s:o, s:i}", "traceId", t, "spanId", sp, "name",
-                            s->name, "kind", s->kind, "startTimeUnixNano", otlp_time(s->start_ns), "endTimeUnixNano",
-                            otlp_time(otlp_now_ns()), "attributes", s->attrs, "links", s->links, "status", status,
-                            "flags", 0x100 | s->ctx.flags); /* bit 8: whether the parent is remote is known */
-    if (rec && s->has_parent) {
-        hex_encode(s->parent_span_id, 8, parent);
-        json_object_set_new(rec, "parentSpanId", json_string(parent));
-    }
     if (current_span == s)
         telemetry_set_current(NULL);
-    free(s->name);
-    free(s->status_message);
+    char *rec = record_text(write_span, s);
+    strbuf_free(&s->attrs);
     free(s);
     enqueue(TELEMETRY_TRACES, rec);
 }
 
 /* ---- logs ---- */
 
+typedef struct log_record {
+    int severity;
+    const char *body;
+    const trace_context *ctx;
+    const char *const *attrs;
+} log_record;
+
+/* Writes log record WHAT as OTLP JSON to B. */
+static int write_log(strbuf *b, const void *what)
+{
+    const log_record *l = what;
+    static const char *const texts[] = {"DEBUG", "INFO", "WARN", "ERROR"};
+    int sev = l->severity;
+    const char *text = sev >= 17 ? texts[3] : sev >= 13 ? texts[2] : sev >= 9 ? texts[1] : texts[0];
+    uint64_t now = otlp_now_ns();
+    int r = strbuf_printf(b,
+                          "{\"timeUnixNano\":\"%" PRIu64 "\",\"observedTimeUnixNano\":\"%" PRIu64
+                          "\",\"severityNumber\":%d,\"severityText\":\"%s\",\"body\":{\"stringValue\":",
+                          now, now, sev, text);
+    if (r == 0)
+        r = otlp_put_json_string(b, l->body ? l->body : "", STRING_MAX);
+    if (r == 0)
+        r = strbuf_puts(b, "},\"attributes\":[");
+    for (size_t i = 0; r == 0 && l->attrs && l->attrs[i] && l->attrs[i + 1] && i < 2 * SPAN_ATTRS_MAX; i += 2) {
+        r = strbuf_puts(b, i ? ",{\"key\":" : "{\"key\":");
+        if (r == 0)
+            r = otlp_put_json_string(b, l->attrs[i], STRING_MAX);
+        if (r == 0)
+            r = strbuf_puts(b, ",\"value\":{\"stringValue\":");
+        if (r == 0)
+            r = otlp_put_json_string(b, l->attrs[i + 1], STRING_MAX);
+        if (r == 0)
+            r = strbuf_puts(b, "}}");
+    }
+    if (r == 0)
+        r = strbuf_putc(b, ']');
+    if (r == 0 && l->ctx) {
+        char t[33], sp[17];
+        hex_encode(l->ctx->trace_id, 16, t);
+        hex_encode(l->ctx->span_id, 8, sp);
+        r = strbuf_printf(b, ",\"traceId\":\"%s\",\"spanId\":\"%s\",\"flags\":%d", t, sp, l->ctx->flags);
+    }
+    return r == 0 ? strbuf_putc(b, '}') : r;
+}
+
 void telemetry_log(int severity, const char *body, const trace_context *ctx, const char *const *attrs)
 {
     if (!signal_on(TELEMETRY_LOGS) || on_exporter_thread)
         return; /* the exporter's own complaints are not exported: they would feed themselves */
-    static const char *const texts[] = {"DEBUG", "INFO", "WARN", "ERROR"};
-    const char *text = severity >= 17 ? texts[3] : severity >= 13 ? texts[2] : severity >= 9 ? texts[1] : texts[0];
-    _cleanup_free_ char *b = cut_strdup(body);
-    uint64_t now = otlp_now_ns();
-    json_t *rec = json_pack("{s:o, s:o, s:i, s:s, s:{s:s?}, s:[]}", "timeUnixNano", otlp_time(now),
-                            "observedTimeUnixNano", otlp_time(now), "severityNumber", severity, "severityText", text,
-                            "body", "stringValue", b, "attributes");
-    json_t *list = json_object_get(rec, "attributes");
-    for (size_t i = 0; rec && attrs && attrs[i] && attrs[i + 1] && i < 2 * SPAN_ATTRS_MAX; i += 2) {
-        _cleanup_free_ char *v = cut_strdup(attrs[i + 1]);
-        json_array_append_new(list, otlp_attr_str(attrs[i], v));
-    }
-    if (rec && ctx) {
-        char t[33], sp[17];
-        hex_encode(ctx->trace_id, 16, t);
-        hex_encode(ctx->span_id, 8, sp);
-        json_object_set_new(rec, "traceId", json_string(t));
-        json_object_set_new(rec, "spanId", json_string(sp));
-        json_object_set_new(rec, "flags", json_integer(ctx->flags));
-    }
-    enqueue(TELEMETRY_LOGS, rec);
+    const log_record l = {severity, body, ctx, attrs};
+    enqueue(TELEMETRY_LOGS, record_text(write_log, &l));
 }
 
 /* ---- metrics ---- */
@@ -425,11 +529,14 @@ static json_t *collect_metrics(const metrics_source *only)
 
 /* ---- sending ---- */
 
+
 /* BODY gzip-compressed into *RET (the caller frees), *RET_N bytes. */
 static int gzip(const char *body, size_t n, unsigned char **ret, size_t *ret_n)
 {
     z_stream z = {0};
-    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    /* the fastest level: OTLP JSON compresses well at any, and the
+     * exporter's CPU is the serving role's */
+    if (deflateInit2(&z, Z_BEST_SPEED, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
         return -ENOMEM;
     size_t cap = deflateBound(&z, n);
     unsigned char *out = malloc(cap);
@@ -449,8 +556,11 @@ static int gzip(const char *body, size_t n, unsigned char **ret, size_t *ret_n)
     return 0;
 }
 
+#define ANSWER_MAX 65536 /* of a collector's answer body read; the rest is discarded */
+
 typedef struct answer {
     char retry_after[128];
+    strbuf body;
 } answer;
 
 static size_t on_header(char *line, size_t size, size_t n, void *userdata)
@@ -468,8 +578,25 @@ static size_t on_header(char *line, size_t size, size_t n, void *userdata)
 
 static size_t on_body(char *p, size_t size, size_t n, void *userdata)
 {
-    (void)p, (void)userdata;
-    return size * n; /* a partial success's counts are not acted on */
+    answer *a = userdata;
+    strbuf_append(&a->body, p, MIN(size * n, a->body.max - a->body.len));
+    return size * n;
+}
+
+/* The records of signal S a 2xx answer BODY says were rejected
+ * (partialSuccess.rejectedSpans, ...): a count, or a string of one. */
+static uint64_t rejected_in(telemetry_signal s, const strbuf *body)
+{
+    static const char *const fields[] = {"rejectedSpans", "rejectedDataPoints", "rejectedLogRecords"};
+    if (!body->len)
+        return 0;
+    json_t *j = json_loadb(body->data, body->len, 0, NULL);
+    json_t *v = json_object_get(json_object_get(j, "partialSuccess"), fields[s]);
+    uint64_t n = json_is_integer(v) ? (uint64_t)MAX(json_integer_value(v), (json_int_t)0)
+                 : json_is_string(v) ? strtoull(json_string_value(v), NULL, 10)
+                                     : 0;
+    json_decref(j);
+    return n;
 }
 
 /* Waits up to MS on the wake condition; returns false when stopping makes
@@ -492,67 +619,99 @@ static bool backoff_wait(unsigned ms)
     return ok;
 }
 
-/* POSTs BODY (N records of signal S, stolen) with retries; counts the
- * records as dropped when they could not be delivered. */
-static void export(telemetry_signal s, json_t *body, size_t n)
+/* POSTs BODY (the JSON text of N records of signal S, stolen; NULL: it
+ * could not be made) with retries; counts the records as dropped when they
+ * could not be delivered. */
+static void export(telemetry_signal s, char *body, size_t n)
 {
-    _cleanup_free_ char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
+    const otlp_signal_config *sc = &T.cfg.signal[s];
+    _cleanup_free_ char *text = body;
     _cleanup_free_ unsigned char *gz = NULL;
     size_t gz_n = 0;
-    if (!text || gzip(text, strlen(text), &gz, &gz_n) < 0) {
+    if (!text || (sc->gzip && gzip(text, strlen(text), &gz, &gz_n) < 0)) {
         count_dropped(s, n, "out of memory");
         return;
     }
+    const char *payload = sc->gzip ? (const char *)gz : text;
+    size_t payload_n = sc->gzip ? gz_n : strlen(text);
+    curl_easy_setopt(T.curl, CURLOPT_HTTPHEADER, T.headers[s]);
+    curl_easy_setopt(T.curl, CURLOPT_CAINFO, sc->ca_file); /* NULL: the system's roots */
     for (unsigned attempt = 1;; attempt++) {
         answer a = {0};
-        uint64_t timeout = T.cfg.timeout_ms;
+        strbuf_init(&a.body, ANSWER_MAX);
+        uint64_t timeout = sc->timeout_ms;
         pthread_mutex_lock(&T.lock);
         if (T.stopping) {
             uint64_t now = mono_ms();
             timeout = T.stop_deadline_ms > now ? MIN(timeout, T.stop_deadline_ms - now) : 1;
         }
         pthread_mutex_unlock(&T.lock);
-        curl_easy_setopt(T.curl, CURLOPT_URL, T.cfg.url[s]);
-        curl_easy_setopt(T.curl, CURLOPT_POSTFIELDS, (char *)gz);
-        curl_easy_setopt(T.curl, CURLOPT_POSTFIELDSIZE, (long)gz_n);
+        curl_easy_setopt(T.curl, CURLOPT_URL, T.cfg.signal[s].url);
+        curl_easy_setopt(T.curl, CURLOPT_POSTFIELDS, payload);
+        curl_easy_setopt(T.curl, CURLOPT_POSTFIELDSIZE, (long)payload_n);
         curl_easy_setopt(T.curl, CURLOPT_HEADERDATA, &a);
+        curl_easy_setopt(T.curl, CURLOPT_WRITEDATA, &a);
         curl_easy_setopt(T.curl, CURLOPT_TIMEOUT_MS, (long)timeout);
         CURLcode e = curl_easy_perform(T.curl);
         long status = 0;
         if (e == CURLE_OK)
             curl_easy_getinfo(T.curl, CURLINFO_RESPONSE_CODE, &status);
+        uint64_t rejected = status >= 200 && status < 300 ? rejected_in(s, &a.body) : 0;
+        strbuf_free(&a.body);
+        if (rejected)
+            count_dropped(s, MIN(rejected, (uint64_t)n), "the collector rejected part of a batch");
         if (status >= 200 && status < 300)
             return;
         unsigned delay;
         if (otlp_retry_delay(status, a.retry_after[0] ? a.retry_after : NULL, attempt, (int64_t)time(NULL), &delay) <
                 0 ||
             !backoff_wait(delay)) {
-            char code[16];
+            char code[16], url[512];
             snprintf(code, sizeof(code), "%ld", status);
             log_fields(LOG_LEVEL_WARN, "the OTLP collector did not take a batch; it is dropped", "signal",
-                       signal_names[s], "url", T.cfg.url[s], "status", status ? code : curl_easy_strerror(e),
-                       NULL);
+                       signal_names[s], "url", otlp_loggable_url(T.cfg.signal[s].url, url, sizeof(url)), "status",
+                       status ? code : curl_easy_strerror(e), NULL);
             count_dropped(s, n, status ? "the collector refused them" : "the collector is unreachable");
             return;
         }
     }
 }
 
-/* Takes up to batch_max records of queue S (the lock held) into a new array. */
-static json_t *take_batch(telemetry_signal s, size_t *ret_n)
+/* Moves up to batch_max records of queue S (the lock held) into a new
+ * array *RET of *RET_N (NULL when out of memory: they stay queued). */
+static void take_batch(telemetry_signal s, char ***ret, size_t *ret_n)
 {
     record_queue *q = &T.queue[s];
-    json_t *records = json_array();
-    size_t n = 0;
-    while (records && q->n && n < T.cfg.batch_max) {
-        json_array_append_new(records, q->items[q->head]);
+    size_t n = MIN(q->n, (size_t)T.cfg.batch_max);
+    char **items = malloc(n * sizeof(*items));
+    *ret = items;
+    *ret_n = items ? n : 0;
+    for (size_t i = 0; items && i < n; i++) {
+        items[i] = q->items[q->head];
         q->head = (q->head + 1) % T.cfg.queue_max;
         q->n--;
-        n++;
     }
-    *ret_n = n;
-    return records;
+}
+
+/* The request body of the N records ITEMS of signal S (freed, with ITEMS). */
+static char *batch_body(telemetry_signal s, char **items, size_t n)
+{
+    _cleanup_strbuf_ strbuf b;
+    strbuf_init(&b, BODY_MAX);
+    int r = otlp_envelope_text(&b, s, T.resource_text, (const char *const *)items, n);
+    for (size_t i = 0; i < n; i++)
+        free(items[i]);
+    free(items);
+    return r == 0 ? strbuf_steal(&b) : NULL;
+}
+
+/* The request body of METRICS (an array of OTLP Metric objects, stolen). */
+static char *metrics_body(json_t *metrics)
+{
+    json_t *body = otlp_envelope(TELEMETRY_METRICS, T.cfg.resource, metrics);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    return text;
 }
 
 static void *exporter_main(void *arg)
@@ -574,11 +733,11 @@ static void *exporter_main(void *arg)
         bool stopping = T.stopping;
         uint64_t now = mono_ms();
         bool flush = stopping || now >= next_flush;
-        json_t *batches[TELEMETRY_SIGNAL_COUNT_] = {0};
+        char **batches[TELEMETRY_SIGNAL_COUNT_] = {0};
         size_t counts[TELEMETRY_SIGNAL_COUNT_] = {0};
         for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
             if (T.queue[s].n && (flush || T.queue[s].n >= T.cfg.batch_max))
-                batches[s] = take_batch((telemetry_signal)s, &counts[s]);
+                take_batch((telemetry_signal)s, &batches[s], &counts[s]);
         bool more = false;
         for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
             more = more || T.queue[s].n;
@@ -586,22 +745,22 @@ static void *exporter_main(void *arg)
 
         for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
             if (batches[s])
-                export((telemetry_signal)s, otlp_envelope((telemetry_signal)s, T.cfg.resource, batches[s]), counts[s]);
+                export((telemetry_signal)s, batch_body((telemetry_signal)s, batches[s], counts[s]), counts[s]);
         if (flush && !more)
             next_flush = mono_ms() + T.cfg.delay_ms;
         pthread_mutex_lock(&T.lock);
         json_t *last = TAKE_PTR(T.last_metrics);
         pthread_mutex_unlock(&T.lock);
         if (last)
-            export(TELEMETRY_METRICS, otlp_envelope(TELEMETRY_METRICS, T.cfg.resource, last), 1);
-        if (T.cfg.url[TELEMETRY_METRICS] && (stopping || mono_ms() >= next_metrics)) {
+            export(TELEMETRY_METRICS, metrics_body(last), 1);
+        if (T.cfg.signal[TELEMETRY_METRICS].url && (stopping || mono_ms() >= next_metrics)) {
             next_metrics = mono_ms() + T.cfg.metric_interval_ms;
             pthread_mutex_lock(&T.collecting);
             json_t *metrics = collect_metrics(NULL);
             pthread_mutex_unlock(&T.collecting);
             if (metrics)
-                export(TELEMETRY_METRICS, otlp_envelope(TELEMETRY_METRICS, T.cfg.resource, metrics), 1);
-        } else if (!T.cfg.url[TELEMETRY_METRICS])
+                export(TELEMETRY_METRICS, metrics_body(metrics), 1);
+        } else if (!T.cfg.signal[TELEMETRY_METRICS].url)
             next_metrics = UINT64_MAX;
         if (stopping && !more)
             return NULL;
@@ -624,12 +783,62 @@ static const char *real_getenv(const char *name, void *userdata)
 static void uuid4(char out[37])
 {
     uint8_t b[16];
-    telemetry_random_id(b, sizeof(b));
+    otlp_random_id(b, sizeof(b));
     b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
     b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
     char h[33];
     hex_encode(b, 16, h);
     snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
+}
+
+/* Appends LINE to *H; on failure frees the list (*H NULL) and returns false. */
+static bool append_header(struct curl_slist **h, const char *line)
+{
+    struct curl_slist *more = line ? curl_slist_append(*h, line) : NULL;
+    if (!more)
+        curl_slist_free_all(*h);
+    *h = more;
+    return more != NULL;
+}
+
+/* Signal SC's request headers into *RET: the content's type and encoding,
+ * ours, the configured ones. Returns 0 or -ENOMEM. */
+static int signal_headers(const otlp_signal_config *sc, struct curl_slist **ret)
+{
+    struct curl_slist *h = NULL;
+    bool ok = append_header(&h, "Content-Type: application/json") &&
+              (!sc->gzip || append_header(&h, "Content-Encoding: gzip")) &&
+              append_header(&h, "User-Agent: cloister/" CLOISTER_VERSION);
+    for (size_t i = 0; ok && i < sc->n_headers; i++) {
+        _cleanup_free_ char *line = NULL;
+        if (asprintf(&line, "%s: %s", sc->headers[i].name, sc->headers[i].value) < 0)
+            line = NULL;
+        ok = append_header(&h, line);
+    }
+    if (!ok)
+        return -ENOMEM;
+    *ret = h;
+    return 0;
+}
+
+static void free_headers(void)
+{
+    for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
+        curl_slist_free_all(T.headers[s]);
+        T.headers[s] = NULL;
+    }
+}
+
+/* A child forked by an exporting process has no exporter thread, and T.lock
+ * may have been held when it was copied: export is off there. */
+static void off_in_child(void)
+{
+    atomic_store(&T.enabled, false);
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, off_in_child);
 }
 
 int telemetry_init(const char *service_name)
@@ -644,7 +853,7 @@ int telemetry_init(const char *service_name)
                    "variable", why, "error", strerror(-r), NULL);
         return r;
     }
-    if (!cfg.url[TELEMETRY_TRACES] && !cfg.url[TELEMETRY_METRICS] && !cfg.url[TELEMETRY_LOGS]) {
+    if (!cfg.signal[TELEMETRY_TRACES].url && !cfg.signal[TELEMETRY_METRICS].url && !cfg.signal[TELEMETRY_LOGS].url) {
         otlp_config_free(&cfg);
         return 0;
     }
@@ -666,34 +875,29 @@ int telemetry_init(const char *service_name)
     pthread_condattr_destroy(&ca);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     T.curl = curl_easy_init();
-    T.headers = curl_slist_append(NULL, "Content-Type: application/json");
-    T.headers = curl_slist_append(T.headers, "Content-Encoding: gzip");
-    T.headers = curl_slist_append(T.headers, "User-Agent: cloister/" CLOISTER_VERSION);
-    for (size_t i = 0; T.headers && i < cfg.n_headers; i++) {
-        _cleanup_free_ char *h = NULL;
-        if (asprintf(&h, "%s: %s", cfg.headers[i].name, cfg.headers[i].value) < 0)
-            break;
-        T.headers = curl_slist_append(T.headers, h);
-    }
-    r = T.curl && T.headers ? 0 : -ENOMEM;
+    r = T.curl ? 0 : -ENOMEM;
     for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
-        if (!(T.queue[s].items = calloc(cfg.queue_max, sizeof(json_t *))))
+        r = signal_headers(&cfg.signal[s], &T.headers[s]);
+    for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
+        if (!(T.queue[s].items = calloc(cfg.queue_max, sizeof(char *))))
             r = -ENOMEM;
+    if (r == 0 && !(T.resource_text = json_dumps(cfg.resource, JSON_COMPACT)))
+        r = -ENOMEM;
     if (r == 0) {
-        curl_easy_setopt(T.curl, CURLOPT_HTTPHEADER, T.headers);
         curl_easy_setopt(T.curl, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(T.curl, CURLOPT_HEADERFUNCTION, on_header);
         curl_easy_setopt(T.curl, CURLOPT_WRITEFUNCTION, on_body);
         curl_easy_setopt(T.curl, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
         curl_easy_setopt(T.curl, CURLOPT_PROTOCOLS_STR, "http,https");
-        if (cfg.ca_file)
-            curl_easy_setopt(T.curl, CURLOPT_CAINFO, cfg.ca_file);
         T.cfg = cfg;
         T.start_ns = otlp_now_ns();
         T.stopping = false;
         atomic_store(&T.enabled, true);
         if ((r = -pthread_create(&T.thread, NULL, exporter_main, NULL)) < 0)
             atomic_store(&T.enabled, false);
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        if (r == 0)
+            pthread_once(&once, register_atfork);
     }
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot start the OpenTelemetry exporter", "error", strerror(-r), NULL);
@@ -701,17 +905,19 @@ int telemetry_init(const char *service_name)
             free(T.queue[s].items);
             T.queue[s].items = NULL;
         }
-        curl_slist_free_all(T.headers);
+        free_headers();
         curl_easy_cleanup(T.curl);
-        T.headers = NULL;
         T.curl = NULL;
+        free(TAKE_PTR(T.resource_text));
         T.cfg = (otlp_config){0};
         otlp_config_free(&cfg);
         return r;
     }
+    char urls[TELEMETRY_SIGNAL_COUNT_][512];
     log_fields(LOG_LEVEL_INFO, "exporting OpenTelemetry traces, metrics and logs over OTLP/HTTP", "traces",
-               cfg.url[TELEMETRY_TRACES] ?: "off", "metrics", cfg.url[TELEMETRY_METRICS] ?: "off", "logs",
-               cfg.url[TELEMETRY_LOGS] ?: "off", "service", service_name, NULL);
+               otlp_loggable_url(cfg.signal[TELEMETRY_TRACES].url, urls[0], sizeof(urls[0])), "metrics",
+               otlp_loggable_url(cfg.signal[TELEMETRY_METRICS].url, urls[1], sizeof(urls[1])), "logs",
+               otlp_loggable_url(cfg.signal[TELEMETRY_LOGS].url, urls[2], sizeof(urls[2])), "service", service_name, NULL);
     return 0;
 }
 
@@ -737,15 +943,15 @@ void telemetry_shutdown(void)
         record_queue *q = &T.queue[s];
         atomic_fetch_add(&dropped_after_stop[s], atomic_load(&q->dropped) + q->n);
         for (size_t i = 0; i < q->n; i++)
-            json_decref(q->items[(q->head + i) % T.cfg.queue_max]);
+            free(q->items[(q->head + i) % T.cfg.queue_max]);
         free(q->items);
         *q = (record_queue){0};
     }
-    curl_slist_free_all(T.headers);
+    free_headers();
     curl_easy_cleanup(T.curl);
-    T.headers = NULL;
     T.curl = NULL;
     T.n_sources = 0;
     json_decref(TAKE_PTR(T.last_metrics));
+    free(TAKE_PTR(T.resource_text));
     otlp_config_free(&T.cfg);
 }

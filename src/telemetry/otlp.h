@@ -16,30 +16,40 @@ typedef struct otlp_header {
     char *name, *value; /* percent-decoded */
 } otlp_header;
 
+/* How one signal is sent: its variables OTEL_EXPORTER_OTLP_<SIGNAL>_* over
+ * the generic OTEL_EXPORTER_OTLP_* ones. */
+typedef struct otlp_signal_config {
+    char *url; /* NULL: the signal is not exported */
+    otlp_header headers[OTLP_HEADERS_MAX]; /* _HEADERS */
+    size_t n_headers;
+    char *ca_file;       /* _CERTIFICATE: roots for an https endpoint; NULL: the system's */
+    unsigned timeout_ms; /* _TIMEOUT: one request (10000) */
+    bool gzip;           /* _COMPRESSION: gzip (the default here) or none */
+} otlp_signal_config;
+
 /* What the exporter needs to know, whatever said it. */
 typedef struct otlp_config {
-    char *url[TELEMETRY_SIGNAL_COUNT_]; /* NULL: that signal is not exported */
-    otlp_header headers[OTLP_HEADERS_MAX];
-    size_t n_headers;
-    char *ca_file;         /* OTEL_EXPORTER_OTLP_CERTIFICATE: roots for an https endpoint; NULL: the system's */
+    otlp_signal_config signal[TELEMETRY_SIGNAL_COUNT_];
     json_t *resource;      /* OTLP KeyValue array: service.name and OTEL_RESOURCE_ATTRIBUTES */
     unsigned queue_max;    /* records waiting per signal (OTEL_BSP_MAX_QUEUE_SIZE, 2048) */
     unsigned batch_max;    /* records per request (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512) */
     unsigned delay_ms;     /* longest a record waits for its batch (OTEL_BSP_SCHEDULE_DELAY, 5000) */
     unsigned metric_interval_ms; /* OTEL_METRIC_EXPORT_INTERVAL, 60000 */
-    unsigned timeout_ms;   /* one request (OTEL_EXPORTER_OTLP_TIMEOUT, 10000) */
 } otlp_config;
 
 /* Reads a variable: its value, or NULL when unset. */
 typedef const char *(*otlp_getenv)(const char *name, void *userdata);
 
 /* Fills RET from the variables GET reads; SERVICE_NAME is the default
- * service.name. Export is off (every url NULL) when no endpoint is set or
- * OTEL_SDK_DISABLED=true. Returns 0, or -EINVAL with *RET_WHY naming the
+ * service.name. Export is off (every signal's url NULL) when no endpoint is
+ * set or OTEL_SDK_DISABLED=true. Returns 0, or -EINVAL with *RET_WHY naming the
  * variable and what is wrong with it (RET then empty). */
 int otlp_config_parse(otlp_getenv get, void *userdata, const char *service_name, otlp_config *ret,
                       const char **ret_why);
 void otlp_config_free(otlp_config *c);
+/* URL as it may be logged: itself, or its copy in OUT with the user
+ * information (a password) replaced by ***; "off" for NULL. */
+const char *otlp_loggable_url(const char *url, char *out, size_t size);
 
 /* Percent-decodes the N bytes at S into a new string (*RET, the caller
  * frees); -EINVAL for a bad escape or a NUL byte. */
@@ -60,7 +70,19 @@ json_t *otlp_attr_int(const char *key, int64_t value);
 json_t *otlp_time(uint64_t unix_ns);
 /* Wall-clock now in nanoseconds. */
 uint64_t otlp_now_ns(void);
+/* N random bytes, not all zero (a trace or span id): unique, not secret. */
+void otlp_random_id(uint8_t *out, size_t n);
 
+/* Appends S (at most MAX bytes of it) to B as a JSON string: control
+ * characters escaped, each byte of invalid UTF-8 (or of a character cut at
+ * MAX) replaced by U+FFFD, so that one bad byte never makes a batch that a
+ * collector refuses. Returns 0 or strbuf's negative errno. */
+int otlp_put_json_string(strbuf *b, const char *s, size_t max);
+/* Appends the request body of signal S holding the N records RECORDS
+ * (each a record's JSON text) under the resource RESOURCE_JSON (a KeyValue
+ * array's JSON) to OUT, as otlp_envelope() would. */
+int otlp_envelope_text(strbuf *out, telemetry_signal s, const char *resource_json, const char *const *records,
+                       size_t n);
 /* The request body of signal S: {resource<Signal>: [{resource: {attributes:
  * RESOURCE}, scope<Signal>: [{scope: {name, version}, <records>: RECORDS}]}]}
  * (RECORDS stolen). */

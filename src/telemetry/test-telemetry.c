@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "basic/encoding.h"
 #include "telemetry/otlp.h"
 #include "telemetry/telemetry.h"
 
@@ -95,7 +96,7 @@ Test(config, off_without_an_endpoint)
     const char *why = NULL;
     cr_assert_eq(otlp_config_parse(get, &(env){vars}, "cloisterd-api", &c, &why), 0);
     for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
-        cr_assert_null(c.url[s]);
+        cr_assert_null(c.signal[s].url);
     otlp_config_free(&c);
 }
 
@@ -106,22 +107,51 @@ Test(config, generic_endpoint_gets_the_signal_path_and_signal_endpoints_are_take
     otlp_config c;
     const char *why = NULL;
     cr_assert_eq(otlp_config_parse(get, &(env){vars}, "cloisterd-api", &c, &why), 0);
-    cr_assert_str_eq(c.url[TELEMETRY_TRACES], "http://collector:4318/v1/traces");
-    cr_assert_str_eq(c.url[TELEMETRY_METRICS], "http://collector:4318/v1/metrics");
-    cr_assert_str_eq(c.url[TELEMETRY_LOGS], "http://logs:9999/custom/path");
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].url, "http://collector:4318/v1/traces");
+    cr_assert_str_eq(c.signal[TELEMETRY_METRICS].url, "http://collector:4318/v1/metrics");
+    cr_assert_str_eq(c.signal[TELEMETRY_LOGS].url, "http://logs:9999/custom/path");
     cr_assert_str_eq(resource_value(&c, "service.name"), "cloisterd-api");
     otlp_config_free(&c);
 
     const char *slash[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "https://c.example/otlp/", "OTEL_METRICS_EXPORTER", "none",
                            NULL};
     cr_assert_eq(otlp_config_parse(get, &(env){slash}, "s", &c, &why), 0);
-    cr_assert_str_eq(c.url[TELEMETRY_TRACES], "https://c.example/otlp/v1/traces");
-    cr_assert_null(c.url[TELEMETRY_METRICS]);
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].url, "https://c.example/otlp/v1/traces");
+    cr_assert_null(c.signal[TELEMETRY_METRICS].url);
     otlp_config_free(&c);
 
     const char *disabled[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318", "OTEL_SDK_DISABLED", "true", NULL};
     cr_assert_eq(otlp_config_parse(get, &(env){disabled}, "s", &c, &why), 0);
-    cr_assert_null(c.url[TELEMETRY_TRACES]);
+    cr_assert_null(c.signal[TELEMETRY_TRACES].url);
+    otlp_config_free(&c);
+}
+
+Test(config, a_signals_own_variables_win_over_the_generic_ones)
+{
+    const char *vars[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318", "OTEL_EXPORTER_OTLP_HEADERS", "a=1,b=2",
+                          "OTEL_EXPORTER_OTLP_LOGS_HEADERS", "c=3", "OTEL_EXPORTER_OTLP_TIMEOUT", "2000",
+                          "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "500", "OTEL_EXPORTER_OTLP_COMPRESSION", "none",
+                          "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip", "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE",
+                          "/etc/ssl/certs/ca-certificates.crt", NULL};
+    otlp_config c;
+    const char *why = NULL;
+    cr_assert_eq(otlp_config_parse(get, &(env){vars}, "s", &c, &why), 0);
+    cr_assert_eq(c.signal[TELEMETRY_TRACES].n_headers, 2);
+    cr_assert_eq(c.signal[TELEMETRY_METRICS].n_headers, 2);
+    cr_assert_eq(c.signal[TELEMETRY_LOGS].n_headers, 1);
+    cr_assert_str_eq(c.signal[TELEMETRY_LOGS].headers[0].name, "c");
+    cr_assert_eq(c.signal[TELEMETRY_TRACES].timeout_ms, 2000);
+    cr_assert_eq(c.signal[TELEMETRY_METRICS].timeout_ms, 500);
+    cr_assert(c.signal[TELEMETRY_TRACES].gzip);
+    cr_assert_not(c.signal[TELEMETRY_METRICS].gzip);
+    cr_assert_null(c.signal[TELEMETRY_TRACES].ca_file);
+    cr_assert_str_eq(c.signal[TELEMETRY_LOGS].ca_file, "/etc/ssl/certs/ca-certificates.crt");
+    otlp_config_free(&c);
+
+    const char *plain[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318", NULL};
+    cr_assert_eq(otlp_config_parse(get, &(env){plain}, "s", &c, &why), 0);
+    cr_assert(c.signal[TELEMETRY_LOGS].gzip); /* gzip unless told otherwise */
+    cr_assert_eq(c.signal[TELEMETRY_LOGS].timeout_ms, 10000);
     otlp_config_free(&c);
 }
 
@@ -132,13 +162,13 @@ Test(config, headers_are_trimmed_and_percent_decoded)
     otlp_config c;
     const char *why = NULL;
     cr_assert_eq(otlp_config_parse(get, &(env){vars}, "s", &c, &why), 0);
-    cr_assert_eq(c.n_headers, 3);
-    cr_assert_str_eq(c.headers[0].name, "api-key");
-    cr_assert_str_eq(c.headers[0].value, "secret value");
-    cr_assert_str_eq(c.headers[1].name, "authorization");
-    cr_assert_str_eq(c.headers[1].value, "Basic dTpw==");
-    cr_assert_str_eq(c.headers[2].name, "x-empty");
-    cr_assert_str_eq(c.headers[2].value, "");
+    cr_assert_eq(c.signal[TELEMETRY_TRACES].n_headers, 3);
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].headers[0].name, "api-key");
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].headers[0].value, "secret value");
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].headers[1].name, "authorization");
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].headers[1].value, "Basic dTpw==");
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].headers[2].name, "x-empty");
+    cr_assert_str_eq(c.signal[TELEMETRY_TRACES].headers[2].value, "");
     otlp_config_free(&c);
 }
 
@@ -155,6 +185,9 @@ Test(config, refuses_what_it_cannot_use_naming_the_variable)
         {"OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "OTEL_EXPORTER_OTLP_PROTOCOL (only http/json is spoken)"},
         {"OTEL_BSP_MAX_QUEUE_SIZE", "-5", "OTEL_BSP_MAX_QUEUE_SIZE"},
         {"OTEL_RESOURCE_ATTRIBUTES", "=v", "OTEL_RESOURCE_ATTRIBUTES"},
+        {"OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "OTEL_EXPORTER_OTLP_COMPRESSION"},
+        {"OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "soon", "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT"},
+        {"OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const char *vars[] = {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318", cases[i][0], cases[i][1], NULL};
@@ -186,6 +219,15 @@ Test(config, resource_attributes_and_service_name_precedence)
     otlp_config_free(&c);
 }
 
+Test(config, urls_are_logged_without_their_password)
+{
+    char out[128];
+    cr_assert_str_eq(otlp_loggable_url("https://u:secret@c.example:4318/v1/traces", out, sizeof(out)),
+                     "https://***@c.example:4318/v1/traces");
+    cr_assert_str_eq(otlp_loggable_url("http://c:4318/v1/logs?a=b@c", out, sizeof(out)), "http://c:4318/v1/logs?a=b@c");
+    cr_assert_str_eq(otlp_loggable_url(NULL, out, sizeof(out)), "off");
+}
+
 /* ---- the JSON encoding ---- */
 
 Test(encode, attributes_times_and_envelope_follow_the_json_rules)
@@ -208,6 +250,47 @@ Test(encode, attributes_times_and_envelope_follow_the_json_rules)
     json_decref(body);
     json_decref(res);
 
+}
+
+Test(encode, strings_are_valid_json_whatever_the_bytes)
+{
+    static const struct {
+        const char *in;
+        size_t max;
+        const char *out;
+    } cases[] = {
+        {"plain", 100, "\"plain\""},
+        {"q\"b\\n\n\x01\x7f", 100, "\"q\\\"b\\\\n\\u000a\\u0001\\u007f\""},
+        {"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 100, "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\""},
+        {"bad\xff\xc0\xaf", 100, "\"bad\\ufffd\\ufffd\\ufffd\""},         /* invalid, overlong */
+        {"\xed\xa0\x80", 100, "\"\\ufffd\\ufffd\\ufffd\""},               /* a surrogate */
+        {"abcdef", 3, "\"abc\""},
+        {"ab\xc3\xa9", 3, "\"ab\\ufffd\""},                                 /* cut inside a character */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        _cleanup_strbuf_ strbuf b;
+        strbuf_init(&b, 1024);
+        cr_assert_eq(otlp_put_json_string(&b, cases[i].in, cases[i].max), 0);
+        cr_assert_str_eq(b.data, cases[i].out, "case %zu", i);
+        json_t *j = json_loadb(b.data, b.len, JSON_DECODE_ANY, NULL);
+        cr_assert(json_is_string(j), "case %zu is not a JSON string: %s", i, b.data);
+        json_decref(j);
+    }
+}
+
+Test(encode, the_text_envelope_is_the_json_one)
+{
+    const char *records[] = {"{\"a\":1}", "{\"b\":2}"};
+    _cleanup_strbuf_ strbuf b;
+    strbuf_init(&b, 4096);
+    cr_assert_eq(otlp_envelope_text(&b, TELEMETRY_TRACES, "[]", records, 2), 0);
+    json_t *got = json_loads(b.data, 0, NULL);
+    json_t *res = json_array();
+    json_t *want = otlp_envelope(TELEMETRY_TRACES, res, json_pack("[{s:i},{s:i}]", "a", 1, "b", 2));
+    cr_assert(json_equal(got, want), "%s", b.data);
+    json_decref(got);
+    json_decref(want);
+    json_decref(res);
 }
 
 static json_t *metric_named(json_t *metrics, const char *name)
@@ -342,4 +425,231 @@ Test(api, everything_is_a_no_op_when_export_is_off)
     telemetry_log(TELEMETRY_SEVERITY_INFO, "x", NULL, NULL);
     cr_assert_eq(telemetry_dropped(TELEMETRY_LOGS), 0);
     telemetry_shutdown();
+}
+
+/* ---- the exporter against a collector on loopback ---- */
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <zlib.h>
+
+/* A minimal OTLP/HTTP collector: answers 200 to every POST and keeps each
+ * request's path and gunzipped body. */
+typedef struct collector {
+    int fd;
+    pthread_mutex_t lock;
+    char paths[32][32];
+    json_t *bodies[32];
+    char encodings[32][32];
+    size_t n;
+} collector;
+
+static json_t *gunzip_json(const unsigned char *p, size_t n)
+{
+    z_stream z = {0};
+    if (inflateInit2(&z, 15 + 16) != Z_OK)
+        return NULL;
+    size_t cap = 1 << 20;
+    unsigned char *out = malloc(cap);
+    z.next_in = (unsigned char *)p;
+    z.avail_in = (uInt)n;
+    z.next_out = out;
+    z.avail_out = (uInt)cap;
+    int e = inflate(&z, Z_FINISH);
+    json_t *j = e == Z_STREAM_END ? json_loadb((char *)out, z.total_out, 0, NULL) : NULL;
+    inflateEnd(&z);
+    free(out);
+    return j;
+}
+
+static void serve_connection(collector *c, int fd)
+{
+    static char buf[1 << 20];
+    size_t have = 0;
+    for (;;) {
+        char *end;
+        while (!(end = memmem(buf, have, "\r\n\r\n", 4))) {
+            ssize_t k = read(fd, buf + have, sizeof(buf) - have);
+            if (k <= 0)
+                return;
+            have += (size_t)k;
+        }
+        size_t head = (size_t)(end + 4 - buf);
+        char path[32] = "", encoding[32] = "";
+        sscanf(buf, "POST %31s", path);
+        const char *cl = strcasestr(buf, "\r\nContent-Length:"), *ce = strcasestr(buf, "\r\nContent-Encoding:");
+        size_t len = cl && cl < end ? strtoul(cl + 17, NULL, 10) : 0;
+        if (ce && ce < end)
+            sscanf(ce + 19, " %31[^\r]", encoding);
+        while (have < head + len) {
+            ssize_t k = read(fd, buf + have, sizeof(buf) - have);
+            if (k <= 0)
+                return;
+            have += (size_t)k;
+        }
+        json_t *body = gunzip_json((unsigned char *)buf + head, len);
+        pthread_mutex_lock(&c->lock);
+        if (c->n < 32) {
+            snprintf(c->paths[c->n], sizeof(c->paths[0]), "%s", path);
+            snprintf(c->encodings[c->n], sizeof(c->encodings[0]), "%s", encoding);
+            c->bodies[c->n++] = body;
+        } else
+            json_decref(body);
+        pthread_mutex_unlock(&c->lock);
+        static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+        if (write(fd, ok, sizeof(ok) - 1) < 0)
+            return;
+        memmove(buf, buf + head + len, have - head - len);
+        have -= head + len;
+    }
+}
+
+static void *collector_main(void *arg)
+{
+    collector *c = arg;
+    for (;;) {
+        int fd = accept(c->fd, NULL, NULL);
+        if (fd < 0)
+            return NULL;
+        serve_connection(c, fd);
+        close(fd);
+    }
+}
+
+static json_t *body_of(collector *c, const char *path)
+{
+    pthread_mutex_lock(&c->lock);
+    json_t *found = NULL;
+    for (size_t i = 0; i < c->n && !found; i++)
+        if (strcmp(c->paths[i], path) == 0) {
+            cr_assert_str_eq(c->encodings[i], "gzip");
+            found = c->bodies[i];
+        }
+    pthread_mutex_unlock(&c->lock);
+    return found;
+}
+
+static int one_counter(strbuf *out, void *userdata)
+{
+    return strbuf_printf(out, "# TYPE test_things_total counter\ntest_things_total{a=\"b\"} %d\n", *(int *)userdata);
+}
+
+static const char *attr_value(json_t *attrs, const char *key, const char *type)
+{
+    size_t i;
+    json_t *kv;
+    json_array_foreach(attrs, i, kv)
+        if (strcmp(json_string_value(json_object_get(kv, "key")), key) == 0)
+            return json_string_value(json_object_get(json_object_get(kv, "value"), type));
+    return NULL;
+}
+
+Test(exporter, sends_spans_logs_and_metrics_as_otlp_json_and_flushes_at_shutdown)
+{
+    collector c = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    c.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    cr_assert_eq(bind(c.fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    cr_assert_eq(listen(c.fd, 8), 0);
+    getsockname(c.fd, (struct sockaddr *)&a, &alen);
+    pthread_t t;
+    pthread_create(&t, NULL, collector_main, &c);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", ntohs(a.sin_port));
+    setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url, 1);
+    setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-test=1", 1);
+    setenv("OTEL_METRIC_EXPORT_INTERVAL", "3600000", 1); /* only the shutdown's export */
+
+    cr_assert_eq(telemetry_init("cloisterd-test"), 0);
+    cr_assert(telemetry_enabled());
+    int things = 42;
+    cr_assert_eq(telemetry_metrics_register(one_counter, &things), 0);
+    trace_context remote;
+    trace_context_new(&remote);
+    telemetry_span *root = telemetry_span_start("GET /v1/whoami", TELEMETRY_SPAN_SERVER, NULL);
+    cr_assert_not_null(root);
+    telemetry_span_set_attr_str(root, "http.route", "/v1/whoami");
+    telemetry_span_set_attr_int(root, "http.response.status_code", 503);
+    telemetry_span_set_attr_int(root, "http.response.status_code", 200); /* replaced, not repeated */
+    telemetry_span_add_link(root, &remote);
+    trace_context rc;
+    cr_assert(telemetry_span_context(root, &rc));
+    telemetry_span *child = telemetry_span_start("kms /v1/encrypt", TELEMETRY_SPAN_CLIENT, &rc);
+    telemetry_span_set_status(child, TELEMETRY_STATUS_ERROR, "refused");
+    trace_context cc;
+    cr_assert(telemetry_span_context(child, &cc));
+    telemetry_span_end(child);
+    telemetry_span_end(root);
+    telemetry_log(TELEMETRY_SEVERITY_WARN, "something happened", &cc,
+                  (const char *const[]){"request.id", "r1", "user", "alice", NULL});
+    telemetry_shutdown(); /* flushes: no waiting for the schedule */
+    cr_assert_not(telemetry_enabled());
+
+    char trace_hex[33], root_hex[17], child_hex[17], remote_hex[33];
+    hex_encode(rc.trace_id, 16, trace_hex);
+    hex_encode(rc.span_id, 8, root_hex);
+    hex_encode(cc.span_id, 8, child_hex);
+    hex_encode(remote.trace_id, 16, remote_hex);
+
+    json_t *traces = body_of(&c, "/v1/traces");
+    cr_assert_not_null(traces, "no /v1/traces request");
+    json_t *rs = json_array_get(json_object_get(traces, "resourceSpans"), 0);
+    json_t *res = json_object_get(json_object_get(rs, "resource"), "attributes");
+    cr_assert_str_eq(attr_value(res, "service.name", "stringValue"), "cloisterd-test");
+    cr_assert_str_eq(attr_value(res, "cloister.role", "stringValue"), "test");
+    char pid[16];
+    snprintf(pid, sizeof(pid), "%d", (int)getpid());
+    cr_assert_str_eq(attr_value(res, "process.pid", "intValue"), pid);
+    cr_assert_eq(strlen(attr_value(res, "service.instance.id", "stringValue")), 36);
+    json_t *spans = json_object_get(json_array_get(json_object_get(rs, "scopeSpans"), 0), "spans");
+    cr_assert_eq(json_array_size(spans), 2);
+    json_t *ch = json_array_get(spans, 0), *rt = json_array_get(spans, 1);
+    cr_assert_str_eq(json_string_value(json_object_get(ch, "traceId")), trace_hex);
+    cr_assert_str_eq(json_string_value(json_object_get(ch, "spanId")), child_hex);
+    cr_assert_str_eq(json_string_value(json_object_get(ch, "parentSpanId")), root_hex);
+    cr_assert_eq(json_integer_value(json_object_get(ch, "kind")), 3);
+    json_t *st = json_object_get(ch, "status");
+    cr_assert_eq(json_integer_value(json_object_get(st, "code")), 2);
+    cr_assert_str_eq(json_string_value(json_object_get(st, "message")), "refused");
+    cr_assert_null(json_object_get(rt, "parentSpanId"));
+    cr_assert_eq(json_integer_value(json_object_get(rt, "kind")), 2);
+    cr_assert_eq(json_array_size(json_object_get(rt, "attributes")), 2);
+    cr_assert_str_eq(attr_value(json_object_get(rt, "attributes"), "http.response.status_code", "intValue"), "200");
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(rt, "links"), 0), "traceId")),
+                     remote_hex);
+    cr_assert(json_is_string(json_object_get(rt, "startTimeUnixNano")));
+    cr_assert(strtoull(json_string_value(json_object_get(rt, "endTimeUnixNano")), NULL, 10) >=
+              strtoull(json_string_value(json_object_get(rt, "startTimeUnixNano")), NULL, 10));
+
+    json_t *logs = body_of(&c, "/v1/logs");
+    cr_assert_not_null(logs, "no /v1/logs request");
+    json_t *rec = json_array_get(
+        json_object_get(json_array_get(json_object_get(json_array_get(json_object_get(logs, "resourceLogs"), 0),
+                                                       "scopeLogs"), 0), "logRecords"), 0);
+    cr_assert_eq(json_integer_value(json_object_get(rec, "severityNumber")), 13);
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(rec, "body"), "stringValue")),
+                     "something happened");
+    cr_assert_str_eq(json_string_value(json_object_get(rec, "traceId")), trace_hex);
+    cr_assert_str_eq(json_string_value(json_object_get(rec, "spanId")), child_hex);
+    cr_assert_str_eq(attr_value(json_object_get(rec, "attributes"), "user", "stringValue"), "alice");
+
+    json_t *metrics = body_of(&c, "/v1/metrics");
+    cr_assert_not_null(metrics, "no /v1/metrics request");
+    char *text = json_dumps(metrics, JSON_COMPACT);
+    cr_assert(strstr(text, "\"name\":\"test_things\""), "%s", text);
+    cr_assert(strstr(text, "\"asInt\":\"42\""), "%s", text);
+    cr_assert(strstr(text, "\"name\":\"cloister_telemetry_dropped\""), "%s", text);
+    free(text);
+    cr_assert_eq(telemetry_dropped(TELEMETRY_TRACES), 0);
+    cr_assert_eq(telemetry_dropped(TELEMETRY_LOGS), 0);
+    shutdown(c.fd, SHUT_RDWR);
+    close(c.fd);
+    pthread_join(t, NULL);
+    for (size_t i = 0; i < c.n; i++)
+        json_decref(c.bodies[i]);
 }
