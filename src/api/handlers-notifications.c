@@ -65,7 +65,7 @@ static int handle_list(api_request *r, api_error *err)
     const char *uid = caller_uid(r->caller);
     json_auto_t *items = NULL;
     int64_t rev;
-    int e = store_list(r->server->cfg->store, "Notification", &items, &rev);
+    int e = notify_list_user(r->server->cfg->store, uid, &items, &rev);
     if (e < 0)
         return api_fail_store(err, e, "Notification", "*");
     json_t *out = json_array();
@@ -115,8 +115,9 @@ static void watcher_poll(api_sse *s)
         json_auto_t *item = strcmp(type, "DELETED") == 0 ? json_pack("{s:s?}", "id", str_at(obj, "metadata", "name"))
                                                          : notify_item_view(obj);
         if (!item || api_sse_queue_event(s, type, rev, item) < 0) {
-            api_sse_fail(&w->super, "too_large", "the client does not read the stream fast enough; list and watch again "
-                                           "from the last id received");
+            api_sse_fail(&w->super, "too_large",
+                         "the client does not read the stream fast enough; list and watch again from the last id "
+                         "received");
             return;
         }
     }

@@ -32,7 +32,7 @@
 
 #define SENDERS 2
 #define TEXT_MAX 253 /* a KIND or NAME a notification names */
-#define ID_SIZE 26   /* 13 + 12 hex digits and the NUL */
+#define ID_SIZE (NOTIFY_PREFIX_SIZE + 25) /* the user's prefix, 13 + 12 hex digits and the NUL */
 #define SECRET_KIND "NotificationSecret"
 
 static const char *const types[] = {
@@ -221,16 +221,30 @@ static void resolve_admins(store *st, pending *p)
 
 /* ---- the writer ---- */
 
-/* A fresh notification id: the time in ms (13 hex digits) and 48 random
- * bits, so that ids sort by creation time. */
-static int make_id(char out[ID_SIZE])
+void notify_user_prefix(const char *uid, char out[NOTIFY_PREFIX_SIZE])
+{
+    uint8_t digest[32];
+    unsigned int n = 0;
+    if (EVP_Digest(uid, strlen(uid), digest, &n, EVP_sha256(), NULL) != 1)
+        memset(digest, 0, sizeof(digest)); /* cannot fail with the default provider; every id stays valid */
+    hex_encode(digest, 8, out);
+    out[16] = '-';
+    out[17] = 0;
+}
+
+/* A fresh notification id for user UID: their prefix, then the time in ms
+ * (13 hex digits) and 48 random bits, so that a user's ids are one range of
+ * the store's key and sort by creation time. */
+static int make_id(const char *uid, char out[ID_SIZE])
 {
     uint8_t rnd[6];
     int r = random_bytes(rnd, sizeof(rnd));
     if (r < 0)
         return r;
-    snprintf(out, ID_SIZE, "%013llx", (unsigned long long)(time_now_ns() / 1000000));
-    hex_encode(rnd, sizeof(rnd), out + 13);
+    notify_user_prefix(uid, out);
+    snprintf(out + NOTIFY_PREFIX_SIZE - 1, ID_SIZE - NOTIFY_PREFIX_SIZE + 1, "%013llx",
+             (unsigned long long)(time_now_ns() / 1000000));
+    hex_encode(rnd, sizeof(rnd), out + NOTIFY_PREFIX_SIZE - 1 + 13);
     out[ID_SIZE - 1] = 0;
     return 0;
 }
@@ -268,6 +282,22 @@ static size_t count_for(const json_t *items, const char *uid)
             n++;
     }
     return n;
+}
+
+int notify_list_user(store *st, const char *uid, json_t **ret_items, int64_t *ret_revision)
+{
+    char prefix[NOTIFY_PREFIX_SIZE];
+    notify_user_prefix(uid, prefix);
+    json_t *items = NULL;
+    int e = store_list_prefix(st, "Notification", prefix, &items, ret_revision);
+    if (e < 0)
+        return e;
+    /* another uid with the same 64-bit prefix would be a collision: never shown */
+    for (size_t i = json_array_size(items); i-- > 0;)
+        if (strcmp(str_at(json_array_get(items, i), "spec", "userUid") ?: "", uid) != 0)
+            json_array_remove(items, i);
+    *ret_items = items;
+    return 0;
 }
 
 size_t notify_prune(const json_t *items, const char *uid, size_t cap, const char **ret_names)
@@ -354,29 +384,27 @@ static void store_pending(notifier *n, pending *p)
     store *st = n->srv->cfg->store;
     if (p->to_admins)
         resolve_admins(st, p);
-    json_auto_t *items = NULL;
-    int64_t rev;
-    int e = store_list(st, "Notification", &items, &rev);
-    if (e < 0) {
-        log_fields(LOG_LEVEL_ERROR, "notifications lost: cannot read the store", "type", p->type, "error",
-                   strerror(-e), NULL);
-        return;
-    }
     size_t cap = p->n_users * (NOTIFY_PER_USER_MAX + 1);
     store_op *ops = calloc(cap, sizeof(*ops));
-    json_t **docs = calloc(p->n_users, sizeof(json_t *));
+    /* each user's notifications, which the removals' names are borrowed from */
+    json_t **docs = calloc(p->n_users, sizeof(json_t *)), **lists = calloc(p->n_users, sizeof(json_t *));
     json_auto_t *notified = json_array();
     size_t n_ops = 0;
-    char now[40];
-    time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
-    for (size_t i = 0; ops && docs && notified && i < p->n_users; i++) {
+    int e = 0;
+    for (size_t i = 0; ops && docs && lists && notified && i < p->n_users; i++) {
         json_auto_t *user = NULL;
         if (store_get(st, "User", p->users[i], &user) < 0)
             continue;
         const char *uid = str_at(user, "metadata", "uid");
         char id[ID_SIZE];
-        if (!uid || make_id(id) < 0)
+        if (!uid || make_id(uid, id) < 0)
             continue;
+        e = notify_list_user(st, uid, &lists[i], NULL);
+        if (e < 0) {
+            log_fields(LOG_LEVEL_ERROR, "notification lost: cannot read the store", "type", p->type, "user",
+                       p->users[i], "error", strerror(-e), NULL);
+            continue;
+        }
         const json_t *hooks = json_object_get(json_object_get(json_object_get(user, "spec"), "notify"), "webhooks");
         json_t *deliveries = json_array();
         size_t k;
@@ -395,8 +423,8 @@ static void store_pending(notifier *n, pending *p)
             json_decref(status);
             continue;
         }
-        const char **names = calloc(count_for(items, uid) + 1, sizeof(char *));
-        size_t n_prune = names ? notify_prune(items, uid, NOTIFY_PER_USER_MAX, names) : 0;
+        const char **names = calloc(json_array_size(lists[i]) + 1, sizeof(char *));
+        size_t n_prune = names ? notify_prune(lists[i], uid, NOTIFY_PER_USER_MAX, names) : 0;
         for (size_t j = 0; j < n_prune && j < NOTIFY_PER_USER_MAX; j++)
             ops[n_ops++] = (store_op){.type = STORE_REMOVE, .kind = "Notification", .name = names[j]};
         free(names);
@@ -406,7 +434,7 @@ static void store_pending(notifier *n, pending *p)
                                   .doc = docs[i], .status = status};
         json_array_append_new(notified, json_string(p->users[i]));
     }
-    if (!ops || !docs || !notified) {
+    if (!ops || !docs || !lists || !notified) {
         log_fields(LOG_LEVEL_ERROR, "notifications lost: out of memory", "type", p->type, NULL);
         n_ops = 0;
     }
@@ -427,9 +455,12 @@ static void store_pending(notifier *n, pending *p)
                                         .name = p->name[0] ? p->name : NULL,
                                         .outcome = e < 0 ? "failure" : "success", .details = details});
     }
-    for (size_t i = 0; docs && i < p->n_users; i++)
+    for (size_t i = 0; docs && lists && i < p->n_users; i++) {
         json_decref(docs[i]);
+        json_decref(lists[i]);
+    }
     free(docs);
+    free(lists);
     free(ops);
 }
 

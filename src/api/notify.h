@@ -11,8 +11,10 @@
  * webhooks. Documents:
  *   Notification/<id>: spec {user, userUid, type, kind, name, details},
  *     status {read, readAt, deliveries: [{url, state, attempts, lastStatus,
- *     lastError, deliveredAt, nextAttemptAt}]}; <id> is 13 hex digits of
- *     the creation time in ms and 12 random ones, so ids sort by time.
+ *     lastError, deliveredAt, nextAttemptAt}]}; <id> is the user's prefix
+ *     (notify_user_prefix()), 13 hex digits of the creation time in ms and
+ *     12 random ones: a user's notifications are one range of the store's
+ *     key (store_list_prefix()), sorted by time.
  *   NotificationSecret/<user>: spec {user, userUid, secret: "kms:…"}, the
  *     webhook signing secret sealed by the KMS as Secret values are; never
  *     served by the generic API (not a resource kind). */
@@ -87,6 +89,15 @@ int notify_users(api_server *srv, const char *const *users, size_t n_users, cons
  * resolved by the writer thread. For what concerns no one user, such as a
  * refused key release of an Enclave. Same returns. */
 int notify_admins(api_server *srv, const char *type, const char *kind, const char *name, json_t *details);
+
+/* The name prefix of user UID's notifications: 16 hex digits of SHA-256(UID)
+ * and "-", into OUT. */
+#define NOTIFY_PREFIX_SIZE 18
+void notify_user_prefix(const char *uid, char out[NOTIFY_PREFIX_SIZE]);
+/* User UID's notifications (a new array of stored documents, oldest first)
+ * and the revision they reflect; reads only theirs. Returns 0 or a negative
+ * errno. */
+int notify_list_user(store *st, const char *uid, json_t **ret_items, int64_t *ret_revision);
 
 /* Which of the user UID's notifications in ITEMS (stored documents sorted
  * by id, so oldest first) go so that one more fits under CAP: none while

@@ -101,8 +101,9 @@ static json_t *items_of(size_t n, const char *read)
     for (size_t i = 0; i < n; i++) {
         char name[24];
         snprintf(name, sizeof(name), "n%zu", i);
+        bool is_read = strchr(read, (int)('0' + i)) != NULL;
         json_array_append_new(items, json_pack("{s:{s:s}, s:{s:s}, s:{s:b}}", "metadata", "name", name, "spec",
-                                               "userUid", "u1", "status", "read", strchr(read, (int)('0' + i)) != NULL));
+                                               "userUid", "u1", "status", "read", is_read));
         if (i == 1)
             json_array_append_new(items, json_pack("{s:{s:s}, s:{s:s}, s:{s:b}}", "metadata", "name", "other",
                                                    "spec", "userUid", "u2", "status", "read", true));
@@ -131,4 +132,13 @@ Test(notify, pruning_takes_the_oldest_read_ones_first_then_the_oldest)
     cr_assert_str_eq(names[0], "other");
     cr_assert_eq(notify_prune(items, "u3", 1, names), 0);
     json_decref(items);
+}
+
+Test(notify, a_users_ids_share_a_prefix_from_their_uid)
+{
+    char prefix[NOTIFY_PREFIX_SIZE];
+    notify_user_prefix("abc", prefix); /* SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223... */
+    cr_assert_str_eq(prefix, "ba7816bf8f01cfea-");
+    notify_user_prefix("abd", prefix);
+    cr_assert_str_neq(prefix, "ba7816bf8f01cfea-");
 }

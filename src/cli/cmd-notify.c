@@ -25,7 +25,8 @@ static void print_line(const json_t *n)
         text_sanitize(json_string_value(json_object_get(n, fields[i])) ?: "", outs[i], sizes[i]);
     char object[400];
     snprintf(object, sizeof(object), "%s%s%s", kind, kind[0] ? "/" : "", name);
-    printf("%-26s %-24s %-32s %-25s %s\n", id, type, object, at, json_is_true(json_object_get(n, "read")) ? "read" : "unread");
+    printf("%-42s %-22s %-28s %-24s %s\n", id, type, object, at,
+           json_is_true(json_object_get(n, "read")) ? "read" : "unread");
 }
 
 static int print_value(const cli_ctx *ctx, const json_t *v)
@@ -38,7 +39,8 @@ static int list(cli_ctx *ctx, bool unread)
 {
     json_auto_t *ans = NULL;
     api_error err;
-    if (api_request(ctx, ctx->token, "GET", unread ? "/notifications?unread=1" : "/notifications", NULL, &ans, &err) < 0)
+    const char *path = unread ? "/notifications?unread=1" : "/notifications";
+    if (api_request(ctx, ctx->token, "GET", path, NULL, &ans, &err) < 0)
         return api_error_print(&err);
     if (ctx->output != CLI_OUTPUT_TEXT)
         return print_value(ctx, ans);
@@ -47,7 +49,7 @@ static int list(cli_ctx *ctx, bool unread)
         printf(unread ? "no unread notifications\n" : "no notifications\n");
         return CLI_EXIT_OK;
     }
-    printf("%-26s %-24s %-32s %-25s %s\n", "ID", "TYPE", "OBJECT", "CREATED", "STATE");
+    printf("%-42s %-22s %-28s %-24s %s\n", "ID", "TYPE", "OBJECT", "CREATED", "STATE");
     size_t i;
     const json_t *n;
     json_array_foreach(items, i, n)
@@ -92,7 +94,7 @@ static int watch(cli_ctx *ctx, bool unread)
     char line[64 * 1024], event[32] = "";
     int rc = CLI_EXIT_OK;
     if (ctx->output == CLI_OUTPUT_TEXT)
-        printf("%-26s %-24s %-32s %-25s %s\n", "ID", "TYPE", "OBJECT", "CREATED", "STATE");
+        printf("%-42s %-22s %-28s %-24s %s\n", "ID", "TYPE", "OBJECT", "CREATED", "STATE");
     fflush(stdout);
     while (in && fgets(line, sizeof(line), in)) {
         line[strcspn(line, "\r\n")] = 0;
@@ -103,8 +105,8 @@ static int watch(cli_ctx *ctx, bool unread)
             if (strcmp(event, "ERROR") == 0) {
                 const json_t *err = json_object_get(v, "error");
                 char clean[600];
-                rc = cli_error("the stream ended: %s", text_sanitize(json_string_value(json_object_get(err, "message")) ?: "",
-                                                                      clean, sizeof(clean)));
+                const char *why = json_string_value(json_object_get(err, "message")) ?: "";
+                rc = cli_error("the stream ended: %s", text_sanitize(why, clean, sizeof(clean)));
             } else if (strcmp(event, "ADDED") == 0 && v && !(unread && json_is_true(json_object_get(v, "read")))) {
                 if (ctx->output == CLI_OUTPUT_TEXT)
                     print_line(v);

@@ -15,6 +15,9 @@ typedef struct store_driver {
     int (*get_by_lookup)(void *impl, const char *kind, const char *key, json_t **ret_doc);
     /* N_KINDS is 1 to STORE_KINDS_MAX (checked by the front) */
     int (*list)(void *impl, const char *const *kinds, size_t n_kinds, json_t **ret_items, int64_t *ret_revision);
+    /* the documents of KIND named FROM or after and before TO (byte order) */
+    int (*list_range)(void *impl, const char *kind, const char *from, const char *to, json_t **ret_items,
+                      int64_t *ret_revision);
     /* queues TXN; calls txn->done once it is durable or has failed */
     void (*write_async)(void *impl, store_txn *txn);
     /* N_KINDS is 0 (every kind) to STORE_KINDS_MAX (checked by the front) */

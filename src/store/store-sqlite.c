@@ -23,8 +23,8 @@
 
 typedef struct reader {
     sqlite3 *db;
-    sqlite3_stmt *get, *get_lookup, *list, *list_kinds, *changes, *changes_kind, *changes_kinds, *min_change,
-        *revision;
+    sqlite3_stmt *get, *get_lookup, *list, *list_kinds, *list_range, *changes, *changes_kind, *changes_kinds,
+        *min_change, *revision;
     struct reader *next;
 } reader;
 
@@ -130,6 +130,7 @@ static void reader_free(reader *r)
     sqlite3_finalize(r->get_lookup);
     sqlite3_finalize(r->list);
     sqlite3_finalize(r->list_kinds);
+    sqlite3_finalize(r->list_range);
     sqlite3_finalize(r->changes);
     sqlite3_finalize(r->changes_kind);
     sqlite3_finalize(r->changes_kinds);
@@ -157,6 +158,10 @@ static int reader_new(sqlite_store *s, reader **ret)
                     "SELECT doc FROM resources WHERE kind IN (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) "
                     "ORDER BY kind, name",
                     &r->list_kinds);
+    if (e == 0) /* a range of the primary key: reads only what it returns */
+        e = prepare(r->db,
+                    "SELECT doc FROM resources WHERE kind = ?1 AND name >= ?2 AND name < ?3 ORDER BY name",
+                    &r->list_range);
     if (e == 0)
         e = prepare(r->db, "SELECT rv, type, doc FROM changes WHERE rv > ?1 ORDER BY rv LIMIT ?2",
                     &r->changes);
@@ -285,23 +290,15 @@ static void bind_kinds(sqlite3_stmt *st, int first, int count, const char *const
     }
 }
 
-/* The documents of the N_KINDS (1..STORE_KINDS_MAX) KINDS, sorted by kind
- * and name, and the revision they reflect. */
-static int sqlite_list(void *impl, const char *const *kinds, size_t n_kinds, json_t **ret_items,
-                       int64_t *ret_revision)
+/* Runs ST (its parameters bound) on R in one read transaction: the
+ * documents it selects and the revision they reflect, the same snapshot.
+ * Resets ST. */
+static int read_docs(reader *r, sqlite3_stmt *st, json_t **ret_items, int64_t *ret_revision)
 {
-    sqlite_store *s = impl;
-    reader *r;
-    int e = reader_acquire(s, &r);
-    if (e < 0)
-        return e;
     json_t *items = json_array();
     int64_t rev = 0;
-    sqlite3_stmt *st = n_kinds == 1 ? r->list : r->list_kinds;
-    /* one read transaction: the list and the revision describe the same snapshot */
-    e = exec_sql(r->db, "BEGIN");
+    int e = items ? exec_sql(r->db, "BEGIN") : -ENOMEM;
     if (e == 0) {
-        bind_kinds(st, 1, n_kinds == 1 ? 1 : STORE_KINDS_MAX, kinds, n_kinds);
         int rc;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
             json_t *doc;
@@ -312,14 +309,13 @@ static int sqlite_list(void *impl, const char *const *kinds, size_t n_kinds, jso
         }
         if (e == 0 && rc != SQLITE_DONE)
             e = sqlite_to_errno(rc) ?: -EIO;
-        sqlite3_reset(st);
-        sqlite3_clear_bindings(st);
         if (e == 0 && sqlite3_step(r->revision) == SQLITE_ROW)
             rev = sqlite3_column_int64(r->revision, 0);
         sqlite3_reset(r->revision);
         exec_sql(r->db, "COMMIT");
     }
-    reader_release(s, r);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
     if (e < 0) {
         json_decref(items);
         return e;
@@ -328,6 +324,41 @@ static int sqlite_list(void *impl, const char *const *kinds, size_t n_kinds, jso
     if (ret_revision)
         *ret_revision = rev;
     return 0;
+}
+
+/* The documents of the N_KINDS (1..STORE_KINDS_MAX) KINDS, sorted by kind
+ * and name, and the revision they reflect. */
+static int sqlite_list(void *impl, const char *const *kinds, size_t n_kinds, json_t **ret_items,
+                       int64_t *ret_revision)
+{
+    sqlite_store *s = impl;
+    reader *r;
+    int e = reader_acquire(s, &r);
+    if (e < 0)
+        return e;
+    sqlite3_stmt *st = n_kinds == 1 ? r->list : r->list_kinds;
+    bind_kinds(st, 1, n_kinds == 1 ? 1 : STORE_KINDS_MAX, kinds, n_kinds);
+    e = read_docs(r, st, ret_items, ret_revision);
+    reader_release(s, r);
+    return e;
+}
+
+/* The documents of KIND named FROM or after and before TO, sorted by name,
+ * and the revision they reflect. */
+static int sqlite_list_range(void *impl, const char *kind, const char *from, const char *to, json_t **ret_items,
+                             int64_t *ret_revision)
+{
+    sqlite_store *s = impl;
+    reader *r;
+    int e = reader_acquire(s, &r);
+    if (e < 0)
+        return e;
+    sqlite3_bind_text(r->list_range, 1, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(r->list_range, 2, from, -1, SQLITE_STATIC);
+    sqlite3_bind_text(r->list_range, 3, to, -1, SQLITE_STATIC);
+    e = read_docs(r, r->list_range, ret_items, ret_revision);
+    reader_release(s, r);
+    return e;
 }
 
 /* The changes after AFTER of the N_KINDS KINDS (0: every kind), oldest
@@ -807,6 +838,7 @@ const store_driver store_sqlite_driver = {
     .get = sqlite_get,
     .get_by_lookup = sqlite_get_by_lookup,
     .list = sqlite_list,
+    .list_range = sqlite_list_range,
     .write_async = sqlite_write_async,
     .changes_since = sqlite_changes_since,
     .revision = sqlite_revision,

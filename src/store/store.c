@@ -72,6 +72,18 @@ int store_list(store *s, const char *kind, json_t **ret_items, int64_t *ret_revi
     return s->driver->list(s->impl, &kind, 1, ret_items, ret_revision);
 }
 
+int store_list_prefix(store *s, const char *kind, const char *prefix, json_t **ret_items, int64_t *ret_revision)
+{
+    size_t n = prefix ? strlen(prefix) : 0;
+    if (n == 0 || n > 63 || memchr(prefix, 0xff, n))
+        return -EINVAL;
+    /* the names in [PREFIX, PREFIX with its last byte one higher) */
+    char to[64];
+    memcpy(to, prefix, n + 1);
+    to[n - 1] = (char)((unsigned char)to[n - 1] + 1);
+    return s->driver->list_range(s->impl, kind, prefix, to, ret_items, ret_revision);
+}
+
 int store_list_kinds(store *s, const char *const *kinds, size_t n_kinds, json_t **ret_items,
                      int64_t *ret_revision)
 {

@@ -94,6 +94,12 @@ int store_get_by_lookup(store *s, const char *kind, const char *key, json_t **re
  * reflect, read in one snapshot. */
 int store_list(store *s, const char *kind, json_t **ret_items, int64_t *ret_revision);
 
+/* store_list() of the documents of KIND whose names start with PREFIX
+ * (1 to 63 bytes, none of them 0xff), sorted by name: a range of the
+ * store's key, so only those are read (a user's notifications among
+ * everyone's). -EINVAL for a bad PREFIX. */
+int store_list_prefix(store *s, const char *kind, const char *prefix, json_t **ret_items, int64_t *ret_revision);
+
 /* The most kinds one call of the *_kinds functions below takes. */
 #define STORE_KINDS_MAX 12
 

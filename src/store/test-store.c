@@ -414,3 +414,43 @@ Test(store, url_selects_the_driver)
     cr_assert_eq(store_open("postgres://db.example/cloister", &s), -EPROTONOSUPPORT);
     cr_assert_eq(store_open("sqlite:/nonexistent-dir/x/store.db", &s) < 0, true);
 }
+
+Test(store, list_prefix_reads_a_range_of_names)
+{
+    store *s;
+    cr_assert_eq(store_open(path, &s), 0);
+    const char *names[] = {"a-1", "ab-2", "ab-1", "ac", "ab", "b"};
+    store_op op;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        json_t *doc = service_doc(names[i], "http://127.0.0.1:9000");
+        cr_assert_eq(write_one(s, STORE_CREATE, names[i], doc, 0, &op), 0);
+        json_decref(op.result);
+        json_decref(doc);
+    }
+    json_t *cred = credential_doc("ab-3", "alice");
+    store_op c = {.type = STORE_CREATE, .kind = "Credential", .name = "ab-3", .doc = cred};
+    store_txn txn = {.ops = &c, .n_ops = 1};
+    cr_assert_eq(store_write(s, &txn), 0);
+    store_txn_clear(&txn);
+    json_decref(cred);
+
+    json_t *items;
+    int64_t rev;
+    cr_assert_eq(store_list_prefix(s, "Service", "ab-", &items, &rev), 0);
+    cr_assert_eq(rev, 7);
+    cr_assert_eq(json_array_size(items), 2, "another kind's ab-3 and other names are not listed");
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(json_array_get(items, 0), "metadata"), "name")),
+                     "ab-1");
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(json_array_get(items, 1), "metadata"), "name")),
+                     "ab-2");
+    json_decref(items);
+    cr_assert_eq(store_list_prefix(s, "Service", "a", &items, NULL), 0);
+    cr_assert_eq(json_array_size(items), 5);
+    json_decref(items);
+    cr_assert_eq(store_list_prefix(s, "Service", "zz", &items, NULL), 0);
+    cr_assert_eq(json_array_size(items), 0);
+    json_decref(items);
+    cr_assert_eq(store_list_prefix(s, "Service", "", &items, NULL), -EINVAL);
+    cr_assert_eq(store_list_prefix(s, "Service", NULL, &items, NULL), -EINVAL);
+    store_free(s);
+}
