@@ -11,10 +11,12 @@ import json
 import shutil
 import sqlite3
 import subprocess
+import time
 
 import pytest
 
 from conftest import audit_entries, audited, manifest, ok, run_cli, workspace_world, world_cli
+from test_runner import channel, launch, remove
 
 MARK_CITY = "Qx7MarkerLyonZ"     # plaintext markers: must never reach the data dir
 MARK_NOTE = "Vy3SecretNoteW"
@@ -91,6 +93,18 @@ def test_a_run_is_refused_until_every_owner_approved_and_names_who_is_missing(wo
     audited(world["s"], "job.run", lambda e: e["outcome"] == "denied" and e["resource"]["name"] == "by-city")
 
 
+def wait_notified(w, user, type_, name):
+    """USER's notification of TYPE_ about Job NAME, once it is there (a writer thread stores them)."""
+    deadline = time.time() + 10
+    while True:
+        items = w["s"].request("GET", "/v1/notifications", token=w["tokens"][user]).json()["items"]
+        got = [n for n in items if n["type"] == type_ and n["name"] == name]
+        if got:
+            return got
+        assert time.time() < deadline, f"no {type_} notification about {name} for {user}"
+        time.sleep(0.1)
+
+
 def test_the_approved_job_runs_and_its_result_equals_sqlite3(world):
     p = ok(cli(world, "alice", "job", "run", "by-city", "--wait"))
     assert "succeeded" in p.stdout, p.stdout
@@ -112,6 +126,11 @@ def test_the_approved_job_runs_and_its_result_equals_sqlite3(world):
     # the kms role decided the release itself, and said so
     audited(world["s"], "kms.job.release", lambda e: e["outcome"] == "success" and e["resource"]["name"] == "by-city")
     assert f'"receipt":{run["receipt"]}' in ok(cli(world, "alice", "job", "show", "by-city")).stdout
+    # the kms role counted the run in its own files, under the digest
+    assert (world["s"].data_dir / "kms" / "job-runs" / st["digest"]).read_text().strip() == "1"
+    # those concerned heard of it
+    for user in ("alice", "bob"):
+        wait_notified(world, user, "job.run.succeeded", "by-city")
 
 
 def test_a_recipient_decrypts_with_the_age_tool_and_a_non_recipient_cannot(world):
@@ -134,10 +153,24 @@ def test_a_recipient_decrypts_with_the_age_tool_and_a_non_recipient_cannot(world
 def test_a_second_run_of_a_max_runs_1_job_is_refused(world):
     r = start_run(world, "by-city")
     assert r.status_code == 409 and "maxRuns" in r.json()["error"]["message"], r.text
+    # a new proposal with more runs is a new digest: approved anew, it runs (the kms role counts per digest)
+    propose(world, "again", "SELECT count(*) AS again FROM patients")
+    approve_all(world, "again")
+    ok(cli(world, "alice", "job", "run", "again", "--wait"))
+    first = job(world, "again")["status"]["digest"]
+    assert start_run(world, "again").status_code == 409
+    propose(world, "again", "SELECT count(*) AS again FROM patients", "--max-runs", "2")
+    assert start_run(world, "again").status_code == 409  # the approvals were cleared
+    approve_all(world, "again")
+    ok(cli(world, "alice", "job", "run", "again", "--wait"))
+    st = job(world, "again")["status"]
+    assert [r["state"] for r in st["runs"]] == ["succeeded", "succeeded"] and st["digest"] != first
+    runs_dir = world["s"].data_dir / "kms" / "job-runs"
+    assert (runs_dir / first).read_text().strip() == "1" and (runs_dir / st["digest"]).read_text().strip() == "1"
 
 
 def test_a_veto_after_approval_stops_the_run(world):
-    propose(world, "vetoed", "SELECT count(*) AS n FROM visits")
+    propose(world, "vetoed", "SELECT count(*) AS vetoed FROM visits")
     approve_all(world, "vetoed")
     ok(cli(world, "bob", "job", "veto", "vetoed", "--reason", "not this quarter"))
     r = start_run(world, "vetoed")
@@ -155,18 +188,63 @@ def test_a_sandbox_the_workspace_policy_does_not_accept_gets_nothing(world):
     r = s.request("PUT", "/v1/workspaces/cohort", json=ws)
     assert r.status_code == 200, r.text
     try:
-        propose(world, "pinned", "SELECT count(*) AS n FROM patients")
+        propose(world, "pinned", "SELECT count(*) AS pinned FROM patients")
         approve_all(world, "pinned")
         p = cli(world, "alice", "job", "run", "pinned", "--wait")
         assert p.returncode != 0 and "key release refused" in p.stdout + p.stderr, (p.stdout, p.stderr)
         run = job(world, "pinned")["status"]["runs"][-1]
         assert run["state"] == "failed" and run["released"] is False and "pcr0" in run["reason"], run
         audited(s, "kms.job.release", lambda e: e["outcome"] == "denied" and e["resource"]["name"] == "pinned")
+        wait_notified(world, "bob", "key-release.refused", "pinned")
         assert s.request("GET", "/v1/jobs/pinned/result").status_code == 404
     finally:
         ws = s.request("GET", "/v1/workspaces/cohort").json()
         del ws["spec"]["attestationPolicy"]
         assert s.request("PUT", "/v1/workspaces/cohort", json=ws).status_code == 200
+
+
+def test_an_engine_changed_behind_the_server_s_back_gets_nothing(world):
+    """The runner measures the bundle at each launch: a copy changed after the server measured it runs with
+    another PCR0, which the kms role refuses by itself (the digest names the engine it was approved for)."""
+    propose(world, "tampered", "SELECT count(*) AS tampered FROM visits")
+    approve_all(world, "tampered")
+    yaml_path = world["s"].data_dir / "runner" / "job-engine" / "enclave.yaml"
+    original = yaml_path.read_bytes()
+    yaml_path.write_bytes(original + b"# changed\n")
+    try:
+        p = cli(world, "alice", "job", "run", "tampered", "--wait")
+    finally:
+        yaml_path.write_bytes(original)
+    assert p.returncode != 0, p.stdout
+    run = job(world, "tampered")["status"]["runs"][-1]
+    assert run["state"] == "failed" and "pcr0: the sandbox's PCR0" in run["reason"] and not run["released"], run
+    audited(world["s"], "kms.job.release", lambda e: e["outcome"] == "denied" and e["details"]["check"] == "pcr0")
+
+
+def test_only_a_job_sandbox_reaches_a_run_s_keys_and_inputs(world, tmp_path):
+    """An ordinary Enclave's agent cannot ask for a job's keys or inputs on its channel, and the API serves a
+    run's calls to the runner's identity only: not to a member, not to an admin."""
+    s = world["s"]
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "enclave.yaml").write_text('command: ["/bin/sleep", "600"]\n')
+    bundle.chmod(0o755)
+    replica, _ = launch(s, "plain", bundle)
+    try:
+        status, ans = channel(s, replica["name"], "POST", "/v1/job/release",
+                              {"type": "sandbox", "evidence": "AA==", "publicKey": "AA=="})
+        assert status == 403 and "runs no job" in ans["error"]["message"], ans
+        status, ans = channel(s, replica["name"], "POST", "/v1/job/input", {"name": "patients", "offset": 0})
+        assert status == 403, ans
+    finally:
+        remove(s, "plain")
+    for token in (world["tokens"]["alice"], s.token):
+        r = s.request("POST", "/v1/job-runs/by-city/1/release", token=token,
+                      json={"type": "sandbox", "evidence": "AA==", "publicKey": "AA=="})
+        assert r.status_code == 403 and "cloister-runner" in r.json()["error"]["message"], r.text
+        r = s.request("GET", "/v1/job-runs/by-city/1/inputs/patients?offset=0", token=token)
+        assert r.status_code == 403, r.text
+    audited(s, "api.access", lambda e: e["outcome"] == "denied" and e["details"].get("api", {}).get("verb") == "run-io")
 
 
 @pytest.mark.parametrize("name,query,reason", [
@@ -176,8 +254,10 @@ def test_a_sandbox_the_workspace_policy_does_not_accept_gets_nothing(world):
     ("q-pragma", "PRAGMA writable_schema = 1", "PRAGMA"),
     ("q-endless", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
      "time limit"),
+    ("q-rows", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c", "row limit"),
+    ("q-error", "SELECT nosuch FROM patients", "no such column"),
 ])
-def test_hostile_queries_end_as_failed_runs_with_nothing_of_a_result(world, name, query, reason):
+def test_hostile_and_failing_queries_end_as_failed_runs_with_nothing_of_a_result(world, name, query, reason):
     propose(world, name, query)
     approve_all(world, name)
     p = cli(world, "alice", "job", "run", name, "--wait")

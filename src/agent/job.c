@@ -166,12 +166,6 @@ static int run_engine(const agent_job_env *env, const char *manifest, json_t **r
             if (setrlimit(RLIMIT_AS, &rl) < 0)
                 _exit(127);
         }
-#if defined(__SANITIZE_ADDRESS__)
-        /* a sanitizer build's engine: LeakSanitizer needs ptrace, which the
-         * sandbox refuses, and would replace the engine's exit by its own
-         * failure before the report left stdout's buffer */
-        setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
-#endif
         extern char **environ;
         execve(argv[0], argv, environ);
         _exit(127);

@@ -25,14 +25,19 @@
 #include "kms/client.h"
 #include "resource/resource.h"
 
-#define HEADER_MAX (64 * 1024)   /* of an input's ciphertext, sent for the workspace key's unwrap */
+/* an input's age header, sent for the workspace key's unwrap (KMS_JOB_HEADER_MAX):
+ * 16 of them fit the kms role's body cap */
+#define HEADER_MAX (8 * 1024)
 #define STATUS_RETRIES 8         /* compare-and-swap attempts on a Job's status */
 #define RECEIPT_TIMEOUT_MS 5000
 /* what the engine is given (the manifest's limits) */
 #define ENGINE_MEMORY_MIB 1024
 #define ENGINE_SECONDS_DEFAULT 600 /* CLOISTER_JOB_SECONDS changes it (1 to 86400) */
 #define ENGINE_ROWS 1000000
-#define SANDBOX_PIDS 64           /* the engine's memory is bounded by its own heap limit (limits.memoryMiB) */
+#define SANDBOX_PIDS 64
+/* the engine's address space (the agent applies it to the engine only):
+ * SQLite's heap limit (limits.memoryMiB) and room for the engine's own buffers */
+#define SANDBOX_MEMORY_MIB (ENGINE_MEMORY_MIB + 512)
 
 static char *runner_socket, *engine_bundle;
 static long engine_seconds = ENGINE_SECONDS_DEFAULT;
@@ -102,13 +107,18 @@ static json_t *run_of(const json_t *status, json_int_t n)
     return NULL;
 }
 
-/* How many runs of STATUS had their keys released (the KMS counts its own). */
+/* How many runs of STATUS's current digest had their keys released (the
+ * kms role counts its own, per digest too); runs of an earlier digest are
+ * history. */
 static json_int_t runs_released(const json_t *status)
 {
+    const char *digest = json_string_value(json_object_get(status, "digest"));
     json_int_t n = 0;
     size_t i;
     json_t *run;
-    json_array_foreach(json_object_get(status, "runs"), i, run) n += json_is_true(json_object_get(run, "released"));
+    json_array_foreach(json_object_get(status, "runs"), i, run) n +=
+        json_is_true(json_object_get(run, "released")) && digest &&
+        strcmp(json_string_value(json_object_get(run, "digest")) ?: "", digest) == 0;
     return n;
 }
 
@@ -236,7 +246,8 @@ static bool cannot_run(api_server *srv, const json_t *job, char *why, size_t siz
     else if (not_after && time_parse_rfc3339(not_after, &until) == 0 && until < (int64_t)(time_now_ns() / NSEC_PER_SEC))
         snprintf(why, size, "Job %s expired at %s (notAfter)", name, not_after);
     else if (json_is_integer(max) && runs_released(status) >= json_integer_value(max))
-        snprintf(why, size, "Job %s ran %lld time%s, its maxRuns (%lld): propose it again to run it again", name,
+        snprintf(why, size, "Job %s ran %lld time%s, its maxRuns (%lld): to run it again, propose it with a higher "
+                 "--max-runs (a new digest, approved anew)", name,
                  (long long)runs_released(status), runs_released(status) == 1 ? "" : "s",
                  (long long)json_integer_value(max));
     else if (check_approvals(srv->cfg->store, status, missing, sizeof(missing)), missing[0])
@@ -342,10 +353,45 @@ static int mark_released(json_t *job, json_t *status, void *userdata, api_error 
     return 0;
 }
 
+/* Ends as failed a running run of Job NAME whose sandbox the runner no
+ * longer runs (its agent died before it could end the run), so that the job
+ * can run again. Blocking. */
+static void end_orphaned_run(store *s, const char *name)
+{
+    json_auto_t *job = NULL;
+    if (store_get(s, "Job", name, &job) < 0 ||
+        strcmp(str_at(job, "status", "state") ?: "", "running") != 0 || !runner_socket)
+        return;
+    const json_t *runs = json_object_get(json_object_get(job, "status"), "runs");
+    const json_t *last = json_array_get(runs, json_array_size(runs) - 1);
+    const char *sandbox = json_string_value(json_object_get(last, "sandbox"));
+    runner_client *rc = NULL;
+    runner_view view = {0};
+    char why[RUNNER_WHY_MAX];
+    if (!sandbox || runner_client_new(runner_socket, &rc) < 0 || runner_client_list(rc, &view, why, sizeof(why)) < 0) {
+        runner_client_free(rc);
+        return;
+    }
+    bool gone = !runner_view_find(&view, sandbox);
+    runner_view_free(&view);
+    runner_client_free(rc);
+    if (!gone)
+        return;
+    run_end e = {.n = json_integer_value(json_object_get(last, "n")),
+                 .reason = "the sandbox ended without ending the run (see the runner's log of it)", .receipt = -1};
+    api_error ignored;
+    if (edit_status(s, name, end_run, &e, NULL, &ignored) == 0) {
+        json_auto_t *details = json_pack("{s:I, s:s}", "run", e.n, "reason", e.reason);
+        audit_event_emit(&(audit_event){.action = "job.run.failed", .user = "system:api", .kind = "Job", .name = name,
+                                        .outcome = "failure", .details = details});
+    }
+}
+
 static void start_work(offload_job *j)
 {
     start_job *sj = (start_job *)j;
     store *s = sj->srv->cfg->store;
+    end_orphaned_run(s, sj->name);
     if ((sj->rc = edit_status(s, sj->name, add_run, sj, &sj->job, &sj->err)) < 0)
         return;
     runner_client *rc = NULL;
@@ -355,7 +401,7 @@ static void start_work(offload_job *j)
              (long long)sj->n);
     json_auto_t *params = json_pack("{s:s, s:I, s:s}", "name", sj->name, "run", sj->n, "digest",
                                     str_at(sj->job, "status", "digest"));
-    json_auto_t *limits = json_pack("{s:i}", "pids", SANDBOX_PIDS);
+    json_auto_t *limits = json_pack("{s:i, s:i}", "memoryMiB", SANDBOX_MEMORY_MIB, "pids", SANDBOX_PIDS);
     runner_launch l = {.name = sj->sandbox, .bundle = engine_bundle, .owner = owner, .limits = limits, .job = params};
     int r = !runner_socket ? -ENOTCONN : runner_client_new(runner_socket, &rc);
     if (r == 0)
@@ -512,7 +558,7 @@ typedef struct io_job {
     json_t *job;    /* the Job after the call, for notifications */
     const char *notify; /* a notification type to send from the loop, or NULL */
     json_t *notify_details;
-    const char *refused_check; /* a refused release: notify key-release.refused too */
+    const char *also_notify; /* a refused release: key-release.refused too */
     int rc;
     api_error err;
 } io_job;
@@ -539,7 +585,8 @@ static void result_upload_id(const json_t *job, json_int_t n, char out[BLOB_ID_M
     snprintf(out, BLOB_ID_MAX + 1, "run-%.40s-%lld", str_at(job, "metadata", "uid") ?: "0", (long long)n);
 }
 
-/* The header (first bytes) of blob SHA, base64, as a new string. */
+/* The age header of blob SHA (up to and including its MAC line), base64, as
+ * a new string; NULL with ERR. */
 static json_t *blob_header(const char *sha, api_error *err)
 {
     int fd;
@@ -549,15 +596,24 @@ static json_t *blob_header(const char *sha, api_error *err)
         api_fail(err, 409, "conflict", "an input's ciphertext %.16s… is gone (its Dataset was replaced)", sha);
         return NULL;
     }
-    uint8_t buf[HEADER_MAX];
-    ssize_t n = pread(fd, buf, (size_t)MIN(size, (uint64_t)sizeof(buf)), 0);
+    uint8_t buf[HEADER_MAX + 1];
+    ssize_t got = pread(fd, buf, (size_t)MIN(size, (uint64_t)HEADER_MAX), 0);
     close(fd);
-    _cleanup_free_ char *b64 = n > 0 ? malloc(base64_encoded_size((size_t)n)) : NULL;
+    /* the header ends with the line "--- " and the MAC */
+    buf[got > 0 ? got : 0] = 0;
+    const char *mac = got > 0 ? strstr((const char *)buf, "\n--- ") : NULL;
+    const char *end = mac ? strchr(mac + 1, '\n') : NULL;
+    if (!end) {
+        api_fail(err, 409, "conflict", "an input's age header (%.16s…) does not end within %d bytes", sha, HEADER_MAX);
+        return NULL;
+    }
+    size_t n = (size_t)(end + 1 - (const char *)buf);
+    _cleanup_free_ char *b64 = malloc(base64_encoded_size(n));
     if (!b64) {
         api_fail(err, 500, "internal", "cannot read an input's header");
         return NULL;
     }
-    base64_encode(buf, (size_t)n, b64, false);
+    base64_encode(buf, n, b64, false);
     return json_string(b64);
 }
 
@@ -598,9 +654,13 @@ static json_t *release_request(store *s, const json_t *job, json_int_t n, const 
         const char *dname = json_string_value(json_object_get(v, "name"));
         const char *sha = json_string_value(json_object_get(v, "sha256"));
         json_auto_t *ds = NULL;
-        json_t *header = sha && blob_hex_valid(sha) ? blob_header(sha, err) : NULL;
+            if (!sha || !blob_hex_valid(sha)) {
+            api_fail(err, 500, "internal", "Job %s's digest input is malformed", doc_name(job));
+            return NULL;
+        }
+        json_t *header = blob_header(sha, err);
         if (!header)
-            return sha ? NULL : (api_fail(err, 500, "internal", "the digest input is malformed"), NULL);
+            return NULL;
         if (!dname || store_get(s, "Dataset", dname, &ds) < 0) {
             json_decref(header);
             api_fail(err, 409, "conflict", "input %s is gone", dname ? dname : "?");
@@ -671,7 +731,7 @@ static void io_release(io_job *io, const json_t *job)
         snprintf(reason, sizeof(reason), "key release refused: %s", io->err.message);
         fail_run(io, reason);
         if (strcmp(io->err.code, "release_refused") == 0)
-            io->refused_check = "key-release.refused";
+            io->also_notify = "key-release.refused";
         return;
     }
     run_end e = {.n = io->n, .evidence_sha = json_string_value(json_object_get(answer, "evidenceSha256"))};
@@ -846,8 +906,8 @@ static void io_done(offload_job *j, h2o_req_t *req)
     io_job *io = (io_job *)j;
     if (io->notify && io->job)
         notify_job(io->srv, io->job, io->notify, TAKE_PTR(io->notify_details));
-    if (io->refused_check && io->job)
-        notify_job(io->srv, io->job, io->refused_check,
+    if (io->also_notify && io->job)
+        notify_job(io->srv, io->job, io->also_notify,
                    json_pack("{s:I, s:s}", "run", io->n, "reason", io->err.message));
     if (req && io->rc < 0)
         api_respond_error(req, io->route, io->started, &io->err);

@@ -2,6 +2,7 @@
 #include "basic/csv.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,9 @@ int csv_type_from_name(const char *s)
 
 bool csv_value_integer(const char *s, int64_t *ret)
 {
+    /* strtoll would also take leading blanks */
+    if (!(*s >= '0' && *s <= '9') && *s != '-' && *s != '+')
+        return false;
     char *end;
     errno = 0;
     long long v = strtoll(s, &end, 10);
@@ -43,10 +47,14 @@ bool csv_value_integer(const char *s, int64_t *ret)
 
 bool csv_value_real(const char *s, double *ret)
 {
+    /* decimal digits, sign, point and exponent only: strtod would also take
+     * blanks, hexadecimal, "inf" and "nan" */
+    if (!*s || s[strspn(s, "0123456789+-.eE")] != '\0')
+        return false;
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (!*s || *end || errno == ERANGE)
+    if (*end || errno == ERANGE || !isfinite(v))
         return false;
     if (ret)
         *ret = v;
@@ -62,8 +70,9 @@ int csv_parser_init(csv_parser *p, csv_field_fn field, void *userdata, bool secu
 
 void csv_parser_done(csv_parser *p)
 {
+    /* a secure parser wiped each field it handed over: what is left is the one being read */
     if (p->buf)
-        explicit_bzero(p->buf, CSV_FIELD_MAX + 1);
+        explicit_bzero(p->buf, p->len);
     free(p->buf);
     p->buf = NULL;
 }

@@ -23,10 +23,10 @@ const char *csv_type_name(csv_type t);
 int csv_type_from_name(const char *s);
 
 /* Whether S (NUL-terminated, not empty) is an integer: a 64-bit decimal
- * (strtoll's, the whole string). Stores it in *RET when RET is not NULL. */
+ * (an optional sign, then digits). Stores it in *RET when RET is not NULL. */
 bool csv_value_integer(const char *s, int64_t *ret);
-/* Whether S is a real: a decimal or exponent number strtod reads whole,
- * within range. Stores it in *RET when RET is not NULL. */
+/* Whether S is a real: a finite decimal or exponent number (digits, sign,
+ * point, e or E; no blanks, hexadecimal, inf or nan) strtod reads whole. Stores it in *RET when RET is not NULL. */
 bool csv_value_real(const char *s, double *ret);
 
 /* Called for each field: its bytes (NUL-terminated; the parser's buffer,

@@ -338,6 +338,7 @@ static int time_limit_error(job_engine *e)
 /* The engine's error for SQLite result code RC of WHAT. */
 static int sql_error(job_engine *e, int rc, const char *what)
 {
+    rc &= 0xff; /* the primary code of an extended one */
     if (e->timed_out || rc == SQLITE_INTERRUPT)
         return time_limit_error(e);
     if (rc == SQLITE_NOMEM) {
@@ -511,14 +512,18 @@ int job_loader_new(job_engine *e, const char *name, const char *table, const job
     if (r < 0)
         return fail(e, "input %s: the schema is too large", name);
     job_loader *l = calloc(1, sizeof(*l));
-    if (!l || !(l->name = strdup(name)) || !(e->tables[e->n_tables] = strdup(table))) {
-        if (l)
-            free(l->name);
-        free(l);
+    if (!l)
+        return -ENOMEM;
+    *l = (job_loader){.e = e, .name = strdup(name), .columns = columns, .n_columns = n_columns};
+    /* the table is the authorizer's to allow once sealed */
+    e->tables[e->n_tables] = strdup(table);
+    if (!l->name || !e->tables[e->n_tables]) {
+        free(e->tables[e->n_tables]);
+        e->tables[e->n_tables] = NULL;
+        job_loader_free(l);
         return -ENOMEM;
     }
     e->n_tables++;
-    *l = (job_loader){.e = e, .name = l->name, .columns = columns, .n_columns = n_columns};
     r = exec(e, create.data);
     if (r == 0)
         r = exec(e, "BEGIN");

@@ -35,7 +35,7 @@
 
 #define KMS_JOB_INPUTS_MAX 16
 #define KMS_JOB_APPROVERS_MAX 64
-#define KMS_JOB_HEADER_MAX (64 * 1024) /* an input's age header as sent for unwrapping */
+#define KMS_JOB_HEADER_MAX (8 * 1024) /* an input's age header as sent for unwrapping */
 
 /* What the job release needs of the role besides the ring. Borrowed. */
 typedef struct kms_job_config {
