@@ -42,7 +42,8 @@
 #define PG_CHANGES_KEEP 100000
 #define PG_SCHEMA_VERSION 1
 #define PG_POLL_MS 500         /* the listener's fallback poll */
-#define PG_RETRY_NS 30000000000ULL /* how long a write waits for the database to come back */
+#define PG_RETRY_NS 30000000000ULL     /* how long a write waits for the database to come back */
+#define PG_READ_RETRY_NS 3000000000ULL /* and a read */
 #define PG_CHANNEL "cloister_changes"
 
 /* The prepared statements every connection has. */
@@ -310,19 +311,35 @@ static void reader_release(pg_store *s, pg_conn *pc)
     conn_free(pc);
 }
 
-/* Runs the read-only (or single-statement) Q on a pooled connection,
- * reconnecting once when it broke: 0 and *RET, or a negative errno. */
+/* Sleeps MS milliseconds and doubles MS (up to a second). */
+static void backoff(unsigned *ms)
+{
+    struct timespec ts = {.tv_sec = *ms / 1000, .tv_nsec = (long)(*ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+    *ms = *ms < 500 ? *ms * 2 : 1000;
+}
+
+/* Runs the read-only (or single-statement) Q on a pooled connection: 0
+ * and *RET, or a negative errno. A broken connection is replaced, and
+ * while the database is away (a restart) the read waits for it up to
+ * PG_READ_RETRY_NS. */
 static int read_query(pg_store *s, int q, const char *const *params, PGresult **ret)
 {
-    pg_conn *pc;
-    int e = reader_acquire(s, &pc);
-    if (e < 0)
-        return e;
-    e = run(pc->c, q, params, ret);
-    if (e == -ECONNRESET && reconnect(s, pc) == 0)
-        e = run(pc->c, q, params, ret);
-    reader_release(s, pc);
-    return e;
+    uint64_t deadline = time_mono_ns() + PG_READ_RETRY_NS;
+    unsigned ms = 20;
+    for (;;) {
+        pg_conn *pc;
+        int e = reader_acquire(s, &pc);
+        if (e == 0) {
+            e = run(pc->c, q, params, ret);
+            if (e == -ECONNRESET && reconnect(s, pc) == 0)
+                e = run(pc->c, q, params, ret);
+            reader_release(s, pc);
+        }
+        if ((e != -ECONNRESET && e != -ECONNREFUSED) || time_mono_ns() >= deadline)
+            return e;
+        backoff(&ms);
+    }
 }
 
 /* Parses the document in column COL of ROW; a row that does not parse is corruption. */
@@ -794,9 +811,7 @@ static void writer_commit_batch(pg_store *s, store_txn *batch)
         }
         if (o == COMMIT_DONE)
             break;
-        struct timespec ts = {.tv_sec = backoff_ms / 1000, .tv_nsec = (long)(backoff_ms % 1000) * 1000000};
-        nanosleep(&ts, NULL);
-        backoff_ms = backoff_ms < 1000 ? backoff_ms * 2 : 1000;
+        backoff(&backoff_ms);
     }
     if (o != COMMIT_DONE) {
         int e = o == COMMIT_UNKNOWN && xid[0] ? -EIO : -ECONNREFUSED;
