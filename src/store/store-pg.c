@@ -226,6 +226,12 @@ static int prepare_all(PGconn *c)
     return 0;
 }
 
+/* The server's notices ("already exists, skipping") are not errors: debug log only. */
+static void notice_ignored(void *arg, const char *message)
+{
+    log_debug("store: postgres notice: %s", message);
+}
+
 /* Opens a connection to S's database; with PREPARE, with every statement
  * prepared (the schema must exist). */
 static int connect_db(pg_store *s, bool prepare, PGconn **ret)
@@ -241,6 +247,7 @@ static int connect_db(pg_store *s, bool prepare, PGconn **ret)
         PQfinish(c);
         return -ECONNREFUSED;
     }
+    PQsetNoticeProcessor(c, notice_ignored, NULL);
     int e = prepare ? prepare_all(c) : 0;
     if (e < 0) {
         PQfinish(c);
