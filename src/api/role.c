@@ -141,7 +141,7 @@ int api_role_serve(const api_role_config *cfg)
             runner_ready = &cfg->api.roles[i].ready;
     r = controller_start(
         &(controller_config){.store = s, .runner_socket = cfg->runner_socket, .runner_ready = runner_ready,
-                             .load = cfg->api.proxy_metrics}, &ctl);
+                             .load = cfg->api.proxy_metrics, .instance = cfg->api.listen}, &ctl);
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start the Enclave controller", "error", strerror(-r), NULL);
     else

@@ -37,7 +37,9 @@
 #include "basic/timeutil.h"
 #include "store/store-driver.h"
 
-#define PG_BATCH_MAX 1024
+/* transactions per commit: each is a subtransaction, and more than 64 of
+ * them in one transaction slow every other session's snapshots */
+#define PG_BATCH_MAX 60
 #define PG_READERS_MAX 32
 #define PG_CHANGES_KEEP 100000
 #define PG_SCHEMA_VERSION 1
@@ -59,7 +61,6 @@ enum {
     Q_W_INSERT,
     Q_W_UPDATE,
     Q_W_DELETE,
-    Q_W_CHANGE,
     Q_W_FENCE,
     Q_W_ADVANCE,
     Q_W_TRIM,
@@ -92,12 +93,19 @@ static const struct {
     [Q_HEAD] = {"SELECT r.rv, m.value FROM revision r, cloister_meta m WHERE r.id = 1 AND m.key = 'epoch'", 0},
     [Q_W_LOCK] = {"SELECT rv, txid_current() FROM revision WHERE id = 1 FOR UPDATE", 0},
     [Q_W_GET] = {"SELECT doc, rv, lookup_key FROM resources WHERE kind = $1 AND name = $2", 2},
-    [Q_W_INSERT] = {"INSERT INTO resources (kind, name, rv, lookup_key, doc) VALUES ($1, $2, $3, $4, $5)", 5},
-    [Q_W_UPDATE] = {"UPDATE resources SET rv = $3, lookup_key = $4, doc = $5 "
-                    "WHERE kind = $1 AND name = $2 AND rv = $6",
+    /* each write and its change in one statement; the change row is there
+     * only when the write was (one row: the compare-and-swap held) */
+    [Q_W_INSERT] = {"WITH w AS (INSERT INTO resources (kind, name, rv, lookup_key, doc) "
+                    "VALUES ($1, $2, $3, $4, $5) RETURNING rv) "
+                    "INSERT INTO changes (rv, type, kind, name, doc) SELECT rv, $6, $1, $2, $5 FROM w",
                     6},
-    [Q_W_DELETE] = {"DELETE FROM resources WHERE kind = $1 AND name = $2 AND rv = $3", 3},
-    [Q_W_CHANGE] = {"INSERT INTO changes (rv, type, kind, name, doc) VALUES ($1, $2, $3, $4, $5)", 5},
+    [Q_W_UPDATE] = {"WITH w AS (UPDATE resources SET rv = $3, lookup_key = $4, doc = $5 "
+                    "WHERE kind = $1 AND name = $2 AND rv = $6 RETURNING rv) "
+                    "INSERT INTO changes (rv, type, kind, name, doc) SELECT rv, $7, $1, $2, $5 FROM w",
+                    7},
+    [Q_W_DELETE] = {"WITH w AS (DELETE FROM resources WHERE kind = $1 AND name = $2 AND rv = $3 RETURNING 1) "
+                    "INSERT INTO changes (rv, type, kind, name, doc) SELECT $4, $5, $1, $2, $6 FROM w",
+                    6},
     [Q_W_FENCE] = {"SELECT 1 FROM leases WHERE name = $1 AND token = $2 FOR SHARE", 2},
     [Q_W_ADVANCE] = {"WITH u AS (UPDATE revision SET rv = $1 WHERE id = 1) "
                      "SELECT pg_notify('" PG_CHANNEL "', $1::bigint::text)",
@@ -652,13 +660,12 @@ static int writer_apply_op(PGconn *c, store_op *op, int64_t *rev, const char *no
     const char *lookup_key = op->lookup_key ? op->lookup_key : old_lookup;
     /* the compare-and-swap is in the statement: the row must still be at the rv it was read at */
     if (plan.write == STORE_PLAN_DELETE)
-        e = write_row(c, Q_W_DELETE, (const char *const[]){op->kind, op->name, old_rv_s});
+        e = write_row(c, Q_W_DELETE, (const char *const[]){op->kind, op->name, old_rv_s, rv_s, type_s, plan.text});
     else if (plan.write == STORE_PLAN_UPDATE)
-        e = write_row(c, Q_W_UPDATE, (const char *const[]){op->kind, op->name, rv_s, lookup_key, plan.text, old_rv_s});
+        e = write_row(c, Q_W_UPDATE,
+                      (const char *const[]){op->kind, op->name, rv_s, lookup_key, plan.text, old_rv_s, type_s});
     else
-        e = write_row(c, Q_W_INSERT, (const char *const[]){op->kind, op->name, rv_s, lookup_key, plan.text});
-    if (e == 0)
-        e = write_row(c, Q_W_CHANGE, (const char *const[]){rv_s, type_s, op->kind, op->name, plan.text});
+        e = write_row(c, Q_W_INSERT, (const char *const[]){op->kind, op->name, rv_s, lookup_key, plan.text, type_s});
     if (e < 0) {
         store_plan_clear(&plan);
         return e;
@@ -667,14 +674,15 @@ static int writer_apply_op(PGconn *c, store_op *op, int64_t *rev, const char *no
     return 0;
 }
 
-/* Runs one transaction inside its savepoint; on failure rolls it back
- * alone. Returns -ECONNRESET when the connection broke (the batch must be
- * retried), else 0 (TXN's own error is in txn->error). */
+/* Runs one transaction inside the savepoint "txn" (open); on failure rolls
+ * it back alone. Leaves a fresh savepoint open for the next. Returns
+ * -ECONNRESET when the connection broke (the batch must be retried), else 0
+ * (TXN's own error is in txn->error). */
 static int writer_run_txn(PGconn *c, store_txn *txn, int64_t *rev, const char *now)
 {
     int64_t start = *rev;
-    txn->error = exec_simple(c, "SAVEPOINT txn");
-    if (txn->error == 0 && txn->fence_lease) {
+    txn->error = 0;
+    if (txn->fence_lease) {
         char token[24];
         snprintf(token, sizeof(token), "%lld", (long long)txn->fence_token);
         PGresult *res;
@@ -698,10 +706,11 @@ static int writer_run_txn(PGconn *c, store_txn *txn, int64_t *rev, const char *n
     if (txn->error < 0) {
         store_txn_clear(txn);
         *rev = start;
-        if (exec_simple(c, "ROLLBACK TO SAVEPOINT txn") < 0)
-            return -ECONNRESET;
+        /* undone; the savepoint stays, fresh */
+        return exec_simple(c, "ROLLBACK TO SAVEPOINT txn") < 0 ? -ECONNRESET : 0;
     }
-    return exec_simple(c, "RELEASE SAVEPOINT txn") < 0 ? -ECONNRESET : 0;
+    /* one round trip: kept, and a new savepoint for the next */
+    return exec_simple(c, "RELEASE SAVEPOINT txn; SAVEPOINT txn") < 0 ? -ECONNRESET : 0;
 }
 
 /* Resets BATCH's results before it is run (again). */
@@ -751,6 +760,10 @@ static commit_outcome writer_try_batch(pg_store *s, store_txn *batch, int64_t *r
     int e = exec_simple(c, "BEGIN");
     if (e == 0)
         e = run(c, Q_W_LOCK, NULL, &res); /* serialises the writers of every process */
+    if (e == 0 && exec_simple(c, "SAVEPOINT txn") < 0) {
+        PQclear(res);
+        e = -ECONNRESET;
+    }
     if (e == 0) {
         *rev = row_int(res, 0, 0);
         snprintf(xid, 24, "%s", PQgetvalue(res, 0, 1));
