@@ -240,8 +240,11 @@ static void notice_ignored(void *arg, const char *message)
     log_debug("store: postgres notice: %s", message);
 }
 
-/* Opens a connection to S's database; with PREPARE, with every statement
- * prepared (the schema must exist). A failure is logged at LEVEL. */
+static int ensure_schema(PGconn *c);
+
+/* Opens a connection to S's database; with PREPARE, with the schema made
+ * when missing (a reset database has none) and every statement prepared. A
+ * failure is logged at LEVEL. */
 static int connect_db(pg_store *s, bool prepare, log_level level, PGconn **ret)
 {
     const char *keys[] = {"connect_timeout", "application_name", "dbname", NULL};
@@ -256,7 +259,9 @@ static int connect_db(pg_store *s, bool prepare, log_level level, PGconn **ret)
         return -ECONNREFUSED;
     }
     PQsetNoticeProcessor(c, notice_ignored, NULL);
-    int e = prepare ? prepare_all(c) : 0;
+    int e = prepare ? ensure_schema(c) : 0;
+    if (e == 0 && prepare)
+        e = prepare_all(c);
     if (e < 0) {
         PQfinish(c);
         return e;
@@ -546,12 +551,13 @@ static int refresh_head(pg_store *s, PGconn *c)
     int64_t rev = row_int(res, 0, 0);
     uint64_t epoch = strtoull(PQgetvalue(res, 0, 1), NULL, 16);
     PQclear(res);
-    uint64_t old = atomic_exchange(&s->epoch, epoch);
+    uint64_t old = atomic_load(&s->epoch);
     if (old != 0 && old != epoch) {
         log_fields(LOG_LEVEL_WARN, "the PostgreSQL store was reset (new epoch): watchers list again", NULL);
         atomic_store(&s->revision, rev);
     } else
         revision_raise(s, rev);
+    atomic_store(&s->epoch, epoch); /* after the revision: who sees the new epoch sees its revision */
     return 0;
 }
 
@@ -954,11 +960,7 @@ static int pg_open(const char *location, void **ret)
     }
     snprintf(s->url, n, "postgresql:%s", location);
     s->writer_conn = calloc(1, sizeof(*s->writer_conn));
-    int e = s->writer_conn ? connect_db(s, false, LOG_LEVEL_ERROR, &s->writer_conn->c) : -ENOMEM;
-    if (e == 0)
-        e = ensure_schema(s->writer_conn->c);
-    if (e == 0)
-        e = prepare_all(s->writer_conn->c);
+    int e = s->writer_conn ? connect_db(s, true, LOG_LEVEL_ERROR, &s->writer_conn->c) : -ENOMEM;
     if (e == 0)
         e = refresh_head(s, s->writer_conn->c);
     if (e == 0) {
