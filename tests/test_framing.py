@@ -62,6 +62,31 @@ AMBIGUOUS_H2 = [
     ("te-obfuscated", [("transfer-encoding", "chunked ")]),
     ("cl-alias", [("content_length", "0")]),
     ("te-alias", [("transfer_encoding", "chunked")]),
+    ("cl-cl-equal", [("content-length", "0"), ("content-length", "0")]),
+    ("cl-cl-differ", [("content-length", "0"), ("content-length", "7")]),
+]
+
+# (name, request head bytes): heads h2o 2.2.5's parser refuses outright, which
+# it answers with a bare text/plain 400 of its own; each one must get the
+# listener's JSON 400 naming the problem, then the close, and reach nobody. REQUEST_LINE is followed by the fields.
+REQUEST_LINE = "POST /submit HTTP/1.1\r\n"
+UNPARSABLE = [
+    ("space-before-colon", "Content-Length : 4\r\n", "before its colon"),
+    ("tab-before-colon", "Transfer-Encoding\t: chunked\r\n", "before its colon"),
+    ("space-in-name", "Content Length: 4\r\n", "before its colon"),
+    ("ctl-in-name", "X-A\x01b: 1\r\n", "not allowed in a header name"),
+    ("ctl-in-value", "X-A: a\x01b\r\n", "control character"),
+    ("nul-in-value", "X-A: a\x00b\r\n", "control character"),
+    ("del-in-value", "X-A: a\x7fb\r\n", "control character"),
+    ("bare-cr", "X-A: a\rContent-Length: 4\r\n", "bare CR"),
+    ("no-colon", "Content-Length 4\r\n", "without a colon"),
+    ("empty-name", ": 4\r\n", "empty name"),
+]
+BAD_REQUEST_LINES = [
+    ("http-version", "POST /submit HTTX/1.1\r\n"),
+    ("two-spaces", "POST  /submit HTTP/1.1\r\n"),
+    ("extra-word", "POST /submit HTTP/1.1 x\r\n"),
+    ("ctl-in-target", "POST /sub\x01mit HTTP/1.1\r\n"),
 ]
 
 
@@ -111,6 +136,30 @@ def first_response(raw):
     if "content-length" in headers:
         return int(m.group(1)), headers, rest[:int(headers["content-length"])]
     return int(m.group(1)), headers, rest
+
+
+def all_responses(raw):
+    """Every HTTP/1.1 response in RAW, each (status, headers, body); each
+    must carry a Content-Length but the last."""
+    out = []
+    while raw:
+        status, headers, body = first_response(raw)
+        if status is None:
+            break
+        out.append((status, headers, body))
+        end = raw.index(b"\r\n\r\n") + 4 + len(body)
+        raw = raw[end:]
+    return out
+
+
+def assert_refused_after(raw, words, code="invalid"):
+    """RAW holds 200 answers, then one JSON 400 naming WORDS, then nothing."""
+    got = all_responses(raw)
+    assert [r[0] for r in got[:-1]] == [200] * (len(got) - 1) and got and got[-1][0] == 400, raw[:800]
+    status, headers, body = got[-1]
+    assert headers.get("content-type") == "application/json", headers
+    e = error_of(body)
+    assert e["code"] == code and words in e["message"], e
 
 
 def get(path, token, host=HOST):
@@ -344,22 +393,268 @@ def test_http2_path_parameters_and_the_legitimate_request(cluster):
     assert all("ambiguous" not in r for r in c.up.requests)
 
 
-def test_http2_content_length_is_one_value_upstream(cluster):
-    """h2o 2.2.5 keeps one HTTP/2 content-length and does not show a second
-    to the handler; HTTP/2 frames the body itself and h2o resets a stream
-    whose DATA disagree with it, and the proxy frames the upstream request
-    with its own Content-Length: the upstream never sees two."""
+@pytest.mark.parametrize("values", [("5", "5"), ("5", "9"), ("9", "5")], ids=["equal", "differ", "differ-last"])
+def test_http2_repeated_content_length_with_a_body_is_refused(cluster, values):
+    """h2o 2.2.5 keeps the last content-length only; the guard decodes the
+    header block itself and the request is answered 400 at once, before its
+    body (which matches one of the values, or none) is read."""
+    c = cluster
+    s = c.s
+    c.up.clear()
+    cls = [("content-length", v) for v in values]
+    status, body, reset = h2_exchange(c.https_port, s.ca, h2_base(c, method="POST") + cls, body=b"hello",
+                                      send_all=False)
+    assert status == 400 and reset in (None, 0), (status, body, reset)
+    e = error_of(body)
+    assert e["code"] == "invalid" and "more than one Content-Length" in e["message"], e
+    authority = f"127.0.0.1:{s.port}"
+    headers = [(":method", "POST"), (":scheme", "https"), (":path", "/v1/groups"), (":authority", authority),
+               ("authorization", f"Bearer {s.token}"), ("content-type", "application/json")] + cls
+    status, body, reset = h2_exchange(s.port, s.ca, headers, body=b'{"a":', send_all=False)
+    assert status == 400 and reset in (None, 0), (status, body, reset)
+    e = error_of(body)
+    assert e["code"] == "bad_request" and "more than one Content-Length" in e["message"], e
+    assert c.up.requests == []
+
+
+def h2_session(port, ca):
+    """A python-h2 client connection over TLS: (socket, H2Connection)."""
+    import h2.config
+    import h2.connection
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    assert tls.selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding="utf-8", validate_outbound_headers=False,
+        normalize_outbound_headers=False))
+    conn.initiate_connection()
+    tls.sendall(conn.data_to_send())
+    return tls, conn
+
+
+def h2_request(tls, conn, headers, body=None):
+    """Sends one request on CONN's next stream and reads until it ends:
+    (status, response body, reset code or None)."""
+    import h2.events
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(sid, headers, end_stream=body is None)
+    if body is not None:
+        conn.send_data(sid, body, end_stream=True)
+    tls.sendall(conn.data_to_send())
+    status, out = None, b""
+    while True:
+        data = tls.recv(65536)
+        assert data, "connection closed"
+        for ev in conn.receive_data(data):
+            if getattr(ev, "stream_id", sid) != sid:
+                continue
+            if isinstance(ev, h2.events.ResponseReceived):
+                status = int(dict(ev.headers)[":status"])
+            elif isinstance(ev, h2.events.DataReceived):
+                out += ev.data
+                conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+            elif isinstance(ev, h2.events.StreamEnded):
+                tls.sendall(conn.data_to_send())
+                return status, out, None
+            elif isinstance(ev, h2.events.StreamReset):
+                return status, out, ev.error_code
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                raise AssertionError(f"connection ended: {ev}")
+        tls.sendall(conn.data_to_send())
+
+
+def test_http2_dynamic_table_stays_in_step_across_requests(cluster):
+    """One connection, many requests whose header blocks lean on HPACK's
+    dynamic table (indexed fields, evictions, a block large enough to need
+    CONTINUATION frames), with ambiguous requests among them: every valid
+    request reaches the upstream with its fields exactly as sent, every
+    ambiguous one is refused, and the connection serves on."""
     c = cluster
     c.up.clear()
-    post = h2_base(c, method="POST")
-    status, _, reset = h2_exchange(c.https_port, c.s.ca, post + [("content-length", "5"), ("content-length", "9")],
-                                   body=b"hello")
-    assert status != 200 or reset not in (None, 0)
-    status, _, _ = h2_exchange(c.https_port, c.s.ca, post + [("content-length", "5"), ("content-length", "5")],
-                               body=b"hello")
-    for r in c.up.requests:
-        assert "ambiguous" not in r and r["body"] == b"hello"
-        assert [v for k, v in r["headers"] if k.lower() == "content-length"] == ["5"]
+    tls, conn = h2_session(c.https_port, c.s.ca)
+    try:
+        big = [(f"x-field-{i}", f"{i}-" + "v" * 600) for i in range(40)]  # ~25 kB: CONTINUATION frames
+        expected = []
+        for round_ in range(6):
+            extra = [("x-round", str(round_)), ("x-same", "s" * 300)] + [
+                (f"x-evict-{round_}-{i}", "e" * 200) for i in range(8)]  # overflows 4096 bytes: evictions
+            if round_ == 3:
+                extra += big
+            headers = h2_base(c, path=f"/dyn/{round_}", method="POST") + [("content-length", "5")] + extra
+            status, body, reset = h2_request(tls, conn, headers, body=b"hello")
+            assert (status, reset) == (200, None), (round_, status, body)
+            expected.append((f"/dyn/{round_}", extra))
+            # content-length is now in the dynamic table: a second one is refused
+            dup = h2_base(c, path=f"/dup/{round_}", method="POST") + [("content-length", "5"),
+                                                                        ("content-length", "5")] + extra
+            status, body, reset = h2_request(tls, conn, dup, body=b"hello")
+            assert status == 400 and "more than one Content-Length" in error_of(body)["message"], (status, body)
+    finally:
+        tls.close()
+    got = {r["target"]: r for r in c.up.requests}
+    assert sorted(got) == sorted(t for t, _ in expected), sorted(got)
+    for target, extra in expected:
+        sent = [(k.lower(), v) for k, v in got[target]["headers"]
+                if k.lower().startswith(("x-field-", "x-round", "x-same", "x-evict-"))]
+        assert sent == extra, (target, sent[:3])
+        assert got[target]["body"] == b"hello"
+
+
+def test_http2_dynamic_table_on_the_api(cluster):
+    """The same on the API: big, indexed, evicted and continued header
+    blocks on one connection, valid ones answered 200 and a repeated
+    content-length 400, the connection serving on."""
+    s = cluster.s
+    tls, conn = h2_session(s.port, s.ca)
+    try:
+        base = [(":method", "GET"), (":scheme", "https"), (":path", "/v1/groups"),
+                (":authority", f"127.0.0.1:{s.port}"), ("authorization", f"Bearer {s.token}")]
+        for round_ in range(5):
+            extra = [(f"x-evict-{round_}-{i}", "e" * 200) for i in range(8)]
+            if round_ == 2:
+                extra += [(f"x-field-{i}", "v" * 600) for i in range(30)]  # CONTINUATION frames
+            status, body, _ = h2_request(tls, conn, base + [("content-length", "0")] + extra)
+            assert status == 200, (round_, status, body)
+            status, body, _ = h2_request(tls, conn, base + [("content-length", "0"), ("content-length", "0")] + extra)
+            assert status == 400 and error_of(body)["code"] == "bad_request", (round_, status, body)
+    finally:
+        tls.close()
+
+
+def test_valid_clients_pass(cluster, tmp_path):
+    """curl over HTTP/2 and HTTP/1.1, to the API and through the proxy."""
+    c = cluster
+    s = c.s
+    c.up.clear()
+    for version in ("--http2", "--http1.1"):
+        out = subprocess.run(["curl", "-sS", version, "--cacert", s.ca, "-H", f"Authorization: Bearer {s.token}",
+                              "-w", "\n%{http_code} %{http_version}", s.url + "/v1/groups"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.stdout.rsplit("\n", 1)[1] == f"200 {version[6:]}", (out.stdout[-300:], out.stderr)
+        out = subprocess.run(["curl", "-sS", version, "--cacert", s.ca, "--resolve",
+                              f"{HOST}:{c.https_port}:127.0.0.1", "-H", f"Authorization: Bearer {c.token}",
+                              "--data-binary", "hello", "-w", "\n%{http_code} %{http_version}",
+                              f"https://{HOST}:{c.https_port}/curl{version[6:]}"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.stdout.rsplit("\n", 1)[1] == f"200 {version[6:]}", (out.stdout[-300:], out.stderr)
+    assert [(r["target"], r["body"]) for r in c.up.requests] == [("/curl2", b"hello"), ("/curl1.1", b"hello")]
+
+
+# ---- HTTP/1.1 heads h2o cannot parse: 400, then the close ----
+
+def unparsable_cases():
+    for name, field, words in UNPARSABLE:
+        yield name, REQUEST_LINE, field, words
+    for name, line in BAD_REQUEST_LINES:
+        yield "line-" + name, line, "", "invalid request line"
+
+
+UNPARSABLE_CASES = list(unparsable_cases())
+
+
+@pytest.mark.parametrize("name,line,field,words", UNPARSABLE_CASES, ids=[c[0] for c in UNPARSABLE_CASES])
+def test_proxy_answers_unparsable_heads(cluster, name, line, field, words):
+    c = cluster
+    c.up.clear()
+    req = (f"{line}Host: {HOST}\r\nAuthorization: Bearer {c.token}\r\n{field}Content-Length: 4\r\n\r\nabcd"
+           ).encode("latin-1")
+    e = assert_refused_400(exchange(c.http_port, req + get("/after", c.token)), name)
+    assert e["code"] == "invalid" and words in e["message"], (name, e)
+    assert c.up.requests == [], (name, c.up.requests)
+
+
+@pytest.mark.parametrize("name,line,field,words", UNPARSABLE_CASES, ids=[c[0] for c in UNPARSABLE_CASES])
+def test_api_answers_unparsable_heads(cluster, name, line, field, words):
+    s = cluster.s
+    req = (f"{line.replace('/submit', '/v1/groups')}Host: 127.0.0.1:{s.port}\r\n"
+           f"Authorization: Bearer {s.token}\r\n{field}Content-Length: 2\r\n\r\n{{}}").encode("latin-1")
+    follow = (f"GET /v1/groups HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nAuthorization: Bearer {s.token}\r\n"
+              f"Connection: close\r\n\r\n").encode()
+    e = assert_refused_400(exchange(s.port, req + follow, tls_ca=s.ca), name)
+    assert e["code"] == "bad_request" and words in e["message"], (name, e)
+
+
+@pytest.mark.parametrize("first", ["get", "content-length", "chunked"])
+def test_unparsable_head_pipelined_after_a_good_request(cluster, first):
+    """The good request is answered, then the unparsable one with 400, then
+    the connection closes: nothing after it is read as a request."""
+    c = cluster
+    c.up.clear()
+    head = f"POST /first HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {c.token}\r\n"
+    good = {"get": get("/first", c.token).replace(b"Connection: close\r\n", b""),
+            "content-length": (head + "Content-Length: 5\r\n\r\nhello").encode(),
+            "chunked": (head + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").encode()}[first]
+    bad = f"GET /bad HTTP/1.1\r\nHost: {HOST}\r\nX-A : 1\r\n\r\n".encode()
+    raw = exchange(c.http_port, good + bad + get("/never", c.token))
+    assert statuses(raw) == [200, 400], raw[:800]
+    assert_refused_after(raw, "before its colon")
+    assert [r["target"] for r in c.up.requests] == ["/first"]
+
+
+def test_unparsable_head_later_on_a_kept_alive_connection(cluster):
+    """After an answered request, the next head read on the connection is
+    checked too (h2o sets its read callback anew for every request)."""
+    c = cluster
+    c.up.clear()
+    with socket.create_connection(("127.0.0.1", c.http_port), timeout=10) as sk:
+        for round_ in range(2):
+            sk.sendall(get(f"/kept/{round_}", c.token).replace(b"Connection: close\r\n", b""))
+            raw = b""
+            while first_response(raw)[0] is None or len(first_response(raw)[2]) < int(
+                    first_response(raw)[1].get("content-length", 0)):
+                chunk = sk.recv(65536)
+                assert chunk, raw
+                raw += chunk
+            assert first_response(raw)[0] == 200, raw[:300]
+        sk.sendall(f"GET /bad HTTP/1.1\r\nHost: {HOST}\r\nX-A\t: 1\r\n\r\n".encode())
+        raw = b""
+        while chunk := sk.recv(65536):
+            raw += chunk
+    assert statuses(raw) == [400], raw[:400]
+    assert_refused_after(raw, "before its colon")
+    assert [r["target"] for r in c.up.requests] == ["/kept/0", "/kept/1"]
+
+
+def test_a_body_longer_than_a_head_may_be_stays_a_body(cluster):
+    """A body past the longest head h2o reads (408 KiB), sent in many writes,
+    is a body, not a head too long; the request pipelined behind it is
+    served."""
+    c = cluster
+    c.up.clear()
+    body = b"0123456789\r\n" * 50000  # 600 kB
+    head = (f"POST /big HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {c.token}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", c.http_port), timeout=10) as sk:
+        sk.sendall(head)
+        for i in range(0, len(body), 4096):
+            sk.sendall(body[i:i + 4096])
+        sk.sendall(get("/after", c.token))
+        raw = b""
+        while chunk := sk.recv(65536):
+            raw += chunk
+    assert statuses(raw) == [200, 200], raw[:400]
+    assert [(r["target"], len(r["body"])) for r in c.up.requests] == [("/big", len(body)), ("/after", 0)]
+
+
+def test_unparsable_head_after_a_slow_start(cluster):
+    """A head that parses as far as it goes and turns unparsable in a later
+    read is answered too (h2o resumes its parse where it stopped: the
+    stand-in is at least as long)."""
+    c = cluster
+    c.up.clear()
+    with socket.create_connection(("127.0.0.1", c.http_port), timeout=5) as sk:
+        # two writes, which the server may read apart or together: both ways
+        # must end in the 400
+        sk.sendall(f"GET /slow HTTP/1.1\r\nHost: {HOST}\r\nX-Long: {'a' * 3000}".encode())
+        sk.sendall(b"\x01\r\n\r\n")
+        raw = b""
+        while chunk := sk.recv(65536):
+            raw += chunk
+    assert statuses(raw) == [400], raw[:400]
+    assert "control character" in error_of(first_response(raw)[2])["message"]
+    assert c.up.requests == []
 
 
 # ---- 413 for a 20 MB body, JSON, on both protocols ----

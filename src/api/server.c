@@ -40,6 +40,7 @@ int api_run(const api_config *cfg)
         .max_connections = API_MAX_CONNECTIONS,
         .hooks = {api_handlers_register, api_handlers_thread_init, api_handlers_thread_drain,
                   api_handlers_thread_busy, api_handlers_thread_dispose},
+        .handlers_check_framing = true, /* on_req: httpd_framing_check() first */
         .userdata = &srv,
         .ready_flag = cfg->ready_flag,
     };

@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -138,6 +139,124 @@ const char *framing_check_head(const char *head, size_t len)
     return framing_check_fields(fields, n, false);
 }
 
+/* picohttpparser's verdict on the request head at HEAD, read as h2o reads
+ * it (at most H2O_MAX_REQLEN bytes, resuming after SEEN): its length, -1
+ * when it will never parse, -2 when it is incomplete. */
+static int head_length(const char *head, size_t len, size_t seen)
+{
+    struct phr_header h[FRAMING_MAX_FIELDS];
+    size_t n = ELEMENTSOF(h), method_len, path_len;
+    const char *method, *path;
+    int minor;
+    return phr_parse_request(head, MIN(len, (size_t)H2O_MAX_REQLEN), &method, &method_len, &path, &path_len, &minor,
+                             h, &n, seen);
+}
+
+/* Whether LINE (LEN bytes, without its line end) is a request line as
+ * picohttpparser reads one: it parses with an empty field section after it. */
+static bool request_line_parses(const char *line, size_t len)
+{
+    char buf[FRAMING_STAND_IN_LINE_MAX + 4];
+    if (len > FRAMING_STAND_IN_LINE_MAX)
+        return false;
+    memcpy(buf, line, len);
+    memcpy(buf + len, "\r\n\r\n", 4);
+    return head_length(buf, len + 4, 0) > 0;
+}
+
+/* The first problem in HEAD (which picohttpparser refused), in words, looked
+ * for line by line as picohttpparser reads them. */
+static const char *head_problem(const char *head, size_t len)
+{
+    size_t line_no = 0;
+    for (size_t i = 0; i < len; line_no++) {
+        const char *eol = memchr(head + i, '\n', len - i);
+        size_t end = eol ? (size_t)(eol - head) : len, stop = end;
+        if (eol && stop > i && head[stop - 1] == '\r')
+            stop--;
+        const char *line = head + i, *cr = memchr(line, '\r', stop - i);
+        if (cr)
+            return "a bare CR (one not followed by LF) in the request head";
+        if (line_no == 0) {
+            if (eol && !request_line_parses(line, stop - i))
+                return "an invalid request line (send METHOD SP target SP HTTP/1.1)";
+        } else if (stop == i) {
+            break; /* the end of the head */
+        } else if (line[0] != ' ' && line[0] != '\t') { /* a folded line is read as such */
+            const char *colon = memchr(line, ':', stop - i);
+            if (!colon)
+                return "a header line without a colon";
+            if (colon == line)
+                return "a header line with an empty name";
+            for (const char *c = line; c < colon; c++) {
+                if (*c == ' ' || *c == '\t')
+                    return "whitespace in a header name or before its colon (RFC 9112 §5.1)";
+                if (!strchr("!#$%&'*+-.^_`|~", *c) && !isalnum((unsigned char)*c))
+                    return "a character not allowed in a header name";
+            }
+            for (const char *c = colon + 1; c < head + stop; c++)
+                if (((unsigned char)*c < 0x20 && *c != '\t') || *c == 0x7f)
+                    return "a control character in a header value";
+        } else {
+            for (const char *c = line; c < head + stop; c++)
+                if (((unsigned char)*c < 0x20 && *c != '\t') || *c == 0x7f)
+                    return "a control character in a header value";
+        }
+        if (line_no > FRAMING_MAX_FIELDS)
+            return "more header fields than the server reads";
+        i = end + 1;
+    }
+    return "a request head that cannot be parsed";
+}
+
+const char *framing_head_unparsable(const char *head, size_t len, size_t seen, bool *ret_complete)
+{
+    size_t inlen = MIN(len, (size_t)H2O_MAX_REQLEN); /* as much as h2o parses */
+    int r = head_length(head, inlen, seen);
+    if (ret_complete)
+        *ret_complete = r > 0;
+    if (r > 0 || (r == -2 && inlen < (size_t)H2O_MAX_REQLEN))
+        return NULL;
+    if (r == -2)
+        return "a request head longer than the server reads";
+    return head_problem(head, inlen);
+}
+
+size_t framing_stand_in_head(const char *head, size_t len, size_t min_len, char *out, size_t size)
+{
+    static const char placeholder[] = "GET / HTTP/1.1", close[] = "\r\nConnection: close", end[] = "\r\n\r\n";
+    const char *eol = memchr(head, '\n', len), *line = head;
+    size_t line_len = eol ? (size_t)(eol - head) : 0;
+    if (line_len && head[line_len - 1] == '\r')
+        line_len--;
+    if (!eol || memchr(head, '\r', line_len) || !request_line_parses(head, line_len)) {
+        line = placeholder;
+        line_len = STRLEN(placeholder);
+    }
+    size_t n = MAX(line_len + STRLEN(close) + STRLEN(end), min_len);
+    if (n > size)
+        return 0;
+    memmove(out, line, line_len);
+    memcpy(out + line_len, close, STRLEN(close));
+    memset(out + line_len + STRLEN(close), ' ', n - line_len - STRLEN(close) - STRLEN(end));
+    memcpy(out + n - STRLEN(end), end, STRLEN(end));
+    return n;
+}
+
+size_t framing_request_end(h2o_req_t *req)
+{
+    h2o_socket_t *sock = req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    if (!sock || !sock->input)
+        return SIZE_MAX;
+    const char *start = sock->input->bytes, *end = start + sock->input->size;
+    if (req->entity.base) /* h2o reads a body (decoded, when chunked) right after its head */
+        return req->entity.base >= start && req->entity.base + req->entity.len <= end
+                   ? (size_t)(req->entity.base + req->entity.len - start)
+                   : SIZE_MAX;
+    int r = head_length(start, sock->input->size, 0);
+    return r > 0 ? (size_t)r : SIZE_MAX;
+}
+
 bool framing_path_has_parameters(const char *target, size_t len)
 {
     for (size_t i = 0; i < len && target[i] != '?' && target[i] != '#'; i++) {
@@ -207,9 +326,143 @@ static const char *check_http2(h2o_req_t *req)
     return NULL;
 }
 
+/* ---- HTTP/2 header blocks, as h2o will decode them ---- */
+
+/* An HPACK integer with a PREFIX_BITS prefix at *P, read as h2o 2.2.5 reads
+ * it (at most four octets after the prefix). Returns it and advances *P, or
+ * -1 when it does not fit in what is left. */
+static int32_t hpack_int(const uint8_t **p, const uint8_t *end, unsigned prefix_bits)
+{
+    if (*p >= end)
+        return -1;
+    int32_t max = (1 << prefix_bits) - 1, value = **p & max;
+    (*p)++;
+    if (value != max)
+        return value;
+    if (end - *p > 4)
+        end = *p + 4;
+    for (int32_t mult = 1;; mult *= 128) {
+        if (*p >= end)
+            return -1;
+        value += (**p & 127) * mult;
+        if ((*(*p)++ & 128) == 0)
+            return value;
+    }
+}
+
+/* Skips an HPACK string literal at *P. Returns 0, or -1 when it overruns. */
+static int hpack_skip_string(const uint8_t **p, const uint8_t *end)
+{
+    int32_t len = hpack_int(p, end, 7);
+    if (len < 0 || len > end - *p)
+        return -1;
+    *p += len;
+    return 0;
+}
+
+/* The length of the field representation at P (with any dynamic table size
+ * updates before it, which h2o decodes together with it), or -1 when P does
+ * not start one (h2o then fails the connection with COMPRESSION_ERROR). */
+static ssize_t hpack_field_length(const uint8_t *p, const uint8_t *end)
+{
+    const uint8_t *start = p;
+    while (p < end && (*p & 0xe0) == 0x20) /* dynamic table size update */
+        if (hpack_int(&p, end, 5) < 0)
+            return -1;
+    if (p >= end)
+        return -1;
+    if (*p & 0x80) /* indexed field */
+        return hpack_int(&p, end, 7) > 0 ? p - start : -1;
+    unsigned prefix = *p & 0x40 ? 6 : 4; /* with incremental indexing; without / never indexed */
+    if ((*p & ((1u << prefix) - 1)) == 0) {
+        p++;
+        if (hpack_skip_string(&p, end) < 0)
+            return -1;
+    } else if (hpack_int(&p, end, prefix) <= 0)
+        return -1;
+    return hpack_skip_string(&p, end) < 0 ? -1 : p - start;
+}
+
+/* A copy of h2o's dynamic table TABLE in *RET, sharing its names and values
+ * (each one referenced once more; h2o_hpack_dispose_header_table() drops
+ * the copy). Returns 0 or -ENOMEM. */
+static int hpack_table_copy(const h2o_hpack_header_table_t *table, h2o_hpack_header_table_t *ret)
+{
+    *ret = *table;
+    if (table->entry_capacity == 0)
+        return 0;
+    ret->entries = malloc(table->entry_capacity * sizeof(*table->entries));
+    if (!ret->entries)
+        return -ENOMEM;
+    memcpy(ret->entries, table->entries, table->entry_capacity * sizeof(*table->entries));
+    for (size_t i = 0; i < table->num_entries; i++) {
+        const h2o_hpack_header_table_entry_t *e =
+            &table->entries[(table->entry_start_index + i) % table->entry_capacity];
+        if (!h2o_iovec_is_token(e->name))
+            h2o_mem_addref_shared(e->name);
+        h2o_mem_addref_shared(e->value); /* always decoded for the input table, never a static one */
+    }
+    return 0;
+}
+
+const char *framing_check_h2_block(const h2o_hpack_header_table_t *table, const uint8_t *block, size_t len)
+{
+    h2o_hpack_header_table_t copy;
+    if (hpack_table_copy(table, &copy) < 0)
+        return "a header block the server has no memory to check";
+    h2o_req_t req; /* only its pool, input and headers are written */
+    memset(&req, 0, sizeof(req));
+    h2o_mem_init_pool(&req.pool);
+    framing_field fields[FRAMING_MAX_FIELDS];
+    size_t n = 0;
+    int pseudo = 0;
+    bool regular_seen = false;
+    const char *why = NULL;
+    const uint8_t *p = block, *end = block + len;
+    /* one field at a time, so that each content-length is seen (h2o keeps
+     * the last one's value beside the request, not among its headers) */
+    while (p < end && !why) {
+        ssize_t flen = hpack_field_length(p, end);
+        size_t cl = SIZE_MAX, before = req.headers.size;
+        const char *err = NULL;
+        if (flen < 0)
+            break; /* h2o fails the connection on it */
+        int r = h2o_hpack_parse_headers(&req, &copy, p, (size_t)flen, regular_seen ? NULL : &pseudo, &cl, NULL, &err);
+        if (r != 0 && r != H2O_HTTP2_ERROR_INVALID_HEADER_CHAR)
+            break; /* h2o refuses the stream or the connection itself */
+        p += flen;
+        if (cl == SIZE_MAX && req.headers.size == before)
+            continue; /* a pseudo-header */
+        regular_seen = true;
+        if (n == FRAMING_MAX_FIELDS) {
+            why = "more header fields than the server reads";
+            break;
+        }
+        if (cl != SIZE_MAX) { /* its value in decimal, as h2o read it */
+            char *v = h2o_mem_alloc_pool(&req.pool, 24), *d = v + 24;
+            do
+                *--d = (char)('0' + cl % 10);
+            while (cl /= 10);
+            fields[n++] = (framing_field){.name = "content-length", .name_len = STRLEN("content-length"), .value = d,
+                                          .value_len = (size_t)(v + 24 - d)};
+        } else {
+            const h2o_header_t *h = &req.headers.entries[req.headers.size - 1];
+            fields[n++] = (framing_field){.name = h->name->base, .name_len = h->name->len, .value = h->value.base,
+                                          .value_len = h->value.len};
+        }
+    }
+    if (!why)
+        why = framing_check_fields(fields, n, true);
+    h2o_mem_clear_pool(&req.pool);
+    h2o_hpack_dispose_header_table(&copy);
+    return why;
+}
+
 int httpd_framing_check(h2o_req_t *req, const char **reason)
 {
-    const char *why = req->version >= 0x200 ? check_http2(req) : check_http1(req);
+    const char *why = httpd_guard_verdict(req);
+    if (!why)
+        why = req->version >= 0x200 ? check_http2(req) : check_http1(req);
     if (!why)
         return 0;
     req->http1_is_persistent = 0;

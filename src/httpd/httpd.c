@@ -1,5 +1,6 @@
 #include "httpd/httpd.h"
 #include "httpd/framing.h"
+#include "httpd/json.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -185,11 +186,28 @@ struct httpd_listener {
  * DATA frames are read and dropped until the client is told to stop (see
  * h2_guard_read). */
 #define H2_REFUSED_MAX 8
+/* Streams whose header block framing_check_h2_block() refused, until their
+ * handler asks (httpd_guard_verdict) or h2o closes them. */
+#define H2_VERDICTS_MAX 8
 typedef struct h2_guard {
     ssize_t (*inner)(h2o_http2_conn_t *conn, const uint8_t *src, size_t len, const char **err_desc);
     uint32_t refused[H2_REFUSED_MAX];
     size_t n_refused;
+    struct {
+        uint32_t stream_id;
+        const char *why;
+    } verdicts[H2_VERDICTS_MAX];
+    size_t n_verdicts;
 } h2_guard;
+
+/* What the HTTP/1 head guard keeps about a connection (see h1_guard_read). */
+typedef struct h1_guard {
+    h2o_socket_cb read, write; /* h2o's callbacks the guard's wrap */
+    size_t next_at;            /* where the request being answered ends in the input; SIZE_MAX: unknown */
+    size_t seen;               /* how much of a head in progress h2o's parser has seen (its last_len) */
+    bool head_read;            /* the head at the start of the input is complete: h2o reads its body now */
+    const char *refusal;       /* why the head at the start of the input stands in for an unparsable one */
+} h1_guard;
 
 /* An accepted connection, known until h2o closes its socket. */
 typedef struct tracked_conn {
@@ -199,6 +217,9 @@ typedef struct tracked_conn {
     httpd_listener *from; /* NULL: one of the server's own listeners */
     int peer;             /* check_peer's identity, -1 when not checked */
     h2_guard h2;          /* TLS connections speaking HTTP/2 */
+    h1_guard h1;          /* the others */
+    unsigned busy;        /* h2o callbacks running under a guard: the socket may close inside them */
+    bool closed;          /* closed while busy: freed when the guard returns */
 } tracked_conn;
 
 static void on_conn_close(void *data)
@@ -208,7 +229,21 @@ static void on_conn_close(void *data)
     h2o_linklist_unlink(&c->link);
     if (c->from && --c->from->n_conns == 0 && !c->from->sock)
         free(c->from);
-    free(c);
+    if (c->busy)
+        c->closed = true;
+    else
+        free(c);
+}
+
+/* Ends a guard's call into h2o begun with C->busy++. Returns false when the
+ * connection closed meanwhile (C is then freed). */
+static bool conn_unbusy(tracked_conn *c)
+{
+    if (--c->busy == 0 && c->closed) {
+        free(c);
+        return false;
+    }
+    return !c->closed;
 }
 
 /* Asks the server's check_peer about the process at the other end of the
@@ -251,16 +286,21 @@ static void h2_grant(h2o_http2_conn_t *conn, uint32_t stream_id, h2o_http2_windo
     }
 }
 
-/* Answers STREAM, still receiving its body, with 413 now. Returns false when
- * the guard has no room left to remember it (h2o then refuses the stream). */
-static bool h2_refuse(h2o_http2_conn_t *conn, h2_guard *g, h2o_http2_stream_t *stream)
+/* Answers STREAM, still receiving its body, now: with 413, or (TO_HANDLER)
+ * by handing it to its handler at once, which refuses it for the verdict
+ * the guard recorded. Returns false when the guard has no room left to
+ * remember it (h2o then goes on receiving the body). */
+static bool h2_refuse(h2o_http2_conn_t *conn, h2_guard *g, h2o_http2_stream_t *stream, bool to_handler)
 {
     if (g->n_refused == H2_REFUSED_MAX)
         return false;
     g->refused[g->n_refused++] = stream->stream_id;
     h2o_http2_stream_set_state(conn, stream, H2O_HTTP2_STREAM_STATE_REQ_PENDING);
     h2o_http2_stream_set_state(conn, stream, H2O_HTTP2_STREAM_STATE_SEND_HEADERS);
-    h2o_send_error_generic(&stream->req, 413, "Payload Too Large", "request entity is too large", 0);
+    if (to_handler)
+        h2o_process_request(&stream->req);
+    else
+        h2o_send_error_generic(&stream->req, 413, "Payload Too Large", "request entity is too large", 0);
     return true;
 }
 
@@ -280,7 +320,7 @@ static bool h2_guard_data(h2o_http2_conn_t *conn, h2_guard *g, const h2o_http2_f
         if (!stream || stream->state != H2O_HTTP2_STREAM_STATE_RECV_BODY ||
             h2o_http2_decode_data_payload(&payload, frame, &err) != 0 ||
             stream->_req_body->size + payload.length <= conn->super.ctx->globalconf->max_request_entity_size ||
-            !h2_refuse(conn, g, stream))
+            !h2_refuse(conn, g, stream, false))
             return false;
         stream = h2o_http2_conn_get_stream(conn, frame->stream_id); /* an answer may have closed it */
     }
@@ -297,31 +337,297 @@ static bool h2_guard_data(h2o_http2_conn_t *conn, h2_guard *g, const h2o_http2_f
     return true;
 }
 
+/* ---- HTTP/2 header blocks: what h2o's decoder does not show ----
+ *
+ * h2o 2.2.5 decodes a request's header block and keeps only the last of its
+ * content-length fields. The guard decodes every new request's block just
+ * before h2o does, with h2o's own decoder on a copy of h2o's dynamic table
+ * (framing_check_h2_block), so the two cannot drift apart; trailers and
+ * blocks h2o does not decode are left alone. A refused request is answered
+ * by its handler (httpd_framing_check asks httpd_guard_verdict): at once
+ * when it has a body, whose DATA are then dropped as for a 413. */
+
+/* The complete header block of a new request that FRAME ends, as h2o will
+ * decode it next: the HEADERS payload, or the CONTINUATION fragments h2o
+ * buffered with FRAME's (copied to *OWNED, which the caller frees). Returns
+ * 1 with *RET, 0 when FRAME ends no such block, -ENOMEM. */
+static int h2_request_block(h2o_http2_conn_t *conn, const h2o_http2_frame_t *frame, h2o_iovec_t *ret, uint8_t **owned)
+{
+    *owned = NULL;
+    if (!(frame->flags & H2O_HTTP2_FRAME_FLAG_END_HEADERS) || conn->state >= H2O_HTTP2_CONN_STATE_HALF_CLOSED)
+        return 0;
+    h2o_http2_stream_t *stream = h2o_http2_conn_get_stream(conn, frame->stream_id);
+    if (frame->type == H2O_HTTP2_FRAME_TYPE_HEADERS) {
+        h2o_http2_headers_payload_t payload;
+        const char *err;
+        if (conn->_headers_unparsed || (frame->stream_id & 1) == 0 ||
+            (frame->stream_id <= conn->pull_stream_ids.max_open &&
+             (!stream || stream->state != H2O_HTTP2_STREAM_STATE_IDLE)) || /* a trailer, or refused */
+            h2o_http2_decode_headers_payload(&payload, frame, &err) != 0)
+            return 0;
+        *ret = h2o_iovec_init(payload.headers, payload.headers_len);
+        return 1;
+    }
+    if (frame->type != H2O_HTTP2_FRAME_TYPE_CONTINUATION || !conn->_headers_unparsed || !stream ||
+        stream->state != H2O_HTTP2_STREAM_STATE_RECV_HEADERS)
+        return 0;
+    size_t before = conn->_headers_unparsed->size, len = before + frame->length;
+    if (len > H2O_MAX_REQLEN) /* h2o refuses the stream */
+        return 0;
+    if (!(*owned = malloc(len ? len : 1)))
+        return -ENOMEM;
+    memcpy(*owned, conn->_headers_unparsed->bytes, before);
+    memcpy(*owned + before, frame->payload, frame->length);
+    *ret = h2o_iovec_init(*owned, len);
+    return 1;
+}
+
+/* Checks the header block FRAME ends, if it is a new request's, and records
+ * a refusal for its stream. Returns the refusal (NULL: none), or sets
+ * *RET_ERR to an h2o connection error when it cannot be checked or
+ * remembered. */
+static const char *h2_check_block(h2o_http2_conn_t *conn, h2_guard *g, const h2o_http2_frame_t *frame, int *ret_err,
+                                  const char **err_desc)
+{
+    h2o_iovec_t block;
+    _cleanup_free_ uint8_t *owned = NULL;
+    int r = h2_request_block(conn, frame, &block, &owned);
+    if (r <= 0) {
+        if (r < 0) {
+            *ret_err = H2O_HTTP2_ERROR_INTERNAL;
+            *err_desc = "out of memory checking a header block";
+        }
+        return NULL;
+    }
+    const char *why = framing_check_h2_block(&conn->_input_header_table, (const uint8_t *)block.base, block.len);
+    if (!why)
+        return NULL;
+    for (size_t i = 0; i < g->n_verdicts;) /* forget streams h2o has closed */
+        if (!h2o_http2_conn_get_stream(conn, g->verdicts[i].stream_id))
+            g->verdicts[i] = g->verdicts[--g->n_verdicts];
+        else
+            i++;
+    if (g->n_verdicts == H2_VERDICTS_MAX) {
+        *ret_err = H2O_HTTP2_ERROR_ENHANCE_YOUR_CALM;
+        *err_desc = "too many ambiguous requests pending";
+        return NULL;
+    }
+    g->verdicts[g->n_verdicts].stream_id = frame->stream_id;
+    g->verdicts[g->n_verdicts++].why = why;
+    return why;
+}
+
 /* The connection's frame reader, wrapping h2o's (which h2o swaps as its
  * state changes: the guard follows). */
 static ssize_t h2_guard_read(h2o_http2_conn_t *conn, const uint8_t *src, size_t len, const char **err_desc)
 {
     h2_guard *g = &((tracked_conn *)conn->sock->on_close.data)->h2;
     h2o_http2_frame_t frame;
-    const char *err;
+    const char *err, *refused = NULL;
     ssize_t flen = h2o_http2_decode_frame(&frame, src, len, &H2O_HTTP2_SETTINGS_HOST, &err);
     if (flen > 0 && frame.type == H2O_HTTP2_FRAME_TYPE_DATA && h2_guard_data(conn, g, &frame))
         return flen;
+    bool headers =
+        flen > 0 && (frame.type == H2O_HTTP2_FRAME_TYPE_HEADERS || frame.type == H2O_HTTP2_FRAME_TYPE_CONTINUATION);
+    if (headers) {
+        int conn_err = 0;
+        refused = h2_check_block(conn, g, &frame, &conn_err, err_desc);
+        if (conn_err)
+            return conn_err;
+    }
     ssize_t ret = g->inner(conn, src, len, err_desc);
     if (conn->_read_expect != h2_guard_read) {
         g->inner = conn->_read_expect;
         conn->_read_expect = h2_guard_read;
     }
-    if (ret > 0 && flen > 0 &&
-        (frame.type == H2O_HTTP2_FRAME_TYPE_HEADERS || frame.type == H2O_HTTP2_FRAME_TYPE_CONTINUATION)) {
-        /* a content-length past the limit is answered before any DATA */
+    if (ret > 0 && headers) {
+        /* a refused request or a content-length past the limit is answered
+         * before any DATA (one without a body was answered by h2o's call) */
         h2o_http2_stream_t *stream = h2o_http2_conn_get_stream(conn, frame.stream_id);
-        if (stream && stream->state == H2O_HTTP2_STREAM_STATE_RECV_BODY &&
-            stream->_expected_content_length != SIZE_MAX &&
-            stream->_expected_content_length > conn->super.ctx->globalconf->max_request_entity_size)
-            h2_refuse(conn, g, stream);
+        if (stream && stream->state == H2O_HTTP2_STREAM_STATE_RECV_BODY) {
+            if (refused)
+                h2_refuse(conn, g, stream, true);
+            else if (stream->_expected_content_length != SIZE_MAX &&
+                     stream->_expected_content_length > conn->super.ctx->globalconf->max_request_entity_size)
+                h2_refuse(conn, g, stream, false);
+        }
     }
     return ret;
+}
+
+/* ---- HTTP/1 heads h2o cannot parse: the server's own 400 ----
+ *
+ * h2o 2.2.5 answers a request head picohttpparser refuses (a space before a
+ * colon, a control character, a bare CR, an invalid request line, a head too
+ * long) with a bare text/plain "400 Bad Request" written straight to the
+ * socket, past every filter and handler: no JSON, no reason, no access log
+ * record, nothing the component decides. The guard reads the head
+ * at the start of the input before h2o does (its read callback wraps h2o's)
+ * and, before h2o moves on to a request pipelined behind an answered one,
+ * that one too. A head that will never parse is replaced by a stand-in
+ * (framing_stand_in_head: its request line when that parses, and
+ * "Connection: close") which h2o serves as usual: the handler's framing
+ * check gets the reason from httpd_guard_verdict and answers 400 in its own
+ * shape, then h2o closes the connection. Timeouts and limits stay h2o's. */
+
+/* Puts the stand-in for the unparsable head at offset AT of C's input in
+ * its place, dropping every byte after it, and records WHY. When AT is 0
+ * nothing of the input is in use and the buffer may grow; otherwise the
+ * request before it still points into the buffer, and the stand-in is
+ * written only where the buffer has room (else h2o answers as before). */
+static void h1_stand_in(tracked_conn *c, size_t at, const char *why)
+{
+    h2o_buffer_t **input = &c->sock->input;
+    size_t len = (*input)->size - at, min_len = 0;
+    if (at == 0) {
+        /* at least as long as the input h2o already looked at: its parser
+         * resumes from where it stopped */
+        min_len = len;
+        h2o_buffer_reserve(input, FRAMING_STAND_IN_LINE_MAX + 64);
+    }
+    char *start = (*input)->bytes + at;
+    size_t room = (size_t)((*input)->_buf + (*input)->capacity - start);
+    size_t n = framing_stand_in_head(start, len, min_len, start, room);
+    if (n == 0)
+        return;
+    (*input)->size = at + n;
+    c->h1.refusal = why;
+}
+
+static void h1_guard_read(h2o_socket_t *sock, const char *err);
+
+/* Puts the guard back in front of h2o's read callback when h2o has set its
+ * own, as it does for each new request after parsing what of it is already
+ * in the input. */
+static void h1_guard_arm(tracked_conn *c)
+{
+    h2o_socket_t *sock = c->sock;
+    if (sock->_cb.read && sock->_cb.read != h1_guard_read) {
+        c->h1.read = sock->_cb.read;
+        sock->_cb.read = h1_guard_read;
+        c->h1.seen = MIN(sock->input->size, (size_t)H2O_MAX_REQLEN);
+        c->h1.head_read = false;
+    }
+}
+
+/* Bytes came in: a head at the start of the input that will never parse is
+ * replaced before h2o reads it. The guard parses as h2o does, resuming where
+ * the last parse stopped, so a head sent byte by byte costs no more than
+ * h2o's own parse. */
+static void h1_guard_read(h2o_socket_t *sock, const char *err)
+{
+    tracked_conn *c = sock->on_close.data;
+    if (!err && !c->h1.refusal && !c->h1.head_read) {
+        const char *why =
+            framing_head_unparsable(sock->input->bytes, sock->input->size, c->h1.seen, &c->h1.head_read);
+        c->h1.seen = MIN(sock->input->size, (size_t)H2O_MAX_REQLEN);
+        if (why)
+            h1_stand_in(c, 0, why);
+    }
+    c->h1.read(sock, err);
+}
+
+/* The last bytes of a response are out: h2o goes on to the next request in
+ * the input, if any, which is checked first; then the guard is put back in
+ * front of the read callback h2o sets for the request after it. */
+static void h1_guard_wrote(h2o_socket_t *sock, const char *err)
+{
+    tracked_conn *c = sock->on_close.data;
+    h2o_socket_cb inner = c->h1.write;
+    size_t at = c->h1.next_at;
+    c->h1.write = NULL;
+    c->h1.next_at = SIZE_MAX;
+    if (!err && at < sock->input->size) {
+        const char *why = framing_head_unparsable(sock->input->bytes + at, sock->input->size - at, 0, NULL);
+        if (why)
+            h1_stand_in(c, at, why);
+    }
+    c->busy++;
+    inner(sock, err);
+    if (conn_unbusy(c))
+        h1_guard_arm(c);
+}
+
+/* An output stream on every HTTP/1 response: once its last bytes are handed
+ * to the socket, the write's completion goes through h1_guard_wrote. */
+static void h1_guard_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt,
+                          h2o_send_state_t state)
+{
+    h2o_ostream_send_next(self, req, bufs, bufcnt, state);
+    if (h2o_send_state_is_in_progress(state))
+        return;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    tracked_conn *c = sock ? sock->on_close.data : NULL;
+    if (!c || !sock->_cb.write || sock->_cb.write == h1_guard_wrote)
+        return;
+    c->h1.write = sock->_cb.write;
+    sock->_cb.write = h1_guard_wrote;
+    c->h1.next_at = req->http1_is_persistent ? framing_request_end(req) : SIZE_MAX;
+}
+
+static void h1_guard_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
+{
+    (void)self;
+    if (req->version < 0x200) {
+        h2o_ostream_t *o = h2o_add_ostream(req, sizeof(*o), slot);
+        o->do_send = h1_guard_send;
+        slot = &o->next;
+    }
+    h2o_setup_next_ostream(req, slot);
+}
+
+/* The first handler of a server whose component's handlers do not check
+ * framing themselves: what the guards found is refused here. */
+static int guard_on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    (void)self;
+    const char *why = httpd_guard_verdict(req);
+    if (!why)
+        return -1; /* the component's */
+    api_error err;
+    api_fail(&err, 400, "bad_request", "malformed request refused: %s", why);
+    req->http1_is_persistent = 0;
+    api_send_error(req, &err);
+    return 0;
+}
+
+/* h2o_http1_accept(), with the guard: input that came with the handshake is
+ * checked first. */
+static void h1_accept(h2o_accept_ctx_t *actx, h2o_socket_t *sock, struct timeval connected_at)
+{
+    tracked_conn *c = sock->on_close.data;
+    c->h1.next_at = SIZE_MAX;
+    const char *why =
+        sock->input->size ? framing_head_unparsable(sock->input->bytes, sock->input->size, 0, NULL) : NULL;
+    if (why)
+        h1_stand_in(c, 0, why);
+    c->busy++;
+    h2o_http1_accept(actx, sock, connected_at);
+    if (conn_unbusy(c))
+        h1_guard_arm(c);
+}
+
+const char *httpd_guard_verdict(h2o_req_t *req)
+{
+    h2o_socket_t *sock = req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    tracked_conn *c = sock ? sock->on_close.data : NULL;
+    const char *why = NULL;
+    if (!c)
+        return NULL;
+    if (req->version < 0x200) {
+        why = c->h1.refusal;
+        c->h1.refusal = NULL;
+        return why;
+    }
+    h2_guard *g = &c->h2;
+    uint32_t id = H2O_STRUCT_FROM_MEMBER(h2o_http2_stream_t, req, req)->stream_id;
+    for (size_t i = 0; i < g->n_verdicts; i++)
+        if (g->verdicts[i].stream_id == id) {
+            why = g->verdicts[i].why;
+            g->verdicts[i] = g->verdicts[--g->n_verdicts];
+            break;
+        }
+    return why;
 }
 
 /* A TLS handshake in progress (h2o_accept()'s, with the guard added). */
@@ -362,7 +668,7 @@ static void on_handshake(h2o_socket_t *sock, const char *err)
     for (const h2o_iovec_t *id = h2o_http2_alpn_protocols; id->len; id++)
         h2 = h2 || h2o_memis(proto.base, proto.len, id->base, id->len);
     if (!h2) {
-        h2o_http1_accept(actx, sock, connected_at);
+        h1_accept(actx, sock, connected_at);
         return;
     }
     /* the frames that came with the handshake wait until the guard is in */
@@ -386,8 +692,8 @@ static void accept_conn(h2o_accept_ctx_t *actx, h2o_socket_t *sock)
     if (!a) {
         if (actx->ssl_ctx)
             h2o_socket_close(sock);
-        else
-            h2o_accept(actx, sock); /* plain HTTP/1 */
+        else /* plain HTTP/1 */
+            h1_accept(actx, sock, *h2o_get_timestamp(actx->ctx, NULL, NULL));
         return;
     }
     *a = (tls_accept){.actx = actx, .sock = sock, .timeout = {.cb = on_handshake_timeout},
@@ -640,7 +946,11 @@ int httpd_run(const httpd_config *cfg)
         srv.globalconf.http2.idle_timeout = cfg->idle_timeout_ms;
     h2o_hostconf_t *host = h2o_config_register_host(&srv.globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     framing_configure(&srv.globalconf, host);
-    cfg->hooks.register_handlers(h2o_config_register_path(host, "/", 0), cfg->userdata);
+    h2o_pathconf_t *root = h2o_config_register_path(host, "/", 0);
+    h2o_create_filter(root, sizeof(h2o_filter_t))->on_setup_ostream = h1_guard_setup;
+    if (!cfg->handlers_check_framing)
+        h2o_create_handler(root, sizeof(h2o_handler_t))->on_req = guard_on_req;
+    cfg->hooks.register_handlers(root, cfg->userdata);
 
     srv.n_threads = cfg->threads ? cfg->threads : 1;
     srv.threads = calloc(srv.n_threads, sizeof(*srv.threads));

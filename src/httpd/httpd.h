@@ -48,6 +48,13 @@ typedef struct httpd_config {
     uint64_t request_timeout_ms; /* HTTP/1: reading a request's headers and body, and keep-alive idleness (0: h2o's 10 s) */
     uint64_t idle_timeout_ms;    /* HTTP/2: an idle connection (0: h2o's 10 s) */
     httpd_hooks hooks;
+    /* The component's handlers call httpd_framing_check() first
+     * (httpd/framing.h) and answer what the connection guards found in their
+     * own shape. When false, httpd answers it before any handler runs: a
+     * request standing in for an HTTP/1 head h2o could not parse, or one
+     * whose HTTP/2 header block repeats a framing field, gets 400
+     * {"error":{"code":"bad_request",…}} and never reaches a handler. */
+    bool handlers_check_framing;
     void *userdata;
     _Atomic bool *ready_flag; /* set once serving, may be NULL */
     /* Unix listeners only (not the ones added with httpd_listener_add()):

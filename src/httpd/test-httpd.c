@@ -7,7 +7,9 @@
  *     process's pid and uid before a byte is read, a refused peer is closed
  *     unanswered, and the identity it gave reaches the handler;
  *   - the connection cap fitted under RLIMIT_NOFILE (HTTPD_FDS_RESERVED
- *     kept, fds_per_connection each): the connection past it is closed. */
+ *     kept, fds_per_connection each): the connection past it is closed;
+ *   - a request head h2o cannot parse answered 400 JSON, before the
+ *     component's handler, then the connection closed. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -23,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "basic/macro.h"
 #include "httpd/httpd.h"
 
 static char dir[] = "/tmp/cloister-test-httpd-XXXXXX";
@@ -343,6 +346,40 @@ static unsigned served_under(rlim_t nofile, unsigned max_conns, unsigned fds_per
         close(fds[i]);
     server_stop(&s);
     return served;
+}
+
+/* ---- heads h2o cannot parse ------------------------------------------------- */
+
+Test(httpd, an_unparsable_head_is_answered_400_before_any_handler)
+{
+    server s = {0};
+    snprintf(s.listen, sizeof(s.listen), "unix:%s/u.sock", dir);
+    server_start(&s);
+    static const char *const heads[] = {
+        "GET / HTTP/1.1\r\nHost : test\r\n\r\n",
+        "POST /x HTTP/1.1\r\nHost: test\r\nX: a\x01b\r\n\r\n",
+        "GET / HTTX/1.1\r\n\r\n",
+        /* answered after the good request before it; the connection ends there */
+        "GET / HTTP/1.1\r\nHost: test\r\n\r\nGET / HTTP/1.1\r\nA\rB: c\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    };
+    for (size_t i = 0; i < ELEMENTSOF(heads); i++) {
+        int fd = connect_unix(s.listen + 5);
+        cr_assert_eq(write(fd, heads[i], strlen(heads[i])), (ssize_t)strlen(heads[i]));
+        char out[4096];
+        size_t len = 0;
+        for (ssize_t n; len < sizeof(out) - 1 && (n = read(fd, out + len, sizeof(out) - 1 - len)) > 0;)
+            len += (size_t)n;
+        out[len] = 0;
+        close(fd);
+        const char *refusal = strstr(out, "HTTP/1.1 400 ");
+        cr_assert_not_null(refusal, "%s: %s", heads[i], out);
+        cr_assert_not_null(strstr(refusal, "\"code\":\"bad_request\""), "%s", out);
+        cr_assert_not_null(strstr(refusal, "malformed request refused: "), "%s", out);
+        cr_assert_null(strstr(refusal + 1, "HTTP/1.1 "), "nothing after the refusal: %s", out);
+        cr_assert_null(strstr(refusal, "peer="), "the handler never saw it: %s", out);
+        cr_assert_eq(strstr(out, "peer=") != NULL, i == 3, "%s", out);
+    }
+    server_stop(&s);
 }
 
 Test(httpd, cap_fitted_under_the_descriptor_limit)
