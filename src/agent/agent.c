@@ -4,7 +4,9 @@
  *   2. obtains the sandbox's evidence binding the public key (and a
  *      challenge) from the runner over the channel;
  *   3. obtains each --secret KEY:FILE through key release and writes the
- *      data key to /run/secrets/FILE (0400), wiping every copy after;
+ *      data key to /run/secrets/FILE (0400), and each --secret-value
+ *      SECRET:KEY:FILE (a Secret's value, which the KMS sealed to our key)
+ *      the same way, wiping every copy after;
  *   4. starts the workload (the command after "--") as its child, forwards
  *      SIGTERM/SIGINT/SIGHUP to it and exits with its status;
  *   5. serves attested TLS on the listening socket the runner handed over
@@ -46,7 +48,7 @@
 #include "resource/resource.h"
 
 #define SECRETS_MAX 16
-#define SECRET_VALUE_MAX 1024 /* a released data key is 32 bytes */
+#define SECRET_VALUE_MAX (64 * 1024) /* a released data key is 32 bytes; a Secret's value at most this */
 #define STOP_GRACE_S 10       /* after forwarding SIGTERM, the workload is killed this much later */
 #define REFRESH_DEFAULT_S 60
 #define CERT_LIFETIME_S (24 * 3600)
@@ -86,7 +88,8 @@ static void *realloc_wiped(void *p, size_t n)
 }
 
 typedef struct secret {
-    char key[64];
+    char secret[64]; /* a Secret's name; "" for a Key */
+    char key[64];    /* the Key, or the Secret's data key */
     char file[ATLS_SECRET_FILE_MAX + 1];
 } secret;
 
@@ -116,6 +119,7 @@ static void usage(FILE *f)
                "\n"
                "  --channel PATH     the runner's channel socket (default " CHANNEL_DEFAULT_PATH ")\n"
                "  --secret KEY:FILE  release Key KEY by attestation into SECRETS-DIR/FILE (0400); at most 16\n"
+               "  --secret-value SECRET:KEY:FILE  release value KEY of Secret SECRET into SECRETS-DIR/FILE (0400)\n"
                "  --secrets-dir DIR  where released keys go (default /run/secrets)\n"
                "  --atls-fd N        serve attested TLS on this inherited listening socket\n"
                "  --port PORT        the workload's TCP port on 127.0.0.1, where aTLS connections go\n"
@@ -140,10 +144,11 @@ static int parse_uint(const char *s, unsigned long min, unsigned long max, unsig
 /* Parses the command line into A; returns 0 or the exit status to use. */
 static int parse_args(int argc, char **argv, agent *a)
 {
-    enum { OPT_CHANNEL = 256, OPT_SECRET, OPT_SECRETS_DIR, OPT_ATLS_FD, OPT_PORT, OPT_REFRESH, OPT_MEMORY, OPT_JOB };
+    enum { OPT_CHANNEL = 256, OPT_SECRET, OPT_SECRET_VALUE, OPT_SECRETS_DIR, OPT_ATLS_FD, OPT_PORT, OPT_REFRESH, OPT_MEMORY, OPT_JOB };
     static const struct option opts[] = {
         {"channel", required_argument, NULL, OPT_CHANNEL},
         {"secret", required_argument, NULL, OPT_SECRET},
+        {"secret-value", required_argument, NULL, OPT_SECRET_VALUE},
         {"secrets-dir", required_argument, NULL, OPT_SECRETS_DIR},
         {"atls-fd", required_argument, NULL, OPT_ATLS_FD},
         {"port", required_argument, NULL, OPT_PORT},
@@ -165,21 +170,37 @@ static int parse_args(int argc, char **argv, agent *a)
         case OPT_SECRETS_DIR:
             a->secrets_dir = optarg;
             break;
-        case OPT_SECRET: {
-            const char *colon = strchr(optarg, ':');
+        case OPT_SECRET:
+        case OPT_SECRET_VALUE: {
+            const char *arg = optarg;
             if (a->n_secrets == SECRETS_MAX) {
-                fprintf(stderr, "cloister-agent: at most %d --secret\n", SECRETS_MAX);
+                fprintf(stderr, "cloister-agent: at most %d --secret and --secret-value\n", SECRETS_MAX);
                 return 2;
             }
             secret *s = &a->secrets[a->n_secrets];
-            size_t kn = colon ? (size_t)(colon - optarg) : 0;
+            if (c == OPT_SECRET_VALUE) {
+                const char *sep = strchr(arg, ':');
+                size_t sn = sep ? (size_t)(sep - arg) : 0;
+                if (!sep || sn == 0 || sn >= sizeof(s->secret)) {
+                    fprintf(stderr, "cloister-agent: --secret-value takes SECRET:KEY:FILE, e.g. db:password:db.pass\n");
+                    return 2;
+                }
+                memcpy(s->secret, arg, sn);
+                s->secret[sn] = 0;
+                arg = sep + 1;
+            }
+            const char *colon = strchr(arg, ':');
+            size_t kn = colon ? (size_t)(colon - arg) : 0;
             if (!colon || kn == 0 || kn >= sizeof(s->key)) {
-                fprintf(stderr, "cloister-agent: --secret takes KEY:FILE, e.g. model-key:model.key\n");
+                fprintf(stderr, "cloister-agent: --secret takes KEY:FILE, e.g. model-key:model.key, and "
+                                "--secret-value SECRET:KEY:FILE\n");
                 return 2;
             }
-            memcpy(s->key, optarg, kn);
+            memcpy(s->key, arg, kn);
             s->key[kn] = 0;
-            if (!resource_name_valid(s->key) || !atls_secret_file_valid(colon + 1)) {
+            bool names_ok = s->secret[0] ? resource_name_valid(s->secret) && resource_data_key_valid(s->key)
+                                         : resource_name_valid(s->key);
+            if (!names_ok || !atls_secret_file_valid(colon + 1)) {
                 fprintf(stderr, "cloister-agent: --secret %s: KEY must be a resource name and FILE a plain file "
                                 "name ([A-Za-z0-9._-], not starting with '.', at most %d)\n", optarg, ATLS_SECRET_FILE_MAX);
                 return 2;
@@ -423,8 +444,9 @@ static int write_secret(const char *dir, const char *file, const uint8_t *value,
     return fchmod(fd, 0400) < 0 ? negative_errno() : 0;
 }
 
-/* Opens the JWE of a release answer with JWK and writes the data key it
- * holds for KEY to the secret's file. Every plaintext copy is wiped. */
+/* Opens the JWE of a release answer with JWK and writes what it holds for
+ * S (a Key's data key, or a Secret's value) to the secret's file. Every
+ * plaintext copy is wiped. */
 static int store_released(const agent *a, const secret *s, const char *jwe_text, cjose_jwk_t *jwk)
 {
     cjose_err err;
@@ -438,14 +460,19 @@ static int store_released(const agent *a, const secret *s, const char *jwe_text,
     OPENSSL_cleanse(plain, len);
     cjose_get_dealloc()(plain);
     const char *key = json_string_value(json_object_get(doc, "key"));
+    const char *secret_name = json_string_value(json_object_get(doc, "secret"));
     const char *b64 = json_string_value(json_object_get(doc, "plaintext"));
-    uint8_t value[SECRET_VALUE_MAX];
-    long n = b64 && key && strcmp(key, s->key) == 0 ? base64_decode(b64, strlen(b64), value, sizeof(value), false)
-                                                    : -EBADMSG;
+    bool ours = key && strcmp(key, s->key) == 0 && (s->secret[0] ? secret_name && strcmp(secret_name, s->secret) == 0 : !secret_name);
+    size_t cap = b64 ? strlen(b64) / 4 * 3 + 3 : 0;
+    uint8_t *value = ours && b64 && cap <= SECRET_VALUE_MAX + 3 ? malloc(cap) : NULL;
+    long n = value ? base64_decode(b64, strlen(b64), value, cap, false) : -EBADMSG;
     json_wipe(doc);
     json_decref(doc);
-    int r = n > 0 ? write_secret(a->secrets_dir, s->file, value, (size_t)n) : -EBADMSG;
-    OPENSSL_cleanse(value, sizeof(value));
+    int r = n >= 0 && (n > 0 || s->secret[0]) ? write_secret(a->secrets_dir, s->file, value, (size_t)n) : -EBADMSG;
+    if (value) {
+        OPENSSL_cleanse(value, cap);
+        free(value);
+    }
     return r;
 }
 
@@ -476,8 +503,11 @@ static int release_secret(const agent *a, const secret *s, cjose_jwk_t *jwk)
             base64_encode(doc, doc_len, doc_b64, false);
             base64_encode(a->spki, a->spki_len, key_b64, false);
             body = json_pack("{s:s, s:s, s:s}", "type", "sandbox", "evidence", doc_b64, "publicKey", key_b64);
-            char path[128];
-            snprintf(path, sizeof(path), "/v1/kms/keys/%s/release", s->key);
+            char path[192];
+            if (s->secret[0])
+                snprintf(path, sizeof(path), "/v1/secrets/%s/%s/release", s->secret, s->key);
+            else
+                snprintf(path, sizeof(path), "/v1/kms/keys/%s/release", s->key);
             step = "release";
             status = body ? channel_post(a->channel, path, body, &answer) : -ENOMEM;
         } else
@@ -500,7 +530,7 @@ static int release_secret(const agent *a, const secret *s, cjose_jwk_t *jwk)
         r = status;
     }
     log_fields(LOG_LEVEL_ERROR, "key release refused; the workload is not started", "key", s->key, "file", s->file,
-               "step", step, "status", status_s, "reason", reason, NULL);
+               "step", step, "status", status_s, "reason", reason, s->secret[0] ? "secret" : NULL, s->secret, NULL);
     return r;
 }
 

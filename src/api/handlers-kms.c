@@ -213,6 +213,35 @@ int api_kms_secret_value(const char *name, const char *key, char **ret, api_erro
     return 0;
 }
 
+int api_kms_secret_release(const char *name, const char *key, const char *sealed, const uint8_t *public_key,
+                           size_t public_key_len, char **ret, api_error *err)
+{
+    if (!sealed || strncmp(sealed, SECRET_FORMAT_PREFIX, STRLEN(SECRET_FORMAT_PREFIX)) != 0)
+        return api_fail(err, 500, "internal", "the stored value of Secret %s is not sealed by the KMS", name);
+    _cleanup_free_ char *pk = malloc(base64_encoded_size(public_key_len));
+    if (!pk)
+        return api_fail(err, 500, "internal", "out of memory");
+    base64_encode(public_key, public_key_len, pk, false);
+    json_t *ctx = secret_context(name, key);
+    json_t *body = ctx ? json_pack("{s:s, s:o, s:s, s:s, s:s}", "ciphertext", sealed + STRLEN(SECRET_FORMAT_PREFIX),
+                                   "context", ctx, "publicKey", pk, "secret", name, "key", key)
+                       : NULL;
+    if (!body)
+        return api_fail(err, 500, "internal", "out of memory");
+    json_t *ans = NULL;
+    int r = call("/v1/secret-release", body, &ans, err);
+    json_decref(body);
+    if (r < 0)
+        return -1;
+    const char *jwe = json_string_value(json_object_get(ans, "jwe"));
+    char *copy = jwe ? strdup(jwe) : NULL;
+    json_decref(ans);
+    if (!copy)
+        return api_fail(err, 502, "bad_gateway", "the KMS answered no JWE");
+    *ret = copy;
+    return 0;
+}
+
 int api_kms_seal_secret(json_t *doc, api_error *err)
 {
     const char *name = json_string_value(json_object_get(json_object_get(doc, "metadata"), "name"));

@@ -48,6 +48,13 @@ int api_kms_unseal(const char *sealed, const json_t *context, uint8_t **ret, siz
  * releases with kms_json_wipe_decref(). Returns 0, or -1 with ERR (404 no
  * such Key, 400 not an encrypt Key, 503 KMS sealed or down). */
 int api_kms_datakey(const char *name, json_t **ret, api_error *err);
+/* Value KEY of Secret NAME, stored as SEALED (its "kms:" form), opened by
+ * the kms role and sealed there to PUBLIC_KEY (DER SubjectPublicKeyInfo of
+ * an EC key) as a JWE whose payload is {"secret", "key", "plaintext":
+ * base64}: the plaintext never leaves the kms role. Blocking: from a
+ * worker. Returns 0 with the compact JWE in *RET (malloc'd), or -1 with ERR. */
+int api_kms_secret_release(const char *name, const char *key, const char *sealed, const uint8_t *public_key,
+                           size_t public_key_len, char **ret, api_error *err);
 /* The file keys of a job run's inputs (the kms role's POST /v1/job-release,
  * kms/job-release.h, BODY as it documents): *RET its answer {run,
  * runsReleased, digest, evidenceSha256, keys: [{name, jwe}]}. Blocking (a

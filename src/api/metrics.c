@@ -37,6 +37,7 @@ static const struct {
     [ROUTE_USER_KEYS] = {"/v1/users/{name}/keys", "any"},
     [ROUTE_DATASET_DATA] = {"/v1/datasets/{name}/data", "any"},
     [ROUTE_ENCLAVE_LOGS] = {"/v1/enclaves/{name}/logs", "GET"},
+    [ROUTE_ENCLAVE_SECRET_RELEASE] = {"/v1/enclaves/{name}/secret-release", "POST"},
     [ROUTE_JOB_APPROVALS] = {"/v1/jobs/{name}/approvals", "any"},
     [ROUTE_JOB_REJECTIONS] = {"/v1/jobs/{name}/rejections", "POST"},
     [ROUTE_JOB_VETOES] = {"/v1/jobs/{name}/vetoes", "POST"},

@@ -51,6 +51,7 @@ const api_subresource api_subresources[] = {
     {"users", "keys", ROUTE_USER_KEYS, api_handle_user_keys},
     {"datasets", "data", ROUTE_DATASET_DATA, api_handle_dataset_data},
     {"enclaves", "logs", ROUTE_ENCLAVE_LOGS, api_handle_enclave_logs},
+    {"enclaves", "secret-release", ROUTE_ENCLAVE_SECRET_RELEASE, api_handle_enclave_secret_release}, /* the runner's identity */
     {"jobs", "approvals", ROUTE_JOB_APPROVALS, api_handle_job_approvals},
     {"jobs", "rejections", ROUTE_JOB_REJECTIONS, api_handle_job_rejections},
     {"jobs", "vetoes", ROUTE_JOB_VETOES, api_handle_job_vetoes},

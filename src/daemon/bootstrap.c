@@ -15,7 +15,7 @@
 /* key release for enclaves: a challenge, then the attested release of a Key */
 #define RUNNER_RULE                                                                                         \
     "(ctx.request.api.verb == \"create\" && ctx.request.api.kind == \"AttestationChallenge\") || "           \
-    "(ctx.request.api.verb == \"release\" && ctx.request.api.kind == \"Key\")"
+    "(ctx.request.api.verb == \"release\" && ctx.request.api.kind in [\"Key\", \"Secret\"])"
 /* the proxy's configuration stream is decided by identity, not by policy
  * (api_handle_proxy): its policy grants nothing */
 #define PROXY_RULE_NAME "config-stream-is-decided-by-identity-not-policy"

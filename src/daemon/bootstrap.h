@@ -23,7 +23,8 @@ int bootstrap_proxy(store *s, const char *token_path);
  * asks the API for over its channel: user `cloister-runner` (a workload)
  * with policy `cloister-runner`, whose one rule allows only `create` on
  * AttestationChallenge (POST /v1/attest/challenge) and `release` on a Key
- * (POST /v1/kms/keys/{name}/release), and credential `cloister-runner` whose
+ * (POST /v1/kms/keys/{name}/release) or a Secret (POST
+ * /v1/enclaves/{name}/secret-release), and credential `cloister-runner` whose
  * token is written to TOKEN_PATH (mode 0600), kept and replaced as
  * bootstrap_admin() does. Its user and policy are brought to this version's
  * on every start. Returns 0 or a negative errno. */

@@ -14,6 +14,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "attest/release.h"
 #include "audit/event.h"
 #include "basic/encoding.h"
 #include "basic/fileio.h"
@@ -423,6 +424,61 @@ static json_t *op_job_release(kms_op *op)
     return kms_job_release(op->role->ring, &op->role->job, op->body, &op->err);
 }
 
+/* A Secret's value for an attested enclave: the stored ciphertext (under
+ * the Secret values' key, bound to {kind: Secret, name, key}) opened here
+ * and sealed at once to the sandbox's public key as a JWE whose payload is
+ * {"secret", "key", "plaintext": base64}. The api role checked the
+ * evidence; it gets the JWE, never the value. */
+static json_t *op_secret_release(kms_op *op)
+{
+    const char *secret = field(op, "secret", true), *item = secret ? field(op, "key", true) : NULL;
+    if (!item)
+        return NULL;
+    const json_t *ctx = json_object_get(op->body, "context");
+    const char *ctx_kind = json_string_value(json_object_get(ctx, "kind"));
+    const char *ctx_name = json_string_value(json_object_get(ctx, "name"));
+    const char *ctx_key = json_string_value(json_object_get(ctx, "key"));
+    if (json_object_size(ctx) != 3 || !ctx_kind || strcmp(ctx_kind, "Secret") != 0 || !ctx_name ||
+        strcmp(ctx_name, secret) != 0 || !ctx_key || strcmp(ctx_key, item) != 0) {
+        api_fail(&op->err, 400, "invalid", "context must be {kind: Secret, name: secret, key: key}");
+        return NULL;
+    }
+    uint8_t *spki = NULL;
+    long spki_len = field_b64(op, "publicKey", 1024, &spki);
+    if (spki_len < 0)
+        return NULL;
+    uint8_t *pt = NULL;
+    char key[KMS_KEY_NAME_MAX + 1];
+    uint32_t version;
+    long n = decrypt_body(op, &pt, key, &version);
+    json_t *ans = NULL;
+    if (n >= 0 && strcmp(key, "_secrets") != 0)
+        api_fail(&op->err, 400, "invalid", "the ciphertext is not a Secret value");
+    else if (n >= 0) {
+        json_t *payload = json_pack("{s:s, s:s, s:o}", "secret", secret, "key", item, "plaintext",
+                                    b64_string(pt, (size_t)n));
+        char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
+        char *jwe = NULL;
+        int r = text ? release_seal_jwe(spki, (size_t)spki_len, (const uint8_t *)text, strlen(text), &jwe) : -ENOMEM;
+        if (text) {
+            OPENSSL_cleanse(text, strlen(text));
+            free(text);
+        }
+        kms_json_wipe_decref(payload);
+        if (r == -EINVAL)
+            api_fail(&op->err, 400, "invalid", "publicKey is not a DER SubjectPublicKeyInfo of an EC key");
+        else if (r < 0 || !(ans = json_pack("{s:s}", "jwe", jwe)))
+            api_fail(&op->err, 500, "internal", "cannot seal the value");
+        free(jwe);
+    }
+    if (n >= 0) {
+        OPENSSL_cleanse(pt, (size_t)n);
+        free(pt);
+    }
+    free(spki);
+    return ans;
+}
+
 /* ---- sealing ---- */
 
 /* Forgets the root key and the key ring (wiping both). */
@@ -508,6 +564,7 @@ static const struct {
     {"/v1/version", op_version, false},
     {"/v1/public", op_public, false},
     {"/v1/job-release", op_job_release, false}, /* file keys leave only as JWEs to the sandbox */
+    {"/v1/secret-release", op_secret_release, false}, /* a Secret's value leaves only as a JWE to the sandbox */
 };
 _Static_assert(ELEMENTSOF(ops) == ROLE_KMS_OPS, "role.h's ROLE_KMS_OP_NAMES name kms/server.c's operations in order");
 

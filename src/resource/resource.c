@@ -698,6 +698,11 @@ bool resource_name_valid(const char *name)
     return schema_string_matches(FORMAT_NAME, name, strlen(name));
 }
 
+bool resource_data_key_valid(const char *key)
+{
+    return schema_string_matches(FORMAT_DATA_KEY, key, strlen(key));
+}
+
 /* Resolves the document's kind; the Kind must be spelled exactly. */
 static int document_kind(const json_t *doc, resource_path *path, resource_error *err,
                          const resource_kind **ret)

@@ -56,6 +56,8 @@ const resource_kind *resource_kind_get(size_t i);
 
 /* Whether NAME is a valid metadata.name: [a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63. */
 bool resource_name_valid(const char *name);
+/* Whether KEY is a valid key of a Secret's spec.data: 1-253 of [A-Za-z0-9._-], not "." or "..". */
+bool resource_data_key_valid(const char *key);
 
 /* Validates a whole document. Returns 0, or -EINVAL with ERR (may be NULL)
  * naming the first offending field and the reason. */

@@ -55,9 +55,11 @@ struct runner_agent {
     httpd_listener *listener;
     uint8_t measurement[48];
     struct {
-        char key[64];
+        char secret[64]; /* a Secret's name, "" for a Key */
+        char key[64];    /* the Key, or the Secret's data key */
         char file[ATLS_SECRET_FILE_MAX + 1];
     } secrets[RUNNER_AGENT_SECRETS_MAX];
+    char enclave[64]; /* the Enclave of its owner tag (enclave/<name>/…), "" when none: a Secret's release names it */
     size_t n_secrets;
     bool atls;
     char *args[AGENT_ARGS_MAX]; /* the sandbox's argv; strings we own up to n_owned */
@@ -186,13 +188,19 @@ static int parse_params(runner_agent *ag, const json_t *params, api_error *err)
     {
         const char *key = json_string_value(json_object_get(v, "key"));
         const char *file = json_string_value(json_object_get(v, "file"));
-        if (json_object_get(v, "secret"))
+        const char *secret = json_string_value(json_object_get(v, "secret"));
+        if (!json_is_object(v) || json_object_size(v) != (secret ? 3u : 2u) || !key || !file)
+            return api_fail(err, 400, "invalid", "agent.secrets[%zu] must be {key, file} or {secret, key, file}", i);
+        if (secret && (!resource_name_valid(secret) || strlen(secret) >= sizeof(ag->secrets[0].secret)))
+            return api_fail(err, 400, "invalid", "agent.secrets[%zu].secret must be the name of a Secret", i);
+        if (secret && !ag->enclave[0])
             return api_fail(err, 400, "invalid",
-                            "agent.secrets[%zu]: only Keys are released to enclaves (key, not secret)", i);
-        if (!json_is_object(v) || json_object_size(v) != 2 || !key || !file)
-            return api_fail(err, 400, "invalid", "agent.secrets[%zu] must be {key, file}", i);
-        if (!resource_name_valid(key) || strlen(key) >= sizeof(ag->secrets[0].key))
-            return api_fail(err, 400, "invalid", "agent.secrets[%zu].key must be the name of a Key", i);
+                            "agent.secrets[%zu]: a Secret's value is released for an Enclave: the launch's owner "
+                            "must be enclave/<name>/…", i);
+        if (secret ? !resource_data_key_valid(key) || strlen(key) >= sizeof(ag->secrets[0].key)
+                   : !resource_name_valid(key) || strlen(key) >= sizeof(ag->secrets[0].key))
+            return api_fail(err, 400, "invalid", "agent.secrets[%zu].key must be %s", i,
+                            secret ? "one of the Secret's data keys" : "the name of a Key");
         if (!atls_secret_file_valid(file))
             return api_fail(err, 400, "invalid",
                             "agent.secrets[%zu].file must be a plain file name ([A-Za-z0-9._-], not starting "
@@ -200,6 +208,7 @@ static int parse_params(runner_agent *ag, const json_t *params, api_error *err)
         for (size_t j = 0; j < ag->n_secrets; j++)
             if (strcmp(ag->secrets[j].file, file) == 0)
                 return api_fail(err, 400, "invalid", "agent.secrets: two secrets go to the file %s", file);
+        snprintf(ag->secrets[ag->n_secrets].secret, sizeof(ag->secrets[0].secret), "%s", secret ? secret : "");
         strcpy(ag->secrets[ag->n_secrets].key, key);
         strcpy(ag->secrets[ag->n_secrets].file, file);
         ag->n_secrets++;
@@ -219,7 +228,7 @@ static int add_arg(runner_agent *ag, const char *s)
 /* Builds the sandbox's argv: the agent, its options, "--", ARGV. */
 static int build_args(runner_agent *ag, uint16_t port, uint64_t memory_bytes, char *const *argv)
 {
-    char buf[256];
+    char buf[320];
     int r = add_arg(ag, SANDBOX_AGENT_PATH);
     if (r == 0 && memory_bytes) {
         snprintf(buf, sizeof(buf), "%llu", (unsigned long long)memory_bytes);
@@ -234,8 +243,12 @@ static int build_args(runner_agent *ag, uint16_t port, uint64_t memory_bytes, ch
             r = add_arg(ag, buf);
     }
     for (size_t i = 0; r == 0 && i < ag->n_secrets; i++) {
-        snprintf(buf, sizeof(buf), "%s:%s", ag->secrets[i].key, ag->secrets[i].file);
-        r = add_arg(ag, "--secret");
+        bool value = ag->secrets[i].secret[0] != 0;
+        if (value)
+            snprintf(buf, sizeof(buf), "%s:%s:%s", ag->secrets[i].secret, ag->secrets[i].key, ag->secrets[i].file);
+        else
+            snprintf(buf, sizeof(buf), "%s:%s", ag->secrets[i].key, ag->secrets[i].file);
+        r = add_arg(ag, value ? "--secret-value" : "--secret");
         if (r == 0)
             r = add_arg(ag, buf);
     }
@@ -257,8 +270,9 @@ static int build_args(runner_agent *ag, uint16_t port, uint64_t memory_bytes, ch
     return r;
 }
 
-runner_agent *runner_agent_new(const char *runner_dir, const char *agent_path, const char *name, const json_t *params,
-                               const json_t *yaml, char *const *argv, uint64_t memory_bytes, api_error *err)
+runner_agent *runner_agent_new(const char *runner_dir, const char *agent_path, const char *name, const char *owner,
+                               const json_t *params, const json_t *yaml, char *const *argv, uint64_t memory_bytes,
+                               api_error *err)
 {
     const json_t *port = json_object_get(yaml, "port");
     if (port && (!json_is_integer(port) || json_integer_value(port) < 1 || json_integer_value(port) > 65535)) {
@@ -278,6 +292,17 @@ runner_agent *runner_agent_new(const char *runner_dir, const char *agent_path, c
     ag->agent_path = agent_path;
     ag->atls = port != NULL;
     snprintf(ag->name, sizeof(ag->name), "%s", name);
+    static const char enclave_prefix[] = "enclave/";
+    const char *slash = owner && strncmp(owner, enclave_prefix, STRLEN(enclave_prefix)) == 0
+                            ? strchr(owner + STRLEN(enclave_prefix), '/')
+                            : NULL;
+    size_t n = slash ? (size_t)(slash - owner - STRLEN(enclave_prefix)) : 0;
+    if (n && n < sizeof(ag->enclave)) {
+        memcpy(ag->enclave, owner + STRLEN(enclave_prefix), n);
+        ag->enclave[n] = 0;
+        if (!resource_name_valid(ag->enclave))
+            ag->enclave[0] = 0;
+    }
     if (parse_params(ag, params, err) < 0) {
         free(ag);
         return NULL;
@@ -344,8 +369,12 @@ void runner_agent_describe(const runner_agent *ag, json_t *item)
 {
     json_t *secrets = json_array();
     for (size_t i = 0; i < ag->n_secrets; i++)
-        json_array_append_new(secrets, json_pack("{s:s, s:s}", "key", ag->secrets[i].key, "file",
-                                                 ag->secrets[i].file));
+    {
+        json_t *s = json_pack("{s:s, s:s}", "key", ag->secrets[i].key, "file", ag->secrets[i].file);
+        if (s && ag->secrets[i].secret[0])
+            json_object_set_new(s, "secret", json_string(ag->secrets[i].secret));
+        json_array_append_new(secrets, s);
+    }
     json_object_set_new(item, "agent", json_true());
     json_object_set_new(item, "secrets", secrets);
     if (ag->job.on)
@@ -643,7 +672,7 @@ static int channel_release(runner_agent *ag, h2o_req_t *req, const char *key, co
 {
     bool listed = false;
     for (size_t i = 0; i < ag->n_secrets && !listed; i++)
-        listed = strcmp(ag->secrets[i].key, key) == 0;
+        listed = !ag->secrets[i].secret[0] && strcmp(ag->secrets[i].key, key) == 0;
     if (!listed)
         return api_fail(err, 403, "forbidden", "key %s is not among this sandbox's secrets", key);
     static const char *const known[] = {"type", "evidence", "publicKey", NULL};
@@ -664,6 +693,60 @@ static int channel_release(runner_agent *ag, h2o_req_t *req, const char *key, co
     if (!text)
         return api_fail(err, 500, "internal", "out of memory");
     return forward(ag, req, path, text, what, err);
+}
+
+/* POST /v1/secrets/{secret}/{key}/release on the channel: a value of a
+ * Secret the sandbox's secrets name, checked, then forwarded to the API as
+ * POST /v1/enclaves/{enclave}/secret-release for the sandbox's Enclave. */
+static int channel_secret_release(runner_agent *ag, h2o_req_t *req, const char *secret, const char *key,
+                                  const json_t *body, api_error *err)
+{
+    bool listed = false;
+    for (size_t i = 0; i < ag->n_secrets && !listed; i++)
+        listed = strcmp(ag->secrets[i].secret, secret) == 0 && strcmp(ag->secrets[i].key, key) == 0;
+    if (!listed)
+        return api_fail(err, 403, "forbidden", "value %s of Secret %s is not among this sandbox's secrets", key, secret);
+    static const char *const known[] = {"type", "evidence", "publicKey", NULL};
+    if (only_fields(body, known, err) < 0)
+        return -1;
+    const char *type = json_string_value(json_object_get(body, "type"));
+    if (!type || strcmp(type, "sandbox") != 0)
+        return api_fail(err, 400, "invalid", "type must be sandbox: a sandbox has sandbox evidence");
+    if (!json_is_string(json_object_get(body, "evidence")) || !json_is_string(json_object_get(body, "publicKey")))
+        return api_fail(err, 400, "invalid", "evidence and publicKey are required (base64)");
+    if (!bucket_take(&ag->forward, FORWARD_RATE, FORWARD_BURST))
+        return api_fail(err, 429, "too_many_requests", "key release is limited to %.0f calls per second",
+                        FORWARD_RATE);
+    _cleanup_(json_decrefp) json_t *named = json_deep_copy(body);
+    if (!named || json_object_set_new(named, "secret", json_string(secret)) < 0 ||
+        json_object_set_new(named, "key", json_string(key)) < 0)
+        return api_fail(err, 500, "internal", "out of memory");
+    char path[160], what[96];
+    snprintf(path, sizeof(path), "/v1/enclaves/%s/secret-release", ag->enclave);
+    snprintf(what, sizeof(what), "release of Secret %s", secret);
+    char *text = json_dumps(named, JSON_COMPACT);
+    if (!text)
+        return api_fail(err, 500, "internal", "out of memory");
+    return forward(ag, req, path, text, what, err);
+}
+
+/* Splits PATH (LEN bytes after "/v1/secrets/") as "{secret}/{key}/release"
+ * into SECRET and KEY (64 bytes each); -EINVAL when it is not one. */
+static int parse_secret_path(const char *path, size_t len, char secret[64], char key[64])
+{
+    static const char suffix[] = "/release";
+    if (len <= STRLEN(suffix) || memcmp(path + len - STRLEN(suffix), suffix, STRLEN(suffix)) != 0)
+        return -EINVAL;
+    len -= STRLEN(suffix);
+    const char *slash = memchr(path, '/', len);
+    size_t n = slash ? (size_t)(slash - path) : 0, m = slash ? len - n - 1 : 0;
+    if (!slash || n == 0 || n >= 64 || m == 0 || m >= 64)
+        return -EINVAL;
+    memcpy(secret, path, n);
+    secret[n] = 0;
+    memcpy(key, slash + 1, m);
+    key[m] = 0;
+    return resource_name_valid(secret) && resource_data_key_valid(key) ? 0 : -EINVAL;
 }
 
 /* Parses the decimal S (LEN bytes, no sign, no leading zeros but "0") into
@@ -802,10 +885,17 @@ void runner_channel_serve(runner_agent *ag, h2o_req_t *req, runner_issue_fn issu
                 r = api_fail(&err, 404, "not_found", "no such key name");
             else if ((r = channel_release(ag, req, key, body, &err)) == 0)
                 return;
+        } else if (path.len > STRLEN("/v1/secrets/") && memcmp(path.base, "/v1/secrets/", STRLEN("/v1/secrets/")) == 0) {
+            char secret[64], item[64];
+            if (parse_secret_path(path.base + STRLEN("/v1/secrets/"), path.len - STRLEN("/v1/secrets/"), secret,
+                                  item) < 0)
+                r = api_fail(&err, 404, "not_found", "a Secret's value is released at /v1/secrets/{secret}/{key}/release");
+            else if ((r = channel_secret_release(ag, req, secret, item, body, &err)) == 0)
+                return;
         } else
             r = api_fail(&err, 404, "not_found",
-                         "a sandbox's channel serves POST /v1/evidence, /v1/attest/challenge and "
-                         "/v1/kms/keys/{key}/release only");
+                         "a sandbox's channel serves POST /v1/evidence, /v1/attest/challenge, "
+                         "/v1/kms/keys/{key}/release and /v1/secrets/{secret}/{key}/release only");
     }
     if (r == 0 && answer) {
         api_send_json(req, 200, answer);

@@ -11,6 +11,10 @@
  *   POST /v1/kms/keys/{key}/release {"type": "sandbox", "evidence", "publicKey"}
  *        forwarded to the api role as the runner's identity, for the Keys
  *        named in the sandbox's launch request only
+ *   POST /v1/secrets/{secret}/{key}/release {"type": "sandbox", "evidence", "publicKey"}
+ *        forwarded as POST /v1/enclaves/{enclave}/secret-release for the
+ *        Secret values named in the launch request only (the Enclave is
+ *        the one of the launch's owner tag)
  *
  * and, in job mode only (the launch's "agent": {"job": {name, run, digest}}:
  * the agent runs one run of one Job, docs/analytics.md "The run"), the job
@@ -69,8 +73,10 @@ int runner_engine_locate(char *out, size_t size);
  * (400 for a bad parameter, 500 otherwise). */
 /* MEMORY_BYTES (0: none) is the workload's address-space limit, which the
  * agent applies to it. */
-runner_agent *runner_agent_new(const char *runner_dir, const char *agent_path, const char *name, const json_t *params,
-                               const json_t *yaml, char *const *argv, uint64_t memory_bytes,
+/* OWNER (may be NULL) is the launch's owner tag: a {secret, key, file}
+ * entry is released for the Enclave it names (enclave/<name>/…). */
+runner_agent *runner_agent_new(const char *runner_dir, const char *agent_path, const char *name, const char *owner,
+                               const json_t *params, const json_t *yaml, char *const *argv, uint64_t memory_bytes,
                                api_error *err);
 
 /* Sets SPEC's argv (the agent, its options, "--", the workload's command),

@@ -284,7 +284,7 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
     envp[n_env] = "PATH=/usr/local/bin:/usr/bin:/bin";
     _cleanup_(runner_agent_freep) runner_agent *agent = NULL;
     if (json_object_get(body, "agent")) {
-        agent = runner_agent_new(rn->cfg->dir, rn->agent_path[0] ? rn->agent_path : NULL, name,
+        agent = runner_agent_new(rn->cfg->dir, rn->agent_path[0] ? rn->agent_path : NULL, name, sb.owner,
                                  json_object_get(body, "agent"), yaml, argv,
                                  (uint64_t)json_integer_value(json_object_get(limits, "memoryMiB")) << 20, err);
         if (!agent)
