@@ -36,6 +36,9 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "agent/channel.h"
 #include "agent/job.h"
@@ -51,6 +54,7 @@
 #define SECRET_VALUE_MAX (64 * 1024) /* a released data key is 32 bytes; a Secret's value at most this */
 #define STOP_GRACE_S 10       /* after forwarding SIGTERM, the workload is killed this much later */
 #define REFRESH_DEFAULT_S 60
+#define PROBE_INTERVAL_MS 50 /* how often the workload's port is tried until it answers */
 #define CERT_LIFETIME_S (24 * 3600)
 #define EVIDENCE_B64_MAX (2 * ATTEST_EVIDENCE_MAX)
 
@@ -476,6 +480,33 @@ static int store_released(const agent *a, const secret *s, const char *jwe_text,
     return r;
 }
 
+/* Tells the runner how the workload is (POST /v1/status on the channel):
+ * READY once it answers on its port, or ERROR (may be NULL) when
+ * something stops it; shown in the Enclave's status. A failure to report
+ * is logged only: the runner then sees the exit alone. */
+static void report_status(const agent *a, bool ready, const char *error)
+{
+    _cleanup_(json_decrefp) json_t *body = error ? json_pack("{s:s}", "error", error)
+                                                 : json_pack("{s:b}", "ready", ready);
+    _cleanup_(json_decrefp) json_t *answer = NULL;
+    int status = body ? channel_post(a->channel, "/v1/status", body, &answer) : -ENOMEM;
+    if (status != 200) {
+        char st[16];
+        snprintf(st, sizeof(st), "%d", status);
+        log_fields(LOG_LEVEL_WARN, "cannot report the workload's status to the runner", "status",
+                   status > 0 ? st : strerror(-status), NULL);
+    }
+}
+
+/* Whether something accepts TCP connections on 127.0.0.1:PORT (the
+ * workload's port, in the sandbox's own network namespace). */
+static bool port_answers(uint16_t port)
+{
+    _cleanup_close_ int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    return fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+}
+
 /* Releases secret S: a challenge, evidence binding it and our key, the
  * release call, the JWE opened and the data key stored. Logs the reason
  * of a refusal (the API's message, never key material). */
@@ -531,6 +562,10 @@ static int release_secret(const agent *a, const secret *s, cjose_jwk_t *jwk)
     }
     log_fields(LOG_LEVEL_ERROR, "key release refused; the workload is not started", "key", s->key, "file", s->file,
                "step", step, "status", status_s, "reason", reason, s->secret[0] ? "secret" : NULL, s->secret, NULL);
+    char report[512];
+    snprintf(report, sizeof(report), "key release refused (%s%s%s, step %s): %s", s->secret[0] ? s->secret : "",
+             s->secret[0] ? "/" : "", s->key, step, reason[0] ? reason : "no reason given");
+    report_status(a, false, report);
     return r;
 }
 
@@ -567,8 +602,23 @@ static int exit_code(int status)
 static int run(agent *a, pid_t workload, int sfd, server *srv)
 {
     uint64_t next_refresh = srv ? time_mono_ns() + (uint64_t)a->refresh_s * NSEC_PER_SEC : UINT64_MAX, kill_at = 0;
+    /* ready once the workload answers on its port (at once without one) */
+    uint64_t next_probe = a->port ? time_mono_ns() : UINT64_MAX;
+    if (!a->port)
+        report_status(a, true, NULL);
     for (;;) {
         uint64_t now = time_mono_ns(), wake = next_refresh;
+        if (next_probe <= now) {
+            if (port_answers(a->port)) {
+                char port_s[8];
+                snprintf(port_s, sizeof(port_s), "%u", a->port);
+                log_fields(LOG_LEVEL_INFO, "the workload answers on its port; ready", "port", port_s, NULL);
+                report_status(a, true, NULL);
+                next_probe = UINT64_MAX;
+            } else
+                next_probe = now + PROBE_INTERVAL_MS * NSEC_PER_MSEC;
+        }
+        wake = MIN(wake, next_probe);
         if (kill_at && kill_at < wake)
             wake = kill_at;
         int timeout = wake > now ? (int)MIN((wake - now) / NSEC_PER_MSEC + 1, (uint64_t)60000) : 0;
@@ -594,6 +644,11 @@ static int run(agent *a, pid_t workload, int sfd, server *srv)
                     snprintf(how, sizeof(how), WIFEXITED(status) ? "exit status %d" : "signal %d",
                              WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
                     log_fields(LOG_LEVEL_INFO, "the workload exited", "how", how, NULL);
+                    if (!kill_at) { /* by itself, not stopped */
+                        char report[64];
+                        snprintf(report, sizeof(report), "the workload exited (%s)", how);
+                        report_status(a, false, report);
+                    }
                     return exit_code(status);
                 }
         }

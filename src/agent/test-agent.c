@@ -367,6 +367,8 @@ static const char *const data_key = "0123456789abcdef0123456789abcdef"; /* 32 by
 static char nonce_hex[65];
 static const char *release_key_name = "model-key"; /* the key the sealed answer names */
 static int release_status = 200;
+static char last_report[600]; /* the last POST /v1/status the agent made, as JSON */
+static int ready_reports;
 
 /* The runner's channel as an agent sees it. Evidence must bind the nonce
  * last issued and a public key; the release answer is sealed to that key. */
@@ -389,6 +391,13 @@ static answer runner_channel(const char *path, const json_t *body)
         char b64[500];
         base64_encode((const uint8_t *)doc, strlen(doc), b64, false);
         return json_answer(200, json_pack("{s:s}", "document", b64));
+    }
+    if (strcmp(path, "/v1/status") == 0) {
+        char *text = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
+        snprintf(last_report, sizeof(last_report), "%s", text ? text : "");
+        ready_reports += json_is_true(json_object_get(body, "ready"));
+        free(text);
+        return json_answer(200, json_object());
     }
     if (strcmp(path, "/v1/kms/keys/model-key/release") == 0) {
         if (release_status != 200)
@@ -446,7 +455,9 @@ Test(agent, release_writes_the_data_key_0400_then_starts_the_workload)
     cr_assert_eq(len, strlen(data_key));
     cr_assert_eq(memcmp(value, data_key, len), 0);
     free(value);
-    cr_assert_eq(srv.requests, 3, "challenge, evidence, release");
+    cr_assert_eq(srv.requests, 5, "challenge, evidence, release, ready (no port: at once), the workload's exit");
+    cr_assert_eq(ready_reports, 1);
+    cr_assert(strstr(last_report, "the workload exited (exit status 3)"), "%s", last_report);
     char *out = agent_output();
     cr_assert_null(strstr(out, data_key), "the data key is never logged");
     free(out);
@@ -466,6 +477,10 @@ Test(agent, a_refused_release_stops_before_the_workload)
     cr_assert(strstr(out, "model-key"), "the log names the key: %s", out);
     cr_assert(strstr(out, "does not satisfy AttestationPolicy bench"), "and the API's reason: %s", out);
     free(out);
+    /* and the runner was told, for the Enclave's status */
+    cr_assert(strstr(last_report, "key release refused (model-key, step release)"), "%s", last_report);
+    cr_assert(strstr(last_report, "does not satisfy AttestationPolicy bench"), "%s", last_report);
+    cr_assert_eq(ready_reports, 0, "never ready");
 }
 
 Test(agent, an_answer_for_another_key_is_not_stored)

@@ -47,7 +47,25 @@
 /* `<enclave>-16` must be a name the runner takes (at most 63 bytes) */
 #define ENCLAVE_NAME_MAX (RESOURCE_NAME_MAX - 3)
 
-static const char *const state_names[] = {"starting", "running", "crashed", "stopped"};
+/* The state a replica shows in the status: `running` only once ready (the
+ * proxy sends requests to those alone), `crashLoop` while it keeps
+ * exiting (controller_crash_looping()). */
+static const char *state_name(const replica *r, uint64_t now)
+{
+    if (controller_crash_looping(r, now))
+        return "crashLoop";
+    switch (r->state) {
+    case REPLICA_RUNNING:
+        return r->ready ? "running" : "starting";
+    case REPLICA_CRASHED:
+        return "crashed";
+    case REPLICA_STOPPED:
+        return "stopped";
+    case REPLICA_STARTING:
+        break;
+    }
+    return "starting";
+}
 
 typedef struct enclave {
     char name[RESOURCE_NAME_MAX + 1];
@@ -491,6 +509,7 @@ static void launch_replica(controller *c, enclave *e, size_t i, uint64_t now)
     telemetry_span_end(span); /* no longer current either */
     if (launched == 0) {
         r->state = REPLICA_RUNNING;
+        r->ready = false; /* until its agent reports the workload answering */
         r->pid = pid;
         r->started_mono = now;
         time_format_rfc3339((int64_t)(time_now_ns() / NSEC_PER_SEC), r->started_at, sizeof(r->started_at));
@@ -531,7 +550,7 @@ static void autoscale(controller *c, enclave *e, uint64_t now)
     int64_t in_flight = proxy_metrics_enclave_in_flight(c->load, e->name);
     unsigned ready = 0;
     for (size_t i = 0; i < e->desired; i++)
-        ready += e->replicas[i].state == REPLICA_RUNNING;
+        ready += e->replicas[i].state == REPLICA_RUNNING && e->replicas[i].ready;
     unsigned from = e->desired, to = controller_autoscale(&e->load, from, e->min, e->max, ready, in_flight, now);
     if (to == from)
         return;
@@ -564,18 +583,26 @@ static void reconcile(controller *c, enclave *e, runner_view *v, uint64_t now)
                   ENCLAVE_NAME_MAX);
         return;
     }
+    /* an update starts a replica above desired (the surge) before it stops an old one */
+    bool surge = controller_surge_wanted(e->replicas, e->desired, RESOURCE_ENCLAVE_REPLICAS_MAX, e->generation);
     for (size_t i = 0; i < RESOURCE_ENCLAVE_REPLICAS_MAX; i++) {
         replica *r = &e->replicas[i];
         char rname[RESOURCE_NAME_MAX + 8];
         replica_name(e->name, i, rname, sizeof(rname));
-        bool wanted = i < e->desired;
+        bool wanted = i < e->desired || (surge && i == e->desired);
         runner_sandbox *sb = runner_view_find(v, rname);
         const char *tag = sb ? owned_by(sb->owner, e) : NULL;
-        const char *how = !sb && r->state == REPLICA_RUNNING ? runner_view_exit(v, rname, r->pid) : NULL;
+        const runner_exit *gone = !sb && r->state == REPLICA_RUNNING ? runner_view_exit(v, rname, r->pid) : NULL;
+        const char *how = gone ? gone->how : NULL;
         const replica_observation seen = {.seen = !sb ? SEEN_NONE : tag ? SEEN_OURS : SEEN_FOREIGN,
-                                          .pid = sb ? sb->pid : 0, .exited = how != NULL};
+                                          .pid = sb ? sb->pid : 0, .ready = sb && sb->ready, .exited = gone != NULL};
         const replica_plan plan = controller_plan_replica(r, wanted, &seen, now);
         pid_t pid = r->pid;
+        if (plan.ready && !r->ready && plan.change == CHANGE_NONE)
+            set_event(e, "replica %s is ready (its workload answers)", rname);
+        r->ready = plan.ready;
+        if (sb && sb->error && sb->error[0])
+            snprintf(r->last_error, sizeof(r->last_error), "%s", sb->error);
         switch (plan.change) {
         case CHANGE_FOREIGN:
             if (wanted)
@@ -597,6 +624,12 @@ static void reconcile(controller *c, enclave *e, runner_view *v, uint64_t now)
             r->generation = strcmp(tag, e->spec_tag) == 0 ? e->generation : e->generation - 1;
             break;
         case CHANGE_CRASHED: {
+            controller_note_exit(r, now);
+            snprintf(r->last_exit.how, sizeof(r->last_exit.how), "%s", gone->signal ? "signal" : "exited");
+            r->last_exit.code = gone->signal ? gone->signal : gone->code;
+            snprintf(r->last_exit.at, sizeof(r->last_exit.at), "%s", gone->at);
+            if (gone->error[0])
+                snprintf(r->last_error, sizeof(r->last_error), "%s", gone->error);
             r->pid = 0;
             r->backoff_ms = plan.backoff_ms;
             r->retry_at = now + plan.backoff_ms * NSEC_PER_MSEC;
@@ -628,7 +661,11 @@ static void reconcile(controller *c, enclave *e, runner_view *v, uint64_t now)
             memcpy(e->pcr0, sb->pcr0, RUNNER_PCR_HEX_LEN + 1);
         switch (plan.act) {
         case ACT_STOP:
-            r->present = stop_replica(c, e, i, sb->pid, "above the desired replicas") == 0 || r->present;
+            r->present = stop_replica(c, e, i, sb->pid,
+                                      r->surge ? "the update is done (the surge replica)" : "above the desired replicas")
+                             == 0 ||
+                         r->present;
+            r->surge = false;
             continue;
         case ACT_FORGET:
             *r = (replica){0}; /* gone: a later scale-up starts it afresh */
@@ -639,13 +676,15 @@ static void reconcile(controller *c, enclave *e, runner_view *v, uint64_t now)
             break;
         }
         r->present = true;
+        r->surge = i >= e->desired;
         if (r->state == REPLICA_STOPPED)
             r->state = REPLICA_STARTING;
         if (plan.act == ACT_LAUNCH)
             launch_replica(c, e, i, now);
     }
-    /* a changed spec: one replica at a time, the others running */
-    int outdated = controller_pick_replacement(e->replicas, e->desired, e->generation, now);
+    /* a changed spec: one replica at a time, the others and the surge ready */
+    int outdated =
+        controller_pick_replacement(e->replicas, e->desired, RESOURCE_ENCLAVE_REPLICAS_MAX, e->generation, now);
     if (outdated >= 0 && stop_replica(c, e, (size_t)outdated, e->replicas[outdated].pid, "the spec changed") == 0) {
         e->replicas[outdated].state = REPLICA_STARTING;
         e->replicas[outdated].retry_at = 0;
@@ -698,7 +737,7 @@ static void sweep(controller *c, runner_view *v)
 /* ---- status ---------------------------------------------------------------- */
 
 /* E's status document (a new reference), or NULL when out of memory. */
-static json_t *status_build(const enclave *e)
+static json_t *status_build(const enclave *e, uint64_t now)
 {
     json_auto_t *replicas = json_array();
     if (!replicas)
@@ -711,12 +750,19 @@ static json_t *status_build(const enclave *e)
         char rname[RESOURCE_NAME_MAX + 8];
         replica_name(e->name, i, rname, sizeof(rname));
         json_t *item = json_pack("{s:s, s:i, s:s, s:i}", "name", rname, "pid", (int)r->pid, "state",
-                                 state_names[r->state], "restarts", (int)r->restarts);
+                                 state_name(r, now), "restarts", (int)r->restarts);
         if (item && r->started_at[0])
             json_object_set_new(item, "startedAt", json_string(r->started_at));
+        if (item && r->last_exit.how[0])
+            json_object_set_new(item, "lastExit",
+                                json_pack("{s:s, s:i, s:s}", "how", r->last_exit.how,
+                                          strcmp(r->last_exit.how, "signal") == 0 ? "signal" : "code",
+                                          r->last_exit.code, "at", r->last_exit.at));
+        if (item && r->last_error[0])
+            json_object_set_new(item, "lastError", json_string(r->last_error));
         if (json_array_append_new(replicas, item) < 0)
             return NULL;
-        ready += i < e->desired && r->state == REPLICA_RUNNING;
+        ready += r->state == REPLICA_RUNNING && r->ready;
     }
     json_t *st = json_pack("{s:O, s:i, s:i, s:i}", "replicas", replicas, "ready", (int)ready, "desired",
                            (int)e->desired, "restarts", (int)e->restarts);
@@ -735,7 +781,7 @@ static json_t *status_build(const enclave *e)
  * written again on the next pass. */
 static void status_write(controller *c, enclave *e)
 {
-    json_auto_t *st = status_build(e);
+    json_auto_t *st = status_build(e, time_mono_ns());
     if (!st || !e->doc || (e->written && json_equal(st, e->written)))
         return;
     store_op op = {.type = STORE_REPLACE, .kind = "Enclave", .name = e->name, .doc = e->doc, .status = st,
@@ -769,8 +815,8 @@ static void stats_publish(controller *c)
             const replica *r = &e->replicas[k];
             if (!r->present)
                 continue;
-            st->ready += k < e->desired && r->state == REPLICA_RUNNING;
-            st->crash_looping += r->state == REPLICA_CRASHED && r->backoff_ms > CONTROLLER_BACKOFF_MIN_MS;
+            st->ready += r->state == REPLICA_RUNNING && r->ready;
+            st->crash_looping += controller_crash_looping(r, time_mono_ns());
         }
         json_int_t mib = json_integer_value(json_object_get(json_object_get(e->launch_spec, "limits"), "memoryMiB"));
         st->memory_limit_bytes = mib > 0 ? (uint64_t)mib << 20 : 0;
@@ -887,7 +933,7 @@ static uint64_t pass(controller *c)
         autoscale(c, e, now);
         reconcile(c, e, &v, now);
         status_write(c, e);
-        next = controller_next_retry(e->replicas, e->desired, now, next);
+        next = controller_next_retry(e->replicas, e->desired, RESOURCE_ENCLAVE_REPLICAS_MAX, now, next);
     }
     runner_view_free(&v);
     stats_publish(c);

@@ -58,6 +58,7 @@ replica_plan controller_plan_replica(const replica *r, bool wanted, const replic
     if (o->seen == SEEN_OURS) {
         if (r->state != REPLICA_RUNNING || r->pid != o->pid)
             p.change = CHANGE_ADOPTED;
+        p.ready = o->ready;
         state = REPLICA_RUNNING;
     } else if (r->state == REPLICA_RUNNING) {
         if (o->exited) {
@@ -80,22 +81,62 @@ replica_plan controller_plan_replica(const replica *r, bool wanted, const replic
     return p;
 }
 
-int controller_pick_replacement(const replica *replicas, unsigned desired, uint64_t generation, uint64_t now)
+void controller_note_exit(replica *r, uint64_t now)
+{
+    r->exits[r->n_exits++ % CONTROLLER_CRASHLOOP_EXITS] = now;
+}
+
+bool controller_crash_looping(const replica *r, uint64_t now)
+{
+    if ((r->state == REPLICA_RUNNING && r->ready) || r->n_exits < CONTROLLER_CRASHLOOP_EXITS)
+        return false;
+    /* the oldest of the last CONTROLLER_CRASHLOOP_EXITS exits is within the window */
+    uint64_t oldest = r->exits[r->n_exits % CONTROLLER_CRASHLOOP_EXITS];
+    return now - oldest <= (uint64_t)CONTROLLER_CRASHLOOP_WINDOW_MS * NSEC_PER_MSEC;
+}
+
+/* Whether R carries load: running, ready, and seen so by a pass before NOW. */
+static bool serving(const replica *r, uint64_t now)
+{
+    return r->state == REPLICA_RUNNING && r->ready && r->started_mono != now;
+}
+
+bool controller_surge_wanted(const replica *replicas, unsigned desired, unsigned slots, uint64_t generation)
+{
+    if (desired >= slots)
+        return false;
+    bool all_ready = true;
+    for (unsigned i = 0; i < desired; i++) {
+        if (replicas[i].state == REPLICA_RUNNING && replicas[i].generation != generation)
+            return true;
+        all_ready &= replicas[i].state == REPLICA_RUNNING && replicas[i].ready;
+    }
+    return replicas[desired].surge && !all_ready;
+}
+
+int controller_pick_replacement(const replica *replicas, unsigned desired, unsigned slots, uint64_t generation,
+                                uint64_t now)
 {
     int outdated = -1;
     for (unsigned i = 0; i < desired; i++) {
-        if (replicas[i].state != REPLICA_RUNNING || replicas[i].started_mono == now)
+        if (!serving(&replicas[i], now))
             return -1;
         if (outdated < 0 && replicas[i].generation != generation)
             outdated = (int)i;
     }
+    if (outdated >= 0 && desired < slots &&
+        (!serving(&replicas[desired], now) || replicas[desired].generation != generation))
+        return -1;
     return outdated;
 }
 
-uint64_t controller_next_retry(const replica *replicas, unsigned desired, uint64_t now, uint64_t next)
+uint64_t controller_next_retry(const replica *replicas, unsigned desired, unsigned slots, uint64_t now, uint64_t next)
 {
-    for (unsigned i = 0; i < desired; i++)
-        if (replicas[i].state != REPLICA_RUNNING && replicas[i].retry_at > now)
+    for (unsigned i = 0; i <= desired && i < slots; i++) {
+        if (i < desired && replicas[i].state != REPLICA_RUNNING && replicas[i].retry_at > now)
             next = MIN(next, replicas[i].retry_at);
+        if (replicas[i].present && replicas[i].state == REPLICA_RUNNING && !replicas[i].ready)
+            next = MIN(next, now + (uint64_t)CONTROLLER_STARTING_POLL_MS * NSEC_PER_MSEC);
+    }
     return next;
 }

@@ -18,6 +18,11 @@
 #define CONTROLLER_SCALE_UP_IN_FLIGHT 4     /* per ready replica: above it is busy */
 #define CONTROLLER_SCALE_UP_AFTER_MS 3000   /* busy this long: one replica more (up to max) */
 #define CONTROLLER_SCALE_DOWN_AFTER_MS 15000 /* idle (nothing in flight) this long: one fewer (down to min) */
+/* a replica whose workload exited this often within the window, and that
+ * is not ready, is crash looping (as Kubernetes' CrashLoopBackOff) */
+#define CONTROLLER_CRASHLOOP_EXITS 3
+#define CONTROLLER_STARTING_POLL_MS 250 /* passes this often while a replica starts: ready and crashes show soon */
+#define CONTROLLER_CRASHLOOP_WINDOW_MS 60000
 
 typedef enum replica_state {
     REPLICA_STARTING, /* wanted, not launched yet (or its launch failed) */
@@ -39,6 +44,16 @@ typedef struct replica {
     uint64_t backoff_ms;   /* the delay last used; 0 before any */
     bool failing;          /* its last launch failed: audited once per streak */
     uint64_t generation;   /* the launch spec it runs */
+    bool ready;            /* running, and its agent reported the workload answering on its port */
+    bool surge;            /* launched above desired to carry the load through an update */
+    uint64_t exits[CONTROLLER_CRASHLOOP_EXITS]; /* time_mono_ns() of its last exits, a ring */
+    unsigned n_exits;      /* exits noted so far (the ring holds the last CONTROLLER_CRASHLOOP_EXITS) */
+    struct {
+        char how[8];       /* "exited" or "signal"; "" before any exit */
+        int code;          /* the exit status or the signal number */
+        char at[40];       /* RFC 3339 */
+    } last_exit;
+    char last_error[256];  /* the agent's last reported error, "" when none */
 } replica;
 
 /* What the runner's listing says of a replica's name. */
@@ -51,6 +66,7 @@ typedef enum replica_seen {
 typedef struct replica_observation {
     replica_seen seen;
     pid_t pid;   /* SEEN_OURS: the sandbox's */
+    bool ready;  /* SEEN_OURS: its agent reported the workload answering */
     bool exited; /* SEEN_NONE: the runner remembers how the replica's last pid ended */
 } replica_observation;
 
@@ -77,6 +93,7 @@ typedef struct replica_plan {
     replica_act act;
     uint64_t ran_ms;     /* CHANGE_CRASHED: how long it ran */
     uint64_t backoff_ms; /* CHANGE_CRASHED: the delay before its restart */
+    bool ready;          /* whether it is ready after this listing */
 } replica_plan;
 
 /* The load the autoscaler has seen of an Enclave: since when it is busy or
@@ -109,13 +126,32 @@ unsigned controller_autoscale(controller_load_clock *clock, unsigned desired, un
  * after the runner's listing said O of its name at NOW. */
 replica_plan controller_plan_replica(const replica *r, bool wanted, const replica_observation *o, uint64_t now);
 
+/* Notes an exit of R at NOW (CHANGE_CRASHED) in its ring of recent exits. */
+void controller_note_exit(replica *r, uint64_t now);
+
+/* Whether R is crash looping at NOW: not ready, and its workload exited
+ * CONTROLLER_CRASHLOOP_EXITS times within CONTROLLER_CRASHLOOP_WINDOW_MS. */
+bool controller_crash_looping(const replica *r, uint64_t now);
+
+/* Whether the surge replica REPLICAS[DESIRED] (one above desired, of
+ * SLOTS) is wanted: while a running replica of REPLICAS[0 .. DESIRED) runs
+ * an older GENERATION, and, once launched as the surge, until every one of
+ * them is ready again. So an update starts a new replica before it stops
+ * an old one, and a single-replica Enclave keeps serving through it. */
+bool controller_surge_wanted(const replica *replicas, unsigned desired, unsigned slots, uint64_t generation);
+
 /* The replica to replace after a change of the launch spec: the
  * lowest-numbered of REPLICAS[0 .. DESIRED) whose generation is not
- * GENERATION, and only while every one of them runs and was seen running
- * by a pass before NOW, so a bad change stops at one. Returns its index,
- * or -1 when there is none to replace now. */
-int controller_pick_replacement(const replica *replicas, unsigned desired, uint64_t generation, uint64_t now);
+ * GENERATION, and only while every one of them is ready and was seen
+ * running by a pass before NOW, and (when DESIRED < SLOTS) the surge
+ * replica REPLICAS[DESIRED] runs GENERATION and is ready, so the load has
+ * somewhere to go and a bad change stops before any old replica does.
+ * Returns its index, or -1 when there is none to replace now. */
+int controller_pick_replacement(const replica *replicas, unsigned desired, unsigned slots, uint64_t generation,
+                                uint64_t now);
 
 /* The earliest of NEXT and the retry times after NOW of the replicas of
- * REPLICAS[0 .. DESIRED) that wait to be launched. */
-uint64_t controller_next_retry(const replica *replicas, unsigned desired, uint64_t now, uint64_t next);
+ * REPLICAS[0 .. DESIRED) that wait to be launched, and of NOW +
+ * CONTROLLER_STARTING_POLL_MS while one of REPLICAS[0 .. DESIRED] (the
+ * surge too; SLOTS is the array's size) runs without being ready yet. */
+uint64_t controller_next_retry(const replica *replicas, unsigned desired, unsigned slots, uint64_t now, uint64_t next);

@@ -125,7 +125,9 @@ static int view_parse(json_t *json, runner_view *v)
         sb->owner = json_string_value(json_object_get(item, "owner"));
         sb->pcr0 = json_string_value(json_object_get(json_object_get(item, "pcrs"), "0"));
         sb->pid = answer_pid(json_object_get(item, "pid"));
-        if (!sb->name || !resource_name_valid(sb->name) || !sb->pid ||
+        sb->ready = !json_is_false(json_object_get(item, "ready"));
+        sb->error = json_string_value(json_object_get(item, "error"));
+        if ((sb->error && strlen(sb->error) > 1024) || !sb->name || !resource_name_valid(sb->name) || !sb->pid ||
             (sb->owner && strlen(sb->owner) >= RUNNER_OWNER_MAX) || (sb->pcr0 && strlen(sb->pcr0) != RUNNER_PCR_HEX_LEN))
             return -EBADMSG;
     }
@@ -134,7 +136,13 @@ static int view_parse(json_t *json, runner_view *v)
         x->name = json_string_value(json_object_get(item, "name"));
         x->how = json_string_value(json_object_get(item, "how"));
         x->pid = answer_pid(json_object_get(item, "pid"));
-        if (!x->name || !x->how || strlen(x->how) > 64 || !x->pid)
+        json_int_t code = json_integer_value(json_object_get(item, "code"));
+        json_int_t sig = json_integer_value(json_object_get(item, "signal"));
+        x->code = code >= 0 && code <= 255 ? (int)code : 0;
+        x->signal = sig > 0 && sig < 128 ? (int)sig : 0;
+        x->at = json_string_value(json_object_get(item, "at")) ?: "";
+        x->error = json_string_value(json_object_get(item, "error")) ?: "";
+        if (!x->name || !x->how || strlen(x->how) > 64 || !x->pid || strlen(x->at) >= 40 || strlen(x->error) > 1024)
             return -EBADMSG;
     }
     return 0;
@@ -168,11 +176,11 @@ runner_sandbox *runner_view_find(const runner_view *v, const char *name)
     return NULL;
 }
 
-const char *runner_view_exit(const runner_view *v, const char *name, pid_t pid)
+const runner_exit *runner_view_exit(const runner_view *v, const char *name, pid_t pid)
 {
     for (size_t i = v->n_exits; i-- > 0;)
         if (v->exits[i].pid == pid && strcmp(v->exits[i].name, name) == 0)
-            return v->exits[i].how;
+            return &v->exits[i];
     return NULL;
 }
 

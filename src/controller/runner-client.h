@@ -6,6 +6,7 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -23,12 +24,17 @@ typedef struct runner_sandbox {
     const char *owner; /* NULL when untagged, else shorter than RUNNER_OWNER_MAX */
     const char *pcr0;  /* NULL, or RUNNER_PCR_HEX_LEN hex digits */
     pid_t pid;         /* > 0 */
+    bool ready;        /* its agent reported the workload answering on its port */
+    const char *error; /* its agent's last reported error, NULL when none */
 } runner_sandbox;
 
 /* A sandbox whose workload ended by itself. */
 typedef struct runner_exit {
     const char *name, *how; /* how: "exit status N" or "signal N" */
     pid_t pid;
+    int code, signal;  /* the exit status, or the signal that ended it (0: not that way) */
+    const char *at;    /* RFC 3339, "" when the runner did not say */
+    const char *error; /* the agent's last reported error, "" when none */
 } runner_exit;
 
 /* The runner's GET /v1/sandboxes, checked. */
@@ -83,4 +89,4 @@ void runner_view_free(runner_view *v);
 runner_sandbox *runner_view_find(const runner_view *v, const char *name);
 /* How sandbox NAME with PID ended, if the runner still remembers; NULL
  * when it does not (it was deleted, or the runner restarted). */
-const char *runner_view_exit(const runner_view *v, const char *name, pid_t pid);
+const runner_exit *runner_view_exit(const runner_view *v, const char *name, pid_t pid);

@@ -226,37 +226,131 @@ Test(plan, a_name_taken_by_a_sandbox_the_controller_did_not_launch_is_left_alone
 static void running(replica *r, size_t n, uint64_t generation)
 {
     for (size_t i = 0; i < n; i++)
-        r[i] = (replica){.state = REPLICA_RUNNING, .pid = (pid_t)(100 + i), .started_mono = T0 - MS(5000),
-                         .generation = generation};
+        r[i] = (replica){.present = true, .state = REPLICA_RUNNING, .ready = true, .pid = (pid_t)(100 + i),
+                         .started_mono = T0 - MS(5000), .generation = generation};
 }
 
 Test(replace, the_lowest_numbered_outdated_replica_first)
 {
     replica r[4];
     running(r, 4, 2);
-    cr_expect_eq(controller_pick_replacement(r, 4, 2, T0), -1, "all current: nothing to replace");
+    cr_expect_eq(controller_pick_replacement(r, 4, 4, 2, T0), -1, "all current: nothing to replace");
     r[2].generation = 1;
     r[3].generation = 1;
-    cr_expect_eq(controller_pick_replacement(r, 4, 2, T0), 2);
+    cr_expect_eq(controller_pick_replacement(r, 4, 4, 2, T0), 2, "no room for a surge: in place");
     /* replicas beyond desired are not looked at */
-    cr_expect_eq(controller_pick_replacement(r, 2, 2, T0), -1);
+    cr_expect_eq(controller_pick_replacement(r, 2, 2, 2, T0), -1);
 }
 
-Test(replace, only_while_every_other_replica_runs)
+Test(replace, only_while_every_other_replica_is_ready)
 {
     replica r[3];
     running(r, 3, 1);
     r[0].generation = 0;
     r[2].state = REPLICA_CRASHED;
-    cr_expect_eq(controller_pick_replacement(r, 3, 1, T0), -1, "a bad change stops at one");
+    cr_expect_eq(controller_pick_replacement(r, 3, 3, 1, T0), -1, "a bad change stops at one");
     r[2].state = REPLICA_STARTING;
-    cr_expect_eq(controller_pick_replacement(r, 3, 1, T0), -1);
+    cr_expect_eq(controller_pick_replacement(r, 3, 3, 1, T0), -1);
+    /* running but its workload does not answer yet: not ready, not counted */
+    running(r, 3, 1);
+    r[0].generation = 0;
+    r[2].ready = false;
+    cr_expect_eq(controller_pick_replacement(r, 3, 3, 1, T0), -1);
     /* one launched in this very pass has not proved itself yet */
     running(r, 3, 1);
     r[0].generation = 0;
     r[1].started_mono = T0;
-    cr_expect_eq(controller_pick_replacement(r, 3, 1, T0), -1);
-    cr_expect_eq(controller_pick_replacement(r, 3, 1, T0 + MS(1000)), 0);
+    cr_expect_eq(controller_pick_replacement(r, 3, 3, 1, T0), -1);
+    cr_expect_eq(controller_pick_replacement(r, 3, 3, 1, T0 + MS(1000)), 0);
+}
+
+/* ---- surge one: the new replica before the old one stops ---- */
+
+Test(surge, a_one_replica_update_starts_the_new_replica_first)
+{
+    replica r[2] = {0};
+    running(r, 1, 1); /* scorer-1 runs the old spec (generation 1) */
+    /* the spec changes (generation 2): the surge slot is wanted, nothing replaced yet */
+    cr_expect(controller_surge_wanted(r, 1, 2, 2));
+    cr_expect_eq(controller_pick_replacement(r, 1, 2, 2, T0), -1, "no surge running: the old one keeps serving");
+    /* the surge is launched (new spec) but its workload does not answer yet */
+    r[1] = (replica){.present = true, .state = REPLICA_RUNNING, .ready = false, .surge = true,
+                     .started_mono = T0 - MS(2000), .generation = 2};
+    cr_expect_eq(controller_pick_replacement(r, 1, 2, 2, T0), -1, "the surge is not ready: keep the old one");
+    /* the surge is ready: now the old one is replaced */
+    r[1].ready = true;
+    cr_expect_eq(controller_pick_replacement(r, 1, 2, 2, T0), 0);
+    /* replaced: scorer-1 starts again on the new spec; the surge stays while it is not ready */
+    r[0] = (replica){.present = true, .state = REPLICA_RUNNING, .ready = false, .started_mono = T0, .generation = 2};
+    cr_expect(controller_surge_wanted(r, 1, 2, 2), "scorer-1 is not ready: the surge keeps serving");
+    cr_expect_eq(controller_pick_replacement(r, 1, 2, 2, T0 + MS(500)), -1, "nothing outdated any more");
+    r[0].ready = true;
+    cr_expect_not(controller_surge_wanted(r, 1, 2, 2), "every replica ready on the new spec: the surge goes");
+}
+
+Test(surge, a_bad_change_never_stops_an_old_replica)
+{
+    replica r[2] = {0};
+    running(r, 1, 1);
+    /* the new spec's replica crash loops: never ready, the old one is never replaced */
+    r[1] = (replica){.present = true, .state = REPLICA_CRASHED, .surge = true, .generation = 2};
+    cr_expect(controller_surge_wanted(r, 1, 2, 2));
+    cr_expect_eq(controller_pick_replacement(r, 1, 2, 2, T0), -1);
+    /* a surge on the old spec (the spec changed again meanwhile) does not count */
+    r[1] = (replica){.present = true, .state = REPLICA_RUNNING, .ready = true, .surge = true,
+                     .started_mono = T0 - MS(2000), .generation = 2};
+    cr_expect_eq(controller_pick_replacement(r, 1, 2, 3, T0), -1);
+}
+
+Test(surge, not_without_an_update_nor_beyond_the_slots)
+{
+    replica r[2] = {0};
+    running(r, 1, 2);
+    cr_expect_not(controller_surge_wanted(r, 1, 2, 2), "nothing outdated");
+    r[0].ready = false; /* a replica merely starting is no reason for a surge */
+    cr_expect_not(controller_surge_wanted(r, 1, 2, 2));
+    running(r, 2, 1);
+    cr_expect_not(controller_surge_wanted(r, 2, 2, 2), "desired fills every slot: replaced in place");
+}
+
+/* ---- crash loops ---- */
+
+Test(crashloop, three_exits_within_a_minute_while_not_ready)
+{
+    replica r = {.present = true, .state = REPLICA_CRASHED};
+    controller_note_exit(&r, T0);
+    controller_note_exit(&r, T0 + MS(400));
+    cr_expect_not(controller_crash_looping(&r, T0 + MS(500)), "two exits are not a loop yet");
+    controller_note_exit(&r, T0 + MS(1200));
+    cr_expect(controller_crash_looping(&r, T0 + MS(1300)));
+    /* restarted and still not ready: still looping */
+    r.state = REPLICA_RUNNING;
+    cr_expect(controller_crash_looping(&r, T0 + MS(1600)));
+    /* ready: not looping, whatever it did before */
+    r.ready = true;
+    cr_expect_not(controller_crash_looping(&r, T0 + MS(1700)));
+    /* exits spread over more than the window are no loop */
+    replica slow = {.present = true, .state = REPLICA_CRASHED};
+    controller_note_exit(&slow, T0);
+    controller_note_exit(&slow, T0 + MS(40000));
+    controller_note_exit(&slow, T0 + MS(80000));
+    cr_expect_not(controller_crash_looping(&slow, T0 + MS(80001)));
+    /* only the last three count */
+    controller_note_exit(&slow, T0 + MS(81000));
+    controller_note_exit(&slow, T0 + MS(82000));
+    cr_expect(controller_crash_looping(&slow, T0 + MS(82001)));
+    cr_expect_not(controller_crash_looping(&slow, T0 + MS(80000) + MS(CONTROLLER_CRASHLOOP_WINDOW_MS) + 1));
+}
+
+Test(plan, a_listing_says_whether_the_replica_is_ready)
+{
+    replica r = {.present = true, .state = REPLICA_RUNNING, .pid = 42, .started_mono = T0 - MS(100)};
+    replica_observation o = {.seen = SEEN_OURS, .pid = 42, .ready = false};
+    cr_expect_not(controller_plan_replica(&r, true, &o, T0).ready);
+    o.ready = true;
+    replica_plan p = controller_plan_replica(&r, true, &o, T0);
+    cr_expect(p.ready);
+    cr_expect_eq(p.change, CHANGE_NONE);
 }
 
 /* ---- when the next pass is due ---- */
@@ -266,13 +360,23 @@ Test(next, the_earliest_retry_of_a_replica_waiting_to_launch)
     replica r[3];
     running(r, 3, 1);
     uint64_t interval = T0 + MS(1000);
-    cr_expect_eq(controller_next_retry(r, 3, T0, interval), interval);
+    cr_expect_eq(controller_next_retry(r, 3, 3, T0, interval), interval);
     r[1] = (replica){.state = REPLICA_CRASHED, .retry_at = T0 + MS(250)};
     r[2] = (replica){.state = REPLICA_STARTING, .retry_at = T0 + MS(500)};
-    cr_expect_eq(controller_next_retry(r, 3, T0, interval), T0 + MS(250));
-    cr_expect_eq(controller_next_retry(r, 1, T0, interval), interval, "beyond desired: not waited for");
+    cr_expect_eq(controller_next_retry(r, 3, 3, T0, interval), T0 + MS(250));
+    cr_expect_eq(controller_next_retry(r, 1, 3, T0, interval), interval, "beyond desired: not waited for");
     r[1].retry_at = T0; /* due now: launched in this pass, no earlier wake */
-    cr_expect_eq(controller_next_retry(r, 3, T0, interval), T0 + MS(500));
+    cr_expect_eq(controller_next_retry(r, 3, 3, T0, interval), T0 + MS(500));
+}
+
+Test(next, sooner_while_a_replica_starts)
+{
+    replica r[3];
+    running(r, 3, 1);
+    uint64_t interval = T0 + MS(1000);
+    r[2].ready = false; /* the surge slot of desired 2, running without answering yet */
+    cr_expect_eq(controller_next_retry(r, 2, 3, T0, interval), T0 + MS(CONTROLLER_STARTING_POLL_MS));
+    cr_expect_eq(controller_next_retry(r, 1, 3, T0, interval), interval, "two above desired: not looked at");
 }
 
 /* ---- the lease: one controller at a time ---- */

@@ -41,6 +41,9 @@
 /* a job's data calls (input chunks, result parts) */
 #define DATA_RATE 500.0
 #define DATA_BURST 1000.0
+/* the agent's status reports (ready, its last error) */
+#define REPORT_RATE 5.0
+#define REPORT_BURST 20.0
 
 typedef struct bucket {
     double tokens;
@@ -65,7 +68,9 @@ struct runner_agent {
     char *args[AGENT_ARGS_MAX]; /* the sandbox's argv; strings we own up to n_owned */
     size_t n_owned;
     const char *agent_path;
-    bucket evidence, forward, data;
+    bucket evidence, forward, data, reports;
+    bool ready;                        /* the agent reported its workload up (answering on its port) */
+    char error[RUNNER_AGENT_ERROR_MAX]; /* the agent's last reported error, "" when none */
     struct {
         bool on;               /* job mode: the agent runs one run of one Job */
         char name[64];
@@ -376,6 +381,9 @@ void runner_agent_describe(const runner_agent *ag, json_t *item)
         json_array_append_new(secrets, s);
     }
     json_object_set_new(item, "agent", json_true());
+    json_object_set_new(item, "ready", json_boolean(ag->ready));
+    if (ag->error[0])
+        json_object_set_new(item, "error", json_string(ag->error));
     json_object_set_new(item, "secrets", secrets);
     if (ag->job.on)
         json_object_set_new(item, "job", json_pack("{s:s, s:I}", "name", ag->job.name, "run", (json_int_t)ag->job.run));
@@ -749,6 +757,41 @@ static int parse_secret_path(const char *path, size_t len, char secret[64], char
     return resource_name_valid(secret) && resource_data_key_valid(key) ? 0 : -EINVAL;
 }
 
+/* POST /v1/status {"ready"?: true, "error"?: "…"} on the channel: the
+ * agent's report of its workload, kept for the runner's listing. */
+static int channel_status(runner_agent *ag, const json_t *body, api_error *err)
+{
+    static const char *const known[] = {"ready", "error", NULL};
+    if (only_fields(body, known, err) < 0)
+        return -1;
+    const json_t *ready = json_object_get(body, "ready"), *error = json_object_get(body, "error");
+    if ((ready && !json_is_boolean(ready)) || (error && !json_is_string(error)))
+        return api_fail(err, 400, "invalid", "a status report is {\"ready\": true|false, \"error\": \"…\"}");
+    if (!bucket_take(&ag->reports, REPORT_RATE, REPORT_BURST))
+        return api_fail(err, 429, "too_many_requests", "status reports are limited to %.0f per second", REPORT_RATE);
+    if (ready)
+        ag->ready = json_is_true(ready);
+    if (error) {
+        /* printable ASCII only, cut to the cap: it is shown in the Enclave's status */
+        const char *s = json_string_value(error);
+        size_t n = 0;
+        for (; *s && n + 1 < sizeof(ag->error); s++)
+            ag->error[n++] = *s >= 0x20 && *s < 0x7f ? *s : '?';
+        ag->error[n] = 0;
+    }
+    return 0;
+}
+
+bool runner_agent_ready(const runner_agent *ag)
+{
+    return ag->ready;
+}
+
+const char *runner_agent_error(const runner_agent *ag)
+{
+    return ag->error;
+}
+
 /* Parses the decimal S (LEN bytes, no sign, no leading zeros but "0") into
  * *RET; -EINVAL otherwise. */
 static int parse_offset(const char *s, size_t len, uint64_t *ret)
@@ -860,7 +903,10 @@ void runner_channel_serve(runner_agent *ag, h2o_req_t *req, runner_issue_fn issu
         size_t plen = STRLEN(release_prefix), slen = STRLEN(release_suffix);
         if (!body)
             r = -1;
-        else if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/evidence"))) {
+        else if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/status"))) {
+            r = channel_status(ag, body, &err);
+            answer = r == 0 ? json_object() : NULL;
+        } else if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/evidence"))) {
             answer = channel_evidence(ag, body, issue, userdata, &err);
             r = answer ? 0 : -1;
         } else if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/attest/challenge"))) {

@@ -16,6 +16,11 @@
  *        Secret values named in the launch request only (the Enclave is
  *        the one of the launch's owner tag)
  *
+ *   POST /v1/status {"ready"?: bool, "error"?: string}
+ *        the agent's report: its workload answers on its port (ready), or
+ *        why it stops (the release refused, the workload exited); listed
+ *        by GET /v1/sandboxes ("ready", "error", and an exit's "error")
+ *
  * and, in job mode only (the launch's "agent": {"job": {name, run, digest}}:
  * the agent runs one run of one Job, docs/analytics.md "The run"), the job
  * routes, forwarded to the API's /v1/job-runs/{job}/{run}/… under the
@@ -43,6 +48,7 @@
 #include "sandbox/launch.h"
 
 #define RUNNER_AGENT_SECRETS_MAX 16
+#define RUNNER_AGENT_ERROR_MAX 512 /* the agent's last reported error, with the NUL */
 #define RUNNER_CHANNEL_CONNS_MAX 4
 #define RUNNER_CHANNEL_BODY_MAX (128 * 1024)
 /* a job's input chunks and result parts: their own cap, the channel's
@@ -94,6 +100,10 @@ int runner_agent_started(runner_agent *ag, h2o_context_t *ctx, uint64_t tag);
 /* Adds "agent": true, "atls": host path (when served) and "secrets" to a
  * GET /v1/sandboxes ITEM. */
 void runner_agent_describe(const runner_agent *ag, json_t *item);
+
+/* Whether the agent reported its workload up, and its last reported error ("" when none). */
+bool runner_agent_ready(const runner_agent *ag);
+const char *runner_agent_error(const runner_agent *ag);
 
 /* Stops serving the channel, removes the sockets and the directory; accepts NULL. */
 void runner_agent_free(runner_agent *ag);

@@ -9,8 +9,12 @@
  *          listed back: the api role's controller sets
  *          "enclave/<name>/<uid>/<spec digest>" on the replicas it launches,
  *          so it can find them (and only them) after it restarts.
- *   GET    /v1/sandboxes            -> {"items": [{"name", "pid", "pcrs", "owner"?}],
- *                                       "exited": [{"name", "pid", "how", "owner"?}]}
+ *   GET    /v1/sandboxes            -> {"items": [{"name", "pid", "pcrs", "owner"?, "ready", "error"?}],
+ *                                       "exited": [{"name", "pid", "how", "code" | "signal", "at",
+ *                                                   "owner"?, "error"?}]}
+ *          "ready": the agent reported its workload answering on its port
+ *          (always true in plain mode); "error": the agent's last report of
+ *          what went wrong (a release refused, the workload's exit).
  *          "exited" holds the last RUNNER_EXITS_MAX sandboxes whose workload
  *          ended by itself (not through DELETE), oldest first; "how" is
  *          "exit status N" or "signal N".
@@ -89,6 +93,9 @@ typedef struct sandbox_exit {
     char owner[RUNNER_OWNER_MAX];
     pid_t pid;
     char how[32];
+    int code, signal; /* its exit status, or the signal that ended it (0: not that way) */
+    char at[40];      /* RFC 3339 of when the runner saw it end */
+    char error[RUNNER_AGENT_ERROR_MAX]; /* the agent's last reported error, "" when none */
 } sandbox_exit;
 
 typedef struct runner {
@@ -411,7 +418,11 @@ static void reap(h2o_timeout_entry_t *entry)
                      WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
             log_fields(LOG_LEVEL_WARN, "sandbox exited", "name", sb->name, "how", how, NULL);
             sandbox_exit *x = &rn->exits[rn->n_exits++ % RUNNER_EXITS_MAX];
-            *x = (sandbox_exit){.pid = sb->pid};
+            *x = (sandbox_exit){.pid = sb->pid, .code = WIFEXITED(status) ? WEXITSTATUS(status) : 0,
+                                .signal = WIFEXITED(status) ? 0 : WTERMSIG(status)};
+            time_format_rfc3339((int64_t)(time_now_ns() / NSEC_PER_SEC), x->at, sizeof(x->at));
+            if (sb->agent)
+                snprintf(x->error, sizeof(x->error), "%s", runner_agent_error(sb->agent));
             memcpy(x->name, sb->name, sizeof(x->name));
             memcpy(x->owner, sb->owner, sizeof(x->owner));
             memcpy(x->how, how, sizeof(x->how));
@@ -436,14 +447,20 @@ static json_t *list_sandboxes(const runner *rn)
             json_object_set_new(item, "owner", json_string(sb->owner));
         if (item && sb->agent)
             runner_agent_describe(sb->agent, item);
+        else if (item)
+            json_object_set_new(item, "ready", json_true()); /* plain mode: no agent to tell */
         json_array_append_new(items, item);
     }
     uint64_t first = rn->n_exits > RUNNER_EXITS_MAX ? rn->n_exits - RUNNER_EXITS_MAX : 0;
     for (uint64_t i = first; i < rn->n_exits; i++) {
         const sandbox_exit *x = &rn->exits[i % RUNNER_EXITS_MAX];
-        item = json_pack("{s:s, s:i, s:s}", "name", x->name, "pid", (int)x->pid, "how", x->how);
+        item = json_pack("{s:s, s:i, s:s, s:s}", "name", x->name, "pid", (int)x->pid, "how", x->how, "at", x->at);
         if (item && x->owner[0])
             json_object_set_new(item, "owner", json_string(x->owner));
+        if (item)
+            json_object_set_new(item, x->signal ? "signal" : "code", json_integer(x->signal ? x->signal : x->code));
+        if (item && x->error[0])
+            json_object_set_new(item, "error", json_string(x->error));
         json_array_append_new(exited, item);
     }
     return json_pack("{s:o, s:o}", "items", items, "exited", exited);
