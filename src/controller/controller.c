@@ -56,7 +56,7 @@ static const char *state_name(const replica *r, uint64_t now)
         return "crashLoop";
     switch (r->state) {
     case REPLICA_RUNNING:
-        return r->ready ? "running" : "starting";
+        return r->drain_since ? "stopping" : r->ready ? "running" : "starting";
     case REPLICA_CRASHED:
         return "crashed";
     case REPLICA_STOPPED:
@@ -467,6 +467,8 @@ static int stop_replica(controller *c, enclave *e, size_t i, pid_t pid, const ch
     replica *rp = &e->replicas[i];
     rp->state = REPLICA_STOPPED;
     rp->pid = 0;
+    rp->ready = false;
+    rp->drain_since = 0;
     set_event(e, "replica %s stopped: %s", rname, reason);
     emit(e->name, rname, "enclave.replica.stopped", "success", pid, details);
     log_fields(LOG_LEVEL_INFO, "enclave replica stopped", "replica", rname, "reason", reason, NULL);
@@ -661,6 +663,16 @@ static void reconcile(controller *c, enclave *e, runner_view *v, uint64_t now)
             memcpy(e->pcr0, sb->pcr0, RUNNER_PCR_HEX_LEN + 1);
         switch (plan.act) {
         case ACT_STOP:
+            if (!controller_drained(r, now)) {
+                /* shown stopping first: the proxy stops sending it requests */
+                if (!r->drain_since) {
+                    r->drain_since = now;
+                    set_event(e, "replica %s drains before it stops", rname);
+                }
+                r->present = true;
+                continue;
+            }
+            r->drain_since = 0;
             r->present = stop_replica(c, e, i, sb->pid,
                                       r->surge ? "the update is done (the surge replica)" : "above the desired replicas")
                              == 0 ||
@@ -685,9 +697,21 @@ static void reconcile(controller *c, enclave *e, runner_view *v, uint64_t now)
     /* a changed spec: one replica at a time, the others and the surge ready */
     int outdated =
         controller_pick_replacement(e->replicas, e->desired, RESOURCE_ENCLAVE_REPLICAS_MAX, e->generation, now);
-    if (outdated >= 0 && stop_replica(c, e, (size_t)outdated, e->replicas[outdated].pid, "the spec changed") == 0) {
-        e->replicas[outdated].state = REPLICA_STARTING;
-        e->replicas[outdated].retry_at = 0;
+    for (size_t i = 0; i < e->desired; i++)
+        if ((int)i != outdated)
+            e->replicas[i].drain_since = 0; /* a replacement called off (the surge failed) */
+    if (outdated < 0)
+        return;
+    replica *old = &e->replicas[outdated];
+    char rname[RESOURCE_NAME_MAX + 8];
+    replica_name(e->name, (size_t)outdated, rname, sizeof(rname));
+    if (!old->drain_since) { /* shown stopping first: the proxy stops sending it requests */
+        old->drain_since = now;
+        set_event(e, "replica %s drains before its replacement on the new spec", rname);
+    } else if (controller_drained(old, now) && stop_replica(c, e, (size_t)outdated, old->pid, "the spec changed") == 0) {
+        old->drain_since = 0;
+        old->state = REPLICA_STARTING;
+        old->retry_at = 0;
         launch_replica(c, e, (size_t)outdated, now);
     }
 }
@@ -762,7 +786,7 @@ static json_t *status_build(const enclave *e, uint64_t now)
             json_object_set_new(item, "lastError", json_string(r->last_error));
         if (json_array_append_new(replicas, item) < 0)
             return NULL;
-        ready += r->state == REPLICA_RUNNING && r->ready;
+        ready += r->state == REPLICA_RUNNING && r->ready && !r->drain_since;
     }
     json_t *st = json_pack("{s:O, s:i, s:i, s:i}", "replicas", replicas, "ready", (int)ready, "desired",
                            (int)e->desired, "restarts", (int)e->restarts);

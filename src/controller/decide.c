@@ -86,6 +86,12 @@ void controller_note_exit(replica *r, uint64_t now)
     r->exits[r->n_exits++ % CONTROLLER_CRASHLOOP_EXITS] = now;
 }
 
+bool controller_drained(const replica *r, uint64_t now)
+{
+    return r->state != REPLICA_RUNNING || !r->ready ||
+           (r->drain_since && now - r->drain_since >= (uint64_t)CONTROLLER_DRAIN_MS * NSEC_PER_MSEC);
+}
+
 bool controller_crash_looping(const replica *r, uint64_t now)
 {
     if ((r->state == REPLICA_RUNNING && r->ready) || r->n_exits < CONTROLLER_CRASHLOOP_EXITS)
@@ -132,11 +138,15 @@ int controller_pick_replacement(const replica *replicas, unsigned desired, unsig
 
 uint64_t controller_next_retry(const replica *replicas, unsigned desired, unsigned slots, uint64_t now, uint64_t next)
 {
-    for (unsigned i = 0; i <= desired && i < slots; i++) {
-        if (i < desired && replicas[i].state != REPLICA_RUNNING && replicas[i].retry_at > now)
-            next = MIN(next, replicas[i].retry_at);
-        if (replicas[i].present && replicas[i].state == REPLICA_RUNNING && !replicas[i].ready)
+    for (unsigned i = 0; i < slots; i++) {
+        const replica *r = &replicas[i];
+        if (i < desired && r->state != REPLICA_RUNNING && r->retry_at > now)
+            next = MIN(next, r->retry_at);
+        if (r->present && r->state == REPLICA_RUNNING && !r->ready)
             next = MIN(next, now + (uint64_t)CONTROLLER_STARTING_POLL_MS * NSEC_PER_MSEC);
+        uint64_t drained = r->drain_since + (uint64_t)CONTROLLER_DRAIN_MS * NSEC_PER_MSEC;
+        if (r->present && r->drain_since && drained > now)
+            next = MIN(next, drained);
     }
     return next;
 }

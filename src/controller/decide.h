@@ -21,6 +21,10 @@
 /* a replica whose workload exited this often within the window, and that
  * is not ready, is crash looping (as Kubernetes' CrashLoopBackOff) */
 #define CONTROLLER_CRASHLOOP_EXITS 3
+/* a ready replica about to be stopped (replaced, scaled down, the surge
+ * after an update) is first shown `stopping` this long, so the proxy stops
+ * sending it requests before it goes */
+#define CONTROLLER_DRAIN_MS 2000
 #define CONTROLLER_STARTING_POLL_MS 250 /* passes this often while a replica starts: ready and crashes show soon */
 #define CONTROLLER_CRASHLOOP_WINDOW_MS 60000
 
@@ -46,6 +50,7 @@ typedef struct replica {
     uint64_t generation;   /* the launch spec it runs */
     bool ready;            /* running, and its agent reported the workload answering on its port */
     bool surge;            /* launched above desired to carry the load through an update */
+    uint64_t drain_since;  /* time_mono_ns() since it is shown stopping before it is stopped; 0: not draining */
     uint64_t exits[CONTROLLER_CRASHLOOP_EXITS]; /* time_mono_ns() of its last exits, a ring */
     unsigned n_exits;      /* exits noted so far (the ring holds the last CONTROLLER_CRASHLOOP_EXITS) */
     struct {
@@ -129,6 +134,10 @@ replica_plan controller_plan_replica(const replica *r, bool wanted, const replic
 /* Notes an exit of R at NOW (CHANGE_CRASHED) in its ring of recent exits. */
 void controller_note_exit(replica *r, uint64_t now);
 
+/* Whether R may be stopped at NOW: it is not ready (nothing is sent to
+ * it), or it has drained for CONTROLLER_DRAIN_MS. */
+bool controller_drained(const replica *r, uint64_t now);
+
 /* Whether R is crash looping at NOW: not ready, and its workload exited
  * CONTROLLER_CRASHLOOP_EXITS times within CONTROLLER_CRASHLOOP_WINDOW_MS. */
 bool controller_crash_looping(const replica *r, uint64_t now);
@@ -151,7 +160,8 @@ int controller_pick_replacement(const replica *replicas, unsigned desired, unsig
                                 uint64_t now);
 
 /* The earliest of NEXT and the retry times after NOW of the replicas of
- * REPLICAS[0 .. DESIRED) that wait to be launched, and of NOW +
- * CONTROLLER_STARTING_POLL_MS while one of REPLICAS[0 .. DESIRED] (the
- * surge too; SLOTS is the array's size) runs without being ready yet. */
+ * REPLICAS[0 .. DESIRED) that wait to be launched, of the ends of the
+ * drains of any of REPLICAS[0 .. SLOTS), and of NOW +
+ * CONTROLLER_STARTING_POLL_MS while one of them runs without being ready
+ * yet. */
 uint64_t controller_next_retry(const replica *replicas, unsigned desired, unsigned slots, uint64_t now, uint64_t next);

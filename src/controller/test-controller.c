@@ -376,7 +376,20 @@ Test(next, sooner_while_a_replica_starts)
     uint64_t interval = T0 + MS(1000);
     r[2].ready = false; /* the surge slot of desired 2, running without answering yet */
     cr_expect_eq(controller_next_retry(r, 2, 3, T0, interval), T0 + MS(CONTROLLER_STARTING_POLL_MS));
-    cr_expect_eq(controller_next_retry(r, 1, 3, T0, interval), interval, "two above desired: not looked at");
+    r[2].ready = true;
+    r[1].drain_since = T0 - MS(500); /* stopping: the next pass when its drain ends */
+    cr_expect_eq(controller_next_retry(r, 2, 3, T0, T0 + MS(5000)), T0 + MS(CONTROLLER_DRAIN_MS - 500));
+}
+
+Test(drain, a_ready_replica_is_stopped_only_after_its_drain)
+{
+    replica r = {.present = true, .state = REPLICA_RUNNING, .ready = true};
+    cr_expect_not(controller_drained(&r, T0), "serving and not draining yet");
+    r.drain_since = T0;
+    cr_expect_not(controller_drained(&r, T0 + MS(CONTROLLER_DRAIN_MS - 1)));
+    cr_expect(controller_drained(&r, T0 + MS(CONTROLLER_DRAIN_MS)));
+    replica starting = {.present = true, .state = REPLICA_RUNNING, .ready = false};
+    cr_expect(controller_drained(&starting, T0), "nothing is sent to a replica not ready: stopped at once");
 }
 
 /* ---- the lease: one controller at a time ---- */
