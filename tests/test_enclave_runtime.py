@@ -144,3 +144,64 @@ def test_a_writer_without_use_on_the_secret_is_refused_at_apply(server, tmp_path
     grant_use(s, "encwriter", "db")
     r = s.request("POST", "/v1/apply", token=tok, json={"items": [doc]})
     assert r.status_code == 200, r.text
+
+
+def test_a_one_replica_update_answers_only_200s(stack, tmp_path):
+    s, port = stack
+    v1, v2 = make_bundle(tmp_path / "v1", greeting="one"), make_bundle(tmp_path / "v2", greeting="two")
+    pcr1, pcr2 = measure(v1), measure(v2)
+    assert pcr1 != pcr2  # enclave.yaml (its env) is part of the measurement
+    tok = world(s, v1, pcr1)
+    r = s.request("PUT", "/v1/attestationpolicies/pinned", json=manifest(
+        "AttestationPolicy", "pinned", {"types": ["sandbox"], "allowSandbox": True, "maxAgeSeconds": 300,
+                                        "referenceValues": {"pcr0": [pcr1, pcr2]}}))
+    assert r.status_code == 200, r.text
+    first = wait_for(lambda: (lambda r: r if r.status_code == 200 else None)(get(port, f"scorer.{DOMAIN}", tok)),
+                     timeout=60, what="the first answer")
+    assert first.json()["greeting"] == "one"
+    before = status(s, "scorer")
+    assert before["ready"] == 1 and before["replicas"][0]["state"] == "running", before
+
+    # a client loops through the proxy during the update: bounded in count and time
+    seen, stop = [], threading.Event()
+
+    def loop():
+        session = requests.Session()
+        deadline = time.time() + 90
+        while not stop.is_set() and len(seen) < 20000 and time.time() < deadline:
+            try:
+                r = session.get(f"http://127.0.0.1:{port}/", headers={"Host": f"scorer.{DOMAIN}",
+                                                                     "Authorization": f"Bearer {tok}"}, timeout=30)
+                seen.append((r.status_code, r.json().get("greeting") if r.status_code == 200 else r.text))
+            except requests.RequestException as e:
+                seen.append((0, str(e)))
+    t = threading.Thread(target=loop)
+    t.start()
+    try:
+        wait_for(lambda: len(seen) >= 5, what="the client's first answers")
+        r = s.request("POST", "/v1/apply", json={"items": [
+            manifest("Enclave", "scorer", {"bundle": str(v2), "attestationPolicy": "pinned",
+                                           "secrets": [{"secret": "db", "key": "password", "file": "db"}]})]})
+        assert r.status_code == 200, r.text
+
+        # done when scorer-1 runs the new bundle (a new startedAt), ready, and the surge is gone
+        def updated():
+            st = status(s, "scorer")
+            reps = st.get("replicas", [])
+            ok = (st.get("pcr0") == pcr2 and st.get("ready") == 1 and len(reps) == 1 and reps[0]["state"] == "running"
+                  and reps[0]["startedAt"] != before["replicas"][0]["startedAt"])
+            return st if ok else None
+        wait_for(updated, timeout=60, what="the update to finish")
+        n = len(seen)
+        wait_for(lambda: len(seen) >= n + 5, what="answers after the update")
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    bad = [x for x in seen if x[0] != 200]
+    assert not bad, f"{len(bad)} of {len(seen)} requests failed during the update: {bad[:5]}"
+    greetings = [g for _, g in seen]
+    assert greetings[0] == "one" and greetings[-1] == "two", (greetings[0], greetings[-1])
+    # the new replica served before the old one stopped: the surge was audited as launched and stopped
+    from test_enclaves import enclave_events
+    launched = [e["details"]["replica"] for e in enclave_events(s, "scorer", "enclave.replica.launched")]
+    assert "scorer-2" in launched, launched
