@@ -223,7 +223,7 @@ def test_a_missing_bundle_is_a_status_error_and_the_daemon_stays_healthy(server,
     # fixing the spec is taken at once, without waiting out the backoff
     apply(server, enclave("ghost", bundle))
     st = running(server, "ghost", 1)
-    assert st["pcr0"] == measure(bundle) and "ghost-1 launched" in st["lastEvent"]
+    assert st["pcr0"] == measure(bundle) and "replica ghost-1 is ready" in st["lastEvent"]
 
 
 def test_applying_the_same_spec_again_restarts_nothing(server, bundle):
@@ -265,15 +265,19 @@ def test_a_spec_change_replaces_the_replicas_one_at_a_time(server, bundle):
     def replaced():
         st = status(server, "scorer")
         new = {r["name"]: r["pid"] for r in st["replicas"] if r["state"] == "running"}
-        return st if len(new) == 2 and not set(new.values()) & set(old.values()) else None
-    st = wait_for(replaced, timeout=15, what="both replicas replaced")
+        done = len(new) == 2 == len(st["replicas"]) and not set(new.values()) & set(old.values())
+        return st if done and len(enclave_events(server, "scorer", "enclave.replica.stopped")) == 3 else None
+    st = wait_for(replaced, timeout=30, what="both replicas replaced and the surge gone")
     assert st["restarts"] == 0  # a replacement is not a crash
     stops = enclave_events(server, "scorer", "enclave.replica.stopped")
-    assert [e["details"]["reason"] for e in stops] == ["the spec changed", "the spec changed"]
-    # one at a time: the second replica was stopped only after the first one's successor ran
+    assert [e["details"]["reason"] for e in stops] == ["the spec changed", "the spec changed",
+                                                       "the update is done (the surge replica)"]
+    # surge one, then one at a time: an old replica is stopped only once a new one is ready
     entries = [(e["action"], e["details"]["replica"]) for e in enclave_events(server, "scorer")][2:]
-    assert entries == [("enclave.replica.stopped", "scorer-1"), ("enclave.replica.launched", "scorer-1"),
-                       ("enclave.replica.stopped", "scorer-2"), ("enclave.replica.launched", "scorer-2")]
+    assert entries == [("enclave.replica.launched", "scorer-3"),
+                       ("enclave.replica.stopped", "scorer-1"), ("enclave.replica.launched", "scorer-1"),
+                       ("enclave.replica.stopped", "scorer-2"), ("enclave.replica.launched", "scorer-2"),
+                       ("enclave.replica.stopped", "scorer-3")]
 
 
 def test_replicas_survive_a_restart_of_the_api_role(server, bundle):
