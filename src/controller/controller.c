@@ -91,7 +91,7 @@ typedef struct enclave {
 typedef struct enclave_stats {
     char name[RESOURCE_NAME_MAX + 1];
     unsigned desired, ready, restarts;
-    unsigned crash_looping; /* replicas waiting to restart after crashing again within the backoff reset time */
+    unsigned crash_looping; /* replicas in crashLoop (controller_crash_looping()) */
     uint64_t memory_limit_bytes; /* spec.limits.memoryMiB, 0 when none */
 } enclave_stats;
 
@@ -839,7 +839,7 @@ static void stats_publish(controller *c)
             const replica *r = &e->replicas[k];
             if (!r->present)
                 continue;
-            st->ready += r->state == REPLICA_RUNNING && r->ready;
+            st->ready += r->state == REPLICA_RUNNING && r->ready && !r->drain_since;
             st->crash_looping += controller_crash_looping(r, time_mono_ns());
         }
         json_int_t mib = json_integer_value(json_object_get(json_object_get(e->launch_spec, "limits"), "memoryMiB"));
@@ -854,11 +854,11 @@ int controller_metrics_render(controller *c, strbuf *out)
         const char *name, *type, *help;
     } families[] = {
         {"cloister_enclave_replicas_desired", "gauge", "Replicas the controller keeps of an Enclave."},
-        {"cloister_enclave_replicas_ready", "gauge", "Replicas of an Enclave running among the desired ones."},
+        {"cloister_enclave_replicas_ready", "gauge", "Replicas of an Enclave ready: their workload answers on its port."},
         {"cloister_enclave_restarts_total", "counter",
          "Restarts of an Enclave's replicas after their workload exited."},
         {"cloister_enclave_replicas_crash_looping", "gauge",
-         "Replicas waiting to restart after crashing again within a minute of their last start."},
+         "Replicas crash looping: not ready, and exited 3 times within a minute."},
         {"cloister_enclave_memory_limit_bytes", "gauge", "The memory limit of each replica (spec.limits.memoryMiB)."},
     };
     int r = 0;
