@@ -27,6 +27,7 @@ from test_browser_login import Env, cookie_of, login_at_api, set_cookies, start_
 from test_oidc import node_modules  # noqa: F401
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="python3-selenium is needed (scripts/debian-packages.txt)")
+from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -95,12 +96,13 @@ def cluster(node_modules, tmp_path_factory):  # noqa: F811
     allow = lambda name, cond: manifest("Policy", name, {"rules": [  # noqa: E731
         {"name": name, "effect": "allow", "priority": 0, "condition": {"match": cond}}]})
     docs = idp + [
-        manifest("Group", "devs", {"policies": ["audit-readers"]}),
+        manifest("Group", "devs", {"policies": ["audit-readers", "enclave-readers"]}),
         manifest("Group", "admins-tools", {}),
         allow("signed-in", "true"),
         allow("devs-read", '"devs" in ctx.user.groups'),
         allow("tools-only", '"admins-tools" in ctx.user.groups'),
         allow("audit-readers", 'ctx.request.api.kind == "AuditLog" && ctx.request.api.verb == "get"'),
+        allow("enclave-readers", 'ctx.request.api.kind == "Enclave" && ctx.request.api.verb in ["get", "list"]'),
         manifest("Service", "portal", {"upstream": {"portal": True}, "policies": ["signed-in"]}),
         manifest("Service", "wiki", {"upstream": upstream, "policies": ["devs-read"]}),
         manifest("Service", "docs", {"upstream": upstream, "policies": ["devs-read"]}),
@@ -142,7 +144,7 @@ class Browser:
                   f"--user-data-dir={profile}", "--window-size=1280,900", "--no-first-run"):
             opts.add_argument(a)
         opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        self.d = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=opts)
+        self.d = webdriver.Chrome(service=ChromeService(executable_path=CHROMEDRIVER), options=opts)
         self.p = portal
         self.user = user
         self.shots = shots
@@ -288,13 +290,17 @@ def test_two_browsers_propose_approve_and_run_a_job(cluster, browsers):
         keys = cluster.s.request("GET", f"/v1/users/{x.user}/keys").json()["publicKeys"]
         assert len(base64.b64decode(keys["approval"])) == 32 and keys["recipient"].startswith("age1")
         extractable = x.d.execute_async_script("""
-            const done = arguments[0];
+            const [user, done] = arguments;
             const open = indexedDB.open('cloister-portal', 1);
-            open.onsuccess = () => { const g = open.result.transaction('keys').objectStore('keys').get(arguments[1]);
+            open.onsuccess = () => { const g = open.result.transaction('keys').objectStore('keys').get(user);
               g.onsuccess = () => done([g.result.approval.privateKey.extractable, g.result.recipient.privateKey.extractable,
                                         g.result.approval.privateKey.algorithm.name]); };""", x.user)
         assert extractable == [False, False, "Ed25519"]
         x.shot("keys")
+    b.go("notifications")  # bob reads what he has (the datasets added): the bell follows
+    b.wait(lambda: b.css(".notifications li"), what="bob's notifications")
+    b.css(".read-all")[0].click()
+    b.wait(lambda: b.css(".bell .unread")[0].text == "0", what="bob's notifications read")
     a.go("workspaces")
     a.wait(lambda: a.css('[data-dataset="visits"]'))
     a.shot("workspaces")
@@ -308,9 +314,7 @@ def test_two_browsers_propose_approve_and_run_a_job(cluster, browsers):
     assert a.css(".digest")[0].text == job["status"]["digest"]
     assert a.css(".query")[0].text == QUERY
     # bob's bell: the approval request, with a deep link to the job
-    b.go("services")
     b.wait(lambda: b.css(".bell .unread")[0].text == "1", what="bob's notification")
-    b.go("notifications")
     b.wait(lambda: b.css(".notifications .unread a"))
     link = b.css(".notifications .unread a")[0]
     assert "job.approval-requested" in link.text and link.get_attribute("href").endswith("#/jobs/by-city")

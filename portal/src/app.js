@@ -142,9 +142,16 @@ function Why({ me }) {
 
 // ---- workspaces and datasets ----
 
+// The workspaces of the datasets I see, each read by name: a member may read
+// their workspace without the right to list every workspace.
+async function myWorkspaces(datasets) {
+  const names = [...new Set(datasets.items.map((d) => d.spec.workspace))].sort();
+  return { items: await Promise.all(names.map((n) => api('GET', '/workspaces/' + encodeURIComponent(n)))) };
+}
+
 function Workspaces() {
-  const [ws, wsError] = useLoad(() => api('GET', '/workspaces'), []);
   const [ds, dsError] = useLoad(() => api('GET', '/datasets'), []);
+  const [ws, wsError] = useLoad(() => (ds ? myWorkspaces(ds) : Promise.resolve(null)), [ds]);
   return html`<section>
     <h2>Workspaces</h2>
     <${Failure} error=${wsError} />
