@@ -165,7 +165,7 @@ class Browser:
             v = cond()
             if v:
                 return v
-            assert time.time() < deadline, f"{what} did not come within {timeout}s ({self.user})"
+            assert time.time() < deadline, f"{what} did not come within {timeout}s ({self.user}):\n{self.text()}"
             time.sleep(0.05)
 
     def css(self, sel):
@@ -347,7 +347,7 @@ def test_two_browsers_propose_approve_and_run_a_job(cluster, browsers):
         assert time.time() < deadline, f"the run did not end ({state})"
         time.sleep(0.2)
     assert state == "succeeded", cluster.s.request("GET", "/v1/jobs/by-city").json()["status"]
-    a.css("button")[-1].click()  # Refresh
+    a.css(".refresh")[0].click()
     a.wait(lambda: a.css('.runs [data-state="succeeded"]'), what="the run on the page")
     a.shot("job")
     assert a.problems() == [] and b.problems() == []

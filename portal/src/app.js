@@ -156,8 +156,8 @@ function Workspaces() {
     <h2>Workspaces</h2>
     <${Failure} error=${wsError} />
     <ul>${(ws ? ws.items : []).map((w) => html`<li data-workspace=${w.metadata.name}>
-      <strong>${w.metadata.name}</strong>: members ${(w.spec.members || []).join(', ')}; approvals
-      ${w.spec.approvals || 'owners'}; recipient <code>${(w.status && w.status.recipient) || '…'}</code></li>`)}</ul>
+      <strong>${w.metadata.name}</strong>${`: members ${(w.spec.members || []).join(', ')}; approvals ${
+        w.spec.approvals || 'owners'}; recipient `}<code>${(w.status && w.status.recipient) || '…'}</code></li>`)}</ul>
     <h2>Datasets</h2>
     <${Failure} error=${dsError} />
     <table>
@@ -255,8 +255,12 @@ async function signApproval(job, me) {
   return { signature: b64(sig), digest };
 }
 
-function JobDetail({ name, me }) {
-  const [job, error, reload] = useLoad(() => api('GET', '/jobs/' + encodeURIComponent(name)), [name]);
+function JobDetail({ name, me, onChange }) {
+  const [job, error, reloadJob] = useLoad(() => api('GET', '/jobs/' + encodeURIComponent(name)), [name]);
+  const reload = () => {
+    reloadJob();
+    onChange();
+  };
   const [problem, setProblem] = useState(null);
   const [reason, setReason] = useState('');
   const act = (fn) => async () => {
@@ -283,9 +287,10 @@ function JobDetail({ name, me }) {
     <h4>Recipients</h4>
     <ul>${(job.spec.recipients || []).map((r, i) => html`<li>${r} <code>${(input.recipients || [])[i]}</code></li>`)}</ul>
     <h4>Digest</h4>
-    <p><code class="digest">${st.digest}</code> (engine <code>${input.engine && input.engine.pcr0}</code>, runs
-      ${input.maxRuns}, until ${input.notAfter || 'no limit'})</p>
-    <p>Approvers: ${(st.requiredApprovers || []).join(', ')}; waiting for
+    <p><code class="digest">${st.digest}</code></p>
+    <p>${'Engine PCR0 '}<code>${input.engine && input.engine.pcr0}</code>${`; at most ${input.maxRuns} run(s); until ${
+      input.notAfter || 'no limit'}`}</p>
+    <p>${`Approvers: ${(st.requiredApprovers || []).join(', ')}; waiting for `}
       <span class="missing">${(st.missingApprovers || []).join(', ') || 'nobody'}</span></p>
     <div class="actions">
       <button class="approve" onClick=${act(async () => {
@@ -295,12 +300,12 @@ function JobDetail({ name, me }) {
       <button class="reject" onClick=${act(() => api('POST', `/jobs/${encodeURIComponent(name)}/rejections`,
         { reason: reason || 'rejected in the portal' }))}>Reject</button>
       <button class="run" onClick=${act(() => api('POST', `/jobs/${encodeURIComponent(name)}/runs`, {}))}>Run</button>
-      <button onClick=${reload}>Refresh</button>
+      <button class="refresh" onClick=${reload}>Refresh</button>
     </div>
     <${Failure} error=${problem} />
     <h4>Runs</h4>
-    <ul class="runs">${runs.map((r) => html`<li data-run=${r.n} data-state=${r.state}>run ${r.n}: ${r.state}
-      ${r.resultSha256 ? html` result <code>${r.resultSha256}</code>` : ''} ${r.error || ''}</li>`)}</ul>
+    <ul class="runs">${runs.map((r) => html`<li data-run=${r.n} data-state=${r.state}>${`run ${r.n}: ${r.state} `}
+      ${r.resultSha256 ? html`${'result '}<code>${r.resultSha256}</code>` : ''}${` ${r.error || ''}`}</li>`)}</ul>
   </article>`;
 }
 
@@ -310,9 +315,9 @@ function Jobs({ arg, me }) {
     <h2>Jobs</h2>
     <${Failure} error=${error} />
     <ul class="jobs">${(list ? list.items : []).map((j) => html`<li>
-      <a href=${'#/jobs/' + encodeURIComponent(j.metadata.name)}>${j.metadata.name}</a>
-      (${j.spec.workspace}) <span class="state">${j.status && j.status.state}</span></li>`)}</ul>
-    ${arg ? html`<${JobDetail} name=${arg} me=${me} key=${arg} />` : html`<${Propose} onDone=${reload} />`}
+      <a href=${'#/jobs/' + encodeURIComponent(j.metadata.name)}>${j.metadata.name}</a>${` (${j.spec.workspace}) `}
+      <span class="state">${j.status && j.status.state}</span></li>`)}</ul>
+    ${arg ? html`<${JobDetail} name=${arg} me=${me} key=${arg} onChange=${reload} />` : html`<${Propose} onDone=${reload} />`}
   </section>`;
 }
 
@@ -365,8 +370,8 @@ function Notifications({ items, markRead }) {
     <h2>Notifications</h2>
     <button class="read-all" onClick=${() => markRead(items.filter((n) => !n.read).map((n) => n.id))}>Mark all read</button>
     <ul class="notifications">${items.map((n) => html`<li class=${n.read ? 'read' : 'unread'} data-id=${n.id}>
-      <a href=${notificationLink(n)} onClick=${() => markRead([n.id])}>${n.type}: ${n.kind} ${n.name}</a>
-      <span class="when">${n.createdAt}</span></li>`)}</ul>
+      <a href=${notificationLink(n)} onClick=${() => markRead([n.id])}>${`${n.type}: ${n.kind} ${n.name}`}</a>
+      ${' '}<span class="when">${n.createdAt}</span></li>`)}</ul>
   </section>`;
 }
 
@@ -399,8 +404,10 @@ function Audit() {
       } catch (err) {
         entry = {};
       }
-      return html`<li><span class="index">${e.index}</span> ${entry.time || ''} <strong>${entry.action || ''}</strong>
-        ${entry.user || ''} ${entry.outcome || ''}</li>`;
+      const who = (entry.actor && entry.actor.user) || '';
+      const what = entry.resource ? `${entry.resource.kind}/${entry.resource.name}` : '';
+      return html`<li>${`${e.index} ${entry.time || ''} `}<strong>${entry.action || ''}</strong>${
+        ` ${who} ${what} ${entry.outcome || ''}`}</li>`;
     })}</ul>
   </section>`;
 }
@@ -469,7 +476,10 @@ function App() {
   return html`<div class="frame">
     <header>
       <h1>Cloister</h1>
-      <a class="bell" href="#/notifications" title="Notifications">🔔 <span class="unread">${unread}</span></a>
+      <a class="bell" href="#/notifications" title="Notifications" aria-label="Notifications">
+        <svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true"><path fill="currentColor"
+          d="M12 22a2.5 2.5 0 0 0 2.5-2.5h-5A2.5 2.5 0 0 0 12 22zm7-6V11a7 7 0 0 0-5.5-6.8V3a1.5 1.5 0 0 0-3 0v1.2A7 7 0 0 0 5 11v5l-2 2v1h18v-1z"/></svg>
+        <span class="unread">${unread}</span></a>
       <span class="me">${me.user}</span>
     </header>
     <nav>${PAGES.map(([id, label]) => html`<a class=${id === page ? 'current' : ''} href=${'#/' + id}>${label}</a>`)}</nav>

@@ -222,7 +222,13 @@ export async function publicHalves(keys) {
 // ("<name>+<key id hex>+<base64(0x01 || Ed25519 key)>"). Returns
 // {origin, size, root, keyId}, or throws saying what failed.
 export async function verifyCheckpoint(checkpoint, key) {
-  const [name, keyId, keyB64] = key.trim().split('+');
+  // name+keyid+base64: the base64 may hold '+' too
+  const first = key.indexOf('+');
+  const second = key.indexOf('+', first + 1);
+  if (first < 0 || second < 0) throw new Error('the audit key is not a note verifier key (name+id+key)');
+  const name = key.slice(0, first);
+  const keyId = key.slice(first + 1, second);
+  const keyB64 = key.slice(second + 1).trim();
   const raw = unb64(keyB64);
   if (raw.length !== 33 || raw[0] !== 1) throw new Error('the audit key is not an Ed25519 note key');
   const pub = raw.slice(1);
