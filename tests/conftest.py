@@ -87,8 +87,9 @@ def _tmp_path_open_for_roles(request):
 class Server:
     """One cloisterd --dev process and what a client needs to reach it."""
 
-    def __init__(self, data_dir, extra_args=(), prefix=(), binary=CLOISTERD):
+    def __init__(self, data_dir, extra_args=(), prefix=(), binary=CLOISTERD, env_extra=None):
         self.data_dir = Path(data_dir)
+        self.env_extra = dict(env_extra or {})  # e.g. OTEL_* variables (tests/otlp_receiver.py)
         open_for_roles(self.data_dir)
         self.prefix = list(prefix)  # a command that execs cloisterd (e.g. prlimit --nofile=N:N --)
         self.binary = Path(binary)
@@ -115,7 +116,7 @@ class Server:
         self.proc = subprocess.Popen(
             [*self.prefix, str(self.binary), "--dev", "--data-dir", str(self.data_dir),
              "--api-listen", f"127.0.0.1:{self.port}", *self.extra_args],
-            stdout=self.log, stderr=self.log, env=sanitizer_env(), start_new_session=True)
+            stdout=self.log, stderr=self.log, env={**sanitizer_env(), **self.env_extra}, start_new_session=True)
         if wait:
             try:
                 self.wait_healthy()

@@ -8,6 +8,7 @@
 
 #include "api/handlers-attest.h"
 #include "api/handlers-policy.h"
+#include "api/span.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -24,6 +25,7 @@
 #include "kms/client.h"
 #include "kms/respond.h"
 #include "resource/resource.h"
+#include "telemetry/telemetry.h"
 
 #define SECRETS_KEY "_secrets" /* the KMS key of Secret values; not a valid resource name */
 #define SECRET_FORMAT_PREFIX "kms:"
@@ -53,7 +55,22 @@ static int call(const char *path, const json_t *body, json_t **ret, api_error *e
 {
     json_t *ans = NULL;
     metrics_count_kms_call();
+    /* the KMS operation's span, in the trace of the request that asked (the
+     * kms role opens no IP socket and exports nothing itself) */
+    trace_context parent;
+    bool has_parent = telemetry_current_context(&parent);
+    char name[96];
+    snprintf(name, sizeof(name), "kms %s", path);
+    telemetry_span *span = telemetry_span_start(name, TELEMETRY_SPAN_CLIENT, has_parent ? &parent : NULL);
+    telemetry_span_set_attr_str(span, "rpc.system", "cloister-kms");
+    telemetry_span_set_attr_str(span, "cloister.kms.operation", path);
+    telemetry_span_set_attr_str(span, "server.address", "kms");
     int status = kms_socket ? kms_call(kms_socket, path, body, &ans) : -ENOTCONN;
+    if (status > 0)
+        telemetry_span_set_attr_int(span, "http.response.status_code", status);
+    if (status != 200)
+        telemetry_span_set_status(span, TELEMETRY_STATUS_ERROR, status < 0 ? strerror(-status) : "the KMS refused");
+    telemetry_span_end(span);
     if (status == 200) {
         *ret = ans;
         return 0;
@@ -487,6 +504,7 @@ static void report(api_request *r, const char *action, const char *key, const js
 static void respond(h2o_req_t *req, api_route route, uint64_t started, json_t *ans, bool secret)
 {
     if (secret) {
+        api_span_route(route, req);
         kms_send_json_wiped(req, ans);
         api_finish(route, started, 200);
     } else

@@ -16,6 +16,7 @@
 #include "api/handlers-kms.h"
 #include "api/handlers-policy.h"
 #include "api/request.h"
+#include "api/span.h"
 #include "api/sse.h"
 #include "audit/event.h"
 #include "auth/credential.h"
@@ -24,9 +25,11 @@
 #include "basic/macro.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
+#include "controller/controller.h"
 #include "httpd/framing.h"
 #include "httpd/httpd.h"
 #include "proxy/metrics.h"
+#include "telemetry/telemetry.h"
 #include "resource/resource.h"
 
 #define WATCH_BATCH_MAX 500
@@ -730,7 +733,7 @@ static void watcher_recheck(api_sse *s)
 {
     watcher *w = (watcher *)s;
     api_error err;
-    if (api_sse_redecide(s, "watch", w->kind, &err) < 0)
+    if (api_sse_redecide(s, "watch", w->kind, "", &err) < 0)
         api_sse_fail(&w->super, err.code, err.message);
 }
 
@@ -838,6 +841,32 @@ static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
     json_decref(body);
 }
 
+int api_metrics_text(const api_config *cfg, strbuf *out)
+{
+    int r = metrics_render(out);
+    unsigned streams;
+    uint64_t too_slow;
+    api_sse_counts(&streams, &too_slow);
+    if (r == 0)
+        r = strbuf_printf(out,
+                          "# HELP cloister_api_streams_open Watch and configuration streams open (at most %d per user, "
+                          "%d in all).\n"
+                          "# TYPE cloister_api_streams_open gauge\n"
+                          "cloister_api_streams_open %u\n"
+                          "# HELP cloister_api_streams_too_slow_total Streams ended because more than their buffer cap "
+                          "waited to be sent.\n"
+                          "# TYPE cloister_api_streams_too_slow_total counter\n"
+                          "cloister_api_streams_too_slow_total %llu\n",
+                          API_SSE_PER_USER_MAX, API_SSE_TOTAL_MAX, streams, (unsigned long long)too_slow);
+    if (r == 0 && cfg->proxy_metrics)
+        r = proxy_metrics_render(cfg->proxy_metrics, out);
+    if (r == 0)
+        r = metrics_render_roles(cfg->roles, cfg->n_roles, out);
+    if (r == 0)
+        r = controller_metrics_render(cfg->controller, out);
+    return r;
+}
+
 /* /metrics: the Prometheus text of the API, its streams and the proxy, for
  * a caller authenticated as any API call and allowed `get` on kind Metrics
  * (401 / 403 JSON otherwise). */
@@ -857,22 +886,8 @@ static void handle_metrics(api_server *srv, h2o_req_t *req, uint64_t started)
     }
     _cleanup_strbuf_ strbuf out;
     strbuf_init(&out, 4 * 1024 * 1024);
-    metrics_render(&out);
-    unsigned streams;
-    uint64_t too_slow;
-    api_sse_counts(&streams, &too_slow);
-    strbuf_printf(&out,
-                  "# HELP cloister_api_streams_open Watch and configuration streams open (at most %d per user, %d "
-                  "in all).\n"
-                  "# TYPE cloister_api_streams_open gauge\n"
-                  "cloister_api_streams_open %u\n"
-                  "# HELP cloister_api_streams_too_slow_total Streams ended because more than their buffer cap "
-                  "waited to be sent.\n"
-                  "# TYPE cloister_api_streams_too_slow_total counter\n"
-                  "cloister_api_streams_too_slow_total %llu\n",
-                  API_SSE_PER_USER_MAX, API_SSE_TOTAL_MAX, streams, (unsigned long long)too_slow);
-    if (srv->cfg->proxy_metrics)
-        proxy_metrics_render(srv->cfg->proxy_metrics, &out);
+    api_metrics_text(srv->cfg, &out);
+    telemetry_metrics_render(&out);
     req->res.status = 200;
     req->res.reason = "OK";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
@@ -900,6 +915,7 @@ static void handle_whoami(h2o_req_t *req, uint64_t started, const caller *c)
 }
 
 /* ---- routing ---- */
+
 
 /* Serves REQ when its path is /v1/PLURAL/NAME/SUB of a registered
  * sub-resource (request.c); returns whether it did. */
@@ -940,7 +956,7 @@ static bool handle_subresource(api_server *srv, h2o_req_t *req, uint64_t started
     return true;
 }
 
-static int on_req(h2o_handler_t *self, h2o_req_t *req)
+static int route_req(h2o_handler_t *self, h2o_req_t *req)
 {
     api_server *srv = ((api_handler *)self)->server;
     uint64_t started = time_mono_ns();
@@ -1116,6 +1132,15 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     caller_clear(&c);
     return 0;
 }
+/* Every request: its span (api/span.h) current while it is routed. */
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    api_span_start(req);
+    int r = route_req(self, req);
+    api_span_leave();
+    return r;
+}
+
 
 void api_handlers_register(h2o_pathconf_t *pathconf, void *userdata)
 {

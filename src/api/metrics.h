@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 
+#include "basic/role.h"
 #include "basic/strbuf.h"
 
 typedef enum api_route {
@@ -34,6 +35,7 @@ typedef enum api_route {
     ROUTE_PROXY_CONFIG,
     ROUTE_USER_KEYS,
     ROUTE_DATASET_DATA,
+    ROUTE_ENCLAVE_LOGS,
     ROUTE_JOB_APPROVALS,
     ROUTE_JOB_REJECTIONS,
     ROUTE_JOB_VETOES,
@@ -48,6 +50,10 @@ typedef enum api_route {
 } api_route;
 
 void metrics_observe(api_route route, int status, uint64_t duration_ns);
+/* ROUTE's path template ("/v1/{kind}") and method ("GET", or "any"), as the
+ * metrics and the spans name it. */
+const char *metrics_route_path(api_route route);
+const char *metrics_route_method(api_route route);
 /* Counts one call of the api role to the kms role (cloister_api_kms_calls_total):
  * a refused request makes none, which tests and operators can see. */
 void metrics_count_kms_call(void);
@@ -64,3 +70,10 @@ typedef enum notify_metric {
 void metrics_count_notify(notify_metric m);
 /* Appends the exposition text to OUT. */
 int metrics_render(strbuf *out);
+/* Appends what the roles publish in the supervisor's table ROLES (N of
+ * them; NULL: nothing) to OUT: cloister_role_ready{role},
+ * cloister_role_restarts_total{role}, the KMS's cloister_kms_sealed and
+ * cloister_kms_operations_total{operation,outcome}, the audit role's
+ * cloister_audit_entries_appended_total (the log's size) and
+ * cloister_audit_append_errors_total. Returns 0 or -ENOMEM. */
+int metrics_render_roles(const role_health *roles, size_t n, strbuf *out);

@@ -23,6 +23,7 @@
 #include "basic/macro.h"
 #include "controller/controller.h"
 #include "store/store.h"
+#include "telemetry/telemetry.h"
 
 /* Loads the browser login handoff key from PATH (32 raw bytes) into KEY, or
  * creates it (mode 0600) on first start. A file that is not a regular file
@@ -68,6 +69,11 @@ static int handoff_key_load(const char *path, uint8_t key[HANDOFF_KEY_LEN])
     OPENSSL_cleanse(data, len);
     free(data);
     return len == HANDOFF_KEY_LEN ? 0 : -EBADMSG;
+}
+
+static int metrics_source(strbuf *out, void *userdata)
+{
+    return api_metrics_text(userdata, out);
 }
 
 int api_role_serve(const api_role_config *cfg)
@@ -127,6 +133,7 @@ int api_role_serve(const api_role_config *cfg)
     api.store = s;
     api.keyring = keyring;
     api.handoff_key = handoff_key;
+    api.runner_socket = cfg->runner_socket;
     r = audit_event_start(cfg->api.audit_socket);
     if (r < 0)
         log_fields(LOG_LEVEL_WARN, "cannot start audit event delivery; events go to the log", "error", strerror(-r),
@@ -143,10 +150,17 @@ int api_role_serve(const api_role_config *cfg)
     r = controller_start(
         &(controller_config){.store = s, .runner_socket = cfg->runner_socket, .runner_ready = runner_ready,
                              .load = cfg->api.proxy_metrics}, &ctl);
+    api.controller = ctl; /* before the metrics source is registered: its text shows the controller's */
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start the Enclave controller", "error", strerror(-r), NULL);
-    else
+    else {
+        /* /metrics' text, exported over OTLP too (off unless configured) */
+        int e = telemetry_metrics_register(metrics_source, &api);
+        if (e < 0)
+            log_fields(LOG_LEVEL_WARN, "cannot export the API's metrics over OTLP", "error", strerror(-e), NULL);
         r = api_run(&api);
+        telemetry_metrics_unregister(metrics_source, &api); /* before the controller it renders is stopped */
+    }
     controller_stop(ctl);
     api_kms_done();
     api_attest_done();

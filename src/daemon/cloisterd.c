@@ -24,6 +24,7 @@
 #include "basic/timeutil.h"
 #include "daemon/bootstrap.h"
 #include "daemon/daemon.h"
+#include "daemon/log-export.h"
 #include "daemon/peer.h"
 #include "daemon/privsep.h"
 #include "daemon/role-table.h"
@@ -34,6 +35,7 @@
 #include "basic/encoding.h"
 #include "proxy/metrics.h"
 #include "store/store.h"
+#include "telemetry/telemetry.h"
 
 /* Adding a role: one entry here and its main function. */
 static const role_def roles[] = {
@@ -438,6 +440,7 @@ static pid_t spawn_role(const daemon_config *cfg, size_t i, role_table *table)
     prctl(PR_SET_NAME, roles[i].name); /* /proc/PID/comm: the short name */
     proctitle_set("cloisterd: %s", roles[i].name); /* ps: "cloisterd: kms", as relayd's and sshd's */
     log_set_role(roles[i].name);
+    log_export_install(); /* the role's logs go to the exporter too once it runs */
     daemon_config *view = malloc(sizeof(*view));
     if (!view)
         _exit(1);
@@ -452,7 +455,17 @@ static pid_t spawn_role(const daemon_config *cfg, size_t i, role_table *table)
     }
     if (privsep_enter(roles[i].name, as_root ? &role_ids[i] : NULL, view, cfg) < 0)
         _exit(1);
-    _exit(roles[i].main(view, &health[i], health, N_ROLES));
+    /* OpenTelemetry export (docs/telemetry.md), from the roles that may
+     * reach the network: the kms and audit roles open no IP socket
+     * (docs/security.md); their operations are spans of the roles that call
+     * them */
+    char service[64];
+    snprintf(service, sizeof(service), "cloisterd-%s", roles[i].name);
+    if (privsep_may_connect_ip(roles[i].name) && telemetry_init(service) < 0)
+        _exit(1);
+    int status = roles[i].main(view, &health[i], health, N_ROLES);
+    telemetry_shutdown();
+    _exit(status);
 }
 
 static void print_banner(const daemon_config *cfg)
@@ -596,8 +609,10 @@ static int supervise(const daemon_config *cfg, role_table *table)
             if (procs[i].pid < 0) {
                 procs[i].pid = 0;
                 procs[i].restart_at = now + procs[i].backoff;
-            } else
+            } else {
+                atomic_fetch_add(&health[i].restarts, 1);
                 log_fields(LOG_LEVEL_INFO, "role restarted", "role", roles[i].name, NULL);
+            }
         }
     }
 }

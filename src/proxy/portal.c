@@ -64,7 +64,7 @@ static proxy_step to_api(proxy_request *pr)
     h2o_add_header_by_str(&req->pool, &out, H2O_STRLIT("x-cloister-request-id"), 0, NULL, pr->rec.id,
                           PROXY_REQUEST_ID_LEN);
     req->headers = out;
-    if (proxy_stage_reachable(pr) == PROXY_DONE)
+    if (proxy_stage_reachable(pr) == PROXY_DONE || proxy_stage_trace_upstream(pr) == PROXY_DONE)
         return PROXY_DONE;
     return proxy_stage_forward(pr);
 }

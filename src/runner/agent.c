@@ -23,6 +23,7 @@
 #include "httpd/httpd.h"
 #include "httpd/offload.h"
 #include "resource/resource.h"
+#include "telemetry/telemetry.h"
 #include "sandbox/measure.h"
 
 #define NOBODY 65534 /* the sandbox's root on the host: it must reach the channel socket */
@@ -417,10 +418,22 @@ static void forward_one(offload_job *super)
              job->content_type ? job->content_type : "application/json");
     struct curl_slist *headers = curl_slist_append(NULL, content_type);
     struct curl_slist *h2 = headers ? curl_slist_append(headers, fwd.auth) : NULL;
+    /* the forward's span, in the sandbox's launch trace; the API's span of
+     * the call is its child */
+    trace_context launch;
+    bool in_trace = telemetry_current_context(&launch);
+    telemetry_span *span = telemetry_span_start("enclave call forward", TELEMETRY_SPAN_CLIENT, in_trace ? &launch : NULL);
+    telemetry_span_set_attr_str(span, "cloister.sandbox", job->sandbox);
+    telemetry_span_set_attr_str(span, "cloister.call", job->what);
+    telemetry_set_current(span);
+    char traceparent[70];
+    if (h2 && telemetry_traceparent_header(traceparent))
+        h2 = curl_slist_append(h2, traceparent);
     if (!curl || !h2) {
         job->error = -ENOMEM;
         curl_easy_cleanup(curl);
         curl_slist_free_all(headers);
+        telemetry_span_end(span);
         return;
     }
     curl_easy_setopt(curl, CURLOPT_URL, url);
@@ -450,6 +463,11 @@ static void forward_one(offload_job *super)
                                                                   : -EIO;
     curl_easy_cleanup(curl);
     curl_slist_free_all(headers); /* the list held the token */
+    telemetry_span_set_attr_int(span, "http.response.status_code", job->status);
+    if (job->error < 0 || job->status >= 500)
+        telemetry_span_set_status(span, TELEMETRY_STATUS_ERROR, job->error < 0 ? strerror(-job->error) : "API error");
+    telemetry_span_end(span);
+    telemetry_set_current_context(in_trace ? &launch : NULL);
 }
 
 static void job_free(forward_job *job)
