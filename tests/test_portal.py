@@ -411,5 +411,10 @@ def test_revoking_the_browsers_session_sends_it_to_login(cluster, browsers):
             m = json.loads(entry["message"])["message"]
             if m["method"] == "Network.requestWillBeSent":
                 sent.append(m["params"]["request"]["url"])
+            elif m["method"] == "Network.responseReceived":
+                sent.append(f'{m["params"]["response"]["status"]} {m["params"]["response"]["url"]}')
         return any(u.startswith(login) and parse_qs(urlsplit(u).query).get("rd") == [f"{cluster.url}/"] for u in sent)
-    a.wait(sent_to_login, what="the login")
+    try:
+        a.wait(sent_to_login, what="the login")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nrequests: {sent[-30:]}\nat: {a.d.current_url}") from None

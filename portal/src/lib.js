@@ -15,8 +15,23 @@ export class ApiError extends Error {
 }
 
 // A session that ended (revoked, expired): reloading lets the proxy send
-// the browser to log in.
-function signedOut() {
+// the browser to log in. The API may learn of it a moment before the proxy
+// does, so the page is reloaded once the proxy would redirect a navigation
+// (else the reloaded page's script could be refused): polled for up to 5 s.
+let signingOut = false;
+async function signedOut() {
+  if (signingOut) return;
+  signingOut = true;
+  const deadline = Date.now() + 5000;
+  while (Date.now() < deadline) {
+    try {
+      const r = await fetch('/', { headers: { accept: 'text/html' }, redirect: 'manual', cache: 'no-store' });
+      if (r.type === 'opaqueredirect' || r.status === 401) break;
+    } catch (e) {
+      break;
+    }
+    await new Promise((done) => setTimeout(done, 200));
+  }
   window.location.reload();
 }
 
