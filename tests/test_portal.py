@@ -377,6 +377,26 @@ def test_a_tampered_digest_input_is_refused_in_the_browser(cluster, browsers):
     assert a.problems() == []
 
 
+def test_an_owner_rejects_a_job_in_the_browser(cluster, browsers):
+    a, b = browsers["alice"], browsers["bob"]
+    a.go("jobs")
+    for name, value in (("name", "by-age"), ("workspace", "cohort"), ("query", "SELECT age FROM patients"),
+                        ("inputs", "patients visits")):
+        a.fill(name, value)
+    a.d.find_element(By.CSS_SELECTOR, ".propose button[type=submit]").click()
+    a.wait(lambda: a.css('.job[data-job="by-age"] .digest'), what="the proposed job")
+    b.go("jobs/by-age")
+    b.wait(lambda: b.css(".reject"))
+    b.fill("reason", "ages alone are too identifying")
+    b.css(".reject")[0].click()
+    b.wait(lambda: b.css('.job[data-state="rejected"]'), what="the rejection")
+    status = cluster.s.request("GET", "/v1/jobs/by-age").json()["status"]
+    assert status["state"] == "rejected", status
+    assert "ages alone are too identifying" in json.dumps(status["rejections"])
+    b.shot("job-rejected")
+    assert a.problems() == [] and b.problems() == []
+
+
 def test_audit_page_verifies_the_checkpoint_and_enclaves_list(cluster, browsers):
     a = browsers["alice"]
     a.go("audit")
