@@ -6,8 +6,9 @@
 set -eu
 src=$(cd "$1" && pwd)
 out=$2
-if ! cmp -s "$src/package-lock.json" "$src/node_modules/.package-lock.json" 2>/dev/null; then
+stamp=$src/node_modules/.cloister-installed-lock   # the lock file node_modules was installed from
+if ! cmp -s "$src/package-lock.json" "$stamp" 2>/dev/null; then
     (cd "$src" && npm ci --no-audit --no-fund --loglevel=error)
-    cp "$src/package-lock.json" "$src/node_modules/.package-lock.json"
+    cp "$src/package-lock.json" "$stamp"
 fi
 node "$src/build.mjs" "$out"
