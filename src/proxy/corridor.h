@@ -12,6 +12,8 @@
  *                                a browser without one is sent to log in
  *                                (login.c)
  *   decide        decide.c       the policy on the normalised request
+ *   portal        portal.c       a portal Service: its app's files, its /v1/
+ *                                calls to the API as the user
  *   reachable     forward.c      an upstream (or enclave replica) to go to
  *   attestation   attestation.c  /.cloister/attestation, decided like any path
  *   rewrite       rewrite.c      headers for the upstream, identity added
@@ -137,6 +139,7 @@ proxy_step proxy_stage_normalise(proxy_request *pr);    /* normalise.c */
 proxy_step proxy_stage_limit(proxy_request *pr);        /* normalise.c */
 proxy_step proxy_stage_authenticate(proxy_request *pr); /* authenticate.c */
 proxy_step proxy_stage_decide(proxy_request *pr);       /* decide.c */
+proxy_step proxy_stage_portal(proxy_request *pr);       /* portal.c */
 proxy_step proxy_stage_reachable(proxy_request *pr);    /* forward.c */
 proxy_step proxy_stage_attestation(proxy_request *pr);  /* attestation.c */
 proxy_step proxy_stage_rewrite(proxy_request *pr);      /* rewrite.c */

@@ -101,8 +101,9 @@ static proxy_step proxy_stage_reserved(proxy_request *pr)
 
 /* The stages, in order (corridor.h says what each does). */
 static const proxy_stage stages[] = {
-    proxy_stage_normalise, proxy_stage_reserved, proxy_stage_limit,   proxy_stage_authenticate, proxy_stage_decide,
-    proxy_stage_reachable, proxy_stage_attestation, proxy_stage_rewrite, proxy_stage_forward,
+    proxy_stage_normalise, proxy_stage_reserved,    proxy_stage_limit,       proxy_stage_authenticate,
+    proxy_stage_decide,    proxy_stage_portal,      proxy_stage_reachable,   proxy_stage_attestation,
+    proxy_stage_rewrite,   proxy_stage_forward,
 };
 
 /* The request's context, from its pool, with what is known before any

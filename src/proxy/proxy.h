@@ -35,6 +35,7 @@ typedef struct proxy_settings {
     proxy_metrics *metrics;      /* shared with the api role, which renders it; may be NULL */
     struct proxy_certs *certs;   /* service host certificates by SNI; NULL: the default certificate only */
     struct offload_pool *attest_pool; /* /.cloister/attestation's handshakes with replicas */
+    const char *portal_dir;      /* the built portal app (portal_dir_locate()), or NULL: not installed */
 } proxy_settings;
 
 /* httpd hooks; USERDATA is the proxy_settings (borrowed for the server's life). */

@@ -110,6 +110,7 @@ static const schema s_http_url = STRING(.format = FORMAT_HTTP_URL, .max_len = 20
 static const schema_field upstream_fields[] = {
     {"url", &s_http_url, false, NULL},
     {"enclave", &s_name, false, NULL},
+    {"portal", &s_true, false, NULL}, /* the proxy serves the portal app; /v1/ goes to the API (docs/portal.md) */
     {NULL},
 };
 static const schema s_upstream = OBJECT(upstream_fields, .exactly_one = true);
