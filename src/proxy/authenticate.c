@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "auth/credential.h"
 #include "auth/jwt.h"
 #include "basic/encoding.h"
 #include "basic/macro.h"
@@ -146,6 +147,13 @@ proxy_step proxy_stage_authenticate(proxy_request *pr)
                                                  : "no access token: send \"Authorization: Bearer <access token>\" "
                                                    "(POST /v1/auth/token on the API) or log in",
                                       token.base != NULL);
+    if (credential_token_well_formed(token.base, token.len))
+        return refuse_unauthenticated(pr,
+                                      "this is a credential token (clst_...), not an access token: exchange it on "
+                                      "the API with POST /v1/auth/token {\"token\": \"clst_...\"} and send the "
+                                      "answer's access_token, or run `cloister login --token clst_...` once and "
+                                      "send `cloister token access` (or use `cloister connect SERVICE`)",
+                                      true);
     const char *reason;
     int status;
     const resolved_token *r = proxy_resolve(pr->t, pr->c, token, pr->now, &reason, &status);

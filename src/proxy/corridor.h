@@ -110,6 +110,15 @@ typedef struct access_record {
 /* One request in the corridor, allocated from its pool; what a stage
  * learns is here for the stages after it. Released with the request, when
  * its access record is written (access-log.c). */
+/* What a browser's error page shows instead of the JSON message, set by the
+ * stage that refuses (all NULL: the JSON message alone). Borrowed; they
+ * must live as long as the request. */
+typedef struct proxy_page_texts {
+    const char *message;     /* the human reason, when the JSON one says more than the user may know */
+    const char *explanation; /* the deciding Policy's spec.explanation */
+    const char *remediation; /* and its spec.remediation */
+} proxy_page_texts;
+
 typedef struct proxy_request {
     h2o_req_t *req;
     proxy_thread *t;
@@ -124,6 +133,7 @@ typedef struct proxy_request {
     int64_t now; /* seconds */
     bool from_cookie;
     const resolved_token *token; /* owned by the thread's cache */
+    proxy_page_texts page;       /* a refusal's page for a browser */
     access_record rec;
 } proxy_request;
 
@@ -158,10 +168,15 @@ void proxy_send_body(h2o_req_t *req, h2o_iovec_t body);
 /* Answers 200 with VALUE (borrowed) as compact JSON and Cache-Control
  * CACHE_CONTROL (static); 500 when it cannot be written. Returns PROXY_DONE. */
 proxy_step proxy_send_json(proxy_request *pr, const json_t *value, const char *cache_control);
+/* Sets PR's response to the refusal proxy_fail() sends (status, headers,
+ * length) without starting it; returns its body (from the request's pool). */
+h2o_iovec_t proxy_failure_prepare(proxy_request *pr, int status, const char *code, const char *message);
 /* Answers 302 to LOCATION (copied), not to be cached. */
 void proxy_redirect(h2o_req_t *req, const char *location);
-/* Answers STATUS with {"error":{"code","message"},"requestId"}; the request
- * id also goes in x-cloister-request-id. Returns PROXY_DONE. */
+/* Answers STATUS with {"error":{"code","message"},"requestId"}, or for a
+ * browser (httpd/errorpage.h: Accept asks for text/html first) the HTML
+ * page of PR->page (else MESSAGE) with the request id and a sign-out link;
+ * the request id also goes in x-cloister-request-id. Returns PROXY_DONE. */
 proxy_step proxy_fail(proxy_request *pr, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

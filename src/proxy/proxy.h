@@ -23,6 +23,7 @@
 #define PROXY_ASSERTION_TTL_S 120 /* x-cloister-assertion lifetime */
 #define PROXY_RESERVED_PREFIX "/.cloister/"
 #define PROXY_ATTESTATION_PATH PROXY_RESERVED_PREFIX "attestation"
+#define PROXY_LOGOUT_PATH PROXY_RESERVED_PREFIX "logout" /* sign-out (logout.c) */
 
 typedef struct proxy_settings {
     const char *domain;          /* services are <name>.<domain> */
