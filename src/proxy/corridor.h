@@ -6,7 +6,8 @@
  *                                SNI against Host (tls.c), path parameters,
  *                                the one path normalisation
  *   reserved      proxy.c        /.cloister/ paths: the login callback
- *                                (login.c), the JWKS (jwks.c)
+ *                                (login.c), sign-out (logout.c), the JWKS
+ *                                (jwks.c)
  *   limit         normalise.c    the Service's body and header caps
  *   authenticate  authenticate.c the access token to its session and user;
  *                                a browser without one is sent to log in
@@ -20,7 +21,7 @@
  *   forward       forward.c      to the upstream's keep-alive pool
  *
  * A stage answers (respond.c: one place turns a refusal into a status and a
- * JSON body) and returns PROXY_DONE, or returns PROXY_NEXT. The access log
+ * JSON body, or an HTML page for a browser) and returns PROXY_DONE, or returns PROXY_NEXT. The access log
  * (access-log.c) records every request when its pool is released. */
 #pragma once
 
@@ -209,6 +210,10 @@ const char *proxy_misdirected(h2o_req_t *req, const proxy_config *c, const proxy
 const char *proxy_sni_misdirected(const proxy_config *c, const proxy_service *svc, const char *sni);
 
 /* ---- authenticate.c ---- */
+/* The access token of REQ: "Authorization: Bearer …", else our cookie.
+ * Sets *RET_FROM_COOKIE. A NULL base when there is none; an empty one when
+ * Authorization is present but not a bearer token. */
+h2o_iovec_t proxy_find_token(h2o_req_t *req, bool *ret_from_cookie);
 /* The value of cookie NAME in REQ's Cookie headers, or a NULL base. */
 h2o_iovec_t proxy_find_cookie(h2o_req_t *req, const char *name);
 /* Resolves the access token TOKEN against configuration C at NOW; see
@@ -229,6 +234,11 @@ proxy_step proxy_login_redirect(proxy_request *pr);
 proxy_step proxy_login_callback(proxy_request *pr);
 void proxy_login_init(proxy_thread *t);
 void proxy_login_dispose(proxy_thread *t);
+
+/* ---- logout.c ---- */
+/* /.cloister/logout: GET a page asking to sign out, POST revokes the
+ * session at the API and clears the cookie. Returns PROXY_DONE. */
+proxy_step proxy_logout(proxy_request *pr);
 
 /* ---- jwks.c ---- */
 /* GET /.cloister/jwks.json: the keys verifying x-cloister-assertion.
