@@ -3,6 +3,7 @@
 
 #include "api/handlers-attest.h"
 #include "api/handlers-datasets.h"
+#include "api/handlers-enclaves.h"
 #include "api/handlers-job-runs.h"
 #include "api/handlers-jobs.h"
 #include "api/handlers-keys.h"
@@ -51,6 +52,7 @@ const size_t api_n_endpoint_groups = ELEMENTSOF(api_endpoint_groups) - 1;
 const api_subresource api_subresources[] = {
     {"users", "keys", ROUTE_USER_KEYS, api_handle_user_keys},
     {"datasets", "data", ROUTE_DATASET_DATA, api_handle_dataset_data},
+    {"enclaves", "logs", ROUTE_ENCLAVE_LOGS, api_handle_enclave_logs},
     {"jobs", "approvals", ROUTE_JOB_APPROVALS, api_handle_job_approvals},
     {"jobs", "rejections", ROUTE_JOB_REJECTIONS, api_handle_job_rejections},
     {"jobs", "vetoes", ROUTE_JOB_VETOES, api_handle_job_vetoes},
@@ -111,28 +113,6 @@ void api_respond_error(h2o_req_t *req, api_route route, uint64_t started, const 
 bool api_method_is(const h2o_req_t *req, const char *method)
 {
     return h2o_memis(req->method.base, req->method.len, method, strlen(method));
-}
-
-bool api_query_param(const h2o_req_t *req, const char *name, char *out, size_t size)
-{
-    if (req->query_at == SIZE_MAX)
-        return false;
-    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
-    size_t nlen = strlen(name);
-    while (p < end) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        const char *stop = amp ? amp : end;
-        if ((size_t)(stop - p) >= nlen && memcmp(p, name, nlen) == 0 && (p + nlen == stop || p[nlen] == '=')) {
-            const char *v = p + nlen == stop ? stop : p + nlen + 1;
-            if ((size_t)(stop - v) >= size)
-                return false;
-            memcpy(out, v, (size_t)(stop - v));
-            out[stop - v] = 0;
-            return true;
-        }
-        p = stop + 1;
-    }
-    return false;
 }
 
 void api_method_not_allowed(h2o_req_t *req, api_route route, uint64_t started, const char *allowed)

@@ -28,11 +28,14 @@ static const cli_command commands[] = {
      "once the session has ended", cmd_connect},
     {"audit", "checkpoint|verify|export|show [--key VKEY|FILE]",
      "verify the signed audit log (verify [--bundle FILE]), export proofs (export --from N --to M "
-     "[--out FILE]), read entries (show [--action A] [--user U])", cmd_audit},
+     "[--out FILE]), read entries (show [--action A] [--user U] [--service S] [--decision allow|deny]: proxy "
+     "access batches are shown one request a line)", cmd_audit},
     {"attest", "verify --type nitro|sev-snp|tdx|sandbox --evidence FILE [--cert FILE] [--roots PEM] [--crl FILE]... [--at RFC3339]\n"
                "         attest service NAME --roots PEM [--pcr0 HEX]... [--proxy https://HOST:PORT] [--domain D]",
      "verify TEE evidence offline; exit 0 only when it verifies", cmd_attest},
-    {"enclave", "measure DIR", "print a workload bundle's measurement (PCR0, SHA-384)", cmd_enclave},
+    {"enclave", "measure DIR | logs NAME [-f] [--replica R] [--tail N]",
+     "print a workload bundle's measurement (PCR0, SHA-384); print (or follow with -f) the recent stdout and "
+     "stderr of an Enclave's replicas", cmd_enclave},
     {"policy", "check --user U [--service S] [--method M] [--path P] [--header K=V]... [--ip IP] [--credential C] [--verb V --kind K [--name N]] [-o json|yaml]",
      "show how the server's policies decide a request and which rule decides; exit 0 only when allowed", cmd_policy},
     {"kms", "encrypt --key NAME [--context K=V]... | decrypt [--context K=V]... | datakey --key NAME | rotate NAME | "

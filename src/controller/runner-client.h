@@ -69,6 +69,14 @@ int runner_client_launch(runner_client *rc, const runner_launch *l, pid_t *ret_p
  * know counts), or a negative errno with the reason in WHY. */
 int runner_client_delete(runner_client *rc, const char *name, char *why, size_t size);
 
+/* The runner's GET /v1/logs?QUERY (the workloads' recent output,
+ * runner/output.h; QUERY built by the caller from checked values). Returns
+ * 0 with the checked answer in *RET ({"boot": 16 hex, "next": integer >= 0,
+ * "lines": [{"seq", "time", "replica", "stream", "text"}]}, a new
+ * reference), or a negative errno with the reason in WHY (-EBADMSG for an
+ * answer of another shape). */
+int runner_client_logs(runner_client *rc, const char *query, json_t **ret, char *why, size_t size);
+
 /* Accepts a zeroed V. */
 void runner_view_free(runner_view *v);
 /* The sandbox called NAME in V, or NULL. */

@@ -24,6 +24,7 @@
 #include "basic/timeutil.h"
 #include "daemon/bootstrap.h"
 #include "daemon/daemon.h"
+#include "daemon/log-export.h"
 #include "daemon/peer.h"
 #include "daemon/privsep.h"
 #include "daemon/role-table.h"
@@ -439,6 +440,7 @@ static pid_t spawn_role(const daemon_config *cfg, size_t i, role_table *table)
     prctl(PR_SET_NAME, roles[i].name); /* /proc/PID/comm: the short name */
     proctitle_set("cloisterd: %s", roles[i].name); /* ps: "cloisterd: kms", as relayd's and sshd's */
     log_set_role(roles[i].name);
+    log_export_install(); /* the role's logs go to the exporter too once it runs */
     daemon_config *view = malloc(sizeof(*view));
     if (!view)
         _exit(1);
@@ -607,8 +609,10 @@ static int supervise(const daemon_config *cfg, role_table *table)
             if (procs[i].pid < 0) {
                 procs[i].pid = 0;
                 procs[i].restart_at = now + procs[i].backoff;
-            } else
+            } else {
+                atomic_fetch_add(&health[i].restarts, 1);
                 log_fields(LOG_LEVEL_INFO, "role restarted", "role", roles[i].name, NULL);
+            }
         }
     }
 }

@@ -5,6 +5,9 @@
  *   normalise     normalise.c    configuration present, framing, route by Host,
  *                                SNI against Host (tls.c), path parameters,
  *                                the one path normalisation
+ *   trace         trace.c        the client's traceparent/tracestate: the
+ *                                SERVER span, continued (a trusting Service)
+ *                                or a new trace linking the client's
  *   reserved      proxy.c        /.cloister/ paths: the login callback
  *                                (login.c), sign-out (logout.c), the JWKS
  *                                (jwks.c)
@@ -18,11 +21,14 @@
  *   reachable     forward.c      an upstream (or enclave replica) to go to
  *   attestation   attestation.c  /.cloister/attestation, decided like any path
  *   rewrite       rewrite.c      headers for the upstream, identity added
+ *   trace-upstream trace.c       the CLIENT span of the hop; its traceparent
+ *                                (and the kept tracestate) for the upstream
  *   forward       forward.c      to the upstream's keep-alive pool
  *
  * A stage answers (respond.c: one place turns a refusal into a status and a
- * JSON body, or an HTML page for a browser) and returns PROXY_DONE, or returns PROXY_NEXT. The access log
- * (access-log.c) records every request when its pool is released. */
+ * JSON body, or an HTML page for a browser) and returns PROXY_DONE, or
+ * returns PROXY_NEXT. The access log (access-log.c) records every request
+ * when its pool is released, and ends its spans (trace.c). */
 #pragma once
 
 #include <h2o.h>
@@ -37,6 +43,7 @@
 #include "proxy/config.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy.h"
+#include "telemetry/telemetry.h"
 
 #define PROXY_TOKEN_SLOTS 1024     /* resolved access tokens per thread */
 #define PROXY_ASSERTION_SLOTS 1024 /* signed assertions per thread */
@@ -79,6 +86,7 @@ typedef struct proxy_thread {
     assertion_slot assertions[PROXY_ASSERTION_SLOTS];
     uint8_t id_prefix[8];
     uint64_t id_seq;
+    uint64_t trace_seed;   /* trace.c's id generator (random at start) */
     unsigned next_replica; /* round robin over an enclave's replicas */
     /* /.cloister/attestation: certificates fetched on settings->attest_pool
      * come back to this loop; the drain waits for them */
@@ -87,6 +95,7 @@ typedef struct proxy_thread {
      * entry per batch (by size or after a short delay) */
     strbuf access;
     unsigned access_count;
+    unsigned access_denied, access_failed; /* records of the batch denied (deny, unauthenticated), failed (invalid, error) */
     h2o_timeout_t access_timeout;
     h2o_timeout_entry_t access_flush;
     h2o_timeout_t handoff_timeout; /* login handoffs waiting for their session */
@@ -134,6 +143,15 @@ typedef struct proxy_request {
     int64_t now; /* seconds */
     bool from_cookie;
     const resolved_token *token; /* owned by the thread's cache */
+    /* reachable: for an enclave, the replica (index into svc->replicas) */
+    size_t replica;
+    /* trace (trace.c) */
+    bool traced;                    /* TRACE is set: the request got past normalise */
+    trace_context trace;            /* the SERVER span's context */
+    trace_context upstream_trace;   /* the CLIENT span's: the parent-id the upstream gets */
+    telemetry_span *server_span, *client_span; /* NULL when export is off, or once ended */
+    h2o_iovec_t tracestate;         /* what is passed upstream (pool), or a NULL base */
+    h2o_iovec_t user_agent;         /* the client's User-Agent (the request's), or a NULL base */
     proxy_page_texts page;       /* a refusal's page for a browser */
     access_record rec;
 } proxy_request;
@@ -147,6 +165,7 @@ typedef proxy_step (*proxy_stage)(proxy_request *pr);
 
 /* ---- the stages ---- */
 proxy_step proxy_stage_normalise(proxy_request *pr);    /* normalise.c */
+proxy_step proxy_stage_trace(proxy_request *pr);        /* trace.c */
 proxy_step proxy_stage_limit(proxy_request *pr);        /* normalise.c */
 proxy_step proxy_stage_authenticate(proxy_request *pr); /* authenticate.c */
 proxy_step proxy_stage_decide(proxy_request *pr);       /* decide.c */
@@ -154,6 +173,7 @@ proxy_step proxy_stage_portal(proxy_request *pr);       /* portal.c */
 proxy_step proxy_stage_reachable(proxy_request *pr);    /* forward.c */
 proxy_step proxy_stage_attestation(proxy_request *pr);  /* attestation.c */
 proxy_step proxy_stage_rewrite(proxy_request *pr);      /* rewrite.c */
+proxy_step proxy_stage_trace_upstream(proxy_request *pr); /* trace.c */
 proxy_step proxy_stage_forward(proxy_request *pr);      /* forward.c */
 
 /* ---- proxy.c ---- */
@@ -199,6 +219,15 @@ void proxy_access_encode(strbuf *b, bool first, const char *now, const access_re
 /* Copies the LEN bytes at S into OUT (SIZE) for the log: printable ASCII
  * kept, anything else as '?', cut at SIZE - 1. */
 void proxy_copy_printable(char *out, size_t size, const char *s, size_t len);
+
+/* ---- trace.c ---- */
+/* Ends PR's CLIENT span (if any) when the upstream answered STATUS (or the
+ * proxy answered for it: 502, 504). */
+void proxy_trace_upstream_answered(proxy_request *pr, int status);
+/* When PR's record is written: ends its spans (the SERVER span with the
+ * request's attributes and STATUS) and, when exporting, sends the access
+ * record (BYTES sent, LATENCY_US) as an OTLP log record in its trace. */
+void proxy_trace_finish(proxy_request *pr, int status, uint64_t bytes, uint64_t latency_us);
 
 /* ---- tls.c ---- */
 /* Why REQ, routed to SVC in C, came on a TLS connection opened (SNI) for

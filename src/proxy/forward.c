@@ -21,6 +21,8 @@ proxy_step proxy_stage_reachable(proxy_request *pr)
         return proxy_fail(pr, 502, "bad_gateway", "service %s has no upstream this proxy can reach", svc->name);
     if (svc->inject && svc->inject_missing)
         return proxy_fail(pr, 502, "bad_gateway", "the secret service %s injects is not available", svc->name);
+    if (svc->is_enclave)
+        pr->replica = pr->t->next_replica++ % svc->n_replicas; /* in turn */
     return PROXY_NEXT;
 }
 
@@ -86,11 +88,13 @@ static h2o_ostream_t **replace_gateway_error(proxy_request *pr, h2o_req_t *req, 
 /* Drops the upstream's Set-Cookie of the proxy's own cookies from the
  * response REQ is about to send: an upstream must not put a session of its
  * choice (its own login, or a sibling service's) in the browser. h2o's own
- * bare answer to a failed exchange becomes the proxy's refusal. */
+ * bare answer to a failed exchange becomes the proxy's refusal. Ends the
+ * hop's CLIENT span first. */
 static void on_upstream_response(h2o_req_prefilter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
 {
     static const char *const ours[] = {PROXY_SESSION_COOKIE, PROXY_LOGIN_COOKIE, NULL};
     proxy_request *pr = ((upstream_filter *)self)->pr;
+    proxy_trace_upstream_answered(pr, req->res.status);
     if (is_gateway_error(req)) {
         h2o_setup_next_prefilter(self, req, replace_gateway_error(pr, req, slot));
         return;
@@ -123,8 +127,8 @@ proxy_step proxy_stage_forward(proxy_request *pr)
         atomic_fetch_add(pr->rec.in_flight, 1); /* the load its controller scales on */
     upstream_filter *f = (upstream_filter *)h2o_add_prefilter(req, sizeof(*f));
     f->super.on_setup_ostream = on_upstream_response;
-    f->pr = pr; /* in the request's pool; it keeps its configuration alive */
-    h2o_socketpool_t *pool = svc->is_enclave ? svc->replicas[t->next_replica++ % svc->n_replicas] : svc->pool;
+    f->pr = pr; /* the request keeps its configuration alive */
+    h2o_socketpool_t *pool = svc->is_enclave ? svc->replicas[pr->replica] : svc->pool;
     if (!pool->_interval_cb.loop)
         proxy_pool_attach(pool, t->ctx->loop);
     h2o_req_overrides_t *ov = h2o_mem_alloc_pool(&req->pool, sizeof(*ov));

@@ -168,6 +168,7 @@ static const schema_field service_fields[] = {
     {"failClosed", &s_bool, false, NULL},
     {"passAuthorization", &s_bool, false, NULL},
     {"allowPathParameters", &s_bool, false, NULL},
+    {"trustTraceContext", &s_bool, false, NULL},
     {"limits", &s_service_limits, false, NULL},
     {NULL},
 };
