@@ -303,8 +303,10 @@ static char *fresh_token(connect_state *st)
     int r = cli_session_fresh(st->ctx, CONNECT_TOKEN_MARGIN_S, &err);
     char *token = r == 0 ? strdup(st->ctx->token) : NULL;
     pthread_mutex_unlock(&st->lock);
-    if (r < 0 && err.status == 401)
+    if (r < 0 && (err.status == 401 || err.status == 403))
         session_ended(st, err.message);
+    else if (r < 0)
+        cli_error("cannot refresh the session's access token: %s", err.message);
     return token;
 }
 
@@ -375,14 +377,16 @@ static bool forward_one(conn *c, const char *method, size_t method_len, const ch
         if (hop_header(headers[i].name, headers[i].name_len))
             continue;
         char *line;
-        ok = asprintf(&line, "%.*s: %.*s", (int)headers[i].name_len, headers[i].name, (int)headers[i].value_len,
-                      headers[i].value) >= 0;
-        if (ok && (l = curl_slist_append(list, line)))
+        if (asprintf(&line, "%.*s: %.*s", (int)headers[i].name_len, headers[i].name, (int)headers[i].value_len,
+                     headers[i].value) < 0) {
+            ok = false;
+            break;
+        }
+        if ((l = curl_slist_append(list, line)))
             list = l;
         else
             ok = false;
-        if (ok)
-            free(line);
+        free(line);
     }
     char *token = ok ? fresh_token(st) : NULL;
     if (!token) {
