@@ -24,9 +24,12 @@ const char *http_reason(int status)
     case 410: return "Gone";
     case 413: return "Payload Too Large";
     case 415: return "Unsupported Media Type";
+    case 421: return "Misdirected Request";
+    case 431: return "Request Header Fields Too Large";
     case 429: return "Too Many Requests";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
     default: return status >= 500 ? "Internal Server Error" : "Error";
     }
 }
