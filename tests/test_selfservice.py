@@ -357,3 +357,16 @@ def test_connect_refuses_what_it_should(world):
     assert p.returncode == 1 and "not among those you may reach" in p.stderr
     p = w.cli("connect", "wiki", "--listen", "0.0.0.0:0")
     assert p.returncode == 2 and "loopback" in p.stderr
+
+
+def test_cloister_logout_revokes_the_cli_session_at_the_proxy(world, tmp_path):
+    w = world
+    home = tmp_path / "logout-config"
+    ok(run_cli(w.s, "login", "--token", w.credential_token("alice-cli"), config_home=home))
+    saved = json.loads((home / "cloister" / "session.json").read_text())
+    w.wait_status("/", saved["access_token"], 200)
+    assert "logged out" in ok(run_cli(w.s, "logout", config_home=home)).stdout
+    assert not (home / "cloister" / "session.json").exists()
+    w.wait_status("/", saved["access_token"], 401, timeout=1.0)
+    p = run_cli(w.s, "token", "access", config_home=home)
+    assert p.returncode == 1 and "not logged in" in p.stderr
