@@ -286,17 +286,25 @@ int api_handle_policy(api_request *r, const char *rest, size_t rest_len, api_err
 }
 
 /* The entry of Service DOC in a caller's list: its name, its own host
- * <name>.<domain> and https URL there, its other hosts. */
-static json_t *service_entry(const json_t *doc, const char *domain)
+ * <name>.<domain> and https URL there (through the proxy's PROXY_PORT, left
+ * out when 0 or 443), its other hosts, and how to connect from a terminal
+ * (connect.cli, connect.curl). */
+static json_t *service_entry(const json_t *doc, const char *domain, unsigned proxy_port)
 {
     const char *name = doc_name(doc);
     json_t *hosts = json_object_get(json_object_get(doc, "spec"), "hosts");
-    char host[320];
+    char host[320], port[16] = "";
     snprintf(host, sizeof(host), "%s.%s", name, domain && *domain ? domain : "localhost");
-    char url[340];
-    snprintf(url, sizeof(url), "https://%s/", host);
-    return json_pack("{s:s, s:s, s:s, s:O*, s:b}", "name", name, "host", host, "url", url, "hosts", hosts, "portal",
-                     json_is_true(json_object_get(json_object_get(json_object_get(doc, "spec"), "upstream"), "portal")));
+    if (proxy_port && proxy_port != 443)
+        snprintf(port, sizeof(port), ":%u", proxy_port);
+    char url[360], cli[300], curl[440];
+    snprintf(url, sizeof(url), "https://%s%s/", host, port);
+    snprintf(cli, sizeof(cli), "cloister connect %s", name);
+    snprintf(curl, sizeof(curl), "curl -H \"Authorization: Bearer $(cloister token access)\" %s", url);
+    return json_pack("{s:s, s:s, s:s, s:O*, s:b, s:{s:s, s:s}}", "name", name, "host", host, "url", url, "hosts",
+                     hosts, "portal",
+                     json_is_true(json_object_get(json_object_get(json_object_get(doc, "spec"), "upstream"), "portal")),
+                     "connect", "cli", cli, "curl", curl);
 }
 
 int api_reachable_services(api_server *srv, const caller *c, json_t **ret, int64_t *ret_revision, api_error *err)
@@ -336,7 +344,7 @@ int api_reachable_services(api_server *srv, const caller *c, json_t **ret, int64
         policy_request_set_string(&pr, POLICY_VAR_HTTP_SCHEME, "https");
         if ((e = decide(srv, &pr, &d, err)) < 0)
             break;
-        if (d.allow && json_array_append_new(out, service_entry(doc, srv->cfg->domain)) < 0) {
+        if (d.allow && json_array_append_new(out, service_entry(doc, srv->cfg->domain, srv->cfg->proxy_port)) < 0) {
             e = api_fail(err, 500, "internal", "out of memory");
             break;
         }

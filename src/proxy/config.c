@@ -339,6 +339,7 @@ void proxy_config_unref(proxy_config *c)
     free(c->keys);
     json_decref(c->users);
     json_decref(c->credentials);
+    json_decref(c->policy_docs);
     json_decref(c->sessions);
     for (size_t i = 0; i < c->n_services; i++)
         service_clear(&c->services[i]);
@@ -371,6 +372,7 @@ int proxy_config_build(proxy_state *st, const proxy_config *prev, const char *do
         e = load_keys(c, st->jwks);
     if (e == 0 && (!(c->users = json_copy(policy_docs_get(st->docs, "User"))) ||
                    !(c->credentials = json_copy(policy_docs_get(st->docs, "Credential"))) ||
+                   !(c->policy_docs = json_copy(policy_docs_get(st->docs, "Policy"))) ||
                    !(c->sessions = json_copy(st->sessions)) || !(c->hosts = json_object())))
         e = -ENOMEM;
     json_t *services = policy_docs_get(st->docs, "Service");

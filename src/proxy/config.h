@@ -83,6 +83,7 @@ typedef struct proxy_config {
     jwt_key **keys;
     size_t n_keys;
     json_t *users, *credentials, *sessions; /* name -> document (shallow copies) */
+    json_t *policy_docs; /* name -> Policy document (a shallow copy): a denial's explanation and remediation */
     proxy_service *services;
     size_t n_services;
     json_t *hosts; /* lower-case host -> index into SERVICES */

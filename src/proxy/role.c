@@ -27,6 +27,8 @@
 /* /.cloister/attestation: handshakes with replicas at once, and waiting */
 #define ATTEST_WORKERS 4
 #define ATTEST_JOBS_MAX 256
+#define LOGOUT_WORKERS 1    /* sign-outs: one short call to the API each */
+#define LOGOUT_JOBS_MAX 64
 
 /* The client TLS context for https upstreams: the system's trust store and
  * the cluster CA, certificate and host name verified. */
@@ -60,10 +62,12 @@ int proxy_serve(const proxy_role_config *cfg)
     X509 *host_ca = NULL;
     EVP_PKEY *host_ca_key = NULL;
     proxy_certs *certs = NULL;
-    offload_pool *attest_pool = NULL;
+    offload_pool *attest_pool = NULL, *logout_pool = NULL;
     if (!client_tls || pki_load(cfg->host_ca_cert, cfg->host_ca_key, &host_ca, &host_ca_key) < 0 ||
         proxy_certs_new(host_ca, host_ca_key, &certs) < 0 ||
-        offload_pool_new("proxy-attest", ATTEST_WORKERS, ATTEST_JOBS_MAX, &attest_pool) < 0) {
+        offload_pool_new("proxy-attest", ATTEST_WORKERS, ATTEST_JOBS_MAX, &attest_pool) < 0 ||
+        offload_pool_new("proxy-logout", LOGOUT_WORKERS, LOGOUT_JOBS_MAX, &logout_pool) < 0) {
+        offload_pool_free(attest_pool);
         proxy_certs_free(certs);
         SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
@@ -92,6 +96,7 @@ int proxy_serve(const proxy_role_config *cfg)
         log_fields(LOG_LEVEL_ERROR, "cannot start following the API's configuration", "error", strerror(-r), NULL);
         audit_event_stop(2000);
         offload_pool_free(attest_pool);
+        offload_pool_free(logout_pool);
         proxy_certs_free(certs);
         SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
@@ -109,6 +114,9 @@ int proxy_serve(const proxy_role_config *cfg)
         .certs = certs,
         .attest_pool = attest_pool,
         .portal_dir = *portal_dir ? portal_dir : NULL,
+        .api_url = cfg->api_url,
+        .api_ca_file = cfg->ca_cert,
+        .logout_pool = logout_pool,
     };
     httpd_config hc = {
         .name = "proxy",
@@ -134,6 +142,7 @@ int proxy_serve(const proxy_role_config *cfg)
     audit_event_stop(2000);
     proxy_config_shutdown();
     offload_pool_free(attest_pool); /* every loop is freed: their jobs are done */
+    offload_pool_free(logout_pool);
     proxy_certs_free(certs);
     SSL_CTX_free(client_tls);
     auth_keyring_free(keys);
