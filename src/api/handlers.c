@@ -15,6 +15,7 @@
 #include "api/handlers-jobs.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-policy.h"
+#include "api/references.h"
 #include "api/request.h"
 #include "api/span.h"
 #include "api/sse.h"
@@ -204,6 +205,7 @@ typedef struct pending_write {
     char user[256];
     char ip[INET6_ADDRSTRLEN];
     json_t *input; /* owns the documents and strings the ops borrow */
+    json_t *warnings; /* an apply's warnings (references to missing resources), or NULL */
     store_txn txn;
     store_op ops[];
 } pending_write;
@@ -242,6 +244,7 @@ static void pending_write_free(pending_write *pw)
 {
     store_txn_clear(&pw->txn);
     json_decref(pw->input);
+    json_decref(pw->warnings);
     free(pw);
 }
 
@@ -307,7 +310,8 @@ static void respond_write(pending_write *pw)
                                  store_action_name(op->action), "resourceVersion",
                                  json_object_get(json_object_get(op->result, "metadata"), "resourceVersion")));
         }
-        json_t *body = json_pack("{s:o}", "items", items);
+        json_t *body = json_pack("{s:o, s:O}", "items", items, "warnings",
+                                 pw->warnings ? pw->warnings : json_array());
         api_respond_json(req, pw->route, pw->started, 200, body);
         json_decref(body);
     } else if (pw->route == ROUTE_DELETE) {
@@ -539,6 +543,10 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
         err->document = -1;
         return -1;
     }
+    /* decided first: only a caller who may delete it learns what refers to it */
+    if (route == ROUTE_DELETE && !api_query_flag(req, "force") &&
+        api_check_unreferenced(srv, kind->kind, name, json_object_get(input, "dependents"), err) < 0)
+        return -1;
     if (expect_stored(&op, stored, err) < 0)
         return -1;
     size_t n_dependents = route == ROUTE_DELETE ? json_array_size(json_object_get(input, "dependents")) : 0;
@@ -558,6 +566,28 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
         return -1;
     }
     return seal_and_submit(srv, req, pw, err); /* Secret values go to the KMS only now, decided */
+}
+
+/* Answers a dry-run apply PW (every document checked and decided, KINDS
+ * and W its kinds and writes) with what each would do, and frees PW:
+ * nothing was sealed or written. Returns 0. */
+static int respond_dry_run(pending_write *pw, const resource_kind *const *kinds, const api_write *w)
+{
+    json_t *out = json_array();
+    for (size_t i = 0; out && i < pw->txn.n_ops; i++)
+        if (json_array_append_new(out, api_dry_run_item(kinds[i], pw->ops[i].doc, w[i].stored, pw->ops[i].status)) < 0)
+            json_decref(TAKE_PTR(out));
+    json_t *body = out ? json_pack("{s:b, s:o, s:O}", "dryRun", true, "items", out, "warnings", pw->warnings) : NULL;
+    if (body)
+        api_respond_json(pw->req, ROUTE_APPLY, pw->started, 200, body);
+    else {
+        api_error err;
+        api_fail(&err, 500, "internal", "out of memory");
+        api_respond_error(pw->req, ROUTE_APPLY, pw->started, &err);
+    }
+    json_decref(body);
+    pending_write_free(pw);
+    return 0;
 }
 
 /* Checks document I of an apply (DOC) against its schema and the documents
@@ -583,8 +613,11 @@ static int check_apply_document(api_server *srv, json_t *doc, const api_write *w
 /* POST /v1/apply {items}: each document checked, then every one decided as
  * create (absent) or update (present) with what it adds, before any Secret
  * is sealed; then all written in one transaction, each a compare-and-swap on
- * the stored document it was decided against. Returns 0 or -1 with ERR
- * (err->document naming the document). */
+ * the stored document it was decided against. The answer carries warnings
+ * about references to missing resources. With ?dryRun=1 everything up to
+ * the write is done the same way, and then nothing is sealed or written:
+ * the answer says what each document would do (api_dry_run_item()).
+ * Returns 0 or -1 with ERR (err->document naming the document). */
 static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const caller *c, api_error *err)
 {
     json_auto_t *body = api_decode_body(req->entity.base, req->entity.len, err);
@@ -615,9 +648,15 @@ static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const
     }
     if (api_decide_writes(srv, req, c, w, n, err) < 0)
         return -1;
+    bool dry_run = api_query_flag(req, "dryRun");
     pending_write *pw = pending_write_new(req, ROUTE_APPLY, started, c, body, n);
-    if (!pw)
+    if (pw)
+        pw->warnings = api_apply_warnings(srv, req, c, items);
+    if (!pw || !pw->warnings) {
+        if (pw)
+            pending_write_free(pw);
         return api_fail(err, 500, "internal", "out of memory");
+    }
     for (size_t i = 0; i < n; i++) {
         json_t *doc = json_array_get(items, i);
         pw->ops[i] = (store_op){.type = w[i].stored ? STORE_REPLACE : STORE_CREATE, .kind = w[i].kind,
@@ -638,6 +677,8 @@ static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const
             return -1;
         }
     }
+    if (dry_run)
+        return respond_dry_run(pw, kinds, w);
     /* only now, every document decided: Secret values go to the KMS */
     return seal_and_submit(srv, req, pw, err);
 }
@@ -956,6 +997,42 @@ static bool handle_subresource(api_server *srv, h2o_req_t *req, uint64_t started
     return true;
 }
 
+/* Serves REQ when its path is /v1/PLURAL/NAME/referrers of any kind
+ * (api_handle_referrers()); returns whether it did. */
+static bool handle_referrers_path(api_server *srv, h2o_req_t *req, uint64_t started)
+{
+    static const char suffix[] = "/referrers";
+    h2o_iovec_t path = req->path_normalized;
+    size_t n = sizeof(suffix) - 1;
+    if (path.len <= 4 + n || memcmp(path.base, "/v1/", 4) != 0 || memcmp(path.base + path.len - n, suffix, n) != 0)
+        return false;
+    char middle[256]; /* PLURAL/NAME */
+    size_t mlen = path.len - 4 - n;
+    if (mlen >= sizeof(middle))
+        return false;
+    memcpy(middle, path.base + 4, mlen);
+    middle[mlen] = 0;
+    char *slash = strchr(middle, '/');
+    if (!slash || strchr(slash + 1, '/'))
+        return false;
+    *slash = 0;
+    const resource_kind *kind = resource_kind_find(middle);
+    if (!kind || strcmp(kind->plural, middle) != 0)
+        return false;
+    api_error err;
+    caller c = {0};
+    if (authenticate(srv, req, &c, &err) < 0) {
+        api_report_refusal(req, &c, &err);
+        api_respond_error(req, ROUTE_REFERRERS, started, &err);
+    } else if (!resource_name_valid(slash + 1)) {
+        api_fail(&err, 404, "not_found", "%s '%s' not found (not a valid name)", kind->kind, slash + 1);
+        api_respond_error(req, ROUTE_REFERRERS, started, &err);
+    } else
+        api_handle_referrers(srv, req, started, &c, kind, slash + 1);
+    caller_clear(&c);
+    return true;
+}
+
 static int route_req(h2o_handler_t *self, h2o_req_t *req)
 {
     api_server *srv = ((api_handler *)self)->server;
@@ -984,6 +1061,11 @@ static int route_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
 
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/version"))) {
+        api_handle_version(req, started);
+        return 0;
+    }
+
     /* endpoint groups served by other components (request.c) */
     for (size_t g = 0; g < api_n_endpoint_groups; g++) {
         const api_endpoint_group *grp = &api_endpoint_groups[g];
@@ -1008,7 +1090,7 @@ static int route_req(h2o_handler_t *self, h2o_req_t *req)
         api_handle_job_engine(srv, req, started);
         return 0;
     }
-    if (handle_subresource(srv, req, started))
+    if (handle_subresource(srv, req, started) || handle_referrers_path(srv, req, started))
         return 0;
 
     /* /v1/<a>[/<b>] */

@@ -503,17 +503,6 @@ static json_t *build_doc(const json_t *input, json_t *new_status, const json_t *
                      status ? json_incref(status) : json_object());
 }
 
-static bool same_content(const json_t *input, const json_t *old)
-{
-    json_t *empty = json_object();
-    json_t *a = json_object_get(input, "spec"), *b = json_object_get(old, "spec");
-    json_t *la = json_object_get(json_object_get(input, "metadata"), "labels");
-    json_t *lb = json_object_get(json_object_get(old, "metadata"), "labels");
-    bool same = json_equal(a ? a : empty, b ? b : empty) && json_equal(la ? la : empty, lb ? lb : empty);
-    json_decref(empty);
-    return same;
-}
-
 /* The status OP stores into *RET (a new reference): op->status, or OLD's
  * when it sets none, with the uid of the document OP links to set in it; NULL
  * when the stored status is kept as it is. When OLD recorded another uid
@@ -603,7 +592,7 @@ static int writer_apply_op(sqlite_store *s, store_op *op, int64_t *rev, const ch
     }
     bool same_lookup = !op->lookup_key || (old_lookup && strcmp(op->lookup_key, old_lookup) == 0);
     bool same_status = !status || json_equal(status, json_object_get(old, "status"));
-    if (exists && same_lookup && same_status && same_content(op->doc, old)) {
+    if (exists && same_lookup && same_status && store_same_content(op->doc, old)) {
         json_decref(status);
         op->action = STORE_UNCHANGED;
         op->result = old;
