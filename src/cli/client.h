@@ -50,6 +50,15 @@ int api_download(cli_ctx *ctx, const char *path, int fd, api_error *err);
  * silent for 60 s, heartbeats included, is cut). */
 int api_stream(cli_ctx *ctx, const char *path, int fd, api_error *err);
 
+/* Follows the watch stream (Server-Sent Events) at PATH below /v1 with
+ * CTX's token, calling ON_EVENT(TYPE, DATA, USERDATA) for each event as it
+ * comes (TYPE "ADDED", "MODIFIED", "DELETED"; DATA its parsed JSON,
+ * borrowed) until the server ends the stream or ON_EVENT returns non-zero
+ * (then returned). An ERROR event ends it with -EPROTO and ERR saying why;
+ * otherwise returns 0 or as api_stream(). */
+int api_watch(cli_ctx *ctx, const char *path, int (*on_event)(const char *type, const json_t *data, void *userdata),
+              void *userdata, api_error *err);
+
 /* Trades the saved session's refresh token for a new access token and
  * refresh token (POST /v1/auth/refresh), saves the session and makes the
  * new access token CTX's token. Returns 0, or -EPROTO/-EIO/... with ERR. */
