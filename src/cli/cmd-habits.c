@@ -86,7 +86,7 @@ static void bash_function(FILE *f)
           "    " FILE_OPTIONS ") COMPREPLY=($(compgen -f -- \"$cur\")); return ;;\n"
           "    esac\n"
           "    if [[ -z $cmd ]]; then\n"
-          "        COMPREPLY=($(compgen -W '",
+          "        COMPREPLY=($(compgen -W ' ",
           f);
     for (size_t i = 0; (cmd = cli_command_get(i)); i++)
         fprintf(f, "%s ", cmd->name);
@@ -122,7 +122,7 @@ static void bash_function(FILE *f)
           "    case $cmd in\n"
           "    get|delete|describe)\n"
           "        if ((${#args[@]} == 0)); then\n"
-          "            COMPREPLY=($(compgen -W '",
+          "            COMPREPLY=($(compgen -W ' ",
           f);
     for (size_t i = 0; (k = resource_kind_get(i)); i++)
         fprintf(f, "%s ", k->plural);

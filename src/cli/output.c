@@ -353,11 +353,11 @@ int output_diff(const char *label, const json_t *before, const json_t *after)
         if (i < n && j < m && json_equal(json_array_get(a, i), json_array_get(b, j))) {
             diff_line(' ', json_array_get(a, i));
             i++, j++;
-        } else if (j < m && (i == n || LCS(i, j + 1) >= LCS(i + 1, j))) {
-            diff_line('+', json_array_get(b, j++));
+        } else if (i < n && (j == m || LCS(i + 1, j) >= LCS(i, j + 1))) {
+            diff_line('-', json_array_get(a, i++)); /* removals first, as diff -u */
             changed++;
         } else {
-            diff_line('-', json_array_get(a, i++));
+            diff_line('+', json_array_get(b, j++));
             changed++;
         }
     }
