@@ -44,6 +44,7 @@ typedef enum api_route {
     ROUTE_JOB_RESULT,
     ROUTE_JOB_RUN_IO,
     ROUTE_NOTIFICATIONS,
+    ROUTE_ME,
     ROUTE_REFERRERS,
     ROUTE_VERSION,
     ROUTE_OTHER,
