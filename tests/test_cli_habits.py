@@ -291,3 +291,27 @@ def test_help_lists_every_command(shared_server):
     assert p.returncode == 0
     for name in ("diff", "describe", "completion", "version", "apply", "get", "delete", "notifications", "job"):
         assert f"\n  {name} " in p.stdout
+
+
+def test_referrers_and_the_delete_check_tell_only_what_the_caller_may_see(shared_server):
+    s = shared_server
+    apply(s, policy("rv-p"), service("rv-svc", ["rv-p"]), manifest("Group", "rv-g", {"policies": ["rv-p"]}))
+    viewer = tenant_user(s, "rv-viewer", 'ctx.request.api.verb == "get" && ctx.request.api.kind in ["Policy", "Group"]')
+    r = s.request("GET", "/v1/policies/rv-p/referrers", token=viewer)
+    assert r.status_code == 200, r.text
+    assert r.json()["referrers"] == [{"kind": "Group", "name": "rv-g", "field": "spec.policies"}]
+    assert r.json()["total"] == 1  # the Service it may not get is neither listed nor counted
+    r = s.request("GET", "/v1/policies/rv-p/referrers")
+    assert {(x["kind"], x["name"]) for x in r.json()["referrers"]} == {("Group", "rv-g"), ("Service", "rv-svc")}
+    assert s.request("GET", "/v1/services/rv-svc/referrers", token=viewer).status_code == 403
+    assert s.request("GET", "/v1/policies/rv-missing/referrers").status_code == 404
+    # a delete it may not make is refused as such, naming no referrer
+    r = s.request("DELETE", "/v1/policies/rv-p", token=viewer)
+    assert r.status_code == 403 and "rv-svc" not in r.text, r.text
+    # a caller that may get Policies is warned about a missing one (a dry run, as it may not write it for real)
+    writer = tenant_user(s, "rv-writer", 'ctx.request.api.kind == "Service" || '
+                                         '(ctx.request.api.verb in ["get", "bind"] && ctx.request.api.kind == "Policy")')
+    r = s.request("POST", "/v1/apply?dryRun=1", token=writer,
+                  json={"items": [service("rv-svc2", ["rv-p", "rv-nope"])]})
+    assert r.status_code == 200, r.text
+    assert r.json()["warnings"] == ["Service rv-svc2: spec.policies names Policy rv-nope, which does not exist"]
