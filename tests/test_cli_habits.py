@@ -308,7 +308,7 @@ def test_referrers_and_the_delete_check_tell_only_what_the_caller_may_see(shared
     # a delete it may not make is refused as such, naming no referrer
     r = s.request("DELETE", "/v1/policies/rv-p", token=viewer)
     assert r.status_code == 403 and "rv-svc" not in r.text, r.text
-    # a caller that may get Policies is warned about a missing one (a dry run, as it may not write it for real)
+    # a writer who may get Policies is warned about a missing one
     writer = tenant_user(s, "rv-writer", 'ctx.request.api.kind == "Service" || '
                                          '(ctx.request.api.verb in ["get", "bind"] && ctx.request.api.kind == "Policy")')
     r = s.request("POST", "/v1/apply?dryRun=1", token=writer,
