@@ -40,19 +40,18 @@ static void synopsis_words(const char *synopsis, bool options, strbuf *out)
         if (options) {
             for (const char *t = token; (t = strchr(t, '-'));) {
                 bool starts = t == token || strchr("[|", t[-1]);
-                size_t len = 1; /* "--long", "-x", or 1: not an option */
+                size_t len = 1; /* of "--long" or "-x"; 1: not an option */
                 if (t[1] == '-' && t[2] >= 'a' && t[2] <= 'z')
                     len = 2 + strspn(t + 2, WORD_CHARS);
-                else if (t[1] >= 'a' && t[1] <= 'z' && !strchr(WORD_CHARS, t[2] ? t[2] : '0'))
+                else if (t[1] >= 'a' && t[1] <= 'z' && (t[2] == 0 || !strchr(WORD_CHARS, t[2])))
                     len = 2;
-                else if (t[1] >= 'a' && t[1] <= 'z' && t[2] == 0)
-                    len = 2;
+                /* OUT starts with a space (the caller's), so " -x " finds one already there */
                 if (starts && len > 1 && len < sizeof(word) - 2) {
                     snprintf(word, sizeof(word), " %.*s ", (int)len, t);
                     if (!out->data || !strstr(out->data, word))
                         strbuf_printf(out, "%.*s ", (int)len, t);
                 }
-                t += len > 0 ? len : 1;
+                t += len;
             }
         } else if (first || after_bar) {
             char *save = NULL;
