@@ -310,8 +310,7 @@ static void respond_write(pending_write *pw)
                                  store_action_name(op->action), "resourceVersion",
                                  json_object_get(json_object_get(op->result, "metadata"), "resourceVersion")));
         }
-        json_t *body = json_pack("{s:o, s:O}", "items", items, "warnings",
-                                 pw->warnings ? pw->warnings : json_array());
+        json_t *body = json_pack("{s:o, s:O}", "items", items, "warnings", pw->warnings); /* set by handle_apply */
         api_respond_json(req, pw->route, pw->started, 200, body);
         json_decref(body);
     } else if (pw->route == ROUTE_DELETE) {
