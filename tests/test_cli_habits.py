@@ -315,3 +315,16 @@ def test_referrers_and_the_delete_check_tell_only_what_the_caller_may_see(shared
                   json={"items": [service("rv-svc2", ["rv-p", "rv-nope"])]})
     assert r.status_code == 200, r.text
     assert r.json()["warnings"] == ["Service rv-svc2: spec.policies names Policy rv-nope, which does not exist"]
+
+
+def test_warnings_and_referrers_are_capped(shared_server):
+    s = shared_server
+    body = apply(s, manifest("Group", "cap-g", {"policies": [f"cap-missing-{i}" for i in range(60)]}))
+    assert len(body["warnings"]) == 51 and body["warnings"][-1] == "and 10 more references to missing resources"
+    apply(s, policy("cap-p"), *[manifest("Group", f"cap-g{i}", {"policies": ["cap-p"]}) for i in range(105)])
+    r = s.request("GET", "/v1/policies/cap-p/referrers").json()
+    assert len(r["referrers"]) == 100 and r["total"] == 105 and r["truncated"] is True
+    err = s.request("DELETE", "/v1/policies/cap-p").json()["error"]
+    assert err["message"].count("Group/cap-g") == 10 and "and 95 more" in err["message"]
+    p = cli(s, "describe", "policy", "cap-p")
+    assert "105 referrers in all; the first 100 are shown" in p.stdout
