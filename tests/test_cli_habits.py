@@ -328,3 +328,17 @@ def test_warnings_and_referrers_are_capped(shared_server):
     assert err["message"].count("Group/cap-g") == 10 and "and 95 more" in err["message"]
     p = cli(s, "describe", "policy", "cap-p")
     assert "105 referrers in all; the first 100 are shown" in p.stdout
+
+
+def test_a_dry_run_never_shows_secret_values(shared_server, tmp_path):
+    s = shared_server
+    apply(s, manifest("Secret", "dr-sec", {"data": {"token": "old-value-1234"}}))
+    new = manifest("Secret", "dr-sec", {"data": {"token": "new-value-5678", "extra": "more-5678"}})
+    r = s.request("POST", "/v1/apply?dryRun=1", json={"items": [new]})
+    assert r.status_code == 200 and "value-" not in r.text, r.text
+    item = r.json()["items"][0]
+    assert item["action"] == "configured"
+    assert item["before"]["spec"] == {"data": {"token": "(hidden)"}}
+    assert item["after"]["spec"] == {"data": {"token": "(hidden)", "extra": "(hidden)"}}
+    p = cli(s, "diff", "-f", write_manifest(tmp_path, new))
+    assert p.returncode == 0 and "value-" not in p.stdout and '+spec.data.extra: "(hidden)"' in p.stdout, p.stdout
