@@ -500,12 +500,37 @@ static int install_own_pair(const char *cert, const char *key, const char *dst_c
     return r;
 }
 
+/* Writes CFG's api_trust, tls/api-trust.pem: the cluster CA and the API's
+ * own certificate chain, which the proxy and the runner verify the API
+ * with (a chain that need not end at a root: curl accepts a partial one).
+ * Returns 0 or a negative errno (logged). */
+static int write_api_trust(daemon_config *cfg)
+{
+    _cleanup_free_ char *ca = NULL, *own = NULL, *both = NULL;
+    size_t ca_len, own_len;
+    int r = read_file(cfg->ca_cert, OWN_TLS_FILE_MAX, &ca, &ca_len);
+    if (r == 0)
+        r = read_file(cfg->api_cert, OWN_TLS_FILE_MAX, &own, &own_len);
+    if (r == 0 && asprintf(&both, "%s\n%s", ca, own) < 0)
+        r = -ENOMEM;
+    snprintf(cfg->api_trust, sizeof(cfg->api_trust), "%s/tls/api-trust.pem", cfg->data_dir);
+    if (r == 0)
+        r = write_file_atomic(cfg->api_trust, both, strlen(both), 0644);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot write the API's trust bundle", "path", cfg->api_trust, "error",
+                   strerror(-r), NULL);
+    return r;
+}
+
 /* The API's and the proxy's certificates: the configured own pairs, or
  * issued by the cluster CA; the proxy's intermediate CA in any case. */
-static int ensure_listener_certs(const daemon_config *cfg)
+static int ensure_listener_certs(daemon_config *cfg)
 {
+    strcpy(cfg->api_trust, cfg->ca_cert);
     int r = cfg->api_tls_cert[0] ? install_own_pair(cfg->api_tls_cert, cfg->api_tls_key, cfg->api_cert, cfg->api_key)
                                  : ensure_api_cert(cfg);
+    if (r == 0 && cfg->api_tls_cert[0])
+        r = write_api_trust(cfg);
     if (r == 0 && cfg->proxy_tls_cert[0])
         r = install_own_pair(cfg->proxy_tls_cert, cfg->proxy_tls_key, cfg->proxy_cert, cfg->proxy_key);
     return r < 0 ? r : ensure_proxy_cert(cfg, !cfg->proxy_tls_cert[0]);

@@ -71,6 +71,7 @@ typedef struct parse_ctx {
     daemon_config *cfg;
     config_problems *problems;
     size_t visited;
+    size_t key_line; /* the line of the key whose value is walked */
     /* lines of keys the checks after the walk name (0: absent) */
     size_t roles_line, store_line, seal_line, kms_listen_line, audit_listen_line, peers_line;
     bool seal_given;
@@ -203,6 +204,7 @@ static void mapping(parse_ctx *c, yaml_node_t *n, const char *path, const char *
             continue;
         }
         seen[i] = true;
+        c->key_line = line_of(k);
         fn(c, i, v, full);
     }
 }
@@ -307,12 +309,12 @@ static void kms_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 {
     static const char *const keys[] = {"mode", "passphraseFile", "pkcs11"};
     if (key == 0) {
-        c->kms_listen_line = line_of(v);
+        c->kms_listen_line = c->key_line;
         listen_value(c, v, full, c->cfg->kms_listen, sizeof(c->cfg->kms_listen));
         return;
     }
     c->seal_given = true;
-    c->seal_line = line_of(v);
+    c->seal_line = c->key_line;
     strcpy(c->cfg->seal_mode, ""); /* set by the seal's keys */
     size_t before = c->problems->n;
     mapping(c, v, full, keys, ELEMENTSOF(keys), seal_key);
@@ -325,14 +327,14 @@ static void kms_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 static void audit_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 {
     (void)key;
-    c->audit_listen_line = line_of(v);
+    c->audit_listen_line = c->key_line;
     listen_value(c, v, full, c->cfg->audit_listen, sizeof(c->cfg->audit_listen));
 }
 
 static void store_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 {
     (void)key;
-    c->store_line = line_of(v);
+    c->store_line = c->key_line;
     char url[sizeof(c->cfg->store_url)];
     if (scalar(c, v, full, url, sizeof(url)) < 0)
         return;
@@ -413,7 +415,7 @@ static void telemetry_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *
 
 static void roles_value(parse_ctx *c, yaml_node_t *v, const char *full)
 {
-    c->roles_line = line_of(v);
+    c->roles_line = c->key_line;
     if (v->type != YAML_SEQUENCE_NODE) {
         problem_at(c, v, full, "takes a list of roles (api, proxy, kms, audit, runner)");
         return;
@@ -477,7 +479,7 @@ static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
         mapping(c, v, full, audit_keys, ELEMENTSOF(audit_keys), audit_key);
         break;
     case 9:
-        c->peers_line = line_of(v);
+        c->peers_line = c->key_line;
         mapping(c, v, full, peer_keys, ELEMENTSOF(peer_keys), peers_key);
         break;
     default:

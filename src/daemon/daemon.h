@@ -47,6 +47,7 @@ typedef struct daemon_config {
     char pki_dir[4096]; /* the cluster CA and each role's certificate (roles/<role>.pem); default: the data dir */
     /* own certificate and key of a listener; "" : issued by the cluster CA */
     char api_tls_cert[4096], api_tls_key[4096];
+    char api_trust[4200]; /* what the proxy and the runner verify the API with: ca_cert, or it and the own chain */
     char proxy_tls_cert[4096], proxy_tls_key[4096];
     /* roles on other machines: parsed and checked, refused until roles talk over mutual TLS */
     char kms_listen[256], audit_listen[256];
