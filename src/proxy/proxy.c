@@ -113,13 +113,15 @@ static proxy_step proxy_stage_probe(proxy_request *pr)
     h2o_req_t *req = pr->req;
     h2o_iovec_t path = req->path_normalized;
     bool live = h2o_memis(path.base, path.len, H2O_STRLIT("/healthz"));
-    const char *why;
-    if (httpd_framing_check(req, &why) < 0 || /* refused by normalise */
-        (!live && !h2o_memis(path.base, path.len, H2O_STRLIT("/readyz"))) ||
+    if ((!live && !h2o_memis(path.base, path.len, H2O_STRLIT("/readyz"))) ||
         !(h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) ||
           h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"))) ||
         (pr->c && proxy_config_route(pr->c, req->authority.base, req->authority.len)))
         return PROXY_NEXT;
+    /* the guards' verdict is taken once: here for a probe, else by normalise */
+    const char *why;
+    if (httpd_framing_check(req, &why) < 0)
+        return proxy_fail(pr, 400, "invalid", "ambiguous request refused: %s", why);
     pr->rec.decision = PROXY_DECISION_ALLOW;
     json_t *problems = json_array();
     char problem[160] = "";
