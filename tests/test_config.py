@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from conftest import CLOISTER, CLOISTERD, ROOT, Server, free_port, run_cli, sanitizer_env
+from otlp_receiver import Receiver
 
 PASSPHRASE = "correct horse battery staple"
 ROLES = ["api", "kms", "audit", "runner", "proxy"]
@@ -239,6 +240,24 @@ def test_status_shows_roles_seal_store_and_replicas(initialised, tmp_path):
     assert re.search(r"^store\s+sqlite \(reachable\)$", p.stdout, re.M), p.stdout
     p = run_cli(s, "status", "-o", "json", config_home=tmp_path / "config")
     assert p.returncode == 0 and json.loads(p.stdout)["replicas"] == dict.fromkeys(ROLES, 1), p.stdout
+
+
+def test_telemetry_otlp_of_the_file_feeds_the_exporter(tmp_path):
+    """telemetry.otlp {endpoint, headers} reaches the roles' OTLP exporter
+    as the OTEL_* variables would: an API call's span arrives at the
+    collector, every request with the configured header."""
+    with Receiver() as rx:
+        path = write_config(tmp_path, telemetry={"otlp": {"endpoint": rx.url, "headers": {"x-tenant": "t1"}}})
+        assert cloisterd("--init", "--config", str(path)).returncode == 0
+        # quick batching only; the endpoint and headers come from the file
+        s = Server(tmp_path / "data", config=path, env_extra={"OTEL_BSP_SCHEDULE_DELAY": "200"}).start()
+        try:
+            assert s.request("GET", "/v1/whoami").status_code == 200
+            rx.wait_for(lambda: rx.find_span(service="cloisterd-api", name="GET /v1/whoami"), timeout=30)
+            assert all(r.headers.get("x-tenant") == "t1" for r in rx.requests_to("/v1/traces")), rx.records
+        finally:
+            s.stop()
+        assert rx.problems == []
 
 
 def test_readyz_names_the_seal_until_cloisterd_unseal(tmp_path):

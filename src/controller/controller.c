@@ -34,6 +34,7 @@
 #include "controller/runner-client.h"
 #include "proxy/metrics.h"
 #include "resource/resource.h"
+#include "telemetry/telemetry.h"
 
 #define OWNER_PREFIX "enclave/"
 #define SPEC_TAG_LEN 16                 /* hex digits of the launch spec's digest in the owner tag */
@@ -457,7 +458,22 @@ static void launch_replica(controller *c, enclave *e, size_t i, uint64_t now)
                                   .secrets = json_object_get(spec, "secrets")};
     pid_t pid;
     char pcr0[RUNNER_PCR_HEX_LEN + 1];
-    if (runner_client_launch(c->runner, &launch, &pid, pcr0, why, sizeof(why)) == 0) {
+    /* the launch is a trace of its own: the runner's span of it, and the
+     * key release its agent asks for later, are its children */
+    telemetry_span *span = telemetry_span_start(restart ? "enclave restart" : "enclave launch",
+                                                TELEMETRY_SPAN_INTERNAL, NULL);
+    telemetry_span_set_attr_str(span, "cloister.kind", "Enclave");
+    telemetry_span_set_attr_str(span, "cloister.name", e->name);
+    telemetry_span_set_attr_str(span, "cloister.replica", rname);
+    telemetry_set_current(span);
+    int launched = runner_client_launch(c->runner, &launch, &pid, pcr0, why, sizeof(why));
+    if (launched == 0) {
+        telemetry_span_set_attr_str(span, "cloister.pcr0", pcr0);
+        telemetry_span_set_attr_int(span, "process.pid", pid);
+    } else
+        telemetry_span_set_status(span, TELEMETRY_STATUS_ERROR, why);
+    telemetry_span_end(span); /* no longer current either */
+    if (launched == 0) {
         r->state = REPLICA_RUNNING;
         r->pid = pid;
         r->started_mono = now;

@@ -31,6 +31,7 @@ void *proxy_thread_init(h2o_context_t *ctx, void *userdata)
     t->values = cel_arena_new(VALUES_ARENA_MAX);
     t->scratch = cel_arena_new(POLICY_ARENA_MAX);
     random_bytes(t->id_prefix, sizeof(t->id_prefix));
+    random_bytes(&t->trace_seed, sizeof(t->trace_seed));
     h2o_timeout_init(ctx->loop, &t->io_timeout, s->upstream_timeout_ms ? s->upstream_timeout_ms : 30000);
     h2o_timeout_init(ctx->loop, &t->websocket_timeout, s->websocket_timeout_ms ? s->websocket_timeout_ms : 300000);
     proxy_access_init(t);
@@ -148,8 +149,10 @@ static proxy_step proxy_stage_probe(proxy_request *pr)
 
 /* The stages, in order (corridor.h says what each does). */
 static const proxy_stage stages[] = {
-    proxy_stage_probe,     proxy_stage_normalise, proxy_stage_reserved, proxy_stage_limit,   proxy_stage_authenticate, proxy_stage_decide,
-    proxy_stage_reachable, proxy_stage_attestation, proxy_stage_rewrite, proxy_stage_forward,
+    proxy_stage_probe,       proxy_stage_normalise,   proxy_stage_trace,       proxy_stage_reserved,
+    proxy_stage_limit,       proxy_stage_authenticate, proxy_stage_decide,
+    proxy_stage_reachable,   proxy_stage_attestation, proxy_stage_rewrite,
+    proxy_stage_trace_upstream, proxy_stage_forward,
 };
 
 /* The request's context, from its pool, with what is known before any
