@@ -84,6 +84,8 @@ static void usage(FILE *f)
             "  --api-threads N       the API's worker threads (default 2)\n"
             "  --proxy-threads N     the proxy's worker threads, one event loop each (default 2)\n"
             "  --domain D            services are reached at <service>.D (default localhost)\n"
+            "  --store URL           the resource store: sqlite:PATH (default DIR/api/store.db) or\n"
+            "                        postgresql://USER@HOST/DB (several api replicas share it)\n"
             "  --seal MODE           how the KMS root key is sealed: dev (auto-unseal file, --dev's default),\n"
             "                        passphrase or pkcs11; unseal with `cloisterd unseal --data-dir DIR`\n"
             "  --pkcs11-module PATH  --seal pkcs11: the token's PKCS#11 module\n"
@@ -104,7 +106,7 @@ static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
 typedef enum daemon_action { ACTION_RUN, ACTION_CHECK, ACTION_INIT } daemon_action;
 
 enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_LOG,
-       OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT };
+       OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT, OPT_STORE };
 static const struct option options[] = {
     {"dev", no_argument, NULL, 'd'},
     {"config", required_argument, NULL, OPT_CONFIG},
@@ -121,6 +123,7 @@ static const struct option options[] = {
     {"seal", required_argument, NULL, OPT_SEAL},
     {"pkcs11-module", required_argument, NULL, OPT_P11_MODULE},
     {"pkcs11-slot", required_argument, NULL, OPT_P11_SLOT},
+    {"store", required_argument, NULL, OPT_STORE},
     {"help", no_argument, NULL, 'h'},
     {},
 };
@@ -151,6 +154,8 @@ static int apply_option(int c, daemon_config *cfg)
     }
     case OPT_DOMAIN:
         return copy_arg(cfg->domain, sizeof(cfg->domain), "--domain", optarg) < 0 ? 2 : 0;
+    case OPT_STORE:
+        return copy_arg(cfg->store_url, sizeof(cfg->store_url), "--store", optarg) < 0 ? 2 : 0;
     case OPT_THREADS:
     case OPT_PROXY_THREADS: {
         char *end;
@@ -560,7 +565,9 @@ static int first_start(daemon_config *cfg)
     store *s;
     r = store_open(cfg->store_url, &s);
     if (r < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", cfg->store_url, "error", strerror(-r), NULL);
+        char shown[sizeof(cfg->store_url)];
+        store_url_redact(cfg->store_url, shown, sizeof(shown));
+        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", shown, "error", strerror(-r), NULL);
         return r;
     }
     r = bootstrap_admin(s, cfg->admin_token);
