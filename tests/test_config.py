@@ -26,8 +26,9 @@ ROLES = ["api", "kms", "audit", "runner", "proxy"]
 
 
 def cloisterd(*args, input=None):
+    """cloisterd ARGS in a session of its own: no terminal to ask a passphrase on."""
     return subprocess.run([str(CLOISTERD), *args], capture_output=True, text=True, env=sanitizer_env(),
-                          input=input, timeout=120)
+                          input=input, timeout=120, start_new_session=True)
 
 
 def write_config(tmp_path, seal=None, **extra):
@@ -262,12 +263,13 @@ def test_telemetry_otlp_of_the_file_feeds_the_exporter(tmp_path):
 
 
 def test_readyz_names_the_seal_until_cloisterd_unseal(tmp_path):
-    """kms.seal {mode: passphrase}: sealed by hand; --init leaves the root
-    key to the first unseal, which sets the passphrase."""
+    """kms.seal {mode: passphrase}: --init seals the root key with the
+    passphrase given on --passphrase-fd; the KMS starts sealed and only that
+    passphrase unseals it."""
     path = write_config(tmp_path, seal={"mode": "passphrase"})
-    init = cloisterd("--init", "--config", str(path))
+    init = cloisterd("--init", "--config", str(path), "--passphrase-fd", "0", input=PASSPHRASE + "\n")
     assert init.returncode == 0, init.stderr
-    assert "created at the first `cloisterd unseal` (seal passphrase)" in init.stdout
+    assert "KMS root key:       created and sealed (seal passphrase)" in init.stdout
     s = Server(tmp_path / "data", config=path).start()
     try:
         r = requests.get(s.url + "/readyz", verify=s.ca)
@@ -280,6 +282,9 @@ def test_readyz_names_the_seal_until_cloisterd_unseal(tmp_path):
         assert p.returncode == 1 and re.search(r"^seal\s+passphrase \(sealed: run cloisterd unseal\)$", p.stdout,
                                                re.M), p.stdout
         assert "kms: sealed (seal passphrase); run cloisterd unseal" in p.stdout
+        u = cloisterd("unseal", "--data-dir", str(s.data_dir), "--passphrase-fd", "0", input="not the passphrase")
+        assert u.returncode == 1 and "wrong passphrase" in u.stderr, u.stderr
+        assert requests.get(s.url + "/readyz", verify=s.ca).status_code == 503
         u = cloisterd("unseal", "--data-dir", str(s.data_dir), "--passphrase-fd", "0", input=PASSPHRASE)
         assert u.returncode == 0, u.stderr
         r = requests.get(s.url + "/readyz", verify=s.ca)
@@ -287,6 +292,20 @@ def test_readyz_names_the_seal_until_cloisterd_unseal(tmp_path):
         assert run_cli(s, "status").returncode == 0
     finally:
         s.stop()
+
+
+def test_init_without_a_passphrase_at_hand(tmp_path):
+    """No file, no --passphrase-fd, no terminal: the first unseal creates
+    the root key. A passphrase too short is refused before anything is
+    written."""
+    path = write_config(tmp_path, seal={"mode": "passphrase"})
+    short = cloisterd("--init", "--config", str(path), "--passphrase-fd", "0", input="short\n")
+    assert short.returncode == 1 and "the KMS passphrase needs at least 8 characters" in short.stderr, short.stderr
+    assert not (tmp_path / "data").exists()
+    init = cloisterd("--init", "--config", str(path))
+    assert init.returncode == 0, init.stderr
+    assert "KMS root key:       created at the first `cloisterd unseal` (seal passphrase)" in init.stdout
+    assert not (tmp_path / "data" / "kms" / "root.json").exists()
 
 
 def test_a_listener_serves_its_own_certificate(tmp_path):
