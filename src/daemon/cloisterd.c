@@ -281,6 +281,10 @@ static int parse_args(int argc, char **argv, daemon_config *cfg, daemon_action *
         fprintf(stderr, "cloisterd: --init takes --config FILE (and no --check)\n");
         return 2;
     }
+    if (passphrase_fd >= 0 && !init) {
+        fprintf(stderr, "cloisterd: --passphrase-fd goes with --init (a running KMS: cloisterd unseal)\n");
+        return 2;
+    }
     if (strcmp(cfg->seal_mode, "pkcs11") == 0 && !cfg->pkcs11_module[0] && !problems.n) {
         fprintf(stderr, "cloisterd: --seal pkcs11 needs --pkcs11-module PATH (and --pkcs11-slot N)\n");
         return 2;
