@@ -559,6 +559,7 @@ int daemon_config_parse(const char *name, const char *text, size_t len, daemon_c
     cfg->dev = false;
     snprintf(cfg->config_file, sizeof(cfg->config_file), "%s", name);
     yaml_node_t *root = yaml_document_get_root_node(&doc);
+    bool one = root != NULL;
     if (!root)
         config_problem(problems, "%s:1: (top): the file is empty", name);
     else {
@@ -572,6 +573,13 @@ int daemon_config_parse(const char *name, const char *text, size_t len, daemon_c
             check_whole(&c);
     }
     yaml_document_delete(&doc);
+    /* one document: a second one (after ---) would be ignored silently */
+    if (one && yaml_parser_load(&parser, &doc)) {
+        if (yaml_document_get_root_node(&doc))
+            config_problem(problems, "%s:%zu: (top): a second YAML document; the configuration is one", name,
+                           parser.mark.line + 1);
+        yaml_document_delete(&doc);
+    }
     yaml_parser_delete(&parser);
     return problems->n > before ? -EINVAL : 0;
 }

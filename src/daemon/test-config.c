@@ -181,6 +181,10 @@ Test(config, syntax_and_shape)
     cr_assert_eq(parse("- a\n"), -EINVAL);
     cr_assert(has("c.yaml:1: (top): takes a mapping, not a list"));
     reset();
+    cr_assert_eq(parse("kms: {seal: {mode: passphrase}}\n---\ndomain: x\n"), -EINVAL);
+    cr_assert(has("c.yaml:"));
+    cr_assert(strstr(problems.items[0], "(top): a second YAML document"), "%s", problems.items[0]);
+    reset();
     cr_assert_eq(parse("roles: api\n"), -EINVAL);
     cr_assert(has("c.yaml:1: roles: takes a list of roles"));
 }
