@@ -105,7 +105,7 @@ static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
     return 0;
 }
 
-typedef enum daemon_action { ACTION_RUN, ACTION_CHECK, ACTION_INIT } daemon_action;
+typedef enum daemon_action { ACTION_RUN, ACTION_INIT } daemon_action; /* --check ends in parse_args */
 
 enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_LOG,
        OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT, OPT_STORE, OPT_PASSPHRASE_FD };

@@ -38,6 +38,10 @@ void config_problem(config_problems *p, const char *fmt, ...)
         va_end(ap);
         if (!p->items[p->n])
             return;
+        /* keys and values come from the file: no terminal control reaches stderr */
+        for (char *ch = p->items[p->n]; *ch; ch++)
+            if ((unsigned char)*ch < 0x20 || *ch == 0x7f)
+                *ch = '?';
     }
     p->n++;
 }

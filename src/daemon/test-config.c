@@ -212,6 +212,12 @@ Test(config, problems_past_the_cap_are_counted)
     cr_assert(has("c.yaml:1: k0: unknown key"));
 }
 
+Test(config, control_characters_of_the_file_are_not_printed)
+{
+    cr_assert_eq(parse("\"a\\e[31mb\": 1\nkms: {seal: {mode: passphrase}}\n"), -EINVAL);
+    cr_assert(has("c.yaml:1: a?[31mb: unknown key"));
+}
+
 Test(config, listen_addresses)
 {
     cr_assert(config_valid_listen("0.0.0.0:1"));
