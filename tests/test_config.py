@@ -180,6 +180,14 @@ def test_init_prepares_the_cluster_once(initialised):
     assert stat.S_IMODE((data / "admin.token").stat().st_mode) == 0o600
     assert json.loads((data / "kms" / "root.json").read_text())["mode"] == "passphrase"
     assert json.loads((data / "initialized").read_text())["seal"] == "passphrase"
+    # a seal other than the one the root key was sealed with is named
+    other = s.config_path.parent / "other-seal.yaml"
+    doc = yaml.safe_load(s.config_path.read_text())
+    doc["kms"] = {"seal": {"mode": "dev"}}
+    other.write_text(yaml.safe_dump(doc, sort_keys=False))
+    p = cloisterd("--config", str(other), "--check")
+    assert p.returncode == 1 and f"kms.seal: the root key in {data}/kms/root.json is sealed with mode passphrase, " \
+        "not dev" in p.stderr, p.stderr
     again = cloisterd("--init", "--config", str(s.config_path))
     assert again.returncode == 1
     assert f"{data} is initialised already ({data}/initialized exists); --init prepares a new cluster only once" \

@@ -525,6 +525,12 @@ static void check_whole(parse_ctx *c)
                        "%s:1: kms.seal: required outside --dev: passphraseFile, pkcs11 {module, slot, pinFile} or "
                        "mode: passphrase (unsealed by hand with cloisterd unseal)",
                        c->file);
+    /* an initialised KMS opens only with the mode it was sealed with */
+    char root_file[4200], sealed_with[16];
+    snprintf(root_file, sizeof(root_file), "%s/kms/root.json", cfg->data_dir);
+    if (c->seal_given && kms_root_mode(root_file, sealed_with) == 0 && strcmp(sealed_with, cfg->seal_mode) != 0)
+        config_problem(c->problems, "%s:%zu: kms.seal: the root key in %s is sealed with mode %s, not %s", c->file,
+                       c->seal_line, root_file, sealed_with, cfg->seal_mode);
     if (strcmp(cfg->seal_mode, "dev") == 0 && c->seal_given && cfg->seal_secret_file[0])
         config_problem(c->problems, "%s:%zu: kms.seal: mode dev takes no passphraseFile or pinFile", c->file,
                        c->seal_line);
