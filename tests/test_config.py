@@ -6,6 +6,7 @@ quickstart, answers /healthz and /readyz (API and proxy listeners) and
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -248,6 +249,7 @@ def test_status_shows_roles_seal_store_and_replicas(initialised, tmp_path):
         assert re.search(rf"^  {role}\s+ready\s+1 replica$", p.stdout, re.M), p.stdout
     assert re.search(r"^seal\s+passphrase \(unsealed\)$", p.stdout, re.M), p.stdout
     assert re.search(r"^store\s+sqlite \(reachable\)$", p.stdout, re.M), p.stdout
+    assert re.search(r"^audit\s+reachable$", p.stdout, re.M), p.stdout
     p = run_cli(s, "status", "-o", "json", config_home=tmp_path / "config")
     assert p.returncode == 0 and json.loads(p.stdout)["replicas"] == dict.fromkeys(ROLES, 1), p.stdout
 
@@ -405,3 +407,30 @@ def test_readyz_follows_a_postgresql_store(tmp_path, database):
             time.sleep(0.2)
     finally:
         s.stop()
+
+
+def test_readyz_names_an_audit_log_the_api_cannot_reach(server):
+    """The audit role stopped (SIGSTOP): the API's next audit event is not
+    delivered, /readyz turns 503 naming the audit log; once the role runs
+    again the retried delivery goes through and /readyz is 200."""
+    s = server
+    audit = s.role_pid("audit")
+    os.kill(audit, signal.SIGSTOP)
+    try:
+        group = {"apiVersion": "cloister.dev/v1", "kind": "Group", "metadata": {"name": "audited"}, "spec": {}}
+        assert s.request("POST", "/v1/groups", json=group).status_code == 201  # its audit entry waits
+        deadline = time.time() + 60
+        while (r := requests.get(s.url + "/readyz", verify=s.ca, timeout=30)).status_code != 503:
+            assert time.time() < deadline, r.text  # a delivery gives up after 10 s
+            time.sleep(0.2)
+        body = r.json()
+        assert body["audit"] == {"reachable": False}, body
+        assert "audit: events do not reach the audit log (the last delivery failed or the queue is full)" \
+            in body["problems"], body
+    finally:
+        os.kill(audit, signal.SIGCONT)
+    deadline = time.time() + 60
+    while (r := requests.get(s.url + "/readyz", verify=s.ca, timeout=30)).status_code != 200:
+        assert time.time() < deadline, r.text
+        time.sleep(0.2)
+    assert r.json()["audit"] == {"reachable": True}
