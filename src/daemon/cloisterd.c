@@ -822,8 +822,10 @@ static int supervise(const daemon_config *cfg, role_table *table)
             if (procs[i].pid < 0) {
                 procs[i].pid = 0;
                 procs[i].restart_at = now + procs[i].backoff;
-            } else
+            } else {
+                atomic_fetch_add(&health[i].restarts, 1);
                 log_fields(LOG_LEVEL_INFO, "role restarted", "role", roles[i].name, NULL);
+            }
         }
     }
 }
