@@ -36,7 +36,7 @@
 
 typedef struct kms_role {
     const kms_server_config *cfg;
-    role_health *health; /* its sealed flag tells /healthz */
+    role_health *health; /* its sealed flag tells /readyz */
     kms_seal_config seal;
     char keyring_file[4200];
     uint8_t *root; /* locked; NULL while sealed */
