@@ -434,3 +434,29 @@ def test_readyz_names_an_audit_log_the_api_cannot_reach(server):
         assert time.time() < deadline, r.text
         time.sleep(0.2)
     assert r.json()["audit"] == {"reachable": True}
+
+
+def test_pki_dir_elsewhere_holds_the_ca_and_the_role_certificates(tmp_path):
+    pki = tmp_path / "pki"
+    path = write_config(tmp_path, pki={"dir": str(pki)})
+    init = cloisterd("--init", "--config", str(path))
+    assert init.returncode == 0, init.stderr
+    assert f"cluster CA:         {pki}/ca.pem" in init.stdout
+    assert not (tmp_path / "data" / "ca.pem").exists()
+    assert stat.S_IMODE(pki.stat().st_mode) == 0o711
+    for role in ROLES:
+        assert san_dns(pki / "roles" / f"{role}.pem")[0] == [f"{role}.cloister.internal"]
+    s = Server(tmp_path / "data", config=path)
+    s.start(wait=False)
+    try:
+        deadline = time.time() + 60
+        while True:  # every role, the proxy and runner reading ca.pem in pki.dir, ready
+            try:
+                if requests.get(s.url + "/readyz", verify=str(pki / "ca.pem"), timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.time() < deadline and s.proc.poll() is None, s.read_log()[-3000:]
+            time.sleep(0.1)
+    finally:
+        s.stop()
