@@ -319,12 +319,14 @@ def test_init_without_a_passphrase_at_hand(tmp_path):
 
 
 def test_a_listener_serves_its_own_certificate(tmp_path):
-    """api.tls {cert, key}: the operator's pair, not one the cluster CA issues."""
+    """api.tls and proxy.tls {cert, key}: the operator's pair, not one the
+    cluster CA issues; the proxy and the runner still reach the API."""
     key, cert = tmp_path / "own.key", tmp_path / "own.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=own.example",
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    path = write_config(tmp_path, api={"listen": "127.0.0.1:7443", "tls": {"cert": str(cert), "key": str(key)}})
+    path = write_config(tmp_path, api={"listen": "127.0.0.1:7443", "tls": {"cert": str(cert), "key": str(key)}},
+                        proxy={"listen": "127.0.0.1:8443", "tls": {"cert": str(cert), "key": str(key)}})
     assert cloisterd("--init", "--config", str(path)).returncode == 0
     s = Server(tmp_path / "data", config=path)
     s.start(wait=False)
@@ -341,6 +343,9 @@ def test_a_listener_serves_its_own_certificate(tmp_path):
             time.sleep(0.1)
         with pytest.raises(requests.exceptions.SSLError):
             requests.get(s.url + "/readyz", verify=s.ca, timeout=5)
+        # the proxy's default certificate too (its probe, dialled at an address)
+        proxy = s.extra_args[s.extra_args.index("--proxy-listen") + 1]
+        assert requests.get(f"https://{proxy}/readyz", verify=str(cert), timeout=5).status_code == 200
     finally:
         s.stop()
 
