@@ -24,7 +24,8 @@ static void print_status(const cli_ctx *ctx, const json_t *v)
                text_sanitize(json_string_value(state) ?: "?", b, sizeof(b)), (long long)n, n == 1 ? "" : "s");
     }
     const json_t *seal = json_object_get(v, "seal"), *store = json_object_get(v, "store");
-    printf("%-10s%s (%s)\n", "seal", text_sanitize(json_string_value(json_object_get(seal, "mode")) ?: "?", a, sizeof(a)),
+    printf("%-10s%s (%s)\n", "seal",
+           text_sanitize(json_string_value(json_object_get(seal, "mode")) ?: "?", a, sizeof(a)),
            json_is_true(json_object_get(seal, "sealed")) ? "sealed: run cloisterd unseal" : "unsealed");
     printf("%-10s%s (%s)\n", "store",
            text_sanitize(json_string_value(json_object_get(store, "driver")) ?: "?", a, sizeof(a)),

@@ -417,7 +417,8 @@ static int prepare_data_dir(daemon_config *cfg)
         SET(api_key, "%s/api/api.key") || SET(proxy_cert, "%s/tls/proxy.pem") || SET(proxy_key, "%s/proxy/proxy.key") ||
         SET(proxy_ca_cert, "%s/tls/proxy-ca.pem") || SET(proxy_ca_key, "%s/proxy/proxy-ca.key") ||
         SET(admin_token, "%s/admin.token") || SET(proxy_token, "%s/proxy/proxy.token") ||
-        SET(runner_token, "%s/runner/runner.token") || (!cfg->store_url[0] && SET(store_url, "sqlite:%s/api/store.db")) ||
+        SET(runner_token, "%s/runner/runner.token") ||
+        (!cfg->store_url[0] && SET(store_url, "sqlite:%s/api/store.db")) ||
         SET(run_dir, "%s/run") || SET(audit_socket, "%s/run/audit/audit.sock") ||
         SET(audit_db, "%s/audit/audit.db") || SET(audit_key, "%s/audit/audit.key") ||
         SET(audit_pub, "%s/audit/audit.pub") || SET(runner_socket, "%s/run/runner/runner.sock") ||
@@ -947,7 +948,8 @@ static int cluster_init(daemon_config *cfg)
            "  KMS root key:       %s (seal %s)\n"
            "Start it with: cloisterd --config %s\n",
            cfg->data_dir, cfg->ca_cert, cfg->pki_dir, cfg->admin_token,
-           created ? "created and sealed" : "created at the first `cloisterd unseal`", cfg->seal_mode, cfg->config_file);
+           created ? "created and sealed" : "created at the first `cloisterd unseal`", cfg->seal_mode,
+           cfg->config_file);
     return 0;
 }
 

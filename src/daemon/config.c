@@ -213,6 +213,18 @@ static void mapping(parse_ctx *c, yaml_node_t *n, const char *path, const char *
     }
 }
 
+/* Whether mapping N has the key NAME. */
+static bool has_key(parse_ctx *c, yaml_node_t *n, const char *name)
+{
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
+        if (k && k->type == YAML_SCALAR_NODE && k->data.scalar.length == strlen(name) &&
+            memcmp(k->data.scalar.value, name, strlen(name)) == 0)
+            return true;
+    }
+    return false;
+}
+
 static void tls_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 {
     /* the listener's pair: api's or proxy's, by the path */
@@ -231,8 +243,9 @@ static void tls(parse_ctx *c, yaml_node_t *v, const char *full)
     bool api = strncmp(full, "api.", 4) == 0;
     const char *cert = api ? c->cfg->api_tls_cert : c->cfg->proxy_tls_cert;
     const char *key = api ? c->cfg->api_tls_key : c->cfg->proxy_tls_key;
-    if (v->type == YAML_MAPPING_NODE && v->data.mapping.pairs.top - v->data.mapping.pairs.start < 2 && (cert[0] || key[0]))
-        problem_at(c, v, full, "takes both cert and key (or neither: the cluster CA issues the listener's certificate)");
+    if (v->type == YAML_MAPPING_NODE && !(has_key(c, v, "cert") && has_key(c, v, "key")) && (cert[0] || key[0]))
+        problem_at(c, v, full,
+                   "takes both cert and key (or neither: the cluster CA issues the listener's certificate)");
 }
 
 static void api_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
@@ -296,12 +309,13 @@ static void seal_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
         break;
     case 1:
         file_value(c, v, full, cfg->seal_secret_file, sizeof(cfg->seal_secret_file));
-        if (strcmp(cfg->seal_mode, "pkcs11") != 0)
+        if (!cfg->seal_mode[0])
             strcpy(cfg->seal_mode, "passphrase");
         break;
     default: {
         static const char *const keys[] = {"module", "slot", "pinFile"};
-        strcpy(cfg->seal_mode, "pkcs11");
+        if (!cfg->seal_mode[0])
+            strcpy(cfg->seal_mode, "pkcs11");
         mapping(c, v, full, keys, ELEMENTSOF(keys), pkcs11_key);
         if (v->type == YAML_MAPPING_NODE && !cfg->pkcs11_module[0])
             problem_at(c, v, full, "needs module (the token's PKCS#11 library)");
@@ -322,7 +336,16 @@ static void kms_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
     strcpy(c->cfg->seal_mode, ""); /* set by the seal's keys */
     size_t before = c->problems->n;
     mapping(c, v, full, keys, ELEMENTSOF(keys), seal_key);
-    if (v->type != YAML_MAPPING_NODE || c->cfg->seal_mode[0] || c->problems->n > before)
+    if (v->type != YAML_MAPPING_NODE || c->problems->n > before)
+        return;
+    /* one seal: a file or a token, and a mode that says the same */
+    bool file = has_key(c, v, "passphraseFile"), token = has_key(c, v, "pkcs11");
+    const char *implied = token ? "pkcs11" : file ? "passphrase" : NULL;
+    if (file && token)
+        problem_at(c, v, full, "gives both passphraseFile and pkcs11; a root key is sealed one way");
+    else if (implied && strcmp(c->cfg->seal_mode, implied) != 0)
+        problem_at(c, v, full, "mode %s contradicts %s", c->cfg->seal_mode, token ? "pkcs11" : "passphraseFile");
+    if (c->cfg->seal_mode[0] || c->problems->n > before)
         return;
     problem_at(c, v, full, "says no seal: give passphraseFile, pkcs11 {module, slot, pinFile} or mode: passphrase "
                         "(unsealed by hand with cloisterd unseal)");
@@ -374,13 +397,15 @@ static void header_pair(parse_ctx *c, yaml_node_t *k, yaml_node_t *v, const char
     if (r < 0 || scalar(c, v, full, value, sizeof(value)) < 0)
         return;
     if (strpbrk(name, ",=\r\n ") || strpbrk(value, ",\r\n")) {
-        problem_at(c, k, full, "a header name cannot hold ',', '=', space or a line break, nor its value ',' or a line break");
+        problem_at(c, k, full,
+                   "a header name cannot hold ',', '=', space or a line break, nor its value ',' or a line break");
         return;
     }
     char *h = c->cfg->otlp_headers;
     size_t used = strlen(h), need = strlen(name) + strlen(value) + 2;
     if (used + need >= sizeof(c->cfg->otlp_headers)) {
-        problem_at(c, k, full, "the headers are too long together (at most %zu bytes)", sizeof(c->cfg->otlp_headers) - 1);
+        problem_at(c, k, full, "the headers are too long together (at most %zu bytes)",
+                   sizeof(c->cfg->otlp_headers) - 1);
         return;
     }
     snprintf(h + used, sizeof(c->cfg->otlp_headers) - used, "%s%s=%s", used ? "," : "", name, value);
@@ -531,9 +556,6 @@ static void check_whole(parse_ctx *c)
     if (c->seal_given && kms_root_mode(root_file, sealed_with) == 0 && strcmp(sealed_with, cfg->seal_mode) != 0)
         config_problem(c->problems, "%s:%zu: kms.seal: the root key in %s is sealed with mode %s, not %s", c->file,
                        c->seal_line, root_file, sealed_with, cfg->seal_mode);
-    if (strcmp(cfg->seal_mode, "dev") == 0 && c->seal_given && cfg->seal_secret_file[0])
-        config_problem(c->problems, "%s:%zu: kms.seal: mode dev takes no passphraseFile or pinFile", c->file,
-                       c->seal_line);
     if (strncmp(cfg->store_url, "sqlite:", 7) == 0) {
         /* the api role is confined to its subtree of the data dir */
         char api_dir[4200];

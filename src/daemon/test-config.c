@@ -149,6 +149,23 @@ Test(config, every_problem_with_file_line_and_key)
     cr_expect_eq(problems.n, 14);
 }
 
+Test(config, one_seal)
+{
+    cr_assert_eq(parse("kms:\n  seal: {passphraseFile: /dev/null, pkcs11: {module: /dev/null}}\n"), -EINVAL);
+    cr_assert(has("c.yaml:2: kms.seal: gives both passphraseFile and pkcs11"));
+    cr_assert_eq(problems.n, 1);
+    reset();
+    cr_assert_eq(parse("kms:\n  seal: {passphraseFile: /dev/null, mode: dev}\n"), -EINVAL);
+    cr_assert(has("c.yaml:2: kms.seal: mode dev contradicts passphraseFile"));
+    reset();
+    cr_assert_eq(parse("kms:\n  seal: {mode: passphrase, pkcs11: {module: /dev/null}}\n"), -EINVAL);
+    cr_assert(has("c.yaml:2: kms.seal: mode passphrase contradicts pkcs11"));
+    reset();
+    cr_assert_eq(parse("kms:\n  seal: {mode: pkcs11, pkcs11: {module: /dev/null, pinFile: /dev/null}}\n"), 0);
+    cr_assert_str_eq(cfg.seal_mode, "pkcs11");
+    cr_assert_str_eq(cfg.seal_secret_file, "/dev/null");
+}
+
 Test(config, a_missing_seal_is_named_outside_dev)
 {
     cr_assert_eq(parse("domain: example.com\n"), -EINVAL);
