@@ -7,10 +7,19 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+# a line "a | b" is met by any one of them installed; otherwise a is installed
 mapfile -t wanted < <(grep -vE '^\s*(#|$)' "$here/debian-packages.txt")
 missing=()
-for p in "${wanted[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+for line in "${wanted[@]}"; do
+    met=
+    IFS='|' read -ra alternatives <<<"$line"
+    for p in "${alternatives[@]}"; do
+        p=$(echo $p)
+        installed "$p" && met=1
+    done
+    [ -n "$met" ] || missing+=("$(echo ${alternatives[0]})")
 done
 
 if [ ${#missing[@]} -gt 0 ]; then

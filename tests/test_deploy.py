@@ -194,3 +194,134 @@ def test_sysusers_creates_each_roles_user(destdir, tmp_path):
     for role in ROLES:
         entry = passwd[f"cloister-{role}"]
         assert 0 < int(entry[2]) < 1000 and entry[6] == "/usr/sbin/nologin", entry
+
+
+K8S_DIR = ROOT / "tests" / "k8s"
+OVERLAYS = ROOT / "deploy" / "kubernetes" / "overlays"
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def kubectl():
+    """kubectl: $CLOISTER_KUBECTL, else the one on PATH (Debian's
+    kubernetes-client, v1.20 with kustomize v2.0.3, or a newer one)."""
+    path = os.environ.get("CLOISTER_KUBECTL") or shutil.which("kubectl")
+    assert path, "kubectl not found: scripts/setup.sh installs kubernetes-client"
+    return path
+
+
+@pytest.fixture(scope="module")
+def k8s_validator():
+    if not (K8S_DIR / "node_modules" / "kubernetes-models").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=K8S_DIR, check=True, capture_output=True,
+                       timeout=300)
+    return K8S_DIR / "validate.mjs"
+
+
+def validate(validator, objects):
+    r = subprocess.run(["node", str(validator)], input=json.dumps(objects), capture_output=True, text=True,
+                       cwd=K8S_DIR, timeout=300)
+    assert r.stdout, r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module", params=sorted(p.name for p in OVERLAYS.iterdir()))
+def rendered(request):
+    r = subprocess.run([kubectl(), "kustomize", str(OVERLAYS / request.param)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    import yaml
+    objects = [d for d in yaml.safe_load_all(r.stdout) if d]
+    assert objects, "the overlay renders nothing"
+    return objects
+
+
+def by_kind(objects, kind):
+    return {(o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in objects if o["kind"] == kind}
+
+
+def test_every_rendered_object_validates_against_the_kubernetes_schemas(rendered, k8s_validator):
+    rc, out = validate(k8s_validator, rendered)
+    assert rc == 0 and out["validated"] == len(rendered) and not out["problems"], out
+
+
+def test_the_validator_finds_a_wrong_type_and_an_unknown_field(rendered, k8s_validator):
+    broken = json.loads(json.dumps(rendered))
+    service = next(o for o in broken if o["kind"] == "Service")
+    service["spec"]["ports"][0]["port"] = "7443"
+    pod = next(o for o in broken if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    pod["containers"][0]["securityContext"]["runAsNonRot"] = True
+    rc, out = validate(k8s_validator, broken)
+    assert rc == 1 and len(out["problems"]) == 2, out
+    assert any("/spec/ports/0/port must be integer" in p for p in out["problems"]), out
+    assert any("unknown field spec.template.spec.containers.0.securityContext.runAsNonRot" in p
+               for p in out["problems"]), out
+
+
+def test_the_layout_has_every_role(rendered):
+    deployments, statefulsets = by_kind(rendered, "Deployment"), by_kind(rendered, "StatefulSet")
+    assert deployments[("cloister", "cloister-api")]["spec"]["replicas"] >= 2
+    assert deployments[("cloister", "cloister-proxy")]["spec"]["replicas"] >= 2
+    assert ("cloister", "cloister-kms") in statefulsets and ("cloister", "cloister-audit") in statefulsets
+    assert ("cloister-runner", "cloister-runner") in deployments
+    # PostgreSQL is outside: the api takes its URL from a Secret; no Secret (no key) is ever rendered
+    api = deployments[("cloister", "cloister-api")]["spec"]["template"]["spec"]["containers"][0]
+    store = next(e for e in api["env"] if e["name"] == "CLOISTER_STORE_URL")
+    assert store["valueFrom"]["secretKeyRef"] == {"name": "cloister-postgres", "key": "url"}
+    assert "--store" in api["args"] and "$(CLOISTER_STORE_URL)" in api["args"]
+    assert not by_kind(rendered, "Secret")
+
+
+def workloads(objects):
+    return [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+def test_every_container_has_probes_limits_and_the_restricted_security_context(rendered, destdir):
+    namespaces = by_kind(rendered, "Namespace")
+    unit_caps = {c.removeprefix("CAP_") for c in
+                 unit_setting((destdir / UNIT.lstrip("/")).read_text(), "CapabilityBoundingSet").split()}
+    for w in workloads(rendered):
+        name, ns = w["metadata"]["name"], w["metadata"]["namespace"]
+        pod = w["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False, name
+        labels = namespaces[(None, ns)]["metadata"]["labels"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+            assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+            assert c["startupProbe"]["httpGet"]["path"] == "/healthz", name
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{name}: {kind}"
+            sc = c["securityContext"]
+            if name != "cloister-runner":
+                assert labels["pod-security.kubernetes.io/enforce"] == "restricted", name
+                assert {k: sc.get(k) for k in RESTRICTED_CONTAINER} == RESTRICTED_CONTAINER, name
+                assert pod["securityContext"]["runAsNonRoot"] is True, name
+                continue
+            # the runner's exceptions, exactly those docs/deployment.md lists
+            assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+            assert pod["hostUsers"] is False  # its root is an unprivileged uid on the node
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+            assert not sc.get("privileged") and sc["runAsUser"] == 0 and sc["procMount"] == "Unmasked"
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            # the same capabilities as the systemd unit's bounding set, which test_deploy shows suffice
+            assert set(sc["capabilities"]["add"]) == unit_caps, (sc["capabilities"]["add"], unit_caps)
+            assert sc["seccompProfile"] == {"type": "Unconfined"} and sc["appArmorProfile"] == {"type": "Unconfined"}
+
+
+def test_network_policies_deny_by_default_and_every_workload_has_a_budget(rendered):
+    policies = by_kind(rendered, "NetworkPolicy")
+    budgets = list(by_kind(rendered, "PodDisruptionBudget").values())
+    for ns in {ns for (_, ns) in by_kind(rendered, "Namespace")}:
+        deny = policies[(ns, "default-deny")]["spec"]
+        assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}, ns
+    for w in workloads(rendered):
+        labels, ns = w["spec"]["template"]["metadata"]["labels"], w["metadata"]["namespace"]
+        own = [p for (pns, _), p in policies.items() if pns == ns and p["spec"]["podSelector"].get("matchLabels")
+               and p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+        assert len(own) == 1, w["metadata"]["name"]
+        assert [b for b in budgets if b["metadata"]["namespace"] == ns
+                and b["spec"]["selector"]["matchLabels"].items() <= labels.items()], w["metadata"]["name"]
+    # the kms and audit take calls only from the roles that use them
+    kms_from = policies[("cloister", "cloister-kms")]["spec"]["ingress"][0]["from"]
+    assert sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in kms_from) == ["api", "runner"]
+    assert "egress" not in policies[("cloister", "cloister-audit")]["spec"]
