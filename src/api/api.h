@@ -27,6 +27,8 @@ typedef struct api_config {
      * owned and wiped by the role; NULL disables logins that return to a
      * service host */
     const uint8_t *handoff_key;
+    const char *seal_mode;    /* the KMS's seal, reported by /readyz */
+    const char *store_driver; /* "sqlite", "postgres": reported by /readyz */
 } api_config;
 
 /* Serves until SIGTERM or SIGINT arrives, then stops accepting, drains the

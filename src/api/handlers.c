@@ -30,7 +30,6 @@
 #define WATCH_BATCH_MAX 500
 #define WATCH_HEARTBEAT_NS (15 * NSEC_PER_SEC)
 #define WATCH_BUFFER_MAX (4 * 1024 * 1024) /* unsent bytes per stream; a slower reader is ended */
-#define PROXY_CONFIG_MAX_AGE_S 30 /* /healthz: the proxy hears from its stream at least every 5 s */
 
 typedef struct api_handler {
     h2o_handler_t super;
@@ -775,18 +774,13 @@ static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, cons
 
 /* ---- health, metrics, whoami ---- */
 
-/* /healthz: 200 {"status":"ok"} when every role that should run serves,
- * the KMS is unsealed and the proxy has heard from its configuration stream
- * within PROXY_CONFIG_MAX_AGE_S; else 503 {"status":"unavailable"} with a
- * problem naming each part that is not ready. No credential: load balancers
- * and supervisors ask it. */
-static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
+/* The state of each role that should run into ROLES (name -> ready,
+ * starting, sealed, stale), and a problem naming each one not ready into
+ * PROBLEMS: serving, the KMS unsealed, the proxy heard from its
+ * configuration stream within PROXY_CONFIG_MAX_AGE_S. */
+static void roles_readiness(const api_config *cfg, json_t *roles, json_t *problems)
 {
-    const api_config *cfg = srv->cfg;
-    json_t *roles = json_object(), *problems = json_array();
     char problem[200];
-    if (httpd_stopping(req))
-        json_array_append_new(problems, json_string("api: stopping"));
     for (size_t i = 0; i < cfg->n_roles; i++) {
         const role_health *role = &cfg->roles[i];
         if (!atomic_load(&role->wanted))
@@ -799,7 +793,8 @@ static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
             snprintf(problem, sizeof(problem), "%s: starting (not serving yet)", role->name);
         } else if (atomic_load(&role->sealed)) {
             state = "sealed";
-            snprintf(problem, sizeof(problem), "%s: sealed; run cloisterd unseal", role->name);
+            snprintf(problem, sizeof(problem), "%s: sealed (seal %s); run cloisterd unseal", role->name,
+                     cfg->seal_mode ? cfg->seal_mode : "?");
         } else if (strcmp(role->name, "proxy") == 0 && cfg->proxy_metrics) {
             int e = proxy_metrics_config_age(cfg->proxy_metrics, time_mono_ns(), &age);
             if (e == -EAGAIN) {
@@ -816,10 +811,60 @@ static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
         if (problem[0])
             json_array_append_new(problems, json_string(problem));
     }
+}
+
+/* /healthz, liveness: 200 {"status":"ok","roles":{…}} while the API serves
+ * (503 "stopping" once it drains), whatever the other parts say: a probe
+ * that restarts what fails it must not restart a process waiting for
+ * `cloisterd unseal`. No credential. */
+static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
+{
+    json_t *roles = json_object(), *problems = json_array();
+    roles_readiness(srv->cfg, roles, problems);
+    json_decref(problems);
+    bool stopping = httpd_stopping(req);
+    json_t *body = json_pack("{s:s, s:o}", "status", stopping ? "stopping" : "ok", "roles", roles);
+    api_respond_json(req, ROUTE_HEALTHZ, started, stopping ? 503 : 200, body);
+    json_decref(body);
+}
+
+/* /readyz, readiness: 200 {"status":"ok", …} when every role that should
+ * run serves, the KMS is unsealed, the store answers a read and the proxy
+ * hears from its configuration stream; else 503 {"status":"unavailable"}
+ * with a problem naming each part that is not ready. Also says the seal
+ * (mode, sealed), the store (driver, reachable) and the replicas (this
+ * release: one of each role). No credential: load balancers and
+ * supervisors ask it, and `cloister status` shows it. */
+static void handle_readyz(api_server *srv, h2o_req_t *req, uint64_t started)
+{
+    const api_config *cfg = srv->cfg;
+    json_t *roles = json_object(), *problems = json_array(), *replicas = json_object();
+    if (httpd_stopping(req))
+        json_array_append_new(problems, json_string("api: stopping"));
+    roles_readiness(cfg, roles, problems);
+    bool sealed = false;
+    for (size_t i = 0; i < cfg->n_roles; i++) {
+        if (atomic_load(&cfg->roles[i].wanted))
+            json_object_set_new(replicas, cfg->roles[i].name, json_integer(1));
+        if (strcmp(cfg->roles[i].name, "kms") == 0)
+            sealed = atomic_load(&cfg->roles[i].sealed);
+    }
+    /* a read of one row: the store answers (found or not) */
+    json_t *doc = NULL;
+    int r = store_get(cfg->store, "Group", "admins", &doc);
+    json_decref(doc);
+    bool reachable = r == 0 || r == -ENOENT;
+    if (!reachable) {
+        char problem[200];
+        snprintf(problem, sizeof(problem), "store: unreachable (%s)", strerror(-r));
+        json_array_append_new(problems, json_string(problem));
+    }
     bool ok = json_array_size(problems) == 0;
-    json_t *body = json_pack("{s:s, s:o, s:o}", "status", ok ? "ok" : "unavailable", "roles", roles, "problems",
-                             problems);
-    api_respond_json(req, ROUTE_HEALTHZ, started, ok ? 200 : 503, body);
+    json_t *body = json_pack("{s:s, s:o, s:{s:s, s:b}, s:{s:s, s:b}, s:o, s:o}", "status", ok ? "ok" : "unavailable",
+                             "roles", roles, "seal", "mode", cfg->seal_mode ? cfg->seal_mode : "unknown", "sealed",
+                             sealed, "store", "driver", cfg->store_driver ? cfg->store_driver : "unknown", "reachable",
+                             reachable, "replicas", replicas, "problems", problems);
+    api_respond_json(req, ROUTE_READYZ, started, ok ? 200 : 503, body);
     json_decref(body);
 }
 
@@ -943,6 +988,13 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
             api_method_not_allowed(req, ROUTE_HEALTHZ, started, "GET");
         else
             handle_healthz(srv, req, started);
+        return 0;
+    }
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/readyz"))) {
+        if (!api_method_is(req, "GET") && !api_method_is(req, "HEAD"))
+            api_method_not_allowed(req, ROUTE_READYZ, started, "GET");
+        else
+            handle_readyz(srv, req, started);
         return 0;
     }
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/metrics"))) {

@@ -10,6 +10,7 @@ static const struct {
     const char *method;
 } route_labels[ROUTE_COUNT_] = {
     [ROUTE_HEALTHZ] = {"/healthz", "GET"},
+    [ROUTE_READYZ] = {"/readyz", "GET"},
     [ROUTE_METRICS] = {"/metrics", "GET"},
     [ROUTE_WHOAMI] = {"/v1/whoami", "GET"},
     [ROUTE_APPLY] = {"/v1/apply", "POST"},

@@ -9,6 +9,7 @@
 
 typedef enum api_route {
     ROUTE_HEALTHZ,
+    ROUTE_READYZ,
     ROUTE_METRICS,
     ROUTE_WHOAMI,
     ROUTE_APPLY,

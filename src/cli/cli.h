@@ -92,6 +92,7 @@ bool cli_server_url_valid(const char *url);
 int cmd_login(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_logout(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_whoami(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+int cmd_status(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_apply(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_get(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_delete(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);

@@ -137,6 +137,7 @@ typedef struct exchange {
     const char *content_type;
     int out_fd;
     bool stream; /* a stream that lasts (Server-Sent Events): no total timeout, only the stall one */
+    long *ret_status; /* when set: a JSON answer of any status is returned, its status here (health) */
 } exchange;
 
 /* One exchange with URL (an https:// URL): api_request() without the refresh. */
@@ -198,10 +199,12 @@ static int exchange_url(const cli_ctx *ctx, const char *token, const char *metho
         if (!v && status >= 200 && status < 300)
             return transport_error(err, -EBADMSG, "the server's answer is not JSON: %s", jerr.text);
     }
-    if (status < 200 || status >= 300) {
+    if ((status < 200 || status >= 300) && !(x->ret_status && json_is_object(v))) {
         parse_error(status, v, err);
         return -EPROTO;
     }
+    if (x->ret_status)
+        *x->ret_status = status;
     *ret = v ? TAKE_PTR(v) : json_null();
     return 0;
 }
@@ -284,6 +287,15 @@ int api_request_url(cli_ctx *ctx, const char *token, const char *method, const c
     if (cli_session_refresh(ctx, &refresh_err) < 0)
         return r; /* the original refusal says more than the refresh's */
     return request_url(ctx, ctx->token, method, url, body, ret, err);
+}
+
+int api_health(cli_ctx *ctx, const char *path, long *ret_status, json_t **ret, api_error *err)
+{
+    _cleanup_free_ char *url = NULL;
+    if (asprintf(&url, "%s%s", ctx->server, path) < 0)
+        return transport_error(err, -ENOMEM, "out of memory");
+    exchange x = {.out_fd = -1, .ret_status = ret_status};
+    return exchange_url(ctx, NULL, "GET", url, &x, ret, err);
 }
 
 int api_request(cli_ctx *ctx, const char *token, const char *method, const char *path, const json_t *body,

@@ -37,6 +37,11 @@ int api_request(cli_ctx *ctx, const char *token, const char *method, const char 
 int api_request_url(cli_ctx *ctx, const char *token, const char *method, const char *url, const json_t *body,
                     json_t **ret, api_error *err);
 
+/* GET PATH from the server's root (/readyz, /healthz) without a token: 0
+ * with the JSON object answered, whatever its status (in *RET_STATUS: 200,
+ * or 503 naming what is not ready), or as api_request(). */
+int api_health(cli_ctx *ctx, const char *path, long *ret_status, json_t **ret, api_error *err);
+
 /* api_request() with CTX's token of N raw bytes of DATA
  * (application/octet-stream), the answer JSON. */
 int api_request_bytes(cli_ctx *ctx, const char *method, const char *path, const void *data, size_t n, json_t **ret,

@@ -15,6 +15,9 @@ static const cli_command commands[] = {
      cmd_login},
     {"logout", "", "revoke the saved session on the server and forget it", cmd_logout},
     {"whoami", "[-o json|yaml]", "show the user, groups and credential the server sees", cmd_whoami},
+    {"status", "[-o json|yaml]",
+     "show whether the server is ready (/readyz): each role and its replicas, the KMS seal, the store; exit 0 only "
+     "when ready", cmd_status},
     {"apply", "-f FILE|- [-f FILE]... [-o json|yaml]",
      "create or update every resource of the manifests, all or nothing", cmd_apply},
     {"get", "KIND [NAME] [-o json|yaml]", "list the resources of a kind, or show one", cmd_get},

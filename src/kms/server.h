@@ -15,12 +15,16 @@ typedef struct kms_server_config {
     const char *data_dir;      /* named in the hint of a sealed answer */
     const char *keyring_file;
     kms_seal_config seal;      /* how the root key is sealed and where it lies */
+    /* the passphrase or PIN read from the configured file (malloc, SECRET_LEN bytes), or NULL:
+     * kms_serve unseals with it at once, then wipes and frees it */
+    char *secret;
+    size_t secret_len;
     role_health *health;       /* the role's entry: ready, sealed */
     const role_health *roles;  /* the supervisor's table, for the peer check */
     size_t n_roles;
 } kms_server_config;
 
-/* Hardens the process, unseals at once in dev mode (else stays sealed until
- * `cloisterd unseal`), serves until SIGTERM, then wipes the keys. Returns
+/* Hardens the process, unseals at once in dev mode or with the configured
+ * secret (else stays sealed until `cloisterd unseal`), serves until SIGTERM, then wipes the keys. Returns
  * the role's exit status. SIGTERM and SIGINT must be blocked. */
 int kms_serve(const kms_server_config *cfg);
