@@ -80,13 +80,7 @@ def test_meson_install_puts_the_binaries_in_the_prefix_bin(destdir):
 def installed_server(destdir, tmp_path_factory):
     """The installed cloisterd --dev. Started as root, it runs as the unit
     runs it: only the unit's CapabilityBoundingSet, no_new_privs."""
-    unit = (destdir / UNIT.lstrip("/")).read_text()
-    prefix = []
-    if os.geteuid() == 0:
-        caps = unit_setting(unit, "CapabilityBoundingSet").split()
-        bounding = ",".join(["-all"] + ["+" + c.removeprefix("CAP_").lower() for c in caps])
-        assert unit_setting(unit, "NoNewPrivileges") == "yes"
-        prefix = ["setpriv", "--no-new-privs", "--bounding-set", bounding, "--inh-caps", "-all", "--"]
+    prefix = unit_confinement(destdir)
     saved = os.environ.pop("CLOISTER_AGENT", None)  # the runner must find the installed agent by itself
     data = tmp_path_factory.mktemp("installed") / "data"
     s = Server(data, prefix=prefix, binary=destdir / PREFIX.lstrip("/") / "bin" / "cloisterd")
@@ -154,6 +148,43 @@ def test_the_installed_runner_launches_sandboxes_with_the_installed_agent(destdi
     # PCR3 measures the agent the runner bound into the sandbox: the installed one
     assert launched["pcrs"]["3"] == hashlib.sha384(agent.read_bytes()).hexdigest()
     assert s.request("DELETE", "/v1/enclaves/installed").status_code == 200
+
+
+def unit_confinement(destdir):
+    """The command prefix that gives a process what the unit gives
+    cloisterd: only its CapabilityBoundingSet, no_new_privs (as root)."""
+    if os.geteuid() != 0:
+        return []
+    unit = (destdir / UNIT.lstrip("/")).read_text()
+    caps = unit_setting(unit, "CapabilityBoundingSet").split()
+    assert unit_setting(unit, "NoNewPrivileges") == "yes"
+    bounding = ",".join(["-all"] + ["+" + c.removeprefix("CAP_").lower() for c in caps])
+    return ["setpriv", "--no-new-privs", "--bounding-set", bounding, "--inh-caps", "-all", "--"]
+
+
+def test_the_units_commands_check_init_and_unseal_from_the_credential(destdir, tmp_path):
+    """What the unit runs, in its order: ExecStartPre's --check, then
+    ExecStart, the KMS passphrase in a root-only 0400 file as systemd's
+    LoadCredential= leaves it (read by the supervisor before the kms role
+    drops); --init prepared the cluster once before, by hand."""
+    from test_config import write_config
+    unit = (destdir / UNIT.lstrip("/")).read_text()
+    assert unit_setting(unit, "ExecStartPre").endswith("--config /etc/cloister/cloisterd.yaml --check")
+    assert unit_setting(unit, "LoadCredential") == "unseal:/etc/cloister/credentials/unseal"
+    path = write_config(tmp_path)
+    (tmp_path / "unseal").chmod(0o400)
+    cloisterd = str(destdir / PREFIX.lstrip("/") / "bin" / "cloisterd")
+    for args in (["--check"], ["--init"]):
+        r = subprocess.run([*unit_confinement(destdir), cloisterd, "--config", str(path), *args], capture_output=True,
+                           text=True, env=sanitizer_env(), timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+    s = Server(tmp_path / "data", prefix=unit_confinement(destdir), binary=cloisterd, config=path)
+    try:
+        s.start()
+        r = requests.get(s.url + "/readyz", verify=s.ca, timeout=30)
+        assert r.status_code == 200 and r.json()["seal"] == {"mode": "passphrase", "sealed": False}, r.text
+    finally:
+        s.stop()
 
 
 @pytest.fixture(scope="module")
