@@ -211,7 +211,7 @@ def test_the_units_exposure_is_measured_offline(unit_root):
     assert r.returncode == 0, r.stdout + r.stderr
     exposure = float(re.search(r"Overall exposure level for cloisterd\.service: ([\d.]+)", r.stdout)[1])
     print(f"systemd-analyze security --offline=yes: exposure {exposure}")
-    # 4.3 measured; what remains is the runner's (namespaces, /proc) and root's start (docs/deployment.md)
+    # 4.2 measured; what remains is the runner's (namespaces, /proc) and root's start (docs/deployment.md)
     assert exposure <= 4.5, r.stdout
 
 
@@ -356,3 +356,28 @@ def test_network_policies_deny_by_default_and_every_workload_has_a_budget(render
     kms_from = policies[("cloister", "cloister-kms")]["spec"]["ingress"][0]["from"]
     assert sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in kms_from) == ["api", "runner"]
     assert "egress" not in policies[("cloister", "cloister-audit")]["spec"]
+
+
+# what this release refuses in a configuration of one role (issue 19: roles apart over mutual TLS not built yet)
+NOT_YET = ("roles: a subset cannot run yet", "needs mutual TLS between roles")
+
+
+def test_the_configmaps_use_only_what_cloisterd_accepts(rendered, destdir, tmp_path):
+    """`cloisterd --config FILE --check` on each role's file (the Secrets'
+    files it names put in place): no unknown key, no bad value; only what
+    this release cannot do yet (a role apart) is refused."""
+    cloisterd = destdir / PREFIX.lstrip("/") / "bin" / "cloisterd"
+    files = {name: text for o in by_kind(rendered, "ConfigMap").values() for name, text in o["data"].items()}
+    assert sorted(files) == sorted(f"{r}.yaml" for r in ROLES)
+    for name, text in files.items():
+        secret = "/etc/cloister/credentials/unseal"
+        if secret in text:
+            (tmp_path / "unseal").write_text("a passphrase\n")
+            text = text.replace(secret, str(tmp_path / "unseal"))
+        path = tmp_path / name
+        path.write_text(text)
+        r = subprocess.run([str(cloisterd), "--config", str(path), "--check"], capture_output=True, text=True,
+                           env=sanitizer_env(), timeout=60)
+        problems = [line for line in r.stderr.splitlines() if line.startswith(f"{path}:")]
+        assert r.returncode == 0 or problems, r.stdout + r.stderr
+        assert all(any(n in p for n in NOT_YET) for p in problems), "\n".join(problems)
