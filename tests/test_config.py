@@ -294,3 +294,35 @@ def test_a_listener_serves_its_own_certificate(tmp_path):
             requests.get(s.url + "/readyz", verify=s.ca, timeout=5)
     finally:
         s.stop()
+
+
+def test_the_documented_walkthrough_runs(tmp_path):
+    """docs/deployment.md "A cluster from a file, step by step", as written
+    (on free ports)."""
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    script = doc.split("<!-- test: config-quickstart -->\n```sh\n", 1)[1].split("\n```", 1)[0]
+    script = script.replace("127.0.0.1:7443", f"127.0.0.1:{free_port()}").replace(
+        "127.0.0.1:8443", f"127.0.0.1:{free_port()}")
+    env = sanitizer_env()
+    for name in ("CLOISTER_TOKEN", "CLOISTER_SERVER", "CLOISTER_CA"):
+        env.pop(name, None)
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    env["PATH"] = f"{CLOISTERD.parent}:{CLOISTER.parent}:{env['PATH']}"
+    p = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=300)
+    finally:
+        try:
+            os.killpg(p.pid, 9)  # the script's cloisterd, were it left running by a failed step
+        except ProcessLookupError:
+            pass
+    log = (tmp_path / "cloisterd.log").read_text(errors="replace") if (tmp_path / "cloisterd.log").exists() else ""
+    assert p.returncode == 0, out + err + log[-3000:]
+    assert "cloisterd.yaml: the configuration is valid" in out
+    assert "Initialised the cluster in" in out
+    assert re.search(r"^devs\b", out, re.M), out
+    assert re.search(r"^status\s+ready$", out, re.M), out
+    assert '{"status":"ok","problems":[]}' in out
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        assert marker not in log, log[-3000:]

@@ -255,9 +255,10 @@ static int parse_args(int argc, char **argv, daemon_config *cfg, daemon_action *
         fprintf(stderr, "cloisterd: --init takes --config FILE (and no --check)\n");
         return 2;
     }
-    if (strcmp(cfg->seal_mode, "pkcs11") == 0 && !cfg->pkcs11_module[0])
-        config_problem(&problems, "%s: kms.seal: pkcs11 needs a module (--pkcs11-module PATH and --pkcs11-slot N)",
-                       config ?: "--seal");
+    if (strcmp(cfg->seal_mode, "pkcs11") == 0 && !cfg->pkcs11_module[0] && !problems.n) {
+        fprintf(stderr, "cloisterd: --seal pkcs11 needs --pkcs11-module PATH (and --pkcs11-slot N)\n");
+        return 2;
+    }
     print_problems(&problems);
     if (check) {
         if (problems.n) {
