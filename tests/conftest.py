@@ -87,9 +87,10 @@ def _tmp_path_open_for_roles(request):
 class Server:
     """One cloisterd --dev (or --config FILE) process and what a client needs to reach it."""
 
-    def __init__(self, data_dir, extra_args=(), prefix=(), binary=CLOISTERD, config=None):
+    def __init__(self, data_dir, extra_args=(), prefix=(), binary=CLOISTERD, env_extra=None, config=None):
         self.config = config  # a --config FILE in place of --dev (its data dir, API and proxy listeners overridden)
         self.data_dir = Path(data_dir)
+        self.env_extra = dict(env_extra or {})  # e.g. OTEL_* variables (tests/otlp_receiver.py)
         open_for_roles(self.data_dir)
         self.prefix = list(prefix)  # a command that execs cloisterd (e.g. prlimit --nofile=N:N --)
         self.binary = Path(binary)
@@ -117,7 +118,7 @@ class Server:
             [*self.prefix, str(self.binary), *(["--config", str(self.config)] if self.config else ["--dev"]),
              "--data-dir", str(self.data_dir),
              "--api-listen", f"127.0.0.1:{self.port}", *self.extra_args],
-            stdout=self.log, stderr=self.log, env=sanitizer_env(), start_new_session=True)
+            stdout=self.log, stderr=self.log, env={**sanitizer_env(), **self.env_extra}, start_new_session=True)
         if wait:
             try:
                 self.wait_healthy()
@@ -288,3 +289,49 @@ def raw_exchange(port, data, timeout=5, tls_ca=None):
 def statuses(raw):
     """The status codes of the HTTP/1.1 responses in RAW, in order."""
     return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+
+
+def ok(p):
+    """P (a CompletedProcess) when it exited 0; fails the test with its output otherwise."""
+    assert p.returncode == 0, (p.stdout[-800:], p.stderr[-1500:])
+    return p
+
+
+def workspace_world(tmp_path_factory, name, users, workspaces, datasets, env=None):
+    """A started server (ENV set while it starts) with USERS (each with a credential, logged in with the CLI
+    in a config home of their own, keys made and registered except for those listed as users[u] is False),
+    WORKSPACES {name: [members]} and DATASETS [(owner, dataset, workspace, csv text)] uploaded with the CLI.
+    Returns {"s", "base", "tokens", "config"}; the caller stops w["s"]."""
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        s = Server(tmp_path_factory.mktemp(name) / "data").start()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.update({k: v})
+    base = tmp_path_factory.mktemp(f"{name}-clients")
+    docs = []
+    for u in users:
+        docs += [manifest("User", u, {"type": "human"}), manifest("Credential", f"{u}-cli", {"user": u, "type": "authToken"})]
+    assert s.request("POST", "/v1/apply", json={"items": docs}).status_code == 200
+    w = {"s": s, "base": base, "tokens": {}, "config": {}}
+    for u, with_keys in users.items():
+        w["tokens"][u] = s.request("POST", "/v1/tokens", json={"credential": f"{u}-cli"}).json()["token"]
+        w["config"][u] = base / f"{u}-config"
+        ok(world_cli(w, u, "login", "--token", w["tokens"][u]))
+        if with_keys:
+            ok(world_cli(w, u, "keys", "init"))
+            ok(world_cli(w, u, "keys", "register"))
+    for ws, members in workspaces.items():
+        ok(run_cli(s, "workspace", "create", ws, *[a for m in members for a in ("--member", m)],
+                   env_extra={"CLOISTER_TOKEN": s.token}, config_home=base / "admin-config"))
+    for owner, ds, ws, text in datasets:
+        f = base / f"{ds}.csv"
+        f.write_text(text)
+        ok(world_cli(w, owner, "dataset", "upload", ds, "--workspace", ws, "--file", str(f)))
+    return w
+
+
+def world_cli(w, user, *args):
+    """The CLI as USER of workspace_world() W."""
+    return run_cli(w["s"], *args, config_home=w["config"][user])

@@ -18,6 +18,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from conftest import CLOISTER, CLOISTERD, ROOT, Server, free_port, run_cli, sanitizer_env
+from otlp_receiver import Receiver
+from test_store_pg import cluster, database, pg_ctl  # noqa: F401 (fixtures: a throwaway PostgreSQL)
 
 PASSPHRASE = "correct horse battery staple"
 ROLES = ["api", "kms", "audit", "runner", "proxy"]
@@ -241,6 +243,24 @@ def test_status_shows_roles_seal_store_and_replicas(initialised, tmp_path):
     assert p.returncode == 0 and json.loads(p.stdout)["replicas"] == dict.fromkeys(ROLES, 1), p.stdout
 
 
+def test_telemetry_otlp_of_the_file_feeds_the_exporter(tmp_path):
+    """telemetry.otlp {endpoint, headers} reaches the roles' OTLP exporter
+    as the OTEL_* variables would: an API call's span arrives at the
+    collector, every request with the configured header."""
+    with Receiver() as rx:
+        path = write_config(tmp_path, telemetry={"otlp": {"endpoint": rx.url, "headers": {"x-tenant": "t1"}}})
+        assert cloisterd("--init", "--config", str(path)).returncode == 0
+        # quick batching only; the endpoint and headers come from the file
+        s = Server(tmp_path / "data", config=path, env_extra={"OTEL_BSP_SCHEDULE_DELAY": "200"}).start()
+        try:
+            assert s.request("GET", "/v1/whoami").status_code == 200
+            rx.wait_for(lambda: rx.find_span(service="cloisterd-api", name="GET /v1/whoami"), timeout=30)
+            assert all(r.headers.get("x-tenant") == "t1" for r in rx.requests_to("/v1/traces")), rx.records
+        finally:
+            s.stop()
+        assert rx.problems == []
+
+
 def test_readyz_names_the_seal_until_cloisterd_unseal(tmp_path):
     """kms.seal {mode: passphrase}: sealed by hand; --init leaves the root
     key to the first unseal, which sets the passphrase."""
@@ -326,3 +346,35 @@ def test_the_documented_walkthrough_runs(tmp_path):
     assert '{"status":"ok","problems":[]}' in out
     for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
         assert marker not in log, log[-3000:]
+
+
+def test_readyz_follows_a_postgresql_store(tmp_path, database):
+    """store.url postgresql://…: /readyz says the driver, turns 503 naming
+    the store while the database is down (the API stays live), and 200
+    again once it is back."""
+    path = write_config(tmp_path, store={"url": database})
+    assert cloisterd("--init", "--config", str(path)).returncode == 0
+    s = Server(tmp_path / "data", config=path).start()
+    try:
+        r = requests.get(s.url + "/readyz", verify=s.ca)
+        assert r.status_code == 200 and r.json()["store"] == {"driver": "postgres", "reachable": True}, r.text
+        pg_ctl(database, "stop")
+        try:
+            def unready():
+                r = requests.get(s.url + "/readyz", verify=s.ca, timeout=30)
+                return r.json() if r.status_code == 503 else None
+            deadline = time.time() + 60
+            while not (body := unready()):
+                assert time.time() < deadline
+                time.sleep(0.2)
+            assert body["store"] == {"driver": "postgres", "reachable": False}, body
+            assert [p for p in body["problems"] if p.startswith("store: unreachable (")], body
+            assert requests.get(s.url + "/healthz", verify=s.ca, timeout=30).status_code == 200
+        finally:
+            pg_ctl(database, "start")
+        deadline = time.time() + 60
+        while requests.get(s.url + "/readyz", verify=s.ca, timeout=30).status_code != 200:
+            assert time.time() < deadline
+            time.sleep(0.2)
+    finally:
+        s.stop()

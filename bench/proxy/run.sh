@@ -32,6 +32,7 @@
 #   (default 10000), BENCH_KEEP=1 keeps the work dir (configs, logs, wrk output).
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/lib.sh"
 cd "$bench_top"
 secs=${1:-10}
 build=${BUILD:-build-bench-proxy}
@@ -155,51 +156,7 @@ if [ -z "$cl_skip" ]; then
     trap cleanup EXIT # bench_start_cloisterd set its own; ours calls it
     export CLOISTER_SERVER=$BENCH_URL CLOISTER_CA=$BENCH_CA XDG_CONFIG_HOME=$work/config
     cli=$build/src/cli/cloister
-    cat >"$work/bench.yaml" <<EOF
-apiVersion: cloister.dev/v1
-kind: Group
-metadata: {name: devs}
-spec: {}
----
-apiVersion: cloister.dev/v1
-kind: User
-metadata: {name: bench}
-spec: {type: human, groups: [devs]}
----
-apiVersion: cloister.dev/v1
-kind: Credential
-metadata: {name: bench}
-spec: {user: bench, type: authToken}
----
-# 10 rules; a GET of /index.html by a member of devs goes past the first 9
-# (the denies first, then an allow it does not match) to the last one
-apiVersion: cloister.dev/v1
-kind: Policy
-metadata: {name: bench-rules}
-spec:
-  rules:
-  - {effect: deny, priority: 0, condition: {match: 'ctx.request.http.path.startsWith("/admin")'}}
-  - {effect: deny, priority: 0, condition: {match: 'ctx.request.http.path.startsWith("/internal")'}}
-  - {effect: deny, priority: 0, condition: {match: 'ctx.request.http.method == "DELETE"'}}
-  - {effect: deny, priority: 0, condition: {all: [{match: 'ctx.request.http.method in ["PUT", "PATCH"]'}, {not: {match: '"admins" in ctx.user.groups'}}]}}
-  - {effect: deny, priority: 0, condition: {match: '"x-debug" in ctx.request.http.headers && ctx.request.http.headers["x-debug"] != "0"'}}
-  - {effect: deny, priority: 0, condition: {any: [{match: 'ctx.request.http.path.startsWith("/.git")'}, {match: 'ctx.request.http.path.endsWith(".env")'}]}}
-  - {effect: deny, priority: 0, condition: {match: 'ctx.user.type == "workload" && ctx.request.http.method != "GET"'}}
-  - {effect: deny, priority: 1, condition: {match: 'ctx.request.http.query.contains("debug=")'}}
-  - {effect: allow, priority: 1, condition: {match: '"admins" in ctx.user.groups'}}
-  - {effect: allow, priority: 2, condition: {match: '"devs" in ctx.user.groups && ctx.request.http.method in ["GET", "HEAD"]'}}
----
-apiVersion: cloister.dev/v1
-kind: Service
-metadata: {name: static}
-spec:
-  upstream: {url: "http://127.0.0.1:$up_port"}
-  policies: [bench-rules]
-EOF
-    "$cli" apply -f "$work/bench.yaml" >/dev/null
-    cred=$("$cli" token create bench -o json | $py -c 'import json, sys; print(json.load(sys.stdin)["token"])')
-    token=$(curl -fsS --cacert "$BENCH_CA" -X POST "$BENCH_URL/v1/auth/token" -d "{\"token\":\"$cred\"}" |
-        $py -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
+    proxy_bench_configure "$work" "$up_port"
 else
     # a stand-in as long as a real access token (an ES256 JWT, 434 characters)
     token=$(head -c 400 /dev/urandom | base64 -w0 | tr '+/' '-_' | head -c 434)

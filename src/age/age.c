@@ -554,41 +554,46 @@ static void cleanse_free(void *p, size_t n)
     free(p);
 }
 
-int age_decrypt(const age_identity *ids, size_t n, age_read_fn read, void *read_userdata, age_write_fn write,
-                void *write_userdata)
+/* Finds the file key of the parsed header H with the first of the N
+ * identities that opens an X25519 stanza. Returns 0, AGE_ERR_NO_MATCH,
+ * AGE_ERR_HEADER or -EIO. */
+static int find_file_key(const header *h, const age_identity *ids, size_t n, uint8_t file_key[AGE_FILE_KEY_SIZE])
 {
-    source s = {.read = read, .userdata = read_userdata, .buf = malloc(ENC_CHUNK_SIZE + 1)};
-    header h = {};
-    uint8_t file_key[AGE_FILE_KEY_SIZE], mac[MAC_SIZE], payload_key[32], nonce[12];
-    _cleanup_(aead_freep) EVP_CIPHER_CTX *c = NULL;
-    int r = s.buf ? parse_header(&s, &h) : -ENOMEM;
-
-    /* the first identity to open a stanza gives the file key */
-    bool found = false;
-    for (size_t i = 0; i < n && r == 0 && !found; i++)
-        for (size_t j = 0; j < h.n && r == 0 && !found; j++) {
-            if (strcmp(h.stanzas[j].argv[0], "X25519") != 0)
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < h->n; j++) {
+            if (strcmp(h->stanzas[j].argv[0], "X25519") != 0)
                 continue;
-            r = x25519_unwrap(&h.stanzas[j], &ids[i], file_key);
-            if (r == 0)
-                found = true;
-            else if (r == AGE_ERR_NO_MATCH)
-                r = 0;
+            int r = x25519_unwrap(&h->stanzas[j], &ids[i], file_key);
+            if (r != AGE_ERR_NO_MATCH)
+                return r;
         }
-    if (r == 0 && !found)
-        r = AGE_ERR_NO_MATCH;
-    if (r == 0)
-        r = header_mac(file_key, h.text, h.mac_end, mac);
-    if (r == 0 && CRYPTO_memcmp(mac, h.mac, MAC_SIZE) != 0)
+    return AGE_ERR_NO_MATCH;
+}
+
+/* Checks H's MAC under FILE_KEY. Returns 0, AGE_ERR_HMAC or -EIO. */
+static int header_verify(const header *h, const uint8_t file_key[AGE_FILE_KEY_SIZE])
+{
+    uint8_t mac[MAC_SIZE];
+    int r = header_mac(file_key, h->text, h->mac_end, mac);
+    if (r == 0 && CRYPTO_memcmp(mac, h->mac, MAC_SIZE) != 0)
         r = AGE_ERR_HMAC;
+    return r;
+}
+
+/* Decrypts the payload that follows the header in S with FILE_KEY (the
+ * header already verified), writing each verified chunk through WRITE. */
+static int decrypt_payload(source *s, const uint8_t file_key[AGE_FILE_KEY_SIZE], age_write_fn write,
+                           void *write_userdata)
+{
+    uint8_t payload_key[32], nonce[12];
+    _cleanup_(aead_freep) EVP_CIPHER_CTX *c = NULL;
     /* the payload: a 16-byte nonce, then chunks */
-    if (r == 0)
-        r = source_fill(&s, NONCE_SIZE);
-    if (r == 0 && s.len - s.pos < NONCE_SIZE)
+    int r = source_fill(s, NONCE_SIZE);
+    if (r == 0 && s->len - s->pos < NONCE_SIZE)
         r = AGE_ERR_HEADER;
     if (r == 0) {
-        r = hkdf(file_key, sizeof(file_key), s.buf + s.pos, NONCE_SIZE, "payload", payload_key, sizeof(payload_key));
-        s.pos += NONCE_SIZE;
+        r = hkdf(file_key, AGE_FILE_KEY_SIZE, s->buf + s->pos, NONCE_SIZE, "payload", payload_key, sizeof(payload_key));
+        s->pos += NONCE_SIZE;
     }
     if (r == 0 && !(c = aead_new(payload_key, false)))
         r = -EIO;
@@ -599,33 +604,84 @@ int age_decrypt(const age_identity *ids, size_t n, age_read_fn read, void *read_
             r = AGE_ERR_PAYLOAD;
             break;
         }
-        if (s.pos > 0) {
-            memmove(s.buf, s.buf + s.pos, s.len - s.pos);
-            s.len -= s.pos;
-            s.pos = 0;
+        if (s->pos > 0) {
+            memmove(s->buf, s->buf + s->pos, s->len - s->pos);
+            s->len -= s->pos;
+            s->pos = 0;
         }
-        r = source_fill(&s, ENC_CHUNK_SIZE + 1);
+        r = source_fill(s, ENC_CHUNK_SIZE + 1);
         if (r < 0)
             break;
-        bool last = s.len <= ENC_CHUNK_SIZE;
-        size_t clen = last ? s.len : ENC_CHUNK_SIZE;
+        bool last = s->len <= ENC_CHUNK_SIZE;
+        size_t clen = last ? s->len : ENC_CHUNK_SIZE;
         /* a last chunk may be empty only when it is the only one */
         if (clen < TAG_SIZE || (last && clen == TAG_SIZE && counter > 0)) {
             r = AGE_ERR_PAYLOAD;
             break;
         }
         stream_nonce(nonce, counter, last);
-        r = aead(c, false, nonce, s.buf, clen - TAG_SIZE, s.buf);
+        r = aead(c, false, nonce, s->buf, clen - TAG_SIZE, s->buf);
         if (r == -EBADMSG)
             r = AGE_ERR_PAYLOAD;
         if (r == 0 && clen > TAG_SIZE)
-            r = write(write_userdata, s.buf, clen - TAG_SIZE);
-        s.pos = clen;
+            r = write(write_userdata, s->buf, clen - TAG_SIZE);
+        s->pos = clen;
         if (last)
             break;
     }
-    OPENSSL_cleanse(file_key, sizeof(file_key));
     OPENSSL_cleanse(payload_key, sizeof(payload_key));
+    return r;
+}
+
+/* Decrypts the age file READ gives: with FILE_KEY when not NULL, else with
+ * the file key the first of the N identities opens (then wiped). */
+static int decrypt(const uint8_t *file_key, const age_identity *ids, size_t n, age_read_fn read, void *read_userdata,
+                   age_write_fn write, void *write_userdata)
+{
+    source s = {.read = read, .userdata = read_userdata, .buf = malloc(ENC_CHUNK_SIZE + 1)};
+    header h = {};
+    uint8_t found[AGE_FILE_KEY_SIZE];
+    int r = s.buf ? parse_header(&s, &h) : -ENOMEM;
+    if (r == 0 && !file_key) {
+        r = find_file_key(&h, ids, n, found);
+        file_key = found;
+    }
+    if (r == 0)
+        r = header_verify(&h, file_key);
+    if (r == 0)
+        r = decrypt_payload(&s, file_key, write, write_userdata);
+    OPENSSL_cleanse(found, sizeof(found));
+    cleanse_free(s.buf, ENC_CHUNK_SIZE + 1);
+    header_done(&h);
+    return r;
+}
+
+int age_decrypt(const age_identity *ids, size_t n, age_read_fn read, void *read_userdata, age_write_fn write,
+                void *write_userdata)
+{
+    return decrypt(NULL, ids, n, read, read_userdata, write, write_userdata);
+}
+
+int age_decrypt_with_file_key(const uint8_t file_key[AGE_FILE_KEY_SIZE], age_read_fn read, void *read_userdata,
+                              age_write_fn write, void *write_userdata)
+{
+    return decrypt(file_key, NULL, 0, read, read_userdata, write, write_userdata);
+}
+
+int age_unwrap_file_key(const age_identity *ids, size_t n, age_read_fn read, void *read_userdata,
+                        uint8_t ret[AGE_FILE_KEY_SIZE])
+{
+    source s = {.read = read, .userdata = read_userdata, .buf = malloc(ENC_CHUNK_SIZE + 1)};
+    header h = {};
+    uint8_t file_key[AGE_FILE_KEY_SIZE];
+    int r = s.buf ? parse_header(&s, &h) : -ENOMEM;
+    if (r == 0)
+        r = find_file_key(&h, ids, n, file_key);
+    if (r == 0)
+        r = header_verify(&h, file_key);
+    if (r == 0)
+        memcpy(ret, file_key, AGE_FILE_KEY_SIZE);
+    OPENSSL_cleanse(file_key, sizeof(file_key));
     cleanse_free(s.buf, ENC_CHUNK_SIZE + 1);
     header_done(&h);
     return r;

@@ -99,3 +99,19 @@ int age_encrypt(const age_recipient *recipients, size_t n, age_read_fn read, voi
  * authentic, but the whole was not) or a callback's negative errno. */
 int age_decrypt(const age_identity *ids, size_t n, age_read_fn read, void *read_userdata, age_write_fn write,
                 void *write_userdata);
+
+/* Decrypts the age file READ gives with its FILE_KEY (a key released for
+ * it, e.g. to a job's engine), without any identity: the header's stanzas
+ * are parsed but not opened, its MAC must verify under FILE_KEY
+ * (AGE_ERR_HMAC otherwise: not this file's key, or an altered header), then
+ * the payload as age_decrypt() does. Returns the same values. */
+int age_decrypt_with_file_key(const uint8_t file_key[AGE_FILE_KEY_SIZE], age_read_fn read, void *read_userdata,
+                              age_write_fn write, void *write_userdata);
+
+/* Reads only the header of the age file READ gives and writes into RET the
+ * file key the first of the N identities opens, once the header's MAC
+ * verified under it. The payload is not read. Returns 0, AGE_ERR_HEADER,
+ * AGE_ERR_NO_MATCH, AGE_ERR_HMAC or a callback's negative errno. The caller
+ * wipes RET after use. */
+int age_unwrap_file_key(const age_identity *ids, size_t n, age_read_fn read, void *read_userdata,
+                        uint8_t ret[AGE_FILE_KEY_SIZE]);

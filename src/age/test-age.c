@@ -213,3 +213,65 @@ Test(age_keys, refuses_a_low_order_recipient)
     cr_assert_gt(bech32_encode("age", one, 32, false, enc, sizeof(enc)), 0);
     cr_assert_eq(age_recipient_parse(enc, &r), -EINVAL);
 }
+
+/* The file key of FILE, as IDENTITY opens it (age_unwrap_file_key). */
+static void file_key_of(const age_identity *id, const buf *file, uint8_t fk[AGE_FILE_KEY_SIZE])
+{
+    buf in = {.p = file->p, .len = file->len};
+    cr_assert_eq(age_unwrap_file_key(id, 1, buf_read, &in, fk), 0);
+    /* only the header was read */
+    cr_assert_lt(in.pos, file->len);
+}
+
+Test(age_file_key, decrypts_with_the_unwrapped_file_key_only)
+{
+    age_identity a, b;
+    age_recipient r[2];
+    cr_assert_eq(age_identity_generate(&a), 0);
+    cr_assert_eq(age_identity_generate(&b), 0);
+    age_identity_recipient(&a, &r[0]);
+    age_identity_recipient(&b, &r[1]);
+    size_t len = 3 * AGE_CHUNK_SIZE + 17;
+    uint8_t *plain = malloc(len);
+    for (size_t i = 0; i < len; i++)
+        plain[i] = (uint8_t)(i * 7 + 3);
+    buf file = encrypt_to(r, 2, plain, len);
+
+    uint8_t fka[AGE_FILE_KEY_SIZE], fkb[AGE_FILE_KEY_SIZE];
+    file_key_of(&a, &file, fka);
+    file_key_of(&b, &file, fkb);
+    cr_assert_eq(memcmp(fka, fkb, sizeof(fka)), 0, "both recipients open the same file key");
+
+    buf in = {.p = file.p, .len = file.len}, out = {};
+    cr_assert_eq(age_decrypt_with_file_key(fka, buf_read, &in, buf_write, &out), 0);
+    cr_assert_eq(out.len, len);
+    cr_assert_eq(memcmp(out.p, plain, len), 0);
+    free(out.p);
+
+    /* a wrong file key (another file's, or one bit off) fails on the header MAC, releasing nothing */
+    fka[5] ^= 0x10;
+    in = (buf){.p = file.p, .len = file.len};
+    out = (buf){};
+    cr_assert_eq(age_decrypt_with_file_key(fka, buf_read, &in, buf_write, &out), AGE_ERR_HMAC);
+    cr_assert_eq(out.len, 0);
+    free(out.p);
+
+    /* a flipped payload byte is a payload failure */
+    file.p[file.len - 5] ^= 1;
+    in = (buf){.p = file.p, .len = file.len};
+    out = (buf){};
+    cr_assert_eq(age_decrypt_with_file_key(fkb, buf_read, &in, buf_write, &out), AGE_ERR_PAYLOAD);
+    free(out.p);
+
+    /* an identity that is no recipient unwraps nothing */
+    age_identity c;
+    cr_assert_eq(age_identity_generate(&c), 0);
+    in = (buf){.p = file.p, .len = file.len};
+    uint8_t fkc[AGE_FILE_KEY_SIZE];
+    cr_assert_eq(age_unwrap_file_key(&c, 1, buf_read, &in, fkc), AGE_ERR_NO_MATCH);
+    /* nor does a header that is not age's */
+    buf junk = {.p = (uint8_t *)"not an age file\n", .len = 16};
+    cr_assert_eq(age_decrypt_with_file_key(fkb, buf_read, &junk, buf_write, &out), AGE_ERR_HEADER);
+    free(file.p);
+    free(plain);
+}

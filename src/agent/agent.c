@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "agent/channel.h"
+#include "agent/job.h"
 #include "agent/server.h"
 #include "attest/atls.h"
 #include "basic/encoding.h"
@@ -102,12 +103,15 @@ typedef struct agent {
     EVP_PKEY *key;
     uint8_t *spki; /* DER SubjectPublicKeyInfo of KEY */
     size_t spki_len;
+    bool job_mode; /* --job: one run of a Job (agent/job.h) */
+    agent_job job;
 } agent;
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: cloister-agent [--channel PATH] [--secret KEY:FILE]... [--secrets-dir DIR]\n"
                "                      [--atls-fd N --port PORT] [--refresh SECONDS] [--memory-bytes N]\n"
+               "                      [--job NAME:RUN:DIGEST]\n"
                "                      -- COMMAND [ARG]...\n"
                "\n"
                "  --channel PATH     the runner's channel socket (default " CHANNEL_DEFAULT_PATH ")\n"
@@ -116,7 +120,8 @@ static void usage(FILE *f)
                "  --atls-fd N        serve attested TLS on this inherited listening socket\n"
                "  --port PORT        the workload's TCP port on 127.0.0.1, where aTLS connections go\n"
                "  --memory-bytes N   the workload's address-space limit (RLIMIT_AS)\n"
-               "  --refresh SECONDS  renew the certificate's evidence this often (default 60; 5-3600)\n");
+               "  --refresh SECONDS  renew the certificate's evidence this often (default 60; 5-3600)\n"
+               "  --job NAME:RUN:DIGEST  job mode: run RUN of Job NAME (digest in hex) with COMMAND as the engine\n");
 }
 
 
@@ -135,7 +140,7 @@ static int parse_uint(const char *s, unsigned long min, unsigned long max, unsig
 /* Parses the command line into A; returns 0 or the exit status to use. */
 static int parse_args(int argc, char **argv, agent *a)
 {
-    enum { OPT_CHANNEL = 256, OPT_SECRET, OPT_SECRETS_DIR, OPT_ATLS_FD, OPT_PORT, OPT_REFRESH, OPT_MEMORY };
+    enum { OPT_CHANNEL = 256, OPT_SECRET, OPT_SECRETS_DIR, OPT_ATLS_FD, OPT_PORT, OPT_REFRESH, OPT_MEMORY, OPT_JOB };
     static const struct option opts[] = {
         {"channel", required_argument, NULL, OPT_CHANNEL},
         {"secret", required_argument, NULL, OPT_SECRET},
@@ -144,6 +149,7 @@ static int parse_args(int argc, char **argv, agent *a)
         {"port", required_argument, NULL, OPT_PORT},
         {"refresh", required_argument, NULL, OPT_REFRESH},
         {"memory-bytes", required_argument, NULL, OPT_MEMORY},
+        {"job", required_argument, NULL, OPT_JOB},
         {"help", no_argument, NULL, 'h'},
         {},
     };
@@ -206,6 +212,14 @@ static int parse_args(int argc, char **argv, agent *a)
             a->memory_bytes = m;
             break;
         }
+        case OPT_JOB:
+            if (agent_job_parse(optarg, &a->job) < 0) {
+                fprintf(stderr, "cloister-agent: --job takes NAME:RUN:DIGEST (a Job's name, the run's number, the "
+                                "digest as 64 lower-case hex digits)\n");
+                return 2;
+            }
+            a->job_mode = true;
+            break;
         case OPT_PORT:
             if (parse_uint(optarg, 1, 65535, &v) < 0) {
                 fprintf(stderr, "cloister-agent: --port takes a TCP port (1-65535)\n");
@@ -231,6 +245,10 @@ static int parse_args(int argc, char **argv, agent *a)
     if (optind >= argc || argv[optind][0] != '/') {
         fprintf(stderr, "cloister-agent: the workload's command (an absolute path) follows \"--\"\n");
         usage(stderr);
+        return 2;
+    }
+    if (a->job_mode && (a->n_secrets || a->atls_fd >= 0)) {
+        fprintf(stderr, "cloister-agent: --job runs the engine alone: no --secret, no --atls-fd\n");
         return 2;
     }
     if ((a->atls_fd >= 0) != (a->port != 0)) {
@@ -282,14 +300,15 @@ static cjose_jwk_t *private_jwk(const agent *a)
     return jwk;
 }
 
-/* Asks the runner for this sandbox's evidence binding our public key and
- * NONCE (NULL: none). On success *RET is the raw document (malloc'd). The
- * reason of a failure is logged. */
-static int get_evidence(const agent *a, const uint8_t *nonce, size_t nonce_len, uint8_t **ret, size_t *ret_len)
+/* Asks the runner for this sandbox's evidence binding our public key,
+ * NONCE and USER_DATA (NULL: none). On success *RET is the raw document
+ * (malloc'd). The reason of a failure is logged. */
+static int get_evidence_for(const agent *a, const uint8_t *nonce, size_t nonce_len, const uint8_t *user_data,
+                            size_t user_data_len, uint8_t **ret, size_t *ret_len)
 {
     _cleanup_free_ char *key_hex = malloc(2 * a->spki_len + 1);
-    char nonce_hex[2 * 64 + 1];
-    if (nonce_len > 64)
+    char nonce_hex[2 * 64 + 1], user_data_hex[2 * 64 + 1];
+    if (nonce_len > 64 || user_data_len > 64)
         return -EINVAL;
     if (!key_hex)
         return -ENOMEM;
@@ -298,6 +317,10 @@ static int get_evidence(const agent *a, const uint8_t *nonce, size_t nonce_len, 
     if (nonce) {
         hex_encode(nonce, nonce_len, nonce_hex);
         json_object_set_new(body, "nonce", json_string(nonce_hex));
+    }
+    if (user_data) {
+        hex_encode(user_data, user_data_len, user_data_hex);
+        json_object_set_new(body, "user_data", json_string(user_data_hex));
     }
     int status = body ? channel_post(a->channel, "/v1/evidence", body, &answer) : -ENOMEM;
     if (status != 200) {
@@ -320,6 +343,36 @@ static int get_evidence(const agent *a, const uint8_t *nonce, size_t nonce_len, 
     *ret = doc;
     *ret_len = (size_t)len;
     return 0;
+}
+
+static int get_evidence(const agent *a, const uint8_t *nonce, size_t nonce_len, uint8_t **ret, size_t *ret_len)
+{
+    return get_evidence_for(a, nonce, nonce_len, NULL, 0, ret, ret_len);
+}
+
+/* agent_job_env's evidence: USERDATA is the agent. */
+static int job_evidence(void *userdata, const uint8_t *nonce, size_t nonce_len, const uint8_t *user_data,
+                        size_t user_data_len, uint8_t **ret, size_t *ret_len)
+{
+    return get_evidence_for(userdata, nonce, nonce_len, user_data, user_data_len, ret, ret_len);
+}
+
+/* Job mode: one run of a Job with the workload's command as the engine;
+ * returns the exit status. */
+static int run_job(agent *a, const sigset_t *blocked)
+{
+    cjose_jwk_t *jwk = private_jwk(a);
+    if (!jwk) {
+        log_fields(LOG_LEVEL_ERROR, "cannot prepare the ephemeral key for key release", NULL);
+        return 1;
+    }
+    const agent_job_env env = {.channel = a->channel, .secrets_dir = a->secrets_dir, .work_dir = "/tmp/job",
+                               .jwk = jwk, .spki = a->spki, .spki_len = a->spki_len, .command = a->command,
+                               .blocked = blocked, .memory_bytes = a->memory_bytes, .evidence = job_evidence,
+                               .evidence_userdata = a};
+    int r = agent_job_main(&a->job, &env);
+    cjose_jwk_release(jwk);
+    return r;
 }
 
 /* server_make_cert: a certificate for our key with fresh evidence. */
@@ -563,6 +616,8 @@ int main(int argc, char **argv)
         log_fields(LOG_LEVEL_ERROR, "cannot make the ephemeral key", "error", strerror(-r), NULL);
         return 1;
     }
+    if (a.job_mode)
+        return run_job(&a, &set);
     if (a.n_secrets) {
         cjose_jwk_t *jwk = private_jwk(&a);
         if (!jwk) {

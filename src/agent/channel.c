@@ -37,27 +37,25 @@ static int curl_errno(CURLcode c, const sink *s)
     }
 }
 
-int channel_post(const char *socket, const char *path, const json_t *body, json_t **ret)
+int channel_call(const char *socket, const char *path, const void *body, size_t len, const char *content_type,
+                 strbuf *answer)
 {
-    _cleanup_free_ char *text = body ? json_dumps(body, JSON_COMPACT) : strdup("{}");
-    char url[256];
-    if (!text)
-        return -ENOMEM;
+    char url[256], type_header[96];
     if ((size_t)snprintf(url, sizeof(url), "http://channel%s", path) >= sizeof(url))
         return -ENAMETOOLONG;
+    snprintf(type_header, sizeof(type_header), "Content-Type: %s", content_type);
     CURL *curl = curl_easy_init();
-    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+    struct curl_slist *headers = curl_slist_append(NULL, type_header);
     if (!curl || !headers) {
         curl_easy_cleanup(curl);
         curl_slist_free_all(headers);
         return -ENOMEM;
     }
-    _cleanup_strbuf_ strbuf answer;
-    strbuf_init(&answer, CHANNEL_RESPONSE_MAX);
-    sink to = {.buf = &answer};
+    sink to = {.buf = answer};
     curl_easy_setopt(curl, CURLOPT_UNIX_SOCKET_PATH, socket);
     curl_easy_setopt(curl, CURLOPT_URL, url);
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, text);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &to);
@@ -72,13 +70,26 @@ int channel_post(const char *socket, const char *path, const json_t *body, json_
     curl_slist_free_all(headers);
     if (c != CURLE_OK)
         return curl_errno(c, &to);
+    return status >= 100 && status <= 599 ? (int)status : -EBADMSG;
+}
+
+int channel_post(const char *socket, const char *path, const json_t *body, json_t **ret)
+{
+    _cleanup_free_ char *text = body ? json_dumps(body, JSON_COMPACT) : strdup("{}");
+    if (!text)
+        return -ENOMEM;
+    _cleanup_strbuf_ strbuf answer;
+    strbuf_init(&answer, CHANNEL_RESPONSE_MAX);
+    int status = channel_call(socket, path, text, strlen(text), "application/json", &answer);
+    if (status < 0)
+        return status;
     json_t *j = json_loadb(answer.data ? answer.data : "", answer.len, 0, NULL);
-    if (!json_is_object(j) || status < 100 || status > 599) {
+    if (!json_is_object(j)) {
         json_decref(j);
         return -EBADMSG;
     }
     *ret = j;
-    return (int)status;
+    return status;
 }
 
 const char *channel_error_message(const json_t *answer, const char *fallback)

@@ -4,6 +4,9 @@
 #pragma once
 
 #include <jansson.h>
+#include <stddef.h>
+
+#include "basic/strbuf.h"
 
 #define CHANNEL_DEFAULT_PATH "/run/cloister/channel.sock"
 #define CHANNEL_RESPONSE_MAX (256 * 1024)
@@ -15,6 +18,13 @@
  * -EBADMSG: not JSON, -E2BIG: over CHANNEL_RESPONSE_MAX). Safe from any
  * thread (curl_global_init() must have run). */
 int channel_post(const char *socket, const char *path, const json_t *body, json_t **ret);
+
+/* POSTs the LEN bytes of BODY (CONTENT_TYPE) to PATH on the channel at
+ * SOCKET, the answer's bytes appended to ANSWER (its cap bounds them).
+ * Returns the HTTP status or a negative errno as channel_post(). A job's
+ * input chunks and result parts go this way. */
+int channel_call(const char *socket, const char *path, const void *body, size_t len, const char *content_type,
+                 strbuf *answer);
 
 /* The message of an {"error": {"message"}} answer, or FALLBACK. */
 const char *channel_error_message(const json_t *answer, const char *fallback);

@@ -328,6 +328,17 @@ Test(agent, command_line_refusals)
     expect_refused((const char *[]){"--secret", "a:f", "--secret", "b:f", "--", "/bin/true", NULL},
                    "two secrets go to the file f");
     expect_refused((const char *[]){"--bogus", "--", "/bin/true", NULL}, "usage:");
+    static const char digest[] = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    char job[200];
+    snprintf(job, sizeof(job), "by-city:1:%s", digest);
+    expect_refused((const char *[]){"--job", "by-city:1", "--", "/bin/true", NULL}, "--job takes NAME:RUN:DIGEST");
+    expect_refused((const char *[]){"--job", "by-city:0:00", "--", "/bin/true", NULL}, "--job takes NAME:RUN:DIGEST");
+    expect_refused((const char *[]){"--job", "By_City:1:00", "--", "/bin/true", NULL}, "--job takes NAME:RUN:DIGEST");
+    snprintf(job, sizeof(job), "by-city:1:%.63sG", digest);
+    expect_refused((const char *[]){"--job", job, "--", "/bin/true", NULL}, "--job takes NAME:RUN:DIGEST");
+    snprintf(job, sizeof(job), "by-city:1:%s", digest);
+    expect_refused((const char *[]){"--job", job, "--secret", "k:f", "--", "/bin/true", NULL},
+                   "--job runs the engine alone");
 }
 
 Test(agent, help_and_at_most_16_secrets)
@@ -466,6 +477,53 @@ Test(agent, an_answer_for_another_key_is_not_stored)
     cr_assert_neq(access(marker, F_OK), 0);
     snprintf(file, sizeof(file), "%s/model.key", secrets);
     cr_assert_neq(access(file, F_OK), 0);
+}
+
+/* ---- job mode ------------------------------------------------------------ */
+
+static const char job_digest_hex[] = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+static bool job_evidence_bound;
+
+/* A job sandbox's channel that refuses the release, after checking that
+ * the evidence asked for binds the agent's key, the digest and the run. */
+static answer job_channel(const char *path, const json_t *body)
+{
+    if (strcmp(path, "/v1/evidence") == 0) {
+        uint8_t digest[32], nonce[RELEASE_NONCE_LEN];
+        char want[2 * RELEASE_NONCE_LEN + 1];
+        cr_assert_eq(hex_decode(job_digest_hex, 64, digest, sizeof(digest)), 0);
+        release_job_nonce(digest, 7, nonce);
+        hex_encode(nonce, sizeof(nonce), want);
+        const char *got = json_string_value(json_object_get(body, "nonce"));
+        const char *ud = json_string_value(json_object_get(body, "user_data"));
+        job_evidence_bound = got && strcmp(got, want) == 0 && ud && strcmp(ud, job_digest_hex) == 0 &&
+                             json_string_value(json_object_get(body, "public_key"));
+        return json_answer(200, json_pack("{s:s}", "document", "ZXZpZGVuY2U="));
+    }
+    if (strcmp(path, "/v1/job/release") == 0)
+        return json_answer(403, json_pack("{s:{s:s, s:s}}", "error", "code", "release_refused", "message",
+                                          "approval: no valid signature over digest 0011… by bob"));
+    return json_answer(404, json_pack("{s:{s:s}}", "error", "message", "no such endpoint"));
+}
+
+Test(agent, job_mode_binds_digest_and_run_and_a_refused_release_starts_no_engine)
+{
+    serve_with(job_channel);
+    char secrets[200], marker[200], job[200], script[400];
+    snprintf(secrets, sizeof(secrets), "%s/secrets", dir);
+    mkdir(secrets, 0700);
+    snprintf(marker, sizeof(marker), "%s/engine-ran", dir);
+    snprintf(job, sizeof(job), "by-city:7:%s", job_digest_hex);
+    snprintf(script, sizeof(script), "touch %s", marker);
+    cr_assert_eq(run_agent((const char *[]){"--channel", srv.path, "--secrets-dir", secrets, "--job", job, "--",
+                                            "/bin/sh", "-c", script, NULL}),
+                 1);
+    cr_assert(job_evidence_bound, "the evidence binds the key, the digest (user_data) and the run (nonce)");
+    cr_assert_neq(access(marker, F_OK), 0, "the engine did not start");
+    char *out = agent_output();
+    cr_assert(strstr(out, "the engine is not started"), "%s", out);
+    cr_assert(strstr(out, "approval: no valid signature"), "the KMS's reason: %s", out);
+    free(out);
 }
 
 Test(agent, an_existing_secret_file_is_not_replaced)

@@ -21,6 +21,7 @@ typedef struct api_config {
     size_t n_roles;
     _Atomic bool *ready_flag; /* set once serving, may be NULL */
     const char *audit_socket; /* the audit role's local API */
+    const char *runner_socket; /* the runner's local API (enclave logs), or NULL */
     struct auth_keyring *keyring; /* token signing keys (auth/keyring.h); NULL disables access tokens */
     const struct proxy_metrics *proxy_metrics; /* the proxy role's, rendered on /metrics; may be NULL */
     /* 32 bytes sealing browser login handoffs for the proxy (handoff.h),
@@ -29,6 +30,9 @@ typedef struct api_config {
     const uint8_t *handoff_key;
     const char *seal_mode;    /* the KMS's seal, reported by /readyz */
     const char *store_driver; /* "sqlite", "postgres": reported by /readyz */
+    /* the job engine bundle's PCR0 (lower-case hex of SHA-384) every job
+     * digest names; NULL when no engine bundle was found */
+    const char *job_engine_pcr0;
 } api_config;
 
 /* Serves until SIGTERM or SIGINT arrives, then stops accepting, drains the
@@ -36,6 +40,12 @@ typedef struct api_config {
  * when the server cannot start (bad listen address, certificate, port in use).
  * The caller must block SIGTERM and SIGINT in every thread before calling. */
 int api_run(const api_config *cfg);
+
+/* Appends the Prometheus text /metrics serves (the API's metrics, its
+ * streams', the proxy's) to OUT: one source for /metrics and the OTLP
+ * export. Returns 0 or strbuf's negative errno. */
+struct strbuf;
+int api_metrics_text(const api_config *cfg, struct strbuf *out);
 
 /* What the api role sees of the configuration; strings borrowed. */
 typedef struct api_role_config {
@@ -45,7 +55,8 @@ typedef struct api_role_config {
     const char *blob_dir;         /* datasets' ciphertexts (blob/blob.h; 0700, created) */
     const char *platform_ca_cert; /* verifies sandbox evidence for key release */
     const char *kms_socket;
-    const char *runner_socket;    /* the Enclave controller's runner */
+    const char *runner_socket;    /* the Enclave controller's runner, and jobs' */
+    const char *engine_bundle;    /* the runner's copy of the job engine's bundle; NULL: none */
 } api_role_config;
 
 /* The api role: opens the store and the keys, starts audit delivery, the

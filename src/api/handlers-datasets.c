@@ -59,7 +59,8 @@ static bool is_member(store *s, const char *name, const char *user)
     return name && store_get(s, "Workspace", name, &ws) == 0 && in_members(ws, user);
 }
 
-static bool member_of_any(store *s, const char *user)
+/* Whether users A and B are members of one workspace (A twice: whether A is a member of any). */
+static bool share_workspace(store *s, const char *a, const char *b)
 {
     json_auto_t *items = NULL;
     int64_t rev;
@@ -69,9 +70,39 @@ static bool member_of_any(store *s, const char *user)
     const json_t *ws;
     json_array_foreach(items, i, ws)
     {
-        if (in_members(ws, user))
+        if (in_members(ws, a) && in_members(ws, b))
             return true;
     }
+    return false;
+}
+
+/* The objects of a workspace its members have rights on: every member of
+ * the object's workspace may do MEMBER_VERBS, its creator (status.CREATOR)
+ * CREATOR_VERBS while a member; a member of any workspace may list them (the
+ * list is filtered), a member of the workspace a new one names create it. */
+typedef struct member_kind {
+    const char *kind;
+    const char *creator;
+    const char *const *member_verbs, *const *creator_verbs;
+} member_kind;
+
+static const char *const dataset_member_verbs[] = {"get", NULL};
+static const char *const dataset_creator_verbs[] = {"upload", "update", "delete", NULL};
+/* approve, reject and veto are open to every member: the handlers decide
+ * whose sign-off counts (handlers-jobs.c); run: the author starts a run
+ * (handlers-job-runs.c checks the approvals) */
+static const char *const job_member_verbs[] = {"get", "approve", "reject", "veto", NULL};
+static const char *const job_creator_verbs[] = {"update", "delete", "run", NULL};
+static const member_kind member_kinds[] = {
+    {"Dataset", "owner", dataset_member_verbs, dataset_creator_verbs},
+    {"Job", "author", job_member_verbs, job_creator_verbs},
+};
+
+static bool verb_in(const char *const *verbs, const char *verb)
+{
+    for (; *verbs; verbs++)
+        if (strcmp(*verbs, verb) == 0)
+            return true;
     return false;
 }
 
@@ -84,20 +115,25 @@ bool api_member_allows(api_server *srv, const caller *c, const char *verb, const
         return false;
     if (strcmp(kind, "Workspace") == 0)
         return strcmp(verb, "get") == 0 && is_member(s, name, user);
-    if (strcmp(kind, "Dataset") != 0)
+    if (strcmp(kind, "User") == 0)
+        return strcmp(verb, "get-keys") == 0 && share_workspace(s, user, name);
+    const member_kind *mk = NULL;
+    for (size_t i = 0; i < ELEMENTSOF(member_kinds) && !mk; i++)
+        if (strcmp(kind, member_kinds[i].kind) == 0)
+            mk = &member_kinds[i];
+    if (!mk)
         return false;
     if (strcmp(verb, "list") == 0)
-        return !*name && member_of_any(s, user);
+        return !*name && share_workspace(s, user, user);
     if (strcmp(verb, "create") == 0)
         return doc && is_member(s, str_at(doc, "spec", "workspace"), user);
-    json_auto_t *ds = NULL;
-    if (store_get(s, "Dataset", name, &ds) < 0 || !is_member(s, str_at(ds, "spec", "workspace"), user))
+    json_auto_t *obj = NULL;
+    if (store_get(s, kind, name, &obj) < 0 || !is_member(s, str_at(obj, "spec", "workspace"), user))
         return false;
-    if (strcmp(verb, "get") == 0)
+    if (verb_in(mk->member_verbs, verb))
         return true;
-    const char *owner = str_at(ds, "status", "owner");
-    bool owns = owner && strcmp(owner, user) == 0;
-    return owns && (strcmp(verb, "upload") == 0 || strcmp(verb, "update") == 0 || strcmp(verb, "delete") == 0);
+    const char *creator = str_at(obj, "status", mk->creator);
+    return creator && strcmp(creator, user) == 0 && verb_in(mk->creator_verbs, verb);
 }
 
 /* ---- the Dataset resource ---- */
@@ -479,21 +515,20 @@ static void download_stop(h2o_generator_t *g, h2o_req_t *req)
 {
 }
 
-/* GET: the ciphertext, streamed. */
-static int get_data(api_request *r, const char *name, const json_t *dataset, api_error *err)
+blob_store *api_blobs(void)
 {
-    const char *sha = str_at(dataset, "status", "sha256");
-    if (!sha)
-        return api_fail(err, 404, "not_found", "Dataset %s has no data yet (cloister dataset upload)", name);
+    return blobs;
+}
+
+int api_send_blob(api_request *r, const char *sha, uint64_t *ret_size, api_error *err)
+{
     int fd;
     uint64_t size;
     int e = blob_open(blobs, sha, &fd, &size);
     if (e < 0)
-        return api_fail(err, 500, "internal", "the data of Dataset %s cannot be read (%s)", name, strerror(-e));
+        return api_fail(err, 500, "internal", "blob %.16s… cannot be read (%s)", sha, strerror(-e));
     download *d = h2o_mem_alloc_shared(&r->req->pool, sizeof(*d), download_dispose);
     *d = (download){.super = {.proceed = download_proceed, .stop = download_stop}, .fd = fd, .size = size};
-    json_auto_t *details = json_pack("{s:s, s:I}", "sha256", sha, "size", (json_int_t)size);
-    report(r, "dataset.download", name, "success", details);
     h2o_req_t *req = r->req;
     req->res.status = 200;
     req->res.reason = "OK";
@@ -505,6 +540,21 @@ static int get_data(api_request *r, const char *name, const json_t *dataset, api
         h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
     else
         download_proceed(&d->super, req);
+    *ret_size = size;
+    return 0;
+}
+
+/* GET: the ciphertext, streamed. */
+static int get_data(api_request *r, const char *name, const json_t *dataset, api_error *err)
+{
+    const char *sha = str_at(dataset, "status", "sha256");
+    if (!sha)
+        return api_fail(err, 404, "not_found", "Dataset %s has no data yet (cloister dataset upload)", name);
+    uint64_t size;
+    if (api_send_blob(r, sha, &size, err) < 0)
+        return -1;
+    json_auto_t *details = json_pack("{s:s, s:I}", "sha256", sha, "size", (json_int_t)size);
+    report(r, "dataset.download", name, "success", details);
     return 0;
 }
 

@@ -27,7 +27,16 @@ void api_datasets_done(void);
  *     datasets the caller may get);
  *   - create Dataset D: a member of the workspace DOC names;
  *   - upload, update, delete Dataset D: D's owner (who created it), while a
- *     member of its workspace.
+ *     member of its workspace;
+ *   - get Job J, and approve, reject or veto it: a member of J's workspace
+ *     (whose approval counts and who may veto: handlers-jobs.h);
+ *   - list Job: a member of any workspace (the list holds only the jobs
+ *     the caller may get);
+ *   - create Job J: a member of the workspace DOC names;
+ *   - update, delete, run Job J: J's author (who proposed it), while a member of
+ *     its workspace;
+ *   - get-keys User U (U's registered public keys): a member of a workspace
+ *     U is a member of (to check a job's recipients before approving it).
  * Everything else is the policies' to decide. */
 bool api_member_allows(api_server *srv, const caller *c, const char *verb, const char *kind, const char *name,
                        const json_t *doc);
@@ -48,6 +57,14 @@ int api_dataset_delete_input(api_server *srv, const char *name, json_t *input, a
 /* Once the delete is durable: removes the upload and the blob INPUT names,
  * unless another Dataset has the same content. */
 void api_dataset_deleted(api_server *srv, const json_t *input);
+
+/* The blob store of datasets and job results (api_datasets_init()). */
+struct blob_store *api_blobs(void);
+
+/* Answers R with blob SHA (64 hex), streamed in chunks as
+ * application/octet-stream (HEAD: the headers only); its size into
+ * *RET_SIZE. Returns 0 once the answer started, or -1 with ERR. */
+int api_send_blob(api_request *r, const char *sha, uint64_t *ret_size, api_error *err);
 
 /* GET (download), PUT ?offset=N (a part of the upload), POST {sha256, size}
  * (commit) /v1/datasets/{name}/data. */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "age/age.h"
+#include "api/handlers-policy.h"
 #include "api/handlers-keys.h"
 #include "audit/event.h"
 #include "basic/encoding.h"
@@ -47,14 +48,38 @@ static const char *member(const json_t *body, const char *name, api_error *err)
     return json_string_value(v);
 }
 
+/* GET: user NAME's registered public keys, to the user themself, a member
+ * of a workspace NAME is in, or whoever policies allow `get-keys` on the
+ * User (a job's approver checks the recipients' keys with it). */
+static int get_keys(api_request *r, const char *name, api_error *err)
+{
+    bool self = r->caller->user && strcmp(caller_name(r->caller), name) == 0;
+    if (!self && api_authorize(r->server, r->req, r->caller, "get-keys", "User", name, err) < 0)
+        return -1;
+    json_auto_t *user = NULL;
+    int e = store_get(r->server->cfg->store, "User", name, &user);
+    if (e < 0)
+        return e == -ENOENT ? api_fail_absent(r->server, r->req, r->caller, "get-keys", "User", name, err)
+                            : api_fail_store(err, e, "User", name);
+    json_t *keys = json_object_get(json_object_get(user, "status"), "publicKeys");
+    if (!keys)
+        return api_fail(err, 404, "not_found", "user %s has registered no keys (cloister keys register)", name);
+    json_auto_t *answer = json_pack("{s:s, s:O}", "user", name, "publicKeys", keys);
+    api_respond_json(r->req, r->route, r->started, 200, answer);
+    return 0;
+}
+
 int api_handle_user_keys(api_request *r, const char *name, api_error *err)
 {
-    if (!api_method_is(r->req, "POST")) {
-        api_method_not_allowed(r->req, r->route, r->started, "POST");
+    bool get = api_method_is(r->req, "GET");
+    if (!get && !api_method_is(r->req, "POST")) {
+        api_method_not_allowed(r->req, r->route, r->started, "GET, POST");
         return 0;
     }
     if (!resource_name_valid(name))
         return api_fail(err, 404, "not_found", "User '%s' not found (not a valid name)", name);
+    if (get)
+        return get_keys(r, name, err);
     /* the user's own keys only, whatever any policy says */
     if (!r->caller->user || strcmp(caller_name(r->caller), name) != 0)
         return api_refuse(r->req, r->caller, "register-keys", "User", name,

@@ -8,6 +8,7 @@
 
 #include "api/handlers-attest.h"
 #include "api/handlers-policy.h"
+#include "api/span.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -24,6 +25,7 @@
 #include "kms/client.h"
 #include "kms/respond.h"
 #include "resource/resource.h"
+#include "telemetry/telemetry.h"
 
 #define SECRETS_KEY "_secrets" /* the KMS key of Secret values; not a valid resource name */
 #define SECRET_FORMAT_PREFIX "kms:"
@@ -53,7 +55,22 @@ static int call(const char *path, const json_t *body, json_t **ret, api_error *e
 {
     json_t *ans = NULL;
     metrics_count_kms_call();
+    /* the KMS operation's span, in the trace of the request that asked (the
+     * kms role opens no IP socket and exports nothing itself) */
+    trace_context parent;
+    bool has_parent = telemetry_current_context(&parent);
+    char name[96];
+    snprintf(name, sizeof(name), "kms %s", path);
+    telemetry_span *span = telemetry_span_start(name, TELEMETRY_SPAN_CLIENT, has_parent ? &parent : NULL);
+    telemetry_span_set_attr_str(span, "rpc.system", "cloister-kms");
+    telemetry_span_set_attr_str(span, "cloister.kms.operation", path);
+    telemetry_span_set_attr_str(span, "server.address", "kms");
     int status = kms_socket ? kms_call(kms_socket, path, body, &ans) : -ENOTCONN;
+    if (status > 0)
+        telemetry_span_set_attr_int(span, "http.response.status_code", status);
+    if (status != 200)
+        telemetry_span_set_status(span, TELEMETRY_STATUS_ERROR, status < 0 ? strerror(-status) : "the KMS refused");
+    telemetry_span_end(span);
     if (status == 200) {
         *ret = ans;
         return 0;
@@ -64,7 +81,7 @@ static int call(const char *path, const json_t *body, json_t **ret, api_error *e
     const char *code = json_string_value(json_object_get(e, "code"));
     /* codes come from a fixed set in the kms role; keep a static copy */
     static const char *const codes[] = {"not_found", "conflict", "decrypt_failed", "invalid", "too_large",
-                                        "sealed", "internal"};
+                                        "sealed", "internal", "release_refused", "unavailable"};
     const char *c = "internal";
     for (size_t i = 0; code && i < ELEMENTSOF(codes); i++)
         if (strcmp(code, codes[i]) == 0)
@@ -399,6 +416,11 @@ int api_kms_datakey(const char *name, json_t **ret, api_error *err)
     return r;
 }
 
+int api_kms_job_release(const json_t *body, json_t **ret, api_error *err)
+{
+    return call("/v1/job-release", body, ret, err);
+}
+
 /* The key named inside a base64 KMS ciphertext, into OUT. */
 static int ciphertext_key(const char *b64, char *out, api_error *err)
 {
@@ -482,6 +504,7 @@ static void report(api_request *r, const char *action, const char *key, const js
 static void respond(h2o_req_t *req, api_route route, uint64_t started, json_t *ans, bool secret)
 {
     if (secret) {
+        api_span_route(route, req);
         kms_send_json_wiped(req, ans);
         api_finish(route, started, 200);
     } else

@@ -48,6 +48,12 @@ int api_kms_unseal(const char *sealed, const json_t *context, uint8_t **ret, siz
  * releases with kms_json_wipe_decref(). Returns 0, or -1 with ERR (404 no
  * such Key, 400 not an encrypt Key, 503 KMS sealed or down). */
 int api_kms_datakey(const char *name, json_t **ret, api_error *err);
+/* The file keys of a job run's inputs (the kms role's POST /v1/job-release,
+ * kms/job-release.h, BODY as it documents): *RET its answer {run,
+ * runsReleased, digest, evidenceSha256, keys: [{name, jwe}]}. Blocking (a
+ * worker only). Returns 0, or -1 with ERR: 403 "release_refused" naming the
+ * failed check, 503 KMS sealed or down. */
+int api_kms_job_release(const json_t *body, json_t **ret, api_error *err);
 
 /* Makes a new workspace key in the kms role (x25519, a fresh random name
  * "workspace_<hex>", never a Key resource's name, so that a workspace made again under an old name never

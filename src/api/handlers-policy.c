@@ -1,5 +1,6 @@
 /* The API and the policy engine (see handlers-policy.h). */
 #include "api/handlers-policy.h"
+#include "api/span.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -62,8 +63,11 @@ static int decide(api_server *srv, const policy_request *pr, policy_decision *re
 static int authorize(api_server *srv, h2o_req_t *req, const caller *c, const char *verb, const char *kind,
                      const char *name, bool report, api_error *err)
 {
-    if (api_member_allows(srv, c, verb, kind, name, NULL))
+    if (api_member_allows(srv, c, verb, kind, name, NULL)) {
+        if (report)
+            api_span_decision(caller_name(c), verb, kind, name, true);
         return 0; /* a workspace member's implicit rights (handlers-datasets.h) */
+    }
     policy_request pr;
     policy_request_init(&pr);
     cel_arena *values = cel_arena_new(CTX_ARENA_MAX);
@@ -85,6 +89,8 @@ static int authorize(api_server *srv, h2o_req_t *req, const caller *c, const cha
     if (r == 0 && decide(srv, &pr, &d, err) < 0)
         r = -1;
     cel_arena_free(values);
+    if (report) /* the decision the request's span records (what-if checks are not) */
+        api_span_decision(caller_name(c), verb, kind, name, r == 0 && d.allow);
     if (r == 0 && d.allow)
         return 0;
     if (r == 0)

@@ -11,9 +11,12 @@
 #include "api/auth.h"
 #include "api/authz-write.h"
 #include "api/handlers-datasets.h"
+#include "api/handlers-job-runs.h"
+#include "api/handlers-jobs.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-policy.h"
 #include "api/request.h"
+#include "api/span.h"
 #include "api/sse.h"
 #include "audit/event.h"
 #include "auth/credential.h"
@@ -25,6 +28,7 @@
 #include "httpd/framing.h"
 #include "httpd/httpd.h"
 #include "proxy/metrics.h"
+#include "telemetry/telemetry.h"
 #include "resource/resource.h"
 
 #define WATCH_BATCH_MAX 500
@@ -44,6 +48,8 @@ static json_t *public_view(const json_t *doc)
     json_t *status = json_object_get(v, "status");
     if (json_is_object(status))
         json_object_del(status, "tokenDigest");
+    if (strcmp(json_string_value(json_object_get(v, "kind")) ?: "", "Job") == 0)
+        api_job_view(v);
     return v;
 }
 
@@ -286,8 +292,10 @@ static void respond_write(pending_write *pw)
         api_respond_error(req, pw->route, pw->started, &err);
         return;
     }
-    for (size_t i = 0; i < txn->n_ops; i++)
+    for (size_t i = 0; i < txn->n_ops; i++) {
         report_write(pw, &txn->ops[i]);
+        api_job_written(pw->thread->server, &txn->ops[i]);
+    }
     if (pw->route == ROUTE_APPLY) {
         json_t *items = json_array();
         for (size_t i = 0; i < txn->n_ops; i++) {
@@ -543,6 +551,10 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
         pending_write_free(pw);
         return api_fail(err, 500, "internal", "out of memory");
     }
+    if (api_job_prepare(srv, req, c, &pw->ops[0], stored, err) < 0) {
+        pending_write_free(pw);
+        return -1;
+    }
     return seal_and_submit(srv, req, pw, err); /* Secret values go to the KMS only now, decided */
 }
 
@@ -618,6 +630,11 @@ static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const
             pending_write_free(pw);
             return api_fail(err, 500, "internal", "out of memory");
         }
+        if (api_job_prepare(srv, req, c, &pw->ops[i], w[i].stored, err) < 0) {
+            err->document = (long)i;
+            pending_write_free(pw);
+            return -1;
+        }
     }
     /* only now, every document decided: Secret values go to the KMS */
     return seal_and_submit(srv, req, pw, err);
@@ -640,8 +657,8 @@ static void handle_get(api_server *srv, h2o_req_t *req, uint64_t started, const 
     json_decref(doc);
 }
 
-/* Lists KIND for caller C; of Datasets, only those C may get (a workspace
- * member sees their workspaces' datasets). */
+/* Lists KIND for caller C; of Datasets and Jobs, only those C may get (a
+ * workspace member sees their workspaces' datasets and jobs). */
 static void handle_list(api_server *srv, h2o_req_t *req, uint64_t started, const resource_kind *kind, const caller *c)
 {
     json_t *items;
@@ -656,7 +673,7 @@ static void handle_list(api_server *srv, h2o_req_t *req, uint64_t started, const
     json_t *out = json_array();
     size_t i;
     json_t *doc;
-    bool each = strcmp(kind->kind, "Dataset") == 0;
+    bool each = strcmp(kind->kind, "Dataset") == 0 || strcmp(kind->kind, "Job") == 0;
     json_array_foreach(items, i, doc)
     {
         if (!each || api_may(srv, req, c, "get", kind->kind, doc_name(doc)))
@@ -714,7 +731,7 @@ static void watcher_recheck(api_sse *s)
 {
     watcher *w = (watcher *)s;
     api_error err;
-    if (api_sse_redecide(s, "watch", w->kind, &err) < 0)
+    if (api_sse_redecide(s, "watch", w->kind, "", &err) < 0)
         api_sse_fail(&w->super, err.code, err.message);
 }
 
@@ -868,6 +885,28 @@ static void handle_readyz(api_server *srv, h2o_req_t *req, uint64_t started)
     json_decref(body);
 }
 
+int api_metrics_text(const api_config *cfg, strbuf *out)
+{
+    int r = metrics_render(out);
+    unsigned streams;
+    uint64_t too_slow;
+    api_sse_counts(&streams, &too_slow);
+    if (r == 0)
+        r = strbuf_printf(out,
+                          "# HELP cloister_api_streams_open Watch and configuration streams open (at most %d per user, "
+                          "%d in all).\n"
+                          "# TYPE cloister_api_streams_open gauge\n"
+                          "cloister_api_streams_open %u\n"
+                          "# HELP cloister_api_streams_too_slow_total Streams ended because more than their buffer cap "
+                          "waited to be sent.\n"
+                          "# TYPE cloister_api_streams_too_slow_total counter\n"
+                          "cloister_api_streams_too_slow_total %llu\n",
+                          API_SSE_PER_USER_MAX, API_SSE_TOTAL_MAX, streams, (unsigned long long)too_slow);
+    if (r == 0 && cfg->proxy_metrics)
+        r = proxy_metrics_render(cfg->proxy_metrics, out);
+    return r;
+}
+
 /* /metrics: the Prometheus text of the API, its streams and the proxy, for
  * a caller authenticated as any API call and allowed `get` on kind Metrics
  * (401 / 403 JSON otherwise). */
@@ -887,22 +926,8 @@ static void handle_metrics(api_server *srv, h2o_req_t *req, uint64_t started)
     }
     _cleanup_strbuf_ strbuf out;
     strbuf_init(&out, 4 * 1024 * 1024);
-    metrics_render(&out);
-    unsigned streams;
-    uint64_t too_slow;
-    api_sse_counts(&streams, &too_slow);
-    strbuf_printf(&out,
-                  "# HELP cloister_api_streams_open Watch and configuration streams open (at most %d per user, %d "
-                  "in all).\n"
-                  "# TYPE cloister_api_streams_open gauge\n"
-                  "cloister_api_streams_open %u\n"
-                  "# HELP cloister_api_streams_too_slow_total Streams ended because more than their buffer cap "
-                  "waited to be sent.\n"
-                  "# TYPE cloister_api_streams_too_slow_total counter\n"
-                  "cloister_api_streams_too_slow_total %llu\n",
-                  API_SSE_PER_USER_MAX, API_SSE_TOTAL_MAX, streams, (unsigned long long)too_slow);
-    if (srv->cfg->proxy_metrics)
-        proxy_metrics_render(srv->cfg->proxy_metrics, &out);
+    api_metrics_text(srv->cfg, &out);
+    telemetry_metrics_render(&out);
     req->res.status = 200;
     req->res.reason = "OK";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
@@ -930,6 +955,7 @@ static void handle_whoami(h2o_req_t *req, uint64_t started, const caller *c)
 }
 
 /* ---- routing ---- */
+
 
 /* Serves REQ when its path is /v1/PLURAL/NAME/SUB of a registered
  * sub-resource (request.c); returns whether it did. */
@@ -970,7 +996,7 @@ static bool handle_subresource(api_server *srv, h2o_req_t *req, uint64_t started
     return true;
 }
 
-static int on_req(h2o_handler_t *self, h2o_req_t *req)
+static int route_req(h2o_handler_t *self, h2o_req_t *req)
 {
     api_server *srv = ((api_handler *)self)->server;
     uint64_t started = time_mono_ns();
@@ -1025,6 +1051,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
 
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/jobs/engine"))) {
+        api_handle_job_engine(srv, req, started);
+        return 0;
+    }
     if (handle_subresource(srv, req, started))
         return 0;
 
@@ -1149,6 +1179,15 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     caller_clear(&c);
     return 0;
 }
+/* Every request: its span (api/span.h) current while it is routed. */
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    api_span_start(req);
+    int r = route_req(self, req);
+    api_span_leave();
+    return r;
+}
+
 
 void api_handlers_register(h2o_pathconf_t *pathconf, void *userdata)
 {

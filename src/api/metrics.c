@@ -34,8 +34,16 @@ static const struct {
     [ROUTE_KMS] = {"/v1/kms/", "any"},
     [ROUTE_ATTEST] = {"/v1/attest/challenge", "POST"},
     [ROUTE_PROXY_CONFIG] = {"/v1/proxy/config", "GET"},
-    [ROUTE_USER_KEYS] = {"/v1/users/{name}/keys", "POST"},
+    [ROUTE_USER_KEYS] = {"/v1/users/{name}/keys", "any"},
     [ROUTE_DATASET_DATA] = {"/v1/datasets/{name}/data", "any"},
+    [ROUTE_ENCLAVE_LOGS] = {"/v1/enclaves/{name}/logs", "GET"},
+    [ROUTE_JOB_APPROVALS] = {"/v1/jobs/{name}/approvals", "any"},
+    [ROUTE_JOB_REJECTIONS] = {"/v1/jobs/{name}/rejections", "POST"},
+    [ROUTE_JOB_VETOES] = {"/v1/jobs/{name}/vetoes", "POST"},
+    [ROUTE_JOB_ENGINE] = {"/v1/jobs/engine", "GET"},
+    [ROUTE_JOB_RUNS] = {"/v1/jobs/{name}/runs", "POST"},
+    [ROUTE_JOB_RESULT] = {"/v1/jobs/{name}/result", "GET"},
+    [ROUTE_JOB_RUN_IO] = {"/v1/job-runs/", "any"},
     [ROUTE_NOTIFICATIONS] = {"/v1/notifications", "any"},
     [ROUTE_OTHER] = {"other", "any"},
 };
@@ -62,6 +70,16 @@ void metrics_count_notify(notify_metric m)
 void metrics_count_kms_call(void)
 {
     atomic_fetch_add_explicit(&kms_calls, 1, memory_order_relaxed);
+}
+
+const char *metrics_route_path(api_route route)
+{
+    return route_labels[route].path;
+}
+
+const char *metrics_route_method(api_route route)
+{
+    return route_labels[route].method;
 }
 
 void metrics_observe(api_route route, int status, uint64_t duration_ns)

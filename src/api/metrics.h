@@ -35,12 +35,24 @@ typedef enum api_route {
     ROUTE_PROXY_CONFIG,
     ROUTE_USER_KEYS,
     ROUTE_DATASET_DATA,
+    ROUTE_ENCLAVE_LOGS,
+    ROUTE_JOB_APPROVALS,
+    ROUTE_JOB_REJECTIONS,
+    ROUTE_JOB_VETOES,
+    ROUTE_JOB_ENGINE,
+    ROUTE_JOB_RUNS,
+    ROUTE_JOB_RESULT,
+    ROUTE_JOB_RUN_IO,
     ROUTE_NOTIFICATIONS,
     ROUTE_OTHER,
     ROUTE_COUNT_,
 } api_route;
 
 void metrics_observe(api_route route, int status, uint64_t duration_ns);
+/* ROUTE's path template ("/v1/{kind}") and method ("GET", or "any"), as the
+ * metrics and the spans name it. */
+const char *metrics_route_path(api_route route);
+const char *metrics_route_method(api_route route);
 /* Counts one call of the api role to the kms role (cloister_api_kms_calls_total):
  * a refused request makes none, which tests and operators can see. */
 void metrics_count_kms_call(void);

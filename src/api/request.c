@@ -1,7 +1,11 @@
 #include "api/request.h"
+#include "api/span.h"
 
 #include "api/handlers-attest.h"
 #include "api/handlers-datasets.h"
+#include "api/handlers-enclaves.h"
+#include "api/handlers-job-runs.h"
+#include "api/handlers-jobs.h"
 #include "api/handlers-keys.h"
 #include "api/handlers-notifications.h"
 #include "api/handlers-kms.h"
@@ -36,6 +40,7 @@ const api_endpoint_group api_endpoint_groups[] = {
     {"/v1/kms/", ROUTE_KMS, API_GROUP_AUTHENTICATED, api_handle_kms},
     {"/v1/attest/", ROUTE_ATTEST, API_GROUP_AUTHENTICATED, api_handle_attest},
     {"/v1/notifications", ROUTE_NOTIFICATIONS, API_GROUP_AUTHENTICATED, api_handle_notifications}, /* the caller's own */
+    {"/v1/job-runs/", ROUTE_JOB_RUN_IO, API_GROUP_AUTHENTICATED, api_handle_job_run_io}, /* the runner's identity only */
     {"/v1/proxy/", ROUTE_PROXY_CONFIG, API_GROUP_PUBLIC, api_handle_proxy}, /* authenticates itself; its own identity only */
     {NULL, ROUTE_OTHER, API_GROUP_PUBLIC, NULL},
 };
@@ -45,6 +50,12 @@ const size_t api_n_endpoint_groups = ELEMENTSOF(api_endpoint_groups) - 1;
 const api_subresource api_subresources[] = {
     {"users", "keys", ROUTE_USER_KEYS, api_handle_user_keys},
     {"datasets", "data", ROUTE_DATASET_DATA, api_handle_dataset_data},
+    {"enclaves", "logs", ROUTE_ENCLAVE_LOGS, api_handle_enclave_logs},
+    {"jobs", "approvals", ROUTE_JOB_APPROVALS, api_handle_job_approvals},
+    {"jobs", "rejections", ROUTE_JOB_REJECTIONS, api_handle_job_rejections},
+    {"jobs", "vetoes", ROUTE_JOB_VETOES, api_handle_job_vetoes},
+    {"jobs", "runs", ROUTE_JOB_RUNS, api_handle_job_runs},
+    {"jobs", "result", ROUTE_JOB_RESULT, api_handle_job_result},
 };
 const size_t api_n_subresources = ELEMENTSOF(api_subresources);
 
@@ -79,17 +90,20 @@ int api_offload(api_request *r, offload_pool *pool, offload_job *job, api_error 
 
 void api_finish(api_route route, uint64_t started, int status)
 {
+    api_span_route(route, NULL);
     metrics_observe(route, status, time_mono_ns() - started);
 }
 
 void api_respond_json(h2o_req_t *req, api_route route, uint64_t started, int status, const json_t *value)
 {
+    api_span_route(route, req); /* before sending: the span may end with it */
     api_send_json(req, status, value);
     api_finish(route, started, status);
 }
 
 void api_respond_error(h2o_req_t *req, api_route route, uint64_t started, const api_error *err)
 {
+    api_span_route(route, req);
     api_send_error(req, err);
     api_finish(route, started, err->status);
 }
@@ -97,28 +111,6 @@ void api_respond_error(h2o_req_t *req, api_route route, uint64_t started, const 
 bool api_method_is(const h2o_req_t *req, const char *method)
 {
     return h2o_memis(req->method.base, req->method.len, method, strlen(method));
-}
-
-bool api_query_param(const h2o_req_t *req, const char *name, char *out, size_t size)
-{
-    if (req->query_at == SIZE_MAX)
-        return false;
-    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
-    size_t nlen = strlen(name);
-    while (p < end) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        const char *stop = amp ? amp : end;
-        if ((size_t)(stop - p) >= nlen && memcmp(p, name, nlen) == 0 && (p + nlen == stop || p[nlen] == '=')) {
-            const char *v = p + nlen == stop ? stop : p + nlen + 1;
-            if ((size_t)(stop - v) >= size)
-                return false;
-            memcpy(out, v, (size_t)(stop - v));
-            out[stop - v] = 0;
-            return true;
-        }
-        p = stop + 1;
-    }
-    return false;
 }
 
 void api_method_not_allowed(h2o_req_t *req, api_route route, uint64_t started, const char *allowed)

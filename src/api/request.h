@@ -71,9 +71,6 @@ int api_refuse(h2o_req_t *req, const caller *c, const char *verb, const char *ki
  * Returns -1. */
 int api_refuse_quietly(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
                        const char *reason, api_error *err);
-/* Copies query parameter NAME (not percent-decoded: callers accept plain
- * tokens only) into OUT; false when absent or longer than SIZE - 1. */
-bool api_query_param(const h2o_req_t *req, const char *name, char *out, size_t size);
 
 /* Who an endpoint group's handler sees. No group is decided as a whole:
  * each handler decides every call on the exact object it touches (verb,

@@ -13,6 +13,7 @@
 #include "api/auth.h"
 #include "api/handlers-attest.h"
 #include "api/handlers-datasets.h"
+#include "api/handlers-job-runs.h"
 #include "api/handlers-kms.h"
 #include "audit/event.h"
 #include "auth/handoff.h"
@@ -22,6 +23,7 @@
 #include "basic/macro.h"
 #include "controller/controller.h"
 #include "store/store.h"
+#include "telemetry/telemetry.h"
 
 /* Loads the browser login handoff key from PATH (32 raw bytes) into KEY, or
  * creates it (mode 0600) on first start. A file that is not a regular file
@@ -69,12 +71,19 @@ static int handoff_key_load(const char *path, uint8_t key[HANDOFF_KEY_LEN])
     return len == HANDOFF_KEY_LEN ? 0 : -EBADMSG;
 }
 
+static int metrics_source(strbuf *out, void *userdata)
+{
+    return api_metrics_text(userdata, out);
+}
+
 int api_role_serve(const api_role_config *cfg)
 {
     store *s;
     int r = store_open(cfg->store_url, &s);
     if (r < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", cfg->store_url, "error", strerror(-r), NULL);
+        char shown[4200];
+        store_url_redact(cfg->store_url, shown, sizeof(shown));
+        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", shown, "error", strerror(-r), NULL);
         return 1;
     }
     /* token signing keys: mode 0600 in <data-dir>/auth (KMS envelopes later) */
@@ -126,11 +135,18 @@ int api_role_serve(const api_role_config *cfg)
     api.store = s;
     api.keyring = keyring;
     api.handoff_key = handoff_key;
+    api.runner_socket = cfg->runner_socket;
     r = audit_event_start(cfg->api.audit_socket);
     if (r < 0)
         log_fields(LOG_LEVEL_WARN, "cannot start audit event delivery; events go to the log", "error", strerror(-r),
                    NULL);
     api_kms_init(cfg->kms_socket, s);
+    if (api_job_runs_init(cfg->runner_socket, cfg->engine_bundle) < 0)
+        log_fields(LOG_LEVEL_ERROR, "out of memory: jobs cannot run", NULL);
+    /* /metrics' text, exported over OTLP too (off unless configured) */
+    r = telemetry_metrics_register(metrics_source, &api);
+    if (r < 0)
+        log_fields(LOG_LEVEL_WARN, "cannot export the API's metrics over OTLP", "error", strerror(-r), NULL);
     /* the Enclave controller: a thread of its own, never on the API's loops */
     controller *ctl = NULL;
     const _Atomic bool *runner_ready = NULL;
@@ -139,15 +155,17 @@ int api_role_serve(const api_role_config *cfg)
             runner_ready = &cfg->api.roles[i].ready;
     r = controller_start(
         &(controller_config){.store = s, .runner_socket = cfg->runner_socket, .runner_ready = runner_ready,
-                             .load = cfg->api.proxy_metrics}, &ctl);
+                             .load = cfg->api.proxy_metrics, .instance = cfg->api.listen}, &ctl);
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start the Enclave controller", "error", strerror(-r), NULL);
     else
         r = api_run(&api);
     controller_stop(ctl);
+    telemetry_metrics_unregister(metrics_source, &api);
     api_kms_done();
     api_attest_done();
     api_datasets_done();
+    api_job_runs_done();
     audit_event_stop(2000);
     OPENSSL_cleanse(handoff_key, sizeof(handoff_key));
     auth_keyring_free(keyring);

@@ -270,14 +270,14 @@ int api_sse_queue_event(api_sse *s, const char *event, int64_t id, const json_t 
     return queued(s, r);
 }
 
-int api_sse_redecide(api_sse *s, const char *verb, const char *kind, api_error *err)
+int api_sse_redecide(api_sse *s, const char *verb, const char *kind, const char *name, api_error *err)
 {
     caller c = {0};
     int r = api_authenticate(s->thread->server, s->req, &c, err);
     if (r < 0)
         api_report_refusal(s->req, &c, err);
     else
-        r = api_authorize(s->thread->server, s->req, &c, verb, kind, "", err); /* audits a refusal itself */
+        r = api_authorize(s->thread->server, s->req, &c, verb, kind, name, err); /* audits a refusal itself */
     caller_clear(&c);
     return r;
 }

@@ -97,11 +97,11 @@ int api_sse_queue_event(api_sse *s, const char *event, int64_t id, const json_t 
 int api_sse_queue_text(api_sse *s, const char *text);
 
 /* Decides again, on the stream's request, whether its caller may still do
- * VERB on KIND (ctx.request.api name ""): authenticates the token it
+ * VERB on KIND/NAME ("" for a whole kind): authenticates the token it
  * presented (a revoked session or credential, a deleted user fail) and
  * authorizes by the current policies. Returns 0, or -1 with ERR (each
  * refusal audited). */
-int api_sse_redecide(api_sse *s, const char *verb, const char *kind, api_error *err);
+int api_sse_redecide(api_sse *s, const char *verb, const char *kind, const char *name, api_error *err);
 
 /* While HOLD, nothing queued is sent (a stream waiting for blocking work
  * whose result must go out with the events queued before it); released,

@@ -2,12 +2,15 @@
 
 #include <cjose/cjose.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -144,4 +147,12 @@ int release_seal_jwe(const uint8_t *spki_der, size_t spki_len, const uint8_t *pl
     BN_free(y);
     EVP_PKEY_free(key);
     return r;
+}
+
+void release_job_nonce(const uint8_t digest[32], uint64_t run, uint8_t ret[RELEASE_NONCE_LEN])
+{
+    char hex[65], text[128];
+    hex_encode(digest, 32, hex);
+    int n = snprintf(text, sizeof(text), "cloister job run v1\n%s\n%" PRIu64 "\n", hex, run);
+    SHA256((const uint8_t *)text, (size_t)n, ret);
 }

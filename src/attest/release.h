@@ -27,3 +27,9 @@ bool release_challenge_consume(release_challenges *c, const uint8_t *nonce, size
  * alg ECDH-ES and enc A256GCM. *RET is malloc'd; the caller frees it.
  * Returns 0, -EINVAL (not an EC public key), or -ENOMEM. */
 int release_seal_jwe(const uint8_t *spki_der, size_t spki_len, const uint8_t *plaintext, size_t len, char **ret);
+
+/* The challenge a job run's evidence carries instead of a nonce from
+ * /v1/attest/challenge (docs/kms.md "Job release"): SHA-256 of
+ * "cloister job run v1\n" || lower-case hex(DIGEST) || "\n" || decimal RUN || "\n",
+ * so evidence made for one run of one job fits no other. */
+void release_job_nonce(const uint8_t digest[32], uint64_t run, uint8_t ret[RELEASE_NONCE_LEN]);

@@ -7,6 +7,7 @@
 #include <sys/un.h>
 
 #include "basic/strbuf.h"
+#include "telemetry/telemetry.h"
 
 struct audit_client {
     CURL *curl;
@@ -57,6 +58,9 @@ int audit_client_request(audit_client *c, const char *method, const char *path, 
     CURL *h = c->curl;
     curl_easy_reset(h);
     struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+    char traceparent[70]; /* the caller's trace goes on to the role it asks (docs/telemetry.md) */
+    if (headers && telemetry_traceparent_header(traceparent))
+        headers = curl_slist_append(headers, traceparent);
     if (!headers)
         return -ENOMEM;
     curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, c->socket_path);
@@ -71,10 +75,10 @@ int audit_client_request(audit_client *c, const char *method, const char *path, 
         curl_easy_setopt(h, CURLOPT_POST, 1L);
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-        curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
     } else if (strcmp(method, "GET") != 0) {
         curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method); /* DELETE */
     }
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
     CURLcode rc = curl_easy_perform(h);
     curl_slist_free_all(headers);
     if (rc != CURLE_OK)

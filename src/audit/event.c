@@ -298,3 +298,36 @@ void audit_event_stop(unsigned timeout_ms)
     q.stopping = false;
     pthread_mutex_unlock(&q.lock);
 }
+
+int audit_event_append(const audit_event *ev, const char *socket_path, unsigned timeout_ms, uint64_t *ret_index)
+{
+    size_t len;
+    _cleanup_free_ char *text = entry_text(ev, &len);
+    if (!text)
+        return -EINVAL;
+    /* what was emitted before goes first: the log keeps the order of events */
+    int r = audit_event_flush(timeout_ms);
+    if (r < 0)
+        return r;
+    audit_client *c;
+    if ((r = audit_client_new(socket_path, &c)) < 0)
+        return r;
+    _cleanup_free_ char *body = NULL, *resp = NULL;
+    size_t resp_len;
+    long status = 0;
+    if (asprintf(&body, "{\"entries\":[%s]}", text) < 0)
+        r = -ENOMEM;
+    else
+        r = audit_client_request(c, "POST", "/v1/append", body, strlen(body), (long)timeout_ms, &status, &resp,
+                                 &resp_len);
+    audit_client_free(c);
+    if (r < 0)
+        return r;
+    json_t *j = json_loadb(resp, resp_len, 0, NULL);
+    json_t *first = json_object_get(j, "first");
+    r = status == 200 && json_is_integer(first) && json_integer_value(first) >= 0 ? 0 : -EPROTO;
+    if (r == 0)
+        *ret_index = (uint64_t)json_integer_value(first);
+    json_decref(j);
+    return r;
+}

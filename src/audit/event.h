@@ -34,6 +34,12 @@ int audit_event_start(const char *socket_path);
  * left the queue (acknowledged by the audit role, or logged). Returns 0, or
  * -ETIMEDOUT. Immediate when delivery is not started. */
 int audit_event_flush(unsigned timeout_ms);
+/* Appends EV to the audit role at SOCKET_PATH now, after every event
+ * emitted before it (flushed first), and waits for it to be durable: its
+ * index in the log into *RET_INDEX. For an entry whose index is recorded
+ * elsewhere (a job's run receipt). Returns 0, -ETIMEDOUT, -EPROTO (the role
+ * refused it) or a connection error; nothing is logged in its place. */
+int audit_event_append(const audit_event *ev, const char *socket_path, unsigned timeout_ms, uint64_t *ret_index);
 /* Delivers what is queued for at most TIMEOUT_MS, writes whatever could not
  * be delivered to the log, and stops the thread. No-op when not started. */
 void audit_event_stop(unsigned timeout_ms);

@@ -1,5 +1,6 @@
 #include "basic/log.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -9,6 +10,8 @@
 
 static const char *log_role = "cloister";
 static log_level log_max_level = LOG_LEVEL_INFO;
+static log_sink_fn log_sink;
+static _Thread_local bool in_sink; /* the sink's own logs do not reach it again */
 
 static const char *const level_names[] = {
     [LOG_LEVEL_DEBUG] = "debug",
@@ -27,6 +30,34 @@ void log_set_max_level(log_level level)
     log_max_level = level;
 }
 
+void log_set_sink(log_sink_fn sink)
+{
+    log_sink = sink;
+}
+
+/* Hands the line to the sink, if any (FIELDS as log_emit() got them). */
+static void log_to_sink(log_level level, const char *msg, va_list fields)
+{
+    if (!log_sink || in_sink)
+        return;
+    const char *pairs[2 * LOG_SINK_FIELDS_MAX + 1];
+    size_t n = 0;
+    for (;;) {
+        const char *k = va_arg(fields, const char *);
+        if (!k)
+            break;
+        const char *v = va_arg(fields, const char *);
+        if (n < 2 * LOG_SINK_FIELDS_MAX) {
+            pairs[n++] = k;
+            pairs[n++] = v ? v : "";
+        }
+    }
+    pairs[n] = NULL;
+    in_sink = true;
+    log_sink(level, msg, pairs);
+    in_sink = false;
+}
+
 int log_level_from_string(const char *s, log_level *ret)
 {
     for (size_t i = 0; i < ELEMENTSOF(level_names); i++)
@@ -41,6 +72,10 @@ int log_level_from_string(const char *s, log_level *ret)
  * stderr do not interleave. */
 static void log_emit(log_level level, const char *msg, va_list fields)
 {
+    va_list again;
+    va_copy(again, fields);
+    log_to_sink(level, msg, again);
+    va_end(again);
     char stack[4096];
     strbuf b;
     strbuf_init_static(&b, stack, sizeof(stack));

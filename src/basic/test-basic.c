@@ -1,10 +1,12 @@
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "basic/encoding.h"
 #include "basic/fileio.h"
+#include "basic/log.h"
 #include "basic/proctitle.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
@@ -162,4 +164,38 @@ Test(proctitle, a_short_command_line_cuts_the_title)
     proctitle_set("cloisterd: %s", "kms");
     cr_assert_str_eq(area, "cloi"); /* 5 bytes, the NUL included */
     cr_assert_eq(proctitle_init(0, argv), -EINVAL);
+}
+
+/* ---- log sink ---- */
+
+static int sunk;
+static char sunk_msg[64], sunk_fields[128];
+
+/* Records what it gets, and logs itself: that line must not come back. */
+static void recording_sink(log_level level, const char *msg, const char *const *fields)
+{
+    sunk++;
+    snprintf(sunk_msg, sizeof(sunk_msg), "%d %s", (int)level, msg);
+    size_t n = 0;
+    sunk_fields[0] = 0;
+    for (size_t i = 0; fields[i]; i += 2)
+        n += (size_t)snprintf(sunk_fields + n, sizeof(sunk_fields) - n, "%s=%s;", fields[i], fields[i + 1]);
+    log_fields(LOG_LEVEL_ERROR, "the sink complains", NULL);
+}
+
+Test(log, the_sink_gets_every_line_with_its_fields_and_never_its_own)
+{
+    log_set_sink(recording_sink);
+    log_fields(LOG_LEVEL_WARN, "disk full", "path", "/var", "empty", NULL, NULL);
+    cr_expect_eq(sunk, 1, "the sink's own line did not reach it again");
+    cr_expect_str_eq(sunk_msg, "2 disk full");
+    cr_expect_str_eq(sunk_fields, "path=/var;empty=;");
+    log_fields(LOG_LEVEL_DEBUG, "below the level", NULL);
+    cr_expect_eq(sunk, 1, "lines below the level are not handed over");
+    log_msg(LOG_LEVEL_INFO, "n=%d", 3);
+    cr_expect_eq(sunk, 2);
+    cr_expect_str_eq(sunk_msg, "1 n=3");
+    log_set_sink(NULL);
+    log_fields(LOG_LEVEL_ERROR, "after", NULL);
+    cr_expect_eq(sunk, 2);
 }

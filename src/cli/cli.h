@@ -106,4 +106,5 @@ int cmd_keys(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_dataset(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_workspace(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_age(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+int cmd_job(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_notify(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);

@@ -30,7 +30,9 @@ static const cli_command commands[] = {
     {"attest", "verify --type nitro|sev-snp|tdx|sandbox --evidence FILE [--cert FILE] [--roots PEM] [--crl FILE]... [--at RFC3339]\n"
                "         attest service NAME --roots PEM [--pcr0 HEX]... [--proxy https://HOST:PORT] [--domain D]",
      "verify TEE evidence offline; exit 0 only when it verifies", cmd_attest},
-    {"enclave", "measure DIR", "print a workload bundle's measurement (PCR0, SHA-384)", cmd_enclave},
+    {"enclave", "measure DIR | logs NAME [-f] [--replica R] [--tail N]",
+     "print a workload bundle's measurement (PCR0, SHA-384); print (or follow with -f) the recent stdout and "
+     "stderr of an Enclave's replicas", cmd_enclave},
     {"policy", "check --user U [--service S] [--method M] [--path P] [--header K=V]... [--ip IP] [--credential C] [--verb V --kind K [--name N]] [-o json|yaml]",
      "show how the server's policies decide a request and which rule decides; exit 0 only when allowed", cmd_policy},
     {"kms", "encrypt --key NAME [--context K=V]... | decrypt [--context K=V]... | datakey --key NAME | rotate NAME | "
@@ -50,6 +52,14 @@ static const cli_command commands[] = {
      "all of it verified, while stdout may get the leading chunks of a file that then fails", cmd_dataset},
     {"age", "encrypt -r RECIPIENT... | --self [-o FILE] [IN]",
      "encrypt a file to age recipients (age1...) with Cloister's age library", cmd_age},
+    {"job", "propose NAME --workspace W --query SQL|--query-file F --input D... [--recipient U...] [--max-runs N] "
+            "[--not-after T] |\n"
+            "         list | show NAME | approve NAME [--pcr0 HEX] | reject NAME --reason R | revoke NAME |\n"
+            "         veto NAME --reason R | run NAME [--wait [--timeout S]] | result NAME -o FILE [-i ID] [--run N]",
+     "propose a query over a workspace's datasets (again: a new digest, approvals cleared); show what it covers and "
+     "who must approve; approve it (the digest recomputed here, then signed with your approval key); reject it; "
+     "withdraw your approval; veto it as an owner of an input; run it (its author, once every approval verifies); "
+     "download its encrypted result and decrypt it with your identity", cmd_job},
     {"notifications", "[--watch] [--unread] | read ID... | webhooks [URL...|--clear] | webhook-secret [--rotate]",
      "list your notifications (newest first), or stream new ones as they come; mark them read; set the URLs they "
      "are POSTed to (Standard Webhooks) and show the secret that signs them", cmd_notify},

@@ -15,6 +15,7 @@
  * 1) stdout may hold the leading chunks of a truncated or corrupted file:
  * use -o where that matters. */
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include "age/age.h"
+#include "basic/csv.h"
 #include "basic/macro.h"
 #include "cli/ageio.h"
 #include "cli/cli.h"
@@ -31,18 +33,13 @@
 #include "cli/output.h"
 
 #define PART_MAX (4 * 1024 * 1024) /* the server's cap of one part */
-#define CSV_FIELD_MAX (1024 * 1024)
-#define COLUMNS_MAX 256
 
-/* ---- CSV against a schema ---- */
-
-typedef enum col_type { COL_INTEGER, COL_REAL, COL_TEXT } col_type;
-static const char *const col_type_names[] = {"integer", "real", "text"};
+/* ---- CSV against a schema (basic/csv.h: the job engine loads by the same rules) ---- */
 
 typedef struct csv_schema {
     size_t n;
-    char *names[COLUMNS_MAX];
-    col_type types[COLUMNS_MAX];
+    char *names[CSV_COLUMNS_MAX];
+    csv_type types[CSV_COLUMNS_MAX];
     bool given; /* from --schema; else inferred: the narrowest type every value fits */
 } csv_schema;
 
@@ -53,60 +50,67 @@ static void csv_schema_clear(csv_schema *s)
     *s = (csv_schema){0};
 }
 
-/* Reads one RFC 4180 field from F into BUF (quotes "" inside quoted
- * fields); *RET_END is the character that ended it (',', '\n' or EOF).
- * Returns 0, or -EINVAL for a malformed or too long field. */
-static int csv_field(FILE *f, char *buf, size_t size, int *ret_end)
+/* The state of csv_check's parse: the schema, what each column's values
+ * fit so far, and the first thing wrong (printed once the parse stops). */
+typedef struct csv_check_state {
+    const char *path;
+    csv_schema *s;
+    bool fits_int[CSV_COLUMNS_MAX], fits_real[CSV_COLUMNS_MAX];
+    bool header_seen;
+} csv_check_state;
+
+/* One field of the header (record 0) or a row, checked against the
+ * schema. Returns 0, or -EINVAL (-ENOMEM) once it printed what is wrong. */
+static int csv_check_field(void *userdata, const char *field, size_t len, size_t col, uint64_t record, bool end)
 {
-    size_t n = 0;
-    int c = getc(f);
-    bool quoted = c == '"';
-    if (quoted)
-        c = getc(f);
-    for (;; c = getc(f)) {
-        if (quoted && c == '"') {
-            c = getc(f);
-            if (c != '"') {
-                quoted = false;
-                if (c == '\r')
-                    c = getc(f);
-                if (c != ',' && c != '\n' && c != EOF)
-                    return -EINVAL;
-                break;
-            }
-        } else if (quoted && c == EOF)
+    csv_check_state *st = userdata;
+    csv_schema *s = st->s;
+    const char *path = st->path;
+    uint64_t line = record + 1;
+    if (record == 0) {
+        if (s->given && (col >= s->n || strcmp(field, s->names[col]) != 0)) {
+            cli_error("%s: line 1: the header must name the schema's columns in order (column %zu is \"%s\", "
+                      "the schema says \"%s\")", path, col + 1, field, col < s->n ? s->names[col] : "nothing");
             return -EINVAL;
-        else if (!quoted && (c == ',' || c == '\n' || c == EOF))
-            break;
-        else if (!quoted && c == '\r') {
-            c = getc(f);
-            if (c != '\n' && c != EOF)
-                return -EINVAL;
-            break;
         }
-        if (n + 1 >= size)
+        if (!s->given && (col >= CSV_COLUMNS_MAX || len == 0)) {
+            cli_error("%s: line 1: a header of 1 to %d non-empty column names is required", path, CSV_COLUMNS_MAX);
             return -EINVAL;
-        buf[n++] = (char)c;
+        }
+        if (!s->given) {
+            if (!(s->names[col] = strdup(field))) {
+                cli_error("out of memory");
+                return -ENOMEM;
+            }
+            s->n = col + 1;
+        }
+        st->fits_int[col] = st->fits_real[col] = true;
+        st->header_seen = true;
+        if (end && (col + 1 != s->n || (col == 0 && len == 0))) {
+            cli_error("%s: line 1: the header names %zu columns, the schema %zu", path, col + 1, s->n);
+            return -EINVAL;
+        }
+        return 0;
     }
-    buf[n] = 0;
-    *ret_end = c;
+    if (col >= s->n) {
+        cli_error("%s: line %" PRIu64 ": more fields than the %zu columns", path, line, s->n);
+        return -EINVAL;
+    }
+    if (len > 0) {
+        st->fits_int[col] &= csv_value_integer(field, NULL);
+        st->fits_real[col] &= csv_value_real(field, NULL);
+    }
+    if (s->given && len > 0 &&
+        ((s->types[col] == CSV_INTEGER && !st->fits_int[col]) || (s->types[col] == CSV_REAL && !st->fits_real[col]))) {
+        cli_error("%s: line %" PRIu64 ": column %s is %s, but holds \"%.40s\"", path, line, s->names[col],
+                  csv_type_name(s->types[col]), field);
+        return -EINVAL;
+    }
+    if (end && col + 1 != s->n) {
+        cli_error("%s: line %" PRIu64 ": %zu fields, the schema has %zu columns", path, line, col + 1, s->n);
+        return -EINVAL;
+    }
     return 0;
-}
-
-static bool is_integer(const char *s)
-{
-    char *end;
-    errno = 0;
-    (void)strtoll(s, &end, 10);
-    return *s && !*end && errno == 0;
-}
-
-static bool is_real(const char *s)
-{
-    char *end;
-    errno = 0;
-    (void)strtod(s, &end);
-    return *s && !*end && errno != ERANGE;
 }
 
 /* Checks the CSV file PATH against S (given), or fills S's columns and
@@ -116,66 +120,39 @@ static bool is_real(const char *s)
  * returns an exit status. */
 static int csv_check(const char *path, csv_schema *s)
 {
-    _cleanup_fclose_ FILE *f = fopen(path, "re");
-    if (!f)
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         return cli_error("cannot open %s: %s", path, strerror(errno));
-    _cleanup_free_ char *buf = malloc(CSV_FIELD_MAX);
-    if (!buf)
+    _cleanup_free_ char *buf = malloc(AGE_CHUNK_SIZE);
+    csv_check_state st = {.path = path, .s = s};
+    csv_parser p;
+    if (!buf || csv_parser_init(&p, csv_check_field, &st, false) < 0)
         return cli_error("out of memory");
-    size_t col = 0;
-    int end = 0;
-    bool fits_int[COLUMNS_MAX], fits_real[COLUMNS_MAX];
-    /* the header */
-    do {
-        if (csv_field(f, buf, CSV_FIELD_MAX, &end) < 0)
-            return cli_error("%s: line 1: a malformed header field", path);
-        if (s->given && (col >= s->n || strcmp(buf, s->names[col]) != 0))
-            return cli_error("%s: line 1: the header must name the schema's columns in order (column %zu is \"%s\", "
-                             "the schema says \"%s\")", path, col + 1, buf, col < s->n ? s->names[col] : "nothing");
-        if (!s->given) {
-            if (col >= COLUMNS_MAX || !*buf)
-                return cli_error("%s: line 1: a header of 1 to %d non-empty column names is required", path,
-                                 COLUMNS_MAX);
-            if (!(s->names[col] = strdup(buf)))
-                return cli_error("out of memory");
-            s->n = col + 1;
-        }
-        fits_int[col] = fits_real[col] = true;
-        col++;
-    } while (end == ',');
-    if (col != s->n || (col == 1 && !*buf))
-        return cli_error("%s: line 1: the header names %zu columns, the schema %zu", path, col, s->n);
-    /* the rows */
-    for (size_t line = 2;; line++) {
-        int c = getc(f);
-        if (c == EOF)
+    int r = 0;
+    for (;;) {
+        ssize_t k = read(fd, buf, AGE_CHUNK_SIZE);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0) {
+            r = cli_error("cannot read %s: %s", path, strerror(errno));
             break;
-        ungetc(c, f);
-        for (col = 0;; col++) {
-            if (csv_field(f, buf, CSV_FIELD_MAX, &end) < 0)
-                return cli_error("%s: line %zu: a malformed field", path, line);
-            if (col >= s->n)
-                return cli_error("%s: line %zu: more fields than the %zu columns", path, line, s->n);
-            if (*buf) {
-                fits_int[col] &= is_integer(buf);
-                fits_real[col] &= is_real(buf);
-            }
-            if (s->given && *buf && ((s->types[col] == COL_INTEGER && !fits_int[col]) ||
-                                     (s->types[col] == COL_REAL && !fits_real[col])))
-                return cli_error("%s: line %zu: column %s is %s, but holds \"%.40s\"", path, line, s->names[col],
-                                 col_type_names[s->types[col]], buf);
-            if (end != ',')
-                break;
         }
-        if (col + 1 != s->n)
-            return cli_error("%s: line %zu: %zu fields, the schema has %zu columns", path, line, col + 1, s->n);
-        if (end == EOF)
+        int e = k == 0 ? csv_parser_finish(&p) : csv_parser_feed(&p, buf, (size_t)k);
+        if (e == -EINVAL || e == -E2BIG)
+            r = cli_error("%s: line %" PRIu64 ": a malformed %s%s", path, p.record + 1,
+                          p.record == 0 ? "header field" : "field", e == -E2BIG ? " (longer than 1 MiB)" : "");
+        else if (e < 0)
+            r = CLI_EXIT_FAILED; /* printed by csv_check_field */
+        if (e < 0 || k == 0)
             break;
     }
-    if (ferror(f))
-        return cli_error("cannot read %s: %s", path, strerror(errno));
+    csv_parser_done(&p);
+    if (r != 0)
+        return r;
+    if (!st.header_seen || s->n == 0)
+        return cli_error("%s: line 1: a header of 1 to %d non-empty column names is required", path, CSV_COLUMNS_MAX);
     for (size_t i = 0; !s->given && i < s->n; i++)
-        s->types[i] = fits_int[i] ? COL_INTEGER : fits_real[i] ? COL_REAL : COL_TEXT;
+        s->types[i] = st.fits_int[i] ? CSV_INTEGER : st.fits_real[i] ? CSV_REAL : CSV_TEXT;
     return CLI_EXIT_OK;
 }
 
@@ -188,19 +165,17 @@ static int schema_parse(const cli_command *cmd, const char *arg, csv_schema *s)
     char *save = NULL;
     for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
         char *colon = strchr(item, ':');
-        if (!colon || colon == item || s->n >= COLUMNS_MAX)
+        if (!colon || colon == item || s->n >= CSV_COLUMNS_MAX)
             return cli_usage_error(cmd, "--schema is COLUMN:TYPE,... (TYPE integer, real or text; at most %d)",
-                                   COLUMNS_MAX);
+                                   CSV_COLUMNS_MAX);
         *colon = 0;
-        size_t t = 0;
-        while (t < ELEMENTSOF(col_type_names) && strcmp(colon + 1, col_type_names[t]) != 0)
-            t++;
-        if (t == ELEMENTSOF(col_type_names))
+        int t = csv_type_from_name(colon + 1);
+        if (t < 0)
             return cli_usage_error(cmd, "--schema: column %s has type \"%s\"; use integer, real or text", item,
                                    colon + 1);
         if (!(s->names[s->n] = strdup(item)))
             return cli_error("out of memory");
-        s->types[s->n++] = (col_type)t;
+        s->types[s->n++] = (csv_type)t;
     }
     if (s->n == 0)
         return cli_usage_error(cmd, "--schema names no column");
@@ -300,7 +275,7 @@ static int create_dataset(cli_ctx *ctx, const char *name, const char *workspace,
 {
     json_auto_t *cols = json_array(), *ans = NULL;
     for (size_t i = 0; cols && i < s->n; i++)
-        json_array_append_new(cols, json_pack("{s:s, s:s}", "name", s->names[i], "type", col_type_names[s->types[i]]));
+        json_array_append_new(cols, json_pack("{s:s, s:s}", "name", s->names[i], "type", csv_type_name(s->types[i])));
     json_auto_t *doc = json_pack("{s:s, s:s, s:{s:s}, s:{s:s, s:O}}", "apiVersion", "cloister.dev/v1", "kind",
                                  "Dataset", "metadata", "name", name, "spec", "workspace", workspace, "schema", cols);
     if (!doc)

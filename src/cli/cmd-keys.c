@@ -69,7 +69,10 @@ int keyfile_load_identities(const char *path, age_identity **ret, size_t *ret_n)
     return r;
 }
 
-int keyfile_approval_public(char out[static KEYFILE_APPROVAL_B64_LEN + 1])
+/* The saved approval key into *RET (the caller frees it; OpenSSL wipes it
+ * then). Returns 0, -EINVAL when the file holds no Ed25519 key, or a
+ * negative errno. */
+static int approval_key_load(EVP_PKEY **ret)
 {
     _cleanup_free_ char *path = NULL;
     int r = keyfile_path(APPROVAL_FILE, &path);
@@ -80,14 +83,43 @@ int keyfile_approval_public(char out[static KEYFILE_APPROVAL_B64_LEN + 1])
         return negative_errno();
     EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
     fclose(f);
+    if (!k || EVP_PKEY_get_base_id(k) != EVP_PKEY_ED25519) {
+        EVP_PKEY_free(k);
+        return -EINVAL;
+    }
+    *ret = k;
+    return 0;
+}
+
+int keyfile_approval_public(char out[static KEYFILE_APPROVAL_B64_LEN + 1])
+{
+    EVP_PKEY *k = NULL;
+    int r = approval_key_load(&k);
+    if (r < 0)
+        return r;
     uint8_t pub[32];
     size_t n = sizeof(pub);
-    int ok = k && EVP_PKEY_get_base_id(k) == EVP_PKEY_ED25519 && EVP_PKEY_get_raw_public_key(k, pub, &n) == 1 && n == 32;
+    int ok = EVP_PKEY_get_raw_public_key(k, pub, &n) == 1 && n == 32;
     EVP_PKEY_free(k);
     if (!ok)
         return -EINVAL;
     base64_encode(pub, sizeof(pub), out, false);
     return 0;
+}
+
+int keyfile_approval_sign(const void *msg, size_t n, uint8_t sig[static KEYFILE_SIGNATURE_SIZE])
+{
+    EVP_PKEY *k = NULL;
+    int r = approval_key_load(&k);
+    if (r < 0)
+        return r;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    size_t len = KEYFILE_SIGNATURE_SIZE;
+    bool ok = ctx && EVP_DigestSignInit(ctx, NULL, NULL, NULL, k) == 1 &&
+              EVP_DigestSign(ctx, sig, &len, msg, n) == 1 && len == KEYFILE_SIGNATURE_SIZE;
+    EVP_MD_CTX_free(ctx);
+    EVP_PKEY_free(k);
+    return ok ? 0 : -EINVAL;
 }
 
 /* The age identity file's text (age-keygen's format) for ID into a new string. */

@@ -7,10 +7,13 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "age/age.h"
 
 #define KEYFILE_APPROVAL_B64_LEN 44
+#define KEYFILE_SIGNATURE_SIZE 64
 
 /* The keys directory, or one file in it (NAME; NULL for the directory), as a
  * heap string. Returns 0 or a negative errno. */
@@ -21,3 +24,6 @@ int keyfile_path(const char *name, char **ret);
 int keyfile_load_identities(const char *path, age_identity **ret, size_t *ret_n);
 /* The base64 public key of the saved approval key into OUT. Returns 0 or a negative errno. */
 int keyfile_approval_public(char out[static KEYFILE_APPROVAL_B64_LEN + 1]);
+/* Signs the N bytes of MSG with the saved approval key (Ed25519) into SIG.
+ * Returns 0, -EINVAL when the file holds no Ed25519 key, or a negative errno. */
+int keyfile_approval_sign(const void *msg, size_t n, uint8_t sig[static KEYFILE_SIGNATURE_SIZE]);

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,8 @@
 #define LIST_TIMEOUT_MS 5000
 #define LAUNCH_TIMEOUT_MS 30000 /* measuring a large bundle takes a while */
 #define DELETE_TIMEOUT_MS 5000
+#define LOGS_TIMEOUT_MS 5000
+#define LOGS_LINES_MAX 1000 /* the runner's page (RUNNER_LOG_PAGE_MAX) */
 
 struct runner_client {
     audit_client *http;
@@ -178,8 +181,11 @@ int runner_client_launch(runner_client *rc, const runner_launch *l, pid_t *ret_p
 {
     /* the agent is the sandbox's first process: evidence, its secrets by
      * key release, the workload, attested TLS (docs/enclaves.md) */
-    json_auto_t *body = json_pack("{s:s, s:s, s:s, s:{s:o}}", "name", l->name, "bundle", l->bundle, "owner", l->owner,
-                                  "agent", "secrets", l->secrets ? json_incref((json_t *)l->secrets) : json_array());
+    json_auto_t *body = l->job ? json_pack("{s:s, s:s, s:s, s:{s:O}}", "name", l->name, "bundle", l->bundle, "owner",
+                                           l->owner, "agent", "job", l->job)
+                               : json_pack("{s:s, s:s, s:s, s:{s:o}}", "name", l->name, "bundle", l->bundle, "owner",
+                                           l->owner, "agent", "secrets",
+                                           l->secrets ? json_incref((json_t *)l->secrets) : json_array());
     json_auto_t *answer = NULL;
     int status = !body ? -ENOMEM
                  : l->limits && json_object_set(body, "limits", (json_t *)l->limits) < 0
@@ -208,4 +214,46 @@ int runner_client_delete(runner_client *rc, const char *name, char *why, size_t 
         return 0;
     reason(r, answer, why, size);
     return r < 0 ? r : -EIO;
+}
+
+/* Whether ANSWER is what GET /v1/logs answers (see runner_client_logs()). */
+static bool logs_answer_valid(const json_t *answer)
+{
+    const char *boot = json_string_value(json_object_get(answer, "boot"));
+    const json_t *next = json_object_get(answer, "next"), *lines = json_object_get(answer, "lines");
+    if (!boot || strlen(boot) != 16 || !json_is_integer(next) || json_integer_value(next) < 0 ||
+        !json_is_array(lines) || json_array_size(lines) > LOGS_LINES_MAX)
+        return false;
+    size_t i;
+    const json_t *l;
+    json_array_foreach(lines, i, l)
+    {
+        const json_t *seq = json_object_get(l, "seq");
+        const char *replica = json_string_value(json_object_get(l, "replica"));
+        if (!json_is_integer(seq) || !json_is_string(json_object_get(l, "time")) || !replica ||
+            !resource_name_valid(replica) || !json_is_string(json_object_get(l, "stream")) ||
+            !json_is_string(json_object_get(l, "text")))
+            return false;
+    }
+    return true;
+}
+
+int runner_client_logs(runner_client *rc, const char *query, json_t **ret, char *why, size_t size)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "/v1/logs?%s", query);
+    json_t *answer = NULL;
+    int r = call(rc, "GET", path, NULL, LOGS_TIMEOUT_MS, &answer);
+    if (r == 200 && !logs_answer_valid(answer)) {
+        snprintf(why, size, "the runner's answer of logs is malformed");
+        json_decref(answer);
+        return -EBADMSG;
+    }
+    if (r != 200) {
+        reason(r, answer, why, size);
+        json_decref(answer);
+        return r < 0 ? r : -EIO;
+    }
+    *ret = answer;
+    return 0;
 }

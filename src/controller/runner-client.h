@@ -46,6 +46,7 @@ typedef struct runner_launch {
     const char *name, *bundle, *owner;
     const json_t *limits;  /* {"memoryMiB", "pids"} or NULL */
     const json_t *secrets; /* the agent's [{"key", "file"}] or NULL */
+    const json_t *job;     /* job mode instead: {"name", "run", "digest"} (runner/agent.h), or NULL */
 } runner_launch;
 
 /* A client of the runner at SOCKET (copied). Returns 0 with *RET, or
@@ -67,6 +68,14 @@ int runner_client_launch(runner_client *rc, const runner_launch *l, pid_t *ret_p
 /* Deletes sandbox NAME. Returns 0 once it is gone (one the runner does not
  * know counts), or a negative errno with the reason in WHY. */
 int runner_client_delete(runner_client *rc, const char *name, char *why, size_t size);
+
+/* The runner's GET /v1/logs?QUERY (the workloads' recent output,
+ * runner/output.h; QUERY built by the caller from checked values). Returns
+ * 0 with the checked answer in *RET ({"boot": 16 hex, "next": integer >= 0,
+ * "lines": [{"seq", "time", "replica", "stream", "text"}]}, a new
+ * reference), or a negative errno with the reason in WHY (-EBADMSG for an
+ * answer of another shape). */
+int runner_client_logs(runner_client *rc, const char *query, json_t **ret, char *why, size_t size);
 
 /* Accepts a zeroed V. */
 void runner_view_free(runner_view *v);

@@ -2,6 +2,7 @@
  * server certificates, bootstrap identity), then forks one process per role
  * from the role table, restarts a role that dies with exponential backoff, and
  * on SIGTERM stops every role and exits 0. */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <openssl/crypto.h>
@@ -25,6 +26,7 @@
 #include "daemon/bootstrap.h"
 #include "daemon/config.h"
 #include "daemon/daemon.h"
+#include "daemon/log-export.h"
 #include "daemon/peer.h"
 #include "daemon/privsep.h"
 #include "daemon/role-table.h"
@@ -32,8 +34,11 @@
 #include "kms/crypto.h"
 #include "kms/seal.h"
 #include "runner/agent.h"
+#include "sandbox/measure.h"
+#include "basic/encoding.h"
 #include "proxy/metrics.h"
 #include "store/store.h"
+#include "telemetry/telemetry.h"
 
 /* Adding a role: one entry here and its main function. */
 static const role_def roles[] = {
@@ -79,6 +84,8 @@ static void usage(FILE *f)
             "  --api-threads N       the API's worker threads (default 2)\n"
             "  --proxy-threads N     the proxy's worker threads, one event loop each (default 2)\n"
             "  --domain D            services are reached at <service>.D (default localhost)\n"
+            "  --store URL           the resource store: sqlite:PATH (default DIR/api/store.db) or\n"
+            "                        postgresql://USER@HOST/DB (several api replicas share it)\n"
             "  --seal MODE           how the KMS root key is sealed: dev (auto-unseal file, --dev's default),\n"
             "                        passphrase or pkcs11; unseal with `cloisterd unseal --data-dir DIR`\n"
             "  --pkcs11-module PATH  --seal pkcs11: the token's PKCS#11 module\n"
@@ -99,7 +106,7 @@ static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
 typedef enum daemon_action { ACTION_RUN, ACTION_CHECK, ACTION_INIT } daemon_action;
 
 enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_LOG,
-       OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT };
+       OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT, OPT_STORE };
 static const struct option options[] = {
     {"dev", no_argument, NULL, 'd'},
     {"config", required_argument, NULL, OPT_CONFIG},
@@ -116,6 +123,7 @@ static const struct option options[] = {
     {"seal", required_argument, NULL, OPT_SEAL},
     {"pkcs11-module", required_argument, NULL, OPT_P11_MODULE},
     {"pkcs11-slot", required_argument, NULL, OPT_P11_SLOT},
+    {"store", required_argument, NULL, OPT_STORE},
     {"help", no_argument, NULL, 'h'},
     {},
 };
@@ -146,6 +154,8 @@ static int apply_option(int c, daemon_config *cfg)
     }
     case OPT_DOMAIN:
         return copy_arg(cfg->domain, sizeof(cfg->domain), "--domain", optarg) < 0 ? 2 : 0;
+    case OPT_STORE:
+        return copy_arg(cfg->store_url, sizeof(cfg->store_url), "--store", optarg) < 0 ? 2 : 0;
     case OPT_THREADS:
     case OPT_PROXY_THREADS: {
         char *end;
@@ -555,7 +565,9 @@ static int first_start(daemon_config *cfg)
     store *s;
     r = store_open(cfg->store_url, &s);
     if (r < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", cfg->store_url, "error", strerror(-r), NULL);
+        char shown[sizeof(cfg->store_url)];
+        store_url_redact(cfg->store_url, shown, sizeof(shown));
+        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", shown, "error", strerror(-r), NULL);
         return r;
     }
     r = bootstrap_admin(s, cfg->admin_token);
@@ -616,6 +628,7 @@ static pid_t spawn_role(const daemon_config *cfg, size_t i, role_table *table)
     prctl(PR_SET_NAME, roles[i].name); /* /proc/PID/comm: the short name */
     proctitle_set("cloisterd: %s", roles[i].name); /* ps: "cloisterd: kms", as relayd's and sshd's */
     log_set_role(roles[i].name);
+    log_export_install(); /* the role's logs go to the exporter too once it runs */
     daemon_config *view = malloc(sizeof(*view));
     if (!view)
         _exit(1);
@@ -632,7 +645,17 @@ static pid_t spawn_role(const daemon_config *cfg, size_t i, role_table *table)
     }
     if (privsep_enter(roles[i].name, as_root ? &role_ids[i] : NULL, view, cfg) < 0)
         _exit(1);
-    _exit(roles[i].main(view, &health[i], health, N_ROLES));
+    /* OpenTelemetry export (docs/telemetry.md), from the roles that may
+     * reach the network: the kms and audit roles open no IP socket
+     * (docs/security.md); their operations are spans of the roles that call
+     * them */
+    char service[64];
+    snprintf(service, sizeof(service), "cloisterd-%s", roles[i].name);
+    if (privsep_may_connect_ip(roles[i].name) && telemetry_init(service) < 0)
+        _exit(1);
+    int status = roles[i].main(view, &health[i], health, N_ROLES);
+    telemetry_shutdown();
+    _exit(status);
 }
 
 static void print_banner(const daemon_config *cfg)
@@ -919,6 +942,62 @@ static int install_agent(daemon_config *cfg)
     return 0;
 }
 
+/* Copies the job engine's bundle (a directory of regular files: enclave.yaml
+ * and the cloister-job executable) into the runner's part of the data dir,
+ * as install_agent() does for the agent, and measures the copy: its PCR0 is
+ * the engine.pcr0 of every job digest (the api role reports it), and the
+ * runner launches that copy. Without a bundle jobs cannot run (logged).
+ * Returns 0 or a negative errno (logged). */
+static int install_engine(daemon_config *cfg)
+{
+    char found[PATH_MAX];
+    if (runner_engine_locate(found, sizeof(found)) < 0) {
+        log_fields(LOG_LEVEL_WARN, "no job engine bundle (cloister-job-bundle next to cloisterd, or "
+                   "$CLOISTER_JOB_BUNDLE): jobs cannot run", NULL);
+        return 0;
+    }
+    char dir[sizeof(cfg->engine_bundle)];
+    if ((size_t)snprintf(dir, sizeof(dir), "%s/job-engine", cfg->runner_dir) >= sizeof(dir))
+        return -ENAMETOOLONG;
+    int r = strcmp(found, dir) == 0 ? 0 : mkdir_p(dir, 0755);
+    if (r == 0 && strcmp(found, dir) != 0 && chmod(dir, 0755) < 0) /* past the umask: the sandbox's root enters it */
+        r = negative_errno();
+    DIR *d = r == 0 && strcmp(found, dir) != 0 ? opendir(found) : NULL;
+    if (r == 0 && strcmp(found, dir) != 0 && !d)
+        r = negative_errno();
+    for (struct dirent *e; d && r == 0 && (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        char from[PATH_MAX + 300], to[sizeof(dir) + 300];
+        struct stat st;
+        snprintf(from, sizeof(from), "%s/%s", found, e->d_name);
+        snprintf(to, sizeof(to), "%s/%s", dir, e->d_name);
+        _cleanup_free_ char *data = NULL;
+        size_t len;
+        if (lstat(from, &st) < 0)
+            r = negative_errno();
+        else if (!S_ISREG(st.st_mode))
+            r = -EINVAL; /* a bundle is flat: what would not be measured the same is refused */
+        else if ((r = read_file(from, AGENT_FILE_MAX, &data, &len)) == 0)
+            r = write_file_atomic(to, data, len, st.st_mode & 0755);
+    }
+    if (d)
+        closedir(d);
+    uint8_t pcr0[48];
+    measure_error merr = {{0}};
+    if (r == 0 && bundle_measure(dir, pcr0, &merr) < 0)
+        r = -EINVAL;
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot install the job engine's bundle for the runner", "from", found, "to", dir,
+                   "error", merr.text[0] ? merr.text : strerror(-r), NULL);
+        return r;
+    }
+    strcpy(cfg->engine_bundle, dir);
+    hex_encode(pcr0, sizeof(pcr0), cfg->job_engine_pcr0);
+    log_fields(LOG_LEVEL_INFO, "job engine installed and measured", "bundle", dir, "pcr0", cfg->job_engine_pcr0, NULL);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     proctitle_init(argc, argv); /* the roles' titles; before getopt permutes argv */
@@ -949,7 +1028,7 @@ int main(int argc, char **argv)
         return 1;
     }
     export_telemetry(&cfg);
-    if (first_start(&cfg) < 0 || install_agent(&cfg) < 0)
+    if (first_start(&cfg) < 0 || install_agent(&cfg) < 0 || install_engine(&cfg) < 0)
         return 1;
     as_root = geteuid() == 0;
     if (as_root) {

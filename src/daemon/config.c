@@ -12,6 +12,7 @@
 #include "basic/fileio.h"
 #include "basic/macro.h"
 #include "kms/seal.h"
+#include "store/store.h"
 
 const char *const daemon_role_names[DAEMON_N_ROLES] = {"api", "kms", "audit", "runner", "proxy"};
 
@@ -344,8 +345,11 @@ static void store_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full
         snprintf(c->cfg->store_url, sizeof(c->cfg->store_url), "sqlite:%s", path);
     else if (strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0)
         strcpy(c->cfg->store_url, url);
-    else
-        problem_at(c, v, full, "'%s' is not a store URL (sqlite:///PATH or postgres://USER@HOST/DB)", url);
+    else {
+        char shown[sizeof(url)];
+        store_url_redact(url, shown, sizeof(shown)); /* a password stays out of the message */
+        problem_at(c, v, full, "'%s' is not a store URL (sqlite:///PATH or postgresql://USER@HOST/DB)", shown);
+    }
 }
 
 static void pki_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)

@@ -357,6 +357,14 @@ static const seccomp_role seccomp_roles[] = {
 };
 #undef CALLS
 
+bool privsep_may_connect_ip(const char *name)
+{
+    for (size_t i = 0; i < ELEMENTSOF(seccomp_roles); i++)
+        if (strcmp(seccomp_roles[i].role, name) == 0)
+            return seccomp_roles[i].inet;
+    return false;
+}
+
 static int allow_all_of(scmp_filter_ctx ctx, const char *const *names, size_t n)
 {
     for (size_t i = 0; i < n; i++) {

@@ -42,3 +42,7 @@ void privsep_role_view(const char *name, daemon_config *view);
  * read only for that check. Returns 0 or a negative errno (logged); the
  * role must not run on failure. */
 int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config *cfg, const daemon_config *all);
+
+/* Whether role NAME's seccomp filter lets it open IP sockets and connect
+ * (the api, the proxy, the runner): the roles that may export telemetry. */
+bool privsep_may_connect_ip(const char *name);

@@ -28,13 +28,15 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
                 .domain = cfg->domain, .threads = cfg->api_threads, .roles = all, .n_roles = n_all,
                 .ready_flag = &health->ready, .audit_socket = cfg->audit_socket,
                 .proxy_metrics = cfg->proxy_metrics, .seal_mode = cfg->seal_mode,
-                .store_driver = strncmp(cfg->store_url, "postgres", 8) == 0 ? "postgres" : "sqlite"},
+                .store_driver = strncmp(cfg->store_url, "postgres", 8) == 0 ? "postgres" : "sqlite",
+                .job_engine_pcr0 = cfg->job_engine_pcr0[0] ? cfg->job_engine_pcr0 : NULL},
         .store_url = cfg->store_url,
         .auth_dir = auth_dir,
         .blob_dir = blob_dir,
         .platform_ca_cert = cfg->platform_ca_cert,
         .kms_socket = cfg->kms_socket,
         .runner_socket = cfg->runner_socket,
+        .engine_bundle = cfg->engine_bundle[0] ? cfg->engine_bundle : NULL,
     };
     return api_role_serve(&api);
 }

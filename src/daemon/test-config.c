@@ -164,6 +164,10 @@ Test(config, a_sqlite_store_outside_the_api_subtree)
     reset();
     cr_assert_eq(parse("store: {url: \"postgres://c@db/c\"}\nkms: {seal: {mode: passphrase}}\n"), 0);
     cr_assert_str_eq(cfg.store_url, "postgres://c@db/c");
+    reset();
+    cr_assert_eq(parse("store: {url: \"mysql://c:hunter22@db/c\"}\nkms: {seal: {mode: passphrase}}\n"), -EINVAL);
+    cr_assert(has("c.yaml:1: store.url: '"));
+    cr_assert_null(strstr(problems.items[0], "hunter22"), "%s", problems.items[0]);
 }
 
 Test(config, syntax_and_shape)

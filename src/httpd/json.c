@@ -164,3 +164,54 @@ int api_only_fields(const json_t *body, const char *const *known, api_error *err
     }
     return 0;
 }
+
+/* Finds query parameter NAME of REQ: its value in *RET_VALUE (not
+ * NUL-terminated) and *RET_LEN. False when absent. */
+static bool query_value(const h2o_req_t *req, const char *name, const char **ret_value, size_t *ret_len)
+{
+    if (req->query_at == SIZE_MAX)
+        return false;
+    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    size_t nlen = strlen(name);
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        if ((size_t)(stop - p) >= nlen && memcmp(p, name, nlen) == 0 && (p + nlen == stop || p[nlen] == '=')) {
+            *ret_value = p + nlen == stop ? stop : p + nlen + 1;
+            *ret_len = (size_t)(stop - *ret_value);
+            return true;
+        }
+        p = stop + 1;
+    }
+    return false;
+}
+
+bool api_query_param(const h2o_req_t *req, const char *name, char *out, size_t size)
+{
+    const char *v;
+    size_t len;
+    if (!query_value(req, name, &v, &len) || len >= size)
+        return false;
+    memcpy(out, v, len);
+    out[len] = 0;
+    return true;
+}
+
+int api_query_u64(const h2o_req_t *req, const char *name, uint64_t max, uint64_t *ret, api_error *err)
+{
+    const char *s;
+    size_t len;
+    if (!query_value(req, name, &s, &len))
+        return 0;
+    uint64_t v = 0;
+    bool ok = len > 0 && len <= 20;
+    for (size_t i = 0; ok && i < len; i++) {
+        ok = s[i] >= '0' && s[i] <= '9' && (uint64_t)(s[i] - '0') <= max && v <= (max - (uint64_t)(s[i] - '0')) / 10;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (!ok)
+        return api_fail(err, 400, "invalid", "%s must be a decimal number of at most %llu", name,
+                        (unsigned long long)max);
+    *ret = v;
+    return 0;
+}

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <h2o.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <jansson.h>
 
 #define API_BODY_MAX (1024 * 1024) /* bytes of JSON a request may carry */
@@ -37,3 +39,11 @@ void api_send_error(h2o_req_t *req, const api_error *err);
 json_t *api_decode_body(const char *data, size_t len, api_error *err);
 
 const char *http_reason(int status);
+
+/* Copies query parameter NAME (not percent-decoded: callers accept plain
+ * tokens only) into OUT; false when absent or longer than SIZE - 1. */
+bool api_query_param(const h2o_req_t *req, const char *name, char *out, size_t size);
+/* Query parameter NAME, when present, as a decimal number of at most MAX
+ * into *RET (left alone when absent). Returns 0, or -1 with ERR filled (400
+ * naming the parameter) when it is not one. */
+int api_query_u64(const h2o_req_t *req, const char *name, uint64_t max, uint64_t *ret, api_error *err);

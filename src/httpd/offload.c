@@ -64,8 +64,12 @@ static void *worker_main(void *arg)
         offload_job *job = H2O_STRUCT_FROM_MEMBER(offload_job, _link, p->queue.next);
         h2o_linklist_unlink(&job->_link);
         pthread_mutex_unlock(&p->lock);
-        if (!atomic_load(&job->_abandoned) && !atomic_load(&job->_loop->closing))
+        if (!atomic_load(&job->_abandoned) && !atomic_load(&job->_loop->closing)) {
+            /* the worker works in the submitter's trace (what it calls carries it on) */
+            telemetry_set_current_context(job->_has_trace ? &job->_trace : NULL);
             job->work(job);
+            telemetry_set_current_context(NULL);
+        }
         post_back(job);
         pthread_mutex_lock(&p->lock);
         p->jobs--;
@@ -118,7 +122,12 @@ static void finish(offload_loop *l, offload_job *job, h2o_req_t *req)
     if (job->_anchor)
         job->_anchor->job = NULL;
     l->in_flight--;
+    /* back on the loop: the request's span is current again while DONE
+     * answers it (alive as long as its request is) */
+    telemetry_span *was = telemetry_current();
+    telemetry_set_current(req ? job->_span : NULL);
     job->done(job, req);
+    telemetry_set_current(was);
 }
 
 static void on_posted(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
@@ -196,6 +205,8 @@ int offload_submit(offload_pool *p, offload_loop *l, h2o_req_t *req, offload_job
         job->_msg = (h2o_multithread_message_t){{0}};
         job->_loop = l;
         job->_req = req;
+        job->_span = telemetry_current();
+        job->_has_trace = telemetry_current_context(&job->_trace);
         job->_anchor = a;
         atomic_init(&job->_abandoned, false);
         l->in_flight++;

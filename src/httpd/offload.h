@@ -22,6 +22,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "telemetry/telemetry.h"
+
 typedef struct offload_pool offload_pool;
 typedef struct offload_loop offload_loop;
 typedef struct offload_job offload_job;
@@ -46,6 +48,9 @@ struct offload_job {
     h2o_req_t *_req;         /* loop thread only: NULL once the request went away */
     offload_anchor *_anchor; /* in the request's pool while the job runs */
     _Atomic bool _abandoned; /* the request went away: skip WORK if not started */
+    telemetry_span *_span;   /* the submitter's current span (loop thread only) */
+    trace_context _trace;    /* and its context, current on the worker during WORK */
+    bool _has_trace;
 };
 
 /* A pool of THREADS workers taking at most MAX_JOBS jobs at once (queued or

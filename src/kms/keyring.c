@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "age/age.h"
 #include "basic/encoding.h"
 #include "basic/fileio.h"
 #include "basic/macro.h"
@@ -697,5 +698,56 @@ int kms_public_x25519(kms_keyring *kr, const char *name, uint8_t out[static KMS_
     if (r < 0)
         return fail(err, r, "cannot derive the public key of %s", name);
     *ret_version = v->version;
+    return 0;
+}
+
+/* Reads an age header from a buffer, for age_unwrap_file_key(). */
+typedef struct header_reader {
+    const uint8_t *p;
+    size_t left;
+} header_reader;
+
+static ssize_t header_read(void *userdata, uint8_t *buf, size_t n)
+{
+    header_reader *hr = userdata;
+    size_t k = MIN(n, hr->left);
+    memcpy(buf, hr->p, k);
+    hr->p += k;
+    hr->left -= k;
+    return (ssize_t)k;
+}
+
+int kms_age_unwrap(kms_keyring *kr, const char *name, const uint8_t *header, size_t len,
+                   uint8_t ret_file_key[static AGE_FILE_KEY_SIZE], kms_err *err)
+{
+    kms_key *k;
+    int r = key_for(kr, name, "agreement", &k, err);
+    if (r < 0)
+        return r;
+    /* every usable version: a workspace key rotated after an upload still opens it */
+    for (size_t i = 0; i < k->n_versions; i++) {
+        kms_version *v = &k->versions[i];
+        if (v->state != KMS_STATE_ENABLED)
+            continue;
+        EVP_PKEY *pkey = version_pkey(k, v);
+        age_identity id;
+        size_t sl = sizeof(id.secret), pl = sizeof(id.public);
+        r = pkey && EVP_PKEY_get_raw_private_key(pkey, id.secret, &sl) == 1 &&
+                    EVP_PKEY_get_raw_public_key(pkey, id.public, &pl) == 1 && sl == AGE_KEY_SIZE && pl == AGE_KEY_SIZE
+                ? 0
+                : -EIO;
+        EVP_PKEY_free(pkey);
+        header_reader hr = {header, len};
+        if (r == 0)
+            r = age_unwrap_file_key(&id, 1, header_read, &hr, ret_file_key);
+        age_identity_wipe(&id);
+        if (r != AGE_ERR_NO_MATCH)
+            break;
+    }
+    if (r == AGE_ERR_NO_MATCH)
+        return fail(err, -ENOKEY, "the file has no stanza for key %s", name);
+    if (r < 0)
+        return fail(err, r == -EIO ? -EIO : -EBADMSG, "cannot open the file's header with key %s: %s", name,
+                    age_strerror(r));
     return 0;
 }

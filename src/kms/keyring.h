@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "age/age.h"
 #include "kms/ciphertext.h"
 
 #define KMS_KEYS_MAX 256
@@ -103,3 +104,12 @@ int kms_verify(kms_keyring *kr, const char *name, uint32_t version, const uint8_
  * never leaves the ring. */
 int kms_public_x25519(kms_keyring *kr, const char *name, uint8_t out[static KMS_X25519_BYTES], uint32_t *ret_version,
                       kms_err *err);
+
+/* Opens the header of an age file (its first LEN bytes, the header at
+ * least) with x25519 key NAME: the file key of the X25519 stanza addressed
+ * to one of its enabled versions into RET_FILE_KEY, once the header MAC
+ * verified. -ENOKEY no stanza for it, -EBADMSG a malformed header or a MAC
+ * that does not verify, -EMEDIUMTYPE not an x25519 key. The private half
+ * never leaves the ring; the caller wipes the file key. */
+int kms_age_unwrap(kms_keyring *kr, const char *name, const uint8_t *header, size_t len,
+                   uint8_t ret_file_key[static AGE_FILE_KEY_SIZE], kms_err *err);

@@ -24,6 +24,7 @@
 #include "httpd/httpd.h"
 #include "httpd/json.h"
 #include "kms/client.h"
+#include "kms/job-release.h"
 #include "kms/keyring.h"
 #include "kms/respond.h"
 #include "kms/seal.h"
@@ -42,6 +43,7 @@ typedef struct kms_role {
     kms_keyring *ring;
     uint64_t last_tick; /* monotonic ns of the last look for versions due for destruction */
     httpd_listener *unseal_listener; /* `cloisterd unseal`'s socket (KMS_UNSEAL_TAG) */
+    kms_job_config job;              /* the job release's run counts and evidence roots */
 } kms_role;
 
 typedef struct kms_handler {
@@ -410,6 +412,17 @@ static json_t *op_version(kms_op *op)
     return kms_keyring_describe(op->role->ring, name);
 }
 
+/* The file keys of a job's inputs, sealed to its attested sandbox once
+ * every check passed (job-release.h). */
+static json_t *op_job_release(kms_op *op)
+{
+    if (!op->role->job.platform_ca) {
+        api_fail(&op->err, 503, "unavailable", "the KMS could not read the platform CA; no job key is released");
+        return NULL;
+    }
+    return kms_job_release(op->role->ring, &op->role->job, op->body, &op->err);
+}
+
 /* ---- sealing ---- */
 
 /* Forgets the root key and the key ring (wiping both). */
@@ -494,6 +507,7 @@ static const struct {
     {"/v1/key", op_describe, false},
     {"/v1/version", op_version, false},
     {"/v1/public", op_public, false},
+    {"/v1/job-release", op_job_release, false}, /* file keys leave only as JWEs to the sandbox */
 };
 
 /* Every request: POST only, a capped JSON body (wiped once decoded), then
@@ -610,7 +624,14 @@ int kms_serve(const kms_server_config *cfg)
         log_fields(LOG_LEVEL_WARN, "cannot start audit event delivery; events go to the log", "error", strerror(-r),
                    NULL);
     atomic_store(&cfg->health->sealed, true);
-    kms_role role = {.cfg = cfg, .health = cfg->health, .seal = cfg->seal};
+    kms_role role = {.cfg = cfg, .health = cfg->health, .seal = cfg->seal,
+                     .job = {.runs_dir = cfg->job_runs_dir, .dev = cfg->dev}};
+    _cleanup_free_ char *platform_ca = NULL;
+    r = read_file(cfg->platform_ca_cert, 1024 * 1024, &platform_ca, &role.job.platform_ca_len);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot read the platform CA; jobs get no keys", "path", cfg->platform_ca_cert,
+                   "error", strerror(-r), NULL);
+    role.job.platform_ca = platform_ca;
     snprintf(role.keyring_file, sizeof(role.keyring_file), "%s", cfg->keyring_file);
     char mode[16];
     if (kms_root_mode(cfg->seal.root_file, mode) == 0 && strcmp(mode, cfg->seal.mode) != 0)

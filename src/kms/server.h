@@ -2,6 +2,7 @@
  * `cloisterd unseal`'s socket) in front of the root key and the key ring. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "basic/role.h"
@@ -14,6 +15,9 @@ typedef struct kms_server_config {
     const char *audit_socket;  /* unseal attempts are audited there */
     const char *data_dir;      /* named in the hint of a sealed answer */
     const char *keyring_file;
+    const char *job_runs_dir;     /* the job release's run counts, one file per job digest */
+    const char *platform_ca_cert; /* the roots of sandbox evidence, for the job release */
+    bool dev;                     /* --dev: the built-in cloister-jobs policy accepts sandbox evidence */
     kms_seal_config seal;      /* how the root key is sealed and where it lies */
     /* the passphrase or PIN read from the configured file (malloc, SECRET_LEN bytes), or NULL:
      * kms_serve unseals with it at once, then wipes and frees it */

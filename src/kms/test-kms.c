@@ -15,7 +15,6 @@
 #include "kms/crypto.h"
 #include "kms/keyring.h"
 #include "kms/seal.h"
-
 static json_t *load_vectors(const char *name)
 {
     const char *dir = getenv("CLOISTER_VECTORS");
@@ -295,6 +294,68 @@ Test(keyring, x25519_public_half_only, .init = make_tmpdir, .fini = remove_tmpdi
     kr = open_ring(root);
     cr_assert_eq(kms_public_x25519(kr, "workspace_a", again, &v, &err), 0, "%s", err.message);
     cr_assert_eq(memcmp(pub, again, sizeof(pub)), 0, "the same key after the ring is read back");
+    kms_keyring_free(kr);
+}
+
+/* A growing buffer for age_encrypt()'s output. */
+typedef struct membuf {
+    uint8_t data[4096];
+    size_t len, pos;
+} membuf;
+
+static int mem_write(void *userdata, const uint8_t *buf, size_t n)
+{
+    membuf *m = userdata;
+    cr_assert_leq(m->len + n, sizeof(m->data));
+    memcpy(m->data + m->len, buf, n);
+    m->len += n;
+    return 0;
+}
+
+static ssize_t mem_read(void *userdata, uint8_t *buf, size_t n)
+{
+    membuf *m = userdata;
+    size_t k = n < m->len - m->pos ? n : m->len - m->pos;
+    memcpy(buf, m->data + m->pos, k);
+    m->pos += k;
+    return (ssize_t)k;
+}
+
+/* A job's input: an age file to the workspace key and someone else opens
+ * with the ring's key only (its header alone suffices), and the file key it
+ * gives decrypts the file; a file not addressed to it, or with an altered
+ * header, gives nothing. */
+Test(keyring, age_unwrap_with_the_workspace_key, .init = make_tmpdir, .fini = remove_tmpdir)
+{
+    uint8_t root[KMS_KEY_BYTES] = {6};
+    kms_keyring *kr = open_ring(root);
+    kms_err err;
+    uint32_t v;
+    age_recipient to[2];
+    age_identity other;
+    cr_assert_eq(kms_keyring_ensure(kr, "workspace_b", "x25519", &err), 0, "%s", err.message);
+    cr_assert_eq(kms_public_x25519(kr, "workspace_b", to[0].public, &v, &err), 0, "%s", err.message);
+    cr_assert_eq(age_identity_generate(&other), 0);
+    age_identity_recipient(&other, &to[1]);
+    membuf plain = {.data = "id,city\n1,Lyon\n", .len = 16}, file = {0}, out = {0};
+    cr_assert_eq(age_encrypt(to, 2, mem_read, &plain, mem_write, &file), 0);
+    uint8_t key[AGE_FILE_KEY_SIZE];
+    size_t header_len = (size_t)(strstr((char *)file.data, "\n--- ") - (char *)file.data) + 49; /* "\n--- " MAC "\n" */
+    cr_assert_eq(kms_age_unwrap(kr, "workspace_b", file.data, header_len, key, &err), 0, "%s", err.message);
+    cr_assert_eq(age_decrypt_with_file_key(key, mem_read, &file, mem_write, &out), 0);
+    cr_assert_eq(out.len, 16);
+    cr_assert_eq(memcmp(out.data, "id,city\n1,Lyon\n", 16), 0);
+    /* addressed to someone else only */
+    membuf alone = {0};
+    plain.pos = 0;
+    cr_assert_eq(age_encrypt(&to[1], 1, mem_read, &plain, mem_write, &alone), 0);
+    cr_assert_eq(kms_age_unwrap(kr, "workspace_b", alone.data, alone.len, key, &err), -ENOKEY);
+    /* an altered header (a byte of the MAC) */
+    file.data[header_len - 2] ^= 1;
+    cr_assert_eq(kms_age_unwrap(kr, "workspace_b", file.data, file.len, key, &err), -EBADMSG);
+    cr_assert_eq(kms_keyring_ensure(kr, "aes", "aes-256-gcm", &err), 0);
+    cr_assert_eq(kms_age_unwrap(kr, "aes", file.data, file.len, key, &err), -EMEDIUMTYPE);
+    age_identity_wipe(&other);
     kms_keyring_free(kr);
 }
 

@@ -123,6 +123,7 @@ void proxy_access_emit(void *p)
     if (rec->in_flight)
         atomic_fetch_sub(rec->in_flight, 1);
     proxy_metrics_observe(s->metrics, rec->service, rec->decision, status, latency_ns);
+    proxy_trace_finish(pr, status, req->bytes_sent, latency_ns / 1000);
     if (s->metrics)
         atomic_store_explicit(&s->metrics->audit_dropped, audit_event_dropped(), memory_order_relaxed);
     proxy_config_unref(rec->config);

@@ -92,7 +92,7 @@ proxy_step proxy_stage_attestation(proxy_request *pr)
         return proxy_fail(pr, 400, "invalid", "nonce must be %d hex digits (%d random bytes of yours)",
                           2 * ATLS_NONCE_LEN, ATLS_NONCE_LEN);
     }
-    size_t i = t->next_replica++ % svc->n_replicas;
+    size_t i = pr->replica; /* chosen in turn by the reachable stage */
     *j = (attest_job){.pr = pr, .policy = json_deep_copy(svc->attestation_policy)};
     hex_decode(p + 6, 2 * ATLS_NONCE_LEN, j->nonce, sizeof(j->nonce));
     snprintf(j->enclave, sizeof(j->enclave), "%s", svc->enclave);

@@ -253,6 +253,7 @@ static int service_init(proxy_service *s, json_t *doc, const proxy_state *st)
     s->pass_authorization = json_is_true(json_object_get(spec, "passAuthorization"));
     s->fail_closed = json_is_true(json_object_get(spec, "failClosed"));
     s->allow_path_parameters = json_is_true(json_object_get(spec, "allowPathParameters"));
+    s->trust_trace_context = json_is_true(json_object_get(spec, "trustTraceContext"));
     const json_t *limits = json_object_get(spec, "limits");
     const json_t *v;
     if (json_is_integer(v = json_object_get(limits, "maxBodyBytes")) && json_integer_value(v) >= 0)

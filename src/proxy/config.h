@@ -65,6 +65,7 @@ typedef struct proxy_service {
     const char *unreachable; /* why an enclave upstream has no replica to go to (static text), or NULL */
     bool pass_authorization, fail_closed;
     bool allow_path_parameters; /* spec.allowPathParameters: ';' in the path is forwarded, not refused */
+    bool trust_trace_context;   /* spec.trustTraceContext: a client's valid traceparent is continued, not linked */
     uint64_t max_body, max_header_bytes;
     proxy_inject inject;
     h2o_iovec_t inject_name;  /* lower-case header name */

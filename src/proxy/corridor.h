@@ -6,6 +6,9 @@
  *   normalise     normalise.c    configuration present, framing, route by Host,
  *                                SNI against Host (tls.c), path parameters,
  *                                the one path normalisation
+ *   trace         trace.c        the client's traceparent/tracestate: the
+ *                                SERVER span, continued (a trusting Service)
+ *                                or a new trace linking the client's
  *   reserved      proxy.c        /.cloister/ paths: the login callback
  *                                (login.c), the JWKS (jwks.c)
  *   limit         normalise.c    the Service's body and header caps
@@ -16,11 +19,14 @@
  *   reachable     forward.c      an upstream (or enclave replica) to go to
  *   attestation   attestation.c  /.cloister/attestation, decided like any path
  *   rewrite       rewrite.c      headers for the upstream, identity added
+ *   trace-upstream trace.c       the CLIENT span of the hop; its traceparent
+ *                                (and the kept tracestate) for the upstream
  *   forward       forward.c      to the upstream's keep-alive pool
  *
  * A stage answers (respond.c: one place turns a refusal into a status and a
  * JSON body) and returns PROXY_DONE, or returns PROXY_NEXT. The access log
- * (access-log.c) records every request when its pool is released. */
+ * (access-log.c) records every request when its pool is released, and ends
+ * its spans (trace.c). */
 #pragma once
 
 #include <h2o.h>
@@ -35,6 +41,7 @@
 #include "proxy/config.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy.h"
+#include "telemetry/telemetry.h"
 
 #define PROXY_TOKEN_SLOTS 1024     /* resolved access tokens per thread */
 #define PROXY_ASSERTION_SLOTS 1024 /* signed assertions per thread */
@@ -77,6 +84,7 @@ typedef struct proxy_thread {
     assertion_slot assertions[PROXY_ASSERTION_SLOTS];
     uint8_t id_prefix[8];
     uint64_t id_seq;
+    uint64_t trace_seed;   /* trace.c's id generator (random at start) */
     unsigned next_replica; /* round robin over an enclave's replicas */
     /* /.cloister/attestation: certificates fetched on settings->attest_pool
      * come back to this loop; the drain waits for them */
@@ -123,6 +131,15 @@ typedef struct proxy_request {
     int64_t now; /* seconds */
     bool from_cookie;
     const resolved_token *token; /* owned by the thread's cache */
+    /* reachable: for an enclave, the replica (index into svc->replicas) */
+    size_t replica;
+    /* trace (trace.c) */
+    bool traced;                    /* TRACE is set: the request got past normalise */
+    trace_context trace;            /* the SERVER span's context */
+    trace_context upstream_trace;   /* the CLIENT span's: the parent-id the upstream gets */
+    telemetry_span *server_span, *client_span; /* NULL when export is off, or once ended */
+    h2o_iovec_t tracestate;         /* what is passed upstream (pool), or a NULL base */
+    h2o_iovec_t user_agent;         /* the client's User-Agent (the request's), or a NULL base */
     access_record rec;
 } proxy_request;
 
@@ -135,12 +152,14 @@ typedef proxy_step (*proxy_stage)(proxy_request *pr);
 
 /* ---- the stages ---- */
 proxy_step proxy_stage_normalise(proxy_request *pr);    /* normalise.c */
+proxy_step proxy_stage_trace(proxy_request *pr);        /* trace.c */
 proxy_step proxy_stage_limit(proxy_request *pr);        /* normalise.c */
 proxy_step proxy_stage_authenticate(proxy_request *pr); /* authenticate.c */
 proxy_step proxy_stage_decide(proxy_request *pr);       /* decide.c */
 proxy_step proxy_stage_reachable(proxy_request *pr);    /* forward.c */
 proxy_step proxy_stage_attestation(proxy_request *pr);  /* attestation.c */
 proxy_step proxy_stage_rewrite(proxy_request *pr);      /* rewrite.c */
+proxy_step proxy_stage_trace_upstream(proxy_request *pr); /* trace.c */
 proxy_step proxy_stage_forward(proxy_request *pr);      /* forward.c */
 
 /* ---- proxy.c ---- */
@@ -183,6 +202,15 @@ void proxy_access_encode(strbuf *b, bool first, const char *now, const access_re
 /* Copies the LEN bytes at S into OUT (SIZE) for the log: printable ASCII
  * kept, anything else as '?', cut at SIZE - 1. */
 void proxy_copy_printable(char *out, size_t size, const char *s, size_t len);
+
+/* ---- trace.c ---- */
+/* Ends PR's CLIENT span (if any) when the upstream answered STATUS (or the
+ * proxy answered for it: 502, 504). */
+void proxy_trace_upstream_answered(proxy_request *pr, int status);
+/* When PR's record is written: ends its spans (the SERVER span with the
+ * request's attributes and STATUS) and, when exporting, sends the access
+ * record (BYTES sent, LATENCY_US) as an OTLP log record in its trace. */
+void proxy_trace_finish(proxy_request *pr, int status, uint64_t bytes, uint64_t latency_us);
 
 /* ---- tls.c ---- */
 /* Why REQ, routed to SVC in C, came on a TLS connection opened (SNI) for

@@ -21,21 +21,26 @@ proxy_step proxy_stage_reachable(proxy_request *pr)
         return proxy_fail(pr, 502, "bad_gateway", "service %s has no upstream this proxy can reach", svc->name);
     if (svc->inject && svc->inject_missing)
         return proxy_fail(pr, 502, "bad_gateway", "the secret service %s injects is not available", svc->name);
+    if (svc->is_enclave)
+        pr->replica = pr->t->next_replica++ % svc->n_replicas; /* in turn */
     return PROXY_NEXT;
 }
 
 /* Watches the upstream's response to a forwarded request. */
 typedef struct upstream_filter {
     h2o_req_prefilter_t super; /* first: the prefilter is the filter */
-    const char *service;
+    proxy_request *pr;
 } upstream_filter;
 
-/* Drops the upstream's Set-Cookie of the proxy's own cookies from the
- * response REQ is about to send: an upstream must not put a session of its
- * choice (its own login, or a sibling service's) in the browser. */
+/* Ends the hop's CLIENT span, and drops the upstream's Set-Cookie of the
+ * proxy's own cookies from the response REQ is about to send: an upstream
+ * must not put a session of its choice (its own login, or a sibling
+ * service's) in the browser. */
 static void on_upstream_response(h2o_req_prefilter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
 {
     static const char *const ours[] = {PROXY_SESSION_COOKIE, PROXY_LOGIN_COOKIE, NULL};
+    proxy_request *pr = ((upstream_filter *)self)->pr;
+    proxy_trace_upstream_answered(pr, req->res.status);
     h2o_headers_t *h = &req->res.headers;
     size_t kept = 0;
     for (size_t i = 0; i < h->size; i++) {
@@ -43,7 +48,7 @@ static void on_upstream_response(h2o_req_prefilter_t *self, h2o_req_t *req, h2o_
         if (e->name->len == strlen("set-cookie") && strncasecmp(e->name->base, "set-cookie", e->name->len) == 0 &&
             proxy_set_cookie_is_ours(e->value.base, e->value.len, ours)) {
             log_fields(LOG_LEVEL_WARN, "dropped an upstream's Set-Cookie of the proxy's own cookie", "service",
-                       ((upstream_filter *)self)->service, NULL);
+                       pr->svc->name, NULL);
             continue;
         }
         h->entries[kept++] = *e;
@@ -64,8 +69,8 @@ proxy_step proxy_stage_forward(proxy_request *pr)
         atomic_fetch_add(pr->rec.in_flight, 1); /* the load its controller scales on */
     upstream_filter *f = (upstream_filter *)h2o_add_prefilter(req, sizeof(*f));
     f->super.on_setup_ostream = on_upstream_response;
-    f->service = svc->name; /* the request keeps its configuration alive */
-    h2o_socketpool_t *pool = svc->is_enclave ? svc->replicas[t->next_replica++ % svc->n_replicas] : svc->pool;
+    f->pr = pr; /* the request keeps its configuration alive */
+    h2o_socketpool_t *pool = svc->is_enclave ? svc->replicas[pr->replica] : svc->pool;
     if (!pool->_interval_cb.loop)
         proxy_pool_attach(pool, t->ctx->loop);
     h2o_req_overrides_t *ov = h2o_mem_alloc_pool(&req->pool, sizeof(*ov));

@@ -31,6 +31,7 @@ void *proxy_thread_init(h2o_context_t *ctx, void *userdata)
     t->values = cel_arena_new(VALUES_ARENA_MAX);
     t->scratch = cel_arena_new(POLICY_ARENA_MAX);
     random_bytes(t->id_prefix, sizeof(t->id_prefix));
+    random_bytes(&t->trace_seed, sizeof(t->trace_seed));
     h2o_timeout_init(ctx->loop, &t->io_timeout, s->upstream_timeout_ms ? s->upstream_timeout_ms : 30000);
     h2o_timeout_init(ctx->loop, &t->websocket_timeout, s->websocket_timeout_ms ? s->websocket_timeout_ms : 300000);
     proxy_access_init(t);
@@ -113,13 +114,15 @@ static proxy_step proxy_stage_probe(proxy_request *pr)
     h2o_req_t *req = pr->req;
     h2o_iovec_t path = req->path_normalized;
     bool live = h2o_memis(path.base, path.len, H2O_STRLIT("/healthz"));
-    const char *why;
-    if (httpd_framing_check(req, &why) < 0 || /* refused by normalise */
-        (!live && !h2o_memis(path.base, path.len, H2O_STRLIT("/readyz"))) ||
+    if ((!live && !h2o_memis(path.base, path.len, H2O_STRLIT("/readyz"))) ||
         !(h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) ||
           h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"))) ||
         (pr->c && proxy_config_route(pr->c, req->authority.base, req->authority.len)))
         return PROXY_NEXT;
+    /* the guards' verdict is taken once: here for a probe, else by normalise */
+    const char *why;
+    if (httpd_framing_check(req, &why) < 0)
+        return proxy_fail(pr, 400, "invalid", "ambiguous request refused: %s", why);
     pr->rec.decision = PROXY_DECISION_ALLOW;
     json_t *problems = json_array();
     char problem[160] = "";
@@ -146,8 +149,10 @@ static proxy_step proxy_stage_probe(proxy_request *pr)
 
 /* The stages, in order (corridor.h says what each does). */
 static const proxy_stage stages[] = {
-    proxy_stage_probe,     proxy_stage_normalise, proxy_stage_reserved, proxy_stage_limit,   proxy_stage_authenticate, proxy_stage_decide,
-    proxy_stage_reachable, proxy_stage_attestation, proxy_stage_rewrite, proxy_stage_forward,
+    proxy_stage_probe,       proxy_stage_normalise,   proxy_stage_trace,       proxy_stage_reserved,
+    proxy_stage_limit,       proxy_stage_authenticate, proxy_stage_decide,
+    proxy_stage_reachable,   proxy_stage_attestation, proxy_stage_rewrite,
+    proxy_stage_trace_upstream, proxy_stage_forward,
 };
 
 /* The request's context, from its pool, with what is known before any

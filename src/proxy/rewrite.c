@@ -69,8 +69,8 @@ static bool name_is(const h2o_iovec_t *name, const char *s, size_t len)
 }
 
 /* Whether a client-sent header NAME must not reach the upstream: our
- * identity headers, forwarding headers the proxy sets itself, proxy
- * credentials, and the header a Service injects. */
+ * identity headers, forwarding and trace context headers the proxy sets
+ * itself (trace.c), proxy credentials, and the header a Service injects. */
 static bool header_dropped(const h2o_iovec_t *name, const proxy_service *svc)
 {
     if (name->len >= 11 && strncasecmp(name->base, "x-cloister-", 11) == 0)
@@ -78,7 +78,8 @@ static bool header_dropped(const h2o_iovec_t *name, const proxy_service *svc)
     if (name->len >= 12 && strncasecmp(name->base, "x-forwarded-", 12) == 0)
         return true;
     if (name_is(name, H2O_STRLIT("forwarded")) || name_is(name, H2O_STRLIT("x-real-ip")) ||
-        name_is(name, H2O_STRLIT("proxy-authorization")))
+        name_is(name, H2O_STRLIT("proxy-authorization")) || name_is(name, H2O_STRLIT("traceparent")) ||
+        name_is(name, H2O_STRLIT("tracestate")))
         return true;
     if (name_is(name, H2O_STRLIT("authorization")) && (!svc->pass_authorization || svc->inject))
         return true;

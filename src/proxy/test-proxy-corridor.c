@@ -62,6 +62,8 @@ Test(rewrite, drops_what_the_client_must_not_set_and_adds_the_identity)
     add(&in, "forwarded", "for=10.0.0.1");
     add(&in, "x-real-ip", "10.0.0.1");
     add(&in, "proxy-authorization", "Basic eDp5");
+    add(&in, "traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    add(&in, "TraceState", "vendor=x");
     proxy_service svc = {.name = "app"};
     json_t *user = ana();
     proxy_upstream_headers(&pool, &in, &svc, user, request_id, "the.assertion.jwt", &out);
@@ -74,12 +76,14 @@ Test(rewrite, drops_what_the_client_must_not_set_and_adds_the_identity)
     cr_expect_null(only(&out, "forwarded"));
     cr_expect_null(only(&out, "x-real-ip"));
     cr_expect_null(only(&out, "proxy-authorization"));
+    cr_expect_null(only(&out, "traceparent"), "the trace stages write their own (trace.c)");
+    cr_expect_null(only(&out, "tracestate"));
     cr_expect_str_eq(only(&out, "x-cloister-user"), "ana");
     cr_expect_str_eq(only(&out, "x-cloister-email"), "ana@example.com");
     cr_expect_str_eq(only(&out, "x-cloister-groups"), "dev,ops");
     cr_expect_str_eq(only(&out, "x-cloister-request-id"), request_id);
     cr_expect_str_eq(only(&out, "x-cloister-assertion"), "the.assertion.jwt");
-    cr_expect_eq(in.size, 9, "the client's headers are left as they were");
+    cr_expect_eq(in.size, 11, "the client's headers are left as they were");
 }
 
 Test(rewrite, a_cookie_header_of_ours_alone_is_dropped_and_authorization_passes_when_asked)

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -163,6 +164,7 @@ static const schema_field service_fields[] = {
     {"failClosed", &s_bool, false, NULL},
     {"passAuthorization", &s_bool, false, NULL},
     {"allowPathParameters", &s_bool, false, NULL},
+    {"trustTraceContext", &s_bool, false, NULL},
     {"limits", &s_service_limits, false, NULL},
     {NULL},
 };
@@ -432,6 +434,94 @@ static const schema_field dataset_fields[] = {
 };
 static const schema s_dataset_spec = OBJECT(dataset_fields, .check = check_dataset);
 
+/* A Job: a query over datasets of one workspace, run once every required
+ * approver signed its digest (src/job/digest.h); the server computes the
+ * rest (status). */
+#define JOB_QUERY_MAX (64 * 1024)
+#define JOB_INPUTS_MAX 16
+#define JOB_RECIPIENTS_MAX 64
+#define JOB_MAX_RUNS_MAX 1000
+
+/* Refuses a name twice in array FIELD of V (inputs, recipients). */
+static int check_unique_names(const json_t *v, const char *field, resource_path *path, resource_error *err)
+{
+    const json_t *a = json_object_get(v, field);
+    for (size_t i = 1; i < json_array_size(a); i++)
+        for (size_t j = 0; j < i; j++) {
+            if (!json_equal(json_array_get(a, i), json_array_get(a, j)))
+                continue;
+            size_t saved = resource_path_push_key(path, field, strlen(field));
+            resource_path_push_index(path, i);
+            int r = resource_fail(err, path, "%s is already %s[%zu]", json_string_value(json_array_get(a, i)),
+                                  field, j);
+            resource_path_pop(path, saved);
+            return r;
+        }
+    return 0;
+}
+
+/* The code point of the UTF-8 sequence at S (jansson holds valid UTF-8
+ * only) into *RET; returns the bytes it took. */
+static size_t utf8_decode(const unsigned char *s, uint32_t *ret)
+{
+    if (s[0] < 0x80) {
+        *ret = s[0];
+        return 1;
+    }
+    size_t n = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : 2, i = 1;
+    uint32_t cp = s[0] & (0x7f >> n);
+    for (; i < n && s[i]; i++) /* never past the terminator, whatever the bytes */
+        cp = cp << 6 | (s[i] & 0x3f);
+    *ret = cp;
+    return i;
+}
+
+/* Whether CP changes how text around it is shown without being seen: the
+ * bidirectional controls and the zero-width characters ("Trojan Source",
+ * CVE-2021-42574). */
+static bool invisible_format(uint32_t cp)
+{
+    return (cp >= 0x200b && cp <= 0x200f) || (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069) ||
+           cp == 0x061c || cp == 0xfeff;
+}
+
+/* Inputs and recipients each named once; a query an approver reads as it
+ * runs: no bidirectional controls or invisible characters in it. */
+static int check_job(const json_t *v, resource_path *path, resource_error *err)
+{
+    int r = check_unique_names(v, "inputs", path, err);
+    if (r == 0)
+        r = check_unique_names(v, "recipients", path, err);
+    const unsigned char *q = (const unsigned char *)json_string_value(json_object_get(v, "query"));
+    for (size_t i = 0; r == 0 && q && q[i];) {
+        uint32_t cp;
+        size_t n = utf8_decode(q + i, &cp);
+        if (invisible_format(cp)) {
+            size_t saved = resource_path_push_key(path, "query", STRLEN("query"));
+            r = resource_fail(err, path, "holds U+%04X at byte %zu, a bidirectional control or invisible character: "
+                              "what an approver sees would not be what runs", (unsigned)cp, i);
+            resource_path_pop(path, saved);
+        }
+        i += n;
+    }
+    return r;
+}
+
+static const schema s_query = STRING(.format = FORMAT_TEXT, .max_len = JOB_QUERY_MAX);
+static const schema s_job_inputs = ARRAY(&s_name, .min_items = 1, .max_items = JOB_INPUTS_MAX);
+static const schema s_job_recipients = ARRAY(&s_name, .min_items = 1, .max_items = JOB_RECIPIENTS_MAX);
+static const schema s_max_runs = {.type = SCHEMA_INT, .min = 1, .max = JOB_MAX_RUNS_MAX};
+static const schema_field job_fields[] = {
+    {"workspace", &s_name, true, NULL},
+    {"query", &s_query, true, NULL},
+    {"inputs", &s_job_inputs, true, NULL},
+    {"recipients", &s_job_recipients, false, NULL}, /* absent: every member, filled in by the server */
+    {"maxRuns", &s_max_runs, false, "1"},
+    {"notAfter", &s_time, false, NULL},
+    {NULL},
+};
+static const schema s_job_spec = OBJECT(job_fields, .check = check_job);
+
 /* ---- Session (written by the auth server only) --------------------------- */
 
 static const char *const auth_methods[] = {"token", "oidc", NULL};
@@ -532,6 +622,14 @@ static const resource_column dataset_columns[] = {
     {NULL},
 };
 
+static const resource_column job_columns[] = {
+    {"WORKSPACE", {"spec.workspace"}, false, NULL},
+    {"STATE", {"status.state"}, false, "-"},
+    {"INPUTS", {"spec.inputs"}, false, NULL},
+    {"MISSING", {"status.missingApprovers"}, false, "-"},
+    {NULL},
+};
+
 static const resource_kind kinds[] = {
     {"User", "users", false, &s_user_spec, user_columns},
     {"Group", "groups", false, &s_group_spec, group_columns},
@@ -546,6 +644,7 @@ static const resource_kind kinds[] = {
     {"Enclave", "enclaves", false, &s_enclave_spec, enclave_columns},
     {"Workspace", "workspaces", false, &s_workspace_spec, workspace_columns},
     {"Dataset", "datasets", false, &s_dataset_spec, dataset_columns},
+    {"Job", "jobs", false, &s_job_spec, job_columns},
 };
 
 /* ---- the document around the spec -------------------------------------- */

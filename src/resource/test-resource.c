@@ -443,3 +443,45 @@ Test(defaults, enclave_replicas_default_to_one)
     resource_error err;
     cr_expect_eq(resource_validate(f, &err), 0);
 }
+
+#define JOB_DOC HEADER "kind: Job\nmetadata: {name: by-city}\n"
+
+Test(validate, job)
+{
+    expect_valid(JOB_DOC "spec: {workspace: cohort, query: \"SELECT city, count(*) FROM patients GROUP BY city\","
+                         " inputs: [patients, visits], recipients: [alice, bob], maxRuns: 3,"
+                         " notAfter: \"2027-01-01T00:00:00Z\"}\n");
+    expect_valid(JOB_DOC "spec: {workspace: cohort, query: \"SELECT 1\", inputs: [patients]}\n");
+    expect_invalid(JOB_DOC "spec: {workspace: cohort, query: q}\n", "spec.inputs", "required field missing");
+    expect_invalid(JOB_DOC "spec: {workspace: cohort, query: q, inputs: []}\n", "spec.inputs", "at least 1");
+    expect_invalid(JOB_DOC "spec: {workspace: cohort, query: q, inputs: [a, b, a]}\n", "spec.inputs[2]",
+                   "a is already inputs[0]");
+    expect_invalid(JOB_DOC "spec: {workspace: cohort, query: q, inputs: [a], recipients: [x, x]}\n",
+                   "spec.recipients[1]", "x is already recipients[0]");
+    expect_invalid(JOB_DOC "spec: {workspace: cohort, query: q, inputs: [a], maxRuns: 0}\n", "spec.maxRuns", "");
+    expect_invalid(JOB_DOC "spec: {workspace: cohort, query: q, inputs: [a], notAfter: tomorrow}\n", "spec.notAfter",
+                   "RFC 3339");
+    /* at most 16 inputs, a query of at most 64 KiB */
+    expect_invalid(JOB_DOC "spec: {workspace: cohort, query: q, inputs: [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9,"
+                           " a10, a11, a12, a13, a14, a15, a16]}\n", "spec.inputs", "at most 16");
+    _cleanup_strbuf_ strbuf b;
+    strbuf_init(&b, 200 * 1024);
+    strbuf_puts(&b, JOB_DOC "spec: {workspace: cohort, inputs: [a], query: \"");
+    for (int i = 0; i < 64 * 1024 + 1; i++)
+        strbuf_putc(&b, 'x');
+    strbuf_puts(&b, "\"}\n");
+    expect_invalid(b.data, "spec.query", "");
+
+    /* what an approver reads is what runs: no bidirectional controls or invisible characters */
+    expect_invalid(JOB_DOC "spec: {workspace: cohort, query: \"SELECT 1 -- \xe2\x80\xae\", inputs: [a]}\n",
+                   "spec.query", "holds U+202E at byte 12");
+    expect_invalid(JOB_DOC "spec: {workspace: cohort, query: \"SELECT\xe2\x80\x8b 1\", inputs: [a]}\n",
+                   "spec.query", "U+200B");
+    expect_valid(JOB_DOC "spec: {workspace: cohort, query: \"SELECT 'Z\xc3\xbcrich \xe2\x82\xac \xf0\x9f\x98\x80'\","
+                         " inputs: [a]}\n");
+
+    json_auto_t *doc = yaml_doc(JOB_DOC "spec: {workspace: cohort, query: q, inputs: [a]}\n");
+    cr_assert_eq(resource_apply_defaults(doc), 0);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(doc, "spec"), "maxRuns")), 1);
+    cr_assert_null(json_object_get(json_object_get(doc, "spec"), "recipients"), "filled by the server, not a default");
+}

@@ -23,13 +23,14 @@
 #include "httpd/httpd.h"
 #include "httpd/offload.h"
 #include "resource/resource.h"
+#include "telemetry/telemetry.h"
 #include "sandbox/measure.h"
 
 #define NOBODY 65534 /* the sandbox's root on the host: it must reach the channel socket */
 #define AGENT_ARGS_MAX (8 + 2 * RUNNER_AGENT_SECRETS_MAX + 258)
 #define FORWARD_PENDING_MAX 32
 #define FORWARD_TIMEOUT_MS 10000
-#define FORWARD_ANSWER_MAX (256 * 1024)
+#define FORWARD_ANSWER_MAX (RUNNER_JOB_PART_MAX + 64 * 1024) /* an input chunk */
 #define TOKEN_MAX 4096
 /* token buckets per sandbox: evidence (refreshes, nonce'd aTLS handshakes)
  * and forwarded calls (each challenge takes a slot of the API's table) */
@@ -37,6 +38,9 @@
 #define EVIDENCE_BURST 64.0
 #define FORWARD_RATE 2.0
 #define FORWARD_BURST 32.0
+/* a job's data calls (input chunks, result parts) */
+#define DATA_RATE 500.0
+#define DATA_BURST 1000.0
 
 typedef struct bucket {
     double tokens;
@@ -59,15 +63,24 @@ struct runner_agent {
     char *args[AGENT_ARGS_MAX]; /* the sandbox's argv; strings we own up to n_owned */
     size_t n_owned;
     const char *agent_path;
-    bucket evidence, forward;
+    bucket evidence, forward, data;
+    struct {
+        bool on;               /* job mode: the agent runs one run of one Job */
+        char name[64];
+        uint64_t run;
+        char digest[65];       /* hex */
+        uint64_t result_bytes; /* uploaded so far, capped at RUNNER_JOB_RESULT_MAX */
+    } job;
 };
 
-int runner_agent_locate(char *out, size_t size)
+/* Finds ENV's path (absolute), else one of TRIES relative to this
+ * executable's directory, that passes access(MODE); its real path into OUT. */
+static int locate(const char *env_name, const char *const *tries, size_t n_tries, int mode, char *out, size_t size)
 {
-    const char *env = getenv("CLOISTER_AGENT");
+    const char *env = getenv(env_name);
     char self[PATH_MAX], candidate[PATH_MAX + 64];
     if (env && *env) {
-        if (env[0] != '/' || access(env, X_OK) < 0 || strlen(env) >= size)
+        if (env[0] != '/' || access(env, mode) < 0 || strlen(env) >= size)
             return -ENOENT;
         strcpy(out, env);
         return 0;
@@ -77,16 +90,27 @@ int runner_agent_locate(char *out, size_t size)
         return -ENOENT;
     self[n] = 0;
     const char *dir = dirname(self);
-    static const char *const tries[] = {"cloister-agent", "../agent/cloister-agent"};
-    for (size_t i = 0; i < ELEMENTSOF(tries); i++) {
+    for (size_t i = 0; i < n_tries; i++) {
         char real[PATH_MAX];
         snprintf(candidate, sizeof(candidate), "%s/%s", dir, tries[i]);
-        if (access(candidate, X_OK) == 0 && realpath(candidate, real) && strlen(real) < size) {
+        if (access(candidate, mode) == 0 && realpath(candidate, real) && strlen(real) < size) {
             strcpy(out, real);
             return 0;
         }
     }
     return -ENOENT;
+}
+
+int runner_agent_locate(char *out, size_t size)
+{
+    static const char *const tries[] = {"cloister-agent", "../agent/cloister-agent"};
+    return locate("CLOISTER_AGENT", tries, ELEMENTSOF(tries), X_OK, out, size);
+}
+
+int runner_engine_locate(char *out, size_t size)
+{
+    static const char *const tries[] = {"cloister-job-bundle", "../job/cloister-job-bundle"};
+    return locate("CLOISTER_JOB_BUNDLE", tries, ELEMENTSOF(tries), R_OK | X_OK, out, size);
 }
 
 /* Takes one token of B (RATE per second, at most BURST); false when empty. */
@@ -134,8 +158,25 @@ static int parse_params(runner_agent *ag, const json_t *params, api_error *err)
         return api_fail(err, 400, "invalid", "agent must be an object: {\"secrets\": [{\"key\", \"file\"}]}");
     const char *k;
     json_t *v;
-    json_object_foreach((json_t *)params, k, v) if (strcmp(k, "secrets") != 0) return api_fail(
-        err, 400, "invalid", "agent: unknown field %.64s (agent takes secrets)", k);
+    json_object_foreach((json_t *)params, k, v) if (strcmp(k, "secrets") != 0 && strcmp(k, "job") != 0) return api_fail(
+        err, 400, "invalid", "agent: unknown field %.64s (agent takes secrets or job)", k);
+    const json_t *job = json_object_get(params, "job");
+    if (job) {
+        const char *name = json_string_value(json_object_get(job, "name"));
+        const char *digest = json_string_value(json_object_get(job, "digest"));
+        const json_t *run = json_object_get(job, "run");
+        if (json_object_get(params, "secrets") || !json_is_object(job) || json_object_size(job) != 3 || !name ||
+            !resource_name_valid(name) || strlen(name) >= sizeof(ag->job.name) || !json_is_integer(run) ||
+            json_integer_value(run) < 1 || !digest || strlen(digest) != 64 || strspn(digest, "0123456789abcdef") != 64)
+            return api_fail(err, 400, "invalid",
+                            "agent.job must be {name, run, digest} (a Job's name, the run's number, the digest in "
+                            "lower-case hex), without secrets");
+        ag->job.on = true;
+        strcpy(ag->job.name, name);
+        ag->job.run = (uint64_t)json_integer_value(run);
+        strcpy(ag->job.digest, digest);
+        return 0;
+    }
     const json_t *secrets = json_object_get(params, "secrets");
     if (secrets && (!json_is_array(secrets) || json_array_size(secrets) > RUNNER_AGENT_SECRETS_MAX))
         return api_fail(err, 400, "invalid", "agent.secrets must be a list of at most %d {key, file}",
@@ -183,6 +224,12 @@ static int build_args(runner_agent *ag, uint16_t port, uint64_t memory_bytes, ch
     if (r == 0 && memory_bytes) {
         snprintf(buf, sizeof(buf), "%llu", (unsigned long long)memory_bytes);
         r = add_arg(ag, "--memory-bytes");
+        if (r == 0)
+            r = add_arg(ag, buf);
+    }
+    if (r == 0 && ag->job.on) {
+        snprintf(buf, sizeof(buf), "%s:%llu:%s", ag->job.name, (unsigned long long)ag->job.run, ag->job.digest);
+        r = add_arg(ag, "--job");
         if (r == 0)
             r = add_arg(ag, buf);
     }
@@ -301,6 +348,8 @@ void runner_agent_describe(const runner_agent *ag, json_t *item)
                                                  ag->secrets[i].file));
     json_object_set_new(item, "agent", json_true());
     json_object_set_new(item, "secrets", secrets);
+    if (ag->job.on)
+        json_object_set_new(item, "job", json_pack("{s:s, s:I}", "name", ag->job.name, "run", (json_int_t)ag->job.run));
     if (ag->atls)
         json_object_set_new(item, "atls", json_string(ag->atls_path));
 }
@@ -332,10 +381,14 @@ typedef struct forward_job {
     offload_job super;
     char sandbox[64];
     char what[96]; /* "challenge" or "release of <key>", for the log */
-    char path[160];
+    char path[200];
+    const char *method;       /* "POST" (default), "GET", "PUT" */
+    const char *content_type; /* of BODY: JSON unless said otherwise */
     char *body;
+    size_t body_len;
     int error; /* 0, or why the API could not be asked */
     long status;
+    char answer_type[64]; /* the answer's Content-Type */
     strbuf answer;
 } forward_job;
 
@@ -360,18 +413,40 @@ static void forward_one(offload_job *super)
     char url[512];
     snprintf(url, sizeof(url), "%s%s", fwd.url, job->path);
     CURL *curl = curl_easy_init();
-    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+    char content_type[96];
+    snprintf(content_type, sizeof(content_type), "Content-Type: %s",
+             job->content_type ? job->content_type : "application/json");
+    struct curl_slist *headers = curl_slist_append(NULL, content_type);
     struct curl_slist *h2 = headers ? curl_slist_append(headers, fwd.auth) : NULL;
+    /* the forward's span, in the sandbox's launch trace; the API's span of
+     * the call is its child */
+    trace_context launch;
+    bool in_trace = telemetry_current_context(&launch);
+    telemetry_span *span = telemetry_span_start("enclave call forward", TELEMETRY_SPAN_CLIENT, in_trace ? &launch : NULL);
+    telemetry_span_set_attr_str(span, "cloister.sandbox", job->sandbox);
+    telemetry_span_set_attr_str(span, "cloister.call", job->what);
+    telemetry_set_current(span);
+    char traceparent[70];
+    if (h2 && telemetry_traceparent_header(traceparent))
+        h2 = curl_slist_append(h2, traceparent);
     if (!curl || !h2) {
         job->error = -ENOMEM;
         curl_easy_cleanup(curl);
         curl_slist_free_all(headers);
+        telemetry_span_end(span);
         return;
     }
     curl_easy_setopt(curl, CURLOPT_URL, url);
     curl_easy_setopt(curl, CURLOPT_CAINFO, fwd.ca_file);
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, h2);
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, job->body);
+    if (job->method && strcmp(job->method, "GET") == 0)
+        curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+    else {
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, job->body);
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)job->body_len);
+        if (job->method && strcmp(job->method, "PUT") == 0)
+            curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, "PUT");
+    }
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_answer);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &job->answer);
     curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)FORWARD_TIMEOUT_MS);
@@ -379,12 +454,20 @@ static void forward_one(offload_job *super)
     curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "https");
     CURLcode c = curl_easy_perform(curl);
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &job->status);
+    char *type = NULL;
+    if (curl_easy_getinfo(curl, CURLINFO_CONTENT_TYPE, &type) == CURLE_OK && type)
+        snprintf(job->answer_type, sizeof(job->answer_type), "%s", type);
     if (c != CURLE_OK)
         job->error = c == CURLE_COULDNT_CONNECT ? -ECONNREFUSED : c == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT
                      : c == CURLE_WRITE_ERROR                     ? -E2BIG
                                                                   : -EIO;
     curl_easy_cleanup(curl);
     curl_slist_free_all(headers); /* the list held the token */
+    telemetry_span_set_attr_int(span, "http.response.status_code", job->status);
+    if (job->error < 0 || job->status >= 500)
+        telemetry_span_set_status(span, TELEMETRY_STATUS_ERROR, job->error < 0 ? strerror(-job->error) : "API error");
+    telemetry_span_end(span);
+    telemetry_set_current_context(in_trace ? &launch : NULL);
 }
 
 static void job_free(forward_job *job)
@@ -399,6 +482,16 @@ static void job_free(forward_job *job)
 static void answer_job(forward_job *job, h2o_req_t *req)
 {
     api_error err;
+    if (job->error == 0 && job->status == 200 && strcmp(job->answer_type, "application/octet-stream") == 0) {
+        /* a job's input chunk: passed on as it is */
+        req->res.status = 200;
+        req->res.reason = "OK";
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                       H2O_STRLIT("application/octet-stream"));
+        req->res.content_length = job->answer.len;
+        h2o_send_inline(req, job->answer.data ? job->answer.data : "", job->answer.len);
+        return;
+    }
     json_t *j = job->error == 0 && job->answer.data ? json_loadb(job->answer.data, job->answer.len, 0, NULL) : NULL;
     char status[16];
     snprintf(status, sizeof(status), "%ld", job->status);
@@ -478,9 +571,11 @@ void runner_forward_stop(void)
     fwd.started = false;
 }
 
-/* Queues a call of PATH with BODY (taken over) for AG's sandbox; -1 with
- * ERR when the forwarder cannot take it. */
-static int forward(runner_agent *ag, h2o_req_t *req, const char *path, char *body, const char *what, api_error *err)
+/* Queues a call of PATH with BODY (taken over, LEN bytes of CONTENT_TYPE,
+ * NULL: JSON) by METHOD for AG's sandbox; -1 with ERR when the forwarder
+ * cannot take it. */
+static int forward_call(runner_agent *ag, h2o_req_t *req, const char *method, const char *path, char *body, size_t len,
+                        const char *content_type, const char *what, api_error *err)
 {
     forward_job *job = calloc(1, sizeof(*job));
     if (!job) {
@@ -490,6 +585,9 @@ static int forward(runner_agent *ag, h2o_req_t *req, const char *path, char *bod
     strbuf_init(&job->answer, FORWARD_ANSWER_MAX);
     job->super = (offload_job){.work = forward_one, .done = on_forwarded};
     job->body = body;
+    job->body_len = len;
+    job->method = method;
+    job->content_type = content_type;
     snprintf(job->sandbox, sizeof(job->sandbox), "%s", ag->name);
     snprintf(job->what, sizeof(job->what), "%s", what);
     snprintf(job->path, sizeof(job->path), "%s", path);
@@ -502,6 +600,12 @@ static int forward(runner_agent *ag, h2o_req_t *req, const char *path, char *bod
                                        : "the runner is stopping");
     }
     return 0;
+}
+
+/* A JSON POST of BODY (taken over, a string) to PATH; see forward_call(). */
+static int forward(runner_agent *ag, h2o_req_t *req, const char *path, char *body, const char *what, api_error *err)
+{
+    return forward_call(ag, req, "POST", path, body, strlen(body), NULL, what, err);
 }
 
 /* ---- the channel ---- */
@@ -562,10 +666,104 @@ static int channel_release(runner_agent *ag, h2o_req_t *req, const char *key, co
     return forward(ag, req, path, text, what, err);
 }
 
+/* Parses the decimal S (LEN bytes, no sign, no leading zeros but "0") into
+ * *RET; -EINVAL otherwise. */
+static int parse_offset(const char *s, size_t len, uint64_t *ret)
+{
+    uint64_t v = 0;
+    if (len == 0 || len > 19 || (len > 1 && s[0] == '0'))
+        return -EINVAL;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -EINVAL;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    *ret = v;
+    return 0;
+}
+
+/* The job routes of a job-mode sandbox's channel (agent.h), forwarded to
+ * the API under the sandbox's own job and run. PATH follows "/v1/job/".
+ * Returns 0 when the call was queued, -1 with ERR. */
+static int channel_job(runner_agent *ag, h2o_req_t *req, const char *path, size_t len, api_error *err)
+{
+    if (!ag->job.on)
+        return api_fail(err, 403, "forbidden", "this sandbox runs no job: the job routes serve job-mode sandboxes only");
+    char api_path[200], what[96];
+    int base = snprintf(api_path, sizeof(api_path), "/v1/job-runs/%s/%llu/", ag->job.name,
+                        (unsigned long long)ag->job.run);
+    static const char result_prefix[] = "result/";
+    if (len > STRLEN(result_prefix) && memcmp(path, result_prefix, STRLEN(result_prefix)) == 0) {
+        /* a part of the encrypted result, raw bytes */
+        uint64_t offset;
+        if (parse_offset(path + STRLEN(result_prefix), len - STRLEN(result_prefix), &offset) < 0)
+            return api_fail(err, 404, "not_found", "a result part goes to /v1/job/result/{offset}");
+        if (req->entity.len == 0 || req->entity.len > RUNNER_JOB_PART_MAX)
+            return api_fail(err, 413, "too_large", "a result part holds 1 to %d bytes", RUNNER_JOB_PART_MAX);
+        if (offset > RUNNER_JOB_RESULT_MAX || req->entity.len > RUNNER_JOB_RESULT_MAX - offset)
+            return api_fail(err, 413, "too_large", "a job's result is limited to %llu bytes",
+                            (unsigned long long)RUNNER_JOB_RESULT_MAX);
+        if (!bucket_take(&ag->data, DATA_RATE, DATA_BURST))
+            return api_fail(err, 429, "too_many_requests", "data calls are limited to %.0f per second", DATA_RATE);
+        char *copy = malloc(req->entity.len);
+        if (!copy)
+            return api_fail(err, 500, "internal", "out of memory");
+        memcpy(copy, req->entity.base, req->entity.len);
+        snprintf(api_path + base, sizeof(api_path) - (size_t)base, "result?offset=%llu", (unsigned long long)offset);
+        snprintf(what, sizeof(what), "result part of job %s", ag->job.name);
+        return forward_call(ag, req, "PUT", api_path, copy, req->entity.len, "application/octet-stream", what, err);
+    }
+    if (req->entity.len > RUNNER_CHANNEL_BODY_MAX)
+        return api_fail(err, 413, "too_large", "the request body is limited to %d bytes", RUNNER_CHANNEL_BODY_MAX);
+    _cleanup_(json_decrefp) json_t *body = api_decode_body(req->entity.base, req->entity.len, err);
+    if (!body)
+        return -1;
+    if (h2o_memis(path, len, H2O_STRLIT("release"))) {
+        static const char *const known[] = {"type", "evidence", "publicKey", NULL};
+        if (only_fields(body, known, err) < 0)
+            return -1;
+        if (!bucket_take(&ag->forward, FORWARD_RATE, FORWARD_BURST))
+            return api_fail(err, 429, "too_many_requests", "key release is limited to %.0f calls per second",
+                            FORWARD_RATE);
+        snprintf(api_path + base, sizeof(api_path) - (size_t)base, "release");
+        snprintf(what, sizeof(what), "release for job %s", ag->job.name);
+    } else if (h2o_memis(path, len, H2O_STRLIT("input"))) {
+        /* a chunk of an input's ciphertext: {name, offset} */
+        static const char *const known[] = {"name", "offset", NULL};
+        const char *name = json_string_value(json_object_get(body, "name"));
+        const json_t *offset = json_object_get(body, "offset");
+        if (api_only_fields(body, known, err) < 0)
+            return -1;
+        if (!name || !resource_name_valid(name) || !json_is_integer(offset) || json_integer_value(offset) < 0)
+            return api_fail(err, 400, "invalid", "an input chunk is asked as {name: the Dataset, offset: bytes}");
+        if (!bucket_take(&ag->data, DATA_RATE, DATA_BURST))
+            return api_fail(err, 429, "too_many_requests", "data calls are limited to %.0f per second", DATA_RATE);
+        snprintf(api_path + base, sizeof(api_path) - (size_t)base, "inputs/%s?offset=%lld", name,
+                 (long long)json_integer_value(offset));
+        snprintf(what, sizeof(what), "input %s of job %s", name, ag->job.name);
+        return forward_call(ag, req, "GET", api_path, NULL, 0, NULL, what, err);
+    } else if (h2o_memis(path, len, H2O_STRLIT("finish"))) {
+        snprintf(api_path + base, sizeof(api_path) - (size_t)base, "finish");
+        snprintf(what, sizeof(what), "end of job %s", ag->job.name);
+    } else
+        return api_fail(err, 404, "not_found", "a job sandbox's channel serves /v1/job/release, /v1/job/input, "
+                        "/v1/job/result/{offset} and /v1/job/finish");
+    char *text = json_dumps(body, JSON_COMPACT);
+    if (!text)
+        return api_fail(err, 500, "internal", "out of memory");
+    return forward(ag, req, api_path, text, what, err);
+}
+
 void runner_channel_serve(runner_agent *ag, h2o_req_t *req, runner_issue_fn issue, void *userdata)
 {
     api_error err;
     h2o_iovec_t path = req->path_normalized;
+    if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST")) && path.len > STRLEN("/v1/job/") &&
+        memcmp(path.base, "/v1/job/", STRLEN("/v1/job/")) == 0) {
+        if (channel_job(ag, req, path.base + STRLEN("/v1/job/"), path.len - STRLEN("/v1/job/"), &err) < 0)
+            api_send_error(req, &err);
+        return;
+    }
     static const char release_prefix[] = "/v1/kms/keys/", release_suffix[] = "/release";
     json_t *answer = NULL;
     int r = 0;

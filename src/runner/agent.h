@@ -12,8 +12,22 @@
  *        forwarded to the api role as the runner's identity, for the Keys
  *        named in the sandbox's launch request only
  *
+ * and, in job mode only (the launch's "agent": {"job": {name, run, digest}}:
+ * the agent runs one run of one Job, docs/analytics.md "The run"), the job
+ * routes, forwarded to the API's /v1/job-runs/{job}/{run}/… under the
+ * sandbox's own job and run (a sandbox cannot name another):
+ *
+ *   POST /v1/job/release {"type", "evidence", "publicKey"}   the inputs' file keys
+ *   POST /v1/job/input {"name", "offset"}     up to RUNNER_JOB_PART_MAX bytes of
+ *        that input's ciphertext from OFFSET (application/octet-stream)
+ *   POST /v1/job/result/{offset}   a part of the encrypted result, raw bytes,
+ *        at most RUNNER_JOB_PART_MAX (the one body above RUNNER_CHANNEL_BODY_MAX),
+ *        the whole at most RUNNER_JOB_RESULT_MAX
+ *   POST /v1/job/finish {"sha256", "size", "rows"} | {"error"}   the run's end
+ *
  * and nothing else (404). Each sandbox has at most RUNNER_CHANNEL_CONNS_MAX
- * connections open, and token buckets on evidence and forwarded calls. */
+ * connections open, and token buckets on evidence, forwarded calls and a
+ * job's data calls. */
 #pragma once
 
 #include <h2o.h>
@@ -27,6 +41,10 @@
 #define RUNNER_AGENT_SECRETS_MAX 16
 #define RUNNER_CHANNEL_CONNS_MAX 4
 #define RUNNER_CHANNEL_BODY_MAX (128 * 1024)
+/* a job's input chunks and result parts: their own cap, the channel's
+ * largest body (the runner's request body limit follows it) */
+#define RUNNER_JOB_PART_MAX (1024 * 1024)
+#define RUNNER_JOB_RESULT_MAX (256ull << 20)
 
 typedef struct runner_agent runner_agent;
 
@@ -34,6 +52,12 @@ typedef struct runner_agent runner_agent;
  * this executable, else ../agent/cloister-agent from it (the build tree).
  * Writes its absolute path to OUT; -ENOENT when there is none. */
 int runner_agent_locate(char *out, size_t size);
+
+/* Finds the job engine's bundle directory (docs/analytics.md "The run"):
+ * $CLOISTER_JOB_BUNDLE, else cloister-job-bundle next to this executable,
+ * else ../job/cloister-job-bundle from it (the build tree). Writes its
+ * absolute path to OUT; -ENOENT when there is none. */
+int runner_engine_locate(char *out, size_t size);
 
 /* Prepares agent mode for sandbox NAME from PARAMS, the launch request's
  * "agent" member ({"secrets"?: [{"key", "file"}], "refreshSeconds"?}),

@@ -20,7 +20,14 @@
  *          Keys by attestation into /run/secrets/<file>, runs the command and
  *          serves attested TLS to enclave.yaml's port; the entry then lists
  *          "agent": true, "secrets" and "atls" (the host path of its socket).
+ *          "agent": {"job": {"name", "run", "digest"}} is job mode instead: the
+ *          agent runs one run of a Job (the engine bundle), its channel
+ *          serves the job routes for that job and run only (runner/agent.h);
+ *          the entry lists "job": {"name", "run"}.
  *   DELETE /v1/sandboxes/{name}     stops it
+ *   GET    /v1/logs?enclave=E[&replica=R][&after=SEQ][&limit=N][&tail=1]
+ *          the recent stdout/stderr lines of E's replicas (runner/output.h)
+ *          -> {"boot", "next", "lines": [{"seq", "time", "replica", "stream", "text"}]}
  *   POST   /v1/evidence {"name", "nonce"?, "user_data"?, "public_key"?}
  *          a sandbox attestation document for a running sandbox
  *          -> {"document": base64, "pcrs": {...}}
@@ -48,8 +55,10 @@
 #include "httpd/httpd.h"
 #include "httpd/json.h"
 #include "resource/resource.h"
+#include "telemetry/telemetry.h"
 #include "resource/manifest.h"
 #include "runner/agent.h"
+#include "runner/output.h"
 #include "runner/server.h"
 #include "sandbox/launch.h"
 #include "sandbox/measure.h"
@@ -70,6 +79,8 @@ typedef struct sandbox {
     char owner[RUNNER_OWNER_MAX]; /* "" when none */
     uint64_t id;         /* agent mode: the tag of its channel's connections */
     runner_agent *agent; /* NULL: plain mode */
+    trace_context trace; /* its launch's span: what its agent asks joins that trace */
+    bool has_trace;
 } sandbox;
 
 /* A sandbox whose workload ended by itself, as GET /v1/sandboxes reports it. */
@@ -91,6 +102,7 @@ typedef struct runner {
     char agent_path[4096]; /* the agent executable, "" when none was found */
     sandbox_exit exits[RUNNER_EXITS_MAX]; /* a ring: the next is written at n_exits % RUNNER_EXITS_MAX */
     uint64_t n_exits;
+    runner_output *output; /* workloads' stdout and stderr; NULL once drained */
     h2o_context_t *ctx;
     h2o_timeout_t reap_timeout;
     h2o_timeout_entry_t reap_entry;
@@ -280,28 +292,33 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
         memcpy(sb.pcrs[3], runner_agent_measurement(agent), ATTEST_SANDBOX_PCR_LEN);
     }
 
-    char log_path[4300];
-    snprintf(log_path, sizeof(log_path), "%s/%s.log", rn->cfg->dir, name);
-    _cleanup_close_ int log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    int out_fd = -1, err_fd = -1;
+    int r = rn->output ? runner_output_open(rn->output, name, sb.owner, &out_fd, &err_fd) : -ESHUTDOWN;
+    if (r < 0) {
+        api_fail(err, 503, "unavailable", "cannot make the output pipes of sandbox %s: %s", name, strerror(-r));
+        return NULL;
+    }
     sandbox_spec spec = {
         .bundle = bundle,
         .argv = argv,
         .envp = envp,
         .memory_bytes = (uint64_t)json_integer_value(json_object_get(limits, "memoryMiB")) << 20,
         .max_pids = (uint64_t)json_integer_value(json_object_get(limits, "pids")),
-        .stdout_fd = log_fd,
-        .stderr_fd = log_fd,
+        .stdout_fd = out_fd,
+        .stderr_fd = err_fd,
     };
     if (agent)
         runner_agent_fill_spec(agent, &spec);
     sandbox_error serr = {{0}};
-    if (sandbox_launch(&spec, &sb.pid, &serr) < 0) {
+    r = sandbox_launch(&spec, &sb.pid, &serr);
+    runner_output_started(rn->output, name, r == 0);
+    if (r < 0) {
         api_fail(err, 400, "invalid", "cannot launch sandbox %s: %s", name, serr.text);
         return NULL;
     }
     if (agent) {
         sb.id = ++rn->last_id;
-        int r = runner_agent_started(agent, rn->ctx, sb.id);
+        r = runner_agent_started(agent, rn->ctx, sb.id);
         if (r < 0) {
             kill(sb.pid, SIGKILL);
             waitpid(sb.pid, NULL, 0);
@@ -310,6 +327,7 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
         }
         sb.agent = TAKE_PTR(agent);
     }
+    sb.has_trace = telemetry_current_context(&sb.trace);
     *slot = sb;
     char pid_s[16];
     snprintf(pid_s, sizeof(pid_s), "%d", (int)sb.pid);
@@ -368,12 +386,14 @@ static json_t *issue_on_channel(void *userdata, const json_t *body, api_error *e
     return issue(userdata, body, err);
 }
 
-/* Kills sandbox SB and forgets it. */
-static void stop_sandbox(sandbox *sb)
+/* Kills sandbox SB and forgets it, its recent output too. */
+static void stop_sandbox(runner *rn, sandbox *sb)
 {
     kill(sb->pid, SIGKILL);
     waitpid(sb->pid, NULL, 0);
     log_fields(LOG_LEVEL_INFO, "sandbox stopped", "name", sb->name, NULL);
+    if (rn->output)
+        runner_output_forget(rn->output, sb->name);
     runner_agent_free(sb->agent);
     *sb = (sandbox){0};
 }
@@ -429,6 +449,60 @@ static json_t *list_sandboxes(const runner *rn)
     return json_pack("{s:o, s:o}", "items", items, "exited", exited);
 }
 
+/* GET /v1/logs?enclave=E[&replica=R][&after=SEQ][&limit=N][&tail=1]: the
+ * recent output of E's replicas (output.h); NULL with ERR. */
+static json_t *read_logs(const runner *rn, h2o_req_t *req, api_error *err)
+{
+    char enclave[64], replica[64];
+    uint64_t after = 0, limit = 100, tail = 0;
+    if (!api_query_param(req, "enclave", enclave, sizeof(enclave)) || !resource_name_valid(enclave)) {
+        api_fail(err, 400, "invalid", "enclave must name an Enclave");
+        return NULL;
+    }
+    bool one = api_query_param(req, "replica", replica, sizeof(replica));
+    if (one && !resource_name_valid(replica)) {
+        api_fail(err, 400, "invalid", "replica must name a sandbox");
+        return NULL;
+    }
+    if (api_query_u64(req, "after", UINT64_MAX, &after, err) < 0 ||
+        api_query_u64(req, "limit", RUNNER_LOG_PAGE_MAX, &limit, err) < 0 ||
+        api_query_u64(req, "tail", 1, &tail, err) < 0)
+        return NULL;
+    if (!rn->output) {
+        api_fail(err, 503, "unavailable", "the runner is stopping");
+        return NULL;
+    }
+    json_t *answer = runner_output_read(rn->output, enclave, one ? replica : NULL, after, limit, tail == 1);
+    if (!answer)
+        api_fail(err, 500, "internal", "out of memory");
+    return answer;
+}
+
+/* The SERVER span of a launch, in the controller's trace when REQ carries
+ * its traceparent; current while the sandbox starts (it keeps the context). */
+static telemetry_span *launch_span(h2o_req_t *req, const json_t *body)
+{
+    if (!telemetry_enabled())
+        return NULL;
+    trace_context parent;
+    ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("traceparent"), -1);
+    bool has_parent = i >= 0 && trace_context_parse(req->headers.entries[i].value.base,
+                                                    req->headers.entries[i].value.len, &parent) == 0;
+    telemetry_span *span = telemetry_span_start("sandbox launch", TELEMETRY_SPAN_SERVER, has_parent ? &parent : NULL);
+    telemetry_span_set_attr_str(span, "cloister.sandbox", json_string_value(json_object_get(body, "name")));
+    telemetry_span_set_attr_str(span, "cloister.sandbox.mode", json_object_get(body, "agent") ? "agent" : "plain");
+    telemetry_set_current(span);
+    return span;
+}
+
+static void launch_span_end(telemetry_span *span, int status, const char *error)
+{
+    telemetry_span_set_attr_int(span, "http.response.status_code", status);
+    if (error)
+        telemetry_span_set_status(span, TELEMETRY_STATUS_ERROR, error);
+    telemetry_span_end(span);
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     runner *rn = ((runner_handler *)self)->runner;
@@ -441,9 +515,12 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     if (tag) {
         /* a sandbox's channel: what that sandbox may ask, nothing else */
         sandbox *sb = find_sandbox_by_tag(rn, tag);
-        if (sb)
+        if (sb) {
+            /* what it forwards to the API (key release) is in its launch's trace */
+            telemetry_set_current_context(sb->has_trace ? &sb->trace : NULL);
             runner_channel_serve(sb->agent, req, issue_on_channel, rn);
-        else {
+            telemetry_set_current_context(NULL);
+        } else {
             api_fail(&err, 410, "gone", "this sandbox no longer runs");
             api_send_error(req, &err);
         }
@@ -453,6 +530,9 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         /* the drain stops every sandbox: no launches now, and no listing a
          * controller would take for crashes */
         api_fail(&err, 503, "unavailable", "the runner is stopping");
+    } else if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/logs")) &&
+               h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"))) {
+        answer = read_logs(rn, req, &err);
     } else if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/sandboxes")) &&
                h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"))) {
         answer = list_sandboxes(rn);
@@ -464,7 +544,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         snprintf(name, sizeof(name), "%.*s", (int)MIN(path.len - 14, sizeof(name) - 1), path.base + 14);
         sandbox *sb = find_sandbox(rn, name);
         if (sb) {
-            stop_sandbox(sb);
+            stop_sandbox(rn, sb);
             answer = json_pack("{s:s, s:s}", "name", name, "status", "deleted");
         } else
             api_fail(&err, 404, "not_found", "no running sandbox %s", name);
@@ -475,9 +555,11 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
             api_fail(&err, 413, "too_large", "the request body is limited to %d bytes", RUNNER_BODY_MAX);
         else {
             json_t *body = api_decode_body(req->entity.base, req->entity.len, &err);
+            telemetry_span *span = launch ? launch_span(req, body) : NULL;
             answer = !body ? NULL : launch ? launch_sandbox(rn, body, &err) : issue(rn, body, &err);
             json_decref(body);
             status = launch ? 201 : 200;
+            launch_span_end(span, answer ? status : err.status, answer ? NULL : err.message);
         }
     } else
         api_fail(&err, 404, "not_found", "no such endpoint");
@@ -504,6 +586,8 @@ static void *thread_init(h2o_context_t *ctx, void *userdata)
     h2o_timeout_init(ctx->loop, &rn->reap_timeout, RUNNER_REAP_MS);
     rn->reap_entry.cb = reap;
     h2o_timeout_link(ctx->loop, &rn->reap_timeout, &rn->reap_entry);
+    if (runner_output_new(ctx->loop, rn->cfg->dir, &rn->output) < 0)
+        log_fields(LOG_LEVEL_ERROR, "out of memory for the workloads' output; sandboxes cannot be launched", NULL);
     int r = runner_forward_start(ctx, rn->cfg->api_url, rn->cfg->ca_cert, rn->cfg->token);
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start forwarding enclaves' key release", "error", strerror(-r), NULL);
@@ -521,12 +605,16 @@ static void thread_drain(void *state)
     runner *rn = state;
     for (size_t i = 0; i < RUNNER_SANDBOXES_MAX; i++)
         if (rn->sandboxes[i].pid)
-            stop_sandbox(&rn->sandboxes[i]);
+            stop_sandbox(rn, &rn->sandboxes[i]);
+    runner_output_free(rn->output); /* its pipes are closed while the loop still runs */
+    rn->output = NULL;
 }
 
 static void thread_dispose(void *state)
 {
     runner *rn = state;
+    runner_output_free(rn->output);
+    rn->output = NULL;
     runner_forward_stop();
     if (h2o_timeout_is_linked(&rn->reap_entry))
         h2o_timeout_unlink(&rn->reap_entry);
@@ -576,7 +664,8 @@ int runner_serve(const runner_server_config *cfg)
             .name = "runner",
             .listen = listen,
             .threads = 1,
-            .max_request_body = RUNNER_BODY_MAX * 2,
+            .max_request_body = RUNNER_JOB_PART_MAX + RUNNER_BODY_MAX, /* a job's result part; every other
+                                                                           body is checked against its own cap */
             .hooks = {.register_handlers = register_handlers, .thread_init = thread_init,
                       .thread_drain = thread_drain, .thread_busy = thread_busy, .thread_dispose = thread_dispose},
             .userdata = &rn,

@@ -1,0 +1,957 @@
+/* The exporter: records queued by any thread, one thread per process that
+ * batches them and POSTs them to the collector (OTLP/HTTP, JSON, gzip),
+ * retrying only what the protocol says may be retried. */
+#include <curl/curl.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "basic/encoding.h"
+#include "basic/log.h"
+#include "basic/macro.h"
+#include "telemetry/otlp.h"
+
+#define SOURCES_MAX 8
+#define SHUTDOWN_FLUSH_MS 5000      /* how long telemetry_shutdown() lets the last batches take */
+#define METRICS_TEXT_MAX (4u << 20) /* the Prometheus text one source may render */
+#define SPAN_ATTRS_MAX 64
+#define SPAN_LINKS_MAX 8
+#define STRING_MAX 4096             /* an attribute value or log body, cut beyond */
+#define RECORD_MAX (1u << 20)       /* the JSON text of one span or log record */
+#define BODY_MAX (64u << 20)        /* one request's JSON text */
+
+/* A span being recorded: everything inline but its attributes, kept as
+ * the JSON text they will be sent as (one buffer), so that ending it costs
+ * one allocation (the record's text). */
+struct telemetry_span {
+    trace_context ctx;
+    uint8_t parent_span_id[8];
+    bool has_parent;
+    int kind;
+    int status_code;
+    uint64_t start_ns;
+    char name[256];
+    char status_message[512];
+    strbuf attrs; /* entries "<key>\0<value JSON>\0" */
+    size_t n_attrs;
+    trace_context links[SPAN_LINKS_MAX];
+    size_t n_links;
+};
+
+typedef struct record_queue {
+    char **items; /* a ring of queue_max records, each its OTLP JSON text */
+    size_t head, n;
+    _Atomic uint64_t dropped;
+    _Atomic bool warned;
+} record_queue;
+
+typedef struct metrics_source {
+    telemetry_metrics_source render;
+    void *userdata;
+} metrics_source;
+
+/* The process's one exporter: its queues (under lock), its sources, its
+ * thread's curl handle. */
+static struct {
+    _Atomic bool enabled;
+    pthread_mutex_t lock;
+    pthread_mutex_t collecting; /* held while sources render */
+    pthread_cond_t wake;
+    json_t *last_metrics; /* an unregistered source's last metrics, to send */
+    bool stopping;
+    uint64_t stop_deadline_ms; /* monotonic */
+    otlp_config cfg;
+    char *resource_text; /* cfg.resource as JSON, the head of every request */
+    record_queue queue[TELEMETRY_SIGNAL_COUNT_];
+    metrics_source sources[SOURCES_MAX];
+    size_t n_sources;
+    uint64_t start_ns;
+    pthread_t thread;
+    CURL *curl;
+    struct curl_slist *headers[TELEMETRY_SIGNAL_COUNT_];
+} T = {.lock = PTHREAD_MUTEX_INITIALIZER, .collecting = PTHREAD_MUTEX_INITIALIZER};
+
+static _Thread_local bool on_exporter_thread;
+static _Atomic uint64_t dropped_after_stop[TELEMETRY_SIGNAL_COUNT_];
+
+static const char *const signal_names[] = {"traces", "metrics", "logs"};
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Waits on T.wake (T.lock held) until woken or UNTIL (monotonic ms). */
+static void wait_until(uint64_t until)
+{
+    uint64_t now = mono_ms();
+    if (until <= now)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* T.wake's clock (telemetry_init) */
+    uint64_t wait_ns = MIN(until - now, (uint64_t)3600000) * 1000000 + (uint64_t)ts.tv_nsec;
+    ts.tv_sec += (time_t)(wait_ns / 1000000000);
+    ts.tv_nsec = (long)(wait_ns % 1000000000);
+    pthread_cond_timedwait(&T.wake, &T.lock, &ts);
+}
+
+bool telemetry_enabled(void)
+{
+    return atomic_load_explicit(&T.enabled, memory_order_relaxed);
+}
+
+static bool signal_on(telemetry_signal s)
+{
+    return telemetry_enabled() && T.cfg.signal[s].url;
+}
+
+uint64_t telemetry_dropped(telemetry_signal s)
+{
+    return atomic_load(&T.queue[s].dropped) + atomic_load(&dropped_after_stop[s]);
+}
+
+int telemetry_metrics_render(strbuf *out)
+{
+    int r = strbuf_puts(out, "# HELP cloister_telemetry_dropped_total OpenTelemetry records not exported: their queue "
+                             "was full, or the collector refused them.\n"
+                             "# TYPE cloister_telemetry_dropped_total counter\n");
+    for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
+        r = strbuf_printf(out, "cloister_telemetry_dropped_total{signal=\"%s\"} %" PRIu64 "\n", signal_names[s],
+                          telemetry_dropped((telemetry_signal)s));
+    return r;
+}
+
+static void count_dropped(telemetry_signal s, uint64_t n, const char *why)
+{
+    record_queue *q = &T.queue[s];
+    atomic_fetch_add(&q->dropped, n);
+    /* once per process: a log line per dropped record would feed itself
+     * (daemon logs are exported too) */
+    if (!atomic_exchange(&q->warned, true))
+        log_fields(LOG_LEVEL_WARN, "telemetry records dropped (counted in cloister_telemetry_dropped_total); is the "
+                   "collector reachable?", "signal", signal_names[s], "why", why, NULL);
+}
+
+/* Queues REC (stolen: a record's JSON text) for signal S, or drops it
+ * when the queue is full. */
+static void enqueue(telemetry_signal s, char *rec)
+{
+    if (!rec)
+        return;
+    record_queue *q = &T.queue[s];
+    pthread_mutex_lock(&T.lock);
+    if (T.stopping || q->n >= T.cfg.queue_max) {
+        bool stopping = T.stopping;
+        pthread_mutex_unlock(&T.lock);
+        free(rec);
+        count_dropped(s, 1, stopping ? "export is stopping" : "the queue is full");
+        return;
+    }
+    q->items[(q->head + q->n++) % T.cfg.queue_max] = rec;
+    if (q->n >= T.cfg.batch_max)
+        pthread_cond_signal(&T.wake);
+    pthread_mutex_unlock(&T.lock);
+}
+
+/* A record's text, written by WRITE into a buffer on the stack and copied
+ * out once (a large one is written again on the heap); NULL when it cannot
+ * be made. */
+static char *record_text(int (*write)(strbuf *b, const void *what), const void *what)
+{
+    char stack[8192];
+    strbuf b;
+    strbuf_init_static(&b, stack, sizeof(stack));
+    if (write(&b, what) == 0 && !b.truncated)
+        return strndup(b.data, b.len);
+    _cleanup_strbuf_ strbuf heap;
+    strbuf_init(&heap, RECORD_MAX);
+    return write(&heap, what) == 0 ? strbuf_steal(&heap) : NULL;
+}
+
+/* ---- spans ---- */
+
+telemetry_span *telemetry_span_start(const char *name, int kind, const trace_context *parent)
+{
+    if (!signal_on(TELEMETRY_TRACES))
+        return NULL;
+    telemetry_span *s = malloc(sizeof(*s));
+    if (!s)
+        return NULL;
+    s->has_parent = parent != NULL;
+    if (parent) {
+        memcpy(s->ctx.trace_id, parent->trace_id, 16);
+        memcpy(s->parent_span_id, parent->span_id, 8);
+        s->ctx.flags = parent->flags;
+        otlp_random_id(s->ctx.span_id, 8);
+    } else
+        trace_context_new(&s->ctx);
+    s->kind = kind;
+    s->status_code = TELEMETRY_STATUS_UNSET;
+    s->status_message[0] = '\0';
+    snprintf(s->name, sizeof(s->name), "%s", name ? name : "");
+    strbuf_init(&s->attrs, (size_t)SPAN_ATTRS_MAX * 2 * (STRING_MAX + 64));
+    s->n_attrs = 0;
+    s->n_links = 0;
+    s->start_ns = otlp_now_ns();
+    return s;
+}
+
+/* Removes attribute KEY of S, if it has it. */
+static void drop_attr(telemetry_span *s, const char *key)
+{
+    for (size_t off = 0; off < s->attrs.len;) {
+        const char *k = s->attrs.data + off, *v = k + strlen(k) + 1;
+        size_t end = (size_t)(v - s->attrs.data) + strlen(v) + 1;
+        if (strcmp(k, key) == 0) {
+            memmove(s->attrs.data + off, s->attrs.data + end, s->attrs.len - end);
+            s->attrs.len -= end - off;
+            s->n_attrs--;
+            return;
+        }
+        off = end;
+    }
+}
+
+/* Starts attribute KEY of S (replacing one of that key): its key is
+ * written, its value JSON is the caller's to write, then attr_done().
+ * *RET_STARTED is where it began. Returns -1 when S is NULL or full. */
+static int attr_begin(telemetry_span *s, const char *key, size_t *ret_started)
+{
+    if (!s || !key)
+        return -1;
+    drop_attr(s, key);
+    if (s->n_attrs >= SPAN_ATTRS_MAX)
+        return -1;
+    if (!s->attrs.data) { /* one allocation for the usual few attributes */
+        static const char reserve[1024];
+        if (strbuf_append(&s->attrs, reserve, sizeof(reserve)) == 0)
+            s->attrs.len = 0;
+    }
+    *ret_started = s->attrs.len;
+    return strbuf_append(&s->attrs, key, strlen(key) + 1) == 0 ? 0 : -1;
+}
+
+/* Ends the attribute begun at STARTED: kept when R is 0, else undone. */
+static void attr_done(telemetry_span *s, size_t started, int r)
+{
+    if (r == 0 && strbuf_putc(&s->attrs, '\0') == 0)
+        s->n_attrs++;
+    else
+        s->attrs.len = started; /* what did not fit is not half kept */
+}
+
+void telemetry_span_set_attr_str(telemetry_span *s, const char *key, const char *value)
+{
+    size_t started;
+    if (attr_begin(s, key, &started) < 0)
+        return;
+    int r = strbuf_puts(&s->attrs, "{\"stringValue\":");
+    if (r == 0)
+        r = otlp_put_json_string(&s->attrs, value ? value : "", STRING_MAX);
+    if (r == 0)
+        r = strbuf_putc(&s->attrs, '}');
+    attr_done(s, started, r);
+}
+
+void telemetry_span_set_attr_int(telemetry_span *s, const char *key, int64_t value)
+{
+    size_t started;
+    if (attr_begin(s, key, &started) < 0)
+        return;
+    attr_done(s, started, strbuf_printf(&s->attrs, "{\"intValue\":\"%" PRId64 "\"}", value));
+}
+
+void telemetry_span_add_link(telemetry_span *s, const trace_context *link)
+{
+    if (s && link && s->n_links < SPAN_LINKS_MAX)
+        s->links[s->n_links++] = *link;
+}
+
+void telemetry_span_set_status(telemetry_span *s, int code, const char *message)
+{
+    if (!s)
+        return;
+    s->status_code = code;
+    snprintf(s->status_message, sizeof(s->status_message), "%s",
+             message && code == TELEMETRY_STATUS_ERROR ? message : "");
+}
+
+bool telemetry_span_context(const telemetry_span *s, trace_context *ret)
+{
+    if (!s)
+        return false;
+    *ret = s->ctx;
+    return true;
+}
+
+void telemetry_span_set_name(telemetry_span *s, const char *name)
+{
+    if (s && name)
+        snprintf(s->name, sizeof(s->name), "%s", name);
+}
+
+static _Thread_local telemetry_span *current_span;
+static _Thread_local trace_context current_ctx;
+static _Thread_local bool has_current_ctx;
+
+void telemetry_set_current(telemetry_span *s)
+{
+    current_span = s;
+    has_current_ctx = telemetry_span_context(s, &current_ctx);
+}
+
+void telemetry_set_current_context(const trace_context *c)
+{
+    current_span = NULL;
+    has_current_ctx = c != NULL;
+    if (c)
+        current_ctx = *c;
+}
+
+telemetry_span *telemetry_current(void)
+{
+    return current_span;
+}
+
+bool telemetry_current_context(trace_context *ret)
+{
+    if (!has_current_ctx)
+        return false;
+    *ret = current_ctx;
+    return true;
+}
+
+bool telemetry_traceparent_header(char out[70])
+{
+    trace_context c;
+    if (!telemetry_current_context(&c))
+        return false;
+    char tp[56];
+    trace_context_format(&c, tp);
+    snprintf(out, 70, "traceparent: %s", tp);
+    return true;
+}
+
+/* Writes span WHAT (ending now) as OTLP JSON to B. */
+static int write_span(strbuf *b, const void *what)
+{
+    const telemetry_span *s = what;
+    char t[33], sp[17], parent[17];
+    hex_encode(s->ctx.trace_id, 16, t);
+    hex_encode(s->ctx.span_id, 8, sp);
+    int r = strbuf_printf(b, "{\"traceId\":\"%s\",\"spanId\":\"%s\",", t, sp);
+    if (r == 0 && s->has_parent) {
+        hex_encode(s->parent_span_id, 8, parent);
+        r = strbuf_printf(b, "\"parentSpanId\":\"%s\",", parent);
+    }
+    if (r == 0)
+        r = strbuf_puts(b, "\"name\":");
+    if (r == 0)
+        r = otlp_put_json_string(b, s->name, sizeof(s->name));
+    /* flags bit 8: whether the parent is remote is known */
+    if (r == 0)
+        r = strbuf_printf(b,
+                          ",\"kind\":%d,\"startTimeUnixNano\":\"%" PRIu64 "\",\"endTimeUnixNano\":\"%" PRIu64
+                          "\",\"flags\":%d,\"attributes\":[",
+                          s->kind, s->start_ns, otlp_now_ns(), 0x100 | s->ctx.flags);
+    size_t i = 0;
+    for (size_t off = 0; r == 0 && off < s->attrs.len; i++) {
+        const char *k = s->attrs.data + off, *v = k + strlen(k) + 1;
+        off = (size_t)(v - s->attrs.data) + strlen(v) + 1;
+        r = strbuf_puts(b, i ? ",{\"key\":" : "{\"key\":");
+        if (r == 0)
+            r = otlp_put_json_string(b, k, STRING_MAX);
+        if (r == 0)
+            r = strbuf_printf(b, ",\"value\":%s}", v);
+    }
+    if (r == 0)
+        r = strbuf_puts(b, "],\"links\":[");
+    for (i = 0; r == 0 && i < s->n_links; i++) {
+        hex_encode(s->links[i].trace_id, 16, t);
+        hex_encode(s->links[i].span_id, 8, sp);
+        r = strbuf_printf(b, "%s{\"traceId\":\"%s\",\"spanId\":\"%s\",\"flags\":%d}", i ? "," : "", t, sp,
+                          s->links[i].flags);
+    }
+    if (r == 0)
+        r = strbuf_printf(b, "],\"status\":{\"code\":%d", s->status_code);
+    if (r == 0 && s->status_message[0]) {
+        r = strbuf_puts(b, ",\"message\":");
+        if (r == 0)
+            r = otlp_put_json_string(b, s->status_message, sizeof(s->status_message));
+    }
+    return r == 0 ? strbuf_puts(b, "}}") : r;
+}
+
+void telemetry_span_end(telemetry_span *s)
+{
+    if (!s)
+        return;
+    if (current_span == s)
+        telemetry_set_current(NULL);
+    char *rec = record_text(write_span, s);
+    strbuf_free(&s->attrs);
+    free(s);
+    enqueue(TELEMETRY_TRACES, rec);
+}
+
+/* ---- logs ---- */
+
+typedef struct log_record {
+    int severity;
+    const char *body;
+    const trace_context *ctx;
+    const char *const *attrs;
+} log_record;
+
+/* Writes log record WHAT as OTLP JSON to B. */
+static int write_log(strbuf *b, const void *what)
+{
+    const log_record *l = what;
+    static const char *const texts[] = {"DEBUG", "INFO", "WARN", "ERROR"};
+    int sev = l->severity;
+    const char *text = sev >= 17 ? texts[3] : sev >= 13 ? texts[2] : sev >= 9 ? texts[1] : texts[0];
+    uint64_t now = otlp_now_ns();
+    int r = strbuf_printf(b,
+                          "{\"timeUnixNano\":\"%" PRIu64 "\",\"observedTimeUnixNano\":\"%" PRIu64
+                          "\",\"severityNumber\":%d,\"severityText\":\"%s\",\"body\":{\"stringValue\":",
+                          now, now, sev, text);
+    if (r == 0)
+        r = otlp_put_json_string(b, l->body ? l->body : "", STRING_MAX);
+    if (r == 0)
+        r = strbuf_puts(b, "},\"attributes\":[");
+    for (size_t i = 0; r == 0 && l->attrs && l->attrs[i] && l->attrs[i + 1] && i < 2 * SPAN_ATTRS_MAX; i += 2) {
+        r = strbuf_puts(b, i ? ",{\"key\":" : "{\"key\":");
+        if (r == 0)
+            r = otlp_put_json_string(b, l->attrs[i], STRING_MAX);
+        if (r == 0)
+            r = strbuf_puts(b, ",\"value\":{\"stringValue\":");
+        if (r == 0)
+            r = otlp_put_json_string(b, l->attrs[i + 1], STRING_MAX);
+        if (r == 0)
+            r = strbuf_puts(b, "}}");
+    }
+    if (r == 0)
+        r = strbuf_putc(b, ']');
+    if (r == 0 && l->ctx) {
+        char t[33], sp[17];
+        hex_encode(l->ctx->trace_id, 16, t);
+        hex_encode(l->ctx->span_id, 8, sp);
+        r = strbuf_printf(b, ",\"traceId\":\"%s\",\"spanId\":\"%s\",\"flags\":%d", t, sp, l->ctx->flags);
+    }
+    return r == 0 ? strbuf_putc(b, '}') : r;
+}
+
+void telemetry_log(int severity, const char *body, const trace_context *ctx, const char *const *attrs)
+{
+    if (!signal_on(TELEMETRY_LOGS) || on_exporter_thread)
+        return; /* the exporter's own complaints are not exported: they would feed themselves */
+    const log_record l = {severity, body, ctx, attrs};
+    enqueue(TELEMETRY_LOGS, record_text(write_log, &l));
+}
+
+/* ---- metrics ---- */
+
+int telemetry_metrics_register(telemetry_metrics_source source, void *userdata)
+{
+    if (!signal_on(TELEMETRY_METRICS))
+        return 0;
+    pthread_mutex_lock(&T.lock);
+    int r = -ENOSPC;
+    if (T.n_sources < SOURCES_MAX) {
+        T.sources[T.n_sources++] = (metrics_source){source, userdata};
+        r = 0;
+    }
+    pthread_mutex_unlock(&T.lock);
+    return r;
+}
+
+static json_t *collect_metrics(const metrics_source *only);
+
+void telemetry_metrics_unregister(telemetry_metrics_source source, void *userdata)
+{
+    if (!signal_on(TELEMETRY_METRICS))
+        return;
+    /* the last of it, exported from the caller's thread through the queue */
+    metrics_source src = {source, userdata};
+    pthread_mutex_lock(&T.collecting);
+    json_t *last = collect_metrics(&src);
+    pthread_mutex_lock(&T.lock);
+    for (size_t i = 0; i < T.n_sources; i++)
+        if (T.sources[i].render == source && T.sources[i].userdata == userdata) {
+            T.sources[i] = T.sources[--T.n_sources];
+            break;
+        }
+    pthread_mutex_unlock(&T.lock);
+    pthread_mutex_unlock(&T.collecting);
+    if (last) {
+        pthread_mutex_lock(&T.lock);
+        json_decref(T.last_metrics);
+        T.last_metrics = last;
+        pthread_cond_signal(&T.wake);
+        pthread_mutex_unlock(&T.lock);
+    }
+}
+
+/* The metrics of every source now (or only of ONLY, without the exporter's
+ * own), as OTLP Metric objects; NULL when there are none. Called with
+ * T.collecting held, so that no source is rendered after it went away. */
+static json_t *collect_metrics(const metrics_source *only)
+{
+    json_t *metrics = json_array();
+    _cleanup_strbuf_ strbuf text;
+    strbuf_init(&text, METRICS_TEXT_MAX);
+    pthread_mutex_lock(&T.lock);
+    size_t n = only ? 1 : T.n_sources;
+    metrics_source sources[SOURCES_MAX];
+    memcpy(sources, only ? only : T.sources, n * sizeof(*sources));
+    pthread_mutex_unlock(&T.lock);
+    int r = only ? 0 : telemetry_metrics_render(&text);
+    for (size_t i = 0; r == 0 && i < n; i++)
+        r = sources[i].render(&text, sources[i].userdata);
+    if (r < 0)
+        log_fields(LOG_LEVEL_WARN, "a metrics source failed; exporting what it rendered", "error", strerror(-r), NULL);
+    if (!metrics || otlp_metrics_from_prometheus(text.data ? text.data : "", T.start_ns, otlp_now_ns(), metrics) < 0 ||
+        json_array_size(metrics) == 0) {
+        json_decref(metrics);
+        return NULL;
+    }
+    return metrics;
+}
+
+/* ---- sending ---- */
+
+
+/* BODY gzip-compressed into *RET (the caller frees), *RET_N bytes. */
+static int gzip(const char *body, size_t n, unsigned char **ret, size_t *ret_n)
+{
+    z_stream z = {0};
+    /* the fastest level: OTLP JSON compresses well at any, and the
+     * exporter's CPU is the serving role's */
+    if (deflateInit2(&z, Z_BEST_SPEED, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        return -ENOMEM;
+    size_t cap = deflateBound(&z, n);
+    unsigned char *out = malloc(cap);
+    z.next_in = (unsigned char *)body;
+    z.avail_in = (uInt)n;
+    z.next_out = out;
+    z.avail_out = (uInt)cap;
+    int e = out ? deflate(&z, Z_FINISH) : Z_MEM_ERROR;
+    size_t len = z.total_out;
+    deflateEnd(&z);
+    if (e != Z_STREAM_END) {
+        free(out);
+        return -ENOMEM;
+    }
+    *ret = out;
+    *ret_n = len;
+    return 0;
+}
+
+#define ANSWER_MAX 65536 /* of a collector's answer body read; the rest is discarded */
+
+typedef struct answer {
+    char retry_after[128];
+    strbuf body;
+} answer;
+
+static size_t on_header(char *line, size_t size, size_t n, void *userdata)
+{
+    answer *a = userdata;
+    size_t len = size * n;
+    if (len > 12 && strncasecmp(line, "retry-after:", 12) == 0) {
+        size_t v = MIN(len - 12, sizeof(a->retry_after) - 1);
+        memcpy(a->retry_after, line + 12, v);
+        a->retry_after[v] = '\0';
+        a->retry_after[strcspn(a->retry_after, "\r\n")] = '\0';
+    }
+    return len;
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *userdata)
+{
+    answer *a = userdata;
+    strbuf_append(&a->body, p, MIN(size * n, a->body.max - a->body.len));
+    return size * n;
+}
+
+/* The records of signal S a 2xx answer BODY says were rejected
+ * (partialSuccess.rejectedSpans, ...): a count, or a string of one. */
+static uint64_t rejected_in(telemetry_signal s, const strbuf *body)
+{
+    static const char *const fields[] = {"rejectedSpans", "rejectedDataPoints", "rejectedLogRecords"};
+    if (!body->len)
+        return 0;
+    json_t *j = json_loadb(body->data, body->len, 0, NULL);
+    json_t *v = json_object_get(json_object_get(j, "partialSuccess"), fields[s]);
+    uint64_t n = json_is_integer(v) ? (uint64_t)MAX(json_integer_value(v), (json_int_t)0)
+                 : json_is_string(v) ? strtoull(json_string_value(v), NULL, 10)
+                                     : 0;
+    json_decref(j);
+    return n;
+}
+
+/* Waits up to MS on the wake condition; returns false when stopping makes
+ * the wait pointless (the deadline is nearer than MS). */
+static bool backoff_wait(unsigned ms)
+{
+    uint64_t until = mono_ms() + ms;
+    pthread_mutex_lock(&T.lock);
+    bool ok = true;
+    for (;;) {
+        if (T.stopping && until > T.stop_deadline_ms) {
+            ok = false;
+            break;
+        }
+        if (mono_ms() >= until)
+            break;
+        wait_until(until);
+    }
+    pthread_mutex_unlock(&T.lock);
+    return ok;
+}
+
+/* POSTs BODY (the JSON text of N records of signal S, stolen; NULL: it
+ * could not be made) with retries; counts the records as dropped when they
+ * could not be delivered. */
+static void export(telemetry_signal s, char *body, size_t n)
+{
+    const otlp_signal_config *sc = &T.cfg.signal[s];
+    _cleanup_free_ char *text = body;
+    _cleanup_free_ unsigned char *gz = NULL;
+    size_t gz_n = 0;
+    if (!text || (sc->gzip && gzip(text, strlen(text), &gz, &gz_n) < 0)) {
+        count_dropped(s, n, "out of memory");
+        return;
+    }
+    const char *payload = sc->gzip ? (const char *)gz : text;
+    size_t payload_n = sc->gzip ? gz_n : strlen(text);
+    curl_easy_setopt(T.curl, CURLOPT_HTTPHEADER, T.headers[s]);
+    curl_easy_setopt(T.curl, CURLOPT_CAINFO, sc->ca_file); /* NULL: the system's roots */
+    for (unsigned attempt = 1;; attempt++) {
+        answer a = {0};
+        strbuf_init(&a.body, ANSWER_MAX);
+        uint64_t timeout = sc->timeout_ms;
+        pthread_mutex_lock(&T.lock);
+        if (T.stopping) {
+            uint64_t now = mono_ms();
+            timeout = T.stop_deadline_ms > now ? MIN(timeout, T.stop_deadline_ms - now) : 1;
+        }
+        pthread_mutex_unlock(&T.lock);
+        curl_easy_setopt(T.curl, CURLOPT_URL, T.cfg.signal[s].url);
+        curl_easy_setopt(T.curl, CURLOPT_POSTFIELDS, payload);
+        curl_easy_setopt(T.curl, CURLOPT_POSTFIELDSIZE, (long)payload_n);
+        curl_easy_setopt(T.curl, CURLOPT_HEADERDATA, &a);
+        curl_easy_setopt(T.curl, CURLOPT_WRITEDATA, &a);
+        curl_easy_setopt(T.curl, CURLOPT_TIMEOUT_MS, (long)timeout);
+        CURLcode e = curl_easy_perform(T.curl);
+        long status = 0;
+        if (e == CURLE_OK)
+            curl_easy_getinfo(T.curl, CURLINFO_RESPONSE_CODE, &status);
+        uint64_t rejected = status >= 200 && status < 300 ? rejected_in(s, &a.body) : 0;
+        strbuf_free(&a.body);
+        if (rejected)
+            count_dropped(s, MIN(rejected, (uint64_t)n), "the collector rejected part of a batch");
+        if (status >= 200 && status < 300)
+            return;
+        unsigned delay;
+        if (otlp_retry_delay(status, a.retry_after[0] ? a.retry_after : NULL, attempt, (int64_t)time(NULL), &delay) <
+                0 ||
+            !backoff_wait(delay)) {
+            char code[16], url[512];
+            snprintf(code, sizeof(code), "%ld", status);
+            log_fields(LOG_LEVEL_WARN, "the OTLP collector did not take a batch; it is dropped", "signal",
+                       signal_names[s], "url", otlp_loggable_url(T.cfg.signal[s].url, url, sizeof(url)), "status",
+                       status ? code : curl_easy_strerror(e), NULL);
+            count_dropped(s, n, status ? "the collector refused them" : "the collector is unreachable");
+            return;
+        }
+    }
+}
+
+/* Moves up to batch_max records of queue S (the lock held) into a new
+ * array *RET of *RET_N (NULL when out of memory: they stay queued). */
+static void take_batch(telemetry_signal s, char ***ret, size_t *ret_n)
+{
+    record_queue *q = &T.queue[s];
+    size_t n = MIN(q->n, (size_t)T.cfg.batch_max);
+    char **items = malloc(n * sizeof(*items));
+    *ret = items;
+    *ret_n = items ? n : 0;
+    for (size_t i = 0; items && i < n; i++) {
+        items[i] = q->items[q->head];
+        q->head = (q->head + 1) % T.cfg.queue_max;
+        q->n--;
+    }
+}
+
+/* The request body of the N records ITEMS of signal S (freed, with ITEMS). */
+static char *batch_body(telemetry_signal s, char **items, size_t n)
+{
+    _cleanup_strbuf_ strbuf b;
+    strbuf_init(&b, BODY_MAX);
+    int r = otlp_envelope_text(&b, s, T.resource_text, (const char *const *)items, n);
+    for (size_t i = 0; i < n; i++)
+        free(items[i]);
+    free(items);
+    return r == 0 ? strbuf_steal(&b) : NULL;
+}
+
+/* The request body of METRICS (an array of OTLP Metric objects, stolen). */
+static char *metrics_body(json_t *metrics)
+{
+    json_t *body = otlp_envelope(TELEMETRY_METRICS, T.cfg.resource, metrics);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    return text;
+}
+
+static void *exporter_main(void *arg)
+{
+    (void)arg;
+    on_exporter_thread = true;
+    uint64_t next_flush = mono_ms() + T.cfg.delay_ms, next_metrics = mono_ms() + T.cfg.metric_interval_ms;
+    for (;;) {
+        pthread_mutex_lock(&T.lock);
+        for (;;) {
+            uint64_t now = mono_ms();
+            bool full = false;
+            for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
+                full = full || T.queue[s].n >= T.cfg.batch_max;
+            if (T.stopping || full || T.last_metrics || now >= next_flush || now >= next_metrics)
+                break;
+            wait_until(MIN(next_flush, next_metrics));
+        }
+        bool stopping = T.stopping;
+        uint64_t now = mono_ms();
+        bool flush = stopping || now >= next_flush;
+        char **batches[TELEMETRY_SIGNAL_COUNT_] = {0};
+        size_t counts[TELEMETRY_SIGNAL_COUNT_] = {0};
+        for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
+            if (T.queue[s].n && (flush || T.queue[s].n >= T.cfg.batch_max))
+                take_batch((telemetry_signal)s, &batches[s], &counts[s]);
+        bool more = false;
+        for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
+            more = more || T.queue[s].n;
+        pthread_mutex_unlock(&T.lock);
+
+        for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
+            if (batches[s])
+                export((telemetry_signal)s, batch_body((telemetry_signal)s, batches[s], counts[s]), counts[s]);
+        if (flush && !more)
+            next_flush = mono_ms() + T.cfg.delay_ms;
+        pthread_mutex_lock(&T.lock);
+        json_t *last = TAKE_PTR(T.last_metrics);
+        pthread_mutex_unlock(&T.lock);
+        if (last)
+            export(TELEMETRY_METRICS, metrics_body(last), 1);
+        if (T.cfg.signal[TELEMETRY_METRICS].url && (stopping || mono_ms() >= next_metrics)) {
+            next_metrics = mono_ms() + T.cfg.metric_interval_ms;
+            pthread_mutex_lock(&T.collecting);
+            json_t *metrics = collect_metrics(NULL);
+            pthread_mutex_unlock(&T.collecting);
+            if (metrics)
+                export(TELEMETRY_METRICS, metrics_body(metrics), 1);
+        } else if (!T.cfg.signal[TELEMETRY_METRICS].url)
+            next_metrics = UINT64_MAX;
+        if (stopping && !more)
+            return NULL;
+        if (stopping && mono_ms() >= T.stop_deadline_ms) {
+            /* what is still queued is dropped (counted by shutdown) */
+            return NULL;
+        }
+    }
+}
+
+/* ---- start and stop ---- */
+
+static const char *real_getenv(const char *name, void *userdata)
+{
+    (void)userdata;
+    return getenv(name);
+}
+
+/* A random UUID (version 4) for service.instance.id. */
+static void uuid4(char out[37])
+{
+    uint8_t b[16];
+    otlp_random_id(b, sizeof(b));
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+    char h[33];
+    hex_encode(b, 16, h);
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
+}
+
+/* Appends LINE to *H; on failure frees the list (*H NULL) and returns false. */
+static bool append_header(struct curl_slist **h, const char *line)
+{
+    struct curl_slist *more = line ? curl_slist_append(*h, line) : NULL;
+    if (!more)
+        curl_slist_free_all(*h);
+    *h = more;
+    return more != NULL;
+}
+
+/* Signal SC's request headers into *RET: the content's type and encoding,
+ * ours, the configured ones. Returns 0 or -ENOMEM. */
+static int signal_headers(const otlp_signal_config *sc, struct curl_slist **ret)
+{
+    struct curl_slist *h = NULL;
+    bool ok = append_header(&h, "Content-Type: application/json") &&
+              (!sc->gzip || append_header(&h, "Content-Encoding: gzip")) &&
+              append_header(&h, "User-Agent: cloister/" CLOISTER_VERSION);
+    for (size_t i = 0; ok && i < sc->n_headers; i++) {
+        _cleanup_free_ char *line = NULL;
+        if (asprintf(&line, "%s: %s", sc->headers[i].name, sc->headers[i].value) < 0)
+            line = NULL;
+        ok = append_header(&h, line);
+    }
+    if (!ok)
+        return -ENOMEM;
+    *ret = h;
+    return 0;
+}
+
+static void free_headers(void)
+{
+    for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
+        curl_slist_free_all(T.headers[s]);
+        T.headers[s] = NULL;
+    }
+}
+
+/* A child forked by an exporting process has no exporter thread, and T.lock
+ * may have been held when it was copied: export is off there. */
+static void off_in_child(void)
+{
+    atomic_store(&T.enabled, false);
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, off_in_child);
+}
+
+int telemetry_init(const char *service_name)
+{
+    if (telemetry_enabled())
+        return -EALREADY;
+    const char *why = NULL;
+    otlp_config cfg;
+    int r = otlp_config_parse(real_getenv, NULL, service_name, &cfg, &why);
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "the OpenTelemetry configuration cannot be used; fix the variable (docs/telemetry.md)",
+                   "variable", why, "error", strerror(-r), NULL);
+        return r;
+    }
+    if (!cfg.signal[TELEMETRY_TRACES].url && !cfg.signal[TELEMETRY_METRICS].url && !cfg.signal[TELEMETRY_LOGS].url) {
+        otlp_config_free(&cfg);
+        return 0;
+    }
+    char instance[37], pid[16];
+    uuid4(instance);
+    snprintf(pid, sizeof(pid), "%d", (int)getpid());
+    const char *role = strncmp(service_name, "cloisterd-", 10) == 0 ? service_name + 10 : service_name;
+    json_array_append_new(cfg.resource, otlp_attr_str("service.instance.id", instance));
+    json_array_append_new(cfg.resource, otlp_attr_int("process.pid", getpid()));
+    json_array_append_new(cfg.resource, otlp_attr_str("cloister.role", role));
+    json_array_append_new(cfg.resource, otlp_attr_str("telemetry.sdk.name", "cloister"));
+    json_array_append_new(cfg.resource, otlp_attr_str("telemetry.sdk.version", CLOISTER_VERSION));
+
+    /* the exporter's waits are timed on the monotonic clock */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&T.wake, &ca);
+    pthread_condattr_destroy(&ca);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    T.curl = curl_easy_init();
+    r = T.curl ? 0 : -ENOMEM;
+    for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
+        r = signal_headers(&cfg.signal[s], &T.headers[s]);
+    for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
+        if (!(T.queue[s].items = calloc(cfg.queue_max, sizeof(char *))))
+            r = -ENOMEM;
+    if (r == 0 && !(T.resource_text = json_dumps(cfg.resource, JSON_COMPACT)))
+        r = -ENOMEM;
+    if (r == 0) {
+        curl_easy_setopt(T.curl, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(T.curl, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(T.curl, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(T.curl, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+        curl_easy_setopt(T.curl, CURLOPT_PROTOCOLS_STR, "http,https");
+        T.cfg = cfg;
+        T.start_ns = otlp_now_ns();
+        T.stopping = false;
+        atomic_store(&T.enabled, true);
+        if ((r = -pthread_create(&T.thread, NULL, exporter_main, NULL)) < 0)
+            atomic_store(&T.enabled, false);
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        if (r == 0)
+            pthread_once(&once, register_atfork);
+    }
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot start the OpenTelemetry exporter", "error", strerror(-r), NULL);
+        for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
+            free(T.queue[s].items);
+            T.queue[s].items = NULL;
+        }
+        free_headers();
+        curl_easy_cleanup(T.curl);
+        T.curl = NULL;
+        free(TAKE_PTR(T.resource_text));
+        T.cfg = (otlp_config){0};
+        otlp_config_free(&cfg);
+        return r;
+    }
+    char urls[TELEMETRY_SIGNAL_COUNT_][512];
+    log_fields(LOG_LEVEL_INFO, "exporting OpenTelemetry traces, metrics and logs over OTLP/HTTP", "traces",
+               otlp_loggable_url(cfg.signal[TELEMETRY_TRACES].url, urls[0], sizeof(urls[0])), "metrics",
+               otlp_loggable_url(cfg.signal[TELEMETRY_METRICS].url, urls[1], sizeof(urls[1])), "logs",
+               otlp_loggable_url(cfg.signal[TELEMETRY_LOGS].url, urls[2], sizeof(urls[2])), "service", service_name, NULL);
+    return 0;
+}
+
+void telemetry_shutdown(void)
+{
+    if (!telemetry_enabled())
+        return;
+    pthread_mutex_lock(&T.lock);
+    T.stopping = true;
+    T.stop_deadline_ms = mono_ms() + SHUTDOWN_FLUSH_MS;
+    pthread_cond_broadcast(&T.wake);
+    pthread_mutex_unlock(&T.lock);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += SHUTDOWN_FLUSH_MS / 1000 + 2;
+    if (pthread_timedjoin_np(T.thread, NULL, &ts) != 0) {
+        /* stuck in the network past its deadline: left to the process's exit */
+        log_fields(LOG_LEVEL_WARN, "the OpenTelemetry exporter did not finish in time; what it held is lost", NULL);
+        return;
+    }
+    atomic_store(&T.enabled, false);
+    for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
+        record_queue *q = &T.queue[s];
+        atomic_fetch_add(&dropped_after_stop[s], atomic_load(&q->dropped) + q->n);
+        for (size_t i = 0; i < q->n; i++)
+            free(q->items[(q->head + i) % T.cfg.queue_max]);
+        free(q->items);
+        *q = (record_queue){0};
+    }
+    free_headers();
+    curl_easy_cleanup(T.curl);
+    T.curl = NULL;
+    T.n_sources = 0;
+    json_decref(TAKE_PTR(T.last_metrics));
+    free(TAKE_PTR(T.resource_text));
+    otlp_config_free(&T.cfg);
+}
