@@ -143,6 +143,16 @@ def test_the_installed_runner_launches_sandboxes_with_the_installed_agent(destdi
     # the supervisor copied the installed agent (found beside it) into the runner's room
     assert (s.data_dir / "runner" / "cloister-agent").read_bytes() == agent.read_bytes()
     assert "no cloister-agent next to cloisterd" not in s.read_log()
+    # the job engine's bundle too, when the build installs one: the runner's copy is the installed one,
+    # and the engine the api role puts in every job digest is its measurement
+    engine = destdir / PREFIX.lstrip("/") / "bin" / "cloister-job-bundle"
+    if any("cloister-job-bundle" in t for t in installed_plan()):
+        copy = s.data_dir / "runner" / "job-engine"
+        assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in engine.iterdir())
+        assert all((copy / p.name).read_bytes() == p.read_bytes() for p in engine.iterdir())
+        r = installed_cli(destdir, s, "enclave", "measure", str(engine), config_home=tmp_path / "config")
+        assert r.returncode == 0, r.stderr
+        assert s.request("GET", "/v1/jobs/engine").json()["pcr0"] == r.stdout.strip()
     bundle = make_bundle(tmp_path / "bundle")
     launched, _ = launch(s, "installed", bundle)
     # PCR3 measures the agent the runner bound into the sandbox: the installed one
