@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -247,6 +246,8 @@ def test_sysusers_creates_each_roles_user(destdir, tmp_path):
 
 K8S_DIR = ROOT / "tests" / "k8s"
 OVERLAYS = ROOT / "deploy" / "kubernetes" / "overlays"
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
+                      "secret"}
 RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
                         "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
@@ -333,6 +334,10 @@ def test_every_container_has_probes_limits_and_the_restricted_security_context(r
         name, ns = w["metadata"]["name"], w["metadata"]["namespace"]
         pod = w["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False, name
+        # PodSecurity restricted (the runner too): no host namespaces, ports or paths, the volume types it allows
+        assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), name
+        assert all(set(v) - {"name"} <= RESTRICTED_VOLUMES for v in pod["volumes"]), name
+        assert not any(p.get("hostPort") for c in pod["containers"] for p in c.get("ports", [])), name
         labels = namespaces[(None, ns)]["metadata"]["labels"]
         for c in pod.get("initContainers", []) + pod["containers"]:
             assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", name
@@ -344,7 +349,8 @@ def test_every_container_has_probes_limits_and_the_restricted_security_context(r
             if name != "cloister-runner":
                 assert labels["pod-security.kubernetes.io/enforce"] == "restricted", name
                 assert {k: sc.get(k) for k in RESTRICTED_CONTAINER} == RESTRICTED_CONTAINER, name
-                assert pod["securityContext"]["runAsNonRoot"] is True, name
+                assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0, name
+                assert sc.get("procMount", "Default") == "Default" and not sc["capabilities"].get("add"), name
                 continue
             # the runner's exceptions, exactly those docs/deployment.md lists
             assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
