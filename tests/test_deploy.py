@@ -1,13 +1,16 @@
-"""Install and deploy (docs/deployment.md): `meson install` into a temporary
-DESTDIR puts cloisterd, cloister and cloister-agent (and the job engine's
-bundle when the build makes one) in the prefix's bin; the installed
-cloisterd --dev serves the quickstart and its runner launches agent-mode
-sandboxes with the installed agent, started as root inside the systemd
-unit's capability bounding set with no_new_privs as the unit sets them.
-The unit passes `systemd-analyze verify` and its exposure is measured
-offline; deploy/kubernetes renders with `kubectl kustomize` and every object
-validates against the Kubernetes schemas (npm kubernetes-models) and our own
-rules (tests/k8s/validate.mjs)."""
+"""Install and deploy (docs/deployment.md). `meson install` into a
+temporary DESTDIR puts cloisterd, cloister, cloister-agent and the job
+engine's bundle in the prefix's bin, with the systemd unit and the roles'
+sysusers. The installed cloisterd --dev, confined as the unit confines it
+(started as root: its capability bounding set, no_new_privs, its /proc and
+/dev), serves the quickstart, hands the runner the installed agent and
+engine, and launches an agent-mode sandbox; the unit's own commands (--check,
+--init, the start with the passphrase as LoadCredential= leaves it) work
+the same. The unit passes `systemd-analyze verify`; its exposure is measured
+offline. deploy/kubernetes renders with `kubectl kustomize`; every object
+validates against the Kubernetes schemas (tests/k8s: npm kubernetes-models,
+unknown fields included) and our rules, and each role's configuration passes
+`cloisterd --check` but for what this release cannot do yet."""
 import hashlib
 import json
 import os
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from conftest import BUILD, ROOT, Server, free_port, sanitizer_env
 from test_agent import make_bundle
@@ -38,18 +42,21 @@ def destdir(tmp_path_factory):
     r = subprocess.run(["meson", "install", "-C", str(BUILD), "--no-rebuild", "--quiet", "--destdir", str(dest)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    plan = json.loads(subprocess.run(["meson", "introspect", "--installed", str(BUILD)], capture_output=True,
-                                     text=True, check=True, timeout=60).stdout)
+    plan = installed_plan()
     assert plan, "meson plans to install nothing"
-    for target in plan.values():
+    for target in plan:
         assert (dest / target.lstrip("/")).exists(), f"{target} not installed"
-    os.chmod(dest, 0o711)  # the roles' users pass through to the installed agent (started as root)
     return dest
 
 
 def installed_plan():
-    return json.loads(subprocess.run(["meson", "introspect", "--installed", str(BUILD)], capture_output=True,
-                                     text=True, check=True, timeout=60).stdout).values()
+    """Where meson installs each file or folder of the build (destinations)."""
+    return list(json.loads(subprocess.run(["meson", "introspect", "--installed", str(BUILD)], capture_output=True,
+                                          text=True, check=True, timeout=60).stdout).values())
+
+
+def bindir(destdir):
+    return destdir / PREFIX.lstrip("/") / "bin"
 
 
 def unit_setting(text, key):
@@ -60,14 +67,14 @@ def unit_setting(text, key):
 
 
 def test_meson_install_puts_the_binaries_in_the_prefix_bin(destdir):
-    bindir = destdir / PREFIX.lstrip("/") / "bin"
+    bin_dir = bindir(destdir)
     for name in ("cloisterd", "cloister", "cloister-agent"):
-        assert os.access(bindir / name, os.X_OK), f"{name} not installed in {bindir}"
+        assert os.access(bin_dir / name, os.X_OK), f"{name} not installed in {bin_dir}"
     # the job engine's measured bundle, when this build makes one, sits beside them
     if any("cloister-job-bundle" in t for t in installed_plan()):
-        bundle = bindir / "cloister-job-bundle"
+        bundle = bin_dir / "cloister-job-bundle"
         assert (bundle / "enclave.yaml").is_file() and os.access(bundle / "cloister-job", os.X_OK)
-    r = subprocess.run([str(bindir / "cloister"), "--version"], capture_output=True, text=True, env=sanitizer_env(),
+    r = subprocess.run([str(bin_dir / "cloister"), "--version"], capture_output=True, text=True, env=sanitizer_env(),
                        timeout=60)
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
     # the unit names the installed daemon
@@ -80,16 +87,16 @@ def installed_server(destdir, tmp_path_factory):
     """The installed cloisterd --dev. Started as root, it runs confined as
     the unit confines it (unit_confinement)."""
     prefix = unit_confinement(destdir)
-    saved = os.environ.pop("CLOISTER_AGENT", None)  # the runner must find the installed agent by itself
+    # cloisterd must find the installed agent and engine by itself
+    saved = {k: os.environ.pop(k) for k in ("CLOISTER_AGENT", "CLOISTER_JOB_BUNDLE") if k in os.environ}
     data = tmp_path_factory.mktemp("installed") / "data"
-    s = Server(data, prefix=prefix, binary=destdir / PREFIX.lstrip("/") / "bin" / "cloisterd")
+    s = Server(data, prefix=prefix, binary=bindir(destdir) / "cloisterd")
     try:
         s.start()
         yield s
         s.stop()
     finally:
-        if saved is not None:
-            os.environ["CLOISTER_AGENT"] = saved
+        os.environ.update(saved)
         if s.proc is not None:
             s.kill9()
 
@@ -98,7 +105,7 @@ def installed_cli(destdir, server, *args, config_home):
     env = sanitizer_env()
     env.update(XDG_CONFIG_HOME=str(config_home), CLOISTER_SERVER=server.url, CLOISTER_CA=server.ca)
     env.pop("CLOISTER_TOKEN", None)
-    return subprocess.run([str(destdir / PREFIX.lstrip("/") / "bin" / "cloister"), *args], capture_output=True,
+    return subprocess.run([str(bindir(destdir) / "cloister"), *args], capture_output=True,
                           text=True, env=env, timeout=60)
 
 
@@ -138,13 +145,13 @@ def test_the_installed_daemon_serves_the_quickstart(destdir, installed_server, t
 
 def test_the_installed_runner_launches_sandboxes_with_the_installed_agent(destdir, installed_server, tmp_path):
     s = installed_server
-    agent = destdir / PREFIX.lstrip("/") / "bin" / "cloister-agent"
+    agent = bindir(destdir) / "cloister-agent"
     # the supervisor copied the installed agent (found beside it) into the runner's room
     assert (s.data_dir / "runner" / "cloister-agent").read_bytes() == agent.read_bytes()
     assert "no cloister-agent next to cloisterd" not in s.read_log()
     # the job engine's bundle too, when the build installs one: the runner's copy is the installed one,
     # and the engine the api role puts in every job digest is its measurement
-    engine = destdir / PREFIX.lstrip("/") / "bin" / "cloister-job-bundle"
+    engine = bindir(destdir) / "cloister-job-bundle"
     if any("cloister-job-bundle" in t for t in installed_plan()):
         copy = s.data_dir / "runner" / "job-engine"
         assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in engine.iterdir())
@@ -190,7 +197,7 @@ def test_the_units_commands_check_init_and_unseal_from_the_credential(destdir, t
     assert unit_setting(unit, "LoadCredential") == "unseal:/etc/cloister/credentials/unseal"
     path = write_config(tmp_path)
     (tmp_path / "unseal").chmod(0o400)
-    cloisterd = str(destdir / PREFIX.lstrip("/") / "bin" / "cloisterd")
+    cloisterd = str(bindir(destdir) / "cloisterd")
     for args in (["--check"], ["--init"]):
         r = subprocess.run([*unit_confinement(destdir), cloisterd, "--config", str(path), *args], capture_output=True,
                            text=True, env=sanitizer_env(), timeout=120)
@@ -280,7 +287,6 @@ def rendered(request):
     r = subprocess.run([kubectl(), "kustomize", str(OVERLAYS / request.param)], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
-    import yaml
     objects = [d for d in yaml.safe_load_all(r.stdout) if d]
     assert objects, "the overlay renders nothing"
     return objects
@@ -390,7 +396,7 @@ def test_the_configmaps_use_only_what_cloisterd_accepts(rendered, destdir, tmp_p
     """`cloisterd --config FILE --check` on each role's file (the Secrets'
     files it names put in place): no unknown key, no bad value; only what
     this release cannot do yet (a role apart) is refused."""
-    cloisterd = destdir / PREFIX.lstrip("/") / "bin" / "cloisterd"
+    cloisterd = bindir(destdir) / "cloisterd"
     files = {name: text for o in by_kind(rendered, "ConfigMap").values() for name, text in o["data"].items()}
     assert sorted(files) == sorted(f"{r}.yaml" for r in ROLES)
     for name, text in files.items():
