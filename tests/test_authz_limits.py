@@ -262,6 +262,7 @@ def test_readyz_names_a_sealed_kms(capped_server):
     assert r.status_code == 200 and r.json() == {
         "status": "ok", "roles": dict.fromkeys(["api", "kms", "audit", "runner", "proxy"], "ready"),
         "seal": {"mode": "passphrase", "sealed": False}, "store": {"driver": "sqlite", "reachable": True},
+        "audit": {"reachable": True},
         "replicas": dict.fromkeys(["api", "kms", "audit", "runner", "proxy"], 1), "problems": []}, r.text
 
 

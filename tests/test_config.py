@@ -6,6 +6,7 @@ quickstart, answers /healthz and /readyz (API and proxy listeners) and
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -26,8 +27,9 @@ ROLES = ["api", "kms", "audit", "runner", "proxy"]
 
 
 def cloisterd(*args, input=None):
+    """cloisterd ARGS in a session of its own: no terminal to ask a passphrase on."""
     return subprocess.run([str(CLOISTERD), *args], capture_output=True, text=True, env=sanitizer_env(),
-                          input=input, timeout=120)
+                          input=input, timeout=120, start_new_session=True)
 
 
 def write_config(tmp_path, seal=None, **extra):
@@ -179,6 +181,14 @@ def test_init_prepares_the_cluster_once(initialised):
     assert stat.S_IMODE((data / "admin.token").stat().st_mode) == 0o600
     assert json.loads((data / "kms" / "root.json").read_text())["mode"] == "passphrase"
     assert json.loads((data / "initialized").read_text())["seal"] == "passphrase"
+    # a seal other than the one the root key was sealed with is named
+    other = s.config_path.parent / "other-seal.yaml"
+    doc = yaml.safe_load(s.config_path.read_text())
+    doc["kms"] = {"seal": {"mode": "dev"}}
+    other.write_text(yaml.safe_dump(doc, sort_keys=False))
+    p = cloisterd("--config", str(other), "--check")
+    assert p.returncode == 1 and f"kms.seal: the root key in {data}/kms/root.json is sealed with mode passphrase, " \
+        "not dev" in p.stderr, p.stderr
     again = cloisterd("--init", "--config", str(s.config_path))
     assert again.returncode == 1
     assert f"{data} is initialised already ({data}/initialized exists); --init prepares a new cluster only once" \
@@ -239,6 +249,7 @@ def test_status_shows_roles_seal_store_and_replicas(initialised, tmp_path):
         assert re.search(rf"^  {role}\s+ready\s+1 replica$", p.stdout, re.M), p.stdout
     assert re.search(r"^seal\s+passphrase \(unsealed\)$", p.stdout, re.M), p.stdout
     assert re.search(r"^store\s+sqlite \(reachable\)$", p.stdout, re.M), p.stdout
+    assert re.search(r"^audit\s+reachable$", p.stdout, re.M), p.stdout
     p = run_cli(s, "status", "-o", "json", config_home=tmp_path / "config")
     assert p.returncode == 0 and json.loads(p.stdout)["replicas"] == dict.fromkeys(ROLES, 1), p.stdout
 
@@ -262,12 +273,13 @@ def test_telemetry_otlp_of_the_file_feeds_the_exporter(tmp_path):
 
 
 def test_readyz_names_the_seal_until_cloisterd_unseal(tmp_path):
-    """kms.seal {mode: passphrase}: sealed by hand; --init leaves the root
-    key to the first unseal, which sets the passphrase."""
+    """kms.seal {mode: passphrase}: --init seals the root key with the
+    passphrase given on --passphrase-fd; the KMS starts sealed and only that
+    passphrase unseals it."""
     path = write_config(tmp_path, seal={"mode": "passphrase"})
-    init = cloisterd("--init", "--config", str(path))
+    init = cloisterd("--init", "--config", str(path), "--passphrase-fd", "0", input=PASSPHRASE + "\n")
     assert init.returncode == 0, init.stderr
-    assert "created at the first `cloisterd unseal` (seal passphrase)" in init.stdout
+    assert "KMS root key:       created and sealed (seal passphrase)" in init.stdout
     s = Server(tmp_path / "data", config=path).start()
     try:
         r = requests.get(s.url + "/readyz", verify=s.ca)
@@ -280,6 +292,9 @@ def test_readyz_names_the_seal_until_cloisterd_unseal(tmp_path):
         assert p.returncode == 1 and re.search(r"^seal\s+passphrase \(sealed: run cloisterd unseal\)$", p.stdout,
                                                re.M), p.stdout
         assert "kms: sealed (seal passphrase); run cloisterd unseal" in p.stdout
+        u = cloisterd("unseal", "--data-dir", str(s.data_dir), "--passphrase-fd", "0", input="not the passphrase")
+        assert u.returncode == 1 and "wrong passphrase" in u.stderr, u.stderr
+        assert requests.get(s.url + "/readyz", verify=s.ca).status_code == 503
         u = cloisterd("unseal", "--data-dir", str(s.data_dir), "--passphrase-fd", "0", input=PASSPHRASE)
         assert u.returncode == 0, u.stderr
         r = requests.get(s.url + "/readyz", verify=s.ca)
@@ -287,6 +302,20 @@ def test_readyz_names_the_seal_until_cloisterd_unseal(tmp_path):
         assert run_cli(s, "status").returncode == 0
     finally:
         s.stop()
+
+
+def test_init_without_a_passphrase_at_hand(tmp_path):
+    """No file, no --passphrase-fd, no terminal: the first unseal creates
+    the root key. A passphrase too short is refused before anything is
+    written."""
+    path = write_config(tmp_path, seal={"mode": "passphrase"})
+    short = cloisterd("--init", "--config", str(path), "--passphrase-fd", "0", input="short\n")
+    assert short.returncode == 1 and "the KMS passphrase needs at least 8 characters" in short.stderr, short.stderr
+    assert not (tmp_path / "data").exists()
+    init = cloisterd("--init", "--config", str(path))
+    assert init.returncode == 0, init.stderr
+    assert "KMS root key:       created at the first `cloisterd unseal` (seal passphrase)" in init.stdout
+    assert not (tmp_path / "data" / "kms" / "root.json").exists()
 
 
 def test_a_listener_serves_its_own_certificate(tmp_path):
@@ -378,3 +407,30 @@ def test_readyz_follows_a_postgresql_store(tmp_path, database):
             time.sleep(0.2)
     finally:
         s.stop()
+
+
+def test_readyz_names_an_audit_log_the_api_cannot_reach(server):
+    """The audit role stopped (SIGSTOP): the API's next audit event is not
+    delivered, /readyz turns 503 naming the audit log; once the role runs
+    again the retried delivery goes through and /readyz is 200."""
+    s = server
+    audit = s.role_pid("audit")
+    os.kill(audit, signal.SIGSTOP)
+    try:
+        group = {"apiVersion": "cloister.dev/v1", "kind": "Group", "metadata": {"name": "audited"}, "spec": {}}
+        assert s.request("POST", "/v1/groups", json=group).status_code == 201  # its audit entry waits
+        deadline = time.time() + 60
+        while (r := requests.get(s.url + "/readyz", verify=s.ca, timeout=30)).status_code != 503:
+            assert time.time() < deadline, r.text  # a delivery gives up after 10 s
+            time.sleep(0.2)
+        body = r.json()
+        assert body["audit"] == {"reachable": False}, body
+        assert "audit: events do not reach the audit log (the last delivery failed or the queue is full)" \
+            in body["problems"], body
+    finally:
+        os.kill(audit, signal.SIGCONT)
+    deadline = time.time() + 60
+    while (r := requests.get(s.url + "/readyz", verify=s.ca, timeout=30)).status_code != 200:
+        assert time.time() < deadline, r.text
+        time.sleep(0.2)
+    assert r.json()["audit"] == {"reachable": True}

@@ -25,6 +25,7 @@
 #include "basic/macro.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
+#include "controller/controller.h"
 #include "httpd/framing.h"
 #include "httpd/httpd.h"
 #include "proxy/metrics.h"
@@ -846,11 +847,12 @@ static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
 }
 
 /* /readyz, readiness: 200 {"status":"ok", …} when every role that should
- * run serves, the KMS is unsealed, the store answers a read and the proxy
- * hears from its configuration stream; else 503 {"status":"unavailable"}
- * with a problem naming each part that is not ready. Also says the seal
- * (mode, sealed), the store (driver, reachable) and the replicas (this
- * release: one of each role). No credential: load balancers and
+ * run serves, the KMS is unsealed, the store answers a read, the API's
+ * audit events reach the audit role and the proxy hears from its
+ * configuration stream; else 503 {"status":"unavailable"} with a problem
+ * naming each part that is not ready. Also says the seal (mode, sealed),
+ * the store (driver, reachable), the audit log (reachable) and the
+ * replicas (this release: one of each role). No credential: load balancers and
  * supervisors ask it, and `cloister status` shows it. */
 static void handle_readyz(api_server *srv, h2o_req_t *req, uint64_t started)
 {
@@ -876,11 +878,17 @@ static void handle_readyz(api_server *srv, h2o_req_t *req, uint64_t started)
         snprintf(problem, sizeof(problem), "store: unreachable (%s)", strerror(-r));
         json_array_append_new(problems, json_string(problem));
     }
+    /* this process's events reach the audit role (its last delivery went through) */
+    bool audited = audit_event_deliverable();
+    if (!audited)
+        json_array_append_new(problems, json_string("audit: events do not reach the audit log (the last delivery "
+                                                    "failed or the queue is full)"));
     bool ok = json_array_size(problems) == 0;
-    json_t *body = json_pack("{s:s, s:o, s:{s:s, s:b}, s:{s:s, s:b}, s:o, s:o}", "status", ok ? "ok" : "unavailable",
-                             "roles", roles, "seal", "mode", cfg->seal_mode ? cfg->seal_mode : "unknown", "sealed",
-                             sealed, "store", "driver", cfg->store_driver ? cfg->store_driver : "unknown", "reachable",
-                             reachable, "replicas", replicas, "problems", problems);
+    json_t *body = json_pack("{s:s, s:o, s:{s:s, s:b}, s:{s:s, s:b}, s:{s:b}, s:o, s:o}", "status",
+                             ok ? "ok" : "unavailable", "roles", roles, "seal", "mode",
+                             cfg->seal_mode ? cfg->seal_mode : "unknown", "sealed", sealed, "store", "driver",
+                             cfg->store_driver ? cfg->store_driver : "unknown", "reachable", reachable, "audit",
+                             "reachable", audited, "replicas", replicas, "problems", problems);
     api_respond_json(req, ROUTE_READYZ, started, ok ? 200 : 503, body);
     json_decref(body);
 }
@@ -904,6 +912,10 @@ int api_metrics_text(const api_config *cfg, strbuf *out)
                           API_SSE_PER_USER_MAX, API_SSE_TOTAL_MAX, streams, (unsigned long long)too_slow);
     if (r == 0 && cfg->proxy_metrics)
         r = proxy_metrics_render(cfg->proxy_metrics, out);
+    if (r == 0)
+        r = metrics_render_roles(cfg->roles, cfg->n_roles, out);
+    if (r == 0)
+        r = controller_metrics_render(cfg->controller, out);
     return r;
 }
 

@@ -1,5 +1,5 @@
 /* status: what the server's /readyz says: each role and its replicas, the
- * KMS seal, the store, and what is not ready. */
+ * KMS seal, the store, the audit log, and what is not ready. */
 #include <stdio.h>
 #include <string.h>
 
@@ -29,6 +29,8 @@ static void print_status(const cli_ctx *ctx, const json_t *v)
     printf("%-10s%s (%s)\n", "store",
            text_sanitize(json_string_value(json_object_get(store, "driver")) ?: "?", a, sizeof(a)),
            json_is_true(json_object_get(store, "reachable")) ? "reachable" : "unreachable");
+    printf("%-10s%s\n", "audit",
+           json_is_true(json_object_get(json_object_get(v, "audit"), "reachable")) ? "reachable" : "unreachable");
     const json_t *problems = json_object_get(v, "problems");
     if (json_array_size(problems) == 0)
         return;

@@ -69,6 +69,14 @@ typedef struct enclave {
     replica replicas[RESOURCE_ENCLAVE_REPLICAS_MAX];
 } enclave;
 
+/* What GET /metrics shows of an Enclave, published after every pass. */
+typedef struct enclave_stats {
+    char name[RESOURCE_NAME_MAX + 1];
+    unsigned desired, ready, restarts;
+    unsigned crash_looping; /* replicas waiting to restart after crashing again within the backoff reset time */
+    uint64_t memory_limit_bytes; /* spec.limits.memoryMiB, 0 when none */
+} enclave_stats;
+
 struct controller {
     store *store;
     unsigned interval_ms;
@@ -91,6 +99,8 @@ struct controller {
     char holder[96];
     int64_t lease_token;
     uint64_t lease_renewed; /* time_mono_ns() of the last acquire or renew */
+    enclave_stats stats[CONTROLLER_ENCLAVES_MAX]; /* under the lock */
+    size_t n_stats;
 };
 
 /* ---- enclave entries ----------------------------------------------------- */
@@ -745,6 +755,63 @@ static void status_write(controller *c, enclave *e)
                    "error", strerror(-r), NULL);
 }
 
+/* Publishes what GET /metrics shows of every Enclave (controller_metrics_render()). */
+static void stats_publish(controller *c)
+{
+    pthread_mutex_lock(&c->lock);
+    c->n_stats = c->n_enclaves;
+    for (size_t i = 0; i < c->n_enclaves; i++) {
+        const enclave *e = c->enclaves[i];
+        enclave_stats *st = &c->stats[i];
+        *st = (enclave_stats){.desired = e->desired, .restarts = e->restarts};
+        snprintf(st->name, sizeof(st->name), "%s", e->name);
+        for (size_t k = 0; k < RESOURCE_ENCLAVE_REPLICAS_MAX; k++) {
+            const replica *r = &e->replicas[k];
+            if (!r->present)
+                continue;
+            st->ready += k < e->desired && r->state == REPLICA_RUNNING;
+            st->crash_looping += r->state == REPLICA_CRASHED && r->backoff_ms > CONTROLLER_BACKOFF_MIN_MS;
+        }
+        json_int_t mib = json_integer_value(json_object_get(json_object_get(e->launch_spec, "limits"), "memoryMiB"));
+        st->memory_limit_bytes = mib > 0 ? (uint64_t)mib << 20 : 0;
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+int controller_metrics_render(controller *c, strbuf *out)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } families[] = {
+        {"cloister_enclave_replicas_desired", "gauge", "Replicas the controller keeps of an Enclave."},
+        {"cloister_enclave_replicas_ready", "gauge", "Replicas of an Enclave running among the desired ones."},
+        {"cloister_enclave_restarts_total", "counter",
+         "Restarts of an Enclave's replicas after their workload exited."},
+        {"cloister_enclave_replicas_crash_looping", "gauge",
+         "Replicas waiting to restart after crashing again within a minute of their last start."},
+        {"cloister_enclave_memory_limit_bytes", "gauge", "The memory limit of each replica (spec.limits.memoryMiB)."},
+    };
+    int r = 0;
+    if (!c)
+        return 0;
+    pthread_mutex_lock(&c->lock);
+    for (size_t f = 0; f < ELEMENTSOF(families) && r == 0; f++) {
+        r = strbuf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", families[f].name, families[f].help, families[f].name,
+                          families[f].type);
+        for (size_t i = 0; i < c->n_stats && r == 0; i++) {
+            const enclave_stats *st = &c->stats[i];
+            const uint64_t values[ELEMENTSOF(families)] = {st->desired, st->ready, st->restarts, st->crash_looping,
+                                                           st->memory_limit_bytes};
+            if (f == 4 && !values[f]) /* no memory limit */
+                continue;
+            r = strbuf_printf(out, "%s{enclave=\"%s\"} %llu\n", families[f].name, st->name,
+                              (unsigned long long)values[f]);
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
 /* ---- the thread ------------------------------------------------------------ */
 
 /* Holds the controller lease: renews it a third of its TTL after the last
@@ -823,6 +890,7 @@ static uint64_t pass(controller *c)
         next = controller_next_retry(e->replicas, e->desired, now, next);
     }
     runner_view_free(&v);
+    stats_publish(c);
     return MAX(next, time_mono_ns() + 20 * NSEC_PER_MSEC);
 }
 

@@ -32,6 +32,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "basic/strbuf.h"
 #include "store/store.h"
 
 #define CONTROLLER_ENCLAVES_MAX 256     /* Enclaves reconciled; more are logged and left alone */
@@ -75,3 +76,10 @@ void controller_stop(controller *c);
  * pass. Safe from any thread. Returns the clamped count it will keep, or
  * -ENOENT when the controller does not reconcile NAME. */
 int controller_set_desired(controller *c, const char *name, unsigned desired);
+
+/* Appends to OUT the Prometheus text of the Enclaves C reconciles, as of
+ * its last pass: cloister_enclave_replicas_desired, _replicas_ready,
+ * _restarts_total, _replicas_crash_looping and _memory_limit_bytes, each
+ * labelled enclave (at most CONTROLLER_ENCLAVES_MAX). Safe from any
+ * thread; C may be NULL (nothing). Returns 0 or -ENOMEM. */
+int controller_metrics_render(controller *c, strbuf *out);

@@ -76,6 +76,8 @@ static void usage(FILE *f)
             "  --config FILE         the configuration (YAML; docs/deployment.md); options below override it\n"
             "  --check               validate the configuration, list every problem, exit 0 or 1\n"
             "  --init                prepare a new cluster once: CA, role certificates, admin token, sealed KMS root\n"
+            "  --passphrase-fd N     --init: read the KMS passphrase or PIN from N (else the seal's file, else\n"
+            "                        the terminal)\n"
             "  --dev                 every default: all roles on this machine, the dev seal (auto-unsealed)\n"
             "  --data-dir DIR        state, keys and certificates (default ./cloister-data)\n"
             "  --api-listen A        the REST API, HTTPS (default 127.0.0.1:7443)\n"
@@ -103,10 +105,13 @@ static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
     return 0;
 }
 
-typedef enum daemon_action { ACTION_RUN, ACTION_CHECK, ACTION_INIT } daemon_action;
+typedef enum daemon_action { ACTION_RUN, ACTION_INIT } daemon_action; /* --check ends in parse_args */
 
 enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_LOG,
-       OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT, OPT_STORE };
+       OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT, OPT_STORE, OPT_PASSPHRASE_FD };
+
+/* --init --passphrase-fd N: where the KMS passphrase or PIN is read from (-1: the terminal) */
+static int passphrase_fd = -1;
 static const struct option options[] = {
     {"dev", no_argument, NULL, 'd'},
     {"config", required_argument, NULL, OPT_CONFIG},
@@ -124,6 +129,7 @@ static const struct option options[] = {
     {"pkcs11-module", required_argument, NULL, OPT_P11_MODULE},
     {"pkcs11-slot", required_argument, NULL, OPT_P11_SLOT},
     {"store", required_argument, NULL, OPT_STORE},
+    {"passphrase-fd", required_argument, NULL, OPT_PASSPHRASE_FD},
     {"help", no_argument, NULL, 'h'},
     {},
 };
@@ -154,6 +160,16 @@ static int apply_option(int c, daemon_config *cfg)
     }
     case OPT_DOMAIN:
         return copy_arg(cfg->domain, sizeof(cfg->domain), "--domain", optarg) < 0 ? 2 : 0;
+    case OPT_PASSPHRASE_FD: {
+        char *end;
+        long n = strtol(optarg, &end, 10);
+        if (*end || !*optarg || n < 0 || n > INT_MAX) {
+            fprintf(stderr, "cloisterd: --passphrase-fd takes a file descriptor number\n");
+            return 2;
+        }
+        passphrase_fd = (int)n;
+        return 0;
+    }
     case OPT_STORE:
         return copy_arg(cfg->store_url, sizeof(cfg->store_url), "--store", optarg) < 0 ? 2 : 0;
     case OPT_THREADS:
@@ -263,6 +279,10 @@ static int parse_args(int argc, char **argv, daemon_config *cfg, daemon_action *
     }
     if (init && (check || !config)) {
         fprintf(stderr, "cloisterd: --init takes --config FILE (and no --check)\n");
+        return 2;
+    }
+    if (passphrase_fd >= 0 && !init) {
+        fprintf(stderr, "cloisterd: --passphrase-fd goes with --init (a running KMS: cloisterd unseal)\n");
         return 2;
     }
     if (strcmp(cfg->seal_mode, "pkcs11") == 0 && !cfg->pkcs11_module[0] && !problems.n) {
@@ -802,8 +822,10 @@ static int supervise(const daemon_config *cfg, role_table *table)
             if (procs[i].pid < 0) {
                 procs[i].pid = 0;
                 procs[i].restart_at = now + procs[i].backoff;
-            } else
+            } else {
+                atomic_fetch_add(&health[i].restarts, 1);
                 log_fields(LOG_LEVEL_INFO, "role restarted", "role", roles[i].name, NULL);
+            }
         }
     }
 }
@@ -817,35 +839,54 @@ static bool cluster_initialised(const daemon_config *cfg)
     return access(path, F_OK) == 0;
 }
 
-/* Creates the KMS root key sealed with the configured seal, when the
- * secret it needs is at hand: the passphrase or PIN file, or nothing in dev
- * mode. A seal unsealed by hand (mode passphrase, pkcs11 without pinFile)
- * gets its root key at the first `cloisterd unseal`. Returns 0 or a
+/* The passphrase or PIN --init seals the KMS root key with, into SECRET's
+ * seal_secret (the caller wipes and frees it): the configured file, else
+ * --passphrase-fd N, else asked for on the terminal; none in dev mode, and
+ * none when no terminal is there (the first `cloisterd unseal` then sets
+ * it). A passphrase shorter than KMS_PASSPHRASE_MIN is refused. Returns 0
+ * or the exit status (1, said on stderr). */
+static int init_secret(const daemon_config *cfg, daemon_config *secret)
+{
+    int r = 0;
+    if (strcmp(cfg->seal_mode, "dev") == 0)
+        return 0;
+    if (cfg->seal_secret_file[0])
+        r = read_seal_secret(cfg, secret);
+    else if ((r = unseal_read_secret(passphrase_fd, &secret->seal_secret, &secret->seal_secret_len)) == -ENOTTY)
+        return 0;
+    if (r < 0) {
+        fprintf(stderr, "cloisterd: cannot read the KMS %s (%s)\n",
+                strcmp(cfg->seal_mode, "pkcs11") == 0 ? "token's PIN" : "passphrase", strerror(-r));
+        return 1;
+    }
+    if (strcmp(cfg->seal_mode, "passphrase") == 0 && secret->seal_secret_len < KMS_PASSPHRASE_MIN) {
+        fprintf(stderr, "cloisterd: the KMS passphrase needs at least %d characters\n", KMS_PASSPHRASE_MIN);
+        return 1;
+    }
+    return 0;
+}
+
+/* Creates the KMS root key sealed with the configured seal and SECRET
+ * (the passphrase or PIN; none in dev mode): *RET_CREATED false when there
+ * is no secret (the first `cloisterd unseal` creates it). Returns 0 or a
  * negative errno (logged). */
-static int init_kms_root(const daemon_config *cfg, bool *ret_created)
+static int init_kms_root(const daemon_config *cfg, const daemon_config *secret, bool *ret_created)
 {
     *ret_created = false;
-    if (strcmp(cfg->seal_mode, "dev") != 0 && !cfg->seal_secret_file[0])
+    if (strcmp(cfg->seal_mode, "dev") != 0 && !secret->seal_secret)
         return 0;
-    daemon_config secret = {0};
-    if (cfg->seal_secret_file[0] && read_seal_secret(cfg, &secret) < 0)
-        return -EIO;
     uint8_t *root = secmem_alloc(KMS_KEY_BYTES);
     const kms_seal_config seal = {.mode = cfg->seal_mode, .root_file = cfg->kms_root_file,
                                   .dev_key_file = cfg->kms_dev_key_file, .pkcs11_module = cfg->pkcs11_module,
                                   .pkcs11_slot = cfg->pkcs11_slot};
     kms_err err = {0};
-    int r = root ? kms_root_unseal(&seal, secret.seal_secret, secret.seal_secret_len, root, ret_created, &err)
+    int r = root ? kms_root_unseal(&seal, secret->seal_secret, secret->seal_secret_len, root, ret_created, &err)
                  : -ENOMEM;
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot create the sealed KMS root key", "mode", cfg->seal_mode, "reason",
                    err.message[0] ? err.message : strerror(-r), NULL);
     if (root)
         secmem_free(root);
-    if (secret.seal_secret) {
-        OPENSSL_cleanse(secret.seal_secret, secret.seal_secret_len);
-        free(secret.seal_secret);
-    }
     return r;
 }
 
@@ -865,25 +906,36 @@ static int cluster_init(daemon_config *cfg)
                 cfg->data_dir, access(path, F_OK) == 0 ? path : ca);
         return 1;
     }
-    if (first_start(cfg) < 0)
-        return 1;
-    for (size_t i = 0; i < N_ROLES; i++) {
+    daemon_config secret = {0}; /* its seal_secret only */
+    int r = init_secret(cfg, &secret);
+    if (r != 0)
+        return r;
+    r = first_start(cfg);
+    for (size_t i = 0; r == 0 && i < N_ROLES; i++) {
         char cert[4300], key[4300];
         snprintf(cert, sizeof(cert), "%s/roles/%s.pem", cfg->pki_dir, roles[i].name);
         snprintf(key, sizeof(key), "%s/roles/%s.key", cfg->pki_dir, roles[i].name);
-        if (pki_ensure_role_cert(cfg->ca_cert, cfg->ca_key, roles[i].name, cert, key) < 0)
-            return 1;
+        r = pki_ensure_role_cert(cfg->ca_cert, cfg->ca_key, roles[i].name, cert, key);
     }
-    bool created;
-    if (init_kms_root(cfg, &created) < 0)
+    bool created = false;
+    if (r == 0)
+        r = init_kms_root(cfg, &secret, &created);
+    if (secret.seal_secret) {
+        OPENSSL_cleanse(secret.seal_secret, secret.seal_secret_len);
+        free(secret.seal_secret);
+    }
+    if (r < 0) {
+        fprintf(stderr, "cloisterd: --init failed (logged above); nothing in %s is in use yet: remove it and run "
+                        "--init again\n", cfg->data_dir);
         return 1;
+    }
     char marker[600];
     char now[64];
     time_t t = time(NULL);
     strftime(now, sizeof(now), "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
     int n = snprintf(marker, sizeof(marker), "{\"initializedAt\":\"%s\",\"seal\":\"%s\"}\n", now, cfg->seal_mode);
     snprintf(path, sizeof(path), "%s/" INIT_MARKER, cfg->data_dir);
-    int r = write_file_atomic(path, marker, (size_t)n, 0644);
+    r = write_file_atomic(path, marker, (size_t)n, 0644);
     if (r < 0) {
         fprintf(stderr, "cloisterd: cannot write %s: %s\n", path, strerror(-r));
         return 1;

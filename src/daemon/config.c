@@ -12,7 +12,6 @@
 #include "basic/fileio.h"
 #include "basic/macro.h"
 #include "kms/seal.h"
-#include "store/store.h"
 
 const char *const daemon_role_names[DAEMON_N_ROLES] = {"api", "kms", "audit", "runner", "proxy"};
 
@@ -38,6 +37,10 @@ void config_problem(config_problems *p, const char *fmt, ...)
         va_end(ap);
         if (!p->items[p->n])
             return;
+        /* keys and values come from the file: no terminal control reaches stderr */
+        for (char *ch = p->items[p->n]; *ch; ch++)
+            if ((unsigned char)*ch < 0x20 || *ch == 0x7f)
+                *ch = '?';
     }
     p->n++;
 }
@@ -345,11 +348,8 @@ static void store_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full
         snprintf(c->cfg->store_url, sizeof(c->cfg->store_url), "sqlite:%s", path);
     else if (strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0)
         strcpy(c->cfg->store_url, url);
-    else {
-        char shown[sizeof(url)];
-        store_url_redact(url, shown, sizeof(shown)); /* a password stays out of the message */
-        problem_at(c, v, full, "'%s' is not a store URL (sqlite:///PATH or postgresql://USER@HOST/DB)", shown);
-    }
+    else /* not repeated: it may hold a password */
+        problem_at(c, v, full, "not a store URL (sqlite:///PATH or postgresql://USER@HOST/DB)");
 }
 
 static void pki_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
@@ -525,6 +525,12 @@ static void check_whole(parse_ctx *c)
                        "%s:1: kms.seal: required outside --dev: passphraseFile, pkcs11 {module, slot, pinFile} or "
                        "mode: passphrase (unsealed by hand with cloisterd unseal)",
                        c->file);
+    /* an initialised KMS opens only with the mode it was sealed with */
+    char root_file[4200], sealed_with[16];
+    snprintf(root_file, sizeof(root_file), "%s/kms/root.json", cfg->data_dir);
+    if (c->seal_given && kms_root_mode(root_file, sealed_with) == 0 && strcmp(sealed_with, cfg->seal_mode) != 0)
+        config_problem(c->problems, "%s:%zu: kms.seal: the root key in %s is sealed with mode %s, not %s", c->file,
+                       c->seal_line, root_file, sealed_with, cfg->seal_mode);
     if (strcmp(cfg->seal_mode, "dev") == 0 && c->seal_given && cfg->seal_secret_file[0])
         config_problem(c->problems, "%s:%zu: kms.seal: mode dev takes no passphraseFile or pinFile", c->file,
                        c->seal_line);
@@ -559,6 +565,7 @@ int daemon_config_parse(const char *name, const char *text, size_t len, daemon_c
     cfg->dev = false;
     snprintf(cfg->config_file, sizeof(cfg->config_file), "%s", name);
     yaml_node_t *root = yaml_document_get_root_node(&doc);
+    bool one = root != NULL;
     if (!root)
         config_problem(problems, "%s:1: (top): the file is empty", name);
     else {
@@ -572,6 +579,13 @@ int daemon_config_parse(const char *name, const char *text, size_t len, daemon_c
             check_whole(&c);
     }
     yaml_document_delete(&doc);
+    /* one document: a second one (after ---) would be ignored silently */
+    if (one && yaml_parser_load(&parser, &doc)) {
+        if (yaml_document_get_root_node(&doc))
+            config_problem(problems, "%s:%zu: (top): a second YAML document; the configuration is one", name,
+                           parser.mark.line + 1);
+        yaml_document_delete(&doc);
+    }
     yaml_parser_delete(&parser);
     return problems->n > before ? -EINVAL : 0;
 }

@@ -77,6 +77,12 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
  * api_listen with a wildcard address replaced by loopback. */
 void daemon_api_url(const daemon_config *cfg, char *out, size_t size);
 
+/* Reads the KMS passphrase or PIN, one line, from FD, or without echo from
+ * the terminal when FD is -1, into a new buffer (the caller wipes and frees
+ * it). Returns 0, -ENOTTY (no terminal), -EINVAL (over KMS_SECRET_MAX, a
+ * NUL) or another negative errno. */
+int unseal_read_secret(int fd, char **ret, size_t *ret_len);
+
 /* `cloisterd unseal [--data-dir DIR] [--passphrase-fd N]`: hands the
  * passphrase or PIN to the running kms role; returns the exit status. */
 int cloisterd_unseal(int argc, char **argv);

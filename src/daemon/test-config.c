@@ -140,7 +140,7 @@ Test(config, every_problem_with_file_line_and_key)
     cr_expect(has("c.yaml:6: api.threads: 'many' is not a number from 1 to 64"));
     cr_expect(has("c.yaml:7: api: given twice"));
     cr_expect(has("c.yaml:8: proxy: takes a mapping, not a list"));
-    cr_expect(has("c.yaml:9: store.url: 'mysql://db' is not a store URL"));
+    cr_expect(has("c.yaml:9: store.url: not a store URL"));
     cr_expect(has("c.yaml:10: kms.seal.passphraseFile: cannot read /nonexistent/pass (No such file or directory)"));
     cr_expect(has("c.yaml:11: telemetry.otlp.endpoint: 'ftp://x' is not an http:// or https:// URL"));
     cr_expect(has("c.yaml:11: telemetry.otlp.headers.a,b: a header name cannot hold"));
@@ -166,7 +166,7 @@ Test(config, a_sqlite_store_outside_the_api_subtree)
     cr_assert_str_eq(cfg.store_url, "postgres://c@db/c");
     reset();
     cr_assert_eq(parse("store: {url: \"mysql://c:hunter22@db/c\"}\nkms: {seal: {mode: passphrase}}\n"), -EINVAL);
-    cr_assert(has("c.yaml:1: store.url: '"));
+    cr_assert(has("c.yaml:1: store.url: not a store URL"));
     cr_assert_null(strstr(problems.items[0], "hunter22"), "%s", problems.items[0]);
 }
 
@@ -180,6 +180,10 @@ Test(config, syntax_and_shape)
     reset();
     cr_assert_eq(parse("- a\n"), -EINVAL);
     cr_assert(has("c.yaml:1: (top): takes a mapping, not a list"));
+    reset();
+    cr_assert_eq(parse("kms: {seal: {mode: passphrase}}\n---\ndomain: x\n"), -EINVAL);
+    cr_assert(has("c.yaml:"));
+    cr_assert(strstr(problems.items[0], "(top): a second YAML document"), "%s", problems.items[0]);
     reset();
     cr_assert_eq(parse("roles: api\n"), -EINVAL);
     cr_assert(has("c.yaml:1: roles: takes a list of roles"));
@@ -206,6 +210,12 @@ Test(config, problems_past_the_cap_are_counted)
     cr_assert_eq(parse(text), -EINVAL);
     cr_assert_eq(problems.n, 151); /* 150 unknown keys and the missing seal */
     cr_assert(has("c.yaml:1: k0: unknown key"));
+}
+
+Test(config, control_characters_of_the_file_are_not_printed)
+{
+    cr_assert_eq(parse("\"a\\e[31mb\": 1\nkms: {seal: {mode: passphrase}}\n"), -EINVAL);
+    cr_assert(has("c.yaml:1: a?[31mb: unknown key"));
 }
 
 Test(config, listen_addresses)

@@ -240,9 +240,12 @@ static void notice_ignored(void *arg, const char *message)
     log_debug("store: postgres notice: %s", message);
 }
 
-/* Opens a connection to S's database; with PREPARE, with every statement
- * prepared (the schema must exist). */
-static int connect_db(pg_store *s, bool prepare, PGconn **ret)
+static int ensure_schema(PGconn *c);
+
+/* Opens a connection to S's database; with PREPARE, with the schema made
+ * when missing (a reset database has none) and every statement prepared. A
+ * failure is logged at LEVEL. */
+static int connect_db(pg_store *s, bool prepare, log_level level, PGconn **ret)
 {
     const char *keys[] = {"connect_timeout", "application_name", "dbname", NULL};
     const char *values[] = {"10", "cloisterd", s->url, NULL};
@@ -251,12 +254,14 @@ static int connect_db(pg_store *s, bool prepare, PGconn **ret)
         return -ENOMEM;
     if (PQstatus(c) != CONNECTION_OK) {
         /* libpq's message names the host and the reason, never the password */
-        log_fields(LOG_LEVEL_WARN, "cannot connect to PostgreSQL", "error", PQerrorMessage(c), NULL);
+        log_fields(level, "cannot connect to PostgreSQL", "error", PQerrorMessage(c), NULL);
         PQfinish(c);
         return -ECONNREFUSED;
     }
     PQsetNoticeProcessor(c, notice_ignored, NULL);
-    int e = prepare ? prepare_all(c) : 0;
+    int e = prepare ? ensure_schema(c) : 0;
+    if (e == 0 && prepare)
+        e = prepare_all(c);
     if (e < 0) {
         PQfinish(c);
         return e;
@@ -270,7 +275,7 @@ static int connect_db(pg_store *s, bool prepare, PGconn **ret)
 static int reconnect(pg_store *s, pg_conn *pc)
 {
     PGconn *c;
-    int e = connect_db(s, true, &c);
+    int e = connect_db(s, true, LOG_LEVEL_DEBUG, &c);
     if (e < 0)
         return e;
     PQfinish(pc->c);
@@ -293,7 +298,7 @@ static int reader_acquire(pg_store *s, pg_conn **ret)
         pc = calloc(1, sizeof(*pc));
         if (!pc)
             return -ENOMEM;
-        int e = connect_db(s, true, &pc->c);
+        int e = connect_db(s, true, LOG_LEVEL_DEBUG, &pc->c);
         if (e < 0) {
             free(pc);
             return e;
@@ -546,12 +551,13 @@ static int refresh_head(pg_store *s, PGconn *c)
     int64_t rev = row_int(res, 0, 0);
     uint64_t epoch = strtoull(PQgetvalue(res, 0, 1), NULL, 16);
     PQclear(res);
-    uint64_t old = atomic_exchange(&s->epoch, epoch);
+    uint64_t old = atomic_load(&s->epoch);
     if (old != 0 && old != epoch) {
         log_fields(LOG_LEVEL_WARN, "the PostgreSQL store was reset (new epoch): watchers list again", NULL);
         atomic_store(&s->revision, rev);
     } else
         revision_raise(s, rev);
+    atomic_store(&s->epoch, epoch); /* after the revision: who sees the new epoch sees its revision */
     return 0;
 }
 
@@ -570,18 +576,25 @@ static void *listener_main(void *arg)
 {
     pg_store *s = arg;
     PGconn *c = NULL;
+    bool lost = false; /* logged once per outage (the listener notices first) */
     for (;;) {
         if (!c || PQstatus(c) != CONNECTION_OK) {
+            if (c && !lost) {
+                log_fields(LOG_LEVEL_WARN, "store: lost the connection to PostgreSQL; reconnecting", NULL);
+                lost = true;
+            }
             PQfinish(c);
             c = NULL;
-            if (connect_db(s, true, &c) < 0 || exec_simple(c, "LISTEN " PG_CHANNEL) < 0) {
+            if (connect_db(s, true, LOG_LEVEL_DEBUG, &c) < 0 || exec_simple(c, "LISTEN " PG_CHANNEL) < 0) {
                 PQfinish(c);
                 c = NULL;
                 if (listener_wait(s, -1, PG_POLL_MS))
                     break;
                 continue;
             }
-            log_debug("store: listening for PostgreSQL changes");
+            if (lost)
+                log_fields(LOG_LEVEL_INFO, "store: connected to PostgreSQL again", NULL);
+            lost = false;
         }
         /* after (re)connecting, after each wake-up and each poll: what is the head now? */
         refresh_head(s, c);
@@ -947,11 +960,7 @@ static int pg_open(const char *location, void **ret)
     }
     snprintf(s->url, n, "postgresql:%s", location);
     s->writer_conn = calloc(1, sizeof(*s->writer_conn));
-    int e = s->writer_conn ? connect_db(s, false, &s->writer_conn->c) : -ENOMEM;
-    if (e == 0)
-        e = ensure_schema(s->writer_conn->c);
-    if (e == 0)
-        e = prepare_all(s->writer_conn->c);
+    int e = s->writer_conn ? connect_db(s, true, LOG_LEVEL_ERROR, &s->writer_conn->c) : -ENOMEM;
     if (e == 0)
         e = refresh_head(s, s->writer_conn->c);
     if (e == 0) {

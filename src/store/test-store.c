@@ -731,3 +731,47 @@ Test(store, connections_killed_while_writing_lose_no_acknowledged_write)
     store_free(b);
 }
 #endif
+
+#ifdef STORE_TEST_POSTGRES
+/* The database is dropped and made again under a running store (a reset):
+ * the store makes the schema again, its epoch changes, and a reader asking
+ * for changes after a revision the new database does not have must list
+ * again. */
+Test(store, a_reset_database_changes_the_epoch_and_readers_list_again)
+{
+    store *s;
+    cr_assert_eq(store_open(url, &s), 0);
+    uint64_t epoch = store_epoch(s);
+    for (int i = 0; i < 3; i++) {
+        char name[8];
+        snprintf(name, sizeof(name), "s%d", i);
+        json_t *d = service_doc(name, "http://x");
+        store_op op;
+        cr_assert_eq(write_one(s, STORE_CREATE, name, d, 0, &op), 0);
+        json_decref(op.result);
+        json_decref(d);
+    }
+    char sql[128];
+    snprintf(sql, sizeof(sql), "DROP DATABASE %s WITH (FORCE)", db_name);
+    pg_admin("postgres", sql);
+    snprintf(sql, sizeof(sql), "CREATE DATABASE %s", db_name);
+    pg_admin("postgres", sql);
+
+    json_t *d = service_doc("after-reset", "http://x"), *ev;
+    store_op op;
+    cr_assert_eq(write_one(s, STORE_CREATE, "after-reset", d, 0, &op), 0, "the writer reconnects to the new one");
+    cr_assert_eq(rv_of(op.result), 1, "revisions start over");
+    json_decref(op.result);
+    json_decref(d);
+    uint64_t deadline = mono_ms() + 3000;
+    while (store_epoch(s) == epoch && mono_ms() < deadline)
+        ;
+    cr_assert_neq(store_epoch(s), epoch, "the listener saw the new epoch");
+    cr_assert_eq(store_revision(s), 1, "the revision follows the new database down");
+    cr_assert_eq(store_changes_since(s, "Service", 3, 10, &ev), -ESTALE, "revision 3 is not this database's");
+    cr_assert_eq(store_changes_since(s, "Service", 0, 10, &ev), 0);
+    cr_assert_eq(json_array_size(ev), 1);
+    json_decref(ev);
+    store_free(s);
+}
+#endif
