@@ -161,10 +161,15 @@ void store_url_redact(const char *url, char *out, size_t size)
     const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
     if (colon)
         snprintf(out, size, "%.*s***%s", (int)(colon + 1 - url), url, at);
-    /* a password=… parameter of the query string */
-    char *pw = strstr(out, "password=");
-    if (pw && (pw[-1] == '?' || pw[-1] == '&') && strlen(out) + 3 < size) {
+    /* every password=… parameter of the query string (not "xpassword=") */
+    for (char *pw = strstr(out, "password="); pw; pw = strstr(pw + 9, "password=")) {
+        if (pw == out || (pw[-1] != '?' && pw[-1] != '&'))
+            continue;
         size_t len = strcspn(pw + 9, "&#");
+        if (strlen(out) + 3 >= size) { /* no room for "***": cut the URL before the password */
+            pw[9] = '\0';
+            break;
+        }
         memmove(pw + 12, pw + 9 + len, strlen(pw + 9 + len) + 1);
         memcpy(pw + 9, "***", 3);
     }
