@@ -27,12 +27,6 @@
 #define OPTIONAL_FIELD_MAX 1024
 #define PCRS_MAX 32
 
-static void cbor_decrefp(cbor_item_t **p)
-{
-    if (*p)
-        cbor_decref(p);
-}
-#define _cleanup_cbor_ _cleanup_(cbor_decrefp)
 
 /* Checks that DATA is exactly one well-formed CBOR item that libcbor can
  * load without surprises (basic/cbor-scan.h), nesting of at most

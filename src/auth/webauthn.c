@@ -24,12 +24,6 @@
 #define COSE_CRV_P256 1
 #define CHALLENGE_B64_MAX 64
 
-static void cbor_decrefp(cbor_item_t **p)
-{
-    if (*p)
-        cbor_decref(p);
-}
-#define _cleanup_cbor_ _cleanup_(cbor_decrefp)
 
 static void pkey_freep(EVP_PKEY **p)
 {

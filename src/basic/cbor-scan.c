@@ -135,3 +135,9 @@ bool cbor_get_text(const cbor_item_t *item, const char **ret_p, size_t *ret_len)
     *ret_len = cbor_string_length(item);
     return true;
 }
+
+void cbor_decrefp(cbor_item_t **p)
+{
+    if (*p)
+        cbor_decref(p);
+}

@@ -27,3 +27,7 @@ int cbor_scan_item(const uint8_t *data, size_t len, unsigned max_depth, size_t *
 bool cbor_get_bytes(const cbor_item_t *item, const uint8_t **ret_p, size_t *ret_len);
 /* Whether ITEM is a definite text string; its bytes into *RET_P, *RET_LEN. */
 bool cbor_get_text(const cbor_item_t *item, const char **ret_p, size_t *ret_len);
+
+/* Releases *P (may be NULL); _cleanup_cbor_ for locals. */
+void cbor_decrefp(cbor_item_t **p);
+#define _cleanup_cbor_ __attribute__((cleanup(cbor_decrefp)))
