@@ -30,7 +30,7 @@
  * a registration; the proxy's return URL and bind of a login). Passkeys
  * live in the User's server-owned status.passkeys (id, publicKey,
  * signCount, createdAt, lastUsedAt), at most PASSKEYS_MAX per user; the
- * RP ID is the cluster domain and the origin the API's exactly. */
+ * RP ID is the API's host, api.<domain>, and the origin the API's exactly. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -129,17 +129,18 @@ static bool ceremony_take(const uint8_t challenge[WEBAUTHN_CHALLENGE_LEN], bool 
 
 /* ---- the relying party ---- */
 
-/* The RP ID (the cluster domain) into RP and the API's origin,
- * https://api.<domain> with the listen port unless 443, into ORIGIN. */
-static void relying_party(const api_server *srv, const char **rp, char origin[ORIGIN_MAX])
+/* The RP ID, api.<domain> (the API's host: passkeys are for it alone),
+ * into RP (capacity ORIGIN_MAX) and the API's origin, https://<RP ID> with
+ * the listen port unless 443, into ORIGIN. */
+static void relying_party(const api_server *srv, char rp[ORIGIN_MAX], char origin[ORIGIN_MAX])
 {
     const char *domain = srv->cfg->domain && srv->cfg->domain[0] ? srv->cfg->domain : "localhost";
     const char *listen = srv->cfg->listen ? srv->cfg->listen : "";
     const char *colon = strrchr(listen, ':');
     const char *port = colon ? colon + 1 : "443";
     bool default_port = strcmp(port, "443") == 0 || !port[0];
-    snprintf(origin, ORIGIN_MAX, "https://api.%s%s%s", domain, default_port ? "" : ":", default_port ? "" : port);
-    *rp = domain;
+    snprintf(rp, ORIGIN_MAX, "api.%s", domain);
+    snprintf(origin, ORIGIN_MAX, "https://%s%s%s", rp, default_port ? "" : ":", default_port ? "" : port);
 }
 
 /* Whether R's Origin header is exactly ORIGIN: a ceremony's calls come from
@@ -320,9 +321,8 @@ static int invite_create(api_request *r, const char *name, api_error *err)
         OPENSSL_cleanse(token, sizeof(token));
         return api_fail_store(err, e, "User", name);
     }
-    const char *rp;
-    char origin[ORIGIN_MAX];
-    relying_party(srv, &rp, origin);
+    char rp[ORIGIN_MAX], origin[ORIGIN_MAX];
+    relying_party(srv, rp, origin);
     char url[ORIGIN_MAX + 128];
     snprintf(url, sizeof(url), "%s/v1/auth/passkey/register#%s", origin, token);
     json_t *answer = json_pack("{s:s, s:s, s:s, s:b}", "user", name, "url", url, "expiresAt", expires, "userCreated",
@@ -787,9 +787,8 @@ int api_passkey_handle(api_request *r, const char *rest, size_t rest_len, api_er
 {
     if (!r->server->cfg->keyring)
         return api_fail(err, 503, "unavailable", "the auth server has no signing keys");
-    const char *rp;
-    char origin[ORIGIN_MAX];
-    relying_party(r->server, &rp, origin);
+    char rp[ORIGIN_MAX], origin[ORIGIN_MAX];
+    relying_party(r->server, rp, origin);
     bool get = api_method_is(r->req, "GET") || api_method_is(r->req, "HEAD");
     static const struct {
         const char *name;
