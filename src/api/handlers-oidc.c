@@ -1208,8 +1208,7 @@ int api_auth_login_handle(api_request *r, const char *rest, size_t rest_len, api
     size_t n = json_array_size(idps);
     bool passkeys = api_passkeys_registered(r->server);
     if (n == 0 && !passkeys)
-        return api_fail(err, 404, "not_found",
-                        "no identity provider is configured and nobody has a passkey; API clients send a bearer token");
+        return api_fail(err, 404, "not_found", "no identity provider is configured; API clients send a bearer token");
     if (n == 0) { /* passkeys only: their sign-in page, with the proxy's link as it came */
         h2o_iovec_t q = r->req->query_at == SIZE_MAX ? h2o_iovec_init(H2O_STRLIT(""))
                                                      : h2o_iovec_init(r->req->path.base + r->req->query_at,
