@@ -1161,8 +1161,12 @@ static int send_chooser(api_request *r, const json_t *idps, bool passkeys, const
         snprintf(href, sizeof(href), "/v1/auth/oidc/%s/login", name);
         e = chooser_item(&page, href, link, rd_enc, name);
     }
-    if (e == 0 && passkeys)
-        e = chooser_item(&page, "/v1/auth/passkey/login", link, rd_enc, "Sign in with a passkey");
+    if (e == 0 && passkeys) {
+        char rp[PASSKEY_ORIGIN_MAX], origin[PASSKEY_ORIGIN_MAX + 32];
+        api_passkey_relying_party(r->server, rp, origin);
+        strcat(origin, "/v1/auth/passkey/login"); /* at the RP's origin: WebAuthn works only there */
+        e = chooser_item(&page, origin, link, rd_enc, "Sign in with a passkey");
+    }
     if (e == 0)
         e = strbuf_puts(&page, "</ul>\n</body>\n</html>\n");
     curl_free(rd_enc);
@@ -1209,11 +1213,14 @@ int api_auth_login_handle(api_request *r, const char *rest, size_t rest_len, api
     bool passkeys = api_passkeys_registered(r->server);
     if (n == 0 && !passkeys)
         return api_fail(err, 404, "not_found", "no identity provider is configured; API clients send a bearer token");
-    if (n == 0) { /* passkeys only: their sign-in page, with the proxy's link as it came */
+    if (n == 0) { /* passkeys only: their sign-in page at the RP's origin, with the proxy's link as it came */
+        char rp[PASSKEY_ORIGIN_MAX], origin[PASSKEY_ORIGIN_MAX];
+        api_passkey_relying_party(r->server, rp, origin);
         h2o_iovec_t q = r->req->query_at == SIZE_MAX ? h2o_iovec_init(H2O_STRLIT(""))
                                                      : h2o_iovec_init(r->req->path.base + r->req->query_at,
                                                                       r->req->path.len - r->req->query_at);
-        h2o_iovec_t loc = h2o_concat(&r->req->pool, h2o_iovec_init(H2O_STRLIT("/v1/auth/passkey/login")), q);
+        h2o_iovec_t loc = h2o_concat(&r->req->pool, h2o_iovec_init(origin, strlen(origin)),
+                                     h2o_iovec_init(H2O_STRLIT("/v1/auth/passkey/login")), q);
         h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_LOCATION, NULL, loc.base, loc.len);
         json_auto_t *body = json_pack("{s:s}", "location", "/v1/auth/passkey/login");
         api_respond_json(r->req, ROUTE_AUTH_LOGIN, r->started, 302, body);

@@ -16,7 +16,9 @@
  * and, public, on the API's origin (https://api.<domain>[:port]):
  *
  *   GET  /v1/auth/passkey/register#TOKEN, /v1/auth/passkey/login[?rd=...]
- *        the pages (static HTML, script from 'self' only), passkey.js
+ *        the pages (static HTML, script from 'self' only), passkey.js; at
+ *        another authority than the origin their calls are refused (403
+ *        naming the origin to open)
  *   POST /v1/auth/passkey/register/begin {invite}  -> creation options
  *   POST /v1/auth/passkey/register/finish {invite, id, clientDataJSON,
  *        attestationObject}                       -> the passkey stored
@@ -58,7 +60,6 @@
 #define CEREMONIES_MAX 1024
 #define PASSKEYS_MAX 16
 #define PASSKEY_BODY_MAX 32768 /* bytes of a begin/finish body: the largest messages base64url'd */
-#define ORIGIN_MAX 300
 #define UID_MAX 64
 
 extern const unsigned char passkey_html[], passkey_js[];
@@ -129,18 +130,15 @@ static bool ceremony_take(const uint8_t challenge[WEBAUTHN_CHALLENGE_LEN], bool 
 
 /* ---- the relying party ---- */
 
-/* The RP ID, api.<domain> (the API's host: passkeys are for it alone),
- * into RP (capacity ORIGIN_MAX) and the API's origin, https://<RP ID> with
- * the listen port unless 443, into ORIGIN. */
-static void relying_party(const api_server *srv, char rp[ORIGIN_MAX], char origin[ORIGIN_MAX])
+void api_passkey_relying_party(const api_server *srv, char rp[PASSKEY_ORIGIN_MAX], char origin[PASSKEY_ORIGIN_MAX])
 {
     const char *domain = srv->cfg->domain && srv->cfg->domain[0] ? srv->cfg->domain : "localhost";
     const char *listen = srv->cfg->listen ? srv->cfg->listen : "";
     const char *colon = strrchr(listen, ':');
     const char *port = colon ? colon + 1 : "443";
     bool default_port = strcmp(port, "443") == 0 || !port[0];
-    snprintf(rp, ORIGIN_MAX, "api.%s", domain);
-    snprintf(origin, ORIGIN_MAX, "https://%s%s%s", rp, default_port ? "" : ":", default_port ? "" : port);
+    snprintf(rp, PASSKEY_ORIGIN_MAX, "api.%s", domain);
+    snprintf(origin, PASSKEY_ORIGIN_MAX, "https://%s%s%s", rp, default_port ? "" : ":", default_port ? "" : port);
 }
 
 /* Whether R's Origin header is exactly ORIGIN: a ceremony's calls come from
@@ -321,9 +319,9 @@ static int invite_create(api_request *r, const char *name, api_error *err)
         OPENSSL_cleanse(token, sizeof(token));
         return api_fail_store(err, e, "User", name);
     }
-    char rp[ORIGIN_MAX], origin[ORIGIN_MAX];
-    relying_party(srv, rp, origin);
-    char url[ORIGIN_MAX + 128];
+    char rp[PASSKEY_ORIGIN_MAX], origin[PASSKEY_ORIGIN_MAX];
+    api_passkey_relying_party(srv, rp, origin);
+    char url[PASSKEY_ORIGIN_MAX + 128];
     snprintf(url, sizeof(url), "%s/v1/auth/passkey/register#%s", origin, token);
     json_t *answer = json_pack("{s:s, s:s, s:s, s:b}", "user", name, "url", url, "expiresAt", expires, "userCreated",
                                created);
@@ -765,30 +763,12 @@ static int send_static(api_request *r, const unsigned char *data, size_t len, co
     return 0;
 }
 
-/* A page asked for at another authority than the origin's (127.0.0.1, say)
- * is sent there: WebAuthn works only at the RP's origin. Returns whether R
- * was answered. */
-static bool redirect_to_origin(api_request *r, const char *origin)
-{
-    const char *authority = origin + STRLEN("https://");
-    if (h2o_memis(r->req->authority.base, r->req->authority.len, authority, strlen(authority)))
-        return false;
-    size_t plen = MIN(r->req->path.len, (size_t)(3 * LOGIN_RD_MAX + 256));
-    char *loc = h2o_mem_alloc_pool(&r->req->pool, strlen(origin) + plen + 1);
-    memcpy(loc, origin, strlen(origin));
-    memcpy(loc + strlen(origin), r->req->path.base, plen);
-    h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_LOCATION, NULL, loc, strlen(origin) + plen);
-    json_auto_t *body = json_pack("{s:s}", "location", origin);
-    api_respond_json(r->req, r->route, r->started, 302, body);
-    return true;
-}
-
 int api_passkey_handle(api_request *r, const char *rest, size_t rest_len, api_error *err)
 {
     if (!r->server->cfg->keyring)
         return api_fail(err, 503, "unavailable", "the auth server has no signing keys");
-    char rp[ORIGIN_MAX], origin[ORIGIN_MAX];
-    relying_party(r->server, rp, origin);
+    char rp[PASSKEY_ORIGIN_MAX], origin[PASSKEY_ORIGIN_MAX];
+    api_passkey_relying_party(r->server, rp, origin);
     bool get = api_method_is(r->req, "GET") || api_method_is(r->req, "HEAD");
     static const struct {
         const char *name;
@@ -819,8 +799,6 @@ int api_passkey_handle(api_request *r, const char *rest, size_t rest_len, api_er
         api_method_not_allowed(r->req, r->route, r->started, "GET");
         return 0;
     }
-    if (page && redirect_to_origin(r, origin))
-        return 0;
     return page ? send_static(r, passkey_html, passkey_html_len, "text/html; charset=utf-8")
                 : send_static(r, passkey_js, passkey_js_len, "text/javascript; charset=utf-8");
 }
