@@ -2,7 +2,8 @@
 # Installs every Debian package listed in scripts/debian-packages.txt that is
 # not installed yet and, run as root, creates the roles' system users
 # (cloister-api, -proxy, -kms, -audit, -runner: no home, no login shell),
-# which cloisterd started as root otherwise creates on its first start.
+# which cloisterd started as root otherwise creates on its first start. Debian's
+# prometheus service is stopped and disabled (tests run their own Prometheus).
 # Idempotent: with everything present it changes nothing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,6 +21,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -q
     $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Debian's prometheus package enables a service on :9090; the tests start their own
+# instance (loopback, a free port, their own data dir), so the packaged one stays off.
+if dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q 'install ok installed'; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    if [ -d /run/systemd/system ]; then
+        $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/prometheus ]; then
+        $sudo /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+        $sudo update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
 fi
 
 if [ "$(id -u)" -eq 0 ]; then

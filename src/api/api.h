@@ -24,6 +24,7 @@ typedef struct api_config {
     const char *runner_socket; /* the runner's local API (enclave logs), or NULL */
     struct auth_keyring *keyring; /* token signing keys (auth/keyring.h); NULL disables access tokens */
     const struct proxy_metrics *proxy_metrics; /* the proxy role's, rendered on /metrics; may be NULL */
+    struct controller *controller; /* the Enclave controller, whose Enclaves /metrics shows; may be NULL */
     /* 32 bytes sealing browser login handoffs for the proxy (handoff.h),
      * owned and wiped by the role; NULL disables logins that return to a
      * service host */
@@ -40,8 +41,9 @@ typedef struct api_config {
 int api_run(const api_config *cfg);
 
 /* Appends the Prometheus text /metrics serves (the API's metrics, its
- * streams', the proxy's) to OUT: one source for /metrics and the OTLP
- * export. Returns 0 or strbuf's negative errno. */
+ * streams', the proxy's, the roles' and the Enclave controller's) to OUT:
+ * one source for /metrics and the OTLP export. Returns 0 or strbuf's
+ * negative errno. */
 struct strbuf;
 int api_metrics_text(const api_config *cfg, struct strbuf *out);
 

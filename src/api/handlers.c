@@ -25,6 +25,7 @@
 #include "basic/macro.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
+#include "controller/controller.h"
 #include "httpd/framing.h"
 #include "httpd/httpd.h"
 #include "proxy/metrics.h"
@@ -862,6 +863,10 @@ int api_metrics_text(const api_config *cfg, strbuf *out)
                           API_SSE_PER_USER_MAX, API_SSE_TOTAL_MAX, streams, (unsigned long long)too_slow);
     if (r == 0 && cfg->proxy_metrics)
         r = proxy_metrics_render(cfg->proxy_metrics, out);
+    if (r == 0)
+        r = metrics_render_roles(cfg->roles, cfg->n_roles, out);
+    if (r == 0)
+        r = controller_metrics_render(cfg->controller, out);
     return r;
 }
 

@@ -1,6 +1,7 @@
 #include "api/metrics.h"
 
 #include <stdatomic.h>
+#include <string.h>
 
 #include "audit/event.h"
 #include "basic/macro.h"
@@ -175,5 +176,64 @@ int metrics_render(strbuf *out)
                           NOTIFY_COUNT(NOTIFY_METRIC_WEBHOOK_OK), NOTIFY_COUNT(NOTIFY_METRIC_WEBHOOK_RETRIED),
                           NOTIFY_COUNT(NOTIFY_METRIC_WEBHOOK_FAILED));
 #undef NOTIFY_COUNT
+    return r;
+}
+
+/* The entry of role NAME in ROLES, or NULL. */
+static const role_health *role_entry(const role_health *roles, size_t n, const char *name)
+{
+    for (size_t i = 0; roles && i < n; i++)
+        if (roles[i].name && strcmp(roles[i].name, name) == 0)
+            return &roles[i];
+    return NULL;
+}
+
+int metrics_render_roles(const role_health *roles, size_t n, strbuf *out)
+{
+    static const char *const op_names[ROLE_KMS_OPS] = ROLE_KMS_OP_NAMES;
+    static const char *const outcome_names[ROLE_KMS_OUTCOMES] = ROLE_KMS_OUTCOME_NAMES;
+    int r = strbuf_puts(out, "# HELP cloister_role_ready Whether a role of cloisterd serves (1) or is starting (0).\n"
+                             "# TYPE cloister_role_ready gauge\n");
+    for (size_t i = 0; roles && i < n && r == 0; i++)
+        if (atomic_load(&roles[i].wanted))
+            r = strbuf_printf(out, "cloister_role_ready{role=\"%s\"} %d\n", roles[i].name,
+                              atomic_load(&roles[i].ready) ? 1 : 0);
+    if (r == 0)
+        r = strbuf_puts(out, "# HELP cloister_role_restarts_total Times the supervisor restarted a role that died.\n"
+                             "# TYPE cloister_role_restarts_total counter\n");
+    for (size_t i = 0; roles && i < n && r == 0; i++)
+        if (atomic_load(&roles[i].wanted))
+            r = strbuf_printf(out, "cloister_role_restarts_total{role=\"%s\"} %llu\n", roles[i].name,
+                              (unsigned long long)atomic_load(&roles[i].restarts));
+    const role_health *kms = role_entry(roles, n, "kms");
+    if (r == 0 && kms && atomic_load(&kms->wanted)) {
+        r = strbuf_printf(out,
+                          "# HELP cloister_kms_sealed Whether the KMS's root key is sealed (1: every key operation "
+                          "is refused until `cloisterd unseal`).\n"
+                          "# TYPE cloister_kms_sealed gauge\n"
+                          "cloister_kms_sealed %d\n"
+                          "# HELP cloister_kms_operations_total Key operations the KMS answered, by operation and "
+                          "outcome (success, refused: a 4xx, sealed, error).\n"
+                          "# TYPE cloister_kms_operations_total counter\n",
+                          atomic_load(&kms->sealed) ? 1 : 0);
+        for (size_t op = 0; op < ROLE_KMS_OPS && r == 0; op++)
+            for (size_t o = 0; o < ROLE_KMS_OUTCOMES && r == 0; o++) /* all from 0: rate() sees each first increase */
+                r = strbuf_printf(out, "cloister_kms_operations_total{operation=\"%s\",outcome=\"%s\"} %llu\n",
+                                  op_names[op], outcome_names[o],
+                                  (unsigned long long)atomic_load_explicit(&kms->kms_ops[op][o], memory_order_relaxed));
+    }
+    const role_health *audit = role_entry(roles, n, "audit");
+    if (r == 0 && audit && atomic_load(&audit->wanted))
+        r = strbuf_printf(out,
+                          "# HELP cloister_audit_entries_appended_total Entries appended to the audit log (its "
+                          "size).\n"
+                          "# TYPE cloister_audit_entries_appended_total counter\n"
+                          "cloister_audit_entries_appended_total %llu\n"
+                          "# HELP cloister_audit_append_errors_total Append batches the audit role refused because "
+                          "the log could not be written.\n"
+                          "# TYPE cloister_audit_append_errors_total counter\n"
+                          "cloister_audit_append_errors_total %llu\n",
+                          (unsigned long long)atomic_load(&audit->audit_entries),
+                          (unsigned long long)atomic_load(&audit->audit_append_errors));
     return r;
 }

@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 
+#include "basic/role.h"
 #include "basic/strbuf.h"
 
 typedef enum api_route {
@@ -71,3 +72,10 @@ typedef enum notify_metric {
 void metrics_count_notify(notify_metric m);
 /* Appends the exposition text to OUT. */
 int metrics_render(strbuf *out);
+/* Appends what the roles publish in the supervisor's table ROLES (N of
+ * them; NULL: nothing) to OUT: cloister_role_ready{role},
+ * cloister_role_restarts_total{role}, the KMS's cloister_kms_sealed and
+ * cloister_kms_operations_total{operation,outcome}, the audit role's
+ * cloister_audit_entries_appended_total (the log's size) and
+ * cloister_audit_append_errors_total. Returns 0 or -ENOMEM. */
+int metrics_render_roles(const role_health *roles, size_t n, strbuf *out);

@@ -81,7 +81,9 @@ int api_role_serve(const api_role_config *cfg)
     store *s;
     int r = store_open(cfg->store_url, &s);
     if (r < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", cfg->store_url, "error", strerror(-r), NULL);
+        char shown[4200];
+        store_url_redact(cfg->store_url, shown, sizeof(shown));
+        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", shown, "error", strerror(-r), NULL);
         return 1;
     }
     /* token signing keys: mode 0600 in <data-dir>/auth (KMS envelopes later) */
@@ -141,10 +143,6 @@ int api_role_serve(const api_role_config *cfg)
     api_kms_init(cfg->kms_socket, s);
     if (api_job_runs_init(cfg->runner_socket, cfg->engine_bundle) < 0)
         log_fields(LOG_LEVEL_ERROR, "out of memory: jobs cannot run", NULL);
-    /* /metrics' text, exported over OTLP too (off unless configured) */
-    r = telemetry_metrics_register(metrics_source, &api);
-    if (r < 0)
-        log_fields(LOG_LEVEL_WARN, "cannot export the API's metrics over OTLP", "error", strerror(-r), NULL);
     /* the Enclave controller: a thread of its own, never on the API's loops */
     controller *ctl = NULL;
     const _Atomic bool *runner_ready = NULL;
@@ -153,13 +151,19 @@ int api_role_serve(const api_role_config *cfg)
             runner_ready = &cfg->api.roles[i].ready;
     r = controller_start(
         &(controller_config){.store = s, .runner_socket = cfg->runner_socket, .runner_ready = runner_ready,
-                             .load = cfg->api.proxy_metrics}, &ctl);
+                             .load = cfg->api.proxy_metrics, .instance = cfg->api.listen}, &ctl);
+    api.controller = ctl; /* before the metrics source is registered: its text shows the controller's */
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start the Enclave controller", "error", strerror(-r), NULL);
-    else
+    else {
+        /* /metrics' text, exported over OTLP too (off unless configured) */
+        int e = telemetry_metrics_register(metrics_source, &api);
+        if (e < 0)
+            log_fields(LOG_LEVEL_WARN, "cannot export the API's metrics over OTLP", "error", strerror(-e), NULL);
         r = api_run(&api);
+        telemetry_metrics_unregister(metrics_source, &api); /* before the controller it renders is stopped */
+    }
     controller_stop(ctl);
-    telemetry_metrics_unregister(metrics_source, &api);
     api_kms_done();
     api_attest_done();
     api_datasets_done();

@@ -66,6 +66,7 @@ typedef struct audit_role {
     h2o_multithread_receiver_t done; /* committed appends come back here */
     size_t in_flight;                /* appends not answered yet (loop thread) */
     const role_health *roles;        /* the supervisor's table: peers' names */
+    role_health *health;             /* the role's entry: its counters for /metrics */
     size_t n_roles;
 } audit_role;
 
@@ -166,14 +167,18 @@ static void commit_batch(audit_role *r, h2o_linklist_t *batch)
     if (e == 0) {
         pthread_mutex_lock(&r->log_lock);
         e = audit_log_append(r->log, texts, lens, total, &first);
+        if (e == 0)
+            atomic_store(&r->health->audit_entries, audit_log_size(r->log));
         pthread_mutex_unlock(&r->log_lock);
     }
     free(texts);
     free(lens);
-    if (e < 0)
+    if (e < 0) {
+        atomic_fetch_add(&r->health->audit_append_errors, 1);
         log_fields(LOG_LEVEL_ERROR, "cannot append to the audit log; refusing the batch", "error", strerror(-e),
                    NULL);
-    for (h2o_linklist_t *n = batch->next; n != batch; n = n->next) {
+    }
+   for (h2o_linklist_t *n = batch->next; n != batch; n = n->next) {
         pending_append *pa = H2O_STRUCT_FROM_MEMBER(pending_append, link, n);
         pa->error = e;
         pa->first = first;
@@ -620,8 +625,10 @@ int audit_serve(const audit_server_config *cfg)
     audit_role r = {.log_lock = PTHREAD_MUTEX_INITIALIZER, .queue_lock = PTHREAD_MUTEX_INITIALIZER,
                     .queue_wake = PTHREAD_COND_INITIALIZER};
     h2o_linklist_init_anchor(&r.queue);
+    r.health = cfg->health;
     int e = role_setup(cfg, &r);
     if (e == 0) {
+        atomic_store(&r.health->audit_entries, audit_log_size(r.log));
         pthread_create(&r.writer, NULL, writer_main, &r);
         log_fields(LOG_LEVEL_INFO, "audit log serving", "socket", cfg->socket, "key", r.vkey, NULL);
         char listen[4300];

@@ -23,7 +23,8 @@ static const cli_command commands[] = {
      "make a new token for a credential (replacing its old one); shown once", cmd_token},
     {"audit", "checkpoint|verify|export|show [--key VKEY|FILE]",
      "verify the signed audit log (verify [--bundle FILE]), export proofs (export --from N --to M "
-     "[--out FILE]), read entries (show [--action A] [--user U])", cmd_audit},
+     "[--out FILE]), read entries (show [--action A] [--user U] [--service S] [--decision allow|deny]: proxy "
+     "access batches are shown one request a line)", cmd_audit},
     {"attest", "verify --type nitro|sev-snp|tdx|sandbox --evidence FILE [--cert FILE] [--roots PEM] [--crl FILE]... [--at RFC3339]\n"
                "         attest service NAME --roots PEM [--pcr0 HEX]... [--proxy https://HOST:PORT] [--domain D]",
      "verify TEE evidence offline; exit 0 only when it verifies", cmd_attest},

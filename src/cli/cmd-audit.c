@@ -540,13 +540,62 @@ static int audit_export(cli_ctx *ctx, const char *key_flag, uint64_t from, uint6
 }
 
 typedef struct show_state {
-    const char *action, *user;
+    const char *action, *user, *service, *decision;
     json_t *matches;
     cli_output output;
 } show_state;
 
+/* The decisions a proxy access record can hold (src/proxy/metrics.c). */
+static const char *const access_decisions[] = {"allow", "deny", "unauthenticated", "invalid", "error"};
+
+/* Whether the string S (NULL: absent) equals WANT; true when no WANT. */
+static bool filter_match(const char *want, const char *s)
+{
+    return !want || (s && strcmp(want, s) == 0);
+}
+
+/* Prints (or collects, for -o json|yaml) the proxy access records of the
+ * batched entry E (at INDEX) that match the filters, one per request: the
+ * record as an object of its fields (details.fields names the values). */
+static void show_access_records(show_state *s, uint64_t index, json_t *e)
+{
+    json_t *details = json_object_get(e, "details"), *fields = json_object_get(details, "fields");
+    size_t i, k;
+    json_t *values, *f;
+    json_array_foreach(json_object_get(details, "requests"), i, values)
+    {
+        if (!json_is_array(values) || json_array_size(values) != json_array_size(fields))
+            continue;
+        json_auto_t *rec = json_object();
+        json_array_foreach(fields, k, f)
+            if (json_is_string(f))
+                json_object_set(rec, json_string_value(f), json_array_get(values, k));
+#define REC(name) json_string_value(json_object_get(rec, name))
+        if (!filter_match(s->user, REC("user")) || !filter_match(s->service, REC("service")) ||
+            !filter_match(s->decision, REC("decision")))
+            continue;
+        if (s->output != CLI_OUTPUT_TEXT) {
+            json_object_set_new(rec, "index", json_integer((json_int_t)index));
+            json_object_set_new(rec, "action", json_string("proxy.access"));
+            json_array_append(s->matches, rec);
+            continue;
+        }
+        char line[4096], clean[4096];
+        snprintf(line, sizeof(line), "%-6llu %s  %-12s %-22s %s %s %s  %lld %s  policy=%s rule=%s  id=%s",
+                 (unsigned long long)index, REC("time") ?: "", REC("user") ?: "-", "proxy.access",
+                 REC("service") ?: "-", REC("method") ?: "-", REC("path") ?: "-",
+                 (long long)json_integer_value(json_object_get(rec, "status")), REC("decision") ?: "-",
+                 REC("policy") ?: "-", REC("rule") ?: "-", REC("requestId") ?: "-");
+#undef REC
+        puts(text_sanitize(line, clean, sizeof(clean)));
+    }
+}
+
 /* An entry_cb printing (or collecting, for -o json|yaml) the entries that
- * match the filters. */
+ * match the filters. A proxy.access entry is a batch of requests: its
+ * records are filtered and shown one by one. Another entry matches
+ * --service when its resource is that Service, and --decision deny|allow
+ * when its outcome is denied|success. */
 static int show_add(void *userdata, uint64_t index, const char *text, size_t len)
 {
     show_state *s = userdata;
@@ -554,29 +603,43 @@ static int show_add(void *userdata, uint64_t index, const char *text, size_t len
     if (!e)
         return 0;
     const char *action = json_string_value(json_object_get(e, "action"));
-    const char *user = json_string_value(json_object_get(json_object_get(e, "actor"), "user"));
-    if ((s->action && (!action || strcmp(action, s->action) != 0)) || (s->user && (!user || strcmp(user, s->user) != 0)))
+    if (!filter_match(s->action, action))
         return 0;
+    if (action && strcmp(action, "proxy.access") == 0) {
+        show_access_records(s, index, e);
+        return 0;
+    }
+    const char *user = json_string_value(json_object_get(json_object_get(e, "actor"), "user"));
+    json_t *res = json_object_get(e, "resource");
+    const char *kind = json_string_value(json_object_get(res, "kind"));
+    const char *name = json_string_value(json_object_get(res, "name"));
+    const char *outcome = json_string_value(json_object_get(e, "outcome"));
+    bool service_ok = !s->service || (filter_match("Service", kind) && filter_match(s->service, name));
+    if (!filter_match(s->user, user) || !service_ok)
+        return 0;
+    if (s->decision) { /* the other decisions are the proxy's alone */
+        const char *want = strcmp(s->decision, "deny") == 0    ? "denied"
+                           : strcmp(s->decision, "allow") == 0 ? "success"
+                                                               : NULL;
+        if (!want || !filter_match(want, outcome))
+            return 0;
+    }
     if (s->output != CLI_OUTPUT_TEXT) {
         json_object_set_new(e, "index", json_integer((json_int_t)index));
         json_array_append(s->matches, e);
         return 0;
     }
     char line[1024], clean[1024];
-    json_t *res = json_object_get(e, "resource");
     snprintf(line, sizeof(line), "%-6llu %s  %-12s %-22s %s%s%s  %s", (unsigned long long)index,
-             json_string_value(json_object_get(e, "time")) ?: "", user ?: "-", action ?: "",
-             json_string_value(json_object_get(res, "kind")) ?: "",
-             json_is_string(json_object_get(res, "name")) ? "/" : "",
-             json_string_value(json_object_get(res, "name")) ?: "",
-             json_string_value(json_object_get(e, "outcome")) ?: "");
+             json_string_value(json_object_get(e, "time")) ?: "", user ?: "-", action ?: "", kind ?: "",
+             name ? "/" : "", name ?: "", outcome ?: "");
     puts(text_sanitize(line, clean, sizeof(clean)));
     return 0;
 }
 
-/* audit show: reads the whole log and prints the entries matching ACTION and
- * USER (either may be NULL). Reading only: nothing here is verified. */
-static int audit_show(cli_ctx *ctx, const char *action, const char *user)
+/* audit show: reads the whole log and prints the entries matching S's
+ * filters (each may be NULL). Reading only: nothing here is verified. */
+static int audit_show(cli_ctx *ctx, show_state *s)
 {
     json_auto_t *a = NULL;
     int r = get_json(ctx, "/audit/checkpoint", &a);
@@ -584,8 +647,9 @@ static int audit_show(cli_ctx *ctx, const char *action, const char *user)
         return r;
     json_int_t size = json_integer_value(json_object_get(a, "size"));
     json_auto_t *matches = json_array();
-    show_state s = {.action = action, .user = user, .matches = matches, .output = ctx->output};
-    int64_t got = fetch_entries(ctx, 0, size > 0 ? (uint64_t)size : 0, show_add, &s);
+    s->matches = matches;
+    s->output = ctx->output;
+    int64_t got = fetch_entries(ctx, 0, size > 0 ? (uint64_t)size : 0, show_add, s);
     if (got < 0)
         return (int)-got;
     if (ctx->output == CLI_OUTPUT_JSON)
@@ -604,7 +668,7 @@ static bool parse_u64(const char *s, uint64_t *ret)
 /* `cloister audit SUBCOMMAND [OPTIONS]`; returns the exit status. */
 int cmd_audit(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
 {
-    enum { OPT_KEY = 0x200, OPT_FROM, OPT_TO, OPT_ACTION, OPT_USER, OPT_BUNDLE, OPT_OUT };
+    enum { OPT_KEY = 0x200, OPT_FROM, OPT_TO, OPT_ACTION, OPT_USER, OPT_SERVICE, OPT_DECISION, OPT_BUNDLE, OPT_OUT };
     static const struct option options[] = {
         CLI_COMMON_LONG_OPTIONS,
         {"key", required_argument, NULL, OPT_KEY},
@@ -612,11 +676,14 @@ int cmd_audit(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
         {"to", required_argument, NULL, OPT_TO},
         {"action", required_argument, NULL, OPT_ACTION},
         {"user", required_argument, NULL, OPT_USER},
+        {"service", required_argument, NULL, OPT_SERVICE},
+        {"decision", required_argument, NULL, OPT_DECISION},
         {"bundle", required_argument, NULL, OPT_BUNDLE},
         {"out", required_argument, NULL, OPT_OUT},
         {},
     };
-    const char *key = NULL, *action = NULL, *user = NULL, *bundle = NULL, *out = NULL;
+    const char *key = NULL, *bundle = NULL, *out = NULL;
+    show_state show = {0};
     uint64_t from = 0, to = 0;
     bool have_from = false, have_to = false;
     int c;
@@ -633,10 +700,21 @@ int cmd_audit(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
             *(c == OPT_FROM ? &have_from : &have_to) = true;
             break;
         case OPT_ACTION:
-            action = optarg;
+            show.action = optarg;
             break;
         case OPT_USER:
-            user = optarg;
+            show.user = optarg;
+            break;
+        case OPT_SERVICE:
+            show.service = optarg;
+            break;
+        case OPT_DECISION:
+            show.decision = NULL;
+            for (size_t i = 0; i < ELEMENTSOF(access_decisions); i++)
+                if (strcmp(optarg, access_decisions[i]) == 0)
+                    show.decision = access_decisions[i];
+            if (!show.decision)
+                return cli_usage_error(cmd, "--decision takes allow, deny, unauthenticated, invalid or error");
             break;
         case OPT_BUNDLE:
             bundle = optarg;
@@ -674,7 +752,7 @@ int cmd_audit(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
     if (strcmp(sub, "verify") == 0)
         return audit_verify(ctx, key);
     if (strcmp(sub, "show") == 0)
-        return audit_show(ctx, action, user);
+        return audit_show(ctx, &show);
     if (strcmp(sub, "export") == 0) {
         if (!have_from || !have_to || from >= to || to - from > EXPORT_MAX)
             return cli_usage_error(cmd, "export needs --from N --to M with N < M, at most %d entries", EXPORT_MAX);

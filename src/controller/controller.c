@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 
@@ -68,6 +69,14 @@ typedef struct enclave {
     replica replicas[RESOURCE_ENCLAVE_REPLICAS_MAX];
 } enclave;
 
+/* What GET /metrics shows of an Enclave, published after every pass. */
+typedef struct enclave_stats {
+    char name[RESOURCE_NAME_MAX + 1];
+    unsigned desired, ready, restarts;
+    unsigned crash_looping; /* replicas waiting to restart after crashing again within the backoff reset time */
+    uint64_t memory_limit_bytes; /* spec.limits.memoryMiB, 0 when none */
+} enclave_stats;
+
 struct controller {
     store *store;
     unsigned interval_ms;
@@ -85,6 +94,13 @@ struct controller {
     bool overflow_logged;
     bool runner_down;      /* an outage is logged once */
     runner_client *runner;
+    /* the lease that makes this the one controller of the store (api
+     * replicas share one): its fencing token while held, else 0 */
+    char holder[96];
+    int64_t lease_token;
+    uint64_t lease_renewed; /* time_mono_ns() of the last acquire or renew */
+    enclave_stats stats[CONTROLLER_ENCLAVES_MAX]; /* under the lock */
+    size_t n_stats;
 };
 
 /* ---- enclave entries ----------------------------------------------------- */
@@ -724,23 +740,116 @@ static void status_write(controller *c, enclave *e)
         return;
     store_op op = {.type = STORE_REPLACE, .kind = "Enclave", .name = e->name, .doc = e->doc, .status = st,
                    .expected_rv = e->rv};
-    store_txn txn = {.ops = &op, .n_ops = 1};
+    store_txn txn = {.ops = &op, .n_ops = 1, .fence_lease = CONTROLLER_LEASE, .fence_token = c->lease_token};
     int r = store_write(c->store, &txn);
     if (r == 0 && op.result)
         enclave_take_doc(c, e, op.result);
     store_txn_clear(&txn);
+    if (r == -ENOLCK) {
+        log_fields(LOG_LEVEL_WARN, "controller: another controller took the lease; this one stands by", NULL);
+        c->lease_token = 0;
+        return;
+    }
     if (r < 0 && r != -ESTALE && r != -ENOENT)
         log_fields(LOG_LEVEL_WARN, "controller: cannot write an Enclave's status; retrying", "enclave", e->name,
                    "error", strerror(-r), NULL);
 }
 
+/* Publishes what GET /metrics shows of every Enclave (controller_metrics_render()). */
+static void stats_publish(controller *c)
+{
+    pthread_mutex_lock(&c->lock);
+    c->n_stats = c->n_enclaves;
+    for (size_t i = 0; i < c->n_enclaves; i++) {
+        const enclave *e = c->enclaves[i];
+        enclave_stats *st = &c->stats[i];
+        *st = (enclave_stats){.desired = e->desired, .restarts = e->restarts};
+        snprintf(st->name, sizeof(st->name), "%s", e->name);
+        for (size_t k = 0; k < RESOURCE_ENCLAVE_REPLICAS_MAX; k++) {
+            const replica *r = &e->replicas[k];
+            if (!r->present)
+                continue;
+            st->ready += k < e->desired && r->state == REPLICA_RUNNING;
+            st->crash_looping += r->state == REPLICA_CRASHED && r->backoff_ms > CONTROLLER_BACKOFF_MIN_MS;
+        }
+        json_int_t mib = json_integer_value(json_object_get(json_object_get(e->launch_spec, "limits"), "memoryMiB"));
+        st->memory_limit_bytes = mib > 0 ? (uint64_t)mib << 20 : 0;
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+int controller_metrics_render(controller *c, strbuf *out)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } families[] = {
+        {"cloister_enclave_replicas_desired", "gauge", "Replicas the controller keeps of an Enclave."},
+        {"cloister_enclave_replicas_ready", "gauge", "Replicas of an Enclave running among the desired ones."},
+        {"cloister_enclave_restarts_total", "counter",
+         "Restarts of an Enclave's replicas after their workload exited."},
+        {"cloister_enclave_replicas_crash_looping", "gauge",
+         "Replicas waiting to restart after crashing again within a minute of their last start."},
+        {"cloister_enclave_memory_limit_bytes", "gauge", "The memory limit of each replica (spec.limits.memoryMiB)."},
+    };
+    int r = 0;
+    if (!c)
+        return 0;
+    pthread_mutex_lock(&c->lock);
+    for (size_t f = 0; f < ELEMENTSOF(families) && r == 0; f++) {
+        r = strbuf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", families[f].name, families[f].help, families[f].name,
+                          families[f].type);
+        for (size_t i = 0; i < c->n_stats && r == 0; i++) {
+            const enclave_stats *st = &c->stats[i];
+            const uint64_t values[ELEMENTSOF(families)] = {st->desired, st->ready, st->restarts, st->crash_looping,
+                                                           st->memory_limit_bytes};
+            if (f == 4 && !values[f]) /* no memory limit */
+                continue;
+            r = strbuf_printf(out, "%s{enclave=\"%s\"} %llu\n", families[f].name, st->name,
+                              (unsigned long long)values[f]);
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
 /* ---- the thread ------------------------------------------------------------ */
+
+/* Holds the controller lease: renews it a third of its TTL after the last
+ * renewal, or tries to take it. Returns whether this controller leads. */
+static bool lead(controller *c, uint64_t now)
+{
+    if (c->lease_token && now - c->lease_renewed < CONTROLLER_LEASE_TTL_MS / 3 * NSEC_PER_MSEC)
+        return true;
+    int r;
+    if (c->lease_token) {
+        r = store_lease_renew(c->store, CONTROLLER_LEASE, c->holder, c->lease_token, CONTROLLER_LEASE_TTL_MS);
+        if (r == -ESTALE) {
+            log_fields(LOG_LEVEL_WARN, "controller: another controller took the lease; this one stands by", NULL);
+            c->lease_token = 0;
+            return false;
+        }
+    } else {
+        r = store_lease_acquire(c->store, CONTROLLER_LEASE, c->holder, CONTROLLER_LEASE_TTL_MS, &c->lease_token);
+        if (r == 0)
+            log_fields(LOG_LEVEL_INFO, "controller: holding the lease; this one reconciles", "holder", c->holder,
+                       NULL);
+    }
+    if (r == 0)
+        c->lease_renewed = now;
+    else if (r != -EBUSY)
+        log_fields(LOG_LEVEL_WARN, "controller: cannot renew or take the lease; retrying", "error", strerror(-r),
+                   NULL);
+    /* a renewal that failed for another reason keeps the lease until its TTL ends */
+    return c->lease_token && now - c->lease_renewed < CONTROLLER_LEASE_TTL_MS * NSEC_PER_MSEC;
+}
 
 /* One pass over every Enclave. Returns the time_mono_ns() of the next:
  * the interval from now, or sooner when a restart is due. */
 static uint64_t pass(controller *c)
 {
     uint64_t now = time_mono_ns(), next = now + (uint64_t)c->interval_ms * NSEC_PER_MSEC;
+    if (!lead(c, now))
+        return MIN(next, now + CONTROLLER_LEASE_TTL_MS / 3 * NSEC_PER_MSEC);
     follow(c);
     if (c->runner_ready && !atomic_load(c->runner_ready)) {
         /* starting, restarting or stopping: its list says nothing of crashes */
@@ -781,6 +890,7 @@ static uint64_t pass(controller *c)
         next = controller_next_retry(e->replicas, e->desired, now, next);
     }
     runner_view_free(&v);
+    stats_publish(c);
     return MAX(next, time_mono_ns() + 20 * NSEC_PER_MSEC);
 }
 
@@ -813,6 +923,11 @@ int controller_start(const controller_config *cfg, controller **ret)
     c->interval_ms = cfg->interval_ms ? cfg->interval_ms : CONTROLLER_INTERVAL_MS;
     c->runner_ready = cfg->runner_ready;
     c->load = cfg->load;
+    /* the lease's holder: this host and instance, the same across a restart
+     * (which then leads at once instead of waiting out its own lease) */
+    char host[64] = "";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(c->holder, sizeof(c->holder), "%s/%s", host, cfg->instance ? cfg->instance : "");
     int r = runner_client_new(cfg->runner_socket, &c->runner);
     if (r < 0) {
         free(c);
@@ -845,6 +960,8 @@ void controller_stop(controller *c)
     pthread_cond_signal(&c->cond);
     pthread_mutex_unlock(&c->lock);
     pthread_join(c->thread, NULL);
+    if (c->lease_token) /* the next controller need not wait out the TTL */
+        store_lease_release(c->store, CONTROLLER_LEASE, c->holder, c->lease_token);
     for (size_t i = 0; i < c->n_enclaves; i++)
         enclave_free(c->enclaves[i]);
     pthread_cond_destroy(&c->cond);

@@ -32,10 +32,16 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "basic/strbuf.h"
 #include "store/store.h"
 
 #define CONTROLLER_ENCLAVES_MAX 256     /* Enclaves reconciled; more are logged and left alone */
 #define CONTROLLER_INTERVAL_MS 1000     /* between passes */
+/* One controller at a time among processes sharing a store: the one that
+ * holds this lease (renewed at a third of its TTL) reconciles; its status
+ * writes carry the lease's fencing token, so a deposed one's are refused. */
+#define CONTROLLER_LEASE "controller"
+#define CONTROLLER_LEASE_TTL_MS 15000
 
 typedef struct controller controller;
 
@@ -50,6 +56,9 @@ typedef struct controller_config {
     /* the proxy's metrics (shared memory), whose Enclave load scales the
      * replicas between min and max; NULL: no autoscaling */
     const struct proxy_metrics *load;
+    /* names this instance among the processes sharing the store (with the
+     * host name): the api's listen address; NULL when it is alone */
+    const char *instance;
 } controller_config;
 
 /* Starts the controller thread. Returns 0 with *RET (freed by
@@ -67,3 +76,10 @@ void controller_stop(controller *c);
  * pass. Safe from any thread. Returns the clamped count it will keep, or
  * -ENOENT when the controller does not reconcile NAME. */
 int controller_set_desired(controller *c, const char *name, unsigned desired);
+
+/* Appends to OUT the Prometheus text of the Enclaves C reconciles, as of
+ * its last pass: cloister_enclave_replicas_desired, _replicas_ready,
+ * _restarts_total, _replicas_crash_looping and _memory_limit_bytes, each
+ * labelled enclave (at most CONTROLLER_ENCLAVES_MAX). Safe from any
+ * thread; C may be NULL (nothing). Returns 0 or -ENOMEM. */
+int controller_metrics_render(controller *c, strbuf *out);

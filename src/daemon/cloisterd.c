@@ -68,7 +68,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: cloisterd --dev [--data-dir DIR] [--api-listen HOST:PORT] [--proxy-listen HOST:PORT]\n"
             "                 [--proxy-http-listen HOST:PORT] [--domain DOMAIN] [--api-threads N]\n"
-            "                 [--proxy-threads N]\n"
+            "                 [--proxy-threads N] [--store URL]\n"
             "                 [--log-level debug|info|warn|error]\n"
             "\n"
             "  --dev                 run every role on this machine with an embedded store\n"
@@ -78,6 +78,8 @@ static void usage(FILE *f)
             "  --proxy-http-listen A an additional plain-HTTP proxy listener (off by default)\n"
             "  --proxy-threads N     the proxy's worker threads, one event loop each (default 2)\n"
             "  --domain D            services are reached at <service>.D (default localhost)\n"
+            "  --store URL           the resource store: sqlite:PATH (default DIR/api/store.db) or\n"
+            "                        postgresql://USER@HOST/DB (several api replicas share it)\n"
             "  --seal MODE           how the KMS root key is sealed: dev (auto-unseal file, the default),\n"
             "                        passphrase or pkcs11; unseal with `cloisterd unseal --data-dir DIR`\n"
             "  --pkcs11-module PATH  --seal pkcs11: the token's PKCS#11 module\n"
@@ -108,7 +110,7 @@ static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
 static int parse_args(int argc, char **argv, daemon_config *cfg)
 {
     enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_LOG,
-           OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT };
+           OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_STORE };
     static const struct option opts[] = {
         {"dev", no_argument, NULL, 'd'},
         {"data-dir", required_argument, NULL, OPT_DATA_DIR},
@@ -122,6 +124,7 @@ static int parse_args(int argc, char **argv, daemon_config *cfg)
         {"seal", required_argument, NULL, OPT_SEAL},
         {"pkcs11-module", required_argument, NULL, OPT_P11_MODULE},
         {"pkcs11-slot", required_argument, NULL, OPT_P11_SLOT},
+        {"store", required_argument, NULL, OPT_STORE},
         {"help", no_argument, NULL, 'h'},
         {},
     };
@@ -201,6 +204,10 @@ static int parse_args(int argc, char **argv, daemon_config *cfg)
             cfg->pkcs11_slot = slot;
             break;
         }
+        case OPT_STORE:
+            if (copy_arg(cfg->store_url, sizeof(cfg->store_url), "--store", optarg) < 0)
+                return 2;
+            break;
         case 'h':
             usage(stdout);
             return -1;
@@ -311,7 +318,8 @@ static int prepare_data_dir(daemon_config *cfg)
         SET(api_key, "%s/api/api.key") || SET(proxy_cert, "%s/tls/proxy.pem") || SET(proxy_key, "%s/proxy/proxy.key") ||
         SET(proxy_ca_cert, "%s/tls/proxy-ca.pem") || SET(proxy_ca_key, "%s/proxy/proxy-ca.key") ||
         SET(admin_token, "%s/admin.token") || SET(proxy_token, "%s/proxy/proxy.token") ||
-        SET(runner_token, "%s/runner/runner.token") || SET(store_url, "sqlite:%s/api/store.db") ||
+        SET(runner_token, "%s/runner/runner.token") ||
+        (!cfg->store_url[0] && SET(store_url, "sqlite:%s/api/store.db")) ||
         SET(run_dir, "%s/run") || SET(audit_socket, "%s/run/audit/audit.sock") ||
         SET(audit_db, "%s/audit/audit.db") || SET(audit_key, "%s/audit/audit.key") ||
         SET(audit_pub, "%s/audit/audit.pub") || SET(runner_socket, "%s/run/runner/runner.sock") ||
@@ -407,7 +415,9 @@ static int first_start(daemon_config *cfg)
     store *s;
     r = store_open(cfg->store_url, &s);
     if (r < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", cfg->store_url, "error", strerror(-r), NULL);
+        char shown[sizeof(cfg->store_url)];
+        store_url_redact(cfg->store_url, shown, sizeof(shown));
+        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", shown, "error", strerror(-r), NULL);
         return r;
     }
     r = bootstrap_admin(s, cfg->admin_token);
@@ -609,8 +619,10 @@ static int supervise(const daemon_config *cfg, role_table *table)
             if (procs[i].pid < 0) {
                 procs[i].pid = 0;
                 procs[i].restart_at = now + procs[i].backoff;
-            } else
+            } else {
+                atomic_fetch_add(&health[i].restarts, 1);
                 log_fields(LOG_LEVEL_INFO, "role restarted", "role", roles[i].name, NULL);
+            }
         }
     }
 }

@@ -509,6 +509,19 @@ static const struct {
     {"/v1/public", op_public, false},
     {"/v1/job-release", op_job_release, false}, /* file keys leave only as JWEs to the sandbox */
 };
+_Static_assert(ELEMENTSOF(ops) == ROLE_KMS_OPS, "role.h's ROLE_KMS_OP_NAMES name kms/server.c's operations in order");
+
+/* Counts operation I's answer in the role's entry (GET /metrics): success,
+ * refused (a 4xx), sealed, or error. */
+static void count_op(const kms_op *op, size_t i, bool answered)
+{
+    const api_error *e = &op->err;
+    int outcome = answered                                ? 0
+                  : e->code && strcmp(e->code, "sealed") == 0 ? 2
+                  : e->status >= 400 && e->status < 500   ? 1
+                                                          : 3;
+    atomic_fetch_add_explicit(&op->role->health->kms_ops[i][outcome], 1, memory_order_relaxed);
+}
 
 /* Every request: POST only, a capped JSON body (wiped once decoded), then
  * status and unseal, or a key operation when unsealed. Always answers. */
@@ -558,6 +571,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
                          role->cfg->data_dir);
             else
                 ans = ops[i].fn(&op);
+            count_op(&op, i, ans != NULL);
             secret_answer = ops[i].secret_answer;
             goto out;
         }

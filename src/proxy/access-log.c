@@ -31,9 +31,18 @@ static json_t *fields_json(void)
     return a;
 }
 
+/* The outcome of a batch: "denied" when any of its records was refused by
+ * authentication or policy, else "failure" when any was refused before a
+ * decision or without one (invalid, error), else "success". */
+static const char *batch_outcome(const proxy_thread *t)
+{
+    return t->access_denied ? "denied" : t->access_failed ? "failure" : "success";
+}
+
 /* Sends the thread's pending records as one audit entry: {action:
- * proxy.access, details: {fields: [names], requests: [[values]...], count}}
- * (arrays rather than objects: a third of the bytes and no key sorting). */
+ * proxy.access, outcome (batch_outcome), details: {fields: [names],
+ * requests: [[values]...], count, denied}} (arrays rather than objects: a
+ * third of the bytes and no key sorting). */
 static void access_flush(proxy_thread *t)
 {
     if (h2o_timeout_is_linked(&t->access_flush))
@@ -43,18 +52,18 @@ static void access_flush(proxy_thread *t)
     int r = strbuf_putc(&t->access, ']');
     json_error_t err;
     json_t *requests = r == 0 ? json_loadb(t->access.data, t->access.len, 0, &err) : NULL;
-    json_t *details = requests ? json_pack("{s:o, s:o, s:i}", "fields", fields_json(), "requests", requests, "count",
-                                           (int)t->access_count)
+    json_t *details = requests ? json_pack("{s:o, s:o, s:i, s:i}", "fields", fields_json(), "requests", requests,
+                                           "count", (int)t->access_count, "denied", (int)t->access_denied)
                                : NULL;
     if (details)
-        audit_event_emit(&(audit_event){.action = "proxy.access", .kind = "Service", .outcome = "success",
+        audit_event_emit(&(audit_event){.action = "proxy.access", .kind = "Service", .outcome = batch_outcome(t),
                                         .details = details});
     else
         log_fields(LOG_LEVEL_ERROR, "access records could not be batched; they are logged here instead", "records",
                    t->access.data, NULL);
     json_decref(details);
     strbuf_reset(&t->access);
-    t->access_count = 0;
+    t->access_count = t->access_denied = t->access_failed = 0;
 }
 
 static void on_access_timeout(h2o_timeout_entry_t *entry)
@@ -117,6 +126,8 @@ void proxy_access_emit(void *p)
     char now[40];
     time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
     proxy_access_encode(&t->access, t->access_count == 0, now, rec, status, req->bytes_sent, latency_ns / 1000);
+    t->access_denied += rec->decision == PROXY_DECISION_DENY || rec->decision == PROXY_DECISION_UNAUTHENTICATED;
+    t->access_failed += rec->decision == PROXY_DECISION_INVALID || rec->decision == PROXY_DECISION_ERROR;
     if (t->access_count++ == 0)
         h2o_timeout_link(t->ctx->loop, &t->access_timeout, &t->access_flush);
     const proxy_settings *s = t->settings;

@@ -92,6 +92,7 @@ typedef struct proxy_thread {
      * entry per batch (by size or after a short delay) */
     strbuf access;
     unsigned access_count;
+    unsigned access_denied, access_failed; /* records of the batch denied (deny, unauthenticated), failed (invalid, error) */
     h2o_timeout_t access_timeout;
     h2o_timeout_entry_t access_flush;
     h2o_timeout_t handoff_timeout; /* login handoffs waiting for their session */

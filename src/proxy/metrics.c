@@ -12,6 +12,8 @@ static const double buckets_s[PROXY_METRICS_BUCKETS] = {0.0005, 0.001, 0.0025, 0
                                                         0.05,   0.1,   0.25,   0.5,   1,    2.5};
 static const char *const decision_names[PROXY_DECISION_COUNT_] = {"allow", "deny", "unauthenticated", "invalid",
                                                                   "error"};
+static const char *const error_class_names[PROXY_ERROR_COUNT_] = {"invalid_request", "internal", "bad_gateway",
+                                                                  "unavailable", "timeout"};
 
 const char *proxy_decision_name(proxy_decision d)
 {
@@ -83,8 +85,15 @@ void proxy_metrics_observe(proxy_metrics *m, const char *service, proxy_decision
     proxy_service_metrics *s = slot_of(m, service);
     int cls = status >= 100 && status < 600 ? status / 100 - 1 : 4;
     atomic_fetch_add_explicit(&s->requests[d][cls], 1, memory_order_relaxed);
-    if (d == PROXY_DECISION_ALLOW && (status == 502 || status == 503 || status == 504))
-        atomic_fetch_add_explicit(&s->upstream_errors, 1, memory_order_relaxed);
+    int error = d == PROXY_DECISION_INVALID ? PROXY_ERROR_INVALID_REQUEST
+                : d == PROXY_DECISION_ERROR ? PROXY_ERROR_INTERNAL
+                : d != PROXY_DECISION_ALLOW ? -1
+                : status == 502             ? PROXY_ERROR_BAD_GATEWAY
+                : status == 503             ? PROXY_ERROR_UNAVAILABLE
+                : status == 504             ? PROXY_ERROR_TIMEOUT
+                                            : -1;
+    if (error >= 0)
+        atomic_fetch_add_explicit(&s->errors[error], 1, memory_order_relaxed);
     double secs = (double)latency_ns / 1e9;
     for (size_t b = 0; b < PROXY_METRICS_BUCKETS; b++)
         if (secs <= buckets_s[b]) {
@@ -127,6 +136,31 @@ int proxy_metrics_config_age(const proxy_metrics *m, uint64_t now, uint64_t *ret
     return heard >= started ? 0 : -EAGAIN;
 }
 
+/* Whether decision D answered with status class C (0: 1xx .. 4: 5xx) is
+ * usual enough to be rendered from the start (as 0): a counter's first
+ * increase is lost to rate() when its series appears with it. The others
+ * appear once they happen. */
+static bool usual_outcome(int d, int c)
+{
+    switch (d) {
+    case PROXY_DECISION_ALLOW:
+        return c >= 1;
+    case PROXY_DECISION_ERROR:
+        return c == 4;
+    default: /* deny, unauthenticated, invalid */
+        return c == 3;
+    }
+}
+
+/* Allowed requests of S answered 502, 503 or 504. */
+static uint64_t upstream_errors(const proxy_service_metrics *s)
+{
+    uint64_t n = 0;
+    for (int c = PROXY_ERROR_BAD_GATEWAY; c <= PROXY_ERROR_TIMEOUT; c++)
+        n += atomic_load_explicit(&s->errors[c], memory_order_relaxed);
+    return n;
+}
+
 int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
 {
     int r = strbuf_puts(out, "# HELP cloister_proxy_requests_total Proxy requests by service, decision and status class.\n"
@@ -139,7 +173,7 @@ int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
         for (int d = 0; d < PROXY_DECISION_COUNT_ && r == 0; d++)
             for (int c = 0; c < 5 && r == 0; c++) {
                 uint64_t n = atomic_load_explicit(&s->requests[d][c], memory_order_relaxed);
-                if (n)
+                if (n || usual_outcome(d, c))
                     r = strbuf_printf(out,
                                       "cloister_proxy_requests_total{service=\"%s\",decision=\"%s\",status=\"%dxx\"} %llu\n",
                                       name, decision_names[d], c + 1, (unsigned long long)n);
@@ -154,7 +188,21 @@ int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
             continue;
         r = strbuf_printf(out, "cloister_proxy_upstream_errors_total{service=\"%s\"} %llu\n",
                           i == PROXY_METRICS_SERVICES ? "(other)" : s->slot.name,
-                          (unsigned long long)atomic_load_explicit(&s->upstream_errors, memory_order_relaxed));
+                          (unsigned long long)upstream_errors(s));
+    }
+    if (r == 0)
+        r = strbuf_puts(out, "# HELP cloister_proxy_errors_total Proxy requests answered with an error, by class: "
+                             "invalid_request (refused before a decision), internal (no decision could be made), "
+                             "bad_gateway, unavailable, timeout (an allowed request's upstream: 502, 503, 504).\n"
+                             "# TYPE cloister_proxy_errors_total counter\n");
+    for (size_t i = 0; i <= PROXY_METRICS_SERVICES && r == 0; i++) {
+        const proxy_service_metrics *s = &m->services[i];
+        if ((i < PROXY_METRICS_SERVICES && atomic_load(&s->slot.state) != 2) || !atomic_load(&s->latency_count))
+            continue;
+        for (int c = 0; c < PROXY_ERROR_COUNT_ && r == 0; c++)
+            r = strbuf_printf(out, "cloister_proxy_errors_total{service=\"%s\",class=\"%s\"} %llu\n",
+                              i == PROXY_METRICS_SERVICES ? "(other)" : s->slot.name, error_class_names[c],
+                              (unsigned long long)atomic_load_explicit(&s->errors[c], memory_order_relaxed));
     }
     if (r == 0)
         r = strbuf_puts(out, "# HELP cloister_proxy_request_duration_seconds Proxy request latency by service.\n"

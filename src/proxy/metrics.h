@@ -3,6 +3,8 @@
  * and audit events dropped. They live in one fixed-size block of memory the
  * supervisor maps shared before it forks the roles: the proxy role updates
  * it (lock-free atomics) and the api role renders it on GET /metrics.
+ * The latency histogram is OpenTelemetry's http.server.request.duration
+ * (seconds) of each Service.
  *
  * Services take slots by name on first use (PROXY_METRICS_SERVICES of them;
  * more are counted under service="(other)"). */
@@ -27,6 +29,19 @@ typedef enum proxy_decision {
     PROXY_DECISION_COUNT_,
 } proxy_decision;
 
+/* Why the proxy answered a request with an error, for
+ * cloister_proxy_errors_total{class}: refused before a decision (a 4xx of
+ * the invalid decision), no decision could be made (the error decision), and
+ * an allowed request's upstream answering or timing out as 502, 503, 504. */
+typedef enum proxy_error_class {
+    PROXY_ERROR_INVALID_REQUEST,
+    PROXY_ERROR_INTERNAL,
+    PROXY_ERROR_BAD_GATEWAY,
+    PROXY_ERROR_UNAVAILABLE,
+    PROXY_ERROR_TIMEOUT,
+    PROXY_ERROR_COUNT_,
+} proxy_error_class;
+
 /* A table slot taken by a name on first use. */
 typedef struct proxy_metrics_slot {
     _Atomic int state; /* 0 free, 1 being claimed, 2 named */
@@ -36,7 +51,7 @@ typedef struct proxy_metrics_slot {
 typedef struct proxy_service_metrics {
     proxy_metrics_slot slot;
     _Atomic uint64_t requests[PROXY_DECISION_COUNT_][5]; /* status class 1xx..5xx */
-    _Atomic uint64_t upstream_errors;                   /* 502/503/504 answered for allowed requests */
+    _Atomic uint64_t errors[PROXY_ERROR_COUNT_];        /* the upstream ones: 502/503/504 of allowed requests */
     _Atomic uint64_t latency_buckets[PROXY_METRICS_BUCKETS];
     _Atomic uint64_t latency_count, latency_sum_ns;
 } proxy_service_metrics;

@@ -1,4 +1,4 @@
-/* Unit tests of the proxy's configuration age, which /healthz reads. */
+/* Unit tests of the proxy metrics: the configuration age /healthz reads, errors by class. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <string.h>
@@ -61,5 +61,33 @@ Test(config_age, rendered_once_heard)
     strbuf_reset(&out);
     cr_assert_eq(proxy_metrics_render(&m, &out), 0);
     cr_expect_not_null(strstr(out.data, "\ncloister_proxy_config_age_seconds 0.0"), "%s", out.data);
+    strbuf_free(&out);
+}
+
+Test(errors, counted_by_class_and_upstream_errors_are_their_sum)
+{
+    static proxy_metrics em;
+    strbuf out;
+    proxy_metrics_observe(&em, "wiki", PROXY_DECISION_ALLOW, 200, 1000);
+    proxy_metrics_observe(&em, "wiki", PROXY_DECISION_ALLOW, 502, 1000);
+    proxy_metrics_observe(&em, "wiki", PROXY_DECISION_ALLOW, 504, 1000);
+    proxy_metrics_observe(&em, "wiki", PROXY_DECISION_ALLOW, 504, 1000);
+    proxy_metrics_observe(&em, "wiki", PROXY_DECISION_DENY, 403, 1000);
+    proxy_metrics_observe(&em, "wiki", PROXY_DECISION_DENY, 503, 1000); /* not an upstream's */
+    proxy_metrics_observe(&em, "wiki", PROXY_DECISION_INVALID, 400, 1000);
+    proxy_metrics_observe(&em, NULL, PROXY_DECISION_ERROR, 503, 1000);
+    strbuf_init(&out, 1 << 20);
+    cr_assert_eq(proxy_metrics_render(&em, &out), 0);
+    static const char *const want[] = {
+        "\ncloister_proxy_errors_total{service=\"wiki\",class=\"bad_gateway\"} 1\n",
+        "\ncloister_proxy_errors_total{service=\"wiki\",class=\"timeout\"} 2\n",
+        "\ncloister_proxy_errors_total{service=\"wiki\",class=\"unavailable\"} 0\n",
+        "\ncloister_proxy_errors_total{service=\"wiki\",class=\"invalid_request\"} 1\n",
+        "\ncloister_proxy_errors_total{service=\"wiki\",class=\"internal\"} 0\n",
+        "\ncloister_proxy_errors_total{service=\"(other)\",class=\"internal\"} 1\n",
+        "\ncloister_proxy_upstream_errors_total{service=\"wiki\"} 3\n",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        cr_expect_not_null(strstr(out.data, want[i]), "%s not in\n%s", want[i], out.data);
     strbuf_free(&out);
 }

@@ -15,6 +15,8 @@ struct store {
 
 static const store_driver *const drivers[] = {
     &store_sqlite_driver,
+    &store_postgres_driver,
+    &store_postgresql_driver,
 };
 
 int store_open(const char *url, store **ret)
@@ -108,6 +110,64 @@ int store_changes_since_kinds(store *s, const char *const *kinds, size_t n_kinds
 int64_t store_revision(store *s)
 {
     return s->driver->revision(s->impl);
+}
+
+uint64_t store_epoch(store *s)
+{
+    return s->driver->epoch(s->impl);
+}
+
+bool store_lease_args_ok(const char *name, const char *holder, int64_t ttl_ms)
+{
+    size_t n = name ? strlen(name) : 0, h = holder ? strlen(holder) : 0;
+    return n > 0 && n <= 200 && h > 0 && h <= 200 && ttl_ms > 0 && ttl_ms <= 86400000;
+}
+
+int store_lease_acquire(store *s, const char *name, const char *holder, int64_t ttl_ms, int64_t *ret_token)
+{
+    if (!store_lease_args_ok(name, holder, ttl_ms))
+        return -EINVAL;
+    return s->driver->lease_acquire(s->impl, name, holder, ttl_ms, ret_token);
+}
+
+int store_lease_renew(store *s, const char *name, const char *holder, int64_t token, int64_t ttl_ms)
+{
+    if (!store_lease_args_ok(name, holder, ttl_ms))
+        return -EINVAL;
+    return s->driver->lease_renew(s->impl, name, holder, token, ttl_ms);
+}
+
+int store_lease_release(store *s, const char *name, const char *holder, int64_t token)
+{
+    if (!store_lease_args_ok(name, holder, 1))
+        return -EINVAL;
+    return s->driver->lease_release(s->impl, name, holder, token);
+}
+
+void store_url_redact(const char *url, char *out, size_t size)
+{
+    /* scheme://user:password@host…: the password is between the first ':'
+     * after "//" and the last '@' before the path */
+    const char *auth = strstr(url, "://");
+    snprintf(out, size, "%s", url);
+    if (!auth)
+        return;
+    auth += 3;
+    size_t authority = strcspn(auth, "/?#");
+    const char *at = NULL;
+    for (const char *p = auth; p < auth + authority; p++)
+        if (*p == '@')
+            at = p;
+    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (colon)
+        snprintf(out, size, "%.*s***%s", (int)(colon + 1 - url), url, at);
+    /* a password=… parameter of the query string */
+    char *pw = strstr(out, "password=");
+    if (pw && (pw[-1] == '?' || pw[-1] == '&') && strlen(out) + 3 < size) {
+        size_t len = strcspn(pw + 9, "&#");
+        memmove(pw + 12, pw + 9 + len, strlen(pw + 9 + len) + 1);
+        memcpy(pw + 9, "***", 3);
+    }
 }
 
 void store_write_async(store *s, store_txn *txn)
