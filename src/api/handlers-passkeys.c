@@ -469,6 +469,8 @@ static json_t *descriptors(const json_t *user)
 
 static int register_begin(api_request *r, const char *origin, const char *rp, api_error *err)
 {
+    if (api_auth_rate_check_ip(r, err) < 0)
+        return -1;
     json_auto_t *body = small_body(r, err);
     if (!body)
         return -1;
@@ -529,6 +531,8 @@ static int credential_owner(api_server *srv, const char *id, json_t **ret_user, 
 
 static int register_finish(api_request *r, const char *origin, const char *rp, api_error *err)
 {
+    if (api_auth_rate_check_ip(r, err) < 0)
+        return -1;
     json_auto_t *body = small_body(r, err);
     if (!body)
         return -1;
