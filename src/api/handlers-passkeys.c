@@ -154,7 +154,7 @@ static int origin_check(api_request *r, const char *origin, api_error *err)
 }
 
 /* A base64url member NAME of BODY decoded into OUT (capacity CAP): its
- * length, or -1 with ERR (400 naming it; 413-like caps as 400 too). */
+ * length, or -1 with ERR (400 naming it, or its cap). */
 static long b64_member(const json_t *body, const char *name, uint8_t *out, size_t cap, api_error *err)
 {
     const char *s = json_string_value(json_object_get(body, name));
@@ -178,14 +178,15 @@ static json_t *small_body(api_request *r, api_error *err)
     return api_decode_body(r->req->entity.base, r->req->entity.len, err);
 }
 
-/* Audits a passkey event ACTION of USER (may be NULL) with OUTCOME and REASON. */
-static void report(api_request *r, const char *action, const char *user, const char *sid, const char *outcome,
-                   const char *reason, const char *credential_id)
+/* Audits a passkey event ACTION of USER (may be NULL) with OUTCOME, REASON
+ * and the passkey's CREDENTIAL_ID (both may be NULL). */
+static void report(api_request *r, const char *action, const char *user, const char *outcome, const char *reason,
+                   const char *credential_id)
 {
     char ip[INET6_ADDRSTRLEN];
     httpd_peer_ip(r->req, ip, sizeof(ip));
     json_t *details = json_pack("{s:s, s:s?, s:s?}", "method", "passkey", "reason", reason, "credentialId", credential_id);
-    audit_event_emit(&(audit_event){.action = action, .user = user, .session = sid, .ip = ip, .kind = "User",
+    audit_event_emit(&(audit_event){.action = action, .user = user, .ip = ip, .kind = "User",
                                     .name = user, .outcome = outcome, .details = details});
     json_decref(details);
 }
@@ -382,14 +383,15 @@ int api_handle_user_invite(api_request *r, const char *name, api_error *err)
 
 /* ---- a user's passkeys ---- */
 
-/* The passkeys of USER as shown to clients: everything but nothing secret
- * is stored, so the stored entries themselves. */
+/* The status.passkeys array of USER (borrowed), or NULL. Nothing in it is
+ * secret: clients are shown it as it is. */
 static json_t *passkeys_of(const json_t *user)
 {
     json_t *list = json_object_get(json_object_get(user, "status"), "passkeys");
     return json_is_array(list) ? list : NULL;
 }
 
+/* Shown in handlers-passkeys.h; the user themself needs no right. */
 int api_handle_user_passkeys(api_request *r, const char *name, api_error *err)
 {
     bool get = api_method_is(r->req, "GET"), del = api_method_is(r->req, "DELETE");
@@ -467,6 +469,9 @@ static json_t *descriptors(const json_t *user)
     return out;
 }
 
+/* POST register/begin {invite}: the creation options of a registration
+ * for the invited user, its challenge kept bound to the invitation and the
+ * user's uid. Answers R and returns 0, or -1 with ERR. */
 static int register_begin(api_request *r, const char *origin, const char *rp, api_error *err)
 {
     if (api_auth_rate_check_ip(r, err) < 0)
@@ -480,7 +485,7 @@ static int register_begin(api_request *r, const char *origin, const char *rp, ap
     ceremony c = {.registration = true};
     json_auto_t *user = NULL;
     if (invited_user(r->server, invite, &user, c.invite_digest, err) < 0) {
-        report(r, "auth.passkey.register", NULL, NULL, "denied", err->message, NULL);
+        report(r, "auth.passkey.register", NULL, "denied", err->message, NULL);
         return -1;
     }
     if (json_array_size(passkeys_of(user)) >= PASSKEYS_MAX)
@@ -509,7 +514,9 @@ static int register_begin(api_request *r, const char *origin, const char *rp, ap
     return 0;
 }
 
-/* Whether credential ID (base64url) is registered to any user. */
+/* The user holding passkey ID (base64url) in *RET_USER (borrowed from
+ * *RET_USERS, the list of every user, which the caller releases), or NULL.
+ * Returns 0, or -1 with ERR. */
 static int credential_owner(api_server *srv, const char *id, json_t **ret_user, json_t **ret_users, api_error *err)
 {
     json_t *users = NULL;
@@ -529,6 +536,10 @@ static int credential_owner(api_server *srv, const char *id, json_t **ret_user, 
     return 0;
 }
 
+/* POST register/finish: the attestation checked against its ceremony and
+ * the still-pending invitation, then the passkey stored and the invitation
+ * spent in one write of the User. Answers R (201) and returns 0, or -1 with
+ * ERR; every refusal is audited. */
 static int register_finish(api_request *r, const char *origin, const char *rp, api_error *err)
 {
     if (api_auth_rate_check_ip(r, err) < 0)
@@ -549,7 +560,7 @@ static int register_finish(api_request *r, const char *origin, const char *rp, a
         return api_fail(err, 400, "invalid", "%s", why);
     ceremony c;
     if (!ceremony_take(challenge, true, &c)) {
-        report(r, "auth.passkey.register", NULL, NULL, "denied", "unknown, used or expired challenge", NULL);
+        report(r, "auth.passkey.register", NULL, "denied", "unknown, used or expired challenge", NULL);
         return api_fail(err, 401, "unauthenticated",
                         "unknown, already used or expired registration challenge (5 minutes): start again");
     }
@@ -557,10 +568,10 @@ static int register_finish(api_request *r, const char *origin, const char *rp, a
     char digest[CREDENTIAL_DIGEST_HEX_LEN + 1];
     int ret = -1;
     if (invited_user(r->server, invite, &user, digest, err) < 0)
-        report(r, "auth.passkey.register", c.user, NULL, "denied", err->message, NULL);
+        report(r, "auth.passkey.register", c.user, "denied", err->message, NULL);
     else if (!credential_digest_equal(digest, c.invite_digest) || strcmp(doc_name(user), c.user) != 0 ||
              strcmp(uid_of(user) ?: "", c.user_uid) != 0) {
-        report(r, "auth.passkey.register", c.user, NULL, "denied", "challenge issued for another invitation", NULL);
+        report(r, "auth.passkey.register", c.user, "denied", "challenge issued for another invitation", NULL);
         api_fail(err, 401, "unauthenticated", "this challenge was issued for another invitation: start again");
     } else
         ret = 0;
@@ -573,7 +584,7 @@ static int register_finish(api_request *r, const char *origin, const char *rp, a
     int e = webauthn_register_verify(cd, (size_t)cd_len, att, (size_t)att_len, &ex, &cred, &why);
     OPENSSL_cleanse(&c, sizeof(c));
     if (e < 0) {
-        report(r, "auth.passkey.register", doc_name(user), NULL, "denied", why, NULL);
+        report(r, "auth.passkey.register", doc_name(user), "denied", why, NULL);
         return api_fail(err, e == -ENOTSUP || e == -E2BIG || e == -EBADMSG ? 400 : 401,
                         e == -ENOTSUP || e == -E2BIG || e == -EBADMSG ? "invalid" : "unauthenticated",
                         "passkey registration refused: %s", why);
@@ -608,7 +619,7 @@ static int register_finish(api_request *r, const char *origin, const char *rp, a
     json_object_del(status, "inviteDigest");
     json_object_del(status, "invite");
     e = write_status(r->server, user, status);
-    report(r, "auth.passkey.register", doc_name(user), NULL, e < 0 ? "failure" : "success", NULL, id);
+    report(r, "auth.passkey.register", doc_name(user), e < 0 ? "failure" : "success", NULL, id);
     if (e < 0)
         return api_fail_store(err, e, "User", doc_name(user));
     json_auto_t *answer = json_pack("{s:s, s:s, s:s}", "user", doc_name(user), "id", id, "format", cred.format);
@@ -616,6 +627,9 @@ static int register_finish(api_request *r, const char *origin, const char *rp, a
     return 0;
 }
 
+/* POST login/begin[?rd=&bind=&exp=&mac=]: the request options of a
+ * sign-in, its challenge bound to the proxy's login link when there is
+ * one. Answers R and returns 0, or -1 with ERR. */
 static int login_begin(api_request *r, const char *origin, const char *rp, api_error *err)
 {
     if (api_auth_rate_check_ip(r, err) < 0)
@@ -658,6 +672,10 @@ static json_t *passkey_find(const json_t *user, const char *id)
     return NULL;
 }
 
+/* POST login/finish: the assertion checked against its ceremony and the
+ * stored passkey, the counter and time of use written, then the login
+ * ended as every browser login ends (api_login_open, api_login_send).
+ * Answers R and returns 0, or -1 with ERR; every refusal is audited. */
 static int login_finish(api_request *r, const char *origin, const char *rp, api_error *err)
 {
     if (api_auth_rate_check_ip(r, err) < 0)
@@ -684,7 +702,7 @@ static int login_finish(api_request *r, const char *origin, const char *rp, api_
         return api_fail(err, 400, "invalid", "%s", why);
     ceremony c;
     if (!ceremony_take(challenge, false, &c)) {
-        report(r, "auth.login", NULL, NULL, "denied", "unknown, used or expired passkey challenge", NULL);
+        report(r, "auth.login", NULL, "denied", "unknown, used or expired passkey challenge", NULL);
         return api_fail(err, 401, "unauthenticated",
                         "unknown, already used or expired sign-in challenge (5 minutes): sign in again");
     }
@@ -693,13 +711,13 @@ static int login_finish(api_request *r, const char *origin, const char *rp, api_
     if (credential_owner(r->server, id, &owner, &users, err) < 0)
         return -1;
     if (!owner) {
-        report(r, "auth.login", NULL, NULL, "denied", "unknown passkey", id);
+        report(r, "auth.login", NULL, "denied", "unknown passkey", id);
         return api_fail(err, 401, "unauthenticated", "this passkey is not registered here (or was deleted)");
     }
     json_auto_t *user = json_incref(owner);
     const char *uid = uid_of(user) ?: "";
     if (handle_len >= 0 && ((size_t)handle_len != strlen(uid) || memcmp(handle, uid, (size_t)handle_len) != 0)) {
-        report(r, "auth.login", doc_name(user), NULL, "denied", "the user handle is not the passkey's user", id);
+        report(r, "auth.login", doc_name(user), "denied", "the user handle is not the passkey's user", id);
         return api_fail(err, 401, "unauthenticated", "the passkey's user handle does not name its user");
     }
     json_t *pk = passkey_find(user, id);
@@ -713,7 +731,7 @@ static int login_finish(api_request *r, const char *origin, const char *rp, api_
     int e = webauthn_assert_verify(cd, (size_t)cd_len, ad, (size_t)ad_len, sig, (size_t)sig_len, &ex, pub,
                                    (uint32_t)stored, &count, &why);
     if (e < 0) {
-        report(r, "auth.login", doc_name(user), NULL, "denied", why, id);
+        report(r, "auth.login", doc_name(user), "denied", why, id);
         OPENSSL_cleanse(&c, sizeof(c));
         return api_fail(err, e == -EBADMSG || e == -E2BIG ? 400 : 401,
                         e == -EBADMSG || e == -E2BIG ? "invalid" : "unauthenticated", "passkey sign-in refused: %s", why);
