@@ -469,6 +469,11 @@ def test_chromium_virtual_authenticator_invite_register_sign_in(cluster, browser
     assert state == "done" and "registered for ivan" in text, text
     assert browser.problems() == []  # no CSP violation, no script error
     browser.d.save_screenshot(str(screenshots(tmp_path) / "passkey-registered.png"))
+    # the link again (a new document: the same path with a fragment would not load the page again): spent
+    browser.d.get("about:blank")
+    browser.d.get(f"{c.origin}/v1/auth/passkey/register#{token}")
+    state, text = browser.click_and_wait()
+    assert state == "error" and "used or revoked" in text, text
     assert "#" not in browser.d.current_url  # the token left the address bar
     creds = browser.credentials()
     assert len(creds) == 1 and creds[0]["isResidentCredential"] and creds[0]["rpId"] == f"api.{DOMAIN}"
