@@ -139,6 +139,7 @@ def cluster(tmp_path_factory):
     r = s.request("POST", "/v1/apply", json={"items": [
         manifest("Policy", "signed-in", {"rules": [{"effect": "allow", "priority": 0, "condition": {"match": "true"}}]}),
         manifest("Service", "wiki", {"upstream": {"url": f"http://127.0.0.1:{up_port}"}, "policies": ["signed-in"]}),
+        manifest("Service", "portal", {"upstream": {"portal": True}, "policies": ["signed-in"]}),
     ]})
     assert r.status_code == 200, r.text
     e = Env(s, up, None, http_port, s.ca)
@@ -493,6 +494,20 @@ def test_chromium_virtual_authenticator_invite_register_sign_in(cluster, browser
     browser.d.save_screenshot(str(screenshots(tmp_path) / "passkey-signed-in-service.png"))
     count = c.s.request("GET", "/v1/users/ivan/passkeys").json()["passkeys"][0]["signCount"]
     assert count >= 1
+    # the portal, another host: signed in there with the passkey too, its app shows ivan's services
+    if not (Path(os.environ.get("CLOISTER_BUILD", "/nonexistent")) / "portal" / "index.html").exists():
+        return  # the portal is built only where node and npm are (meson), as tests/test_portal.py says
+    browser.d.get(f"http://portal.{DOMAIN}:{e.http_port}/")
+    assert browser.d.current_url.startswith(f"{c.origin}/v1/auth/passkey/login?rd="), browser.d.current_url
+    assert browser.click_and_wait()[0] == "left"
+    from selenium.webdriver.common.by import By
+    deadline = time.time() + 15
+    while not browser.d.find_elements(By.CSS_SELECTOR, 'main[data-page="services"]') or \
+            "wiki" not in browser.d.find_element(By.TAG_NAME, "main").text:
+        assert time.time() < deadline, f"the portal never showed ivan's services: {browser.page_source()[:500]}"
+        time.sleep(0.1)
+    browser.d.save_screenshot(str(screenshots(tmp_path) / "passkey-signed-in-portal.png"))
+    assert c.s.request("GET", "/v1/users/ivan/passkeys").json()["passkeys"][0]["signCount"] > count
 
 
 def test_chromium_replayed_and_foreign_assertions_refused(cluster, browser, tmp_path):
