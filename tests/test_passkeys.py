@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -551,3 +550,26 @@ def test_chromium_replayed_and_foreign_assertions_refused(cluster, browser, tmp_
     browser.d.get(f"{c.origin}/v1/auth/passkey/login")
     state, text = browser.click_and_wait()
     assert state == "error" and "cloned" in text, text
+
+
+def test_with_an_identity_provider_the_login_page_offers_both(cluster):
+    """Last in the module: an IdentityProvider beside the passkeys makes /v1/auth/login a page of choices."""
+    c = cluster
+    r = c.s.request("POST", "/v1/apply", json={"items": [
+        manifest("Secret", "idp-client", {"data": {"secret": "s3cret"}}),
+        manifest("IdentityProvider", "corp", {"type": "oidc", "issuer": "https://idp.example.com", "clientId": "c",
+                                              "clientSecret": {"secret": "idp-client", "key": "secret"}})]})
+    assert r.status_code == 200, r.text
+    try:
+        c.e.login_cookie = None
+        r = c.e.proxy("/x")
+        assert r.status_code == 302, r.text
+        page = requests.get(r.headers["Location"], verify=c.s.ca, allow_redirects=False, timeout=30)
+        assert page.status_code == 200, page.text
+        links = re.findall(r'href="([^"]+)"', page.text)
+        query = urlsplit(r.headers["Location"]).query
+        assert any(h.startswith("/v1/auth/oidc/corp/login?rd=") for h in links), links
+        passkey = [h for h in links if h.startswith(f"{c.origin}/v1/auth/passkey/login?rd=")]
+        assert len(passkey) == 1 and parse_qs(urlsplit(passkey[0].replace("&amp;", "&")).query) == parse_qs(query)
+    finally:
+        c.s.request("DELETE", "/v1/identityproviders/corp")
