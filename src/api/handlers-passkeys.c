@@ -225,7 +225,8 @@ static json_t *status_copy(const json_t *user)
 /* ---- invitations ---- */
 
 /* The User whose pending invitation is TOKEN (new reference in *RET),
- * unexpired. Returns 0, or -1 with ERR (401 naming what is wrong). */
+ * unexpired, and TOKEN's digest into DIGEST. Returns 0, or -1 with ERR (400
+ * for what is no invitation token, 401 naming what is wrong). */
 static int invited_user(api_server *srv, const char *token, json_t **ret, char digest[CREDENTIAL_DIGEST_HEX_LEN + 1],
                         api_error *err)
 {
