@@ -227,3 +227,14 @@ const char *store_action_name(store_action a)
     static const char *const names[] = {"created", "configured", "unchanged", "deleted"};
     return names[a];
 }
+
+bool store_same_content(const json_t *input, const json_t *old)
+{
+    json_t *empty = json_object();
+    json_t *a = json_object_get(input, "spec"), *b = json_object_get(old, "spec");
+    json_t *la = json_object_get(json_object_get(input, "metadata"), "labels");
+    json_t *lb = json_object_get(json_object_get(old, "metadata"), "labels");
+    bool same = json_equal(a ? a : empty, b ? b : empty) && json_equal(la ? la : empty, lb ? lb : empty);
+    json_decref(empty);
+    return same;
+}
