@@ -43,13 +43,16 @@ typedef struct api_handler {
 } api_handler;
 
 /* The document as clients may see it: write-only values removed, and
- * server-internal status fields (the credential's token digest) dropped. */
+ * server-internal status fields (a credential's token digest, an
+ * invitation's) dropped. */
 static json_t *public_view(const json_t *doc)
 {
     json_t *v = resource_public_view(doc);
     json_t *status = json_object_get(v, "status");
     if (json_is_object(status))
         json_object_del(status, "tokenDigest");
+    if (json_is_object(status))
+        json_object_del(status, "inviteDigest"); /* a pending invitation's token digest (handlers-passkeys.c) */
     if (strcmp(json_string_value(json_object_get(v, "kind")) ?: "", "Job") == 0)
         api_job_view(v);
     return v;

@@ -115,6 +115,7 @@ int cmd_attest(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_enclave(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_policy(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_keys(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+int cmd_user(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_dataset(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_workspace(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_age(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);

@@ -61,6 +61,9 @@ static const cli_command commands[] = {
     {"keys", "init [--force] | show [-o json|yaml] | register",
      "make your approval key (Ed25519) and age identity in $XDG_CONFIG_HOME/cloister/keys/ (0600), show their "
      "public halves, or publish them on your user (status.publicKeys)", cmd_keys},
+    {"user", "invite NAME [--email E] [--revoke] | passkeys NAME [--delete ID]",
+     "invite a user to register a passkey (a one-time link, 24 h; created if needed), or revoke the invitation; "
+     "list or delete a user's passkeys", cmd_user},
     {"workspace", "create NAME --member USER... [--approvals owners|all]",
      "create a workspace; the KMS makes its key, whose age recipient datasets are encrypted to", cmd_workspace},
     {"dataset", "upload NAME --workspace W --file F.csv [--schema COL:TYPE,...] | download NAME -o FILE |\n"
