@@ -11,7 +11,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
+#include <libdeflate.h>
 
 #include "basic/encoding.h"
 #include "basic/log.h"
@@ -81,6 +81,10 @@ static struct {
     pthread_t thread;
     CURL *curl;
     struct curl_slist *headers[TELEMETRY_SIGNAL_COUNT_];
+    struct libdeflate_compressor *deflate; /* the exporter thread's */
+    strbuf body;                           /* the exporter thread's: a request's JSON text, reused */
+    unsigned char *gz;                     /* and its gzip, reused */
+    size_t gz_cap;
     pthread_mutex_t threads_lock; /* guards `threads` */
     thread_records *threads;      /* every thread that recorded, and is alive */
 } T = {.lock = PTHREAD_MUTEX_INITIALIZER, .collecting = PTHREAD_MUTEX_INITIALIZER,
@@ -526,28 +530,23 @@ static json_t *collect_metrics(const metrics_source *only)
 /* ---- sending ---- */
 
 
-/* BODY gzip-compressed into *RET (the caller frees), *RET_N bytes. */
-static int gzip(const char *body, size_t n, unsigned char **ret, size_t *ret_n)
+/* BODY (N bytes) gzip-compressed into *RET (T.gz: valid until the next
+ * call), *RET_N bytes. The fastest level: OTLP JSON compresses well at any,
+ * and the exporter's CPU is the serving role's. */
+static int gzip(const char *body, size_t n, const unsigned char **ret, size_t *ret_n)
 {
-    z_stream z = {0};
-    /* the fastest level: OTLP JSON compresses well at any, and the
-     * exporter's CPU is the serving role's */
-    if (deflateInit2(&z, Z_BEST_SPEED, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
-        return -ENOMEM;
-    size_t cap = deflateBound(&z, n);
-    unsigned char *out = malloc(cap);
-    z.next_in = (unsigned char *)body;
-    z.avail_in = (uInt)n;
-    z.next_out = out;
-    z.avail_out = (uInt)cap;
-    int e = out ? deflate(&z, Z_FINISH) : Z_MEM_ERROR;
-    size_t len = z.total_out;
-    deflateEnd(&z);
-    if (e != Z_STREAM_END) {
-        free(out);
-        return -ENOMEM;
+    size_t bound = libdeflate_gzip_compress_bound(T.deflate, n);
+    if (bound > T.gz_cap) {
+        unsigned char *gz = realloc(T.gz, bound);
+        if (!gz)
+            return -ENOMEM;
+        T.gz = gz;
+        T.gz_cap = bound;
     }
-    *ret = out;
+    size_t len = libdeflate_gzip_compress(T.deflate, body, n, T.gz, T.gz_cap);
+    if (!len)
+        return -ENOMEM;
+    *ret = T.gz;
     *ret_n = len;
     return 0;
 }
@@ -615,21 +614,20 @@ static bool backoff_wait(unsigned ms)
     return ok;
 }
 
-/* POSTs BODY (the JSON text of N records of signal S, stolen; NULL: it
+/* POSTs TEXT (LEN bytes: the JSON of N records of signal S; NULL: it
  * could not be made) with retries; counts the records as dropped when they
  * could not be delivered. */
-static void export(telemetry_signal s, char *body, size_t n)
+static void export(telemetry_signal s, const char *text, size_t len, size_t n)
 {
     const otlp_signal_config *sc = &T.cfg.signal[s];
-    _cleanup_free_ char *text = body;
-    _cleanup_free_ unsigned char *gz = NULL;
+    const unsigned char *gz = NULL;
     size_t gz_n = 0;
-    if (!text || (sc->gzip && gzip(text, strlen(text), &gz, &gz_n) < 0)) {
+    if (!text || (sc->gzip && gzip(text, len, &gz, &gz_n) < 0)) {
         count_dropped(s, n, "out of memory");
         return;
     }
     const char *payload = sc->gzip ? (const char *)gz : text;
-    size_t payload_n = sc->gzip ? gz_n : strlen(text);
+    size_t payload_n = sc->gzip ? gz_n : len;
     curl_easy_setopt(T.curl, CURLOPT_HTTPHEADER, T.headers[s]);
     curl_easy_setopt(T.curl, CURLOPT_CAINFO, sc->ca_file); /* NULL: the system's roots */
     for (unsigned attempt = 1;; attempt++) {
@@ -742,8 +740,9 @@ static chunk *take_batch(telemetry_signal s, bool flush, size_t *ret_n)
     return batch;
 }
 
-/* The request body of the records in the chunks BATCH of signal S (freed). */
-static char *batch_body(telemetry_signal s, chunk *batch)
+/* The request body of the records in the chunks BATCH of signal S (freed)
+ * in T.body (NULL when it could not be made). */
+static const char *batch_body(telemetry_signal s, chunk *batch)
 {
     size_t n = 0;
     for (chunk *c = batch; c; c = c->next)
@@ -752,11 +751,10 @@ static char *batch_body(telemetry_signal s, chunk *batch)
     n = 0;
     for (chunk *c = batch; texts && c; c = c->next)
         texts[n++] = c->data;
-    _cleanup_strbuf_ strbuf b;
-    strbuf_init(&b, BODY_MAX);
-    int r = texts ? otlp_envelope_text(&b, s, T.resource_text, texts, n) : -ENOMEM;
+    strbuf_reset(&T.body);
+    int r = texts ? otlp_envelope_text(&T.body, s, T.resource_text, texts, n) : -ENOMEM;
     chunks_free(batch);
-    return r == 0 ? strbuf_steal(&b) : NULL;
+    return r == 0 ? T.body.data : NULL;
 }
 
 /* Whether Q holds records the exporter could take now (when STOPPING, any
@@ -766,13 +764,13 @@ static bool queue_has_more(record_queue *q, bool stopping)
     return q->ready || atomic_load(&q->handed) || (stopping && atomic_load(&q->pending));
 }
 
-/* The request body of METRICS (an array of OTLP Metric objects, stolen). */
-static char *metrics_body(json_t *metrics)
+/* Exports METRICS (an array of OTLP Metric objects, stolen). */
+static void export_metrics(json_t *metrics)
 {
     json_t *body = otlp_envelope(TELEMETRY_METRICS, T.cfg.resource, metrics);
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    _cleanup_free_ char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
-    return text;
+    export(TELEMETRY_METRICS, text, text ? strlen(text) : 0, 1);
 }
 
 static void *exporter_main(void *arg)
@@ -801,8 +799,10 @@ static void *exporter_main(void *arg)
                 continue;
             size_t n;
             chunk *batch = take_batch((telemetry_signal)s, flush, &n);
-            if (batch)
-                export((telemetry_signal)s, batch_body((telemetry_signal)s, batch), n);
+            if (batch) {
+                const char *text = batch_body((telemetry_signal)s, batch);
+                export((telemetry_signal)s, text, T.body.len, n);
+            }
             more = more || queue_has_more(q, stopping);
         }
         if (flush && !more)
@@ -811,14 +811,14 @@ static void *exporter_main(void *arg)
         json_t *last = TAKE_PTR(T.last_metrics);
         pthread_mutex_unlock(&T.lock);
         if (last)
-            export(TELEMETRY_METRICS, metrics_body(last), 1);
+            export_metrics(last);
         if (T.cfg.signal[TELEMETRY_METRICS].url && (stopping || mono_ms() >= next_metrics)) {
             next_metrics = mono_ms() + T.cfg.metric_interval_ms;
             pthread_mutex_lock(&T.collecting);
             json_t *metrics = collect_metrics(NULL);
             pthread_mutex_unlock(&T.collecting);
             if (metrics)
-                export(TELEMETRY_METRICS, metrics_body(metrics), 1);
+                export_metrics(metrics);
         } else if (!T.cfg.signal[TELEMETRY_METRICS].url)
             next_metrics = UINT64_MAX;
         if (stopping && !more)
@@ -880,6 +880,15 @@ static int signal_headers(const otlp_signal_config *sc, struct curl_slist **ret)
     return 0;
 }
 
+/* Frees the exporter thread's compressor and buffers. */
+static void free_buffers(void)
+{
+    libdeflate_free_compressor(TAKE_PTR(T.deflate));
+    strbuf_free(&T.body);
+    free(TAKE_PTR(T.gz));
+    T.gz_cap = 0;
+}
+
 static void free_headers(void)
 {
     for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
@@ -934,7 +943,9 @@ int telemetry_init(const char *service_name)
     pthread_condattr_destroy(&ca);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     T.curl = curl_easy_init();
-    r = T.curl ? 0 : -ENOMEM;
+    T.deflate = libdeflate_alloc_compressor(1);
+    strbuf_init(&T.body, BODY_MAX);
+    r = T.curl && T.deflate ? 0 : -ENOMEM;
     for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
         r = signal_headers(&cfg.signal[s], &T.headers[s]);
     if (r == 0 && !(T.resource_text = json_dumps(cfg.resource, JSON_COMPACT)))
@@ -958,6 +969,7 @@ int telemetry_init(const char *service_name)
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot start the OpenTelemetry exporter", "error", strerror(-r), NULL);
         free_headers();
+        free_buffers();
         curl_easy_cleanup(T.curl);
         T.curl = NULL;
         free(TAKE_PTR(T.resource_text));
@@ -1003,6 +1015,7 @@ void telemetry_shutdown(void)
         atomic_store(&q->warned, false);
     }
     free_headers();
+    free_buffers();
     curl_easy_cleanup(T.curl);
     T.curl = NULL;
     T.n_sources = 0;

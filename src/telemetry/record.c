@@ -29,7 +29,10 @@ void otlp_span_init(telemetry_span *s, const char *name, int kind, const trace_c
     s->kind = kind;
     s->status_code = TELEMETRY_STATUS_UNSET;
     s->status_message[0] = '\0';
-    snprintf(s->name, sizeof(s->name), "%s", name ? name : "");
+    name = name ? name : "";
+    size_t n = strnlen(name, sizeof(s->name) - 1);
+    memcpy(s->name, name, n);
+    s->name[n] = '\0';
     s->n_links = 0;
     s->n_attrs = 0;
     s->text = s->text_inline;
@@ -124,6 +127,17 @@ int otlp_span_set_int(telemetry_span *s, const char *key, int64_t value)
     return set_attr(s, key, NULL, true, value);
 }
 
+/* Writes "traceId":"<hex>","spanId":"<hex>" of C at P; returns the end. */
+static char *put_ids(char *p, const trace_context *c)
+{
+    PUT(p, "\"traceId\":\"");
+    p = otlp_hex_put(p, c->trace_id, 16);
+    PUT(p, "\",\"spanId\":\"");
+    p = otlp_hex_put(p, c->span_id, 8);
+    *p++ = '"';
+    return p;
+}
+
 #define SPAN_FIXED_MAX 512 /* a span's text but its name, attributes, links and status message */
 #define LINK_MAX 96        /* {"traceId":"<32>","spanId":"<16>","flags":<3>}, */
 
@@ -135,11 +149,8 @@ size_t otlp_span_bound(const telemetry_span *s)
 
 char *otlp_span_write(char *p, const telemetry_span *s, uint64_t end_ns)
 {
-    PUT(p, "{\"traceId\":\"");
-    p = otlp_hex_put(p, s->ctx.trace_id, 16);
-    PUT(p, "\",\"spanId\":\"");
-    p = otlp_hex_put(p, s->ctx.span_id, 8);
-    *p++ = '"';
+    *p++ = '{';
+    p = put_ids(p, &s->ctx);
     if (s->has_parent) {
         PUT(p, ",\"parentSpanId\":\"");
         p = otlp_hex_put(p, s->parent_span_id, 8);
@@ -165,11 +176,9 @@ char *otlp_span_write(char *p, const telemetry_span *s, uint64_t end_ns)
     }
     PUT(p, "],\"links\":[");
     for (size_t i = 0; i < s->n_links; i++) {
-        PUT(p, "{\"traceId\":\"");
-        p = otlp_hex_put(p, s->links[i].trace_id, 16);
-        PUT(p, "\",\"spanId\":\"");
-        p = otlp_hex_put(p, s->links[i].span_id, 8);
-        PUT(p, "\",\"flags\":");
+        *p++ = '{';
+        p = put_ids(p, &s->links[i]);
+        PUT(p, ",\"flags\":");
         p = otlp_i64_put(p, s->links[i].flags);
         *p++ = '}';
         if (i + 1 < s->n_links)
@@ -232,11 +241,9 @@ char *otlp_log_write(char *p, const otlp_log *l)
     }
     *p++ = ']';
     if (l->ctx) {
-        PUT(p, ",\"traceId\":\"");
-        p = otlp_hex_put(p, l->ctx->trace_id, 16);
-        PUT(p, "\",\"spanId\":\"");
-        p = otlp_hex_put(p, l->ctx->span_id, 8);
-        PUT(p, "\",\"flags\":");
+        *p++ = ',';
+        p = put_ids(p, l->ctx);
+        PUT(p, ",\"flags\":");
         p = otlp_i64_put(p, l->ctx->flags);
     }
     *p++ = '}';
