@@ -56,31 +56,15 @@ free_port() { $py -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0
 up_port=$(free_port) otlp_port=$(free_port) ph=$(free_port) pp=$(free_port)
 
 # ---- the upstream and the collector: one nginx, one worker ------------------
-mkdir -p "$work/www" "$work/tmp"
+mkdir -p "$work/www"
 head -c 612 /dev/zero | tr '\0' 'x' >"$work/www/index.html"
 chmod 755 "$work" "$work/www"
 chmod 644 "$work/www/index.html"
-cat >"$work/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/tmp/body;
-    proxy_temp_path $work/tmp/proxy;
-    fastcgi_temp_path $work/tmp/fastcgi;
-    uwsgi_temp_path $work/tmp/uwsgi;
-    scgi_temp_path $work/tmp/scgi;
-    keepalive_requests 100000000;
+bench_nginx_start "$work" "
     server { listen 127.0.0.1:$up_port; root $work/www; }
     server { listen 127.0.0.1:$otlp_port; client_max_body_size 64m;
-             location / { default_type application/json; return 200 "{}"; } }
-}
-EOF
-nginx -e "$work/nginx-error.log" -p "$work" -c "$work/nginx.conf" &
-nginx_pid=$!
+             location / { default_type application/json; return 200 \"{}\"; } }"
+nginx_pid=$bench_nginx_pid
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$up_port/" && break; sleep 0.05; done
 
 # ---- cloisterd, configured once ---------------------------------------------
