@@ -236,6 +236,7 @@ static void thread_records_free(void *p)
     }
     pthread_mutex_destroy(&tr->lock);
     free(tr);
+    my_records_ = NULL; /* a record made by a later destructor of this thread starts over */
 }
 
 static void make_thread_key(void)

@@ -621,12 +621,13 @@ Test(api, everything_is_a_no_op_when_export_is_off)
 
 /* A minimal OTLP/HTTP collector: answers 200 to every POST and keeps each
  * request's path and gunzipped body. */
+#define COLLECTOR_MAX 256
 typedef struct collector {
     int fd;
     pthread_mutex_t lock;
-    char paths[32][32];
-    json_t *bodies[32];
-    char encodings[32][32];
+    char paths[COLLECTOR_MAX][32];
+    json_t *bodies[COLLECTOR_MAX];
+    char encodings[COLLECTOR_MAX][32];
     size_t n;
 } collector;
 
@@ -675,7 +676,7 @@ static void serve_connection(collector *c, int fd)
         }
         json_t *body = gunzip_json((unsigned char *)buf + head, len);
         pthread_mutex_lock(&c->lock);
-        if (c->n < 32) {
+        if (c->n < COLLECTOR_MAX) {
             snprintf(c->paths[c->n], sizeof(c->paths[0]), "%s", path);
             snprintf(c->encodings[c->n], sizeof(c->encodings[0]), "%s", encoding);
             c->bodies[c->n++] = body;
@@ -721,20 +722,37 @@ static int one_counter(strbuf *out, void *userdata)
 }
 
 
-Test(exporter, sends_spans_logs_and_metrics_as_otlp_json_and_flushes_at_shutdown)
+/* Starts collector C on a loopback port of its own, on thread *T, and
+ * points OTEL_EXPORTER_OTLP_ENDPOINT at it. */
+static void collector_start(collector *c, pthread_t *t)
 {
-    collector c = {.lock = PTHREAD_MUTEX_INITIALIZER};
-    c.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    *c = (collector){.lock = PTHREAD_MUTEX_INITIALIZER};
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t alen = sizeof(a);
-    cr_assert_eq(bind(c.fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    cr_assert_eq(listen(c.fd, 8), 0);
-    getsockname(c.fd, (struct sockaddr *)&a, &alen);
-    pthread_t t;
-    pthread_create(&t, NULL, collector_main, &c);
+    cr_assert_eq(bind(c->fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    cr_assert_eq(listen(c->fd, 8), 0);
+    getsockname(c->fd, (struct sockaddr *)&a, &alen);
+    pthread_create(t, NULL, collector_main, c);
     char url[64];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/", ntohs(a.sin_port));
     setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url, 1);
+}
+
+static void collector_stop(collector *c, pthread_t t)
+{
+    shutdown(c->fd, SHUT_RDWR);
+    close(c->fd);
+    pthread_join(t, NULL);
+    for (size_t i = 0; i < c->n; i++)
+        json_decref(c->bodies[i]);
+}
+
+Test(exporter, sends_spans_logs_and_metrics_as_otlp_json_and_flushes_at_shutdown)
+{
+    collector c;
+    pthread_t t;
+    collector_start(&c, &t);
     setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-test=1", 1);
     setenv("OTEL_METRIC_EXPORT_INTERVAL", "3600000", 1); /* only the shutdown's export */
 
@@ -820,9 +838,66 @@ Test(exporter, sends_spans_logs_and_metrics_as_otlp_json_and_flushes_at_shutdown
     free(text);
     cr_assert_eq(telemetry_dropped(TELEMETRY_TRACES), 0);
     cr_assert_eq(telemetry_dropped(TELEMETRY_LOGS), 0);
-    shutdown(c.fd, SHUT_RDWR);
-    close(c.fd);
-    pthread_join(t, NULL);
-    for (size_t i = 0; i < c.n; i++)
-        json_decref(c.bodies[i]);
+    collector_stop(&c, t);
+}
+
+#define RECORDING_THREADS 4
+#define SPANS_PER_THREAD 300
+
+/* Records SPANS_PER_THREAD spans, named after the thread (ARG), and ends. */
+static void *record_spans(void *arg)
+{
+    for (int i = 0; i < SPANS_PER_THREAD; i++) {
+        telemetry_span *s = telemetry_span_start(arg, TELEMETRY_SPAN_INTERNAL, NULL);
+        telemetry_span_set_attr_int(s, "i", i);
+        telemetry_span_end(s);
+    }
+    return NULL;
+}
+
+Test(exporter, records_of_threads_that_ended_all_arrive_in_batches_of_at_most_the_batch_size)
+{
+    collector c;
+    pthread_t t;
+    collector_start(&c, &t);
+    setenv("OTEL_METRICS_EXPORTER", "none", 1);
+    setenv("OTEL_BSP_MAX_QUEUE_SIZE", "100000", 1);
+    setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100", 1);
+    cr_assert_eq(telemetry_init("cloisterd-test"), 0);
+    pthread_t threads[RECORDING_THREADS];
+    char names[RECORDING_THREADS][16];
+    for (int i = 0; i < RECORDING_THREADS; i++) {
+        snprintf(names[i], sizeof(names[i]), "thread %d", i);
+        pthread_create(&threads[i], NULL, record_spans, names[i]);
+    }
+    for (int i = 0; i < RECORDING_THREADS; i++)
+        pthread_join(threads[i], NULL); /* their half-full buffers go to the exporter as they end */
+    telemetry_shutdown();
+    cr_assert_eq(telemetry_dropped(TELEMETRY_TRACES), 0);
+
+    int seen[RECORDING_THREADS][SPANS_PER_THREAD] = {{0}};
+    size_t total = 0;
+    for (size_t b = 0; b < c.n; b++) {
+        cr_assert_str_eq(c.paths[b], "/v1/traces");
+        json_t *spans = json_object_get(
+            json_array_get(json_object_get(json_array_get(json_object_get(c.bodies[b], "resourceSpans"), 0),
+                                           "scopeSpans"), 0), "spans");
+        cr_assert_leq(json_array_size(spans), 100, "a batch of %zu", json_array_size(spans));
+        size_t i;
+        json_t *span;
+        json_array_foreach(spans, i, span) {
+            int thread = -1;
+            sscanf(json_string_value(json_object_get(span, "name")), "thread %d", &thread);
+            cr_assert(thread >= 0 && thread < RECORDING_THREADS);
+            int n = atoi(attr_value(json_object_get(span, "attributes"), "i", "intValue"));
+            cr_assert(n >= 0 && n < SPANS_PER_THREAD);
+            seen[thread][n]++;
+            total++;
+        }
+    }
+    cr_assert_eq(total, RECORDING_THREADS * SPANS_PER_THREAD);
+    for (int i = 0; i < RECORDING_THREADS; i++)
+        for (int n = 0; n < SPANS_PER_THREAD; n++)
+            cr_assert_eq(seen[i][n], 1, "span %d of thread %d arrived %d times", n, i, seen[i][n]);
+    collector_stop(&c, t);
 }
