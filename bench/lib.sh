@@ -67,7 +67,7 @@ bench_resume_cloisterd() {
     bench_pid=$!
     local _
     for _ in $(seq 1 300); do
-        curl -fsS --cacert "$BENCH_CA" "$BENCH_URL/healthz" >/dev/null 2>&1 && break
+        curl -fsS --cacert "$BENCH_CA" "$BENCH_URL/readyz" >/dev/null 2>&1 && break
         kill -0 "$bench_pid" 2>/dev/null || { cat "$BENCH_WORK/cloisterd.log" >&2; return 1; }
         sleep 0.1
     done

@@ -33,6 +33,15 @@ if ! build build-test --buildtype=debug -Db_sanitize=address,undefined -Db_lunde
 fi
 mkdir -p "$logs"
 
+# one throwaway PostgreSQL for the store's tests on that driver (unit and
+# integration); stopped on exit. Without one they skip, saying why.
+if pg_url=$("$top/scripts/pg-test.sh" start); then
+    export CLOISTER_TEST_POSTGRES_URL=$pg_url
+    trap '"$top/scripts/pg-test.sh" stop "$pg_url"' EXIT
+else
+    echo "PostgreSQL could not be started: its store tests skip"
+fi
+
 echo "== unit tests (Criterion)"
 meson test -C build-test --num-processes 2 --print-errorlogs -v >"$logs/unit.log" 2>&1
 unit_rc=$?

@@ -638,6 +638,28 @@ def test_a_body_longer_than_a_head_may_be_stays_a_body(cluster):
     assert [(r["target"], len(r["body"])) for r in c.up.requests] == [("/big", len(body)), ("/after", 0)]
 
 
+def test_a_body_read_after_the_handshake_stays_a_body(cluster):
+    """Over TLS the head (and the start of its body) may be in the input
+    when the connection is handed to HTTP/1: what comes after is body, not
+    a head to check (a body whose later reads started with `{` once got the
+    400 for an unparsable head)."""
+    s = cluster.s
+    body = b"[" + b"{}," * 200000 + b"{}]"
+    head = (f"POST /v1/apply HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nAuthorization: Bearer {s.token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    ctx = ssl.create_default_context(cafile=s.ca)
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw_sock, \
+                ctx.wrap_socket(raw_sock, server_hostname="127.0.0.1") as sk:
+            sk.sendall(head + body)
+            raw = b""
+            while chunk := sk.recv(65536):
+                raw += chunk
+        status, _, answer = first_response(raw)
+        assert status is not None, raw[:300]
+        assert b"cannot be parsed" not in answer and b"ambiguous" not in answer, answer[:300]
+
+
 def test_unparsable_head_after_a_slow_start(cluster):
     """A head that parses as far as it goes and turns unparsable in a later
     read is answered too (h2o resumes its parse where it stopped: the

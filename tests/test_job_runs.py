@@ -8,7 +8,9 @@ the data dir; the receipts are in the audit log, which verifies."""
 import csv
 import io
 import json
+import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import time
@@ -266,6 +268,41 @@ def test_hostile_and_failing_queries_end_as_failed_runs_with_nothing_of_a_result
     assert run["state"] == "failed" and reason in run["reason"] and "result" not in run, run
     audited(world["s"], "job.run.failed", lambda e: e["resource"]["name"] == name and reason in e["details"]["reason"])
     assert world["s"].request("GET", f"/v1/jobs/{name}/result").status_code == 404
+
+
+def agent_pids(job_name):
+    """Host pids of the agents running a run of JOB_NAME (argv: --job NAME:RUN:DIGEST)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
+            continue
+        if b"--job" in argv and any(a.startswith(job_name.encode() + b":") for a in argv):
+            pids.append(int(d))
+    return pids
+
+
+def test_a_run_whose_sandbox_dies_ends_as_failed_within_seconds(world):
+    name = "dies"
+    propose(world, name, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c")
+    approve_all(world, name)
+    assert start_run(world, name).status_code == 202
+    deadline = time.time() + 15
+    while not (pids := agent_pids(name)):
+        assert time.time() < deadline, "the run's agent never started"
+        time.sleep(0.05)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    while (run := job(world, name)["status"]["runs"][-1])["state"] == "running":
+        assert time.time() < killed + 12, "the run still shows running after its sandbox died"
+        time.sleep(0.1)
+    assert run["state"] == "failed" and "the sandbox ended" in run["reason"] and "result" not in run, run
+    assert job(world, name)["status"]["state"] == "failed"
+    audited(world["s"], "job.run.failed", lambda e: e["resource"]["name"] == name)
+    wait_notified(world, "bob", "job.run.failed", name)
 
 
 def test_no_plaintext_anywhere_under_the_data_dir(world):

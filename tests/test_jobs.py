@@ -271,6 +271,10 @@ def test_only_members_propose_and_see_jobs_and_recipients_need_keys(world, by_ci
     # a query that would not read as it runs (Trojan Source): refused before anyone is asked to sign it
     p = propose(world, "alice", "trojan", "SELECT city FROM patients -- \u202e; DROP")
     assert p.returncode == 1 and "holds U+202E" in p.stderr, p.stderr
+    # GET /v1/jobs/engine is the engine's measurement: no Job may take its name
+    p = propose(world, "alice", "engine", "SELECT 1")
+    assert p.returncode == 1 and "the name engine is reserved" in p.stderr, p.stderr
+    assert "pcr0" in s.request("GET", "/v1/jobs/engine").json()
     p = propose(world, "alice", "late", "SELECT 1", "--not-after", "2020-01-01T00:00:00Z")
     assert p.returncode == 1 and "2020-01-01T00:00:00Z has passed" in p.stderr, p.stderr
     # each refused proposal is an audit entry naming why
@@ -337,7 +341,10 @@ def test_a_refresh_keeps_approvals_unless_what_the_digest_covers_changed(world):
     assert hashlib.sha256(jcs(after["digestInput"]).encode()).hexdigest() == after["digest"]
     # bob uploads visits again (a new encryption: another sha256): the next refresh is a new digest too
     ok(cli(world, "bob", "job", "approve", "refresh"))
-    ok(cli(world, "bob", "delete", "dataset", "visits"))
+    # the job still names visits as an input: the delete names it and needs --force
+    p = cli(world, "bob", "delete", "dataset", "visits")
+    assert p.returncode == 1 and "Job/refresh (spec.inputs)" in p.stderr, p.stderr
+    ok(cli(world, "bob", "delete", "dataset", "visits", "--force"))
     ok(cli(world, "bob", "dataset", "upload", "visits", "--workspace", "cohort", "--file", str(world["base"] / "visits.csv")))
     p = cli(world, "alice", "job", "approve", "refresh")
     assert p.returncode == 1 and 'differs from this machine\'s in "inputs"' in p.stderr, p.stderr

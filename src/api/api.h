@@ -15,6 +15,7 @@ typedef struct api_config {
     const char *cert_file; /* PEM chain of the server certificate */
     const char *key_file;
     const char *domain;
+    unsigned proxy_port; /* the proxy's HTTPS port, for the URLs of /v1/me/services (0: unknown, 443) */
     store *store;
     unsigned threads;
     role_health *roles; /* table shared with the supervisor, may be NULL */
@@ -29,6 +30,8 @@ typedef struct api_config {
      * owned and wiped by the role; NULL disables logins that return to a
      * service host */
     const uint8_t *handoff_key;
+    const char *seal_mode;    /* the KMS's seal, reported by /readyz */
+    const char *store_driver; /* "sqlite", "postgres": reported by /readyz */
     /* the job engine bundle's PCR0 (lower-case hex of SHA-384) every job
      * digest names; NULL when no engine bundle was found */
     const char *job_engine_pcr0;

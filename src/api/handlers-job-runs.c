@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -355,9 +356,10 @@ static int mark_released(json_t *job, json_t *status, void *userdata, api_error 
 
 /* Ends as failed a running run of Job NAME whose sandbox the runner no
  * longer runs (its agent died before it could end the run), so that the job
- * can run again. Blocking. */
-static void end_orphaned_run(store *s, const char *name)
+ * can run again, and tells those concerned. Blocking. */
+static void end_orphaned_run(api_server *srv, const char *name)
 {
+    store *s = srv->cfg->store;
     json_auto_t *job = NULL;
     if (store_get(s, "Job", name, &job) < 0 ||
         strcmp(str_at(job, "status", "state") ?: "", "running") != 0 || !runner_socket)
@@ -380,18 +382,99 @@ static void end_orphaned_run(store *s, const char *name)
     run_end e = {.n = json_integer_value(json_object_get(last, "n")),
                  .reason = "the sandbox ended without ending the run (see the runner's log of it)", .receipt = -1};
     api_error ignored;
-    if (edit_status(s, name, end_run, &e, NULL, &ignored) == 0) {
+    json_auto_t *ended = NULL;
+    if (edit_status(s, name, end_run, &e, &ended, &ignored) == 0) {
         json_auto_t *details = json_pack("{s:I, s:s}", "run", e.n, "reason", e.reason);
         audit_event_emit(&(audit_event){.action = "job.run.failed", .user = "system:api", .kind = "Job", .name = name,
                                         .outcome = "failure", .details = details});
+        notify_job(srv, ended, "job.run.failed", json_pack("{s:I, s:s}", "run", e.n, "reason", e.reason));
     }
+}
+
+/* ---- the sweeper: runs whose sandbox died end within seconds ----
+ *
+ * An agent that dies (killed, out of memory, the runner restarted) never
+ * ends its run. A thread of the api role looks every
+ * JOB_SWEEP_INTERVAL_SECONDS at the Jobs in state running whose newest run
+ * started more than JOB_SWEEP_GRACE_SECONDS ago (a run is marked running
+ * before its sandbox is launched) and ends those whose sandbox the runner no
+ * longer lists. */
+#define JOB_SWEEP_INTERVAL_SECONDS 2
+#define JOB_SWEEP_GRACE_SECONDS 5
+
+static struct {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    bool started, stopping;
+    api_server *srv;
+} sweeper = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+/* Whether Job DOC's newest run is running and started before NOW_S - grace. */
+static bool run_due_for_check(const json_t *doc, int64_t now_s)
+{
+    if (strcmp(str_at(doc, "status", "state") ?: "", "running") != 0)
+        return false;
+    const json_t *runs = json_object_get(json_object_get(doc, "status"), "runs");
+    const char *at = json_string_value(json_object_get(json_array_get(runs, json_array_size(runs) - 1), "startedAt"));
+    int64_t started;
+    return at && time_parse_rfc3339(at, &started) == 0 && now_s - started >= JOB_SWEEP_GRACE_SECONDS;
+}
+
+static void *sweep_loop(void *userdata)
+{
+    (void)userdata;
+    pthread_mutex_lock(&sweeper.lock);
+    while (!sweeper.stopping) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += JOB_SWEEP_INTERVAL_SECONDS;
+        while (!sweeper.stopping && pthread_cond_timedwait(&sweeper.wake, &sweeper.lock, &until) == 0)
+            ;
+        if (sweeper.stopping)
+            break;
+        pthread_mutex_unlock(&sweeper.lock);
+        json_auto_t *jobs = NULL;
+        if (store_list(sweeper.srv->cfg->store, "Job", &jobs, NULL) == 0) {
+            int64_t now_s = (int64_t)(time_now_ns() / NSEC_PER_SEC);
+            size_t i;
+            json_t *doc;
+            json_array_foreach(jobs, i, doc)
+                if (run_due_for_check(doc, now_s))
+                    end_orphaned_run(sweeper.srv, str_at(doc, "metadata", "name"));
+        }
+        pthread_mutex_lock(&sweeper.lock);
+    }
+    pthread_mutex_unlock(&sweeper.lock);
+    return NULL;
+}
+
+int api_job_runs_sweeper_start(api_server *srv)
+{
+    sweeper.srv = srv;
+    sweeper.stopping = false;
+    int r = pthread_create(&sweeper.thread, NULL, sweep_loop, NULL);
+    sweeper.started = r == 0;
+    return -r;
+}
+
+void api_job_runs_sweeper_stop(void)
+{
+    if (!sweeper.started)
+        return;
+    pthread_mutex_lock(&sweeper.lock);
+    sweeper.stopping = true;
+    pthread_cond_signal(&sweeper.wake);
+    pthread_mutex_unlock(&sweeper.lock);
+    pthread_join(sweeper.thread, NULL);
+    sweeper.started = false;
 }
 
 static void start_work(offload_job *j)
 {
     start_job *sj = (start_job *)j;
     store *s = sj->srv->cfg->store;
-    end_orphaned_run(s, sj->name);
+    end_orphaned_run(sj->srv, sj->name);
     if ((sj->rc = edit_status(s, sj->name, add_run, sj, &sj->job, &sj->err)) < 0)
         return;
     runner_client *rc = NULL;

@@ -30,6 +30,10 @@
  * (NULL: none, no run can start). Returns 0 or -ENOMEM. */
 int api_job_runs_init(const char *runner_socket, const char *engine_bundle);
 void api_job_runs_done(void);
+/* Starts (0, or a negative errno) and stops the thread that ends, within
+ * seconds, the runs whose sandbox died before ending them. */
+int api_job_runs_sweeper_start(api_server *srv);
+void api_job_runs_sweeper_stop(void);
 
 /* GET /v1/jobs/engine (routed before the resource routes: no Job is called "engine"). */
 void api_handle_job_engine(api_server *srv, h2o_req_t *req, uint64_t started);

@@ -257,6 +257,12 @@ int api_job_prepare(api_server *srv, h2o_req_t *req, const caller *c, store_op *
         return 0;
     const char *author = str_at(stored, "status", "author");
     json_t *status = NULL;
+    if (strcmp(op->name, "engine") == 0) { /* GET /v1/jobs/engine is the engine's measurement */
+        api_fail(err, 400, "invalid", "Job/engine: the name engine is reserved (GET /v1/jobs/engine answers the "
+                 "job engine's measurement); choose another name");
+        api_report_decision(req, c, stored ? "update" : "create", "Job", op->name, err);
+        return -1;
+    }
     if (job_status(srv, op->doc, stored, author ? author : caller_name(c), &status, err) < 0) {
         if (err->status < 500)
             api_report_decision(req, c, stored ? "update" : "create", "Job", op->name, err);

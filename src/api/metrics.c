@@ -11,6 +11,7 @@ static const struct {
     const char *method;
 } route_labels[ROUTE_COUNT_] = {
     [ROUTE_HEALTHZ] = {"/healthz", "GET"},
+    [ROUTE_READYZ] = {"/readyz", "GET"},
     [ROUTE_METRICS] = {"/metrics", "GET"},
     [ROUTE_WHOAMI] = {"/v1/whoami", "GET"},
     [ROUTE_APPLY] = {"/v1/apply", "POST"},
@@ -45,6 +46,9 @@ static const struct {
     [ROUTE_JOB_RESULT] = {"/v1/jobs/{name}/result", "GET"},
     [ROUTE_JOB_RUN_IO] = {"/v1/job-runs/", "any"},
     [ROUTE_NOTIFICATIONS] = {"/v1/notifications", "any"},
+    [ROUTE_ME] = {"/v1/me/services", "GET"},
+    [ROUTE_REFERRERS] = {"/v1/{kind}/{name}/referrers", "GET"},
+    [ROUTE_VERSION] = {"/v1/version", "GET"},
     [ROUTE_OTHER] = {"other", "any"},
 };
 

@@ -10,6 +10,7 @@
 
 typedef enum api_route {
     ROUTE_HEALTHZ,
+    ROUTE_READYZ,
     ROUTE_METRICS,
     ROUTE_WHOAMI,
     ROUTE_APPLY,
@@ -44,6 +45,9 @@ typedef enum api_route {
     ROUTE_JOB_RESULT,
     ROUTE_JOB_RUN_IO,
     ROUTE_NOTIFICATIONS,
+    ROUTE_ME,
+    ROUTE_REFERRERS,
+    ROUTE_VERSION,
     ROUTE_OTHER,
     ROUTE_COUNT_,
 } api_route;

@@ -81,7 +81,9 @@ int api_role_serve(const api_role_config *cfg)
     store *s;
     int r = store_open(cfg->store_url, &s);
     if (r < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", cfg->store_url, "error", strerror(-r), NULL);
+        char shown[4200];
+        store_url_redact(cfg->store_url, shown, sizeof(shown));
+        log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", shown, "error", strerror(-r), NULL);
         return 1;
     }
     /* token signing keys: mode 0600 in <data-dir>/auth (KMS envelopes later) */
@@ -149,7 +151,7 @@ int api_role_serve(const api_role_config *cfg)
             runner_ready = &cfg->api.roles[i].ready;
     r = controller_start(
         &(controller_config){.store = s, .runner_socket = cfg->runner_socket, .runner_ready = runner_ready,
-                             .load = cfg->api.proxy_metrics}, &ctl);
+                             .load = cfg->api.proxy_metrics, .instance = cfg->api.listen}, &ctl);
     api.controller = ctl; /* before the metrics source is registered: its text shows the controller's */
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start the Enclave controller", "error", strerror(-r), NULL);

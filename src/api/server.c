@@ -1,6 +1,8 @@
 /* The API server: the REST API's handlers on an httpd listener with TLS. */
 #include "api/server.h"
+#include "api/handlers-job-runs.h"
 #include "api/notify.h"
+#include "basic/log.h"
 #include "httpd/httpd.h"
 
 #define API_MAX_CONNECTIONS 4096 /* lowered below the descriptor limit at start (httpd) */
@@ -44,7 +46,11 @@ int api_run(const api_config *cfg)
         .userdata = &srv,
         .ready_flag = cfg->ready_flag,
     };
+    if (api_job_runs_sweeper_start(&srv) < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot start the job run sweeper: runs whose sandbox died stay running "
+                   "until their next run", NULL);
     e = httpd_run(&h);
+    api_job_runs_sweeper_stop();
     notify_stop(&srv); /* what the last requests queued is stored first */
     offload_pool_free(srv.remote); /* every loop is freed: their jobs are done */
     offload_pool_free(srv.local);

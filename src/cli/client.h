@@ -5,6 +5,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cli/cli.h"
 
@@ -37,6 +38,11 @@ int api_request(cli_ctx *ctx, const char *token, const char *method, const char 
 int api_request_url(cli_ctx *ctx, const char *token, const char *method, const char *url, const json_t *body,
                     json_t **ret, api_error *err);
 
+/* GET PATH from the server's root (/readyz, /healthz) without a token: 0
+ * with the JSON object answered, whatever its status (in *RET_STATUS: 200,
+ * or 503 naming what is not ready), or as api_request(). */
+int api_health(cli_ctx *ctx, const char *path, long *ret_status, json_t **ret, api_error *err);
+
 /* api_request() with CTX's token of N raw bytes of DATA
  * (application/octet-stream), the answer JSON. */
 int api_request_bytes(cli_ctx *ctx, const char *method, const char *path, const void *data, size_t n, json_t **ret,
@@ -50,10 +56,30 @@ int api_download(cli_ctx *ctx, const char *path, int fd, api_error *err);
  * silent for 60 s, heartbeats included, is cut). */
 int api_stream(cli_ctx *ctx, const char *path, int fd, api_error *err);
 
+/* Follows the watch stream (Server-Sent Events) at PATH below /v1 with
+ * CTX's token, calling ON_EVENT(TYPE, DATA, USERDATA) for each event as it
+ * comes (TYPE "ADDED", "MODIFIED", "DELETED"; DATA its parsed JSON,
+ * borrowed) until the server ends the stream or ON_EVENT returns non-zero
+ * (then returned). An ERROR event ends it with -EPROTO and ERR saying why;
+ * otherwise returns 0 or as api_stream(). */
+int api_watch(cli_ctx *ctx, const char *path, int (*on_event)(const char *type, const json_t *data, void *userdata),
+              void *userdata, api_error *err);
+
 /* Trades the saved session's refresh token for a new access token and
  * refresh token (POST /v1/auth/refresh), saves the session and makes the
- * new access token CTX's token. Returns 0, or -EPROTO/-EIO/... with ERR. */
+ * new access token CTX's token; when another cloister process refreshed
+ * the session since CTX read it, its saved tokens are taken instead (the
+ * refresh token is single-use: presenting a retired one revokes the
+ * session). Serialised across processes by session_lock(). Returns 0, or
+ * -EPROTO/-EIO/... with ERR. */
 int cli_session_refresh(cli_ctx *ctx, api_error *err);
+/* Makes CTX's token an access token of the saved session valid for more
+ * than MIN_VALID_S seconds: the one it holds, else cli_session_refresh().
+ * Returns 0, or as cli_session_refresh(). */
+int cli_session_fresh(cli_ctx *ctx, int64_t min_valid_s, api_error *err);
+/* The exp claim of the access token TOKEN (a JWT), read without verifying
+ * it (only to time a refresh: the server verifies). Returns 0 or -EINVAL. */
+int cli_token_expiry(const char *token, int64_t *ret_exp);
 
 /* "FIELD: MESSAGE" (or MESSAGE alone when it has no field or already
  * starts with it) into BUF; returns BUF. */

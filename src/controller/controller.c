@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 
@@ -93,6 +94,11 @@ struct controller {
     bool overflow_logged;
     bool runner_down;      /* an outage is logged once */
     runner_client *runner;
+    /* the lease that makes this the one controller of the store (api
+     * replicas share one): its fencing token while held, else 0 */
+    char holder[96];
+    int64_t lease_token;
+    uint64_t lease_renewed; /* time_mono_ns() of the last acquire or renew */
     enclave_stats stats[CONTROLLER_ENCLAVES_MAX]; /* under the lock */
     size_t n_stats;
 };
@@ -734,11 +740,16 @@ static void status_write(controller *c, enclave *e)
         return;
     store_op op = {.type = STORE_REPLACE, .kind = "Enclave", .name = e->name, .doc = e->doc, .status = st,
                    .expected_rv = e->rv};
-    store_txn txn = {.ops = &op, .n_ops = 1};
+    store_txn txn = {.ops = &op, .n_ops = 1, .fence_lease = CONTROLLER_LEASE, .fence_token = c->lease_token};
     int r = store_write(c->store, &txn);
     if (r == 0 && op.result)
         enclave_take_doc(c, e, op.result);
     store_txn_clear(&txn);
+    if (r == -ENOLCK) {
+        log_fields(LOG_LEVEL_WARN, "controller: another controller took the lease; this one stands by", NULL);
+        c->lease_token = 0;
+        return;
+    }
     if (r < 0 && r != -ESTALE && r != -ENOENT)
         log_fields(LOG_LEVEL_WARN, "controller: cannot write an Enclave's status; retrying", "enclave", e->name,
                    "error", strerror(-r), NULL);
@@ -803,11 +814,42 @@ int controller_metrics_render(controller *c, strbuf *out)
 
 /* ---- the thread ------------------------------------------------------------ */
 
+/* Holds the controller lease: renews it a third of its TTL after the last
+ * renewal, or tries to take it. Returns whether this controller leads. */
+static bool lead(controller *c, uint64_t now)
+{
+    if (c->lease_token && now - c->lease_renewed < CONTROLLER_LEASE_TTL_MS / 3 * NSEC_PER_MSEC)
+        return true;
+    int r;
+    if (c->lease_token) {
+        r = store_lease_renew(c->store, CONTROLLER_LEASE, c->holder, c->lease_token, CONTROLLER_LEASE_TTL_MS);
+        if (r == -ESTALE) {
+            log_fields(LOG_LEVEL_WARN, "controller: another controller took the lease; this one stands by", NULL);
+            c->lease_token = 0;
+            return false;
+        }
+    } else {
+        r = store_lease_acquire(c->store, CONTROLLER_LEASE, c->holder, CONTROLLER_LEASE_TTL_MS, &c->lease_token);
+        if (r == 0)
+            log_fields(LOG_LEVEL_INFO, "controller: holding the lease; this one reconciles", "holder", c->holder,
+                       NULL);
+    }
+    if (r == 0)
+        c->lease_renewed = now;
+    else if (r != -EBUSY)
+        log_fields(LOG_LEVEL_WARN, "controller: cannot renew or take the lease; retrying", "error", strerror(-r),
+                   NULL);
+    /* a renewal that failed for another reason keeps the lease until its TTL ends */
+    return c->lease_token && now - c->lease_renewed < CONTROLLER_LEASE_TTL_MS * NSEC_PER_MSEC;
+}
+
 /* One pass over every Enclave. Returns the time_mono_ns() of the next:
  * the interval from now, or sooner when a restart is due. */
 static uint64_t pass(controller *c)
 {
     uint64_t now = time_mono_ns(), next = now + (uint64_t)c->interval_ms * NSEC_PER_MSEC;
+    if (!lead(c, now))
+        return MIN(next, now + CONTROLLER_LEASE_TTL_MS / 3 * NSEC_PER_MSEC);
     follow(c);
     if (c->runner_ready && !atomic_load(c->runner_ready)) {
         /* starting, restarting or stopping: its list says nothing of crashes */
@@ -881,6 +923,11 @@ int controller_start(const controller_config *cfg, controller **ret)
     c->interval_ms = cfg->interval_ms ? cfg->interval_ms : CONTROLLER_INTERVAL_MS;
     c->runner_ready = cfg->runner_ready;
     c->load = cfg->load;
+    /* the lease's holder: this host and instance, the same across a restart
+     * (which then leads at once instead of waiting out its own lease) */
+    char host[64] = "";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(c->holder, sizeof(c->holder), "%s/%s", host, cfg->instance ? cfg->instance : "");
     int r = runner_client_new(cfg->runner_socket, &c->runner);
     if (r < 0) {
         free(c);
@@ -913,6 +960,8 @@ void controller_stop(controller *c)
     pthread_cond_signal(&c->cond);
     pthread_mutex_unlock(&c->lock);
     pthread_join(c->thread, NULL);
+    if (c->lease_token) /* the next controller need not wait out the TTL */
+        store_lease_release(c->store, CONTROLLER_LEASE, c->holder, c->lease_token);
     for (size_t i = 0; i < c->n_enclaves; i++)
         enclave_free(c->enclaves[i]);
     pthread_cond_destroy(&c->cond);

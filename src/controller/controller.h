@@ -37,6 +37,11 @@
 
 #define CONTROLLER_ENCLAVES_MAX 256     /* Enclaves reconciled; more are logged and left alone */
 #define CONTROLLER_INTERVAL_MS 1000     /* between passes */
+/* One controller at a time among processes sharing a store: the one that
+ * holds this lease (renewed at a third of its TTL) reconciles; its status
+ * writes carry the lease's fencing token, so a deposed one's are refused. */
+#define CONTROLLER_LEASE "controller"
+#define CONTROLLER_LEASE_TTL_MS 15000
 
 typedef struct controller controller;
 
@@ -51,6 +56,9 @@ typedef struct controller_config {
     /* the proxy's metrics (shared memory), whose Enclave load scales the
      * replicas between min and max; NULL: no autoscaling */
     const struct proxy_metrics *load;
+    /* names this instance among the processes sharing the store (with the
+     * host name): the api's listen address; NULL when it is alone */
+    const char *instance;
 } controller_config;
 
 /* Starts the controller thread. Returns 0 with *RET (freed by

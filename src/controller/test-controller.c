@@ -3,7 +3,9 @@
  * each replica after a listing, which one to replace after a change of the
  * spec. They are pure, so time is a number here and nothing sleeps; the
  * controller carrying them out runs against the real runner in
- * tests/test_enclaves.py and tests/test_enclave_proxy.py. */
+ * tests/test_enclaves.py and tests/test_enclave_proxy.py. The last test runs
+ * a controller on a real store: it reconciles only while it holds the
+ * lease. */
 #include <criterion/criterion.h>
 
 #include "basic/timeutil.h"
@@ -271,4 +273,69 @@ Test(next, the_earliest_retry_of_a_replica_waiting_to_launch)
     cr_expect_eq(controller_next_retry(r, 1, T0, interval), interval, "beyond desired: not waited for");
     r[1].retry_at = T0; /* due now: launched in this pass, no earlier wake */
     cr_expect_eq(controller_next_retry(r, 3, T0, interval), T0 + MS(500));
+}
+
+/* ---- the lease: one controller at a time ---- */
+
+#include <errno.h>
+#include <stdlib.h>
+
+#include "controller/controller.h"
+
+/* Whether the Enclave E1 has a status written (by a controller). */
+static bool status_written(store *s)
+{
+    json_t *doc;
+    cr_assert_eq(store_get(s, "Enclave", "e1", &doc), 0);
+    bool written = json_object_size(json_object_get(doc, "status")) > 0;
+    json_decref(doc);
+    return written;
+}
+
+/* While another holds the lease the controller writes nothing; once it is
+ * released the controller takes it and reconciles (here: reports that the
+ * runner cannot be reached); stopping releases it. */
+Test(lease, only_the_holder_reconciles_and_stopping_releases_it)
+{
+    char dir[] = "/tmp/cloister-ctl-XXXXXX", path[64];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/store.db", dir);
+    store *s;
+    cr_assert_eq(store_open(path, &s), 0);
+    json_t *doc = json_pack("{s:s, s:s, s:{s:s}, s:{}}", "apiVersion", "cloister.dev/v1", "kind", "Enclave",
+                            "metadata", "name", "e1", "spec");
+    store_op op = {.type = STORE_CREATE, .kind = "Enclave", .name = "e1", .doc = doc};
+    store_txn txn = {.ops = &op, .n_ops = 1};
+    cr_assert_eq(store_write(s, &txn), 0);
+    store_txn_clear(&txn);
+    json_decref(doc);
+    int64_t other;
+    cr_assert_eq(store_lease_acquire(s, CONTROLLER_LEASE, "another-replica", 60000, &other), 0);
+
+    controller *c;
+    char socket[96];
+    snprintf(socket, sizeof(socket), "%s/no-runner.sock", dir);
+    cr_assert_eq(controller_start(&(controller_config){.store = s, .runner_socket = socket, .interval_ms = 20,
+                                                       .instance = "test"},
+                                  &c),
+                 0);
+    /* a standing-by controller's passes (every 20 ms) write nothing */
+    for (uint64_t until = time_mono_ns() + MS(400); time_mono_ns() < until;)
+        cr_assert_not(status_written(s), "a controller without the lease wrote a status");
+
+    cr_assert_eq(store_lease_release(s, CONTROLLER_LEASE, "another-replica", other), 0);
+    uint64_t deadline = time_mono_ns() + MS(10000);
+    while (!status_written(s) && time_mono_ns() < deadline)
+        ;
+    cr_assert(status_written(s), "the controller took the released lease and reconciled");
+    int64_t mine;
+    cr_assert_eq(store_lease_acquire(s, CONTROLLER_LEASE, "another-replica", 60000, &mine), -EBUSY);
+
+    controller_stop(c);
+    cr_assert_eq(store_lease_acquire(s, CONTROLLER_LEASE, "another-replica", 60000, &mine), 0, "released on stop");
+    cr_assert_gt(mine, other);
+    store_free(s);
+    char cmd[64];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
 }

@@ -498,15 +498,17 @@ static void h1_guard_read(h2o_socket_t *sock, const char *err);
 
 /* Puts the guard back in front of h2o's read callback when h2o has set its
  * own, as it does for each new request after parsing what of it is already
- * in the input. */
-static void h1_guard_arm(tracked_conn *c)
+ * in the input. HEAD_COMPLETE: the head h2o just parsed was whole, so what
+ * comes in now is its body (h2o reads it with the same callback), never a
+ * head to check; the next head is checked once its response is out. */
+static void h1_guard_arm(tracked_conn *c, bool head_complete)
 {
     h2o_socket_t *sock = c->sock;
     if (sock->_cb.read && sock->_cb.read != h1_guard_read) {
         c->h1.read = sock->_cb.read;
         sock->_cb.read = h1_guard_read;
         c->h1.seen = MIN(sock->input->size, (size_t)H2O_MAX_REQLEN);
-        c->h1.head_read = false;
+        c->h1.head_read = head_complete;
     }
 }
 
@@ -537,15 +539,16 @@ static void h1_guard_wrote(h2o_socket_t *sock, const char *err)
     size_t at = c->h1.next_at;
     c->h1.write = NULL;
     c->h1.next_at = SIZE_MAX;
+    bool complete = false;
     if (!err && at < sock->input->size) {
-        const char *why = framing_head_unparsable(sock->input->bytes + at, sock->input->size - at, 0, NULL);
+        const char *why = framing_head_unparsable(sock->input->bytes + at, sock->input->size - at, 0, &complete);
         if (why)
             h1_stand_in(c, at, why);
     }
     c->busy++;
     inner(sock, err);
     if (conn_unbusy(c))
-        h1_guard_arm(c);
+        h1_guard_arm(c, complete);
 }
 
 /* An output stream on every HTTP/1 response: once its last bytes are handed
@@ -597,14 +600,15 @@ static void h1_accept(h2o_accept_ctx_t *actx, h2o_socket_t *sock, struct timeval
 {
     tracked_conn *c = sock->on_close.data;
     c->h1.next_at = SIZE_MAX;
+    bool complete = false;
     const char *why =
-        sock->input->size ? framing_head_unparsable(sock->input->bytes, sock->input->size, 0, NULL) : NULL;
+        sock->input->size ? framing_head_unparsable(sock->input->bytes, sock->input->size, 0, &complete) : NULL;
     if (why)
         h1_stand_in(c, 0, why);
     c->busy++;
     h2o_http1_accept(actx, sock, connected_at);
     if (conn_unbusy(c))
-        h1_guard_arm(c);
+        h1_guard_arm(c, complete);
 }
 
 const char *httpd_guard_verdict(h2o_req_t *req)

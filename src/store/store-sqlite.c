@@ -9,7 +9,6 @@
 #include <stdatomic.h>
 #include <string.h>
 
-#include "basic/encoding.h"
 #include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
@@ -31,15 +30,13 @@ typedef struct reader {
 typedef struct sqlite_store {
     char *path;
     sqlite3 *wdb; /* writer thread only */
-    sqlite3_stmt *w_get, *w_put, *w_delete, *w_change, *w_trim;
+    sqlite3_stmt *w_get, *w_put, *w_delete, *w_change, *w_trim, *w_fence;
     _Atomic int64_t revision;
+    uint64_t epoch;
     int64_t last_trim;
 
     pthread_t writer;
-    pthread_mutex_t lock;
-    pthread_cond_t wake;
-    store_txn *queue_head, *queue_tail;
-    bool stopping;
+    store_queue queue;
 
     pthread_mutex_t readers_lock;
     reader *free_readers;
@@ -53,7 +50,10 @@ static const char schema_sql[] =
     "CREATE TABLE IF NOT EXISTS changes ("
     "  rv INTEGER PRIMARY KEY, type INTEGER NOT NULL, kind TEXT NOT NULL,"
     "  name TEXT NOT NULL, doc TEXT NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS changes_kind ON changes (kind, rv);";
+    "CREATE INDEX IF NOT EXISTS changes_kind ON changes (kind, rv);"
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS leases ("
+    "  name TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires_ms INTEGER NOT NULL);";
 
 static int sqlite_to_errno(int rc)
 {
@@ -422,18 +422,6 @@ static int64_t sqlite_revision(void *impl)
 
 /* ---- the writer ---- */
 
-static void make_uid(char out[37])
-{
-    uint8_t b[16];
-    if (random_bytes(b, sizeof(b)) < 0)
-        abort(); /* the kernel CSPRNG does not fail once the system is up */
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    char hex[33];
-    hex_encode(b, 16, hex);
-    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
-}
-
 /* Reads the current row (doc, rv, lookup key) on the write connection. */
 static int writer_get(sqlite_store *s, const char *kind, const char *name, json_t **ret_doc,
                       int64_t *ret_rv, char **ret_lookup)
@@ -474,170 +462,50 @@ static int writer_record_change(sqlite_store *s, int64_t rv, store_event_type ty
     return step_done(s->w_change);
 }
 
-/* Builds the document to store from the client's INPUT and the existing OLD
- * one (NULL when new): server-owned metadata is set here, never taken from the
- * client. Returns a new reference. */
-static json_t *build_doc(const json_t *input, json_t *new_status, const json_t *old,
-                         const char *kind, const char *name, int64_t rv, const char *now)
-{
-    json_t *in_meta = json_object_get(input, "metadata");
-    json_t *old_meta = old ? json_object_get(old, "metadata") : NULL;
-    char uid[37], rvs[24];
-    const char *uid_s = old_meta ? json_string_value(json_object_get(old_meta, "uid")) : NULL;
-    if (!uid_s) {
-        make_uid(uid);
-        uid_s = uid;
-    }
-    const char *created = old_meta ? json_string_value(json_object_get(old_meta, "createdAt")) : NULL;
-    snprintf(rvs, sizeof(rvs), "%lld", (long long)rv);
-    json_t *meta = json_pack("{s:s, s:s, s:s, s:s, s:s}", "name", name, "uid", uid_s,
-                             "resourceVersion", rvs, "createdAt", created ? created : now,
-                             "updatedAt", now);
-    json_t *labels = json_object_get(in_meta, "labels");
-    if (labels)
-        json_object_set(meta, "labels", labels);
-    json_t *spec = json_object_get(input, "spec");
-    json_t *status = new_status ? new_status : old ? json_object_get(old, "status") : NULL;
-    return json_pack("{s:s, s:s, s:o, s:o, s:o}", "apiVersion", "cloister.dev/v1", "kind", kind,
-                     "metadata", meta, "spec", spec ? json_incref(spec) : json_object(), "status",
-                     status ? json_incref(status) : json_object());
-}
-
-static bool same_content(const json_t *input, const json_t *old)
-{
-    json_t *empty = json_object();
-    json_t *a = json_object_get(input, "spec"), *b = json_object_get(old, "spec");
-    json_t *la = json_object_get(json_object_get(input, "metadata"), "labels");
-    json_t *lb = json_object_get(json_object_get(old, "metadata"), "labels");
-    bool same = json_equal(a ? a : empty, b ? b : empty) && json_equal(la ? la : empty, lb ? lb : empty);
-    json_decref(empty);
-    return same;
-}
-
-/* The status OP stores into *RET (a new reference): op->status, or OLD's
- * when it sets none, with the uid of the document OP links to set in it; NULL
- * when the stored status is kept as it is. When OLD recorded another uid
- * there, the rest of its status (state bound to that other document, such
- * as a token) is dropped. Returns 0, -ENOLINK when the linked document does
- * not exist, or another negative errno. */
-static int op_status(sqlite_store *s, const store_op *op, const json_t *old, json_t **ret)
-{
-    if (!op->uid_kind) {
-        *ret = json_incref(op->status);
-        return 0;
-    }
-    json_t *linked = NULL;
-    int64_t rv;
-    _cleanup_free_ char *lk = NULL;
-    int e = op->uid_name && op->uid_field ? writer_get(s, op->uid_kind, op->uid_name, &linked, &rv, &lk) : -ENOENT;
-    if (e < 0)
-        return e == -ENOENT ? -ENOLINK : e;
-    json_t *uid = json_object_get(json_object_get(linked, "metadata"), "uid");
-    json_t *old_status = old ? json_object_get(old, "status") : NULL;
-    json_t *recorded = json_object_get(old_status, op->uid_field);
-    json_t *base = op->status ? op->status : recorded && !json_equal(recorded, uid) ? NULL : old_status;
-    json_t *status = json_is_object(base) ? json_deep_copy(base) : json_object();
-    if (!status || !json_is_string(uid) || json_object_set(status, op->uid_field, uid) < 0) {
-        json_decref(status);
-        json_decref(linked);
-        return json_is_string(uid) ? -ENOMEM : -EIO;
-    }
-    json_decref(linked);
-    *ret = status;
-    return 0;
-}
-
 /* Applies one operation inside the open transaction; REV is advanced for
  * each change it makes. */
 static int writer_apply_op(sqlite_store *s, store_op *op, int64_t *rev, const char *now)
 {
-    json_t *old = NULL;
-    int64_t old_rv = 0;
-    _cleanup_free_ char *old_lookup = NULL;
+    json_t *old = NULL, *linked = NULL;
+    int64_t old_rv = 0, linked_rv;
+    _cleanup_free_ char *old_lookup = NULL, *linked_lookup = NULL;
     int e = writer_get(s, op->kind, op->name, &old, &old_rv, &old_lookup);
     if (e < 0 && e != -ENOENT)
         return e;
-    bool exists = e == 0;
-    e = 0;
-    if (op->type == STORE_REMOVE && !exists) {
-        op->action = STORE_UNCHANGED;
-        return 0;
-    }
-    if (op->type == STORE_CREATE && exists)
-        e = -EEXIST;
-    else if ((op->type == STORE_REPLACE || op->type == STORE_DELETE) && !exists)
-        e = -ENOENT;
-    else if (exists && op->expected_rv > 0 && op->expected_rv != old_rv)
-        e = -ESTALE;
-    if (e < 0) {
+    e = store_op_needs_link(op) ? writer_get(s, op->uid_kind, op->uid_name, &linked, &linked_rv, &linked_lookup)
+                                : 0;
+    if (e < 0 && e != -ENOENT) {
         json_decref(old);
         return e;
     }
-
-    if (op->type == STORE_DELETE || op->type == STORE_REMOVE) {
-        int64_t rv = ++*rev;
-        char rvs[24];
-        snprintf(rvs, sizeof(rvs), "%lld", (long long)rv);
-        json_object_set_new(json_object_get(old, "metadata"), "resourceVersion", json_string(rvs));
-        _cleanup_free_ char *text = json_dumps(old, JSON_COMPACT | JSON_SORT_KEYS);
-        json_decref(old);
-        if (!text)
-            return -ENOMEM;
+    store_plan plan;
+    e = store_op_plan(op, old, old_rv, old_lookup, linked, rev, now, &plan);
+    json_decref(linked);
+    if (e < 0 || plan.write == STORE_PLAN_NOTHING)
+        return e;
+    if (plan.write == STORE_PLAN_DELETE) {
         sqlite3_bind_text(s->w_delete, 1, op->kind, -1, SQLITE_STATIC);
         sqlite3_bind_text(s->w_delete, 2, op->name, -1, SQLITE_STATIC);
         e = step_done(s->w_delete);
-        if (e == 0)
-            e = writer_record_change(s, rv, STORE_EVENT_DELETED, op->kind, op->name, text);
-        if (e == 0)
-            op->action = STORE_DELETED;
-        return e;
+    } else {
+        const char *lookup_key = op->lookup_key ? op->lookup_key : old_lookup;
+        sqlite3_bind_text(s->w_put, 1, op->kind, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s->w_put, 2, op->name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s->w_put, 3, plan.rv);
+        if (lookup_key)
+            sqlite3_bind_text(s->w_put, 4, lookup_key, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(s->w_put, 4);
+        sqlite3_bind_text(s->w_put, 5, plan.text, -1, SQLITE_STATIC);
+        e = step_done(s->w_put);
     }
-
-    /* the lookup key and the status are the server's: kept unless the op sets them */
-    const char *lookup_key = op->lookup_key ? op->lookup_key : old_lookup;
-    json_t *status = NULL;
-    e = op_status(s, op, old, &status);
-    if (e < 0) {
-        json_decref(old);
-        return e;
-    }
-    bool same_lookup = !op->lookup_key || (old_lookup && strcmp(op->lookup_key, old_lookup) == 0);
-    bool same_status = !status || json_equal(status, json_object_get(old, "status"));
-    if (exists && same_lookup && same_status && same_content(op->doc, old)) {
-        json_decref(status);
-        op->action = STORE_UNCHANGED;
-        op->result = old;
-        return 0;
-    }
-    int64_t rv = ++*rev;
-    json_t *doc = build_doc(op->doc, status, old, op->kind, op->name, rv, now);
-    json_decref(status);
-    json_decref(old);
-    if (!doc)
-        return -ENOMEM;
-    _cleanup_free_ char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
-    if (!text) {
-        json_decref(doc);
-        return -ENOMEM;
-    }
-    sqlite3_bind_text(s->w_put, 1, op->kind, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s->w_put, 2, op->name, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s->w_put, 3, rv);
-    if (lookup_key)
-        sqlite3_bind_text(s->w_put, 4, lookup_key, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(s->w_put, 4);
-    sqlite3_bind_text(s->w_put, 5, text, -1, SQLITE_STATIC);
-    e = step_done(s->w_put);
     if (e == 0)
-        e = writer_record_change(s, rv, exists ? STORE_EVENT_MODIFIED : STORE_EVENT_ADDED,
-                                 op->kind, op->name, text);
+        e = writer_record_change(s, plan.rv, store_plan_event(&plan), op->kind, op->name, plan.text);
     if (e < 0) {
-        json_decref(doc);
+        store_plan_clear(&plan);
         return e;
     }
-    op->action = exists ? STORE_CONFIGURED : STORE_CREATED;
-    op->result = doc;
+    store_plan_done(op, &plan);
     return 0;
 }
 
@@ -646,6 +514,14 @@ static void writer_run_txn(sqlite_store *s, store_txn *txn, int64_t *rev, const 
 {
     int64_t start = *rev;
     txn->error = exec_sql(s->wdb, "SAVEPOINT txn");
+    if (txn->error == 0 && txn->fence_lease) {
+        sqlite3_bind_text(s->w_fence, 1, txn->fence_lease, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s->w_fence, 2, txn->fence_token);
+        int rc = sqlite3_step(s->w_fence);
+        txn->error = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOLCK : (sqlite_to_errno(rc) ?: -EIO);
+        sqlite3_reset(s->w_fence);
+        sqlite3_clear_bindings(s->w_fence);
+    }
     /* ops linking to another document's uid last: it may be created here */
     for (int linking = 0; linking < 2; linking++)
         for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
@@ -693,39 +569,16 @@ static void writer_commit_batch(sqlite_store *s, store_txn *batch)
             s->last_trim = rev;
         }
     }
-    while (batch) {
-        store_txn *next = batch->next;
-        batch->next = NULL;
-        batch->done(batch, batch->userdata);
-        batch = next;
-    }
+    store_batch_done(batch);
 }
 
 static void *writer_main(void *arg)
 {
     sqlite_store *s = arg;
-    for (;;) {
-        pthread_mutex_lock(&s->lock);
-        while (!s->queue_head && !s->stopping)
-            pthread_cond_wait(&s->wake, &s->lock);
-        if (!s->queue_head) {
-            pthread_mutex_unlock(&s->lock);
-            return NULL;
-        }
-        /* take up to STORE_BATCH_MAX transactions */
-        store_txn *batch = s->queue_head, *last = batch;
-        size_t n = 1;
-        while (last->next && n < STORE_BATCH_MAX) {
-            last = last->next;
-            n++;
-        }
-        s->queue_head = last->next;
-        if (!s->queue_head)
-            s->queue_tail = NULL;
-        last->next = NULL;
-        pthread_mutex_unlock(&s->lock);
+    store_txn *batch;
+    while ((batch = store_queue_take(&s->queue, STORE_BATCH_MAX)))
         writer_commit_batch(s, batch);
-    }
+    return NULL;
 }
 
 /* Finalizes the writer's statements and closes its connection. */
@@ -736,7 +589,28 @@ static void writer_close(sqlite_store *s)
     sqlite3_finalize(s->w_delete);
     sqlite3_finalize(s->w_change);
     sqlite3_finalize(s->w_trim);
+    sqlite3_finalize(s->w_fence);
     sqlite3_close(s->wdb);
+}
+
+/* Reads the file's epoch, making it when the file is new. */
+static int read_epoch(sqlite_store *s)
+{
+    uint64_t fresh = 0;
+    while (fresh == 0)
+        if (random_bytes(&fresh, sizeof(fresh)) < 0)
+            return -EIO;
+    char sql[96];
+    snprintf(sql, sizeof(sql), "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', '%016llx')",
+             (unsigned long long)fresh);
+    sqlite3_stmt *st = NULL;
+    int e = exec_sql(s->wdb, sql);
+    if (e == 0)
+        e = prepare(s->wdb, "SELECT value FROM meta WHERE key = 'epoch'", &st);
+    if (e == 0 && sqlite3_step(st) == SQLITE_ROW)
+        s->epoch = strtoull((const char *)sqlite3_column_text(st, 0), NULL, 16);
+    sqlite3_finalize(st);
+    return e == 0 && s->epoch == 0 ? -EIO : e;
 }
 
 static int writer_open(sqlite_store *s)
@@ -760,6 +634,10 @@ static int writer_open(sqlite_store *s)
                     &s->w_change);
     if (e == 0)
         e = prepare(s->wdb, "DELETE FROM changes WHERE rv < ?1", &s->w_trim);
+    if (e == 0)
+        e = prepare(s->wdb, "SELECT 1 FROM leases WHERE name = ?1 AND token = ?2", &s->w_fence);
+    if (e == 0)
+        e = read_epoch(s);
     if (e < 0)
         return e;
     sqlite3_stmt *st = NULL;
@@ -779,8 +657,7 @@ static int sqlite_open(const char *path, void **ret)
     if (!s)
         return -ENOMEM;
     s->path = strdup(path);
-    pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->wake, NULL);
+    store_queue_init(&s->queue);
     pthread_mutex_init(&s->readers_lock, NULL);
     int e = s->path ? writer_open(s) : -ENOMEM;
     if (e == 0 && pthread_create(&s->writer, NULL, writer_main, s) != 0)
@@ -799,10 +676,7 @@ static int sqlite_open(const char *path, void **ret)
 static void sqlite_close(void *impl)
 {
     sqlite_store *s = impl;
-    pthread_mutex_lock(&s->lock);
-    s->stopping = true;
-    pthread_cond_signal(&s->wake);
-    pthread_mutex_unlock(&s->lock);
+    store_queue_stop(&s->queue);
     pthread_join(s->writer, NULL);
     while (s->free_readers) {
         reader *r = s->free_readers;
@@ -810,25 +684,92 @@ static void sqlite_close(void *impl)
         reader_free(r);
     }
     writer_close(s);
-    pthread_mutex_destroy(&s->lock);
-    pthread_cond_destroy(&s->wake);
+    store_queue_destroy(&s->queue);
     pthread_mutex_destroy(&s->readers_lock);
     free(s->path);
     free(s);
+}
+
+static uint64_t sqlite_epoch(void *impl)
+{
+    sqlite_store *s = impl;
+    return s->epoch;
+}
+
+/* Runs the lease statement SQL (parameters: name, holder, A, B) on a pooled
+ * connection, in its own transaction: the token of the row it returns, or
+ * -ENOENT when it returns none. */
+static int lease_exec(sqlite_store *s, const char *sql, const char *name, const char *holder, int64_t a, int64_t b,
+                      int64_t *ret_token)
+{
+    reader *r;
+    int e = reader_acquire(s, &r);
+    if (e < 0)
+        return e;
+    sqlite3_stmt *st = NULL;
+    e = prepare(r->db, sql, &st);
+    if (e == 0) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, holder, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, a);
+        sqlite3_bind_int64(st, 4, b);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            *ret_token = sqlite3_column_int64(st, 0);
+        e = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : (sqlite_to_errno(rc) ?: -EIO);
+    }
+    sqlite3_finalize(st);
+    reader_release(s, r);
+    return e;
+}
+
+static int64_t now_ms(void)
+{
+    return (int64_t)(time_now_ns() / 1000000);
+}
+
+static int sqlite_lease_acquire(void *impl, const char *name, const char *holder, int64_t ttl_ms, int64_t *ret_token)
+{
+    int64_t token;
+    int e = lease_exec(impl,
+                       "INSERT INTO leases (name, holder, token, expires_ms) VALUES (?1, ?2, 1, ?3 + ?4) "
+                       "ON CONFLICT (name) DO UPDATE SET token = CASE WHEN leases.holder = excluded.holder "
+                       "AND leases.expires_ms > ?3 THEN leases.token ELSE leases.token + 1 END, "
+                       "holder = excluded.holder, expires_ms = excluded.expires_ms "
+                       "WHERE leases.holder = excluded.holder OR leases.expires_ms <= ?3 RETURNING token",
+                       name, holder, now_ms(), ttl_ms, &token);
+    if (e == -ENOENT)
+        return -EBUSY;
+    if (e == 0)
+        *ret_token = token;
+    return e;
+}
+
+static int sqlite_lease_renew(void *impl, const char *name, const char *holder, int64_t token, int64_t ttl_ms)
+{
+    int64_t t;
+    int e = lease_exec(impl,
+                       "UPDATE leases SET expires_ms = ?4 WHERE name = ?1 AND holder = ?2 AND token = ?3 "
+                       "RETURNING token",
+                       name, holder, token, now_ms() + ttl_ms, &t);
+    return e == -ENOENT ? -ESTALE : e;
+}
+
+static int sqlite_lease_release(void *impl, const char *name, const char *holder, int64_t token)
+{
+    int64_t t;
+    int e = lease_exec(impl,
+                       "UPDATE leases SET holder = '', expires_ms = ?4 WHERE name = ?1 AND holder = ?2 "
+                       "AND token = ?3 RETURNING token",
+                       name, holder, token, 0, &t);
+    return e == -ENOENT ? -ESTALE : e;
 }
 
 /* Queues TXN for the writer thread, which commits it with whatever else is queued. */
 static void sqlite_write_async(void *impl, store_txn *txn)
 {
     sqlite_store *s = impl;
-    pthread_mutex_lock(&s->lock);
-    if (s->queue_tail)
-        s->queue_tail->next = txn;
-    else
-        s->queue_head = txn;
-    s->queue_tail = txn;
-    pthread_cond_signal(&s->wake);
-    pthread_mutex_unlock(&s->lock);
+    store_queue_push(&s->queue, txn);
 }
 
 const store_driver store_sqlite_driver = {
@@ -842,4 +783,8 @@ const store_driver store_sqlite_driver = {
     .write_async = sqlite_write_async,
     .changes_since = sqlite_changes_since,
     .revision = sqlite_revision,
+    .epoch = sqlite_epoch,
+    .lease_acquire = sqlite_lease_acquire,
+    .lease_renew = sqlite_lease_renew,
+    .lease_release = sqlite_lease_release,
 };

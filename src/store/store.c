@@ -15,6 +15,8 @@ struct store {
 
 static const store_driver *const drivers[] = {
     &store_sqlite_driver,
+    &store_postgres_driver,
+    &store_postgresql_driver,
 };
 
 int store_open(const char *url, store **ret)
@@ -110,6 +112,69 @@ int64_t store_revision(store *s)
     return s->driver->revision(s->impl);
 }
 
+uint64_t store_epoch(store *s)
+{
+    return s->driver->epoch(s->impl);
+}
+
+bool store_lease_args_ok(const char *name, const char *holder, int64_t ttl_ms)
+{
+    size_t n = name ? strlen(name) : 0, h = holder ? strlen(holder) : 0;
+    return n > 0 && n <= 200 && h > 0 && h <= 200 && ttl_ms > 0 && ttl_ms <= 86400000;
+}
+
+int store_lease_acquire(store *s, const char *name, const char *holder, int64_t ttl_ms, int64_t *ret_token)
+{
+    if (!store_lease_args_ok(name, holder, ttl_ms))
+        return -EINVAL;
+    return s->driver->lease_acquire(s->impl, name, holder, ttl_ms, ret_token);
+}
+
+int store_lease_renew(store *s, const char *name, const char *holder, int64_t token, int64_t ttl_ms)
+{
+    if (!store_lease_args_ok(name, holder, ttl_ms))
+        return -EINVAL;
+    return s->driver->lease_renew(s->impl, name, holder, token, ttl_ms);
+}
+
+int store_lease_release(store *s, const char *name, const char *holder, int64_t token)
+{
+    if (!store_lease_args_ok(name, holder, 1))
+        return -EINVAL;
+    return s->driver->lease_release(s->impl, name, holder, token);
+}
+
+void store_url_redact(const char *url, char *out, size_t size)
+{
+    /* scheme://user:password@host…: the password is between the first ':'
+     * after "//" and the last '@' before the path */
+    const char *auth = strstr(url, "://");
+    snprintf(out, size, "%s", url);
+    if (!auth)
+        return;
+    auth += 3;
+    size_t authority = strcspn(auth, "/?#");
+    const char *at = NULL;
+    for (const char *p = auth; p < auth + authority; p++)
+        if (*p == '@')
+            at = p;
+    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (colon)
+        snprintf(out, size, "%.*s***%s", (int)(colon + 1 - url), url, at);
+    /* every password=… parameter of the query string (not "xpassword=") */
+    for (char *pw = strstr(out, "password="); pw; pw = strstr(pw + 9, "password=")) {
+        if (pw == out || (pw[-1] != '?' && pw[-1] != '&'))
+            continue;
+        size_t len = strcspn(pw + 9, "&#");
+        if (strlen(out) + 3 >= size) { /* no room for "***": cut the URL before the password */
+            pw[9] = '\0';
+            break;
+        }
+        memmove(pw + 12, pw + 9 + len, strlen(pw + 9 + len) + 1);
+        memcpy(pw + 9, "***", 3);
+    }
+}
+
 void store_write_async(store *s, store_txn *txn)
 {
     txn->error = 0;
@@ -166,4 +231,15 @@ const char *store_action_name(store_action a)
 {
     static const char *const names[] = {"created", "configured", "unchanged", "deleted"};
     return names[a];
+}
+
+bool store_same_content(const json_t *input, const json_t *old)
+{
+    json_t *empty = json_object();
+    json_t *a = json_object_get(input, "spec"), *b = json_object_get(old, "spec");
+    json_t *la = json_object_get(json_object_get(input, "metadata"), "labels");
+    json_t *lb = json_object_get(json_object_get(old, "metadata"), "labels");
+    bool same = json_equal(a ? a : empty, b ? b : empty) && json_equal(la ? la : empty, lb ? lb : empty);
+    json_decref(empty);
+    return same;
 }

@@ -1,6 +1,7 @@
 /* The resource store: versioned JSON documents keyed by (kind, name), a
- * global revision counter, and a change feed. One interface, several drivers:
- * SQLite (embedded default) now, PostgreSQL later (same semantics).
+ * global revision counter, and a change feed. One interface, two drivers with
+ * the same semantics: SQLite (embedded default) and PostgreSQL (several
+ * processes on one database; see docs/deployment.md).
  *
  * Every stored document has the shape
  *   {apiVersion, kind, metadata{name, uid, resourceVersion, createdAt,
@@ -64,6 +65,11 @@ typedef void (*store_txn_done)(store_txn *txn, void *userdata);
 struct store_txn {
     store_op *ops;
     size_t n_ops;
+    /* fencing: when FENCE_LEASE is set, the transaction is refused with
+     * -ENOLCK unless that lease's token is still FENCE_TOKEN (checked inside
+     * the transaction: a deposed holder's late write is refused) */
+    const char *fence_lease;
+    int64_t fence_token;
     /* results: 0, or the first failing op's error (-EEXIST, -ENOENT, -ESTALE,
      * -EIO...) at failed_op; on failure nothing of the transaction is written. */
     int error;
@@ -80,8 +86,9 @@ typedef enum store_event_type {
     STORE_EVENT_DELETED,
 } store_event_type;
 
-/* Opens the store at URL ("sqlite:PATH" or a plain path to an SQLite file),
- * creating the schema if needed, and starts its writer. */
+/* Opens the store at URL ("sqlite:PATH" or a plain path to an SQLite file;
+ * "postgres://…" or "postgresql://…", a libpq connection URI), creating the
+ * schema if needed, and starts its writer. */
 int store_open(const char *url, store **ret);
 /* Drains pending writes, stops the writer and closes. Accepts NULL. */
 void store_free(store *s);
@@ -128,8 +135,38 @@ int store_changes_since(store *s, const char *kind, int64_t after, size_t max, j
  * 0 means every kind), oldest first, at most MAX. Same events, same -ESTALE. */
 int store_changes_since_kinds(store *s, const char *const *kinds, size_t n_kinds, int64_t after, size_t max,
                               json_t **ret_events);
-/* The newest revision. */
+/* The newest revision (with PostgreSQL: also other processes' writes, seen
+ * once their notification or the next poll arrives). */
 int64_t store_revision(store *s);
+/* The epoch: a random non-zero id of the database, made with its schema.
+ * Revisions only mean something within one epoch: when it changes (the
+ * database was reset or replaced), a watcher must list again. PostgreSQL
+ * reads it on every (re)connection and poll; SQLite keeps it in the file, so
+ * it changes only when the file is replaced, which a running process never
+ * sees. */
+uint64_t store_epoch(store *s);
+
+/* Leases, for "one holder at a time" (the controller): NAME is held by
+ * HOLDER until it expires TTL_MS after the last acquire or renew. Each
+ * acquisition by a holder that did not hold it unexpired takes a new,
+ * larger fencing token; a transaction carrying it (store_txn.fence_lease)
+ * is refused once another holder took the lease. Expiry is judged by the
+ * database's clock (PostgreSQL) or the process's (SQLite).
+ * store_lease_acquire: 0 and the token, or -EBUSY while another holds it. */
+int store_lease_acquire(store *s, const char *name, const char *holder, int64_t ttl_ms, int64_t *ret_token);
+/* Extends the lease by TTL_MS from now: 0, or -ESTALE when HOLDER no longer
+ * holds it with TOKEN (another took it). */
+int store_lease_renew(store *s, const char *name, const char *holder, int64_t token, int64_t ttl_ms);
+/* Gives the lease up (the next holder takes a new token): 0 or -ESTALE. */
+int store_lease_release(store *s, const char *name, const char *holder, int64_t token);
+
+/* Copies URL to OUT (of SIZE bytes) with any password in it replaced by
+ * "***", for logs: a store URL may carry a PostgreSQL password. */
+void store_url_redact(const char *url, char *out, size_t size);
 
 const char *store_event_type_name(store_event_type t);
 const char *store_action_name(store_action a);
+/* Whether writing document INPUT over OLD leaves its content as it is: the
+ * same spec and metadata.labels (absent counts as empty). A write that
+ * changes nothing else (status, lookup key) is then "unchanged". */
+bool store_same_content(const json_t *input, const json_t *old);

@@ -1,0 +1,1062 @@
+/* The PostgreSQL driver of the store, on libpq. Several processes (api
+ * replicas) share one database:
+ *  - every write transaction first locks the one-row `revision` counter
+ *    (SELECT … FOR UPDATE), so writers of every process are serialised, the
+ *    revisions they take are gap-free and a change row becomes visible only
+ *    after every smaller one (the lock passes on at COMMIT);
+ *  - updates and deletes compare-and-swap the row's rv in the statement
+ *    (… WHERE rv = $n, one row affected or -ESTALE);
+ *  - the change feed is the `changes` table; each commit that changed
+ *    something sends NOTIFY cloister_changes, which one dedicated listening
+ *    connection turns into a new store_revision(); it also polls, so a lost
+ *    notification only delays;
+ *  - an epoch (a random id made with the schema) tells a reset database;
+ *  - one writer thread commits whatever is queued as one transaction (group
+ *    commit, a SAVEPOINT per store transaction); a lost connection before
+ *    COMMIT retries the batch on a new one, a lost COMMIT asks the server
+ *    whether it committed (txid_status): nothing is reported done that did
+ *    not commit;
+ *  - reads borrow connections from a pool and reconnect once when theirs
+ *    broke.
+ * The URL (libpq's, with its password if any) is never logged. */
+#include <errno.h>
+#include <libpq-fe.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "basic/fileio.h"
+#include "basic/log.h"
+#include "basic/macro.h"
+#include "basic/timeutil.h"
+#include "store/store-driver.h"
+
+/* transactions per commit: each is a subtransaction, and more than 64 of
+ * them in one transaction slow every other session's snapshots */
+#define PG_BATCH_MAX 60
+#define PG_READERS_MAX 32
+#define PG_CHANGES_KEEP 100000
+#define PG_SCHEMA_VERSION 1
+#define PG_POLL_MS 500         /* the listener's fallback poll */
+#define PG_RETRY_NS 30000000000ULL     /* how long a write waits for the database to come back */
+#define PG_READ_RETRY_NS 3000000000ULL /* and a read */
+#define PG_CHANNEL "cloister_changes"
+
+/* The prepared statements every connection has. */
+enum {
+    Q_GET,
+    Q_GET_LOOKUP,
+    Q_LIST,
+    Q_LIST_RANGE,
+    Q_CHANGES,
+    Q_HEAD,
+    Q_W_LOCK,
+    Q_W_GET,
+    Q_W_INSERT,
+    Q_W_UPDATE,
+    Q_W_DELETE,
+    Q_W_FENCE,
+    Q_W_ADVANCE,
+    Q_W_TRIM,
+    Q_TXID_STATUS,
+    Q_LEASE_ACQUIRE,
+    Q_LEASE_RENEW,
+    Q_LEASE_RELEASE,
+    Q_COUNT,
+};
+
+static const struct {
+    const char *sql;
+    int n_params;
+} queries[Q_COUNT] = {
+    [Q_GET] = {"SELECT doc FROM resources WHERE kind = $1 AND name = $2", 2},
+    [Q_GET_LOOKUP] = {"SELECT doc FROM resources WHERE kind = $1 AND lookup_key = $2", 2},
+    /* one statement is one snapshot: the documents and the revision they reflect */
+    [Q_LIST] = {"SELECT r.rv, d.doc FROM revision r LEFT JOIN LATERAL (SELECT kind, name, doc FROM resources "
+                "WHERE kind = ANY ($1::text[])) d ON true WHERE r.id = 1 ORDER BY d.kind, d.name",
+                1},
+    [Q_LIST_RANGE] = {"SELECT r.rv, d.doc FROM revision r LEFT JOIN LATERAL (SELECT name, doc FROM resources "
+                      "WHERE kind = $1 AND name >= $2 AND name < $3) d ON true WHERE r.id = 1 ORDER BY d.name",
+                      3},
+    /* the oldest kept change and the head with the changes, one snapshot; $3 NULL: every kind */
+    [Q_CHANGES] = {"SELECT m.oldest, m.head, c.rv, c.type, c.doc FROM (SELECT (SELECT min(rv) FROM changes) "
+                   "AS oldest, (SELECT rv FROM revision WHERE id = 1) AS head) m LEFT JOIN LATERAL "
+                   "(SELECT rv, type, doc FROM changes WHERE rv > $1 AND ($3::text[] IS NULL OR "
+                   "kind = ANY ($3::text[])) ORDER BY rv LIMIT $2) c ON true ORDER BY c.rv",
+                   3},
+    [Q_HEAD] = {"SELECT r.rv, m.value FROM revision r, cloister_meta m WHERE r.id = 1 AND m.key = 'epoch'", 0},
+    [Q_W_LOCK] = {"SELECT rv, txid_current() FROM revision WHERE id = 1 FOR UPDATE", 0},
+    [Q_W_GET] = {"SELECT doc, rv, lookup_key FROM resources WHERE kind = $1 AND name = $2", 2},
+    /* each write and its change in one statement; the change row is there
+     * only when the write was (one row: the compare-and-swap held) */
+    [Q_W_INSERT] = {"WITH w AS (INSERT INTO resources (kind, name, rv, lookup_key, doc) "
+                    "VALUES ($1, $2, $3, $4, $5) RETURNING rv) "
+                    "INSERT INTO changes (rv, type, kind, name, doc) SELECT rv, $6, $1, $2, $5 FROM w",
+                    6},
+    [Q_W_UPDATE] = {"WITH w AS (UPDATE resources SET rv = $3, lookup_key = $4, doc = $5 "
+                    "WHERE kind = $1 AND name = $2 AND rv = $6 RETURNING rv) "
+                    "INSERT INTO changes (rv, type, kind, name, doc) SELECT rv, $7, $1, $2, $5 FROM w",
+                    7},
+    [Q_W_DELETE] = {"WITH w AS (DELETE FROM resources WHERE kind = $1 AND name = $2 AND rv = $3 RETURNING 1) "
+                    "INSERT INTO changes (rv, type, kind, name, doc) SELECT $4, $5, $1, $2, $6 FROM w",
+                    6},
+    [Q_W_FENCE] = {"SELECT 1 FROM leases WHERE name = $1 AND token = $2 FOR SHARE", 2},
+    [Q_W_ADVANCE] = {"WITH u AS (UPDATE revision SET rv = $1 WHERE id = 1) "
+                     "SELECT pg_notify('" PG_CHANNEL "', $1::bigint::text)",
+                     1},
+    [Q_W_TRIM] = {"DELETE FROM changes WHERE rv < $1", 1},
+    [Q_TXID_STATUS] = {"SELECT txid_status($1)", 1},
+    /* a new holder (or the same one after expiry) takes the next token */
+    [Q_LEASE_ACQUIRE] = {"INSERT INTO leases AS l (name, holder, token, expires) "
+                         "VALUES ($1, $2, 1, clock_timestamp() + $3::bigint * interval '1 millisecond') "
+                         "ON CONFLICT (name) DO UPDATE SET token = CASE WHEN l.holder = excluded.holder "
+                         "AND l.expires > clock_timestamp() THEN l.token ELSE l.token + 1 END, "
+                         "holder = excluded.holder, expires = excluded.expires "
+                         "WHERE l.holder = excluded.holder OR l.expires <= clock_timestamp() RETURNING token",
+                         3},
+    [Q_LEASE_RENEW] = {"UPDATE leases SET expires = clock_timestamp() + $4::bigint * interval '1 millisecond' "
+                       "WHERE name = $1 AND holder = $2 AND token = $3 RETURNING token",
+                       4},
+    [Q_LEASE_RELEASE] = {"UPDATE leases SET holder = '', expires = '-infinity' "
+                         "WHERE name = $1 AND holder = $2 AND token = $3 RETURNING token",
+                         3},
+};
+
+/* Version 1 of the schema. Names compare byte-wise (COLLATE "C") like the
+ * SQLite driver's, so lists and ranges come in the same order. */
+static const char schema_v1[] =
+    "CREATE TABLE revision (id integer PRIMARY KEY CHECK (id = 1), rv bigint NOT NULL);"
+    "INSERT INTO revision VALUES (1, 0);"
+    "CREATE TABLE resources (kind text COLLATE \"C\" NOT NULL, name text COLLATE \"C\" NOT NULL,"
+    "  rv bigint NOT NULL, lookup_key text UNIQUE, doc text NOT NULL, PRIMARY KEY (kind, name));"
+    "CREATE TABLE changes (rv bigint PRIMARY KEY, type smallint NOT NULL, kind text COLLATE \"C\" NOT NULL,"
+    "  name text COLLATE \"C\" NOT NULL, doc text NOT NULL);"
+    "CREATE INDEX changes_kind ON changes (kind, rv);"
+    "CREATE TABLE leases (name text PRIMARY KEY, holder text NOT NULL, token bigint NOT NULL,"
+    "  expires timestamptz NOT NULL);";
+
+typedef struct pg_conn {
+    PGconn *c;
+    struct pg_conn *next;
+} pg_conn;
+
+typedef struct pg_store {
+    char *url; /* secret: may hold a password */
+    pg_conn *writer_conn;   /* writer thread only */
+    _Atomic int64_t revision;
+    _Atomic uint64_t epoch;
+    int64_t last_trim;
+
+    pthread_t writer;
+    store_queue queue;
+
+    pthread_t listener;
+    int stop_fd; /* eventfd: ends the listener */
+
+    pthread_mutex_t readers_lock;
+    pg_conn *free_readers;
+    size_t n_readers;
+} pg_store;
+
+/* The errno of a failed statement: a broken connection is -ECONNRESET (the
+ * caller may reconnect), a unique key -EEXIST. */
+static int result_errno(PGconn *c, const PGresult *res)
+{
+    if (!res || PQstatus(c) == CONNECTION_BAD)
+        return -ECONNRESET;
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (!state)
+        return -EIO;
+    if (strcmp(state, "23505") == 0)
+        return -EEXIST;
+    if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0)
+        return -ECONNRESET; /* connection exception, operator intervention (shutdown) */
+    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0)
+        return -EAGAIN;
+    if (strncmp(state, "53", 2) == 0)
+        return -ENOSPC;
+    if (strcmp(state, "42501") == 0)
+        return -EACCES;
+    return -EIO;
+}
+
+/* Runs prepared statement Q with the text PARAMS (NULL is SQL NULL): 0 and
+ * the result in *RET (the caller clears it), or a negative errno. */
+static int run(PGconn *c, int q, const char *const *params, PGresult **ret)
+{
+    char name[8];
+    snprintf(name, sizeof(name), "q%d", q);
+    PGresult *res = PQexecPrepared(c, name, queries[q].n_params, params, NULL, NULL, 0);
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+        int e = result_errno(c, res);
+        if (e != -EEXIST)
+            log_debug("store: postgres statement %d: %s", q, res ? PQresultErrorMessage(res) : PQerrorMessage(c));
+        PQclear(res);
+        return e;
+    }
+    *ret = res;
+    return 0;
+}
+
+/* Runs SQL (no parameters, maybe several statements) for its effect. */
+static int exec_simple(PGconn *c, const char *sql)
+{
+    PGresult *res = PQexec(c, sql);
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    int e = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? 0 : result_errno(c, res);
+    if (e < 0)
+        log_debug("store: postgres: %s", res ? PQresultErrorMessage(res) : PQerrorMessage(c));
+    PQclear(res);
+    return e;
+}
+
+static int prepare_all(PGconn *c)
+{
+    for (int q = 0; q < Q_COUNT; q++) {
+        char name[8];
+        snprintf(name, sizeof(name), "q%d", q);
+        PGresult *res = PQprepare(c, name, queries[q].sql, queries[q].n_params, NULL);
+        int e = res && PQresultStatus(res) == PGRES_COMMAND_OK ? 0 : result_errno(c, res);
+        if (e < 0)
+            log_error("store: postgres cannot prepare a statement: %s",
+                      res ? PQresultErrorMessage(res) : PQerrorMessage(c));
+        PQclear(res);
+        if (e < 0)
+            return e;
+    }
+    return 0;
+}
+
+/* The server's notices ("already exists, skipping") are not errors: debug log only. */
+static void notice_ignored(void *arg, const char *message)
+{
+    log_debug("store: postgres notice: %s", message);
+}
+
+static int ensure_schema(PGconn *c);
+
+/* Opens a connection to S's database; with PREPARE, with the schema made
+ * when missing (a reset database has none) and every statement prepared. A
+ * failure is logged at LEVEL. */
+static int connect_db(pg_store *s, bool prepare, log_level level, PGconn **ret)
+{
+    const char *keys[] = {"connect_timeout", "application_name", "dbname", NULL};
+    const char *values[] = {"10", "cloisterd", s->url, NULL};
+    PGconn *c = PQconnectdbParams(keys, values, 1);
+    if (!c)
+        return -ENOMEM;
+    if (PQstatus(c) != CONNECTION_OK) {
+        /* libpq's message names the host and the reason, never the password */
+        log_fields(level, "cannot connect to PostgreSQL", "error", PQerrorMessage(c), NULL);
+        PQfinish(c);
+        return -ECONNREFUSED;
+    }
+    PQsetNoticeProcessor(c, notice_ignored, NULL);
+    int e = prepare ? ensure_schema(c) : 0;
+    if (e == 0 && prepare)
+        e = prepare_all(c);
+    if (e < 0) {
+        PQfinish(c);
+        return e;
+    }
+    *ret = c;
+    return 0;
+}
+
+/* Reconnects PC after its connection broke: 0, or a negative errno (PC is
+ * left broken). */
+static int reconnect(pg_store *s, pg_conn *pc)
+{
+    PGconn *c;
+    int e = connect_db(s, true, LOG_LEVEL_DEBUG, &c);
+    if (e < 0)
+        return e;
+    PQfinish(pc->c);
+    pc->c = c;
+    return 0;
+}
+
+/* ---- readers ---- */
+
+static int reader_acquire(pg_store *s, pg_conn **ret)
+{
+    pthread_mutex_lock(&s->readers_lock);
+    pg_conn *pc = s->free_readers;
+    if (pc) {
+        s->free_readers = pc->next;
+        s->n_readers--;
+    }
+    pthread_mutex_unlock(&s->readers_lock);
+    if (!pc) {
+        pc = calloc(1, sizeof(*pc));
+        if (!pc)
+            return -ENOMEM;
+        int e = connect_db(s, true, LOG_LEVEL_DEBUG, &pc->c);
+        if (e < 0) {
+            free(pc);
+            return e;
+        }
+    }
+    *ret = pc;
+    return 0;
+}
+
+static void conn_free(pg_conn *pc)
+{
+    if (!pc)
+        return;
+    PQfinish(pc->c);
+    free(pc);
+}
+
+/* Returns PC to the pool, or closes it when broken or the pool is full. */
+static void reader_release(pg_store *s, pg_conn *pc)
+{
+    pthread_mutex_lock(&s->readers_lock);
+    if (PQstatus(pc->c) == CONNECTION_OK && PQtransactionStatus(pc->c) == PQTRANS_IDLE &&
+        s->n_readers < PG_READERS_MAX) {
+        pc->next = s->free_readers;
+        s->free_readers = pc;
+        s->n_readers++;
+        pc = NULL;
+    }
+    pthread_mutex_unlock(&s->readers_lock);
+    conn_free(pc);
+}
+
+/* Sleeps MS milliseconds and doubles MS (up to a second). */
+static void backoff(unsigned *ms)
+{
+    struct timespec ts = {.tv_sec = *ms / 1000, .tv_nsec = (long)(*ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+    *ms = *ms < 500 ? *ms * 2 : 1000;
+}
+
+/* Runs the read-only (or single-statement) Q on a pooled connection: 0
+ * and *RET, or a negative errno. A broken connection is replaced, and
+ * while the database is away (a restart) the read waits for it up to
+ * PG_READ_RETRY_NS. */
+static int read_query(pg_store *s, int q, const char *const *params, PGresult **ret)
+{
+    uint64_t deadline = time_mono_ns() + PG_READ_RETRY_NS;
+    unsigned ms = 20;
+    for (;;) {
+        pg_conn *pc;
+        int e = reader_acquire(s, &pc);
+        if (e == 0) {
+            e = run(pc->c, q, params, ret);
+            if (e == -ECONNRESET && reconnect(s, pc) == 0)
+                e = run(pc->c, q, params, ret);
+            reader_release(s, pc);
+        }
+        if ((e != -ECONNRESET && e != -ECONNREFUSED) || time_mono_ns() >= deadline)
+            return e;
+        backoff(&ms);
+    }
+}
+
+/* Parses the document in column COL of ROW; a row that does not parse is corruption. */
+static int row_doc(const PGresult *res, int row, int col, json_t **ret)
+{
+    json_t *doc = json_loadb(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col), 0, NULL);
+    if (!doc)
+        return -EIO;
+    *ret = doc;
+    return 0;
+}
+
+static int64_t row_int(const PGresult *res, int row, int col)
+{
+    return strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+static int read_one(pg_store *s, int q, const char *a, const char *b, json_t **ret_doc)
+{
+    const char *params[] = {a, b};
+    PGresult *res;
+    int e = read_query(s, q, params, &res);
+    if (e < 0)
+        return e;
+    e = PQntuples(res) == 0 ? -ENOENT : row_doc(res, 0, 0, ret_doc);
+    PQclear(res);
+    return e;
+}
+
+static int pg_get(void *impl, const char *kind, const char *name, json_t **ret_doc)
+{
+    return read_one(impl, Q_GET, kind, name, ret_doc);
+}
+
+static int pg_get_by_lookup(void *impl, const char *kind, const char *key, json_t **ret_doc)
+{
+    return read_one(impl, Q_GET_LOOKUP, kind, key, ret_doc);
+}
+
+/* The text[] literal of the N KINDS ({"a","b"}, each quoted and escaped) in
+ * a new string. */
+static char *kinds_array(const char *const *kinds, size_t n)
+{
+    size_t len = 3;
+    for (size_t i = 0; i < n; i++)
+        len += 2 * strlen(kinds[i]) + 3;
+    char *out = malloc(len), *p = out;
+    if (!out)
+        return NULL;
+    *p++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            *p++ = ',';
+        *p++ = '"';
+        for (const char *k = kinds[i]; *k; k++) {
+            if (*k == '"' || *k == '\\')
+                *p++ = '\\';
+            *p++ = *k;
+        }
+        *p++ = '"';
+    }
+    *p++ = '}';
+    *p = 0;
+    return out;
+}
+
+/* The documents of a list result (rows of revision, doc; one row with a
+ * NULL doc when there is none) and the revision they reflect. */
+static int list_result(PGresult *res, json_t **ret_items, int64_t *ret_revision)
+{
+    json_t *items = json_array();
+    int64_t rev = 0;
+    int e = items ? 0 : -ENOMEM;
+    for (int i = 0; e == 0 && i < PQntuples(res); i++) {
+        rev = row_int(res, i, 0);
+        if (PQgetisnull(res, i, 1))
+            continue;
+        json_t *doc;
+        e = row_doc(res, i, 1, &doc);
+        if (e == 0)
+            json_array_append_new(items, doc);
+    }
+    PQclear(res);
+    if (e < 0) {
+        json_decref(items);
+        return e;
+    }
+    *ret_items = items;
+    if (ret_revision)
+        *ret_revision = rev;
+    return 0;
+}
+
+static int pg_list(void *impl, const char *const *kinds, size_t n_kinds, json_t **ret_items, int64_t *ret_revision)
+{
+    _cleanup_free_ char *array = kinds_array(kinds, n_kinds);
+    if (!array)
+        return -ENOMEM;
+    const char *params[] = {array};
+    PGresult *res;
+    int e = read_query(impl, Q_LIST, params, &res);
+    return e < 0 ? e : list_result(res, ret_items, ret_revision);
+}
+
+static int pg_list_range(void *impl, const char *kind, const char *from, const char *to, json_t **ret_items,
+                         int64_t *ret_revision)
+{
+    const char *params[] = {kind, from, to};
+    PGresult *res;
+    int e = read_query(impl, Q_LIST_RANGE, params, &res);
+    return e < 0 ? e : list_result(res, ret_items, ret_revision);
+}
+
+/* The changes after AFTER of the N_KINDS KINDS (0: every kind), oldest
+ * first, at most MAX; -ESTALE when AFTER is older than the kept history or
+ * newer than the database's head (the database was reset: list again). */
+static int pg_changes_since(void *impl, const char *const *kinds, size_t n_kinds, int64_t after, size_t max,
+                            json_t **ret_events)
+{
+    _cleanup_free_ char *array = n_kinds > 0 ? kinds_array(kinds, n_kinds) : NULL;
+    if (n_kinds > 0 && !array)
+        return -ENOMEM;
+    char after_s[24], max_s[24];
+    snprintf(after_s, sizeof(after_s), "%lld", (long long)after);
+    snprintf(max_s, sizeof(max_s), "%zu", max);
+    const char *params[] = {after_s, max_s, array};
+    PGresult *res;
+    int e = read_query(impl, Q_CHANGES, params, &res);
+    if (e < 0)
+        return e;
+    int n = PQntuples(res);
+    if (n > 0 && ((!PQgetisnull(res, 0, 0) && after + 1 < row_int(res, 0, 0)) || after > row_int(res, 0, 1))) {
+        PQclear(res);
+        return -ESTALE;
+    }
+    json_t *events = json_array();
+    for (int i = 0; e == 0 && i < n; i++) {
+        if (PQgetisnull(res, i, 2))
+            continue;
+        int type = (int)row_int(res, i, 3);
+        json_t *doc;
+        e = type < STORE_EVENT_ADDED || type > STORE_EVENT_DELETED ? -EIO : row_doc(res, i, 4, &doc);
+        if (e == 0)
+            json_array_append_new(events, json_pack("{s:s, s:I, s:o}", "type", store_event_type_name(type),
+                                                    "revision", (json_int_t)row_int(res, i, 2), "object", doc));
+    }
+    PQclear(res);
+    if (e < 0) {
+        json_decref(events);
+        return e;
+    }
+    *ret_events = events;
+    return 0;
+}
+
+static int64_t pg_revision(void *impl)
+{
+    pg_store *s = impl;
+    return atomic_load(&s->revision);
+}
+
+static uint64_t pg_epoch(void *impl)
+{
+    pg_store *s = impl;
+    return atomic_load(&s->epoch);
+}
+
+/* Raises the known revision to REV (never lowers it: a reader of another
+ * connection may be behind). */
+static void revision_raise(pg_store *s, int64_t rev)
+{
+    int64_t cur = atomic_load(&s->revision);
+    while (cur < rev && !atomic_compare_exchange_weak(&s->revision, &cur, rev))
+        ;
+}
+
+/* Reads the head revision and epoch on C. When the epoch changed (the
+ * database was reset), the revision follows the new database down. */
+static int refresh_head(pg_store *s, PGconn *c)
+{
+    PGresult *res;
+    int e = run(c, Q_HEAD, NULL, &res);
+    if (e < 0)
+        return e;
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return -EIO;
+    }
+    int64_t rev = row_int(res, 0, 0);
+    uint64_t epoch = strtoull(PQgetvalue(res, 0, 1), NULL, 16);
+    PQclear(res);
+    uint64_t old = atomic_load(&s->epoch);
+    if (old != 0 && old != epoch) {
+        log_fields(LOG_LEVEL_WARN, "the PostgreSQL store was reset (new epoch): watchers list again", NULL);
+        atomic_store(&s->revision, rev);
+    } else
+        revision_raise(s, rev);
+    atomic_store(&s->epoch, epoch); /* after the revision: who sees the new epoch sees its revision */
+    return 0;
+}
+
+/* ---- the listener: NOTIFY and the fallback poll move store_revision() ---- */
+
+/* Waits up to MS for FD (when >= 0) to be readable or the store to stop:
+ * true when stopping. */
+static bool listener_wait(pg_store *s, int fd, int ms)
+{
+    struct pollfd p[2] = {{.fd = s->stop_fd, .events = POLLIN}, {.fd = fd, .events = POLLIN}};
+    poll(p, fd >= 0 ? 2 : 1, ms);
+    return p[0].revents & POLLIN;
+}
+
+static void *listener_main(void *arg)
+{
+    pg_store *s = arg;
+    PGconn *c = NULL;
+    bool lost = false; /* logged once per outage (the listener notices first) */
+    for (;;) {
+        if (!c || PQstatus(c) != CONNECTION_OK) {
+            if (c && !lost) {
+                log_fields(LOG_LEVEL_WARN, "store: lost the connection to PostgreSQL; reconnecting", NULL);
+                lost = true;
+            }
+            PQfinish(c);
+            c = NULL;
+            if (connect_db(s, true, LOG_LEVEL_DEBUG, &c) < 0 || exec_simple(c, "LISTEN " PG_CHANNEL) < 0) {
+                PQfinish(c);
+                c = NULL;
+                if (listener_wait(s, -1, PG_POLL_MS))
+                    break;
+                continue;
+            }
+            if (lost)
+                log_fields(LOG_LEVEL_INFO, "store: connected to PostgreSQL again", NULL);
+            lost = false;
+        }
+        /* after (re)connecting, after each wake-up and each poll: what is the head now? */
+        refresh_head(s, c);
+        if (listener_wait(s, PQsocket(c), PG_POLL_MS))
+            break;
+        if (!PQconsumeInput(c))
+            continue; /* broken: reconnect above */
+        PGnotify *n;
+        while ((n = PQnotifies(c)))
+            PQfreemem(n);
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+/* ---- the writer ---- */
+
+/* Reads the current row (doc, rv, lookup key) inside the writer's transaction. */
+static int writer_get(PGconn *c, const char *kind, const char *name, json_t **ret_doc, int64_t *ret_rv,
+                      char **ret_lookup)
+{
+    const char *params[] = {kind, name};
+    PGresult *res;
+    int e = run(c, Q_W_GET, params, &res);
+    if (e < 0)
+        return e;
+    if (PQntuples(res) == 0)
+        e = -ENOENT;
+    else
+        e = row_doc(res, 0, 0, ret_doc);
+    if (e == 0) {
+        *ret_rv = row_int(res, 0, 1);
+        *ret_lookup = PQgetisnull(res, 0, 2) ? NULL : strdup(PQgetvalue(res, 0, 2));
+    }
+    PQclear(res);
+    return e;
+}
+
+/* Runs the writing statement Q; -ESTALE when it changed no row (the
+ * compare-and-swap lost). */
+static int write_row(PGconn *c, int q, const char *const *params)
+{
+    PGresult *res;
+    int e = run(c, q, params, &res);
+    if (e < 0)
+        return e;
+    e = strcmp(PQcmdTuples(res), "1") == 0 ? 0 : -ESTALE;
+    PQclear(res);
+    return e;
+}
+
+/* Applies one operation inside the open transaction; REV is advanced for
+ * each change it makes. */
+static int writer_apply_op(PGconn *c, store_op *op, int64_t *rev, const char *now)
+{
+    json_t *old = NULL, *linked = NULL;
+    int64_t old_rv = 0, linked_rv;
+    _cleanup_free_ char *old_lookup = NULL, *linked_lookup = NULL;
+    int e = writer_get(c, op->kind, op->name, &old, &old_rv, &old_lookup);
+    if (e < 0 && e != -ENOENT)
+        return e;
+    e = store_op_needs_link(op) ? writer_get(c, op->uid_kind, op->uid_name, &linked, &linked_rv, &linked_lookup) : 0;
+    if (e < 0 && e != -ENOENT) {
+        json_decref(old);
+        return e;
+    }
+    store_plan plan;
+    e = store_op_plan(op, old, old_rv, old_lookup, linked, rev, now, &plan);
+    json_decref(linked);
+    if (e < 0 || plan.write == STORE_PLAN_NOTHING)
+        return e;
+    char rv_s[24], old_rv_s[24], type_s[4];
+    snprintf(rv_s, sizeof(rv_s), "%lld", (long long)plan.rv);
+    snprintf(old_rv_s, sizeof(old_rv_s), "%lld", (long long)plan.old_rv);
+    snprintf(type_s, sizeof(type_s), "%d", (int)store_plan_event(&plan));
+    const char *lookup_key = op->lookup_key ? op->lookup_key : old_lookup;
+    /* the compare-and-swap is in the statement: the row must still be at the rv it was read at */
+    if (plan.write == STORE_PLAN_DELETE)
+        e = write_row(c, Q_W_DELETE, (const char *const[]){op->kind, op->name, old_rv_s, rv_s, type_s, plan.text});
+    else if (plan.write == STORE_PLAN_UPDATE)
+        e = write_row(c, Q_W_UPDATE,
+                      (const char *const[]){op->kind, op->name, rv_s, lookup_key, plan.text, old_rv_s, type_s});
+    else
+        e = write_row(c, Q_W_INSERT, (const char *const[]){op->kind, op->name, rv_s, lookup_key, plan.text, type_s});
+    if (e < 0) {
+        store_plan_clear(&plan);
+        return e;
+    }
+    store_plan_done(op, &plan);
+    return 0;
+}
+
+/* Runs one transaction inside the savepoint "txn" (open); on failure rolls
+ * it back alone. Leaves a fresh savepoint open for the next. Returns
+ * -ECONNRESET when the connection broke (the batch must be retried), else 0
+ * (TXN's own error is in txn->error). */
+static int writer_run_txn(PGconn *c, store_txn *txn, int64_t *rev, const char *now)
+{
+    int64_t start = *rev;
+    txn->error = 0;
+    if (txn->fence_lease) {
+        char token[24];
+        snprintf(token, sizeof(token), "%lld", (long long)txn->fence_token);
+        PGresult *res;
+        txn->error = run(c, Q_W_FENCE, (const char *const[]){txn->fence_lease, token}, &res);
+        if (txn->error == 0) {
+            txn->error = PQntuples(res) == 1 ? 0 : -ENOLCK;
+            PQclear(res);
+        }
+    }
+    /* ops linking to another document's uid last: it may be created here */
+    for (int linking = 0; linking < 2; linking++)
+        for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
+            if ((txn->ops[i].uid_kind != NULL) != linking)
+                continue;
+            txn->error = writer_apply_op(c, &txn->ops[i], rev, now);
+            if (txn->error < 0)
+                txn->failed_op = i;
+        }
+    if (txn->error == -ECONNRESET)
+        return -ECONNRESET;
+    if (txn->error < 0) {
+        store_txn_clear(txn);
+        *rev = start;
+        /* undone; the savepoint stays, fresh */
+        return exec_simple(c, "ROLLBACK TO SAVEPOINT txn") < 0 ? -ECONNRESET : 0;
+    }
+    /* one round trip: kept, and a new savepoint for the next */
+    return exec_simple(c, "RELEASE SAVEPOINT txn; SAVEPOINT txn") < 0 ? -ECONNRESET : 0;
+}
+
+/* Resets BATCH's results before it is run (again). */
+static void batch_reset(store_txn *batch)
+{
+    for (store_txn *t = batch; t; t = t->next) {
+        store_txn_clear(t);
+        t->error = 0;
+        t->failed_op = 0;
+    }
+}
+
+typedef enum commit_outcome {
+    COMMIT_DONE,     /* committed (or failed as a whole with an error set in each txn) */
+    COMMIT_RETRY,    /* nothing was committed: run the batch again on a new connection */
+    COMMIT_UNKNOWN,  /* the server could not tell yet */
+} commit_outcome;
+
+/* Asks the server whether transaction XID committed, after COMMIT's answer
+ * was lost with the connection. */
+static commit_outcome commit_status(pg_store *s, const char *xid)
+{
+    if (reconnect(s, s->writer_conn) < 0)
+        return COMMIT_UNKNOWN;
+    PGresult *res;
+    if (run(s->writer_conn->c, Q_TXID_STATUS, (const char *const[]){xid}, &res) < 0)
+        return COMMIT_UNKNOWN;
+    const char *status = PQgetisnull(res, 0, 0) ? "" : PQgetvalue(res, 0, 0);
+    commit_outcome o = strcmp(status, "committed") == 0 ? COMMIT_DONE
+                       : strcmp(status, "aborted") == 0 ? COMMIT_RETRY
+                                                        : COMMIT_UNKNOWN;
+    PQclear(res);
+    return o;
+}
+
+/* Runs BATCH as one PostgreSQL transaction. On COMMIT_DONE *REV is the new
+ * head; XID (24 bytes) names the transaction for commit_status(). */
+static commit_outcome writer_try_batch(pg_store *s, store_txn *batch, int64_t *rev, char xid[24])
+{
+    PGconn *c = s->writer_conn->c;
+    xid[0] = 0;
+    if (PQstatus(c) != CONNECTION_OK)
+        return COMMIT_RETRY;
+    char now[40];
+    time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
+    PGresult *res;
+    int e = exec_simple(c, "BEGIN");
+    if (e == 0)
+        e = run(c, Q_W_LOCK, NULL, &res); /* serialises the writers of every process */
+    if (e == 0 && exec_simple(c, "SAVEPOINT txn") < 0) {
+        PQclear(res);
+        e = -ECONNRESET;
+    }
+    if (e == 0) {
+        *rev = row_int(res, 0, 0);
+        snprintf(xid, 24, "%s", PQgetvalue(res, 0, 1));
+        PQclear(res);
+    }
+    int64_t start = *rev;
+    for (store_txn *t = batch; e == 0 && t; t = t->next)
+        e = writer_run_txn(c, t, rev, now);
+    if (e == 0 && *rev > start) {
+        char rv_s[24];
+        snprintf(rv_s, sizeof(rv_s), "%lld", (long long)*rev);
+        e = run(c, Q_W_ADVANCE, (const char *const[]){rv_s}, &res);
+        if (e == 0)
+            PQclear(res);
+    }
+    if (e == -ECONNRESET)
+        return COMMIT_RETRY; /* COMMIT was never sent: nothing of it is written */
+    if (e < 0) {
+        /* not the connection: the database refused (full disk, permissions…) */
+        exec_simple(c, "ROLLBACK");
+        log_fields(LOG_LEVEL_ERROR, "store commit failed; the batch is refused", "error", strerror(-e), NULL);
+        for (store_txn *t = batch; t; t = t->next)
+            if (t->error == 0) {
+                store_txn_clear(t);
+                t->error = e;
+            }
+        return COMMIT_DONE;
+    }
+    e = exec_simple(c, "COMMIT");
+    if (e == -ECONNRESET)
+        return COMMIT_UNKNOWN;
+    if (e < 0) { /* COMMIT answered with an error: rolled back */
+        for (store_txn *t = batch; t; t = t->next)
+            if (t->error == 0) {
+                store_txn_clear(t);
+                t->error = e;
+            }
+        *rev = start;
+    }
+    return COMMIT_DONE;
+}
+
+/* Commits BATCH (a list linked through ->next), waiting out a lost
+ * connection for up to PG_RETRY_NS; calls each txn's done. A txn is reported
+ * done only when its COMMIT is known to have succeeded; when that cannot be
+ * learned in time it fails with -EIO, when the database stays away with
+ * -ECONNREFUSED. */
+static void writer_commit_batch(pg_store *s, store_txn *batch)
+{
+    uint64_t deadline = time_mono_ns() + PG_RETRY_NS;
+    int64_t rev = 0;
+    char xid[24];
+    unsigned backoff_ms = 50;
+    commit_outcome o = writer_try_batch(s, batch, &rev, xid);
+    while (o != COMMIT_DONE && time_mono_ns() < deadline) {
+        if (o == COMMIT_UNKNOWN && xid[0])
+            o = commit_status(s, xid);
+        if (o == COMMIT_RETRY) {
+            if (PQstatus(s->writer_conn->c) == CONNECTION_OK || reconnect(s, s->writer_conn) == 0) {
+                batch_reset(batch);
+                o = writer_try_batch(s, batch, &rev, xid);
+                if (o == COMMIT_DONE)
+                    break;
+            }
+        }
+        if (o == COMMIT_DONE)
+            break;
+        backoff(&backoff_ms);
+    }
+    if (o != COMMIT_DONE) {
+        int e = o == COMMIT_UNKNOWN && xid[0] ? -EIO : -ECONNREFUSED;
+        log_fields(LOG_LEVEL_ERROR, "store commit failed: PostgreSQL unreachable; the batch is refused", "error",
+                   strerror(-e), NULL);
+        for (store_txn *t = batch; t; t = t->next) {
+            store_txn_clear(t);
+            t->error = e;
+            t->failed_op = 0;
+        }
+    } else {
+        revision_raise(s, rev);
+        if (rev - s->last_trim >= 1000) {
+            /* keep a bounded history for watchers; the newest row always stays */
+            char keep[24];
+            snprintf(keep, sizeof(keep), "%lld", (long long)(rev - PG_CHANGES_KEEP));
+            PGresult *res;
+            if (run(s->writer_conn->c, Q_W_TRIM, (const char *const[]){keep}, &res) == 0)
+                PQclear(res);
+            s->last_trim = rev;
+        }
+    }
+    store_batch_done(batch);
+}
+
+static void *writer_main(void *arg)
+{
+    pg_store *s = arg;
+    store_txn *batch;
+    while ((batch = store_queue_take(&s->queue, PG_BATCH_MAX)))
+        writer_commit_batch(s, batch);
+    return NULL;
+}
+
+static void pg_write_async(void *impl, store_txn *txn)
+{
+    pg_store *s = impl;
+    store_queue_push(&s->queue, txn);
+}
+
+/* ---- schema ---- */
+
+/* Creates the schema when the database has none (under an advisory lock:
+ * replicas may start together) and checks its version. */
+static int ensure_schema(PGconn *c)
+{
+    int e = exec_simple(c, "BEGIN; SELECT pg_advisory_xact_lock(7164096952711886196);"
+                           "CREATE TABLE IF NOT EXISTS cloister_meta (key text PRIMARY KEY, value text NOT NULL)");
+    PGresult *res = e == 0 ? PQexec(c, "SELECT value FROM cloister_meta WHERE key = 'schema_version'") : NULL;
+    if (e == 0 && (!res || PQresultStatus(res) != PGRES_TUPLES_OK))
+        e = result_errno(c, res);
+    int version = e == 0 && PQntuples(res) == 1 ? atoi(PQgetvalue(res, 0, 0)) : 0;
+    PQclear(res);
+    if (e == 0 && version == 0) {
+        uint64_t epoch = 0;
+        while (epoch == 0)
+            if (random_bytes(&epoch, sizeof(epoch)) < 0)
+                abort(); /* the kernel CSPRNG does not fail once the system is up */
+        char sql[sizeof(schema_v1) + 200];
+        snprintf(sql, sizeof(sql),
+                 "%sINSERT INTO cloister_meta VALUES ('schema_version', '%d'), ('epoch', '%016llx')", schema_v1,
+                 PG_SCHEMA_VERSION, (unsigned long long)epoch);
+        e = exec_simple(c, sql);
+        if (e == 0)
+            log_fields(LOG_LEVEL_INFO, "created the store schema in PostgreSQL", NULL);
+    } else if (e == 0 && version > PG_SCHEMA_VERSION) {
+        log_error("store: the PostgreSQL schema is version %d, newer than this cloisterd knows (%d): upgrade "
+                  "cloisterd",
+                  version, PG_SCHEMA_VERSION);
+        e = -EPROTO;
+    }
+    if (e == 0)
+        e = exec_simple(c, "COMMIT");
+    else
+        exec_simple(c, "ROLLBACK");
+    return e;
+}
+
+static void pg_free(pg_store *s)
+{
+    while (s->free_readers) {
+        pg_conn *pc = s->free_readers;
+        s->free_readers = pc->next;
+        conn_free(pc);
+    }
+    conn_free(s->writer_conn);
+    if (s->stop_fd >= 0)
+        close(s->stop_fd);
+    store_queue_destroy(&s->queue);
+    pthread_mutex_destroy(&s->readers_lock);
+    if (s->url) {
+        explicit_bzero(s->url, strlen(s->url));
+        free(s->url);
+    }
+    free(s);
+}
+
+/* Connects to the database at "postgresql:" LOCATION, creates the schema
+ * if needed and starts the writer and the listener. */
+static int pg_open(const char *location, void **ret)
+{
+    pg_store *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    store_queue_init(&s->queue);
+    pthread_mutex_init(&s->readers_lock, NULL);
+    s->stop_fd = eventfd(0, EFD_CLOEXEC);
+    size_t n = strlen("postgresql:") + strlen(location) + 1;
+    s->url = malloc(n);
+    if (!s->url || s->stop_fd < 0) {
+        pg_free(s);
+        return -ENOMEM;
+    }
+    snprintf(s->url, n, "postgresql:%s", location);
+    s->writer_conn = calloc(1, sizeof(*s->writer_conn));
+    int e = s->writer_conn ? connect_db(s, true, LOG_LEVEL_ERROR, &s->writer_conn->c) : -ENOMEM;
+    if (e == 0)
+        e = refresh_head(s, s->writer_conn->c);
+    if (e == 0) {
+        s->last_trim = atomic_load(&s->revision);
+        if (pthread_create(&s->writer, NULL, writer_main, s) != 0)
+            e = -EAGAIN;
+    }
+    if (e == 0 && pthread_create(&s->listener, NULL, listener_main, s) != 0) {
+        store_queue_stop(&s->queue);
+        pthread_join(s->writer, NULL);
+        e = -EAGAIN;
+    }
+    if (e < 0) {
+        pg_free(s);
+        return e;
+    }
+    *ret = s;
+    return 0;
+}
+
+/* Drains the queue, stops the threads and closes every connection. */
+static void pg_close(void *impl)
+{
+    pg_store *s = impl;
+    store_queue_stop(&s->queue);
+    pthread_join(s->writer, NULL);
+    uint64_t one = 1;
+    if (write(s->stop_fd, &one, sizeof(one)) != sizeof(one))
+        abort(); /* an eventfd write of 1 cannot fail */
+    pthread_join(s->listener, NULL);
+    pg_free(s);
+}
+
+/* ---- leases ---- */
+
+/* Runs the lease statement Q: the token it returned, or -ENOENT when it
+ * matched no lease. */
+static int lease_query(pg_store *s, int q, const char *const *params, int64_t *ret_token)
+{
+    PGresult *res;
+    int e = read_query(s, q, params, &res);
+    if (e < 0)
+        return e;
+    if (PQntuples(res) == 1)
+        *ret_token = row_int(res, 0, 0);
+    else
+        e = -ENOENT;
+    PQclear(res);
+    return e;
+}
+
+static int pg_lease_acquire(void *impl, const char *name, const char *holder, int64_t ttl_ms, int64_t *ret_token)
+{
+    char ttl[24];
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)ttl_ms);
+    int e = lease_query(impl, Q_LEASE_ACQUIRE, (const char *const[]){name, holder, ttl}, ret_token);
+    return e == -ENOENT ? -EBUSY : e;
+}
+
+static int pg_lease_renew(void *impl, const char *name, const char *holder, int64_t token, int64_t ttl_ms)
+{
+    char ttl[24], tok[24];
+    int64_t t;
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)ttl_ms);
+    snprintf(tok, sizeof(tok), "%lld", (long long)token);
+    int e = lease_query(impl, Q_LEASE_RENEW, (const char *const[]){name, holder, tok, ttl}, &t);
+    return e == -ENOENT ? -ESTALE : e;
+}
+
+static int pg_lease_release(void *impl, const char *name, const char *holder, int64_t token)
+{
+    char tok[24];
+    int64_t t;
+    snprintf(tok, sizeof(tok), "%lld", (long long)token);
+    int e = lease_query(impl, Q_LEASE_RELEASE, (const char *const[]){name, holder, tok}, &t);
+    return e == -ENOENT ? -ESTALE : e;
+}
+
+#define PG_DRIVER(var, name)                                                                                    \
+    const store_driver var = {                                                                                  \
+        .scheme = name,                                                                                         \
+        .open = pg_open,                                                                                        \
+        .close = pg_close,                                                                                      \
+        .get = pg_get,                                                                                          \
+        .get_by_lookup = pg_get_by_lookup,                                                                      \
+        .list = pg_list,                                                                                        \
+        .list_range = pg_list_range,                                                                            \
+        .write_async = pg_write_async,                                                                          \
+        .changes_since = pg_changes_since,                                                                      \
+        .revision = pg_revision,                                                                                \
+        .epoch = pg_epoch,                                                                                      \
+        .lease_acquire = pg_lease_acquire,                                                                      \
+        .lease_renew = pg_lease_renew,                                                                          \
+        .lease_release = pg_lease_release,                                                                      \
+    }
+
+/* both schemes libpq knows */
+PG_DRIVER(store_postgres_driver, "postgres");
+PG_DRIVER(store_postgresql_driver, "postgresql");
