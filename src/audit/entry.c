@@ -159,13 +159,14 @@ bool audit_appender_may(const char *appender, const char *action)
 {
     /* what each role emits today: the api reports for everything it fronts
      * (resources, auth, KMS calls, decisions, the Enclave controller); the
-     * runner emits nothing yet, so it appends nothing */
+     * runner its enclaves' egress decisions only */
     static const struct {
         const char *role, *prefix;
     } table[] = {
         {"api", ""},
         {"proxy", "proxy."},
         {"kms", "kms."},
+        {"runner", "enclave.egress"},
     };
     if (!appender || !action)
         return false;

@@ -35,6 +35,7 @@ typedef struct launch {
     const sandbox_spec *spec;
     int bundle_fd;  /* child: O_PATH, opened in its namespace before /tmp is covered */
     int channel_fd; /* child: O_PATH of the channel socket, or -1 */
+    int egress_fd;  /* child: O_PATH of the egress socket, or -1 */
     int agent_fd;   /* child: O_PATH of the agent executable, or -1 */
     int sync[2];    /* parent -> child: the id maps are written */
     int report[2];  /* child -> parent: an error message, or EOF at exec */
@@ -157,6 +158,15 @@ static void setup_root(launch *l)
         snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", l->channel_fd);
         if (mount(fdpath, NEW_ROOT SANDBOX_CHANNEL_PATH, NULL, MS_BIND, NULL) < 0)
             die(l, "bind the channel");
+    }
+    if (l->egress_fd >= 0) {
+        int fd = open(NEW_ROOT SANDBOX_EGRESS_PATH, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0)
+            die(l, "create the egress socket");
+        close(fd);
+        snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", l->egress_fd);
+        if (mount(fdpath, NEW_ROOT SANDBOX_EGRESS_PATH, NULL, MS_BIND, NULL) < 0)
+            die(l, "bind the egress socket");
     }
     if (l->agent_fd >= 0) {
         int fd = open(NEW_ROOT SANDBOX_AGENT_PATH, O_WRONLY | O_CREAT | O_CLOEXEC, 0755);
@@ -288,6 +298,8 @@ static int child_main(void *arg)
         die(l, "open the bundle %s", l->spec->bundle);
     if (l->spec->channel && (l->channel_fd = open(l->spec->channel, O_PATH | O_CLOEXEC)) < 0)
         die(l, "open the channel %s", l->spec->channel);
+    if (l->spec->egress && (l->egress_fd = open(l->spec->egress, O_PATH | O_CLOEXEC)) < 0)
+        die(l, "open the egress socket %s", l->spec->egress);
     if (l->spec->agent && (l->agent_fd = open(l->spec->agent, O_PATH | O_CLOEXEC)) < 0)
         die(l, "open the agent %s", l->spec->agent);
     /* become the namespace's root, the host's nobody: until now we still had
@@ -357,7 +369,8 @@ static int write_id_maps(pid_t pid)
 
 int sandbox_launch(const sandbox_spec *spec, pid_t *ret_pid, sandbox_error *err)
 {
-    launch l = {.spec = spec, .bundle_fd = -1, .channel_fd = -1, .agent_fd = -1, .sync = {-1, -1}, .report = {-1, -1}};
+    launch l = {.spec = spec, .bundle_fd = -1, .channel_fd = -1, .egress_fd = -1, .agent_fd = -1,
+                .sync = {-1, -1}, .report = {-1, -1}};
     int e = 0;
     if (!spec->bundle || spec->bundle[0] != '/' || !spec->argv || !spec->argv[0] || spec->argv[0][0] != '/') {
         snprintf(err->text, sizeof(err->text), "the bundle and the command must be absolute paths");
