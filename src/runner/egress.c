@@ -337,12 +337,16 @@ static void serve(runner_egress *eg, int fd)
             return;
         answer(fd, 200, addr);
         int r = read_hello(fd, hello, &hello_len, sni);
-        if (r < 0 || strcasecmp(sni, e->host) != 0) {
-            char why[EGRESS_HOST_MAX + 64];
+        /* an address entry: no server name, so none can be fronted at that address */
+        bool literal = egress_host_literal(e->host, 0, NULL, NULL);
+        if (literal ? r != -ENOENT : r < 0 || strcasecmp(sni, e->host) != 0) {
+            char why[EGRESS_HOST_MAX + 80];
             snprintf(why, sizeof(why), "%s%s",
-                     r == 0 ? "the ClientHello names another server: " : r == -ENOENT ? "the ClientHello names no server"
-                              : r == -ETIMEDOUT || r == -EIO ? "no ClientHello"
-                                                             : "not a TLS ClientHello",
+                     r == 0 ? (literal ? "the entry is an address but the ClientHello names a server: "
+                                       : "the ClientHello names another server: ")
+                     : r == -ENOENT               ? "the ClientHello names no server"
+                     : r == -ETIMEDOUT || r == -EIO ? "no ClientHello"
+                                                    : "not a TLS ClientHello",
                      r == 0 ? sni : "");
             audit(eg, "denied", host, port, addr, why);
             return;

@@ -13,7 +13,9 @@
  * names itself and connects to the very address it checked. For an entry
  * with tls: true it answers 200 before connecting, reads the client's first
  * TLS record and connects only when the ClientHello's server name equals
- * the host (case-insensitive); otherwise it closes the tunnel. Every
+ * the host (case-insensitive), or for an entry naming an IP address only
+ * when it names no server (nothing can be fronted at that address);
+ * otherwise it closes the tunnel. Every
  * decision is an audit event enclave.egress. Caps: RUNNER_EGRESS_TUNNELS_MAX
  * tunnels per sandbox, RUNNER_EGRESS_IDLE_S without traffic ends a tunnel. */
 #pragma once

@@ -239,7 +239,10 @@ static const char *const allowed[] = {
     "mq_timedsend", "mq_timedreceive",
 };
 
-/* Loads the seccomp filter: the allow-list, sockets limited to Unix and IP,
+#define SOCKET_TYPE_MASK 0xf /* the kernel's SOCK_TYPE_MASK: the type without SOCK_NONBLOCK/SOCK_CLOEXEC */
+
+/* Loads the seccomp filter: the allow-list, sockets limited to Unix and IP
+ * streams and datagrams,
  * clone without namespace flags, clone3 reported missing so libc falls back
  * to clone, and every other call refused with EPERM. */
 static void load_seccomp(const launch *l)
@@ -252,9 +255,16 @@ static void load_seccomp(const launch *l)
         if (nr == __NR_SCMP_ERROR)
             continue; /* not on this architecture */
         if (strcmp(allowed[i], "socket") == 0) {
-            static const int domains[] = {AF_UNIX, AF_INET, AF_INET6};
-            for (size_t d = 0; d < ELEMENTSOF(domains); d++)
-                if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)domains[d])) < 0)
+            /* stream and datagram sockets (and Unix seqpacket) only: no raw
+             * or packet socket, whatever the type's flags */
+            static const struct {
+                int domain, type;
+            } kinds[] = {{AF_UNIX, SOCK_STREAM}, {AF_UNIX, SOCK_DGRAM}, {AF_UNIX, SOCK_SEQPACKET},
+                         {AF_INET, SOCK_STREAM}, {AF_INET, SOCK_DGRAM},  {AF_INET6, SOCK_STREAM},
+                         {AF_INET6, SOCK_DGRAM}};
+            for (size_t k = 0; k < ELEMENTSOF(kinds); k++)
+                if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 2, SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)kinds[k].domain),
+                                     SCMP_A1(SCMP_CMP_MASKED_EQ, SOCKET_TYPE_MASK, (scmp_datum_t)kinds[k].type)) < 0)
                     die(l, "seccomp socket rule");
             continue;
         }
