@@ -170,9 +170,13 @@ bool audit_appender_may(const char *appender, const char *action)
     };
     if (!appender || !action)
         return false;
+    /* "" and "x." are prefixes; anything else one exact action */
     for (size_t i = 0; i < ELEMENTSOF(table); i++)
-        if (strcmp(appender, table[i].role) == 0)
-            return strncmp(action, table[i].prefix, strlen(table[i].prefix)) == 0;
+        if (strcmp(appender, table[i].role) == 0) {
+            size_t n = strlen(table[i].prefix);
+            return n == 0 || table[i].prefix[n - 1] == '.' ? strncmp(action, table[i].prefix, n) == 0
+                                                           : strcmp(action, table[i].prefix) == 0;
+        }
     return false;
 }
 

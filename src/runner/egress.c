@@ -488,6 +488,8 @@ void runner_egress_free(runner_egress *eg)
     if (!eg)
         return;
     atomic_store(&eg->stopping, true);
+    if (eg->listen_fd >= 0)
+        shutdown(eg->listen_fd, SHUT_RDWR); /* wakes the acceptor's poll now: the loop does not wait */
     if (eg->started) {
         pthread_join(eg->acceptor, NULL);
         unref(eg); /* the acceptor's */
