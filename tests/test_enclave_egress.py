@@ -224,11 +224,24 @@ def test_egress_is_allow_only(server, tmp_path, tls_cert):
         # nothing else leaves: the sandbox's loopback is its own, raw and packet sockets are refused
         assert got["direct"]["result"] == "ECONNREFUSED", got["direct"]
         assert got["raw"] == {"probe": "raw", "inet_raw": "EPERM", "packet": "EPERM"}, got["raw"]
+        assert (server.data_dir / "runner" / "egress-1" / "egress.sock").exists()
     finally:
         echo.stop()
         tls_echo.stop()
         unlisted.close()
         sni_target.close()
+
+
+def test_without_egress_there_is_no_proxy(server, bundle):
+    """An Enclave without egress gets no egress socket and no proxy variables."""
+    (bundle / "app.py").write_text("import os\nprint('EGRESS-ENV', os.environ.get('HTTPS_PROXY'), "
+                                   "os.path.exists('/run/cloister/egress.sock'), flush=True)\n" + APP)
+    apply(server, enclave("closed", bundle))
+    log = server.data_dir / "runner" / "closed-1.log"
+    line = wait_for(lambda: next((l for l in (log.read_text() if log.exists() else "").splitlines()
+                                  if "EGRESS-ENV" in l), None), what="the workload's environment line")
+    assert line.endswith("EGRESS-ENV None False"), line
+    assert not (server.data_dir / "runner" / "closed-1" / "egress.sock").exists()
 
 
 def test_egress_entries_are_validated(server, bundle):

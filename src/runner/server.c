@@ -24,6 +24,10 @@
  *          agent runs one run of a Job (the engine bundle), its channel
  *          serves the job routes for that job and run only (runner/agent.h);
  *          the entry lists "job": {"name", "run"}.
+ *          "egress"?: [{"host", "port", "tls"?}] (agent mode only) is the
+ *          Enclave's allow-list: the runner serves the sandbox's egress
+ *          socket, where the agent's CONNECT proxy asks for each tunnel
+ *          (runner/egress.h).
  *   DELETE /v1/sandboxes/{name}     stops it
  *   GET    /v1/logs?enclave=E[&replica=R][&after=SEQ][&limit=N][&tail=1]
  *          the recent stdout/stderr lines of E's replicas (runner/output.h)
