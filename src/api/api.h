@@ -15,6 +15,7 @@ typedef struct api_config {
     const char *cert_file; /* PEM chain of the server certificate */
     const char *key_file;
     const char *domain;
+    unsigned proxy_port; /* the proxy's HTTPS port, for the URLs of /v1/me/services (0: unknown, 443) */
     store *store;
     unsigned threads;
     role_health *roles; /* table shared with the supervisor, may be NULL */

@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -13,6 +14,7 @@
 #include "policy/policy-http.h"
 #include "policy/policy-source.h"
 #include "policy/policy.h"
+#include "store/store.h"
 
 #define CHECK_HEADERS_MAX 64   /* headers a what-if request may carry */
 #define CTX_ARENA_MAX (256u * 1024u)
@@ -281,4 +283,77 @@ int api_handle_policy(api_request *r, const char *rest, size_t rest_len, api_err
         return 0;
     }
     return handle_check(r, err);
+}
+
+/* The entry of Service DOC in a caller's list: its name, its own host
+ * <name>.<domain> and https URL there (through the proxy's PROXY_PORT, left
+ * out when 0 or 443), its other hosts, and how to connect from a terminal
+ * (connect.cli, connect.curl). */
+static json_t *service_entry(const json_t *doc, const char *domain, unsigned proxy_port)
+{
+    const char *name = doc_name(doc);
+    json_t *hosts = json_object_get(json_object_get(doc, "spec"), "hosts");
+    char host[320], port[16] = "";
+    snprintf(host, sizeof(host), "%s.%s", name, domain && *domain ? domain : "localhost");
+    if (proxy_port && proxy_port != 443)
+        snprintf(port, sizeof(port), ":%u", proxy_port);
+    char url[360], cli[300], curl[440];
+    snprintf(url, sizeof(url), "https://%s%s/", host, port);
+    snprintf(cli, sizeof(cli), "cloister connect %s", name);
+    snprintf(curl, sizeof(curl), "curl -H \"Authorization: Bearer $(cloister token access)\" %s", url);
+    return json_pack("{s:s, s:s, s:s, s:O*, s:b, s:{s:s, s:s}}", "name", name, "host", host, "url", url, "hosts",
+                     hosts, "portal",
+                     json_is_true(json_object_get(json_object_get(json_object_get(doc, "spec"), "upstream"), "portal")),
+                     "connect", "cli", cli, "curl", curl);
+}
+
+int api_reachable_services(api_server *srv, const caller *c, json_t **ret, int64_t *ret_revision, api_error *err)
+{
+    json_auto_t *items = NULL;
+    int64_t revision;
+    int e = store_list(srv->cfg->store, "Service", &items, &revision);
+    if (e < 0)
+        return api_fail_store(err, e, "Service", "*");
+    json_auto_t *out = json_array();
+    cel_arena *values = cel_arena_new(CTX_ARENA_MAX);
+    if (!out || !values) {
+        cel_arena_free(values);
+        return api_fail(err, 500, "internal", "out of memory");
+    }
+    const char *credential = c->credential ? doc_name(c->credential) : NULL;
+    size_t i;
+    json_t *doc;
+    json_array_foreach(items, i, doc)
+    {
+        cel_arena_reset(values);
+        policy_request pr;
+        policy_request_init(&pr);
+        policy_decision d;
+        char host[320];
+        snprintf(host, sizeof(host), "%s.%s", doc_name(doc), srv->cfg->domain ? srv->cfg->domain : "");
+        if (policy_request_set_user(&pr, c->user, values) < 0 || policy_request_set_service(&pr, doc, values) < 0) {
+            e = api_fail(err, 500, "internal", "out of memory");
+            break;
+        }
+        if (c->session)
+            set_session(&pr, c->session);
+        pr.credential = credential;
+        policy_request_set_string(&pr, POLICY_VAR_HTTP_METHOD, "GET");
+        policy_request_set_string(&pr, POLICY_VAR_HTTP_PATH, "/");
+        policy_request_set_string(&pr, POLICY_VAR_HTTP_HOST, host);
+        policy_request_set_string(&pr, POLICY_VAR_HTTP_SCHEME, "https");
+        if ((e = decide(srv, &pr, &d, err)) < 0)
+            break;
+        if (d.allow && json_array_append_new(out, service_entry(doc, srv->cfg->domain, srv->cfg->proxy_port)) < 0) {
+            e = api_fail(err, 500, "internal", "out of memory");
+            break;
+        }
+    }
+    cel_arena_free(values);
+    if (e < 0)
+        return -1;
+    *ret = TAKE_PTR(out);
+    if (ret_revision)
+        *ret_revision = revision;
+    return 0;
 }

@@ -31,3 +31,10 @@ int api_fail_absent(api_server *srv, h2o_req_t *req, const caller *c, const char
 int api_check_policies(const json_t *doc, api_error *err);
 /* The /v1/policy/ endpoint group: POST /v1/policy/check. */
 int api_handle_policy(api_request *r, const char *rest, size_t rest_len, api_error *err);
+/* The Services caller C may reach: each one whose policies allow C a GET
+ * of "/" on its host (the decision the proxy makes on C's first request
+ * there), as a new array of {name, host, url, hosts?, portal, connect: {cli,
+ * curl}} in *RET,
+ * with the store revision it reflects in *RET_REVISION (may be NULL).
+ * Returns 0, or -1 with ERR. Decided without audit entries: it is a view. */
+int api_reachable_services(api_server *srv, const caller *c, json_t **ret, int64_t *ret_revision, api_error *err);

@@ -45,6 +45,7 @@ static const struct {
     [ROUTE_JOB_RESULT] = {"/v1/jobs/{name}/result", "GET"},
     [ROUTE_JOB_RUN_IO] = {"/v1/job-runs/", "any"},
     [ROUTE_NOTIFICATIONS] = {"/v1/notifications", "any"},
+    [ROUTE_ME] = {"/v1/me/services", "GET"},
     [ROUTE_OTHER] = {"other", "any"},
 };
 

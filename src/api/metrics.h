@@ -44,6 +44,7 @@ typedef enum api_route {
     ROUTE_JOB_RESULT,
     ROUTE_JOB_RUN_IO,
     ROUTE_NOTIFICATIONS,
+    ROUTE_ME,
     ROUTE_OTHER,
     ROUTE_COUNT_,
 } api_route;

@@ -7,6 +7,7 @@
 #include "api/handlers-job-runs.h"
 #include "api/handlers-jobs.h"
 #include "api/handlers-keys.h"
+#include "api/handlers-me.h"
 #include "api/handlers-notifications.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-audit.h"
@@ -39,6 +40,7 @@ const api_endpoint_group api_endpoint_groups[] = {
     {"/v1/audit/", ROUTE_AUDIT, API_GROUP_AUTHENTICATED, api_handle_audit},
     {"/v1/kms/", ROUTE_KMS, API_GROUP_AUTHENTICATED, api_handle_kms},
     {"/v1/attest/", ROUTE_ATTEST, API_GROUP_AUTHENTICATED, api_handle_attest},
+    {"/v1/me/", ROUTE_ME, API_GROUP_AUTHENTICATED, api_handle_me}, /* the caller's own */
     {"/v1/notifications", ROUTE_NOTIFICATIONS, API_GROUP_AUTHENTICATED, api_handle_notifications}, /* the caller's own */
     {"/v1/job-runs/", ROUTE_JOB_RUN_IO, API_GROUP_AUTHENTICATED, api_handle_job_run_io}, /* the runner's identity only */
     {"/v1/proxy/", ROUTE_PROXY_CONFIG, API_GROUP_PUBLIC, api_handle_proxy}, /* authenticates itself; its own identity only */

@@ -107,3 +107,5 @@ int cmd_workspace(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_age(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_job(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_notify(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+int cmd_services(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+int cmd_connect(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);

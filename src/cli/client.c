@@ -7,8 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "basic/encoding.h"
 #include "basic/strbuf.h"
 
 #define CONNECT_TIMEOUT_S 10L
@@ -246,10 +248,45 @@ static int replace_secret(char **dst, const json_t *v, const char *name)
     return 0;
 }
 
-int cli_session_refresh(cli_ctx *ctx, api_error *err)
+int cli_token_expiry(const char *token, int64_t *ret_exp)
 {
-    if (!ctx->session.refresh_token)
-        return transport_error(err, -ENOKEY, "the session has no refresh token; log in again");
+    const char *dot1 = strchr(token, '.'), *dot2 = dot1 ? strchr(dot1 + 1, '.') : NULL;
+    if (!dot2 || (size_t)(dot2 - dot1 - 1) > 4096)
+        return -EINVAL;
+    uint8_t payload[3200];
+    long n = base64_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), payload, sizeof(payload), true);
+    if (n < 0)
+        return -EINVAL;
+    json_auto_t *claims = json_loadb((const char *)payload, (size_t)n, 0, NULL);
+    const json_t *exp = json_object_get(claims, "exp");
+    if (!json_is_integer(exp))
+        return -EINVAL;
+    *ret_exp = json_integer_value(exp);
+    return 0;
+}
+
+/* Makes the saved session SAVED's tokens CTX's (another process refreshed
+ * it). Returns 0 or -ENOMEM. */
+static int adopt_saved(cli_ctx *ctx, const cli_session *saved)
+{
+    json_auto_t *v = json_pack("{s:s, s:s}", "access_token", saved->access_token, "refresh_token",
+                               saved->refresh_token);
+    int r = v ? replace_secret(&ctx->session.access_token, v, "access_token") : -ENOMEM;
+    if (r == 0)
+        r = replace_secret(&ctx->session.refresh_token, v, "refresh_token");
+    if (r == 0)
+        r = replace_secret(&ctx->token, v, "access_token");
+    if (v) {
+        explicit_bzero((char *)json_string_value(json_object_get(v, "access_token")), strlen(saved->access_token));
+        explicit_bzero((char *)json_string_value(json_object_get(v, "refresh_token")), strlen(saved->refresh_token));
+    }
+    return r < 0 ? -ENOMEM : 0;
+}
+
+/* Trades CTX's refresh token for new tokens and saves them (the session
+ * lock is held). */
+static int refresh_locked(cli_ctx *ctx, api_error *err)
+{
     json_auto_t *body = json_pack("{s:s}", "refresh_token", ctx->session.refresh_token);
     json_auto_t *answer = NULL;
     if (!body)
@@ -264,12 +301,53 @@ int cli_session_refresh(cli_ctx *ctx, api_error *err)
         r = replace_secret(&ctx->session.refresh_token, answer, "refresh_token");
     if (r == 0)
         r = replace_secret(&ctx->token, answer, "access_token");
+    const char *k;
+    json_t *v;
+    json_object_foreach(answer, k, v) if (json_is_string(v))
+        explicit_bzero((char *)json_string_value(v), json_string_length(v));
     if (r < 0)
         return transport_error(err, r, "the server's answer to the refresh holds no tokens");
     r = session_save(&ctx->session);
     if (r < 0)
         return transport_error(err, r, "cannot save the refreshed session: %s", strerror(-r));
     return 0;
+}
+
+/* cli_session_fresh() with a refresh forced unless another process already
+ * made one (FORCE), or only when the token expires within MIN_VALID_S. */
+static int session_fresh(cli_ctx *ctx, int64_t min_valid_s, bool force, api_error *err)
+{
+    if (!ctx->session.refresh_token)
+        return transport_error(err, -ENOKEY, "the session has no refresh token; log in again");
+    int64_t exp, now = (int64_t)time(NULL);
+    if (!force && ctx->token && cli_token_expiry(ctx->token, &exp) == 0 && exp - now > min_valid_s)
+        return 0;
+    _cleanup_close_ int lock = session_lock();
+    if (lock < 0)
+        return transport_error(err, lock, "cannot lock the session: %s", strerror(-lock));
+    /* another cloister of this user may have refreshed the session since we
+     * read it: its refresh token is then the live one (ours is retired, and
+     * presenting a retired one revokes the session) */
+    _cleanup_(session_done) cli_session saved = {};
+    if (session_load(&saved) == 0 && saved.session_id && ctx->session.session_id &&
+        strcmp(saved.session_id, ctx->session.session_id) == 0 && saved.refresh_token && saved.access_token &&
+        strcmp(saved.refresh_token, ctx->session.refresh_token) != 0) {
+        if (adopt_saved(ctx, &saved) < 0)
+            return transport_error(err, -ENOMEM, "out of memory");
+        if (cli_token_expiry(ctx->token, &exp) == 0 && exp - now > min_valid_s)
+            return 0;
+    }
+    return refresh_locked(ctx, err);
+}
+
+int cli_session_fresh(cli_ctx *ctx, int64_t min_valid_s, api_error *err)
+{
+    return session_fresh(ctx, min_valid_s, false, err);
+}
+
+int cli_session_refresh(cli_ctx *ctx, api_error *err)
+{
+    return session_fresh(ctx, 0, true, err);
 }
 
 int api_request_url(cli_ctx *ctx, const char *token, const char *method, const char *url, const json_t *body,

@@ -5,6 +5,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cli/cli.h"
 
@@ -52,8 +53,19 @@ int api_stream(cli_ctx *ctx, const char *path, int fd, api_error *err);
 
 /* Trades the saved session's refresh token for a new access token and
  * refresh token (POST /v1/auth/refresh), saves the session and makes the
- * new access token CTX's token. Returns 0, or -EPROTO/-EIO/... with ERR. */
+ * new access token CTX's token; when another cloister process refreshed
+ * the session since CTX read it, its saved tokens are taken instead (the
+ * refresh token is single-use: presenting a retired one revokes the
+ * session). Serialised across processes by session_lock(). Returns 0, or
+ * -EPROTO/-EIO/... with ERR. */
 int cli_session_refresh(cli_ctx *ctx, api_error *err);
+/* Makes CTX's token an access token of the saved session valid for more
+ * than MIN_VALID_S seconds: the one it holds, else cli_session_refresh().
+ * Returns 0, or as cli_session_refresh(). */
+int cli_session_fresh(cli_ctx *ctx, int64_t min_valid_s, api_error *err);
+/* The exp claim of the access token TOKEN (a JWT), read without verifying
+ * it (only to time a refresh: the server verifies). Returns 0 or -EINVAL. */
+int cli_token_expiry(const char *token, int64_t *ret_exp);
 
 /* "FIELD: MESSAGE" (or MESSAGE alone when it has no field or already
  * starts with it) into BUF; returns BUF. */

@@ -19,8 +19,13 @@ static const cli_command commands[] = {
      "create or update every resource of the manifests, all or nothing", cmd_apply},
     {"get", "KIND [NAME] [-o json|yaml]", "list the resources of a kind, or show one", cmd_get},
     {"delete", "KIND NAME", "delete a resource", cmd_delete},
-    {"token", "create CREDENTIAL [-o json|yaml]",
-     "make a new token for a credential (replacing its old one); shown once", cmd_token},
+    {"token", "create CREDENTIAL [-o json|yaml] | access",
+     "make a new token for a credential (replacing its old one; shown once); print a fresh access token of your "
+     "session (refreshed when it has less than 2 minutes left)", cmd_token},
+    {"services", "[-o json|yaml]", "list the services policy lets you reach: URL and how to connect", cmd_services},
+    {"connect", "SERVICE [--listen 127.0.0.1:PORT]",
+     "forward a local plain-HTTP listener to SERVICE through the proxy with your session (kept fresh); exits 1 "
+     "once the session has ended", cmd_connect},
     {"audit", "checkpoint|verify|export|show [--key VKEY|FILE]",
      "verify the signed audit log (verify [--bundle FILE]), export proofs (export --from N --to M "
      "[--out FILE]), read entries (show [--action A] [--user U] [--service S] [--decision allow|deny]: proxy "

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -192,6 +193,33 @@ int session_save(const cli_session *s)
     explicit_bzero(text, n);
     free(text);
     return r;
+}
+
+int session_lock(void)
+{
+    _cleanup_free_ char *home = NULL, *dir = NULL, *path = NULL;
+    int r = config_home(&home);
+    if (r == 0)
+        r = session_dir(&dir);
+    if (r < 0)
+        return r;
+    if (asprintf(&path, "%s/session.lock", dir) < 0)
+        return -ENOMEM;
+    if ((r = mkdir_p(home, 0700)) < 0)
+        return r;
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+        return negative_errno();
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return negative_errno();
+    while (flock(fd, LOCK_EX) < 0) {
+        if (errno != EINTR) {
+            r = negative_errno();
+            close(fd);
+            return r;
+        }
+    }
+    return fd;
 }
 
 int session_remove(void)

@@ -35,5 +35,9 @@ int session_save(const cli_session *s);
 /* Removes the session file. Returns 0, -ENOENT when there was none, or a
  * negative errno. */
 int session_remove(void);
+/* Takes the session lock ($XDG_CONFIG_HOME/cloister/session.lock, an
+ * exclusive flock held until the returned fd is closed): the processes of a
+ * user refresh one session in turn. Returns the fd or a negative errno. */
+int session_lock(void);
 /* Frees S's strings, wiping the tokens; accepts an empty session. */
 void session_done(cli_session *s);

@@ -1,6 +1,7 @@
 /* The `api` role's main: its view of the configuration, then its server
  * (src/api/role.c). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "api/api.h"
@@ -23,9 +24,12 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
     snprintf(auth_dir, sizeof(auth_dir), "%s/auth", cfg->data_dir);
     char blob_dir[4200];
     snprintf(blob_dir, sizeof(blob_dir), "%s/api/blobs", cfg->data_dir);
+    const char *proxy_colon = strrchr(cfg->proxy_listen, ':');
+    unsigned long proxy_port = proxy_colon ? strtoul(proxy_colon + 1, NULL, 10) : 0;
     const api_role_config api = {
         .api = {.listen = cfg->api_listen, .cert_file = cfg->api_cert, .key_file = cfg->api_key,
-                .domain = cfg->domain, .threads = cfg->api_threads, .roles = all, .n_roles = n_all,
+                .domain = cfg->domain, .proxy_port = proxy_port <= 65535 ? (unsigned)proxy_port : 0,
+                .threads = cfg->api_threads, .roles = all, .n_roles = n_all,
                 .ready_flag = &health->ready, .audit_socket = cfg->audit_socket,
                 .proxy_metrics = cfg->proxy_metrics,
                 .job_engine_pcr0 = cfg->job_engine_pcr0[0] ? cfg->job_engine_pcr0 : NULL},

@@ -1,4 +1,5 @@
 #include "httpd/framing.h"
+#include "httpd/phr.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -11,19 +12,6 @@
 #include <h2o/http2_internal.h>
 
 #include "basic/macro.h"
-
-/* picohttpparser, the parser h2o's HTTP/1 uses: libh2o carries and exports
- * it without installing its header. Parsing the head with the very same code
- * means the checker sees each field exactly where h2o saw it. */
-struct phr_header {
-    const char *name;
-    size_t name_len;
-    const char *value;
-    size_t value_len;
-};
-int phr_parse_request(const char *buf, size_t len, const char **method, size_t *method_len, const char **path,
-                      size_t *path_len, int *minor_version, struct phr_header *headers, size_t *num_headers,
-                      size_t last_len);
 
 #define FRAMING_MAX_FIELDS H2O_MAX_HEADERS
 

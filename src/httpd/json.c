@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "basic/macro.h"
+#include "httpd/errorpage.h"
 
 const char *http_reason(int status)
 {
@@ -23,9 +24,12 @@ const char *http_reason(int status)
     case 410: return "Gone";
     case 413: return "Payload Too Large";
     case 415: return "Unsupported Media Type";
+    case 421: return "Misdirected Request";
+    case 431: return "Request Header Fields Too Large";
     case 429: return "Too Many Requests";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
     default: return status >= 500 ? "Internal Server Error" : "Error";
     }
 }
@@ -86,8 +90,30 @@ void api_send_json(h2o_req_t *req, int status, const json_t *value)
     free(body);
 }
 
+/* The request id the proxy gave REQ (x-cloister-request-id, 32 hex digits:
+ * the proxy replaces any a client sends), or NULL. */
+static const char *proxy_request_id(h2o_req_t *req)
+{
+    ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-cloister-request-id"), -1);
+    if (i < 0)
+        return NULL;
+    h2o_iovec_t v = req->headers.entries[i].value;
+    if (v.len != 32)
+        return NULL;
+    char *id = h2o_strdup(&req->pool, v.base, v.len).base;
+    return strspn(id, "0123456789abcdef") == 32 ? id : NULL;
+}
+
 void api_send_error(h2o_req_t *req, const api_error *err)
 {
+    if (error_page_wanted(req)) { /* a browser: the same error as a page */
+        if (err->status == 401)
+            h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
+                           H2O_STRLIT("Bearer realm=\"cloister\""));
+        error_page_send(req, &(error_page){.status = err->status, .message = err->message,
+                                           .request_id = proxy_request_id(req)});
+        return;
+    }
     json_t *e = json_pack("{s:s, s:s}", "code", err->code, "message", err->message);
     if (err->field[0])
         json_object_set_new(e, "field", json_string(err->field));

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "auth/credential.h"
 #include "auth/jwt.h"
 #include "basic/encoding.h"
 #include "basic/macro.h"
@@ -24,10 +25,7 @@ h2o_iovec_t proxy_find_cookie(h2o_req_t *req, const char *name)
     return h2o_iovec_init(NULL, 0);
 }
 
-/* The access token of REQ: "Authorization: Bearer …", else our cookie.
- * Sets *RET_FROM_COOKIE. A NULL base when there is none; an empty one when
- * Authorization is present but not a bearer token. */
-static h2o_iovec_t find_token(h2o_req_t *req, bool *ret_from_cookie)
+h2o_iovec_t proxy_find_token(h2o_req_t *req, bool *ret_from_cookie)
 {
     *ret_from_cookie = false;
     ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
@@ -139,13 +137,20 @@ static proxy_step refuse_unauthenticated(proxy_request *pr, const char *why, boo
 proxy_step proxy_stage_authenticate(proxy_request *pr)
 {
     pr->now = (int64_t)(time_now_ns() / NSEC_PER_SEC);
-    h2o_iovec_t token = find_token(pr->req, &pr->from_cookie);
+    h2o_iovec_t token = proxy_find_token(pr->req, &pr->from_cookie);
     if (!token.base || token.len == 0)
         return refuse_unauthenticated(pr,
                                       token.base ? "the Authorization header must be \"Bearer <access token>\""
                                                  : "no access token: send \"Authorization: Bearer <access token>\" "
                                                    "(POST /v1/auth/token on the API) or log in",
                                       token.base != NULL);
+    if (credential_token_well_formed(token.base, token.len))
+        return refuse_unauthenticated(pr,
+                                      "this is a credential token (clst_...), not an access token: exchange it on "
+                                      "the API with POST /v1/auth/token {\"token\": \"clst_...\"} and send the "
+                                      "answer's access_token, or run `cloister login --token clst_...` once and "
+                                      "send `cloister token access` (or use `cloister connect SERVICE`)",
+                                      true);
     const char *reason;
     int status;
     const resolved_token *r = proxy_resolve(pr->t, pr->c, token, pr->now, &reason, &status);

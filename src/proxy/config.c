@@ -239,9 +239,10 @@ static void enclave_replicas(proxy_service *s, const char *enclave, const proxy_
         s->unreachable = "its Enclave has no running replica";
 }
 
-/* Fills S from the Service document DOC. Returns 0, 1 when the Service
- * cannot be served (logged), or -ENOMEM. */
-static int service_init(proxy_service *s, json_t *doc, const proxy_state *st)
+/* Fills S from the Service document DOC; a portal Service's upstream is
+ * the API at API_URL. Returns 0, 1 when the Service cannot be served
+ * (logged), or -ENOMEM. */
+static int service_init(proxy_service *s, json_t *doc, const proxy_state *st, const char *api_url)
 {
     const char *name = json_string_value(json_object_get(json_object_get(doc, "metadata"), "name"));
     const json_t *spec = json_object_get(doc, "spec");
@@ -260,7 +261,8 @@ static int service_init(proxy_service *s, json_t *doc, const proxy_state *st)
         s->max_body = (uint64_t)json_integer_value(v);
     if (json_is_integer(v = json_object_get(limits, "maxHeaderBytes")) && json_integer_value(v) > 0)
         s->max_header_bytes = (uint64_t)json_integer_value(v);
-    const char *url = json_string_value(json_object_get(upstream, "url"));
+    s->is_portal = json_is_true(json_object_get(upstream, "portal"));
+    const char *url = s->is_portal ? api_url : json_string_value(json_object_get(upstream, "url"));
     if (!url) {
         const char *enclave = json_string_value(json_object_get(upstream, "enclave"));
         s->is_enclave = enclave != NULL;
@@ -337,6 +339,7 @@ void proxy_config_unref(proxy_config *c)
     free(c->keys);
     json_decref(c->users);
     json_decref(c->credentials);
+    json_decref(c->policy_docs);
     json_decref(c->sessions);
     for (size_t i = 0; i < c->n_services; i++)
         service_clear(&c->services[i]);
@@ -348,7 +351,8 @@ void proxy_config_unref(proxy_config *c)
     free(c);
 }
 
-int proxy_config_build(proxy_state *st, const proxy_config *prev, const char *domain, proxy_config **ret)
+int proxy_config_build(proxy_state *st, const proxy_config *prev, const char *domain, const char *api_url,
+                       proxy_config **ret)
 {
     proxy_config *c = calloc(1, sizeof(*c));
     if (!c)
@@ -368,6 +372,7 @@ int proxy_config_build(proxy_state *st, const proxy_config *prev, const char *do
         e = load_keys(c, st->jwks);
     if (e == 0 && (!(c->users = json_copy(policy_docs_get(st->docs, "User"))) ||
                    !(c->credentials = json_copy(policy_docs_get(st->docs, "Credential"))) ||
+                   !(c->policy_docs = json_copy(policy_docs_get(st->docs, "Policy"))) ||
                    !(c->sessions = json_copy(st->sessions)) || !(c->hosts = json_object())))
         e = -ENOMEM;
     json_t *services = policy_docs_get(st->docs, "Service");
@@ -382,7 +387,7 @@ int proxy_config_build(proxy_state *st, const proxy_config *prev, const char *do
             if (c->n_services == n)
                 break;
             proxy_service *s = &c->services[c->n_services];
-            int r = service_init(s, doc, st);
+            int r = service_init(s, doc, st, api_url);
             if (r < 0) {
                 service_clear(s);
                 e = r;

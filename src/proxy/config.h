@@ -57,6 +57,7 @@ typedef struct proxy_service {
     h2o_url_t upstream;
     h2o_socketpool_t *pool; /* the upstream's keep-alive pool (process lifetime) */
     bool is_enclave;        /* upstream {enclave}: REPLICAS are bridges to its running replicas */
+    bool is_portal;         /* upstream {portal: true}: the portal app, /v1/ to the API (portal.c) */
     const char *enclave;    /* its name (borrowed from DOC) */
     h2o_socketpool_t *replicas[PROXY_ENCLAVE_REPLICAS_MAX];
     char replica_names[PROXY_ENCLAVE_REPLICAS_MAX][72];
@@ -82,6 +83,7 @@ typedef struct proxy_config {
     jwt_key **keys;
     size_t n_keys;
     json_t *users, *credentials, *sessions; /* name -> document (shallow copies) */
+    json_t *policy_docs; /* name -> Policy document (a shallow copy): a denial's explanation and remediation */
     proxy_service *services;
     size_t n_services;
     json_t *hosts; /* lower-case host -> index into SERVICES */
@@ -89,11 +91,13 @@ typedef struct proxy_config {
     bool has_handoff_key;
 } proxy_config;
 
-/* Builds a snapshot of ST for the cluster DOMAIN. The policy set of PREV (may
+/* Builds a snapshot of ST for the cluster DOMAIN (portal Services go to the
+ * API at API_URL). The policy set of PREV (may
  * be NULL) is shared when no document it depends on changed. Returns 0 and a snapshot with one reference in *RET, or a negative errno
  * (-ENOMEM, or the policy set's errors). Problems of single Services (bad
  * upstream URL, unloadable certificate) are logged and the Service skipped. */
-int proxy_config_build(proxy_state *st, const proxy_config *prev, const char *domain, proxy_config **ret);
+int proxy_config_build(proxy_state *st, const proxy_config *prev, const char *domain, const char *api_url,
+                       proxy_config **ret);
 proxy_config *proxy_config_ref(proxy_config *c);
 /* Drops a reference; the last frees the snapshot and wipes injected secrets. */
 void proxy_config_unref(proxy_config *c);

@@ -9,12 +9,15 @@
  *                                SERVER span, continued (a trusting Service)
  *                                or a new trace linking the client's
  *   reserved      proxy.c        /.cloister/ paths: the login callback
- *                                (login.c), the JWKS (jwks.c)
+ *                                (login.c), sign-out (logout.c), the JWKS
+ *                                (jwks.c)
  *   limit         normalise.c    the Service's body and header caps
  *   authenticate  authenticate.c the access token to its session and user;
  *                                a browser without one is sent to log in
  *                                (login.c)
  *   decide        decide.c       the policy on the normalised request
+ *   portal        portal.c       a portal Service: its app's files, its /v1/
+ *                                calls to the API as the user
  *   reachable     forward.c      an upstream (or enclave replica) to go to
  *   attestation   attestation.c  /.cloister/attestation, decided like any path
  *   rewrite       rewrite.c      headers for the upstream, identity added
@@ -23,9 +26,9 @@
  *   forward       forward.c      to the upstream's keep-alive pool
  *
  * A stage answers (respond.c: one place turns a refusal into a status and a
- * JSON body) and returns PROXY_DONE, or returns PROXY_NEXT. The access log
- * (access-log.c) records every request when its pool is released, and ends
- * its spans (trace.c). */
+ * JSON body, or an HTML page for a browser) and returns PROXY_DONE, or
+ * returns PROXY_NEXT. The access log (access-log.c) records every request
+ * when its pool is released, and ends its spans (trace.c). */
 #pragma once
 
 #include <h2o.h>
@@ -117,6 +120,15 @@ typedef struct access_record {
 /* One request in the corridor, allocated from its pool; what a stage
  * learns is here for the stages after it. Released with the request, when
  * its access record is written (access-log.c). */
+/* What a browser's error page shows instead of the JSON message, set by the
+ * stage that refuses (all NULL: the JSON message alone). Borrowed; they
+ * must live as long as the request. */
+typedef struct proxy_page_texts {
+    const char *message;     /* the human reason, when the JSON one says more than the user may know */
+    const char *explanation; /* the deciding Policy's spec.explanation */
+    const char *remediation; /* and its spec.remediation */
+} proxy_page_texts;
+
 typedef struct proxy_request {
     h2o_req_t *req;
     proxy_thread *t;
@@ -140,6 +152,7 @@ typedef struct proxy_request {
     telemetry_span *server_span, *client_span; /* NULL when export is off, or once ended */
     h2o_iovec_t tracestate;         /* what is passed upstream (pool), or a NULL base */
     h2o_iovec_t user_agent;         /* the client's User-Agent (the request's), or a NULL base */
+    proxy_page_texts page;       /* a refusal's page for a browser */
     access_record rec;
 } proxy_request;
 
@@ -156,6 +169,7 @@ proxy_step proxy_stage_trace(proxy_request *pr);        /* trace.c */
 proxy_step proxy_stage_limit(proxy_request *pr);        /* normalise.c */
 proxy_step proxy_stage_authenticate(proxy_request *pr); /* authenticate.c */
 proxy_step proxy_stage_decide(proxy_request *pr);       /* decide.c */
+proxy_step proxy_stage_portal(proxy_request *pr);       /* portal.c */
 proxy_step proxy_stage_reachable(proxy_request *pr);    /* forward.c */
 proxy_step proxy_stage_attestation(proxy_request *pr);  /* attestation.c */
 proxy_step proxy_stage_rewrite(proxy_request *pr);      /* rewrite.c */
@@ -175,10 +189,15 @@ void proxy_send_body(h2o_req_t *req, h2o_iovec_t body);
 /* Answers 200 with VALUE (borrowed) as compact JSON and Cache-Control
  * CACHE_CONTROL (static); 500 when it cannot be written. Returns PROXY_DONE. */
 proxy_step proxy_send_json(proxy_request *pr, const json_t *value, const char *cache_control);
+/* Sets PR's response to the refusal proxy_fail() sends (status, headers,
+ * length) without starting it; returns its body (from the request's pool). */
+h2o_iovec_t proxy_failure_prepare(proxy_request *pr, int status, const char *code, const char *message);
 /* Answers 302 to LOCATION (copied), not to be cached. */
 void proxy_redirect(h2o_req_t *req, const char *location);
-/* Answers STATUS with {"error":{"code","message"},"requestId"}; the request
- * id also goes in x-cloister-request-id. Returns PROXY_DONE. */
+/* Answers STATUS with {"error":{"code","message"},"requestId"}, or for a
+ * browser (httpd/errorpage.h: Accept asks for text/html first) the HTML
+ * page of PR->page (else MESSAGE) with the request id and a sign-out link;
+ * the request id also goes in x-cloister-request-id. Returns PROXY_DONE. */
 proxy_step proxy_fail(proxy_request *pr, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -220,6 +239,10 @@ const char *proxy_misdirected(h2o_req_t *req, const proxy_config *c, const proxy
 const char *proxy_sni_misdirected(const proxy_config *c, const proxy_service *svc, const char *sni);
 
 /* ---- authenticate.c ---- */
+/* The access token of REQ: "Authorization: Bearer …", else our cookie.
+ * Sets *RET_FROM_COOKIE. A NULL base when there is none; an empty one when
+ * Authorization is present but not a bearer token. */
+h2o_iovec_t proxy_find_token(h2o_req_t *req, bool *ret_from_cookie);
 /* The value of cookie NAME in REQ's Cookie headers, or a NULL base. */
 h2o_iovec_t proxy_find_cookie(h2o_req_t *req, const char *name);
 /* Resolves the access token TOKEN against configuration C at NOW; see
@@ -240,6 +263,11 @@ proxy_step proxy_login_redirect(proxy_request *pr);
 proxy_step proxy_login_callback(proxy_request *pr);
 void proxy_login_init(proxy_thread *t);
 void proxy_login_dispose(proxy_thread *t);
+
+/* ---- logout.c ---- */
+/* /.cloister/logout: GET a page asking to sign out, POST revokes the
+ * session at the API and clears the cookie. Returns PROXY_DONE. */
+proxy_step proxy_logout(proxy_request *pr);
 
 /* ---- jwks.c ---- */
 /* GET /.cloister/jwks.json: the keys verifying x-cloister-assertion.

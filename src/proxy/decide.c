@@ -30,6 +30,20 @@ static int decide(proxy_request *pr, policy_decision *ret)
     return policy_decide(pr->c->policies, &p, t->scratch, ret);
 }
 
+/* A browser's page of a denial by POLICY ("" when no rule matched): no
+ * policy or rule names (the audit entry of the request id has them), the
+ * Policy's own explanation and remediation when it has them. */
+static void deny_page(proxy_request *pr, const char *policy)
+{
+    const json_t *spec = json_object_get(json_object_get(pr->c->policy_docs, policy), "spec");
+    pr->page = (proxy_page_texts){
+        .message = policy[0] ? "A policy does not let you reach this page."
+                             : "No policy lets you reach this page.",
+        .explanation = json_string_value(json_object_get(spec, "explanation")),
+        .remediation = json_string_value(json_object_get(spec, "remediation")),
+    };
+}
+
 /* Denies (403) what the policy does not allow, and what it allows for a
  * Service whose access must be audited while the audit log is unavailable
  * (503). */
@@ -46,6 +60,7 @@ proxy_step proxy_stage_decide(proxy_request *pr)
     snprintf(rec->rule, sizeof(rec->rule), "%s", d.rule);
     if (!d.allow) {
         rec->decision = PROXY_DECISION_DENY;
+        deny_page(pr, d.policy);
         return proxy_fail(pr, 403, "forbidden", "denied: %s", d.reason);
     }
     rec->decision = PROXY_DECISION_ALLOW;

@@ -197,7 +197,7 @@ static void apply_event(proxy_follower *f, const char *name, const char *data, s
 static void publish(proxy_follower *f)
 {
     proxy_config *snap;
-    int e = proxy_config_build(&f->state, f->published, f->domain, &snap);
+    int e = proxy_config_build(&f->state, f->published, f->domain, f->api_url, &snap);
     if (e < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot build the proxy configuration; the previous one stays in use", "error",
                    strerror(-e), NULL);

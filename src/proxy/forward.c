@@ -32,15 +32,73 @@ typedef struct upstream_filter {
     proxy_request *pr;
 } upstream_filter;
 
-/* Ends the hop's CLIENT span, and drops the upstream's Set-Cookie of the
- * proxy's own cookies from the response REQ is about to send: an upstream
- * must not put a session of its choice (its own login, or a sibling
- * service's) in the browser. */
+/* An output stream that sends BODY in place of what it is given. */
+typedef struct body_swap {
+    h2o_ostream_t super;
+    h2o_iovec_t body;
+    bool sent;
+} body_swap;
+
+static void body_swap_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt,
+                           h2o_send_state_t state)
+{
+    (void)bufs, (void)bufcnt;
+    body_swap *s = (body_swap *)self;
+    bool head = h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("HEAD"));
+    if (s->sent || head) {
+        h2o_ostream_send_next(self, req, NULL, 0, state);
+        return;
+    }
+    s->sent = true;
+    h2o_ostream_send_next(self, req, &s->body, 1, state);
+}
+
+/* Whether REQ's response is h2o's own answer to a failed upstream exchange
+ * (h2o_send_error_502 "Gateway Error": a bare text/plain reason such as
+ * "connection failed"), not one the upstream sent. */
+static bool is_gateway_error(const h2o_req_t *req)
+{
+    return req->res.status >= 502 && req->res.status <= 504 && req->res.reason &&
+           strcmp(req->res.reason, "Gateway Error") == 0 && req->res.headers.size == 1 &&
+           req->res.headers.entries[0].name == &H2O_TOKEN_CONTENT_TYPE->buf;
+}
+
+/* Replaces h2o's bare gateway error in REQ (slot SLOT) by the proxy's own
+ * refusal of PR: JSON, or a page for a browser, naming the service and
+ * what failed. */
+static h2o_ostream_t **replace_gateway_error(proxy_request *pr, h2o_req_t *req, h2o_ostream_t **slot)
+{
+    char message[300];
+    snprintf(message, sizeof(message),
+             "service %s could not be reached: the exchange with its upstream failed (no connection, or it broke "
+             "off or timed out)",
+             pr->svc->name);
+    int status = req->res.status;
+    req->res.headers = (h2o_headers_t){NULL};
+    pr->page = (proxy_page_texts){.message = "The service behind this address could not be reached. Try again "
+                                             "in a moment; if it keeps failing, tell its administrator."};
+    body_swap *s = (body_swap *)h2o_add_ostream(req, sizeof(*s), slot);
+    s->super.do_send = body_swap_send;
+    s->sent = false;
+    s->body = proxy_failure_prepare(pr, status == 504 ? 504 : 502, status == 504 ? "gateway_timeout" : "bad_gateway",
+                                    message);
+    return &s->super.next;
+}
+
+/* Drops the upstream's Set-Cookie of the proxy's own cookies from the
+ * response REQ is about to send: an upstream must not put a session of its
+ * choice (its own login, or a sibling service's) in the browser. h2o's own
+ * bare answer to a failed exchange becomes the proxy's refusal. Ends the
+ * hop's CLIENT span first. */
 static void on_upstream_response(h2o_req_prefilter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
 {
     static const char *const ours[] = {PROXY_SESSION_COOKIE, PROXY_LOGIN_COOKIE, NULL};
     proxy_request *pr = ((upstream_filter *)self)->pr;
     proxy_trace_upstream_answered(pr, req->res.status);
+    if (is_gateway_error(req)) {
+        h2o_setup_next_prefilter(self, req, replace_gateway_error(pr, req, slot));
+        return;
+    }
     h2o_headers_t *h = &req->res.headers;
     size_t kept = 0;
     for (size_t i = 0; i < h->size; i++) {

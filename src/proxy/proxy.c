@@ -84,7 +84,7 @@ void proxy_refresh_config(proxy_thread *t)
 /* ---- the corridor ---- */
 
 /* The reserved /.cloister/ paths other than the attestation (which is
- * decided like any path): the login callback and the JWKS of the
+ * decided like any path): the login callback, sign-out and the JWKS of the
  * assertions, served before authentication. */
 static proxy_step proxy_stage_reserved(proxy_request *pr)
 {
@@ -94,6 +94,8 @@ static proxy_step proxy_stage_reserved(proxy_request *pr)
     h2o_iovec_t name = h2o_iovec_init(pr->target + prefix, pr->path_len - prefix);
     if (h2o_memis(name.base, name.len, H2O_STRLIT("callback")))
         return proxy_login_callback(pr);
+    if (h2o_memis(name.base, name.len, H2O_STRLIT("logout")))
+        return proxy_logout(pr);
     pr->rec.decision = PROXY_DECISION_ALLOW;
     if (h2o_memis(name.base, name.len, H2O_STRLIT("jwks.json")))
         return proxy_serve_jwks(pr);
@@ -104,8 +106,8 @@ static proxy_step proxy_stage_reserved(proxy_request *pr)
 static const proxy_stage stages[] = {
     proxy_stage_normalise,   proxy_stage_trace,       proxy_stage_reserved,
     proxy_stage_limit,       proxy_stage_authenticate, proxy_stage_decide,
-    proxy_stage_reachable,   proxy_stage_attestation, proxy_stage_rewrite,
-    proxy_stage_trace_upstream, proxy_stage_forward,
+    proxy_stage_portal,      proxy_stage_reachable,   proxy_stage_attestation,
+    proxy_stage_rewrite,     proxy_stage_trace_upstream, proxy_stage_forward,
 };
 
 /* The request's context, from its pool, with what is known before any

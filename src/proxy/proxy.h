@@ -23,6 +23,7 @@
 #define PROXY_ASSERTION_TTL_S 120 /* x-cloister-assertion lifetime */
 #define PROXY_RESERVED_PREFIX "/.cloister/"
 #define PROXY_ATTESTATION_PATH PROXY_RESERVED_PREFIX "attestation"
+#define PROXY_LOGOUT_PATH PROXY_RESERVED_PREFIX "logout" /* sign-out (logout.c) */
 
 typedef struct proxy_settings {
     const char *domain;          /* services are <name>.<domain> */
@@ -35,6 +36,10 @@ typedef struct proxy_settings {
     proxy_metrics *metrics;      /* shared with the api role, which renders it; may be NULL */
     struct proxy_certs *certs;   /* service host certificates by SNI; NULL: the default certificate only */
     struct offload_pool *attest_pool; /* /.cloister/attestation's handshakes with replicas */
+    const char *portal_dir;      /* the built portal app (portal_dir_locate()), or NULL: not installed */
+    const char *api_url;         /* the API as this proxy reaches it (sign-out revokes sessions there) */
+    const char *api_ca_file;     /* verifies the API */
+    struct offload_pool *logout_pool; /* sign-outs' calls to the API */
 } proxy_settings;
 
 /* httpd hooks; USERDATA is the proxy_settings (borrowed for the server's life). */

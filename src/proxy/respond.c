@@ -1,5 +1,6 @@
 /* The proxy's own answers: request ids, bodies, redirects and the one
- * place a refusal becomes a status and a JSON error (see corridor.h). */
+ * place a refusal becomes a status and a JSON error, or for a browser an
+ * HTML page (httpd/errorpage.h; see corridor.h). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 #include <jansson.h>
 
 #include "basic/encoding.h"
+#include "httpd/errorpage.h"
 #include "proxy/corridor.h"
 
 void proxy_request_id(proxy_thread *t, char out[PROXY_REQUEST_ID_LEN + 1])
@@ -66,19 +68,31 @@ static const char *reason_of(int status)
         return "Not Found";
     case 421:
         return "Misdirected Request";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
     default:
         return status >= 500 ? "Error" : "Bad Request";
     }
 }
 
-proxy_step proxy_fail(proxy_request *pr, int status, const char *code, const char *fmt, ...)
+h2o_iovec_t proxy_failure_prepare(proxy_request *pr, int status, const char *code, const char *message)
 {
     h2o_req_t *req = pr->req;
-    char message[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(message, sizeof(message), fmt, ap);
-    va_end(ap);
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-cloister-request-id"), 0, NULL, pr->rec.id,
+                          PROXY_REQUEST_ID_LEN);
+    if (error_page_wanted(req)) {
+        const proxy_page_texts *texts = &pr->page;
+        return error_page_prepare(req, &(error_page){.status = status,
+                                                     .message = texts->message ? texts->message : message,
+                                                     .explanation = texts->explanation,
+                                                     .remediation = texts->remediation,
+                                                     .request_id = pr->rec.id,
+                                                     .signout_url = pr->svc ? PROXY_LOGOUT_PATH : NULL});
+    }
     json_t *body = json_pack("{s:{s:s, s:s}, s:s}", "error", "code", code, "message", message, "requestId",
                              pr->rec.id);
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -87,10 +101,19 @@ proxy_step proxy_fail(proxy_request *pr, int status, const char *code, const cha
     req->res.reason = reason_of(status);
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
-    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-cloister-request-id"), 0, NULL, pr->rec.id,
-                          PROXY_REQUEST_ID_LEN);
     h2o_iovec_t v = text ? h2o_strdup(&req->pool, text, SIZE_MAX) : h2o_iovec_init(H2O_STRLIT("{}"));
     free(text);
-    proxy_send_body(req, v);
+    req->res.content_length = v.len;
+    return v;
+}
+
+proxy_step proxy_fail(proxy_request *pr, int status, const char *code, const char *fmt, ...)
+{
+    char message[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof(message), fmt, ap);
+    va_end(ap);
+    proxy_send_body(pr->req, proxy_failure_prepare(pr, status, code, message));
     return PROXY_DONE;
 }

@@ -13,6 +13,7 @@
 #include "httpd/httpd.h"
 #include "httpd/offload.h"
 #include "pki/pki.h"
+#include "portal/portal.h"
 #include "proxy/bridge.h"
 #include "proxy/certs.h"
 #include "proxy/config.h"
@@ -26,6 +27,8 @@
 /* /.cloister/attestation: handshakes with replicas at once, and waiting */
 #define ATTEST_WORKERS 4
 #define ATTEST_JOBS_MAX 256
+#define LOGOUT_WORKERS 1    /* sign-outs: one short call to the API each */
+#define LOGOUT_JOBS_MAX 64
 
 /* The client TLS context for https upstreams: the system's trust store and
  * the cluster CA, certificate and host name verified. */
@@ -43,7 +46,7 @@ static SSL_CTX *upstream_tls(const char *ca_file)
 
 int proxy_serve(const proxy_role_config *cfg)
 {
-    char dir[4200], keys_path[4300], login_url[400], issuer[300];
+    char dir[4200], keys_path[4300], login_url[400], issuer[300], portal_dir[4096] = "";
     snprintf(dir, sizeof(dir), "%s/proxy", cfg->data_dir);
     snprintf(keys_path, sizeof(keys_path), "%s/assertion-keys.json", dir);
     auth_keyring *keys = NULL;
@@ -59,10 +62,12 @@ int proxy_serve(const proxy_role_config *cfg)
     X509 *host_ca = NULL;
     EVP_PKEY *host_ca_key = NULL;
     proxy_certs *certs = NULL;
-    offload_pool *attest_pool = NULL;
+    offload_pool *attest_pool = NULL, *logout_pool = NULL;
     if (!client_tls || pki_load(cfg->host_ca_cert, cfg->host_ca_key, &host_ca, &host_ca_key) < 0 ||
         proxy_certs_new(host_ca, host_ca_key, &certs) < 0 ||
-        offload_pool_new("proxy-attest", ATTEST_WORKERS, ATTEST_JOBS_MAX, &attest_pool) < 0) {
+        offload_pool_new("proxy-attest", ATTEST_WORKERS, ATTEST_JOBS_MAX, &attest_pool) < 0 ||
+        offload_pool_new("proxy-logout", LOGOUT_WORKERS, LOGOUT_JOBS_MAX, &logout_pool) < 0) {
+        offload_pool_free(attest_pool);
         proxy_certs_free(certs);
         SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
@@ -74,6 +79,9 @@ int proxy_serve(const proxy_role_config *cfg)
     proxy_bridges_init(cfg->platform_ca_cert, cfg->runner_dir);
     snprintf(login_url, sizeof(login_url), "%s/v1/auth/login", cfg->api_url);
     snprintf(issuer, sizeof(issuer), "https://proxy.%s", cfg->domain);
+    if (portal_dir_locate(portal_dir, sizeof(portal_dir)) < 0)
+        log_fields(LOG_LEVEL_INFO, "no built portal app (CLOISTER_PORTAL_DIR, or beside cloisterd): portal Services answer 503",
+                   NULL);
 
     r = audit_event_start(cfg->audit_socket);
     if (r < 0)
@@ -88,6 +96,7 @@ int proxy_serve(const proxy_role_config *cfg)
         log_fields(LOG_LEVEL_ERROR, "cannot start following the API's configuration", "error", strerror(-r), NULL);
         audit_event_stop(2000);
         offload_pool_free(attest_pool);
+        offload_pool_free(logout_pool);
         proxy_certs_free(certs);
         SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
@@ -104,6 +113,10 @@ int proxy_serve(const proxy_role_config *cfg)
         .metrics = cfg->metrics,
         .certs = certs,
         .attest_pool = attest_pool,
+        .portal_dir = *portal_dir ? portal_dir : NULL,
+        .api_url = cfg->api_url,
+        .api_ca_file = cfg->ca_cert,
+        .logout_pool = logout_pool,
     };
     httpd_config hc = {
         .name = "proxy",
@@ -129,6 +142,7 @@ int proxy_serve(const proxy_role_config *cfg)
     audit_event_stop(2000);
     proxy_config_shutdown();
     offload_pool_free(attest_pool); /* every loop is freed: their jobs are done */
+    offload_pool_free(logout_pool);
     proxy_certs_free(certs);
     SSL_CTX_free(client_tls);
     auth_keyring_free(keys);

@@ -58,8 +58,11 @@ static const schema_field rule_fields[] = {
 static const schema s_rule = OBJECT(rule_fields);
 static const schema s_rules = ARRAY(&s_rule, .min_items = 1);
 
+static const schema s_policy_text = STRING(.format = FORMAT_TEXT, .max_len = 1024);
 static const schema_field policy_fields[] = {
     {"rules", &s_rules, true, NULL},
+    {"explanation", &s_policy_text, false, NULL}, /* shown to a denied browser (docs/proxy.md "Error pages") */
+    {"remediation", &s_policy_text, false, NULL},
     {NULL},
 };
 static const schema s_policy_spec = OBJECT(policy_fields);
@@ -111,6 +114,7 @@ static const schema s_http_url = STRING(.format = FORMAT_HTTP_URL, .max_len = 20
 static const schema_field upstream_fields[] = {
     {"url", &s_http_url, false, NULL},
     {"enclave", &s_name, false, NULL},
+    {"portal", &s_true, false, NULL}, /* the proxy serves the portal app; /v1/ goes to the API (docs/portal.md) */
     {NULL},
 };
 static const schema s_upstream = OBJECT(upstream_fields, .exactly_one = true);
