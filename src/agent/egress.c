@@ -17,6 +17,7 @@
 
 #include "basic/log.h"
 #include "basic/macro.h"
+#include "basic/timeutil.h"
 
 #define RELAY_BUFFER 16384
 #define ANSWER_MAX 512
@@ -63,12 +64,16 @@ static void reply(int fd, int status, const char *reason)
     send_all(fd, buf, (size_t)MIN(n, (int)sizeof(buf) - 1));
 }
 
-/* Reads the request head from FD into HEAD (AGENT_EGRESS_HEAD_MAX); the
- * bytes read in *LEN and where the head ends in *END. -EBADMSG when too long. */
+/* Reads the request head from FD into HEAD (AGENT_EGRESS_HEAD_MAX) within
+ * AGENT_EGRESS_HEAD_TIMEOUT_S; the bytes read in *LEN and where the head ends
+ * in *END. -EBADMSG when too long, -ETIMEDOUT when too slow. */
 static int read_head(int fd, char *head, size_t *len, size_t *end)
 {
     size_t have = 0;
+    uint64_t deadline = time_mono_ns() + (uint64_t)AGENT_EGRESS_HEAD_TIMEOUT_S * NSEC_PER_SEC;
     while (have < AGENT_EGRESS_HEAD_MAX) {
+        if (time_mono_ns() > deadline)
+            return -ETIMEDOUT;
         ssize_t n = recv(fd, head + have, AGENT_EGRESS_HEAD_MAX - have, 0);
         if (n < 0 && errno == EINTR)
             continue;

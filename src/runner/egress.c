@@ -136,12 +136,16 @@ static void answer(int fd, int status, const char *text)
     write_all(fd, line, (size_t)MIN(n, (int)sizeof(line) - 1));
 }
 
-/* Reads the request line "<host> <port>\n" from FD into HOST and *PORT. */
+/* Reads the request line "<host> <port>\n" from FD into HOST and *PORT,
+ * all of it within RUNNER_EGRESS_HELLO_TIMEOUT_S. */
 static int read_request(int fd, char *host, unsigned *port)
 {
     char line[LINE_MAX_ + 1];
     size_t len = 0;
+    uint64_t deadline = time_mono_ns() + (uint64_t)RUNNER_EGRESS_HELLO_TIMEOUT_S * NSEC_PER_SEC;
     while (len < LINE_MAX_) {
+        if (time_mono_ns() > deadline)
+            return -ETIMEDOUT;
         ssize_t n = recv(fd, line + len, 1, 0); /* byte by byte: nothing past the line is consumed */
         if (n < 0 && errno == EINTR)
             continue;
