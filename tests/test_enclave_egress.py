@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import audited
+from conftest import audited, run_cli
 from echo_upstream import EchoUpstream
 from test_enclaves import APP, apply, bundle, enclave, wait_for  # noqa: F401 (bundle: a fixture)
 
@@ -225,6 +225,16 @@ def test_egress_is_allow_only(server, tmp_path, tls_cert):
         assert got["direct"]["result"] == "ECONNREFUSED", got["direct"]
         assert got["raw"] == {"probe": "raw", "inet_raw": "EPERM", "packet": "EPERM"}, got["raw"]
         assert (server.data_dir / "runner" / "egress-1" / "egress.sock").exists()
+
+        # the CLI shows the decisions
+        p = run_cli(server, "audit", "show", "--action", "enclave.egress", "-o", "json",
+                    env_extra={"CLOISTER_TOKEN": server.token})
+        assert p.returncode == 0, p.stderr
+        shown = json.loads(p.stdout)
+        assert {(e["details"]["port"], e["outcome"]) for e in shown} >= {
+            (echo_port, "success"), (unlisted.port, "denied"), (echo_port, "denied"), (sni_target.port, "denied"),
+            (tls_port, "success")}, shown
+        assert all(e["appender"] == "runner" and e["actor"]["user"] == "system:runner" for e in shown), shown
     finally:
         echo.stop()
         tls_echo.stop()

@@ -313,8 +313,12 @@ static int child_main(void *arg)
     if (l->spec->agent && (l->agent_fd = open(l->spec->agent, O_PATH | O_CLOEXEC)) < 0)
         die(l, "open the agent %s", l->spec->agent);
     /* become the namespace's root, the host's nobody: until now we still had
-     * the host's (unmapped) root credentials */
-    if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+     * the host's (unmapped) root credentials. Raw system calls: libc's
+     * wrappers would signal every thread its copy of the launcher's thread
+     * list names, and wait forever for one that was being created when we
+     * were cloned (the runner has threads: its egress tunnels, its audit
+     * sender); this process has one thread. */
+    if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0)
         die(l, "become the sandbox's root");
     setup_root(l);
     loopback_up(l);
