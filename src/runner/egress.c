@@ -367,7 +367,10 @@ static void serve(runner_egress *eg, int fd)
     }
     if (e->tls ? write_all(up, hello, hello_len) < 0 : (answer(fd, 200, addr), false))
         return;
-    audit(eg, "success", host, port, addr, e->tls ? "listed; server name checked" : "listed");
+    const char *why = !e->tls                                      ? "listed"
+                      : egress_host_literal(e->host, 0, NULL, NULL) ? "listed; the ClientHello names no server"
+                                                                     : "listed; server name checked";
+    audit(eg, "success", host, port, addr, why);
     struct timeval none = {0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
     relay(eg, fd, up);
