@@ -14,6 +14,10 @@
 #     stops cloisterd keeping its data dir (for a bench that runs a role's own
 #     code on the role's files, as a process of its own role table), then
 #     starts it again on that data dir with the same URL and arguments.
+# bench_nginx_start WORK SERVERS
+#     starts nginx in the background (one worker, no access log, its pid, logs
+#     and temp files under WORK) serving the server blocks SERVERS (nginx
+#     text); sets bench_nginx_pid. The caller stops it.
 # bench_sqlite3_durable_inserts DIR N
 #     prints sqlite3's rate (inserts/s) when each of N inserts is its own
 #     durable transaction (WAL, synchronous=FULL) on the disk holding DIR: what
@@ -63,12 +67,36 @@ bench_resume_cloisterd() {
     bench_pid=$!
     local _
     for _ in $(seq 1 300); do
-        curl -fsS --cacert "$BENCH_CA" "$BENCH_URL/healthz" >/dev/null 2>&1 && break
+        curl -fsS --cacert "$BENCH_CA" "$BENCH_URL/readyz" >/dev/null 2>&1 && break
         kill -0 "$bench_pid" 2>/dev/null || { cat "$BENCH_WORK/cloisterd.log" >&2; return 1; }
         sleep 0.1
     done
     CLOISTER_TOKEN=$(cat "$BENCH_DATA/admin.token")
     export CLOISTER_TOKEN
+}
+
+bench_nginx_start() {
+    local work=$1 servers=$2
+    mkdir -p "$work/tmp"
+    cat >"$work/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/tmp/body;
+    proxy_temp_path $work/tmp/proxy;
+    fastcgi_temp_path $work/tmp/fastcgi;
+    uwsgi_temp_path $work/tmp/uwsgi;
+    scgi_temp_path $work/tmp/scgi;
+    keepalive_requests 100000000;
+$servers
+}
+EOF
+    nginx -e "$work/nginx-error.log" -p "$work" -c "$work/nginx.conf" &
+    bench_nginx_pid=$!
 }
 
 bench_sqlite3_durable_inserts() {

@@ -44,7 +44,7 @@ pid=$!
 trap 'kill -TERM $pid 2>/dev/null; [ -z "$wiki_pid" ] || kill $wiki_pid 2>/dev/null; wait $pid; exit $?' INT TERM
 
 for _ in $(seq 1 100); do
-    if [ -f "$data/ca.pem" ] && curl -fsS --cacert "$data/ca.pem" "https://$listen/healthz" >/dev/null 2>&1; then
+    if [ -f "$data/ca.pem" ] && curl -fsS --cacert "$data/ca.pem" "https://$listen/readyz" >/dev/null 2>&1; then
         break
     fi
     kill -0 $pid 2>/dev/null || { echo "cloisterd failed to start" >&2; exit 1; }

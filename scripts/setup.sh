@@ -8,10 +8,19 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+# a line "a | b" is met by any one of them installed; otherwise a is installed
 mapfile -t wanted < <(grep -vE '^\s*(#|$)' "$here/debian-packages.txt")
 missing=()
-for p in "${wanted[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+for line in "${wanted[@]}"; do
+    met=
+    IFS='|' read -ra alternatives <<<"$line"
+    for p in "${alternatives[@]}"; do
+        p=$(echo $p)
+        installed "$p" && met=1
+    done
+    [ -n "$met" ] || missing+=("$(echo ${alternatives[0]})")
 done
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -23,9 +32,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# npm: NodeSource's nodejs package carries it (and conflicts with Debian's npm
+# package); Debian's own nodejs does not, so then Debian's npm is installed.
+if ! command -v npm >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing npm" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -q
+    $sudo apt-get install -y -q --no-install-recommends npm
+fi
+
 # Debian's prometheus package enables a service on :9090; the tests start their own
 # instance (loopback, a free port, their own data dir), so the packaged one stays off.
-if dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q 'install ok installed'; then
+if installed prometheus; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     if [ -d /run/systemd/system ]; then

@@ -85,9 +85,10 @@ def _tmp_path_open_for_roles(request):
 
 
 class Server:
-    """One cloisterd --dev process and what a client needs to reach it."""
+    """One cloisterd --dev (or --config FILE) process and what a client needs to reach it."""
 
-    def __init__(self, data_dir, extra_args=(), prefix=(), binary=CLOISTERD, env_extra=None):
+    def __init__(self, data_dir, extra_args=(), prefix=(), binary=CLOISTERD, env_extra=None, config=None):
+        self.config = config  # a --config FILE in place of --dev (its data dir, API and proxy listeners overridden)
         self.data_dir = Path(data_dir)
         self.env_extra = dict(env_extra or {})  # e.g. OTEL_* variables (tests/otlp_receiver.py)
         open_for_roles(self.data_dir)
@@ -114,7 +115,8 @@ class Server:
     def start(self, wait=True):
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [*self.prefix, str(self.binary), "--dev", "--data-dir", str(self.data_dir),
+            [*self.prefix, str(self.binary), *(["--config", str(self.config)] if self.config else ["--dev"]),
+             "--data-dir", str(self.data_dir),
              "--api-listen", f"127.0.0.1:{self.port}", *self.extra_args],
             stdout=self.log, stderr=self.log, env={**sanitizer_env(), **self.env_extra}, start_new_session=True)
         if wait:
@@ -132,7 +134,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"cloisterd exited with {self.proc.returncode}:\n{self.read_log()}")
             try:
-                r = requests.get(self.url + "/healthz", verify=self.ca, timeout=2)
+                r = requests.get(self.url + "/readyz", verify=self.ca, timeout=2)
                 # a KMS sealed on purpose (--seal passphrase) waits for `cloisterd unseal`: up otherwise
                 if r.status_code == 200 or (r.status_code == 503 and r.json()["roles"].get("kms") == "sealed"
                                             and len(r.json()["problems"]) == 1):

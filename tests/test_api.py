@@ -33,11 +33,13 @@ def error_of(r):
 
 
 def test_health_is_public_and_metrics_need_a_credential(shared_server):
-    r = requests.get(shared_server.url + "/healthz", verify=shared_server.ca)
+    r = requests.get(shared_server.url + "/readyz", verify=shared_server.ca)
     assert r.status_code == 200
     # every role of the table, each ready, nothing wrong
     assert r.json()["status"] == "ok" and r.json()["roles"]["api"] == "ready"
     assert set(r.json()["roles"].values()) == {"ready"} and r.json()["problems"] == []
+    r = requests.get(shared_server.url + "/healthz", verify=shared_server.ca)
+    assert r.status_code == 200 and r.json()["status"] == "ok"
     shared_server.request("GET", "/v1/services")
     assert requests.get(shared_server.url + "/metrics", verify=shared_server.ca).status_code == 401
     m = shared_server.request("GET", "/metrics")  # the admin token

@@ -2,7 +2,7 @@
 written as the attacker's steps: a read-only user who opens watch streams
 until the API runs out of memory, a client that never reads its stream, a
 flood of connections, a proxy cut off from its configuration and a sealed KMS
-that /healthz used to call ok, and /metrics read without a credential. Each
+that /healthz (now /readyz) used to call ok, and /metrics read without a credential. Each
 is refused or reported, and the legitimate use beside it keeps working."""
 import json
 import os
@@ -167,26 +167,29 @@ def test_docs_scrape_credential_example_runs(shared_server, tmp_path):
     assert (tmp_path / "scrape.token").stat().st_mode & 0o777 == 0o600
 
 
-def test_healthz_names_a_proxy_cut_off_from_its_configuration(shared_server):
+def test_readyz_names_a_proxy_cut_off_from_its_configuration(shared_server):
     s = shared_server
-    r = requests.get(s.url + "/healthz", verify=s.ca)
+    r = requests.get(s.url + "/readyz", verify=s.ca)
     assert r.status_code == 200 and r.json()["roles"]["proxy"] == "ready", r.text
     assert metric(s, "cloister_proxy_config_age_seconds") < 10  # a keep-alive every 4 s
     proxy = s.role_pid("proxy")
     os.kill(proxy, signal.SIGSTOP)  # the proxy hears nothing more from the API
     try:
         def stale():
-            r = requests.get(s.url + "/healthz", verify=s.ca)
+            r = requests.get(s.url + "/readyz", verify=s.ca)
             return r.json() if r.status_code == 503 else None
-        body = wait_for(stale, timeout=60, what="/healthz to report the proxy")
+        body = wait_for(stale, timeout=60, what="/readyz to report the proxy")
         assert body["status"] == "unavailable" and body["roles"]["proxy"] == "stale", body
         assert len(body["problems"]) == 1, body
         assert re.fullmatch(r"proxy: no configuration from the API for (\d+) s", body["problems"][0]), body
         assert int(body["problems"][0].split()[-2]) >= 30
         assert metric(s, "cloister_proxy_config_age_seconds") > 30
+        # liveness stays 200: a stale proxy is not restarted for it
+        live = requests.get(s.url + "/healthz", verify=s.ca)
+        assert live.status_code == 200 and live.json()["roles"]["proxy"] == "stale", live.text
     finally:
         os.kill(proxy, signal.SIGCONT)
-    wait_for(lambda: requests.get(s.url + "/healthz", verify=s.ca).status_code == 200, what="the proxy to hear again")
+    wait_for(lambda: requests.get(s.url + "/readyz", verify=s.ca).status_code == 200, what="the proxy to hear again")
 
 
 def test_a_slow_reader_is_ended_with_an_error_event(shared_server, tenant):
@@ -240,21 +243,27 @@ def capped_server(tmp_path_factory):
     s.stop()
 
 
-def test_healthz_names_a_sealed_kms(capped_server):
+def test_readyz_names_a_sealed_kms(capped_server):
     s = capped_server
-    r = requests.get(s.url + "/healthz", verify=s.ca)
+    r = requests.get(s.url + "/readyz", verify=s.ca)
     assert r.status_code == 503, r.text
     body = r.json()
     assert body["status"] == "unavailable" and body["roles"]["kms"] == "sealed", body
-    assert body["problems"] == ["kms: sealed; run cloisterd unseal"]
+    assert body["problems"] == ["kms: sealed (seal passphrase); run cloisterd unseal"]
+    assert body["seal"] == {"mode": "passphrase", "sealed": True}, body
+    # liveness stays 200: a probe must not restart a daemon waiting for its unseal
+    assert requests.get(s.url + "/healthz", verify=s.ca).status_code == 200
     assert {k: v for k, v in body["roles"].items() if k != "kms"} == dict.fromkeys(
         ["api", "audit", "runner", "proxy"], "ready")
     p = subprocess.run([str(CLOISTERD), "unseal", "--data-dir", str(s.data_dir), "--passphrase-fd", "0"],
                        input=PASSPHRASE, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    r = requests.get(s.url + "/healthz", verify=s.ca)
-    assert r.status_code == 200 and r.json() == {"status": "ok", "roles": dict.fromkeys(
-        ["api", "kms", "audit", "runner", "proxy"], "ready"), "problems": []}, r.text
+    r = requests.get(s.url + "/readyz", verify=s.ca)
+    assert r.status_code == 200 and r.json() == {
+        "status": "ok", "roles": dict.fromkeys(["api", "kms", "audit", "runner", "proxy"], "ready"),
+        "seal": {"mode": "passphrase", "sealed": False}, "store": {"driver": "sqlite", "reachable": True},
+        "audit": {"reachable": True},
+        "replicas": dict.fromkeys(["api", "kms", "audit", "runner", "proxy"], 1), "problems": []}, r.text
 
 
 def test_the_api_closes_connections_past_its_cap_and_keeps_serving(capped_server):

@@ -246,7 +246,7 @@ def kill_api_and_wait(s):
     deadline = time.time() + 30
     while True:
         try:
-            if s.role_pid("api") != pid and requests.get(s.url + "/healthz", verify=s.ca, timeout=2).status_code == 200:
+            if s.role_pid("api") != pid and requests.get(s.url + "/readyz", verify=s.ca, timeout=2).status_code == 200:
                 return
         except (AssertionError, requests.ConnectionError):
             pass

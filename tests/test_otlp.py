@@ -282,17 +282,34 @@ def slowest_of(server, n):
     return slowest
 
 
+def trace_queue(server):
+    """(records queued, records dropped) of the api role's traces, as /metrics says."""
+    text = server.request("GET", "/metrics").text
+    queued = re.search(r'cloister_telemetry_queued_records\{signal="traces"\} (\d+)', text)
+    return int(queued.group(1)), int(re.search(r'cloister_telemetry_dropped_total\{signal="traces"\} (\d+)', text).group(1))
+
+
 def test_drops_are_counted_when_the_collector_is_down_and_calls_stay_fast(tmp_path, receiver):
     server = traced_server(tmp_path, receiver, OTEL_BSP_MAX_QUEUE_SIZE="4", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="2")
     try:
         receiver.stop()  # refused connections from now on
-        slowest = slowest_of(server, 40)
-        assert slowest < 2.0, slowest  # no call waits for the retries (0.5 s, 1 s, 2 s, 4 s)
-
+        # The exporter takes a batch (2 spans) and keeps it through its retries (0.5 s, 1 s, 2 s, 4 s): the queue
+        # fills behind it (every call is a span, the /metrics calls too). Wait until it is full.
         deadline = time.monotonic() + 20
-        while dropped_spans(server) < 20:
-            assert time.monotonic() < deadline, server.request("GET", "/metrics").text
-            time.sleep(0.1)
+        slowest = 0
+        queued, dropped = 0, 0
+        while queued < 4:
+            assert time.monotonic() < deadline, (queued, dropped)
+            t = time.monotonic()
+            queued, dropped = trace_queue(server)
+            slowest = max(slowest, time.monotonic() - t)
+        # From now on a span finds the queue full and is dropped, or takes the place of one the exporter took (at
+        # most a batch of 2 in flight, dropped in its turn): of the 22 that follow, at least 20 are counted.
+        slowest = max(slowest, slowest_of(server, 22))
+        assert slowest < 2.0, slowest  # no call waits for the retries
+        deadline = time.monotonic() + 20
+        while (now := trace_queue(server))[1] - dropped < 20:  # the last spans may end just after their answer
+            assert time.monotonic() < deadline, (now, dropped)
         assert "telemetry records dropped" in server.read_log()
     finally:
         server.stop()

@@ -453,7 +453,7 @@ def test_the_handoff_key_is_streamed_and_kept_across_restarts(tmp_path):
             assert time.time() < deadline, server.read_log()[-3000:]
             time.sleep(0.1)
         try:
-            refused = requests.get(server.url + "/healthz", verify=server.ca, timeout=5).status_code != 200
+            refused = requests.get(server.url + "/readyz", verify=server.ca, timeout=5).status_code != 200
         except requests.ConnectionError:
             refused = True
         assert refused

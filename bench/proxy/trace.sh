@@ -11,7 +11,9 @@
 #         cheapest honest collector, so what is measured is the proxy's side)
 #   base  BASE_BUILD's cloisterd (optional: e.g. a release build of main,
 #         before the trace stages), export off
-# each ROUNDS times in turn (base, off, on, base, off, on, ...) so that drift
+#   old   OLD_BUILD's cloisterd (optional: e.g. a release build of another
+#         revision of the exporter), export on
+# each ROUNDS times in turn (base, off, on, old, base, off, on, old, ...) so that drift
 # of the machine's load hits them alike: wrk -t1 -c50 keep-alive over plain
 # HTTP, a 2 s warm-up then DURATION seconds, every request carrying a client
 # traceparent. --proxy-threads 1. Prints each run, then per configuration
@@ -20,8 +22,9 @@
 # ratios on/off and off/base (aim: on within 5 % of off).
 #
 # Usage: bench/proxy/trace.sh [DURATION] (seconds per run, default 10)
-#   BUILD=dir (default build-bench-proxy), BASE_BUILD=dir (a release build
-#   of another revision, optional), ROUNDS=n (default 3), BENCH_KEEP=1.
+#   BUILD=dir (default build-bench-proxy), BASE_BUILD=dir and OLD_BUILD=dir
+#   (release builds of other revisions, optional), ROUNDS=n (default 3),
+#   BENCH_KEEP=1.
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib.sh"
@@ -29,12 +32,14 @@ cd "$bench_top"
 secs=${1:-10}
 build=${BUILD:-build-bench-proxy}
 base=${BASE_BUILD:-}
+old=${OLD_BUILD:-}
 rounds=${ROUNDS:-3}
 py=/usr/bin/python3
 
 "$bench_top/scripts/setup.sh"
 bench_build "$build" src/daemon/cloisterd src/cli/cloister
 [ -z "$base" ] || [ -x "$base/src/daemon/cloisterd" ] || { echo "BASE_BUILD=$base has no src/daemon/cloisterd" >&2; exit 2; }
+[ -z "$old" ] || [ -x "$old/src/daemon/cloisterd" ] || { echo "OLD_BUILD=$old has no src/daemon/cloisterd" >&2; exit 2; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/cloister-bench-trace.XXXXXX")
 nginx_pid=
@@ -51,31 +56,15 @@ free_port() { $py -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0
 up_port=$(free_port) otlp_port=$(free_port) ph=$(free_port) pp=$(free_port)
 
 # ---- the upstream and the collector: one nginx, one worker ------------------
-mkdir -p "$work/www" "$work/tmp"
+mkdir -p "$work/www"
 head -c 612 /dev/zero | tr '\0' 'x' >"$work/www/index.html"
 chmod 755 "$work" "$work/www"
 chmod 644 "$work/www/index.html"
-cat >"$work/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/tmp/body;
-    proxy_temp_path $work/tmp/proxy;
-    fastcgi_temp_path $work/tmp/fastcgi;
-    uwsgi_temp_path $work/tmp/uwsgi;
-    scgi_temp_path $work/tmp/scgi;
-    keepalive_requests 100000000;
+bench_nginx_start "$work" "
     server { listen 127.0.0.1:$up_port; root $work/www; }
     server { listen 127.0.0.1:$otlp_port; client_max_body_size 64m;
-             location / { default_type application/json; return 200 "{}"; } }
-}
-EOF
-nginx -e "$work/nginx-error.log" -p "$work" -c "$work/nginx.conf" &
-nginx_pid=$!
+             location / { default_type application/json; return 200 \"{}\"; } }"
+nginx_pid=$bench_nginx_pid
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$up_port/" && break; sleep 0.05; done
 
 # ---- cloisterd, configured once ---------------------------------------------
@@ -98,6 +87,10 @@ serve() {
     case $1 in
     base) bench_cloisterd_build=$base ;;
     on) export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" ;;
+    old)
+        bench_cloisterd_build=$old
+        export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
+        ;;
     esac
     bench_resume_cloisterd
     local code=000
@@ -118,9 +111,11 @@ cpu_ticks() {
     awk '{print $14 + $15}' "/proc/$pid/stat"
 }
 configs=(off on)
-[ -z "$base" ] || configs=(base off on)
+[ -z "$base" ] || configs=(base "${configs[@]}")
+[ -z "$old" ] || configs+=(old)
 echo "== wrk -t1 -c50 keep-alive, 2 s warm-up + ${secs}s per run, $rounds rounds of: ${configs[*]}"
 echo "   $(nproc) cores; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+loads=()
 for r in $(seq 1 "$rounds"); do
     for c in "${configs[@]}"; do
         serve "$c"
@@ -137,7 +132,9 @@ for r in $(seq 1 "$rounds"); do
             "$(awk '/^Requests\/sec/ {print $2}' "$work/$c-$r.txt")" \
             "$(awk '$1 == "99%" {print $2}' "$work/$c-$r.txt")" "$(cat "$work/$c-$r.cpu")" "$bad"
     done
+    loads+=("$(cut -d' ' -f1 /proc/loadavg)")
 done
+echo "   load average (1 min) after each round: ${loads[*]}"
 
 # median C FIELD: the median over the rounds of req/s (rate), p99 in µs
 # (p99) or CPU µs per request (cpu)
@@ -169,5 +166,11 @@ if [ -n "$base" ]; then
     off_base_cpu=$(echo "$(median off cpu) / $(median base cpu)" | bc -l)
     printf "trace stages without export / base: req/s %.3f, CPU per request %.3f\n" "$off_base" "$off_base_cpu"
     summary+=$(printf ", off/base req/s %.3f cpu %.3f" "$off_base" "$off_base_cpu")
+fi
+if [ -n "$old" ]; then
+    on_old=$(echo "$(median on rate) / $(median old rate)" | bc -l)
+    on_old_cpu=$(echo "$(median on cpu) / $(median old cpu)" | bc -l)
+    printf "export on, this build / OLD_BUILD: req/s %.3f, CPU per request %.3f\n" "$on_old" "$on_old_cpu"
+    summary+=$(printf ", on/old req/s %.3f cpu %.3f" "$on_old" "$on_old_cpu")
 fi
 echo "SUMMARY proxy trace: $summary"

@@ -30,6 +30,8 @@ typedef struct api_config {
      * owned and wiped by the role; NULL disables logins that return to a
      * service host */
     const uint8_t *handoff_key;
+    const char *seal_mode;    /* the KMS's seal, reported by /readyz */
+    const char *store_driver; /* "sqlite", "postgres": reported by /readyz */
     /* the job engine bundle's PCR0 (lower-case hex of SHA-384) every job
      * digest names; NULL when no engine bundle was found */
     const char *job_engine_pcr0;

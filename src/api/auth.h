@@ -7,6 +7,7 @@
 #include <stddef.h>
 
 #include "api/request.h"
+#include "auth/handoff.h"
 
 #define AUTH_ACCESS_TTL_S 900            /* access tokens live 15 minutes */
 #define AUTH_SESSION_TTL_S (12 * 3600)   /* a session (its refresh tokens) lives 12 hours */
@@ -29,8 +30,9 @@ bool api_token_is_jwt(const char *token, size_t len);
  * what they resolve to are cached per thread while the store is unchanged. */
 int api_auth_access_token(api_server *srv, const char *token, size_t len, caller *ret, api_error *err);
 
-/* Opens a Session for USER — through CREDENTIAL (a credential token login)
- * or identity provider IDP (OIDC; CREDENTIAL NULL) — ending at EXPIRES_AT,
+/* Opens a Session for USER — through CREDENTIAL (a credential token login,
+ * authMethod "token"), identity provider IDP (authMethod "oidc"; CREDENTIAL
+ * NULL) or a passkey (authMethod "passkey": both NULL) — ending at EXPIRES_AT,
  * and signs its first tokens. Returns 0 with the token answer in *RET (new
  * reference: access_token, refresh_token, token_type, expires_in, session)
  * or -1 with ERR. */
@@ -60,6 +62,43 @@ int api_oidc_handle(api_request *r, const char *rest, size_t rest_len, api_error
  * session; starts the login at the one identity provider or lists them
  * (handlers-oidc.c). */
 int api_auth_login_handle(api_request *r, const char *rest, size_t rest_len, api_error *err);
+/* A login link as the proxy issued it (auth/handoff.h): the return URL,
+ * the browser's bind, and the link's expiry and mac as received. */
+typedef struct login_link {
+    login_rd rd;
+    char bind[LOGIN_BIND_LEN + 1];
+    char exp[16];
+    char mac[LOGIN_MAC_LEN + 1];
+} login_link;
+
+/* The login link of R's query: ?rd= percent-decoded, parsed and checked to
+ * be on a Service's host, then its bind, exp and mac checked to be the
+ * proxy's and unexpired, into *RET; *RET_PRESENT says whether there was an
+ * rd. Returns 0, or -1 with ERR (400 naming the problem; a link the proxy
+ * did not issue is also an auth.login audit entry, and spends one of the
+ * address's login attempts: 429 when none is left). Used by every browser
+ * login (OIDC, passkeys). */
+int api_login_link_from_query(api_request *r, login_link *ret, bool *ret_present, api_error *err);
+
+/* How a browser login ends, whatever proved the user (handlers-oidc.c). */
+typedef struct api_login_end {
+    const char *method; /* "oidc" or "passkey": the audit entries' details.method */
+    const char *idp;    /* the IdentityProvider of an OIDC login; NULL for a passkey */
+    const char *rd;     /* the return URL of a login the proxy started (login_link), or NULL/"" */
+    const char *bind;   /* with rd: the proxy's bind of that browser */
+    bool json;          /* answer 200 {"redirect": URL} (a page's fetch) instead of a 302 */
+} api_login_end;
+
+/* Opens the Session of a login of USER that END describes (403 for a
+ * disabled user), audited as auth.login. Returns 0 with the token answer in
+ * *RET_TOKENS (new reference), or -1 with ERR. */
+int api_login_open(api_request *r, const json_t *user, const api_login_end *end, json_t **ret_tokens, api_error *err);
+/* Answers R with the end of a browser login of USER: with END->rd, the
+ * sealed handoff to the service host (auth.handoff); otherwise the API
+ * host's cloister_session cookie and {user, session, expires_in}. TOKENS
+ * (from api_login_open) is wiped and released. Returns 0, or -1 with ERR. */
+int api_login_send(api_request *r, const json_t *user, const api_login_end *end, json_t *tokens, api_error *err);
+
 /* The end_session_endpoint of identity provider IDP with our client_id, for
  * the browser to end its session there too (heap URL in *RET), from what
  * this process discovered of it (no network call: safe on the loop);

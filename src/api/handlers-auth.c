@@ -396,7 +396,7 @@ int api_auth_open_session(api_request *r, const json_t *user, const json_t *cred
     json_auto_t *doc = json_pack("{s:s, s:s, s:{s:s}, s:{s:s, s:s, s:s, s:s, s:s}}", "apiVersion",
                                  RESOURCE_API_VERSION, "kind", "Session", "metadata", "name", sid, "spec", "user",
                                  doc_name(user), "userUid", user_uid ? user_uid : "", "authMethod",
-                                 credential ? "token" : "oidc", "expiresAt", expires, "clientIp", ip);
+                                 credential ? "token" : idp ? "oidc" : "passkey", "expiresAt", expires, "clientIp", ip);
     json_t *spec = json_object_get(doc, "spec");
     if (doc && credential) {
         const char *uid = json_string_value(json_object_get(json_object_get(credential, "metadata"), "uid"));

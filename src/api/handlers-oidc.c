@@ -37,6 +37,7 @@
 
 #include "api/auth.h"
 #include "api/handlers-kms.h"
+#include "api/handlers-passkeys.h"
 #include "auth/handoff.h"
 #include "audit/event.h"
 #include "auth/oidc.h"
@@ -425,25 +426,10 @@ static int rd_service(api_server *srv, const login_rd *rd, char service[RESOURCE
                     rd->host, domain);
 }
 
-/* A login link as the proxy issued it (auth/handoff.h): the return URL,
- * the browser's bind, and the link's expiry and mac as received. */
-typedef struct login_link {
-    login_rd rd;
-    char bind[LOGIN_BIND_LEN + 1];
-    char exp[16];
-    char mac[LOGIN_MAC_LEN + 1];
-} login_link;
+static void report(api_request *r, const char *action, const char *method, const char *user, const char *idp,
+                   const char *sid, const char *outcome, const char *reason);
 
-static void report(api_request *r, const char *action, const char *user, const char *idp, const char *sid,
-                   const char *outcome, const char *reason);
-
-/* The login link of R's query: ?rd= percent-decoded, parsed and checked to
- * be on a Service's host, then its bind, exp and mac checked to be the
- * proxy's and unexpired, into *RET; *RET_PRESENT says whether there was an
- * rd. Returns 0, or -1 with ERR (400 naming the problem; a link the proxy
- * did not issue is also an auth.login audit entry, and spends one of the
- * address's login attempts: 429 when none is left). */
-static int link_from_query(api_request *r, login_link *ret, bool *ret_present, api_error *err)
+int api_login_link_from_query(api_request *r, login_link *ret, bool *ret_present, api_error *err)
 {
     api_server *srv = r->server;
     const h2o_req_t *req = r->req;
@@ -478,7 +464,7 @@ static int link_from_query(api_request *r, login_link *ret, bool *ret_present, a
     if (e == -EKEYREJECTED) { /* forged: audited, as often as the address may try a login */
         if (api_auth_rate_check_ip(r, err) < 0)
             return -1;
-        report(r, "auth.login", NULL, NULL, NULL, "denied", why);
+        report(r, "auth.login", NULL, NULL, NULL, NULL, "denied", why);
     }
     if (e < 0)
         return api_fail(err, 400, "invalid", "%s", why);
@@ -489,13 +475,14 @@ static int link_from_query(api_request *r, login_link *ret, bool *ret_present, a
     return 0;
 }
 
-/* Hands an OIDC login event to the audit log (USER, IDP and SID may be NULL). */
-static void report(api_request *r, const char *action, const char *user, const char *idp, const char *sid,
-                   const char *outcome, const char *reason)
+/* Hands a login event by METHOD ("oidc", "passkey"; NULL: not known yet)
+ * to the audit log (USER, IDP and SID may be NULL). */
+static void report(api_request *r, const char *action, const char *method, const char *user, const char *idp,
+                   const char *sid, const char *outcome, const char *reason)
 {
     char ip[INET6_ADDRSTRLEN];
     httpd_peer_ip(r->req, ip, sizeof(ip));
-    json_t *details = json_pack("{s:s, s:s?, s:s?}", "method", "oidc", "identityProvider", idp, "reason", reason);
+    json_t *details = json_pack("{s:s?, s:s?, s:s?}", "method", method, "identityProvider", idp, "reason", reason);
     audit_event_emit(&(audit_event){.action = action, .user = user, .session = sid, .ip = ip, .kind = "Session",
                                     .name = sid, .outcome = outcome, .details = details});
     json_decref(details);
@@ -806,25 +793,26 @@ static void tokens_wipe_decref(json_t *tokens)
     json_decref(tokens);
 }
 
-/* Sends the browser of login P (which has a return URL) back to its service
- * host: 302 to <scheme>://<authority>/.cloister/callback?handoff=H, where H
- * seals the access token of TOKENS for the proxy, that authority and the
- * URL's path, for HANDOFF_TTL_S seconds. The API host gets no cookie: only
- * the service host sets one. Audited as auth.handoff (without the token).
+/* Sends the browser of a login with a return URL (END->rd) back to its
+ * service host: to <scheme>://<authority>/.cloister/callback?handoff=H,
+ * where H seals the access token of TOKENS for the proxy, that authority,
+ * the URL's path and END->bind, for HANDOFF_TTL_S seconds (a 302, or 200
+ * {"redirect": URL} when END->json). The API host gets no cookie: only the
+ * service host sets one. Audited as auth.handoff (without the token).
  * Returns 0, or -1 with ERR. */
-static int send_handoff(api_request *r, const pending *p, const json_t *user, const char *sid, const json_t *tokens,
-                        api_error *err)
+static int send_handoff(api_request *r, const api_login_end *end, const json_t *user, const char *sid,
+                        const json_t *tokens, api_error *err)
 {
     login_rd rd;
     char service[RESOURCE_NAME_MAX + 1];
-    if (login_rd_parse(p->rd, strlen(p->rd), &rd, NULL) < 0) /* it was parsed at /login */
+    if (login_rd_parse(end->rd, strlen(end->rd), &rd, NULL) < 0) /* it was parsed when the login started */
         return api_fail(err, 500, "internal", "the login's return URL is unusable");
     if (rd_service(r->server, &rd, service, err) < 0) /* the Service may be gone since */
         return -1;
     const uint8_t *key = r->server->cfg->handoff_key;
     const char *access = json_string_value(json_object_get(tokens, "access_token"));
     char *h = NULL, *loc = NULL;
-    int e = key && access ? handoff_seal(key, access, rd.authority, rd.path, p->bind, now_s() + HANDOFF_TTL_S, &h)
+    int e = key && access ? handoff_seal(key, access, rd.authority, rd.path, end->bind, now_s() + HANDOFF_TTL_S, &h)
                           : -EINVAL;
     if (e == 0 && asprintf(&loc, "%s://%s/.cloister/callback?handoff=%s", rd.scheme, rd.authority, h) < 0) {
         loc = NULL;
@@ -833,21 +821,57 @@ static int send_handoff(api_request *r, const pending *p, const json_t *user, co
     free(h);
     if (e < 0)
         return api_fail(err, 500, "internal", "cannot seal the login handoff for %s (%s)", rd.host, strerror(-e));
-    h2o_iovec_t v = h2o_strdup(&r->req->pool, loc, SIZE_MAX);
-    free(loc);
-    h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_LOCATION, NULL, v.base, v.len);
+    if (!end->json) {
+        h2o_iovec_t v = h2o_strdup(&r->req->pool, loc, SIZE_MAX);
+        h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_LOCATION, NULL, v.base, v.len);
+    }
 
     char ip[INET6_ADDRSTRLEN];
     httpd_peer_ip(r->req, ip, sizeof(ip));
-    json_t *details = json_pack("{s:s, s:s, s:s, s:s}", "identityProvider", p->idp, "service", service, "scheme",
-                                rd.scheme, "host", rd.authority);
+    json_t *details = json_pack("{s:s, s:s?, s:s, s:s, s:s}", "method", end->method, "identityProvider", end->idp,
+                                "service", service, "scheme", rd.scheme, "host", rd.authority);
     audit_event_emit(&(audit_event){.action = "auth.handoff", .user = doc_name(user), .session = sid, .ip = ip,
                                     .kind = "Session", .name = sid, .outcome = "success", .details = details});
     json_decref(details);
     json_t *body = json_pack("{s:s, s:s, s:s}", "user", doc_name(user), "session", sid, "service", service);
-    api_respond_json(r->req, ROUTE_AUTH_OIDC, r->started, 302, body);
+    if (body && end->json)
+        json_object_set_new(body, "redirect", json_string(loc));
+    free(loc);
+    api_respond_json(r->req, r->route, r->started, end->json ? 200 : 302, body);
     json_decref(body);
     return 0;
+}
+
+int api_login_open(api_request *r, const json_t *user, const api_login_end *end, json_t **ret_tokens, api_error *err)
+{
+    if (json_is_true(json_object_get(json_object_get(user, "spec"), "disabled"))) {
+        report(r, "auth.login", end->method, doc_name(user), end->idp, NULL, "denied", "user disabled");
+        return api_fail(err, 403, "forbidden", "user %s is disabled", doc_name(user));
+    }
+    json_t *tokens;
+    if (api_auth_open_session(r, user, NULL, end->idp, now_s() + AUTH_SESSION_TTL_S, &tokens, err) < 0)
+        return -1;
+    report(r, "auth.login", end->method, doc_name(user), end->idp, json_string_value(json_object_get(tokens, "session")),
+           "success", NULL);
+    *ret_tokens = tokens;
+    return 0;
+}
+
+int api_login_send(api_request *r, const json_t *user, const api_login_end *end, json_t *tokens, api_error *err)
+{
+    const char *sid = json_string_value(json_object_get(tokens, "session"));
+    int ret = 0;
+    if (end->rd && end->rd[0]) /* back to the service host the browser came from */
+        ret = send_handoff(r, end, user, sid, tokens, err);
+    else {
+        set_session_cookie(r, json_string_value(json_object_get(tokens, "access_token")));
+        json_t *body = json_pack("{s:s, s:s, s:i}", "user", doc_name(user), "session", sid, "expires_in",
+                                 AUTH_ACCESS_TTL_S);
+        api_respond_json(r->req, r->route, r->started, 200, body);
+        json_decref(body);
+    }
+    tokens_wipe_decref(tokens);
+    return ret;
 }
 
 /* A login back from its provider with CLAIMS of IDP: the user mapped, a
@@ -857,18 +881,13 @@ static int callback_finish(api_request *r, const pending *p, const json_t *idp, 
 {
     json_auto_t *user = NULL;
     if (map_user(r->server, idp, claims, &user, err) < 0) {
-        report(r, "auth.login", NULL, p->idp, NULL, "denied", err->message);
+        report(r, "auth.login", "oidc", NULL, p->idp, NULL, "denied", err->message);
         return -1;
     }
-    if (json_is_true(json_object_get(json_object_get(user, "spec"), "disabled"))) {
-        report(r, "auth.login", doc_name(user), p->idp, NULL, "denied", "user disabled");
-        return api_fail(err, 403, "forbidden", "user %s is disabled", doc_name(user));
-    }
+    const api_login_end end = {.method = "oidc", .idp = p->idp, .rd = p->rd, .bind = p->bind};
     json_t *tokens;
-    if (api_auth_open_session(r, user, NULL, p->idp, now_s() + AUTH_SESSION_TTL_S, &tokens, err) < 0)
+    if (api_login_open(r, user, &end, &tokens, err) < 0)
         return -1;
-    const char *sid = json_string_value(json_object_get(tokens, "session"));
-    report(r, "auth.login", doc_name(user), p->idp, sid, "success", NULL);
     if (p->cli_redirect[0]) {
         /* hand the tokens to the CLI that started this login, through its loopback */
         pending handoff = {.created = now_s(), .tokens = tokens};
@@ -890,18 +909,7 @@ static int callback_finish(api_request *r, const pending *p, const json_t *idp, 
         json_decref(body);
         return 0;
     }
-    if (p->rd[0]) {
-        /* back to the service host the browser came from */
-        int ret = send_handoff(r, p, user, sid, tokens, err);
-        tokens_wipe_decref(tokens);
-        return ret;
-    }
-    set_session_cookie(r, json_string_value(json_object_get(tokens, "access_token")));
-    json_t *body = json_pack("{s:s, s:s, s:i}", "user", doc_name(user), "session", sid, "expires_in", AUTH_ACCESS_TTL_S);
-    api_respond_json(r->req, ROUTE_AUTH_OIDC, r->started, 200, body);
-    json_decref(body);
-    tokens_wipe_decref(tokens);
-    return 0;
+    return api_login_send(r, user, &end, tokens, err);
 }
 
 /* The provider half of a callback, off the loop: the code traded for
@@ -933,7 +941,7 @@ static void callback_done(offload_job *j, h2o_req_t *req)
     api_request r = {.server = job->server, .req = req, .route = ROUTE_AUTH_OIDC, .started = job->started,
                      .caller = &nobody};
     if (req && job->rc < 0)
-        report(&r, "auth.login", NULL, job->p.idp, NULL, "failure", job->err.message);
+        report(&r, "auth.login", "oidc", NULL, job->p.idp, NULL, "failure", job->err.message);
     if (req && (job->rc < 0 || callback_finish(&r, &job->p, job->idp, job->claims, &job->err) < 0))
         api_respond_error(req, ROUTE_AUTH_OIDC, job->started, &job->err);
     OPENSSL_cleanse(job->code, sizeof(job->code));
@@ -955,12 +963,12 @@ static int handle_callback(api_request *r, api_error *err)
                           .started = r->started};
     if (!query_token(r->req, "state", state, sizeof(state)) || !pending_take(state, false, &job->p)) {
         free(job);
-        report(r, "auth.login", NULL, NULL, NULL, "failure", "unknown, used or expired state");
+        report(r, "auth.login", "oidc", NULL, NULL, NULL, "failure", "unknown, used or expired state");
         return api_fail(err, 400, "invalid", "unknown, already used or expired login state; start the login again");
     }
     int ret = -1;
     if (query_token(r->req, "error", error, sizeof(error))) {
-        report(r, "auth.login", NULL, job->p.idp, NULL, "failure", "the identity provider refused the login");
+        report(r, "auth.login", "oidc", NULL, job->p.idp, NULL, "failure", "the identity provider refused the login");
         api_fail(err, 401, "unauthenticated", "identity provider %s refused the login: %s", job->p.idp, error);
     } else if (!query_token(r->req, "code", job->code, sizeof(job->code)))
         api_fail(err, 400, "invalid", "the callback has no authorization code");
@@ -1069,7 +1077,7 @@ int api_oidc_handle(api_request *r, const char *rest, size_t rest_len, api_error
         }
         login_link link;
         bool has_rd;
-        if (link_from_query(r, &link, &has_rd, err) < 0)
+        if (api_login_link_from_query(r, &link, &has_rd, err) < 0)
             return -1;
         return handle_login(r, idp, has_rd ? &link : NULL, err);
     }
@@ -1093,10 +1101,35 @@ static int html_escape(strbuf *b, const char *s)
     return e;
 }
 
+/* Appends to PAGE a list item linking to HREF (the login at an identity
+ * provider, or with a passkey) with LINK's parameters as the proxy issued
+ * them (LINK NULL: none, RD_ENC its percent-encoded return URL), showing
+ * LABEL. */
+static int chooser_item(strbuf *page, const char *href, const login_link *link, const char *rd_enc, const char *label)
+{
+    int e = strbuf_puts(page, "<li><a href=\"");
+    if (e == 0)
+        e = html_escape(page, href);
+    if (e == 0 && link)
+        e = strbuf_puts(page, "?rd=");
+    if (e == 0 && link)
+        e = html_escape(page, rd_enc);
+    if (e == 0 && link) /* hex and digits: nothing to escape */
+        e = strbuf_printf(page, "&amp;bind=%s&amp;exp=%s&amp;mac=%s", link->bind, link->exp, link->mac);
+    if (e == 0)
+        e = strbuf_puts(page, "\">");
+    if (e == 0)
+        e = html_escape(page, label);
+    if (e == 0)
+        e = strbuf_puts(page, "</a></li>\n");
+    return e;
+}
+
 /* Answers 200 with an HTML page linking to the login at each of IDPS (at
- * most CHOOSER_IDPS_MAX), each carrying LINK as the proxy issued it (LINK
- * NULL: none). Returns 0, or -1 with ERR. */
-static int send_chooser(api_request *r, const json_t *idps, const login_link *link, api_error *err)
+ * most CHOOSER_IDPS_MAX), and to the passkey sign-in when PASSKEYS, each
+ * carrying LINK as the proxy issued it (LINK NULL: none). Returns 0, or -1
+ * with ERR. */
+static int send_chooser(api_request *r, const json_t *idps, bool passkeys, const login_link *link, api_error *err)
 {
     const login_rd *rd = link ? &link->rd : NULL;
     _cleanup_strbuf_ strbuf page;
@@ -1114,7 +1147,7 @@ static int send_chooser(api_request *r, const json_t *idps, const login_link *li
             e = strbuf_puts(&page, "</p>\n");
     }
     if (e == 0)
-        e = strbuf_puts(&page, "<p>Choose your identity provider:</p>\n<ul>\n");
+        e = strbuf_puts(&page, "<p>Choose how to sign in:</p>\n<ul>\n");
     size_t i;
     json_t *idp;
     json_array_foreach(idps, i, idp)
@@ -1125,20 +1158,14 @@ static int send_chooser(api_request *r, const json_t *idps, const login_link *li
         if (!name || !resource_name_valid(name))
             continue;
         char href[RESOURCE_NAME_MAX + 64];
-        snprintf(href, sizeof(href), "/v1/auth/oidc/%s/login%s", name, rd ? "?rd=" : "");
-        e = strbuf_puts(&page, "<li><a href=\"");
-        if (e == 0)
-            e = html_escape(&page, href);
-        if (e == 0 && rd)
-            e = html_escape(&page, rd_enc);
-        if (e == 0 && rd) /* hex and digits: nothing to escape */
-            e = strbuf_printf(&page, "&amp;bind=%s&amp;exp=%s&amp;mac=%s", link->bind, link->exp, link->mac);
-        if (e == 0)
-            e = strbuf_puts(&page, "\">");
-        if (e == 0)
-            e = html_escape(&page, name);
-        if (e == 0)
-            e = strbuf_puts(&page, "</a></li>\n");
+        snprintf(href, sizeof(href), "/v1/auth/oidc/%s/login", name);
+        e = chooser_item(&page, href, link, rd_enc, name);
+    }
+    if (e == 0 && passkeys) {
+        char rp[PASSKEY_ORIGIN_MAX], origin[PASSKEY_ORIGIN_MAX + 32];
+        api_passkey_relying_party(r->server, rp, origin);
+        strcat(origin, "/v1/auth/passkey/login"); /* at the RP's origin: WebAuthn works only there */
+        e = chooser_item(&page, origin, link, rd_enc, "Sign in with a passkey");
     }
     if (e == 0)
         e = strbuf_puts(&page, "</ul>\n</body>\n</html>\n");
@@ -1176,18 +1203,32 @@ int api_auth_login_handle(api_request *r, const char *rest, size_t rest_len, api
     /* the return URL first: nothing, not even an error page, leads to a foreign host */
     login_link link;
     bool has_rd;
-    if (link_from_query(r, &link, &has_rd, err) < 0)
+    if (api_login_link_from_query(r, &link, &has_rd, err) < 0)
         return -1;
     json_auto_t *idps = NULL;
     int e = store_list(r->server->cfg->store, "IdentityProvider", &idps, NULL);
     if (e < 0)
         return api_fail_store(err, e, "IdentityProvider", "*");
     size_t n = json_array_size(idps);
-    if (n == 0)
+    bool passkeys = api_passkeys_registered(r->server);
+    if (n == 0 && !passkeys)
         return api_fail(err, 404, "not_found", "no identity provider is configured; API clients send a bearer token");
-    if (n == 1) {
+    if (n == 0) { /* passkeys only: their sign-in page at the RP's origin, with the proxy's link as it came */
+        char rp[PASSKEY_ORIGIN_MAX], origin[PASSKEY_ORIGIN_MAX];
+        api_passkey_relying_party(r->server, rp, origin);
+        h2o_iovec_t q = r->req->query_at == SIZE_MAX ? h2o_iovec_init(H2O_STRLIT(""))
+                                                     : h2o_iovec_init(r->req->path.base + r->req->query_at,
+                                                                      r->req->path.len - r->req->query_at);
+        h2o_iovec_t loc = h2o_concat(&r->req->pool, h2o_iovec_init(origin, strlen(origin)),
+                                     h2o_iovec_init(H2O_STRLIT("/v1/auth/passkey/login")), q);
+        h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_LOCATION, NULL, loc.base, loc.len);
+        json_auto_t *body = json_pack("{s:s}", "location", "/v1/auth/passkey/login");
+        api_respond_json(r->req, ROUTE_AUTH_LOGIN, r->started, 302, body);
+        return 0;
+    }
+    if (n == 1 && !passkeys) {
         const char *name = doc_name(json_array_get(idps, 0));
         return handle_login(r, name ? name : "", has_rd ? &link : NULL, err);
     }
-    return send_chooser(r, idps, has_rd ? &link : NULL, err);
+    return send_chooser(r, idps, passkeys, has_rd ? &link : NULL, err);
 }

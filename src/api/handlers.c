@@ -15,6 +15,7 @@
 #include "api/handlers-jobs.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-policy.h"
+#include "api/references.h"
 #include "api/request.h"
 #include "api/span.h"
 #include "api/sse.h"
@@ -35,7 +36,6 @@
 #define WATCH_BATCH_MAX 500
 #define WATCH_HEARTBEAT_NS (15 * NSEC_PER_SEC)
 #define WATCH_BUFFER_MAX (4 * 1024 * 1024) /* unsent bytes per stream; a slower reader is ended */
-#define PROXY_CONFIG_MAX_AGE_S 30 /* /healthz: the proxy hears from its stream at least every 5 s */
 
 typedef struct api_handler {
     h2o_handler_t super;
@@ -43,13 +43,16 @@ typedef struct api_handler {
 } api_handler;
 
 /* The document as clients may see it: write-only values removed, and
- * server-internal status fields (the credential's token digest) dropped. */
+ * server-internal status fields (a credential's token digest, an
+ * invitation's) dropped. */
 static json_t *public_view(const json_t *doc)
 {
     json_t *v = resource_public_view(doc);
     json_t *status = json_object_get(v, "status");
     if (json_is_object(status))
         json_object_del(status, "tokenDigest");
+    if (json_is_object(status))
+        json_object_del(status, "inviteDigest"); /* a pending invitation's token digest (handlers-passkeys.c) */
     if (strcmp(json_string_value(json_object_get(v, "kind")) ?: "", "Job") == 0)
         api_job_view(v);
     return v;
@@ -204,6 +207,7 @@ typedef struct pending_write {
     char user[256];
     char ip[INET6_ADDRSTRLEN];
     json_t *input; /* owns the documents and strings the ops borrow */
+    json_t *warnings; /* an apply's warnings (references to missing resources), or NULL */
     store_txn txn;
     store_op ops[];
 } pending_write;
@@ -242,6 +246,7 @@ static void pending_write_free(pending_write *pw)
 {
     store_txn_clear(&pw->txn);
     json_decref(pw->input);
+    json_decref(pw->warnings);
     free(pw);
 }
 
@@ -307,7 +312,7 @@ static void respond_write(pending_write *pw)
                                  store_action_name(op->action), "resourceVersion",
                                  json_object_get(json_object_get(op->result, "metadata"), "resourceVersion")));
         }
-        json_t *body = json_pack("{s:o}", "items", items);
+        json_t *body = json_pack("{s:o, s:O}", "items", items, "warnings", pw->warnings); /* set by handle_apply */
         api_respond_json(req, pw->route, pw->started, 200, body);
         json_decref(body);
     } else if (pw->route == ROUTE_DELETE) {
@@ -539,6 +544,10 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
         err->document = -1;
         return -1;
     }
+    /* decided first: only a caller who may delete it learns what refers to it */
+    if (route == ROUTE_DELETE && !api_query_flag(req, "force") &&
+        api_check_unreferenced(srv, kind->kind, name, json_object_get(input, "dependents"), err) < 0)
+        return -1;
     if (expect_stored(&op, stored, err) < 0)
         return -1;
     size_t n_dependents = route == ROUTE_DELETE ? json_array_size(json_object_get(input, "dependents")) : 0;
@@ -558,6 +567,28 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
         return -1;
     }
     return seal_and_submit(srv, req, pw, err); /* Secret values go to the KMS only now, decided */
+}
+
+/* Answers a dry-run apply PW (every document checked and decided, KINDS
+ * and W its kinds and writes) with what each would do, and frees PW:
+ * nothing was sealed or written. Returns 0. */
+static int respond_dry_run(pending_write *pw, const resource_kind *const *kinds, const api_write *w)
+{
+    json_t *out = json_array();
+    for (size_t i = 0; out && i < pw->txn.n_ops; i++)
+        if (json_array_append_new(out, api_dry_run_item(kinds[i], pw->ops[i].doc, w[i].stored, pw->ops[i].status)) < 0)
+            json_decref(TAKE_PTR(out));
+    json_t *body = out ? json_pack("{s:b, s:o, s:O}", "dryRun", true, "items", out, "warnings", pw->warnings) : NULL;
+    if (body)
+        api_respond_json(pw->req, ROUTE_APPLY, pw->started, 200, body);
+    else {
+        api_error err;
+        api_fail(&err, 500, "internal", "out of memory");
+        api_respond_error(pw->req, ROUTE_APPLY, pw->started, &err);
+    }
+    json_decref(body);
+    pending_write_free(pw);
+    return 0;
 }
 
 /* Checks document I of an apply (DOC) against its schema and the documents
@@ -583,8 +614,11 @@ static int check_apply_document(api_server *srv, json_t *doc, const api_write *w
 /* POST /v1/apply {items}: each document checked, then every one decided as
  * create (absent) or update (present) with what it adds, before any Secret
  * is sealed; then all written in one transaction, each a compare-and-swap on
- * the stored document it was decided against. Returns 0 or -1 with ERR
- * (err->document naming the document). */
+ * the stored document it was decided against. The answer carries warnings
+ * about references to missing resources. With ?dryRun=1 everything up to
+ * the write is done the same way, and then nothing is sealed or written:
+ * the answer says what each document would do (api_dry_run_item()).
+ * Returns 0 or -1 with ERR (err->document naming the document). */
 static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const caller *c, api_error *err)
 {
     json_auto_t *body = api_decode_body(req->entity.base, req->entity.len, err);
@@ -615,9 +649,15 @@ static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const
     }
     if (api_decide_writes(srv, req, c, w, n, err) < 0)
         return -1;
+    bool dry_run = api_query_flag(req, "dryRun");
     pending_write *pw = pending_write_new(req, ROUTE_APPLY, started, c, body, n);
-    if (!pw)
+    if (pw)
+        pw->warnings = api_apply_warnings(srv, req, c, items);
+    if (!pw || !pw->warnings) {
+        if (pw)
+            pending_write_free(pw);
         return api_fail(err, 500, "internal", "out of memory");
+    }
     for (size_t i = 0; i < n; i++) {
         json_t *doc = json_array_get(items, i);
         pw->ops[i] = (store_op){.type = w[i].stored ? STORE_REPLACE : STORE_CREATE, .kind = w[i].kind,
@@ -638,6 +678,8 @@ static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const
             return -1;
         }
     }
+    if (dry_run)
+        return respond_dry_run(pw, kinds, w);
     /* only now, every document decided: Secret values go to the KMS */
     return seal_and_submit(srv, req, pw, err);
 }
@@ -793,18 +835,13 @@ static void handle_watch(api_server *srv, h2o_req_t *req, uint64_t started, cons
 
 /* ---- health, metrics, whoami ---- */
 
-/* /healthz: 200 {"status":"ok"} when every role that should run serves,
- * the KMS is unsealed and the proxy has heard from its configuration stream
- * within PROXY_CONFIG_MAX_AGE_S; else 503 {"status":"unavailable"} with a
- * problem naming each part that is not ready. No credential: load balancers
- * and supervisors ask it. */
-static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
+/* The state of each role that should run into ROLES (name -> ready,
+ * starting, sealed, stale), and a problem naming each one not ready into
+ * PROBLEMS: serving, the KMS unsealed, the proxy heard from its
+ * configuration stream within PROXY_CONFIG_MAX_AGE_S. */
+static void roles_readiness(const api_config *cfg, json_t *roles, json_t *problems)
 {
-    const api_config *cfg = srv->cfg;
-    json_t *roles = json_object(), *problems = json_array();
     char problem[200];
-    if (httpd_stopping(req))
-        json_array_append_new(problems, json_string("api: stopping"));
     for (size_t i = 0; i < cfg->n_roles; i++) {
         const role_health *role = &cfg->roles[i];
         if (!atomic_load(&role->wanted))
@@ -817,7 +854,8 @@ static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
             snprintf(problem, sizeof(problem), "%s: starting (not serving yet)", role->name);
         } else if (atomic_load(&role->sealed)) {
             state = "sealed";
-            snprintf(problem, sizeof(problem), "%s: sealed; run cloisterd unseal", role->name);
+            snprintf(problem, sizeof(problem), "%s: sealed (seal %s); run cloisterd unseal", role->name,
+                     cfg->seal_mode ? cfg->seal_mode : "?");
         } else if (strcmp(role->name, "proxy") == 0 && cfg->proxy_metrics) {
             int e = proxy_metrics_config_age(cfg->proxy_metrics, time_mono_ns(), &age);
             if (e == -EAGAIN) {
@@ -834,10 +872,67 @@ static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
         if (problem[0])
             json_array_append_new(problems, json_string(problem));
     }
+}
+
+/* /healthz, liveness: 200 {"status":"ok","roles":{…}} while the API serves
+ * (503 "stopping" once it drains), whatever the other parts say: a probe
+ * that restarts what fails it must not restart a process waiting for
+ * `cloisterd unseal`. No credential. */
+static void handle_healthz(api_server *srv, h2o_req_t *req, uint64_t started)
+{
+    json_t *roles = json_object(), *problems = json_array();
+    roles_readiness(srv->cfg, roles, problems);
+    json_decref(problems);
+    bool stopping = httpd_stopping(req);
+    json_t *body = json_pack("{s:s, s:o}", "status", stopping ? "stopping" : "ok", "roles", roles);
+    api_respond_json(req, ROUTE_HEALTHZ, started, stopping ? 503 : 200, body);
+    json_decref(body);
+}
+
+/* /readyz, readiness: 200 {"status":"ok", …} when every role that should
+ * run serves, the KMS is unsealed, the store answers a read, the API's
+ * audit events reach the audit role and the proxy hears from its
+ * configuration stream; else 503 {"status":"unavailable"} with a problem
+ * naming each part that is not ready. Also says the seal (mode, sealed),
+ * the store (driver, reachable), the audit log (reachable) and the
+ * replicas (this release: one of each role). No credential: load balancers and
+ * supervisors ask it, and `cloister status` shows it. */
+static void handle_readyz(api_server *srv, h2o_req_t *req, uint64_t started)
+{
+    const api_config *cfg = srv->cfg;
+    json_t *roles = json_object(), *problems = json_array(), *replicas = json_object();
+    if (httpd_stopping(req))
+        json_array_append_new(problems, json_string("api: stopping"));
+    roles_readiness(cfg, roles, problems);
+    bool sealed = false;
+    for (size_t i = 0; i < cfg->n_roles; i++) {
+        if (atomic_load(&cfg->roles[i].wanted))
+            json_object_set_new(replicas, cfg->roles[i].name, json_integer(1));
+        if (strcmp(cfg->roles[i].name, "kms") == 0)
+            sealed = atomic_load(&cfg->roles[i].sealed);
+    }
+    /* a read of one row: the store answers (found or not) */
+    json_t *doc = NULL;
+    int r = store_get(cfg->store, "Group", "admins", &doc);
+    json_decref(doc);
+    bool reachable = r == 0 || r == -ENOENT;
+    if (!reachable) {
+        char problem[200];
+        snprintf(problem, sizeof(problem), "store: unreachable (%s)", strerror(-r));
+        json_array_append_new(problems, json_string(problem));
+    }
+    /* this process's events reach the audit role (its last delivery went through) */
+    bool audited = audit_event_deliverable();
+    if (!audited)
+        json_array_append_new(problems, json_string("audit: events do not reach the audit log (the last delivery "
+                                                    "failed or the queue is full)"));
     bool ok = json_array_size(problems) == 0;
-    json_t *body = json_pack("{s:s, s:o, s:o}", "status", ok ? "ok" : "unavailable", "roles", roles, "problems",
-                             problems);
-    api_respond_json(req, ROUTE_HEALTHZ, started, ok ? 200 : 503, body);
+    json_t *body = json_pack("{s:s, s:o, s:{s:s, s:b}, s:{s:s, s:b}, s:{s:b}, s:o, s:o}", "status",
+                             ok ? "ok" : "unavailable", "roles", roles, "seal", "mode",
+                             cfg->seal_mode ? cfg->seal_mode : "unknown", "sealed", sealed, "store", "driver",
+                             cfg->store_driver ? cfg->store_driver : "unknown", "reachable", reachable, "audit",
+                             "reachable", audited, "replicas", replicas, "problems", problems);
+    api_respond_json(req, ROUTE_READYZ, started, ok ? 200 : 503, body);
     json_decref(body);
 }
 
@@ -956,6 +1051,42 @@ static bool handle_subresource(api_server *srv, h2o_req_t *req, uint64_t started
     return true;
 }
 
+/* Serves REQ when its path is /v1/PLURAL/NAME/referrers of any kind
+ * (api_handle_referrers()); returns whether it did. */
+static bool handle_referrers_path(api_server *srv, h2o_req_t *req, uint64_t started)
+{
+    static const char suffix[] = "/referrers";
+    h2o_iovec_t path = req->path_normalized;
+    size_t n = sizeof(suffix) - 1;
+    if (path.len <= 4 + n || memcmp(path.base, "/v1/", 4) != 0 || memcmp(path.base + path.len - n, suffix, n) != 0)
+        return false;
+    char middle[256]; /* PLURAL/NAME */
+    size_t mlen = path.len - 4 - n;
+    if (mlen >= sizeof(middle))
+        return false;
+    memcpy(middle, path.base + 4, mlen);
+    middle[mlen] = 0;
+    char *slash = strchr(middle, '/');
+    if (!slash || strchr(slash + 1, '/'))
+        return false;
+    *slash = 0;
+    const resource_kind *kind = resource_kind_find(middle);
+    if (!kind || strcmp(kind->plural, middle) != 0)
+        return false;
+    api_error err;
+    caller c = {0};
+    if (authenticate(srv, req, &c, &err) < 0) {
+        api_report_refusal(req, &c, &err);
+        api_respond_error(req, ROUTE_REFERRERS, started, &err);
+    } else if (!resource_name_valid(slash + 1)) {
+        api_fail(&err, 404, "not_found", "%s '%s' not found (not a valid name)", kind->kind, slash + 1);
+        api_respond_error(req, ROUTE_REFERRERS, started, &err);
+    } else
+        api_handle_referrers(srv, req, started, &c, kind, slash + 1);
+    caller_clear(&c);
+    return true;
+}
+
 static int route_req(h2o_handler_t *self, h2o_req_t *req)
 {
     api_server *srv = ((api_handler *)self)->server;
@@ -976,11 +1107,23 @@ static int route_req(h2o_handler_t *self, h2o_req_t *req)
             handle_healthz(srv, req, started);
         return 0;
     }
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/readyz"))) {
+        if (!api_method_is(req, "GET") && !api_method_is(req, "HEAD"))
+            api_method_not_allowed(req, ROUTE_READYZ, started, "GET");
+        else
+            handle_readyz(srv, req, started);
+        return 0;
+    }
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/metrics"))) {
         if (!api_method_is(req, "GET") && !api_method_is(req, "HEAD"))
             api_method_not_allowed(req, ROUTE_METRICS, started, "GET");
         else
             handle_metrics(srv, req, started);
+        return 0;
+    }
+
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/version"))) {
+        api_handle_version(req, started);
         return 0;
     }
 
@@ -1008,7 +1151,7 @@ static int route_req(h2o_handler_t *self, h2o_req_t *req)
         api_handle_job_engine(srv, req, started);
         return 0;
     }
-    if (handle_subresource(srv, req, started))
+    if (handle_subresource(srv, req, started) || handle_referrers_path(srv, req, started))
         return 0;
 
     /* /v1/<a>[/<b>] */

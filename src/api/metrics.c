@@ -11,6 +11,7 @@ static const struct {
     const char *method;
 } route_labels[ROUTE_COUNT_] = {
     [ROUTE_HEALTHZ] = {"/healthz", "GET"},
+    [ROUTE_READYZ] = {"/readyz", "GET"},
     [ROUTE_METRICS] = {"/metrics", "GET"},
     [ROUTE_WHOAMI] = {"/v1/whoami", "GET"},
     [ROUTE_APPLY] = {"/v1/apply", "POST"},
@@ -30,11 +31,14 @@ static const struct {
     [ROUTE_TOKENS] = {"/v1/tokens", "POST"},
     [ROUTE_AUTH_LOGIN] = {"/v1/auth/login", "GET"},
     [ROUTE_AUTH_OIDC] = {"/v1/auth/oidc/*", "any"},
+    [ROUTE_AUTH_PASSKEY] = {"/v1/auth/passkey/*", "any"},
     [ROUTE_AUDIT] = {"/v1/audit/{endpoint}", "GET"},
     [ROUTE_KMS] = {"/v1/kms/", "any"},
     [ROUTE_ATTEST] = {"/v1/attest/challenge", "POST"},
     [ROUTE_PROXY_CONFIG] = {"/v1/proxy/config", "GET"},
     [ROUTE_USER_KEYS] = {"/v1/users/{name}/keys", "any"},
+    [ROUTE_USER_INVITE] = {"/v1/users/{name}/invite", "any"},
+    [ROUTE_USER_PASSKEYS] = {"/v1/users/{name}/passkeys", "any"},
     [ROUTE_DATASET_DATA] = {"/v1/datasets/{name}/data", "any"},
     [ROUTE_ENCLAVE_LOGS] = {"/v1/enclaves/{name}/logs", "GET"},
     [ROUTE_JOB_APPROVALS] = {"/v1/jobs/{name}/approvals", "any"},
@@ -46,6 +50,8 @@ static const struct {
     [ROUTE_JOB_RUN_IO] = {"/v1/job-runs/", "any"},
     [ROUTE_NOTIFICATIONS] = {"/v1/notifications", "any"},
     [ROUTE_ME] = {"/v1/me/services", "GET"},
+    [ROUTE_REFERRERS] = {"/v1/{kind}/{name}/referrers", "GET"},
+    [ROUTE_VERSION] = {"/v1/version", "GET"},
     [ROUTE_OTHER] = {"other", "any"},
 };
 

@@ -9,6 +9,7 @@
 #include "api/handlers-keys.h"
 #include "api/handlers-me.h"
 #include "api/handlers-notifications.h"
+#include "api/handlers-passkeys.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-audit.h"
 #include "api/auth.h"
@@ -34,6 +35,7 @@ const api_endpoint_group api_endpoint_groups[] = {
     {"/v1/auth/keys", ROUTE_AUTH_KEYS, API_GROUP_AUTHENTICATED, api_auth_handle_keys}, /* before /v1/auth/ */
     {"/v1/auth/oidc/", ROUTE_AUTH_OIDC, API_GROUP_PUBLIC, api_oidc_handle}, /* before /v1/auth/ */
     {"/v1/auth/login", ROUTE_AUTH_LOGIN, API_GROUP_PUBLIC, api_auth_login_handle}, /* before /v1/auth/ */
+    {"/v1/auth/passkey/", ROUTE_AUTH_PASSKEY, API_GROUP_PUBLIC, api_passkey_handle}, /* before /v1/auth/ */
     {"/v1/auth/", ROUTE_AUTH_TOKEN, API_GROUP_PUBLIC, api_auth_handle},
     {"/v1/sessions", ROUTE_SESSIONS, API_GROUP_PUBLIC, api_auth_handle_sessions}, /* authenticates itself */
     {"/v1/tokens", ROUTE_TOKENS, API_GROUP_AUTHENTICATED, api_auth_handle_tokens},
@@ -51,6 +53,8 @@ const size_t api_n_endpoint_groups = ELEMENTSOF(api_endpoint_groups) - 1;
 /* Components that serve a sub-resource of a kind's objects add one entry each. */
 const api_subresource api_subresources[] = {
     {"users", "keys", ROUTE_USER_KEYS, api_handle_user_keys},
+    {"users", "invite", ROUTE_USER_INVITE, api_handle_user_invite},
+    {"users", "passkeys", ROUTE_USER_PASSKEYS, api_handle_user_passkeys},
     {"datasets", "data", ROUTE_DATASET_DATA, api_handle_dataset_data},
     {"enclaves", "logs", ROUTE_ENCLAVE_LOGS, api_handle_enclave_logs},
     {"jobs", "approvals", ROUTE_JOB_APPROVALS, api_handle_job_approvals},

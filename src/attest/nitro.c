@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "attest/attest-internal.h"
+#include "basic/cbor-scan.h"
 
 #define CBOR_DEPTH_MAX 8
 #define COSE_ALG_ES384 (-35)
@@ -26,114 +27,32 @@
 #define OPTIONAL_FIELD_MAX 1024
 #define PCRS_MAX 32
 
-static void cbor_decrefp(cbor_item_t **p)
-{
-    if (*p)
-        cbor_decref(p);
-}
-#define _cleanup_cbor_ _cleanup_(cbor_decrefp)
-
-/* What the structural scan learns from one decoded item. */
-typedef struct cbor_scan {
-    size_t avail;   /* input bytes from the current item on */
-    uint64_t opens; /* items the current item opens (array, map, tag) */
-    bool bad;       /* an indefinite length, float, undefined or oversized count */
-} cbor_scan;
-
-static void scan_bad(void *ctx)
-{
-    ((cbor_scan *)ctx)->bad = true;
-}
-static void scan_bad_float(void *ctx, float v)
-{
-    ((cbor_scan *)ctx)->bad = true;
-}
-static void scan_bad_double(void *ctx, double v)
-{
-    ((cbor_scan *)ctx)->bad = true;
-}
-/* Every item takes at least one byte: a count beyond the input is a lie. */
-static void scan_array(void *ctx, size_t n)
-{
-    cbor_scan *s = ctx;
-    if (n > s->avail)
-        s->bad = true;
-    else
-        s->opens = n;
-}
-static void scan_map(void *ctx, size_t n)
-{
-    cbor_scan *s = ctx;
-    if (n > s->avail / 2)
-        s->bad = true;
-    else
-        s->opens = 2 * (uint64_t)n;
-}
-static void scan_tag(void *ctx, uint64_t tag)
-{
-    ((cbor_scan *)ctx)->opens = 1;
-}
-
-/* libcbor's no-op callbacks, with every unsupported item flagged and every
- * container checked. */
-static struct cbor_callbacks scan_callbacks(void)
-{
-    struct cbor_callbacks cb = cbor_empty_callbacks;
-    cb.byte_string_start = scan_bad;
-    cb.string_start = scan_bad;
-    cb.indef_array_start = scan_bad;
-    cb.indef_map_start = scan_bad;
-    cb.indef_break = scan_bad;
-    cb.undefined = scan_bad;
-    cb.float2 = scan_bad_float;
-    cb.float4 = scan_bad_float;
-    cb.float8 = scan_bad_double;
-    cb.array_start = scan_array;
-    cb.map_start = scan_map;
-    cb.tag = scan_tag;
-    return cb;
-}
 
 /* Checks that DATA is exactly one well-formed CBOR item that libcbor can
- * load without surprises: definite lengths, no floats, nesting of at most
- * CBOR_DEPTH_MAX, every count plausible for the input size, no trailing
- * bytes. WHAT names the input in errors. */
+ * load without surprises (basic/cbor-scan.h), nesting of at most
+ * CBOR_DEPTH_MAX, no trailing bytes. WHAT names the input in errors. */
 static int cbor_check(const char *what, const uint8_t *data, size_t len, attest_error *error)
 {
-    uint64_t pending[CBOR_DEPTH_MAX + 1] = {1};
-    const struct cbor_callbacks cb = scan_callbacks();
-    unsigned depth = 0;
-    size_t pos = 0;
-
-    while (pos < len) {
-        cbor_scan s = {.avail = len - pos};
-        struct cbor_decoder_result r = cbor_stream_decode(data + pos, len - pos, &cb, &s);
-        if (r.status != CBOR_DECODER_FINISHED)
-            return attest_fail(error, -EBADMSG, "%s: malformed or truncated CBOR at byte %zu",
-                               what, pos);
-        if (s.bad)
+    size_t item_len, pos;
+    cbor_scan_error why;
+    if (cbor_scan_item(data, len, CBOR_DEPTH_MAX, &item_len, &why, &pos) < 0) {
+        switch (why) {
+        case CBOR_SCAN_UNSUPPORTED:
             return attest_fail(error, -EBADMSG,
                                "%s: unsupported CBOR item at byte %zu (indefinite length, "
                                "float, undefined or impossible size)",
                                what, pos);
-        pos += r.read;
-        pending[depth]--;
-        if (s.opens > 0) {
-            if (depth == CBOR_DEPTH_MAX)
-                return attest_fail(error, -EBADMSG, "%s: CBOR nested deeper than %d at byte %zu",
-                                   what, CBOR_DEPTH_MAX, pos);
-            pending[++depth] = s.opens;
+        case CBOR_SCAN_TOO_DEEP:
+            return attest_fail(error, -EBADMSG, "%s: CBOR nested deeper than %d at byte %zu", what, CBOR_DEPTH_MAX,
+                               pos);
+        case CBOR_SCAN_TRUNCATED:
+            return attest_fail(error, -EBADMSG, "%s: truncated CBOR (%zu bytes)", what, len);
+        default:
+            return attest_fail(error, -EBADMSG, "%s: malformed or truncated CBOR at byte %zu", what, pos);
         }
-        while (depth > 0 && pending[depth] == 0)
-            depth--;
-        if (depth == 0 && pending[0] == 0)
-            break;
     }
-    if (pending[0] != 0 || depth != 0)
-        return attest_fail(error, -EBADMSG, "%s: truncated CBOR (%zu bytes)", what, len);
-    if (pos != len)
-        return attest_fail(error, -EBADMSG, "%s: %zu trailing bytes after the CBOR item", what,
-                           len - pos);
+    if (item_len != len)
+        return attest_fail(error, -EBADMSG, "%s: %zu trailing bytes after the CBOR item", what, len - item_len);
     return 0;
 }
 
@@ -155,24 +74,6 @@ static int cbor_parse(const char *what, const uint8_t *data, size_t len, cbor_it
     }
     *ret_item = item;
     return 0;
-}
-
-static bool cbor_get_bytes(const cbor_item_t *item, const uint8_t **ret_p, size_t *ret_len)
-{
-    if (!cbor_isa_bytestring(item) || !cbor_bytestring_is_definite(item))
-        return false;
-    *ret_p = cbor_bytestring_handle(item);
-    *ret_len = cbor_bytestring_length(item);
-    return true;
-}
-
-static bool cbor_get_text(const cbor_item_t *item, const char **ret_p, size_t *ret_len)
-{
-    if (!cbor_isa_string(item) || !cbor_string_is_definite(item))
-        return false;
-    *ret_p = (const char *)cbor_string_handle(item);
-    *ret_len = cbor_string_length(item);
-    return true;
 }
 
 static bool is_printable_ascii(const char *p, size_t n)

@@ -10,9 +10,11 @@ extern char **environ;
 
 static char *title;      /* argv[0]: the start of the space */
 static size_t title_max; /* bytes of it, with the NUL */
+static char **moved;     /* environ_move()'s array: setenv() may give `environ` another */
 
 /* Copies of the environment strings; the array and the strings stay
- * reachable through `environ` for the life of the process. */
+ * reachable (through `environ`, and the array through `moved` once a
+ * setenv() replaced it) for the life of the process. */
 static int environ_move(void)
 {
     size_t n = 0;
@@ -30,7 +32,7 @@ static int environ_move(void)
             return -ENOMEM;
         }
     }
-    environ = copy;
+    environ = moved = copy;
     return 0;
 }
 

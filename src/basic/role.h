@@ -1,6 +1,6 @@
 /* What every role shares with the supervisor: its entry in the role table.
  * The table lives in shared memory the supervisor maps before forking
- * (daemon/role-table.h); the api role reads it for /healthz, and the local
+ * (daemon/role-table.h); the api role reads it for /healthz and /readyz, and the local
  * sockets' peer checks (daemon/peer.h) read the pids. A leaf header, so
  * that any component may take the table without including the
  * supervisor's or the api's. */
@@ -28,7 +28,7 @@
 
 /* One role's entry. The first half is the supervisor's: every role maps it
  * read-only, so no role can blank another's pid or name. The second is the
- * role's own readiness: writable in that role only. /healthz is 200 only
+ * role's own readiness: writable in that role only. /readyz is 200 only
  * when every role that should run is ready (and the KMS unsealed, and the
  * proxy hears from its configuration stream). */
 typedef struct role_health {

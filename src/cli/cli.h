@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "basic/macro.h"
 #include "cli/session.h"
@@ -21,6 +22,8 @@ typedef enum cli_output {
     CLI_OUTPUT_TEXT, /* tables and sentences for people */
     CLI_OUTPUT_JSON,
     CLI_OUTPUT_YAML,
+    CLI_OUTPUT_WIDE, /* get: the table with more columns */
+    CLI_OUTPUT_NAME, /* get: kind/name, one a line */
 } cli_output;
 
 /* One invocation. The *_flag fields come from the command line; server, ca
@@ -52,8 +55,17 @@ enum { CLI_OPT_SERVER = 0x100, CLI_OPT_CA };
         {"ca", required_argument, NULL, CLI_OPT_CA},                                               \
         {"output", required_argument, NULL, 'o'}, {"help", no_argument, NULL, 'h'}
 
-/* Parses an -o value ("json" or "yaml") into *RET. Returns 0 or -EINVAL. */
+/* Parses an -o value ("json", "yaml", "wide" or "name") into *RET.
+ * Returns 0 or -EINVAL. */
 int cli_parse_output(const char *arg, cli_output *ret);
+/* Whether command CMD takes OUTPUT: wide and name are get's only. */
+bool cli_output_allowed(const cli_command *cmd, cli_output output);
+
+/* The command table (cloister.c): the I-th command, NULL past the last. */
+const cli_command *cli_command_get(size_t i);
+/* Prints the program's usage: synopsis, every command of the table, the
+ * kinds and the environment. */
+void cli_usage(FILE *f);
 
 /* Handles option OPT (a getopt_long result) if it is a common one. Returns
  * -1 when parsing goes on, or the exit status to end the command with: 0
@@ -92,6 +104,7 @@ bool cli_server_url_valid(const char *url);
 int cmd_login(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_logout(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_whoami(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+int cmd_status(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_apply(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_get(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_delete(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
@@ -102,6 +115,7 @@ int cmd_attest(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_enclave(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_policy(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_keys(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+int cmd_user(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_dataset(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_workspace(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_age(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
@@ -109,3 +123,13 @@ int cmd_job(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_notify(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_services(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
 int cmd_connect(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+/* apply --dry-run's twin, in cmd-apply.c */
+int cmd_diff(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+/* CLI habits (cmd-habits.c): describe, completion, version */
+int cmd_describe(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+int cmd_completion(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+int cmd_version(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv);
+/* Writes the completion script of SHELL ("bash" or "zsh") to F, generated
+ * from the command table. Returns 0, or -EINVAL for another shell. */
+int cli_completion_script(FILE *f, const char *shell);
+

@@ -2,6 +2,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include "basic/encoding.h"
+#include "basic/macro.h"
 #include "basic/strbuf.h"
 
 #define CONNECT_TIMEOUT_S 10L
@@ -139,6 +141,7 @@ typedef struct exchange {
     const char *content_type;
     int out_fd;
     bool stream; /* a stream that lasts (Server-Sent Events): no total timeout, only the stall one */
+    long *ret_status; /* when set: a JSON answer of any status is returned, its status here (health) */
 } exchange;
 
 /* One exchange with URL (an https:// URL): api_request() without the refresh. */
@@ -200,10 +203,12 @@ static int exchange_url(const cli_ctx *ctx, const char *token, const char *metho
         if (!v && status >= 200 && status < 300)
             return transport_error(err, -EBADMSG, "the server's answer is not JSON: %s", jerr.text);
     }
-    if (status < 200 || status >= 300) {
+    if ((status < 200 || status >= 300) && !(x->ret_status && json_is_object(v))) {
         parse_error(status, v, err);
         return -EPROTO;
     }
+    if (x->ret_status)
+        *x->ret_status = status;
     *ret = v ? TAKE_PTR(v) : json_null();
     return 0;
 }
@@ -364,6 +369,15 @@ int api_request_url(cli_ctx *ctx, const char *token, const char *method, const c
     return request_url(ctx, ctx->token, method, url, body, ret, err);
 }
 
+int api_health(cli_ctx *ctx, const char *path, long *ret_status, json_t **ret, api_error *err)
+{
+    _cleanup_free_ char *url = NULL;
+    if (asprintf(&url, "%s%s", ctx->server, path) < 0)
+        return transport_error(err, -ENOMEM, "out of memory");
+    exchange x = {.out_fd = -1, .ret_status = ret_status};
+    return exchange_url(ctx, NULL, "GET", url, &x, ret, err);
+}
+
 int api_request(cli_ctx *ctx, const char *token, const char *method, const char *path, const json_t *body,
                 json_t **ret, api_error *err)
 {
@@ -431,3 +445,68 @@ int api_stream(cli_ctx *ctx, const char *path, int fd, api_error *err)
     return exchange_path(ctx, "GET", path, &x, &ignored, err);
 }
 
+
+/* The stream of api_watch(), read on a thread into a pipe. */
+typedef struct watch_reader {
+    cli_ctx *ctx;
+    const char *path;
+    int fd;
+    int rc;
+    api_error err;
+} watch_reader;
+
+static void *watch_reader_main(void *arg)
+{
+    watch_reader *j = arg;
+    j->rc = api_stream(j->ctx, j->path, j->fd, &j->err);
+    close(j->fd);
+    return NULL;
+}
+
+int api_watch(cli_ctx *ctx, const char *path, int (*on_event)(const char *type, const json_t *data, void *userdata),
+              void *userdata, api_error *err)
+{
+    int fds[2];
+    if (pipe(fds) < 0)
+        return transport_error(err, -errno, "cannot make a pipe: %m");
+    watch_reader job = {.ctx = ctx, .path = path, .fd = fds[1]};
+    pthread_t t;
+    int e = pthread_create(&t, NULL, watch_reader_main, &job);
+    if (e != 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return transport_error(err, -e, "cannot start the stream: %s", strerror(e));
+    }
+    FILE *in = fdopen(fds[0], "r");
+    _cleanup_free_ char *line = NULL;
+    size_t size = 0;
+    char event[32] = "";
+    int r = 0;
+    ssize_t n;
+    while (in && (n = getline(&line, &size, in)) >= 0) {
+        line[strcspn(line, "\r\n")] = 0;
+        if (strncmp(line, "event: ", 7) == 0)
+            snprintf(event, sizeof(event), "%s", line + 7);
+        else if (strncmp(line, "data: ", 6) == 0 && r == 0) {
+            json_auto_t *v = json_loads(line + 6, 0, NULL);
+            if (strcmp(event, "ERROR") == 0) {
+                const char *why = json_string_value(json_object_get(json_object_get(v, "error"), "message"));
+                r = transport_error(err, -EPROTO, "the stream ended: %s", why ? why : "(no reason given)");
+            } else if (v)
+                r = on_event(event, v, userdata);
+            /* the handler stopped: the thread ends once the pipe is closed */
+            if (r != 0)
+                break;
+        }
+    }
+    if (in)
+        fclose(in);
+    else
+        close(fds[0]);
+    pthread_join(t, NULL);
+    if (r == 0 && job.rc < 0) {
+        *err = job.err;
+        return job.rc;
+    }
+    return r;
+}

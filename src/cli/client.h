@@ -38,6 +38,11 @@ int api_request(cli_ctx *ctx, const char *token, const char *method, const char 
 int api_request_url(cli_ctx *ctx, const char *token, const char *method, const char *url, const json_t *body,
                     json_t **ret, api_error *err);
 
+/* GET PATH from the server's root (/readyz, /healthz) without a token: 0
+ * with the JSON object answered, whatever its status (in *RET_STATUS: 200,
+ * or 503 naming what is not ready), or as api_request(). */
+int api_health(cli_ctx *ctx, const char *path, long *ret_status, json_t **ret, api_error *err);
+
 /* api_request() with CTX's token of N raw bytes of DATA
  * (application/octet-stream), the answer JSON. */
 int api_request_bytes(cli_ctx *ctx, const char *method, const char *path, const void *data, size_t n, json_t **ret,
@@ -50,6 +55,15 @@ int api_download(cli_ctx *ctx, const char *path, int fd, api_error *err);
  * Server-Sent Events): no total timeout, only the stall one (a stream
  * silent for 60 s, heartbeats included, is cut). */
 int api_stream(cli_ctx *ctx, const char *path, int fd, api_error *err);
+
+/* Follows the watch stream (Server-Sent Events) at PATH below /v1 with
+ * CTX's token, calling ON_EVENT(TYPE, DATA, USERDATA) for each event as it
+ * comes (TYPE "ADDED", "MODIFIED", "DELETED"; DATA its parsed JSON,
+ * borrowed) until the server ends the stream or ON_EVENT returns non-zero
+ * (then returned). An ERROR event ends it with -EPROTO and ERR saying why;
+ * otherwise returns 0 or as api_stream(). */
+int api_watch(cli_ctx *ctx, const char *path, int (*on_event)(const char *type, const json_t *data, void *userdata),
+              void *userdata, api_error *err);
 
 /* Trades the saved session's refresh token for a new access token and
  * refresh token (POST /v1/auth/refresh), saves the session and makes the

@@ -1,8 +1,7 @@
-/* cloister: the command-line client of the Cloister control plane.
- * Global options, then a command from the table below; each command parses
- * its own arguments and returns the exit status. */
-#include <curl/curl.h>
-#include <getopt.h>
+/* cloister: the command table of the command-line client. Global options,
+ * then a command from the table below (main.c); each command parses its own
+ * arguments and returns the exit status. --help, `cloister completion` and
+ * the unit tests read this one table. */
 #include <stdio.h>
 #include <string.h>
 
@@ -15,10 +14,26 @@ static const cli_command commands[] = {
      cmd_login},
     {"logout", "", "revoke the saved session on the server and forget it", cmd_logout},
     {"whoami", "[-o json|yaml]", "show the user, groups and credential the server sees", cmd_whoami},
-    {"apply", "-f FILE|- [-f FILE]... [-o json|yaml]",
-     "create or update every resource of the manifests, all or nothing", cmd_apply},
-    {"get", "KIND [NAME] [-o json|yaml]", "list the resources of a kind, or show one", cmd_get},
-    {"delete", "KIND NAME", "delete a resource", cmd_delete},
+    {"status", "[-o json|yaml]",
+     "show whether the server is ready (/readyz): each role and its replicas, the KMS seal, the store; exit 0 only "
+     "when ready", cmd_status},
+    {"apply", "-f FILE|- [-f FILE]... [--dry-run] [-o json|yaml]",
+     "create or update every resource of the manifests, all or nothing; warns about references to missing "
+     "resources; --dry-run: what would change, nothing written", cmd_apply},
+    {"get", "KIND [NAME] [-w] [-o json|yaml|wide|name]",
+     "list the resources of a kind, or show one; -w: then print each change as it comes", cmd_get},
+    {"delete", "KIND NAME [--force]",
+     "delete a resource; one still referenced needs --force (the referrers are named)", cmd_delete},
+    /* CLI habits: keep these together */
+    {"diff", "-f FILE|- [-f FILE]...",
+     "show what apply would change, field by field (the server decides it as apply; nothing written)", cmd_diff},
+    {"describe", "KIND NAME [-o json|yaml]",
+     "show a resource, its status and what references it (where a policy is used, who is in a group)",
+     cmd_describe},
+    {"completion", "bash|zsh", "print a shell completion script (source <(cloister completion bash))",
+     cmd_completion},
+    {"version", "[-o json|yaml]", "print the client's version and build, and the server's when reachable",
+     cmd_version},
     {"token", "create CREDENTIAL [-o json|yaml] | access",
      "make a new token for a credential (replacing its old one; shown once); print a fresh access token of your "
      "session (refreshed when it has less than 2 minutes left)", cmd_token},
@@ -46,6 +61,9 @@ static const cli_command commands[] = {
     {"keys", "init [--force] | show [-o json|yaml] | register",
      "make your approval key (Ed25519) and age identity in $XDG_CONFIG_HOME/cloister/keys/ (0600), show their "
      "public halves, or publish them on your user (status.publicKeys)", cmd_keys},
+    {"user", "invite NAME [--email E] [--revoke] | passkeys NAME [--delete ID]",
+     "invite a user to register a passkey (a one-time link, 24 h; created if needed), or revoke the invitation; "
+     "list or delete a user's passkeys", cmd_user},
     {"workspace", "create NAME --member USER... [--approvals owners|all]",
      "create a workspace; the KMS makes its key, whose age recipient datasets are encrypted to", cmd_workspace},
     {"dataset", "upload NAME --workspace W --file F.csv [--schema COL:TYPE,...] | download NAME -o FILE |\n"
@@ -71,10 +89,14 @@ static const cli_command commands[] = {
      * cmd-<group>.c. */
 };
 
-/* The program's usage: synopsis, the command table, kinds, environment. */
-static void usage(FILE *f)
+const cli_command *cli_command_get(size_t i)
 {
-    fprintf(f, "usage: cloister [--server URL] [--ca FILE] [-o json|yaml] COMMAND [ARGS]\n\n"
+    return i < ELEMENTSOF(commands) ? &commands[i] : NULL;
+}
+
+void cli_usage(FILE *f)
+{
+    fprintf(f, "usage: cloister [--server URL] [--ca FILE] [-o json|yaml] [--version] COMMAND [ARGS]\n\n"
                "Commands:\n");
     for (size_t i = 0; i < ELEMENTSOF(commands); i++) {
         char line[128];
@@ -90,69 +112,4 @@ static void usage(FILE *f)
                "is kept in $XDG_CONFIG_HOME/cloister/session.json).\n"
                "Exit status: 0 success, 1 refused or failed, 2 usage error.\n",
             CLI_DEFAULT_SERVER);
-}
-
-int main(int argc, char **argv)
-{
-    static const struct option options[] = {
-        CLI_COMMON_LONG_OPTIONS,
-        {"version", no_argument, NULL, 'V'},
-        {},
-    };
-    _cleanup_(cli_ctx_done) cli_ctx ctx = {};
-    int c;
-    while ((c = getopt_long(argc, argv, "+" CLI_COMMON_SHORT_OPTIONS, options, NULL)) >= 0) {
-        switch (c) {
-        case 'h':
-            usage(stdout);
-            return CLI_EXIT_OK;
-        case 'V':
-            printf("cloister %s\n", CLOISTER_VERSION);
-            return CLI_EXIT_OK;
-        case CLI_OPT_SERVER:
-            ctx.server_flag = optarg;
-            break;
-        case CLI_OPT_CA:
-            ctx.ca_flag = optarg;
-            break;
-        case 'o':
-            if (cli_parse_output(optarg, &ctx.output) == 0)
-                break;
-            fprintf(stderr, "error: -o takes json or yaml\n");
-            usage(stderr);
-            return CLI_EXIT_USAGE;
-        default:
-            usage(stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    if (optind >= argc) {
-        usage(stderr);
-        return CLI_EXIT_USAGE;
-    }
-    const char *name = argv[optind];
-    if (strcmp(name, "help") == 0) {
-        usage(stdout);
-        return CLI_EXIT_OK;
-    }
-    const cli_command *cmd = NULL;
-    for (size_t i = 0; i < ELEMENTSOF(commands) && !cmd; i++)
-        if (strcmp(name, commands[i].name) == 0)
-            cmd = &commands[i];
-    if (!cmd) {
-        fprintf(stderr, "error: unknown command \"%s\"\n", name);
-        usage(stderr);
-        return CLI_EXIT_USAGE;
-    }
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        fprintf(stderr, "error: cannot initialise libcurl\n");
-        return CLI_EXIT_FAILED;
-    }
-    int r = cmd->run(&ctx, cmd, argc - optind, argv + optind);
-    curl_global_cleanup();
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        fprintf(stderr, "error: cannot write the output: %m\n");
-        return CLI_EXIT_FAILED;
-    }
-    return r;
 }

@@ -1,6 +1,7 @@
-/* apply: validates every document of the given manifests locally, then
- * sends them all in one request to the server's all-or-nothing endpoint. */
-#include <ctype.h>
+/* apply and diff: validate every document of the given manifests locally,
+ * then send them all in one request to the server's all-or-nothing
+ * endpoint, for real or as a dry run (?dryRun=1: decided and checked the
+ * same way, nothing written). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,28 +119,53 @@ static int validate_all(const origin *origins, size_t n)
     return bad ? CLI_EXIT_FAILED : CLI_EXIT_OK;
 }
 
-/* Prints "service/wiki created" for each item of the answer. */
-static void print_results(const json_t *answer)
+/* Prints "service/wiki created" for each item of the answer ("(dry run)"
+ * after it for a dry run); with DIFF, the field-level diff of each item
+ * that would change instead. Returns 0 or -ENOMEM. */
+static int print_results(const json_t *answer, bool diff)
 {
-    size_t i;
+    bool dry_run = json_is_true(json_object_get(answer, "dryRun"));
+    size_t i, changed = 0;
     const json_t *item;
     json_array_foreach(json_object_get(answer, "items"), i, item) {
         const char *kind = json_string_value(json_object_get(item, "kind"));
         const char *name = json_string_value(json_object_get(item, "name"));
         const char *action = json_string_value(json_object_get(item, "action"));
-        char line[512], clean[512];
-        snprintf(line, sizeof(line), "%s/%s %s", kind ? kind : "?", name ? name : "?",
-                 action ? action : "applied");
-        for (char *p = line; *p && *p != '/'; p++)
-            *p = (char)tolower((unsigned char)*p);
-        printf("%s\n", text_sanitize(line, clean, sizeof(clean)));
+        char label[300], clean[512];
+        output_kind_name(kind ? kind : "?", name ? name : "?", label, sizeof(label));
+        if (!diff) {
+            char line[400];
+            snprintf(line, sizeof(line), "%s %s%s", label, action ? action : "applied", dry_run ? " (dry run)" : "");
+            printf("%s\n", text_sanitize(line, clean, sizeof(clean)));
+        } else if (!action || strcmp(action, "unchanged") != 0) {
+            changed++;
+            int r = output_diff(label, json_object_get(item, "before"), json_object_get(item, "after"));
+            if (r < 0)
+                return r;
+            if (r == 0) /* a Secret's values are not shown, so a change of them has no line */
+                printf(" (values that are not shown change)\n");
+        }
+    }
+    if (diff && changed == 0)
+        fprintf(stderr, "no changes\n");
+    return 0;
+}
+
+/* Prints the answer's warnings on stderr, "warning: ..." each. */
+static void print_warnings(const json_t *answer)
+{
+    size_t i;
+    const json_t *w;
+    json_array_foreach(json_object_get(answer, "warnings"), i, w) {
+        char clean[1024];
+        fprintf(stderr, "warning: %s\n", text_sanitize(json_string_value(w) ?: "", clean, sizeof(clean)));
     }
 }
 
-/* Sends the N validated documents in one POST /v1/apply and prints the
- * outcome; a refused document is named by file, line and field. Returns
- * an exit status. */
-static int apply(cli_ctx *ctx, const origin *origins, size_t n)
+/* Sends the N validated documents in one POST /v1/apply (?dryRun=1 with
+ * DRY_RUN) and prints the outcome (DIFF: as diffs); a refused document is
+ * named by file, line and field. Returns an exit status. */
+static int apply(cli_ctx *ctx, const origin *origins, size_t n, bool dry_run, bool diff)
 {
     json_auto_t *items = json_array();
     json_auto_t *body = json_pack("{s:O}", "items", items);
@@ -154,7 +180,7 @@ static int apply(cli_ctx *ctx, const origin *origins, size_t n)
         return r;
     json_auto_t *answer = NULL;
     api_error err;
-    if (api_request(ctx, ctx->token, "POST", "/apply", body, &answer, &err) < 0) {
+    if (api_request(ctx, ctx->token, "POST", dry_run ? "/apply?dryRun=1" : "/apply", body, &answer, &err) < 0) {
         if (err.document >= 0 && (size_t)err.document < n) {
             /* the field names where to look; the message says it again */
             char msg[sizeof(err.field) + sizeof(err.message) + 2];
@@ -163,29 +189,40 @@ static int apply(cli_ctx *ctx, const origin *origins, size_t n)
         }
         return api_error_print(&err);
     }
+    print_warnings(answer);
     if (ctx->output == CLI_OUTPUT_JSON)
         r = output_json(answer);
     else if (ctx->output == CLI_OUTPUT_YAML)
         r = output_yaml(answer);
     else
-        print_results(answer);
+        r = print_results(answer, diff);
     return r < 0 ? cli_error("cannot print the answer: %s", strerror(-r)) : CLI_EXIT_OK;
 }
 
-int cmd_apply(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
+static int apply_files(cli_ctx *ctx, const char *const *files, size_t n_files, bool dry_run, bool diff);
+
+enum { OPT_DRY_RUN = 0x200 };
+
+/* apply and diff: -f FILE... and (apply) --dry-run. */
+static int apply_command(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv, bool diff)
 {
     static const struct option options[] = {
         {"filename", required_argument, NULL, 'f'},
+        {"dry-run", no_argument, NULL, OPT_DRY_RUN},
         CLI_COMMON_LONG_OPTIONS,
         {},
     };
     const char *files[APPLY_MAX_FILES];
     size_t n_files = 0;
-    bool stdin_used = false;
+    bool stdin_used = false, dry_run = diff;
     int c;
     optind = 0;
     while ((c = getopt_long(argc, argv, "f:" CLI_COMMON_SHORT_OPTIONS, options, NULL)) >= 0) {
-        if (c == 'f') {
+        if (c == OPT_DRY_RUN && !diff)
+            dry_run = true;
+        else if (c == OPT_DRY_RUN)
+            return cli_usage_error(cmd, "diff is always a dry run");
+        else if (c == 'f') {
             if (n_files == APPLY_MAX_FILES)
                 return cli_usage_error(cmd, "at most %d files at once", APPLY_MAX_FILES);
             if (strcmp(optarg, "-") == 0) {
@@ -200,8 +237,23 @@ int cmd_apply(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
     if (optind < argc)
         return cli_usage_error(cmd, "unexpected argument \"%s\"", argv[optind]);
     if (n_files == 0)
-        return cli_usage_error(cmd, "apply needs -f FILE (or -f - for stdin)");
+        return cli_usage_error(cmd, "%s needs -f FILE (or -f - for stdin)", cmd->name);
+    return apply_files(ctx, files, n_files, dry_run, diff);
+}
 
+int cmd_apply(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
+{
+    return apply_command(ctx, cmd, argc, argv, false);
+}
+
+int cmd_diff(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
+{
+    return apply_command(ctx, cmd, argc, argv, true);
+}
+
+/* Loads, validates and applies FILES (as apply() does). Returns an exit status. */
+static int apply_files(cli_ctx *ctx, const char *const *files, size_t n_files, bool dry_run, bool diff)
+{
     source sources[APPLY_MAX_FILES] = {};
     _cleanup_free_ origin *origins = NULL;
     size_t n = 0;
@@ -226,7 +278,7 @@ int cmd_apply(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
     if (r == CLI_EXIT_OK)
         r = validate_all(origins, n);
     if (r == CLI_EXIT_OK)
-        r = apply(ctx, origins, n);
+        r = apply(ctx, origins, n, dry_run, diff);
     sources_free(sources, n_files);
     return r;
 }

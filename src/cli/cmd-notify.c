@@ -2,11 +2,9 @@
  * marked read; one's webhook URLs and signing secret
  * (/v1/notifications, docs/notifications.md). */
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli/cli.h"
 #include "cli/client.h"
@@ -59,76 +57,43 @@ static int list(cli_ctx *ctx, bool unread)
     return CLI_EXIT_OK;
 }
 
-/* The stream, read on a thread into a pipe that the main thread parses. */
-typedef struct stream_job {
+/* What a watch prints each notification with. */
+typedef struct watch_print {
     cli_ctx *ctx;
-    int fd;
-    int rc;
-    api_error err;
-} stream_job;
+    bool unread;
+} watch_print;
 
-static void *stream_main(void *arg)
+/* Prints one ADDED notification (-o json: one compact JSON object a line). */
+static int print_added(const char *type, const json_t *v, void *userdata)
 {
-    stream_job *j = arg;
-    j->rc = api_stream(j->ctx, "/notifications?watch=1", j->fd, &j->err);
-    close(j->fd);
-    return NULL;
+    watch_print *w = userdata;
+    if (strcmp(type, "ADDED") != 0 || (w->unread && json_is_true(json_object_get(v, "read"))))
+        return 0;
+    if (w->ctx->output == CLI_OUTPUT_TEXT)
+        print_line(v);
+    else if (w->ctx->output == CLI_OUTPUT_JSON) {
+        char *text = json_dumps(v, JSON_COMPACT);
+        if (text)
+            printf("%s\n", text);
+        free(text);
+    } else
+        output_yaml(v);
+    fflush(stdout);
+    return 0;
 }
 
-/* Prints each new notification as it comes (ADDED events; -o json: one
- * compact JSON object a line) until the server ends the stream. */
+/* Prints each new notification as it comes (ADDED events) until the server
+ * ends the stream. */
 static int watch(cli_ctx *ctx, bool unread)
 {
-    int fds[2];
-    if (pipe(fds) < 0)
-        return cli_error("cannot make a pipe: %m");
-    stream_job job = {.ctx = ctx, .fd = fds[1]};
-    pthread_t t;
-    int e = pthread_create(&t, NULL, stream_main, &job);
-    if (e != 0) {
-        close(fds[0]);
-        close(fds[1]);
-        return cli_error("cannot start the stream: %s", strerror(e));
-    }
-    FILE *in = fdopen(fds[0], "r");
-    char line[64 * 1024], event[32] = "";
-    int rc = CLI_EXIT_OK;
     if (ctx->output == CLI_OUTPUT_TEXT)
         printf("%-42s %-22s %-28s %-24s %s\n", "ID", "TYPE", "OBJECT", "CREATED", "STATE");
     fflush(stdout);
-    while (in && fgets(line, sizeof(line), in)) {
-        line[strcspn(line, "\r\n")] = 0;
-        if (strncmp(line, "event: ", 7) == 0)
-            snprintf(event, sizeof(event), "%s", line + 7);
-        else if (strncmp(line, "data: ", 6) == 0) {
-            json_auto_t *v = json_loads(line + 6, 0, NULL);
-            if (strcmp(event, "ERROR") == 0) {
-                const json_t *err = json_object_get(v, "error");
-                char clean[600];
-                const char *why = json_string_value(json_object_get(err, "message")) ?: "";
-                rc = cli_error("the stream ended: %s", text_sanitize(why, clean, sizeof(clean)));
-            } else if (strcmp(event, "ADDED") == 0 && v && !(unread && json_is_true(json_object_get(v, "read")))) {
-                if (ctx->output == CLI_OUTPUT_TEXT)
-                    print_line(v);
-                else if (ctx->output == CLI_OUTPUT_JSON) {
-                    char *text = json_dumps(v, JSON_COMPACT);
-                    if (text)
-                        printf("%s\n", text);
-                    free(text);
-                } else
-                    output_yaml(v);
-                fflush(stdout);
-            }
-        }
-    }
-    if (in)
-        fclose(in);
-    else
-        close(fds[0]);
-    pthread_join(t, NULL);
-    if (job.rc < 0 && rc == CLI_EXIT_OK)
-        return api_error_print(&job.err);
-    return rc;
+    watch_print w = {.ctx = ctx, .unread = unread};
+    api_error err;
+    if (api_watch(ctx, "/notifications?watch=1", print_added, &w, &err) < 0)
+        return api_error_print(&err); /* "the stream ended: WHY" for an ERROR event */
+    return CLI_EXIT_OK;
 }
 
 static int mark_read(cli_ctx *ctx, int argc, char **argv)

@@ -42,9 +42,18 @@ int cli_parse_output(const char *arg, cli_output *ret)
         *ret = CLI_OUTPUT_JSON;
     else if (strcmp(arg, "yaml") == 0)
         *ret = CLI_OUTPUT_YAML;
+    else if (strcmp(arg, "wide") == 0)
+        *ret = CLI_OUTPUT_WIDE;
+    else if (strcmp(arg, "name") == 0)
+        *ret = CLI_OUTPUT_NAME;
     else
         return -EINVAL;
     return 0;
+}
+
+bool cli_output_allowed(const cli_command *cmd, cli_output output)
+{
+    return (output != CLI_OUTPUT_WIDE && output != CLI_OUTPUT_NAME) || strcmp(cmd->name, "get") == 0;
 }
 
 int cli_common_option(cli_ctx *ctx, const cli_command *cmd, int opt, const char *arg)
@@ -57,8 +66,9 @@ int cli_common_option(cli_ctx *ctx, const cli_command *cmd, int opt, const char 
         ctx->ca_flag = arg;
         return -1;
     case 'o':
-        if (cli_parse_output(arg, &ctx->output) < 0)
-            return cli_usage_error(cmd, "-o takes json or yaml, not \"%s\"", arg);
+        if (cli_parse_output(arg, &ctx->output) < 0 || !cli_output_allowed(cmd, ctx->output))
+            return cli_usage_error(cmd, "-o takes json or yaml%s, not \"%s\"",
+                                   strcmp(cmd->name, "get") == 0 ? ", wide or name" : "", arg);
         return -1;
     case 'h':
         printf("usage: cloister %s %s\n  %s\n", cmd->name, cmd->synopsis, cmd->summary);

@@ -112,6 +112,17 @@ static void put_value(strbuf *b, const json_t *v)
         }
         break;
     }
+    case JSON_OBJECT: { /* labels: k=v,k2=v2 */
+        const char *key;
+        const json_t *item;
+        bool first = true;
+        json_object_foreach((json_t *)v, key, item) {
+            strbuf_printf(b, "%s%s=", first ? "" : ",", key);
+            put_value(b, item);
+            first = false;
+        }
+        break;
+    }
     default:
         dump = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
         if (dump)
@@ -183,11 +194,27 @@ static void free_cells(char **cells, size_t n)
     free(cells);
 }
 
+/* -o wide: after the kind's own extra columns, the labels of every kind */
+static const resource_column labels_column = {"LABELS", {"metadata.labels"}, false, NULL};
+
 int output_table(const resource_kind *k, const json_t *items, int64_t now)
 {
-    size_t ncols = 2, nrows = json_array_size(items) + 1;
-    while (k->columns[ncols - 2].header)
-        ncols++;
+    return output_table_wide(k, items, now, false);
+}
+
+int output_table_wide(const resource_kind *k, const json_t *items, int64_t now, bool wide)
+{
+    /* the columns between NAME and AGE */
+    const resource_column *column[32];
+    size_t n_columns = 0;
+    for (const resource_column *c = k->columns; c->header && n_columns < ELEMENTSOF(column) - 1; c++)
+        column[n_columns++] = c;
+    for (const resource_column *c = wide ? k->wide_columns : NULL; c && c->header && n_columns < ELEMENTSOF(column) - 1;
+         c++)
+        column[n_columns++] = c;
+    if (wide)
+        column[n_columns++] = &labels_column;
+    size_t ncols = n_columns + 2, nrows = json_array_size(items) + 1;
     if (nrows > SIZE_MAX / ncols / sizeof(char *))
         return -ENOMEM;
     char **cells = calloc(nrows * ncols, sizeof(char *));
@@ -195,7 +222,7 @@ int output_table(const resource_kind *k, const json_t *items, int64_t now)
     int r = cells && width ? 0 : -ENOMEM;
 
     for (size_t col = 0; r == 0 && col < ncols; col++) {
-        const char *h = col == 0 ? "NAME" : col == ncols - 1 ? "AGE" : k->columns[col - 1].header;
+        const char *h = col == 0 ? "NAME" : col == ncols - 1 ? "AGE" : column[col - 1]->header;
         if (!(cells[col] = strdup(h)))
             r = -ENOMEM;
     }
@@ -211,7 +238,7 @@ int output_table(const resource_kind *k, const json_t *items, int64_t now)
         char **line = cells + row * ncols;
         line[0] = cell_finish(strdup(name ? name : "<none>"));
         for (size_t col = 1; col + 1 < ncols; col++)
-            line[col] = cell_finish(cell_text(&k->columns[col - 1], item));
+            line[col] = cell_finish(cell_text(column[col - 1], item));
         line[ncols - 1] = strdup(age);
         for (size_t col = 0; col < ncols; col++)
             if (!line[col])
@@ -231,4 +258,109 @@ int output_table(const resource_kind *k, const json_t *items, int64_t now)
     free_cells(cells, nrows * ncols);
     free(width);
     return r;
+}
+
+char *output_kind_name(const char *kind, const char *name, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s/%s", kind, name);
+    for (char *p = buf; *p && *p != '/'; p++)
+        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+    return buf;
+}
+
+/* The largest diff computed line by line (its table is n*m cells); past
+ * it every old line is shown removed and every new one added. */
+#define DIFF_CELLS_MAX ((size_t)4 << 20)
+
+static int compare_keys(const void *x, const void *y)
+{
+    return strcmp(*(const char *const *)x, *(const char *const *)y);
+}
+
+/* Appends one line "PATH: VALUE" per leaf of V (keys sorted, arrays by
+ * index; an empty object or array is a leaf) to LINES. Returns 0 or -ENOMEM. */
+static int flatten(const json_t *v, const char *path, json_t *lines)
+{
+    char sub[1024];
+    if (json_is_object(v) && json_object_size(v) > 0) {
+        size_t n = json_object_size(v), i = 0;
+        _cleanup_free_ const char **keys = calloc(n, sizeof(*keys));
+        if (!keys)
+            return -ENOMEM;
+        const char *key;
+        const json_t *item;
+        json_object_foreach((json_t *)v, key, item) keys[i++] = key;
+        qsort(keys, n, sizeof(*keys), compare_keys);
+        for (i = 0; i < n; i++) {
+            snprintf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "", keys[i]);
+            int r = flatten(json_object_get(v, keys[i]), sub, lines);
+            if (r < 0)
+                return r;
+        }
+        return 0;
+    }
+    if (json_is_array(v) && json_array_size(v) > 0) {
+        size_t i;
+        const json_t *item;
+        json_array_foreach(v, i, item) {
+            snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
+            int r = flatten(item, sub, lines);
+            if (r < 0)
+                return r;
+        }
+        return 0;
+    }
+    _cleanup_free_ char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!text || json_array_append_new(lines, json_sprintf("%s: %s", path, text)) < 0)
+        return -ENOMEM;
+    return 0;
+}
+
+static void diff_line(char mark, const json_t *line)
+{
+    char clean[4096];
+    printf("%c%s\n", mark, text_sanitize(json_string_value(line), clean, sizeof(clean)));
+}
+
+int output_diff(const char *label, const json_t *before, const json_t *after)
+{
+    json_auto_t *a = json_array(), *b = json_array();
+    if (!a || !b || (before && !json_is_null(before) && flatten(before, "", a) < 0) || flatten(after, "", b) < 0)
+        return -ENOMEM;
+    size_t n = json_array_size(a), m = json_array_size(b);
+    char clean[512];
+    printf("--- %s (%s)\n+++ %s (manifest)\n", text_sanitize(label, clean, sizeof(clean)),
+           n ? "stored" : "absent", clean);
+    int changed = 0;
+    if ((n + 1) * (m + 1) > DIFF_CELLS_MAX) {
+        for (size_t i = 0; i < n; i++)
+            diff_line('-', json_array_get(a, i));
+        for (size_t j = 0; j < m; j++)
+            diff_line('+', json_array_get(b, j));
+        return (int)MIN(n + m, (size_t)INT32_MAX);
+    }
+    /* lcs[i][j]: the longest common subsequence of a[i..] and b[j..] */
+    _cleanup_free_ uint32_t *lcs = calloc((n + 1) * (m + 1), sizeof(uint32_t));
+    if (!lcs)
+        return -ENOMEM;
+#define LCS(i, j) lcs[(i) * (m + 1) + (j)]
+    for (size_t i = n; i-- > 0;)
+        for (size_t j = m; j-- > 0;)
+            LCS(i, j) = json_equal(json_array_get(a, i), json_array_get(b, j)) ? LCS(i + 1, j + 1) + 1
+                                                                                : MAX(LCS(i + 1, j), LCS(i, j + 1));
+    size_t i = 0, j = 0;
+    while (i < n || j < m) {
+        if (i < n && j < m && json_equal(json_array_get(a, i), json_array_get(b, j))) {
+            diff_line(' ', json_array_get(a, i));
+            i++, j++;
+        } else if (i < n && (j == m || LCS(i + 1, j) >= LCS(i, j + 1))) {
+            diff_line('-', json_array_get(a, i++)); /* removals first, as diff -u */
+            changed++;
+        } else {
+            diff_line('+', json_array_get(b, j++));
+            changed++;
+        }
+    }
+#undef LCS
+    return changed;
 }

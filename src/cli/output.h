@@ -3,6 +3,7 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,3 +28,16 @@ int output_yaml(const json_t *v);
  * a table: NAME, the kind's columns, AGE relative to NOW (seconds since the
  * epoch). Returns 0 or -ENOMEM. */
 int output_table(const resource_kind *k, const json_t *items, int64_t now);
+/* output_table(), with WIDE (-o wide) the kind's wide columns and LABELS
+ * added before AGE. */
+int output_table_wide(const resource_kind *k, const json_t *items, int64_t now, bool wide);
+
+/* "service/wiki": the lower-case Kind, '/', NAME, into BUF; returns BUF. */
+char *output_kind_name(const char *kind, const char *name, char *buf, size_t size);
+
+/* Prints the field-level unified diff of BEFORE and AFTER (JSON values;
+ * BEFORE may be NULL or JSON null: everything is added) on stdout: one line
+ * per leaf field, "path: value", prefixed "-" (only in BEFORE), "+" (only
+ * in AFTER) or " " (the same). LABEL names the object in the header lines.
+ * Returns how many lines differ, or -ENOMEM. */
+int output_diff(const char *label, const json_t *before, const json_t *after);

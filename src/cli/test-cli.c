@@ -1,5 +1,7 @@
 #include <criterion/criterion.h>
 #include <criterion/redirect.h>
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -8,6 +10,7 @@
 #include "cli/cli.h"
 #include "cli/output.h"
 #include "cli/session.h"
+#include "resource/resource.h"
 
 /* Points XDG_CONFIG_HOME at a fresh directory; returns its path (static). */
 static const char *fresh_config_home(void)
@@ -227,4 +230,119 @@ Test(connect, defaults_without_a_session)
     cr_expect_str_eq(ctx.server, "https://env.example.com:9443");
     cli_ctx_done(&ctx);
     remove_tree(home);
+}
+
+/* ---- the command table, --help and completion ---- */
+
+/* What F (an open_memstream) holds once closed, in *BUF. */
+static char *memstream_text(FILE *f, char **buf)
+{
+    cr_assert_eq(fclose(f), 0);
+    return *buf;
+}
+
+Test(table, help_lists_every_command_of_the_table)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    cli_usage(f);
+    const char *text = memstream_text(f, &buf);
+    const cli_command *cmd;
+    size_t i;
+    for (i = 0; (cmd = cli_command_get(i)); i++) {
+        char line[96];
+        snprintf(line, sizeof(line), "\n  %s ", cmd->name);
+        cr_expect(strstr(text, line), "--help does not list %s", cmd->name);
+        cr_expect(cmd->run && cmd->summary[0], "%s", cmd->name);
+    }
+    cr_assert_gt(i, 20);
+    for (const char *must = "diff describe completion version"; *must;) {
+        size_t n = strcspn(must, " ");
+        char name[32];
+        snprintf(name, sizeof(name), "\n  %.*s ", (int)n, must);
+        cr_expect(strstr(text, name), "%s", name);
+        must += n + (must[n] == ' ');
+    }
+    free(buf);
+}
+
+Test(table, completion_offers_every_command_kind_and_option)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    cr_assert_eq(cli_completion_script(f, "bash"), 0);
+    const char *text = memstream_text(f, &buf);
+    const cli_command *cmd;
+    for (size_t i = 0; (cmd = cli_command_get(i)); i++) {
+        char word[96];
+        snprintf(word, sizeof(word), "\n    %s) words=", cmd->name);
+        cr_expect(strstr(text, word), "no case for %s", cmd->name);
+        snprintf(word, sizeof(word), " %s ", cmd->name);
+        cr_expect(strstr(text, word), "%s not among the commands", cmd->name);
+    }
+    const resource_kind *k;
+    for (size_t i = 0; (k = resource_kind_get(i)); i++) {
+        char word[96];
+        snprintf(word, sizeof(word), " %s ", k->plural);
+        cr_expect(strstr(text, word), "kind %s missing", k->plural);
+    }
+    cr_expect(strstr(text, "    apply) words=''; options=' -f --dry-run -o '"), "%s", strstr(text, "    apply)"));
+    cr_expect(strstr(text, "    audit) words='checkpoint verify export show '"));
+    cr_expect(strstr(text, "    keys) words='init show register '"));
+    cr_expect(strstr(text, "complete -F _cloister cloister\n"));
+    free(buf);
+
+    buf = NULL;
+    f = open_memstream(&buf, &len);
+    cr_assert_eq(cli_completion_script(f, "zsh"), 0);
+    cr_expect(strstr(memstream_text(f, &buf), "bashcompinit"));
+    free(buf);
+    cr_expect_eq(cli_completion_script(stderr, "fish"), -EINVAL);
+}
+
+Test(output, wide_and_name_are_get_only)
+{
+    cli_output o;
+    cr_assert_eq(cli_parse_output("wide", &o), 0);
+    cr_assert_eq(o, CLI_OUTPUT_WIDE);
+    cr_assert_eq(cli_parse_output("name", &o), 0);
+    cr_assert_eq(o, CLI_OUTPUT_NAME);
+    cr_assert_eq(cli_parse_output("table", &o), -EINVAL);
+    const cli_command *get = NULL, *whoami = NULL, *cmd;
+    for (size_t i = 0; (cmd = cli_command_get(i)); i++) {
+        if (strcmp(cmd->name, "get") == 0)
+            get = cmd;
+        if (strcmp(cmd->name, "whoami") == 0)
+            whoami = cmd;
+    }
+    cr_assert(get && whoami);
+    cr_expect(cli_output_allowed(get, CLI_OUTPUT_WIDE) && cli_output_allowed(get, CLI_OUTPUT_NAME));
+    cr_expect(!cli_output_allowed(whoami, CLI_OUTPUT_WIDE) && !cli_output_allowed(whoami, CLI_OUTPUT_NAME));
+    cr_expect(cli_output_allowed(whoami, CLI_OUTPUT_JSON));
+    char buf[64];
+    cr_expect_str_eq(output_kind_name("AttestationPolicy", "prod", buf, sizeof(buf)), "attestationpolicy/prod");
+}
+
+Test(output, diff_is_field_level_and_unified, .init = cr_redirect_stdout)
+{
+    json_auto_t *before = json_loads("{\"metadata\":{\"labels\":{\"team\":\"a\"}},\"spec\":{\"policies\":[\"p1\"],"
+                                     "\"upstream\":{\"url\":\"http://x\"}}}", 0, NULL);
+    json_auto_t *after = json_loads("{\"metadata\":{\"labels\":{\"team\":\"b\"}},\"spec\":{\"upstream\":"
+                                    "{\"url\":\"http://x\"},\"policies\":[\"p1\",\"p2\"]}}", 0, NULL);
+    cr_assert_eq(output_diff("service/wiki", before, after), 3);
+    json_auto_t *created = json_loads("{\"spec\":{}}", 0, NULL);
+    cr_assert_eq(output_diff("policy/new", json_null(), created), 1);
+    fflush(stdout);
+    cr_assert_stdout_eq_str("--- service/wiki (stored)\n"
+                            "+++ service/wiki (manifest)\n"
+                            "-metadata.labels.team: \"a\"\n"
+                            "+metadata.labels.team: \"b\"\n"
+                            " spec.policies[0]: \"p1\"\n"
+                            "+spec.policies[1]: \"p2\"\n"
+                            " spec.upstream.url: \"http://x\"\n"
+                            "--- policy/new (absent)\n"
+                            "+++ policy/new (manifest)\n"
+                            "+spec: {}\n");
 }

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <openssl/crypto.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,12 +24,14 @@
 #include "basic/proctitle.h"
 #include "basic/timeutil.h"
 #include "daemon/bootstrap.h"
+#include "daemon/config.h"
 #include "daemon/daemon.h"
 #include "daemon/log-export.h"
 #include "daemon/peer.h"
 #include "daemon/privsep.h"
 #include "daemon/role-table.h"
 #include "pki/pki.h"
+#include "kms/crypto.h"
 #include "kms/seal.h"
 #include "runner/agent.h"
 #include "sandbox/measure.h"
@@ -66,34 +69,30 @@ typedef struct role_proc {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: cloisterd --dev [--data-dir DIR] [--api-listen HOST:PORT] [--proxy-listen HOST:PORT]\n"
-            "                 [--proxy-http-listen HOST:PORT] [--domain DOMAIN] [--api-threads N]\n"
-            "                 [--proxy-threads N] [--store URL]\n"
-            "                 [--log-level debug|info|warn|error]\n"
+            "usage: cloisterd --config FILE [--check | --init] [OPTION...]\n"
+            "       cloisterd --dev [--check] [OPTION...]\n"
+            "       cloisterd unseal [--data-dir DIR] [--passphrase-fd N]\n"
             "\n"
-            "  --dev                 run every role on this machine with an embedded store\n"
+            "  --config FILE         the configuration (YAML; docs/deployment.md); options below override it\n"
+            "  --check               validate the configuration, list every problem, exit 0 or 1\n"
+            "  --init                prepare a new cluster once: CA, role certificates, admin token, sealed KMS root\n"
+            "  --passphrase-fd N     --init: read the KMS passphrase or PIN from N (else the seal's file, else\n"
+            "                        the terminal)\n"
+            "  --dev                 every default: all roles on this machine, the dev seal (auto-unsealed)\n"
             "  --data-dir DIR        state, keys and certificates (default ./cloister-data)\n"
             "  --api-listen A        the REST API, HTTPS (default 127.0.0.1:7443)\n"
             "  --proxy-listen A      the identity-aware proxy, HTTPS (default 127.0.0.1:8443)\n"
             "  --proxy-http-listen A an additional plain-HTTP proxy listener (off by default)\n"
+            "  --api-threads N       the API's worker threads (default 2)\n"
             "  --proxy-threads N     the proxy's worker threads, one event loop each (default 2)\n"
             "  --domain D            services are reached at <service>.D (default localhost)\n"
             "  --store URL           the resource store: sqlite:PATH (default DIR/api/store.db) or\n"
             "                        postgresql://USER@HOST/DB (several api replicas share it)\n"
-            "  --seal MODE           how the KMS root key is sealed: dev (auto-unseal file, the default),\n"
+            "  --seal MODE           how the KMS root key is sealed: dev (auto-unseal file, --dev's default),\n"
             "                        passphrase or pkcs11; unseal with `cloisterd unseal --data-dir DIR`\n"
             "  --pkcs11-module PATH  --seal pkcs11: the token's PKCS#11 module\n"
-            "  --pkcs11-slot N       --seal pkcs11: the token's slot id\n");
-}
-
-static bool valid_listen(const char *s)
-{
-    const char *colon = strrchr(s, ':');
-    if (!colon || colon == s || !colon[1])
-        return false;
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    return !*end && port > 0 && port < 65536;
+            "  --pkcs11-slot N       --seal pkcs11: the token's slot id\n"
+            "  --log-level L         debug, info, warn or error\n");
 }
 
 static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
@@ -106,130 +105,203 @@ static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
     return 0;
 }
 
-/* Parses the command line into CFG; returns 0, or the exit status to use. */
-static int parse_args(int argc, char **argv, daemon_config *cfg)
+typedef enum daemon_action { ACTION_RUN, ACTION_INIT } daemon_action; /* --check ends in parse_args */
+
+enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_LOG,
+       OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT, OPT_STORE, OPT_PASSPHRASE_FD };
+
+/* --init --passphrase-fd N: where the KMS passphrase or PIN is read from (-1: the terminal) */
+static int passphrase_fd = -1;
+static const struct option options[] = {
+    {"dev", no_argument, NULL, 'd'},
+    {"config", required_argument, NULL, OPT_CONFIG},
+    {"check", no_argument, NULL, OPT_CHECK},
+    {"init", no_argument, NULL, OPT_INIT},
+    {"data-dir", required_argument, NULL, OPT_DATA_DIR},
+    {"api-listen", required_argument, NULL, OPT_API},
+    {"proxy-listen", required_argument, NULL, OPT_PROXY},
+    {"proxy-http-listen", required_argument, NULL, OPT_PROXY_HTTP},
+    {"domain", required_argument, NULL, OPT_DOMAIN},
+    {"api-threads", required_argument, NULL, OPT_THREADS},
+    {"proxy-threads", required_argument, NULL, OPT_PROXY_THREADS},
+    {"log-level", required_argument, NULL, OPT_LOG},
+    {"seal", required_argument, NULL, OPT_SEAL},
+    {"pkcs11-module", required_argument, NULL, OPT_P11_MODULE},
+    {"pkcs11-slot", required_argument, NULL, OPT_P11_SLOT},
+    {"store", required_argument, NULL, OPT_STORE},
+    {"passphrase-fd", required_argument, NULL, OPT_PASSPHRASE_FD},
+    {"help", no_argument, NULL, 'h'},
+    {},
+};
+
+/* Applies command-line option C (its argument OPTARG) over CFG; the options
+ * that choose the mode were taken by the first pass. Returns 0, or the exit
+ * status to use. */
+static int apply_option(int c, daemon_config *cfg)
 {
-    enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_LOG,
-           OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_STORE };
-    static const struct option opts[] = {
-        {"dev", no_argument, NULL, 'd'},
-        {"data-dir", required_argument, NULL, OPT_DATA_DIR},
-        {"api-listen", required_argument, NULL, OPT_API},
-        {"proxy-listen", required_argument, NULL, OPT_PROXY},
-        {"proxy-http-listen", required_argument, NULL, OPT_PROXY_HTTP},
-        {"domain", required_argument, NULL, OPT_DOMAIN},
-        {"api-threads", required_argument, NULL, OPT_THREADS},
-        {"proxy-threads", required_argument, NULL, OPT_PROXY_THREADS},
-        {"log-level", required_argument, NULL, OPT_LOG},
-        {"seal", required_argument, NULL, OPT_SEAL},
-        {"pkcs11-module", required_argument, NULL, OPT_P11_MODULE},
-        {"pkcs11-slot", required_argument, NULL, OPT_P11_SLOT},
-        {"store", required_argument, NULL, OPT_STORE},
-        {"help", no_argument, NULL, 'h'},
-        {},
-    };
-    *cfg = (daemon_config){.api_threads = 2, .proxy_threads = 2};
-    strcpy(cfg->data_dir, "./cloister-data");
-    strcpy(cfg->api_listen, "127.0.0.1:7443");
-    strcpy(cfg->proxy_listen, "127.0.0.1:8443");
-    strcpy(cfg->domain, "localhost");
-    strcpy(cfg->seal_mode, "dev");
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            cfg->dev = true;
-            break;
-        case OPT_DATA_DIR:
-            if (copy_arg(cfg->data_dir, sizeof(cfg->data_dir), "--data-dir", optarg) < 0)
-                return 2;
-            break;
-        case OPT_API:
-        case OPT_PROXY:
-        case OPT_PROXY_HTTP: {
-            const char *flag = c == OPT_API ? "--api-listen" : c == OPT_PROXY ? "--proxy-listen" : "--proxy-http-listen";
-            char *dst = c == OPT_API ? cfg->api_listen : c == OPT_PROXY ? cfg->proxy_listen : cfg->proxy_http_listen;
-            if (!valid_listen(optarg)) {
-                fprintf(stderr, "cloisterd: %s '%s' is not HOST:PORT (e.g. 127.0.0.1:7443)\n", flag, optarg);
-                return 2;
-            }
-            if (copy_arg(dst, 256, flag, optarg) < 0)
-                return 2;
-            break;
-        }
-        case OPT_DOMAIN:
-            if (copy_arg(cfg->domain, sizeof(cfg->domain), "--domain", optarg) < 0)
-                return 2;
-            break;
-        case OPT_THREADS:
-        case OPT_PROXY_THREADS: {
-            char *end;
-            long n = strtol(optarg, &end, 10);
-            const char *flag = c == OPT_THREADS ? "--api-threads" : "--proxy-threads";
-            if (*end || n < 1 || n > 64) {
-                fprintf(stderr, "cloisterd: %s takes a number from 1 to 64\n", flag);
-                return 2;
-            }
-            *(c == OPT_THREADS ? &cfg->api_threads : &cfg->proxy_threads) = (unsigned)n;
-            break;
-        }
-        case OPT_LOG: {
-            log_level level;
-            if (log_level_from_string(optarg, &level) < 0) {
-                fprintf(stderr, "cloisterd: --log-level takes debug, info, warn or error\n");
-                return 2;
-            }
-            log_set_max_level(level);
-            break;
-        }
-        case OPT_SEAL:
-            if (!kms_seal_mode_valid(optarg)) {
-                fprintf(stderr, "cloisterd: --seal takes dev, passphrase or pkcs11\n");
-                return 2;
-            }
-            strcpy(cfg->seal_mode, optarg);
-            break;
-        case OPT_P11_MODULE:
-            if (copy_arg(cfg->pkcs11_module, sizeof(cfg->pkcs11_module), "--pkcs11-module", optarg) < 0)
-                return 2;
-            break;
-        case OPT_P11_SLOT: {
-            char *end;
-            errno = 0;
-            unsigned long slot = strtoul(optarg, &end, 0);
-            if (errno || *end || !*optarg || optarg[0] == '-') {
-                fprintf(stderr, "cloisterd: --pkcs11-slot takes a slot id (a number)\n");
-                return 2;
-            }
-            cfg->pkcs11_slot = slot;
-            break;
-        }
-        case OPT_STORE:
-            if (copy_arg(cfg->store_url, sizeof(cfg->store_url), "--store", optarg) < 0)
-                return 2;
-            break;
-        case 'h':
-            usage(stdout);
-            return -1;
-        default:
-            usage(stderr);
+    switch (c) {
+    case 'd':
+    case OPT_CONFIG:
+    case OPT_CHECK:
+    case OPT_INIT:
+        return 0;
+    case OPT_DATA_DIR:
+        return copy_arg(cfg->data_dir, sizeof(cfg->data_dir), "--data-dir", optarg) < 0 ? 2 : 0;
+    case OPT_API:
+    case OPT_PROXY:
+    case OPT_PROXY_HTTP: {
+        const char *flag = c == OPT_API ? "--api-listen" : c == OPT_PROXY ? "--proxy-listen" : "--proxy-http-listen";
+        char *dst = c == OPT_API ? cfg->api_listen : c == OPT_PROXY ? cfg->proxy_listen : cfg->proxy_http_listen;
+        if (!config_valid_listen(optarg)) {
+            fprintf(stderr, "cloisterd: %s '%s' is not HOST:PORT (e.g. 127.0.0.1:7443)\n", flag, optarg);
             return 2;
         }
+        return copy_arg(dst, 256, flag, optarg) < 0 ? 2 : 0;
+    }
+    case OPT_DOMAIN:
+        return copy_arg(cfg->domain, sizeof(cfg->domain), "--domain", optarg) < 0 ? 2 : 0;
+    case OPT_PASSPHRASE_FD: {
+        char *end;
+        long n = strtol(optarg, &end, 10);
+        if (*end || !*optarg || n < 0 || n > INT_MAX) {
+            fprintf(stderr, "cloisterd: --passphrase-fd takes a file descriptor number\n");
+            return 2;
+        }
+        passphrase_fd = (int)n;
+        return 0;
+    }
+    case OPT_STORE:
+        return copy_arg(cfg->store_url, sizeof(cfg->store_url), "--store", optarg) < 0 ? 2 : 0;
+    case OPT_THREADS:
+    case OPT_PROXY_THREADS: {
+        char *end;
+        long n = strtol(optarg, &end, 10);
+        const char *flag = c == OPT_THREADS ? "--api-threads" : "--proxy-threads";
+        if (*end || n < 1 || n > 64) {
+            fprintf(stderr, "cloisterd: %s takes a number from 1 to 64\n", flag);
+            return 2;
+        }
+        *(c == OPT_THREADS ? &cfg->api_threads : &cfg->proxy_threads) = (unsigned)n;
+        return 0;
+    }
+    case OPT_LOG: {
+        log_level level;
+        if (log_level_from_string(optarg, &level) < 0) {
+            fprintf(stderr, "cloisterd: --log-level takes debug, info, warn or error\n");
+            return 2;
+        }
+        log_set_max_level(level);
+        return 0;
+    }
+    case OPT_SEAL:
+        if (!kms_seal_mode_valid(optarg)) {
+            fprintf(stderr, "cloisterd: --seal takes dev, passphrase or pkcs11\n");
+            return 2;
+        }
+        strcpy(cfg->seal_mode, optarg);
+        return 0;
+    case OPT_P11_MODULE:
+        return copy_arg(cfg->pkcs11_module, sizeof(cfg->pkcs11_module), "--pkcs11-module", optarg) < 0 ? 2 : 0;
+    case OPT_P11_SLOT: {
+        char *end;
+        errno = 0;
+        unsigned long slot = strtoul(optarg, &end, 0);
+        if (errno || *end || !*optarg || optarg[0] == '-') {
+            fprintf(stderr, "cloisterd: --pkcs11-slot takes a slot id (a number)\n");
+            return 2;
+        }
+        cfg->pkcs11_slot = slot;
+        return 0;
+    }
+    case 'h':
+        usage(stdout);
+        return -1;
+    default:
+        usage(stderr);
+        return 2;
+    }
+}
+
+/* Prints PROBLEMS on stderr, one a line. */
+static void print_problems(const config_problems *problems)
+{
+    for (size_t i = 0; i < problems->n && i < CONFIG_PROBLEMS_MAX; i++)
+        fprintf(stderr, "%s\n", problems->items[i]);
+    if (problems->n > CONFIG_PROBLEMS_MAX)
+        fprintf(stderr, "... and %zu more\n", problems->n - CONFIG_PROBLEMS_MAX);
+}
+
+/* Fills CFG from the --dev preset, the file of --config over it and the
+ * command line over both (two passes: the first finds the mode). Returns 0
+ * with the action to take, -1 when done (help, a --check that passed), or
+ * the exit status to use. */
+static int parse_args(int argc, char **argv, daemon_config *cfg, daemon_action *ret_action)
+{
+    const char *config = NULL;
+    bool dev = false, check = false, init = false;
+    int c;
+    opterr = 0; /* the second pass reports */
+    while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        if (c == 'd')
+            dev = true;
+        else if (c == OPT_CONFIG)
+            config = optarg;
+        else if (c == OPT_CHECK)
+            check = true;
+        else if (c == OPT_INIT)
+            init = true;
+    }
+    daemon_config_defaults(cfg);
+    _cleanup_(config_problems_free) config_problems problems = {0};
+    if (config)
+        daemon_config_load(config, cfg, &problems);
+    optind = 0;
+    opterr = 1;
+    while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        int r = apply_option(c, cfg);
+        if (r != 0)
+            return r;
     }
     if (optind < argc) {
         fprintf(stderr, "cloisterd: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
         return 2;
     }
-    if (strcmp(cfg->seal_mode, "pkcs11") == 0 && !cfg->pkcs11_module[0]) {
-        fprintf(stderr, "cloisterd: --seal pkcs11 needs --pkcs11-module PATH (and --pkcs11-slot N)\n");
-        return 2;
-    }
-    if (!cfg->dev) {
-        fprintf(stderr, "cloisterd: this release runs only as a single-machine deployment; start it with --dev\n");
+    if (!dev && !config) {
+        fprintf(stderr, "cloisterd: start with --config FILE (see docs/deployment.md) or with --dev (development: "
+                        "every default)\n");
         usage(stderr);
         return 2;
     }
+    if (dev && config) {
+        fprintf(stderr, "cloisterd: --dev and --config exclude each other (--dev is the preset a file starts from)\n");
+        return 2;
+    }
+    if (init && (check || !config)) {
+        fprintf(stderr, "cloisterd: --init takes --config FILE (and no --check)\n");
+        return 2;
+    }
+    if (passphrase_fd >= 0 && !init) {
+        fprintf(stderr, "cloisterd: --passphrase-fd goes with --init (a running KMS: cloisterd unseal)\n");
+        return 2;
+    }
+    if (strcmp(cfg->seal_mode, "pkcs11") == 0 && !cfg->pkcs11_module[0] && !problems.n) {
+        fprintf(stderr, "cloisterd: --seal pkcs11 needs --pkcs11-module PATH (and --pkcs11-slot N)\n");
+        return 2;
+    }
+    print_problems(&problems);
+    if (check) {
+        if (problems.n) {
+            fprintf(stderr, "cloisterd: %zu problem%s in %s\n", problems.n, problems.n == 1 ? "" : "s",
+                    config ?: "the options");
+            return 1;
+        }
+        printf("%s: the configuration is valid\n", config ?: "--dev");
+        return -1;
+    }
+    if (problems.n)
+        return 1;
+    *ret_action = init ? ACTION_INIT : ACTION_RUN;
     return 0;
 }
 
@@ -265,6 +337,33 @@ static int link_to(const char *link, const char *target)
     if (unlink(link) < 0 && errno != ENOENT)
         return -errno;
     return symlink(target, link) < 0 ? -errno : 0;
+}
+
+/* The cluster CA lies in pki.dir (the data dir when not configured), each
+ * role's certificate in its roles/ (0700): a configured pki.dir is created
+ * 0711, as the roles read ca.pem there. */
+static int prepare_pki_dir(daemon_config *cfg)
+{
+    if (!cfg->pki_dir[0] || strcmp(cfg->pki_dir, cfg->data_dir) == 0)
+        strcpy(cfg->pki_dir, cfg->data_dir);
+    else {
+        int r = mkdir_p(cfg->pki_dir, 0711);
+        if (r < 0 || chmod(cfg->pki_dir, 0711) < 0) {
+            log_fields(LOG_LEVEL_ERROR, "cannot create pki.dir", "path", cfg->pki_dir, "error",
+                       strerror(r < 0 ? -r : errno), NULL);
+            return r < 0 ? r : -errno;
+        }
+        if ((size_t)snprintf(cfg->ca_cert, sizeof(cfg->ca_cert), "%s/ca.pem", cfg->pki_dir) >= sizeof(cfg->ca_cert) ||
+            (size_t)snprintf(cfg->ca_key, sizeof(cfg->ca_key), "%s/ca.key", cfg->pki_dir) >= sizeof(cfg->ca_key))
+            return -ENAMETOOLONG;
+    }
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/roles", cfg->pki_dir);
+    int r = mkdir_p(path, 0700);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot create the roles' certificate dir", "path", path, "error", strerror(-r),
+                   NULL);
+    return r;
 }
 
 /* Creates the data dir (0700) with a subtree per role, moves an earlier
@@ -332,6 +431,8 @@ static int prepare_data_dir(daemon_config *cfg)
 #undef SET
     if (chmod(cfg->run_dir, 0700) < 0)
         return -errno;
+    if ((r = prepare_pki_dir(cfg)) < 0)
+        return r;
     static const char *const links[][2] = {
         {"run/kms.sock", "kms/kms.sock"},       {"run/kms-unseal.sock", "kms/kms-unseal.sock"},
         {"run/audit.sock", "audit/audit.sock"}, {"run/runner.sock", "runner/runner.sock"},
@@ -370,11 +471,16 @@ static int ensure_api_cert(const daemon_config *cfg)
     return pki_ensure_server_cert(cfg->ca_cert, cfg->ca_key, names, n_names, cfg->api_cert, cfg->api_key);
 }
 
-/* The proxy's default certificate: the cluster domain, its subdomains when
+static int ensure_proxy_ca(const daemon_config *cfg);
+
+/* The proxy's default certificate (unless ISSUE_DEFAULT is false: an own
+ * pair was configured): the cluster domain, its subdomains when
  * the domain has a dot (a wildcard under a single label is refused by TLS
  * clients), and loopback. Services may get their own (chosen by SNI). */
-static int ensure_proxy_cert(const daemon_config *cfg)
+static int ensure_proxy_cert(const daemon_config *cfg, bool issue_default)
 {
+    if (!issue_default)
+        return ensure_proxy_ca(cfg);
     char wildcard[300];
     snprintf(wildcard, sizeof(wildcard), "*.%s", cfg->domain);
     const char *names[5] = {cfg->domain, "localhost", "127.0.0.1", "::1"};
@@ -384,15 +490,82 @@ static int ensure_proxy_cert(const daemon_config *cfg)
     if (strchr(cfg->domain, '.'))
         first[n_names++] = wildcard;
     int r = pki_ensure_server_cert(cfg->ca_cert, cfg->ca_key, first, n_names, cfg->proxy_cert, cfg->proxy_key);
-    if (r < 0)
-        return r;
-    /* the CA the proxy issues its services' certificates with: only names
-     * under the domain, never the API's */
+    return r < 0 ? r : ensure_proxy_ca(cfg);
+}
+
+/* The CA the proxy issues its services' certificates with: only names
+ * under the domain, never the API's. */
+static int ensure_proxy_ca(const daemon_config *cfg)
+{
     char constraints[700];
     snprintf(constraints, sizeof(constraints), "critical,permitted;DNS:.%s,excluded;DNS:api.%s", cfg->domain,
              cfg->domain);
     return pki_ensure_intermediate(cfg->ca_cert, cfg->ca_key, "Cloister Proxy CA", constraints, cfg->proxy_ca_cert,
                                    cfg->proxy_ca_key);
+}
+
+#define OWN_TLS_FILE_MAX (1024u * 1024)
+
+/* Copies a listener's own certificate and key (tls: {cert, key} in the
+ * configuration) to where its role reads them, DST_CERT (0644) and DST_KEY
+ * (0600) in the data dir: a role is confined to its part of it. Done on every
+ * start, so a renewed pair is taken up by a restart. Returns 0 or a negative
+ * errno (logged). */
+static int install_own_pair(const char *cert, const char *key, const char *dst_cert, const char *dst_key)
+{
+    char *data = NULL;
+    size_t len = 0;
+    int r = read_file(cert, OWN_TLS_FILE_MAX, &data, &len);
+    if (r == 0)
+        r = write_file_atomic(dst_cert, data, len, 0644);
+    free(data);
+    data = NULL;
+    const char *failed = r < 0 ? cert : key;
+    if (r == 0 && (r = read_file(key, OWN_TLS_FILE_MAX, &data, &len)) == 0) {
+        r = write_file_atomic(dst_key, data, len, 0600);
+        OPENSSL_cleanse(data, len);
+        free(data);
+    }
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot install a listener's own certificate or key", "file", failed, "error",
+                   strerror(-r), NULL);
+    return r;
+}
+
+/* Writes CFG's api_trust, tls/api-trust.pem: the cluster CA and the API's
+ * own certificate chain, which the proxy and the runner verify the API
+ * with (a chain that need not end at a root: curl accepts a partial one).
+ * Returns 0 or a negative errno (logged). */
+static int write_api_trust(daemon_config *cfg)
+{
+    _cleanup_free_ char *ca = NULL, *own = NULL, *both = NULL;
+    size_t ca_len, own_len;
+    int r = read_file(cfg->ca_cert, OWN_TLS_FILE_MAX, &ca, &ca_len);
+    if (r == 0)
+        r = read_file(cfg->api_cert, OWN_TLS_FILE_MAX, &own, &own_len);
+    if (r == 0 && asprintf(&both, "%s\n%s", ca, own) < 0)
+        r = -ENOMEM;
+    snprintf(cfg->api_trust, sizeof(cfg->api_trust), "%s/tls/api-trust.pem", cfg->data_dir);
+    if (r == 0)
+        r = write_file_atomic(cfg->api_trust, both, strlen(both), 0644);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot write the API's trust bundle", "path", cfg->api_trust, "error",
+                   strerror(-r), NULL);
+    return r;
+}
+
+/* The API's and the proxy's certificates: the configured own pairs, or
+ * issued by the cluster CA; the proxy's intermediate CA in any case. */
+static int ensure_listener_certs(daemon_config *cfg)
+{
+    strcpy(cfg->api_trust, cfg->ca_cert);
+    int r = cfg->api_tls_cert[0] ? install_own_pair(cfg->api_tls_cert, cfg->api_tls_key, cfg->api_cert, cfg->api_key)
+                                 : ensure_api_cert(cfg);
+    if (r == 0 && cfg->api_tls_cert[0])
+        r = write_api_trust(cfg);
+    if (r == 0 && cfg->proxy_tls_cert[0])
+        r = install_own_pair(cfg->proxy_tls_cert, cfg->proxy_tls_key, cfg->proxy_cert, cfg->proxy_key);
+    return r < 0 ? r : ensure_proxy_cert(cfg, !cfg->proxy_tls_cert[0]);
 }
 
 static int first_start(daemon_config *cfg)
@@ -402,9 +575,7 @@ static int first_start(daemon_config *cfg)
         return r;
     r = pki_ensure_ca(cfg->ca_cert, cfg->ca_key, "Cloister Cluster CA", "P-256");
     if (r == 0)
-        r = ensure_api_cert(cfg);
-    if (r == 0)
-        r = ensure_proxy_cert(cfg);
+        r = ensure_listener_certs(cfg);
     if (r == 0)
         r = pki_ensure_ca(cfg->platform_ca_cert, cfg->platform_ca_key, "Cloister Platform CA", "P-384");
     if (r == 0)
@@ -427,6 +598,34 @@ static int first_start(daemon_config *cfg)
         r = bootstrap_runner(s, cfg->runner_token);
     store_free(s);
     return r;
+}
+
+/* Reads the seal's passphrase or PIN from CFG's seal_secret_file into
+ * VIEW (the kms role unseals with it, wipes and frees it); the kms
+ * child does so before it drops its privileges, on every (re)start. Returns
+ * 0 or a negative errno (logged). */
+static int read_seal_secret(const daemon_config *cfg, daemon_config *view)
+{
+    char *text = NULL;
+    size_t len = 0;
+    int r = read_file(cfg->seal_secret_file, KMS_SECRET_MAX + 2, &text, &len);
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot read the KMS seal's secret file", "file", cfg->seal_secret_file, "error",
+                   strerror(-r), NULL);
+        return r;
+    }
+    size_t n = len;
+    while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r'))
+        n--;
+    view->seal_secret = malloc(n + 1);
+    if (view->seal_secret) {
+        memcpy(view->seal_secret, text, n);
+        view->seal_secret[n] = 0;
+        view->seal_secret_len = n;
+    }
+    OPENSSL_cleanse(text, len);
+    free(text);
+    return view->seal_secret ? 0 : -ENOMEM;
 }
 
 /* Forks role I. The child publishes its pid, narrows its view of CFG to
@@ -456,6 +655,8 @@ static pid_t spawn_role(const daemon_config *cfg, size_t i, role_table *table)
         _exit(1);
     *view = *cfg;
     privsep_role_view(roles[i].name, view);
+    if (strcmp(roles[i].name, "kms") == 0 && cfg->seal_secret_file[0] && read_seal_secret(cfg, view) < 0)
+        _exit(1);
     if (as_root) {
         uid_t uids[N_ROLES];
         for (size_t k = 0; k < N_ROLES; k++)
@@ -484,11 +685,12 @@ static void print_banner(const daemon_config *cfg)
     char *token = NULL;
     size_t len = 0;
     bool have = isatty(STDOUT_FILENO) && read_file(cfg->admin_token, 4096, &token, &len) == 0;
-    printf("Cloister is ready (development mode).\n"
+    printf("Cloister is ready (%s).\n"
            "  API:          https://%s  (CA: %s)\n"
            "  admin token:  %s\n"
            "  log in:       cloister --server https://%s --ca %s login --token \"$(cat %s)\"\n",
-           cfg->api_listen, cfg->ca_cert, have ? token : cfg->admin_token,
+           cfg->dev ? "development mode" : cfg->config_file, cfg->api_listen, cfg->ca_cert,
+           have ? token : cfg->admin_token,
            cfg->api_listen, cfg->ca_cert, cfg->admin_token);
     fflush(stdout);
     if (token) {
@@ -528,6 +730,8 @@ static int supervise(const daemon_config *cfg, role_table *table)
     for (size_t i = 0; i < N_ROLES; i++) {
         procs[i].backoff = BACKOFF_MIN_NS;
         procs[i].started_at = time_mono_ns();
+        if (!atomic_load(&health[i].wanted))
+            continue;
         procs[i].pid = spawn_role(cfg, i, table);
         if (procs[i].pid < 0) {
             log_fields(LOG_LEVEL_ERROR, "cannot fork a role", "role", roles[i].name, "error", strerror(errno), NULL);
@@ -546,7 +750,7 @@ static int supervise(const daemon_config *cfg, role_table *table)
         if (!announced) {
             bool all = true;
             for (size_t i = 0; i < N_ROLES; i++)
-                all = all && atomic_load(&health[i].ready);
+                all = all && (atomic_load(&health[i].ready) || !atomic_load(&health[i].wanted));
             if (all) {
                 print_banner(cfg);
                 log_info("every role is ready");
@@ -625,6 +829,138 @@ static int supervise(const daemon_config *cfg, role_table *table)
             }
         }
     }
+}
+
+#define INIT_MARKER "initialized" /* in the data dir: written last by --init */
+
+static bool cluster_initialised(const daemon_config *cfg)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/" INIT_MARKER, cfg->data_dir);
+    return access(path, F_OK) == 0;
+}
+
+/* The passphrase or PIN --init seals the KMS root key with, into SECRET's
+ * seal_secret (the caller wipes and frees it): the configured file, else
+ * --passphrase-fd N, else asked for on the terminal; none in dev mode, and
+ * none when no terminal is there (the first `cloisterd unseal` then sets
+ * it). A passphrase shorter than KMS_PASSPHRASE_MIN is refused. Returns 0
+ * or the exit status (1, said on stderr). */
+static int init_secret(const daemon_config *cfg, daemon_config *secret)
+{
+    int r = 0;
+    if (strcmp(cfg->seal_mode, "dev") == 0)
+        return 0;
+    if (cfg->seal_secret_file[0])
+        r = read_seal_secret(cfg, secret);
+    else if ((r = unseal_read_secret(passphrase_fd, &secret->seal_secret, &secret->seal_secret_len)) == -ENOTTY)
+        return 0;
+    if (r < 0) {
+        fprintf(stderr, "cloisterd: cannot read the KMS %s (%s)\n",
+                strcmp(cfg->seal_mode, "pkcs11") == 0 ? "token's PIN" : "passphrase", strerror(-r));
+        return 1;
+    }
+    if (strcmp(cfg->seal_mode, "passphrase") == 0 && secret->seal_secret_len < KMS_PASSPHRASE_MIN) {
+        fprintf(stderr, "cloisterd: the KMS passphrase needs at least %d characters\n", KMS_PASSPHRASE_MIN);
+        return 1;
+    }
+    return 0;
+}
+
+/* Creates the KMS root key sealed with the configured seal and SECRET
+ * (the passphrase or PIN; none in dev mode): *RET_CREATED false when there
+ * is no secret (the first `cloisterd unseal` creates it). Returns 0 or a
+ * negative errno (logged). */
+static int init_kms_root(const daemon_config *cfg, const daemon_config *secret, bool *ret_created)
+{
+    *ret_created = false;
+    if (strcmp(cfg->seal_mode, "dev") != 0 && !secret->seal_secret)
+        return 0;
+    uint8_t *root = secmem_alloc(KMS_KEY_BYTES);
+    const kms_seal_config seal = {.mode = cfg->seal_mode, .root_file = cfg->kms_root_file,
+                                  .dev_key_file = cfg->kms_dev_key_file, .pkcs11_module = cfg->pkcs11_module,
+                                  .pkcs11_slot = cfg->pkcs11_slot};
+    kms_err err = {0};
+    int r = root ? kms_root_unseal(&seal, secret->seal_secret, secret->seal_secret_len, root, ret_created, &err)
+                 : -ENOMEM;
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot create the sealed KMS root key", "mode", cfg->seal_mode, "reason",
+                   err.message[0] ? err.message : strerror(-r), NULL);
+    if (root)
+        secmem_free(root);
+    return r;
+}
+
+/* cloisterd --init --config FILE: prepares a new cluster once: the data
+ * dir, the cluster CA and the listeners' certificates, one certificate per
+ * role in pki.dir/roles/, the bootstrap identities (admin token), the
+ * sealed KMS root key, then the marker a start looks for. Refuses a data
+ * dir initialised before (or holding a cluster CA). Returns the exit status. */
+static int cluster_init(daemon_config *cfg)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/" INIT_MARKER, cfg->data_dir);
+    char ca[4200];
+    snprintf(ca, sizeof(ca), "%s/ca.key", cfg->pki_dir[0] ? cfg->pki_dir : cfg->data_dir);
+    if (access(path, F_OK) == 0 || access(ca, F_OK) == 0) {
+        fprintf(stderr, "cloisterd: %s is initialised already (%s exists); --init prepares a new cluster only once\n",
+                cfg->data_dir, access(path, F_OK) == 0 ? path : ca);
+        return 1;
+    }
+    daemon_config secret = {0}; /* its seal_secret only */
+    int r = init_secret(cfg, &secret);
+    if (r != 0)
+        return r;
+    r = first_start(cfg);
+    for (size_t i = 0; r == 0 && i < N_ROLES; i++) {
+        char cert[4300], key[4300];
+        snprintf(cert, sizeof(cert), "%s/roles/%s.pem", cfg->pki_dir, roles[i].name);
+        snprintf(key, sizeof(key), "%s/roles/%s.key", cfg->pki_dir, roles[i].name);
+        r = pki_ensure_role_cert(cfg->ca_cert, cfg->ca_key, roles[i].name, cert, key);
+    }
+    bool created = false;
+    if (r == 0)
+        r = init_kms_root(cfg, &secret, &created);
+    if (secret.seal_secret) {
+        OPENSSL_cleanse(secret.seal_secret, secret.seal_secret_len);
+        free(secret.seal_secret);
+    }
+    if (r < 0) {
+        fprintf(stderr, "cloisterd: --init failed (logged above); nothing in %s is in use yet: remove it and run "
+                        "--init again\n", cfg->data_dir);
+        return 1;
+    }
+    char marker[600];
+    char now[64];
+    time_t t = time(NULL);
+    strftime(now, sizeof(now), "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+    int n = snprintf(marker, sizeof(marker), "{\"initializedAt\":\"%s\",\"seal\":\"%s\"}\n", now, cfg->seal_mode);
+    snprintf(path, sizeof(path), "%s/" INIT_MARKER, cfg->data_dir);
+    r = write_file_atomic(path, marker, (size_t)n, 0644);
+    if (r < 0) {
+        fprintf(stderr, "cloisterd: cannot write %s: %s\n", path, strerror(-r));
+        return 1;
+    }
+    printf("Initialised the cluster in %s.\n"
+           "  cluster CA:         %s\n"
+           "  role certificates:  %s/roles/<role>.pem (DNS name <role>" PKI_ROLE_NAME_SUFFIX ")\n"
+           "  admin token:        %s\n"
+           "  KMS root key:       %s (seal %s)\n"
+           "Start it with: cloisterd --config %s\n",
+           cfg->data_dir, cfg->ca_cert, cfg->pki_dir, cfg->admin_token,
+           created ? "created and sealed" : "created at the first `cloisterd unseal`", cfg->seal_mode,
+           cfg->config_file);
+    return 0;
+}
+
+/* telemetry.otlp: handed to the roles as the standard variables they read
+ * (src/telemetry), unless the environment sets them already. */
+static void export_telemetry(const daemon_config *cfg)
+{
+    if (cfg->otlp_endpoint[0])
+        setenv("OTEL_EXPORTER_OTLP_ENDPOINT", cfg->otlp_endpoint, 0);
+    if (cfg->otlp_headers[0])
+        setenv("OTEL_EXPORTER_OTLP_HEADERS", cfg->otlp_headers, 0);
 }
 
 #define AGENT_FILE_MAX (512u * 1024 * 1024)
@@ -722,8 +1058,9 @@ int main(int argc, char **argv)
     log_set_role("cloisterd");
     if (argc > 1 && strcmp(argv[1], "unseal") == 0)
         return cloisterd_unseal(argc - 1, argv + 1);
-    daemon_config cfg;
-    int r = parse_args(argc, argv, &cfg);
+    static daemon_config cfg; /* large: not on the stack */
+    daemon_action action = ACTION_RUN;
+    int r = parse_args(argc, argv, &cfg, &action);
     if (r != 0)
         return r < 0 ? 0 : r;
 
@@ -737,6 +1074,14 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     umask(0077);
 
+    if (action == ACTION_INIT)
+        return cluster_init(&cfg);
+    if (!cfg.dev && !cluster_initialised(&cfg)) {
+        fprintf(stderr, "cloisterd: %s is not initialised; prepare it once with cloisterd --init --config %s\n",
+                cfg.data_dir, cfg.config_file);
+        return 1;
+    }
+    export_telemetry(&cfg);
     if (first_start(&cfg) < 0 || install_agent(&cfg) < 0 || install_engine(&cfg) < 0)
         return 1;
     as_root = geteuid() == 0;
@@ -759,7 +1104,7 @@ int main(int argc, char **argv)
     role_health *health = table.entries;
     for (size_t i = 0; i < N_ROLES; i++) {
         health[i].name = roles[i].name;
-        atomic_store(&health[i].wanted, true);
+        atomic_store(&health[i].wanted, cfg.role_wanted[i]);
         atomic_store(&health[i].ready, false);
         atomic_store(&health[i].pid, 0);
     }

@@ -7,6 +7,8 @@
 
 typedef struct daemon_config {
     bool dev;
+    char config_file[4096]; /* --config FILE; "" with --dev */
+    bool role_wanted[5];    /* the roles to run, in config.h's daemon_role_names order */
     char data_dir[4096];
     char api_listen[256];
     char proxy_listen[256];
@@ -40,6 +42,20 @@ typedef struct daemon_config {
     char seal_mode[16];         /* dev, passphrase or pkcs11 */
     char pkcs11_module[4096];   /* --seal pkcs11: the token's module, slot */
     unsigned long pkcs11_slot;
+    char seal_secret_file[4096]; /* kms.seal passphraseFile or pkcs11.pinFile: the kms role unseals from it at start */
+    /* the kms role's view only: the secret read from seal_secret_file before it dropped privileges, wiped by it */
+    char *seal_secret;
+    size_t seal_secret_len;
+    char pki_dir[4096]; /* the cluster CA and each role's certificate (roles/<role>.pem); default: the data dir */
+    /* own certificate and key of a listener; "" : issued by the cluster CA */
+    char api_tls_cert[4096], api_tls_key[4096];
+    char api_trust[4200]; /* what the proxy and the runner verify the API with: ca_cert, or it and the own chain */
+    char proxy_tls_cert[4096], proxy_tls_key[4096];
+    /* roles on other machines: parsed and checked, refused until roles talk over mutual TLS */
+    char kms_listen[256], audit_listen[256];
+    char peer_api[512], peer_kms[512], peer_audit[512];
+    /* telemetry.otlp: handed to the roles as OTEL_EXPORTER_OTLP_ENDPOINT / _HEADERS ("k=v,k=v") */
+    char otlp_endpoint[1024], otlp_headers[2048];
     struct proxy_metrics *proxy_metrics; /* shared memory the supervisor maps before forking: proxy writes, api renders */
 } daemon_config;
 
@@ -60,6 +76,12 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
 /* The API's https URL as the other roles on this machine reach it: CFG's
  * api_listen with a wildcard address replaced by loopback. */
 void daemon_api_url(const daemon_config *cfg, char *out, size_t size);
+
+/* Reads the KMS passphrase or PIN, one line, from FD, or without echo from
+ * the terminal when FD is -1, into a new buffer (the caller wipes and frees
+ * it). Returns 0, -ENOTTY (no terminal), -EINVAL (over KMS_SECRET_MAX, a
+ * NUL) or another negative errno. */
+int unseal_read_secret(int fd, char **ret, size_t *ret_len);
 
 /* `cloisterd unseal [--data-dir DIR] [--passphrase-fd N]`: hands the
  * passphrase or PIN to the running kms role; returns the exit status. */

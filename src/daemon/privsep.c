@@ -207,6 +207,10 @@ void privsep_role_view(const char *name, daemon_config *view)
     CLEAR(kms_keyring_file);
     CLEAR(kms_unseal_socket);
     CLEAR(pkcs11_module);
+    /* the supervisor's: copied into place, or read by the kms child before it drops privileges */
+    CLEAR(api_tls_key);
+    CLEAR(proxy_tls_key);
+    CLEAR(seal_secret_file);
     if (strcmp(name, "api") == 0) {
         KEEP(api_key);
         KEEP(store_url);

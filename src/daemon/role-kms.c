@@ -24,6 +24,8 @@ int role_kms_main(const daemon_config *cfg, role_health *health, role_health *al
         .dev = cfg->dev,
         .seal = {.mode = cfg->seal_mode, .root_file = cfg->kms_root_file, .dev_key_file = cfg->kms_dev_key_file,
                  .pkcs11_module = cfg->pkcs11_module, .pkcs11_slot = cfg->pkcs11_slot},
+        .secret = cfg->seal_secret,
+        .secret_len = cfg->seal_secret_len,
         .health = health,
         .roles = all,
         .n_roles = n_all,

@@ -15,6 +15,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         .token_file = cfg->proxy_token,
         .audit_socket = cfg->audit_socket,
         .ca_cert = cfg->ca_cert,
+        .api_ca_cert = cfg->api_trust,
         .host_ca_cert = cfg->proxy_ca_cert,
         .host_ca_key = cfg->proxy_ca_key,
         .platform_ca_cert = cfg->platform_ca_cert,

@@ -16,7 +16,7 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
         .key = cfg->runner_key,
         .cert = cfg->runner_cert,
         .platform_ca_cert = cfg->platform_ca_cert,
-        .ca_cert = cfg->ca_cert,
+        .ca_cert = cfg->api_trust,
         .token = cfg->runner_token,
         .api_url = api_url,
         .audit_socket = cfg->audit_socket,

@@ -78,7 +78,11 @@ static void expect_refused(const char *const *args, const char *message)
 
 Test(cloisterd, refusals_name_the_flag)
 {
-    expect_refused((const char *[]){NULL}, "start it with --dev");
+    expect_refused((const char *[]){NULL}, "start with --config FILE (see docs/deployment.md) or with --dev");
+    expect_refused((const char *[]){"--dev", "--config", "/nonexistent.yaml", NULL}, "--dev and --config exclude");
+    expect_refused((const char *[]){"--dev", "--init", NULL}, "--init takes --config FILE");
+    expect_refused((const char *[]){"--dev", "--passphrase-fd", "0", NULL}, "--passphrase-fd goes with --init");
+    expect_refused((const char *[]){"--dev", "--passphrase-fd", "x", NULL}, "--passphrase-fd takes a file descriptor");
     expect_refused((const char *[]){"--dev", "--api-listen", "7443", NULL}, "--api-listen '7443' is not HOST:PORT");
     expect_refused((const char *[]){"--dev", "--api-listen", "127.0.0.1:0", NULL}, "is not HOST:PORT");
     expect_refused((const char *[]){"--dev", "--api-listen", "127.0.0.1:65536", NULL}, "is not HOST:PORT");
@@ -113,7 +117,8 @@ Test(cloisterd, help)
 {
     char *out = NULL;
     cr_assert_eq(run((const char *[]){"--help", NULL}, &out), 0);
-    cr_assert(strstr(out, "usage: cloisterd --dev"), "%s", out);
+    cr_assert(strstr(out, "usage: cloisterd --config FILE [--check | --init]"), "%s", out);
+    cr_assert(strstr(out, "cloisterd --dev [--check]"), "%s", out);
     cr_assert(strstr(out, "--seal MODE"));
     free(out);
 }

@@ -87,6 +87,11 @@ static int read_secret_tty(char **ret, size_t *ret_len)
     return r;
 }
 
+int unseal_read_secret(int fd, char **ret, size_t *ret_len)
+{
+    return fd >= 0 ? read_secret_fd(fd, ret, ret_len) : read_secret_tty(ret, ret_len);
+}
+
 /* Prints the KMS's error answer ANS (or the transport error R); returns 1. */
 static int report(const char *what, int r, json_t *ans, const char *socket)
 {
@@ -157,7 +162,7 @@ int cloisterd_unseal(int argc, char **argv)
         char *secret = NULL;
         size_t len = 0;
         bool dev = strcmp(json_string_value(json_object_get(status, "mode")) ?: "", "dev") == 0;
-        r = dev ? 0 : fd >= 0 ? read_secret_fd(fd, &secret, &len) : read_secret_tty(&secret, &len);
+        r = dev ? 0 : unseal_read_secret(fd, &secret, &len);
         if (r < 0) {
             fprintf(stderr, "cloisterd unseal: %s\n",
                     r == -ENOTTY ? "no terminal to ask for the passphrase on; use --passphrase-fd N"

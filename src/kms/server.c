@@ -36,7 +36,7 @@
 
 typedef struct kms_role {
     const kms_server_config *cfg;
-    role_health *health; /* its sealed flag tells /healthz */
+    role_health *health; /* its sealed flag tells /readyz */
     kms_seal_config seal;
     char keyring_file[4200];
     uint8_t *root; /* locked; NULL while sealed */
@@ -660,9 +660,18 @@ int kms_serve(const kms_server_config *cfg)
         api_error err;
         if (role_unseal(&role, NULL, 0, &err) < 0)
             log_fields(LOG_LEVEL_ERROR, "the KMS cannot auto-unseal", "reason", err.message, NULL);
+    } else if (cfg->secret) {
+        api_error err;
+        if (role_unseal(&role, cfg->secret, cfg->secret_len, &err) < 0)
+            log_fields(LOG_LEVEL_ERROR, "the KMS cannot unseal with the configured secret file; it stays sealed",
+                       "mode", cfg->seal.mode, "reason", err.message, NULL);
     } else
         log_fields(LOG_LEVEL_WARN, "the KMS is sealed; key operations are refused until `cloisterd unseal`", "mode",
                    cfg->seal.mode, NULL);
+    if (cfg->secret) {
+        OPENSSL_cleanse(cfg->secret, cfg->secret_len);
+        free(cfg->secret);
+    }
 
     char listen[4300];
     snprintf(listen, sizeof(listen), "unix:%s", cfg->socket);

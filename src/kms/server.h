@@ -19,12 +19,16 @@ typedef struct kms_server_config {
     const char *platform_ca_cert; /* the roots of sandbox evidence, for the job release */
     bool dev;                     /* --dev: the built-in cloister-jobs policy accepts sandbox evidence */
     kms_seal_config seal;      /* how the root key is sealed and where it lies */
+    /* the passphrase or PIN read from the configured file (malloc, SECRET_LEN bytes), or NULL:
+     * kms_serve unseals with it at once, then wipes and frees it */
+    char *secret;
+    size_t secret_len;
     role_health *health;       /* the role's entry: ready, sealed */
     const role_health *roles;  /* the supervisor's table, for the peer check */
     size_t n_roles;
 } kms_server_config;
 
-/* Hardens the process, unseals at once in dev mode (else stays sealed until
- * `cloisterd unseal`), serves until SIGTERM, then wipes the keys. Returns
+/* Hardens the process, unseals at once in dev mode or with the configured
+ * secret (else stays sealed until `cloisterd unseal`), serves until SIGTERM, then wipes the keys. Returns
  * the role's exit status. SIGTERM and SIGINT must be blocked. */
 int kms_serve(const kms_server_config *cfg);

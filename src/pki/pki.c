@@ -253,6 +253,18 @@ int pki_ensure_server_cert(const char *ca_cert_path, const char *ca_key_path, co
     return ensure_leaf(ca_cert_path, ca_key_path, &p, cert_path, key_path);
 }
 
+int pki_ensure_role_cert(const char *ca_cert_path, const char *ca_key_path, const char *role, const char *cert_path,
+                         const char *key_path)
+{
+    char name[128];
+    if ((size_t)snprintf(name, sizeof(name), "%s" PKI_ROLE_NAME_SUFFIX, role) >= sizeof(name))
+        return -ENAMETOOLONG;
+    const char *names[] = {name};
+    leaf_profile p = {.common_name = name, .curve = "P-256", .ext_key_usage = "serverAuth,clientAuth", .names = names,
+                      .n_names = 1};
+    return ensure_leaf(ca_cert_path, ca_key_path, &p, cert_path, key_path);
+}
+
 int pki_ensure_signing_cert(const char *ca_cert_path, const char *ca_key_path, const char *common_name,
                             const char *cert_path, const char *key_path)
 {

@@ -21,6 +21,17 @@ int pki_ensure_ca(const char *cert_path, const char *key_path, const char *commo
 int pki_ensure_server_cert(const char *ca_cert_path, const char *ca_key_path, const char *const *names,
                            size_t n_names, const char *cert_path, const char *key_path);
 
+/* A role's certificate names the role in its one DNS subjectAltName,
+ * <role>.cloister.internal (also its common name): what mutual TLS between
+ * roles checks a peer against. */
+#define PKI_ROLE_NAME_SUFFIX ".cloister.internal"
+
+/* Issues (or keeps, while valid for 30 more days) role ROLE's P-256
+ * certificate for both ends of a TLS connection (serverAuth, clientAuth),
+ * signed by the cluster CA. Returns 0 or a negative errno (logged). */
+int pki_ensure_role_cert(const char *ca_cert_path, const char *ca_key_path, const char *role, const char *cert_path,
+                         const char *key_path);
+
 /* Issues (or keeps) a P-384 signing certificate for COMMON_NAME signed by
  * the CA (the runner's platform key, which signs sandbox evidence). */
 int pki_ensure_signing_cert(const char *ca_cert_path, const char *ca_key_path, const char *common_name,

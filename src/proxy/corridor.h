@@ -2,6 +2,7 @@
  * the daemon). Every request walks named stages over one context allocated
  * from its pool (proxy_request), in the order on_req (proxy.c) lists them:
  *
+ *   probe         proxy.c        /healthz and /readyz on a Host naming no service
  *   normalise     normalise.c    configuration present, framing, route by Host,
  *                                SNI against Host (tls.c), path parameters,
  *                                the one path normalisation
@@ -189,6 +190,8 @@ void proxy_send_body(h2o_req_t *req, h2o_iovec_t body);
 /* Answers 200 with VALUE (borrowed) as compact JSON and Cache-Control
  * CACHE_CONTROL (static); 500 when it cannot be written. Returns PROXY_DONE. */
 proxy_step proxy_send_json(proxy_request *pr, const json_t *value, const char *cache_control);
+/* proxy_send_json() with STATUS: 200 or 503. */
+proxy_step proxy_send_json_status(proxy_request *pr, int status, const json_t *value, const char *cache_control);
 /* Sets PR's response to the refusal proxy_fail() sends (status, headers,
  * length) without starting it; returns its body (from the request's pool). */
 h2o_iovec_t proxy_failure_prepare(proxy_request *pr, int status, const char *code, const char *message);

@@ -16,7 +16,7 @@ typedef struct proxy_follow_config {
     const char *ca_file;    /* the cluster CA the API's certificate chains to */
     const char *token_file; /* the proxy's credential token (read at every connection) */
     const char *domain;     /* services are <name>.<domain> */
-    struct proxy_metrics *metrics; /* publishes when the stream was last heard from (/healthz); may be NULL */
+    struct proxy_metrics *metrics; /* publishes when the stream was last heard from (/readyz); may be NULL */
 } proxy_follow_config;
 
 typedef struct proxy_follower proxy_follower;

@@ -82,6 +82,10 @@ void proxy_metrics_config(proxy_metrics *m, uint64_t generation, int64_t revisio
 void proxy_metrics_follow_started(proxy_metrics *m);
 /* Records that the configuration stream delivered an event or a keep-alive. */
 void proxy_metrics_config_heard(proxy_metrics *m);
+/* /readyz (the API's and the proxy's): a proxy that has not heard from its
+ * configuration stream for longer is stale (it hears at least every 5 s). */
+#define PROXY_CONFIG_MAX_AGE_S 30
+
 /* How long the proxy has gone without hearing from its configuration
  * stream at NOW (monotonic ns): 0 with *RET_AGE_NS when it heard since it
  * began following, -EAGAIN with *RET_AGE_NS the time since it began when it

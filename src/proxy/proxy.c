@@ -2,12 +2,15 @@
  * stages every request walks (see proxy.h and corridor.h). */
 #include "proxy/proxy.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "basic/fileio.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "httpd/framing.h"
 #include "httpd/httpd.h"
 #include "httpd/offload.h"
 #include "proxy/corridor.h"
@@ -102,9 +105,53 @@ static proxy_step proxy_stage_reserved(proxy_request *pr)
     return proxy_fail(pr, 404, "not_found", "no such path under " PROXY_RESERVED_PREFIX);
 }
 
+/* GET /healthz (live: 200 while serving) and /readyz (ready: the
+ * configuration from the API present and heard from within
+ * PROXY_CONFIG_MAX_AGE_S; else 503 naming what is not) for load balancers'
+ * and orchestrators' probes, which dial an address: answered only on a
+ * Host that names no Service, so a Service's own /healthz stays its
+ * upstream's. */
+static proxy_step proxy_stage_probe(proxy_request *pr)
+{
+    h2o_req_t *req = pr->req;
+    h2o_iovec_t path = req->path_normalized;
+    bool live = h2o_memis(path.base, path.len, H2O_STRLIT("/healthz"));
+    if ((!live && !h2o_memis(path.base, path.len, H2O_STRLIT("/readyz"))) ||
+        !(h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) ||
+          h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"))) ||
+        (pr->c && proxy_config_route(pr->c, req->authority.base, req->authority.len)))
+        return PROXY_NEXT;
+    /* the guards' verdict is taken once: here for a probe, else by normalise */
+    const char *why;
+    if (httpd_framing_check(req, &why) < 0)
+        return proxy_fail(pr, 400, "invalid", "ambiguous request refused: %s", why);
+    pr->rec.decision = PROXY_DECISION_ALLOW;
+    json_t *problems = json_array();
+    char problem[160] = "";
+    uint64_t age = 0;
+    int e = pr->t->settings->metrics ? proxy_metrics_config_age(pr->t->settings->metrics, time_mono_ns(), &age) : 0;
+    if (httpd_stopping(req))
+        snprintf(problem, sizeof(problem), "proxy: stopping");
+    else if (live)
+        ;
+    else if (!pr->c || e == -EAGAIN)
+        snprintf(problem, sizeof(problem), "proxy: no configuration from the API yet");
+    else if (e == 0 && age > PROXY_CONFIG_MAX_AGE_S * NSEC_PER_SEC)
+        snprintf(problem, sizeof(problem), "proxy: no configuration from the API for %llu s",
+                 (unsigned long long)(age / NSEC_PER_SEC));
+    if (problem[0])
+        json_array_append_new(problems, json_string(problem));
+    bool ok = json_array_size(problems) == 0;
+    json_t *body = json_pack("{s:s, s:o}", "status", ok ? "ok" : "unavailable", "problems", problems);
+    proxy_step step = body ? proxy_send_json_status(pr, ok ? 200 : 503, body, "no-store")
+                           : proxy_fail(pr, 500, "internal", "out of memory");
+    json_decref(body);
+    return step;
+}
+
 /* The stages, in order (corridor.h says what each does). */
 static const proxy_stage stages[] = {
-    proxy_stage_normalise,   proxy_stage_trace,       proxy_stage_reserved,
+    proxy_stage_probe,       proxy_stage_normalise,   proxy_stage_trace,       proxy_stage_reserved,
     proxy_stage_limit,       proxy_stage_authenticate, proxy_stage_decide,
     proxy_stage_portal,      proxy_stage_reachable,   proxy_stage_attestation,
     proxy_stage_rewrite,     proxy_stage_trace_upstream, proxy_stage_forward,

@@ -32,14 +32,19 @@ void proxy_send_body(h2o_req_t *req, h2o_iovec_t body)
 
 proxy_step proxy_send_json(proxy_request *pr, const json_t *value, const char *cache_control)
 {
+    return proxy_send_json_status(pr, 200, value, cache_control);
+}
+
+proxy_step proxy_send_json_status(proxy_request *pr, int status, const json_t *value, const char *cache_control)
+{
     h2o_req_t *req = pr->req;
     char *text = json_dumps(value, JSON_COMPACT);
     if (!text)
         return proxy_fail(pr, 500, "internal", "out of memory");
     h2o_iovec_t body = h2o_strdup(&req->pool, text, SIZE_MAX);
     free(text);
-    req->res.status = 200;
-    req->res.reason = "OK";
+    req->res.status = status;
+    req->res.reason = status == 200 ? "OK" : "Service Unavailable";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, cache_control, strlen(cache_control));
     proxy_send_body(req, body);

@@ -17,7 +17,8 @@ typedef struct proxy_role_config {
     const char *api_url;    /* the api role, for the configuration stream and the login */
     const char *token_file; /* the proxy's token for the stream */
     const char *audit_socket;
-    const char *ca_cert;          /* the cluster CA: upstreams and the API verify against it */
+    const char *ca_cert;          /* the cluster CA: upstreams verify against it */
+    const char *api_ca_cert;      /* the API verifies against it: the cluster CA, or it and the API's own chain */
     const char *host_ca_cert;     /* the CA that signs the services' host certificates, and its key */
     const char *host_ca_key;
     const char *platform_ca_cert; /* enclaves' attestation; without it enclaves are not reached */

@@ -1,4 +1,4 @@
-/* Unit tests of the proxy metrics: the configuration age /healthz reads, errors by class. */
+/* Unit tests of the proxy metrics: the configuration age /readyz reads, errors by class. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <string.h>

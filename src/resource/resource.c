@@ -661,21 +661,65 @@ static const resource_column job_columns[] = {
     {NULL},
 };
 
+/* `cloister get -o wide`: what the default columns leave out */
+static const resource_column user_wide[] = {
+    {"POLICIES", {"spec.policies"}, false, NULL},
+    {"DISABLED", {"spec.disabled"}, false, "false"},
+    {NULL},
+};
+static const resource_column service_wide[] = {
+    {"INLINE-POLICIES", {"spec.inlinePolicies"}, true, NULL},
+    {"INJECT-SECRET", {"spec.inject.secret"}, false, NULL},
+    {NULL},
+};
+static const resource_column credential_wide[] = {
+    {"POLICIES", {"spec.policies"}, false, NULL},
+    {NULL},
+};
+static const resource_column idp_wide[] = {
+    {"CLIENT-ID", {"spec.clientId"}, false, NULL},
+    {"CREATE-USERS", {"spec.createUsers"}, false, "false"},
+    {NULL},
+};
+static const resource_column key_wide[] = {
+    {"RELEASE-POLICY", {"spec.release.attestationPolicy"}, false, NULL},
+    {NULL},
+};
+static const resource_column attestation_policy_wide[] = {
+    {"DEBUG", {"spec.allowDebug"}, false, "false"},
+    {NULL},
+};
+static const resource_column enclave_wide[] = {
+    {"ATTESTATION-POLICY", {"spec.attestationPolicy"}, false, NULL},
+    {"SECRETS", {"spec.secrets"}, true, NULL},
+    {NULL},
+};
+static const resource_column workspace_wide[] = {
+    {"ATTESTATION-POLICY", {"spec.attestationPolicy"}, false, NULL},
+    {NULL},
+};
+static const resource_column job_wide[] = {
+    {"RECIPIENTS", {"spec.recipients"}, false, NULL},
+    {"MAX-RUNS", {"spec.maxRuns"}, false, NULL},
+    {NULL},
+};
+
 static const resource_kind kinds[] = {
-    {"User", "users", false, &s_user_spec, user_columns},
-    {"Group", "groups", false, &s_group_spec, group_columns},
-    {"Service", "services", false, &s_service_spec, service_columns},
-    {"Policy", "policies", false, &s_policy_spec, policy_columns},
-    {"Credential", "credentials", false, &s_credential_spec, credential_columns},
-    {"IdentityProvider", "identityproviders", false, &s_idp_spec, idp_columns},
-    {"Secret", "secrets", true, &s_secret_spec, secret_columns},
-    {"Key", "keys", false, &s_key_spec, key_columns},
-    {"Session", "sessions", false, &s_session_spec, session_columns, true},
-    {"AttestationPolicy", "attestationpolicies", false, &s_attestation_policy_spec, attestation_policy_columns},
-    {"Enclave", "enclaves", false, &s_enclave_spec, enclave_columns},
-    {"Workspace", "workspaces", false, &s_workspace_spec, workspace_columns},
-    {"Dataset", "datasets", false, &s_dataset_spec, dataset_columns},
-    {"Job", "jobs", false, &s_job_spec, job_columns},
+    {"User", "users", false, &s_user_spec, user_columns, false, user_wide},
+    {"Group", "groups", false, &s_group_spec, group_columns, false, NULL},
+    {"Service", "services", false, &s_service_spec, service_columns, false, service_wide},
+    {"Policy", "policies", false, &s_policy_spec, policy_columns, false, NULL},
+    {"Credential", "credentials", false, &s_credential_spec, credential_columns, false, credential_wide},
+    {"IdentityProvider", "identityproviders", false, &s_idp_spec, idp_columns, false, idp_wide},
+    {"Secret", "secrets", true, &s_secret_spec, secret_columns, false, NULL},
+    {"Key", "keys", false, &s_key_spec, key_columns, false, key_wide},
+    {"Session", "sessions", false, &s_session_spec, session_columns, true, NULL},
+    {"AttestationPolicy", "attestationpolicies", false, &s_attestation_policy_spec, attestation_policy_columns,
+     false, attestation_policy_wide},
+    {"Enclave", "enclaves", false, &s_enclave_spec, enclave_columns, false, enclave_wide},
+    {"Workspace", "workspaces", false, &s_workspace_spec, workspace_columns, false, workspace_wide},
+    {"Dataset", "datasets", false, &s_dataset_spec, dataset_columns, false, NULL},
+    {"Job", "jobs", false, &s_job_spec, job_columns, false, job_wide},
 };
 
 /* ---- the document around the spec -------------------------------------- */

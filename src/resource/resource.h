@@ -46,6 +46,7 @@ typedef struct resource_kind {
     const schema *spec;             /* the spec's schema */
     const resource_column *columns; /* ended by {NULL} */
     bool server_managed;            /* written by the server only (Session): the generic API refuses it */
+    const resource_column *wide_columns; /* added by `cloister get -o wide`, ended by {NULL}; may be NULL */
 } resource_kind;
 
 /* The kind named NAME: its Kind, lower-case singular or plural, compared

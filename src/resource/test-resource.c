@@ -3,7 +3,9 @@
 
 #include "basic/strbuf.h"
 #include "resource/manifest.h"
+#include "resource/refs.h"
 #include "resource/resource.h"
+#include "resource/schema.h"
 
 /* The single document of the YAML text S; the test fails if S does not parse. */
 static json_t *yaml_doc(const char *s)
@@ -484,4 +486,78 @@ Test(validate, job)
     cr_assert_eq(resource_apply_defaults(doc), 0);
     cr_assert_eq(json_integer_value(json_object_get(json_object_get(doc, "spec"), "maxRuns")), 1);
     cr_assert_null(json_object_get(json_object_get(doc, "spec"), "recipients"), "filled by the server, not a default");
+}
+
+/* ---- references (refs.c) ---- */
+
+/* The schema at the table PATH (after "spec.") below S, or NULL. */
+static const schema *schema_at(const schema *s, const char *path)
+{
+    while (s && *path) {
+        if (*path == '.')
+            path++;
+        if (strncmp(path, "[]", 2) == 0) {
+            if (s->type != SCHEMA_ARRAY)
+                return NULL;
+            s = s->items;
+            path += 2;
+            continue;
+        }
+        size_t n = strcspn(path, ".[");
+        const schema *next = NULL;
+        for (const schema_field *f = s->type == SCHEMA_OBJECT ? s->fields : NULL; f && f->name; f++)
+            if (strlen(f->name) == n && strncmp(f->name, path, n) == 0)
+                next = f->schema;
+        s = next;
+        path += n;
+    }
+    return s;
+}
+
+Test(refs, every_reference_names_a_field_of_its_kind_and_a_known_kind)
+{
+    const resource_ref *ref;
+    size_t i;
+    for (i = 0; (ref = resource_ref_get(i)); i++) {
+        const resource_kind *k = resource_kind_find(ref->kind);
+        cr_assert(k, "%s", ref->kind);
+        cr_assert(resource_kind_find(ref->target), "%s", ref->target);
+        cr_assert_eq(strncmp(ref->path, "spec.", 5), 0, "%s", ref->path);
+        const schema *s = schema_at(k->spec, ref->path + 5);
+        cr_assert(s, "%s %s is not in the schema", ref->kind, ref->path);
+        cr_assert_eq(s->type, SCHEMA_STRING, "%s %s", ref->kind, ref->path);
+        cr_assert(resource_kind_referenced(ref->target));
+    }
+    cr_assert_gt(i, 10);
+    cr_assert_not(resource_kind_referenced("Session"));
+}
+
+static int collect(const resource_ref *ref, const char *name, void *userdata)
+{
+    strbuf *b = userdata;
+    strbuf_printf(b, "%s=%s/%s;", ref->path, ref->target, name);
+    return 0;
+}
+
+Test(refs, foreach_finds_names_in_arrays_objects_and_skips_the_unless_case)
+{
+    json_auto_t *enclave = json_loads(
+        "{\"kind\":\"Enclave\",\"metadata\":{\"name\":\"e\"},\"spec\":{\"bundle\":\"/b\",\"attestationPolicy\":\"ap\","
+        "\"secrets\":[{\"key\":\"k1\",\"file\":\"a\"},{\"secret\":\"s1\",\"key\":\"tok\",\"file\":\"b\"}]}}",
+        0, NULL);
+    char buf[512];
+    strbuf b;
+    strbuf_init_static(&b, buf, sizeof(buf));
+    cr_assert_eq(resource_refs_foreach(enclave, collect, &b), 0);
+    cr_assert_str_eq(buf, "spec.secrets[].secret=Secret/s1;spec.secrets[].key=Key/k1;"
+                          "spec.attestationPolicy=AttestationPolicy/ap;");
+
+    json_auto_t *svc = json_loads("{\"kind\":\"Service\",\"metadata\":{\"name\":\"w\"},\"spec\":{\"upstream\":"
+                                  "{\"url\":\"http://x\"},\"policies\":[\"p1\",\"p2\"]}}",
+                                  0, NULL);
+    const char *path = NULL;
+    cr_assert(resource_refs_names(svc, "Policy", "p2", &path));
+    cr_assert_str_eq(path, "spec.policies[]");
+    cr_assert_not(resource_refs_names(svc, "Policy", "p3", NULL));
+    cr_assert_not(resource_refs_names(svc, "Group", "p1", NULL));
 }

@@ -13,7 +13,7 @@ typedef struct runner_server_config {
     const char *agent;            /* cloister-agent to launch; NULL or "": looked up beside cloisterd */
     const char *key, *cert;       /* the platform key (P-384) and its certificate */
     const char *platform_ca_cert; /* the root of sandbox evidence */
-    const char *ca_cert;          /* the cluster CA, to reach the API for agents */
+    const char *ca_cert;          /* the cluster CA (and an own API certificate's chain), to reach the API for agents */
     const char *token;            /* its credential token file, for key release */
     const char *api_url;          /* the API's https URL, which agents' calls are forwarded to */
     const char *audit_socket;     /* the audit role's, for egress decisions; NULL: logged only */

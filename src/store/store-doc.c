@@ -52,17 +52,6 @@ static json_t *build_doc(const json_t *input, json_t *new_status, const json_t *
                      status ? json_incref(status) : json_object());
 }
 
-static bool same_content(const json_t *input, const json_t *old)
-{
-    json_t *empty = json_object();
-    json_t *a = json_object_get(input, "spec"), *b = json_object_get(old, "spec");
-    json_t *la = json_object_get(json_object_get(input, "metadata"), "labels");
-    json_t *lb = json_object_get(json_object_get(old, "metadata"), "labels");
-    bool same = json_equal(a ? a : empty, b ? b : empty) && json_equal(la ? la : empty, lb ? lb : empty);
-    json_decref(empty);
-    return same;
-}
-
 /* The status OP stores into *RET (a new reference): op->status, or OLD's
  * when it sets none, with the uid of LINKED (the document OP links to) set
  * in it; NULL when the stored status is kept as it is. When OLD recorded
@@ -139,7 +128,7 @@ int store_op_plan(store_op *op, json_t *old, int64_t old_rv, const char *old_loo
     }
     bool same_lookup = !op->lookup_key || (old_lookup && strcmp(op->lookup_key, old_lookup) == 0);
     bool same_status = !status || json_equal(status, json_object_get(old, "status"));
-    if (exists && same_lookup && same_status && same_content(op->doc, old)) {
+    if (exists && same_lookup && same_status && store_same_content(op->doc, old)) {
         json_decref(status);
         op->action = STORE_UNCHANGED;
         op->result = old;

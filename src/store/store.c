@@ -161,10 +161,15 @@ void store_url_redact(const char *url, char *out, size_t size)
     const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
     if (colon)
         snprintf(out, size, "%.*s***%s", (int)(colon + 1 - url), url, at);
-    /* a password=… parameter of the query string */
-    char *pw = strstr(out, "password=");
-    if (pw && (pw[-1] == '?' || pw[-1] == '&') && strlen(out) + 3 < size) {
+    /* every password=… parameter of the query string (not "xpassword=") */
+    for (char *pw = strstr(out, "password="); pw; pw = strstr(pw + 9, "password=")) {
+        if (pw == out || (pw[-1] != '?' && pw[-1] != '&'))
+            continue;
         size_t len = strcspn(pw + 9, "&#");
+        if (strlen(out) + 3 >= size) { /* no room for "***": cut the URL before the password */
+            pw[9] = '\0';
+            break;
+        }
         memmove(pw + 12, pw + 9 + len, strlen(pw + 9 + len) + 1);
         memcpy(pw + 9, "***", 3);
     }
@@ -226,4 +231,15 @@ const char *store_action_name(store_action a)
 {
     static const char *const names[] = {"created", "configured", "unchanged", "deleted"};
     return names[a];
+}
+
+bool store_same_content(const json_t *input, const json_t *old)
+{
+    json_t *empty = json_object();
+    json_t *a = json_object_get(input, "spec"), *b = json_object_get(old, "spec");
+    json_t *la = json_object_get(json_object_get(input, "metadata"), "labels");
+    json_t *lb = json_object_get(json_object_get(old, "metadata"), "labels");
+    bool same = json_equal(a ? a : empty, b ? b : empty) && json_equal(la ? la : empty, lb ? lb : empty);
+    json_decref(empty);
+    return same;
 }

@@ -166,3 +166,7 @@ void store_url_redact(const char *url, char *out, size_t size);
 
 const char *store_event_type_name(store_event_type t);
 const char *store_action_name(store_action a);
+/* Whether writing document INPUT over OLD leaves its content as it is: the
+ * same spec and metadata.labels (absent counts as empty). A write that
+ * changes nothing else (status, lookup key) is then "unchanged". */
+bool store_same_content(const json_t *input, const json_t *old);

@@ -478,6 +478,16 @@ Test(store, url_redacted_for_logs)
     cr_assert_str_eq(out, "postgresql:///cloister?host=/run/pg&user=c&password=***&sslmode=disable");
     store_url_redact("sqlite:/var/lib/cloister/store.db", out, sizeof(out));
     cr_assert_str_eq(out, "sqlite:/var/lib/cloister/store.db");
+    /* found by fuzz-daemon-config: "password=" at the very start was read one byte before the buffer */
+    store_url_redact("password=x://h", out, sizeof(out));
+    cr_assert_str_eq(out, "password=x://h");
+    /* a look-alike parameter before the real one does not hide it */
+    store_url_redact("postgresql:///c?xpassword=a&password=s3cret", out, sizeof(out));
+    cr_assert_str_eq(out, "postgresql:///c?xpassword=a&password=***");
+    /* no room for "***": the URL is cut before the password, never shown */
+    char small[32];
+    store_url_redact("postgresql:///c?password=ab&sslmode=x", small, sizeof(small));
+    cr_assert_eq(strstr(small, "ab&") == NULL, true, "%s", small);
 }
 
 /* The epoch is made once with the database and read again on reopen. */

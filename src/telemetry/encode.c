@@ -67,43 +67,95 @@ static size_t utf8_sequence(const unsigned char *p, size_t n)
     return len;
 }
 
-int otlp_put_json_string(strbuf *b, const char *s, size_t max)
+/* Whether byte C goes out as it is inside a JSON string: printable ASCII
+ * but the quote and the backslash. */
+static inline bool plain_byte(unsigned char c)
+{
+    return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+}
+
+char *otlp_json_put(char *out, const char *s, size_t n)
 {
     static const char hexdig[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)s;
-    size_t n = strnlen(s, max);
-    int r = strbuf_putc(b, '"');
-    for (size_t i = 0; r == 0 && i < n;) {
-        /* a run that goes out as it is, in one append */
+    *out++ = '"';
+    for (size_t i = 0; i < n;) {
+        /* a run that goes out as it is, in one copy */
         size_t run = i;
         for (;;) {
-            unsigned char c = p[run];
-            if (run < n && c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+            if (run < n && plain_byte(p[run])) {
                 run++;
                 continue;
             }
-            size_t len = run < n && c >= 0x80 ? utf8_sequence(p + run, n - run) : 0;
+            size_t len = run < n && p[run] >= 0x80 ? utf8_sequence(p + run, n - run) : 0;
             if (!len)
                 break;
             run += len;
         }
         if (run > i) {
-            r = strbuf_append(b, p + i, run - i);
+            memcpy(out, p + i, run - i);
+            out += run - i;
             i = run;
             continue;
         }
         unsigned char c = p[i++];
-        if (c >= 0x80) /* not the start of a valid sequence */
-            r = strbuf_puts(b, "\\ufffd");
-        else if (c == '"' || c == '\\') {
-            char esc[3] = {'\\', (char)c, 0};
-            r = strbuf_puts(b, esc);
+        if (c >= 0x80) { /* not the start of a valid sequence */
+            memcpy(out, "\\ufffd", 6);
+            out += 6;
+        } else if (c == '"' || c == '\\') {
+            *out++ = '\\';
+            *out++ = (char)c;
         } else {
-            char esc[7] = {'\\', 'u', '0', '0', hexdig[c >> 4], hexdig[c & 15], 0};
-            r = strbuf_puts(b, esc);
+            memcpy(out, "\\u00", 4);
+            out[4] = hexdig[c >> 4];
+            out[5] = hexdig[c & 15];
+            out += 6;
         }
     }
-    return r == 0 ? strbuf_putc(b, '"') : r;
+    *out++ = '"';
+    return out;
+}
+
+char *otlp_hex_put(char *out, const uint8_t *p, size_t n)
+{
+    static const char hexdig[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        *out++ = hexdig[p[i] >> 4];
+        *out++ = hexdig[p[i] & 15];
+    }
+    return out;
+}
+
+char *otlp_u64_put(char *out, uint64_t v)
+{
+    char digits[20];
+    size_t n = 0;
+    do
+        digits[n++] = (char)('0' + v % 10);
+    while ((v /= 10));
+    while (n)
+        *out++ = digits[--n];
+    return out;
+}
+
+char *otlp_i64_put(char *out, int64_t v)
+{
+    if (v < 0) {
+        *out++ = '-';
+        return otlp_u64_put(out, (uint64_t)0 - (uint64_t)v);
+    }
+    return otlp_u64_put(out, (uint64_t)v);
+}
+
+int otlp_put_json_string(strbuf *b, const char *s, size_t max)
+{
+    size_t n = strnlen(s, max);
+    char stack[4096];
+    _cleanup_free_ char *heap = NULL;
+    char *out = stack;
+    if (OTLP_JSON_BOUND(n) > sizeof(stack) && !(out = heap = malloc(OTLP_JSON_BOUND(n))))
+        return -ENOMEM;
+    return strbuf_append(b, out, (size_t)(otlp_json_put(out, s, n) - out));
 }
 
 int otlp_envelope_text(strbuf *out, telemetry_signal s, const char *resource_json, const char *const *records,

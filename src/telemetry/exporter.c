@@ -11,7 +11,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
+#include <libdeflate.h>
 
 #include "basic/encoding.h"
 #include "basic/log.h"
@@ -21,33 +21,38 @@
 #define SOURCES_MAX 8
 #define SHUTDOWN_FLUSH_MS 5000      /* how long telemetry_shutdown() lets the last batches take */
 #define METRICS_TEXT_MAX (4u << 20) /* the Prometheus text one source may render */
-#define SPAN_ATTRS_MAX 64
-#define SPAN_LINKS_MAX 8
-#define STRING_MAX 4096             /* an attribute value or log body, cut beyond */
-#define RECORD_MAX (1u << 20)       /* the JSON text of one span or log record */
 #define BODY_MAX (64u << 20)        /* one request's JSON text */
+#define CHUNK_BYTES (60u << 10)     /* a thread's buffer of records (below malloc's mmap threshold) */
+#define CHUNK_RECORDS_MAX 128       /* records per chunk (at most batch_max, so batches stay exact) */
+#define SPARE_SPANS_MAX 16          /* ended spans a thread keeps to reuse */
 
-/* A span being recorded: everything inline but its attributes, kept as
- * the JSON text they will be sent as (one buffer), so that ending it costs
- * one allocation (the record's text). */
-struct telemetry_span {
-    trace_context ctx;
-    uint8_t parent_span_id[8];
-    bool has_parent;
-    int kind;
-    int status_code;
-    uint64_t start_ns;
-    char name[256];
-    char status_message[512];
-    strbuf attrs; /* entries "<key>\0<value JSON>\0" */
-    size_t n_attrs;
-    trace_context links[SPAN_LINKS_MAX];
-    size_t n_links;
-};
+/* Records of one signal as the comma-separated JSON text they are sent as:
+ * filled by one thread, then handed whole to the exporter. */
+typedef struct chunk {
+    struct chunk *next;
+    size_t n;        /* records */
+    size_t len, cap; /* of data */
+    char data[];
+} chunk;
 
+/* What a thread that records holds: a chunk per signal being filled (under
+ * its own lock, which only the exporter's collection of a half-full chunk
+ * contends for) and spans to reuse. Freed when the thread ends. */
+typedef struct thread_records {
+    pthread_mutex_t lock;
+    chunk *open[TELEMETRY_SIGNAL_COUNT_];
+    telemetry_span *spare; /* the owner's alone */
+    size_t n_spare;
+    struct thread_records *next, *prev; /* T.threads */
+} thread_records;
+
+/* A signal's queue: records in the threads' chunks, full chunks handed
+ * over, and the exporter's own list of them; `pending` counts all of them
+ * (at most queue_max: a record that finds it full is dropped). */
 typedef struct record_queue {
-    char **items; /* a ring of queue_max records, each its OTLP JSON text */
-    size_t head, n;
+    _Atomic uint64_t pending;
+    _Atomic(chunk *) handed; /* a stack: pushed by any thread, taken whole by the exporter */
+    chunk *ready, **ready_tail; /* the exporter's, oldest first */
     _Atomic uint64_t dropped;
     _Atomic bool warned;
 } record_queue;
@@ -65,7 +70,7 @@ static struct {
     pthread_mutex_t collecting; /* held while sources render */
     pthread_cond_t wake;
     json_t *last_metrics; /* an unregistered source's last metrics, to send */
-    bool stopping;
+    _Atomic bool stopping;
     uint64_t stop_deadline_ms; /* monotonic */
     otlp_config cfg;
     char *resource_text; /* cfg.resource as JSON, the head of every request */
@@ -76,7 +81,14 @@ static struct {
     pthread_t thread;
     CURL *curl;
     struct curl_slist *headers[TELEMETRY_SIGNAL_COUNT_];
-} T = {.lock = PTHREAD_MUTEX_INITIALIZER, .collecting = PTHREAD_MUTEX_INITIALIZER};
+    struct libdeflate_compressor *deflate; /* the exporter thread's */
+    strbuf body;                           /* the exporter thread's: a request's JSON text, reused */
+    unsigned char *gz;                     /* and its gzip, reused */
+    size_t gz_cap;
+    pthread_mutex_t threads_lock; /* guards `threads` */
+    thread_records *threads;      /* every thread that recorded, and is alive */
+} T = {.lock = PTHREAD_MUTEX_INITIALIZER, .collecting = PTHREAD_MUTEX_INITIALIZER,
+       .threads_lock = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local bool on_exporter_thread;
 static _Atomic uint64_t dropped_after_stop[TELEMETRY_SIGNAL_COUNT_];
@@ -119,6 +131,11 @@ uint64_t telemetry_dropped(telemetry_signal s)
     return atomic_load(&T.queue[s].dropped) + atomic_load(&dropped_after_stop[s]);
 }
 
+uint64_t telemetry_queued(telemetry_signal s)
+{
+    return telemetry_enabled() ? atomic_load(&T.queue[s].pending) : 0;
+}
+
 int telemetry_metrics_render(strbuf *out)
 {
     int r = strbuf_puts(out, "# HELP cloister_telemetry_dropped_total OpenTelemetry records not exported: their queue "
@@ -127,6 +144,13 @@ int telemetry_metrics_render(strbuf *out)
     for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
         r = strbuf_printf(out, "cloister_telemetry_dropped_total{signal=\"%s\"} %" PRIu64 "\n", signal_names[s],
                           telemetry_dropped((telemetry_signal)s));
+    if (r == 0)
+        r = strbuf_puts(out, "# HELP cloister_telemetry_queued_records OpenTelemetry records waiting to be exported "
+                             "(at most OTEL_BSP_MAX_QUEUE_SIZE; a batch being sent is no longer counted).\n"
+                             "# TYPE cloister_telemetry_queued_records gauge\n");
+    for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
+        r = strbuf_printf(out, "cloister_telemetry_queued_records{signal=\"%s\"} %" PRIu64 "\n", signal_names[s],
+                          telemetry_queued((telemetry_signal)s));
     return r;
 }
 
@@ -141,40 +165,154 @@ static void count_dropped(telemetry_signal s, uint64_t n, const char *why)
                    "collector reachable?", "signal", signal_names[s], "why", why, NULL);
 }
 
-/* Queues REC (stolen: a record's JSON text) for signal S, or drops it
- * when the queue is full. */
-static void enqueue(telemetry_signal s, char *rec)
+/* ---- the threads' chunks ---- */
+
+static pthread_key_t thread_key;
+static _Thread_local thread_records *my_records_;
+
+/* A new chunk with room for CAP bytes of records; NULL when out of memory. */
+static chunk *chunk_new(size_t cap)
 {
-    if (!rec)
-        return;
-    record_queue *q = &T.queue[s];
-    pthread_mutex_lock(&T.lock);
-    if (T.stopping || q->n >= T.cfg.queue_max) {
-        bool stopping = T.stopping;
-        pthread_mutex_unlock(&T.lock);
-        free(rec);
-        count_dropped(s, 1, stopping ? "export is stopping" : "the queue is full");
-        return;
-    }
-    q->items[(q->head + q->n++) % T.cfg.queue_max] = rec;
-    if (q->n >= T.cfg.batch_max)
-        pthread_cond_signal(&T.wake);
-    pthread_mutex_unlock(&T.lock);
+    chunk *c = malloc(sizeof(*c) + cap);
+    if (c)
+        *c = (chunk){.cap = cap};
+    return c;
 }
 
-/* A record's text, written by WRITE into a buffer on the stack and copied
- * out once (a large one is written again on the heap); NULL when it cannot
- * be made. */
-static char *record_text(int (*write)(strbuf *b, const void *what), const void *what)
+static void chunks_free(chunk *c)
 {
-    char stack[8192];
-    strbuf b;
-    strbuf_init_static(&b, stack, sizeof(stack));
-    if (write(&b, what) == 0 && !b.truncated)
-        return strndup(b.data, b.len);
-    _cleanup_strbuf_ strbuf heap;
-    strbuf_init(&heap, RECORD_MAX);
-    return write(&heap, what) == 0 ? strbuf_steal(&heap) : NULL;
+    while (c) {
+        chunk *next = c->next;
+        free(c);
+        c = next;
+    }
+}
+
+/* Gives full chunk C of signal S to the exporter, waking it when a batch
+ * is waiting. Lock-free but for that wake-up. */
+static void hand_over(telemetry_signal s, chunk *c)
+{
+    record_queue *q = &T.queue[s];
+    c->next = atomic_load_explicit(&q->handed, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&q->handed, &c->next, c, memory_order_release,
+                                                  memory_order_relaxed))
+        ;
+    if (atomic_load_explicit(&q->pending, memory_order_relaxed) >= T.cfg.batch_max) {
+        pthread_mutex_lock(&T.lock);
+        pthread_cond_signal(&T.wake);
+        pthread_mutex_unlock(&T.lock);
+    }
+}
+
+/* At the end of a thread: its half-full chunks go to the exporter (counted
+ * as dropped when export has stopped), its spare spans are freed. */
+static void thread_records_free(void *p)
+{
+    thread_records *tr = p;
+    pthread_mutex_lock(&T.threads_lock);
+    if (tr->prev)
+        tr->prev->next = tr->next;
+    else
+        T.threads = tr->next;
+    if (tr->next)
+        tr->next->prev = tr->prev;
+    pthread_mutex_unlock(&T.threads_lock);
+    pthread_mutex_lock(&tr->lock);
+    for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
+        chunk *c = TAKE_PTR(tr->open[s]);
+        if (c && telemetry_enabled() && !atomic_load(&T.stopping))
+            hand_over((telemetry_signal)s, c);
+        else if (c) {
+            atomic_fetch_sub(&T.queue[s].pending, c->n);
+            atomic_fetch_add(&T.queue[s].dropped, c->n);
+            free(c);
+        }
+    }
+    pthread_mutex_unlock(&tr->lock);
+    while (tr->spare) {
+        telemetry_span *next = tr->spare->next_spare;
+        free(tr->spare);
+        tr->spare = next;
+    }
+    pthread_mutex_destroy(&tr->lock);
+    free(tr);
+    my_records_ = NULL; /* a record made by a later destructor of this thread starts over */
+}
+
+static void make_thread_key(void)
+{
+    pthread_key_create(&thread_key, thread_records_free);
+}
+
+/* The calling thread's records, made (and registered) at its first record;
+ * NULL when out of memory. */
+static thread_records *my_records(void)
+{
+    if (my_records_)
+        return my_records_;
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, make_thread_key);
+    thread_records *tr = calloc(1, sizeof(*tr));
+    if (!tr)
+        return NULL;
+    pthread_mutex_init(&tr->lock, NULL);
+    pthread_mutex_lock(&T.threads_lock);
+    tr->next = T.threads;
+    if (T.threads)
+        T.threads->prev = tr;
+    T.threads = tr;
+    pthread_mutex_unlock(&T.threads_lock);
+    pthread_setspecific(thread_key, tr);
+    return my_records_ = tr;
+}
+
+/* Writes a record of signal S (at most BOUND bytes, written by WRITE from
+ * WHAT) into the calling thread's chunk, or drops it (counted) when the
+ * queue is full or export is stopping. */
+static void put_record(telemetry_signal s, size_t bound, char *(*write)(char *out, const void *what),
+                       const void *what)
+{
+    record_queue *q = &T.queue[s];
+    thread_records *tr = my_records();
+    if (!tr) {
+        count_dropped(s, 1, "out of memory");
+        return;
+    }
+    size_t records_max = MIN((size_t)T.cfg.batch_max, (size_t)CHUNK_RECORDS_MAX);
+    chunk *full[2] = {NULL, NULL};
+    const char *why = NULL;
+    pthread_mutex_lock(&tr->lock);
+    if (atomic_load(&T.stopping))
+        why = "export is stopping";
+    else if (atomic_fetch_add(&q->pending, 1) >= T.cfg.queue_max) {
+        atomic_fetch_sub(&q->pending, 1);
+        why = "the queue is full";
+    } else {
+        chunk *c = tr->open[s];
+        if (c && c->cap - c->len < bound + 2) { /* a comma, the record, its NUL */
+            full[0] = c;
+            c = tr->open[s] = NULL;
+        }
+        if (!c)
+            c = tr->open[s] = chunk_new(MAX((size_t)CHUNK_BYTES, bound + 2));
+        if (c) {
+            if (c->n)
+                c->data[c->len++] = ',';
+            c->len = (size_t)(write(c->data + c->len, what) - c->data);
+            c->data[c->len] = '\0';
+            if (++c->n >= records_max)
+                full[1] = TAKE_PTR(tr->open[s]);
+        } else {
+            atomic_fetch_sub(&q->pending, 1);
+            why = "out of memory";
+        }
+    }
+    pthread_mutex_unlock(&tr->lock);
+    for (size_t i = 0; i < ELEMENTSOF(full); i++)
+        if (full[i])
+            hand_over(s, full[i]);
+    if (why)
+        count_dropped(s, 1, why);
 }
 
 /* ---- spans ---- */
@@ -183,96 +321,32 @@ telemetry_span *telemetry_span_start(const char *name, int kind, const trace_con
 {
     if (!signal_on(TELEMETRY_TRACES))
         return NULL;
-    telemetry_span *s = malloc(sizeof(*s));
-    if (!s)
+    thread_records *tr = my_records();
+    telemetry_span *s = tr ? tr->spare : NULL;
+    if (s) {
+        tr->spare = s->next_spare;
+        tr->n_spare--;
+    } else if (!(s = malloc(sizeof(*s))))
         return NULL;
-    s->has_parent = parent != NULL;
-    if (parent) {
-        memcpy(s->ctx.trace_id, parent->trace_id, 16);
-        memcpy(s->parent_span_id, parent->span_id, 8);
-        s->ctx.flags = parent->flags;
-        otlp_random_id(s->ctx.span_id, 8);
-    } else
-        trace_context_new(&s->ctx);
-    s->kind = kind;
-    s->status_code = TELEMETRY_STATUS_UNSET;
-    s->status_message[0] = '\0';
-    snprintf(s->name, sizeof(s->name), "%s", name ? name : "");
-    strbuf_init(&s->attrs, (size_t)SPAN_ATTRS_MAX * 2 * (STRING_MAX + 64));
-    s->n_attrs = 0;
-    s->n_links = 0;
-    s->start_ns = otlp_now_ns();
+    otlp_span_init(s, name, kind, parent);
     return s;
-}
-
-/* Removes attribute KEY of S, if it has it. */
-static void drop_attr(telemetry_span *s, const char *key)
-{
-    for (size_t off = 0; off < s->attrs.len;) {
-        const char *k = s->attrs.data + off, *v = k + strlen(k) + 1;
-        size_t end = (size_t)(v - s->attrs.data) + strlen(v) + 1;
-        if (strcmp(k, key) == 0) {
-            memmove(s->attrs.data + off, s->attrs.data + end, s->attrs.len - end);
-            s->attrs.len -= end - off;
-            s->n_attrs--;
-            return;
-        }
-        off = end;
-    }
-}
-
-/* Starts attribute KEY of S (replacing one of that key): its key is
- * written, its value JSON is the caller's to write, then attr_done().
- * *RET_STARTED is where it began. Returns -1 when S is NULL or full. */
-static int attr_begin(telemetry_span *s, const char *key, size_t *ret_started)
-{
-    if (!s || !key)
-        return -1;
-    drop_attr(s, key);
-    if (s->n_attrs >= SPAN_ATTRS_MAX)
-        return -1;
-    if (!s->attrs.data) { /* one allocation for the usual few attributes */
-        static const char reserve[1024];
-        if (strbuf_append(&s->attrs, reserve, sizeof(reserve)) == 0)
-            s->attrs.len = 0;
-    }
-    *ret_started = s->attrs.len;
-    return strbuf_append(&s->attrs, key, strlen(key) + 1) == 0 ? 0 : -1;
-}
-
-/* Ends the attribute begun at STARTED: kept when R is 0, else undone. */
-static void attr_done(telemetry_span *s, size_t started, int r)
-{
-    if (r == 0 && strbuf_putc(&s->attrs, '\0') == 0)
-        s->n_attrs++;
-    else
-        s->attrs.len = started; /* what did not fit is not half kept */
 }
 
 void telemetry_span_set_attr_str(telemetry_span *s, const char *key, const char *value)
 {
-    size_t started;
-    if (attr_begin(s, key, &started) < 0)
-        return;
-    int r = strbuf_puts(&s->attrs, "{\"stringValue\":");
-    if (r == 0)
-        r = otlp_put_json_string(&s->attrs, value ? value : "", STRING_MAX);
-    if (r == 0)
-        r = strbuf_putc(&s->attrs, '}');
-    attr_done(s, started, r);
+    if (s)
+        otlp_span_set_str(s, key, value);
 }
 
 void telemetry_span_set_attr_int(telemetry_span *s, const char *key, int64_t value)
 {
-    size_t started;
-    if (attr_begin(s, key, &started) < 0)
-        return;
-    attr_done(s, started, strbuf_printf(&s->attrs, "{\"intValue\":\"%" PRId64 "\"}", value));
+    if (s)
+        otlp_span_set_int(s, key, value);
 }
 
 void telemetry_span_add_link(telemetry_span *s, const trace_context *link)
 {
-    if (s && link && s->n_links < SPAN_LINKS_MAX)
+    if (s && link && s->n_links < OTLP_SPAN_LINKS_MAX)
         s->links[s->n_links++] = *link;
 }
 
@@ -341,54 +415,15 @@ bool telemetry_traceparent_header(char out[70])
     return true;
 }
 
-/* Writes span WHAT (ending now) as OTLP JSON to B. */
-static int write_span(strbuf *b, const void *what)
+typedef struct span_end {
+    const telemetry_span *span;
+    uint64_t end_ns;
+} span_end;
+
+static char *write_span(char *out, const void *what)
 {
-    const telemetry_span *s = what;
-    char t[33], sp[17], parent[17];
-    hex_encode(s->ctx.trace_id, 16, t);
-    hex_encode(s->ctx.span_id, 8, sp);
-    int r = strbuf_printf(b, "{\"traceId\":\"%s\",\"spanId\":\"%s\",", t, sp);
-    if (r == 0 && s->has_parent) {
-        hex_encode(s->parent_span_id, 8, parent);
-        r = strbuf_printf(b, "\"parentSpanId\":\"%s\",", parent);
-    }
-    if (r == 0)
-        r = strbuf_puts(b, "\"name\":");
-    if (r == 0)
-        r = otlp_put_json_string(b, s->name, sizeof(s->name));
-    /* flags bit 8: whether the parent is remote is known */
-    if (r == 0)
-        r = strbuf_printf(b,
-                          ",\"kind\":%d,\"startTimeUnixNano\":\"%" PRIu64 "\",\"endTimeUnixNano\":\"%" PRIu64
-                          "\",\"flags\":%d,\"attributes\":[",
-                          s->kind, s->start_ns, otlp_now_ns(), 0x100 | s->ctx.flags);
-    size_t i = 0;
-    for (size_t off = 0; r == 0 && off < s->attrs.len; i++) {
-        const char *k = s->attrs.data + off, *v = k + strlen(k) + 1;
-        off = (size_t)(v - s->attrs.data) + strlen(v) + 1;
-        r = strbuf_puts(b, i ? ",{\"key\":" : "{\"key\":");
-        if (r == 0)
-            r = otlp_put_json_string(b, k, STRING_MAX);
-        if (r == 0)
-            r = strbuf_printf(b, ",\"value\":%s}", v);
-    }
-    if (r == 0)
-        r = strbuf_puts(b, "],\"links\":[");
-    for (i = 0; r == 0 && i < s->n_links; i++) {
-        hex_encode(s->links[i].trace_id, 16, t);
-        hex_encode(s->links[i].span_id, 8, sp);
-        r = strbuf_printf(b, "%s{\"traceId\":\"%s\",\"spanId\":\"%s\",\"flags\":%d}", i ? "," : "", t, sp,
-                          s->links[i].flags);
-    }
-    if (r == 0)
-        r = strbuf_printf(b, "],\"status\":{\"code\":%d", s->status_code);
-    if (r == 0 && s->status_message[0]) {
-        r = strbuf_puts(b, ",\"message\":");
-        if (r == 0)
-            r = otlp_put_json_string(b, s->status_message, sizeof(s->status_message));
-    }
-    return r == 0 ? strbuf_puts(b, "}}") : r;
+    const span_end *e = what;
+    return otlp_span_write(out, e->span, e->end_ns);
 }
 
 void telemetry_span_end(telemetry_span *s)
@@ -397,65 +432,31 @@ void telemetry_span_end(telemetry_span *s)
         return;
     if (current_span == s)
         telemetry_set_current(NULL);
-    char *rec = record_text(write_span, s);
-    strbuf_free(&s->attrs);
-    free(s);
-    enqueue(TELEMETRY_TRACES, rec);
+    const span_end e = {s, otlp_now_ns()};
+    put_record(TELEMETRY_TRACES, otlp_span_bound(s), write_span, &e);
+    otlp_span_release(s);
+    thread_records *tr = my_records_;
+    if (tr && tr->n_spare < SPARE_SPANS_MAX) {
+        s->next_spare = tr->spare;
+        tr->spare = s;
+        tr->n_spare++;
+    } else
+        free(s);
 }
 
 /* ---- logs ---- */
 
-typedef struct log_record {
-    int severity;
-    const char *body;
-    const trace_context *ctx;
-    const char *const *attrs;
-} log_record;
-
-/* Writes log record WHAT as OTLP JSON to B. */
-static int write_log(strbuf *b, const void *what)
+static char *write_log(char *out, const void *what)
 {
-    const log_record *l = what;
-    static const char *const texts[] = {"DEBUG", "INFO", "WARN", "ERROR"};
-    int sev = l->severity;
-    const char *text = sev >= 17 ? texts[3] : sev >= 13 ? texts[2] : sev >= 9 ? texts[1] : texts[0];
-    uint64_t now = otlp_now_ns();
-    int r = strbuf_printf(b,
-                          "{\"timeUnixNano\":\"%" PRIu64 "\",\"observedTimeUnixNano\":\"%" PRIu64
-                          "\",\"severityNumber\":%d,\"severityText\":\"%s\",\"body\":{\"stringValue\":",
-                          now, now, sev, text);
-    if (r == 0)
-        r = otlp_put_json_string(b, l->body ? l->body : "", STRING_MAX);
-    if (r == 0)
-        r = strbuf_puts(b, "},\"attributes\":[");
-    for (size_t i = 0; r == 0 && l->attrs && l->attrs[i] && l->attrs[i + 1] && i < 2 * SPAN_ATTRS_MAX; i += 2) {
-        r = strbuf_puts(b, i ? ",{\"key\":" : "{\"key\":");
-        if (r == 0)
-            r = otlp_put_json_string(b, l->attrs[i], STRING_MAX);
-        if (r == 0)
-            r = strbuf_puts(b, ",\"value\":{\"stringValue\":");
-        if (r == 0)
-            r = otlp_put_json_string(b, l->attrs[i + 1], STRING_MAX);
-        if (r == 0)
-            r = strbuf_puts(b, "}}");
-    }
-    if (r == 0)
-        r = strbuf_putc(b, ']');
-    if (r == 0 && l->ctx) {
-        char t[33], sp[17];
-        hex_encode(l->ctx->trace_id, 16, t);
-        hex_encode(l->ctx->span_id, 8, sp);
-        r = strbuf_printf(b, ",\"traceId\":\"%s\",\"spanId\":\"%s\",\"flags\":%d", t, sp, l->ctx->flags);
-    }
-    return r == 0 ? strbuf_putc(b, '}') : r;
+    return otlp_log_write(out, what);
 }
 
 void telemetry_log(int severity, const char *body, const trace_context *ctx, const char *const *attrs)
 {
     if (!signal_on(TELEMETRY_LOGS) || on_exporter_thread)
         return; /* the exporter's own complaints are not exported: they would feed themselves */
-    const log_record l = {severity, body, ctx, attrs};
-    enqueue(TELEMETRY_LOGS, record_text(write_log, &l));
+    const otlp_log l = {otlp_now_ns(), severity, body, ctx, attrs};
+    put_record(TELEMETRY_LOGS, otlp_log_bound(&l), write_log, &l);
 }
 
 /* ---- metrics ---- */
@@ -530,28 +531,23 @@ static json_t *collect_metrics(const metrics_source *only)
 /* ---- sending ---- */
 
 
-/* BODY gzip-compressed into *RET (the caller frees), *RET_N bytes. */
-static int gzip(const char *body, size_t n, unsigned char **ret, size_t *ret_n)
+/* BODY (N bytes) gzip-compressed into *RET (T.gz: valid until the next
+ * call), *RET_N bytes. The fastest level: OTLP JSON compresses well at any,
+ * and the exporter's CPU is the serving role's. */
+static int gzip(const char *body, size_t n, const unsigned char **ret, size_t *ret_n)
 {
-    z_stream z = {0};
-    /* the fastest level: OTLP JSON compresses well at any, and the
-     * exporter's CPU is the serving role's */
-    if (deflateInit2(&z, Z_BEST_SPEED, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
-        return -ENOMEM;
-    size_t cap = deflateBound(&z, n);
-    unsigned char *out = malloc(cap);
-    z.next_in = (unsigned char *)body;
-    z.avail_in = (uInt)n;
-    z.next_out = out;
-    z.avail_out = (uInt)cap;
-    int e = out ? deflate(&z, Z_FINISH) : Z_MEM_ERROR;
-    size_t len = z.total_out;
-    deflateEnd(&z);
-    if (e != Z_STREAM_END) {
-        free(out);
-        return -ENOMEM;
+    size_t bound = libdeflate_gzip_compress_bound(T.deflate, n);
+    if (bound > T.gz_cap) {
+        unsigned char *gz = realloc(T.gz, bound);
+        if (!gz)
+            return -ENOMEM;
+        T.gz = gz;
+        T.gz_cap = bound;
     }
-    *ret = out;
+    size_t len = libdeflate_gzip_compress(T.deflate, body, n, T.gz, T.gz_cap);
+    if (!len)
+        return -ENOMEM;
+    *ret = T.gz;
     *ret_n = len;
     return 0;
 }
@@ -619,21 +615,20 @@ static bool backoff_wait(unsigned ms)
     return ok;
 }
 
-/* POSTs BODY (the JSON text of N records of signal S, stolen; NULL: it
+/* POSTs TEXT (LEN bytes: the JSON of N records of signal S; NULL: it
  * could not be made) with retries; counts the records as dropped when they
  * could not be delivered. */
-static void export(telemetry_signal s, char *body, size_t n)
+static void export(telemetry_signal s, const char *text, size_t len, size_t n)
 {
     const otlp_signal_config *sc = &T.cfg.signal[s];
-    _cleanup_free_ char *text = body;
-    _cleanup_free_ unsigned char *gz = NULL;
+    const unsigned char *gz = NULL;
     size_t gz_n = 0;
-    if (!text || (sc->gzip && gzip(text, strlen(text), &gz, &gz_n) < 0)) {
+    if (!text || (sc->gzip && gzip(text, len, &gz, &gz_n) < 0)) {
         count_dropped(s, n, "out of memory");
         return;
     }
     const char *payload = sc->gzip ? (const char *)gz : text;
-    size_t payload_n = sc->gzip ? gz_n : strlen(text);
+    size_t payload_n = sc->gzip ? gz_n : len;
     curl_easy_setopt(T.curl, CURLOPT_HTTPHEADER, T.headers[s]);
     curl_easy_setopt(T.curl, CURLOPT_CAINFO, sc->ca_file); /* NULL: the system's roots */
     for (unsigned attempt = 1;; attempt++) {
@@ -677,41 +672,106 @@ static void export(telemetry_signal s, char *body, size_t n)
     }
 }
 
-/* Moves up to batch_max records of queue S (the lock held) into a new
- * array *RET of *RET_N (NULL when out of memory: they stay queued). */
-static void take_batch(telemetry_signal s, char ***ret, size_t *ret_n)
+/* Appends chunk C to Q's ready list. */
+static void ready_append(record_queue *q, chunk *c)
 {
-    record_queue *q = &T.queue[s];
-    size_t n = MIN(q->n, (size_t)T.cfg.batch_max);
-    char **items = malloc(n * sizeof(*items));
-    *ret = items;
-    *ret_n = items ? n : 0;
-    for (size_t i = 0; items && i < n; i++) {
-        items[i] = q->items[q->head];
-        q->head = (q->head + 1) % T.cfg.queue_max;
-        q->n--;
+    c->next = NULL;
+    if (!q->ready)
+        q->ready_tail = &q->ready;
+    *q->ready_tail = c;
+    q->ready_tail = &c->next;
+}
+
+/* Moves the chunks handed over for Q to its ready list, oldest first. */
+static void gather_handed(record_queue *q)
+{
+    chunk *c = atomic_exchange_explicit(&q->handed, NULL, memory_order_acquire), *oldest = NULL;
+    while (c) {
+        chunk *next = c->next;
+        c->next = oldest;
+        oldest = c;
+        c = next;
+    }
+    while (oldest) {
+        chunk *next = oldest->next;
+        ready_append(q, oldest);
+        oldest = next;
     }
 }
 
-/* The request body of the N records ITEMS of signal S (freed, with ITEMS). */
-static char *batch_body(telemetry_signal s, char **items, size_t n)
+/* Moves every thread's half-full chunk of signal S to its ready list. */
+static void gather_open(telemetry_signal s)
 {
-    _cleanup_strbuf_ strbuf b;
-    strbuf_init(&b, BODY_MAX);
-    int r = otlp_envelope_text(&b, s, T.resource_text, (const char *const *)items, n);
-    for (size_t i = 0; i < n; i++)
-        free(items[i]);
-    free(items);
-    return r == 0 ? strbuf_steal(&b) : NULL;
+    pthread_mutex_lock(&T.threads_lock);
+    for (thread_records *tr = T.threads; tr; tr = tr->next) {
+        pthread_mutex_lock(&tr->lock);
+        chunk *c = TAKE_PTR(tr->open[s]);
+        pthread_mutex_unlock(&tr->lock);
+        if (c)
+            ready_append(&T.queue[s], c);
+    }
+    pthread_mutex_unlock(&T.threads_lock);
 }
 
-/* The request body of METRICS (an array of OTLP Metric objects, stolen). */
-static char *metrics_body(json_t *metrics)
+/* Takes the records of one request of signal S: whole chunks, oldest
+ * first, at most batch_max records (a chunk holds no more), the threads'
+ * half-full chunks too when FLUSH or when what was handed over is not a
+ * batch. Returns the chunks (NULL: none), *RET_N the records in them. */
+static chunk *take_batch(telemetry_signal s, bool flush, size_t *ret_n)
+{
+    record_queue *q = &T.queue[s];
+    gather_handed(q);
+    size_t ready = 0;
+    for (chunk *c = q->ready; c && ready < T.cfg.batch_max; c = c->next)
+        ready += c->n;
+    if (ready < T.cfg.batch_max && (flush || atomic_load(&q->pending) >= T.cfg.batch_max))
+        gather_open(s);
+    chunk *batch = NULL, **tail = &batch;
+    size_t n = 0;
+    while (q->ready && (n == 0 || n + q->ready->n <= T.cfg.batch_max)) {
+        chunk *c = q->ready;
+        q->ready = c->next;
+        c->next = NULL;
+        *tail = c;
+        tail = &c->next;
+        n += c->n;
+    }
+    atomic_fetch_sub(&q->pending, n);
+    *ret_n = n;
+    return batch;
+}
+
+/* The request body of the records in the chunks BATCH of signal S (freed)
+ * in T.body (NULL when it could not be made). */
+static const char *batch_body(telemetry_signal s, chunk *batch)
+{
+    size_t n = 0;
+    for (chunk *c = batch; c; c = c->next)
+        n++;
+    _cleanup_free_ const char **texts = malloc(n * sizeof(*texts));
+    n = 0;
+    for (chunk *c = batch; texts && c; c = c->next)
+        texts[n++] = c->data;
+    strbuf_reset(&T.body);
+    int r = texts ? otlp_envelope_text(&T.body, s, T.resource_text, texts, n) : -ENOMEM;
+    chunks_free(batch);
+    return r == 0 ? T.body.data : NULL;
+}
+
+/* Whether Q holds records the exporter could take now (when STOPPING, any
+ * record still pending). */
+static bool queue_has_more(record_queue *q, bool stopping)
+{
+    return q->ready || atomic_load(&q->handed) || (stopping && atomic_load(&q->pending));
+}
+
+/* Exports METRICS (an array of OTLP Metric objects, stolen). */
+static void export_metrics(json_t *metrics)
 {
     json_t *body = otlp_envelope(TELEMETRY_METRICS, T.cfg.resource, metrics);
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    _cleanup_free_ char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
-    return text;
+    export(TELEMETRY_METRICS, text, text ? strlen(text) : 0, 1);
 }
 
 static void *exporter_main(void *arg)
@@ -725,41 +785,41 @@ static void *exporter_main(void *arg)
             uint64_t now = mono_ms();
             bool full = false;
             for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
-                full = full || T.queue[s].n >= T.cfg.batch_max;
+                full = full || atomic_load(&T.queue[s].pending) >= T.cfg.batch_max;
             if (T.stopping || full || T.last_metrics || now >= next_flush || now >= next_metrics)
                 break;
             wait_until(MIN(next_flush, next_metrics));
         }
         bool stopping = T.stopping;
-        uint64_t now = mono_ms();
-        bool flush = stopping || now >= next_flush;
-        char **batches[TELEMETRY_SIGNAL_COUNT_] = {0};
-        size_t counts[TELEMETRY_SIGNAL_COUNT_] = {0};
-        for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
-            if (T.queue[s].n && (flush || T.queue[s].n >= T.cfg.batch_max))
-                take_batch((telemetry_signal)s, &batches[s], &counts[s]);
-        bool more = false;
-        for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
-            more = more || T.queue[s].n;
         pthread_mutex_unlock(&T.lock);
-
-        for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++)
-            if (batches[s])
-                export((telemetry_signal)s, batch_body((telemetry_signal)s, batches[s], counts[s]), counts[s]);
+        uint64_t now = mono_ms();
+        bool flush = stopping || now >= next_flush, more = false;
+        for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
+            record_queue *q = &T.queue[s];
+            if (!atomic_load(&q->pending) || !(flush || atomic_load(&q->pending) >= T.cfg.batch_max))
+                continue;
+            size_t n;
+            chunk *batch = take_batch((telemetry_signal)s, flush, &n);
+            if (batch) {
+                const char *text = batch_body((telemetry_signal)s, batch);
+                export((telemetry_signal)s, text, T.body.len, n);
+            }
+            more = more || queue_has_more(q, stopping);
+        }
         if (flush && !more)
             next_flush = mono_ms() + T.cfg.delay_ms;
         pthread_mutex_lock(&T.lock);
         json_t *last = TAKE_PTR(T.last_metrics);
         pthread_mutex_unlock(&T.lock);
         if (last)
-            export(TELEMETRY_METRICS, metrics_body(last), 1);
+            export_metrics(last);
         if (T.cfg.signal[TELEMETRY_METRICS].url && (stopping || mono_ms() >= next_metrics)) {
             next_metrics = mono_ms() + T.cfg.metric_interval_ms;
             pthread_mutex_lock(&T.collecting);
             json_t *metrics = collect_metrics(NULL);
             pthread_mutex_unlock(&T.collecting);
             if (metrics)
-                export(TELEMETRY_METRICS, metrics_body(metrics), 1);
+                export_metrics(metrics);
         } else if (!T.cfg.signal[TELEMETRY_METRICS].url)
             next_metrics = UINT64_MAX;
         if (stopping && !more)
@@ -821,6 +881,15 @@ static int signal_headers(const otlp_signal_config *sc, struct curl_slist **ret)
     return 0;
 }
 
+/* Frees the exporter thread's compressor and buffers. */
+static void free_buffers(void)
+{
+    libdeflate_free_compressor(TAKE_PTR(T.deflate));
+    strbuf_free(&T.body);
+    free(TAKE_PTR(T.gz));
+    T.gz_cap = 0;
+}
+
 static void free_headers(void)
 {
     for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
@@ -875,12 +944,11 @@ int telemetry_init(const char *service_name)
     pthread_condattr_destroy(&ca);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     T.curl = curl_easy_init();
-    r = T.curl ? 0 : -ENOMEM;
+    T.deflate = libdeflate_alloc_compressor(1);
+    strbuf_init(&T.body, BODY_MAX);
+    r = T.curl && T.deflate ? 0 : -ENOMEM;
     for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
         r = signal_headers(&cfg.signal[s], &T.headers[s]);
-    for (int s = 0; r == 0 && s < TELEMETRY_SIGNAL_COUNT_; s++)
-        if (!(T.queue[s].items = calloc(cfg.queue_max, sizeof(char *))))
-            r = -ENOMEM;
     if (r == 0 && !(T.resource_text = json_dumps(cfg.resource, JSON_COMPACT)))
         r = -ENOMEM;
     if (r == 0) {
@@ -901,11 +969,8 @@ int telemetry_init(const char *service_name)
     }
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot start the OpenTelemetry exporter", "error", strerror(-r), NULL);
-        for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
-            free(T.queue[s].items);
-            T.queue[s].items = NULL;
-        }
         free_headers();
+        free_buffers();
         curl_easy_cleanup(T.curl);
         T.curl = NULL;
         free(TAKE_PTR(T.resource_text));
@@ -939,15 +1004,19 @@ void telemetry_shutdown(void)
         return;
     }
     atomic_store(&T.enabled, false);
+    /* what the exporter did not send, wherever it is, counts as dropped */
     for (int s = 0; s < TELEMETRY_SIGNAL_COUNT_; s++) {
+        gather_open((telemetry_signal)s);
         record_queue *q = &T.queue[s];
-        atomic_fetch_add(&dropped_after_stop[s], atomic_load(&q->dropped) + q->n);
-        for (size_t i = 0; i < q->n; i++)
-            free(q->items[(q->head + i) % T.cfg.queue_max]);
-        free(q->items);
-        *q = (record_queue){0};
+        gather_handed(q);
+        chunks_free(TAKE_PTR(q->ready));
+        atomic_fetch_add(&dropped_after_stop[s], atomic_load(&q->dropped) + atomic_load(&q->pending));
+        atomic_store(&q->pending, 0);
+        atomic_store(&q->dropped, 0);
+        atomic_store(&q->warned, false);
     }
     free_headers();
+    free_buffers();
     curl_easy_cleanup(T.curl);
     T.curl = NULL;
     T.n_sources = 0;

@@ -73,6 +73,19 @@ uint64_t otlp_now_ns(void);
 /* N random bytes, not all zero (a trace or span id): unique, not secret. */
 void otlp_random_id(uint8_t *out, size_t n);
 
+/* The most bytes otlp_json_put() writes for N bytes of input. */
+#define OTLP_JSON_BOUND(n) (6 * (size_t)(n) + 2)
+/* Writes the N bytes at S as a JSON string, quotes included, at OUT (room
+ * for OTLP_JSON_BOUND(N) bytes): control characters escaped, each byte of
+ * invalid UTF-8 (or of a character cut at N) replaced by U+FFFD. Returns the
+ * end of what it wrote. */
+char *otlp_json_put(char *out, const char *s, size_t n);
+/* N bytes at P as 2N lower-case hex digits at OUT; returns the end. */
+char *otlp_hex_put(char *out, const uint8_t *p, size_t n);
+/* V in decimal at OUT (at most 20 bytes; 21 with a sign); returns the end. */
+char *otlp_u64_put(char *out, uint64_t v);
+char *otlp_i64_put(char *out, int64_t v);
+
 /* Appends S (at most MAX bytes of it) to B as a JSON string: control
  * characters escaped, each byte of invalid UTF-8 (or of a character cut at
  * MAX) replaced by U+FFFD, so that one bad byte never makes a batch that a
@@ -94,6 +107,68 @@ json_t *otlp_envelope(telemetry_signal s, const json_t *resource, json_t *record
  * START_NS and NOW_NS as each point's times. Lines it does not understand
  * are skipped. Returns 0 or -ENOMEM. */
 int otlp_metrics_from_prometheus(const char *text, uint64_t start_ns, uint64_t now_ns, json_t *metrics);
+
+/* ---- spans and log records, written as OTLP JSON text ---- */
+
+#define OTLP_STRING_MAX 4096   /* an attribute's key or value, a log body: cut beyond */
+#define OTLP_SPAN_ATTRS_MAX 64 /* attributes of a span or log record; more are ignored */
+#define OTLP_SPAN_LINKS_MAX 8
+#define OTLP_SPAN_TEXT_INLINE 2048 /* attribute text a span holds without allocating */
+
+/* A span being recorded. Its attributes are kept as the JSON text they will
+ * be sent as, {"key":..,"value":{..}} one after the other, so that ending it
+ * copies them. */
+struct telemetry_span {
+    trace_context ctx;
+    uint8_t parent_span_id[8];
+    bool has_parent;
+    int kind;
+    int status_code;
+    uint64_t start_ns;
+    char name[256];
+    char status_message[512];
+    trace_context links[OTLP_SPAN_LINKS_MAX];
+    size_t n_links;
+    struct {
+        uint32_t off, len; /* of the attribute's text */
+        uint32_t key_len;  /* of its key's JSON string, at off + 7 */
+    } attrs[OTLP_SPAN_ATTRS_MAX];
+    size_t n_attrs;
+    char *text; /* text_inline, or the heap once it outgrew it */
+    size_t len, cap;
+    telemetry_span *next_spare; /* on its thread's list of spans to reuse */
+    char text_inline[OTLP_SPAN_TEXT_INLINE];
+};
+
+/* Makes S (its memory the caller's) a new span NAME of KIND, a child of
+ * PARENT (NULL: a new trace), started now. */
+void otlp_span_init(telemetry_span *s, const char *name, int kind, const trace_context *parent);
+/* Frees what S allocated itself (not S). */
+void otlp_span_release(telemetry_span *s);
+/* Sets attribute KEY of S (replacing one of that key) to a string, cut at
+ * OTLP_STRING_MAX bytes, or an integer. Returns 0, -ENOSPC past
+ * OTLP_SPAN_ATTRS_MAX attributes, or -ENOMEM (S is then as it was). */
+int otlp_span_set_str(telemetry_span *s, const char *key, const char *value);
+int otlp_span_set_int(telemetry_span *s, const char *key, int64_t value);
+/* The most bytes otlp_span_write() writes for S. */
+size_t otlp_span_bound(const telemetry_span *s);
+/* Writes S, ending at END_NS, as an OTLP Span's JSON at OUT (room for
+ * otlp_span_bound(S)); returns the end. */
+char *otlp_span_write(char *out, const telemetry_span *s, uint64_t end_ns);
+
+/* A log record: body, attributes (key, value pairs of strings,
+ * NULL-terminated; may be NULL), the trace it belongs to (may be NULL). */
+typedef struct otlp_log {
+    uint64_t time_ns;
+    int severity;
+    const char *body;
+    const trace_context *ctx;
+    const char *const *attrs;
+} otlp_log;
+size_t otlp_log_bound(const otlp_log *l);
+/* Writes L as an OTLP LogRecord's JSON at OUT (room for otlp_log_bound(L));
+ * returns the end. */
+char *otlp_log_write(char *out, const otlp_log *l);
 
 /* ---- retries ---- */
 

@@ -35,7 +35,11 @@ typedef enum telemetry_signal {
     TELEMETRY_SIGNAL_COUNT_,
 } telemetry_signal;
 uint64_t telemetry_dropped(telemetry_signal s);
-/* Appends cloister_telemetry_dropped_total{signal=...} (Prometheus text) to OUT. */
+/* Records of signal S waiting to be exported: queued, not yet taken into a
+ * request (at most OTEL_BSP_MAX_QUEUE_SIZE). */
+uint64_t telemetry_queued(telemetry_signal s);
+/* Appends cloister_telemetry_dropped_total{signal=...} and
+ * cloister_telemetry_queued_records{signal=...} (Prometheus text) to OUT. */
 int telemetry_metrics_render(strbuf *out);
 
 /* ---- W3C trace context (https://www.w3.org/TR/trace-context/) ---- */

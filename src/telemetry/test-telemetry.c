@@ -293,6 +293,188 @@ Test(encode, the_text_envelope_is_the_json_one)
     json_decref(res);
 }
 
+static const char *attr_value(json_t *attrs, const char *key, const char *type)
+{
+    size_t i;
+    json_t *kv;
+    json_array_foreach(attrs, i, kv)
+        if (strcmp(json_string_value(json_object_get(kv, "key")), key) == 0)
+            return json_string_value(json_object_get(json_object_get(kv, "value"), type));
+    return NULL;
+}
+
+Test(encode, escaping_never_writes_past_its_bound)
+{
+    /* the worst cases: every byte escaped as \u00XX, every byte invalid UTF-8 */
+    char controls[64], invalid[64];
+    memset(controls, 0x01, sizeof(controls));
+    memset(invalid, 0xff, sizeof(invalid));
+    const char *inputs[] = {controls, invalid};
+    for (size_t i = 0; i < 2; i++) {
+        size_t bound = OTLP_JSON_BOUND(sizeof(controls));
+        char *out = malloc(bound); /* ASan catches one byte more */
+        char *end = otlp_json_put(out, inputs[i], sizeof(controls));
+        cr_assert_eq((size_t)(end - out), bound, "input %zu wrote %zu of %zu", i, (size_t)(end - out), bound);
+        json_t *j = json_loadb(out, bound, JSON_DECODE_ANY, NULL);
+        cr_assert(json_is_string(j));
+        cr_assert_eq(json_string_length(j), i == 0 ? 64 : 64 * 3); /* U+0001, or U+FFFD in 3 bytes */
+        json_decref(j);
+        free(out);
+    }
+}
+
+Test(encode, ids_and_integers)
+{
+    char out[64];
+    const uint8_t id[] = {0x00, 0x0f, 0xa5, 0xff, 0x10};
+    *otlp_hex_put(out, id, sizeof(id)) = '\0';
+    cr_assert_str_eq(out, "000fa5ff10");
+    *otlp_u64_put(out, 0) = '\0';
+    cr_assert_str_eq(out, "0");
+    *otlp_u64_put(out, UINT64_MAX) = '\0';
+    cr_assert_str_eq(out, "18446744073709551615");
+    *otlp_i64_put(out, INT64_MIN) = '\0';
+    cr_assert_str_eq(out, "-9223372036854775808");
+    *otlp_i64_put(out, -42) = '\0';
+    cr_assert_str_eq(out, "-42");
+}
+
+/* S written into exactly otlp_span_bound(S) bytes (ASan watches the end)
+ * and parsed. */
+static json_t *span_json(const telemetry_span *s)
+{
+    size_t bound = otlp_span_bound(s);
+    char *out = malloc(bound);
+    char *end = otlp_span_write(out, s, s->start_ns + 5);
+    cr_assert_leq((size_t)(end - out), bound);
+    json_error_t err;
+    json_t *j = json_loadb(out, (size_t)(end - out), 0, &err);
+    cr_assert_not_null(j, "%s in %.*s", err.text, (int)(end - out), out);
+    free(out);
+    return j;
+}
+
+Test(encode, a_span_is_its_otlp_json_with_replaced_and_capped_attributes)
+{
+    telemetry_span *s = malloc(sizeof(*s));
+    trace_context parent;
+    cr_assert_eq(trace_context_parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", 55, &parent), 0);
+    otlp_span_init(s, "GET \"/x\"\n", TELEMETRY_SPAN_CLIENT, &parent);
+    char *huge = malloc(3 * OTLP_STRING_MAX);
+    memset(huge, 'v', 3 * OTLP_STRING_MAX - 1);
+    huge[3 * OTLP_STRING_MAX - 1] = '\0';
+    cr_assert_eq(otlp_span_set_int(s, "n", 1), 0);
+    cr_assert_eq(otlp_span_set_str(s, "bad", "a\x01\xff" "b"), 0);
+    cr_assert_eq(otlp_span_set_str(s, "huge", huge), 0); /* past the inline text: on the heap */
+    cr_assert_eq(otlp_span_set_int(s, "n", -7), 0);       /* replaces the first */
+    cr_assert_eq(otlp_span_set_str(s, "bad", "ok"), 0);   /* and again, from the middle */
+    for (int i = 0; i < OTLP_SPAN_ATTRS_MAX; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "k%d", i);
+        cr_assert_eq(otlp_span_set_int(s, key, i), i < OTLP_SPAN_ATTRS_MAX - 3 ? 0 : -ENOSPC, "attribute %d", i);
+    }
+    telemetry_span_set_status(s, TELEMETRY_STATUS_ERROR, "no \"answer\"");
+    trace_context link = parent;
+    link.flags = 0;
+    telemetry_span_add_link(s, &link);
+    telemetry_span_add_link(s, &link);
+
+    json_t *j = span_json(s);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "traceId")), "4bf92f3577b34da6a3ce929d0e0e4736");
+    cr_assert_str_eq(json_string_value(json_object_get(j, "parentSpanId")), "00f067aa0ba902b7");
+    char span_hex[17];
+    hex_encode(s->ctx.span_id, 8, span_hex);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "spanId")), span_hex);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "name")), "GET \"/x\"\n");
+    cr_assert_eq(json_integer_value(json_object_get(j, "kind")), 3);
+    cr_assert_eq(json_integer_value(json_object_get(j, "flags")), 0x101);
+    cr_assert_eq(strtoull(json_string_value(json_object_get(j, "endTimeUnixNano")), NULL, 10),
+                 strtoull(json_string_value(json_object_get(j, "startTimeUnixNano")), NULL, 10) + 5);
+    json_t *attrs = json_object_get(j, "attributes");
+    cr_assert_eq(json_array_size(attrs), OTLP_SPAN_ATTRS_MAX);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(attrs, 0), "key")), "huge");
+    cr_assert_eq(strlen(attr_value(attrs, "huge", "stringValue")), OTLP_STRING_MAX);
+    cr_assert_str_eq(attr_value(attrs, "n", "intValue"), "-7");
+    cr_assert_str_eq(attr_value(attrs, "bad", "stringValue"), "ok");
+    cr_assert_str_eq(attr_value(attrs, "k60", "intValue"), "60");
+    json_t *links = json_object_get(j, "links");
+    cr_assert_eq(json_array_size(links), 2);
+    cr_assert_eq(json_integer_value(json_object_get(json_array_get(links, 1), "flags")), 0);
+    json_t *status = json_object_get(j, "status");
+    cr_assert_eq(json_integer_value(json_object_get(status, "code")), 2);
+    cr_assert_str_eq(json_string_value(json_object_get(status, "message")), "no \"answer\"");
+    json_decref(j);
+
+    /* a string value with a control character and invalid UTF-8 */
+    otlp_span_release(s);
+    otlp_span_init(s, "x", TELEMETRY_SPAN_SERVER, NULL);
+    cr_assert_eq(otlp_span_set_str(s, "bad\x02", "a\x01\xff" "b"), 0);
+    j = span_json(s);
+    cr_assert_null(json_object_get(j, "parentSpanId"));
+    cr_assert_str_eq(attr_value(json_object_get(j, "attributes"), "bad\x02", "stringValue"), "a\x01\xef\xbf\xbd" "b");
+    cr_assert_eq(json_array_size(json_object_get(j, "links")), 0);
+    cr_assert_null(json_object_get(json_object_get(j, "status"), "message"));
+    json_decref(j);
+    otlp_span_release(s);
+    free(s);
+    free(huge);
+}
+
+Test(encode, a_log_record_is_its_otlp_json_with_capped_strings)
+{
+    char *huge = malloc(2 * OTLP_STRING_MAX);
+    memset(huge, 'b', 2 * OTLP_STRING_MAX - 1);
+    huge[2 * OTLP_STRING_MAX - 1] = '\0';
+    const char *attrs[2 * OTLP_SPAN_ATTRS_MAX + 8];
+    char keys[OTLP_SPAN_ATTRS_MAX + 4][16];
+    size_t n = 0;
+    attrs[n++] = "ctl";
+    attrs[n++] = "\x1f\"\\\xc3";
+    for (int i = 0; i < OTLP_SPAN_ATTRS_MAX + 2; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "k%d", i);
+        attrs[n++] = keys[i];
+        attrs[n++] = huge;
+    }
+    attrs[n] = NULL;
+    trace_context ctx;
+    trace_context_new(&ctx);
+    const otlp_log l = {.time_ns = 1700000000123456789ULL, .severity = TELEMETRY_SEVERITY_WARN, .body = huge,
+                        .ctx = &ctx, .attrs = attrs};
+    size_t bound = otlp_log_bound(&l);
+    char *out = malloc(bound);
+    char *end = otlp_log_write(out, &l);
+    cr_assert_leq((size_t)(end - out), bound);
+    json_t *j = json_loadb(out, (size_t)(end - out), 0, NULL);
+    cr_assert_not_null(j);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "timeUnixNano")), "1700000000123456789");
+    cr_assert_eq(json_integer_value(json_object_get(j, "severityNumber")), 13);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "severityText")), "WARN");
+    cr_assert_eq(strlen(json_string_value(json_object_get(json_object_get(j, "body"), "stringValue"))),
+                 OTLP_STRING_MAX);
+    json_t *a = json_object_get(j, "attributes");
+    cr_assert_eq(json_array_size(a), OTLP_SPAN_ATTRS_MAX);
+    cr_assert_str_eq(attr_value(a, "ctl", "stringValue"), "\x1f\"\\\xef\xbf\xbd");
+    cr_assert_eq(strlen(attr_value(a, "k0", "stringValue")), OTLP_STRING_MAX);
+    char hex[33];
+    hex_encode(ctx.trace_id, 16, hex);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "traceId")), hex);
+    hex_encode(ctx.span_id, 8, hex);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "spanId")), hex);
+    json_decref(j);
+    free(out);
+
+    const otlp_log bare = {.severity = TELEMETRY_SEVERITY_DEBUG};
+    out = malloc(otlp_log_bound(&bare));
+    end = otlp_log_write(out, &bare);
+    j = json_loadb(out, (size_t)(end - out), 0, NULL);
+    cr_assert_not_null(j);
+    cr_assert_null(json_object_get(j, "traceId"));
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(j, "body"), "stringValue")), "");
+    json_decref(j);
+    free(out);
+    free(huge);
+}
+
 static json_t *metric_named(json_t *metrics, const char *name)
 {
     size_t i;
@@ -439,12 +621,13 @@ Test(api, everything_is_a_no_op_when_export_is_off)
 
 /* A minimal OTLP/HTTP collector: answers 200 to every POST and keeps each
  * request's path and gunzipped body. */
+#define COLLECTOR_MAX 256
 typedef struct collector {
     int fd;
     pthread_mutex_t lock;
-    char paths[32][32];
-    json_t *bodies[32];
-    char encodings[32][32];
+    char paths[COLLECTOR_MAX][32];
+    json_t *bodies[COLLECTOR_MAX];
+    char encodings[COLLECTOR_MAX][32];
     size_t n;
 } collector;
 
@@ -493,7 +676,7 @@ static void serve_connection(collector *c, int fd)
         }
         json_t *body = gunzip_json((unsigned char *)buf + head, len);
         pthread_mutex_lock(&c->lock);
-        if (c->n < 32) {
+        if (c->n < COLLECTOR_MAX) {
             snprintf(c->paths[c->n], sizeof(c->paths[0]), "%s", path);
             snprintf(c->encodings[c->n], sizeof(c->encodings[0]), "%s", encoding);
             c->bodies[c->n++] = body;
@@ -538,30 +721,38 @@ static int one_counter(strbuf *out, void *userdata)
     return strbuf_printf(out, "# TYPE test_things_total counter\ntest_things_total{a=\"b\"} %d\n", *(int *)userdata);
 }
 
-static const char *attr_value(json_t *attrs, const char *key, const char *type)
+
+/* Starts collector C on a loopback port of its own, on thread *T, and
+ * points OTEL_EXPORTER_OTLP_ENDPOINT at it. */
+static void collector_start(collector *c, pthread_t *t)
 {
-    size_t i;
-    json_t *kv;
-    json_array_foreach(attrs, i, kv)
-        if (strcmp(json_string_value(json_object_get(kv, "key")), key) == 0)
-            return json_string_value(json_object_get(json_object_get(kv, "value"), type));
-    return NULL;
+    *c = (collector){.lock = PTHREAD_MUTEX_INITIALIZER};
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    cr_assert_eq(bind(c->fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    cr_assert_eq(listen(c->fd, 8), 0);
+    getsockname(c->fd, (struct sockaddr *)&a, &alen);
+    pthread_create(t, NULL, collector_main, c);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", ntohs(a.sin_port));
+    setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url, 1);
+}
+
+static void collector_stop(collector *c, pthread_t t)
+{
+    shutdown(c->fd, SHUT_RDWR);
+    close(c->fd);
+    pthread_join(t, NULL);
+    for (size_t i = 0; i < c->n; i++)
+        json_decref(c->bodies[i]);
 }
 
 Test(exporter, sends_spans_logs_and_metrics_as_otlp_json_and_flushes_at_shutdown)
 {
-    collector c = {.lock = PTHREAD_MUTEX_INITIALIZER};
-    c.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof(a);
-    cr_assert_eq(bind(c.fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    cr_assert_eq(listen(c.fd, 8), 0);
-    getsockname(c.fd, (struct sockaddr *)&a, &alen);
+    collector c;
     pthread_t t;
-    pthread_create(&t, NULL, collector_main, &c);
-    char url[64];
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", ntohs(a.sin_port));
-    setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url, 1);
+    collector_start(&c, &t);
     setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-test=1", 1);
     setenv("OTEL_METRIC_EXPORT_INTERVAL", "3600000", 1); /* only the shutdown's export */
 
@@ -647,9 +838,66 @@ Test(exporter, sends_spans_logs_and_metrics_as_otlp_json_and_flushes_at_shutdown
     free(text);
     cr_assert_eq(telemetry_dropped(TELEMETRY_TRACES), 0);
     cr_assert_eq(telemetry_dropped(TELEMETRY_LOGS), 0);
-    shutdown(c.fd, SHUT_RDWR);
-    close(c.fd);
-    pthread_join(t, NULL);
-    for (size_t i = 0; i < c.n; i++)
-        json_decref(c.bodies[i]);
+    collector_stop(&c, t);
+}
+
+#define RECORDING_THREADS 4
+#define SPANS_PER_THREAD 300
+
+/* Records SPANS_PER_THREAD spans, named after the thread (ARG), and ends. */
+static void *record_spans(void *arg)
+{
+    for (int i = 0; i < SPANS_PER_THREAD; i++) {
+        telemetry_span *s = telemetry_span_start(arg, TELEMETRY_SPAN_INTERNAL, NULL);
+        telemetry_span_set_attr_int(s, "i", i);
+        telemetry_span_end(s);
+    }
+    return NULL;
+}
+
+Test(exporter, records_of_threads_that_ended_all_arrive_in_batches_of_at_most_the_batch_size)
+{
+    collector c;
+    pthread_t t;
+    collector_start(&c, &t);
+    setenv("OTEL_METRICS_EXPORTER", "none", 1);
+    setenv("OTEL_BSP_MAX_QUEUE_SIZE", "100000", 1);
+    setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100", 1);
+    cr_assert_eq(telemetry_init("cloisterd-test"), 0);
+    pthread_t threads[RECORDING_THREADS];
+    char names[RECORDING_THREADS][16];
+    for (int i = 0; i < RECORDING_THREADS; i++) {
+        snprintf(names[i], sizeof(names[i]), "thread %d", i);
+        pthread_create(&threads[i], NULL, record_spans, names[i]);
+    }
+    for (int i = 0; i < RECORDING_THREADS; i++)
+        pthread_join(threads[i], NULL); /* their half-full buffers go to the exporter as they end */
+    telemetry_shutdown();
+    cr_assert_eq(telemetry_dropped(TELEMETRY_TRACES), 0);
+
+    int seen[RECORDING_THREADS][SPANS_PER_THREAD] = {{0}};
+    size_t total = 0;
+    for (size_t b = 0; b < c.n; b++) {
+        cr_assert_str_eq(c.paths[b], "/v1/traces");
+        json_t *spans = json_object_get(
+            json_array_get(json_object_get(json_array_get(json_object_get(c.bodies[b], "resourceSpans"), 0),
+                                           "scopeSpans"), 0), "spans");
+        cr_assert_leq(json_array_size(spans), 100, "a batch of %zu", json_array_size(spans));
+        size_t i;
+        json_t *span;
+        json_array_foreach(spans, i, span) {
+            int thread = -1;
+            sscanf(json_string_value(json_object_get(span, "name")), "thread %d", &thread);
+            cr_assert(thread >= 0 && thread < RECORDING_THREADS);
+            int n = atoi(attr_value(json_object_get(span, "attributes"), "i", "intValue"));
+            cr_assert(n >= 0 && n < SPANS_PER_THREAD);
+            seen[thread][n]++;
+            total++;
+        }
+    }
+    cr_assert_eq(total, RECORDING_THREADS * SPANS_PER_THREAD);
+    for (int i = 0; i < RECORDING_THREADS; i++)
+        for (int n = 0; n < SPANS_PER_THREAD; n++)
+            cr_assert_eq(seen[i][n], 1, "span %d of thread %d arrived %d times", n, i, seen[i][n]);
+    collector_stop(&c, t);
 }
