@@ -41,6 +41,7 @@
 #include <sys/socket.h>
 
 #include "agent/channel.h"
+#include "agent/egress.h"
 #include "agent/job.h"
 #include "agent/server.h"
 #include "attest/atls.h"
@@ -49,6 +50,7 @@
 #include "basic/macro.h"
 #include "basic/timeutil.h"
 #include "resource/resource.h"
+#include "sandbox/launch.h"
 
 #define SECRETS_MAX 16
 #define SECRET_VALUE_MAX (64 * 1024) /* a released data key is 32 bytes; a Secret's value at most this */
@@ -728,6 +730,9 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    /* an Enclave with egress: the CONNECT proxy, named in the workload's environment */
+    if (agent_egress_start(SANDBOX_EGRESS_PATH) < 0)
+        return 1;
     pid_t workload = start_workload(&a, &set);
     if (workload < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot start the workload", "error", strerror(-workload), NULL);

@@ -159,19 +159,24 @@ bool audit_appender_may(const char *appender, const char *action)
 {
     /* what each role emits today: the api reports for everything it fronts
      * (resources, auth, KMS calls, decisions, the Enclave controller); the
-     * runner emits nothing yet, so it appends nothing */
+     * runner its enclaves' egress decisions only */
     static const struct {
         const char *role, *prefix;
     } table[] = {
         {"api", ""},
         {"proxy", "proxy."},
         {"kms", "kms."},
+        {"runner", "enclave.egress"},
     };
     if (!appender || !action)
         return false;
+    /* "" and "x." are prefixes; anything else one exact action */
     for (size_t i = 0; i < ELEMENTSOF(table); i++)
-        if (strcmp(appender, table[i].role) == 0)
-            return strncmp(action, table[i].prefix, strlen(table[i].prefix)) == 0;
+        if (strcmp(appender, table[i].role) == 0) {
+            size_t n = strlen(table[i].prefix);
+            return n == 0 || table[i].prefix[n - 1] == '.' ? strncmp(action, table[i].prefix, n) == 0
+                                                           : strcmp(action, table[i].prefix) == 0;
+        }
     return false;
 }
 

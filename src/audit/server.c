@@ -635,7 +635,7 @@ int audit_serve(const audit_server_config *cfg)
         snprintf(listen, sizeof(listen), "unix:%s", cfg->socket);
         /* the roles that emit events; which entries each may append is audit_appender_may()'s */
         const peer_policy peers = {.socket = "audit.sock", .roles = cfg->roles, .n_roles = cfg->n_roles, .uid = geteuid(),
-                                   .allowed = {"api", "proxy", "kms"}};
+                                   .allowed = {"api", "proxy", "kms", "runner"}};
         r.roles = cfg->roles;
         r.n_roles = cfg->n_roles;
         httpd_config h = {

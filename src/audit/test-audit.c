@@ -423,7 +423,8 @@ Test(entry, what_each_role_may_append)
         {"proxy", "proxyx.access", false}, {"proxy", "kms.unseal", false},
         {"kms", "kms.unseal", true}, {"kms", "kms.decrypt", true}, {"kms", "auth.login", false},
         {"kms", "kmsx", false},
-        {"runner", "enclave.replica.launched", false}, {"audit", "resource.create", false},
+        {"runner", "enclave.replica.launched", false}, {"runner", "enclave.egress", true},
+        {"runner", "enclave.egressx", false}, {"runner", "enclave.egress.x", false}, {"audit", "resource.create", false},
         {"", "resource.create", false}, {"API", "resource.create", false}, {NULL, "x", false}, {"api", NULL, false},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)

@@ -19,6 +19,7 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
         .ca_cert = cfg->api_trust,
         .token = cfg->runner_token,
         .api_url = api_url,
+        .audit_socket = cfg->audit_socket,
         .health = health,
         .roles = all,
         .n_roles = n_all,

@@ -1,5 +1,6 @@
 #include "resource/resource.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdint.h>
@@ -337,6 +338,21 @@ static int check_enclave(const json_t *v, resource_path *path, resource_error *e
     return 0;
 }
 
+/* An egress entry's host is a lower-case DNS name or an IP literal (IPv6
+ * without brackets); the runner checks it again (runner/egress-check.h). */
+static int check_egress_entry(const json_t *v, resource_path *path, resource_error *err)
+{
+    const char *host = json_string_value(json_object_get(v, "host"));
+    uint8_t addr[16];
+    if (host && (schema_string_matches(FORMAT_HOSTNAME, host, strlen(host)) || inet_pton(AF_INET, host, addr) == 1 ||
+                 inet_pton(AF_INET6, host, addr) == 1))
+        return 0;
+    size_t saved = resource_path_push_key(path, "host", STRLEN("host"));
+    int r = resource_fail(err, path, "must be a lower-case DNS name or an IP address (IPv6 without brackets)");
+    resource_path_pop(path, saved);
+    return r;
+}
+
 static const schema s_bundle_path = STRING(.format = FORMAT_ABSOLUTE_PATH, .max_len = 1024);
 static const schema s_replica_count = {.type = SCHEMA_INT, .min = 1, .max = RESOURCE_ENCLAVE_REPLICAS_MAX};
 static const schema_field replicas_fields[] = {
@@ -353,6 +369,16 @@ static const schema_field enclave_secret_fields[] = {
 };
 static const schema s_enclave_secret = OBJECT(enclave_secret_fields, .check = check_enclave_secret);
 static const schema s_enclave_secrets = ARRAY(&s_enclave_secret, .max_items = 32);
+static const schema s_egress_host = STRING(.format = FORMAT_TEXT, .max_len = 253);
+static const schema s_port = {.type = SCHEMA_INT, .min = 1, .max = 65535};
+static const schema_field egress_entry_fields[] = {
+    {"host", &s_egress_host, true, NULL},
+    {"port", &s_port, true, NULL},
+    {"tls", &s_bool, false, "false"}, /* true: the tunnel's ClientHello must name host (SNI) */
+    {NULL},
+};
+static const schema s_egress_entry = OBJECT(egress_entry_fields, .check = check_egress_entry);
+static const schema s_egress = ARRAY(&s_egress_entry, .max_items = 32);
 static const schema s_memory_mib = {.type = SCHEMA_INT, .min = 8, .max = 1024 * 1024};
 static const schema s_pids = {.type = SCHEMA_INT, .min = 1, .max = 65536};
 static const schema_field enclave_limits_fields[] = {
@@ -367,6 +393,7 @@ static const schema_field enclave_fields[] = {
     {"secrets", &s_enclave_secrets, false, NULL},
     {"attestationPolicy", &s_name, false, NULL},
     {"limits", &s_enclave_limits, false, NULL},
+    {"egress", &s_egress, false, NULL}, /* allow-only: what the agent's proxy may reach */
     {NULL},
 };
 static const schema s_enclave_spec = OBJECT(enclave_fields, .check = check_enclave);

@@ -28,6 +28,10 @@
  *          agent runs one run of a Job (the engine bundle), its channel
  *          serves the job routes for that job and run only (runner/agent.h);
  *          the entry lists "job": {"name", "run"}.
+ *          "egress"?: [{"host", "port", "tls"?}] (agent mode only) is the
+ *          Enclave's allow-list: the runner serves the sandbox's egress
+ *          socket, where the agent's CONNECT proxy asks for each tunnel
+ *          (runner/egress.h).
  *   DELETE /v1/sandboxes/{name}     stops it
  *   GET    /v1/logs?enclave=E[&replica=R][&after=SEQ][&limit=N][&tail=1]
  *          the recent stdout/stderr lines of E's replicas (runner/output.h)
@@ -61,7 +65,9 @@
 #include "resource/resource.h"
 #include "telemetry/telemetry.h"
 #include "resource/manifest.h"
+#include "audit/event.h"
 #include "runner/agent.h"
+#include "runner/egress.h"
 #include "runner/output.h"
 #include "runner/server.h"
 #include "sandbox/launch.h"
@@ -83,6 +89,7 @@ typedef struct sandbox {
     char owner[RUNNER_OWNER_MAX]; /* "" when none */
     uint64_t id;         /* agent mode: the tag of its channel's connections */
     runner_agent *agent; /* NULL: plain mode */
+    runner_egress *egress; /* agent mode with "egress": its tunnels; NULL: none */
     trace_context trace; /* its launch's span: what its agent asks joins that trace */
     bool has_trace;
 } sandbox;
@@ -216,7 +223,7 @@ static json_t *read_enclave_yaml(const char *bundle, api_error *err)
 /* POST /v1/sandboxes: measures and launches; the answer or NULL with ERR. */
 static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
 {
-    static const char *const known[] = {"name", "bundle", "config", "limits", "owner", "agent", NULL};
+    static const char *const known[] = {"name", "bundle", "config", "limits", "owner", "agent", "egress", NULL};
     if (api_only_fields(body, known, err) < 0)
         return NULL;
     const char *name = json_string_value(json_object_get(body, "name"));
@@ -298,6 +305,18 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
             return NULL;
         memcpy(sb.pcrs[3], runner_agent_measurement(agent), ATTEST_SANDBOX_PCR_LEN);
     }
+    _cleanup_(runner_egress_freep) runner_egress *egress = NULL;
+    if (json_object_get(body, "egress")) {
+        char dir[4200];
+        if (!agent) {
+            api_fail(err, 400, "invalid", "egress needs agent mode: the agent's proxy is the way out");
+            return NULL;
+        }
+        snprintf(dir, sizeof(dir), "%s/%s", rn->cfg->dir, name); /* the agent's directory */
+        egress = runner_egress_new(dir, name, sb.owner, json_object_get(body, "egress"), err);
+        if (!egress)
+            return NULL;
+    }
 
     int out_fd = -1, err_fd = -1;
     int r = rn->output ? runner_output_open(rn->output, name, sb.owner, &out_fd, &err_fd) : -ESHUTDOWN;
@@ -316,6 +335,8 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
     };
     if (agent)
         runner_agent_fill_spec(agent, &spec);
+    if (egress)
+        spec.egress = runner_egress_socket(egress);
     sandbox_error serr = {{0}};
     r = sandbox_launch(&spec, &sb.pid, &serr);
     runner_output_started(rn->output, name, r == 0);
@@ -333,6 +354,7 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
             return NULL;
         }
         sb.agent = TAKE_PTR(agent);
+        sb.egress = TAKE_PTR(egress);
     }
     sb.has_trace = telemetry_current_context(&sb.trace);
     *slot = sb;
@@ -401,6 +423,7 @@ static void stop_sandbox(runner *rn, sandbox *sb)
     log_fields(LOG_LEVEL_INFO, "sandbox stopped", "name", sb->name, NULL);
     if (rn->output)
         runner_output_forget(rn->output, sb->name);
+    runner_egress_free(sb->egress); /* before the agent's directory goes */
     runner_agent_free(sb->agent);
     *sb = (sandbox){0};
 }
@@ -426,6 +449,7 @@ static void reap(h2o_timeout_entry_t *entry)
             memcpy(x->name, sb->name, sizeof(x->name));
             memcpy(x->owner, sb->owner, sizeof(x->owner));
             memcpy(x->how, how, sizeof(x->how));
+            runner_egress_free(sb->egress);
             runner_agent_free(sb->agent);
             *sb = (sandbox){0};
         }
@@ -605,7 +629,12 @@ static void *thread_init(h2o_context_t *ctx, void *userdata)
     h2o_timeout_link(ctx->loop, &rn->reap_timeout, &rn->reap_entry);
     if (runner_output_new(ctx->loop, rn->cfg->dir, &rn->output) < 0)
         log_fields(LOG_LEVEL_ERROR, "out of memory for the workloads' output; sandboxes cannot be launched", NULL);
-    int r = runner_forward_start(ctx, rn->cfg->api_url, rn->cfg->ca_cert, rn->cfg->token);
+    /* egress decisions are audited (runner/egress.h) */
+    int r = rn->cfg->audit_socket ? audit_event_start(rn->cfg->audit_socket) : 0;
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot start audit delivery; egress decisions are logged only", "error",
+                   strerror(-r), NULL);
+    r = runner_forward_start(ctx, rn->cfg->api_url, rn->cfg->ca_cert, rn->cfg->token);
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start forwarding enclaves' key release", "error", strerror(-r), NULL);
     return rn;
@@ -633,6 +662,7 @@ static void thread_dispose(void *state)
     runner_output_free(rn->output);
     rn->output = NULL;
     runner_forward_stop();
+    audit_event_stop(2000);
     if (h2o_timeout_is_linked(&rn->reap_entry))
         h2o_timeout_unlink(&rn->reap_entry);
     h2o_timeout_dispose(rn->ctx->loop, &rn->reap_timeout);

@@ -35,6 +35,7 @@ typedef struct launch {
     const sandbox_spec *spec;
     int bundle_fd;  /* child: O_PATH, opened in its namespace before /tmp is covered */
     int channel_fd; /* child: O_PATH of the channel socket, or -1 */
+    int egress_fd;  /* child: O_PATH of the egress socket, or -1 */
     int agent_fd;   /* child: O_PATH of the agent executable, or -1 */
     int sync[2];    /* parent -> child: the id maps are written */
     int report[2];  /* child -> parent: an error message, or EOF at exec */
@@ -158,6 +159,15 @@ static void setup_root(launch *l)
         if (mount(fdpath, NEW_ROOT SANDBOX_CHANNEL_PATH, NULL, MS_BIND, NULL) < 0)
             die(l, "bind the channel");
     }
+    if (l->egress_fd >= 0) {
+        int fd = open(NEW_ROOT SANDBOX_EGRESS_PATH, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0)
+            die(l, "create the egress socket");
+        close(fd);
+        snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", l->egress_fd);
+        if (mount(fdpath, NEW_ROOT SANDBOX_EGRESS_PATH, NULL, MS_BIND, NULL) < 0)
+            die(l, "bind the egress socket");
+    }
     if (l->agent_fd >= 0) {
         int fd = open(NEW_ROOT SANDBOX_AGENT_PATH, O_WRONLY | O_CREAT | O_CLOEXEC, 0755);
         if (fd < 0)
@@ -229,7 +239,10 @@ static const char *const allowed[] = {
     "mq_timedsend", "mq_timedreceive",
 };
 
-/* Loads the seccomp filter: the allow-list, sockets limited to Unix and IP,
+#define SOCKET_TYPE_MASK 0xf /* the kernel's SOCK_TYPE_MASK: the type without SOCK_NONBLOCK/SOCK_CLOEXEC */
+
+/* Loads the seccomp filter: the allow-list, sockets limited to Unix and IP
+ * streams and datagrams,
  * clone without namespace flags, clone3 reported missing so libc falls back
  * to clone, and every other call refused with EPERM. */
 static void load_seccomp(const launch *l)
@@ -242,9 +255,16 @@ static void load_seccomp(const launch *l)
         if (nr == __NR_SCMP_ERROR)
             continue; /* not on this architecture */
         if (strcmp(allowed[i], "socket") == 0) {
-            static const int domains[] = {AF_UNIX, AF_INET, AF_INET6};
-            for (size_t d = 0; d < ELEMENTSOF(domains); d++)
-                if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)domains[d])) < 0)
+            /* stream and datagram sockets (and Unix seqpacket) only: no raw
+             * or packet socket, whatever the type's flags */
+            static const struct {
+                int domain, type;
+            } kinds[] = {{AF_UNIX, SOCK_STREAM}, {AF_UNIX, SOCK_DGRAM}, {AF_UNIX, SOCK_SEQPACKET},
+                         {AF_INET, SOCK_STREAM}, {AF_INET, SOCK_DGRAM},  {AF_INET6, SOCK_STREAM},
+                         {AF_INET6, SOCK_DGRAM}};
+            for (size_t k = 0; k < ELEMENTSOF(kinds); k++)
+                if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 2, SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)kinds[k].domain),
+                                     SCMP_A1(SCMP_CMP_MASKED_EQ, SOCKET_TYPE_MASK, (scmp_datum_t)kinds[k].type)) < 0)
                     die(l, "seccomp socket rule");
             continue;
         }
@@ -288,11 +308,17 @@ static int child_main(void *arg)
         die(l, "open the bundle %s", l->spec->bundle);
     if (l->spec->channel && (l->channel_fd = open(l->spec->channel, O_PATH | O_CLOEXEC)) < 0)
         die(l, "open the channel %s", l->spec->channel);
+    if (l->spec->egress && (l->egress_fd = open(l->spec->egress, O_PATH | O_CLOEXEC)) < 0)
+        die(l, "open the egress socket %s", l->spec->egress);
     if (l->spec->agent && (l->agent_fd = open(l->spec->agent, O_PATH | O_CLOEXEC)) < 0)
         die(l, "open the agent %s", l->spec->agent);
     /* become the namespace's root, the host's nobody: until now we still had
-     * the host's (unmapped) root credentials */
-    if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+     * the host's (unmapped) root credentials. Raw system calls: libc's
+     * wrappers would signal every thread its copy of the launcher's thread
+     * list names, and wait forever for one that was being created when we
+     * were cloned (the runner has threads: its egress tunnels, its audit
+     * sender); this process has one thread. */
+    if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0)
         die(l, "become the sandbox's root");
     setup_root(l);
     loopback_up(l);
@@ -357,7 +383,8 @@ static int write_id_maps(pid_t pid)
 
 int sandbox_launch(const sandbox_spec *spec, pid_t *ret_pid, sandbox_error *err)
 {
-    launch l = {.spec = spec, .bundle_fd = -1, .channel_fd = -1, .agent_fd = -1, .sync = {-1, -1}, .report = {-1, -1}};
+    launch l = {.spec = spec, .bundle_fd = -1, .channel_fd = -1, .egress_fd = -1, .agent_fd = -1,
+                .sync = {-1, -1}, .report = {-1, -1}};
     int e = 0;
     if (!spec->bundle || spec->bundle[0] != '/' || !spec->argv || !spec->argv[0] || spec->argv[0][0] != '/') {
         snprintf(err->text, sizeof(err->text), "the bundle and the command must be absolute paths");

@@ -4,7 +4,8 @@
  * /usr and library directories for interpreters; a private /tmp and a tmpfs
  * /run/secrets; a minimal /dev; loopback only; no_new_privs, a seccomp
  * allow-list (libseccomp) and rlimits. The only way out is a Unix socket
- * from the host bound at /run/cloister/channel.sock (the stand-in for vsock).
+ * from the host bound at /run/cloister/channel.sock (the stand-in for vsock),
+ * and for an Enclave with egress the runner's egress socket beside it.
  * In agent mode the runner also binds the agent executable read-only at
  * /run/cloister/agent and hands it one listening socket as fd 3.
  * Inside, the workload is root of its own user namespace, mapped to the
@@ -16,6 +17,8 @@
 
 #define SANDBOX_CHANNEL_PATH "/run/cloister/channel.sock"
 #define SANDBOX_AGENT_PATH "/run/cloister/agent"
+/* an Enclave with egress: the runner's egress socket (runner/egress.h) */
+#define SANDBOX_EGRESS_PATH "/run/cloister/egress.sock"
 #define SANDBOX_INHERIT_FD 3
 
 typedef struct sandbox_spec {
@@ -23,6 +26,7 @@ typedef struct sandbox_spec {
     char *const *argv;    /* argv[0]: an absolute path inside the sandbox */
     char *const *envp;
     const char *channel;  /* host path of a Unix socket to expose, or NULL */
+    const char *egress;   /* host path of the runner's egress socket, bound at SANDBOX_EGRESS_PATH, or NULL */
     const char *agent;    /* host path of an executable bound read-only at SANDBOX_AGENT_PATH, or NULL */
     int inherit_fd;       /* when >= 3: handed to the workload as SANDBOX_INHERIT_FD (e.g. a listening
                            * socket); otherwise nothing but stdio crosses into the sandbox */

@@ -109,6 +109,24 @@ Test(sandbox, seccomp_refuses_namespaces_and_mounts)
     cr_expect_null(strstr(out, "rc=0"), "%s", out);
 }
 
+/* Only Unix and IP streams and datagrams: raw and packet sockets fail with
+ * EPERM although the workload is root of the namespace owning its network. */
+Test(sandbox, seccomp_refuses_raw_and_packet_sockets)
+{
+    char out[4096];
+    int st = run("exec python3 -c '\n"
+                 "import socket\n"
+                 "for f, t, p in [(2, 3, 1), (10, 3, 58), (17, 3, 768), (17, 2, 768), (16, 3, 0), (2, 10, 0)]:\n"
+                 "    try: socket.socket(f, t, p).close(); print(f, t, \"created\")\n"
+                 "    except OSError as e: print(f, t, e.errno)\n"
+                 "socket.socket(2, 1).close(); socket.socket(10, 2).close(); socket.socket(1, 5).close()\n"
+                 "print(\"allowed ok\")'",
+                 0, out, sizeof(out));
+    cr_assert_eq(st, 0, "%s", out);
+    /* AF_INET/AF_INET6 SOCK_RAW, AF_PACKET raw and dgram, AF_NETLINK, AF_INET SOCK_PACKET */
+    cr_expect_str_eq(out, "2 3 1\n10 3 1\n17 3 1\n17 2 1\n16 3 1\n2 10 1\nallowed ok\n");
+}
+
 Test(sandbox, memory_limit_holds)
 {
     char out[4096];
