@@ -31,6 +31,7 @@
 #include "daemon/privsep.h"
 #include "daemon/role-table.h"
 #include "pki/pki.h"
+#include "portal/portal.h"
 #include "kms/crypto.h"
 #include "kms/seal.h"
 #include "runner/agent.h"
@@ -996,6 +997,45 @@ static int install_agent(daemon_config *cfg)
     return 0;
 }
 
+/* Copies the regular files of directory FROM (a flat one: anything else in
+ * it is refused with -EINVAL, so what is measured or served is exactly what
+ * was built) into TO, made 0755 (past the umask) so a role's user and a
+ * sandbox's root can enter it; files keep their mode bits within 0755.
+ * FROM == TO copies nothing. Returns 0 or a negative errno. */
+static int copy_flat_dir(const char *from_dir, const char *to_dir)
+{
+    if (strcmp(from_dir, to_dir) == 0)
+        return 0;
+    int r = mkdir_p(to_dir, 0755);
+    if (r == 0 && chmod(to_dir, 0755) < 0)
+        r = negative_errno();
+    DIR *d = r == 0 ? opendir(from_dir) : NULL;
+    if (r == 0 && !d)
+        r = negative_errno();
+    for (struct dirent *e; d && r == 0 && (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        char from[PATH_MAX + 300], to[PATH_MAX + 300];
+        struct stat st;
+        if ((size_t)snprintf(from, sizeof(from), "%s/%s", from_dir, e->d_name) >= sizeof(from) ||
+            (size_t)snprintf(to, sizeof(to), "%s/%s", to_dir, e->d_name) >= sizeof(to)) {
+            r = -ENAMETOOLONG;
+            break;
+        }
+        _cleanup_free_ char *data = NULL;
+        size_t len;
+        if (lstat(from, &st) < 0)
+            r = negative_errno();
+        else if (!S_ISREG(st.st_mode))
+            r = -EINVAL;
+        else if ((r = read_file(from, AGENT_FILE_MAX, &data, &len)) == 0)
+            r = write_file_atomic(to, data, len, st.st_mode & 0755);
+    }
+    if (d)
+        closedir(d);
+    return r;
+}
+
 /* Copies the job engine's bundle (a directory of regular files: enclave.yaml
  * and the cloister-job executable) into the runner's part of the data dir,
  * as install_agent() does for the agent, and measures the copy: its PCR0 is
@@ -1013,30 +1053,7 @@ static int install_engine(daemon_config *cfg)
     char dir[sizeof(cfg->engine_bundle)];
     if ((size_t)snprintf(dir, sizeof(dir), "%s/job-engine", cfg->runner_dir) >= sizeof(dir))
         return -ENAMETOOLONG;
-    int r = strcmp(found, dir) == 0 ? 0 : mkdir_p(dir, 0755);
-    if (r == 0 && strcmp(found, dir) != 0 && chmod(dir, 0755) < 0) /* past the umask: the sandbox's root enters it */
-        r = negative_errno();
-    DIR *d = r == 0 && strcmp(found, dir) != 0 ? opendir(found) : NULL;
-    if (r == 0 && strcmp(found, dir) != 0 && !d)
-        r = negative_errno();
-    for (struct dirent *e; d && r == 0 && (e = readdir(d));) {
-        if (e->d_name[0] == '.')
-            continue;
-        char from[PATH_MAX + 300], to[sizeof(dir) + 300];
-        struct stat st;
-        snprintf(from, sizeof(from), "%s/%s", found, e->d_name);
-        snprintf(to, sizeof(to), "%s/%s", dir, e->d_name);
-        _cleanup_free_ char *data = NULL;
-        size_t len;
-        if (lstat(from, &st) < 0)
-            r = negative_errno();
-        else if (!S_ISREG(st.st_mode))
-            r = -EINVAL; /* a bundle is flat: what would not be measured the same is refused */
-        else if ((r = read_file(from, AGENT_FILE_MAX, &data, &len)) == 0)
-            r = write_file_atomic(to, data, len, st.st_mode & 0755);
-    }
-    if (d)
-        closedir(d);
+    int r = copy_flat_dir(found, dir);
     uint8_t pcr0[48];
     measure_error merr = {{0}};
     if (r == 0 && bundle_measure(dir, pcr0, &merr) < 0)
@@ -1049,6 +1066,29 @@ static int install_engine(daemon_config *cfg)
     strcpy(cfg->engine_bundle, dir);
     hex_encode(pcr0, sizeof(pcr0), cfg->job_engine_pcr0);
     log_fields(LOG_LEVEL_INFO, "job engine installed and measured", "bundle", dir, "pcr0", cfg->job_engine_pcr0, NULL);
+    return 0;
+}
+
+/* Copies the built portal app (portal_dir_locate(): $CLOISTER_PORTAL_DIR, or
+ * beside cloisterd) into the proxy's part of the data dir and records the
+ * copy in CFG->portal_dir, as install_agent() does for the runner: the proxy
+ * runs as a user of its own that may not enter the folder cloisterd was
+ * built in. Without a built app nothing is copied (portal Services answer
+ * 503, logged by the proxy). Returns 0 or a negative errno (logged). */
+static int install_portal(daemon_config *cfg)
+{
+    char found[PATH_MAX], dir[sizeof(cfg->portal_dir)];
+    if (portal_dir_locate(found, sizeof(found)) < 0)
+        return 0;
+    if ((size_t)snprintf(dir, sizeof(dir), "%s/proxy/portal", cfg->data_dir) >= sizeof(dir))
+        return -ENAMETOOLONG;
+    int r = copy_flat_dir(found, dir);
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot install the portal app for the proxy", "from", found, "to", dir, "error",
+                   strerror(-r), NULL);
+        return r;
+    }
+    strcpy(cfg->portal_dir, dir);
     return 0;
 }
 
@@ -1082,7 +1122,8 @@ int main(int argc, char **argv)
         return 1;
     }
     export_telemetry(&cfg);
-    if (first_start(&cfg) < 0 || install_agent(&cfg) < 0 || install_engine(&cfg) < 0)
+    if (first_start(&cfg) < 0 || install_agent(&cfg) < 0 || install_engine(&cfg) < 0 ||
+        install_portal(&cfg) < 0)
         return 1;
     as_root = geteuid() == 0;
     if (as_root) {

@@ -37,6 +37,7 @@ typedef struct daemon_config {
     char runner_dir[4200];                      /* the runner's files: platform key, sandbox logs */
     char agent_path[4200];                      /* the runner's copy of cloister-agent ("" when none was found) */
     char engine_bundle[4200];                   /* the runner's copy of the job engine's bundle ("" when none) */
+    char portal_dir[4200];                      /* the proxy's copy of the built portal app ("" when none) */
     char job_engine_pcr0[97];                   /* its measurement (hex; "" when none), the engine.pcr0 of every digest */
     char kms_root_file[4200], kms_dev_key_file[4200], kms_keyring_file[4200];
     char seal_mode[16];         /* dev, passphrase or pkcs11 */

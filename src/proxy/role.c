@@ -13,7 +13,6 @@
 #include "httpd/httpd.h"
 #include "httpd/offload.h"
 #include "pki/pki.h"
-#include "portal/portal.h"
 #include "proxy/bridge.h"
 #include "proxy/certs.h"
 #include "proxy/config.h"
@@ -46,7 +45,7 @@ static SSL_CTX *upstream_tls(const char *ca_file)
 
 int proxy_serve(const proxy_role_config *cfg)
 {
-    char dir[4200], keys_path[4300], login_url[400], issuer[300], portal_dir[4096] = "";
+    char dir[4200], keys_path[4300], login_url[400], issuer[300];
     snprintf(dir, sizeof(dir), "%s/proxy", cfg->data_dir);
     snprintf(keys_path, sizeof(keys_path), "%s/assertion-keys.json", dir);
     auth_keyring *keys = NULL;
@@ -79,7 +78,7 @@ int proxy_serve(const proxy_role_config *cfg)
     proxy_bridges_init(cfg->platform_ca_cert, cfg->runner_dir);
     snprintf(login_url, sizeof(login_url), "%s/v1/auth/login", cfg->api_url);
     snprintf(issuer, sizeof(issuer), "https://proxy.%s", cfg->domain);
-    if (portal_dir_locate(portal_dir, sizeof(portal_dir)) < 0)
+    if (!cfg->portal_dir)
         log_fields(LOG_LEVEL_INFO, "no built portal app (CLOISTER_PORTAL_DIR, or beside cloisterd): portal Services answer 503",
                    NULL);
 
@@ -113,7 +112,7 @@ int proxy_serve(const proxy_role_config *cfg)
         .metrics = cfg->metrics,
         .certs = certs,
         .attest_pool = attest_pool,
-        .portal_dir = *portal_dir ? portal_dir : NULL,
+        .portal_dir = cfg->portal_dir,
         .api_url = cfg->api_url,
         .api_ca_file = cfg->ca_cert,
         .logout_pool = logout_pool,

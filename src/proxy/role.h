@@ -23,6 +23,7 @@ typedef struct proxy_role_config {
     const char *host_ca_key;
     const char *platform_ca_cert; /* enclaves' attestation; without it enclaves are not reached */
     const char *runner_dir;       /* the enclaves' attested sockets */
+    const char *portal_dir;       /* the built portal app (the supervisor's copy), or NULL: portal Services answer 503 */
     const char *listen, *plain_listen; /* plain_listen NULL: none */
     const char *cert_file, *key_file;
     unsigned threads;
