@@ -410,24 +410,31 @@ class Browser:
     def credentials(self):
         return self.d.execute_cdp_cmd("WebAuthn.getCredentials", {"authenticatorId": self.auth})["credentials"]
 
-    def click_and_wait(self, timeout=20):
+    def click_and_wait(self, timeout=20, leaves=False):
+        """Clicks the page's button and waits for the ceremony's end: ("done"
+        or "error", the status line), or ("left", the URL) once the page sent
+        the browser on. LEAVES: the page is expected to send the browser on
+        (a sign-in with a return URL shows "done" just before it goes), so
+        only an error or leaving ends the wait."""
         from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.common.by import By
         deadline = time.time() + 10
-        while not self.d.find_element(By.ID, "go").is_enabled():
+        while not (go := self.d.find_elements(By.ID, "go")) or not go[0].is_enabled():
             assert time.time() < deadline, "the page's button never became usable"
             time.sleep(0.05)
-        self.d.find_element(By.ID, "go").click()
+        go[0].click()
         deadline = time.time() + timeout
         while True:
             if "/v1/auth/passkey/" not in self.d.current_url:  # the page sent the browser on
                 return "left", self.d.current_url
-            try:
-                state = self.d.execute_script("return document.body ? document.body.dataset.state : ''")
+            try:  # the state and the status line read together, from one document
+                state, text = self.d.execute_script(
+                    "const s = document.getElementById('status');"
+                    "return [document.body ? document.body.dataset.state : '', s ? s.textContent : null]")
             except WebDriverException:  # the document is being replaced (the page sends the browser on)
-                state = None
-            if state in ("done", "error"):
-                return state, self.d.find_element(By.ID, "status").text
+                state, text = None, None
+            if text is not None and (state == "error" or (state == "done" and not leaves)):
+                return state, text
             assert time.time() < deadline, f"the ceremony did not end (state {state}, at {self.d.current_url})"
             time.sleep(0.05)
 
@@ -483,7 +490,7 @@ def test_chromium_virtual_authenticator_invite_register_sign_in(cluster, browser
     # a protected page: the proxy sends the browser to log in, the passkey signs in, the page is reached
     browser.d.get(f"http://{e.host}/hello?from=chromium")
     assert browser.d.current_url.startswith(f"{c.origin}/v1/auth/passkey/login?rd="), browser.d.current_url
-    state, _ = browser.click_and_wait()
+    state, _ = browser.click_and_wait(leaves=True)
     assert state == "left"
     deadline = time.time() + 15
     while "/hello" not in browser.d.current_url or "x-cloister-user" not in browser.page_source().lower():
@@ -498,7 +505,7 @@ def test_chromium_virtual_authenticator_invite_register_sign_in(cluster, browser
         return  # the portal is built only where node and npm are (meson), as tests/test_portal.py says
     browser.d.get(f"http://portal.{DOMAIN}:{e.http_port}/")
     assert browser.d.current_url.startswith(f"{c.origin}/v1/auth/passkey/login?rd="), browser.d.current_url
-    assert browser.click_and_wait()[0] == "left"
+    assert browser.click_and_wait(leaves=True)[0] == "left"
     from selenium.webdriver.common.by import By
     deadline = time.time() + 15
     while not browser.d.find_elements(By.CSS_SELECTOR, 'main[data-page="services"]') or \
