@@ -1,5 +1,10 @@
 /* The `proxy` role's main: its view of the configuration, then its server
- * (src/proxy/role.c). */
+ * (src/proxy/role.c). CLOISTER_PROXY_HTTP1=h1front (off by default while
+ * it is measured) serves the proxy's HTTP/1 connections with httpd's own
+ * front end (src/httpd/h1front.h) in place of h2o's HTTP/1 server. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "daemon/daemon.h"
 #include "proxy/role.h"
 
@@ -7,6 +12,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
 {
     (void)all, (void)n_all;
     char api_url[300];
+    const char *http1 = getenv("CLOISTER_PROXY_HTTP1");
     daemon_api_url(cfg, api_url, sizeof(api_url));
     const proxy_role_config proxy = {
         .data_dir = cfg->data_dir,
@@ -26,6 +32,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         .cert_file = cfg->proxy_cert,
         .key_file = cfg->proxy_key,
         .threads = cfg->proxy_threads,
+        .h1_front = http1 && strcmp(http1, "h1front") == 0,
         .metrics = cfg->proxy_metrics,
         .ready_flag = &health->ready,
     };

@@ -30,6 +30,12 @@ typedef struct framing_field {
  * any Transfer-Encoding, which HTTP/2 forbids. */
 const char *framing_check_fields(const framing_field *fields, size_t n, bool http2);
 
+/* The N fields picohttpparser parsed out of an HTTP/1 request head that ends
+ * at END (H pointing into it), checked as framing_check_fields() checks them:
+ * NULL when unambiguous, else a static sentence. */
+struct phr_header;
+const char *framing_check_parsed(const struct phr_header *h, size_t n, const char *end);
+
 /* A raw HTTP/1 request head (request line, fields, the empty line; anything
  * after it is ignored) parsed as h2o parses it: NULL when unambiguous, a
  * static sentence when not, or when HEAD is not one complete request head. */
