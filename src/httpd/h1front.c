@@ -238,9 +238,13 @@ static void final_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, s
         vec[n++] = response_head(c, req);
         c->head_sent = true;
     }
-    for (size_t i = 0; i < bufcnt; i++)
-        if (bufs[i].len)
-            vec[n++] = bufs[i];
+    for (size_t i = 0; i < bufcnt; i++) {
+        if (!bufs[i].len)
+            continue;
+        vec[n++] = bufs[i];
+        if (!req->bytes_counted_by_ostream)
+            req->bytes_sent += bufs[i].len;
+    }
     if (state == H2O_SEND_STATE_ERROR)
         req->http1_is_persistent = 0;
     c->sending_last = !h2o_send_state_is_in_progress(state);
@@ -411,7 +415,7 @@ static void start_request(h1f_conn *c, const h1front_head *h, const char *base, 
     c->decoded = 0;
     memset(&c->decoder, 0, sizeof(c->decoder));
     c->decoder.consume_trailer = 1;
-    if (h->expect.base && c->sock->input->size == 0) {
+    if (h->expect.base) { /* sent even when the body came with the head, as h2o does */
         static const h2o_iovec_t cont = {H2O_STRLIT("HTTP/1.1 100 Continue\r\n\r\n")};
         c->continue_writing = true;
         h2o_socket_write(c->sock, (h2o_iovec_t *)&cont, 1, on_continue_written);

@@ -986,7 +986,7 @@ int httpd_run(const httpd_config *cfg)
         pthread_create(&srv.threads[i].tid, NULL, thread_main, &srv.threads[i]);
     }
     log_fields(LOG_LEVEL_INFO, "listening", "server", cfg->name, "listen", cfg->listen, "plain_http",
-               cfg->plain_listen ? cfg->plain_listen : "", NULL);
+               cfg->plain_listen ? cfg->plain_listen : "", "http1", cfg->h1_front ? "h1front" : "h2o", NULL);
     if (cfg->ready_flag)
         atomic_store(cfg->ready_flag, true);
 
