@@ -185,12 +185,20 @@ static void setup(void)
     cr_assert(atomic_load(ready), "the server started");
 }
 
-static void teardown(void)
+/* SIGTERM: the server drains, closes what is open and returns 0. */
+static void server_stop(void)
 {
     int status;
     cr_assert_eq(kill(server_pid, SIGTERM), 0);
     cr_assert_eq(waitpid(server_pid, &status, 0), server_pid);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "drained and returned 0 (status %d)", status);
+    server_pid = 0;
+}
+
+static void teardown(void)
+{
+    if (server_pid)
+        server_stop();
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     cr_assert_eq(system(cmd), 0);
@@ -427,5 +435,20 @@ Test(h1front, an_idle_keep_alive_connection_is_closed_at_the_deadline)
     uint64_t start = time_mono_ns();
     cr_assert(closed_by_server(fd), "closed");
     cr_assert_geq(time_mono_ns() - start, 300 * NSEC_PER_MSEC);
+    close(fd);
+}
+
+Test(h1front, sigterm_drains_and_closes_idle_keep_alive_connections)
+{
+    int fd = dial();
+    const char *req = "GET /x HTTP/1.1\r\nHost: t\r\n\r\n";
+    send_all(fd, req, strlen(req));
+    char out[4096];
+    read_responses(fd, out, sizeof(out), 1);
+    cr_assert_not_null(strstr(out, "GET /x n=-1"), "%s", out);
+    uint64_t start = time_mono_ns();
+    server_stop();
+    cr_assert(closed_by_server(fd), "closed by the drain");
+    cr_assert_lt(time_mono_ns() - start, 5 * NSEC_PER_SEC);
     close(fd);
 }
