@@ -339,7 +339,8 @@ static void read_body(h1f_conn *c)
         in->size += (size_t)left; /* what follows the body: the next request's */
     }
     char *body = h2o_mem_alloc_pool(&c->req.pool, len ? len : 1);
-    memcpy(body, in->bytes, len);
+    if (len) /* an empty input may have no buffer at all */
+        memcpy(body, in->bytes, len);
     c->req.entity = h2o_iovec_init(body, len);
     h2o_buffer_consume(&c->sock->input, len);
     answer(c, process);
