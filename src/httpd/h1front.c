@@ -165,6 +165,9 @@ static void response_done(h1f_conn *c)
         read_head(c);
 }
 
+/* A write of the response is out: the next part is asked for, or the
+ * response is done. A failed write closes the connection (the request and
+ * its generator with it, as h2o's server does). */
 static void on_written(h2o_socket_t *sock, const char *err)
 {
     h1f_conn *c = sock->data;
@@ -295,6 +298,8 @@ static void answer(h1f_conn *c, void (*step)(h1f_conn *))
     when_writable(c, step);
 }
 
+/* The 100 Continue is out: what waited for it (the request's answer,
+ * once its body is in) goes on. */
 static void on_continue_written(h2o_socket_t *sock, const char *err)
 {
     h1f_conn *c = sock->data;
@@ -480,6 +485,11 @@ static void read_head(h1f_conn *c)
     start_request(c, &h, in->bytes, h.len);
 }
 
+/* Bytes came in (reads stay armed): a head or a body goes on; while a
+ * request is answered they wait in the input, and past
+ * H1FRONT_PIPELINE_MAX reading pauses until the answer is out. The client's
+ * end of input closes an idle connection at once, and one being answered
+ * once its answer is out. */
 static void on_read(h2o_socket_t *sock, const char *err)
 {
     h1f_conn *c = sock->data;
