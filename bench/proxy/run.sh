@@ -40,7 +40,9 @@
 #
 # Usage: bench/proxy/run.sh [DURATION [ROUNDS]]   (seconds per measured run,
 #   default 5; rounds, default 3)
-#   BUILD=dir (release build dir, default build-bench-proxy), IDLE_CONNS=n
+#   BUILD=dir (release build dir, default build-bench-proxy); BASELINE=dir (a
+#   release build of another commit, e.g. from a `git worktree`: measured the
+#   same way beside BUILD, with the ratios BUILD / BASELINE); IDLE_CONNS=n
 #   (default 10000), BENCH_KEEP=1 keeps the work dir (configs, logs, wrk output).
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
@@ -190,7 +192,7 @@ for w in 1 2; do
     url[nginx-$w-http]=http://127.0.0.1:$a/index.html url[nginx-$w-tls]=https://127.0.0.1:$at/index.html
     url[nginx-auth-$w-http]=http://127.0.0.1:$b/index.html url[nginx-auth-$w-tls]=https://127.0.0.1:$bt/index.html
     for p in http tls; do serving[nginx-$w-$p]=$workers serving[nginx-auth-$w-$p]=$workers; done
-    [ "$w" = 1 ] && { nginx1_http=$a nginx1_auth_http=$b nginx1_worker=${workers#nginx=}; }
+    [ "$w" = 1 ] && { nginx1_http=$a nginx1_worker=${workers#nginx=}; }
 
     h=$(free_port) ht=$(free_port)
     haproxy_start "haproxy$w" "$w" "$h" "$ht"
@@ -199,16 +201,21 @@ for w in 1 2; do
 done
 
 # ---- Cloister -----------------------------------------------------------------
-cl_skip="" cl_failed=""
-if ! bench_build "$build" src/daemon/cloisterd src/cli/cloister; then
-    # bench_build hides ninja's output (errors included): show them
-    ninja -C "$build" src/daemon/cloisterd src/cli/cloister 2>&1 | grep -E "error|undefined reference" | head -n 15 >&2 || true
-    cl_skip="the build of $build failed (errors above)"
-    cl_failed=1
-elif ! "$build/src/daemon/cloisterd" --proxy-threads 1 --help >/dev/null 2>&1; then
-    cl_skip="proxy role not available: $build/src/daemon/cloisterd does not accept --proxy-threads"
-fi
-# status URL [curl args]: the status code of one GET with the bench's headers
+# cloister_usable BUILD: builds BUILD's cloisterd and CLI; prints why it cannot
+# be measured (nothing when it can) and returns 1 when the build itself failed
+cloister_usable() {
+    if ! bench_build "$1" src/daemon/cloisterd src/cli/cloister; then
+        # bench_build hides ninja's output (errors included): show them
+        ninja -C "$1" src/daemon/cloisterd src/cli/cloister 2>&1 | grep -E "error|undefined reference" | head -n 15 >&2 || true
+        echo "the build of $1 failed (errors above)"
+        return 1
+    elif ! "$1/src/daemon/cloisterd" --proxy-threads 1 --help >/dev/null 2>&1; then
+        echo "proxy role not available: $1/src/daemon/cloisterd does not accept --proxy-threads"
+    fi
+}
+cl_failed=""
+cl_skip=$(cloister_usable "$build") || cl_failed=1
+# status URL [curl args]: the status code of one GET
 status() { curl -sk -o /dev/null -w '%{http_code}' "${@:2}" "$1"; }
 # role_pids SUPERVISOR: "role=pid ..." for the supervisor and each role process
 role_pids() {
@@ -216,60 +223,77 @@ role_pids() {
     for p in $(pgrep -P "$1"); do out+=" $(cat "/proc/$p/comm" 2>/dev/null)=$p"; done
     echo "$out"
 }
-cli=$build/src/cli/cloister
-token=""
-if [ -z "$cl_skip" ]; then
-    for w in 1 2; do
-        pp=$(free_port) ph=$(free_port)
-        bench_start_cloisterd "$build" --proxy-listen "127.0.0.1:$pp" --proxy-http-listen "127.0.0.1:$ph" \
-            --proxy-threads "$w" --domain localhost
-        trap cleanup EXIT # bench_start_cloisterd set its own; ours stops both instances
-        cloister_pids+=("$bench_pid") cloister_works+=("$BENCH_WORK")
-        bench_pid="" # cleanup stops it
-        export CLOISTER_SERVER=$BENCH_URL CLOISTER_CA=$BENCH_CA XDG_CONFIG_HOME=$work/config-$w
-        proxy_bench_configure "$work" "$up_port" # sets $token: the same user in each instance
-        eval "token_$w=\$token"
-        url[cloister-$w-http]=http://127.0.0.1:$ph/index.html url[cloister-$w-tls]=https://127.0.0.1:$pp/index.html
-        # the configuration reaches the proxy asynchronously
-        code=000
-        for _ in $(seq 1 300); do
-            code=$(status "${url[cloister-$w-http]}" -H "Host: static.localhost" -H "Authorization: Bearer $token")
-            [ "$code" = 200 ] && break
-            sleep 0.1
-        done
-        if [ "$code" != 200 ]; then
-            echo "cloister ($w workers): the proxy never answered 200 for GET /index.html (last status $code); cloisterd's log:" >&2
-            tail -n 30 "$BENCH_WORK/cloisterd.log" >&2
-            exit 1
-        fi
-        [ "$(status "${url[cloister-$w-tls]}" -H "Host: static.localhost" -H "Authorization: Bearer $token")" = 200 ] ||
-            { echo "cloister: the HTTPS proxy listener does not answer 200" >&2; exit 1; }
-        # the policy is really decided: /admin is denied, no token is refused
-        c_admin=$(status "http://127.0.0.1:$ph/admin/x" -H "Host: static.localhost" -H "Authorization: Bearer $token")
-        c_anon=$(status "${url[cloister-$w-http]}" -H "Host: static.localhost")
-        [ "$c_admin" = 403 ] && [ "$c_anon" != 200 ] ||
-            echo "warning: cloister answered $c_admin to GET /admin/x (want 403) and $c_anon without a token" >&2
-        serving[cloister-$w-http]=$(role_pids "${cloister_pids[-1]}")
-        serving[cloister-$w-tls]=${serving[cloister-$w-http]}
-        [ "$w" = 1 ] && cloister1_http=$ph
+# cloister_start NAME BUILD WORKERS: BUILD's cloisterd with WORKERS proxy
+# threads, configured by proxy_bench_configure; sets url[NAME-WORKERS-*],
+# serving[...] and token_NAME_WORKERS (the access token it issued)
+cloister_start() {
+    local name=$1 b=$2 w=$3 pp ph code _
+    pp=$(free_port) ph=$(free_port)
+    bench_start_cloisterd "$b" --proxy-listen "127.0.0.1:$pp" --proxy-http-listen "127.0.0.1:$ph" \
+        --proxy-threads "$w" --domain localhost
+    trap cleanup EXIT # bench_start_cloisterd set its own; ours stops every instance
+    cloister_pids+=("$bench_pid") cloister_works+=("$BENCH_WORK")
+    bench_pid="" # cleanup stops it
+    export CLOISTER_SERVER=$BENCH_URL CLOISTER_CA=$BENCH_CA XDG_CONFIG_HOME=$work/config-$name-$w
+    cli=$b/src/cli/cloister
+    proxy_bench_configure "$work" "$up_port" # sets $token
+    printf -v "token_${name}_$w" %s "$token"
+    url[$name-$w-http]=http://127.0.0.1:$ph/index.html url[$name-$w-tls]=https://127.0.0.1:$pp/index.html
+    local h=(-H "Host: static.localhost" -H "Authorization: Bearer $token")
+    # the configuration reaches the proxy asynchronously
+    code=000
+    for _ in $(seq 1 300); do
+        code=$(status "${url[$name-$w-http]}" "${h[@]}")
+        [ "$code" = 200 ] && break
+        sleep 0.1
     done
+    if [ "$code" != 200 ]; then
+        echo "$name ($w workers): the proxy never answered 200 for GET /index.html (last status $code); cloisterd's log:" >&2
+        tail -n 30 "$BENCH_WORK/cloisterd.log" >&2
+        exit 1
+    fi
+    [ "$(status "${url[$name-$w-tls]}" "${h[@]}")" = 200 ] ||
+        { echo "$name: the HTTPS proxy listener does not answer 200" >&2; exit 1; }
+    # the policy is really decided: /admin is denied, no token is refused
+    local c_admin c_anon
+    c_admin=$(status "http://127.0.0.1:$ph/admin/x" "${h[@]}")
+    c_anon=$(status "${url[$name-$w-http]}" -H "Host: static.localhost")
+    [ "$c_admin" = 403 ] && [ "$c_anon" != 200 ] ||
+        echo "warning: $name answered $c_admin to GET /admin/x (want 403) and $c_anon without a token" >&2
+    serving[$name-$w-http]=$(role_pids "${cloister_pids[-1]}")
+    serving[$name-$w-tls]=${serving[$name-$w-http]}
+}
+cloisters=()
+if [ -z "$cl_skip" ]; then
+    cloisters+=(cloister)
+    for w in 1 2; do cloister_start cloister "$build" "$w"; done
+    if [ -n "${BASELINE:-}" ]; then
+        baseline_skip=$(cloister_usable "$BASELINE") || true
+        if [ -z "$baseline_skip" ]; then
+            cloisters+=(baseline)
+            for w in 1 2; do cloister_start baseline "$BASELINE" "$w"; done
+        else
+            echo "baseline not measured: $baseline_skip" >&2
+        fi
+    fi
 else
     # a stand-in as long as a real access token (an ES256 JWT, 434 characters)
-    token_1=$(head -c 400 /dev/urandom | base64 -w0 | tr '+/' '-_' | head -c 434)
-    token_2=$token_1
+    token_cloister_1=$(head -c 400 /dev/urandom | base64 -w0 | tr '+/' '-_' | head -c 434)
 fi
-# every configuration gets the same request bytes: the peers ignore the token;
-# each Cloister instance gets the token it issued (the same length and claims)
+# every configuration gets the same request bytes: the peers ignore the token
+# (they get Cloister's); each Cloister instance gets the token it issued (the
+# same length and claims)
 headers_for() { # ID: the -H arguments of wrk/curl for configuration ID
-    local w=${1%-*}
+    local name=${1%-*-*} w=${1%-*}
     w=${w##*-}
-    local t="token_$w"
+    local t=token_cloister_1
+    case $name in cloister | baseline) t="token_${name}_$w" ;; esac
     printf '%s\n' -H "Host: static.localhost" -H "Authorization: Bearer ${!t}"
 }
 
 # the peers are what they say: the file arrives, auth_request refuses without Authorization
 for id in "${!url[@]}"; do
-    [[ $id == cloister-* ]] && continue
+    [[ $id == cloister-* || $id == baseline-* ]] && continue
     mapfile -t h < <(headers_for "$id")
     got=$(curl -sk -o /dev/null -w '%{http_code} %{size_download}' "${h[@]}" "${url[$id]}")
     [ "$got" = "200 612" ] || { echo "$id: ${url[$id]} answered '$got', not '200 612'" >&2; exit 1; }
@@ -297,8 +321,7 @@ measure() {
     wrk -t"$threads" -c50 -d"${secs}s" --latency "${h[@]}" "${url[$1]}" >"$work/$1.$2.txt"
     cpu_ticks "${serving[$1]}" >>"$work/$1.$2.cpu"
 }
-peers=(nginx haproxy nginx-auth)
-[ -n "$cl_skip" ] || peers+=(cloister)
+peers=(nginx haproxy nginx-auth "${cloisters[@]}")
 ids=()
 for w in 1 2; do for p in http tls; do for c in "${peers[@]}"; do ids+=("$c-$w-$p"); done; done; done
 echo "== wrk -c50 keep-alive (-t1 at 1 worker, -t2 at 2), 1 s warm-up + ${secs}s each, $rounds interleaved rounds, medians"
@@ -339,7 +362,9 @@ report=$($py - "$work" "$rounds" "$(getconf CLK_TCK)" "${ids[@]}" <<'EOF'
 import re, statistics, sys
 work, rounds, hz, ids = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 label = {"nginx": "nginx proxy_pass, no auth", "haproxy": "HAProxy, no auth",
-         "nginx-auth": "nginx auth_request (204 auth)", "cloister": "cloister: token + 10 rules + log"}
+         "nginx-auth": "nginx auth_request (204 auth)", "cloister": "cloister: token + 10 rules + log",
+         "baseline": "baseline build: the same"}
+baseline = any(i.startswith("baseline-") for i in ids)
 
 def us(v):  # a wrk latency ("1.23ms") in microseconds
     m = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", v)
@@ -379,26 +404,32 @@ summary = []
 if any(i.startswith("cloister-") for i in ids):
     print()
     print("%-7s %-5s %12s %12s %12s %12s %12s" % ("workers", "proto", "/proxy_pass", "/faster peer", "/auth_req",
-                                                  "p99/nginx", "p99/faster"))
+                                                  "p99/nginx", "p99/faster") + ("  %12s %12s" % (
+                                                  "/baseline", "CPU/baseline") if baseline else ""))
     for w in "12":
         for p in ("http", "tls"):
             cl, ng, hp, au = (res[f"{c}-{w}-{p}"] for c in ("cloister", "nginx", "haproxy", "nginx-auth"))
             faster = ng if ng["rate"] >= hp["rate"] else hp
             r = (cl["rate"] / ng["rate"], cl["rate"] / faster["rate"], cl["rate"] / au["rate"],
                  cl["p99"] / ng["p99"], cl["p99"] / faster["p99"])
-            print("%-7s %-5s %12.2f %12.2f %12.2f %12.2f %12.2f" % ((w, p) + r))
+            extra = ""
+            if baseline:
+                b = res[f"baseline-{w}-{p}"]
+                extra = "  %12.2f %12.2f" % (cl["rate"] / b["rate"], sum(cl["cpu"].values()) / sum(b["cpu"].values()))
+            print("%-7s %-5s %12.2f %12.2f %12.2f %12.2f %12.2f" % ((w, p) + r) + extra)
             summary.append("%sw %s %.2f/%.2f p99 %.2f" % (w, p, r[0], r[1], r[3]))
     print("targets: req/s / nginx proxy_pass >= 1.0 and p99 / nginx <= 1.2 at 1 worker (must);"
           " / the faster of nginx and HAProxy >= 1.0 at 1 and 2 workers (aim)")
     print()
     print("CPU us per request, each Cloister role (medians)")
     roles = ["proxy", "api", "audit", "kms", "runner", "cloisterd"]
-    print("%-7s %-5s " % ("workers", "proto") + " ".join("%9s" % r for r in roles) + " %9s" % "total")
-    for w in "12":
-        for p in ("http", "tls"):
-            cpu = res[f"cloister-{w}-{p}"]["cpu"]
-            print("%-7s %-5s " % (w, p) + " ".join("%9.1f" % cpu.get(r, 0) for r in roles) +
-                  " %9.1f" % sum(cpu.values()))
+    print("%-9s %-7s %-5s " % ("build", "workers", "proto") + " ".join("%9s" % r for r in roles) + " %9s" % "total")
+    for c in ("cloister", "baseline") if baseline else ("cloister",):
+        for w in "12":
+            for p in ("http", "tls"):
+                cpu = res[f"{c}-{w}-{p}"]["cpu"]
+                print("%-9s %-7s %-5s " % (c, w, p) + " ".join("%9.1f" % cpu.get(r, 0) for r in roles) +
+                      " %9.1f" % sum(cpu.values()))
 
 print()
 print("syscalls per request at 1 worker (strace -c -f on the serving processes; Cloister: its proxy role)")
@@ -432,12 +463,13 @@ kib() { $py -c 'import json, sys; v = json.load(open(sys.argv[1]))["kib_per_conn
     "$work/idle-$1.json"; }
 echo
 echo "== $idle_conns idle keep-alive connections over plain HTTP (one request answered on each, then left open)"
-idle nginx "nginx proxy_pass (worker $nginx1_worker)" "$nginx1_worker" "$nginx1_http" "$token_1"
+idle nginx "nginx proxy_pass (worker $nginx1_worker)" "$nginx1_worker" "$nginx1_http" "$token_cloister_1"
 if [ -z "$cl_skip" ]; then
     proxy_pid=""
     for rp in ${serving[cloister-1-http]}; do [ "${rp%%=*}" = proxy ] && proxy_pid=${rp#*=}; done
     if [ -n "$proxy_pid" ]; then
-        idle cloister "cloister proxy role (pid $proxy_pid)" "$proxy_pid" "$cloister1_http" "$token_1"
+        cloister1_http=${url[cloister-1-http]#http://127.0.0.1:}
+        idle cloister "cloister proxy role (pid $proxy_pid)" "$proxy_pid" "${cloister1_http%%/*}" "$token_cloister_1"
         echo "(target for cloister: <= 8 KiB per connection)"
         summary+="; KiB per idle connection $(kib cloister) (aim <= 8; nginx $(kib nginx))"
     else
