@@ -88,7 +88,9 @@ bool framing_path_has_parameters(const char *target, size_t len);
  * h2o does, found about REQ: a static sentence when REQ stands in for an
  * HTTP/1 head h2o could not parse, or when its HTTP/2 header block carries
  * fields h2o does not show (a second content-length); else NULL. Each
- * finding is handed out once. */
+ * finding is handed out once. On a connection of httpd's own HTTP/1 front
+ * end (h1front.h), which is its own guard: its verdict on the raw head,
+ * every time it is asked. */
 const char *httpd_guard_verdict(h2o_req_t *req);
 
 /* Checks REQ as h2o received it, over HTTP/1 or HTTP/2, before anything of it
