@@ -1,12 +1,13 @@
-"""The proxy's own HTTP/1.1 front end (src/httpd/h1front.c, turned on with
-CLOISTER_PROXY_HTTP1=h1front): what a client sees of its reads kept armed
+"""The proxy's own HTTP/1.1 front end (src/httpd/h1front.c, the proxy's
+HTTP/1 server unless CLOISTER_PROXY_HTTP1=h2o): what a client sees of its reads kept armed
 and its parser, on the plain and TLS listeners, through the whole corridor
 to a recording upstream (echo_upstream.py): pipelined requests answered in
 order, a head split into many small writes, a chunked body with trailers,
 Expect: 100-continue, a WebSocket upgrade handed on to h2o's server, and the
 deadlines: a slow head and an idle keep-alive connection are closed once
-the proxy's request timeout (10 s) has passed. The whole test_proxy.py and
-test_framing.py suites pass with the variable set too (docs/proxy.md)."""
+the proxy's request timeout (10 s) has passed. The other proxy tests run on
+it too; one here checks that CLOISTER_PROXY_HTTP1=h2o still selects h2o's
+server."""
 import base64
 import json
 import os
@@ -34,7 +35,7 @@ def cluster(tmp_path_factory):
     s = Server(tmp_path_factory.mktemp("h1front") / "data",
                extra_args=["--proxy-listen", f"127.0.0.1:{https_port}", "--proxy-http-listen",
                            f"127.0.0.1:{http_port}", "--domain", DOMAIN],
-               env_extra={"CLOISTER_PROXY_HTTP1": "h1front"}).start()
+               ).start()
     c = SimpleNamespace(s=s, up=up, http_port=http_port, https_port=https_port, token=None)
     r = s.request("POST", "/v1/apply", json={"items": [
         manifest("User", "alice", {"type": "human", "email": "alice@example.com"}),
@@ -48,7 +49,9 @@ def cluster(tmp_path_factory):
     r = s.request("POST", "/v1/auth/token", token="", json={"token": tok})
     assert r.status_code == 200, r.text
     c.token = r.json()["access_token"]
-    assert '"http1":"h1front"' in s.read_log(), "the proxy serves HTTP/1 with the front end"
+    listening = [json.loads(line) for line in s.read_log().splitlines()
+                 if '"msg":"listening"' in line and '"server":"proxy"' in line]
+    assert [entry["http1"] for entry in listening] == ["h1front"], "the proxy serves HTTP/1 with the front end"
     deadline = time.time() + 15
     while True:
         got = all_responses(exchange(c, get("/ready", c.token, close=True)))
@@ -199,3 +202,18 @@ def test_slow_head_and_idle_keep_alive_are_closed_at_the_deadline(cluster):
     assert waited < REQUEST_TIMEOUT_S + 5, f"closed after {waited:.1f} s"
     slow.close()
     idle.close()
+
+
+def test_h2o_http1_server_is_kept_as_a_fallback(tmp_path):
+    http_port = free_port()
+    s = Server(tmp_path / "data", extra_args=["--proxy-http-listen", f"127.0.0.1:{http_port}", "--domain", DOMAIN],
+               env_extra={"CLOISTER_PROXY_HTTP1": "h2o"}).start()
+    try:
+        listening = [json.loads(line) for line in s.read_log().splitlines()
+                     if '"msg":"listening"' in line and '"server":"proxy"' in line]
+        assert [entry["http1"] for entry in listening] == ["h2o"], listening
+        raw = exchange(SimpleNamespace(http_port=http_port),
+                       b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert statuses(raw) == [200], raw
+    finally:
+        s.stop()

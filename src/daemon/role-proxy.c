@@ -1,7 +1,8 @@
 /* The `proxy` role's main: its view of the configuration, then its server
- * (src/proxy/role.c). CLOISTER_PROXY_HTTP1=h1front (off by default while
- * it is measured) serves the proxy's HTTP/1 connections with httpd's own
- * front end (src/httpd/h1front.h) in place of h2o's HTTP/1 server. */
+ * (src/proxy/role.c). Its HTTP/1 connections are served by httpd's own
+ * front end (src/httpd/h1front.h); CLOISTER_PROXY_HTTP1=h2o gives them to
+ * libh2o's HTTP/1 server instead (the server before it, kept for a
+ * comparison or a fallback). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,7 +33,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         .cert_file = cfg->proxy_cert,
         .key_file = cfg->proxy_key,
         .threads = cfg->proxy_threads,
-        .h1_front = http1 && strcmp(http1, "h1front") == 0,
+        .h1_front = !http1 || strcmp(http1, "h2o") != 0,
         .metrics = cfg->proxy_metrics,
         .ready_flag = &health->ready,
     };

@@ -1,5 +1,6 @@
 /* Cloister's own HTTP/1.1 server side, in place of libh2o's for the
- * connections a server hands it (plain HTTP, and TLS that did not choose h2).
+ * connections a server hands it (plain HTTP, and TLS that did not choose h2):
+ * the proxy's (httpd_config.h1_front).
  *
  * Reads stay armed for the connection's life (no epoll_ctl per request):
  * bytes that arrive while a request is answered wait in the socket's input,
