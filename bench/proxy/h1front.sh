@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The proxy's HTTP/1 server side: libh2o's (h2o) against Cloister's own
-# front end (h1front: CLOISTER_PROXY_HTTP1=h1front, src/httpd/h1front.c), with
+# The proxy's HTTP/1 server side: libh2o's (h2o: CLOISTER_PROXY_HTTP1=h2o)
+# against Cloister's own front end (h1front, the default: src/httpd/h1front.c), with
 # nginx proxy_pass beside them, in ROUNDS interleaved rounds (nginx, h2o,
 # h1front, nginx, ...) so that the machine's drift hits them alike. The
 # setup of run.sh: one static nginx upstream (1 worker, 612 bytes), the
@@ -75,7 +75,7 @@ serve() {
     fi
     url="http://127.0.0.1:$ph/index.html"
     bench_pause_cloisterd
-    if [ "$1" = h1front ]; then export CLOISTER_PROXY_HTTP1=h1front; else unset CLOISTER_PROXY_HTTP1; fi
+    export CLOISTER_PROXY_HTTP1=$1
     bench_resume_cloisterd
     local code=000
     for _ in $(seq 1 300); do
