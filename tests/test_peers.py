@@ -18,7 +18,7 @@ import time
 import pytest
 import requests
 
-from conftest import run_cli
+from conftest import access_records, run_cli
 from test_audit import all_entries, wait_for
 
 SOCKETS = ("kms.sock", "audit.sock", "runner.sock")
@@ -161,8 +161,7 @@ def test_entries_carry_the_appending_role_and_the_audit_roles_time(peers_server)
     def found():
         es = all_entries(s)
         write = [e for e in es if e["action"] == "resource.create" and e["resource"]["name"] == "appender-probe"]
-        access = [e for e in es if e["action"] == "proxy.access"
-                  and any("/appender-probe" in json.dumps(r) for r in e["details"]["requests"])]
+        access = [e for (e, rec) in access_records(s) if rec["path"] == "/appender-probe"]
         return (write, access) if write and access else None
     write, access = wait_for(found)
     assert write[0]["appender"] == "api" and access[0]["appender"] == "proxy"
@@ -229,8 +228,7 @@ def test_a_role_cannot_append_what_it_may_not(peers_server):
     # the proxy delivers an access entry; its connection to audit.sock stays open (keep-alive)
     requests.get(f"https://127.0.0.1:{proxy_port}/warm-up", headers={"Host": "nothing.localhost"}, verify=s.ca,
                  timeout=10)
-    wait_for(lambda: any(e["action"] == "proxy.access" and "/warm-up" in json.dumps(e["details"])
-                         for e in all_entries(s)))
+    wait_for(lambda: any(rec["path"] == "/warm-up" for (_, rec) in access_records(s)))
     sock = wait_for(lambda: steal_audit_connection(s, "proxy"), timeout=5)
     size, since, started = checkpoint_size(s), len(s.read_log()), time.time()
     allowed = dict(FORGED, action="proxy.access", resource={"kind": "Service", "name": "stamped-probe"},
