@@ -17,6 +17,8 @@
  *                                a browser without one is sent to log in
  *                                (login.c)
  *   decide        decide.c       the policy on the normalised request
+ *   commit        access-log.c   a failClosed Service: the admission record
+ *                                committed to the audit log first
  *   portal        portal.c       a portal Service: its app's files, its /v1/
  *                                calls to the API as the user
  *   reachable     forward.c      an upstream (or enclave replica) to go to
