@@ -516,12 +516,14 @@ static void handle_segment_put(audit_role *r, h2o_req_t *req)
         return;
     }
     snprintf(path, sizeof(path), "%s/%s", r->segments, id);
-    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-    struct stat st;
-    int e = fd < 0 || fstat(fd, &st) < 0 ? -errno : 0;
+    /* a segment starts at offset 0: anything else of an unknown one is a gap */
+    int fd = open(path, O_WRONLY | O_CLOEXEC | (offset == 0 ? O_CREAT : 0), 0600);
+    struct stat st = {0};
+    int e = fd < 0 && errno != ENOENT ? -errno : fd >= 0 && fstat(fd, &st) < 0 ? -errno : 0;
     uint64_t size = e == 0 ? (uint64_t)st.st_size : 0, end = offset + req->entity.len;
     if (e == 0 && offset > size) {
-        close(fd);
+        if (fd >= 0)
+            close(fd);
         send_error(req, 409, "conflict", "the segment's bytes must arrive in order (a gap before this offset)");
         return;
     }
