@@ -105,6 +105,7 @@ def cluster(tmp_path_factory):
     c.tokens["alice"] = c.login("alice-cli")
     c.tokens["bob"] = c.login("bob-cli")
     c.wait_status("/", c.tokens["alice"]["access_token"], 200, timeout=10)
+    c.wait_status("/", c.tokens["bob"]["access_token"], 403, timeout=10)  # bob's session has reached the proxy too
     yield c
     s.stop()
     up.stop()
