@@ -69,6 +69,7 @@
 #include "runner/agent.h"
 #include "runner/egress.h"
 #include "runner/output.h"
+#include "runner/plugins.h"
 #include "runner/server.h"
 #include "sandbox/launch.h"
 #include "sandbox/measure.h"
@@ -720,7 +721,10 @@ int runner_serve(const runner_server_config *cfg)
             .check_peer = peer_check_hook,
             .peer_data = &peers,
         };
+        runner_plugins *plugins = NULL;
+        (void)runner_plugins_start(cfg->dir, cfg->plugin_dir, cfg->roles, cfg->n_roles, &plugins);
         r = httpd_run(&h);
+        runner_plugins_stop(plugins);
     }
     EVP_PKEY_free(rn.key);
     X509_free(rn.cert);
