@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import BUILD, Server, free_port, manifest, open_for_roles
+from conftest import BUILD, Server, audited, free_port, manifest, open_for_roles
 
 DOMAIN = "localhost"
 PLUGINS = {"claims-auth": "plugins", "request-log": "plugins", "egress-rules": "plugins",
            "noop": "plugins/testing", "crash": "plugins/testing", "hang": "plugins/testing",
            "abi-v2": "plugins/testing"}
-TRUSTED = ["claims-auth", "request-log", "noop", "abi-v2"]
+TRUSTED = ["claims-auth", "request-log", "noop", "abi-v2", "egress-rules"]
 
 
 def install_plugins(plugin_dir):
@@ -233,3 +233,70 @@ def test_plugin_calls_are_metrics(cluster):
     m = requests.get(c.s.url + "/metrics", verify=c.s.ca, headers={"Authorization": f"Bearer {c.s.token}"}).text
     assert 'cloister_plugin_calls_total{plugin="noop",phase="request_headers",outcome="ok"}' in m
     assert 'cloister_plugin_duration_seconds_sum{plugin="noop",phase="request_headers"}' in m
+
+
+def test_egress_plugins_deny_and_tag_an_enclaves_connections(cluster, tmp_path):
+    """The runner asks an Enclave's egress plugins about each CONNECT its
+    allow-list permits: egress-rules in the runner's process and another
+    instance in a sandbox; a denied destination never sees a connection."""
+    from echo_upstream import EchoUpstream
+    from test_enclave_egress import PROBE, CountingListener
+    from test_enclaves import APP, enclave, wait_for
+    c = cluster
+    echo = EchoUpstream()
+    echo_port = echo.start()
+    denied_in, denied_out = CountingListener(), CountingListener()
+    b = tmp_path / "bundle"
+    b.mkdir()
+    (b / "enclave.yaml").write_text('command: ["/usr/bin/python3", "probe.py"]\nport: 8080\n')
+    (b / "probe.py").write_text(PROBE + "\n" + APP)
+    plan = [
+        {"kind": "http", "name": "tagged", "target": f"127.0.0.1:{echo_port}", "path": "/tagged"},
+        {"kind": "http", "name": "denied-in", "target": f"127.0.0.1:{denied_in.port}", "path": "/"},
+        {"kind": "http", "name": "denied-out", "target": f"127.0.0.1:{denied_out.port}", "path": "/"},
+    ]
+    (b / "plan.json").write_text(json.dumps(plan))
+    for f in b.iterdir():
+        os.chmod(f, 0o644)
+    os.chmod(b, 0o755)
+    open_for_roles(b)
+    rules_in = {"rules": [{"host": "127.0.0.1", "port": echo_port, "action": "allow", "tags": {"purpose": "billing"}},
+                          {"host": "127.0.0.1", "port": denied_in.port, "action": "deny"}]}
+    rules_out = {"rules": [{"host": "127.0.0.1", "port": denied_out.port, "action": "deny"}], "default": "allow"}
+    try:
+        c.apply(enclave("outbound", b, egress=[{"host": "127.0.0.1", "port": p}
+                                               for p in (echo_port, denied_in.port, denied_out.port)],
+                        plugins=[{"name": "egress-rules", "phase": "egress", "config": rules_in},
+                                 {"name": "egress-rules-sandboxed", "phase": "egress", "config": rules_out}]))
+        log = c.s.data_dir / "runner" / "outbound-1.log"
+
+        def done():
+            text = log.read_text() if log.exists() else ""
+            lines = [json.loads(x.split("EGRESS ", 1)[1]) for x in text.splitlines() if "EGRESS " in x]
+            return {r["probe"]: r for r in lines} if any(r["probe"] == "done" for r in lines) else None
+        got = wait_for(done, timeout=90, what=f"the probes' results in {log}")
+        assert " 200 " in got["tagged"]["status"] and "/tagged" in got["tagged"]["answer"], got["tagged"]
+        assert " 403 " in got["denied-in"]["status"], got["denied-in"]
+        assert "denied by plugin egress-rules:" in got["denied-in"]["answer"], got["denied-in"]
+        assert " 403 " in got["denied-out"]["status"], got["denied-out"]
+        assert "denied by plugin egress-rules-sandboxed:" in got["denied-out"]["answer"], got["denied-out"]
+        assert denied_in.accepted == 0 and denied_out.accepted == 0
+
+        def entry(port):
+            return audited(c.s, "enclave.egress", lambda e: e["resource"]["name"] == "outbound"
+                           and e["details"]["port"] == port)[0]
+        e = entry(echo_port)
+        assert e["outcome"] == "success" and e["details"]["tags"] == {"purpose": "billing"}, e
+        e = entry(denied_in.port)
+        assert e["outcome"] == "denied" and "denied by plugin egress-rules: egress-rules: rule 1" in \
+            e["details"]["reason"], e
+        assert entry(denied_out.port)["outcome"] == "denied"
+        # an Enclave's plugin must be an egress one
+        r = c.s.request("POST", "/v1/apply", json={"items": [enclave("outbound", b, plugins=[
+            {"name": "noop", "phase": "request_headers"}])]})
+        assert r.status_code == 400 and "phase must be egress" in r.text, r.text
+    finally:
+        c.s.request("DELETE", "/v1/enclaves/outbound")
+        echo.stop()
+        denied_in.close()
+        denied_out.close()

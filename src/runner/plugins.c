@@ -158,7 +158,7 @@ int runner_plugins_start(const char *dir, const char *plugin_dir, const role_hea
         return -ENOMEM;
     rp->listen_fd = -1;
     rp->peers = (peer_policy){.socket = "plugins.sock", .roles = roles, .n_roles = n_roles, .uid = geteuid(),
-                              .allowed = {"proxy"}};
+                              .allowed = {"proxy", "runner"}};
     int r = 0;
     if (!realpath(plugin_dir, rp->plugin_dir)) {
         r = negative_errno();

@@ -1,5 +1,6 @@
 /* The runner's plugin launcher (docs/plugins.md, "Out of process"): on
- * <runner_dir>/plugins.sock, for the proxy role only, each connection asks
+ * <runner_dir>/plugins.sock, for the proxy role and the runner's own egress
+ * gate only, each connection asks
  * for one sandbox of one untrusted plugin: it writes a 2-byte
  * little-endian length and the plugin's name, and the runner launches
  * cloister-plugin-sandbox in a sandbox (sandbox/launch.h: the plugin
