@@ -1,7 +1,12 @@
 /* The plugin host's units: the host functions over a call, the wire
  * protocol both ways, and what the decoders refuse. */
 #include <criterion/criterion.h>
+#include <dlfcn.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "plugin/plugin.h"
 #include "plugin/wire.h"
@@ -100,4 +105,50 @@ Test(plugin, names_and_directory)
     cr_assert_eq(plugin_library_open("/nonexistent-dir", "noop", &h, &p, err, sizeof(err)), -ENOENT);
     cr_assert(strstr(err, "plugin noop"), "%s", err);
     cr_assert_eq(plugin_library_open("/tmp", "../x", &h, &p, err, sizeof(err)), -EINVAL);
+}
+
+/* The built test plugins: plugins/testing beside this test's executable
+ * (the build tree's root). */
+static void testing_dir(char *out, size_t size)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    cr_assert(n > 0);
+    self[n] = 0;
+    snprintf(out, size, "%s/plugins/testing", dirname(self));
+}
+
+Test(plugin, load_checks_the_abi_version)
+{
+    char dir[PATH_MAX + 32], err[PLUGIN_ERROR_MAX];
+    testing_dir(dir, sizeof(dir));
+    void *h;
+    const cloister_plugin *p;
+    cr_assert_eq(plugin_library_open(dir, "noop", &h, &p, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(p->abi_version, CLOISTER_PLUGIN_ABI_VERSION);
+    dlclose(h);
+    cr_assert_eq(plugin_library_open(dir, "abi-v2", &h, &p, err, sizeof(err)), -EPROTO);
+    cr_assert(strstr(err, "plugin abi-v2: ABI version mismatch: this host expects version 1, the plugin has version 2"),
+              "%s", err);
+}
+
+Test(plugin, trusted_instances_run_in_process_and_are_shared)
+{
+    char dir[PATH_MAX + 32], err[PLUGIN_ERROR_MAX];
+    testing_dir(dir, sizeof(dir));
+    cr_assert_eq(plugin_host_configure(dir, "noop,abi-v2", NULL), 0);
+    plugin_instance *a, *b, *c;
+    cr_assert_eq(plugin_instance_get("noop", "{}", 100, &a, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(plugin_instance_get("noop", "{}", 100, &b, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(a, b, "one instance per plugin, config and timeout");
+    cr_assert(plugin_instance_in_process(a));
+    plugin_call_init(&call, CLOISTER_PHASE_REQUEST_HEADERS);
+    cr_assert_eq(plugin_instance_run(a, &call, err, sizeof(err)), PLUGIN_OUTCOME_OK);
+    cr_assert_eq(call.action, CLOISTER_CONTINUE);
+    plugin_instance_unref(a);
+    plugin_instance_unref(b);
+    cr_assert_eq(plugin_instance_get("abi-v2", "{}", 100, &c, err, sizeof(err)), -EPROTO);
+    cr_assert(strstr(err, "ABI version mismatch"), "%s", err);
+    cr_assert_eq(plugin_instance_get("crash", "{}", 100, &c, err, sizeof(err)), -ENOENT, "untrusted, no runner");
+    cr_assert(strstr(err, "not trusted"), "%s", err);
 }
