@@ -228,10 +228,25 @@ def test_a_plugin_outside_the_directory_is_refused(cluster):
 
 def test_plugin_calls_are_metrics(cluster):
     c = cluster
-    c.service("metered", [{"name": "noop", "phase": "request_headers"}, {"name": "noop-sandboxed", "phase": "log"}])
+    c.service("metered", [{"name": "noop", "phase": "request_headers"}, {"name": "noop", "phase": "request_body"},
+                          {"name": "noop", "phase": "response_headers"}, {"name": "noop-sandboxed", "phase": "log"}])
     c.wait("metered", lambda r: r.status_code == 200)
+    r = requests.post(f"http://127.0.0.1:{c.http_port}/posted", data=b"a body",
+                      headers={"Host": f"metered.{DOMAIN}", "Authorization": f"Bearer {c.token}"}, timeout=15)
+    assert r.status_code == 200 and r.json()["body"] == "a body", r.text
+
+    def counted(phase, plugin="noop"):
+        m = requests.get(c.s.url + "/metrics", verify=c.s.ca, headers={"Authorization": f"Bearer {c.s.token}"}).text
+        line = [x for x in m.splitlines()
+                if x.startswith(f'cloister_plugin_calls_total{{plugin="{plugin}",phase="{phase}",outcome="ok"}}')]
+        return int(line[0].split()[-1]) if line else 0
+    assert counted("request_headers") >= 2 and counted("response_headers") >= 2
+    assert counted("request_body") >= 1
+    deadline = time.time() + 10  # the log phase runs as the request ends, after its answer
+    while counted("log", "noop-sandboxed") < 2:
+        assert time.time() < deadline, "the sandboxed log calls were not counted"
+        time.sleep(0.1)
     m = requests.get(c.s.url + "/metrics", verify=c.s.ca, headers={"Authorization": f"Bearer {c.s.token}"}).text
-    assert 'cloister_plugin_calls_total{plugin="noop",phase="request_headers",outcome="ok"}' in m
     assert 'cloister_plugin_duration_seconds_sum{plugin="noop",phase="request_headers"}' in m
 
 
