@@ -289,19 +289,15 @@ proxy_step proxy_stage_plugins(proxy_request *pr)
     if (!selected)
         return PROXY_NEXT;
     h2o_req_t *req = pr->req;
-    unsigned later = (1u << CLOISTER_PHASE_RESPONSE_HEADERS) | (1u << CLOISTER_PHASE_LOG);
-    if (svc->plugin_phases & later) {
-        plugin_hooks *h;
-        if (svc->plugin_phases & (1u << CLOISTER_PHASE_LOG))
-            h = h2o_mem_alloc_shared(&req->pool, sizeof(*h), on_log);
-        else
-            h = h2o_mem_alloc_pool(&req->pool, sizeof(*h));
+    if (svc->plugin_phases & (1u << CLOISTER_PHASE_LOG)) {
+        plugin_hooks *h = h2o_mem_alloc_shared(&req->pool, sizeof(*h), on_log);
         *h = (plugin_hooks){.pr = pr, .selected = (unsigned)selected};
-        if (svc->plugin_phases & (1u << CLOISTER_PHASE_RESPONSE_HEADERS)) {
-            plugin_hooks *f = (plugin_hooks *)h2o_add_prefilter(req, sizeof(*f));
-            *f = *h;
-            f->super = (h2o_req_prefilter_t){.on_setup_ostream = on_response};
-        }
+    }
+    if (svc->plugin_phases & (1u << CLOISTER_PHASE_RESPONSE_HEADERS)) {
+        plugin_hooks *f = (plugin_hooks *)h2o_add_prefilter(req, sizeof(*f)); /* keeps its link to the next */
+        f->super.on_setup_ostream = on_response;
+        f->pr = pr;
+        f->selected = (unsigned)selected;
     }
     unsigned now = (1u << CLOISTER_PHASE_REQUEST_HEADERS) | (1u << CLOISTER_PHASE_REQUEST_BODY);
     if (!(svc->plugin_phases & now))
