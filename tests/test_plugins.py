@@ -315,3 +315,19 @@ def test_egress_plugins_deny_and_tag_an_enclaves_connections(cluster, tmp_path):
         echo.stop()
         denied_in.close()
         denied_out.close()
+
+
+def test_plugins_never_see_credentials_or_identity_headers(cluster):
+    """A client-sent x-cloister-* header (which the proxy strips) and the
+    bearer token are hidden from plugins: an authorizer keyed on them
+    cannot be fooled by a client, nor can it read the token."""
+    c = cluster
+    c.service("spoof", [{"name": "claims-auth-sandboxed", "phase": "request_headers",
+                         "config": {"header": "x-cloister-user", "values": ["alice"]}},
+                        ])
+    r = c.wait("spoof", lambda r: r.status_code == 403, headers={"x-cloister-user": "alice"})
+    assert "header x-cloister-user is missing" in r.json()["error"]["message"], r.text
+    c.service("token-peek", [{"name": "claims-auth", "phase": "request_headers",
+                              "config": {"header": "authorization", "values": [f"Bearer {c.token}"]}}])
+    r = c.wait("token-peek", lambda r: r.status_code == 403)
+    assert "header authorization is missing" in r.json()["error"]["message"], r.text

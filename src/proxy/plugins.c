@@ -6,7 +6,8 @@
  * a plugin that fails (it cannot be loaded or started, crashes, hangs past
  * its timeout, answers garbage) lets the request go on (failure: open) or
  * refuses it with 503 (closed). Credential headers (authorization, cookie,
- * proxy-authorization) are never shown to a plugin. Every call is counted
+ * proxy-authorization), the identity headers and an injected secret are never
+ * shown to a plugin. Every call is counted
  * per plugin, phase and outcome (metrics.h). */
 #include <errno.h>
 #include <stdio.h>
@@ -96,12 +97,17 @@ typedef struct plugin_hooks {
     unsigned selected; /* bit i: plugin i's when held */
 } plugin_hooks;
 
-/* Whether the credential header NAME is kept from plugins. */
-static bool is_credential(const h2o_iovec_t *name)
+/* Whether request header NAME of SVC is kept from plugins: credentials,
+ * and what the rewrite stage adds for the upstream (the identity headers
+ * with the signed assertion, the secret SVC injects), which the response
+ * and log phases would otherwise see. */
+static bool is_hidden(const proxy_service *svc, const h2o_iovec_t *name)
 {
     return h2o_memis(name->base, name->len, H2O_STRLIT("authorization")) ||
            h2o_memis(name->base, name->len, H2O_STRLIT("cookie")) ||
-           h2o_memis(name->base, name->len, H2O_STRLIT("proxy-authorization"));
+           h2o_memis(name->base, name->len, H2O_STRLIT("proxy-authorization")) ||
+           (name->len >= 11 && strncasecmp(name->base, "x-cloister-", 11) == 0) ||
+           (svc->inject && h2o_memis(name->base, name->len, svc->inject_name.base, svc->inject_name.len));
 }
 
 /* Fills CALL's inputs for PHASE from PR (and the response HEADERS when in
@@ -133,7 +139,7 @@ static void call_fill(plugin_call *call, proxy_request *pr, cloister_phase phase
     if (phase == CLOISTER_PHASE_REQUEST_BODY)
         call->body = (cloister_str){req->entity.base, MIN(req->entity.len, (size_t)PLUGIN_BODY_MAX)};
     for (size_t i = 0; headers && i < headers->size; i++)
-        if (!is_credential(headers->entries[i].name))
+        if (headers == &req->res.headers || !is_hidden(pr->svc, headers->entries[i].name))
             plugin_call_header(call, headers->entries[i].name->base, headers->entries[i].name->len,
                                headers->entries[i].value.base, headers->entries[i].value.len);
 }
