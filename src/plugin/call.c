@@ -120,9 +120,9 @@ static bool headers_phase(const cloister_call *call)
     return call->phase == CLOISTER_PHASE_REQUEST_HEADERS || call->phase == CLOISTER_PHASE_RESPONSE_HEADERS;
 }
 
-/* A header name the host accepts from a plugin: an RFC 9110 token, not an
- * identity header of the proxy. */
-static bool settable_name(cloister_str name)
+/* (call.h) Checked by the host functions and again on an answer from a
+ * sandbox. */
+bool plugin_header_settable(cloister_str name)
 {
     static const char tchar[] = "!#$%&'*+-.^_`|~";
     if (name.len == 0 || name.len > PLUGIN_NAME_MAX ||
@@ -137,7 +137,7 @@ static bool settable_name(cloister_str name)
     return true;
 }
 
-static bool value_ok(cloister_str v)
+bool plugin_value_valid(cloister_str v)
 {
     if (v.len > PLUGIN_VALUE_MAX)
         return false;
@@ -151,7 +151,7 @@ static int add_op(cloister_call *call, plugin_op_kind kind, cloister_str name, c
 {
     if (!headers_phase(call))
         return -EINVAL;
-    if (!settable_name(name) || !value_ok(value))
+    if (!plugin_header_settable(name) || !plugin_value_valid(value))
         return -EINVAL;
     if (call->n_ops >= PLUGIN_OPS_MAX)
         return -E2BIG;
@@ -194,7 +194,7 @@ static int host_deny(cloister_call *call, int status, cloister_str reason)
 
 static int host_tag(cloister_call *call, cloister_str key, cloister_str value)
 {
-    if (key.len == 0 || key.len > PLUGIN_NAME_MAX || !value_ok(value))
+    if (key.len == 0 || key.len > PLUGIN_NAME_MAX || !plugin_value_valid(value))
         return -EINVAL;
     if (call->n_tags >= PLUGIN_TAGS_MAX)
         return -E2BIG;

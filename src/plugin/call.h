@@ -67,6 +67,13 @@ void plugin_call_clear_answer(plugin_call *call);
  * copy. Returns 0 or -E2BIG. */
 int plugin_call_keep(plugin_call *call, const char *s, size_t len, cloister_str *ret);
 
+/* Whether NAME is a header a plugin may set or remove: an RFC 9110 token
+ * of at most PLUGIN_NAME_MAX, not an identity header (x-cloister-*). */
+bool plugin_header_settable(cloister_str name);
+/* Whether V may be a header or tag value: at most PLUGIN_VALUE_MAX, no
+ * control characters but tab. */
+bool plugin_value_valid(cloister_str v);
+
 /* The host functions over a plugin_call. LOG is where a plugin's log lines
  * go (the proxy's log in process, stderr in the sandbox). */
 void plugin_host_table(cloister_host *ret, void (*log)(cloister_call *call, int level, cloister_str message));

@@ -93,6 +93,26 @@ Test(plugin, garbage_refused)
     cr_assert_eq(plugin_wire_decode_call(bad_phase, sizeof(bad_phase), &call), -EBADMSG);
 }
 
+Test(plugin, a_sandbox_cannot_smuggle_headers)
+{
+    /* frames written by a plugin of its own, past the sandbox's host functions */
+    static const struct {
+        const char *name, *value;
+    } bad[] = {{"x-ok", "a\r\nx-injected: 1"}, {"x-cloister-user", "admin"}, {"bad name", "v"}, {"", "v"}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        plugin_call_init(&call, CLOISTER_PHASE_REQUEST_HEADERS);
+        call.ops[0] = (plugin_op){PLUGIN_OP_SET, S(bad[i].name), S(bad[i].value)};
+        call.n_ops = 1;
+        strbuf b;
+        strbuf_init(&b, 1 << 20);
+        cr_assert_eq(plugin_wire_answer(&b, &call), 0);
+        static plugin_call got;
+        cr_assert_eq(plugin_wire_decode_answer((const uint8_t *)b.data + 4, b.len - 4, &got), -EBADMSG, "%s: %s",
+                     bad[i].name, bad[i].value);
+        strbuf_free(&b);
+    }
+}
+
 Test(plugin, names_and_directory)
 {
     cr_assert(plugin_name_valid("claims-auth"));

@@ -251,7 +251,9 @@ int plugin_wire_decode_answer(const uint8_t *p, size_t n, plugin_call *call)
         uint32_t kind = get_uint(&r, 1);
         plugin_kv kv;
         get_kv(&r, &kv, PLUGIN_NAME_MAX, PLUGIN_VALUE_MAX);
-        if (r.bad || (kind != PLUGIN_OP_SET && kind != PLUGIN_OP_REMOVE))
+        /* the sandbox's host checked them; a plugin writing frames of its own did not */
+        if (r.bad || (kind != PLUGIN_OP_SET && kind != PLUGIN_OP_REMOVE) || !plugin_header_settable(kv.key) ||
+            !plugin_value_valid(kv.value))
             return -EBADMSG;
         plugin_kv kept;
         if (keep_kv(call, &kv, &kept) < 0)
@@ -264,7 +266,7 @@ int plugin_wire_decode_answer(const uint8_t *p, size_t n, plugin_call *call)
     for (size_t i = 0; i < ntags && !r.bad; i++) {
         plugin_kv kv;
         get_kv(&r, &kv, PLUGIN_NAME_MAX, PLUGIN_VALUE_MAX);
-        if (r.bad || keep_kv(call, &kv, &call->tags[i]) < 0)
+        if (r.bad || kv.key.len == 0 || !plugin_value_valid(kv.value) || keep_kv(call, &kv, &call->tags[i]) < 0)
             return -EBADMSG;
     }
     if (done(&r) < 0)
