@@ -135,6 +135,24 @@ static int load_in_process(plugin_instance *p, char *err, size_t err_size)
     return 0;
 }
 
+static int sandbox_start(plugin_instance *p, lane *l, char *err, size_t err_size);
+
+/* Starts the first sandbox of out-of-process instance P now (its maker's
+ * thread: the configuration's, not a request's), so that the first call
+ * does not wait for it; a failure is left for the calls to meet again. */
+static void prestart(plugin_instance *p)
+{
+    lane *l = &p->lanes[0];
+    char err[PLUGIN_ERROR_MAX];
+    pthread_mutex_lock(&l->lock);
+    if (l->fd < 0) {
+        int fd = sandbox_start(p, l, err, sizeof(err));
+        if (fd >= 0)
+            l->fd = fd;
+    }
+    pthread_mutex_unlock(&l->lock);
+}
+
 int plugin_instance_get(const char *name, const char *config, uint32_t timeout_ms, plugin_instance **ret, char *err,
                         size_t err_size)
 {
@@ -178,6 +196,8 @@ out:
     p->next = registry;
     registry = p;
     pthread_mutex_unlock(&registry_lock);
+    if (!p->plugin)
+        prestart(p);
     *ret = p;
     return 0;
 }

@@ -54,7 +54,8 @@ typedef struct plugin_instance plugin_instance;
 
 /* The instance of plugin NAME with CONFIG (JSON text) and TIMEOUT_MS,
  * made on first use (a trusted plugin is loaded and initialised now; an
- * untrusted one starts on its first call). Returns 0 and a reference, or a
+ * untrusted one's first sandbox is started now, and again by a call when
+ * it failed). Returns 0 and a reference, or a
  * negative errno with the reason in ERR (a trusted plugin that cannot load
  * or initialise, an untrusted one when no runner can start it). */
 int plugin_instance_get(const char *name, const char *config, uint32_t timeout_ms, plugin_instance **ret, char *err,
