@@ -6,21 +6,24 @@
 #   b. a no-op plugin in process      (request_headers: noop, trusted)
 #   c. a no-op plugin out of process  (request_headers: noop-sandboxed, in a
 #      sandbox the runner launches, one round trip on a Unix socket per request)
-# wrk -t1 -c50, HTTP/1.1 keep-alive, plain HTTP, a 2 s warm-up then DURATION
-# seconds each; the proxy with 1 worker thread.
+# wrk -t1 -c50, HTTP/1.1 keep-alive, plain HTTP; ROUNDS interleaved rounds
+# (a, b, c, a, b, c, ...) of a 1 s warm-up then DURATION seconds each, and
+# the median of each configuration (a crowded machine moves single runs a
+# lot); the proxy with 1 worker thread.
 #
 # Reading the output: req/s, p50 and p99 per configuration, then the ratios
 # b/a and c/a (what a plugin costs). A row marked "!" had non-2xx answers or
 # socket errors: its figures do not count.
 #
-# Usage: bench/plugins/run.sh [DURATION]   (seconds per measured run, default 10)
-#   BUILD=dir (release build dir, default build-bench-proxy), BENCH_KEEP=1
+# Usage: bench/plugins/run.sh [DURATION]   (seconds per measured run, default 5)
+#   ROUNDS=n (default 3), BUILD=dir (release build dir, default build-bench-proxy), BENCH_KEEP=1
 #   keeps the work dir.
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/../proxy/lib.sh"
 cd "$bench_top"
-secs=${1:-10}
+secs=${1:-5}
+rounds=${ROUNDS:-3}
 build=${BUILD:-build-bench-proxy}
 py=/usr/bin/python3
 
@@ -90,10 +93,10 @@ for id in a b c; do
     [ "$code" = 200 ] || { echo "${label[$id]}: the proxy answers $code, not 200" >&2; tail -n 30 "$BENCH_WORK/cloisterd.log" >&2; exit 1; }
 done
 
-measure() {
+measure() { # measure ID ROUND
     local h=(-H "Host: ${host[$1]}" -H "Authorization: Bearer $token")
-    wrk -t1 -c50 -d2s "${h[@]}" "$url" >/dev/null
-    wrk -t1 -c50 -d"${secs}s" --latency "${h[@]}" "$url" >"$work/$1.txt"
+    wrk -t1 -c50 -d1s "${h[@]}" "$url" >/dev/null
+    wrk -t1 -c50 -d"${secs}s" --latency "${h[@]}" "$url" >"$work/$1-$2.txt"
 }
 rate() { awk '/^Requests\/sec/ {print $2}' "$work/$1.txt"; }
 latency() {
@@ -101,23 +104,33 @@ latency() {
         print v * (u == "s" ? 1000000 : u == "ms" ? 1000 : u == "m" ? 60000000 : 1)}' "$work/$1.txt"
 }
 bad() { grep -qE "Non-2xx|Socket errors" "$work/$1.txt"; }
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
-echo "== wrk -t1 -c50 keep-alive, 2 s warm-up + ${secs}s each; proxy: 1 worker; upstream: nginx, a static 612-byte file"
+echo "== wrk -t1 -c50 keep-alive, $rounds interleaved rounds of ${secs}s each (1 s warm-up before each); medians;"
+echo "   proxy: 1 worker; upstream: nginx, a static 612-byte file"
 echo "   $(nproc) cores; load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other load on the machine skews all rows)"
-for id in a b c; do
-    echo "   measuring ${label[$id]}"
-    measure "$id"
+for r in $(seq 1 "$rounds"); do
+    for id in a b c; do
+        echo "   round $r: ${label[$id]}"
+        measure "$id" "$r"
+    done
 done
 echo
-printf "%-36s %10s %10s %10s\n" configuration "req/s" p50 p99
+printf "%-36s %10s %10s %10s   %s\n" configuration "req/s" p50 p99 "req/s of each round"
+declare -A med
 for id in a b c; do
-    mark=" "
-    bad "$id" && mark="!"
-    printf "%-36s %10.0f %7.2f ms %7.2f ms\n" "${label[$id]}$mark" "$(rate "$id")" \
-        "$(echo "$(latency "$id" 50) / 1000" | bc -l)" "$(echo "$(latency "$id" 99) / 1000" | bc -l)"
+    mark=" " rates="" p50s="" p99s=""
+    for r in $(seq 1 "$rounds"); do
+        bad "$id-$r" && mark="!"
+        rates+="$(rate "$id-$r") " p50s+="$(latency "$id-$r" 50) " p99s+="$(latency "$id-$r" 99) "
+    done
+    med[$id]=$(echo $rates | tr ' ' '\n' | median)
+    printf "%-36s %10.0f %7.2f ms %7.2f ms   %s\n" "${label[$id]}$mark" "${med[$id]}" \
+        "$(echo "$(echo $p50s | tr ' ' '\n' | median) / 1000" | bc -l)" \
+        "$(echo "$(echo $p99s | tr ' ' '\n' | median) / 1000" | bc -l)" "$rates"
 done
 echo
-ra=$(rate a) rb=$(rate b) rc=$(rate c)
+ra=${med[a]} rb=${med[b]} rc=${med[c]}
 printf "ratio in process / none:      %.3f\n" "$(echo "$rb / $ra" | bc -l)"
 printf "ratio out of process / none:  %.3f\n" "$(echo "$rc / $ra" | bc -l)"
 printf "SUMMARY plugins: none %.0f req/s, in process %.0f (%.2fx), out of process %.0f (%.2fx)\n" \
