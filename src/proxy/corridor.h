@@ -17,6 +17,8 @@
  *                                a browser without one is sent to log in
  *                                (login.c)
  *   decide        decide.c       the policy on the normalised request
+ *   plugins       plugins.c      the Service's plugins (request headers and
+ *                                body; response headers and log hooked)
  *   commit        access-log.c   a failClosed Service: the admission record
  *                                committed to the audit log first
  *   portal        portal.c       a portal Service: its app's files, its /v1/
@@ -166,12 +168,18 @@ proxy_step proxy_stage_trace(proxy_request *pr);        /* trace.c */
 proxy_step proxy_stage_limit(proxy_request *pr);        /* normalise.c */
 proxy_step proxy_stage_authenticate(proxy_request *pr); /* authenticate.c */
 proxy_step proxy_stage_decide(proxy_request *pr);       /* decide.c */
+proxy_step proxy_stage_plugins(proxy_request *pr);      /* plugins.c */
 proxy_step proxy_stage_portal(proxy_request *pr);       /* portal.c */
 proxy_step proxy_stage_reachable(proxy_request *pr);    /* forward.c */
 proxy_step proxy_stage_attestation(proxy_request *pr);  /* attestation.c */
 proxy_step proxy_stage_rewrite(proxy_request *pr);      /* rewrite.c */
 proxy_step proxy_stage_trace_upstream(proxy_request *pr); /* trace.c */
 proxy_step proxy_stage_forward(proxy_request *pr);      /* forward.c */
+
+/* ---- decide.c ---- */
+/* Fills P with the policy context of PR (its values in the thread's values
+ * arena, reset first). Returns 0 or -ENOMEM. */
+int proxy_policy_request(proxy_request *pr, policy_request *p);
 
 /* ---- proxy.c ---- */
 /* Picks up a newly published configuration before a request. */
@@ -193,6 +201,10 @@ proxy_step proxy_send_json_status(proxy_request *pr, int status, const json_t *v
 /* Sets PR's response to the refusal proxy_fail() sends (status, headers,
  * length) without starting it; returns its body (from the request's pool). */
 h2o_iovec_t proxy_failure_prepare(proxy_request *pr, int status, const char *code, const char *message);
+/* Puts an output stream in REQ's SLOT (a prefilter's) that sends BODY in
+ * place of the upstream's body (PR's refusal set up by
+ * proxy_failure_prepare()); returns the slot after it. */
+h2o_ostream_t **proxy_swap_body(h2o_req_t *req, h2o_ostream_t **slot, h2o_iovec_t body);
 /* Answers 302 to LOCATION (copied), not to be cached. */
 void proxy_redirect(h2o_req_t *req, const char *location);
 /* Answers STATUS with {"error":{"code","message"},"requestId"}, or for a
@@ -215,7 +227,7 @@ void proxy_access_dispose(proxy_thread *t);
 /* The pool destructor of a proxy_request: appends its record to its
  * thread's segment. */
 void proxy_access_emit(void *p);
-/* The stage after decide: for a failClosed Service, appends an admission
+/* The stage after plugins: for a failClosed Service, appends an admission
  * record (status 0) and answers only once its segment's head is committed
  * to the audit log (503 when it cannot be); other requests pass. */
 proxy_step proxy_stage_commit(proxy_request *pr);
