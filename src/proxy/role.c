@@ -29,6 +29,8 @@
 #define ATTEST_JOBS_MAX 256
 #define LOGOUT_WORKERS 1    /* sign-outs: one short call to the API each */
 #define LOGOUT_JOBS_MAX 64
+#define COMMIT_WORKERS 4    /* failClosed requests waiting for their record's commit (audit_event_commit) */
+#define COMMIT_JOBS_MAX 1024
 
 /* The client TLS context for https upstreams: the system's trust store and
  * the cluster CA, certificate and host name verified. */
@@ -62,12 +64,18 @@ int proxy_serve(const proxy_role_config *cfg)
     X509 *host_ca = NULL;
     EVP_PKEY *host_ca_key = NULL;
     proxy_certs *certs = NULL;
-    offload_pool *attest_pool = NULL, *logout_pool = NULL;
+    offload_pool *attest_pool = NULL, *logout_pool = NULL, *commit_pool = NULL;
+    char access_dir[4300];
+    snprintf(access_dir, sizeof(access_dir), "%s/access", dir);
     if (!client_tls || pki_load(cfg->host_ca_cert, cfg->host_ca_key, &host_ca, &host_ca_key) < 0 ||
         proxy_certs_new(host_ca, host_ca_key, &certs) < 0 ||
         offload_pool_new("proxy-attest", ATTEST_WORKERS, ATTEST_JOBS_MAX, &attest_pool) < 0 ||
-        offload_pool_new("proxy-logout", LOGOUT_WORKERS, LOGOUT_JOBS_MAX, &logout_pool) < 0) {
+        offload_pool_new("proxy-logout", LOGOUT_WORKERS, LOGOUT_JOBS_MAX, &logout_pool) < 0 ||
+        offload_pool_new("proxy-commit", COMMIT_WORKERS, COMMIT_JOBS_MAX, &commit_pool) < 0 ||
+        mkdir_p(access_dir, 0700) < 0) {
         offload_pool_free(attest_pool);
+        offload_pool_free(logout_pool);
+        offload_pool_free(commit_pool);
         proxy_certs_free(certs);
         SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
@@ -104,6 +112,7 @@ int proxy_serve(const proxy_role_config *cfg)
         audit_event_stop(2000);
         offload_pool_free(attest_pool);
         offload_pool_free(logout_pool);
+        offload_pool_free(commit_pool);
         proxy_certs_free(certs);
         SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
@@ -124,6 +133,8 @@ int proxy_serve(const proxy_role_config *cfg)
         .api_url = cfg->api_url,
         .api_ca_file = cfg->ca_cert,
         .logout_pool = logout_pool,
+        .access_dir = access_dir,
+        .commit_pool = commit_pool,
     };
     httpd_config hc = {
         .name = "proxy",
@@ -150,6 +161,7 @@ int proxy_serve(const proxy_role_config *cfg)
     proxy_config_shutdown();
     offload_pool_free(attest_pool); /* every loop is freed: their jobs are done */
     offload_pool_free(logout_pool);
+    offload_pool_free(commit_pool);
     proxy_certs_free(certs);
     SSL_CTX_free(client_tls);
     auth_keyring_free(keys);
