@@ -20,6 +20,7 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
         .token = cfg->runner_token,
         .api_url = api_url,
         .audit_socket = cfg->audit_socket,
+        .cgroup = cfg->runner_cgroup,
         .health = health,
         .roles = all,
         .n_roles = n_all,

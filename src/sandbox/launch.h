@@ -34,6 +34,8 @@ typedef struct sandbox_spec {
     uint64_t max_pids;     /* processes of the sandbox's user; 0: none */
     uint64_t max_files;    /* open files; 0: 1024 */
     int stdout_fd, stderr_fd; /* the workload's output; -1: /dev/null */
+    const char *cgroup;   /* a cgroup v2 directory to start the sandbox in (its limits set there), or NULL;
+                           * the sandbox's cgroup namespace is rooted at it */
 } sandbox_spec;
 
 typedef struct sandbox_error {
