@@ -45,7 +45,10 @@ unsigned controller_autoscale(controller_load_clock *clock, const controller_sca
     } else {
         clock->busy_since = 0;
     }
-    bool idle = in_flight == 0 && (memory_percent < 0 || memory_percent < (int)s->memory_percent);
+    /* the memory of the ready replicas spread over one fewer: scaling down
+     * must not leave the rest above the threshold (and scale up again) */
+    int64_t after_down = ready > 1 ? (int64_t)memory_percent * ready / (ready - 1) : memory_percent;
+    bool idle = in_flight == 0 && (memory_percent < 0 || after_down < (int64_t)s->memory_percent);
     if (idle && desired > min) {
         if (!clock->idle_since)
             clock->idle_since = now;

@@ -145,8 +145,9 @@ uint64_t controller_backoff_ms(uint64_t previous_ms, uint64_t ran_ms);
  * (-1: unknown, no limit), with READY of the DESIRED running. Busy is more
  * than S->in_flight_per_replica per ready replica, or memory above
  * S->memory_percent (never with none ready): one more after
- * S->up_after_ms busy. Idle is nothing in flight and memory below
- * S->memory_percent (or unknown): one fewer after S->down_after_ms idle
+ * S->up_after_ms busy. Idle is nothing in flight and memory that would
+ * stay below S->memory_percent spread over one ready replica fewer (or
+ * unknown): one fewer after S->down_after_ms idle
  * (and another full idle period before the next). Within [MIN, MAX].
  * Updates CLOCK; returns DESIRED when nothing changes. */
 unsigned controller_autoscale(controller_load_clock *clock, const controller_scaling *s, unsigned desired,

@@ -155,9 +155,21 @@ Test(autoscale, memory_below_its_percent_for_down_after_removes_one)
     const controller_scaling s = {.in_flight_per_replica = 4, .memory_percent = 50, .up_after_ms = 1000,
                                   .down_after_ms = 2000};
     controller_load_clock clock = {0};
-    cr_expect_eq(controller_autoscale(&clock, &s, 2, 1, 3, 2, 0, 49, T0), 2);
-    cr_expect_eq(controller_autoscale(&clock, &s, 2, 1, 3, 2, 0, 49, T0 + MS(1999)), 2);
-    cr_expect_eq(controller_autoscale(&clock, &s, 2, 1, 3, 2, 0, 49, T0 + MS(2000)), 1);
+    cr_expect_eq(controller_autoscale(&clock, &s, 2, 1, 3, 2, 0, 24, T0), 2);
+    cr_expect_eq(controller_autoscale(&clock, &s, 2, 1, 3, 2, 0, 24, T0 + MS(1999)), 2);
+    cr_expect_eq(controller_autoscale(&clock, &s, 2, 1, 3, 2, 0, 24, T0 + MS(2000)), 1);
+    /* below the threshold, but not once spread over one replica fewer (2 x 30 % = 60 % on one) */
+    controller_load_clock c1 = {0};
+    cr_expect_eq(controller_autoscale(&c1, &s, 2, 1, 3, 2, 0, 30, T0), 2);
+    cr_expect_eq(controller_autoscale(&c1, &s, 2, 1, 3, 2, 0, 30, T0 + MS(60000)), 2);
+    cr_expect_eq(c1.idle_since, 0);
+    /* three at 30 %: 45 % on two, so one goes */
+    cr_expect_eq(controller_autoscale(&c1, &s, 3, 1, 3, 3, 0, 30, T0 + MS(60001)), 3);
+    cr_expect_eq(controller_autoscale(&c1, &s, 3, 1, 3, 3, 0, 30, T0 + MS(62001)), 2);
+    /* one ready replica (of two desired): its own use decides */
+    controller_load_clock c3 = {0};
+    cr_expect_eq(controller_autoscale(&c3, &s, 2, 1, 3, 1, 0, 49, T0), 2);
+    cr_expect_eq(controller_autoscale(&c3, &s, 2, 1, 3, 1, 0, 49, T0 + MS(2000)), 1);
     /* memory high again resets the idle period; requests in flight keep it from being idle */
     controller_load_clock c2 = {0};
     cr_expect_eq(controller_autoscale(&c2, &s, 2, 1, 3, 2, 0, 10, T0), 2);
