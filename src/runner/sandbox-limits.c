@@ -102,13 +102,9 @@ static int own_cgroup(char *out, size_t size)
 /* Whether sandboxes' cgroups can be made under BASE: the memory and pids
  * controllers are given to its children, and a probe child has them. On
  * failure WHY says what was missing. */
-static int probe_cgroup2(const char *base, char *why, size_t size)
+static int probe(const char *base, char *why, size_t size)
 {
     _cleanup_free_ char *controllers = NULL;
-    if (mkdir(base, 0755) < 0 && errno != EEXIST) {
-        snprintf(why, size, "cannot make %s: %s", base, strerror(errno));
-        return -errno;
-    }
     int r = read_at(base, "cgroup.controllers", &controllers);
     if (r < 0 || !has_word(controllers, "memory") || !has_word(controllers, "pids")) {
         snprintf(why, size, "%s lacks the memory and pids controllers (%s)", base,
@@ -133,6 +129,22 @@ static int probe_cgroup2(const char *base, char *why, size_t size)
     rmdir(probe);
     if (r < 0)
         snprintf(why, size, "cannot set the limits of a cgroup under %s: %s", base, strerror(-r));
+    return r;
+}
+
+/* probe() on BASE, made when missing (and removed again when it was made
+ * for nothing). */
+static int probe_cgroup2(const char *base, char *why, size_t size)
+{
+    bool made = mkdir(base, 0755) == 0;
+    if (!made && errno != EEXIST) {
+        int e = negative_errno();
+        snprintf(why, size, "cannot make %s: %s", base, strerror(-e));
+        return e;
+    }
+    int r = probe(base, why, size);
+    if (r < 0 && made)
+        rmdir(base);
     return r;
 }
 
