@@ -278,10 +278,20 @@ static int enclave_take_doc(controller *c, enclave *e, json_t *doc)
     return 0;
 }
 
-/* Takes R's lastExit and lastError from ITEM, its entry in a stored status,
- * so they outlive a restart of the api role until newer ones replace them. */
-static void restore_last_exit(replica *r, const json_t *item)
+/* Takes R's lastExit, lastError and limits from ITEM, its entry in a
+ * stored status, so they outlive a restart of the api role until newer
+ * ones replace them (the limits, at the runner's next listing). */
+static void restore_replica(replica *r, const json_t *item)
 {
+    const json_t *lim = json_object_get(item, "limits");
+    const char *mechanism = json_string_value(json_object_get(lim, "mechanism"));
+    json_int_t mib = json_integer_value(json_object_get(lim, "memoryMiB"));
+    json_int_t pids = json_integer_value(json_object_get(lim, "pids"));
+    if (mechanism && (strcmp(mechanism, "cgroup2") == 0 || strcmp(mechanism, "rlimit") == 0)) {
+        snprintf(r->limits.mechanism, sizeof(r->limits.mechanism), "%s", mechanism);
+        r->limits.memory_mib = mib > 0 && mib <= UINT32_MAX ? (unsigned)mib : 0;
+        r->limits.pids = pids > 0 && pids <= UINT32_MAX ? (unsigned)pids : 0;
+    }
     const json_t *x = json_object_get(item, "lastExit");
     const char *how = json_string_value(json_object_get(x, "how"));
     const char *error = json_string_value(json_object_get(item, "lastError"));
@@ -342,7 +352,7 @@ static enclave *enclave_new(controller *c, json_t *doc)
         r->stored_pid = pid > 0 && pid < INT_MAX ? (pid_t)pid : 0;
         snprintf(r->started_at, sizeof(r->started_at), "%s",
                  json_string_value(json_object_get(item, "startedAt")) ?: "");
-        restore_last_exit(r, item);
+        restore_replica(r, item);
     }
     if (enclave_take_doc(c, e, doc) < 0) {
         enclave_free(e);
