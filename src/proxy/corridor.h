@@ -17,6 +17,8 @@
  *                                a browser without one is sent to log in
  *                                (login.c)
  *   decide        decide.c       the policy on the normalised request
+ *   plugins       plugins.c      the Service's plugins (request headers and
+ *                                body; response headers and log hooked)
  *   portal        portal.c       a portal Service: its app's files, its /v1/
  *                                calls to the API as the user
  *   reachable     forward.c      an upstream (or enclave replica) to go to
@@ -170,12 +172,18 @@ proxy_step proxy_stage_trace(proxy_request *pr);        /* trace.c */
 proxy_step proxy_stage_limit(proxy_request *pr);        /* normalise.c */
 proxy_step proxy_stage_authenticate(proxy_request *pr); /* authenticate.c */
 proxy_step proxy_stage_decide(proxy_request *pr);       /* decide.c */
+proxy_step proxy_stage_plugins(proxy_request *pr);      /* plugins.c */
 proxy_step proxy_stage_portal(proxy_request *pr);       /* portal.c */
 proxy_step proxy_stage_reachable(proxy_request *pr);    /* forward.c */
 proxy_step proxy_stage_attestation(proxy_request *pr);  /* attestation.c */
 proxy_step proxy_stage_rewrite(proxy_request *pr);      /* rewrite.c */
 proxy_step proxy_stage_trace_upstream(proxy_request *pr); /* trace.c */
 proxy_step proxy_stage_forward(proxy_request *pr);      /* forward.c */
+
+/* ---- decide.c ---- */
+/* Fills P with the policy context of PR (its values in the thread's values
+ * arena, reset first). Returns 0 or -ENOMEM. */
+int proxy_policy_request(proxy_request *pr, policy_request *p);
 
 /* ---- proxy.c ---- */
 /* Picks up a newly published configuration before a request. */
@@ -195,6 +203,10 @@ proxy_step proxy_send_json_status(proxy_request *pr, int status, const json_t *v
 /* Sets PR's response to the refusal proxy_fail() sends (status, headers,
  * length) without starting it; returns its body (from the request's pool). */
 h2o_iovec_t proxy_failure_prepare(proxy_request *pr, int status, const char *code, const char *message);
+/* Puts an output stream in REQ's SLOT (a prefilter's) that sends BODY in
+ * place of the upstream's body (PR's refusal set up by
+ * proxy_failure_prepare()); returns the slot after it. */
+h2o_ostream_t **proxy_swap_body(h2o_req_t *req, h2o_ostream_t **slot, h2o_iovec_t body);
 /* Answers 302 to LOCATION (copied), not to be cached. */
 void proxy_redirect(h2o_req_t *req, const char *location);
 /* Answers STATUS with {"error":{"code","message"},"requestId"}, or for a

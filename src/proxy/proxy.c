@@ -152,7 +152,7 @@ static proxy_step proxy_stage_probe(proxy_request *pr)
 /* The stages, in order (corridor.h says what each does). */
 static const proxy_stage stages[] = {
     proxy_stage_probe,       proxy_stage_normalise,   proxy_stage_trace,       proxy_stage_reserved,
-    proxy_stage_limit,       proxy_stage_authenticate, proxy_stage_decide,
+    proxy_stage_limit,       proxy_stage_authenticate, proxy_stage_decide,      proxy_stage_plugins,
     proxy_stage_portal,      proxy_stage_reachable,   proxy_stage_attestation,
     proxy_stage_rewrite,     proxy_stage_trace_upstream, proxy_stage_forward,
 };

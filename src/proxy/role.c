@@ -9,6 +9,7 @@
 #include "audit/event.h"
 #include "auth/keyring.h"
 #include "basic/fileio.h"
+#include "plugin/plugin.h"
 #include "basic/log.h"
 #include "httpd/httpd.h"
 #include "httpd/offload.h"
@@ -76,6 +77,13 @@ int proxy_serve(const proxy_role_config *cfg)
     /* enclaves are reached only once their attestation verifies; without
      * the platform CA they are not reached at all */
     proxy_bridges_init(cfg->platform_ca_cert, cfg->runner_dir);
+    char plugin_spawn[4300];
+    snprintf(plugin_spawn, sizeof(plugin_spawn), "%s/plugins.sock", cfg->runner_dir ? cfg->runner_dir : "");
+    if (plugin_host_configure(cfg->plugin_dir, cfg->plugin_trusted,
+                              cfg->plugin_dir && cfg->runner_dir ? plugin_spawn : NULL) < 0) {
+        log_fields(LOG_LEVEL_ERROR, "out of memory", NULL);
+        return 1;
+    }
     snprintf(login_url, sizeof(login_url), "%s/v1/auth/login", cfg->api_url);
     snprintf(issuer, sizeof(issuer), "https://proxy.%s", cfg->domain);
     if (!cfg->portal_dir)
