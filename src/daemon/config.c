@@ -383,6 +383,13 @@ static void pki_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
     scalar(c, v, full, c->cfg->pki_dir, sizeof(c->cfg->pki_dir));
 }
 
+/* runner.cgroup: a delegated cgroup v2 directory for the sandboxes' limits */
+static void runner_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
+{
+    (void)key;
+    scalar(c, v, full, c->cfg->runner_cgroup, sizeof(c->cfg->runner_cgroup));
+}
+
 static void peers_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 {
     daemon_config *cfg = c->cfg;
@@ -515,6 +522,7 @@ static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
     static const char *const peer_keys[] = {"api", "kms", "audit"};
     static const char *const telemetry_keys[] = {"otlp"};
     static const char *const plugin_keys[] = {"dir", "trusted"};
+    static const char *const runner_keys[] = {"cgroup"};
     daemon_config *cfg = c->cfg;
     switch (key) {
     case 0:
@@ -551,8 +559,11 @@ static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
     case 10:
         mapping(c, v, full, telemetry_keys, ELEMENTSOF(telemetry_keys), telemetry_key);
         break;
-    default:
+    case 11:
         mapping(c, v, full, plugin_keys, ELEMENTSOF(plugin_keys), plugins_key);
+        break;
+    default:
+        mapping(c, v, full, runner_keys, ELEMENTSOF(runner_keys), runner_key);
     }
 }
 
@@ -632,7 +643,8 @@ int daemon_config_parse(const char *name, const char *text, size_t len, daemon_c
         config_problem(problems, "%s:1: (top): the file is empty", name);
     else {
         static const char *const keys[] = {"domain", "dataDir", "roles", "store", "pki", "api",
-                                           "proxy",  "kms",     "audit", "peers", "telemetry", "plugins"};
+                                           "proxy",  "kms",     "audit", "peers", "telemetry", "plugins",
+                                           "runner"};
         mapping(&c, root, "", keys, ELEMENTSOF(keys), top_key);
         if (c.visited > NODES_MAX)
             config_problem(problems, "%s:1: (top): more than %d keys and items; not a cloisterd configuration", name,
