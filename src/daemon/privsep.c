@@ -340,8 +340,9 @@ static const char *const calls_runner[] = {
 /* Each role's filter: calls_base, its additions, and what its sockets may
  * be. Only the api, the proxy and the runner open IP sockets (the api and
  * proxy resolve names over netlink too); the kms and audit speak only over
- * Unix sockets unless they talk to roles on other machines (talks_tcp()). Only the runner makes processes (clone without CLONE_THREAD)
- * and namespaces. */
+ * Unix sockets unless they talk to roles on other machines (talks_tcp()).
+ * Only the runner makes processes (clone without CLONE_THREAD) and
+ * namespaces. */
 typedef struct seccomp_role {
     const char *role;
     const char *const *calls;

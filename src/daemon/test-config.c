@@ -175,7 +175,8 @@ Test(config, roles_apart_name_each_missing_peer)
 Test(config, a_subset_with_its_peers_and_listeners)
 {
     int r = parse("roles: [api, proxy]\n"
-                  "peers: {kms: \"https://10.0.0.5:7444\", audit: \"https://[::1]:7445\", runner: \"https://r:7446\"}\n");
+                  "peers: {kms: \"https://10.0.0.5:7444\", audit: \"https://[::1]:7445\",\n"
+                  "        runner: \"https://r:7446\"}\n");
     dump();
     cr_assert_eq(r, 0);
     cr_assert_str_eq(cfg.peer_kms, "https://10.0.0.5:7444");

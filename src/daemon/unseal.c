@@ -206,7 +206,8 @@ int cloisterd_unseal(int argc, char **argv)
         return 2;
     }
     char socket[PATH_MAX + 32];
-    int r = kms_url ? remote_kms(kms_url, pki_dir, socket, sizeof(socket)) : local_kms(data_dir, socket, sizeof(socket));
+    int r = kms_url ? remote_kms(kms_url, pki_dir, socket, sizeof(socket))
+                    : local_kms(data_dir, socket, sizeof(socket));
     if (r != 0)
         return r;
 
