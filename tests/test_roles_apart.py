@@ -96,10 +96,17 @@ def unsealed(cluster):
     unsealed by `cloisterd unseal` over mutual TLS: the first unseal makes
     the root key."""
     api = cluster["api"]
+    ready = requests.get(api.url + "/readyz", verify=api.ca)
+    assert ready.status_code == 503 and ready.json()["roles"]["kms"] == "sealed", ready.text
+    assert ready.json()["seal"] == {"mode": "passphrase", "sealed": True}, ready.text
     r = api.request("POST", "/v1/secrets", json=manifest("Secret", "while-sealed", {"data": {"k": "v"}}))
     assert r.status_code == 503, r.text  # the remote kms said sealed: nothing stored in the clear
     p = unseal(cluster)
     assert p.returncode == 0 and "the KMS is unsealed" in p.stdout, p.stdout + p.stderr
+    # the api's /readyz follows the remote kms (asked every second)
+    wait_for(lambda: requests.get(api.url + "/readyz", verify=api.ca).status_code == 200, what="/readyz 200")
+    ready = requests.get(api.url + "/readyz", verify=api.ca).json()
+    assert ready["seal"] == {"mode": "passphrase", "sealed": False} and ready["roles"]["kms"] == "ready", ready
     return cluster
 
 
