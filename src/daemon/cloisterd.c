@@ -535,7 +535,7 @@ static int install_own_pair(const char *cert, const char *key, const char *dst_c
         free(data);
     }
     if (r < 0)
-        log_fields(LOG_LEVEL_ERROR, "cannot install a listener's own certificate or key", "file", failed, "error",
+        log_fields(LOG_LEVEL_ERROR, "cannot copy a certificate or its key into place", "file", failed, "error",
                    strerror(-r), NULL);
     return r;
 }
