@@ -11,6 +11,8 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
     daemon_api_url(cfg, api_url, sizeof(api_url));
     const runner_server_config runner = {
         .socket = cfg->runner_socket,
+        .mtls = {.listen = cfg->runner_listen, .cert_file = cfg->role_cert, .key_file = cfg->role_key,
+                 .ca_file = cfg->ca_cert},
         .dir = cfg->runner_dir,
         .agent = cfg->agent_path,
         .key = cfg->runner_key,
@@ -20,6 +22,9 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
         .token = cfg->runner_token,
         .api_url = api_url,
         .audit_socket = cfg->audit_socket,
+        .plugin_dir = cfg->plugin_dir,
+        .plugin_trusted = cfg->plugin_trusted,
+        .cgroup = cfg->runner_cgroup,
         .health = health,
         .roles = all,
         .n_roles = n_all,
