@@ -318,6 +318,7 @@ static int queue_snapshot(proxy_stream *p, api_error *err)
 {
     json_t *items;
     int64_t rev;
+    uint64_t epoch = store_epoch(p->server->cfg->store); /* before the list: a reset meanwhile lists again */
     int e = store_list_kinds(p->server->cfg->store, config_kinds, N_CONFIG_KINDS, &items, &rev);
     if (e < 0)
         return api_fail_store(err, e, "ProxyConfig", "*");
@@ -349,6 +350,7 @@ static int queue_snapshot(proxy_stream *p, api_error *err)
     if (e < 0)
         return fail_unseal(err, e);
     p->revision = rev; /* the stream polls again only once the snapshot is queued */
+    p->super.epoch = epoch;
     return 0;
 }
 
@@ -399,7 +401,8 @@ static bool secret_referenced(const json_t *refs, const char *name)
 }
 
 /* Queues a `change` for every change after the stream's revision; on a
- * history too old to replay, a fresh snapshot instead (*RET_SNAPSHOT true).
+ * history too old to replay or a store reset since (a new epoch), a fresh
+ * snapshot instead (*RET_SNAPSHOT true).
  * Sets *RET_SERVICES when a Service changed and *RET_SECRET when a Secret
  * the map holds did. Returns 0 or -1 with ERR. */
 static int queue_changes(proxy_stream *p, bool *ret_snapshot, bool *ret_services, bool *ret_secret, api_error *err)
@@ -407,8 +410,9 @@ static int queue_changes(proxy_stream *p, bool *ret_snapshot, bool *ret_services
     store *st = p->server->cfg->store;
     for (int batch = 0; batch < PROXY_BATCHES_PER_POLL; batch++) {
         json_t *events;
-        int e = store_changes_since_kinds(st, config_kinds, N_WATCHED_KINDS, p->revision, PROXY_BATCH_MAX, &events);
-        if (e == -ESTALE) {
+        int e = store_changes_since_epoch(st, p->super.epoch, config_kinds, N_WATCHED_KINDS, p->revision,
+                                          PROXY_BATCH_MAX, &events);
+        if (e == -ESTALE) { /* too old, or the store was reset (a new epoch) */
             *ret_snapshot = true;
             return queue_snapshot(p, err);
         }

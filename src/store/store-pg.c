@@ -40,7 +40,6 @@
 /* transactions per commit: each is a subtransaction, and more than 64 of
  * them in one transaction slow every other session's snapshots */
 #define PG_BATCH_MAX 60
-#define PG_READERS_MAX 32
 #define PG_CHANGES_KEEP 100000
 #define PG_SCHEMA_VERSION 1
 #define PG_POLL_MS 500         /* the listener's fallback poll */
@@ -90,7 +89,12 @@ static const struct {
                    "(SELECT rv, type, doc FROM changes WHERE rv > $1 AND ($3::text[] IS NULL OR "
                    "kind = ANY ($3::text[])) ORDER BY rv LIMIT $2) c ON true ORDER BY c.rv",
                    3},
-    [Q_HEAD] = {"SELECT r.rv, m.value FROM revision r, cloister_meta m WHERE r.id = 1 AND m.key = 'epoch'", 0},
+    /* the head and what the epoch is made of: the schema's random id, the
+     * cluster's system identifier and the database's OID */
+    [Q_HEAD] = {"SELECT r.rv, m.value, (SELECT system_identifier FROM pg_control_system()), "
+                "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "FROM revision r, cloister_meta m WHERE r.id = 1 AND m.key = 'epoch'",
+                0},
     [Q_W_LOCK] = {"SELECT rv, txid_current() FROM revision WHERE id = 1 FOR UPDATE", 0},
     [Q_W_GET] = {"SELECT doc, rv, lookup_key FROM resources WHERE kind = $1 AND name = $2", 2},
     /* each write and its change in one statement; the change row is there
@@ -142,8 +146,9 @@ static const char schema_v1[] =
     "  expires timestamptz NOT NULL);";
 
 typedef struct pg_conn {
+    store_pooled pooled; /* first: the readers' pool's link */
     PGconn *c;
-    struct pg_conn *next;
+    uint64_t epoch; /* of the database C is connected to, read when it connected */
 } pg_conn;
 
 typedef struct pg_store {
@@ -159,9 +164,7 @@ typedef struct pg_store {
     pthread_t listener;
     int stop_fd; /* eventfd: ends the listener */
 
-    pthread_mutex_t readers_lock;
-    pg_conn *free_readers;
-    size_t n_readers;
+    store_pool readers;
 } pg_store;
 
 /* The errno of a failed statement: a broken connection is -ECONNRESET (the
@@ -241,11 +244,13 @@ static void notice_ignored(void *arg, const char *message)
 }
 
 static int ensure_schema(PGconn *c);
+static int refresh_head(pg_store *s, PGconn *c, uint64_t *ret_epoch);
 
-/* Opens a connection to S's database; with PREPARE, with the schema made
- * when missing (a reset database has none) and every statement prepared. A
- * failure is logged at LEVEL. */
-static int connect_db(pg_store *s, bool prepare, log_level level, PGconn **ret)
+/* Opens a connection to S's database: with the schema made when missing (a
+ * reset database has none), every statement prepared, and the head and
+ * epoch read (store_epoch() follows a new one). A failure is logged at
+ * LEVEL. *RET_EPOCH (may be NULL) is the connection's epoch. */
+static int connect_db(pg_store *s, log_level level, PGconn **ret, uint64_t *ret_epoch)
 {
     const char *keys[] = {"connect_timeout", "application_name", "dbname", NULL};
     const char *values[] = {"10", "cloisterd", s->url, NULL};
@@ -259,14 +264,19 @@ static int connect_db(pg_store *s, bool prepare, log_level level, PGconn **ret)
         return -ECONNREFUSED;
     }
     PQsetNoticeProcessor(c, notice_ignored, NULL);
-    int e = prepare ? ensure_schema(c) : 0;
-    if (e == 0 && prepare)
+    uint64_t epoch = 0;
+    int e = ensure_schema(c);
+    if (e == 0)
         e = prepare_all(c);
+    if (e == 0)
+        e = refresh_head(s, c, &epoch);
     if (e < 0) {
         PQfinish(c);
         return e;
     }
     *ret = c;
+    if (ret_epoch)
+        *ret_epoch = epoch;
     return 0;
 }
 
@@ -275,11 +285,13 @@ static int connect_db(pg_store *s, bool prepare, log_level level, PGconn **ret)
 static int reconnect(pg_store *s, pg_conn *pc)
 {
     PGconn *c;
-    int e = connect_db(s, true, LOG_LEVEL_DEBUG, &c);
+    uint64_t epoch;
+    int e = connect_db(s, LOG_LEVEL_DEBUG, &c, &epoch);
     if (e < 0)
         return e;
     PQfinish(pc->c);
     pc->c = c;
+    pc->epoch = epoch;
     return 0;
 }
 
@@ -287,18 +299,12 @@ static int reconnect(pg_store *s, pg_conn *pc)
 
 static int reader_acquire(pg_store *s, pg_conn **ret)
 {
-    pthread_mutex_lock(&s->readers_lock);
-    pg_conn *pc = s->free_readers;
-    if (pc) {
-        s->free_readers = pc->next;
-        s->n_readers--;
-    }
-    pthread_mutex_unlock(&s->readers_lock);
+    pg_conn *pc = (pg_conn *)store_pool_take(&s->readers);
     if (!pc) {
         pc = calloc(1, sizeof(*pc));
         if (!pc)
             return -ENOMEM;
-        int e = connect_db(s, true, LOG_LEVEL_DEBUG, &pc->c);
+        int e = connect_db(s, LOG_LEVEL_DEBUG, &pc->c, &pc->epoch);
         if (e < 0) {
             free(pc);
             return e;
@@ -319,16 +325,9 @@ static void conn_free(pg_conn *pc)
 /* Returns PC to the pool, or closes it when broken or the pool is full. */
 static void reader_release(pg_store *s, pg_conn *pc)
 {
-    pthread_mutex_lock(&s->readers_lock);
-    if (PQstatus(pc->c) == CONNECTION_OK && PQtransactionStatus(pc->c) == PQTRANS_IDLE &&
-        s->n_readers < PG_READERS_MAX) {
-        pc->next = s->free_readers;
-        s->free_readers = pc;
-        s->n_readers++;
-        pc = NULL;
-    }
-    pthread_mutex_unlock(&s->readers_lock);
-    conn_free(pc);
+    if (PQstatus(pc->c) != CONNECTION_OK || PQtransactionStatus(pc->c) != PQTRANS_IDLE ||
+        !store_pool_put(&s->readers, &pc->pooled))
+        conn_free(pc);
 }
 
 /* Sleeps MS milliseconds and doubles MS (up to a second). */
@@ -342,8 +341,9 @@ static void backoff(unsigned *ms)
 /* Runs the read-only (or single-statement) Q on a pooled connection: 0
  * and *RET, or a negative errno. A broken connection is replaced, and
  * while the database is away (a restart) the read waits for it up to
- * PG_READ_RETRY_NS. */
-static int read_query(pg_store *s, int q, const char *const *params, PGresult **ret)
+ * PG_READ_RETRY_NS. With EPOCH not 0, -ESTALE when the connection's
+ * database is of another epoch (nothing is read). */
+static int read_query(pg_store *s, uint64_t epoch, int q, const char *const *params, PGresult **ret)
 {
     uint64_t deadline = time_mono_ns() + PG_READ_RETRY_NS;
     unsigned ms = 20;
@@ -351,9 +351,9 @@ static int read_query(pg_store *s, int q, const char *const *params, PGresult **
         pg_conn *pc;
         int e = reader_acquire(s, &pc);
         if (e == 0) {
-            e = run(pc->c, q, params, ret);
+            e = epoch && pc->epoch != epoch ? -ESTALE : run(pc->c, q, params, ret);
             if (e == -ECONNRESET && reconnect(s, pc) == 0)
-                e = run(pc->c, q, params, ret);
+                e = epoch && pc->epoch != epoch ? -ESTALE : run(pc->c, q, params, ret);
             reader_release(s, pc);
         }
         if ((e != -ECONNRESET && e != -ECONNREFUSED) || time_mono_ns() >= deadline)
@@ -381,7 +381,7 @@ static int read_one(pg_store *s, int q, const char *a, const char *b, json_t **r
 {
     const char *params[] = {a, b};
     PGresult *res;
-    int e = read_query(s, q, params, &res);
+    int e = read_query(s, 0, q, params, &res);
     if (e < 0)
         return e;
     e = PQntuples(res) == 0 ? -ENOENT : row_doc(res, 0, 0, ret_doc);
@@ -460,7 +460,7 @@ static int pg_list(void *impl, const char *const *kinds, size_t n_kinds, json_t 
         return -ENOMEM;
     const char *params[] = {array};
     PGresult *res;
-    int e = read_query(impl, Q_LIST, params, &res);
+    int e = read_query(impl, 0, Q_LIST, params, &res);
     return e < 0 ? e : list_result(res, ret_items, ret_revision);
 }
 
@@ -469,15 +469,16 @@ static int pg_list_range(void *impl, const char *kind, const char *from, const c
 {
     const char *params[] = {kind, from, to};
     PGresult *res;
-    int e = read_query(impl, Q_LIST_RANGE, params, &res);
+    int e = read_query(impl, 0, Q_LIST_RANGE, params, &res);
     return e < 0 ? e : list_result(res, ret_items, ret_revision);
 }
 
 /* The changes after AFTER of the N_KINDS KINDS (0: every kind), oldest
  * first, at most MAX; -ESTALE when AFTER is older than the kept history or
- * newer than the database's head (the database was reset: list again). */
-static int pg_changes_since(void *impl, const char *const *kinds, size_t n_kinds, int64_t after, size_t max,
-                            json_t **ret_events)
+ * newer than the database's head, or when EPOCH (not 0) is not the epoch of
+ * the database they are read from (the database was reset: list again). */
+static int pg_changes_since(void *impl, uint64_t epoch, const char *const *kinds, size_t n_kinds, int64_t after,
+                            size_t max, json_t **ret_events)
 {
     _cleanup_free_ char *array = n_kinds > 0 ? kinds_array(kinds, n_kinds) : NULL;
     if (n_kinds > 0 && !array)
@@ -487,7 +488,7 @@ static int pg_changes_since(void *impl, const char *const *kinds, size_t n_kinds
     snprintf(max_s, sizeof(max_s), "%zu", max);
     const char *params[] = {after_s, max_s, array};
     PGresult *res;
-    int e = read_query(impl, Q_CHANGES, params, &res);
+    int e = read_query(impl, epoch, Q_CHANGES, params, &res);
     if (e < 0)
         return e;
     int n = PQntuples(res);
@@ -536,9 +537,18 @@ static void revision_raise(pg_store *s, int64_t rev)
         ;
 }
 
-/* Reads the head revision and epoch on C. When the epoch changed (the
- * database was reset), the revision follows the new database down. */
-static int refresh_head(pg_store *s, PGconn *c)
+/* A 64-bit mix (splitmix64's finaliser). */
+static uint64_t mix64(uint64_t x)
+{
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* Reads the head revision and epoch on C (*RET_EPOCH, may be NULL). When
+ * the epoch changed (the database was reset or replaced), the revision
+ * follows the new database down. */
+static int refresh_head(pg_store *s, PGconn *c, uint64_t *ret_epoch)
 {
     PGresult *res;
     int e = run(c, Q_HEAD, NULL, &res);
@@ -549,15 +559,23 @@ static int refresh_head(pg_store *s, PGconn *c)
         return -EIO;
     }
     int64_t rev = row_int(res, 0, 0);
-    uint64_t epoch = strtoull(PQgetvalue(res, 0, 1), NULL, 16);
+    /* the schema's id alone survives a dump and restore: the database's identity goes in too */
+    uint64_t epoch = mix64(strtoull(PQgetvalue(res, 0, 1), NULL, 16) ^
+                           mix64(strtoull(PQgetvalue(res, 0, 2), NULL, 10) ^ mix64(strtoull(PQgetvalue(res, 0, 3), NULL, 10))));
     PQclear(res);
+    epoch = epoch ?: 1;
     uint64_t old = atomic_load(&s->epoch);
-    if (old != 0 && old != epoch) {
-        log_fields(LOG_LEVEL_WARN, "the PostgreSQL store was reset (new epoch): watchers list again", NULL);
+    if (old != 0 && old != epoch)
         atomic_store(&s->revision, rev);
-    } else
+    else
         revision_raise(s, rev);
-    atomic_store(&s->epoch, epoch); /* after the revision: who sees the new epoch sees its revision */
+    /* after the revision: who sees the new epoch sees its revision */
+    old = atomic_exchange(&s->epoch, epoch);
+    if (old != 0 && old != epoch) /* logged once per change: one thread exchanges the old one */
+        log_fields(LOG_LEVEL_WARN, "the PostgreSQL store was reset or replaced (a new epoch): watchers list again",
+                   NULL);
+    if (ret_epoch)
+        *ret_epoch = epoch;
     return 0;
 }
 
@@ -585,7 +603,7 @@ static void *listener_main(void *arg)
             }
             PQfinish(c);
             c = NULL;
-            if (connect_db(s, true, LOG_LEVEL_DEBUG, &c) < 0 || exec_simple(c, "LISTEN " PG_CHANNEL) < 0) {
+            if (connect_db(s, LOG_LEVEL_DEBUG, &c, NULL) < 0 || exec_simple(c, "LISTEN " PG_CHANNEL) < 0) {
                 PQfinish(c);
                 c = NULL;
                 if (listener_wait(s, -1, PG_POLL_MS))
@@ -597,7 +615,7 @@ static void *listener_main(void *arg)
             lost = false;
         }
         /* after (re)connecting, after each wake-up and each poll: what is the head now? */
-        refresh_head(s, c);
+        refresh_head(s, c, NULL);
         if (listener_wait(s, PQsocket(c), PG_POLL_MS))
             break;
         if (!PQconsumeInput(c))
@@ -857,6 +875,8 @@ static void writer_commit_batch(pg_store *s, store_txn *batch)
         }
     } else {
         revision_raise(s, rev);
+        if (rev < s->last_trim) /* a new database (epoch) */
+            s->last_trim = rev;
         if (rev - s->last_trim >= 1000) {
             /* keep a bounded history for watchers; the newest row always stays */
             char keep[24];
@@ -925,16 +945,14 @@ static int ensure_schema(PGconn *c)
 
 static void pg_free(pg_store *s)
 {
-    while (s->free_readers) {
-        pg_conn *pc = s->free_readers;
-        s->free_readers = pc->next;
-        conn_free(pc);
+    for (store_pooled *pc = store_pool_destroy(&s->readers), *next; pc; pc = next) {
+        next = pc->next;
+        conn_free((pg_conn *)pc);
     }
     conn_free(s->writer_conn);
     if (s->stop_fd >= 0)
         close(s->stop_fd);
     store_queue_destroy(&s->queue);
-    pthread_mutex_destroy(&s->readers_lock);
     if (s->url) {
         explicit_bzero(s->url, strlen(s->url));
         free(s->url);
@@ -950,7 +968,7 @@ static int pg_open(const char *location, void **ret)
     if (!s)
         return -ENOMEM;
     store_queue_init(&s->queue);
-    pthread_mutex_init(&s->readers_lock, NULL);
+    store_pool_init(&s->readers);
     s->stop_fd = eventfd(0, EFD_CLOEXEC);
     size_t n = strlen("postgresql:") + strlen(location) + 1;
     s->url = malloc(n);
@@ -960,9 +978,7 @@ static int pg_open(const char *location, void **ret)
     }
     snprintf(s->url, n, "postgresql:%s", location);
     s->writer_conn = calloc(1, sizeof(*s->writer_conn));
-    int e = s->writer_conn ? connect_db(s, true, LOG_LEVEL_ERROR, &s->writer_conn->c) : -ENOMEM;
-    if (e == 0)
-        e = refresh_head(s, s->writer_conn->c);
+    int e = s->writer_conn ? connect_db(s, LOG_LEVEL_ERROR, &s->writer_conn->c, &s->writer_conn->epoch) : -ENOMEM;
     if (e == 0) {
         s->last_trim = atomic_load(&s->revision);
         if (pthread_create(&s->writer, NULL, writer_main, s) != 0)
@@ -1001,7 +1017,7 @@ static void pg_close(void *impl)
 static int lease_query(pg_store *s, int q, const char *const *params, int64_t *ret_token)
 {
     PGresult *res;
-    int e = read_query(s, q, params, &res);
+    int e = read_query(s, 0, q, params, &res);
     if (e < 0)
         return e;
     if (PQntuples(res) == 1)

@@ -782,6 +782,63 @@ Test(store, a_reset_database_changes_the_epoch_and_readers_list_again)
     cr_assert_eq(store_changes_since(s, "Service", 0, 10, &ev), 0);
     cr_assert_eq(json_array_size(ev), 1);
     json_decref(ev);
+    /* the new database passes the old head: a watcher of the old epoch at
+     * revision 3 is told to list again, never handed revisions 4 and 5 */
+    for (int i = 0; i < 4; i++) {
+        char name[8];
+        snprintf(name, sizeof(name), "n%d", i);
+        d = service_doc(name, "http://x");
+        cr_assert_eq(write_one(s, STORE_CREATE, name, d, 0, &op), 0);
+        json_decref(op.result);
+        json_decref(d);
+    }
+    const char *kinds[] = {"Service"};
+    cr_assert_eq(store_changes_since_epoch(s, epoch, kinds, 1, 3, 10, &ev), -ESTALE);
+    cr_assert_eq(store_changes_since_epoch(s, store_epoch(s), kinds, 1, 3, 10, &ev), 0);
+    cr_assert_eq(json_array_size(ev), 2);
+    json_decref(ev);
+    store_free(s);
+}
+
+/* A copy of the database (CREATE DATABASE … TEMPLATE, as a restore into
+ * another database would be) put in its place keeps the schema's epoch row
+ * but is another database: a new epoch all the same. */
+Test(store, a_database_copied_into_place_is_a_new_epoch)
+{
+    store *s;
+    cr_assert_eq(store_open(url, &s), 0);
+    uint64_t epoch = store_epoch(s);
+    store_free(s);
+    char sql[200];
+    snprintf(sql, sizeof(sql), "CREATE DATABASE %s_copy TEMPLATE %s", db_name, db_name);
+    pg_admin("postgres", sql);
+    snprintf(sql, sizeof(sql), "DROP DATABASE %s", db_name);
+    pg_admin("postgres", sql);
+    snprintf(sql, sizeof(sql), "ALTER DATABASE %s_copy RENAME TO %s", db_name, db_name);
+    pg_admin("postgres", sql);
+    cr_assert_eq(store_open(url, &s), 0);
+    cr_assert_neq(store_epoch(s), epoch);
     store_free(s);
 }
 #endif
+
+/* A watcher's changes are of the epoch it listed in: another epoch is
+ * told to list again (-ESTALE), the store's own reads on. */
+Test(store, changes_since_epoch_checks_the_epoch)
+{
+    store *s;
+    cr_assert_eq(store_open(url, &s), 0);
+    json_t *d = service_doc("a", "http://x"), *ev;
+    store_op op;
+    cr_assert_eq(write_one(s, STORE_CREATE, "a", d, 0, &op), 0);
+    json_decref(op.result);
+    json_decref(d);
+    const char *kinds[] = {"Service"};
+    cr_assert_eq(store_changes_since_epoch(s, store_epoch(s), kinds, 1, 0, 10, &ev), 0);
+    cr_assert_eq(json_array_size(ev), 1);
+    json_decref(ev);
+    cr_assert_eq(store_changes_since_epoch(s, store_epoch(s) ^ 1, kinds, 1, 0, 10, &ev), -ESTALE);
+    cr_assert_eq(store_changes_since_epoch(s, store_epoch(s), NULL, 0, 0, 10, &ev), 0, "every kind");
+    json_decref(ev);
+    store_free(s);
+}
