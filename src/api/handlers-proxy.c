@@ -647,6 +647,8 @@ static void proxy_poll(api_sse *s)
         return;
     api_error err;
     if (proxy_update(p, &err) < 0) {
+        if (err.status == 503 && strcmp(err.code, "store_unavailable") == 0)
+            return; /* the store is away (a restart): the stream waits and reads on at a later tick */
         if (err.status >= 500)
             log_fields(LOG_LEVEL_WARN, "proxy configuration stream ended", "user", p->user, "reason", err.message,
                        NULL);

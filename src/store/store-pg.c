@@ -43,7 +43,8 @@
 #define PG_CHANGES_KEEP 100000
 #define PG_SCHEMA_VERSION 1
 #define PG_POLL_MS 500         /* the listener's fallback poll */
-#define PG_RETRY_NS 30000000000ULL     /* how long a write waits for the database to come back */
+#define PG_RETRY_NS 10000000000ULL     /* how long a write waits for the database to come back */
+#define PG_DOWN_RETRY_NS 1000000000ULL /* and once the store is known unreachable (a long outage) */
 #define PG_READ_RETRY_NS 3000000000ULL /* and a read */
 #define PG_CHANNEL "cloister_changes"
 
@@ -157,6 +158,9 @@ typedef struct pg_store {
     _Atomic int64_t revision;
     _Atomic uint64_t epoch;
     int64_t last_trim;
+    /* a read or a batch gave up waiting for the database: until the
+     * listener connects again, reads fail at once and batches wait less */
+    _Atomic bool unreachable;
 
     pthread_t writer;
     store_queue queue;
@@ -341,13 +345,17 @@ static void backoff(unsigned *ms)
 /* Runs the read-only (or single-statement) Q on a pooled connection: 0
  * and *RET, or a negative errno. A broken connection is replaced, and
  * while the database is away (a restart) the read waits for it up to
- * PG_READ_RETRY_NS. With EPOCH not 0, -ESTALE when the connection's
+ * PG_READ_RETRY_NS; once a read gave up, the store is unreachable and
+ * reads fail at once (-ECONNREFUSED: no thread of the API waits) until the
+ * listener connects again. With EPOCH not 0, -ESTALE when the connection's
  * database is of another epoch (nothing is read). */
 static int read_query(pg_store *s, uint64_t epoch, int q, const char *const *params, PGresult **ret)
 {
     uint64_t deadline = time_mono_ns() + PG_READ_RETRY_NS;
     unsigned ms = 20;
     for (;;) {
+        if (atomic_load(&s->unreachable))
+            return -ECONNREFUSED;
         pg_conn *pc;
         int e = reader_acquire(s, &pc);
         if (e == 0) {
@@ -356,8 +364,12 @@ static int read_query(pg_store *s, uint64_t epoch, int q, const char *const *par
                 e = epoch && pc->epoch != epoch ? -ESTALE : run(pc->c, q, params, ret);
             reader_release(s, pc);
         }
-        if ((e != -ECONNRESET && e != -ECONNREFUSED) || time_mono_ns() >= deadline)
+        if (e != -ECONNRESET && e != -ECONNREFUSED)
             return e;
+        if (time_mono_ns() >= deadline) {
+            atomic_store(&s->unreachable, true);
+            return e;
+        }
         backoff(&ms);
     }
 }
@@ -613,6 +625,7 @@ static void *listener_main(void *arg)
             if (lost)
                 log_fields(LOG_LEVEL_INFO, "store: connected to PostgreSQL again", NULL);
             lost = false;
+            atomic_store(&s->unreachable, false);
         }
         /* after (re)connecting, after each wake-up and each poll: what is the head now? */
         refresh_head(s, c, NULL);
@@ -838,13 +851,14 @@ static commit_outcome writer_try_batch(pg_store *s, store_txn *batch, int64_t *r
 }
 
 /* Commits BATCH (a list linked through ->next), waiting out a lost
- * connection for up to PG_RETRY_NS; calls each txn's done. A txn is reported
- * done only when its COMMIT is known to have succeeded; when that cannot be
- * learned in time it fails with -EIO, when the database stays away with
- * -ECONNREFUSED. */
+ * connection for up to PG_RETRY_NS (PG_DOWN_RETRY_NS while the store is
+ * known unreachable: the queue behind a long outage is answered quickly);
+ * calls each txn's done. A txn is reported done only when its
+ * COMMIT is known to have succeeded; when that cannot be learned in time it
+ * fails with -EIO, when the database stays away with -ECONNREFUSED. */
 static void writer_commit_batch(pg_store *s, store_txn *batch)
 {
-    uint64_t deadline = time_mono_ns() + PG_RETRY_NS;
+    uint64_t deadline = time_mono_ns() + (atomic_load(&s->unreachable) ? PG_DOWN_RETRY_NS : PG_RETRY_NS);
     int64_t rev = 0;
     char xid[24];
     unsigned backoff_ms = 50;
@@ -865,6 +879,7 @@ static void writer_commit_batch(pg_store *s, store_txn *batch)
         backoff(&backoff_ms);
     }
     if (o != COMMIT_DONE) {
+        atomic_store(&s->unreachable, true);
         int e = o == COMMIT_UNKNOWN && xid[0] ? -EIO : -ECONNREFUSED;
         log_fields(LOG_LEVEL_ERROR, "store commit failed: PostgreSQL unreachable; the batch is refused", "error",
                    strerror(-e), NULL);
