@@ -15,23 +15,13 @@ import requests
 
 from conftest import Server, pg_ctl, pg_new_database, psql
 from test_daemon import assert_all_present, write_until_stopped
+from test_notifications import wait_for as wait_until
 from test_proxy_config import proxy_token, stream
 from test_store_pg import pg_server, service  # noqa: F401 (pg_server: a fixture)
 
 
 def names(items):
     return {i["metadata"]["name"] for i in items}
-
-
-def wait_until(predicate, timeout, what):
-    """Polls PREDICATE until it returns something true (returned) or TIMEOUT passes."""
-    deadline = time.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.time() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.1)
 
 
 def api_ok(s, method, path, **kw):
