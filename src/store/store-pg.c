@@ -65,6 +65,7 @@ enum {
     Q_W_ADVANCE,
     Q_W_TRIM,
     Q_TXID_STATUS,
+    Q_W_GET_MANY,
     Q_LEASE_ACQUIRE,
     Q_LEASE_RENEW,
     Q_LEASE_RELEASE,
@@ -117,6 +118,11 @@ static const struct {
                      1},
     [Q_W_TRIM] = {"DELETE FROM changes WHERE rv < $1", 1},
     [Q_TXID_STATUS] = {"SELECT txid_status($1)", 1},
+    /* the rows of a batch at once: the keys are two arrays, kinds and names */
+    [Q_W_GET_MANY] = {"SELECT r.kind, r.name, r.doc, r.rv, r.lookup_key FROM unnest($1::text[], $2::text[]) "
+                      "AS k(kind, name) JOIN resources r ON r.kind = k.kind COLLATE \"C\" "
+                      "AND r.name = k.name COLLATE \"C\"",
+                      2},
     /* a new holder (or the same one after expiry) takes the next token */
     [Q_LEASE_ACQUIRE] = {"INSERT INTO leases AS l (name, holder, token, expires) "
                          "VALUES ($1, $2, 1, clock_timestamp() + $3::bigint * interval '1 millisecond') "
@@ -677,6 +683,57 @@ static int write_row(PGconn *c, int q, const char *const *params)
     return e;
 }
 
+/* One writing statement (Q_W_INSERT, Q_W_UPDATE or Q_W_DELETE) and its
+ * parameters (owned; NULL is SQL NULL). */
+typedef struct pg_write {
+    int q;
+    char *params[7];
+} pg_write;
+
+static void pg_write_clear(pg_write *w)
+{
+    for (size_t i = 0; i < ELEMENTSOF(w->params); i++) {
+        free(w->params[i]);
+        w->params[i] = NULL;
+    }
+}
+
+/* The statement that writes PLAN of OP (the row and its change; the
+ * compare-and-swap is in it: the row must still be at the rv it was read
+ * at), with LOOKUP_KEY (may be NULL). Takes PLAN's text. 0 or -ENOMEM. */
+static int plan_statement(const store_op *op, store_plan *plan, const char *lookup_key, pg_write *ret)
+{
+    char rv_s[24], old_rv_s[24], type_s[4];
+    snprintf(rv_s, sizeof(rv_s), "%lld", (long long)plan->rv);
+    snprintf(old_rv_s, sizeof(old_rv_s), "%lld", (long long)plan->old_rv);
+    snprintf(type_s, sizeof(type_s), "%d", (int)store_plan_event(plan));
+    const char *p[7];
+    size_t n;
+    if (plan->write == STORE_PLAN_DELETE) {
+        ret->q = Q_W_DELETE;
+        n = 6;
+        memcpy(p, (const char *[]){op->kind, op->name, old_rv_s, rv_s, type_s, NULL}, n * sizeof(*p));
+    } else if (plan->write == STORE_PLAN_UPDATE) {
+        ret->q = Q_W_UPDATE;
+        n = 7;
+        memcpy(p, (const char *[]){op->kind, op->name, rv_s, lookup_key, NULL, old_rv_s, type_s}, n * sizeof(*p));
+    } else {
+        ret->q = Q_W_INSERT;
+        n = 6;
+        memcpy(p, (const char *[]){op->kind, op->name, rv_s, lookup_key, NULL, type_s}, n * sizeof(*p));
+    }
+    size_t text_at = plan->write == STORE_PLAN_DELETE ? 5 : 4;
+    int e = 0;
+    for (size_t i = 0; i < ELEMENTSOF(ret->params); i++) {
+        ret->params[i] = i == text_at ? TAKE_PTR(plan->text) : i < n && p[i] ? strdup(p[i]) : NULL;
+        if (i < n && !ret->params[i] && (i == text_at || p[i]))
+            e = -ENOMEM;
+    }
+    if (e < 0)
+        pg_write_clear(ret);
+    return e;
+}
+
 /* Applies one operation inside the open transaction; REV is advanced for
  * each change it makes. */
 static int writer_apply_op(PGconn *c, store_op *op, int64_t *rev, const char *now)
@@ -697,19 +754,12 @@ static int writer_apply_op(PGconn *c, store_op *op, int64_t *rev, const char *no
     json_decref(linked);
     if (e < 0 || plan.write == STORE_PLAN_NOTHING)
         return e;
-    char rv_s[24], old_rv_s[24], type_s[4];
-    snprintf(rv_s, sizeof(rv_s), "%lld", (long long)plan.rv);
-    snprintf(old_rv_s, sizeof(old_rv_s), "%lld", (long long)plan.old_rv);
-    snprintf(type_s, sizeof(type_s), "%d", (int)store_plan_event(&plan));
-    const char *lookup_key = op->lookup_key ? op->lookup_key : old_lookup;
-    /* the compare-and-swap is in the statement: the row must still be at the rv it was read at */
-    if (plan.write == STORE_PLAN_DELETE)
-        e = write_row(c, Q_W_DELETE, (const char *const[]){op->kind, op->name, old_rv_s, rv_s, type_s, plan.text});
-    else if (plan.write == STORE_PLAN_UPDATE)
-        e = write_row(c, Q_W_UPDATE,
-                      (const char *const[]){op->kind, op->name, rv_s, lookup_key, plan.text, old_rv_s, type_s});
-    else
-        e = write_row(c, Q_W_INSERT, (const char *const[]){op->kind, op->name, rv_s, lookup_key, plan.text, type_s});
+    pg_write w;
+    e = plan_statement(op, &plan, op->lookup_key ? op->lookup_key : old_lookup, &w);
+    if (e == 0) {
+        e = write_row(c, w.q, (const char *const *)w.params);
+        pg_write_clear(&w);
+    }
     if (e < 0) {
         store_plan_clear(&plan);
         return e;
@@ -772,6 +822,295 @@ typedef enum commit_outcome {
     COMMIT_RETRY,    /* nothing was committed: run the batch again on a new connection */
     COMMIT_UNKNOWN,  /* the server could not tell yet */
 } commit_outcome;
+
+/* ---- the writer's fast path: a batch in three round trips ----
+ *
+ * Under the revision lock no other writer runs, so the batch's rows can be
+ * read at once, every transaction planned here against them (a row as the
+ * batch's earlier transactions left it), and the writes sent together in
+ * libpq's pipeline mode: BEGIN, the lock and the rows; the writes and the
+ * new head; COMMIT. A transaction whose plan fails (-EEXIST, -ESTALE…) is
+ * undone here alone. Anything the database refuses (a lookup key taken, a
+ * compare-and-swap that lost) rolls the batch back and it runs again on
+ * the savepoint path (writer_try_batch), which tells each transaction its
+ * own error. Batches with a fence or a uid link take that path directly. */
+
+/* A row of the batch as its earlier transactions left it. */
+typedef struct pg_row {
+    const char *kind, *name; /* borrowed from an op */
+    json_t *doc;             /* NULL when absent */
+    int64_t rv;
+    char *lookup;
+} pg_row;
+
+/* What one planned write replaced in its row, to undo a failed transaction. */
+typedef struct pg_undo {
+    pg_row *row;
+    json_t *doc;
+    int64_t rv;
+    char *lookup;
+} pg_undo;
+
+static bool fast_path_suits(const store_txn *batch)
+{
+    for (const store_txn *t = batch; t; t = t->next) {
+        if (t->fence_lease)
+            return false;
+        for (size_t i = 0; i < t->n_ops; i++)
+            if (t->ops[i].uid_kind)
+                return false;
+    }
+    return true;
+}
+
+static pg_row *row_find(pg_row *rows, size_t n, const char *kind, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(rows[i].kind, kind) == 0 && strcmp(rows[i].name, name) == 0)
+            return &rows[i];
+    return NULL;
+}
+
+/* Reads the results of the pipeline's commands up to its sync into RES (N
+ * of them, one per command; the rest cleared). 0, -ECONNRESET when the
+ * connection broke, or the first failing command's errno. */
+static int pipeline_results(PGconn *c, PGresult **res, int n)
+{
+    int got = 0, e = 0;
+    for (;;) {
+        PGresult *r = PQgetResult(c);
+        if (!r) {
+            if (PQstatus(c) != CONNECTION_OK) {
+                e = -ECONNRESET;
+                break;
+            }
+            continue; /* the end of one command's results */
+        }
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            break;
+        }
+        if (e == 0 && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+            e = st == PGRES_PIPELINE_ABORTED ? -EIO : result_errno(c, r);
+        if (got < n)
+            res[got++] = r;
+        else
+            PQclear(r);
+    }
+    if (e == 0 && got < n)
+        e = -ECONNRESET;
+    return e;
+}
+
+static void results_clear(PGresult **res, int n)
+{
+    for (int i = 0; i < n; i++) {
+        PQclear(res[i]);
+        res[i] = NULL;
+    }
+}
+
+/* Sends prepared statement Q in pipeline mode: 0 or -ECONNRESET. */
+static int pipeline_send(PGconn *c, int q, const char *const *params)
+{
+    char name[8];
+    snprintf(name, sizeof(name), "q%d", q);
+    return PQsendQueryPrepared(c, name, queries[q].n_params, params, NULL, NULL, 0) ? 0 : -ECONNRESET;
+}
+
+/* Round trip one: BEGIN, the lock (the head and XID) and the N_ROWS rows'
+ * stored values. 0 or a negative errno. */
+static int fast_read(PGconn *c, pg_row *rows, size_t n_rows, int64_t *rev, char xid[24])
+{
+    const char **kinds = calloc(n_rows, sizeof(*kinds)), **names = calloc(n_rows, sizeof(*names));
+    for (size_t i = 0; kinds && names && i < n_rows; i++) {
+        kinds[i] = rows[i].kind;
+        names[i] = rows[i].name;
+    }
+    _cleanup_free_ char *kind_array = kinds ? kinds_array(kinds, n_rows) : NULL;
+    _cleanup_free_ char *name_array = names ? kinds_array(names, n_rows) : NULL;
+    free(kinds);
+    free(names);
+    if (!kind_array || !name_array)
+        return -ENOMEM;
+    PGresult *res[3] = {0};
+    int e = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) ? 0 : -ECONNRESET;
+    if (e == 0)
+        e = pipeline_send(c, Q_W_LOCK, NULL);
+    if (e == 0)
+        e = pipeline_send(c, Q_W_GET_MANY, (const char *const[]){kind_array, name_array});
+    if (e == 0)
+        e = PQpipelineSync(c) ? 0 : -ECONNRESET;
+    if (e == 0)
+        e = pipeline_results(c, res, 3);
+    if (e == 0) {
+        *rev = row_int(res[1], 0, 0);
+        snprintf(xid, 24, "%s", PQgetvalue(res[1], 0, 1));
+    }
+    for (int i = 0; e == 0 && i < PQntuples(res[2]); i++) {
+        pg_row *row = row_find(rows, n_rows, PQgetvalue(res[2], i, 0), PQgetvalue(res[2], i, 1));
+        if (!row)
+            continue;
+        e = row_doc(res[2], i, 2, &row->doc);
+        row->rv = row_int(res[2], i, 3);
+        if (e == 0 && !PQgetisnull(res[2], i, 4) && !(row->lookup = strdup(PQgetvalue(res[2], i, 4))))
+            e = -ENOMEM;
+    }
+    results_clear(res, 3);
+    return e;
+}
+
+/* Plans TXN's ops against ROWS, appending its writes to WRITES (*N_WRITES)
+ * and what they replaced to UNDO (*N_UNDO); REV advances. TXN's own
+ * failure is in txn->error; returns -ENOMEM only. */
+static void fast_plan_txn(store_txn *txn, pg_row *rows, size_t n_rows, int64_t *rev, const char *now,
+                          pg_write *writes, size_t *n_writes, pg_undo *undo, size_t *n_undo)
+{
+    txn->error = 0;
+    for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
+        store_op *op = &txn->ops[i];
+        pg_row *row = row_find(rows, n_rows, op->kind, op->name);
+        json_t *old = row->doc ? json_deep_copy(row->doc) : NULL;
+        store_plan plan;
+        int e = row->doc && !old ? -ENOMEM : store_op_plan(op, old, row->rv, row->lookup, NULL, rev, now, &plan);
+        if (e == 0 && plan.write != STORE_PLAN_NOTHING) {
+            const char *lookup_key = op->lookup_key ? op->lookup_key : row->lookup;
+            char *new_lookup = plan.write != STORE_PLAN_DELETE && lookup_key ? strdup(lookup_key) : NULL;
+            int64_t new_rv = plan.rv;
+            bool deleted = plan.write == STORE_PLAN_DELETE;
+            e = (lookup_key && !deleted && !new_lookup) ? -ENOMEM
+                                                         : plan_statement(op, &plan, lookup_key, &writes[*n_writes]);
+            if (e < 0) {
+                free(new_lookup);
+                store_plan_clear(&plan);
+            } else {
+                (*n_writes)++;
+                store_plan_done(op, &plan);
+                undo[(*n_undo)++] = (pg_undo){.row = row, .doc = row->doc, .rv = row->rv, .lookup = row->lookup};
+                row->doc = deleted ? NULL : json_incref(op->result);
+                row->rv = new_rv;
+                row->lookup = new_lookup;
+            }
+        }
+        if (e < 0) {
+            txn->error = e;
+            txn->failed_op = i;
+        }
+    }
+}
+
+/* Runs BATCH on the fast path: COMMIT_DONE, COMMIT_UNKNOWN (COMMIT's
+ * answer was lost: XID names the transaction), or COMMIT_RETRY when
+ * nothing was committed (the caller runs the savepoint path). */
+static commit_outcome writer_fast_batch(pg_store *s, store_txn *batch, int64_t *rev, char xid[24])
+{
+    PGconn *c = s->writer_conn->c;
+    xid[0] = 0;
+    size_t n_ops = 0, n_rows = 0, n_writes = 0, n_undo = 0;
+    for (store_txn *t = batch; t; t = t->next)
+        n_ops += t->n_ops;
+    pg_row *rows = calloc(n_ops + 1, sizeof(*rows));
+    pg_write *writes = calloc(n_ops + 1, sizeof(*writes));
+    pg_undo *undo = calloc(n_ops + 1, sizeof(*undo));
+    int e = rows && writes && undo ? 0 : -ENOMEM;
+    for (store_txn *t = batch; e == 0 && t; t = t->next)
+        for (size_t i = 0; i < t->n_ops; i++)
+            if (!row_find(rows, n_rows, t->ops[i].kind, t->ops[i].name))
+                rows[n_rows++] = (pg_row){.kind = t->ops[i].kind, .name = t->ops[i].name};
+    if (e == 0 && PQstatus(c) == CONNECTION_OK && PQenterPipelineMode(c)) {
+        char now[40];
+        time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
+        e = fast_read(c, rows, n_rows, rev, xid);
+        int64_t start = *rev;
+        for (store_txn *t = batch; e == 0 && t; t = t->next) {
+            int64_t txn_start = *rev;
+            size_t writes_at = n_writes, undo_at = n_undo;
+            fast_plan_txn(t, rows, n_rows, rev, now, writes, &n_writes, undo, &n_undo);
+            if (t->error == -ENOMEM)
+                e = -ENOMEM;
+            for (size_t u = n_undo; u > undo_at; u--) { /* kept: drop what it replaced; failed: put it back */
+                pg_undo *x = &undo[u - 1];
+                if (t->error < 0) {
+                    json_decref(x->row->doc);
+                    free(x->row->lookup);
+                    *x->row = (pg_row){.kind = x->row->kind, .name = x->row->name, .doc = x->doc, .rv = x->rv,
+                                       .lookup = x->lookup};
+                } else {
+                    json_decref(x->doc);
+                    free(x->lookup);
+                }
+            }
+            n_undo = undo_at;
+            if (t->error < 0) {
+                while (n_writes > writes_at)
+                    pg_write_clear(&writes[--n_writes]);
+                store_txn_clear(t);
+                *rev = txn_start;
+            }
+        }
+        /* round trip two: the writes and the new head (each write must change its one row) */
+        int n_res = (int)n_writes + (*rev > start ? 1 : 0);
+        PGresult **res = e == 0 ? calloc(n_res + 1, sizeof(*res)) : NULL;
+        if (e == 0 && !res)
+            e = -ENOMEM;
+        char rv_s[24];
+        snprintf(rv_s, sizeof(rv_s), "%lld", (long long)*rev);
+        for (size_t i = 0; e == 0 && i < n_writes; i++)
+            e = pipeline_send(c, writes[i].q, (const char *const *)writes[i].params);
+        if (e == 0 && *rev > start)
+            e = pipeline_send(c, Q_W_ADVANCE, (const char *const[]){rv_s});
+        if (e == 0)
+            e = PQpipelineSync(c) ? 0 : -ECONNRESET;
+        if (e == 0)
+            e = pipeline_results(c, res, n_res);
+        for (size_t i = 0; e == 0 && i < n_writes; i++)
+            if (strcmp(PQcmdTuples(res[i]), "1") != 0)
+                e = -ESTALE;
+        if (res)
+            results_clear(res, n_res);
+        free(res);
+    } else if (e == 0)
+        e = -ECONNRESET;
+    for (size_t i = 0; i < n_rows; i++) {
+        json_decref(rows[i].doc);
+        free(rows[i].lookup);
+    }
+    for (size_t i = 0; i < n_writes; i++)
+        pg_write_clear(&writes[i]);
+    free(rows);
+    free(writes);
+    free(undo);
+    if (PQpipelineStatus(c) != PQ_PIPELINE_OFF && !PQexitPipelineMode(c))
+        e = e < 0 ? e : -ECONNRESET; /* results left unread: only a broken connection leaves them */
+    if (e < 0) {
+        if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE)
+            exec_simple(c, "ROLLBACK");
+        return COMMIT_RETRY;
+    }
+    /* round trip three */
+    e = exec_simple(c, "COMMIT");
+    if (e == -ECONNRESET)
+        return COMMIT_UNKNOWN;
+    if (e < 0) /* COMMIT answered with an error: rolled back; the savepoint path tells each its own */
+        return COMMIT_RETRY;
+    return COMMIT_DONE;
+}
+
+static commit_outcome writer_try_batch(pg_store *s, store_txn *batch, int64_t *rev, char xid[24]);
+
+/* Runs BATCH: on the fast path when it suits, else (or when the database
+ * refused something there) on the savepoint path. */
+static commit_outcome writer_run_batch(pg_store *s, store_txn *batch, int64_t *rev, char xid[24])
+{
+    if (fast_path_suits(batch)) {
+        commit_outcome o = writer_fast_batch(s, batch, rev, xid);
+        if (o != COMMIT_RETRY || PQstatus(s->writer_conn->c) != CONNECTION_OK)
+            return o;
+        batch_reset(batch);
+    }
+    return writer_try_batch(s, batch, rev, xid);
+}
 
 /* Asks the server whether transaction XID committed, after COMMIT's answer
  * was lost with the connection. */
@@ -862,14 +1201,14 @@ static void writer_commit_batch(pg_store *s, store_txn *batch)
     int64_t rev = 0;
     char xid[24];
     unsigned backoff_ms = 50;
-    commit_outcome o = writer_try_batch(s, batch, &rev, xid);
+    commit_outcome o = writer_run_batch(s, batch, &rev, xid);
     while (o != COMMIT_DONE && time_mono_ns() < deadline) {
         if (o == COMMIT_UNKNOWN && xid[0])
             o = commit_status(s, xid);
         if (o == COMMIT_RETRY) {
             if (PQstatus(s->writer_conn->c) == CONNECTION_OK || reconnect(s, s->writer_conn) == 0) {
                 batch_reset(batch);
-                o = writer_try_batch(s, batch, &rev, xid);
+                o = writer_run_batch(s, batch, &rev, xid);
                 if (o == COMMIT_DONE)
                     break;
             }
