@@ -37,8 +37,9 @@
 #include "basic/timeutil.h"
 #include "store/store-driver.h"
 
-/* transactions per commit: each is a subtransaction, and more than 64 of
- * them in one transaction slow every other session's snapshots */
+/* transactions per commit. On the savepoint path each is a
+ * subtransaction, and more than 64 of them in one transaction slow every
+ * other session's snapshots: a batch that may take that path stays below */
 #define PG_BATCH_MAX 60
 #define PG_CHANGES_KEEP 100000
 #define PG_SCHEMA_VERSION 1
