@@ -6,6 +6,7 @@ meanwhile; a database replaced by an older copy is a new epoch, and every
 watcher (watch streams, the proxy's configuration stream) starts again from
 a full list; kill -9 during a create stream loses no acknowledged create."""
 import json
+import re
 import subprocess
 import threading
 import time
@@ -189,3 +190,22 @@ def test_kill9_during_a_create_stream_loses_no_acknowledged_create(tmp_path, pg_
         print(f"{before} creates acknowledged before kill -9, all there after the restart")
     finally:
         s.stop()
+
+
+def test_the_proxy_stream_resumes_only_in_the_same_epoch(pg_server):
+    s, _ = pg_server
+    tok = proxy_token(s)
+    first = stream(s, token=tok)
+    name, snap = first.next()
+    first.resp.close()
+    assert name == "snapshot" and re.fullmatch("[0-9a-f]{16}", snap["epoch"]), snap.get("epoch")
+    since = f"/v1/proxy/config?since={snap['revision']}"
+    same = stream(s, f"{since}&epoch={snap['epoch']}", token=tok)
+    assert same.next()[0] != "snapshot", "resumed: the changes, then jwks, secrets and handoff"
+    same.resp.close()
+    other = stream(s, f"{since}&epoch={int(snap['epoch'], 16) ^ 1:016x}", token=tok)
+    name, again = other.next()
+    assert name == "snapshot" and again["epoch"] == snap["epoch"], "another epoch's revision is not resumed"
+    other.resp.close()
+    r = s.request("GET", f"{since}&epoch=XYZ", token=tok)
+    assert r.status_code == 400 and "epoch" in r.json()["error"]["message"], r.text
