@@ -262,6 +262,18 @@ store_pooled *store_pool_destroy(store_pool *p)
     return all;
 }
 
+void store_txn_apply(store_txn *txn, store_apply_fn apply, void *ctx)
+{
+    for (int linking = 0; linking < 2; linking++)
+        for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
+            if ((txn->ops[i].uid_kind != NULL) != linking)
+                continue;
+            txn->error = apply(&txn->ops[i], ctx);
+            if (txn->error < 0)
+                txn->failed_op = i;
+        }
+}
+
 void store_batch_done(store_txn *batch)
 {
     while (batch) {

@@ -769,6 +769,18 @@ static int writer_apply_op(PGconn *c, store_op *op, int64_t *rev, const char *no
     return 0;
 }
 
+typedef struct apply_ctx {
+    PGconn *c;
+    int64_t *rev;
+    const char *now;
+} apply_ctx;
+
+static int apply_op(store_op *op, void *ctx)
+{
+    apply_ctx *a = ctx;
+    return writer_apply_op(a->c, op, a->rev, a->now);
+}
+
 /* Runs one transaction inside the savepoint "txn" (open); on failure rolls
  * it back alone. Leaves a fresh savepoint open for the next. Returns
  * -ECONNRESET when the connection broke (the batch must be retried), else 0
@@ -787,15 +799,7 @@ static int writer_run_txn(PGconn *c, store_txn *txn, int64_t *rev, const char *n
             PQclear(res);
         }
     }
-    /* ops linking to another document's uid last: it may be created here */
-    for (int linking = 0; linking < 2; linking++)
-        for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
-            if ((txn->ops[i].uid_kind != NULL) != linking)
-                continue;
-            txn->error = writer_apply_op(c, &txn->ops[i], rev, now);
-            if (txn->error < 0)
-                txn->failed_op = i;
-        }
+    store_txn_apply(txn, apply_op, &(apply_ctx){c, rev, now});
     if (txn->error == -ECONNRESET)
         return -ECONNRESET;
     if (txn->error < 0) {

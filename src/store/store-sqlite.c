@@ -495,6 +495,18 @@ static int writer_apply_op(sqlite_store *s, store_op *op, int64_t *rev, const ch
     return 0;
 }
 
+typedef struct apply_ctx {
+    sqlite_store *s;
+    int64_t *rev;
+    const char *now;
+} apply_ctx;
+
+static int apply_op(store_op *op, void *ctx)
+{
+    apply_ctx *a = ctx;
+    return writer_apply_op(a->s, op, a->rev, a->now);
+}
+
 /* Runs one transaction inside its savepoint; on failure rolls it back alone. */
 static void writer_run_txn(sqlite_store *s, store_txn *txn, int64_t *rev, const char *now)
 {
@@ -508,15 +520,7 @@ static void writer_run_txn(sqlite_store *s, store_txn *txn, int64_t *rev, const 
         sqlite3_reset(s->w_fence);
         sqlite3_clear_bindings(s->w_fence);
     }
-    /* ops linking to another document's uid last: it may be created here */
-    for (int linking = 0; linking < 2; linking++)
-        for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
-            if ((txn->ops[i].uid_kind != NULL) != linking)
-                continue;
-            txn->error = writer_apply_op(s, &txn->ops[i], rev, now);
-            if (txn->error < 0)
-                txn->failed_op = i;
-        }
+    store_txn_apply(txn, apply_op, &(apply_ctx){s, rev, now});
     if (txn->error < 0) {
         exec_sql(s->wdb, "ROLLBACK TO txn");
         store_txn_clear(txn);
