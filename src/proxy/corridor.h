@@ -24,7 +24,8 @@
  *   rewrite       rewrite.c      headers for the upstream, identity added
  *   trace-upstream trace.c       the CLIENT span of the hop; its traceparent
  *                                (and the kept tracestate) for the upstream
- *   forward       forward.c      to the upstream's keep-alive pool
+ *   forward       forward.c      to the upstream over this thread's keep-alive
+ *                                connections (upstream.c), called directly
  *
  * A stage answers (respond.c: one place turns a refusal into a status and a
  * JSON body, or an HTML page for a browser) and returns PROXY_DONE, or
@@ -80,7 +81,7 @@ typedef struct proxy_thread {
     uint64_t generation;
     jwt_cache *jwt;
     cel_arena *values, *scratch;
-    h2o_http1client_ctx_t client_ctx;
+    struct proxy_upstreams *upstreams; /* keep-alive connections to the upstreams (upstream.c) */
     h2o_timeout_t io_timeout, websocket_timeout;
     resolved_token tokens[PROXY_TOKEN_SLOTS];
     auth_verdict refused; /* why proxy_resolve() last refused a token */

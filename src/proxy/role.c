@@ -75,7 +75,7 @@ int proxy_serve(const proxy_role_config *cfg)
     curl_global_init(CURL_GLOBAL_DEFAULT);
     /* enclaves are reached only once their attestation verifies; without
      * the platform CA they are not reached at all */
-    proxy_bridges_init(cfg->platform_ca_cert, cfg->runner_dir);
+    proxy_bridges_init(cfg->platform_ca_cert, cfg->runner_dir, cfg->threads);
     snprintf(login_url, sizeof(login_url), "%s/v1/auth/login", cfg->api_url);
     snprintf(issuer, sizeof(issuer), "https://proxy.%s", cfg->domain);
     if (!cfg->portal_dir)
