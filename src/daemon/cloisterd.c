@@ -86,6 +86,10 @@ static void usage(FILE *f)
             "  --proxy-http-listen A an additional plain-HTTP proxy listener (off by default)\n"
             "  --api-threads N       the API's worker threads (default 2)\n"
             "  --proxy-threads N     the proxy's worker threads, one event loop each (default 2)\n"
+            "  --proxy-upstream-idle N        idle keep-alive connections a proxy thread keeps to one\n"
+            "                                 upstream (default 64)\n"
+            "  --proxy-upstream-connections N connections a proxy thread opens to one upstream at once\n"
+            "                                 (default 256; more requests wait)\n"
             "  --domain D            services are reached at <service>.D (default localhost)\n"
             "  --store URL           the resource store: sqlite:PATH (default DIR/api/store.db) or\n"
             "                        postgresql://USER@HOST/DB (several api replicas share it)\n"
@@ -108,7 +112,7 @@ static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
 
 typedef enum daemon_action { ACTION_RUN, ACTION_INIT } daemon_action; /* --check ends in parse_args */
 
-enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_LOG,
+enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_UPSTREAM_IDLE, OPT_UPSTREAM_CONNS, OPT_LOG,
        OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT, OPT_STORE, OPT_PASSPHRASE_FD };
 
 /* --init --passphrase-fd N: where the KMS passphrase or PIN is read from (-1: the terminal) */
@@ -125,6 +129,8 @@ static const struct option options[] = {
     {"domain", required_argument, NULL, OPT_DOMAIN},
     {"api-threads", required_argument, NULL, OPT_THREADS},
     {"proxy-threads", required_argument, NULL, OPT_PROXY_THREADS},
+    {"proxy-upstream-idle", required_argument, NULL, OPT_UPSTREAM_IDLE},
+    {"proxy-upstream-connections", required_argument, NULL, OPT_UPSTREAM_CONNS},
     {"log-level", required_argument, NULL, OPT_LOG},
     {"seal", required_argument, NULL, OPT_SEAL},
     {"pkcs11-module", required_argument, NULL, OPT_P11_MODULE},
@@ -183,6 +189,18 @@ static int apply_option(int c, daemon_config *cfg)
             return 2;
         }
         *(c == OPT_THREADS ? &cfg->api_threads : &cfg->proxy_threads) = (unsigned)n;
+        return 0;
+    }
+    case OPT_UPSTREAM_IDLE:
+    case OPT_UPSTREAM_CONNS: {
+        char *end;
+        long n = strtol(optarg, &end, 10);
+        const char *flag = c == OPT_UPSTREAM_IDLE ? "--proxy-upstream-idle" : "--proxy-upstream-connections";
+        if (*end || n < 1 || n > 65536) {
+            fprintf(stderr, "cloisterd: %s takes a number from 1 to 65536\n", flag);
+            return 2;
+        }
+        *(c == OPT_UPSTREAM_IDLE ? &cfg->proxy_upstream_idle : &cfg->proxy_upstream_conns) = (unsigned)n;
         return 0;
     }
     case OPT_LOG: {

@@ -26,6 +26,8 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         .cert_file = cfg->proxy_cert,
         .key_file = cfg->proxy_key,
         .threads = cfg->proxy_threads,
+        .upstream_idle = cfg->proxy_upstream_idle,
+        .upstream_conns = cfg->proxy_upstream_conns,
         .metrics = cfg->proxy_metrics,
         .ready_flag = &health->ready,
     };

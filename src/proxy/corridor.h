@@ -35,6 +35,7 @@
 
 #include <h2o.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -42,6 +43,7 @@
 #include "auth/session.h"
 #include "basic/strbuf.h"
 #include "cel/cel.h"
+#include "policy/policy.h"
 #include "proxy/config.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy.h"
@@ -54,6 +56,15 @@
 #define PROXY_LOGIN_COOKIE "cloister_login" /* ties a login's handoff to the browser that started it */
 #define PROXY_AUDIT_PATH_MAX 1024
 
+/* What the corridor reads of a resolved caller on every request, taken
+ * from its documents once per resolution: the strings are borrowed from
+ * them (NULL when absent), but GROUPS, which it owns. */
+typedef struct proxy_identity {
+    const char *user, *session, *credential, *email;
+    char *groups; /* the user's groups, comma separated (heap) */
+    size_t groups_len;
+} proxy_identity;
+
 /* An access token resolved to its session, user and credential, valid
  * while the configuration generation is unchanged and the token and the
  * session have not expired. */
@@ -63,6 +74,9 @@ typedef struct resolved_token {
     int64_t exp;
     json_t *user, *credential, *session; /* references */
     int64_t session_created, session_expires;
+    proxy_identity who; /* of the documents above */
+    policy_request caller; /* ctx.user and ctx.session (a client's) for the policy, values in VALUES */
+    cel_arena *values;     /* kept by the slot from one resolution to the next */
 } resolved_token;
 
 /* A signed x-cloister-assertion for a session and a service. */
@@ -89,6 +103,8 @@ typedef struct proxy_thread {
     uint8_t id_prefix[8];
     uint64_t id_seq;
     uint64_t trace_seed;   /* trace.c's id generator (random at start) */
+    EVP_MD *sha256;        /* fetched once at start (proxy_sha256) */
+    EVP_MD_CTX *digest;
     unsigned next_replica; /* round robin over an enclave's replicas */
     /* /.cloister/attestation: certificates fetched on settings->attest_pool
      * come back to this loop; the drain waits for them */
@@ -181,6 +197,8 @@ proxy_step proxy_stage_forward(proxy_request *pr);      /* forward.c */
 /* ---- proxy.c ---- */
 /* Picks up a newly published configuration before a request. */
 void proxy_refresh_config(proxy_thread *t);
+/* SHA-256 of the LEN bytes at DATA into OUT, with T's digest fetched once. */
+void proxy_sha256(proxy_thread *t, const void *data, size_t len, uint8_t out[SHA256_DIGEST_LENGTH]);
 
 /* ---- respond.c: answers ---- */
 /* A fresh request id of T (hex) into OUT. */
@@ -279,12 +297,17 @@ proxy_step proxy_logout(proxy_request *pr);
 proxy_step proxy_serve_jwks(proxy_request *pr);
 
 /* ---- rewrite.c ---- */
+/* Fills WHO from the USER, SESSION and CREDENTIAL documents (borrowed; each
+ * may be NULL), which must outlive it. Returns 0 or -ENOMEM. */
+int proxy_identity_init(proxy_identity *who, const json_t *user, const json_t *session, const json_t *credential);
+void proxy_identity_done(proxy_identity *who);
 /* Builds in *RET (from POOL) the headers IN becomes for SVC's upstream:
  * without the client's x-cloister-*, forwarding and proxy credential
  * headers, our session cookie, Authorization unless SVC passes it and the
- * header SVC injects; then x-cloister-user, -email, -groups (of USER),
+ * header SVC injects; then x-cloister-user, -email, -groups (of WHO),
  * -request-id (REQUEST_ID), -assertion (ASSERTION) and SVC's injected
  * header. Values are borrowed from IN and SVC or copied to POOL. */
 void proxy_upstream_headers(h2o_mem_pool_t *pool, const h2o_headers_t *in, const proxy_service *svc,
-                            const json_t *user, const char *request_id, const char *assertion, h2o_headers_t *ret);
+                            const proxy_identity *who, const char *request_id, const char *assertion,
+                            h2o_headers_t *ret);
 void proxy_assertions_clear(proxy_thread *t);

@@ -27,6 +27,7 @@ typedef struct proxy_role_config {
     const char *listen, *plain_listen; /* plain_listen NULL: none */
     const char *cert_file, *key_file;
     unsigned threads;
+    unsigned upstream_idle, upstream_conns; /* caps per upstream and thread (upstream.h); 0: the defaults */
     proxy_metrics *metrics; /* shared memory: the proxy writes, the api renders */
     _Atomic bool *ready_flag;
 } proxy_role_config;
