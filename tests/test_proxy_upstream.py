@@ -213,7 +213,8 @@ def test_an_idle_connection_the_upstream_closes_is_dropped(world):
     first = served_on(w.request("GET", "/one"))
     w.up.close_conn(first)
     wait_for(lambda: first not in w.up.conns, "the upstream to close its connection")
-    second = served_on(w.request("GET", "/two"))
+    # a POST is never retried: it succeeds only because the closed connection was dropped
+    second = served_on(w.request("POST", "/two", data=b"x"))
     assert second != first
 
 
@@ -222,8 +223,10 @@ def test_bytes_on_an_idle_connection_close_it_and_it_is_not_reused(world):
     w.up.reset("normal")
     first = served_on(w.request("GET", "/before"))
     assert served_on(w.request("GET", "/again")) == first  # kept alive and reused
+    sent = time.time()
     w.up.send_on(first, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
     wait_for(lambda: first in w.up.snapshot()[4], "the proxy to close the connection that got stray bytes")
+    assert time.time() - sent < 1.5, "closed by the stray bytes, not by the idle timeout (2 s)"
     r = w.request("GET", "/after")
     assert served_on(r) != first
     assert "stray" not in r.text

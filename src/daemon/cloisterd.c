@@ -110,6 +110,20 @@ static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
     return 0;
 }
 
+/* Sets *DST to VALUE, the argument of FLAG, a number from 1 to MAX.
+ * Returns 0, or 2 (the usage exit status) with the reason on stderr. */
+static int number_arg(unsigned *dst, const char *flag, const char *value, long max)
+{
+    char *end;
+    long n = strtol(value, &end, 10);
+    if (*end || n < 1 || n > max) {
+        fprintf(stderr, "cloisterd: %s takes a number from 1 to %ld\n", flag, max);
+        return 2;
+    }
+    *dst = (unsigned)n;
+    return 0;
+}
+
 typedef enum daemon_action { ACTION_RUN, ACTION_INIT } daemon_action; /* --check ends in parse_args */
 
 enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_UPSTREAM_IDLE, OPT_UPSTREAM_CONNS, OPT_LOG,
@@ -180,29 +194,13 @@ static int apply_option(int c, daemon_config *cfg)
     case OPT_STORE:
         return copy_arg(cfg->store_url, sizeof(cfg->store_url), "--store", optarg) < 0 ? 2 : 0;
     case OPT_THREADS:
-    case OPT_PROXY_THREADS: {
-        char *end;
-        long n = strtol(optarg, &end, 10);
-        const char *flag = c == OPT_THREADS ? "--api-threads" : "--proxy-threads";
-        if (*end || n < 1 || n > 64) {
-            fprintf(stderr, "cloisterd: %s takes a number from 1 to 64\n", flag);
-            return 2;
-        }
-        *(c == OPT_THREADS ? &cfg->api_threads : &cfg->proxy_threads) = (unsigned)n;
-        return 0;
-    }
+        return number_arg(&cfg->api_threads, "--api-threads", optarg, 64);
+    case OPT_PROXY_THREADS:
+        return number_arg(&cfg->proxy_threads, "--proxy-threads", optarg, 64);
     case OPT_UPSTREAM_IDLE:
-    case OPT_UPSTREAM_CONNS: {
-        char *end;
-        long n = strtol(optarg, &end, 10);
-        const char *flag = c == OPT_UPSTREAM_IDLE ? "--proxy-upstream-idle" : "--proxy-upstream-connections";
-        if (*end || n < 1 || n > 65536) {
-            fprintf(stderr, "cloisterd: %s takes a number from 1 to 65536\n", flag);
-            return 2;
-        }
-        *(c == OPT_UPSTREAM_IDLE ? &cfg->proxy_upstream_idle : &cfg->proxy_upstream_conns) = (unsigned)n;
-        return 0;
-    }
+        return number_arg(&cfg->proxy_upstream_idle, "--proxy-upstream-idle", optarg, 65536);
+    case OPT_UPSTREAM_CONNS:
+        return number_arg(&cfg->proxy_upstream_conns, "--proxy-upstream-connections", optarg, 65536);
     case OPT_LOG: {
         log_level level;
         if (log_level_from_string(optarg, &level) < 0) {
