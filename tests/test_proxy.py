@@ -105,6 +105,8 @@ def cluster(tmp_path_factory):
     c.tokens["alice"] = c.login("alice-cli")
     c.tokens["bob"] = c.login("bob-cli")
     c.wait_status("/", c.tokens["alice"]["access_token"], 200, timeout=10)
+    # bob's session reaches the proxy on its own (the stream may deliver it after alice's)
+    c.wait_status("/", c.tokens["bob"]["access_token"], 403, timeout=10)
     yield c
     s.stop()
     up.stop()

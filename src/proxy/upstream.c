@@ -23,6 +23,7 @@
 #define HEAD_MAX (64u * 1024)          /* bytes of an upstream's response head */
 #define HEADERS_MAX 100                /* header fields of a response */
 #define BACKLOG_MAX (1024u * 1024)     /* response bytes read ahead of the client before reading pauses */
+#define COPY_MAX (16u * 1024)          /* body bytes of a response copied to its request's pool (no malloc) */
 
 struct proxy_origin {
     char key[300];
@@ -188,6 +189,8 @@ typedef struct exchange {
     size_t decoded;  /* bytes of the connection's input already decoded as body */
     h2o_buffer_t *sending; /* body bytes in h2o's hands until proceed */
     h2o_buffer_t *rest;    /* the end of the body, taken with its connection's input */
+    h2o_iovec_t tail;      /* or copied to the request's pool, when small */
+    size_t copied;         /* bytes copied to the pool so far, up to COPY_MAX */
     bool in_flight, body_done, failed, paused, over;
 } exchange;
 
@@ -322,9 +325,25 @@ static void exchange_touch(exchange *ex)
     h2o_timeout_link(ex->u->loop, &ex->pr->t->io_timeout, &ex->timer);
 }
 
+/* The LEN bytes at the start of IN, copied to EX's request pool and
+ * consumed from IN, when the request's share of copies allows; else a
+ * NULL base. A small answer goes out without a buffer of its own. */
+static h2o_iovec_t copy_to_pool(exchange *ex, h2o_buffer_t **in)
+{
+    size_t len = (*in)->size;
+    if (ex->copied + len > COPY_MAX)
+        return h2o_iovec_init(NULL, 0);
+    char *p = h2o_mem_alloc_pool(&ex->req->pool, len);
+    memcpy(p, (*in)->bytes, len);
+    h2o_buffer_consume(in, len);
+    ex->copied += len;
+    return h2o_iovec_init(p, len);
+}
+
 /* Hands the body bytes gathered so far to h2o unless some are in flight:
- * the connection's input (swapped with the sent buffer), or once the body
- * is complete what was taken with the connection. */
+ * the connection's input (copied to the pool when small, else swapped with
+ * the sent buffer), or once the body is complete what was taken with the
+ * connection. */
 static void exchange_push(exchange *ex)
 {
     if (ex->in_flight || !ex->started)
@@ -340,7 +359,7 @@ static void exchange_push(exchange *ex)
             ex->sending = ex->rest;
             ex->rest = NULL;
         }
-        h2o_iovec_t buf = h2o_iovec_init(ex->sending->bytes, ex->sending->size);
+        h2o_iovec_t buf = ex->tail.base ? ex->tail : h2o_iovec_init(ex->sending->bytes, ex->sending->size);
         ex->in_flight = true;
         ex->over = true;
         h2o_send(ex->req, &buf, buf.len ? 1 : 0, H2O_SEND_STATE_FINAL);
@@ -349,11 +368,14 @@ static void exchange_push(exchange *ex)
     upstream_conn *conn = ex->conn;
     if (!conn || !conn->sock->input->size)
         return;
-    h2o_buffer_t *full = conn->sock->input;
-    conn->sock->input = ex->sending;
-    ex->sending = full;
     ex->decoded = 0;
-    h2o_iovec_t buf = h2o_iovec_init(full->bytes, full->size);
+    h2o_iovec_t buf = copy_to_pool(ex, &conn->sock->input);
+    if (!buf.base) {
+        h2o_buffer_t *full = conn->sock->input;
+        conn->sock->input = ex->sending;
+        ex->sending = full;
+        buf = h2o_iovec_init(full->bytes, full->size);
+    }
     ex->in_flight = true;
     h2o_send(ex->req, &buf, 1, H2O_SEND_STATE_IN_PROGRESS);
 }
@@ -364,7 +386,7 @@ static void exchange_body_done(exchange *ex, bool keep)
 {
     ex->body_done = true;
     upstream_conn *conn = ex->conn;
-    if (conn && conn->sock->input->size) {
+    if (conn && conn->sock->input->size && !(ex->tail = copy_to_pool(ex, &conn->sock->input)).base) {
         ex->rest = conn->sock->input;
         h2o_buffer_init(&conn->sock->input, &h2o_socket_buffer_prototype);
     }
