@@ -24,8 +24,7 @@
 # Usage: bench/proxy/trace.sh [DURATION] (seconds per run, default 10)
 #   BUILD=dir (default build-bench-proxy), BASE_BUILD=dir and OLD_BUILD=dir
 #   (release builds of other revisions, optional), ROUNDS=n (default 3),
-#   SYSCALLS=1 (then also each configuration's syscalls per request: strace
-#   -c -f on the proxy role during a 3 s wrk run), BENCH_KEEP=1.
+#   BENCH_KEEP=1.
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib.sh"
@@ -173,30 +172,5 @@ if [ -n "$old" ]; then
     on_old_cpu=$(echo "$(median on cpu) / $(median old cpu)" | bc -l)
     printf "export on, this build / OLD_BUILD: req/s %.3f, CPU per request %.3f\n" "$on_old" "$on_old_cpu"
     summary+=$(printf ", on/old req/s %.3f cpu %.3f" "$on_old" "$on_old_cpu")
-fi
-if [ -n "${SYSCALLS:-}" ]; then
-    # syscalls per request: strace -c -f on the proxy role (every thread)
-    # while wrk runs 3 s against it, divided by the requests wrk counted
-    echo
-    printf "%-6s %18s   %s\n" config "syscalls/request" "the most frequent (calls per request)"
-    for c in "${configs[@]}"; do
-        serve "$c"
-        wrk -t1 -c50 -d2s "${hdrs[@]}" "$url" >/dev/null
-        pid=$(pgrep -P "$bench_pid" -x proxy | head -n 1)
-        strace -c -f -p "$pid" -o "$work/$c.strace" 2>/dev/null &
-        strace_pid=$!
-        sleep 0.5 # strace attaches to every thread
-        wrk -t1 -c50 -d3s "${hdrs[@]}" "$url" >"$work/$c-strace.txt"
-        kill -INT "$strace_pid"
-        wait "$strace_pid" || true
-        n=$(awk '/requests in/ {print $1}' "$work/$c-strace.txt")
-        # strace -c rows: % time, seconds, usecs/call, calls, [errors], syscall
-        awk -v n="$n" -v c="$c" '$NF == "total" {total = $4}
-            $1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" {calls[$NF] = $4}
-            END {top = ""; k = 0
-                 PROCINFO["sorted_in"] = "@val_num_desc"
-                 for (s in calls) if (k++ < 6) top = top sprintf("%s %.2f  ", s, calls[s] / n)
-                 printf "%-6s %18.2f   %s\n", c, total / n, top}' "$work/$c.strace"
-    done
 fi
 echo "SUMMARY proxy trace: $summary"
