@@ -219,6 +219,18 @@ static origin_pool *pool_of(proxy_upstreams *u, const proxy_origin *o)
     return p;
 }
 
+/* The request first in line for a connection of POOL, taken out of the
+ * line (its wait timer stopped), or NULL. */
+static exchange *pool_next_waiter(origin_pool *pool)
+{
+    if (h2o_linklist_is_empty(&pool->waiting))
+        return NULL;
+    exchange *next = H2O_STRUCT_FROM_MEMBER(exchange, wait_link, pool->waiting.next);
+    h2o_linklist_unlink(&next->wait_link);
+    h2o_timeout_unlink(&next->timer);
+    return next;
+}
+
 /* Closes CONN and frees it; the socket too unless it was taken. When WAKE,
  * the request first in line for its origin gets the freed place. */
 static void conn_close(upstream_conn *conn, bool wake)
@@ -234,12 +246,9 @@ static void conn_close(upstream_conn *conn, bool wake)
         h2o_socket_close(conn->sock);
     pool->conns--;
     free(conn);
-    if (wake && !h2o_linklist_is_empty(&pool->waiting)) {
-        exchange *next = H2O_STRUCT_FROM_MEMBER(exchange, wait_link, pool->waiting.next);
-        h2o_linklist_unlink(&next->wait_link);
-        h2o_timeout_unlink(&next->timer);
+    exchange *next = wake ? pool_next_waiter(pool) : NULL;
+    if (next)
         exchange_connect(next);
-    }
 }
 
 static void conn_on_idle_timeout(h2o_timeout_entry_t *entry)
@@ -280,10 +289,8 @@ static void exchange_release(exchange *ex, bool reusable)
         return;
     }
     conn->used = true;
-    if (!h2o_linklist_is_empty(&pool->waiting)) {
-        exchange *next = H2O_STRUCT_FROM_MEMBER(exchange, wait_link, pool->waiting.next);
-        h2o_linklist_unlink(&next->wait_link);
-        h2o_timeout_unlink(&next->timer);
+    exchange *next = pool_next_waiter(pool);
+    if (next) {
         next->conn = conn;
         conn->ex = next;
         exchange_send(next);
@@ -404,6 +411,7 @@ static void exchange_body_error(exchange *ex, const char *why)
     exchange_push(ex);
 }
 
+/* h2o sent what it was given: the next bytes go, reading resumes. */
 static void on_proceed(h2o_generator_t *self, h2o_req_t *req)
 {
     (void)req;
@@ -419,6 +427,7 @@ static void on_proceed(h2o_generator_t *self, h2o_req_t *req)
     }
 }
 
+/* The client went away mid-answer: the connection is closed, not reused. */
 static void on_stop(h2o_generator_t *self, h2o_req_t *req)
 {
     (void)req;
@@ -498,6 +507,8 @@ typedef struct upgrade_info {
     h2o_timeout_t *timeout;
 } upgrade_info;
 
+/* The client has its 101 (SOCK: its connection, or NULL when it failed):
+ * the two sockets become a tunnel. */
 static void on_upgrade_complete(void *data, h2o_socket_t *sock, size_t reqsize)
 {
     upgrade_info *info = data;
@@ -677,6 +688,9 @@ static bool exchange_retry(exchange *ex)
     return true;
 }
 
+/* Every read event of a connection, for its whole life: on an idle one it
+ * closes it; else the answer's head or body, or the upstream breaking off
+ * (a reused connection closed before any answer: retried or 502). */
 static void conn_on_read(h2o_socket_t *sock, const char *err)
 {
     upstream_conn *conn = sock->data;
@@ -707,6 +721,7 @@ static void conn_on_read(h2o_socket_t *sock, const char *err)
     exchange_on_body(ex);
 }
 
+/* The request is written (or could not be: retried or 502 as above). */
 static void on_written(h2o_socket_t *sock, const char *err)
 {
     upstream_conn *conn = sock->data;
@@ -728,6 +743,8 @@ static void exchange_send(exchange *ex)
     h2o_socket_write(conn->sock, ex->bufs, ex->nbufs, on_written);
 }
 
+/* An https upstream's handshake is done (h2o checked the certificate and
+ * that it names the host): the request goes out. */
 static void on_handshake(h2o_socket_t *sock, const char *err)
 {
     upstream_conn *conn = sock->data;
@@ -742,6 +759,7 @@ static void on_handshake(h2o_socket_t *sock, const char *err)
     exchange_send(ex);
 }
 
+/* A fresh connection is open: TLS first for https, then the request. */
 static void on_connect(h2o_socket_t *sock, const char *err)
 {
     upstream_conn *conn = sock->data;
@@ -769,6 +787,7 @@ static void conn_dial(exchange *ex, const struct sockaddr *addr, socklen_t len)
     conn->sock->data = conn;
 }
 
+/* The upstream's host name resolved (h2o's resolver threads): connect. */
 static void on_getaddr(h2o_hostinfo_getaddr_req_t *getaddr, const char *errstr, struct addrinfo *res, void *data)
 {
     (void)getaddr;
@@ -831,6 +850,7 @@ static void exchange_fail(exchange *ex, int status, const char *why)
                "service %s could not be reached: the exchange with its upstream failed (%s)", pr->svc->name, why);
 }
 
+/* No answer (or no free connection) within the upstream timeout: 504. */
 static void exchange_on_timeout(h2o_timeout_entry_t *entry)
 {
     exchange *ex = H2O_STRUCT_FROM_MEMBER(exchange, timer, entry);
