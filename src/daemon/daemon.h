@@ -48,6 +48,7 @@ typedef struct daemon_config {
     /* the kms role's view only: the secret read from seal_secret_file before it dropped privileges, wiped by it */
     char *seal_secret;
     size_t seal_secret_len;
+    char runner_cgroup[4096]; /* runner.cgroup: a delegated cgroup v2 directory for sandboxes; "": found */
     char pki_dir[4096]; /* the cluster CA and each role's certificate (roles/<role>.pem); default: the data dir */
     /* own certificate and key of a listener; "" : issued by the cluster CA */
     char api_tls_cert[4096], api_tls_key[4096];
@@ -58,6 +59,9 @@ typedef struct daemon_config {
     char peer_api[512], peer_kms[512], peer_audit[512];
     /* telemetry.otlp: handed to the roles as OTEL_EXPORTER_OTLP_ENDPOINT / _HEADERS ("k=v,k=v") */
     char otlp_endpoint[1024], otlp_headers[2048];
+    /* plugins (docs/plugins.md): the one directory they load from ("" none) and those that load in the
+     * proxy's process (comma-separated); the others run in sandboxes the runner launches */
+    char plugin_dir[4096], plugin_trusted[1024];
     struct proxy_metrics *proxy_metrics; /* shared memory the supervisor maps before forking: proxy writes, api renders */
 } daemon_config;
 
