@@ -18,9 +18,8 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from conftest import CLOISTER, CLOISTERD, ROOT, Server, free_port, run_cli, sanitizer_env
+from conftest import CLOISTER, CLOISTERD, ROOT, Server, free_port, pg_ctl, run_cli, sanitizer_env
 from otlp_receiver import Receiver
-from test_store_pg import cluster, database, pg_ctl  # noqa: F401 (fixtures: a throwaway PostgreSQL)
 
 PASSPHRASE = "correct horse battery staple"
 ROLES = ["api", "kms", "audit", "runner", "proxy"]
@@ -82,7 +81,7 @@ peers: {{kms: "http://kms.internal:7444"}}
     expected = [
         (3, "roles", "'scheduler' is not a role"),
         (4, "colour", "unknown key (known here: domain, dataDir, roles, store, pki, api, proxy, kms, audit, "
-                      "peers, telemetry, plugins, runner)"),
+                      "runner, peers, telemetry, plugins)"),
         (6, "api.listen", "'0.0.0.0:99999' is not HOST:PORT"),
         (7, "api.tls.cert", f"cannot read {tmp_path}/missing.pem (No such file or directory)"),
         (7, "api.tls.key", f"cannot read {tmp_path}/missing.key (No such file or directory)"),
@@ -99,7 +98,7 @@ peers: {{kms: "http://kms.internal:7444"}}
     assert not (tmp_path / "data").exists()
 
 
-def test_check_refuses_what_needs_mutual_tls_between_roles(tmp_path):
+def test_check_names_each_peer_a_subset_of_roles_needs(tmp_path):
     path = write_config(tmp_path)
     doc = yaml.safe_load(path.read_text())
     doc["roles"] = ["api", "proxy"]
@@ -110,10 +109,8 @@ def test_check_refuses_what_needs_mutual_tls_between_roles(tmp_path):
     line = {k: next(i + 1 for i, x in enumerate(text) if x.startswith(k + ":")) for k in ("roles", "peers", "audit")}
     p = cloisterd("--config", str(path), "--check")
     assert p.returncode == 1
-    assert f"{path}:{line['roles']}: roles: a subset cannot run yet: the roles here would need kms, audit, runner " \
-           "on another machine, reached over mutual TLS between roles" in p.stderr, p.stderr
-    assert f"{path}:{line['peers']}: peers: needs mutual TLS between roles" in p.stderr, p.stderr
-    assert f"{path}:{line['audit'] + 1}: audit.listen: needs mutual TLS between roles" in p.stderr, p.stderr
+    assert f"{path}:{line['roles']}: roles: roles [api, proxy] need peers.audit, peers.runner: " in p.stderr, p.stderr
+    assert f"{path}:{line['audit'] + 1}: audit.listen: this machine does not run audit (roles)" in p.stderr, p.stderr
 
 
 def test_syntax_errors_and_a_missing_file_are_named(tmp_path):
@@ -382,17 +379,17 @@ def test_the_documented_walkthrough_runs(tmp_path):
         assert marker not in log, log[-3000:]
 
 
-def test_readyz_follows_a_postgresql_store(tmp_path, database):
+def test_readyz_follows_a_postgresql_store(tmp_path, pg_database):
     """store.url postgresql://…: /readyz says the driver, turns 503 naming
     the store while the database is down (the API stays live), and 200
     again once it is back."""
-    path = write_config(tmp_path, store={"url": database})
+    path = write_config(tmp_path, store={"url": pg_database})
     assert cloisterd("--init", "--config", str(path)).returncode == 0
     s = Server(tmp_path / "data", config=path).start()
     try:
         r = requests.get(s.url + "/readyz", verify=s.ca)
         assert r.status_code == 200 and r.json()["store"] == {"driver": "postgres", "reachable": True}, r.text
-        pg_ctl(database, "stop")
+        pg_ctl(pg_database, "stop")
         try:
             def unready():
                 r = requests.get(s.url + "/readyz", verify=s.ca, timeout=30)
@@ -405,7 +402,7 @@ def test_readyz_follows_a_postgresql_store(tmp_path, database):
             assert [p for p in body["problems"] if p.startswith("store: unreachable (")], body
             assert requests.get(s.url + "/healthz", verify=s.ca, timeout=30).status_code == 200
         finally:
-            pg_ctl(database, "start")
+            pg_ctl(pg_database, "start")
         deadline = time.time() + 60
         while requests.get(s.url + "/readyz", verify=s.ca, timeout=30).status_code != 200:
             assert time.time() < deadline

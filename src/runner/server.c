@@ -68,6 +68,7 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "daemon/peer-tls.h"
 #include "daemon/peer.h"
 #include "httpd/httpd.h"
 #include "httpd/json.h"
@@ -799,6 +800,8 @@ int runner_serve(const runner_server_config *cfg)
             .ready_flag = &cfg->health->ready,
             .check_peer = peer_check_hook,
             .peer_data = &peers,
+            .mtls = cfg->mtls,
+            .check_cert = peer_tls_check_hook,
         };
         runner_plugins *plugins = NULL;
         /* the runner's own egress plugins: trusted ones in process, the others in sandboxes of its launcher */
