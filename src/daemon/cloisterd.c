@@ -87,6 +87,10 @@ static void usage(FILE *f)
             "  --proxy-http-listen A an additional plain-HTTP proxy listener (off by default)\n"
             "  --api-threads N       the API's worker threads (default 2)\n"
             "  --proxy-threads N     the proxy's worker threads, one event loop each (default 2)\n"
+            "  --proxy-upstream-idle N        idle keep-alive connections a proxy thread keeps to one\n"
+            "                                 upstream (default 64)\n"
+            "  --proxy-upstream-connections N connections a proxy thread opens to one upstream at once\n"
+            "                                 (default 256; more requests wait)\n"
             "  --domain D            services are reached at <service>.D (default localhost)\n"
             "  --plugin-dir DIR      where plugins load from (docs/plugins.md); none by default\n"
             "  --plugin-trusted L    plugins (comma-separated names) the proxy loads in process; the\n"
@@ -110,11 +114,25 @@ static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
     return 0;
 }
 
+/* Sets *DST to VALUE, the argument of FLAG, a number from 1 to MAX.
+ * Returns 0, or 2 (the usage exit status) with the reason on stderr. */
+static int number_arg(unsigned *dst, const char *flag, const char *value, long max)
+{
+    char *end;
+    long n = strtol(value, &end, 10);
+    if (*end || n < 1 || n > max) {
+        fprintf(stderr, "cloisterd: %s takes a number from 1 to %ld\n", flag, max);
+        return 2;
+    }
+    *dst = (unsigned)n;
+    return 0;
+}
+
 typedef enum daemon_action { ACTION_RUN, ACTION_INIT } daemon_action; /* --check ends in parse_args */
 
-enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_LOG,
-       OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT, OPT_STORE, OPT_PASSPHRASE_FD,
-       OPT_PLUGIN_DIR, OPT_PLUGIN_TRUSTED };
+enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_UPSTREAM_IDLE,
+       OPT_UPSTREAM_CONNS, OPT_LOG, OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT, OPT_STORE,
+       OPT_PASSPHRASE_FD, OPT_PLUGIN_DIR, OPT_PLUGIN_TRUSTED };
 
 /* --init --passphrase-fd N: where the KMS passphrase or PIN is read from (-1: the terminal) */
 static int passphrase_fd = -1;
@@ -130,6 +148,8 @@ static const struct option options[] = {
     {"domain", required_argument, NULL, OPT_DOMAIN},
     {"api-threads", required_argument, NULL, OPT_THREADS},
     {"proxy-threads", required_argument, NULL, OPT_PROXY_THREADS},
+    {"proxy-upstream-idle", required_argument, NULL, OPT_UPSTREAM_IDLE},
+    {"proxy-upstream-connections", required_argument, NULL, OPT_UPSTREAM_CONNS},
     {"log-level", required_argument, NULL, OPT_LOG},
     {"seal", required_argument, NULL, OPT_SEAL},
     {"pkcs11-module", required_argument, NULL, OPT_P11_MODULE},
@@ -189,17 +209,13 @@ static int apply_option(int c, daemon_config *cfg)
     case OPT_STORE:
         return copy_arg(cfg->store_url, sizeof(cfg->store_url), "--store", optarg) < 0 ? 2 : 0;
     case OPT_THREADS:
-    case OPT_PROXY_THREADS: {
-        char *end;
-        long n = strtol(optarg, &end, 10);
-        const char *flag = c == OPT_THREADS ? "--api-threads" : "--proxy-threads";
-        if (*end || n < 1 || n > 64) {
-            fprintf(stderr, "cloisterd: %s takes a number from 1 to 64\n", flag);
-            return 2;
-        }
-        *(c == OPT_THREADS ? &cfg->api_threads : &cfg->proxy_threads) = (unsigned)n;
-        return 0;
-    }
+        return number_arg(&cfg->api_threads, "--api-threads", optarg, 64);
+    case OPT_PROXY_THREADS:
+        return number_arg(&cfg->proxy_threads, "--proxy-threads", optarg, 64);
+    case OPT_UPSTREAM_IDLE:
+        return number_arg(&cfg->proxy_upstream_idle, "--proxy-upstream-idle", optarg, 65536);
+    case OPT_UPSTREAM_CONNS:
+        return number_arg(&cfg->proxy_upstream_conns, "--proxy-upstream-connections", optarg, 65536);
     case OPT_LOG: {
         log_level level;
         if (log_level_from_string(optarg, &level) < 0) {

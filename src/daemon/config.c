@@ -280,6 +280,14 @@ static void proxy_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full
         number_value(c, v, full, 1, 64, &n);
         c->cfg->proxy_threads = (unsigned)n;
         break;
+    case 3:
+    case 4: {
+        unsigned *cap = key == 3 ? &c->cfg->proxy_upstream_idle : &c->cfg->proxy_upstream_conns;
+        n = *cap;
+        number_value(c, v, full, 1, 65536, &n);
+        *cap = (unsigned)n;
+        break;
+    }
     default:
         tls(c, v, full);
     }
@@ -519,7 +527,8 @@ static void plugins_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *fu
 static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 {
     static const char *const api_keys[] = {"listen", "threads", "tls"};
-    static const char *const proxy_keys[] = {"listen", "httpListen", "threads", "tls"};
+    static const char *const proxy_keys[] = {"listen", "httpListen", "threads", "upstreamIdle", "upstreamConnections",
+                                             "tls"};
     static const char *const kms_keys[] = {"listen", "seal"};
     static const char *const audit_keys[] = {"listen"};
     static const char *const runner_keys[] = {"listen", "cgroup"};

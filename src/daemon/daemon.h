@@ -16,6 +16,7 @@ typedef struct daemon_config {
     char domain[256];
     unsigned api_threads;
     unsigned proxy_threads;
+    unsigned proxy_upstream_idle, proxy_upstream_conns; /* per upstream and proxy thread; 0: the defaults */
     /* paths inside data_dir */
     char ca_cert[4200], ca_key[4200];
     char api_cert[4200], api_key[4200];

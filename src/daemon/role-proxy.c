@@ -36,6 +36,8 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         .key_file = cfg->proxy_key,
         .threads = cfg->proxy_threads,
         .h1_front = !http1 || strcmp(http1, "h2o") != 0,
+        .upstream_idle = cfg->proxy_upstream_idle,
+        .upstream_conns = cfg->proxy_upstream_conns,
         .metrics = cfg->proxy_metrics,
         .ready_flag = &health->ready,
     };

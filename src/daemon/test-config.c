@@ -79,6 +79,8 @@ Test(config, every_key_lands)
                   "  listen: \"[::]:443\"\n"
                   "  httpListen: \"0.0.0.0:80\"\n"
                   "  threads: 4\n"
+                  "  upstreamIdle: 8\n"
+                  "  upstreamConnections: 32\n"
                   "kms: {seal: {passphraseFile: /dev/null}}\n"
                   "telemetry: {otlp: {endpoint: \"https://otel:4318\", headers: {a: \"1\", b: \"x y\"}}}\n"
                   "plugins: {dir: /tmp, trusted: [claims-auth, request-log]}\n");
@@ -97,6 +99,8 @@ Test(config, every_key_lands)
     cr_assert_str_eq(cfg.proxy_listen, "[::]:443");
     cr_assert_str_eq(cfg.proxy_http_listen, "0.0.0.0:80");
     cr_assert_eq(cfg.proxy_threads, 4);
+    cr_assert_eq(cfg.proxy_upstream_idle, 8);
+    cr_assert_eq(cfg.proxy_upstream_conns, 32);
     cr_assert_str_eq(cfg.seal_mode, "passphrase");
     cr_assert_str_eq(cfg.seal_secret_file, "/dev/null");
     cr_assert_str_eq(cfg.otlp_endpoint, "https://otel:4318");

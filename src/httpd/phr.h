@@ -17,6 +17,10 @@ struct phr_header {
 int phr_parse_request(const char *buf, size_t len, const char **method, size_t *method_len, const char **path,
                       size_t *path_len, int *minor_version, struct phr_header *headers, size_t *num_headers,
                       size_t last_len);
+/* The response head in BUF (LEN bytes): as phr_parse_request, for a client
+ * (the proxy's upstream connections, src/proxy/upstream.c). */
+int phr_parse_response(const char *buf, size_t len, int *minor_version, int *status, const char **msg, size_t *msg_len,
+                       struct phr_header *headers, size_t *num_headers, size_t last_len);
 
 /* The decoder's state; zero it to start. Later picohttpparser versions
  * append members: the padding keeps room for them. */
@@ -32,3 +36,6 @@ struct phr_chunked_decoder {
  * becomes the decoded length. Returns -2 when more is needed, -1 on an
  * error, else the bytes left after the end of the body. */
 ssize_t phr_decode_chunked(struct phr_chunked_decoder *decoder, char *buf, size_t *bufsz);
+/* Whether the decoder is inside a chunk's data (a peer closing there cut a
+ * chunk short). */
+int phr_decode_chunked_is_in_data(struct phr_chunked_decoder *decoder);

@@ -13,6 +13,13 @@
 static const cel_list empty_list = {0, NULL};
 static const cel_map empty_map = {0, NULL};
 
+void policy_request_stamp(policy_request *r)
+{
+    uint64_t now = time_now_ns();
+    r->now_sec = (int64_t)(now / NSEC_PER_SEC);
+    r->now_nsec = (uint32_t)(now % NSEC_PER_SEC);
+}
+
 void policy_request_init(policy_request *r)
 {
     *r = (policy_request){0};
@@ -25,9 +32,7 @@ void policy_request_init(policy_request *r)
     r->vars[POLICY_VAR_SESSION_CREATED_AT] = cel_timestamp(0, 0);
     r->vars[POLICY_VAR_SESSION_EXPIRES_AT] = cel_timestamp(0, 0);
     r->vars[POLICY_VAR_SESSION_IS_BROWSER] = cel_bool(false);
-    uint64_t now = time_now_ns();
-    r->now_sec = (int64_t)(now / NSEC_PER_SEC);
-    r->now_nsec = (uint32_t)(now % NSEC_PER_SEC);
+    policy_request_stamp(r);
 }
 
 void policy_request_set_string(policy_request *r, policy_var v, const char *s)
@@ -201,9 +206,14 @@ void policy_request_set_session(policy_request *r, const json_t *session, int64_
                                 bool browser)
 {
     set_json_string(r, POLICY_VAR_SESSION_ID, json_object_get(json_object_get(session, "metadata"), "name"));
-    policy_request_set_string(r, POLICY_VAR_SESSION_TYPE, browser ? "browser" : "client");
     policy_request_set_string(r, POLICY_VAR_SESSION_AUTH_METHOD, session_auth_method(session));
     r->vars[POLICY_VAR_SESSION_CREATED_AT] = cel_timestamp(created, 0);
     r->vars[POLICY_VAR_SESSION_EXPIRES_AT] = cel_timestamp(expires, 0);
+    policy_request_set_browser(r, browser);
+}
+
+void policy_request_set_browser(policy_request *r, bool browser)
+{
+    policy_request_set_string(r, POLICY_VAR_SESSION_TYPE, browser ? "browser" : "client");
     r->vars[POLICY_VAR_SESSION_IS_BROWSER] = cel_bool(browser);
 }

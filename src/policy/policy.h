@@ -82,6 +82,9 @@ typedef struct policy_request {
 /* Sets every variable to its empty value ("", [], {}, false, the epoch), no
  * credential, and now() to the current time. */
 void policy_request_init(policy_request *r);
+/* Sets R's now() to the present (policy_request_init() does): for a
+ * request filled once and decided again later. */
+void policy_request_stamp(policy_request *r);
 /* Fills ctx.user from a User document (name, email, type, groups, attrs);
  * values are allocated from A or borrowed from USER, which must outlive the
  * decision. Returns 0 or -ENOMEM. */
@@ -94,6 +97,8 @@ int policy_request_set_service(policy_request *r, const json_t *service, cel_are
  * its type: "browser" (a session cookie) or "client" by BROWSER. */
 void policy_request_set_session(policy_request *r, const json_t *session, int64_t created, int64_t expires,
                                 bool browser);
+/* Sets ctx.session's type ("browser" or "client") and isBrowser by BROWSER. */
+void policy_request_set_browser(policy_request *r, bool browser);
 /* Sets slot V to the string S (borrowed, NUL-terminated). */
 void policy_request_set_string(policy_request *r, policy_var v, const char *s);
 #define POLICY_HEADERS_MAX 64 /* distinct request headers CEL sees */

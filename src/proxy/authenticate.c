@@ -2,6 +2,7 @@
  * Bearer, else the session cookie) resolved to its session, user and
  * credential by the API's own rule (auth/session.h), cached per thread
  * (see corridor.h). */
+#include <errno.h>
 #include <string.h>
 #include <strings.h>
 
@@ -12,6 +13,8 @@
 #include "basic/timeutil.h"
 #include "proxy/cookie.h"
 #include "proxy/corridor.h"
+
+#define TOKEN_VALUES_MAX (64u * 1024) /* bytes of a caller's policy values (groups, attrs) */
 
 h2o_iovec_t proxy_find_cookie(h2o_req_t *req, const char *name)
 {
@@ -44,18 +47,44 @@ static const char *spec_string(const json_t *doc, const char *field)
     return json_string_value(json_object_get(json_object_get(doc, "spec"), field));
 }
 
+/* Empties R but for its arena, kept (reset) for the next resolution. */
 static void resolved_clear(resolved_token *r)
 {
+    proxy_identity_done(&r->who);
     json_decref(r->user);
     json_decref(r->credential);
     json_decref(r->session);
-    *r = (resolved_token){0};
+    cel_arena *values = r->values;
+    if (values)
+        cel_arena_reset(values);
+    *r = (resolved_token){.values = values};
 }
 
 void proxy_tokens_clear(proxy_thread *t)
 {
-    for (size_t i = 0; i < PROXY_TOKEN_SLOTS; i++)
+    for (size_t i = 0; i < PROXY_TOKEN_SLOTS; i++) {
         resolved_clear(&t->tokens[i]);
+        cel_arena_free(t->tokens[i].values);
+        t->tokens[i].values = NULL;
+    }
+}
+
+/* Fills SLOT's view of the caller (the corridor's strings, the policy's
+ * ctx.user and ctx.session) from its documents, once per resolution.
+ * Returns 0 or -ENOMEM. */
+static int resolved_view(resolved_token *slot)
+{
+    if (!slot->values && !(slot->values = cel_arena_new(TOKEN_VALUES_MAX)))
+        return -ENOMEM;
+    int e = proxy_identity_init(&slot->who, slot->user, slot->session, slot->credential);
+    if (e < 0)
+        return e;
+    policy_request_init(&slot->caller);
+    if ((e = policy_request_set_user(&slot->caller, slot->user, slot->values)) < 0)
+        return e;
+    policy_request_set_session(&slot->caller, slot->session, slot->session_created, slot->session_expires, false);
+    slot->caller.credential = slot->who.credential;
+    return 0;
 }
 
 /* Signature, expiry, issuer and audience, then the session, user and
@@ -71,7 +100,7 @@ const resolved_token *proxy_resolve(proxy_thread *t, const proxy_config *c, h2o_
         return NULL;
     }
     uint8_t hash[SHA256_DIGEST_LENGTH];
-    SHA256((const uint8_t *)token.base, token.len, hash);
+    proxy_sha256(t, token.base, token.len, hash);
     uint64_t h;
     memcpy(&h, hash, sizeof(h));
     resolved_token *slot = &t->tokens[h % PROXY_TOKEN_SLOTS];
@@ -112,6 +141,11 @@ const resolved_token *proxy_resolve(proxy_thread *t, const proxy_config *c, h2o_
     slot->session = json_incref(session);
     slot->session_created = created;
     slot->session_expires = expires;
+    if (resolved_view(slot) < 0) {
+        resolved_clear(slot);
+        *ret_why = "the proxy is out of memory";
+        return NULL;
+    }
     return slot;
 }
 
@@ -161,7 +195,7 @@ proxy_step proxy_stage_authenticate(proxy_request *pr)
     if (!r)
         return refuse_unauthenticated(pr, reason, true);
     pr->token = r;
-    pr->rec.user = json_string_value(json_object_get(json_object_get(r->user, "metadata"), "name"));
-    pr->rec.session = json_string_value(json_object_get(json_object_get(r->session, "metadata"), "name"));
+    pr->rec.user = r->who.user;
+    pr->rec.session = r->who.session;
     return PROXY_NEXT;
 }

@@ -26,6 +26,7 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "proxy/upstream.h"
 
 #define HANDSHAKE_TIMEOUT_S 10
 #define HANDSHAKE_ATTEMPTS 5
@@ -41,7 +42,7 @@ typedef struct bridge {
     json_t *policy;
     int listen_fd;
     pthread_t thread;
-    h2o_socketpool_t pool;
+    struct proxy_origin *origin; /* its listener, as the proxy's threads connect to it */
     _Atomic unsigned conns;
 } bridge;
 
@@ -53,13 +54,15 @@ static struct {
     char *roots;
     size_t roots_len;
     char runner_dir[4200];
+    unsigned threads; /* the proxy's, sharing each bridge's connections */
     _Atomic bool stopping;
     pthread_cond_t idle; /* live reaches 0 */
     unsigned live;       /* connection threads running, under lock */
 } B = {.lock = PTHREAD_MUTEX_INITIALIZER, .idle = PTHREAD_COND_INITIALIZER};
 
-int proxy_bridges_init(const char *roots_path, const char *runner_dir)
+int proxy_bridges_init(const char *roots_path, const char *runner_dir, unsigned threads)
 {
+    B.threads = threads;
     snprintf(B.runner_dir, sizeof(B.runner_dir), "%s", runner_dir);
     int r = read_file(roots_path, ROOTS_MAX, &B.roots, &B.roots_len);
     if (r < 0) {
@@ -367,7 +370,7 @@ static void policy_digest(const json_t *policy, char out[2 * SHA256_DIGEST_LENGT
     hex_encode(d, sizeof(d), out);
 }
 
-/* Starts bridge B: a loopback listener, its pool and its accepting thread. */
+/* Starts bridge B: a loopback listener, its origin and its accepting thread. */
 static int bridge_start(bridge *b)
 {
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -380,16 +383,21 @@ static int bridge_start(bridge *b)
             close(b->listen_fd);
         return e;
     }
-    h2o_socketpool_init_by_address(&b->pool, (struct sockaddr *)&sin, sizeof(sin), 0, PROXY_BRIDGE_CONNS_MAX);
+    /* the bridge carries PROXY_BRIDGE_CONNS_MAX at once: shared by the threads */
+    unsigned threads = MAX(1u, B.threads);
+    if (!(b->origin = proxy_origin_for_address((struct sockaddr *)&sin, sizeof(sin),
+                                               MAX(1u, PROXY_BRIDGE_CONNS_MAX / threads)))) {
+        close(b->listen_fd);
+        return -ENOMEM;
+    }
     if (pthread_create(&b->thread, NULL, accept_main, b) != 0) {
-        h2o_socketpool_dispose(&b->pool);
         close(b->listen_fd);
         return -EAGAIN;
     }
     return 0;
 }
 
-h2o_socketpool_t *proxy_bridge_pool(const char *replica, const json_t *policy, const char *enclave)
+proxy_origin *proxy_bridge_origin(const char *replica, const json_t *policy, const char *enclave)
 {
     char atls_path[4400];
     snprintf(atls_path, sizeof(atls_path), "%s/%s/atls.sock", B.runner_dir, replica);
@@ -397,11 +405,11 @@ h2o_socketpool_t *proxy_bridge_pool(const char *replica, const json_t *policy, c
         return NULL;
     char digest[2 * SHA256_DIGEST_LENGTH + 1];
     policy_digest(policy, digest);
-    h2o_socketpool_t *found = NULL;
+    proxy_origin *found = NULL;
     pthread_mutex_lock(&B.lock);
     for (size_t i = 0; i < B.n && !found; i++)
         if (strcmp(B.list[i]->atls_path, atls_path) == 0 && strcmp(B.list[i]->policy_digest, digest) == 0)
-            found = &B.list[i]->pool;
+            found = B.list[i]->origin;
     if (!found && B.n < PROXY_BRIDGES_MAX && !atomic_load(&B.stopping)) {
         bridge *b = calloc(1, sizeof(*b));
         if (b) {
@@ -412,7 +420,7 @@ h2o_socketpool_t *proxy_bridge_pool(const char *replica, const json_t *policy, c
             int e = b->policy ? bridge_start(b) : -ENOMEM;
             if (e == 0) {
                 B.list[B.n++] = b;
-                found = &b->pool;
+                found = b->origin;
             } else {
                 log_fields(LOG_LEVEL_ERROR, "cannot start a bridge to an enclave replica", "enclave", enclave,
                            "socket", atls_path, "error", strerror(-e), NULL);
@@ -440,7 +448,6 @@ void proxy_bridges_shutdown(void)
     while (B.live > 0)
         pthread_cond_wait(&B.idle, &B.lock);
     for (size_t i = 0; i < B.n; i++) {
-        h2o_socketpool_dispose(&B.list[i]->pool);
         close(B.list[i]->listen_fd);
         json_decref(B.list[i]->policy);
         free(B.list[i]);

@@ -2,8 +2,8 @@
  *
  * A replica's agent serves aTLS on a Unix socket the runner made for it
  * (docs/enclaves.md). For each replica a Service routes to, the proxy runs a
- * bridge: a loopback TCP listener its h2o keep-alive pool connects to as to
- * any plain upstream, and a thread that carries each accepted connection to
+ * bridge: a loopback TCP listener the proxy's threads connect to as to any
+ * plain upstream (upstream.h), and a thread that carries each accepted connection to
  * the replica over a TLS connection of its own. Before the first byte of a
  * request goes through, the bridge sends a fresh nonce as the TLS server
  * name and verifies the replica's certificate with atls_verify() against
@@ -12,7 +12,7 @@
  * is an audit entry (`proxy.enclave.refused`).
  *
  * Bridges are kept for the life of the process, one per (socket, policy),
- * so keep-alive pools survive configuration changes. */
+ * so keep-alive connections survive configuration changes. */
 #pragma once
 
 #include <h2o.h>
@@ -23,15 +23,15 @@
 
 /* Loads the trust anchors of sandbox evidence (the platform CA, PEM at
  * ROOTS_PATH) and notes RUNNER_DIR, where the runner keeps each replica's
- * <name>/atls.sock. Returns 0 or a negative errno (logged). */
-int proxy_bridges_init(const char *roots_path, const char *runner_dir);
-/* The keep-alive pool to the bridge for replica REPLICA (its agent's
+ * <name>/atls.sock; the proxy's THREADS share each bridge's connections. Returns 0 or a negative errno (logged). */
+int proxy_bridges_init(const char *roots_path, const char *runner_dir, unsigned threads);
+/* The origin of the bridge for replica REPLICA (its agent's
  * socket under the runner's directory), verified against POLICY (an
  * AttestationPolicy document, borrowed: copied when the bridge is made)
  * for ENCLAVE (named in logs and audit entries). Made and started on first
  * use. NULL before proxy_bridges_init(), when too many bridges exist or one
  * cannot be started (logged). */
-h2o_socketpool_t *proxy_bridge_pool(const char *replica, const json_t *policy, const char *enclave);
+struct proxy_origin *proxy_bridge_origin(const char *replica, const json_t *policy, const char *enclave);
 /* Blocking: connects to replica REPLICA's agent asking for evidence with
  * NONCE (32 bytes) and returns its certificate as PEM in *RET_PEM (heap;
  * not verified here: for a client that verifies it itself). Returns 0,

@@ -14,10 +14,8 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "proxy/bridge.h"
+#include "proxy/upstream.h"
 
-#define POOL_CAPACITY 1024 /* connections to one upstream */
-#define MAX_POOLS 4096
-#define POOL_IDLE_MS 2000 /* an idle upstream connection is closed after */
 #define HOST_MAX 253
 
 int proxy_state_init(proxy_state *st)
@@ -47,61 +45,6 @@ void proxy_state_done(proxy_state *st)
     json_decref(st->attestation_policies);
     OPENSSL_cleanse(st->handoff_key, sizeof(st->handoff_key));
     *st = (proxy_state){.revision = -1};
-}
-
-/* ---- upstream pools: one per scheme://host:port, for the process ---- */
-
-typedef struct upstream_pool {
-    char key[300];
-    h2o_socketpool_t pool;
-} upstream_pool;
-
-static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
-static upstream_pool *pools[MAX_POOLS];
-static size_t n_pools;
-
-/* The pool of URL's origin, created on first use. NULL when too many
- * origins are in use or memory ran out. */
-static h2o_socketpool_t *pool_for(const h2o_url_t *url)
-{
-    char key[300];
-    bool tls = url->scheme == &H2O_URL_SCHEME_HTTPS;
-    uint16_t port = h2o_url_get_port(url);
-    snprintf(key, sizeof(key), "%s://%.*s:%u", tls ? "https" : "http", (int)url->host.len, url->host.base, port);
-    h2o_socketpool_t *found = NULL;
-    pthread_mutex_lock(&pools_lock);
-    for (size_t i = 0; i < n_pools && !found; i++)
-        if (strcmp(pools[i]->key, key) == 0)
-            found = &pools[i]->pool;
-    if (!found && n_pools < MAX_POOLS) {
-        upstream_pool *p = calloc(1, sizeof(*p));
-        if (p) {
-            snprintf(p->key, sizeof(p->key), "%s", key);
-            /* a literal address is used as is: no resolver round trip per connection */
-            char host[HOST_MAX + 1];
-            snprintf(host, sizeof(host), "%.*s", (int)url->host.len, url->host.base);
-            struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
-            struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_port = htons(port)};
-            if (inet_pton(AF_INET, host, &sin.sin_addr) == 1)
-                h2o_socketpool_init_by_address(&p->pool, (struct sockaddr *)&sin, sizeof(sin), tls, POOL_CAPACITY);
-            else if (inet_pton(AF_INET6, host, &sin6.sin6_addr) == 1)
-                h2o_socketpool_init_by_address(&p->pool, (struct sockaddr *)&sin6, sizeof(sin6), tls, POOL_CAPACITY);
-            else
-                h2o_socketpool_init_by_hostport(&p->pool, url->host, port, tls, POOL_CAPACITY);
-            pools[n_pools++] = p;
-            found = &p->pool;
-        }
-    }
-    pthread_mutex_unlock(&pools_lock);
-    return found;
-}
-
-void proxy_pool_attach(h2o_socketpool_t *pool, h2o_loop_t *loop)
-{
-    pthread_mutex_lock(&pools_lock);
-    if (!pool->_interval_cb.loop)
-        h2o_socketpool_set_timeout(pool, loop, POOL_IDLE_MS);
-    pthread_mutex_unlock(&pools_lock);
 }
 
 /* ---- snapshots ---- */
@@ -229,11 +172,11 @@ static void enclave_replicas(proxy_service *s, const char *enclave, const proxy_
         const char *name = json_string_value(json_object_get(r, "name"));
         if (!name || !state || strcmp(state, "running") != 0 || s->n_replicas == PROXY_ENCLAVE_REPLICAS_MAX)
             continue;
-        h2o_socketpool_t *pool = strlen(name) < sizeof(s->replica_names[0]) ? proxy_bridge_pool(name, policy, enclave)
-                                                                             : NULL;
-        if (pool) {
+        proxy_origin *bridge = strlen(name) < sizeof(s->replica_names[0]) ? proxy_bridge_origin(name, policy, enclave)
+                                                                           : NULL;
+        if (bridge) {
             strcpy(s->replica_names[s->n_replicas], name);
-            s->replicas[s->n_replicas++] = pool;
+            s->replicas[s->n_replicas++] = bridge;
         }
     }
     if (!s->n_replicas)
@@ -268,7 +211,7 @@ static int service_init(proxy_service *s, json_t *doc, const proxy_state *st, co
         const char *enclave = json_string_value(json_object_get(upstream, "enclave"));
         s->is_enclave = enclave != NULL;
         s->enclave = enclave;
-        /* the workload sees Host: <enclave>.enclave; the pools go to the bridges */
+        /* the workload sees Host: <enclave>.enclave; connections go to the bridges */
         if (!enclave || asprintf(&s->upstream_text, "http://%s.enclave/", enclave) < 0) {
             s->upstream_text = NULL;
             return enclave ? -ENOMEM : 1;
@@ -284,7 +227,7 @@ static int service_init(proxy_service *s, json_t *doc, const proxy_state *st, co
                        "url", url, NULL);
             return 1;
         }
-        if (!(s->pool = pool_for(&s->upstream)))
+        if (!(s->origin = proxy_origin_for_url(&s->upstream)))
             return -ENOMEM;
     }
     int e = service_inject(s, json_object_get(spec, "inject"), st->secrets);
@@ -474,11 +417,5 @@ void proxy_config_shutdown(void)
     current = NULL;
     pthread_mutex_unlock(&current_lock);
     proxy_config_unref(old);
-    pthread_mutex_lock(&pools_lock);
-    for (size_t i = 0; i < n_pools; i++) {
-        h2o_socketpool_dispose(&pools[i]->pool);
-        free(pools[i]);
-    }
-    n_pools = 0;
-    pthread_mutex_unlock(&pools_lock);
+    proxy_origins_free();
 }

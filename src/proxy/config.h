@@ -6,8 +6,8 @@
  * A snapshot is reference counted and never changes once built, so worker
  * threads use it without locks; publishing a new one swaps it atomically and
  * each thread picks it up before its next request. Keep-alive pools to the
- * upstreams outlive snapshots (one per scheme://host:port, for the life of the
- * process), so a configuration change does not drop upstream connections. */
+ * upstreams outlive snapshots (one origin per scheme://host:port, for the
+ * life of the process: upstream.h), so a configuration change does not drop upstream connections. */
 #pragma once
 
 #include <h2o.h>
@@ -56,11 +56,11 @@ typedef struct proxy_service {
     json_t *doc;       /* the Service document (a reference) */
     char *upstream_text; /* the upstream URL; UPSTREAM's strings point into it */
     h2o_url_t upstream;
-    h2o_socketpool_t *pool; /* the upstream's keep-alive pool (process lifetime) */
+    struct proxy_origin *origin; /* the upstream (upstream.h; process lifetime) */
     bool is_enclave;        /* upstream {enclave}: REPLICAS are bridges to its running replicas */
     bool is_portal;         /* upstream {portal: true}: the portal app, /v1/ to the API (portal.c) */
     const char *enclave;    /* its name (borrowed from DOC) */
-    h2o_socketpool_t *replicas[PROXY_ENCLAVE_REPLICAS_MAX];
+    struct proxy_origin *replicas[PROXY_ENCLAVE_REPLICAS_MAX]; /* their bridges */
     char replica_names[PROXY_ENCLAVE_REPLICAS_MAX][72];
     size_t n_replicas;
     json_t *attestation_policy; /* the Enclave's AttestationPolicy document (a reference), or NULL */
@@ -117,10 +117,6 @@ void proxy_config_unref(proxy_config *c);
  * trailing dot ignored), or NULL. */
 const proxy_service *proxy_config_route(const proxy_config *c, const char *host, size_t len);
 
-/* Gives POOL its idle-connection expiry on LOOP (a worker's loop, which must
- * outlive the pool) unless it has one: h2o needs a loop's clock for it. */
-void proxy_pool_attach(h2o_socketpool_t *pool, h2o_loop_t *loop);
-
 /* Makes SNAP (consumed) the current snapshot. */
 void proxy_config_publish(proxy_config *snap);
 /* The current snapshot as a new reference, or NULL before the first. */
@@ -128,5 +124,5 @@ proxy_config *proxy_config_current(void);
 /* The generation of the current snapshot (0 before the first): cheap enough
  * to check on every request. */
 uint64_t proxy_config_generation(void);
-/* Drops the current snapshot and disposes the upstream pools (at exit). */
+/* Drops the current snapshot and frees the upstream origins (at exit). */
 void proxy_config_shutdown(void);

@@ -28,7 +28,8 @@
  *   rewrite       rewrite.c      headers for the upstream, identity added
  *   trace-upstream trace.c       the CLIENT span of the hop; its traceparent
  *                                (and the kept tracestate) for the upstream
- *   forward       forward.c      to the upstream's keep-alive pool
+ *   forward       forward.c      to the upstream over this thread's keep-alive
+ *                                connections (upstream.c), called directly
  *
  * A stage answers (respond.c: one place turns a refusal into a status and a
  * JSON body, or an HTML page for a browser) and returns PROXY_DONE, or
@@ -38,6 +39,7 @@
 
 #include <h2o.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -45,6 +47,7 @@
 #include "auth/session.h"
 #include "basic/strbuf.h"
 #include "cel/cel.h"
+#include "policy/policy.h"
 #include "proxy/config.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy.h"
@@ -57,6 +60,15 @@
 #define PROXY_LOGIN_COOKIE "cloister_login" /* ties a login's handoff to the browser that started it */
 #define PROXY_AUDIT_PATH_MAX 1024
 
+/* What the corridor reads of a resolved caller on every request, taken
+ * from its documents once per resolution: the strings are borrowed from
+ * them (NULL when absent), but GROUPS, which it owns. */
+typedef struct proxy_identity {
+    const char *user, *session, *credential, *email;
+    char *groups; /* the user's groups, comma separated (heap) */
+    size_t groups_len;
+} proxy_identity;
+
 /* An access token resolved to its session, user and credential, valid
  * while the configuration generation is unchanged and the token and the
  * session have not expired. */
@@ -66,6 +78,9 @@ typedef struct resolved_token {
     int64_t exp;
     json_t *user, *credential, *session; /* references */
     int64_t session_created, session_expires;
+    proxy_identity who; /* of the documents above */
+    policy_request caller; /* ctx.user and ctx.session (a client's) for the policy, values in VALUES */
+    cel_arena *values;     /* kept by the slot from one resolution to the next */
 } resolved_token;
 
 /* A signed x-cloister-assertion for a session and a service. */
@@ -84,7 +99,7 @@ typedef struct proxy_thread {
     uint64_t generation;
     jwt_cache *jwt;
     cel_arena *values, *scratch;
-    h2o_http1client_ctx_t client_ctx;
+    struct proxy_upstreams *upstreams; /* keep-alive connections to the upstreams (upstream.c) */
     h2o_timeout_t io_timeout, websocket_timeout;
     resolved_token tokens[PROXY_TOKEN_SLOTS];
     auth_verdict refused; /* why proxy_resolve() last refused a token */
@@ -92,6 +107,8 @@ typedef struct proxy_thread {
     uint8_t id_prefix[8];
     uint64_t id_seq;
     uint64_t trace_seed;   /* trace.c's id generator (random at start) */
+    EVP_MD *sha256;        /* fetched once at start (proxy_sha256) */
+    EVP_MD_CTX *digest;
     unsigned next_replica; /* round robin over an enclave's replicas */
     /* /.cloister/attestation: certificates fetched on settings->attest_pool
      * come back to this loop; the drain waits for them */
@@ -184,6 +201,8 @@ int proxy_policy_request(proxy_request *pr, policy_request *p);
 /* ---- proxy.c ---- */
 /* Picks up a newly published configuration before a request. */
 void proxy_refresh_config(proxy_thread *t);
+/* SHA-256 of the LEN bytes at DATA into OUT, with T's digest fetched once. */
+void proxy_sha256(proxy_thread *t, const void *data, size_t len, uint8_t out[SHA256_DIGEST_LENGTH]);
 /* Runs PR's stages after DONE (a stage that answered later, off the loop). */
 void proxy_continue_after(proxy_request *pr, proxy_stage done);
 
@@ -296,12 +315,17 @@ proxy_step proxy_logout(proxy_request *pr);
 proxy_step proxy_serve_jwks(proxy_request *pr);
 
 /* ---- rewrite.c ---- */
+/* Fills WHO from the USER, SESSION and CREDENTIAL documents (borrowed; each
+ * may be NULL), which must outlive it. Returns 0 or -ENOMEM. */
+int proxy_identity_init(proxy_identity *who, const json_t *user, const json_t *session, const json_t *credential);
+void proxy_identity_done(proxy_identity *who);
 /* Builds in *RET (from POOL) the headers IN becomes for SVC's upstream:
  * without the client's x-cloister-*, forwarding and proxy credential
  * headers, our session cookie, Authorization unless SVC passes it and the
- * header SVC injects; then x-cloister-user, -email, -groups (of USER),
+ * header SVC injects; then x-cloister-user, -email, -groups (of WHO),
  * -request-id (REQUEST_ID), -assertion (ASSERTION) and SVC's injected
  * header. Values are borrowed from IN and SVC or copied to POOL. */
 void proxy_upstream_headers(h2o_mem_pool_t *pool, const h2o_headers_t *in, const proxy_service *svc,
-                            const json_t *user, const char *request_id, const char *assertion, h2o_headers_t *ret);
+                            const proxy_identity *who, const char *request_id, const char *assertion,
+                            h2o_headers_t *ret);
 void proxy_assertions_clear(proxy_thread *t);

@@ -13,13 +13,11 @@ int proxy_policy_request(proxy_request *pr, policy_request *p)
     proxy_thread *t = pr->t;
     const resolved_token *r = pr->token;
     cel_arena_reset(t->values);
-    policy_request_init(p);
-    if (policy_request_set_user(p, r->user, t->values) < 0 ||
-        policy_request_set_service(p, pr->svc->doc, t->values) < 0)
+    *p = r->caller; /* ctx.user and ctx.session, made with the token's resolution */
+    policy_request_stamp(p);
+    policy_request_set_browser(p, pr->from_cookie);
+    if (policy_request_set_service(p, pr->svc->doc, t->values) < 0)
         return -ENOMEM;
-    p->credential = r->credential ? json_string_value(json_object_get(json_object_get(r->credential, "metadata"), "name"))
-                                  : NULL;
-    policy_request_set_session(p, r->session, r->session_created, r->session_expires, pr->from_cookie);
     policy_request_set_string(p, POLICY_VAR_REQUEST_IP, pr->rec.ip);
     h2o_iovec_t query = pr->query ? h2o_iovec_init(pr->query, strlen(pr->query)) : h2o_iovec_init(NULL, 0);
     if (policy_request_set_http(p, pr->req, h2o_iovec_init(pr->target, pr->path_len), query, t->values) < 0)

@@ -14,6 +14,7 @@
 #include "httpd/httpd.h"
 #include "httpd/offload.h"
 #include "proxy/corridor.h"
+#include "proxy/upstream.h"
 
 #define VALUES_ARENA_MAX (256u * 1024u)
 
@@ -36,13 +37,13 @@ void *proxy_thread_init(h2o_context_t *ctx, void *userdata)
     h2o_timeout_init(ctx->loop, &t->websocket_timeout, s->websocket_timeout_ms ? s->websocket_timeout_ms : 300000);
     proxy_access_init(t);
     proxy_login_init(t);
-    if (offload_loop_new(ctx->loop, &t->offload) < 0) {
+    t->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    t->digest = EVP_MD_CTX_new();
+    if (offload_loop_new(ctx->loop, &t->offload) < 0 || !(t->upstreams = proxy_upstreams_new(ctx->loop)) ||
+        !t->sha256 || !t->digest) {
         proxy_thread_dispose(t);
         return NULL;
     }
-    t->client_ctx = (h2o_http1client_ctx_t){.loop = ctx->loop, .getaddr_receiver = &ctx->receivers.hostinfo_getaddr,
-                                            .io_timeout = &t->io_timeout, .websocket_timeout = &t->websocket_timeout,
-                                            .ssl_ctx = s->upstream_tls};
     return t;
 }
 
@@ -62,6 +63,9 @@ void proxy_thread_dispose(void *state)
     proxy_access_dispose(t);
     proxy_login_dispose(t);
     offload_loop_free(t->offload);
+    proxy_upstreams_free(t->upstreams);
+    EVP_MD_CTX_free(t->digest);
+    EVP_MD_free(t->sha256);
     h2o_timeout_dispose(t->ctx->loop, &t->io_timeout);
     h2o_timeout_dispose(t->ctx->loop, &t->websocket_timeout);
     jwt_cache_free(t->jwt);
@@ -82,6 +86,13 @@ void proxy_refresh_config(proxy_thread *t)
     t->generation = fresh ? fresh->generation : 0;
     if (fresh)
         proxy_metrics_config(t->settings->metrics, fresh->generation, fresh->revision);
+}
+
+void proxy_sha256(proxy_thread *t, const void *data, size_t len, uint8_t out[SHA256_DIGEST_LENGTH])
+{
+    if (EVP_DigestInit_ex2(t->digest, t->sha256, NULL) != 1 || EVP_DigestUpdate(t->digest, data, len) != 1 ||
+        EVP_DigestFinal_ex(t->digest, out, NULL) != 1)
+        SHA256(data, len, out); /* not expected: the same digest, fetched anew */
 }
 
 /* ---- the corridor ---- */

@@ -3,7 +3,7 @@
  * authenticate the access token (Authorization: Bearer or the
  * cloister_session cookie), decide with the in-process policy set on ctx,
  * and either refuse (401/403 with a request id, a browser sent to log in) or
- * forward exactly the decided path upstream through a keep-alive pool,
+ * forward exactly the decided path upstream over the thread's keep-alive connections,
  * without the client's x-cloister-* headers, our cookie and (unless the
  * Service passes it) the Authorization header, with the identity headers and
  * a signed assertion added. Every decision is an audit event.

@@ -28,23 +28,26 @@ void proxy_assertions_clear(proxy_thread *t)
 static const char *assertion_for(proxy_thread *t, const proxy_config *c, const proxy_service *svc,
                                  const resolved_token *r, int64_t now)
 {
-    const char *sid = json_string_value(json_object_get(json_object_get(r->session, "metadata"), "name"));
-    const char *user = json_string_value(json_object_get(json_object_get(r->user, "metadata"), "name"));
+    const char *sid = r->who.session, *user = r->who.user;
     if (!sid || !user || !t->settings->assertion_keys)
         return NULL;
     uint8_t key[SHA256_DIGEST_LENGTH];
     char both[2 * 256 + 2];
-    int n = snprintf(both, sizeof(both), "%s%c%s", sid, 0, svc->name);
-    SHA256((const uint8_t *)both, (size_t)MIN(n, (int)sizeof(both) - 1), key);
+    size_t sid_len = strlen(sid), name_len = strlen(svc->name);
+    if (sid_len + 1 + name_len > sizeof(both))
+        return NULL;
+    memcpy(both, sid, sid_len);
+    both[sid_len] = 0;
+    memcpy(both + sid_len + 1, svc->name, name_len);
+    proxy_sha256(t, both, sid_len + 1 + name_len, key);
     uint64_t h;
     memcpy(&h, key, sizeof(h));
     assertion_slot *a = &t->assertions[h % PROXY_ASSERTION_SLOTS];
     if (a->jwt && a->generation == c->generation && now + PROXY_ASSERTION_TTL_S / 2 < a->exp &&
         memcmp(a->key, key, sizeof(key)) == 0)
         return a->jwt;
-    const json_t *spec = json_object_get(r->user, "spec");
-    json_t *groups = json_object_get(spec, "groups");
-    const char *email = json_string_value(json_object_get(spec, "email"));
+    json_t *groups = json_object_get(json_object_get(r->user, "spec"), "groups");
+    const char *email = r->who.email;
     int64_t exp = MIN(now + PROXY_ASSERTION_TTL_S, r->exp);
     json_t *claims = json_pack("{s:s, s:s, s:s, s:s, s:s*, s:O*, s:I, s:I, s:I}", "iss",
                                t->settings->assertion_issuer, "aud", svc->name, "sub", user, "sid", sid, "email",
@@ -95,8 +98,42 @@ static h2o_iovec_t cookie_without_ours(h2o_mem_pool_t *pool, h2o_iovec_t v)
     return n ? h2o_iovec_init(out, n) : h2o_iovec_init(NULL, 0);
 }
 
+static const char *name_of(const json_t *doc)
+{
+    return json_string_value(json_object_get(json_object_get(doc, "metadata"), "name"));
+}
+
+int proxy_identity_init(proxy_identity *who, const json_t *user, const json_t *session, const json_t *credential)
+{
+    const json_t *spec = json_object_get(user, "spec");
+    char groups[2048];
+    size_t g = 0, i;
+    json_t *v;
+    groups[0] = 0;
+    json_array_foreach(json_object_get(spec, "groups"), i, v)
+    {
+        const char *group = json_string_value(v);
+        if (group && g + strlen(group) + 2 < sizeof(groups))
+            g += (size_t)snprintf(groups + g, sizeof(groups) - g, "%s%s", g ? "," : "", group);
+    }
+    char *copy = strdup(groups);
+    if (!copy)
+        return -ENOMEM;
+    *who = (proxy_identity){.user = name_of(user), .session = name_of(session), .credential = name_of(credential),
+                            .email = json_string_value(json_object_get(spec, "email")), .groups = copy,
+                            .groups_len = g};
+    return 0;
+}
+
+void proxy_identity_done(proxy_identity *who)
+{
+    free(who->groups);
+    *who = (proxy_identity){0};
+}
+
 void proxy_upstream_headers(h2o_mem_pool_t *pool, const h2o_headers_t *in, const proxy_service *svc,
-                            const json_t *user, const char *request_id, const char *assertion, h2o_headers_t *ret)
+                            const proxy_identity *who, const char *request_id, const char *assertion,
+                            h2o_headers_t *ret)
 {
     h2o_headers_t out = {NULL};
     for (size_t i = 0; i < in->size; i++) {
@@ -112,24 +149,12 @@ void proxy_upstream_headers(h2o_mem_pool_t *pool, const h2o_headers_t *in, const
         h2o_vector_reserve(pool, &out, out.size + 1);
         out.entries[out.size++] = *h;
     }
-    const json_t *spec = json_object_get(user, "spec");
-    const char *name = json_string_value(json_object_get(json_object_get(user, "metadata"), "name"));
-    const char *email = json_string_value(json_object_get(spec, "email"));
-    char groups[2048];
-    size_t g = 0, i;
-    json_t *v;
-    groups[0] = 0;
-    json_array_foreach(json_object_get(spec, "groups"), i, v)
-    {
-        const char *group = json_string_value(v);
-        if (group && g + strlen(group) + 2 < sizeof(groups))
-            g += (size_t)snprintf(groups + g, sizeof(groups) - g, "%s%s", g ? "," : "", group);
-    }
+    const char *name = who->user, *email = who->email;
 #define ADD(name, value, len) h2o_add_header_by_str(pool, &out, H2O_STRLIT(name), 0, NULL, value, len)
     ADD("x-cloister-user", h2o_strdup(pool, name ? name : "", SIZE_MAX).base, name ? strlen(name) : 0);
     if (email)
         ADD("x-cloister-email", h2o_strdup(pool, email, SIZE_MAX).base, strlen(email));
-    ADD("x-cloister-groups", h2o_strdup(pool, groups, SIZE_MAX).base, g);
+    ADD("x-cloister-groups", h2o_strdup(pool, who->groups ? who->groups : "", who->groups_len).base, who->groups_len);
     ADD("x-cloister-request-id", request_id, PROXY_REQUEST_ID_LEN);
     ADD("x-cloister-assertion", h2o_strdup(pool, assertion, SIZE_MAX).base, strlen(assertion));
 #undef ADD
@@ -146,7 +171,7 @@ proxy_step proxy_stage_rewrite(proxy_request *pr)
     const char *assertion = assertion_for(pr->t, pr->c, pr->svc, pr->token, pr->now);
     if (!assertion)
         return proxy_fail(pr, 500, "internal", "the identity assertion could not be signed");
-    proxy_upstream_headers(&pr->req->pool, &pr->req->headers, pr->svc, pr->token->user, pr->rec.id, assertion,
+    proxy_upstream_headers(&pr->req->pool, &pr->req->headers, pr->svc, &pr->token->who, pr->rec.id, assertion,
                            &pr->req->headers);
     return PROXY_NEXT;
 }

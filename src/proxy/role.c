@@ -19,6 +19,7 @@
 #include "proxy/config.h"
 #include "proxy/follow.h"
 #include "proxy/proxy.h"
+#include "proxy/upstream.h"
 
 #define ASSERTION_KEY_ROTATE_S (24 * 3600)
 #define MAX_CONNECTIONS 20000 /* at most; httpd lowers it below the descriptor limit */
@@ -82,9 +83,10 @@ int proxy_serve(const proxy_role_config *cfg)
         return 1;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    proxy_upstream_set_caps(cfg->upstream_idle, cfg->upstream_conns);
     /* enclaves are reached only once their attestation verifies; without
      * the platform CA they are not reached at all */
-    proxy_bridges_init(cfg->platform_ca_cert, cfg->runner_dir);
+    proxy_bridges_init(cfg->platform_ca_cert, cfg->runner_dir, cfg->threads);
     char plugin_spawn[4300];
     snprintf(plugin_spawn, sizeof(plugin_spawn), "%s/plugins.sock", cfg->runner_dir ? cfg->runner_dir : "");
     if (plugin_host_configure(cfg->plugin_dir, cfg->plugin_trusted,

@@ -66,7 +66,10 @@ Test(rewrite, drops_what_the_client_must_not_set_and_adds_the_identity)
     add(&in, "TraceState", "vendor=x");
     proxy_service svc = {.name = "app"};
     json_t *user = ana();
-    proxy_upstream_headers(&pool, &in, &svc, user, request_id, "the.assertion.jwt", &out);
+    proxy_identity who;
+    cr_assert_eq(proxy_identity_init(&who, user, NULL, NULL), 0);
+    proxy_upstream_headers(&pool, &in, &svc, &who, request_id, "the.assertion.jwt", &out);
+    proxy_identity_done(&who);
     json_decref(user);
 
     cr_expect_str_eq(only(&out, "accept"), "text/plain");
@@ -93,7 +96,10 @@ Test(rewrite, a_cookie_header_of_ours_alone_is_dropped_and_authorization_passes_
     add(&in, "authorization", "Bearer for-the-upstream");
     proxy_service svc = {.name = "app", .pass_authorization = true};
     json_t *user = json_pack("{s:{s:s}}", "metadata", "name", "bot");
-    proxy_upstream_headers(&pool, &in, &svc, user, request_id, "a", &out);
+    proxy_identity who;
+    cr_assert_eq(proxy_identity_init(&who, user, NULL, NULL), 0);
+    proxy_upstream_headers(&pool, &in, &svc, &who, request_id, "a", &out);
+    proxy_identity_done(&who);
     json_decref(user);
     cr_expect_null(only(&out, "cookie"));
     cr_expect_str_eq(only(&out, "authorization"), "Bearer for-the-upstream");
@@ -112,7 +118,10 @@ Test(rewrite, an_injected_header_replaces_the_clients)
                          .inject_name = h2o_iovec_init(H2O_STRLIT("x-api-key")),
                          .inject_value = h2o_iovec_init(H2O_STRLIT("the-secret"))};
     json_t *user = ana();
-    proxy_upstream_headers(&pool, &in, &svc, user, request_id, "a", &out);
+    proxy_identity who;
+    cr_assert_eq(proxy_identity_init(&who, user, NULL, NULL), 0);
+    proxy_upstream_headers(&pool, &in, &svc, &who, request_id, "a", &out);
+    proxy_identity_done(&who);
     json_decref(user);
     cr_expect_str_eq(only(&out, "x-api-key"), "the-secret");
     cr_expect_null(only(&out, "authorization"), "a Service that injects never passes the caller's Authorization");
