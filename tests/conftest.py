@@ -1,6 +1,7 @@
 """Shared fixtures: start the real cloisterd on loopback ports in a temporary
 data dir, talk to it over HTTPS with the cluster CA, and check at the end that
 it stopped cleanly (exit 0 on SIGTERM, no sanitizer report)."""
+import base64
 import json
 import os
 import re
@@ -213,6 +214,31 @@ def shared_server(tmp_path_factory):
     s = Server(tmp_path_factory.mktemp("shared") / "data").start()
     yield s
     s.stop()
+
+
+def signing_keys(server):
+    """The api's token signing keys as it saves them ([{created, retired,
+    jwk}], private JWKs included), opened from the store the way the api
+    does (src/api/signing-keys.c): the SigningKeyring document of SQLite's
+    api/store.db, each key AES-256-GCM sealed under HKDF-SHA256 of
+    auth/handoff.key."""
+    import sqlite3
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    seal = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"cloister token signing keys v1").derive(
+        (server.data_dir / "auth" / "handoff.key").read_bytes())
+    db = sqlite3.connect(f"file:{server.data_dir / 'api' / 'store.db'}?mode=ro", uri=True)
+    try:
+        doc = json.loads(db.execute("SELECT doc FROM resources WHERE kind = 'SigningKeyring'").fetchone()[0])
+    finally:
+        db.close()
+    out = []
+    for k in doc["spec"]["keys"]:
+        blob = base64.urlsafe_b64decode(k["sealed"] + "=" * (-len(k["sealed"]) % 4))
+        jwk = AESGCM(seal).decrypt(blob[:12], blob[12:], b"cloister token signing key|" + k["kid"].encode())
+        out.append({"created": k["created"], "retired": k["retired"], "jwk": json.loads(jwk)})
+    return out
 
 
 def manifest(kind, name, spec, **meta):
