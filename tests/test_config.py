@@ -82,7 +82,7 @@ peers: {{kms: "http://kms.internal:7444"}}
     expected = [
         (3, "roles", "'scheduler' is not a role"),
         (4, "colour", "unknown key (known here: domain, dataDir, roles, store, pki, api, proxy, kms, audit, "
-                      "peers, telemetry)"),
+                      "runner, peers, telemetry)"),
         (6, "api.listen", "'0.0.0.0:99999' is not HOST:PORT"),
         (7, "api.tls.cert", f"cannot read {tmp_path}/missing.pem (No such file or directory)"),
         (7, "api.tls.key", f"cannot read {tmp_path}/missing.key (No such file or directory)"),
@@ -99,7 +99,7 @@ peers: {{kms: "http://kms.internal:7444"}}
     assert not (tmp_path / "data").exists()
 
 
-def test_check_refuses_what_needs_mutual_tls_between_roles(tmp_path):
+def test_check_names_each_peer_a_subset_of_roles_needs(tmp_path):
     path = write_config(tmp_path)
     doc = yaml.safe_load(path.read_text())
     doc["roles"] = ["api", "proxy"]
@@ -110,10 +110,8 @@ def test_check_refuses_what_needs_mutual_tls_between_roles(tmp_path):
     line = {k: next(i + 1 for i, x in enumerate(text) if x.startswith(k + ":")) for k in ("roles", "peers", "audit")}
     p = cloisterd("--config", str(path), "--check")
     assert p.returncode == 1
-    assert f"{path}:{line['roles']}: roles: a subset cannot run yet: the roles here would need kms, audit, runner " \
-           "on another machine, reached over mutual TLS between roles" in p.stderr, p.stderr
-    assert f"{path}:{line['peers']}: peers: needs mutual TLS between roles" in p.stderr, p.stderr
-    assert f"{path}:{line['audit'] + 1}: audit.listen: needs mutual TLS between roles" in p.stderr, p.stderr
+    assert f"{path}:{line['roles']}: roles: roles [api, proxy] need peers.audit, peers.runner: " in p.stderr, p.stderr
+    assert f"{path}:{line['audit'] + 1}: audit.listen: this machine does not run audit (roles)" in p.stderr, p.stderr
 
 
 def test_syntax_errors_and_a_missing_file_are_named(tmp_path):

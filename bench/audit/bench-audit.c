@@ -144,7 +144,7 @@ static void *sock_main(void *p)
 {
     sock_arg *a = p;
     audit_client *c;
-    if (audit_client_new(a->sock, &c) < 0)
+    if (audit_client_new("audit", a->sock, &c) < 0)
         return NULL;
     strbuf body;
     strbuf_init(&body, 64 << 20);

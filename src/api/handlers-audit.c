@@ -58,7 +58,7 @@ static void fetch_work(offload_job *j)
     audit_fetch *f = (audit_fetch *)j;
     pthread_once(&client_once, client_key_init);
     audit_client *c = pthread_getspecific(client_key);
-    if (!c && (f->error = f->socket_path ? audit_client_new(f->socket_path, &c) : -ENOTCONN) < 0)
+    if (!c && (f->error = f->socket_path ? audit_client_new("audit", f->socket_path, &c) : -ENOTCONN) < 0)
         return;
     pthread_setspecific(client_key, c);
     audit_event_flush(AUDIT_FLUSH_TIMEOUT_MS);

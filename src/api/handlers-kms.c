@@ -14,13 +14,18 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <openssl/crypto.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "age/age.h"
 #include "audit/event.h"
 #include "basic/fileio.h"
 #include "basic/encoding.h"
+#include "basic/log.h"
 #include "basic/macro.h"
+#include "daemon/peer-tls.h"
 #include "kms/ciphertext.h"
 #include "kms/client.h"
 #include "kms/respond.h"
@@ -33,6 +38,68 @@
 static const char *kms_socket;
 static store *kms_store;
 
+/* what a remote kms role last said of itself (watch_remote) */
+static struct {
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    bool stop, answered, reachable, sealed;
+    char mode[16];
+} remote = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+/* Asks the remote kms role for its status every KMS_REMOTE_POLL_MS until
+ * api_kms_done(): the answer feeds /readyz, which must not wait on the
+ * network itself. */
+static void *watch_remote(void *unused)
+{
+    (void)unused;
+    pthread_mutex_lock(&remote.lock);
+    while (!remote.stop) {
+        pthread_mutex_unlock(&remote.lock);
+        json_t *ans = NULL;
+        int status = kms_call(kms_socket, "/v1/status", NULL, &ans);
+        pthread_mutex_lock(&remote.lock);
+        if ((status == 200) != remote.reachable || !remote.answered) {
+            char why[64];
+            snprintf(why, sizeof(why), "%s", status < 0 ? strerror(-status) : "not a status answer");
+            if (status == 200)
+                log_fields(LOG_LEVEL_INFO, "the remote kms role answers", "kms", kms_socket, NULL);
+            else
+                log_fields(LOG_LEVEL_WARN, "cannot reach the remote kms role", "kms", kms_socket, "error", why, NULL);
+        }
+        remote.answered = true;
+        remote.reachable = status == 200;
+        remote.sealed = !json_is_false(json_object_get(ans, "sealed"));
+        snprintf(remote.mode, sizeof(remote.mode), "%s", json_string_value(json_object_get(ans, "mode")) ?: "unknown");
+        json_decref(ans);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += KMS_REMOTE_POLL_MS / 1000;
+        until.tv_nsec += (KMS_REMOTE_POLL_MS % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        if (!remote.stop)
+            pthread_cond_timedwait(&remote.wake, &remote.lock, &until);
+    }
+    pthread_mutex_unlock(&remote.lock);
+    return NULL;
+}
+
+bool api_kms_remote_status(bool *ret_reachable, bool *ret_sealed, char mode[16])
+{
+    if (!remote.started)
+        return false;
+    pthread_mutex_lock(&remote.lock);
+    *ret_reachable = remote.answered && remote.reachable;
+    *ret_sealed = !remote.answered || remote.sealed;
+    snprintf(mode, 16, "%s", remote.answered ? remote.mode : "unknown");
+    pthread_mutex_unlock(&remote.lock);
+    return true;
+}
+
 void api_kms_init(const char *socket, store *s)
 {
     /* the kms client needs no libcurl; the API's remote calls (OIDC, on the
@@ -40,10 +107,23 @@ void api_kms_init(const char *socket, store *s)
     curl_global_init(CURL_GLOBAL_DEFAULT);
     kms_socket = socket;
     kms_store = s;
+    if (peer_address_is_url(socket)) {
+        remote.started = pthread_create(&remote.thread, NULL, watch_remote, NULL) == 0;
+        if (!remote.started)
+            log_fields(LOG_LEVEL_WARN, "cannot watch the remote kms role; /readyz cannot tell its seal", NULL);
+    }
 }
 
 void api_kms_done(void)
 {
+    if (remote.started) {
+        pthread_mutex_lock(&remote.lock);
+        remote.stop = true;
+        pthread_cond_signal(&remote.wake);
+        pthread_mutex_unlock(&remote.lock);
+        pthread_join(remote.thread, NULL);
+        remote.started = false;
+    }
     kms_client_cleanup();
     curl_global_cleanup();
 }

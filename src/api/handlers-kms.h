@@ -12,8 +12,17 @@
 /* Where the kms role listens, and the store holding Key and Secret
  * resources; called once before the API serves. Both are borrowed. */
 void api_kms_init(const char *kms_socket, store *s);
-/* Releases the pooled connections to the kms role. */
+/* Releases the pooled connections to the kms role (and stops the watch of
+ * a remote one). */
 void api_kms_done(void);
+
+/* A kms role on another machine (its address an https:// URL) is asked for
+ * its status every KMS_REMOTE_POLL_MS by a thread of the api role, for
+ * /readyz. Returns false when the kms role is this machine's (the role table
+ * tells); else true with what the last answer said: whether it answered
+ * (*RET_REACHABLE), is sealed, and its seal mode into MODE (16 bytes). */
+#define KMS_REMOTE_POLL_MS 1000
+bool api_kms_remote_status(bool *ret_reachable, bool *ret_sealed, char mode[16]);
 
 /* The /v1/kms/ endpoint group: encrypt, decrypt, datakey, rewrap, sign,
  * verify, and keys/{name}[/rotate | /versions/{n}]. */

@@ -911,6 +911,18 @@ static void handle_readyz(api_server *srv, h2o_req_t *req, uint64_t started)
         if (strcmp(cfg->roles[i].name, "kms") == 0)
             sealed = atomic_load(&cfg->roles[i].sealed);
     }
+    /* a kms role on another machine: what it last said of itself */
+    bool kms_reachable;
+    char remote_mode[16];
+    const char *seal_mode = cfg->seal_mode ? cfg->seal_mode : "unknown";
+    if (api_kms_remote_status(&kms_reachable, &sealed, remote_mode)) {
+        seal_mode = remote_mode;
+        json_object_set_new(roles, "kms", json_string(!kms_reachable ? "unreachable" : sealed ? "sealed" : "ready"));
+        if (!kms_reachable)
+            json_array_append_new(problems, json_string("kms: unreachable at peers.kms (the api role logs why)"));
+        else if (sealed)
+            json_array_append_new(problems, json_string("kms: sealed; run cloisterd unseal --kms URL --pki-dir DIR"));
+    }
     /* a read of one row: the store answers (found or not) */
     json_t *doc = NULL;
     int r = store_get(cfg->store, "Group", "admins", &doc);
@@ -928,8 +940,8 @@ static void handle_readyz(api_server *srv, h2o_req_t *req, uint64_t started)
                                                     "failed or the queue is full)"));
     bool ok = json_array_size(problems) == 0;
     json_t *body = json_pack("{s:s, s:o, s:{s:s, s:b}, s:{s:s, s:b}, s:{s:b}, s:o, s:o}", "status",
-                             ok ? "ok" : "unavailable", "roles", roles, "seal", "mode",
-                             cfg->seal_mode ? cfg->seal_mode : "unknown", "sealed", sealed, "store", "driver",
+                             ok ? "ok" : "unavailable", "roles", roles, "seal", "mode", seal_mode, "sealed", sealed,
+                             "store", "driver",
                              cfg->store_driver ? cfg->store_driver : "unknown", "reachable", reachable, "audit",
                              "reachable", audited, "replicas", replicas, "problems", problems);
     api_respond_json(req, ROUTE_READYZ, started, ok ? 200 : 503, body);

@@ -163,8 +163,8 @@ int api_role_serve(const api_role_config *cfg)
     controller *ctl = NULL;
     const _Atomic bool *runner_ready = NULL;
     for (size_t i = 0; i < cfg->api.n_roles; i++)
-        if (strcmp(cfg->api.roles[i].name, "runner") == 0)
-            runner_ready = &cfg->api.roles[i].ready;
+        if (strcmp(cfg->api.roles[i].name, "runner") == 0 && atomic_load(&cfg->api.roles[i].wanted))
+            runner_ready = &cfg->api.roles[i].ready; /* not when the runner runs on another machine */
     r = controller_start(
         &(controller_config){.store = s, .runner_socket = cfg->runner_socket, .runner_ready = runner_ready,
                              .load = cfg->api.proxy_metrics, .instance = cfg->api.listen}, &ctl);

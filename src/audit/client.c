@@ -7,23 +7,27 @@
 #include <sys/un.h>
 
 #include "basic/strbuf.h"
+#include "daemon/peer-tls.h"
 #include "telemetry/telemetry.h"
 
 struct audit_client {
     CURL *curl;
-    char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    char role[PEER_TLS_ROLE_MAX];
+    char address[600]; /* a socket's path (at most sun_path's size) or an https:// URL */
 };
 
-int audit_client_new(const char *socket_path, audit_client **ret)
+int audit_client_new(const char *role, const char *address, audit_client **ret)
 {
     audit_client *c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;
-    if (strlen(socket_path) >= sizeof(c->socket_path)) {
+    size_t max = peer_address_is_url(address) ? sizeof(c->address) : sizeof(((struct sockaddr_un *)0)->sun_path);
+    if (strlen(address) >= max || strlen(role) >= sizeof(c->role)) {
         free(c);
         return -ENAMETOOLONG;
     }
-    strcpy(c->socket_path, socket_path);
+    strcpy(c->address, address);
+    strcpy(c->role, role);
     c->curl = curl_easy_init();
     if (!c->curl) {
         free(c);
@@ -50,9 +54,6 @@ static size_t on_data(char *p, size_t size, size_t n, void *userdata)
 int audit_client_request(audit_client *c, const char *method, const char *path, const char *body, size_t len,
                          long timeout_ms, long *ret_status, char **ret_body, size_t *ret_len)
 {
-    char url[512];
-    if ((size_t)snprintf(url, sizeof(url), "http://audit%s", path) >= sizeof(url))
-        return -ENAMETOOLONG;
     _cleanup_strbuf_ strbuf out;
     strbuf_init(&out, AUDIT_CLIENT_RESPONSE_MAX);
     CURL *h = c->curl;
@@ -63,14 +64,17 @@ int audit_client_request(audit_client *c, const char *method, const char *path, 
         headers = curl_slist_append(headers, traceparent);
     if (!headers)
         return -ENOMEM;
-    curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, c->socket_path);
-    curl_easy_setopt(h, CURLOPT_URL, url);
+    struct curl_slist *route = NULL;
+    int r = peer_curl_target(h, c->address, c->role, path, &route);
+    if (r < 0) {
+        curl_slist_free_all(headers);
+        return r;
+    }
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
     if (strcmp(method, "POST") == 0) {
         curl_easy_setopt(h, CURLOPT_POST, 1L);
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
@@ -80,11 +84,14 @@ int audit_client_request(audit_client *c, const char *method, const char *path, 
     }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
     CURLcode rc = curl_easy_perform(h);
+    curl_easy_setopt(h, CURLOPT_CONNECT_TO, NULL);
+    curl_slist_free_all(route);
     curl_slist_free_all(headers);
     if (rc != CURLE_OK)
-        return rc == CURLE_WRITE_ERROR ? -E2BIG
-               : rc == CURLE_OUT_OF_MEMORY ? -ENOMEM
+        return rc == CURLE_WRITE_ERROR       ? -E2BIG
+               : rc == CURLE_OUT_OF_MEMORY   ? -ENOMEM
                : rc == CURLE_COULDNT_CONNECT ? -ECONNREFUSED
+               : peer_curl_tls_refused(rc)   ? -EACCES
                                              : -EIO;
     long status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);

@@ -251,7 +251,7 @@ static void *sender_main(void *arg)
 int audit_event_start(const char *socket_path)
 {
     audit_client *c;
-    int r = audit_client_new(socket_path, &c);
+    int r = audit_client_new("audit", socket_path, &c);
     if (r < 0)
         return r;
     pthread_mutex_lock(&q.lock);
@@ -310,7 +310,7 @@ int audit_event_append(const audit_event *ev, const char *socket_path, unsigned 
     if (r < 0)
         return r;
     audit_client *c;
-    if ((r = audit_client_new(socket_path, &c)) < 0)
+    if ((r = audit_client_new("audit", socket_path, &c)) < 0)
         return r;
     _cleanup_free_ char *body = NULL, *resp = NULL;
     size_t resp_len;

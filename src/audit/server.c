@@ -37,6 +37,7 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "daemon/peer-tls.h"
 #include "daemon/peer.h"
 #include "httpd/httpd.h"
 #include "httpd/json.h"
@@ -648,6 +649,8 @@ int audit_serve(const audit_server_config *cfg)
             .ready_flag = &cfg->health->ready,
             .check_peer = peer_check_hook,
             .peer_data = &peers,
+            .mtls = cfg->mtls,
+            .check_cert = peer_tls_check_hook,
         };
         e = httpd_run(&h);
         if (e < 0) /* never served: the writer was not stopped by a drain */

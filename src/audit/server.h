@@ -5,10 +5,12 @@
 #include <stddef.h>
 
 #include "basic/role.h"
+#include "httpd/httpd.h"
 
 /* What the audit role sees of the configuration; strings borrowed. */
 typedef struct audit_server_config {
-    const char *socket;     /* audit.sock: the api, proxy and kms roles */
+    const char *socket;     /* audit.sock: the api, proxy, kms and runner roles */
+    httpd_mtls mtls;        /* audit.listen: the same to those roles on other machines (mutual TLS) */
     const char *db;         /* the log (SQLite) */
     const char *key;        /* the Ed25519 signing key, created on first start */
     const char *pub;        /* where the verifier key is published */

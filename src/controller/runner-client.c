@@ -29,7 +29,7 @@ int runner_client_new(const char *socket, runner_client **ret)
     runner_client *rc = calloc(1, sizeof(*rc));
     if (!rc)
         return -ENOMEM;
-    int r = audit_client_new(socket, &rc->http);
+    int r = audit_client_new("runner", socket, &rc->http);
     if (r < 0) {
         free(rc);
         return r;

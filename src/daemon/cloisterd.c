@@ -27,6 +27,7 @@
 #include "daemon/config.h"
 #include "daemon/daemon.h"
 #include "daemon/log-export.h"
+#include "daemon/peer-tls.h"
 #include "daemon/peer.h"
 #include "daemon/privsep.h"
 #include "daemon/role-table.h"
@@ -430,6 +431,12 @@ static int prepare_data_dir(daemon_config *cfg)
         SET(kms_dev_key_file, "%s/kms/dev-unseal.key") || SET(kms_keyring_file, "%s/kms/keyring.json"))
         return -ENAMETOOLONG;
 #undef SET
+    /* a role this machine does not run is reached at its peer's URL */
+    char *const addresses[][2] = {{cfg->kms_socket, cfg->peer_kms}, {cfg->audit_socket, cfg->peer_audit},
+                                  {cfg->runner_socket, cfg->peer_runner}};
+    for (size_t i = 0; i < ELEMENTSOF(addresses); i++)
+        if (addresses[i][1][0])
+            snprintf(addresses[i][0], sizeof(cfg->kms_socket), "%s", addresses[i][1]);
     if (chmod(cfg->run_dir, 0700) < 0)
         return -errno;
     if ((r = prepare_pki_dir(cfg)) < 0)
@@ -569,7 +576,44 @@ static int ensure_listener_certs(daemon_config *cfg)
     return r < 0 ? r : ensure_proxy_cert(cfg, !cfg->proxy_tls_cert[0]);
 }
 
-static int first_start(daemon_config *cfg)
+/* Whether CFG has roles on other machines, or serves them: then every role
+ * here needs its role certificate. */
+static bool roles_apart(const daemon_config *cfg)
+{
+    return cfg->kms_listen[0] || cfg->audit_listen[0] || cfg->runner_listen[0] || cfg->peer_api[0] ||
+           cfg->peer_kms[0] || cfg->peer_audit[0] || cfg->peer_runner[0];
+}
+
+/* Copies the role certificate and key of each role this machine runs from
+ * pki.dir/roles/ into the role's own room (<role>/role.pem, role.key 0600),
+ * where the role, confined to it, reads them: on every start, so a renewed
+ * pair is taken up by a restart. Missing ones are an error only when roles
+ * are apart (roles_apart()). Returns 0 or a negative errno (logged). */
+static int install_role_certs(const daemon_config *cfg)
+{
+    for (size_t i = 0; i < N_ROLES; i++) {
+        if (!cfg->role_wanted[i])
+            continue;
+        char cert[4300], key[4300], to_cert[4300], to_key[4300];
+        snprintf(cert, sizeof(cert), "%s/roles/%s.pem", cfg->pki_dir, roles[i].name);
+        snprintf(key, sizeof(key), "%s/roles/%s.key", cfg->pki_dir, roles[i].name);
+        snprintf(to_cert, sizeof(to_cert), "%s/%s/role.pem", cfg->data_dir, roles[i].name);
+        snprintf(to_key, sizeof(to_key), "%s/%s/role.key", cfg->data_dir, roles[i].name);
+        if (access(cert, F_OK) < 0 && !roles_apart(cfg))
+            continue;
+        int r = install_own_pair(cert, key, to_cert, to_key);
+        if (r < 0) {
+            log_fields(LOG_LEVEL_ERROR, "a role talking to other machines needs its role certificate (made by "
+                       "cloisterd --init in pki.dir/roles/)", "role", roles[i].name, "cert", cert, NULL);
+            return r;
+        }
+    }
+    return 0;
+}
+
+/* Prepares the data dir and the certificates, and with WITH_STORE (this
+ * machine runs the api role, or --init) the store's bootstrap identities. */
+static int first_start(daemon_config *cfg, bool with_store)
 {
     int r = prepare_data_dir(cfg);
     if (r < 0)
@@ -582,7 +626,7 @@ static int first_start(daemon_config *cfg)
     if (r == 0)
         r = pki_ensure_signing_cert(cfg->platform_ca_cert, cfg->platform_ca_key, "cloister runner",
                                     cfg->runner_cert, cfg->runner_key);
-    if (r < 0)
+    if (r < 0 || !with_store)
         return r;
     store *s;
     r = store_open(cfg->store_url, &s);
@@ -657,6 +701,13 @@ static pid_t spawn_role(const daemon_config *cfg, size_t i, role_table *table)
     *view = *cfg;
     privsep_role_view(roles[i].name, view);
     if (strcmp(roles[i].name, "kms") == 0 && cfg->seal_secret_file[0] && read_seal_secret(cfg, view) < 0)
+        _exit(1);
+    /* its role certificate, in its own room (install_role_certs), for roles on other machines */
+    snprintf(view->role_cert, sizeof(view->role_cert), "%s/%s/role.pem", cfg->data_dir, roles[i].name);
+    snprintf(view->role_key, sizeof(view->role_key), "%s/%s/role.key", cfg->data_dir, roles[i].name);
+    if (access(view->role_cert, F_OK) < 0)
+        view->role_cert[0] = view->role_key[0] = 0;
+    else if (peer_tls_set_identity(view->role_cert, view->role_key, view->ca_cert) < 0)
         _exit(1);
     if (as_root) {
         uid_t uids[N_ROLES];
@@ -912,7 +963,7 @@ static int cluster_init(daemon_config *cfg)
     int r = init_secret(cfg, &secret);
     if (r != 0)
         return r;
-    r = first_start(cfg);
+    r = first_start(cfg, true);
     for (size_t i = 0; r == 0 && i < N_ROLES; i++) {
         char cert[4300], key[4300];
         snprintf(cert, sizeof(cert), "%s/roles/%s.pem", cfg->pki_dir, roles[i].name);
@@ -1122,7 +1173,7 @@ int main(int argc, char **argv)
         return 1;
     }
     export_telemetry(&cfg);
-    if (first_start(&cfg) < 0 || install_agent(&cfg) < 0 || install_engine(&cfg) < 0 ||
+    if (first_start(&cfg, cfg.role_wanted[0]) < 0 || install_role_certs(&cfg) < 0 || install_agent(&cfg) < 0 || install_engine(&cfg) < 0 ||
         install_portal(&cfg) < 0)
         return 1;
     as_root = geteuid() == 0;

@@ -77,7 +77,7 @@ typedef struct parse_ctx {
     size_t visited;
     size_t key_line; /* the line of the key whose value is walked */
     /* lines of keys the checks after the walk name (0: absent) */
-    size_t roles_line, store_line, seal_line, kms_listen_line, audit_listen_line, peers_line;
+    size_t roles_line, store_line, seal_line, kms_listen_line, audit_listen_line, runner_listen_line, peers_line;
     bool seal_given;
 } parse_ctx;
 
@@ -358,6 +358,13 @@ static void audit_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full
     listen_value(c, v, full, c->cfg->audit_listen, sizeof(c->cfg->audit_listen));
 }
 
+static void runner_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
+{
+    (void)key;
+    c->runner_listen_line = c->key_line;
+    listen_value(c, v, full, c->cfg->runner_listen, sizeof(c->cfg->runner_listen));
+}
+
 static void store_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 {
     (void)key;
@@ -384,8 +391,8 @@ static void pki_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 static void peers_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 {
     daemon_config *cfg = c->cfg;
-    char *dst = key == 0 ? cfg->peer_api : key == 1 ? cfg->peer_kms : cfg->peer_audit;
-    url_value(c, v, full, dst, sizeof(cfg->peer_api));
+    char *const dst[] = {cfg->peer_api, cfg->peer_kms, cfg->peer_audit, cfg->peer_runner};
+    url_value(c, v, full, dst[key], sizeof(cfg->peer_api));
 }
 
 /* One header of telemetry.otlp.headers, appended to otlp_headers as k=v. */
@@ -474,9 +481,10 @@ static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
     static const char *const proxy_keys[] = {"listen", "httpListen", "threads", "tls"};
     static const char *const kms_keys[] = {"listen", "seal"};
     static const char *const audit_keys[] = {"listen"};
+    static const char *const runner_keys[] = {"listen"};
     static const char *const store_keys[] = {"url"};
     static const char *const pki_keys[] = {"dir"};
-    static const char *const peer_keys[] = {"api", "kms", "audit"};
+    static const char *const peer_keys[] = {"api", "kms", "audit", "runner"};
     static const char *const telemetry_keys[] = {"otlp"};
     daemon_config *cfg = c->cfg;
     switch (key) {
@@ -508,6 +516,9 @@ static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
         mapping(c, v, full, audit_keys, ELEMENTSOF(audit_keys), audit_key);
         break;
     case 9:
+        mapping(c, v, full, runner_keys, ELEMENTSOF(runner_keys), runner_key);
+        break;
+    case 10:
         c->peers_line = c->key_line;
         mapping(c, v, full, peer_keys, ELEMENTSOF(peer_keys), peers_key);
         break;
@@ -516,35 +527,64 @@ static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
     }
 }
 
-/* What the file says that cannot work together, or not yet. */
+/* The roles each role calls (daemon_role_names' order: api, kms, audit,
+ * runner, proxy), so a subset names the peers it needs. */
+static const bool role_calls[DAEMON_N_ROLES][DAEMON_N_ROLES] = {
+    /* api */ {false, true, true, true, false},
+    /* kms */ {false, false, true, false, false},
+    /* audit */ {false, false, false, false, false},
+    /* runner */ {true, false, true, false, false},
+    /* proxy */ {true, false, true, false, false},
+};
+
+/* Roles apart: each role this machine runs reaches the ones it does not
+ * through peers.<role> (mutual TLS); a peer or a listener for a role of the
+ * wrong side is a mistake. */
+static void check_peers(parse_ctx *c)
+{
+    daemon_config *cfg = c->cfg;
+    const char *const peers[DAEMON_N_ROLES] = {cfg->peer_api, cfg->peer_kms, cfg->peer_audit, cfg->peer_runner, ""};
+    bool needs[DAEMON_N_ROLES] = {false};
+    char needing[100] = "", missing[200] = "";
+    for (size_t k = 0; k < DAEMON_N_ROLES; k++) {
+        bool called = false;
+        for (size_t i = 0; i < DAEMON_N_ROLES; i++)
+            if (cfg->role_wanted[i] && role_calls[i][k] && !cfg->role_wanted[k] && !peers[k][0])
+                called = needs[i] = true;
+        if (called)
+            snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing), "%speers.%s",
+                     missing[0] ? ", " : "", daemon_role_names[k]);
+    }
+    for (size_t i = 0; i < DAEMON_N_ROLES; i++)
+        if (needs[i])
+            snprintf(needing + strlen(needing), sizeof(needing) - strlen(needing), "%s%s", needing[0] ? ", " : "",
+                     daemon_role_names[i]);
+    if (missing[0])
+        config_problem(c->problems,
+                       "%s:%zu: roles: roles [%s] need %s: the https://HOST:PORT of each role not run here (or run "
+                       "it here: add it to roles)",
+                       c->file, c->roles_line ? c->roles_line : 1, needing, missing);
+    for (size_t k = 0; k < DAEMON_N_ROLES; k++)
+        if (cfg->role_wanted[k] && peers[k][0])
+            config_problem(c->problems, "%s:%zu: peers.%s: this machine runs %s itself (roles); leave the peer out",
+                           c->file, c->peers_line, daemon_role_names[k], daemon_role_names[k]);
+    const struct {
+        const char *value, *key;
+        size_t role, line;
+    } listens[] = {{cfg->kms_listen, "kms.listen", 1, c->kms_listen_line},
+                   {cfg->audit_listen, "audit.listen", 2, c->audit_listen_line},
+                   {cfg->runner_listen, "runner.listen", 3, c->runner_listen_line}};
+    for (size_t i = 0; i < ELEMENTSOF(listens); i++)
+        if (listens[i].value[0] && !cfg->role_wanted[listens[i].role])
+            config_problem(c->problems, "%s:%zu: %s: this machine does not run %s (roles); leave it out", c->file,
+                           listens[i].line, listens[i].key, daemon_role_names[listens[i].role]);
+}
+
+/* What the file says that cannot work together. */
 static void check_whole(parse_ctx *c)
 {
     daemon_config *cfg = c->cfg;
-    size_t n_wanted = 0;
-    for (size_t i = 0; i < DAEMON_N_ROLES; i++)
-        n_wanted += cfg->role_wanted[i];
-    if (n_wanted < DAEMON_N_ROLES) {
-        /* every role reaches the others on local sockets of the same
-         * supervisor (peer checks by pid): a role elsewhere needs mutual TLS */
-        char missing[100] = "";
-        for (size_t i = 0; i < DAEMON_N_ROLES; i++)
-            if (!cfg->role_wanted[i])
-                snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing), "%s%s",
-                         missing[0] ? ", " : "", daemon_role_names[i]);
-        config_problem(c->problems,
-                       "%s:%zu: roles: a subset cannot run yet: the roles here would need %s on another machine, "
-                       "reached over mutual TLS between roles, which this release does not have; list all five roles "
-                       "(api, proxy, kms, audit, runner)",
-                       c->file, c->roles_line ? c->roles_line : 1, missing);
-    }
-    const char *not_yet = "needs mutual TLS between roles (roles on other machines), which this release does not "
-                          "have; leave it out while every role runs on this machine";
-    if (cfg->kms_listen[0])
-        config_problem(c->problems, "%s:%zu: kms.listen: %s", c->file, c->kms_listen_line, not_yet);
-    if (cfg->audit_listen[0])
-        config_problem(c->problems, "%s:%zu: audit.listen: %s", c->file, c->audit_listen_line, not_yet);
-    if (cfg->peer_api[0] || cfg->peer_kms[0] || cfg->peer_audit[0])
-        config_problem(c->problems, "%s:%zu: peers: %s", c->file, c->peers_line, not_yet);
+    check_peers(c);
     if (!c->seal_given && cfg->role_wanted[1])
         config_problem(c->problems,
                        "%s:1: kms.seal: required outside --dev: passphraseFile, pkcs11 {module, slot, pinFile} or "
@@ -591,8 +631,8 @@ int daemon_config_parse(const char *name, const char *text, size_t len, daemon_c
     if (!root)
         config_problem(problems, "%s:1: (top): the file is empty", name);
     else {
-        static const char *const keys[] = {"domain", "dataDir", "roles", "store", "pki", "api",
-                                           "proxy",  "kms",     "audit", "peers", "telemetry"};
+        static const char *const keys[] = {"domain", "dataDir", "roles",  "store", "pki",      "api",
+                                           "proxy",  "kms",     "audit",  "runner", "peers", "telemetry"};
         mapping(&c, root, "", keys, ELEMENTSOF(keys), top_key);
         if (c.visited > NODES_MAX)
             config_problem(problems, "%s:1: (top): more than %d keys and items; not a cloisterd configuration", name,

@@ -29,6 +29,8 @@ typedef struct daemon_config {
     char audit_socket[4200];             /* the audit role's local API */
     char audit_db[4200], audit_key[4200], audit_pub[4200];
     /* the kms role: its socket, sealed root key, auto-unseal file (--seal dev), key ring */
+    /* kms_socket, audit_socket and runner_socket are a role's address: its Unix socket here, or the peer's
+     * https:// URL when this machine does not run it */
     char kms_socket[4200];
     char kms_unseal_socket[4200]; /* `cloisterd unseal`'s: status and unseal only, any process of the daemon's uid */
     char runner_socket[4200];                   /* the runner's sandbox-evidence signing service */
@@ -52,9 +54,12 @@ typedef struct daemon_config {
     char api_tls_cert[4096], api_tls_key[4096];
     char api_trust[4200]; /* what the proxy and the runner verify the API with: ca_cert, or it and the own chain */
     char proxy_tls_cert[4096], proxy_tls_key[4096];
-    /* roles on other machines: parsed and checked, refused until roles talk over mutual TLS */
-    char kms_listen[256], audit_listen[256];
-    char peer_api[512], peer_kms[512], peer_audit[512];
+    /* roles on other machines (mutual TLS, daemon/peer-tls.h): the listeners this machine's kms, audit and
+     * runner open for them ("" : none), and the https://HOST:PORT of the roles this machine does not run */
+    char kms_listen[256], audit_listen[256], runner_listen[256];
+    char peer_api[512], peer_kms[512], peer_audit[512], peer_runner[512];
+    /* a role's own certificate and key (from pki.dir/roles/, copied into its room at each start; "" : none) */
+    char role_cert[4200], role_key[4200];
     /* telemetry.otlp: handed to the roles as OTEL_EXPORTER_OTLP_ENDPOINT / _HEADERS ("k=v,k=v") */
     char otlp_endpoint[1024], otlp_headers[2048];
     struct proxy_metrics *proxy_metrics; /* shared memory the supervisor maps before forking: proxy writes, api renders */
@@ -74,8 +79,9 @@ int role_audit_main(const daemon_config *cfg, role_health *health, role_health *
 int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
 int role_runner_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all);
 
-/* The API's https URL as the other roles on this machine reach it: CFG's
- * api_listen with a wildcard address replaced by loopback. */
+/* The API's https URL as the other roles reach it: peers.api when the api
+ * runs elsewhere, else CFG's api_listen with a wildcard address replaced by
+ * loopback. */
 void daemon_api_url(const daemon_config *cfg, char *out, size_t size);
 
 /* Reads the KMS passphrase or PIN, one line, from FD, or without echo from

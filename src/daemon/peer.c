@@ -20,6 +20,15 @@ int peer_set_role_uids(const uid_t *uids, size_t n)
     return 0;
 }
 
+/* Whether P's allow-list names role NAME. */
+static bool allows(const peer_policy *p, const char *name)
+{
+    for (size_t k = 0; k < PEER_ALLOWED_MAX && p->allowed[k]; k++)
+        if (strcmp(p->allowed[k], name) == 0)
+            return true;
+    return false;
+}
+
 int peer_check(const peer_policy *p, pid_t pid, uid_t uid, int *ret_role)
 {
     if (pid <= 0) /* unknown, or in a pid namespace that hides it */
@@ -29,13 +38,23 @@ int peer_check(const peer_policy *p, pid_t pid, uid_t uid, int *ret_role)
         i++;
     if (i == p->n_roles)
         return -ESRCH;
-    bool allowed = false;
-    for (size_t k = 0; k < PEER_ALLOWED_MAX && p->allowed[k] && !allowed; k++)
-        allowed = strcmp(p->allowed[k], p->roles[i].name) == 0;
-    if (!allowed)
+    if (!allows(p, p->roles[i].name))
         return -EACCES;
     if (n_role_uids ? i >= n_role_uids || uid != role_uids[i] : uid != p->uid)
         return -EPERM;
+    *ret_role = (int)i;
+    return 0;
+}
+
+int peer_check_name(const peer_policy *p, const char *name, int *ret_role)
+{
+    size_t i = 0;
+    while (i < p->n_roles && !(p->roles[i].name && strcmp(p->roles[i].name, name) == 0))
+        i++;
+    if (i == p->n_roles)
+        return -ESRCH;
+    if (!allows(p, name))
+        return -EACCES;
     *ret_role = (int)i;
     return 0;
 }

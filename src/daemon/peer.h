@@ -34,6 +34,12 @@ typedef struct peer_policy {
  * not allow, -EPERM when its uid is not the role's. Reads the table's pids atomically; never blocks. */
 int peer_check(const peer_policy *p, pid_t pid, uid_t uid, int *ret_role);
 
+/* Decides on a peer known by its role's NAME (a role certificate's, over
+ * mutual TLS: daemon/peer-tls.h) under P's allow-list. Returns 0 and the
+ * role's index in the table in *RET_ROLE; -ESRCH when NAME is no role of the
+ * table, -EACCES when P does not allow it. */
+int peer_check_name(const peer_policy *p, const char *name, int *ret_role);
+
 /* Records in this process that role I of the table runs as UIDS[I] (N
  * entries, at most PEER_ROLES_MAX): from then on peer_check() requires a
  * peer's uid to be its role's, not the policy's shared uid. Called by the

@@ -319,8 +319,9 @@ static const char *const calls_base[] = {
 /* A client of other roles and of the network: connect, and the resolver's
  * batched DNS queries. */
 static const char *const calls_client[] = {"connect", "sendmmsg", "recvmmsg"};
-/* The kms: connects to the audit role only; locks its key memory. */
-static const char *const calls_kms[] = {"connect", "mlock", "munlock"};
+/* The kms: connects to the audit role only (resolving its name when it runs
+ * elsewhere); locks its key memory. */
+static const char *const calls_kms[] = {"connect", "sendmmsg", "recvmmsg", "mlock", "munlock"};
 /* The runner's own, for itself and its sandboxes (a sandbox inherits this
  * filter and adds its own, src/sandbox/launch.c): the network, children and
  * their signals, namespaces, mounts, the sandbox's root and its filter,
@@ -339,8 +340,9 @@ static const char *const calls_runner[] = {
 /* Each role's filter: calls_base, its additions, and what its sockets may
  * be. Only the api, the proxy and the runner open IP sockets (the api and
  * proxy resolve names over netlink too); the kms and audit speak only over
- * Unix sockets. Only the runner makes processes (clone without CLONE_THREAD)
- * and namespaces. */
+ * Unix sockets unless they talk to roles on other machines (talks_tcp()).
+ * Only the runner makes processes (clone without CLONE_THREAD) and
+ * namespaces. */
 typedef struct seccomp_role {
     const char *role;
     const char *const *calls;
@@ -378,14 +380,15 @@ static int allow_all_of(scmp_filter_ctx ctx, const char *const *names, size_t n)
     return 0;
 }
 
-/* Allows socket() in the domains role R may open. */
-static int allow_sockets(scmp_filter_ctx ctx, const seccomp_role *r)
+/* Allows socket() in the domains role R may open; IP ones too with TCP
+ * (a role that talks to roles on other machines). */
+static int allow_sockets(scmp_filter_ctx ctx, const seccomp_role *r, bool tcp)
 {
     if (r->spawn)
         return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 0);
     static const int inet[] = {AF_INET, AF_INET6, AF_NETLINK};
     int k = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, AF_UNIX));
-    for (size_t i = 0; k == 0 && r->inet && i < ELEMENTSOF(inet); i++)
+    for (size_t i = 0; k == 0 && (r->inet || tcp) && i < ELEMENTSOF(inet); i++)
         k = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)inet[i]));
     return k;
 }
@@ -396,7 +399,7 @@ static int allow_sockets(scmp_filter_ctx ctx, const seccomp_role *r)
  * flag), and clone3, whose flags live in memory a filter cannot read,
  * answers them ENOSYS so that libc falls back to clone. Returns 0, -EINVAL
  * for a role the table lacks, or a negative errno. */
-static int load_seccomp(const char *name)
+static int load_seccomp(const char *name, bool tcp)
 {
     const seccomp_role *role = NULL;
     for (size_t i = 0; i < ELEMENTSOF(seccomp_roles); i++)
@@ -411,7 +414,7 @@ static int load_seccomp(const char *name)
     if (r == 0)
         r = allow_all_of(ctx, role->calls, role->n_calls);
     if (r == 0)
-        r = allow_sockets(ctx, role);
+        r = allow_sockets(ctx, role, tcp);
     static const scmp_datum_t ns_flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID |
                                          CLONE_NEWNET | CLONE_NEWCGROUP;
     if (r == 0)
@@ -524,6 +527,16 @@ static int landlock_self_check(const char *name, const daemon_config *all)
     return 0;
 }
 
+/* Whether role NAME, which may otherwise keep to Unix sockets (the kms, the
+ * audit), talks to roles on other machines under CFG: it listens for them
+ * (kms.listen, audit.listen) or reaches the audit role at its URL. */
+static bool talks_tcp(const char *name, const daemon_config *cfg)
+{
+    if (strcmp(name, "kms") == 0)
+        return cfg->kms_listen[0] || strncmp(cfg->audit_socket, "https://", 8) == 0;
+    return strcmp(name, "audit") == 0 && cfg->audit_listen[0];
+}
+
 int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config *cfg, const daemon_config *all)
 {
     bool runner = strcmp(name, "runner") == 0;
@@ -564,7 +577,7 @@ int privsep_enter(const char *name, const privsep_ids *ids, const daemon_config 
         } else
             step = "apply Landlock";
     }
-    if (r == 0 && (r = load_seccomp(name)) < 0)
+    if (r == 0 && (r = load_seccomp(name, talks_tcp(name, cfg))) < 0)
         step = "load the seccomp filter";
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot confine the role; it does not run", "step", step, "error", strerror(-r),

@@ -10,7 +10,9 @@
 void daemon_api_url(const daemon_config *cfg, char *out, size_t size)
 {
     const char *listen = cfg->api_listen, *colon = strrchr(listen, ':');
-    if (colon && strncmp(listen, "0.0.0.0:", 8) == 0)
+    if (cfg->peer_api[0]) /* the api runs elsewhere */
+        snprintf(out, size, "%s", cfg->peer_api);
+    else if (colon && strncmp(listen, "0.0.0.0:", 8) == 0)
         snprintf(out, size, "https://127.0.0.1%s", colon);
     else if (colon && strncmp(listen, "[::]:", 5) == 0)
         snprintf(out, size, "https://[::1]%s", colon);

@@ -7,6 +7,8 @@ int role_audit_main(const daemon_config *cfg, role_health *health, role_health *
 {
     const audit_server_config audit = {
         .socket = cfg->audit_socket,
+        .mtls = {.listen = cfg->audit_listen, .cert_file = cfg->role_cert, .key_file = cfg->role_key,
+                 .ca_file = cfg->ca_cert},
         .db = cfg->audit_db,
         .key = cfg->audit_key,
         .pub = cfg->audit_pub,

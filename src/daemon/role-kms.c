@@ -15,6 +15,8 @@ int role_kms_main(const daemon_config *cfg, role_health *health, role_health *al
     snprintf(runs_dir, sizeof(runs_dir), "%s/job-runs", dirname(ring_dir));
     const kms_server_config kms = {
         .socket = cfg->kms_socket,
+        .mtls = {.listen = cfg->kms_listen, .cert_file = cfg->role_cert, .key_file = cfg->role_key,
+                 .ca_file = cfg->ca_cert},
         .unseal_socket = cfg->kms_unseal_socket,
         .audit_socket = cfg->audit_socket,
         .data_dir = cfg->data_dir,

@@ -11,6 +11,8 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
     daemon_api_url(cfg, api_url, sizeof(api_url));
     const runner_server_config runner = {
         .socket = cfg->runner_socket,
+        .mtls = {.listen = cfg->runner_listen, .cert_file = cfg->role_cert, .key_file = cfg->role_key,
+                 .ca_file = cfg->ca_cert},
         .dir = cfg->runner_dir,
         .agent = cfg->agent_path,
         .key = cfg->runner_key,

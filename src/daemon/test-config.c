@@ -151,9 +151,48 @@ Test(config, every_problem_with_file_line_and_key)
     cr_expect(has("c.yaml:10: kms.seal.passphraseFile: cannot read /nonexistent/pass (No such file or directory)"));
     cr_expect(has("c.yaml:11: telemetry.otlp.endpoint: 'ftp://x' is not an http:// or https:// URL"));
     cr_expect(has("c.yaml:11: telemetry.otlp.headers.a,b: a header name cannot hold"));
-    cr_expect(has("c.yaml:12: audit.listen: needs mutual TLS between roles"));
-    cr_expect(has("c.yaml:2: roles: a subset cannot run yet: the roles here would need kms, audit, runner"));
+    cr_expect(has("c.yaml:12: audit.listen: this machine does not run audit (roles); leave it out"));
+    cr_expect(has("c.yaml:2: roles: roles [api] need peers.kms, peers.audit, peers.runner: "));
     cr_expect_eq(problems.n, 14);
+}
+
+Test(config, roles_apart_name_each_missing_peer)
+{
+    refused("roles: [proxy]\n", "c.yaml:1: roles: roles [proxy] need peers.api, peers.audit: ");
+    cr_assert_eq(problems.n, 1);
+    refused("roles: [kms, runner]\nkms: {seal: {mode: passphrase}}\npeers: {api: \"https://api.internal:7443\"}\n",
+            "c.yaml:1: roles: roles [kms, runner] need peers.audit: ");
+    cr_assert_eq(problems.n, 1);
+    refused("roles: [audit]\npeers: {audit: \"https://a:1\"}\nkms: {listen: \"0.0.0.0:7444\"}\n",
+            "c.yaml:2: peers.audit: this machine runs audit itself");
+    cr_assert(has("c.yaml:3: kms.listen: this machine does not run kms (roles); leave it out"));
+    cr_assert_eq(problems.n, 2);
+    refused("roles: [api]\npeers: {kms: \"https://k:1/x\", runner: \"http://r:2\", audit: \"https://a:3\"}\n",
+            "c.yaml:2: peers.kms: 'https://k:1/x' is not https://HOST[:PORT]");
+    cr_assert(has("c.yaml:2: peers.runner: 'http://r:2' is not https://HOST[:PORT]"));
+}
+
+Test(config, a_subset_with_its_peers_and_listeners)
+{
+    int r = parse("roles: [api, proxy]\n"
+                  "peers: {kms: \"https://10.0.0.5:7444\", audit: \"https://[::1]:7445\",\n"
+                  "        runner: \"https://r:7446\"}\n");
+    dump();
+    cr_assert_eq(r, 0);
+    cr_assert_str_eq(cfg.peer_kms, "https://10.0.0.5:7444");
+    cr_assert_str_eq(cfg.peer_audit, "https://[::1]:7445");
+    cr_assert_str_eq(cfg.peer_runner, "https://r:7446");
+    cr_assert(cfg.role_wanted[0] && cfg.role_wanted[4] && !cfg.role_wanted[1] && !cfg.role_wanted[2]);
+    reset();
+    r = parse("roles: [runner]\nrunner: {listen: \"0.0.0.0:7446\"}\n"
+              "peers: {api: \"https://api.internal\", audit: \"https://audit.internal:7445\"}\n");
+    dump();
+    cr_assert_eq(r, 0);
+    cr_assert_str_eq(cfg.runner_listen, "0.0.0.0:7446");
+    reset();
+    r = parse("roles: [audit]\naudit: {listen: \"127.0.0.1:7445\"}\n");
+    dump();
+    cr_assert_eq(r, 0, "the audit role calls no other role");
 }
 
 Test(config, one_seal)

@@ -15,16 +15,21 @@
 #include "basic/fileio.h"
 #include "basic/macro.h"
 #include "daemon/daemon.h"
+#include "daemon/peer-tls.h"
 #include "kms/client.h"
 #include "kms/seal.h"
 
 static void unseal_usage(FILE *f)
 {
     fprintf(f, "usage: cloisterd unseal [--data-dir DIR] [--passphrase-fd N]\n"
+               "       cloisterd unseal --kms https://HOST:PORT --pki-dir DIR [--passphrase-fd N]\n"
                "\n"
                "Unseals the KMS of the cloisterd running on DIR (default ./cloister-data) with its\n"
                "passphrase, or the PIN of its PKCS#11 token: read from file descriptor N, else asked\n"
-               "for on the terminal. The first unseal of a new KMS sets the passphrase.\n");
+               "for on the terminal. The first unseal of a new KMS sets the passphrase.\n"
+               "With --kms, the kms role runs on another machine and is reached at its kms.listen\n"
+               "over mutual TLS with the api role's certificate from DIR (pki.dir: ca.pem,\n"
+               "roles/api.pem, roles/api.key).\n");
 }
 
 /* Reads one secret line from FD into a new buffer (wiped and freed by the caller). */
@@ -97,29 +102,86 @@ static int report(const char *what, int r, json_t *ans, const char *socket)
 {
     json_t *e = json_object_get(ans, "error");
     if (r < 0)
-        fprintf(stderr, "cloisterd unseal: cannot reach the KMS at %s (%s); is cloisterd running on that data dir?\n",
-                socket, strerror(-r));
+        fprintf(stderr, "cloisterd unseal: cannot reach the KMS at %s (%s); %s\n", socket, strerror(-r),
+                r == -EACCES                   ? "the TLS handshake failed: check the certificates (the kms role logs "
+                                                 "a refused one)"
+                : peer_address_is_url(socket) ? "is the kms role listening there (kms.listen)?"
+                                               : "is cloisterd running on that data dir?");
     else
         fprintf(stderr, "cloisterd unseal: %s: %s\n", what,
                 json_string_value(json_object_get(e, "message")) ?: "unexpected answer");
     return 1;
 }
 
+/* The unseal socket of the cloisterd running on DATA_DIR into ADDRESS.
+ * Returns 0 or the exit status (said on stderr). */
+static int local_kms(const char *data_dir, char *address, size_t size)
+{
+    char real[PATH_MAX];
+    if (!realpath(data_dir, real)) {
+        fprintf(stderr, "cloisterd unseal: no data dir %s\n", data_dir);
+        return 1;
+    }
+    snprintf(address, size, "%s/run/kms-unseal.sock", real);
+    return 0;
+}
+
+/* A kms role on another machine at URL, reached with the api role's
+ * certificate of PKI_DIR (the kms role serves status and unseal to the roles
+ * it serves, as on kms.sock): URL into ADDRESS. Returns 0 or the exit status
+ * (said on stderr). */
+static int remote_kms(const char *url, const char *pki_dir, char *address, size_t size)
+{
+    if (!pki_dir) {
+        fprintf(stderr, "cloisterd unseal: --kms needs --pki-dir DIR (pki.dir of cloisterd --init: ca.pem and "
+                        "roles/api.pem, roles/api.key)\n");
+        return 2;
+    }
+    if (!peer_address_is_url(url) || strlen(url) >= size) {
+        fprintf(stderr, "cloisterd unseal: --kms takes https://HOST:PORT (the kms role's kms.listen)\n");
+        return 2;
+    }
+    char cert[PATH_MAX], key[PATH_MAX], ca[PATH_MAX];
+    snprintf(cert, sizeof(cert), "%s/roles/api.pem", pki_dir);
+    snprintf(key, sizeof(key), "%s/roles/api.key", pki_dir);
+    snprintf(ca, sizeof(ca), "%s/ca.pem", pki_dir);
+    const char *const files[] = {cert, key, ca};
+    for (size_t i = 0; i < ELEMENTSOF(files); i++)
+        if (access(files[i], R_OK) < 0) {
+            fprintf(stderr, "cloisterd unseal: cannot read %s (%s)\n", files[i], strerror(errno));
+            return 1;
+        }
+    if (peer_tls_set_identity(cert, key, ca) < 0) {
+        fprintf(stderr, "cloisterd unseal: --pki-dir is too long\n");
+        return 2;
+    }
+    strcpy(address, url);
+    return 0;
+}
+
 int cloisterd_unseal(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"data-dir", required_argument, NULL, 'd'},
+        {"kms", required_argument, NULL, 'k'},
+        {"pki-dir", required_argument, NULL, 'p'},
         {"passphrase-fd", required_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},
         {},
     };
-    const char *data_dir = "./cloister-data";
+    const char *data_dir = "./cloister-data", *kms_url = NULL, *pki_dir = NULL;
     int fd = -1, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'd':
             data_dir = optarg;
+            break;
+        case 'k':
+            kms_url = optarg;
+            break;
+        case 'p':
+            pki_dir = optarg;
             break;
         case 'f': {
             char *end;
@@ -143,15 +205,14 @@ int cloisterd_unseal(int argc, char **argv)
         unseal_usage(stderr);
         return 2;
     }
-    char real[PATH_MAX], socket[PATH_MAX + 32];
-    if (!realpath(data_dir, real)) {
-        fprintf(stderr, "cloisterd unseal: no data dir %s\n", data_dir);
-        return 1;
-    }
-    snprintf(socket, sizeof(socket), "%s/run/kms-unseal.sock", real);
+    char socket[PATH_MAX + 32];
+    int r = kms_url ? remote_kms(kms_url, pki_dir, socket, sizeof(socket))
+                    : local_kms(data_dir, socket, sizeof(socket));
+    if (r != 0)
+        return r;
 
     json_t *status = NULL;
-    int r = kms_call(socket, "/v1/status", NULL, &status);
+    r = kms_call(socket, "/v1/status", NULL, &status);
     int ret;
     if (r != 200)
         ret = report("cannot read the KMS status", r, status, socket);

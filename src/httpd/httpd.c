@@ -33,11 +33,11 @@ typedef struct httpd_server httpd_server;
  * req->conn->ctx leads back here. */
 typedef struct httpd_thread {
     h2o_context_t ctx;
-    h2o_accept_ctx_t accept_ctx[2]; /* the main listener's, the plain-HTTP one's */
+    h2o_accept_ctx_t accept_ctx[3]; /* the main listener's, the plain-HTTP one's, the mutual-TLS one's */
     httpd_server *server;
     void *state;          /* the component's, from hooks.thread_init */
     h2o_linklist_t conns; /* open client connections, closed at shutdown */
-    h2o_socket_t *listener[2];
+    h2o_socket_t *listener[3];
     pthread_t tid;
 } httpd_thread;
 
@@ -45,7 +45,9 @@ struct httpd_server {
     const httpd_config *cfg;
     h2o_globalconf_t globalconf;
     SSL_CTX *ssl_ctx;
+    SSL_CTX *mtls_ctx;       /* the mutual-TLS listener's, NULL without one */
     int listen_fd, plain_fd; /* plain_fd: -1 without a plain-HTTP listener */
+    int mtls_fd;             /* -1 without a mutual-TLS listener */
     httpd_thread *threads;
     unsigned n_threads;
     unsigned max_conns; /* cfg's cap fitted under the descriptor limit; 0: none */
@@ -58,17 +60,23 @@ void *httpd_thread_state(h2o_req_t *req)
     return ((httpd_thread *)req->conn->ctx)->state;
 }
 
+/* The address SS (LEN bytes; 0: unknown) as text into OUT ("" when unknown). */
+static void address_text(const struct sockaddr_storage *ss, socklen_t len, char *out, size_t size)
+{
+    out[0] = 0;
+    if (len == 0)
+        return;
+    if (ss->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, (socklen_t)size);
+    else if (ss->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, out, (socklen_t)size);
+}
+
 void httpd_peer_ip(h2o_req_t *req, char *out, size_t size)
 {
     struct sockaddr_storage ss;
     socklen_t len = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
-    out[0] = 0;
-    if (len == 0)
-        return;
-    if (ss.ss_family == AF_INET)
-        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, out, (socklen_t)size);
-    else if (ss.ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, out, (socklen_t)size);
+    address_text(&ss, len, out, size);
 }
 
 unsigned httpd_connections(h2o_req_t *req)
@@ -170,6 +178,91 @@ static SSL_CTX *tls_context(const httpd_config *cfg)
         }
     }
     return ctx;
+}
+
+/* The handshake's check of the client's certificate chain: a chain that
+ * verified up to the cluster CA, whose leaf (depth 0) check_cert accepts. */
+static int verify_client(int preverify_ok, X509_STORE_CTX *store)
+{
+    if (!preverify_ok || X509_STORE_CTX_get_error_depth(store) != 0)
+        return preverify_ok;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+    const httpd_config *cfg = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    int peer;
+    if (cfg->check_cert(cfg->peer_data, X509_STORE_CTX_get_current_cert(store), &peer) < 0) {
+        X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+        return 0;
+    }
+    return 1;
+}
+
+/* The mutual-TLS listener's context: the role's certificate, a client
+ * certificate required and verified against the cluster CA and check_cert,
+ * no session resumption (each connection is checked afresh). NULL (logged)
+ * when a file cannot be loaded. */
+static SSL_CTX *mtls_context(const httpd_config *cfg)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx)
+        return NULL;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(ctx, 0);
+    STACK_OF(X509_NAME) *cas = SSL_load_client_CA_file(cfg->mtls.ca_file);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->mtls.cert_file) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, cfg->mtls.key_file, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1 || SSL_CTX_load_verify_locations(ctx, cfg->mtls.ca_file, NULL) != 1 ||
+        !cas) {
+        char buf[256];
+        ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
+        log_fields(LOG_LEVEL_ERROR, "cannot load the role certificate or the cluster CA for mutual TLS", "server",
+                   cfg->name, "cert", cfg->mtls.cert_file, "ca", cfg->mtls.ca_file, "error", buf, NULL);
+        sk_X509_NAME_pop_free(cas, X509_NAME_free);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    SSL_CTX_set_client_CA_list(ctx, cas);
+    SSL_CTX_set_app_data(ctx, (void *)cfg);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, verify_client);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    h2o_ssl_register_alpn_protocols(ctx, h2o_http2_alpn_protocols);
+    return ctx;
+}
+
+/* The prefix of h2o 2.2's private struct st_h2o_socket_ssl_t (socket.c):
+ * the context a connection was accepted with, then its SSL (h2o offers no
+ * accessor for the SSL). Trusted only when the context found there is CTX. */
+struct h2o_socket_ssl_prefix {
+    SSL_CTX *ssl_ctx;
+    SSL *ossl;
+};
+
+/* The identity check_cert gives the client certificate of SOCK, a
+ * connection of the mutual-TLS listener whose handshake ended with ERR
+ * (NULL: it succeeded). A handshake that failed other than by check_cert's
+ * refusal (logged there) is logged: no certificate, one the cluster CA did
+ * not issue. Returns 0 and the identity in *RET_PEER, or a negative errno. */
+static int mtls_peer(const httpd_server *srv, h2o_socket_t *sock, const char *err, int *ret_peer)
+{
+    const struct h2o_socket_ssl_prefix *p = (const void *)sock->ssl;
+    SSL *ssl = p && p->ssl_ctx == srv->mtls_ctx ? p->ossl : NULL;
+    long verified = ssl ? SSL_get_verify_result(ssl) : X509_V_ERR_UNSPECIFIED;
+    X509 *cert = ssl ? SSL_get0_peer_certificate(ssl) : NULL;
+    if (!err && cert && verified == X509_V_OK)
+        return srv->cfg->check_cert(srv->cfg->peer_data, cert, ret_peer);
+    if (verified != X509_V_ERR_APPLICATION_VERIFICATION) {
+        struct sockaddr_storage ss;
+        char ip[INET6_ADDRSTRLEN];
+        address_text(&ss, h2o_socket_getpeername(sock, (struct sockaddr *)&ss), ip, sizeof(ip));
+        log_fields(LOG_LEVEL_WARN, "refused a peer: the mutual TLS handshake failed", "server", srv->cfg->name,
+                   "peer", ip, "reason",
+                   !cert && ssl ? "no client certificate"
+                   : verified != X509_V_OK ? X509_verify_cert_error_string(verified)
+                                           : (err ? err : "handshake failed"),
+                   NULL);
+    }
+    return -EACCES;
 }
 
 /* A listener added with httpd_listener_add(). It lives until it is closed
@@ -663,6 +756,9 @@ static void on_handshake(h2o_socket_t *sock, const char *err)
     h2o_accept_ctx_t *actx = a->actx;
     struct timeval connected_at = a->connected_at;
     free(a);
+    tracked_conn *c = sock->on_close.data;
+    if (c->server->mtls_ctx && actx->ssl_ctx == c->server->mtls_ctx && mtls_peer(c->server, sock, err, &c->peer) < 0)
+        err = "the peer's certificate names no role this server serves";
     if (err) {
         h2o_socket_close(sock);
         return;
@@ -720,7 +816,8 @@ static void accept_one(h2o_socket_t *listener, h2o_accept_ctx_t *actx, httpd_lis
     tracked_conn *c = NULL;
     int peer = -1;
     if ((cap && atomic_load(&srv->n_conns) >= cap) || (from && from->max_conns && from->n_conns >= from->max_conns) ||
-        (!from && srv->cfg->check_peer && check_peer(srv->cfg, h2o_socket_get_fd(sock), &peer) < 0) ||
+        (!from && !(srv->mtls_ctx && actx->ssl_ctx == srv->mtls_ctx) && srv->cfg->check_peer &&
+         check_peer(srv->cfg, h2o_socket_get_fd(sock), &peer) < 0) ||
         !(c = calloc(1, sizeof(*c)))) {
         h2o_socket_close(sock); /* over the cap, or not a peer it serves: refused before any byte is read */
         return;
@@ -838,10 +935,12 @@ static void *thread_main(void *arg)
     h2o_linklist_init_anchor(&t->conns);
     if (hooks->thread_init)
         t->state = hooks->thread_init(&t->ctx, srv->cfg->userdata);
-    int fds[2] = {srv->listen_fd, srv->plain_fd};
-    for (size_t i = 0; i < 2 && fds[i] >= 0; i++) {
-        t->accept_ctx[i] = (h2o_accept_ctx_t){.ctx = &t->ctx, .hosts = srv->globalconf.hosts,
-                                              .ssl_ctx = i == 0 ? srv->ssl_ctx : NULL};
+    int fds[3] = {srv->listen_fd, srv->plain_fd, srv->mtls_fd};
+    SSL_CTX *tls[3] = {srv->ssl_ctx, NULL, srv->mtls_ctx};
+    for (size_t i = 0; i < 3; i++) {
+        if (fds[i] < 0)
+            continue;
+        t->accept_ctx[i] = (h2o_accept_ctx_t){.ctx = &t->ctx, .hosts = srv->globalconf.hosts, .ssl_ctx = tls[i]};
         t->listener[i] = h2o_evloop_socket_create(loop, dup(fds[i]), H2O_SOCKET_FLAG_DONT_READ);
         t->listener[i]->data = &t->accept_ctx[i];
         h2o_socket_read_start(t->listener[i], on_accept);
@@ -852,7 +951,7 @@ static void *thread_main(void *arg)
 
     /* drain: no new connections, long-lived responses ended, work in flight
      * finished, then the connections closed so the context can be disposed */
-    for (size_t i = 0; i < 2; i++) {
+    for (size_t i = 0; i < 3; i++) {
         if (!t->listener[i])
             continue;
         h2o_socket_read_stop(t->listener[i]);
@@ -912,12 +1011,31 @@ static void *signal_main(void *arg)
     return NULL;
 }
 
+/* Closes SRV's listening sockets (a Unix one's file removed) and frees
+ * its TLS contexts. */
+static void close_listeners(httpd_server *srv, const httpd_config *cfg)
+{
+    int *fds[] = {&srv->listen_fd, &srv->plain_fd, &srv->mtls_fd};
+    if (srv->listen_fd >= 0 && strncmp(cfg->listen, "unix:", 5) == 0)
+        unlink(cfg->listen + 5);
+    for (size_t i = 0; i < ELEMENTSOF(fds); i++)
+        if (*fds[i] >= 0) {
+            close(*fds[i]);
+            *fds[i] = -1;
+        }
+    SSL_CTX_free(srv->ssl_ctx);
+    SSL_CTX_free(srv->mtls_ctx);
+    srv->ssl_ctx = srv->mtls_ctx = NULL;
+}
+
 int httpd_run(const httpd_config *cfg)
 {
-    httpd_server srv = {.cfg = cfg, .listen_fd = -1, .plain_fd = -1, .max_conns = connection_cap(cfg)};
+    httpd_server srv = {.cfg = cfg, .listen_fd = -1, .plain_fd = -1, .mtls_fd = -1, .max_conns = connection_cap(cfg)};
     bool is_unix = strncmp(cfg->listen, "unix:", 5) == 0;
-    if (cfg->check_peer && (!is_unix || cfg->plain_listen))
-        return -EINVAL; /* peers are known on Unix sockets only */
+    bool mtls = cfg->mtls.listen && cfg->mtls.listen[0];
+    if ((cfg->check_peer && (!is_unix || cfg->plain_listen)) ||
+        (mtls && (!cfg->check_cert || !cfg->mtls.cert_file || !cfg->mtls.key_file || !cfg->mtls.ca_file)))
+        return -EINVAL; /* local peers are known on Unix sockets only; remote ones by their certificate */
     int e = is_unix ? httpd_listen_unix(cfg->listen + 5, &srv.listen_fd) : listen_tcp(cfg->listen, &srv.listen_fd);
     /* a socket whose peers are checked is open to every uid: roles run as
      * users of their own, and the check, not the file's mode, decides */
@@ -926,18 +1044,17 @@ int httpd_run(const httpd_config *cfg)
     const char *failed = cfg->listen;
     if (e == 0 && cfg->plain_listen && (e = listen_tcp(cfg->plain_listen, &srv.plain_fd)) < 0)
         failed = cfg->plain_listen;
-    if (e < 0) {
+    if (e == 0 && mtls && (e = listen_tcp(cfg->mtls.listen, &srv.mtls_fd)) < 0)
+        failed = cfg->mtls.listen;
+    if (e == 0 && ((cfg->cert_file && !is_unix && !(srv.ssl_ctx = tls_context(cfg))) ||
+                   (mtls && !(srv.mtls_ctx = mtls_context(cfg)))))
+        e = -EINVAL; /* logged */
+    else if (e < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot listen; check the address (HOST:PORT) and that it is free", "server",
                    cfg->name, "listen", failed, "error", strerror(-e), NULL);
-        if (srv.listen_fd >= 0)
-            close(srv.listen_fd);
+    if (e < 0) {
+        close_listeners(&srv, cfg);
         return e;
-    }
-    if (cfg->cert_file && !is_unix && !(srv.ssl_ctx = tls_context(cfg))) {
-        close(srv.listen_fd);
-        if (srv.plain_fd >= 0)
-            close(srv.plain_fd);
-        return -EINVAL;
     }
 
     h2o_config_init(&srv.globalconf);
@@ -959,10 +1076,7 @@ int httpd_run(const httpd_config *cfg)
     srv.n_threads = cfg->threads ? cfg->threads : 1;
     srv.threads = calloc(srv.n_threads, sizeof(*srv.threads));
     if (!srv.threads) {
-        close(srv.listen_fd);
-        if (srv.plain_fd >= 0)
-            close(srv.plain_fd);
-        SSL_CTX_free(srv.ssl_ctx);
+        close_listeners(&srv, cfg);
         return -ENOMEM;
     }
     pthread_t sig_thread;
@@ -972,7 +1086,8 @@ int httpd_run(const httpd_config *cfg)
         pthread_create(&srv.threads[i].tid, NULL, thread_main, &srv.threads[i]);
     }
     log_fields(LOG_LEVEL_INFO, "listening", "server", cfg->name, "listen", cfg->listen, "plain_http",
-               cfg->plain_listen ? cfg->plain_listen : "", NULL);
+               cfg->plain_listen ? cfg->plain_listen : "", "mutual_tls", mtls ? cfg->mtls.listen : "",
+               NULL);
     if (cfg->ready_flag)
         atomic_store(cfg->ready_flag, true);
 
@@ -995,12 +1110,7 @@ int httpd_run(const httpd_config *cfg)
             h2o_context_dispose(&t->ctx);
     }
     free(srv.threads);
-    close(srv.listen_fd);
-    if (srv.plain_fd >= 0)
-        close(srv.plain_fd);
-    if (is_unix)
-        unlink(cfg->listen + 5);
-    SSL_CTX_free(srv.ssl_ctx);
+    close_listeners(&srv, cfg);
     log_fields(LOG_LEVEL_INFO, "stopped", "server", cfg->name, NULL);
     return 0;
 }

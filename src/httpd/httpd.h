@@ -32,6 +32,14 @@ typedef struct httpd_hooks {
     int (*configure_tls)(SSL_CTX *ctx, void *userdata);
 } httpd_hooks;
 
+/* A role's listener for roles on other machines: "HOST:PORT" (NULL or "":
+ * none), its role certificate and key, and the cluster CA its clients'
+ * certificates must chain to (paths). */
+typedef struct httpd_mtls {
+    const char *listen;
+    const char *cert_file, *key_file, *ca_file;
+} httpd_mtls;
+
 typedef struct httpd_config {
     const char *name;      /* in logs: "API", "runner" */
     const char *listen;    /* "HOST:PORT", or "unix:PATH" (mode 0600; a stale socket is replaced) */
@@ -65,6 +73,16 @@ typedef struct httpd_config {
      * connect. */
     int (*check_peer)(const void *data, pid_t pid, uid_t uid, int *ret_peer);
     const void *peer_data;
+    /* An additional TCP listener with mutual TLS (roles on other machines,
+     * daemon/peer-tls.h), when mtls.listen is set: it presents mtls.cert_file
+     * (with mtls.key_file) and requires a client certificate that chains to
+     * mtls.ca_file, on which check_cert (with peer_data)
+     * decides during the handshake: 0 and an identity in *RET_PEER (kept
+     * with the connection, httpd_conn_peer()) to serve it; a negative errno
+     * (after logging why) fails the handshake with a TLS alert. No session
+     * is resumed: every connection shows its certificate. */
+    httpd_mtls mtls;
+    int (*check_cert)(const void *data, X509 *cert, int *ret_peer);
 } httpd_config;
 
 /* Serves until SIGTERM or SIGINT, which the caller must have blocked in
@@ -76,7 +94,8 @@ int httpd_run(const httpd_config *cfg);
 void *httpd_thread_state(h2o_req_t *req);
 /* The client's address of REQ as text into OUT ("" when unknown). */
 void httpd_peer_ip(h2o_req_t *req, char *out, size_t size);
-/* The identity check_peer gave REQ's connection; -1 when not checked. */
+/* The identity check_peer (or check_cert) gave REQ's connection; -1 when
+ * not checked. */
 int httpd_conn_peer(h2o_req_t *req);
 /* Client connections open now, over every thread of the server serving REQ. */
 unsigned httpd_connections(h2o_req_t *req);

@@ -8,6 +8,7 @@
 
 #include "basic/macro.h"
 #include "basic/strbuf.h"
+#include "daemon/peer-tls.h"
 
 #define POOL_SIZE 16
 
@@ -36,7 +37,6 @@ static CURL *handle_take(void)
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 30000L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
     return h;
 }
 
@@ -68,7 +68,7 @@ static size_t on_data(char *p, size_t size, size_t n, void *userdata)
     return strbuf_append(userdata, p, size * n) == 0 ? size * n : 0;
 }
 
-int kms_call(const char *socket, const char *path, const json_t *body, json_t **ret)
+int kms_call(const char *address, const char *path, const json_t *body, json_t **ret)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     if (body && !text)
@@ -78,15 +78,20 @@ int kms_call(const char *socket, const char *path, const json_t *body, json_t **
         free(text);
         return -ENOMEM;
     }
-    char url[256];
-    snprintf(url, sizeof(url), "http://kms%s", path);
+    struct curl_slist *route = NULL;
+    int r = peer_curl_target(h, address, "kms", path, &route);
+    if (r < 0) {
+        handle_give(h);
+        free(text);
+        return r;
+    }
     strbuf out;
     strbuf_init(&out, KMS_RESPONSE_MAX);
-    curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, socket);
-    curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, text ? text : "{}");
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
     CURLcode c = curl_easy_perform(h);
+    curl_easy_setopt(h, CURLOPT_CONNECT_TO, NULL);
+    curl_slist_free_all(route);
     long status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     if (text) {
@@ -94,9 +99,11 @@ int kms_call(const char *socket, const char *path, const json_t *body, json_t **
         explicit_bzero(text, strlen(text));
         free(text);
     }
-    int r;
     if (c != CURLE_OK) {
-        r = c == CURLE_WRITE_ERROR ? -E2BIG : c == CURLE_COULDNT_CONNECT ? -ECONNREFUSED : -EIO;
+        r = c == CURLE_WRITE_ERROR        ? -E2BIG
+            : c == CURLE_COULDNT_CONNECT ? -ECONNREFUSED
+            : peer_curl_tls_refused(c)   ? -EACCES
+                                         : -EIO;
         curl_easy_cleanup(h);
     } else {
         json_t *doc = json_loadb(out.data ? out.data : "", out.len, 0, NULL);

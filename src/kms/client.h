@@ -1,5 +1,7 @@
-/* The client side of the kms role's local API: JSON over HTTP on its Unix
- * socket, with kept-alive connections reused across calls and threads. */
+/* The client side of the kms role's API: JSON over HTTP on its Unix socket,
+ * or over TCP with mutual TLS when the kms role runs elsewhere
+ * (daemon/peer-tls.h), with kept-alive connections reused across calls and
+ * threads. */
 #pragma once
 
 #include <jansson.h>
@@ -7,11 +9,13 @@
 #define KMS_RESPONSE_MAX (2 * 1024 * 1024)
 
 /* POSTs BODY (borrowed, may be NULL) to PATH ("/v1/encrypt") on the kms role
- * listening at SOCKET. Returns the HTTP status (> 0) with the parsed answer
- * in *RET (a new reference), or a negative errno when no valid answer came
- * (-ECONNREFUSED: the role is not running; -EBADMSG: not JSON; -E2BIG: over
- * KMS_RESPONSE_MAX). Safe from any thread. */
-int kms_call(const char *socket, const char *path, const json_t *body, json_t **ret);
+ * at ADDRESS (its socket's path, or its https:// URL). Returns the HTTP
+ * status (> 0) with the parsed answer in *RET (a new reference), or a
+ * negative errno when no valid answer came (-ECONNREFUSED: the role is not
+ * running; -EACCES: the TLS handshake failed, a certificate refused either
+ * way; -EBADMSG: not JSON; -E2BIG: over KMS_RESPONSE_MAX). Safe from any
+ * thread. */
+int kms_call(const char *address, const char *path, const json_t *body, json_t **ret);
 
 /* Closes the pooled connections (at process exit). */
 void kms_client_cleanup(void);

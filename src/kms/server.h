@@ -6,13 +6,15 @@
 #include <stddef.h>
 
 #include "basic/role.h"
+#include "httpd/httpd.h"
 #include "kms/seal.h"
 
 /* What the kms role sees of the configuration; strings borrowed. */
 typedef struct kms_server_config {
     const char *socket;        /* kms.sock: answers the api and runner roles only */
+    httpd_mtls mtls;           /* kms.listen: the same to those roles on other machines (mutual TLS) */
     const char *unseal_socket; /* `cloisterd unseal`'s: status and unseal only */
-    const char *audit_socket;  /* unseal attempts are audited there */
+    const char *audit_socket;  /* unseal attempts are audited there (its socket, or its https:// URL) */
     const char *data_dir;      /* named in the hint of a sealed answer */
     const char *keyring_file;
     const char *job_runs_dir;     /* the job release's run counts, one file per job digest */

@@ -59,6 +59,7 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "daemon/peer-tls.h"
 #include "daemon/peer.h"
 #include "httpd/httpd.h"
 #include "httpd/json.h"
@@ -719,6 +720,8 @@ int runner_serve(const runner_server_config *cfg)
             .ready_flag = &cfg->health->ready,
             .check_peer = peer_check_hook,
             .peer_data = &peers,
+            .mtls = cfg->mtls,
+            .check_cert = peer_tls_check_hook,
         };
         r = httpd_run(&h);
     }

@@ -5,10 +5,12 @@
 #include <stddef.h>
 
 #include "basic/role.h"
+#include "httpd/httpd.h"
 
 /* What the runner role sees of the configuration; strings borrowed. */
 typedef struct runner_server_config {
     const char *socket;           /* runner.sock: the api role only */
+    httpd_mtls mtls;              /* runner.listen: the same to an api role on other machines (mutual TLS) */
     const char *dir;              /* its files: sandbox logs, agent channels */
     const char *agent;            /* cloister-agent to launch; NULL or "": looked up beside cloisterd */
     const char *key, *cert;       /* the platform key (P-384) and its certificate */

@@ -1,0 +1,231 @@
+"""Roles apart (issue 19): `cloisterd --init` once, then the kms, the audit
+and the runner each in a cloisterd process of its own (roles: [kms], [audit],
+[runner]) and one with [api, proxy], each with its own copy of the data dir
+as on machines of their own, talking HTTP/JSON over TCP with mutual TLS on
+loopback. The quickstart works through them; a client presenting another
+role's certificate, or none, is refused by each server; `--check` names each
+missing peer; the sealed remote kms is unsealed with `cloisterd unseal`."""
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+import yaml
+
+from conftest import CLOISTERD, ROOT, Server, audited, free_port, manifest, open_for_roles, run_cli, sanitizer_env
+from test_runner import enclave_status, wait_for
+
+PASSPHRASE = "a passphrase of at least 8"
+# who may call whom (the local sockets' allow-lists): server role -> roles allowed
+ALLOWED = {"kms": {"api", "runner"}, "audit": {"api", "proxy", "kms", "runner"}, "runner": {"api"}}
+ROLES = ("api", "proxy", "kms", "audit", "runner")
+
+
+def cloisterd(*args, input=None):
+    return subprocess.run([str(CLOISTERD), *args], capture_output=True, text=True, input=input,
+                          env=sanitizer_env(), timeout=120)
+
+
+def wait_log(server, text, timeout=60):
+    """Waits until SERVER's log shows TEXT (a role process has no API to ask)."""
+    deadline = time.time() + timeout
+    while text not in server.read_log():
+        assert server.proc.poll() is None, f"cloisterd exited {server.proc.returncode}:\n{server.read_log()[-4000:]}"
+        assert time.time() < deadline, f"{text!r} not in the log after {timeout}s:\n{server.read_log()[-4000:]}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The four processes, started in the order they need each other."""
+    tmp = tmp_path_factory.mktemp("apart")
+    open_for_roles(tmp)
+    init = tmp / "init.yaml"
+    init.write_text(yaml.safe_dump({"dataDir": str(tmp / "init"), "roles": list(ROLES),
+                                    "kms": {"seal": {"mode": "passphrase"}}}))
+    p = cloisterd("--init", "--config", str(init), input="")
+    assert p.returncode == 0, p.stderr
+    ports = {role: free_port() for role in ("kms", "audit", "runner")}
+    url = {role: f"https://127.0.0.1:{port}" for role, port in ports.items()}
+    api = Server(tmp / "ap", config=tmp / "ap.yaml")  # its API port, which the runner needs, is chosen here
+    docs = {
+        "kms": {"roles": ["kms"], "kms": {"listen": f"127.0.0.1:{ports['kms']}", "seal": {"mode": "passphrase"}},
+                "peers": {"audit": url["audit"]}},
+        "audit": {"roles": ["audit"], "audit": {"listen": f"127.0.0.1:{ports['audit']}"}},
+        "runner": {"roles": ["runner"], "runner": {"listen": f"127.0.0.1:{ports['runner']}"},
+                   "peers": {"api": api.url, "audit": url["audit"]}},
+        "ap": {"roles": ["api", "proxy"], "peers": {"kms": url["kms"], "audit": url["audit"], "runner": url["runner"]}},
+    }
+    procs = {}
+    for name, doc in docs.items():
+        shutil.copytree(tmp / "init", tmp / name, symlinks=True)  # a machine's own copy of what --init made
+        path = tmp / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"dataDir": str(tmp / name), **doc}, sort_keys=False))
+        check = cloisterd("--config", str(path), "--check")
+        assert check.returncode == 0, check.stderr
+        if name != "ap":
+            procs[name] = Server(tmp / name, config=path)
+    try:
+        for name in ("audit", "kms", "runner"):
+            procs[name].start(wait=False)
+            wait_log(procs[name], '"msg":"every role is ready"')
+        procs["ap"] = api.start()
+    except BaseException:
+        for s in procs.values():
+            if s.proc:
+                s.kill9()
+        raise
+    yield {"tmp": tmp, "pki": tmp / "init", "url": url, "procs": procs, "api": api}
+    for name in ("ap", "runner", "kms", "audit"):
+        procs[name].stop()
+
+
+def unseal(cluster, secret=PASSPHRASE):
+    return cloisterd("unseal", "--kms", cluster["url"]["kms"], "--pki-dir", str(cluster["pki"]), "--passphrase-fd",
+                     "0", input=secret + "\n")
+
+
+@pytest.fixture(scope="module")
+def unsealed(cluster):
+    """The remote kms, sealed from its start (no passphrase file), is
+    unsealed by `cloisterd unseal` over mutual TLS: the first unseal makes
+    the root key."""
+    api = cluster["api"]
+    ready = requests.get(api.url + "/readyz", verify=api.ca)
+    assert ready.status_code == 503 and ready.json()["roles"]["kms"] == "sealed", ready.text
+    assert ready.json()["seal"] == {"mode": "passphrase", "sealed": True}, ready.text
+    r = api.request("POST", "/v1/secrets", json=manifest("Secret", "while-sealed", {"data": {"k": "v"}}))
+    assert r.status_code == 503, r.text  # the remote kms said sealed: nothing stored in the clear
+    p = unseal(cluster)
+    assert p.returncode == 0 and "the KMS is unsealed" in p.stdout, p.stdout + p.stderr
+    # the api's /readyz follows the remote kms (asked every second)
+    wait_for(lambda: requests.get(api.url + "/readyz", verify=api.ca).status_code == 200, what="/readyz 200")
+    ready = requests.get(api.url + "/readyz", verify=api.ca).json()
+    assert ready["seal"] == {"mode": "passphrase", "sealed": False} and ready["roles"]["kms"] == "ready", ready
+    return cluster
+
+
+def test_a_sealed_remote_kms_is_unsealed_with_cloisterd_unseal(unsealed):
+    p = unseal(unsealed)
+    assert p.returncode == 0 and "already unsealed" in p.stdout, p.stdout + p.stderr
+    # the unseal was audited by the kms role, in the remote audit log
+    api = unsealed["api"]
+    assert audited(api, "kms.unseal", lambda e: e.get("outcome") == "success" and e.get("appender") == "kms")
+    # without the pki dir's certificates there is no way in
+    p = cloisterd("unseal", "--kms", unsealed["url"]["kms"], "--pki-dir", str(unsealed["tmp"] / "nowhere"))
+    assert p.returncode == 1 and "cannot read" in p.stderr, p.stderr
+
+
+def test_the_quickstart_works_through_the_roles_apart(unsealed, tmp_path):
+    api = unsealed["api"]
+    wiki_port = free_port()
+    wiki = subprocess.Popen([sys.executable, "-m", "http.server", str(wiki_port), "--bind", "127.0.0.1",
+                             "--directory", str(ROOT / "examples" / "wiki")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        docs = list(yaml.safe_load_all((ROOT / "examples" / "quickstart.yaml").read_text()))
+        for d in docs:
+            if d["kind"] == "Service":
+                d["spec"]["upstream"]["url"] = f"http://127.0.0.1:{wiki_port}"
+        quickstart = tmp_path / "quickstart.yaml"
+        quickstart.write_text(yaml.safe_dump_all(docs))
+        home = tmp_path / "config"
+        assert run_cli(api, "login", "--token", "-", input=api.token, config_home=home).returncode == 0
+        p = run_cli(api, "apply", "-f", str(quickstart), config_home=home)
+        assert p.returncode == 0 and "service/wiki created" in p.stdout, p.stdout + p.stderr
+        p = run_cli(api, "token", "create", "alice-cli", "-o", "json", config_home=home)
+        assert p.returncode == 0, p.stderr
+        access = requests.post(api.url + "/v1/auth/token", json={"token": json.loads(p.stdout)["token"]},
+                               verify=api.ca).json()["access_token"]
+        proxy = api.extra_args[api.extra_args.index("--proxy-listen") + 1]
+        headers = {"Host": "wiki.localhost", "Authorization": f"Bearer {access}"}
+        deadline = time.time() + 30
+        while (code := requests.get(f"https://{proxy}/", headers=headers, verify=api.ca).status_code) != 200:
+            assert time.time() < deadline, code
+            time.sleep(0.1)
+        # a Secret sealed by the remote kms (refused while it was sealed: the unsealed fixture)
+        r = api.request("POST", "/v1/secrets", json=manifest("Secret", "db", {"data": {"password": "hunter22"}}))
+        assert r.status_code in (200, 201), r.text
+        assert "hunter22" not in r.text
+        # the api's and the kms's entries reached the remote audit log; the log verifies
+        assert audited(api, "resource.create",
+                       lambda e: e["resource"]["kind"] == "Secret" and e["resource"]["name"] == "db")
+        p = run_cli(api, "audit", "verify", config_home=home)
+        assert p.returncode == 0 and "verified" in p.stdout, p.stdout + p.stderr
+        # the api's controller reaches the remote runner, whose refusal the Enclave's status carries
+        r = api.request("POST", "/v1/apply", json={"items": [manifest("Enclave", "bad", {"bundle": "/nonexistent"})]})
+        assert r.status_code == 200, r.text
+        wait_for(lambda: "cannot measure" in ((enclave_status(api, "bad") or {}).get("lastEvent") or ""),
+                 what="the runner's refusal in the Enclave's status")
+    finally:
+        wiki.terminate()
+        wiki.wait()
+
+
+def role_call(cluster, server, role, path="/v1/status"):
+    """POSTs to PATH on SERVER's mutual-TLS listener presenting ROLE's
+    certificate (None: no certificate), checking that the server names
+    SERVER. Returns the HTTP status, or the error that ended the exchange."""
+    pki = cluster["pki"]
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    if role:
+        ctx.load_cert_chain(str(pki / "roles" / f"{role}.pem"), str(pki / "roles" / f"{role}.key"))
+    port = int(cluster["url"][server].rsplit(":", 1)[1])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=f"{server}.cloister.internal") as s:
+                s.sendall(f"POST {path} HTTP/1.1\r\nHost: {server}\r\nContent-Type: application/json\r\n"
+                          "Content-Length: 2\r\nConnection: close\r\n\r\n{}".encode())
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as e:
+        return e
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else answer
+
+
+@pytest.mark.parametrize("server,path", [("kms", "/v1/status"), ("audit", "/v1/checkpoint"),
+                                         ("runner", "/v1/sandboxes")])
+def test_each_server_takes_only_the_roles_it_serves(unsealed, server, path):
+    procs = unsealed["procs"]
+    for role in ROLES:
+        got = role_call(unsealed, server, role, path)
+        if role in ALLOWED[server]:
+            assert isinstance(got, int), (role, got)  # an HTTP answer, whatever the endpoint said
+        else:
+            assert not isinstance(got, int), (role, got)  # the handshake failed: no request was read
+            wait_log(procs[server], f'"msg":"refused a peer\'s certificate","socket":"{server}.sock","role":"{role}"')
+    got = role_call(unsealed, server, None, path)
+    assert not isinstance(got, int), got
+    wait_log(procs[server], '"msg":"refused a peer: the mutual TLS handshake failed","server":')
+    assert '"reason":"no client certificate"' in procs[server].read_log()
+
+
+def test_a_client_checks_the_server_names_the_role_it_meant(unsealed):
+    """The proxy's certificate is the cluster CA's too, but the audit's client
+    expects audit.cloister.internal: a kms listener answering where the audit
+    should be is refused by the client."""
+    pki = unsealed["pki"]
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    ctx.load_cert_chain(str(pki / "roles" / "api.pem"), str(pki / "roles" / "api.key"))
+    port = int(unsealed["url"]["kms"].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLCertVerificationError, match="audit.cloister.internal"):
+            ctx.wrap_socket(raw, server_hostname="audit.cloister.internal")
+
+
+def test_check_names_each_missing_peer(tmp_path):
+    for roles, need in ((["api"], "roles [api] need peers.kms, peers.audit, peers.runner"),
+                        (["proxy"], "roles [proxy] need peers.api, peers.audit"),
+                        (["kms", "runner"], "roles [kms, runner] need peers.api, peers.audit"),
+                        (["api", "proxy"], "roles [api, proxy] need peers.kms, peers.audit, peers.runner")):
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({"dataDir": str(tmp_path / "d"), "roles": roles,
+                                        "kms": {"seal": {"mode": "passphrase"}}}, sort_keys=False))
+        p = cloisterd("--config", str(path), "--check")
+        assert p.returncode == 1 and f"{path}:2: roles: {need}: " in p.stderr, p.stderr
