@@ -1,10 +1,11 @@
 """Several api and proxy replicas on one PostgreSQL (docs/deployment.md,
 "Several replicas"): a real server started by scripts/pg-test.sh (the
-fixtures of test_store_pg.py) and two `cloisterd --dev --store URL`
-instances on it, each an api and a proxy replica (with a kms, audit and
-runner of its own: roles apart over mutual TLS are not built yet). The second
-replica's data dir is given what replicas share beside the database, as an
-operator would copy it: the bootstrap tokens and auth/handoff.key.
+fixtures of test_store_pg.py); `cloisterd --init` once (its store that
+database); then the kms, the audit and the runner each a cloisterd of its own
+and two replicas with roles [api, proxy], all talking over mutual TLS, each
+with its own copy of what --init made (as on machines of their own: the
+replicas share the bootstrap tokens and auth/handoff.key, which seals the
+token signing keys they keep in the database).
 
 Shown: a write through replica 1 is visible on replica 2 and a new Service
 answers through both proxies within 1 s (measured); an access token minted on
@@ -13,68 +14,89 @@ same JWKS, also after a rotation; conflicting updates of the same
 resourceVersion sent to the two replicas: exactly one wins, the other 409;
 kill -9 of replica 1 during a write stream loses no acknowledged write; kill
 -9 of the controller's leader: the other takes its lease within the TTL; a
-paused (SIGSTOP) leader is deposed and its late write carrying the old
-fencing token is refused by the database and logged."""
+paused (SIGSTOP) leader is deposed, and once resumed its write carrying the
+old fencing token (its lease renewal) is refused by the database and logged."""
 import os
 import shutil
 import signal
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
-from conftest import Server, free_port, manifest
+from conftest import Server, free_port, manifest, open_for_roles
 from echo_upstream import EchoUpstream
+from test_roles_apart import PASSPHRASE, cloisterd, wait_log
 from test_store_pg import cluster, database, psql, service  # noqa: F401 (fixtures: a throwaway PostgreSQL)
 
 DOMAIN = "localhost"
 LEASE_TTL_S = 15  # CONTROLLER_LEASE_TTL_MS
 STANDBY_POLL_S = 1  # a standby controller tries to take the lease every second
-# what each replica needs besides the database: the bootstrap identities' tokens
-# (a replica that lacks one would mint a new one and end the others') and the
-# key that seals the token signing keys in the store and signs login handoffs
-SHARED_FILES = ["admin.token", "proxy/proxy.token", "runner/runner.token", "auth/handoff.key"]
-
-
-def copy_owned(src_dir, dst_dir, rel):
-    """Copies SRC_DIR/REL to DST_DIR/REL keeping owner and mode, making the
-    missing dirs on the way as the source's are (the roles run as users of
-    their own)."""
-    parts = Path(rel).parts
-    for k in range(1, len(parts)):
-        s, d = src_dir.joinpath(*parts[:k]), dst_dir.joinpath(*parts[:k])
-        if not d.exists():
-            d.mkdir()
-            st = s.stat()
-            os.chown(d, st.st_uid, st.st_gid)
-            os.chmod(d, st.st_mode & 0o7777)
-    shutil.copy2(src_dir / rel, dst_dir / rel)
-    st = (src_dir / rel).stat()
-    os.chown(dst_dir / rel, st.st_uid, st.st_gid)
 
 
 class Replicas:
-    """Two cloisterd instances on one database, an upstream, and alice."""
+    """kms, audit and runner apart, two [api, proxy] replicas on database URL, an upstream."""
 
     def __init__(self, tmp, url):
         self.url = url
         self.up = EchoUpstream()
         self.up_port = self.up.start()
+        open_for_roles(tmp)
+        init = tmp / "init.yaml"
+        init.write_text(yaml.safe_dump({"dataDir": str(tmp / "init"), "roles": ["api", "proxy", "kms", "audit",
+                                                                                 "runner"],
+                                        "store": {"url": url}, "kms": {"seal": {"mode": "passphrase"}}}))
+        p = cloisterd("--init", "--config", str(init), input="")
+        assert p.returncode == 0, p.stderr
+        ports = {role: free_port() for role in ("kms", "audit", "runner")}
+        peer = {role: f"https://127.0.0.1:{port}" for role, port in ports.items()}
         self.http_ports = [free_port(), free_port()]
+        self.s = [Server(tmp / f"api{i + 1}", config=tmp / f"api{i + 1}.yaml",
+                         extra_args=["--domain", DOMAIN, "--proxy-http-listen", f"127.0.0.1:{self.http_ports[i]}"])
+                  for i in range(2)]
+        docs = {
+            "kms": {"roles": ["kms"], "kms": {"listen": f"127.0.0.1:{ports['kms']}", "seal": {"mode": "passphrase"}},
+                    "peers": {"audit": peer["audit"]}},
+            "audit": {"roles": ["audit"], "audit": {"listen": f"127.0.0.1:{ports['audit']}"}},
+            "runner": {"roles": ["runner"], "runner": {"listen": f"127.0.0.1:{ports['runner']}"},
+                       "peers": {"api": self.s[0].url, "audit": peer["audit"]}},
+        }
         for i in range(2):
-            (tmp / f"replica{i + 1}").mkdir()
-        self.s = [Server(tmp / f"replica{i + 1}" / "data",
-                         extra_args=["--store", url, "--domain", DOMAIN,
-                                     "--proxy-http-listen", f"127.0.0.1:{self.http_ports[i]}"]) for i in range(2)]
-        self.s[0].start()
-        self.s[1].data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.s[1].data_dir, self.s[0].data_dir.stat().st_mode & 0o7777)
-        for rel in SHARED_FILES:
-            copy_owned(self.s[0].data_dir, self.s[1].data_dir, rel)
-        self.s[1].start()
+            docs[f"api{i + 1}"] = {"roles": ["api", "proxy"], "store": {"url": url},
+                                   "peers": {"kms": peer["kms"], "audit": peer["audit"], "runner": peer["runner"]}}
+        self.apart = {}
+        for name, doc in docs.items():
+            shutil.copytree(tmp / "init", tmp / name, symlinks=True)  # a machine's own copy of what --init made
+            path = tmp / f"{name}.yaml"
+            path.write_text(yaml.safe_dump({"dataDir": str(tmp / name), **doc}, sort_keys=False))
+            check = cloisterd("--config", str(path), "--check")
+            assert check.returncode == 0, check.stderr
+            if not name.startswith("api"):
+                self.apart[name] = Server(tmp / name, config=path)
+        try:
+            for name in ("audit", "kms", "runner"):
+                self.apart[name].start(wait=False)
+                wait_log(self.apart[name], '"msg":"every role is ready"')
+            for s in self.s:
+                s.start()
+            p = cloisterd("unseal", "--kms", peer["kms"], "--pki-dir", str(tmp / "init"), "--passphrase-fd", "0",
+                          input=PASSPHRASE + "\n")
+            assert p.returncode == 0, p.stdout + p.stderr
+            for s in self.s:
+                wait_for("/readyz 200", lambda: requests.get(s.url + "/readyz", verify=s.ca).status_code == 200,
+                         30, step=0.1)
+        except BaseException:
+            self.stop(kill=True)
+            raise
+
+    def stop(self, kill=False):
+        for s in [*self.s, *(self.apart[n] for n in ("runner", "kms", "audit") if n in self.apart)]:
+            if s.proc:
+                s.kill9() if kill else s.stop()
+        self.up.stop()
 
     def proxy_get(self, i, host, token, path="/"):
         return requests.get(f"http://127.0.0.1:{self.http_ports[i]}{path}", timeout=10, allow_redirects=False,
@@ -124,10 +146,7 @@ def replicas(cluster, tmp_path_factory):  # noqa: F811
                                                   "condition": {"match": '"devs" in ctx.user.groups'}}]}),
     ]}).raise_for_status()
     yield r
-    for s in r.s:
-        if s.proc:
-            s.stop()
-    r.up.stop()
+    r.stop()
     psql(cluster, f"DROP DATABASE {name} WITH (FORCE)")
 
 

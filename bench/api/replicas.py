@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Change visibility between two api replicas: two cloisterd processes on one
-PostgreSQL database (set up as tests/test_replicas.py does), a watch
+"""Change visibility between two api replicas: two cloisterd processes with
+roles [api, proxy] on one PostgreSQL database, with the kms, audit and runner
+apart over mutual TLS (set up as tests/test_replicas.py does), a watch
 (GET /v1/services?watch=1) open on replica 2, and N Service creates through
 replica 1, one at a time. For each: the time from sending the create to the
 watch's ADDED event on replica 2, and from the create's 201 to that event
@@ -81,10 +82,7 @@ def main():
                   f"from the request p50 {pct(from_send, 50):.2f} ms p99 {pct(from_send, 99):.2f} ms; "
                   f"from its 201 p50 {pct(from_ack, 50):.2f} ms p99 {pct(from_ack, 99):.2f} ms")
         finally:
-            for s in r.s:
-                if s.proc:
-                    s.stop(expect_clean=False)
-            r.up.stop()
+            r.stop(kill=True)
 
 
 if __name__ == "__main__":
