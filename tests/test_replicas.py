@@ -22,6 +22,8 @@ import signal
 import statistics
 import threading
 import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import requests
@@ -29,8 +31,9 @@ import yaml
 
 from conftest import Server, free_port, manifest, open_for_roles
 from echo_upstream import EchoUpstream
+from test_oidc import CLIENT_SECRET, Provider, make_pki, node_modules, to_callback  # noqa: F401 (a fixture)
 from test_roles_apart import PASSPHRASE, cloisterd, wait_log
-from test_store_pg import cluster, database, psql, service  # noqa: F401 (fixtures: a throwaway PostgreSQL)
+from test_store_pg import cluster, psql, service  # noqa: F401 (fixtures: a throwaway PostgreSQL)
 
 DOMAIN = "localhost"
 LEASE_TTL_S = 15  # CONTROLLER_LEASE_TTL_MS
@@ -198,6 +201,48 @@ def test_a_token_minted_on_one_replica_works_on_the_other_and_through_both_proxi
     # the keys rest sealed in the database: no private part in clear
     stored = psql(r.url, "SELECT doc::text FROM resources WHERE kind = 'SigningKeyring'")
     assert '"sealed"' in stored and '"d"' not in stored and '"kty"' not in stored
+
+
+def test_an_oidc_login_started_on_one_replica_finishes_on_the_other_once(replicas, node_modules, tmp_path):
+    r = replicas
+    d = tmp_path / "oidc"
+    d.mkdir()
+    ca = make_pki(d)
+    idp = Provider(d, "a", r.s[0].port)  # the callback it knows is replica 1's; a load balancer sends it to 2
+    try:
+        bundle = d / "bundle.pem"
+        bundle.write_text(Path(r.s[0].ca).read_text().strip() + "\n" + ca.read_text())
+        applied = r.s[0].request("POST", "/v1/apply", json={"items": [
+            manifest("Secret", "oidc-client", {"data": {"secret": CLIENT_SECRET}}),
+            manifest("IdentityProvider", "test", {
+                "type": "oidc", "issuer": idp.issuer, "clientId": "cloister",
+                "clientSecret": {"secret": "oidc-client", "key": "secret"}, "scopes": ["openid", "email", "groups"],
+                "createUsers": True, "ca": ca.read_text()})]})
+        assert applied.status_code == 200, applied.text
+        http = requests.Session()
+        http.trust_env = False
+        http.verify = str(bundle)
+        start = http.get(f"{r.s[0].url}/v1/auth/oidc/test/login", allow_redirects=False, timeout=30)
+        assert start.status_code == 302, start.text
+        cb = to_callback(http, start.headers["Location"], login="dave")
+        assert cb.startswith(f"{r.s[0].url}/v1/auth/oidc/callback?")
+        on_replica_2 = cb.replace(r.s[0].url, r.s[1].url)
+        done = http.get(on_replica_2, allow_redirects=False, timeout=30)
+        assert done.status_code == 200 and done.json()["user"] == "dave", done.text
+        token = done.headers["Set-Cookie"].split(";")[0].split("=", 1)[1]
+        assert r.s[0].request("GET", "/v1/whoami", token=token).json()["user"] == "dave"
+        # the login's state is spent on every replica
+        for url in (cb, on_replica_2):
+            again = http.get(url, allow_redirects=False, timeout=30)
+            assert again.status_code == 400 and "state" in again.json()["error"]["message"], again.text
+        # in progress it rests sealed in the store: neither state nor verifier in clear
+        state = parse_qs(urlparse(start.headers["Location"]).query)["state"][0]
+        start2 = http.get(f"{r.s[1].url}/v1/auth/oidc/test/login", allow_redirects=False, timeout=30)
+        state2 = parse_qs(urlparse(start2.headers["Location"]).query)["state"][0]
+        stored = psql(r.url, "SELECT doc::text FROM resources WHERE kind = 'PendingLogin'")
+        assert stored and state2 not in stored and state not in stored and '"sealed"' in stored
+    finally:
+        idp.stop()
 
 
 def test_conflicting_updates_on_two_replicas_exactly_one_wins(replicas):

@@ -19,8 +19,12 @@
  *   POST /v1/auth/oidc/exchange        the CLI trades that code and its PKCE
  *        verifier for the session's tokens (RFC 8252 loopback redirect)
  *
- * Logins in progress live in this process's memory for 10 minutes (one API
- * process; several replicas would keep them in the store). Provider
+ * Logins in progress live in the store for 10 minutes, so a login started
+ * on one api replica finishes on any other: one PendingLogin record each
+ * (an internal kind no route reads), named by the SHA-256 of its state or
+ * code, its content sealed (api/sealed.h), taken by a delete that
+ * compares-and-swaps its resourceVersion (single use across replicas);
+ * expired ones are swept, and at most PENDING_MAX kept. Provider
  * metadata and keys are cached for an hour; an ID token signed with an
  * unknown kid makes the keys be fetched again (at most every 10 seconds).
  * Provider HTTP calls (discovery, keys, token exchange) and the client
@@ -31,13 +35,16 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/auth.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-passkeys.h"
+#include "api/sealed.h"
 #include "auth/handoff.h"
 #include "audit/event.h"
 #include "auth/oidc.h"
@@ -50,6 +57,10 @@
 
 #define PENDING_MAX 1024
 #define PENDING_TTL_S 600
+#define PENDING_SWEEP_EVERY_S 30 /* a process sweeps expired logins at most this often */
+#define PENDING_KIND "PendingLogin"
+#define PENDING_SEAL_LABEL "cloister pending logins v1"
+#define PENDING_SEALED_MAX (64 * 1024) /* a login's fields and, for a CLI, its tokens */
 #define PROVIDERS_MAX 32
 #define PROVIDER_TTL_S 3600
 #define JWKS_REFETCH_MIN_S 10
@@ -60,7 +71,6 @@
 /* A login between /login and /callback (CODE empty), or a finished CLI
  * login waiting for /exchange (TOKENS set, found by CODE). */
 typedef struct pending {
-    bool used;
     char state[OIDC_RANDOM_LEN + 1];
     char nonce[OIDC_RANDOM_LEN + 1];
     char verifier[OIDC_RANDOM_LEN + 1];
@@ -75,8 +85,7 @@ typedef struct pending {
     json_t *tokens;
 } pending;
 
-static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
-static pending pendings[PENDING_MAX];
+static _Atomic int64_t pending_swept; /* when this process last swept expired logins */
 
 /* A provider's discovery metadata and keys. */
 typedef struct provider {
@@ -137,50 +146,196 @@ static void pending_clear(pending *p)
     OPENSSL_cleanse(p, sizeof(*p));
 }
 
-/* Stores P in a free (or expired, or else the oldest) slot. Caller holds
- * pending_lock. */
-static void pending_put_locked(const pending *p, int64_t now)
+/* The record name of a login found by KEY: "s-" (by state) or "c-" (by
+ * exchange code) and the hex SHA-256 of KEY, into NAME. */
+static void pending_name(const char *key, bool by_code, char name[2 + 2 * SHA256_DIGEST_LENGTH + 1])
 {
-    pending *slot = &pendings[0];
-    for (size_t i = 0; i < PENDING_MAX; i++) {
-        pending *e = &pendings[i];
-        if (e->used && now - e->created > PENDING_TTL_S)
-            pending_clear(e);
-        if (!e->used) {
-            slot = e;
-            break;
-        }
-        if (e->created < slot->created)
-            slot = e;
-    }
-    pending_clear(slot);
-    *slot = *p;
-    slot->used = true;
+    uint8_t digest[SHA256_DIGEST_LENGTH];
+    SHA256((const uint8_t *)key, strlen(key), digest);
+    name[0] = by_code ? 'c' : 's';
+    name[1] = '-';
+    hex_encode(digest, sizeof(digest), name + 2);
 }
 
-/* Removes and returns (into *RET) the live entry whose STATE (or, when
- * BY_CODE, exchange code) is KEY. Single use: a second lookup finds nothing. */
-static bool pending_take(const char *key, bool by_code, pending *ret)
+/* P as JSON (new reference), or NULL on allocation failure. */
+static json_t *pending_to_json(const pending *p)
 {
-    if (strlen(key) != OIDC_RANDOM_LEN)
-        return false;
-    bool found = false;
-    int64_t now = now_s();
-    pthread_mutex_lock(&pending_lock);
-    for (size_t i = 0; i < PENDING_MAX && !found; i++) {
-        pending *e = &pendings[i];
-        const char *k = by_code ? e->code : e->state;
-        if (!e->used || (by_code != (e->code[0] != 0)) || !memeq_consttime(k, key, OIDC_RANDOM_LEN))
-            continue;
-        if (now - e->created <= PENDING_TTL_S) {
-            *ret = *e;
-            e->tokens = NULL; /* handed over */
-            found = true;
-        }
-        pending_clear(e);
+    json_t *v = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "state", p->state, "nonce",
+                          p->nonce, "verifier", p->verifier, "code", p->code, "idp", p->idp, "redirectUri",
+                          p->redirect_uri, "cliRedirect", p->cli_redirect, "cliChallenge", p->cli_challenge, "rd",
+                          p->rd, "bind", p->bind, "created", (json_int_t)p->created);
+    if (v && p->tokens && json_object_set(v, "tokens", p->tokens) < 0) {
+        json_decref(v);
+        return NULL;
     }
-    pthread_mutex_unlock(&pending_lock);
-    return found;
+    return v;
+}
+
+/* Copies string member NAME of V into DST (SIZE bytes); false when it is
+ * missing or does not fit. */
+static bool take_field(const json_t *v, const char *name, char *dst, size_t size)
+{
+    const char *s = json_string_value(json_object_get(v, name));
+    if (!s || strlen(s) >= size)
+        return false;
+    memcpy(dst, s, strlen(s) + 1);
+    return true;
+}
+
+/* Fills *P from V (pending_to_json()'s form; its tokens become P's own
+ * reference). Returns 0 or -EINVAL. */
+static int pending_from_json(const json_t *v, pending *p)
+{
+    *p = (pending){0};
+    bool ok = take_field(v, "state", p->state, sizeof(p->state)) &&
+              take_field(v, "nonce", p->nonce, sizeof(p->nonce)) &&
+              take_field(v, "verifier", p->verifier, sizeof(p->verifier)) &&
+              take_field(v, "code", p->code, sizeof(p->code)) && take_field(v, "idp", p->idp, sizeof(p->idp)) &&
+              take_field(v, "redirectUri", p->redirect_uri, sizeof(p->redirect_uri)) &&
+              take_field(v, "cliRedirect", p->cli_redirect, sizeof(p->cli_redirect)) &&
+              take_field(v, "cliChallenge", p->cli_challenge, sizeof(p->cli_challenge)) &&
+              take_field(v, "rd", p->rd, sizeof(p->rd)) && take_field(v, "bind", p->bind, sizeof(p->bind)) &&
+              json_is_integer(json_object_get(v, "created"));
+    if (!ok) {
+        OPENSSL_cleanse(p, sizeof(*p));
+        return -EINVAL;
+    }
+    p->created = json_integer_value(json_object_get(v, "created"));
+    json_t *tokens = json_object_get(v, "tokens");
+    p->tokens = json_is_object(tokens) ? json_incref(tokens) : NULL;
+    return 0;
+}
+
+/* Wipes the string members of the JSON object V (a sealed record's
+ * plaintext), then releases it; accepts NULL. */
+static void secret_json_free(json_t *v)
+{
+    const char *k;
+    json_t *m;
+    json_object_foreach(v, k, m)
+    {
+        if (json_is_string(m))
+            OPENSSL_cleanse((char *)json_string_value(m), json_string_length(m));
+        else if (json_is_object(m))
+            secret_json_free(json_incref(m));
+    }
+    json_decref(v);
+}
+
+/* Removes the logins whose time is up, and the oldest beyond PENDING_MAX,
+ * at most once per PENDING_SWEEP_EVERY_S in this process. A record another
+ * replica removed or took meanwhile is no error. */
+static void pending_sweep(api_server *srv, int64_t now)
+{
+    int64_t last = atomic_load(&pending_swept);
+    if (now - last < PENDING_SWEEP_EVERY_S || !atomic_compare_exchange_strong(&pending_swept, &last, now))
+        return;
+    json_t *items = NULL;
+    if (store_list(srv->cfg->store, PENDING_KIND, &items, NULL) < 0)
+        return;
+    size_t n = json_array_size(items), live = 0;
+    for (size_t i = n; i-- > 0;) { /* newest last: count live ones from the end */
+        const json_t *doc = json_array_get(items, i);
+        json_int_t created = json_integer_value(json_object_get(json_object_get(doc, "spec"), "created"));
+        bool keep = now - created <= PENDING_TTL_S && live < PENDING_MAX;
+        if (keep) {
+            live++;
+            continue;
+        }
+        const json_t *meta = json_object_get(doc, "metadata");
+        const char *rv = json_string_value(json_object_get(meta, "resourceVersion"));
+        store_op op = {.type = STORE_REMOVE, .kind = PENDING_KIND,
+                       .name = json_string_value(json_object_get(meta, "name")),
+                       .expected_rv = rv ? strtoll(rv, NULL, 10) : 0};
+        store_txn txn = {.ops = &op, .n_ops = 1};
+        (void)store_write(srv->cfg->store, &txn);
+        store_txn_clear(&txn);
+    }
+    json_decref(items);
+}
+
+/* Keeps login P in the store under its state (or, with a CODE, that code),
+ * sealed. Returns 0 or a negative errno. */
+static int pending_put(api_server *srv, const pending *p)
+{
+    if (!srv->cfg->handoff_key)
+        return -ENOKEY;
+    bool by_code = p->code[0] != 0;
+    char name[2 + 2 * SHA256_DIGEST_LENGTH + 1];
+    pending_name(by_code ? p->code : p->state, by_code, name);
+    uint8_t key[API_SEAL_KEY_LEN];
+    char *sealed = NULL;
+    json_t *plain = pending_to_json(p);
+    int r = plain ? api_seal_key(srv->cfg->handoff_key, PENDING_SEAL_LABEL, key) : -ENOMEM;
+    if (r == 0)
+        r = api_seal_json(key, name, plain, PENDING_SEALED_MAX, &sealed);
+    OPENSSL_cleanse(key, sizeof(key));
+    if (plain)
+        json_object_del(plain, "tokens"); /* P's own: wiped by its owner */
+    secret_json_free(plain);
+    if (r < 0)
+        return r;
+    json_t *doc = json_pack("{s:s, s:s, s:{s:s}, s:{s:I, s:s}}", "apiVersion", "cloister.dev/v1", "kind",
+                            PENDING_KIND, "metadata", "name", name, "spec", "created", (json_int_t)p->created,
+                            "sealed", sealed);
+    free(sealed);
+    if (!doc)
+        return -ENOMEM;
+    store_op op = {.type = STORE_CREATE, .kind = PENDING_KIND, .name = name, .doc = doc};
+    store_txn txn = {.ops = &op, .n_ops = 1};
+    r = store_write(srv->cfg->store, &txn);
+    store_txn_clear(&txn);
+    json_decref(doc);
+    pending_sweep(srv, now_s());
+    return r;
+}
+
+/* Takes the live login whose STATE (or, when BY_CODE, exchange code) is KEY
+ * out of the store into *RET: single use, on every replica (the delete
+ * compares the record's resourceVersion: of two takers one gets it). */
+static bool pending_take(api_server *srv, const char *key, bool by_code, pending *ret)
+{
+    if (strlen(key) != OIDC_RANDOM_LEN || !srv->cfg->handoff_key)
+        return false;
+    char name[2 + 2 * SHA256_DIGEST_LENGTH + 1];
+    pending_name(key, by_code, name);
+    json_auto_t *doc = NULL;
+    if (store_get(srv->cfg->store, PENDING_KIND, name, &doc) < 0)
+        return false;
+    const char *rv = json_string_value(json_object_get(json_object_get(doc, "metadata"), "resourceVersion"));
+    store_op op = {.type = STORE_DELETE, .kind = PENDING_KIND, .name = name,
+                   .expected_rv = rv ? strtoll(rv, NULL, 10) : 0};
+    store_txn txn = {.ops = &op, .n_ops = 1};
+    int r = store_write(srv->cfg->store, &txn);
+    store_txn_clear(&txn);
+    if (r < 0)
+        return false; /* another replica took it first, or the store failed */
+    uint8_t seal[API_SEAL_KEY_LEN];
+    json_t *plain = NULL;
+    const char *sealed = json_string_value(json_object_get(json_object_get(doc, "spec"), "sealed"));
+    r = sealed ? api_seal_key(srv->cfg->handoff_key, PENDING_SEAL_LABEL, seal) : -EINVAL;
+    if (r == 0)
+        r = api_open_json(seal, name, sealed, PENDING_SEALED_MAX, &plain);
+    OPENSSL_cleanse(seal, sizeof(seal));
+    pending p;
+    if (r == 0)
+        r = pending_from_json(plain, &p);
+    if (plain)
+        json_object_del(plain, "tokens"); /* P's own now */
+    secret_json_free(plain);
+    if (r < 0) {
+        log_fields(LOG_LEVEL_WARN, "cannot open a login in progress from the store (sealed under another api "
+                                   "replica's handoff key?)", "error", strerror(-r), NULL);
+        return false;
+    }
+    bool by_code_found = p.code[0] != 0;
+    if (by_code_found != by_code || !memeq_consttime(by_code ? p.code : p.state, key, OIDC_RANDOM_LEN) ||
+        now_s() - p.created > PENDING_TTL_S) {
+        pending_clear(&p);
+        return false;
+    }
+    *ret = p;
+    return true;
 }
 
 /* ---- the IdentityProvider and its provider ---- */
@@ -494,6 +649,7 @@ static void report(api_request *r, const char *action, const char *method, const
  * cached) and the authorization URL. Owns IDP; P is wiped when freed. */
 typedef struct login_job {
     offload_job super;
+    api_server *server;
     api_route route;
     uint64_t started;
     pending p;
@@ -559,11 +715,11 @@ static void login_done(offload_job *j, h2o_req_t *req)
     login_job *job = (login_job *)j;
     if (req && job->rc < 0)
         api_respond_error(req, job->route, job->started, &job->err);
-    else if (req && job->url.data) {
-        job->p.created = now_s();
-        pthread_mutex_lock(&pending_lock);
-        pending_put_locked(&job->p, job->p.created);
-        pthread_mutex_unlock(&pending_lock);
+    else if (req && job->url.data && (job->p.created = now_s(), pending_put(job->server, &job->p)) < 0) {
+        api_error err;
+        api_fail(&err, 503, "unavailable", "cannot keep the login in the store; try again");
+        api_respond_error(req, job->route, job->started, &err);
+    } else if (req && job->url.data) {
         json_t *body;
         if (job->p.cli_redirect[0])
             body = json_pack("{s:s}", "authorization_url", job->url.data);
@@ -592,7 +748,8 @@ static int handle_login(api_request *r, const char *idp_name, const login_link *
     _cleanup_free_ login_job *job = calloc(1, sizeof(*job));
     if (!job)
         return api_fail(err, 500, "internal", "out of memory");
-    *job = (login_job){.super = {.work = login_work, .done = login_done}, .route = r->route, .started = r->started};
+    *job = (login_job){.super = {.work = login_work, .done = login_done}, .server = r->server, .route = r->route,
+                       .started = r->started};
     pending *p = &job->p;
     char cli_redirect[URI_MAX] = "";
     if (api_query_param(r->req, "cli_redirect", cli_redirect, sizeof(cli_redirect))) {
@@ -897,10 +1054,12 @@ static int callback_finish(api_request *r, const pending *p, const json_t *idp, 
             pending_clear(&handoff);
             return api_fail(err, 500, "internal", "no randomness or memory for the CLI's code");
         }
-        pthread_mutex_lock(&pending_lock);
-        pending_put_locked(&handoff, handoff.created);
-        pthread_mutex_unlock(&pending_lock);
-        OPENSSL_cleanse(&handoff, sizeof(handoff));
+        int e = pending_put(r->server, &handoff);
+        pending_clear(&handoff); /* the session's tokens: kept sealed in the store for the CLI */
+        if (e < 0) {
+            free(loc);
+            return api_fail(err, 503, "unavailable", "cannot keep the CLI's login in the store; log in again");
+        }
         h2o_iovec_t v = h2o_strdup(&r->req->pool, loc, SIZE_MAX);
         free(loc);
         h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_LOCATION, NULL, v.base, v.len);
@@ -961,7 +1120,7 @@ static int handle_callback(api_request *r, api_error *err)
         return api_fail(err, 500, "internal", "out of memory");
     *job = (callback_job){.super = {.work = callback_work, .done = callback_done}, .server = r->server,
                           .started = r->started};
-    if (!query_token(r->req, "state", state, sizeof(state)) || !pending_take(state, false, &job->p)) {
+    if (!query_token(r->req, "state", state, sizeof(state)) || !pending_take(r->server, state, false, &job->p)) {
         free(job);
         report(r, "auth.login", "oidc", NULL, NULL, NULL, "failure", "unknown, used or expired state");
         return api_fail(err, 400, "invalid", "unknown, already used or expired login state; start the login again");
@@ -997,7 +1156,7 @@ static int handle_exchange(api_request *r, api_error *err)
     if (!code || !verifier || strlen(verifier) != OIDC_RANDOM_LEN)
         return api_fail(err, 400, "invalid", "the body must be {\"code\": ..., \"code_verifier\": ...}");
     pending p;
-    if (!pending_take(code, true, &p))
+    if (!pending_take(r->server, code, true, &p))
         return api_fail(err, 401, "unauthenticated", "unknown, already used or expired login code");
     char challenge[OIDC_RANDOM_LEN + 1];
     oidc_pkce_challenge(verifier, challenge);

@@ -6,11 +6,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "basic/encoding.h"
-#include "basic/fileio.h"
+#include "api/sealed.h"
 #include "basic/log.h"
 #include "basic/macro.h"
-#include "kms/crypto.h"
 
 #define SEAL_INFO "cloister token signing keys v1"
 #define SEAL_AAD "cloister token signing key|" /* then the kid */
@@ -21,8 +19,7 @@ int api_signing_keys_init(api_signing_keys *k, store *s, const uint8_t handoff_k
 {
     *k = (api_signing_keys){.store = s};
     snprintf(k->legacy_path, sizeof(k->legacy_path), "%s", legacy_path ? legacy_path : "");
-    return hkdf_sha256(handoff_key, HANDOFF_KEY_LEN, NULL, 0, (const uint8_t *)SEAL_INFO, strlen(SEAL_INFO),
-                       k->seal_key, sizeof(k->seal_key));
+    return api_seal_key(handoff_key, SEAL_INFO, k->seal_key);
 }
 
 void api_signing_keys_done(api_signing_keys *k)
@@ -31,79 +28,39 @@ void api_signing_keys_done(api_signing_keys *k)
 }
 
 /* The additional data binding a sealed key to its KID into AAD (cap bytes);
- * its length, or -EINVAL when the kid does not fit. */
+ * 0, or -EINVAL when the kid does not fit. */
 static int seal_aad(const char *kid, char *aad, size_t cap)
 {
     int n = snprintf(aad, cap, SEAL_AAD "%s", kid);
-    return n < 0 || (size_t)n >= cap ? -EINVAL : n;
+    return n < 0 || (size_t)n >= cap ? -EINVAL : 0;
 }
 
-/* Seals the private JWK (borrowed) under K's key: base64url of nonce,
- * ciphertext and tag (heap) into *RET. Returns 0 or a negative errno. */
+/* Seals the private JWK (borrowed) under K's key into *RET (heap). */
 static int jwk_seal(const api_signing_keys *k, const json_t *jwk, char **ret)
 {
     const char *kid = json_string_value(json_object_get(jwk, "kid"));
     char aad[128];
-    int aad_len = kid ? seal_aad(kid, aad, sizeof(aad)) : -EINVAL;
-    if (aad_len < 0)
-        return aad_len;
-    char *text = json_dumps(jwk, JSON_COMPACT);
-    if (!text)
-        return -ENOMEM;
-    size_t n = strlen(text), total = KMS_NONCE_BYTES + n + KMS_TAG_BYTES;
-    uint8_t *buf = n <= SEALED_JWK_MAX ? malloc(total) : NULL;
-    char *out = buf ? malloc(base64_encoded_size(total)) : NULL;
-    int r = out ? random_bytes(buf, KMS_NONCE_BYTES) : -ENOMEM;
-    if (r == 0)
-        r = aead_seal(k->seal_key, buf, (const uint8_t *)aad, (size_t)aad_len, (const uint8_t *)text, n,
-                      buf + KMS_NONCE_BYTES, buf + KMS_NONCE_BYTES + n);
-    if (r == 0)
-        base64_encode(buf, total, out, true);
-    OPENSSL_cleanse(text, n);
-    free(text);
-    free(buf);
-    if (r < 0) {
-        free(out);
-        return r;
-    }
-    *ret = out;
-    return 0;
+    int r = kid ? seal_aad(kid, aad, sizeof(aad)) : -EINVAL;
+    return r < 0 ? r : api_seal_json(k->seal_key, aad, jwk, SEALED_JWK_MAX, ret);
 }
 
-/* Opens SEALED (jwk_seal()'s form) for KID into a private JWK (new
- * reference) in *RET. Returns 0, -EBADMSG when it was not sealed under K's
- * key for that kid (another cluster's handoff key), or a negative errno. */
+/* Opens SEALED for KID into a private JWK (new reference) in *RET: 0,
+ * -EBADMSG when it was not sealed under K's key for that kid (another
+ * cluster's handoff key), or a negative errno. */
 static int jwk_open(const api_signing_keys *k, const char *kid, const char *sealed, json_t **ret)
 {
     char aad[128];
-    int aad_len = seal_aad(kid, aad, sizeof(aad));
-    if (aad_len < 0)
-        return aad_len;
-    size_t len = strlen(sealed);
-    if (len > base64_encoded_size(KMS_NONCE_BYTES + SEALED_JWK_MAX + KMS_TAG_BYTES))
-        return -EINVAL;
-    _cleanup_free_ uint8_t *buf = malloc(len);
-    if (!buf)
-        return -ENOMEM;
-    long total = base64_decode(sealed, len, buf, len, true);
-    if (total < KMS_NONCE_BYTES + KMS_TAG_BYTES)
-        return -EINVAL;
-    size_t n = (size_t)total - KMS_NONCE_BYTES - KMS_TAG_BYTES;
-    _cleanup_free_ char *text = malloc(n + 1);
-    if (!text)
-        return -ENOMEM;
-    int r = aead_open(k->seal_key, buf, (const uint8_t *)aad, (size_t)aad_len, buf + KMS_NONCE_BYTES, n,
-                      buf + KMS_NONCE_BYTES + n, (uint8_t *)text);
-    if (r < 0)
-        return r;
-    json_t *jwk = json_loadb(text, n, JSON_REJECT_DUPLICATES, NULL);
-    OPENSSL_cleanse(text, n);
-    if (!json_is_object(jwk)) {
+    int r = seal_aad(kid, aad, sizeof(aad));
+    json_t *jwk = NULL;
+    if (r == 0)
+        r = api_open_json(k->seal_key, aad, sealed, SEALED_JWK_MAX, &jwk);
+    if (r == 0 && !json_is_object(jwk)) {
         json_decref(jwk);
-        return -EINVAL;
+        r = -EINVAL;
     }
-    *ret = jwk;
-    return 0;
+    if (r == 0)
+        *ret = jwk;
+    return r;
 }
 
 /* The keyring's saved form of the document DOC's spec.keys, each key

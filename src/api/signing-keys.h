@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 
+#include "api/sealed.h"
 #include "auth/handoff.h"
 #include "auth/keyring.h"
 #include "store/store.h"
@@ -21,7 +22,7 @@
 
 typedef struct api_signing_keys {
     store *store;
-    uint8_t seal_key[32];
+    uint8_t seal_key[API_SEAL_KEY_LEN];
     char legacy_path[4300]; /* the signing-keys.json of an earlier release, imported once */
 } api_signing_keys;
 
