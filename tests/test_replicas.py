@@ -329,7 +329,11 @@ def test_killing_the_leader_hands_the_lease_over_and_a_paused_leaders_late_write
         os.kill(pid, signal.SIGCONT)
     assert r.leader() == 1 - leader
     print(f"a paused leader's lease was taken after {took:.2f} s")
-    wait_for("the deposed leader's refused write is logged", lambda: "another controller took the lease; this one "
-             "stands by" in r.s[leader].read_log()[log_before:], 10, step=0.1)
+    refused = f'"fencingToken":"{paused_token}"'
+    wait_for("the deposed leader's refused write is logged", lambda: refused in r.s[leader].read_log()[log_before:],
+             10, step=0.1)
+    line = [x for x in r.s[leader].read_log()[log_before:].splitlines() if refused in x][0]
+    assert "another controller took the lease; this one stands by" in line and '"refused":' in line, line
+    print(f"the resumed leader's write with fencing token {paused_token} was refused: {line}")
     assert r.s[leader].role_pid("api") == pid, "the paused role was resumed, not restarted"
     assert r.leader() == 1 - leader  # the deposed one did not take it back
