@@ -65,9 +65,12 @@ bench_resume_cloisterd() {
     "$bench_cloisterd_build/src/daemon/cloisterd" --dev --data-dir "$BENCH_DATA" --api-listen "${BENCH_URL#https://}" \
         ${bench_cloisterd_args[@]+"${bench_cloisterd_args[@]}"} >>"$BENCH_WORK/cloisterd.log" 2>&1 &
     bench_pid=$!
-    local _
+    local _ code
     for _ in $(seq 1 300); do
-        curl -fsS --cacert "$BENCH_CA" "$BENCH_URL/readyz" >/dev/null 2>&1 && break
+        code=$(curl -sS -o /dev/null -w '%{http_code}' --cacert "$BENCH_CA" "$BENCH_URL/readyz" 2>/dev/null) || true
+        [ "$code" = 200 ] && break
+        # a build older than /readyz (a baseline): its /healthz meant ready
+        [ "$code" = 404 ] && curl -fsS --cacert "$BENCH_CA" "$BENCH_URL/healthz" >/dev/null 2>&1 && break
         kill -0 "$bench_pid" 2>/dev/null || { cat "$BENCH_WORK/cloisterd.log" >&2; return 1; }
         sleep 0.1
     done

@@ -3,7 +3,8 @@
 # not installed yet and, run as root, creates the roles' system users
 # (cloister-api, -proxy, -kms, -audit, -runner: no home, no login shell),
 # which cloisterd started as root otherwise creates on its first start. Debian's
-# prometheus service is stopped and disabled (tests run their own Prometheus).
+# prometheus and haproxy services are stopped and disabled (tests and benchmarks
+# run their own).
 # Idempotent: with everything present it changes nothing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -43,18 +44,20 @@ if ! command -v npm >/dev/null; then
     $sudo apt-get install -y -q --no-install-recommends npm
 fi
 
-# Debian's prometheus package enables a service on :9090; the tests start their own
-# instance (loopback, a free port, their own data dir), so the packaged one stays off.
-if installed prometheus; then
+# Debian's prometheus and haproxy packages enable a service (prometheus on :9090);
+# the tests and benchmarks start their own instances (loopback, free ports, their
+# own files), so the packaged ones stay off.
+for service in prometheus haproxy; do
+    installed "$service" || continue
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     if [ -d /run/systemd/system ]; then
-        $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
-    elif [ -x /etc/init.d/prometheus ]; then
-        $sudo /etc/init.d/prometheus stop >/dev/null 2>&1 || true
-        $sudo update-rc.d prometheus disable >/dev/null 2>&1 || true
+        $sudo systemctl disable --now "$service.service" >/dev/null 2>&1 || true
+    elif [ -x "/etc/init.d/$service" ]; then
+        $sudo "/etc/init.d/$service" stop >/dev/null 2>&1 || true
+        $sudo update-rc.d "$service" disable >/dev/null 2>&1 || true
     fi
-fi
+done
 
 if [ "$(id -u)" -eq 0 ]; then
     for role in api proxy kms audit runner; do

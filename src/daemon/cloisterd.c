@@ -536,7 +536,7 @@ static int install_own_pair(const char *cert, const char *key, const char *dst_c
         free(data);
     }
     if (r < 0)
-        log_fields(LOG_LEVEL_ERROR, "cannot install a listener's own certificate or key", "file", failed, "error",
+        log_fields(LOG_LEVEL_ERROR, "cannot copy a certificate or its key into place", "file", failed, "error",
                    strerror(-r), NULL);
     return r;
 }
@@ -734,6 +734,16 @@ static pid_t spawn_role(const daemon_config *cfg, size_t i, role_table *table)
 
 static void print_banner(const daemon_config *cfg)
 {
+    if (!cfg->role_wanted[0]) { /* the api runs elsewhere: nothing here to log in to */
+        char here[100] = "";
+        for (size_t i = 0; i < N_ROLES; i++)
+            if (cfg->role_wanted[i])
+                snprintf(here + strlen(here), sizeof(here) - strlen(here), "%s%s", here[0] ? ", " : "",
+                         roles[i].name);
+        printf("Cloister is ready (%s): roles %s.\n", cfg->config_file, here);
+        fflush(stdout);
+        return;
+    }
     /* the token itself only goes to a terminal, never into a captured log */
     char *token = NULL;
     size_t len = 0;

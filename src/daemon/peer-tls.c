@@ -85,6 +85,8 @@ int peer_curl_target(CURL *h, const char *address, const char *role, const char 
     curl_easy_setopt(h, CURLOPT_SSLCERT, own_cert);
     curl_easy_setopt(h, CURLOPT_SSLKEY, own_key);
     curl_easy_setopt(h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    /* one call at a time per handle, as on the local socket: no HTTP/2 to negotiate */
+    curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     *ret_list = list;
     return 0;
 }
