@@ -255,6 +255,25 @@ def audit_entries(server, action):
     return [x for x in out if x.get("action") == action]
 
 
+def access_records(server):
+    """Every access record the log's proxy.access entries commit, in log order, as (entry, record as a dict):
+    each entry names its segment and the records it commits (first, count); the segment is read through
+    GET /v1/audit/segments/{id} (base64 of lines "<chain value, 64 hex> <JSON array of details.fields>")."""
+    segments, out = {}, []
+    for e in audit_entries(server, "proxy.access"):
+        d = e["details"]
+        if "segment" not in d:  # an entry of the earlier format, holding its records itself
+            continue
+        if d["segment"] not in segments:
+            r = server.request("GET", f"/v1/audit/segments/{d['segment']}")
+            assert r.status_code == 200, r.text
+            lines = base64.b64decode(r.json()["data"]).decode().splitlines()
+            segments[d["segment"]] = [json.loads(line[65:]) for line in lines]
+        for values in segments[d["segment"]][d["first"]:d["first"] + d["count"]]:
+            out.append((e, dict(zip(d["fields"], values))))
+    return out
+
+
 def audited(server, action, pred):
     """The audit entries of ACTION matching PRED, once there is one (the audit role takes them asynchronously)."""
     deadline = time.time() + 15

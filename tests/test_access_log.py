@@ -1,13 +1,14 @@
-"""The searchable access log: the proxy batches its access records into
-proxy.access audit entries; `cloister audit show --user/--service/--decision`
-expands the batches and prints one line (or object) per request, and a batch
-holding a denial is labelled `denied`, not `success` (docs/audit.md)."""
+"""The searchable access log: the proxy appends its access records to
+hash-chained segments whose heads are proxy.access audit entries; `cloister
+audit show --user/--service/--decision` reads the records each entry commits
+and prints one line (or object) per request, and an entry committing a
+denial is labelled `denied`, not `success` (docs/audit.md)."""
 import json
 import time
 
 import pytest
 
-from conftest import audit_entries, run_cli
+from conftest import access_records, run_cli
 from proxied import Proxied
 
 
@@ -26,17 +27,11 @@ def cli(g, *args):
 
 
 def records_with(g, request_ids):
-    """The proxy.access entries holding each of REQUEST_IDS, once all are
-    delivered: {request id: (entry, record as a dict)}."""
+    """The proxy.access entries committing each of REQUEST_IDS, once all are
+    committed: {request id: (entry, record as a dict)}."""
     deadline = time.time() + 15
     while True:
-        found = {}
-        for e in audit_entries(g.s, "proxy.access"):
-            fields = e["details"]["fields"]
-            for values in e["details"]["requests"]:
-                rec = dict(zip(fields, values))
-                if rec["requestId"] in request_ids:
-                    found[rec["requestId"]] = (e, rec)
+        found = {rec["requestId"]: (e, rec) for (e, rec) in access_records(g.s) if rec["requestId"] in request_ids}
         if len(found) == len(request_ids):
             return found
         assert time.time() < deadline, f"not in the audit log: {set(request_ids) - set(found)}"
@@ -103,9 +98,13 @@ def test_batch_outcome_says_denied_when_a_record_is_a_denial(gw):
     entry, rec = found[request_id(r)]
     assert rec["decision"] == "deny"
     assert entry["outcome"] == "denied" and entry["details"]["denied"] >= 1
-    # every batch's outcome follows from its records
-    for e in audit_entries(gw.s, "proxy.access"):
-        decisions = [dict(zip(e["details"]["fields"], v))["decision"] for v in e["details"]["requests"]]
+    # every entry's outcome follows from the records it commits
+    by_entry = {}
+    for (e, rec) in access_records(gw.s):
+        by_entry.setdefault(e["details"]["head"], (e, []))[1].append(rec["decision"])
+    assert by_entry
+    for (e, decisions) in by_entry.values():
+        assert len(decisions) == e["details"]["count"]
         denied = sum(d in ("deny", "unauthenticated") for d in decisions)
         assert e["details"]["denied"] == denied
         want = "denied" if denied else "failure" if any(d in ("invalid", "error") for d in decisions) else "success"

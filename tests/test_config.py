@@ -82,7 +82,7 @@ peers: {{kms: "http://kms.internal:7444"}}
     expected = [
         (3, "roles", "'scheduler' is not a role"),
         (4, "colour", "unknown key (known here: domain, dataDir, roles, store, pki, api, proxy, kms, audit, "
-                      "runner, peers, telemetry)"),
+                      "runner, peers, telemetry, plugins)"),
         (6, "api.listen", "'0.0.0.0:99999' is not HOST:PORT"),
         (7, "api.tls.cert", f"cannot read {tmp_path}/missing.pem (No such file or directory)"),
         (7, "api.tls.key", f"cannot read {tmp_path}/missing.key (No such file or directory)"),

@@ -6,6 +6,7 @@ byte is read. The audit role stamps each entry with the appending role and
 its own receive time, and refuses an entry its role may not append: shown
 with the proxy's own connection to audit.sock, taken with pidfd_getfd(2) as
 a compromised proxy would use it."""
+import base64
 import ctypes
 import json
 import os
@@ -18,7 +19,7 @@ import time
 import pytest
 import requests
 
-from conftest import run_cli
+from conftest import access_records, run_cli
 from test_audit import all_entries, wait_for
 
 SOCKETS = ("kms.sock", "audit.sock", "runner.sock")
@@ -161,8 +162,7 @@ def test_entries_carry_the_appending_role_and_the_audit_roles_time(peers_server)
     def found():
         es = all_entries(s)
         write = [e for e in es if e["action"] == "resource.create" and e["resource"]["name"] == "appender-probe"]
-        access = [e for e in es if e["action"] == "proxy.access"
-                  and any("/appender-probe" in json.dumps(r) for r in e["details"]["requests"])]
+        access = [e for (e, rec) in access_records(s) if rec["path"] == "/appender-probe"]
         return (write, access) if write and access else None
     write, access = wait_for(found)
     assert write[0]["appender"] == "api" and access[0]["appender"] == "proxy"
@@ -208,8 +208,8 @@ def steal_audit_connection(server, role):
     return None
 
 
-def http_on(sock, method, path, body):
-    data = json.dumps(body).encode() if body is not None else b""
+def http_on(sock, method, path, body, raw=None):
+    data = raw if raw is not None else json.dumps(body).encode() if body is not None else b""
     sock.settimeout(10)
     sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: audit\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
@@ -229,8 +229,7 @@ def test_a_role_cannot_append_what_it_may_not(peers_server):
     # the proxy delivers an access entry; its connection to audit.sock stays open (keep-alive)
     requests.get(f"https://127.0.0.1:{proxy_port}/warm-up", headers={"Host": "nothing.localhost"}, verify=s.ca,
                  timeout=10)
-    wait_for(lambda: any(e["action"] == "proxy.access" and "/warm-up" in json.dumps(e["details"])
-                         for e in all_entries(s)))
+    wait_for(lambda: any(rec["path"] == "/warm-up" for (_, rec) in access_records(s)))
     sock = wait_for(lambda: steal_audit_connection(s, "proxy"), timeout=5)
     size, since, started = checkpoint_size(s), len(s.read_log()), time.time()
     allowed = dict(FORGED, action="proxy.access", resource={"kind": "Service", "name": "stamped-probe"},
@@ -254,4 +253,50 @@ def test_a_role_cannot_append_what_it_may_not(peers_server):
     assert stamped[0]["time"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started - 1))
     assert not any(e["resource"]["name"] == "forged-by-a-peer" for e in all_entries(s))
     assert checkpoint_size(s) >= size + 1
+    verify(s)
+
+
+def test_only_the_proxy_writes_segments_in_order_and_only_the_api_reads_them(peers_server):
+    """audit.sock's /v1/segment: the proxy's access-log segment bytes, stored by
+    the audit role in its own subtree; bytes arrive in order (a gap is 409, a
+    retry of stored bytes is taken again), ids are file names, the api role
+    alone reads them and no other role writes them."""
+    s = peers_server
+    proxy_port = int(s.extra_args[s.extra_args.index("--proxy-listen") + 1].rsplit(":", 1)[1])
+    requests.get(f"https://127.0.0.1:{proxy_port}/segment-probe", headers={"Host": "nothing.localhost"},
+                 verify=s.ca, timeout=10)
+    (entry, _) = wait_for(lambda: next(((e, r) for (e, r) in access_records(s) if r["path"] == "/segment-probe"),
+                                       None))
+    segment = entry["details"]["segment"]
+    stored = (s.data_dir / "audit" / "access" / segment).read_bytes()
+    proxy_sock = wait_for(lambda: steal_audit_connection(s, "proxy"), timeout=5)
+    with proxy_sock:
+        # the bytes it already has, sent again (a retried delivery): taken, nothing changes
+        status, ans = http_on(proxy_sock, "POST", f"/v1/segment?id={segment}&offset=0", None, raw=stored[:100])
+        assert status == 200 and ans["size"] >= len(stored), ans
+        # a gap: refused
+        status, ans = http_on(proxy_sock, "POST", "/v1/segment?id=fresh-probe&offset=10", None, raw=b"x\n")
+        assert status == 409 and "in order" in ans["error"]["message"], ans
+        # an id that is not a file name
+        status, ans = http_on(proxy_sock, "POST", "/v1/segment?id=../audit.db&offset=0", None, raw=b"x\n")
+        assert status == 400, ans
+        # the proxy does not read them back
+        status, ans = http_on(proxy_sock, "GET", f"/v1/segment?id={segment}", None)
+        assert status == 403 and "only the api role reads" in ans["error"]["message"]
+    assert (s.data_dir / "audit" / "access" / segment).read_bytes().startswith(stored)
+    assert not (s.data_dir / "audit" / "access" / "fresh-probe").exists()
+    # the api role's connections to audit.sock come and go (one per worker, closed when idle): a fresh one
+    for attempt in range(5):
+        s.request("GET", "/v1/audit/checkpoint")
+        api_sock = wait_for(lambda: steal_audit_connection(s, "api"), timeout=5)
+        try:
+            with api_sock:
+                status, ans = http_on(api_sock, "POST", f"/v1/segment?id={segment}&offset={len(stored)}", None,
+                                      raw=b"x\n")
+                assert status == 403 and "only the proxy role writes" in ans["error"]["message"], ans
+                status, ans = http_on(api_sock, "GET", f"/v1/segment?id={segment}", None)
+                assert status == 200 and base64.b64decode(ans["data"]).startswith(stored), ans
+            break
+        except (BrokenPipeError, ConnectionResetError):
+            assert attempt < 4, "no open connection of the api role to audit.sock"
     verify(s)

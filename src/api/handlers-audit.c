@@ -19,6 +19,7 @@
 #include "audit/client.h"
 #include "audit/entry.h"
 #include "audit/event.h"
+#include "audit/segment.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 
@@ -73,10 +74,10 @@ static void respond(audit_fetch *f, h2o_req_t *req)
     if (f->error < 0) {
         log_fields(LOG_LEVEL_WARN, "cannot reach the audit role", "error", strerror(-f->error), NULL);
         api_fail(&err, 503, "unavailable", "the audit log is not available right now; try again");
-    } else if (!json_is_object(j) || (f->status != 200 && f->status != 400))
+    } else if (!json_is_object(j) || (f->status != 200 && f->status != 400 && f->status != 404))
         api_fail(&err, 503, "unavailable", "the audit log answered unexpectedly (status %ld)", f->status);
-    else if (f->status == 400)
-        api_fail(&err, 400, "invalid", "%s",
+    else if (f->status != 200)
+        api_fail(&err, (int)f->status, f->status == 404 ? "not_found" : "invalid", "%s",
                  json_string_value(json_object_get(json_object_get(j, "error"), "message")) ?: "bad request");
     else {
         api_respond_json(req, f->route, f->started, 200, j);
@@ -110,6 +111,18 @@ static int role_path(const api_request *r, const char *rest, size_t rest_len, ch
         {"proof/consistency", "/v1/proof/consistency", {"from", "to"}, 0},
     };
     const h2o_req_t *req = r->req;
+    static const char seg[] = "segments/";
+    if (rest_len > sizeof(seg) - 1 && memcmp(rest, seg, sizeof(seg) - 1) == 0) {
+        const char *id = rest + sizeof(seg) - 1;
+        size_t id_len = rest_len - (sizeof(seg) - 1);
+        if (!segment_id_valid(id, id_len))
+            return api_fail(err, 400, "invalid", "not a segment id: expected [0-9a-z-], at most %d characters",
+                            SEGMENT_ID_MAX);
+        if (req->query_at != SIZE_MAX)
+            return api_fail(err, 400, "invalid", "/v1/audit/segments/{id} takes no parameters");
+        snprintf(out, size, "/v1/segment?id=%.*s", (int)id_len, id);
+        return 0;
+    }
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
         if (strlen(table[i].rest) != rest_len || memcmp(rest, table[i].rest, rest_len) != 0)
             continue;
@@ -135,7 +148,8 @@ static int role_path(const api_request *r, const char *rest, size_t rest_len, ch
     return api_fail(err, 404, "not_found", "no such endpoint: /v1/audit/%.*s", (int)MIN(rest_len, (size_t)100), rest);
 }
 
-/* /v1/audit/...: every read of the log (checkpoint, entries, proofs) is
+/* /v1/audit/...: every read of the log (checkpoint, entries, proofs, the
+ * access-log segments its proxy.access entries commit) is
  * decided as `get` on AuditLog before anything else. */
 int api_handle_audit(api_request *r, const char *rest, size_t rest_len, api_error *err)
 {

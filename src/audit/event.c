@@ -15,6 +15,7 @@
 
 #include "audit/client.h"
 #include "audit/entry.h"
+#include "audit/segment.h"
 #include "basic/log.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
@@ -26,9 +27,17 @@
 #define RETRY_MIN_MS 50
 #define RETRY_MAX_MS 2000
 
+/* An entry, and for an access-log segment's head the segment's bytes the
+ * role stores before it appends the entry (audit_event_emit_segment()). */
 typedef struct queued_entry {
     char *text;
     size_t len;
+    char *chunk; /* NULL, or the segment's bytes at OFFSET */
+    size_t chunk_len;
+    uint64_t offset;
+    bool chunk_stored;  /* the role has them (a retried batch does not send them again) */
+    bool chunk_refused; /* the role refused them for good: not durable, as if logged */
+    char segment[SEGMENT_ID_MAX + 1];
 } queued_entry;
 
 static struct {
@@ -36,6 +45,7 @@ static struct {
     pthread_cond_t wake;    /* new entries, or stop */
     pthread_cond_t settled; /* entries left the queue (delivered or logged) */
     uint64_t queued_total, settled_total;
+    uint64_t logged_through; /* the highest entry number (1-based) logged instead of delivered */
     pthread_t thread;
     bool started, stopping;
     uint64_t deadline_ns; /* monotonic; set when stopping */
@@ -88,6 +98,32 @@ static char *entry_text(const audit_event *ev, size_t *ret_len)
     return text;
 }
 
+/* Queues E (taking its text and chunk), or logs it when delivery is not
+ * started or the queue is full. Returns 0 when queued, else -ENOBUFS. */
+static int enqueue(const queued_entry *e)
+{
+    pthread_mutex_lock(&q.lock);
+    bool started = q.started && !q.stopping, full = q.count == QUEUE_MAX;
+    if (started && !full) {
+        q.ring[(q.head + q.count) % QUEUE_MAX] = *e;
+        q.count++;
+        q.queued_total++;
+        pthread_cond_signal(&q.wake);
+    }
+    pthread_mutex_unlock(&q.lock);
+    if (started && !full)
+        return 0;
+    if (!started)
+        log_fields(LOG_LEVEL_INFO, "audit event", "entry", e->text, NULL);
+    else {
+        atomic_fetch_add(&dropped, 1);
+        log_undelivered(e->text, "the queue is full (the audit role is unavailable or slow)");
+    }
+    free(e->text);
+    free(e->chunk);
+    return -ENOBUFS;
+}
+
 void audit_event_emit(const audit_event *ev)
 {
     size_t len;
@@ -101,25 +137,23 @@ void audit_event_emit(const audit_event *ev)
         free(details);
         return;
     }
-    pthread_mutex_lock(&q.lock);
-    if (!q.started || q.stopping) {
-        pthread_mutex_unlock(&q.lock);
-        log_fields(LOG_LEVEL_INFO, "audit event", "entry", text, NULL);
-        free(text);
-        return;
-    }
-    if (q.count == QUEUE_MAX) {
-        pthread_mutex_unlock(&q.lock);
+    enqueue(&(queued_entry){.text = text, .len = len});
+}
+
+int audit_event_emit_segment(const char *segment, uint64_t offset, const char *chunk, size_t len,
+                             const audit_event *head)
+{
+    queued_entry e = {.chunk = malloc(len ? len : 1), .chunk_len = len, .offset = offset};
+    if (!e.chunk || !segment_id_valid(segment, strlen(segment)) || !(e.text = entry_text(head, &e.len))) {
+        free(e.chunk);
         atomic_fetch_add(&dropped, 1);
-        log_undelivered(text, "the queue is full (the audit role is unavailable or slow)");
-        free(text);
-        return;
+        log_fields(LOG_LEVEL_WARN, "an access-log segment head could not be queued; its records stay in the proxy's "
+                                   "segment file", "segment", segment, NULL);
+        return -ENOBUFS;
     }
-    q.ring[(q.head + q.count) % QUEUE_MAX] = (queued_entry){text, len};
-    q.count++;
-    q.queued_total++;
-    pthread_cond_signal(&q.wake);
-    pthread_mutex_unlock(&q.lock);
+    memcpy(e.chunk, chunk, len);
+    snprintf(e.segment, sizeof(e.segment), "%s", segment);
+    return enqueue(&e);
 }
 
 /* Frees the N entries at the head of the queue; logs them first when
@@ -132,7 +166,10 @@ static void pop_head(size_t n, const char *undelivered)
             atomic_fetch_add(&dropped, 1);
             log_undelivered(e->text, undelivered);
         }
+        if (undelivered || e->chunk_refused)
+            q.logged_through = q.settled_total + i + 1;
         free(e->text);
+        free(e->chunk);
         *e = (queued_entry){0};
         q.head = (q.head + 1) % QUEUE_MAX;
         q.count--;
@@ -141,11 +178,43 @@ static void pop_head(size_t n, const char *undelivered)
     pthread_cond_broadcast(&q.settled);
 }
 
+/* Stores the segment bytes of queued entry E with the role: POST
+ * /v1/segment?id=&offset= with the raw bytes (stable while the lock is
+ * released, as in send_batch()). Returns 0 when stored or refused for good
+ * (logged: they stay in the proxy's own segment file, and verify reports the
+ * records missing), a negative errno when it should be retried. */
+static int send_chunk(audit_client *c, queued_entry *e)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/segment?id=%s&offset=%llu", e->segment, (unsigned long long)e->offset);
+    long status;
+    _cleanup_free_ char *resp = NULL;
+    size_t resp_len;
+    int r = audit_client_request(c, "POST", path, e->chunk, e->chunk_len, SEND_TIMEOUT_MS, &status, &resp, &resp_len);
+    if (r < 0)
+        return r;
+    if (status >= 500)
+        return -EPROTO;
+    if (status != 200)
+        log_fields(LOG_LEVEL_WARN, "the audit role refused an access-log segment's bytes; they stay in the proxy's "
+                                   "segment file", "segment", e->segment, "answer", resp ? resp : "", NULL);
+    e->chunk_stored = true;
+    e->chunk_refused = status != 200;
+    return 0;
+}
+
 /* Sends the first N queued entries (stable while the lock is released: only
- * this thread removes entries). Returns 1 when acknowledged, 0 when the
- * role refused them for good, a negative errno when it should be retried. */
+ * this thread removes entries), each segment's bytes before the entries.
+ * Returns 1 when acknowledged, 0 when the role refused them for good, a
+ * negative errno when it should be retried. */
 static int send_batch(audit_client *c, size_t n)
 {
+    for (size_t i = 0; i < n; i++) {
+        queued_entry *e = &q.ring[(q.head + i) % QUEUE_MAX];
+        int r = e->chunk && !e->chunk_stored ? send_chunk(c, e) : 0;
+        if (r < 0)
+            return r;
+    }
     _cleanup_strbuf_ strbuf body;
     strbuf_init(&body, BATCH_BYTES_MAX + 64);
     int r = strbuf_puts(&body, "{\"entries\":[");
@@ -277,6 +346,22 @@ int audit_event_flush(unsigned timeout_ms)
     uint64_t target = q.queued_total;
     while (q.started && q.settled_total < target && r == 0)
         r = -pthread_cond_timedwait(&q.settled, &q.lock, &ts);
+    pthread_mutex_unlock(&q.lock);
+    return r;
+}
+
+int audit_event_commit(unsigned timeout_ms)
+{
+    struct timespec ts = deadline_in(timeout_ms);
+    int r = 0;
+    pthread_mutex_lock(&q.lock);
+    uint64_t start = q.settled_total, target = q.queued_total;
+    if (!q.started)
+        r = -ENOTCONN;
+    while (r == 0 && q.settled_total < target)
+        r = q.started ? -pthread_cond_timedwait(&q.settled, &q.lock, &ts) : -ENOTCONN;
+    if (r == 0 && q.logged_through > start)
+        r = -EIO;
     pthread_mutex_unlock(&q.lock);
     return r;
 }

@@ -27,6 +27,16 @@ typedef struct audit_event {
  * it is written to the log as one line. */
 void audit_event_emit(const audit_event *ev);
 
+/* Queues the bytes CHUNK (LEN) of the access-log segment SEGMENT (an id,
+ * audit/segment.h) at byte OFFSET, followed by HEAD, the entry committing
+ * the segment's chain head: the audit role stores the bytes (in its own
+ * subtree) before it appends the entry. Safe from any thread; never blocks.
+ * Returns 0, or -ENOBUFS when not queued (delivery not started, the queue
+ * full, a bad id or entry: logged): the caller starts a new segment, since
+ * the role takes a segment's bytes only in order. */
+int audit_event_emit_segment(const char *segment, uint64_t offset, const char *chunk, size_t len,
+                             const audit_event *head);
+
 /* Starts the background thread that delivers queued events in batches to the
  * audit role listening on SOCKET_PATH. Returns 0 or a negative errno. */
 int audit_event_start(const char *socket_path);
@@ -40,6 +50,13 @@ int audit_event_flush(unsigned timeout_ms);
  * elsewhere (a job's run receipt). Returns 0, -ETIMEDOUT, -EPROTO (the role
  * refused it) or a connection error; nothing is logged in its place. */
 int audit_event_append(const audit_event *ev, const char *socket_path, unsigned timeout_ms, uint64_t *ret_index);
+/* Waits at most TIMEOUT_MS until every event emitted before the call is
+ * durable in the audit role (its segment bytes stored, for a segment head).
+ * Returns 0; -ETIMEDOUT; -EIO when one of them was logged instead of
+ * delivered (or, rarely, one emitted just after: a caller refusing on
+ * failure stays on the safe side); -ENOTCONN when delivery is not started.
+ * Blocks: call it off an event loop. */
+int audit_event_commit(unsigned timeout_ms);
 /* Delivers what is queued for at most TIMEOUT_MS, writes whatever could not
  * be delivered to the log, and stops the thread. No-op when not started. */
 void audit_event_stop(unsigned timeout_ms);

@@ -7,6 +7,8 @@
  *                                            AUDIT_PAGE_BYTES ("more" when cut short)
  *   GET  /v1/proof/inclusion?index=&size=    RFC 6962 inclusion proof
  *   GET  /v1/proof/consistency?from=&to=     RFC 6962 consistency proof
+ *   POST /v1/segment?id=&offset=             the proxy's access-log segment bytes at OFFSET (raw)
+ *   GET  /v1/segment?id=                     a stored segment: {"id", "size", "data": base64}
  * Only the roles that emit events connect (api, proxy, kms: SO_PEERCRED
  * checked at accept, daemon/peer.h); only the api reads. Each appended
  * entry is stamped with the appending role and this role's receive time
@@ -18,6 +20,7 @@
  * parsing and validating while the writer syncs. A checkpoint is signed at
  * least every second while the tree grows. */
 #include <errno.h>
+#include <fcntl.h>
 #include <h2o.h>
 #include <openssl/pem.h>
 #include <pthread.h>
@@ -31,6 +34,7 @@
 #include "audit/entry.h"
 #include "audit/log.h"
 #include "audit/note.h"
+#include "audit/segment.h"
 #include "audit/server.h"
 #include "basic/encoding.h"
 #include "basic/fileio.h"
@@ -51,6 +55,7 @@ typedef struct audit_role {
     audit_log *log;
     EVP_PKEY *key;
     char origin[AUDIT_NAME_MAX + 1];
+    char segments[4200]; /* <the log's directory>/access: the proxy's access-log segments as it shipped them */
     char *vkey;       /* verifier key string */
     char *checkpoint; /* the latest signed note */
     uint64_t checkpoint_size;
@@ -468,6 +473,115 @@ static void handle_proof(audit_role *r, h2o_req_t *req, bool inclusion)
     json_decref(body);
 }
 
+/* The segment id of QUERY "id=<id>" or "id=<id>&offset=<decimal>" (OFFSET
+ * NULL: no offset allowed) into ID; false when it is anything else. */
+static bool segment_query(h2o_req_t *req, char id[SEGMENT_ID_MAX + 1], uint64_t *offset)
+{
+    if (req->query_at == SIZE_MAX)
+        return false;
+    const char *q = req->path.base + req->query_at + 1;
+    size_t len = req->path.len - req->query_at - 1;
+    if (len < 3 || memcmp(q, "id=", 3) != 0)
+        return false;
+    const char *amp = memchr(q, '&', len);
+    size_t id_len = (amp ? (size_t)(amp - q) : len) - 3;
+    if (!segment_id_valid(q + 3, id_len) || (amp != NULL) != (offset != NULL))
+        return false;
+    memcpy(id, q + 3, id_len);
+    id[id_len] = 0;
+    if (!offset)
+        return true;
+    const char *v = amp + 1;
+    size_t vlen = len - (size_t)(v - q);
+    return vlen > 7 && memcmp(v, "offset=", 7) == 0 && audit_parse_index(v + 7, vlen - 7, offset) == 0;
+}
+
+/* Stores the proxy's segment bytes at their offset in the role's own copy:
+ * bytes it already has are acknowledged again (a retried delivery), a gap
+ * (an offset past the stored size) is refused with 409. Returns after
+ * fdatasync: the head entry that follows may name these records. */
+static void handle_segment_put(audit_role *r, h2o_req_t *req)
+{
+    char id[SEGMENT_ID_MAX + 1], path[4300];
+    uint64_t offset;
+    if (strcmp(peer_role(r, req), "proxy") != 0) {
+        send_error(req, 403, "forbidden", "only the proxy role writes access-log segments");
+        return;
+    }
+    if (!segment_query(req, id, &offset)) {
+        send_error(req, 400, "invalid", "expected ?id=<segment id>&offset=N");
+        return;
+    }
+    if (offset > SEGMENT_BYTES_MAX || req->entity.len > SEGMENT_BYTES_MAX - offset) {
+        send_error(req, 413, "too_large", "a segment holds at most 2 MiB");
+        return;
+    }
+    snprintf(path, sizeof(path), "%s/%s", r->segments, id);
+    /* a segment starts at offset 0: anything else of an unknown one is a gap */
+    int fd = open(path, O_WRONLY | O_CLOEXEC | (offset == 0 ? O_CREAT : 0), 0600);
+    struct stat st = {0};
+    int e = fd < 0 && errno != ENOENT ? -errno : fd >= 0 && fstat(fd, &st) < 0 ? -errno : 0;
+    uint64_t size = e == 0 ? (uint64_t)st.st_size : 0, end = offset + req->entity.len;
+    if (e == 0 && offset > size) {
+        if (fd >= 0)
+            close(fd);
+        send_error(req, 409, "conflict", "the segment's bytes must arrive in order (a gap before this offset)");
+        return;
+    }
+    if (e == 0 && end > size) {
+        const char *from = req->entity.base + (size - offset);
+        size_t left = end - size;
+        for (off_t at = (off_t)size; left > 0 && e == 0;) {
+            ssize_t n = pwrite(fd, from, left, at);
+            if (n < 0 && errno != EINTR)
+                e = -errno;
+            else if (n > 0)
+                from += n, left -= (size_t)n, at += n;
+        }
+        if (e == 0 && fdatasync(fd) < 0)
+            e = -errno;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (e < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot store an access-log segment", "path", path, "error", strerror(-e), NULL);
+        send_error(req, 503, "unavailable", "cannot store the segment");
+        return;
+    }
+    json_t *body = json_pack("{s:s, s:I}", "id", id, "size", (json_int_t)MAX(end, size));
+    api_send_json(req, 200, body);
+    json_decref(body);
+}
+
+/* Answers a stored segment as base64 (its bytes are untrusted: the reader
+ * verifies them against the heads in the log). */
+static void handle_segment_get(audit_role *r, h2o_req_t *req)
+{
+    char id[SEGMENT_ID_MAX + 1], path[4300];
+    if (!segment_query(req, id, NULL)) {
+        send_error(req, 400, "invalid", "expected ?id=<segment id>");
+        return;
+    }
+    snprintf(path, sizeof(path), "%s/%s", r->segments, id);
+    _cleanup_free_ char *data = NULL, *b64 = NULL;
+    size_t len = 0;
+    int e = read_file(path, SEGMENT_BYTES_MAX, &data, &len);
+    if (e == -ENOENT) {
+        send_error(req, 404, "not_found", "no such access-log segment");
+        return;
+    }
+    if (e == 0 && !(b64 = malloc(base64_encoded_size(len))))
+        e = -ENOMEM;
+    if (e < 0) {
+        send_error(req, 503, "unavailable", "cannot read the segment");
+        return;
+    }
+    base64_encode((const uint8_t *)data, len, b64, false);
+    json_t *body = json_pack("{s:s, s:I, s:s}", "id", id, "size", (json_int_t)len, "data", b64);
+    api_send_json(req, 200, body);
+    json_decref(body);
+}
+
 /* Routes a request of a local role; anything else is a 404. */
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
@@ -477,6 +591,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     bool post = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
     if (post && h2o_memis(p.base, p.len, H2O_STRLIT("/v1/append")))
         handle_append(r, req);
+    else if (post && h2o_memis(p.base, p.len, H2O_STRLIT("/v1/segment")))
+        handle_segment_put(r, req);
     else if (strcmp(peer_role(r, req), "api") != 0) /* reading the log is the API's, for GET /v1/audit/... */
         send_error(req, 403, "forbidden", "only the api role reads the audit log");
     else if (get && h2o_memis(p.base, p.len, H2O_STRLIT("/v1/checkpoint")))
@@ -487,6 +603,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         handle_proof(r, req, true);
     else if (get && h2o_memis(p.base, p.len, H2O_STRLIT("/v1/proof/consistency")))
         handle_proof(r, req, false);
+    else if (get && h2o_memis(p.base, p.len, H2O_STRLIT("/v1/segment")))
+        handle_segment_get(r, req);
     else
         send_error(req, 404, "not_found", "no such endpoint");
     return 0;
@@ -590,7 +708,16 @@ static void thread_dispose(void *state)
  * negative errno, logged. */
 static int role_setup(const audit_server_config *cfg, audit_role *r)
 {
-    int e = audit_log_open(cfg->db, &r->log);
+    const char *slash = strrchr(cfg->db, '/');
+    int dir_len = snprintf(r->segments, sizeof(r->segments), "%.*s/access", slash ? (int)(slash - cfg->db) : 1,
+                           slash ? cfg->db : ".");
+    int e = dir_len > 0 && (size_t)dir_len < sizeof(r->segments) ? mkdir_p(r->segments, 0700) : -ENAMETOOLONG;
+    if (e < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot create the directory of access-log segments", "path", r->segments,
+                   "error", strerror(-e), NULL);
+        return e;
+    }
+    e = audit_log_open(cfg->db, &r->log);
     if (e < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot open the audit log", "path", cfg->db, "error", strerror(-e), NULL);
         return e;

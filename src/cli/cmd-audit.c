@@ -16,6 +16,7 @@
 #include "audit/note.h"
 #include "basic/encoding.h"
 #include "basic/fileio.h"
+#include "cli/audit-access.h"
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "cli/output.h"
@@ -280,6 +281,7 @@ static int64_t fetch_entries(cli_ctx *ctx, uint64_t start, uint64_t end, entry_c
 typedef struct verify_state {
     merkle_mem_tree tree;
     int64_t bad_canonical; /* first entry whose text is not canonical, or -1 */
+    access_segments *segments; /* the access-log heads the entries commit */
 } verify_state;
 
 /* An entry_cb adding each entry's leaf to the recomputed tree and noting the
@@ -297,6 +299,8 @@ static int verify_add(void *userdata, uint64_t index, const char *text, size_t l
         s->bad_canonical = (int64_t)index;
     merkle_hash leaf;
     merkle_leaf_hash(text, len, leaf);
+    if (access_segments_note(s->segments, index, text, len) < 0)
+        return -CLI_EXIT_FAILED;
     return merkle_mem_tree_append(&s->tree, leaf) < 0 ? -CLI_EXIT_FAILED : 0;
 }
 
@@ -320,7 +324,10 @@ static int audit_verify(cli_ctx *ctx, const char *key_flag)
     int r = fetch_checkpoint(ctx, key_flag, &v, &c);
     if (r != CLI_EXIT_OK)
         return r;
-    verify_state s = {.bad_canonical = -1};
+    _cleanup_(access_segments_freep) access_segments *segments = access_segments_new(ctx);
+    if (!segments)
+        return cli_error("out of memory");
+    verify_state s = {.bad_canonical = -1, .segments = segments};
     int64_t got = fetch_entries(ctx, 0, c.size, verify_add, &s);
     /* entries beyond the checkpoint must be covered by a newer one */
     for (int round = 0; got == (int64_t)c.size && round < 3; round++) {
@@ -391,17 +398,26 @@ static int audit_verify(cli_ctx *ctx, const char *key_flag)
         }
     }
     merkle_mem_tree_free(&s.tree);
+    /* the log is intact: now the access records its heads commit */
+    uint64_t records;
+    size_t n_segments;
+    r = access_segments_verify(segments, &records, &n_segments);
+    if (r != CLI_EXIT_OK)
+        return r;
     r = save_checkpoint(&c);
     if (r != CLI_EXIT_OK)
         return r;
     char b64[64];
     base64_encode(c.root, MERKLE_HASH_LEN, b64, false);
     if (ctx->output == CLI_OUTPUT_TEXT)
-        printf("verified %llu entries of %s; root %s%s\n", (unsigned long long)c.size, v.name, b64,
-               saved.note ? "; consistent with the saved checkpoint" : "");
+        printf("verified %llu entries of %s; root %s%s; %llu access records in %zu segments\n",
+               (unsigned long long)c.size, v.name, b64, saved.note ? "; consistent with the saved checkpoint" : "",
+               (unsigned long long)records, n_segments);
     else {
-        json_auto_t *o = json_pack("{s:b, s:I, s:s, s:s, s:I}", "verified", 1, "size", (json_int_t)c.size, "root", b64,
-                                   "origin", v.name, "savedSize", (json_int_t)(saved.note ? saved.size : 0));
+        json_auto_t *o = json_pack("{s:b, s:I, s:s, s:s, s:I, s:I, s:I}", "verified", 1, "size", (json_int_t)c.size,
+                                   "root", b64, "origin", v.name, "savedSize",
+                                   (json_int_t)(saved.note ? saved.size : 0), "accessRecords", (json_int_t)records,
+                                   "segments", (json_int_t)n_segments);
         output_json(o);
     }
     return CLI_EXIT_OK;
@@ -543,6 +559,7 @@ typedef struct show_state {
     const char *action, *user, *service, *decision;
     json_t *matches;
     cli_output output;
+    access_segments *segments; /* the segments proxy.access entries commit, fetched once each */
 } show_state;
 
 /* The decisions a proxy access record can hold (src/proxy/metrics.c). */
@@ -554,41 +571,67 @@ static bool filter_match(const char *want, const char *s)
     return !want || (s && strcmp(want, s) == 0);
 }
 
-/* Prints (or collects, for -o json|yaml) the proxy access records of the
- * batched entry E (at INDEX) that match the filters, one per request: the
- * record as an object of its fields (details.fields names the values). */
-static void show_access_records(show_state *s, uint64_t index, json_t *e)
+/* Prints (or collects, for -o json|yaml) one proxy access record, the
+ * VALUES named by FIELDS, committed by the entry at INDEX, when it matches
+ * the filters: as an object of its fields. */
+static void show_record(show_state *s, uint64_t index, const json_t *fields, const json_t *values)
+{
+    if (!json_is_array(values) || json_array_size(values) != json_array_size(fields))
+        return;
+    json_auto_t *rec = json_object();
+    size_t k;
+    json_t *f;
+    json_array_foreach(fields, k, f)
+        if (json_is_string(f))
+            json_object_set(rec, json_string_value(f), json_array_get(values, k));
+#define REC(name) json_string_value(json_object_get(rec, name))
+    if (!filter_match(s->user, REC("user")) || !filter_match(s->service, REC("service")) ||
+        !filter_match(s->decision, REC("decision")))
+        return;
+    if (s->output != CLI_OUTPUT_TEXT) {
+        json_object_set_new(rec, "index", json_integer((json_int_t)index));
+        json_object_set_new(rec, "action", json_string("proxy.access"));
+        json_array_append(s->matches, rec);
+        return;
+    }
+    char line[4096], clean[4096];
+    snprintf(line, sizeof(line), "%-6llu %s  %-12s %-22s %s %s %s  %lld %s  policy=%s rule=%s  id=%s",
+             (unsigned long long)index, REC("time") ?: "", REC("user") ?: "-", "proxy.access", REC("service") ?: "-",
+             REC("method") ?: "-", REC("path") ?: "-", (long long)json_integer_value(json_object_get(rec, "status")),
+             REC("decision") ?: "-", REC("policy") ?: "-", REC("rule") ?: "-", REC("requestId") ?: "-");
+#undef REC
+    puts(text_sanitize(line, clean, sizeof(clean)));
+}
+
+/* The entry a segment's records are shown for (access_segments_records()'s
+ * callback). */
+typedef struct show_segment {
+    show_state *s;
+    uint64_t index;
+    const json_t *fields;
+} show_segment;
+
+static int show_segment_record(void *userdata, json_t *values)
+{
+    show_segment *ss = userdata;
+    show_record(ss->s, ss->index, ss->fields, values);
+    return 0;
+}
+
+/* Shows the records of the proxy.access entry E at INDEX: those of the
+ * segment it commits (fetched from the server), or, in a log written before
+ * segments, those it carries (details.requests). Returns an exit status. */
+static int show_access_records(show_state *s, uint64_t index, json_t *e)
 {
     json_t *details = json_object_get(e, "details"), *fields = json_object_get(details, "fields");
-    size_t i, k;
-    json_t *values, *f;
+    if (json_object_get(details, "segment"))
+        return access_segments_records(s->segments, details, show_segment_record,
+                                       &(show_segment){.s = s, .index = index, .fields = fields});
+    size_t i;
+    json_t *values;
     json_array_foreach(json_object_get(details, "requests"), i, values)
-    {
-        if (!json_is_array(values) || json_array_size(values) != json_array_size(fields))
-            continue;
-        json_auto_t *rec = json_object();
-        json_array_foreach(fields, k, f)
-            if (json_is_string(f))
-                json_object_set(rec, json_string_value(f), json_array_get(values, k));
-#define REC(name) json_string_value(json_object_get(rec, name))
-        if (!filter_match(s->user, REC("user")) || !filter_match(s->service, REC("service")) ||
-            !filter_match(s->decision, REC("decision")))
-            continue;
-        if (s->output != CLI_OUTPUT_TEXT) {
-            json_object_set_new(rec, "index", json_integer((json_int_t)index));
-            json_object_set_new(rec, "action", json_string("proxy.access"));
-            json_array_append(s->matches, rec);
-            continue;
-        }
-        char line[4096], clean[4096];
-        snprintf(line, sizeof(line), "%-6llu %s  %-12s %-22s %s %s %s  %lld %s  policy=%s rule=%s  id=%s",
-                 (unsigned long long)index, REC("time") ?: "", REC("user") ?: "-", "proxy.access",
-                 REC("service") ?: "-", REC("method") ?: "-", REC("path") ?: "-",
-                 (long long)json_integer_value(json_object_get(rec, "status")), REC("decision") ?: "-",
-                 REC("policy") ?: "-", REC("rule") ?: "-", REC("requestId") ?: "-");
-#undef REC
-        puts(text_sanitize(line, clean, sizeof(clean)));
-    }
+        show_record(s, index, fields, values);
+    return CLI_EXIT_OK;
 }
 
 /* An entry_cb printing (or collecting, for -o json|yaml) the entries that
@@ -606,8 +649,8 @@ static int show_add(void *userdata, uint64_t index, const char *text, size_t len
     if (!filter_match(s->action, action))
         return 0;
     if (action && strcmp(action, "proxy.access") == 0) {
-        show_access_records(s, index, e);
-        return 0;
+        int r = show_access_records(s, index, e);
+        return r == CLI_EXIT_OK ? 0 : -r;
     }
     const char *user = json_string_value(json_object_get(json_object_get(e, "actor"), "user"));
     json_t *res = json_object_get(e, "resource");
@@ -649,7 +692,11 @@ static int audit_show(cli_ctx *ctx, show_state *s)
     json_auto_t *matches = json_array();
     s->matches = matches;
     s->output = ctx->output;
+    s->segments = access_segments_new(ctx);
+    if (!s->segments)
+        return cli_error("out of memory");
     int64_t got = fetch_entries(ctx, 0, size > 0 ? (uint64_t)size : 0, show_add, s);
+    access_segments_free(s->segments);
     if (got < 0)
         return (int)-got;
     if (ctx->output == CLI_OUTPUT_JSON)

@@ -492,7 +492,8 @@ static void launch_replica(controller *c, enclave *e, size_t i, uint64_t now)
     const runner_launch launch = {.name = rname, .bundle = bundle ? bundle : "", .owner = owner,
                                   .limits = json_object_get(spec, "limits"),
                                   .secrets = json_object_get(spec, "secrets"),
-                                  .egress = json_object_get(spec, "egress")};
+                                  .egress = json_object_get(spec, "egress"),
+                                  .plugins = json_object_get(spec, "plugins")};
     pid_t pid;
     char pcr0[RUNNER_PCR_HEX_LEN + 1];
     /* the launch is a trace of its own: the runner's span of it, and the

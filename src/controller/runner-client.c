@@ -200,6 +200,8 @@ int runner_client_launch(runner_client *rc, const runner_launch *l, pid_t *ret_p
                      ? -ENOMEM
                  : l->egress && json_object_set(body, "egress", (json_t *)l->egress) < 0
                      ? -ENOMEM
+                 : l->plugins && json_object_set(body, "plugins", (json_t *)l->plugins) < 0
+                     ? -ENOMEM
                      : call(rc, "POST", "/v1/sandboxes", body, LAUNCH_TIMEOUT_MS, &answer);
     pid_t pid = status == 201 ? answer_pid(json_object_get(answer, "pid")) : 0;
     const char *pcr0 = json_string_value(json_object_get(json_object_get(answer, "pcrs"), "0"));

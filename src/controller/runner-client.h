@@ -54,6 +54,7 @@ typedef struct runner_launch {
     const json_t *secrets; /* the agent's [{"key", "file"}] or NULL */
     const json_t *job;     /* job mode instead: {"name", "run", "digest"} (runner/agent.h), or NULL */
     const json_t *egress;  /* the Enclave's [{host, port, tls}] (runner/egress.h), or NULL */
+    const json_t *plugins; /* the Enclave's egress plugins (docs/plugins.md), or NULL */
 } runner_launch;
 
 /* A client of the runner at SOCKET (copied). Returns 0 with *RET, or

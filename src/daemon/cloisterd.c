@@ -89,6 +89,9 @@ static void usage(FILE *f)
             "  --api-threads N       the API's worker threads (default 2)\n"
             "  --proxy-threads N     the proxy's worker threads, one event loop each (default 2)\n"
             "  --domain D            services are reached at <service>.D (default localhost)\n"
+            "  --plugin-dir DIR      where plugins load from (docs/plugins.md); none by default\n"
+            "  --plugin-trusted L    plugins (comma-separated names) the proxy loads in process; the\n"
+            "                        others run out of process, in sandboxes the runner launches\n"
             "  --store URL           the resource store: sqlite:PATH (default DIR/api/store.db) or\n"
             "                        postgresql://USER@HOST/DB (several api replicas share it)\n"
             "  --seal MODE           how the KMS root key is sealed: dev (auto-unseal file, --dev's default),\n"
@@ -111,7 +114,8 @@ static int copy_arg(char *dst, size_t size, const char *flag, const char *value)
 typedef enum daemon_action { ACTION_RUN, ACTION_INIT } daemon_action; /* --check ends in parse_args */
 
 enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_LOG,
-       OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT, OPT_STORE, OPT_PASSPHRASE_FD };
+       OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT, OPT_STORE, OPT_PASSPHRASE_FD,
+       OPT_PLUGIN_DIR, OPT_PLUGIN_TRUSTED };
 
 /* --init --passphrase-fd N: where the KMS passphrase or PIN is read from (-1: the terminal) */
 static int passphrase_fd = -1;
@@ -133,6 +137,8 @@ static const struct option options[] = {
     {"pkcs11-slot", required_argument, NULL, OPT_P11_SLOT},
     {"store", required_argument, NULL, OPT_STORE},
     {"passphrase-fd", required_argument, NULL, OPT_PASSPHRASE_FD},
+    {"plugin-dir", required_argument, NULL, OPT_PLUGIN_DIR},
+    {"plugin-trusted", required_argument, NULL, OPT_PLUGIN_TRUSTED},
     {"help", no_argument, NULL, 'h'},
     {},
 };
@@ -173,6 +179,14 @@ static int apply_option(int c, daemon_config *cfg)
         passphrase_fd = (int)n;
         return 0;
     }
+    case OPT_PLUGIN_DIR:
+        if (optarg[0] != '/') {
+            fprintf(stderr, "cloisterd: --plugin-dir takes an absolute path\n");
+            return 2;
+        }
+        return copy_arg(cfg->plugin_dir, sizeof(cfg->plugin_dir), "--plugin-dir", optarg) < 0 ? 2 : 0;
+    case OPT_PLUGIN_TRUSTED:
+        return copy_arg(cfg->plugin_trusted, sizeof(cfg->plugin_trusted), "--plugin-trusted", optarg) < 0 ? 2 : 0;
     case OPT_STORE:
         return copy_arg(cfg->store_url, sizeof(cfg->store_url), "--store", optarg) < 0 ? 2 : 0;
     case OPT_THREADS:

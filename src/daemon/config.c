@@ -11,7 +11,9 @@
 
 #include "basic/fileio.h"
 #include "basic/macro.h"
+#include "basic/strbuf.h"
 #include "kms/seal.h"
+#include "plugin/plugin.h"
 
 const char *const daemon_role_names[DAEMON_N_ROLES] = {"api", "kms", "audit", "runner", "proxy"};
 
@@ -475,6 +477,40 @@ static void roles_value(parse_ctx *c, yaml_node_t *v, const char *full)
     memcpy(c->cfg->role_wanted, wanted, sizeof(wanted));
 }
 
+/* plugins: {dir: /absolute/dir, trusted: [name, ...]} (docs/plugins.md) */
+static void plugins_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
+{
+    daemon_config *cfg = c->cfg;
+    if (key == 0) {
+        char dir[sizeof(cfg->plugin_dir)];
+        if (scalar(c, v, full, dir, sizeof(dir)) < 0)
+            return;
+        if (dir[0] != '/') /* it may be filled later: the roles say when they cannot use it */
+            problem_at(c, v, full, "takes an absolute path");
+        else
+            snprintf(cfg->plugin_dir, sizeof(cfg->plugin_dir), "%s", dir);
+        return;
+    }
+    if (v->type != YAML_SEQUENCE_NODE) {
+        problem_at(c, v, full, "takes a list of plugin names");
+        return;
+    }
+    strbuf b;
+    strbuf_init_static(&b, cfg->plugin_trusted, sizeof(cfg->plugin_trusted));
+    for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+        yaml_node_t *item = yaml_document_get_node(c->doc, *it);
+        char name[64];
+        if (!item || ++c->visited > NODES_MAX || scalar(c, item, full, name, sizeof(name)) < 0)
+            continue;
+        if (!plugin_name_valid(name))
+            problem_at(c, item, full, "'%s' is not a plugin name ([a-z0-9][a-z0-9_-]*, at most 63)", name);
+        else
+            strbuf_printf(&b, "%s%s", b.len ? "," : "", name);
+    }
+    if (b.truncated)
+        problem_at(c, v, full, "too many names (at most %zu bytes in all)", sizeof(cfg->plugin_trusted) - 1);
+}
+
 static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 {
     static const char *const api_keys[] = {"listen", "threads", "tls"};
@@ -486,6 +522,7 @@ static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
     static const char *const pki_keys[] = {"dir"};
     static const char *const peer_keys[] = {"api", "kms", "audit", "runner"};
     static const char *const telemetry_keys[] = {"otlp"};
+    static const char *const plugin_keys[] = {"dir", "trusted"};
     daemon_config *cfg = c->cfg;
     switch (key) {
     case 0:
@@ -522,8 +559,11 @@ static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
         c->peers_line = c->key_line;
         mapping(c, v, full, peer_keys, ELEMENTSOF(peer_keys), peers_key);
         break;
-    default:
+    case 11:
         mapping(c, v, full, telemetry_keys, ELEMENTSOF(telemetry_keys), telemetry_key);
+        break;
+    default:
+        mapping(c, v, full, plugin_keys, ELEMENTSOF(plugin_keys), plugins_key);
     }
 }
 
@@ -631,8 +671,8 @@ int daemon_config_parse(const char *name, const char *text, size_t len, daemon_c
     if (!root)
         config_problem(problems, "%s:1: (top): the file is empty", name);
     else {
-        static const char *const keys[] = {"domain", "dataDir", "roles",  "store", "pki",      "api",
-                                           "proxy",  "kms",     "audit",  "runner", "peers", "telemetry"};
+        static const char *const keys[] = {"domain", "dataDir", "roles",  "store",  "pki",   "api",       "proxy",
+                                           "kms",    "audit",   "runner", "peers",  "telemetry", "plugins"};
         mapping(&c, root, "", keys, ELEMENTSOF(keys), top_key);
         if (c.visited > NODES_MAX)
             config_problem(problems, "%s:1: (top): more than %d keys and items; not a cloisterd configuration", name,

@@ -62,6 +62,9 @@ typedef struct daemon_config {
     char role_cert[4200], role_key[4200];
     /* telemetry.otlp: handed to the roles as OTEL_EXPORTER_OTLP_ENDPOINT / _HEADERS ("k=v,k=v") */
     char otlp_endpoint[1024], otlp_headers[2048];
+    /* plugins (docs/plugins.md): the one directory they load from ("" none) and those that load in the
+     * proxy's process (comma-separated); the others run in sandboxes the runner launches */
+    char plugin_dir[4096], plugin_trusted[1024];
     struct proxy_metrics *proxy_metrics; /* shared memory the supervisor maps before forking: proxy writes, api renders */
 } daemon_config;
 

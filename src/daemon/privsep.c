@@ -479,7 +479,7 @@ static int landlock_role(const char *name, const daemon_config *cfg)
         r = ll_allow(fd, system_ro[i], LL_READ, handled);
     char path[4400];
     snprintf(path, sizeof(path), "%s/tls", cfg->data_dir);
-    const char *const public[] = {cfg->ca_cert, cfg->platform_ca_cert, path, cfg->runner_cert};
+    const char *const public[] = {cfg->ca_cert, cfg->platform_ca_cert, path, cfg->runner_cert, cfg->plugin_dir};
     for (size_t i = 0; r == 0 && i < ELEMENTSOF(public); i++)
         r = public[i][0] ? ll_allow(fd, public[i], LL_READ, handled) : 0;
     const role_room *room = room_of(name);

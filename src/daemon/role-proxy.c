@@ -20,6 +20,8 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         .host_ca_key = cfg->proxy_ca_key,
         .platform_ca_cert = cfg->platform_ca_cert,
         .runner_dir = cfg->runner_dir,
+        .plugin_dir = cfg->plugin_dir[0] ? cfg->plugin_dir : NULL,
+        .plugin_trusted = cfg->plugin_trusted,
         .portal_dir = cfg->portal_dir[0] ? cfg->portal_dir : NULL,
         .listen = cfg->proxy_listen,
         .plain_listen = cfg->proxy_http_listen[0] ? cfg->proxy_http_listen : NULL,

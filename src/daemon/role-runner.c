@@ -22,6 +22,8 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
         .token = cfg->runner_token,
         .api_url = api_url,
         .audit_socket = cfg->audit_socket,
+        .plugin_dir = cfg->plugin_dir,
+        .plugin_trusted = cfg->plugin_trusted,
         .health = health,
         .roles = all,
         .n_roles = n_all,

@@ -80,7 +80,8 @@ Test(config, every_key_lands)
                   "  httpListen: \"0.0.0.0:80\"\n"
                   "  threads: 4\n"
                   "kms: {seal: {passphraseFile: /dev/null}}\n"
-                  "telemetry: {otlp: {endpoint: \"https://otel:4318\", headers: {a: \"1\", b: \"x y\"}}}\n");
+                  "telemetry: {otlp: {endpoint: \"https://otel:4318\", headers: {a: \"1\", b: \"x y\"}}}\n"
+                  "plugins: {dir: /tmp, trusted: [claims-auth, request-log]}\n");
     dump();
     cr_assert_eq(r, 0);
     cr_assert_not(cfg.dev);
@@ -100,6 +101,15 @@ Test(config, every_key_lands)
     cr_assert_str_eq(cfg.seal_secret_file, "/dev/null");
     cr_assert_str_eq(cfg.otlp_endpoint, "https://otel:4318");
     cr_assert_str_eq(cfg.otlp_headers, "a=1,b=x y");
+    cr_assert_str_eq(cfg.plugin_dir, "/tmp");
+    cr_assert_str_eq(cfg.plugin_trusted, "claims-auth,request-log");
+}
+
+Test(config, plugins)
+{
+    refused("plugins: {dir: relative/dir}\n", "c.yaml:1: plugins.dir: takes an absolute path");
+    refused("plugins: {trusted: [\"../x\"]}\n", "c.yaml:1: plugins.trusted: '../x' is not a plugin name");
+    refused("plugins: {trusted: noop}\n", "c.yaml:1: plugins.trusted: takes a list of plugin names");
 }
 
 Test(config, absent_keys_keep_the_preset)

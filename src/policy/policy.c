@@ -409,6 +409,35 @@ static int validate_rules(const json_t *rules, field_path *path, policy_problem 
     return 0;
 }
 
+int policy_condition_compile(const char *src, size_t len, cel_program **ret, policy_problem *problem)
+{
+    const cel_env *env = policy_env();
+    if (!env)
+        return -ENOMEM;
+    cel_error e = {0};
+    int r = cel_compile(env, src, len, ret, &e);
+    if (r < 0 && r != -ENOMEM && problem) {
+        problem->line = e.line;
+        problem->column = e.column;
+        snprintf(problem->message, sizeof(problem->message), "%s", e.message ? e.message : "invalid CEL");
+    }
+    return r;
+}
+
+int policy_condition_holds(const cel_program *p, const policy_request *req, cel_arena *arena, bool *ret)
+{
+    cel_activation act = {.vars = req->vars, .nvars = POLICY_VAR_COUNT_, .now_sec = req->now_sec,
+                          .now_nsec = req->now_nsec};
+    cel_value v;
+    int r = cel_eval(p, &act, arena, POLICY_COST_LIMIT, &v);
+    if (r < 0)
+        return r;
+    if (v.kind != CEL_BOOL)
+        return -EINVAL;
+    *ret = v.b;
+    return 0;
+}
+
 int policy_validate_document(const json_t *doc, policy_problem *problem)
 {
     policy_problem scratch;
@@ -420,10 +449,23 @@ int policy_validate_document(const json_t *doc, policy_problem *problem)
     field_path path = {.buf = "spec.rules", .len = STRLEN("spec.rules")};
     if (kind && strcmp(kind, "Policy") == 0)
         return validate_rules(json_object_get(spec, "rules"), &path, problem);
-    if (!kind || strcmp(kind, "Service") != 0)
+    if (!kind || (strcmp(kind, "Service") != 0 && strcmp(kind, "Enclave") != 0))
         return 0;
     size_t i;
     const json_t *ip;
+    json_array_foreach(json_object_get(spec, "plugins"), i, ip)
+    {
+        const json_t *when = json_object_get(ip, "when");
+        if (!json_is_string(when))
+            continue;
+        cel_program *prog = NULL;
+        int r = policy_condition_compile(json_string_value(when), json_string_length(when), &prog, problem);
+        cel_program_free(prog);
+        if (r < 0) {
+            snprintf(problem->field, sizeof(problem->field), "spec.plugins[%zu].when", i);
+            return r;
+        }
+    }
     json_array_foreach(json_object_get(spec, "inlinePolicies"), i, ip)
     {
         path_pop(&path, 0);

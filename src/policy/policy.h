@@ -146,6 +146,16 @@ typedef struct policy_problem {
  * or -ENOMEM. */
 int policy_validate_document(const json_t *doc, policy_problem *problem);
 
+/* Compiles one condition (a plugin's `when`) as a rule's match is
+ * compiled: the ctx leaves and now(). Returns 0 and the program in *RET
+ * (cel_program_free), -EINVAL with the line, column and message in
+ * *PROBLEM (when not NULL), or -ENOMEM. */
+int policy_condition_compile(const char *src, size_t len, cel_program **ret, policy_problem *problem);
+/* Evaluates P on REQ with ARENA (reset by the caller) within the rules'
+ * cost limit. Returns 0 and whether it holds in *RET; -EINVAL when it is
+ * not a boolean (an error value), -ECANCELED past the cost, -ENOMEM. */
+int policy_condition_holds(const cel_program *p, const policy_request *req, cel_arena *arena, bool *ret);
+
 /* Builds a rule set from arrays of stored documents (each may be NULL):
  * POLICIES, USERS, GROUPS, CREDENTIALS and SERVICES. References to missing
  * policies are ignored; a rule whose CEL does not compile (stored before

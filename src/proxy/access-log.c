@@ -1,25 +1,58 @@
-/* The access log: one record per request, batched per thread into audit
- * entries (see corridor.h). */
+/* The access log: one record per request, appended by each proxy thread to
+ * its own segment file in the proxy's subtree (<data>/proxy/access/<id>),
+ * hash-chained (audit/segment.h). What is pending is written and committed
+ * at most ACCESS_FLUSH_MS after its first record, when ACCESS_PENDING_MAX
+ * bytes wait, at rotation and at shutdown: one write(2) to the file, then
+ * the same bytes and the segment's chain head (a proxy.access audit entry)
+ * queued for the audit role, which stores the bytes in its own subtree and
+ * appends the head to the Merkle log. Nothing is parsed again on the way. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "audit/event.h"
+#include "audit/segment.h"
+#include "basic/encoding.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "httpd/offload.h"
 #include "proxy/corridor.h"
 
-#define ACCESS_BATCH_BYTES (12 * 1024) /* record text per audit entry (entries are capped at 16 KiB) */
-#define ACCESS_RECORD_MAX 2600         /* the longest record: path, policy, rule and names at their caps */
-#define ACCESS_FLUSH_MS 200            /* a batch waits at most this long */
+#define ACCESS_FLUSH_MS 1000               /* a record is committed at most this long after it was written */
+#define ACCESS_PENDING_MAX (256 * 1024)    /* bytes of records written and committed at once, at most */
+#define ACCESS_SEGMENT_AGE_NS (3600 * NSEC_PER_SEC) /* a segment is rotated after an hour */
+#define ACCESS_RECORD_MAX 2600             /* the longest record: path, policy, rule and names at their caps */
+#define ACCESS_LINE_MAX (SEGMENT_HEX_LEN + ACCESS_RECORD_MAX + 2)
+#define ACCESS_COMMIT_TIMEOUT_MS 3000      /* a failClosed request waits this long for its record's commit */
 
 const char *const proxy_access_fields[PROXY_ACCESS_FIELDS_N] = {
     "time", "requestId", "user", "session", "ip", "service", "method",
     "path", "decision", "policy", "rule", "status", "bytes", "latencyUs",
 };
 
-/* The field names as the JSON array each entry carries. New reference, or
- * NULL. */
+/* A thread's segment: the open file, its chain and what is not yet
+ * written and committed. */
+typedef struct access_log {
+    proxy_thread *t;
+    char id[SEGMENT_ID_MAX + 1];
+    unsigned seq;         /* this thread's segments so far */
+    int fd;               /* the segment file, or -1 when it could not be opened */
+    segment_chain chain;  /* over every record of the segment, pending ones included */
+    uint64_t size;        /* bytes committed (and written) */
+    uint64_t opened_ns;   /* monotonic */
+    uint64_t first;       /* index of the first pending record */
+    strbuf pending;       /* lines not yet written */
+    unsigned denied, failed; /* pending records denied (deny, unauthenticated), failed (invalid, error) */
+    bool stopping;           /* the thread ends: a closed segment is not followed by another */
+    h2o_timeout_t timeout;
+    h2o_timeout_entry_t flush_entry;
+} access_log;
+
+/* The field names as a new JSON array, or NULL. */
 static json_t *fields_json(void)
 {
     json_t *a = json_array();
@@ -31,60 +64,130 @@ static json_t *fields_json(void)
     return a;
 }
 
-/* The outcome of a batch: "denied" when any of its records was refused by
- * authentication or policy, else "failure" when any was refused before a
- * decision or without one (invalid, error), else "success". */
-static const char *batch_outcome(const proxy_thread *t)
+/* The path of L's current segment file into OUT; false without a
+ * directory. */
+static bool segment_path(const access_log *l, char *out, size_t size)
 {
-    return t->access_denied ? "denied" : t->access_failed ? "failure" : "success";
+    const char *dir = l->t->settings->access_dir;
+    return dir && (size_t)snprintf(out, size, "%s/%s", dir, l->id) < size;
 }
 
-/* Sends the thread's pending records as one audit entry: {action:
- * proxy.access, outcome (batch_outcome), details: {fields: [names],
- * requests: [[values]...], count, denied}} (arrays rather than objects: a
- * third of the bytes and no key sorting). */
-static void access_flush(proxy_thread *t)
+/* Starts L's next segment: a fresh chain and file <access_dir>/<id>, the id
+ * being the thread's request-id prefix and the segment's number. Returns 0
+ * or a negative errno (logged); without a file, records still reach the
+ * audit role. */
+static int segment_open(access_log *l)
 {
-    if (h2o_timeout_is_linked(&t->access_flush))
-        h2o_timeout_unlink(&t->access_flush);
-    if (!t->access_count)
+    char prefix[17], path[4400];
+    hex_encode(l->t->id_prefix, sizeof(l->t->id_prefix), prefix);
+    snprintf(l->id, sizeof(l->id), "%s-%06u", prefix, ++l->seq);
+    segment_chain_dispose(&l->chain);
+    int r = segment_chain_init(&l->chain, l->id);
+    l->size = l->first = 0;
+    l->opened_ns = time_mono_ns();
+    if (l->fd >= 0)
+        close(l->fd);
+    l->fd = -1;
+    if (r == 0 && segment_path(l, path, sizeof(path))) {
+        l->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+        if (l->fd < 0)
+            r = -errno;
+    }
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot open an access-log segment; records go to the audit role only", "segment",
+                   l->id, "error", strerror(-r), NULL);
+    return r;
+}
+
+/* Writes all of DATA (LEN) to FD. Returns 0 or a negative errno. */
+static int write_all(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        data += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Writes L's pending records to its file and queues them with the chain
+ * head for the audit role (CLOSING: the segment's last head); then rotates
+ * when closing, or when the head could not be queued (the role takes a
+ * segment's bytes only in order). */
+static void access_flush(access_log *l, bool closing)
+{
+    if (h2o_timeout_is_linked(&l->flush_entry))
+        h2o_timeout_unlink(&l->flush_entry);
+    if (l->pending.len == 0 && !closing)
         return;
-    int r = strbuf_putc(&t->access, ']');
-    json_error_t err;
-    json_t *requests = r == 0 ? json_loadb(t->access.data, t->access.len, 0, &err) : NULL;
-    json_t *details = requests ? json_pack("{s:o, s:o, s:i, s:i}", "fields", fields_json(), "requests", requests,
-                                           "count", (int)t->access_count, "denied", (int)t->access_denied)
-                               : NULL;
-    if (details)
-        audit_event_emit(&(audit_event){.action = "proxy.access", .kind = "Service", .outcome = batch_outcome(t),
-                                        .details = details});
-    else
-        log_fields(LOG_LEVEL_ERROR, "access records could not be batched; they are logged here instead", "records",
-                   t->access.data, NULL);
-    json_decref(details);
-    strbuf_reset(&t->access);
-    t->access_count = t->access_denied = t->access_failed = 0;
+    if (l->pending.len > 0) {
+        int r = l->fd >= 0 ? write_all(l->fd, l->pending.data, l->pending.len) : 0;
+        if (r < 0)
+            log_fields(LOG_LEVEL_ERROR, "cannot write the access-log segment; its records go to the audit role only",
+                       "segment", l->id, "error", strerror(-r), NULL);
+        char head[SEGMENT_HEX_LEN + 1];
+        hex_encode(l->chain.value, SEGMENT_DIGEST_LEN, head);
+        uint64_t count = l->chain.count - l->first;
+        json_t *details = json_pack("{s:s, s:I, s:I, s:I, s:s, s:b, s:I, s:o}", "segment", l->id, "first",
+                                    (json_int_t)l->first, "count", (json_int_t)count, "records",
+                                    (json_int_t)l->chain.count, "head", head, "closed", closing, "denied",
+                                    (json_int_t)l->denied, "fields", fields_json());
+        const char *outcome = l->denied ? "denied" : l->failed ? "failure" : "success";
+        r = details ? audit_event_emit_segment(l->id, l->size, l->pending.data, l->pending.len,
+                                               &(audit_event){.action = "proxy.access", .kind = "Service",
+                                                              .outcome = outcome, .details = details})
+                    : -ENOMEM;
+        json_decref(details);
+        l->size += l->pending.len;
+        l->first = l->chain.count;
+        l->denied = l->failed = 0;
+        strbuf_reset(&l->pending);
+        if (r < 0)
+            closing = true;
+    }
+    if (closing && !l->stopping)
+        segment_open(l);
 }
 
-static void on_access_timeout(h2o_timeout_entry_t *entry)
+static void on_flush_timeout(h2o_timeout_entry_t *entry)
 {
-    access_flush(H2O_STRUCT_FROM_MEMBER(proxy_thread, access_flush, entry));
+    access_flush(H2O_STRUCT_FROM_MEMBER(access_log, flush_entry, entry), false);
 }
 
-void proxy_access_init(proxy_thread *t)
+int proxy_access_init(proxy_thread *t)
 {
-    strbuf_init(&t->access, ACCESS_BATCH_BYTES + ACCESS_RECORD_MAX + 64);
-    h2o_timeout_init(t->ctx->loop, &t->access_timeout, ACCESS_FLUSH_MS);
-    t->access_flush.cb = on_access_timeout;
+    access_log *l = calloc(1, sizeof(*l));
+    if (!l)
+        return -ENOMEM;
+    *l = (access_log){.t = t, .fd = -1};
+    strbuf_init(&l->pending, ACCESS_PENDING_MAX + ACCESS_LINE_MAX);
+    h2o_timeout_init(t->ctx->loop, &l->timeout, ACCESS_FLUSH_MS);
+    l->flush_entry.cb = on_flush_timeout;
+    t->access = l;
+    return segment_open(l);
 }
 
 void proxy_access_dispose(proxy_thread *t)
 {
-    access_flush(t);
-    if (h2o_timeout_is_linked(&t->access_flush))
-        h2o_timeout_unlink(&t->access_flush);
-    h2o_timeout_dispose(t->ctx->loop, &t->access_timeout);
-    strbuf_free(&t->access);
+    access_log *l = t->access;
+    if (!l)
+        return;
+    l->stopping = true;
+    access_flush(l, l->pending.len > 0);
+    h2o_timeout_dispose(t->ctx->loop, &l->timeout);
+    char path[4400];
+    if (l->chain.count == 0 && segment_path(l, path, sizeof(path)))
+        unlink(path); /* nothing recorded: no empty file left behind */
+    if (l->fd >= 0)
+        close(l->fd);
+    segment_chain_dispose(&l->chain);
+    strbuf_free(&l->pending);
+    free(l);
+    t->access = NULL;
 }
 
 /* Appends the JSON string S (or null) as the next array element. */
@@ -97,10 +200,10 @@ static void put_member(strbuf *b, const char *s)
         strbuf_puts(b, "null");
 }
 
-void proxy_access_encode(strbuf *b, bool first, const char *now, const access_record *rec, int status,
-                         uint64_t bytes, uint64_t latency_us)
+void proxy_access_encode(strbuf *b, const char *now, const access_record *rec, int status, uint64_t bytes,
+                         uint64_t latency_us)
 {
-    strbuf_printf(b, "%c[\"%s\",\"%s\"", first ? '[' : ',', now, rec->id);
+    strbuf_printf(b, "[\"%s\",\"%s\"", now, rec->id);
     put_member(b, rec->user);
     put_member(b, rec->session);
     put_member(b, rec->ip[0] ? rec->ip : NULL);
@@ -113,6 +216,42 @@ void proxy_access_encode(strbuf *b, bool first, const char *now, const access_re
     strbuf_printf(b, ",%d,%llu,%llu]", status, (unsigned long long)bytes, (unsigned long long)latency_us);
 }
 
+/* Appends REC's record to T's segment (flushing first when the pending
+ * bytes or the segment would pass their caps, or the segment is too old).
+ * Returns 0, or a negative errno when the record could not be chained
+ * (logged instead). */
+static int access_append(proxy_thread *t, const access_record *rec, int status, uint64_t bytes, uint64_t latency_us)
+{
+    access_log *l = t->access;
+    char storage[ACCESS_RECORD_MAX + 64], now[40];
+    strbuf b;
+    strbuf_init_static(&b, storage, sizeof(storage));
+    time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
+    proxy_access_encode(&b, now, rec, status, bytes, latency_us);
+    if (!l || !l->chain.ctx || b.truncated) {
+        log_fields(LOG_LEVEL_ERROR, "an access record could not be chained; it is logged here instead", "record",
+                   b.data, NULL);
+        return -EIO;
+    }
+    bool old = time_mono_ns() - l->opened_ns > ACCESS_SEGMENT_AGE_NS;
+    if (old || l->size + l->pending.len + ACCESS_LINE_MAX > SEGMENT_BYTES_MAX)
+        access_flush(l, true);
+    else if (l->pending.len + ACCESS_LINE_MAX > ACCESS_PENDING_MAX)
+        access_flush(l, false);
+    char line[ACCESS_LINE_MAX];
+    int n = segment_format_line(&l->chain, b.data, b.len, line);
+    if (n < 0 || strbuf_append(&l->pending, line, (size_t)n) < 0) {
+        log_fields(LOG_LEVEL_ERROR, "an access record could not be chained; it is logged here instead", "record",
+                   b.data, NULL);
+        return n < 0 ? n : -ENOMEM;
+    }
+    l->denied += rec->decision == PROXY_DECISION_DENY || rec->decision == PROXY_DECISION_UNAUTHENTICATED;
+    l->failed += rec->decision == PROXY_DECISION_INVALID || rec->decision == PROXY_DECISION_ERROR;
+    if (!h2o_timeout_is_linked(&l->flush_entry))
+        h2o_timeout_link(t->ctx->loop, &l->timeout, &l->flush_entry);
+    return 0;
+}
+
 void proxy_access_emit(void *p)
 {
     proxy_request *pr = p;
@@ -121,15 +260,7 @@ void proxy_access_emit(void *p)
     proxy_thread *t = pr->t;
     uint64_t latency_ns = time_mono_ns() - rec->started;
     int status = req->res.status;
-    if (t->access.len + ACCESS_RECORD_MAX > ACCESS_BATCH_BYTES)
-        access_flush(t);
-    char now[40];
-    time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
-    proxy_access_encode(&t->access, t->access_count == 0, now, rec, status, req->bytes_sent, latency_ns / 1000);
-    t->access_denied += rec->decision == PROXY_DECISION_DENY || rec->decision == PROXY_DECISION_UNAUTHENTICATED;
-    t->access_failed += rec->decision == PROXY_DECISION_INVALID || rec->decision == PROXY_DECISION_ERROR;
-    if (t->access_count++ == 0)
-        h2o_timeout_link(t->ctx->loop, &t->access_timeout, &t->access_flush);
+    access_append(t, rec, status, req->bytes_sent, latency_ns / 1000);
     const proxy_settings *s = t->settings;
     if (rec->in_flight)
         atomic_fetch_sub(rec->in_flight, 1);
@@ -138,6 +269,62 @@ void proxy_access_emit(void *p)
     if (s->metrics)
         atomic_store_explicit(&s->metrics->audit_dropped, audit_event_dropped(), memory_order_relaxed);
     proxy_config_unref(rec->config);
+}
+
+/* A failClosed request waiting for its admission record's commit. */
+typedef struct commit_job {
+    offload_job super;
+    proxy_request *pr; /* valid while the request is (DONE's REQ not NULL) */
+    int error;
+} commit_job;
+
+static void commit_work(offload_job *job)
+{
+    commit_job *j = (commit_job *)job;
+    j->error = audit_event_commit(ACCESS_COMMIT_TIMEOUT_MS);
+}
+
+/* Goes on with the corridor once the record is committed; refuses with 503
+ * when it could not be. */
+static void commit_done(offload_job *job, h2o_req_t *req)
+{
+    commit_job *j = (commit_job *)job;
+    proxy_request *pr = req ? j->pr : NULL;
+    int error = j->error;
+    free(j);
+    if (!pr)
+        return;
+    if (error < 0) {
+        pr->rec.decision = PROXY_DECISION_ERROR;
+        proxy_fail(pr, 503, "unavailable",
+                   "service %s requires its access to be audited and the audit log did not confirm the record (%s)",
+                   pr->svc->name, strerror(-error));
+        return;
+    }
+    proxy_continue_after(pr, proxy_stage_commit);
+}
+
+proxy_step proxy_stage_commit(proxy_request *pr)
+{
+    if (!pr->svc || !pr->svc->fail_closed)
+        return PROXY_NEXT;
+    proxy_thread *t = pr->t;
+    commit_job *j = calloc(1, sizeof(*j));
+    int e = j ? access_append(t, &pr->rec, 0, 0, 0) : -ENOMEM;
+    if (e == 0) {
+        access_flush(t->access, false);
+        j->super = (offload_job){.work = commit_work, .done = commit_done};
+        j->pr = pr;
+        e = t->settings->commit_pool ? offload_submit(t->settings->commit_pool, t->offload, pr->req, &j->super)
+                                     : -ESHUTDOWN;
+        if (e == 0)
+            return PROXY_DONE;
+    }
+    free(j);
+    pr->rec.decision = PROXY_DECISION_ERROR;
+    return proxy_fail(pr, 503, "unavailable",
+                      "service %s requires its access to be audited and its record could not be committed (%s)",
+                      pr->svc->name, strerror(-e));
 }
 
 void proxy_copy_printable(char *out, size_t size, const char *s, size_t len)

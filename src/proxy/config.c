@@ -133,6 +133,7 @@ static bool host_key(const char *host, size_t len, char *out)
 
 static void service_clear(proxy_service *s)
 {
+    proxy_plugins_clear(s);
     json_decref(s->doc);
     json_decref(s->attestation_policy);
     free(s->upstream_text);
@@ -289,7 +290,7 @@ static int service_init(proxy_service *s, json_t *doc, const proxy_state *st, co
     int e = service_inject(s, json_object_get(spec, "inject"), st->secrets);
     if (e < 0)
         return e;
-    return 0;
+    return proxy_plugins_build(s, json_object_get(spec, "plugins"));
 }
 
 /* Maps HOST to service index I unless another service claimed it first. */

@@ -72,7 +72,17 @@ typedef struct proxy_service {
     h2o_iovec_t inject_name;  /* lower-case header name */
     h2o_iovec_t inject_value; /* "Bearer …", "Basic …" or the raw value; wiped when freed */
     bool inject_missing;      /* the Secret value is not (yet) delivered: requests fail */
+    struct proxy_plugin *plugins; /* spec.plugins, in order (plugins.c) */
+    size_t n_plugins;
+    unsigned plugin_phases;       /* bit (1 << phase) set: some plugin runs in that phase */
 } proxy_service;
+
+/* Builds S's plugins from its spec.plugins (PLUGINS, may be NULL): each
+ * one's `when` compiled and its instance (plugin/plugin.h) taken; a plugin
+ * that cannot be loaded is kept with its error and fails as configured.
+ * Returns 0 or -ENOMEM. proxy_plugins_clear() releases them (plugins.c). */
+int proxy_plugins_build(proxy_service *s, const json_t *plugins);
+void proxy_plugins_clear(proxy_service *s);
 
 typedef struct proxy_config {
     _Atomic unsigned refs;

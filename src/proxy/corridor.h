@@ -17,6 +17,10 @@
  *                                a browser without one is sent to log in
  *                                (login.c)
  *   decide        decide.c       the policy on the normalised request
+ *   plugins       plugins.c      the Service's plugins (request headers and
+ *                                body; response headers and log hooked)
+ *   commit        access-log.c   a failClosed Service: the admission record
+ *                                committed to the audit log first
  *   portal        portal.c       a portal Service: its app's files, its /v1/
  *                                calls to the API as the user
  *   reachable     forward.c      an upstream (or enclave replica) to go to
@@ -92,13 +96,7 @@ typedef struct proxy_thread {
     /* /.cloister/attestation: certificates fetched on settings->attest_pool
      * come back to this loop; the drain waits for them */
     struct offload_loop *offload;
-    /* the access log: records of this thread's requests, sent as one audit
-     * entry per batch (by size or after a short delay) */
-    strbuf access;
-    unsigned access_count;
-    unsigned access_denied, access_failed; /* records of the batch denied (deny, unauthenticated), failed (invalid, error) */
-    h2o_timeout_t access_timeout;
-    h2o_timeout_entry_t access_flush;
+    struct access_log *access; /* this thread's access-log segment (access-log.c) */
     h2o_timeout_t handoff_timeout; /* login handoffs waiting for their session */
 } proxy_thread;
 
@@ -170,6 +168,7 @@ proxy_step proxy_stage_trace(proxy_request *pr);        /* trace.c */
 proxy_step proxy_stage_limit(proxy_request *pr);        /* normalise.c */
 proxy_step proxy_stage_authenticate(proxy_request *pr); /* authenticate.c */
 proxy_step proxy_stage_decide(proxy_request *pr);       /* decide.c */
+proxy_step proxy_stage_plugins(proxy_request *pr);      /* plugins.c */
 proxy_step proxy_stage_portal(proxy_request *pr);       /* portal.c */
 proxy_step proxy_stage_reachable(proxy_request *pr);    /* forward.c */
 proxy_step proxy_stage_attestation(proxy_request *pr);  /* attestation.c */
@@ -177,9 +176,16 @@ proxy_step proxy_stage_rewrite(proxy_request *pr);      /* rewrite.c */
 proxy_step proxy_stage_trace_upstream(proxy_request *pr); /* trace.c */
 proxy_step proxy_stage_forward(proxy_request *pr);      /* forward.c */
 
+/* ---- decide.c ---- */
+/* Fills P with the policy context of PR (its values in the thread's values
+ * arena, reset first). Returns 0 or -ENOMEM. */
+int proxy_policy_request(proxy_request *pr, policy_request *p);
+
 /* ---- proxy.c ---- */
 /* Picks up a newly published configuration before a request. */
 void proxy_refresh_config(proxy_thread *t);
+/* Runs PR's stages after DONE (a stage that answered later, off the loop). */
+void proxy_continue_after(proxy_request *pr, proxy_stage done);
 
 /* ---- respond.c: answers ---- */
 /* A fresh request id of T (hex) into OUT. */
@@ -195,6 +201,10 @@ proxy_step proxy_send_json_status(proxy_request *pr, int status, const json_t *v
 /* Sets PR's response to the refusal proxy_fail() sends (status, headers,
  * length) without starting it; returns its body (from the request's pool). */
 h2o_iovec_t proxy_failure_prepare(proxy_request *pr, int status, const char *code, const char *message);
+/* Puts an output stream in REQ's SLOT (a prefilter's) that sends BODY in
+ * place of the upstream's body (PR's refusal set up by
+ * proxy_failure_prepare()); returns the slot after it. */
+h2o_ostream_t **proxy_swap_body(h2o_req_t *req, h2o_ostream_t **slot, h2o_iovec_t body);
 /* Answers 302 to LOCATION (copied), not to be cached. */
 void proxy_redirect(h2o_req_t *req, const char *location);
 /* Answers STATUS with {"error":{"code","message"},"requestId"}, or for a
@@ -208,17 +218,25 @@ proxy_step proxy_fail(proxy_request *pr, int status, const char *code, const cha
 #define PROXY_ACCESS_FIELDS_N 14
 /* The names of an access record's members, in the order of its array. */
 extern const char *const proxy_access_fields[PROXY_ACCESS_FIELDS_N];
-void proxy_access_init(proxy_thread *t);
-/* Sends what is pending, then releases the batch. */
+/* Opens the thread's first segment. Returns 0 or a negative errno (logged;
+ * records then reach the audit role only). */
+int proxy_access_init(proxy_thread *t);
+/* Writes and commits what is pending, closes the segment (its head marked
+ * closed), then releases it. */
 void proxy_access_dispose(proxy_thread *t);
-/* The pool destructor of a proxy_request: records it in its thread's batch. */
+/* The pool destructor of a proxy_request: appends its record to its
+ * thread's segment. */
 void proxy_access_emit(void *p);
+/* The stage after plugins: for a failClosed Service, appends an admission
+ * record (status 0) and answers only once its segment's head is committed
+ * to the audit log (503 when it cannot be); other requests pass. */
+proxy_step proxy_stage_commit(proxy_request *pr);
 /* Appends REC, answered with STATUS after BYTES bytes and LATENCY_US µs and
- * stamped NOW (RFC 3339), to the batch B as its next array element (FIRST:
- * opens the batch with '['). The caller closes the batch with ']'. B must
- * have room for a record at its caps (bounded by access_record's fields). */
-void proxy_access_encode(strbuf *b, bool first, const char *now, const access_record *rec, int status,
-                         uint64_t bytes, uint64_t latency_us);
+ * stamped NOW (RFC 3339), to B as one compact JSON array (no newline). B
+ * must have room for a record at its caps (bounded by access_record's
+ * fields). */
+void proxy_access_encode(strbuf *b, const char *now, const access_record *rec, int status, uint64_t bytes,
+                         uint64_t latency_us);
 /* Copies the LEN bytes at S into OUT (SIZE) for the log: printable ASCII
  * kept, anything else as '?', cut at SIZE - 1. */
 void proxy_copy_printable(char *out, size_t size, const char *s, size_t len);

@@ -8,26 +8,32 @@
 #include "policy/policy-http.h"
 #include "proxy/corridor.h"
 
-/* Decides PR into *RET. Returns 0, or a negative errno (the request is then
- * denied). */
-static int decide(proxy_request *pr, policy_decision *ret)
+int proxy_policy_request(proxy_request *pr, policy_request *p)
 {
     proxy_thread *t = pr->t;
     const resolved_token *r = pr->token;
     cel_arena_reset(t->values);
-    policy_request p;
-    policy_request_init(&p);
-    if (policy_request_set_user(&p, r->user, t->values) < 0 ||
-        policy_request_set_service(&p, pr->svc->doc, t->values) < 0)
+    policy_request_init(p);
+    if (policy_request_set_user(p, r->user, t->values) < 0 ||
+        policy_request_set_service(p, pr->svc->doc, t->values) < 0)
         return -ENOMEM;
-    p.credential = r->credential ? json_string_value(json_object_get(json_object_get(r->credential, "metadata"), "name"))
-                                 : NULL;
-    policy_request_set_session(&p, r->session, r->session_created, r->session_expires, pr->from_cookie);
-    policy_request_set_string(&p, POLICY_VAR_REQUEST_IP, pr->rec.ip);
+    p->credential = r->credential ? json_string_value(json_object_get(json_object_get(r->credential, "metadata"), "name"))
+                                  : NULL;
+    policy_request_set_session(p, r->session, r->session_created, r->session_expires, pr->from_cookie);
+    policy_request_set_string(p, POLICY_VAR_REQUEST_IP, pr->rec.ip);
     h2o_iovec_t query = pr->query ? h2o_iovec_init(pr->query, strlen(pr->query)) : h2o_iovec_init(NULL, 0);
-    if (policy_request_set_http(&p, pr->req, h2o_iovec_init(pr->target, pr->path_len), query, t->values) < 0)
+    if (policy_request_set_http(p, pr->req, h2o_iovec_init(pr->target, pr->path_len), query, t->values) < 0)
         return -ENOMEM;
-    return policy_decide(pr->c->policies, &p, t->scratch, ret);
+    return 0;
+}
+
+/* Decides PR into *RET. Returns 0, or a negative errno (the request is then
+ * denied). */
+static int decide(proxy_request *pr, policy_decision *ret)
+{
+    policy_request p;
+    int r = proxy_policy_request(pr, &p);
+    return r < 0 ? r : policy_decide(pr->c->policies, &p, pr->t->scratch, ret);
 }
 
 /* A browser's page of a denial by POLICY ("" when no rule matched): no

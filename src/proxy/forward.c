@@ -32,27 +32,6 @@ typedef struct upstream_filter {
     proxy_request *pr;
 } upstream_filter;
 
-/* An output stream that sends BODY in place of what it is given. */
-typedef struct body_swap {
-    h2o_ostream_t super;
-    h2o_iovec_t body;
-    bool sent;
-} body_swap;
-
-static void body_swap_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt,
-                           h2o_send_state_t state)
-{
-    (void)bufs, (void)bufcnt;
-    body_swap *s = (body_swap *)self;
-    bool head = h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("HEAD"));
-    if (s->sent || head) {
-        h2o_ostream_send_next(self, req, NULL, 0, state);
-        return;
-    }
-    s->sent = true;
-    h2o_ostream_send_next(self, req, &s->body, 1, state);
-}
-
 /* Whether REQ's response is h2o's own answer to a failed upstream exchange
  * (h2o_send_error_502 "Gateway Error": a bare text/plain reason such as
  * "connection failed"), not one the upstream sent. */
@@ -77,12 +56,9 @@ static h2o_ostream_t **replace_gateway_error(proxy_request *pr, h2o_req_t *req, 
     req->res.headers = (h2o_headers_t){NULL};
     pr->page = (proxy_page_texts){.message = "The service behind this address could not be reached. Try again "
                                              "in a moment; if it keeps failing, tell its administrator."};
-    body_swap *s = (body_swap *)h2o_add_ostream(req, sizeof(*s), slot);
-    s->super.do_send = body_swap_send;
-    s->sent = false;
-    s->body = proxy_failure_prepare(pr, status == 504 ? 504 : 502, status == 504 ? "gateway_timeout" : "bad_gateway",
-                                    message);
-    return &s->super.next;
+    return proxy_swap_body(req, slot,
+                           proxy_failure_prepare(pr, status == 504 ? 504 : 502,
+                                                 status == 504 ? "gateway_timeout" : "bad_gateway", message));
 }
 
 /* Drops the upstream's Set-Cookie of the proxy's own cookies from the

@@ -7,6 +7,7 @@
 
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "plugin/plugin.h"
 
 static const double buckets_s[PROXY_METRICS_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                                         0.05,   0.1,   0.25,   0.5,   1,    2.5};
@@ -161,6 +162,60 @@ static uint64_t upstream_errors(const proxy_service_metrics *s)
     return n;
 }
 
+void proxy_metrics_plugin(proxy_metrics *m, const char *name, unsigned phase, unsigned outcome, bool denied,
+                          uint64_t latency_ns)
+{
+    if (!m || phase >= PROXY_METRICS_PLUGIN_PHASES || outcome >= PROXY_METRICS_PLUGIN_OUTCOMES)
+        return;
+    proxy_plugin_metrics *p = (proxy_plugin_metrics *)find_slot(m->plugins, sizeof(m->plugins[0]),
+                                                                PROXY_METRICS_PLUGINS, name, true);
+    if (!p)
+        return;
+    atomic_fetch_add_explicit(&p->calls[phase][outcome], 1, memory_order_relaxed);
+    if (denied)
+        atomic_fetch_add_explicit(&p->denials[phase], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->latency_sum_ns[phase], latency_ns, memory_order_relaxed);
+}
+
+/* The plugins' part of the exposition: calls by outcome, denials and
+ * time per plugin and phase (those with calls). */
+static int render_plugins(const proxy_metrics *m, strbuf *out)
+{
+    int r = strbuf_puts(out, "# HELP cloister_plugin_calls_total Plugin calls by plugin, phase and outcome (ok, error, "
+                             "crash, timeout, garbage).\n"
+                             "# TYPE cloister_plugin_calls_total counter\n"
+                             "# HELP cloister_plugin_denials_total Plugin calls answered DENY.\n"
+                             "# TYPE cloister_plugin_denials_total counter\n"
+                             "# HELP cloister_plugin_duration_seconds_sum Time spent in plugin calls.\n"
+                             "# TYPE cloister_plugin_duration_seconds_sum counter\n");
+    for (size_t i = 0; i < PROXY_METRICS_PLUGINS && r == 0; i++) {
+        const proxy_plugin_metrics *p = &m->plugins[i];
+        if (atomic_load(&p->slot.state) != 2)
+            continue;
+        for (unsigned ph = 0; ph < PROXY_METRICS_PLUGIN_PHASES && r == 0; ph++) {
+            uint64_t total = 0;
+            for (unsigned o = 0; o < PROXY_METRICS_PLUGIN_OUTCOMES; o++)
+                total += atomic_load_explicit(&p->calls[ph][o], memory_order_relaxed);
+            if (!total)
+                continue;
+            const char *phase = plugin_phase_name((cloister_phase)ph);
+            for (unsigned o = 0; o < PROXY_METRICS_PLUGIN_OUTCOMES && r == 0; o++)
+                r = strbuf_printf(out, "cloister_plugin_calls_total{plugin=\"%s\",phase=\"%s\",outcome=\"%s\"} %llu\n",
+                                  p->slot.name, phase, plugin_outcome_name((plugin_outcome)o),
+                                  (unsigned long long)atomic_load_explicit(&p->calls[ph][o], memory_order_relaxed));
+            if (r == 0)
+                r = strbuf_printf(out,
+                                  "cloister_plugin_denials_total{plugin=\"%s\",phase=\"%s\"} %llu\n"
+                                  "cloister_plugin_duration_seconds_sum{plugin=\"%s\",phase=\"%s\"} %.9f\n",
+                                  p->slot.name, phase,
+                                  (unsigned long long)atomic_load_explicit(&p->denials[ph], memory_order_relaxed),
+                                  p->slot.name, phase,
+                                  (double)atomic_load_explicit(&p->latency_sum_ns[ph], memory_order_relaxed) / 1e9);
+        }
+    }
+    return r;
+}
+
 int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
 {
     int r = strbuf_puts(out, "# HELP cloister_proxy_requests_total Proxy requests by service, decision and status class.\n"
@@ -262,5 +317,7 @@ int proxy_metrics_render(const proxy_metrics *m, strbuf *out)
                           "# TYPE cloister_proxy_config_age_seconds gauge\n"
                           "cloister_proxy_config_age_seconds %.3f\n",
                           (double)age / 1e9);
+    if (r == 0)
+        r = render_plugins(m, out);
     return r;
 }

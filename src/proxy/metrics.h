@@ -11,6 +11,7 @@
 #pragma once
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "basic/strbuf.h"
@@ -19,6 +20,9 @@
 #define PROXY_METRICS_NAME_MAX 64
 #define PROXY_METRICS_BUCKETS 12
 #define PROXY_METRICS_ENCLAVES 64 /* Enclaves whose load is tracked (the autoscaler reads it) */
+#define PROXY_METRICS_PLUGINS 32  /* plugins (by name) whose calls are counted */
+#define PROXY_METRICS_PLUGIN_PHASES 6   /* plugin/call.h's phases */
+#define PROXY_METRICS_PLUGIN_OUTCOMES 5 /* plugin/plugin.h's outcomes */
 
 typedef enum proxy_decision {
     PROXY_DECISION_ALLOW,
@@ -62,9 +66,19 @@ typedef struct proxy_enclave_load {
     _Atomic int64_t in_flight;
 } proxy_enclave_load;
 
+/* A plugin's calls by phase: by outcome (ok, error, crash, timeout,
+ * garbage), denials among the answered ones, and the time they took. */
+typedef struct proxy_plugin_metrics {
+    proxy_metrics_slot slot;
+    _Atomic uint64_t calls[PROXY_METRICS_PLUGIN_PHASES][PROXY_METRICS_PLUGIN_OUTCOMES];
+    _Atomic uint64_t denials[PROXY_METRICS_PLUGIN_PHASES];
+    _Atomic uint64_t latency_sum_ns[PROXY_METRICS_PLUGIN_PHASES];
+} proxy_plugin_metrics;
+
 typedef struct proxy_metrics {
     proxy_service_metrics services[PROXY_METRICS_SERVICES + 1]; /* the last: "(other)" and no service */
     proxy_enclave_load enclaves[PROXY_METRICS_ENCLAVES];
+    proxy_plugin_metrics plugins[PROXY_METRICS_PLUGINS];
     _Atomic uint64_t config_generation, config_revision, config_updates;
     /* the configuration stream (monotonic ns, 0: never): when the proxy
      * began following it (each start of the role), and when it last
@@ -97,6 +111,11 @@ int proxy_metrics_config_age(const proxy_metrics *m, uint64_t now, uint64_t *ret
 _Atomic int64_t *proxy_metrics_enclave(proxy_metrics *m, const char *name);
 /* Requests in flight to Enclave NAME now (0 when unknown). */
 int64_t proxy_metrics_enclave_in_flight(const proxy_metrics *m, const char *name);
+/* Counts one call of plugin NAME in PHASE with OUTCOME (indexes of
+ * plugin/call.h and plugin/plugin.h), DENIED when it answered DENY, which
+ * took LATENCY_NS. Plugins past the table's size are not counted. */
+void proxy_metrics_plugin(proxy_metrics *m, const char *name, unsigned phase, unsigned outcome, bool denied,
+                          uint64_t latency_ns);
 /* Appends the Prometheus exposition text of M to OUT. */
 int proxy_metrics_render(const proxy_metrics *m, strbuf *out);
 /* The label value of decision D. */

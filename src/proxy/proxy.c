@@ -152,7 +152,8 @@ static proxy_step proxy_stage_probe(proxy_request *pr)
 /* The stages, in order (corridor.h says what each does). */
 static const proxy_stage stages[] = {
     proxy_stage_probe,       proxy_stage_normalise,   proxy_stage_trace,       proxy_stage_reserved,
-    proxy_stage_limit,       proxy_stage_authenticate, proxy_stage_decide,
+    proxy_stage_limit,       proxy_stage_authenticate, proxy_stage_decide,      proxy_stage_plugins,
+    proxy_stage_commit,
     proxy_stage_portal,      proxy_stage_reachable,   proxy_stage_attestation,
     proxy_stage_rewrite,     proxy_stage_trace_upstream, proxy_stage_forward,
 };
@@ -175,6 +176,14 @@ static proxy_request *request_new(proxy_thread *t, h2o_req_t *req)
     return pr;
 }
 
+/* Runs PR's stages from the one at FIRST until one answers. */
+static void run_stages(proxy_request *pr, size_t first)
+{
+    for (size_t i = first; i < ELEMENTSOF(stages); i++)
+        if (stages[i](pr) == PROXY_DONE)
+            break;
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     (void)self;
@@ -187,10 +196,16 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     if (t->settings->metrics)
         atomic_store_explicit(&t->settings->metrics->connections, httpd_connections(req), memory_order_relaxed);
     proxy_request *pr = request_new(t, req);
-    for (size_t i = 0; i < ELEMENTSOF(stages); i++)
-        if (stages[i](pr) == PROXY_DONE)
-            break;
+    run_stages(pr, 0);
     return 0;
+}
+
+void proxy_continue_after(proxy_request *pr, proxy_stage done)
+{
+    size_t i = 0;
+    while (i < ELEMENTSOF(stages) && stages[i] != done)
+        i++;
+    run_stages(pr, i + 1);
 }
 
 void proxy_register(h2o_pathconf_t *pathconf, void *userdata)

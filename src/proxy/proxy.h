@@ -40,6 +40,8 @@ typedef struct proxy_settings {
     const char *api_url;         /* the API as this proxy reaches it (sign-out revokes sessions there) */
     const char *api_ca_file;     /* verifies the API */
     struct offload_pool *logout_pool; /* sign-outs' calls to the API */
+    const char *access_dir;           /* the access-log segments (<data>/proxy/access) */
+    struct offload_pool *commit_pool; /* failClosed requests waiting for their record's commit */
 } proxy_settings;
 
 /* httpd hooks; USERDATA is the proxy_settings (borrowed for the server's life). */

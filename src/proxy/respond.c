@@ -122,3 +122,33 @@ proxy_step proxy_fail(proxy_request *pr, int status, const char *code, const cha
     proxy_send_body(pr->req, proxy_failure_prepare(pr, status, code, message));
     return PROXY_DONE;
 }
+
+/* An output stream that sends BODY in place of what it is given. */
+typedef struct swapped_body {
+    h2o_ostream_t super;
+    h2o_iovec_t body;
+    bool sent;
+} swapped_body;
+
+static void swapped_body_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt,
+                              h2o_send_state_t state)
+{
+    (void)bufs, (void)bufcnt;
+    swapped_body *s = (swapped_body *)self;
+    bool head = h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("HEAD"));
+    if (s->sent || head) {
+        h2o_ostream_send_next(self, req, NULL, 0, state);
+        return;
+    }
+    s->sent = true;
+    h2o_ostream_send_next(self, req, &s->body, 1, state);
+}
+
+h2o_ostream_t **proxy_swap_body(h2o_req_t *req, h2o_ostream_t **slot, h2o_iovec_t body)
+{
+    swapped_body *s = (swapped_body *)h2o_add_ostream(req, sizeof(*s), slot);
+    s->super.do_send = swapped_body_send;
+    s->sent = false;
+    s->body = body;
+    return &s->super.next;
+}

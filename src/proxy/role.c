@@ -9,6 +9,7 @@
 #include "audit/event.h"
 #include "auth/keyring.h"
 #include "basic/fileio.h"
+#include "plugin/plugin.h"
 #include "basic/log.h"
 #include "httpd/httpd.h"
 #include "httpd/offload.h"
@@ -28,6 +29,8 @@
 #define ATTEST_JOBS_MAX 256
 #define LOGOUT_WORKERS 1    /* sign-outs: one short call to the API each */
 #define LOGOUT_JOBS_MAX 64
+#define COMMIT_WORKERS 4    /* failClosed requests waiting for their record's commit (audit_event_commit) */
+#define COMMIT_JOBS_MAX 1024
 
 /* The client TLS context for https upstreams: the system's trust store and
  * the cluster CA, certificate and host name verified. */
@@ -61,12 +64,18 @@ int proxy_serve(const proxy_role_config *cfg)
     X509 *host_ca = NULL;
     EVP_PKEY *host_ca_key = NULL;
     proxy_certs *certs = NULL;
-    offload_pool *attest_pool = NULL, *logout_pool = NULL;
+    offload_pool *attest_pool = NULL, *logout_pool = NULL, *commit_pool = NULL;
+    char access_dir[4300];
+    snprintf(access_dir, sizeof(access_dir), "%s/access", dir);
     if (!client_tls || pki_load(cfg->host_ca_cert, cfg->host_ca_key, &host_ca, &host_ca_key) < 0 ||
         proxy_certs_new(host_ca, host_ca_key, &certs) < 0 ||
         offload_pool_new("proxy-attest", ATTEST_WORKERS, ATTEST_JOBS_MAX, &attest_pool) < 0 ||
-        offload_pool_new("proxy-logout", LOGOUT_WORKERS, LOGOUT_JOBS_MAX, &logout_pool) < 0) {
+        offload_pool_new("proxy-logout", LOGOUT_WORKERS, LOGOUT_JOBS_MAX, &logout_pool) < 0 ||
+        offload_pool_new("proxy-commit", COMMIT_WORKERS, COMMIT_JOBS_MAX, &commit_pool) < 0 ||
+        mkdir_p(access_dir, 0700) < 0) {
         offload_pool_free(attest_pool);
+        offload_pool_free(logout_pool);
+        offload_pool_free(commit_pool);
         proxy_certs_free(certs);
         SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
@@ -76,6 +85,13 @@ int proxy_serve(const proxy_role_config *cfg)
     /* enclaves are reached only once their attestation verifies; without
      * the platform CA they are not reached at all */
     proxy_bridges_init(cfg->platform_ca_cert, cfg->runner_dir);
+    char plugin_spawn[4300];
+    snprintf(plugin_spawn, sizeof(plugin_spawn), "%s/plugins.sock", cfg->runner_dir ? cfg->runner_dir : "");
+    if (plugin_host_configure(cfg->plugin_dir, cfg->plugin_trusted,
+                              cfg->plugin_dir && cfg->runner_dir ? plugin_spawn : NULL) < 0) {
+        log_fields(LOG_LEVEL_ERROR, "out of memory", NULL);
+        return 1;
+    }
     snprintf(login_url, sizeof(login_url), "%s/v1/auth/login", cfg->api_url);
     snprintf(issuer, sizeof(issuer), "https://proxy.%s", cfg->domain);
     if (!cfg->portal_dir)
@@ -96,6 +112,7 @@ int proxy_serve(const proxy_role_config *cfg)
         audit_event_stop(2000);
         offload_pool_free(attest_pool);
         offload_pool_free(logout_pool);
+        offload_pool_free(commit_pool);
         proxy_certs_free(certs);
         SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
@@ -116,6 +133,8 @@ int proxy_serve(const proxy_role_config *cfg)
         .api_url = cfg->api_url,
         .api_ca_file = cfg->ca_cert,
         .logout_pool = logout_pool,
+        .access_dir = access_dir,
+        .commit_pool = commit_pool,
     };
     httpd_config hc = {
         .name = "proxy",
@@ -142,6 +161,7 @@ int proxy_serve(const proxy_role_config *cfg)
     proxy_config_shutdown();
     offload_pool_free(attest_pool); /* every loop is freed: their jobs are done */
     offload_pool_free(logout_pool);
+    offload_pool_free(commit_pool);
     proxy_certs_free(certs);
     SSL_CTX_free(client_tls);
     auth_keyring_free(keys);

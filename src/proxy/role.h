@@ -22,7 +22,9 @@ typedef struct proxy_role_config {
     const char *host_ca_cert;     /* the CA that signs the services' host certificates, and its key */
     const char *host_ca_key;
     const char *platform_ca_cert; /* enclaves' attestation; without it enclaves are not reached */
-    const char *runner_dir;       /* the enclaves' attested sockets */
+    const char *runner_dir;       /* the enclaves' attested sockets; the runner's plugins.sock */
+    const char *plugin_dir;       /* plugins (plugin/plugin.h), or NULL: none */
+    const char *plugin_trusted;   /* those loaded in process (comma-separated) */
     const char *portal_dir;       /* the built portal app (the supervisor's copy), or NULL: portal Services answer 503 */
     const char *listen, *plain_listen; /* plain_listen NULL: none */
     const char *cert_file, *key_file;

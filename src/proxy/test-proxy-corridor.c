@@ -131,11 +131,13 @@ Test(access, records_encode_as_arrays_of_the_named_fields)
     snprintf(rec.path, sizeof(rec.path), "/a\"b\\c");
     snprintf(rec.policy, sizeof(rec.policy), "p");
     snprintf(rec.rule, sizeof(rec.rule), "r");
-    proxy_access_encode(&b, true, "2026-01-02T03:04:05.678Z", &rec, 200, 612, 42);
+    strbuf_putc(&b, '[');
+    proxy_access_encode(&b, "2026-01-02T03:04:05.678Z", &rec, 200, 612, 42);
     access_record anonymous = {.decision = PROXY_DECISION_UNAUTHENTICATED};
     snprintf(anonymous.id, sizeof(anonymous.id), "%s", request_id);
     snprintf(anonymous.method, sizeof(anonymous.method), "POST");
-    proxy_access_encode(&b, false, "2026-01-02T03:04:05.679Z", &anonymous, 401, 0, 7);
+    strbuf_putc(&b, ',');
+    proxy_access_encode(&b, "2026-01-02T03:04:05.679Z", &anonymous, 401, 0, 7);
     cr_assert_eq(strbuf_putc(&b, ']'), 0);
 
     json_error_t err;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "basic/timeutil.h"
+#include "plugin/plugin.h"
 #include "proxy/metrics.h"
 
 static proxy_metrics m;
@@ -89,5 +90,28 @@ Test(errors, counted_by_class_and_upstream_errors_are_their_sum)
     };
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
         cr_expect_not_null(strstr(out.data, want[i]), "%s not in\n%s", want[i], out.data);
+    strbuf_free(&out);
+}
+
+Test(plugins, calls_by_phase_and_outcome_denials_and_time)
+{
+    static proxy_metrics pm;
+    strbuf out;
+    proxy_metrics_plugin(&pm, "claims-auth", CLOISTER_PHASE_REQUEST_HEADERS, PLUGIN_OUTCOME_OK, true, 2000000);
+    proxy_metrics_plugin(&pm, "claims-auth", CLOISTER_PHASE_REQUEST_HEADERS, PLUGIN_OUTCOME_OK, false, 1000000);
+    proxy_metrics_plugin(&pm, "hang", CLOISTER_PHASE_LOG, PLUGIN_OUTCOME_TIMEOUT, false, 300000000);
+    proxy_metrics_plugin(&pm, "hang", CLOISTER_PHASE_COUNT_, PLUGIN_OUTCOME_OK, false, 1); /* out of range: ignored */
+    strbuf_init(&out, 1 << 20);
+    cr_assert_eq(proxy_metrics_render(&pm, &out), 0);
+    static const char *const want[] = {
+        "\ncloister_plugin_calls_total{plugin=\"claims-auth\",phase=\"request_headers\",outcome=\"ok\"} 2\n",
+        "\ncloister_plugin_calls_total{plugin=\"claims-auth\",phase=\"request_headers\",outcome=\"crash\"} 0\n",
+        "\ncloister_plugin_denials_total{plugin=\"claims-auth\",phase=\"request_headers\"} 1\n",
+        "\ncloister_plugin_duration_seconds_sum{plugin=\"claims-auth\",phase=\"request_headers\"} 0.003000000\n",
+        "\ncloister_plugin_calls_total{plugin=\"hang\",phase=\"log\",outcome=\"timeout\"} 1\n",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        cr_expect_not_null(strstr(out.data, want[i]), "%s not in\n%s", want[i], out.data);
+    cr_expect_null(strstr(out.data, "plugin=\"hang\",phase=\"request_headers\""), "no calls: no lines");
     strbuf_free(&out);
 }

@@ -108,6 +108,64 @@ static const schema_field group_fields[] = {
 };
 static const schema s_group_spec = OBJECT(group_fields);
 
+/* ---- Plugins (docs/plugins.md), of a Service and of an Enclave ---------- */
+
+static const char *const plugin_phases[] = {"request_headers", "request_body", "response_headers", "response_body",
+                                            "log", "egress", NULL};
+static const char *const plugin_failures[] = {"open", "closed", NULL};
+static const schema s_plugin_phase = STRING(.values = plugin_phases);
+static const schema s_plugin_failure = STRING(.values = plugin_failures);
+static const schema s_plugin_when = STRING(.format = FORMAT_TEXT, .max_len = 4096);
+static const schema s_plugin_timeout = {.type = SCHEMA_INT, .min = 1, .max = 10000};
+static const schema_field plugin_fields[] = {
+    {"name", &s_name, true, NULL},        /* the file <plugin dir>/<name>.so */
+    {"phase", &s_plugin_phase, true, NULL},
+    {"when", &s_plugin_when, false, NULL}, /* CEL on ctx, as a policy's match: the plugin runs when it holds */
+    {"failure", &s_plugin_failure, false, "\"closed\""},
+    {"timeoutMs", &s_plugin_timeout, false, "200"},
+    {"config", &s_any, false, "{}"},      /* handed to the plugin's init as JSON text */
+    {NULL},
+};
+
+/* A plugin of a Service (any phase but egress) or of an Enclave (egress)
+ * whose config serialises within the protocol's cap. */
+static int check_plugin_of(const json_t *v, resource_path *path, resource_error *err, bool enclave)
+{
+    const char *phase = json_string_value(json_object_get(v, "phase"));
+    bool egress = phase && strcmp(phase, "egress") == 0;
+    const json_t *config = json_object_get(v, "config");
+    char *text = config ? json_dumps(config, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    const char *why = NULL, *field = "phase";
+    if (enclave && !egress)
+        why = "an Enclave's plugins run at its egress: phase must be egress";
+    else if (!enclave && egress)
+        why = "a Service's plugins run in the proxy: phase egress belongs to an Enclave";
+    else if (config && (!text || strlen(text) > 64 * 1024))
+        why = "larger than 64 KiB as JSON", field = "config";
+    free(text);
+    if (!why)
+        return 0;
+    size_t saved = resource_path_push_key(path, field, strlen(field));
+    int r = resource_fail(err, path, "%s", why);
+    resource_path_pop(path, saved);
+    return r;
+}
+
+static int check_service_plugin(const json_t *v, resource_path *path, resource_error *err)
+{
+    return check_plugin_of(v, path, err, false);
+}
+
+static int check_enclave_plugin(const json_t *v, resource_path *path, resource_error *err)
+{
+    return check_plugin_of(v, path, err, true);
+}
+
+static const schema s_service_plugin = OBJECT(plugin_fields, .check = check_service_plugin);
+static const schema s_enclave_plugin = OBJECT(plugin_fields, .check = check_enclave_plugin);
+static const schema s_service_plugins = ARRAY(&s_service_plugin, .max_items = 16);
+static const schema s_enclave_plugins = ARRAY(&s_enclave_plugin, .max_items = 16);
+
 /* ---- Service ------------------------------------------------------------ */
 
 static const schema s_http_url = STRING(.format = FORMAT_HTTP_URL, .max_len = 2048);
@@ -171,6 +229,7 @@ static const schema_field service_fields[] = {
     {"allowPathParameters", &s_bool, false, NULL},
     {"trustTraceContext", &s_bool, false, NULL},
     {"limits", &s_service_limits, false, NULL},
+    {"plugins", &s_service_plugins, false, NULL},
     {NULL},
 };
 static const schema s_service_spec = OBJECT(service_fields);
@@ -394,6 +453,7 @@ static const schema_field enclave_fields[] = {
     {"attestationPolicy", &s_name, false, NULL},
     {"limits", &s_enclave_limits, false, NULL},
     {"egress", &s_egress, false, NULL}, /* allow-only: what the agent's proxy may reach */
+    {"plugins", &s_enclave_plugins, false, NULL}, /* egress interceptors, asked by the runner */
     {NULL},
 };
 static const schema s_enclave_spec = OBJECT(enclave_fields, .check = check_enclave);

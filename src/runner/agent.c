@@ -120,6 +120,12 @@ int runner_engine_locate(char *out, size_t size)
     return locate("CLOISTER_JOB_BUNDLE", tries, ELEMENTSOF(tries), R_OK | X_OK, out, size);
 }
 
+int runner_plugin_sandbox_locate(char *out, size_t size)
+{
+    static const char *const tries[] = {"cloister-plugin-sandbox", "../plugin/cloister-plugin-sandbox"};
+    return locate("CLOISTER_PLUGIN_SANDBOX", tries, ELEMENTSOF(tries), X_OK, out, size);
+}
+
 /* Takes one token of B (RATE per second, at most BURST); false when empty. */
 static bool bucket_take(bucket *b, double rate, double burst)
 {

@@ -68,6 +68,9 @@ int runner_agent_locate(char *out, size_t size);
  * else ../job/cloister-job-bundle from it (the build tree). Writes its
  * absolute path to OUT; -ENOENT when there is none. */
 int runner_engine_locate(char *out, size_t size);
+/* The same for cloister-plugin-sandbox (or $CLOISTER_PLUGIN_SANDBOX), the
+ * host of an untrusted plugin in its sandbox (runner/plugins.h). */
+int runner_plugin_sandbox_locate(char *out, size_t size);
 
 /* Prepares agent mode for sandbox NAME from PARAMS, the launch request's
  * "agent" member ({"secrets"?: [{"key", "file"}], "refreshSeconds"?}),

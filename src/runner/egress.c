@@ -23,6 +23,7 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "plugin/plugin.h"
 #include "runner/egress-check.h"
 
 #define NOBODY 65534     /* the sandbox's root on the host: it must reach the socket */
@@ -30,6 +31,16 @@
 #define ADDRS_MAX 8      /* of a resolved name, tried in order */
 #define CONNECT_TIMEOUT_S 10
 #define RELAY_BUFFER 16384
+
+#define EGRESS_PLUGINS_MAX 16
+
+/* An egress plugin of the Enclave (docs/plugins.md). */
+typedef struct egress_plugin {
+    char name[64];
+    plugin_instance *instance; /* NULL: ERROR says why it cannot run */
+    char *error;
+    bool fail_open;
+} egress_plugin;
 
 typedef struct egress_entry {
     char host[EGRESS_HOST_MAX + 1];
@@ -42,6 +53,8 @@ struct runner_egress {
     char sandbox[64], enclave[64];
     egress_entry entries[RUNNER_EGRESS_ENTRIES_MAX];
     size_t n_entries;
+    egress_plugin plugins[EGRESS_PLUGINS_MAX];
+    size_t n_plugins;
     int listen_fd;
     pthread_t acceptor;
     bool started;
@@ -58,8 +71,49 @@ typedef struct tunnel {
 
 static void unref(runner_egress *eg)
 {
-    if (atomic_fetch_sub(&eg->refs, 1) == 1)
-        free(eg);
+    if (atomic_fetch_sub(&eg->refs, 1) != 1)
+        return;
+    for (size_t i = 0; i < eg->n_plugins; i++) {
+        plugin_instance_unref(eg->plugins[i].instance);
+        free(eg->plugins[i].error);
+    }
+    free(eg);
+}
+
+/* Takes the instances of the egress plugins in PLUGINS (the Enclave's
+ * spec.plugins, validated at apply); one that cannot run is kept with its
+ * error and fails as configured. -1 with ERR (500) when out of memory. */
+static int parse_plugins(runner_egress *eg, const json_t *plugins, api_error *err)
+{
+    size_t i;
+    const json_t *j;
+    json_array_foreach(plugins, i, j)
+    {
+        const char *phase = json_string_value(json_object_get(j, "phase"));
+        if (!phase || strcmp(phase, "egress") != 0 || eg->n_plugins == EGRESS_PLUGINS_MAX)
+            continue;
+        egress_plugin *p = &eg->plugins[eg->n_plugins++];
+        snprintf(p->name, sizeof(p->name), "%s", json_string_value(json_object_get(j, "name")) ?: "");
+        const char *failure = json_string_value(json_object_get(j, "failure"));
+        p->fail_open = failure && strcmp(failure, "open") == 0;
+        const json_t *timeout = json_object_get(j, "timeoutMs");
+        json_int_t ms = json_is_integer(timeout) ? json_integer_value(timeout) : 200;
+        if (ms < 1 || ms > PLUGIN_TIMEOUT_MS_MAX)
+            ms = ms < 1 ? 1 : PLUGIN_TIMEOUT_MS_MAX;
+        _cleanup_free_ char *config = json_dumps(json_object_get(j, "config") ? json_object_get(j, "config")
+                                                                              : json_object(),
+                                                 JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS);
+        char why[PLUGIN_ERROR_MAX] = "";
+        if (!config)
+            return api_fail(err, 500, "internal", "out of memory");
+        if (plugin_instance_get(p->name, config, (uint32_t)ms, &p->instance, why, sizeof(why)) < 0) {
+            log_fields(LOG_LEVEL_ERROR, "an Enclave's egress plugin cannot run; it fails as configured", "enclave",
+                       eg->enclave, "plugin", p->name, "error", why, NULL);
+            if (!(p->error = strdup(why)))
+                return api_fail(err, 500, "internal", "out of memory");
+        }
+    }
+    return 0;
 }
 
 /* Parses ENTRIES into EG; -1 with ERR (400). */
@@ -100,16 +154,74 @@ static void address_text(const struct sockaddr *sa, char *out, size_t size)
 
 /* Audits a decision on a tunnel to HOST:PORT (NULL host: the line was
  * unreadable): OUTCOME "success", "denied" or "failure". */
-static void audit(const runner_egress *eg, const char *outcome, const char *host, unsigned port,
-                  const char *address, const char *reason)
+static void audit_tagged(const runner_egress *eg, const char *outcome, const char *host, unsigned port,
+                         const char *address, const char *reason, json_t *tags)
 {
     json_t *details = json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "enclave", eg->enclave, "replica", eg->sandbox,
                                 "host", host ? host : "", "port", (int)port, "address", address ? address : "",
                                 "reason", reason);
+    if (details && tags && json_object_size(tags))
+        json_object_set(details, "tags", tags);
     audit_event_emit(&(audit_event){.action = "enclave.egress", .user = "system:runner", .kind = "Enclave",
                                     .name = eg->enclave[0] ? eg->enclave : NULL, .outcome = outcome,
                                     .details = details});
     json_decref(details);
+}
+
+static void audit(const runner_egress *eg, const char *outcome, const char *host, unsigned port,
+                  const char *address, const char *reason)
+{
+    audit_tagged(eg, outcome, host, port, address, reason, NULL);
+}
+
+/* Asks EG's plugins, in order, about a tunnel to HOST:PORT. Returns 0 to
+ * let it go (their tags added to TAGS), or -EPERM with WHY and the status
+ * to answer in *RET_STATUS: a DENY (its status), a failure closed (503). */
+static int ask_plugins(runner_egress *eg, const char *host, unsigned port, json_t *tags, char *why, size_t size,
+                       int *ret_status)
+{
+    if (!eg->n_plugins)
+        return 0;
+    _cleanup_free_ plugin_call *call = malloc(sizeof(*call));
+    if (!call) {
+        snprintf(why, size, "out of memory");
+        *ret_status = 503;
+        return -EPERM;
+    }
+    char port_text[8], error[PLUGIN_ERROR_MAX];
+    snprintf(port_text, sizeof(port_text), "%u", port);
+    for (size_t i = 0; i < eg->n_plugins; i++) {
+        egress_plugin *p = &eg->plugins[i];
+        plugin_call_init(call, CLOISTER_PHASE_EGRESS);
+        plugin_call_prop(call, "egress.host", host, strlen(host));
+        plugin_call_prop(call, "egress.port", port_text, strlen(port_text));
+        plugin_call_prop(call, "enclave.name", eg->enclave, strlen(eg->enclave));
+        plugin_call_prop(call, "replica.name", eg->sandbox, strlen(eg->sandbox));
+        plugin_outcome o = PLUGIN_OUTCOME_ERROR;
+        if (p->instance)
+            o = plugin_instance_run(p->instance, call, error, sizeof(error));
+        else
+            snprintf(error, sizeof(error), "%s", p->error ? p->error : "it cannot run");
+        for (size_t t = 0; o == PLUGIN_OUTCOME_OK && t < call->n_tags; t++) {
+            char key[PLUGIN_NAME_MAX + 1];
+            snprintf(key, sizeof(key), "%.*s", (int)call->tags[t].key.len, call->tags[t].key.ptr);
+            json_object_set_new(tags, key, json_stringn(call->tags[t].value.ptr, call->tags[t].value.len));
+        }
+        if (o == PLUGIN_OUTCOME_OK && call->action == CLOISTER_DENY) {
+            snprintf(why, size, "denied by plugin %s: %s", p->name, call->reason[0] ? call->reason : "no reason given");
+            *ret_status = call->status ? call->status : 403;
+            return -EPERM;
+        }
+        if (o != PLUGIN_OUTCOME_OK && !p->fail_open) {
+            snprintf(why, size, "plugin %s failed (%s: %s) and fails closed", p->name, plugin_outcome_name(o), error);
+            *ret_status = 503;
+            return -EPERM;
+        }
+        if (o != PLUGIN_OUTCOME_OK)
+            log_fields(LOG_LEVEL_WARN, "an egress plugin failed; the tunnel goes on (failure: open)", "enclave",
+                       eg->enclave, "plugin", p->name, "error", error, NULL);
+    }
+    return 0;
 }
 
 /* Writes the LEN bytes at P to FD; 0 or a negative errno. */
@@ -315,6 +427,14 @@ static void serve(runner_egress *eg, int fd)
         audit(eg, "denied", host, port, NULL, "not in the egress list");
         return;
     }
+    json_auto_t *tags = json_object();
+    char denied[PLUGIN_REASON_MAX + PLUGIN_ERROR_MAX + 100];
+    int status;
+    if (!tags || ask_plugins(eg, host, port, tags, denied, sizeof(denied), &status) < 0) {
+        answer(fd, tags ? status : 503, tags ? denied : "out of memory");
+        audit_tagged(eg, "denied", host, port, NULL, tags ? denied : "out of memory", tags);
+        return;
+    }
     struct sockaddr_storage addrs[ADDRS_MAX];
     socklen_t lens[ADDRS_MAX];
     const char *refused = NULL;
@@ -370,7 +490,7 @@ static void serve(runner_egress *eg, int fd)
     const char *why = !e->tls                                      ? "listed"
                       : egress_host_literal(e->host, 0, NULL, NULL) ? "listed; the ClientHello names no server"
                                                                      : "listed; server name checked";
-    audit(eg, "success", host, port, addr, why);
+    audit_tagged(eg, "success", host, port, addr, why, tags);
     struct timeval none = {0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
     relay(eg, fd, up);
@@ -448,7 +568,7 @@ static int listen_socket(const char *dir)
 }
 
 runner_egress *runner_egress_new(const char *dir, const char *name, const char *owner, const json_t *entries,
-                                 api_error *err)
+                                 const json_t *plugins, api_error *err)
 {
     runner_egress *eg = calloc(1, sizeof(*eg));
     if (!eg) {
@@ -463,7 +583,7 @@ runner_egress *runner_egress_new(const char *dir, const char *name, const char *
         const char *n = owner + STRLEN("enclave/");
         snprintf(eg->enclave, sizeof(eg->enclave), "%.*s", (int)strcspn(n, "/"), n);
     }
-    if (parse_entries(eg, entries, err) < 0) {
+    if (parse_entries(eg, entries, err) < 0 || parse_plugins(eg, plugins, err) < 0) {
         runner_egress_free(eg);
         return NULL;
     }

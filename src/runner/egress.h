@@ -31,14 +31,18 @@
 
 typedef struct runner_egress runner_egress;
 
-/* Parses ENTRIES (the launch request's "egress": [{host, port, tls?}]) of
+/* Parses ENTRIES (the launch request's "egress": [{host, port, tls?}]) and
+ * PLUGINS (its "plugins": the Enclave's egress plugins, or NULL: each
+ * tunnel the list allows is then asked of them in order; a DENY refuses
+ * it (403), a failure refuses it or lets it go as the plugin's `failure`
+ * says, and their tags go in the audit entry) of
  * sandbox NAME whose owner tag is OWNER ("" when none; "enclave/<name>/…"
  * names the Enclave in audit events), listens on DIR/egress.sock (DIR
  * exists: the agent's directory) reachable by the sandbox's root, and
  * starts serving it on a thread of its own. Returns the state, or NULL with
  * ERR (400 for a bad entry, 500 otherwise). */
 runner_egress *runner_egress_new(const char *dir, const char *name, const char *owner, const json_t *entries,
-                                 api_error *err);
+                                 const json_t *plugins, api_error *err);
 
 /* The host path of the socket, for sandbox_spec.egress. */
 const char *runner_egress_socket(const runner_egress *eg);

@@ -31,7 +31,8 @@
  *          "egress"?: [{"host", "port", "tls"?}] (agent mode only) is the
  *          Enclave's allow-list: the runner serves the sandbox's egress
  *          socket, where the agent's CONNECT proxy asks for each tunnel
- *          (runner/egress.h).
+ *          (runner/egress.h). "plugins"?: the Enclave's egress plugins
+ *          (docs/plugins.md), asked about each tunnel the list allows.
  *   DELETE /v1/sandboxes/{name}     stops it
  *   GET    /v1/logs?enclave=E[&replica=R][&after=SEQ][&limit=N][&tail=1]
  *          the recent stdout/stderr lines of E's replicas (runner/output.h)
@@ -67,9 +68,11 @@
 #include "telemetry/telemetry.h"
 #include "resource/manifest.h"
 #include "audit/event.h"
+#include "plugin/plugin.h"
 #include "runner/agent.h"
 #include "runner/egress.h"
 #include "runner/output.h"
+#include "runner/plugins.h"
 #include "runner/server.h"
 #include "sandbox/launch.h"
 #include "sandbox/measure.h"
@@ -224,7 +227,8 @@ static json_t *read_enclave_yaml(const char *bundle, api_error *err)
 /* POST /v1/sandboxes: measures and launches; the answer or NULL with ERR. */
 static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
 {
-    static const char *const known[] = {"name", "bundle", "config", "limits", "owner", "agent", "egress", NULL};
+    static const char *const known[] = {"name", "bundle", "config", "limits", "owner", "agent", "egress", "plugins",
+                                        NULL};
     if (api_only_fields(body, known, err) < 0)
         return NULL;
     const char *name = json_string_value(json_object_get(body, "name"));
@@ -314,7 +318,8 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
             return NULL;
         }
         snprintf(dir, sizeof(dir), "%s/%s", rn->cfg->dir, name); /* the agent's directory */
-        egress = runner_egress_new(dir, name, sb.owner, json_object_get(body, "egress"), err);
+        egress = runner_egress_new(dir, name, sb.owner, json_object_get(body, "egress"), json_object_get(body, "plugins"),
+                                   err);
         if (!egress)
             return NULL;
     }
@@ -723,7 +728,14 @@ int runner_serve(const runner_server_config *cfg)
             .mtls = cfg->mtls,
             .check_cert = peer_tls_check_hook,
         };
+        runner_plugins *plugins = NULL;
+        /* the runner's own egress plugins: trusted ones in process, the others in sandboxes of its launcher */
+        char spawn[4300];
+        snprintf(spawn, sizeof(spawn), "%s/plugins.sock", cfg->dir);
+        if (runner_plugins_start(cfg->dir, cfg->plugin_dir, cfg->roles, cfg->n_roles, &plugins) == 0)
+            (void)plugin_host_configure(cfg->plugin_dir, cfg->plugin_trusted, spawn);
         r = httpd_run(&h);
+        runner_plugins_stop(plugins);
     }
     EVP_PKEY_free(rn.key);
     X509_free(rn.cert);

@@ -19,6 +19,8 @@ typedef struct runner_server_config {
     const char *token;            /* its credential token file, for key release */
     const char *api_url;          /* the API's https URL, which agents' calls are forwarded to */
     const char *audit_socket;     /* the audit role's, for egress decisions; NULL: logged only */
+    const char *plugin_dir;       /* plugins' directory (runner/plugins.h); NULL or "": none */
+    const char *plugin_trusted;   /* the plugins egress loads in the runner's process (comma-separated) */
     role_health *health;          /* the role's entry: ready */
     const role_health *roles;     /* the supervisor's table, for the peer check */
     size_t n_roles;

@@ -1,0 +1,121 @@
+/* Access-log segments: the chain and the line format (segment.h). */
+#include "audit/segment.h"
+
+#include <errno.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "basic/encoding.h"
+
+static EVP_MD *sha256;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+bool segment_id_valid(const char *id, size_t len)
+{
+    if (len == 0 || len > SEGMENT_ID_MAX || id[0] == '-')
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'z') || id[i] == '-'))
+            return false;
+    return true;
+}
+
+/* OUT = SHA-256(A (ALEN bytes) || B (BLEN bytes)) with C's context.
+ * Returns 0 or -EIO. */
+static int digest2(segment_chain *c, const void *a, size_t alen, const void *b, size_t blen,
+                   uint8_t out[SEGMENT_DIGEST_LEN])
+{
+    unsigned n = 0;
+    if (EVP_DigestInit_ex2(c->ctx, sha256, NULL) != 1 || EVP_DigestUpdate(c->ctx, a, alen) != 1 ||
+        (blen && EVP_DigestUpdate(c->ctx, b, blen) != 1) || EVP_DigestFinal_ex(c->ctx, out, &n) != 1 ||
+        n != SEGMENT_DIGEST_LEN)
+        return -EIO;
+    return 0;
+}
+
+int segment_chain_init(segment_chain *c, const char *id)
+{
+    size_t len = strlen(id);
+    if (!segment_id_valid(id, len))
+        return -EINVAL;
+    pthread_once(&sha256_once, sha256_fetch);
+    if (!sha256)
+        return -ENOMEM;
+    segment_chain fresh = {.ctx = EVP_MD_CTX_new()};
+    if (!fresh.ctx)
+        return -ENOMEM;
+    if (digest2(&fresh, id, len, NULL, 0, fresh.value) < 0) {
+        EVP_MD_CTX_free(fresh.ctx);
+        return -EIO;
+    }
+    *c = fresh;
+    return 0;
+}
+
+int segment_chain_next(segment_chain *c, const char *rec, size_t len)
+{
+    uint8_t next[SEGMENT_DIGEST_LEN];
+    if (digest2(c, c->value, SEGMENT_DIGEST_LEN, rec, len, next) < 0)
+        return -EIO;
+    memcpy(c->value, next, sizeof(next));
+    c->count++;
+    return 0;
+}
+
+void segment_chain_dispose(segment_chain *c)
+{
+    EVP_MD_CTX_free(c->ctx);
+    *c = (segment_chain){0};
+}
+
+int segment_format_line(segment_chain *c, const char *rec, size_t len, char *out)
+{
+    if (len == 0 || len > SEGMENT_RECORD_MAX || memchr(rec, '\n', len))
+        return -EINVAL;
+    int r = segment_chain_next(c, rec, len);
+    if (r < 0)
+        return r;
+    hex_encode(c->value, SEGMENT_DIGEST_LEN, out);
+    out[SEGMENT_HEX_LEN] = ' ';
+    memcpy(out + SEGMENT_HEX_LEN + 1, rec, len);
+    out[SEGMENT_HEX_LEN + 1 + len] = '\n';
+    return (int)(SEGMENT_HEX_LEN + len + 2);
+}
+
+int segment_walk(const char *id, const char *data, size_t len,
+                 int (*cb)(void *userdata, const segment_record *rec), void *userdata, uint64_t *bad_at)
+{
+    segment_chain c;
+    int r = segment_chain_init(&c, id);
+    if (r < 0)
+        return r;
+    size_t at = 0;
+    while (at < len && r == 0) {
+        const char *line = data + at;
+        const char *nl = memchr(line, '\n', len - at);
+        size_t line_len = nl ? (size_t)(nl - line) : len - at;
+        uint8_t stored[SEGMENT_DIGEST_LEN];
+        if (!nl || line_len < SEGMENT_HEX_LEN + 2 || line_len - SEGMENT_HEX_LEN - 1 > SEGMENT_RECORD_MAX ||
+            line[SEGMENT_HEX_LEN] != ' ' || hex_decode(line, SEGMENT_HEX_LEN, stored, sizeof(stored)) < 0) {
+            *bad_at = c.count;
+            r = -EBADMSG;
+            break;
+        }
+        segment_record rec = {.index = c.count, .text = line + SEGMENT_HEX_LEN + 1,
+                              .len = line_len - SEGMENT_HEX_LEN - 1};
+        if ((r = segment_chain_next(&c, rec.text, rec.len)) < 0)
+            break;
+        memcpy(rec.chain, c.value, sizeof(rec.chain));
+        rec.follows = memcmp(stored, c.value, sizeof(stored)) == 0;
+        r = cb(userdata, &rec);
+        at += line_len + 1;
+    }
+    segment_chain_dispose(&c);
+    return r;
+}

@@ -1,0 +1,63 @@
+/* Access-log segments: the proxy's access records, one per line, each line
+ * "<chain value, 64 hex> <record>\n" where the record is the compact JSON
+ * array of proxy_access_fields (src/proxy/access-log.c writes it once and
+ * never reads it back). The chain: c(-1) = SHA-256(segment id), c(i) =
+ * SHA-256(c(i-1) || record i's bytes). A segment's head (its id, record
+ * count and last chain value) is committed to the Merkle audit log, so a
+ * record changed, removed or reordered after its head was committed no
+ * longer recomputes to that head; the stored chain value beside each record
+ * names the first record that does not follow its predecessor. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SEGMENT_ID_MAX 48                     /* [0-9a-z-], checked by segment_id_valid() */
+#define SEGMENT_DIGEST_LEN 32
+#define SEGMENT_RECORD_MAX 4096               /* one record's bytes, its line without chain and newline */
+#define SEGMENT_BYTES_MAX (2 * 1024 * 1024)   /* a segment is rotated before it grows past this */
+#define SEGMENT_HEX_LEN (2 * SEGMENT_DIGEST_LEN)
+
+typedef struct segment_chain {
+    struct evp_md_ctx_st *ctx;
+    uint8_t value[SEGMENT_DIGEST_LEN]; /* the chain value after the last record */
+    uint64_t count;                    /* records chained */
+} segment_chain;
+
+/* Whether ID names a segment: 1 to SEGMENT_ID_MAX characters of [0-9a-z-],
+ * not starting with '-' (it is a file name in the proxy's and the audit
+ * role's subtrees). */
+bool segment_id_valid(const char *id, size_t len);
+
+/* Starts the chain of segment ID: c(-1). SHA-256 is fetched once per
+ * process (EVP_MD_fetch), not per record. Returns 0, -EINVAL for a bad id,
+ * or -ENOMEM. */
+int segment_chain_init(segment_chain *c, const char *id);
+/* Chains the record REC (LEN bytes): C->value becomes c(count), count grows
+ * by one. Returns 0 or -EIO. */
+int segment_chain_next(segment_chain *c, const char *rec, size_t len);
+/* Releases C's digest context; accepts a zeroed chain. */
+void segment_chain_dispose(segment_chain *c);
+
+/* Appends record REC (LEN bytes, no newline) to OUT (room for
+ * SEGMENT_HEX_LEN + LEN + 2 bytes) as its line after chaining it in C;
+ * returns the line's length, or a negative errno. */
+int segment_format_line(segment_chain *c, const char *rec, size_t len, char *out);
+
+/* What segment_walk() reports of one record. */
+typedef struct segment_record {
+    uint64_t index;
+    const char *text; /* the record's bytes in the walked data (not NUL-terminated) */
+    size_t len;
+    bool follows;                          /* its stored chain value equals the recomputed one */
+    uint8_t chain[SEGMENT_DIGEST_LEN];     /* the recomputed chain value after it */
+} segment_record;
+
+/* Walks the segment ID whose file is DATA (LEN bytes, untrusted): calls CB
+ * for each well-formed line in order with the recomputed chain. Stops at
+ * CB's non-zero return (returned). Returns 0; -EBADMSG when a line is
+ * malformed (no newline, a bad chain value, an empty or too long record),
+ * with its index in *BAD_AT; -EINVAL for a bad id; -ENOMEM, -EIO. */
+int segment_walk(const char *id, const char *data, size_t len,
+                 int (*cb)(void *userdata, const segment_record *rec), void *userdata, uint64_t *bad_at);

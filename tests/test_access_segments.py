@@ -1,0 +1,142 @@
+"""The access log's segments (docs/audit.md, "Access-log segments"): each
+proxy thread appends its records to a hash-chained segment file in the
+proxy's subtree and ships the same bytes, with the chain head as a
+proxy.access audit entry, to the audit role, which keeps its own copy.
+`cloister audit show` reads the records from the audit role's copy and
+`cloister audit verify` recomputes every chain against the committed heads,
+naming the segment, the index and the requestId of a changed, removed or
+reordered record. A failClosed Service's request is forwarded only once
+its admission record (status 0) is committed."""
+import json
+import time
+
+import pytest
+
+from conftest import access_records, manifest, run_cli
+from proxied import Proxied
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    g = Proxied(tmp_path_factory.mktemp("segments") / "data")
+    g.apply(manifest("Service", "ledger", {"upstream": {"url": f"http://127.0.0.1:{g.up.port}"},
+                                           "policies": ["devs-read"], "failClosed": True}))
+    yield g
+    g.stop()
+
+
+def cli(g, *args):
+    """Runs the CLI as the admin; returns the CompletedProcess."""
+    return run_cli(g.s, *args, env_extra={"CLOISTER_TOKEN": g.s.token})
+
+
+def upstream_request_id(r):
+    """The request id the upstream received (the echo upstream answers the headers it got)."""
+    return next(v for (k, v) in r.json()["headers"] if k.lower() == "x-cloister-request-id")
+
+
+def committed(g, rid, status=None):
+    """The records of request RID the log's heads commit, polled until one (with STATUS, if given) is there."""
+    deadline = time.time() + 15
+    while not (got := [rec for (_, rec) in access_records(g.s)
+                       if rec["requestId"] == rid and status in (None, rec["status"])]):
+        assert time.time() < deadline, f"request {rid} is not in the access log"
+        time.sleep(0.2)
+    return got
+
+
+def segment_files(g, rid):
+    """(the audit role's copy, the proxy's own file) of the segment holding request RID, and the record's index."""
+    for (e, rec) in access_records(g.s):
+        if rec["requestId"] == rid:
+            d = e["details"]
+            lines = (g.s.data_dir / "audit" / "access" / d["segment"]).read_bytes().splitlines(keepends=True)
+            index = next(i for (i, line) in enumerate(lines) if rid.encode() in line)
+            return (g.s.data_dir / "audit" / "access" / d["segment"], g.s.data_dir / "proxy" / "access" / d["segment"],
+                    index)
+    raise AssertionError(f"{rid} not committed")
+
+
+def test_proxied_requests_appear_in_audit_show_from_segments(gw):
+    rs = [gw.get(f"/docs/segment-{i}", gw.alice) for i in range(3)]
+    assert all(r.status_code == 200 for r in rs)
+    ids = [upstream_request_id(r) for r in rs]
+    for rid in ids:
+        committed(gw, rid)
+    out = cli(gw, "audit", "show", "--service", "wiki", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    got = {x["requestId"]: x for x in json.loads(out.stdout) if x.get("action") == "proxy.access"}
+    for (i, rid) in enumerate(ids):
+        assert got[rid]["path"] == f"/docs/segment-{i}" and got[rid]["status"] == 200
+        assert got[rid]["user"] == "alice" and got[rid]["decision"] == "allow"
+    # the proxy wrote the same records to its own file, in its own subtree
+    (audit_copy, proxy_file, index) = segment_files(gw, ids[0])
+    assert proxy_file.read_bytes().startswith(audit_copy.read_bytes()[:200])
+    assert ids[0].encode() in proxy_file.read_bytes().splitlines()[index]
+    # every entry names its segment's head after the records it commits
+    head = next(e for (e, rec) in access_records(gw.s) if rec["requestId"] == ids[0])["details"]
+    assert len(head["head"]) == 64 and head["records"] >= head["first"] + head["count"]
+    out = cli(gw, "audit", "verify")
+    assert out.returncode == 0 and out.stdout.startswith("verified ") and " access records in " in out.stdout, out
+
+
+def test_fail_closed_record_is_committed_before_the_response(gw):
+    deadline = time.time() + 10
+    while (r := gw.get("/docs/ledger-warm", gw.alice, host="ledger.localhost")).status_code != 200:
+        assert time.time() < deadline, r.text
+        time.sleep(0.05)
+    for i in range(3):
+        r = gw.get(f"/docs/ledger-{i}", gw.alice, host="ledger.localhost")
+        assert r.status_code == 200, r.text
+        rid = upstream_request_id(r)
+        # read once, right after the answer: no waiting for the once-a-second flush
+        admitted = [rec for (_, rec) in access_records(gw.s) if rec["requestId"] == rid]
+        assert admitted and admitted[0]["status"] == 0 and admitted[0]["decision"] == "allow", admitted
+        assert admitted[0]["service"] == "ledger" and admitted[0]["path"] == f"/docs/ledger-{i}"
+        # and the answered record follows it
+        assert committed(gw, rid, status=200)[0]["bytes"] > 0
+
+
+def verify_fails(g, *expect):
+    out = cli(g, "audit", "verify")
+    assert out.returncode == 1, out
+    for x in expect:
+        assert x in out.stderr, out.stderr
+    return out.stderr
+
+
+def test_a_changed_record_is_found_by_verify(gw):
+    r = gw.get("/docs/to-be-changed", gw.alice)
+    rid = upstream_request_id(r)
+    committed(gw, rid)
+    (path, _, index) = segment_files(gw, rid)
+    original = path.read_bytes()
+    lines = original.splitlines(keepends=True)
+    segment = path.name
+    assert index > 0 or index + 1 < len(lines)  # the removal or the swap below is exercised
+    try:
+        # a record changed in place: the path of the request
+        lines[index] = lines[index].replace(b"/docs/to-be-changed", b"/docs/to-be-hidden!")
+        path.write_bytes(b"".join(lines))
+        err = verify_fails(gw, f"segment {segment}, record {index} (requestId {rid})", "changed")
+        # a record removed: the one after it no longer follows
+        if index + 1 < len(original.splitlines()):
+            removed = original.splitlines(keepends=True)
+            nxt = json.loads(removed[index + 1][65:])[1]
+            del removed[index]
+            path.write_bytes(b"".join(removed))
+            verify_fails(gw, f"segment {segment}, record {index} (requestId {nxt})")
+        # two records swapped
+        if index > 0:
+            swapped = original.splitlines(keepends=True)
+            swapped[index - 1], swapped[index] = swapped[index], swapped[index - 1]
+            path.write_bytes(b"".join(swapped))
+            verify_fails(gw, f"segment {segment}, record {index - 1} (requestId {rid})")
+        # records cut off the end
+        path.write_bytes(b"".join(original.splitlines(keepends=True)[:index]))
+        verify_fails(gw, f"segment {segment}, record {index}", "missing")
+        assert "verification failed" in err
+    finally:
+        path.write_bytes(original)
+    out = cli(gw, "audit", "verify")
+    assert out.returncode == 0, out
