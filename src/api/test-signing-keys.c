@@ -37,16 +37,21 @@ typedef struct replica {
 
 static store *shared_store;
 
-static int replica_open(replica *r, uint8_t key_byte)
+static int replica_open_legacy(replica *r, uint8_t key_byte, const char *legacy_path)
 {
     uint8_t handoff[HANDOFF_KEY_LEN];
     memset(handoff, key_byte, sizeof(handoff));
     if (!shared_store)
         cr_assert_eq(store_open(url, &shared_store), 0);
     r->s = shared_store;
-    cr_assert_eq(api_signing_keys_init(&r->keys, r->s, handoff, NULL), 0);
+    cr_assert_eq(api_signing_keys_init(&r->keys, r->s, handoff, legacy_path), 0);
     auth_keyring_backing b = api_signing_keys_backing(&r->keys);
     return auth_keyring_open_backed(&b, 3600, 900, &r->kr);
+}
+
+static int replica_open(replica *r, uint8_t key_byte)
+{
+    return replica_open_legacy(r, key_byte, NULL);
 }
 
 static void replica_close(replica *r)
@@ -130,4 +135,37 @@ Test(signing_keys, two_replicas_share_the_keys_and_a_rotation)
     replica_close(&a);
     replica_close(&b);
     store_free(shared_store);
+    shared_store = NULL;
+}
+
+/* An earlier release's auth/signing-keys.json is moved into the store at
+ * the first start: the tokens it signed keep verifying, on every replica. */
+Test(signing_keys, an_earlier_key_file_is_taken_over)
+{
+    char path[160];
+    snprintf(path, sizeof(path), "%s/signing-keys.json", dir);
+    auth_keyring *old;
+    cr_assert_eq(auth_keyring_open(path, 3600, 900, &old), 0);
+    int64_t now = (int64_t)(time_now_ns() / NSEC_PER_SEC);
+    json_t *claims = json_pack("{s:s, s:s, s:s, s:I, s:I}", "iss", "https://api.test", "aud", "cloister", "sub",
+                               "alice", "iat", (json_int_t)now, "exp", (json_int_t)(now + 900));
+    char *tok = NULL;
+    cr_assert_eq(auth_keyring_sign(old, claims, &tok), 0);
+    json_decref(claims);
+    auth_keyring_free(old);
+
+    replica a, b;
+    cr_assert_eq(replica_open_legacy(&a, 7, path), 0);
+    cr_assert_eq(verify(&a, tok, now), 0, "a token of the old file verifies");
+    cr_assert_eq(replica_open(&b, 7), 0);
+    cr_assert_eq(verify(&b, tok, now), 0, "and on another replica, from the store");
+    json_t *doc = NULL;
+    cr_assert_eq(store_get(shared_store, SIGNING_KEYS_KIND, SIGNING_KEYS_NAME, &doc), 0);
+    cr_assert_eq(json_array_size(json_object_get(json_object_get(doc, "spec"), "keys")), 1);
+    json_decref(doc);
+    free(tok);
+    replica_close(&a);
+    replica_close(&b);
+    store_free(shared_store);
+    shared_store = NULL;
 }
