@@ -19,12 +19,9 @@
  *   POST /v1/auth/oidc/exchange        the CLI trades that code and its PKCE
  *        verifier for the session's tokens (RFC 8252 loopback redirect)
  *
- * Logins in progress live in the store for 10 minutes, so a login started
- * on one api replica finishes on any other: one PendingLogin record each
- * (an internal kind no route reads), named by the SHA-256 of its state or
- * code, its content sealed (api/sealed.h), taken by a delete that
- * compares-and-swaps its resourceVersion (single use across replicas);
- * expired ones are swept, and at most PENDING_MAX kept. Provider
+ * Logins in progress live in the store for 10 minutes (api/tickets.h: one
+ * PendingLogin record each, found by its state or code), so a login
+ * started on one api replica finishes on any other, once. Provider
  * metadata and keys are cached for an hour; an ID token signed with an
  * unknown kid makes the keys be fetched again (at most every 10 seconds).
  * Provider HTTP calls (discovery, keys, token exchange) and the client
@@ -35,16 +32,14 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <openssl/crypto.h>
-#include <openssl/sha.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/auth.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-passkeys.h"
-#include "api/sealed.h"
+#include "api/tickets.h"
 #include "auth/handoff.h"
 #include "audit/event.h"
 #include "auth/oidc.h"
@@ -57,10 +52,10 @@
 
 #define PENDING_MAX 1024
 #define PENDING_TTL_S 600
-#define PENDING_SWEEP_EVERY_S 30 /* a process sweeps expired logins at most this often */
-#define PENDING_KIND "PendingLogin"
-#define PENDING_SEAL_LABEL "cloister pending logins v1"
-#define PENDING_SEALED_MAX (64 * 1024) /* a login's fields and, for a CLI, its tokens */
+/* logins in progress: a login's fields and, for a CLI, its tokens (api/tickets.h) */
+static api_ticket_kind pending_kind = {.kind = "PendingLogin", .seal_label = "cloister pending logins v1",
+                                       .ttl_s = PENDING_TTL_S, .max_live = PENDING_MAX,
+                                       .content_max = 64 * 1024};
 #define PROVIDERS_MAX 32
 #define PROVIDER_TTL_S 3600
 #define JWKS_REFETCH_MIN_S 10
@@ -85,7 +80,6 @@ typedef struct pending {
     json_t *tokens;
 } pending;
 
-static _Atomic int64_t pending_swept; /* when this process last swept expired logins */
 
 /* A provider's discovery metadata and keys. */
 typedef struct provider {
@@ -146,17 +140,6 @@ static void pending_clear(pending *p)
     OPENSSL_cleanse(p, sizeof(*p));
 }
 
-/* The record name of a login found by KEY: "s-" (by state) or "c-" (by
- * exchange code) and the hex SHA-256 of KEY, into NAME. */
-static void pending_name(const char *key, bool by_code, char name[2 + 2 * SHA256_DIGEST_LENGTH + 1])
-{
-    uint8_t digest[SHA256_DIGEST_LENGTH];
-    SHA256((const uint8_t *)key, strlen(key), digest);
-    name[0] = by_code ? 'c' : 's';
-    name[1] = '-';
-    hex_encode(digest, sizeof(digest), name + 2);
-}
-
 /* P as JSON (new reference), or NULL on allocation failure. */
 static json_t *pending_to_json(const pending *p)
 {
@@ -171,30 +154,19 @@ static json_t *pending_to_json(const pending *p)
     return v;
 }
 
-/* Copies string member NAME of V into DST (SIZE bytes); false when it is
- * missing or does not fit. */
-static bool take_field(const json_t *v, const char *name, char *dst, size_t size)
-{
-    const char *s = json_string_value(json_object_get(v, name));
-    if (!s || strlen(s) >= size)
-        return false;
-    memcpy(dst, s, strlen(s) + 1);
-    return true;
-}
-
 /* Fills *P from V (pending_to_json()'s form; its tokens become P's own
  * reference). Returns 0 or -EINVAL. */
 static int pending_from_json(const json_t *v, pending *p)
 {
     *p = (pending){0};
-    bool ok = take_field(v, "state", p->state, sizeof(p->state)) &&
-              take_field(v, "nonce", p->nonce, sizeof(p->nonce)) &&
-              take_field(v, "verifier", p->verifier, sizeof(p->verifier)) &&
-              take_field(v, "code", p->code, sizeof(p->code)) && take_field(v, "idp", p->idp, sizeof(p->idp)) &&
-              take_field(v, "redirectUri", p->redirect_uri, sizeof(p->redirect_uri)) &&
-              take_field(v, "cliRedirect", p->cli_redirect, sizeof(p->cli_redirect)) &&
-              take_field(v, "cliChallenge", p->cli_challenge, sizeof(p->cli_challenge)) &&
-              take_field(v, "rd", p->rd, sizeof(p->rd)) && take_field(v, "bind", p->bind, sizeof(p->bind)) &&
+    bool ok = api_ticket_string(v, "state", p->state, sizeof(p->state)) &&
+              api_ticket_string(v, "nonce", p->nonce, sizeof(p->nonce)) &&
+              api_ticket_string(v, "verifier", p->verifier, sizeof(p->verifier)) &&
+              api_ticket_string(v, "code", p->code, sizeof(p->code)) && api_ticket_string(v, "idp", p->idp, sizeof(p->idp)) &&
+              api_ticket_string(v, "redirectUri", p->redirect_uri, sizeof(p->redirect_uri)) &&
+              api_ticket_string(v, "cliRedirect", p->cli_redirect, sizeof(p->cli_redirect)) &&
+              api_ticket_string(v, "cliChallenge", p->cli_challenge, sizeof(p->cli_challenge)) &&
+              api_ticket_string(v, "rd", p->rd, sizeof(p->rd)) && api_ticket_string(v, "bind", p->bind, sizeof(p->bind)) &&
               json_is_integer(json_object_get(v, "created"));
     if (!ok) {
         OPENSSL_cleanse(p, sizeof(*p));
@@ -206,131 +178,38 @@ static int pending_from_json(const json_t *v, pending *p)
     return 0;
 }
 
-/* Wipes the string members of the JSON object V (a sealed record's
- * plaintext), then releases it; accepts NULL. */
-static void secret_json_free(json_t *v)
-{
-    const char *k;
-    json_t *m;
-    json_object_foreach(v, k, m)
-    {
-        if (json_is_string(m))
-            OPENSSL_cleanse((char *)json_string_value(m), json_string_length(m));
-        else if (json_is_object(m))
-            secret_json_free(json_incref(m));
-    }
-    json_decref(v);
-}
-
-/* Removes the logins whose time is up, and the oldest beyond PENDING_MAX,
- * at most once per PENDING_SWEEP_EVERY_S in this process. A record another
- * replica removed or took meanwhile is no error. */
-static void pending_sweep(api_server *srv, int64_t now)
-{
-    int64_t last = atomic_load(&pending_swept);
-    if (now - last < PENDING_SWEEP_EVERY_S || !atomic_compare_exchange_strong(&pending_swept, &last, now))
-        return;
-    json_t *items = NULL;
-    if (store_list(srv->cfg->store, PENDING_KIND, &items, NULL) < 0)
-        return;
-    size_t n = json_array_size(items), live = 0;
-    for (size_t i = n; i-- > 0;) { /* newest last: count live ones from the end */
-        const json_t *doc = json_array_get(items, i);
-        json_int_t created = json_integer_value(json_object_get(json_object_get(doc, "spec"), "created"));
-        bool keep = now - created <= PENDING_TTL_S && live < PENDING_MAX;
-        if (keep) {
-            live++;
-            continue;
-        }
-        const json_t *meta = json_object_get(doc, "metadata");
-        const char *rv = json_string_value(json_object_get(meta, "resourceVersion"));
-        store_op op = {.type = STORE_REMOVE, .kind = PENDING_KIND,
-                       .name = json_string_value(json_object_get(meta, "name")),
-                       .expected_rv = rv ? strtoll(rv, NULL, 10) : 0};
-        store_txn txn = {.ops = &op, .n_ops = 1};
-        (void)store_write(srv->cfg->store, &txn);
-        store_txn_clear(&txn);
-    }
-    json_decref(items);
-}
-
-/* Keeps login P in the store under its state (or, with a CODE, that code),
- * sealed. Returns 0 or a negative errno. */
+/* Keeps login P in the store under its state (or, with a CODE, that code).
+ * Returns 0 or a negative errno. */
 static int pending_put(api_server *srv, const pending *p)
 {
-    if (!srv->cfg->handoff_key)
-        return -ENOKEY;
     bool by_code = p->code[0] != 0;
-    char name[2 + 2 * SHA256_DIGEST_LENGTH + 1];
-    pending_name(by_code ? p->code : p->state, by_code, name);
-    uint8_t key[API_SEAL_KEY_LEN];
-    char *sealed = NULL;
     json_t *plain = pending_to_json(p);
-    int r = plain ? api_seal_key(srv->cfg->handoff_key, PENDING_SEAL_LABEL, key) : -ENOMEM;
-    if (r == 0)
-        r = api_seal_json(key, name, plain, PENDING_SEALED_MAX, &sealed);
-    OPENSSL_cleanse(key, sizeof(key));
+    int r = plain ? api_ticket_put(srv, &pending_kind, by_code ? 'c' : 's', by_code ? p->code : p->state, p->created,
+                                   plain)
+                  : -ENOMEM;
     if (plain)
         json_object_del(plain, "tokens"); /* P's own: wiped by its owner */
-    secret_json_free(plain);
-    if (r < 0)
-        return r;
-    json_t *doc = json_pack("{s:s, s:s, s:{s:s}, s:{s:I, s:s}}", "apiVersion", "cloister.dev/v1", "kind",
-                            PENDING_KIND, "metadata", "name", name, "spec", "created", (json_int_t)p->created,
-                            "sealed", sealed);
-    free(sealed);
-    if (!doc)
-        return -ENOMEM;
-    store_op op = {.type = STORE_CREATE, .kind = PENDING_KIND, .name = name, .doc = doc};
-    store_txn txn = {.ops = &op, .n_ops = 1};
-    r = store_write(srv->cfg->store, &txn);
-    store_txn_clear(&txn);
-    json_decref(doc);
-    pending_sweep(srv, now_s());
+    api_ticket_content_free(plain);
     return r;
 }
 
 /* Takes the live login whose STATE (or, when BY_CODE, exchange code) is KEY
- * out of the store into *RET: single use, on every replica (the delete
- * compares the record's resourceVersion: of two takers one gets it). */
+ * out of the store into *RET: single use, on every replica. */
 static bool pending_take(api_server *srv, const char *key, bool by_code, pending *ret)
 {
-    if (strlen(key) != OIDC_RANDOM_LEN || !srv->cfg->handoff_key)
+    if (strlen(key) != OIDC_RANDOM_LEN)
         return false;
-    char name[2 + 2 * SHA256_DIGEST_LENGTH + 1];
-    pending_name(key, by_code, name);
-    json_auto_t *doc = NULL;
-    if (store_get(srv->cfg->store, PENDING_KIND, name, &doc) < 0)
-        return false;
-    const char *rv = json_string_value(json_object_get(json_object_get(doc, "metadata"), "resourceVersion"));
-    store_op op = {.type = STORE_DELETE, .kind = PENDING_KIND, .name = name,
-                   .expected_rv = rv ? strtoll(rv, NULL, 10) : 0};
-    store_txn txn = {.ops = &op, .n_ops = 1};
-    int r = store_write(srv->cfg->store, &txn);
-    store_txn_clear(&txn);
-    if (r < 0)
-        return false; /* another replica took it first, or the store failed */
-    uint8_t seal[API_SEAL_KEY_LEN];
     json_t *plain = NULL;
-    const char *sealed = json_string_value(json_object_get(json_object_get(doc, "spec"), "sealed"));
-    r = sealed ? api_seal_key(srv->cfg->handoff_key, PENDING_SEAL_LABEL, seal) : -EINVAL;
-    if (r == 0)
-        r = api_open_json(seal, name, sealed, PENDING_SEALED_MAX, &plain);
-    OPENSSL_cleanse(seal, sizeof(seal));
     pending p;
+    int r = api_ticket_take(srv, &pending_kind, by_code ? 'c' : 's', key, &plain);
     if (r == 0)
         r = pending_from_json(plain, &p);
     if (plain)
         json_object_del(plain, "tokens"); /* P's own now */
-    secret_json_free(plain);
-    if (r < 0) {
-        log_fields(LOG_LEVEL_WARN, "cannot open a login in progress from the store (sealed under another api "
-                                   "replica's handoff key?)", "error", strerror(-r), NULL);
+    api_ticket_content_free(plain);
+    if (r < 0)
         return false;
-    }
-    bool by_code_found = p.code[0] != 0;
-    if (by_code_found != by_code || !memeq_consttime(by_code ? p.code : p.state, key, OIDC_RANDOM_LEN) ||
-        now_s() - p.created > PENDING_TTL_S) {
+    if ((p.code[0] != 0) != by_code || !memeq_consttime(by_code ? p.code : p.state, key, OIDC_RANDOM_LEN)) {
         pending_clear(&p);
         return false;
     }
