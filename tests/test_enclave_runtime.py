@@ -136,7 +136,7 @@ def test_a_writer_without_use_on_the_secret_is_refused_at_apply(server, tmp_path
     assert r.status_code == 200, r.text
     tok = tenant_user(s, "encwriter", 'ctx.request.api.kind == "Enclave" && '
                                       'ctx.request.api.verb in ["create", "update", "get"]')
-    doc = manifest("Enclave", "thief", {"bundle": str(bundle),
+    doc = manifest("Enclave", "thief", {"bundle": str(bundle), "attestationPolicy": "pinned",
                                         "secrets": [{"secret": "db", "key": "password", "file": "db"}]})
     r = s.request("POST", "/v1/apply", token=tok, json={"items": [doc]})
     assert_refused(r, 403, user="encwriter", verb="use", kind="Secret", name="db", s=s)

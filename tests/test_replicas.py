@@ -1,6 +1,6 @@
 """Several api and proxy replicas on one PostgreSQL (docs/deployment.md,
 "Several replicas"): a real server started by scripts/pg-test.sh (the
-fixtures of test_store_pg.py); `cloisterd --init` once (its store that
+session's `postgres` fixture of conftest.py); `cloisterd --init` once (its store that
 database); then the kms, the audit and the runner each a cloisterd of its own
 and two replicas with roles [api, proxy], all talking over mutual TLS, each
 with its own copy of what --init made (as on machines of their own: the
@@ -29,11 +29,11 @@ import pytest
 import requests
 import yaml
 
-from conftest import Server, free_port, manifest, open_for_roles
+from conftest import Server, free_port, manifest, open_for_roles, pg_drop_database, pg_new_database, psql
 from echo_upstream import EchoUpstream
 from test_oidc import CLIENT_SECRET, Provider, make_pki, node_modules, to_callback  # noqa: F401 (a fixture)
 from test_roles_apart import PASSPHRASE, cloisterd, wait_log
-from test_store_pg import cluster, psql, service  # noqa: F401 (fixtures: a throwaway PostgreSQL)
+from test_store_pg import service
 
 DOMAIN = "localhost"
 LEASE_TTL_S = 15  # CONTROLLER_LEASE_TTL_MS
@@ -136,10 +136,8 @@ def wait_for(what, pred, timeout, step=0.005):
 
 
 @pytest.fixture(scope="module")
-def replicas(cluster, tmp_path_factory):  # noqa: F811
-    name = "r_" + os.urandom(6).hex()
-    psql(cluster, f"CREATE DATABASE {name}")
-    url = cluster.replace("postgresql:///cloister?", f"postgresql:///{name}?")
+def replicas(postgres, tmp_path_factory):
+    url = pg_new_database(postgres)
     r = Replicas(tmp_path_factory.mktemp("replicas"), url)
     r.s[0].request("POST", "/v1/apply", json={"items": [
         manifest("Group", "devs", {}),
@@ -150,7 +148,7 @@ def replicas(cluster, tmp_path_factory):  # noqa: F811
     ]}).raise_for_status()
     yield r
     r.stop()
-    psql(cluster, f"DROP DATABASE {name} WITH (FORCE)")
+    pg_drop_database(postgres, url)
 
 
 def test_a_write_on_one_replica_is_visible_on_the_other_and_through_both_proxies_within_1s(replicas):

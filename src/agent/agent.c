@@ -46,6 +46,7 @@
 #include "agent/server.h"
 #include "attest/atls.h"
 #include "basic/encoding.h"
+#include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
@@ -438,15 +439,9 @@ static int write_secret(const char *dir, const char *file, const uint8_t *value,
     _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0400);
     if (fd < 0)
         return negative_errno();
-    while (len) {
-        ssize_t w = write(fd, value, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return w < 0 ? negative_errno() : -EIO;
-        value += w;
-        len -= (size_t)w;
-    }
+    int r = fd_write_all(fd, value, len);
+    if (r < 0)
+        return r;
     return fchmod(fd, 0400) < 0 ? negative_errno() : 0;
 }
 

@@ -17,6 +17,7 @@
 
 #include "basic/log.h"
 #include "basic/macro.h"
+#include "basic/socket.h"
 #include "basic/timeutil.h"
 
 #define RELAY_BUFFER 16384
@@ -130,14 +131,12 @@ static int parse_connect(const char *head, char *host, unsigned *port)
  * runner's answer line in ANSWER (status in *STATUS), or a negative errno. */
 static int open_tunnel(const char *host, unsigned port, int *status, char *answer)
 {
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", the_proxy.socket);
+    int fd = unix_connect(the_proxy.socket);
     if (fd < 0)
-        return negative_errno();
+        return fd;
     char line[300];
     int n = snprintf(line, sizeof(line), "%s %u\n", host, port);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || send_all(fd, line, (size_t)n) < 0) {
+    if (send_all(fd, line, (size_t)n) < 0) {
         int e = negative_errno();
         close(fd);
         return e;

@@ -16,6 +16,7 @@
 #include "agent/channel.h"
 #include "attest/release.h"
 #include "basic/encoding.h"
+#include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/strbuf.h"
@@ -43,22 +44,6 @@ int agent_job_parse(const char *arg, agent_job *ret)
     j.run = run;
     memcpy(j.digest_hex, c2 + 1, 65);
     *ret = j;
-    return 0;
-}
-
-/* Writes all LEN bytes of P to FD; 0 or a negative errno. */
-static int write_all(int fd, const void *p, size_t len)
-{
-    const uint8_t *b = p;
-    while (len) {
-        ssize_t w = write(fd, b, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return w < 0 ? negative_errno() : -EIO;
-        b += w;
-        len -= (size_t)w;
-    }
     return 0;
 }
 
@@ -107,7 +92,7 @@ static int store_file_key(const agent_job_env *env, const char *jwe_text, const 
     if (r == 0 && fd < 0)
         r = negative_errno();
     if (r == 0)
-        r = write_all(fd, key, 16);
+        r = fd_write_all(fd, key, 16);
     OPENSSL_cleanse(key, sizeof(key));
     return r;
 }
@@ -132,7 +117,7 @@ static int fetch_input(const agent_job_env *env, const char *name, uint64_t size
                        status > 0 ? st : strerror(-status), NULL);
             return status < 0 ? status : -EIO;
         }
-        int r = write_all(fd, chunk.data, chunk.len);
+        int r = fd_write_all(fd, chunk.data, chunk.len);
         if (r < 0)
             return r;
         offset += chunk.len;

@@ -70,6 +70,21 @@ static int fsync_parent_dir(const char *path)
     return fsync(dfd) < 0 ? negative_errno() : 0;
 }
 
+int fd_write_all(int fd, const void *p, size_t len)
+{
+    const char *b = p;
+    while (len) {
+        ssize_t w = write(fd, b, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return w < 0 ? negative_errno() : -EIO;
+        b += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode)
 {
     char tmp[PATH_MAX];
@@ -78,20 +93,7 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
     if (fd < 0)
         return negative_errno();
-    const char *p = data;
-    size_t left = len;
-    int r = 0;
-    while (left > 0) {
-        ssize_t n = write(fd, p, left);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            r = negative_errno();
-            break;
-        }
-        p += n;
-        left -= (size_t)n;
-    }
+    int r = fd_write_all(fd, data, len);
     if (r == 0 && fchmod(fd, mode) < 0)
         r = negative_errno();
     if (r == 0 && fsync(fd) < 0)

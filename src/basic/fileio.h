@@ -13,6 +13,9 @@ int read_file(const char *path, size_t max, char **ret_data, size_t *ret_len);
 int read_private_file(const char *path, uid_t owner, size_t max, char **ret_data, size_t *ret_len);
 /* Reads all of FD (at most MAX bytes); same ownership as read_file. */
 int read_fd(int fd, size_t max, char **ret_data, size_t *ret_len);
+/* Writes all LEN bytes at P to FD, again after EINTR. Returns 0 or a
+ * negative errno (-EIO when the file takes nothing). */
+int fd_write_all(int fd, const void *p, size_t len);
 /* Writes DATA to PATH through a temporary file, fsync and rename, with MODE,
  * then fsyncs the directory: the file is either old or new after a crash. */
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);

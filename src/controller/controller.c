@@ -79,6 +79,7 @@ typedef struct enclave {
     unsigned min, max, desired;
     unsigned requested;    /* controller_set_desired(), 0 when none; under the lock */
     controller_load_clock load;
+    controller_scaling scaling; /* spec.scaling, its defaults filled in */
     unsigned restarts;
     char pcr0[RUNNER_PCR_HEX_LEN + 1];
     char last_event[EVENT_MAX];
@@ -108,6 +109,7 @@ struct controller {
     enclave *enclaves[CONTROLLER_ENCLAVES_MAX];
     size_t n_enclaves;
     int64_t revision;      /* the change feed's, once listed */
+    uint64_t epoch;        /* the store's when it listed (its revisions belong to it) */
     bool listed;
     bool overflow_logged;
     bool runner_down;      /* an outage is logged once */
@@ -202,6 +204,26 @@ static void read_bounds(const json_t *spec, unsigned *ret_min, unsigned *ret_max
     *ret_max = (unsigned)max;
 }
 
+/* Reads SPEC.scaling (validated) into *RET, with the defaults of what it
+ * leaves out. */
+static void read_scaling(const json_t *spec, controller_scaling *ret)
+{
+    const json_t *s = json_object_get(spec, "scaling");
+    json_int_t in_flight = json_integer_value(json_object_get(s, "inFlightPerReplica"));
+    json_int_t memory = json_integer_value(json_object_get(s, "memoryPercent"));
+    json_int_t up = json_integer_value(json_object_get(s, "upAfterSeconds"));
+    json_int_t down = json_integer_value(json_object_get(s, "downAfterSeconds"));
+    *ret = CONTROLLER_SCALING_DEFAULTS;
+    if (in_flight > 0 && in_flight <= RESOURCE_SCALING_IN_FLIGHT_MAX)
+        ret->in_flight_per_replica = (unsigned)in_flight;
+    if (memory > 0 && memory <= 100)
+        ret->memory_percent = (unsigned)memory;
+    if (up > 0 && up <= RESOURCE_SCALING_AFTER_MAX)
+        ret->up_after_ms = (uint64_t)up * 1000;
+    if (down > 0 && down <= RESOURCE_SCALING_AFTER_MAX)
+        ret->down_after_ms = (uint64_t)down * 1000;
+}
+
 static int64_t doc_rv(const json_t *doc)
 {
     const char *rv = json_string_value(json_object_get(json_object_get(doc, "metadata"), "resourceVersion"));
@@ -225,6 +247,7 @@ static int enclave_take_doc(controller *c, enclave *e, json_t *doc)
     if (!launch)
         return -ENOMEM;
     json_object_del(launch, "replicas");
+    json_object_del(launch, "scaling"); /* like replicas: changing them replaces no replica */
     if (!e->launch_spec || !json_equal(launch, e->launch_spec)) {
         _cleanup_free_ char *text = json_dumps(launch, JSON_COMPACT | JSON_SORT_KEYS);
         uint8_t digest[32];
@@ -246,6 +269,7 @@ static int enclave_take_doc(controller *c, enclave *e, json_t *doc)
     pthread_mutex_lock(&c->lock); /* controller_set_desired() reads the bounds */
     read_bounds(spec, &e->min, &e->max);
     pthread_mutex_unlock(&c->lock);
+    read_scaling(spec, &e->scaling);
     e->desired = controller_desired(e->desired, e->min, e->max);
     json_decref(e->written);
     e->written = json_incref(json_object_get(doc, "status"));
@@ -253,6 +277,35 @@ static int enclave_take_doc(controller *c, enclave *e, json_t *doc)
     e->doc = json_incref(doc);
     e->rv = rv;
     return 0;
+}
+
+/* Takes R's lastExit, lastError and limits from ITEM, its entry in a
+ * stored status, so they outlive a restart of the api role until newer
+ * ones replace them (the limits, at the runner's next listing). */
+static void restore_replica(replica *r, const json_t *item)
+{
+    const json_t *lim = json_object_get(item, "limits");
+    const char *mechanism = json_string_value(json_object_get(lim, "mechanism"));
+    json_int_t mib = json_integer_value(json_object_get(lim, "memoryMiB"));
+    json_int_t pids = json_integer_value(json_object_get(lim, "pids"));
+    if (mechanism && (strcmp(mechanism, "cgroup2") == 0 || strcmp(mechanism, "rlimit") == 0)) {
+        snprintf(r->limits.mechanism, sizeof(r->limits.mechanism), "%s", mechanism);
+        r->limits.memory_mib = mib > 0 && mib <= UINT32_MAX ? (unsigned)mib : 0;
+        r->limits.pids = pids > 0 && pids <= UINT32_MAX ? (unsigned)pids : 0;
+    }
+    const json_t *x = json_object_get(item, "lastExit");
+    const char *how = json_string_value(json_object_get(x, "how"));
+    const char *error = json_string_value(json_object_get(item, "lastError"));
+    if (error)
+        snprintf(r->last_error, sizeof(r->last_error), "%s", error);
+    if (!how || (strcmp(how, "exited") != 0 && strcmp(how, "signal") != 0))
+        return;
+    json_int_t code = json_integer_value(json_object_get(x, strcmp(how, "signal") == 0 ? "signal" : "code"));
+    snprintf(r->last_exit.how, sizeof(r->last_exit.how), "%s", how);
+    r->last_exit.code = code >= 0 && code <= 255 ? (int)code : 0;
+    snprintf(r->last_exit.at, sizeof(r->last_exit.at), "%s", json_string_value(json_object_get(x, "at")) ?: "");
+    snprintf(r->last_exit.reason, sizeof(r->last_exit.reason), "%s",
+             json_string_value(json_object_get(x, "reason")) ?: "");
 }
 
 /* A new entry for DOC. The counters, desired and lastEvent come from its
@@ -300,6 +353,7 @@ static enclave *enclave_new(controller *c, json_t *doc)
         r->stored_pid = pid > 0 && pid < INT_MAX ? (pid_t)pid : 0;
         snprintf(r->started_at, sizeof(r->started_at), "%s",
                  json_string_value(json_object_get(item, "startedAt")) ?: "");
+        restore_replica(r, item);
     }
     if (enclave_take_doc(c, e, doc) < 0) {
         enclave_free(e);
@@ -363,6 +417,7 @@ static int relist(controller *c)
 {
     json_auto_t *items = NULL;
     int64_t rev = 0;
+    uint64_t epoch = store_epoch(c->store); /* before the list: a reset meanwhile lists again */
     int r = store_list(c->store, "Enclave", &items, &rev);
     if (r < 0)
         return r;
@@ -387,6 +442,7 @@ static int relist(controller *c)
     json_array_foreach(items, j, doc)
         upsert(c, doc);
     c->revision = rev;
+    c->epoch = epoch;
     c->listed = true;
     return 0;
 }
@@ -403,8 +459,9 @@ static void follow(controller *c)
     }
     for (int round = 0; round < 64; round++) {
         json_auto_t *events = NULL;
-        int r = store_changes_since(c->store, "Enclave", c->revision, CHANGES_BATCH, &events);
-        if (r == -ESTALE) {
+        int r = store_changes_since_epoch(c->store, c->epoch, (const char *const[]){"Enclave"}, 1, c->revision,
+                                          CHANGES_BATCH, &events);
+        if (r == -ESTALE) { /* too old, or the store was reset (a new epoch): list again */
             c->listed = false;
             follow(c);
             return;
@@ -545,24 +602,36 @@ static void launch_replica(controller *c, enclave *e, size_t i, uint64_t now)
     r->failing = true;
 }
 
-/* Scales E on the proxy's requests in flight to it, as
- * controller_autoscale() decides; each step is audited. */
+/* Scales E on the proxy's requests in flight to it (none counted without
+ * the proxy's metrics) and on its ready replicas' memory use, as
+ * controller_autoscale() decides with E's spec.scaling; each step is
+ * audited. */
 static void autoscale(controller *c, enclave *e, uint64_t now)
 {
-    if (!c->load)
-        return;
-    int64_t in_flight = proxy_metrics_enclave_in_flight(c->load, e->name);
+    int64_t in_flight = c->load ? proxy_metrics_enclave_in_flight(c->load, e->name) : 0;
     unsigned ready = 0;
+    uint64_t used = 0;
     for (size_t i = 0; i < e->desired; i++)
-        ready += e->replicas[i].state == REPLICA_RUNNING && e->replicas[i].ready;
-    unsigned from = e->desired, to = controller_autoscale(&e->load, from, e->min, e->max, ready, in_flight, now);
+        if (e->replicas[i].state == REPLICA_RUNNING && e->replicas[i].ready) {
+            ready++;
+            used += e->replicas[i].memory_bytes;
+        }
+    json_int_t mib = json_integer_value(json_object_get(json_object_get(e->launch_spec, "limits"), "memoryMiB"));
+    int memory = controller_memory_percent(used, mib > 0 ? (uint64_t)mib << 20 : 0, ready);
+    unsigned from = e->desired,
+             to = controller_autoscale(&e->load, &e->scaling, from, e->min, e->max, ready, in_flight, memory, now);
     if (to == from)
         return;
     e->desired = to;
-    set_event(e, "scaled %s from %u to %u replicas (%lld requests in flight)", to > from ? "up" : "down", from, to,
-              (long long)in_flight);
+    char memory_text[48] = "";
+    if (memory >= 0)
+        snprintf(memory_text, sizeof(memory_text), ", memory at %d%% of the limit", memory);
+    set_event(e, "scaled %s from %u to %u replicas (%lld requests in flight%s)", to > from ? "up" : "down", from, to,
+              (long long)in_flight, memory_text);
     log_fields(LOG_LEVEL_INFO, "enclave scaled", "enclave", e->name, "event", e->last_event, NULL);
     json_t *details = json_pack("{s:i, s:i, s:I}", "from", (int)from, "to", (int)to, "inFlight", (json_int_t)in_flight);
+    if (details && memory >= 0)
+        json_object_set_new(details, "memoryPercent", json_integer(memory));
     audit_event_emit(&(audit_event){.action = "enclave.scaled", .user = "system:controller", .kind = "Enclave",
                                     .name = e->name, .outcome = "success", .details = details});
     json_decref(details);
@@ -607,6 +676,12 @@ static void reconcile(controller *c, enclave *e, runner_view *v, uint64_t now)
         r->ready = plan.ready;
         if (sb && sb->error && sb->error[0])
             snprintf(r->last_error, sizeof(r->last_error), "%s", sb->error);
+        r->memory_bytes = sb && tag ? sb->memory_bytes : 0;
+        if (sb && tag && sb->mechanism) {
+            snprintf(r->limits.mechanism, sizeof(r->limits.mechanism), "%s", sb->mechanism);
+            r->limits.memory_mib = sb->memory_mib;
+            r->limits.pids = sb->pids;
+        }
         switch (plan.change) {
         case CHANGE_FOREIGN:
             if (wanted)
@@ -632,15 +707,19 @@ static void reconcile(controller *c, enclave *e, runner_view *v, uint64_t now)
             snprintf(r->last_exit.how, sizeof(r->last_exit.how), "%s", gone->signal ? "signal" : "exited");
             r->last_exit.code = gone->signal ? gone->signal : gone->code;
             snprintf(r->last_exit.at, sizeof(r->last_exit.at), "%s", gone->at);
+            snprintf(r->last_exit.reason, sizeof(r->last_exit.reason), "%s", gone->reason);
             if (gone->error[0])
                 snprintf(r->last_error, sizeof(r->last_error), "%s", gone->error);
             r->pid = 0;
             r->backoff_ms = plan.backoff_ms;
             r->retry_at = now + plan.backoff_ms * NSEC_PER_MSEC;
             r->state = REPLICA_CRASHED;
-            set_event(e, "replica %s exited (%s); restarting in %" PRIu64 " ms", rname, how, r->backoff_ms);
+            set_event(e, "replica %s exited (%s%s%s); restarting in %" PRIu64 " ms", rname, how,
+                      gone->reason[0] ? ", " : "", gone->reason, r->backoff_ms);
             json_auto_t *details = json_pack("{s:s, s:I, s:I}", "how", how, "ranMs", (json_int_t)plan.ran_ms,
                                              "restartInMs", (json_int_t)r->backoff_ms);
+            if (details && gone->reason[0])
+                json_object_set_new(details, "reason", json_string(gone->reason));
             emit(e->name, rname, "enclave.replica.crashed", "success", pid, details);
             log_fields(LOG_LEVEL_WARN, "enclave replica exited; restarting with backoff", "replica", rname, "how", how,
                        NULL);
@@ -779,11 +858,22 @@ static json_t *status_build(const enclave *e, uint64_t now)
                                  state_name(r, now), "restarts", (int)r->restarts);
         if (item && r->started_at[0])
             json_object_set_new(item, "startedAt", json_string(r->started_at));
-        if (item && r->last_exit.how[0])
-            json_object_set_new(item, "lastExit",
-                                json_pack("{s:s, s:i, s:s}", "how", r->last_exit.how,
-                                          strcmp(r->last_exit.how, "signal") == 0 ? "signal" : "code",
-                                          r->last_exit.code, "at", r->last_exit.at));
+        if (item && r->last_exit.how[0]) {
+            json_t *x = json_pack("{s:s, s:i, s:s}", "how", r->last_exit.how,
+                                  strcmp(r->last_exit.how, "signal") == 0 ? "signal" : "code", r->last_exit.code,
+                                  "at", r->last_exit.at);
+            if (x && r->last_exit.reason[0])
+                json_object_set_new(x, "reason", json_string(r->last_exit.reason));
+            json_object_set_new(item, "lastExit", x);
+        }
+        if (item && r->limits.mechanism[0]) {
+            json_t *lim = json_pack("{s:s}", "mechanism", r->limits.mechanism);
+            if (lim && r->limits.memory_mib)
+                json_object_set_new(lim, "memoryMiB", json_integer(r->limits.memory_mib));
+            if (lim && r->limits.pids)
+                json_object_set_new(lim, "pids", json_integer(r->limits.pids));
+            json_object_set_new(item, "limits", lim);
+        }
         if (item && r->last_error[0])
             json_object_set_new(item, "lastError", json_string(r->last_error));
         if (json_array_append_new(replicas, item) < 0)

@@ -12,16 +12,19 @@
  *     doubling up to 30 s, back to 250 ms once it had run for 60 s; a launch
  *     that fails (a bundle that cannot be measured, a bad enclave.yaml, a
  *     full runner) is retried on the same backoff and shown in the status;
- *   - after a change of the spec (anything but replicas) the replicas are
+ *   - after a change of the spec (anything but replicas and scaling) the replicas are
  *     replaced one at a time, each only while every other one runs;
  *   - each launch, crash, restart and stop is an audit event
  *     (enclave.replica.launched|crashed|restarted|stopped, actor
  *     "system:controller"), and what it sees is written to the Enclave's
- *     status: {pcr0, replicas: [{name, pid, state, restarts, startedAt}],
- *     ready, desired, restarts, lastEvent, lastEventAt}.
+ *     status: {pcr0, replicas: [{name, pid, state, restarts, startedAt,
+ *     limits, lastExit, lastError}], ready, desired, restarts, lastEvent,
+ *     lastEventAt};
+ *   - desired follows spec.scaling: requests in flight per ready replica
+ *     and the replicas' memory use against their limit (decide.h).
  *
  * The sandboxes it launches carry the runner owner tag
- * "enclave/<name>/<uid>/<digest of the spec without replicas>"; it never
+ * "enclave/<name>/<uid>/<digest of the spec without replicas and scaling>"; it never
  * touches a sandbox without its tag, and after a restart of the api role it
  * finds its replicas again by the tag. Its decisions are pure functions
  * (controller/decide.h), and it reaches the runner only through
@@ -53,8 +56,9 @@ typedef struct controller_config {
      * while it is false (the runner starts, restarts or stops) nothing is
      * reconciled, so its empty list is not taken for crashes */
     const _Atomic bool *runner_ready;
-    /* the proxy's metrics (shared memory), whose Enclave load scales the
-     * replicas between min and max; NULL: no autoscaling */
+    /* the proxy's metrics (shared memory), whose requests in flight to an
+     * Enclave scale its replicas between min and max (with their memory
+     * use, which the runner lists); NULL: memory alone */
     const struct proxy_metrics *load;
     /* names this instance among the processes sharing the store (with the
      * host name): the api's listen address; NULL when it is alone */

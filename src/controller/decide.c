@@ -1,6 +1,8 @@
 /* The Enclave controller's decisions: see decide.h. */
 #include "controller/decide.h"
 
+#include <limits.h>
+
 #include "basic/macro.h"
 #include "basic/timeutil.h"
 
@@ -18,24 +20,39 @@ uint64_t controller_backoff_ms(uint64_t previous_ms, uint64_t ran_ms)
     return MIN(base * 2, (uint64_t)CONTROLLER_BACKOFF_MAX_MS);
 }
 
-unsigned controller_autoscale(controller_load_clock *clock, unsigned desired, unsigned min, unsigned max,
-                              unsigned ready, int64_t in_flight, uint64_t now)
+int controller_memory_percent(uint64_t used_bytes, uint64_t limit_bytes, unsigned ready)
+{
+    if (!limit_bytes || !ready)
+        return -1;
+    uint64_t percent = used_bytes / ready * 100 / limit_bytes;
+    return (int)MIN(percent, (uint64_t)INT_MAX);
+}
+
+unsigned controller_autoscale(controller_load_clock *clock, const controller_scaling *s, unsigned desired,
+                              unsigned min, unsigned max, unsigned ready, int64_t in_flight, int memory_percent,
+                              uint64_t now)
 {
     unsigned to = desired;
-    if (ready && in_flight > (int64_t)ready * CONTROLLER_SCALE_UP_IN_FLIGHT && desired < max) {
+    bool memory_high = memory_percent >= 0 && memory_percent > (int)s->memory_percent;
+    bool busy = ready && (in_flight > (int64_t)ready * s->in_flight_per_replica || memory_high);
+    if (busy && desired < max) {
         if (!clock->busy_since)
             clock->busy_since = now;
-        if (now - clock->busy_since >= CONTROLLER_SCALE_UP_AFTER_MS * NSEC_PER_MSEC) {
+        if (now - clock->busy_since >= s->up_after_ms * NSEC_PER_MSEC) {
             to = desired + 1;
             clock->busy_since = 0;
         }
     } else {
         clock->busy_since = 0;
     }
-    if (in_flight == 0 && desired > min) {
+    /* the memory of the ready replicas spread over one fewer: scaling down
+     * must not leave the rest above the threshold (and scale up again) */
+    int64_t after_down = ready > 1 ? (int64_t)memory_percent * ready / (ready - 1) : memory_percent;
+    bool idle = in_flight == 0 && (memory_percent < 0 || after_down < (int64_t)s->memory_percent);
+    if (idle && desired > min) {
         if (!clock->idle_since)
             clock->idle_since = now;
-        if (now - clock->idle_since >= CONTROLLER_SCALE_DOWN_AFTER_MS * NSEC_PER_MSEC) {
+        if (now - clock->idle_since >= s->down_after_ms * NSEC_PER_MSEC) {
             to = desired - 1;
             clock->idle_since = now; /* another full idle period before the next step */
         }

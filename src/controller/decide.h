@@ -14,10 +14,12 @@
 #define CONTROLLER_BACKOFF_MIN_MS 250   /* the first restart delay */
 #define CONTROLLER_BACKOFF_MAX_MS 30000
 #define CONTROLLER_BACKOFF_RESET_MS 60000 /* a replica that ran this long restarts after the minimum again */
-/* autoscaling on the proxy's requests in flight to an Enclave */
+/* autoscaling on the proxy's requests in flight to an Enclave and on its
+ * replicas' memory use: the defaults of an Enclave's spec.scaling */
 #define CONTROLLER_SCALE_UP_IN_FLIGHT 4     /* per ready replica: above it is busy */
+#define CONTROLLER_SCALE_UP_MEMORY_PERCENT 80 /* of the memory limit, over the ready replicas: above it is busy */
 #define CONTROLLER_SCALE_UP_AFTER_MS 3000   /* busy this long: one replica more (up to max) */
-#define CONTROLLER_SCALE_DOWN_AFTER_MS 15000 /* idle (nothing in flight) this long: one fewer (down to min) */
+#define CONTROLLER_SCALE_DOWN_AFTER_MS 15000 /* idle (nothing in flight, memory below) this long: one fewer */
 /* a replica whose workload exited this often within the window, and that
  * is not ready, is crash looping (as Kubernetes' CrashLoopBackOff) */
 #define CONTROLLER_CRASHLOOP_EXITS 3
@@ -57,7 +59,13 @@ typedef struct replica {
         char how[8];       /* "exited" or "signal"; "" before any exit */
         int code;          /* the exit status or the signal number */
         char at[40];       /* RFC 3339 */
+        char reason[16];   /* "oomKilled" or "memoryLimit" when a memory limit ended it, else "" */
     } last_exit;
+    struct {
+        char mechanism[8]; /* "cgroup2" or "rlimit" as the runner listed it; "" before */
+        unsigned memory_mib, pids; /* 0: none */
+    } limits;
+    uint64_t memory_bytes; /* its memory use at the runner's last sample; 0 when not running */
     char last_error[256];  /* the agent's last reported error, "" when none */
 } replica;
 
@@ -101,6 +109,20 @@ typedef struct replica_plan {
     bool ready;          /* whether it is ready after this listing */
 } replica_plan;
 
+/* An Enclave's thresholds (spec.scaling). */
+typedef struct controller_scaling {
+    unsigned in_flight_per_replica; /* busy above this many requests in flight per ready replica */
+    unsigned memory_percent;        /* busy above this memory use, in percent of the limit */
+    uint64_t up_after_ms;           /* busy this long: one replica more */
+    uint64_t down_after_ms;         /* idle this long: one fewer */
+} controller_scaling;
+
+#define CONTROLLER_SCALING_DEFAULTS                                                                          \
+    ((controller_scaling){.in_flight_per_replica = CONTROLLER_SCALE_UP_IN_FLIGHT,                            \
+                          .memory_percent = CONTROLLER_SCALE_UP_MEMORY_PERCENT,                              \
+                          .up_after_ms = CONTROLLER_SCALE_UP_AFTER_MS,                                       \
+                          .down_after_ms = CONTROLLER_SCALE_DOWN_AFTER_MS})
+
 /* The load the autoscaler has seen of an Enclave: since when it is busy or
  * idle (time_mono_ns(), 0 when it is not). */
 typedef struct controller_load_clock {
@@ -118,14 +140,24 @@ unsigned controller_desired(unsigned current, unsigned min, unsigned max);
  * to CONTROLLER_BACKOFF_MAX_MS. */
 uint64_t controller_backoff_ms(uint64_t previous_ms, uint64_t ran_ms);
 
-/* The desired replicas after the load IN_FLIGHT seen at NOW, with READY of
- * the DESIRED running: one more after CONTROLLER_SCALE_UP_AFTER_MS above
- * CONTROLLER_SCALE_UP_IN_FLIGHT per ready replica (never with none ready),
- * one fewer after CONTROLLER_SCALE_DOWN_AFTER_MS with nothing in flight
- * (and another full idle period before the next), within [MIN, MAX].
+/* The desired replicas after the load seen at NOW: IN_FLIGHT requests, and
+ * MEMORY_PERCENT the ready replicas' memory use in percent of their limit
+ * (-1: unknown, no limit), with READY of the DESIRED running. Busy is more
+ * than S->in_flight_per_replica per ready replica, or memory above
+ * S->memory_percent (never with none ready): one more after
+ * S->up_after_ms busy. Idle is nothing in flight and memory that would
+ * stay below S->memory_percent spread over one ready replica fewer (or
+ * unknown): one fewer after S->down_after_ms idle
+ * (and another full idle period before the next). Within [MIN, MAX].
  * Updates CLOCK; returns DESIRED when nothing changes. */
-unsigned controller_autoscale(controller_load_clock *clock, unsigned desired, unsigned min, unsigned max,
-                              unsigned ready, int64_t in_flight, uint64_t now);
+unsigned controller_autoscale(controller_load_clock *clock, const controller_scaling *s, unsigned desired,
+                              unsigned min, unsigned max, unsigned ready, int64_t in_flight, int memory_percent,
+                              uint64_t now);
+
+/* The memory use of READY replicas in percent of their limit: USED_BYTES
+ * summed over them against LIMIT_BYTES each, rounded down; -1 when there is
+ * no limit or no ready replica. */
+int controller_memory_percent(uint64_t used_bytes, uint64_t limit_bytes, unsigned ready);
 
 /* What to do with replica R, WANTED (its index below desired) or not,
  * after the runner's listing said O of its name at NOW. */

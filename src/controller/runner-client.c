@@ -127,6 +127,16 @@ static int view_parse(json_t *json, runner_view *v)
         sb->pid = answer_pid(json_object_get(item, "pid"));
         sb->ready = !json_is_false(json_object_get(item, "ready"));
         sb->error = json_string_value(json_object_get(item, "error"));
+        const json_t *limits = json_object_get(item, "limits");
+        sb->mechanism = json_string_value(json_object_get(limits, "mechanism"));
+        json_int_t mib = json_integer_value(json_object_get(limits, "memoryMiB"));
+        json_int_t pids = json_integer_value(json_object_get(limits, "pids"));
+        json_int_t used = json_integer_value(json_object_get(item, "memoryBytes"));
+        sb->memory_mib = mib > 0 && mib <= UINT32_MAX ? (unsigned)mib : 0;
+        sb->pids = pids > 0 && pids <= UINT32_MAX ? (unsigned)pids : 0;
+        sb->memory_bytes = used > 0 ? (uint64_t)used : 0;
+        if (sb->mechanism && strcmp(sb->mechanism, "cgroup2") != 0 && strcmp(sb->mechanism, "rlimit") != 0)
+            return -EBADMSG;
         if ((sb->error && strlen(sb->error) > 1024) || !sb->name || !resource_name_valid(sb->name) || !sb->pid ||
             (sb->owner && strlen(sb->owner) >= RUNNER_OWNER_MAX) || (sb->pcr0 && strlen(sb->pcr0) != RUNNER_PCR_HEX_LEN))
             return -EBADMSG;
@@ -142,6 +152,9 @@ static int view_parse(json_t *json, runner_view *v)
         x->signal = sig > 0 && sig < 128 ? (int)sig : 0;
         x->at = json_string_value(json_object_get(item, "at")) ?: "";
         x->error = json_string_value(json_object_get(item, "error")) ?: "";
+        x->reason = json_string_value(json_object_get(item, "reason")) ?: "";
+        if (x->reason[0] && strcmp(x->reason, "oomKilled") != 0 && strcmp(x->reason, "memoryLimit") != 0)
+            return -EBADMSG;
         if (!x->name || !x->how || strlen(x->how) > 64 || !x->pid || strlen(x->at) >= 40 || strlen(x->error) > 1024)
             return -EBADMSG;
     }

@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #define RUNNER_OWNER_MAX 128       /* the runner's cap on an owner tag, with the NUL */
@@ -26,6 +27,9 @@ typedef struct runner_sandbox {
     pid_t pid;         /* > 0 */
     bool ready;        /* its agent reported the workload answering on its port */
     const char *error; /* its agent's last reported error, NULL when none */
+    const char *mechanism; /* how its limits are held: "cgroup2" or "rlimit"; NULL when the runner did not say */
+    unsigned memory_mib, pids; /* its limits, 0: none */
+    uint64_t memory_bytes;     /* its memory use at the runner's last sample */
 } runner_sandbox;
 
 /* A sandbox whose workload ended by itself. */
@@ -35,6 +39,7 @@ typedef struct runner_exit {
     int code, signal;  /* the exit status, or the signal that ended it (0: not that way) */
     const char *at;    /* RFC 3339, "" when the runner did not say */
     const char *error; /* the agent's last reported error, "" when none */
+    const char *reason; /* "oomKilled" or "memoryLimit" when a memory limit ended it, else "" */
 } runner_exit;
 
 /* The runner's GET /v1/sandboxes, checked. */

@@ -55,72 +55,158 @@ Test(backoff, a_stray_small_previous_delay_still_doubles_from_the_minimum)
 
 /* ---- autoscaling ---- */
 
+static const controller_scaling defaults = CONTROLLER_SCALING_DEFAULTS;
+
+/* The default thresholds, on requests in flight alone (no memory limit). */
+static unsigned autoscale_default(controller_load_clock *clock, unsigned desired, unsigned min, unsigned max,
+                                  unsigned ready, int64_t in_flight, uint64_t now)
+{
+    return controller_autoscale(clock, &defaults, desired, min, max, ready, in_flight, -1, now);
+}
+
 Test(autoscale, scales_up_once_busy_for_three_seconds)
 {
     controller_load_clock clock = {0};
     /* 2 ready, 9 in flight: above 4 per replica */
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0), 2);
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 2, 9, T0), 2);
     cr_expect_eq(clock.busy_since, T0);
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0 + MS(2999)), 2);
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0 + MS(3000)), 3);
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 2, 9, T0 + MS(2999)), 2);
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 2, 9, T0 + MS(3000)), 3);
     cr_expect_eq(clock.busy_since, 0, "the busy period starts again after a step");
-    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 13, T0 + MS(3001)), 3);
-    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 13, T0 + MS(6001)), 4);
+    cr_expect_eq(autoscale_default(&clock, 3, 1, 4, 3, 13, T0 + MS(3001)), 3);
+    cr_expect_eq(autoscale_default(&clock, 3, 1, 4, 3, 13, T0 + MS(6001)), 4);
 }
 
 Test(autoscale, busy_means_strictly_more_than_four_per_ready_replica)
 {
     controller_load_clock clock = {0};
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 8, T0), 2);
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 2, 8, T0), 2);
     cr_expect_eq(clock.busy_since, 0);
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 8, T0 + MS(60000)), 2);
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 2, 8, T0 + MS(60000)), 2);
     /* readiness counts, not desired: one of two ready and 5 in flight is busy */
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 1, 5, T0), 2);
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 1, 5, T0 + MS(3000)), 3);
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 1, 5, T0), 2);
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 1, 5, T0 + MS(3000)), 3);
 }
 
 Test(autoscale, never_above_max_nor_with_no_replica_ready)
 {
     controller_load_clock clock = {0};
-    cr_expect_eq(controller_autoscale(&clock, 4, 1, 4, 4, 100, T0), 4);
-    cr_expect_eq(controller_autoscale(&clock, 4, 1, 4, 4, 100, T0 + MS(10000)), 4);
+    cr_expect_eq(autoscale_default(&clock, 4, 1, 4, 4, 100, T0), 4);
+    cr_expect_eq(autoscale_default(&clock, 4, 1, 4, 4, 100, T0 + MS(10000)), 4);
     cr_expect_eq(clock.busy_since, 0);
     /* nothing ready (all starting): the load says nothing of capacity */
-    cr_expect_eq(controller_autoscale(&clock, 1, 1, 4, 0, 100, T0), 1);
-    cr_expect_eq(controller_autoscale(&clock, 1, 1, 4, 0, 100, T0 + MS(10000)), 1);
+    cr_expect_eq(autoscale_default(&clock, 1, 1, 4, 0, 100, T0), 1);
+    cr_expect_eq(autoscale_default(&clock, 1, 1, 4, 0, 100, T0 + MS(10000)), 1);
 }
 
 Test(autoscale, a_lull_resets_the_busy_period)
 {
     controller_load_clock clock = {0};
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0), 2);
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 3, T0 + MS(2000)), 2);
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0 + MS(2500)), 2);
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0 + MS(5000)), 2, "busy again only since 2.5 s");
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 9, T0 + MS(5500)), 3);
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 2, 9, T0), 2);
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 2, 3, T0 + MS(2000)), 2);
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 2, 9, T0 + MS(2500)), 2);
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 2, 9, T0 + MS(5000)), 2, "busy again only since 2.5 s");
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 2, 9, T0 + MS(5500)), 3);
 }
 
 Test(autoscale, scales_down_after_fifteen_idle_seconds_one_step_per_period)
 {
     controller_load_clock clock = {0};
-    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 0, T0), 3);
-    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 0, T0 + MS(14999)), 3);
-    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 0, T0 + MS(15000)), 2);
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 0, T0 + MS(15001)), 2, "a full idle period before the next");
-    cr_expect_eq(controller_autoscale(&clock, 2, 1, 4, 2, 0, T0 + MS(30000)), 1);
+    cr_expect_eq(autoscale_default(&clock, 3, 1, 4, 3, 0, T0), 3);
+    cr_expect_eq(autoscale_default(&clock, 3, 1, 4, 3, 0, T0 + MS(14999)), 3);
+    cr_expect_eq(autoscale_default(&clock, 3, 1, 4, 3, 0, T0 + MS(15000)), 2);
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 2, 0, T0 + MS(15001)), 2, "a full idle period before the next");
+    cr_expect_eq(autoscale_default(&clock, 2, 1, 4, 2, 0, T0 + MS(30000)), 1);
     /* at min: stays, and the idle clock stops */
-    cr_expect_eq(controller_autoscale(&clock, 1, 1, 4, 1, 0, T0 + MS(60000)), 1);
+    cr_expect_eq(autoscale_default(&clock, 1, 1, 4, 1, 0, T0 + MS(60000)), 1);
     cr_expect_eq(clock.idle_since, 0);
 }
 
 Test(autoscale, any_request_in_flight_is_not_idle)
 {
     controller_load_clock clock = {0};
-    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 0, T0), 3);
-    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 1, T0 + MS(10000)), 3);
+    cr_expect_eq(autoscale_default(&clock, 3, 1, 4, 3, 0, T0), 3);
+    cr_expect_eq(autoscale_default(&clock, 3, 1, 4, 3, 1, T0 + MS(10000)), 3);
     cr_expect_eq(clock.idle_since, 0);
-    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 0, T0 + MS(20000)), 3, "idle again only since 20 s");
-    cr_expect_eq(controller_autoscale(&clock, 3, 1, 4, 3, 0, T0 + MS(35000)), 2);
+    cr_expect_eq(autoscale_default(&clock, 3, 1, 4, 3, 0, T0 + MS(20000)), 3, "idle again only since 20 s");
+    cr_expect_eq(autoscale_default(&clock, 3, 1, 4, 3, 0, T0 + MS(35000)), 2);
+}
+
+Test(autoscale, memory_above_its_percent_for_up_after_adds_a_replica)
+{
+    const controller_scaling s = {.in_flight_per_replica = 4, .memory_percent = 50, .up_after_ms = 1000,
+                                  .down_after_ms = 2000};
+    controller_load_clock clock = {0};
+    /* nothing in flight, memory at 51 %: busy, not idle */
+    cr_expect_eq(controller_autoscale(&clock, &s, 1, 1, 3, 1, 0, 51, T0), 1);
+    cr_expect_eq(clock.busy_since, T0);
+    cr_expect_eq(clock.idle_since, 0);
+    cr_expect_eq(controller_autoscale(&clock, &s, 1, 1, 3, 1, 0, 51, T0 + MS(999)), 1);
+    cr_expect_eq(controller_autoscale(&clock, &s, 1, 1, 3, 1, 0, 51, T0 + MS(1000)), 2);
+    /* exactly at the threshold is neither busy nor idle */
+    cr_expect_eq(controller_autoscale(&clock, &s, 2, 1, 3, 2, 0, 50, T0 + MS(1001)), 2);
+    cr_expect_eq(controller_autoscale(&clock, &s, 2, 1, 3, 2, 0, 50, T0 + MS(60000)), 2);
+    cr_expect_eq(clock.busy_since, 0);
+    cr_expect_eq(clock.idle_since, 0);
+}
+
+Test(autoscale, memory_below_its_percent_for_down_after_removes_one)
+{
+    const controller_scaling s = {.in_flight_per_replica = 4, .memory_percent = 50, .up_after_ms = 1000,
+                                  .down_after_ms = 2000};
+    controller_load_clock clock = {0};
+    cr_expect_eq(controller_autoscale(&clock, &s, 2, 1, 3, 2, 0, 24, T0), 2);
+    cr_expect_eq(controller_autoscale(&clock, &s, 2, 1, 3, 2, 0, 24, T0 + MS(1999)), 2);
+    cr_expect_eq(controller_autoscale(&clock, &s, 2, 1, 3, 2, 0, 24, T0 + MS(2000)), 1);
+    /* below the threshold, but not once spread over one replica fewer (2 x 30 % = 60 % on one) */
+    controller_load_clock c1 = {0};
+    cr_expect_eq(controller_autoscale(&c1, &s, 2, 1, 3, 2, 0, 30, T0), 2);
+    cr_expect_eq(controller_autoscale(&c1, &s, 2, 1, 3, 2, 0, 30, T0 + MS(60000)), 2);
+    cr_expect_eq(c1.idle_since, 0);
+    /* three at 30 %: 45 % on two, so one goes */
+    cr_expect_eq(controller_autoscale(&c1, &s, 3, 1, 3, 3, 0, 30, T0 + MS(60001)), 3);
+    cr_expect_eq(controller_autoscale(&c1, &s, 3, 1, 3, 3, 0, 30, T0 + MS(62001)), 2);
+    /* one ready replica (of two desired): its own use decides */
+    controller_load_clock c3 = {0};
+    cr_expect_eq(controller_autoscale(&c3, &s, 2, 1, 3, 1, 0, 49, T0), 2);
+    cr_expect_eq(controller_autoscale(&c3, &s, 2, 1, 3, 1, 0, 49, T0 + MS(2000)), 1);
+    /* memory high again resets the idle period; requests in flight keep it from being idle */
+    controller_load_clock c2 = {0};
+    cr_expect_eq(controller_autoscale(&c2, &s, 2, 1, 3, 2, 0, 10, T0), 2);
+    cr_expect_eq(controller_autoscale(&c2, &s, 2, 1, 3, 2, 0, 70, T0 + MS(1500)), 2);
+    cr_expect_eq(controller_autoscale(&c2, &s, 2, 1, 3, 2, 1, 10, T0 + MS(1600)), 2);
+    cr_expect_eq(controller_autoscale(&c2, &s, 2, 1, 3, 2, 0, 10, T0 + MS(3000)), 2, "idle only since 3 s");
+    cr_expect_eq(controller_autoscale(&c2, &s, 2, 1, 3, 2, 0, 10, T0 + MS(5000)), 1);
+}
+
+Test(autoscale, memory_unknown_or_no_replica_ready_never_scales_up)
+{
+    const controller_scaling s = {.in_flight_per_replica = 4, .memory_percent = 50, .up_after_ms = 1000,
+                                  .down_after_ms = 2000};
+    controller_load_clock clock = {0};
+    cr_expect_eq(controller_autoscale(&clock, &s, 1, 1, 3, 1, 0, -1, T0), 1);
+    cr_expect_eq(controller_autoscale(&clock, &s, 1, 1, 3, 1, 0, -1, T0 + MS(5000)), 1);
+    cr_expect_eq(controller_autoscale(&clock, &s, 1, 1, 3, 0, 0, 90, T0 + MS(6000)), 1);
+    cr_expect_eq(controller_autoscale(&clock, &s, 1, 1, 3, 0, 0, 90, T0 + MS(9000)), 1);
+    cr_expect_eq(clock.busy_since, 0);
+}
+
+Test(autoscale, in_flight_per_replica_is_the_spec_s)
+{
+    const controller_scaling s = {.in_flight_per_replica = 1, .memory_percent = 80, .up_after_ms = 500,
+                                  .down_after_ms = 15000};
+    controller_load_clock clock = {0};
+    cr_expect_eq(controller_autoscale(&clock, &s, 2, 1, 4, 2, 3, -1, T0), 2);
+    cr_expect_eq(controller_autoscale(&clock, &s, 2, 1, 4, 2, 3, -1, T0 + MS(500)), 3);
+}
+
+Test(autoscale, memory_percent_is_the_mean_over_ready_replicas)
+{
+    cr_expect_eq(controller_memory_percent(0, 0, 2), -1, "no limit");
+    cr_expect_eq(controller_memory_percent(100, 1000, 0), -1, "none ready");
+    cr_expect_eq(controller_memory_percent(64ull << 20, 64ull << 20, 2), 50);
+    cr_expect_eq(controller_memory_percent(96ull << 20, 64ull << 20, 1), 150);
+    cr_expect_eq(controller_memory_percent((64ull << 20) - 1, 64ull << 20, 1), 99, "rounded down");
 }
 
 /* ---- a replica after a listing ---- */

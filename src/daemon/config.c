@@ -360,9 +360,14 @@ static void audit_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full
     listen_value(c, v, full, c->cfg->audit_listen, sizeof(c->cfg->audit_listen));
 }
 
+/* runner.listen (the runner's mutual-TLS listener) and runner.cgroup (a
+ * delegated cgroup v2 directory for the sandboxes' limits) */
 static void runner_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 {
-    (void)key;
+    if (key == 1) {
+        scalar(c, v, full, c->cfg->runner_cgroup, sizeof(c->cfg->runner_cgroup));
+        return;
+    }
     c->runner_listen_line = c->key_line;
     listen_value(c, v, full, c->cfg->runner_listen, sizeof(c->cfg->runner_listen));
 }
@@ -517,7 +522,7 @@ static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
     static const char *const proxy_keys[] = {"listen", "httpListen", "threads", "tls"};
     static const char *const kms_keys[] = {"listen", "seal"};
     static const char *const audit_keys[] = {"listen"};
-    static const char *const runner_keys[] = {"listen"};
+    static const char *const runner_keys[] = {"listen", "cgroup"};
     static const char *const store_keys[] = {"url"};
     static const char *const pki_keys[] = {"dir"};
     static const char *const peer_keys[] = {"api", "kms", "audit", "runner"};
@@ -671,8 +676,8 @@ int daemon_config_parse(const char *name, const char *text, size_t len, daemon_c
     if (!root)
         config_problem(problems, "%s:1: (top): the file is empty", name);
     else {
-        static const char *const keys[] = {"domain", "dataDir", "roles",  "store",  "pki",   "api",       "proxy",
-                                           "kms",    "audit",   "runner", "peers",  "telemetry", "plugins"};
+        static const char *const keys[] = {"domain", "dataDir", "roles",  "store", "pki",       "api",    "proxy",
+                                           "kms",    "audit",   "runner", "peers", "telemetry", "plugins"};
         mapping(&c, root, "", keys, ELEMENTSOF(keys), top_key);
         if (c.visited > NODES_MAX)
             config_problem(problems, "%s:1: (top): more than %d keys and items; not a cloisterd configuration", name,

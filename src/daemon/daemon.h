@@ -49,6 +49,7 @@ typedef struct daemon_config {
     /* the kms role's view only: the secret read from seal_secret_file before it dropped privileges, wiped by it */
     char *seal_secret;
     size_t seal_secret_len;
+    char runner_cgroup[4096]; /* runner.cgroup: a delegated cgroup v2 directory for sandboxes; "": found */
     char pki_dir[4096]; /* the cluster CA and each role's certificate (roles/<role>.pem); default: the data dir */
     /* own certificate and key of a listener; "" : issued by the cluster CA */
     char api_tls_cert[4096], api_tls_key[4096];

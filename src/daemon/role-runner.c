@@ -24,6 +24,7 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
         .audit_socket = cfg->audit_socket,
         .plugin_dir = cfg->plugin_dir,
         .plugin_trusted = cfg->plugin_trusted,
+        .cgroup = cfg->runner_cgroup,
         .health = health,
         .roles = all,
         .n_roles = n_all,

@@ -376,7 +376,9 @@ static int check_enclave_secret(const json_t *v, resource_path *path, resource_e
     return r;
 }
 
-/* Two secrets must not write the same file of /run/secrets. */
+/* Two secrets must not write the same file of /run/secrets, and a value of
+ * a Secret is released only under the Enclave's attestationPolicy, so one
+ * must be named (a Key's own release policy decides for a Key). */
 static int check_enclave(const json_t *v, resource_path *path, resource_error *err)
 {
     const json_t *secrets = json_object_get(v, "secrets");
@@ -393,6 +395,17 @@ static int check_enclave(const json_t *v, resource_path *path, resource_error *e
             resource_path_pop(path, saved);
             return r;
         }
+    }
+    for (size_t i = 0; i < json_array_size(secrets) && !json_object_get(v, "attestationPolicy"); i++) {
+        if (!json_object_get(json_array_get(secrets, i), "secret"))
+            continue;
+        size_t saved = resource_path_push_key(path, "attestationPolicy", STRLEN("attestationPolicy"));
+        int r = resource_fail(err, path,
+                              "required field missing: secrets[%zu] delivers a value of a Secret, which is released "
+                              "only to evidence that satisfies the Enclave's AttestationPolicy; name one",
+                              i);
+        resource_path_pop(path, saved);
+        return r;
     }
     return 0;
 }
@@ -446,12 +459,27 @@ static const schema_field enclave_limits_fields[] = {
     {NULL},
 };
 static const schema s_enclave_limits = OBJECT(enclave_limits_fields);
+static const schema s_in_flight_per_replica = {.type = SCHEMA_INT, .min = 1, .max = RESOURCE_SCALING_IN_FLIGHT_MAX};
+static const schema s_memory_percent = {.type = SCHEMA_INT, .min = 1, .max = 100};
+static const schema s_scaling_after = {.type = SCHEMA_INT, .min = 1, .max = RESOURCE_SCALING_AFTER_MAX};
+/* the autoscaler's thresholds (controller/decide.h has the same defaults
+ * for an Enclave stored without them) */
+static const schema_field enclave_scaling_fields[] = {
+    {"inFlightPerReplica", &s_in_flight_per_replica, false, "4"},
+    {"memoryPercent", &s_memory_percent, false, "80"},
+    {"upAfterSeconds", &s_scaling_after, false, "3"},
+    {"downAfterSeconds", &s_scaling_after, false, "15"},
+    {NULL},
+};
+static const schema s_enclave_scaling = OBJECT(enclave_scaling_fields);
 static const schema_field enclave_fields[] = {
     {"bundle", &s_bundle_path, true, NULL},
     {"replicas", &s_replicas, false, "{\"min\": 1, \"max\": 1}"},
     {"secrets", &s_enclave_secrets, false, NULL},
     {"attestationPolicy", &s_name, false, NULL},
     {"limits", &s_enclave_limits, false, NULL},
+    {"scaling", &s_enclave_scaling, false,
+     "{\"inFlightPerReplica\": 4, \"memoryPercent\": 80, \"upAfterSeconds\": 3, \"downAfterSeconds\": 15}"},
     {"egress", &s_egress, false, NULL}, /* allow-only: what the agent's proxy may reach */
     {"plugins", &s_enclave_plugins, false, NULL}, /* egress interceptors, asked by the runner */
     {NULL},

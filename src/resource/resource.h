@@ -19,6 +19,8 @@
 #define RESOURCE_STRING_MAX 4096   /* default cap of a string field */
 #define RESOURCE_LABELS_MAX 64
 #define RESOURCE_ENCLAVE_REPLICAS_MAX 16 /* Enclave spec.replicas.max */
+#define RESOURCE_SCALING_IN_FLIGHT_MAX 100000 /* Enclave spec.scaling.inFlightPerReplica */
+#define RESOURCE_SCALING_AFTER_MAX 86400     /* Enclave spec.scaling.upAfterSeconds, downAfterSeconds */
 
 typedef struct schema schema; /* see schema.h */
 

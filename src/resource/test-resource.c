@@ -424,10 +424,46 @@ Test(validate, enclave_specs)
     expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\n"
                           "spec: {bundle: /b, secrets: [{key: k, file: f}, {secret: s, key: x, file: f}]}\n",
                    "spec.secrets[1].file", "secrets[0] already writes /run/secrets/f");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\n"
+                          "spec: {bundle: /b, secrets: [{key: k, file: f}, {secret: s, key: x, file: g}]}\n",
+                   "spec.attestationPolicy", "secrets[1] delivers a value of a Secret");
+    expect_valid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, secrets: [{key: k, file: f}]}\n");
     expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, limits: {memoryMiB: 0}}\n",
                    "spec.limits.memoryMiB", "between 8 and");
     expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, limits: {cpu: 1}}\n",
                    "spec.limits.cpu", "unknown field");
+}
+
+Test(validate, enclave_scaling)
+{
+    expect_valid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, scaling: {inFlightPerReplica: 2,"
+                        " memoryPercent: 60, upAfterSeconds: 1, downAfterSeconds: 30}}\n");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, scaling: {memoryPercent: 0}}\n",
+                   "spec.scaling.memoryPercent", "between 1 and 100");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, scaling: {memoryPercent: 101}}\n",
+                   "spec.scaling.memoryPercent", "between 1 and 100");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, scaling: {upAfterSeconds: 0}}\n",
+                   "spec.scaling.upAfterSeconds", "between 1 and 86400");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, scaling: {inFlightPerReplica: 0}}\n",
+                   "spec.scaling.inFlightPerReplica", "between 1 and");
+    expect_invalid(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b, scaling: {cpuPercent: 50}}\n",
+                   "spec.scaling.cpuPercent", "unknown field");
+}
+
+Test(defaults, enclave_scaling_defaults_fill_what_is_left_out)
+{
+    json_auto_t *e = yaml_doc(HEADER "kind: Enclave\nmetadata: {name: e}\nspec: {bundle: /b}\n");
+    cr_assert_eq(resource_apply_defaults(e), 0);
+    json_t *scaling = json_object_get(json_object_get(e, "spec"), "scaling");
+    cr_expect_eq(json_integer_value(json_object_get(scaling, "inFlightPerReplica")), 4);
+    cr_expect_eq(json_integer_value(json_object_get(scaling, "memoryPercent")), 80);
+    cr_expect_eq(json_integer_value(json_object_get(scaling, "upAfterSeconds")), 3);
+    cr_expect_eq(json_integer_value(json_object_get(scaling, "downAfterSeconds")), 15);
+    json_auto_t *f = yaml_doc(HEADER "kind: Enclave\nmetadata: {name: f}\nspec: {bundle: /b, scaling: {memoryPercent: 50}}\n");
+    cr_assert_eq(resource_apply_defaults(f), 0);
+    scaling = json_object_get(json_object_get(f, "spec"), "scaling");
+    cr_expect_eq(json_integer_value(json_object_get(scaling, "memoryPercent")), 50);
+    cr_expect_eq(json_integer_value(json_object_get(scaling, "upAfterSeconds")), 3);
 }
 
 Test(defaults, enclave_replicas_default_to_one)

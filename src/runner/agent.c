@@ -18,6 +18,7 @@
 #include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
+#include "basic/socket.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
 #include "httpd/httpd.h"
@@ -142,27 +143,6 @@ static bool bucket_take(bucket *b, double rate, double burst)
 }
 
 
-/* A listening Unix socket NAME in the directory DIRFD, reached through
- * /proc/self/fd so that long data-dir paths fit in sun_path. Mode 0600,
- * owned by OWNER (-1: unchanged). Returns the fd or a negative errno. */
-static int listen_in(int dirfd, const char *name, uid_t owner)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d/%s", dirfd, name);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return negative_errno();
-    unlinkat(dirfd, name, 0);
-    int e = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0 ? negative_errno() : 0;
-    if (e == 0 && (fchmodat(dirfd, name, 0600, 0) < 0 ||
-                   (owner != (uid_t)-1 && fchownat(dirfd, name, owner, owner, AT_SYMLINK_NOFOLLOW) < 0)))
-        e = negative_errno();
-    if (e < 0) {
-        close(fd);
-        return e;
-    }
-    return fd;
-}
 
 /* Parses PARAMS into AG; -1 with ERR (400) when a field is wrong. */
 static int parse_params(runner_agent *ag, const json_t *params, api_error *err)
@@ -336,9 +316,9 @@ runner_agent *runner_agent_new(const char *runner_dir, const char *agent_path, c
     if ((mkdir(ag->dir, 0711) < 0 && errno != EEXIST) || chmod(ag->dir, 0711) < 0 || /* past the umask */
         (dirfd = open(ag->dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
         r = negative_errno();
-    if (r == 0 && (ag->channel_fd = listen_in(dirfd, "channel.sock", NOBODY)) < 0)
+    if (r == 0 && (ag->channel_fd = unix_listen_at(dirfd, "channel.sock", NOBODY)) < 0)
         r = ag->channel_fd;
-    if (r == 0 && ag->atls && (ag->atls_fd = listen_in(dirfd, "atls.sock", (uid_t)-1)) < 0)
+    if (r == 0 && ag->atls && (ag->atls_fd = unix_listen_at(dirfd, "atls.sock", (uid_t)-1)) < 0)
         r = ag->atls_fd;
     if (r == 0 && ag->atls && fchmodat(dirfd, "atls.sock", 0666, 0) < 0)
         r = negative_errno();

@@ -22,6 +22,7 @@
 #include "audit/event.h"
 #include "basic/log.h"
 #include "basic/macro.h"
+#include "basic/socket.h"
 #include "basic/timeutil.h"
 #include "plugin/plugin.h"
 #include "runner/egress-check.h"
@@ -551,20 +552,7 @@ static int listen_socket(const char *dir)
     _cleanup_close_ int dirfd = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dirfd < 0)
         return negative_errno();
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d/egress.sock", dirfd);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return negative_errno();
-    unlinkat(dirfd, "egress.sock", 0);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0 ||
-        fchmodat(dirfd, "egress.sock", 0600, 0) < 0 ||
-        fchownat(dirfd, "egress.sock", NOBODY, NOBODY, AT_SYMLINK_NOFOLLOW) < 0) {
-        int e = negative_errno();
-        close(fd);
-        return e;
-    }
-    return fd;
+    return unix_listen_at(dirfd, "egress.sock", NOBODY);
 }
 
 runner_egress *runner_egress_new(const char *dir, const char *name, const char *owner, const json_t *entries,

@@ -9,9 +9,16 @@
  *          listed back: the api role's controller sets
  *          "enclave/<name>/<uid>/<spec digest>" on the replicas it launches,
  *          so it can find them (and only them) after it restarts.
- *   GET    /v1/sandboxes            -> {"items": [{"name", "pid", "pcrs", "owner"?, "ready", "error"?}],
+ *   GET    /v1/sandboxes            -> {"items": [{"name", "pid", "pcrs", "owner"?, "ready", "error"?,
+ *                                                  "limits": {"mechanism", "memoryMiB"?, "pids"?},
+ *                                                  "memoryBytes"}],
  *                                       "exited": [{"name", "pid", "how", "code" | "signal", "at",
- *                                                   "owner"?, "error"?}]}
+ *                                                   "owner"?, "error"?, "reason"?}]}
+ *          "limits": the sandbox's limits and how they are held ("cgroup2"
+ *          or "rlimit", runner/sandbox-limits.h); "memoryBytes": its memory use at
+ *          the last reap tick; an exit's "reason": "oomKilled" (the
+ *          kernel's OOM killer in its cgroup) or "memoryLimit" (the runner
+ *          killed it: its processes' resident memory above its limit).
  *          "ready": the agent reported its workload answering on its port
  *          (always true in plain mode); "error": the agent's last report of
  *          what went wrong (a release refused, the workload's exit).
@@ -48,6 +55,7 @@
  * and mounted read-only, not copied. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <signal.h>
@@ -71,6 +79,7 @@
 #include "plugin/plugin.h"
 #include "runner/agent.h"
 #include "runner/egress.h"
+#include "runner/sandbox-limits.h"
 #include "runner/output.h"
 #include "runner/plugins.h"
 #include "runner/server.h"
@@ -96,6 +105,10 @@ typedef struct sandbox {
     runner_egress *egress; /* agent mode with "egress": its tunnels; NULL: none */
     trace_context trace; /* its launch's span: what its agent asks joins that trace */
     bool has_trace;
+    uint64_t memory_limit, pids_limit; /* its limits (bytes, processes); 0: none */
+    uint64_t memory_used;   /* bytes, as of the last reap tick (runner_limits_usage()) */
+    uint64_t oom_kills;     /* cgroup2: memory.events' oom_kill at launch */
+    bool memory_killed;     /* rlimit: the runner killed it for using more than memory_limit */
 } sandbox;
 
 /* A sandbox whose workload ended by itself, as GET /v1/sandboxes reports it. */
@@ -107,6 +120,7 @@ typedef struct sandbox_exit {
     int code, signal; /* its exit status, or the signal that ended it (0: not that way) */
     char at[40];      /* RFC 3339 of when the runner saw it end */
     char error[RUNNER_AGENT_ERROR_MAX]; /* the agent's last reported error, "" when none */
+    const char *reason; /* "oomKilled" (the kernel's OOM killer, cgroup2), "memoryLimit" (the runner, rlimit), NULL */
 } sandbox_exit;
 
 typedef struct runner {
@@ -121,6 +135,7 @@ typedef struct runner {
     sandbox_exit exits[RUNNER_EXITS_MAX]; /* a ring: the next is written at n_exits % RUNNER_EXITS_MAX */
     uint64_t n_exits;
     runner_output *output; /* workloads' stdout and stderr; NULL once drained */
+    runner_limits *limits; /* cgroup2 or rlimit (runner/sandbox-limits.h) */
     h2o_context_t *ctx;
     h2o_timeout_t reap_timeout;
     h2o_timeout_entry_t reap_entry;
@@ -301,11 +316,14 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
         n_env++;
     }
     envp[n_env] = "PATH=/usr/local/bin:/usr/bin:/bin";
+    sb.memory_limit = (uint64_t)json_integer_value(json_object_get(limits, "memoryMiB")) << 20;
+    sb.pids_limit = (uint64_t)json_integer_value(json_object_get(limits, "pids"));
+    bool cgroup = runner_limits_mechanism(rn->limits) == LIMITS_CGROUP2;
     _cleanup_(runner_agent_freep) runner_agent *agent = NULL;
     if (json_object_get(body, "agent")) {
+        /* under rlimits the agent gives the workload its address-space limit */
         agent = runner_agent_new(rn->cfg->dir, rn->agent_path[0] ? rn->agent_path : NULL, name, sb.owner,
-                                 json_object_get(body, "agent"), yaml, argv,
-                                 (uint64_t)json_integer_value(json_object_get(limits, "memoryMiB")) << 20, err);
+                                 json_object_get(body, "agent"), yaml, argv, cgroup ? 0 : sb.memory_limit, err);
         if (!agent)
             return NULL;
         memcpy(sb.pcrs[3], runner_agent_measurement(agent), ATTEST_SANDBOX_PCR_LEN);
@@ -324,8 +342,15 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
             return NULL;
     }
 
+    char cgroup_dir[4200];
+    int r = runner_limits_prepare(rn->limits, name, sb.memory_limit, sb.pids_limit, cgroup_dir, sizeof(cgroup_dir));
+    if (r < 0) {
+        api_fail(err, 503, "unavailable", "cannot make the cgroup of sandbox %s: %s", name, strerror(-r));
+        return NULL;
+    }
+    sb.oom_kills = runner_limits_oom_kills(rn->limits, name);
     int out_fd = -1, err_fd = -1;
-    int r = rn->output ? runner_output_open(rn->output, name, sb.owner, &out_fd, &err_fd) : -ESHUTDOWN;
+    r = rn->output ? runner_output_open(rn->output, name, sb.owner, &out_fd, &err_fd) : -ESHUTDOWN;
     if (r < 0) {
         api_fail(err, 503, "unavailable", "cannot make the output pipes of sandbox %s: %s", name, strerror(-r));
         return NULL;
@@ -334,10 +359,11 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
         .bundle = bundle,
         .argv = argv,
         .envp = envp,
-        .memory_bytes = (uint64_t)json_integer_value(json_object_get(limits, "memoryMiB")) << 20,
-        .max_pids = (uint64_t)json_integer_value(json_object_get(limits, "pids")),
+        .memory_bytes = cgroup ? 0 : sb.memory_limit, /* else the cgroup's memory.max */
+        .max_pids = sb.pids_limit,
         .stdout_fd = out_fd,
         .stderr_fd = err_fd,
+        .cgroup = cgroup ? cgroup_dir : NULL,
     };
     if (agent)
         runner_agent_fill_spec(agent, &spec);
@@ -347,6 +373,7 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
     r = sandbox_launch(&spec, &sb.pid, &serr);
     runner_output_started(rn->output, name, r == 0);
     if (r < 0) {
+        runner_limits_remove(rn->limits, name);
         api_fail(err, 400, "invalid", "cannot launch sandbox %s: %s", name, serr.text);
         return NULL;
     }
@@ -356,6 +383,7 @@ static json_t *launch_sandbox(runner *rn, const json_t *body, api_error *err)
         if (r < 0) {
             kill(sb.pid, SIGKILL);
             waitpid(sb.pid, NULL, 0);
+            runner_limits_remove(rn->limits, name);
             api_fail(err, 500, "internal", "cannot serve the channel of sandbox %s: %s", name, strerror(-r));
             return NULL;
         }
@@ -427,6 +455,7 @@ static void stop_sandbox(runner *rn, sandbox *sb)
     kill(sb->pid, SIGKILL);
     waitpid(sb->pid, NULL, 0);
     log_fields(LOG_LEVEL_INFO, "sandbox stopped", "name", sb->name, NULL);
+    runner_limits_remove(rn->limits, sb->name);
     if (rn->output)
         runner_output_forget(rn->output, sb->name);
     runner_egress_free(sb->egress); /* before the agent's directory goes */
@@ -434,14 +463,38 @@ static void stop_sandbox(runner *rn, sandbox *sb)
     *sb = (sandbox){0};
 }
 
-/* Forgets sandboxes whose workload exited, logging how. */
+/* Samples SB's memory use; under rlimits, kills it when the sum of its
+ * processes' resident memory is above its limit (the address-space limit
+ * holds per process only). */
+static void watch_memory(runner *rn, sandbox *sb)
+{
+    uint64_t used;
+    if (sb->memory_killed || runner_limits_usage(rn->limits, sb->name, sb->pid, &used) < 0)
+        return;
+    sb->memory_used = used;
+    if (runner_limits_mechanism(rn->limits) != LIMITS_RLIMIT || !sb->memory_limit || used <= sb->memory_limit)
+        return;
+    char used_s[24], limit_s[24];
+    snprintf(used_s, sizeof(used_s), "%" PRIu64, used);
+    snprintf(limit_s, sizeof(limit_s), "%" PRIu64, sb->memory_limit);
+    log_fields(LOG_LEVEL_WARN, "sandbox killed: its processes' resident memory is above its limit", "name", sb->name,
+               "usedBytes", used_s, "limitBytes", limit_s, NULL);
+    kill(sb->pid, SIGKILL);
+    sb->memory_killed = true;
+}
+
+/* Forgets sandboxes whose workload exited, logging how (and whether a
+ * memory limit ended it); samples the memory of the others. */
 static void reap(h2o_timeout_entry_t *entry)
 {
     runner *rn = H2O_STRUCT_FROM_MEMBER(runner, reap_entry, entry);
     for (size_t i = 0; i < RUNNER_SANDBOXES_MAX; i++) {
         sandbox *sb = &rn->sandboxes[i];
         int status;
-        if (sb->pid && waitpid(sb->pid, &status, WNOHANG) == sb->pid) {
+        pid_t waited = sb->pid ? waitpid(sb->pid, &status, WNOHANG) : -1;
+        if (waited == 0)
+            watch_memory(rn, sb);
+        else if (sb->pid && waited == sb->pid) {
             char how[32];
             snprintf(how, sizeof(how), WIFEXITED(status) ? "exit status %d" : "signal %d",
                      WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
@@ -452,6 +505,14 @@ static void reap(h2o_timeout_entry_t *entry)
             time_format_rfc3339((int64_t)(time_now_ns() / NSEC_PER_SEC), x->at, sizeof(x->at));
             if (sb->agent)
                 snprintf(x->error, sizeof(x->error), "%s", runner_agent_error(sb->agent));
+            if (sb->memory_killed)
+                x->reason = "memoryLimit";
+            else if (runner_limits_oom_kills(rn->limits, sb->name) > sb->oom_kills)
+                x->reason = "oomKilled";
+            if (x->reason)
+                log_fields(LOG_LEVEL_WARN, "sandbox ended by its memory limit", "name", sb->name, "reason", x->reason,
+                           NULL);
+            runner_limits_remove(rn->limits, sb->name);
             memcpy(x->name, sb->name, sizeof(x->name));
             memcpy(x->owner, sb->owner, sizeof(x->owner));
             memcpy(x->how, how, sizeof(x->how));
@@ -475,6 +536,16 @@ static json_t *list_sandboxes(const runner *rn)
         item = json_pack("{s:s, s:i, s:o}", "name", sb->name, "pid", (int)sb->pid, "pcrs", pcrs_json(sb->pcrs));
         if (item && sb->owner[0])
             json_object_set_new(item, "owner", json_string(sb->owner));
+        if (item) {
+            json_t *lim = json_pack("{s:s}", "mechanism",
+                                    runner_limits_mechanism_name(runner_limits_mechanism(rn->limits)));
+            if (lim && sb->memory_limit)
+                json_object_set_new(lim, "memoryMiB", json_integer((json_int_t)(sb->memory_limit >> 20)));
+            if (lim && sb->pids_limit)
+                json_object_set_new(lim, "pids", json_integer((json_int_t)sb->pids_limit));
+            json_object_set_new(item, "limits", lim);
+            json_object_set_new(item, "memoryBytes", json_integer((json_int_t)sb->memory_used));
+        }
         if (item && sb->agent)
             runner_agent_describe(sb->agent, item);
         else if (item)
@@ -491,6 +562,8 @@ static json_t *list_sandboxes(const runner *rn)
             json_object_set_new(item, x->signal ? "signal" : "code", json_integer(x->signal ? x->signal : x->code));
         if (item && x->error[0])
             json_object_set_new(item, "error", json_string(x->error));
+        if (item && x->reason)
+            json_object_set_new(item, "reason", json_string(x->reason));
         json_array_append_new(exited, item);
     }
     return json_pack("{s:o, s:o}", "items", items, "exited", exited);
@@ -707,6 +780,8 @@ int runner_serve(const runner_server_config *cfg)
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot load the platform key, its certificate or the platform CA", "key",
                    cfg->key, "error", strerror(-r), NULL);
+    } else if ((r = runner_limits_new(cfg->cgroup, &rn.limits)) < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot set up the sandboxes' limits", "error", strerror(-r), NULL);
     } else {
         char listen[4300];
         snprintf(listen, sizeof(listen), "unix:%s", cfg->socket);
@@ -737,6 +812,7 @@ int runner_serve(const runner_server_config *cfg)
         r = httpd_run(&h);
         runner_plugins_stop(plugins);
     }
+    runner_limits_free(rn.limits);
     EVP_PKEY_free(rn.key);
     X509_free(rn.cert);
     X509_free(rn.ca);

@@ -21,6 +21,8 @@ typedef struct runner_server_config {
     const char *audit_socket;     /* the audit role's, for egress decisions; NULL: logged only */
     const char *plugin_dir;       /* plugins' directory (runner/plugins.h); NULL or "": none */
     const char *plugin_trusted;   /* the plugins egress loads in the runner's process (comma-separated) */
+    const char *cgroup;           /* a delegated cgroup v2 directory for sandboxes' limits; NULL or "": found
+                                   * beside its own cgroup (runner/sandbox-limits.h) */
     role_health *health;          /* the role's entry: ready */
     const role_health *roles;     /* the supervisor's table, for the peer check */
     size_t n_roles;

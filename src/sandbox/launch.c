@@ -302,6 +302,9 @@ static int child_main(void *arg)
     if (read(l->sync[0], &c, 1) != 1) /* the parent failed to map our ids */
         _exit(127);
     close(l->sync[0]);
+    /* the parent moved us into the cgroup: the namespace is rooted there */
+    if (s->cgroup && unshare(CLONE_NEWCGROUP) < 0)
+        die(l, "unshare the cgroup namespace");
     /* opened in this mount namespace, before NEW_ROOT may cover them, and
      * with the launcher's credentials, which may traverse private parents */
     if ((l->bundle_fd = open(l->spec->bundle, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
@@ -342,7 +345,7 @@ static int child_main(void *arg)
     }
     if (syscall(SYS_close_range, first_closed, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
         die(l, "close_range");
-    if (s->max_pids)
+    if (s->max_pids && !s->cgroup) /* else the cgroup's pids.max */
         set_limit(l, RLIMIT_NPROC, s->max_pids, "pids");
     set_limit(l, RLIMIT_NOFILE, s->max_files ? s->max_files : 1024, "files");
     set_limit(l, RLIMIT_CORE, 0, "core");
@@ -379,6 +382,22 @@ static int write_id_maps(pid_t pid)
             return e;
     }
     return 0;
+}
+
+/* Moves PID into the cgroup v2 directory CGROUP (its cgroup.procs). */
+static int enter_cgroup(const char *cgroup, pid_t pid)
+{
+    char path[4200], text[16];
+    if ((size_t)snprintf(path, sizeof(path), "%s/cgroup.procs", cgroup) >= sizeof(path))
+        return -ENAMETOOLONG;
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return negative_errno();
+    snprintf(text, sizeof(text), "%d", (int)pid);
+    ssize_t n = write(fd, text, strlen(text));
+    int e = n == (ssize_t)strlen(text) ? 0 : n < 0 ? negative_errno() : -EIO;
+    close(fd);
+    return e;
 }
 
 int sandbox_launch(const sandbox_spec *spec, pid_t *ret_pid, sandbox_error *err)
@@ -420,9 +439,10 @@ int sandbox_launch(const sandbox_spec *spec, pid_t *ret_pid, sandbox_error *err)
     if (stack == MAP_FAILED || pipe2(l.sync, O_CLOEXEC) < 0 || pipe2(l.report, O_CLOEXEC) < 0)
         e = negative_errno();
     else {
+        /* with a cgroup the child makes its cgroup namespace once moved there */
         pid = clone(child_main, stack + STACK_SIZE,
                     CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS |
-                        CLONE_NEWCGROUP | SIGCHLD,
+                        (spec->cgroup ? 0 : CLONE_NEWCGROUP) | SIGCHLD,
                     &l);
         if (pid < 0)
             e = negative_errno();
@@ -436,6 +456,9 @@ int sandbox_launch(const sandbox_spec *spec, pid_t *ret_pid, sandbox_error *err)
         e = write_id_maps(pid);
         if (e < 0)
             snprintf(err->text, sizeof(err->text), "cannot map the sandbox's user: %s", strerror(-e));
+        else if (spec->cgroup && (e = enter_cgroup(spec->cgroup, pid)) < 0)
+            snprintf(err->text, sizeof(err->text), "cannot move the sandbox into cgroup %s: %s", spec->cgroup,
+                     strerror(-e));
         else if (write(l.sync[1], "x", 1) != 1)
             e = negative_errno();
         close(l.sync[1]);

@@ -3,7 +3,8 @@
  * (mounted at /app, the working directory) and read-only binds of the host's
  * /usr and library directories for interpreters; a private /tmp and a tmpfs
  * /run/secrets; a minimal /dev; loopback only; no_new_privs, a seccomp
- * allow-list (libseccomp) and rlimits. The only way out is a Unix socket
+ * allow-list (libseccomp), rlimits, and a cgroup v2 to start in when given
+ * one (its limits set there by the caller). The only way out is a Unix socket
  * from the host bound at /run/cloister/channel.sock (the stand-in for vsock),
  * and for an Enclave with egress the runner's egress socket beside it.
  * In agent mode the runner also binds the agent executable read-only at
@@ -34,6 +35,8 @@ typedef struct sandbox_spec {
     uint64_t max_pids;     /* processes of the sandbox's user; 0: none */
     uint64_t max_files;    /* open files; 0: 1024 */
     int stdout_fd, stderr_fd; /* the workload's output; -1: /dev/null */
+    const char *cgroup;   /* a cgroup v2 directory to start the sandbox in (its limits set there), or NULL;
+                           * the sandbox's cgroup namespace is rooted at it */
 } sandbox_spec;
 
 typedef struct sandbox_error {

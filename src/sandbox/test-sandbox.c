@@ -1,5 +1,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -226,4 +228,58 @@ Test(sandbox, the_agent_and_its_inherited_fd)
     close(handed[0]);
     close(kept[0]);
     close(kept[1]);
+}
+
+/* A cgroup v2 directory this test may make (under the first cgroup2 mount),
+ * written to OUT; false when there is none (a cgroup v1 host, no rights). */
+static bool make_test_cgroup(char *out, size_t size)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    char line[1024], mount[512] = "";
+    while (f && !mount[0] && fgets(line, sizeof(line), f))
+        if (strstr(line, " - cgroup2 ") && sscanf(line, "%*s %*s %*s %*s %511s", mount) != 1)
+            mount[0] = 0;
+    if (f)
+        fclose(f);
+    if (!mount[0])
+        return false;
+    snprintf(out, size, "%s/test-sandbox-%d", mount, (int)getpid());
+    return mkdir(out, 0755) == 0;
+}
+
+Test(sandbox, starts_in_the_cgroup_it_is_given_with_a_namespace_rooted_there)
+{
+    char cgroup[600];
+    if (!make_test_cgroup(cgroup, sizeof(cgroup)))
+        cr_skip_test("no cgroup v2 directory can be made here");
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    char *argv[] = {"/bin/sh", "-c", "cat /proc/self/cgroup; exec sleep 30", NULL};
+    char *envp[] = {"PATH=/usr/bin:/bin", NULL};
+    sandbox_spec spec = {.bundle = bundle, .argv = argv, .envp = envp, .stdout_fd = fds[1], .stderr_fd = fds[1],
+                         .cgroup = cgroup};
+    sandbox_error err = {{0}};
+    pid_t pid;
+    int r = sandbox_launch(&spec, &pid, &err);
+    close(fds[1]);
+    cr_assert_eq(r, 0, "%s", err.text);
+    char inside[256] = "", host[1024] = "", path[64];
+    ssize_t n = read(fds[0], inside, sizeof(inside) - 1);
+    inside[n > 0 ? n : 0] = 0;
+    snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)pid);
+    {
+        FILE *f = fopen(path, "re");
+        size_t k = f ? fread(host, 1, sizeof(host) - 1, f) : 0;
+        host[k] = 0;
+        if (f)
+            fclose(f);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    close(fds[0]);
+    char leaf[64];
+    snprintf(leaf, sizeof(leaf), "/test-sandbox-%d\n", (int)getpid());
+    cr_expect(strstr(host, leaf), "the host sees it in %s: %s", cgroup, host);
+    cr_expect(strstr(inside, "0::/\n"), "its own view is rooted there: %s", inside);
+    cr_expect_eq(rmdir(cgroup), 0, "the cgroup is empty once it ended: %s", strerror(errno));
 }
