@@ -19,7 +19,6 @@ old fencing token (its lease renewal) is refused by the database and logged."""
 import os
 import re
 import shutil
-import subprocess
 import signal
 import statistics
 import threading
@@ -31,8 +30,8 @@ import pytest
 import requests
 import yaml
 
-from conftest import (CLOISTER, CLOISTERD, ROOT, Server, free_port, manifest, open_for_roles, pg_drop_database,
-                      pg_new_database, psql, sanitizer_env)
+from conftest import (ROOT, Server, free_port, manifest, open_for_roles, pg_drop_database, pg_new_database, psql,
+                      run_documented)
 from echo_upstream import EchoUpstream
 from test_oidc import CLIENT_SECRET, Provider, make_pki, node_modules, to_callback  # noqa: F401 (a fixture)
 from test_roles_apart import PASSPHRASE, cloisterd, wait_log
@@ -342,27 +341,10 @@ def test_killing_the_leader_hands_the_lease_over_and_a_paused_leaders_late_write
 
 def test_the_documented_example_runs(tmp_path):
     """docs/deployment.md "Several replicas", as written (on free ports)."""
-    doc = (ROOT / "docs" / "deployment.md").read_text()
-    script = doc.split("<!-- test: several-replicas -->\n```sh\n", 1)[1].split("\n```", 1)[0]
-    for port in sorted(set(re.findall(r"127\.0\.0\.1:(\d+)", script))):
-        script = script.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}")
-    env = sanitizer_env()
-    for name in ("CLOISTER_TOKEN", "CLOISTER_SERVER", "CLOISTER_CA"):
-        env.pop(name, None)
-    env.update(XDG_CONFIG_HOME=str(tmp_path / "config"), CHECKOUT=str(ROOT),
-               PATH=f"{CLOISTERD.parent}:{CLOISTER.parent}:{env['PATH']}")
-    p = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=300)
-    finally:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)  # the script's daemons, were they left running by a failed step
-        except ProcessLookupError:
-            pass
+    rc, out, err = run_documented("several-replicas", tmp_path, ports=None, env_extra={"CHECKOUT": str(ROOT)})
     logs = "".join((tmp_path / f"{m}.log").read_text(errors="replace")[-2000:]
                    for m in ("audit", "kms", "runner", "api1", "api2") if (tmp_path / f"{m}.log").exists())
-    assert p.returncode == 0, out + err + logs
+    assert rc == 0, out + err + logs
     assert "the KMS is unsealed" in out and re.search(r"^devs\s", out, re.M), out
     assert re.search(r"^\S+\|\d+$", out, re.M), out  # the lease: holder|token
     for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
