@@ -216,6 +216,60 @@ def shared_server(tmp_path_factory):
     s.stop()
 
 
+def run_documented(marker, cwd, ports=(), env_extra=None):
+    """Runs the shell example of docs/deployment.md marked `<!-- test:
+    MARKER -->` in CWD, as written but with each 127.0.0.1:PORT of PORTS
+    (every one in the example when PORTS is None) on a free port, with the
+    build's cloisterd and cloister first on PATH. Returns (exit status,
+    stdout, stderr); the daemons it started are killed afterwards, were
+    they left running by a failed step."""
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    script = doc.split(f"<!-- test: {marker} -->\n```sh\n", 1)[1].split("\n```", 1)[0]
+    for port in sorted(set(re.findall(r"127\.0\.0\.1:(\d+)", script))) if ports is None else ports:
+        script = script.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}")
+    env = sanitizer_env()
+    for name in ("CLOISTER_TOKEN", "CLOISTER_SERVER", "CLOISTER_CA"):
+        env.pop(name, None)
+    env["XDG_CONFIG_HOME"] = str(Path(cwd) / "config")
+    env["PATH"] = f"{CLOISTERD.parent}:{CLOISTER.parent}:{env['PATH']}"
+    env.update(env_extra or {})
+    p = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=300)
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return p.returncode, out, err
+
+
+def signing_keys(server):
+    """The api's token signing keys as it saves them ([{created, retired,
+    jwk}], private JWKs included), opened from the store the way the api
+    does (src/api/signing-keys.c): the SigningKeyring document of SQLite's
+    api/store.db, each key AES-256-GCM sealed under HKDF-SHA256 of
+    auth/handoff.key."""
+    import sqlite3
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    seal = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"cloister token signing keys v1").derive(
+        (server.data_dir / "auth" / "handoff.key").read_bytes())
+    db = sqlite3.connect(f"file:{server.data_dir / 'api' / 'store.db'}?mode=ro", uri=True)
+    try:
+        doc = json.loads(db.execute("SELECT doc FROM resources WHERE kind = 'SigningKeyring'").fetchone()[0])
+    finally:
+        db.close()
+    out = []
+    for k in doc["spec"]["keys"]:
+        blob = base64.urlsafe_b64decode(k["sealed"] + "=" * (-len(k["sealed"]) % 4))
+        jwk = AESGCM(seal).decrypt(blob[:12], blob[12:], b"cloister token signing key|" + k["kid"].encode())
+        out.append({"created": k["created"], "retired": k["retired"], "jwk": json.loads(jwk)})
+    return out
+
+
 # ---- PostgreSQL: one throwaway cluster per test session (scripts/pg-test.sh) ----
 
 PG_TEST = ROOT / "scripts" / "pg-test.sh"

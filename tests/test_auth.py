@@ -16,7 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import manifest, run_cli
+from conftest import manifest, run_cli, signing_keys
 
 AUD = "cloister"
 
@@ -45,9 +45,7 @@ def issuer(server):
 
 def signing_key(server):
     """The server's current private signing key (a PyJWT key) and its kid."""
-    path = server.data_dir / "auth" / "signing-keys.json"
-    assert (os.stat(path).st_mode & 0o777) == 0o600
-    keys = json.loads(path.read_text())
+    keys = signing_keys(server)
     current = [k for k in keys if k["retired"] == 0][0]["jwk"]
     return jwt.PyJWK(current).key, current["kid"]
 

@@ -18,7 +18,7 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from conftest import CLOISTER, CLOISTERD, ROOT, Server, free_port, pg_ctl, run_cli, sanitizer_env
+from conftest import CLOISTERD, ROOT, Server, free_port, pg_ctl, run_cli, run_documented, sanitizer_env
 from otlp_receiver import Receiver
 
 PASSPHRASE = "correct horse battery staple"
@@ -350,26 +350,9 @@ def test_a_listener_serves_its_own_certificate(tmp_path):
 def test_the_documented_walkthrough_runs(tmp_path):
     """docs/deployment.md "A cluster from a file, step by step", as written
     (on free ports)."""
-    doc = (ROOT / "docs" / "deployment.md").read_text()
-    script = doc.split("<!-- test: config-quickstart -->\n```sh\n", 1)[1].split("\n```", 1)[0]
-    script = script.replace("127.0.0.1:7443", f"127.0.0.1:{free_port()}").replace(
-        "127.0.0.1:8443", f"127.0.0.1:{free_port()}")
-    env = sanitizer_env()
-    for name in ("CLOISTER_TOKEN", "CLOISTER_SERVER", "CLOISTER_CA"):
-        env.pop(name, None)
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    env["PATH"] = f"{CLOISTERD.parent}:{CLOISTER.parent}:{env['PATH']}"
-    p = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=300)
-    finally:
-        try:
-            os.killpg(p.pid, 9)  # the script's cloisterd, were it left running by a failed step
-        except ProcessLookupError:
-            pass
+    rc, out, err = run_documented("config-quickstart", tmp_path, ports=("7443", "8443"))
     log = (tmp_path / "cloisterd.log").read_text(errors="replace") if (tmp_path / "cloisterd.log").exists() else ""
-    assert p.returncode == 0, out + err + log[-3000:]
+    assert rc == 0, out + err + log[-3000:]
     assert "cloisterd.yaml: the configuration is valid" in out
     assert "Initialised the cluster in" in out
     assert re.search(r"^devs\b", out, re.M), out

@@ -94,7 +94,7 @@ def key_files(d):
         "audit": [d / "audit" / "audit.key", d / "audit" / "audit.db"],
         "supervisor": [d / "ca.key", d / "platform-ca.key", d / "admin.token"],
         "runner": [d / "runner" / "platform.key", d / "runner" / "runner.token"],
-        "api": [d / "auth" / "signing-keys.json", d / "auth" / "handoff.key", d / "api" / "api.key",
+        "api": [d / "auth" / "handoff.key", d / "api" / "api.key",
                 d / "api" / "store.db"],
         "proxy": [d / "proxy" / "proxy.key", d / "proxy" / "proxy-ca.key", d / "proxy" / "proxy.token",
                   d / "proxy" / "assertion-keys.json"],

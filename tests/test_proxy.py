@@ -18,7 +18,8 @@ import jwt as pyjwt
 import pytest
 import requests
 
-from conftest import Server, access_records, free_port, manifest, raw_exchange, start_with_proxy, statuses
+from conftest import (Server, access_records, free_port, manifest, raw_exchange, signing_keys, start_with_proxy,
+                      statuses)
 from echo_upstream import EchoUpstream
 
 DOMAIN = "localhost"
@@ -186,9 +187,7 @@ def test_forged_and_expired_tokens_are_refused(cluster):
     for bad in (f"{head}.{forged_payload}.{sig}", f"{none_head}.{payload}.", tok[:-4] + "AAAA"):
         assert c.get("/", bad).status_code == 401
     # an expired token signed with a key the proxy trusts: the api's own signing key
-    keys = json.loads((c.s.data_dir / "auth" / "signing-keys.json").read_text())
-    key = keys["keys"][-1] if isinstance(keys, dict) else keys[-1]
-    jwk = key.get("jwk", key)
+    jwk = signing_keys(c.s)[-1]["jwk"]
     from jwt.algorithms import ECAlgorithm
     priv = ECAlgorithm.from_jwk(json.dumps(jwk))
     claims = pyjwt.decode(tok, options={"verify_signature": False})

@@ -6,7 +6,6 @@ loopback. The quickstart works through them; a client presenting another
 role's certificate, or none, is refused by each server; `--check` names each
 missing peer; the sealed remote kms is unsealed with `cloisterd unseal`."""
 import json
-import os
 import re
 import shutil
 import socket
@@ -19,7 +18,8 @@ import pytest
 import requests
 import yaml
 
-from conftest import CLOISTER, CLOISTERD, ROOT, Server, audited, free_port, manifest, open_for_roles, run_cli, sanitizer_env
+from conftest import (CLOISTERD, ROOT, Server, audited, free_port, manifest, open_for_roles, run_cli,
+                      run_documented, sanitizer_env)
 from test_runner import enclave_status, wait_for
 
 PASSPHRASE = "a passphrase of at least 8"
@@ -235,27 +235,10 @@ def test_check_names_each_missing_peer(tmp_path):
 
 def test_the_documented_example_runs(tmp_path):
     """docs/deployment.md "Roles on several machines", as written (on free ports)."""
-    doc = (ROOT / "docs" / "deployment.md").read_text()
-    script = doc.split("<!-- test: roles-apart -->\n```sh\n", 1)[1].split("\n```", 1)[0]
-    for port in ("7443", "7444", "7445", "7446", "8443"):
-        script = script.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}")
-    env = sanitizer_env()
-    for name in ("CLOISTER_TOKEN", "CLOISTER_SERVER", "CLOISTER_CA"):
-        env.pop(name, None)
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    env["PATH"] = f"{CLOISTERD.parent}:{CLOISTER.parent}:{env['PATH']}"
-    p = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=300)
-    finally:
-        try:
-            os.killpg(p.pid, 9)  # the script's daemons, were they left running by a failed step
-        except ProcessLookupError:
-            pass
+    rc, out, err = run_documented("roles-apart", tmp_path, ports=("7443", "7444", "7445", "7446", "8443"))
     logs = {m: (tmp_path / f"{m}.log").read_text(errors="replace") if (tmp_path / f"{m}.log").exists() else ""
             for m in ("audit", "kms", "runner", "front")}
-    assert p.returncode == 0, out + err + "".join(log[-2000:] for log in logs.values())
+    assert rc == 0, out + err + "".join(log[-2000:] for log in logs.values())
     assert "the KMS is unsealed" in out
     assert re.search(r"^db\s+password\b", out, re.M), out
     assert re.search(r"^verified \d+ entries", out, re.M), out

@@ -8,7 +8,8 @@
 # beside sqlite3's own durable insert rate on the same disk (one transaction
 # per row, WAL, synchronous=FULL: what a server without group commit could do
 # at best), and the change-visibility latency between two store handles on
-# one PostgreSQL database (two api replicas).
+# one PostgreSQL database, then between two api replica processes (a write
+# on one, a watch on the other: bench/api/replicas.py).
 # Usage: bench/api/run.sh [seconds]   (default 10)
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
@@ -67,6 +68,10 @@ psql -XAtq "$pg_url" -c "CREATE DATABASE latency" >/dev/null
 latency=$(build/src/store/bench-store-latency "${pg_url/\/cloister?//latency?}" 1000 2>/dev/null)
 echo "$latency"
 
+echo "== postgres: change visibility between two api replicas (cloisterd processes), write on one, watch on the other"
+replicas=$(/usr/bin/python3 bench/api/replicas.py build "$pg_url" 500 2>/dev/null | tail -1)
+echo "$replicas"
+
 echo "== reference: sqlite3, one durable transaction per insert (WAL, synchronous=FULL), same disk"
 ref=$(bench_sqlite3_durable_inserts "$BENCH_WORK" 2000)
 printf "sqlite3 durable inserts/s: %.0f\n" "$ref"
@@ -82,4 +87,5 @@ done
 echo "SUMMARY sqlite   $store_sqlite"
 echo "SUMMARY postgres $store_pg"
 echo "SUMMARY postgres $latency"
+echo "SUMMARY postgres $replicas"
 echo "SUMMARY load average while measuring: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"

@@ -19,8 +19,9 @@
  *   POST /v1/auth/oidc/exchange        the CLI trades that code and its PKCE
  *        verifier for the session's tokens (RFC 8252 loopback redirect)
  *
- * Logins in progress live in this process's memory for 10 minutes (one API
- * process; several replicas would keep them in the store). Provider
+ * Logins in progress live in the store for 10 minutes (api/tickets.h: one
+ * PendingLogin record each, found by its state or code), so a login
+ * started on one api replica finishes on any other, once. Provider
  * metadata and keys are cached for an hour; an ID token signed with an
  * unknown kid makes the keys be fetched again (at most every 10 seconds).
  * Provider HTTP calls (discovery, keys, token exchange) and the client
@@ -38,6 +39,7 @@
 #include "api/auth.h"
 #include "api/handlers-kms.h"
 #include "api/handlers-passkeys.h"
+#include "api/tickets.h"
 #include "auth/handoff.h"
 #include "audit/event.h"
 #include "auth/oidc.h"
@@ -50,6 +52,10 @@
 
 #define PENDING_MAX 1024
 #define PENDING_TTL_S 600
+/* logins in progress: a login's fields and, for a CLI, its tokens (api/tickets.h) */
+static api_ticket_kind pending_kind = {.kind = "PendingLogin", .seal_label = "cloister pending logins v1",
+                                       .ttl_s = PENDING_TTL_S, .max_live = PENDING_MAX,
+                                       .content_max = 64 * 1024};
 #define PROVIDERS_MAX 32
 #define PROVIDER_TTL_S 3600
 #define JWKS_REFETCH_MIN_S 10
@@ -60,7 +66,6 @@
 /* A login between /login and /callback (CODE empty), or a finished CLI
  * login waiting for /exchange (TOKENS set, found by CODE). */
 typedef struct pending {
-    bool used;
     char state[OIDC_RANDOM_LEN + 1];
     char nonce[OIDC_RANDOM_LEN + 1];
     char verifier[OIDC_RANDOM_LEN + 1];
@@ -75,8 +80,6 @@ typedef struct pending {
     json_t *tokens;
 } pending;
 
-static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
-static pending pendings[PENDING_MAX];
 
 /* A provider's discovery metadata and keys. */
 typedef struct provider {
@@ -137,50 +140,81 @@ static void pending_clear(pending *p)
     OPENSSL_cleanse(p, sizeof(*p));
 }
 
-/* Stores P in a free (or expired, or else the oldest) slot. Caller holds
- * pending_lock. */
-static void pending_put_locked(const pending *p, int64_t now)
+/* P as JSON (new reference), or NULL on allocation failure. */
+static json_t *pending_to_json(const pending *p)
 {
-    pending *slot = &pendings[0];
-    for (size_t i = 0; i < PENDING_MAX; i++) {
-        pending *e = &pendings[i];
-        if (e->used && now - e->created > PENDING_TTL_S)
-            pending_clear(e);
-        if (!e->used) {
-            slot = e;
-            break;
-        }
-        if (e->created < slot->created)
-            slot = e;
+    json_t *v = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "state", p->state, "nonce",
+                          p->nonce, "verifier", p->verifier, "code", p->code, "idp", p->idp, "redirectUri",
+                          p->redirect_uri, "cliRedirect", p->cli_redirect, "cliChallenge", p->cli_challenge, "rd",
+                          p->rd, "bind", p->bind, "created", (json_int_t)p->created);
+    if (v && p->tokens && json_object_set(v, "tokens", p->tokens) < 0) {
+        json_decref(v);
+        return NULL;
     }
-    pending_clear(slot);
-    *slot = *p;
-    slot->used = true;
+    return v;
 }
 
-/* Removes and returns (into *RET) the live entry whose STATE (or, when
- * BY_CODE, exchange code) is KEY. Single use: a second lookup finds nothing. */
-static bool pending_take(const char *key, bool by_code, pending *ret)
+/* Fills *P from V (pending_to_json()'s form; its tokens become P's own
+ * reference). Returns 0 or -EINVAL. */
+static int pending_from_json(const json_t *v, pending *p)
+{
+    *p = (pending){0};
+    bool ok = api_ticket_string(v, "state", p->state, sizeof(p->state)) &&
+              api_ticket_string(v, "nonce", p->nonce, sizeof(p->nonce)) &&
+              api_ticket_string(v, "verifier", p->verifier, sizeof(p->verifier)) &&
+              api_ticket_string(v, "code", p->code, sizeof(p->code)) && api_ticket_string(v, "idp", p->idp, sizeof(p->idp)) &&
+              api_ticket_string(v, "redirectUri", p->redirect_uri, sizeof(p->redirect_uri)) &&
+              api_ticket_string(v, "cliRedirect", p->cli_redirect, sizeof(p->cli_redirect)) &&
+              api_ticket_string(v, "cliChallenge", p->cli_challenge, sizeof(p->cli_challenge)) &&
+              api_ticket_string(v, "rd", p->rd, sizeof(p->rd)) && api_ticket_string(v, "bind", p->bind, sizeof(p->bind)) &&
+              json_is_integer(json_object_get(v, "created"));
+    if (!ok) {
+        OPENSSL_cleanse(p, sizeof(*p));
+        return -EINVAL;
+    }
+    p->created = json_integer_value(json_object_get(v, "created"));
+    json_t *tokens = json_object_get(v, "tokens");
+    p->tokens = json_is_object(tokens) ? json_incref(tokens) : NULL;
+    return 0;
+}
+
+/* Keeps login P in the store under its state (or, with a CODE, that code).
+ * Returns 0 or a negative errno. */
+static int pending_put(api_server *srv, const pending *p)
+{
+    bool by_code = p->code[0] != 0;
+    json_t *plain = pending_to_json(p);
+    int r = plain ? api_ticket_put(srv, &pending_kind, by_code ? 'c' : 's', by_code ? p->code : p->state, p->created,
+                                   plain)
+                  : -ENOMEM;
+    if (plain)
+        json_object_del(plain, "tokens"); /* P's own: wiped by its owner */
+    api_ticket_content_free(plain);
+    return r;
+}
+
+/* Takes the live login whose STATE (or, when BY_CODE, exchange code) is KEY
+ * out of the store into *RET: single use, on every replica. */
+static bool pending_take(api_server *srv, const char *key, bool by_code, pending *ret)
 {
     if (strlen(key) != OIDC_RANDOM_LEN)
         return false;
-    bool found = false;
-    int64_t now = now_s();
-    pthread_mutex_lock(&pending_lock);
-    for (size_t i = 0; i < PENDING_MAX && !found; i++) {
-        pending *e = &pendings[i];
-        const char *k = by_code ? e->code : e->state;
-        if (!e->used || (by_code != (e->code[0] != 0)) || !memeq_consttime(k, key, OIDC_RANDOM_LEN))
-            continue;
-        if (now - e->created <= PENDING_TTL_S) {
-            *ret = *e;
-            e->tokens = NULL; /* handed over */
-            found = true;
-        }
-        pending_clear(e);
+    json_t *plain = NULL;
+    pending p;
+    int r = api_ticket_take(srv, &pending_kind, by_code ? 'c' : 's', key, &plain);
+    if (r == 0)
+        r = pending_from_json(plain, &p);
+    if (plain)
+        json_object_del(plain, "tokens"); /* P's own now */
+    api_ticket_content_free(plain);
+    if (r < 0)
+        return false;
+    if ((p.code[0] != 0) != by_code || !memeq_consttime(by_code ? p.code : p.state, key, OIDC_RANDOM_LEN)) {
+        pending_clear(&p);
+        return false;
     }
-    pthread_mutex_unlock(&pending_lock);
-    return found;
+    *ret = p;
+    return true;
 }
 
 /* ---- the IdentityProvider and its provider ---- */
@@ -494,6 +528,7 @@ static void report(api_request *r, const char *action, const char *method, const
  * cached) and the authorization URL. Owns IDP; P is wiped when freed. */
 typedef struct login_job {
     offload_job super;
+    api_server *server;
     api_route route;
     uint64_t started;
     pending p;
@@ -559,11 +594,11 @@ static void login_done(offload_job *j, h2o_req_t *req)
     login_job *job = (login_job *)j;
     if (req && job->rc < 0)
         api_respond_error(req, job->route, job->started, &job->err);
-    else if (req && job->url.data) {
-        job->p.created = now_s();
-        pthread_mutex_lock(&pending_lock);
-        pending_put_locked(&job->p, job->p.created);
-        pthread_mutex_unlock(&pending_lock);
+    else if (req && job->url.data && (job->p.created = now_s(), pending_put(job->server, &job->p)) < 0) {
+        api_error err;
+        api_fail(&err, 503, "unavailable", "cannot keep the login in the store; try again");
+        api_respond_error(req, job->route, job->started, &err);
+    } else if (req && job->url.data) {
         json_t *body;
         if (job->p.cli_redirect[0])
             body = json_pack("{s:s}", "authorization_url", job->url.data);
@@ -592,7 +627,8 @@ static int handle_login(api_request *r, const char *idp_name, const login_link *
     _cleanup_free_ login_job *job = calloc(1, sizeof(*job));
     if (!job)
         return api_fail(err, 500, "internal", "out of memory");
-    *job = (login_job){.super = {.work = login_work, .done = login_done}, .route = r->route, .started = r->started};
+    *job = (login_job){.super = {.work = login_work, .done = login_done}, .server = r->server, .route = r->route,
+                       .started = r->started};
     pending *p = &job->p;
     char cli_redirect[URI_MAX] = "";
     if (api_query_param(r->req, "cli_redirect", cli_redirect, sizeof(cli_redirect))) {
@@ -897,10 +933,12 @@ static int callback_finish(api_request *r, const pending *p, const json_t *idp, 
             pending_clear(&handoff);
             return api_fail(err, 500, "internal", "no randomness or memory for the CLI's code");
         }
-        pthread_mutex_lock(&pending_lock);
-        pending_put_locked(&handoff, handoff.created);
-        pthread_mutex_unlock(&pending_lock);
-        OPENSSL_cleanse(&handoff, sizeof(handoff));
+        int e = pending_put(r->server, &handoff);
+        pending_clear(&handoff); /* the session's tokens: kept sealed in the store for the CLI */
+        if (e < 0) {
+            free(loc);
+            return api_fail(err, 503, "unavailable", "cannot keep the CLI's login in the store; log in again");
+        }
         h2o_iovec_t v = h2o_strdup(&r->req->pool, loc, SIZE_MAX);
         free(loc);
         h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_LOCATION, NULL, v.base, v.len);
@@ -961,7 +999,7 @@ static int handle_callback(api_request *r, api_error *err)
         return api_fail(err, 500, "internal", "out of memory");
     *job = (callback_job){.super = {.work = callback_work, .done = callback_done}, .server = r->server,
                           .started = r->started};
-    if (!query_token(r->req, "state", state, sizeof(state)) || !pending_take(state, false, &job->p)) {
+    if (!query_token(r->req, "state", state, sizeof(state)) || !pending_take(r->server, state, false, &job->p)) {
         free(job);
         report(r, "auth.login", "oidc", NULL, NULL, NULL, "failure", "unknown, used or expired state");
         return api_fail(err, 400, "invalid", "unknown, already used or expired login state; start the login again");
@@ -997,7 +1035,7 @@ static int handle_exchange(api_request *r, api_error *err)
     if (!code || !verifier || strlen(verifier) != OIDC_RANDOM_LEN)
         return api_fail(err, 400, "invalid", "the body must be {\"code\": ..., \"code_verifier\": ...}");
     pending p;
-    if (!pending_take(code, true, &p))
+    if (!pending_take(r->server, code, true, &p))
         return api_fail(err, 401, "unauthenticated", "unknown, already used or expired login code");
     char challenge[OIDC_RANDOM_LEN + 1];
     oidc_pkce_challenge(verifier, challenge);

@@ -36,12 +36,12 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <openssl/crypto.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/auth.h"
 #include "api/handlers-passkeys.h"
+#include "api/tickets.h"
 #include "api/handlers-policy.h"
 #include "audit/event.h"
 #include "auth/credential.h"
@@ -67,7 +67,7 @@ extern const size_t passkey_html_len, passkey_js_len;
 
 /* A ceremony between begin and finish. */
 typedef struct ceremony {
-    bool used, registration;
+    bool registration;
     uint8_t challenge[WEBAUTHN_CHALLENGE_LEN];
     int64_t created;
     char user[RESOURCE_NAME_MAX + 1];        /* registration: the invited user */
@@ -77,55 +77,55 @@ typedef struct ceremony {
     char bind[LOGIN_BIND_LEN + 1];
 } ceremony;
 
-static pthread_mutex_t ceremonies_lock = PTHREAD_MUTEX_INITIALIZER;
-static ceremony ceremonies[CEREMONIES_MAX];
+/* ceremonies in progress, shared by the api replicas (api/tickets.h) */
+static api_ticket_kind ceremony_kind = {.kind = "PasskeyCeremony", .seal_label = "cloister passkey ceremonies v1",
+                                        .ttl_s = CEREMONY_TTL_S, .max_live = CEREMONIES_MAX,
+                                        .content_max = 8192};
 
 static int64_t now_s(void)
 {
     return (int64_t)(time_now_ns() / NSEC_PER_SEC);
 }
 
-/* Keeps C in a free (or expired, or else the oldest) slot. */
-static void ceremony_put(const ceremony *c)
+/* The hex of CHALLENGE into HEX: the key its ceremony is kept under. */
+static void challenge_key(const uint8_t challenge[WEBAUTHN_CHALLENGE_LEN], char hex[2 * WEBAUTHN_CHALLENGE_LEN + 1])
 {
-    pthread_mutex_lock(&ceremonies_lock);
-    ceremony *slot = &ceremonies[0];
-    for (size_t i = 0; i < CEREMONIES_MAX; i++) {
-        ceremony *e = &ceremonies[i];
-        if (e->used && c->created - e->created > CEREMONY_TTL_S)
-            OPENSSL_cleanse(e, sizeof(*e));
-        if (!e->used) {
-            slot = e;
-            break;
-        }
-        if (e->created < slot->created)
-            slot = e;
-    }
-    *slot = *c;
-    slot->used = true;
-    pthread_mutex_unlock(&ceremonies_lock);
+    hex_encode(challenge, WEBAUTHN_CHALLENGE_LEN, hex);
 }
 
-/* Removes and returns (into *RET) the live ceremony of kind REGISTRATION
- * whose challenge is CHALLENGE (compared in constant time). Single use: a
- * second lookup finds nothing. */
-static bool ceremony_take(const uint8_t challenge[WEBAUTHN_CHALLENGE_LEN], bool registration, ceremony *ret)
+/* Keeps C in the store, found by its challenge. Returns 0 or a negative errno. */
+static int ceremony_put(api_server *srv, const ceremony *c)
 {
-    bool found = false;
-    int64_t now = now_s();
-    pthread_mutex_lock(&ceremonies_lock);
-    for (size_t i = 0; i < CEREMONIES_MAX && !found; i++) {
-        ceremony *e = &ceremonies[i];
-        if (!e->used || e->registration != registration || !memeq_consttime(e->challenge, challenge, sizeof(e->challenge)))
-            continue;
-        if (now - e->created <= CEREMONY_TTL_S) {
-            *ret = *e;
-            found = true;
-        }
-        OPENSSL_cleanse(e, sizeof(*e));
-    }
-    pthread_mutex_unlock(&ceremonies_lock);
-    return found;
+    char key[2 * WEBAUTHN_CHALLENGE_LEN + 1];
+    challenge_key(c->challenge, key);
+    json_t *v = json_pack("{s:s, s:s, s:s, s:s, s:s}", "user", c->user, "userUid", c->user_uid, "inviteDigest",
+                          c->invite_digest, "rd", c->rd, "bind", c->bind);
+    int r = v ? api_ticket_put(srv, &ceremony_kind, c->registration ? 'r' : 'l', key, c->created, v) : -ENOMEM;
+    api_ticket_content_free(v);
+    return r;
+}
+
+/* Takes the live ceremony of kind REGISTRATION whose challenge is
+ * CHALLENGE out of the store into *RET: single use, on every replica. */
+static bool ceremony_take(api_server *srv, const uint8_t challenge[WEBAUTHN_CHALLENGE_LEN], bool registration,
+                          ceremony *ret)
+{
+    char key[2 * WEBAUTHN_CHALLENGE_LEN + 1];
+    challenge_key(challenge, key);
+    json_t *v = NULL;
+    if (api_ticket_take(srv, &ceremony_kind, registration ? 'r' : 'l', key, &v) < 0)
+        return false;
+    ceremony c = {.registration = registration, .created = now_s()};
+    memcpy(c.challenge, challenge, sizeof(c.challenge));
+    bool ok = api_ticket_string(v, "user", c.user, sizeof(c.user)) &&
+              api_ticket_string(v, "userUid", c.user_uid, sizeof(c.user_uid)) &&
+              api_ticket_string(v, "inviteDigest", c.invite_digest, sizeof(c.invite_digest)) &&
+              api_ticket_string(v, "rd", c.rd, sizeof(c.rd)) && api_ticket_string(v, "bind", c.bind, sizeof(c.bind));
+    api_ticket_content_free(v);
+    if (ok)
+        *ret = c;
+    OPENSSL_cleanse(&c, sizeof(c));
+    return ok;
 }
 
 /* ---- the relying party ---- */
@@ -509,8 +509,11 @@ static int register_begin(api_request *r, const char *origin, const char *rp, ap
         c.user);
     if (!options)
         return api_fail(err, 500, "internal", "out of memory");
-    ceremony_put(&c);
+    int e = ceremony_put(r->server, &c);
     OPENSSL_cleanse(&c, sizeof(c));
+    if (e < 0)
+        return api_fail(err, 503, "unavailable", "cannot keep the passkey ceremony in the store (%s); try again",
+                        strerror(-e));
     api_respond_json(r->req, r->route, r->started, 200, options);
     return 0;
 }
@@ -560,7 +563,7 @@ static int register_finish(api_request *r, const char *origin, const char *rp, a
     if (webauthn_client_data_challenge(cd, (size_t)cd_len, challenge, &why) < 0)
         return api_fail(err, 400, "invalid", "%s", why);
     ceremony c;
-    if (!ceremony_take(challenge, true, &c)) {
+    if (!ceremony_take(r->server, challenge, true, &c)) {
         report(r, "auth.passkey.register", NULL, "denied", "unknown, used or expired challenge", NULL);
         return api_fail(err, 401, "unauthenticated",
                         "unknown, already used or expired registration challenge (5 minutes): start again");
@@ -653,8 +656,11 @@ static int login_begin(api_request *r, const char *origin, const char *rp, api_e
                                      "allowCredentials");
     if (!options)
         return api_fail(err, 500, "internal", "out of memory");
-    ceremony_put(&c);
+    int e = ceremony_put(r->server, &c);
     OPENSSL_cleanse(&c, sizeof(c));
+    if (e < 0)
+        return api_fail(err, 503, "unavailable", "cannot keep the passkey ceremony in the store (%s); try again",
+                        strerror(-e));
     api_respond_json(r->req, r->route, r->started, 200, options);
     return 0;
 }
@@ -702,7 +708,7 @@ static int login_finish(api_request *r, const char *origin, const char *rp, api_
     if (webauthn_client_data_challenge(cd, (size_t)cd_len, challenge, &why) < 0)
         return api_fail(err, 400, "invalid", "%s", why);
     ceremony c;
-    if (!ceremony_take(challenge, false, &c)) {
+    if (!ceremony_take(r->server, challenge, false, &c)) {
         report(r, "auth.login", NULL, "denied", "unknown, used or expired passkey challenge", NULL);
         return api_fail(err, 401, "unauthenticated",
                         "unknown, already used or expired sign-in challenge (5 minutes): sign in again");

@@ -1315,8 +1315,7 @@ void *api_handlers_thread_init(h2o_context_t *ctx, void *userdata)
     h2o_multithread_register_receiver(t->queue, &t->write_done, on_write_done);
     if (offload_loop_new(ctx->loop, &t->offload) < 0)
         abort();
-    h2o_timeout_init(ctx->loop, &t->watch_poll, API_SSE_POLL_MS);
-    h2o_linklist_init_anchor(&t->watchers);
+    api_sse_thread_init(t);
     return t;
 }
 
@@ -1339,10 +1338,6 @@ void api_handlers_thread_dispose(void *state)
     offload_loop_free(t->offload);
     h2o_multithread_unregister_receiver(t->queue, &t->write_done);
     h2o_multithread_destroy_queue(t->queue);
-    /* streams of connections that did not close keep their memory until the
-     * process exits; their timers must not outlive the loop's timeout */
-    while (!h2o_linklist_is_empty(&t->watch_poll._entries))
-        h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, t->watch_poll._entries.next));
-    h2o_timeout_dispose(t->ctx->loop, &t->watch_poll);
+    api_sse_thread_dispose(t);
     free(t);
 }

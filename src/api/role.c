@@ -15,6 +15,7 @@
 #include "api/handlers-datasets.h"
 #include "api/handlers-job-runs.h"
 #include "api/handlers-kms.h"
+#include "api/signing-keys.h"
 #include "audit/event.h"
 #include "auth/handoff.h"
 #include "auth/keyring.h"
@@ -86,29 +87,42 @@ int api_role_serve(const api_role_config *cfg)
         log_fields(LOG_LEVEL_ERROR, "cannot open the store", "store", shown, "error", strerror(-r), NULL);
         return 1;
     }
-    /* token signing keys: mode 0600 in <data-dir>/auth (KMS envelopes later) */
-    char keys_path[4300];
-    auth_keyring *keyring = NULL;
-    snprintf(keys_path, sizeof(keys_path), "%s/signing-keys.json", cfg->auth_dir);
-    r = mkdir_p(cfg->auth_dir, 0700);
-    if (r == 0)
-        r = auth_keyring_open(keys_path, AUTH_KEY_ROTATE_S, AUTH_ACCESS_TTL_S + 2 * JWT_DEFAULT_LEEWAY_S, &keyring);
-    if (r < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot open the token signing keys", "path", keys_path, "error", strerror(-r),
-                   NULL);
-        store_free(s);
-        return 1;
-    }
-    /* browser login handoffs: a key of this role, pushed to the proxy only */
+    /* browser login handoffs: a key of this role, pushed to the proxy only;
+     * every api replica has the same (docs/deployment.md, "Several replicas") */
     char handoff_path[4300];
     uint8_t handoff_key[HANDOFF_KEY_LEN];
     snprintf(handoff_path, sizeof(handoff_path), "%s/handoff.key", cfg->auth_dir);
-    r = handoff_key_load(handoff_path, handoff_key);
-    if (r < 0) {
-        if (r != -EPERM && r != -EBADMSG)
+    r = mkdir_p(cfg->auth_dir, 0700);
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot create the auth directory", "path", cfg->auth_dir, "error", strerror(-r),
+                   NULL);
+    else {
+        r = handoff_key_load(handoff_path, handoff_key);
+        if (r < 0 && r != -EPERM && r != -EBADMSG)
             log_fields(LOG_LEVEL_ERROR, "cannot open the browser login handoff key", "path", handoff_path, "error",
                        strerror(-r), NULL);
-        auth_keyring_free(keyring);
+    }
+    if (r < 0) {
+        store_free(s);
+        return 1;
+    }
+    /* token signing keys: in the store, sealed under a key derived from the
+     * handoff key, shared by the replicas (api/signing-keys.h); an earlier
+     * release's auth/signing-keys.json is taken over once */
+    char legacy_keys_path[4300];
+    snprintf(legacy_keys_path, sizeof(legacy_keys_path), "%s/signing-keys.json", cfg->auth_dir);
+    api_signing_keys signing_keys;
+    auth_keyring *keyring = NULL;
+    r = api_signing_keys_init(&signing_keys, s, handoff_key, legacy_keys_path);
+    if (r == 0) {
+        auth_keyring_backing backing = api_signing_keys_backing(&signing_keys);
+        r = auth_keyring_open_backed(&backing, AUTH_KEY_ROTATE_S, AUTH_ACCESS_TTL_S + 2 * JWT_DEFAULT_LEEWAY_S,
+                                     &keyring);
+    }
+    if (r < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot open the token signing keys in the store", "error", strerror(-r), NULL);
+        api_signing_keys_done(&signing_keys);
+        OPENSSL_cleanse(handoff_key, sizeof(handoff_key));
         store_free(s);
         return 1;
     }
@@ -119,6 +133,7 @@ int api_role_serve(const api_role_config *cfg)
                    strerror(-r), NULL);
         OPENSSL_cleanse(handoff_key, sizeof(handoff_key));
         auth_keyring_free(keyring);
+        api_signing_keys_done(&signing_keys);
         store_free(s);
         return 1;
     }
@@ -128,6 +143,7 @@ int api_role_serve(const api_role_config *cfg)
         api_attest_done();
         OPENSSL_cleanse(handoff_key, sizeof(handoff_key));
         auth_keyring_free(keyring);
+        api_signing_keys_done(&signing_keys);
         store_free(s);
         return 1;
     }
@@ -171,6 +187,7 @@ int api_role_serve(const api_role_config *cfg)
     audit_event_stop(2000);
     OPENSSL_cleanse(handoff_key, sizeof(handoff_key));
     auth_keyring_free(keyring);
+    api_signing_keys_done(&signing_keys);
     store_free(s);
     return r < 0 ? 1 : 0;
 }

@@ -29,6 +29,8 @@ typedef struct api_thread {
     h2o_multithread_receiver_t write_done; /* completed store writes arrive here */
     h2o_timeout_t watch_poll;              /* how often watchers look for changes */
     h2o_linklist_t watchers;
+    h2o_timeout_t news_tick;     /* how often the store's revision is looked at (sse.h) */
+    h2o_timeout_entry_t news;    /* on news_tick while a stream is open */
     size_t writes_in_flight;
     offload_loop *offload; /* blocking calls (KMS, identity providers) come back here */
     auth_cache_entry auth_cache[AUTH_CACHE_SLOTS];

@@ -155,6 +155,8 @@ static void sse_on_poll(h2o_timeout_entry_t *entry)
 {
     api_sse *s = H2O_STRUCT_FROM_MEMBER(api_sse, poll, entry);
     uint64_t now = time_mono_ns();
+    s->polled_at = now;
+    s->polled_revision = store_revision(s->thread->server->cfg->store);
     if (s->cls->recheck && now - s->checked_at >= API_SSE_RECHECK_NS) {
         s->checked_at = now;
         s->cls->recheck(s);
@@ -256,6 +258,52 @@ void api_sse_start(api_sse *s)
     h2o_linklist_insert(&s->thread->watchers, &s->link);
     sse_flush(s);
     h2o_timeout_link(s->thread->ctx->loop, &s->thread->watch_poll, &s->poll);
+    s->polled_at = time_mono_ns();
+    s->polled_revision = store_revision(s->thread->server->cfg->store);
+    if (!h2o_timeout_is_linked(&s->thread->news))
+        h2o_timeout_link(s->thread->ctx->loop, &s->thread->news_tick, &s->thread->news);
+}
+
+/* The news tick of a loop with open streams: each open stream that has
+ * not polled at the store's current revision, and not within
+ * API_SSE_NEWS_GAP_NS, polls now (its poll tick starts over). Re-armed
+ * while a stream is open. */
+static void sse_on_news(h2o_timeout_entry_t *entry)
+{
+    api_thread *t = H2O_STRUCT_FROM_MEMBER(api_thread, news, entry);
+    int64_t revision = store_revision(t->server->cfg->store);
+    uint64_t now = time_mono_ns();
+    for (h2o_linklist_t *node = t->watchers.next, *next; node != &t->watchers; node = next) {
+        next = node->next; /* a poll may end its stream, which leaves the list */
+        api_sse *s = H2O_STRUCT_FROM_MEMBER(api_sse, link, node);
+        if (s->polled_revision != revision && now - s->polled_at >= API_SSE_NEWS_GAP_NS &&
+            h2o_timeout_is_linked(&s->poll)) {
+            h2o_timeout_unlink(&s->poll);
+            sse_on_poll(&s->poll);
+        }
+    }
+    if (!h2o_linklist_is_empty(&t->watchers))
+        h2o_timeout_link(t->ctx->loop, &t->news_tick, &t->news);
+}
+
+void api_sse_thread_init(api_thread *t)
+{
+    h2o_timeout_init(t->ctx->loop, &t->watch_poll, API_SSE_POLL_MS);
+    h2o_timeout_init(t->ctx->loop, &t->news_tick, API_SSE_NEWS_MS);
+    t->news = (h2o_timeout_entry_t){.cb = sse_on_news};
+    h2o_linklist_init_anchor(&t->watchers);
+}
+
+void api_sse_thread_dispose(api_thread *t)
+{
+    /* streams of connections that did not close keep their memory until the
+     * process exits; their timers must not outlive the loop's timeout */
+    while (!h2o_linklist_is_empty(&t->watch_poll._entries))
+        h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, t->watch_poll._entries.next));
+    h2o_timeout_dispose(t->ctx->loop, &t->watch_poll);
+    if (h2o_timeout_is_linked(&t->news))
+        h2o_timeout_unlink(&t->news);
+    h2o_timeout_dispose(t->ctx->loop, &t->news_tick);
 }
 
 int api_sse_queue_event(api_sse *s, const char *event, int64_t id, const json_t *data)

@@ -26,6 +26,14 @@
 /* How often every open stream of an event loop is polled (the loop's
  * watch_poll timer): the most a change waits before it is sent. */
 #define API_SSE_POLL_MS 200
+/* How often, while a stream is open, an event loop looks at the store's
+ * revision (an atomic read): when it moved past what a stream last polled
+ * at (a write of this process, or of another replica seen by the store),
+ * the stream polls at once rather than at its poll tick, but not sooner
+ * than API_SSE_NEWS_GAP_NS after its last poll (under a stream of writes a
+ * stream polls at most 20 times a second). */
+#define API_SSE_NEWS_MS 10
+#define API_SSE_NEWS_GAP_NS (50 * NSEC_PER_MSEC)
 /* How often a stream's caller is authenticated and authorized again: a lost
  * right or session ends it within this (and a poll tick). */
 #define API_SSE_RECHECK_NS (4 * NSEC_PER_SEC)
@@ -64,6 +72,8 @@ struct api_sse {
     h2o_linklist_t link;      /* in thread->watchers while open */
     h2o_timeout_entry_t poll; /* on thread->watch_poll */
     uint64_t started, last_sent, checked_at;
+    uint64_t polled_at;    /* when it last polled (time_mono_ns) */
+    int64_t polled_revision; /* the store's revision when it did */
     bool sending;   /* h2o holds `inflight` until proceed is called */
     bool finishing; /* no more polling; the next chunk is the last */
     bool done;
@@ -103,6 +113,10 @@ int api_sse_queue_text(api_sse *s, const char *text);
  * authorizes by the current policies. Returns 0, or -1 with ERR (each
  * refusal audited). */
 int api_sse_redecide(api_sse *s, const char *verb, const char *kind, const char *name, api_error *err);
+
+/* Sets up, and releases, the stream timers of event loop thread T. */
+void api_sse_thread_init(api_thread *t);
+void api_sse_thread_dispose(api_thread *t);
 
 /* While HOLD, nothing queued is sent (a stream waiting for blocking work
  * whose result must go out with the events queued before it); released,

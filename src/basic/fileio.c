@@ -37,6 +37,19 @@ int read_fd(int fd, size_t max, char **ret_data, size_t *ret_len)
     return *ret_data ? 0 : -ENOMEM;
 }
 
+int read_private_file(const char *path, uid_t owner, size_t max, char **ret_data, size_t *ret_len)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return negative_errno();
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return negative_errno();
+    if (!S_ISREG(st.st_mode) || st.st_uid != owner || (st.st_mode & 077))
+        return -EPERM;
+    return read_fd(fd, max, ret_data, ret_len);
+}
+
 int read_file(const char *path, size_t max, char **ret_data, size_t *ret_len)
 {
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -7,6 +7,10 @@
 /* Reads the whole file at PATH, at most MAX bytes, into a NUL-terminated heap
  * buffer the caller frees. -EFBIG when larger, negative errno otherwise. */
 int read_file(const char *path, size_t max, char **ret_data, size_t *ret_len);
+/* Reads a private file as read_file() does, refusing with -EPERM one that is
+ * not a regular file (symbolic links are not followed) owned by OWNER with
+ * no permission for group or others. */
+int read_private_file(const char *path, uid_t owner, size_t max, char **ret_data, size_t *ret_len);
 /* Reads all of FD (at most MAX bytes); same ownership as read_file. */
 int read_fd(int fd, size_t max, char **ret_data, size_t *ret_len);
 /* Writes all LEN bytes at P to FD, again after EINTR. Returns 0 or a

@@ -112,17 +112,9 @@ int session_load(cli_session *ret)
     int r = session_path(&path);
     if (r < 0)
         return r;
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return negative_errno();
-    struct stat st;
-    if (fstat(fd, &st) < 0)
-        return negative_errno();
-    if (!S_ISREG(st.st_mode) || st.st_uid != getuid() || (st.st_mode & 077))
-        return -EPERM;
     char *data = NULL;
     size_t len;
-    r = read_fd(fd, SESSION_MAX_SIZE, &data, &len);
+    r = read_private_file(path, getuid(), SESSION_MAX_SIZE, &data, &len);
     if (r < 0)
         return r == -EFBIG ? -EINVAL : r;
     json_auto_t *v = json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL);

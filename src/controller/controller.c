@@ -891,6 +891,17 @@ static json_t *status_build(const enclave *e, uint64_t now)
     return st;
 }
 
+/* The database refused WHAT, a write carrying this controller's fencing
+ * token: another controller holds the lease now. Logs it and stands by. */
+static void deposed(controller *c, const char *what)
+{
+    char token[24];
+    snprintf(token, sizeof(token), "%lld", (long long)c->lease_token);
+    log_fields(LOG_LEVEL_WARN, "controller: another controller took the lease; this one stands by", "refused", what,
+               "fencingToken", token, NULL);
+    c->lease_token = 0;
+}
+
 /* Writes E's status when it differs from the stored one: a REPLACE of the
  * document last seen, conditional on its resourceVersion. A concurrent
  * change (-ESTALE) or deletion (-ENOENT) is left to the feed; the status is
@@ -908,8 +919,7 @@ static void status_write(controller *c, enclave *e)
         enclave_take_doc(c, e, op.result);
     store_txn_clear(&txn);
     if (r == -ENOLCK) {
-        log_fields(LOG_LEVEL_WARN, "controller: another controller took the lease; this one stands by", NULL);
-        c->lease_token = 0;
+        deposed(c, "an Enclave's status");
         return;
     }
     if (r < 0 && r != -ESTALE && r != -ENOENT)
@@ -986,8 +996,7 @@ static bool lead(controller *c, uint64_t now)
     if (c->lease_token) {
         r = store_lease_renew(c->store, CONTROLLER_LEASE, c->holder, c->lease_token, CONTROLLER_LEASE_TTL_MS);
         if (r == -ESTALE) {
-            log_fields(LOG_LEVEL_WARN, "controller: another controller took the lease; this one stands by", NULL);
-            c->lease_token = 0;
+            deposed(c, "the lease's renewal");
             return false;
         }
     } else {

@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include "auth/handoff.h"
 #include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
@@ -983,6 +984,28 @@ static int init_kms_root(const daemon_config *cfg, const daemon_config *secret, 
     return r;
 }
 
+/* --init: the api role's login handoff key, DIR/auth/handoff.key (32
+ * random bytes, 0600), made here so that every api replica given a copy of
+ * what --init made shares it: it seals the token signing keys in the store
+ * (src/api/signing-keys.h). Returns 0 or a negative errno (logged). */
+static int init_handoff_key(const daemon_config *cfg)
+{
+    char dir[4200], path[4300];
+    snprintf(dir, sizeof(dir), "%s/auth", cfg->data_dir);
+    snprintf(path, sizeof(path), "%s/handoff.key", dir);
+    uint8_t key[HANDOFF_KEY_LEN];
+    int r = mkdir_p(dir, 0700);
+    if (r == 0)
+        r = random_bytes(key, sizeof(key));
+    if (r == 0)
+        r = write_file_atomic(path, key, sizeof(key), 0600);
+    OPENSSL_cleanse(key, sizeof(key));
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot write the api replicas' handoff key", "path", path, "error",
+                   strerror(-r), NULL);
+    return r;
+}
+
 /* cloisterd --init --config FILE: prepares a new cluster once: the data
  * dir, the cluster CA and the listeners' certificates, one certificate per
  * role in pki.dir/roles/, the bootstrap identities (admin token), the
@@ -1010,6 +1033,8 @@ static int cluster_init(daemon_config *cfg)
         snprintf(key, sizeof(key), "%s/roles/%s.key", cfg->pki_dir, roles[i].name);
         r = pki_ensure_role_cert(cfg->ca_cert, cfg->ca_key, roles[i].name, cert, key);
     }
+    if (r == 0)
+        r = init_handoff_key(cfg);
     bool created = false;
     if (r == 0)
         r = init_kms_root(cfg, &secret, &created);
@@ -1037,9 +1062,10 @@ static int cluster_init(daemon_config *cfg)
            "  cluster CA:         %s\n"
            "  role certificates:  %s/roles/<role>.pem (DNS name <role>" PKI_ROLE_NAME_SUFFIX ")\n"
            "  admin token:        %s\n"
+           "  api replicas' key:  %s/auth/handoff.key (every api replica needs this same file)\n"
            "  KMS root key:       %s (seal %s)\n"
            "Start it with: cloisterd --config %s\n",
-           cfg->data_dir, cfg->ca_cert, cfg->pki_dir, cfg->admin_token,
+           cfg->data_dir, cfg->ca_cert, cfg->pki_dir, cfg->admin_token, cfg->data_dir,
            created ? "created and sealed" : "created at the first `cloisterd unseal`", cfg->seal_mode,
            cfg->config_file);
     return 0;
