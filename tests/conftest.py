@@ -216,6 +216,79 @@ def shared_server(tmp_path_factory):
     s.stop()
 
 
+# ---- PostgreSQL: one throwaway cluster per test session (scripts/pg-test.sh) ----
+
+PG_TEST = ROOT / "scripts" / "pg-test.sh"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL (Debian's postgresql) started once for the session by
+    scripts/pg-test.sh: initdb as the postgres user into a temp dir, listening
+    only on a Unix socket there. Yields the URL of its `cloister` database
+    (postgresql:///cloister?host=DIR&user=cloister; the role may create
+    databases); stopped and removed after the session. Skips when no
+    PostgreSQL server is installed."""
+    p = subprocess.run([str(PG_TEST), "start"], capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        pytest.skip(f"PostgreSQL cannot be started here (apt install postgresql): {p.stderr.strip()[-500:]}")
+    url = p.stdout.strip()
+    yield url
+    subprocess.run([str(PG_TEST), "stop", url], check=True, timeout=120)
+
+
+def psql(url, sql):
+    """Runs SQL on the database at URL with psql: its output (-At: bare values)."""
+    return subprocess.run(["psql", "-XAtq", url, "-c", sql], capture_output=True, text=True, check=True,
+                          timeout=60).stdout.strip()
+
+
+def pg_database_url(cluster_url, name):
+    """The URL of database NAME on the cluster of CLUSTER_URL."""
+    return re.sub(r"^postgresql:///[^?]*\?", f"postgresql:///{name}?", cluster_url)
+
+
+def pg_new_database(cluster_url):
+    """Creates a new empty database on the cluster: its URL."""
+    name = "t_" + os.urandom(6).hex()
+    psql(cluster_url, f"CREATE DATABASE {name}")
+    return pg_database_url(cluster_url, name)
+
+
+def pg_drop_database(cluster_url, url):
+    """Drops the database of URL (made by pg_new_database), closing its sessions."""
+    name = url.split("postgresql:///")[1].split("?")[0]
+    deadline = time.time() + 10
+    while True:
+        try:
+            return psql(cluster_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        except subprocess.CalledProcessError:
+            # an autovacuum worker in it is not ours to end (role cloister): it leaves within moments
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def pg_database(postgres):
+    """A fresh database of the session's cluster for one test: its URL (dropped after)."""
+    url = pg_new_database(postgres)
+    yield url
+    pg_drop_database(postgres, url)
+
+
+def pg_ctl(url, action):
+    """pg_ctl ACTION (stop, start, restart) of the cluster that URL (any of
+    its databases) is on, as the postgres user, waiting until done."""
+    host = url.split("host=")[1].split("&")[0]
+    bindir = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
+    cmd = [str(bindir / "pg_ctl"), "-D", f"{host}/data", "-m", "fast", "-w", "-l", f"{host}/server.log",
+           "-o", f"-c listen_addresses='' -k {host} -c max_connections=200", action]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+
 def manifest(kind, name, spec, **meta):
     return {"apiVersion": "cloister.dev/v1", "kind": kind, "metadata": {"name": name, **meta}, "spec": spec}
 

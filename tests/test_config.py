@@ -18,9 +18,8 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from conftest import CLOISTER, CLOISTERD, ROOT, Server, free_port, run_cli, sanitizer_env
+from conftest import CLOISTER, CLOISTERD, ROOT, Server, free_port, pg_ctl, run_cli, sanitizer_env
 from otlp_receiver import Receiver
-from test_store_pg import cluster, database, pg_ctl  # noqa: F401 (fixtures: a throwaway PostgreSQL)
 
 PASSPHRASE = "correct horse battery staple"
 ROLES = ["api", "kms", "audit", "runner", "proxy"]
@@ -380,17 +379,17 @@ def test_the_documented_walkthrough_runs(tmp_path):
         assert marker not in log, log[-3000:]
 
 
-def test_readyz_follows_a_postgresql_store(tmp_path, database):
+def test_readyz_follows_a_postgresql_store(tmp_path, pg_database):
     """store.url postgresql://…: /readyz says the driver, turns 503 naming
     the store while the database is down (the API stays live), and 200
     again once it is back."""
-    path = write_config(tmp_path, store={"url": database})
+    path = write_config(tmp_path, store={"url": pg_database})
     assert cloisterd("--init", "--config", str(path)).returncode == 0
     s = Server(tmp_path / "data", config=path).start()
     try:
         r = requests.get(s.url + "/readyz", verify=s.ca)
         assert r.status_code == 200 and r.json()["store"] == {"driver": "postgres", "reachable": True}, r.text
-        pg_ctl(database, "stop")
+        pg_ctl(pg_database, "stop")
         try:
             def unready():
                 r = requests.get(s.url + "/readyz", verify=s.ca, timeout=30)
@@ -403,7 +402,7 @@ def test_readyz_follows_a_postgresql_store(tmp_path, database):
             assert [p for p in body["problems"] if p.startswith("store: unreachable (")], body
             assert requests.get(s.url + "/healthz", verify=s.ca, timeout=30).status_code == 200
         finally:
-            pg_ctl(database, "start")
+            pg_ctl(pg_database, "start")
         deadline = time.time() + 60
         while requests.get(s.url + "/readyz", verify=s.ca, timeout=30).status_code != 200:
             assert time.time() < deadline

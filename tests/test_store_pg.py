@@ -1,60 +1,23 @@
 """cloisterd --dev on PostgreSQL (--store postgresql://…): a real server
-started by scripts/pg-test.sh (Debian's postgresql, initdb as the postgres
+started once per session by the conftest fixture `postgres` (Debian's postgresql, initdb as the postgres
 user into a temp dir, a Unix socket there). The quickstart works, conflicting
 updates: exactly one wins, and a PostgreSQL restart while writes stream loses
 no acknowledged write."""
-import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import ROOT, Server, run_cli
-
-PG_TEST = ROOT / "scripts" / "pg-test.sh"
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A throwaway PostgreSQL cluster: its URL (postgresql:///cloister?host=DIR&user=cloister)."""
-    p = subprocess.run([str(PG_TEST), "start"], capture_output=True, text=True, timeout=120)
-    if p.returncode != 0:
-        pytest.skip(f"PostgreSQL cannot be started here (apt install postgresql): {p.stderr.strip()[-500:]}")
-    url = p.stdout.strip()
-    yield url
-    subprocess.run([str(PG_TEST), "stop", url], check=True, timeout=120)
-
-
-def psql(url, sql):
-    return subprocess.run(["psql", "-XAtq", url, "-c", sql], capture_output=True, text=True, check=True,
-                          timeout=60).stdout.strip()
+from conftest import ROOT, Server, pg_ctl, psql, run_cli
 
 
 @pytest.fixture
-def database(cluster):
-    """A new database of the cluster for one test: its URL."""
-    name = "t_" + uuid.uuid4().hex[:12]
-    psql(cluster, f"CREATE DATABASE {name}")
-    yield cluster.replace("postgresql:///cloister?", f"postgresql:///{name}?")
-    psql(cluster, f"DROP DATABASE {name} WITH (FORCE)")
-
-
-@pytest.fixture
-def pg_server(tmp_path, database):
-    s = Server(tmp_path / "data", extra_args=["--store", database]).start()
-    yield s, database
+def pg_server(tmp_path, pg_database):
+    s = Server(tmp_path / "data", extra_args=["--store", pg_database]).start()
+    yield s, pg_database
     s.stop()
-
-
-def pg_ctl(url, action):
-    host = url.split("host=")[1].split("&")[0]
-    bindir = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
-    subprocess.run(["runuser", "-u", "postgres", "--", str(bindir / "pg_ctl"), "-D", f"{host}/data", "-m", "fast",
-                    "-w", "-l", f"{host}/server.log", "-o", f"-c listen_addresses='' -k {host} -c max_connections=200",
-                    action], check=True, capture_output=True, timeout=120)
 
 
 def service(name, url="http://127.0.0.1:9000", rv=None):
@@ -103,7 +66,7 @@ def test_conflicting_updates_exactly_one_wins(pg_server):
         assert sorted(codes) == [200, 409], codes
 
 
-def test_postgres_restart_while_writes_stream_loses_no_acknowledged_write(pg_server, cluster):
+def test_postgres_restart_while_writes_stream_loses_no_acknowledged_write(pg_server, postgres):
     s, url = pg_server
     acked, failed, stop = [], [], threading.Event()
 
@@ -126,9 +89,9 @@ def test_postgres_restart_while_writes_stream_loses_no_acknowledged_write(pg_ser
             assert time.time() < deadline and t.is_alive(), failed
             time.sleep(0.05)
         before = len(acked)
-        pid_file = Path(cluster.split("host=")[1].split("&")[0]) / "data" / "postmaster.pid"
+        pid_file = Path(postgres.split("host=")[1].split("&")[0]) / "data" / "postmaster.pid"
         old_pid = pid_file.read_text().split()[0]
-        pg_ctl(cluster, "restart")
+        pg_ctl(postgres, "restart")
         assert pid_file.read_text().split()[0] != old_pid, "PostgreSQL restarted"
         deadline = time.time() + 60
         while len(acked) < before + 20:  # the writes go on after the restart

@@ -27,11 +27,13 @@ static void send_if_changed(services_watcher *w, const caller *c)
     json_auto_t *items = NULL;
     api_error err;
     int64_t rev;
+    uint64_t epoch = store_epoch(w->super.thread->server->cfg->store); /* before the list it covers */
     if (api_reachable_services(w->super.thread->server, c, &items, &rev, &err) < 0) {
         api_sse_fail(&w->super, err.code, err.message);
         return;
     }
     w->revision = rev;
+    w->super.epoch = epoch;
     char *text = json_dumps(items, JSON_COMPACT);
     if (!text || (w->last && strcmp(text, w->last) == 0)) {
         free(text);
@@ -50,8 +52,9 @@ static void send_if_changed(services_watcher *w, const caller *c)
 static void watcher_poll(api_sse *s)
 {
     services_watcher *w = (services_watcher *)s;
-    if (store_revision(s->thread->server->cfg->store) == w->revision)
-        return;
+    store *st = s->thread->server->cfg->store;
+    if (store_revision(st) == w->revision && store_epoch(st) == s->epoch)
+        return; /* nothing new (a reset store, a new epoch, is listed again even at the same revision) */
     caller c = {0};
     api_error err;
     if (api_authenticate(s->thread->server, s->req, &c, &err) < 0) {

@@ -1,7 +1,7 @@
 /* GET /v1/proxy/config: the proxy role's configuration as Server-Sent
  * Events. Each event is `event: NAME` and `data: <one line of JSON>`:
  *
- *   snapshot  {revision, issuer, audience, objects: {Service: [...], Policy,
+ *   snapshot  {revision, epoch, issuer, audience, objects: {Service: [...], Policy,
  *             User, Group, Credential, Session}, jwks: {keys}, secrets: {...}}
  *             everything the proxy holds; it replaces what it had
  *   change    {type: ADDED|MODIFIED|DELETED, revision, object} for each
@@ -16,7 +16,10 @@
  * and a `: keep-alive` comment when nothing else was sent for 4 s. With
  * ?since=REV the stream resumes after revision REV (changes only, then the
  * current jwks, secrets and handoff key) while the store's history still
- * holds it, and starts with a fresh snapshot otherwise.
+ * holds it, and starts with a fresh snapshot otherwise. A snapshot names the
+ * store's `epoch` (16 hex digits); given back as &epoch=HEX, a resume is
+ * refused (a snapshot instead) once the store was reset or replaced since,
+ * even at a revision the new store has.
  *
  * Documents go out as stored but without `status` (a Credential's keeps only
  * userUid and tokenGeneration, an Enclave's its replicas): credential token
@@ -318,6 +321,7 @@ static int queue_snapshot(proxy_stream *p, api_error *err)
 {
     json_t *items;
     int64_t rev;
+    uint64_t epoch = store_epoch(p->server->cfg->store); /* before the list: a reset meanwhile lists again */
     int e = store_list_kinds(p->server->cfg->store, config_kinds, N_CONFIG_KINDS, &items, &rev);
     if (e < 0)
         return api_fail_store(err, e, "ProxyConfig", "*");
@@ -349,6 +353,7 @@ static int queue_snapshot(proxy_stream *p, api_error *err)
     if (e < 0)
         return fail_unseal(err, e);
     p->revision = rev; /* the stream polls again only once the snapshot is queued */
+    p->super.epoch = epoch;
     return 0;
 }
 
@@ -360,10 +365,12 @@ static int snapshot_done(proxy_stream *p, unseal_job *j, api_error *err)
     char iss[300];
     api_auth_issuer(p->server, iss, sizeof(iss));
     int r = handoff_json(p->server, &handoff), e;
+    char epoch[24];
+    snprintf(epoch, sizeof(epoch), "%016llx", (unsigned long long)p->super.epoch);
     json_t *snap = r < 0 ? NULL
-                         : json_pack("{s:I, s:s, s:s, s:O, s:O, s:O}", "revision", (json_int_t)p->revision, "issuer",
-                                     iss, "audience", AUTH_AUDIENCE, "objects", j->objects, "jwks", j->jwks,
-                                     "secrets", j->map);
+                         : json_pack("{s:I, s:s, s:s, s:s, s:O, s:O, s:O}", "revision", (json_int_t)p->revision,
+                                     "epoch", epoch, "issuer", iss, "audience", AUTH_AUDIENCE, "objects", j->objects,
+                                     "jwks", j->jwks, "secrets", j->map);
     if (snap && handoff && json_object_set(snap, "handoff", handoff) < 0) {
         json_decref(snap);
         snap = NULL;
@@ -399,7 +406,8 @@ static bool secret_referenced(const json_t *refs, const char *name)
 }
 
 /* Queues a `change` for every change after the stream's revision; on a
- * history too old to replay, a fresh snapshot instead (*RET_SNAPSHOT true).
+ * history too old to replay or a store reset since (a new epoch), a fresh
+ * snapshot instead (*RET_SNAPSHOT true).
  * Sets *RET_SERVICES when a Service changed and *RET_SECRET when a Secret
  * the map holds did. Returns 0 or -1 with ERR. */
 static int queue_changes(proxy_stream *p, bool *ret_snapshot, bool *ret_services, bool *ret_secret, api_error *err)
@@ -407,8 +415,9 @@ static int queue_changes(proxy_stream *p, bool *ret_snapshot, bool *ret_services
     store *st = p->server->cfg->store;
     for (int batch = 0; batch < PROXY_BATCHES_PER_POLL; batch++) {
         json_t *events;
-        int e = store_changes_since_kinds(st, config_kinds, N_WATCHED_KINDS, p->revision, PROXY_BATCH_MAX, &events);
-        if (e == -ESTALE) {
+        int e = store_changes_since_epoch(st, p->super.epoch, config_kinds, N_WATCHED_KINDS, p->revision,
+                                          PROXY_BATCH_MAX, &events);
+        if (e == -ESTALE) { /* too old, or the store was reset (a new epoch) */
             *ret_snapshot = true;
             return queue_snapshot(p, err);
         }
@@ -643,6 +652,8 @@ static void proxy_poll(api_sse *s)
         return;
     api_error err;
     if (proxy_update(p, &err) < 0) {
+        if (err.status == 503 && strcmp(err.code, "store_unavailable") == 0)
+            return; /* the store is away (a restart): the stream waits and reads on at a later tick */
         if (err.status >= 500)
             log_fields(LOG_LEVEL_WARN, "proxy configuration stream ended", "user", p->user, "reason", err.message,
                        NULL);
@@ -671,6 +682,21 @@ static const api_sse_class proxy_stream_class = {
     .dispose = proxy_dispose,
 };
 
+/* ?epoch=HEX (a snapshot's) into *RET (0 when absent). Returns 0 or -1 with ERR. */
+static int parse_epoch(h2o_req_t *req, uint64_t *ret, api_error *err)
+{
+    char text[24];
+    uint64_t epoch = 0;
+    if (api_query_param(req, "epoch", text, sizeof(text))) {
+        size_t n = strlen(text);
+        if (n == 0 || n > 16 || strspn(text, "0123456789abcdef") != n)
+            return api_fail(err, 400, "invalid", "epoch must be a snapshot's epoch: 1 to 16 lowercase hex digits");
+        epoch = strtoull(text, NULL, 16);
+    }
+    *ret = epoch;
+    return 0;
+}
+
 /* ?since=REV into *RET (0 when absent). Returns 0 or -1 with ERR. */
 static int parse_since(h2o_req_t *req, int64_t *ret, api_error *err)
 {
@@ -689,15 +715,15 @@ static int parse_since(h2o_req_t *req, int64_t *ret, api_error *err)
 
 /* Opens the stream for the authorized caller C. Returns 0 once the response
  * started, or -1 with ERR. */
-static int open_stream(api_request *r, const caller *c, int64_t since, api_error *err)
+static int open_stream(api_request *r, const caller *c, int64_t since, uint64_t epoch, api_error *err)
 {
     proxy_stream *p = (proxy_stream *)api_sse_new(r->req, r->started, &proxy_stream_class, c->user, err);
     if (!p)
         return -1;
     p->server = r->server;
     snprintf(p->user, sizeof(p->user), "%s", caller_name(c));
-    /* a revision from another store (ahead of this one) cannot be resumed */
-    bool resume = since > 0 && since <= store_revision(r->server->cfg->store);
+    /* a revision from another store (ahead of this one, or of another epoch) cannot be resumed */
+    bool resume = since > 0 && since <= store_revision(r->server->cfg->store) && (epoch == 0 || epoch == p->super.epoch);
     if (resume)
         p->revision = since;
     if ((resume ? proxy_update(p, err) : queue_snapshot(p, err)) < 0)
@@ -734,9 +760,11 @@ int api_handle_proxy(api_request *r, const char *rest, size_t rest_len, api_erro
     }
     int ret = 0;
     int64_t since;
+    uint64_t epoch;
     if (!api_method_is(r->req, "GET"))
         api_method_not_allowed(r->req, ROUTE_PROXY_CONFIG, r->started, "GET");
-    else if (parse_since(r->req, &since, err) < 0 || open_stream(r, &c, since, err) < 0)
+    else if (parse_since(r->req, &since, err) < 0 || parse_epoch(r->req, &epoch, err) < 0 ||
+             open_stream(r, &c, since, epoch, err) < 0)
         ret = -1;
     caller_clear(&c);
     return ret;

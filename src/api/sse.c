@@ -220,7 +220,8 @@ api_sse *api_sse_new(h2o_req_t *req, uint64_t started, const api_sse_class *cls,
     memset(s, 0, cls->size);
     *s = (api_sse){.super = {sse_proceed, sse_stop}, .cls = cls, .req = req,
                    .thread = (api_thread *)httpd_thread_state(req), .started = started,
-                   .last_sent = time_mono_ns(), .checked_at = time_mono_ns(), .counted = true};
+                   .last_sent = time_mono_ns(), .checked_at = time_mono_ns(), .counted = true,
+                   .epoch = store_epoch(((api_thread *)httpd_thread_state(req))->server->cfg->store)};
     memcpy(s->owner, owner, sizeof(owner));
     s->poll.cb = sse_on_poll;
     if (cls->secret) {
@@ -315,8 +316,13 @@ void api_sse_fail(api_sse *s, const char *code, const char *message)
 
 int api_sse_changes(api_sse *s, const char *kind, int64_t after, size_t max, json_t **ret_events)
 {
-    int e = store_changes_since(s->thread->server->cfg->store, kind, after, max, ret_events);
-    if (e == -ESTALE)
+    store *st = s->thread->server->cfg->store;
+    int e = store_changes_since_epoch(st, s->epoch, &kind, 1, after, max, ret_events);
+    if (e == -ESTALE && store_epoch(st) != s->epoch)
+        api_sse_fail(s, "gone",
+                     "the store was reset or replaced since this stream opened (a new epoch): its revisions no longer "
+                     "apply; list and watch again");
+    else if (e == -ESTALE)
         api_sse_fail(s, "gone", "the requested resourceVersion is older than the kept history; list and watch again");
     return e < 0 ? -1 : 0;
 }

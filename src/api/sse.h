@@ -72,6 +72,7 @@ struct api_sse {
     bool counted; /* holds a slot of owner's (released once, when the stream ends) */
     bool held;    /* api_sse_hold: what is queued waits (but a last event) */
     char owner[72]; /* the user's uid (their name when the document has none) */
+    uint64_t epoch; /* the store's when the stream opened: its revisions belong to it */
     strbuf queued, inflight;
 };
 
@@ -124,7 +125,8 @@ void api_sse_fail(api_sse *s, const char *code, const char *message);
  * watch stream's poll tick: 0 with *RET_EVENTS (store_changes_since()'s
  * array, a new reference); or -1 when there is nothing to send this tick:
  * the store failed (tried again at the next tick), or AFTER is older than
- * the kept history, which ends S with an ERROR event "gone". */
+ * the kept history or the store was reset since S opened (a new epoch),
+ * which ends S with an ERROR event "gone" (the client lists again). */
 int api_sse_changes(api_sse *s, const char *kind, int64_t after, size_t max, json_t **ret_events);
 /* Streams open now in this process, and streams that reached their buffer
  * cap since it started (for /metrics). */

@@ -109,6 +109,7 @@ struct controller {
     enclave *enclaves[CONTROLLER_ENCLAVES_MAX];
     size_t n_enclaves;
     int64_t revision;      /* the change feed's, once listed */
+    uint64_t epoch;        /* the store's when it listed (its revisions belong to it) */
     bool listed;
     bool overflow_logged;
     bool runner_down;      /* an outage is logged once */
@@ -416,6 +417,7 @@ static int relist(controller *c)
 {
     json_auto_t *items = NULL;
     int64_t rev = 0;
+    uint64_t epoch = store_epoch(c->store); /* before the list: a reset meanwhile lists again */
     int r = store_list(c->store, "Enclave", &items, &rev);
     if (r < 0)
         return r;
@@ -440,6 +442,7 @@ static int relist(controller *c)
     json_array_foreach(items, j, doc)
         upsert(c, doc);
     c->revision = rev;
+    c->epoch = epoch;
     c->listed = true;
     return 0;
 }
@@ -456,8 +459,9 @@ static void follow(controller *c)
     }
     for (int round = 0; round < 64; round++) {
         json_auto_t *events = NULL;
-        int r = store_changes_since(c->store, "Enclave", c->revision, CHANGES_BATCH, &events);
-        if (r == -ESTALE) {
+        int r = store_changes_since_epoch(c->store, c->epoch, (const char *const[]){"Enclave"}, 1, c->revision,
+                                          CHANGES_BATCH, &events);
+        if (r == -ESTALE) { /* too old, or the store was reset (a new epoch): list again */
             c->listed = false;
             follow(c);
             return;

@@ -1,5 +1,11 @@
 /* The `proxy` role's main: its view of the configuration, then its server
- * (src/proxy/role.c). */
+ * (src/proxy/role.c). Its HTTP/1 connections are served by httpd's own
+ * front end (src/httpd/h1front.h); CLOISTER_PROXY_HTTP1=h2o gives them to
+ * libh2o's HTTP/1 server instead (the server before it, kept for a
+ * comparison or a fallback). */
+#include <stdlib.h>
+#include <string.h>
+
 #include "daemon/daemon.h"
 #include "proxy/role.h"
 
@@ -7,6 +13,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
 {
     (void)all, (void)n_all;
     char api_url[300];
+    const char *http1 = getenv("CLOISTER_PROXY_HTTP1");
     daemon_api_url(cfg, api_url, sizeof(api_url));
     const proxy_role_config proxy = {
         .data_dir = cfg->data_dir,
@@ -28,6 +35,7 @@ int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *
         .cert_file = cfg->proxy_cert,
         .key_file = cfg->proxy_key,
         .threads = cfg->proxy_threads,
+        .h1_front = !http1 || strcmp(http1, "h2o") != 0,
         .metrics = cfg->proxy_metrics,
         .ready_flag = &health->ready,
     };

@@ -1,4 +1,5 @@
 #include "httpd/framing.h"
+#include "httpd/h1front.h"
 #include "httpd/phr.h"
 
 #include <ctype.h>
@@ -87,6 +88,29 @@ const char *framing_check_fields(const framing_field *fields, size_t n, bool htt
     return NULL;
 }
 
+/* Converts the N fields picohttpparser parsed out of a head ending at END
+ * into FIELDS, with whether bytes followed each value on its line. */
+static void fields_from_phr(const struct phr_header *h, size_t n, const char *end, framing_field *fields)
+{
+    for (size_t i = 0; i < n; i++) {
+        const char *p = h[i].value + h[i].value_len;
+        while (p < end && *p != '\r' && *p != '\n')
+            p++;
+        fields[i] = (framing_field){.name = h[i].name, .name_len = h[i].name ? h[i].name_len : 0,
+                                    .value = h[i].value, .value_len = h[i].value_len,
+                                    .trailing = p != h[i].value + h[i].value_len};
+    }
+}
+
+const char *framing_check_parsed(const struct phr_header *h, size_t n, const char *end)
+{
+    framing_field fields[FRAMING_MAX_FIELDS];
+    if (n > FRAMING_MAX_FIELDS)
+        return "more header fields than the server reads";
+    fields_from_phr(h, n, end, fields);
+    return framing_check_fields(fields, n, false);
+}
+
 /* Parses the request head at HEAD into FIELDS (at most FRAMING_MAX_FIELDS,
  * pointing into HEAD) and *RET_N, with the request line's method and target.
  * Returns 0, or -EBADMSG when HEAD does not start with one complete head. */
@@ -102,15 +126,7 @@ static int parse_head(const char *head, size_t len, framing_field *fields, size_
                               &minor, h, &n, 0);
     if (r <= 0)
         return -EBADMSG;
-    const char *end = head + r;
-    for (size_t i = 0; i < n; i++) {
-        const char *p = h[i].value + h[i].value_len;
-        while (p < end && *p != '\r' && *p != '\n')
-            p++;
-        fields[i] = (framing_field){.name = h[i].name, .name_len = h[i].name ? h[i].name_len : 0,
-                                    .value = h[i].value, .value_len = h[i].value_len,
-                                    .trailing = p != h[i].value + h[i].value_len};
-    }
+    fields_from_phr(h, n, head + r, fields);
     *ret_n = n;
     *ret_method = h2o_iovec_init(method, method_len);
     *ret_path = h2o_iovec_init(path, path_len);
@@ -262,6 +278,8 @@ bool framing_path_has_parameters(const char *target, size_t len)
  * the one h2o served, or nothing is decided on it. */
 static const char *check_http1(h2o_req_t *req)
 {
+    if (h1front_owns(req->conn)) /* checked on the raw head as it was parsed */
+        return h1front_verdict(req);
     h2o_socket_t *sock = req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
     if (!sock || !sock->input)
         return "a request head that can no longer be read";

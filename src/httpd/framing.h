@@ -30,6 +30,12 @@ typedef struct framing_field {
  * any Transfer-Encoding, which HTTP/2 forbids. */
 const char *framing_check_fields(const framing_field *fields, size_t n, bool http2);
 
+/* The N fields picohttpparser parsed out of an HTTP/1 request head that ends
+ * at END (H pointing into it), checked as framing_check_fields() checks them:
+ * NULL when unambiguous, else a static sentence. */
+struct phr_header;
+const char *framing_check_parsed(const struct phr_header *h, size_t n, const char *end);
+
 /* A raw HTTP/1 request head (request line, fields, the empty line; anything
  * after it is ignored) parsed as h2o parses it: NULL when unambiguous, a
  * static sentence when not, or when HEAD is not one complete request head. */
@@ -82,7 +88,9 @@ bool framing_path_has_parameters(const char *target, size_t len);
  * h2o does, found about REQ: a static sentence when REQ stands in for an
  * HTTP/1 head h2o could not parse, or when its HTTP/2 header block carries
  * fields h2o does not show (a second content-length); else NULL. Each
- * finding is handed out once. */
+ * finding is handed out once. On a connection of httpd's own HTTP/1 front
+ * end (h1front.h), which is its own guard: its verdict on the raw head,
+ * every time it is asked. */
 const char *httpd_guard_verdict(h2o_req_t *req);
 
 /* Checks REQ as h2o received it, over HTTP/1 or HTTP/2, before anything of it

@@ -1,5 +1,6 @@
 #include "httpd/httpd.h"
 #include "httpd/framing.h"
+#include "httpd/h1front.h"
 #include "httpd/json.h"
 
 #include <arpa/inet.h>
@@ -664,7 +665,7 @@ static void h1_guard_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs
 static void h1_guard_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
 {
     (void)self;
-    if (req->version < 0x200) {
+    if (req->version < 0x200 && !h1front_owns(req->conn)) {
         h2o_ostream_t *o = h2o_add_ostream(req, sizeof(*o), slot);
         o->do_send = h1_guard_send;
         slot = &o->next;
@@ -711,6 +712,8 @@ const char *httpd_guard_verdict(h2o_req_t *req)
     const char *why = NULL;
     if (!c)
         return NULL;
+    if (h1front_owns(req->conn)) /* the front end is the guard */
+        return h1front_verdict(req);
     if (req->version < 0x200) {
         why = c->h1.refusal;
         c->h1.refusal = NULL;
@@ -725,6 +728,17 @@ const char *httpd_guard_verdict(h2o_req_t *req)
             break;
         }
     return why;
+}
+
+/* An HTTP/1 connection's server: h1front's when the config asks for it
+ * (a protocol switch is handed on to h2o's), else h2o's, guarded. */
+static void serve_http1(h2o_accept_ctx_t *actx, h2o_socket_t *sock, struct timeval connected_at)
+{
+    const tracked_conn *c = sock->on_close.data;
+    if (c->server->cfg->h1_front)
+        h1front_accept(actx, sock, connected_at, h1_accept);
+    else
+        h1_accept(actx, sock, connected_at);
 }
 
 /* A TLS handshake in progress (h2o_accept()'s, with the guard added). */
@@ -768,7 +782,7 @@ static void on_handshake(h2o_socket_t *sock, const char *err)
     for (const h2o_iovec_t *id = h2o_http2_alpn_protocols; id->len; id++)
         h2 = h2 || h2o_memis(proto.base, proto.len, id->base, id->len);
     if (!h2) {
-        h1_accept(actx, sock, connected_at);
+        serve_http1(actx, sock, connected_at);
         return;
     }
     /* the frames that came with the handshake wait until the guard is in */
@@ -793,7 +807,7 @@ static void accept_conn(h2o_accept_ctx_t *actx, h2o_socket_t *sock)
         if (actx->ssl_ctx)
             h2o_socket_close(sock);
         else /* plain HTTP/1 */
-            h1_accept(actx, sock, *h2o_get_timestamp(actx->ctx, NULL, NULL));
+            serve_http1(actx, sock, *h2o_get_timestamp(actx->ctx, NULL, NULL));
         return;
     }
     *a = (tls_accept){.actx = actx, .sock = sock, .timeout = {.cb = on_handshake_timeout},
@@ -1086,8 +1100,8 @@ int httpd_run(const httpd_config *cfg)
         pthread_create(&srv.threads[i].tid, NULL, thread_main, &srv.threads[i]);
     }
     log_fields(LOG_LEVEL_INFO, "listening", "server", cfg->name, "listen", cfg->listen, "plain_http",
-               cfg->plain_listen ? cfg->plain_listen : "", "mutual_tls", mtls ? cfg->mtls.listen : "",
-               NULL);
+               cfg->plain_listen ? cfg->plain_listen : "", "mutual_tls", mtls ? cfg->mtls.listen : "", "http1",
+               cfg->h1_front ? "h1front" : "h2o", NULL);
     if (cfg->ready_flag)
         atomic_store(cfg->ready_flag, true);
 

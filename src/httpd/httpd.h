@@ -63,6 +63,9 @@ typedef struct httpd_config {
      * whose HTTP/2 header block repeats a framing field, gets 400
      * {"error":{"code":"bad_request",…}} and never reaches a handler. */
     bool handlers_check_framing;
+    /* HTTP/1 connections (plain, and TLS without h2) are served by h1front
+     * (httpd/h1front.h) instead of h2o's HTTP/1 server. */
+    bool h1_front;
     void *userdata;
     _Atomic bool *ready_flag; /* set once serving, may be NULL */
     /* Unix listeners only (not the ones added with httpd_listener_add()):

@@ -62,6 +62,12 @@ int api_fail_store(api_error *err, int e, const char *kind, const char *name)
                         name);
     case -ENOSPC:
         return api_fail(err, 507, "insufficient_storage", "the store is out of disk space");
+    case -ECONNREFUSED: /* only a PostgreSQL store has a connection to lose */
+    case -ECONNRESET:
+        return api_fail(err, 503, "store_unavailable",
+                        "the PostgreSQL store cannot be reached (%s): the database is down or restarting; nothing "
+                        "was written, retry once it is back (GET /readyz shows the store)",
+                        strerror(-e));
     default:
         return api_fail(err, 500, "internal", "the store failed (%s); see the server log", strerror(-e));
     }

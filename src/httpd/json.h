@@ -23,7 +23,9 @@ typedef struct api_error {
 /* Fills ERR; returns -1 so handlers can `return api_fail(...)`. */
 int api_fail(api_error *err, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Fills ERR from a store error (-ENOENT, -EEXIST, -ESTALE, ...) about KIND/NAME. */
+/* Fills ERR from a store error (-ENOENT, -EEXIST, -ESTALE, ...) about
+ * KIND/NAME; a store that cannot be reached (-ECONNREFUSED, -ECONNRESET) is
+ * 503 store_unavailable. */
 int api_fail_store(api_error *err, int e, const char *kind, const char *name);
 
 /* Sends VALUE (borrowed) as the JSON response with STATUS. */

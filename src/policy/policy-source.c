@@ -18,10 +18,12 @@ struct policy_source {
     pthread_mutex_t rebuild; /* one rebuild at a time; guards docs */
     policy_set *set;
     int64_t revision; /* the store revision SET was checked against */
+    uint64_t epoch;   /* and the store's epoch then (revisions belong to one) */
     /* the documents SET was built from, kept current from the change feed
      * so a change costs its delta, not a re-read of every document; NULL
      * until the first full read */
     policy_docs *docs;
+    uint64_t docs_epoch; /* the store's epoch when DOCS were read (guarded by rebuild) */
 };
 
 int policy_source_new(store *st, policy_source **ret)
@@ -48,11 +50,11 @@ void policy_source_free(policy_source *src)
     free(src);
 }
 
-/* The set if it was checked against revision REV (a new reference), else NULL. */
-static policy_set *current_at(policy_source *src, int64_t rev)
+/* The set if it was checked against revision REV of EPOCH (a new reference), else NULL. */
+static policy_set *current_at(policy_source *src, int64_t rev, uint64_t epoch)
 {
     pthread_mutex_lock(&src->lock);
-    policy_set *s = src->set && src->revision == rev ? policy_set_ref(src->set) : NULL;
+    policy_set *s = src->set && src->revision == rev && src->epoch == epoch ? policy_set_ref(src->set) : NULL;
     pthread_mutex_unlock(&src->lock);
     return s;
 }
@@ -70,15 +72,20 @@ static int reload_kind(policy_source *src, const char *kind)
 }
 
 /* Brings the docs up to date with the changes after revision AFTER (-1:
- * read everything). Returns 1 when a document changed, 0 when none did, or
- * a negative errno. A history too old to replay is read again in full. */
-static int refresh_docs(policy_source *src, int64_t after)
+ * read everything) of the store's epoch EPOCH (read before the revision).
+ * Returns 1 when a document changed, 0 when none did, or a negative errno.
+ * A history too old to replay, or a store reset (a new epoch), is read
+ * again in full. */
+static int refresh_docs(policy_source *src, int64_t after, uint64_t epoch)
 {
     if (!src->docs) {
         if (!(src->docs = policy_docs_new()))
             return -ENOMEM;
         after = -1;
     }
+    if (src->docs_epoch != epoch)
+        after = -1;
+    src->docs_epoch = epoch;
     int changed = 0;
     for (size_t k = 0; k < POLICY_DOCS_KINDS; k++) {
         const char *kind = policy_docs_kinds[k];
@@ -91,7 +98,7 @@ static int refresh_docs(policy_source *src, int64_t after)
         }
         for (int64_t from = after;;) {
             json_t *events;
-            int e = store_changes_since(src->store, kind, from, CHANGES_BATCH, &events);
+            int e = store_changes_since_epoch(src->store, epoch, &kind, 1, from, CHANGES_BATCH, &events);
             if (e == -ESTALE) {
                 e = reload_kind(src, kind);
                 if (e < 0)
@@ -120,20 +127,21 @@ static int refresh_docs(policy_source *src, int64_t after)
 
 int policy_source_get(policy_source *src, policy_set **ret_set)
 {
+    uint64_t epoch = store_epoch(src->store); /* first: a new epoch's revision is set before it */
     int64_t rev = store_revision(src->store);
-    policy_set *s = current_at(src, rev);
+    policy_set *s = current_at(src, rev, epoch);
     if (s) {
         *ret_set = s;
         return 0;
     }
     pthread_mutex_lock(&src->rebuild);
-    s = current_at(src, rev); /* another thread may have just done it */
+    s = current_at(src, rev, epoch); /* another thread may have just done it */
     int e = 0;
     if (!s) {
         pthread_mutex_lock(&src->lock);
         int64_t checked = src->set ? src->revision : -1;
         pthread_mutex_unlock(&src->lock);
-        e = refresh_docs(src, checked);
+        e = refresh_docs(src, checked, epoch);
         policy_set *fresh = NULL;
         if (e == 1) {
             e = policy_docs_build(src->docs, &fresh);
@@ -147,6 +155,7 @@ int policy_source_get(policy_source *src, policy_set **ret_set)
                 src->set = fresh;
             }
             src->revision = rev;
+            src->epoch = epoch;
             s = policy_set_ref(src->set);
             pthread_mutex_unlock(&src->lock);
             e = 0;

@@ -37,6 +37,7 @@ typedef struct proxy_state {
     uint8_t handoff_key[32]; /* decrypts browser login handoffs (AES-256-GCM) */
     bool has_handoff_key;
     int64_t revision;
+    uint64_t epoch; /* the store's, as the last snapshot named it (0: unknown) */
     bool policies_changed; /* a document policy sets depend on changed since the last build */
 } proxy_state;
 

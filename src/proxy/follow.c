@@ -103,6 +103,7 @@ static int apply_snapshot(proxy_follower *f, json_t *data)
     snprintf(st->issuer, sizeof(st->issuer), "%s", json_string_value(json_object_get(data, "issuer")) ?: "");
     snprintf(st->audience, sizeof(st->audience), "%s", json_string_value(json_object_get(data, "audience")) ?: "");
     st->revision = json_integer_value(json_object_get(data, "revision"));
+    st->epoch = strtoull(json_string_value(json_object_get(data, "epoch")) ?: "0", NULL, 16);
     st->policies_changed = true;
     if (json_is_object(json_object_get(data, "handoff")))
         return apply_handoff_key(f, json_object_get(data, "handoff"));
@@ -308,8 +309,9 @@ static int stream_once(proxy_follower *f, bool loud)
     free(token);
     if (a < 0)
         return -ENOMEM;
-    if (f->state.revision >= 0 ? asprintf(&url, "%s/v1/proxy/config?since=%lld", f->api_url,
-                                          (long long)f->state.revision) < 0
+    /* resumed only in the same store: the epoch tells a reset one */
+    if (f->state.revision >= 0 ? asprintf(&url, "%s/v1/proxy/config?since=%lld&epoch=%016llx", f->api_url,
+                                          (long long)f->state.revision, (unsigned long long)f->state.epoch) < 0
                                : asprintf(&url, "%s/v1/proxy/config", f->api_url) < 0) {
         OPENSSL_cleanse(auth, strlen(auth));
         free(auth);

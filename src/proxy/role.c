@@ -151,6 +151,7 @@ int proxy_serve(const proxy_role_config *cfg)
         .hooks = {.register_handlers = proxy_register, .thread_init = proxy_thread_init,
                   .thread_busy = proxy_thread_busy, .thread_dispose = proxy_thread_dispose, .configure_tls = proxy_configure_tls},
         .handlers_check_framing = true, /* the normalise stage */
+        .h1_front = cfg->h1_front,
         .userdata = &settings,
         .ready_flag = cfg->ready_flag,
     };

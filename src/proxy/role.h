@@ -29,6 +29,7 @@ typedef struct proxy_role_config {
     const char *listen, *plain_listen; /* plain_listen NULL: none */
     const char *cert_file, *key_file;
     unsigned threads;
+    bool h1_front; /* HTTP/1 served by httpd's h1front, not h2o's HTTP/1 server */
     proxy_metrics *metrics; /* shared memory: the proxy writes, the api renders */
     _Atomic bool *ready_flag;
 } proxy_role_config;

@@ -222,6 +222,58 @@ void store_queue_stop(store_queue *q)
     pthread_mutex_unlock(&q->lock);
 }
 
+void store_pool_init(store_pool *p)
+{
+    *p = (store_pool){0};
+    pthread_mutex_init(&p->lock, NULL);
+}
+
+store_pooled *store_pool_take(store_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    store_pooled *item = p->idle;
+    if (item) {
+        p->idle = item->next;
+        p->n_idle--;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return item;
+}
+
+bool store_pool_put(store_pool *p, store_pooled *item)
+{
+    pthread_mutex_lock(&p->lock);
+    bool kept = p->n_idle < STORE_POOL_MAX;
+    if (kept) {
+        item->next = p->idle;
+        p->idle = item;
+        p->n_idle++;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return kept;
+}
+
+store_pooled *store_pool_destroy(store_pool *p)
+{
+    store_pooled *all = p->idle;
+    p->idle = NULL;
+    p->n_idle = 0;
+    pthread_mutex_destroy(&p->lock);
+    return all;
+}
+
+void store_txn_apply(store_txn *txn, store_apply_fn apply, void *ctx)
+{
+    for (int linking = 0; linking < 2; linking++)
+        for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
+            if ((txn->ops[i].uid_kind != NULL) != linking)
+                continue;
+            txn->error = apply(&txn->ops[i], ctx);
+            if (txn->error < 0)
+                txn->failed_op = i;
+        }
+}
+
 void store_batch_done(store_txn *batch)
 {
     while (batch) {

@@ -22,9 +22,11 @@ typedef struct store_driver {
                       int64_t *ret_revision);
     /* queues TXN; calls txn->done once it is durable or has failed */
     void (*write_async)(void *impl, store_txn *txn);
-    /* N_KINDS is 0 (every kind) to STORE_KINDS_MAX (checked by the front) */
-    int (*changes_since)(void *impl, const char *const *kinds, size_t n_kinds, int64_t after, size_t max,
-                         json_t **ret_events);
+    /* N_KINDS is 0 (every kind) to STORE_KINDS_MAX (checked by the front);
+     * EPOCH, when not 0, must be the epoch of the database the changes are
+     * read from, else -ESTALE */
+    int (*changes_since)(void *impl, uint64_t epoch, const char *const *kinds, size_t n_kinds, int64_t after,
+                         size_t max, json_t **ret_events);
     int64_t (*revision)(void *impl);
     uint64_t (*epoch)(void *impl);
     /* leases (store.h): NOW_MS is the caller's wall clock; a driver may use its own */
@@ -84,8 +86,44 @@ void store_queue_push(store_queue *q, store_txn *txn);
  * empty. */
 store_txn *store_queue_take(store_queue *q, size_t max);
 void store_queue_stop(store_queue *q);
+/* What a driver's writer does with one op (its state in CTX): 0 or the
+ * op's error. */
+typedef int (*store_apply_fn)(store_op *op, void *ctx);
+/* Runs APPLY on TXN's ops (after a fence check that set txn->error, none)
+ * in a transaction's order: the ops that link to another document's uid
+ * last, as that document may be made in the same transaction. Stops at the
+ * first failure, kept in txn->error and txn->failed_op. */
+void store_txn_apply(store_txn *txn, store_apply_fn apply, void *ctx);
+
 /* Calls the done callback of each txn of BATCH. */
 void store_batch_done(store_txn *batch);
+
+/* The pool of a driver's read connections: reads borrow one (opening a new
+ * one when none is free) and give it back; the pool keeps at most
+ * STORE_POOL_MAX idle ones. A driver's connection struct starts with a
+ * store_pooled. */
+#define STORE_POOL_MAX 32
+
+typedef struct store_pooled {
+    struct store_pooled *next;
+} store_pooled;
+
+typedef struct store_pool {
+    pthread_mutex_t lock;
+    store_pooled *idle;
+    size_t n_idle;
+} store_pool;
+
+void store_pool_init(store_pool *p);
+/* An idle connection taken from the pool, or NULL when none is (the
+ * driver opens one). */
+store_pooled *store_pool_take(store_pool *p);
+/* Keeps ITEM for a later store_pool_take(): true, or false when the pool
+ * is full (the caller closes ITEM). */
+bool store_pool_put(store_pool *p, store_pooled *item);
+/* Empties the pool and destroys it: what it held, linked through ->next,
+ * for the driver to close. */
+store_pooled *store_pool_destroy(store_pool *p);
 
 /* Whether a lease (store.h) request is well formed: a NAME and HOLDER of 1
  * to 200 bytes and a TTL of 1 ms to one day. */

@@ -37,14 +37,15 @@
 #include "basic/timeutil.h"
 #include "store/store-driver.h"
 
-/* transactions per commit: each is a subtransaction, and more than 64 of
- * them in one transaction slow every other session's snapshots */
+/* transactions per commit. On the savepoint path each is a
+ * subtransaction, and more than 64 of them in one transaction slow every
+ * other session's snapshots: a batch that may take that path stays below */
 #define PG_BATCH_MAX 60
-#define PG_READERS_MAX 32
 #define PG_CHANGES_KEEP 100000
 #define PG_SCHEMA_VERSION 1
 #define PG_POLL_MS 500         /* the listener's fallback poll */
-#define PG_RETRY_NS 30000000000ULL     /* how long a write waits for the database to come back */
+#define PG_RETRY_NS 10000000000ULL     /* how long a write waits for the database to come back */
+#define PG_DOWN_RETRY_NS 1000000000ULL /* and once the store is known unreachable (a long outage) */
 #define PG_READ_RETRY_NS 3000000000ULL /* and a read */
 #define PG_CHANNEL "cloister_changes"
 
@@ -65,6 +66,7 @@ enum {
     Q_W_ADVANCE,
     Q_W_TRIM,
     Q_TXID_STATUS,
+    Q_W_GET_MANY,
     Q_LEASE_ACQUIRE,
     Q_LEASE_RENEW,
     Q_LEASE_RELEASE,
@@ -90,7 +92,12 @@ static const struct {
                    "(SELECT rv, type, doc FROM changes WHERE rv > $1 AND ($3::text[] IS NULL OR "
                    "kind = ANY ($3::text[])) ORDER BY rv LIMIT $2) c ON true ORDER BY c.rv",
                    3},
-    [Q_HEAD] = {"SELECT r.rv, m.value FROM revision r, cloister_meta m WHERE r.id = 1 AND m.key = 'epoch'", 0},
+    /* the head and what the epoch is made of: the schema's random id, the
+     * cluster's system identifier and the database's OID */
+    [Q_HEAD] = {"SELECT r.rv, m.value, (SELECT system_identifier FROM pg_control_system()), "
+                "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "FROM revision r, cloister_meta m WHERE r.id = 1 AND m.key = 'epoch'",
+                0},
     [Q_W_LOCK] = {"SELECT rv, txid_current() FROM revision WHERE id = 1 FOR UPDATE", 0},
     [Q_W_GET] = {"SELECT doc, rv, lookup_key FROM resources WHERE kind = $1 AND name = $2", 2},
     /* each write and its change in one statement; the change row is there
@@ -112,6 +119,11 @@ static const struct {
                      1},
     [Q_W_TRIM] = {"DELETE FROM changes WHERE rv < $1", 1},
     [Q_TXID_STATUS] = {"SELECT txid_status($1)", 1},
+    /* the rows of a batch at once: the keys are two arrays, kinds and names */
+    [Q_W_GET_MANY] = {"SELECT r.kind, r.name, r.doc, r.rv, r.lookup_key FROM unnest($1::text[], $2::text[]) "
+                      "AS k(kind, name) JOIN resources r ON r.kind = k.kind COLLATE \"C\" "
+                      "AND r.name = k.name COLLATE \"C\"",
+                      2},
     /* a new holder (or the same one after expiry) takes the next token */
     [Q_LEASE_ACQUIRE] = {"INSERT INTO leases AS l (name, holder, token, expires) "
                          "VALUES ($1, $2, 1, clock_timestamp() + $3::bigint * interval '1 millisecond') "
@@ -142,8 +154,9 @@ static const char schema_v1[] =
     "  expires timestamptz NOT NULL);";
 
 typedef struct pg_conn {
+    store_pooled pooled; /* first: the readers' pool's link */
     PGconn *c;
-    struct pg_conn *next;
+    uint64_t epoch; /* of the database C is connected to, read when it connected */
 } pg_conn;
 
 typedef struct pg_store {
@@ -152,6 +165,9 @@ typedef struct pg_store {
     _Atomic int64_t revision;
     _Atomic uint64_t epoch;
     int64_t last_trim;
+    /* a read or a batch gave up waiting for the database: until the
+     * listener connects again, reads fail at once and batches wait less */
+    _Atomic bool unreachable;
 
     pthread_t writer;
     store_queue queue;
@@ -159,9 +175,7 @@ typedef struct pg_store {
     pthread_t listener;
     int stop_fd; /* eventfd: ends the listener */
 
-    pthread_mutex_t readers_lock;
-    pg_conn *free_readers;
-    size_t n_readers;
+    store_pool readers;
 } pg_store;
 
 /* The errno of a failed statement: a broken connection is -ECONNRESET (the
@@ -241,11 +255,13 @@ static void notice_ignored(void *arg, const char *message)
 }
 
 static int ensure_schema(PGconn *c);
+static int refresh_head(pg_store *s, PGconn *c, uint64_t *ret_epoch);
 
-/* Opens a connection to S's database; with PREPARE, with the schema made
- * when missing (a reset database has none) and every statement prepared. A
- * failure is logged at LEVEL. */
-static int connect_db(pg_store *s, bool prepare, log_level level, PGconn **ret)
+/* Opens a connection to S's database: with the schema made when missing (a
+ * reset database has none), every statement prepared, and the head and
+ * epoch read (store_epoch() follows a new one). A failure is logged at
+ * LEVEL. *RET_EPOCH (may be NULL) is the connection's epoch. */
+static int connect_db(pg_store *s, log_level level, PGconn **ret, uint64_t *ret_epoch)
 {
     const char *keys[] = {"connect_timeout", "application_name", "dbname", NULL};
     const char *values[] = {"10", "cloisterd", s->url, NULL};
@@ -259,14 +275,19 @@ static int connect_db(pg_store *s, bool prepare, log_level level, PGconn **ret)
         return -ECONNREFUSED;
     }
     PQsetNoticeProcessor(c, notice_ignored, NULL);
-    int e = prepare ? ensure_schema(c) : 0;
-    if (e == 0 && prepare)
+    uint64_t epoch = 0;
+    int e = ensure_schema(c);
+    if (e == 0)
         e = prepare_all(c);
+    if (e == 0)
+        e = refresh_head(s, c, &epoch);
     if (e < 0) {
         PQfinish(c);
         return e;
     }
     *ret = c;
+    if (ret_epoch)
+        *ret_epoch = epoch;
     return 0;
 }
 
@@ -275,11 +296,13 @@ static int connect_db(pg_store *s, bool prepare, log_level level, PGconn **ret)
 static int reconnect(pg_store *s, pg_conn *pc)
 {
     PGconn *c;
-    int e = connect_db(s, true, LOG_LEVEL_DEBUG, &c);
+    uint64_t epoch;
+    int e = connect_db(s, LOG_LEVEL_DEBUG, &c, &epoch);
     if (e < 0)
         return e;
     PQfinish(pc->c);
     pc->c = c;
+    pc->epoch = epoch;
     return 0;
 }
 
@@ -287,18 +310,12 @@ static int reconnect(pg_store *s, pg_conn *pc)
 
 static int reader_acquire(pg_store *s, pg_conn **ret)
 {
-    pthread_mutex_lock(&s->readers_lock);
-    pg_conn *pc = s->free_readers;
-    if (pc) {
-        s->free_readers = pc->next;
-        s->n_readers--;
-    }
-    pthread_mutex_unlock(&s->readers_lock);
+    pg_conn *pc = (pg_conn *)store_pool_take(&s->readers);
     if (!pc) {
         pc = calloc(1, sizeof(*pc));
         if (!pc)
             return -ENOMEM;
-        int e = connect_db(s, true, LOG_LEVEL_DEBUG, &pc->c);
+        int e = connect_db(s, LOG_LEVEL_DEBUG, &pc->c, &pc->epoch);
         if (e < 0) {
             free(pc);
             return e;
@@ -319,16 +336,9 @@ static void conn_free(pg_conn *pc)
 /* Returns PC to the pool, or closes it when broken or the pool is full. */
 static void reader_release(pg_store *s, pg_conn *pc)
 {
-    pthread_mutex_lock(&s->readers_lock);
-    if (PQstatus(pc->c) == CONNECTION_OK && PQtransactionStatus(pc->c) == PQTRANS_IDLE &&
-        s->n_readers < PG_READERS_MAX) {
-        pc->next = s->free_readers;
-        s->free_readers = pc;
-        s->n_readers++;
-        pc = NULL;
-    }
-    pthread_mutex_unlock(&s->readers_lock);
-    conn_free(pc);
+    if (PQstatus(pc->c) != CONNECTION_OK || PQtransactionStatus(pc->c) != PQTRANS_IDLE ||
+        !store_pool_put(&s->readers, &pc->pooled))
+        conn_free(pc);
 }
 
 /* Sleeps MS milliseconds and doubles MS (up to a second). */
@@ -342,22 +352,31 @@ static void backoff(unsigned *ms)
 /* Runs the read-only (or single-statement) Q on a pooled connection: 0
  * and *RET, or a negative errno. A broken connection is replaced, and
  * while the database is away (a restart) the read waits for it up to
- * PG_READ_RETRY_NS. */
-static int read_query(pg_store *s, int q, const char *const *params, PGresult **ret)
+ * PG_READ_RETRY_NS; once a read gave up, the store is unreachable and
+ * reads fail at once (-ECONNREFUSED: no thread of the API waits) until the
+ * listener connects again. With EPOCH not 0, -ESTALE when the connection's
+ * database is of another epoch (nothing is read). */
+static int read_query(pg_store *s, uint64_t epoch, int q, const char *const *params, PGresult **ret)
 {
     uint64_t deadline = time_mono_ns() + PG_READ_RETRY_NS;
     unsigned ms = 20;
     for (;;) {
+        if (atomic_load(&s->unreachable))
+            return -ECONNREFUSED;
         pg_conn *pc;
         int e = reader_acquire(s, &pc);
         if (e == 0) {
-            e = run(pc->c, q, params, ret);
+            e = epoch && pc->epoch != epoch ? -ESTALE : run(pc->c, q, params, ret);
             if (e == -ECONNRESET && reconnect(s, pc) == 0)
-                e = run(pc->c, q, params, ret);
+                e = epoch && pc->epoch != epoch ? -ESTALE : run(pc->c, q, params, ret);
             reader_release(s, pc);
         }
-        if ((e != -ECONNRESET && e != -ECONNREFUSED) || time_mono_ns() >= deadline)
+        if (e != -ECONNRESET && e != -ECONNREFUSED)
             return e;
+        if (time_mono_ns() >= deadline) {
+            atomic_store(&s->unreachable, true);
+            return e;
+        }
         backoff(&ms);
     }
 }
@@ -381,7 +400,7 @@ static int read_one(pg_store *s, int q, const char *a, const char *b, json_t **r
 {
     const char *params[] = {a, b};
     PGresult *res;
-    int e = read_query(s, q, params, &res);
+    int e = read_query(s, 0, q, params, &res);
     if (e < 0)
         return e;
     e = PQntuples(res) == 0 ? -ENOENT : row_doc(res, 0, 0, ret_doc);
@@ -460,7 +479,7 @@ static int pg_list(void *impl, const char *const *kinds, size_t n_kinds, json_t 
         return -ENOMEM;
     const char *params[] = {array};
     PGresult *res;
-    int e = read_query(impl, Q_LIST, params, &res);
+    int e = read_query(impl, 0, Q_LIST, params, &res);
     return e < 0 ? e : list_result(res, ret_items, ret_revision);
 }
 
@@ -469,15 +488,16 @@ static int pg_list_range(void *impl, const char *kind, const char *from, const c
 {
     const char *params[] = {kind, from, to};
     PGresult *res;
-    int e = read_query(impl, Q_LIST_RANGE, params, &res);
+    int e = read_query(impl, 0, Q_LIST_RANGE, params, &res);
     return e < 0 ? e : list_result(res, ret_items, ret_revision);
 }
 
 /* The changes after AFTER of the N_KINDS KINDS (0: every kind), oldest
  * first, at most MAX; -ESTALE when AFTER is older than the kept history or
- * newer than the database's head (the database was reset: list again). */
-static int pg_changes_since(void *impl, const char *const *kinds, size_t n_kinds, int64_t after, size_t max,
-                            json_t **ret_events)
+ * newer than the database's head, or when EPOCH (not 0) is not the epoch of
+ * the database they are read from (the database was reset: list again). */
+static int pg_changes_since(void *impl, uint64_t epoch, const char *const *kinds, size_t n_kinds, int64_t after,
+                            size_t max, json_t **ret_events)
 {
     _cleanup_free_ char *array = n_kinds > 0 ? kinds_array(kinds, n_kinds) : NULL;
     if (n_kinds > 0 && !array)
@@ -487,7 +507,7 @@ static int pg_changes_since(void *impl, const char *const *kinds, size_t n_kinds
     snprintf(max_s, sizeof(max_s), "%zu", max);
     const char *params[] = {after_s, max_s, array};
     PGresult *res;
-    int e = read_query(impl, Q_CHANGES, params, &res);
+    int e = read_query(impl, epoch, Q_CHANGES, params, &res);
     if (e < 0)
         return e;
     int n = PQntuples(res);
@@ -536,9 +556,18 @@ static void revision_raise(pg_store *s, int64_t rev)
         ;
 }
 
-/* Reads the head revision and epoch on C. When the epoch changed (the
- * database was reset), the revision follows the new database down. */
-static int refresh_head(pg_store *s, PGconn *c)
+/* A 64-bit mix (splitmix64's finaliser). */
+static uint64_t mix64(uint64_t x)
+{
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* Reads the head revision and epoch on C (*RET_EPOCH, may be NULL). When
+ * the epoch changed (the database was reset or replaced), the revision
+ * follows the new database down. */
+static int refresh_head(pg_store *s, PGconn *c, uint64_t *ret_epoch)
 {
     PGresult *res;
     int e = run(c, Q_HEAD, NULL, &res);
@@ -549,15 +578,23 @@ static int refresh_head(pg_store *s, PGconn *c)
         return -EIO;
     }
     int64_t rev = row_int(res, 0, 0);
-    uint64_t epoch = strtoull(PQgetvalue(res, 0, 1), NULL, 16);
+    /* the schema's id alone survives a dump and restore: the database's identity goes in too */
+    uint64_t epoch = mix64(strtoull(PQgetvalue(res, 0, 1), NULL, 16) ^
+                           mix64(strtoull(PQgetvalue(res, 0, 2), NULL, 10) ^ mix64(strtoull(PQgetvalue(res, 0, 3), NULL, 10))));
     PQclear(res);
+    epoch = epoch ?: 1;
     uint64_t old = atomic_load(&s->epoch);
-    if (old != 0 && old != epoch) {
-        log_fields(LOG_LEVEL_WARN, "the PostgreSQL store was reset (new epoch): watchers list again", NULL);
+    if (old != 0 && old != epoch)
         atomic_store(&s->revision, rev);
-    } else
+    else
         revision_raise(s, rev);
-    atomic_store(&s->epoch, epoch); /* after the revision: who sees the new epoch sees its revision */
+    /* after the revision: who sees the new epoch sees its revision */
+    old = atomic_exchange(&s->epoch, epoch);
+    if (old != 0 && old != epoch) /* logged once per change: one thread exchanges the old one */
+        log_fields(LOG_LEVEL_WARN, "the PostgreSQL store was reset or replaced (a new epoch): watchers list again",
+                   NULL);
+    if (ret_epoch)
+        *ret_epoch = epoch;
     return 0;
 }
 
@@ -585,7 +622,7 @@ static void *listener_main(void *arg)
             }
             PQfinish(c);
             c = NULL;
-            if (connect_db(s, true, LOG_LEVEL_DEBUG, &c) < 0 || exec_simple(c, "LISTEN " PG_CHANNEL) < 0) {
+            if (connect_db(s, LOG_LEVEL_DEBUG, &c, NULL) < 0 || exec_simple(c, "LISTEN " PG_CHANNEL) < 0) {
                 PQfinish(c);
                 c = NULL;
                 if (listener_wait(s, -1, PG_POLL_MS))
@@ -595,9 +632,10 @@ static void *listener_main(void *arg)
             if (lost)
                 log_fields(LOG_LEVEL_INFO, "store: connected to PostgreSQL again", NULL);
             lost = false;
+            atomic_store(&s->unreachable, false);
         }
         /* after (re)connecting, after each wake-up and each poll: what is the head now? */
-        refresh_head(s, c);
+        refresh_head(s, c, NULL);
         if (listener_wait(s, PQsocket(c), PG_POLL_MS))
             break;
         if (!PQconsumeInput(c))
@@ -646,6 +684,57 @@ static int write_row(PGconn *c, int q, const char *const *params)
     return e;
 }
 
+/* One writing statement (Q_W_INSERT, Q_W_UPDATE or Q_W_DELETE) and its
+ * parameters (owned; NULL is SQL NULL). */
+typedef struct pg_write {
+    int q;
+    char *params[7];
+} pg_write;
+
+static void pg_write_clear(pg_write *w)
+{
+    for (size_t i = 0; i < ELEMENTSOF(w->params); i++) {
+        free(w->params[i]);
+        w->params[i] = NULL;
+    }
+}
+
+/* The statement that writes PLAN of OP (the row and its change; the
+ * compare-and-swap is in it: the row must still be at the rv it was read
+ * at), with LOOKUP_KEY (may be NULL). Takes PLAN's text. 0 or -ENOMEM. */
+static int plan_statement(const store_op *op, store_plan *plan, const char *lookup_key, pg_write *ret)
+{
+    char rv_s[24], old_rv_s[24], type_s[4];
+    snprintf(rv_s, sizeof(rv_s), "%lld", (long long)plan->rv);
+    snprintf(old_rv_s, sizeof(old_rv_s), "%lld", (long long)plan->old_rv);
+    snprintf(type_s, sizeof(type_s), "%d", (int)store_plan_event(plan));
+    const char *p[7];
+    size_t n;
+    if (plan->write == STORE_PLAN_DELETE) {
+        ret->q = Q_W_DELETE;
+        n = 6;
+        memcpy(p, (const char *[]){op->kind, op->name, old_rv_s, rv_s, type_s, NULL}, n * sizeof(*p));
+    } else if (plan->write == STORE_PLAN_UPDATE) {
+        ret->q = Q_W_UPDATE;
+        n = 7;
+        memcpy(p, (const char *[]){op->kind, op->name, rv_s, lookup_key, NULL, old_rv_s, type_s}, n * sizeof(*p));
+    } else {
+        ret->q = Q_W_INSERT;
+        n = 6;
+        memcpy(p, (const char *[]){op->kind, op->name, rv_s, lookup_key, NULL, type_s}, n * sizeof(*p));
+    }
+    size_t text_at = plan->write == STORE_PLAN_DELETE ? 5 : 4;
+    int e = 0;
+    for (size_t i = 0; i < ELEMENTSOF(ret->params); i++) {
+        ret->params[i] = i == text_at ? TAKE_PTR(plan->text) : i < n && p[i] ? strdup(p[i]) : NULL;
+        if (i < n && !ret->params[i] && (i == text_at || p[i]))
+            e = -ENOMEM;
+    }
+    if (e < 0)
+        pg_write_clear(ret);
+    return e;
+}
+
 /* Applies one operation inside the open transaction; REV is advanced for
  * each change it makes. */
 static int writer_apply_op(PGconn *c, store_op *op, int64_t *rev, const char *now)
@@ -666,25 +755,30 @@ static int writer_apply_op(PGconn *c, store_op *op, int64_t *rev, const char *no
     json_decref(linked);
     if (e < 0 || plan.write == STORE_PLAN_NOTHING)
         return e;
-    char rv_s[24], old_rv_s[24], type_s[4];
-    snprintf(rv_s, sizeof(rv_s), "%lld", (long long)plan.rv);
-    snprintf(old_rv_s, sizeof(old_rv_s), "%lld", (long long)plan.old_rv);
-    snprintf(type_s, sizeof(type_s), "%d", (int)store_plan_event(&plan));
-    const char *lookup_key = op->lookup_key ? op->lookup_key : old_lookup;
-    /* the compare-and-swap is in the statement: the row must still be at the rv it was read at */
-    if (plan.write == STORE_PLAN_DELETE)
-        e = write_row(c, Q_W_DELETE, (const char *const[]){op->kind, op->name, old_rv_s, rv_s, type_s, plan.text});
-    else if (plan.write == STORE_PLAN_UPDATE)
-        e = write_row(c, Q_W_UPDATE,
-                      (const char *const[]){op->kind, op->name, rv_s, lookup_key, plan.text, old_rv_s, type_s});
-    else
-        e = write_row(c, Q_W_INSERT, (const char *const[]){op->kind, op->name, rv_s, lookup_key, plan.text, type_s});
+    pg_write w;
+    e = plan_statement(op, &plan, op->lookup_key ? op->lookup_key : old_lookup, &w);
+    if (e == 0) {
+        e = write_row(c, w.q, (const char *const *)w.params);
+        pg_write_clear(&w);
+    }
     if (e < 0) {
         store_plan_clear(&plan);
         return e;
     }
     store_plan_done(op, &plan);
     return 0;
+}
+
+typedef struct apply_ctx {
+    PGconn *c;
+    int64_t *rev;
+    const char *now;
+} apply_ctx;
+
+static int apply_op(store_op *op, void *ctx)
+{
+    apply_ctx *a = ctx;
+    return writer_apply_op(a->c, op, a->rev, a->now);
 }
 
 /* Runs one transaction inside the savepoint "txn" (open); on failure rolls
@@ -705,15 +799,7 @@ static int writer_run_txn(PGconn *c, store_txn *txn, int64_t *rev, const char *n
             PQclear(res);
         }
     }
-    /* ops linking to another document's uid last: it may be created here */
-    for (int linking = 0; linking < 2; linking++)
-        for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
-            if ((txn->ops[i].uid_kind != NULL) != linking)
-                continue;
-            txn->error = writer_apply_op(c, &txn->ops[i], rev, now);
-            if (txn->error < 0)
-                txn->failed_op = i;
-        }
+    store_txn_apply(txn, apply_op, &(apply_ctx){c, rev, now});
     if (txn->error == -ECONNRESET)
         return -ECONNRESET;
     if (txn->error < 0) {
@@ -741,6 +827,295 @@ typedef enum commit_outcome {
     COMMIT_RETRY,    /* nothing was committed: run the batch again on a new connection */
     COMMIT_UNKNOWN,  /* the server could not tell yet */
 } commit_outcome;
+
+/* ---- the writer's fast path: a batch in three round trips ----
+ *
+ * Under the revision lock no other writer runs, so the batch's rows can be
+ * read at once, every transaction planned here against them (a row as the
+ * batch's earlier transactions left it), and the writes sent together in
+ * libpq's pipeline mode: BEGIN, the lock and the rows; the writes and the
+ * new head; COMMIT. A transaction whose plan fails (-EEXIST, -ESTALE…) is
+ * undone here alone. Anything the database refuses (a lookup key taken, a
+ * compare-and-swap that lost) rolls the batch back and it runs again on
+ * the savepoint path (writer_try_batch), which tells each transaction its
+ * own error. Batches with a fence or a uid link take that path directly. */
+
+/* A row of the batch as its earlier transactions left it. */
+typedef struct pg_row {
+    const char *kind, *name; /* borrowed from an op */
+    json_t *doc;             /* NULL when absent */
+    int64_t rv;
+    char *lookup;
+} pg_row;
+
+/* What one planned write replaced in its row, to undo a failed transaction. */
+typedef struct pg_undo {
+    pg_row *row;
+    json_t *doc;
+    int64_t rv;
+    char *lookup;
+} pg_undo;
+
+static bool fast_path_suits(const store_txn *batch)
+{
+    for (const store_txn *t = batch; t; t = t->next) {
+        if (t->fence_lease)
+            return false;
+        for (size_t i = 0; i < t->n_ops; i++)
+            if (t->ops[i].uid_kind)
+                return false;
+    }
+    return true;
+}
+
+static pg_row *row_find(pg_row *rows, size_t n, const char *kind, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(rows[i].kind, kind) == 0 && strcmp(rows[i].name, name) == 0)
+            return &rows[i];
+    return NULL;
+}
+
+/* Reads the results of the pipeline's commands up to its sync into RES (N
+ * of them, one per command; the rest cleared). 0, -ECONNRESET when the
+ * connection broke, or the first failing command's errno. */
+static int pipeline_results(PGconn *c, PGresult **res, int n)
+{
+    int got = 0, e = 0;
+    for (;;) {
+        PGresult *r = PQgetResult(c);
+        if (!r) {
+            if (PQstatus(c) != CONNECTION_OK) {
+                e = -ECONNRESET;
+                break;
+            }
+            continue; /* the end of one command's results */
+        }
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            break;
+        }
+        if (e == 0 && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+            e = st == PGRES_PIPELINE_ABORTED ? -EIO : result_errno(c, r);
+        if (got < n)
+            res[got++] = r;
+        else
+            PQclear(r);
+    }
+    if (e == 0 && got < n)
+        e = -ECONNRESET;
+    return e;
+}
+
+static void results_clear(PGresult **res, int n)
+{
+    for (int i = 0; i < n; i++) {
+        PQclear(res[i]);
+        res[i] = NULL;
+    }
+}
+
+/* Sends prepared statement Q in pipeline mode: 0 or -ECONNRESET. */
+static int pipeline_send(PGconn *c, int q, const char *const *params)
+{
+    char name[8];
+    snprintf(name, sizeof(name), "q%d", q);
+    return PQsendQueryPrepared(c, name, queries[q].n_params, params, NULL, NULL, 0) ? 0 : -ECONNRESET;
+}
+
+/* Round trip one: BEGIN, the lock (the head and XID) and the N_ROWS rows'
+ * stored values. 0 or a negative errno. */
+static int fast_read(PGconn *c, pg_row *rows, size_t n_rows, int64_t *rev, char xid[24])
+{
+    const char **kinds = calloc(n_rows, sizeof(*kinds)), **names = calloc(n_rows, sizeof(*names));
+    for (size_t i = 0; kinds && names && i < n_rows; i++) {
+        kinds[i] = rows[i].kind;
+        names[i] = rows[i].name;
+    }
+    _cleanup_free_ char *kind_array = kinds ? kinds_array(kinds, n_rows) : NULL;
+    _cleanup_free_ char *name_array = names ? kinds_array(names, n_rows) : NULL;
+    free(kinds);
+    free(names);
+    if (!kind_array || !name_array)
+        return -ENOMEM;
+    PGresult *res[3] = {0};
+    int e = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) ? 0 : -ECONNRESET;
+    if (e == 0)
+        e = pipeline_send(c, Q_W_LOCK, NULL);
+    if (e == 0)
+        e = pipeline_send(c, Q_W_GET_MANY, (const char *const[]){kind_array, name_array});
+    if (e == 0)
+        e = PQpipelineSync(c) ? 0 : -ECONNRESET;
+    if (e == 0)
+        e = pipeline_results(c, res, 3);
+    if (e == 0) {
+        *rev = row_int(res[1], 0, 0);
+        snprintf(xid, 24, "%s", PQgetvalue(res[1], 0, 1));
+    }
+    for (int i = 0; e == 0 && i < PQntuples(res[2]); i++) {
+        pg_row *row = row_find(rows, n_rows, PQgetvalue(res[2], i, 0), PQgetvalue(res[2], i, 1));
+        if (!row)
+            continue;
+        e = row_doc(res[2], i, 2, &row->doc);
+        row->rv = row_int(res[2], i, 3);
+        if (e == 0 && !PQgetisnull(res[2], i, 4) && !(row->lookup = strdup(PQgetvalue(res[2], i, 4))))
+            e = -ENOMEM;
+    }
+    results_clear(res, 3);
+    return e;
+}
+
+/* Plans TXN's ops against ROWS, appending its writes to WRITES (*N_WRITES)
+ * and what they replaced to UNDO (*N_UNDO); REV advances. TXN's own
+ * failure is in txn->error; returns -ENOMEM only. */
+static void fast_plan_txn(store_txn *txn, pg_row *rows, size_t n_rows, int64_t *rev, const char *now,
+                          pg_write *writes, size_t *n_writes, pg_undo *undo, size_t *n_undo)
+{
+    txn->error = 0;
+    for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
+        store_op *op = &txn->ops[i];
+        pg_row *row = row_find(rows, n_rows, op->kind, op->name);
+        json_t *old = row->doc ? json_deep_copy(row->doc) : NULL;
+        store_plan plan;
+        int e = row->doc && !old ? -ENOMEM : store_op_plan(op, old, row->rv, row->lookup, NULL, rev, now, &plan);
+        if (e == 0 && plan.write != STORE_PLAN_NOTHING) {
+            const char *lookup_key = op->lookup_key ? op->lookup_key : row->lookup;
+            char *new_lookup = plan.write != STORE_PLAN_DELETE && lookup_key ? strdup(lookup_key) : NULL;
+            int64_t new_rv = plan.rv;
+            bool deleted = plan.write == STORE_PLAN_DELETE;
+            e = (lookup_key && !deleted && !new_lookup) ? -ENOMEM
+                                                         : plan_statement(op, &plan, lookup_key, &writes[*n_writes]);
+            if (e < 0) {
+                free(new_lookup);
+                store_plan_clear(&plan);
+            } else {
+                (*n_writes)++;
+                store_plan_done(op, &plan);
+                undo[(*n_undo)++] = (pg_undo){.row = row, .doc = row->doc, .rv = row->rv, .lookup = row->lookup};
+                row->doc = deleted ? NULL : json_incref(op->result);
+                row->rv = new_rv;
+                row->lookup = new_lookup;
+            }
+        }
+        if (e < 0) {
+            txn->error = e;
+            txn->failed_op = i;
+        }
+    }
+}
+
+/* Runs BATCH on the fast path: COMMIT_DONE, COMMIT_UNKNOWN (COMMIT's
+ * answer was lost: XID names the transaction), or COMMIT_RETRY when
+ * nothing was committed (the caller runs the savepoint path). */
+static commit_outcome writer_fast_batch(pg_store *s, store_txn *batch, int64_t *rev, char xid[24])
+{
+    PGconn *c = s->writer_conn->c;
+    xid[0] = 0;
+    size_t n_ops = 0, n_rows = 0, n_writes = 0, n_undo = 0;
+    for (store_txn *t = batch; t; t = t->next)
+        n_ops += t->n_ops;
+    pg_row *rows = calloc(n_ops + 1, sizeof(*rows));
+    pg_write *writes = calloc(n_ops + 1, sizeof(*writes));
+    pg_undo *undo = calloc(n_ops + 1, sizeof(*undo));
+    int e = rows && writes && undo ? 0 : -ENOMEM;
+    for (store_txn *t = batch; e == 0 && t; t = t->next)
+        for (size_t i = 0; i < t->n_ops; i++)
+            if (!row_find(rows, n_rows, t->ops[i].kind, t->ops[i].name))
+                rows[n_rows++] = (pg_row){.kind = t->ops[i].kind, .name = t->ops[i].name};
+    if (e == 0 && PQstatus(c) == CONNECTION_OK && PQenterPipelineMode(c)) {
+        char now[40];
+        time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
+        e = fast_read(c, rows, n_rows, rev, xid);
+        int64_t start = *rev;
+        for (store_txn *t = batch; e == 0 && t; t = t->next) {
+            int64_t txn_start = *rev;
+            size_t writes_at = n_writes, undo_at = n_undo;
+            fast_plan_txn(t, rows, n_rows, rev, now, writes, &n_writes, undo, &n_undo);
+            if (t->error == -ENOMEM)
+                e = -ENOMEM;
+            for (size_t u = n_undo; u > undo_at; u--) { /* kept: drop what it replaced; failed: put it back */
+                pg_undo *x = &undo[u - 1];
+                if (t->error < 0) {
+                    json_decref(x->row->doc);
+                    free(x->row->lookup);
+                    *x->row = (pg_row){.kind = x->row->kind, .name = x->row->name, .doc = x->doc, .rv = x->rv,
+                                       .lookup = x->lookup};
+                } else {
+                    json_decref(x->doc);
+                    free(x->lookup);
+                }
+            }
+            n_undo = undo_at;
+            if (t->error < 0) {
+                while (n_writes > writes_at)
+                    pg_write_clear(&writes[--n_writes]);
+                store_txn_clear(t);
+                *rev = txn_start;
+            }
+        }
+        /* round trip two: the writes and the new head (each write must change its one row) */
+        int n_res = (int)n_writes + (*rev > start ? 1 : 0);
+        PGresult **res = e == 0 ? calloc(n_res + 1, sizeof(*res)) : NULL;
+        if (e == 0 && !res)
+            e = -ENOMEM;
+        char rv_s[24];
+        snprintf(rv_s, sizeof(rv_s), "%lld", (long long)*rev);
+        for (size_t i = 0; e == 0 && i < n_writes; i++)
+            e = pipeline_send(c, writes[i].q, (const char *const *)writes[i].params);
+        if (e == 0 && *rev > start)
+            e = pipeline_send(c, Q_W_ADVANCE, (const char *const[]){rv_s});
+        if (e == 0)
+            e = PQpipelineSync(c) ? 0 : -ECONNRESET;
+        if (e == 0)
+            e = pipeline_results(c, res, n_res);
+        for (size_t i = 0; e == 0 && i < n_writes; i++)
+            if (strcmp(PQcmdTuples(res[i]), "1") != 0)
+                e = -ESTALE;
+        if (res)
+            results_clear(res, n_res);
+        free(res);
+    } else if (e == 0)
+        e = -ECONNRESET;
+    for (size_t i = 0; i < n_rows; i++) {
+        json_decref(rows[i].doc);
+        free(rows[i].lookup);
+    }
+    for (size_t i = 0; i < n_writes; i++)
+        pg_write_clear(&writes[i]);
+    free(rows);
+    free(writes);
+    free(undo);
+    if (PQpipelineStatus(c) != PQ_PIPELINE_OFF && !PQexitPipelineMode(c))
+        e = e < 0 ? e : -ECONNRESET; /* results left unread: only a broken connection leaves them */
+    if (e < 0) {
+        if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE)
+            exec_simple(c, "ROLLBACK");
+        return COMMIT_RETRY;
+    }
+    /* round trip three */
+    e = exec_simple(c, "COMMIT");
+    if (e == -ECONNRESET)
+        return COMMIT_UNKNOWN;
+    if (e < 0) /* COMMIT answered with an error: rolled back; the savepoint path tells each its own */
+        return COMMIT_RETRY;
+    return COMMIT_DONE;
+}
+
+static commit_outcome writer_try_batch(pg_store *s, store_txn *batch, int64_t *rev, char xid[24]);
+
+/* Runs BATCH: on the fast path when it suits, else (or when the database
+ * refused something there) on the savepoint path. */
+static commit_outcome writer_run_batch(pg_store *s, store_txn *batch, int64_t *rev, char xid[24])
+{
+    if (fast_path_suits(batch)) {
+        commit_outcome o = writer_fast_batch(s, batch, rev, xid);
+        if (o != COMMIT_RETRY || PQstatus(s->writer_conn->c) != CONNECTION_OK)
+            return o;
+        batch_reset(batch);
+    }
+    return writer_try_batch(s, batch, rev, xid);
+}
 
 /* Asks the server whether transaction XID committed, after COMMIT's answer
  * was lost with the connection. */
@@ -820,24 +1195,25 @@ static commit_outcome writer_try_batch(pg_store *s, store_txn *batch, int64_t *r
 }
 
 /* Commits BATCH (a list linked through ->next), waiting out a lost
- * connection for up to PG_RETRY_NS; calls each txn's done. A txn is reported
- * done only when its COMMIT is known to have succeeded; when that cannot be
- * learned in time it fails with -EIO, when the database stays away with
- * -ECONNREFUSED. */
+ * connection for up to PG_RETRY_NS (PG_DOWN_RETRY_NS while the store is
+ * known unreachable: the queue behind a long outage is answered quickly);
+ * calls each txn's done. A txn is reported done only when its
+ * COMMIT is known to have succeeded; when that cannot be learned in time it
+ * fails with -EIO, when the database stays away with -ECONNREFUSED. */
 static void writer_commit_batch(pg_store *s, store_txn *batch)
 {
-    uint64_t deadline = time_mono_ns() + PG_RETRY_NS;
+    uint64_t deadline = time_mono_ns() + (atomic_load(&s->unreachable) ? PG_DOWN_RETRY_NS : PG_RETRY_NS);
     int64_t rev = 0;
     char xid[24];
     unsigned backoff_ms = 50;
-    commit_outcome o = writer_try_batch(s, batch, &rev, xid);
+    commit_outcome o = writer_run_batch(s, batch, &rev, xid);
     while (o != COMMIT_DONE && time_mono_ns() < deadline) {
         if (o == COMMIT_UNKNOWN && xid[0])
             o = commit_status(s, xid);
         if (o == COMMIT_RETRY) {
             if (PQstatus(s->writer_conn->c) == CONNECTION_OK || reconnect(s, s->writer_conn) == 0) {
                 batch_reset(batch);
-                o = writer_try_batch(s, batch, &rev, xid);
+                o = writer_run_batch(s, batch, &rev, xid);
                 if (o == COMMIT_DONE)
                     break;
             }
@@ -847,6 +1223,7 @@ static void writer_commit_batch(pg_store *s, store_txn *batch)
         backoff(&backoff_ms);
     }
     if (o != COMMIT_DONE) {
+        atomic_store(&s->unreachable, true);
         int e = o == COMMIT_UNKNOWN && xid[0] ? -EIO : -ECONNREFUSED;
         log_fields(LOG_LEVEL_ERROR, "store commit failed: PostgreSQL unreachable; the batch is refused", "error",
                    strerror(-e), NULL);
@@ -857,6 +1234,8 @@ static void writer_commit_batch(pg_store *s, store_txn *batch)
         }
     } else {
         revision_raise(s, rev);
+        if (rev < s->last_trim) /* a new database (epoch) */
+            s->last_trim = rev;
         if (rev - s->last_trim >= 1000) {
             /* keep a bounded history for watchers; the newest row always stays */
             char keep[24];
@@ -925,16 +1304,14 @@ static int ensure_schema(PGconn *c)
 
 static void pg_free(pg_store *s)
 {
-    while (s->free_readers) {
-        pg_conn *pc = s->free_readers;
-        s->free_readers = pc->next;
-        conn_free(pc);
+    for (store_pooled *pc = store_pool_destroy(&s->readers), *next; pc; pc = next) {
+        next = pc->next;
+        conn_free((pg_conn *)pc);
     }
     conn_free(s->writer_conn);
     if (s->stop_fd >= 0)
         close(s->stop_fd);
     store_queue_destroy(&s->queue);
-    pthread_mutex_destroy(&s->readers_lock);
     if (s->url) {
         explicit_bzero(s->url, strlen(s->url));
         free(s->url);
@@ -950,7 +1327,7 @@ static int pg_open(const char *location, void **ret)
     if (!s)
         return -ENOMEM;
     store_queue_init(&s->queue);
-    pthread_mutex_init(&s->readers_lock, NULL);
+    store_pool_init(&s->readers);
     s->stop_fd = eventfd(0, EFD_CLOEXEC);
     size_t n = strlen("postgresql:") + strlen(location) + 1;
     s->url = malloc(n);
@@ -960,9 +1337,7 @@ static int pg_open(const char *location, void **ret)
     }
     snprintf(s->url, n, "postgresql:%s", location);
     s->writer_conn = calloc(1, sizeof(*s->writer_conn));
-    int e = s->writer_conn ? connect_db(s, true, LOG_LEVEL_ERROR, &s->writer_conn->c) : -ENOMEM;
-    if (e == 0)
-        e = refresh_head(s, s->writer_conn->c);
+    int e = s->writer_conn ? connect_db(s, LOG_LEVEL_ERROR, &s->writer_conn->c, &s->writer_conn->epoch) : -ENOMEM;
     if (e == 0) {
         s->last_trim = atomic_load(&s->revision);
         if (pthread_create(&s->writer, NULL, writer_main, s) != 0)
@@ -1001,7 +1376,7 @@ static void pg_close(void *impl)
 static int lease_query(pg_store *s, int q, const char *const *params, int64_t *ret_token)
 {
     PGresult *res;
-    int e = read_query(s, q, params, &res);
+    int e = read_query(s, 0, q, params, &res);
     if (e < 0)
         return e;
     if (PQntuples(res) == 1)

@@ -16,15 +16,14 @@
 #include "store/store-driver.h"
 
 #define STORE_BATCH_MAX 1024
-#define STORE_READERS_MAX 32
 #define STORE_CHANGES_KEEP 100000
 #define STORE_BUSY_TIMEOUT_MS 5000
 
 typedef struct reader {
+    store_pooled pooled; /* first: the pool's link */
     sqlite3 *db;
     sqlite3_stmt *get, *get_lookup, *list, *list_kinds, *list_range, *changes, *changes_kind, *changes_kinds,
         *min_change, *revision;
-    struct reader *next;
 } reader;
 
 typedef struct sqlite_store {
@@ -38,9 +37,7 @@ typedef struct sqlite_store {
     pthread_t writer;
     store_queue queue;
 
-    pthread_mutex_t readers_lock;
-    reader *free_readers;
-    size_t n_readers;
+    store_pool readers;
 } sqlite_store;
 
 static const char schema_sql[] =
@@ -189,13 +186,7 @@ static int reader_new(sqlite_store *s, reader **ret)
 /* Borrows a read connection from the pool, opening one when none is free. */
 static int reader_acquire(sqlite_store *s, reader **ret)
 {
-    pthread_mutex_lock(&s->readers_lock);
-    reader *r = s->free_readers;
-    if (r) {
-        s->free_readers = r->next;
-        s->n_readers--;
-    }
-    pthread_mutex_unlock(&s->readers_lock);
+    reader *r = (reader *)store_pool_take(&s->readers);
     if (r) {
         *ret = r;
         return 0;
@@ -206,15 +197,8 @@ static int reader_acquire(sqlite_store *s, reader **ret)
 /* Returns R to the pool (or closes it when the pool is full). */
 static void reader_release(sqlite_store *s, reader *r)
 {
-    pthread_mutex_lock(&s->readers_lock);
-    if (s->n_readers < STORE_READERS_MAX) {
-        r->next = s->free_readers;
-        s->free_readers = r;
-        s->n_readers++;
-        r = NULL;
-    }
-    pthread_mutex_unlock(&s->readers_lock);
-    reader_free(r);
+    if (!store_pool_put(&s->readers, &r->pooled))
+        reader_free(r);
 }
 
 /* Parses a stored document; a row that does not parse is corruption. */
@@ -362,9 +346,11 @@ static int sqlite_list_range(void *impl, const char *kind, const char *from, con
 }
 
 /* The changes after AFTER of the N_KINDS KINDS (0: every kind), oldest
- * first, at most MAX; -ESTALE when AFTER is older than the kept history. */
-static int sqlite_changes_since(void *impl, const char *const *kinds, size_t n_kinds, int64_t after, size_t max,
-                                json_t **ret_events)
+ * first, at most MAX; -ESTALE when AFTER is older than the kept history.
+ * EPOCH is not checked: the file's epoch never changes under an open store
+ * (the front compares it with store_epoch()). */
+static int sqlite_changes_since(void *impl, uint64_t epoch, const char *const *kinds, size_t n_kinds, int64_t after,
+                                size_t max, json_t **ret_events)
 {
     sqlite_store *s = impl;
     reader *r;
@@ -509,6 +495,18 @@ static int writer_apply_op(sqlite_store *s, store_op *op, int64_t *rev, const ch
     return 0;
 }
 
+typedef struct apply_ctx {
+    sqlite_store *s;
+    int64_t *rev;
+    const char *now;
+} apply_ctx;
+
+static int apply_op(store_op *op, void *ctx)
+{
+    apply_ctx *a = ctx;
+    return writer_apply_op(a->s, op, a->rev, a->now);
+}
+
 /* Runs one transaction inside its savepoint; on failure rolls it back alone. */
 static void writer_run_txn(sqlite_store *s, store_txn *txn, int64_t *rev, const char *now)
 {
@@ -522,15 +520,7 @@ static void writer_run_txn(sqlite_store *s, store_txn *txn, int64_t *rev, const 
         sqlite3_reset(s->w_fence);
         sqlite3_clear_bindings(s->w_fence);
     }
-    /* ops linking to another document's uid last: it may be created here */
-    for (int linking = 0; linking < 2; linking++)
-        for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
-            if ((txn->ops[i].uid_kind != NULL) != linking)
-                continue;
-            txn->error = writer_apply_op(s, &txn->ops[i], rev, now);
-            if (txn->error < 0)
-                txn->failed_op = i;
-        }
+    store_txn_apply(txn, apply_op, &(apply_ctx){s, rev, now});
     if (txn->error < 0) {
         exec_sql(s->wdb, "ROLLBACK TO txn");
         store_txn_clear(txn);
@@ -658,7 +648,7 @@ static int sqlite_open(const char *path, void **ret)
         return -ENOMEM;
     s->path = strdup(path);
     store_queue_init(&s->queue);
-    pthread_mutex_init(&s->readers_lock, NULL);
+    store_pool_init(&s->readers);
     int e = s->path ? writer_open(s) : -ENOMEM;
     if (e == 0 && pthread_create(&s->writer, NULL, writer_main, s) != 0)
         e = -EAGAIN;
@@ -678,14 +668,12 @@ static void sqlite_close(void *impl)
     sqlite_store *s = impl;
     store_queue_stop(&s->queue);
     pthread_join(s->writer, NULL);
-    while (s->free_readers) {
-        reader *r = s->free_readers;
-        s->free_readers = r->next;
-        reader_free(r);
+    for (store_pooled *r = store_pool_destroy(&s->readers), *next; r; r = next) {
+        next = r->next;
+        reader_free((reader *)r);
     }
     writer_close(s);
     store_queue_destroy(&s->queue);
-    pthread_mutex_destroy(&s->readers_lock);
     free(s->path);
     free(s);
 }

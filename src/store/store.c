@@ -96,7 +96,7 @@ int store_list_kinds(store *s, const char *const *kinds, size_t n_kinds, json_t 
 
 int store_changes_since(store *s, const char *kind, int64_t after, size_t max, json_t **ret_events)
 {
-    return s->driver->changes_since(s->impl, &kind, kind ? 1 : 0, after, max, ret_events);
+    return s->driver->changes_since(s->impl, 0, &kind, kind ? 1 : 0, after, max, ret_events);
 }
 
 int store_changes_since_kinds(store *s, const char *const *kinds, size_t n_kinds, int64_t after, size_t max,
@@ -104,7 +104,17 @@ int store_changes_since_kinds(store *s, const char *const *kinds, size_t n_kinds
 {
     if (n_kinds > STORE_KINDS_MAX)
         return -EINVAL;
-    return s->driver->changes_since(s->impl, kinds, n_kinds, after, max, ret_events);
+    return s->driver->changes_since(s->impl, 0, kinds, n_kinds, after, max, ret_events);
+}
+
+int store_changes_since_epoch(store *s, uint64_t epoch, const char *const *kinds, size_t n_kinds, int64_t after,
+                              size_t max, json_t **ret_events)
+{
+    if (n_kinds > STORE_KINDS_MAX)
+        return -EINVAL;
+    if (epoch != store_epoch(s))
+        return -ESTALE; /* known already: the database was reset since the watcher listed */
+    return s->driver->changes_since(s->impl, epoch, kinds, n_kinds, after, max, ret_events);
 }
 
 int64_t store_revision(store *s)

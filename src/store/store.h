@@ -135,15 +135,28 @@ int store_changes_since(store *s, const char *kind, int64_t after, size_t max, j
  * 0 means every kind), oldest first, at most MAX. Same events, same -ESTALE. */
 int store_changes_since_kinds(store *s, const char *const *kinds, size_t n_kinds, int64_t after, size_t max,
                               json_t **ret_events);
+/* store_changes_since_kinds() for a watcher that follows on from a list
+ * made in epoch EPOCH (store_epoch() read before that list): also -ESTALE
+ * when the database is no longer of EPOCH (it was reset or replaced), which
+ * the driver checks on the connection the changes are read from, so a
+ * watcher never takes a new database's revisions for its old ones. On
+ * -ESTALE the watcher lists again (reading store_epoch() first). */
+int store_changes_since_epoch(store *s, uint64_t epoch, const char *const *kinds, size_t n_kinds, int64_t after,
+                              size_t max, json_t **ret_events);
 /* The newest revision (with PostgreSQL: also other processes' writes, seen
  * once their notification or the next poll arrives). */
 int64_t store_revision(store *s);
 /* The epoch: a random non-zero id of the database, made with its schema.
  * Revisions only mean something within one epoch: when it changes (the
- * database was reset or replaced), a watcher must list again. PostgreSQL
- * reads it on every (re)connection and poll; SQLite keeps it in the file, so
- * it changes only when the file is replaced, which a running process never
- * sees. */
+ * database was reset or replaced), a watcher must list again
+ * (store_changes_since_epoch() tells it). PostgreSQL's epoch is the random
+ * id of the schema mixed with the database's identity (the cluster's system
+ * identifier and the database's OID), so a database dropped and made again,
+ * or restored from a dump into another database or cluster, is a new epoch
+ * even with the same schema row; it is read on every (re)connection and
+ * poll, and store_revision() follows the new database's head down. SQLite
+ * keeps it in the file, so it changes only when the file is replaced, which
+ * a running process never sees. */
 uint64_t store_epoch(store *s);
 
 /* Leases, for "one holder at a time" (the controller): NAME is held by

@@ -22,18 +22,43 @@ static char url[512]; /* the store every test opens */
 #ifdef STORE_TEST_POSTGRES
 static char db_name[64];
 
-/* Runs SQL on the database DB of the test cluster (the one of the URL when NULL). */
-static void pg_admin(const char *db, const char *sql)
+/* Runs SQL on the database DB of the test cluster (the one of the URL
+ * when NULL): NULL, or the server's error (static until the next call). */
+static const char *pg_admin_try(const char *db, const char *sql)
 {
+    static char error[512];
     const char *base = getenv("CLOISTER_TEST_POSTGRES_URL");
     const char *keys[] = {"dbname", "dbname", NULL}, *values[] = {base, db, NULL};
     PGconn *c = PQconnectdbParams(keys, values, 1);
-    cr_assert_eq(PQstatus(c), CONNECTION_OK, "cannot connect to the test PostgreSQL: %s", PQerrorMessage(c));
+    if (PQstatus(c) != CONNECTION_OK) {
+        snprintf(error, sizeof(error), "cannot connect to the test PostgreSQL: %s", PQerrorMessage(c));
+        PQfinish(c);
+        return error;
+    }
     PGresult *res = PQexec(c, sql);
-    cr_assert(PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK, "%s: %s", sql,
-              PQresultErrorMessage(res));
+    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK;
+    snprintf(error, sizeof(error), "%s: %s", sql, PQresultErrorMessage(res));
     PQclear(res);
     PQfinish(c);
+    return ok ? NULL : error;
+}
+
+static void pg_admin(const char *db, const char *sql)
+{
+    const char *error = pg_admin_try(db, sql);
+    cr_assert_null(error, "%s", error);
+}
+
+/* Drops database NAME, ending its sessions. */
+static void pg_drop_database(const char *name)
+{
+    char sql[128];
+    snprintf(sql, sizeof(sql), "DROP DATABASE %s WITH (FORCE)", name);
+    /* an autovacuum worker in it is not ours to end: it leaves within moments */
+    const char *error = NULL;
+    for (int tries = 0; tries < 100 && (error = pg_admin_try("postgres", sql)); tries++)
+        usleep(100000);
+    cr_assert_null(error, "%s", error);
 }
 #endif
 
@@ -67,9 +92,7 @@ static void teardown(void)
     cr_assert_eq(system(cmd), 0);
 #ifdef STORE_TEST_POSTGRES
     if (db_name[0]) {
-        char sql[128];
-        snprintf(sql, sizeof(sql), "DROP DATABASE %s WITH (FORCE)", db_name);
-        pg_admin(NULL, sql);
+        pg_drop_database(db_name);
     }
 #endif
 }
@@ -762,8 +785,7 @@ Test(store, a_reset_database_changes_the_epoch_and_readers_list_again)
         json_decref(d);
     }
     char sql[128];
-    snprintf(sql, sizeof(sql), "DROP DATABASE %s WITH (FORCE)", db_name);
-    pg_admin("postgres", sql);
+    pg_drop_database(db_name);
     snprintf(sql, sizeof(sql), "CREATE DATABASE %s", db_name);
     pg_admin("postgres", sql);
 
@@ -782,6 +804,62 @@ Test(store, a_reset_database_changes_the_epoch_and_readers_list_again)
     cr_assert_eq(store_changes_since(s, "Service", 0, 10, &ev), 0);
     cr_assert_eq(json_array_size(ev), 1);
     json_decref(ev);
+    /* the new database passes the old head: a watcher of the old epoch at
+     * revision 3 is told to list again, never handed revisions 4 and 5 */
+    for (int i = 0; i < 4; i++) {
+        char name[8];
+        snprintf(name, sizeof(name), "n%d", i);
+        d = service_doc(name, "http://x");
+        cr_assert_eq(write_one(s, STORE_CREATE, name, d, 0, &op), 0);
+        json_decref(op.result);
+        json_decref(d);
+    }
+    const char *kinds[] = {"Service"};
+    cr_assert_eq(store_changes_since_epoch(s, epoch, kinds, 1, 3, 10, &ev), -ESTALE);
+    cr_assert_eq(store_changes_since_epoch(s, store_epoch(s), kinds, 1, 3, 10, &ev), 0);
+    cr_assert_eq(json_array_size(ev), 2);
+    json_decref(ev);
+    store_free(s);
+}
+
+/* A copy of the database (CREATE DATABASE … TEMPLATE, as a restore into
+ * another database would be) put in its place keeps the schema's epoch row
+ * but is another database: a new epoch all the same. */
+Test(store, a_database_copied_into_place_is_a_new_epoch)
+{
+    store *s;
+    cr_assert_eq(store_open(url, &s), 0);
+    uint64_t epoch = store_epoch(s);
+    store_free(s);
+    char sql[200];
+    snprintf(sql, sizeof(sql), "CREATE DATABASE %s_copy TEMPLATE %s", db_name, db_name);
+    pg_admin("postgres", sql);
+    pg_drop_database(db_name);
+    snprintf(sql, sizeof(sql), "ALTER DATABASE %s_copy RENAME TO %s", db_name, db_name);
+    pg_admin("postgres", sql);
+    cr_assert_eq(store_open(url, &s), 0);
+    cr_assert_neq(store_epoch(s), epoch);
     store_free(s);
 }
 #endif
+
+/* A watcher's changes are of the epoch it listed in: another epoch is
+ * told to list again (-ESTALE), the store's own reads on. */
+Test(store, changes_since_epoch_checks_the_epoch)
+{
+    store *s;
+    cr_assert_eq(store_open(url, &s), 0);
+    json_t *d = service_doc("a", "http://x"), *ev;
+    store_op op;
+    cr_assert_eq(write_one(s, STORE_CREATE, "a", d, 0, &op), 0);
+    json_decref(op.result);
+    json_decref(d);
+    const char *kinds[] = {"Service"};
+    cr_assert_eq(store_changes_since_epoch(s, store_epoch(s), kinds, 1, 0, 10, &ev), 0);
+    cr_assert_eq(json_array_size(ev), 1);
+    json_decref(ev);
+    cr_assert_eq(store_changes_since_epoch(s, store_epoch(s) ^ 1, kinds, 1, 0, 10, &ev), -ESTALE);
+    cr_assert_eq(store_changes_since_epoch(s, store_epoch(s), NULL, 0, 0, 10, &ev), 0, "every kind");
+    json_decref(ev);
+    store_free(s);
+}
