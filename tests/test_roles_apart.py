@@ -221,6 +221,33 @@ def test_a_client_checks_the_server_names_the_role_it_meant(unsealed):
             ctx.wrap_socket(raw, server_hostname="audit.cloister.internal")
 
 
+def kms_connections(api):
+    """The mutual-TLS connections the api process opened to the kms (its
+    /metrics): one handshake each."""
+    m = api.request("GET", "/metrics")
+    assert m.status_code == 200, m.text
+    return int(re.search(r'^cloister_peer_tls_connections_total\{role="kms"\} (\d+)$', m.text, re.M).group(1))
+
+
+def test_the_api_keeps_one_tls_connection_to_the_kms(unsealed):
+    """Calls to the remote kms one after another reuse the api's mutual-TLS
+    connection: one handshake for many calls, not one per call."""
+    api = unsealed["api"]
+    r = api.request("POST", "/v1/keys", json=manifest("Key", "kept-connection", {"purpose": "encrypt"}))
+    assert r.status_code in (200, 201), r.text
+    body = {"key": "kept-connection", "plaintext": "MDEyMzQ1Njc4OWFiY2RlZg=="}
+    assert api.request("POST", "/v1/kms/encrypt", json=body).status_code == 200
+    before = kms_connections(api)
+    assert before >= 1
+    for _ in range(40):
+        r = api.request("POST", "/v1/kms/encrypt", json=body)
+        assert r.status_code == 200, r.text
+    # besides the pooled handle the calls reuse, the api's seal watch asks
+    # the kms every second, possibly on a second handle at the same moment
+    opened = kms_connections(api) - before
+    assert opened <= 2, f"{opened} new connections to the kms for 40 calls"
+
+
 def test_check_names_each_missing_peer(tmp_path):
     for roles, need in ((["api"], "roles [api] need peers.kms, peers.audit, peers.runner"),
                         (["proxy"], "roles [proxy] need peers.api, peers.audit"),

@@ -5,6 +5,7 @@
 
 #include "audit/event.h"
 #include "basic/macro.h"
+#include "daemon/peer-tls.h"
 
 static const struct {
     const char *path;
@@ -163,6 +164,17 @@ int metrics_render(strbuf *out)
                           "cloister_api_kms_calls_total %llu\n",
                           (unsigned long long)audit_event_dropped(),
                           (unsigned long long)atomic_load_explicit(&kms_calls, memory_order_relaxed));
+    if (r == 0)
+        r = strbuf_printf(out,
+                          "# HELP cloister_peer_tls_connections_total Mutual-TLS connections the api process opened "
+                          "to a role in another process (one handshake each; a kept connection serves many calls).\n"
+                          "# TYPE cloister_peer_tls_connections_total counter\n"
+                          "cloister_peer_tls_connections_total{role=\"kms\"} %llu\n"
+                          "cloister_peer_tls_connections_total{role=\"audit\"} %llu\n"
+                          "cloister_peer_tls_connections_total{role=\"runner\"} %llu\n",
+                          (unsigned long long)peer_tls_connections("kms"),
+                          (unsigned long long)peer_tls_connections("audit"),
+                          (unsigned long long)peer_tls_connections("runner"));
 #define NOTIFY_COUNT(m) (unsigned long long)atomic_load_explicit(&notify_counts[m], memory_order_relaxed)
     if (r == 0)
         r = strbuf_printf(out,

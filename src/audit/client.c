@@ -84,6 +84,7 @@ int audit_client_request(audit_client *c, const char *method, const char *path, 
     }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
     CURLcode rc = curl_easy_perform(h);
+    peer_tls_count_connections(h, c->address, c->role);
     curl_easy_setopt(h, CURLOPT_CONNECT_TO, NULL);
     curl_slist_free_all(route);
     curl_slist_free_all(headers);

@@ -2,10 +2,12 @@
 
 #include <errno.h>
 #include <openssl/x509v3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "basic/log.h"
+#include "basic/macro.h"
 #include "daemon/peer.h"
 
 /* this process's role certificate (one role per process): written once at start, read by every client thread */
@@ -89,6 +91,35 @@ int peer_curl_target(CURL *h, const char *address, const char *role, const char 
     curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     *ret_list = list;
     return 0;
+}
+
+/* the roles a client calls, and how many mutual-TLS connections this process opened to each */
+static const char *const peer_roles[] = {"api", "kms", "audit", "runner"};
+static _Atomic uint64_t peer_connections[ELEMENTSOF(peer_roles)];
+
+/* ROLE's index in peer_roles, or -1. */
+static int peer_role_index(const char *role)
+{
+    for (size_t i = 0; i < ELEMENTSOF(peer_roles); i++)
+        if (strcmp(peer_roles[i], role) == 0)
+            return (int)i;
+    return -1;
+}
+
+void peer_tls_count_connections(CURL *h, const char *address, const char *role)
+{
+    long opened = 0;
+    int i = peer_role_index(role);
+    if (i < 0 || !peer_address_is_url(address) || curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &opened) != CURLE_OK ||
+        opened <= 0)
+        return;
+    atomic_fetch_add_explicit(&peer_connections[i], (uint64_t)opened, memory_order_relaxed);
+}
+
+uint64_t peer_tls_connections(const char *role)
+{
+    int i = peer_role_index(role);
+    return i < 0 ? 0 : atomic_load_explicit(&peer_connections[i], memory_order_relaxed);
 }
 
 bool peer_curl_tls_refused(CURLcode c)

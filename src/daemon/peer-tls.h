@@ -13,6 +13,7 @@
 #include <openssl/x509.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define PEER_TLS_ROLE_SUFFIX ".cloister.internal" /* pki.h's PKI_ROLE_NAME_SUFFIX */
 #define PEER_TLS_ROLE_MAX 32                      /* a role name's bytes, with its NUL */
@@ -37,6 +38,16 @@ bool peer_address_is_url(const char *address);
  * is not https://HOST:PORT), or -ENOKEY (a URL but no identity set). */
 int peer_curl_target(CURL *h, const char *address, const char *role, const char *path,
                      struct curl_slist **ret_list);
+
+/* Adds the connections curl handle H opened for its last transfer to
+ * ROLE's count when ADDRESS is a peer's https:// URL: each one was a mutual
+ * TLS handshake. Call after every transfer of a peer client. */
+void peer_tls_count_connections(CURL *h, const char *address, const char *role);
+
+/* The mutual-TLS connections this process's clients opened to ROLE ("api",
+ * "kms", "audit" or "runner"; 0 for another) since it started: a kept
+ * connection serves many calls, so this grows far slower than the calls. */
+uint64_t peer_tls_connections(const char *role);
 
 /* Whether curl's error C means the TLS handshake with a peer failed
  * (a certificate refused by either end, or not readable). */

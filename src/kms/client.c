@@ -90,6 +90,7 @@ int kms_call(const char *address, const char *path, const json_t *body, json_t *
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, text ? text : "{}");
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
     CURLcode c = curl_easy_perform(h);
+    peer_tls_count_connections(h, address, "kms");
     curl_easy_setopt(h, CURLOPT_CONNECT_TO, NULL);
     curl_slist_free_all(route);
     long status = 0;
