@@ -63,7 +63,7 @@ def cluster(tmp_path_factory):
                 "peers": {"audit": url["audit"]}},
         "audit": {"roles": ["audit"], "audit": {"listen": f"127.0.0.1:{ports['audit']}"}},
         "runner": {"roles": ["runner"], "runner": {"listen": f"127.0.0.1:{ports['runner']}"},
-                   "peers": {"api": api.url, "audit": url["audit"]}},
+                   "peers": {"api": api.url, "apiRoles": url["api"], "audit": url["audit"]}},
         "ap": {"roles": ["api", "proxy"], "api": {"roleListen": f"127.0.0.1:{ports['api']}"},
                "peers": {"kms": url["kms"], "audit": url["audit"], "runner": url["runner"]}},
     }
