@@ -8,6 +8,7 @@ a client presenting another role's certificate, or none, is refused by each
 server; `--check` names each missing peer; the sealed remote kms is unsealed
 with `cloisterd unseal`."""
 import json
+import os
 import re
 import shutil
 import socket
@@ -22,7 +23,7 @@ import yaml
 
 from conftest import (CLOISTERD, ROOT, Server, audited, free_port, manifest, open_for_roles, run_cli,
                       run_documented, sanitizer_env)
-from test_runner import enclave_status, wait_for
+from test_runner import channel, enclave_status, remove, wait_for
 
 PASSPHRASE = "a passphrase of at least 8"
 # who may call whom (the local sockets' allow-lists): server role -> roles allowed
@@ -70,6 +71,8 @@ def cluster(tmp_path_factory):
     procs = {}
     for name, doc in docs.items():
         shutil.copytree(tmp / "init", tmp / name, symlinks=True)  # a machine's own copy of what --init made
+        if name == "runner":  # no role token there: it reaches the api by its certificate (peers.apiRoles)
+            (tmp / name / "runner" / "runner.token").unlink()
         path = tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump({"dataDir": str(tmp / name), **doc}, sort_keys=False))
         check = cloisterd("--config", str(path), "--check")
@@ -246,6 +249,29 @@ def test_the_api_takes_a_role_by_its_certificate(unsealed):
     # the public listener is as it was: no certificate, a token
     r = requests.get(unsealed["api"].url + "/v1/proxy/config", verify=unsealed["api"].ca, timeout=10)
     assert r.status_code == 401, r.text
+
+
+def test_the_remote_runner_forwards_to_the_api_by_its_certificate(unsealed, tmp_path):
+    """The runner process reaches the api at peers.apiRoles: an enclave's
+    challenge it forwards is answered as the runner's identity, with no
+    token sent (the certificate says who calls)."""
+    api, runner = unsealed["api"], unsealed["procs"]["runner"]
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "enclave.yaml").write_text('command: ["/bin/sleep", "600"]\n')
+    os.chmod(bundle, 0o755)
+    r = api.request("POST", "/v1/apply", json={"items": [manifest("Enclave", "apart", {"bundle": str(bundle)})]})
+    assert r.status_code == 200, r.text
+    try:
+        wait_for(lambda: (enclave_status(api, "apart") or {}).get("ready") == 1, what="a running replica")
+        # its channel is the remote runner's, in that machine's data dir
+        status, answer = wait_for(lambda: (lambda a: a if a[0] == 200 else None)(
+            channel(runner, "apart-1", "POST", "/v1/attest/challenge", {})), what="the forwarded challenge")
+        assert len(answer["nonce"]) == 64, answer
+        wait_log(runner, '"msg":"forwarded an enclave\'s call to the API","sandbox":"apart-1","call":"challenge",'
+                 '"status":"200"')
+    finally:
+        remove(api, "apart")
 
 
 def test_a_client_checks_the_server_names_the_role_it_meant(unsealed):
