@@ -123,23 +123,56 @@ static auth_tls *tls_get(void)
 
 /* ---- rate limits ---- */
 
-static ratelimit *ip_limit, *credential_limit;
+/* A limit: a local token bucket per key (exact in one process), and with a
+ * shared store (several replicas) also a counter per key in the store, a
+ * fixed window of WINDOW_MS allowing BURST, that every replica adds to. The
+ * local bucket is asked first, so a flood from one key reaches the store at
+ * most at the local limit's pace on each replica. */
+typedef struct auth_limit {
+    ratelimit *local;
+    int64_t burst, window_ms;
+} auth_limit;
+
+static auth_limit ip_limit = {.burst = IP_BURST, .window_ms = IP_BURST * 1000 / IP_PER_SECOND},
+                  credential_limit = {.burst = CREDENTIAL_BURST,
+                                      .window_ms = CREDENTIAL_BURST * 1000 / CREDENTIAL_PER_SECOND};
 static pthread_once_t limits_once = PTHREAD_ONCE_INIT;
 
 static void limits_init(void)
 {
-    ip_limit = ratelimit_new(4096, IP_BURST, IP_PER_SECOND);
-    credential_limit = ratelimit_new(4096, CREDENTIAL_BURST, CREDENTIAL_PER_SECOND);
+    ip_limit.local = ratelimit_new(4096, IP_BURST, IP_PER_SECOND);
+    credential_limit.local = ratelimit_new(4096, CREDENTIAL_BURST, CREDENTIAL_PER_SECOND);
+}
+
+/* With a shared store, adds one attempt of KEY to LIMIT's counter there:
+ * 0 when within the window's BURST, else the whole seconds (at least 1)
+ * until the window ends; a negative errno when the store fails. */
+static int64_t shared_wait(api_request *r, const auth_limit *limit, const char *what, const char *key)
+{
+    const char *driver = r->server->cfg->store_driver;
+    if (!driver || strcmp(driver, "sqlite") == 0)
+        return 0; /* one process: the local bucket is the whole limit */
+    char name[RATELIMIT_KEY_MAX + 64];
+    snprintf(name, sizeof(name), "ratelimit/%s/%.*s", what, RATELIMIT_KEY_MAX, key);
+    int64_t count, left_ms;
+    int e = store_counter_add(r->server->cfg->store, name, limit->window_ms, &count, &left_ms);
+    if (e < 0)
+        return e;
+    return count <= limit->burst ? 0 : MAX((left_ms + 999) / 1000, 1);
 }
 
 /* Spends one attempt of KEY in LIMIT; fills ERR with a 429 and its
- * Retry-After when none is left. Without a limiter (out of memory at
- * start) every attempt is refused: failing closed. */
-static int rate_check(api_request *r, ratelimit **which, const char *what, const char *key, api_error *err)
+ * Retry-After when none is left (503 when the shared counter cannot be
+ * read). Without a local limiter (out of memory at start) every attempt is
+ * refused: failing closed. */
+static int rate_check(api_request *r, auth_limit *limit, const char *what, const char *key, api_error *err)
 {
     pthread_once(&limits_once, limits_init);
-    ratelimit *limit = *which;
-    int64_t wait = limit ? ratelimit_take(limit, key, time_mono_ns()) : 60;
+    int64_t wait = limit->local ? ratelimit_take(limit->local, key, time_mono_ns()) : 60;
+    if (wait == 0)
+        wait = shared_wait(r, limit, what, key);
+    if (wait < 0)
+        return api_fail_store(err, (int)wait, "rate limit", what);
     if (wait == 0)
         return 0;
     char v[24];
