@@ -16,10 +16,13 @@ kill -9 of replica 1 during a write stream loses no acknowledged write; kill
 -9 of the controller's leader: the other takes its lease within the TTL; a
 paused (SIGSTOP) leader is deposed, and once resumed its write carrying the
 old fencing token (its lease renewal) is refused by the database and logged."""
+import http.client
 import os
+import random
 import re
 import shutil
 import signal
+import ssl
 import statistics
 import threading
 import time
@@ -243,6 +246,42 @@ def test_an_oidc_login_started_on_one_replica_finishes_on_the_other_once(replica
         assert stored and state2 not in stored and state not in stored and '"sealed"' in stored
     finally:
         idp.stop()
+
+
+IP_BURST, IP_WINDOW_S = 100, 10  # handlers-auth.c: 100 token requests per address, a window of 10 s
+
+
+def test_the_token_exchange_limit_per_address_is_shared_by_the_replicas(replicas):
+    r = replicas
+    # an address of our own (any 127.x reaches the loopback listeners), so no other test's requests count
+    source = f"127.{random.randint(1, 254)}.{random.randint(0, 254)}.{random.randint(1, 254)}"
+    conns = []
+    for s in r.s:
+        ctx = ssl.create_default_context(cafile=str(s.ca))
+        conns.append(http.client.HTTPSConnection("127.0.0.1", s.port, context=ctx, timeout=10,
+                                                 source_address=(source, 0)))
+
+    def exchange(i):
+        conns[i].request("POST", "/v1/auth/token", body=b'{"token": "not a credential"}',
+                         headers={"Content-Type": "application/json"})
+        res = conns[i].getresponse()
+        return res.status, res.getheader("Retry-After"), res.read()
+
+    t0 = time.monotonic()
+    for n in range(IP_BURST):  # spread over both replicas: 50 each, within each one's own bucket
+        status, _, body = exchange(n % 2)
+        assert status == 401, (n, status, body)
+    for i in (0, 1):  # the address spent the limit: refused on both replicas
+        status, retry_after, body = exchange(i)
+        assert status == 429 and b"rate_limited" in body, (i, status, body)
+        assert 1 <= int(retry_after) <= IP_WINDOW_S
+    elapsed = time.monotonic() - t0
+    assert elapsed < IP_WINDOW_S, f"{elapsed:.1f} s: longer than the window, the count above proves nothing"
+    print(f"\n{IP_BURST} exchanges over two replicas, then 429 on both: {elapsed:.2f} s")
+    for c in conns:
+        c.close()
+    counter = psql(r.url, f"SELECT count FROM counters WHERE name = 'ratelimit/address/{source}'")
+    assert counter == str(IP_BURST + 2), counter
 
 
 def test_conflicting_updates_on_two_replicas_exactly_one_wins(replicas):
