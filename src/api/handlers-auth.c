@@ -677,6 +677,30 @@ static int handle_logout(api_request *r, api_error *err)
     return 0;
 }
 
+/* POST /v1/auth/handoff/take {"handoff": sealed text}: a proxy takes a
+ * login handoff before it sets the session cookie; 200 the first time
+ * across every replica, 409 after. Public like the token exchange (holding
+ * the handoff is the right to spend it); not limited per address, as the
+ * caller is a proxy taking every browser's login. */
+static int handle_handoff_take(api_request *r, api_error *err)
+{
+    _cleanup_(wipe_free) char *handoff = body_string(r, "handoff", err);
+    if (!handoff)
+        return -1;
+    int e = api_handoff_take(r->server, handoff);
+    if (e == -ENOENT) {
+        report(r, "auth.handoff.take", NULL, NULL, "failure", "the login handoff was already used");
+        return api_fail(err, 409, "already_used", "the login handoff was already used (or has expired); log in again");
+    }
+    if (e < 0)
+        return api_fail_store(err, e, "LoginHandoff", "?");
+    report(r, "auth.handoff.take", NULL, NULL, "success", NULL);
+    json_t *body = json_pack("{s:b}", "taken", true);
+    api_respond_json(r->req, ROUTE_AUTH_HANDOFF_TAKE, r->started, 200, body);
+    json_decref(body);
+    return 0;
+}
+
 int api_auth_handle(api_request *r, const char *rest, size_t rest_len, api_error *err)
 {
     if (!r->server->cfg->keyring)
@@ -689,6 +713,7 @@ int api_auth_handle(api_request *r, const char *rest, size_t rest_len, api_error
         {"token", ROUTE_AUTH_TOKEN, handle_token},
         {"refresh", ROUTE_AUTH_REFRESH, handle_refresh},
         {"logout", ROUTE_AUTH_LOGOUT, handle_logout},
+        {"handoff/take", ROUTE_AUTH_HANDOFF_TAKE, handle_handoff_take},
     };
     for (size_t i = 0; i < ELEMENTSOF(ops); i++) {
         if (!h2o_memis(rest, rest_len, ops[i].name, strlen(ops[i].name)))
