@@ -248,6 +248,42 @@ def test_an_oidc_login_started_on_one_replica_finishes_on_the_other_once(replica
         idp.stop()
 
 
+def test_a_login_handoff_taken_through_one_proxy_is_refused_through_the_other(replicas, node_modules, tmp_path):
+    from test_browser_login import Env, login_to_handoff, page_message, set_cookies
+    r = replicas
+    d = tmp_path / "oidc"
+    d.mkdir()
+    ca = make_pki(d)
+    idp = Provider(d, "a", r.s[0].port)
+    try:
+        bundle = d / "bundle.pem"
+        bundle.write_text(Path(r.s[0].ca).read_text().strip() + "\n" + ca.read_text())
+        applied = r.s[0].request("POST", "/v1/apply", json={"items": [
+            manifest("Secret", "oidc-client", {"data": {"secret": CLIENT_SECRET}}),
+            manifest("IdentityProvider", "test", {
+                "type": "oidc", "issuer": idp.issuer, "clientId": "cloister",
+                "clientSecret": {"secret": "oidc-client", "key": "secret"}, "scopes": ["openid", "email", "groups"],
+                "createUsers": True, "ca": ca.read_text()}),
+            manifest("Service", "handoff", {"upstream": {"url": f"http://127.0.0.1:{r.up_port}"},
+                                            "policies": ["devs-in"]})]})
+        assert applied.status_code == 200, applied.text
+        # both proxies behind one public authority (a load balancer's)
+        e = [Env(r.s[i], r.up, idp, r.http_ports[i], str(bundle)) for i in (0, 1)]
+        host = f"handoff.{DOMAIN}"
+        for i in (0, 1):
+            wait_for(f"proxy {i + 1} routes the service", lambda: e[i].proxy("/", host=host).status_code == 302, 5)
+        loc = login_to_handoff(e[0], "/twice", host=host).headers["Location"]
+        e[1].login_cookie = e[0].login_cookie  # the same browser
+        taken = e[0].follow(loc)
+        assert taken.status_code == 302 and "cloister_session" in set_cookies(taken), taken.text
+        again = e[1].follow(loc)
+        assert again.status_code == 400 and "Set-Cookie" not in again.headers, again.text
+        assert "already used" in page_message(again)
+        assert e[0].follow(loc).status_code == 400  # and through the proxy that took it
+    finally:
+        idp.stop()
+
+
 IP_BURST, IP_WINDOW_S = 100, 10  # handlers-auth.c: 100 token requests per address, a window of 10 s
 
 
