@@ -316,8 +316,8 @@ static void take_done(offload_job *job, h2o_req_t *req)
         } else if (j->status == 409)
             proxy_fail(pr, 400, "invalid", "%s", WHY_USED);
         else if (j->status)
-            proxy_fail(pr, 503, "unavailable", "the API answered HTTP %ld when the login handoff was taken; log in again",
-                       j->status);
+            proxy_fail(pr, 503, "unavailable",
+                       "the API answered HTTP %ld when the login handoff was taken; log in again", j->status);
         else
             proxy_fail(pr, 503, "unavailable", "the API cannot be reached to take the login handoff (%s); log in again",
                        j->error);
