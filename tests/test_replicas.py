@@ -33,8 +33,8 @@ import pytest
 import requests
 import yaml
 
-from conftest import (ROOT, Server, free_port, manifest, open_for_roles, pg_drop_database, pg_new_database, psql,
-                      run_documented)
+from conftest import (ROOT, Server, free_port, manifest, open_for_roles, pg_ctl, pg_drop_database, pg_new_database,
+                      psql, run_documented)
 from echo_upstream import EchoUpstream
 from test_oidc import CLIENT_SECRET, Provider, make_pki, node_modules, to_callback  # noqa: F401 (a fixture)
 from test_roles_apart import PASSPHRASE, cloisterd, wait_log
@@ -339,6 +339,34 @@ def test_conflicting_updates_on_two_replicas_exactly_one_wins(replicas):
         for t in threads:
             t.join()
         assert sorted(codes.values()) == [200, 409], codes
+
+
+def test_restarting_postgresql_both_replicas_reconnect_and_catch_up(replicas):
+    """PostgreSQL stopped under both replicas: each answers 503 naming the store
+    and keeps running; once it is back, a write through replica 2 reaches
+    replica 1 and both proxies, and replica 1 writes again."""
+    r = replicas
+    token = r.mint(0, "alice-cli")
+    pg_ctl(r.url, "stop")
+    try:
+        for i in (0, 1):
+            resp = r.s[i].request("GET", "/v1/services/race")
+            assert resp.status_code == 503 and resp.json()["error"]["code"] == "store_unavailable", resp.text
+            assert r.s[i].proc.poll() is None, f"replica {i + 1} still runs"
+    finally:
+        pg_ctl(r.url, "start")
+    svc = manifest("Service", "after-restart", {"upstream": {"url": f"http://127.0.0.1:{r.up_port}"},
+                                                "policies": ["devs-in"]})
+    wait_for("replica 2 writes again", lambda: r.s[1].request("POST", "/v1/services", json=svc).status_code == 201,
+             30, step=0.2)
+    wait_for("replica 1 sees replica 2's write", lambda: r.s[0].request(
+        "GET", "/v1/services/after-restart").status_code == 200, 10, step=0.05)
+    for i in (0, 1):
+        wait_for(f"proxy {i + 1} routes it", lambda: r.proxy_get(
+            i, f"after-restart.{DOMAIN}", token).status_code == 200, 10, step=0.05)
+    assert r.s[0].request("POST", "/v1/services", json=service("after-restart-1")).status_code == 201
+    for s in r.s:
+        assert "store: lost the connection to PostgreSQL; reconnecting" in s.read_log()
 
 
 def test_kill9_of_a_replica_during_a_write_stream_loses_no_acknowledged_write(replicas):
