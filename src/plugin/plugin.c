@@ -74,6 +74,7 @@ struct plugin_instance {
     /* out of process */
     lane lanes[PLUGIN_LANES];
     _Atomic unsigned next_lane;
+    _Atomic unsigned in_flight; /* calls in plugin_instance_run_frame() */
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -200,6 +201,14 @@ out:
         prestart(p);
     *ret = p;
     return 0;
+}
+
+plugin_instance *plugin_instance_ref(plugin_instance *p)
+{
+    pthread_mutex_lock(&registry_lock);
+    p->refs++;
+    pthread_mutex_unlock(&registry_lock);
+    return p;
 }
 
 void plugin_instance_unref(plugin_instance *p)
@@ -368,8 +377,10 @@ fail:
     return r;
 }
 
-/* Runs CALL on the sandbox of lane L (started if needed). */
-static plugin_outcome run_remote(plugin_instance *p, lane *l, plugin_call *call, char *err, size_t err_size)
+/* Sends FRAME (a CALL frame, length prefix included) to the sandbox of
+ * lane L (started if needed) and decodes its answer into CALL. */
+static plugin_outcome run_remote(plugin_instance *p, lane *l, const void *frame, size_t len, plugin_call *call,
+                                 char *err, size_t err_size)
 {
     if (l->fd < 0) {
         int fd = sandbox_start(p, l, err, err_size);
@@ -378,17 +389,8 @@ static plugin_outcome run_remote(plugin_instance *p, lane *l, plugin_call *call,
         l->fd = fd;
     }
     uint64_t deadline = time_mono_ns() + (uint64_t)p->timeout_ms * 1000000;
-    strbuf b;
-    strbuf_init(&b, PLUGIN_FRAME_MAX + 4);
     plugin_outcome o = PLUGIN_OUTCOME_OK;
-    int r = plugin_wire_call(&b, call);
-    if (r < 0) {
-        snprintf(err, err_size, "the call does not fit the protocol: %s", strerror(-r));
-        strbuf_free(&b);
-        return PLUGIN_OUTCOME_ERROR;
-    }
-    r = plugin_write_all(l->fd, b.data, b.len, deadline);
-    strbuf_free(&b);
+    int r = plugin_write_all(l->fd, frame, len, deadline);
     ssize_t n = r < 0 ? r : plugin_read_frame(l->fd, &l->buf, &l->cap, deadline);
     if (n >= 0 && plugin_wire_decode_answer(l->buf, (size_t)n, call) == 0)
         return PLUGIN_OUTCOME_OK;
@@ -412,14 +414,20 @@ static plugin_outcome run_remote(plugin_instance *p, lane *l, plugin_call *call,
     return o;
 }
 
-plugin_outcome plugin_instance_run(plugin_instance *p, plugin_call *call, char *err, size_t err_size)
+plugin_outcome plugin_instance_run_frame(plugin_instance *p, const void *frame, size_t len, plugin_call *call,
+                                         char *err, size_t err_size)
 {
     plugin_call_clear_answer(call);
     if (p->plugin) {
-        cloister_phase_fn fn = p->plugin->phases[call->phase];
-        if (fn)
-            call->action = fn(p->instance, call) == CLOISTER_DENY ? CLOISTER_DENY : CLOISTER_CONTINUE;
-        return PLUGIN_OUTCOME_OK;
+        snprintf(err, err_size, "plugin %s runs in process: it takes no frame", p->name);
+        return PLUGIN_OUTCOME_ERROR;
+    }
+    /* calls waiting for a lane hold their caller's thread: past the cap,
+     * a call fails as configured rather than wait */
+    if (atomic_fetch_add(&p->in_flight, 1) >= PLUGIN_CALLS_MAX) {
+        atomic_fetch_sub(&p->in_flight, 1);
+        snprintf(err, err_size, "%u calls of it are already in flight or waiting", PLUGIN_CALLS_MAX);
+        return PLUGIN_OUTCOME_ERROR;
     }
     /* a free lane, else wait on one in turn */
     lane *l = NULL;
@@ -430,7 +438,30 @@ plugin_outcome plugin_instance_run(plugin_instance *p, plugin_call *call, char *
         l = &p->lanes[atomic_fetch_add(&p->next_lane, 1) % PLUGIN_LANES];
         pthread_mutex_lock(&l->lock);
     }
-    plugin_outcome o = run_remote(p, l, call, err, err_size);
+    plugin_outcome o = run_remote(p, l, frame, len, call, err, err_size);
     pthread_mutex_unlock(&l->lock);
+    atomic_fetch_sub(&p->in_flight, 1);
+    return o;
+}
+
+plugin_outcome plugin_instance_run(plugin_instance *p, plugin_call *call, char *err, size_t err_size)
+{
+    plugin_call_clear_answer(call);
+    if (p->plugin) {
+        cloister_phase_fn fn = p->plugin->phases[call->phase];
+        if (fn)
+            call->action = fn(p->instance, call) == CLOISTER_DENY ? CLOISTER_DENY : CLOISTER_CONTINUE;
+        return PLUGIN_OUTCOME_OK;
+    }
+    strbuf b;
+    strbuf_init(&b, PLUGIN_FRAME_MAX + 4);
+    int r = plugin_wire_call(&b, call);
+    if (r < 0) {
+        strbuf_free(&b);
+        snprintf(err, err_size, "the call does not fit the protocol: %s", strerror(-r));
+        return PLUGIN_OUTCOME_ERROR;
+    }
+    plugin_outcome o = plugin_instance_run_frame(p, b.data, b.len, call, err, err_size);
+    strbuf_free(&b);
     return o;
 }
