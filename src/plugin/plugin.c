@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "basic/log.h"
@@ -74,7 +75,6 @@ struct plugin_instance {
     /* out of process */
     lane lanes[PLUGIN_LANES];
     _Atomic unsigned next_lane;
-    _Atomic unsigned in_flight; /* calls in plugin_instance_run_frame() */
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -422,25 +422,26 @@ plugin_outcome plugin_instance_run_frame(plugin_instance *p, const void *frame, 
         snprintf(err, err_size, "plugin %s runs in process: it takes no frame", p->name);
         return PLUGIN_OUTCOME_ERROR;
     }
-    /* calls waiting for a lane hold their caller's thread: past the cap,
-     * a call fails as configured rather than wait */
-    if (atomic_fetch_add(&p->in_flight, 1) >= PLUGIN_CALLS_MAX) {
-        atomic_fetch_sub(&p->in_flight, 1);
-        snprintf(err, err_size, "%u calls of it are already in flight or waiting", PLUGIN_CALLS_MAX);
-        return PLUGIN_OUTCOME_ERROR;
-    }
-    /* a free lane, else wait on one in turn */
+    /* a free lane, else wait on one in turn, at most timeoutMs: a hanging
+     * sandbox holds its lane's waiters no longer than its own calls */
     lane *l = NULL;
     for (size_t i = 0; i < PLUGIN_LANES && !l; i++)
         if (pthread_mutex_trylock(&p->lanes[i].lock) == 0)
             l = &p->lanes[i];
     if (!l) {
         l = &p->lanes[atomic_fetch_add(&p->next_lane, 1) % PLUGIN_LANES];
-        pthread_mutex_lock(&l->lock);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        uint64_t ns = (uint64_t)until.tv_nsec + (uint64_t)p->timeout_ms * 1000000;
+        until.tv_sec += (time_t)(ns / 1000000000);
+        until.tv_nsec = (long)(ns % 1000000000);
+        if (pthread_mutex_timedlock(&l->lock, &until) != 0) {
+            snprintf(err, err_size, "its %d sandboxes stayed busy for %u ms", PLUGIN_LANES, p->timeout_ms);
+            return PLUGIN_OUTCOME_TIMEOUT;
+        }
     }
     plugin_outcome o = run_remote(p, l, frame, len, call, err, err_size);
     pthread_mutex_unlock(&l->lock);
-    atomic_fetch_sub(&p->in_flight, 1);
     return o;
 }
 

@@ -20,7 +20,6 @@
 #define PLUGIN_TIMEOUT_MS_MAX 10000
 #define PLUGIN_SPAWN_TIMEOUT_MS 5000 /* a sandbox's start, its plugin's init included */
 #define PLUGIN_LANES 4               /* concurrent calls of one out-of-process instance */
-#define PLUGIN_CALLS_MAX (2 * PLUGIN_LANES) /* of those and the ones waiting for a lane */
 #define PLUGIN_ERROR_MAX 512
 
 typedef enum plugin_outcome {
@@ -75,8 +74,9 @@ plugin_outcome plugin_instance_run(plugin_instance *p, plugin_call *call, char *
  * caller encoded from CALL, so that CALL's borrowed inputs are not read
  * here (a worker thread may run this while the request they point into
  * goes away); the answer is decoded and re-checked into CALL. Blocks for at
- * most a lane's wait plus timeoutMs; past PLUGIN_CALLS_MAX calls of P at
- * once, returns PLUGIN_OUTCOME_ERROR at once. FRAME is the caller's. */
+ * most timeoutMs waiting for a free lane (then PLUGIN_OUTCOME_TIMEOUT), a
+ * sandbox's start when its lane has none, and timeoutMs for the call.
+ * FRAME is the caller's. */
 plugin_outcome plugin_instance_run_frame(plugin_instance *p, const void *frame, size_t len, plugin_call *call,
                                          char *err, size_t err_size);
 

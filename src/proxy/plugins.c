@@ -8,7 +8,8 @@
  * refuses it with 503 (closed). Credential headers (authorization, cookie,
  * proxy-authorization), the identity headers and an injected secret are never
  * shown to a plugin. Every call is counted
- * per plugin, phase and outcome (metrics.h). */
+ * per plugin, phase and outcome (metrics.h). An out-of-process call of the
+ * request phases runs on the plugin pool (offload.h), never on the loop. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -33,7 +33,7 @@
 #define COMMIT_WORKERS 4    /* failClosed requests waiting for their record's commit (audit_event_commit) */
 #define COMMIT_JOBS_MAX 1024
 /* out-of-process plugin calls of the request phases (each holds a worker
- * for its round trip, at most timeoutMs; PLUGIN_CALLS_MAX per plugin) */
+ * for its round trip and its wait for a free sandbox: at most timeoutMs each) */
 #define PLUGIN_WORKERS 16
 #define PLUGIN_JOBS_MAX 4096
 
