@@ -399,7 +399,7 @@ static int64_t row_int(const PGresult *res, int row, int col)
 static int read_one(pg_store *s, int q, const char *a, const char *b, json_t **ret_doc)
 {
     const char *params[] = {a, b};
-    PGresult *res;
+    PGresult *res = NULL;
     int e = read_query(s, 0, q, params, &res);
     if (e < 0)
         return e;
@@ -478,7 +478,7 @@ static int pg_list(void *impl, const char *const *kinds, size_t n_kinds, json_t 
     if (!array)
         return -ENOMEM;
     const char *params[] = {array};
-    PGresult *res;
+    PGresult *res = NULL;
     int e = read_query(impl, 0, Q_LIST, params, &res);
     return e < 0 ? e : list_result(res, ret_items, ret_revision);
 }
@@ -487,7 +487,7 @@ static int pg_list_range(void *impl, const char *kind, const char *from, const c
                          int64_t *ret_revision)
 {
     const char *params[] = {kind, from, to};
-    PGresult *res;
+    PGresult *res = NULL;
     int e = read_query(impl, 0, Q_LIST_RANGE, params, &res);
     return e < 0 ? e : list_result(res, ret_items, ret_revision);
 }
@@ -506,7 +506,7 @@ static int pg_changes_since(void *impl, uint64_t epoch, const char *const *kinds
     snprintf(after_s, sizeof(after_s), "%lld", (long long)after);
     snprintf(max_s, sizeof(max_s), "%zu", max);
     const char *params[] = {after_s, max_s, array};
-    PGresult *res;
+    PGresult *res = NULL;
     int e = read_query(impl, epoch, Q_CHANGES, params, &res);
     if (e < 0)
         return e;
@@ -569,7 +569,7 @@ static uint64_t mix64(uint64_t x)
  * follows the new database down. */
 static int refresh_head(pg_store *s, PGconn *c, uint64_t *ret_epoch)
 {
-    PGresult *res;
+    PGresult *res = NULL;
     int e = run(c, Q_HEAD, NULL, &res);
     if (e < 0)
         return e;
@@ -655,7 +655,7 @@ static int writer_get(PGconn *c, const char *kind, const char *name, json_t **re
                       char **ret_lookup)
 {
     const char *params[] = {kind, name};
-    PGresult *res;
+    PGresult *res = NULL;
     int e = run(c, Q_W_GET, params, &res);
     if (e < 0)
         return e;
@@ -675,7 +675,7 @@ static int writer_get(PGconn *c, const char *kind, const char *name, json_t **re
  * compare-and-swap lost). */
 static int write_row(PGconn *c, int q, const char *const *params)
 {
-    PGresult *res;
+    PGresult *res = NULL;
     int e = run(c, q, params, &res);
     if (e < 0)
         return e;
@@ -792,7 +792,7 @@ static int writer_run_txn(PGconn *c, store_txn *txn, int64_t *rev, const char *n
     if (txn->fence_lease) {
         char token[24];
         snprintf(token, sizeof(token), "%lld", (long long)txn->fence_token);
-        PGresult *res;
+        PGresult *res = NULL;
         txn->error = run(c, Q_W_FENCE, (const char *const[]){txn->fence_lease, token}, &res);
         if (txn->error == 0) {
             txn->error = PQntuples(res) == 1 ? 0 : -ENOLCK;
@@ -1123,7 +1123,7 @@ static commit_outcome commit_status(pg_store *s, const char *xid)
 {
     if (reconnect(s, s->writer_conn) < 0)
         return COMMIT_UNKNOWN;
-    PGresult *res;
+    PGresult *res = NULL;
     if (run(s->writer_conn->c, Q_TXID_STATUS, (const char *const[]){xid}, &res) < 0)
         return COMMIT_UNKNOWN;
     const char *status = PQgetisnull(res, 0, 0) ? "" : PQgetvalue(res, 0, 0);
@@ -1144,7 +1144,7 @@ static commit_outcome writer_try_batch(pg_store *s, store_txn *batch, int64_t *r
         return COMMIT_RETRY;
     char now[40];
     time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
-    PGresult *res;
+    PGresult *res = NULL;
     int e = exec_simple(c, "BEGIN");
     if (e == 0)
         e = run(c, Q_W_LOCK, NULL, &res); /* serialises the writers of every process */
@@ -1240,7 +1240,7 @@ static void writer_commit_batch(pg_store *s, store_txn *batch)
             /* keep a bounded history for watchers; the newest row always stays */
             char keep[24];
             snprintf(keep, sizeof(keep), "%lld", (long long)(rev - PG_CHANGES_KEEP));
-            PGresult *res;
+            PGresult *res = NULL;
             if (run(s->writer_conn->c, Q_W_TRIM, (const char *const[]){keep}, &res) == 0)
                 PQclear(res);
             s->last_trim = rev;
@@ -1375,7 +1375,7 @@ static void pg_close(void *impl)
  * matched no lease. */
 static int lease_query(pg_store *s, int q, const char *const *params, int64_t *ret_token)
 {
-    PGresult *res;
+    PGresult *res = NULL;
     int e = read_query(s, 0, q, params, &res);
     if (e < 0)
         return e;
