@@ -22,7 +22,6 @@
 #include "httpd/offload.h"
 #include "plugin/plugin.h"
 #include "plugin/wire.h"
-#include "proxy/proxy.h"
 #include "proxy/corridor.h"
 
 #define PROXY_PLUGINS_MAX 16 /* a Service's plugins (the manifest's cap) */
