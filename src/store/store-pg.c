@@ -70,6 +70,8 @@ enum {
     Q_LEASE_ACQUIRE,
     Q_LEASE_RENEW,
     Q_LEASE_RELEASE,
+    Q_COUNTER_ADD,
+    Q_COUNTER_SWEEP,
     Q_COUNT,
 };
 
@@ -138,6 +140,16 @@ static const struct {
     [Q_LEASE_RELEASE] = {"UPDATE leases SET holder = '', expires = '-infinity' "
                          "WHERE name = $1 AND holder = $2 AND token = $3 RETURNING token",
                          3},
+    /* one atomic upsert: concurrent adds from several processes each count */
+    [Q_COUNTER_ADD] = {"INSERT INTO counters AS c (name, count, ends) "
+                       "VALUES ($1, 1, clock_timestamp() + $2::bigint * interval '1 millisecond') "
+                       "ON CONFLICT (name) DO UPDATE SET "
+                       "count = CASE WHEN c.ends > clock_timestamp() THEN c.count + 1 ELSE 1 END, "
+                       "ends = CASE WHEN c.ends > clock_timestamp() THEN c.ends ELSE excluded.ends END "
+                       "RETURNING count, GREATEST(0, CEIL(EXTRACT(EPOCH FROM ends - clock_timestamp()) * 1000))"
+                       "::bigint",
+                       2},
+    [Q_COUNTER_SWEEP] = {"DELETE FROM counters WHERE ends <= clock_timestamp()", 0},
 };
 
 /* Version 1 of the schema. Names compare byte-wise (COLLATE "C") like the
@@ -1295,6 +1307,11 @@ static int ensure_schema(PGconn *c)
                   version, PG_SCHEMA_VERSION);
         e = -EPROTO;
     }
+    /* the counters came after version 1 and need no migration: a table of
+     * short-lived windows, made where it is missing */
+    if (e == 0)
+        e = exec_simple(c, "CREATE TABLE IF NOT EXISTS counters (name text PRIMARY KEY, count bigint NOT NULL,"
+                           " ends timestamptz NOT NULL)");
     if (e == 0)
         e = exec_simple(c, "COMMIT");
     else
@@ -1414,6 +1431,33 @@ static int pg_lease_release(void *impl, const char *name, const char *holder, in
     return e == -ENOENT ? -ESTALE : e;
 }
 
+/* ---- counters ---- */
+
+/* Adds 1 to counter NAME in one atomic upsert; when SWEEP, first deletes
+ * the windows that ended. */
+static int pg_counter_add(void *impl, const char *name, int64_t window_ms, bool sweep, int64_t *ret_count,
+                          int64_t *ret_left_ms)
+{
+    PGresult *res;
+    int e = sweep ? read_query(impl, 0, Q_COUNTER_SWEEP, NULL, &res) : 0;
+    if (sweep && e == 0)
+        PQclear(res);
+    if (e < 0)
+        return e;
+    char window[24];
+    snprintf(window, sizeof(window), "%lld", (long long)window_ms);
+    e = read_query(impl, 0, Q_COUNTER_ADD, (const char *const[]){name, window}, &res);
+    if (e < 0)
+        return e;
+    if (PQntuples(res) == 1) {
+        *ret_count = row_int(res, 0, 0);
+        *ret_left_ms = row_int(res, 0, 1);
+    } else
+        e = -EIO;
+    PQclear(res);
+    return e;
+}
+
 #define PG_DRIVER(var, name)                                                                                    \
     const store_driver var = {                                                                                  \
         .scheme = name,                                                                                         \
@@ -1430,6 +1474,7 @@ static int pg_lease_release(void *impl, const char *name, const char *holder, in
         .lease_acquire = pg_lease_acquire,                                                                      \
         .lease_renew = pg_lease_renew,                                                                          \
         .lease_release = pg_lease_release,                                                                      \
+        .counter_add = pg_counter_add,                                                                          \
     }
 
 /* both schemes libpq knows */
