@@ -39,13 +39,15 @@ def install_plugins(plugin_dir):
 
 
 def start_with_plugins(base, trusted=TRUSTED):
-    """A started cloisterd whose proxy serves plain HTTP, with the plugin
-    directory BASE/plugins; returns (server, plain HTTP port, plugin dir)."""
+    """A started cloisterd whose proxy serves plain HTTP on one thread (one
+    event loop), with the plugin directory BASE/plugins; returns (server,
+    plain HTTP port, plugin dir)."""
     plugin_dir = base / "plugins"
     install_plugins(plugin_dir)
     http_port = free_port()
     s = Server(base / "data", extra_args=["--proxy-http-listen", f"127.0.0.1:{http_port}", "--domain", DOMAIN,
-                                          "--plugin-dir", str(plugin_dir), "--plugin-trusted", ",".join(trusted)])
+                                          "--plugin-dir", str(plugin_dir), "--plugin-trusted", ",".join(trusted),
+                                          "--proxy-threads", "1"])
     s.start()
     return s, http_port, plugin_dir
 
@@ -200,6 +202,45 @@ def test_failing_plugins_fail_open_or_closed(cluster, plugin, failure, want):
     counted = [l for l in m.splitlines() if l.startswith("cloister_plugin_calls_total{") and f'plugin="{plugin}"' in l
                and f'outcome="{outcome}"' in l]
     assert counted and int(counted[0].split()[-1]) >= 1, counted
+
+
+def test_a_hanging_plugin_does_not_hold_the_proxy_thread(cluster):
+    """With one proxy thread, requests to another Service are answered
+    while an out-of-process plugin hangs on one; and several calls of that
+    plugin are in flight together (not one after the other)."""
+    import threading
+    c = cluster
+    hang_ms = 3000
+    c.service("slow", [{"name": "hang", "phase": "request_headers", "failure": "open", "timeoutMs": hang_ms}])
+    c.service("quick", [])
+    c.wait("slow", lambda r: r.status_code == 200)  # the plugin is configured (it failed open once)
+    c.wait("quick", lambda r: r.status_code == 200)
+    answered = []
+    lock = threading.Lock()
+
+    def slow_request(i):
+        r = c.get("slow", f"/slow-{i}", timeout=60)
+        with lock:
+            answered.append(("slow", r.status_code, time.time()))
+
+    started = time.time()
+    slow = [threading.Thread(target=slow_request, args=(i,)) for i in range(3)]
+    for t in slow:
+        t.start()
+    for i in range(5):
+        r = c.get("quick", f"/quick-{i}")
+        assert r.status_code == 200, r.text
+        with lock:
+            answered.append(("quick", r.status_code, time.time()))
+    for t in slow:
+        t.join(timeout=60)
+    kinds = [a[0] for a in answered]
+    assert kinds == ["quick"] * 5 + ["slow"] * 3, f"another Service waited for the hanging plugin: {kinds}"
+    assert all(a[1] == 200 for a in answered), answered  # the hang timed out and failed open
+    # three calls of one timeoutMs each: one after the other they would take
+    # three times as long; in flight together, well under two
+    last = max(a[2] for a in answered)
+    assert last - started < 2 * hang_ms / 1000, f"the hanging calls ran one after the other: {last - started:.1f}s"
 
 
 @pytest.mark.parametrize("plugin", ["abi-v2", "abi-v2-sandboxed"])

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "basic/log.h"
@@ -202,6 +203,14 @@ out:
     return 0;
 }
 
+plugin_instance *plugin_instance_ref(plugin_instance *p)
+{
+    pthread_mutex_lock(&registry_lock);
+    p->refs++;
+    pthread_mutex_unlock(&registry_lock);
+    return p;
+}
+
 void plugin_instance_unref(plugin_instance *p)
 {
     if (!p)
@@ -368,8 +377,10 @@ fail:
     return r;
 }
 
-/* Runs CALL on the sandbox of lane L (started if needed). */
-static plugin_outcome run_remote(plugin_instance *p, lane *l, plugin_call *call, char *err, size_t err_size)
+/* Sends FRAME (a CALL frame, length prefix included) to the sandbox of
+ * lane L (started if needed) and decodes its answer into CALL. */
+static plugin_outcome run_remote(plugin_instance *p, lane *l, const void *frame, size_t len, plugin_call *call,
+                                 char *err, size_t err_size)
 {
     if (l->fd < 0) {
         int fd = sandbox_start(p, l, err, err_size);
@@ -378,17 +389,8 @@ static plugin_outcome run_remote(plugin_instance *p, lane *l, plugin_call *call,
         l->fd = fd;
     }
     uint64_t deadline = time_mono_ns() + (uint64_t)p->timeout_ms * 1000000;
-    strbuf b;
-    strbuf_init(&b, PLUGIN_FRAME_MAX + 4);
     plugin_outcome o = PLUGIN_OUTCOME_OK;
-    int r = plugin_wire_call(&b, call);
-    if (r < 0) {
-        snprintf(err, err_size, "the call does not fit the protocol: %s", strerror(-r));
-        strbuf_free(&b);
-        return PLUGIN_OUTCOME_ERROR;
-    }
-    r = plugin_write_all(l->fd, b.data, b.len, deadline);
-    strbuf_free(&b);
+    int r = plugin_write_all(l->fd, frame, len, deadline);
     ssize_t n = r < 0 ? r : plugin_read_frame(l->fd, &l->buf, &l->cap, deadline);
     if (n >= 0 && plugin_wire_decode_answer(l->buf, (size_t)n, call) == 0)
         return PLUGIN_OUTCOME_OK;
@@ -412,6 +414,37 @@ static plugin_outcome run_remote(plugin_instance *p, lane *l, plugin_call *call,
     return o;
 }
 
+plugin_outcome plugin_instance_run_frame(plugin_instance *p, const void *frame, size_t len, plugin_call *call,
+                                         char *err, size_t err_size)
+{
+    plugin_call_clear_answer(call);
+    if (p->plugin) {
+        snprintf(err, err_size, "plugin %s runs in process: it takes no frame", p->name);
+        return PLUGIN_OUTCOME_ERROR;
+    }
+    /* a free lane, else wait on one in turn, at most timeoutMs: a hanging
+     * sandbox holds its lane's waiters no longer than its own calls */
+    lane *l = NULL;
+    for (size_t i = 0; i < PLUGIN_LANES && !l; i++)
+        if (pthread_mutex_trylock(&p->lanes[i].lock) == 0)
+            l = &p->lanes[i];
+    if (!l) {
+        l = &p->lanes[atomic_fetch_add(&p->next_lane, 1) % PLUGIN_LANES];
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        uint64_t ns = (uint64_t)until.tv_nsec + (uint64_t)p->timeout_ms * 1000000;
+        until.tv_sec += (time_t)(ns / 1000000000);
+        until.tv_nsec = (long)(ns % 1000000000);
+        if (pthread_mutex_timedlock(&l->lock, &until) != 0) {
+            snprintf(err, err_size, "its %d sandboxes stayed busy for %u ms", PLUGIN_LANES, p->timeout_ms);
+            return PLUGIN_OUTCOME_TIMEOUT;
+        }
+    }
+    plugin_outcome o = run_remote(p, l, frame, len, call, err, err_size);
+    pthread_mutex_unlock(&l->lock);
+    return o;
+}
+
 plugin_outcome plugin_instance_run(plugin_instance *p, plugin_call *call, char *err, size_t err_size)
 {
     plugin_call_clear_answer(call);
@@ -421,16 +454,15 @@ plugin_outcome plugin_instance_run(plugin_instance *p, plugin_call *call, char *
             call->action = fn(p->instance, call) == CLOISTER_DENY ? CLOISTER_DENY : CLOISTER_CONTINUE;
         return PLUGIN_OUTCOME_OK;
     }
-    /* a free lane, else wait on one in turn */
-    lane *l = NULL;
-    for (size_t i = 0; i < PLUGIN_LANES && !l; i++)
-        if (pthread_mutex_trylock(&p->lanes[i].lock) == 0)
-            l = &p->lanes[i];
-    if (!l) {
-        l = &p->lanes[atomic_fetch_add(&p->next_lane, 1) % PLUGIN_LANES];
-        pthread_mutex_lock(&l->lock);
+    strbuf b;
+    strbuf_init(&b, PLUGIN_FRAME_MAX + 4);
+    int r = plugin_wire_call(&b, call);
+    if (r < 0) {
+        strbuf_free(&b);
+        snprintf(err, err_size, "the call does not fit the protocol: %s", strerror(-r));
+        return PLUGIN_OUTCOME_ERROR;
     }
-    plugin_outcome o = run_remote(p, l, call, err, err_size);
-    pthread_mutex_unlock(&l->lock);
+    plugin_outcome o = plugin_instance_run_frame(p, b.data, b.len, call, err, err_size);
+    strbuf_free(&b);
     return o;
 }

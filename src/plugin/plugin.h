@@ -60,6 +60,8 @@ typedef struct plugin_instance plugin_instance;
  * or initialise, an untrusted one when no runner can start it). */
 int plugin_instance_get(const char *name, const char *config, uint32_t timeout_ms, plugin_instance **ret, char *err,
                         size_t err_size);
+/* Another reference to P (a call in flight keeps its instance). Returns P. */
+plugin_instance *plugin_instance_ref(plugin_instance *p);
 void plugin_instance_unref(plugin_instance *p);
 bool plugin_instance_in_process(const plugin_instance *p);
 /* Whether the instance handles PHASE (an out-of-process one: always). */
@@ -68,6 +70,15 @@ bool plugin_instance_handles(const plugin_instance *p, cloister_phase phase);
 /* Runs CALL (its phase and inputs set) on P; on PLUGIN_OUTCOME_OK the
  * answer is in CALL, otherwise ERR says what failed. */
 plugin_outcome plugin_instance_run(plugin_instance *p, plugin_call *call, char *err, size_t err_size);
+/* Runs out-of-process instance P on FRAME, a CALL frame (wire.h) the
+ * caller encoded from CALL, so that CALL's borrowed inputs are not read
+ * here (a worker thread may run this while the request they point into
+ * goes away); the answer is decoded and re-checked into CALL. Blocks for at
+ * most timeoutMs waiting for a free lane (then PLUGIN_OUTCOME_TIMEOUT), a
+ * sandbox's start when its lane has none, and timeoutMs for the call.
+ * FRAME is the caller's. */
+plugin_outcome plugin_instance_run_frame(plugin_instance *p, const void *frame, size_t len, plugin_call *call,
+                                         char *err, size_t err_size);
 
 /* Reads one frame from FD into *BUF (grown, at most PLUGIN_FRAME_MAX),
  * waiting until DEADLINE_NS (monotonic; 0: no deadline). Returns the

@@ -8,7 +8,8 @@
  * refuses it with 503 (closed). Credential headers (authorization, cookie,
  * proxy-authorization), the identity headers and an injected secret are never
  * shown to a plugin. Every call is counted
- * per plugin, phase and outcome (metrics.h). */
+ * per plugin, phase and outcome (metrics.h). An out-of-process call of the
+ * request phases runs on the plugin pool (offload.h), never on the loop. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +19,9 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "httpd/offload.h"
 #include "plugin/plugin.h"
+#include "plugin/wire.h"
 #include "proxy/corridor.h"
 
 #define PROXY_PLUGINS_MAX 16 /* a Service's plugins (the manifest's cap) */
@@ -167,7 +170,24 @@ typedef enum verdict {
     VERDICT_FAILED, /* failure closed: WHY says what failed */
 } verdict;
 
-/* Runs plugin P of PR's Service in CALL's phase and counts it. */
+/* Counts how plugin P's call CALL started at STARTED went (outcome O, WHY
+ * when it failed) and logs a failure; returns what the caller does. */
+static verdict judge(proxy_request *pr, const proxy_plugin *p, const plugin_call *call, plugin_outcome o,
+                     uint64_t started, const char *why)
+{
+    bool denied = o == PLUGIN_OUTCOME_OK && call->action == CLOISTER_DENY;
+    proxy_metrics_plugin(pr->t->settings->metrics, p->name, call->phase, o, denied, time_mono_ns() - started);
+    if (o == PLUGIN_OUTCOME_OK)
+        return denied ? VERDICT_DENY : VERDICT_CONTINUE;
+    log_fields(LOG_LEVEL_WARN, p->fail_open ? "a plugin failed; the request goes on (failure: open)"
+                                            : "a plugin failed; the request is refused (failure: closed)",
+               "service", pr->svc->name, "plugin", p->name, "phase", plugin_phase_name(call->phase), "outcome",
+               plugin_outcome_name(o), "error", why, "request_id", pr->rec.id, NULL);
+    return p->fail_open ? VERDICT_CONTINUE : VERDICT_FAILED;
+}
+
+/* Runs plugin P of PR's Service in CALL's phase, on this thread, and
+ * counts it. */
 static verdict run_one(proxy_request *pr, const proxy_plugin *p, plugin_call *call, char *why, size_t why_size)
 {
     uint64_t started = time_mono_ns();
@@ -179,15 +199,7 @@ static verdict run_one(proxy_request *pr, const proxy_plugin *p, plugin_call *ca
         return VERDICT_CONTINUE;
     else
         o = plugin_instance_run(p->instance, call, why, why_size);
-    bool denied = o == PLUGIN_OUTCOME_OK && call->action == CLOISTER_DENY;
-    proxy_metrics_plugin(pr->t->settings->metrics, p->name, call->phase, o, denied, time_mono_ns() - started);
-    if (o == PLUGIN_OUTCOME_OK)
-        return denied ? VERDICT_DENY : VERDICT_CONTINUE;
-    log_fields(LOG_LEVEL_WARN, p->fail_open ? "a plugin failed; the request goes on (failure: open)"
-                                            : "a plugin failed; the request is refused (failure: closed)",
-               "service", pr->svc->name, "plugin", p->name, "phase", plugin_phase_name(call->phase), "outcome",
-               plugin_outcome_name(o), "error", why, "request_id", pr->rec.id, NULL);
-    return p->fail_open ? VERDICT_CONTINUE : VERDICT_FAILED;
+    return judge(pr, p, call, o, started, why);
 }
 
 /* Answers PR's refusal by plugin P: its DENY (status, reason), or its
@@ -281,6 +293,137 @@ static long select_plugins(proxy_request *pr)
     return selected;
 }
 
+/* An out-of-process call of a request phase, made on the plugin pool
+ * (offload.h) so that the loop goes on with other requests meanwhile; the
+ * request goes on from the next plugin in plugin_done. The frame is
+ * encoded on the loop: the worker reads nothing of the request. */
+typedef struct plugin_job {
+    offload_job super;
+    proxy_request *pr;
+    plugin_instance *instance; /* a reference: the snapshot may go while the call runs */
+    unsigned selected;
+    cloister_phase phase;
+    size_t index; /* the plugin's, in the Service's list */
+    uint64_t started;
+    strbuf frame;
+    plugin_outcome outcome;
+    char why[PLUGIN_ERROR_MAX];
+    plugin_call call; /* the answer, decoded and re-checked by the worker */
+} plugin_job;
+
+static proxy_step run_request_phases(proxy_request *pr, unsigned selected, cloister_phase phase, size_t index);
+
+static void plugin_job_free(plugin_job *j)
+{
+    plugin_instance_unref(j->instance);
+    strbuf_free(&j->frame);
+    free(j);
+}
+
+static void plugin_work(offload_job *job)
+{
+    plugin_job *j = (plugin_job *)job;
+    j->outcome = plugin_instance_run_frame(j->instance, j->frame.data, j->frame.len, &j->call, j->why,
+                                           sizeof(j->why));
+}
+
+/* Back on the loop: acts on the answer and goes on with the request (or
+ * only frees JOB when the request went away). */
+static void plugin_done(offload_job *job, h2o_req_t *req)
+{
+    plugin_job *j = (plugin_job *)job;
+    if (req) {
+        proxy_request *pr = j->pr;
+        const proxy_plugin *p = &pr->svc->plugins[j->index];
+        verdict v = judge(pr, p, &j->call, j->outcome, j->started, j->why);
+        if (v != VERDICT_CONTINUE)
+            (void)refuse(pr, p, v, &j->call, j->why);
+        else {
+            apply_ops(&req->pool, &req->headers, &j->call);
+            if (run_request_phases(pr, j->selected, j->phase, j->index + 1) == PROXY_NEXT)
+                proxy_continue_after(pr, proxy_stage_plugins);
+        }
+    }
+    plugin_job_free(j);
+}
+
+/* Hands plugin INDEX's call in PHASE (CALL filled) to the plugin pool.
+ * Returns 0 (the request waits for plugin_done) or a negative errno with
+ * WHY filled (the call failed: the caller judges it). */
+static int submit(proxy_request *pr, unsigned selected, size_t index, const plugin_call *call, char *why,
+                  size_t why_size)
+{
+    const proxy_plugin *p = &pr->svc->plugins[index];
+    plugin_job *j = malloc(sizeof(*j));
+    if (!j) {
+        snprintf(why, why_size, "out of memory");
+        return -ENOMEM;
+    }
+    j->super = (offload_job){.work = plugin_work, .done = plugin_done};
+    j->pr = pr;
+    j->selected = selected;
+    j->phase = call->phase;
+    j->index = index;
+    j->started = time_mono_ns();
+    j->why[0] = 0;
+    plugin_call_init(&j->call, call->phase);
+    strbuf_init(&j->frame, PLUGIN_FRAME_MAX + 4);
+    j->instance = NULL;
+    int r = plugin_wire_call(&j->frame, call);
+    if (r < 0)
+        snprintf(why, why_size, "the call does not fit the protocol: %s", strerror(-r));
+    else {
+        j->instance = plugin_instance_ref(p->instance);
+        offload_pool *pool = pr->t->settings->plugin_pool;
+        r = pool ? offload_submit(pool, pr->t->offload, pr->req, &j->super) : -ESHUTDOWN;
+        if (r < 0)
+            snprintf(why, why_size, "the proxy cannot take another plugin call now (%s)", strerror(-r));
+    }
+    if (r < 0)
+        plugin_job_free(j);
+    return r;
+}
+
+/* Runs PR's request phases from plugin INDEX of PHASE on: in-process
+ * plugins here, an out-of-process one on the plugin pool. Returns
+ * PROXY_NEXT when all went on, PROXY_DONE when refused or waiting. */
+static proxy_step run_request_phases(proxy_request *pr, unsigned selected, cloister_phase phase, size_t index)
+{
+    const proxy_service *svc = pr->svc;
+    h2o_req_t *req = pr->req;
+    plugin_call *call = malloc(sizeof(*call));
+    if (!call) {
+        pr->rec.decision = PROXY_DECISION_ERROR;
+        return proxy_fail(pr, 503, "unavailable", "out of memory");
+    }
+    char why[PLUGIN_ERROR_MAX];
+    proxy_step step = PROXY_NEXT;
+    for (; phase <= CLOISTER_PHASE_REQUEST_BODY && step == PROXY_NEXT; phase++, index = 0)
+        for (size_t i = index; i < svc->n_plugins && step == PROXY_NEXT; i++) {
+            const proxy_plugin *p = &svc->plugins[i];
+            if (p->phase != phase || !(selected & (1u << i)))
+                continue;
+            call_fill(call, pr, phase, &req->headers, NULL, 0);
+            verdict v;
+            if (p->instance && !plugin_instance_in_process(p->instance)) {
+                uint64_t started = time_mono_ns();
+                if (submit(pr, selected, i, call, why, sizeof(why)) == 0) {
+                    step = PROXY_DONE;
+                    break;
+                }
+                plugin_call_clear_answer(call);
+                v = judge(pr, p, call, PLUGIN_OUTCOME_ERROR, started, why);
+            } else
+                v = run_one(pr, p, call, why, sizeof(why));
+            if (v == VERDICT_CONTINUE)
+                apply_ops(&req->pool, &req->headers, call);
+            else
+                step = refuse(pr, p, v, call, why);
+        }
+    free(call);
+    return step;
+}
+
 proxy_step proxy_stage_plugins(proxy_request *pr)
 {
     const proxy_service *svc = pr->svc;
@@ -308,25 +451,5 @@ proxy_step proxy_stage_plugins(proxy_request *pr)
     unsigned now = (1u << CLOISTER_PHASE_REQUEST_HEADERS) | (1u << CLOISTER_PHASE_REQUEST_BODY);
     if (!(svc->plugin_phases & now))
         return PROXY_NEXT;
-    plugin_call *call = malloc(sizeof(*call));
-    if (!call) {
-        pr->rec.decision = PROXY_DECISION_ERROR;
-        return proxy_fail(pr, 503, "unavailable", "out of memory");
-    }
-    char why[PLUGIN_ERROR_MAX];
-    proxy_step step = PROXY_NEXT;
-    for (cloister_phase phase = CLOISTER_PHASE_REQUEST_HEADERS; phase <= CLOISTER_PHASE_REQUEST_BODY; phase++)
-        for (size_t i = 0; i < svc->n_plugins && step == PROXY_NEXT; i++) {
-            const proxy_plugin *p = &svc->plugins[i];
-            if (p->phase != phase || !(selected & (1L << i)))
-                continue;
-            call_fill(call, pr, phase, &req->headers, NULL, 0);
-            verdict v = run_one(pr, p, call, why, sizeof(why));
-            if (v == VERDICT_CONTINUE)
-                apply_ops(&req->pool, &req->headers, call);
-            else
-                step = refuse(pr, p, v, call, why);
-        }
-    free(call);
-    return step;
+    return run_request_phases(pr, (unsigned)selected, CLOISTER_PHASE_REQUEST_HEADERS, 0);
 }

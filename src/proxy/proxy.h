@@ -42,6 +42,7 @@ typedef struct proxy_settings {
     struct offload_pool *logout_pool; /* sign-outs' calls to the API */
     const char *access_dir;           /* the access-log segments (<data>/proxy/access) */
     struct offload_pool *commit_pool; /* failClosed requests waiting for their record's commit */
+    struct offload_pool *plugin_pool; /* out-of-process plugin calls of the request phases */
 } proxy_settings;
 
 /* httpd hooks; USERDATA is the proxy_settings (borrowed for the server's life). */

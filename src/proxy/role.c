@@ -32,6 +32,10 @@
 #define LOGOUT_JOBS_MAX 64
 #define COMMIT_WORKERS 4    /* failClosed requests waiting for their record's commit (audit_event_commit) */
 #define COMMIT_JOBS_MAX 1024
+/* out-of-process plugin calls of the request phases (each holds a worker
+ * for its round trip and its wait for a free sandbox: at most timeoutMs each) */
+#define PLUGIN_WORKERS 16
+#define PLUGIN_JOBS_MAX 4096
 
 /* The client TLS context for https upstreams: the system's trust store and
  * the cluster CA, certificate and host name verified. */
@@ -65,7 +69,7 @@ int proxy_serve(const proxy_role_config *cfg)
     X509 *host_ca = NULL;
     EVP_PKEY *host_ca_key = NULL;
     proxy_certs *certs = NULL;
-    offload_pool *attest_pool = NULL, *logout_pool = NULL, *commit_pool = NULL;
+    offload_pool *attest_pool = NULL, *logout_pool = NULL, *commit_pool = NULL, *plugin_pool = NULL;
     char access_dir[4300];
     snprintf(access_dir, sizeof(access_dir), "%s/access", dir);
     if (!client_tls || pki_load(cfg->host_ca_cert, cfg->host_ca_key, &host_ca, &host_ca_key) < 0 ||
@@ -73,10 +77,12 @@ int proxy_serve(const proxy_role_config *cfg)
         offload_pool_new("proxy-attest", ATTEST_WORKERS, ATTEST_JOBS_MAX, &attest_pool) < 0 ||
         offload_pool_new("proxy-logout", LOGOUT_WORKERS, LOGOUT_JOBS_MAX, &logout_pool) < 0 ||
         offload_pool_new("proxy-commit", COMMIT_WORKERS, COMMIT_JOBS_MAX, &commit_pool) < 0 ||
+        offload_pool_new("proxy-plugins", PLUGIN_WORKERS, PLUGIN_JOBS_MAX, &plugin_pool) < 0 ||
         mkdir_p(access_dir, 0700) < 0) {
         offload_pool_free(attest_pool);
         offload_pool_free(logout_pool);
         offload_pool_free(commit_pool);
+        offload_pool_free(plugin_pool);
         proxy_certs_free(certs);
         SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
@@ -116,6 +122,7 @@ int proxy_serve(const proxy_role_config *cfg)
         offload_pool_free(attest_pool);
         offload_pool_free(logout_pool);
         offload_pool_free(commit_pool);
+        offload_pool_free(plugin_pool);
         proxy_certs_free(certs);
         SSL_CTX_free(client_tls);
         auth_keyring_free(keys);
@@ -138,6 +145,7 @@ int proxy_serve(const proxy_role_config *cfg)
         .logout_pool = logout_pool,
         .access_dir = access_dir,
         .commit_pool = commit_pool,
+        .plugin_pool = plugin_pool,
     };
     httpd_config hc = {
         .name = "proxy",
@@ -166,6 +174,7 @@ int proxy_serve(const proxy_role_config *cfg)
     offload_pool_free(attest_pool); /* every loop is freed: their jobs are done */
     offload_pool_free(logout_pool);
     offload_pool_free(commit_pool);
+    offload_pool_free(plugin_pool);
     proxy_certs_free(certs);
     SSL_CTX_free(client_tls);
     auth_keyring_free(keys);
