@@ -16,10 +16,13 @@ kill -9 of replica 1 during a write stream loses no acknowledged write; kill
 -9 of the controller's leader: the other takes its lease within the TTL; a
 paused (SIGSTOP) leader is deposed, and once resumed its write carrying the
 old fencing token (its lease renewal) is refused by the database and logged."""
+import http.client
 import os
+import random
 import re
 import shutil
 import signal
+import ssl
 import statistics
 import threading
 import time
@@ -30,8 +33,8 @@ import pytest
 import requests
 import yaml
 
-from conftest import (ROOT, Server, free_port, manifest, open_for_roles, pg_drop_database, pg_new_database, psql,
-                      run_documented)
+from conftest import (ROOT, Server, free_port, manifest, open_for_roles, pg_ctl, pg_drop_database, pg_new_database,
+                      psql, run_documented)
 from echo_upstream import EchoUpstream
 from test_oidc import CLIENT_SECRET, Provider, make_pki, node_modules, to_callback  # noqa: F401 (a fixture)
 from test_roles_apart import PASSPHRASE, cloisterd, wait_log
@@ -245,6 +248,78 @@ def test_an_oidc_login_started_on_one_replica_finishes_on_the_other_once(replica
         idp.stop()
 
 
+def test_a_login_handoff_taken_through_one_proxy_is_refused_through_the_other(replicas, node_modules, tmp_path):
+    from test_browser_login import Env, login_to_handoff, page_message, set_cookies
+    r = replicas
+    d = tmp_path / "oidc"
+    d.mkdir()
+    ca = make_pki(d)
+    idp = Provider(d, "a", r.s[0].port)
+    try:
+        bundle = d / "bundle.pem"
+        bundle.write_text(Path(r.s[0].ca).read_text().strip() + "\n" + ca.read_text())
+        applied = r.s[0].request("POST", "/v1/apply", json={"items": [
+            manifest("Secret", "oidc-client", {"data": {"secret": CLIENT_SECRET}}),
+            manifest("IdentityProvider", "test", {
+                "type": "oidc", "issuer": idp.issuer, "clientId": "cloister",
+                "clientSecret": {"secret": "oidc-client", "key": "secret"}, "scopes": ["openid", "email", "groups"],
+                "createUsers": True, "ca": ca.read_text()}),
+            manifest("Service", "handoff", {"upstream": {"url": f"http://127.0.0.1:{r.up_port}"},
+                                            "policies": ["devs-in"]})]})
+        assert applied.status_code == 200, applied.text
+        # both proxies behind one public authority (a load balancer's)
+        e = [Env(r.s[i], r.up, idp, r.http_ports[i], str(bundle)) for i in (0, 1)]
+        host = f"handoff.{DOMAIN}"
+        for i in (0, 1):
+            wait_for(f"proxy {i + 1} routes the service", lambda: e[i].proxy("/", host=host).status_code == 302, 5)
+        loc = login_to_handoff(e[0], "/twice", host=host).headers["Location"]
+        e[1].login_cookie = e[0].login_cookie  # the same browser
+        taken = e[0].follow(loc)
+        assert taken.status_code == 302 and "cloister_session" in set_cookies(taken), taken.text
+        again = e[1].follow(loc)
+        assert again.status_code == 400 and "Set-Cookie" not in again.headers, again.text
+        assert "already used" in page_message(again)
+        assert e[0].follow(loc).status_code == 400  # and through the proxy that took it
+    finally:
+        idp.stop()
+
+
+IP_BURST, IP_WINDOW_S = 100, 10  # handlers-auth.c: 100 token requests per address, a window of 10 s
+
+
+def test_the_token_exchange_limit_per_address_is_shared_by_the_replicas(replicas):
+    r = replicas
+    # an address of our own (any 127.x reaches the loopback listeners), so no other test's requests count
+    source = f"127.{random.randint(1, 254)}.{random.randint(0, 254)}.{random.randint(1, 254)}"
+    conns = []
+    for s in r.s:
+        ctx = ssl.create_default_context(cafile=str(s.ca))
+        conns.append(http.client.HTTPSConnection("127.0.0.1", s.port, context=ctx, timeout=10,
+                                                 source_address=(source, 0)))
+
+    def exchange(i):
+        conns[i].request("POST", "/v1/auth/token", body=b'{"token": "not a credential"}',
+                         headers={"Content-Type": "application/json"})
+        res = conns[i].getresponse()
+        return res.status, res.getheader("Retry-After"), res.read()
+
+    t0 = time.monotonic()
+    for n in range(IP_BURST):  # spread over both replicas: 50 each, within each one's own bucket
+        status, _, body = exchange(n % 2)
+        assert status == 401, (n, status, body)
+    for i in (0, 1):  # the address spent the limit: refused on both replicas
+        status, retry_after, body = exchange(i)
+        assert status == 429 and b"rate_limited" in body, (i, status, body)
+        assert 1 <= int(retry_after) <= IP_WINDOW_S
+    elapsed = time.monotonic() - t0
+    assert elapsed < IP_WINDOW_S, f"{elapsed:.1f} s: longer than the window, the count above proves nothing"
+    print(f"\n{IP_BURST} exchanges over two replicas, then 429 on both: {elapsed:.2f} s")
+    for c in conns:
+        c.close()
+    counter = psql(r.url, f"SELECT count FROM counters WHERE name = 'ratelimit/address/{source}'")
+    assert counter == str(IP_BURST + 2), counter
+
+
 def test_conflicting_updates_on_two_replicas_exactly_one_wins(replicas):
     r = replicas
     assert r.s[0].request("POST", "/v1/services", json=service("race")).status_code == 201
@@ -264,6 +339,34 @@ def test_conflicting_updates_on_two_replicas_exactly_one_wins(replicas):
         for t in threads:
             t.join()
         assert sorted(codes.values()) == [200, 409], codes
+
+
+def test_restarting_postgresql_both_replicas_reconnect_and_catch_up(replicas):
+    """PostgreSQL stopped under both replicas: each answers 503 naming the store
+    and keeps running; once it is back, a write through replica 2 reaches
+    replica 1 and both proxies, and replica 1 writes again."""
+    r = replicas
+    token = r.mint(0, "alice-cli")
+    pg_ctl(r.url, "stop")
+    try:
+        for i in (0, 1):
+            resp = r.s[i].request("GET", "/v1/services/race")
+            assert resp.status_code == 503 and resp.json()["error"]["code"] == "store_unavailable", resp.text
+            assert r.s[i].proc.poll() is None, f"replica {i + 1} still runs"
+    finally:
+        pg_ctl(r.url, "start")
+    svc = manifest("Service", "after-restart", {"upstream": {"url": f"http://127.0.0.1:{r.up_port}"},
+                                                "policies": ["devs-in"]})
+    wait_for("replica 2 writes again", lambda: r.s[1].request("POST", "/v1/services", json=svc).status_code == 201,
+             30, step=0.2)
+    wait_for("replica 1 sees replica 2's write", lambda: r.s[0].request(
+        "GET", "/v1/services/after-restart").status_code == 200, 10, step=0.05)
+    for i in (0, 1):
+        wait_for(f"proxy {i + 1} routes it", lambda: r.proxy_get(
+            i, f"after-restart.{DOMAIN}", token).status_code == 200, 10, step=0.05)
+    assert r.s[0].request("POST", "/v1/services", json=service("after-restart-1")).status_code == 201
+    for s in r.s:
+        assert "store: lost the connection to PostgreSQL; reconnecting" in s.read_log()
 
 
 def test_kill9_of_a_replica_during_a_write_stream_loses_no_acknowledged_write(replicas):

@@ -2,10 +2,13 @@
 and the runner each in a cloisterd process of its own (roles: [kms], [audit],
 [runner]) and one with [api, proxy], each with its own copy of the data dir
 as on machines of their own, talking HTTP/JSON over TCP with mutual TLS on
-loopback. The quickstart works through them; a client presenting another
-role's certificate, or none, is refused by each server; `--check` names each
-missing peer; the sealed remote kms is unsealed with `cloisterd unseal`."""
+loopback. The api process's proxy follows the api's configuration on
+api.roleListen with its role certificate. The quickstart works through them;
+a client presenting another role's certificate, or none, is refused by each
+server; `--check` names each missing peer; the sealed remote kms is unsealed
+with `cloisterd unseal`."""
 import json
+import os
 import re
 import shutil
 import socket
@@ -20,11 +23,12 @@ import yaml
 
 from conftest import (CLOISTERD, ROOT, Server, audited, free_port, manifest, open_for_roles, run_cli,
                       run_documented, sanitizer_env)
-from test_runner import enclave_status, wait_for
+from test_runner import channel, enclave_status, remove, wait_for
 
 PASSPHRASE = "a passphrase of at least 8"
 # who may call whom (the local sockets' allow-lists): server role -> roles allowed
-ALLOWED = {"kms": {"api", "runner"}, "audit": {"api", "proxy", "kms", "runner"}, "runner": {"api"}}
+ALLOWED = {"kms": {"api", "runner"}, "audit": {"api", "proxy", "kms", "runner"}, "runner": {"api"},
+           "api": {"proxy", "runner"}}
 ROLES = ("api", "proxy", "kms", "audit", "runner")
 
 
@@ -52,7 +56,7 @@ def cluster(tmp_path_factory):
                                     "kms": {"seal": {"mode": "passphrase"}}}))
     p = cloisterd("--init", "--config", str(init), input="")
     assert p.returncode == 0, p.stderr
-    ports = {role: free_port() for role in ("kms", "audit", "runner")}
+    ports = {role: free_port() for role in ("kms", "audit", "runner", "api")}  # api: its listener for roles
     url = {role: f"https://127.0.0.1:{port}" for role, port in ports.items()}
     api = Server(tmp / "ap", config=tmp / "ap.yaml")  # its API port, which the runner needs, is chosen here
     docs = {
@@ -60,12 +64,15 @@ def cluster(tmp_path_factory):
                 "peers": {"audit": url["audit"]}},
         "audit": {"roles": ["audit"], "audit": {"listen": f"127.0.0.1:{ports['audit']}"}},
         "runner": {"roles": ["runner"], "runner": {"listen": f"127.0.0.1:{ports['runner']}"},
-                   "peers": {"api": api.url, "audit": url["audit"]}},
-        "ap": {"roles": ["api", "proxy"], "peers": {"kms": url["kms"], "audit": url["audit"], "runner": url["runner"]}},
+                   "peers": {"api": api.url, "apiRoles": url["api"], "audit": url["audit"]}},
+        "ap": {"roles": ["api", "proxy"], "api": {"roleListen": f"127.0.0.1:{ports['api']}"},
+               "peers": {"kms": url["kms"], "audit": url["audit"], "runner": url["runner"]}},
     }
     procs = {}
     for name, doc in docs.items():
         shutil.copytree(tmp / "init", tmp / name, symlinks=True)  # a machine's own copy of what --init made
+        if name == "runner":  # no role token there: it reaches the api by its certificate (peers.apiRoles)
+            (tmp / name / "runner" / "runner.token").unlink()
         path = tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump({"dataDir": str(tmp / name), **doc}, sort_keys=False))
         check = cloisterd("--config", str(path), "--check")
@@ -192,20 +199,79 @@ def role_call(cluster, server, role, path="/v1/status"):
 
 
 @pytest.mark.parametrize("server,path", [("kms", "/v1/status"), ("audit", "/v1/checkpoint"),
-                                         ("runner", "/v1/sandboxes")])
+                                         ("runner", "/v1/sandboxes"), ("api", "/v1/apply")])
 def test_each_server_takes_only_the_roles_it_serves(unsealed, server, path):
-    procs = unsealed["procs"]
+    procs = dict(unsealed["procs"], api=unsealed["procs"]["ap"])
     for role in ROLES:
         got = role_call(unsealed, server, role, path)
         if role in ALLOWED[server]:
             assert isinstance(got, int), (role, got)  # an HTTP answer, whatever the endpoint said
         else:
             assert not isinstance(got, int), (role, got)  # the handshake failed: no request was read
-            wait_log(procs[server], f'"msg":"refused a peer\'s certificate","socket":"{server}.sock","role":"{role}"')
+            socket_name = "api.roleListen" if server == "api" else f"{server}.sock"
+            wait_log(procs[server], f'"msg":"refused a peer\'s certificate","socket":"{socket_name}","role":"{role}"')
     got = role_call(unsealed, server, None, path)
     assert not isinstance(got, int), got
     wait_log(procs[server], '"msg":"refused a peer: the mutual TLS handshake failed","server":')
     assert '"reason":"no client certificate"' in procs[server].read_log()
+
+
+def stream_head(cluster, role, token=None):
+    """GETs /v1/proxy/config on the api's listener for roles presenting
+    ROLE's certificate (and TOKEN as a bearer, when given); returns the
+    answer's status line and headers (the stream itself never ends)."""
+    pki = cluster["pki"]
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    ctx.load_cert_chain(str(pki / "roles" / f"{role}.pem"), str(pki / "roles" / f"{role}.key"))
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    port = int(cluster["url"]["api"].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="api.cloister.internal") as s:
+            s.sendall(f"GET /v1/proxy/config HTTP/1.1\r\nHost: api\r\n{auth}Accept: text/event-stream\r\n\r\n"
+                      .encode())
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := s.recv(65536)):
+                head += chunk
+    return head.split(b"\r\n\r\n")[0].decode()
+
+
+def test_the_api_takes_a_role_by_its_certificate(unsealed):
+    """On api.roleListen the caller is the role its certificate names, one
+    rule with its token: the proxy's certificate opens the configuration
+    stream without a token, the runner's does not (it is not the proxy's
+    identity), and the admin's token beside the proxy's certificate changes
+    nothing. The proxy of the api process follows the stream there (the
+    quickstart answers through it)."""
+    admin = unsealed["api"].token
+    assert stream_head(unsealed, "proxy").startswith("HTTP/1.1 200")
+    assert stream_head(unsealed, "proxy", token=admin).startswith("HTTP/1.1 200")
+    assert stream_head(unsealed, "runner").startswith("HTTP/1.1 403")
+    # the public listener is as it was: no certificate, a token
+    r = requests.get(unsealed["api"].url + "/v1/proxy/config", verify=unsealed["api"].ca, timeout=10)
+    assert r.status_code == 401, r.text
+
+
+def test_the_remote_runner_forwards_to_the_api_by_its_certificate(unsealed, tmp_path):
+    """The runner process reaches the api at peers.apiRoles: an enclave's
+    challenge it forwards is answered as the runner's identity, with no
+    token sent (the certificate says who calls)."""
+    api, runner = unsealed["api"], unsealed["procs"]["runner"]
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "enclave.yaml").write_text('command: ["/bin/sleep", "600"]\n')
+    os.chmod(bundle, 0o755)
+    r = api.request("POST", "/v1/apply", json={"items": [manifest("Enclave", "apart", {"bundle": str(bundle)})]})
+    assert r.status_code == 200, r.text
+    try:
+        wait_for(lambda: (enclave_status(api, "apart") or {}).get("ready") == 1, what="a running replica")
+        # its channel is the remote runner's, in that machine's data dir
+        status, answer = wait_for(lambda: (lambda a: a if a[0] == 200 else None)(
+            channel(runner, "apart-1", "POST", "/v1/attest/challenge", {})), what="the forwarded challenge")
+        assert len(answer["nonce"]) == 64, answer
+        wait_log(runner, '"msg":"forwarded an enclave\'s call to the API","sandbox":"apart-1","call":"challenge",'
+                 '"status":"200"')
+    finally:
+        remove(api, "apart")
 
 
 def test_a_client_checks_the_server_names_the_role_it_meant(unsealed):

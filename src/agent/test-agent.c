@@ -431,7 +431,7 @@ static int run_release(char *secrets, size_t size, char *marker, size_t marker_s
     snprintf(secrets, size, "%s/secrets", dir);
     mkdir(secrets, 0700);
     snprintf(marker, marker_size, "%s/workload-ran", dir);
-    char script[400];
+    char script[1024];
     snprintf(script, sizeof(script), "test -f %s/model.key && touch %s; exit 3", secrets, marker);
     return run_agent((const char *[]){"--channel", srv.path, "--secrets-dir", secrets, "--secret",
                                       "model-key:model.key", "--", "/bin/sh", "-c", script, NULL});

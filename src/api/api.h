@@ -12,6 +12,10 @@
 
 typedef struct api_config {
     const char *listen;   /* HOST:PORT */
+    /* api.roleListen: HOST:PORT of the mutual-TLS listener for the proxy and
+     * the runner (NULL or "": none), this process's role certificate and key
+     * and the cluster CA (daemon/peer-tls.h) */
+    const char *role_listen, *role_cert, *role_key, *role_ca;
     const char *cert_file; /* PEM chain of the server certificate */
     const char *key_file;
     const char *domain;

@@ -45,6 +45,10 @@ void api_auth_respond_tokens(api_request *r, api_route route, json_t *body);
 /* Spends one token-endpoint attempt of the client's address; fills ERR with
  * a 429 (and sets Retry-After) and returns -1 when none is left. */
 int api_auth_rate_check_ip(api_request *r, api_error *err);
+/* Takes the login handoff HANDOFF (its sealed text) that this api's
+ * replicas made: 0 the first time across every replica, -ENOENT when it was
+ * taken already (or is unknown or expired), or a negative errno. */
+int api_handoff_take(api_server *srv, const char *handoff);
 
 /* The caller of REQ from its Authorization header (credential or access
  * token), as every non-public endpoint gets it; defined in handlers.c. */

@@ -123,23 +123,56 @@ static auth_tls *tls_get(void)
 
 /* ---- rate limits ---- */
 
-static ratelimit *ip_limit, *credential_limit;
+/* A limit: a local token bucket per key (exact in one process), and with a
+ * shared store (several replicas) also a counter per key in the store, a
+ * fixed window of WINDOW_MS allowing BURST, that every replica adds to. The
+ * local bucket is asked first, so a flood from one key reaches the store at
+ * most at the local limit's pace on each replica. */
+typedef struct auth_limit {
+    ratelimit *local;
+    int64_t burst, window_ms;
+} auth_limit;
+
+static auth_limit ip_limit = {.burst = IP_BURST, .window_ms = IP_BURST * 1000 / IP_PER_SECOND},
+                  credential_limit = {.burst = CREDENTIAL_BURST,
+                                      .window_ms = CREDENTIAL_BURST * 1000 / CREDENTIAL_PER_SECOND};
 static pthread_once_t limits_once = PTHREAD_ONCE_INIT;
 
 static void limits_init(void)
 {
-    ip_limit = ratelimit_new(4096, IP_BURST, IP_PER_SECOND);
-    credential_limit = ratelimit_new(4096, CREDENTIAL_BURST, CREDENTIAL_PER_SECOND);
+    ip_limit.local = ratelimit_new(4096, IP_BURST, IP_PER_SECOND);
+    credential_limit.local = ratelimit_new(4096, CREDENTIAL_BURST, CREDENTIAL_PER_SECOND);
+}
+
+/* With a shared store, adds one attempt of KEY to LIMIT's counter there:
+ * 0 when within the window's BURST, else the whole seconds (at least 1)
+ * until the window ends; a negative errno when the store fails. */
+static int64_t shared_wait(api_request *r, const auth_limit *limit, const char *what, const char *key)
+{
+    const char *driver = r->server->cfg->store_driver;
+    if (!driver || strcmp(driver, "sqlite") == 0)
+        return 0; /* one process: the local bucket is the whole limit */
+    char name[RATELIMIT_KEY_MAX + 64];
+    snprintf(name, sizeof(name), "ratelimit/%s/%.*s", what, RATELIMIT_KEY_MAX, key);
+    int64_t count, left_ms;
+    int e = store_counter_add(r->server->cfg->store, name, limit->window_ms, &count, &left_ms);
+    if (e < 0)
+        return e;
+    return count <= limit->burst ? 0 : MAX((left_ms + 999) / 1000, 1);
 }
 
 /* Spends one attempt of KEY in LIMIT; fills ERR with a 429 and its
- * Retry-After when none is left. Without a limiter (out of memory at
- * start) every attempt is refused: failing closed. */
-static int rate_check(api_request *r, ratelimit **which, const char *what, const char *key, api_error *err)
+ * Retry-After when none is left (503 when the shared counter cannot be
+ * read). Without a local limiter (out of memory at start) every attempt is
+ * refused: failing closed. */
+static int rate_check(api_request *r, auth_limit *limit, const char *what, const char *key, api_error *err)
 {
     pthread_once(&limits_once, limits_init);
-    ratelimit *limit = *which;
-    int64_t wait = limit ? ratelimit_take(limit, key, time_mono_ns()) : 60;
+    int64_t wait = limit->local ? ratelimit_take(limit->local, key, time_mono_ns()) : 60;
+    if (wait == 0)
+        wait = shared_wait(r, limit, what, key);
+    if (wait < 0)
+        return api_fail_store(err, (int)wait, "rate limit", what);
     if (wait == 0)
         return 0;
     char v[24];
@@ -644,6 +677,30 @@ static int handle_logout(api_request *r, api_error *err)
     return 0;
 }
 
+/* POST /v1/auth/handoff/take {"handoff": sealed text}: a proxy takes a
+ * login handoff before it sets the session cookie; 200 the first time
+ * across every replica, 409 after. Public like the token exchange (holding
+ * the handoff is the right to spend it); not limited per address, as the
+ * caller is a proxy taking every browser's login. */
+static int handle_handoff_take(api_request *r, api_error *err)
+{
+    _cleanup_(wipe_free) char *handoff = body_string(r, "handoff", err);
+    if (!handoff)
+        return -1;
+    int e = api_handoff_take(r->server, handoff);
+    if (e == -ENOENT) {
+        report(r, "auth.handoff.take", NULL, NULL, "failure", "the login handoff was already used");
+        return api_fail(err, 409, "already_used", "the login handoff was already used (or has expired); log in again");
+    }
+    if (e < 0)
+        return api_fail_store(err, e, "LoginHandoff", "?");
+    report(r, "auth.handoff.take", NULL, NULL, "success", NULL);
+    json_t *body = json_pack("{s:b}", "taken", true);
+    api_respond_json(r->req, ROUTE_AUTH_HANDOFF_TAKE, r->started, 200, body);
+    json_decref(body);
+    return 0;
+}
+
 int api_auth_handle(api_request *r, const char *rest, size_t rest_len, api_error *err)
 {
     if (!r->server->cfg->keyring)
@@ -656,6 +713,7 @@ int api_auth_handle(api_request *r, const char *rest, size_t rest_len, api_error
         {"token", ROUTE_AUTH_TOKEN, handle_token},
         {"refresh", ROUTE_AUTH_REFRESH, handle_refresh},
         {"logout", ROUTE_AUTH_LOGOUT, handle_logout},
+        {"handoff/take", ROUTE_AUTH_HANDOFF_TAKE, handle_handoff_take},
     };
     for (size_t i = 0; i < ELEMENTSOF(ops); i++) {
         if (!h2o_memis(rest, rest_len, ops[i].name, strlen(ops[i].name)))

@@ -428,7 +428,7 @@ static int submit(api_request *r, data_job *job, api_error *err)
 /* PUT ?offset=N: one part (the request body) of the ciphertext. */
 static int put_part(api_request *r, const char *name, json_t *dataset, api_error *err)
 {
-    uint64_t offset;
+    uint64_t offset = 0;
     h2o_iovec_t body = r->req->entity;
     if (offset_param(r->req, &offset, err) < 0) {
         json_decref(dataset);

@@ -56,6 +56,9 @@
 static api_ticket_kind pending_kind = {.kind = "PendingLogin", .seal_label = "cloister pending logins v1",
                                        .ttl_s = PENDING_TTL_S, .max_live = PENDING_MAX,
                                        .content_max = 64 * 1024};
+/* the handoffs made and not yet taken by a proxy (api_handoff_take) */
+static api_ticket_kind handoff_kind = {.kind = "LoginHandoff", .seal_label = "cloister login handoffs v1",
+                                       .ttl_s = HANDOFF_TTL_S, .max_live = PENDING_MAX, .content_max = 256};
 #define PROVIDERS_MAX 32
 #define PROVIDER_TTL_S 3600
 #define JWKS_REFETCH_MIN_S 10
@@ -829,6 +832,14 @@ static void tokens_wipe_decref(json_t *tokens)
     json_decref(tokens);
 }
 
+int api_handoff_take(api_server *srv, const char *handoff)
+{
+    json_t *content = NULL;
+    int e = api_ticket_take(srv, &handoff_kind, 'h', handoff, &content);
+    api_ticket_content_free(content);
+    return e;
+}
+
 /* Sends the browser of a login with a return URL (END->rd) back to its
  * service host: to <scheme>://<authority>/.cloister/callback?handoff=H,
  * where H seals the access token of TOKENS for the proxy, that authority,
@@ -853,6 +864,11 @@ static int send_handoff(api_request *r, const api_login_end *end, const json_t *
     if (e == 0 && asprintf(&loc, "%s://%s/.cloister/callback?handoff=%s", rd.scheme, rd.authority, h) < 0) {
         loc = NULL;
         e = -ENOMEM;
+    }
+    if (e == 0) { /* kept until a proxy takes it: once across every proxy */
+        json_t *content = json_pack("{s:s}", "host", rd.authority);
+        e = content ? api_ticket_put(r->server, &handoff_kind, 'h', h, now_s(), content) : -ENOMEM;
+        json_decref(content);
     }
     free(h);
     if (e < 0)

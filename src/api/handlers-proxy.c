@@ -759,8 +759,8 @@ int api_handle_proxy(api_request *r, const char *rest, size_t rest_len, api_erro
         return -1;
     }
     int ret = 0;
-    int64_t since;
-    uint64_t epoch;
+    int64_t since = 0;
+    uint64_t epoch = 0;
     if (!api_method_is(r->req, "GET"))
         api_method_not_allowed(r->req, ROUTE_PROXY_CONFIG, r->started, "GET");
     else if (parse_since(r->req, &since, err) < 0 || parse_epoch(r->req, &epoch, err) < 0 ||

@@ -20,6 +20,7 @@
 #include "api/span.h"
 #include "api/sse.h"
 #include "audit/event.h"
+#include "auth/bootstrap-names.h"
 #include "auth/credential.h"
 #include "auth/session.h"
 #include "basic/log.h"
@@ -101,12 +102,55 @@ static int resolve_credential(api_server *srv, const char *digest, const char *k
     return 0;
 }
 
-/* Finds the caller from `Authorization: Bearer <credential or access token>`. Any
+/* The caller of a request on api.roleListen: the role its client
+ * certificate names (checked during the handshake against the listener's
+ * allow-list, proxy and runner) is that role's own identity, its bootstrap
+ * credential and workload user, decided like that credential's token would
+ * be (a revoked or expired credential, a deleted or disabled user is
+ * refused). No token is read there. Returns 0 with *RET, or -1 with ERR. */
+static int authenticate_role(api_server *srv, int peer, caller *ret, api_error *err)
+{
+    const char *role = (size_t)peer < srv->cfg->n_roles ? srv->cfg->roles[peer].name : NULL;
+    const char *credential = !role                       ? NULL
+                             : strcmp(role, "proxy") == 0 ? BOOTSTRAP_PROXY_CREDENTIAL
+                             : strcmp(role, "runner") == 0 ? BOOTSTRAP_RUNNER_CREDENTIAL
+                                                           : NULL;
+    if (!credential)
+        return api_fail(err, 403, "forbidden", "the role certificate names no role that calls the API");
+    json_t *cred = NULL, *user = NULL;
+    int e = store_get(srv->cfg->store, "Credential", credential, &cred);
+    if (e == -ENOENT)
+        return api_fail(err, 401, "unauthenticated",
+                        "the %s role's credential %s is gone; run cloisterd --init to make it again", role, credential);
+    if (e < 0)
+        return api_fail_store(err, e, "Credential", credential);
+    const char *user_name = json_string_value(json_object_get(json_object_get(cred, "spec"), "user"));
+    e = user_name ? store_get(srv->cfg->store, "User", user_name, &user) : -ENOENT;
+    if (e < 0 && e != -ENOENT) {
+        json_decref(cred);
+        return api_fail_store(err, e, "User", user_name);
+    }
+    caller c = {.user = user, .credential = cred};
+    auth_verdict why;
+    if (auth_credential_check(c.credential, c.user, (int64_t)(time_now_ns() / NSEC_PER_SEC), &why) < 0) {
+        api_fail(err, why.status, why.code, "%s", why.message);
+        caller_clear(&c);
+        return -1;
+    }
+    *ret = c;
+    return 0;
+}
+
+/* Finds the caller from `Authorization: Bearer <credential or access token>`,
+ * or on api.roleListen from the role certificate (authenticate_role()). Any
  * failure is a 401 (or 403 for a disabled user); nothing falls through.
  * Verified tokens are cached per thread while the store is unchanged; the
  * credential's expiry, user and uid are decided on every call. */
 static int authenticate(api_server *srv, h2o_req_t *req, caller *ret, api_error *err)
 {
+    int peer = httpd_conn_peer(req);
+    if (peer >= 0)
+        return authenticate_role(srv, peer, ret, err);
     api_thread *t = (api_thread *)httpd_thread_state(req);
     ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
     if (i < 0)

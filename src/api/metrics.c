@@ -40,6 +40,7 @@ static const struct {
     [ROUTE_USER_KEYS] = {"/v1/users/{name}/keys", "any"},
     [ROUTE_USER_INVITE] = {"/v1/users/{name}/invite", "any"},
     [ROUTE_USER_PASSKEYS] = {"/v1/users/{name}/passkeys", "any"},
+    [ROUTE_AUTH_HANDOFF_TAKE] = {"/v1/auth/handoff/take", "POST"},
     [ROUTE_DATASET_DATA] = {"/v1/datasets/{name}/data", "any"},
     [ROUTE_ENCLAVE_LOGS] = {"/v1/enclaves/{name}/logs", "GET"},
     [ROUTE_ENCLAVE_SECRET_RELEASE] = {"/v1/enclaves/{name}/secret-release", "POST"},

@@ -1,8 +1,12 @@
 /* The API server: the REST API's handlers on an httpd listener with TLS. */
+#include <unistd.h>
+
 #include "api/server.h"
 #include "api/handlers-job-runs.h"
 #include "api/notify.h"
 #include "basic/log.h"
+#include "daemon/peer-tls.h"
+#include "daemon/peer.h"
 #include "httpd/httpd.h"
 
 #define API_MAX_CONNECTIONS 4096 /* lowered below the descriptor limit at start (httpd) */
@@ -30,6 +34,9 @@ int api_run(const api_config *cfg)
         policy_source_free(srv.policies);
         return e;
     }
+    /* api.roleListen: the roles that call the api, known by their certificate */
+    const peer_policy role_peers = {.socket = "api.roleListen", .roles = cfg->roles, .n_roles = cfg->n_roles,
+                                    .uid = geteuid(), .allowed = {"proxy", "runner"}};
     httpd_config h = {
         .name = "API",
         .listen = cfg->listen,
@@ -45,6 +52,10 @@ int api_run(const api_config *cfg)
         .handlers_check_framing = true, /* on_req: httpd_framing_check() first */
         .userdata = &srv,
         .ready_flag = cfg->ready_flag,
+        .mtls = {.listen = cfg->role_listen, .cert_file = cfg->role_cert, .key_file = cfg->role_key,
+                 .ca_file = cfg->role_ca},
+        .check_cert = peer_tls_check_hook,
+        .peer_data = &role_peers,
     };
     if (api_job_runs_sweeper_start(&srv) < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start the job run sweeper: runs whose sandbox died stay running "

@@ -494,7 +494,7 @@ int jwt_verify(const char *token, size_t len, jwt_key *const *keys, size_t n_key
     json_auto_t *claims = json_loadb(payload, payload_len, JSON_REJECT_DUPLICATES, NULL);
     if (!json_is_object(claims))
         return -EBADMSG;
-    int64_t exp, nbf, iat;
+    int64_t exp = 0, nbf = 0, iat = 0;
     int has_exp = int_claim(claims, "exp", &exp), has_nbf = int_claim(claims, "nbf", &nbf),
         has_iat = int_claim(claims, "iat", &iat);
     if (has_exp <= 0 || has_nbf < 0 || has_iat < 0)

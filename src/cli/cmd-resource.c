@@ -128,7 +128,7 @@ int cmd_get(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
 {
     const char *args[2];
     size_t n;
-    const resource_kind *k;
+    const resource_kind *k = NULL;
     bool follow;
     const struct option watch_flag = {"watch", no_argument, NULL, 'w'};
     int r = parse_args(ctx, cmd, argc, argv, 1, 2, &watch_flag, &follow, args, &n);
@@ -189,7 +189,7 @@ int cmd_delete(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
 {
     const char *args[2];
     size_t n;
-    const resource_kind *k;
+    const resource_kind *k = NULL;
     bool force;
     const struct option force_flag = {"force", no_argument, NULL, 0x200};
     int r = parse_args(ctx, cmd, argc, argv, 2, 2, &force_flag, &force, args, &n);
@@ -265,7 +265,7 @@ int cmd_describe(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv)
     if (argc - optind != 2)
         return cli_usage_error(cmd, argc - optind < 2 ? "describe needs KIND and NAME" : "unexpected argument \"%s\"",
                                argv[MIN(argc - 1, optind + 2)]);
-    const resource_kind *k;
+    const resource_kind *k = NULL;
     int r;
     const char *name = argv[optind + 1];
     if ((r = parse_kind(cmd, argv[optind], &k)) != CLI_EXIT_OK || (r = parse_name(cmd, name)) != CLI_EXIT_OK)

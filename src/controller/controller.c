@@ -12,6 +12,7 @@
  * recognised as such (spec compared, not resourceVersion). */
 #include "controller/controller.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -154,9 +155,12 @@ static void enclave_remove(controller *c, size_t i)
     enclave_free(e);
 }
 
+/* NAME-<I+1> into BUF: a resource name (at most 63 bytes) and an index
+ * always fit the callers' buffers. */
 static void replica_name(const char *enclave_name, size_t i, char *buf, size_t size)
 {
-    snprintf(buf, size, "%s-%zu", enclave_name, i + 1);
+    int n = snprintf(buf, size, "%s-%zu", enclave_name, i + 1);
+    assert(n > 0 && (size_t)n < size);
 }
 
 /* Sets lastEvent when its text changes (and its time with it), so a

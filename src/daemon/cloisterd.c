@@ -611,7 +611,8 @@ static int ensure_listener_certs(daemon_config *cfg)
  * here needs its role certificate. */
 static bool roles_apart(const daemon_config *cfg)
 {
-    return cfg->kms_listen[0] || cfg->audit_listen[0] || cfg->runner_listen[0] || cfg->peer_api[0] ||
+    return cfg->kms_listen[0] || cfg->audit_listen[0] || cfg->runner_listen[0] || cfg->api_role_listen[0] ||
+           cfg->peer_api[0] || cfg->peer_api_roles[0] ||
            cfg->peer_kms[0] || cfg->peer_audit[0] || cfg->peer_runner[0];
 }
 

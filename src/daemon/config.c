@@ -79,7 +79,7 @@ typedef struct parse_ctx {
     size_t visited;
     size_t key_line; /* the line of the key whose value is walked */
     /* lines of keys the checks after the walk name (0: absent) */
-    size_t roles_line, store_line, seal_line, kms_listen_line, audit_listen_line, runner_listen_line, peers_line;
+    size_t roles_line, store_line, seal_line, api_role_listen_line, kms_listen_line, audit_listen_line, runner_listen_line, peers_line;
     bool seal_given;
 } parse_ctx;
 
@@ -261,8 +261,12 @@ static void api_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
         number_value(c, v, full, 1, 64, &n);
         c->cfg->api_threads = (unsigned)n;
         break;
-    default:
+    case 2:
         tls(c, v, full);
+        break;
+    default: /* roleListen: the mutual-TLS listener for the proxy and the runner */
+        c->api_role_listen_line = c->key_line;
+        listen_value(c, v, full, c->cfg->api_role_listen, sizeof(c->cfg->api_role_listen));
     }
 }
 
@@ -406,7 +410,7 @@ static void pki_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 static void peers_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 {
     daemon_config *cfg = c->cfg;
-    char *const dst[] = {cfg->peer_api, cfg->peer_kms, cfg->peer_audit, cfg->peer_runner};
+    char *const dst[] = {cfg->peer_api, cfg->peer_kms, cfg->peer_audit, cfg->peer_runner, cfg->peer_api_roles};
     url_value(c, v, full, dst[key], sizeof(cfg->peer_api));
 }
 
@@ -526,7 +530,7 @@ static void plugins_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *fu
 
 static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 {
-    static const char *const api_keys[] = {"listen", "threads", "tls"};
+    static const char *const api_keys[] = {"listen", "threads", "tls", "roleListen"};
     static const char *const proxy_keys[] = {"listen", "httpListen", "threads", "upstreamIdle", "upstreamConnections",
                                              "tls"};
     static const char *const kms_keys[] = {"listen", "seal"};
@@ -534,7 +538,7 @@ static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
     static const char *const runner_keys[] = {"listen", "cgroup"};
     static const char *const store_keys[] = {"url"};
     static const char *const pki_keys[] = {"dir"};
-    static const char *const peer_keys[] = {"api", "kms", "audit", "runner"};
+    static const char *const peer_keys[] = {"api", "kms", "audit", "runner", "apiRoles"};
     static const char *const telemetry_keys[] = {"otlp"};
     static const char *const plugin_keys[] = {"dir", "trusted"};
     daemon_config *cfg = c->cfg;
@@ -625,13 +629,19 @@ static void check_peers(parse_ctx *c)
     const struct {
         const char *value, *key;
         size_t role, line;
-    } listens[] = {{cfg->kms_listen, "kms.listen", 1, c->kms_listen_line},
+    } listens[] = {{cfg->api_role_listen, "api.roleListen", 0, c->api_role_listen_line},
+                   {cfg->kms_listen, "kms.listen", 1, c->kms_listen_line},
                    {cfg->audit_listen, "audit.listen", 2, c->audit_listen_line},
                    {cfg->runner_listen, "runner.listen", 3, c->runner_listen_line}};
     for (size_t i = 0; i < ELEMENTSOF(listens); i++)
         if (listens[i].value[0] && !cfg->role_wanted[listens[i].role])
             config_problem(c->problems, "%s:%zu: %s: this machine does not run %s (roles); leave it out", c->file,
                            listens[i].line, listens[i].key, daemon_role_names[listens[i].role]);
+    if (cfg->peer_api_roles[0] && cfg->role_wanted[0])
+        config_problem(c->problems,
+                       "%s:%zu: peers.apiRoles: this machine runs api itself (roles); leave the peer out (its "
+                       "proxy and runner use api.roleListen)",
+                       c->file, c->peers_line);
 }
 
 /* What the file says that cannot work together. */
@@ -717,4 +727,35 @@ int daemon_config_load(const char *path, daemon_config *cfg, config_problems *pr
         return -EINVAL;
     }
     return daemon_config_parse(path, text, len, cfg, problems);
+}
+
+/* The https:// URL of LISTEN (HOST:PORT) as a process of this machine
+ * reaches it: a wildcard address becomes loopback. */
+static void local_url(const char *listen, char *out, size_t size)
+{
+    const char *colon = strrchr(listen, ':');
+    if (colon && strncmp(listen, "0.0.0.0:", 8) == 0)
+        snprintf(out, size, "https://127.0.0.1%s", colon);
+    else if (colon && strncmp(listen, "[::]:", 5) == 0)
+        snprintf(out, size, "https://[::1]%s", colon);
+    else
+        snprintf(out, size, "https://%s", listen);
+}
+
+void daemon_api_url(const daemon_config *cfg, char *out, size_t size)
+{
+    if (cfg->peer_api[0]) /* the api runs elsewhere */
+        snprintf(out, size, "%s", cfg->peer_api);
+    else
+        local_url(cfg->api_listen, out, size);
+}
+
+void daemon_api_role_url(const daemon_config *cfg, char *out, size_t size)
+{
+    if (cfg->peer_api_roles[0])
+        snprintf(out, size, "%s", cfg->peer_api_roles);
+    else if (cfg->role_wanted[0] && cfg->api_role_listen[0])
+        local_url(cfg->api_role_listen, out, size);
+    else if (size)
+        out[0] = 0;
 }

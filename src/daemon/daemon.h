@@ -60,6 +60,9 @@ typedef struct daemon_config {
      * runner open for them ("" : none), and the https://HOST:PORT of the roles this machine does not run */
     char kms_listen[256], audit_listen[256], runner_listen[256];
     char peer_api[512], peer_kms[512], peer_audit[512], peer_runner[512];
+    /* api.roleListen: the api's mutual-TLS listener for the proxy and the runner ("" : none), and
+     * peers.apiRoles: its https://HOST:PORT when the api runs elsewhere */
+    char api_role_listen[256], peer_api_roles[512];
     /* a role's own certificate and key (from pki.dir/roles/, copied into its room at each start; "" : none) */
     char role_cert[4200], role_key[4200];
     /* telemetry.otlp: handed to the roles as OTEL_EXPORTER_OTLP_ENDPOINT / _HEADERS ("k=v,k=v") */
@@ -88,6 +91,13 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
  * runs elsewhere, else CFG's api_listen with a wildcard address replaced by
  * loopback. */
 void daemon_api_url(const daemon_config *cfg, char *out, size_t size);
+
+/* The https://HOST:PORT of the api's listener for roles (mutual TLS, the
+ * role certificate instead of the role token) as the proxy and the runner
+ * reach it: peers.apiRoles when the api runs elsewhere, else api.roleListen
+ * (a wildcard address replaced by loopback) when the api runs here; "" when
+ * there is none (they call the public API with their role token). */
+void daemon_api_role_url(const daemon_config *cfg, char *out, size_t size);
 
 /* Reads the KMS passphrase or PIN, one line, from FD, or without echo from
  * the terminal when FD is -1, into a new buffer (the caller wipes and frees

@@ -7,19 +7,6 @@
 #include "api/api.h"
 #include "daemon/daemon.h"
 
-void daemon_api_url(const daemon_config *cfg, char *out, size_t size)
-{
-    const char *listen = cfg->api_listen, *colon = strrchr(listen, ':');
-    if (cfg->peer_api[0]) /* the api runs elsewhere */
-        snprintf(out, size, "%s", cfg->peer_api);
-    else if (colon && strncmp(listen, "0.0.0.0:", 8) == 0)
-        snprintf(out, size, "https://127.0.0.1%s", colon);
-    else if (colon && strncmp(listen, "[::]:", 5) == 0)
-        snprintf(out, size, "https://[::1]%s", colon);
-    else
-        snprintf(out, size, "https://%s", listen);
-}
-
 int role_api_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
 {
     char auth_dir[4200];
@@ -29,7 +16,10 @@ int role_api_main(const daemon_config *cfg, role_health *health, role_health *al
     const char *proxy_colon = strrchr(cfg->proxy_listen, ':');
     unsigned long proxy_port = proxy_colon ? strtoul(proxy_colon + 1, NULL, 10) : 0;
     const api_role_config api = {
-        .api = {.listen = cfg->api_listen, .cert_file = cfg->api_cert, .key_file = cfg->api_key,
+        .api = {.listen = cfg->api_listen,
+                .role_listen = cfg->api_role_listen, .role_cert = cfg->role_cert, .role_key = cfg->role_key,
+                .role_ca = cfg->ca_cert,
+                .cert_file = cfg->api_cert, .key_file = cfg->api_key,
                 .domain = cfg->domain, .proxy_port = proxy_port <= 65535 ? (unsigned)proxy_port : 0,
                 .threads = cfg->api_threads, .roles = all, .n_roles = n_all,
                 .ready_flag = &health->ready, .audit_socket = cfg->audit_socket,

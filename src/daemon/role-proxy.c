@@ -12,13 +12,15 @@
 int role_proxy_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
 {
     (void)all, (void)n_all;
-    char api_url[300];
+    char api_url[300], api_role_url[600];
     const char *http1 = getenv("CLOISTER_PROXY_HTTP1");
     daemon_api_url(cfg, api_url, sizeof(api_url));
+    daemon_api_role_url(cfg, api_role_url, sizeof(api_role_url));
     const proxy_role_config proxy = {
         .data_dir = cfg->data_dir,
         .domain = cfg->domain,
         .api_url = api_url,
+        .api_role_url = api_role_url,
         .token_file = cfg->proxy_token,
         .audit_socket = cfg->audit_socket,
         .ca_cert = cfg->ca_cert,

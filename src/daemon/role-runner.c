@@ -7,8 +7,9 @@
 
 int role_runner_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
 {
-    char api_url[300];
+    char api_url[300], api_role_url[600];
     daemon_api_url(cfg, api_url, sizeof(api_url));
+    daemon_api_role_url(cfg, api_role_url, sizeof(api_role_url));
     const runner_server_config runner = {
         .socket = cfg->runner_socket,
         .mtls = {.listen = cfg->runner_listen, .cert_file = cfg->role_cert, .key_file = cfg->role_key,
@@ -21,6 +22,7 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
         .ca_cert = cfg->api_trust,
         .token = cfg->runner_token,
         .api_url = api_url,
+        .api_role_url = api_role_url,
         .audit_socket = cfg->audit_socket,
         .plugin_dir = cfg->plugin_dir,
         .plugin_trusted = cfg->plugin_trusted,

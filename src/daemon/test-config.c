@@ -157,7 +157,7 @@ Test(config, every_problem_with_file_line_and_key)
     cr_expect(has("c.yaml:2: roles: 'api' is listed twice"));
     cr_expect(has("c.yaml:2: roles: 'dns' is not a role"));
     cr_expect(has("c.yaml:4: api.listen: '7443' is not HOST:PORT"));
-    cr_expect(has("c.yaml:5: api.tsl: unknown key (known here: listen, threads, tls)"));
+    cr_expect(has("c.yaml:5: api.tsl: unknown key (known here: listen, threads, tls, roleListen)"));
     cr_expect(has("c.yaml:6: api.threads: 'many' is not a number from 1 to 64"));
     cr_expect(has("c.yaml:7: api: given twice"));
     cr_expect(has("c.yaml:8: proxy: takes a mapping, not a list"));
@@ -184,6 +184,33 @@ Test(config, roles_apart_name_each_missing_peer)
     refused("roles: [api]\npeers: {kms: \"https://k:1/x\", runner: \"http://r:2\", audit: \"https://a:3\"}\n",
             "c.yaml:2: peers.kms: 'https://k:1/x' is not https://HOST[:PORT]");
     cr_assert(has("c.yaml:2: peers.runner: 'http://r:2' is not https://HOST[:PORT]"));
+    /* the api's listener for roles: on the api's machine; its peer: elsewhere */
+    refused("roles: [proxy]\napi: {roleListen: \"0.0.0.0:7447\"}\n"
+            "peers: {api: \"https://a:7443\", audit: \"https://a:7445\", apiRoles: \"https://a:7447\"}\n",
+            "c.yaml:2: api.roleListen: this machine does not run api (roles); leave it out");
+    cr_assert_eq(problems.n, 1);
+    refused("roles: [api, proxy, kms, audit, runner]\nkms: {seal: {mode: passphrase}}\n"
+            "peers: {apiRoles: \"https://a:7447\"}\n",
+            "c.yaml:3: peers.apiRoles: this machine runs api itself");
+}
+
+Test(config, the_api_listener_for_roles)
+{
+    char url[600];
+    cr_assert_eq(parse("roles: [api, proxy]\napi: {roleListen: \"0.0.0.0:7447\"}\n"
+                       "peers: {kms: \"https://k:1\", audit: \"https://a:2\", runner: \"https://r:3\"}\n"), 0);
+    daemon_api_role_url(&cfg, url, sizeof(url));
+    cr_expect_str_eq(url, "https://127.0.0.1:7447");
+    reset();
+    cr_assert_eq(parse("roles: [proxy]\npeers: {api: \"https://a:7443\", audit: \"https://a:7445\", "
+                       "apiRoles: \"https://a:7447\"}\n"), 0);
+    daemon_api_role_url(&cfg, url, sizeof(url));
+    cr_expect_str_eq(url, "https://a:7447");
+    reset();
+    cr_assert_eq(parse("roles: [proxy]\npeers: {api: \"https://a:7443\", audit: \"https://a:7445\"}\n"), 0);
+    daemon_api_role_url(&cfg, url, sizeof(url));
+    cr_expect_str_eq(url, ""); /* the public listener with the role token */
+    reset();
 }
 
 Test(config, a_subset_with_its_peers_and_listeners)

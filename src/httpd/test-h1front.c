@@ -209,7 +209,7 @@ TestSuite(h1front, .init = setup, .fini = teardown);
 static int dial(void)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", listen_at + 5);
+    cr_assert(snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", listen_at + 5) < (int)sizeof(sa.sun_path));
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     cr_assert(fd >= 0);
     cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0, "connect: %s", strerror(errno));

@@ -16,6 +16,7 @@
 #include "basic/macro.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
+#include "daemon/peer-tls.h"
 #include "proxy/config.h"
 #include "proxy/metrics.h"
 
@@ -26,6 +27,7 @@
 
 struct proxy_follower {
     char *api_url, *ca_file, *token_file, *domain;
+    char *api_role_url; /* NULL: the stream is asked of api_url with the token */
     proxy_metrics *metrics; /* shared with the api role, may be NULL */
     pthread_t thread;
     _Atomic bool stop;
@@ -287,10 +289,10 @@ static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, cur
     return atomic_load(&f->stop) ? 1 : 0;
 }
 
-/* One connection: streams until it ends. Returns 0 when it ended cleanly
- * or the follower is stopping, a negative errno otherwise (logged when
- * LOUD). */
-static int stream_once(proxy_follower *f, bool loud)
+/* The `Authorization: Bearer` header of the proxy's credential token (read
+ * at each connection: a rotated token is picked up), or NULL when it cannot
+ * be read (logged when LOUD). The caller wipes and frees it. */
+static char *bearer_header(proxy_follower *f, bool loud)
 {
     char *token = NULL;
     size_t token_len = 0;
@@ -299,36 +301,63 @@ static int stream_once(proxy_follower *f, bool loud)
         if (loud)
             log_fields(LOG_LEVEL_ERROR, "cannot read the proxy's credential token", "path", f->token_file, "error",
                        strerror(-e), NULL);
-        return e;
+        return NULL;
     }
     while (token_len && (token[token_len - 1] == '\n' || token[token_len - 1] == '\r' || token[token_len - 1] == ' '))
         token[--token_len] = 0;
-    char *auth = NULL, *url = NULL;
-    int a = asprintf(&auth, "Authorization: Bearer %s", token);
+    char *auth = NULL;
+    if (asprintf(&auth, "Authorization: Bearer %s", token) < 0)
+        auth = NULL;
     OPENSSL_cleanse(token, token_len);
     free(token);
-    if (a < 0)
-        return -ENOMEM;
+    return auth;
+}
+
+/* One connection: streams until it ends. Returns 0 when it ended cleanly
+ * or the follower is stopping, a negative errno otherwise (logged when
+ * LOUD). */
+static int stream_once(proxy_follower *f, bool loud)
+{
+    char *auth = NULL, *path = NULL;
+    if (!f->api_role_url && (auth = bearer_header(f, loud), !auth))
+        return -EACCES;
     /* resumed only in the same store: the epoch tells a reset one */
-    if (f->state.revision >= 0 ? asprintf(&url, "%s/v1/proxy/config?since=%lld&epoch=%016llx", f->api_url,
+    if (f->state.revision >= 0 ? asprintf(&path, "/v1/proxy/config?since=%lld&epoch=%016llx",
                                           (long long)f->state.revision, (unsigned long long)f->state.epoch) < 0
-                               : asprintf(&url, "%s/v1/proxy/config", f->api_url) < 0) {
-        OPENSSL_cleanse(auth, strlen(auth));
+                               : asprintf(&path, "/v1/proxy/config") < 0)
+        path = NULL;
+    char *url = NULL;
+    if (path && !f->api_role_url && asprintf(&url, "%s%s", f->api_url, path) < 0)
+        url = NULL;
+    if (!path || (!f->api_role_url && !url)) {
+        if (auth)
+            OPENSSL_cleanse(auth, strlen(auth));
         free(auth);
+        free(path);
         return -ENOMEM;
     }
     CURL *curl = curl_easy_init();
-    struct curl_slist *headers = curl_slist_append(NULL, auth);
+    struct curl_slist *headers = auth ? curl_slist_append(NULL, auth) : NULL, *route = NULL;
+    if (auth) {
+        OPENSSL_cleanse(auth, strlen(auth));
+        free(auth);
+    }
     headers = curl_slist_append(headers, "Accept: text/event-stream");
-    OPENSSL_cleanse(auth, strlen(auth));
-    free(auth);
     f->status = 0;
     strbuf_reset(&f->pending);
     strbuf_reset(&f->error_body);
     CURLcode rc = CURLE_FAILED_INIT;
-    if (curl && headers) {
+    int target = 0;
+    if (curl && headers && f->api_role_url) /* the role certificate; the server must name the api role */
+        target = peer_curl_target(curl, f->api_role_url, "api", path, &route);
+    else if (curl && headers) {
         curl_easy_setopt(curl, CURLOPT_URL, url);
         curl_easy_setopt(curl, CURLOPT_CAINFO, f->ca_file);
+    }
+    if (target < 0 && loud)
+        log_fields(LOG_LEVEL_ERROR, "cannot reach the api's listener for roles (peers.apiRoles, api.roleListen)",
+                   "address", f->api_role_url, "error", strerror(-target), NULL);
+    if (curl && headers && target == 0) {
         curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
         curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_data);
         curl_easy_setopt(curl, CURLOPT_WRITEDATA, f);
@@ -343,10 +372,16 @@ static int stream_once(proxy_follower *f, bool loud)
         curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(curl, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
         rc = curl_easy_perform(curl);
+        if (f->api_role_url)
+            peer_tls_count_connections(curl, f->api_role_url, "api");
     }
-    curl_slist_free_all(headers); /* the header list held the token */
+    for (struct curl_slist *l = headers; l; l = l->next) /* the header list held the token */
+        OPENSSL_cleanse(l->data, strlen(l->data));
+    curl_slist_free_all(headers);
+    curl_slist_free_all(route);
     curl_easy_cleanup(curl);
     free(url);
+    free(path);
     OPENSSL_cleanse(f->pending.data, f->pending.len);
     strbuf_reset(&f->pending);
     if (atomic_load(&f->stop))
@@ -356,12 +391,17 @@ static int stream_once(proxy_follower *f, bool loud)
             char status[8];
             snprintf(status, sizeof(status), "%ld", f->status);
             log_fields(LOG_LEVEL_ERROR, "the API refused the proxy's configuration stream; check the proxy's "
-                       "credential (proxy.token) and the cloister-proxy policy", "status", status, "answer",
+                       "credential (proxy.token, or its role certificate on api.roleListen) and the cloister-proxy "
+                       "policy", "status", status, "answer",
                        f->error_body.data ? f->error_body.data : "", NULL);
         }
         return -EACCES;
     }
-    if (rc != CURLE_OK && loud)
+    if (rc != CURLE_OK && loud && f->api_role_url && peer_curl_tls_refused(rc))
+        log_fields(LOG_LEVEL_ERROR, "the mutual TLS handshake with the api's listener for roles failed; check that "
+                   "it presents the api role's certificate and takes the proxy's (pki.dir)", "address",
+                   f->api_role_url, "error", curl_easy_strerror(rc), NULL);
+    else if (rc != CURLE_OK && loud)
         log_fields(LOG_LEVEL_WARN, "configuration stream from the API interrupted; serving the last configuration "
                    "and reconnecting", "error", curl_easy_strerror(rc), NULL);
     return rc == CURLE_OK ? 0 : -EIO;
@@ -405,6 +445,7 @@ static void follower_free(proxy_follower *f)
     proxy_config_unref(f->published);
     proxy_state_done(&f->state);
     free(f->api_url);
+    free(f->api_role_url);
     free(f->ca_file);
     free(f->token_file);
     free(f->domain);
@@ -421,6 +462,8 @@ int proxy_follow_start(const proxy_follow_config *cfg, proxy_follower **ret)
     strbuf_init_secure(&f->pending, PROXY_STREAM_MAX);
     strbuf_init(&f->error_body, 8192);
     f->api_url = strdup(cfg->api_url);
+    if (cfg->api_role_url && cfg->api_role_url[0] && !(f->api_role_url = strdup(cfg->api_role_url)))
+        f->api_url = (free(f->api_url), NULL); /* reported as out of memory below */
     f->ca_file = strdup(cfg->ca_file);
     f->token_file = strdup(cfg->token_file);
     f->domain = strdup(cfg->domain);

@@ -13,8 +13,13 @@
 
 typedef struct proxy_follow_config {
     const char *api_url;    /* "https://127.0.0.1:7443" */
+    /* the api's listener for roles (api.roleListen, https://HOST:PORT): when
+     * set, the stream goes there over mutual TLS with the proxy's role
+     * certificate (daemon/peer-tls.h) instead of api_url with the token;
+     * NULL or "": none */
+    const char *api_role_url;
     const char *ca_file;    /* the cluster CA the API's certificate chains to */
-    const char *token_file; /* the proxy's credential token (read at every connection) */
+    const char *token_file; /* the proxy's credential token (read at every connection; not with api_role_url) */
     const char *domain;     /* services are <name>.<domain> */
     struct proxy_metrics *metrics; /* publishes when the stream was last heard from (/readyz); may be NULL */
 } proxy_follow_config;

@@ -5,6 +5,7 @@
  * session cookie, waited for a moment when its session has not reached this
  * proxy yet. */
 #include <ctype.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
@@ -18,6 +19,7 @@
 #include "basic/fileio.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
+#include "httpd/offload.h"
 #include "proxy/corridor.h"
 #include "proxy/path.h"
 
@@ -25,6 +27,8 @@
 #define HANDOFF_WAIT_MS 50    /* a handoff whose session is not here yet is tried again this often */
 #define HANDOFF_WAIT_TRIES 60 /* ... this many times (3 s) */
 #define HANDOFF_SEEN_MAX 4096 /* handoffs remembered as used */
+#define HANDOFF_TAKE_TIMEOUT_MS 5000L
+#define WHY_USED "the login handoff was already used; log in again"
 /* two refusals of auth/session.c a login handoff waits out (the session or
  * user may not have reached this proxy yet): the same texts */
 #define WHY_NO_SESSION "the session of this access token was revoked or has expired"
@@ -227,7 +231,7 @@ typedef struct handoff_wait {
     unsigned tries;
 } handoff_wait;
 
-static proxy_step callback_try(proxy_request *pr, const proxy_config *c, unsigned tries);
+static proxy_step callback_try(proxy_request *pr, const proxy_config *c, unsigned tries, bool taken);
 
 static void handoff_wait_dispose(void *p)
 {
@@ -241,7 +245,103 @@ static void on_handoff_wait(h2o_timeout_entry_t *entry)
 {
     handoff_wait *w = H2O_STRUCT_FROM_MEMBER(handoff_wait, entry, entry);
     proxy_refresh_config(w->pr->t);
-    callback_try(w->pr, w->pr->t->config, w->tries);
+    callback_try(w->pr, w->pr->t->config, w->tries, false);
+}
+
+/* Taking a handoff at the API (POST /v1/auth/handoff/take), on the sign-out
+ * pool (never on the event loop): the API marks it used in the store, so it
+ * is taken once across every proxy, not only once in this one. */
+typedef struct take_job {
+    offload_job super;
+    proxy_request *pr;              /* valid in DONE while the request lives */
+    const proxy_settings *settings; /* for WORK, which must not touch the request */
+    char *body;                     /* {"handoff": ...} (heap, wiped) */
+    unsigned tries;
+    long status; /* the API's answer, 0 when none came */
+    char error[CURL_ERROR_SIZE];
+} take_job;
+
+static size_t ignore_answer(char *data, size_t size, size_t n, void *userdata)
+{
+    (void)data, (void)userdata;
+    return size * n;
+}
+
+/* On a worker: POST the handoff to the API. */
+static void take_work(offload_job *job)
+{
+    take_job *j = (take_job *)job;
+    const proxy_settings *s = j->settings;
+    char url[512];
+    snprintf(url, sizeof(url), "%s/v1/auth/handoff/take", s->api_url);
+    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+    CURL *c = curl_easy_init();
+    CURLcode rc = CURLE_FAILED_INIT;
+    if (c && headers) {
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_CAINFO, s->api_ca_file);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, j->body);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, ignore_answer);
+        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, HANDOFF_TAKE_TIMEOUT_MS);
+        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(c, CURLOPT_ERRORBUFFER, j->error);
+        rc = curl_easy_perform(c);
+        if (rc == CURLE_OK)
+            curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &j->status);
+    }
+    if (rc != CURLE_OK && !j->error[0])
+        snprintf(j->error, sizeof(j->error), "%s", curl_easy_strerror(rc));
+    curl_easy_cleanup(c);
+    curl_slist_free_all(headers);
+}
+
+static void take_job_free(take_job *j)
+{
+    OPENSSL_cleanse(j->body, strlen(j->body));
+    free(j->body);
+    free(j);
+}
+
+/* On the loop: taken (200) finishes the login on the newest configuration,
+ * taken before (409) is the replay refusal, anything else a 503. */
+static void take_done(offload_job *job, h2o_req_t *req)
+{
+    take_job *j = (take_job *)job;
+    if (req) {
+        proxy_request *pr = j->pr;
+        if (j->status == 200) {
+            proxy_refresh_config(pr->t);
+            callback_try(pr, pr->t->config, j->tries, true);
+        } else if (j->status == 409)
+            proxy_fail(pr, 400, "invalid", "%s", WHY_USED);
+        else if (j->status)
+            proxy_fail(pr, 503, "unavailable",
+                       "the API answered HTTP %ld when the login handoff was taken; log in again", j->status);
+        else
+            proxy_fail(pr, 503, "unavailable", "the API cannot be reached to take the login handoff (%s); log in again",
+                       j->error);
+    }
+    take_job_free(j);
+}
+
+/* Submits the take of HANDOFF (LEN bytes, base64url) for PR. */
+static proxy_step handoff_take(proxy_request *pr, const char *handoff, size_t len, unsigned tries)
+{
+    take_job *j = calloc(1, sizeof(*j));
+    if (!j || asprintf(&j->body, "{\"handoff\": \"%.*s\"}", (int)len, handoff) < 0) {
+        free(j);
+        return proxy_fail(pr, 500, "internal", "out of memory");
+    }
+    j->super = (offload_job){.work = take_work, .done = take_done};
+    j->pr = pr;
+    j->settings = pr->t->settings;
+    j->tries = tries;
+    if (offload_submit(pr->t->settings->logout_pool, pr->t->offload, pr->req, &j->super) < 0) {
+        take_job_free(j);
+        return proxy_fail(pr, 503, "unavailable", "too many logins in progress; try again");
+    }
+    return PROXY_DONE;
 }
 
 void proxy_login_init(proxy_thread *t)
@@ -264,12 +364,12 @@ void proxy_login_dispose(proxy_thread *t)
  * for, up to HANDOFF_WAIT_TRIES * HANDOFF_WAIT_MS, before it is refused. */
 proxy_step proxy_login_callback(proxy_request *pr)
 {
-    return callback_try(pr, pr->c, 0);
+    return callback_try(pr, pr->c, 0, false);
 }
 
 /* One attempt of proxy_login_callback on configuration C (TRIES made
- * before). */
-static proxy_step callback_try(proxy_request *pr, const proxy_config *c, unsigned tries)
+ * before); TAKEN once the API took the handoff for this request. */
+static proxy_step callback_try(proxy_request *pr, const proxy_config *c, unsigned tries, bool taken)
 {
     h2o_req_t *req = pr->req;
     const char *query = pr->query;
@@ -306,11 +406,16 @@ static proxy_step callback_try(proxy_request *pr, const proxy_config *c, unsigne
         h2o_timeout_link(pr->t->ctx->loop, &pr->t->handoff_timeout, &w->entry);
         return PROXY_DONE;
     }
-    if (!why && !handoff_first_use(h.nonce, h.exp, now))
-        why = "the login handoff was already used; log in again";
+    /* the local table first: a replay on this proxy costs the API nothing */
+    if (!why && !taken && !handoff_first_use(h.nonce, h.exp, now))
+        why = WHY_USED;
     if (why) {
         handoff_claims_done(&h);
         return proxy_fail(pr, 400, "invalid", "%s", why);
+    }
+    if (!taken) {
+        handoff_claims_done(&h);
+        return handoff_take(pr, p + 8, len, tries);
     }
     pr->rec.decision = PROXY_DECISION_ALLOW;
     const char *user = json_string_value(json_object_get(json_object_get(r->user, "metadata"), "name"));

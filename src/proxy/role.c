@@ -105,7 +105,8 @@ int proxy_serve(const proxy_role_config *cfg)
         log_fields(LOG_LEVEL_WARN, "cannot start audit event delivery; access decisions go to the log", "error",
                    strerror(-r), NULL);
     proxy_follower *follower = NULL;
-    r = proxy_follow_start(&(proxy_follow_config){.api_url = cfg->api_url, .ca_file = cfg->api_ca_cert,
+    r = proxy_follow_start(&(proxy_follow_config){.api_url = cfg->api_url, .api_role_url = cfg->api_role_url,
+                                                  .ca_file = cfg->api_ca_cert,
                                                   .token_file = cfg->token_file, .domain = cfg->domain,
                                                   .metrics = cfg->metrics},
                            &follower);

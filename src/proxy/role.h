@@ -15,6 +15,7 @@ typedef struct proxy_role_config {
     const char *data_dir;   /* its room is data_dir/proxy: the assertion keys */
     const char *domain;
     const char *api_url;    /* the api role, for the configuration stream and the login */
+    const char *api_role_url; /* the api's listener for roles (mutual TLS): the stream goes there; "": none */
     const char *token_file; /* the proxy's token for the stream */
     const char *audit_socket;
     const char *ca_cert;          /* the cluster CA: upstreams verify against it */

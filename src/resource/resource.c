@@ -904,7 +904,7 @@ int resource_validate(const json_t *doc, resource_error *err)
     r = schema_validate(&s_document, doc, &path, err);
     if (r < 0)
         return r;
-    const resource_kind *k;
+    const resource_kind *k = NULL;
     r = document_kind(doc, &path, err, &k);
     if (r < 0)
         return r;

@@ -22,6 +22,7 @@
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
 #include "httpd/httpd.h"
+#include "daemon/peer-tls.h"
 #include "httpd/offload.h"
 #include "resource/resource.h"
 #include "telemetry/telemetry.h"
@@ -420,6 +421,7 @@ static struct {
     offload_pool *pool;
     offload_loop *loop;
     char url[300];
+    char role_url[600]; /* the api's listener for roles; "": calls go to url with the token */
     char ca_file[PATH_MAX];
     char *auth; /* "Authorization: Bearer <token>", wiped at stop; NULL without a token */
 } fwd;
@@ -439,8 +441,11 @@ static void forward_one(offload_job *super)
     char content_type[96];
     snprintf(content_type, sizeof(content_type), "Content-Type: %s",
              job->content_type ? job->content_type : "application/json");
-    struct curl_slist *headers = curl_slist_append(NULL, content_type);
-    struct curl_slist *h2 = headers ? curl_slist_append(headers, fwd.auth) : NULL;
+    struct curl_slist *headers = curl_slist_append(NULL, content_type), *route = NULL;
+    /* on the api's listener for roles the certificate says who calls: no token */
+    struct curl_slist *h2 = headers && fwd.role_url[0] ? headers
+                            : headers                 ? curl_slist_append(headers, fwd.auth)
+                                                      : NULL;
     /* the forward's span, in the sandbox's launch trace; the API's span of
      * the call is its child */
     trace_context launch;
@@ -459,8 +464,22 @@ static void forward_one(offload_job *super)
         telemetry_span_end(span);
         return;
     }
-    curl_easy_setopt(curl, CURLOPT_URL, url);
-    curl_easy_setopt(curl, CURLOPT_CAINFO, fwd.ca_file);
+    if (fwd.role_url[0]) {
+        job->error = peer_curl_target(curl, fwd.role_url, "api", job->path, &route);
+        if (job->error < 0) {
+            log_fields(LOG_LEVEL_ERROR, "cannot reach the api's listener for roles (peers.apiRoles, api.roleListen)", "address",
+                       fwd.role_url, "error", strerror(-job->error), NULL);
+            curl_easy_cleanup(curl);
+            curl_slist_free_all(headers);
+            telemetry_span_end(span);
+            telemetry_set_current_context(in_trace ? &launch : NULL);
+            return;
+        }
+    } else {
+        curl_easy_setopt(curl, CURLOPT_URL, url);
+        curl_easy_setopt(curl, CURLOPT_CAINFO, fwd.ca_file);
+        curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "https");
+    }
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, h2);
     if (job->method && strcmp(job->method, "GET") == 0)
         curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
@@ -474,8 +493,9 @@ static void forward_one(offload_job *super)
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &job->answer);
     curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)FORWARD_TIMEOUT_MS);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "https");
     CURLcode c = curl_easy_perform(curl);
+    if (fwd.role_url[0])
+        peer_tls_count_connections(curl, fwd.role_url, "api");
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &job->status);
     char *type = NULL;
     if (curl_easy_getinfo(curl, CURLINFO_CONTENT_TYPE, &type) == CURLE_OK && type)
@@ -486,6 +506,7 @@ static void forward_one(offload_job *super)
                                                                   : -EIO;
     curl_easy_cleanup(curl);
     curl_slist_free_all(headers); /* the list held the token */
+    curl_slist_free_all(route);
     telemetry_span_set_attr_int(span, "http.response.status_code", job->status);
     if (job->error < 0 || job->status >= 500)
         telemetry_span_set_status(span, TELEMETRY_STATUS_ERROR, job->error < 0 ? strerror(-job->error) : "API error");
@@ -542,21 +563,26 @@ static void on_forwarded(offload_job *super, h2o_req_t *req)
     job_free(job);
 }
 
-int runner_forward_start(h2o_context_t *ctx, const char *api_url, const char *ca_file, const char *token_file)
+int runner_forward_start(h2o_context_t *ctx, const char *api_url, const char *api_role_url, const char *ca_file,
+                         const char *token_file)
 {
     if (fwd.started)
         return -EALREADY;
-    if (strlen(api_url) >= sizeof(fwd.url) || strlen(ca_file) >= sizeof(fwd.ca_file))
+    if (!api_role_url)
+        api_role_url = "";
+    if (strlen(api_url) >= sizeof(fwd.url) || strlen(api_role_url) >= sizeof(fwd.role_url) ||
+        strlen(ca_file) >= sizeof(fwd.ca_file))
         return -ENAMETOOLONG;
     strcpy(fwd.url, api_url);
+    strcpy(fwd.role_url, api_role_url);
     strcpy(fwd.ca_file, ca_file);
     char *token = NULL;
     size_t len = 0;
-    int r = read_file(token_file, TOKEN_MAX, &token, &len);
-    if (r < 0)
+    int r = 0;
+    if (!fwd.role_url[0] && (r = read_file(token_file, TOKEN_MAX, &token, &len)) < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot read the runner's credential token; enclaves get no keys", "path",
                    token_file, "error", strerror(-r), NULL);
-    else {
+    else if (!fwd.role_url[0]) { /* with a role URL the role certificate stands for the token */
         while (len && (token[len - 1] == '\n' || token[len - 1] == '\r' || token[len - 1] == ' '))
             token[--len] = 0;
         if (asprintf(&fwd.auth, "Authorization: Bearer %s", token) < 0)
@@ -614,7 +640,9 @@ static int forward_call(runner_agent *ag, h2o_req_t *req, const char *method, co
     snprintf(job->sandbox, sizeof(job->sandbox), "%s", ag->name);
     snprintf(job->what, sizeof(job->what), "%s", what);
     snprintf(job->path, sizeof(job->path), "%s", path);
-    int r = !fwd.started ? -ESHUTDOWN : !fwd.auth ? -ENOKEY : offload_submit(fwd.pool, fwd.loop, req, &job->super);
+    int r = !fwd.started                     ? -ESHUTDOWN
+            : !fwd.auth && !fwd.role_url[0] ? -ENOKEY
+                                             : offload_submit(fwd.pool, fwd.loop, req, &job->super);
     if (r < 0) {
         job_free(job);
         return api_fail(err, 503, "unavailable", "%s",

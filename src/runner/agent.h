@@ -121,11 +121,14 @@ void runner_channel_serve(runner_agent *ag, h2o_req_t *req, runner_issue_fn issu
 
 /* The forwarder of key-release calls to the api role at API_URL (https,
  * verified with CA_FILE), authenticated with the credential token in
- * TOKEN_FILE: an offload pool of one worker (httpd/offload.h), answers
- * delivered on CTX's loop. A missing
+ * TOKEN_FILE, or, when API_ROLE_URL is given (the api's api.roleListen,
+ * https://HOST:PORT; NULL or "": none), there over mutual TLS with the
+ * runner's role certificate instead (daemon/peer-tls.h): an offload pool of
+ * one worker (httpd/offload.h), answers delivered on CTX's loop. A missing
  * token is logged and makes every forward fail with 503. Returns 0 or a
  * negative errno. */
-int runner_forward_start(h2o_context_t *ctx, const char *api_url, const char *ca_file, const char *token_file);
+int runner_forward_start(h2o_context_t *ctx, const char *api_url, const char *api_role_url, const char *ca_file,
+                         const char *token_file);
 /* True while forwarded calls are in flight (thread_busy). */
 bool runner_forward_busy(void);
 /* Once the loop no longer runs: skips the calls not sent yet, waits for the

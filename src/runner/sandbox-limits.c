@@ -153,7 +153,7 @@ int runner_limits_new(const char *configured, runner_limits **ret)
     runner_limits *l = calloc(1, sizeof(*l));
     if (!l)
         return -ENOMEM;
-    char why[600] = "", own[4096];
+    char why[8400] = "", own[4096]; /* why names up to two cgroup paths */
     int r = 0;
     if (configured && configured[0])
         snprintf(l->base, sizeof(l->base), "%s", configured);

@@ -713,7 +713,7 @@ static void *thread_init(h2o_context_t *ctx, void *userdata)
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start audit delivery; egress decisions are logged only", "error",
                    strerror(-r), NULL);
-    r = runner_forward_start(ctx, rn->cfg->api_url, rn->cfg->ca_cert, rn->cfg->token);
+    r = runner_forward_start(ctx, rn->cfg->api_url, rn->cfg->api_role_url, rn->cfg->ca_cert, rn->cfg->token);
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot start forwarding enclaves' key release", "error", strerror(-r), NULL);
     return rn;

@@ -18,6 +18,7 @@ typedef struct runner_server_config {
     const char *ca_cert;          /* the cluster CA (and an own API certificate's chain), to reach the API for agents */
     const char *token;            /* its credential token file, for key release */
     const char *api_url;          /* the API's https URL, which agents' calls are forwarded to */
+    const char *api_role_url;     /* the api's listener for roles: forwarded there over mutual TLS; "": none */
     const char *audit_socket;     /* the audit role's, for egress decisions; NULL: logged only */
     const char *plugin_dir;       /* plugins' directory (runner/plugins.h); NULL or "": none */
     const char *plugin_trusted;   /* the plugins egress loads in the runner's process (comma-separated) */

@@ -33,6 +33,9 @@ typedef struct store_driver {
     int (*lease_acquire)(void *impl, const char *name, const char *holder, int64_t ttl_ms, int64_t *ret_token);
     int (*lease_renew)(void *impl, const char *name, const char *holder, int64_t token, int64_t ttl_ms);
     int (*lease_release)(void *impl, const char *name, const char *holder, int64_t token);
+    /* counters (store.h); SWEEP: also delete the windows that ended */
+    int (*counter_add)(void *impl, const char *name, int64_t window_ms, bool sweep, int64_t *ret_count,
+                       int64_t *ret_left_ms);
 } store_driver;
 
 extern const store_driver store_sqlite_driver;

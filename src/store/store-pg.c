@@ -70,6 +70,8 @@ enum {
     Q_LEASE_ACQUIRE,
     Q_LEASE_RENEW,
     Q_LEASE_RELEASE,
+    Q_COUNTER_ADD,
+    Q_COUNTER_SWEEP,
     Q_COUNT,
 };
 
@@ -138,6 +140,16 @@ static const struct {
     [Q_LEASE_RELEASE] = {"UPDATE leases SET holder = '', expires = '-infinity' "
                          "WHERE name = $1 AND holder = $2 AND token = $3 RETURNING token",
                          3},
+    /* one atomic upsert: concurrent adds from several processes each count */
+    [Q_COUNTER_ADD] = {"INSERT INTO counters AS c (name, count, ends) "
+                       "VALUES ($1, 1, clock_timestamp() + $2::bigint * interval '1 millisecond') "
+                       "ON CONFLICT (name) DO UPDATE SET "
+                       "count = CASE WHEN c.ends > clock_timestamp() THEN c.count + 1 ELSE 1 END, "
+                       "ends = CASE WHEN c.ends > clock_timestamp() THEN c.ends ELSE excluded.ends END "
+                       "RETURNING count, GREATEST(0, CEIL(EXTRACT(EPOCH FROM ends - clock_timestamp()) * 1000))"
+                       "::bigint",
+                       2},
+    [Q_COUNTER_SWEEP] = {"DELETE FROM counters WHERE ends <= clock_timestamp()", 0},
 };
 
 /* Version 1 of the schema. Names compare byte-wise (COLLATE "C") like the
@@ -399,7 +411,7 @@ static int64_t row_int(const PGresult *res, int row, int col)
 static int read_one(pg_store *s, int q, const char *a, const char *b, json_t **ret_doc)
 {
     const char *params[] = {a, b};
-    PGresult *res;
+    PGresult *res = NULL;
     int e = read_query(s, 0, q, params, &res);
     if (e < 0)
         return e;
@@ -478,7 +490,7 @@ static int pg_list(void *impl, const char *const *kinds, size_t n_kinds, json_t 
     if (!array)
         return -ENOMEM;
     const char *params[] = {array};
-    PGresult *res;
+    PGresult *res = NULL;
     int e = read_query(impl, 0, Q_LIST, params, &res);
     return e < 0 ? e : list_result(res, ret_items, ret_revision);
 }
@@ -487,7 +499,7 @@ static int pg_list_range(void *impl, const char *kind, const char *from, const c
                          int64_t *ret_revision)
 {
     const char *params[] = {kind, from, to};
-    PGresult *res;
+    PGresult *res = NULL;
     int e = read_query(impl, 0, Q_LIST_RANGE, params, &res);
     return e < 0 ? e : list_result(res, ret_items, ret_revision);
 }
@@ -506,7 +518,7 @@ static int pg_changes_since(void *impl, uint64_t epoch, const char *const *kinds
     snprintf(after_s, sizeof(after_s), "%lld", (long long)after);
     snprintf(max_s, sizeof(max_s), "%zu", max);
     const char *params[] = {after_s, max_s, array};
-    PGresult *res;
+    PGresult *res = NULL;
     int e = read_query(impl, epoch, Q_CHANGES, params, &res);
     if (e < 0)
         return e;
@@ -569,7 +581,7 @@ static uint64_t mix64(uint64_t x)
  * follows the new database down. */
 static int refresh_head(pg_store *s, PGconn *c, uint64_t *ret_epoch)
 {
-    PGresult *res;
+    PGresult *res = NULL;
     int e = run(c, Q_HEAD, NULL, &res);
     if (e < 0)
         return e;
@@ -655,7 +667,7 @@ static int writer_get(PGconn *c, const char *kind, const char *name, json_t **re
                       char **ret_lookup)
 {
     const char *params[] = {kind, name};
-    PGresult *res;
+    PGresult *res = NULL;
     int e = run(c, Q_W_GET, params, &res);
     if (e < 0)
         return e;
@@ -675,7 +687,7 @@ static int writer_get(PGconn *c, const char *kind, const char *name, json_t **re
  * compare-and-swap lost). */
 static int write_row(PGconn *c, int q, const char *const *params)
 {
-    PGresult *res;
+    PGresult *res = NULL;
     int e = run(c, q, params, &res);
     if (e < 0)
         return e;
@@ -792,7 +804,7 @@ static int writer_run_txn(PGconn *c, store_txn *txn, int64_t *rev, const char *n
     if (txn->fence_lease) {
         char token[24];
         snprintf(token, sizeof(token), "%lld", (long long)txn->fence_token);
-        PGresult *res;
+        PGresult *res = NULL;
         txn->error = run(c, Q_W_FENCE, (const char *const[]){txn->fence_lease, token}, &res);
         if (txn->error == 0) {
             txn->error = PQntuples(res) == 1 ? 0 : -ENOLCK;
@@ -1123,7 +1135,7 @@ static commit_outcome commit_status(pg_store *s, const char *xid)
 {
     if (reconnect(s, s->writer_conn) < 0)
         return COMMIT_UNKNOWN;
-    PGresult *res;
+    PGresult *res = NULL;
     if (run(s->writer_conn->c, Q_TXID_STATUS, (const char *const[]){xid}, &res) < 0)
         return COMMIT_UNKNOWN;
     const char *status = PQgetisnull(res, 0, 0) ? "" : PQgetvalue(res, 0, 0);
@@ -1144,7 +1156,7 @@ static commit_outcome writer_try_batch(pg_store *s, store_txn *batch, int64_t *r
         return COMMIT_RETRY;
     char now[40];
     time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
-    PGresult *res;
+    PGresult *res = NULL;
     int e = exec_simple(c, "BEGIN");
     if (e == 0)
         e = run(c, Q_W_LOCK, NULL, &res); /* serialises the writers of every process */
@@ -1240,7 +1252,7 @@ static void writer_commit_batch(pg_store *s, store_txn *batch)
             /* keep a bounded history for watchers; the newest row always stays */
             char keep[24];
             snprintf(keep, sizeof(keep), "%lld", (long long)(rev - PG_CHANGES_KEEP));
-            PGresult *res;
+            PGresult *res = NULL;
             if (run(s->writer_conn->c, Q_W_TRIM, (const char *const[]){keep}, &res) == 0)
                 PQclear(res);
             s->last_trim = rev;
@@ -1295,6 +1307,11 @@ static int ensure_schema(PGconn *c)
                   version, PG_SCHEMA_VERSION);
         e = -EPROTO;
     }
+    /* the counters came after version 1 and need no migration: a table of
+     * short-lived windows, made where it is missing */
+    if (e == 0)
+        e = exec_simple(c, "CREATE TABLE IF NOT EXISTS counters (name text PRIMARY KEY, count bigint NOT NULL,"
+                           " ends timestamptz NOT NULL)");
     if (e == 0)
         e = exec_simple(c, "COMMIT");
     else
@@ -1375,7 +1392,7 @@ static void pg_close(void *impl)
  * matched no lease. */
 static int lease_query(pg_store *s, int q, const char *const *params, int64_t *ret_token)
 {
-    PGresult *res;
+    PGresult *res = NULL;
     int e = read_query(s, 0, q, params, &res);
     if (e < 0)
         return e;
@@ -1414,6 +1431,33 @@ static int pg_lease_release(void *impl, const char *name, const char *holder, in
     return e == -ENOENT ? -ESTALE : e;
 }
 
+/* ---- counters ---- */
+
+/* Adds 1 to counter NAME in one atomic upsert; when SWEEP, first deletes
+ * the windows that ended. */
+static int pg_counter_add(void *impl, const char *name, int64_t window_ms, bool sweep, int64_t *ret_count,
+                          int64_t *ret_left_ms)
+{
+    PGresult *res;
+    int e = sweep ? read_query(impl, 0, Q_COUNTER_SWEEP, NULL, &res) : 0;
+    if (sweep && e == 0)
+        PQclear(res);
+    if (e < 0)
+        return e;
+    char window[24];
+    snprintf(window, sizeof(window), "%lld", (long long)window_ms);
+    e = read_query(impl, 0, Q_COUNTER_ADD, (const char *const[]){name, window}, &res);
+    if (e < 0)
+        return e;
+    if (PQntuples(res) == 1) {
+        *ret_count = row_int(res, 0, 0);
+        *ret_left_ms = row_int(res, 0, 1);
+    } else
+        e = -EIO;
+    PQclear(res);
+    return e;
+}
+
 #define PG_DRIVER(var, name)                                                                                    \
     const store_driver var = {                                                                                  \
         .scheme = name,                                                                                         \
@@ -1430,6 +1474,7 @@ static int pg_lease_release(void *impl, const char *name, const char *holder, in
         .lease_acquire = pg_lease_acquire,                                                                      \
         .lease_renew = pg_lease_renew,                                                                          \
         .lease_release = pg_lease_release,                                                                      \
+        .counter_add = pg_counter_add,                                                                          \
     }
 
 /* both schemes libpq knows */

@@ -50,7 +50,9 @@ static const char schema_sql[] =
     "CREATE INDEX IF NOT EXISTS changes_kind ON changes (kind, rv);"
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS leases ("
-    "  name TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires_ms INTEGER NOT NULL);";
+    "  name TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires_ms INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS counters ("
+    "  name TEXT PRIMARY KEY, count INTEGER NOT NULL, ends_ms INTEGER NOT NULL);";
 
 static int sqlite_to_errno(int rc)
 {
@@ -753,6 +755,52 @@ static int sqlite_lease_release(void *impl, const char *name, const char *holder
     return e == -ENOENT ? -ESTALE : e;
 }
 
+/* Adds 1 to counter NAME in its window (a new one when the last ended) on a
+ * pooled connection, in its own transaction; when SWEEP, first deletes the
+ * windows that ended. */
+static int sqlite_counter_add(void *impl, const char *name, int64_t window_ms, bool sweep, int64_t *ret_count,
+                              int64_t *ret_left_ms)
+{
+    sqlite_store *s = impl;
+    reader *r;
+    int e = reader_acquire(s, &r);
+    if (e < 0)
+        return e;
+    int64_t now = now_ms();
+    sqlite3_stmt *st = NULL;
+    if (sweep) {
+        e = prepare(r->db, "DELETE FROM counters WHERE ends_ms <= ?1", &st);
+        if (e == 0) {
+            sqlite3_bind_int64(st, 1, now);
+            e = sqlite_to_errno(sqlite3_step(st));
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+    if (e == 0)
+        e = prepare(r->db,
+                    "INSERT INTO counters (name, count, ends_ms) VALUES (?1, 1, ?2 + ?3) "
+                    "ON CONFLICT (name) DO UPDATE SET "
+                    "count = CASE WHEN counters.ends_ms > ?2 THEN counters.count + 1 ELSE 1 END, "
+                    "ends_ms = CASE WHEN counters.ends_ms > ?2 THEN counters.ends_ms ELSE excluded.ends_ms END "
+                    "RETURNING count, ends_ms - ?2",
+                    &st);
+    if (e == 0) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, now);
+        sqlite3_bind_int64(st, 3, window_ms);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            *ret_count = sqlite3_column_int64(st, 0);
+            *ret_left_ms = sqlite3_column_int64(st, 1);
+        } else
+            e = sqlite_to_errno(rc) ?: -EIO;
+    }
+    sqlite3_finalize(st);
+    reader_release(s, r);
+    return e;
+}
+
 /* Queues TXN for the writer thread, which commits it with whatever else is queued. */
 static void sqlite_write_async(void *impl, store_txn *txn)
 {
@@ -775,4 +823,5 @@ const store_driver store_sqlite_driver = {
     .lease_acquire = sqlite_lease_acquire,
     .lease_renew = sqlite_lease_renew,
     .lease_release = sqlite_lease_release,
+    .counter_add = sqlite_counter_add,
 };

@@ -2,6 +2,7 @@
  * and holds what every driver shares (synchronous writes, result cleanup). */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -152,6 +153,19 @@ int store_lease_release(store *s, const char *name, const char *holder, int64_t 
     if (!store_lease_args_ok(name, holder, 1))
         return -EINVAL;
     return s->driver->lease_release(s->impl, name, holder, token);
+}
+
+/* Sweeps ended windows on one add in COUNTER_SWEEP_EVERY. */
+#define COUNTER_SWEEP_EVERY 1024
+
+int store_counter_add(store *s, const char *name, int64_t window_ms, int64_t *ret_count, int64_t *ret_left_ms)
+{
+    static _Atomic uint64_t adds;
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > 200 || window_ms <= 0 || window_ms > 86400000)
+        return -EINVAL;
+    bool sweep = ++adds % COUNTER_SWEEP_EVERY == 0;
+    return s->driver->counter_add(s->impl, name, window_ms, sweep, ret_count, ret_left_ms);
 }
 
 void store_url_redact(const char *url, char *out, size_t size)

@@ -173,6 +173,15 @@ int store_lease_renew(store *s, const char *name, const char *holder, int64_t to
 /* Gives the lease up (the next holder takes a new token): 0 or -ESTALE. */
 int store_lease_release(store *s, const char *name, const char *holder, int64_t token);
 
+/* Counters, for a limit that every process on the database shares (rate
+ * limits across replicas): adds 1 to counter NAME (1 to 200 bytes) in its
+ * current window and returns the count in that window and the ms left of it.
+ * A window of WINDOW_MS (1 ms to a day) begins at the first add after the
+ * previous one ended; the add is one atomic statement, so concurrent adds
+ * from several processes each count. Windows that ended are deleted now and
+ * then. Time is the database's clock (PostgreSQL) or the process's (SQLite). */
+int store_counter_add(store *s, const char *name, int64_t window_ms, int64_t *ret_count, int64_t *ret_left_ms);
+
 /* Copies URL to OUT (of SIZE bytes) with any password in it replaced by
  * "***", for logs: a store URL may carry a PostgreSQL password. */
 void store_url_redact(const char *url, char *out, size_t size);

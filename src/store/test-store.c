@@ -566,6 +566,65 @@ Test(store, lease_and_fencing_token)
     store_free(s);
 }
 
+typedef struct counter_adder {
+    store *s;
+    int64_t counts[50];
+    int error;
+} counter_adder;
+
+static void *add_to_counter(void *arg)
+{
+    counter_adder *a = arg;
+    int64_t left;
+    for (size_t i = 0; i < 50 && !a->error; i++)
+        a->error = store_counter_add(a->s, "limit/x", 60000, &a->counts[i], &left);
+    return NULL;
+}
+
+/* Counters: adds from two handles (two processes on the database) at once
+ * each count exactly once, and a window that ended starts again at 1. */
+Test(store, counter_counts_every_add_once_and_windows_end)
+{
+    store *s1, *s2;
+    cr_assert_eq(store_open(url, &s1), 0);
+    cr_assert_eq(store_open(url, &s2), 0);
+    counter_adder a[4] = {{.s = s1}, {.s = s2}, {.s = s1}, {.s = s2}};
+    pthread_t th[4];
+    for (size_t i = 0; i < 4; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, add_to_counter, &a[i]), 0);
+    bool seen[201] = {false};
+    for (size_t i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        cr_assert_eq(a[i].error, 0);
+        for (size_t j = 0; j < 50; j++) {
+            cr_assert(a[i].counts[j] >= 1 && a[i].counts[j] <= 200, "count %lld", (long long)a[i].counts[j]);
+            cr_assert(!seen[a[i].counts[j]], "count %lld returned twice", (long long)a[i].counts[j]);
+            seen[a[i].counts[j]] = true;
+        }
+    }
+    int64_t count, left;
+    cr_assert_eq(store_counter_add(s2, "limit/x", 60000, &count, &left), 0);
+    cr_assert_eq(count, 201);
+    cr_assert(left > 0 && left <= 60000, "left %lld", (long long)left);
+
+    /* a window of 20 ms ends: the first add after it starts a new one */
+    cr_assert_eq(store_counter_add(s1, "limit/y", 20, &count, &left), 0);
+    cr_assert_eq(count, 1);
+    int64_t previous;
+    do {
+        previous = count;
+        cr_assert_eq(store_counter_add(s1, "limit/y", 20, &count, &left), 0);
+        cr_assert(count == previous + 1 || count == 1, "count %lld after %lld", (long long)count,
+                  (long long)previous);
+    } while (count != 1);
+    cr_assert_eq(store_counter_add(s1, "limit/z", 60000, &count, &left), 0);
+    cr_assert_eq(count, 1, "another name, another counter");
+    cr_assert_eq(store_counter_add(s1, "", 1000, &count, &left), -EINVAL);
+    cr_assert_eq(store_counter_add(s1, "x", 0, &count, &left), -EINVAL);
+    store_free(s1);
+    store_free(s2);
+}
+
 Test(store, list_prefix_reads_a_range_of_names)
 {
     store *s;

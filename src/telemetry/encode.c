@@ -364,8 +364,10 @@ static json_t *parse_labels(const char **p, char *le, size_t le_size)
         s++;
         if (*s == ',')
             s++;
-        if (strcmp(key, "le") == 0)
-            snprintf(le, le_size, "%s", value);
+        if (strcmp(key, "le") == 0) {
+            if (snprintf(le, le_size, "%s", value) >= (int)le_size)
+                goto bad; /* no bucket bound is that long */
+        }
         else if (json_array_append_new(attrs, otlp_attr_str(key, value)) < 0)
             goto bad;
     }
@@ -481,8 +483,11 @@ int otlp_metrics_from_prometheus(const char *text, uint64_t start_ns, uint64_t n
             char *sp = strchr(buf + 7, ' ');
             if (sp) {
                 *sp = '\0';
-                snprintf(help_name, sizeof(help_name), "%s", buf + 7);
-                snprintf(help, sizeof(help), "%s", sp + 1);
+                /* a name too long for a family has no help; a help text too long ends in "..." */
+                if (snprintf(help_name, sizeof(help_name), "%s", buf + 7) >= (int)sizeof(help_name))
+                    help_name[0] = '\0';
+                if (snprintf(help, sizeof(help), "%s", sp + 1) >= (int)sizeof(help))
+                    memcpy(help + sizeof(help) - 4, "...", 4);
             }
         } else if (strncmp(buf, "# TYPE ", 7) == 0) {
             char *sp = strchr(buf + 7, ' ');
@@ -490,7 +495,8 @@ int otlp_metrics_from_prometheus(const char *text, uint64_t start_ns, uint64_t n
                 goto next;
             *sp = '\0';
             f = (family){0};
-            snprintf(f.name, sizeof(f.name), "%s", buf + 7);
+            if (snprintf(f.name, sizeof(f.name), "%s", buf + 7) >= (int)sizeof(f.name))
+                goto next; /* a family whose name does not fit is not exported */
             f.type = strcmp(sp + 1, "counter") == 0     ? PROM_COUNTER
                      : strcmp(sp + 1, "histogram") == 0 ? PROM_HISTOGRAM
                      : strcmp(sp + 1, "gauge") == 0     ? PROM_GAUGE
