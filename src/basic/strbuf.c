@@ -118,6 +118,18 @@ int strbuf_putc(strbuf *b, char c)
 int strbuf_printf(strbuf *b, const char *fmt, ...)
 {
     va_list ap;
+    /* most calls fit the room already there: formatted once */
+    if (b->data && b->cap > b->len) {
+        size_t room = b->cap - b->len;
+        va_start(ap, fmt);
+        int fitted = vsnprintf(b->data + b->len, room, fmt, ap);
+        va_end(ap);
+        if (fitted >= 0 && (size_t)fitted < room && (size_t)fitted <= b->max - b->len) {
+            b->len += (size_t)fitted;
+            return 0;
+        }
+        b->data[b->len] = 0; /* did not fit: undone, and grown below */
+    }
     va_start(ap, fmt);
     int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
@@ -148,6 +160,15 @@ int strbuf_put_json_string(strbuf *b, const char *s)
     static const char hexdig[] = "0123456789abcdef";
     int r = strbuf_putc(b, '"');
     for (const unsigned char *p = (const unsigned char *)s; r == 0 && *p; p++) {
+        /* the bytes that need no escape, appended as one run */
+        size_t run = 0;
+        while (p[run] >= 0x20 && p[run] != 0x7f && p[run] != '"' && p[run] != '\\')
+            run++;
+        if (run) {
+            r = strbuf_append(b, p, run);
+            p += run - 1;
+            continue;
+        }
         switch (*p) {
         case '"':
             r = strbuf_puts(b, "\\\"");
@@ -164,12 +185,10 @@ int strbuf_put_json_string(strbuf *b, const char *s)
         case '\t':
             r = strbuf_puts(b, "\\t");
             break;
-        default:
-            if (*p < 0x20 || *p == 0x7f) {
-                char esc[7] = {'\\', 'u', '0', '0', hexdig[*p >> 4], hexdig[*p & 15], 0};
-                r = strbuf_puts(b, esc);
-            } else
-                r = strbuf_putc(b, (char)*p);
+        default: { /* the other control bytes */
+            char esc[7] = {'\\', 'u', '0', '0', hexdig[*p >> 4], hexdig[*p & 15], 0};
+            r = strbuf_puts(b, esc);
+        }
         }
     }
     if (r == 0)

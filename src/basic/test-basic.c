@@ -49,6 +49,35 @@ Test(strbuf, printf_appends)
     cr_assert_str_eq(b.data, "42-x!");
 }
 
+Test(strbuf, printf_grows_past_its_room_and_truncates_a_static_buffer)
+{
+    _cleanup_strbuf_ strbuf b;
+    strbuf_init(&b, 200);
+    strbuf_puts(&b, "x"); /* 64 bytes of room: the next one does not fit */
+    cr_assert_eq(strbuf_printf(&b, "%0100d", 7), 0);
+    cr_assert_eq(b.len, 101);
+    cr_assert_eq(b.data[100], '7');
+    cr_assert_eq(strbuf_printf(&b, "%0100d", 7), -E2BIG);
+    cr_assert_eq(b.len, 101);
+    cr_assert_eq(b.data[101], 0);
+
+    char storage[8];
+    strbuf s;
+    strbuf_init_static(&s, storage, sizeof(storage));
+    cr_assert_eq(strbuf_printf(&s, "%s", "abc"), 0);
+    cr_assert_eq(strbuf_printf(&s, "%d", 123456), -E2BIG);
+    cr_assert(s.truncated);
+    cr_assert_str_eq(storage, "abc1234");
+}
+
+Test(strbuf, json_string_keeps_plain_runs_and_bytes_above_ascii)
+{
+    _cleanup_strbuf_ strbuf b;
+    strbuf_init(&b, 100);
+    strbuf_put_json_string(&b, "ab\tc\x7f\xc3\xa9" "d\t");
+    cr_assert_str_eq(b.data, "\"ab\\tc\\u007f\xc3\xa9" "d\\t\"");
+}
+
 Test(encoding, hex_round_trip_and_rejects_bad_digits)
 {
     uint8_t in[] = {0x00, 0xab, 0xff, 0x10}, out[4];
@@ -112,6 +141,17 @@ Test(timeutil, rfc3339_parse_and_format)
     cr_assert_eq(time_parse_rfc3339("2024-09-07 14:37", &t), -EINVAL);
     cr_assert_eq(time_parse_rfc3339("2024-09-07T14:37:39Zjunk", &t), -EINVAL);
     cr_assert_eq(time_parse_rfc3339("2024-13-07T14:37:39Z", &t), -EINVAL);
+}
+
+Test(timeutil, rfc3339_ms_follows_the_seconds_it_caches)
+{
+    char buf[32], small[12];
+    uint64_t ns = 1725719859ull * 1000000000ull + 5000000ull;
+    cr_assert_str_eq(time_format_rfc3339_ms(ns, buf, sizeof(buf)), "2024-09-07T14:37:39.005Z");
+    cr_assert_str_eq(time_format_rfc3339_ms(ns + 990000000ull, buf, sizeof(buf)), "2024-09-07T14:37:39.995Z");
+    cr_assert_str_eq(time_format_rfc3339_ms(ns + 1000000000ull, buf, sizeof(buf)), "2024-09-07T14:37:40.005Z");
+    cr_assert_str_eq(time_format_rfc3339_ms(0, buf, sizeof(buf)), "1970-01-01T00:00:00.000Z");
+    cr_assert_str_eq(time_format_rfc3339_ms(ns, small, sizeof(small)), "2024-09-07T");
 }
 
 Test(fileio, atomic_write_sets_mode_and_read_is_capped)

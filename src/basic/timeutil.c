@@ -19,14 +19,38 @@ uint64_t time_mono_ns(void)
     return (uint64_t)ts.tv_sec * NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
 }
 
+/* The whole seconds' part is formatted once per second and thread (the
+ * proxy stamps every access record): gmtime_r and snprintf cost more than
+ * the rest of a record. */
 char *time_format_rfc3339_ms(uint64_t ns, char *buf, size_t size)
 {
+    static _Thread_local time_t cached_secs = -1;
+    static _Thread_local char cached[32];
+    static _Thread_local size_t cached_len;
     time_t secs = (time_t)(ns / NSEC_PER_SEC);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (unsigned)((ns % NSEC_PER_SEC) / NSEC_PER_MSEC));
+    if (secs != cached_secs) {
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        int n = snprintf(cached, sizeof(cached), "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1,
+                         tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        cached_len = n > 0 && (size_t)n < sizeof(cached) ? (size_t)n : 0;
+        cached_secs = secs;
+    }
+    unsigned ms = (unsigned)((ns % NSEC_PER_SEC) / NSEC_PER_MSEC);
+    if (size == 0)
+        return buf;
+    if (cached_len + 6 > size) { /* too small: cut as snprintf would */
+        snprintf(buf, size, "%s.%03uZ", cached, ms);
+        return buf;
+    }
+    memcpy(buf, cached, cached_len);
+    char *p = buf + cached_len;
+    *p++ = '.';
+    *p++ = (char)('0' + ms / 100);
+    *p++ = (char)('0' + ms / 10 % 10);
+    *p++ = (char)('0' + ms % 10);
+    *p++ = 'Z';
+    *p = 0;
     return buf;
 }
 

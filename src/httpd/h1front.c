@@ -210,9 +210,27 @@ static h2o_iovec_t response_head(h1f_conn *c, h2o_req_t *req)
         size += req->res.headers.entries[i].name->len + req->res.headers.entries[i].value.len + 4;
     char *head = h2o_mem_alloc_pool(&req->pool, size), *p = head;
     int status = req->res.status >= 100 && req->res.status <= 999 ? req->res.status : 500;
-    p += sprintf(p, "HTTP/1.1 %d %s\r\nDate: %s\r\nConnection: %s\r\n", status, reason, ts.str->rfc1123, connection);
-    if (req->res.content_length != SIZE_MAX)
-        p += sprintf(p, "Content-Length: %zu\r\n", req->res.content_length);
+    /* without sprintf: this is every response's head */
+    char code[3] = {(char)('0' + status / 100), (char)('0' + status / 10 % 10), (char)('0' + status % 10)};
+    put(&p, "HTTP/1.1 ", 9);
+    put(&p, code, 3);
+    put(&p, " ", 1);
+    put(&p, reason, strlen(reason));
+    put(&p, "\r\nDate: ", 8);
+    put(&p, ts.str->rfc1123, strlen(ts.str->rfc1123));
+    put(&p, "\r\nConnection: ", 14);
+    put(&p, connection, strlen(connection));
+    put(&p, "\r\n", 2);
+    if (req->res.content_length != SIZE_MAX) {
+        char digits[sizeof(H2O_UINT64_LONGEST_STR)], *d = digits + sizeof(digits);
+        size_t length = req->res.content_length;
+        do
+            *--d = (char)('0' + length % 10);
+        while (length /= 10);
+        put(&p, "Content-Length: ", 16);
+        put(&p, d, (size_t)(digits + sizeof(digits) - d));
+        put(&p, "\r\n", 2);
+    }
     if (server.len) {
         put(&p, "Server: ", 8);
         put(&p, server.base, server.len);

@@ -61,13 +61,35 @@ void *httpd_thread_state(h2o_req_t *req)
     return ((httpd_thread *)req->conn->ctx)->state;
 }
 
+/* The IPv4 address A in dotted decimal into OUT (at least INET_ADDRSTRLEN
+ * bytes), as inet_ntop writes it without its sprintf: the proxy writes the
+ * peer's address on every request. */
+static void ipv4_text(const struct in_addr *a, char *out)
+{
+    const uint8_t *octet = (const uint8_t *)&a->s_addr;
+    char *p = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = octet[i];
+        if (i)
+            *p++ = '.';
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+    }
+    *p = 0;
+}
+
 /* The address SS (LEN bytes; 0: unknown) as text into OUT ("" when unknown). */
 static void address_text(const struct sockaddr_storage *ss, socklen_t len, char *out, size_t size)
 {
     out[0] = 0;
     if (len == 0)
         return;
-    if (ss->ss_family == AF_INET)
+    if (ss->ss_family == AF_INET && size >= INET_ADDRSTRLEN)
+        ipv4_text(&((const struct sockaddr_in *)ss)->sin_addr, out);
+    else if (ss->ss_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, (socklen_t)size);
     else if (ss->ss_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, out, (socklen_t)size);

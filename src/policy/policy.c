@@ -1077,12 +1077,26 @@ static int cond_eval(const cond *c, const cel_activation *act, cel_arena *arena,
     return -1;
 }
 
-/* Fills *RET for rule R of S given its evaluation result RES (1 or -1). */
+/* Appends S at *AT, cut to leave room for the terminator before END, and
+ * terminates: snprintf's "%s" without its format parsing. */
+static void put_text(char **at, char *end, const char *s)
+{
+    size_t n = MIN(strlen(s), (size_t)(end - *at) - 1);
+    memcpy(*at, s, n);
+    *at += n;
+    **at = 0;
+}
+
+/* Fills *RET for rule R of S given its evaluation result RES (1 or -1).
+ * Decisions are made on every proxied request: the usual case is written
+ * without printf. */
 static void decide_rule(const policy_set *s, const prule *r, int res, const char *error, policy_decision *ret)
 {
     const char *pname = s->policies[r->policy].name;
-    snprintf(ret->policy, sizeof(ret->policy), "%s", pname);
-    snprintf(ret->rule, sizeof(ret->rule), "%s", r->name);
+    char *at = ret->policy;
+    put_text(&at, ret->policy + sizeof(ret->policy), pname);
+    at = ret->rule;
+    put_text(&at, ret->rule + sizeof(ret->rule), r->name);
     if (res < 0) {
         ret->allow = false;
         snprintf(ret->reason, sizeof(ret->reason), "rule %s of policy %s could not be evaluated (denied): %s",
@@ -1090,8 +1104,24 @@ static void decide_rule(const policy_set *s, const prule *r, int res, const char
         return;
     }
     ret->allow = !r->deny;
-    snprintf(ret->reason, sizeof(ret->reason), "rule %s of policy %s (%s, priority %d) matched", r->name, pname,
-             r->deny ? "deny" : "allow", r->priority);
+    /* "rule R of policy P (deny|allow, priority N) matched" */
+    char priority[8], *digit = priority + sizeof(priority);
+    unsigned magnitude = r->priority < 0 ? (unsigned)-r->priority : (unsigned)r->priority;
+    *--digit = 0;
+    do
+        *--digit = (char)('0' + magnitude % 10);
+    while (magnitude /= 10);
+    if (r->priority < 0)
+        *--digit = '-';
+    char *end = ret->reason + sizeof(ret->reason);
+    at = ret->reason;
+    put_text(&at, end, "rule ");
+    put_text(&at, end, r->name);
+    put_text(&at, end, " of policy ");
+    put_text(&at, end, pname);
+    put_text(&at, end, r->deny ? " (deny, priority " : " (allow, priority ");
+    put_text(&at, end, digit);
+    put_text(&at, end, ") matched");
 }
 
 static void decide_default(policy_decision *ret)

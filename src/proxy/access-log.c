@@ -200,10 +200,29 @@ static void put_member(strbuf *b, const char *s)
         strbuf_puts(b, "null");
 }
 
+/* Appends ",N" as the next element: N is MAGNITUDE in decimal, with a minus
+ * sign when NEGATIVE (what printf's %d and %llu would write). */
+static void put_number(strbuf *b, uint64_t magnitude, bool negative)
+{
+    char digits[24], *p = digits + sizeof(digits);
+    do
+        *--p = (char)('0' + magnitude % 10);
+    while (magnitude /= 10);
+    if (negative)
+        *--p = '-';
+    *--p = ',';
+    strbuf_append(b, p, (size_t)(digits + sizeof(digits) - p));
+}
+
+/* The record is written without printf: this runs on every request. */
 void proxy_access_encode(strbuf *b, const char *now, const access_record *rec, int status, uint64_t bytes,
                          uint64_t latency_us)
 {
-    strbuf_printf(b, "[\"%s\",\"%s\"", now, rec->id);
+    strbuf_puts(b, "[\"");
+    strbuf_puts(b, now);
+    strbuf_puts(b, "\",\"");
+    strbuf_puts(b, rec->id);
+    strbuf_putc(b, '"');
     put_member(b, rec->user);
     put_member(b, rec->session);
     put_member(b, rec->ip[0] ? rec->ip : NULL);
@@ -213,7 +232,10 @@ void proxy_access_encode(strbuf *b, const char *now, const access_record *rec, i
     put_member(b, proxy_decision_name(rec->decision));
     put_member(b, rec->policy[0] ? rec->policy : NULL);
     put_member(b, rec->rule[0] ? rec->rule : NULL);
-    strbuf_printf(b, ",%d,%llu,%llu]", status, (unsigned long long)bytes, (unsigned long long)latency_us);
+    put_number(b, status < 0 ? 0u - (uint64_t)status : (uint64_t)status, status < 0);
+    put_number(b, bytes, false);
+    put_number(b, latency_us, false);
+    strbuf_putc(b, ']');
 }
 
 /* Appends REC's record to T's segment (flushing first when the pending

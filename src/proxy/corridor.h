@@ -85,7 +85,8 @@ typedef struct resolved_token {
 
 /* A signed x-cloister-assertion for a session and a service. */
 typedef struct assertion_slot {
-    uint8_t key[SHA256_DIGEST_LENGTH]; /* SHA-256(session id, service) */
+    char *key; /* "<session id>\0<service>" (owned), KEY_LEN bytes */
+    size_t key_len;
     uint64_t generation;
     int64_t exp;
     char *jwt;

@@ -60,8 +60,11 @@ proxy_step proxy_stage_decide(proxy_request *pr)
         rec->decision = PROXY_DECISION_ERROR;
         return proxy_fail(pr, 403, "forbidden", "the request could not be decided (%s); it is denied", strerror(-e));
     }
-    snprintf(rec->policy, sizeof(rec->policy), "%s", d.policy);
-    snprintf(rec->rule, sizeof(rec->rule), "%s", d.rule);
+    /* the same sizes: copied whole, without snprintf (every request) */
+    _Static_assert(sizeof(rec->policy) == sizeof(d.policy) && sizeof(rec->rule) == sizeof(d.rule),
+                   "an access record holds a decision's policy and rule names");
+    memcpy(rec->policy, d.policy, sizeof(rec->policy));
+    memcpy(rec->rule, d.rule, sizeof(rec->rule));
     if (!d.allow) {
         rec->decision = PROXY_DECISION_DENY;
         deny_page(pr, d.policy);

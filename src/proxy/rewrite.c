@@ -12,6 +12,7 @@
 
 static void assertion_clear(assertion_slot *a)
 {
+    free(a->key);
     free(a->jwt);
     *a = (assertion_slot){0};
 }
@@ -31,20 +32,21 @@ static const char *assertion_for(proxy_thread *t, const proxy_config *c, const p
     const char *sid = r->who.session, *user = r->who.user;
     if (!sid || !user || !t->settings->assertion_keys)
         return NULL;
-    uint8_t key[SHA256_DIGEST_LENGTH];
     char both[2 * 256 + 2];
-    size_t sid_len = strlen(sid), name_len = strlen(svc->name);
-    if (sid_len + 1 + name_len > sizeof(both))
+    size_t sid_len = strlen(sid), name_len = strlen(svc->name), key_len = sid_len + 1 + name_len;
+    if (key_len > sizeof(both))
         return NULL;
     memcpy(both, sid, sid_len);
     both[sid_len] = 0;
     memcpy(both + sid_len + 1, svc->name, name_len);
-    proxy_sha256(t, both, sid_len + 1 + name_len, key);
-    uint64_t h;
-    memcpy(&h, key, sizeof(h));
+    /* the slot by FNV-1a (neither name is a secret; the whole key is
+     * compared), not a digest: this runs on every request */
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < key_len; i++)
+        h = (h ^ (uint8_t)both[i]) * 0x100000001b3ull;
     assertion_slot *a = &t->assertions[h % PROXY_ASSERTION_SLOTS];
     if (a->jwt && a->generation == c->generation && now + PROXY_ASSERTION_TTL_S / 2 < a->exp &&
-        memcmp(a->key, key, sizeof(key)) == 0)
+        a->key_len == key_len && memcmp(a->key, both, key_len) == 0)
         return a->jwt;
     json_t *groups = json_object_get(json_object_get(r->user, "spec"), "groups");
     const char *email = r->who.email;
@@ -56,10 +58,15 @@ static const char *assertion_for(proxy_thread *t, const proxy_config *c, const p
     char *jwt = NULL;
     int e = claims ? auth_keyring_sign(t->settings->assertion_keys, claims, &jwt) : -ENOMEM;
     json_decref(claims);
-    if (e < 0)
+    char *key = e < 0 ? NULL : malloc(key_len);
+    if (!key) {
+        free(jwt);
         return NULL;
+    }
+    memcpy(key, both, key_len);
     assertion_clear(a);
-    memcpy(a->key, key, sizeof(key));
+    a->key = key;
+    a->key_len = key_len;
     a->generation = c->generation;
     a->exp = exp;
     a->jwt = jwt;

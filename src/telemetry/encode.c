@@ -220,13 +220,16 @@ int trace_context_parse(const char *tp, size_t len, trace_context *ret)
     return 0;
 }
 
+/* "00-<trace id>-<span id>-<flags>" written in place: the proxy sends a
+ * traceparent upstream on every request. */
 void trace_context_format(const trace_context *c, char out[56])
 {
-    char t[33], s[17], f[3];
-    hex_encode(c->trace_id, 16, t);
-    hex_encode(c->span_id, 8, s);
-    hex_encode(&c->flags, 1, f);
-    snprintf(out, 56, "00-%s-%s-%s", t, s, f);
+    memcpy(out, "00-", 3);
+    hex_encode(c->trace_id, 16, out + 3);
+    out[35] = '-';
+    hex_encode(c->span_id, 8, out + 36);
+    out[52] = '-';
+    hex_encode(&c->flags, 1, out + 53);
 }
 
 /* Random bytes for ids from a per-thread pool refilled by getrandom():
