@@ -37,6 +37,7 @@
  * when its pool is released, and ends its spans (trace.c). */
 #pragma once
 
+#include <curl/curl.h>
 #include <h2o.h>
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -304,6 +305,15 @@ proxy_step proxy_login_redirect(proxy_request *pr);
 proxy_step proxy_login_callback(proxy_request *pr);
 void proxy_login_init(proxy_thread *t);
 void proxy_login_dispose(proxy_thread *t);
+
+/* ---- api-post.c ---- */
+/* POSTs BODY (NUL-terminated; "" for none) to PATH ("/v1/auth/logout") of
+ * the API, its certificate verified against the cluster CA, with HEADERS
+ * (the caller's, not NULL) and at most TIMEOUT_MS; blocking: only on an
+ * offload worker. The answer's body goes to ANSWER (NULL: discarded).
+ * Returns the HTTP status, or 0 with ERROR saying why no answer came. */
+long proxy_api_post(const proxy_settings *s, const char *path, struct curl_slist *headers, const char *body,
+                    long timeout_ms, strbuf *answer, char error[CURL_ERROR_SIZE]);
 
 /* ---- logout.c ---- */
 /* /.cloister/logout: GET a page asking to sign out, POST revokes the

@@ -261,38 +261,13 @@ typedef struct take_job {
     char error[CURL_ERROR_SIZE];
 } take_job;
 
-static size_t ignore_answer(char *data, size_t size, size_t n, void *userdata)
-{
-    (void)data, (void)userdata;
-    return size * n;
-}
-
 /* On a worker: POST the handoff to the API. */
 static void take_work(offload_job *job)
 {
     take_job *j = (take_job *)job;
-    const proxy_settings *s = j->settings;
-    char url[512];
-    snprintf(url, sizeof(url), "%s/v1/auth/handoff/take", s->api_url);
     struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
-    CURL *c = curl_easy_init();
-    CURLcode rc = CURLE_FAILED_INIT;
-    if (c && headers) {
-        curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_CAINFO, s->api_ca_file);
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, j->body);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, ignore_answer);
-        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, HANDOFF_TAKE_TIMEOUT_MS);
-        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(c, CURLOPT_ERRORBUFFER, j->error);
-        rc = curl_easy_perform(c);
-        if (rc == CURLE_OK)
-            curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &j->status);
-    }
-    if (rc != CURLE_OK && !j->error[0])
-        snprintf(j->error, sizeof(j->error), "%s", curl_easy_strerror(rc));
-    curl_easy_cleanup(c);
+    j->status = proxy_api_post(j->settings, "/v1/auth/handoff/take", headers, j->body, HANDOFF_TAKE_TIMEOUT_MS, NULL,
+                               j->error);
     curl_slist_free_all(headers);
 }
 

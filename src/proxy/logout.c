@@ -33,44 +33,17 @@ typedef struct logout_job {
     char error[CURL_ERROR_SIZE];
 } logout_job;
 
-static size_t on_answer(char *data, size_t size, size_t n, void *userdata)
-{
-    return strbuf_append(userdata, data, size * n) == 0 ? size * n : 0;
-}
-
 /* On a worker: POST /v1/auth/logout with the token as bearer. */
 static void logout_work(offload_job *job)
 {
     logout_job *j = (logout_job *)job;
-    const proxy_settings *s = j->settings;
-    char url[512], auth[JWT_MAX_LEN + 32];
-    snprintf(url, sizeof(url), "%s/v1/auth/logout", s->api_url);
+    char auth[JWT_MAX_LEN + 32];
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", j->token);
     struct curl_slist *headers = curl_slist_append(NULL, auth);
     OPENSSL_cleanse(auth, sizeof(auth));
     strbuf answer;
     strbuf_init(&answer, LOGOUT_ANSWER_MAX);
-    CURL *c = curl_easy_init();
-    CURLcode rc = CURLE_FAILED_INIT;
-    if (c && headers) {
-        curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_CAINFO, s->api_ca_file);
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
-        curl_easy_setopt(c, CURLOPT_POST, 1L);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, 0L);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_answer);
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, &answer);
-        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, LOGOUT_TIMEOUT_MS);
-        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(c, CURLOPT_ERRORBUFFER, j->error);
-        rc = curl_easy_perform(c);
-        if (rc == CURLE_OK)
-            curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &j->status);
-    }
-    if (rc != CURLE_OK && !j->error[0])
-        snprintf(j->error, sizeof(j->error), "%s", curl_easy_strerror(rc));
-    curl_easy_cleanup(c);
+    j->status = proxy_api_post(j->settings, "/v1/auth/logout", headers, "", LOGOUT_TIMEOUT_MS, &answer, j->error);
     for (struct curl_slist *l = headers; l; l = l->next)
         OPENSSL_cleanse(l->data, strlen(l->data));
     curl_slist_free_all(headers);
