@@ -117,7 +117,7 @@ def test_apply_names_file_document_line_field_and_reason(cli, tmp_path):
     assert p.returncode == 1
     assert p.stderr == ("error: bad.yaml:16: document 3 (Service/wiki): spec.upstrem: unknown field; "
                         "known fields are: upstream, hosts, policies, inlinePolicies, inject, attrs, "
-                        "failClosed, passAuthorization, allowPathParameters, trustTraceContext, limits\n")
+                        "failClosed, passAuthorization, allowPathParameters, trustTraceContext, limits, plugins\n")
     assert p.stdout == ""
 
 

@@ -1084,21 +1084,22 @@ static void export_telemetry(const daemon_config *cfg)
 
 #define AGENT_FILE_MAX (512u * 1024 * 1024)
 
-/* Copies the cloister-agent executable found beside cloisterd (or named by
- * $CLOISTER_AGENT) into the runner's own part of the data dir and records
- * the copy in CFG->agent_path: started as root, the runner runs as a user of
- * its own that may not be able to enter the folder cloisterd was installed or
- * built in (a checkout under /root). The copy is the same bytes, so the
- * agent's measurement (PCR3) is unchanged. Without an agent nothing is
- * copied (the runner says agent-mode sandboxes cannot be launched). Returns
- * 0 or a negative errno (logged). */
-static int install_agent(daemon_config *cfg)
+/* Copies the executable NAME that LOCATE finds beside cloisterd (or that
+ * its environment variable names) into the runner's own part of the data dir
+ * and records the copy in OUT (SIZE bytes): started as root, the runner runs
+ * as a user of its own that may not be able to enter the folder cloisterd was
+ * installed or built in (a checkout under /root). The copy is the same bytes,
+ * so a measurement of it (the agent's PCR3) is unchanged. Without one nothing
+ * is copied and OUT stays "" (the runner says what cannot run). Returns 0 or a
+ * negative errno (logged). */
+static int install_runner_executable(const daemon_config *cfg, int (*locate)(char *, size_t), const char *name,
+                                     char *out, size_t size)
 {
     char found[PATH_MAX];
-    if (runner_agent_locate(found, sizeof(found)) < 0)
+    if (locate(found, sizeof(found)) < 0)
         return 0;
-    char path[sizeof(cfg->agent_path)];
-    if ((size_t)snprintf(path, sizeof(path), "%s/cloister-agent", cfg->runner_dir) >= sizeof(path))
+    char path[4200];
+    if ((size_t)snprintf(path, sizeof(path), "%s/%s", cfg->runner_dir, name) >= MIN(sizeof(path), size))
         return -ENAMETOOLONG;
     _cleanup_free_ char *data = NULL, *old = NULL;
     size_t len, old_len;
@@ -1107,12 +1108,23 @@ static int install_agent(daemon_config *cfg)
         !(read_file(path, AGENT_FILE_MAX, &old, &old_len) == 0 && old_len == len && memcmp(old, data, len) == 0))
         r = write_file_atomic(path, data, len, 0755);
     if (r < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot install cloister-agent for the runner", "from", found, "to", path,
-                   "error", strerror(-r), NULL);
+        log_fields(LOG_LEVEL_ERROR, "cannot install an executable for the runner", "name", name, "from", found, "to",
+                   path, "error", strerror(-r), NULL);
         return r;
     }
-    strcpy(cfg->agent_path, path);
+    strcpy(out, path);
     return 0;
+}
+
+/* The runner's copies of cloister-agent (agent-mode sandboxes) and
+ * cloister-plugin-sandbox (untrusted plugins). Returns 0 or a negative errno. */
+static int install_agent(daemon_config *cfg)
+{
+    int r = install_runner_executable(cfg, runner_agent_locate, "cloister-agent", cfg->agent_path,
+                                      sizeof(cfg->agent_path));
+    return r < 0 ? r
+                 : install_runner_executable(cfg, runner_plugin_sandbox_locate, "cloister-plugin-sandbox",
+                                             cfg->plugin_sandbox_path, sizeof(cfg->plugin_sandbox_path));
 }
 
 /* Copies the regular files of directory FROM (a flat one: anything else in

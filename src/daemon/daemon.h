@@ -39,6 +39,7 @@ typedef struct daemon_config {
     char runner_cert[4200], runner_key[4200];   /* the runner's platform key (P-384) */
     char runner_dir[4200];                      /* the runner's files: platform key, sandbox logs */
     char agent_path[4200];                      /* the runner's copy of cloister-agent ("" when none was found) */
+    char plugin_sandbox_path[4200];             /* the runner's copy of cloister-plugin-sandbox ("" when none) */
     char engine_bundle[4200];                   /* the runner's copy of the job engine's bundle ("" when none) */
     char portal_dir[4200];                      /* the proxy's copy of the built portal app ("" when none) */
     char job_engine_pcr0[97];                   /* its measurement (hex; "" when none), the engine.pcr0 of every digest */

@@ -16,6 +16,7 @@ int role_runner_main(const daemon_config *cfg, role_health *health, role_health 
                  .ca_file = cfg->ca_cert},
         .dir = cfg->runner_dir,
         .agent = cfg->agent_path,
+        .plugin_sandbox = cfg->plugin_sandbox_path,
         .key = cfg->runner_key,
         .cert = cfg->runner_cert,
         .platform_ca_cert = cfg->platform_ca_cert,

@@ -148,8 +148,8 @@ static void *launcher_main(void *arg)
     return NULL;
 }
 
-int runner_plugins_start(const char *dir, const char *plugin_dir, const role_health *roles, size_t n_roles,
-                         runner_plugins **ret)
+int runner_plugins_start(const char *dir, const char *plugin_dir, const char *host, const role_health *roles,
+                         size_t n_roles, runner_plugins **ret)
 {
     if (!plugin_dir || !plugin_dir[0])
         return -ENOENT;
@@ -166,7 +166,9 @@ int runner_plugins_start(const char *dir, const char *plugin_dir, const role_hea
                    plugin_dir, "error", strerror(-r), NULL);
         goto fail;
     }
-    if ((r = runner_plugin_sandbox_locate(rp->host, sizeof(rp->host))) < 0) {
+    if (host && host[0] && strlen(host) < sizeof(rp->host))
+        strcpy(rp->host, host); /* the supervisor's copy in the runner's own files */
+    else if ((r = runner_plugin_sandbox_locate(rp->host, sizeof(rp->host))) < 0) {
         log_fields(LOG_LEVEL_ERROR, "no cloister-plugin-sandbox next to cloisterd: untrusted plugins cannot run",
                    NULL);
         goto fail;

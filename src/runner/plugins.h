@@ -22,10 +22,11 @@
 typedef struct runner_plugins runner_plugins;
 
 /* Starts serving DIR/plugins.sock for plugins in PLUGIN_DIR on a thread of
- * its own; ROLES/N_ROLES and UID for the peer check. Returns 0 and the
- * launcher, -ENOENT when no plugin directory is configured or the sandbox
- * host cannot be found (nothing started; logged), or a negative errno. */
-int runner_plugins_start(const char *dir, const char *plugin_dir, const role_health *roles, size_t n_roles,
-                         runner_plugins **ret);
+ * its own, launching HOST (the sandbox host, cloister-plugin-sandbox; NULL or
+ * "": looked up beside cloisterd); ROLES/N_ROLES for the peer check. Returns 0
+ * and the launcher, -ENOENT when no plugin directory is configured or the
+ * sandbox host cannot be found (nothing started; logged), or a negative errno. */
+int runner_plugins_start(const char *dir, const char *plugin_dir, const char *host, const role_health *roles,
+                         size_t n_roles, runner_plugins **ret);
 /* Stops serving and ends the sandboxes; accepts NULL. */
 void runner_plugins_stop(runner_plugins *rp);

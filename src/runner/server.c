@@ -807,7 +807,8 @@ int runner_serve(const runner_server_config *cfg)
         /* the runner's own egress plugins: trusted ones in process, the others in sandboxes of its launcher */
         char spawn[4300];
         snprintf(spawn, sizeof(spawn), "%s/plugins.sock", cfg->dir);
-        if (runner_plugins_start(cfg->dir, cfg->plugin_dir, cfg->roles, cfg->n_roles, &plugins) == 0)
+        if (runner_plugins_start(cfg->dir, cfg->plugin_dir, cfg->plugin_sandbox, cfg->roles, cfg->n_roles,
+                                 &plugins) == 0)
             (void)plugin_host_configure(cfg->plugin_dir, cfg->plugin_trusted, spawn);
         r = httpd_run(&h);
         runner_plugins_stop(plugins);

@@ -21,6 +21,7 @@ typedef struct runner_server_config {
     const char *api_role_url;     /* the api's listener for roles: forwarded there over mutual TLS; "": none */
     const char *audit_socket;     /* the audit role's, for egress decisions; NULL: logged only */
     const char *plugin_dir;       /* plugins' directory (runner/plugins.h); NULL or "": none */
+    const char *plugin_sandbox;   /* cloister-plugin-sandbox to launch; NULL or "": looked up beside cloisterd */
     const char *plugin_trusted;   /* the plugins egress loads in the runner's process (comma-separated) */
     const char *cgroup;           /* a delegated cgroup v2 directory for sandboxes' limits; NULL or "": found
                                    * beside its own cgroup (runner/sandbox-limits.h) */
