@@ -8,6 +8,7 @@ requests a plugin sees; the calls counted in /metrics.
 Each plugin file is installed under two names in the plugin directory: NAME
 (listed in --plugin-trusted: in process) and NAME-sandboxed (not listed: out
 of process), so one daemon runs both."""
+import hashlib
 import json
 import os
 import shutil
@@ -372,3 +373,71 @@ def test_plugins_never_see_credentials_or_identity_headers(cluster):
                               "config": {"header": "authorization", "values": [f"Bearer {c.token}"]}}])
     r = c.wait("token-peek", lambda r: r.status_code == 403)
     assert "header authorization is missing" in r.json()["error"]["message"], r.text
+
+
+def token_slot(token):
+    """The proxy's token-cache slot of TOKEN (authenticate.c: the first 8
+    bytes of its SHA-256, little-endian, modulo PROXY_TOKEN_SLOTS)."""
+    return int.from_bytes(hashlib.sha256(token.encode()).digest()[:8], "little") % 1024
+
+
+def test_a_token_taking_a_waiting_requests_cache_slot_does_not_lend_it_its_identity(cluster):
+    """Alice's request waits on an out-of-process plugin while bob's token,
+    which falls in the same cache slot, is resolved on the same proxy
+    thread: alice's request is then refused (503), never forwarded as bob."""
+    import http.client
+    import ssl
+    import threading
+    c = cluster
+    # the token endpoint limits each credential and each client address to 100 in a burst
+    creds = [f"bob-{i}" for i in range(60)]
+    c.apply(manifest("User", "bob", {"type": "human", "email": "bob@example.com"}),
+            *(manifest("Credential", name, {"user": "bob", "type": "authToken"}) for name in creds))
+    cred_tokens = []
+    ctx = ssl.create_default_context(cafile=str(c.s.ca))
+    ctx.check_hostname = False
+    want, bob, host, port = token_slot(c.token), None, c.s.url.split("//")[1].split(":")[0], c.s.port
+    for attempt in range(6000):  # one in 1,024 falls in alice's slot
+        if attempt % 100 == 0:
+            cred_tokens.append(c.s.request("POST", "/v1/tokens", json={"credential": creds[attempt // 100]}).json()[
+                "token"])
+        cred = cred_tokens[-1]
+        if attempt % 40 == 0:
+            conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=30,
+                                               source_address=(f"127.{attempt // 40 % 250 + 1}.{attempt % 200}.9", 0))
+        conn.request("POST", "/v1/auth/token", body=json.dumps({"token": cred}),
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        body = r.read()
+        assert r.status == 200, body
+        candidate = json.loads(body)["access_token"]
+        if token_slot(candidate) == want:
+            bob = candidate
+            break
+    assert bob, "no token of bob fell in alice's slot"
+    c.service("slot-slow", [{"name": "hang", "phase": "request_headers", "failure": "open", "timeoutMs": 3000}])
+    c.service("slot-quick", [])
+    c.wait("slot-slow", lambda r: r.status_code == 200)
+    c.wait("slot-quick", lambda r: r.status_code == 200)
+    def user_of(resp):
+        return {k.lower(): v for k, v in resp.json()["headers"]}.get("x-cloister-user")
+
+    refused = False
+    for _ in range(3):  # bob's token must be resolved while alice's request waits: retried if it came first
+        answer = {}
+        waiting = threading.Thread(target=lambda: answer.setdefault("alice", c.get("slot-slow", "/as-alice",
+                                                                                   timeout=60)))
+        waiting.start()
+        time.sleep(0.5)  # alice's request is inside the hanging plugin's 3 s (a race by its nature)
+        r = c.get("slot-quick", "/as-bob", headers={"Authorization": f"Bearer {bob}"})
+        assert r.status_code == 200 and user_of(r) == "bob", r.text
+        waiting.join(timeout=60)
+        a = answer["alice"]
+        assert a.status_code in (200, 503), a.text
+        if a.status_code == 200:
+            assert user_of(a) == "alice", f"alice's request reached the upstream as {user_of(a)}"
+            continue  # bob's resolution came before alice's: the slot was alice's again
+        assert "lost track of who sent this request" in a.json()["error"]["message"], a.text
+        refused = True
+        break
+    assert refused, "bob's token never took the slot while alice's request waited"

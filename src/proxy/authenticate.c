@@ -87,6 +87,12 @@ static int resolved_view(resolved_token *slot)
     return 0;
 }
 
+const resolved_token *proxy_request_token(const proxy_request *pr)
+{
+    const resolved_token *r = pr->token;
+    return r && r->user && memcmp(r->hash, pr->token_hash, sizeof(pr->token_hash)) == 0 ? r : NULL;
+}
+
 /* Signature, expiry, issuer and audience, then the session, user and
  * credential by the rule of auth/session.h; a resolution is cached by the
  * token's hash until the token or its session expires or the configuration
@@ -195,6 +201,7 @@ proxy_step proxy_stage_authenticate(proxy_request *pr)
     if (!r)
         return refuse_unauthenticated(pr, reason, true);
     pr->token = r;
+    memcpy(pr->token_hash, r->hash, sizeof(pr->token_hash));
     pr->rec.user = r->who.user;
     pr->rec.session = r->who.session;
     return PROXY_NEXT;

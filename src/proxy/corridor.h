@@ -160,7 +160,10 @@ typedef struct proxy_request {
     /* authenticate */
     int64_t now; /* seconds */
     bool from_cookie;
-    const resolved_token *token; /* owned by the thread's cache */
+    /* owned by the thread's cache, whose slot another token may take while
+     * the request waits off the loop: read it through proxy_request_token() */
+    const resolved_token *token;
+    uint8_t token_hash[SHA256_DIGEST_LENGTH]; /* of the token TOKEN was resolved for */
     /* reachable: for an enclave, the replica (index into svc->replicas) */
     size_t replica;
     /* trace (trace.c) */
@@ -197,7 +200,8 @@ proxy_step proxy_stage_forward(proxy_request *pr);      /* forward.c */
 
 /* ---- decide.c ---- */
 /* Fills P with the policy context of PR (its values in the thread's values
- * arena, reset first). Returns 0 or -ENOMEM. */
+ * arena, reset first). Returns 0, -ENOMEM, or -ESTALE when PR's caller is no
+ * longer known (proxy_request_token()). */
 int proxy_policy_request(proxy_request *pr, policy_request *p);
 
 /* ---- proxy.c ---- */
@@ -291,6 +295,11 @@ h2o_iovec_t proxy_find_cookie(h2o_req_t *req, const char *name);
  * authenticate.c. Returns the resolution (owned by T's cache) or NULL with
  * a reason in *RET_WHY (valid until T's next resolve) and the status to
  * answer in *RET_STATUS: 401, or 403 for a disabled user. */
+/* PR's resolved token: NULL for an anonymous request, or when its cache slot
+ * was given to another token while PR waited off the loop (a plugin call,
+ * the failClosed commit); the slot resolved again for the same token (a
+ * newer configuration) is still PR's. */
+const resolved_token *proxy_request_token(const proxy_request *pr);
 const resolved_token *proxy_resolve(proxy_thread *t, const proxy_config *c, h2o_iovec_t token, int64_t now,
                                     const char **ret_why, int *ret_status);
 void proxy_tokens_clear(proxy_thread *t);

@@ -11,7 +11,9 @@
 int proxy_policy_request(proxy_request *pr, policy_request *p)
 {
     proxy_thread *t = pr->t;
-    const resolved_token *r = pr->token;
+    const resolved_token *r = proxy_request_token(pr);
+    if (!r)
+        return -ESTALE;
     cel_arena_reset(t->values);
     *p = r->caller; /* ctx.user and ctx.session, made with the token's resolution */
     policy_request_stamp(p);

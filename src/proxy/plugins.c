@@ -120,7 +120,8 @@ static void call_fill(plugin_call *call, proxy_request *pr, cloister_phase phase
 {
     h2o_req_t *req = pr->req;
     plugin_call_init(call, phase);
-    const json_t *user = pr->token ? pr->token->user : NULL;
+    const resolved_token *token = proxy_request_token(pr);
+    const json_t *user = token ? token->user : NULL;
     const char *user_name = json_string_value(json_object_get(json_object_get(user, "metadata"), "name"));
     const char *email = json_string_value(json_object_get(json_object_get(user, "spec"), "email"));
     plugin_call_prop(call, "request.id", pr->rec.id, strlen(pr->rec.id));

@@ -175,10 +175,14 @@ void proxy_upstream_headers(h2o_mem_pool_t *pool, const h2o_headers_t *in, const
  * 500 when the assertion cannot be signed. */
 proxy_step proxy_stage_rewrite(proxy_request *pr)
 {
-    const char *assertion = assertion_for(pr->t, pr->c, pr->svc, pr->token, pr->now);
+    const resolved_token *token = proxy_request_token(pr);
+    if (!token) /* another caller's token took its cache slot while this request waited */
+        return proxy_fail(pr, 503, "unavailable", "the proxy lost track of who sent this request while it waited; "
+                                                  "send it again");
+    const char *assertion = assertion_for(pr->t, pr->c, pr->svc, token, pr->now);
     if (!assertion)
         return proxy_fail(pr, 500, "internal", "the identity assertion could not be signed");
-    proxy_upstream_headers(&pr->req->pool, &pr->req->headers, pr->svc, &pr->token->who, pr->rec.id, assertion,
+    proxy_upstream_headers(&pr->req->pool, &pr->req->headers, pr->svc, &token->who, pr->rec.id, assertion,
                            &pr->req->headers);
     return PROXY_NEXT;
 }
