@@ -271,7 +271,7 @@ class Receiver:
         self.records = []
         self.arrived = 0  # requests received, answered or not (hang())
         self.problems = []  # every record's, prefixed with its path
-        self._answers = []  # [status, headers, times left]
+        self._answers = []  # [status, headers, times left, paths, body, containing]
         self._lock = threading.Condition()
         self._hang = threading.Event()
         self._hang.set()  # set: answer at once
@@ -332,11 +332,12 @@ class Receiver:
         return env
 
     # programmable answers
-    def answer(self, status, headers=None, times=1, paths=None, body=None):
-        """The next TIMES requests (to PATHS, or any) get STATUS with HEADERS
-        (and BODY, a JSON value: e.g. a partialSuccess)."""
+    def answer(self, status, headers=None, times=1, paths=None, body=None, containing=None):
+        """The next TIMES requests (to PATHS, or any; whose JSON body holds the
+        text CONTAINING, or any: other roles export too) get STATUS with
+        HEADERS (and BODY, a JSON value: e.g. a partialSuccess)."""
         with self._lock:
-            self._answers.append([status, headers or {}, times, paths, body])
+            self._answers.append([status, headers or {}, times, paths, body, containing])
 
     def hang(self):
         """Holds every answer until release()."""
@@ -345,10 +346,10 @@ class Receiver:
     def release(self):
         self._hang.set()
 
-    def _next_answer(self, path):
+    def _next_answer(self, path, body):
         with self._lock:
             for a in self._answers:
-                if a[2] > 0 and (a[3] is None or path in a[3]):
+                if a[2] > 0 and (a[3] is None or path in a[3]) and (a[5] is None or a[5] in json.dumps(body)):
                     a[2] -= 1
                     return a[0], a[1], a[4]
         return 200, {}, None
@@ -389,7 +390,7 @@ class Receiver:
             self.arrived += 1
             self._lock.notify_all()
         self._hang.wait()
-        status, headers, answer = self._next_answer(path)
+        status, headers, answer = self._next_answer(path, body)
         if problems and status == 200:
             status, answer = 400, None
         if answer is None:

@@ -226,9 +226,10 @@ def exports_of(rx, span_id):
     return [r for r in rx.requests_to("/v1/traces") if span_id in json.dumps(r.body)]
 
 
-def traced_call(server, rx, path="/v1/whoami"):
-    """An API call whose span is known by its parent (a traceparent of our own)."""
-    parent = os.urandom(8).hex()
+def traced_call(server, rx, path="/v1/whoami", parent=None):
+    """An API call whose span is known by its parent (a traceparent of our
+    own; PARENT, a span id in hex, or a new one)."""
+    parent = parent or os.urandom(8).hex()
     tp = f"00-{os.urandom(16).hex()}-{parent}-01"
     assert server.request("GET", path, headers={"traceparent": tp}).status_code == 200
     return parent
@@ -241,20 +242,23 @@ def dropped_spans(server):
 
 def test_429_and_503_are_retried_honouring_retry_after_and_400_is_not(traced):
     server, rx = traced
-    rx.answer(429, {"Retry-After": "2"}, times=1, paths=["/v1/traces"])
-    parent = traced_call(server, rx)
+    parent = os.urandom(8).hex()
+    rx.answer(429, {"Retry-After": "2"}, times=1, paths=["/v1/traces"], containing=parent)
+    parent = traced_call(server, rx, parent=parent)
     tries = rx.wait_for(lambda: [r for r in exports_of(rx, parent) if r.status == 200] and exports_of(rx, parent))
     assert [r.status for r in tries] == [429, 200]
     assert tries[1].time - tries[0].time >= 1.9  # Retry-After: 2 honoured
 
-    rx.answer(503, times=2, paths=["/v1/traces"])
-    parent = traced_call(server, rx)
+    parent = os.urandom(8).hex()
+    rx.answer(503, times=2, paths=["/v1/traces"], containing=parent)
+    parent = traced_call(server, rx, parent=parent)
     tries = rx.wait_for(lambda: [r for r in exports_of(rx, parent) if r.status == 200] and exports_of(rx, parent))
     assert [r.status for r in tries] == [503, 503, 200]
     assert tries[2].time - tries[1].time > tries[1].time - tries[0].time  # the backoff grows
 
-    rx.answer(400, times=1, paths=["/v1/traces"])
-    refused = traced_call(server, rx)
+    refused = os.urandom(8).hex()
+    rx.answer(400, times=1, paths=["/v1/traces"], containing=refused)
+    refused = traced_call(server, rx, parent=refused)
     rx.wait_for(lambda: exports_of(rx, refused))
     later = traced_call(server, rx)  # a later export goes through...
     rx.wait_for(lambda: [r for r in exports_of(rx, later) if r.status == 200])
