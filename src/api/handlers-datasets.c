@@ -15,6 +15,7 @@
 #include "basic/timeutil.h"
 #include "blob/blob.h"
 #include "httpd/httpd.h"
+#include "kms/ciphertext.h"
 #include "resource/resource.h"
 
 #define AGE_VERSION_LINE "age-encryption.org/v1\n"
@@ -178,6 +179,28 @@ int api_dataset_delete_input(api_server *srv, const char *name, json_t *input, a
         (uid && json_object_set_new(input, "upload", json_string(uid)) < 0))
         return api_fail(err, 500, "internal", "out of memory");
     return 0;
+}
+
+int api_workspace_delete_input(api_server *srv, const char *name, json_t *input, store_op *op, api_error *err)
+{
+    json_auto_t *ws = NULL;
+    int e = store_get(srv->cfg->store, "Workspace", name, &ws);
+    if (e < 0)
+        return e == -ENOENT ? 0 : api_fail_store(err, e, "Workspace", name); /* the delete answers 404 */
+    const char *key = str_at(ws, "status", "key"), *rv = str_at(ws, "metadata", "resourceVersion");
+    char *end = NULL;
+    long long v = rv ? strtoll(rv, &end, 10) : 0;
+    if (!rv || *end || v <= 0)
+        return api_fail(err, 500, "internal", "Workspace %s is stored without a resourceVersion", name);
+    /* the key this version names is the one destroyed: a Workspace changed (or made again) since fails the delete */
+    op->expected_rv = v;
+    if (!key)
+        return 0; /* made before workspaces had keys: nothing to destroy */
+    if (strncmp(key, "workspace_", STRLEN("workspace_")) != 0 || !kms_key_name_valid(key))
+        return api_fail(err, 500, "internal", "Workspace %s names a key (%s) that is no workspace key", name, key);
+    return json_object_set_new(input, "workspaceKey", json_string(key)) < 0
+               ? api_fail(err, 500, "internal", "out of memory")
+               : 0;
 }
 
 void api_dataset_deleted(api_server *srv, const json_t *input)

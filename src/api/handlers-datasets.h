@@ -58,6 +58,14 @@ int api_dataset_delete_input(api_server *srv, const char *name, json_t *input, a
  * unless another Dataset has the same content. */
 void api_dataset_deleted(api_server *srv, const json_t *input);
 
+/* What deleting Workspace NAME must do first, into INPUT (the delete's):
+ * the name of its key (its stored status.key, "workspaceKey"), which the
+ * kms role destroys before the delete is written; and OP (the delete) made
+ * a compare-and-swap on the version read, so the key destroyed is the one
+ * of the Workspace deleted. Nothing comes from the client. Returns 0 (also
+ * when there is no such Workspace: the delete answers 404) or -1 with ERR. */
+int api_workspace_delete_input(api_server *srv, const char *name, json_t *input, store_op *op, api_error *err);
+
 /* The blob store of datasets and job results (api_datasets_init()). */
 struct blob_store *api_blobs(void);
 

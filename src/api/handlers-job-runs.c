@@ -220,6 +220,31 @@ static void check_approvals(store *s, const json_t *status, char *missing, size_
     }
 }
 
+/* Whether the workspace key JOB was proposed under (status.workspaceKey)
+ * is gone: its Workspace was deleted (the key destroyed with it) or made
+ * again (a new key; the inputs' stanzas name the old one). Why into WHY. */
+static bool workspace_key_gone(store *s, const json_t *job, char *why, size_t size)
+{
+    const char *ws = str_at(job, "spec", "workspace"), *key = str_at(job, "status", "workspaceKey");
+    json_auto_t *w = NULL;
+    int e = ws ? store_get(s, "Workspace", ws, &w) : -ENOENT;
+    const char *now = str_at(w, "status", "key");
+    if (e == -ENOENT)
+        snprintf(why, size,
+                 "Job %s cannot run: workspace %s was deleted and its key %s destroyed with it, so no input of the job "
+                 "can be opened any more (delete the Job)",
+                 doc_name(job), ws ? ws : "?", key ? key : "(unrecorded)");
+    else if (e == 0 && key && now && strcmp(key, now) != 0)
+        snprintf(why, size,
+                 "Job %s cannot run: its inputs were encrypted to workspace key %s, destroyed when workspace %s was "
+                 "deleted; the workspace made again under that name has another key (%s): upload the datasets again "
+                 "and propose a new Job",
+                 doc_name(job), key, ws, now);
+    else
+        return false;
+    return true;
+}
+
 /* Why JOB (its stored document) cannot run now, into WHY; false when it can. */
 static bool cannot_run(api_server *srv, const json_t *job, char *why, size_t size)
 {
@@ -231,6 +256,8 @@ static bool cannot_run(api_server *srv, const json_t *job, char *why, size_t siz
     api_error err;
     int64_t until;
     const char *not_after = json_string_value(json_object_get(spec, "notAfter"));
+    if (workspace_key_gone(srv->cfg->store, job, why, size))
+        return true;
     if (!json_string_value(json_object_get(status, "digest")))
         snprintf(why, size, "Job %s has no digest yet", name);
     else if (state && strcmp(state, "running") == 0)
@@ -708,6 +735,11 @@ static json_t *release_request(store *s, const json_t *job, json_int_t n, const 
     const json_t *status = json_object_get(job, "status"), *input = json_object_get(status, "digestInput");
     const char *ws = str_at(job, "spec", "workspace");
     json_auto_t *w = NULL, *policy = NULL;
+    char why[600];
+    if (workspace_key_gone(s, job, why, sizeof(why))) { /* deleted since the run started */
+        api_fail(err, 409, "conflict", "%s", why);
+        return NULL;
+    }
     int e = store_get(s, "Workspace", ws, &w);
     if (e < 0) {
         api_fail_store(err, e, "Workspace", ws);

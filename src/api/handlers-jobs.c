@@ -226,7 +226,9 @@ static int job_status(api_server *srv, json_t *doc, const json_t *stored, const 
         json_object_set_new(status, "digest", json_string(hex)) < 0 ||
         json_object_set_new(status, "digestInput", input) < 0 ||
         json_object_set_new(status, "requiredApprovers", json_deep_copy(all ? members : owners)) < 0 ||
-        json_object_set_new(status, "inputOwners", json_incref(owners)) < 0) {
+        json_object_set_new(status, "inputOwners", json_incref(owners)) < 0 ||
+        (str_at(w, "status", "key") &&
+         json_object_set_new(status, "workspaceKey", json_string(str_at(w, "status", "key"))) < 0)) {
         json_decref(status);
         return api_fail(err, 500, "internal", "out of memory");
     }

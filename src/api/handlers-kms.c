@@ -396,6 +396,28 @@ int api_kms_workspace_key(json_t **ret_status, api_error *err)
     return 0;
 }
 
+int api_kms_destroy_workspace_key(const char *workspace, const char *key, const char *user, const char *ip,
+                                  api_error *err)
+{
+    json_auto_t *body = json_pack("{s:s}", "key", key), *ans = NULL;
+    int r = body ? call("/v1/destroy-key", body, &ans, err) : api_fail(err, 500, "internal", "out of memory");
+    if (r < 0) {
+        size_t n = strlen(err->message);
+        snprintf(err->message + n, sizeof(err->message) - n,
+                 "; Workspace %s is not deleted: its key %s must be destroyed by the kms role first (nothing was "
+                 "changed; delete it again once the kms role answers)",
+                 workspace, key);
+    }
+    bool destroyed = json_is_true(json_object_get(ans, "destroyed"));
+    json_auto_t *details = json_pack("{s:s, s:s?, s:s?}", "key", key, "result",
+                                     r < 0 ? NULL : destroyed ? "destroyed" : "already gone", "reason",
+                                     r < 0 ? err->message : NULL);
+    audit_event_emit(&(audit_event){.action = "workspace.key.destroy", .user = user, .ip = ip, .kind = "Workspace",
+                                    .name = workspace, .outcome = r < 0 ? "failure" : "success",
+                                    .details = details});
+    return r;
+}
+
 /* ---- the /v1/kms/ endpoints ---- */
 
 /* The default algorithm of a Key's purpose. */

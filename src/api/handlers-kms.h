@@ -78,4 +78,12 @@ int api_kms_job_release(const json_t *body, json_t **ret, api_error *err);
  * private half never leaves the kms role. Blocks: off the event loop only.
  * Returns 0 or -1 with ERR. */
 int api_kms_workspace_key(json_t **ret_status, api_error *err);
-
+/* Has the kms role destroy KEY, the workspace key (status.key) of Workspace
+ * WORKSPACE that USER (from IP) is deleting: every version wiped and the
+ * sealed key ring rewritten. A key already gone is no error (a retried
+ * delete). Audited as workspace.key.destroy on the Workspace, {key, result}
+ * or the reason of a failure. Blocks: off the event loop only. Returns 0,
+ * or -1 with ERR (503 naming the kms role when it is down or sealed: the
+ * Workspace must then not be deleted). */
+int api_kms_destroy_workspace_key(const char *workspace, const char *key, const char *user, const char *ip,
+                                  api_error *err);

@@ -475,10 +475,13 @@ typedef struct seal_job {
     api_error err;
 } seal_job;
 
-/* Whether OP needs the KMS before it is written: a Secret's values are
- * sealed, a new Workspace gets its key. */
-static bool op_seals(const store_op *op)
+/* Whether OP of PW needs the KMS before it is written: a Secret's values
+ * are sealed, a new Workspace gets its key, a deleted one loses it (the
+ * key its stored status names: api_workspace_delete_input()). */
+static bool op_seals(const pending_write *pw, const store_op *op)
 {
+    if (op->type == STORE_DELETE)
+        return strcmp(op->kind, "Workspace") == 0 && json_object_get(pw->input, "workspaceKey");
     return op->doc && (strcmp(op->kind, "Secret") == 0 || (op->type == STORE_CREATE && strcmp(op->kind, "Workspace") == 0));
 }
 
@@ -501,10 +504,17 @@ static void seal_work(offload_job *j)
     store_txn *txn = &job->pw->txn;
     for (size_t i = 0; i < txn->n_ops && job->rc == 0; i++) {
         store_op *op = &txn->ops[i];
-        if (!op_seals(op))
+        if (!op_seals(job->pw, op))
             continue;
-        job->rc = strcmp(op->kind, "Secret") == 0 ? api_kms_seal_secret(op->doc, &job->err)
-                                                  : make_workspace_key(op, &job->err);
+        /* a deleted Workspace's key goes first: were the Workspace deleted
+         * first, nothing would name the key any more to destroy it later */
+        if (op->type == STORE_DELETE)
+            job->rc = api_kms_destroy_workspace_key(op->name, json_string_value(json_object_get(job->pw->input,
+                                                                                              "workspaceKey")),
+                                                    job->pw->user, job->pw->ip, &job->err);
+        else
+            job->rc = strcmp(op->kind, "Secret") == 0 ? api_kms_seal_secret(op->doc, &job->err)
+                                                      : make_workspace_key(op, &job->err);
         if (job->rc < 0)
             job->err.document = job->pw->route == ROUTE_APPLY ? (long)i : -1;
     }
@@ -533,7 +543,7 @@ static int seal_and_submit(api_server *srv, h2o_req_t *req, pending_write *pw, a
 {
     bool seals = false;
     for (size_t i = 0; i < pw->txn.n_ops; i++)
-        seals |= op_seals(&pw->txn.ops[i]);
+        seals |= op_seals(pw, &pw->txn.ops[i]);
     if (!seals) {
         submit_write(srv, pw);
         return 0;
@@ -591,6 +601,9 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
     /* decided first: only a caller who may delete it learns what refers to it */
     if (route == ROUTE_DELETE && !api_query_flag(req, "force") &&
         api_check_unreferenced(srv, kind->kind, name, json_object_get(input, "dependents"), err) < 0)
+        return -1;
+    if (route == ROUTE_DELETE && strcmp(kind->kind, "Workspace") == 0 &&
+        api_workspace_delete_input(srv, name, input, &op, err) < 0)
         return -1;
     if (expect_stored(&op, stored, err) < 0)
         return -1;

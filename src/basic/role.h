@@ -19,10 +19,10 @@
 /* The KMS operations the kms role counts (kms/server.c's table, in its
  * order) and the outcomes it tells apart: answered, refused (a 4xx: not
  * found, invalid, decryption failed...), refused because sealed, failed. */
-#define ROLE_KMS_OPS 12
+#define ROLE_KMS_OPS 13
 #define ROLE_KMS_OP_NAMES                                                                                            \
     {"encrypt", "decrypt", "datakey", "rewrap", "sign", "verify", "rotate", "describe", "version", "public",      \
-     "job-release", "secret-release"}
+     "job-release", "secret-release", "destroy-key"}
 #define ROLE_KMS_OUTCOMES 4
 #define ROLE_KMS_OUTCOME_NAMES {"success", "refused", "sealed", "error"}
 

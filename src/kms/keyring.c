@@ -503,6 +503,32 @@ int kms_keyring_schedule_destroy(kms_keyring *kr, const char *name, uint32_t ver
     return save_or_fail(kr, err);
 }
 
+int kms_keyring_destroy_key(kms_keyring *kr, const char *name, bool *ret_existed, kms_err *err)
+{
+    size_t i;
+    for (i = 0; i < kr->n_keys && strcmp(kr->keys[i]->name, name) != 0; i++)
+        ;
+    if (i == kr->n_keys) {
+        *ret_existed = false;
+        return 0;
+    }
+    /* out of the ring, the ring saved, and only then the material wiped: a
+     * save that fails puts the key back, so memory and file never disagree */
+    kms_key *k = kr->keys[i];
+    memmove(&kr->keys[i], &kr->keys[i + 1], (kr->n_keys - i - 1) * sizeof(kr->keys[0]));
+    kr->n_keys--;
+    int r = save_or_fail(kr, err);
+    if (r < 0) {
+        memmove(&kr->keys[i + 1], &kr->keys[i], (kr->n_keys - i) * sizeof(kr->keys[0]));
+        kr->keys[i] = k;
+        kr->n_keys++;
+        return r;
+    }
+    key_free(k);
+    *ret_existed = true;
+    return 0;
+}
+
 int kms_keyring_tick(kms_keyring *kr, int64_t now)
 {
     int n = 0;
@@ -721,6 +747,9 @@ int kms_age_unwrap(kms_keyring *kr, const char *name, const uint8_t *header, siz
                    uint8_t ret_file_key[static AGE_FILE_KEY_SIZE], kms_err *err)
 {
     kms_key *k;
+    if (!find_key(kr, name))
+        return fail(err, -ENOENT,
+                    "workspace key %s is not in the key ring: it was destroyed when its Workspace was deleted", name);
     int r = key_for(kr, name, "agreement", &k, err);
     if (r < 0)
         return r;

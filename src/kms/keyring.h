@@ -71,6 +71,13 @@ int kms_keyring_set_state(kms_keyring *kr, const char *name, uint32_t version, k
  * -EBUSY as kms_keyring_set_state(). Scheduling again moves the time. */
 int kms_keyring_schedule_destroy(kms_keyring *kr, const char *name, uint32_t version, int64_t after, int64_t now,
                                  kms_err *err);
+/* Destroys key NAME at once, every version: it leaves the ring, the ring is
+ * rewritten durably without it, and then its material is wiped. For workspace
+ * keys, whose Workspace is deleted (no waiting period: the api role decided
+ * and audited the delete). *RET_EXISTED false when the ring holds no such
+ * key (already destroyed: not an error). Returns 0, or a negative errno when
+ * the ring cannot be written (the key then stays, whole). */
+int kms_keyring_destroy_key(kms_keyring *kr, const char *name, bool *ret_existed, kms_err *err);
 /* Destroys the versions whose time (at or before NOW) has come; returns how
  * many, or a negative errno. */
 int kms_keyring_tick(kms_keyring *kr, int64_t now);
@@ -108,8 +115,9 @@ int kms_public_x25519(kms_keyring *kr, const char *name, uint8_t out[static KMS_
 /* Opens the header of an age file (its first LEN bytes, the header at
  * least) with x25519 key NAME: the file key of the X25519 stanza addressed
  * to one of its enabled versions into RET_FILE_KEY, once the header MAC
- * verified. -ENOKEY no stanza for it, -EBADMSG a malformed header or a MAC
- * that does not verify, -EMEDIUMTYPE not an x25519 key. The private half
+ * verified. -ENOENT no such key (destroyed with its Workspace), -ENOKEY
+ * no stanza for it, -EBADMSG a malformed header or a MAC that does not
+ * verify, -EMEDIUMTYPE not an x25519 key. The private half
  * never leaves the ring; the caller wipes the file key. */
 int kms_age_unwrap(kms_keyring *kr, const char *name, const uint8_t *header, size_t len,
                    uint8_t ret_file_key[static AGE_FILE_KEY_SIZE], kms_err *err);

@@ -56,6 +56,7 @@ typedef struct kms_handler {
 /* One operation: the decoded body, and what the handler fills in. */
 typedef struct kms_op {
     kms_role *role;
+    const char *peer; /* the calling role's name ("" when unknown) */
     json_t *body;
     api_error err;
 } kms_op;
@@ -414,6 +415,43 @@ static json_t *op_version(kms_op *op)
     return kms_keyring_describe(op->role->ring, name);
 }
 
+/* Destroys a workspace key at once, every version (its Workspace is being
+ * deleted): only the api role may ask, and only for a "workspace_" key,
+ * which no Key resource can be named (the api role takes the name from the
+ * stored Workspace's status.key). A key already gone is no error, so a
+ * retried delete succeeds. The answer {key, destroyed: whether it was still
+ * there}; the kms role's own audit entry kms.key.destroy says so too. */
+static json_t *op_destroy_key(kms_op *op)
+{
+    const char *name = field(op, "key", true);
+    if (!name)
+        return NULL;
+    if (strcmp(op->peer, "api") != 0) {
+        api_fail(&op->err, 403, "forbidden", "only the api role may destroy a workspace key (the caller is %s)",
+                 op->peer[0] ? op->peer : "unknown");
+        return NULL;
+    }
+    if (strncmp(name, "workspace_", STRLEN("workspace_")) != 0 || !kms_key_name_valid(name)) {
+        api_fail(&op->err, 400, "invalid", "only workspace keys (workspace_<hex>) are destroyed this way");
+        return NULL;
+    }
+    bool existed = false;
+    kms_err kerr = {""};
+    int r = kms_keyring_destroy_key(op->role->ring, name, &existed, &kerr);
+    json_t *details = json_pack("{s:s, s:b, s:s?}", "key", name, "existed", existed, "reason",
+                                r < 0 ? kerr.message : NULL);
+    audit_event_emit(&(audit_event){.action = "kms.key.destroy", .user = "system:kms",
+                                    .outcome = r < 0 ? "failure" : "success", .details = details});
+    json_decref(details);
+    if (r < 0) {
+        op_fail(op, r, &kerr);
+        return NULL;
+    }
+    if (existed)
+        log_fields(LOG_LEVEL_INFO, "destroyed a workspace key", "key", name, NULL);
+    return json_pack("{s:s, s:b}", "key", name, "destroyed", existed);
+}
+
 /* The file keys of a job's inputs, sealed to its attested sandbox once
  * every check passed (job-release.h). */
 static json_t *op_job_release(kms_op *op)
@@ -566,6 +604,7 @@ static const struct {
     {"/v1/public", op_public, false},
     {"/v1/job-release", op_job_release, false}, /* file keys leave only as JWEs to the sandbox */
     {"/v1/secret-release", op_secret_release, false}, /* a Secret's value leaves only as a JWE to the sandbox */
+    {"/v1/destroy-key", op_destroy_key, false},        /* the api role only, workspace keys only */
 };
 _Static_assert(ELEMENTSOF(ops) == ROLE_KMS_OPS, "role.h's ROLE_KMS_OP_NAMES name kms/server.c's operations in order");
 
@@ -586,7 +625,9 @@ static void count_op(const kms_op *op, size_t i, bool answered)
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     kms_role *role = ((kms_handler *)self)->role;
-    kms_op op = {.role = role};
+    int peer = httpd_conn_peer(req);
+    kms_op op = {.role = role,
+                 .peer = peer >= 0 && (size_t)peer < role->cfg->n_roles ? role->cfg->roles[peer].name : ""};
     h2o_iovec_t path = req->path_normalized;
     json_t *ans = NULL;
     bool secret_answer = false;

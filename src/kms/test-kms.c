@@ -436,3 +436,62 @@ Test(keyring, destruction_waits_and_can_be_cancelled, .init = make_tmpdir, .fini
     json_decref(d);
     kms_keyring_free(kr);
 }
+
+/* A deleted Workspace's key: kms_keyring_destroy_key() takes every version
+ * out of the ring and rewrites the file without it (reopened, the ring has
+ * no trace of it; the other keys are untouched); an unwrap then names the
+ * missing key; destroying it again is no error. A ring that cannot be
+ * written keeps the key whole. */
+Test(keyring, destroying_a_workspace_key, .init = make_tmpdir, .fini = remove_tmpdir)
+{
+    uint8_t root[KMS_KEY_BYTES] = {8};
+    kms_keyring *kr = open_ring(root);
+    kms_err err;
+    uint32_t v;
+    bool existed;
+    age_recipient to;
+    uint8_t pub_b[KMS_X25519_BYTES], again[KMS_X25519_BYTES], key[AGE_FILE_KEY_SIZE];
+    cr_assert_eq(kms_keyring_ensure(kr, "workspace_a", "x25519", &err), 0, "%s", err.message);
+    cr_assert_eq(kms_keyring_rotate(kr, "workspace_a", &v, &err), 0, "%s", err.message);
+    cr_assert_eq(kms_keyring_ensure(kr, "workspace_b", "x25519", &err), 0, "%s", err.message);
+    cr_assert_eq(kms_public_x25519(kr, "workspace_b", pub_b, &v, &err), 0, "%s", err.message);
+    cr_assert_eq(kms_public_x25519(kr, "workspace_a", to.public, &v, &err), 0, "%s", err.message);
+    membuf plain = {.data = "id\n1\n", .len = 5}, file = {0};
+    cr_assert_eq(age_encrypt(&to, 1, mem_read, &plain, mem_write, &file), 0);
+
+    /* a ring file that cannot be replaced (a directory in its place): refused, the key stays usable */
+    char path[128], blocker[160];
+    snprintf(path, sizeof(path), "%s/keyring.json", tmpdir);
+    snprintf(blocker, sizeof(blocker), "%s/x", path);
+    cr_assert_eq(unlink(path), 0);
+    cr_assert_eq(mkdir(path, 0700), 0);
+    cr_assert_eq(mkdir(blocker, 0700), 0);
+    cr_assert_lt(kms_keyring_destroy_key(kr, "workspace_a", &existed, &err), 0);
+    cr_assert(strstr(err.message, "cannot write the key ring"), "%s", err.message);
+    cr_assert_eq(kms_age_unwrap(kr, "workspace_a", file.data, file.len, key, &err), 0, "%s", err.message);
+    cr_assert_eq(rmdir(blocker), 0);
+    cr_assert_eq(rmdir(path), 0);
+
+    cr_assert_eq(kms_keyring_destroy_key(kr, "workspace_a", &existed, &err), 0, "%s", err.message);
+    cr_assert(existed);
+    cr_assert_null(kms_keyring_describe(kr, "workspace_a"));
+    cr_assert_eq(kms_age_unwrap(kr, "workspace_a", file.data, file.len, key, &err), -ENOENT);
+    cr_assert(strstr(err.message, "workspace key workspace_a is not in the key ring"), "%s", err.message);
+    cr_assert_eq(kms_keyring_destroy_key(kr, "workspace_a", &existed, &err), 0);
+    cr_assert_not(existed);
+    kms_keyring_free(kr);
+
+    /* durable: the file no longer names it, and a reopened ring has only the other key */
+    char *text = NULL;
+    size_t len;
+    cr_assert_eq(read_file(path, 1 << 20, &text, &len), 0);
+    cr_assert_null(strstr(text, "workspace_a"));
+    cr_assert(strstr(text, "workspace_b"));
+    free(text);
+    kr = open_ring(root);
+    cr_assert_null(kms_keyring_describe(kr, "workspace_a"));
+    cr_assert_eq(kms_public_x25519(kr, "workspace_b", again, &v, &err), 0, "%s", err.message);
+    cr_assert_eq(memcmp(again, pub_b, sizeof(again)), 0);
+    cr_assert_eq(kms_age_unwrap(kr, "workspace_a", file.data, file.len, key, &err), -ENOENT);
+    kms_keyring_free(kr);
+}
