@@ -409,7 +409,7 @@ int api_kms_destroy_workspace_key(const char *workspace, const char *key, const 
                  workspace, key);
     }
     bool destroyed = json_is_true(json_object_get(ans, "destroyed"));
-    json_auto_t *details = json_pack("{s:s, s:s?, s:s?}", "key", key, "result",
+    json_auto_t *details = json_pack("{s:s, s:s*, s:s*}", "key", key, "result",
                                      r < 0 ? NULL : destroyed ? "destroyed" : "already gone", "reason",
                                      r < 0 ? err->message : NULL);
     audit_event_emit(&(audit_event){.action = "workspace.key.destroy", .user = user, .ip = ip, .kind = "Workspace",

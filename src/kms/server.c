@@ -438,7 +438,7 @@ static json_t *op_destroy_key(kms_op *op)
     bool existed = false;
     kms_err kerr = {""};
     int r = kms_keyring_destroy_key(op->role->ring, name, &existed, &kerr);
-    json_t *details = json_pack("{s:s, s:b, s:s?}", "key", name, "existed", existed, "reason",
+    json_t *details = json_pack("{s:s, s:b, s:s*}", "key", name, "existed", existed, "reason",
                                 r < 0 ? kerr.message : NULL);
     audit_event_emit(&(audit_event){.action = "kms.key.destroy", .user = "system:kms",
                                     .outcome = r < 0 ? "failure" : "success", .details = details});
