@@ -443,8 +443,8 @@ static json_t *op_destroy_key(kms_op *op)
     audit_event_emit(&(audit_event){.action = "kms.key.destroy", .user = "system:kms",
                                     .outcome = r < 0 ? "failure" : "success", .details = details});
     json_decref(details);
-    if (r < 0) {
-        op_fail(op, r, &kerr);
+    if (r < 0) { /* the ring could not be written: the key stays whole */
+        api_fail(&op->err, 500, "internal", "%s; the key is kept", kerr.message);
         return NULL;
     }
     if (existed)
