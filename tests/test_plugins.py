@@ -377,8 +377,10 @@ def test_plugins_never_see_credentials_or_identity_headers(cluster):
 
 def token_slot(token):
     """The proxy's token-cache slot of TOKEN (authenticate.c: the first 8
-    bytes of its SHA-256, little-endian, modulo PROXY_TOKEN_SLOTS)."""
-    return int.from_bytes(hashlib.sha256(token.encode()).digest()[:8], "little") % 1024
+    bytes of the SHA-256 of its signature, little-endian, modulo
+    PROXY_TOKEN_SLOTS)."""
+    signature = token.rsplit(".", 1)[-1]
+    return int.from_bytes(hashlib.sha256(signature.encode()).digest()[:8], "little") % 1024
 
 
 def test_a_token_taking_a_waiting_requests_cache_slot_does_not_lend_it_its_identity(cluster):

@@ -12,8 +12,10 @@
 #               decided and an access record written on every request
 # each with 1 and with 2 workers (nginx worker_processes, HAProxy nbthread,
 # cloisterd --proxy-threads: one instance of each per worker count, all
-# started once), over plain HTTP and over TLS (the peers: a self-signed P-256
-# certificate made here; Cloister: its cluster CA's; wrk verifies neither).
+# started once), over plain HTTP and over TLS 1.3 (the peers: a self-signed
+# P-256 certificate made here, nginx told to offer TLS 1.3 as HAProxy and
+# Cloister do; Cloister: its cluster CA's; wrk verifies neither; the
+# protocol and cipher each one negotiates are printed).
 # wrk -c50 keep-alive (-t1 for 1 worker, -t2 for 2), the same request bytes
 # everywhere (Host: static.localhost and the same Authorization: Bearer).
 # The machine's speed swings within seconds, so the configurations are
@@ -175,7 +177,8 @@ auth="auth_request /_auth;
             proxy_pass http://authserver/check; proxy_http_version 1.1; proxy_set_header Connection \"\";
             proxy_pass_request_body off; proxy_set_header Content-Length \"\";
         }"
-tls="ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;"
+# TLS 1.3 like the others (Debian's nginx 1.22 offers only up to TLS 1.2 unless told)
+tls="ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem; ssl_protocols TLSv1.2 TLSv1.3;"
 for w in 1 2; do
     auth_port=$(free_port) a=$(free_port) b=$(free_port) at=$(free_port) bt=$(free_port)
     nginx_start "nginx$w" "$w" "
@@ -327,6 +330,14 @@ for w in 1 2; do for p in http tls; do for c in "${peers[@]}"; do ids+=("$c-$w-$
 echo "== wrk -c50 keep-alive (-t1 at 1 worker, -t2 at 2), 1 s warm-up + ${secs}s each, $rounds interleaved rounds, medians"
 echo "   upstream: nginx (2 workers), a static 612-byte file; $(nproc) cores, the clients and servers share them"
 echo "   load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other load on the machine skews all rows)"
+# what each TLS listener negotiates with the OpenSSL wrk uses: the rows compare like with like
+negotiated() { openssl s_client -connect "$1" -servername static.localhost </dev/null 2>/dev/null | sed -n 's/^New, \(.*\), Cipher is \(.*\)/\1 \2/p'; }
+tls_seen=""
+for c in "${peers[@]}"; do
+    hp=${url[$c-1-tls]#https://}
+    tls_seen+="$c $(negotiated "${hp%%/*}"); "
+done
+echo "   TLS negotiated: ${tls_seen%; }"
 for r in $(seq 1 "$rounds"); do
     echo "   round $r of $rounds: ${#ids[@]} configurations"
     for id in "${ids[@]}"; do measure "$id" "$r"; done

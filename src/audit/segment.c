@@ -74,18 +74,26 @@ void segment_chain_dispose(segment_chain *c)
     *c = (segment_chain){0};
 }
 
-int segment_format_line(segment_chain *c, const char *rec, size_t len, char *out)
+int segment_chain_line(segment_chain *c, char *line, size_t len)
 {
+    const char *rec = line + SEGMENT_HEX_LEN + 1;
     if (len == 0 || len > SEGMENT_RECORD_MAX || memchr(rec, '\n', len))
         return -EINVAL;
     int r = segment_chain_next(c, rec, len);
     if (r < 0)
         return r;
-    hex_encode(c->value, SEGMENT_DIGEST_LEN, out);
-    out[SEGMENT_HEX_LEN] = ' ';
-    memcpy(out + SEGMENT_HEX_LEN + 1, rec, len);
-    out[SEGMENT_HEX_LEN + 1 + len] = '\n';
+    hex_encode(c->value, SEGMENT_DIGEST_LEN, line);
+    line[SEGMENT_HEX_LEN] = ' ';
+    line[SEGMENT_HEX_LEN + 1 + len] = '\n';
     return (int)(SEGMENT_HEX_LEN + len + 2);
+}
+
+int segment_format_line(segment_chain *c, const char *rec, size_t len, char *out)
+{
+    if (len > SEGMENT_RECORD_MAX)
+        return -EINVAL;
+    memcpy(out + SEGMENT_HEX_LEN + 1, rec, len);
+    return segment_chain_line(c, out, len);
 }
 
 int segment_walk(const char *id, const char *data, size_t len,

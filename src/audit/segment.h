@@ -44,6 +44,9 @@ void segment_chain_dispose(segment_chain *c);
  * SEGMENT_HEX_LEN + LEN + 2 bytes) as its line after chaining it in C;
  * returns the line's length, or a negative errno. */
 int segment_format_line(segment_chain *c, const char *rec, size_t len, char *out);
+/* segment_format_line() in place: the record (LEN bytes) is already at
+ * LINE + SEGMENT_HEX_LEN + 1; its chain value and the newline are added. */
+int segment_chain_line(segment_chain *c, char *line, size_t len);
 
 /* What segment_walk() reports of one record. */
 typedef struct segment_record {

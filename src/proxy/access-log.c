@@ -23,7 +23,7 @@
 #include "proxy/corridor.h"
 
 #define ACCESS_FLUSH_MS 1000               /* a record is committed at most this long after it was written */
-#define ACCESS_PENDING_MAX (256 * 1024)    /* bytes of records written and committed at once, at most */
+#define ACCESS_PENDING_MAX (1024 * 1024)   /* bytes of records written and committed at once, at most */
 #define ACCESS_SEGMENT_AGE_NS (3600 * NSEC_PER_SEC) /* a segment is rotated after an hour */
 #define ACCESS_RECORD_MAX 2600             /* the longest record: path, policy, rule and names at their caps */
 #define ACCESS_LINE_MAX (SEGMENT_HEX_LEN + ACCESS_RECORD_MAX + 2)
@@ -45,7 +45,8 @@ typedef struct access_log {
     uint64_t size;        /* bytes committed (and written) */
     uint64_t opened_ns;   /* monotonic */
     uint64_t first;       /* index of the first pending record */
-    strbuf pending;       /* lines not yet written */
+    char *pending;        /* lines not yet written: ACCESS_PENDING_MAX + ACCESS_LINE_MAX bytes (heap) */
+    size_t pending_len;
     unsigned denied, failed; /* pending records denied (deny, unauthenticated), failed (invalid, error) */
     bool stopping;           /* the thread ends: a closed segment is not followed by another */
     h2o_timeout_t timeout;
@@ -122,10 +123,10 @@ static void access_flush(access_log *l, bool closing)
 {
     if (h2o_timeout_is_linked(&l->flush_entry))
         h2o_timeout_unlink(&l->flush_entry);
-    if (l->pending.len == 0 && !closing)
+    if (l->pending_len == 0 && !closing)
         return;
-    if (l->pending.len > 0) {
-        int r = l->fd >= 0 ? write_all(l->fd, l->pending.data, l->pending.len) : 0;
+    if (l->pending_len > 0) {
+        int r = l->fd >= 0 ? write_all(l->fd, l->pending, l->pending_len) : 0;
         if (r < 0)
             log_fields(LOG_LEVEL_ERROR, "cannot write the access-log segment; its records go to the audit role only",
                        "segment", l->id, "error", strerror(-r), NULL);
@@ -137,15 +138,15 @@ static void access_flush(access_log *l, bool closing)
                                     (json_int_t)l->chain.count, "head", head, "closed", closing, "denied",
                                     (json_int_t)l->denied, "fields", fields_json());
         const char *outcome = l->denied ? "denied" : l->failed ? "failure" : "success";
-        r = details ? audit_event_emit_segment(l->id, l->size, l->pending.data, l->pending.len,
+        r = details ? audit_event_emit_segment(l->id, l->size, l->pending, l->pending_len,
                                                &(audit_event){.action = "proxy.access", .kind = "Service",
                                                               .outcome = outcome, .details = details})
                     : -ENOMEM;
         json_decref(details);
-        l->size += l->pending.len;
+        l->size += l->pending_len;
         l->first = l->chain.count;
         l->denied = l->failed = 0;
-        strbuf_reset(&l->pending);
+        l->pending_len = 0;
         if (r < 0)
             closing = true;
     }
@@ -163,8 +164,11 @@ int proxy_access_init(proxy_thread *t)
     access_log *l = calloc(1, sizeof(*l));
     if (!l)
         return -ENOMEM;
-    *l = (access_log){.t = t, .fd = -1};
-    strbuf_init(&l->pending, ACCESS_PENDING_MAX + ACCESS_LINE_MAX);
+    *l = (access_log){.t = t, .fd = -1, .pending = malloc(ACCESS_PENDING_MAX + ACCESS_LINE_MAX)};
+    if (!l->pending) {
+        free(l);
+        return -ENOMEM;
+    }
     h2o_timeout_init(t->ctx->loop, &l->timeout, ACCESS_FLUSH_MS);
     l->flush_entry.cb = on_flush_timeout;
     t->access = l;
@@ -177,7 +181,7 @@ void proxy_access_dispose(proxy_thread *t)
     if (!l)
         return;
     l->stopping = true;
-    access_flush(l, l->pending.len > 0);
+    access_flush(l, l->pending_len > 0);
     h2o_timeout_dispose(t->ctx->loop, &l->timeout);
     char path[4400];
     if (l->chain.count == 0 && segment_path(l, path, sizeof(path)))
@@ -185,24 +189,93 @@ void proxy_access_dispose(proxy_thread *t)
     if (l->fd >= 0)
         close(l->fd);
     segment_chain_dispose(&l->chain);
-    strbuf_free(&l->pending);
+    free(l->pending);
     free(l);
     t->access = NULL;
 }
 
-/* Appends the JSON string S (or null) as the next array element. */
-static void put_member(strbuf *b, const char *s)
+/* Writes an access record into a buffer sized for the longest one, without
+ * printf or strbuf (this runs on every request): P moves on, OVER is set
+ * when something did not fit (the record is then dropped and logged). */
+typedef struct record_writer {
+    char *p, *end;
+    bool over;
+} record_writer;
+
+static void put_bytes(record_writer *w, const char *s, size_t n)
 {
-    strbuf_putc(b, ',');
-    if (s)
-        strbuf_put_json_string(b, s);
-    else
-        strbuf_puts(b, "null");
+    if ((size_t)(w->end - w->p) < n) {
+        w->over = true;
+        return;
+    }
+    memcpy(w->p, s, n);
+    w->p += n;
 }
 
-/* Appends ",N" as the next element: N is MAGNITUDE in decimal, with a minus
- * sign when NEGATIVE (what printf's %d and %llu would write). */
-static void put_number(strbuf *b, uint64_t magnitude, bool negative)
+/* S as a JSON string, escaped as strbuf_put_json_string() does: '"', '\\'
+ * and control bytes (as \n, \r, \t or \u00XX); other bytes as they are. */
+static void put_string(record_writer *w, const char *s)
+{
+    static const char hexdig[] = "0123456789abcdef";
+    char *p = w->p, *end = w->end;
+    if (p == end) {
+        w->over = true;
+        return;
+    }
+    *p++ = '"';
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (end - p < 7) { /* the longest escape and the closing quote */
+            w->over = true;
+            return;
+        }
+        unsigned char b = *c;
+        if (b >= 0x20 && b != 0x7f && b != '"' && b != '\\') {
+            *p++ = (char)b;
+            continue;
+        }
+        *p++ = '\\';
+        switch (b) {
+        case '"':
+        case '\\':
+            *p++ = (char)b;
+            break;
+        case '\n':
+            *p++ = 'n';
+            break;
+        case '\r':
+            *p++ = 'r';
+            break;
+        case '\t':
+            *p++ = 't';
+            break;
+        default:
+            memcpy(p, "u00", 3);
+            p[3] = hexdig[b >> 4];
+            p[4] = hexdig[b & 15];
+            p += 5;
+        }
+    }
+    if (p == end) {
+        w->over = true;
+        return;
+    }
+    *p++ = '"';
+    w->p = p;
+}
+
+/* ",S" (S a JSON string, or null) as the next array element. */
+static void put_member(record_writer *w, const char *s)
+{
+    put_bytes(w, ",", 1);
+    if (s)
+        put_string(w, s);
+    else
+        put_bytes(w, "null", 4);
+}
+
+/* ",N" as the next element: N is MAGNITUDE in decimal, with a minus sign
+ * when NEGATIVE (what printf's %d and %llu would write). */
+static void put_number(record_writer *w, uint64_t magnitude, bool negative)
 {
     char digits[24], *p = digits + sizeof(digits);
     do
@@ -211,62 +284,63 @@ static void put_number(strbuf *b, uint64_t magnitude, bool negative)
     if (negative)
         *--p = '-';
     *--p = ',';
-    strbuf_append(b, p, (size_t)(digits + sizeof(digits) - p));
+    put_bytes(w, p, (size_t)(digits + sizeof(digits) - p));
 }
 
-/* The record is written without printf: this runs on every request. */
-void proxy_access_encode(strbuf *b, const char *now, const access_record *rec, int status, uint64_t bytes,
-                         uint64_t latency_us)
+size_t proxy_access_encode(char *out, size_t size, const char *now, const access_record *rec, int status,
+                           uint64_t bytes, uint64_t latency_us)
 {
-    strbuf_puts(b, "[\"");
-    strbuf_puts(b, now);
-    strbuf_puts(b, "\",\"");
-    strbuf_puts(b, rec->id);
-    strbuf_putc(b, '"');
-    put_member(b, rec->user);
-    put_member(b, rec->session);
-    put_member(b, rec->ip[0] ? rec->ip : NULL);
-    put_member(b, rec->service);
-    put_member(b, rec->method);
-    put_member(b, rec->path);
-    put_member(b, proxy_decision_name(rec->decision));
-    put_member(b, rec->policy[0] ? rec->policy : NULL);
-    put_member(b, rec->rule[0] ? rec->rule : NULL);
-    put_number(b, status < 0 ? 0u - (uint64_t)status : (uint64_t)status, status < 0);
-    put_number(b, bytes, false);
-    put_number(b, latency_us, false);
-    strbuf_putc(b, ']');
+    record_writer w = {.p = out, .end = out + size};
+    put_bytes(&w, "[", 1);
+    put_string(&w, now);
+    put_member(&w, rec->id);
+    put_member(&w, rec->user);
+    put_member(&w, rec->session);
+    put_member(&w, rec->ip[0] ? rec->ip : NULL);
+    put_member(&w, rec->service);
+    put_member(&w, rec->method);
+    put_member(&w, rec->path);
+    put_member(&w, proxy_decision_name(rec->decision));
+    put_member(&w, rec->policy[0] ? rec->policy : NULL);
+    put_member(&w, rec->rule[0] ? rec->rule : NULL);
+    put_number(&w, status < 0 ? 0u - (uint64_t)status : (uint64_t)status, status < 0);
+    put_number(&w, bytes, false);
+    put_number(&w, latency_us, false);
+    put_bytes(&w, "]", 1);
+    return w.over ? 0 : (size_t)(w.p - out);
 }
 
 /* Appends REC's record to T's segment (flushing first when the pending
- * bytes or the segment would pass their caps, or the segment is too old).
- * Returns 0, or a negative errno when the record could not be chained
- * (logged instead). */
+ * bytes or the segment would pass their caps, or the segment is too old):
+ * encoded and chained in place at the end of the pending lines. Returns 0,
+ * or a negative errno when the record could not be chained (logged
+ * instead). */
 static int access_append(proxy_thread *t, const access_record *rec, int status, uint64_t bytes, uint64_t latency_us)
 {
     access_log *l = t->access;
-    char storage[ACCESS_RECORD_MAX + 64], now[40];
-    strbuf b;
-    strbuf_init_static(&b, storage, sizeof(storage));
+    char now[40];
     time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
-    proxy_access_encode(&b, now, rec, status, bytes, latency_us);
-    if (!l || !l->chain.ctx || b.truncated) {
-        log_fields(LOG_LEVEL_ERROR, "an access record could not be chained; it is logged here instead", "record",
-                   b.data, NULL);
-        return -EIO;
+    if (l && l->chain.ctx) {
+        bool old = time_mono_ns() - l->opened_ns > ACCESS_SEGMENT_AGE_NS;
+        if (old || l->size + l->pending_len + ACCESS_LINE_MAX > SEGMENT_BYTES_MAX)
+            access_flush(l, true);
+        else if (l->pending_len + ACCESS_LINE_MAX > ACCESS_PENDING_MAX)
+            access_flush(l, false);
     }
-    bool old = time_mono_ns() - l->opened_ns > ACCESS_SEGMENT_AGE_NS;
-    if (old || l->size + l->pending.len + ACCESS_LINE_MAX > SEGMENT_BYTES_MAX)
-        access_flush(l, true);
-    else if (l->pending.len + ACCESS_LINE_MAX > ACCESS_PENDING_MAX)
-        access_flush(l, false);
-    char line[ACCESS_LINE_MAX];
-    int n = segment_format_line(&l->chain, b.data, b.len, line);
-    if (n < 0 || strbuf_append(&l->pending, line, (size_t)n) < 0) {
+    char *line = l && l->chain.ctx ? l->pending + l->pending_len : NULL;
+    size_t len = line ? proxy_access_encode(line + SEGMENT_HEX_LEN + 1, ACCESS_RECORD_MAX, now, rec, status, bytes,
+                                            latency_us)
+                      : 0;
+    int n = len ? segment_chain_line(&l->chain, line, len) : -EIO;
+    if (n < 0) {
+        char storage[ACCESS_RECORD_MAX + 1];
+        size_t shown = proxy_access_encode(storage, sizeof(storage) - 1, now, rec, status, bytes, latency_us);
+        storage[shown] = 0;
         log_fields(LOG_LEVEL_ERROR, "an access record could not be chained; it is logged here instead", "record",
-                   b.data, NULL);
-        return n < 0 ? n : -ENOMEM;
+                   shown ? storage : rec->id, NULL);
+        return n;
     }
+    l->pending_len += (size_t)n;
     l->denied += rec->decision == PROXY_DECISION_DENY || rec->decision == PROXY_DECISION_UNAUTHENTICATED;
     l->failed += rec->decision == PROXY_DECISION_INVALID || rec->decision == PROXY_DECISION_ERROR;
     if (!h2o_timeout_is_linked(&l->flush_entry))

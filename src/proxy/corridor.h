@@ -74,7 +74,9 @@ typedef struct proxy_identity {
  * while the configuration generation is unchanged and the token and the
  * session have not expired. */
 typedef struct resolved_token {
-    uint8_t hash[SHA256_DIGEST_LENGTH];
+    uint8_t hash[SHA256_DIGEST_LENGTH]; /* of the token's signature */
+    char *signed_part;                  /* the rest of the token, which the signature signs (heap) */
+    size_t signed_len;
     uint64_t generation;
     int64_t exp;
     json_t *user, *credential, *session; /* references */
@@ -163,7 +165,7 @@ typedef struct proxy_request {
     /* owned by the thread's cache, whose slot another token may take while
      * the request waits off the loop: read it through proxy_request_token() */
     const resolved_token *token;
-    uint8_t token_hash[SHA256_DIGEST_LENGTH]; /* of the token TOKEN was resolved for */
+    uint8_t token_hash[SHA256_DIGEST_LENGTH]; /* TOKEN's hash when it was resolved for this request */
     /* reachable: for an enclave, the replica (index into svc->replicas) */
     size_t replica;
     /* trace (trace.c) */
@@ -256,12 +258,11 @@ void proxy_access_emit(void *p);
  * record (status 0) and answers only once its segment's head is committed
  * to the audit log (503 when it cannot be); other requests pass. */
 proxy_step proxy_stage_commit(proxy_request *pr);
-/* Appends REC, answered with STATUS after BYTES bytes and LATENCY_US µs and
- * stamped NOW (RFC 3339), to B as one compact JSON array (no newline). B
- * must have room for a record at its caps (bounded by access_record's
- * fields). */
-void proxy_access_encode(strbuf *b, const char *now, const access_record *rec, int status, uint64_t bytes,
-                         uint64_t latency_us);
+/* Writes REC, answered with STATUS after BYTES bytes and LATENCY_US µs and
+ * stamped NOW (RFC 3339), into OUT (SIZE bytes) as one compact JSON array
+ * (no newline, no NUL). Returns its length, or 0 when it does not fit. */
+size_t proxy_access_encode(char *out, size_t size, const char *now, const access_record *rec, int status,
+                           uint64_t bytes, uint64_t latency_us);
 /* Copies the LEN bytes at S into OUT (SIZE) for the log: printable ASCII
  * kept, anything else as '?', cut at SIZE - 1. */
 void proxy_copy_printable(char *out, size_t size, const char *s, size_t len);

@@ -140,13 +140,17 @@ Test(access, records_encode_as_arrays_of_the_named_fields)
     snprintf(rec.path, sizeof(rec.path), "/a\"b\\c");
     snprintf(rec.policy, sizeof(rec.policy), "p");
     snprintf(rec.rule, sizeof(rec.rule), "r");
+    char out[1024];
+    size_t n = proxy_access_encode(out, sizeof(out), "2026-01-02T03:04:05.678Z", &rec, 200, 612, 42);
+    cr_assert_gt(n, 0);
     strbuf_putc(&b, '[');
-    proxy_access_encode(&b, "2026-01-02T03:04:05.678Z", &rec, 200, 612, 42);
+    strbuf_append(&b, out, n);
     access_record anonymous = {.decision = PROXY_DECISION_UNAUTHENTICATED};
     snprintf(anonymous.id, sizeof(anonymous.id), "%s", request_id);
     snprintf(anonymous.method, sizeof(anonymous.method), "POST");
     strbuf_putc(&b, ',');
-    proxy_access_encode(&b, "2026-01-02T03:04:05.679Z", &anonymous, 401, 0, 7);
+    cr_assert_gt(n = proxy_access_encode(out, sizeof(out), "2026-01-02T03:04:05.679Z", &anonymous, 401, 0, 7), 0);
+    strbuf_append(&b, out, n);
     cr_assert_eq(strbuf_putc(&b, ']'), 0);
 
     json_error_t err;
@@ -168,6 +172,31 @@ Test(access, records_encode_as_arrays_of_the_named_fields)
     cr_expect_str_eq(proxy_access_fields[PROXY_ACCESS_FIELDS_N - 1], "latencyUs");
     json_decref(all);
     strbuf_free(&b);
+}
+
+Test(access, record_strings_are_escaped_as_json_and_a_record_that_does_not_fit_is_refused)
+{
+    access_record rec = {.service = "a\"p\\p", .user = "tab\there", .session = "nl\nx\x01\x7f",
+                         .decision = PROXY_DECISION_DENY};
+    snprintf(rec.id, sizeof(rec.id), "%s", request_id);
+    snprintf(rec.method, sizeof(rec.method), "GET");
+    snprintf(rec.path, sizeof(rec.path), "/caf\xc3\xa9");
+    char out[1024];
+    size_t n = proxy_access_encode(out, sizeof(out), "2026-01-02T03:04:05.678Z", &rec, -1, 0, 0);
+    cr_assert_gt(n, 0);
+    json_error_t err;
+    json_t *got = json_loadb(out, n, 0, &err);
+    cr_assert_not_null(got, "%s: %.*s", err.text, (int)n, out);
+    cr_expect_str_eq(json_string_value(json_array_get(got, 2)), "tab\there");
+    cr_expect_str_eq(json_string_value(json_array_get(got, 3)), "nl\nx\x01\x7f");
+    cr_expect_str_eq(json_string_value(json_array_get(got, 5)), "a\"p\\p");
+    cr_expect_str_eq(json_string_value(json_array_get(got, 7)), "/caf\xc3\xa9", "UTF-8 as it is");
+    cr_expect_eq(json_integer_value(json_array_get(got, 11)), -1);
+    cr_expect(memmem(out, n, "\\u0001\\u007f", 12) != NULL, "%.*s", (int)n, out);
+    json_decref(got);
+    for (size_t size = 0; size < n; size++)
+        cr_expect_eq(proxy_access_encode(out, size, "2026-01-02T03:04:05.678Z", &rec, -1, 0, 0), 0,
+                     "a buffer of %zu bytes is too small for %zu", size, n);
 }
 
 Test(access, log_copies_keep_printable_ascii_only)

@@ -890,7 +890,14 @@ static h2o_iovec_t build_head(exchange *ex, h2o_iovec_t host, h2o_iovec_t path)
     for (size_t i = 0; i < req->headers.size; i++)
         size += req->headers.entries[i].name->len + req->headers.entries[i].value.len + 4;
     char *head = h2o_mem_alloc_pool(&req->pool, size), *p = head;
-    p += sprintf(p, "%.*s %.*s HTTP/1.1\r\n", (int)req->method.len, req->method.base, (int)path.len, path.base);
+    /* the request line without printf: this is every request's head */
+    memcpy(p, req->method.base, req->method.len);
+    p += req->method.len;
+    *p++ = ' ';
+    memcpy(p, path.base, path.len);
+    p += path.len;
+    memcpy(p, " HTTP/1.1\r\n", sizeof(" HTTP/1.1\r\n") - 1);
+    p += sizeof(" HTTP/1.1\r\n") - 1;
     p = put_header(p, h2o_iovec_init(H2O_STRLIT("host")), host);
     for (size_t i = 0; i < req->headers.size; i++) {
         const h2o_header_t *h = &req->headers.entries[i];
