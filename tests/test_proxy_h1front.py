@@ -3,7 +3,8 @@ HTTP/1 server unless CLOISTER_PROXY_HTTP1=h2o): what a client sees of its reads 
 and its parser, on the plain and TLS listeners, through the whole corridor
 to a recording upstream (echo_upstream.py): pipelined requests answered in
 order, a head split into many small writes, a chunked body with trailers,
-Expect: 100-continue, a WebSocket upgrade handed on to h2o's server, and the
+Expect: 100-continue, a WebSocket upgrade handed on to h2o's server, a small
+response over TLS in one record (head and body together), and the
 deadlines: a slow head and an idle keep-alive connection are closed once
 the proxy's request timeout (10 s) has passed. The other proxy tests run on
 it too; one here checks that CLOISTER_PROXY_HTTP1=h2o still selects h2o's
@@ -217,3 +218,77 @@ def test_h2o_http1_server_is_kept_as_a_fallback(tmp_path):
         assert statuses(raw) == [200], raw
     finally:
         s.stop()
+
+
+class RecordCountingTLS:
+    """A TLS client (Python's ssl over memory BIOs) on a raw socket, which
+    sees the records the server sends: their headers are read off the wire
+    before the bytes go to the TLS engine."""
+
+    def __init__(self, c):
+        self.sock = socket.create_connection(("127.0.0.1", c.https_port), timeout=5)
+        ctx = ssl.create_default_context(cafile=c.s.ca)
+        ctx.set_alpn_protocols(["http/1.1"])
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=HOST)
+        self.wire = b""  # bytes received and not yet split into records
+        self.records = []  # (content type, length) of every record received
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._receive()
+        self._flush()
+
+    def _flush(self):
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _receive(self):
+        chunk = self.sock.recv(65536)
+        assert chunk, "the proxy closed the TLS connection"
+        self.wire += chunk
+        while len(self.wire) >= 5 and len(self.wire) >= 5 + int.from_bytes(self.wire[3:5], "big"):
+            length = int.from_bytes(self.wire[3:5], "big")
+            self.records.append((self.wire[0], length))
+            self.incoming.write(self.wire[:5 + length])
+            self.wire = self.wire[5 + length:]
+
+    def request(self, data):
+        """Sends DATA and returns (the whole response, the records it came in)."""
+        self.tls.write(data)
+        self._flush()
+        before, out = len(self.records), b""
+        deadline = time.time() + 5
+        while not one_complete_response(out):
+            assert time.time() < deadline, f"no complete response: {out[:200]!r}"
+            try:
+                out += self.tls.read(65536)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            self._receive()
+        return out, self.records[before:]
+
+
+def test_a_small_response_over_tls_is_one_record(cluster):
+    """The response head and its body are written as one TLS record when
+    they fit one (h2o would make a record of each buffer): one encryption
+    here and one decryption at the client per response, as nginx and
+    HAProxy send it."""
+    c = cluster
+    client = RecordCountingTLS(c)
+    try:
+        client.request(get("/warm-up", c.token))  # TLS 1.3 session tickets come before the first answer
+        raw, records = client.request(get("/small", c.token))
+        status, headers, body = first_response(raw)
+        assert status == 200 and body, raw[:300]
+        head_len = len(raw) - len(body)
+        assert head_len > 100 and len(raw) <= 16384, (head_len, len(raw))
+        assert [t for t, _ in records] == [23], f"{len(raw)} bytes came in records {records}"
+        assert records[0][1] >= len(raw), "the record holds the head and the body"
+    finally:
+        client.sock.close()

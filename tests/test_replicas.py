@@ -12,6 +12,7 @@ answers through both proxies within 1 s (measured); an access token minted on
 one replica works on the other and through both proxies, and both serve the
 same JWKS, also after a rotation; conflicting updates of the same
 resourceVersion sent to the two replicas: exactly one wins, the other 409;
+racing claims of one new host for different Services through both: one wins;
 kill -9 of replica 1 during a write stream loses no acknowledged write; kill
 -9 of the controller's leader: the other takes its lease within the TTL; a
 paused (SIGSTOP) leader is deposed, and once resumed its write carrying the
@@ -37,6 +38,7 @@ from conftest import (ROOT, Server, free_port, manifest, open_for_roles, pg_ctl,
                       psql, run_documented)
 from echo_upstream import EchoUpstream
 from test_oidc import CLIENT_SECRET, Provider, make_pki, node_modules, to_callback  # noqa: F401 (a fixture)
+from test_host_claims import ROUNDS, race_rounds
 from test_roles_apart import PASSPHRASE, cloisterd, wait_log
 from test_store_pg import service
 
@@ -339,6 +341,14 @@ def test_conflicting_updates_on_two_replicas_exactly_one_wins(replicas):
         for t in threads:
             t.join()
         assert sorted(codes.values()) == [200, 409], codes
+
+
+def test_racing_claims_of_one_host_on_two_replicas_exactly_one_wins(replicas):
+    """Writers on both replicas at once, each claiming the same new host for
+    another Service (tests/test_host_claims.py's rounds): each round exactly
+    one wins and the others get the 409 naming it."""
+    wins, _ = race_rounds(replicas.s, "replicated")
+    print(f"winners by racer index (even: replica 1, odd: replica 2) over {ROUNDS} rounds: {dict(sorted(wins.items()))}")
 
 
 def test_restarting_postgresql_both_replicas_reconnect_and_catch_up(replicas):

@@ -273,62 +273,136 @@ static int add_claims(json_t *claims, const json_t *doc, const char *domain)
     return 0;
 }
 
+/* Who claims which host among the Service documents SERVICES, leaving out
+ * those the N writes W write: a new object (host -> [owner, ...]) or NULL
+ * when out of memory. */
+static json_t *claims_of(const json_t *services, const api_write *w, size_t n, const char *domain)
+{
+    json_auto_t *claims = json_object();
+    size_t i;
+    const json_t *svc;
+    json_array_foreach(services, i, svc)
+    {
+        if (!claims || (!written(w, n, "Service", doc_name(svc)) && add_claims(claims, svc, domain) < 0))
+            return NULL;
+    }
+    return TAKE_PTR(claims);
+}
+
 /* Who claims which host once the N writes W are done: every stored Service,
  * with the ones W writes replaced by their new documents. Returns a new
  * object (host -> [owner, ...]) or NULL with ERR. */
 static json_t *host_claims(api_server *srv, const api_write *w, size_t n, api_error *err)
 {
     const char *domain = srv->cfg->domain;
-    json_auto_t *services = NULL, *claims = json_object();
+    json_auto_t *services = NULL;
     int64_t rev;
-    int e = claims ? store_list(srv->cfg->store, "Service", &services, &rev) : -ENOMEM;
+    int e = store_list(srv->cfg->store, "Service", &services, &rev);
     if (e < 0) {
         api_fail_store(err, e, "Service", "*");
         return NULL;
     }
-    size_t i;
-    const json_t *svc;
-    json_array_foreach(services, i, svc)
-    {
-        if (!written(w, n, "Service", doc_name(svc)) && (e = add_claims(claims, svc, domain)) < 0)
-            break;
-    }
-    for (i = 0; e == 0 && i < n; i++)
+    json_auto_t *claims = claims_of(services, w, n, domain);
+    for (size_t i = 0; claims && e == 0 && i < n; i++)
         if (w[i].doc && strcmp(w[i].kind, "Service") == 0)
             e = add_claims(claims, w[i].doc, domain);
-    if (e < 0) {
+    if (!claims || e < 0) {
         api_fail(err, 500, "internal", "out of memory; the write is refused");
         return NULL;
     }
     return TAKE_PTR(claims);
 }
 
-/* Refuses Service write W[I] when a host it adds is claimed by another
- * Service (409 naming it). *CLAIMS is built on first need. */
-static int check_hosts(api_server *srv, const api_write *w, size_t n, size_t i, json_t **claims, api_error *err)
+/* The hosts Service write W adds: those its new document claims that the
+ * stored one did not, as a new object used as a set (maybe empty), or NULL
+ * when out of memory. */
+static json_t *hosts_added(const api_write *w, const char *domain)
 {
-    const char *domain = srv->cfg->domain;
-    json_auto_t *hosts = authz_service_hosts(w[i].doc, domain);
-    json_auto_t *old = w[i].stored ? authz_service_hosts(w[i].stored, domain) : json_object();
+    json_auto_t *hosts = authz_service_hosts(w->doc, domain);
+    json_auto_t *old = w->stored ? authz_service_hosts(w->stored, domain) : json_object();
     if (!hosts || !old)
-        return api_fail(err, 500, "internal", "out of memory; the write is refused");
+        return NULL;
     const char *host;
     const json_t *ignored;
-    json_object_foreach(hosts, host, ignored)
+    void *tmp;
+    json_object_foreach_safe(hosts, tmp, host, ignored)
     {
         if (json_object_get(old, host))
-            continue;
-        if (!*claims && !(*claims = host_claims(srv, w, n, err)))
-            return -1;
+            json_object_del(hosts, host);
+    }
+    return TAKE_PTR(hosts);
+}
+
+/* The one rule on hosts: Service NAME may add the hosts HOSTS (a set) only
+ * while no other Service claims them in CLAIMS (host -> [owner, ...]).
+ * Returns 0, or -1 with ERR (409 naming the owner). */
+static int check_claimed(const json_t *claims, const char *name, const json_t *hosts, api_error *err)
+{
+    const char *host;
+    const json_t *ignored;
+    json_object_foreach((json_t *)hosts, host, ignored)
+    {
         size_t j;
         const json_t *owner;
-        json_array_foreach(json_object_get(*claims, host), j, owner)
+        json_array_foreach(json_object_get(claims, host), j, owner)
         {
-            if (strcmp(json_string_value(owner), w[i].name) != 0)
+            if (strcmp(json_string_value(owner), name) != 0)
                 return api_fail(err, 409, "conflict",
                                 "host %s is already claimed by Service %s; a host routes to one Service (remove it "
                                 "there first)",
                                 host, json_string_value(owner));
+        }
+    }
+    return 0;
+}
+
+/* Refuses Service write W[I] when a host it adds is claimed by another
+ * Service (409 naming it). *CLAIMS is built on first need. */
+static int check_hosts(api_server *srv, const api_write *w, size_t n, size_t i, json_t **claims, api_error *err)
+{
+    json_auto_t *hosts = hosts_added(&w[i], srv->cfg->domain);
+    if (!hosts)
+        return api_fail(err, 500, "internal", "out of memory; the write is refused");
+    if (json_object_size(hosts) == 0)
+        return 0;
+    if (!*claims && !(*claims = host_claims(srv, w, n, err)))
+        return -1;
+    return check_claimed(*claims, w[i].name, hosts, err);
+}
+
+int authz_host_additions(const api_write *w, size_t n, const char *domain, json_t **ret)
+{
+    json_auto_t *out = json_object();
+    if (!out)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        if (!w[i].doc || strcmp(w[i].kind, "Service") != 0)
+            continue;
+        json_t *hosts = hosts_added(&w[i], domain);
+        if (!hosts)
+            return -ENOMEM;
+        if (json_object_size(hosts) == 0)
+            json_decref(hosts);
+        else if (json_object_set_new(out, w[i].name, hosts) < 0)
+            return -ENOMEM;
+    }
+    *ret = TAKE_PTR(out);
+    return 0;
+}
+
+int authz_check_host_additions(const json_t *services, const json_t *additions, const char *domain,
+                               const char **ret_service, api_error *err)
+{
+    json_auto_t *claims = claims_of(services, NULL, 0, domain);
+    if (!claims)
+        return api_fail(err, 500, "internal", "out of memory; the write is refused");
+    const char *name;
+    const json_t *hosts;
+    json_object_foreach((json_t *)additions, name, hosts)
+    {
+        if (check_claimed(claims, name, hosts, err) < 0) {
+            *ret_service = name;
+            return -1;
         }
     }
     return 0;

@@ -60,7 +60,8 @@ typedef struct api_write {
  * documents), before any secret work: for each, the bootstrap protection,
  * VERB on KIND/NAME and every addition (authz_write_additions()); then what
  * no policy permits: a host another Service already claims, or that two
- * documents claim (409 naming the owner), a Credential for a user that
+ * documents claim (409 naming the owner; checked again inside the store
+ * transaction, authz_check_host_additions()), a Credential for a user that
  * neither exists nor is written alongside (400 naming the user). Returns 0,
  * or -1 with ERR filled and err->document the index of the refused write in
  * W. Every refusal is an audit entry: api_authorize()'s, or
@@ -68,3 +69,20 @@ typedef struct api_write {
  * protected object, a claimed host or a missing user. */
 int api_decide_writes(api_server *srv, h2o_req_t *req, const caller *c, const api_write *w, size_t n,
                       api_error *err);
+
+/* The hosts the N writes W add to Services, for the check inside the store
+ * transaction (authz_check_host_additions()): a new object {service name:
+ * {host: true, ...}} of each Service write that adds any (a host its new
+ * document claims and the stored one did not). Returns 0 or -ENOMEM; *RET
+ * is written only on success. */
+int authz_host_additions(const api_write *w, size_t n, const char *domain, json_t **ret);
+
+/* api_decide_writes()'s rule on hosts again, inside the store transaction
+ * of the writes whose ADDITIONS (authz_host_additions()) they are:
+ * SERVICES is every Service document as the transaction leaves them, so
+ * writes decided at once (two requests, two replicas) cannot both add a
+ * host. Returns 0, or -1 with ERR: the same 409 naming the Service that
+ * claims the host, and *RET_SERVICE the one adding it (borrowed from
+ * ADDITIONS); or a 500 when out of memory. */
+int authz_check_host_additions(const json_t *services, const json_t *additions, const char *domain,
+                               const char **ret_service, api_error *err);

@@ -252,6 +252,9 @@ typedef struct pending_write {
     char ip[INET6_ADDRSTRLEN];
     json_t *input; /* owns the documents and strings the ops borrow */
     json_t *warnings; /* an apply's warnings (references to missing resources), or NULL */
+    json_t *writer;   /* the caller's User, for the audit of a refusal by the store guard */
+    json_t *host_additions; /* hosts the write adds to Services (authz_host_additions()), or NULL */
+    api_error claim_error;  /* the 409 of hosts_guard()'s last refusal */
     store_txn txn;
     store_op ops[];
 } pending_write;
@@ -281,6 +284,7 @@ static pending_write *pending_write_new(h2o_req_t *req, api_route route, uint64_
     snprintf(pw->user, sizeof(pw->user), "%s", caller_name(c));
     httpd_peer_ip(req, pw->ip, sizeof(pw->ip));
     pw->input = json_incref(input);
+    pw->writer = json_incref(c->user);
     pw->txn.ops = pw->ops;
     pw->txn.n_ops = n_ops;
     return pw;
@@ -291,7 +295,47 @@ static void pending_write_free(pending_write *pw)
     store_txn_clear(&pw->txn);
     json_decref(pw->input);
     json_decref(pw->warnings);
+    json_decref(pw->writer);
+    json_decref(pw->host_additions);
     free(pw);
+}
+
+/* The store guard of a write that adds hosts to Services (its pending
+ * write in txn->guard_data): api_decide_writes()'s rule on hosts again,
+ * inside the transaction, against every Service as it leaves them, so
+ * writes decided at once (two requests, two replicas) cannot both claim a
+ * host. Runs on the store's writer thread. A refusal is -EADDRINUSE at the
+ * Service's op, its 409 kept in claim_error for respond_write(). */
+static int hosts_guard(store_txn *txn, store_view *view, size_t *ret_failed_op)
+{
+    pending_write *pw = txn->guard_data;
+    json_auto_t *services = NULL;
+    int e = store_view_list(view, "Service", &services);
+    if (e < 0)
+        return e;
+    const char *service = NULL;
+    if (authz_check_host_additions(services, pw->host_additions, pw->thread->server->cfg->domain, &service,
+                                   &pw->claim_error) == 0)
+        return 0;
+    if (!service)
+        return -ENOMEM;
+    for (size_t i = 0; i < txn->n_ops; i++)
+        if (strcmp(txn->ops[i].kind, "Service") == 0 && strcmp(txn->ops[i].name, service) == 0)
+            *ret_failed_op = i;
+    return -EADDRINUSE;
+}
+
+/* Guards PW's transaction with hosts_guard() when the N writes W (as
+ * decided) add hosts to Services. Returns 0 or -1 with ERR. */
+static int guard_hosts(api_server *srv, pending_write *pw, const api_write *w, size_t n, api_error *err)
+{
+    if (authz_host_additions(w, n, srv->cfg->domain, &pw->host_additions) < 0)
+        return api_fail(err, 500, "internal", "out of memory");
+    if (json_object_size(pw->host_additions) > 0) {
+        pw->txn.guard = hosts_guard;
+        pw->txn.guard_data = pw;
+    }
+    return 0;
 }
 
 /* Runs on the store's writer thread: hand the result to the event loop. */
@@ -337,7 +381,12 @@ static void respond_write(pending_write *pw)
     if (txn->error < 0) {
         const store_op *op = &txn->ops[txn->failed_op];
         api_error err;
-        api_fail_store(&err, txn->error, op->kind, op->name);
+        if (txn->error == -EADDRINUSE && txn->guard) { /* hosts_guard(): audited as api_decide_writes() does */
+            err = pw->claim_error;
+            api_report_decision(req, &(caller){.user = pw->writer}, op->type == STORE_CREATE ? "create" : "update",
+                                op->kind, op->name, &err);
+        } else
+            api_fail_store(&err, txn->error, op->kind, op->name);
         if (pw->route == ROUTE_APPLY)
             err.document = (long)txn->failed_op;
         api_respond_error(req, pw->route, pw->started, &err);
@@ -612,6 +661,10 @@ static int handle_write_one(api_server *srv, h2o_req_t *req, api_route route, ui
     if (!pw)
         return api_fail(err, 500, "internal", "out of memory");
     pw->ops[0] = op;
+    if (guard_hosts(srv, pw, &w, 1, err) < 0) {
+        pending_write_free(pw);
+        return -1;
+    }
     if (route == ROUTE_DELETE)
         api_auth_dependent_ops(pw->input, pw->ops + 1);
     api_auth_bind_credential(&pw->ops[0]);
@@ -710,7 +763,7 @@ static int handle_apply(api_server *srv, h2o_req_t *req, uint64_t started, const
     pending_write *pw = pending_write_new(req, ROUTE_APPLY, started, c, body, n);
     if (pw)
         pw->warnings = api_apply_warnings(srv, req, c, items);
-    if (!pw || !pw->warnings) {
+    if (!pw || !pw->warnings || guard_hosts(srv, pw, w, n, err) < 0) {
         if (pw)
             pending_write_free(pw);
         return api_fail(err, 500, "internal", "out of memory");

@@ -168,6 +168,41 @@ Test(hosts, a_service_claims_its_own_name_and_its_hosts)
     json_decref(doc);
 }
 
+/* The check inside the store transaction (authz_check_host_additions()):
+ * the hosts each write adds (authz_host_additions(): only new ones) against
+ * every Service as the transaction leaves them, the writes' own included. */
+Test(hosts, additions_are_checked_against_the_services_as_written)
+{
+    json_t *stored = load("{\"kind\":\"Service\",\"metadata\":{\"name\":\"wiki\"},"
+                          "\"spec\":{\"hosts\":[\"kept.example.com\"]}}");
+    json_t *doc = load("{\"kind\":\"Service\",\"metadata\":{\"name\":\"wiki\"},"
+                       "\"spec\":{\"hosts\":[\"kept.example.com\",\"new.example.com\"]}}");
+    json_t *other = load("{\"kind\":\"Service\",\"metadata\":{\"name\":\"blog\"},"
+                         "\"spec\":{\"hosts\":[\"new.example.com\"]}}");
+    api_write w[2] = {{.verb = "update", .kind = "Service", .name = "wiki", .doc = doc, .stored = stored},
+                      {.verb = "delete", .kind = "Service", .name = "old", .stored = other}};
+    json_t *adds = NULL;
+    cr_assert_eq(authz_host_additions(w, 2, "cluster.test", &adds), 0);
+    json_t *want = load("{\"wiki\":{\"new.example.com\":true}}");
+    cr_expect(json_equal(adds, want), "%s", json_dumps(adds, 0));
+    json_t *alone = json_pack("[O]", doc), *raced = json_pack("[O, O]", other, doc);
+    api_error err = {0};
+    const char *service = NULL;
+    cr_expect_eq(authz_check_host_additions(alone, adds, "cluster.test", &service, &err), 0);
+    cr_expect_eq(authz_check_host_additions(raced, adds, "cluster.test", &service, &err), -1);
+    cr_expect_str_eq(service, "wiki");
+    cr_expect_eq(err.status, 409);
+    cr_expect_str_eq(err.message, "host new.example.com is already claimed by Service blog; a host routes to one "
+                                  "Service (remove it there first)");
+    json_decref(alone);
+    json_decref(raced);
+    json_decref(want);
+    json_decref(adds);
+    json_decref(other);
+    json_decref(doc);
+    json_decref(stored);
+}
+
 Test(protection, the_bootstrap_objects)
 {
     cr_expect_eq(authz_write_protection("Group", "admins"), AUTHZ_ADMIN_ONLY);

@@ -8,6 +8,7 @@
 
 #include "basic/macro.h"
 #include "httpd/framing.h"
+#include "httpd/httpd.h"
 
 /* ---- the request head ---- */
 
@@ -269,6 +270,8 @@ static void final_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, s
     if (state == H2O_SEND_STATE_ERROR)
         req->http1_is_persistent = 0;
     c->sending_last = !h2o_send_state_is_in_progress(state);
+    if (n > 1 && c->sock->ssl)
+        n = httpd_coalesce_for_tls(&req->pool, vec, n);
     if (n)
         h2o_socket_write(c->sock, vec, n, on_written);
     else

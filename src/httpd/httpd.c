@@ -112,6 +112,23 @@ bool httpd_stopping(h2o_req_t *req)
     return atomic_load(&((httpd_thread *)req->conn->ctx)->server->stopping);
 }
 
+/* One TLS record per small message: see httpd.h. */
+size_t httpd_coalesce_for_tls(h2o_mem_pool_t *pool, h2o_iovec_t *vec, size_t n)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += vec[i].len;
+    if (total > HTTPD_TLS_RECORD_MAX)
+        return n;
+    char *one = h2o_mem_alloc_pool(pool, total), *p = one;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(p, vec[i].base, vec[i].len);
+        p += vec[i].len;
+    }
+    vec[0] = h2o_iovec_init(one, total);
+    return 1;
+}
+
 int httpd_listen_unix(const char *path, int *ret_fd)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};

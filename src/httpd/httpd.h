@@ -104,6 +104,12 @@ int httpd_conn_peer(h2o_req_t *req);
 unsigned httpd_connections(h2o_req_t *req);
 /* True once the server serving REQ has begun to stop. */
 bool httpd_stopping(h2o_req_t *req);
+#define HTTPD_TLS_RECORD_MAX 16384 /* the most plaintext one TLS record carries */
+/* h2o's TLS sockets make a record of every buffer written: the N buffers
+ * at VEC become one (copied to POOL) when together they fit one record, so
+ * a small message is one record (one encryption here, one decryption at the
+ * peer) as nginx and HAProxy send it. Returns the new count (1, or N). */
+size_t httpd_coalesce_for_tls(h2o_mem_pool_t *pool, h2o_iovec_t *vec, size_t n);
 
 /* Additional listeners a component opens while serving (the runner's
  * per-sandbox channels). Connections accepted on one carry its TAG, so a

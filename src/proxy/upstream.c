@@ -16,6 +16,7 @@
 
 #include "basic/log.h"
 #include "basic/macro.h"
+#include "httpd/httpd.h"
 #include "httpd/phr.h"
 #include "proxy/cookie.h"
 #include "proxy/corridor.h"
@@ -740,6 +741,8 @@ static void exchange_send(exchange *ex)
     upstream_conn *conn = ex->conn;
     exchange_touch(ex);
     ex->writing = true;
+    if (conn->sock->ssl && ex->nbufs > 1) /* head and a small body in one record */
+        ex->nbufs = httpd_coalesce_for_tls(&ex->req->pool, ex->bufs, ex->nbufs);
     h2o_socket_write(conn->sock, ex->bufs, ex->nbufs, on_written);
 }
 

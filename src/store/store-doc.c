@@ -262,7 +262,7 @@ store_pooled *store_pool_destroy(store_pool *p)
     return all;
 }
 
-void store_txn_apply(store_txn *txn, store_apply_fn apply, void *ctx)
+void store_txn_apply(store_txn *txn, store_apply_fn apply, void *ctx, store_view *view)
 {
     for (int linking = 0; linking < 2; linking++)
         for (size_t i = 0; txn->error == 0 && i < txn->n_ops; i++) {
@@ -272,6 +272,12 @@ void store_txn_apply(store_txn *txn, store_apply_fn apply, void *ctx)
             if (txn->error < 0)
                 txn->failed_op = i;
         }
+    if (txn->error == 0 && txn->guard) {
+        size_t failed_op = 0;
+        txn->error = txn->guard(txn, view, &failed_op);
+        if (txn->error < 0)
+            txn->failed_op = failed_op < txn->n_ops ? failed_op : 0;
+    }
 }
 
 void store_batch_done(store_txn *batch)

@@ -92,11 +92,19 @@ void store_queue_stop(store_queue *q);
 /* What a driver's writer does with one op (its state in CTX): 0 or the
  * op's error. */
 typedef int (*store_apply_fn)(store_op *op, void *ctx);
+
+/* A driver's view for guards: LIST reads inside the writer's open
+ * transaction (the driver embeds this in its own state). */
+struct store_view {
+    int (*list)(store_view *view, const char *kind, json_t **ret_items);
+};
+
 /* Runs APPLY on TXN's ops (after a fence check that set txn->error, none)
  * in a transaction's order: the ops that link to another document's uid
- * last, as that document may be made in the same transaction. Stops at the
- * first failure, kept in txn->error and txn->failed_op. */
-void store_txn_apply(store_txn *txn, store_apply_fn apply, void *ctx);
+ * last, as that document may be made in the same transaction; then TXN's
+ * guard, if any, reading through VIEW. Stops at the first failure, kept in
+ * txn->error and txn->failed_op. */
+void store_txn_apply(store_txn *txn, store_apply_fn apply, void *ctx, store_view *view);
 
 /* Calls the done callback of each txn of BATCH. */
 void store_batch_done(store_txn *batch);

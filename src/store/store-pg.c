@@ -6,6 +6,8 @@
  *    after every smaller one (the lock passes on at COMMIT);
  *  - updates and deletes compare-and-swap the row's rv in the statement
  *    (… WHERE rv = $n, one row affected or -ESTALE);
+ *  - a transaction's guard (store_txn_guard) reads under that lock, so what
+ *    it checks cannot change before the commit;
  *  - the change feed is the `changes` table; each commit that changed
  *    something sends NOTIFY cloister_changes, which one dedicated listening
  *    connection turns into a new store_revision(); it also polls, so a lost
@@ -785,12 +787,28 @@ typedef struct apply_ctx {
     PGconn *c;
     int64_t *rev;
     const char *now;
+    store_view view; /* guards read through it (writer_view_list) */
 } apply_ctx;
 
 static int apply_op(store_op *op, void *ctx)
 {
     apply_ctx *a = ctx;
     return writer_apply_op(a->c, op, a->rev, a->now);
+}
+
+/* A guard's store_view_list(): KIND's documents read on the writer's
+ * connection inside its transaction. It holds the revision lock, so the
+ * writers of every process that came before have committed, and this
+ * statement's snapshot (READ COMMITTED: taken now) sees their writes. */
+static int writer_view_list(store_view *view, const char *kind, json_t **ret_items)
+{
+    apply_ctx *a = (apply_ctx *)((char *)view - offsetof(apply_ctx, view));
+    _cleanup_free_ char *array = kinds_array(&kind, 1);
+    if (!array)
+        return -ENOMEM;
+    PGresult *res = NULL;
+    int e = run(a->c, Q_LIST, (const char *const[]){array}, &res);
+    return e < 0 ? e : list_result(res, ret_items, NULL);
 }
 
 /* Runs one transaction inside the savepoint "txn" (open); on failure rolls
@@ -811,7 +829,8 @@ static int writer_run_txn(PGconn *c, store_txn *txn, int64_t *rev, const char *n
             PQclear(res);
         }
     }
-    store_txn_apply(txn, apply_op, &(apply_ctx){c, rev, now});
+    apply_ctx ctx = {c, rev, now, {.list = writer_view_list}};
+    store_txn_apply(txn, apply_op, &ctx, &ctx.view);
     if (txn->error == -ECONNRESET)
         return -ECONNRESET;
     if (txn->error < 0) {
@@ -850,7 +869,8 @@ typedef enum commit_outcome {
  * undone here alone. Anything the database refuses (a lookup key taken, a
  * compare-and-swap that lost) rolls the batch back and it runs again on
  * the savepoint path (writer_try_batch), which tells each transaction its
- * own error. Batches with a fence or a uid link take that path directly. */
+ * own error. Batches with a fence, a guard or a uid link take that path
+ * directly. */
 
 /* A row of the batch as its earlier transactions left it. */
 typedef struct pg_row {
@@ -871,7 +891,7 @@ typedef struct pg_undo {
 static bool fast_path_suits(const store_txn *batch)
 {
     for (const store_txn *t = batch; t; t = t->next) {
-        if (t->fence_lease)
+        if (t->fence_lease || t->guard)
             return false;
         for (size_t i = 0; i < t->n_ops; i++)
             if (t->ops[i].uid_kind)

@@ -29,7 +29,8 @@ typedef struct reader {
 typedef struct sqlite_store {
     char *path;
     sqlite3 *wdb; /* writer thread only */
-    sqlite3_stmt *w_get, *w_put, *w_delete, *w_change, *w_trim, *w_fence;
+    sqlite3_stmt *w_get, *w_put, *w_delete, *w_change, *w_trim, *w_fence, *w_list;
+    store_view view; /* guards read through it (writer_view_list) */
     _Atomic int64_t revision;
     uint64_t epoch;
     int64_t last_trim;
@@ -509,6 +510,33 @@ static int apply_op(store_op *op, void *ctx)
     return writer_apply_op(a->s, op, a->rev, a->now);
 }
 
+/* A guard's store_view_list(): KIND's documents read on the writer's
+ * connection, inside the open transaction (which holds the database's
+ * write lock: no other writer, of any process, runs until it ends). */
+static int writer_view_list(store_view *view, const char *kind, json_t **ret_items)
+{
+    sqlite_store *s = (sqlite_store *)((char *)view - offsetof(sqlite_store, view));
+    json_t *items = json_array();
+    int e = items ? 0 : -ENOMEM, rc = SQLITE_DONE;
+    sqlite3_bind_text(s->w_list, 1, kind, -1, SQLITE_STATIC);
+    while (e == 0 && (rc = sqlite3_step(s->w_list)) == SQLITE_ROW) {
+        json_t *doc;
+        e = row_doc(s->w_list, 0, &doc);
+        if (e == 0 && json_array_append_new(items, doc) < 0)
+            e = -ENOMEM;
+    }
+    if (e == 0 && rc != SQLITE_DONE)
+        e = sqlite_to_errno(rc) ?: -EIO;
+    sqlite3_reset(s->w_list);
+    sqlite3_clear_bindings(s->w_list);
+    if (e < 0) {
+        json_decref(items);
+        return e;
+    }
+    *ret_items = items;
+    return 0;
+}
+
 /* Runs one transaction inside its savepoint; on failure rolls it back alone. */
 static void writer_run_txn(sqlite_store *s, store_txn *txn, int64_t *rev, const char *now)
 {
@@ -522,7 +550,7 @@ static void writer_run_txn(sqlite_store *s, store_txn *txn, int64_t *rev, const 
         sqlite3_reset(s->w_fence);
         sqlite3_clear_bindings(s->w_fence);
     }
-    store_txn_apply(txn, apply_op, &(apply_ctx){s, rev, now});
+    store_txn_apply(txn, apply_op, &(apply_ctx){s, rev, now}, &s->view);
     if (txn->error < 0) {
         exec_sql(s->wdb, "ROLLBACK TO txn");
         store_txn_clear(txn);
@@ -582,6 +610,7 @@ static void writer_close(sqlite_store *s)
     sqlite3_finalize(s->w_change);
     sqlite3_finalize(s->w_trim);
     sqlite3_finalize(s->w_fence);
+    sqlite3_finalize(s->w_list);
     sqlite3_close(s->wdb);
 }
 
@@ -629,6 +658,8 @@ static int writer_open(sqlite_store *s)
     if (e == 0)
         e = prepare(s->wdb, "SELECT 1 FROM leases WHERE name = ?1 AND token = ?2", &s->w_fence);
     if (e == 0)
+        e = prepare(s->wdb, "SELECT doc FROM resources WHERE kind = ?1 ORDER BY name", &s->w_list);
+    if (e == 0)
         e = read_epoch(s);
     if (e < 0)
         return e;
@@ -649,6 +680,7 @@ static int sqlite_open(const char *path, void **ret)
     if (!s)
         return -ENOMEM;
     s->path = strdup(path);
+    s->view.list = writer_view_list;
     store_queue_init(&s->queue);
     store_pool_init(&s->readers);
     int e = s->path ? writer_open(s) : -ENOMEM;

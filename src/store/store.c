@@ -95,6 +95,11 @@ int store_list_kinds(store *s, const char *const *kinds, size_t n_kinds, json_t 
     return s->driver->list(s->impl, kinds, n_kinds, ret_items, ret_revision);
 }
 
+int store_view_list(store_view *view, const char *kind, json_t **ret_items)
+{
+    return view->list(view, kind, ret_items);
+}
+
 int store_changes_since(store *s, const char *kind, int64_t after, size_t max, json_t **ret_events)
 {
     return s->driver->changes_since(s->impl, 0, &kind, kind ? 1 : 0, after, max, ret_events);

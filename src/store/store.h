@@ -62,6 +62,25 @@ typedef struct store_op {
 typedef struct store_txn store_txn;
 typedef void (*store_txn_done)(store_txn *txn, void *userdata);
 
+/* What a guard reads the store through (store_view_list()). */
+typedef struct store_view store_view;
+
+/* A transaction's guard: a rule on what the transaction leaves, checked
+ * inside it once its ops are applied. It reads the store as the
+ * transaction sees it (its own writes, and every write committed before
+ * it by any process: the drivers serialise writers, so no other write
+ * comes between the check and the commit). It returns 0 to keep the
+ * transaction, or a negative errno that undoes it (txn->error, with
+ * txn->failed_op the op it names in *RET_FAILED_OP); an error of
+ * store_view_list() it returns as is. It runs on the writer thread, and
+ * may run more than once (a batch retried on a new connection): what it
+ * records must be rewritten by each run. */
+typedef int (*store_txn_guard)(store_txn *txn, store_view *view, size_t *ret_failed_op);
+
+/* Every document of KIND sorted by name (a new array), as the transaction
+ * whose guard got VIEW sees them. */
+int store_view_list(store_view *view, const char *kind, json_t **ret_items);
+
 struct store_txn {
     store_op *ops;
     size_t n_ops;
@@ -70,6 +89,10 @@ struct store_txn {
      * the transaction: a deposed holder's late write is refused) */
     const char *fence_lease;
     int64_t fence_token;
+    /* when set, checked inside the transaction after its ops (store_txn_guard;
+     * GUARD_DATA is its own) */
+    store_txn_guard guard;
+    void *guard_data;
     /* results: 0, or the first failing op's error (-EEXIST, -ENOENT, -ESTALE,
      * -EIO...) at failed_op; on failure nothing of the transaction is written. */
     int error;
