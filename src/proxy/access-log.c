@@ -5,9 +5,13 @@
  * bytes wait, at rotation and at shutdown: one write(2) to the file, then
  * the same bytes and the segment's chain head (a proxy.access audit entry)
  * queued for the audit role, which stores the bytes in its own subtree and
- * appends the head to the Merkle log. Nothing is parsed again on the way. */
+ * appends the head to the Merkle log. Nothing is parsed again on the way.
+ * The write and the queueing are the process's segment writer thread's, in
+ * the order the loops hand their batches over, so a loop never waits on
+ * the disk: it swaps its pending buffer for the one the writer gave back. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +32,7 @@
 #define ACCESS_RECORD_MAX 2600             /* the longest record: path, policy, rule and names at their caps */
 #define ACCESS_LINE_MAX (SEGMENT_HEX_LEN + ACCESS_RECORD_MAX + 2)
 #define ACCESS_COMMIT_TIMEOUT_MS 3000      /* a failClosed request waits this long for its record's commit */
+#define ACCESS_DRAIN_TIMEOUT_MS 10000      /* a stopping thread waits this long for the writer to take its last records */
 
 const char *const proxy_access_fields[PROXY_ACCESS_FIELDS_N] = {
     "time", "requestId", "user", "session", "ip", "service", "method",
@@ -47,6 +52,9 @@ typedef struct access_log {
     uint64_t first;       /* index of the first pending record */
     char *pending;        /* lines not yet written: ACCESS_PENDING_MAX + ACCESS_LINE_MAX bytes (heap) */
     size_t pending_len;
+    _Atomic(char *) spare; /* the other buffer, while the writer does not hold it */
+    _Atomic bool rotate;   /* the writer could not queue a head: the next record starts a segment */
+    uint64_t last_batch;   /* the writer's number of this log's last batch (0: none) */
     unsigned denied, failed; /* pending records denied (deny, unauthenticated), failed (invalid, error) */
     bool stopping;           /* the thread ends: a closed segment is not followed by another */
     h2o_timeout_t timeout;
@@ -115,43 +123,181 @@ static int write_all(int fd, const char *data, size_t len)
     return 0;
 }
 
-/* Writes L's pending records to its file and queues them with the chain
- * head for the audit role (CLOSING: the segment's last head); then rotates
- * when closing, or when the head could not be queued (the role takes a
- * segment's bytes only in order). */
-static void access_flush(access_log *l, bool closing)
+/* ---- the segment writer ---- */
+
+/* A loop's flush, handed to the writer: the lines go to the segment file,
+ * then with their chain head to the audit queue. */
+typedef struct access_batch {
+    struct access_batch *next;
+    access_log *log;  /* gets DATA back as its spare, and is told when the head could not be queued */
+    int fd;           /* a duplicate of the segment file's descriptor (closed after), or -1 */
+    char *data;       /* the lines: LOG's buffer, lent */
+    size_t len;
+    uint64_t offset;  /* of DATA in the segment */
+    char id[SEGMENT_ID_MAX + 1];
+    json_t *details;  /* of the head entry (taken) */
+    const char *outcome;
+    uint64_t number;  /* 1, 2, ... in the order handed over */
+} access_batch;
+
+/* The process's one writer: batches run in the order handed over, so each
+ * segment's bytes reach its file and the audit role in order. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake, done;
+    pthread_once_t once;
+    bool running;             /* the thread started (else batches run on the loop) */
+    access_batch *head, **tail;
+    uint64_t handed, finished; /* batch numbers */
+} writer = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER,
+            .once = PTHREAD_ONCE_INIT};
+
+/* Writes B's lines to its file and queues them with their head: the
+ * flush's work, off the loop. Gives B's buffer back to its log. */
+static void batch_run(access_batch *b)
+{
+    int r = b->fd >= 0 ? write_all(b->fd, b->data, b->len) : 0;
+    if (r < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot write the access-log segment; its records go to the audit role only",
+                   "segment", b->id, "error", strerror(-r), NULL);
+    r = b->details ? audit_event_emit_segment(b->id, b->offset, b->data, b->len,
+                                              &(audit_event){.action = "proxy.access", .kind = "Service",
+                                                             .outcome = b->outcome, .details = b->details})
+                   : -ENOMEM;
+    if (r < 0) /* the role takes a segment's bytes only in order: the next ones go to a new segment */
+        atomic_store(&b->log->rotate, true);
+    json_decref(b->details);
+    if (b->fd >= 0)
+        close(b->fd);
+    atomic_store(&b->log->spare, b->data);
+}
+
+static void *writer_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&writer.lock);
+    for (;;) {
+        while (!writer.head)
+            pthread_cond_wait(&writer.wake, &writer.lock);
+        access_batch *b = writer.head;
+        if (!(writer.head = b->next))
+            writer.tail = &writer.head;
+        pthread_mutex_unlock(&writer.lock);
+        batch_run(b);
+        pthread_mutex_lock(&writer.lock);
+        writer.finished = b->number;
+        pthread_cond_broadcast(&writer.done);
+        free(b);
+    }
+    return NULL;
+}
+
+static void writer_start(void)
+{
+    writer.tail = &writer.head;
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int e = pthread_create(&thread, &attr, writer_main, NULL);
+    pthread_attr_destroy(&attr);
+    if (e == 0) {
+        pthread_setname_np(thread, "proxy-accesslog");
+        writer.running = true;
+    } else {
+        log_fields(LOG_LEVEL_WARN, "cannot start the access-log writer; loops write their segments themselves",
+                   "error", strerror(e), NULL);
+    }
+}
+
+/* Hands B over (or runs it here when there is no writer). Returns its
+ * number. */
+static uint64_t writer_hand(access_batch *b)
+{
+    pthread_mutex_lock(&writer.lock);
+    uint64_t number = b->number = ++writer.handed;
+    if (!writer.running) {
+        pthread_mutex_unlock(&writer.lock);
+        batch_run(b);
+        free(b);
+        pthread_mutex_lock(&writer.lock);
+        writer.finished = number;
+        pthread_mutex_unlock(&writer.lock);
+        return number;
+    }
+    *writer.tail = b; /* the writer's from here: B may be gone once the lock is let go */
+    writer.tail = &b->next;
+    pthread_cond_signal(&writer.wake);
+    pthread_mutex_unlock(&writer.lock);
+    return number;
+}
+
+/* Waits until batch NUMBER (and every one before it) ran, at most
+ * TIMEOUT_MS (0: no limit). Returns 0 or -ETIMEDOUT. */
+static int writer_wait(uint64_t number, unsigned timeout_ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    uint64_t ns = (uint64_t)until.tv_nsec + (uint64_t)timeout_ms * NSEC_PER_MSEC;
+    until.tv_sec += (time_t)(ns / NSEC_PER_SEC);
+    until.tv_nsec = (long)(ns % NSEC_PER_SEC);
+    int e = 0;
+    pthread_mutex_lock(&writer.lock);
+    while (e == 0 && writer.finished < number)
+        e = timeout_ms ? pthread_cond_timedwait(&writer.done, &writer.lock, &until)
+                       : pthread_cond_wait(&writer.done, &writer.lock);
+    pthread_mutex_unlock(&writer.lock);
+    return e ? -ETIMEDOUT : 0;
+}
+
+/* Hands L's pending records to the writer with their chain head (CLOSING:
+ * the segment's last head), taking its spare buffer in their place (waiting
+ * for it when the writer still holds it); then rotates when closing.
+ * Returns the batch's number (0 when nothing was pending). */
+static uint64_t access_flush(access_log *l, bool closing)
 {
     if (h2o_timeout_is_linked(&l->flush_entry))
         h2o_timeout_unlink(&l->flush_entry);
-    if (l->pending_len == 0 && !closing)
-        return;
+    uint64_t number = 0;
     if (l->pending_len > 0) {
-        int r = l->fd >= 0 ? write_all(l->fd, l->pending, l->pending_len) : 0;
-        if (r < 0)
-            log_fields(LOG_LEVEL_ERROR, "cannot write the access-log segment; its records go to the audit role only",
-                       "segment", l->id, "error", strerror(-r), NULL);
         char head[SEGMENT_HEX_LEN + 1];
         hex_encode(l->chain.value, SEGMENT_DIGEST_LEN, head);
         uint64_t count = l->chain.count - l->first;
-        json_t *details = json_pack("{s:s, s:I, s:I, s:I, s:s, s:b, s:I, s:o}", "segment", l->id, "first",
-                                    (json_int_t)l->first, "count", (json_int_t)count, "records",
-                                    (json_int_t)l->chain.count, "head", head, "closed", closing, "denied",
-                                    (json_int_t)l->denied, "fields", fields_json());
-        const char *outcome = l->denied ? "denied" : l->failed ? "failure" : "success";
-        r = details ? audit_event_emit_segment(l->id, l->size, l->pending, l->pending_len,
-                                               &(audit_event){.action = "proxy.access", .kind = "Service",
-                                                              .outcome = outcome, .details = details})
-                    : -ENOMEM;
-        json_decref(details);
+        char *spare = atomic_exchange(&l->spare, NULL);
+        if (!spare) { /* the writer is a whole buffer behind: wait for it, as a write(2) here would */
+            writer_wait(l->last_batch, 0);
+            spare = atomic_exchange(&l->spare, NULL); /* given back by then */
+        }
+        access_batch local, *b = calloc(1, sizeof(*b));
+        bool here = !b; /* out of memory: this loop runs the batch itself, after the writer's */
+        if (here)
+            b = &local;
+        *b = (access_batch){.log = l, .fd = l->fd >= 0 ? fcntl(l->fd, F_DUPFD_CLOEXEC, 0) : -1, .data = l->pending,
+                            .len = l->pending_len, .offset = l->size,
+                            .outcome = l->denied ? "denied" : l->failed ? "failure" : "success"};
+        if (l->fd >= 0 && b->fd < 0)
+            log_fields(LOG_LEVEL_ERROR, "cannot write the access-log segment; its records go to the audit role only",
+                       "segment", l->id, "error", strerror(errno), NULL);
+        memcpy(b->id, l->id, sizeof(b->id));
+        b->details = json_pack("{s:s, s:I, s:I, s:I, s:s, s:b, s:I, s:o}", "segment", l->id, "first",
+                               (json_int_t)l->first, "count", (json_int_t)count, "records", (json_int_t)l->chain.count,
+                               "head", head, "closed", closing, "denied", (json_int_t)l->denied, "fields",
+                               fields_json());
+        l->pending = spare;
+        if (here) {
+            writer_wait(l->last_batch, 0);
+            batch_run(b);
+        } else {
+            number = l->last_batch = writer_hand(b);
+        }
         l->size += l->pending_len;
         l->first = l->chain.count;
         l->denied = l->failed = 0;
         l->pending_len = 0;
-        if (r < 0)
-            closing = true;
     }
     if (closing && !l->stopping)
         segment_open(l);
+    return number;
 }
 
 static void on_flush_timeout(h2o_timeout_entry_t *entry)
@@ -165,10 +311,15 @@ int proxy_access_init(proxy_thread *t)
     if (!l)
         return -ENOMEM;
     *l = (access_log){.t = t, .fd = -1, .pending = malloc(ACCESS_PENDING_MAX + ACCESS_LINE_MAX)};
-    if (!l->pending) {
+    char *spare = malloc(ACCESS_PENDING_MAX + ACCESS_LINE_MAX);
+    if (!l->pending || !spare) {
+        free(l->pending);
+        free(spare);
         free(l);
         return -ENOMEM;
     }
+    atomic_store(&l->spare, spare);
+    pthread_once(&writer.once, writer_start);
     h2o_timeout_init(t->ctx->loop, &l->timeout, ACCESS_FLUSH_MS);
     l->flush_entry.cb = on_flush_timeout;
     t->access = l;
@@ -183,6 +334,12 @@ void proxy_access_dispose(proxy_thread *t)
     l->stopping = true;
     access_flush(l, l->pending_len > 0);
     h2o_timeout_dispose(t->ctx->loop, &l->timeout);
+    t->access = NULL;
+    if (writer_wait(l->last_batch, ACCESS_DRAIN_TIMEOUT_MS) < 0) { /* the writer still holds L: left to it */
+        log_fields(LOG_LEVEL_ERROR, "the access-log writer did not finish the last records in time; they may be "
+                                    "missing from the segment", "segment", l->id, NULL);
+        return;
+    }
     char path[4400];
     if (l->chain.count == 0 && segment_path(l, path, sizeof(path)))
         unlink(path); /* nothing recorded: no empty file left behind */
@@ -190,8 +347,8 @@ void proxy_access_dispose(proxy_thread *t)
         close(l->fd);
     segment_chain_dispose(&l->chain);
     free(l->pending);
+    free(atomic_load(&l->spare));
     free(l);
-    t->access = NULL;
 }
 
 /* Writes an access record into a buffer sized for the longest one, without
@@ -322,7 +479,7 @@ static int access_append(proxy_thread *t, const access_record *rec, int status, 
     time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
     if (l && l->chain.ctx) {
         bool old = time_mono_ns() - l->opened_ns > ACCESS_SEGMENT_AGE_NS;
-        if (old || l->size + l->pending_len + ACCESS_LINE_MAX > SEGMENT_BYTES_MAX)
+        if (old || atomic_exchange(&l->rotate, false) || l->size + l->pending_len + ACCESS_LINE_MAX > SEGMENT_BYTES_MAX)
             access_flush(l, true);
         else if (l->pending_len + ACCESS_LINE_MAX > ACCESS_PENDING_MAX)
             access_flush(l, false);
@@ -371,13 +528,18 @@ void proxy_access_emit(void *p)
 typedef struct commit_job {
     offload_job super;
     proxy_request *pr; /* valid while the request is (DONE's REQ not NULL) */
+    uint64_t batch;    /* the writer's batch holding the admission record */
     int error;
 } commit_job;
 
 static void commit_work(offload_job *job)
 {
     commit_job *j = (commit_job *)job;
-    j->error = audit_event_commit(ACCESS_COMMIT_TIMEOUT_MS);
+    uint64_t started = time_mono_ns();
+    j->error = writer_wait(j->batch, ACCESS_COMMIT_TIMEOUT_MS);
+    unsigned spent_ms = (unsigned)((time_mono_ns() - started) / NSEC_PER_MSEC);
+    if (j->error == 0)
+        j->error = audit_event_commit(spent_ms < ACCESS_COMMIT_TIMEOUT_MS ? ACCESS_COMMIT_TIMEOUT_MS - spent_ms : 1);
 }
 
 /* Goes on with the corridor once the record is committed; refuses with 503
@@ -408,7 +570,7 @@ proxy_step proxy_stage_commit(proxy_request *pr)
     commit_job *j = calloc(1, sizeof(*j));
     int e = j ? access_append(t, &pr->rec, 0, 0, 0) : -ENOMEM;
     if (e == 0) {
-        access_flush(t->access, false);
+        j->batch = access_flush(t->access, false);
         j->super = (offload_job){.work = commit_work, .done = commit_done};
         j->pr = pr;
         e = t->settings->commit_pool ? offload_submit(t->settings->commit_pool, t->offload, pr->req, &j->super)
