@@ -540,6 +540,10 @@ static void handle_segment_put(audit_role *r, h2o_req_t *req)
         }
         if (e == 0 && fdatasync(fd) < 0)
             e = -errno;
+        /* durable: out of the page cache (segments are read back rarely; new
+         * page-cache pages for every byte cost more than the write itself) */
+        if (e == 0)
+            posix_fadvise(fd, (off_t)size, (off_t)(end - size), POSIX_FADV_DONTNEED);
     }
     if (fd >= 0)
         close(fd);

@@ -152,14 +152,19 @@ static struct {
 } writer = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER,
             .once = PTHREAD_ONCE_INIT};
 
-/* Writes B's lines to its file and queues them with their head: the
- * flush's work, off the loop. Gives B's buffer back to its log. */
+/* Writes B's lines to its file (durably, then dropped from the page cache)
+ * and queues them with their head: the flush's work, off the loop. Gives
+ * B's buffer back to its log. */
 static void batch_run(access_batch *b)
 {
     int r = b->fd >= 0 ? write_all(b->fd, b->data, b->len) : 0;
+    if (r == 0 && b->fd >= 0 && fdatasync(b->fd) < 0)
+        r = -errno;
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot write the access-log segment; its records go to the audit role only",
                    "segment", b->id, "error", strerror(-r), NULL);
+    else if (b->fd >= 0) /* durable: out of the page cache, whose new pages cost more than the write */
+        posix_fadvise(b->fd, (off_t)b->offset, (off_t)b->len, POSIX_FADV_DONTNEED);
     r = b->details ? audit_event_emit_segment(b->id, b->offset, b->data, b->len,
                                               &(audit_event){.action = "proxy.access", .kind = "Service",
                                                              .outcome = b->outcome, .details = b->details})
