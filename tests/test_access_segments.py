@@ -6,9 +6,12 @@ proxy.access audit entry, to the audit role, which keeps its own copy.
 `cloister audit verify` recomputes every chain against the committed heads,
 naming the segment, the index and the requestId of a changed, removed or
 reordered record. A failClosed Service's request is forwarded only once
-its admission record (status 0) is committed."""
+its admission record (status 0) is committed. A slow disk holds up the
+proxy's access-log writer thread, not the requests."""
 import json
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +143,44 @@ def test_a_changed_record_is_found_by_verify(gw):
         path.write_bytes(original)
     out = cli(gw, "audit", "verify")
     assert out.returncode == 0, out
+
+
+def test_a_slow_disk_holds_up_the_log_writer_not_the_requests(gw):
+    """Every fdatasync of the proxy's access-log writer thread is made to
+    take 3 s (strace's fault injection, attached to that thread alone):
+    meanwhile requests keep being answered at once (the loop keeps its
+    records pending while the writer holds its other buffer, instead of
+    waiting for the disk), and their records reach the log in order once
+    the disk catches up."""
+    proxy = gw.s.role_pid("proxy")
+    tid = next(int(t.name) for t in Path(f"/proc/{proxy}/task").iterdir()
+               if (t / "comm").read_text().strip() == "proxy-accesslog")
+    trace = gw.s.data_dir.parent / "writer.strace"
+    tracer = subprocess.Popen(["strace", "-p", str(tid), "-e", "trace=fdatasync",
+                               "-e", "inject=fdatasync:delay_enter=3000000", "-o", str(trace)],
+                              stderr=subprocess.PIPE, text=True)
+    ids, slowest = [], 0.0
+    try:
+        assert "attached" in tracer.stderr.readline(), "strace did not attach to the writer thread"
+        end = time.monotonic() + 4.5  # the first flush (<= 1 s) and the 3 s its fdatasync takes
+        while time.monotonic() < end:
+            started = time.monotonic()
+            r = gw.get(f"/docs/slow-disk-{len(ids)}", gw.alice)
+            slowest = max(slowest, time.monotonic() - started)
+            assert r.status_code == 200, r.text
+            ids.append(upstream_request_id(r))
+            time.sleep(0.05)  # a steady trickle of requests, each a record
+    finally:
+        tracer.terminate()
+        tracer.wait(timeout=10)
+    assert "fdatasync(" in trace.read_text(), "the writer never reached the slowed fdatasync"
+    assert slowest < 1.0, f"a request waited {slowest:.2f} s for the disk"
+    for rid in ids:
+        committed(gw, rid)
+    order = [rec["requestId"] for (_, rec) in access_records(gw.s) if rec["requestId"] in set(ids)]
+    # each proxy thread has its segment; a request id starts with its thread's prefix
+    for thread in {rid[:16] for rid in ids}:
+        assert [x for x in order if x.startswith(thread)] == [x for x in ids if x.startswith(thread)], \
+            "a thread's records are in the order of its requests"
+    out = cli(gw, "audit", "verify")
+    assert out.returncode == 0 and out.stdout.startswith("verified "), out

@@ -26,7 +26,7 @@
 #include "httpd/offload.h"
 #include "proxy/corridor.h"
 
-#define ACCESS_FLUSH_MS 1000               /* a record is committed at most this long after it was written */
+#define ACCESS_FLUSH_MS 1000               /* a record is committed at most this long after it was written (a disk keeping up) */
 #define ACCESS_PENDING_MAX (1024 * 1024)   /* bytes of records written and committed at once, at most */
 #define ACCESS_SEGMENT_AGE_NS (3600 * NSEC_PER_SEC) /* a segment is rotated after an hour */
 #define ACCESS_RECORD_MAX 2600             /* the longest record: path, policy, rule and names at their caps */
@@ -305,9 +305,17 @@ static uint64_t access_flush(access_log *l, bool closing)
     return number;
 }
 
+/* The flush interval passed: the pending records go to the writer, unless
+ * it still holds the log's other buffer (a slow disk): then they wait for
+ * the next interval, so the loop waits only once a whole buffer is pending. */
 static void on_flush_timeout(h2o_timeout_entry_t *entry)
 {
-    access_flush(H2O_STRUCT_FROM_MEMBER(access_log, flush_entry, entry), false);
+    access_log *l = H2O_STRUCT_FROM_MEMBER(access_log, flush_entry, entry);
+    if (!atomic_load(&l->spare)) {
+        h2o_timeout_link(l->t->ctx->loop, &l->timeout, &l->flush_entry);
+        return;
+    }
+    access_flush(l, false);
 }
 
 int proxy_access_init(proxy_thread *t)
