@@ -184,3 +184,25 @@ def test_a_slow_disk_holds_up_the_log_writer_not_the_requests(gw):
             "a thread's records are in the order of its requests"
     out = cli(gw, "audit", "verify")
     assert out.returncode == 0 and out.stdout.startswith("verified "), out
+
+
+def test_the_log_writer_and_the_audit_role_run_behind_the_requests(gw):
+    """The threads that deliver what requests leave behind (the access-log
+    writer, audit delivery, the whole audit role) run at nice 10
+    (basic/background.h), the proxy's event loops at 0: on a busy machine
+    the requests go first."""
+    def nice(pid, tid):
+        return int((Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]).split()[16])
+
+    def threads(role):
+        pid = gw.s.role_pid(role)
+        return {int(t.name): ((t / "comm").read_text().strip(), nice(pid, t.name))
+                for t in Path(f"/proc/{pid}/task").iterdir()}
+
+    proxy = threads("proxy")
+    assert [n for (comm, n) in proxy.values() if comm == "proxy-accesslog"] == [10], proxy
+    assert 10 in [n for (comm, n) in proxy.values() if comm == "proxy"], "audit delivery runs behind"
+    assert 0 in [n for (comm, n) in proxy.values() if comm == "proxy"], "the event loops run at 0"
+    assert {n for (_, n) in threads("audit").values()} == {10}
+    api = gw.s.role_pid("api")
+    assert threads("api")[api][1] == 0, "the api role's own threads keep their priority"

@@ -16,6 +16,7 @@
 #include "audit/client.h"
 #include "audit/entry.h"
 #include "audit/segment.h"
+#include "basic/background.h"
 #include "basic/log.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
@@ -278,6 +279,7 @@ static struct timespec deadline_in(unsigned timeout_ms)
  * whatever it could not deliver before the deadline. */
 static void *sender_main(void *arg)
 {
+    thread_set_background(); /* delivery waits behind the requests that made the events */
     audit_client *c = arg;
     unsigned retry_ms = RETRY_MIN_MS;
     bool warned = false;

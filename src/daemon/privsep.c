@@ -20,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "basic/background.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 
@@ -394,7 +395,8 @@ static int allow_sockets(scmp_filter_ctx ctx, const seccomp_role *r, bool tcp)
 }
 
 /* Loads role NAME's seccomp allow-list (after no_new_privs); every other
- * call fails with EPERM. Only the runner may clone processes and
+ * call fails with EPERM. A thread may lower its priority to
+ * BACKGROUND_NICE (basic/background.h). Only the runner may clone processes and
  * namespaces; the others clone threads only (CLONE_THREAD set, no namespace
  * flag), and clone3, whose flags live in memory a filter cannot read,
  * answers them ENOSYS so that libc falls back to clone. Returns 0, -EINVAL
@@ -423,6 +425,11 @@ static int load_seccomp(const char *name, bool tcp)
                                            SCMP_A0(SCMP_CMP_MASKED_EQ, ns_flags | CLONE_THREAD, CLONE_THREAD));
     if (r == 0 && !role->spawn)
         r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+    /* a thread may lower its own priority to BACKGROUND_NICE, and only that
+     * (the runner, which sets its workloads', may do more) */
+    if (r == 0 && !role->spawn)
+        r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(setpriority), 2, SCMP_A0(SCMP_CMP_EQ, PRIO_PROCESS),
+                             SCMP_A2(SCMP_CMP_MASKED_EQ, 0xffffffffu, BACKGROUND_NICE));
     if (r == 0)
         r = seccomp_load(ctx);
     seccomp_release(ctx);

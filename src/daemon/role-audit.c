@@ -1,10 +1,14 @@
 /* The `audit` role's main: its view of the configuration, then its server
  * (src/audit/server.c). */
 #include "audit/server.h"
+#include "basic/background.h"
 #include "daemon/daemon.h"
 
 int role_audit_main(const daemon_config *cfg, role_health *health, role_health *all, size_t n_all)
 {
+    /* the log's bookkeeping runs behind the request paths on a busy machine;
+     * every thread the role starts inherits this */
+    thread_set_background();
     const audit_server_config audit = {
         .socket = cfg->audit_socket,
         .mtls = {.listen = cfg->audit_listen, .cert_file = cfg->role_cert, .key_file = cfg->role_key,

@@ -19,6 +19,7 @@
 
 #include "audit/event.h"
 #include "audit/segment.h"
+#include "basic/background.h"
 #include "basic/encoding.h"
 #include "basic/log.h"
 #include "basic/macro.h"
@@ -27,7 +28,7 @@
 #include "proxy/corridor.h"
 
 #define ACCESS_FLUSH_MS 1000               /* a record is committed at most this long after it was written (a disk keeping up) */
-#define ACCESS_PENDING_MAX (1024 * 1024)   /* bytes of records written and committed at once, at most */
+#define ACCESS_PENDING_MAX (512 * 1024)    /* bytes of records written and committed at once, at most */
 #define ACCESS_SEGMENT_AGE_NS (3600 * NSEC_PER_SEC) /* a segment is rotated after an hour */
 #define ACCESS_RECORD_MAX 2600             /* the longest record: path, policy, rule and names at their caps */
 #define ACCESS_LINE_MAX (SEGMENT_HEX_LEN + ACCESS_RECORD_MAX + 2)
@@ -180,6 +181,7 @@ static void batch_run(access_batch *b)
 static void *writer_main(void *arg)
 {
     (void)arg;
+    thread_set_background(); /* the requests first on a busy machine: a whole buffer must fill before a loop waits */
     pthread_mutex_lock(&writer.lock);
     for (;;) {
         while (!writer.head)
