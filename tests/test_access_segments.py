@@ -162,24 +162,25 @@ def test_a_slow_disk_holds_up_the_log_writer_not_the_requests(gw):
     ids, slowest = [], 0.0
     try:
         assert "attached" in tracer.stderr.readline(), "strace did not attach to the writer thread"
-        end = time.monotonic() + 4.5  # the first flush (<= 1 s) and the 3 s its fdatasync takes
+        end = time.monotonic() + 4.5  # requests back to back through the first flush (<= 1 s) and its 3 s fdatasync
         while time.monotonic() < end:
             started = time.monotonic()
             r = gw.get(f"/docs/slow-disk-{len(ids)}", gw.alice)
             slowest = max(slowest, time.monotonic() - started)
             assert r.status_code == 200, r.text
             ids.append(upstream_request_id(r))
-            time.sleep(0.05)  # a steady trickle of requests, each a record
     finally:
         tracer.terminate()
         tracer.wait(timeout=10)
     assert "fdatasync(" in trace.read_text(), "the writer never reached the slowed fdatasync"
     assert slowest < 1.0, f"a request waited {slowest:.2f} s for the disk"
-    for rid in ids:
-        committed(gw, rid)
+    # each proxy thread has its segment (a request id starts with its thread's prefix), committed in order:
+    # once a thread's last record is committed, all of its records are
+    threads = {rid[:16] for rid in ids}
+    for thread in threads:
+        committed(gw, [x for x in ids if x.startswith(thread)][-1])
     order = [rec["requestId"] for (_, rec) in access_records(gw.s) if rec["requestId"] in set(ids)]
-    # each proxy thread has its segment; a request id starts with its thread's prefix
-    for thread in {rid[:16] for rid in ids}:
+    for thread in threads:
         assert [x for x in order if x.startswith(thread)] == [x for x in ids if x.startswith(thread)], \
             "a thread's records are in the order of its requests"
     out = cli(gw, "audit", "verify")
