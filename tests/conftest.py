@@ -5,6 +5,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -45,6 +46,34 @@ def pytest_configure(config):
     would lock the roles' users out of a running daemon's data dir."""
     if os.geteuid() == 0 and not config.option.basetemp:
         config.option.basetemp = f"/tmp/cloister-tests-{os.getpid()}"
+        config._cloister_basetemp = config.option.basetemp
+        prune_old_basetemps(keep=2)
+
+
+def prune_old_basetemps(keep):
+    """Remove the temporary roots of earlier sessions whose pytest is gone
+    (a run that failed keeps its root for inspection), newest KEEP kept:
+    each holds data dirs of real daemons, up to 2 GB per full run."""
+    roots = []
+    for p in Path("/tmp").glob("cloister-tests-*"):
+        pid = p.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            roots.append(p)
+    roots.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in roots[keep:]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A session that passed leaves no temporary root behind; one that failed
+    keeps it (its daemons' logs and data dirs) and says where."""
+    root = getattr(session.config, "_cloister_basetemp", None)
+    if root is None:
+        return
+    if exitstatus == 0:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"\nkept the daemons' data dirs and logs for inspection in {root}")
 
 
 def open_for_roles(path):
