@@ -76,6 +76,31 @@ def test_every_write_and_refusal_is_an_entry(server):
     assert p.returncode == 0, p.stderr
 
 
+def test_a_write_whose_client_left_is_still_audited(shared_server):
+    """A write the store applies after its client went away (an HTTP/2
+    client that gave up and closed: its stream is gone before the answer)
+    is audited like any other: the test holds the store's write lock while
+    the client waits, lets it go only once the client has left, and finds
+    the resource created and its resource.create entry."""
+    s = shared_server
+    name = "left-before-the-answer"
+    db = sqlite3.connect(str(s.data_dir / "api" / "store.db"), timeout=10, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")  # the api role's write waits on the lock (its busy timeout is 5 s)
+    try:
+        p = subprocess.run(["curl", "-sS", "--http2", "--cacert", s.ca, "-m", "1", "-X", "POST",
+                            "-H", f"Authorization: Bearer {s.token}", "-H", "Content-Type: application/json",
+                            "-d", json.dumps(manifest("Group", name, {})), f"{s.url}/v1/groups"],
+                           capture_output=True, text=True)
+        assert p.returncode == 28, p  # curl gave up (timeout) and closed the connection, unanswered
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    wait_for(lambda: s.request("GET", f"/v1/groups/{name}").status_code == 200)
+    created = wait_for(lambda: [e for e in all_entries(s) if e["action"] == "resource.create"
+                                and e["resource"]["name"] == name])
+    assert created[0]["outcome"] == "success" and created[0]["actor"]["user"] == "admin"
+
+
 def test_entries_are_canonical_and_secrets_never_appear(server):
     s = server
     secret_value = "s3cr3t-" + os.urandom(8).hex()

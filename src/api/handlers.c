@@ -249,7 +249,7 @@ typedef struct pending_write {
     api_route route;
     uint64_t started;
     char user[256];
-    char ip[INET6_ADDRSTRLEN];
+    api_origin origin; /* for the audit of the write after the client went away */
     json_t *input; /* owns the documents and strings the ops borrow */
     json_t *warnings; /* an apply's warnings (references to missing resources), or NULL */
     json_t *writer;   /* the caller's User, for the audit of a refusal by the store guard */
@@ -282,7 +282,7 @@ static pending_write *pending_write_new(h2o_req_t *req, api_route route, uint64_
     pw->route = route;
     pw->started = started;
     snprintf(pw->user, sizeof(pw->user), "%s", caller_name(c));
-    httpd_peer_ip(req, pw->ip, sizeof(pw->ip));
+    api_origin_of(req, &pw->origin);
     pw->input = json_incref(input);
     pw->writer = json_incref(c->user);
     pw->txn.ops = pw->ops;
@@ -368,12 +368,35 @@ static void report_write(const pending_write *pw, const store_op *op)
         return;
     const char *rv = json_string_value(json_object_get(json_object_get(op->result, "metadata"), "resourceVersion"));
     json_t *details = rv ? json_pack("{s:s}", "resourceVersion", rv) : NULL;
-    audit_event_emit(&(audit_event){.action = actions[op->action], .user = pw->user, .ip = pw->ip, .kind = op->kind,
+    audit_event_emit(&(audit_event){.action = actions[op->action], .user = pw->user, .ip = pw->origin.ip, .kind = op->kind,
                                     .name = op->name, .outcome = "success", .details = details});
     json_decref(details);
 }
 
-/* Answers a completed write on its event loop. */
+/* What a completed write leaves behind whether or not its client is still
+ * there: the audit events of what it applied (or of the store guard's
+ * refusal, audited as api_decide_writes() does), approval requests for
+ * new Jobs, a deleted Dataset's blob. Runs on the write's event loop. */
+static void settle_write(pending_write *pw)
+{
+    store_txn *txn = &pw->txn;
+    if (txn->error < 0) {
+        const store_op *op = &txn->ops[txn->failed_op];
+        if (txn->error == -EADDRINUSE && txn->guard)
+            api_report_decision_at(&pw->origin, &(caller){.user = pw->writer},
+                                   op->type == STORE_CREATE ? "create" : "update", op->kind, op->name,
+                                   &pw->claim_error);
+        return;
+    }
+    for (size_t i = 0; i < txn->n_ops; i++) {
+        report_write(pw, &txn->ops[i]);
+        api_job_written(pw->thread->server, &txn->ops[i]);
+    }
+    if (pw->route == ROUTE_DELETE && strcmp(txn->ops[0].kind, "Dataset") == 0)
+        api_dataset_deleted(pw->thread->server, pw->input);
+}
+
+/* Answers a completed write (settled first) on its event loop. */
 static void respond_write(pending_write *pw)
 {
     h2o_req_t *req = pw->req;
@@ -381,20 +404,14 @@ static void respond_write(pending_write *pw)
     if (txn->error < 0) {
         const store_op *op = &txn->ops[txn->failed_op];
         api_error err;
-        if (txn->error == -EADDRINUSE && txn->guard) { /* hosts_guard(): audited as api_decide_writes() does */
+        if (txn->error == -EADDRINUSE && txn->guard)
             err = pw->claim_error;
-            api_report_decision(req, &(caller){.user = pw->writer}, op->type == STORE_CREATE ? "create" : "update",
-                                op->kind, op->name, &err);
-        } else
+        else
             api_fail_store(&err, txn->error, op->kind, op->name);
         if (pw->route == ROUTE_APPLY)
             err.document = (long)txn->failed_op;
         api_respond_error(req, pw->route, pw->started, &err);
         return;
-    }
-    for (size_t i = 0; i < txn->n_ops; i++) {
-        report_write(pw, &txn->ops[i]);
-        api_job_written(pw->thread->server, &txn->ops[i]);
     }
     if (pw->route == ROUTE_APPLY) {
         json_t *items = json_array();
@@ -409,8 +426,6 @@ static void respond_write(pending_write *pw)
         api_respond_json(req, pw->route, pw->started, 200, body);
         json_decref(body);
     } else if (pw->route == ROUTE_DELETE) {
-        if (strcmp(txn->ops[0].kind, "Dataset") == 0)
-            api_dataset_deleted(pw->thread->server, pw->input);
         json_t *body = json_pack("{s:s, s:s, s:s}", "kind", txn->ops[0].kind, "name", txn->ops[0].name,
                                  "status", "deleted");
         api_respond_json(req, pw->route, pw->started, 200, body);
@@ -428,6 +443,7 @@ static void on_write_done(h2o_multithread_receiver_t *receiver, h2o_linklist_t *
         pending_write *pw = H2O_STRUCT_FROM_MEMBER(pending_write, msg.link, messages->next);
         h2o_linklist_unlink(&pw->msg.link);
         pw->thread->writes_in_flight--;
+        settle_write(pw);
         if (pw->req) {
             pw->anchor->pw = NULL;
             respond_write(pw);
@@ -560,7 +576,7 @@ static void seal_work(offload_job *j)
         if (op->type == STORE_DELETE)
             job->rc = api_kms_destroy_workspace_key(op->name, json_string_value(json_object_get(job->pw->input,
                                                                                               "workspaceKey")),
-                                                    job->pw->user, job->pw->ip, &job->err);
+                                                    job->pw->user, job->pw->origin.ip, &job->err);
         else
             job->rc = strcmp(op->kind, "Secret") == 0 ? api_kms_seal_secret(op->doc, &job->err)
                                                       : make_workspace_key(op, &job->err);

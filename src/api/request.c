@@ -129,21 +129,35 @@ void api_method_not_allowed(h2o_req_t *req, api_route route, uint64_t started, c
     api_respond_error(req, route, started, &err);
 }
 
-void api_report_decision(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
-                         const api_error *err)
+void api_origin_of(h2o_req_t *req, api_origin *o)
 {
-    char ip[INET6_ADDRSTRLEN];
-    httpd_peer_ip(req, ip, sizeof(ip));
+    httpd_peer_ip(req, o->ip, sizeof(o->ip));
+    snprintf(o->method, sizeof(o->method), "%.*s", (int)MIN(req->method.len, sizeof(o->method) - 1),
+             req->method.base);
+    snprintf(o->path, sizeof(o->path), "%.*s", (int)MIN(req->path_normalized.len, sizeof(o->path) - 1),
+             req->path_normalized.base);
+}
+
+void api_report_decision_at(const api_origin *o, const caller *c, const char *verb, const char *kind,
+                            const char *name, const api_error *err)
+{
     log_fields(LOG_LEVEL_INFO, "API request refused", "reason", err->message, "user", caller_name(c), "verb", verb,
-               "kind", kind, "name", name, "ip", ip, NULL);
-    json_t *details = json_pack("{s:s#, s:s#, s:i, s:s, s:{s:s, s:s, s:s}}", "method", req->method.base,
-                                (int)req->method.len, "path", req->path_normalized.base,
-                                (int)MIN(req->path_normalized.len, (size_t)1024), "status", err->status, "reason",
-                                err->message, "api", "verb", verb, "kind", kind, "name", name);
-    audit_event_emit(&(audit_event){.action = "api.access", .user = c->user ? caller_name(c) : NULL, .ip = ip,
+               "kind", kind, "name", name, "ip", o->ip, NULL);
+    json_t *details = json_pack("{s:s, s:s, s:i, s:s, s:{s:s, s:s, s:s}}", "method", o->method, "path", o->path,
+                                "status", err->status, "reason", err->message, "api", "verb", verb, "kind", kind,
+                                "name", name);
+    audit_event_emit(&(audit_event){.action = "api.access", .user = c->user ? caller_name(c) : NULL, .ip = o->ip,
                                     .kind = kind[0] ? kind : NULL, .name = name[0] ? name : NULL,
                                     .outcome = "denied", .details = details});
     json_decref(details);
+}
+
+void api_report_decision(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
+                         const api_error *err)
+{
+    api_origin o;
+    api_origin_of(req, &o);
+    api_report_decision_at(&o, c, verb, kind, name, err);
 }
 
 /* Fills ERR with the 403 of a refused decision; returns -1. */

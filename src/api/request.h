@@ -54,11 +54,22 @@ bool api_method_is(const h2o_req_t *req, const char *method);
 /* Reports a request refused before any decision (authentication failed) as
  * an audit event. */
 void api_report_refusal(h2o_req_t *req, const caller *c, const api_error *err);
+/* Where a request came from and what it asked, copied out of it (for an
+ * audit event after the client went away). */
+typedef struct api_origin {
+    char ip[INET6_ADDRSTRLEN];
+    char method[16];
+    char path[1025]; /* normalised, cut at 1024 bytes */
+} api_origin;
+void api_origin_of(h2o_req_t *req, api_origin *o);
 /* Reports a refused decision of VERB on KIND/NAME as an audit event
  * (action api.access, outcome denied, details.api {verb, kind, name}).
  * api_authorize() calls it for every refusal: callers do not. */
 void api_report_decision(h2o_req_t *req, const caller *c, const char *verb, const char *kind, const char *name,
                          const api_error *err);
+/* The same for the request O describes. */
+void api_report_decision_at(const api_origin *o, const caller *c, const char *verb, const char *kind,
+                            const char *name, const api_error *err);
 /* Refuses VERB on KIND/NAME by caller C whatever the policies say (a rule
  * no policy can lift): fills ERR with the 403 api_authorize() gives,
  * "<verb> <Kind>/<name> by user <u> is denied: REASON", reports it as
