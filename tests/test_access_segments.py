@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
-from conftest import access_records, manifest, run_cli
+from conftest import access_records, audit_entries, manifest, run_cli
 from proxied import Proxied
 
 
@@ -207,3 +208,111 @@ def test_the_log_writer_and_the_audit_role_run_behind_the_requests(gw):
     assert {n for (_, n) in threads("audit").values()} == {10}
     api = gw.s.role_pid("api")
     assert threads("api")[api][1] == 0, "the api role's own threads keep their priority"
+
+
+def head_entries(g, segment):
+    """The proxy.access entries committing heads of SEGMENT, in log order."""
+    return [e for e in audit_entries(g.s, "proxy.access") if e["details"].get("segment") == segment]
+
+
+def segment_of(g, rid):
+    return next(e["details"]["segment"] for (e, rec) in access_records(g.s) if rec["requestId"] == rid)
+
+
+def test_a_segment_the_audit_role_holds_whole_leaves_the_proxys_spool(gw):
+    """The proxy's segment file is a spool: once a segment is rotated (2 MiB)
+    and the audit role has stored its last bytes and appended its closing
+    head, the proxy removes its file; the role's copy verifies, and the
+    thread goes on in its next segment, whose file the proxy keeps."""
+    session = requests.Session()  # one connection: one proxy thread, one segment
+    headers = {"Host": "wiki.localhost", "Authorization": f"Bearer {gw.alice}"}
+    url = f"http://127.0.0.1:{gw.http_port}/docs/{'r' * 1000}-"  # ~1.3 KB per line
+
+    def get(i):
+        r = session.get(f"{url}{i}", headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        return upstream_request_id(r)
+
+    first = get(0)
+    committed(gw, first)
+    segment = segment_of(gw, first)
+    spool = gw.s.data_dir / "proxy" / "access"
+    assert (spool / segment).exists()
+    last = first
+    for i in range(1, 2000):  # 2 MiB are ~1,650 such lines: the segment closes on the way
+        last = get(i)
+    committed(gw, last)
+    closing = [e for e in head_entries(gw, segment) if e["details"]["closed"]]
+    assert len(closing) == 1, head_entries(gw, segment)
+    held = gw.s.data_dir / "audit" / "access" / segment
+    assert held.stat().st_size > 2 * 1024 * 1024 - 4096
+    assert len(held.read_bytes().splitlines()) == closing[0]["details"]["records"]
+    deadline = time.time() + 10  # removed by the delivery thread right after the role's answer
+    while (spool / segment).exists():
+        assert time.time() < deadline, f"the proxy kept {segment} after the audit role held it whole"
+        time.sleep(0.05)
+    following = segment_of(gw, last)
+    assert following != segment and following.startswith(segment[:16]) and (spool / following).exists()
+    out = cli(gw, "audit", "verify")
+    assert out.returncode == 0, out
+
+
+def test_other_bytes_at_a_stored_offset_are_refused_and_the_proxy_keeps_its_file(tmp_path_factory):
+    """The audit role acknowledges bytes it already holds only when they are
+    the same (a retried delivery): other bytes at a stored offset are refused
+    (409), so the proxy keeps its own file of that segment, even once the
+    segment is closed at shutdown, and verify names the segment."""
+    g = Proxied(tmp_path_factory.mktemp("segments-planted") / "data")
+    stopped = False
+    try:
+        session = requests.Session()
+        headers = {"Host": "wiki.localhost", "Authorization": f"Bearer {g.alice}"}
+        url = f"http://127.0.0.1:{g.http_port}/docs/planted-"
+        r = session.get(url + "0", headers=headers, timeout=10)
+        first = upstream_request_id(r)
+        committed(g, first)
+        segment = segment_of(g, first)
+        held = g.s.data_dir / "audit" / "access" / segment
+        # what the role holds is changed in place (same owner), longer than what the proxy has sent so far
+        held.write_bytes(b"0" * 64 + b' ["planted"]\n' + b"x" * (held.stat().st_size + 200) + b"\n")
+        r = session.get(url + "1", headers=headers, timeout=10)
+        second = upstream_request_id(r)
+        deadline = time.time() + 15
+        while "the audit role refused an access-log segment's bytes" not in g.s.read_log():
+            assert time.time() < deadline, "the role took other bytes at an offset it holds"
+            time.sleep(0.1)
+        assert "the segment already holds other bytes at this offset" in g.s.read_log()
+        out = run_cli(g.s, "audit", "verify", env_extra={"CLOISTER_TOKEN": g.s.token})
+        assert out.returncode == 1 and f"segment {segment}, record 0" in out.stderr, out
+        g.stop()
+        stopped = True
+        kept = g.s.data_dir / "proxy" / "access" / segment
+        assert kept.exists() and second.encode() in kept.read_bytes(), "the proxy's file is the only good copy"
+    finally:
+        if not stopped:
+            g.stop()
+
+
+def test_records_of_the_last_second_before_a_stop_reach_the_audit_role(tmp_path_factory):
+    """On SIGTERM the supervisor stops the audit role last, once the other
+    roles have exited: the proxy's pending records (flushed at most a second
+    after they are written) are delivered with each segment's closing head
+    instead of being logged in the log's place, and the proxy's spool is
+    left empty."""
+    g = Proxied(tmp_path_factory.mktemp("segments-stop") / "data")
+    try:
+        rid = upstream_request_id(g.get("/docs/just-before-the-stop", g.alice))
+        g.s.stop()  # at once: the record is still pending in its thread
+        log = g.s.read_log()
+        log = log[log.rindex("stopping every role"):]
+        assert "audit event not delivered" not in log and "cannot deliver audit events" not in log, log[-3000:]
+        assert list((g.s.data_dir / "proxy" / "access").iterdir()) == []
+        g.s.start()
+        got = [rec for (_, rec) in access_records(g.s) if rec["requestId"] == rid]
+        assert [rec["path"] for rec in got] == ["/docs/just-before-the-stop"]
+        segment = segment_of(g, rid)
+        assert head_entries(g, segment)[-1]["details"]["closed"] is True
+        out = run_cli(g.s, "audit", "verify", env_extra={"CLOISTER_TOKEN": g.s.token})
+        assert out.returncode == 0, out
+    finally:
+        g.stop()

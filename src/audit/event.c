@@ -39,6 +39,8 @@ typedef struct queued_entry {
     bool chunk_stored;  /* the role has them (a retried batch does not send them again) */
     bool chunk_refused; /* the role refused them for good: not durable, as if logged */
     char segment[SEGMENT_ID_MAX + 1];
+    void (*delivered)(void *userdata, const char *segment); /* NULL, or told once chunk and entry are stored */
+    void *userdata;
 } queued_entry;
 
 static struct {
@@ -142,9 +144,11 @@ void audit_event_emit(const audit_event *ev)
 }
 
 int audit_event_emit_segment(const char *segment, uint64_t offset, const char *chunk, size_t len,
-                             const audit_event *head)
+                             const audit_event *head, void (*delivered)(void *userdata, const char *segment),
+                             void *userdata)
 {
-    queued_entry e = {.chunk = malloc(len ? len : 1), .chunk_len = len, .offset = offset};
+    queued_entry e = {.chunk = malloc(len ? len : 1), .chunk_len = len, .offset = offset, .delivered = delivered,
+                      .userdata = userdata};
     if (!e.chunk || !segment_id_valid(segment, strlen(segment)) || !(e.text = entry_text(head, &e.len))) {
         free(e.chunk);
         atomic_fetch_add(&dropped, 1);
@@ -246,6 +250,18 @@ static int send_batch(audit_client *c, size_t n)
     return status >= 400 && status < 500 ? 0 : -EPROTO;
 }
 
+/* Tells the producers of the first N queued entries, just acknowledged,
+ * that their segment bytes and heads are stored (the entries are stable
+ * until this thread pops them, so without the lock). */
+static void tell_delivered(size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const queued_entry *e = &q.ring[(q.head + i) % QUEUE_MAX];
+        if (e->delivered && e->chunk_stored && !e->chunk_refused)
+            e->delivered(e->userdata, e->segment);
+    }
+}
+
 /* How many head entries fit one batch. Called with the lock held. */
 static size_t batch_size(void)
 {
@@ -292,6 +308,8 @@ static void *sender_main(void *arg)
         size_t n = batch_size();
         pthread_mutex_unlock(&q.lock);
         int r = send_batch(c, n);
+        if (r == 1)
+            tell_delivered(n);
         pthread_mutex_lock(&q.lock);
         atomic_store(&failing, r < 0);
         if (r >= 0) {

@@ -31,11 +31,16 @@ void audit_event_emit(const audit_event *ev);
  * audit/segment.h) at byte OFFSET, followed by HEAD, the entry committing
  * the segment's chain head: the audit role stores the bytes (in its own
  * subtree) before it appends the entry. Safe from any thread; never blocks.
- * Returns 0, or -ENOBUFS when not queued (delivery not started, the queue
- * full, a bad id or entry: logged): the caller starts a new segment, since
- * the role takes a segment's bytes only in order. */
+ * DELIVERED, when not NULL, is called on the delivery thread with USERDATA
+ * and SEGMENT once the role has stored these bytes and appended HEAD (for
+ * a segment's last bytes: the role then holds all of it); never when they
+ * are refused or logged instead. Returns 0, or -ENOBUFS when not queued
+ * (delivery not started, the queue full, a bad id or entry: logged): the
+ * caller starts a new segment, since the role takes a segment's bytes only
+ * in order. */
 int audit_event_emit_segment(const char *segment, uint64_t offset, const char *chunk, size_t len,
-                             const audit_event *head);
+                             const audit_event *head, void (*delivered)(void *userdata, const char *segment),
+                             void *userdata);
 
 /* Starts the background thread that delivers queued events in batches to the
  * audit role listening on SOCKET_PATH. Returns 0 or a negative errno. */

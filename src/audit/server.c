@@ -496,10 +496,31 @@ static bool segment_query(h2o_req_t *req, char id[SEGMENT_ID_MAX + 1], uint64_t 
     return vlen > 7 && memcmp(v, "offset=", 7) == 0 && audit_parse_index(v + 7, vlen - 7, offset) == 0;
 }
 
-/* Stores the proxy's segment bytes at their offset in the role's own copy:
- * bytes it already has are acknowledged again (a retried delivery), a gap
- * (an offset past the stored size) is refused with 409. Returns after
- * fdatasync: the head entry that follows may name these records. */
+/* Whether the LEN bytes stored in FD at OFFSET are DATA: 1 when they are,
+ * 0 when not, a negative errno when they cannot be read. */
+static int stored_bytes_match(int fd, uint64_t offset, const char *data, size_t len)
+{
+    char buf[16384];
+    while (len > 0) {
+        ssize_t n = pread(fd, buf, MIN(len, sizeof(buf)), (off_t)offset);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        if (memcmp(buf, data, (size_t)n) != 0)
+            return 0;
+        data += n, offset += (uint64_t)n, len -= (size_t)n;
+    }
+    return 1;
+}
+
+/* Stores the proxy's segment bytes at their offset in the role's own copy.
+ * Bytes it already has are acknowledged again when they are the same and
+ * the copy ends with them (a retried delivery), and refused with 409 when
+ * not; a gap (an offset past the stored size) is refused with 409. So an
+ * answer of 200 means the copy ends with exactly these bytes, as the
+ * proxy's file does. Returns after fdatasync: the head entry that follows
+ * may name these records. */
 static void handle_segment_put(audit_role *r, h2o_req_t *req)
 {
     char id[SEGMENT_ID_MAX + 1], path[4300];
@@ -518,7 +539,7 @@ static void handle_segment_put(audit_role *r, h2o_req_t *req)
     }
     snprintf(path, sizeof(path), "%s/%s", r->segments, id);
     /* a segment starts at offset 0: anything else of an unknown one is a gap */
-    int fd = open(path, O_WRONLY | O_CLOEXEC | (offset == 0 ? O_CREAT : 0), 0600);
+    int fd = open(path, O_RDWR | O_CLOEXEC | (offset == 0 ? O_CREAT : 0), 0600);
     struct stat st = {0};
     int e = fd < 0 && errno != ENOENT ? -errno : fd >= 0 && fstat(fd, &st) < 0 ? -errno : 0;
     uint64_t size = e == 0 ? (uint64_t)st.st_size : 0, end = offset + req->entity.len;
@@ -527,6 +548,21 @@ static void handle_segment_put(audit_role *r, h2o_req_t *req)
             close(fd);
         send_error(req, 409, "conflict", "the segment's bytes must arrive in order (a gap before this offset)");
         return;
+    }
+    /* a retried delivery ends where the copy ends: bytes past END, or other
+     * bytes before it, are not what the proxy sent */
+    int same = e == 0 && size > end ? 0
+               : e == 0 && offset < size ? stored_bytes_match(fd, offset, req->entity.base, size - offset)
+                                         : 1;
+    if (same <= 0) {
+        close(fd);
+        if (same == 0) {
+            send_error(req, 409, "conflict",
+                       "the segment already holds other bytes at this offset (only a retried delivery may repeat "
+                       "stored bytes)");
+            return;
+        }
+        e = same;
     }
     if (e == 0 && end > size) {
         const char *from = req->entity.base + (size - offset);

@@ -1,7 +1,8 @@
 /* cloisterd: the supervising parent. Prepares the data dir (cluster CA,
  * server certificates, bootstrap identity), then forks one process per role
  * from the role table, restarts a role that dies with exponential backoff, and
- * on SIGTERM stops every role and exits 0. */
+ * on SIGTERM stops every role and exits 0: the audit role last, once the
+ * others have delivered their final events to it. */
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
@@ -57,6 +58,14 @@ static const role_def roles[] = {
 #define BACKOFF_MAX_NS (30 * NSEC_PER_SEC)
 #define STABLE_RUN_NS (60 * NSEC_PER_SEC)
 #define STOP_TIMEOUT_NS (15 * NSEC_PER_SEC)
+
+/* Whether role I is stopped only after every other role has exited: the
+ * audit role, which takes the others' last events (a proxy's final access
+ * records, an api role's last writes) while they stop. */
+static bool stops_last(size_t i)
+{
+    return strcmp(roles[i].name, "audit") == 0;
+}
 
 /* Started as root: each role's system user (privsep_prepare), else unused. */
 static privsep_ids role_ids[N_ROLES];
@@ -838,7 +847,7 @@ static int supervise(const daemon_config *cfg, role_table *table)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGCHLD);
-    bool stopping = false, announced = false;
+    bool stopping = false, announced = false, last_signalled = false;
     uint64_t stop_deadline = 0;
     for (;;) {
         if (!announced) {
@@ -860,7 +869,7 @@ static int supervise(const daemon_config *cfg, role_table *table)
             stopping = true;
             stop_deadline = now + STOP_TIMEOUT_NS;
             for (size_t i = 0; i < N_ROLES; i++)
-                if (procs[i].pid > 0)
+                if (procs[i].pid > 0 && !stops_last(i))
                     kill(procs[i].pid, SIGTERM);
         }
         /* reap whatever exited */
@@ -893,14 +902,23 @@ static int supervise(const daemon_config *cfg, role_table *table)
             }
         }
         if (stopping) {
-            bool any = false;
-            for (size_t i = 0; i < N_ROLES; i++)
+            bool any = false, others = false;
+            for (size_t i = 0; i < N_ROLES; i++) {
                 any = any || procs[i].pid > 0;
+                others = others || (procs[i].pid > 0 && !stops_last(i));
+            }
             if (!any)
                 return 0;
+            if (!others && !last_signalled) { /* the others are gone: their last events were delivered */
+                last_signalled = true;
+                stop_deadline = now + STOP_TIMEOUT_NS;
+                for (size_t i = 0; i < N_ROLES; i++)
+                    if (procs[i].pid > 0)
+                        kill(procs[i].pid, SIGTERM);
+            }
             if (now > stop_deadline) {
                 for (size_t i = 0; i < N_ROLES; i++)
-                    if (procs[i].pid > 0) {
+                    if (procs[i].pid > 0 && (last_signalled || !stops_last(i))) {
                         log_fields(LOG_LEVEL_WARN, "role did not stop in time; killing it", "role", roles[i].name, NULL);
                         kill(procs[i].pid, SIGKILL);
                     }

@@ -138,6 +138,8 @@ typedef struct access_batch {
     char id[SEGMENT_ID_MAX + 1];
     json_t *details;  /* of the head entry (taken) */
     const char *outcome;
+    bool closing;     /* the segment's last bytes: once the role holds them, the file goes */
+    const char *dir;  /* the proxy's segment directory (the process's settings) */
     uint64_t number;  /* 1, 2, ... in the order handed over */
 } access_batch;
 
@@ -152,6 +154,18 @@ static struct {
     uint64_t handed, finished; /* batch numbers */
 } writer = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER,
             .once = PTHREAD_ONCE_INIT};
+
+/* The audit role holds the whole of SEGMENT (its last bytes stored, its
+ * closing head appended): the proxy's file in DIR, a spool until now, is
+ * removed. Runs on the audit delivery thread. */
+static void segment_delivered(void *dir, const char *segment)
+{
+    char path[4400];
+    if ((size_t)snprintf(path, sizeof(path), "%s/%s", (const char *)dir, segment) < sizeof(path) &&
+        unlink(path) < 0 && errno != ENOENT)
+        log_fields(LOG_LEVEL_WARN, "cannot remove a delivered access-log segment from the proxy's spool", "path",
+                   path, "error", strerror(errno), NULL);
+}
 
 /* Writes B's lines to its file (durably, then dropped from the page cache)
  * and queues them with their head: the flush's work, off the loop. Gives
@@ -168,7 +182,8 @@ static void batch_run(access_batch *b)
         posix_fadvise(b->fd, (off_t)b->offset, (off_t)b->len, POSIX_FADV_DONTNEED);
     r = b->details ? audit_event_emit_segment(b->id, b->offset, b->data, b->len,
                                               &(audit_event){.action = "proxy.access", .kind = "Service",
-                                                             .outcome = b->outcome, .details = b->details})
+                                                             .outcome = b->outcome, .details = b->details},
+                                              b->closing && b->dir ? segment_delivered : NULL, (void *)b->dir)
                    : -ENOMEM;
     if (r < 0) /* the role takes a segment's bytes only in order: the next ones go to a new segment */
         atomic_store(&b->log->rotate, true);
@@ -266,7 +281,9 @@ static uint64_t access_flush(access_log *l, bool closing)
     if (h2o_timeout_is_linked(&l->flush_entry))
         h2o_timeout_unlink(&l->flush_entry);
     uint64_t number = 0;
-    if (l->pending_len > 0) {
+    /* a segment with records is closed by a head even when none is pending:
+     * the role then holds all of it, and the proxy's spool file goes */
+    if (l->pending_len > 0 || (closing && l->chain.ctx && l->chain.count > 0)) {
         char head[SEGMENT_HEX_LEN + 1];
         hex_encode(l->chain.value, SEGMENT_DIGEST_LEN, head);
         uint64_t count = l->chain.count - l->first;
@@ -281,7 +298,8 @@ static uint64_t access_flush(access_log *l, bool closing)
             b = &local;
         *b = (access_batch){.log = l, .fd = l->fd >= 0 ? fcntl(l->fd, F_DUPFD_CLOEXEC, 0) : -1, .data = l->pending,
                             .len = l->pending_len, .offset = l->size,
-                            .outcome = l->denied ? "denied" : l->failed ? "failure" : "success"};
+                            .outcome = l->denied ? "denied" : l->failed ? "failure" : "success",
+                            .closing = closing, .dir = l->t->settings->access_dir};
         if (l->fd >= 0 && b->fd < 0)
             log_fields(LOG_LEVEL_ERROR, "cannot write the access-log segment; its records go to the audit role only",
                        "segment", l->id, "error", strerror(errno), NULL);
@@ -347,7 +365,7 @@ void proxy_access_dispose(proxy_thread *t)
     if (!l)
         return;
     l->stopping = true;
-    access_flush(l, l->pending_len > 0);
+    access_flush(l, true);
     h2o_timeout_dispose(t->ctx->loop, &l->timeout);
     t->access = NULL;
     if (writer_wait(l->last_batch, ACCESS_DRAIN_TIMEOUT_MS) < 0) { /* the writer still holds L: left to it */
