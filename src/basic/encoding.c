@@ -13,6 +13,55 @@ void hex_encode(const uint8_t *in, size_t n, char *out)
     out[2 * n] = 0;
 }
 
+size_t json_escape_some(const char **s, char *out, size_t size)
+{
+    static const char hexdig[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)*s;
+    size_t n = 0;
+    while (*p) {
+        /* the bytes that need no escape, copied as one run */
+        size_t run = 0;
+        while (p[run] >= 0x20 && p[run] != 0x7f && p[run] != '"' && p[run] != '\\')
+            run++;
+        if (run) {
+            run = run < size - n ? run : size - n;
+            memcpy(out + n, p, run);
+            n += run, p += run;
+            if (n == size)
+                break;
+            continue;
+        }
+        char esc[6] = {'\\', 0};
+        size_t len = 2;
+        switch (*p) {
+        case '"':
+        case '\\':
+            esc[1] = (char)*p;
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default: /* the other control bytes */
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hexdig[*p >> 4];
+            esc[5] = hexdig[*p & 15];
+            len = 6;
+        }
+        if (size - n < len)
+            break;
+        memcpy(out + n, esc, len);
+        n += len, p++;
+    }
+    *s = (const char *)p;
+    return n;
+}
+
 int hex_digit_value(char c)
 {
     if (c >= '0' && c <= '9')

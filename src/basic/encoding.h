@@ -29,5 +29,12 @@ long base64_decode(const char *in, size_t in_len, uint8_t *out, size_t out_cap, 
 size_t base64_encode_unpadded(const uint8_t *in, size_t n, char *out);
 long base64_decode_unpadded(const char *in, size_t in_len, uint8_t *out, size_t out_cap);
 
+/* The JSON string escapes, in one place: the bytes of NUL-terminated *S
+ * escaped for the inside of a JSON string literal ('"', '\\' and control
+ * bytes as \n, \r, \t or \u00XX; other bytes as they are) into OUT, as
+ * many whole escapes as fit its SIZE bytes. Returns the bytes written and
+ * moves *S past what they encode (to its NUL when all of it fit). */
+size_t json_escape_some(const char **s, char *out, size_t size);
+
 /* True when the N bytes are equal; time depends only on N. */
 bool memeq_consttime(const void *a, const void *b, size_t n);

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "basic/encoding.h"
+
 
 
 void strbuf_init(strbuf *b, size_t max)
@@ -157,39 +159,11 @@ int strbuf_printf(strbuf *b, const char *fmt, ...)
 
 int strbuf_put_json_string(strbuf *b, const char *s)
 {
-    static const char hexdig[] = "0123456789abcdef";
     int r = strbuf_putc(b, '"');
-    for (const unsigned char *p = (const unsigned char *)s; r == 0 && *p; p++) {
-        /* the bytes that need no escape, appended as one run */
-        size_t run = 0;
-        while (p[run] >= 0x20 && p[run] != 0x7f && p[run] != '"' && p[run] != '\\')
-            run++;
-        if (run) {
-            r = strbuf_append(b, p, run);
-            p += run - 1;
-            continue;
-        }
-        switch (*p) {
-        case '"':
-            r = strbuf_puts(b, "\\\"");
-            break;
-        case '\\':
-            r = strbuf_puts(b, "\\\\");
-            break;
-        case '\n':
-            r = strbuf_puts(b, "\\n");
-            break;
-        case '\r':
-            r = strbuf_puts(b, "\\r");
-            break;
-        case '\t':
-            r = strbuf_puts(b, "\\t");
-            break;
-        default: { /* the other control bytes */
-            char esc[7] = {'\\', 'u', '0', '0', hexdig[*p >> 4], hexdig[*p & 15], 0};
-            r = strbuf_puts(b, esc);
-        }
-        }
+    while (r == 0 && *s) {
+        char chunk[512];
+        size_t n = json_escape_some(&s, chunk, sizeof(chunk));
+        r = strbuf_append(b, chunk, n);
     }
     if (r == 0)
         r = strbuf_putc(b, '"');

@@ -90,6 +90,31 @@ Test(encoding, hex_round_trip_and_rejects_bad_digits)
     cr_assert_eq(hex_decode("00ab", 4, out, 4), -EINVAL);
 }
 
+/* The JSON escapes, and output buffers of every size: only whole escapes
+ * are written, and the input moves past exactly what they encode. */
+Test(encoding, json_escape_some_whole_escapes)
+{
+    const char *in = "a\"b\\c\n\r\t\x01\x1f\x7f \xc3\xa9/";
+    const char *want = "a\\\"b\\\\c\\n\\r\\t\\u0001\\u001f\\u007f \xc3\xa9/";
+    char out[64];
+    const char *s = in;
+    size_t n = json_escape_some(&s, out, sizeof(out));
+    cr_assert_eq(*s, 0);
+    cr_assert_eq(n, strlen(want));
+    cr_assert_eq(memcmp(out, want, n), 0);
+    for (size_t size = 0; size < strlen(want); size++) {
+        s = in;
+        n = json_escape_some(&s, out, size);
+        cr_assert(n <= size && memcmp(out, want, n) == 0, "size %zu", size);
+        const char *rest = s;
+        char tail[64];
+        size_t m = json_escape_some(&rest, tail, sizeof(tail)); /* the rest completes it */
+        cr_assert_eq(n + m, strlen(want), "size %zu", size);
+        cr_assert_eq(memcmp(tail, want + n, m), 0, "size %zu", size);
+        cr_assert(s > in || size < 1, "size %zu: no progress", size);
+    }
+}
+
 /* RFC 4648 section 10 test vectors. */
 Test(encoding, base64_rfc4648_vectors)
 {

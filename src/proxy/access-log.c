@@ -402,50 +402,17 @@ static void put_bytes(record_writer *w, const char *s, size_t n)
     w->p += n;
 }
 
-/* S as a JSON string, escaped as strbuf_put_json_string() does: '"', '\\'
- * and control bytes (as \n, \r, \t or \u00XX); other bytes as they are. */
+/* S as a JSON string (json_escape_some(), as strbuf_put_json_string()). */
 static void put_string(record_writer *w, const char *s)
 {
-    static const char hexdig[] = "0123456789abcdef";
     char *p = w->p, *end = w->end;
-    if (p == end) {
+    if (end - p < 2) {
         w->over = true;
         return;
     }
     *p++ = '"';
-    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
-        if (end - p < 7) { /* the longest escape and the closing quote */
-            w->over = true;
-            return;
-        }
-        unsigned char b = *c;
-        if (b >= 0x20 && b != 0x7f && b != '"' && b != '\\') {
-            *p++ = (char)b;
-            continue;
-        }
-        *p++ = '\\';
-        switch (b) {
-        case '"':
-        case '\\':
-            *p++ = (char)b;
-            break;
-        case '\n':
-            *p++ = 'n';
-            break;
-        case '\r':
-            *p++ = 'r';
-            break;
-        case '\t':
-            *p++ = 't';
-            break;
-        default:
-            memcpy(p, "u00", 3);
-            p[3] = hexdig[b >> 4];
-            p[4] = hexdig[b & 15];
-            p += 5;
-        }
-    }
-    if (p == end) {
+    p += json_escape_some(&s, p, (size_t)(end - p) - 1); /* room kept for the closing quote */
+    if (*s) {
         w->over = true;
         return;
     }
