@@ -3,6 +3,10 @@
 # in one run, all proxying to the same static upstream (an nginx, 2 workers,
 # serving a 612-byte index.html on loopback; upstream keep-alive everywhere):
 #   nginx       nginx proxy_pass, no auth (keepalive 64, proxy_http_version 1.1)
+#   nginx-log   the same nginx proxy_pass writing an access log line per request
+#               (combined format, buffer=512k flush=1s: buffered, not synced,
+#               not chained, kept on the machine): what a log costs nginx,
+#               beside Cloister's durable, chained, shipped records
 #   haproxy     HAProxy 2.6, no auth (http-reuse always)
 #   nginx-auth  nginx auth_request: each request first makes a subrequest, over
 #               a keep-alive pool, to an auth server that answers 204 when an
@@ -35,7 +39,9 @@
 # Reading the output: the table, then per worker count and protocol the
 # ratios DESIGN.md and issue 15 set targets for -- cloister / nginx
 # proxy_pass req/s >= 1.0 (must, 1 worker), cloister / the faster of nginx and
-# HAProxy >= 1.0 (aim), cloister p99 / nginx p99 <= 1.2 -- then CPU per
+# HAProxy >= 1.0 (aim), cloister p99 / nginx p99 <= 1.2 -- with, for
+# information, cloister / nginx auth_request and / nginx with its access log
+# (neither is a target: the targets are against nginx with no log) -- then CPU per
 # request per role, syscalls per request, KiB per idle connection (<= 8), and
 # a SUMMARY line. A row marked "!" had non-2xx answers or socket errors in
 # some round: its figures do not count.
@@ -180,7 +186,8 @@ auth="auth_request /_auth;
 # TLS 1.3 like the others (Debian's nginx 1.22 offers only up to TLS 1.2 unless told)
 tls="ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem; ssl_protocols TLSv1.2 TLSv1.3;"
 for w in 1 2; do
-    auth_port=$(free_port) a=$(free_port) b=$(free_port) at=$(free_port) bt=$(free_port)
+    auth_port=$(free_port) a=$(free_port) b=$(free_port) at=$(free_port) bt=$(free_port) l=$(free_port) lt=$(free_port)
+    logged="access_log $work/nginx$w-access.log combined buffer=512k flush=1s;"
     nginx_start "nginx$w" "$w" "
     upstream static { server 127.0.0.1:$up_port; keepalive 64; keepalive_requests 100000000; keepalive_timeout 300s; }
     upstream authserver { server 127.0.0.1:$auth_port; keepalive 64; keepalive_requests 100000000; keepalive_timeout 300s; }
@@ -190,11 +197,14 @@ for w in 1 2; do
     server { listen 127.0.0.1:$a; location / { $pass } }
     server { listen 127.0.0.1:$b; location / { $pass } $auth }
     server { listen 127.0.0.1:$at ssl; $tls location / { $pass } }
-    server { listen 127.0.0.1:$bt ssl; $tls location / { $pass } $auth }" "$a"
+    server { listen 127.0.0.1:$bt ssl; $tls location / { $pass } $auth }
+    server { listen 127.0.0.1:$l; $logged location / { $pass } }
+    server { listen 127.0.0.1:$lt ssl; $tls $logged location / { $pass } }" "$a"
     workers=$(pgrep -P "${peer_pids[-1]}" | sed 's/^/nginx=/' | paste -sd' ')
     url[nginx-$w-http]=http://127.0.0.1:$a/index.html url[nginx-$w-tls]=https://127.0.0.1:$at/index.html
     url[nginx-auth-$w-http]=http://127.0.0.1:$b/index.html url[nginx-auth-$w-tls]=https://127.0.0.1:$bt/index.html
-    for p in http tls; do serving[nginx-$w-$p]=$workers serving[nginx-auth-$w-$p]=$workers; done
+    url[nginx-log-$w-http]=http://127.0.0.1:$l/index.html url[nginx-log-$w-tls]=https://127.0.0.1:$lt/index.html
+    for p in http tls; do serving[nginx-$w-$p]=$workers serving[nginx-auth-$w-$p]=$workers serving[nginx-log-$w-$p]=$workers; done
     [ "$w" = 1 ] && { nginx1_http=$a nginx1_worker=${workers#nginx=}; }
 
     h=$(free_port) ht=$(free_port)
@@ -324,7 +334,7 @@ measure() {
     wrk -t"$threads" -c50 -d"${secs}s" --latency "${h[@]}" "${url[$1]}" >"$work/$1.$2.txt"
     cpu_ticks "${serving[$1]}" >>"$work/$1.$2.cpu"
 }
-peers=(nginx haproxy nginx-auth "${cloisters[@]}")
+peers=(nginx nginx-log haproxy nginx-auth "${cloisters[@]}")
 ids=()
 for w in 1 2; do for p in http tls; do for c in "${peers[@]}"; do ids+=("$c-$w-$p"); done; done; done
 echo "== wrk -c50 keep-alive (-t1 at 1 worker, -t2 at 2), 1 s warm-up + ${secs}s each, $rounds interleaved rounds, medians"
@@ -372,7 +382,8 @@ echo
 report=$($py - "$work" "$rounds" "$(getconf CLK_TCK)" "${ids[@]}" <<'EOF'
 import re, statistics, sys
 work, rounds, hz, ids = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-label = {"nginx": "nginx proxy_pass, no auth", "haproxy": "HAProxy, no auth",
+label = {"nginx": "nginx proxy_pass, no auth", "nginx-log": "nginx proxy_pass + access_log",
+         "haproxy": "HAProxy, no auth",
          "nginx-auth": "nginx auth_request (204 auth)", "cloister": "cloister: token + 10 rules + log",
          "baseline": "baseline build: the same"}
 baseline = any(i.startswith("baseline-") for i in ids)
@@ -414,21 +425,23 @@ for i in ids:
 summary = []
 if any(i.startswith("cloister-") for i in ids):
     print()
-    print("%-7s %-5s %12s %12s %12s %12s %12s" % ("workers", "proto", "/proxy_pass", "/faster peer", "/auth_req",
-                                                  "p99/nginx", "p99/faster") + ("  %12s %12s" % (
+    print("%-7s %-5s %12s %12s %12s %12s %12s %12s" % ("workers", "proto", "/proxy_pass", "/faster peer",
+                                                       "/auth_req", "/nginx+log", "p99/nginx", "p99/faster") + (
+                                                       "  %12s %12s" % (
                                                   "/baseline", "CPU/baseline") if baseline else ""))
     for w in "12":
         for p in ("http", "tls"):
-            cl, ng, hp, au = (res[f"{c}-{w}-{p}"] for c in ("cloister", "nginx", "haproxy", "nginx-auth"))
+            cl, ng, hp, au, nl = (res[f"{c}-{w}-{p}"] for c in ("cloister", "nginx", "haproxy", "nginx-auth",
+                                                                  "nginx-log"))
             faster = ng if ng["rate"] >= hp["rate"] else hp
             r = (cl["rate"] / ng["rate"], cl["rate"] / faster["rate"], cl["rate"] / au["rate"],
-                 cl["p99"] / ng["p99"], cl["p99"] / faster["p99"])
+                 cl["rate"] / nl["rate"], cl["p99"] / ng["p99"], cl["p99"] / faster["p99"])
             extra = ""
             if baseline:
                 b = res[f"baseline-{w}-{p}"]
                 extra = "  %12.2f %12.2f" % (cl["rate"] / b["rate"], sum(cl["cpu"].values()) / sum(b["cpu"].values()))
-            print("%-7s %-5s %12.2f %12.2f %12.2f %12.2f %12.2f" % ((w, p) + r) + extra)
-            summary.append("%sw %s %.2f/%.2f p99 %.2f" % (w, p, r[0], r[1], r[3]))
+            print("%-7s %-5s %12.2f %12.2f %12.2f %12.2f %12.2f %12.2f" % ((w, p) + r) + extra)
+            summary.append("%sw %s %.2f/%.2f p99 %.2f" % (w, p, r[0], r[1], r[4]))
     print("targets: req/s / nginx proxy_pass >= 1.0 and p99 / nginx <= 1.2 at 1 worker (must);"
           " / the faster of nginx and HAProxy >= 1.0 at 1 and 2 workers (aim)")
     print()
