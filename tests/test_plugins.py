@@ -184,6 +184,36 @@ def test_request_log_out_of_process_writes_to_the_runners_log(cluster):
     assert lines and lines[0]["service"] == "log-out" and lines[0]["user"] == "alice"
 
 
+def test_a_hanging_log_plugin_does_not_hold_the_proxy_thread(cluster):
+    """An out-of-process log-phase call runs on the plugin pool, detached
+    from its request (nothing waits for its answer): with one proxy thread,
+    a plugin that never answers in the log phase delays neither the next
+    request to its Service nor another Service's, and its timeout is still
+    counted once it passes."""
+    c = cluster
+    hang_ms = 3000
+    c.service("slow-log", [{"name": "hang", "phase": "log", "failure": "open", "timeoutMs": hang_ms}])
+    c.service("quick-log", [])
+    c.wait("slow-log", lambda r: r.status_code == 200, path="/configured")
+    c.wait("quick-log", lambda r: r.status_code == 200)
+    started = time.time()
+    for i in range(3):  # each request's log call hangs for timeoutMs: on the loop, the next would wait for it
+        assert c.get("slow-log", f"/logged-{i}").status_code == 200
+        assert c.get("quick-log", f"/after-{i}").status_code == 200
+    took = time.time() - started
+    assert took < hang_ms / 1000, f"requests waited for the hanging log calls: {took:.1f}s for 6 requests"
+
+    def timeouts():
+        m = requests.get(c.s.url + "/metrics", verify=c.s.ca, headers={"Authorization": f"Bearer {c.s.token}"}).text
+        return sum(int(line.split()[-1]) for line in m.splitlines()
+                   if line.startswith("cloister_plugin_calls_total{") and 'plugin="hang"' in line
+                   and 'phase="log"' in line and 'outcome="timeout"' in line)
+    deadline = time.time() + 30
+    while timeouts() < 4:  # the configuration probe's and these three
+        assert time.time() < deadline, f"the log calls' timeouts were not counted ({timeouts()})"
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("plugin,failure,want", [
     ("crash", "open", 200), ("crash", "closed", 503), ("hang", "open", 200), ("hang", "closed", 503)])
 def test_failing_plugins_fail_open_or_closed(cluster, plugin, failure, want):

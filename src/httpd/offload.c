@@ -195,17 +195,19 @@ static void anchor_dispose(void *p)
 int offload_submit(offload_pool *p, offload_loop *l, h2o_req_t *req, offload_job *job)
 {
     /* anchored first: a refused job leaves an anchor to nothing in the pool */
-    offload_anchor *a = h2o_mem_alloc_shared(&req->pool, sizeof(*a), anchor_dispose);
-    *a = (offload_anchor){0};
+    offload_anchor *a = req ? h2o_mem_alloc_shared(&req->pool, sizeof(*a), anchor_dispose) : NULL;
+    if (a)
+        *a = (offload_anchor){0};
     pthread_mutex_lock(&p->lock);
     int r = p->stopping ? -ESHUTDOWN : p->jobs >= p->max_jobs ? -EAGAIN : 0;
     if (r == 0) {
-        a->job = job;
+        if (a)
+            a->job = job;
         job->_link = (h2o_linklist_t){0};
         job->_msg = (h2o_multithread_message_t){{0}};
         job->_loop = l;
         job->_req = req;
-        job->_span = telemetry_current();
+        job->_span = req ? telemetry_current() : NULL; /* a detached job outlives any span */
         job->_has_trace = telemetry_current_context(&job->_trace);
         job->_anchor = a;
         atomic_init(&job->_abandoned, false);

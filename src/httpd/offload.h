@@ -75,7 +75,9 @@ size_t offload_loop_in_flight(const offload_loop *l);
  * NULL. */
 void offload_loop_free(offload_loop *l);
 
-/* Queues JOB on pool P for request REQ, answering on loop L. Returns 0 (JOB
+/* Queues JOB on pool P for request REQ, answering on loop L; a NULL REQ
+ * queues a detached job, which nothing abandons and whose DONE sees NULL
+ * (work whose answer no request waits for). Returns 0 (JOB
  * now belongs to the offload until DONE), -EAGAIN when P has MAX_JOBS
  * already (answer 503 and let the client retry), or -ESHUTDOWN when P is
  * stopping; on failure JOB is untouched and still the caller's. */

@@ -163,6 +163,19 @@ Test(offload, done_sees_a_request_gone_before_the_work_ended)
     teardown(&f);
 }
 
+Test(offload, a_detached_job_works_and_is_done_without_a_request)
+{
+    fixture f;
+    setup(&f, 1, 8);
+    test_job j = {.super = {.work = work, .done = done}, .loop_thread = pthread_self(), .n_done = &f.n_done};
+    cr_assert_eq(offload_submit(f.pool, f.ol, NULL, &j.super), 0);
+    cr_assert_eq(offload_loop_in_flight(f.ol), 1, "a loop's drain waits for its detached jobs too");
+    run_until(&f, 1);
+    cr_assert(j.worked && j.worked_off_loop, "the work runs on a worker");
+    cr_assert(j.done && j.done_on_loop && !j.had_req, "done runs on the loop, with no request");
+    teardown(&f);
+}
+
 /* Opens the gate from another thread, while the test thread waits in
  * offload_loop_free(). */
 static void *open_gate(void *arg)

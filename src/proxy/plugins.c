@@ -9,7 +9,8 @@
  * proxy-authorization), the identity headers and an injected secret are never
  * shown to a plugin. Every call is counted
  * per plugin, phase and outcome (metrics.h). An out-of-process call of the
- * request phases runs on the plugin pool (offload.h), never on the loop. */
+ * request phases runs on the plugin pool (offload.h), never on the loop;
+ * one of the log phase runs there too, detached (nothing waits for it). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -251,8 +252,88 @@ static void on_response(h2o_req_prefilter_t *self, h2o_req_t *req, h2o_ostream_t
     h2o_setup_next_prefilter(self, req, slot);
 }
 
+/* An out-of-process call of the log phase: no request waits for its
+ * answer (the request is being released), so it runs on the plugin pool
+ * detached (offload.h) and only its outcome is counted, and a failure
+ * logged, when it comes back. Holds copies of the names it reports. */
+typedef struct log_job {
+    offload_job super;
+    plugin_instance *instance; /* a reference: the snapshot may go while the call runs */
+    proxy_metrics *metrics;
+    char plugin[64], service[128], request_id[PROXY_REQUEST_ID_LEN + 1];
+    uint64_t started;
+    strbuf frame;
+    plugin_outcome outcome;
+    char why[PLUGIN_ERROR_MAX];
+    plugin_call call; /* the answer: nothing of it is used but its verdict */
+} log_job;
+
+/* Counts a log-phase call of plugin J->plugin that ended with J->outcome,
+ * logs a failure (nothing is left to refuse), and frees J. */
+static void log_job_end(log_job *j)
+{
+    bool denied = j->outcome == PLUGIN_OUTCOME_OK && j->call.action == CLOISTER_DENY;
+    proxy_metrics_plugin(j->metrics, j->plugin, CLOISTER_PHASE_LOG, j->outcome, denied, time_mono_ns() - j->started);
+    if (j->outcome != PLUGIN_OUTCOME_OK)
+        log_fields(LOG_LEVEL_WARN, "a plugin failed in the log phase (the request was answered)", "service",
+                   j->service, "plugin", j->plugin, "outcome", plugin_outcome_name(j->outcome), "error", j->why,
+                   "request_id", j->request_id, NULL);
+    plugin_instance_unref(j->instance);
+    strbuf_free(&j->frame);
+    free(j);
+}
+
+static void log_work(offload_job *job)
+{
+    log_job *j = (log_job *)job;
+    j->outcome = plugin_instance_run_frame(j->instance, j->frame.data, j->frame.len, &j->call, j->why,
+                                           sizeof(j->why));
+}
+
+static void log_done(offload_job *job, h2o_req_t *req)
+{
+    (void)req; /* detached: always NULL */
+    log_job_end((log_job *)job);
+}
+
+/* Hands plugin P's log call CALL (filled) for PR to the plugin pool; a call
+ * that cannot be handed over is counted as an error there and then. */
+static void submit_log(proxy_request *pr, const proxy_plugin *p, const plugin_call *call)
+{
+    log_job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        log_fields(LOG_LEVEL_WARN, "a plugin's log call was dropped: out of memory", "plugin", p->name, NULL);
+        return;
+    }
+    j->super = (offload_job){.work = log_work, .done = log_done};
+    j->metrics = pr->t->settings->metrics;
+    snprintf(j->plugin, sizeof(j->plugin), "%s", p->name);
+    snprintf(j->service, sizeof(j->service), "%s", pr->svc->name);
+    snprintf(j->request_id, sizeof(j->request_id), "%s", pr->rec.id);
+    j->started = time_mono_ns();
+    j->outcome = PLUGIN_OUTCOME_ERROR; /* until the work runs (skipped when the proxy stops first) */
+    snprintf(j->why, sizeof(j->why), "not run: the proxy was stopping");
+    plugin_call_init(&j->call, CLOISTER_PHASE_LOG);
+    strbuf_init(&j->frame, PLUGIN_FRAME_MAX + 4);
+    j->instance = plugin_instance_ref(p->instance);
+    int r = plugin_wire_call(&j->frame, call);
+    if (r < 0)
+        snprintf(j->why, sizeof(j->why), "the call does not fit the protocol: %s", strerror(-r));
+    else {
+        offload_pool *pool = pr->t->settings->plugin_pool;
+        r = pool ? offload_submit(pool, pr->t->offload, NULL, &j->super) : -ESHUTDOWN;
+        if (r < 0)
+            snprintf(j->why, sizeof(j->why), "the proxy cannot take another plugin call now (%s)", strerror(-r));
+    }
+    if (r < 0) {
+        j->outcome = PLUGIN_OUTCOME_ERROR;
+        log_job_end(j);
+    }
+}
+
 /* The log phase, when the request's pool is released (before its access
- * record: PR is still whole). */
+ * record: PR is still whole): in-process plugins here, out-of-process ones
+ * handed to the plugin pool. */
 static void on_log(void *arg)
 {
     plugin_hooks *h = arg;
@@ -260,11 +341,17 @@ static void on_log(void *arg)
     const proxy_service *svc = pr->svc;
     plugin_call *call = malloc(sizeof(*call));
     char status[8], why[PLUGIN_ERROR_MAX];
-    for (size_t i = 0; call && i < svc->n_plugins; i++)
-        if (svc->plugins[i].phase == CLOISTER_PHASE_LOG && (h->selected & (1u << i))) {
-            call_fill(call, pr, CLOISTER_PHASE_LOG, &pr->req->headers, status, sizeof(status));
-            (void)run_one(pr, &svc->plugins[i], call, why, sizeof(why)); /* nothing is left to refuse */
-        }
+    for (size_t i = 0; call && i < svc->n_plugins; i++) {
+        const proxy_plugin *p = &svc->plugins[i];
+        if (p->phase != CLOISTER_PHASE_LOG || !(h->selected & (1u << i)))
+            continue;
+        call_fill(call, pr, CLOISTER_PHASE_LOG, &pr->req->headers, status, sizeof(status));
+        bool sandboxed = p->instance && !plugin_instance_in_process(p->instance);
+        if (sandboxed && plugin_instance_handles(p->instance, CLOISTER_PHASE_LOG))
+            submit_log(pr, p, call);
+        else
+            (void)run_one(pr, p, call, why, sizeof(why)); /* nothing is left to refuse */
+    }
     free(call);
 }
 
