@@ -252,42 +252,83 @@ static void on_response(h2o_req_prefilter_t *self, h2o_req_t *req, h2o_ostream_t
     h2o_setup_next_prefilter(self, req, slot);
 }
 
-/* An out-of-process call of the log phase: no request waits for its
- * answer (the request is being released), so it runs on the plugin pool
- * detached (offload.h) and only its outcome is counted, and a failure
- * logged, when it comes back. Holds copies of the names it reports. */
-typedef struct log_job {
+/* An out-of-process call made on the plugin pool (offload.h): the frame
+ * is encoded on the loop, so the worker reads nothing of the request; the
+ * answer is decoded and re-checked by the worker. Embedded first in the
+ * jobs of the request phases and of the log phase. */
+typedef struct pool_call {
     offload_job super;
     plugin_instance *instance; /* a reference: the snapshot may go while the call runs */
-    proxy_metrics *metrics;
-    char plugin[64], service[128], request_id[PROXY_REQUEST_ID_LEN + 1];
     uint64_t started;
     strbuf frame;
     plugin_outcome outcome;
     char why[PLUGIN_ERROR_MAX];
-    plugin_call call; /* the answer: nothing of it is used but its verdict */
-} log_job;
+    plugin_call call; /* the answer */
+} pool_call;
 
-/* Counts a log-phase call of plugin J->plugin that ended with J->outcome,
- * logs a failure (nothing is left to refuse), and frees J. */
-static void log_job_end(log_job *j)
+static void pool_call_work(offload_job *job)
 {
-    bool denied = j->outcome == PLUGIN_OUTCOME_OK && j->call.action == CLOISTER_DENY;
-    proxy_metrics_plugin(j->metrics, j->plugin, CLOISTER_PHASE_LOG, j->outcome, denied, time_mono_ns() - j->started);
-    if (j->outcome != PLUGIN_OUTCOME_OK)
-        log_fields(LOG_LEVEL_WARN, "a plugin failed in the log phase (the request was answered)", "service",
-                   j->service, "plugin", j->plugin, "outcome", plugin_outcome_name(j->outcome), "error", j->why,
-                   "request_id", j->request_id, NULL);
-    plugin_instance_unref(j->instance);
-    strbuf_free(&j->frame);
-    free(j);
+    pool_call *c = (pool_call *)job;
+    c->outcome = plugin_instance_run_frame(c->instance, c->frame.data, c->frame.len, &c->call, c->why,
+                                           sizeof(c->why));
 }
 
-static void log_work(offload_job *job)
+/* Encodes CALL of plugin P into C and hands C to the plugin pool for REQ
+ * (NULL: detached), DONE answering on PR's loop. Returns 0 (C is the
+ * pool's until DONE), or a negative errno with C->why filled (C is still
+ * the caller's: pool_call_release()). */
+static int pool_call_submit(pool_call *c, proxy_request *pr, const proxy_plugin *p, const plugin_call *call,
+                            h2o_req_t *req, offload_done_cb done)
 {
-    log_job *j = (log_job *)job;
-    j->outcome = plugin_instance_run_frame(j->instance, j->frame.data, j->frame.len, &j->call, j->why,
-                                           sizeof(j->why));
+    c->super = (offload_job){.work = pool_call_work, .done = done};
+    c->started = time_mono_ns();
+    c->outcome = PLUGIN_OUTCOME_ERROR; /* until the work runs (skipped when the request or the proxy goes first) */
+    snprintf(c->why, sizeof(c->why), "not run: the request went away or the proxy was stopping");
+    plugin_call_init(&c->call, call->phase);
+    strbuf_init(&c->frame, PLUGIN_FRAME_MAX + 4);
+    c->instance = plugin_instance_ref(p->instance);
+    int r = plugin_wire_call(&c->frame, call);
+    if (r < 0) {
+        snprintf(c->why, sizeof(c->why), "the call does not fit the protocol: %s", strerror(-r));
+        return r;
+    }
+    offload_pool *pool = pr->t->settings->plugin_pool;
+    r = pool ? offload_submit(pool, pr->t->offload, req, &c->super) : -ESHUTDOWN;
+    if (r < 0)
+        snprintf(c->why, sizeof(c->why), "the proxy cannot take another plugin call now (%s)", strerror(-r));
+    return r;
+}
+
+/* Releases what C holds (not C itself). */
+static void pool_call_release(pool_call *c)
+{
+    plugin_instance_unref(c->instance);
+    strbuf_free(&c->frame);
+}
+
+/* An out-of-process call of the log phase: no request waits for its
+ * answer (the request is being released), so it runs detached and only its
+ * outcome is counted, and a failure logged, when it comes back. Holds
+ * copies of the names it reports. */
+typedef struct log_job {
+    pool_call c; /* first */
+    proxy_metrics *metrics;
+    char plugin[64], service[128], request_id[PROXY_REQUEST_ID_LEN + 1];
+} log_job;
+
+/* Counts J's call as it ended, logs a failure (nothing is left to refuse),
+ * and frees J. */
+static void log_job_end(log_job *j)
+{
+    const pool_call *c = &j->c;
+    bool denied = c->outcome == PLUGIN_OUTCOME_OK && c->call.action == CLOISTER_DENY;
+    proxy_metrics_plugin(j->metrics, j->plugin, CLOISTER_PHASE_LOG, c->outcome, denied, time_mono_ns() - c->started);
+    if (c->outcome != PLUGIN_OUTCOME_OK)
+        log_fields(LOG_LEVEL_WARN, "a plugin failed in the log phase (the request was answered)", "service",
+                   j->service, "plugin", j->plugin, "outcome", plugin_outcome_name(c->outcome), "error", c->why,
+                   "request_id", j->request_id, NULL);
+    pool_call_release(&j->c);
+    free(j);
 }
 
 static void log_done(offload_job *job, h2o_req_t *req)
@@ -300,35 +341,17 @@ static void log_done(offload_job *job, h2o_req_t *req)
  * that cannot be handed over is counted as an error there and then. */
 static void submit_log(proxy_request *pr, const proxy_plugin *p, const plugin_call *call)
 {
-    log_job *j = calloc(1, sizeof(*j));
+    log_job *j = malloc(sizeof(*j));
     if (!j) {
         log_fields(LOG_LEVEL_WARN, "a plugin's log call was dropped: out of memory", "plugin", p->name, NULL);
         return;
     }
-    j->super = (offload_job){.work = log_work, .done = log_done};
     j->metrics = pr->t->settings->metrics;
     snprintf(j->plugin, sizeof(j->plugin), "%s", p->name);
     snprintf(j->service, sizeof(j->service), "%s", pr->svc->name);
     snprintf(j->request_id, sizeof(j->request_id), "%s", pr->rec.id);
-    j->started = time_mono_ns();
-    j->outcome = PLUGIN_OUTCOME_ERROR; /* until the work runs (skipped when the proxy stops first) */
-    snprintf(j->why, sizeof(j->why), "not run: the proxy was stopping");
-    plugin_call_init(&j->call, CLOISTER_PHASE_LOG);
-    strbuf_init(&j->frame, PLUGIN_FRAME_MAX + 4);
-    j->instance = plugin_instance_ref(p->instance);
-    int r = plugin_wire_call(&j->frame, call);
-    if (r < 0)
-        snprintf(j->why, sizeof(j->why), "the call does not fit the protocol: %s", strerror(-r));
-    else {
-        offload_pool *pool = pr->t->settings->plugin_pool;
-        r = pool ? offload_submit(pool, pr->t->offload, NULL, &j->super) : -ESHUTDOWN;
-        if (r < 0)
-            snprintf(j->why, sizeof(j->why), "the proxy cannot take another plugin call now (%s)", strerror(-r));
-    }
-    if (r < 0) {
-        j->outcome = PLUGIN_OUTCOME_ERROR;
+    if (pool_call_submit(&j->c, pr, p, call, NULL, log_done) < 0)
         log_job_end(j);
-    }
 }
 
 /* The log phase, when the request's pool is released (before its access
@@ -381,39 +404,18 @@ static long select_plugins(proxy_request *pr)
     return selected;
 }
 
-/* An out-of-process call of a request phase, made on the plugin pool
- * (offload.h) so that the loop goes on with other requests meanwhile; the
- * request goes on from the next plugin in plugin_done. The frame is
- * encoded on the loop: the worker reads nothing of the request. */
+/* An out-of-process call of a request phase: the loop goes on with other
+ * requests meanwhile, and the request goes on from the next plugin in
+ * plugin_done. */
 typedef struct plugin_job {
-    offload_job super;
+    pool_call c; /* first */
     proxy_request *pr;
-    plugin_instance *instance; /* a reference: the snapshot may go while the call runs */
     unsigned selected;
     cloister_phase phase;
     size_t index; /* the plugin's, in the Service's list */
-    uint64_t started;
-    strbuf frame;
-    plugin_outcome outcome;
-    char why[PLUGIN_ERROR_MAX];
-    plugin_call call; /* the answer, decoded and re-checked by the worker */
 } plugin_job;
 
 static proxy_step run_request_phases(proxy_request *pr, unsigned selected, cloister_phase phase, size_t index);
-
-static void plugin_job_free(plugin_job *j)
-{
-    plugin_instance_unref(j->instance);
-    strbuf_free(&j->frame);
-    free(j);
-}
-
-static void plugin_work(offload_job *job)
-{
-    plugin_job *j = (plugin_job *)job;
-    j->outcome = plugin_instance_run_frame(j->instance, j->frame.data, j->frame.len, &j->call, j->why,
-                                           sizeof(j->why));
-}
 
 /* Back on the loop: acts on the answer and goes on with the request (or
  * only frees JOB when the request went away). */
@@ -423,16 +425,17 @@ static void plugin_done(offload_job *job, h2o_req_t *req)
     if (req) {
         proxy_request *pr = j->pr;
         const proxy_plugin *p = &pr->svc->plugins[j->index];
-        verdict v = judge(pr, p, &j->call, j->outcome, j->started, j->why);
+        verdict v = judge(pr, p, &j->c.call, j->c.outcome, j->c.started, j->c.why);
         if (v != VERDICT_CONTINUE)
-            (void)refuse(pr, p, v, &j->call, j->why);
+            (void)refuse(pr, p, v, &j->c.call, j->c.why);
         else {
-            apply_ops(&req->pool, &req->headers, &j->call);
+            apply_ops(&req->pool, &req->headers, &j->c.call);
             if (run_request_phases(pr, j->selected, j->phase, j->index + 1) == PROXY_NEXT)
                 proxy_continue_after(pr, proxy_stage_plugins);
         }
     }
-    plugin_job_free(j);
+    pool_call_release(&j->c);
+    free(j);
 }
 
 /* Hands plugin INDEX's call in PHASE (CALL filled) to the plugin pool.
@@ -441,34 +444,21 @@ static void plugin_done(offload_job *job, h2o_req_t *req)
 static int submit(proxy_request *pr, unsigned selected, size_t index, const plugin_call *call, char *why,
                   size_t why_size)
 {
-    const proxy_plugin *p = &pr->svc->plugins[index];
     plugin_job *j = malloc(sizeof(*j));
     if (!j) {
         snprintf(why, why_size, "out of memory");
         return -ENOMEM;
     }
-    j->super = (offload_job){.work = plugin_work, .done = plugin_done};
     j->pr = pr;
     j->selected = selected;
     j->phase = call->phase;
     j->index = index;
-    j->started = time_mono_ns();
-    j->why[0] = 0;
-    plugin_call_init(&j->call, call->phase);
-    strbuf_init(&j->frame, PLUGIN_FRAME_MAX + 4);
-    j->instance = NULL;
-    int r = plugin_wire_call(&j->frame, call);
-    if (r < 0)
-        snprintf(why, why_size, "the call does not fit the protocol: %s", strerror(-r));
-    else {
-        j->instance = plugin_instance_ref(p->instance);
-        offload_pool *pool = pr->t->settings->plugin_pool;
-        r = pool ? offload_submit(pool, pr->t->offload, pr->req, &j->super) : -ESHUTDOWN;
-        if (r < 0)
-            snprintf(why, why_size, "the proxy cannot take another plugin call now (%s)", strerror(-r));
+    int r = pool_call_submit(&j->c, pr, &pr->svc->plugins[index], call, pr->req, plugin_done);
+    if (r < 0) {
+        snprintf(why, why_size, "%s", j->c.why);
+        pool_call_release(&j->c);
+        free(j);
     }
-    if (r < 0)
-        plugin_job_free(j);
     return r;
 }
 
