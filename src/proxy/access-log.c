@@ -273,9 +273,10 @@ static int writer_wait(uint64_t number, unsigned timeout_ms)
 }
 
 /* Hands L's pending records to the writer with their chain head (CLOSING:
- * the segment's last head), taking its spare buffer in their place (waiting
- * for it when the writer still holds it); then rotates when closing.
- * Returns the batch's number (0 when nothing was pending). */
+ * the segment's last head, sent even with nothing pending), taking its
+ * spare buffer in their place (waiting for it when the writer still holds
+ * it); then, when closing, starts the next segment (unless this one has no
+ * record yet). Returns the batch's number (0 when nothing was handed over). */
 static uint64_t access_flush(access_log *l, bool closing)
 {
     if (h2o_timeout_is_linked(&l->flush_entry))
@@ -320,8 +321,12 @@ static uint64_t access_flush(access_log *l, bool closing)
         l->denied = l->failed = 0;
         l->pending_len = 0;
     }
-    if (closing && !l->stopping)
-        segment_open(l);
+    if (closing && !l->stopping) {
+        if (l->chain.ctx && l->chain.count == 0)
+            l->opened_ns = time_mono_ns(); /* nothing recorded in it: the segment and its file go on */
+        else
+            segment_open(l);
+    }
     return number;
 }
 
