@@ -391,9 +391,13 @@ def access_records(server):
     each entry names its segment and the records it commits (first, count); the segment is read through
     GET /v1/audit/segments/{id} (base64 of lines "<chain value, 64 hex> <JSON array of details.fields>")."""
     segments, out = {}, []
+    pruned = {sid for e in audit_entries(server, "audit.access.prune") if e.get("appender") == "audit"
+              for sid in e["details"]["segments"]}  # removed past their retention, records gone
     for e in audit_entries(server, "proxy.access"):
         d = e["details"]
         if "segment" not in d:  # an entry of the earlier format, holding its records itself
+            continue
+        if d["segment"] in pruned:
             continue
         if d["segment"] not in segments:
             r = server.request("GET", f"/v1/audit/segments/{d['segment']}")

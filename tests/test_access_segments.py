@@ -9,6 +9,7 @@ reordered record. A failClosed Service's request is forwarded only once
 its admission record (status 0) is committed. A slow disk holds up the
 proxy's access-log writer thread, not the requests."""
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -314,5 +315,42 @@ def test_records_of_the_last_second_before_a_stop_reach_the_audit_role(tmp_path_
         assert head_entries(g, segment)[-1]["details"]["closed"] is True
         out = run_cli(g.s, "audit", "verify", env_extra={"CLOISTER_TOKEN": g.s.token})
         assert out.returncode == 0, out
+    finally:
+        g.stop()
+
+
+def test_segments_past_their_retention_are_removed_and_named_in_the_log(tmp_path_factory):
+    """With --access-retention-days 1 the audit role removes the segments
+    not written for a day (here: one whose file time is set two days back)
+    at start and hourly, after appending an audit.access.prune entry of its
+    own naming them; verify then counts them as removed past their
+    retention, while a segment removed without such an entry still fails
+    it."""
+    g = Proxied(tmp_path_factory.mktemp("segments-retention") / "data")
+    try:
+        old = upstream_request_id(g.get("/docs/two-days-ago", g.alice))
+        committed(g, old)
+        old_segment = segment_of(g, old)
+        g.s.stop()  # its segment is closed and delivered whole
+        held = g.s.data_dir / "audit" / "access" / old_segment
+        two_days_ago = time.time() - 2 * 86400
+        os.utime(held, (two_days_ago, two_days_ago))
+        g.s.extra_args += ["--access-retention-days", "1"]
+        g.s.start()
+        deadline = time.time() + 15
+        while held.exists():
+            assert time.time() < deadline, "the segment past its retention was kept"
+            time.sleep(0.1)
+        prunes = audit_entries(g.s, "audit.access.prune")
+        assert len(prunes) == 1 and prunes[0]["appender"] == "audit", prunes
+        assert prunes[0]["details"]["segments"] == [old_segment] and prunes[0]["details"]["retentionDays"] == 1
+        recent = upstream_request_id(g.wait_status("/docs/today", g.alice, 200))
+        committed(g, recent)
+        out = run_cli(g.s, "audit", "verify", env_extra={"CLOISTER_TOKEN": g.s.token})
+        assert out.returncode == 0 and "(and 1 removed past their retention)" in out.stdout, out
+        # a segment removed by anyone else is still found missing
+        (g.s.data_dir / "audit" / "access" / segment_of(g, recent)).unlink()
+        out = run_cli(g.s, "audit", "verify", env_extra={"CLOISTER_TOKEN": g.s.token})
+        assert out.returncode == 1 and "is missing from the audit role (removed)" in out.stderr, out
     finally:
         g.stop()

@@ -42,7 +42,8 @@ int audit_entry_submission_canonicalize(const json_t *entry, char **ret, size_t 
 int audit_entry_stamp(const json_t *entry, const char *appender, uint64_t now_ns, char **ret, size_t *ret_len);
 
 /* Whether the role named APPENDER may append an entry with ACTION: the api
- * any, the proxy only "proxy.*", the kms role only "kms.*", any other role
+ * any but "audit.*" (the audit role's own entries, which it writes itself),
+ * the proxy only "proxy.*", the kms role only "kms.*", any other role
  * nothing. */
 bool audit_appender_may(const char *appender, const char *action);
 

@@ -19,6 +19,7 @@
  * acknowledged on the event loop only after its commit. The loop keeps
  * parsing and validating while the writer syncs. A checkpoint is signed at
  * least every second while the tree grows. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <h2o.h>
@@ -50,6 +51,8 @@
 #define APPEND_ENTRIES_MAX 10000
 #define CHECKPOINT_INTERVAL_MS 1000
 #define KEY_FILE_MAX (16 * 1024)
+#define PRUNE_EVERY_NS (3600 * NSEC_PER_SEC) /* how often segments past their retention are looked for */
+#define PRUNE_BATCH_MAX 1000                 /* segments one audit.access.prune entry names */
 
 typedef struct audit_role {
     audit_log *log;
@@ -74,6 +77,8 @@ typedef struct audit_role {
     const role_health *roles;        /* the supervisor's table: peers' names */
     role_health *health;             /* the role's entry: its counters for /metrics */
     size_t n_roles;
+    unsigned retention_days; /* of access-log segments; 0: kept for good */
+    uint64_t next_prune_ns;  /* monotonic; the writer's */
 } audit_role;
 
 typedef struct role_handler {
@@ -192,15 +197,139 @@ static void commit_batch(audit_role *r, h2o_linklist_t *batch)
     }
 }
 
+/* The ids of R's access-log segments not written since before NOW_NS less
+ * the retention, at most PRUNE_BATCH_MAX, as a new JSON array (NULL when
+ * out of memory or the directory cannot be read: logged); *MORE when the
+ * cap left some for another pass. */
+static json_t *segments_past_retention(const audit_role *r, uint64_t now_ns, bool *more)
+{
+    uint64_t keep_ns = (uint64_t)r->retention_days * 86400 * NSEC_PER_SEC;
+    DIR *d = opendir(r->segments);
+    if (!d) {
+        log_fields(LOG_LEVEL_ERROR, "cannot read the access-log segments to apply their retention", "path",
+                   r->segments, "error", strerror(errno), NULL);
+        return NULL;
+    }
+    json_t *ids = json_array();
+    struct dirent *de;
+    *more = false;
+    while (ids && (de = readdir(d))) {
+        struct stat st;
+        if (!segment_id_valid(de->d_name, strlen(de->d_name)) ||
+            fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        uint64_t written = (uint64_t)st.st_mtim.tv_sec * NSEC_PER_SEC + (uint64_t)st.st_mtim.tv_nsec;
+        if (written + keep_ns >= now_ns)
+            continue;
+        if (json_array_size(ids) == PRUNE_BATCH_MAX) {
+            *more = true;
+            break;
+        }
+        if (json_array_append_new(ids, json_string(de->d_name)) < 0)
+            json_decref(TAKE_PTR(ids));
+    }
+    closedir(d);
+    return ids;
+}
+
+/* Applies the retention of access-log segments: those not written for
+ * R->retention_days are named in an audit.access.prune entry this role
+ * appends (durable first, so that verify tells them from segments removed
+ * by anyone else), then removed; their heads stay in the log. Writer
+ * thread. */
+static void prune_access(audit_role *r)
+{
+    r->next_prune_ns = time_mono_ns() + PRUNE_EVERY_NS;
+    uint64_t now = time_now_ns();
+    bool more;
+    json_auto_t *ids = segments_past_retention(r, now, &more);
+    if (!ids || json_array_size(ids) == 0)
+        return;
+    if (more)
+        r->next_prune_ns = time_mono_ns(); /* the rest in the next pass, after what is queued */
+    char at[40], before[40];
+    time_format_rfc3339_ms(now, at, sizeof(at));
+    time_format_rfc3339_ms(now - (uint64_t)r->retention_days * 86400 * NSEC_PER_SEC, before, sizeof(before));
+    json_auto_t *e = json_pack("{s:s, s:{s:n, s:n, s:n}, s:s, s:{s:s, s:n}, s:s, s:{s:O, s:I, s:s}}", "time", at,
+                               "actor", "user", "session", "ip", "action", "audit.access.prune", "resource", "kind",
+                               "AuditLog", "name", "outcome", "success", "details", "segments", ids,
+                               "retentionDays", (json_int_t)r->retention_days, "notWrittenSince", before);
+    char *text = NULL;
+    size_t len = 0;
+    uint64_t first = 0;
+    int err = e ? audit_entry_stamp(e, "audit", now, &text, &len) : -ENOMEM;
+    if (err == 0) {
+        pthread_mutex_lock(&r->log_lock);
+        err = audit_log_append(r->log, (const char *const *)&text, &len, 1, &first);
+        if (err == 0)
+            atomic_store(&r->health->audit_entries, audit_log_size(r->log));
+        pthread_mutex_unlock(&r->log_lock);
+    }
+    free(text);
+    if (err < 0) {
+        log_fields(LOG_LEVEL_ERROR, "cannot append the entry naming the access-log segments past their retention; "
+                                    "none is removed", "error", strerror(-err), NULL);
+        return;
+    }
+    size_t i, removed = 0;
+    json_t *id;
+    json_array_foreach(ids, i, id)
+    {
+        char path[4300];
+        snprintf(path, sizeof(path), "%s/%s", r->segments, json_string_value(id));
+        if (unlink(path) == 0 || errno == ENOENT)
+            removed++;
+        else
+            log_fields(LOG_LEVEL_ERROR, "cannot remove an access-log segment past its retention", "path", path,
+                       "error", strerror(errno), NULL);
+    }
+    char n[24], index[24], days[16];
+    snprintf(n, sizeof(n), "%zu", removed);
+    snprintf(index, sizeof(index), "%llu", (unsigned long long)first);
+    snprintf(days, sizeof(days), "%u", r->retention_days);
+    log_fields(LOG_LEVEL_INFO, "removed access-log segments past their retention", "segments", n, "retentionDays",
+               days, "entry", index, NULL);
+}
+
+/* Whether a retention pass is due (queue_lock held or not: the writer's). */
+static bool prune_due(const audit_role *r)
+{
+    return r->retention_days && time_mono_ns() >= r->next_prune_ns;
+}
+
+/* Waits on R's queue (queue_lock held) until woken, or until the next
+ * retention pass is due. */
+static void writer_wait(audit_role *r)
+{
+    if (!r->retention_days) {
+        pthread_cond_wait(&r->queue_wake, &r->queue_lock);
+        return;
+    }
+    uint64_t left = r->next_prune_ns - MIN(r->next_prune_ns, time_mono_ns());
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    uint64_t ns = (uint64_t)until.tv_nsec + left;
+    until.tv_sec += (time_t)(ns / NSEC_PER_SEC);
+    until.tv_nsec = (long)(ns % NSEC_PER_SEC);
+    pthread_cond_timedwait(&r->queue_wake, &r->queue_lock, &until);
+}
+
 /* The writer thread: commits what is queued, hands the results to the loop,
- * and after a stop request drains the queue before returning. */
+ * applies the access-log segments' retention when due (at start, then
+ * hourly), and after a stop request drains the queue before returning. */
 static void *writer_main(void *arg)
 {
     audit_role *r = arg;
     pthread_mutex_lock(&r->queue_lock);
     for (;;) {
-        while (h2o_linklist_is_empty(&r->queue) && !r->writer_stop)
-            pthread_cond_wait(&r->queue_wake, &r->queue_lock);
+        while (h2o_linklist_is_empty(&r->queue) && !r->writer_stop && !prune_due(r))
+            writer_wait(r);
+        if (h2o_linklist_is_empty(&r->queue) && !r->writer_stop) { /* a retention pass is due */
+            pthread_mutex_unlock(&r->queue_lock);
+            prune_access(r);
+            pthread_mutex_lock(&r->queue_lock);
+            continue;
+        }
         if (h2o_linklist_is_empty(&r->queue))
             break;
         h2o_linklist_t batch;
@@ -794,6 +923,8 @@ int audit_serve(const audit_server_config *cfg)
                     .queue_wake = PTHREAD_COND_INITIALIZER};
     h2o_linklist_init_anchor(&r.queue);
     r.health = cfg->health;
+    r.retention_days = cfg->access_retention_days;
+    r.next_prune_ns = time_mono_ns(); /* a first pass at start */
     int e = role_setup(cfg, &r);
     if (e == 0) {
         atomic_store(&r.health->audit_entries, audit_log_size(r.log));

@@ -18,6 +18,7 @@ typedef struct audit_server_config {
     role_health *health;    /* the role's entry: ready */
     const role_health *roles; /* the supervisor's table: peer checks, appenders' names */
     size_t n_roles;
+    unsigned access_retention_days; /* access-log segments not written for this long are removed; 0: kept */
 } audit_server_config;
 
 /* Opens the log and its key, serves until SIGTERM, then drains the appends

@@ -417,7 +417,8 @@ Test(entry, what_each_role_may_append)
         bool may;
     } cases[] = {
         {"api", "resource.create", true}, {"api", "kms.decrypt", true}, {"api", "proxy.access", true},
-        {"api", "enclave.replica.launched", true},
+        {"api", "enclave.replica.launched", true}, {"api", "audit.access.prune", false},
+        {"api", "auditx", true},
         {"proxy", "proxy.access", true}, {"proxy", "proxy.enclave.refused", true},
         {"proxy", "api.access", false}, {"proxy", "resource.delete", false}, {"proxy", "proxy", false},
         {"proxy", "proxyx.access", false}, {"proxy", "kms.unseal", false},

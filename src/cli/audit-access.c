@@ -40,12 +40,21 @@ typedef struct committed_head {
     uint8_t head[SEGMENT_DIGEST_LEN];
 } committed_head;
 
+/* A segment the audit role removed past its retention, named by its
+ * audit.access.prune entry. */
+typedef struct pruned_segment {
+    uint64_t index; /* the prune entry's */
+    char segment[SEGMENT_ID_MAX + 1];
+} pruned_segment;
+
 struct access_segments {
     cli_ctx *ctx;
     segment_copy **segs;
     size_t n_segs;
     committed_head *heads;
     size_t n_heads, cap_heads;
+    pruned_segment *pruned;
+    size_t n_pruned, cap_pruned;
 };
 
 access_segments *access_segments_new(cli_ctx *ctx)
@@ -67,6 +76,7 @@ void access_segments_free(access_segments *a)
     }
     free(a->segs);
     free(a->heads);
+    free(a->pruned);
     free(a);
 }
 
@@ -152,9 +162,54 @@ int access_segments_records(access_segments *a, const json_t *details, int (*cb)
     return CLI_EXIT_OK;
 }
 
+/* Notes the segments an audit.access.prune entry (INDEX, parsed E) names,
+ * when the audit role itself appended it (an entry of that action from
+ * another appender proves nothing and is ignored). Returns 0 or -ENOMEM. */
+static int note_pruned(access_segments *a, uint64_t index, const json_t *e)
+{
+    const char *appender = json_string_value(json_object_get(e, "appender"));
+    if (!appender || strcmp(appender, "audit") != 0)
+        return 0;
+    size_t i;
+    const json_t *id;
+    json_array_foreach(json_object_get(json_object_get(e, "details"), "segments"), i, id)
+    {
+        const char *s = json_string_value(id);
+        if (!s || !segment_id_valid(s, strlen(s)))
+            continue;
+        if (a->n_pruned == a->cap_pruned) {
+            size_t cap = a->cap_pruned ? 2 * a->cap_pruned : 64;
+            pruned_segment *grown = realloc(a->pruned, cap * sizeof(*grown));
+            if (!grown)
+                return -ENOMEM;
+            a->pruned = grown;
+            a->cap_pruned = cap;
+        }
+        pruned_segment *p = &a->pruned[a->n_pruned++];
+        p->index = index;
+        snprintf(p->segment, sizeof(p->segment), "%s", s);
+    }
+    return 0;
+}
+
+/* Whether the audit role removed SEGMENT past its retention after the
+ * entry at INDEX committed a head of it. */
+static bool pruned_after(const access_segments *a, const char *segment, uint64_t index)
+{
+    for (size_t i = 0; i < a->n_pruned; i++)
+        if (a->pruned[i].index > index && strcmp(a->pruned[i].segment, segment) == 0)
+            return true;
+    return false;
+}
+
 int access_segments_note(access_segments *a, uint64_t index, const char *text, size_t len)
 {
     static const char marker[] = "\"action\":\"proxy.access\"";
+    static const char prune_marker[] = "\"action\":\"audit.access.prune\"";
+    if (memmem(text, len, prune_marker, sizeof(prune_marker) - 1)) {
+        json_auto_t *e = json_loadb(text, len, 0, NULL);
+        return note_pruned(a, index, e);
+    }
     if (!memmem(text, len, marker, sizeof(marker) - 1))
         return 0;
     json_auto_t *e = json_loadb(text, len, 0, NULL);
@@ -202,15 +257,23 @@ static int record_failed(const segment_copy *s, uint64_t i, uint64_t entry, cons
                      s->id, (unsigned long long)i, rid, why, (unsigned long long)entry);
 }
 
-int access_segments_verify(access_segments *a, uint64_t *ret_records, size_t *ret_segments)
+int access_segments_verify(access_segments *a, uint64_t *ret_records, size_t *ret_segments, size_t *ret_pruned)
 {
     uint64_t records = 0;
+    size_t pruned = 0;
     for (size_t k = 0; k < a->n_heads; k++) {
         const committed_head *h = &a->heads[k];
         segment_copy *s;
         int r = segment_get(a, h->segment, &s);
         if (r != CLI_EXIT_OK)
             return r;
+        if (s->error == -ENOENT && pruned_after(a, h->segment, h->index)) {
+            bool first = true; /* counted once, at its first head */
+            for (size_t p = 0; p < k && first; p++)
+                first = strcmp(a->heads[p].segment, h->segment) != 0;
+            pruned += first;
+            continue;
+        }
         /* the records this head adds to the ones an earlier head covered */
         uint64_t from = 0;
         for (size_t p = 0; p < k; p++)
@@ -237,6 +300,7 @@ int access_segments_verify(access_segments *a, uint64_t *ret_records, size_t *re
         records += h->records - MIN(from, h->records);
     }
     *ret_records = records;
-    *ret_segments = a->n_segs;
+    *ret_segments = a->n_segs - pruned;
+    *ret_pruned = pruned;
     return CLI_EXIT_OK;
 }

@@ -26,12 +26,17 @@ int access_segments_records(access_segments *a, const json_t *details, int (*cb)
                             void *userdata);
 
 /* Notes the head a log entry (INDEX, TEXT of LEN bytes) commits, if it is a
- * proxy.access segment head. Returns 0, or -ENOMEM. */
+ * proxy.access segment head, or the segments it names if it is an
+ * audit.access.prune entry of the audit role (removed past their
+ * retention). Returns 0, or -ENOMEM. */
 int access_segments_note(access_segments *a, uint64_t index, const char *text, size_t len);
 
 /* Recomputes every noted segment's chain and compares it with each head
- * committed for it. Returns CLI_EXIT_OK with the records and segments
- * checked, or prints the first record found changed, removed or reordered
- * (its segment, index and requestId) and returns CLI_EXIT_FAILED (or
- * another exit status when the server cannot be read). */
-int access_segments_verify(access_segments *a, uint64_t *ret_records, size_t *ret_segments);
+ * committed for it; a segment the audit role no longer has counts as
+ * removed unless an audit.access.prune entry of the audit role, after its
+ * heads, names it. Returns CLI_EXIT_OK with the records and segments
+ * checked and the segments removed past their retention, or prints the
+ * first record found changed, removed or reordered (its segment, index and
+ * requestId) and returns CLI_EXIT_FAILED (or another exit status when the
+ * server cannot be read). */
+int access_segments_verify(access_segments *a, uint64_t *ret_records, size_t *ret_segments, size_t *ret_pruned);

@@ -400,8 +400,8 @@ static int audit_verify(cli_ctx *ctx, const char *key_flag)
     merkle_mem_tree_free(&s.tree);
     /* the log is intact: now the access records its heads commit */
     uint64_t records;
-    size_t n_segments;
-    r = access_segments_verify(segments, &records, &n_segments);
+    size_t n_segments, n_pruned;
+    r = access_segments_verify(segments, &records, &n_segments, &n_pruned);
     if (r != CLI_EXIT_OK)
         return r;
     r = save_checkpoint(&c);
@@ -409,15 +409,19 @@ static int audit_verify(cli_ctx *ctx, const char *key_flag)
         return r;
     char b64[64];
     base64_encode(c.root, MERKLE_HASH_LEN, b64, false);
-    if (ctx->output == CLI_OUTPUT_TEXT)
-        printf("verified %llu entries of %s; root %s%s; %llu access records in %zu segments\n",
+    if (ctx->output == CLI_OUTPUT_TEXT) {
+        char pruned[80] = "";
+        if (n_pruned)
+            snprintf(pruned, sizeof(pruned), " (and %zu removed past their retention)", n_pruned);
+        printf("verified %llu entries of %s; root %s%s; %llu access records in %zu segments%s\n",
                (unsigned long long)c.size, v.name, b64, saved.note ? "; consistent with the saved checkpoint" : "",
-               (unsigned long long)records, n_segments);
-    else {
-        json_auto_t *o = json_pack("{s:b, s:I, s:s, s:s, s:I, s:I, s:I}", "verified", 1, "size", (json_int_t)c.size,
-                                   "root", b64, "origin", v.name, "savedSize",
+               (unsigned long long)records, n_segments, pruned);
+    } else {
+        json_auto_t *o = json_pack("{s:b, s:I, s:s, s:s, s:I, s:I, s:I, s:I}", "verified", 1, "size",
+                                   (json_int_t)c.size, "root", b64, "origin", v.name, "savedSize",
                                    (json_int_t)(saved.note ? saved.size : 0), "accessRecords", (json_int_t)records,
-                                   "segments", (json_int_t)n_segments);
+                                   "segments", (json_int_t)n_segments, "segmentsPastRetention",
+                                   (json_int_t)n_pruned);
         output_json(o);
     }
     return CLI_EXIT_OK;

@@ -102,6 +102,8 @@ static void usage(FILE *f)
             "  --proxy-upstream-connections N connections a proxy thread opens to one upstream at once\n"
             "                                 (default 256; more requests wait)\n"
             "  --domain D            services are reached at <service>.D (default localhost)\n"
+            "  --access-retention-days N      the audit role removes the proxy's access-log segments not\n"
+            "                                 written for N days (their heads stay in the log); kept by default\n"
             "  --plugin-dir DIR      where plugins load from (docs/plugins.md); none by default\n"
             "  --plugin-trusted L    plugins (comma-separated names) the proxy loads in process; the\n"
             "                        others run out of process, in sandboxes the runner launches\n"
@@ -142,7 +144,7 @@ typedef enum daemon_action { ACTION_RUN, ACTION_INIT } daemon_action; /* --check
 
 enum { OPT_DATA_DIR = 256, OPT_API, OPT_PROXY, OPT_PROXY_HTTP, OPT_DOMAIN, OPT_THREADS, OPT_PROXY_THREADS, OPT_UPSTREAM_IDLE,
        OPT_UPSTREAM_CONNS, OPT_LOG, OPT_SEAL, OPT_P11_MODULE, OPT_P11_SLOT, OPT_CONFIG, OPT_CHECK, OPT_INIT, OPT_STORE,
-       OPT_PASSPHRASE_FD, OPT_PLUGIN_DIR, OPT_PLUGIN_TRUSTED };
+       OPT_PASSPHRASE_FD, OPT_PLUGIN_DIR, OPT_PLUGIN_TRUSTED, OPT_ACCESS_RETENTION };
 
 /* --init --passphrase-fd N: where the KMS passphrase or PIN is read from (-1: the terminal) */
 static int passphrase_fd = -1;
@@ -168,6 +170,7 @@ static const struct option options[] = {
     {"passphrase-fd", required_argument, NULL, OPT_PASSPHRASE_FD},
     {"plugin-dir", required_argument, NULL, OPT_PLUGIN_DIR},
     {"plugin-trusted", required_argument, NULL, OPT_PLUGIN_TRUSTED},
+    {"access-retention-days", required_argument, NULL, OPT_ACCESS_RETENTION},
     {"help", no_argument, NULL, 'h'},
     {},
 };
@@ -226,6 +229,8 @@ static int apply_option(int c, daemon_config *cfg)
         return number_arg(&cfg->proxy_upstream_idle, "--proxy-upstream-idle", optarg, 65536);
     case OPT_UPSTREAM_CONNS:
         return number_arg(&cfg->proxy_upstream_conns, "--proxy-upstream-connections", optarg, 65536);
+    case OPT_ACCESS_RETENTION:
+        return number_arg(&cfg->access_retention_days, "--access-retention-days", optarg, 36500);
     case OPT_LOG: {
         log_level level;
         if (log_level_from_string(optarg, &level) < 0) {

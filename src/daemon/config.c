@@ -365,9 +365,16 @@ static void kms_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
                         "(unsealed by hand with cloisterd unseal)");
 }
 
+/* audit.listen, and audit.accessRetentionDays (the proxy's access-log
+ * segments the audit role keeps, in days of no writing; absent: for good) */
 static void audit_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
 {
-    (void)key;
+    if (key == 1) {
+        unsigned long n = c->cfg->access_retention_days;
+        number_value(c, v, full, 1, 36500, &n);
+        c->cfg->access_retention_days = (unsigned)n;
+        return;
+    }
     c->audit_listen_line = c->key_line;
     listen_value(c, v, full, c->cfg->audit_listen, sizeof(c->cfg->audit_listen));
 }
@@ -534,7 +541,7 @@ static void top_key(parse_ctx *c, size_t key, yaml_node_t *v, const char *full)
     static const char *const proxy_keys[] = {"listen", "httpListen", "threads", "upstreamIdle", "upstreamConnections",
                                              "tls"};
     static const char *const kms_keys[] = {"listen", "seal"};
-    static const char *const audit_keys[] = {"listen"};
+    static const char *const audit_keys[] = {"listen", "accessRetentionDays"};
     static const char *const runner_keys[] = {"listen", "cgroup"};
     static const char *const store_keys[] = {"url"};
     static const char *const pki_keys[] = {"dir"};

@@ -17,6 +17,7 @@ typedef struct daemon_config {
     unsigned api_threads;
     unsigned proxy_threads;
     unsigned proxy_upstream_idle, proxy_upstream_conns; /* per upstream and proxy thread; 0: the defaults */
+    unsigned access_retention_days; /* the audit role's access-log segments not written for this long go; 0: kept */
     /* paths inside data_dir */
     char ca_cert[4200], ca_key[4200];
     char api_cert[4200], api_key[4200];

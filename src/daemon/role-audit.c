@@ -20,6 +20,7 @@ int role_audit_main(const daemon_config *cfg, role_health *health, role_health *
         .health = health,
         .roles = all,
         .n_roles = n_all,
+        .access_retention_days = cfg->access_retention_days,
     };
     return audit_serve(&audit);
 }

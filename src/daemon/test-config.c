@@ -83,7 +83,8 @@ Test(config, every_key_lands)
                   "  upstreamConnections: 32\n"
                   "kms: {seal: {passphraseFile: /dev/null}}\n"
                   "telemetry: {otlp: {endpoint: \"https://otel:4318\", headers: {a: \"1\", b: \"x y\"}}}\n"
-                  "plugins: {dir: /tmp, trusted: [claims-auth, request-log]}\n");
+                  "plugins: {dir: /tmp, trusted: [claims-auth, request-log]}\n"
+                  "audit: {accessRetentionDays: 400}\n");
     dump();
     cr_assert_eq(r, 0);
     cr_assert_not(cfg.dev);
@@ -107,6 +108,14 @@ Test(config, every_key_lands)
     cr_assert_str_eq(cfg.otlp_headers, "a=1,b=x y");
     cr_assert_str_eq(cfg.plugin_dir, "/tmp");
     cr_assert_str_eq(cfg.plugin_trusted, "claims-auth,request-log");
+    cr_assert_eq(cfg.access_retention_days, 400);
+}
+
+Test(config, access_retention)
+{
+    refused("audit: {accessRetentionDays: 0}\n", "c.yaml:1: audit.accessRetentionDays: '0' is not a number from 1 to 36500");
+    cr_assert_eq(parse("kms: {seal: {mode: passphrase}}\n"), 0);
+    cr_assert_eq(cfg.access_retention_days, 0, "absent: the segments are kept");
 }
 
 Test(config, plugins)
