@@ -77,8 +77,11 @@ typedef struct audit_role {
     const role_health *roles;        /* the supervisor's table: peers' names */
     role_health *health;             /* the role's entry: its counters for /metrics */
     size_t n_roles;
-    unsigned retention_days; /* of access-log segments; 0: kept for good */
-    uint64_t next_prune_ns;  /* monotonic; the writer's */
+    unsigned retention_days; /* of access-log segments; 0: kept for good (no retention thread) */
+    pthread_t retention;
+    pthread_mutex_t retention_lock;
+    pthread_cond_t retention_wake;
+    bool retention_stop; /* under retention_lock */
 } audit_role;
 
 typedef struct role_handler {
@@ -235,18 +238,16 @@ static json_t *segments_past_retention(const audit_role *r, uint64_t now_ns, boo
 /* Applies the retention of access-log segments: those not written for
  * R->retention_days are named in an audit.access.prune entry this role
  * appends (durable first, so that verify tells them from segments removed
- * by anyone else), then removed; their heads stay in the log. Writer
- * thread. */
-static void prune_access(audit_role *r)
+ * by anyone else), then removed; their heads stay in the log. Returns
+ * whether the cap left segments for another pass at once. Retention
+ * thread: the directory scan never holds up the writer's commits. */
+static bool prune_access(audit_role *r)
 {
-    r->next_prune_ns = time_mono_ns() + PRUNE_EVERY_NS;
     uint64_t now = time_now_ns();
     bool more;
     json_auto_t *ids = segments_past_retention(r, now, &more);
     if (!ids || json_array_size(ids) == 0)
-        return;
-    if (more)
-        r->next_prune_ns = time_mono_ns(); /* the rest in the next pass, after what is queued */
+        return false;
     char at[40], before[40];
     time_format_rfc3339_ms(now, at, sizeof(at));
     time_format_rfc3339_ms(now - (uint64_t)r->retention_days * 86400 * NSEC_PER_SEC, before, sizeof(before));
@@ -269,7 +270,7 @@ static void prune_access(audit_role *r)
     if (err < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot append the entry naming the access-log segments past their retention; "
                                     "none is removed", "error", strerror(-err), NULL);
-        return;
+        return false;
     }
     size_t i, removed = 0;
     json_t *id;
@@ -289,47 +290,54 @@ static void prune_access(audit_role *r)
     snprintf(days, sizeof(days), "%u", r->retention_days);
     log_fields(LOG_LEVEL_INFO, "removed access-log segments past their retention", "segments", n, "retentionDays",
                days, "entry", index, NULL);
+    return more;
 }
 
-/* Whether a retention pass is due (queue_lock held or not: the writer's). */
-static bool prune_due(const audit_role *r)
+/* The retention thread (when a retention is set): a pass at start, then
+ * hourly (at once again while a pass leaves segments for the next), until
+ * told to stop. */
+static void *retention_main(void *arg)
 {
-    return r->retention_days && time_mono_ns() >= r->next_prune_ns;
-}
-
-/* Waits on R's queue (queue_lock held) until woken, or until the next
- * retention pass is due. */
-static void writer_wait(audit_role *r)
-{
-    if (!r->retention_days) {
-        pthread_cond_wait(&r->queue_wake, &r->queue_lock);
-        return;
+    audit_role *r = arg;
+    pthread_setname_np(pthread_self(), "audit-retention");
+    pthread_mutex_lock(&r->retention_lock);
+    while (!r->retention_stop) {
+        pthread_mutex_unlock(&r->retention_lock);
+        bool more = prune_access(r);
+        pthread_mutex_lock(&r->retention_lock);
+        if (more)
+            continue;
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += PRUNE_EVERY_NS / NSEC_PER_SEC;
+        while (!r->retention_stop && pthread_cond_timedwait(&r->retention_wake, &r->retention_lock, &until) == 0)
+            ;
     }
-    uint64_t left = r->next_prune_ns - MIN(r->next_prune_ns, time_mono_ns());
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    uint64_t ns = (uint64_t)until.tv_nsec + left;
-    until.tv_sec += (time_t)(ns / NSEC_PER_SEC);
-    until.tv_nsec = (long)(ns % NSEC_PER_SEC);
-    pthread_cond_timedwait(&r->queue_wake, &r->queue_lock, &until);
+    pthread_mutex_unlock(&r->retention_lock);
+    return NULL;
+}
+
+/* Stops the retention thread, if it runs (a pass under way ends first). */
+static void retention_stop(audit_role *r)
+{
+    if (!r->retention_days)
+        return;
+    pthread_mutex_lock(&r->retention_lock);
+    r->retention_stop = true;
+    pthread_cond_signal(&r->retention_wake);
+    pthread_mutex_unlock(&r->retention_lock);
+    pthread_join(r->retention, NULL);
 }
 
 /* The writer thread: commits what is queued, hands the results to the loop,
- * applies the access-log segments' retention when due (at start, then
- * hourly), and after a stop request drains the queue before returning. */
+ * and after a stop request drains the queue before returning. */
 static void *writer_main(void *arg)
 {
     audit_role *r = arg;
     pthread_mutex_lock(&r->queue_lock);
     for (;;) {
-        while (h2o_linklist_is_empty(&r->queue) && !r->writer_stop && !prune_due(r))
-            writer_wait(r);
-        if (h2o_linklist_is_empty(&r->queue) && !r->writer_stop) { /* a retention pass is due */
-            pthread_mutex_unlock(&r->queue_lock);
-            prune_access(r);
-            pthread_mutex_lock(&r->queue_lock);
-            continue;
-        }
+        while (h2o_linklist_is_empty(&r->queue) && !r->writer_stop)
+            pthread_cond_wait(&r->queue_wake, &r->queue_lock);
         if (h2o_linklist_is_empty(&r->queue))
             break;
         h2o_linklist_t batch;
@@ -844,11 +852,13 @@ static void *thread_init(h2o_context_t *ctx, void *userdata)
     return r;
 }
 
-/* Stops the writer once it has committed what is queued; its answers then
- * arrive while httpd waits for thread_busy to clear. */
+/* Stops the retention thread, then the writer once it has committed what
+ * is queued; its answers then arrive while httpd waits for thread_busy to
+ * clear. */
 static void thread_drain(void *state)
 {
     audit_role *r = state;
+    retention_stop(r);
     pthread_mutex_lock(&r->queue_lock);
     r->writer_stop = true;
     pthread_cond_signal(&r->queue_wake);
@@ -920,15 +930,19 @@ static int role_setup(const audit_server_config *cfg, audit_role *r)
 int audit_serve(const audit_server_config *cfg)
 {
     audit_role r = {.log_lock = PTHREAD_MUTEX_INITIALIZER, .queue_lock = PTHREAD_MUTEX_INITIALIZER,
-                    .queue_wake = PTHREAD_COND_INITIALIZER};
+                    .queue_wake = PTHREAD_COND_INITIALIZER, .retention_lock = PTHREAD_MUTEX_INITIALIZER,
+                    .retention_wake = PTHREAD_COND_INITIALIZER};
     h2o_linklist_init_anchor(&r.queue);
     r.health = cfg->health;
-    r.retention_days = cfg->access_retention_days;
-    r.next_prune_ns = time_mono_ns(); /* a first pass at start */
     int e = role_setup(cfg, &r);
     if (e == 0) {
         atomic_store(&r.health->audit_entries, audit_log_size(r.log));
         pthread_create(&r.writer, NULL, writer_main, &r);
+        r.retention_days = cfg->access_retention_days; /* read by the thread: set first */
+        if (r.retention_days && pthread_create(&r.retention, NULL, retention_main, &r) != 0) {
+            r.retention_days = 0;
+            log_error("cannot start the retention thread; the access-log segments are kept");
+        }
         log_fields(LOG_LEVEL_INFO, "audit log serving", "socket", cfg->socket, "key", r.vkey, NULL);
         char listen[4300];
         snprintf(listen, sizeof(listen), "unix:%s", cfg->socket);
