@@ -21,6 +21,8 @@ import re
 import select
 import socket
 import ssl
+import subprocess
+import threading
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
@@ -358,3 +360,173 @@ def test_connection_flood_leaves_the_proxy_serving(low_fd):
     conn.close()
     assert s.role_pid("proxy") == pid
     assert "Too many open files" not in s.read_log()
+
+
+class HoldingUpstream:
+    """An upstream that reads each request and holds its answer until
+    released (but for /ready, answered at once), counting the connections
+    open to it and the most at once while held (once released, a connection
+    the proxy closes may be counted a moment after the one that replaces it
+    is accepted)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.released = threading.Event()
+        self.open = self.most = self.answered = 0
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                c, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.open += 1
+                if not self.released.is_set():
+                    self.most = max(self.most, self.open)
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, c):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    got = c.recv(65536)
+                    if not got:
+                        return
+                    buf += got
+                (head, buf) = buf.split(b"\r\n\r\n", 1)
+                if not head.startswith(b"GET /ready "):
+                    self.released.wait(60)
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                with self.lock:
+                    self.answered += 1
+        except OSError:
+            pass
+        finally:
+            c.close()
+            with self.lock:
+                self.open -= 1
+
+    def stop(self):
+        self.released.set()
+        self.listener.close()
+
+
+def h2_streams(port, ca, host, token, n):
+    """Opens an HTTP/2 connection over TLS and sends N GETs at once; returns
+    (socket, h2 connection) for h2_statuses()."""
+    import h2.config
+    import h2.connection
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.set_alpn_protocols(["h2"])
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30), server_hostname=host)
+    assert sock.selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    for i in range(n):
+        conn.send_headers(conn.get_next_available_stream_id(),
+                          [(":method", "GET"), (":path", f"/held-{i}"), (":scheme", "https"), (":authority", host),
+                           ("authorization", f"Bearer {token}")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    return sock, conn
+
+
+def h2_pinged(sock, conn, deadline):
+    """Sends a PING on CONN and reads until its ACK: the proxy has taken
+    every frame sent before it (h2o handles a connection's frames in
+    order, each request as its HEADERS arrive)."""
+    import h2.events
+    conn.ping(b"cloister")
+    sock.sendall(conn.data_to_send())
+    while True:
+        assert time.time() < deadline, "no PING ACK"
+        data = sock.recv(65536)
+        assert data, "the proxy closed the HTTP/2 connection"
+        events = conn.receive_data(data)
+        sock.sendall(conn.data_to_send())
+        if any(isinstance(ev, h2.events.PingAckReceived) for ev in events):
+            return
+
+
+def connections_to(port):
+    """The sockets on this machine connected (or connecting) to 127.0.0.1:PORT."""
+    out = subprocess.run(["ss", "-Htn", "state", "all", "dst", f"127.0.0.1:{port}"], capture_output=True,
+                         text=True, check=True).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def h2_statuses(sock, conn, n, deadline):
+    """The statuses of N streams answered on CONN, read until all ended."""
+    import h2.events
+    statuses, ended = {}, set()
+    while len(ended) < n:
+        assert time.time() < deadline, f"{len(ended)} of {n} streams answered: {statuses}"
+        data = sock.recv(65536)
+        assert data, "the proxy closed the HTTP/2 connection"
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                statuses[ev.stream_id] = dict(ev.headers)[b":status"].decode()
+            elif isinstance(ev, h2.events.StreamEnded):
+                ended.add(ev.stream_id)
+            elif isinstance(ev, h2.events.DataReceived):
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        sock.sendall(conn.data_to_send())
+    return list(statuses.values())
+
+
+def test_http2_streams_cannot_take_every_descriptor(tmp_path):
+    """An HTTP/2 client's streams each need an upstream connection, but the
+    proxy admits a client connection with one descriptor to spare for its
+    upstream: a thread holds at most that many upstream connections over all
+    origins (its budget). Two clients with 100 streams each to an upstream
+    that holds its answers: the upstream never sees more connections at once
+    than the budget, the streams over it wait instead of failing, and every
+    one is answered once the upstream lets go."""
+    up = HoldingUpstream()
+    tls_port = free_port()
+    s = Server(tmp_path / "data", prefix=["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"],
+               extra_args=["--proxy-listen", f"127.0.0.1:{tls_port}", "--proxy-threads", "1",
+                           "--domain", DOMAIN]).start()
+    clients = []
+    try:
+        r = s.request("POST", "/v1/apply", json={"items": [
+            manifest("User", "tina", {"type": "human"}),
+            manifest("Credential", "tina-cli", {"user": "tina", "type": "authToken"}),
+            manifest("Policy", "all", {"rules": [{"effect": "allow", "priority": 0, "condition": {"match": "true"}}]}),
+            manifest("Service", "held", {"upstream": {"url": f"http://127.0.0.1:{up.port}"}, "policies": ["all"]}),
+        ]})
+        assert r.status_code == 200, r.text
+        token = token_login(s, "tina-cli")
+        budget = int(re.search(r'"msg":"proxy connection cap"[^\n]*"maxConnections":"(\d+)"', s.read_log()).group(1))
+        assert budget == (NOFILE - 64) // 2  # one proxy thread: the whole budget
+        host = f"held.{DOMAIN}"
+        deadline = time.time() + 15
+        while requests.get(f"https://127.0.0.1:{tls_port}/ready", verify=s.ca, timeout=10,
+                           headers={"Host": host, "Authorization": f"Bearer {token}"}).status_code != 200:
+            assert time.time() < deadline, "the proxy never served the Service"
+            time.sleep(0.1)
+        clients = [h2_streams(tls_port, s.ca, host, token, 100) for _ in range(2)]
+        deadline = time.time() + 20
+        for (sock, conn) in clients:  # every request has reached the proxy's upstream stage
+            h2_pinged(sock, conn, deadline)
+        opened = connections_to(up.port)
+        assert opened == budget, f"the proxy holds {opened} connections to the upstream, budget {budget}"
+        while up.open < budget:  # and the upstream holds them all (accepted)
+            assert time.time() < deadline, f"{up.open} upstream connections accepted, budget {budget}"
+            time.sleep(0.05)
+        with up.lock:
+            most = up.most
+            up.released.set()
+        assert most == budget, f"the upstream saw {most} connections at once, budget {budget}"
+        deadline = time.time() + 60
+        statuses = [st for (sock, conn) in clients for st in h2_statuses(sock, conn, 100, deadline)]
+        assert statuses == ["200"] * 200, statuses
+    finally:
+        for (sock, _) in clients:
+            sock.close()
+        s.stop()
+        up.stop()

@@ -1028,19 +1028,26 @@ static void *thread_main(void *arg)
  * loop spinning); 0 when CFG sets no cap. Logs the cap in force ("<name>
  * connection cap"), so that an operator sees why connections past it are
  * closed. */
+unsigned httpd_connection_limit(unsigned max, unsigned fds_per_connection)
+{
+    unsigned per = fds_per_connection ? fds_per_connection : 1;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+        return max;
+    rlim_t usable = rl.rlim_cur > 2 * HTTPD_FDS_RESERVED ? rl.rlim_cur - HTTPD_FDS_RESERVED : rl.rlim_cur / 2;
+    rlim_t fit = usable / per ? usable / per : 1;
+    return (unsigned)MIN((rlim_t)max, fit);
+}
+
 static unsigned connection_cap(const httpd_config *cfg)
 {
     if (!cfg->max_connections)
         return 0;
-    unsigned cap = cfg->max_connections, per = cfg->fds_per_connection ? cfg->fds_per_connection : 1;
+    unsigned cap = httpd_connection_limit(cfg->max_connections, cfg->fds_per_connection);
     struct rlimit rl;
     char nofile[24] = "unlimited";
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
-        rlim_t usable = rl.rlim_cur > 2 * HTTPD_FDS_RESERVED ? rl.rlim_cur - HTTPD_FDS_RESERVED : rl.rlim_cur / 2;
-        rlim_t fit = usable / per ? usable / per : 1;
-        cap = (unsigned)MIN((rlim_t)cap, fit);
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
         snprintf(nofile, sizeof(nofile), "%llu", (unsigned long long)rl.rlim_cur);
-    }
     char msg[64], text[16];
     snprintf(msg, sizeof(msg), "%s connection cap", cfg->name);
     snprintf(text, sizeof(text), "%u", cap);

@@ -92,6 +92,10 @@ typedef struct httpd_config {
  * every thread. Returns 0 after a clean stop, or a negative errno when the
  * server cannot start (bad address, port in use, unreadable certificate). */
 int httpd_run(const httpd_config *cfg);
+/* MAX client connections, lowered to what RLIMIT_NOFILE allows when each
+ * holds FDS_PER_CONNECTION descriptors (HTTPD_FDS_RESERVED kept): the cap
+ * httpd_run() applies to a max_connections of MAX. */
+unsigned httpd_connection_limit(unsigned max, unsigned fds_per_connection);
 
 /* The per-thread state (thread_init's result) of the loop serving REQ. */
 void *httpd_thread_state(h2o_req_t *req);

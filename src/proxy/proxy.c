@@ -39,7 +39,7 @@ void *proxy_thread_init(h2o_context_t *ctx, void *userdata)
     proxy_login_init(t);
     t->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     t->digest = EVP_MD_CTX_new();
-    if (offload_loop_new(ctx->loop, &t->offload) < 0 || !(t->upstreams = proxy_upstreams_new(ctx->loop)) ||
+    if (offload_loop_new(ctx->loop, &t->offload) < 0 || !(t->upstreams = proxy_upstreams_new(ctx->loop, s->upstream_budget)) ||
         !t->sha256 || !t->digest) {
         proxy_thread_dispose(t);
         return NULL;

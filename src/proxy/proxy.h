@@ -43,6 +43,7 @@ typedef struct proxy_settings {
     const char *access_dir;           /* the access-log segments (<data>/proxy/access) */
     struct offload_pool *commit_pool; /* failClosed requests waiting for their record's commit */
     struct offload_pool *plugin_pool; /* out-of-process plugin calls of the request phases */
+    unsigned upstream_budget;         /* connections each thread may hold open to all its upstreams (0: no cap) */
 } proxy_settings;
 
 /* httpd hooks; USERDATA is the proxy_settings (borrowed for the server's life). */

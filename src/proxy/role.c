@@ -51,6 +51,17 @@ static SSL_CTX *upstream_tls(const char *ca_file)
     return ctx;
 }
 
+/* The upstream connections each of THREADS proxy threads may hold open to
+ * all origins together: httpd admits a client connection only with a
+ * descriptor to spare for its upstream (fds_per_connection 2), and those
+ * spares are shared by the threads, so that no HTTP/2 client's many
+ * streams can take the descriptors the other clients' upstreams need. */
+static unsigned upstream_budget(unsigned threads)
+{
+    unsigned per_thread = httpd_connection_limit(MAX_CONNECTIONS, 2) / (threads ? threads : 1);
+    return per_thread ? per_thread : 1;
+}
+
 int proxy_serve(const proxy_role_config *cfg)
 {
     char dir[4200], keys_path[4300], login_url[400], issuer[300];
@@ -146,6 +157,9 @@ int proxy_serve(const proxy_role_config *cfg)
         .access_dir = access_dir,
         .commit_pool = commit_pool,
         .plugin_pool = plugin_pool,
+        /* the descriptor beside each client connection httpd admits, shared
+         * by the threads: no HTTP/2 client's streams can take more */
+        .upstream_budget = upstream_budget(cfg->threads),
     };
     httpd_config hc = {
         .name = "proxy",

@@ -3,6 +3,7 @@
 #include "proxy/upstream.h"
 
 #include <arpa/inet.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -142,6 +143,8 @@ typedef struct origin_pool {
 struct proxy_upstreams {
     h2o_loop_t *loop;
     h2o_timeout_t idle_timeout;
+    unsigned conns, conns_max;      /* open (or opening) to every origin, and the thread's budget of them */
+    h2o_linklist_t budget_waiting;  /* exchange.wait_link: requests under their origin's cap waiting for the budget */
     origin_pool pools[PROXY_ORIGINS_MAX]; /* by origin index; anchors set on first use */
 };
 
@@ -200,12 +203,14 @@ static void exchange_send(exchange *ex);
 static void exchange_connect(exchange *ex);
 static void exchange_fail(exchange *ex, int status, const char *why);
 
-proxy_upstreams *proxy_upstreams_new(h2o_loop_t *loop)
+proxy_upstreams *proxy_upstreams_new(h2o_loop_t *loop, unsigned conns_max)
 {
     proxy_upstreams *u = calloc(1, sizeof(*u));
     if (!u)
         return NULL;
     u->loop = loop;
+    u->conns_max = conns_max ? conns_max : UINT_MAX;
+    h2o_linklist_init_anchor(&u->budget_waiting);
     h2o_timeout_init(loop, &u->idle_timeout, PROXY_UPSTREAM_IDLE_MS);
     return u;
 }
@@ -233,10 +238,12 @@ static exchange *pool_next_waiter(origin_pool *pool)
 }
 
 /* Closes CONN and frees it; the socket too unless it was taken. When WAKE,
- * the request first in line for its origin gets the freed place. */
+ * the request first in line for its origin gets the freed place; else (or
+ * when none waits there) the first one waiting for the thread's budget. */
 static void conn_close(upstream_conn *conn, bool wake)
 {
     origin_pool *pool = conn->pool;
+    proxy_upstreams *u = conn->u;
     if (h2o_linklist_is_linked(&conn->idle_link)) {
         h2o_linklist_unlink(&conn->idle_link);
         pool->n_idle--;
@@ -246,8 +253,18 @@ static void conn_close(upstream_conn *conn, bool wake)
     if (conn->sock)
         h2o_socket_close(conn->sock);
     pool->conns--;
+    u->conns--;
     free(conn);
     exchange *next = wake ? pool_next_waiter(pool) : NULL;
+    if (!next && !h2o_linklist_is_empty(&u->budget_waiting)) {
+        next = H2O_STRUCT_FROM_MEMBER(exchange, wait_link, u->budget_waiting.next);
+        h2o_linklist_unlink(&next->wait_link);
+        if (next->pool->conns >= next->origin->conns_max) { /* its origin filled up meanwhile: its own line */
+            h2o_linklist_insert(&next->pool->waiting, &next->wait_link);
+            next = NULL;
+        } else
+            h2o_timeout_unlink(&next->timer);
+    }
     if (next)
         exchange_connect(next);
 }
@@ -295,6 +312,10 @@ static void exchange_release(exchange *ex, bool reusable)
         next->conn = conn;
         conn->ex = next;
         exchange_send(next);
+        return;
+    }
+    if (!h2o_linklist_is_empty(&conn->u->budget_waiting)) { /* closed: its place goes to a request over budget */
+        conn_close(conn, false);
         return;
     }
     if (pool->n_idle >= ex->origin->idle_max) {
@@ -818,6 +839,7 @@ static void exchange_connect(exchange *ex)
     conn->ex = ex;
     ex->conn = conn;
     ex->pool->conns++;
+    ex->u->conns++;
     exchange_touch(ex);
     if (ex->origin->addrlen) {
         conn_dial(ex, (struct sockaddr *)&ex->origin->addr, ex->origin->addrlen);
@@ -954,10 +976,12 @@ void proxy_upstream_forward(proxy_request *pr, proxy_origin *origin, h2o_iovec_t
         exchange_send(ex);
         return;
     }
-    if (pool->conns < origin->conns_max) {
+    if (pool->conns < origin->conns_max && u->conns < u->conns_max) {
         exchange_connect(ex);
         return;
     }
-    h2o_linklist_insert(&pool->waiting, &ex->wait_link);
+    /* over the origin's cap: the origin's next free connection; else over
+     * the thread's budget (descriptors): the next one closed anywhere */
+    h2o_linklist_insert(pool->conns >= origin->conns_max ? &pool->waiting : &u->budget_waiting, &ex->wait_link);
     exchange_touch(ex);
 }
