@@ -259,8 +259,9 @@ def test_a_role_cannot_append_what_it_may_not(peers_server):
 def test_only_the_proxy_writes_segments_in_order_and_only_the_api_reads_them(peers_server):
     """audit.sock's /v1/segment: the proxy's access-log segment bytes, stored by
     the audit role in its own subtree; bytes arrive in order (a gap is 409, a
-    retry of stored bytes is taken again), ids are file names, the api role
-    alone reads them and no other role writes them."""
+    retry of the bytes the copy ends with is taken again, other bytes at a
+    stored offset are 409), ids are file names, the api role alone reads them
+    and no other role writes them."""
     s = peers_server
     proxy_port = int(s.extra_args[s.extra_args.index("--proxy-listen") + 1].rsplit(":", 1)[1])
     requests.get(f"https://127.0.0.1:{proxy_port}/segment-probe", headers={"Host": "nothing.localhost"},
@@ -271,9 +272,16 @@ def test_only_the_proxy_writes_segments_in_order_and_only_the_api_reads_them(pee
     stored = (s.data_dir / "audit" / "access" / segment).read_bytes()
     proxy_sock = wait_for(lambda: steal_audit_connection(s, "proxy"), timeout=5)
     with proxy_sock:
-        # the bytes it already has, sent again (a retried delivery): taken, nothing changes
+        # the bytes its copy ends with, sent again (a retried delivery): taken, nothing changes
+        tail = len(stored) - 100
+        status, ans = http_on(proxy_sock, "POST", f"/v1/segment?id={segment}&offset={tail}", None, raw=stored[tail:])
+        assert status == 200 and ans["size"] == len(stored), ans
+        # bytes it has but not where the copy ends, or other bytes at an offset it holds: refused
         status, ans = http_on(proxy_sock, "POST", f"/v1/segment?id={segment}&offset=0", None, raw=stored[:100])
-        assert status == 200 and ans["size"] >= len(stored), ans
+        assert status == 409 and "other bytes" in ans["error"]["message"], ans
+        other = bytes([stored[tail] ^ 1]) + stored[tail + 1:]
+        status, ans = http_on(proxy_sock, "POST", f"/v1/segment?id={segment}&offset={tail}", None, raw=other)
+        assert status == 409 and "other bytes" in ans["error"]["message"], ans
         # a gap: refused
         status, ans = http_on(proxy_sock, "POST", "/v1/segment?id=fresh-probe&offset=10", None, raw=b"x\n")
         assert status == 409 and "in order" in ans["error"]["message"], ans
