@@ -453,9 +453,10 @@ def h2_pinged(sock, conn, deadline):
 
 
 def connections_to(port):
-    """The sockets on this machine connected (or connecting) to 127.0.0.1:PORT."""
-    out = subprocess.run(["ss", "-Htn", "state", "all", "dst", f"127.0.0.1:{port}"], capture_output=True,
-                         text=True, check=True).stdout
+    """The sockets on this machine connected (or connecting) to 127.0.0.1:PORT
+    (not those closed and in TIME-WAIT)."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", "state", "syn-sent", "dst", f"127.0.0.1:{port}"],
+                         capture_output=True, text=True, check=True).stdout
     return len([line for line in out.splitlines() if line.strip()])
 
 
@@ -530,3 +531,54 @@ def test_http2_streams_cannot_take_every_descriptor(tmp_path):
             sock.close()
         s.stop()
         up.stop()
+
+
+def test_a_request_over_the_budget_closes_another_upstreams_idle_connection(tmp_path):
+    """A thread's upstream budget full of idle connections to one upstream
+    (kept for reuse) does not hold up a request to another: the least
+    recently used idle connection is closed for it at once, instead of the
+    request waiting for the idle timeout (2 s)."""
+    nofile = 160  # a budget of (160 - 64) / 2 = 48, under the 64 idle connections kept per upstream
+    held, echo = HoldingUpstream(), EchoUpstream()
+    echo_port = echo.start()
+    tls_port = free_port()
+    s = Server(tmp_path / "data", prefix=["prlimit", f"--nofile={nofile}:{nofile}", "--"],
+               extra_args=["--proxy-listen", f"127.0.0.1:{tls_port}", "--proxy-threads", "1",
+                           "--domain", DOMAIN]).start()
+    client = None
+    try:
+        r = s.request("POST", "/v1/apply", json={"items": [
+            manifest("User", "tina", {"type": "human"}),
+            manifest("Credential", "tina-cli", {"user": "tina", "type": "authToken"}),
+            manifest("Policy", "all", {"rules": [{"effect": "allow", "priority": 0, "condition": {"match": "true"}}]}),
+            manifest("Service", "held", {"upstream": {"url": f"http://127.0.0.1:{held.port}"}, "policies": ["all"]}),
+            manifest("Service", "other", {"upstream": {"url": f"http://127.0.0.1:{echo_port}"}, "policies": ["all"]}),
+        ]})
+        assert r.status_code == 200, r.text
+        token = token_login(s, "tina-cli")
+        budget = (nofile - 64) // 2
+
+        def get(service, path):
+            return requests.get(f"https://127.0.0.1:{tls_port}{path}", verify=s.ca, timeout=10,
+                                headers={"Host": f"{service}.{DOMAIN}", "Authorization": f"Bearer {token}"})
+        deadline = time.time() + 15
+        while get("held", "/ready").status_code != 200 or get("other", "/ready").status_code != 200:
+            assert time.time() < deadline, "the proxy never served both Services"
+            time.sleep(0.1)
+        # the whole budget to the held upstream, then idle there
+        client = h2_streams(tls_port, s.ca, f"held.{DOMAIN}", token, budget)
+        h2_pinged(*client, time.time() + 20)
+        assert connections_to(held.port) == budget
+        held.released.set()
+        assert h2_statuses(*client, budget, time.time() + 30) == ["200"] * budget
+        started = time.time()
+        assert get("other", "/after").status_code == 200
+        took = time.time() - started
+        assert took < 1.5, f"the request waited {took:.1f} s for the budget (an idle connection's timeout)"
+        assert connections_to(held.port) < budget, "an idle connection to the other upstream was closed for it"
+    finally:
+        if client:
+            client[0].close()
+        s.stop()
+        held.stop()
+        echo.stop()

@@ -145,6 +145,7 @@ struct proxy_upstreams {
     h2o_timeout_t idle_timeout;
     unsigned conns, conns_max;      /* open (or opening) to every origin, and the thread's budget of them */
     h2o_linklist_t budget_waiting;  /* exchange.wait_link: requests under their origin's cap waiting for the budget */
+    h2o_linklist_t idle_all;        /* upstream_conn.idle_all_link: every origin's idle ones, the least recent first */
     origin_pool pools[PROXY_ORIGINS_MAX]; /* by origin index; anchors set on first use */
 };
 
@@ -157,6 +158,7 @@ typedef struct upstream_conn {
     origin_pool *pool;
     struct exchange *ex; /* the exchange it carries, or NULL when idle */
     h2o_linklist_t idle_link;
+    h2o_linklist_t idle_all_link; /* in the thread's idle_all while idle */
     h2o_timeout_entry_t idle_timer;
     bool used; /* it carried an exchange to its end before */
 } upstream_conn;
@@ -211,6 +213,7 @@ proxy_upstreams *proxy_upstreams_new(h2o_loop_t *loop, unsigned conns_max)
     u->loop = loop;
     u->conns_max = conns_max ? conns_max : UINT_MAX;
     h2o_linklist_init_anchor(&u->budget_waiting);
+    h2o_linklist_init_anchor(&u->idle_all);
     h2o_timeout_init(loop, &u->idle_timeout, PROXY_UPSTREAM_IDLE_MS);
     return u;
 }
@@ -246,6 +249,7 @@ static void conn_close(upstream_conn *conn, bool wake)
     proxy_upstreams *u = conn->u;
     if (h2o_linklist_is_linked(&conn->idle_link)) {
         h2o_linklist_unlink(&conn->idle_link);
+        h2o_linklist_unlink(&conn->idle_all_link);
         pool->n_idle--;
     }
     if (h2o_timeout_is_linked(&conn->idle_timer))
@@ -323,6 +327,7 @@ static void exchange_release(exchange *ex, bool reusable)
         return;
     }
     h2o_linklist_insert(&pool->idle, &conn->idle_link);
+    h2o_linklist_insert(&conn->u->idle_all, &conn->idle_all_link);
     pool->n_idle++;
     h2o_timeout_link(conn->u->loop, &conn->u->idle_timeout, &conn->idle_timer);
 }
@@ -969,6 +974,7 @@ void proxy_upstream_forward(proxy_request *pr, proxy_origin *origin, h2o_iovec_t
     if (!h2o_linklist_is_empty(&pool->idle)) { /* the most recently used: the likeliest alive */
         upstream_conn *conn = H2O_STRUCT_FROM_MEMBER(upstream_conn, idle_link, pool->idle.prev);
         h2o_linklist_unlink(&conn->idle_link);
+        h2o_linklist_unlink(&conn->idle_all_link);
         pool->n_idle--;
         h2o_timeout_unlink(&conn->idle_timer);
         conn->ex = ex;
@@ -981,7 +987,11 @@ void proxy_upstream_forward(proxy_request *pr, proxy_origin *origin, h2o_iovec_t
         return;
     }
     /* over the origin's cap: the origin's next free connection; else over
-     * the thread's budget (descriptors): the next one closed anywhere */
-    h2o_linklist_insert(pool->conns >= origin->conns_max ? &pool->waiting : &u->budget_waiting, &ex->wait_link);
+     * the thread's budget (descriptors): the next one closed anywhere, the
+     * least recently used idle one (of another origin) at once if any */
+    bool over_budget = pool->conns < origin->conns_max;
+    h2o_linklist_insert(over_budget ? &u->budget_waiting : &pool->waiting, &ex->wait_link);
     exchange_touch(ex);
+    if (over_budget && !h2o_linklist_is_empty(&u->idle_all))
+        conn_close(H2O_STRUCT_FROM_MEMBER(upstream_conn, idle_all_link, u->idle_all.next), false);
 }

@@ -17,9 +17,10 @@
  * connection to come free (504 after the upstream timeout). And per thread,
  * over all origins: the connections its descriptors allow (the thread's
  * budget), so that the streams of a few HTTP/2 clients cannot take every
- * descriptor; a request over it waits for a connection to close anywhere
- * in the thread (idle ones close after PROXY_UPSTREAM_IDLE_MS). WebSocket
- * tunnels leave the pool and do not count. */
+ * descriptor; a request over it closes the thread's least recently used
+ * idle connection (to another origin) at once, or else waits for a
+ * connection to close anywhere in the thread. WebSocket tunnels leave the
+ * pool and do not count. */
 #pragma once
 
 #include <h2o.h>
@@ -51,8 +52,8 @@ proxy_origin *proxy_origin_for_address(const struct sockaddr *sa, socklen_t len,
 void proxy_origins_free(void);
 
 /* A thread's connections on LOOP, made with it, at most CONNS_MAX open to
- * all origins together (0: no cap; a request over it waits for one to
- * close anywhere in the thread); NULL: out of memory. */
+ * all origins together (0: no cap; see above for a request over it);
+ * NULL: out of memory. */
 proxy_upstreams *proxy_upstreams_new(h2o_loop_t *loop, unsigned conns_max);
 /* Closes the thread's idle connections and frees U (exchanges are over). */
 void proxy_upstreams_free(proxy_upstreams *u);
