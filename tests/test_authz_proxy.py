@@ -479,6 +479,28 @@ def h2_statuses(sock, conn, n, deadline):
     return list(statuses.values())
 
 
+def budget_server(tmp_path, nofile, upstreams):
+    """A started Server under `prlimit --nofile=NOFILE` with one proxy thread
+    on its own TLS port, serving each Service NAME of UPSTREAMS ({name:
+    port}) to tina; returns (server, TLS port, tina's access token)."""
+    tls_port = free_port()
+    s = Server(tmp_path / "data", prefix=["prlimit", f"--nofile={nofile}:{nofile}", "--"],
+               extra_args=["--proxy-listen", f"127.0.0.1:{tls_port}", "--proxy-threads", "1",
+                           "--domain", DOMAIN]).start()
+    try:
+        r = s.request("POST", "/v1/apply", json={"items": [
+            manifest("User", "tina", {"type": "human"}),
+            manifest("Credential", "tina-cli", {"user": "tina", "type": "authToken"}),
+            manifest("Policy", "all", {"rules": [{"effect": "allow", "priority": 0, "condition": {"match": "true"}}]}),
+        ] + [manifest("Service", name, {"upstream": {"url": f"http://127.0.0.1:{port}"}, "policies": ["all"]})
+             for (name, port) in upstreams.items()]})
+        assert r.status_code == 200, r.text
+        return s, tls_port, token_login(s, "tina-cli")
+    except BaseException:
+        s.stop()
+        raise
+
+
 def test_http2_streams_cannot_take_every_descriptor(tmp_path):
     """An HTTP/2 client's streams each need an upstream connection, but the
     proxy admits a client connection with one descriptor to spare for its
@@ -488,20 +510,9 @@ def test_http2_streams_cannot_take_every_descriptor(tmp_path):
     than the budget, the streams over it wait instead of failing, and every
     one is answered once the upstream lets go."""
     up = HoldingUpstream()
-    tls_port = free_port()
-    s = Server(tmp_path / "data", prefix=["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"],
-               extra_args=["--proxy-listen", f"127.0.0.1:{tls_port}", "--proxy-threads", "1",
-                           "--domain", DOMAIN]).start()
+    (s, tls_port, token) = budget_server(tmp_path, NOFILE, {"held": up.port})
     clients = []
     try:
-        r = s.request("POST", "/v1/apply", json={"items": [
-            manifest("User", "tina", {"type": "human"}),
-            manifest("Credential", "tina-cli", {"user": "tina", "type": "authToken"}),
-            manifest("Policy", "all", {"rules": [{"effect": "allow", "priority": 0, "condition": {"match": "true"}}]}),
-            manifest("Service", "held", {"upstream": {"url": f"http://127.0.0.1:{up.port}"}, "policies": ["all"]}),
-        ]})
-        assert r.status_code == 200, r.text
-        token = token_login(s, "tina-cli")
         budget = int(re.search(r'"msg":"proxy connection cap"[^\n]*"maxConnections":"(\d+)"', s.read_log()).group(1))
         assert budget == (NOFILE - 64) // 2  # one proxy thread: the whole budget
         host = f"held.{DOMAIN}"
@@ -540,22 +551,9 @@ def test_a_request_over_the_budget_closes_another_upstreams_idle_connection(tmp_
     request waiting for the idle timeout (2 s)."""
     nofile = 160  # a budget of (160 - 64) / 2 = 48, under the 64 idle connections kept per upstream
     held, echo = HoldingUpstream(), EchoUpstream()
-    echo_port = echo.start()
-    tls_port = free_port()
-    s = Server(tmp_path / "data", prefix=["prlimit", f"--nofile={nofile}:{nofile}", "--"],
-               extra_args=["--proxy-listen", f"127.0.0.1:{tls_port}", "--proxy-threads", "1",
-                           "--domain", DOMAIN]).start()
+    (s, tls_port, token) = budget_server(tmp_path, nofile, {"held": held.port, "other": echo.start()})
     client = None
     try:
-        r = s.request("POST", "/v1/apply", json={"items": [
-            manifest("User", "tina", {"type": "human"}),
-            manifest("Credential", "tina-cli", {"user": "tina", "type": "authToken"}),
-            manifest("Policy", "all", {"rules": [{"effect": "allow", "priority": 0, "condition": {"match": "true"}}]}),
-            manifest("Service", "held", {"upstream": {"url": f"http://127.0.0.1:{held.port}"}, "policies": ["all"]}),
-            manifest("Service", "other", {"upstream": {"url": f"http://127.0.0.1:{echo_port}"}, "policies": ["all"]}),
-        ]})
-        assert r.status_code == 200, r.text
-        token = token_login(s, "tina-cli")
         budget = (nofile - 64) // 2
 
         def get(service, path):
