@@ -32,6 +32,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_for(predicate, timeout=20, what="the condition"):
+    """Polls PREDICATE every 50 ms until it returns something truthy, and
+    returns that; fails naming WHAT after TIMEOUT seconds. For state that
+    changes with no event a test can wait on (a file the daemon removes, an
+    entry its audit role appends, a configuration it applies)."""
+    deadline = time.time() + timeout
+    while not (got := predicate()):
+        assert time.time() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
+    return got
+
+
 def sanitizer_env():
     env = dict(os.environ)
     env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")

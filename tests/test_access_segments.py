@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import access_records, audit_entries, manifest, run_cli
+from conftest import access_records, audit_entries, manifest, run_cli, wait_for
 from proxied import Proxied
 
 
@@ -248,10 +248,8 @@ def test_a_segment_the_audit_role_holds_whole_leaves_the_proxys_spool(gw):
     held = gw.s.data_dir / "audit" / "access" / segment
     assert held.stat().st_size > 2 * 1024 * 1024 - 4096
     assert len(held.read_bytes().splitlines()) == closing[0]["details"]["records"]
-    deadline = time.time() + 10  # removed by the delivery thread right after the role's answer
-    while (spool / segment).exists():
-        assert time.time() < deadline, f"the proxy kept {segment} after the audit role held it whole"
-        time.sleep(0.05)
+    # removed by the proxy's delivery thread right after the role's answer
+    wait_for(lambda: not (spool / segment).exists(), 10, f"the proxy to remove {segment}, held whole by the role")
     following = segment_of(gw, last)
     assert following != segment and following.startswith(segment[:16]) and (spool / following).exists()
     out = cli(gw, "audit", "verify")
@@ -278,10 +276,8 @@ def test_other_bytes_at_a_stored_offset_are_refused_and_the_proxy_keeps_its_file
         held.write_bytes(b"0" * 64 + b' ["planted"]\n' + b"x" * (held.stat().st_size + 200) + b"\n")
         r = session.get(url + "1", headers=headers, timeout=10)
         second = upstream_request_id(r)
-        deadline = time.time() + 15
-        while "the audit role refused an access-log segment's bytes" not in g.s.read_log():
-            assert time.time() < deadline, "the role took other bytes at an offset it holds"
-            time.sleep(0.1)
+        wait_for(lambda: "the audit role refused an access-log segment's bytes" in g.s.read_log(), 15,
+                 "the role to refuse other bytes at an offset it holds")
         assert "the segment already holds other bytes at this offset" in g.s.read_log()
         out = run_cli(g.s, "audit", "verify", env_extra={"CLOISTER_TOKEN": g.s.token})
         assert out.returncode == 1 and f"segment {segment}, record 0" in out.stderr, out
@@ -337,10 +333,7 @@ def test_segments_past_their_retention_are_removed_and_named_in_the_log(tmp_path
         os.utime(held, (two_days_ago, two_days_ago))
         g.s.extra_args += ["--access-retention-days", "1"]
         g.s.start()
-        deadline = time.time() + 15
-        while held.exists():
-            assert time.time() < deadline, "the segment past its retention was kept"
-            time.sleep(0.1)
+        wait_for(lambda: not held.exists(), 15, "the segment past its retention to be removed")
         prunes = audit_entries(g.s, "audit.access.prune")
         assert len(prunes) == 1 and prunes[0]["appender"] == "audit", prunes
         assert prunes[0]["details"]["segments"] == [old_segment] and prunes[0]["details"]["retentionDays"] == 1

@@ -18,7 +18,7 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, Server, free_port, manifest, run_cli
+from conftest import ROOT, Server, free_port, manifest, run_cli, wait_for
 
 
 def cli(server, *args):
@@ -33,16 +33,6 @@ def all_entries(server):
         assert r.status_code == 200, r.text
         out += [json.loads(e["entry"]) for e in r.json()["entries"]]
     return out
-
-
-def wait_for(predicate, timeout=15):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = predicate()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_every_write_and_refusal_is_an_entry(server):

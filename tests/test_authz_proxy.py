@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 import requests
 
-from conftest import Server, free_port, manifest
+from conftest import Server, free_port, manifest, wait_for
 from echo_upstream import EchoUpstream
 from test_browser_login import (DOMAIN, Env, audit_entries, cookie_of, handoff_url, link_mac, login_at_api,
                                 login_to_handoff, set_cookies, start_cluster)
@@ -371,6 +371,7 @@ class HoldingUpstream:
 
     def __init__(self):
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # a connection came or went
         self.released = threading.Event()
         self.open = self.most = self.answered = 0
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
@@ -387,6 +388,7 @@ class HoldingUpstream:
                 self.open += 1
                 if not self.released.is_set():
                     self.most = max(self.most, self.open)
+                self.changed.notify_all()
             threading.Thread(target=self.serve, args=(c,), daemon=True).start()
 
     def serve(self, c):
@@ -410,6 +412,12 @@ class HoldingUpstream:
             c.close()
             with self.lock:
                 self.open -= 1
+                self.changed.notify_all()
+
+    def wait_open(self, n, timeout):
+        """Waits until N connections are open to it at once."""
+        with self.lock:
+            assert self.changed.wait_for(lambda: self.open >= n, timeout), f"{self.open} connections open, not {n}"
 
     def stop(self):
         self.released.set()
@@ -516,20 +524,16 @@ def test_http2_streams_cannot_take_every_descriptor(tmp_path):
         budget = int(re.search(r'"msg":"proxy connection cap"[^\n]*"maxConnections":"(\d+)"', s.read_log()).group(1))
         assert budget == (NOFILE - 64) // 2  # one proxy thread: the whole budget
         host = f"held.{DOMAIN}"
-        deadline = time.time() + 15
-        while requests.get(f"https://127.0.0.1:{tls_port}/ready", verify=s.ca, timeout=10,
-                           headers={"Host": host, "Authorization": f"Bearer {token}"}).status_code != 200:
-            assert time.time() < deadline, "the proxy never served the Service"
-            time.sleep(0.1)
+        wait_for(lambda: requests.get(f"https://127.0.0.1:{tls_port}/ready", verify=s.ca, timeout=10,
+                                      headers={"Host": host, "Authorization": f"Bearer {token}"}).status_code == 200,
+                 15, "the proxy to serve the Service")
         clients = [h2_streams(tls_port, s.ca, host, token, 100) for _ in range(2)]
         deadline = time.time() + 20
         for (sock, conn) in clients:  # every request has reached the proxy's upstream stage
             h2_pinged(sock, conn, deadline)
         opened = connections_to(up.port)
         assert opened == budget, f"the proxy holds {opened} connections to the upstream, budget {budget}"
-        while up.open < budget:  # and the upstream holds them all (accepted)
-            assert time.time() < deadline, f"{up.open} upstream connections accepted, budget {budget}"
-            time.sleep(0.05)
+        up.wait_open(budget, 20)  # and the upstream holds them all (accepted)
         with up.lock:
             most = up.most
             up.released.set()
@@ -559,10 +563,8 @@ def test_a_request_over_the_budget_closes_another_upstreams_idle_connection(tmp_
         def get(service, path):
             return requests.get(f"https://127.0.0.1:{tls_port}{path}", verify=s.ca, timeout=10,
                                 headers={"Host": f"{service}.{DOMAIN}", "Authorization": f"Bearer {token}"})
-        deadline = time.time() + 15
-        while get("held", "/ready").status_code != 200 or get("other", "/ready").status_code != 200:
-            assert time.time() < deadline, "the proxy never served both Services"
-            time.sleep(0.1)
+        wait_for(lambda: get("held", "/ready").status_code == 200 and get("other", "/ready").status_code == 200, 15,
+                 "the proxy to serve both Services")
         # the whole budget to the held upstream, then idle there
         client = h2_streams(tls_port, s.ca, f"held.{DOMAIN}", token, budget)
         h2_pinged(*client, time.time() + 20)

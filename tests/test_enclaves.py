@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import CLOISTER, manifest, run_cli, sanitizer_env
+from conftest import CLOISTER, manifest, run_cli, sanitizer_env, wait_for
 from test_audit import all_entries
 from test_runner import UnixHTTPConnection, ask
 
@@ -59,17 +59,6 @@ def status(server, name):
     r = server.request("GET", f"/v1/enclaves/{name}")
     assert r.status_code == 200, r.text
     return r.json().get("status", {})
-
-
-def wait_for(predicate, timeout=20, what="condition"):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not met in {timeout}s")
 
 
 def running(server, name, n):

@@ -19,23 +19,12 @@ import time
 import pytest
 import requests
 
-from conftest import CLOISTER, audited, free_port, manifest, run_cli, sanitizer_env
+from conftest import CLOISTER, audited, free_port, manifest, run_cli, sanitizer_env, wait_for
 
 AGE = shutil.which("age")
 pytestmark = pytest.mark.skipif(not AGE, reason="the age tool is not installed (scripts/setup.sh)")
 
 USERS = ("alice", "bob", "carol", "dave")
-
-
-def wait_for(pred, timeout=15, what="condition"):
-    """Polls PRED until it returns something truthy; returns it."""
-    deadline = time.time() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

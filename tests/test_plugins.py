@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import BUILD, Server, audited, free_port, manifest, open_for_roles
+from conftest import BUILD, Server, audited, free_port, manifest, open_for_roles, wait_for
 
 DOMAIN = "localhost"
 PLUGINS = {"claims-auth": "plugins", "request-log": "plugins", "egress-rules": "plugins",
@@ -208,10 +208,7 @@ def test_a_hanging_log_plugin_does_not_hold_the_proxy_thread(cluster):
         return sum(int(line.split()[-1]) for line in m.splitlines()
                    if line.startswith("cloister_plugin_calls_total{") and 'plugin="hang"' in line
                    and 'phase="log"' in line and 'outcome="timeout"' in line)
-    deadline = time.time() + 30
-    while timeouts() < 4:  # the configuration probe's and these three
-        assert time.time() < deadline, f"the log calls' timeouts were not counted ({timeouts()})"
-        time.sleep(0.2)
+    wait_for(lambda: timeouts() >= 4, 30, "the log calls' timeouts (the configuration probe's and these three)")
 
 
 @pytest.mark.parametrize("plugin,failure,want", [

@@ -14,13 +14,12 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import ROOT, free_port, manifest
+from conftest import ROOT, free_port, manifest, wait_for
 from proxied import Proxied
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -39,14 +38,6 @@ def _prometheus_installed():
 # Grafana's variables, as the dashboard's user would have them: every Service, a rate window
 # longer than this test (every series keeps the traffic's increase until the end)
 GRAFANA_VARS = {"$__rate_interval": "10m", "$service": ".*"}
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while not (got := predicate()):
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return got
 
 
 class Prometheus:
