@@ -295,7 +295,8 @@ void proxy_upstreams_free(proxy_upstreams *u)
 
 /* Takes CONN from EX, keeping it for the next request when the exchange
  * ended cleanly and the caps allow, or handing it to the request first in
- * line; else closes it. */
+ * line for its origin; else closes it (its place going to a request
+ * waiting for the thread's budget, if any). */
 static void exchange_release(exchange *ex, bool reusable)
 {
     upstream_conn *conn = ex->conn;
@@ -318,11 +319,9 @@ static void exchange_release(exchange *ex, bool reusable)
         exchange_send(next);
         return;
     }
-    if (!h2o_linklist_is_empty(&conn->u->budget_waiting)) { /* closed: its place goes to a request over budget */
-        conn_close(conn, false);
-        return;
-    }
-    if (pool->n_idle >= ex->origin->idle_max) {
+    /* not kept idle over the cap, nor while a request waits for the thread's
+     * budget (closing gives it the place) */
+    if (pool->n_idle >= ex->origin->idle_max || !h2o_linklist_is_empty(&conn->u->budget_waiting)) {
         conn_close(conn, false);
         return;
     }
