@@ -79,16 +79,20 @@ static void log_undelivered(const char *text, const char *why)
                "entry", text, NULL);
 }
 
-/* The event as a canonical entry (heap, caller frees) or NULL. */
-static char *entry_text(const audit_event *ev, size_t *ret_len)
+json_t *audit_event_entry(const audit_event *ev)
 {
     char now[40];
     time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
     json_t *details = ev->details ? json_incref(ev->details) : json_object();
-    json_t *e = json_pack("{s:s, s:{s:s?, s:s?, s:s?}, s:s, s:{s:s?, s:s?}, s:s, s:o}", "time", now, "actor", "user",
-                          ev->user, "session", ev->session, "ip", ev->ip && *ev->ip ? ev->ip : NULL, "action",
-                          ev->action, "resource", "kind", ev->kind, "name", ev->name, "outcome", ev->outcome,
-                          "details", details);
+    return json_pack("{s:s, s:{s:s?, s:s?, s:s?}, s:s, s:{s:s?, s:s?}, s:s, s:o}", "time", now, "actor", "user",
+                     ev->user, "session", ev->session, "ip", ev->ip && *ev->ip ? ev->ip : NULL, "action", ev->action,
+                     "resource", "kind", ev->kind, "name", ev->name, "outcome", ev->outcome, "details", details);
+}
+
+/* The event as a canonical entry (heap, caller frees) or NULL. */
+static char *entry_text(const audit_event *ev, size_t *ret_len)
+{
+    json_t *e = audit_event_entry(ev);
     if (!e)
         return NULL;
     char *text = NULL;

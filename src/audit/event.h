@@ -26,6 +26,9 @@ typedef struct audit_event {
  * the log instead); before that, and in programs that never start delivery,
  * it is written to the log as one line. */
 void audit_event_emit(const audit_event *ev);
+/* EV as an entry in the form a role submits it (the six fields, "time"
+ * now): a new reference, or NULL when out of memory. */
+json_t *audit_event_entry(const audit_event *ev);
 
 /* Queues the bytes CHUNK (LEN) of the access-log segment SEGMENT (an id,
  * audit/segment.h) at byte OFFSET, followed by HEAD, the entry committing

@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "audit/entry.h"
+#include "audit/event.h"
 #include "audit/log.h"
 #include "audit/note.h"
 #include "audit/segment.h"
@@ -200,13 +201,12 @@ static void commit_batch(audit_role *r, h2o_linklist_t *batch)
     }
 }
 
-/* The ids of R's access-log segments not written since before NOW_NS less
- * the retention, at most PRUNE_BATCH_MAX, as a new JSON array (NULL when
- * out of memory or the directory cannot be read: logged); *MORE when the
- * cap left some for another pass. */
-static json_t *segments_past_retention(const audit_role *r, uint64_t now_ns, bool *more)
+/* The ids of R's access-log segments not written since BEFORE_NS
+ * (realtime), at most PRUNE_BATCH_MAX, as a new JSON array (NULL when out
+ * of memory or the directory cannot be read: logged); *MORE when the cap
+ * left some for another pass. */
+static json_t *segments_past_retention(const audit_role *r, uint64_t before_ns, bool *more)
 {
-    uint64_t keep_ns = (uint64_t)r->retention_days * 86400 * NSEC_PER_SEC;
     DIR *d = opendir(r->segments);
     if (!d) {
         log_fields(LOG_LEVEL_ERROR, "cannot read the access-log segments to apply their retention", "path",
@@ -222,7 +222,7 @@ static json_t *segments_past_retention(const audit_role *r, uint64_t now_ns, boo
             fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
             continue;
         uint64_t written = (uint64_t)st.st_mtim.tv_sec * NSEC_PER_SEC + (uint64_t)st.st_mtim.tv_nsec;
-        if (written + keep_ns >= now_ns)
+        if (written >= before_ns)
             continue;
         if (json_array_size(ids) == PRUNE_BATCH_MAX) {
             *more = true;
@@ -243,18 +243,18 @@ static json_t *segments_past_retention(const audit_role *r, uint64_t now_ns, boo
  * thread: the directory scan never holds up the writer's commits. */
 static bool prune_access(audit_role *r)
 {
-    uint64_t now = time_now_ns();
+    uint64_t now = time_now_ns(), before_ns = now - (uint64_t)r->retention_days * 86400 * NSEC_PER_SEC;
     bool more;
-    json_auto_t *ids = segments_past_retention(r, now, &more);
+    json_auto_t *ids = segments_past_retention(r, before_ns, &more);
     if (!ids || json_array_size(ids) == 0)
         return false;
-    char at[40], before[40];
-    time_format_rfc3339_ms(now, at, sizeof(at));
-    time_format_rfc3339_ms(now - (uint64_t)r->retention_days * 86400 * NSEC_PER_SEC, before, sizeof(before));
-    json_auto_t *e = json_pack("{s:s, s:{s:n, s:n, s:n}, s:s, s:{s:s, s:n}, s:s, s:{s:O, s:I, s:s}}", "time", at,
-                               "actor", "user", "session", "ip", "action", "audit.access.prune", "resource", "kind",
-                               "AuditLog", "name", "outcome", "success", "details", "segments", ids,
-                               "retentionDays", (json_int_t)r->retention_days, "notWrittenSince", before);
+    char before[40];
+    time_format_rfc3339_ms(before_ns, before, sizeof(before));
+    json_auto_t *details = json_pack("{s:O, s:I, s:s}", "segments", ids, "retentionDays",
+                                     (json_int_t)r->retention_days, "notWrittenSince", before);
+    json_auto_t *e = details ? audit_event_entry(&(audit_event){.action = "audit.access.prune", .kind = "AuditLog",
+                                                                .outcome = "success", .details = details})
+                             : NULL;
     char *text = NULL;
     size_t len = 0;
     uint64_t first = 0;
