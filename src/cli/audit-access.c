@@ -25,6 +25,7 @@ typedef struct walked_record {
 typedef struct segment_copy {
     char id[SEGMENT_ID_MAX + 1];
     int error;       /* 0, -ENOENT (the audit role does not have it), -EBADMSG (a malformed line) */
+    bool pruned;     /* with -ENOENT: removed past its retention (counted once) */
     uint64_t bad_at; /* with -EBADMSG: the malformed line's index */
     char *data;
     walked_record *recs;
@@ -268,10 +269,8 @@ int access_segments_verify(access_segments *a, uint64_t *ret_records, size_t *re
         if (r != CLI_EXIT_OK)
             return r;
         if (s->error == -ENOENT && pruned_after(a, h->segment, h->index)) {
-            bool first = true; /* counted once, at its first head */
-            for (size_t p = 0; p < k && first; p++)
-                first = strcmp(a->heads[p].segment, h->segment) != 0;
-            pruned += first;
+            pruned += !s->pruned;
+            s->pruned = true;
             continue;
         }
         /* the records this head adds to the ones an earlier head covered */
