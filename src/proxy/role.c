@@ -23,6 +23,7 @@
 
 #define ASSERTION_KEY_ROTATE_S (24 * 3600)
 #define MAX_CONNECTIONS 20000 /* at most; httpd lowers it below the descriptor limit */
+#define FDS_PER_CONNECTION 2  /* the client's and its upstream's */
 #define REQUEST_TIMEOUT_MS 10000 /* HTTP/1: headers and body of a request, and keep-alive idleness */
 #define IDLE_TIMEOUT_MS 60000    /* HTTP/2 */
 /* /.cloister/attestation: handshakes with replicas at once, and waiting */
@@ -53,12 +54,12 @@ static SSL_CTX *upstream_tls(const char *ca_file)
 
 /* The upstream connections each of THREADS proxy threads may hold open to
  * all origins together: httpd admits a client connection only with a
- * descriptor to spare for its upstream (fds_per_connection 2), and those
+ * descriptor to spare for its upstream (FDS_PER_CONNECTION), and those
  * spares are shared by the threads, so that no HTTP/2 client's many
  * streams can take the descriptors the other clients' upstreams need. */
 static unsigned upstream_budget(unsigned threads)
 {
-    unsigned per_thread = httpd_connection_limit(MAX_CONNECTIONS, 2) / (threads ? threads : 1);
+    unsigned per_thread = httpd_connection_limit(MAX_CONNECTIONS, FDS_PER_CONNECTION) / (threads ? threads : 1);
     return per_thread ? per_thread : 1;
 }
 
@@ -170,7 +171,7 @@ int proxy_serve(const proxy_role_config *cfg)
         .threads = cfg->threads,
         .max_request_body = PROXY_DEFAULT_MAX_BODY,
         .max_connections = MAX_CONNECTIONS,
-        .fds_per_connection = 2, /* the client's and its upstream's */
+        .fds_per_connection = FDS_PER_CONNECTION,
         .request_timeout_ms = REQUEST_TIMEOUT_MS,
         .idle_timeout_ms = IDLE_TIMEOUT_MS,
         .hooks = {.register_handlers = proxy_register, .thread_init = proxy_thread_init,
