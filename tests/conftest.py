@@ -199,7 +199,7 @@ class Server:
             try:
                 if Path(f"/proc/{pid}/comm").read_text().strip() == role:
                     return int(pid)
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):  # gone between pgrep and the read (a role restarting)
                 pass
         raise AssertionError(f"no {role} role process under {self.proc.pid}")
 
