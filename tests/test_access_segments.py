@@ -224,7 +224,9 @@ def test_a_segment_the_audit_role_holds_whole_leaves_the_proxys_spool(gw):
     """The proxy's segment file is a spool: once a segment is rotated (2 MiB)
     and the audit role has stored its last bytes and appended its closing
     head, the proxy removes its file; the role's copy verifies, and the
-    thread goes on in its next segment, whose file the proxy keeps."""
+    thread goes on in its next segment, whose file the proxy keeps. The
+    segment's heads, at most one a second besides the closing one, each
+    commit every record since the one before."""
     session = requests.Session()  # one connection: one proxy thread, one segment
     headers = {"Host": "wiki.localhost", "Authorization": f"Bearer {gw.alice}"}
     url = f"http://127.0.0.1:{gw.http_port}/docs/{'r' * 1000}-"  # ~1.3 KB per line
@@ -245,6 +247,12 @@ def test_a_segment_the_audit_role_holds_whole_leaves_the_proxys_spool(gw):
     committed(gw, last)
     closing = [e for e in head_entries(gw, segment) if e["details"]["closed"]]
     assert len(closing) == 1, head_entries(gw, segment)
+    # flushes of a full buffer between heads store bytes only: each head commits every record since the last
+    covered = 0
+    for e in head_entries(gw, segment):
+        d = e["details"]
+        assert d["first"] == covered and d["first"] + d["count"] == d["records"], head_entries(gw, segment)
+        covered = d["records"]
     held = gw.s.data_dir / "audit" / "access" / segment
     assert held.stat().st_size > 2 * 1024 * 1024 - 4096
     assert len(held.read_bytes().splitlines()) == closing[0]["details"]["records"]

@@ -181,11 +181,12 @@ libc = ctypes.CDLL(None, use_errno=True)
 SYS_PIDFD_GETFD = 438
 
 
-def steal_audit_connection(server, role):
-    """A duplicate of ROLE's connected socket to audit.sock (pidfd_getfd), or None."""
+def steal_audit_connection(server, role, name="audit.sock"):
+    """A duplicate of ROLE's connected socket to the audit role's socket NAME
+    (audit.sock, or segments.sock beside it) with pidfd_getfd, or None."""
     pid = server.role_pid(role)
     pidfd = os.pidfd_open(pid)
-    target = os.path.realpath(server.data_dir / "run" / "audit.sock")  # run/audit/audit.sock
+    target = os.path.join(os.path.dirname(os.path.realpath(server.data_dir / "run" / "audit.sock")), name)
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
@@ -307,4 +308,75 @@ def test_only_the_proxy_writes_segments_in_order_and_only_the_api_reads_them(pee
             break
         except (BrokenPipeError, ConnectionResetError):
             assert attempt < 4, "no open connection of the api role to audit.sock"
+    verify(s)
+
+
+def spool_exchange(sock, message, fds):
+    """Sends MESSAGE with descriptors FDS on a spool channel connection; the answer (status, text)."""
+    sock.settimeout(10)
+    socket.send_fds(sock, [message.encode()], fds)
+    status, _, text = sock.recv(512).decode().partition(" ")
+    return int(status), text
+
+
+def test_the_spool_channel_copies_the_bytes_a_proxy_file_holds_and_takes_only_the_proxy(peers_server, tmp_path):
+    """segments.sock, beside audit.sock: the proxy hands over its spool file's
+    descriptor with "id=&offset=&length=" and the audit role copies those
+    bytes into its own copy, by the same rules as POST /v1/segment (a retry
+    of the bytes the copy ends with is taken, other bytes are 409, a gap is
+    409); a descriptor that is not a regular file, a file that ends before
+    the bytes named, a message without a descriptor or with another syntax
+    are 400; a process that is no role is refused at connect."""
+    s = peers_server
+    proxy_port = int(s.extra_args[s.extra_args.index("--proxy-listen") + 1].rsplit(":", 1)[1])
+    requests.get(f"https://127.0.0.1:{proxy_port}/spool-probe", headers={"Host": "nothing.localhost"},
+                 verify=s.ca, timeout=10)
+    (entry, _) = wait_for(lambda: next(((e, r) for (e, r) in access_records(s) if r["path"] == "/spool-probe"),
+                                       None))
+    segment = entry["details"]["segment"]
+    stored = (s.data_dir / "audit" / "access" / segment).read_bytes()
+    same, other = tmp_path / "same", tmp_path / "other"
+    same.write_bytes(stored)
+    other.write_bytes(stored[:-2] + bytes([stored[-2] ^ 1]) + stored[-1:])
+    tail = len(stored) - 100
+    proxy_sock = wait_for(lambda: steal_audit_connection(s, "proxy", "segments.sock"), timeout=10)
+    r, w = os.pipe()
+    try:
+        with proxy_sock, open(same, "rb") as f_same, open(other, "rb") as f_other:
+            assert spool_exchange(proxy_sock, f"id={segment}&offset={tail}&length=100", [f_same.fileno()]) == \
+                (200, str(len(stored)))
+            status, text = spool_exchange(proxy_sock, f"id={segment}&offset=0&length=100", [f_same.fileno()])
+            assert status == 409 and "other bytes" in text, text
+            status, text = spool_exchange(proxy_sock, f"id={segment}&offset={tail}&length=100", [f_other.fileno()])
+            assert status == 409 and "other bytes" in text, text
+            status, text = spool_exchange(proxy_sock, "id=fresh-spool&offset=10&length=2", [f_same.fileno()])
+            assert status == 409 and "in order" in text, text
+            status, text = spool_exchange(proxy_sock, f"id={segment}&offset={tail}&length=100", [r])
+            assert status == 400 and "regular file" in text, text
+            status, text = spool_exchange(proxy_sock, f"id={segment}&offset={tail}&length=101", [f_same.fileno()])
+            assert status == 400 and "ends before" in text, text
+            status, text = spool_exchange(proxy_sock, f"id={segment}&offset={tail}&length=100", [])
+            assert status == 400, text
+            status, text = spool_exchange(proxy_sock, "id=../audit.db&offset=0&length=1", [f_same.fileno()])
+            assert status == 400 and "expected id=" in text, text
+            status, text = spool_exchange(proxy_sock, f"id={segment}&offset={tail}&length=2097152",
+                                          [f_same.fileno()])
+            assert status == 413, text
+    finally:
+        os.close(r)
+        os.close(w)
+    assert (s.data_dir / "audit" / "access" / segment).read_bytes().startswith(stored)
+    assert not (s.data_dir / "audit" / "access" / "fresh-spool").exists()
+    # the test is no role: connected, then refused
+    since = len(s.read_log())
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as mine, open(same, "rb") as f_same:
+        mine.connect(str(s.data_dir / "run" / "audit" / "segments.sock"))
+        mine.settimeout(10)
+        try:
+            socket.send_fds(mine, [f"id={segment}&offset={tail}&length=100".encode()], [f_same.fileno()])
+            assert mine.recv(512) == b""
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    seen = wait_for(lambda: [r for r in refusals(s, since) if r["socket"] == "segments.sock"])
+    assert seen[0]["reason"] == "not a process of this daemon's roles", seen
     verify(s)

@@ -6,12 +6,17 @@
 #include "audit/event.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "audit/client.h"
 #include "audit/entry.h"
@@ -29,11 +34,13 @@
 #define RETRY_MAX_MS 2000
 
 /* An entry, and for an access-log segment's head the segment's bytes the
- * role stores before it appends the entry (audit_event_emit_segment()). */
+ * role stores before it appends the entry (audit_event_emit_segment()); or
+ * a segment's bytes alone (TEXT NULL). */
 typedef struct queued_entry {
     char *text;
     size_t len;
-    char *chunk; /* NULL, or the segment's bytes at OFFSET */
+    char *chunk;   /* NULL, or a copy of the segment's bytes at OFFSET */
+    int spool_fd;  /* -1, or the spool file holding them at OFFSET (read-only; CHUNK is then NULL) */
     size_t chunk_len;
     uint64_t offset;
     bool chunk_stored;  /* the role has them (a retried batch does not send them again) */
@@ -54,8 +61,10 @@ static struct {
     uint64_t deadline_ns; /* monotonic; set when stopping */
     queued_entry ring[QUEUE_MAX];
     size_t head, count;
+    char channel[4300]; /* the audit role's spool channel (segment.h), or "" when it runs elsewhere */
 } q = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .settled = PTHREAD_COND_INITIALIZER};
 
+static int channel_conn = -1; /* the sender's connection to the spool channel */
 static _Atomic uint64_t dropped;
 static _Atomic bool failing; /* the last delivery attempt failed */
 
@@ -72,11 +81,16 @@ uint64_t audit_event_dropped(void)
     return atomic_load(&dropped);
 }
 
-/* Writes an entry that will not reach the audit role to the log. */
-static void log_undelivered(const char *text, const char *why)
+/* Writes an entry that will not reach the audit role to the log; for
+ * segment bytes alone, that they stay in the proxy's spool. */
+static void log_undelivered(const queued_entry *e, const char *why)
 {
-    log_fields(LOG_LEVEL_WARN, "audit event not delivered to the audit role; logged here instead", "reason", why,
-               "entry", text, NULL);
+    if (e->text)
+        log_fields(LOG_LEVEL_WARN, "audit event not delivered to the audit role; logged here instead", "reason", why,
+                   "entry", e->text, NULL);
+    else
+        log_fields(LOG_LEVEL_WARN, "access-log bytes not delivered to the audit role; they stay in the proxy's "
+                                   "segment file", "reason", why, "segment", e->segment, NULL);
 }
 
 json_t *audit_event_entry(const audit_event *ev)
@@ -120,14 +134,18 @@ static int enqueue(const queued_entry *e)
     pthread_mutex_unlock(&q.lock);
     if (started && !full)
         return 0;
-    if (!started)
+    if (!started && e->text)
         log_fields(LOG_LEVEL_INFO, "audit event", "entry", e->text, NULL);
+    else if (!started)
+        log_undelivered(e, "audit delivery is not running");
     else {
         atomic_fetch_add(&dropped, 1);
-        log_undelivered(e->text, "the queue is full (the audit role is unavailable or slow)");
+        log_undelivered(e, "the queue is full (the audit role is unavailable or slow)");
     }
     free(e->text);
     free(e->chunk);
+    if (e->spool_fd >= 0)
+        close(e->spool_fd);
     return -ENOBUFS;
 }
 
@@ -144,23 +162,27 @@ void audit_event_emit(const audit_event *ev)
         free(details);
         return;
     }
-    enqueue(&(queued_entry){.text = text, .len = len});
+    enqueue(&(queued_entry){.text = text, .len = len, .spool_fd = -1});
 }
 
-int audit_event_emit_segment(const char *segment, uint64_t offset, const char *chunk, size_t len,
+int audit_event_emit_segment(const char *segment, uint64_t offset, const char *chunk, size_t len, int spool_fd,
                              const audit_event *head, void (*delivered)(void *userdata, const char *segment),
                              void *userdata)
 {
-    queued_entry e = {.chunk = malloc(len ? len : 1), .chunk_len = len, .offset = offset, .delivered = delivered,
-                      .userdata = userdata};
-    if (!e.chunk || !segment_id_valid(segment, strlen(segment)) || !(e.text = entry_text(head, &e.len))) {
+    queued_entry e = {.chunk = spool_fd < 0 ? malloc(len ? len : 1) : NULL, .spool_fd = spool_fd, .chunk_len = len,
+                      .offset = offset, .delivered = delivered, .userdata = userdata};
+    if ((spool_fd < 0 && !e.chunk) || !segment_id_valid(segment, strlen(segment)) ||
+        (head && !(e.text = entry_text(head, &e.len)))) {
         free(e.chunk);
+        if (spool_fd >= 0)
+            close(spool_fd);
         atomic_fetch_add(&dropped, 1);
         log_fields(LOG_LEVEL_WARN, "an access-log segment head could not be queued; its records stay in the proxy's "
                                    "segment file", "segment", segment, NULL);
         return -ENOBUFS;
     }
-    memcpy(e.chunk, chunk, len);
+    if (e.chunk)
+        memcpy(e.chunk, chunk, len);
     snprintf(e.segment, sizeof(e.segment), "%s", segment);
     return enqueue(&e);
 }
@@ -173,12 +195,14 @@ static void pop_head(size_t n, const char *undelivered)
         queued_entry *e = &q.ring[q.head];
         if (undelivered) {
             atomic_fetch_add(&dropped, 1);
-            log_undelivered(e->text, undelivered);
+            log_undelivered(e, undelivered);
         }
         if (undelivered || e->chunk_refused)
             q.logged_through = q.settled_total + i + 1;
         free(e->text);
         free(e->chunk);
+        if (e->spool_fd >= 0)
+            close(e->spool_fd);
         *e = (queued_entry){0};
         q.head = (q.head + 1) % QUEUE_MAX;
         q.count--;
@@ -187,28 +211,112 @@ static void pop_head(size_t n, const char *undelivered)
     pthread_cond_broadcast(&q.settled);
 }
 
-/* Stores the segment bytes of queued entry E with the role: POST
- * /v1/segment?id=&offset= with the raw bytes (stable while the lock is
- * released, as in send_batch()). Returns 0 when stored or refused for good
- * (logged: they stay in the proxy's own segment file, and verify reports the
- * records missing), a negative errno when it should be retried. */
+/* Hands E's bytes to the role as their spool file's descriptor on the
+ * spool channel, and reads its answer: the status into *RET_STATUS, the
+ * text after it into ANSWER (SIZE bytes). Returns 0, or a negative errno
+ * when the channel cannot be used (the connection is then closed). */
+static int send_chunk_fd(const queued_entry *e, long *ret_status, char *answer, size_t size)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (channel_conn < 0 && strlen(q.channel) < sizeof(sa.sun_path)) {
+        strcpy(sa.sun_path, q.channel);
+        channel_conn = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (channel_conn >= 0 && connect(channel_conn, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+            close(channel_conn);
+            channel_conn = -1;
+        }
+    }
+    if (channel_conn < 0)
+        return -ENOTCONN;
+    char msg[SEGMENT_CHANNEL_MESSAGE_MAX];
+    int len = snprintf(msg, sizeof(msg), "id=%s&offset=%llu&length=%zu", e->segment, (unsigned long long)e->offset,
+                       e->chunk_len);
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control = {0};
+    struct iovec iov = {msg, (size_t)len};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                        .msg_controllen = sizeof(control.buf)};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    *c = (struct cmsghdr){.cmsg_len = CMSG_LEN(sizeof(int)), .cmsg_level = SOL_SOCKET, .cmsg_type = SCM_RIGHTS};
+    memcpy(CMSG_DATA(c), &e->spool_fd, sizeof(int));
+    struct pollfd p = {.fd = channel_conn, .events = POLLIN};
+    ssize_t got = -1;
+    if (sendmsg(channel_conn, &mh, MSG_NOSIGNAL) == len && poll(&p, 1, SEND_TIMEOUT_MS) == 1)
+        got = recv(channel_conn, answer, size - 1, MSG_DONTWAIT);
+    char *rest = NULL;
+    if (got > 0) {
+        answer[got] = 0;
+        *ret_status = strtol(answer, &rest, 10);
+    }
+    if (!rest || *rest != ' ') {
+        close(channel_conn);
+        channel_conn = -1;
+        return -EPIPE;
+    }
+    memmove(answer, rest + 1, strlen(rest + 1) + 1);
+    return 0;
+}
+
+/* E's bytes read back from its spool file, for the role reached over HTTP:
+ * heap (caller frees), or NULL (logged) when the file does not hold them. */
+static char *spool_read(const queued_entry *e)
+{
+    char *data = malloc(e->chunk_len ? e->chunk_len : 1);
+    size_t done = 0;
+    while (data && done < e->chunk_len) {
+        ssize_t n = pread(e->spool_fd, data + done, e->chunk_len - done, (off_t)(e->offset + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        done += (size_t)n;
+    }
+    if (data && done == e->chunk_len)
+        return data;
+    free(data);
+    log_fields(LOG_LEVEL_ERROR, "cannot read access-log bytes back from the proxy's spool file; the audit role does "
+                                "not get them", "segment", e->segment, NULL);
+    return NULL;
+}
+
+/* Stores the segment bytes of queued entry E with the role (stable while
+ * the lock is released, as in send_batch()): as its spool file's
+ * descriptor on the spool channel when the role runs here, else (or when
+ * the channel cannot be used) the bytes themselves in POST
+ * /v1/segment?id=&offset=. Once stored, the spool file's bytes leave the
+ * page cache. Returns 0 when stored or refused for good (logged: they stay
+ * in the proxy's own segment file, and verify reports the records
+ * missing), a negative errno when it should be retried. */
 static int send_chunk(audit_client *c, queued_entry *e)
 {
-    char path[128];
-    snprintf(path, sizeof(path), "/v1/segment?id=%s&offset=%llu", e->segment, (unsigned long long)e->offset);
-    long status;
-    _cleanup_free_ char *resp = NULL;
-    size_t resp_len;
-    int r = audit_client_request(c, "POST", path, e->chunk, e->chunk_len, SEND_TIMEOUT_MS, &status, &resp, &resp_len);
+    long status = 0;
+    char answer[512];
+    _cleanup_free_ char *resp = NULL, *bytes = NULL;
+    const char *said = answer;
+    int r = e->spool_fd >= 0 && q.channel[0] ? send_chunk_fd(e, &status, answer, sizeof(answer)) : -ENOTCONN;
+    if (r < 0) {
+        const char *data = e->chunk ? e->chunk : (bytes = spool_read(e));
+        char path[128];
+        size_t resp_len;
+        snprintf(path, sizeof(path), "/v1/segment?id=%s&offset=%llu", e->segment, (unsigned long long)e->offset);
+        r = data ? audit_client_request(c, "POST", path, data, e->chunk_len, SEND_TIMEOUT_MS, &status, &resp,
+                                        &resp_len)
+                 : 0;
+        said = resp ? resp : "";
+    }
     if (r < 0)
         return r;
     if (status >= 500)
         return -EPROTO;
-    if (status != 200)
+    if (status != 200 && status != 0)
         log_fields(LOG_LEVEL_WARN, "the audit role refused an access-log segment's bytes; they stay in the proxy's "
-                                   "segment file", "segment", e->segment, "answer", resp ? resp : "", NULL);
+                                   "segment file", "segment", e->segment, "answer", said, NULL);
     e->chunk_stored = true;
     e->chunk_refused = status != 200;
+    if (e->spool_fd >= 0 && status == 200) /* durable with the role: the spool's pages are not needed again */
+        posix_fadvise(e->spool_fd, (off_t)e->offset, (off_t)e->chunk_len, POSIX_FADV_DONTNEED);
     return 0;
 }
 
@@ -220,20 +328,23 @@ static int send_batch(audit_client *c, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         queued_entry *e = &q.ring[(q.head + i) % QUEUE_MAX];
-        int r = e->chunk && !e->chunk_stored ? send_chunk(c, e) : 0;
+        int r = (e->chunk || e->spool_fd >= 0) && !e->chunk_stored ? send_chunk(c, e) : 0;
         if (r < 0)
             return r;
     }
     _cleanup_strbuf_ strbuf body;
     strbuf_init(&body, BATCH_BYTES_MAX + 64);
     int r = strbuf_puts(&body, "{\"entries\":[");
+    size_t texts = 0; /* segment bytes alone have no entry */
     for (size_t i = 0; i < n && r == 0; i++) {
         const queued_entry *e = &q.ring[(q.head + i) % QUEUE_MAX];
-        if (i > 0)
+        if (e->text && texts++ > 0)
             r = strbuf_putc(&body, ',');
-        if (r == 0)
+        if (e->text && r == 0)
             r = strbuf_append(&body, e->text, e->len);
     }
+    if (r == 0 && texts == 0)
+        return 1;
     if (r == 0)
         r = strbuf_puts(&body, "]}");
     if (r < 0)
@@ -249,7 +360,7 @@ static int send_batch(audit_client *c, size_t n)
     free(resp);
     json_int_t count = json_integer_value(json_object_get(j, "count"));
     json_decref(j);
-    if (status == 200 && count == (json_int_t)n)
+    if (status == 200 && count == (json_int_t)texts)
         return 1;
     return status >= 400 && status < 500 ? 0 : -EPROTO;
 }
@@ -338,6 +449,9 @@ static void *sender_main(void *arg)
     pop_head(q.count, "stopping before the audit role acknowledged it");
     pthread_mutex_unlock(&q.lock);
     audit_client_free(c);
+    if (channel_conn >= 0)
+        close(channel_conn);
+    channel_conn = -1;
     return NULL;
 }
 
@@ -353,6 +467,8 @@ int audit_event_start(const char *socket_path)
         audit_client_free(c);
         return -EALREADY;
     }
+    if (!segment_channel_path(socket_path, q.channel, sizeof(q.channel)))
+        q.channel[0] = 0;
     r = -pthread_create(&q.thread, NULL, sender_main, c);
     if (r == 0)
         q.started = true;

@@ -33,7 +33,13 @@ json_t *audit_event_entry(const audit_event *ev);
 /* Queues the bytes CHUNK (LEN) of the access-log segment SEGMENT (an id,
  * audit/segment.h) at byte OFFSET, followed by HEAD, the entry committing
  * the segment's chain head: the audit role stores the bytes (in its own
- * subtree) before it appends the entry. Safe from any thread; never blocks.
+ * subtree) before it appends the entry; HEAD NULL queues the bytes alone
+ * (a later call's head commits them). SPOOL_FD, when not -1, is a
+ * read-only descriptor of the proxy's spool file, which holds the bytes at
+ * OFFSET (taken: closed once delivered); the bytes are then not copied but
+ * handed to the role as that descriptor (segment.h's spool channel), or
+ * read back from it for a role reached over TCP. Safe from any thread;
+ * never blocks.
  * DELIVERED, when not NULL, is called on the delivery thread with USERDATA
  * and SEGMENT once the role has stored these bytes and appended HEAD (for
  * a segment's last bytes: the role then holds all of it); never when they
@@ -41,7 +47,7 @@ json_t *audit_event_entry(const audit_event *ev);
  * (delivery not started, the queue full, a bad id or entry: logged): the
  * caller starts a new segment, since the role takes a segment's bytes only
  * in order. */
-int audit_event_emit_segment(const char *segment, uint64_t offset, const char *chunk, size_t len,
+int audit_event_emit_segment(const char *segment, uint64_t offset, const char *chunk, size_t len, int spool_fd,
                              const audit_event *head, void (*delivered)(void *userdata, const char *segment),
                              void *userdata);
 

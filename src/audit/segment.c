@@ -4,8 +4,10 @@
 #include <errno.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 
+#include "audit/entry.h"
 #include "basic/encoding.h"
 
 static EVP_MD *sha256;
@@ -24,6 +26,48 @@ bool segment_id_valid(const char *id, size_t len)
         if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'z') || id[i] == '-'))
             return false;
     return true;
+}
+
+/* Parses "&NAME=<decimal>" at the start of *P (before END) into *RET,
+ * moving *P past it. */
+static bool param_parse(const char **p, const char *end, const char *name, uint64_t *ret)
+{
+    size_t n = strlen(name), left = (size_t)(end - *p);
+    if (left < n + 3 || (*p)[0] != '&' || memcmp(*p + 1, name, n) != 0 || (*p)[n + 1] != '=')
+        return false;
+    const char *v = *p + n + 2, *stop = memchr(v, '&', (size_t)(end - v));
+    if (!stop)
+        stop = end;
+    if (audit_parse_index(v, (size_t)(stop - v), ret) < 0)
+        return false;
+    *p = stop;
+    return true;
+}
+
+bool segment_params_parse(const char *query, size_t len, char id[SEGMENT_ID_MAX + 1], uint64_t *offset,
+                          uint64_t *length)
+{
+    const char *end = query + len;
+    if (len < 3 || memcmp(query, "id=", 3) != 0)
+        return false;
+    const char *amp = memchr(query, '&', len), *p = amp ? amp : end;
+    size_t id_len = (size_t)(p - query) - 3;
+    if (!segment_id_valid(query + 3, id_len) || (offset && !param_parse(&p, end, "offset", offset)) ||
+        (length && !param_parse(&p, end, "length", length)) || p != end)
+        return false;
+    memcpy(id, query + 3, id_len);
+    id[id_len] = 0;
+    return true;
+}
+
+bool segment_channel_path(const char *audit_socket, char *out, size_t size)
+{
+    if (strncmp(audit_socket, "https://", 8) == 0)
+        return false;
+    const char *slash = strrchr(audit_socket, '/');
+    int dir_len = slash ? (int)(slash - audit_socket) : 1;
+    int n = snprintf(out, size, "%.*s/" SEGMENT_CHANNEL_NAME, dir_len, slash ? audit_socket : ".");
+    return n > 0 && (size_t)n < size;
 }
 
 /* OUT = SHA-256(A (ALEN bytes) || B (BLEN bytes)) with C's context.

@@ -30,6 +30,31 @@ typedef struct segment_chain {
  * role's subtrees). */
 bool segment_id_valid(const char *id, size_t len);
 
+/* Parses the parameters naming a segment's bytes, QUERY (LEN bytes, not
+ * percent-decoded): "id=<id>", then "&offset=<decimal>" exactly when OFFSET
+ * is not NULL, then "&length=<decimal>" exactly when LENGTH is not NULL
+ * (audit_parse_index() numbers). The same text in a POST /v1/segment query
+ * and in a message of the spool channel. Returns true and fills ID and the
+ * numbers; false when QUERY is anything else. */
+bool segment_params_parse(const char *query, size_t len, char id[SEGMENT_ID_MAX + 1], uint64_t *offset,
+                          uint64_t *length);
+
+/* The spool channel: a SOCK_SEQPACKET Unix socket beside the audit role's
+ * HTTP socket, on which the proxy hands over segment bytes as a read-only
+ * descriptor of its spool file instead of sending them. One message
+ * "id=<id>&offset=<n>&length=<n>" carrying one descriptor (SCM_RIGHTS),
+ * whose bytes at OFFSET are the segment's at OFFSET; one answer "<status>
+ * <text>": 200 and the stored size, or an HTTP status of POST /v1/segment
+ * and what was wrong. */
+#define SEGMENT_CHANNEL_NAME "segments.sock"
+#define SEGMENT_CHANNEL_MESSAGE_MAX 256
+
+/* The channel's path beside the audit role's socket AUDIT_SOCKET into OUT
+ * (SIZE bytes). Returns false when the role is reached over TCP (an
+ * https:// address: no descriptor crosses machines) or the path is too
+ * long. */
+bool segment_channel_path(const char *audit_socket, char *out, size_t size);
+
 /* Starts the chain of segment ID: c(-1). SHA-256 is fetched once per
  * process (EVP_MD_fetch), not per record. Returns 0, -EINVAL for a bad id,
  * or -ENOMEM. */

@@ -9,6 +9,10 @@
  *   GET  /v1/proof/consistency?from=&to=     RFC 6962 consistency proof
  *   POST /v1/segment?id=&offset=             the proxy's access-log segment bytes at OFFSET (raw)
  *   GET  /v1/segment?id=                     a stored segment: {"id", "size", "data": base64}
+ * and takes the same segment bytes from the proxy as a descriptor of its
+ * spool file on the spool channel beside it (segments.sock, segment.h),
+ * which a thread of its own serves: the kernel copies them, no process
+ * reads them.
  * Only the roles that emit events connect (api, proxy, kms: SO_PEERCRED
  * checked at accept, daemon/peer.h); only the api reads. Each appended
  * entry is stamped with the appending role and this role's receive time
@@ -24,6 +28,7 @@
 #include <fcntl.h>
 #include <h2o.h>
 #include <openssl/pem.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
@@ -54,6 +59,7 @@
 #define KEY_FILE_MAX (16 * 1024)
 #define PRUNE_EVERY_NS (3600 * NSEC_PER_SEC) /* how often segments past their retention are looked for */
 #define PRUNE_BATCH_MAX 1000                 /* segments one audit.access.prune entry names */
+#define CHANNEL_PEERS_MAX 8                  /* spool channel connections at once (one per proxy process) */
 
 typedef struct audit_role {
     audit_log *log;
@@ -83,6 +89,11 @@ typedef struct audit_role {
     pthread_mutex_t retention_lock;
     pthread_cond_t retention_wake;
     bool retention_stop; /* under retention_lock */
+    pthread_mutex_t segments_lock; /* segment_store() */
+    int channel_fd;                /* the spool channel's listening socket, or -1 */
+    int channel_stop[2];           /* a pipe: written to stop the channel's thread */
+    pthread_t channel;
+    peer_policy channel_peers; /* the proxy alone */
 } audit_role;
 
 typedef struct role_handler {
@@ -610,57 +621,163 @@ static void handle_proof(audit_role *r, h2o_req_t *req, bool inclusion)
     json_decref(body);
 }
 
-/* The segment id of QUERY "id=<id>" or "id=<id>&offset=<decimal>" (OFFSET
- * NULL: no offset allowed) into ID; false when it is anything else. */
+/* The parameters of REQ's query (segment_params_parse()); false without
+ * a query or when they are anything else. */
 static bool segment_query(h2o_req_t *req, char id[SEGMENT_ID_MAX + 1], uint64_t *offset)
 {
     if (req->query_at == SIZE_MAX)
         return false;
-    const char *q = req->path.base + req->query_at + 1;
-    size_t len = req->path.len - req->query_at - 1;
-    if (len < 3 || memcmp(q, "id=", 3) != 0)
-        return false;
-    const char *amp = memchr(q, '&', len);
-    size_t id_len = (amp ? (size_t)(amp - q) : len) - 3;
-    if (!segment_id_valid(q + 3, id_len) || (amp != NULL) != (offset != NULL))
-        return false;
-    memcpy(id, q + 3, id_len);
-    id[id_len] = 0;
-    if (!offset)
-        return true;
-    const char *v = amp + 1;
-    size_t vlen = len - (size_t)(v - q);
-    return vlen > 7 && memcmp(v, "offset=", 7) == 0 && audit_parse_index(v + 7, vlen - 7, offset) == 0;
+    return segment_params_parse(req->path.base + req->query_at + 1, req->path.len - req->query_at - 1, id, offset,
+                                NULL);
 }
 
-/* Whether the LEN bytes stored in FD at OFFSET are DATA: 1 when they are,
- * 0 when not, a negative errno when they cannot be read. */
-static int stored_bytes_match(int fd, uint64_t offset, const char *data, size_t len)
+/* Where bytes to store come from: DATA in memory, else the read-only
+ * descriptor FD of the proxy's spool file, which holds them at the same
+ * offset as the segment. */
+typedef struct segment_source {
+    const char *data;
+    int fd;
+} segment_source;
+
+/* Reads N bytes of SRC at segment offset AT into BUF, where DATA starts at
+ * FROM. Returns 0, -EIO when the spool file ends before them, or another
+ * negative errno. */
+static int source_read(const segment_source *src, uint64_t from, uint64_t at, char *buf, size_t n)
 {
-    char buf[16384];
+    if (src->data) {
+        memcpy(buf, src->data + (at - from), n);
+        return 0;
+    }
+    while (n > 0) {
+        ssize_t got = pread(src->fd, buf, n, (off_t)at);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return got < 0 ? -errno : -EIO;
+        buf += got, at += (uint64_t)got, n -= (size_t)got;
+    }
+    return 0;
+}
+
+/* Whether the LEN bytes stored in FD at OFFSET are SRC's there (SRC
+ * starting at FROM): 1 when they are, 0 when not, a negative errno when
+ * either cannot be read. */
+static int stored_bytes_match(int fd, uint64_t offset, const segment_source *src, uint64_t from, uint64_t len)
+{
+    char stored[16384], sent[sizeof(stored)];
     while (len > 0) {
-        ssize_t n = pread(fd, buf, MIN(len, sizeof(buf)), (off_t)offset);
+        ssize_t n = pread(fd, stored, MIN(len, sizeof(stored)), (off_t)offset);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             return n < 0 ? -errno : -EIO;
-        if (memcmp(buf, data, (size_t)n) != 0)
+        int e = source_read(src, from, offset, sent, (size_t)n);
+        if (e < 0)
+            return e;
+        if (memcmp(stored, sent, (size_t)n) != 0)
             return 0;
-        data += n, offset += (uint64_t)n, len -= (size_t)n;
+        offset += (uint64_t)n, len -= (uint64_t)n;
     }
     return 1;
 }
 
-/* Stores the proxy's segment bytes at their offset in the role's own copy.
+/* Writes SRC's LEN bytes at segment offset AT (SRC starting at FROM) to FD
+ * at AT: from the spool file with copy_file_range() (no copy through this
+ * process), with read and write where the kernel cannot. Returns 0 or a
+ * negative errno (-EIO: the spool file ends before them). */
+static int store_from(int fd, uint64_t at, const segment_source *src, uint64_t from, uint64_t len)
+{
+    bool copy = !src->data;
+    char buf[65536];
+    while (len > 0) {
+        ssize_t n;
+        if (copy) {
+            loff_t in = (loff_t)at, out = (loff_t)at;
+            n = copy_file_range(src->fd, &in, fd, &out, len, 0);
+            if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+                copy = false;
+                continue;
+            }
+            if (n == 0)
+                return -EIO;
+        } else {
+            size_t chunk = src->data ? len : MIN(len, sizeof(buf));
+            const char *from_data = src->data ? src->data + (at - from) : buf;
+            int e = src->data ? 0 : source_read(src, from, at, buf, chunk);
+            if (e < 0)
+                return e;
+            n = pwrite(fd, from_data, chunk, (off_t)at);
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        at += (uint64_t)n, len -= (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Stores LEN bytes of SRC at OFFSET in the role's copy of segment ID.
  * Bytes it already has are acknowledged again when they are the same and
- * the copy ends with them (a retried delivery), and refused with 409 when
- * not; a gap (an offset past the stored size) is refused with 409. So an
- * answer of 200 means the copy ends with exactly these bytes, as the
- * proxy's file does. Returns after fdatasync: the head entry that follows
- * may name these records. */
+ * the copy ends with them (a retried delivery); so success means the copy
+ * ends with exactly these bytes, as the proxy's file does. Returns 0 and
+ * the copy's size in *RET_SIZE after fdatasync (the head entry that follows
+ * may name these records); 1 and why in *WHY for a gap or other bytes (a
+ * conflict); a negative errno when the bytes cannot be read or stored.
+ * Serialised: the HTTP loop and the spool channel's thread both store. */
+static int segment_store(audit_role *r, const char *id, uint64_t offset, const segment_source *src, uint64_t len,
+                         uint64_t *ret_size, const char **why)
+{
+    char path[4300];
+    snprintf(path, sizeof(path), "%s/%s", r->segments, id);
+    pthread_mutex_lock(&r->segments_lock);
+    /* a segment starts at offset 0: anything else of an unknown one is a gap */
+    int fd = open(path, O_RDWR | O_CLOEXEC | (offset == 0 ? O_CREAT : 0), 0600);
+    struct stat st = {0};
+    int e = fd < 0 && errno != ENOENT ? -errno : fd >= 0 && fstat(fd, &st) < 0 ? -errno : 0;
+    uint64_t size = e == 0 ? (uint64_t)st.st_size : 0, end = offset + len;
+    int ret = 1;
+    if (e == 0 && offset > size) {
+        *why = "the segment's bytes must arrive in order (a gap before this offset)";
+        goto out;
+    }
+    /* a retried delivery ends where the copy ends: bytes past END, or other
+     * bytes before it, are not what the proxy sent */
+    int same = e == 0 && size > end     ? 0
+               : e == 0 && offset < size ? stored_bytes_match(fd, offset, src, offset, size - offset)
+                                         : 1;
+    if (same == 0) {
+        *why = "the segment already holds other bytes at this offset (only a retried delivery may repeat stored "
+               "bytes)";
+        goto out;
+    }
+    if (same < 0)
+        e = same;
+    if (e == 0 && end > size) {
+        e = store_from(fd, size, src, offset, end - size);
+        if (e == 0 && fdatasync(fd) < 0)
+            e = -errno;
+        /* durable: out of the page cache (segments are read back rarely; new
+         * page-cache pages for every byte cost more than the write itself) */
+        if (e == 0)
+            posix_fadvise(fd, (off_t)size, (off_t)(end - size), POSIX_FADV_DONTNEED);
+    }
+    ret = e;
+    *ret_size = MAX(end, size);
+    if (e < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot store an access-log segment", "path", path, "error", strerror(-e), NULL);
+out:
+    if (fd >= 0)
+        close(fd);
+    pthread_mutex_unlock(&r->segments_lock);
+    return ret;
+}
+
+/* Stores the proxy's segment bytes, the request's body, at their offset in
+ * the role's own copy (segment_store()). */
 static void handle_segment_put(audit_role *r, h2o_req_t *req)
 {
-    char id[SEGMENT_ID_MAX + 1], path[4300];
+    char id[SEGMENT_ID_MAX + 1];
     uint64_t offset;
     if (strcmp(peer_role(r, req), "proxy") != 0) {
         send_error(req, 403, "forbidden", "only the proxy role writes access-log segments");
@@ -674,60 +791,164 @@ static void handle_segment_put(audit_role *r, h2o_req_t *req)
         send_error(req, 413, "too_large", "a segment holds at most 2 MiB");
         return;
     }
-    snprintf(path, sizeof(path), "%s/%s", r->segments, id);
-    /* a segment starts at offset 0: anything else of an unknown one is a gap */
-    int fd = open(path, O_RDWR | O_CLOEXEC | (offset == 0 ? O_CREAT : 0), 0600);
-    struct stat st = {0};
-    int e = fd < 0 && errno != ENOENT ? -errno : fd >= 0 && fstat(fd, &st) < 0 ? -errno : 0;
-    uint64_t size = e == 0 ? (uint64_t)st.st_size : 0, end = offset + req->entity.len;
-    if (e == 0 && offset > size) {
-        if (fd >= 0)
-            close(fd);
-        send_error(req, 409, "conflict", "the segment's bytes must arrive in order (a gap before this offset)");
-        return;
-    }
-    /* a retried delivery ends where the copy ends: bytes past END, or other
-     * bytes before it, are not what the proxy sent */
-    int same = e == 0 && size > end ? 0
-               : e == 0 && offset < size ? stored_bytes_match(fd, offset, req->entity.base, size - offset)
-                                         : 1;
-    if (same <= 0) {
-        close(fd);
-        if (same == 0) {
-            send_error(req, 409, "conflict",
-                       "the segment already holds other bytes at this offset (only a retried delivery may repeat "
-                       "stored bytes)");
-            return;
-        }
-        e = same;
-    }
-    if (e == 0 && end > size) {
-        const char *from = req->entity.base + (size - offset);
-        size_t left = end - size;
-        for (off_t at = (off_t)size; left > 0 && e == 0;) {
-            ssize_t n = pwrite(fd, from, left, at);
-            if (n < 0 && errno != EINTR)
-                e = -errno;
-            else if (n > 0)
-                from += n, left -= (size_t)n, at += n;
-        }
-        if (e == 0 && fdatasync(fd) < 0)
-            e = -errno;
-        /* durable: out of the page cache (segments are read back rarely; new
-         * page-cache pages for every byte cost more than the write itself) */
-        if (e == 0)
-            posix_fadvise(fd, (off_t)size, (off_t)(end - size), POSIX_FADV_DONTNEED);
-    }
-    if (fd >= 0)
-        close(fd);
+    const char *why = NULL;
+    uint64_t size;
+    int e = segment_store(r, id, offset, &(segment_source){.data = req->entity.base, .fd = -1}, req->entity.len,
+                          &size, &why);
     if (e < 0) {
-        log_fields(LOG_LEVEL_ERROR, "cannot store an access-log segment", "path", path, "error", strerror(-e), NULL);
         send_error(req, 503, "unavailable", "cannot store the segment");
         return;
     }
-    json_t *body = json_pack("{s:s, s:I}", "id", id, "size", (json_int_t)MAX(end, size));
+    if (e > 0) {
+        send_error(req, 409, "conflict", why);
+        return;
+    }
+    json_t *body = json_pack("{s:s, s:I}", "id", id, "size", (json_int_t)size);
     api_send_json(req, 200, body);
     json_decref(body);
+}
+
+/* Answers one message on the spool channel's connection CONN: stores the
+ * segment bytes that the descriptor it carries holds (segment_store()) and
+ * answers "<status> <text>" (segment.h). Returns 0, or -1 when the
+ * connection is to be closed (by the peer, or broken). */
+static int channel_serve(audit_role *r, int conn)
+{
+    char msg[SEGMENT_CHANNEL_MESSAGE_MAX];
+    union {
+        char buf[CMSG_SPACE(4 * sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = {msg, sizeof(msg)};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                        .msg_controllen = sizeof(control.buf)};
+    ssize_t n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    int src = -1; /* the first descriptor passed; any other is closed */
+    for (struct cmsghdr *c = n > 0 ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+            for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(fd));
+                if (src < 0)
+                    src = fd;
+                else
+                    close(fd);
+            }
+    if (n <= 0) {
+        if (src >= 0)
+            close(src);
+        return -1;
+    }
+    char id[SEGMENT_ID_MAX + 1], text[320];
+    uint64_t offset = 0, length = 0, size = 0;
+    struct stat st;
+    const char *why = NULL;
+    int status = 400, e = 0;
+    if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || !segment_params_parse(msg, (size_t)n, id, &offset, &length))
+        why = "expected id=<segment id>&offset=N&length=N and one descriptor";
+    else if (src < 0 || fstat(src, &st) < 0 || !S_ISREG(st.st_mode))
+        why = "expected the descriptor of a regular file (the proxy's spool file) with the message";
+    else if (offset > SEGMENT_BYTES_MAX || length > SEGMENT_BYTES_MAX - offset)
+        status = 413, why = "a segment holds at most 2 MiB";
+    else if ((uint64_t)st.st_size < offset + length)
+        why = "the spool file ends before the bytes named";
+    else if ((e = segment_store(r, id, offset, &(segment_source){.fd = src}, length, &size, &why)) < 0)
+        status = 503, why = "cannot store the segment";
+    else
+        status = e > 0 ? 409 : 200;
+    int len = status == 200 ? snprintf(text, sizeof(text), "200 %llu", (unsigned long long)size)
+                            : snprintf(text, sizeof(text), "%d %s", status, why);
+    bool sent = send(conn, text, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL) == len;
+    if (src >= 0)
+        close(src);
+    return sent ? 0 : -1;
+}
+
+/* Whether the peer of the channel connection CONN is the proxy role
+ * (SO_PEERCRED under R's channel policy; a refusal is logged). */
+static bool channel_peer_ok(audit_role *r, int conn)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    int role;
+    return getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
+           peer_check_hook(&r->channel_peers, cred.pid, cred.uid, &role) == 0;
+}
+
+/* The spool channel's thread: accepts the proxy's connections and answers
+ * their messages one at a time, until the stop pipe is written. */
+static void *channel_main(void *arg)
+{
+    audit_role *r = arg;
+    struct pollfd p[2 + CHANNEL_PEERS_MAX];
+    size_t n = 2;
+    p[0] = (struct pollfd){.fd = r->channel_stop[0], .events = POLLIN};
+    p[1] = (struct pollfd){.fd = r->channel_fd, .events = POLLIN};
+    while (poll(p, n, -1) >= 0 || errno == EINTR) {
+        if (p[0].revents)
+            break;
+        for (size_t i = 2; i < n;)
+            if (p[i].revents && channel_serve(r, p[i].fd) < 0) {
+                close(p[i].fd);
+                p[i] = p[--n]; /* its revents are this poll's: looked at next */
+            } else {
+                i++;
+            }
+        int c = p[1].revents & POLLIN ? accept4(r->channel_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK) : -1;
+        if (c >= 0 && n == 2 + CHANNEL_PEERS_MAX)
+            log_fields(LOG_LEVEL_WARN, "refused a spool channel connection: too many at once", "socket",
+                       SEGMENT_CHANNEL_NAME, NULL);
+        if (c >= 0 && n < 2 + CHANNEL_PEERS_MAX && channel_peer_ok(r, c))
+            p[n++] = (struct pollfd){.fd = c, .events = POLLIN};
+        else if (c >= 0)
+            close(c);
+    }
+    for (size_t i = 2; i < n; i++)
+        close(p[i].fd);
+    return NULL;
+}
+
+/* Opens the spool channel beside the role's socket SOCKET and starts its
+ * thread. Without it the proxy sends segment bytes over HTTP: a failure is
+ * logged, not fatal. */
+static void channel_start(audit_role *r, const char *socket)
+{
+    char path[4300];
+    r->channel_fd = r->channel_stop[0] = r->channel_stop[1] = -1;
+    int e = segment_channel_path(socket, path, sizeof(path)) ? 0 : -ENAMETOOLONG;
+    if (e == 0)
+        e = httpd_listen_unix(path, SOCK_SEQPACKET, &r->channel_fd);
+    if (e == 0 && chmod(path, 0666) < 0) /* who may send is the peer check's */
+        e = -errno;
+    if (e == 0 && pipe2(r->channel_stop, O_CLOEXEC) < 0)
+        e = -errno;
+    if (e == 0)
+        e = -pthread_create(&r->channel, NULL, channel_main, r);
+    if (e == 0)
+        return;
+    log_fields(LOG_LEVEL_WARN, "cannot open the spool channel; the proxy sends access-log bytes over HTTP", "path",
+               path, "error", strerror(-e), NULL);
+    if (r->channel_fd >= 0)
+        close(r->channel_fd);
+    if (r->channel_stop[0] >= 0)
+        close(r->channel_stop[0]), close(r->channel_stop[1]);
+    r->channel_fd = -1;
+}
+
+/* Stops the spool channel's thread (the proxy has stopped: the role stops
+ * last). */
+static void channel_stop(audit_role *r)
+{
+    if (r->channel_fd < 0)
+        return;
+    if (write(r->channel_stop[1], "x", 1) == 1)
+        pthread_join(r->channel, NULL);
+    close(r->channel_fd);
+    close(r->channel_stop[0]);
+    close(r->channel_stop[1]);
+    r->channel_fd = -1;
 }
 
 /* Answers a stored segment as base64 (its bytes are untrusted: the reader
@@ -859,6 +1080,7 @@ static void thread_drain(void *state)
 {
     audit_role *r = state;
     retention_stop(r);
+    channel_stop(r);
     pthread_mutex_lock(&r->queue_lock);
     r->writer_stop = true;
     pthread_cond_signal(&r->queue_wake);
@@ -931,7 +1153,8 @@ int audit_serve(const audit_server_config *cfg)
 {
     audit_role r = {.log_lock = PTHREAD_MUTEX_INITIALIZER, .queue_lock = PTHREAD_MUTEX_INITIALIZER,
                     .queue_wake = PTHREAD_COND_INITIALIZER, .retention_lock = PTHREAD_MUTEX_INITIALIZER,
-                    .retention_wake = PTHREAD_COND_INITIALIZER};
+                    .retention_wake = PTHREAD_COND_INITIALIZER, .segments_lock = PTHREAD_MUTEX_INITIALIZER,
+                    .channel_fd = -1};
     h2o_linklist_init_anchor(&r.queue);
     r.health = cfg->health;
     int e = role_setup(cfg, &r);
@@ -951,6 +1174,9 @@ int audit_serve(const audit_server_config *cfg)
                                    .allowed = {"api", "proxy", "kms", "runner"}};
         r.roles = cfg->roles;
         r.n_roles = cfg->n_roles;
+        r.channel_peers = (peer_policy){.socket = SEGMENT_CHANNEL_NAME, .roles = cfg->roles, .n_roles = cfg->n_roles,
+                                        .uid = geteuid(), .allowed = {"proxy"}};
+        channel_start(&r, cfg->socket);
         httpd_config h = {
             .name = "audit",
             .listen = listen,

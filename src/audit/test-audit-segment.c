@@ -176,3 +176,34 @@ Test(segment, malformed_lines_and_bad_ids_are_refused)
     cr_expect_eq(c.count, 0);
     segment_chain_dispose(&c);
 }
+
+Test(segment, params_name_an_id_then_exactly_the_numbers_asked_for)
+{
+    char id[SEGMENT_ID_MAX + 1];
+    uint64_t offset = 1, length = 1;
+    cr_assert(segment_params_parse("id=ab-000001", 12, id, NULL, NULL));
+    cr_assert_str_eq(id, "ab-000001");
+    const char *q = "id=ab-000001&offset=524288&length=0";
+    cr_assert(segment_params_parse(q, strlen(q), id, &offset, &length));
+    cr_assert_eq(offset, 524288);
+    cr_assert_eq(length, 0);
+    cr_assert(segment_params_parse(q, 26, id, &offset, NULL)); /* "...&offset=524288" */
+    static const char *const bad[] = {
+        "",  "id=",  "id=AB",  "id=-a",  "id=ab&offset=1",  "id=ab&offset=01&length=1",  "id=ab&offset=1&length=",
+        "id=ab&length=1&offset=1",  "id=ab&offset=1&length=1&x=1",  "id=ab&offset=1&length=4611686018427387905",
+        "id=a/b&offset=1&length=1",  "id=ab&offset=-1&length=1",  "x=ab&offset=1&length=1",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        cr_expect(!segment_params_parse(bad[i], strlen(bad[i]), id, &offset, &length), "accepted %s", bad[i]);
+    cr_assert(!segment_params_parse("id=ab&offset=1", 14, id, NULL, NULL), "an offset not asked for");
+}
+
+Test(segment, the_spool_channel_sits_beside_a_local_audit_socket_only)
+{
+    char path[64];
+    cr_assert(segment_channel_path("/var/lib/cloister/run/audit/audit.sock", path, sizeof(path)));
+    cr_assert_str_eq(path, "/var/lib/cloister/run/audit/segments.sock");
+    cr_assert(!segment_channel_path("https://audit.example:7444", path, sizeof(path)));
+    cr_assert(!segment_channel_path("/a/very/long/directory/name/that/does/not/fit/in/the/buffer/audit.sock", path,
+                                    sizeof(path)));
+}

@@ -323,6 +323,9 @@ static const char *const calls_client[] = {"connect", "sendmmsg", "recvmmsg"};
 /* The kms: connects to the audit role only (resolving its name when it runs
  * elsewhere); locks its key memory. */
 static const char *const calls_kms[] = {"connect", "sendmmsg", "recvmmsg", "mlock", "munlock"};
+/* The audit role: copies the proxy's access-log bytes from the spool file
+ * whose descriptor the proxy hands it (audit/segment.h's spool channel). */
+static const char *const calls_audit[] = {"copy_file_range"};
 /* The runner's own, for itself and its sandboxes (a sandbox inherits this
  * filter and adds its own, src/sandbox/launch.c): the network, children and
  * their signals, namespaces, mounts, the sandbox's root and its filter,
@@ -355,7 +358,7 @@ typedef struct seccomp_role {
 #define CALLS(list) list, ELEMENTSOF(list)
 static const seccomp_role seccomp_roles[] = {
     {"api", CALLS(calls_client), true, false},   {"proxy", CALLS(calls_client), true, false},
-    {"kms", CALLS(calls_kms), false, false},     {"audit", NULL, 0, false, false},
+    {"kms", CALLS(calls_kms), false, false},     {"audit", CALLS(calls_audit), false, false},
     {"runner", CALLS(calls_runner), true, true},
 };
 #undef CALLS

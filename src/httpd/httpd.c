@@ -129,13 +129,13 @@ size_t httpd_coalesce_for_tls(h2o_mem_pool_t *pool, h2o_iovec_t *vec, size_t n)
     return 1;
 }
 
-int httpd_listen_unix(const char *path, int *ret_fd)
+int httpd_listen_unix(const char *path, int type, int *ret_fd)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof(sa.sun_path))
         return -ENAMETOOLONG;
     strcpy(sa.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int fd = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return negative_errno();
     unlink(path);
@@ -1096,7 +1096,7 @@ int httpd_run(const httpd_config *cfg)
     if ((cfg->check_peer && (!is_unix || cfg->plain_listen)) ||
         (mtls && (!cfg->check_cert || !cfg->mtls.cert_file || !cfg->mtls.key_file || !cfg->mtls.ca_file)))
         return -EINVAL; /* local peers are known on Unix sockets only; remote ones by their certificate */
-    int e = is_unix ? httpd_listen_unix(cfg->listen + 5, &srv.listen_fd) : listen_tcp(cfg->listen, &srv.listen_fd);
+    int e = is_unix ? httpd_listen_unix(cfg->listen + 5, SOCK_STREAM, &srv.listen_fd) : listen_tcp(cfg->listen, &srv.listen_fd);
     /* a socket whose peers are checked is open to every uid: roles run as
      * users of their own, and the check, not the file's mode, decides */
     if (e == 0 && is_unix && cfg->check_peer && chmod(cfg->listen + 5, 0666) < 0)

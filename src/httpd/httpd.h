@@ -121,10 +121,10 @@ size_t httpd_coalesce_for_tls(h2o_mem_pool_t *pool, h2o_iovec_t *vec, size_t n);
  * client says. */
 typedef struct httpd_listener httpd_listener;
 
-/* Binds and listens on a Unix socket at PATH (replacing a stale one), mode
- * 0600, non-blocking, close-on-exec. Returns 0 and the socket in *RET_FD,
- * or a negative errno. */
-int httpd_listen_unix(const char *path, int *ret_fd);
+/* Binds and listens on a Unix socket of TYPE (SOCK_STREAM, SOCK_SEQPACKET)
+ * at PATH (replacing a stale one), mode 0600, non-blocking, close-on-exec.
+ * Returns 0 and the socket in *RET_FD, or a negative errno. */
+int httpd_listen_unix(const char *path, int type, int *ret_fd);
 
 /* Starts accepting on the listening socket FD (taken over, closed by
  * httpd_listener_close()) on the loop of CTX, which must be the context

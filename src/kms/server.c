@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "attest/release.h"
@@ -701,7 +702,7 @@ static void register_handlers(h2o_pathconf_t *pathconf, void *userdata)
 static void *thread_init(h2o_context_t *ctx, void *userdata)
 {
     kms_role *role = userdata;
-    int fd, r = httpd_listen_unix(role->cfg->unseal_socket, &fd);
+    int fd, r = httpd_listen_unix(role->cfg->unseal_socket, SOCK_STREAM, &fd);
     if (r == 0)
         r = httpd_listener_add(ctx, fd, KMS_UNSEAL_TAG, 4, &role->unseal_listener);
     if (r < 0)

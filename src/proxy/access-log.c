@@ -1,11 +1,15 @@
 /* The access log: one record per request, appended by each proxy thread to
  * its own segment file in the proxy's subtree (<data>/proxy/access/<id>),
- * hash-chained (audit/segment.h). What is pending is written and committed
- * at most ACCESS_FLUSH_MS after its first record, when ACCESS_PENDING_MAX
- * bytes wait, at rotation and at shutdown: one write(2) to the file, then
- * the same bytes and the segment's chain head (a proxy.access audit entry)
- * queued for the audit role, which stores the bytes in its own subtree and
- * appends the head to the Merkle log. Nothing is parsed again on the way.
+ * hash-chained (audit/segment.h). What is pending is written at most
+ * ACCESS_FLUSH_MS after its first record, when ACCESS_PENDING_MAX bytes
+ * wait, at rotation and at shutdown: one write(2) to the file, then queued
+ * for the audit role as a read-only descriptor of the file, from which the
+ * role copies the bytes into its own subtree (audit/event.h). The segment's
+ * chain head (a proxy.access audit entry, which the role appends to the
+ * Merkle log after the bytes) goes with a flush at most once per
+ * ACCESS_FLUSH_MS, and always at rotation, at shutdown and for a failClosed
+ * request's record: a busy thread's flushes of a full buffer between them
+ * only store bytes. Nothing is parsed again on the way.
  * The write and the queueing are the process's segment writer thread's, in
  * the order the loops hand their batches over, so a loop never waits on
  * the disk: it swaps its pending buffer for the one the writer gave back. */
@@ -47,16 +51,18 @@ typedef struct access_log {
     char id[SEGMENT_ID_MAX + 1];
     unsigned seq;         /* this thread's segments so far */
     int fd;               /* the segment file, or -1 when it could not be opened */
+    int spool_fd;         /* the same file read-only, for the audit role, or -1 */
     segment_chain chain;  /* over every record of the segment, pending ones included */
     uint64_t size;        /* bytes committed (and written) */
     uint64_t opened_ns;   /* monotonic */
-    uint64_t first;       /* index of the first pending record */
+    uint64_t unheaded;    /* index of the first record no head has committed yet */
+    uint64_t head_ns;     /* monotonic: when the last head was handed over */
     char *pending;        /* lines not yet written: ACCESS_PENDING_MAX + ACCESS_LINE_MAX bytes (heap) */
     size_t pending_len;
     _Atomic(char *) spare; /* the other buffer, while the writer does not hold it */
-    _Atomic bool rotate;   /* the writer could not queue a head: the next record starts a segment */
+    _Atomic bool rotate;   /* the writer could not write the file or queue a head: the next record starts a segment */
     uint64_t last_batch;   /* the writer's number of this log's last batch (0: none) */
-    unsigned denied, failed; /* pending records denied (deny, unauthenticated), failed (invalid, error) */
+    unsigned denied, failed; /* unheaded records denied (deny, unauthenticated), failed (invalid, error) */
     bool stopping;           /* the thread ends: a closed segment is not followed by another */
     h2o_timeout_t timeout;
     h2o_timeout_entry_t flush_entry;
@@ -93,15 +99,19 @@ static int segment_open(access_log *l)
     snprintf(l->id, sizeof(l->id), "%s-%06u", prefix, ++l->seq);
     segment_chain_dispose(&l->chain);
     int r = segment_chain_init(&l->chain, l->id);
-    l->size = l->first = 0;
+    l->size = l->unheaded = 0;
     l->opened_ns = time_mono_ns();
     if (l->fd >= 0)
         close(l->fd);
-    l->fd = -1;
+    if (l->spool_fd >= 0)
+        close(l->spool_fd);
+    l->fd = l->spool_fd = -1;
     if (r == 0 && segment_path(l, path, sizeof(path))) {
         l->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
         if (l->fd < 0)
             r = -errno;
+        else /* without it, the bytes are copied to the audit queue */
+            l->spool_fd = open(path, O_RDONLY | O_CLOEXEC);
     }
     if (r < 0)
         log_fields(LOG_LEVEL_ERROR, "cannot open an access-log segment; records go to the audit role only", "segment",
@@ -132,11 +142,13 @@ typedef struct access_batch {
     struct access_batch *next;
     access_log *log;  /* gets DATA back as its spare, and is told when the head could not be queued */
     int fd;           /* a duplicate of the segment file's descriptor (closed after), or -1 */
+    int spool_fd;     /* a duplicate of its read-only descriptor (handed to the audit queue), or -1 */
     char *data;       /* the lines: LOG's buffer, lent */
     size_t len;
     uint64_t offset;  /* of DATA in the segment */
     char id[SEGMENT_ID_MAX + 1];
-    json_t *details;  /* of the head entry (taken) */
+    bool head;        /* the flush commits a head: DETAILS is the entry's */
+    json_t *details;  /* of the head entry (taken), or NULL */
     const char *outcome;
     bool closing;     /* the segment's last bytes: once the role holds them, the file goes */
     const char *dir;  /* the proxy's segment directory (the process's settings) */
@@ -167,24 +179,33 @@ static void segment_delivered(void *dir, const char *segment)
                    path, "error", strerror(errno), NULL);
 }
 
-/* Writes B's lines to its file (durably, then dropped from the page cache)
- * and queues them with their head: the flush's work, off the loop. Gives
- * B's buffer back to its log. */
+/* Writes B's lines to its file (durably) and queues their head with the
+ * file's read-only descriptor, from which the audit role copies them (the
+ * page cache keeps them until then); the flush's work, off the loop. A
+ * file that could not take them all no longer holds the segment's bytes at
+ * their offsets: the lines themselves are queued, and the next record
+ * starts a segment. Gives B's buffer back to its log. */
 static void batch_run(access_batch *b)
 {
     int r = b->fd >= 0 ? write_all(b->fd, b->data, b->len) : 0;
     if (r == 0 && b->fd >= 0 && fdatasync(b->fd) < 0)
         r = -errno;
-    if (r < 0)
+    if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot write the access-log segment; its records go to the audit role only",
                    "segment", b->id, "error", strerror(-r), NULL);
-    else if (b->fd >= 0) /* durable: out of the page cache, whose new pages cost more than the write */
-        posix_fadvise(b->fd, (off_t)b->offset, (off_t)b->len, POSIX_FADV_DONTNEED);
-    r = b->details ? audit_event_emit_segment(b->id, b->offset, b->data, b->len,
-                                              &(audit_event){.action = "proxy.access", .kind = "Service",
-                                                             .outcome = b->outcome, .details = b->details},
-                                              b->closing && b->dir ? segment_delivered : NULL, (void *)b->dir)
-                   : -ENOMEM;
+        atomic_store(&b->log->rotate, true);
+    }
+    int spool_fd = b->spool_fd;
+    if (r < 0 && spool_fd >= 0)
+        close(spool_fd), spool_fd = -1;
+    audit_event head = {.action = "proxy.access", .kind = "Service", .outcome = b->outcome, .details = b->details};
+    r = !b->head || b->details ? audit_event_emit_segment(b->id, b->offset, b->data, b->len, spool_fd,
+                                                          b->head ? &head : NULL,
+                                                          b->closing && b->dir ? segment_delivered : NULL,
+                                                          (void *)b->dir)
+                               : -ENOMEM;
+    if (b->head && !b->details && spool_fd >= 0) /* else the queue's */
+        close(spool_fd);
     if (r < 0) /* the role takes a segment's bytes only in order: the next ones go to a new segment */
         atomic_store(&b->log->rotate, true);
     json_decref(b->details);
@@ -272,22 +293,26 @@ static int writer_wait(uint64_t number, unsigned timeout_ms)
     return e ? -ETIMEDOUT : 0;
 }
 
-/* Hands L's pending records to the writer with their chain head (CLOSING:
- * the segment's last head, sent even with nothing pending), taking its
- * spare buffer in their place (waiting for it when the writer still holds
+/* Hands L's pending records to the writer, with the chain head that
+ * commits every record since the last one when HEAD is set, when closing
+ * (the segment's last head, sent even with nothing pending) or when the
+ * last head is ACCESS_FLUSH_MS old: a flush of a full buffer alone stores
+ * the bytes with the audit role, and the flush timer stays set so that a
+ * head follows within the interval. Takes the writer's spare buffer in
+ * place of the pending one (waiting for it when the writer still holds
  * it); then, when closing, starts the next segment (unless this one has no
- * record yet). Returns the batch's number (0 when nothing was handed over). */
-static uint64_t access_flush(access_log *l, bool closing)
+ * record yet). Returns the batch's number (0 when nothing was handed
+ * over). */
+static uint64_t access_flush(access_log *l, bool closing, bool head)
 {
     if (h2o_timeout_is_linked(&l->flush_entry))
         h2o_timeout_unlink(&l->flush_entry);
-    uint64_t number = 0;
+    uint64_t number = 0, now = time_mono_ns();
+    head = head || closing || now - l->head_ns >= ACCESS_FLUSH_MS * NSEC_PER_MSEC;
     /* a segment with records is closed by a head even when none is pending:
      * the role then holds all of it, and the proxy's spool file goes */
-    if (l->pending_len > 0 || (closing && l->chain.ctx && l->chain.count > 0)) {
-        char head[SEGMENT_HEX_LEN + 1];
-        hex_encode(l->chain.value, SEGMENT_DIGEST_LEN, head);
-        uint64_t count = l->chain.count - l->first;
+    if (l->pending_len > 0 || (head && l->chain.ctx && l->chain.count > l->unheaded) ||
+        (closing && l->chain.ctx && l->chain.count > 0)) {
         char *spare = atomic_exchange(&l->spare, NULL);
         if (!spare) { /* the writer is a whole buffer behind: wait for it, as a write(2) here would */
             writer_wait(l->last_batch, 0);
@@ -297,18 +322,26 @@ static uint64_t access_flush(access_log *l, bool closing)
         bool here = !b; /* out of memory: this loop runs the batch itself, after the writer's */
         if (here)
             b = &local;
-        *b = (access_batch){.log = l, .fd = l->fd >= 0 ? fcntl(l->fd, F_DUPFD_CLOEXEC, 0) : -1, .data = l->pending,
-                            .len = l->pending_len, .offset = l->size,
+        *b = (access_batch){.log = l, .fd = l->fd >= 0 ? fcntl(l->fd, F_DUPFD_CLOEXEC, 0) : -1,
+                            .spool_fd = l->spool_fd >= 0 ? fcntl(l->spool_fd, F_DUPFD_CLOEXEC, 0) : -1,
+                            .data = l->pending, .len = l->pending_len, .offset = l->size, .head = head,
                             .outcome = l->denied ? "denied" : l->failed ? "failure" : "success",
                             .closing = closing, .dir = l->t->settings->access_dir};
         if (l->fd >= 0 && b->fd < 0)
             log_fields(LOG_LEVEL_ERROR, "cannot write the access-log segment; its records go to the audit role only",
                        "segment", l->id, "error", strerror(errno), NULL);
         memcpy(b->id, l->id, sizeof(b->id));
-        b->details = json_pack("{s:s, s:I, s:I, s:I, s:s, s:b, s:I, s:o}", "segment", l->id, "first",
-                               (json_int_t)l->first, "count", (json_int_t)count, "records", (json_int_t)l->chain.count,
-                               "head", head, "closed", closing, "denied", (json_int_t)l->denied, "fields",
-                               fields_json());
+        if (head) {
+            char value[SEGMENT_HEX_LEN + 1];
+            hex_encode(l->chain.value, SEGMENT_DIGEST_LEN, value);
+            b->details = json_pack("{s:s, s:I, s:I, s:I, s:s, s:b, s:I, s:o}", "segment", l->id, "first",
+                                   (json_int_t)l->unheaded, "count", (json_int_t)(l->chain.count - l->unheaded),
+                                   "records", (json_int_t)l->chain.count, "head", value, "closed", closing,
+                                   "denied", (json_int_t)l->denied, "fields", fields_json());
+            l->unheaded = l->chain.count;
+            l->denied = l->failed = 0;
+            l->head_ns = now;
+        }
         l->pending = spare;
         if (here) {
             writer_wait(l->last_batch, 0);
@@ -317,8 +350,6 @@ static uint64_t access_flush(access_log *l, bool closing)
             number = l->last_batch = writer_hand(b);
         }
         l->size += l->pending_len;
-        l->first = l->chain.count;
-        l->denied = l->failed = 0;
         l->pending_len = 0;
     }
     if (closing && !l->stopping) {
@@ -326,6 +357,8 @@ static uint64_t access_flush(access_log *l, bool closing)
             l->opened_ns = time_mono_ns(); /* nothing recorded in it: the segment and its file go on */
         else
             segment_open(l);
+    } else if (!head && l->chain.count > l->unheaded) { /* the records' head within the interval */
+        h2o_timeout_link(l->t->ctx->loop, &l->timeout, &l->flush_entry);
     }
     return number;
 }
@@ -340,7 +373,7 @@ static void on_flush_timeout(h2o_timeout_entry_t *entry)
         h2o_timeout_link(l->t->ctx->loop, &l->timeout, &l->flush_entry);
         return;
     }
-    access_flush(l, false);
+    access_flush(l, false, true);
 }
 
 int proxy_access_init(proxy_thread *t)
@@ -348,7 +381,7 @@ int proxy_access_init(proxy_thread *t)
     access_log *l = calloc(1, sizeof(*l));
     if (!l)
         return -ENOMEM;
-    *l = (access_log){.t = t, .fd = -1, .pending = malloc(ACCESS_PENDING_MAX + ACCESS_LINE_MAX)};
+    *l = (access_log){.t = t, .fd = -1, .spool_fd = -1, .pending = malloc(ACCESS_PENDING_MAX + ACCESS_LINE_MAX)};
     char *spare = malloc(ACCESS_PENDING_MAX + ACCESS_LINE_MAX);
     if (!l->pending || !spare) {
         free(l->pending);
@@ -370,7 +403,7 @@ void proxy_access_dispose(proxy_thread *t)
     if (!l)
         return;
     l->stopping = true;
-    access_flush(l, true);
+    access_flush(l, true, true);
     h2o_timeout_dispose(t->ctx->loop, &l->timeout);
     t->access = NULL;
     if (writer_wait(l->last_batch, ACCESS_DRAIN_TIMEOUT_MS) < 0) { /* the writer still holds L: left to it */
@@ -383,6 +416,8 @@ void proxy_access_dispose(proxy_thread *t)
         unlink(path); /* nothing recorded: no empty file left behind */
     if (l->fd >= 0)
         close(l->fd);
+    if (l->spool_fd >= 0)
+        close(l->spool_fd);
     segment_chain_dispose(&l->chain);
     free(l->pending);
     free(atomic_load(&l->spare));
@@ -485,9 +520,9 @@ static int access_append(proxy_thread *t, const access_record *rec, int status, 
     if (l && l->chain.ctx) {
         bool old = time_mono_ns() - l->opened_ns > ACCESS_SEGMENT_AGE_NS;
         if (old || atomic_exchange(&l->rotate, false) || l->size + l->pending_len + ACCESS_LINE_MAX > SEGMENT_BYTES_MAX)
-            access_flush(l, true);
+            access_flush(l, true, true);
         else if (l->pending_len + ACCESS_LINE_MAX > ACCESS_PENDING_MAX)
-            access_flush(l, false);
+            access_flush(l, false, false);
     }
     char *line = l && l->chain.ctx ? l->pending + l->pending_len : NULL;
     size_t len = line ? proxy_access_encode(line + SEGMENT_HEX_LEN + 1, ACCESS_RECORD_MAX, now, rec, status, bytes,
@@ -575,7 +610,7 @@ proxy_step proxy_stage_commit(proxy_request *pr)
     commit_job *j = calloc(1, sizeof(*j));
     int e = j ? access_append(t, &pr->rec, 0, 0, 0) : -ENOMEM;
     if (e == 0) {
-        j->batch = access_flush(t->access, false);
+        j->batch = access_flush(t->access, false, true);
         j->super = (offload_job){.work = commit_work, .done = commit_done};
         j->pr = pr;
         e = t->settings->commit_pool ? offload_submit(t->settings->commit_pool, t->offload, pr->req, &j->super)
