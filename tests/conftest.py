@@ -402,7 +402,7 @@ def access_records(server):
     """Every access record the log's proxy.access entries commit, in log order, as (entry, record as a dict):
     each entry names its segment and the records it commits (first, count); the segment is read through
     GET /v1/audit/segments/{id} (base64 of lines "<chain value, 64 hex> <JSON array of details.fields>")."""
-    segments, out = {}, []
+    segments, shown, out = {}, {}, []
     pruned = {sid for e in audit_entries(server, "audit.access.prune") if e.get("appender") == "audit"
               for sid in e["details"]["segments"]}  # removed past their retention, records gone
     for e in audit_entries(server, "proxy.access"):
@@ -416,7 +416,11 @@ def access_records(server):
             assert r.status_code == 200, r.text
             lines = base64.b64decode(r.json()["data"]).decode().splitlines()
             segments[d["segment"]] = [json.loads(line[65:]) for line in lines]
-        for values in segments[d["segment"]][d["first"]:d["first"] + d["count"]]:
+        # a head recovered from an earlier run's spool names the whole segment: what an earlier head committed
+        # is not listed twice (as `cloister audit show`)
+        start, end = max(d["first"], shown.get(d["segment"], 0)), d["first"] + d["count"]
+        shown[d["segment"]] = max(shown.get(d["segment"], 0), end)
+        for values in segments[d["segment"]][start:end]:
             out.append((e, dict(zip(d["fields"], values))))
     return out
 

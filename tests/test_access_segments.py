@@ -10,6 +10,7 @@ its admission record (status 0) is committed. A slow disk holds up the
 proxy's access-log writer thread, not the requests."""
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -317,6 +318,60 @@ def test_records_of_the_last_second_before_a_stop_reach_the_audit_role(tmp_path_
         assert [rec["path"] for rec in got] == ["/docs/just-before-the-stop"]
         segment = segment_of(g, rid)
         assert head_entries(g, segment)[-1]["details"]["closed"] is True
+        out = run_cli(g.s, "audit", "verify", env_extra={"CLOISTER_TOKEN": g.s.token})
+        assert out.returncode == 0, out
+    finally:
+        g.stop()
+
+
+def test_an_earlier_runs_spool_reaches_the_audit_role_after_a_crash(tmp_path_factory):
+    """Records in the proxy's spool that the audit role never got (here: the
+    role stopped by SIGSTOP, then the whole daemon killed with SIGKILL) are
+    handed over when the proxy starts again: the segment whole, a torn last
+    line cut off, with a closing head recomputed from its records (marked
+    recovered). `audit show` lists each record once, verify passes and the
+    spool file goes."""
+    g = Proxied(tmp_path_factory.mktemp("segments-crash") / "data")
+    try:
+        session = requests.Session()  # one connection: one proxy thread, one segment
+        headers = {"Host": "wiki.localhost", "Authorization": f"Bearer {g.alice}"}
+
+        def get(path):
+            r = session.get(f"http://127.0.0.1:{g.http_port}{path}", headers=headers, timeout=10)
+            assert r.status_code == 200, r.text
+            return upstream_request_id(r)
+
+        before = get("/docs/before-the-crash")
+        committed(g, before)
+        segment = segment_of(g, before)
+        spool = g.s.data_dir / "proxy" / "access" / segment
+        audit = g.s.role_pid("audit")
+        os.kill(audit, signal.SIGSTOP)
+        try:
+            held = [get(f"/docs/held-{i}") for i in range(3)]
+            # written to the spool within a second; the audit role cannot take them
+            wait_for(lambda: all(rid.encode() in spool.read_bytes() for rid in held), 10,
+                     "the records in the proxy's spool file")
+            with open(spool, "ab") as f:  # a write the crash cut short
+                f.write(b"0" * 64 + b' ["2026-12-07T00:00:00.000Z","torn')
+            g.s.kill9()
+        finally:
+            try:
+                os.kill(audit, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        g.s.start()
+        wait_for(lambda: not spool.exists(), 15, "the proxy to hand over its earlier run's segment and remove it")
+        heads = head_entries(g, segment)
+        assert heads[-1]["details"]["closed"] is True and heads[-1]["details"]["recovered"] is True, heads
+        copy = (g.s.data_dir / "audit" / "access" / segment).read_bytes()
+        assert heads[-1]["details"]["records"] == len(copy.splitlines()) and b"torn" not in copy, heads
+        assert "cut a torn last record" in g.s.read_log()
+        got = [rec["requestId"] for (_, rec) in access_records(g.s)]
+        assert [got.count(rid) for rid in [before, *held]] == [1, 1, 1, 1], got
+        out = cli(g, "audit", "show", "--service", "wiki", "-o", "json")
+        shown = [x["requestId"] for x in json.loads(out.stdout) if x.get("action") == "proxy.access"]
+        assert [shown.count(rid) for rid in [before, *held]] == [1, 1, 1, 1], shown
         out = run_cli(g.s, "audit", "verify", env_extra={"CLOISTER_TOKEN": g.s.token})
         assert out.returncode == 0, out
     finally:

@@ -27,6 +27,7 @@ typedef struct segment_copy {
     int error;       /* 0, -ENOENT (the audit role does not have it), -EBADMSG (a malformed line) */
     bool pruned;     /* with -ENOENT: removed past its retention (counted once) */
     uint64_t bad_at; /* with -EBADMSG: the malformed line's index */
+    uint64_t shown;  /* records handed out by access_segments_records() so far */
     char *data;
     walked_record *recs;
     size_t n, cap;
@@ -155,7 +156,11 @@ int access_segments_records(access_segments *a, const json_t *details, int (*cb)
     int r = id ? segment_get(a, id, &s) : CLI_EXIT_OK;
     if (!id || r != CLI_EXIT_OK || first < 0 || count < 0)
         return r;
-    for (uint64_t i = (uint64_t)first; i < (uint64_t)first + (uint64_t)count && i < s->n; i++) {
+    /* a head recovered from an earlier run's spool names the whole segment:
+     * records an earlier head committed are not handed out twice */
+    uint64_t from = MAX((uint64_t)first, s->shown), to = (uint64_t)first + (uint64_t)count;
+    s->shown = MAX(s->shown, to);
+    for (uint64_t i = from; i < to && i < s->n; i++) {
         json_auto_t *values = json_loadb(s->recs[i].text, s->recs[i].len, 0, NULL);
         if (json_is_array(values) && (r = cb(userdata, values)) != 0)
             return r;

@@ -13,6 +13,7 @@
  * The write and the queueing are the process's segment writer thread's, in
  * the order the loops hand their batches over, so a loop never waits on
  * the disk: it swaps its pending buffer for the one the writer gave back. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -25,6 +26,7 @@
 #include "audit/segment.h"
 #include "basic/background.h"
 #include "basic/encoding.h"
+#include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/timeutil.h"
@@ -152,6 +154,7 @@ typedef struct access_batch {
     const char *outcome;
     bool closing;     /* the segment's last bytes: once the role holds them, the file goes */
     const char *dir;  /* the proxy's segment directory (the process's settings) */
+    bool leftover;    /* not a flush: an earlier run's segment file ID in DIR, to hand over whole */
     uint64_t number;  /* 1, 2, ... in the order handed over */
 } access_batch;
 
@@ -162,6 +165,7 @@ static struct {
     pthread_cond_t wake, done;
     pthread_once_t once;
     bool running;             /* the thread started (else batches run on the loop) */
+    bool leftovers_listed;    /* the spool of an earlier run was looked at (before any segment of this run) */
     access_batch *head, **tail;
     uint64_t handed, finished; /* batch numbers */
 } writer = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER,
@@ -179,6 +183,121 @@ static void segment_delivered(void *dir, const char *segment)
                    path, "error", strerror(errno), NULL);
 }
 
+/* ---- an earlier run's spool ---- */
+
+/* What walking a leftover segment found: the records that follow their
+ * chain, where their lines end, the last chain value, and how many were
+ * denied or failed (for the head's outcome). */
+typedef struct leftover_walk {
+    const char *data;
+    uint64_t n;
+    size_t end;
+    uint8_t head[SEGMENT_DIGEST_LEN];
+    unsigned denied, failed;
+    bool broken; /* a record does not follow its predecessor */
+} leftover_walk;
+
+static int leftover_record(void *userdata, const segment_record *rec)
+{
+    leftover_walk *w = userdata;
+    if (!rec->follows) {
+        w->broken = true;
+        return 1;
+    }
+    size_t decision = 0;
+    while (decision < PROXY_ACCESS_FIELDS_N && strcmp(proxy_access_fields[decision], "decision") != 0)
+        decision++;
+    json_t *values = json_loadb(rec->text, rec->len, 0, NULL);
+    const char *d = json_string_value(json_array_get(values, decision));
+    w->denied += d && (strcmp(d, "deny") == 0 || strcmp(d, "unauthenticated") == 0);
+    w->failed += d && (strcmp(d, "invalid") == 0 || strcmp(d, "error") == 0);
+    json_decref(values);
+    w->n++;
+    w->end = (size_t)(rec->text + rec->len + 1 - w->data);
+    memcpy(w->head, rec->chain, sizeof(w->head));
+    return 0;
+}
+
+/* Hands the leftover segment ID in DIR (a spool file of an earlier run:
+ * the process stopped, or the audit role was unreachable, before the role
+ * held it whole) to the audit queue whole, from offset 0, with a closing
+ * head recomputed from its records; the role takes again the bytes it has
+ * and appends the rest, and the file goes once it holds them. A torn last
+ * line (a write cut short) is cut off first; a file whose records do not
+ * follow their chain, or that cannot be read, stays, logged. Runs on the
+ * writer thread. */
+static void leftover_ship(const char *dir, const char *id)
+{
+    char path[4400];
+    snprintf(path, sizeof(path), "%s/%s", dir, id);
+    _cleanup_free_ char *data = NULL;
+    size_t len = 0;
+    uint64_t bad_at = 0;
+    int e = read_file(path, SEGMENT_BYTES_MAX, &data, &len);
+    leftover_walk w = {.data = data};
+    int r = e == 0 ? segment_walk(id, data, len, leftover_record, &w, &bad_at) : e;
+    bool torn = r == -EBADMSG && bad_at == w.n && !memchr(data + w.end, '\n', len - w.end);
+    if ((r < 0 && !torn) || w.broken) {
+        log_fields(LOG_LEVEL_ERROR, "an earlier run's access-log segment cannot be handed to the audit role; it stays "
+                                    "in the spool", "path", path, "error",
+                   e < 0 ? strerror(-e) : "a record does not follow its chain", NULL);
+        return;
+    }
+    if (w.n == 0) { /* no whole record: nothing to keep */
+        unlink(path);
+        return;
+    }
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd >= 0 && w.end < len && ftruncate(fd, (off_t)w.end) == 0)
+        log_fields(LOG_LEVEL_WARN, "cut a torn last record off an earlier run's access-log segment", "path", path,
+                   NULL);
+    int spool_fd = fd >= 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    if (fd >= 0)
+        close(fd);
+    char head[SEGMENT_HEX_LEN + 1];
+    hex_encode(w.head, SEGMENT_DIGEST_LEN, head);
+    json_t *details = json_pack("{s:s, s:i, s:I, s:I, s:s, s:b, s:I, s:o, s:b}", "segment", id, "first", 0, "count",
+                                (json_int_t)w.n, "records", (json_int_t)w.n, "head", head, "closed", true, "denied",
+                                (json_int_t)w.denied, "fields", fields_json(), "recovered", true);
+    audit_event ev = {.action = "proxy.access", .kind = "Service", .details = details,
+                      .outcome = w.denied ? "denied" : w.failed ? "failure" : "success"};
+    r = details ? audit_event_emit_segment(id, 0, data, w.end, spool_fd, &ev, segment_delivered, (void *)dir)
+                : -ENOMEM;
+    if (!details && spool_fd >= 0)
+        close(spool_fd);
+    json_decref(details);
+    if (r == 0)
+        log_fields(LOG_LEVEL_INFO, "handing an earlier run's access-log segment to the audit role", "segment", id,
+                   NULL);
+}
+
+/* Queues each segment file in DIR as a leftover batch, ahead of this
+ * run's: called once per process with the writer's lock held, before any
+ * segment of this run is opened, so every file there is an earlier run's. */
+static void leftovers_queue(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    for (struct dirent *de; (de = readdir(d));) {
+        access_batch *b;
+        if (!segment_id_valid(de->d_name, strlen(de->d_name)) || !(b = calloc(1, sizeof(*b))))
+            continue;
+        *b = (access_batch){.leftover = true, .dir = dir, .fd = -1, .spool_fd = -1, .number = ++writer.handed};
+        memcpy(b->id, de->d_name, strlen(de->d_name) + 1); /* a valid id fits */
+        if (writer.running) {
+            *writer.tail = b;
+            writer.tail = &b->next;
+            pthread_cond_signal(&writer.wake);
+        } else { /* no writer: at start, on this thread */
+            leftover_ship(dir, b->id);
+            writer.finished = b->number;
+            free(b);
+        }
+    }
+    closedir(d);
+}
+
 /* Writes B's lines to its file (durably) and queues their head with the
  * file's read-only descriptor, from which the audit role copies them (the
  * page cache keeps them until then); the flush's work, off the loop. A
@@ -187,6 +306,10 @@ static void segment_delivered(void *dir, const char *segment)
  * starts a segment. Gives B's buffer back to its log. */
 static void batch_run(access_batch *b)
 {
+    if (b->leftover) {
+        leftover_ship(b->dir, b->id);
+        return;
+    }
     int r = b->fd >= 0 ? write_all(b->fd, b->data, b->len) : 0;
     if (r == 0 && b->fd >= 0 && fdatasync(b->fd) < 0)
         r = -errno;
@@ -391,6 +514,11 @@ int proxy_access_init(proxy_thread *t)
     }
     atomic_store(&l->spare, spare);
     pthread_once(&writer.once, writer_start);
+    pthread_mutex_lock(&writer.lock);
+    if (!writer.leftovers_listed && t->settings->access_dir)
+        leftovers_queue(t->settings->access_dir);
+    writer.leftovers_listed = true;
+    pthread_mutex_unlock(&writer.lock);
     h2o_timeout_init(t->ctx->loop, &l->timeout, ACCESS_FLUSH_MS);
     l->flush_entry.cb = on_flush_timeout;
     t->access = l;
