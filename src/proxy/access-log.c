@@ -190,6 +190,7 @@ static void segment_delivered(void *dir, const char *segment)
  * denied or failed (for the head's outcome). */
 typedef struct leftover_walk {
     const char *data;
+    size_t decision; /* the index of "decision" in a record */
     uint64_t n;
     size_t end;
     uint8_t head[SEGMENT_DIGEST_LEN];
@@ -204,11 +205,8 @@ static int leftover_record(void *userdata, const segment_record *rec)
         w->broken = true;
         return 1;
     }
-    size_t decision = 0;
-    while (decision < PROXY_ACCESS_FIELDS_N && strcmp(proxy_access_fields[decision], "decision") != 0)
-        decision++;
     json_t *values = json_loadb(rec->text, rec->len, 0, NULL);
-    const char *d = json_string_value(json_array_get(values, decision));
+    const char *d = json_string_value(json_array_get(values, w->decision));
     w->denied += d && (strcmp(d, "deny") == 0 || strcmp(d, "unauthenticated") == 0);
     w->failed += d && (strcmp(d, "invalid") == 0 || strcmp(d, "error") == 0);
     json_decref(values);
@@ -235,6 +233,8 @@ static void leftover_ship(const char *dir, const char *id)
     uint64_t bad_at = 0;
     int e = read_file(path, SEGMENT_BYTES_MAX, &data, &len);
     leftover_walk w = {.data = data};
+    while (w.decision < PROXY_ACCESS_FIELDS_N && strcmp(proxy_access_fields[w.decision], "decision") != 0)
+        w.decision++;
     int r = e == 0 ? segment_walk(id, data, len, leftover_record, &w, &bad_at) : e;
     bool torn = r == -EBADMSG && bad_at == w.n && !memchr(data + w.end, '\n', len - w.end);
     if ((r < 0 && !torn) || w.broken) {
