@@ -22,6 +22,7 @@
 #include "audit/entry.h"
 #include "audit/segment.h"
 #include "basic/background.h"
+#include "basic/fileio.h"
 #include "basic/log.h"
 #include "basic/strbuf.h"
 #include "basic/timeutil.h"
@@ -264,16 +265,7 @@ static int send_chunk_fd(const queued_entry *e, long *ret_status, char *answer, 
 static char *spool_read(const queued_entry *e)
 {
     char *data = malloc(e->chunk_len ? e->chunk_len : 1);
-    size_t done = 0;
-    while (data && done < e->chunk_len) {
-        ssize_t n = pread(e->spool_fd, data + done, e->chunk_len - done, (off_t)(e->offset + done));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        done += (size_t)n;
-    }
-    if (data && done == e->chunk_len)
+    if (data && fd_pread_all(e->spool_fd, data, e->chunk_len, e->offset) == 0)
         return data;
     free(data);
     log_fields(LOG_LEVEL_ERROR, "cannot read access-log bytes back from the proxy's spool file; the audit role does "

@@ -633,59 +633,49 @@ static bool segment_query(h2o_req_t *req, char id[SEGMENT_ID_MAX + 1], uint64_t 
 
 /* Where bytes to store come from: DATA in memory, else the read-only
  * descriptor FD of the proxy's spool file, which holds them at the same
- * offset as the segment. */
+ * offset as the segment; OFFSET is the segment offset of their first
+ * byte. */
 typedef struct segment_source {
     const char *data;
     int fd;
+    uint64_t offset;
 } segment_source;
 
-/* Reads N bytes of SRC at segment offset AT into BUF, where DATA starts at
- * FROM. Returns 0, -EIO when the spool file ends before them, or another
+/* Reads N bytes of SRC at segment offset AT (at least SRC's offset) into
+ * BUF. Returns 0, -EIO when the spool file ends before them, or another
  * negative errno. */
-static int source_read(const segment_source *src, uint64_t from, uint64_t at, char *buf, size_t n)
+static int source_read(const segment_source *src, uint64_t at, char *buf, size_t n)
 {
-    if (src->data) {
-        memcpy(buf, src->data + (at - from), n);
-        return 0;
-    }
-    while (n > 0) {
-        ssize_t got = pread(src->fd, buf, n, (off_t)at);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            return got < 0 ? -errno : -EIO;
-        buf += got, at += (uint64_t)got, n -= (size_t)got;
-    }
+    if (!src->data)
+        return fd_pread_all(src->fd, buf, n, at);
+    memcpy(buf, src->data + (at - src->offset), n);
     return 0;
 }
 
-/* Whether the LEN bytes stored in FD at OFFSET are SRC's there (SRC
- * starting at FROM): 1 when they are, 0 when not, a negative errno when
- * either cannot be read. */
-static int stored_bytes_match(int fd, uint64_t offset, const segment_source *src, uint64_t from, uint64_t len)
+/* Whether the LEN bytes stored in FD at SRC's offset are SRC's: 1 when
+ * they are, 0 when not, a negative errno when either cannot be read. */
+static int stored_bytes_match(int fd, const segment_source *src, uint64_t len)
 {
     char stored[16384], sent[sizeof(stored)];
-    while (len > 0) {
-        ssize_t n = pread(fd, stored, MIN(len, sizeof(stored)), (off_t)offset);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? -errno : -EIO;
-        int e = source_read(src, from, offset, sent, (size_t)n);
+    for (uint64_t at = src->offset; len > 0;) {
+        size_t n = MIN(len, sizeof(stored));
+        int e = fd_pread_all(fd, stored, n, at);
+        if (e == 0)
+            e = source_read(src, at, sent, n);
         if (e < 0)
             return e;
-        if (memcmp(stored, sent, (size_t)n) != 0)
+        if (memcmp(stored, sent, n) != 0)
             return 0;
-        offset += (uint64_t)n, len -= (uint64_t)n;
+        at += n, len -= n;
     }
     return 1;
 }
 
-/* Writes SRC's LEN bytes at segment offset AT (SRC starting at FROM) to FD
- * at AT: from the spool file with copy_file_range() (no copy through this
- * process), with read and write where the kernel cannot. Returns 0 or a
+/* Writes SRC's LEN bytes at segment offset AT to FD at AT: from the spool
+ * file with copy_file_range() (no copy through this process), through a
+ * buffer from memory or where the kernel cannot copy. Returns 0 or a
  * negative errno (-EIO: the spool file ends before them). */
-static int store_from(int fd, uint64_t at, const segment_source *src, uint64_t from, uint64_t len)
+static int store_from(int fd, uint64_t at, const segment_source *src, uint64_t len)
 {
     bool copy = !src->data;
     char buf[65536];
@@ -701,12 +691,11 @@ static int store_from(int fd, uint64_t at, const segment_source *src, uint64_t f
             if (n == 0)
                 return -EIO;
         } else {
-            size_t chunk = src->data ? len : MIN(len, sizeof(buf));
-            const char *from_data = src->data ? src->data + (at - from) : buf;
-            int e = src->data ? 0 : source_read(src, from, at, buf, chunk);
+            size_t chunk = MIN(len, sizeof(buf));
+            int e = source_read(src, at, buf, chunk);
             if (e < 0)
                 return e;
-            n = pwrite(fd, from_data, chunk, (off_t)at);
+            n = pwrite(fd, buf, chunk, (off_t)at);
         }
         if (n < 0 && errno == EINTR)
             continue;
@@ -717,7 +706,7 @@ static int store_from(int fd, uint64_t at, const segment_source *src, uint64_t f
     return 0;
 }
 
-/* Stores LEN bytes of SRC at OFFSET in the role's copy of segment ID.
+/* Stores LEN bytes of SRC at its offset in the role's copy of segment ID.
  * Bytes it already has are acknowledged again when they are the same and
  * the copy ends with them (a retried delivery); so success means the copy
  * ends with exactly these bytes, as the proxy's file does. Returns 0 and
@@ -725,10 +714,11 @@ static int store_from(int fd, uint64_t at, const segment_source *src, uint64_t f
  * may name these records); 1 and why in *WHY for a gap or other bytes (a
  * conflict); a negative errno when the bytes cannot be read or stored.
  * Serialised: the HTTP loop and the spool channel's thread both store. */
-static int segment_store(audit_role *r, const char *id, uint64_t offset, const segment_source *src, uint64_t len,
-                         uint64_t *ret_size, const char **why)
+static int segment_store(audit_role *r, const char *id, const segment_source *src, uint64_t len, uint64_t *ret_size,
+                         const char **why)
 {
     char path[4300];
+    uint64_t offset = src->offset;
     snprintf(path, sizeof(path), "%s/%s", r->segments, id);
     pthread_mutex_lock(&r->segments_lock);
     /* a segment starts at offset 0: anything else of an unknown one is a gap */
@@ -744,7 +734,7 @@ static int segment_store(audit_role *r, const char *id, uint64_t offset, const s
     /* a retried delivery ends where the copy ends: bytes past END, or other
      * bytes before it, are not what the proxy sent */
     int same = e == 0 && size > end     ? 0
-               : e == 0 && offset < size ? stored_bytes_match(fd, offset, src, offset, size - offset)
+               : e == 0 && offset < size ? stored_bytes_match(fd, src, size - offset)
                                          : 1;
     if (same == 0) {
         *why = "the segment already holds other bytes at this offset (only a retried delivery may repeat stored "
@@ -754,7 +744,7 @@ static int segment_store(audit_role *r, const char *id, uint64_t offset, const s
     if (same < 0)
         e = same;
     if (e == 0 && end > size) {
-        e = store_from(fd, size, src, offset, end - size);
+        e = store_from(fd, size, src, end - size);
         if (e == 0 && fdatasync(fd) < 0)
             e = -errno;
         /* durable: out of the page cache (segments are read back rarely; new
@@ -793,8 +783,8 @@ static void handle_segment_put(audit_role *r, h2o_req_t *req)
     }
     const char *why = NULL;
     uint64_t size;
-    int e = segment_store(r, id, offset, &(segment_source){.data = req->entity.base, .fd = -1}, req->entity.len,
-                          &size, &why);
+    int e = segment_store(r, id, &(segment_source){.data = req->entity.base, .fd = -1, .offset = offset},
+                          req->entity.len, &size, &why);
     if (e < 0) {
         send_error(req, 503, "unavailable", "cannot store the segment");
         return;
@@ -854,7 +844,7 @@ static int channel_serve(audit_role *r, int conn)
         status = 413, why = "a segment holds at most 2 MiB";
     else if ((uint64_t)st.st_size < offset + length)
         why = "the spool file ends before the bytes named";
-    else if ((e = segment_store(r, id, offset, &(segment_source){.fd = src}, length, &size, &why)) < 0)
+    else if ((e = segment_store(r, id, &(segment_source){.fd = src, .offset = offset}, length, &size, &why)) < 0)
         status = 503, why = "cannot store the segment";
     else
         status = e > 0 ? 409 : 200;

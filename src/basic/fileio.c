@@ -85,6 +85,22 @@ int fd_write_all(int fd, const void *p, size_t len)
     return 0;
 }
 
+int fd_pread_all(int fd, void *buf, size_t len, uint64_t offset)
+{
+    char *b = buf;
+    while (len) {
+        ssize_t n = pread(fd, b, len, (off_t)offset);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? negative_errno() : -EIO;
+        b += n;
+        offset += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode)
 {
     char tmp[PATH_MAX];

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* Reads the whole file at PATH, at most MAX bytes, into a NUL-terminated heap
@@ -16,6 +17,10 @@ int read_fd(int fd, size_t max, char **ret_data, size_t *ret_len);
 /* Writes all LEN bytes at P to FD, again after EINTR. Returns 0 or a
  * negative errno (-EIO when the file takes nothing). */
 int fd_write_all(int fd, const void *p, size_t len);
+/* Reads exactly LEN bytes of FD at OFFSET into BUF, again after EINTR and
+ * short reads. Returns 0 or a negative errno (-EIO when the file ends
+ * before them). */
+int fd_pread_all(int fd, void *buf, size_t len, uint64_t offset);
 /* Writes DATA to PATH through a temporary file, fsync and rename, with MODE,
  * then fsyncs the directory: the file is either old or new after a crash. */
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);

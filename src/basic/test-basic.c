@@ -206,6 +206,22 @@ Test(fileio, atomic_write_sets_mode_and_read_is_capped)
     rmdir(dir);
 }
 
+Test(fileio, pread_all_reads_exactly_the_bytes_at_an_offset_or_fails_short)
+{
+    char path[] = "/tmp/cloister-test-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    unlink(path);
+    cr_assert_eq(fd_write_all(fd, "0123456789", 10), 0);
+    char buf[8] = {0};
+    cr_assert_eq(fd_pread_all(fd, buf, 4, 3), 0);
+    cr_assert_eq(memcmp(buf, "3456", 4), 0);
+    cr_assert_eq(fd_pread_all(fd, buf, 0, 10), 0);
+    cr_assert_eq(fd_pread_all(fd, buf, 4, 8), -EIO, "the file ends after 2 of the 4 bytes");
+    cr_assert_eq(fd_pread_all(-1, buf, 1, 0), -EBADF);
+    close(fd);
+}
+
 /* A command line laid out as the kernel does: strings one after another. */
 Test(proctitle, writes_over_the_command_line_and_zeroes_the_rest)
 {
