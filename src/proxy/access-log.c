@@ -82,6 +82,25 @@ static json_t *fields_json(void)
     return a;
 }
 
+/* The details of the head entry committing records FIRST to RECORDS - 1 of
+ * segment ID, after which its chain value is VALUE (CLOSED: the segment's
+ * last head; DENIED of them denied): a new reference, or NULL. */
+static json_t *head_details(const char *id, uint64_t first, uint64_t records, const uint8_t value[SEGMENT_DIGEST_LEN],
+                            bool closed, unsigned denied)
+{
+    char hex[SEGMENT_HEX_LEN + 1];
+    hex_encode(value, SEGMENT_DIGEST_LEN, hex);
+    return json_pack("{s:s, s:I, s:I, s:I, s:s, s:b, s:I, s:o}", "segment", id, "first", (json_int_t)first, "count",
+                     (json_int_t)(records - first), "records", (json_int_t)records, "head", hex, "closed", closed,
+                     "denied", (json_int_t)denied, "fields", fields_json());
+}
+
+/* A head entry's outcome: the worst of the records it commits. */
+static const char *head_outcome(unsigned denied, unsigned failed)
+{
+    return denied ? "denied" : failed ? "failure" : "success";
+}
+
 /* The path of L's current segment file into OUT; false without a
  * directory. */
 static bool segment_path(const access_log *l, char *out, size_t size)
@@ -119,21 +138,6 @@ static int segment_open(access_log *l)
         log_fields(LOG_LEVEL_ERROR, "cannot open an access-log segment; records go to the audit role only", "segment",
                    l->id, "error", strerror(-r), NULL);
     return r;
-}
-
-/* Writes all of DATA (LEN) to FD. Returns 0 or a negative errno. */
-static int write_all(int fd, const char *data, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, data, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? -errno : -EIO;
-        data += n;
-        len -= (size_t)n;
-    }
-    return 0;
 }
 
 /* ---- the segment writer ---- */
@@ -254,13 +258,13 @@ static void leftover_ship(const char *dir, const char *id)
     int spool_fd = fd >= 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
     if (fd >= 0)
         close(fd);
-    char head[SEGMENT_HEX_LEN + 1];
-    hex_encode(w.head, SEGMENT_DIGEST_LEN, head);
-    json_t *details = json_pack("{s:s, s:i, s:I, s:I, s:s, s:b, s:I, s:o, s:b}", "segment", id, "first", 0, "count",
-                                (json_int_t)w.n, "records", (json_int_t)w.n, "head", head, "closed", true, "denied",
-                                (json_int_t)w.denied, "fields", fields_json(), "recovered", true);
+    json_t *details = head_details(id, 0, w.n, w.head, true, w.denied);
+    if (details && json_object_set_new(details, "recovered", json_true()) < 0) {
+        json_decref(details);
+        details = NULL;
+    }
     audit_event ev = {.action = "proxy.access", .kind = "Service", .details = details,
-                      .outcome = w.denied ? "denied" : w.failed ? "failure" : "success"};
+                      .outcome = head_outcome(w.denied, w.failed)};
     r = details ? audit_event_emit_segment(id, 0, data, w.end, spool_fd, &ev, segment_delivered, (void *)dir)
                 : -ENOMEM;
     if (!details && spool_fd >= 0)
@@ -310,7 +314,7 @@ static void batch_run(access_batch *b)
         leftover_ship(b->dir, b->id);
         return;
     }
-    int r = b->fd >= 0 ? write_all(b->fd, b->data, b->len) : 0;
+    int r = b->fd >= 0 ? fd_write_all(b->fd, b->data, b->len) : 0;
     if (r == 0 && b->fd >= 0 && fdatasync(b->fd) < 0)
         r = -errno;
     if (r < 0) {
@@ -448,19 +452,14 @@ static uint64_t access_flush(access_log *l, bool closing, bool head)
         *b = (access_batch){.log = l, .fd = l->fd >= 0 ? fcntl(l->fd, F_DUPFD_CLOEXEC, 0) : -1,
                             .spool_fd = l->spool_fd >= 0 ? fcntl(l->spool_fd, F_DUPFD_CLOEXEC, 0) : -1,
                             .data = l->pending, .len = l->pending_len, .offset = l->size, .head = head,
-                            .outcome = l->denied ? "denied" : l->failed ? "failure" : "success",
+                            .outcome = head_outcome(l->denied, l->failed),
                             .closing = closing, .dir = l->t->settings->access_dir};
         if (l->fd >= 0 && b->fd < 0)
             log_fields(LOG_LEVEL_ERROR, "cannot write the access-log segment; its records go to the audit role only",
                        "segment", l->id, "error", strerror(errno), NULL);
         memcpy(b->id, l->id, sizeof(b->id));
         if (head) {
-            char value[SEGMENT_HEX_LEN + 1];
-            hex_encode(l->chain.value, SEGMENT_DIGEST_LEN, value);
-            b->details = json_pack("{s:s, s:I, s:I, s:I, s:s, s:b, s:I, s:o}", "segment", l->id, "first",
-                                   (json_int_t)l->unheaded, "count", (json_int_t)(l->chain.count - l->unheaded),
-                                   "records", (json_int_t)l->chain.count, "head", value, "closed", closing,
-                                   "denied", (json_int_t)l->denied, "fields", fields_json());
+            b->details = head_details(l->id, l->unheaded, l->chain.count, l->chain.value, closing, l->denied);
             l->unheaded = l->chain.count;
             l->denied = l->failed = 0;
             l->head_ns = now;
