@@ -257,6 +257,16 @@ def test_a_role_cannot_append_what_it_may_not(peers_server):
     verify(s)
 
 
+def probed_segment(s, path):
+    """Requests PATH through the proxy; (the segment whose head commits its record, the audit role's copy)."""
+    proxy_port = int(s.extra_args[s.extra_args.index("--proxy-listen") + 1].rsplit(":", 1)[1])
+    requests.get(f"https://127.0.0.1:{proxy_port}{path}", headers={"Host": "nothing.localhost"}, verify=s.ca,
+                 timeout=10)
+    (entry, _) = wait_for(lambda: next(((e, r) for (e, r) in access_records(s) if r["path"] == path), None))
+    segment = entry["details"]["segment"]
+    return segment, (s.data_dir / "audit" / "access" / segment).read_bytes()
+
+
 def test_only_the_proxy_writes_segments_in_order_and_only_the_api_reads_them(peers_server):
     """audit.sock's /v1/segment: the proxy's access-log segment bytes, stored by
     the audit role in its own subtree; bytes arrive in order (a gap is 409, a
@@ -264,13 +274,7 @@ def test_only_the_proxy_writes_segments_in_order_and_only_the_api_reads_them(pee
     stored offset are 409), ids are file names, the api role alone reads them
     and no other role writes them."""
     s = peers_server
-    proxy_port = int(s.extra_args[s.extra_args.index("--proxy-listen") + 1].rsplit(":", 1)[1])
-    requests.get(f"https://127.0.0.1:{proxy_port}/segment-probe", headers={"Host": "nothing.localhost"},
-                 verify=s.ca, timeout=10)
-    (entry, _) = wait_for(lambda: next(((e, r) for (e, r) in access_records(s) if r["path"] == "/segment-probe"),
-                                       None))
-    segment = entry["details"]["segment"]
-    stored = (s.data_dir / "audit" / "access" / segment).read_bytes()
+    (segment, stored) = probed_segment(s, "/segment-probe")
     proxy_sock = wait_for(lambda: steal_audit_connection(s, "proxy"), timeout=5)
     with proxy_sock:
         # the bytes its copy ends with, sent again (a retried delivery): taken, nothing changes
@@ -328,13 +332,7 @@ def test_the_spool_channel_copies_the_bytes_a_proxy_file_holds_and_takes_only_th
     the bytes named, a message without a descriptor or with another syntax
     are 400; a process that is no role is refused at connect."""
     s = peers_server
-    proxy_port = int(s.extra_args[s.extra_args.index("--proxy-listen") + 1].rsplit(":", 1)[1])
-    requests.get(f"https://127.0.0.1:{proxy_port}/spool-probe", headers={"Host": "nothing.localhost"},
-                 verify=s.ca, timeout=10)
-    (entry, _) = wait_for(lambda: next(((e, r) for (e, r) in access_records(s) if r["path"] == "/spool-probe"),
-                                       None))
-    segment = entry["details"]["segment"]
-    stored = (s.data_dir / "audit" / "access" / segment).read_bytes()
+    (segment, stored) = probed_segment(s, "/spool-probe")
     same, other = tmp_path / "same", tmp_path / "other"
     same.write_bytes(stored)
     other.write_bytes(stored[:-2] + bytes([stored[-2] ^ 1]) + stored[-1:])
