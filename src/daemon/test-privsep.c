@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <linux/landlock.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +45,19 @@ static void fill(void)
         cr_assert_eq(write_file_atomic(files[i], "x", 1, 0600), 0);
 }
 
-TestSuite(privsep, .init = fill);
+static int remove_one(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)st, (void)type, (void)ftw;
+    return remove(path);
+}
+
+/* Removes the test's data directory, with the stand-in keys in it. */
+static void empty(void)
+{
+    nftw(cfg.data_dir, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+TestSuite(privsep, .init = fill, .fini = empty);
 
 Test(privsep, a_view_holds_only_the_roles_paths)
 {
