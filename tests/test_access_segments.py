@@ -149,33 +149,36 @@ def test_a_changed_record_is_found_by_verify(gw):
 
 
 def test_a_slow_disk_holds_up_the_log_writer_not_the_requests(gw):
-    """Every fdatasync of the proxy's access-log writer thread is made to
-    take 3 s (strace's fault injection, attached to that thread alone):
+    """Every write of the proxy's access-log writer thread is made to take
+    3 s (strace's fault injection, attached to that thread alone):
     meanwhile requests keep being answered at once (the loop keeps its
-    records pending while the writer holds its other buffer, instead of
-    waiting for the disk), and their records reach the log in order once
-    the disk catches up."""
+    records pending while the writer holds its other buffer, less than the
+    128 KiB that would make it wait, instead of waiting for the disk), and
+    their records reach the log in order once the disk catches up."""
     proxy = gw.s.role_pid("proxy")
     tid = next(int(t.name) for t in Path(f"/proc/{proxy}/task").iterdir()
                if (t / "comm").read_text().strip() == "proxy-accesslog")
     trace = gw.s.data_dir.parent / "writer.strace"
-    tracer = subprocess.Popen(["strace", "-p", str(tid), "-e", "trace=fdatasync",
-                               "-e", "inject=fdatasync:delay_enter=3000000", "-o", str(trace)],
+    tracer = subprocess.Popen(["strace", "-p", str(tid), "-e", "trace=write",
+                               "-e", "inject=write:delay_enter=3000000", "-o", str(trace)],
                               stderr=subprocess.PIPE, text=True)
     ids, slowest = [], 0.0
     try:
         assert "attached" in tracer.stderr.readline(), "strace did not attach to the writer thread"
-        end = time.monotonic() + 4.5  # requests back to back through the first flush (<= 1 s) and its 3 s fdatasync
+        # through the first flush (<= 1 s) and its 3 s write, a request every 15 ms at most: at most 300
+        # records (about 80 KB) wait meanwhile, less than a buffer
+        end = time.monotonic() + 4.5
         while time.monotonic() < end:
             started = time.monotonic()
             r = gw.get(f"/docs/slow-disk-{len(ids)}", gw.alice)
             slowest = max(slowest, time.monotonic() - started)
             assert r.status_code == 200, r.text
             ids.append(upstream_request_id(r))
+            time.sleep(max(0.0, started + 0.015 - time.monotonic()))
     finally:
         tracer.terminate()
         tracer.wait(timeout=10)
-    assert "fdatasync(" in trace.read_text(), "the writer never reached the slowed fdatasync"
+    assert "write(" in trace.read_text(), "the writer never reached the slowed write"
     assert slowest < 1.0, f"a request waited {slowest:.2f} s for the disk"
     # each proxy thread has its segment (a request id starts with its thread's prefix), committed in order:
     # once a thread's last record is committed, all of its records are
@@ -210,6 +213,49 @@ def test_the_log_writer_and_the_audit_role_run_behind_the_requests(gw):
     assert {n for (_, n) in threads("audit").values()} == {10}
     api = gw.s.role_pid("api")
     assert threads("api")[api][1] == 0, "the api role's own threads keep their priority"
+
+
+class SyncTrace:
+    """strace of every thread of process PID, its fdatasync calls with their files' paths (-y): started on
+    entering once strace attached; .text once left."""
+
+    def __init__(self, pid, path):
+        self.pid, self.path, self.text = pid, path, None
+
+    def __enter__(self):
+        self.tracer = subprocess.Popen(["strace", "-f", "-y", "-p", str(self.pid), "-e", "trace=fdatasync",
+                                        "-o", str(self.path)], stderr=subprocess.PIPE, text=True)
+        assert "attached" in self.tracer.stderr.readline(), f"strace did not attach to {self.pid}"
+        return self
+
+    def __exit__(self, *exc):
+        self.tracer.terminate()
+        self.tracer.wait(timeout=10)
+        self.text = self.path.read_text()
+
+    def synced(self, directory):
+        """The files under DIRECTORY this trace saw synced."""
+        return {line.split("<", 1)[1].split(">", 1)[0].rsplit("/", 1)[1]
+                for line in self.text.splitlines()
+                if "fdatasync(" in line and f"{directory}/" in line and "= 0" in line}
+
+
+def test_a_head_is_appended_once_the_role_synced_its_bytes_and_the_proxy_syncs_no_spool(gw):
+    """A record is durable once the head that commits it is appended: the
+    audit role syncs its copy of the segment before it appends the head,
+    and the proxy, whose spool the role took, never syncs its file (a
+    segment the role holds whole is removed before its pages are written
+    back, so the records reach the disk once)."""
+    work = gw.s.data_dir.parent
+    with SyncTrace(gw.s.role_pid("audit"), work / "audit.strace") as role, \
+            SyncTrace(gw.s.role_pid("proxy"), work / "proxy.strace") as proxy:
+        r = gw.get("/docs/synced-0", gw.alice)
+        assert r.status_code == 200, r.text
+        rid = upstream_request_id(r)
+        committed(gw, rid)
+    segment = segment_of(gw, rid)
+    assert segment in role.synced(gw.s.data_dir / "audit" / "access"), role.text
+    assert not proxy.synced(gw.s.data_dir / "proxy" / "access"), proxy.text
 
 
 def head_entries(g, segment):
@@ -268,8 +314,9 @@ def test_a_segment_the_audit_role_holds_whole_leaves_the_proxys_spool(gw):
 def test_other_bytes_at_a_stored_offset_are_refused_and_the_proxy_keeps_its_file(tmp_path_factory):
     """The audit role acknowledges bytes it already holds only when they are
     the same (a retried delivery): other bytes at a stored offset are refused
-    (409), so the proxy keeps its own file of that segment, even once the
-    segment is closed at shutdown, and verify names the segment."""
+    (409), so the proxy keeps its own file of that segment, synced (the only
+    good copy), even once the segment is closed at shutdown, and verify
+    names the segment."""
     g = Proxied(tmp_path_factory.mktemp("segments-planted") / "data")
     stopped = False
     try:
@@ -283,10 +330,12 @@ def test_other_bytes_at_a_stored_offset_are_refused_and_the_proxy_keeps_its_file
         held = g.s.data_dir / "audit" / "access" / segment
         # what the role holds is changed in place (same owner), longer than what the proxy has sent so far
         held.write_bytes(b"0" * 64 + b' ["planted"]\n' + b"x" * (held.stat().st_size + 200) + b"\n")
-        r = session.get(url + "1", headers=headers, timeout=10)
-        second = upstream_request_id(r)
-        wait_for(lambda: "the audit role refused an access-log segment's bytes" in g.s.read_log(), 15,
-                 "the role to refuse other bytes at an offset it holds")
+        with SyncTrace(g.s.role_pid("proxy"), g.s.data_dir.parent / "proxy.strace") as proxy:
+            r = session.get(url + "1", headers=headers, timeout=10)
+            second = upstream_request_id(r)
+            wait_for(lambda: "the audit role refused an access-log segment's bytes" in g.s.read_log(), 15,
+                     "the role to refuse other bytes at an offset it holds")
+        assert segment in proxy.synced(g.s.data_dir / "proxy" / "access"), proxy.text
         assert "the segment already holds other bytes at this offset" in g.s.read_log()
         out = run_cli(g.s, "audit", "verify", env_extra={"CLOISTER_TOKEN": g.s.token})
         assert out.returncode == 1 and f"segment {segment}, record 0" in out.stderr, out

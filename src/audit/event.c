@@ -46,6 +46,7 @@ typedef struct queued_entry {
     uint64_t offset;
     bool chunk_stored;  /* the role has them (a retried batch does not send them again) */
     bool chunk_refused; /* the role refused them for good: not durable, as if logged */
+    bool spool_synced;  /* the spool file was synced because the bytes did not reach the role */
     char segment[SEGMENT_ID_MAX + 1];
     void (*delivered)(void *userdata, const char *segment); /* NULL, or told once chunk and entry are stored */
     void *userdata;
@@ -94,6 +95,19 @@ static void log_undelivered(const queued_entry *e, const char *why)
                                    "segment file", "reason", why, "segment", e->segment, NULL);
 }
 
+/* E's segment bytes, or the head that commits them, did not reach the role
+ * (yet): the spool file they stay in is synced, once, as the role would
+ * have synced its copy before appending the head. */
+static void spool_keep(queued_entry *e)
+{
+    if (e->spool_fd < 0 || e->spool_synced)
+        return;
+    e->spool_synced = true;
+    if (fdatasync(e->spool_fd) < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot sync the proxy's access-log segment file holding undelivered records",
+                   "segment", e->segment, "error", strerror(errno), NULL);
+}
+
 json_t *audit_event_entry(const audit_event *ev)
 {
     char now[40];
@@ -122,7 +136,7 @@ static char *entry_text(const audit_event *ev, size_t *ret_len)
 
 /* Queues E (taking its text and chunk), or logs it when delivery is not
  * started or the queue is full. Returns 0 when queued, else -ENOBUFS. */
-static int enqueue(const queued_entry *e)
+static int enqueue(queued_entry *e)
 {
     pthread_mutex_lock(&q.lock);
     bool started = q.started && !q.stopping, full = q.count == QUEUE_MAX;
@@ -145,6 +159,7 @@ static int enqueue(const queued_entry *e)
     }
     free(e->text);
     free(e->chunk);
+    spool_keep(e);
     if (e->spool_fd >= 0)
         close(e->spool_fd);
     return -ENOBUFS;
@@ -198,8 +213,10 @@ static void pop_head(size_t n, const char *undelivered)
             atomic_fetch_add(&dropped, 1);
             log_undelivered(e, undelivered);
         }
-        if (undelivered || e->chunk_refused)
+        if (undelivered || e->chunk_refused) {
             q.logged_through = q.settled_total + i + 1;
+            spool_keep(e);
+        }
         free(e->text);
         free(e->chunk);
         if (e->spool_fd >= 0)
@@ -277,10 +294,10 @@ static char *spool_read(const queued_entry *e)
  * the lock is released, as in send_batch()): as its spool file's
  * descriptor on the spool channel when the role runs here, else (or when
  * the channel cannot be used) the bytes themselves in POST
- * /v1/segment?id=&offset=. Once stored, the spool file's bytes leave the
- * page cache. Returns 0 when stored or refused for good (logged: they stay
- * in the proxy's own segment file, and verify reports the records
- * missing), a negative errno when it should be retried. */
+ * /v1/segment?id=&offset=. Returns 0 when stored or refused for good
+ * (logged: they stay in the proxy's own segment file, synced, and verify
+ * reports the records missing), a negative errno when it should be
+ * retried. */
 static int send_chunk(audit_client *c, queued_entry *e)
 {
     long status = 0;
@@ -302,13 +319,13 @@ static int send_chunk(audit_client *c, queued_entry *e)
         return r;
     if (status >= 500)
         return -EPROTO;
+    e->chunk_stored = true;
+    e->chunk_refused = status != 200;
+    if (e->chunk_refused)
+        spool_keep(e);
     if (status != 200 && status != 0)
         log_fields(LOG_LEVEL_WARN, "the audit role refused an access-log segment's bytes; they stay in the proxy's "
                                    "segment file", "segment", e->segment, "answer", said, NULL);
-    e->chunk_stored = true;
-    e->chunk_refused = status != 200;
-    if (e->spool_fd >= 0 && status == 200) /* durable with the role: the spool's pages are not needed again */
-        posix_fadvise(e->spool_fd, (off_t)e->offset, (off_t)e->chunk_len, POSIX_FADV_DONTNEED);
     return 0;
 }
 
@@ -417,6 +434,9 @@ static void *sender_main(void *arg)
         int r = send_batch(c, n);
         if (r == 1)
             tell_delivered(n);
+        else /* not committed: the bytes stay in the spool until they are */
+            for (size_t i = 0; i < n; i++)
+                spool_keep(&q.ring[(q.head + i) % QUEUE_MAX]);
         pthread_mutex_lock(&q.lock);
         atomic_store(&failing, r < 0);
         if (r >= 0) {

@@ -38,8 +38,12 @@ json_t *audit_event_entry(const audit_event *ev);
  * read-only descriptor of the proxy's spool file, which holds the bytes at
  * OFFSET (taken: closed once delivered); the bytes are then not copied but
  * handed to the role as that descriptor (segment.h's spool channel), or
- * read back from it for a role reached over TCP. Safe from any thread;
- * never blocks.
+ * read back from it for a role reached over TCP. The role makes its copy
+ * durable before it appends a head; bytes whose head is not acknowledged
+ * (a failed delivery, a refusal, a full queue, a stop) stay in the spool
+ * file, which is then synced (fdatasync), as nothing else syncs it. Safe
+ * from any thread; never waits for the role (a spool file it cannot queue
+ * is synced on the caller's thread).
  * DELIVERED, when not NULL, is called on the delivery thread with USERDATA
  * and SEGMENT once the role has stored these bytes and appended HEAD (for
  * a segment's last bytes: the role then holds all of it); never when they

@@ -117,6 +117,10 @@ typedef struct pending_append {
     size_t *lens;
     int error;      /* set by the writer */
     uint64_t first; /* index of the first entry once committed */
+    /* the access-log segments whose heads are among the entries: each is
+     * synced before the entries are committed (heap, or NULL) */
+    char (*segments)[SEGMENT_ID_MAX + 1];
+    size_t n_segments;
 } pending_append;
 
 struct append_anchor {
@@ -136,7 +140,45 @@ static void pending_append_free(pending_append *pa)
         free(pa->texts[i]);
     free(pa->texts);
     free(pa->lens);
+    free(pa->segments);
     free(pa);
+}
+
+/* Notes in PA (room for N) the segment ENTRY commits when it is an
+ * access-log head (proxy.access), unless it is the one noted last.
+ * Returns 0 or -ENOMEM. */
+static int note_head_segment(pending_append *pa, size_t n, const json_t *entry)
+{
+    const char *action = json_string_value(json_object_get(entry, "action"));
+    const char *id = json_string_value(json_object_get(json_object_get(entry, "details"), "segment"));
+    if (!action || strcmp(action, "proxy.access") != 0 || !id || !segment_id_valid(id, strlen(id)))
+        return 0;
+    if (pa->n_segments > 0 && strcmp(pa->segments[pa->n_segments - 1], id) == 0)
+        return 0;
+    if (!pa->segments && !(pa->segments = calloc(n, sizeof(*pa->segments))))
+        return -ENOMEM;
+    snprintf(pa->segments[pa->n_segments++], sizeof(*pa->segments), "%s", id);
+    return 0;
+}
+
+/* Makes R's copy of segment ID durable, and drops its pages from the page
+ * cache (read back rarely). Returns 0 (also when the role holds no copy:
+ * a head of a segment that had no bytes) or a negative errno. */
+static int segment_sync(audit_role *r, const char *id)
+{
+    char path[4300];
+    snprintf(path, sizeof(path), "%s/%s", r->segments, id);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -errno;
+    int e = fdatasync(fd) < 0 ? -errno : 0;
+    if (e == 0)
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+    if (e < 0)
+        log_fields(LOG_LEVEL_ERROR, "cannot sync an access-log segment before appending its head", "path", path,
+                   "error", strerror(-e), NULL);
+    return e;
 }
 
 /* Signs a checkpoint of the current tree unless the latest already covers
@@ -189,6 +231,12 @@ static void commit_batch(audit_role *r, h2o_linklist_t *batch)
             lens[k] = pa->lens[i];
         }
     }
+    /* a head is appended only once the bytes it commits are durable */
+    for (h2o_linklist_t *n = batch->next; e == 0 && n != batch; n = n->next) {
+        pending_append *pa = H2O_STRUCT_FROM_MEMBER(pending_append, link, n);
+        for (size_t i = 0; e == 0 && i < pa->n_segments; i++)
+            e = segment_sync(r, pa->segments[i]);
+    }
     uint64_t first = 0;
     if (e == 0) {
         pthread_mutex_lock(&r->log_lock);
@@ -204,7 +252,7 @@ static void commit_batch(audit_role *r, h2o_linklist_t *batch)
         log_fields(LOG_LEVEL_ERROR, "cannot append to the audit log; refusing the batch", "error", strerror(-e),
                    NULL);
     }
-   for (h2o_linklist_t *n = batch->next; n != batch; n = n->next) {
+    for (h2o_linklist_t *n = batch->next; n != batch; n = n->next) {
         pending_append *pa = H2O_STRUCT_FROM_MEMBER(pending_append, link, n);
         pa->error = e;
         pa->first = first;
@@ -468,6 +516,13 @@ static void handle_append(audit_role *r, h2o_req_t *req)
             return;
         }
         int e = audit_entry_stamp(entry, role, now, &pa->texts[i], &pa->lens[i]);
+        if (e == 0 && note_head_segment(pa, n, entry) < 0) {
+            pa->n = i + 1;
+            pending_append_free(pa);
+            json_decref(body);
+            send_error(req, 503, "unavailable", "out of memory");
+            return;
+        }
         if (e < 0) {
             pending_append_free(pa);
             json_decref(body);
@@ -710,8 +765,9 @@ static int store_from(int fd, uint64_t at, const segment_source *src, uint64_t l
  * Bytes it already has are acknowledged again when they are the same and
  * the copy ends with them (a retried delivery); so success means the copy
  * ends with exactly these bytes, as the proxy's file does. Returns 0 and
- * the copy's size in *RET_SIZE after fdatasync (the head entry that follows
- * may name these records); 1 and why in *WHY for a gap or other bytes (a
+ * the copy's size in *RET_SIZE once the bytes are in the page cache (the
+ * copy is synced before a head naming them is appended, commit_batch());
+ * 1 and why in *WHY for a gap or other bytes (a
  * conflict); a negative errno when the bytes cannot be read or stored.
  * Serialised: the HTTP loop and the spool channel's thread both store. */
 static int segment_store(audit_role *r, const char *id, const segment_source *src, uint64_t len, uint64_t *ret_size,
@@ -745,10 +801,10 @@ static int segment_store(audit_role *r, const char *id, const segment_source *sr
         e = same;
     if (e == 0 && end > size) {
         e = store_from(fd, size, src, end - size);
-        if (e == 0 && fdatasync(fd) < 0)
-            e = -errno;
-        /* durable: out of the page cache (segments are read back rarely; new
-         * page-cache pages for every byte cost more than the write itself) */
+        /* starts their writeback, so that the sync before the head finds
+         * little left, and drops pages already written (segments are read
+         * back rarely; new page-cache pages for every byte cost more than
+         * the write itself) */
         if (e == 0)
             posix_fadvise(fd, (off_t)size, (off_t)(end - size), POSIX_FADV_DONTNEED);
     }

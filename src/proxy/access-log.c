@@ -9,7 +9,12 @@
  * Merkle log after the bytes) goes with a flush at most once per
  * ACCESS_FLUSH_MS, and always at rotation, at shutdown and for a failClosed
  * request's record: a busy thread's flushes of a full buffer between them
- * only store bytes. Nothing is parsed again on the way.
+ * only store bytes. Nothing is parsed again on the way. The file is a
+ * spool in the page cache, not synced: a record is durable once the head
+ * that commits it is appended (the role syncs its copy first), or, when the
+ * role does not take the bytes, once the delivery thread has synced the
+ * file (audit/event.c); a segment the role holds whole is removed before
+ * its pages reach the disk.
  * The write and the queueing are the process's segment writer thread's, in
  * the order the loops hand their batches over, so a loop never waits on
  * the disk: it swaps its pending buffer for the one the writer gave back. */
@@ -34,7 +39,7 @@
 #include "proxy/corridor.h"
 
 #define ACCESS_FLUSH_MS 1000               /* a record is committed at most this long after it was written (a disk keeping up) */
-#define ACCESS_PENDING_MAX (512 * 1024)    /* bytes of records written and committed at once, at most */
+#define ACCESS_PENDING_MAX (128 * 1024)    /* bytes of records written and stored at once, at most */
 #define ACCESS_SEGMENT_AGE_NS (3600 * NSEC_PER_SEC) /* a segment is rotated after an hour */
 #define ACCESS_RECORD_MAX 2600             /* the longest record: path, policy, rule and names at their caps */
 #define ACCESS_LINE_MAX (SEGMENT_HEX_LEN + ACCESS_RECORD_MAX + 2)
@@ -302,9 +307,9 @@ static void leftovers_queue(const char *dir)
     closedir(d);
 }
 
-/* Writes B's lines to its file (durably) and queues their head with the
- * file's read-only descriptor, from which the audit role copies them (the
- * page cache keeps them until then); the flush's work, off the loop. A
+/* Writes B's lines to its file (to the page cache) and queues them, and
+ * their head, with the file's read-only descriptor, from which the audit
+ * role copies them; the flush's work, off the loop. A
  * file that could not take them all no longer holds the segment's bytes at
  * their offsets: the lines themselves are queued, and the next record
  * starts a segment. Gives B's buffer back to its log. */
@@ -315,8 +320,6 @@ static void batch_run(access_batch *b)
         return;
     }
     int r = b->fd >= 0 ? fd_write_all(b->fd, b->data, b->len) : 0;
-    if (r == 0 && b->fd >= 0 && fdatasync(b->fd) < 0)
-        r = -errno;
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot write the access-log segment; its records go to the audit role only",
                    "segment", b->id, "error", strerror(-r), NULL);
