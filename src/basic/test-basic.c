@@ -115,6 +115,23 @@ Test(encoding, json_escape_some_whole_escapes)
     }
 }
 
+/* Every byte value: as it is exactly when JSON allows it in a string
+ * (not '"', '\\', a control byte or DEL), else escaped. */
+Test(encoding, json_escape_some_every_byte)
+{
+    for (unsigned b = 1; b < 256; b++) {
+        char in[2] = {(char)b, 0}, out[8];
+        const char *s = in;
+        size_t n = json_escape_some(&s, out, sizeof(out));
+        bool plain = b >= 0x20 && b != 0x7f && b != '"' && b != '\\';
+        cr_assert_eq(*s, 0, "byte %#x", b);
+        if (plain)
+            cr_assert(n == 1 && (unsigned char)out[0] == b, "byte %#x", b);
+        else
+            cr_assert(n >= 2 && out[0] == '\\', "byte %#x", b);
+    }
+}
+
 /* RFC 4648 section 10 test vectors. */
 Test(encoding, base64_rfc4648_vectors)
 {

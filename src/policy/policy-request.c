@@ -13,11 +13,10 @@
 static const cel_list empty_list = {0, NULL};
 static const cel_map empty_map = {0, NULL};
 
-void policy_request_stamp(policy_request *r)
+void policy_request_stamp(policy_request *r, uint64_t now_ns)
 {
-    uint64_t now = time_now_ns();
-    r->now_sec = (int64_t)(now / NSEC_PER_SEC);
-    r->now_nsec = (uint32_t)(now % NSEC_PER_SEC);
+    r->now_sec = (int64_t)(now_ns / NSEC_PER_SEC);
+    r->now_nsec = (uint32_t)(now_ns % NSEC_PER_SEC);
 }
 
 void policy_request_init(policy_request *r)
@@ -32,7 +31,7 @@ void policy_request_init(policy_request *r)
     r->vars[POLICY_VAR_SESSION_CREATED_AT] = cel_timestamp(0, 0);
     r->vars[POLICY_VAR_SESSION_EXPIRES_AT] = cel_timestamp(0, 0);
     r->vars[POLICY_VAR_SESSION_IS_BROWSER] = cel_bool(false);
-    policy_request_stamp(r);
+    policy_request_stamp(r, time_now_ns());
 }
 
 void policy_request_set_string(policy_request *r, policy_var v, const char *s)

@@ -82,9 +82,9 @@ typedef struct policy_request {
 /* Sets every variable to its empty value ("", [], {}, false, the epoch), no
  * credential, and now() to the current time. */
 void policy_request_init(policy_request *r);
-/* Sets R's now() to the present (policy_request_init() does): for a
- * request filled once and decided again later. */
-void policy_request_stamp(policy_request *r);
+/* Sets R's now() to NOW_NS (realtime ns; policy_request_init() sets the
+ * present): for a request filled once and decided again later. */
+void policy_request_stamp(policy_request *r, uint64_t now_ns);
 /* Fills ctx.user from a User document (name, email, type, groups, attrs);
  * values are allocated from A or borrowed from USER, which must outlive the
  * decision. Returns 0 or -ENOMEM. */

@@ -637,18 +637,20 @@ size_t proxy_access_encode(char *out, size_t size, const char *now, const access
     return w.over ? 0 : (size_t)(w.p - out);
 }
 
-/* Appends REC's record to T's segment (flushing first when the pending
- * bytes or the segment would pass their caps, or the segment is too old):
- * encoded and chained in place at the end of the pending lines. Returns 0,
- * or a negative errno when the record could not be chained (logged
- * instead). */
-static int access_append(proxy_thread *t, const access_record *rec, int status, uint64_t bytes, uint64_t latency_us)
+/* Appends REC's record, written at NOW_MONO (monotonic ns; its time is
+ * REC's receipt plus the time since, so no clock is read here), to T's
+ * segment (flushing first when the pending bytes or the segment would pass
+ * their caps, or the segment is too old): encoded and chained in place at
+ * the end of the pending lines. Returns 0, or a negative errno when the
+ * record could not be chained (logged instead). */
+static int access_append(proxy_thread *t, const access_record *rec, int status, uint64_t bytes, uint64_t latency_us,
+                         uint64_t now_mono)
 {
     access_log *l = t->access;
     char now[40];
-    time_format_rfc3339_ms(time_now_ns(), now, sizeof(now));
+    time_format_rfc3339_ms(rec->received + (now_mono - rec->started), now, sizeof(now));
     if (l && l->chain.ctx) {
-        bool old = time_mono_ns() - l->opened_ns > ACCESS_SEGMENT_AGE_NS;
+        bool old = now_mono - l->opened_ns > ACCESS_SEGMENT_AGE_NS;
         if (old || atomic_exchange(&l->rotate, false) || l->size + l->pending_len + ACCESS_LINE_MAX > SEGMENT_BYTES_MAX)
             access_flush(l, true, true);
         else if (l->pending_len + ACCESS_LINE_MAX > ACCESS_PENDING_MAX)
@@ -681,9 +683,9 @@ void proxy_access_emit(void *p)
     access_record *rec = &pr->rec;
     h2o_req_t *req = pr->req;
     proxy_thread *t = pr->t;
-    uint64_t latency_ns = time_mono_ns() - rec->started;
+    uint64_t now_mono = time_mono_ns(), latency_ns = now_mono - rec->started;
     int status = req->res.status;
-    access_append(t, rec, status, req->bytes_sent, latency_ns / 1000);
+    access_append(t, rec, status, req->bytes_sent, latency_ns / 1000, now_mono);
     const proxy_settings *s = t->settings;
     if (rec->in_flight)
         atomic_fetch_sub(rec->in_flight, 1);
@@ -738,7 +740,7 @@ proxy_step proxy_stage_commit(proxy_request *pr)
         return PROXY_NEXT;
     proxy_thread *t = pr->t;
     commit_job *j = calloc(1, sizeof(*j));
-    int e = j ? access_append(t, &pr->rec, 0, 0, 0) : -ENOMEM;
+    int e = j ? access_append(t, &pr->rec, 0, 0, 0, time_mono_ns()) : -ENOMEM;
     if (e == 0) {
         j->batch = access_flush(t->access, false, true);
         j->super = (offload_job){.work = commit_work, .done = commit_done};

@@ -200,7 +200,7 @@ static proxy_step refuse_unauthenticated(proxy_request *pr, const char *why, boo
  * too). */
 proxy_step proxy_stage_authenticate(proxy_request *pr)
 {
-    pr->now = (int64_t)(time_now_ns() / NSEC_PER_SEC);
+    pr->now = (int64_t)(pr->rec.received / NSEC_PER_SEC);
     h2o_iovec_t token = proxy_find_token(pr->req, &pr->from_cookie);
     if (!token.base || token.len == 0)
         return refuse_unauthenticated(pr,

@@ -128,6 +128,7 @@ typedef struct access_record {
     _Atomic int64_t *in_flight; /* the Enclave load it counts in, until it ends; or NULL */
     proxy_config *config;       /* kept alive while the request uses its Service */
     uint64_t started;           /* monotonic ns */
+    uint64_t received;          /* the same instant, realtime ns (the clock is read once a request) */
     char id[PROXY_REQUEST_ID_LEN + 1];
     char ip[64], method[16];
     const char *service;

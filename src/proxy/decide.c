@@ -16,7 +16,7 @@ int proxy_policy_request(proxy_request *pr, policy_request *p)
         return -ESTALE;
     cel_arena_reset(t->values);
     *p = r->caller; /* ctx.user and ctx.session, made with the token's resolution */
-    policy_request_stamp(p);
+    policy_request_stamp(p, pr->rec.received); /* now() is when the request came */
     policy_request_set_browser(p, pr->from_cookie);
     if (policy_request_set_service(p, pr->svc->doc, t->values) < 0)
         return -ENOMEM;

@@ -178,6 +178,7 @@ static proxy_request *request_new(proxy_thread *t, h2o_req_t *req)
     access_record *rec = &pr->rec;
     rec->config = proxy_config_ref(t->config);
     rec->started = time_mono_ns();
+    rec->received = time_now_ns();
     rec->decision = PROXY_DECISION_INVALID;
     pr->c = rec->config;
     proxy_request_id(t, rec->id);
