@@ -5,10 +5,15 @@
 #     applies, with the CLI $cli (CLOISTER_SERVER and CLOISTER_CA set), the
 #     bench's Group, User, Credential, 10-rule Policy and Service `static`
 #     (to http://127.0.0.1:UPSTREAM_PORT; manifests in WORK/bench.yaml), and
-#     sets $token to an access token of the user `bench`.
+#     sets $credential to a token of the Credential `bench` and $token to an
+#     access token of the user `bench` exchanged for it.
+#
+# proxy_bench_token API_URL CA CREDENTIAL
+#     prints a fresh access token for CREDENTIAL (they expire after 15
+#     minutes: a longer run exchanges the credential again).
 
 proxy_bench_configure() {
-    local work=$1 up_port=$2 cred
+    local work=$1 up_port=$2
     cat >"$work/bench.yaml" <<EOF
 apiVersion: cloister.dev/v1
 kind: Group
@@ -51,7 +56,12 @@ spec:
   policies: [bench-rules]
 EOF
     "$cli" apply -f "$work/bench.yaml" >/dev/null
-    cred=$("$cli" token create bench -o json | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
-    token=$(curl -fsS --cacert "$BENCH_CA" -X POST "$BENCH_URL/v1/auth/token" -d "{\"token\":\"$cred\"}" |
-        /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
+    credential=$("$cli" token create bench -o json |
+        /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
+    token=$(proxy_bench_token "$BENCH_URL" "$BENCH_CA" "$credential")
+}
+
+proxy_bench_token() {
+    curl -fsS --cacert "$2" -X POST "$1/v1/auth/token" -d "{\"token\":\"$3\"}" |
+        /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])'
 }

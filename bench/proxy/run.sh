@@ -238,7 +238,8 @@ role_pids() {
 }
 # cloister_start NAME BUILD WORKERS: BUILD's cloisterd with WORKERS proxy
 # threads, configured by proxy_bench_configure; sets url[NAME-WORKERS-*],
-# serving[...] and token_NAME_WORKERS (the access token it issued)
+# serving[...], token_NAME_WORKERS (the access token it issued) and
+# renew[NAME-WORKERS] (how to get another: API URL, CA, credential)
 cloister_start() {
     local name=$1 b=$2 w=$3 pp ph code _
     pp=$(free_port) ph=$(free_port)
@@ -251,6 +252,7 @@ cloister_start() {
     cli=$b/src/cli/cloister
     proxy_bench_configure "$work" "$up_port" # sets $token
     printf -v "token_${name}_$w" %s "$token"
+    renew[$name-$w]="$BENCH_URL $BENCH_CA $credential"
     url[$name-$w-http]=http://127.0.0.1:$ph/index.html url[$name-$w-tls]=https://127.0.0.1:$pp/index.html
     local h=(-H "Host: static.localhost" -H "Authorization: Bearer $token")
     # the configuration reaches the proxy asynchronously
@@ -277,6 +279,16 @@ cloister_start() {
     serving[$name-$w-tls]=${serving[$name-$w-http]}
 }
 cloisters=()
+declare -A renew
+# renew_tokens: each Cloister instance's access token exchanged again (a
+# token lasts 15 minutes; a run of many rounds lasts longer)
+renew_tokens() {
+    local k
+    for k in "${!renew[@]}"; do
+        # shellcheck disable=SC2086 # URL, CA and credential, split on purpose
+        printf -v "token_${k%-*}_${k##*-}" %s "$(proxy_bench_token ${renew[$k]})"
+    done
+}
 if [ -z "$cl_skip" ]; then
     cloisters+=(cloister)
     for w in 1 2; do cloister_start cloister "$build" "$w"; done
@@ -350,6 +362,7 @@ done
 echo "   TLS negotiated: ${tls_seen%; }"
 for r in $(seq 1 "$rounds"); do
     echo "   round $r of $rounds: ${#ids[@]} configurations"
+    renew_tokens
     for id in "${ids[@]}"; do measure "$id" "$r"; done
 done
 
@@ -373,6 +386,7 @@ strace_run() {
 $(awk '/requests in/ {print $1}' "$work/$1.strace-wrk.txt")"
 }
 : >"$work/syscalls.txt"
+renew_tokens
 for c in "${peers[@]}"; do
     for p in http tls; do strace_run "$c-1-$p" >>"$work/syscalls.txt"; done
 done
