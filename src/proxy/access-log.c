@@ -13,8 +13,8 @@
  * spool in the page cache, not synced: a record is durable once the head
  * that commits it is appended (the role syncs its copy first), or, when the
  * role does not take the bytes, once the delivery thread has synced the
- * file (audit/event.c); a segment the role holds whole is removed before
- * its pages reach the disk.
+ * file (audit/event.c); a busy thread's segment, removed once the role
+ * holds it whole, goes long before the kernel writes its pages back.
  * The write and the queueing are the process's segment writer thread's, in
  * the order the loops hand their batches over, so a loop never waits on
  * the disk: it swaps its pending buffer for the one the writer gave back. */
