@@ -822,9 +822,12 @@ static char *key_put(char *p, const char *s, uint32_t len)
     return p + sizeof(len) + len;
 }
 
-/* The combination key of REQ: service, user, credential and groups, into a
- * new string of *ret_len bytes. NULL on OOM. */
-static char *combo_key(const policy_request *req, size_t *ret_len)
+#define COMBO_KEY_INLINE 512 /* a key this long is made on the stack (every request) */
+
+/* The combination key of REQ: service, user, credential and groups, of
+ * *ret_len bytes, into BUF (COMBO_KEY_INLINE bytes) when it fits, else into
+ * a new string. NULL on OOM. */
+static char *combo_key(const policy_request *req, char *buf, size_t *ret_len)
 {
     const cel_value *v = req->vars;
     const cel_list *g = v[POLICY_VAR_USER_GROUPS].list;
@@ -835,7 +838,7 @@ static char *combo_key(const policy_request *req, size_t *ret_len)
     size_t len = v[POLICY_VAR_SERVICE_NAME].len + v[POLICY_VAR_USER_NAME].len + cred_len + 3 * sizeof(uint32_t);
     for (size_t i = 0; i < g->len; i++)
         len += g->items[i].len + sizeof(uint32_t);
-    char *key = malloc(len), *p = key;
+    char *key = len <= COMBO_KEY_INLINE ? buf : malloc(len), *p = key;
     if (!key)
         return NULL;
     p = key_put(p, v[POLICY_VAR_SERVICE_NAME].str, v[POLICY_VAR_SERVICE_NAME].len);
@@ -965,13 +968,24 @@ static combo *combo_build(const policy_set *s, const policy_request *req, char *
     return c;
 }
 
+/* combo_build() with KEY, made by combo_key() into BUF or the heap (taken
+ * either way). */
+static combo *combo_build_keyed(const policy_set *s, const policy_request *req, char *key, const char *buf,
+                                size_t key_len, uint64_t hash)
+{
+    if (key == buf && (key = malloc(key_len)))
+        memcpy(key, buf, key_len);
+    return key ? combo_build(s, req, key, key_len, hash) : NULL;
+}
+
 /* The combination of REQ from S's cache, built and cached on first use.
  * Returns it, with *ret_owned set when it could not be cached (the caller
  * frees it with combo_free()); NULL on OOM. */
 static combo *combo_get(policy_set *s, const policy_request *req, bool *ret_owned)
 {
     size_t key_len;
-    char *key = combo_key(req, &key_len);
+    char buf[COMBO_KEY_INLINE];
+    char *key = combo_key(req, buf, &key_len);
     if (!key)
         return NULL;
     uint64_t h = hash_bytes(key, key_len);
@@ -981,7 +995,7 @@ static combo *combo_get(policy_set *s, const policy_request *req, bool *ret_owne
         combo *c = atomic_load_explicit(slot, memory_order_acquire);
         if (!c) {
             if (!fresh) {
-                fresh = combo_build(s, req, key, key_len, h);
+                fresh = combo_build_keyed(s, req, key, buf, key_len, h);
                 key = NULL;
                 if (!fresh)
                     return NULL;
@@ -1002,13 +1016,14 @@ static combo *combo_get(policy_set *s, const policy_request *req, bool *ret_owne
         }
         if (c->hash == h && c->key_len == key_len && memcmp(c->key, fresh ? fresh->key : key, key_len) == 0) {
             combo_free(fresh);
-            free(key);
+            if (key != buf)
+                free(key);
             *ret_owned = false;
             return c;
         }
     }
     if (!fresh) {
-        fresh = combo_build(s, req, key, key_len, h);
+        fresh = combo_build_keyed(s, req, key, buf, key_len, h);
         if (!fresh)
             return NULL;
     }
