@@ -132,6 +132,21 @@ int segment_chain_line(segment_chain *c, char *line, size_t len)
     return (int)(SEGMENT_HEX_LEN + len + 2);
 }
 
+ssize_t segment_chain_lines(segment_chain *c, char *data, size_t len)
+{
+    ssize_t n = 0;
+    for (char *line = data, *end = data + len; line < end; n++) {
+        char *rec = line + SEGMENT_HEX_LEN + 1, *nl = rec < end ? memchr(rec, '\n', (size_t)(end - rec)) : NULL;
+        if (!nl || line[SEGMENT_HEX_LEN] != ' ')
+            return -EINVAL;
+        int r = segment_chain_line(c, line, (size_t)(nl - rec));
+        if (r < 0)
+            return r;
+        line = nl + 1;
+    }
+    return n;
+}
+
 int segment_format_line(segment_chain *c, const char *rec, size_t len, char *out)
 {
     if (len > SEGMENT_RECORD_MAX)

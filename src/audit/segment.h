@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define SEGMENT_ID_MAX 48                     /* [0-9a-z-], checked by segment_id_valid() */
 #define SEGMENT_DIGEST_LEN 32
@@ -72,6 +73,12 @@ int segment_format_line(segment_chain *c, const char *rec, size_t len, char *out
 /* segment_format_line() in place: the record (LEN bytes) is already at
  * LINE + SEGMENT_HEX_LEN + 1; its chain value and the newline are added. */
 int segment_chain_line(segment_chain *c, char *line, size_t len);
+/* segment_chain_line() for each line of DATA (LEN bytes, whole lines): each
+ * holds its record after SEGMENT_HEX_LEN + 1 bytes left for its chain value
+ * and ends with a newline. Returns the number of lines chained, or a
+ * negative errno (-EINVAL: a line is not one record; the chain is then
+ * past the lines before it). */
+ssize_t segment_chain_lines(segment_chain *c, char *data, size_t len);
 
 /* What segment_walk() reports of one record. */
 typedef struct segment_record {

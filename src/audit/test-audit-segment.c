@@ -177,6 +177,41 @@ Test(segment, malformed_lines_and_bad_ids_are_refused)
     segment_chain_dispose(&c);
 }
 
+/* The proxy's writer chains a batch of lines whose chain values were left
+ * blank: the same bytes as lines formatted one by one. */
+Test(segment, lines_left_blank_are_chained_in_place_as_formatted_lines)
+{
+    char formatted[2048], blank[2048];
+    uint8_t head[SEGMENT_DIGEST_LEN];
+    size_t len = write_segment("ab-000001", formatted, head);
+    size_t at = 0;
+    for (size_t i = 0; i < N_RECORDS; i++) {
+        size_t n = strlen(records[i]);
+        memset(blank + at, 'x', SEGMENT_HEX_LEN);
+        blank[at + SEGMENT_HEX_LEN] = ' ';
+        memcpy(blank + at + SEGMENT_HEX_LEN + 1, records[i], n);
+        blank[at + SEGMENT_HEX_LEN + 1 + n] = '\n';
+        at += SEGMENT_HEX_LEN + n + 2;
+    }
+    cr_assert_eq(at, len);
+    segment_chain c = {0};
+    cr_assert_eq(segment_chain_init(&c, "ab-000001"), 0);
+    /* in two batches, as two flushes */
+    size_t first = SEGMENT_HEX_LEN + strlen(records[0]) + 2;
+    cr_assert_eq(segment_chain_lines(&c, blank, first), 1);
+    cr_assert_eq(segment_chain_lines(&c, blank + first, len - first), (ssize_t)N_RECORDS - 1);
+    cr_expect_eq(memcmp(blank, formatted, len), 0);
+    cr_expect_eq(memcmp(c.value, head, SEGMENT_DIGEST_LEN), 0);
+    cr_expect_eq(c.count, N_RECORDS);
+    cr_expect_eq(segment_chain_lines(&c, blank, 0), 0);
+    /* a line without its newline, or without the space after its chain value */
+    cr_expect_eq(segment_chain_lines(&c, blank, first - 1), -EINVAL);
+    blank[SEGMENT_HEX_LEN] = 'x';
+    cr_expect_eq(segment_chain_lines(&c, blank, first), -EINVAL);
+    cr_expect_eq(segment_chain_lines(&c, blank, 10), -EINVAL);
+    segment_chain_dispose(&c);
+}
+
 Test(segment, params_name_an_id_then_exactly_the_numbers_asked_for)
 {
     char id[SEGMENT_ID_MAX + 1];

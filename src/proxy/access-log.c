@@ -9,7 +9,9 @@
  * Merkle log after the bytes) goes with a flush at most once per
  * ACCESS_FLUSH_MS, and always at rotation, at shutdown and for a failClosed
  * request's record: a busy thread's flushes of a full buffer between them
- * only store bytes. Nothing is parsed again on the way. The file is a
+ * only store bytes. A loop only encodes its records, leaving room before
+ * each for its chain value: the writer chains a batch's lines before it
+ * writes them. Nothing is parsed again on the way. The file is a
  * spool in the page cache, not synced: a record is durable once the head
  * that commits it is appended (the role syncs its copy first), or, when the
  * role does not take the bytes, once the delivery thread has synced the
@@ -59,7 +61,11 @@ typedef struct access_log {
     unsigned seq;         /* this thread's segments so far */
     int fd;               /* the segment file, or -1 when it could not be opened */
     int spool_fd;         /* the same file read-only, for the audit role, or -1 */
-    segment_chain chain;  /* over every record of the segment, pending ones included */
+    uint64_t records;     /* records appended to the segment, pending ones included */
+    /* the writer's: the chain over the records of segment CHAIN_ID written
+     * so far (no context once chaining failed: its later batches fail too) */
+    segment_chain chain;
+    char chain_id[SEGMENT_ID_MAX + 1];
     uint64_t size;        /* bytes committed (and written) */
     uint64_t opened_ns;   /* monotonic */
     uint64_t unheaded;    /* index of the first record no head has committed yet */
@@ -114,25 +120,24 @@ static bool segment_path(const access_log *l, char *out, size_t size)
     return dir && (size_t)snprintf(out, size, "%s/%s", dir, l->id) < size;
 }
 
-/* Starts L's next segment: a fresh chain and file <access_dir>/<id>, the id
- * being the thread's request-id prefix and the segment's number. Returns 0
- * or a negative errno (logged); without a file, records still reach the
- * audit role. */
+/* Starts L's next segment: its file <access_dir>/<id>, the id being the
+ * thread's request-id prefix and the segment's number (the writer starts
+ * its chain with its first batch). Returns 0 or a negative errno (logged);
+ * without a file, records still reach the audit role. */
 static int segment_open(access_log *l)
 {
     char prefix[17], path[4400];
     hex_encode(l->t->id_prefix, sizeof(l->t->id_prefix), prefix);
     snprintf(l->id, sizeof(l->id), "%s-%06u", prefix, ++l->seq);
-    segment_chain_dispose(&l->chain);
-    int r = segment_chain_init(&l->chain, l->id);
-    l->size = l->unheaded = 0;
+    int r = 0;
+    l->size = l->unheaded = l->records = 0;
     l->opened_ns = time_mono_ns();
     if (l->fd >= 0)
         close(l->fd);
     if (l->spool_fd >= 0)
         close(l->spool_fd);
     l->fd = l->spool_fd = -1;
-    if (r == 0 && segment_path(l, path, sizeof(path))) {
+    if (segment_path(l, path, sizeof(path))) {
         l->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
         if (l->fd < 0)
             r = -errno;
@@ -158,8 +163,10 @@ typedef struct access_batch {
     size_t len;
     uint64_t offset;  /* of DATA in the segment */
     char id[SEGMENT_ID_MAX + 1];
-    bool head;        /* the flush commits a head: DETAILS is the entry's */
-    json_t *details;  /* of the head entry (taken), or NULL */
+    bool head;        /* the flush commits a head of records FIRST to RECORDS - 1, DENIED of them denied */
+    uint64_t first, records;
+    unsigned denied;
+    json_t *details;  /* the head entry's, made once the lines are chained (taken), or NULL */
     const char *outcome;
     bool closing;     /* the segment's last bytes: once the role holds them, the file goes */
     const char *dir;  /* the proxy's segment directory (the process's settings) */
@@ -307,6 +314,54 @@ static void leftovers_queue(const char *dir)
     closedir(d);
 }
 
+/* Chains B's lines (their chain values written in place) with its log's
+ * chain of segment B->id, started at the segment's first batch, and makes
+ * the details of the head entry B commits. Writer thread. Returns 0 or a
+ * negative errno; the segment's later batches then fail too. */
+static int batch_chain(access_batch *b)
+{
+    access_log *l = b->log;
+    int r = 0;
+    if (strcmp(l->chain_id, b->id) != 0) {
+        segment_chain_dispose(&l->chain);
+        memcpy(l->chain_id, b->id, sizeof(l->chain_id));
+        r = segment_chain_init(&l->chain, b->id);
+    }
+    ssize_t n = r < 0 ? r : !l->chain.ctx ? -EIO : segment_chain_lines(&l->chain, b->data, b->len);
+    if (n >= 0 && b->head && l->chain.count != b->records)
+        n = -EIO; /* not expected: the loop counted other records than it wrote */
+    if (n >= 0 && b->head &&
+        !(b->details = head_details(b->id, b->first, b->records, l->chain.value, b->closing, b->denied)))
+        n = -ENOMEM;
+    if (n < 0)
+        segment_chain_dispose(&l->chain);
+    return n < 0 ? (int)n : 0;
+}
+
+/* B's lines could not be chained (ERROR): they are logged instead, without
+ * chain values, and the next record starts a segment. Gives B's buffer back
+ * to its log. Writer thread. */
+static void batch_unchained(access_batch *b, int error)
+{
+    log_fields(LOG_LEVEL_ERROR, "access records could not be chained; they are logged here instead", "segment", b->id,
+               "error", strerror(-error), NULL);
+    for (char *line = b->data, *end = b->data + b->len, *nl; line < end; line = nl + 1) {
+        nl = memchr(line, '\n', (size_t)(end - line));
+        if (!nl)
+            break;
+        *nl = 0;
+        log_fields(LOG_LEVEL_ERROR, "an access record could not be chained", "record",
+                   line + MIN((size_t)(nl - line), (size_t)SEGMENT_HEX_LEN + 1), NULL);
+    }
+    atomic_store(&b->log->rotate, true);
+    json_decref(b->details);
+    if (b->fd >= 0)
+        close(b->fd);
+    if (b->spool_fd >= 0)
+        close(b->spool_fd);
+    atomic_store(&b->log->spare, b->data);
+}
+
 /* Writes B's lines to its file (to the page cache) and queues them, and
  * their head, with the file's read-only descriptor, from which the audit
  * role copies them; the flush's work, off the loop. A
@@ -319,7 +374,12 @@ static void batch_run(access_batch *b)
         leftover_ship(b->dir, b->id);
         return;
     }
-    int r = b->fd >= 0 ? fd_write_all(b->fd, b->data, b->len) : 0;
+    int r = batch_chain(b);
+    if (r < 0) {
+        batch_unchained(b, r);
+        return;
+    }
+    r = b->fd >= 0 ? fd_write_all(b->fd, b->data, b->len) : 0;
     if (r < 0) {
         log_fields(LOG_LEVEL_ERROR, "cannot write the access-log segment; its records go to the audit role only",
                    "segment", b->id, "error", strerror(-r), NULL);
@@ -329,13 +389,8 @@ static void batch_run(access_batch *b)
     if (r < 0 && spool_fd >= 0)
         close(spool_fd), spool_fd = -1;
     audit_event head = {.action = "proxy.access", .kind = "Service", .outcome = b->outcome, .details = b->details};
-    r = !b->head || b->details ? audit_event_emit_segment(b->id, b->offset, b->data, b->len, spool_fd,
-                                                          b->head ? &head : NULL,
-                                                          b->closing && b->dir ? segment_delivered : NULL,
-                                                          (void *)b->dir)
-                               : -ENOMEM;
-    if (b->head && !b->details && spool_fd >= 0) /* else the queue's */
-        close(spool_fd);
+    r = audit_event_emit_segment(b->id, b->offset, b->data, b->len, spool_fd, b->head ? &head : NULL,
+                                 b->closing && b->dir ? segment_delivered : NULL, (void *)b->dir);
     if (r < 0) /* the role takes a segment's bytes only in order: the next ones go to a new segment */
         atomic_store(&b->log->rotate, true);
     json_decref(b->details);
@@ -441,8 +496,7 @@ static uint64_t access_flush(access_log *l, bool closing, bool head)
     head = head || closing || now - l->head_ns >= ACCESS_FLUSH_MS * NSEC_PER_MSEC;
     /* a segment with records is closed by a head even when none is pending:
      * the role then holds all of it, and the proxy's spool file goes */
-    if (l->pending_len > 0 || (head && l->chain.ctx && l->chain.count > l->unheaded) ||
-        (closing && l->chain.ctx && l->chain.count > 0)) {
+    if (l->pending_len > 0 || (head && l->records > l->unheaded) || (closing && l->records > 0)) {
         char *spare = atomic_exchange(&l->spare, NULL);
         if (!spare) { /* the writer is a whole buffer behind: wait for it, as a write(2) here would */
             writer_wait(l->last_batch, 0);
@@ -462,8 +516,10 @@ static uint64_t access_flush(access_log *l, bool closing, bool head)
                        "segment", l->id, "error", strerror(errno), NULL);
         memcpy(b->id, l->id, sizeof(b->id));
         if (head) {
-            b->details = head_details(l->id, l->unheaded, l->chain.count, l->chain.value, closing, l->denied);
-            l->unheaded = l->chain.count;
+            b->first = l->unheaded;
+            b->records = l->records;
+            b->denied = l->denied;
+            l->unheaded = l->records;
             l->denied = l->failed = 0;
             l->head_ns = now;
         }
@@ -478,11 +534,11 @@ static uint64_t access_flush(access_log *l, bool closing, bool head)
         l->pending_len = 0;
     }
     if (closing && !l->stopping) {
-        if (l->chain.ctx && l->chain.count == 0)
+        if (l->records == 0)
             l->opened_ns = time_mono_ns(); /* nothing recorded in it: the segment and its file go on */
         else
             segment_open(l);
-    } else if (!head && l->chain.count > l->unheaded) { /* the records' head within the interval */
+    } else if (!head && l->records > l->unheaded) { /* the records' head within the interval */
         h2o_timeout_link(l->t->ctx->loop, &l->timeout, &l->flush_entry);
     }
     return number;
@@ -542,7 +598,7 @@ void proxy_access_dispose(proxy_thread *t)
         return;
     }
     char path[4400];
-    if (l->chain.count == 0 && segment_path(l, path, sizeof(path)))
+    if (l->records == 0 && segment_path(l, path, sizeof(path)))
         unlink(path); /* nothing recorded: no empty file left behind */
     if (l->fd >= 0)
         close(l->fd);
@@ -626,7 +682,7 @@ size_t proxy_access_encode(char *out, size_t size, const char *now, const access
     put_member(&w, rec->ip[0] ? rec->ip : NULL);
     put_member(&w, rec->service);
     put_member(&w, rec->method);
-    put_member(&w, rec->path);
+    put_member(&w, rec->path ? rec->path : "");
     put_member(&w, proxy_decision_name(rec->decision));
     put_member(&w, rec->policy[0] ? rec->policy : NULL);
     put_member(&w, rec->rule[0] ? rec->rule : NULL);
@@ -640,36 +696,39 @@ size_t proxy_access_encode(char *out, size_t size, const char *now, const access
 /* Appends REC's record, written at NOW_MONO (monotonic ns; its time is
  * REC's receipt plus the time since, so no clock is read here), to T's
  * segment (flushing first when the pending bytes or the segment would pass
- * their caps, or the segment is too old): encoded and chained in place at
- * the end of the pending lines. Returns 0, or a negative errno when the
- * record could not be chained (logged instead). */
+ * their caps, or the segment is too old): encoded in place at the end of
+ * the pending lines, after room for the chain value the writer puts there
+ * (batch_chain()). Returns 0, or -EIO when the thread has no log or the
+ * record does not fit (logged instead). */
 static int access_append(proxy_thread *t, const access_record *rec, int status, uint64_t bytes, uint64_t latency_us,
                          uint64_t now_mono)
 {
     access_log *l = t->access;
     char now[40];
     time_format_rfc3339_ms(rec->received + (now_mono - rec->started), now, sizeof(now));
-    if (l && l->chain.ctx) {
+    if (l) {
         bool old = now_mono - l->opened_ns > ACCESS_SEGMENT_AGE_NS;
         if (old || atomic_exchange(&l->rotate, false) || l->size + l->pending_len + ACCESS_LINE_MAX > SEGMENT_BYTES_MAX)
             access_flush(l, true, true);
         else if (l->pending_len + ACCESS_LINE_MAX > ACCESS_PENDING_MAX)
             access_flush(l, false, false);
     }
-    char *line = l && l->chain.ctx ? l->pending + l->pending_len : NULL;
+    char *line = l ? l->pending + l->pending_len : NULL;
     size_t len = line ? proxy_access_encode(line + SEGMENT_HEX_LEN + 1, ACCESS_RECORD_MAX, now, rec, status, bytes,
                                             latency_us)
                       : 0;
-    int n = len ? segment_chain_line(&l->chain, line, len) : -EIO;
-    if (n < 0) {
+    if (len == 0) {
         char storage[ACCESS_RECORD_MAX + 1];
         size_t shown = proxy_access_encode(storage, sizeof(storage) - 1, now, rec, status, bytes, latency_us);
         storage[shown] = 0;
-        log_fields(LOG_LEVEL_ERROR, "an access record could not be chained; it is logged here instead", "record",
-                   shown ? storage : rec->id, NULL);
-        return n;
+        log_fields(LOG_LEVEL_ERROR, "an access record could not be appended to the segment; it is logged here instead",
+                   "record", shown ? storage : rec->id, NULL);
+        return -EIO;
     }
-    l->pending_len += (size_t)n;
+    line[SEGMENT_HEX_LEN] = ' ';
+    line[SEGMENT_HEX_LEN + 1 + len] = '\n';
+    l->pending_len += SEGMENT_HEX_LEN + len + 2;
+    l->records++;
     l->denied += rec->decision == PROXY_DECISION_DENY || rec->decision == PROXY_DECISION_UNAUTHENTICATED;
     l->failed += rec->decision == PROXY_DECISION_INVALID || rec->decision == PROXY_DECISION_ERROR;
     if (!h2o_timeout_is_linked(&l->flush_entry))
@@ -763,4 +822,12 @@ void proxy_copy_printable(char *out, size_t size, const char *s, size_t len)
     for (size_t i = 0; i < n; i++)
         out[i] = (unsigned char)s[i] >= 0x20 && (unsigned char)s[i] < 0x7f ? s[i] : '?';
     out[n] = 0;
+}
+
+char *proxy_pool_printable(h2o_mem_pool_t *pool, const char *s, size_t len, size_t max)
+{
+    size_t n = MIN(len, max);
+    char *out = h2o_mem_alloc_pool(pool, n + 1);
+    proxy_copy_printable(out, n + 1, s, n);
+    return out;
 }

@@ -123,7 +123,7 @@ const resolved_token *proxy_resolve(proxy_thread *t, const proxy_config *c, h2o_
     }
     h2o_iovec_t signed_part, signature = token_signature(token, &signed_part);
     uint8_t hash[SHA256_DIGEST_LENGTH];
-    proxy_sha256(t, signature.base, signature.len, hash);
+    proxy_sha256(signature.base, signature.len, hash);
     uint64_t h;
     memcpy(&h, hash, sizeof(h));
     resolved_token *slot = &t->tokens[h % PROXY_TOKEN_SLOTS];

@@ -111,8 +111,6 @@ typedef struct proxy_thread {
     uint8_t id_prefix[8];
     uint64_t id_seq;
     uint64_t trace_seed;   /* trace.c's id generator (random at start) */
-    EVP_MD *sha256;        /* fetched once at start (proxy_sha256) */
-    EVP_MD_CTX *digest;
     unsigned next_replica; /* round robin over an enclave's replicas */
     /* /.cloister/attestation: certificates fetched on settings->attest_pool
      * come back to this loop; the drain waits for them */
@@ -135,7 +133,10 @@ typedef struct access_record {
     const char *user, *session;
     proxy_decision decision;
     char policy[128], rule[128];
-    char path[PROXY_AUDIT_PATH_MAX + 1];
+    /* the path as logged (proxy_pool_printable(), at most PROXY_AUDIT_PATH_MAX
+     * bytes) in the request's pool, or NULL (""): the record is written when
+     * the pool releases the request (its shared entries go before its memory) */
+    const char *path;
 } access_record;
 
 /* One request in the corridor, allocated from its pool; what a stage
@@ -210,8 +211,8 @@ int proxy_policy_request(proxy_request *pr, policy_request *p);
 /* ---- proxy.c ---- */
 /* Picks up a newly published configuration before a request. */
 void proxy_refresh_config(proxy_thread *t);
-/* SHA-256 of the LEN bytes at DATA into OUT, with T's digest fetched once. */
-void proxy_sha256(proxy_thread *t, const void *data, size_t len, uint8_t out[SHA256_DIGEST_LENGTH]);
+/* SHA-256 of the LEN bytes at DATA into OUT, without allocating. */
+void proxy_sha256(const void *data, size_t len, uint8_t out[SHA256_DIGEST_LENGTH]);
 /* Runs PR's stages after DONE (a stage that answered later, off the loop). */
 void proxy_continue_after(proxy_request *pr, proxy_stage done);
 
@@ -267,6 +268,9 @@ size_t proxy_access_encode(char *out, size_t size, const char *now, const access
 /* Copies the LEN bytes at S into OUT (SIZE) for the log: printable ASCII
  * kept, anything else as '?', cut at SIZE - 1. */
 void proxy_copy_printable(char *out, size_t size, const char *s, size_t len);
+/* proxy_copy_printable() of the LEN bytes at S, cut at MAX, into a string
+ * allocated from POOL. */
+char *proxy_pool_printable(h2o_mem_pool_t *pool, const char *s, size_t len, size_t max);
 
 /* ---- trace.c ---- */
 /* Ends PR's CLIENT span (if any) when the upstream answered STATUS (or the

@@ -61,7 +61,7 @@ proxy_step proxy_stage_normalise(proxy_request *pr)
         return proxy_fail(pr, 400, "invalid",
                           "the request target is not a valid origin-form path (absolute-form, encoded '/', "
                           "control bytes and malformed escapes are refused)");
-    proxy_copy_printable(pr->rec.path, sizeof(pr->rec.path), target, path_len);
+    pr->rec.path = proxy_pool_printable(&req->pool, target, path_len, PROXY_AUDIT_PATH_MAX);
     pr->target = target;
     pr->path_len = path_len;
     pr->query = target[path_len] == '?' ? target + path_len + 1 : NULL;
