@@ -799,15 +799,10 @@ static int segment_store(audit_role *r, const char *id, const segment_source *sr
     }
     if (same < 0)
         e = same;
-    if (e == 0 && end > size) {
+    /* left dirty: the sync before the head writes a segment's batches out
+     * together, in a few large I/Os instead of one per batch */
+    if (e == 0 && end > size)
         e = store_from(fd, size, src, end - size);
-        /* starts their writeback, so that the sync before the head finds
-         * little left, and drops pages already written (segments are read
-         * back rarely; new page-cache pages for every byte cost more than
-         * the write itself) */
-        if (e == 0)
-            posix_fadvise(fd, (off_t)size, (off_t)(end - size), POSIX_FADV_DONTNEED);
-    }
     ret = e;
     *ret_size = MAX(end, size);
     if (e < 0)
