@@ -112,6 +112,26 @@ bool httpd_stopping(h2o_req_t *req)
     return atomic_load(&((httpd_thread *)req->conn->ctx)->server->stopping);
 }
 
+/* What a pool's shared entry holds for httpd_pool_alloc_disposed(). */
+typedef struct pool_disposer {
+    void *object;
+    void (*dispose)(void *);
+} pool_disposer;
+
+static void pool_disposer_run(void *p)
+{
+    pool_disposer *d = p;
+    d->dispose(d->object);
+}
+
+void *httpd_pool_alloc_disposed(h2o_mem_pool_t *pool, size_t size, void (*dispose)(void *))
+{
+    void *object = h2o_mem_alloc_pool(pool, size);
+    pool_disposer *d = h2o_mem_alloc_shared(pool, sizeof(*d), pool_disposer_run);
+    *d = (pool_disposer){.object = object, .dispose = dispose};
+    return object;
+}
+
 /* One TLS record per small message: see httpd.h. */
 size_t httpd_coalesce_for_tls(h2o_mem_pool_t *pool, h2o_iovec_t *vec, size_t n)
 {

@@ -108,6 +108,12 @@ int httpd_conn_peer(h2o_req_t *req);
 unsigned httpd_connections(h2o_req_t *req);
 /* True once the server serving REQ has begun to stop. */
 bool httpd_stopping(h2o_req_t *req);
+/* SIZE bytes from POOL (uninitialised) on which DISPOSE is called when the
+ * pool is cleared, before its memory goes (h2o releases a pool's shared
+ * entries first): h2o_mem_alloc_shared() without malloc'ing the object,
+ * only a small handle (malloc's fast bins), for what every request
+ * allocates. */
+void *httpd_pool_alloc_disposed(h2o_mem_pool_t *pool, size_t size, void (*dispose)(void *));
 #define HTTPD_TLS_RECORD_MAX 16384 /* the most plaintext one TLS record carries */
 /* h2o's TLS sockets make a record of every buffer written: the N buffers
  * at VEC become one (copied to POOL) when together they fit one record, so

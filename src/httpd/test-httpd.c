@@ -398,3 +398,36 @@ Test(httpd, cap_below_the_limit_is_kept)
 {
     cr_assert_eq(served_under(1024, 3, 0, 10), 3, "fds_per_connection 0 counts as 1");
 }
+
+/* ---- httpd_pool_alloc_disposed ---- */
+
+typedef struct disposed {
+    char text[700];
+    int id;
+} disposed;
+
+static int disposed_ids[4], n_disposed;
+
+static void note_disposed(void *p)
+{
+    disposed *d = p;
+    /* the object is still the pool's memory, intact, when its disposer runs */
+    cr_assert_str_eq(d->text, "kept until disposed");
+    disposed_ids[n_disposed++] = d->id;
+}
+
+Test(pool, objects_are_disposed_when_the_pool_is_cleared_latest_first_with_their_memory_intact)
+{
+    h2o_mem_pool_t pool;
+    h2o_mem_init_pool(&pool);
+    for (int id = 1; id <= 2; id++) {
+        disposed *d = httpd_pool_alloc_disposed(&pool, sizeof(*d), note_disposed);
+        snprintf(d->text, sizeof(d->text), "kept until disposed");
+        d->id = id;
+    }
+    cr_expect_eq(n_disposed, 0);
+    h2o_mem_clear_pool(&pool);
+    cr_assert_eq(n_disposed, 2);
+    cr_expect_eq(disposed_ids[0], 2);
+    cr_expect_eq(disposed_ids[1], 1);
+}

@@ -174,7 +174,7 @@ static const proxy_stage stages[] = {
  * stage: its id, the peer, the raw method and path for the log. */
 static proxy_request *request_new(proxy_thread *t, h2o_req_t *req)
 {
-    proxy_request *pr = h2o_mem_alloc_shared(&req->pool, sizeof(*pr), proxy_access_emit);
+    proxy_request *pr = httpd_pool_alloc_disposed(&req->pool, sizeof(*pr), proxy_access_emit);
     *pr = (proxy_request){.req = req, .t = t};
     access_record *rec = &pr->rec;
     rec->config = proxy_config_ref(t->config);

@@ -956,7 +956,7 @@ void proxy_upstream_forward(proxy_request *pr, proxy_origin *origin, h2o_iovec_t
 {
     h2o_req_t *req = pr->req;
     proxy_upstreams *u = pr->t->upstreams;
-    exchange *ex = h2o_mem_alloc_shared(&req->pool, sizeof(*ex), exchange_dispose);
+    exchange *ex = httpd_pool_alloc_disposed(&req->pool, sizeof(*ex), exchange_dispose);
     *ex = (exchange){.pr = pr, .req = req, .u = u, .origin = origin, .pool = pool_of(u, origin)};
     ex->timer.cb = exchange_on_timeout;
     h2o_buffer_init(&ex->sending, &h2o_socket_buffer_prototype);
