@@ -192,6 +192,13 @@ int policy_request_set_service(policy_request *r, const json_t *service, cel_are
     return set_json_map(r, POLICY_VAR_SERVICE_ATTRS, json_object_get(json_object_get(service, "spec"), "attrs"), a);
 }
 
+int policy_request_set_service_parts(policy_request *r, const char *name, size_t len, const json_t *attrs,
+                                     cel_arena *a)
+{
+    r->vars[POLICY_VAR_SERVICE_NAME] = cel_string(name, len);
+    return set_json_map(r, POLICY_VAR_SERVICE_ATTRS, attrs, a);
+}
+
 /* spec.authMethod as the API writes it when it opens a session ("token"
  * for a credential's token, "oidc" for a login at an identity provider);
  * anything else is "". */

@@ -291,6 +291,22 @@ Test(policy, ctx_from_documents)
     policy_request_set_string(&r, POLICY_VAR_REQUEST_IP, "192.168.1.1");
     cr_assert_eq(policy_decide(s, &r, arena, &d), 0);
     cr_assert(!d.allow);
+    /* the Service's name and attrs looked up once by the caller (the proxy) */
+    policy_request_set_string(&r, POLICY_VAR_REQUEST_IP, "10.1.2.3");
+    r.vars[POLICY_VAR_SERVICE_NAME] = cel_string("", 0);
+    r.vars[POLICY_VAR_SERVICE_ATTRS] = (cel_value){0};
+    const json_t *attrs = json_object_get(json_object_get(svc, "spec"), "attrs");
+    cr_assert_eq(policy_request_set_service_parts(&r, "wiki", 4, attrs, values), 0);
+    cr_assert_eq(policy_decide(s, &r, arena, &d), 0);
+    cr_expect(d.allow, "%s", d.reason);
+    policy_request blank, fresh;
+    policy_request_init(&blank);
+    policy_request_init(&fresh);
+    cr_assert_eq(policy_request_set_service_parts(&fresh, "wiki", 4, NULL, values), 0);
+    cr_expect_eq(fresh.vars[POLICY_VAR_SERVICE_NAME].len, 4);
+    cr_expect_eq(memcmp(fresh.vars[POLICY_VAR_SERVICE_NAME].str, "wiki", 4), 0);
+    const cel_value *attrs_left = &fresh.vars[POLICY_VAR_SERVICE_ATTRS], *empty = &blank.vars[POLICY_VAR_SERVICE_ATTRS];
+    cr_expect(attrs_left->kind == empty->kind && attrs_left->u == empty->u, "no attrs: ctx.service.attrs stays {}");
     cel_arena_free(values);
     json_decref(headers);
     json_decref(user);

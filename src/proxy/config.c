@@ -193,7 +193,8 @@ static int service_init(proxy_service *s, json_t *doc, const proxy_state *st, co
     const json_t *upstream = json_object_get(spec, "upstream");
     if (!name)
         return 1;
-    *s = (proxy_service){.name = name, .doc = json_incref(doc), .max_body = PROXY_DEFAULT_MAX_BODY,
+    *s = (proxy_service){.name = name, .name_len = strlen(name), .attrs = json_object_get(spec, "attrs"),
+                         .doc = json_incref(doc), .max_body = PROXY_DEFAULT_MAX_BODY,
                          .max_header_bytes = PROXY_DEFAULT_MAX_HEADER_BYTES};
     s->pass_authorization = json_is_true(json_object_get(spec, "passAuthorization"));
     s->fail_closed = json_is_true(json_object_get(spec, "failClosed"));

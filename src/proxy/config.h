@@ -53,6 +53,8 @@ typedef enum proxy_inject {
 /* One Service, resolved for the request path. */
 typedef struct proxy_service {
     const char *name;  /* borrowed from DOC */
+    size_t name_len;
+    const json_t *attrs; /* spec.attrs (borrowed from DOC), or NULL: ctx.service.attrs */
     json_t *doc;       /* the Service document (a reference) */
     char *upstream_text; /* the upstream URL; UPSTREAM's strings point into it */
     h2o_url_t upstream;

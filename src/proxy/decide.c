@@ -18,7 +18,7 @@ int proxy_policy_request(proxy_request *pr, policy_request *p)
     *p = r->caller; /* ctx.user and ctx.session, made with the token's resolution */
     policy_request_stamp(p, pr->rec.received); /* now() is when the request came */
     policy_request_set_browser(p, pr->from_cookie);
-    if (policy_request_set_service(p, pr->svc->doc, t->values) < 0)
+    if (policy_request_set_service_parts(p, pr->svc->name, pr->svc->name_len, pr->svc->attrs, t->values) < 0)
         return -ENOMEM;
     policy_request_set_string(p, POLICY_VAR_REQUEST_IP, pr->rec.ip);
     h2o_iovec_t query = pr->query ? h2o_iovec_init(pr->query, strlen(pr->query)) : h2o_iovec_init(NULL, 0);
