@@ -117,6 +117,14 @@ typedef struct proxy_thread {
     struct offload_loop *offload;
     struct access_log *access; /* this thread's access-log segment (access-log.c) */
     h2o_timeout_t handoff_timeout; /* login handoffs waiting for their session */
+    /* the last authority routed (normalise.c): the same bytes go to the same
+     * Service of the same snapshot (a generation is never reused) */
+    struct {
+        uint64_t generation;
+        const proxy_service *svc; /* NULL: none yet */
+        size_t len;
+        char authority[64];
+    } last_route;
 } proxy_thread;
 
 /* What the access log records of one request, once status and bytes are

@@ -27,6 +27,24 @@ static const char *ambiguous_target(h2o_req_t *req, const proxy_service *svc)
  * routed (400); a Host no Service is served at (404); a TLS connection
  * opened for another Service (421); path parameters (400). Then normalises
  * the target once (path.h): what is decided is what is forwarded. */
+/* The Service C serves at AUTHORITY (proxy_config_route()), or NULL; the
+ * thread remembers the last one found. */
+static const proxy_service *route(proxy_thread *t, const proxy_config *c, h2o_iovec_t authority)
+{
+    typeof(t->last_route) *last = &t->last_route;
+    if (last->svc && last->generation == c->generation && last->len == authority.len &&
+        memcmp(last->authority, authority.base, authority.len) == 0)
+        return last->svc;
+    const proxy_service *svc = proxy_config_route(c, authority.base, authority.len);
+    if (svc && authority.len <= sizeof(last->authority)) {
+        memcpy(last->authority, authority.base, authority.len);
+        last->len = authority.len;
+        last->generation = c->generation;
+        last->svc = svc;
+    }
+    return svc;
+}
+
 proxy_step proxy_stage_normalise(proxy_request *pr)
 {
     h2o_req_t *req = pr->req;
@@ -39,7 +57,7 @@ proxy_step proxy_stage_normalise(proxy_request *pr)
     const char *why;
     if (httpd_framing_check(req, &why) < 0)
         return proxy_fail(pr, 400, "invalid", "ambiguous request refused: %s", why);
-    const proxy_service *svc = proxy_config_route(c, req->authority.base, req->authority.len);
+    const proxy_service *svc = route(pr->t, c, req->authority);
     if (!svc)
         return proxy_fail(pr, 404, "not_found", "no service is served at host %.*s",
                           (int)MIN(req->authority.len, 253u), req->authority.base);
