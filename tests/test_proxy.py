@@ -316,6 +316,28 @@ def test_assertion_verifies_with_pyjwt_against_the_proxy_jwks(cluster):
         pyjwt.decode(assertion, pub, algorithms=["ES256"], audience="vault")
 
 
+def test_an_assertion_is_reused_in_its_tokens_last_minute(cluster):
+    """A token of a credential that expires in 50 s: an assertion signed now would expire with the token
+    too, so the proxy sends the one it signed instead of signing one for every request (an ES256
+    signature each; the proxy served 5x fewer requests in that minute)."""
+    c = cluster
+    ends = int(time.time()) + 50
+    c.apply(manifest("Credential", "alice-short", {"user": "alice", "type": "authToken",
+                                                   "expiresAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ends))}))
+    tok = c.login("alice-short")["access_token"]
+    c.wait_status("/", tok, 200, timeout=10)
+    c.up.clear()
+    with requests.Session() as one_connection:  # one proxy thread: each keeps its own assertions
+        for _ in range(3):
+            r = one_connection.get(f"http://127.0.0.1:{c.http_port}/", timeout=10,
+                                   headers={"Host": f"wiki.{DOMAIN}", "Authorization": f"Bearer {tok}"})
+            assert r.status_code == 200
+    sent = [header_values(r, "x-cloister-assertion")[0] for r in c.up.requests]
+    assert len(sent) == 3 and len(set(sent)) == 1, "signed again within the token's last minute"
+    claims = pyjwt.decode(sent[0], options={"verify_signature": False})
+    assert claims["exp"] <= ends, "an assertion never outlives its token"
+
+
 def test_secret_is_injected_upstream_and_never_shown(cluster):
     c = cluster
     c.up.clear()

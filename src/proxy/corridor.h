@@ -363,3 +363,8 @@ void proxy_upstream_headers(h2o_mem_pool_t *pool, const h2o_headers_t *in, const
                             const proxy_identity *who, const char *request_id, const char *assertion,
                             h2o_headers_t *ret);
 void proxy_assertions_clear(proxy_thread *t);
+/* Whether an assertion signed to expire at CACHED_EXP is still sent at NOW
+ * for a token expiring at TOKEN_EXP: while it has more than half of
+ * PROXY_ASSERTION_TTL_S left, or as long as one signed now would expire no
+ * later (a token's last minute: an assertion never outlives its token). */
+bool proxy_assertion_reusable(int64_t now, int64_t cached_exp, int64_t token_exp);

@@ -23,9 +23,15 @@ void proxy_assertions_clear(proxy_thread *t)
         assertion_clear(&t->assertions[i]);
 }
 
+bool proxy_assertion_reusable(int64_t now, int64_t cached_exp, int64_t token_exp)
+{
+    int64_t fresh_exp = MIN(now + PROXY_ASSERTION_TTL_S, token_exp);
+    return now < cached_exp && (now + PROXY_ASSERTION_TTL_S / 2 < cached_exp || cached_exp >= fresh_exp);
+}
+
 /* The x-cloister-assertion for session R on SVC: a short-lived ES256 JWT
- * (aud = the service), reused while it has more than half its life left.
- * Returns a string owned by T's cache, or NULL. */
+ * (aud = the service, expiring with the token at the latest), reused while
+ * proxy_assertion_reusable(). Returns a string owned by T's cache, or NULL. */
 static const char *assertion_for(proxy_thread *t, const proxy_config *c, const proxy_service *svc,
                                  const resolved_token *r, int64_t now)
 {
@@ -45,7 +51,7 @@ static const char *assertion_for(proxy_thread *t, const proxy_config *c, const p
     for (size_t i = 0; i < key_len; i++)
         h = (h ^ (uint8_t)both[i]) * 0x100000001b3ull;
     assertion_slot *a = &t->assertions[h % PROXY_ASSERTION_SLOTS];
-    if (a->jwt && a->generation == c->generation && now + PROXY_ASSERTION_TTL_S / 2 < a->exp &&
+    if (a->jwt && a->generation == c->generation && proxy_assertion_reusable(now, a->exp, r->exp) &&
         a->key_len == key_len && memcmp(a->key, both, key_len) == 0)
         return a->jwt;
     json_t *groups = json_object_get(json_object_get(r->user, "spec"), "groups");
