@@ -42,6 +42,7 @@
 
 #define ACCESS_FLUSH_MS 1000               /* a record is committed at most this long after it was written (a disk keeping up) */
 #define ACCESS_PENDING_MAX (128 * 1024)    /* bytes of records written and stored at once, at most */
+#define ACCESS_DELIVERY_MIN (512 * 1024)   /* written bytes handed to the audit role at once, unless a head goes sooner */
 #define ACCESS_SEGMENT_AGE_NS (3600 * NSEC_PER_SEC) /* a segment is rotated after an hour */
 #define ACCESS_RECORD_MAX 2600             /* the longest record: path, policy, rule and names at their caps */
 #define ACCESS_LINE_MAX (SEGMENT_HEX_LEN + ACCESS_RECORD_MAX + 2)
@@ -66,6 +67,14 @@ typedef struct access_log {
      * so far (no context once chaining failed: its later batches fail too) */
     segment_chain chain;
     char chain_id[SEGMENT_ID_MAX + 1];
+    /* the writer's: HELD_LEN bytes of segment HELD_ID from HELD_OFFSET,
+     * written to the file and not yet handed to the audit role (through
+     * HELD_FD, a read-only descriptor of the file): they go with the next
+     * head, at rotation, or once ACCESS_DELIVERY_MIN bytes wait */
+    int held_fd;
+    uint64_t held_offset;
+    size_t held_len;
+    char held_id[SEGMENT_ID_MAX + 1];
     uint64_t size;        /* bytes committed (and written) */
     uint64_t opened_ns;   /* monotonic */
     uint64_t unheaded;    /* index of the first record no head has committed yet */
@@ -314,6 +323,19 @@ static void leftovers_queue(const char *dir)
     closedir(d);
 }
 
+/* Hands the written bytes L holds to the audit queue, without a head.
+ * Writer thread. */
+static void held_deliver(access_log *l)
+{
+    if (!l->held_len)
+        return;
+    int r = audit_event_emit_segment(l->held_id, l->held_offset, NULL, l->held_len, l->held_fd, NULL, NULL, NULL);
+    l->held_fd = -1;
+    l->held_len = 0;
+    if (r < 0) /* the role takes a segment's bytes only in order: the next ones go to a new segment */
+        atomic_store(&l->rotate, true);
+}
+
 /* Chains B's lines (their chain values written in place) with its log's
  * chain of segment B->id, started at the segment's first batch, and makes
  * the details of the head entry B commits. Writer thread. Returns 0 or a
@@ -343,6 +365,7 @@ static int batch_chain(access_batch *b)
  * to its log. Writer thread. */
 static void batch_unchained(access_batch *b, int error)
 {
+    held_deliver(b->log);
     log_fields(LOG_LEVEL_ERROR, "access records could not be chained; they are logged here instead", "segment", b->id,
                "error", strerror(-error), NULL);
     for (char *line = b->data, *end = b->data + b->len, *nl; line < end; line = nl + 1) {
@@ -388,11 +411,39 @@ static void batch_run(access_batch *b)
     int spool_fd = b->spool_fd;
     if (r < 0 && spool_fd >= 0)
         close(spool_fd), spool_fd = -1;
-    audit_event head = {.action = "proxy.access", .kind = "Service", .outcome = b->outcome, .details = b->details};
-    r = audit_event_emit_segment(b->id, b->offset, b->data, b->len, spool_fd, b->head ? &head : NULL,
-                                 b->closing && b->dir ? segment_delivered : NULL, (void *)b->dir);
-    if (r < 0) /* the role takes a segment's bytes only in order: the next ones go to a new segment */
-        atomic_store(&b->log->rotate, true);
+    access_log *l = b->log;
+    /* the bytes held before these are delivered with them when they follow
+     * in the file, else first */
+    bool follows = spool_fd >= 0 && l->held_len && strcmp(l->held_id, b->id) == 0 &&
+                   l->held_offset + l->held_len == b->offset;
+    if (!follows)
+        held_deliver(l);
+    if (spool_fd >= 0 && !b->head && !b->closing && l->held_len + b->len < ACCESS_DELIVERY_MIN) {
+        if (l->held_len) { /* the descriptor held reads these bytes too */
+            close(spool_fd);
+        } else {
+            l->held_fd = spool_fd;
+            l->held_offset = b->offset;
+            memcpy(l->held_id, b->id, sizeof(l->held_id));
+        }
+        l->held_len += b->len;
+    } else {
+        uint64_t offset = b->offset;
+        size_t len = b->len;
+        if (l->held_len) { /* followed by these: one delivery from the held bytes on */
+            close(l->held_fd);
+            offset = l->held_offset;
+            len += l->held_len;
+            l->held_fd = -1;
+            l->held_len = 0;
+        }
+        audit_event head = {.action = "proxy.access", .kind = "Service", .outcome = b->outcome, .details = b->details};
+        r = audit_event_emit_segment(b->id, offset, spool_fd >= 0 ? NULL : b->data, len, spool_fd,
+                                     b->head ? &head : NULL, b->closing && b->dir ? segment_delivered : NULL,
+                                     (void *)b->dir);
+        if (r < 0) /* the role takes a segment's bytes only in order: the next ones go to a new segment */
+            atomic_store(&l->rotate, true);
+    }
     json_decref(b->details);
     if (b->fd >= 0)
         close(b->fd);
@@ -562,7 +613,8 @@ int proxy_access_init(proxy_thread *t)
     access_log *l = calloc(1, sizeof(*l));
     if (!l)
         return -ENOMEM;
-    *l = (access_log){.t = t, .fd = -1, .spool_fd = -1, .pending = malloc(ACCESS_PENDING_MAX + ACCESS_LINE_MAX)};
+    *l = (access_log){.t = t, .fd = -1, .spool_fd = -1, .held_fd = -1,
+                      .pending = malloc(ACCESS_PENDING_MAX + ACCESS_LINE_MAX)};
     char *spare = malloc(ACCESS_PENDING_MAX + ACCESS_LINE_MAX);
     if (!l->pending || !spare) {
         free(l->pending);
