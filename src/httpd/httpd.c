@@ -112,24 +112,49 @@ bool httpd_stopping(h2o_req_t *req)
     return atomic_load(&((httpd_thread *)req->conn->ctx)->server->stopping);
 }
 
-/* What a pool's shared entry holds for httpd_pool_alloc_disposed(). */
-typedef struct pool_disposer {
+/* What a pool's shared entry holds for httpd_recycled_alloc(). */
+typedef struct recycled_handle {
     void *object;
     void (*dispose)(void *);
-} pool_disposer;
+    httpd_recycler *recycler;
+} recycled_handle;
 
-static void pool_disposer_run(void *p)
+static void recycled_release(void *p)
 {
-    pool_disposer *d = p;
-    d->dispose(d->object);
+    recycled_handle *h = p;
+    httpd_recycler *r = h->recycler;
+    h->dispose(h->object);
+    if (r->count < r->max) {
+        *(void **)h->object = r->free;
+        r->free = h->object;
+        r->count++;
+    } else {
+        free(h->object);
+    }
 }
 
-void *httpd_pool_alloc_disposed(h2o_mem_pool_t *pool, size_t size, void (*dispose)(void *))
+void *httpd_recycled_alloc(httpd_recycler *r, h2o_mem_pool_t *pool, void (*dispose)(void *))
 {
-    void *object = h2o_mem_alloc_pool(pool, size);
-    pool_disposer *d = h2o_mem_alloc_shared(pool, sizeof(*d), pool_disposer_run);
-    *d = (pool_disposer){.object = object, .dispose = dispose};
+    void *object = r->free;
+    if (object) {
+        r->free = *(void **)object;
+        r->count--;
+    } else {
+        object = h2o_mem_alloc(MAX(r->size, sizeof(void *)));
+    }
+    recycled_handle *h = h2o_mem_alloc_shared(pool, sizeof(*h), recycled_release);
+    *h = (recycled_handle){.object = object, .dispose = dispose, .recycler = r};
     return object;
+}
+
+void httpd_recycler_clear(httpd_recycler *r)
+{
+    while (r->free) {
+        void *next = *(void **)r->free;
+        free(r->free);
+        r->free = next;
+    }
+    r->count = 0;
 }
 
 /* One TLS record per small message: see httpd.h. */

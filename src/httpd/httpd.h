@@ -108,12 +108,22 @@ int httpd_conn_peer(h2o_req_t *req);
 unsigned httpd_connections(h2o_req_t *req);
 /* True once the server serving REQ has begun to stop. */
 bool httpd_stopping(h2o_req_t *req);
-/* SIZE bytes from POOL (uninitialised) on which DISPOSE is called when the
- * pool is cleared, before its memory goes (h2o releases a pool's shared
- * entries first): h2o_mem_alloc_shared() without malloc'ing the object,
- * only a small handle (malloc's fast bins), for what every request
- * allocates. */
-void *httpd_pool_alloc_disposed(h2o_mem_pool_t *pool, size_t size, void (*dispose)(void *));
+/* Objects of one SIZE that one loop thread allocates for every request and
+ * reuses (httpd_recycled_alloc()), at most MAX of them kept waiting. */
+typedef struct httpd_recycler {
+    size_t size, max;
+    size_t count; /* waiting in FREE */
+    void *free;   /* the first waiting object (each starts with the next's address), or NULL */
+} httpd_recycler;
+
+/* An object of R->size bytes (uninitialised) for a request of POOL, reused
+ * from R or allocated: when the pool is cleared DISPOSE is called on it,
+ * then it goes back to R (freed when R is full). h2o_mem_alloc_shared()
+ * without a large malloc per request (malloc's thread cache holds 7 chunks
+ * of a size, fewer than the requests in flight): only a small handle. */
+void *httpd_recycled_alloc(httpd_recycler *r, h2o_mem_pool_t *pool, void (*dispose)(void *));
+/* Frees the objects waiting in R (its thread ends). */
+void httpd_recycler_clear(httpd_recycler *r);
 #define HTTPD_TLS_RECORD_MAX 16384 /* the most plaintext one TLS record carries */
 /* h2o's TLS sockets make a record of every buffer written: the N buffers
  * at VEC become one (copied to POOL) when together they fit one record, so

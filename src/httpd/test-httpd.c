@@ -399,9 +399,10 @@ Test(httpd, cap_below_the_limit_is_kept)
     cr_assert_eq(served_under(1024, 3, 0, 10), 3, "fds_per_connection 0 counts as 1");
 }
 
-/* ---- httpd_pool_alloc_disposed ---- */
+/* ---- httpd_recycled_alloc ---- */
 
 typedef struct disposed {
+    void *first_word; /* the recycler's link while the object waits */
     char text[700];
     int id;
 } disposed;
@@ -411,23 +412,38 @@ static int disposed_ids[4], n_disposed;
 static void note_disposed(void *p)
 {
     disposed *d = p;
-    /* the object is still the pool's memory, intact, when its disposer runs */
+    /* the object is intact when its disposer runs, before it is reused */
     cr_assert_str_eq(d->text, "kept until disposed");
     disposed_ids[n_disposed++] = d->id;
 }
 
-Test(pool, objects_are_disposed_when_the_pool_is_cleared_latest_first_with_their_memory_intact)
+Test(recycler, objects_are_disposed_when_their_pool_is_cleared_then_reused_up_to_the_cap)
 {
+    httpd_recycler r = {.size = sizeof(disposed), .max = 1};
     h2o_mem_pool_t pool;
     h2o_mem_init_pool(&pool);
+    disposed *made[2];
     for (int id = 1; id <= 2; id++) {
-        disposed *d = httpd_pool_alloc_disposed(&pool, sizeof(*d), note_disposed);
+        disposed *d = made[id - 1] = httpd_recycled_alloc(&r, &pool, note_disposed);
         snprintf(d->text, sizeof(d->text), "kept until disposed");
         d->id = id;
     }
+    cr_expect_neq(made[0], made[1]);
     cr_expect_eq(n_disposed, 0);
     h2o_mem_clear_pool(&pool);
     cr_assert_eq(n_disposed, 2);
-    cr_expect_eq(disposed_ids[0], 2);
+    cr_expect_eq(disposed_ids[0], 2, "the latest first");
     cr_expect_eq(disposed_ids[1], 1);
+    /* one kept (the cap), the other freed: the next request gets the kept one */
+    cr_expect_eq(r.count, 1);
+    cr_expect_eq(r.free, made[1]);
+    cr_expect_eq(httpd_recycled_alloc(&r, &pool, note_disposed), made[1]);
+    cr_expect_eq(r.count, 0);
+    ((disposed *)made[1])->id = 3;
+    snprintf(((disposed *)made[1])->text, sizeof(made[1]->text), "kept until disposed");
+    h2o_mem_clear_pool(&pool);
+    cr_expect_eq(disposed_ids[2], 3);
+    httpd_recycler_clear(&r);
+    cr_expect_eq(r.count, 0);
+    cr_expect_null(r.free);
 }

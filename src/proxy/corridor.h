@@ -48,6 +48,7 @@
 #include "auth/session.h"
 #include "basic/strbuf.h"
 #include "cel/cel.h"
+#include "httpd/httpd.h"
 #include "policy/policy.h"
 #include "proxy/config.h"
 #include "proxy/metrics.h"
@@ -56,6 +57,7 @@
 
 #define PROXY_TOKEN_SLOTS 1024     /* resolved access tokens per thread */
 #define PROXY_ASSERTION_SLOTS 1024 /* signed assertions per thread */
+#define PROXY_RECYCLED_MAX 256     /* a thread's requests (and exchanges) kept for reuse */
 #define PROXY_REQUEST_ID_LEN 32
 #define PROXY_SESSION_COOKIE "cloister_session"
 #define PROXY_LOGIN_COOKIE "cloister_login" /* ties a login's handoff to the browser that started it */
@@ -117,6 +119,7 @@ typedef struct proxy_thread {
     struct offload_loop *offload;
     struct access_log *access; /* this thread's access-log segment (access-log.c) */
     h2o_timeout_t handoff_timeout; /* login handoffs waiting for their session */
+    httpd_recycler requests; /* the proxy_request of each request, reused */
     /* the last authority routed (normalise.c): the same bytes go to the same
      * Service of the same snapshot (a generation is never reused) */
     struct {

@@ -32,6 +32,7 @@ void *proxy_thread_init(h2o_context_t *ctx, void *userdata)
         return NULL;
     t->ctx = ctx;
     t->settings = s;
+    t->requests = (httpd_recycler){.size = sizeof(proxy_request), .max = PROXY_RECYCLED_MAX};
     t->jwt = jwt_cache_new(4096);
     t->values = cel_arena_new(VALUES_ARENA_MAX);
     t->scratch = cel_arena_new(POLICY_ARENA_MAX);
@@ -71,6 +72,7 @@ void proxy_thread_dispose(void *state)
     jwt_cache_free(t->jwt);
     cel_arena_free(t->values);
     cel_arena_free(t->scratch);
+    httpd_recycler_clear(&t->requests);
     proxy_config_unref(t->config);
     free(t);
 }
@@ -174,7 +176,7 @@ static const proxy_stage stages[] = {
  * stage: its id, the peer, the raw method and path for the log. */
 static proxy_request *request_new(proxy_thread *t, h2o_req_t *req)
 {
-    proxy_request *pr = httpd_pool_alloc_disposed(&req->pool, sizeof(*pr), proxy_access_emit);
+    proxy_request *pr = httpd_recycled_alloc(&t->requests, &req->pool, proxy_access_emit);
     *pr = (proxy_request){.req = req, .t = t};
     access_record *rec = &pr->rec;
     rec->config = proxy_config_ref(t->config);

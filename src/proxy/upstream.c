@@ -147,6 +147,7 @@ struct proxy_upstreams {
     h2o_linklist_t budget_waiting;  /* exchange.wait_link: requests under their origin's cap waiting for the budget */
     h2o_linklist_t idle_all;        /* upstream_conn.idle_all_link: every origin's idle ones, the least recent first */
     origin_pool pools[PROXY_ORIGINS_MAX]; /* by origin index; anchors set on first use */
+    httpd_recycler exchanges;       /* the requests' exchanges, reused */
 };
 
 struct exchange;
@@ -215,6 +216,7 @@ proxy_upstreams *proxy_upstreams_new(h2o_loop_t *loop, unsigned conns_max)
     h2o_linklist_init_anchor(&u->budget_waiting);
     h2o_linklist_init_anchor(&u->idle_all);
     h2o_timeout_init(loop, &u->idle_timeout, PROXY_UPSTREAM_IDLE_MS);
+    u->exchanges = (httpd_recycler){.size = sizeof(exchange), .max = PROXY_RECYCLED_MAX};
     return u;
 }
 
@@ -288,6 +290,7 @@ void proxy_upstreams_free(proxy_upstreams *u)
             conn_close(H2O_STRUCT_FROM_MEMBER(upstream_conn, idle_link, p->idle.next), false);
     }
     h2o_timeout_dispose(u->loop, &u->idle_timeout);
+    httpd_recycler_clear(&u->exchanges);
     free(u);
 }
 
@@ -956,7 +959,7 @@ void proxy_upstream_forward(proxy_request *pr, proxy_origin *origin, h2o_iovec_t
 {
     h2o_req_t *req = pr->req;
     proxy_upstreams *u = pr->t->upstreams;
-    exchange *ex = httpd_pool_alloc_disposed(&req->pool, sizeof(*ex), exchange_dispose);
+    exchange *ex = httpd_recycled_alloc(&u->exchanges, &req->pool, exchange_dispose);
     *ex = (exchange){.pr = pr, .req = req, .u = u, .origin = origin, .pool = pool_of(u, origin)};
     ex->timer.cb = exchange_on_timeout;
     h2o_buffer_init(&ex->sending, &h2o_socket_buffer_prototype);
