@@ -122,26 +122,13 @@ typedef struct recycled_handle {
 static void recycled_release(void *p)
 {
     recycled_handle *h = p;
-    httpd_recycler *r = h->recycler;
     h->dispose(h->object);
-    if (r->count < r->max) {
-        *(void **)h->object = r->free;
-        r->free = h->object;
-        r->count++;
-    } else {
-        free(h->object);
-    }
+    h2o_mem_free_recycle(&h->recycler->kept, h->object);
 }
 
 void *httpd_recycled_alloc(httpd_recycler *r, h2o_mem_pool_t *pool, void (*dispose)(void *))
 {
-    void *object = r->free;
-    if (object) {
-        r->free = *(void **)object;
-        r->count--;
-    } else {
-        object = h2o_mem_alloc(MAX(r->size, sizeof(void *)));
-    }
+    void *object = h2o_mem_alloc_recycle(&r->kept, r->size);
     recycled_handle *h = h2o_mem_alloc_shared(pool, sizeof(*h), recycled_release);
     *h = (recycled_handle){.object = object, .dispose = dispose, .recycler = r};
     return object;
@@ -149,12 +136,8 @@ void *httpd_recycled_alloc(httpd_recycler *r, h2o_mem_pool_t *pool, void (*dispo
 
 void httpd_recycler_clear(httpd_recycler *r)
 {
-    while (r->free) {
-        void *next = *(void **)r->free;
-        free(r->free);
-        r->free = next;
-    }
-    r->count = 0;
+    while (r->kept.cnt) /* taken back from the allocator, then freed */
+        free(h2o_mem_alloc_recycle(&r->kept, r->size));
 }
 
 /* One TLS record per small message: see httpd.h. */

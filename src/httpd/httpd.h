@@ -109,11 +109,11 @@ unsigned httpd_connections(h2o_req_t *req);
 /* True once the server serving REQ has begun to stop. */
 bool httpd_stopping(h2o_req_t *req);
 /* Objects of one SIZE that one loop thread allocates for every request and
- * reuses (httpd_recycled_alloc()), at most MAX of them kept waiting. */
+ * reuses (httpd_recycled_alloc()): h2o's recycling allocator, at most
+ * KEPT.max of them waiting. */
 typedef struct httpd_recycler {
-    size_t size, max;
-    size_t count; /* waiting in FREE */
-    void *free;   /* the first waiting object (each starts with the next's address), or NULL */
+    h2o_mem_recycle_t kept;
+    size_t size;
 } httpd_recycler;
 
 /* An object of R->size bytes (uninitialised) for a request of POOL, reused

@@ -402,7 +402,7 @@ Test(httpd, cap_below_the_limit_is_kept)
 /* ---- httpd_recycled_alloc ---- */
 
 typedef struct disposed {
-    void *first_word; /* the recycler's link while the object waits */
+    void *first_word; /* h2o's recycler keeps its link there while the object waits */
     char text[700];
     int id;
 } disposed;
@@ -419,7 +419,7 @@ static void note_disposed(void *p)
 
 Test(recycler, objects_are_disposed_when_their_pool_is_cleared_then_reused_up_to_the_cap)
 {
-    httpd_recycler r = {.size = sizeof(disposed), .max = 1};
+    httpd_recycler r = {.kept = {.max = 1}, .size = sizeof(disposed)};
     h2o_mem_pool_t pool;
     h2o_mem_init_pool(&pool);
     disposed *made[2];
@@ -435,15 +435,13 @@ Test(recycler, objects_are_disposed_when_their_pool_is_cleared_then_reused_up_to
     cr_expect_eq(disposed_ids[0], 2, "the latest first");
     cr_expect_eq(disposed_ids[1], 1);
     /* one kept (the cap), the other freed: the next request gets the kept one */
-    cr_expect_eq(r.count, 1);
-    cr_expect_eq(r.free, made[1]);
+    cr_expect_eq(r.kept.cnt, 1);
     cr_expect_eq(httpd_recycled_alloc(&r, &pool, note_disposed), made[1]);
-    cr_expect_eq(r.count, 0);
+    cr_expect_eq(r.kept.cnt, 0);
     ((disposed *)made[1])->id = 3;
     snprintf(((disposed *)made[1])->text, sizeof(made[1]->text), "kept until disposed");
     h2o_mem_clear_pool(&pool);
     cr_expect_eq(disposed_ids[2], 3);
     httpd_recycler_clear(&r);
-    cr_expect_eq(r.count, 0);
-    cr_expect_null(r.free);
+    cr_expect_eq(r.kept.cnt, 0);
 }

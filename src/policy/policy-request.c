@@ -188,14 +188,16 @@ int policy_request_set_user(policy_request *r, const json_t *user, cel_arena *a)
 
 int policy_request_set_service(policy_request *r, const json_t *service, cel_arena *a)
 {
-    set_json_string(r, POLICY_VAR_SERVICE_NAME, json_object_get(json_object_get(service, "metadata"), "name"));
-    return set_json_map(r, POLICY_VAR_SERVICE_ATTRS, json_object_get(json_object_get(service, "spec"), "attrs"), a);
+    const json_t *name = json_object_get(json_object_get(service, "metadata"), "name");
+    return policy_request_set_service_parts(r, json_string_value(name), json_string_length(name),
+                                            json_object_get(json_object_get(service, "spec"), "attrs"), a);
 }
 
 int policy_request_set_service_parts(policy_request *r, const char *name, size_t len, const json_t *attrs,
                                      cel_arena *a)
 {
-    r->vars[POLICY_VAR_SERVICE_NAME] = cel_string(name, len);
+    if (name)
+        r->vars[POLICY_VAR_SERVICE_NAME] = cel_string(name, len);
     return set_json_map(r, POLICY_VAR_SERVICE_ATTRS, attrs, a);
 }
 

@@ -92,8 +92,8 @@ int policy_request_set_user(policy_request *r, const json_t *user, cel_arena *a)
 /* Fills ctx.service from a Service document (name, attrs), as above. */
 int policy_request_set_service(policy_request *r, const json_t *service, cel_arena *a);
 /* policy_request_set_service() from the Service's NAME (LEN bytes, kept
- * by reference) and spec.attrs ATTRS (or NULL), looked up once by the
- * caller. */
+ * by reference; NULL: left as it is) and spec.attrs ATTRS (or NULL),
+ * looked up once by the caller. */
 int policy_request_set_service_parts(policy_request *r, const char *name, size_t len, const json_t *attrs,
                                      cel_arena *a);
 /* Fills ctx.session from a Session document (borrowed; must outlive the

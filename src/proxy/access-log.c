@@ -3,8 +3,9 @@
  * hash-chained (audit/segment.h). What is pending is written at most
  * ACCESS_FLUSH_MS after its first record, when ACCESS_PENDING_MAX bytes
  * wait, at rotation and at shutdown: one write(2) to the file, then queued
- * for the audit role as a read-only descriptor of the file, from which the
- * role copies the bytes into its own subtree (audit/event.h). The segment's
+ * for the audit role (ACCESS_DELIVERY_MIN bytes at a time, or sooner with a
+ * head) as a read-only descriptor of the file, from which the role copies
+ * the bytes into its own subtree (audit/event.h). The segment's
  * chain head (a proxy.access audit entry, which the role appends to the
  * Merkle log after the bytes) goes with a flush at most once per
  * ACCESS_FLUSH_MS, and always at rotation, at shutdown and for a failClosed
@@ -385,9 +386,11 @@ static void batch_unchained(access_batch *b, int error)
     atomic_store(&b->log->spare, b->data);
 }
 
-/* Writes B's lines to its file (to the page cache) and queues them, and
- * their head, with the file's read-only descriptor, from which the audit
- * role copies them; the flush's work, off the loop. A
+/* Chains B's lines, writes them to its file (to the page cache) and queues
+ * them, and their head, with the file's read-only descriptor, from which
+ * the audit role copies them (held until ACCESS_DELIVERY_MIN bytes wait,
+ * unless B has a head or closes the segment); the flush's work, off the
+ * loop. A
  * file that could not take them all no longer holds the segment's bytes at
  * their offsets: the lines themselves are queued, and the next record
  * starts a segment. Gives B's buffer back to its log. */

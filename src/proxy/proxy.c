@@ -32,7 +32,7 @@ void *proxy_thread_init(h2o_context_t *ctx, void *userdata)
         return NULL;
     t->ctx = ctx;
     t->settings = s;
-    t->requests = (httpd_recycler){.size = sizeof(proxy_request), .max = PROXY_RECYCLED_MAX};
+    t->requests = (httpd_recycler){.kept = {.max = PROXY_RECYCLED_MAX}, .size = sizeof(proxy_request)};
     t->jwt = jwt_cache_new(4096);
     t->values = cel_arena_new(VALUES_ARENA_MAX);
     t->scratch = cel_arena_new(POLICY_ARENA_MAX);

@@ -216,7 +216,7 @@ proxy_upstreams *proxy_upstreams_new(h2o_loop_t *loop, unsigned conns_max)
     h2o_linklist_init_anchor(&u->budget_waiting);
     h2o_linklist_init_anchor(&u->idle_all);
     h2o_timeout_init(loop, &u->idle_timeout, PROXY_UPSTREAM_IDLE_MS);
-    u->exchanges = (httpd_recycler){.size = sizeof(exchange), .max = PROXY_RECYCLED_MAX};
+    u->exchanges = (httpd_recycler){.kept = {.max = PROXY_RECYCLED_MAX}, .size = sizeof(exchange)};
     return u;
 }
 
