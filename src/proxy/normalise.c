@@ -20,13 +20,6 @@ static const char *ambiguous_target(h2o_req_t *req, const proxy_service *svc)
            "sets spec.allowPathParameters";
 }
 
-/* Refuses, in this order: no configuration yet (503); framing a front end
- * and a back end could read differently (httpd/framing.h: repeated,
- * obfuscated or aliased Content-Length and Transfer-Encoding, both at once,
- * a second Host, an HTTP/2 host other than :authority), before anything is
- * routed (400); a Host no Service is served at (404); a TLS connection
- * opened for another Service (421); path parameters (400). Then normalises
- * the target once (path.h): what is decided is what is forwarded. */
 /* The Service C serves at AUTHORITY (proxy_config_route()), or NULL; the
  * thread remembers the last one found. */
 static const proxy_service *route(proxy_thread *t, const proxy_config *c, h2o_iovec_t authority)
@@ -45,6 +38,13 @@ static const proxy_service *route(proxy_thread *t, const proxy_config *c, h2o_io
     return svc;
 }
 
+/* Refuses, in this order: no configuration yet (503); framing a front end
+ * and a back end could read differently (httpd/framing.h: repeated,
+ * obfuscated or aliased Content-Length and Transfer-Encoding, both at once,
+ * a second Host, an HTTP/2 host other than :authority), before anything is
+ * routed (400); a Host no Service is served at (404); a TLS connection
+ * opened for another Service (421); path parameters (400). Then normalises
+ * the target once (path.h): what is decided is what is forwarded. */
 proxy_step proxy_stage_normalise(proxy_request *pr)
 {
     h2o_req_t *req = pr->req;
